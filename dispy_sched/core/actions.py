@@ -1,0 +1,110 @@
+"""Actions: what the shell must do, as returned by `SchedulerCore.handle`.
+
+Named as imperatives. Each maps onto one wire message to one peer (or, for
+`DropNode`, closing a connection). Within one `handle` call there is at most
+one action of each batched kind per peer and cluster, so a burst of events
+leaves as one frame per peer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from dispy_wire.messages import JobRef, JobResult, JobStart, RunJob
+
+
+class Action:
+    __slots__ = ()
+
+
+# -- to nodes ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LoadCluster(Action):
+    node: str
+    cluster_id: str
+    user: str
+    computation: bytes
+    options: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatch(Action):
+    node: str
+    jobs: list[RunJob]
+
+
+@dataclass(frozen=True, slots=True)
+class KillJobs(Action):
+    node: str
+    jobs: list[JobRef]
+
+
+@dataclass(frozen=True, slots=True)
+class UnloadCluster(Action):
+    node: str
+    cluster_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class DropNode(Action):
+    """Close the node's connection: the core has already written it off."""
+
+    node: str
+    reason: str
+
+
+# -- to clients --------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ConfirmOpened(Action):
+    client: str
+    cluster_id: str
+    resumed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ConfirmAccepted(Action):
+    client: str
+    cluster_id: str
+    job_ids: list[int]
+
+
+@dataclass(frozen=True, slots=True)
+class NotifyStarted(Action):
+    client: str
+    cluster_id: str
+    starts: list[JobStart]
+
+
+@dataclass(frozen=True, slots=True)
+class DeliverResults(Action):
+    client: str
+    cluster_id: str
+    results: list[JobResult]
+
+
+@dataclass(frozen=True, slots=True)
+class ConfirmClosed(Action):
+    client: str
+    cluster_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReportStatus(Action):
+    client: str
+    ref: str
+    status: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Reject(Action):
+    """Tell a client that a request failed (non-fatal `Error` frame)."""
+
+    client: str
+    code: str
+    message: str
+    ref: str

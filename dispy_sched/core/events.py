@@ -1,0 +1,105 @@
+"""Events: what happened, as told to `SchedulerCore.handle` by the shell.
+
+Named as facts. `client` and `node` are the shell's session ids. Time is not
+in the events: `handle(..., now=...)` gives it once per call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from dispy_wire.messages import JobResult, JobSpec
+
+
+class Event:
+    __slots__ = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterOpened(Event):
+    client: str
+    user: str
+    cluster_id: str
+    name: str
+    computation: bytes
+    reentrant: bool
+    options: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class JobsSubmitted(Event):
+    client: str
+    cluster_id: str
+    jobs: list[JobSpec]
+
+
+@dataclass(frozen=True, slots=True)
+class JobsCancelled(Event):
+    client: str
+    cluster_id: str
+    job_ids: list[int]
+
+
+@dataclass(frozen=True, slots=True)
+class ResultsAcked(Event):
+    client: str
+    cluster_id: str
+    job_ids: list[int]
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterClosed(Event):
+    client: str
+    cluster_id: str
+    terminate: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StatusRequested(Event):
+    client: str
+    ref: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClientLeft(Event):
+    client: str
+
+
+@dataclass(frozen=True, slots=True)
+class NodeJoined(Event):
+    node: str
+    name: str
+    ip_addr: str
+    cpus: int
+    heartbeat: float
+
+
+@dataclass(frozen=True, slots=True)
+class NodeReported(Event):
+    node: str
+    avail: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ResultsArrived(Event):
+    node: str
+    results: list[JobResult]
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterFailedOnNode(Event):
+    node: str
+    cluster_id: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class NodeLeft(Event):
+    node: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Tick(Event):
+    """Periodic: lets the core notice nodes that stopped reporting."""

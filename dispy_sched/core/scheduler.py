@@ -1,0 +1,500 @@
+"""The scheduling core: all of the scheduler's state and decisions, no I/O.
+
+Theory of operation
+-------------------
+The shell feeds `handle(*events, now=...)` with what happened (a client
+submitted jobs, a node joined, results arrived, a tick passed) and executes
+the actions it returns (dispatch these jobs to that node, deliver those
+results to that client). Nothing here reads a clock, touches a socket,
+unpickles user data or logs; time and session ids come in from outside, so
+every run is reproducible from its event sequence.
+
+Invariants (checked by `invariants.check_invariants` in tests):
+- a job is in exactly one of: its cluster's queue (QUEUED), one node's job
+  set (RUNNING), its cluster's undelivered results (DONE);
+- a node's, a user's and a cluster's `busy` equal their RUNNING jobs;
+- a job leaves RUNNING only on its node's result, on that node's loss, or on
+  its cluster's set-up failure there: never twice, so each accepted job gets
+  exactly one terminal result (principle 4 of DESIGN.md).
+
+Every state change of a job goes through `_transition`, which checks it
+against `JOB_TRANSITIONS` and records it, with the stimulus that caused it,
+in a bounded log (`story()` replays one job's history).
+
+Batching: handlers only queue outgoing work in an `_Outbox`; at the end of
+`handle` the scheduling pass fills free CPUs, and the outbox is flushed as at
+most one action of each kind per peer and cluster.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import defaultdict, deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import singledispatchmethod
+from typing import Any
+
+from dispy_wire.errors import ErrorCode
+from dispy_wire.messages import JobRef, JobResult, JobStart, RunJob
+from dispy_wire.status import JobStatus
+
+from . import actions as A
+from . import events as E
+from .state import ClusterRecord, JobRecord, JobState, NodeRecord, UserRecord
+
+JOB_TRANSITIONS: frozenset[tuple[JobState, JobState]] = frozenset(
+    {
+        (JobState.QUEUED, JobState.RUNNING),  # dispatched
+        (JobState.QUEUED, JobState.DONE),  # cancelled while queued
+        (JobState.RUNNING, JobState.DONE),  # result arrived, or abandoned
+        (JobState.RUNNING, JobState.QUEUED),  # node lost (reentrant) or set-up failed
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class CoreConfig:
+    #: weight of users not named in the users file
+    default_share: float = 1.0
+    #: per-user share, by name
+    shares: dict[str, float] | None = None
+    #: half-life of decayed usage (seconds)
+    usage_half_life: float = 3600.0
+    #: a node is lost after this many heartbeat intervals without a report
+    heartbeat_misses: float = 3.0
+    #: transitions kept for `story()`
+    log_size: int = 100_000
+
+
+class _Outbox:
+    """Outgoing work of one `handle` call, merged per peer and cluster."""
+
+    def __init__(self) -> None:
+        self.immediate: list[A.Action] = []
+        self.dispatch: dict[str, list[RunJob]] = defaultdict(list)
+        self.accepted: dict[tuple[str, str], list[int]] = defaultdict(list)
+        self.started: dict[tuple[str, str], list[JobStart]] = defaultdict(list)
+        self.results: dict[tuple[str, str], list[JobResult]] = defaultdict(list)
+        self.closed: list[A.Action] = []
+
+    def flush(self) -> list[A.Action]:
+        out = self.immediate
+        out += [A.Dispatch(n, jobs) for n, jobs in self.dispatch.items()]
+        out += [A.ConfirmAccepted(c, cid, ids) for (c, cid), ids in self.accepted.items()]
+        out += [A.NotifyStarted(c, cid, s) for (c, cid), s in self.started.items()]
+        out += [A.DeliverResults(c, cid, r) for (c, cid), r in self.results.items()]
+        out += self.closed
+        return out
+
+
+class SchedulerCore:
+    """State and decisions of the scheduler.
+
+    Args:
+        policy: chooses which cluster gets each free CPU.
+        config: tunables; see `CoreConfig`.
+    """
+
+    def __init__(self, policy: Any, config: CoreConfig | None = None) -> None:
+        self.policy = policy
+        self.config = config or CoreConfig()
+        self.usage_half_life = self.config.usage_half_life
+        self.now = 0.0
+        self.users: dict[str, UserRecord] = {}
+        self.clusters: dict[str, ClusterRecord] = {}
+        self.nodes: dict[str, NodeRecord] = {}
+        self.waiting: dict[str, dict[str, ClusterRecord]] = {}
+        self.log: deque[tuple[str, str, int, str, str]] = deque(maxlen=self.config.log_size)
+        self._free_nodes: set[str] = set()
+        self._seq = 0
+        self._out = _Outbox()
+        self._stimulus = ""
+
+    # ---------------------------------------------------------------- entry
+
+    def handle(self, *events: E.Event, now: float) -> list[A.Action]:
+        """Applies events in order, fills free CPUs, returns the actions."""
+        self.now = max(self.now, now)
+        for event in events:
+            self._stimulus = type(event).__name__
+            self._on(event)
+        self._stimulus = "schedule"
+        self._schedule()
+        out, self._out = self._out, _Outbox()
+        return out.flush()
+
+    def story(self, cluster_id: str, job_id: int) -> list[tuple[str, str, int, str, str]]:
+        """Every recorded transition of one job: (stimulus, cluster, job, from, to)."""
+        return [entry for entry in self.log if entry[1] == cluster_id and entry[2] == job_id]
+
+    # ------------------------------------------------------------- handlers
+
+    @singledispatchmethod
+    def _on(self, event: E.Event) -> None:
+        raise TypeError(f"no handler for {type(event).__name__}")
+
+    @_on.register
+    def _on_cluster_opened(self, ev: E.ClusterOpened) -> None:
+        cluster = self.clusters.get(ev.cluster_id)
+        if cluster is not None:
+            if cluster.user != ev.user:
+                self._reject(ev.client, ErrorCode.UNKNOWN_CLUSTER, f"cluster {ev.cluster_id} belongs to another user", ev.cluster_id)
+                return
+            # re-attach after a reconnect: resend what the client may have missed
+            cluster.client = ev.client
+            self._out.immediate.append(A.ConfirmOpened(ev.client, ev.cluster_id, True))
+            for job in cluster.jobs.values():
+                if job.state is JobState.RUNNING and job.node is not None:
+                    self._notify_started(cluster, job)
+                elif job.state is JobState.DONE and job.result is not None:
+                    self._out.results[(ev.client, cluster.cluster_id)].append(job.result)
+            return
+        user = self._user(ev.user)
+        self._seq += 1
+        cluster = ClusterRecord(
+            ev.cluster_id, ev.user, ev.name, ev.client, ev.computation, ev.reentrant, dict(ev.options), self._seq
+        )
+        self.clusters[ev.cluster_id] = cluster
+        user.clusters.add(ev.cluster_id)
+        self._out.immediate.append(A.ConfirmOpened(ev.client, ev.cluster_id, False))
+
+    @_on.register
+    def _on_jobs_submitted(self, ev: E.JobsSubmitted) -> None:
+        cluster = self._owned(ev.client, ev.cluster_id)
+        if cluster is None:
+            return
+        if cluster.closing:
+            self._reject(ev.client, ErrorCode.BAD_REQUEST, f"cluster {cluster.name} is closing", ev.cluster_id)
+            return
+        user = self.users[cluster.user]
+        accepted = self._out.accepted[(ev.client, ev.cluster_id)]
+        for spec in ev.jobs:
+            accepted.append(spec.job_id)
+            if spec.job_id in cluster.jobs:
+                continue  # a resent submit: idempotent on the job id
+            self._seq += 1
+            job = JobRecord(ev.cluster_id, spec.job_id, spec.priority, self._seq, spec.payload, self.now)
+            cluster.jobs[spec.job_id] = job
+            cluster.push(job)
+            user.queued += 1
+            self._log(job, "new", JobState.QUEUED.value)
+        self._update_waiting(cluster)
+
+    @_on.register
+    def _on_jobs_cancelled(self, ev: E.JobsCancelled) -> None:
+        cluster = self._owned(ev.client, ev.cluster_id)
+        if cluster is not None:
+            self._cancel(cluster, ev.job_ids)
+
+    @_on.register
+    def _on_results_acked(self, ev: E.ResultsAcked) -> None:
+        cluster = self._owned(ev.client, ev.cluster_id)
+        if cluster is None:
+            return
+        for job_id in ev.job_ids:
+            job = cluster.jobs.get(job_id)
+            if job is not None and job.state is JobState.DONE:
+                del cluster.jobs[job_id]
+        self._maybe_finish_close(cluster)
+
+    @_on.register
+    def _on_cluster_closed(self, ev: E.ClusterClosed) -> None:
+        cluster = self._owned(ev.client, ev.cluster_id)
+        if cluster is None:
+            return
+        cluster.closing = True
+        queued = [j.job_id for j in cluster.jobs.values() if j.state is JobState.QUEUED]
+        running = [j.job_id for j in cluster.jobs.values() if j.state is JobState.RUNNING]
+        self._cancel(cluster, queued + (running if ev.terminate else []))
+        # results the client never acknowledged are dropped with the cluster
+        for job in [j for j in cluster.jobs.values() if j.state is JobState.DONE]:
+            del cluster.jobs[job.job_id]
+        self._maybe_finish_close(cluster)
+
+    @_on.register
+    def _on_status_requested(self, ev: E.StatusRequested) -> None:
+        self._out.immediate.append(A.ReportStatus(ev.client, ev.ref, self.status()))
+
+    @_on.register
+    def _on_client_left(self, ev: E.ClientLeft) -> None:
+        # queued and running jobs go on; results wait for the client to return
+        for cluster in self.clusters.values():
+            if cluster.client == ev.client:
+                cluster.client = None
+
+    @_on.register
+    def _on_node_joined(self, ev: E.NodeJoined) -> None:
+        node = NodeRecord(ev.node, ev.name, ev.ip_addr, max(0, ev.cpus), ev.heartbeat, self.now)
+        self.nodes[ev.node] = node
+        self._update_free(node)
+
+    @_on.register
+    def _on_node_reported(self, ev: E.NodeReported) -> None:
+        node = self.nodes.get(ev.node)
+        if node is None:
+            return
+        node.last_seen = self.now
+        node.avail = dict(ev.avail)
+        cpus = ev.avail.get("cpus")
+        if isinstance(cpus, int) and not isinstance(cpus, bool) and cpus >= 0:
+            node.cpus = cpus
+            self._update_free(node)
+
+    @_on.register
+    def _on_results_arrived(self, ev: E.ResultsArrived) -> None:
+        node = self.nodes.get(ev.node)
+        if node is None:
+            return
+        node.last_seen = self.now
+        for result in ev.results:
+            cluster = self.clusters.get(result.cluster_id)
+            job = cluster.jobs.get(result.job_id) if cluster else None
+            if cluster is None or job is None or job.state is not JobState.RUNNING or job.node != ev.node:
+                continue  # late or repeated: the job already has its result
+            self._release(job, node, cluster)
+            self.users[cluster.user].add_usage(max(0.0, result.end_time - result.start_time), self.now, self.usage_half_life)
+            self._finish(cluster, job, result)
+
+    @_on.register
+    def _on_cluster_failed_on_node(self, ev: E.ClusterFailedOnNode) -> None:
+        node = self.nodes.get(ev.node)
+        cluster = self.clusters.get(ev.cluster_id)
+        if node is None or cluster is None:
+            return
+        cluster.failed_on[ev.node] = ev.message
+        cluster.loaded_on.discard(ev.node)
+        node.loaded.discard(ev.cluster_id)
+        # its jobs never started there: back to the queue, whatever `reentrant` says
+        for key in [k for k in node.jobs if k[0] == ev.cluster_id]:
+            job = cluster.jobs[key[1]]
+            self._release(job, node, cluster)
+            self._requeue(cluster, job)
+        if cluster.client is not None:
+            self._reject(
+                cluster.client,
+                ErrorCode.SETUP_FAILED,
+                f"cluster {cluster.name} cannot run on node {node.name}: {ev.message}",
+                cluster.cluster_id,
+            )
+        self._maybe_finish_close(cluster)
+
+    @_on.register
+    def _on_node_left(self, ev: E.NodeLeft) -> None:
+        self._lose_node(ev.node, ev.reason)
+
+    @_on.register
+    def _on_tick(self, ev: E.Tick) -> None:
+        for node in list(self.nodes.values()):
+            if self.now - node.last_seen > node.heartbeat * self.config.heartbeat_misses:
+                reason = f"no report for {self.now - node.last_seen:.1f} s"
+                self._lose_node(node.node_id, reason)
+                self._out.immediate.append(A.DropNode(node.node_id, reason))
+
+    # ------------------------------------------------------- state changes
+
+    def _transition(self, job: JobRecord, to: JobState) -> None:
+        assert (job.state, to) in JOB_TRANSITIONS, f"bad transition {job.state} -> {to}"
+        self._log(job, job.state.value, to.value)
+        job.state = to
+
+    def _log(self, job: JobRecord, frm: str, to: str) -> None:
+        self.log.append((self._stimulus, job.cluster_id, job.job_id, frm, to))
+
+    def _schedule(self) -> None:
+        """Fills free CPUs: the policy picks the cluster, the least loaded node runs it."""
+        if not self._free_nodes or not self.waiting:
+            return
+        heap = [(self.nodes[n].load, self.nodes[n].name, n) for n in self._free_nodes]
+        heapq.heapify(heap)
+        while heap and self.waiting:
+            _, _, node_id = heapq.heappop(heap)
+            node = self.nodes[node_id]
+            cluster = self.policy.choose(self, lambda c: node_id not in c.failed_on, self.now)
+            if cluster is None:
+                continue  # nothing this node may run; other nodes may still have work
+            self._dispatch(cluster, cluster.pop(), node)
+            if node.free > 0:
+                heapq.heappush(heap, (node.load, node.name, node_id))
+
+    def _dispatch(self, cluster: ClusterRecord, job: JobRecord, node: NodeRecord) -> None:
+        user = self.users[cluster.user]
+        user.queued -= 1
+        self._update_waiting(cluster)
+        if cluster.cluster_id not in node.loaded:
+            node.loaded.add(cluster.cluster_id)
+            cluster.loaded_on.add(node.node_id)
+            self._out.immediate.append(
+                A.LoadCluster(node.node_id, cluster.cluster_id, cluster.user, cluster.computation, cluster.options)
+            )
+        self._transition(job, JobState.RUNNING)
+        job.node = node.node_id
+        job.start_time = self.now
+        job.attempts += 1
+        node.busy += 1
+        node.jobs.add(job.key)
+        user.busy += 1
+        cluster.busy += 1
+        cluster.last_dispatch = self.now
+        self._update_free(node)
+        assert job.payload is not None
+        self._out.dispatch[node.node_id].append(RunJob(cluster.cluster_id, job.job_id, job.payload))
+        self._notify_started(cluster, job)
+
+    def _notify_started(self, cluster: ClusterRecord, job: JobRecord) -> None:
+        if cluster.client is None or job.node is None:
+            return
+        node = self.nodes[job.node]
+        start = JobStart(job.job_id, node.name, node.ip_addr, job.start_time)
+        self._out.started[(cluster.client, cluster.cluster_id)].append(start)
+
+    def _release(self, job: JobRecord, node: NodeRecord, cluster: ClusterRecord) -> None:
+        """Frees the CPU a RUNNING job held."""
+        node.busy -= 1
+        node.jobs.discard(job.key)
+        self.users[cluster.user].busy -= 1
+        cluster.busy -= 1
+        job.node = None
+        self._update_free(node)
+
+    def _requeue(self, cluster: ClusterRecord, job: JobRecord) -> None:
+        self._transition(job, JobState.QUEUED)
+        cluster.push(job)  # keeps its original seq: it does not lose its place
+        self.users[cluster.user].queued += 1
+        self._update_waiting(cluster)
+
+    def _finish(self, cluster: ClusterRecord, job: JobRecord, result: JobResult) -> None:
+        """Moves a job to DONE with its one terminal result and delivers it."""
+        self._transition(job, JobState.DONE)
+        job.payload = None
+        job.result = result
+        self.users[cluster.user].finished += 1
+        if cluster.client is not None:
+            self._out.results[(cluster.client, cluster.cluster_id)].append(result)
+        if cluster.closing:
+            del cluster.jobs[job.job_id]
+            self._maybe_finish_close(cluster)
+
+    def _cancel(self, cluster: ClusterRecord, job_ids: Iterable[int]) -> None:
+        kills: dict[str, list[JobRef]] = defaultdict(list)
+        for job_id in job_ids:
+            job = cluster.jobs.get(job_id)
+            if job is None:
+                continue
+            if job.state is JobState.QUEUED:
+                cluster.queued -= 1  # its heap entry goes stale and is skipped
+                self.users[cluster.user].queued -= 1
+                self._finish(cluster, job, _synthetic(job, JobStatus.CANCELLED, "cancelled before it started", self.now))
+            elif job.state is JobState.RUNNING and job.node is not None:
+                # the node answers with the job's terminal result once the tree is gone
+                kills[job.node].append(JobRef(cluster.cluster_id, job_id))
+        self._update_waiting(cluster)
+        self._out.immediate += [A.KillJobs(node, refs) for node, refs in kills.items()]
+
+    def _lose_node(self, node_id: str, reason: str) -> None:
+        node = self.nodes.pop(node_id, None)
+        if node is None:
+            return
+        self._free_nodes.discard(node_id)
+        for cluster_id, job_id in sorted(node.jobs):
+            cluster = self.clusters[cluster_id]
+            job = cluster.jobs[job_id]
+            self._release(job, node, cluster)
+            if cluster.reentrant and not cluster.closing:
+                self._requeue(cluster, job)
+            else:
+                why = f"node {node.name} ({node.ip_addr}) was lost while running this job: {reason}"
+                self._finish(cluster, job, _synthetic(job, JobStatus.ABANDONED, why, self.now))
+        for cluster_id in node.loaded:
+            cluster = self.clusters.get(cluster_id)
+            if cluster is not None:
+                cluster.loaded_on.discard(node_id)
+        for cluster in self.clusters.values():
+            cluster.failed_on.pop(node_id, None)
+
+    def _maybe_finish_close(self, cluster: ClusterRecord) -> None:
+        if self.clusters.get(cluster.cluster_id) is not cluster or not cluster.closing:
+            return
+        if any(j.state is not JobState.DONE for j in cluster.jobs.values()):
+            return
+        del self.clusters[cluster.cluster_id]
+        self.users[cluster.user].clusters.discard(cluster.cluster_id)
+        for node_id in cluster.loaded_on:
+            node = self.nodes.get(node_id)
+            if node is not None:
+                node.loaded.discard(cluster.cluster_id)
+                self._out.immediate.append(A.UnloadCluster(node_id, cluster.cluster_id))
+        if cluster.client is not None:
+            self._out.closed.append(A.ConfirmClosed(cluster.client, cluster.cluster_id))
+
+    # -------------------------------------------------------------- helpers
+
+    def _user(self, name: str) -> UserRecord:
+        user = self.users.get(name)
+        if user is None:
+            shares = self.config.shares or {}
+            user = UserRecord(name, float(shares.get(name, self.config.default_share)), usage_time=self.now)
+            self.users[name] = user
+        return user
+
+    def _owned(self, client: str, cluster_id: str) -> ClusterRecord | None:
+        cluster = self.clusters.get(cluster_id)
+        if cluster is None or cluster.client != client:
+            self._reject(client, ErrorCode.UNKNOWN_CLUSTER, f"no open cluster {cluster_id} on this connection", cluster_id)
+            return None
+        return cluster
+
+    def _reject(self, client: str, code: ErrorCode, message: str, ref: str) -> None:
+        self._out.immediate.append(A.Reject(client, str(code), message, ref))
+
+    def _update_waiting(self, cluster: ClusterRecord) -> None:
+        if cluster.queued > 0:
+            self.waiting.setdefault(cluster.user, {})[cluster.cluster_id] = cluster
+        else:
+            mine = self.waiting.get(cluster.user)
+            if mine is not None:
+                mine.pop(cluster.cluster_id, None)
+                if not mine:
+                    del self.waiting[cluster.user]
+
+    def _update_free(self, node: NodeRecord) -> None:
+        if node.free > 0 and node.node_id in self.nodes:
+            self._free_nodes.add(node.node_id)
+        else:
+            self._free_nodes.discard(node.node_id)
+
+    # --------------------------------------------------------------- status
+
+    def status(self) -> dict[str, Any]:
+        """A snapshot for people: users, nodes, totals (plain msgpack types)."""
+        total_share = sum(u.share for u in self.users.values() if u.busy or u.queued) or 1.0
+        users = {
+            u.name: {
+                "share": u.share,
+                "target": (u.share / total_share) if (u.busy or u.queued) else 0.0,
+                "busy": u.busy,
+                "queued": u.queued,
+                "finished": u.finished,
+                "usage": round(u.decayed_usage(self.now, self.usage_half_life), 3),
+                "clusters": len(u.clusters),
+            }
+            for u in self.users.values()
+        }
+        nodes = {
+            n.name: {"ip_addr": n.ip_addr, "cpus": n.cpus, "busy": n.busy, "avail": n.avail}
+            for n in self.nodes.values()
+        }
+        return {
+            "policy": getattr(self.policy, "name", type(self.policy).__name__),
+            "users": users,
+            "nodes": nodes,
+            "cpus": sum(n.cpus for n in self.nodes.values()),
+            "busy": sum(n.busy for n in self.nodes.values()),
+            "queued": sum(u.queued for u in self.users.values()),
+        }
+
+
+def _synthetic(job: JobRecord, status: JobStatus, why: str, now: float) -> JobResult:
+    """A terminal result the scheduler writes itself (cancelled, abandoned)."""
+    start = job.start_time if job.state is JobState.RUNNING else 0.0
+    return JobResult(job.cluster_id, job.job_id, int(status), None, b"", b"", why, "", start, now)

@@ -1,0 +1,60 @@
+"""Errors of the wire layer, split by who is at fault (h11's convention).
+
+`LocalWireError`: we misused the API (a bug on our side).
+`RemoteWireError`: the peer sent something we cannot accept; it carries an
+`ErrorCode` and a message meant for that peer, so the shell can reply with a
+`Refused`/`Error` frame before closing.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ErrorCode(StrEnum):
+    """Machine-readable reason carried by `Refused` and `Error` frames."""
+
+    #: the HMAC over the challenge did not match the user's / node's secret
+    BAD_SECRET = "bad-secret"
+    #: user name not in the users file
+    UNKNOWN_USER = "unknown-user"
+    #: the peer speaks another protocol version
+    BAD_VERSION = "bad-version"
+    #: first bytes are not the dispy-shared preamble
+    NOT_DISPY = "not-dispy"
+    #: a frame that does not decode to a known, well-formed message
+    BAD_MESSAGE = "bad-message"
+    #: a frame larger than the receiver's limit
+    TOO_LARGE = "too-large"
+    #: the peer did not finish the handshake in time
+    HANDSHAKE_TIMEOUT = "handshake-timeout"
+    #: a request naming a cluster this peer does not own
+    UNKNOWN_CLUSTER = "unknown-cluster"
+    #: the cluster's set-up failed on a node (the cluster goes on elsewhere)
+    SETUP_FAILED = "setup-failed"
+    #: a well-formed request with a bad argument
+    BAD_REQUEST = "bad-request"
+    #: a configured limit was hit
+    LIMIT = "limit"
+    #: the receiver is shutting down
+    SHUTTING_DOWN = "shutting-down"
+
+
+class WireError(Exception):
+    """Base of every error raised by `dispy_wire`."""
+
+
+class LocalWireError(WireError):
+    """We tried to send something the protocol does not allow."""
+
+
+class RemoteWireError(WireError):
+    """The peer broke the protocol; `code` and `args[0]` are what to tell it."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0])

@@ -1,0 +1,326 @@
+"""Every message of the protocol, and their encoding.
+
+A message is a frozen, slotted dataclass with a numeric `TAG`; on the wire it
+is the msgpack array `[TAG, field, field, ...]`. Records inside messages
+(`JobSpec`, `JobResult`, ...) are `NamedTuple`s, which msgpack packs as arrays
+without help. Control fields are plain msgpack types; user data (functions,
+arguments, results) is opaque `bytes` that only clients and job processes
+unpickle: the scheduler relays them untouched.
+
+`decode` checks every field against the annotations, so a well-framed but
+ill-typed message becomes a `RemoteWireError(BAD_MESSAGE)` at the edge instead
+of an exception deep inside the scheduler.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Callable
+from typing import Any, ClassVar, NamedTuple
+
+import msgpack
+
+from .errors import ErrorCode, LocalWireError, RemoteWireError
+from .framing import encode_frame
+from .schema import checker_for
+
+PROTOCOL_VERSION = 1
+
+
+# --------------------------------------------------------------------------
+# Records carried inside messages
+
+
+class JobSpec(NamedTuple):
+    """One job submitted by a client."""
+
+    job_id: int
+    priority: int
+    payload: bytes  # cloudpickle((args, kwargs)), opaque to the scheduler
+
+
+class RunJob(NamedTuple):
+    """One job dispatched to a node."""
+
+    cluster_id: str
+    job_id: int
+    payload: bytes
+
+
+class JobRef(NamedTuple):
+    cluster_id: str
+    job_id: int
+
+
+class JobStart(NamedTuple):
+    """Tells a client where and when one of its jobs started."""
+
+    job_id: int
+    node: str
+    ip_addr: str
+    time: float
+
+
+class JobResult(NamedTuple):
+    """The terminal outcome of one job, from the node through to the client."""
+
+    cluster_id: str
+    job_id: int
+    status: int  # a `JobStatus` value
+    result: bytes | None  # cloudpickle(result); None unless Finished
+    stdout: bytes
+    stderr: bytes
+    exception: str  # remote traceback text, or why the job ended ('' if Finished)
+    exception_type: str  # class name of the exception ('' if none)
+    start_time: float
+    end_time: float
+
+
+# --------------------------------------------------------------------------
+# Messages
+
+
+class Message:
+    """Base of all messages; subclasses are registered with `@message(tag)`."""
+
+    __slots__ = ()
+    TAG: ClassVar[int]
+
+
+_REGISTRY: dict[int, tuple[type[Message], list[Callable[[Any], Any]]]] = {}
+_M = typing.TypeVar("_M", bound=type[Message])
+
+
+def message(tag: int) -> Callable[[_M], _M]:
+    def register(cls: _M) -> _M:
+        if tag in _REGISTRY:
+            raise LocalWireError(f"tag {tag} used twice")
+        dc = dataclasses.dataclass(frozen=True, slots=True)(cls)
+        hints = typing.get_type_hints(dc)
+        checkers = [checker_for(hints[f.name]) for f in dataclasses.fields(dc)]
+        dc.TAG = tag  # type: ignore[attr-defined]
+        _REGISTRY[tag] = (dc, checkers)
+        return dc  # type: ignore[return-value]
+
+    return register
+
+
+# -- handshake ---------------------------------------------------------------
+
+
+@message(1)
+class Challenge(Message):
+    """Scheduler → peer, first frame: prove you know the secret for this nonce."""
+
+    version: int
+    nonce: bytes
+    server: str
+
+
+@message(2)
+class Hello(Message):
+    """Peer → scheduler: who I am, and HMAC(secret, nonce, role, name)."""
+
+    version: int
+    role: str  # "client" or "node"
+    name: str  # user name for clients, node name for nodes
+    mac: bytes
+    info: dict[str, Any]  # nodes: cpus, platform, heartbeat; clients: host, pid
+
+
+@message(3)
+class Welcome(Message):
+    session: str
+    info: dict[str, Any]
+
+
+@message(4)
+class Refused(Message):
+    """Fatal: the sender closes the connection after this frame."""
+
+    code: str
+    message: str
+
+
+@message(5)
+class Error(Message):
+    """Non-fatal: a request (named by `ref`) was refused; the connection lives."""
+
+    code: str
+    message: str
+    ref: str
+
+
+# -- client → scheduler ------------------------------------------------------
+
+
+@message(10)
+class OpenCluster(Message):
+    """Opens a cluster, or re-attaches to it when `cluster_id` is known."""
+
+    cluster_id: str
+    name: str
+    computation: bytes  # opaque to the scheduler; the node's zygote loads it
+    reentrant: bool
+    options: dict[str, Any]
+
+
+@message(11)
+class SubmitJobs(Message):
+    cluster_id: str
+    jobs: list[JobSpec]
+
+
+@message(12)
+class CancelJobs(Message):
+    cluster_id: str
+    job_ids: list[int]
+
+
+@message(13)
+class AckResults(Message):
+    """The client holds these results; the scheduler may forget them."""
+
+    cluster_id: str
+    job_ids: list[int]
+
+
+@message(14)
+class CloseCluster(Message):
+    cluster_id: str
+    terminate: bool
+
+
+@message(15)
+class GetStatus(Message):
+    ref: str
+
+
+# -- scheduler → client ------------------------------------------------------
+
+
+@message(20)
+class ClusterOpened(Message):
+    cluster_id: str
+    resumed: bool
+
+
+@message(21)
+class JobsAccepted(Message):
+    cluster_id: str
+    job_ids: list[int]
+
+
+@message(22)
+class JobsStarted(Message):
+    cluster_id: str
+    starts: list[JobStart]
+
+
+@message(23)
+class JobResults(Message):
+    cluster_id: str
+    results: list[JobResult]
+
+
+@message(24)
+class Status(Message):
+    ref: str
+    status: dict[str, Any]
+
+
+@message(25)
+class ClusterClosed(Message):
+    cluster_id: str
+
+
+# -- node → scheduler --------------------------------------------------------
+
+
+@message(30)
+class Heartbeat(Message):
+    """Resource report: cpus offered, cpu percent, memory, disk, swap."""
+
+    avail: dict[str, Any]
+
+
+@message(31)
+class NodeResults(Message):
+    results: list[JobResult]
+
+
+@message(32)
+class ClusterFailed(Message):
+    """The cluster's set-up failed on this node; it will run none of its jobs."""
+
+    cluster_id: str
+    message: str
+
+
+# -- scheduler → node --------------------------------------------------------
+
+
+@message(40)
+class LoadCluster(Message):
+    cluster_id: str
+    user: str
+    computation: bytes
+    options: dict[str, Any]
+
+
+@message(41)
+class RunJobs(Message):
+    jobs: list[RunJob]
+
+
+@message(42)
+class KillJobs(Message):
+    jobs: list[JobRef]
+
+
+@message(43)
+class UnloadCluster(Message):
+    cluster_id: str
+
+
+# --------------------------------------------------------------------------
+# Encoding
+
+
+def encode(msg: Message) -> bytes:
+    """Returns the frame (header included) for one message."""
+    try:
+        fields = [getattr(msg, name) for name in msg.__slots__]  # type: ignore[attr-defined]
+        return encode_frame(msgpack.packb([msg.TAG, *fields], use_bin_type=True))
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise LocalWireError(f"cannot encode {msg!r}: {exc}") from exc
+
+
+def decode(body: bytes) -> Message:
+    """Parses one frame body.
+
+    Raises:
+        RemoteWireError: BAD_MESSAGE for anything but a well-formed message.
+    """
+    try:
+        obj = msgpack.unpackb(body, raw=False, use_list=True, strict_map_key=False)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise _bad(f"undecodable frame ({type(exc).__name__})") from None
+    if not isinstance(obj, list) or not obj or not isinstance(obj[0], int):
+        raise _bad("frame is not a tagged message")
+    entry = _REGISTRY.get(obj[0])
+    if entry is None:
+        raise _bad(f"unknown message tag {obj[0]}")
+    cls, checkers = entry
+    values = obj[1:]
+    if len(values) != len(checkers):
+        raise _bad(f"{cls.__name__} needs {len(checkers)} fields, got {len(values)}")
+    try:
+        return cls(*[check(v) for check, v in zip(checkers, values)])
+    except (TypeError, ValueError) as exc:
+        raise _bad(f"{cls.__name__}: {exc}") from None
+
+
+def _bad(message: str) -> RemoteWireError:
+    return RemoteWireError(ErrorCode.BAD_MESSAGE, message)

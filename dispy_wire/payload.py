@@ -1,0 +1,88 @@
+"""What is inside the opaque payloads: written by clients, read by job processes.
+
+The scheduler and the node daemon never call anything here but `peek_*`
+helpers that read no pickles; only client programs and the node's zygote and
+job processes unpickle (principles 2 and 3 of DESIGN.md).
+
+A computation is two layers, so that files and modules are in place before
+any pickle that may refer to them is loaded:
+
+    msgpack {"v": 1, "kind": "function" | "program",
+             "name": str,
+             "files":   [[basename, bytes, mode], ...],   # depends paths
+             "modules": [[filename, bytes], ...],          # depends modules, as source
+             "objects": bytes}                             # cloudpickle of `CodeObjects`
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+FORMAT_VERSION = 1
+
+
+@dataclass(slots=True)
+class CodeObjects:
+    """The Python objects of a computation (pickled by value with cloudpickle)."""
+
+    func: Any = None  # the computation, for kind "function"
+    program: list[str] | None = None  # argv prefix, for kind "program"
+    setup: Any = None
+    cleanup: Any = None  # a callable, or a bool
+    globals: dict[str, Any] = field(default_factory=dict)  # depends functions/classes
+
+
+@dataclass(slots=True)
+class Computation:
+    kind: str
+    name: str
+    files: list[tuple[str, bytes, int]]
+    modules: list[tuple[str, bytes]]
+    objects: bytes  # cloudpickle(CodeObjects)
+
+
+def pack_computation(comp: Computation) -> bytes:
+    return msgpack.packb(
+        {
+            "v": FORMAT_VERSION,
+            "kind": comp.kind,
+            "name": comp.name,
+            "files": [list(f) for f in comp.files],
+            "modules": [list(m) for m in comp.modules],
+            "objects": comp.objects,
+        },
+        use_bin_type=True,
+    )
+
+
+def unpack_computation(blob: bytes) -> Computation:
+    """Reads the outer layer (no pickles). Raises ValueError if malformed."""
+    try:
+        d = msgpack.unpackb(blob, raw=False)
+        if d.get("v") != FORMAT_VERSION:
+            raise ValueError(f"computation format {d.get('v')!r}, expected {FORMAT_VERSION}")
+        return Computation(
+            kind=str(d["kind"]),
+            name=str(d["name"]),
+            files=[(str(n), bytes(b), int(m)) for n, b, m in d["files"]],
+            modules=[(str(n), bytes(b)) for n, b in d["modules"]],
+            objects=bytes(d["objects"]),
+        )
+    except (KeyError, TypeError, ValueError, msgpack.UnpackException) as exc:
+        raise ValueError(f"malformed computation: {exc}") from None
+
+
+def dumps(obj: Any) -> bytes:
+    """Pickles user data by value where it must be (functions of `__main__`)."""
+    import cloudpickle
+
+    return cloudpickle.dumps(obj, protocol=5)
+
+
+def loads(data: bytes) -> Any:
+    import pickle
+
+    return pickle.loads(data)

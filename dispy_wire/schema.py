@@ -1,0 +1,80 @@
+"""Field checkers built from type annotations, for validating decoded messages.
+
+Supported: int, float, str, bytes, bool, dict, `X | None`, `list[X]`, and
+NamedTuple records (which arrive as lists and leave as the record type).
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from collections.abc import Callable
+from typing import Any
+
+from .errors import LocalWireError
+
+
+
+def checker_for(tp: Any) -> Callable[[Any], Any]:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if len(options) == 2 and type(None) in options:
+            inner = checker_for(next(o for o in options if o is not type(None)))
+            return lambda v: None if v is None else inner(v)
+        raise LocalWireError(f"unsupported union {tp}")
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        item = checker_for(item_tp)
+
+        def check_list(v: Any) -> list[Any]:
+            if not isinstance(v, list):
+                raise TypeError(f"expected a list, got {type(v).__name__}")
+            return [item(x) for x in v]
+
+        return check_list
+    if origin is dict or tp is dict:
+        return _isinstance(dict)
+    if isinstance(tp, type) and issubclass(tp, tuple) and hasattr(tp, "_fields"):
+        return _record_checker(tp)
+    if tp is int:
+        return _int
+    if tp is float:
+        return _float
+    if tp in (str, bytes, bool):
+        return _isinstance(tp)
+    raise LocalWireError(f"unsupported field type {tp}")
+
+
+def _isinstance(tp: type) -> Callable[[Any], Any]:
+    def check(v: Any) -> Any:
+        if not isinstance(v, tp):
+            raise TypeError(f"expected {tp.__name__}, got {type(v).__name__}")
+        return v
+
+    return check
+
+
+def _int(v: Any) -> int:
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise TypeError(f"expected int, got {type(v).__name__}")
+    return v
+
+
+def _float(v: Any) -> float:
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        raise TypeError(f"expected float, got {type(v).__name__}")
+    return float(v)
+
+
+def _record_checker(tp: type) -> Callable[[Any], Any]:
+    hints = typing.get_type_hints(tp)
+    checkers = [checker_for(hints[name]) for name in tp._fields]  # type: ignore[attr-defined]
+    n = len(checkers)
+
+    def check(v: Any) -> Any:
+        if not isinstance(v, list) or len(v) != n:
+            raise TypeError(f"{tp.__name__} must be a list of {n} fields")
+        return tp(*[c(x) for c, x in zip(checkers, v)])
+
+    return check
