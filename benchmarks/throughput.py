@@ -1,0 +1,113 @@
+"""Throughput and latency of trivial jobs through scheduler and node.
+
+Starts `dispyscheduler` and one `dispynode` (2 CPUs) on 127.0.0.1, then:
+- 1 client submitting 2,000 trivial jobs: jobs/s from first submit to last result;
+- 4 client processes at once, 500 jobs each: aggregate jobs/s;
+- 50 sequential single jobs: p50 / p95 round trip (submit to result).
+Each figure is one summary line. Run: `make bench`, or with the venv's python.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+CLIENT = r"""
+import sys, time
+from dispy_client import SharedJobCluster
+
+def f(x):
+    return 2 * x
+
+mode, n = sys.argv[1], int(sys.argv[2])
+with SharedJobCluster(f, user=sys.argv[3]) as cluster:
+    cluster.submit(0)()  # warm: the node has loaded the computation
+    if mode == "batch":
+        print("ready", flush=True)
+        sys.stdin.readline()  # all clients start together
+        t0 = time.perf_counter()
+        jobs = [cluster.submit(i) for i in range(n)]
+        cluster.wait()
+        t1 = time.perf_counter()
+        assert all(j.result == 2 * i for i, j in enumerate(jobs))
+        print(f"batch {t0:.6f} {t1:.6f}", flush=True)
+    else:
+        rtts = []
+        for i in range(n):
+            t = time.perf_counter()
+            assert cluster.submit(i)() == 2 * i
+            rtts.append(time.perf_counter() - t)
+        print("rtt " + " ".join(f"{r:.6f}" for r in rtts), flush=True)
+"""
+
+
+def start(argv: list[str], ready: str, log: Path) -> tuple[subprocess.Popen[str], re.Match[str]]:
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=open(log, "w"), text=True)
+    assert proc.stdout is not None
+    match = re.search(ready, proc.stdout.readline())
+    if not match:
+        proc.kill()
+        sys.exit(f"{argv} did not start; see {log}")
+    return proc, match
+
+
+def run_batch(script: Path, env: dict[str, str], clients: int, jobs: int) -> float:
+    procs = [
+        subprocess.Popen([sys.executable, str(script), "batch", str(jobs), f"user{i}"], env=env,
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        for i in range(clients)
+    ]
+    for p in procs:
+        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+    for p in procs:
+        assert p.stdin is not None
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    spans = []
+    for p in procs:
+        out, _ = p.communicate(timeout=600)
+        assert p.returncode == 0, out
+        _, t0, t1 = out.split()
+        spans.append((float(t0), float(t1)))
+    return clients * jobs / (max(t1 for _, t1 in spans) - min(t0 for t0, _ in spans))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cpus", type=int, default=2)
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="dispy-bench-"))
+    script = tmp / "client.py"
+    script.write_text(CLIENT)
+    bindir = Path(sys.executable).parent
+    procs = []
+    try:
+        sched, m = start([str(bindir / "dispyscheduler"), "--port", "0", "--state-dir", str(tmp / "state"),
+                          "--loglevel", "WARNING"], r"listening on (\S+):(\d+)", tmp / "scheduler.log")
+        procs.append(sched)
+        address = f"{m.group(1)}:{m.group(2)}"
+        node, _ = start([str(bindir / "dispynode"), "--scheduler", address, "--cpus", str(args.cpus),
+                         "--work-dir", str(tmp / "node"), "--loglevel", "WARNING"], r"connected to", tmp / "node.log")
+        procs.append(node)
+        env = {"DISPY_SCHEDULER": address, "PATH": str(bindir)}
+        print(f"1 client x 2000 jobs:  {run_batch(script, env, 1, 2000):7.0f} jobs/s")
+        print(f"4 clients x 500 jobs:  {run_batch(script, env, 4, 500):7.0f} jobs/s")
+        out = subprocess.run([sys.executable, str(script), "rtt", "50", "latency"], env=env,
+                             capture_output=True, text=True, timeout=300, check=True).stdout
+        rtts = sorted(float(x) for x in out.split()[1:])
+        p95 = rtts[int(0.95 * len(rtts)) - 1]
+        print(f"round trip (50 sequential): p50 {statistics.median(rtts) * 1000:.1f} ms, p95 {p95 * 1000:.1f} ms")
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+            proc.wait(10)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,204 @@
+"""The client's network side: an event loop thread and the scheduler link.
+
+User threads never touch the loop directly: they use `LoopThread.call` and
+`LoopThread.run`, which go through the loop's thread-safe entry points.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+from dispy_wire import messages as M
+from dispy_wire.errors import ErrorCode, RemoteWireError
+from dispy_wire.framing import NEED_DATA, PREAMBLE, FrameDecoder
+from dispy_wire.handshake import PeerHandshake, Role
+from dispy_wire.loop import event_loop_factory
+
+from .errors import AuthenticationError, ProtocolError, SchedulerUnreachable
+
+log = logging.getLogger("dispy_client")
+T = TypeVar("T")
+
+
+class LoopThread:
+    """A daemon thread that runs one asyncio loop until `stop`."""
+
+    def __init__(self, name: str) -> None:
+        self.loop = event_loop_factory()()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """Runs `coro` on the loop and waits for its result."""
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return future.result(timeout)
+        except TimeoutError:
+            future.cancel()
+            raise
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> None:
+        self.loop.call_soon_threadsafe(fn, *args)
+
+    @property
+    def in_loop_thread(self) -> bool:
+        return threading.current_thread() is self._thread
+
+    def stop(self) -> None:
+        if self.loop.is_closed():
+            return
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        if not self.in_loop_thread:
+            self._thread.join(timeout=5)
+            if not self._thread.is_alive():
+                self.loop.close()
+
+
+def _handshake_error(exc: RemoteWireError, where: str, user: str) -> Exception:
+    if exc.code is ErrorCode.BAD_SECRET:
+        return AuthenticationError(f"scheduler {where} rejected user {user!r}: bad secret")
+    if exc.code is ErrorCode.UNKNOWN_USER:
+        return AuthenticationError(f"scheduler {where} rejected user {user!r}: unknown user")
+    if exc.code is ErrorCode.BAD_VERSION:
+        return ProtocolError(f"scheduler {where}: {exc.message}")
+    return ProtocolError(f"scheduler {where} refused the connection: {exc.message} ({exc.code})")
+
+
+class SchedulerLink(asyncio.Protocol):
+    """One authenticated connection from a client to the scheduler.
+
+    Args:
+        on_message: called on the loop thread for every message after Welcome.
+        on_lost: called once when the connection ends after Welcome.
+    """
+
+    def __init__(
+        self,
+        user: str,
+        secret: str,
+        info: dict[str, Any],
+        on_message: Callable[[M.Message], None],
+        on_lost: Callable[[str], None],
+    ) -> None:
+        self._handshake = PeerHandshake(Role.CLIENT, user, secret, info)
+        self._decoder = FrameDecoder()
+        self._on_message = on_message
+        self._on_lost = on_lost
+        self._out: list[bytes] = []
+        self._flush_pending = False
+        self.transport: asyncio.Transport | None = None
+        self.ready: asyncio.Future[M.Welcome] = asyncio.get_running_loop().create_future()
+        self.where = "?"
+        self.welcome: M.Welcome | None = None
+
+    @classmethod
+    async def connect(
+        cls,
+        host: str,
+        port: int,
+        timeout: float,
+        user: str,
+        secret: str,
+        info: dict[str, Any],
+        on_message: Callable[[M.Message], None],
+        on_lost: Callable[[str], None],
+    ) -> SchedulerLink:
+        """Connects and authenticates within `timeout` seconds.
+
+        Raises:
+            SchedulerUnreachable, AuthenticationError, ProtocolError.
+        """
+        loop = asyncio.get_running_loop()
+        where = f"{host}:{port}"
+        link = cls(user, secret, info, on_message, on_lost)
+        link.where = where
+        try:
+            async with asyncio.timeout(timeout):
+                await loop.create_connection(lambda: link, host, port)
+                await link.ready
+        except TimeoutError:
+            link.close()
+            raise SchedulerUnreachable(f"scheduler {where} did not answer within {timeout:g} s") from None
+        except OSError as exc:
+            raise SchedulerUnreachable(f"cannot reach scheduler {where}: {exc.strerror or exc}") from None
+        except RemoteWireError as exc:
+            link.close()
+            raise _handshake_error(exc, where, user) from None
+        return link
+
+    # ---------------------------------------------------------- asyncio hooks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.write(PREAMBLE)
+
+    def data_received(self, data: bytes) -> None:
+        self._decoder.feed(data)
+        while True:
+            try:
+                frame = self._decoder.next_frame()
+                if frame is NEED_DATA:
+                    return
+                assert isinstance(frame, bytes)
+                msg = M.decode(frame)
+            except RemoteWireError as exc:
+                self._fail(exc)
+                return
+            if not self.ready.done():
+                try:
+                    reply = self._handshake.receive(msg)
+                except RemoteWireError as exc:
+                    self._fail(exc)
+                    return
+                if isinstance(reply, M.Hello):
+                    self.send(reply)
+                else:
+                    self.welcome = reply
+                    self.ready.set_result(reply)
+            elif isinstance(msg, M.Refused):
+                log.error("scheduler %s closed the connection: %s (%s)", self.where, msg.message, msg.code)
+                self.close()
+                return
+            else:
+                self._on_message(msg)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.ready.done():
+            self.ready.set_exception(SchedulerUnreachable(f"scheduler {self.where} closed the connection"))
+            return
+        self._on_lost(str(exc) if exc else "connection closed")
+
+    def _fail(self, exc: RemoteWireError) -> None:
+        if not self.ready.done():
+            self.ready.set_exception(exc)
+        else:
+            log.error("bad data from scheduler %s: %s", self.where, exc.message)
+        self.close()
+
+    # --------------------------------------------------------------- output
+
+    def send(self, msg: M.Message) -> None:
+        self._out.append(M.encode(msg))
+        if not self._flush_pending:
+            self._flush_pending = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_pending = False
+        if self._out and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"".join(self._out))
+        self._out.clear()
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self._flush()
+            self.transport.close()

@@ -1,0 +1,242 @@
+"""The loop-thread side of one cluster: talks to the scheduler, never to the user.
+
+Theory of operation
+-------------------
+`ClusterSession` lives on the client's loop thread. It keeps the spec of
+every job that has no terminal result yet, so that after a reconnect it can
+re-open the cluster (same id) and resubmit them all: the scheduler is
+idempotent on job ids, so a job it already knows is not run twice, and one it
+lost (a restarted scheduler) is submitted again. Results are acknowledged as
+soon as they are handed to the dispatcher thread; the first terminal result
+of a job wins and later copies are dropped, so the user sees exactly one.
+
+User threads reach it only through `enqueue` (lock-free hand-off of submits,
+one wake-up per batch) and `LoopThread.call`/`run`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import random
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from dispy_wire import messages as M
+from dispy_wire.errors import ErrorCode
+
+from .connection import LoopThread, SchedulerLink
+from .errors import ClusterError, DispyError
+
+log = logging.getLogger("dispy_client")
+
+#: submits are sent in messages of at most this many payload bytes
+SUBMIT_CHUNK_BYTES = 4 * 1024 * 1024
+#: room for a message's own fields around its payloads
+ENVELOPE_BYTES = 1024
+
+
+class ClusterSession:
+    """Args:
+    deliver: called on the loop thread with ("started", JobStart) and
+        ("result", JobResult) items for the dispatcher thread.
+    """
+
+    def __init__(
+        self,
+        loop_thread: LoopThread,
+        host: str,
+        port: int,
+        user: str,
+        secret: str,
+        timeout: float,
+        open_msg: M.OpenCluster,
+        deliver: Callable[[str, Any], None],
+    ) -> None:
+        self._lt = loop_thread
+        self.host, self.port, self.user, self._secret = host, port, user, secret
+        self.timeout = timeout
+        self.open_msg = open_msg
+        self.cluster_id = open_msg.cluster_id
+        self._deliver = deliver
+        self._link: SchedulerLink | None = None
+        self._specs: dict[int, M.JobSpec] = {}  # unfinished jobs, for resubmission
+        self._incoming: collections.deque[M.JobSpec] = collections.deque()
+        self._wake_pending = False
+        self._opened: asyncio.Future[bool] | None = None
+        self._closed: asyncio.Future[None] | None = None
+        self._status: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._closing = False
+        self.max_message_size = 0  # the scheduler's limit, from its Welcome
+        self._reconnect: asyncio.Task[None] | None = None
+        self.errors: list[str] = []
+
+    # ------------------------------------------------------ from user threads
+
+    def enqueue(self, spec: M.JobSpec) -> None:
+        """Thread-safe: queue a submit; the loop sends all queued in one message."""
+        self._incoming.append(spec)
+        if not self._wake_pending:
+            self._wake_pending = True
+            self._lt.call(self._take_incoming)
+
+    def check_size(self, payload_bytes: int, what: str) -> None:
+        """Refuses, here and now, what the scheduler would refuse by closing on us."""
+        if self.max_message_size and payload_bytes + ENVELOPE_BYTES > self.max_message_size:
+            raise DispyError(
+                f"{what} ({payload_bytes} bytes pickled) would exceed the scheduler's limit "
+                f"of {self.max_message_size} bytes per message"
+            )
+
+    # ------------------------------------------------------- on the loop
+
+    async def open(self) -> bool:
+        """Connects and opens (or re-opens) the cluster; returns `resumed`."""
+        loop = asyncio.get_running_loop()
+        info = {"host": socket.gethostname(), "pid": os.getpid()}
+        self._link = await SchedulerLink.connect(
+            self.host, self.port, self.timeout, self.user, self._secret, info, self._on_message, self._on_lost
+        )
+        assert self._link.welcome is not None
+        limit = self._link.welcome.info.get("max_message_size")
+        self.max_message_size = limit if isinstance(limit, int) else 0
+        try:
+            self.check_size(len(self.open_msg.computation), f"computation {self.open_msg.name!r} with its depends")
+        except DispyError:
+            self._link.close()
+            raise
+        self._opened = loop.create_future()
+        self._link.send(self.open_msg)
+        try:
+            async with asyncio.timeout(self.timeout):
+                resumed = await self._opened
+        except TimeoutError:
+            raise ClusterError(f"scheduler {self._link.where} did not open the cluster within {self.timeout:g} s") from None
+        if self._specs:
+            self._send_submits(list(self._specs.values()))
+        return resumed
+
+    async def close(self, terminate: bool, timeout: float) -> None:
+        self._closing = True
+        if self._reconnect is not None:
+            self._reconnect.cancel()
+        link = self._link
+        if link is None or link.transport is None or link.transport.is_closing():
+            return
+        self._closed = asyncio.get_running_loop().create_future()
+        link.send(M.CloseCluster(self.cluster_id, terminate))
+        try:
+            async with asyncio.timeout(timeout):
+                await self._closed
+        except TimeoutError:
+            log.warning("scheduler did not confirm closing cluster %s within %g s", self.open_msg.name, timeout)
+        finally:
+            link.close()
+
+    async def status(self) -> dict[str, Any]:
+        if self._link is None:
+            raise DispyError("not connected to the scheduler")
+        ref = os.urandom(6).hex()
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._status[ref] = future
+        self._link.send(M.GetStatus(ref))
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await future
+        finally:
+            self._status.pop(ref, None)
+
+    def cancel(self, job_ids: list[int]) -> None:
+        self._take_incoming()  # a job submitted just before must reach the scheduler first
+        if self._link is not None:
+            self._link.send(M.CancelJobs(self.cluster_id, job_ids))
+
+    def _take_incoming(self) -> None:
+        self._wake_pending = False
+        batch: list[M.JobSpec] = []
+        while self._incoming:
+            spec = self._incoming.popleft()
+            self._specs[spec.job_id] = spec
+            batch.append(spec)
+        if batch and self._opened is not None and self._opened.done():
+            self._send_submits(batch)
+
+    def _send_submits(self, specs: list[M.JobSpec]) -> None:
+        assert self._link is not None
+        chunk: list[M.JobSpec] = []
+        size = 0
+        budget = min(SUBMIT_CHUNK_BYTES, self.max_message_size or SUBMIT_CHUNK_BYTES) - ENVELOPE_BYTES
+        for spec in specs:
+            if chunk and size + len(spec.payload) + 32 > budget:
+                self._link.send(M.SubmitJobs(self.cluster_id, chunk))
+                chunk, size = [], 0
+            chunk.append(spec)
+            size += len(spec.payload) + 32
+        if chunk:
+            self._link.send(M.SubmitJobs(self.cluster_id, chunk))
+
+    def _on_message(self, msg: M.Message) -> None:
+        match msg:
+            case M.JobResults(_, results):
+                for result in results:
+                    if self._specs.pop(result.job_id, None) is not None:
+                        self._deliver("result", result)
+                if self._link is not None:
+                    self._link.send(M.AckResults(self.cluster_id, [r.job_id for r in results]))
+            case M.JobsStarted(_, starts):
+                for start in starts:
+                    if start.job_id in self._specs:
+                        self._deliver("started", start)
+            case M.JobsAccepted():
+                pass  # resubmission after a reconnect covers jobs not yet accepted
+            case M.ClusterOpened(_, resumed):
+                if self._opened is not None and not self._opened.done():
+                    self._opened.set_result(resumed)
+            case M.ClusterClosed():
+                if self._closed is not None and not self._closed.done():
+                    self._closed.set_result(None)
+            case M.Status(ref, status):
+                future = self._status.get(ref)
+                if future is not None and not future.done():
+                    future.set_result(status)
+            case M.Error(code, message, ref):
+                self._on_error(code, message, ref)
+            case _:
+                log.warning("unexpected %s from scheduler", type(msg).__name__)
+
+    def _on_error(self, code: str, message: str, ref: str) -> None:
+        if self._opened is not None and not self._opened.done() and ref == self.cluster_id:
+            self._opened.set_exception(ClusterError(f"scheduler refused cluster {self.open_msg.name}: {message}"))
+            return
+        level = logging.WARNING if code == ErrorCode.SETUP_FAILED else logging.ERROR
+        log.log(level, "scheduler: %s (%s)", message, code)
+        self.errors.append(message)
+
+    def _on_lost(self, reason: str) -> None:
+        if self._closing:
+            if self._closed is not None and not self._closed.done():
+                self._closed.set_result(None)
+            return
+        log.warning("lost the scheduler %s:%d (%s); reconnecting", self.host, self.port, reason)
+        self._opened = None
+        self._reconnect = asyncio.get_running_loop().create_task(self._reconnect_loop())
+
+    async def _reconnect_loop(self) -> None:
+        delay = 0.2
+        while not self._closing:
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            try:
+                resumed = await self.open()
+            except (DispyError, OSError) as exc:
+                log.info("reconnect to %s:%d failed: %s", self.host, self.port, exc)
+                delay = min(delay * 2, 5.0)
+                continue
+            log.warning(
+                "reconnected to the scheduler; cluster %s, %d unfinished jobs resubmitted",
+                "resumed" if resumed else "re-created",
+                len(self._specs),
+            )
+            return

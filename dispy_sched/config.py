@@ -1,0 +1,160 @@
+"""The scheduler's configuration: command line over TOML file over defaults."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import socket
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from dispy_wire.framing import DEFAULT_MAX_SIZE
+from dispy_wire.handshake import Role
+
+DEFAULT_PORT = 9702
+
+
+class ConfigError(ValueError):
+    """A configuration the scheduler refuses to start with; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class UserEntry:
+    secret: str
+    share: float = 1.0
+
+
+@dataclass(slots=True)
+class SchedConfig:
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    policy: str = "fair"
+    secret: str | None = None
+    users_file: str | None = None
+    node_secret: str = ""
+    state_dir: str | None = None
+    max_message_size: int = DEFAULT_MAX_SIZE
+    handshake_timeout: float = 10.0
+    usage_half_life: float = 3600.0
+    status_log_interval: float = 60.0
+    loglevel: str = "INFO"
+    name: str = field(default_factory=socket.gethostname)
+    users: dict[str, UserEntry] = field(default_factory=dict)
+
+    def secret_for(self, role: Role, name: str) -> str | None:
+        """The secret `name` must prove, or None if it may not connect at all."""
+        if role is Role.NODE:
+            return self.node_secret
+        if self.users:
+            entry = self.users.get(name)
+            return entry.secret if entry else None
+        return self.secret if self.secret is not None else ""
+
+    def shares(self) -> dict[str, float]:
+        return {name: entry.share for name, entry in self.users.items()}
+
+
+def load_users(path: str) -> dict[str, UserEntry]:
+    """Reads `[users.NAME]` tables with `secret` and `share` (default 1)."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read users file {path}: {exc}") from None
+    users: dict[str, UserEntry] = {}
+    for name, table in data.get("users", {}).items():
+        if not isinstance(table, dict) or not isinstance(table.get("secret"), str):
+            raise ConfigError(f"users file {path}: [users.{name}] needs secret = \"...\"")
+        share = table.get("share", 1)
+        if not isinstance(share, (int, float)) or isinstance(share, bool) or share <= 0:
+            raise ConfigError(f"users file {path}: [users.{name}] share must be a positive number")
+        users[name] = UserEntry(table["secret"], float(share))
+    if not users:
+        raise ConfigError(f"users file {path} defines no [users.NAME] table")
+    return users
+
+
+def default_state_dir() -> str:
+    """`$STATE_DIRECTORY` under systemd, else a per-user directory."""
+    if os.environ.get("STATE_DIRECTORY"):
+        return os.environ["STATE_DIRECTORY"].split(":")[0]
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(Path.home(), ".local", "state")
+    return os.path.join(base, "dispyscheduler")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="dispyscheduler",
+        description="Shared scheduler of a dispy-shared cluster: clients and nodes both connect to it.",
+    )
+    p.add_argument("--config", metavar="FILE", help="TOML file with any of the options below (flags override it)")
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help=f"port for clients and nodes; 0 picks a free one (default {DEFAULT_PORT})")
+    p.add_argument("--policy", help="scheduling policy: fair (default), fifo, or package.module:Class")
+    auth = p.add_mutually_exclusive_group()
+    auth.add_argument("--secret", help="one secret for every user name")
+    auth.add_argument("--users-file", metavar="FILE", help="TOML with [users.NAME] secret = ..., share = N")
+    p.add_argument("--node-secret", help="secret that nodes must prove (default empty)")
+    p.add_argument("--state-dir", metavar="DIR", help="where the scheduler keeps its state")
+    p.add_argument("--max-message-size", type=int, metavar="BYTES", help="largest message accepted (default 64 MiB)")
+    p.add_argument("--handshake-timeout", type=float, metavar="S", help="seconds a peer has to authenticate (10)")
+    p.add_argument("--usage-half-life", type=float, metavar="S", help="half-life of decayed usage (3600)")
+    p.add_argument("--loglevel", help="DEBUG, INFO (default), WARNING, ERROR")
+    return p
+
+
+def config_from_args(argv: list[str] | None = None) -> SchedConfig:
+    """Parses the command line (and the file it names) into a checked config.
+
+    Raises:
+        ConfigError: a bad file, a bad value, or an unsafe combination.
+    """
+    args = build_parser().parse_args(argv)
+    values: dict[str, Any] = {}
+    if args.config:
+        try:
+            with open(args.config, "rb") as f:
+                values.update(tomllib.load(f))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {args.config}: {exc}") from None
+        values = {k.replace("-", "_"): v for k, v in values.items()}
+    values.update({k: v for k, v in vars(args).items() if v is not None and k != "config"})
+    known = {f.name for f in fields(SchedConfig)} - {"users"}
+    unknown = set(values) - known
+    if unknown:
+        raise ConfigError(f"unknown option(s) in config: {', '.join(sorted(unknown))}")
+    if values.get("secret") is not None and values.get("users_file") is not None:
+        raise ConfigError("give either secret or users_file, not both")
+    cfg = SchedConfig(**values)
+    if cfg.users_file:
+        cfg.users = load_users(cfg.users_file)
+    if not 0 <= cfg.port <= 65535:
+        raise ConfigError(f"port {cfg.port} out of range")
+    if cfg.max_message_size < 1024:
+        raise ConfigError("max_message_size must be at least 1024 bytes")
+    if not is_loopback(cfg.host):
+        missing = []
+        if cfg.secret is None and not cfg.users:
+            missing.append("a user secret (--secret or --users-file)")
+        if not cfg.node_secret:
+            missing.append("a node secret (--node-secret)")
+        if missing:
+            raise ConfigError(
+                f"refusing to listen on non-loopback address {cfg.host} without {' and '.join(missing)}: "
+                "anyone who can reach it could run code on every node"
+            )
+    if cfg.state_dir is None:
+        cfg.state_dir = default_state_dir()
+    return cfg

@@ -1,0 +1,82 @@
+"""`dispyscheduler`: command line, logging, signals, lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+import signal
+import sys
+from typing import IO
+
+from .config import ConfigError, SchedConfig, config_from_args
+from .core import CoreConfig, SchedulerCore
+from dispy_wire.loop import event_loop_factory
+
+from .policies import Policy, UnknownPolicy, load_policy
+from .server import SchedulerServer
+
+log = logging.getLogger("dispy_sched")
+
+
+def _lock_state_dir(path: str) -> IO[str]:
+    """Creates the state directory and holds its lock: one scheduler per state."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    lock = open(os.path.join(path, "lock"), "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.close()
+        raise ConfigError(f"state directory {path} is in use by another dispyscheduler") from None
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    return lock
+
+
+async def serve(cfg: SchedConfig, policy: Policy) -> None:
+    core = SchedulerCore(policy, CoreConfig(shares=cfg.shares(), usage_half_life=cfg.usage_half_life))
+    server = SchedulerServer(cfg, core)
+    host, port = await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("policy %s; %s", core.policy.name, f"{len(cfg.users)} users" if cfg.users else "any user name")
+    print(f"listening on {host}:{port}", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down")
+        await server.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cfg = config_from_args(argv)
+    except ConfigError as exc:
+        print(f"dispyscheduler: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=cfg.loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    try:
+        policy = load_policy(cfg.policy)
+        assert cfg.state_dir is not None
+        lock = _lock_state_dir(cfg.state_dir)
+    except (ConfigError, UnknownPolicy, OSError) as exc:
+        print(f"dispyscheduler: {exc}", file=sys.stderr)
+        return 2
+    try:
+        with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+            runner.run(serve(cfg, policy))
+    except OSError as exc:  # typically: address in use
+        print(f"dispyscheduler: cannot listen on {cfg.host}:{cfg.port}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    finally:
+        lock.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

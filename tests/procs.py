@@ -1,0 +1,153 @@
+"""Real processes for integration tests: scheduler, nodes and client programs.
+
+Each process is started with its output going to files (so a full pipe can
+never block it), waited for by a readiness line with a deadline, and ended by
+its PID (SIGTERM, then SIGKILL) when the test is over, pass or fail.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Proc:
+    """A started process whose stdout/stderr go to files in `workdir`."""
+
+    def __init__(self, argv: list[str], workdir: Path, name: str, env: dict[str, str] | None = None) -> None:
+        self.name = name
+        self.argv = argv
+        self.out_path = workdir / f"{name}.out"
+        self.err_path = workdir / f"{name}.err"
+        full_env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **(env or {})}
+        with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
+            self.popen = subprocess.Popen(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=full_env, cwd=workdir)
+        self.pid = self.popen.pid
+
+    @property
+    def stdout(self) -> str:
+        return self.out_path.read_text(errors="replace")
+
+    @property
+    def stderr(self) -> str:
+        return self.err_path.read_text(errors="replace")
+
+    def wait_for_line(self, pattern: str, timeout: float = 20.0, stream: str = "stdout") -> re.Match[str]:
+        """Waits until `pattern` appears in the process's output."""
+        deadline = time.monotonic() + timeout
+        rx = re.compile(pattern)
+        delay = 0.005
+        while True:
+            text = self.stdout if stream == "stdout" else self.stderr
+            match = rx.search(text)
+            if match:
+                return match
+            if self.popen.poll() is not None:
+                raise AssertionError(f"{self.name} exited ({self.popen.returncode}) before {pattern!r}:\n{self.describe()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{self.name}: no {pattern!r} within {timeout} s:\n{self.describe()}")
+            time.sleep(delay)  # polling a file the process writes; no event to wait on
+            delay = min(delay * 2, 0.1)
+
+    def count(self, pattern: str, stream: str = "stdout") -> int:
+        return len(re.findall(pattern, self.stdout if stream == "stdout" else self.stderr))
+
+    def wait(self, timeout: float = 60.0) -> int:
+        return self.popen.wait(timeout)
+
+    def describe(self) -> str:
+        return f"--- {self.name} stdout ---\n{self.stdout[-4000:]}\n--- {self.name} stderr ---\n{self.stderr[-6000:]}"
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
+        """Ends the process (and anything it left behind) by PID."""
+        if self.popen.poll() is None:
+            try:
+                children = psutil.Process(self.pid).children(recursive=True)
+            except psutil.NoSuchProcess:
+                children = []
+            self.popen.send_signal(sig)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(timeout)
+            _, alive = psutil.wait_procs(children, timeout=timeout)
+            for child in alive:
+                try:
+                    child.kill()
+                except psutil.NoSuchProcess:
+                    pass
+
+    def kill9(self) -> None:
+        """SIGKILL, as a crash would: its job processes are left to their own fate."""
+        self.popen.kill()
+        self.popen.wait(10)
+
+
+class Cluster:
+    """Starts and tracks the processes of one test."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.procs: list[Proc] = []
+        self.address = ""
+        self.node_secret = ""
+
+    def start(self, argv: list[str], name: str, env: dict[str, str] | None = None) -> Proc:
+        proc = Proc(argv, self.workdir, name, env)
+        self.procs.append(proc)
+        return proc
+
+    def scheduler(self, *args: str, name: str = "scheduler") -> Proc:
+        argv = [sys.executable, "-m", "dispy_sched.main", "--host", "127.0.0.1", "--port", "0"]
+        argv += ["--state-dir", str(self.workdir / f"{name}-state"), *args]
+        if "--node-secret" in args:
+            self.node_secret = args[args.index("--node-secret") + 1]
+        proc = self.start(argv, name)
+        match = proc.wait_for_line(r"listening on (\S+):(\d+)")
+        self.address = f"{match.group(1)}:{match.group(2)}"
+        return proc
+
+    def node(self, *args: str, cpus: int = 2, name: str = "node", wait: bool = True) -> Proc:
+        argv = [sys.executable, "-m", "dispy_node.main", "--scheduler", self.address, "--cpus", str(cpus)]
+        argv += ["--name", name, "--work-dir", str(self.workdir / f"{name}-work"), "--heartbeat", "0.5"]
+        if self.node_secret and "--node-secret" not in args:
+            argv += ["--node-secret", self.node_secret]
+        proc = self.start([*argv, *args], name)
+        if wait:
+            proc.wait_for_line(r"connected to ")
+        return proc
+
+    def client(self, code: str, name: str = "client", env: dict[str, str] | None = None, args: list[str] | None = None) -> Proc:
+        """Runs a client program (the text of a Python script) as its own process."""
+        script = self.workdir / f"{name}.py"
+        script.write_text(textwrap.dedent(code))
+        env = {"DISPY_SCHEDULER": self.address, **(env or {})}
+        return self.start([sys.executable, str(script), *(args or [])], name, env)
+
+    def run_client(self, code: str, name: str = "client", timeout: float = 60.0, env: dict[str, str] | None = None) -> Proc:
+        """Runs a client program to its end; fails the test if it did not exit 0."""
+        proc = self.client(code, name, env)
+        try:
+            rc = proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"{name} did not finish within {timeout} s:\n{self.describe()}") from None
+        assert rc == 0, f"{name} exited {rc}:\n{self.describe()}"
+        return proc
+
+    def describe(self) -> str:
+        return "\n".join(p.describe() for p in self.procs)
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()

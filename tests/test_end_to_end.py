@@ -1,0 +1,354 @@
+"""The whole system with real processes: scheduler, nodes and client programs."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from procs import Cluster
+
+
+def test_results_output_and_exceptions_reach_the_client(cluster: Cluster) -> None:
+    cluster.scheduler()
+    cluster.node(cpus=2)
+    client = cluster.run_client(
+        """
+        import sys
+        from dispy_client import SharedJobCluster, DispyJob
+
+        class Point:                      # a class of __main__ travels by value
+            def __init__(self, x): self.x = x
+
+        def compute(n):
+            import sys
+            print("out", n)
+            print("err", n, file=sys.stderr)
+            if n == 3:
+                raise ValueError("three is bad")
+            return Point(n * n)
+
+        with SharedJobCluster(compute) as cluster:
+            jobs = []
+            for i in range(6):
+                job = cluster.submit(i)
+                job.id = i
+                jobs.append(job)
+            cluster.wait()
+            for job in jobs:
+                if job.id == 3:
+                    assert job.status == DispyJob.Terminated, job.status
+                    assert job.result is None
+                    assert "ValueError: three is bad" in job.exception, job.exception
+                    assert job.exception_type == "ValueError"
+                else:
+                    assert job.status == DispyJob.Finished, (job.status, job.exception)
+                    assert job().x == job.id ** 2
+                assert job.stdout == f"out {job.id}\\n", job.stdout
+                assert job.stderr.startswith(f"err {job.id}\\n"), job.stderr
+                assert job.ip_addr == "127.0.0.1"
+                assert job.submit_time <= job.start_time <= job.end_time
+        print("ok")
+        """
+    )
+    assert client.stdout.strip().endswith("ok")
+
+
+def test_depends_files_functions_and_setup_globals(cluster: Cluster) -> None:
+    cluster.scheduler()
+    cluster.node(cpus=2)
+    (cluster.workdir / "data.txt").write_text("forty-two")
+    client = cluster.run_client(
+        """
+        from dispy_client import SharedJobCluster
+
+        def helper(x):
+            return x + 1
+
+        def setup():
+            global table
+            table = {"a": 1}
+            return 0
+
+        def compute(key):
+            with open("data.txt") as f:
+                text = f.read()
+            return text, helper(table[key])
+
+        with SharedJobCluster(compute, depends=["data.txt", helper], setup=setup) as cluster:
+            job = cluster.submit("a")
+            assert job() == ("forty-two", 2), (job.status, job.exception)
+        print("ok")
+        """
+    )
+    assert client.stdout.strip() == "ok"
+
+
+def test_two_users_share_the_cpus_fairly(cluster: Cluster) -> None:
+    users = cluster.workdir / "users.toml"
+    users.write_text('[users.alice]\nsecret = "a-secret"\n[users.bob]\nsecret = "b-secret"\n')
+    cluster.scheduler("--users-file", str(users), "--policy", "fair")
+    cluster.node(cpus=4)
+    program = """
+        import json, sys, time
+        from dispy_client import SharedJobCluster
+
+        def compute(t):
+            import time
+            time.sleep(t)
+            return t
+
+        user, secret, out = sys.argv[1], sys.argv[2], sys.argv[3]
+        with SharedJobCluster(compute, user=user, secret=secret) as cluster:
+            jobs = [cluster.submit(0.15) for _ in range(48)]
+            cluster.wait()
+            spans = [(j.start_time, j.end_time) for j in jobs]
+            assert all(j.status == j.Finished for j in jobs)
+        with open(out, "w") as f:
+            json.dump(spans, f)
+        """
+    alice = cluster.client(program, "alice", args=["alice", "a-secret", str(cluster.workdir / "alice.json")])
+    time.sleep(0.5)  # alice's backlog is queued first: bob must still get half
+    bob = cluster.client(program, "bob", args=["bob", "b-secret", str(cluster.workdir / "bob.json")])
+    for proc in (alice, bob):
+        assert proc.wait(60) == 0, cluster.describe()
+    spans = {u: json.loads((cluster.workdir / f"{u}.json").read_text()) for u in ("alice", "bob")}
+    # the overlap: from bob's first start until either user has no more work
+    t0 = min(s for s, _ in spans["bob"])
+    t1 = min(max(e for _, e in spans[u]) for u in spans)
+    assert t1 - t0 > 0.5, "the users' work did not overlap"
+
+    def busy(u: str) -> float:
+        return sum(max(0.0, min(e, t1) - max(s, t0)) for s, e in spans[u])
+
+    share = busy("bob") / (busy("alice") + busy("bob"))
+    assert 0.35 <= share <= 0.65, f"bob's share of busy CPU time during the overlap: {share:.2f}"
+
+
+def test_node_killed_reentrant_jobs_rerun_others_abandoned(cluster: Cluster) -> None:
+    cluster.scheduler()
+    doomed = cluster.node(cpus=2, name="doomed")
+    client = cluster.client(
+        """
+        import sys
+        from dispy_client import SharedJobCluster, DispyJob
+
+        def compute(t):
+            import time
+            time.sleep(t)
+            return "done"
+
+        plain = SharedJobCluster(compute)
+        again = SharedJobCluster(compute, reentrant=True)
+        a = plain.submit(3)
+        b = again.submit(3)
+        print("submitted", flush=True)
+        assert b() == "done", (b.status, b.exception)
+        a()
+        assert a.status == DispyJob.Abandoned, a.status
+        assert "doomed" in a.exception and "lost" in a.exception, a.exception
+        print("ok", b.ip_addr, flush=True)
+        plain.close()
+        again.close()
+        """
+    )
+    client.wait_for_line("submitted")
+    deadline = time.monotonic() + 20
+    while len(psutil.Process(doomed.pid).children(recursive=True)) < 4:  # 2 zygotes + 2 jobs
+        assert time.monotonic() < deadline, cluster.describe()
+        time.sleep(0.05)
+    job_procs = psutil.Process(doomed.pid).children(recursive=True)
+    doomed.kill9()
+    cluster.node(cpus=2, name="rescuer")
+    assert client.wait(60) == 0, cluster.describe()
+    assert "ok 127.0.0.1" in client.stdout
+    _, alive = psutil.wait_procs(job_procs, timeout=15)
+    assert not alive, f"job processes of the killed node survived: {alive}"
+
+
+def test_silent_node_is_dropped_and_comes_back(cluster: Cluster) -> None:
+    cluster.scheduler()
+    node = cluster.node(cpus=1, name="sleepy")
+    node.popen.send_signal(signal.SIGSTOP)
+    try:
+        scheduler = cluster.procs[0]
+        scheduler.wait_for_line(r"dropping node sleepy .*no report", stream="stderr", timeout=15)
+    finally:
+        node.popen.send_signal(signal.SIGCONT)
+    deadline = time.monotonic() + 20
+    while node.count("connected to") < 2:
+        assert time.monotonic() < deadline, cluster.describe()
+        time.sleep(0.05)
+    client = cluster.run_client(
+        """
+        from dispy_client import SharedJobCluster
+        with SharedJobCluster(lambda x: x + 1) as c:
+            assert c.submit(1)() == 2
+        print("ok")
+        """
+    )
+    assert "ok" in client.stdout
+
+
+def test_node_joining_later_gets_the_queued_work(cluster: Cluster) -> None:
+    cluster.scheduler()
+    client = cluster.client(
+        """
+        from dispy_client import SharedJobCluster
+        with SharedJobCluster(lambda x: 2 * x) as c:
+            jobs = [c.submit(i) for i in range(20)]
+            print("submitted", flush=True)
+            assert [j() for j in jobs] == [2 * i for i in range(20)]
+        print("ok")
+        """
+    )
+    client.wait_for_line("submitted")
+    cluster.node(cpus=2)
+    assert client.wait(60) == 0, cluster.describe()
+    assert client.stdout.strip().endswith("ok")
+
+
+def test_jobs_that_kill_their_own_process_are_reported_and_the_node_goes_on(cluster: Cluster) -> None:
+    cluster.scheduler()
+    cluster.node(cpus=2)
+    client = cluster.run_client(
+        """
+        import os, signal
+        from dispy_client import SharedJobCluster, DispyJob
+
+        def compute(how):
+            if how == "exit":
+                os._exit(3)
+            if how == "signal":
+                os.kill(os.getpid(), signal.SIGKILL)
+            return how
+
+        with SharedJobCluster(compute, depends=[os, signal]) as c:
+            exit_job, sig_job = c.submit("exit"), c.submit("signal")
+            c.wait()
+            assert exit_job.status == DispyJob.Terminated and "code 3" in exit_job.exception, exit_job.exception
+            assert sig_job.status == DispyJob.Terminated and "SIGKILL" in sig_job.exception, sig_job.exception
+            assert [c.submit("fine")() for _ in range(4)] == ["fine"] * 4
+        print("ok")
+        """
+    )
+    assert client.stdout.strip() == "ok"
+
+
+def test_cancel_a_running_job(cluster: Cluster) -> None:
+    cluster.scheduler()
+    cluster.node(cpus=1)
+    client = cluster.run_client(
+        """
+        import time
+        from dispy_client import SharedJobCluster, DispyJob
+
+        def compute(t):
+            import time
+            time.sleep(t)
+            return t
+
+        with SharedJobCluster(compute) as c:
+            running, queued = c.submit(30), c.submit(30)
+            while running.status != DispyJob.Running:
+                time.sleep(0.01)
+            assert c.cancel(queued) == 0 and c.cancel(running) == 0
+            c.wait(20)
+            assert queued.status == DispyJob.Cancelled, queued.status
+            assert running.status == DispyJob.Cancelled, running.status
+            assert c.submit(0)() == 0
+            assert c.cancel(running) == -1
+        print("ok")
+        """
+    )
+    assert client.stdout.strip() == "ok"
+
+
+def test_client_that_vanishes_leaves_its_jobs_running(cluster: Cluster) -> None:
+    cluster.scheduler()
+    cluster.node(cpus=2)
+    cluster.run_client(
+        """
+        import os
+        from dispy_client import SharedJobCluster
+
+        def compute(t):
+            import time
+            time.sleep(t)
+            return t
+
+        c = SharedJobCluster(compute, user="ghost")
+        for _ in range(4):
+            c.submit(0.5)
+        st = c.scheduler_status()
+        while st["users"]["ghost"]["queued"] == 4:
+            st = c.scheduler_status()
+        os._exit(0)  # no close: the scheduler keeps the jobs going
+        """,
+        name="ghost",
+    )
+    watcher = cluster.run_client(
+        """
+        import time
+        from dispy_client import SharedJobCluster
+        c = SharedJobCluster(lambda: None, user="watcher")
+        deadline = time.time() + 20
+        while c.scheduler_status()["users"]["ghost"]["finished"] < 4:
+            assert time.time() < deadline, c.scheduler_status()
+            time.sleep(0.1)
+        c.close()
+        print("ok")
+        """,
+        name="watcher",
+    )
+    assert watcher.stdout.strip() == "ok"
+
+
+def test_node_reconnects_after_the_scheduler_restarts(cluster: Cluster) -> None:
+    scheduler = cluster.scheduler()
+    node = cluster.node(cpus=1)
+    port = cluster.address.rsplit(":", 1)[1]
+    scheduler.stop()
+    cluster.scheduler("--port", port, name="scheduler2")
+    deadline = time.monotonic() + 30
+    while node.count("connected to") < 2:
+        assert time.monotonic() < deadline, cluster.describe()
+        time.sleep(0.05)
+    client = cluster.run_client(
+        """
+        from dispy_client import SharedJobCluster
+        with SharedJobCluster(lambda: "again") as c:
+            assert c.submit()() == "again"
+        print("ok")
+        """
+    )
+    assert "ok" in client.stdout
+
+
+def test_scheduler_refuses_an_open_address_without_secrets(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    result = subprocess.run(
+        [sys.executable, "-m", "dispy_sched.main", "--host", "0.0.0.0", "--port", "0", "--state-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert "refusing to listen on non-loopback address 0.0.0.0" in result.stderr
+    assert "--node-secret" in result.stderr
+
+
+@pytest.mark.parametrize("policy", ["nonsense", "no.such.module:Policy"])
+def test_scheduler_refuses_an_unknown_policy(tmp_path, policy: str) -> None:  # type: ignore[no-untyped-def]
+    result = subprocess.run(
+        [sys.executable, "-m", "dispy_sched.main", "--port", "0", "--policy", policy, "--state-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert "policy" in result.stderr and policy in result.stderr
