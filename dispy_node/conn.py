@@ -1,0 +1,293 @@
+"""The node's connection to the scheduler: handshake, heartbeats, dispatch, results, reconnect.
+
+Theory of operation. `run_node` dials the scheduler, again and again: each
+connection is one `_Session` with its own `Runner`. A session authenticates
+(`PeerHandshake`), prints `connected to H:P`, sends a Heartbeat at once and
+every `heartbeat` seconds, turns scheduler messages into runner calls, and
+sends the runner's results in batches: one `NodeResults` frame per event-loop
+turn (split only to stay far below the wire's frame limit).
+
+When the connection ends, for whatever reason, the session's runner is closed:
+every job and zygote is killed and nothing of that session is reported later,
+because the scheduler has written this node's jobs off. Then `run_node`
+redials with exponential backoff and jitter. A refusal that retrying cannot
+cure (bad secret, unknown node, other protocol version) ends the daemon with
+status 2 instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.metadata
+import logging
+import os
+import platform
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from dispy_wire.errors import ErrorCode, RemoteWireError
+from dispy_wire.framing import NEED_DATA, PREAMBLE, FrameDecoder
+from dispy_wire.handshake import HandshakeState, PeerHandshake, Role
+from dispy_wire.messages import (
+    ClusterFailed,
+    Error,
+    Heartbeat,
+    Hello,
+    JobResult,
+    KillJobs,
+    LoadCluster,
+    Message,
+    NodeResults,
+    Refused,
+    RunJobs,
+    UnloadCluster,
+    decode,
+    encode,
+)
+
+from . import NodeError, report
+from .runner import Runner
+
+logger = logging.getLogger(__name__)
+
+#: refusals after which redialing cannot help: the operator must act
+FATAL_CODES = frozenset({ErrorCode.BAD_SECRET, ErrorCode.UNKNOWN_USER, ErrorCode.BAD_VERSION})
+CONNECT_TIMEOUT = 10.0
+HANDSHAKE_TIMEOUT = 10.0
+#: a NodeResults frame is cut once it holds this much; the wire refuses 64 MiB
+FRAME_BUDGET = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    """Everything the daemon is told by its flags and config file."""
+
+    host: str
+    port: int
+    cpus: int
+    name: str
+    node_secret: str
+    heartbeat: float
+    work_dir: Path
+    kill_grace: float
+
+    @property
+    def scheduler(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+class SchedulerRefused(NodeError):
+    """The scheduler refused us (`Refused` frame), or spoke another protocol version."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{message} ({code})")
+        self.code = code
+
+    @property
+    def fatal(self) -> bool:
+        return self.code in FATAL_CODES
+
+
+class Backoff:
+    """Delays between dials: `first` doubling to `maximum`, each drawn in [d/2, d]."""
+
+    def __init__(self, first: float = 0.2, maximum: float = 10.0) -> None:
+        self.first = first
+        self.maximum = maximum
+        self._delay = first
+
+    def reset(self) -> None:
+        self._delay = self.first
+
+    def next(self) -> float:
+        delay = self._delay * random.uniform(0.5, 1.0)
+        self._delay = min(self._delay * 2, self.maximum)
+        return delay
+
+
+async def run_node(config: NodeConfig) -> int:
+    """Serves the scheduler until cancelled; returns 2 if it refuses us for good."""
+    report.prime()
+    backoff = Backoff()
+    while True:
+        try:
+            await _connect_once(config, backoff)
+        except SchedulerRefused as exc:
+            if exc.fatal:
+                logger.error("scheduler %s refused node %r: %s; giving up", config.scheduler, config.name, exc)
+                return 2
+            logger.warning("scheduler %s refused node %r: %s", config.scheduler, config.name, exc)
+        except (OSError, TimeoutError, RemoteWireError) as exc:
+            logger.warning("scheduler %s: %s", config.scheduler, exc or type(exc).__name__)
+        delay = backoff.next()
+        logger.info("reconnecting in %.1f s", delay)
+        await asyncio.sleep(delay)
+
+
+async def _connect_once(config: NodeConfig, backoff: Backoff) -> None:
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(config.host, config.port), CONNECT_TIMEOUT)
+    session = _Session(config, reader, writer)
+    try:
+        async with asyncio.timeout(HANDSHAKE_TIMEOUT):
+            await session.handshake()
+        logger.info("registered with scheduler %s as %r", config.scheduler, config.name)
+        print(f"connected to {config.scheduler}", flush=True)
+        registered = time.monotonic()
+        await session.serve()
+        # a scheduler that welcomes and drops us at once must not be redialed at full speed
+        if time.monotonic() - registered >= backoff.maximum:
+            backoff.reset()
+    finally:
+        await session.close()
+
+
+class _Session:
+    """One connection: from the handshake until the socket closes."""
+
+    def __init__(self, config: NodeConfig, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.config = config
+        self._reader = reader
+        self._writer = writer
+        self._decoder = FrameDecoder(expect_preamble=True)
+        self.runner = Runner(config.work_dir, config.kill_grace, self._add_result, self._cluster_failed)
+        self._results: list[JobResult] = []
+        self._flush_pending = False
+        self._heartbeats: asyncio.Task[None] | None = None
+
+    async def handshake(self) -> None:
+        """Raises SchedulerRefused if the scheduler will not have us."""
+        info = {
+            "cpus": self.config.cpus,
+            "platform": platform.platform(),
+            "pid": os.getpid(),
+            "heartbeat": self.config.heartbeat,
+            "version": _version(),
+        }
+        hs = PeerHandshake(Role.NODE, self.config.name, self.config.node_secret, info)
+        self._writer.write(PREAMBLE)
+        while hs.state is not HandshakeState.DONE:
+            msg = await self._recv()
+            try:
+                reply = hs.receive(msg)
+            except RemoteWireError as exc:
+                raise SchedulerRefused(str(exc.code), exc.message) from None
+            if isinstance(reply, Hello):
+                self._writer.write(encode(reply))
+
+    async def serve(self) -> None:
+        """Runs until the connection ends (returns) or the scheduler refuses us (raises)."""
+        self._heartbeats = asyncio.create_task(self._heartbeat())
+        while True:
+            try:
+                msg = await self._recv()
+            except ConnectionError as exc:
+                logger.warning("lost the scheduler %s: %s", self.config.scheduler, exc)
+                return
+            self._dispatch(msg)
+
+    async def close(self) -> None:
+        if self._heartbeats is not None:
+            self._heartbeats.cancel()
+            await asyncio.gather(self._heartbeats, return_exceptions=True)
+        await self.runner.close()
+        self._writer.close()
+        try:
+            await self._writer.wait_closed()
+        except OSError:
+            pass
+
+    # -- receiving -----------------------------------------------------------
+
+    async def _recv(self) -> Message:
+        """The next well-formed message; a malformed one gets an Error back and is skipped.
+
+        Raises:
+            ConnectionError: the scheduler closed the connection.
+            RemoteWireError: the byte stream itself is broken (not dispy, frame too large).
+        """
+        while True:
+            frame = self._decoder.next_frame()
+            if frame is NEED_DATA:
+                data = await self._reader.read(1 << 20)
+                if not data:
+                    raise ConnectionError("connection closed by the scheduler")
+                self._decoder.feed(data)
+                continue
+            assert isinstance(frame, bytes)
+            try:
+                return decode(frame)
+            except RemoteWireError as exc:
+                logger.warning("scheduler %s sent a bad message: %s", self.config.scheduler, exc.message)
+                self._write(encode(Error(str(exc.code), exc.message, "")))
+
+    def _dispatch(self, msg: Message) -> None:
+        match msg:
+            case RunJobs(jobs):
+                self.runner.run(jobs)
+            case KillJobs(jobs):
+                self.runner.kill(jobs)
+            case LoadCluster(cluster_id, user, computation, _options):
+                logger.info("loading cluster %s of user %s (%d bytes)", cluster_id, user, len(computation))
+                self.runner.load(cluster_id, computation)
+            case UnloadCluster(cluster_id):
+                logger.info("unloading cluster %s", cluster_id)
+                self.runner.unload(cluster_id)  # a task the runner keeps
+            case Error(code, message, ref):
+                logger.warning("scheduler %s: error %s about %r: %s", self.config.scheduler, code, ref, message)
+            case Refused(code, message):
+                raise SchedulerRefused(code, message)
+            case _:
+                why = f"a node does not accept {type(msg).__name__}"
+                logger.warning("scheduler %s: %s", self.config.scheduler, why)
+                self._write(encode(Error(str(ErrorCode.BAD_MESSAGE), why, "")))
+
+    # -- sending -------------------------------------------------------------
+
+    async def _heartbeat(self) -> None:
+        while True:
+            avail = report.avail(self.config.cpus, self.runner.busy, self.config.work_dir)
+            self._write(encode(Heartbeat(avail)))
+            try:
+                await self._writer.drain()  # the one place we yield to a slow scheduler
+            except ConnectionError:
+                return  # the reader sees the end of the connection too
+            await asyncio.sleep(self.config.heartbeat)
+
+    def _add_result(self, result: JobResult) -> None:
+        self._results.append(result)
+        if not self._flush_pending:
+            self._flush_pending = True
+            asyncio.get_running_loop().call_soon(self._flush_results)
+
+    def _flush_results(self) -> None:
+        self._flush_pending = False
+        batch: list[JobResult] = []
+        size = 0
+        for result in self._results:
+            weight = 256 + len(result.result or b"") + len(result.stdout) + len(result.stderr) + len(result.exception)
+            if batch and size + weight > FRAME_BUDGET:
+                self._write(encode(NodeResults(batch)))
+                batch, size = [], 0
+            batch.append(result)
+            size += weight
+        if batch:
+            self._write(encode(NodeResults(batch)))
+        self._results = []
+
+    def _cluster_failed(self, cluster_id: str, message: str) -> None:
+        self._flush_results()  # results of its jobs go first: the scheduler requeues the rest
+        self._write(encode(ClusterFailed(cluster_id, message)))
+
+    def _write(self, data: bytes) -> None:
+        if not self._writer.is_closing():
+            self._writer.write(data)
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("dispy-shared")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"

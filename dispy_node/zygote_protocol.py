@@ -1,0 +1,107 @@
+"""Messages between the daemon and a zygote, over the zygote's stdin/stdout.
+
+Same framing as the wire (`dispy_wire.framing`, without the preamble); a
+message is the msgpack array `[tag, field, ...]` of a NamedTuple below. Both
+ends are our own code from the same installation, so decoding checks only the
+tag: a malformed frame here is a bug, not an attack.
+
+    daemon → zygote: Load (first, once), Run, Kill, Unload
+    zygote → daemon: Ready | SetupFailed (answer to Load), Started, Done,
+                     Unloaded (then exits)
+
+Closing the zygote's stdin means "stop now": it SIGKILLs its jobs and exits
+without reporting them or running `cleanup`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import msgpack
+
+from dispy_wire.framing import encode_frame
+
+#: pipe frames carry whole computations and results: our own limit, not the wire's
+MAX_FRAME = 1 << 30
+
+
+class Load(NamedTuple):
+    cluster_id: str
+    cluster_dir: str  # created by the zygote, mode 0700
+    computation: bytes  # the packed `dispy_wire.payload.Computation`
+    kill_grace: float  # seconds between SIGTERM and SIGKILL of a killed job
+    log_level: int
+
+
+class Run(NamedTuple):
+    job_id: int
+    payload: bytes  # dumps((args, kwargs))
+
+
+class Kill(NamedTuple):
+    job_id: int
+
+
+class Unload(NamedTuple):
+    """Cancel every job, run `cleanup`, answer Unloaded and exit."""
+
+
+class Ready(NamedTuple):
+    """Loaded and `setup` succeeded: Run away."""
+
+
+class SetupFailed(NamedTuple):
+    message: str
+
+
+class Started(NamedTuple):
+    """The job's process exists: the daemon keeps its pid (= process group) to
+    kill it should the zygote die."""
+
+    job_id: int
+    pid: int
+
+
+class Done(NamedTuple):
+    """The job's process has ended; the fields of `dispy_wire.messages.JobResult`."""
+
+    job_id: int
+    status: int
+    result: bytes | None
+    stdout: bytes
+    stderr: bytes
+    exception: str
+    exception_type: str
+    start_time: float
+    end_time: float
+
+
+class Unloaded(NamedTuple):
+    """Jobs are reported and `cleanup` ran; the zygote exits next."""
+
+
+Message = Load | Run | Kill | Unload | Ready | SetupFailed | Started | Done | Unloaded
+
+_TAGS: dict[type[Any], int] = {
+    Load: 1, Run: 2, Kill: 3, Unload: 4,
+    Ready: 10, SetupFailed: 11, Started: 12, Done: 13, Unloaded: 14,
+}  # fmt: skip
+_TYPES = {tag: cls for cls, tag in _TAGS.items()}
+
+
+def encode(msg: Message) -> bytes:
+    """Returns the frame (header included) for one message."""
+    return encode_frame(msgpack.packb([_TAGS[type(msg)], *msg], use_bin_type=True))
+
+
+def decode(body: bytes) -> Message:
+    """Parses one frame body into its message.
+
+    Raises:
+        ValueError: not a message of this protocol.
+    """
+    obj = msgpack.unpackb(body, raw=False)
+    if not isinstance(obj, list) or not obj or obj[0] not in _TYPES:
+        raise ValueError(f"not a zygote message: {body[:40]!r}")
+    msg: Message = _TYPES[obj[0]](*obj[1:])
+    return msg
