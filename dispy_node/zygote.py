@@ -29,6 +29,7 @@ import os
 import selectors
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -384,8 +385,6 @@ def _execute(code: _Code, payload: bytes, started: float) -> dict[str, Any]:
     try:
         args, kwargs = loads(payload)
         if code.kind == "program":
-            import subprocess
-
             assert code.program is not None  # checked at load
 
             value: Any = subprocess.call([*code.program, *map(str, args)])
