@@ -165,3 +165,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         sys.exit(runner.run(_serve(config)))
+
+
+if __name__ == "__main__":
+    main()
