@@ -10,7 +10,7 @@ import asyncio
 import logging
 import threading
 from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from dispy_wire import messages as M
 from dispy_wire.errors import ErrorCode, RemoteWireError
@@ -137,9 +137,8 @@ class SchedulerLink(asyncio.Protocol):
     # ---------------------------------------------------------- asyncio hooks
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.write(PREAMBLE)
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        self.transport.write(PREAMBLE)
 
     def data_received(self, data: bytes) -> None:
         self._decoder.feed(data)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from dispy_wire import messages as M
 from dispy_wire.errors import ErrorCode, RemoteWireError
@@ -76,11 +76,10 @@ class PeerConnection(asyncio.Protocol):
     # ---------------------------------------------------------- asyncio hooks
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         peername = transport.get_extra_info("peername")
         self.address = f"{peername[0]}:{peername[1]}" if peername else "?"
-        transport.write(PREAMBLE + M.encode(self._handshake.challenge()))
+        self.transport.write(PREAMBLE + M.encode(self._handshake.challenge()))
         loop = asyncio.get_running_loop()
         self._timer = loop.call_later(self.server.config.handshake_timeout, self._handshake_expired)
 

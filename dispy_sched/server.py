@@ -167,9 +167,10 @@ class SchedulerServer:
                 log.info("refused request from %s: %s (%s)", self._who(client), message, code)
                 self._send(client, M.Error(code, message, ref))
             case A.DropNode(node, reason):
+                name = self._who(node)
                 conn = self.peers.pop(node, None)
                 if conn is not None:
-                    log.warning("dropping node %s (%s): %s", self._who(node), conn.address, reason)
+                    log.warning("dropping node %s (%s): %s", name, conn.address, reason)
                     conn.close()
             case _:
                 raise TypeError(f"unhandled action {action!r}")

@@ -92,6 +92,7 @@ _REGISTRY: dict[int, tuple[type[Message], list[Callable[[Any], Any]]]] = {}
 _M = typing.TypeVar("_M", bound=type[Message])
 
 
+@typing.dataclass_transform(frozen_default=True)
 def message(tag: int) -> Callable[[_M], _M]:
     def register(cls: _M) -> _M:
         if tag in _REGISTRY:
@@ -307,7 +308,7 @@ def decode(body: bytes) -> Message:
         obj = msgpack.unpackb(body, raw=False, use_list=True, strict_map_key=False)
     except Exception as exc:  # msgpack raises several unrelated types
         raise _bad(f"undecodable frame ({type(exc).__name__})") from None
-    if not isinstance(obj, list) or not obj or not isinstance(obj[0], int):
+    if not isinstance(obj, list) or not obj or type(obj[0]) is not int:
         raise _bad("frame is not a tagged message")
     entry = _REGISTRY.get(obj[0])
     if entry is None:

@@ -17,7 +17,7 @@ any pickle that may refer to them is loaded:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import msgpack
 
@@ -62,17 +62,31 @@ def unpack_computation(blob: bytes) -> Computation:
     """Reads the outer layer (no pickles). Raises ValueError if malformed."""
     try:
         d = msgpack.unpackb(blob, raw=False)
-        if d.get("v") != FORMAT_VERSION:
-            raise ValueError(f"computation format {d.get('v')!r}, expected {FORMAT_VERSION}")
-        return Computation(
-            kind=str(d["kind"]),
-            name=str(d["name"]),
-            files=[(str(n), bytes(b), int(m)) for n, b, m in d["files"]],
-            modules=[(str(n), bytes(b)) for n, b in d["modules"]],
-            objects=bytes(d["objects"]),
-        )
-    except (KeyError, TypeError, ValueError, msgpack.UnpackException) as exc:
+    except (ValueError, msgpack.UnpackException) as exc:
         raise ValueError(f"malformed computation: {exc}") from None
+    if not isinstance(d, dict):
+        raise ValueError(f"malformed computation: a {type(d).__name__}, not a map")
+    if d.get("v") != FORMAT_VERSION:
+        raise ValueError(f"computation format {d.get('v')!r}, expected {FORMAT_VERSION}")
+    try:
+        return Computation(
+            kind=_typed(d["kind"], str),
+            name=_typed(d["name"], str),
+            files=[(_typed(n, str), _typed(b, bytes), _typed(m, int)) for n, b, m in d["files"]],
+            modules=[(_typed(n, str), _typed(b, bytes)) for n, b in d["modules"]],
+            objects=_typed(d["objects"], bytes),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"malformed computation: {exc}") from None
+
+
+_T = TypeVar("_T")
+
+
+def _typed(value: Any, tp: type[_T]) -> _T:
+    if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+        raise TypeError(f"expected {tp.__name__}, got {type(value).__name__}")
+    return value
 
 
 def dumps(obj: Any) -> bytes:

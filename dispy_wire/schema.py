@@ -34,7 +34,10 @@ def checker_for(tp: Any) -> Callable[[Any], Any]:
 
         return check_list
     if origin is dict or tp is dict:
-        return _isinstance(dict)
+        key_tp, value_tp = typing.get_args(tp) or (Any, Any)
+        return _dict_checker(key_tp, value_tp)
+    if tp is Any:
+        return _any
     if isinstance(tp, type) and issubclass(tp, tuple) and hasattr(tp, "_fields"):
         return _record_checker(tp)
     if tp is int:
@@ -51,6 +54,21 @@ def _isinstance(tp: type) -> Callable[[Any], Any]:
         if not isinstance(v, tp):
             raise TypeError(f"expected {tp.__name__}, got {type(v).__name__}")
         return v
+
+    return check
+
+
+def _any(v: Any) -> Any:
+    return v
+
+
+def _dict_checker(key_tp: Any, value_tp: Any) -> Callable[[Any], Any]:
+    key, value = checker_for(key_tp), checker_for(value_tp)
+
+    def check(v: Any) -> dict[Any, Any]:
+        if not isinstance(v, dict):
+            raise TypeError(f"expected a map, got {type(v).__name__}")
+        return {key(k): value(x) for k, x in v.items()}
 
     return check
 

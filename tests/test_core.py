@@ -323,10 +323,6 @@ def test_cancel_of_unknown_or_finished_jobs_does_nothing(core: SchedulerCore) ->
     assert actions == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a cancelled RUNNING job whose node is lost is requeued (reentrant) and runs again instead of ending Cancelled",
-)
 def test_cancelled_running_job_is_not_rerun_when_its_node_is_lost(core: SchedulerCore) -> None:
     step(core, opened("c1", "K", reentrant=True), joined("n1", 1), submitted("c1", "K", 1), now=0)
     step(core, E.JobsCancelled("c1", "K", [1]), now=1)
@@ -336,10 +332,6 @@ def test_cancelled_running_job_is_not_rerun_when_its_node_is_lost(core: Schedule
     assert res.status == JobStatus.CANCELLED
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: after CloseCluster(terminate=True), ClusterFailedOnNode requeues the killed jobs and they run elsewhere",
-)
 def test_terminated_cluster_jobs_are_not_rerun_after_set_up_failure(core: SchedulerCore) -> None:
     step(core, opened("c1", "K"), joined("n1", 1), joined("n2", 0), submitted("c1", "K", 1), now=0)
     step(core, E.ClusterClosed("c1", "K", terminate=True), now=1)
@@ -539,10 +531,6 @@ def test_submit_to_a_closing_cluster_is_rejected(core: SchedulerCore) -> None:
     assert not of(actions, A.ConfirmAccepted)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a closing cluster drops the result of a job that finishes while its client is disconnected",
-)
 def test_closing_cluster_keeps_results_for_a_client_that_reconnects(core: SchedulerCore) -> None:
     step(core, opened("c1", "K"), joined("n1", 1), submitted("c1", "K", 1), now=0)
     step(core, E.ClusterClosed("c1", "K", terminate=False), now=1)  # waits for job 1
@@ -822,10 +810,8 @@ class CoreMachine(RuleBasedStateMachine):
         self.closing.add(cid)
         self.apply(E.ClusterClosed(self.attached[cid], cid, terminate))
 
-    # A client whose cluster is closing does not leave: see
-    # test_closing_cluster_keeps_results_for_a_client_that_reconnects (known bug).
     def may_leave(self) -> list[str]:
-        return [c for c in sorted(self.attached) if c not in self.closing]
+        return sorted(self.attached)
 
     @precondition(lambda self: self.may_leave())
     @rule(data=st.data())
@@ -844,11 +830,11 @@ class CoreMachine(RuleBasedStateMachine):
     def reopen(self, cid: str) -> None:
         client = self.session()
         self.attached[cid] = client
+        held = {j for j, job in self.core.clusters[cid].jobs.items() if job.state is JobState.DONE}
         actions = self.apply(opened(client, cid, self.clusters[cid], reentrant=self.reentrant[cid]))
         assert A.ConfirmOpened(client, cid, True) in actions
-        # everything done and not acknowledged comes back
+        # everything done and not acknowledged comes back (a pending close may then complete)
         resent = {r.job_id for r in delivered(actions).get((client, cid), [])}
-        held = {j for j, job in self.core.clusters[cid].jobs.items() if job.state is JobState.DONE}
         assert resent == held
 
     # -- nodes

@@ -303,20 +303,12 @@ def test_optional_field_accepts_none_and_its_type() -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: messages.decode accepts a msgpack bool as the type tag (True == 1), so [True, ...] decodes as a Challenge",
-)
 def test_bool_type_tag_is_bad_message() -> None:
     with pytest.raises(RemoteWireError) as info:
         decode(raw(True, PROTOCOL_VERSION, b"nonce", "sched"))
     assert info.value.code is ErrorCode.BAD_MESSAGE
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: schema.checker_for maps dict[str, Any] to a bare isinstance(dict) check; non-str keys pass",
-)
 @pytest.mark.parametrize("avail", [{b"cpus": 8}, {1: 2}], ids=["bytes key", "int key"])
 def test_dict_field_with_non_str_keys_is_bad_message(avail: dict[Any, Any]) -> None:
     with pytest.raises(RemoteWireError) as info:
@@ -632,10 +624,6 @@ def packed(**overrides: Any) -> bytes:
     return msgpack.packb({k: v for k, v in d.items() if v is not ...}, use_bin_type=True)
 
 
-def _bug(reason: str) -> pytest.MarkDecorator:
-    return pytest.mark.xfail(strict=True, reason=f"BUG: payload.unpack_computation {reason}")
-
-
 @pytest.mark.parametrize(
     "blob",
     [
@@ -649,18 +637,10 @@ def _bug(reason: str) -> pytest.MarkDecorator:
         pytest.param(packed(files=5), id="files not a list"),
         pytest.param(packed(modules=[["m.py", "source as str"]]), id="module source as str"),
         pytest.param(packed(objects="text"), id="objects as str"),
-        pytest.param(
-            msgpack.packb([1, 2]), id="a list, not a map", marks=_bug("calls .get on a non-dict: AttributeError escapes")
-        ),
-        pytest.param(
-            msgpack.packb(7), id="an int, not a map", marks=_bug("calls .get on a non-dict: AttributeError escapes")
-        ),
-        pytest.param(
-            packed(objects=3), id="objects as int", marks=_bug("coerces with bytes(3), returning b'\\x00\\x00\\x00'")
-        ),
-        pytest.param(
-            packed(files=[["a", 4, 0o644]]), id="file content as int", marks=_bug("coerces with bytes(4)")
-        ),
+        pytest.param(msgpack.packb([1, 2]), id="a list, not a map"),
+        pytest.param(msgpack.packb(7), id="an int, not a map"),
+        pytest.param(packed(objects=3), id="objects as int"),
+        pytest.param(packed(files=[["a", 4, 0o644]]), id="file content as int"),
     ],
 )
 def test_malformed_computation_raises_value_error(blob: bytes) -> None:

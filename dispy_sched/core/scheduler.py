@@ -149,6 +149,7 @@ class SchedulerCore:
                     self._notify_started(cluster, job)
                 elif job.state is JobState.DONE and job.result is not None:
                     self._out.results[(ev.client, cluster.cluster_id)].append(job.result)
+            self._maybe_finish_close(cluster)  # a close that waited for this client
             return
         user = self._user(ev.user)
         self._seq += 1
@@ -252,6 +253,10 @@ class SchedulerCore:
             job = cluster.jobs.get(result.job_id) if cluster else None
             if cluster is None or job is None or job.state is not JobState.RUNNING or job.node != ev.node:
                 continue  # late or repeated: the job already has its result
+            if result.status == JobStatus.PROVISIONAL_RESULT:
+                if cluster.client is not None:  # passed on; the job goes on running
+                    self._out.results[(cluster.client, cluster.cluster_id)].append(result)
+                continue
             self._release(job, node, cluster)
             self.users[cluster.user].add_usage(max(0.0, result.end_time - result.start_time), self.now, self.usage_half_life)
             self._finish(cluster, job, result)
@@ -267,9 +272,7 @@ class SchedulerCore:
         node.loaded.discard(ev.cluster_id)
         # its jobs never started there: back to the queue, whatever `reentrant` says
         for key in [k for k in node.jobs if k[0] == ev.cluster_id]:
-            job = cluster.jobs[key[1]]
-            self._release(job, node, cluster)
-            self._requeue(cluster, job)
+            self._displace(cluster, cluster.jobs[key[1]], node, rerun=True, why="")
         if cluster.client is not None:
             self._reject(
                 cluster.client,
@@ -357,6 +360,16 @@ class SchedulerCore:
         job.node = None
         self._update_free(node)
 
+    def _displace(self, cluster: ClusterRecord, job: JobRecord, node: NodeRecord, rerun: bool, why: str) -> None:
+        """A RUNNING job lost its node: it runs again, or ends (Cancelled if a kill was asked)."""
+        self._release(job, node, cluster)
+        if job.cancel_requested:
+            self._finish(cluster, job, _synthetic(job, JobStatus.CANCELLED, "cancelled", self.now))
+        elif rerun:
+            self._requeue(cluster, job)
+        else:
+            self._finish(cluster, job, _synthetic(job, JobStatus.ABANDONED, why, self.now))
+
     def _requeue(self, cluster: ClusterRecord, job: JobRecord) -> None:
         self._transition(job, JobState.QUEUED)
         cluster.push(job)  # keeps its original seq: it does not lose its place
@@ -371,9 +384,9 @@ class SchedulerCore:
         self.users[cluster.user].finished += 1
         if cluster.client is not None:
             self._out.results[(cluster.client, cluster.cluster_id)].append(result)
-        if cluster.closing:
-            del cluster.jobs[job.job_id]
-            self._maybe_finish_close(cluster)
+            if cluster.closing:
+                del cluster.jobs[job.job_id]
+        self._maybe_finish_close(cluster)
 
     def _cancel(self, cluster: ClusterRecord, job_ids: Iterable[int]) -> None:
         kills: dict[str, list[JobRef]] = defaultdict(list)
@@ -385,8 +398,9 @@ class SchedulerCore:
                 cluster.queued -= 1  # its heap entry goes stale and is skipped
                 self.users[cluster.user].queued -= 1
                 self._finish(cluster, job, _synthetic(job, JobStatus.CANCELLED, "cancelled before it started", self.now))
-            elif job.state is JobState.RUNNING and job.node is not None:
+            elif job.state is JobState.RUNNING and job.node is not None and not job.cancel_requested:
                 # the node answers with the job's terminal result once the tree is gone
+                job.cancel_requested = True
                 kills[job.node].append(JobRef(cluster.cluster_id, job_id))
         self._update_waiting(cluster)
         self._out.immediate += [A.KillJobs(node, refs) for node, refs in kills.items()]
@@ -396,15 +410,10 @@ class SchedulerCore:
         if node is None:
             return
         self._free_nodes.discard(node_id)
+        why = f"node {node.name} ({node.ip_addr}) was lost while running this job: {reason}"
         for cluster_id, job_id in sorted(node.jobs):
             cluster = self.clusters[cluster_id]
-            job = cluster.jobs[job_id]
-            self._release(job, node, cluster)
-            if cluster.reentrant and not cluster.closing:
-                self._requeue(cluster, job)
-            else:
-                why = f"node {node.name} ({node.ip_addr}) was lost while running this job: {reason}"
-                self._finish(cluster, job, _synthetic(job, JobStatus.ABANDONED, why, self.now))
+            self._displace(cluster, cluster.jobs[job_id], node, rerun=cluster.reentrant, why=why)
         for cluster_id in node.loaded:
             cluster = self.clusters.get(cluster_id)
             if cluster is not None:
@@ -417,6 +426,8 @@ class SchedulerCore:
             return
         if any(j.state is not JobState.DONE for j in cluster.jobs.values()):
             return
+        if cluster.client is None and cluster.jobs:
+            return  # results nobody has received yet: kept until the client re-attaches
         del self.clusters[cluster.cluster_id]
         self.users[cluster.user].clusters.discard(cluster.cluster_id)
         for node_id in cluster.loaded_on:

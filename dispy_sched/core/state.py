@@ -34,6 +34,7 @@ class JobRecord:
     node: str | None = None
     start_time: float = 0.0
     attempts: int = 0
+    cancel_requested: bool = False  # a kill was sent; the job must not run again
     result: JobResult | None = None
 
     @property
