@@ -71,7 +71,7 @@ def main() -> None:
         users = {}
         for user in ("alice", "bob"):
             users[user] = subprocess.Popen(
-                [sys.executable, str(HERE / "pi.py"), "60", "150000"],
+                [sys.executable, str(HERE / "pi.py"), "80", "300000"],
                 env={**env, "DISPY_USER": user, "DISPY_SECRET": f"{user}-secret"},
                 stdout=subprocess.PIPE, text=True,
             )
