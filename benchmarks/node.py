@@ -41,7 +41,7 @@ async def through_runner(jobs: int, slots: int, work_dir: Path) -> float:
 
     def submit() -> None:
         nonlocal submitted
-        runner.run([RunJob("bench", submitted, payload)])
+        runner.run([RunJob("bench", submitted, payload, {})])
         submitted += 1
 
     def on_result(result: JobResult) -> None:

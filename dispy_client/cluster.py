@@ -153,7 +153,7 @@ class SharedJobCluster:
         with self._lock:
             self._jobs[uid] = job
             self._pending += 1
-        self._session.enqueue(M.JobSpec(uid, priority, payload))
+        self._session.enqueue(M.JobSpec(uid, priority, payload, {}))
         return job
 
     def submit_job_id(self, job_id: Any, *args: Any, **kwargs: Any) -> DispyJob:

@@ -304,7 +304,7 @@ class _Cluster:
         elif isinstance(msg, zp.Ready):
             self.state = _State.READY
             queued, self._queued = self._queued, {}
-            self.run([RunJob(self.cluster_id, job_id, payload) for job_id, payload in queued.items()])
+            self.run([RunJob(self.cluster_id, job_id, payload, {}) for job_id, payload in queued.items()])
         elif isinstance(msg, zp.SetupFailed):
             self.runner.cluster_failed(self.cluster_id, msg.message)
         elif isinstance(msg, zp.Unloaded):

@@ -38,6 +38,7 @@ class JobSpec(NamedTuple):
     job_id: int
     priority: int
     payload: bytes  # cloudpickle((args, kwargs)), opaque to the scheduler
+    options: dict[str, Any]  # control fields for the node, e.g. {"timeout": seconds}
 
 
 class RunJob(NamedTuple):
@@ -46,6 +47,7 @@ class RunJob(NamedTuple):
     cluster_id: str
     job_id: int
     payload: bytes
+    options: dict[str, Any]
 
 
 class JobRef(NamedTuple):

@@ -117,7 +117,7 @@ class Simulation:
             for job_id in ids:
                 self.fixed_ticks[(cluster_id, job_id)] = self.ticks(seconds)
         self._inbox.append(
-            E.JobsSubmitted(self.client_of[cluster_id], cluster_id, [JobSpec(j, priority, b"") for j in ids])
+            E.JobsSubmitted(self.client_of[cluster_id], cluster_id, [JobSpec(j, priority, b"", {}) for j in ids])
         )
         return ids
 

@@ -41,7 +41,7 @@ def opened(client: str, cluster_id: str, user: str = "alice", *, reentrant: bool
 
 
 def submitted(client: str, cluster_id: str, *job_ids: int, priority: int = 0) -> E.JobsSubmitted:
-    return E.JobsSubmitted(client, cluster_id, [JobSpec(j, priority, b"args-%d" % j) for j in job_ids])
+    return E.JobsSubmitted(client, cluster_id, [JobSpec(j, priority, b"args-%d" % j, {}) for j in job_ids])
 
 
 def joined(node: str, cpus: int, *, heartbeat: float = 5.0) -> E.NodeJoined:

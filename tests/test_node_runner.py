@@ -134,7 +134,7 @@ class Harness:
     def run(self, cluster_id: str, *calls: tuple[Any, ...]) -> list[int]:
         ids = list(range(self._next_id, self._next_id + len(calls)))
         self._next_id += len(calls)
-        self.runner.run(RunJob(cluster_id, i, dumps((args, {}))) for i, args in zip(ids, calls))
+        self.runner.run(RunJob(cluster_id, i, dumps((args, {})), {}) for i, args in zip(ids, calls))
         return ids
 
     async def result(self, job_id: int) -> JobResult:

@@ -47,7 +47,7 @@ SAMPLES: list[Message] = [
     M.Refused("bad-secret", "user 'alice': bad secret"),
     M.Error("unknown-cluster", "no open cluster c-9", "c-9"),
     M.OpenCluster("c-1", "compute", b"\x82computation", True, {"nodes": ["n1", "10.0.0.*"], "pulse": 2.5}),
-    M.SubmitJobs("c-1", [JobSpec(1, 0, b"args-1"), JobSpec(2, -3, b"")]),
+    M.SubmitJobs("c-1", [JobSpec(1, 0, b"args-1", {}), JobSpec(2, -3, b"", {"timeout": 2.5})]),
     M.CancelJobs("c-1", [1, 2, 3]),
     M.AckResults("c-1", [7]),
     M.CloseCluster("c-1", False),
@@ -62,7 +62,7 @@ SAMPLES: list[Message] = [
     M.NodeResults([RESULT]),
     M.ClusterFailed("c-1", "ImportError: no module named numpy"),
     M.LoadCluster("c-1", "alice", b"\x82computation", {"dest_path": "x"}),
-    M.RunJobs([RunJob("c-1", 1, b"args-1"), RunJob("c-2", 5, b"args-5")]),
+    M.RunJobs([RunJob("c-1", 1, b"args-1", {}), RunJob("c-2", 5, b"args-5", {"timeout": 1})]),
     M.KillJobs([JobRef("c-1", 1)]),
     M.UnloadCluster("c-1"),
 ]
@@ -117,7 +117,7 @@ def test_every_message_round_trips(msg: Message) -> None:
 
 
 def test_records_come_back_as_their_named_tuple_types() -> None:
-    back = decode(encode(M.SubmitJobs("c", [JobSpec(1, 2, b"p")]))[HEADER.size :])
+    back = decode(encode(M.SubmitJobs("c", [JobSpec(1, 2, b"p", {})]))[HEADER.size :])
     assert isinstance(back, M.SubmitJobs)
     assert type(back.jobs[0]) is JobSpec
     results = decode(encode(M.JobResults("c", [RESULT]))[HEADER.size :])

@@ -175,7 +175,7 @@ class SchedulerCore:
             if spec.job_id in cluster.jobs:
                 continue  # a resent submit: idempotent on the job id
             self._seq += 1
-            job = JobRecord(ev.cluster_id, spec.job_id, spec.priority, self._seq, spec.payload, self.now)
+            job = JobRecord(ev.cluster_id, spec.job_id, spec.priority, self._seq, spec.payload, spec.options, self.now)
             cluster.jobs[spec.job_id] = job
             cluster.push(job)
             user.queued += 1
@@ -341,7 +341,7 @@ class SchedulerCore:
         cluster.last_dispatch = self.now
         self._update_free(node)
         assert job.payload is not None
-        self._out.dispatch[node.node_id].append(RunJob(cluster.cluster_id, job.job_id, job.payload))
+        self._out.dispatch[node.node_id].append(RunJob(cluster.cluster_id, job.job_id, job.payload, job.options))
         self._notify_started(cluster, job)
 
     def _notify_started(self, cluster: ClusterRecord, job: JobRecord) -> None:

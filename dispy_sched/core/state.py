@@ -29,6 +29,7 @@ class JobRecord:
     priority: int
     seq: int  # global submission order; FIFO tie-breaker everywhere
     payload: bytes | None  # dropped once the job is done
+    options: dict[str, Any]  # passed to the node with the job
     submit_time: float
     state: JobState = JobState.QUEUED
     node: str | None = None
