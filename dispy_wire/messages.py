@@ -91,6 +91,7 @@ class Message:
 
 
 _REGISTRY: dict[int, tuple[type[Message], list[Callable[[Any], Any]]]] = {}
+_FIELDS: dict[type[Message], tuple[str, ...]] = {}
 _M = typing.TypeVar("_M", bound=type[Message])
 
 
@@ -100,11 +101,12 @@ def message(tag: int) -> Callable[[_M], _M]:
         if tag in _REGISTRY:
             raise LocalWireError(f"tag {tag} used twice")
         dc = dataclasses.dataclass(frozen=True, slots=True)(cls)
+        names = tuple(f.name for f in dataclasses.fields(typing.cast(Any, dc)))
         hints = typing.get_type_hints(dc)
-        checkers = [checker_for(hints[f.name]) for f in dataclasses.fields(dc)]
-        dc.TAG = tag  # type: ignore[attr-defined]
-        _REGISTRY[tag] = (dc, checkers)
-        return dc  # type: ignore[return-value]
+        dc.TAG = tag
+        _REGISTRY[tag] = (dc, [checker_for(hints[name]) for name in names])
+        _FIELDS[dc] = names
+        return typing.cast(_M, dc)
 
     return register
 
@@ -294,9 +296,10 @@ class UnloadCluster(Message):
 def encode(msg: Message) -> bytes:
     """Returns the frame (header included) for one message."""
     try:
-        fields = [getattr(msg, name) for name in msg.__slots__]  # type: ignore[attr-defined]
-        return encode_frame(msgpack.packb([msg.TAG, *fields], use_bin_type=True))
-    except (TypeError, ValueError, AttributeError) as exc:
+        fields = [getattr(msg, name) for name in _FIELDS[type(msg)]]
+        body: bytes = msgpack.packb([msg.TAG, *fields], use_bin_type=True)
+        return encode_frame(body)
+    except (TypeError, ValueError, KeyError) as exc:
         raise LocalWireError(f"cannot encode {msg!r}: {exc}") from exc
 
 

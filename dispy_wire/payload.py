@@ -45,7 +45,7 @@ class Computation:
 
 
 def pack_computation(comp: Computation) -> bytes:
-    return msgpack.packb(
+    blob: bytes = msgpack.packb(
         {
             "v": FORMAT_VERSION,
             "kind": comp.kind,
@@ -56,6 +56,7 @@ def pack_computation(comp: Computation) -> bytes:
         },
         use_bin_type=True,
     )
+    return blob
 
 
 def unpack_computation(blob: bytes) -> Computation:
@@ -93,7 +94,8 @@ def dumps(obj: Any) -> bytes:
     """Pickles user data by value where it must be (functions of `__main__`)."""
     import cloudpickle
 
-    return cloudpickle.dumps(obj, protocol=5)
+    data: bytes = cloudpickle.dumps(obj, protocol=5)
+    return data
 
 
 def loads(data: bytes) -> Any:

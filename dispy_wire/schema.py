@@ -14,7 +14,6 @@ from typing import Any
 from .errors import LocalWireError
 
 
-
 def checker_for(tp: Any) -> Callable[[Any], Any]:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):

@@ -7,11 +7,11 @@ import socket
 import time
 
 import pytest
+from procs import Cluster, Proc
 
 from dispy_wire import messages as M
 from dispy_wire.framing import HEADER, NEED_DATA, PREAMBLE, FrameDecoder
 from dispy_wire.handshake import compute_mac
-from procs import Cluster, Proc
 
 BYSTANDER = """
     from dispy_client import SharedJobCluster
@@ -114,7 +114,7 @@ def test_unknown_user_is_refused(guarded: Cluster) -> None:
 
 
 def test_node_with_wrong_node_secret_is_refused(guarded: Cluster) -> None:
-    node = guarded.node(name="intruder", wait=False, *["--node-secret", "nope"])
+    node = guarded.node("--node-secret", "nope", name="intruder", wait=False)
     assert node.wait(30) != 0
     assert "bad secret" in node.stderr
     _scheduler_logged(guarded, r"bad-secret .*intruder")

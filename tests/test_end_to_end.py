@@ -10,7 +10,6 @@ import time
 
 import psutil
 import pytest
-
 from procs import Cluster
 
 
