@@ -351,3 +351,34 @@ def test_scheduler_refuses_an_unknown_policy(tmp_path, policy: str) -> None:  # 
     )
     assert result.returncode == 2
     assert "policy" in result.stderr and policy in result.stderr
+
+
+def test_client_survives_a_scheduler_restart_and_gets_every_result_once(cluster: Cluster) -> None:
+    scheduler = cluster.scheduler()
+    port = cluster.address.rsplit(":", 1)[1]
+    cluster.node(cpus=2)
+    client = cluster.client(
+        """
+        from dispy_client import SharedJobCluster, DispyJob
+
+        def compute(i):
+            import time
+            time.sleep(0.2)
+            return i
+
+        seen = []
+        with SharedJobCluster(compute, job_status=lambda j: seen.append(j.id) if j.finish.is_set() else None) as c:
+            jobs = [c.submit_job_id(i, i) for i in range(20)]
+            print("submitted", flush=True)
+            assert [j() for j in jobs] == list(range(20)), [(j.status, j.exception) for j in jobs]
+            c.wait()
+        assert sorted(seen) == list(range(20)), seen  # one terminal callback per job
+        print("ok")
+        """
+    )
+    client.wait_for_line("submitted")
+    scheduler.stop()
+    cluster.scheduler("--port", port, name="scheduler2")
+    assert client.wait(60) == 0, cluster.describe()
+    assert client.stdout.strip().endswith("ok")
+    assert "reconnected to the scheduler" in client.stderr
