@@ -103,3 +103,13 @@ class NodeLeft(Event):
 @dataclass(frozen=True, slots=True)
 class Tick(Event):
     """Periodic: lets the core notice nodes that stopped reporting."""
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRestored(Event):
+    """Decayed usage saved by an earlier run: user -> (CPU-seconds, as of time).
+
+    Added to what the core already counts for that user, decayed to now.
+    """
+
+    usage: dict[str, tuple[float, float]]

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 
 from .scheduler import SchedulerCore
-from .state import JobState
+from .state import JobState, usage_rank_of
 
 
 def check_invariants(core: SchedulerCore) -> None:
@@ -18,10 +19,8 @@ def check_invariants(core: SchedulerCore) -> None:
         running = [j for j in cluster.jobs.values() if j.state is JobState.RUNNING]
         assert cluster.queued == len(queued), f"{cluster.cluster_id}: queued {cluster.queued} != {len(queued)}"
         assert cluster.busy == len(running), f"{cluster.cluster_id}: busy {cluster.busy} != {len(running)}"
-        live = {job_id for _, job_id in cluster.queue}
+        live = {job_id for _, _, job_id in cluster.queue}
         assert all(j.job_id in live for j in queued), f"{cluster.cluster_id}: a queued job is missing from the heap"
-        waiting = core.waiting.get(cluster.user, {})
-        assert (cluster.cluster_id in waiting) == (cluster.queued > 0), f"{cluster.cluster_id}: waiting set is wrong"
         for job in running:
             assert job.node in core.nodes, f"job {job.key} runs on unknown node {job.node}"
             assert job.key in core.nodes[job.node].jobs, f"job {job.key} missing from its node"
@@ -30,9 +29,18 @@ def check_invariants(core: SchedulerCore) -> None:
             assert (job.state is JobState.DONE) == (job.result is not None), f"job {job.key}: result and state disagree"
         user_busy[cluster.user] += len(running)
         user_queued[cluster.user] += len(queued)
+    core._free_nodes.check()
     for node in core.nodes.values():
         assert node.busy == len(node.jobs) == node_busy[node.node_id], f"node {node.name}: busy is wrong"
         assert (node.node_id in core._free_nodes) == (node.free > 0), f"node {node.name}: free set is wrong"
+        if node.free > 0:
+            assert core._free_nodes.key(node.node_id) == (node.load, node.name), f"node {node.name}: stale load"
+    assert all(n in core.nodes for n in core._free_nodes.ordered()), "a lost node is still free"
     for user in core.users.values():
         assert user.busy == user_busy[user.name], f"user {user.name}: busy {user.busy} != {user_busy[user.name]}"
         assert user.queued == user_queued[user.name], f"user {user.name}: queued is wrong"
+        cap = user.limits.max_cpus
+        assert cap is None or user.busy <= cap, f"user {user.name}: {user.busy} busy CPUs beyond max_cpus = {cap}"
+        rank = usage_rank_of(user.usage, user.usage_time, core.usage_half_life)
+        assert rank == user.usage_rank or math.isclose(rank, user.usage_rank), f"user {user.name}: stale usage rank"
+    core.ready.check()

@@ -28,12 +28,12 @@ most one action of each kind per peer and cluster.
 
 from __future__ import annotations
 
-import heapq
 from collections import defaultdict, deque
+import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import singledispatchmethod
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dispy_wire.errors import ErrorCode
 from dispy_wire.messages import JobRef, JobResult, JobStart, RunJob
@@ -41,12 +41,17 @@ from dispy_wire.status import JobStatus
 
 from . import actions as A
 from . import events as E
-from .state import ClusterRecord, JobRecord, JobState, NodeRecord, UserRecord
+from .keyed_heap import KeyedHeap
+from .ready import ReadyIndex
+from .state import NO_LIMITS, ClusterRecord, JobRecord, JobState, Limits, NodeRecord, UserRecord, decay
+
+if TYPE_CHECKING:  # the policies package imports the core's records
+    from ..policies.base import Policy
 
 JOB_TRANSITIONS: frozenset[tuple[JobState, JobState]] = frozenset(
     {
         (JobState.QUEUED, JobState.RUNNING),  # dispatched
-        (JobState.QUEUED, JobState.DONE),  # cancelled while queued
+        (JobState.QUEUED, JobState.DONE),  # cancelled while queued, or refused at submit by a limit
         (JobState.RUNNING, JobState.DONE),  # result arrived, or abandoned
         (JobState.RUNNING, JobState.QUEUED),  # node lost (reentrant) or set-up failed
     }
@@ -59,6 +64,8 @@ class CoreConfig:
     default_share: float = 1.0
     #: per-user share, by name
     shares: dict[str, float] | None = None
+    #: per-user limits, by name (users not named have none)
+    limits: dict[str, Limits] | None = None
     #: half-life of decayed usage (seconds)
     usage_half_life: float = 3600.0
     #: a node is lost after this many heartbeat intervals without a report
@@ -92,11 +99,11 @@ class SchedulerCore:
     """State and decisions of the scheduler.
 
     Args:
-        policy: chooses which cluster gets each free CPU.
+        policy: ranks users and clusters for free CPUs (`policies.base.Policy`).
         config: tunables; see `CoreConfig`.
     """
 
-    def __init__(self, policy: Any, config: CoreConfig | None = None) -> None:
+    def __init__(self, policy: Policy, config: CoreConfig | None = None) -> None:
         self.policy = policy
         self.config = config or CoreConfig()
         self.usage_half_life = self.config.usage_half_life
@@ -104,9 +111,11 @@ class SchedulerCore:
         self.users: dict[str, UserRecord] = {}
         self.clusters: dict[str, ClusterRecord] = {}
         self.nodes: dict[str, NodeRecord] = {}
-        self.waiting: dict[str, dict[str, ClusterRecord]] = {}
+        #: users and clusters with queued jobs, in the policy's order
+        self.ready = ReadyIndex(policy, self.users, self.clusters)
         self.log: deque[tuple[str, str, int, str, str]] = deque(maxlen=self.config.log_size)
-        self._free_nodes: set[str] = set()
+        #: nodes with a free CPU, least loaded first
+        self._free_nodes: KeyedHeap[str] = KeyedHeap()
         self._seq = 0
         self._out = _Outbox()
         self._stimulus = ""
@@ -169,18 +178,26 @@ class SchedulerCore:
             self._reject(ev.client, ErrorCode.BAD_REQUEST, f"cluster {cluster.name} is closing", ev.cluster_id)
             return
         user = self.users[cluster.user]
+        limits = user.limits
         accepted = self._out.accepted[(ev.client, ev.cluster_id)]
+        refused: list[JobRecord] = []
         for spec in ev.jobs:
             accepted.append(spec.job_id)
             if spec.job_id in cluster.jobs:
                 continue  # a resent submit: idempotent on the job id
             self._seq += 1
-            job = JobRecord(ev.cluster_id, spec.job_id, spec.priority, self._seq, spec.payload, spec.options, self.now)
+            priority = spec.priority if limits.priority_max is None else min(spec.priority, limits.priority_max)
+            job = JobRecord(ev.cluster_id, spec.job_id, priority, self._seq, spec.payload, spec.options, self.now)
             cluster.jobs[spec.job_id] = job
+            if limits.max_queued_jobs is not None and user.queued >= limits.max_queued_jobs:
+                refused.append(job)
+                continue
             cluster.push(job)
             user.queued += 1
             self._log(job, "new", JobState.QUEUED.value)
-        self._update_waiting(cluster)
+        if refused:
+            self._refuse(cluster, refused, len(ev.jobs))
+        self.ready.update(cluster)
 
     @_on.register
     def _on_jobs_cancelled(self, ev: E.JobsCancelled) -> None:
@@ -257,8 +274,8 @@ class SchedulerCore:
                 if cluster.client is not None:  # passed on; the job goes on running
                     self._out.results[(cluster.client, cluster.cluster_id)].append(result)
                 continue
-            self._release(job, node, cluster)
             self.users[cluster.user].add_usage(max(0.0, result.end_time - result.start_time), self.now, self.usage_half_life)
+            self._release(job, node, cluster)
             self._finish(cluster, job, result)
 
     @_on.register
@@ -287,6 +304,16 @@ class SchedulerCore:
         self._lose_node(ev.node, ev.reason)
 
     @_on.register
+    def _on_usage_restored(self, ev: E.UsageRestored) -> None:
+        for name, (usage, as_of) in ev.usage.items():
+            if not (math.isfinite(usage) and math.isfinite(as_of) and usage >= 0):
+                continue  # the shell's store is ours, but a bad row must not poison the order
+            user = self._user(name)
+            restored = decay(usage, as_of, self.now, self.usage_half_life)
+            user.set_usage(user.decayed_usage(self.now, self.usage_half_life) + restored, self.now, self.usage_half_life)
+            self.ready.update_user(user)
+
+    @_on.register
     def _on_tick(self, ev: E.Tick) -> None:
         for node in list(self.nodes.values()):
             if self.now - node.last_seen > node.heartbeat * self.config.heartbeat_misses:
@@ -305,25 +332,25 @@ class SchedulerCore:
         self.log.append((self._stimulus, job.cluster_id, job.job_id, frm, to))
 
     def _schedule(self) -> None:
-        """Fills free CPUs: the policy picks the cluster, the least loaded node runs it."""
-        if not self._free_nodes or not self.waiting:
-            return
-        heap = [(self.nodes[n].load, self.nodes[n].name, n) for n in self._free_nodes]
-        heapq.heapify(heap)
-        while heap and self.waiting:
-            _, _, node_id = heapq.heappop(heap)
+        """Fills free CPUs: the least loaded node's CPU goes to the policy's first usable cluster."""
+        skipped: list[NodeRecord] = []
+        while self.ready:
+            node_id = self._free_nodes.peek()
+            if node_id is None:
+                break
             node = self.nodes[node_id]
-            cluster = self.policy.choose(self, lambda c: node_id not in c.failed_on, self.now)
-            if cluster is None:
-                continue  # nothing this node may run; other nodes may still have work
+            cluster = self.ready.choose(lambda c: not c.failed_on or node_id not in c.failed_on)
+            if cluster is None:  # nothing this node may run; other nodes may still have work
+                self._free_nodes.discard(node_id)
+                skipped.append(node)
+                continue
             self._dispatch(cluster, cluster.pop(), node)
-            if node.free > 0:
-                heapq.heappush(heap, (node.load, node.name, node_id))
+        for node in skipped:
+            self._update_free(node)
 
     def _dispatch(self, cluster: ClusterRecord, job: JobRecord, node: NodeRecord) -> None:
         user = self.users[cluster.user]
         user.queued -= 1
-        self._update_waiting(cluster)
         if cluster.cluster_id not in node.loaded:
             node.loaded.add(cluster.cluster_id)
             cluster.loaded_on.add(node.node_id)
@@ -337,9 +364,10 @@ class SchedulerCore:
         node.busy += 1
         node.jobs.add(job.key)
         user.busy += 1
+        user.last_dispatch = cluster.last_dispatch = self.now
         cluster.busy += 1
-        cluster.last_dispatch = self.now
         self._update_free(node)
+        self.ready.update(cluster)
         assert job.payload is not None
         self._out.dispatch[node.node_id].append(RunJob(cluster.cluster_id, job.job_id, job.payload, job.options))
         self._notify_started(cluster, job)
@@ -359,6 +387,7 @@ class SchedulerCore:
         cluster.busy -= 1
         job.node = None
         self._update_free(node)
+        self.ready.update(cluster)
 
     def _displace(self, cluster: ClusterRecord, job: JobRecord, node: NodeRecord, rerun: bool, why: str) -> None:
         """A RUNNING job lost its node: it runs again, or ends (Cancelled if a kill was asked)."""
@@ -374,7 +403,7 @@ class SchedulerCore:
         self._transition(job, JobState.QUEUED)
         cluster.push(job)  # keeps its original seq: it does not lose its place
         self.users[cluster.user].queued += 1
-        self._update_waiting(cluster)
+        self.ready.update(cluster)
 
     def _finish(self, cluster: ClusterRecord, job: JobRecord, result: JobResult) -> None:
         """Moves a job to DONE with its one terminal result and delivers it."""
@@ -402,7 +431,7 @@ class SchedulerCore:
                 # the node answers with the job's terminal result once the tree is gone
                 job.cancel_requested = True
                 kills[job.node].append(JobRef(cluster.cluster_id, job_id))
-        self._update_waiting(cluster)
+        self.ready.update(cluster)
         self._out.immediate += [A.KillJobs(node, refs) for node, refs in kills.items()]
 
     def _lose_node(self, node_id: str, reason: str) -> None:
@@ -420,6 +449,23 @@ class SchedulerCore:
                 cluster.loaded_on.discard(node_id)
         for cluster in self.clusters.values():
             cluster.failed_on.pop(node_id, None)
+
+    def _refuse(self, cluster: ClusterRecord, jobs: list[JobRecord], submitted: int) -> None:
+        """Ends jobs a submit brought beyond `max_queued_jobs`: one error, and a Cancelled result each.
+
+        The result (not only the error) matters: the client holds each job
+        until its terminal result, so a refused job ends there as Cancelled,
+        with the reason as its exception, like any other job (principle 4).
+        """
+        user = self.users[cluster.user]
+        why = (
+            f"user {user.name} may have at most max_queued_jobs = {user.limits.max_queued_jobs} jobs queued: "
+            f"{len(jobs)} of the {submitted} jobs submitted to cluster {cluster.name} were refused"
+        )
+        assert cluster.client is not None
+        self._reject(cluster.client, ErrorCode.LIMIT, why, cluster.cluster_id)
+        for job in jobs:
+            self._finish(cluster, job, _synthetic(job, JobStatus.CANCELLED, why, self.now))
 
     def _maybe_finish_close(self, cluster: ClusterRecord) -> None:
         if self.clusters.get(cluster.cluster_id) is not cluster or not cluster.closing:
@@ -443,8 +489,9 @@ class SchedulerCore:
     def _user(self, name: str) -> UserRecord:
         user = self.users.get(name)
         if user is None:
-            shares = self.config.shares or {}
-            user = UserRecord(name, float(shares.get(name, self.config.default_share)), usage_time=self.now)
+            share = (self.config.shares or {}).get(name, self.config.default_share)
+            limits = (self.config.limits or {}).get(name, NO_LIMITS)
+            user = UserRecord(name, float(share), limits, usage_time=self.now)
             self.users[name] = user
         return user
 
@@ -458,26 +505,26 @@ class SchedulerCore:
     def _reject(self, client: str, code: ErrorCode, message: str, ref: str) -> None:
         self._out.immediate.append(A.Reject(client, str(code), message, ref))
 
-    def _update_waiting(self, cluster: ClusterRecord) -> None:
-        if cluster.queued > 0:
-            self.waiting.setdefault(cluster.user, {})[cluster.cluster_id] = cluster
-        else:
-            mine = self.waiting.get(cluster.user)
-            if mine is not None:
-                mine.pop(cluster.cluster_id, None)
-                if not mine:
-                    del self.waiting[cluster.user]
-
     def _update_free(self, node: NodeRecord) -> None:
         if node.free > 0 and node.node_id in self.nodes:
-            self._free_nodes.add(node.node_id)
+            self._free_nodes.set(node.node_id, (node.load, node.name))
         else:
             self._free_nodes.discard(node.node_id)
 
     # --------------------------------------------------------------- status
 
+    def usage_snapshot(self) -> dict[str, tuple[float, float]]:
+        """Each user's decayed usage as (CPU-seconds, as of), for the shell to persist."""
+        return {u.name: (u.usage, u.usage_time) for u in self.users.values() if u.usage > 0}
+
     def status(self) -> dict[str, Any]:
-        """A snapshot for people: users, nodes, totals (plain msgpack types)."""
+        """A snapshot for people: users, nodes, totals (plain msgpack types).
+
+        Per user: `share` (weight), `target` (its fraction of the CPUs while
+        every active user is backlogged: share over the active users' total),
+        `busy` CPUs, `queued` jobs, decayed `usage` (CPU-seconds) and
+        `limits` (only those set).
+        """
         total_share = sum(u.share for u in self.users.values() if u.busy or u.queued) or 1.0
         users = {
             u.name: {
@@ -488,6 +535,7 @@ class SchedulerCore:
                 "finished": u.finished,
                 "usage": round(u.decayed_usage(self.now, self.usage_half_life), 3),
                 "clusters": len(u.clusters),
+                "limits": {k: v for k, v in asdict(u.limits).items() if v is not None},
             }
             for u in self.users.values()
         }

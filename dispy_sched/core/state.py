@@ -42,10 +42,6 @@ class JobRecord:
     def key(self) -> tuple[str, int]:
         return (self.cluster_id, self.job_id)
 
-    @property
-    def sort_key(self) -> tuple[int, int]:
-        """Queue order inside a cluster: higher priority first, then FIFO."""
-        return (-self.priority, self.seq)
 
 
 @dataclass(slots=True)
@@ -59,8 +55,10 @@ class ClusterRecord:
     options: dict[str, Any]
     seq: int  # creation order, for fcfs-style policies
     jobs: dict[int, JobRecord] = field(default_factory=dict)
-    # heap of (sort_key, job_id); entries whose job is no longer queued are stale
-    queue: list[tuple[tuple[int, int], int]] = field(default_factory=list)
+    # heap of (-priority, seq, job_id): higher priority first, then FIFO;
+    # entries whose job is no longer queued are stale (flat tuples: this heap
+    # holds one entry per queued job, so its size is most of the core's memory)
+    queue: list[tuple[int, int, int]] = field(default_factory=list)
     queued: int = 0
     busy: int = 0
     loaded_on: set[str] = field(default_factory=set)
@@ -69,15 +67,15 @@ class ClusterRecord:
     last_dispatch: float = -math.inf
 
     def push(self, job: JobRecord) -> None:
-        heapq.heappush(self.queue, (job.sort_key, job.job_id))
+        heapq.heappush(self.queue, (-job.priority, job.seq, job.job_id))
         self.queued += 1
 
     def head(self) -> JobRecord | None:
         """The next queued job, dropping stale heap entries on the way."""
         queue = self.queue
         while queue:
-            job = self.jobs.get(queue[0][1])
-            if job is not None and job.state is JobState.QUEUED and job.sort_key == queue[0][0]:
+            job = self.jobs.get(queue[0][2])
+            if job is not None and job.state is JobState.QUEUED and job.seq == queue[0][1]:
                 return job
             heapq.heappop(queue)
         return None
@@ -90,25 +88,75 @@ class ClusterRecord:
         return job
 
 
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What the operator allows one user (the users file); None: no limit."""
+
+    #: the user never holds more busy CPUs than this
+    max_cpus: int | None = None
+    #: a submit that would queue more jobs than this is refused beyond it
+    max_queued_jobs: int | None = None
+    #: job priorities above this are lowered to it
+    priority_max: int | None = None
+
+
+NO_LIMITS = Limits()
+
+
 @dataclass(slots=True)
 class UserRecord:
     name: str
     share: float
+    limits: Limits = NO_LIMITS
     busy: int = 0
     queued: int = 0
     usage: float = 0.0  # decayed CPU-seconds, as of `usage_time`
     usage_time: float = 0.0
+    #: log2 of the decayed usage as of time 0: orders users by decayed usage
+    #: without changing as time passes (see `usage_rank_of`)
+    usage_rank: float = -math.inf
     finished: int = 0
+    last_dispatch: float = -math.inf
     clusters: set[str] = field(default_factory=set)
 
+    @property
+    def capped(self) -> bool:
+        """At `max_cpus`: gets no more CPUs until one of its jobs ends."""
+        return self.limits.max_cpus is not None and self.busy >= self.limits.max_cpus
+
     def decayed_usage(self, now: float, half_life: float) -> float:
-        if half_life <= 0 or now <= self.usage_time:
-            return self.usage
-        return self.usage * 0.5 ** ((now - self.usage_time) / half_life)
+        return decay(self.usage, self.usage_time, now, half_life)
+
+    def set_usage(self, usage: float, as_of: float, half_life: float) -> None:
+        self.usage, self.usage_time = usage, as_of
+        self.usage_rank = usage_rank_of(usage, as_of, half_life)
 
     def add_usage(self, cpu_seconds: float, now: float, half_life: float) -> None:
-        self.usage = self.decayed_usage(now, half_life) + cpu_seconds
-        self.usage_time = max(now, self.usage_time)
+        self.set_usage(self.decayed_usage(now, half_life) + cpu_seconds, max(now, self.usage_time), half_life)
+
+
+def decay(usage: float, as_of: float, now: float, half_life: float) -> float:
+    """`usage` CPU-seconds as of `as_of`, halved per `half_life` until `now` (no decay if half_life <= 0)."""
+    if half_life <= 0 or now <= as_of:
+        return usage
+    return usage * 0.5 ** ((now - as_of) / half_life)
+
+
+def usage_rank_of(usage: float, as_of: float, half_life: float) -> float:
+    """A time-invariant rank of decayed usage: log2(usage at time 0).
+
+    Decayed usage u(t) = u0 * 2^(-(t - t0) / half_life) shrinks by the same
+    factor for every user as time passes, so its order never changes on its
+    own: comparing log2(u0) + t0 / half_life orders users exactly as their
+    decayed usage at any common time would, and lets the core keep users in
+    a heap keyed on it without re-keying them every tick (no overflow either,
+    as 2^(t / half_life) would for years of seconds).
+    """
+    if usage <= 0:
+        return -math.inf
+    if half_life <= 0:
+        return math.log2(usage)
+    return math.log2(usage) + as_of / half_life
 
 
 @dataclass(slots=True)

@@ -10,11 +10,14 @@ from __future__ import annotations
 import importlib
 from importlib.metadata import entry_points
 
-from .base import Policy, SchedulerView
+from .base import Key, Policy
+from .dispy_compat import FairClusterPolicy, FcfsClusterPolicy
 from .fair import FairPolicy
 from .fifo import FifoPolicy
 
-BUILTIN: dict[str, type] = {FairPolicy.name: FairPolicy, FifoPolicy.name: FifoPolicy}
+BUILTIN: dict[str, type] = {
+    cls.name: cls for cls in (FairPolicy, FifoPolicy, FairClusterPolicy, FcfsClusterPolicy)
+}
 
 
 class UnknownPolicy(ValueError):
@@ -39,12 +42,32 @@ def load_policy(name: str) -> Policy:
             cls = getattr(importlib.import_module(module_name), attr)
         except (ImportError, AttributeError) as exc:
             raise UnknownPolicy(f"cannot load policy {name!r}: {exc}") from None
-        return cls()
+        return _instantiate(cls, name)
     if name in BUILTIN:
-        return BUILTIN[name]()
+        return _instantiate(BUILTIN[name], name)
     for ep in entry_points(group="dispy_sched.policies", name=name):
-        return ep.load()()
+        return _instantiate(ep.load(), name)
     raise UnknownPolicy(f"unknown policy {name!r}; known: {', '.join(available())}")
 
 
-__all__ = ["BUILTIN", "FairPolicy", "FifoPolicy", "Policy", "SchedulerView", "UnknownPolicy", "available", "load_policy"]
+def _instantiate(cls: type, name: str) -> Policy:
+    """Builds the policy, refusing (at start, not at the first decision) what cannot rank."""
+    missing = [attr for attr in ("name", "cluster_key", "user_key") if not hasattr(cls, attr)]
+    if missing:
+        raise UnknownPolicy(f"policy {name!r} is not a policy: it has no {', '.join(missing)} (see docs/policies.md)")
+    policy: Policy = cls()
+    return policy
+
+
+__all__ = [
+    "BUILTIN",
+    "FairClusterPolicy",
+    "FairPolicy",
+    "FcfsClusterPolicy",
+    "FifoPolicy",
+    "Key",
+    "Policy",
+    "UnknownPolicy",
+    "available",
+    "load_policy",
+]

@@ -1,42 +1,64 @@
-"""The policy interface: which cluster gets the next free CPU.
+"""The policy interface: in what order users and clusters get free CPUs.
 
-A policy is asked one question, over and over, by the core's scheduling pass:
-of the clusters that have queued jobs and may use this free CPU, which one
-goes next? The core then takes that cluster's head job (priority, then FIFO)
-and places it on the least loaded node. A policy reads the core's records
-through `SchedulerView`; it never mutates them and never does I/O.
+A policy does not search; it ranks. It gives two sort keys, and the core
+keeps every user and cluster with queued jobs in heaps by those keys
+(`core/ready.py`), re-keying only what a dispatch, finish, submit or cancel
+changed. So each decision costs O(log n) whatever the policy, and limits
+(`max_cpus`, `max_queued_jobs`, `priority_max`), node choice and set-up
+failures are handled once, by the core, for every policy.
+
+The next free CPU goes to the user with the smallest `user_key`, and within
+that user to the cluster with the smallest `cluster_key`; the cluster runs
+its own head job (highest priority, then first submitted). The node is the
+least loaded one with a free CPU.
+
+Rules a policy must keep (the core relies on them):
+- a key reads only the record(s) it is given, and only fields the core
+  changes through its own events (busy, queued, usage, head job, last
+  dispatch, ...): a key that depended on other users, or on the clock,
+  would go stale in the heap. Decayed usage is time-dependent, so use
+  `UserRecord.usage_rank`, which orders users as their decayed usage does
+  but does not change as time passes;
+- `user_key(user, best)` is monotone in `best` (a better best cluster never
+  makes the user rank worse): the core relies on it to skip users when a
+  node cannot run some clusters;
+- keys of different users (and of different clusters) compare with `<`;
+- a policy never mutates records and never does I/O.
+
+A flat policy (one global order of clusters, whoever owns them) returns
+`best` as the user key: the user whose best cluster ranks first wins.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
-from ..core.state import ClusterRecord, UserRecord
+from ..core.state import ClusterRecord, JobRecord, UserRecord
 
-
-class SchedulerView(Protocol):
-    """What a policy may read."""
-
-    #: every known user, by name
-    users: Mapping[str, UserRecord]
-    #: user name -> that user's clusters with queued jobs (insertion ordered)
-    waiting: Mapping[str, Mapping[str, ClusterRecord]]
-    #: half-life of decayed usage, in seconds
-    usage_half_life: float
+#: a sort key: any value that compares with `<` (tuples of numbers are usual)
+Key = Any
 
 
 class Policy(Protocol):
+    """What `--policy` names: a class whose instances rank users and clusters."""
+
+    #: the name `--policy` and the status report use
     name: ClassVar[str]
 
-    def choose(
-        self, view: SchedulerView, usable: Callable[[ClusterRecord], bool], now: float
-    ) -> ClusterRecord | None:
-        """Returns the cluster whose head job gets the next CPU, or None.
+    def cluster_key(self, cluster: ClusterRecord, head: JobRecord) -> Key:
+        """Rank of a cluster with queued jobs among its user's clusters (smaller first).
 
         Args:
-            view: the core's records.
-            usable: whether a cluster may run on the CPU being filled.
-            now: the core's current time.
+            cluster: the cluster (busy CPUs, queued jobs, seq, last_dispatch, ...).
+            head: the job it would run next (priority, seq, submit_time).
+        """
+        ...
+
+    def user_key(self, user: UserRecord, best: Key) -> Key:
+        """Rank of a user with queued jobs (smaller first), monotone in `best`.
+
+        Args:
+            user: the user (share, busy, queued, usage_rank, limits, ...).
+            best: the `cluster_key` of the user's best cluster.
         """
         ...

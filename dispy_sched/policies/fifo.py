@@ -1,29 +1,23 @@
-"""`fifo`: the earliest submitted job first, whoever submitted it."""
+"""`fifo`: the earliest submitted job first, whoever submitted it.
+
+A cluster ranks by its head job's submission order, and a user by its best
+cluster, so the globally oldest head runs next. A high-priority job jumps
+ahead inside its own cluster only, never ahead of other users' older jobs.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import ClassVar
 
-from ..core.state import ClusterRecord
-from .base import SchedulerView
+from ..core.state import ClusterRecord, JobRecord, UserRecord
+from .base import Key
 
 
 class FifoPolicy:
     name: ClassVar[str] = "fifo"
 
-    def choose(
-        self, view: SchedulerView, usable: Callable[[ClusterRecord], bool], now: float
-    ) -> ClusterRecord | None:
-        best: ClusterRecord | None = None
-        best_seq = 0
-        for clusters in view.waiting.values():
-            for cluster in clusters.values():
-                head = cluster.head()
-                if head is None or not usable(cluster):
-                    continue
-                # a high-priority job jumps ahead inside its own cluster
-                # only, never ahead of other users' older jobs
-                if best is None or head.seq < best_seq:
-                    best, best_seq = cluster, head.seq
+    def cluster_key(self, cluster: ClusterRecord, head: JobRecord) -> Key:
+        return head.seq
+
+    def user_key(self, user: UserRecord, best: Key) -> Key:
         return best
