@@ -14,6 +14,8 @@ from typing import Any
 from dispy_wire.framing import DEFAULT_MAX_SIZE
 from dispy_wire.handshake import Role
 
+from .core.state import NO_LIMITS, Limits
+
 DEFAULT_PORT = 9702
 
 
@@ -25,6 +27,7 @@ class ConfigError(ValueError):
 class UserEntry:
     secret: str
     share: float = 1.0
+    limits: Limits = NO_LIMITS
 
 
 @dataclass(slots=True)
@@ -40,6 +43,7 @@ class SchedConfig:
     handshake_timeout: float = 10.0
     usage_half_life: float = 3600.0
     status_log_interval: float = 60.0
+    usage_save_interval: float = 60.0
     loglevel: str = "INFO"
     name: str = field(default_factory=socket.gethostname)
     users: dict[str, UserEntry] = field(default_factory=dict)
@@ -56,9 +60,16 @@ class SchedConfig:
     def shares(self) -> dict[str, float]:
         return {name: entry.share for name, entry in self.users.items()}
 
+    def limits(self) -> dict[str, Limits]:
+        return {name: entry.limits for name, entry in self.users.items() if entry.limits != NO_LIMITS}
+
 
 def load_users(path: str) -> dict[str, UserEntry]:
-    """Reads `[users.NAME]` tables with `secret` and `share` (default 1)."""
+    """Reads `[users.NAME]` tables: `secret`, `share` (default 1) and optional limits.
+
+    Limits (each a non-negative integer; absent means none): `max_cpus`,
+    `max_queued_jobs`, `priority_max` (any integer). See docs/policies.md.
+    """
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)
@@ -71,10 +82,23 @@ def load_users(path: str) -> dict[str, UserEntry]:
         share = table.get("share", 1)
         if not isinstance(share, (int, float)) or isinstance(share, bool) or share <= 0:
             raise ConfigError(f"users file {path}: [users.{name}] share must be a positive number")
-        users[name] = UserEntry(table["secret"], float(share))
+        users[name] = UserEntry(table["secret"], float(share), _limits(table, f"users file {path}: [users.{name}]"))
     if not users:
         raise ConfigError(f"users file {path} defines no [users.NAME] table")
     return users
+
+
+def _limits(table: dict[str, Any], where: str) -> Limits:
+    values: dict[str, int] = {}
+    for name in ("max_cpus", "max_queued_jobs", "priority_max"):
+        value = table.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or (value < 0 and name != "priority_max"):
+            kind = "an integer" if name == "priority_max" else "a non-negative integer"
+            raise ConfigError(f"{where} {name} must be {kind}")
+        values[name] = value
+    return Limits(**values)
 
 
 def default_state_dir() -> str:
@@ -102,15 +126,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", metavar="FILE", help="TOML file with any of the options below (flags override it)")
     p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, help=f"port for clients and nodes; 0 picks a free one (default {DEFAULT_PORT})")
-    p.add_argument("--policy", help="scheduling policy: fair (default), fifo, or package.module:Class")
+    p.add_argument(
+        "--policy",
+        help="scheduling policy: fair (default), fifo, fair_cluster, fcfs_cluster, an entry point of group "
+        "dispy_sched.policies, or package.module:Class",
+    )
     auth = p.add_mutually_exclusive_group()
     auth.add_argument("--secret", help="one secret for every user name")
-    auth.add_argument("--users-file", metavar="FILE", help="TOML with [users.NAME] secret = ..., share = N")
+    auth.add_argument(
+        "--users-file",
+        metavar="FILE",
+        help="TOML with [users.NAME] secret = ..., share = N, and optional max_cpus, max_queued_jobs, priority_max",
+    )
     p.add_argument("--node-secret", help="secret that nodes must prove (default empty)")
     p.add_argument("--state-dir", metavar="DIR", help="where the scheduler keeps its state")
     p.add_argument("--max-message-size", type=int, metavar="BYTES", help="largest message accepted (default 64 MiB)")
     p.add_argument("--handshake-timeout", type=float, metavar="S", help="seconds a peer has to authenticate (10)")
-    p.add_argument("--usage-half-life", type=float, metavar="S", help="half-life of decayed usage (3600)")
+    p.add_argument("--usage-half-life", type=float, metavar="S", help="half-life of decayed usage, kept in the state dir (3600)")
     p.add_argument("--loglevel", help="DEBUG, INFO (default), WARNING, ERROR")
     return p
 
@@ -142,6 +174,8 @@ def config_from_args(argv: list[str] | None = None) -> SchedConfig:
         cfg.users = load_users(cfg.users_file)
     if not 0 <= cfg.port <= 65535:
         raise ConfigError(f"port {cfg.port} out of range")
+    if cfg.usage_half_life < 0:
+        raise ConfigError("usage_half_life must be >= 0 seconds (0: usage never decays)")
     if cfg.max_message_size < 1024:
         raise ConfigError("max_message_size must be at least 1024 bytes")
     if not is_loopback(cfg.host):

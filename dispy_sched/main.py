@@ -7,6 +7,7 @@ import fcntl
 import logging
 import os
 import signal
+import sqlite3
 import sys
 from typing import IO
 
@@ -16,6 +17,7 @@ from dispy_wire.loop import event_loop_factory
 
 from .policies import Policy, UnknownPolicy, load_policy
 from .server import SchedulerServer
+from .usage_store import UsageStore
 
 log = logging.getLogger("dispy_sched")
 
@@ -34,9 +36,10 @@ def _lock_state_dir(path: str) -> IO[str]:
     return lock
 
 
-async def serve(cfg: SchedConfig, policy: Policy) -> None:
-    core = SchedulerCore(policy, CoreConfig(shares=cfg.shares(), usage_half_life=cfg.usage_half_life))
-    server = SchedulerServer(cfg, core)
+async def serve(cfg: SchedConfig, policy: Policy, usage_store: UsageStore) -> None:
+    core_config = CoreConfig(shares=cfg.shares(), limits=cfg.limits(), usage_half_life=cfg.usage_half_life)
+    server = SchedulerServer(cfg, SchedulerCore(policy, core_config), usage_store)
+    core = server.core
     host, port = await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -68,12 +71,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dispyscheduler: {exc}", file=sys.stderr)
         return 2
     try:
+        usage_store = UsageStore(cfg.state_dir)
+    except sqlite3.Error as exc:
+        print(f"dispyscheduler: cannot open the usage store in {cfg.state_dir}: {exc}", file=sys.stderr)
+        lock.close()
+        return 2
+    try:
         with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
-            runner.run(serve(cfg, policy))
+            runner.run(serve(cfg, policy, usage_store))
     except OSError as exc:  # typically: address in use
         print(f"dispyscheduler: cannot listen on {cfg.host}:{cfg.port}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     finally:
+        usage_store.close()
         lock.close()
     return 0
 

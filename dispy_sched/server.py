@@ -4,7 +4,10 @@ Owns the listening socket and the peer connections; owns no scheduling state.
 Events from all connections are queued and handed to the core once per loop
 turn (`_drain`), so a burst of submits and results from many peers costs one
 scheduling pass; the actions that come back are routed to connections, which
-write once per turn. A periodic tick lets the core notice silent nodes.
+write once per turn. A periodic tick lets the core notice silent nodes, logs
+each user's share and usage, and saves decayed usage to the `UsageStore`
+(loaded into the core at start, saved again at stop) so fair share survives
+a restart.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import sqlite3
 import time
 from typing import Any
 
@@ -23,6 +27,7 @@ from .conn import PeerConnection
 from .core import SchedulerCore
 from .core import actions as A
 from .core import events as E
+from .usage_store import UsageStore
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +40,14 @@ class SchedulerServer:
     Args:
         config: the checked configuration.
         core: the scheduling core (policy chosen by the caller).
+        usage_store: where per-user decayed usage is kept across restarts
+            (None: not kept).
     """
 
-    def __init__(self, config: SchedConfig, core: SchedulerCore) -> None:
+    def __init__(self, config: SchedConfig, core: SchedulerCore, usage_store: UsageStore | None = None) -> None:
         self.config = config
         self.core = core
+        self.usage_store = usage_store
         self.peers: dict[str, PeerConnection] = {}
         self._ids = itertools.count(1)
         self._pending: list[E.Event] = []
@@ -47,11 +55,17 @@ class SchedulerServer:
         self._server: asyncio.base_events.Server | None = None
         self._tick_task: asyncio.Task[None] | None = None
         self._last_status_log = 0.0
+        self._last_usage_save = time.time()
         self.address: tuple[str, int] = (config.host, config.port)
 
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> tuple[str, int]:
+        if self.usage_store is not None:
+            usage = self.usage_store.load()
+            log.info("restored decayed usage of %d users from %s", len(usage), self.usage_store.path)
+            for action in self.core.handle(E.UsageRestored(usage), now=time.time()):
+                self._execute(action)
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             lambda: PeerConnection(self), self.config.host, self.config.port, reuse_address=True
@@ -70,6 +84,16 @@ class SchedulerServer:
             peer.close()
         if self._server is not None:
             await self._server.wait_closed()
+        self._save_usage()
+
+    def _save_usage(self) -> None:
+        self._last_usage_save = time.time()
+        if self.usage_store is None:
+            return
+        try:
+            self.usage_store.save(self.core.usage_snapshot())
+        except sqlite3.Error as exc:  # a full disk must not stop the scheduling
+            log.warning("cannot save usage to %s: %s", self.usage_store.path, exc)
 
     async def _ticker(self) -> None:
         while True:
@@ -79,15 +103,19 @@ class SchedulerServer:
             if now - self._last_status_log >= self.config.status_log_interval:
                 self._last_status_log = now
                 self._log_status()
+            if now - self._last_usage_save >= self.config.usage_save_interval:
+                self._save_usage()
 
     def _log_status(self) -> None:
+        """One line for the cluster, one per user that is active or has usage left."""
         status = self.core.status()
         log.info("cluster: %d nodes, %d/%d CPUs busy, %d jobs queued", len(status["nodes"]), status["busy"], status["cpus"], status["queued"])
-        for name, u in status["users"].items():
-            if u["busy"] or u["queued"]:
+        for name, u in sorted(status["users"].items()):
+            if u["busy"] or u["queued"] or u["usage"] >= 0.5:
+                limits = "".join(f", {k} {v}" for k, v in u["limits"].items())
                 log.info(
-                    "user %s: share %g (target %.0f%%), %d busy, %d queued, usage %.0f CPU-s",
-                    name, u["share"], 100 * u["target"], u["busy"], u["queued"], u["usage"],
+                    "user %s: share %g (target %.0f%%), %d busy, %d queued, usage %.0f CPU-s%s",
+                    name, u["share"], 100 * u["target"], u["busy"], u["queued"], u["usage"], limits,
                 )
 
     # ---------------------------------------------------------------- peers
