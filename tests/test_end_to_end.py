@@ -88,6 +88,28 @@ def test_depends_files_functions_and_setup_globals(cluster: Cluster) -> None:
     assert client.stdout.strip() == "ok"
 
 
+def test_user_module_in_depends_is_importable_by_jobs(cluster: Cluster) -> None:
+    cluster.scheduler()
+    cluster.node(cpus=1)
+    (cluster.workdir / "mylib.py").write_text("class Box:\n    def __init__(self, v):\n        self.v = v\n\ndef double(x):\n    return 2 * x\n")
+    client = cluster.run_client(
+        """
+        import mylib
+        from dispy_client import SharedJobCluster
+
+        def compute(box):
+            import mylib                  # the shipped module, on the node
+            return mylib.Box(mylib.double(box.v))
+
+        with SharedJobCluster(compute, depends=[mylib]) as c:
+            job = c.submit(mylib.Box(21))
+            assert job().v == 42, (job.status, job.exception)
+        print("ok")
+        """
+    )
+    assert client.stdout.strip() == "ok"
+
+
 def test_two_users_share_the_cpus_fairly(cluster: Cluster) -> None:
     users = cluster.workdir / "users.toml"
     users.write_text('[users.alice]\nsecret = "a-secret"\n[users.bob]\nsecret = "b-secret"\n')
