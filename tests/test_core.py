@@ -15,6 +15,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from dispy_sched.core import CoreConfig, JobState, SchedulerCore
+from dispy_sched.core.keyed_heap import KeyedHeap
+from dispy_sched.core.state import Limits
 from dispy_sched.core import actions as A
 from dispy_sched.core import events as E
 from dispy_sched.core.invariants import check_invariants
@@ -634,6 +636,112 @@ def test_a_users_clusters_take_turns(core: SchedulerCore) -> None:
 
 
 # --------------------------------------------------------------------------
+# Limits: enforced by the core, so by every policy
+
+POLICIES = ["fair", "fifo", "fair_cluster", "fcfs_cluster"]
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_max_cpus_caps_a_user_and_its_idle_cpus_go_to_others(make_core: Callable[..., SchedulerCore], policy: str) -> None:
+    core = make_core(policy, limits={"alice": Limits(max_cpus=2)})
+    step(core, opened("ca", "A", "alice"), opened("ca", "A2", "alice"), joined("n1", 8), now=0)
+    actions = step(core, submitted("ca", "A", *range(10)), submitted("ca", "A2", *range(10)), now=1)
+    assert len(dispatched_jobs(actions)) == 2  # alone, and still only 2: the cap is hard
+    step(core, opened("cb", "B", "bob"), now=2)
+    actions = step(core, submitted("cb", "B", *range(10)), now=3)
+    assert len(dispatched_jobs(actions)) == 6  # the 6 CPUs alice may not use
+    done = sorted(k for k in core.nodes["n1"].jobs if k[0] != "B")[0]
+    actions = step(core, arrived("n1", result(*done)), now=4)
+    assert [c for c, _ in dispatched(actions)["n1"]] in (["A"], ["A2"])  # back to 2, no more
+    assert core.users["alice"].busy == 2
+
+
+def test_submit_beyond_max_queued_jobs_refuses_the_excess_naming_the_limit(make_core: Callable[..., SchedulerCore]) -> None:
+    core = make_core(limits={"alice": Limits(max_queued_jobs=3)})
+    step(core, opened("ca", "A", "alice"), now=0)
+    step(core, submitted("ca", "A", 1, 2), now=1)
+    actions = step(core, submitted("ca", "A", 3, 4, 5), now=2)
+    (reject,) = of(actions, A.Reject)
+    assert (reject.client, reject.code, reject.ref) == ("ca", ErrorCode.LIMIT, "A")
+    assert "max_queued_jobs = 3" in reject.message and "alice" in reject.message
+    assert "2 of the 3 jobs" in reject.message
+    # accepted like any job, and ended at once: a client waiting on them is not left hanging
+    (accepted,) = of(actions, A.ConfirmAccepted)
+    assert accepted.job_ids == [3, 4, 5]
+    refused = delivered(actions)[("ca", "A")]
+    assert [(r.job_id, r.status) for r in refused] == [(4, JobStatus.CANCELLED), (5, JobStatus.CANCELLED)]
+    assert all("max_queued_jobs = 3" in r.exception for r in refused)
+    assert core.users["alice"].queued == 3
+    # a resend of a refused id is idempotent; a running job frees a queue slot
+    assert not of(step(core, submitted("ca", "A", 4), now=3), A.Reject)
+    step(core, joined("n1", 1), now=4)
+    actions = step(core, submitted("ca", "A", 6), now=5)
+    assert not of(actions, A.Reject) and core.users["alice"].queued == 3
+
+
+def test_priority_above_priority_max_is_lowered_to_it(make_core: Callable[..., SchedulerCore]) -> None:
+    core = make_core(limits={"alice": Limits(priority_max=1)})
+    step(core, opened("c1", "K"), now=0)
+    step(core, submitted("c1", "K", 1, priority=1), submitted("c1", "K", 2, priority=9), submitted("c1", "K", 3), now=1)
+    assert core.clusters["K"].jobs[2].priority == 1
+    assert [j for _, j in run_one_cpu(core)] == [1, 2, 3]  # 2 no longer jumps ahead of 1
+
+
+# --------------------------------------------------------------------------
+# The indexes behind O(log n) decisions
+
+
+def test_keyed_heap_follows_changing_keys_and_walks_in_order() -> None:
+    heap: KeyedHeap[str] = KeyedHeap()
+    for i, item in enumerate("abcdef"):
+        heap.set(item, (i % 3, item))
+    heap.set("a", (5, "a"))
+    heap.discard("b")
+    heap.set("c", (2, "c"))  # unchanged key: no new entry
+    heap.check()
+    assert heap.peek() == "d" and len(heap) == 5 and "b" not in heap
+    assert list(heap.ordered()) == ["d", "e", "c", "f", "a"]
+    for _ in range(1000):  # stale entries are dropped, not hoarded
+        heap.set("e", (7, "e"))
+        heap.set("e", (8, "e"))
+    assert len(heap._heap) < 200
+    heap.check()
+
+
+@pytest.mark.parametrize("policy", ["fifo", "fcfs_cluster"])
+def test_a_node_a_cluster_failed_on_gets_the_next_usable_cluster_in_policy_order(
+    make_core: Callable[..., SchedulerCore], policy: str
+) -> None:
+    core = make_core(policy)
+    step(core, opened("ca", "A", "alice"), opened("cb", "B", "bob"), opened("ca", "A2", "alice"), now=0)
+    step(core, submitted("ca", "A", 1), submitted("cb", "B", 1), submitted("ca", "A2", 1), now=1)
+    step(core, joined("n1", 1), now=1)
+    step(core, E.ClusterFailedOnNode("n1", "A", "set-up failed"), now=2)  # A's job goes back to the queue
+    # A is first in order but cannot use n1: the next in global order is bob's B, not alice's A2
+    assert core.nodes["n1"].jobs == {("B", 1)}
+
+
+def test_fair_leaves_a_node_idle_that_no_waiting_cluster_may_use(core: SchedulerCore) -> None:
+    step(core, opened("ca", "A", "alice"), opened("cb", "B", "bob"), joined("n1", 1), now=0)
+    step(core, submitted("ca", "A", 1, 2), now=1)
+    step(core, E.ClusterFailedOnNode("n1", "A", "set-up failed"), now=2)
+    assert not core.nodes["n1"].jobs and core.clusters["A"].queued == 2
+    actions = step(core, submitted("cb", "B", 7), now=3)
+    assert dispatched(actions) == {"n1": [("B", 7)]}
+
+
+def test_usage_restored_from_a_store_orders_users_and_round_trips(make_core: Callable[..., SchedulerCore]) -> None:
+    core = make_core(usage_half_life=100.0)
+    step(core, E.UsageRestored({"adam": (800.0, 0.0), "bad": (float("nan"), 0.0)}), now=100.0)
+    assert core.users["adam"].decayed_usage(100.0, 100.0) == pytest.approx(400.0)
+    assert "bad" not in core.users
+    assert core.usage_snapshot() == {"adam": (pytest.approx(400.0), 100.0)}
+    step(core, opened("ca", "A", "adam"), opened("cz", "Z", "zoe"), now=101)
+    step(core, submitted("ca", "A", 1), submitted("cz", "Z", 1), now=102)
+    assert run_one_cpu(core)[0] == ("Z", 1)  # adam's restored history makes him yield
+
+
+# --------------------------------------------------------------------------
 # Status and story
 
 
@@ -654,7 +762,7 @@ def test_status_counts_users_nodes_and_cpus(make_core: Callable[..., SchedulerCo
     alice, bob, carol = st_["users"]["alice"], st_["users"]["bob"], st_["users"]["carol"]
     assert alice["busy"] + bob["busy"] == 6 and alice["queued"] + bob["queued"] == 3
     assert (alice["share"], alice["target"], bob["target"], carol["target"]) == (3.0, 0.75, 0.25, 0.0)
-    assert (alice["finished"], alice["usage"], alice["clusters"]) == (1, 10.0, 1)
+    assert (alice["finished"], alice["usage"], alice["clusters"], alice["limits"]) == (1, 10.0, 1, {})
     assert st_["nodes"]["host-n1"] == {"ip_addr": "10.0.0.2", "cpus": 4, "busy": 4, "avail": {}}
 
 
@@ -696,12 +804,14 @@ class CoreMachine(RuleBasedStateMachine):
     accepted job has exactly one.
     """
 
-    USERS = ("alice", "bob", "carol")
+    USERS = ("alice", "bob", "carol", "dave")
     POLICY = "fair"
+    #: every policy runs under limits too: the core enforces them for all
+    LIMITS = {"bob": Limits(max_cpus=1), "carol": Limits(max_queued_jobs=3, priority_max=0)}
 
     def __init__(self) -> None:
         super().__init__()
-        self.core = SchedulerCore(load_policy(self.POLICY), CoreConfig(usage_half_life=50.0))
+        self.core = SchedulerCore(load_policy(self.POLICY), CoreConfig(usage_half_life=50.0, limits=self.LIMITS))
         self.now = 0.0
         self.sessions = 0
         self.nodes_made = 0
@@ -785,7 +895,8 @@ class CoreMachine(RuleBasedStateMachine):
         again = data.draw(st.lists(st.sampled_from(old), max_size=repeat)) if old and repeat else []
         ids = list(range(first, first + n)) + again
         actions = self.apply(submitted(self.attached[cid], cid, *ids, priority=priority), dt=0.1)
-        assert not of(actions, A.Reject)
+        rejects = of(actions, A.Reject)
+        assert all(r.code == ErrorCode.LIMIT and self.clusters[cid] == "carol" for r in rejects)
 
     @precondition(lambda self: self.attached_clusters())
     @rule(data=st.data())
@@ -929,10 +1040,22 @@ class FifoCoreMachine(CoreMachine):
     POLICY = "fifo"
 
 
+class FairClusterCoreMachine(CoreMachine):
+    POLICY = "fair_cluster"
+
+
+class FcfsClusterCoreMachine(CoreMachine):
+    POLICY = "fcfs_cluster"
+
+
 MACHINE_SETTINGS = settings(
     max_examples=150, stateful_step_count=40, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 CoreMachine.TestCase.settings = MACHINE_SETTINGS
 FifoCoreMachine.TestCase.settings = settings(MACHINE_SETTINGS, max_examples=75)
+FairClusterCoreMachine.TestCase.settings = settings(MACHINE_SETTINGS, max_examples=50)
+FcfsClusterCoreMachine.TestCase.settings = settings(MACHINE_SETTINGS, max_examples=50)
 test_random_interleavings_keep_invariants_and_one_result_per_job = CoreMachine.TestCase
 test_random_interleavings_under_fifo = FifoCoreMachine.TestCase
+test_random_interleavings_under_fair_cluster = FairClusterCoreMachine.TestCase
+test_random_interleavings_under_fcfs_cluster = FcfsClusterCoreMachine.TestCase
