@@ -1,10 +1,11 @@
 """Trivial jobs per second through the node's runner (fork per job, no scheduler),
-next to the floor set by raw fork-and-wait of this Python process.
+next to the floor set by raw fork-and-wait of this Python process; and the time
+from cancelling a job whose tree has 100 processes to the last of them gone.
 
-    .venv/bin/python benchmarks/node.py [--jobs N] [--slots S]
+    .venv/bin/python benchmarks/node.py [--jobs N] [--slots S] [--tree N]
 
 The runner is kept `--slots` jobs busy, as the scheduler keeps a 2-CPU node busy:
-each result releases the next job.
+each result releases the next job. Jobs run as the user running the benchmark.
 """
 
 from __future__ import annotations
@@ -12,15 +13,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import cloudpickle
+import psutil
 
-from dispy_node.runner import Runner
-from dispy_wire.messages import JobResult, RunJob
+from dispy_node.account import myself
+from dispy_node.runner import Runner, RunnerConfig
+from dispy_wire.messages import JobRef, JobResult, RunJob
 from dispy_wire.payload import CodeObjects, Computation, dumps, pack_computation
 from dispy_wire.status import JobStatus
 
@@ -29,6 +33,20 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 def trivial(x: int) -> int:
     return x + 1
+
+
+def tree(n: int, ready_path: str) -> None:
+    """Forks n-1 sleeping children (n processes with itself), says so, sleeps."""
+    import time as t
+
+    for _ in range(n - 1):
+        if os.fork() == 0:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            t.sleep(600)
+            os._exit(0)
+    with open(ready_path, "w") as f:
+        f.write(str(os.getpid()))
+    t.sleep(600)
 
 
 async def through_runner(jobs: int, slots: int, work_dir: Path) -> float:
@@ -63,7 +81,7 @@ async def through_runner(jobs: int, slots: int, work_dir: Path) -> float:
         warm.set()
         done.set()
 
-    runner = Runner(work_dir, 5.0, on_result, on_failed)
+    runner = Runner(RunnerConfig(work_dir, account=myself()), on_result, on_failed)
     comp = Computation("function", "trivial", [], [], dumps(CodeObjects(func=trivial)))
     runner.load("bench", pack_computation(comp))
     try:
@@ -76,6 +94,37 @@ async def through_runner(jobs: int, slots: int, work_dir: Path) -> float:
         if errors:
             raise RuntimeError(errors[0])
         return jobs / (time.perf_counter() - start)
+    finally:
+        await runner.close()
+
+
+async def cancel_tree(n: int, work_dir: Path) -> float:
+    """Seconds from `kill` of a job with an n-process tree to the last of them gone (and its result)."""
+    done = asyncio.Event()
+    results: list[JobResult] = []
+
+    def on_result(result: JobResult) -> None:
+        results.append(result)
+        done.set()
+
+    runner = Runner(RunnerConfig(work_dir, account=myself()), on_result, lambda c, m: done.set())
+    runner.load("tree", pack_computation(Computation("function", "tree", [], [], dumps(CodeObjects(func=tree)))))
+    ready = work_dir / "tree-ready"
+    runner.run([RunJob("tree", 1, dumps(((n, str(ready)), {})), {})])
+    try:
+        while not ready.exists():  # the job writes it once all its processes exist
+            await asyncio.sleep(0.01)
+        leader = psutil.Process(int(ready.read_text()))
+        procs = [leader, *leader.children(recursive=True)]
+        assert len(procs) == n, len(procs)
+        start = time.perf_counter()
+        runner.kill([JobRef("tree", 1)])
+        await done.wait()
+        reported = time.perf_counter() - start
+        alive = [p for p in procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        if alive or results[0].exception != "cancelled":
+            raise RuntimeError(f"result {results[0].exception!r} with {len(alive)} processes alive")
+        return reported
     finally:
         await runner.close()
 
@@ -95,19 +144,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=2000)
     parser.add_argument("--slots", type=int, default=2)
+    parser.add_argument("--tree", type=int, default=100, help="processes in the cancelled job's tree")
     args = parser.parse_args()
     fork_rate = raw_fork(args.jobs)
+    try:
+        import uvloop
+
+        run = uvloop.run
+    except ImportError:
+        run = asyncio.run
     with tempfile.TemporaryDirectory() as tmp:
-        try:
-            import uvloop
-        except ImportError:
-            runner_rate = asyncio.run(through_runner(args.jobs, args.slots, Path(tmp)))
-        else:
-            runner_rate = uvloop.run(through_runner(args.jobs, args.slots, Path(tmp)))
+        for sub in ("a", "b"):
+            (Path(tmp) / sub).mkdir()
+        runner_rate = run(through_runner(args.jobs, args.slots, Path(tmp) / "a"))
+        cancel = run(cancel_tree(args.tree, Path(tmp) / "b"))
     print(f"raw fork+exit+waitpid of python:      {fork_rate:8.0f} /s  ({1000 / fork_rate:.2f} ms each)")
     print(
         f"runner, {args.slots} slots, trivial jobs:     {runner_rate:8.0f} jobs/s  ({1000 / runner_rate:.2f} ms each)"
     )
+    print(f"cancel of a {args.tree}-process job to its last process gone: {cancel * 1000:.1f} ms")
 
 
 if __name__ == "__main__":

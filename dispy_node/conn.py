@@ -13,18 +13,27 @@ because the scheduler has written this node's jobs off. Then `run_node`
 redials with exponential backoff and jitter. A refusal that retrying cannot
 cure (bad secret, unknown node, other protocol version) ends the daemon with
 status 2 instead.
+
+What outlives a session is `NodeControl`: the CPU offer (`availability`:
+service window, yielding to the machine's owner, drain), the count of
+clusters served (`--serve N`) and the decision to exit. Each heartbeat
+samples the outside load, asks for the offer and reports it; a change (a
+drain) sends one at once. The daemon exits with status 0 when it drains and
+no job is left, or when it has served its N clusters and none is loaded.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import importlib.metadata
 import logging
 import os
 import platform
 import random
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from dispy_wire.errors import ErrorCode, RemoteWireError
@@ -48,7 +57,10 @@ from dispy_wire.messages import (
 )
 
 from . import NodeError, report
-from .runner import Runner
+from .account import Account
+from .availability import Availability, Rules
+from .limits import Limits
+from .runner import Runner, RunnerConfig
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +84,17 @@ class NodeConfig:
     heartbeat: float
     work_dir: Path
     kill_grace: float
+    account: Account | None = None
+    caps: Limits = Limits()
+    max_output: int = 4 << 20
+    setup_timeout: float = 60.0
+    rules: Rules | None = None  # None: all `cpus`, always
+    serve: int | None = None  # exit after serving this many clusters
+
+    def runner_config(self) -> RunnerConfig:
+        return RunnerConfig(
+            self.work_dir, self.kill_grace, self.account, self.caps, self.max_output, self.setup_timeout
+        )
 
     @property
     def scheduler(self) -> str:
@@ -108,28 +131,78 @@ class Backoff:
         return delay
 
 
-async def run_node(config: NodeConfig) -> int:
-    """Serves the scheduler until cancelled; returns 2 if it refuses us for good."""
+def _local_now() -> dt.datetime:
+    return dt.datetime.now().astimezone()
+
+
+@dataclass
+class NodeControl:
+    """The daemon's state across sessions: what it offers and when it is done."""
+
+    config: NodeConfig
+    clock: Callable[[], dt.datetime] = _local_now
+    availability: Availability = field(init=False)
+    served: int = 0  # clusters loaded so far (`--serve`)
+    done: asyncio.Event = field(default_factory=asyncio.Event)  # exit with status 0
+    poke: asyncio.Event = field(default_factory=asyncio.Event)  # heartbeat now
+
+    def __post_init__(self) -> None:
+        self.availability = Availability(self.config.rules or Rules(self.config.cpus), self.clock())
+
+    def drain(self) -> None:
+        """Takes no new jobs (offers 0 CPUs); the node exits once its running ones are done."""
+        logger.info("draining: running jobs finish, no new ones are taken, then the node exits")
+        self.availability.draining = True
+        self.poke.set()
+
+    def may_load(self) -> bool:
+        """Counts a new cluster against `--serve`; False once that many were served."""
+        if self.config.serve is not None and self.served >= self.config.serve:
+            return False
+        self.served += 1
+        return True
+
+    def check_done(self, busy: int, clusters: int) -> None:
+        drained = self.availability.draining and busy == 0
+        served = self.config.serve is not None and self.served >= self.config.serve and clusters == 0
+        if drained or served:
+            self.done.set()
+
+
+async def run_node(config: NodeConfig, control: NodeControl | None = None) -> int:
+    """Serves the scheduler until cancelled or `control.done`; returns 2 if it refuses us for good."""
+    control = control or NodeControl(config)
     report.prime()
     backoff = Backoff()
-    while True:
-        try:
-            await _connect_once(config, backoff)
-        except SchedulerRefused as exc:
-            if exc.fatal:
-                logger.error("scheduler %s refused node %r: %s; giving up", config.scheduler, config.name, exc)
-                return 2
-            logger.warning("scheduler %s refused node %r: %s", config.scheduler, config.name, exc)
-        except (OSError, TimeoutError, RemoteWireError) as exc:
-            logger.warning("scheduler %s: %s", config.scheduler, exc or type(exc).__name__)
-        delay = backoff.next()
-        logger.info("reconnecting in %.1f s", delay)
-        await asyncio.sleep(delay)
+    finished = asyncio.create_task(control.done.wait())
+    try:
+        while True:
+            attempt = asyncio.create_task(_connect_once(config, backoff, control))
+            await asyncio.wait({attempt, finished}, return_when=asyncio.FIRST_COMPLETED)
+            if finished.done():
+                attempt.cancel()  # the session's cleanup kills what is left
+                await asyncio.gather(attempt, return_exceptions=True)
+                logger.info("node done: exiting")
+                return 0
+            try:
+                attempt.result()
+            except SchedulerRefused as exc:
+                if exc.fatal:
+                    logger.error("scheduler %s refused node %r: %s; giving up", config.scheduler, config.name, exc)
+                    return 2
+                logger.warning("scheduler %s refused node %r: %s", config.scheduler, config.name, exc)
+            except (OSError, TimeoutError, RemoteWireError) as exc:
+                logger.warning("scheduler %s: %s", config.scheduler, exc or type(exc).__name__)
+            delay = backoff.next()
+            logger.info("reconnecting in %.1f s", delay)
+            await asyncio.sleep(delay)
+    finally:
+        finished.cancel()
 
 
-async def _connect_once(config: NodeConfig, backoff: Backoff) -> None:
+async def _connect_once(config: NodeConfig, backoff: Backoff, control: NodeControl) -> None:
     reader, writer = await asyncio.wait_for(asyncio.open_connection(config.host, config.port), CONNECT_TIMEOUT)
-    session = _Session(config, reader, writer)
+    session = _Session(config, control, reader, writer)
     try:
         async with asyncio.timeout(HANDSHAKE_TIMEOUT):
             await session.handshake()
@@ -147,12 +220,17 @@ async def _connect_once(config: NodeConfig, backoff: Backoff) -> None:
 class _Session:
     """One connection: from the handshake until the socket closes."""
 
-    def __init__(self, config: NodeConfig, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self, config: NodeConfig, control: NodeControl, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         self.config = config
+        self.control = control
         self._reader = reader
         self._writer = writer
         self._decoder = FrameDecoder(expect_preamble=True)
-        self.runner = Runner(config.work_dir, config.kill_grace, self._add_result, self._cluster_failed)
+        self.runner = Runner(config.runner_config(), self._add_result, self._cluster_failed)
+        self._meter = report.LoadMeter()
+        self._offered = config.cpus
         self._results: list[JobResult] = []
         self._flush_pending = False
         self._heartbeats: asyncio.Task[None] | None = None
@@ -229,12 +307,15 @@ class _Session:
                 self.runner.run(jobs)
             case KillJobs(jobs):
                 self.runner.kill(jobs)
-            case LoadCluster(cluster_id, user, computation, _options):
+            case LoadCluster(cluster_id, user, computation, options):
+                if not self.control.may_load():
+                    self._cluster_failed(cluster_id, f"node serves {self.config.serve} cluster(s) only (--serve)")
+                    return
                 logger.info("loading cluster %s of user %s (%d bytes)", cluster_id, user, len(computation))
-                self.runner.load(cluster_id, computation)
+                self.runner.load(cluster_id, computation, options)
             case UnloadCluster(cluster_id):
                 logger.info("unloading cluster %s", cluster_id)
-                self.runner.unload(cluster_id)  # a task the runner keeps
+                self.runner.unload(cluster_id).add_done_callback(lambda _: self._check_done())
             case Error(code, message, ref):
                 logger.warning("scheduler %s: error %s about %r: %s", self.config.scheduler, code, ref, message)
             case Refused(code, message):
@@ -247,14 +328,33 @@ class _Session:
     # -- sending -------------------------------------------------------------
 
     async def _heartbeat(self) -> None:
+        control = self.control
         while True:
-            avail = report.avail(self.config.cpus, self.runner.busy, self.config.work_dir)
+            control.poke.clear()
+            now = control.clock()
+            outside = self._meter.outside()
+            if control.availability.update(now, outside):
+                reason = f"node's service ended at {now:%H:%M} (--service-end)"
+                logger.info("%s: killing %d running job(s)", reason, self.runner.busy)
+                self.runner.kill_all(reason)
+            cpus = control.availability.offer(now)
+            if cpus != self._offered:
+                logger.info("offering %d of %d cpus (outside load %.2f cpus)", cpus, self.config.cpus, outside)
+                self._offered = cpus
+            avail = report.avail(cpus, self.runner.busy, self.config.work_dir)
             self._write(encode(Heartbeat(avail)))
+            self._check_done()
             try:
                 await self._writer.drain()  # the one place we yield to a slow scheduler
             except ConnectionError:
                 return  # the reader sees the end of the connection too
-            await asyncio.sleep(self.config.heartbeat)
+            try:
+                await asyncio.wait_for(control.poke.wait(), self.config.heartbeat)
+            except TimeoutError:
+                pass
+
+    def _check_done(self) -> None:
+        self.control.check_done(self.runner.busy, self.runner.clusters)
 
     def _add_result(self, result: JobResult) -> None:
         self._results.append(result)
@@ -276,6 +376,7 @@ class _Session:
         if batch:
             self._write(encode(NodeResults(batch)))
         self._results = []
+        self._check_done()
 
     def _cluster_failed(self, cluster_id: str, message: str) -> None:
         self._flush_results()  # results of its jobs go first: the scheduler requeues the rest

@@ -8,6 +8,7 @@ Settings come from, in order of precedence: flags, the TOML file given with
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import asyncio
 import logging
 import os
@@ -19,15 +20,21 @@ import tempfile
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
-from . import report
-from .conn import NodeConfig, run_node
+from . import account, limits, report
+from .availability import Rules, parse_hhmm
+from .conn import NodeConfig, NodeControl, run_node
+from .limits import Limits
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_SCHEDULER = "127.0.0.1:9702"
-_KEYS = ("scheduler", "cpus", "name", "node_secret", "heartbeat", "work_dir", "kill_grace", "loglevel")
+_KEYS = (
+    "scheduler", "cpus", "name", "node_secret", "heartbeat", "work_dir", "kill_grace", "loglevel",
+    "run_as", "max_memory", "max_cpu_time", "max_job_time", "max_open_files", "max_output", "setup_timeout",
+    "yield_load", "yield_window", "service_start", "service_stop", "service_end", "serve",
+)  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         epilog=(
             "Settings: flags override the --config file, which overrides $DISPY_SCHEDULER and "
-            "$DISPY_NODE_SECRET, which override the defaults. SIGTERM or SIGINT kills all jobs and exits."
+            "$DISPY_NODE_SECRET, which override the defaults. SIGTERM or SIGINT kills all jobs and exits; "
+            "SIGUSR1 drains: running jobs finish, no new ones are taken, then the node exits with status 0."
         ),
     )
     p.add_argument("--config", metavar="FILE.toml", type=Path,
@@ -60,6 +68,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kill-grace", type=float, metavar="SECONDS",
                    help="seconds between SIGTERM and SIGKILL when a job is killed (default: 5)")  # fmt: skip
     p.add_argument("--loglevel", metavar="LEVEL", help="DEBUG, INFO, WARNING or ERROR (default: INFO)")
+    g = p.add_argument_group("jobs: who runs them and their limits (clusters and jobs may ask for less)")
+    g.add_argument("--run-as", metavar="USER",
+                   help="account zygotes and jobs run as when the node runs as root (default: nobody); "
+                        "never root")  # fmt: skip
+    g.add_argument("--max-memory", metavar="SIZE", help="address space per job, e.g. 512M or 2G (RLIMIT_AS)")
+    g.add_argument("--max-cpu-time", type=int, metavar="SECONDS", help="CPU time per job (RLIMIT_CPU)")
+    g.add_argument("--max-job-time", type=float, metavar="SECONDS", help="wall-clock time per job")
+    g.add_argument("--max-open-files", type=int, metavar="N", help="open files per job process (RLIMIT_NOFILE)")
+    g.add_argument("--max-output", metavar="SIZE",
+                   help="bytes kept of each of a job's stdout and stderr; the rest is cut, with a note "
+                        "(default: 4M)")  # fmt: skip
+    g.add_argument("--setup-timeout", type=float, metavar="SECONDS",
+                   help="time a cluster's setup may take before that cluster fails here (default: 60)")  # fmt: skip
+    g = p.add_argument_group("when the node offers its CPUs")
+    g.add_argument("--yield-load", type=float, metavar="F",
+                   help="offer fewer CPUs while the load not caused by our jobs stays above F CPUs")  # fmt: skip
+    g.add_argument("--yield-window", type=float, metavar="SECONDS",
+                   help="how long that load must last before the node yields, or returns (default: 60)")  # fmt: skip
+    g.add_argument("--service-start", metavar="HH:MM", help="daily: start offering CPUs")
+    g.add_argument("--service-stop", metavar="HH:MM", help="daily: stop taking jobs; running ones finish")
+    g.add_argument("--service-end", metavar="HH:MM",
+                   help="daily: kill running jobs (they end TERMINATED, saying why)")  # fmt: skip
+    g.add_argument("--serve", type=int, metavar="N", help="exit (status 0) after serving N clusters")
     return p
 
 
@@ -113,24 +144,112 @@ def load_config(args: argparse.Namespace, fail: Callable[[str], NoReturn]) -> tu
     if not isinstance(logging.getLevelName(loglevel), int):
         fail(f"unknown log level {loglevel!r}")
     secret = str(pick("node_secret", "DISPY_NODE_SECRET", ""))
-    config = NodeConfig(host, int(port), cpus, name, secret, heartbeat, work_dir, kill_grace)
+    try:
+        run_as = account.resolve(pick("run_as", None, None))
+        caps = Limits(
+            memory=_opt(pick("max_memory", None, None), limits.parse_size),
+            cpu_time=_opt(pick("max_cpu_time", None, None), _positive_int),
+            wall=_opt(pick("max_job_time", None, None), _positive),
+            open_files=_opt(pick("max_open_files", None, None), _positive_int),
+        )
+        max_output = limits.parse_size(pick("max_output", None, "4M"))
+        setup_timeout = _positive(pick("setup_timeout", None, 60.0))
+        rules = Rules(
+            cpus,
+            _opt(pick("service_start", None, None), parse_hhmm),
+            _opt(pick("service_stop", None, None), parse_hhmm),
+            _opt(pick("service_end", None, None), parse_hhmm),
+            _opt(pick("yield_load", None, None), _positive),
+            _positive(pick("yield_window", None, 60.0)),
+        )
+        serve = _opt(pick("serve", None, None), _positive_int)
+    except (TypeError, ValueError) as exc:
+        fail(str(exc))
+    config = NodeConfig(
+        host, int(port), cpus, name, secret, heartbeat, work_dir, kill_grace,
+        run_as, caps, max_output, setup_timeout, rules, serve,
+    )  # fmt: skip
     return config, loglevel
 
 
-def _make_work_dir(path: Path) -> None:
-    """Creates the work directory, private to us: jobs' files are the users' data."""
+_T = TypeVar("_T")
+
+
+def _opt(value: Any, convert: Callable[[Any], _T]) -> _T | None:
+    return None if value is None else convert(value)
+
+
+def _positive(value: Any) -> float:
+    number = float(value)
+    if not number > 0:
+        raise ValueError(f"{value!r} is not a positive number")
+    return number
+
+
+def _positive_int(value: Any) -> int:
+    number = int(value)
+    if number <= 0:
+        raise ValueError(f"{value!r} is not a positive integer")
+    return number
+
+
+def _file_keys(args: argparse.Namespace) -> set[str]:
+    try:
+        return set(tomllib.loads(args.config.read_text())) if args.config else set()
+    except (OSError, tomllib.TOMLDecodeError):
+        return set()
+
+
+def _usable_account(config: NodeConfig, explicit: bool) -> NodeConfig:
+    """Checks that the jobs' account can run this Python.
+
+    An account named by the operator that cannot is a fatal error. The
+    default (`nobody`) that cannot, because this interpreter sits in a private
+    directory (pyenv under /root, as on CI machines), falls back to our own
+    account with an error in the log: jobs then run as root, which the
+    operator must fix by installing where `nobody` can read or naming
+    another `--run-as`.
+
+    Raises:
+        PermissionError: the named account cannot run jobs.
+    """
+    run_as = config.account or account.resolve(None)
+    problem = account.cannot_run_python(run_as)
+    if problem is None:
+        return config
+    if explicit:
+        raise PermissionError(f"{problem}; install dispy-shared where it can, or choose another --run-as")
+    me = account.myself()
+    logger.error("%s: jobs run as %s instead, NOT isolated from this node; fix with --run-as", problem, me.name)
+    return dataclasses.replace(config, account=me)
+
+
+def _make_work_dir(path: Path, run_as: account.Account) -> None:
+    """Creates the work directory, private to us: jobs' files are the users' data.
+
+    When jobs run as another account it is 0711: that account may pass through
+    to its clusters' directories (which it owns) but not list them. Every
+    directory above it must let that account through too.
+    """
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     if path.stat().st_uid != os.getuid():
         raise PermissionError(f"work directory {path} belongs to another user")
+    path.chmod(0o700 if run_as.is_self else 0o711)
+    if not run_as.is_self:
+        for parent in path.parents:
+            if not parent.stat().st_mode & 0o001:
+                raise PermissionError(f"{parent} does not let jobs' account {run_as.name} through to {path}")
 
 
 async def _serve(config: NodeConfig) -> int:
-    """Runs the node until SIGTERM/SIGINT (exit 0) or a fatal refusal (exit 2)."""
+    """Runs the node until SIGTERM/SIGINT, a drain or its last cluster (exit 0), or a fatal refusal (exit 2)."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    node = asyncio.create_task(run_node(config))
+    control = NodeControl(config)
+    loop.add_signal_handler(signal.SIGUSR1, control.drain)
+    node = asyncio.create_task(run_node(config, control))
     stopper = asyncio.create_task(stop.wait())
     await asyncio.wait({node, stopper}, return_when=asyncio.FIRST_COMPLETED)
     stopper.cancel()
@@ -156,13 +275,15 @@ def main(argv: list[str] | None = None) -> None:
     config, loglevel = load_config(args, parser.error)
     logging.basicConfig(level=loglevel, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        _make_work_dir(config.work_dir)
+        config = _usable_account(config, explicit=args.run_as is not None or "run_as" in _file_keys(args))
+        _make_work_dir(config.work_dir, config.account or account.resolve(None))
     except OSError as exc:
-        logger.error("cannot use work directory: %s", exc)
+        logger.error("cannot run jobs: %s", exc)
         sys.exit(2)
     logger.info(
-        "node %r offers %d cpus to %s; work dir %s", config.name, config.cpus, config.scheduler, config.work_dir
-    )
+        "node %r offers %d cpus to %s; work dir %s; jobs run as %s", config.name, config.cpus, config.scheduler,
+        config.work_dir, config.account.name if config.account else "us",
+    )  # fmt: skip
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         sys.exit(runner.run(_serve(config)))
 

@@ -7,6 +7,7 @@ once per heartbeat. `cpu_percent(None)` compares with the previous call, so
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -45,3 +46,41 @@ def _free_disk(path: Path) -> int:
         return int(psutil.disk_usage(str(path)).free)
     except OSError:  # work_dir removed under us: report no room rather than no heartbeat
         return 0
+
+
+class LoadMeter:
+    """The CPU load not caused by this node's jobs, in CPUs, between two calls of `outside()`.
+
+    Ours is the CPU time of the daemon's whole process tree: live processes'
+    own time, plus what reaped children left in their parent's `children_*`
+    times (each zygote reaps its jobs, the daemon reaps zygotes). The
+    machine's is psutil's busy time of all CPUs. The difference is someone
+    else's: the machine's owner.
+    """
+
+    def __init__(self) -> None:
+        self._me = psutil.Process()
+        self._last = (time.monotonic(), _busy_seconds(), self._ours())
+
+    def outside(self) -> float:
+        now, busy, ours = time.monotonic(), _busy_seconds(), self._ours()
+        then, busy0, ours0 = self._last
+        self._last = (now, busy, ours)
+        if now <= then:
+            return 0.0
+        return max(0.0, (busy - busy0) - max(0.0, ours - ours0)) / (now - then)
+
+    def _ours(self) -> float:
+        total = 0.0
+        for proc in [self._me, *self._me.children(recursive=True)]:
+            try:
+                t = proc.cpu_times()
+            except psutil.Error:
+                continue
+            total += t.user + t.system + t.children_user + t.children_system
+        return total
+
+
+def _busy_seconds() -> float:
+    t = psutil.cpu_times()
+    return float(sum(t) - t.idle - getattr(t, "iowait", 0.0) - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0))

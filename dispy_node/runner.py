@@ -1,9 +1,14 @@
 """The daemon's side of the zygotes: one per loaded cluster, driven over pipes.
 
 Theory of operation. `Runner` owns every cluster of one scheduler session.
-`load` starts a zygote (`python -m dispy_node.zygote`, its own session) and
-sends it the computation; jobs that arrive before it answers `Ready` wait in a
-queue. Each job the runner accepts is owed exactly one `JobResult`, handed to
+`load` makes the cluster's directory, starts a zygote (`python -m
+dispy_node.zygote`, its own session, as the account jobs run as) and sends it
+the computation; jobs that arrive before it answers `Ready` wait in a queue,
+as do jobs beyond the cluster's own CPU cap (`LoadCluster.options["cpus"]`).
+A zygote that is not `Ready` within the setup timeout is killed and its
+cluster fails here. Each job's limits are merged here (`limits.effective`)
+from the node's caps and the cluster's and job's options, and travel to the
+zygote as plain numbers. Each job the runner accepts is owed exactly one `JobResult`, handed to
 `on_result`, except when the cluster fails to load (`on_failed`: the scheduler
 requeues its jobs itself) and after `close()` (the session is gone; nothing is
 reported any more).
@@ -15,21 +20,24 @@ queued are dropped; then `on_failed`. It is not restarted: a zygote that died
 once (OOM killer, a crashing extension module) would likely die again, and the
 scheduler can still run the cluster on other nodes.
 
-The runner never limits concurrency: the scheduler sends no more than the
-CPUs the node offers. `busy` counts the jobs owed a result.
+Beyond a cluster's CPU cap the runner does not limit concurrency: the
+scheduler sends no more than the CPUs the node offers. `busy` counts the jobs
+owed a result. A result comes only once the job's whole process tree is gone
+(the zygote sees to that; if the zygote itself dies, `_died` hunts the
+orphans by their mark).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import re
 import shutil
 import signal
 import sys
 import time
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Mapping
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -38,6 +46,7 @@ from dispy_wire.framing import FrameDecoder
 from dispy_wire.messages import JobRef, JobResult, RunJob
 from dispy_wire.status import JobStatus
 
+from . import account, killtree, limits, workdir
 from . import zygote_protocol as zp
 
 logger = logging.getLogger(__name__)
@@ -47,10 +56,35 @@ FailureSink = Callable[[str, str], None]
 
 #: a cluster id becomes a directory name: nothing that could climb out of work_dir
 _SAFE_ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
-#: how long a zygote gets to exit after its stdin is closed, before SIGKILL
-STOP_TIMEOUT = 2.0
+#: beyond kill_grace, how long a zygote gets to exit after its stdin is closed, before SIGKILL
+STOP_SLACK = 3.0
 #: beyond kill_grace, how long an Unload may take (cleanup included)
 UNLOAD_SLACK = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class RunnerConfig:
+    """What the runner needs of the node's settings.
+
+    Args:
+        work_dir: clusters' directories are made under it (`<work_dir>/<cluster_id>`).
+        kill_grace: seconds between SIGTERM and SIGKILL when a job is killed.
+        account: who zygotes and jobs run as.
+        caps: the node's limits; clusters and jobs may ask for less.
+        max_output: bytes kept of each job's stdout and of its stderr.
+        setup_timeout: seconds a zygote has to load and run `setup`.
+    """
+
+    work_dir: Path
+    kill_grace: float = 5.0
+    account: account.Account | None = None
+    caps: limits.Limits = limits.Limits()
+    max_output: int = 4 << 20
+    setup_timeout: float = 60.0
+
+    @property
+    def run_as(self) -> account.Account:
+        return self.account or account.resolve(None)
 
 
 class _State(Enum):
@@ -64,15 +98,16 @@ class Runner:
     """Every cluster of one scheduler session.
 
     Args:
-        work_dir: clusters' directories are made under it (`<work_dir>/<cluster_id>`).
-        kill_grace: seconds between SIGTERM and SIGKILL when a job is killed.
+        config: the node's settings.
         on_result: receives each job's one result.
         on_failed: receives (cluster_id, message) when a cluster cannot run here.
     """
 
-    def __init__(self, work_dir: Path, kill_grace: float, on_result: ResultSink, on_failed: FailureSink) -> None:
-        self.work_dir = work_dir
-        self.kill_grace = kill_grace
+    def __init__(self, config: RunnerConfig, on_result: ResultSink, on_failed: FailureSink) -> None:
+        self.config = config
+        self.work_dir = config.work_dir
+        self.kill_grace = config.kill_grace
+        self.account = config.run_as
         self._on_result = on_result
         self._on_failed = on_failed
         self._clusters: dict[str, _Cluster] = {}
@@ -86,8 +121,18 @@ class Runner:
         """Jobs received and not yet reported."""
         return sum(c.owed for c in self._clusters.values())
 
-    def load(self, cluster_id: str, computation: bytes) -> None:
-        """Starts the cluster's zygote; a repeated load of a live cluster is ignored."""
+    @property
+    def clusters(self) -> int:
+        """Clusters loaded (or loading), unloads in progress included."""
+        return len(self._clusters) + len(self._unloads)
+
+    def load(self, cluster_id: str, computation: bytes, options: Mapping[str, Any] | None = None) -> None:
+        """Starts the cluster's zygote; a repeated load of a live cluster is ignored.
+
+        Options the node acts on: `keep_files` (leave job directories behind),
+        `cpus` (run at most that many of its jobs at once here), `setup_timeout`,
+        and default limits for its jobs (`timeout`, `memory`, `cpu_time`, `open_files`).
+        """
         if cluster_id in self._clusters:
             logger.info("cluster %s is already loaded", cluster_id)
             return
@@ -95,8 +140,13 @@ class Runner:
         if not _safe_id(cluster_id):
             self.cluster_failed(cluster_id, f"cluster id {cluster_id!r} is not a safe directory name")
             return
+        try:
+            settings = _ClusterSettings.parse(dict(options or {}), self.config)
+        except limits.BadOption as exc:
+            self.cluster_failed(cluster_id, str(exc))
+            return
         previous = self._unloads.get(cluster_id)
-        self._clusters[cluster_id] = _Cluster(self, cluster_id, computation, previous[1] if previous else None)
+        self._clusters[cluster_id] = _Cluster(self, cluster_id, computation, settings, previous[1] if previous else None)
 
     def run(self, jobs: Iterable[RunJob]) -> None:
         """Starts jobs, in one write per cluster."""
@@ -111,12 +161,19 @@ class Runner:
                 for job in batch:
                     self.report(_verdict(cluster_id, job.job_id, JobStatus.TERMINATED, "unknown cluster"))
 
-    def kill(self, refs: Iterable[JobRef]) -> None:
-        """Kills jobs; each is reported CANCELLED (unless its result is already out)."""
+    def kill(self, refs: Iterable[JobRef], reason: str = "") -> None:
+        """Kills jobs' trees; each is reported CANCELLED, or TERMINATED with `reason` if one is given
+        (unless its result is already out)."""
         for ref in refs:
             cluster = self._clusters.get(ref.cluster_id)
             if cluster is not None:
-                cluster.kill(ref.job_id)
+                cluster.kill(ref.job_id, reason)
+
+    def kill_all(self, reason: str) -> None:
+        """Kills every job of every cluster; each is reported TERMINATED with `reason`."""
+        for cluster in self._clusters.values():
+            for job_id in cluster.job_ids():
+                cluster.kill(job_id, reason)
 
     def unload(self, cluster_id: str) -> asyncio.Task[None]:
         """Cancels the cluster's jobs, runs its cleanup, stops its zygote, removes its directory.
@@ -137,7 +194,8 @@ class Runner:
     async def _unload(self, cluster: _Cluster) -> None:
         try:
             await cluster.unload()
-            await self._remove_dir(cluster.cluster_id)
+            if not cluster.settings.keep_files:
+                await self._remove_dir(cluster.cluster_id)
         finally:
             if self._unloads.get(cluster.cluster_id, (None,))[0] is cluster:
                 del self._unloads[cluster.cluster_id]
@@ -151,14 +209,16 @@ class Runner:
         await self._remove_dir(cluster.cluster_id)
 
     async def close(self) -> None:
-        """Kills every job and zygote at once, removes their directories; reports nothing more."""
+        """Kills every job tree and zygote (SIGTERM, grace, SIGKILL), removes their directories
+        (unless kept); reports nothing more."""
         self._closed = True
         clusters = list(self._clusters.values()) + [c for c, _ in self._unloads.values()]
         unloads = [t for _, t in self._unloads.values()]
         self._clusters.clear()
         await asyncio.gather(*(c.stop() for c in clusters), *self._background, *unloads, return_exceptions=True)
         for c in clusters:
-            await asyncio.to_thread(shutil.rmtree, c.dir, True)
+            if not c.settings.keep_files:
+                await asyncio.to_thread(shutil.rmtree, c.dir, True)
 
     def _in_background(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.create_task(coro)
@@ -184,15 +244,41 @@ class Runner:
             self._on_failed(cluster_id, message)
 
 
+@dataclass(frozen=True, slots=True)
+class _ClusterSettings:
+    """What a cluster's LoadCluster options ask of this node."""
+
+    options: dict[str, Any]  # also the defaults of its jobs' limits
+    keep_files: bool
+    cpus: int | None
+    setup_timeout: float
+
+    @classmethod
+    def parse(cls, options: dict[str, Any], config: RunnerConfig) -> _ClusterSettings:
+        """Raises BadOption for an option of the wrong type."""
+        limits.effective(config.caps, options, {})  # its limits must be valid too
+        cpus = options.get("cpus")
+        if cpus is not None and (isinstance(cpus, bool) or not isinstance(cpus, int) or cpus < 1):
+            raise limits.BadOption(f"option cpus={cpus!r} is not a positive integer")
+        timeout = options.get("setup_timeout", config.setup_timeout)
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+            raise limits.BadOption(f"option setup_timeout={timeout!r} is not a positive number")
+        return cls(options, bool(options.get("keep_files", False)), cpus, min(timeout, config.setup_timeout))
+
+
 class _Cluster:
     """One zygote process and the jobs it owes results for."""
 
-    def __init__(self, runner: Runner, cluster_id: str, computation: bytes, after: asyncio.Task[None] | None) -> None:
+    def __init__(
+        self, runner: Runner, cluster_id: str, computation: bytes, settings: _ClusterSettings,
+        after: asyncio.Task[None] | None,
+    ) -> None:  # fmt: skip
         self.runner = runner
         self.cluster_id = cluster_id
+        self.settings = settings
         self.dir = runner.work_dir / cluster_id
         self.state = _State.STARTING
-        self._queued: dict[int, bytes] = {}  # job_id -> payload, until Ready
+        self._queued: dict[int, RunJob] = {}  # until Ready, and beyond the cluster's cpus
         self._running: dict[int, int | None] = {}  # job_id -> pid (once Started), sent to the zygote
         self._proc: asyncio.subprocess.Process | None = None
         self._computation = computation
@@ -204,6 +290,9 @@ class _Cluster:
     def owed(self) -> int:
         return len(self._queued) + len(self._running)
 
+    def job_ids(self) -> list[int]:
+        return [*self._queued, *self._running]
+
     def run(self, jobs: list[RunJob]) -> None:
         if self.state in (_State.UNLOADING, _State.DEAD):
             for job in jobs:
@@ -212,18 +301,32 @@ class _Cluster:
         fresh = [j for j in jobs if j.job_id not in self._queued and j.job_id not in self._running]
         if len(fresh) < len(jobs):
             logger.info("cluster %s: %d repeated job(s) ignored", self.cluster_id, len(jobs) - len(fresh))
-        if self.state is _State.STARTING:
-            self._queued.update((j.job_id, j.payload) for j in fresh)
-            return
-        for job in fresh:
-            self._running[job.job_id] = None
-        self._write(b"".join(zp.encode(zp.Run(j.job_id, j.payload)) for j in fresh))
+        self._queued.update((j.job_id, j) for j in fresh)
+        if self.state is _State.READY:
+            self._start_queued()
 
-    def kill(self, job_id: int) -> None:
+    def _start_queued(self) -> None:
+        """Sends the zygote as many queued jobs as the cluster's CPU cap allows, in one write."""
+        frames = []
+        caps = self.runner.config.caps
+        while self._queued and (self.settings.cpus is None or len(self._running) < self.settings.cpus):
+            job_id = next(iter(self._queued))
+            job = self._queued.pop(job_id)
+            try:
+                job_limits = limits.effective(caps, self.settings.options, job.options)
+            except limits.BadOption as exc:
+                self.runner.report(_verdict(self.cluster_id, job_id, JobStatus.TERMINATED, str(exc), "BadOption"))
+                continue
+            self._running[job_id] = None
+            frames.append(zp.encode(zp.Run(job_id, job.payload, list(job_limits))))
+        self._write(b"".join(frames))
+
+    def kill(self, job_id: int, reason: str = "") -> None:
         if self._queued.pop(job_id, None) is not None:
-            self.runner.report(_verdict(self.cluster_id, job_id, JobStatus.CANCELLED, "cancelled"))
+            status = JobStatus.TERMINATED if reason else JobStatus.CANCELLED
+            self.runner.report(_verdict(self.cluster_id, job_id, status, reason or "cancelled"))
         elif job_id in self._running and self.state is not _State.DEAD:
-            self._write(zp.encode(zp.Kill(job_id)))
+            self._write(zp.encode(zp.Kill(job_id, reason)))
 
     async def unload(self) -> None:
         """Unload as asked by the scheduler: jobs are CANCELLED, cleanup runs."""
@@ -242,19 +345,19 @@ class _Cluster:
         self._running.clear()
 
     async def stop(self) -> None:
-        """Stops the zygote now; its jobs are killed and not reported."""
+        """Stops the zygote; it kills its jobs' trees (SIGTERM, grace, SIGKILL), reporting none."""
         self.state = _State.DEAD
         self._unloaded.set()
         proc = self._proc
         if proc is not None and proc.returncode is None:
             if proc.stdin is not None:
-                proc.stdin.close()  # the zygote's cue to SIGKILL its jobs and exit
+                proc.stdin.close()  # the zygote's cue to kill its jobs and exit
             try:
-                await asyncio.wait_for(proc.wait(), STOP_TIMEOUT)
+                await asyncio.wait_for(proc.wait(), self.runner.kill_grace + STOP_SLACK)
             except TimeoutError:
                 logger.warning("cluster %s: zygote %d did not stop; SIGKILL", self.cluster_id, proc.pid)
-                proc.kill()
-                self._kill_jobs()
+                killtree.killpg(proc.pid, signal.SIGKILL)  # with whatever its setup started
+                await self._kill_jobs(proc.pid)
         self._task.cancel()
         await asyncio.gather(self._task, return_exceptions=True)
         if proc is not None and proc.returncode is None:
@@ -266,30 +369,47 @@ class _Cluster:
         if self._after is not None:
             await asyncio.wait([self._after])  # unlike gather, does not cancel it if we are
             self._after = None
+        account = self.runner.account
         try:
+            await asyncio.to_thread(workdir.prepare_cluster_dir, self.dir, account.uid, account.gid)
+            as_user: dict[str, Any] = {} if account.is_self else {
+                "user": account.uid, "group": account.gid, "extra_groups": [],
+            }  # fmt: skip
             self._proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "dispy_node.zygote",
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, cwd="/",
                 start_new_session=True,  # a Ctrl-C at the daemon's terminal is the daemon's to handle
+                **as_user,
             )  # fmt: skip
         except OSError as exc:
             self.runner.cluster_failed(self.cluster_id, f"cannot start a zygote: {exc}")
             return
+        config = self.runner.config
         load = zp.Load(
-            self.cluster_id, str(self.dir), self._computation, self.runner.kill_grace, logger.getEffectiveLevel()
-        )
+            self.cluster_id, str(self.dir), self._computation, config.kill_grace, logger.getEffectiveLevel(),
+            config.max_output, self.settings.keep_files,
+        )  # fmt: skip
         self._computation = b""
         self._write(zp.encode(load))
+        timer = asyncio.get_running_loop().call_later(self.settings.setup_timeout, self._setup_timed_out)
         assert self._proc.stdout is not None
         decoder = FrameDecoder(max_size=zp.MAX_FRAME, expect_preamble=False)
-        while data := await self._proc.stdout.read(1 << 20):
-            decoder.feed(data)
-            for frame in decoder.frames():
-                self._handle(zp.decode(frame))
+        try:
+            while data := await self._proc.stdout.read(1 << 20):
+                decoder.feed(data)
+                for frame in decoder.frames():
+                    self._handle(zp.decode(frame))
+        finally:
+            timer.cancel()
         code = await self._proc.wait()
         self._unloaded.set()  # whether it said so or not
         if self.state in (_State.STARTING, _State.READY):
-            self._died(code)
+            await self._died(code)
+
+    def _setup_timed_out(self) -> None:
+        if self.state is _State.STARTING:
+            timeout = self.settings.setup_timeout
+            self.runner.cluster_failed(self.cluster_id, f"setup did not finish within {timeout:g} s")
 
     def _handle(self, msg: Any) -> None:
         if self.state is _State.DEAD:
@@ -298,38 +418,40 @@ class _Cluster:
             if msg.job_id in self._running:
                 del self._running[msg.job_id]
                 self.runner.report(JobResult(self.cluster_id, *msg))
+                self._start_queued()
         elif isinstance(msg, zp.Started):
             if msg.job_id in self._running:
                 self._running[msg.job_id] = msg.pid
         elif isinstance(msg, zp.Ready):
             self.state = _State.READY
-            queued, self._queued = self._queued, {}
-            self.run([RunJob(self.cluster_id, job_id, payload, {}) for job_id, payload in queued.items()])
+            self._start_queued()
         elif isinstance(msg, zp.SetupFailed):
             self.runner.cluster_failed(self.cluster_id, msg.message)
         elif isinstance(msg, zp.Unloaded):
             self._unloaded.set()
 
-    def _died(self, code: int) -> None:
+    async def _died(self, code: int) -> None:
         why = f"zygote process died ({_exit_text(code)})"
-        self._kill_jobs()
+        assert self._proc is not None
+        self.state = _State.DEAD  # nothing more is reported but what follows
+        await self._kill_jobs(self._proc.pid)
         for job_id in list(self._running):
             self.runner.report(_verdict(self.cluster_id, job_id, JobStatus.TERMINATED, why, "ZygoteDied"))
         self._running.clear()
         self._queued.clear()
         self.runner.cluster_failed(self.cluster_id, why)
 
-    def _kill_jobs(self) -> None:
-        """Orphaned jobs of a dead zygote: their pids were theirs until now."""
+    async def _kill_jobs(self, zygote_pid: int) -> None:
+        """Orphaned jobs of a dead zygote: their groups, then anything else carrying their mark."""
         for pid in self._running.values():
             if pid:
-                try:
-                    os.killpg(pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
+                killtree.killpg(pid, signal.SIGKILL)
+        left = await asyncio.to_thread(killtree.kill_marked, f"{zygote_pid}.", self.runner.kill_grace + STOP_SLACK)
+        if left:
+            logger.error("cluster %s: processes %s of its jobs survived SIGKILL", self.cluster_id, left)
 
     def _write(self, data: bytes) -> None:
-        if self._proc is None or self._proc.stdin is None or self._proc.stdin.is_closing():
+        if not data or self._proc is None or self._proc.stdin is None or self._proc.stdin.is_closing():
             return  # still starting: Load goes first and the queue follows Ready
         self._proc.stdin.write(data)
 

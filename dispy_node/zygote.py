@@ -1,21 +1,26 @@
 """The zygote: loads one cluster's computation once, then forks a process per job.
 
 Theory of operation. The daemon runs `python -m dispy_node.zygote` with pipes
-on stdin/stdout (`zygote_protocol`). The first message is `Load`: the zygote
-makes the cluster directory, writes the computation's files and modules there,
-makes it the working directory and the head of `sys.path`, unpickles the code,
-runs `setup()` and answers `Ready` or `SetupFailed`. Every `Run` then forks:
-the child starts its own session (so a kill reaches its whole process group),
-sends fds 1 and 2 to anonymous temporary files, runs the function and writes a
-msgpack record to a third file before `os._exit`. It never returns into the
-loop below. Globals set by `setup` are inherited by every job and nothing a
-job does reaches the next one.
+on stdin/stdout (`zygote_protocol`), already as the account jobs run as
+(`account`). The first message is `Load`: the zygote lays out the cluster
+directory the daemon made (`workdir`), writes the computation's files and
+modules, makes `files/` the working directory and the head of `sys.path`,
+unpickles the code, runs `setup()` and answers `Ready` or `SetupFailed`. Every
+`Run` then forks a job process (`job_process`); globals set by `setup` are
+inherited by every job and nothing a job does reaches the next one.
+
+A job ends in two steps. Its leader is reaped (`waitpid`), which fixes the
+outcome; then its whole tree must go (`killtree`): the process group and any
+marked process that escaped it get SIGKILL, and `Done` is sent only once none
+is left, so the daemon frees the CPU only when the CPU is really free, and
+always then. A job killed by us (cancel, wall clock, unload, stop) gets
+SIGTERM first and SIGKILL `kill_grace` seconds later.
 
 The loop is a plain `selectors` loop (no asyncio: a forked child must not
-inherit a running event loop). It watches the command pipe and the SIGCHLD
-wakeup pipe, reaps children with `waitpid(-1, WNOHANG)`, reads their files and
-sends `Done`; the only timers are the SIGKILLs due `kill_grace` seconds after
-a SIGTERM. Messages produced during one turn go out in one write.
+inherit a running event loop). It watches the command pipe, the SIGCHLD
+wakeup pipe and the jobs' output pipes; its timers are wall-clock limits,
+SIGKILLs due after the grace, and re-checks of trees still dying. Messages
+produced during one turn go out in one write.
 
 The protocol pipe is moved off fds 0 and 1 at start: anything user code
 prints in `setup` or `cleanup` goes to stderr instead of corrupting it.
@@ -23,59 +28,62 @@ prints in `setup` or `cleanup` goes to stderr instead of corrupting it.
 
 from __future__ import annotations
 
+import gc
 import heapq
+import itertools
 import logging
 import os
 import selectors
-import shutil
 import signal
-import subprocess
 import sys
-import tempfile
 import time
 import traceback
 import types
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, NoReturn
 
-import msgpack
+import psutil
 
 from dispy_wire.framing import FrameDecoder
-from dispy_wire.payload import CodeObjects, dumps, loads, unpack_computation
+from dispy_wire.payload import CodeObjects, loads, unpack_computation
 from dispy_wire.status import JobStatus
 
+from . import job_process, killtree, workdir
 from . import zygote_protocol as zp
+from .capture import Capture
+from .limits import Limits
 
 logger = logging.getLogger(__name__)
 
-#: a pickled result above this is refused: the wire's frames stop at 64 MiB
-MAX_RESULT = 32 * 1024 * 1024
-#: each of stdout and stderr is cut to this many bytes
-MAX_OUTPUT = 4 * 1024 * 1024
-#: exit code of a job process that failed inside our own code, not the job's
-CHILD_INTERNAL_ERROR = 70
+#: first and last delay between checks of a tree that is still dying
+_RECHECK_FIRST, _RECHECK_MAX = 0.002, 0.2
+#: a leader killed by a signal with this share of its memory limit in use died of the limit
+_AT_LIMIT = 0.9
+
+
+class _Timer(Enum):
+    WALL = "wall"  # the wall-clock limit is up: kill
+    SIGKILL = "sigkill"  # the grace after SIGTERM is up
+    RECHECK = "recheck"  # is the dying tree gone yet?
 
 
 @dataclass(slots=True)
 class _Job:
     job_id: int
-    pid: int
-    out: int  # fds of the anonymous files for stdout, stderr and the result record
-    err: int
-    res: int
+    pid: int  # the leader's pid = the group's id
+    mark: str
+    out: Capture
+    err: Capture
+    res: int  # fd of the anonymous file holding the result record
     forked: float
-    cancelled: bool = False
-
-
-class _Code:
-    """What a job process needs from the loaded computation."""
-
-    def __init__(self, objs: CodeObjects, kind: str) -> None:
-        self.kind = kind
-        self.func = objs.func
-        self.program = objs.program
-        self.setup = objs.setup
-        self.cleanup = objs.cleanup
+    limits: Limits
+    verdict: tuple[JobStatus, str, str] | None = None  # (status, text, type) when we killed it
+    wait_status: int | None = None  # once the leader is reaped
+    maxrss: int = 0  # KiB, from the leader's rusage
+    strays: list[psutil.Process] = field(default_factory=list)  # outside the group, seen while alive
+    hard: bool = False  # SIGKILL time: whatever of the tree still shows up gets SIGKILL
+    recheck: float = _RECHECK_FIRST
 
 
 class Zygote:
@@ -91,13 +99,18 @@ class Zygote:
         self._wfd = wfd
         self._decoder = FrameDecoder(max_size=zp.MAX_FRAME, expect_preamble=False)
         self._out: list[bytes] = []
-        self._jobs: dict[int, _Job] = {}  # by pid
-        self._pids: dict[int, int] = {}  # job_id -> pid
-        self._timers: list[tuple[float, int, int]] = []  # (deadline, pid, job_id): SIGKILL the group
+        self._jobs: dict[int, _Job] = {}  # by job_id, until the tree is gone
+        self._leaders: dict[int, _Job] = {}  # by pid, until reaped
+        self._timers: list[tuple[float, int, _Timer, _Job]] = []
+        self._seq = itertools.count()
+        self._sel = selectors.DefaultSelector()
         self._grace = 5.0
-        self._code: _Code | None = None
+        self._max_output = 4 << 20
+        self._keep_files = False
+        self._code: job_process.Code | None = None
+        self._cleanup: Any = None
         self._unloading = False
-        self._own_fds: list[int] = [rfd, wfd]
+        self._stopping = False
 
     # -- life cycle ----------------------------------------------------------
 
@@ -112,6 +125,8 @@ class Zygote:
             self._send(zp.SetupFailed(error))
             self._flush()
             return 1
+        killtree.become_subreaper()
+        gc.freeze()  # what setup built stays shared with every fork, untouched by the collector
         self._send(zp.Ready())
         self._flush()
         return self._loop()
@@ -137,32 +152,41 @@ class Zygote:
         # a Python-level handler is what makes the interpreter write to the wakeup fd
         signal.signal(signal.SIGCHLD, _ignore)
         os.set_blocking(self._rfd, False)
-        sel = selectors.DefaultSelector()
-        sel.register(self._rfd, selectors.EVENT_READ)
-        sel.register(wake_r, selectors.EVENT_READ)
-        self._own_fds += [wake_r, wake_w]
-        if hasattr(sel, "fileno"):
-            self._own_fds.append(sel.fileno())
-        # frames that arrived together with Load
-        for frame in self._decoder.frames():
+        self._sel.register(self._rfd, selectors.EVENT_READ)
+        self._sel.register(wake_r, selectors.EVENT_READ)
+        for frame in self._decoder.frames():  # frames that arrived together with Load
             self._handle(zp.decode(frame))
         while True:
             timeout = max(0.0, self._timers[0][0] - time.monotonic()) if self._timers else None
-            for key, _ in sel.select(timeout):
+            for key, _ in self._sel.select(timeout):
                 if key.fd == wake_r:
                     _drain(wake_r)
                     self._reap()
-                elif not self._receive():
-                    self._stop_now()
-                    return 0
+                elif key.fd == self._rfd:
+                    if not self._receive():
+                        self._stop()
+                elif not key.data.closed and not key.data.read():  # closed: its job ended this turn
+                    self._sel.unregister(key.fd)
             self._fire_timers(time.monotonic())
-            if self._unloading and not self._jobs:
-                self._fire_timers(float("inf"))
-                self._run_cleanup()
-                self._send(zp.Unloaded())
-                self._flush()
-                return 0
+            if not self._jobs and (self._stopping or self._unloading):
+                return self._exit()
             self._flush()
+
+    def _exit(self) -> int:
+        """No job is left: kill what escaped unmarked, then unload or just go."""
+        leftovers = []
+        for pid in killtree.own_children():
+            try:
+                leftovers.append(psutil.Process(pid))
+            except psutil.Error:
+                pass
+        killtree.signal_procs(leftovers, signal.SIGKILL)
+        psutil.wait_procs(leftovers, timeout=self._grace)
+        if self._unloading and not self._stopping:
+            self._run_cleanup()
+            self._send(zp.Unloaded())
+            self._flush()
+        return 0
 
     def _receive(self) -> bool:
         """Reads commands; False when the daemon closed the pipe."""
@@ -179,75 +203,75 @@ class Zygote:
 
     def _handle(self, msg: Any) -> None:
         if isinstance(msg, zp.Run):
-            self._start(msg.job_id, msg.payload)
+            self._start(msg.job_id, msg.payload, Limits(*msg.limits))
         elif isinstance(msg, zp.Kill):
-            self._kill(msg.job_id)
+            job = self._jobs.get(msg.job_id)
+            if job is not None:
+                self._kill(job, *_verdict_for(msg.reason))
         elif isinstance(msg, zp.Unload):
             self._unloading = True
-            for job_id in list(self._pids):
-                self._kill(job_id)
+            for job in list(self._jobs.values()):
+                self._kill(job, JobStatus.CANCELLED, "cancelled", "")
         else:
             logger.error("zygote: unexpected %s from the daemon", type(msg).__name__)
 
-    def _stop_now(self) -> None:
-        """The daemon is gone or gave up on us: no job outlives the zygote."""
-        for pid in self._jobs:
-            _killpg(pid, signal.SIGKILL)
-        for pid in list(self._jobs):
-            try:
-                os.waitpid(pid, 0)
-            except ChildProcessError:
-                pass
-        self._fire_timers(float("inf"))
+    def _stop(self) -> None:
+        """The daemon is gone or gave up on us: no job outlives the zygote, none is reported."""
+        self._stopping = True
+        self._sel.unregister(self._rfd)
+        for job in list(self._jobs.values()):
+            self._kill(job, JobStatus.CANCELLED, "node stopping", "")
 
     # -- loading -------------------------------------------------------------
 
     def _load(self, load: zp.Load) -> str | None:
         """Prepares the cluster; returns why it failed, or None."""
         self._grace = load.kill_grace
+        self._max_output = load.max_output
+        self._keep_files = load.keep_files
         try:
             comp = unpack_computation(load.computation)
-            _make_cluster_dir(load.cluster_dir)
+            files = workdir.make_cluster_layout(load.cluster_dir)
             for name, data, mode in comp.files:
-                _write_file(load.cluster_dir, name, data, (mode & 0o777) or 0o600)
+                _write_file(files, name, data, (mode & 0o777) or 0o600)
             for name, source in comp.modules:
-                _write_file(load.cluster_dir, name, source, 0o600)
-            sys.path.insert(0, load.cluster_dir)
-            os.chdir(load.cluster_dir)
+                _write_file(files, name, source, 0o600)
+            sys.path.insert(0, files)
+            os.chdir(files)
             import cloudpickle  # noqa: F401  (imported once here, not in every job)
 
             objs = loads(comp.objects)
             if not isinstance(objs, CodeObjects):
                 return f"computation objects are a {type(objs).__name__}, not CodeObjects"
-            code = _Code(objs, comp.kind)
-            if code.kind == "function" and not callable(code.func):
+            if comp.kind == "function" and not callable(objs.func):
                 return "computation has no callable function"
-            if code.kind == "program" and not code.program:
+            if comp.kind == "program" and not objs.program:
                 return "computation has no program to run"
-            if code.kind not in ("function", "program"):
-                return f"unknown computation kind {code.kind!r}"
+            if comp.kind not in ("function", "program"):
+                return f"unknown computation kind {comp.kind!r}"
             _inject_globals(objs)
         except (ValueError, OSError) as exc:
             return str(exc)
         except Exception:  # noqa: BLE001  (unpickling runs arbitrary user code)
             return "cannot load the computation:\n" + traceback.format_exc()
-        if code.setup is not None:
+        if objs.setup is not None:
             try:
-                value = code.setup()
+                value = objs.setup()
             except (Exception, SystemExit):  # noqa: BLE001  (user code: any failure is a setup failure)
                 return "setup failed:\n" + traceback.format_exc()
             if value not in (0, None):
                 return f"setup returned {value!r} (0 or None means success)"
         sys.stdout.flush()
         sys.stderr.flush()
-        self._code = code
+        depends = [name for name, _, _ in comp.files] + [name for name, _ in comp.modules]
+        self._code = job_process.Code(comp.kind, objs.func, objs.program, load.cluster_dir, depends)
+        self._cleanup = objs.cleanup
         return None
 
     def _run_cleanup(self) -> None:
-        assert self._code is not None
-        if callable(self._code.cleanup):
+        if callable(self._cleanup):
             try:
-                self._code.cleanup()
+                self._cleanup()
             except (Exception, SystemExit):  # noqa: BLE001  (user code: log it and unload anyway)
                 logger.warning("cluster cleanup raised:\n%s", traceback.format_exc())
         sys.stdout.flush()
@@ -255,119 +279,144 @@ class Zygote:
 
     # -- jobs ----------------------------------------------------------------
 
-    def _start(self, job_id: int, payload: bytes) -> None:
-        if job_id in self._pids:
+    def _start(self, job_id: int, payload: bytes, limits: Limits) -> None:
+        if job_id in self._jobs:
             logger.warning("job %d is already running; repeated Run ignored", job_id)
             return
         now = time.time()
         fds: list[int] = []
         try:
-            fds = [_anon_file() for _ in range(3)]
+            fds = [*os.pipe(), *os.pipe(), _anon_file()]
             pid = os.fork()
         except OSError as exc:
             for fd in fds:
                 os.close(fd)
-            self._send(
-                zp.Done(job_id, JobStatus.TERMINATED, None, b"", b"", f"cannot fork: {exc}", "OSError", now, now)
-            )
+            why = f"cannot fork: {exc}"
+            self._send(zp.Done(job_id, JobStatus.TERMINATED, None, b"", b"", why, "OSError", now, now))
             return
+        mark = killtree.mark(os.getpid(), job_id)
         if pid == 0:
-            self._child(payload, *fds)
-        self._jobs[pid] = _Job(job_id, pid, fds[0], fds[1], fds[2], now)
-        self._pids[job_id] = pid
+            assert self._code is not None
+            job_process.run(self._code, job_process.Start(job_id, payload, limits, mark, fds[1], fds[3], fds[4]))
+        os.close(fds[1])
+        os.close(fds[3])
+        job = _Job(job_id, pid, mark, Capture(fds[0], self._max_output), Capture(fds[2], self._max_output), fds[4],
+                   now, limits)  # fmt: skip
+        self._sel.register(job.out.fd, selectors.EVENT_READ, job.out)
+        self._sel.register(job.err.fd, selectors.EVENT_READ, job.err)
+        self._jobs[job_id] = job
+        self._leaders[pid] = job
+        if limits.wall is not None:
+            self._at(time.monotonic() + limits.wall, _Timer.WALL, job)
         self._send(zp.Started(job_id, pid))
 
-    def _child(self, payload: bytes, out: int, err: int, res: int) -> NoReturn:
-        """The job process: runs the job, leaves by os._exit whatever happens."""
-        code = 0
-        try:
-            started = time.time()
-            os.setsid()
-            os.umask(0o077)
-            signal.set_wakeup_fd(-1)
-            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            os.dup2(out, 1)
-            os.dup2(err, 2)
-            keep = {res}
-            for fd in self._own_fds + [out, err] + [fd for j in self._jobs.values() for fd in (j.out, j.err, j.res)]:
-                if fd not in keep:
-                    _close(fd)
-            assert self._code is not None
-            record = _execute(self._code, payload, started)
-            for stream in (sys.stdout, sys.stderr):
-                try:
-                    stream.flush()
-                except (OSError, ValueError):
-                    pass
-            _write_all(res, msgpack.packb(record, use_bin_type=True))
-        except BaseException:  # noqa: BLE001  (the child must reach os._exit below)
-            code = CHILD_INTERNAL_ERROR
-            try:
-                traceback.print_exc()
-                sys.stderr.flush()
-            except (OSError, ValueError):
-                pass
-        finally:
-            os._exit(code)
-
-    def _kill(self, job_id: int) -> None:
-        pid = self._pids.get(job_id)
-        if pid is None:
-            return  # already ended: its Done is sent or on its way
-        job = self._jobs[pid]
-        if job.cancelled:
+    def _kill(self, job: _Job, status: JobStatus, text: str, kind: str) -> None:
+        """SIGTERM to the tree now, SIGKILL after the grace; the job will end with this verdict."""
+        if job.verdict is not None:
             return
-        job.cancelled = True
-        _killpg(pid, signal.SIGTERM)
-        heapq.heappush(self._timers, (time.monotonic() + self._grace, pid, job_id))
+        if job.wait_status is not None and status is not JobStatus.CANCELLED:
+            return  # it ended by itself: its own outcome stands
+        job.verdict = (status, text, kind)
+        self._signal_tree(job, signal.SIGTERM)
+        self._at(time.monotonic() + self._grace, _Timer.SIGKILL, job)
+
+    def _signal_tree(self, job: _Job, sig: int) -> None:
+        if job.wait_status is None:  # leader alive: note who left the group, while we can see them
+            pgid = job.pid
+            for proc in killtree.descendants(job.pid):
+                if proc not in job.strays and _pgid(proc) != pgid:
+                    job.strays.append(proc)
+        killtree.killpg(job.pid, sig)
+        killtree.signal_procs(job.strays, sig)
+        killtree.signal_procs(self._escaped(job), sig)
+
+    def _escaped(self, job: _Job) -> list[psutil.Process]:
+        """Orphans re-parented to us that carry this job's mark, with their descendants."""
+        found: list[psutil.Process] = []
+        for pid in killtree.own_children():
+            if pid not in self._leaders and killtree.mark_of(pid) == job.mark:
+                try:
+                    proc = psutil.Process(pid)
+                except psutil.Error:
+                    continue
+                found += [proc, *killtree.descendants(pid)]
+        return found
+
+    def _at(self, deadline: float, what: _Timer, job: _Job) -> None:
+        heapq.heappush(self._timers, (deadline, next(self._seq), what, job))
 
     def _fire_timers(self, now: float) -> None:
         while self._timers and self._timers[0][0] <= now:
-            _, pid, job_id = heapq.heappop(self._timers)
-            job = self._jobs.get(pid)
-            # the leader's pid is only ours to signal while it is that job's (or nobody's)
-            if job is None or job.job_id == job_id:
-                _killpg(pid, signal.SIGKILL)
+            _, _, what, job = heapq.heappop(self._timers)
+            if self._jobs.get(job.job_id) is not job:
+                continue  # that job is over
+            if what is _Timer.WALL:
+                self._kill(job, JobStatus.TERMINATED, job.limits.wall_text(), "LimitExceeded")
+            elif what is _Timer.SIGKILL:
+                job.hard = True
+                self._signal_tree(job, signal.SIGKILL)
+            else:
+                self._reap()
+                self._try_finish(job)
 
     def _reap(self) -> None:
-        while self._jobs:
+        """Collects every ended child: job leaders and orphans re-parented to us."""
+        ended = []
+        while True:
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                pid, status, usage = os.wait4(-1, os.WNOHANG)
             except ChildProcessError:
-                return
+                break
             if pid == 0:
-                return
-            job = self._jobs.pop(pid, None)
+                break
+            job = self._leaders.pop(pid, None)
             if job is not None:
-                del self._pids[job.job_id]
-                self._send(self._finish(job, status))
+                job.wait_status, job.maxrss = status, usage.ru_maxrss
+                if job.verdict is None:  # what the job left running ends with it, now
+                    job.hard = True
+                    self._signal_tree(job, signal.SIGKILL)
+                ended.append(job)
+        for job in ended:  # trees still dying are looked at again by their RECHECK timers
+            self._try_finish(job)
 
-    def _finish(self, job: _Job, status: int) -> zp.Done:
+    def _try_finish(self, job: _Job) -> None:
+        """Sends Done if the job's tree is gone; else makes sure it goes and looks again soon."""
+        escaped = self._escaped(job)
+        if killtree.group_alive(job.pid) or escaped or any(killtree.alive(p) for p in job.strays):
+            if job.hard:  # late joiners: orphans re-parented since, forks racing the SIGKILL
+                killtree.killpg(job.pid, signal.SIGKILL)
+                killtree.signal_procs(escaped, signal.SIGKILL)
+            self._at(time.monotonic() + job.recheck, _Timer.RECHECK, job)
+            job.recheck = min(job.recheck * 2, _RECHECK_MAX)
+            return
+        del self._jobs[job.job_id]
+        for capture in (job.out, job.err):
+            if self._sel.get_map().get(capture.fd) is not None:
+                self._sel.unregister(capture.fd)
+        done = self._done(job)
+        if not self._keep_files and self._code is not None:
+            workdir.remove_job_dir(self._code.cluster_dir, job.job_id)
+        if not self._stopping:
+            self._send(done)
+
+    def _done(self, job: _Job) -> zp.Done:
+        assert job.wait_status is not None
         ended = time.time()
-        if not job.cancelled:
-            # what the job left running in its process group ends with it
-            _killpg(job.pid, signal.SIGKILL)
-        stdout, stderr = _read_output(job.out), _read_output(job.err)
+        stdout, stderr = job.out.close(), job.err.close()
         raw = _read_all(job.res)
-        for fd in (job.out, job.err, job.res):
-            os.close(fd)
-        rec = _parse_record(raw)
+        os.close(job.res)
+        rec = job_process.parse_record(raw)
         start, end = rec.get("start_time", job.forked), rec.get("end_time", ended)
-        if job.cancelled:
-            return zp.Done(job.job_id, JobStatus.CANCELLED, None, stdout, stderr, "cancelled", "", start, end)
+        if job.verdict is not None and (job.verdict[0] is JobStatus.CANCELLED or not rec):
+            status, text, kind = job.verdict
+            return zp.Done(job.job_id, status, None, stdout, stderr, text, kind, start, end)
         if rec:
-            return zp.Done(
-                job.job_id, rec["status"], rec.get("result"), stdout, stderr,
-                rec.get("exception", ""), rec.get("exception_type", ""), start, end,
-            )  # fmt: skip
-        if os.WIFSIGNALED(status):
-            sig = os.WTERMSIG(status)
-            why, kind = f"job process killed by signal {_signame(sig)} ({sig})", "ProcessKilled"
-        else:
-            why, kind = f"job process exited with code {os.waitstatus_to_exitcode(status)}", "ProcessExit"
-        return zp.Done(job.job_id, JobStatus.TERMINATED, None, stdout, stderr, why, kind, start, end)
+            text, kind = rec.get("exception", ""), rec.get("exception_type", "")
+            if kind == "MemoryError" and job.limits.memory is not None:
+                text = f"{job.limits.memory_text()}\n{text}"
+            return zp.Done(job.job_id, rec["status"], rec.get("result"), stdout, stderr, text, kind, start, end)
+        text, kind = _death_text(job)
+        return zp.Done(job.job_id, JobStatus.TERMINATED, None, stdout, stderr, text, kind, start, end)
 
     # -- output --------------------------------------------------------------
 
@@ -376,50 +425,30 @@ class Zygote:
 
     def _flush(self) -> None:
         if self._out:
-            _write_all(self._wfd, b"".join(self._out))
+            try:
+                job_process.write_all(self._wfd, b"".join(self._out))
+            except BrokenPipeError:
+                pass  # the daemon is gone: we are stopping
             self._out.clear()
 
 
-def _execute(code: _Code, payload: bytes, started: float) -> dict[str, Any]:
-    """Runs one job in the job process; returns its result record."""
-    try:
-        args, kwargs = loads(payload)
-        if code.kind == "program":
-            assert code.program is not None  # checked at load
-
-            value: Any = subprocess.call([*code.program, *map(str, args)])
-        else:
-            value = code.func(*args, **kwargs)
-    except BaseException as exc:  # noqa: BLE001  (a job's SystemExit is its failure, not ours)
-        return _failure(traceback.format_exc(), type(exc).__name__, started)
-    try:
-        result = dumps(value)
-    except Exception as exc:  # noqa: BLE001  (user objects' __reduce__ may raise anything)
-        return _failure(f"cannot pickle the result ({type(value).__name__}): {exc}", type(exc).__name__, started)
-    if len(result) > MAX_RESULT:
-        return _failure(
-            f"result of {len(result)} bytes exceeds the node's limit of {MAX_RESULT} bytes", "ResultTooLarge", started
-        )
-    return {"status": int(JobStatus.FINISHED), "result": result, "start_time": started, "end_time": time.time()}
+def _verdict_for(reason: str) -> tuple[JobStatus, str, str]:
+    return (JobStatus.TERMINATED, reason, "Killed") if reason else (JobStatus.CANCELLED, "cancelled", "")
 
 
-def _parse_record(raw: bytes) -> dict[str, Any]:
-    """The job's record, or {} if it wrote none (or died while writing it)."""
-    try:
-        rec = msgpack.unpackb(raw, raw=False) if raw else {}
-    except (ValueError, msgpack.UnpackException):
-        return {}
-    return rec if isinstance(rec, dict) and "status" in rec else {}
-
-
-def _failure(text: str, kind: str, started: float) -> dict[str, Any]:
-    return {
-        "status": int(JobStatus.TERMINATED),
-        "exception": text,
-        "exception_type": kind,
-        "start_time": started,
-        "end_time": time.time(),
-    }
+def _death_text(job: _Job) -> tuple[str, str]:
+    """Why a leader that wrote no record ended, named after the limit it hit if it did."""
+    status = job.wait_status
+    assert status is not None
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        if sig == signal.SIGXCPU and job.limits.cpu_time is not None:
+            return job.limits.cpu_text(), "LimitExceeded"
+        memory = job.limits.memory
+        if memory is not None and job.maxrss * 1024 >= _AT_LIMIT * memory:
+            return f"{job.limits.memory_text()} (killed by signal {_signame(sig)})", "MemoryError"
+        return f"job process killed by signal {_signame(sig)} ({sig})", "ProcessKilled"
+    return f"job process exited with code {os.waitstatus_to_exitcode(status)}", "ProcessExit"
 
 
 def _inject_globals(objs: CodeObjects) -> None:
@@ -434,18 +463,12 @@ def _inject_globals(objs: CodeObjects) -> None:
         target.update(objs.globals)
 
 
-def _make_cluster_dir(path: str) -> None:
-    if os.path.lexists(path):
-        shutil.rmtree(path)  # a previous session's leftovers
-    os.makedirs(path, mode=0o700)
-
-
 def _write_file(directory: str, name: str, data: bytes, mode: int) -> None:
     if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
         raise ValueError(f"bad dependency file name {name!r}: a plain base name is required")
     fd = os.open(os.path.join(directory, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        _write_all(fd, data)
+        job_process.write_all(fd, data)
         os.fchmod(fd, mode)
     finally:
         os.close(fd)
@@ -453,6 +476,8 @@ def _write_file(directory: str, name: str, data: bytes, mode: int) -> None:
 
 def _anon_file() -> int:
     """An fd to a nameless temporary file (no directory entry to clean up)."""
+    import tempfile
+
     tmp = tempfile.gettempdir()
     try:
         return os.open(tmp, os.O_TMPFILE | os.O_RDWR, 0o600)
@@ -466,32 +491,11 @@ def _read_all(fd: int) -> bytes:
     return os.pread(fd, os.fstat(fd).st_size, 0)
 
 
-def _read_output(fd: int) -> bytes:
-    size = os.fstat(fd).st_size
-    data = os.pread(fd, min(size, MAX_OUTPUT), 0)
-    if size > MAX_OUTPUT:
-        data += b"\n[dispynode: output cut at %d of %d bytes]\n" % (MAX_OUTPUT, size)
-    return data
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-def _killpg(pgid: int, sig: int) -> None:
+def _pgid(proc: psutil.Process) -> int | None:
     try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _close(fd: int) -> None:
-    try:
-        os.close(fd)
+        return os.getpgid(proc.pid)
     except OSError:
-        pass
+        return None
 
 
 def _drain(fd: int) -> None:

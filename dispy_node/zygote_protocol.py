@@ -9,8 +9,9 @@ tag: a malformed frame here is a bug, not an attack.
     zygote → daemon: Ready | SetupFailed (answer to Load), Started, Done,
                      Unloaded (then exits)
 
-Closing the zygote's stdin means "stop now": it SIGKILLs its jobs and exits
-without reporting them or running `cleanup`.
+Closing the zygote's stdin means "stop now": it kills its jobs' trees
+(SIGTERM, the grace, SIGKILL) and exits without reporting them or running
+`cleanup`.
 """
 
 from __future__ import annotations
@@ -27,19 +28,25 @@ MAX_FRAME = 1 << 30
 
 class Load(NamedTuple):
     cluster_id: str
-    cluster_dir: str  # created by the zygote, mode 0700
+    cluster_dir: str  # made (empty, 0700, ours) by the daemon; laid out by the zygote (`workdir`)
     computation: bytes  # the packed `dispy_wire.payload.Computation`
     kill_grace: float  # seconds between SIGTERM and SIGKILL of a killed job
     log_level: int
+    max_output: int  # bytes kept of each of a job's stdout and stderr
+    keep_files: bool  # leave each job's directory behind when it ends
 
 
 class Run(NamedTuple):
     job_id: int
     payload: bytes  # dumps((args, kwargs))
+    limits: list[Any]  # the fields of `limits.Limits`
 
 
 class Kill(NamedTuple):
+    """Kill the job's tree. No reason: it is CANCELLED; a reason: TERMINATED with that text."""
+
     job_id: int
+    reason: str
 
 
 class Unload(NamedTuple):
@@ -63,7 +70,7 @@ class Started(NamedTuple):
 
 
 class Done(NamedTuple):
-    """The job's process has ended; the fields of `dispy_wire.messages.JobResult`."""
+    """The job's whole process tree is gone; the fields of `dispy_wire.messages.JobResult`."""
 
     job_id: int
     status: int

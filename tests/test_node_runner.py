@@ -4,16 +4,24 @@ Each test starts a `Runner` in `asyncio.run`, loads a computation packed as a
 client would pack it, runs jobs and waits (with a deadline) for the results the
 runner hands to its callback. `Runner.close()` runs in a `finally`, and the
 autouse fixture kills and reports any process the test left behind.
+
+Jobs run as the runner would run them in production: as `nobody` when the
+tests run as root. So each test's files live under a fresh directory in the
+system's temporary directory, which that account can pass through (mode
+0711), not under pytest's private `tmp_path`. Other `test_node_*` modules
+import this harness.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
@@ -24,7 +32,9 @@ import cloudpickle
 import psutil
 import pytest
 
-from dispy_node.runner import Runner
+from dispy_node import account
+from dispy_node.account import Account
+from dispy_node.runner import Runner, RunnerConfig
 from dispy_wire.messages import JobRef, JobResult, RunJob
 from dispy_wire.payload import CodeObjects, Computation, dumps, loads, pack_computation
 from dispy_wire.status import JobStatus
@@ -33,6 +43,19 @@ from dispy_wire.status import JobStatus
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 DEADLINE = 20.0
+
+
+def _job_account() -> tuple[Account, str | None]:
+    """The production account (nobody, under root) if it can run this interpreter; else ours, and why."""
+    acct = account.resolve(None)
+    why = account.cannot_run_python(acct)
+    if why is None:
+        return acct, None
+    return account.myself(), why
+
+
+#: who the harness's jobs run as; RUN_AS_SKIP says why it is not the production account, if it is not
+JOB_ACCOUNT, RUN_AS_SKIP = _job_account()
 
 
 # -- computations (run in the zygote and its job processes) ------------------------------
@@ -103,13 +126,21 @@ def kills_zygote() -> None:
 
 
 class Harness:
-    """A Runner whose results and failures are collected, with waits on them."""
+    """A Runner whose results and failures are collected, with waits on them.
 
-    def __init__(self, work_dir: Path, kill_grace: float = 5.0) -> None:
+    Args:
+        root: a directory jobs' account may pass through; the work dir is made in it.
+    """
+
+    def __init__(self, root: Path, kill_grace: float = 5.0, **config: Any) -> None:
+        self.root = root
         self.results: list[JobResult] = []
         self.failures: list[tuple[str, str]] = []
         self._changed = asyncio.Event()
-        self.runner = Runner(work_dir, kill_grace, self._on_result, self._on_failed)
+        config.setdefault("account", JOB_ACCOUNT)
+        self.runner = Runner(RunnerConfig(root / "work", kill_grace, **config), self._on_result, self._on_failed)
+        work_dir = self.runner.work_dir
+        work_dir.mkdir(mode=0o700 if self.runner.account.is_self else 0o711)
         self._next_id = 0
 
     def _on_result(self, result: JobResult) -> None:
@@ -126,15 +157,18 @@ class Harness:
                 self._changed.clear()
                 await self._changed.wait()
 
-    def load(self, cluster_id: str = "c1", kind: str = "function", files: list[Any] | None = None, **objs: Any) -> str:
+    def load(
+        self, cluster_id: str = "c1", kind: str = "function", files: list[Any] | None = None,
+        options: dict[str, Any] | None = None, **objs: Any,
+    ) -> str:  # fmt: skip
         blob = pack_computation(Computation(kind, "test", files or [], [], dumps(CodeObjects(**objs))))
-        self.runner.load(cluster_id, blob)
+        self.runner.load(cluster_id, blob, options)
         return cluster_id
 
-    def run(self, cluster_id: str, *calls: tuple[Any, ...]) -> list[int]:
+    def run(self, cluster_id: str, *calls: tuple[Any, ...], options: dict[str, Any] | None = None) -> list[int]:
         ids = list(range(self._next_id, self._next_id + len(calls)))
         self._next_id += len(calls)
-        self.runner.run(RunJob(cluster_id, i, dumps((args, {})), {}) for i, args in zip(ids, calls))
+        self.runner.run(RunJob(cluster_id, i, dumps((args, {})), options or {}) for i, args in zip(ids, calls))
         return ids
 
     async def result(self, job_id: int) -> JobResult:
@@ -145,15 +179,47 @@ class Harness:
         return await self.result(self.run(cluster_id, args)[0])
 
 
-def run(tmp_path: Path, body: Callable[[Harness], Awaitable[None]], kill_grace: float = 5.0) -> None:
+def run(body: Callable[[Harness], Awaitable[None]], kill_grace: float = 5.0, **config: Any) -> None:
+    """Runs `body` with a fresh Harness; closes its runner and removes its files afterwards."""
+    root = Path(tempfile.mkdtemp(prefix="dispynode-test-"))
+    root.chmod(0o711)
+
     async def main() -> None:
-        h = Harness(tmp_path / "work", kill_grace)
+        h = Harness(root, kill_grace, **config)
         try:
             await body(h)
         finally:
             await h.runner.close()
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+async def pid_server(h: Harness) -> tuple[str, asyncio.Future[list[int]], asyncio.Server]:
+    """A Unix socket jobs can reach (as their account) to tell the test the pids they started."""
+    sock_path = str(h.root / "pids.sock")
+    got: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
+
+    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        line = await reader.readline()
+        if not got.done():
+            got.set_result([int(p) for p in line.split()])
+        writer.close()
+
+    server = await asyncio.start_unix_server(on_connect, sock_path)
+    os.chmod(sock_path, 0o777)
+    return sock_path, got, server
+
+
+def kill_pids(pids: list[int]) -> None:
+    """Never leave a test's processes behind, should a test fail before they are gone."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 @pytest.fixture(autouse=True)
@@ -202,7 +268,7 @@ def _status(proc: psutil.Process) -> str | None:
 # -- tests -----------------------------------------------------------------------------
 
 
-def test_result_and_output(tmp_path: Path) -> None:
+def test_result_and_output() -> None:
     async def body(h: Harness) -> None:
         h.load(func=chatty)
         r = await h.call("c1", 7)
@@ -213,10 +279,10 @@ def test_result_and_output(tmp_path: Path) -> None:
         assert (r.exception, r.exception_type) == ("", "")
         assert r.start_time <= r.end_time <= time.time()
 
-    run(tmp_path, body)
+    run(body)
 
 
-def test_exception_gives_traceback(tmp_path: Path) -> None:
+def test_exception_gives_traceback() -> None:
     async def body(h: Harness) -> None:
         h.load(func=fails)
         r = await h.call("c1", 5)
@@ -225,10 +291,10 @@ def test_exception_gives_traceback(tmp_path: Path) -> None:
         assert r.exception_type == "ValueError"
         assert "Traceback" in r.exception and "ValueError: bad value 5" in r.exception
 
-    run(tmp_path, body)
+    run(body)
 
 
-def test_exit_code_and_signal_are_named(tmp_path: Path) -> None:
+def test_exit_code_and_signal_are_named() -> None:
     async def body(h: Harness) -> None:
         h.load("exits", func=exits)
         h.load("killed", func=kills_itself)
@@ -239,10 +305,10 @@ def test_exit_code_and_signal_are_named(tmp_path: Path) -> None:
         assert r.status == JobStatus.TERMINATED
         assert r.exception == "job process killed by signal SIGKILL (9)"
 
-    run(tmp_path, body)
+    run(body)
 
 
-def test_setup_failure_reports_cluster_failed(tmp_path: Path) -> None:
+def test_setup_failure_reports_cluster_failed() -> None:
     async def body(h: Harness) -> None:
         h.load(func=double, setup=setup_raises)
         h.run("c1", (1,), (2,))  # queued while loading, then dropped: the scheduler requeues them
@@ -253,58 +319,52 @@ def test_setup_failure_reports_cluster_failed(tmp_path: Path) -> None:
         h.run("c1", (3,))  # in flight when the scheduler learns of it: dropped too
         assert h.results == [] and h.runner.busy == 0
 
-    run(tmp_path, body)
+    run(body)
 
 
-def test_setup_globals_reach_jobs(tmp_path: Path) -> None:
+def test_setup_globals_reach_jobs() -> None:
     async def body(h: Harness) -> None:
         h.load(func=get_data, setup=setup_sets_global)
         r = await h.call("c1")
         assert (r.status, value(r)) == (JobStatus.FINISHED, 42), r.exception
 
-    run(tmp_path, body)
+    run(body)
 
 
-def test_depends_file_in_cwd_and_cleanup_on_unload(tmp_path: Path) -> None:
-    mark = tmp_path / "cleanup-ran"
-
+def test_depends_file_in_cwd_and_cleanup_on_unload() -> None:
     async def body(h: Harness) -> None:
+        marks = h.root / "marks"
+        marks.mkdir(mode=0o777)
+        marks.chmod(0o777)  # cleanup runs as the jobs' account
+        mark = marks / "cleanup-ran"
         h.load(func=read_depends, cleanup=cleanup_marks, globals={"MARK": str(mark)},
                files=[("data.txt", b"payload", 0o644)])  # fmt: skip
         r = await h.call("c1", "data.txt")
         assert r.status == JobStatus.FINISHED, r.exception
         text, cwd = value(r)
         assert text == "payload"
-        assert Path(cwd) == h.runner.work_dir / "c1"
-        assert (Path(cwd).stat().st_mode & 0o777) == 0o700
+        assert Path(cwd) == h.runner.work_dir / "c1" / "jobs" / str(r.job_id)
+        assert not Path(cwd).exists()  # removed with the job
         await h.runner.unload("c1")
         assert mark.read_text() == "cleaned"
-        assert not Path(cwd).exists()
+        assert not (h.runner.work_dir / "c1").exists()
 
-    run(tmp_path, body)
+    run(body)
 
 
-def test_bad_file_name_fails_the_cluster(tmp_path: Path) -> None:
+def test_bad_file_name_fails_the_cluster() -> None:
     async def body(h: Harness) -> None:
         h.load(func=double, files=[("../escape", b"x", 0o644)])
         await h.until(lambda: bool(h.failures))
         assert "bad dependency file name" in h.failures[0][1]
-        assert not (h.runner.work_dir / "escape").exists()
+        assert not (h.runner.work_dir / "c1" / "escape").exists()
 
-    run(tmp_path, body)
+    run(body)
 
 
-def test_kill_ends_the_job_and_its_children(tmp_path: Path) -> None:
-    sock_path = str(tmp_path / "pids.sock")
-
+def test_kill_ends_the_job_and_its_children() -> None:
     async def body(h: Harness) -> None:
-        got: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
-
-        async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            got.set_result([int(p) for p in (await reader.readline()).split()])
-            writer.close()
-
-        server = await asyncio.start_unix_server(on_connect, sock_path)
+        sock_path, got, server = await pid_server(h)
         pids: list[int] = []
         try:
             h.load(func=spawn_and_sleep)
@@ -314,20 +374,16 @@ def test_kill_ends_the_job_and_its_children(tmp_path: Path) -> None:
             h.runner.kill([JobRef("c1", job_id)])
             r = await h.result(job_id)
             assert (r.status, r.exception) == (JobStatus.CANCELLED, "cancelled")
-            assert _gone(pids, 5.0) == []
+            assert _gone(pids, 0.0) == []  # gone before the result was sent
             assert h.runner.busy == 0
         finally:
             server.close()
-            for pid in pids:  # should be gone already; never leave them behind
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            kill_pids(pids)
 
-    run(tmp_path, body, kill_grace=2.0)
+    run(body, kill_grace=2.0)
 
 
-def test_kill_of_a_queued_job(tmp_path: Path) -> None:
+def test_kill_of_a_queued_job() -> None:
     async def body(h: Harness) -> None:
         h.load(func=double)
         (job_id,) = h.run("c1", (1,))  # the zygote cannot be ready yet: the job waits in the queue
@@ -336,27 +392,27 @@ def test_kill_of_a_queued_job(tmp_path: Path) -> None:
         assert r.status == JobStatus.CANCELLED
         assert value(await h.call("c1", 4)) == 8
 
-    run(tmp_path, body)
+    run(body)
 
 
-def test_unknown_cluster(tmp_path: Path) -> None:
+def test_unknown_cluster() -> None:
     async def body(h: Harness) -> None:
         r = await h.call("nowhere", 1)
         assert (r.status, r.exception) == (JobStatus.TERMINATED, "unknown cluster")
 
-    run(tmp_path, body)
+    run(body)
 
 
-def test_program_computation(tmp_path: Path) -> None:
+def test_program_computation() -> None:
     async def body(h: Harness) -> None:
         h.load(kind="program", program=["echo", "hello"])
         r = await h.call("c1", "world")
         assert (r.status, value(r), r.stdout) == (JobStatus.FINISHED, 0, b"hello world\n")
 
-    run(tmp_path, body)
+    run(body)
 
 
-def test_zygote_death_terminates_its_jobs(tmp_path: Path) -> None:
+def test_zygote_death_terminates_its_jobs() -> None:
     async def body(h: Harness) -> None:
         h.load(func=kills_zygote)
         r = await h.call("c1")
@@ -367,10 +423,10 @@ def test_zygote_death_terminates_its_jobs(tmp_path: Path) -> None:
         h.run("c1", ())  # later jobs of the failed cluster are dropped, not reported
         assert len(h.results) == 1
 
-    run(tmp_path, body)
+    run(body)
 
 
-def test_many_jobs_each_reported_once(tmp_path: Path) -> None:
+def test_many_jobs_each_reported_once() -> None:
     n = 200
 
     async def body(h: Harness) -> None:
@@ -382,34 +438,22 @@ def test_many_jobs_each_reported_once(tmp_path: Path) -> None:
         assert all(r.status == JobStatus.FINISHED for r in h.results)
         assert {r.job_id: value(r) for r in h.results} == {i: 2 * (i - ids[0]) for i in ids}
 
-    run(tmp_path, body)
+    run(body)
 
 
-def test_close_kills_running_jobs(tmp_path: Path) -> None:
-    sock_path = str(tmp_path / "pids.sock")
-
+def test_close_kills_running_jobs() -> None:
     async def body(h: Harness) -> None:
-        got: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
-
-        async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            got.set_result([int(p) for p in (await reader.readline()).split()])
-            writer.close()
-
-        server = await asyncio.start_unix_server(on_connect, sock_path)
+        sock_path, got, server = await pid_server(h)
         pids: list[int] = []
         try:
             h.load(func=spawn_and_sleep)
             h.run("c1", (sock_path,))
             pids = await asyncio.wait_for(got, DEADLINE)
             await h.runner.close()  # as on losing the scheduler
-            assert _gone(pids, 5.0) == []
+            assert _gone(pids, 0.0) == []
             assert h.results == []
         finally:
             server.close()
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            kill_pids(pids)
 
-    run(tmp_path, body)
+    run(body, kill_grace=2.0)

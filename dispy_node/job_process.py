@@ -1,0 +1,159 @@
+"""The job process: what runs between the zygote's `fork()` and `os._exit`.
+
+Theory of operation. The child first makes itself a job: its own session and
+process group (one `killpg` reaches everything it starts), `umask 077`, the
+job mark in its environment (`killtree`), stdout/stderr on the pipes the
+zygote reads, every other inherited descriptor closed, its own working
+directory, and its limits. Only then does user code run. The outcome is a
+msgpack record written to an anonymous file the zygote reads after the
+process ends; a process that dies without writing one is described by its
+wait status instead. Whatever happens, the child leaves by `os._exit`: it must
+never return into the zygote's loop.
+
+Results are pickled with the standard `pickle` first (a C fast path that is
+enough for most values) and with cloudpickle only when that fails (functions
+and classes defined in `__main__` must travel by value).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+import msgpack
+
+from dispy_wire.payload import dumps, loads
+from dispy_wire.status import JobStatus
+
+from . import killtree, limits, workdir
+
+#: a pickled result above this is refused: the wire's frames stop at 64 MiB
+MAX_RESULT = 32 * 1024 * 1024
+#: exit code of a job process that failed inside our own code, not the job's
+CHILD_INTERNAL_ERROR = 70
+_ALL_FDS = 1 << 20
+
+
+@dataclass(slots=True)
+class Code:
+    """What a job process needs from the loaded computation."""
+
+    kind: str  # "function" or "program"
+    func: Any
+    program: list[str] | None
+    cluster_dir: str
+    depends: list[str]  # names of the files linked into each job's directory
+
+
+@dataclass(slots=True)
+class Start:
+    """One job, as the zygote hands it to the new process."""
+
+    job_id: int
+    payload: bytes
+    limits: limits.Limits
+    mark: str
+    out: int  # write ends of the stdout and stderr pipes
+    err: int
+    res: int  # the anonymous file for the record
+
+
+def run(code: Code, start: Start) -> NoReturn:
+    """The job process's whole life."""
+    status = 0
+    try:
+        started = time.time()
+        os.setsid()
+        os.umask(0o077)
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGPIPE, signal.SIGXCPU, signal.SIGXFSZ):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        os.environ[killtree.MARK_VAR] = start.mark
+        os.dup2(start.out, 1)
+        os.dup2(start.err, 2)
+        os.closerange(3, start.res)
+        os.closerange(start.res + 1, _ALL_FDS)
+        workdir.enter_job_dir(code.cluster_dir, start.job_id, code.depends)
+        limits.apply(start.limits)
+        record = _execute(code, start.payload, started)
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        write_all(start.res, msgpack.packb(record, use_bin_type=True))
+    except BaseException:  # noqa: BLE001  (the child must reach os._exit below)
+        status = CHILD_INTERNAL_ERROR
+        try:
+            traceback.print_exc()
+            sys.stderr.flush()
+        except (OSError, ValueError, MemoryError):
+            pass
+    finally:
+        os._exit(status)
+
+
+def _execute(code: Code, payload: bytes, started: float) -> dict[str, Any]:
+    """Runs the job; returns its result record."""
+    try:
+        args, kwargs = loads(payload)
+        if code.kind == "program":
+            assert code.program is not None  # checked at load
+            value: Any = subprocess.call([*code.program, *map(str, args)])
+        else:
+            value = code.func(*args, **kwargs)
+    except BaseException as exc:  # noqa: BLE001  (a job's SystemExit is its failure, not ours)
+        try:
+            text = traceback.format_exc()
+        except MemoryError:  # the frames still hold what filled the address space
+            text = f"{type(exc).__name__}: {exc}"
+        return _failure(text, type(exc).__name__, started)
+    try:
+        result = _pickle(value)
+    except Exception as exc:  # noqa: BLE001  (user objects' __reduce__ may raise anything)
+        return _failure(f"cannot pickle the result ({type(value).__name__}): {exc}", type(exc).__name__, started)
+    if len(result) > MAX_RESULT:
+        return _failure(
+            f"result of {len(result)} bytes exceeds the node's limit of {MAX_RESULT} bytes", "ResultTooLarge", started
+        )
+    return {"status": int(JobStatus.FINISHED), "result": result, "start_time": started, "end_time": time.time()}
+
+
+def _pickle(value: Any) -> bytes:
+    try:
+        return pickle.dumps(value, protocol=5)
+    except (pickle.PicklingError, AttributeError, TypeError):
+        return dumps(value)
+
+
+def _failure(text: str, kind: str, started: float) -> dict[str, Any]:
+    return {
+        "status": int(JobStatus.TERMINATED),
+        "exception": text,
+        "exception_type": kind,
+        "start_time": started,
+        "end_time": time.time(),
+    }
+
+
+def parse_record(raw: bytes) -> dict[str, Any]:
+    """The job's record, or {} if it wrote none (or died while writing it)."""
+    try:
+        rec = msgpack.unpackb(raw, raw=False) if raw else {}
+    except (ValueError, msgpack.UnpackException):
+        return {}
+    return rec if isinstance(rec, dict) and "status" in rec else {}
+
+
+def write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]

@@ -1,0 +1,133 @@
+"""Finding and killing every process of a job, including those that left its process group.
+
+Theory of operation. A job process leads its own session and process group,
+so one `killpg` reaches everything it forks, unless a descendant calls
+`setsid`/`setpgid` (a daemonized grandchild). Two things catch those:
+
+- The zygote is a child subreaper (`PR_SET_CHILD_SUBREAPER`, Linux): an
+  orphan anywhere below it is re-parented to the zygote instead of init, so it
+  stays findable (and its zombie is reaped by the zygote's `waitpid(-1)`).
+- Every job process carries `DISPY_JOB_MARK=<zygote pid>.<job id>` in its
+  environment, which its descendants inherit. An orphan that is not a job
+  leader is matched to its job by that mark; while the leader lives, its
+  descendants outside the group are also found through psutil.
+
+A job's tree is gone when its process group is empty and no marked process
+remains. A process that both escaped the group and cleared its environment
+cannot be told apart from its siblings: it goes when its zygote goes.
+
+Everything here is best effort against processes that may vanish at any
+moment: a process that is already gone is simply not there.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import signal
+from collections.abc import Iterable
+
+import psutil
+
+MARK_VAR = "DISPY_JOB_MARK"
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper() -> bool:
+    """Makes orphaned descendants of this process its children (Linux); False where unsupported."""
+    if not hasattr(os, "sched_getaffinity"):  # not Linux
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        return bool(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+    except (OSError, AttributeError):
+        return False
+
+
+def mark(zygote_pid: int, job_id: int) -> str:
+    return f"{zygote_pid}.{job_id}"
+
+
+def group_alive(pgid: int) -> bool:
+    """True while any process (zombies included) is in the process group."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def killpg(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def own_children() -> set[int]:
+    """Pids of this process's children, from /proc (cheap) or psutil (portable)."""
+    pids: set[int] = set()
+    try:
+        for tid in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{tid}/children", "rb") as f:
+                pids.update(int(p) for p in f.read().split())
+    except OSError:
+        pids = {p.pid for p in psutil.Process().children()}
+    return pids
+
+
+def mark_of(pid: int) -> str:
+    """The job mark in a process's environment; '' if none, unreadable or gone."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            env = f.read()
+    except OSError:
+        try:
+            return str(psutil.Process(pid).environ().get(MARK_VAR, ""))
+        except (psutil.Error, OSError):
+            return ""
+    key = MARK_VAR.encode() + b"="
+    for item in env.split(b"\0"):
+        if item.startswith(key):
+            return item[len(key) :].decode(errors="replace")
+    return ""
+
+
+def descendants(pid: int) -> list[psutil.Process]:
+    """The live descendants of `pid` (empty if it is gone)."""
+    try:
+        return list(psutil.Process(pid).children(recursive=True))
+    except psutil.Error:
+        return []
+
+
+def signal_procs(procs: Iterable[psutil.Process], sig: int) -> None:
+    for proc in procs:
+        try:
+            proc.send_signal(sig)
+        except (psutil.Error, OSError):
+            pass
+
+
+def alive(proc: psutil.Process) -> bool:
+    try:
+        return bool(proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE)
+    except psutil.Error:
+        return False
+
+
+def kill_marked(prefix: str, timeout: float) -> list[int]:
+    """SIGKILLs every process on the machine whose mark starts with `prefix`; waits up to
+    `timeout` for them to go. The daemon's last resort when a zygote died (its orphans
+    went to init). Returns the pids still alive."""
+    found = []
+    for proc in psutil.process_iter():
+        if mark_of(proc.pid).startswith(prefix):
+            found.append(proc)
+    signal_procs(found, signal.SIGKILL)
+    _, left = psutil.wait_procs(found, timeout=timeout)
+    return [p.pid for p in left if alive(p)]
+

@@ -1,0 +1,62 @@
+"""Where a cluster's and a job's files live on the node, and who owns them.
+
+Layout, under the node's `--work-dir` (0700, or 0711 when jobs run as another
+account, so that account can reach its own directories but list nothing):
+
+    <work_dir>/<cluster_id>/            0700, owned by the account jobs run as
+        files/                          depends files and modules; setup's cwd; on sys.path
+        jobs/<job_id>/                  0700: one job's cwd, with a symlink to each depends file
+
+A cluster directory belongs to one cluster, hence to one user: clusters never
+share one. The daemon makes the cluster directory (it may need to `chown` it);
+the zygote fills `files/`; each job process makes its own directory, so it is
+owned by the job's account and costs the zygote nothing. Depends files are
+symlinked, not copied: jobs of one cluster on one node share them, as they
+share `setup`'s globals, and a job should write its outputs to new files.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+FILES = "files"
+JOBS = "jobs"
+
+
+def prepare_cluster_dir(path: Path, uid: int, gid: int) -> None:
+    """Makes an empty cluster directory (leftovers of a previous session go), owned by uid:gid."""
+    if os.path.lexists(path):
+        shutil.rmtree(path)
+    path.mkdir(mode=0o700)
+    if (uid, gid) != (os.getuid(), os.getgid()):
+        os.chown(path, uid, gid)
+
+
+def make_cluster_layout(cluster_dir: str) -> str:
+    """Makes `files/` and `jobs/` in a cluster directory; returns the files directory."""
+    files = os.path.join(cluster_dir, FILES)
+    os.mkdir(files, 0o700)
+    os.mkdir(os.path.join(cluster_dir, JOBS), 0o700)
+    return files
+
+
+def job_dir(cluster_dir: str, job_id: int) -> str:
+    return os.path.join(cluster_dir, JOBS, str(job_id))
+
+
+def enter_job_dir(cluster_dir: str, job_id: int, depends: list[str]) -> None:
+    """In the job process: makes the job's directory, links the depends files, chdirs there."""
+    path = job_dir(cluster_dir, job_id)
+    os.makedirs(path, 0o700, exist_ok=True)  # exists only if a kept earlier run of the job left it
+    files = os.path.join(cluster_dir, FILES)
+    for name in depends:
+        link = os.path.join(path, name)
+        if not os.path.lexists(link):
+            os.symlink(os.path.join(files, name), link)
+    os.chdir(path)
+
+
+def remove_job_dir(cluster_dir: str, job_id: int) -> None:
+    shutil.rmtree(job_dir(cluster_dir, job_id), ignore_errors=True)
