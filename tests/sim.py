@@ -218,6 +218,21 @@ class Simulation:
         return {user: seconds / total for user, seconds in busy.items()} if total else {}
 
 
+def peak_busy(sim: Simulation, user: str) -> int:
+    """The most CPUs `user` ever held at once, from every run so far."""
+    edges = sorted(
+        (t, step)
+        for r in [*sim.runs, *sim.running.values()]
+        if r.user == user
+        for t, step in ((r.start, 1), (r.end, -1))
+    )
+    peak = busy = 0
+    for _, step in edges:  # at equal times an end (-1) sorts before a start (+1)
+        busy += step
+        peak = max(peak, busy)
+    return peak
+
+
 def jain_index(values: Iterable[float]) -> float:
     """Jain's fairness index: 1 when all values are equal, 1/n when one takes all."""
     xs = list(values)

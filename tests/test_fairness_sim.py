@@ -14,8 +14,9 @@ import pytest
 from dispy_sched.core import CoreConfig, SchedulerCore
 from dispy_sched.core import actions as A
 from dispy_sched.core.invariants import check_invariants
+from dispy_sched.core.state import Limits
 from dispy_sched.policies import load_policy
-from sim import Simulation, jain_index
+from sim import Simulation, jain_index, peak_busy
 
 NODES, CPUS = 50, 8
 WINDOW = 10.0
@@ -112,9 +113,9 @@ def test_newcomer_gets_the_very_next_free_cpu_despite_a_huge_backlog() -> None:
     sim = make_sim(seed=3)
     sim.add_nodes(NODES, CPUS)
     hog = sim.open("hog")
-    sim.submit(hog, 10_000)
-    sim.run_until(12.34)
-    assert sim.core.clusters[hog].queued > 5_000
+    sim.submit(hog, 10_000 + NODES * CPUS)
+    sim.run_until(0.5)  # every CPU busy, none free yet (jobs last 1 to 3 s)
+    assert sim.core.clusters[hog].queued == 10_000
     newcomer = sim.open("newbie")
     sim.submit(newcomer, 5)
     sim.send()
@@ -181,6 +182,102 @@ def test_user_with_decayed_usage_yields_to_a_fresh_user_on_ties() -> None:
 def test_without_usage_history_the_tie_goes_the_other_way() -> None:
     # the control for the test above: same setup, no history, and adam goes first
     assert heavy_then_fresh(history=False)[0] == "adam"
+
+
+def first_served(half_lives: int, fresh_usage: float) -> str:
+    """`adam` ran 1,000 CPU-s ending `half_lives` hours ago (half-life 1 h); `bob`
+    ran `fresh_usage` CPU-s ending now. Both then ask for one CPU at once, adam
+    first: returns who gets the first.
+    """
+    hour = 3600.0
+    sim = make_sim(seed=5, usage_half_life=hour)
+    (node,) = sim.add_nodes(1, 10)
+    adam, bob = sim.open("adam"), sim.open("bob")
+    sim.submit(adam, 10, seconds=100.0)
+    now = 100.0 + half_lives * hour
+    sim.run_until(now - fresh_usage / 10)
+    sim.submit(bob, 10, seconds=fresh_usage / 10)
+    sim.run_until(now)
+    assert sim.core.users["bob"].decayed_usage(now, hour) == pytest.approx(fresh_usage)
+    sim.submit(adam, 1)
+    sim.submit(bob, 1)
+    (dispatch,) = [a for a in sim.send() if isinstance(a, A.Dispatch)]
+    return sim.user_of[dispatch.jobs[0].cluster_id]
+
+
+@pytest.mark.parametrize("half_lives", [1, 2])
+def test_the_effect_of_past_usage_halves_per_half_life(half_lives: int) -> None:
+    # 1,000 CPU-s weigh 500 after one half-life, 250 after two: a user with
+    # a little less fresh usage than that goes first, a little more goes second
+    weight = 1000.0 / 2**half_lives
+    assert first_served(half_lives, 0.96 * weight) == "bob"
+    assert first_served(half_lives, 1.04 * weight) == "adam"
+
+
+def test_max_cpus_is_never_exceeded_and_idle_cpus_go_to_whoever_has_work(
+    record_property: Callable[[str, object], None],
+) -> None:
+    sim = make_sim(seed=13, limits={"capped": Limits(max_cpus=4)})
+    sim.add_nodes(4, 4)  # 16 CPUs
+    capped = saturating_user(sim, "capped")
+    sim.run_until(10.0)
+    assert sim.busy_seconds(5.0, 10.0) == {"capped": pytest.approx(4 * 5.0, rel=0.01)}  # alone, still 4
+    saturating_user(sim, "other")
+    sim.run_until(10.0 + 3.0 + 4 * WINDOW)
+    start, end = 13.0, 13.0 + 4 * WINDOW
+    busy = sim.busy_seconds(start, end)
+    assert sum(busy.values()) >= 0.98 * 16 * (end - start)  # the 12 CPUs capped may not use are not idle
+    shares = sim.shares(start, end)
+    assert shares["capped"] == pytest.approx(4 / 16, abs=TOLERANCE)
+    assert peak_busy(sim, "capped") == 4 and sim.core.clusters[capped].queued > 0
+    record_property("shares", {u: round(x, 4) for u, x in shares.items()})
+    print(f"max_cpus 4 of 16: shares {({u: f'{x:.1%}' for u, x in shares.items()})}, peak {peak_busy(sim, 'capped')}")
+
+
+def dispatch_order(sim: Simulation) -> list[tuple[str, int]]:
+    """(cluster, job) in the order the core dispatched them, from its transition log."""
+    return [(c, j) for stimulus, c, j, frm, to in sim.core.log if frm == "queued" and to == "running"]
+
+
+def test_fifo_runs_jobs_in_strict_submit_order_across_users() -> None:
+    sim = make_sim("fifo", seed=17)
+    sim.add_nodes(5, 4)
+    clusters = [sim.open(u) for u in ("ann", "ben", "cat", "ann")]
+    for i in range(60):  # interleaved submits of uneven sizes, at different times
+        sim.submit(clusters[sim.rng.randrange(4)], sim.rng.randint(1, 30))
+        sim.run_until(i * 0.7)
+    sim.run_until(1000.0)
+    submitted = [(c, j) for stimulus, c, j, frm, to in sim.core.log if frm == "new"]
+    assert len(submitted) > 500 and dispatch_order(sim) == submitted
+
+
+def test_fair_cluster_gives_clusters_turns_whoever_owns_them() -> None:
+    # dispy's fair_cluster: the least recently scheduled cluster first
+    sim = make_sim("fair_cluster", seed=19)
+    (node,) = sim.add_nodes(1, 1)
+    clusters = [sim.open("alice"), sim.open("alice"), sim.open("bob")]
+    for cid in reversed(clusters):  # submit order does not matter, only the last turn does
+        sim.submit(cid, 20, seconds=1.0)
+    sim.run_until(100.0)
+    order = [c for c, _ in dispatch_order(sim)]
+    assert order[:30] == clusters * 10  # alice, owning two clusters, gets two turns in three
+
+
+def test_fcfs_cluster_serves_the_earliest_created_cluster_first() -> None:
+    # dispy's fcfs_cluster: a later cluster runs only when the earlier ones have nothing queued
+    sim = make_sim("fcfs_cluster", seed=23)
+    sim.add_nodes(2, 2)
+    first, second = sim.open("bob"), sim.open("alice")
+    sim.submit(second, 30, seconds=1.0)
+    sim.submit(first, 30, seconds=1.0)
+    sim.run_until(8.5)  # 4 CPUs, 1 s jobs: first's 30 are all dispatched at t = 7
+    sim.submit(first, 10, seconds=1.0)  # new work for the earlier cluster goes ahead again
+    sim.run_until(100.0)
+    order = [c for c, _ in dispatch_order(sim)]
+    assert order[:30] == [first] * 30
+    assert order[30:36] == [second] * 6  # first ran out: second took the CPUs...
+    assert order[36:46] == [first] * 10  # ...until first got more jobs
+    assert order[46:] == [second] * 24
 
 
 def test_simulation_is_deterministic_for_a_seed() -> None:
