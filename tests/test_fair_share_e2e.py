@@ -1,0 +1,113 @@
+"""Fair share and its limits with real processes: dispyscheduler, dispynode, user programs."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from procs import Cluster
+
+USERS = """
+[users.alice]
+secret = "a-secret"
+max_queued_jobs = 5
+[users.bob]
+secret = "b-secret"
+"""
+
+BATCH = """
+    import json, sys
+    from dispy_client import SharedJobCluster
+
+    def compute(t):
+        import time
+        time.sleep(t)
+        return t
+
+    user, secret, jobs_count, seconds, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
+    with SharedJobCluster(compute, user=user, secret=secret) as cluster:
+        jobs = [cluster.submit(seconds) for _ in range(jobs_count)]
+        print("submitted", flush=True)
+        cluster.wait()
+        assert all(j.status == j.Finished for j in jobs), [(j.status, j.exception) for j in jobs]
+    with open(out, "w") as f:
+        json.dump([j.end_time for j in jobs], f)
+    """
+
+
+def users_file(cluster: Cluster, text: str) -> str:
+    path = cluster.workdir / "users.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def batch(cluster: Cluster, user: str, jobs: int, seconds: float) -> tuple[object, Path]:
+    out = cluster.workdir / f"{user}.json"
+    proc = cluster.client(BATCH, user, args=[user, f"{user[0]}-secret", str(jobs), str(seconds), str(out)])
+    return proc, out
+
+
+def test_two_users_get_half_each_of_the_completed_jobs_while_both_have_work(cluster: Cluster) -> None:
+    cluster.scheduler("--users-file", users_file(cluster, USERS.replace("max_queued_jobs = 5", "")), "--policy", "fair")
+    cluster.node(cpus=4)
+    alice, alice_out = batch(cluster, "alice", 200, 0.05)
+    alice.wait_for_line("submitted")  # type: ignore[attr-defined]
+    time.sleep(1.0)  # the second user starts one second later: the scenario, not a settling delay
+    bob, bob_out = batch(cluster, "bob", 200, 0.05)
+    for proc in (alice, bob):
+        assert proc.wait(60) == 0, cluster.describe()  # type: ignore[attr-defined]
+    ends = {"alice": json.loads(alice_out.read_text()), "bob": json.loads(bob_out.read_text())}
+    # the overlap: from bob's first completed job until either user has no more
+    t0 = min(ends["bob"])
+    t1 = min(max(ends["alice"]), max(ends["bob"]))
+    done = {u: sum(t0 <= e <= t1 for e in es) for u, es in ends.items()}
+    assert sum(done.values()) >= 40, f"too short an overlap to measure: {done}"
+    share = done["bob"] / sum(done.values())
+    print(f"completed during the overlap: {done}, bob's share {share:.1%}")
+    assert 0.40 <= share <= 0.60, f"bob completed {share:.0%} of the jobs during the overlap: {done}"
+
+
+def test_submit_beyond_max_queued_jobs_is_refused_with_a_clear_message_at_the_client(cluster: Cluster) -> None:
+    cluster.scheduler("--users-file", users_file(cluster, USERS))
+    client = cluster.run_client(
+        """
+        from dispy_client import SharedJobCluster, DispyJob
+
+        with SharedJobCluster(lambda x: x, user="alice", secret="a-secret") as cluster:
+            jobs = [cluster.submit(i) for i in range(8)]  # no node: they all stay queued
+            for job in jobs[5:]:
+                job()
+                assert job.status == DispyJob.Cancelled, job.status
+                print("refused:", job.exception)
+            cluster.close(terminate=True)
+        """
+    )
+    assert client.stdout.count("refused: user alice may have at most max_queued_jobs = 5 jobs queued") == 3
+    # the Error frame, logged at ERROR by the client library (here by logging's last-resort handler)
+    assert "scheduler: user alice may have at most max_queued_jobs = 5" in client.stderr, client.stderr
+    assert "3 of the 8 jobs submitted" in client.stderr
+    scheduler = cluster.procs[0]
+    assert "max_queued_jobs = 5" in scheduler.stderr
+
+
+def test_decayed_usage_survives_a_scheduler_restart(cluster: Cluster) -> None:
+    state = str(cluster.workdir / "state")
+    users = users_file(cluster, USERS)
+    first = cluster.scheduler("--users-file", users, "--state-dir", state, name="first")
+    node = cluster.node(cpus=2)
+    bob, _ = batch(cluster, "bob", 4, 0.3)
+    assert bob.wait(60) == 0, cluster.describe()  # type: ignore[attr-defined]
+    node.stop()
+    first.stop()  # SIGTERM: the usage is saved on the way out
+    second = cluster.scheduler("--users-file", users, "--state-dir", state, name="second")
+    second.wait_for_line(r"restored decayed usage of 1 users", stream="stderr", timeout=5)
+    client = cluster.run_client(
+        """
+        from dispy_client import SharedJobCluster
+        with SharedJobCluster(lambda x: x, user="bob", secret="b-secret") as cluster:
+            print("usage", cluster.scheduler_status()["users"]["bob"]["usage"])
+        """
+    )
+    usage = float(client.stdout.split("usage")[1])
+    assert 1.0 <= usage <= 1.5, usage  # 4 jobs of 0.3 s, hardly decayed (half-life 1 h)
