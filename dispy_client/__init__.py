@@ -1,26 +1,42 @@
 """dispy-shared's client: dispy 4.x's API on a shared scheduler.
 
     import dispy_client as dispy
-    cluster = dispy.SharedJobCluster(compute, scheduler_host="sched:9702")
+    cluster = dispy.JobCluster(compute)                  # its own scheduler and this machine's CPUs
+    cluster = dispy.SharedJobCluster(compute, scheduler_node="sched:9702")
+
+See docs/client.md for the whole API and where it differs from dispy.
 """
 
 from __future__ import annotations
 
 import logging
 
-from .cluster import SharedJobCluster
-from .errors import AuthenticationError, ClusterError, DispyError, ProtocolError, SchedulerUnreachable
+from .cluster import BaseCluster, SharedJobCluster
+from .errors import AuthenticationError, ClusterError, DispyError, JobError, ProtocolError, SchedulerUnreachable
+from .executor import ClusterExecutor
 from .job import DispyJob
+from .jobcluster import JobCluster
+from .node import ClusterStatus, DispyNode, DispyNodeAvailInfo, NodeAllocate
+from .recover import recover_jobs
 
 logger = logging.getLogger("dispy_client")
 
 __all__ = [
     "AuthenticationError",
+    "BaseCluster",
     "ClusterError",
+    "ClusterExecutor",
+    "ClusterStatus",
     "DispyError",
     "DispyJob",
+    "DispyNode",
+    "DispyNodeAvailInfo",
+    "JobCluster",
+    "JobError",
+    "NodeAllocate",
     "ProtocolError",
     "SchedulerUnreachable",
     "SharedJobCluster",
     "logger",
+    "recover_jobs",
 ]

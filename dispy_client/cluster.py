@@ -1,42 +1,46 @@
-"""`SharedJobCluster`: dispy's client API over the shared scheduler.
+"""dispy's cluster API (`BaseCluster`) and `SharedJobCluster`, its shared-scheduler form.
 
 Three threads take part: the user's (submit, wait, close), the loop thread
-(`ClusterSession`: network only, never user code) and the dispatcher thread,
-which unpickles results, fills in `DispyJob`s and runs `job_status` callbacks
-in order, so a slow callback never stalls the network.
+(`ClusterSession`: network only, never user code) and the dispatcher thread
+(`JobTracker`), which unpickles results, fills in `DispyJob`s and runs
+callbacks in order, so a slow callback never stalls the network.
+
+`BaseCluster` is everything a cluster does once it has a scheduler to talk
+to; `SharedJobCluster` finds the shared one, `JobCluster` (jobcluster.py)
+starts its own.
 """
 
 from __future__ import annotations
 
+import asyncio
 import getpass
 import itertools
 import logging
 import os
-import queue
-import threading
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from dispy_wire import messages as M
-from dispy_wire.payload import dumps, loads
-from dispy_wire.status import JobStatus
+from dispy_wire.payload import dumps
 
+from . import progress
 from .connection import LoopThread
-from .errors import DispyError
+from .errors import DispyError, JobError
+from .executor import ClusterExecutor, job_future
 from .job import DispyJob
-from .packaging import build_computation
+from .node import ClusterStatus, DispyNode, DispyNodeAvailInfo
+from .options import ClusterOptions, cluster_options
+from .packaging import build_computation, computation_name, job_files
+from .recover import Recorder
 from .session import ClusterSession
+from .tracker import JobTracker
 
 log = logging.getLogger("dispy_client")
 
 DEFAULT_SCHEDULER = "127.0.0.1:9702"
-
-# dispy parameters that have no effect on a shared cluster (yet); accepted so
-# that dispy programs run unchanged, with a one-line warning.
-_IGNORED = ("nodes", "ip_addr", "port", "ext_ip_addr", "dest_path", "poll_interval", "exclusive", "keyfile", "certfile", "recover_file")
 
 
 def parse_scheduler(host: str | None, port: int | None) -> tuple[str, int]:
@@ -56,123 +60,238 @@ def parse_scheduler(host: str | None, port: int | None) -> tuple[str, int]:
         raise ValueError(f"bad scheduler address {spec!r}: port must be a number") from None
 
 
-class SharedJobCluster:
-    """A cluster of jobs run on the shared scheduler's nodes.
+def _needs_scheduler(what: str, missing: str) -> NotImplementedError:
+    return NotImplementedError(f"{what} needs scheduler support that does not exist yet: {missing}")
+
+
+class BaseCluster:
+    """A cluster of jobs on one scheduler: dispy's whole cluster API.
 
     Args:
-        computation: the function each job calls.
-        scheduler_host: 'H' or 'H:P' (default `$DISPY_SCHEDULER`, then
-            127.0.0.1:9702); `scheduler_node` is dispy's name for it.
-        scheduler_port: overrides the port in `scheduler_host`.
-        user: name to authenticate as (default `$DISPY_USER`, then the login name).
-        secret: that user's secret.
-        depends: files, modules, functions and classes jobs need.
-        job_status: called as `job_status(job)` when a job starts or ends, on
-            a thread of its own.
-        cluster_status: accepted for dispy compatibility.
-        setup: run once per node before its jobs; globals it declares are
-            visible to jobs.
-        cleanup: True, False, or a function run when the cluster closes on a node.
-        reentrant: rerun a job elsewhere if its node is lost (else it is Abandoned).
-        timeout: seconds to reach and open the scheduler before giving up.
+        computation: the function each job calls, or the path of a program
+            each job runs with its arguments as the command line.
+        host, port: the scheduler's address.
+        options: the checked constructor parameters.
 
     Raises:
-        SchedulerUnreachable: the scheduler cannot be reached in `timeout`.
+        SchedulerUnreachable: the scheduler cannot be reached in `options.timeout`.
         AuthenticationError: the scheduler refused the user or secret.
         ClusterError: the scheduler refused to open the cluster.
     """
 
-    def __init__(
-        self,
-        computation: Callable[..., Any],
-        scheduler_host: str | None = None,
-        scheduler_port: int | None = None,
-        user: str | None = None,
-        secret: str = "",
-        depends: Sequence[Any] = (),
-        job_status: Callable[[DispyJob], Any] | None = None,
-        cluster_status: Callable[..., Any] | None = None,
-        setup: Callable[..., Any] | None = None,
-        cleanup: Callable[..., Any] | bool = True,
-        reentrant: bool = False,
-        loglevel: int | None = None,
-        timeout: float = 10.0,
-        scheduler_node: str | None = None,
-        callback: Callable[[DispyJob], Any] | None = None,
-        **ignored: Any,
-    ) -> None:
-        for name in ignored:
-            if name not in _IGNORED:
-                raise TypeError(f"SharedJobCluster() got an unexpected keyword argument {name!r}")
-            warnings.warn(f"SharedJobCluster: parameter {name!r} has no effect yet and is ignored", stacklevel=2)
-        if loglevel is not None:
-            log.setLevel(loglevel)
-        self.name = getattr(computation, "__name__", "computation")
-        self.host, self.port = parse_scheduler(scheduler_host or scheduler_node, scheduler_port)
-        self.user = user or os.environ.get("DISPY_USER") or getpass.getuser()
-        self.job_status = job_status or callback
-        self.cluster_status = cluster_status
-        blob = build_computation(computation, depends, setup, cleanup)
+    def __init__(self, computation: Callable[..., Any] | str, host: str, port: int, options: ClusterOptions) -> None:
+        self.computation = computation
+        self.name = computation_name(computation)
+        self.host, self.port = host, port
+        self.user = options.user or os.environ.get("DISPY_USER") or getpass.getuser()
+        self.nodes = options.nodes
+        self.dest_path = options.dest_path or os.getcwd()
+        blob = build_computation(computation, options.depends, options.setup, options.cleanup)
         self._uids = itertools.count(1)
-        self._lock = threading.Lock()
-        self._done = threading.Condition(self._lock)
-        self._jobs: dict[int, DispyJob] = {}
-        self._pending = 0
-        self._node_stats: dict[str, list[float]] = {}
         self._start_time = time.time()
         self._closed = False
-        self._dispatch_q: queue.SimpleQueue[tuple[str, Any] | None] = queue.SimpleQueue()
-        self._dispatcher = threading.Thread(target=self._dispatch_loop, name=f"dispy-{self.name}-callbacks", daemon=True)
+        cluster_options_ = {"nodes": [n.to_wire() for n in self.nodes]} if self.nodes else {}
+        open_msg = M.OpenCluster(uuid.uuid4().hex, self.name, blob, options.reentrant, cluster_options_)
+        self._recorder = self._start_recording(options.recover_file, open_msg)
+        self._tracker = JobTracker(self.name, options.job_status, options.cluster_status)
         self._lt = LoopThread(f"dispy-{self.name}-io")
-        open_msg = M.OpenCluster(uuid.uuid4().hex, self.name, blob, bool(reentrant), {})
         self._session = ClusterSession(
-            self._lt, self.host, self.port, self.user, secret, timeout, open_msg, self._deliver
+            self._lt, host, port, self.user, options.secret, options.timeout, open_msg, self._tracker.deliver
         )
         try:
-            self._lt.run(self._session.open(), timeout=timeout + 5)
+            self._lt.run(self._session.open(), timeout=options.timeout + 5)
         except BaseException:
             self._lt.stop()
+            self._tracker.close()
+            if self._recorder is not None:
+                self._recorder.close(remove=True)
             raise
-        self._dispatcher.start()
 
-    # ------------------------------------------------------------------ API
+    def _start_recording(self, path: str | None, open_msg: M.OpenCluster) -> Recorder | None:
+        if path is None:
+            return None
+        scheduler = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        header = {"scheduler": scheduler, "user": self.user, "cluster_id": open_msg.cluster_id, "name": self.name, "created": time.time()}
+        return Recorder(path, header)
+
+    # ------------------------------------------------------------- submitting
 
     def submit(self, *args: Any, **kwargs: Any) -> DispyJob:
         """Submits a job running `computation(*args, **kwargs)`.
 
-        `dispy_job_priority=N` (keyword, default 0) runs it before the
-        cluster's lower-priority jobs.
+        Keywords for the system (removed before the call): `dispy_job_priority=N`
+        runs it before the cluster's lower-priority jobs; `dispy_job_timeout=S`
+        ends it (Terminated) after S seconds; `dispy_job_depends=[paths]`
+        ships files with this job only.
+
+        Returns:
+            the job's `DispyJob`.
+
+        Raises:
+            DispyError: the cluster is closed, or the arguments are over the scheduler's size limit.
         """
+        return self._submit(None, None, args, kwargs)
+
+    def submit_job_id(self, job_id: Any, *args: Any, **kwargs: Any) -> DispyJob:
+        """As `submit`, with `job.id` set to `job_id`."""
+        return self._submit(job_id, None, args, kwargs)
+
+    def submit_node(self, node: str | DispyNode, *args: Any, **kwargs: Any) -> DispyJob:
+        """As `submit`, asking for the job to run on `node` (a name, IP address or `DispyNode`).
+
+        The request travels as the job's `node` option; the scheduler does not honour it yet.
+        """
+        return self._submit(None, node, args, kwargs)
+
+    def submit_job_id_node(self, job_id: Any, node: str | DispyNode, *args: Any, **kwargs: Any) -> DispyJob:
+        """As `submit_node`, with `job.id` set to `job_id`."""
+        return self._submit(job_id, node, args, kwargs)
+
+    def _submit(self, job_id: Any, node: str | DispyNode | None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> DispyJob:
         if self._closed:
             raise DispyError("cluster is closed")
         priority = int(kwargs.pop("dispy_job_priority", 0))
-        uid = next(self._uids)
-        job = DispyJob(args, kwargs, uid, time.time())
+        options: dict[str, Any] = {}
+        timeout = kwargs.pop("dispy_job_timeout", None)
+        if timeout is not None:
+            options["timeout"] = float(timeout)
+        depends = kwargs.pop("dispy_job_depends", None)
+        if depends:
+            warnings.warn("dispy_job_depends: nodes do not write per-job files yet", stacklevel=3)
+            options["depends"] = job_files(depends)
+        if node is not None:
+            warnings.warn("submit_node: the scheduler does not pin jobs to nodes yet", stacklevel=3)
+            options["node"] = node.name if isinstance(node, DispyNode) else str(node)
         payload = dumps((args, kwargs))
-        self._session.check_size(len(payload), "job arguments")
-        with self._lock:
-            self._jobs[uid] = job
-            self._pending += 1
-        self._session.enqueue(M.JobSpec(uid, priority, payload, {}))
+        self._session.check_size(len(payload) + sum(len(f[1]) for f in options.get("depends", ())), "job arguments")
+        job = DispyJob(args, kwargs, next(self._uids), time.time())
+        job.id = job_id
+        self._tracker.add(job)
+        if self._recorder is not None:
+            self._recorder.submitted(job)
+            job._on_id = self._recorder.id_set
+        self._session.enqueue(M.JobSpec(job._uid, priority, payload, options))
         return job
 
-    def submit_job_id(self, job_id: Any, *args: Any, **kwargs: Any) -> DispyJob:
+    async def asubmit(self, *args: Any, **kwargs: Any) -> Any:
+        """Submits a job and awaits its result, from the caller's asyncio loop.
+
+        Returns:
+            the job's result.
+
+        Raises:
+            JobError: the job ended without a result (its `.job` says how).
+            asyncio.CancelledError: the awaiting task was cancelled (the job is cancelled too).
+        """
         job = self.submit(*args, **kwargs)
-        job.id = job_id
-        return job
+        return await asyncio.wrap_future(job_future(job, self.cancel))
+
+    def map(self, args_iterable: Iterable[Any], progress: bool = False, timeout: float | None = None) -> list[Any]:
+        """Runs one job per item and returns their results in order.
+
+        Args:
+            args_iterable: each item a tuple of arguments, or any other value
+                as the only argument (wrap a tuple argument in a 1-tuple).
+            progress: show a progress bar (done / running / failed) on stderr.
+            timeout: seconds to wait for all of them.
+
+        Raises:
+            JobError: a job ended without a result (the first such, in order).
+            TimeoutError: not all jobs ended within `timeout`.
+        """
+        jobs = [self.submit(*(a if isinstance(a, tuple) else (a,))) for a in args_iterable]
+        if progress:
+            finished = _progress_of(self._tracker, jobs, timeout)
+        else:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            finished = all(job.finish.wait(None if deadline is None else max(0.0, deadline - time.monotonic())) for job in jobs)
+        if not finished:
+            raise TimeoutError(f"{sum(not j.done for j in jobs)} of {len(jobs)} jobs unfinished after {timeout} s")
+        for job in jobs:
+            if job.status != DispyJob.Finished:
+                raise JobError(job, f"job {job.id if job.id is not None else job.args!r} ended without a result: {job.exception}")
+        return [job.result for job in jobs]
+
+    def executor(self) -> ClusterExecutor:
+        """A `concurrent.futures.Executor` whose `submit(fn, ...)`/`map(fn, ...)` run jobs here.
+
+        `fn` must be this cluster's computation; closing the executor leaves the cluster open.
+        """
+        return ClusterExecutor(self)
+
+    # ---------------------------------------------------------- controlling
 
     def cancel(self, job: DispyJob) -> int:
         """Cancels a queued or running job; returns 0, or -1 if it already ended."""
-        with self._lock:
-            if job._uid not in self._jobs:
-                return -1
+        if self._tracker.get(job._uid) is not job:
+            return -1
         self._lt.call(self._session.cancel, [job._uid])
         return 0
 
-    def wait(self, timeout: float | None = None) -> bool:
-        """Waits until every submitted job has ended; False on timeout."""
-        with self._done:
-            return self._done.wait_for(lambda: self._pending == 0, timeout)
+    def wait(self, timeout: float | None = None, progress: bool = False) -> bool:
+        """Waits until every submitted job has ended.
+
+        Args:
+            timeout: seconds to wait (None: no limit).
+            progress: show a progress bar (done / running / failed) on stderr.
+
+        Returns:
+            False if jobs were still unfinished after `timeout`.
+        """
+        if progress:
+            return _progress_of(self._tracker, None, timeout)
+        return self._tracker.wait(timeout)
+
+    def close(self, timeout: float | None = None, terminate: bool = False) -> None:
+        """Waits for jobs (up to `timeout`), then closes the cluster.
+
+        With `terminate=True`, or if jobs are still running after `timeout`,
+        they are cancelled. The `recover_file`, if any, is removed.
+        """
+        if self._closed:
+            return
+        finished = terminate or self.wait(timeout)
+        self._closed = True
+        try:
+            self._lt.run(self._session.close(terminate or not finished, timeout=10.0), timeout=15.0)
+        except (TimeoutError, DispyError) as exc:
+            log.warning("closing cluster %s: %s", self.name, exc)
+        finally:
+            self._lt.stop()
+            self._tracker.close()
+            if self._recorder is not None:
+                self._recorder.close(remove=True)
+
+    def shutdown(self) -> None:
+        """Closes the cluster (dispy: and its scheduler, which for a shared one is not ours to stop)."""
+        self.close()
+
+    def __enter__(self) -> BaseCluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------- status
+
+    def status(self) -> ClusterStatus:
+        """The scheduler's nodes with this cluster's use of them, and this cluster's unfinished jobs.
+
+        Raises:
+            DispyError: not connected to the scheduler; TimeoutError: it did not answer.
+        """
+        reply = self.scheduler_status()
+        mine = self._tracker.nodes()
+        nodes = []
+        for name, info in sorted(reply.get("nodes", {}).items()):
+            node = DispyNode(name, info.get("ip_addr", ""), int(info.get("cpus", 0)))
+            node.avail_cpus = max(0, node.cpus - int(info.get("busy", 0)))
+            node.avail_info = DispyNodeAvailInfo.from_report(info.get("avail") or {})
+            node.update_time = time.time()
+            if name in mine:
+                node.busy, node.jobs_done, node.cpu_time = mine[name].busy, mine[name].jobs_done, mine[name].cpu_time
+            nodes.append(node)
+        return ClusterStatus(nodes, self._tracker.counts().pending)
 
     def scheduler_status(self) -> dict[str, Any]:
         """The scheduler's view: users (share, busy, queued, usage), nodes, totals."""
@@ -185,107 +304,116 @@ class SharedJobCluster:
         print(f"\n{'Node':>30} | {'Jobs':>7} | {'Sec/Job':>9} | {'Node Time Sec':>13}")
         print("-" * 70)
         total_jobs, total_time = 0, 0.0
-        with self._lock:
-            stats = sorted(self._node_stats.items())
-        for node, (jobs, secs) in stats:
-            print(f"{node:>30} | {int(jobs):>7} | {secs / jobs:>9.3f} | {secs:>13.3f}")
-            total_jobs += int(jobs)
-            total_time += secs
+        for node in sorted(self._tracker.nodes().values(), key=lambda n: n.name):
+            if node.jobs_done:
+                label = f"{node.ip_addr} ({node.name})"
+                print(f"{label:>30} | {node.jobs_done:>7} | {node.cpu_time / node.jobs_done:>9.3f} | {node.cpu_time:>13.3f}")
+                total_jobs += node.jobs_done
+                total_time += node.cpu_time
         print(f"\nTotal job time: {total_time:.3f} sec, wall time: {wall_time:.3f} sec, jobs: {total_jobs}\n")
 
-    def close(self, timeout: float | None = None, terminate: bool = False) -> None:
-        """Waits for jobs (up to `timeout`), then closes the cluster.
+    def node_jobs(self, node: str | DispyNode, from_node: bool = False) -> list[DispyJob]:
+        """This cluster's jobs running on `node` (a name, IP address or `DispyNode`).
 
-        With `terminate=True`, or if jobs are still running after `timeout`,
-        they are cancelled.
+        `from_node` is accepted for dispy; the list comes from the scheduler's
+        start reports either way.
         """
-        if self._closed:
-            return
-        finished = terminate or self.wait(timeout)
-        self._closed = True
-        try:
-            self._lt.run(self._session.close(terminate or not finished, timeout=10.0), timeout=15.0)
-        except (TimeoutError, DispyError) as exc:
-            log.warning("closing cluster %s: %s", self.name, exc)
-        finally:
-            self._lt.stop()
-            self._dispatch_q.put(None)
-            if threading.current_thread() is not self._dispatcher:
-                self._dispatcher.join(timeout=10)
+        key = node.name if isinstance(node, DispyNode) else node
+        return [j for j in self._tracker.unfinished() if j.status == DispyJob.Running and key in (j.node, j.ip_addr)]
 
-    def __enter__(self) -> SharedJobCluster:
-        return self
+    # --------------------------------------------- needing the scheduler
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def set_node_cpus(self, node: str | DispyNode, cpus: int) -> int:
+        """dispy: limit this cluster to `cpus` of `node`."""
+        raise _needs_scheduler("set_node_cpus", "a per-cluster, per-node CPU limit in the core")
 
-    # --------------------------------------------------------- dispatcher
+    def allocate_node(self, node: Any) -> int:
+        """dispy: add node(s) to the cluster."""
+        raise _needs_scheduler("allocate_node", "per-cluster node sets (the `nodes` filter) in the core")
 
-    def _deliver(self, kind: str, item: Any) -> None:
-        """Loop thread → dispatcher thread."""
-        self._dispatch_q.put((kind, item))
+    def deallocate_node(self, node: str | DispyNode) -> int:
+        """dispy: stop using `node` for this cluster."""
+        raise _needs_scheduler("deallocate_node", "per-cluster node sets (the `nodes` filter) in the core")
 
-    def _dispatch_loop(self) -> None:
-        while True:
-            entry = self._dispatch_q.get()
-            if entry is None:
-                return
-            kind, item = entry
-            try:
-                if kind == "result":
-                    self._on_result(item)
-                else:
-                    self._on_started(item)
-            except Exception:
-                log.exception("error while handling a job update")
+    def close_node(self, node: str | DispyNode, terminate_pending: bool = False) -> int:
+        """dispy: unload the cluster from `node`."""
+        raise _needs_scheduler("close_node", "a request to unload one cluster from one node")
 
-    def _on_started(self, start: M.JobStart) -> None:
-        with self._lock:
-            job = self._jobs.get(start.job_id)
-        if job is None or job.finish.is_set():
-            return
-        job.status = DispyJob.Running
-        job.ip_addr = start.ip_addr
-        job.node = start.node
-        job.start_time = start.time
-        self._callback(job)
+    def resetup_node(self, node: str | DispyNode, *setup_args: Any) -> int:
+        """dispy: rerun `setup` on `node`."""
+        raise _needs_scheduler("resetup_node", "a request to reload one cluster on one node")
 
-    def _on_result(self, r: M.JobResult) -> None:
-        with self._lock:
-            job = self._jobs.pop(r.job_id, None)
-        if job is None:
-            return
-        job.status = r.status
-        job.stdout = r.stdout.decode(errors="replace")
-        job.stderr = r.stderr.decode(errors="replace")
-        if r.start_time:
-            job.start_time = r.start_time
-        job.end_time = r.end_time
-        job.exception = r.exception or None
-        job.exception_type = r.exception_type or None
-        if r.status == JobStatus.FINISHED and r.result is not None:
-            try:
-                job.result = loads(r.result)
-            except Exception as exc:  # unpickling runs the result's own code
-                job.status = DispyJob.Terminated
-                job.exception = f"cannot unpickle the job's result here: {type(exc).__name__}: {exc}"
-                job.exception_type = type(exc).__name__
-        if job.node and r.start_time:
-            with self._lock:
-                stats = self._node_stats.setdefault(f"{job.ip_addr} ({job.node})", [0, 0.0])
-                stats[0] += 1
-                stats[1] += max(0.0, r.end_time - r.start_time)
-        job.finish.set()
-        self._callback(job)
-        with self._done:
-            self._pending -= 1
-            if self._pending == 0:
-                self._done.notify_all()
+    def send_file(self, path: str, node: str | DispyNode) -> int:
+        """dispy: copy a file to `node`'s cluster directory."""
+        raise _needs_scheduler("send_file", "a file transfer to one node's cluster directory")
 
-    def _callback(self, job: DispyJob) -> None:
-        if self.job_status is None:
-            return
-        try:
-            self.job_status(job)
-        except Exception:
-            log.exception("job_status callback raised for %r", job)
+    def discover_nodes(self, nodes: Sequence[Any]) -> None:
+        """dispy: probe hosts for nodes. Nodes dial the scheduler here (`dispynode --scheduler H:P`)."""
+        raise NotImplementedError("discover_nodes: nodes dial the scheduler (dispynode --scheduler HOST:PORT); UDP discovery is not built yet")
+
+
+def _progress_of(tracker: JobTracker, jobs: list[DispyJob] | None, timeout: float | None) -> bool:
+    """Shows a progress bar for `jobs` (or all the cluster's) until they end or `timeout`."""
+    if jobs is None:
+        return progress.follow(tracker, tracker.counts, timeout)
+    return progress.follow(tracker, lambda: progress.count(jobs), timeout)
+
+
+class SharedJobCluster(BaseCluster):
+    """A cluster of jobs run on the shared scheduler's nodes (dispy's parameters, in dispy's order).
+
+    Args:
+        computation: the function each job calls, or a program's path.
+        nodes: host names, IP patterns with `*`, `(host, port, cpus)` tuples
+            or `NodeAllocate`s; kept and sent with the cluster, not enforced yet.
+        depends: files, modules, functions and classes jobs need.
+        job_status: called as `job_status(job)` when a job starts or ends, on
+            a thread of its own (`callback` is its deprecated alias).
+        cluster_status: called as `cluster_status(status, node, job)`.
+        ip_addr, port, ext_ip_addr: dispy's client addresses; ignored (warned): the client dials.
+        scheduler_node: the scheduler's host ('H' or 'H:P'; default
+            `$DISPY_SCHEDULER`, then 127.0.0.1:9702); `scheduler_host` is the same.
+        scheduler_port: overrides the port.
+        **kwargs: the rest of dispy's parameters (`setup`, `cleanup`,
+            `reentrant`, `secret`, `loglevel`, `dest_path`, `recover_file`, ...)
+            and ours: `user` (default `$DISPY_USER`, then the login name),
+            `timeout` (seconds to reach and open the scheduler). See docs/client.md.
+
+    Raises:
+        SchedulerUnreachable, AuthenticationError, ClusterError: see `BaseCluster`.
+        TypeError: a keyword dispy does not have.
+    """
+
+    def __init__(
+        self,
+        computation: Callable[..., Any] | str,
+        nodes: Any = None,
+        depends: Sequence[Any] = (),
+        job_status: Callable[[DispyJob], Any] | None = None,
+        cluster_status: Callable[..., Any] | None = None,
+        ip_addr: Any = None,
+        port: int | None = None,
+        scheduler_node: str | None = None,
+        scheduler_port: int | None = None,
+        scheduler_host: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        ignored = {
+            "ip_addr": "the client dials the scheduler; it listens on no address",
+            "port": "the client dials the scheduler; it listens on no port",
+            "pulse_interval": "nodes' heartbeats are set on the nodes",
+        }
+        explicit = {"ip_addr": ip_addr, "port": port}
+        options = cluster_options(
+            "SharedJobCluster",
+            {**kwargs, **{k: v for k, v in explicit.items() if v is not None}},
+            ignored,
+            nodes=nodes,
+            depends=depends,
+            job_status=job_status,
+            cluster_status=cluster_status,
+        )
+        if options.nodes:
+            warnings.warn("SharedJobCluster: nodes are recorded but not enforced yet: jobs may run on any node", stacklevel=2)
+        host, port_ = parse_scheduler(scheduler_host or scheduler_node, scheduler_port)
+        super().__init__(computation, host, port_, options)

@@ -21,3 +21,15 @@ class ProtocolError(DispyError):
 
 class ClusterError(DispyError):
     """The scheduler refused a request about a cluster (the message says why)."""
+
+
+class JobError(DispyError):
+    """A job ended without a result (raised by `map`, executor futures and `asubmit`).
+
+    Attributes:
+        job: the `DispyJob`, with its status, `exception` text and output.
+    """
+
+    def __init__(self, job: object, message: str) -> None:
+        super().__init__(message)
+        self.job = job

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
+from collections.abc import Callable, Generator
 from typing import Any
 
 from dispy_wire.status import JobStatus
+
+#: called with the job each time its status changes (on the dispatcher thread)
+Watcher = Callable[["DispyJob"], None]
 
 
 class DispyJob:
@@ -14,9 +19,12 @@ class DispyJob:
     Attributes set by the system: `status` (one of the class constants),
     `result`, `stdout`, `stderr` (str), `exception` (remote traceback text, or
     why the job ended), `exception_type` (class name of the exception),
-    `ip_addr` (node that ran it), `submit_time`, `start_time`, `end_time`,
-    `finish` (a threading.Event set once the job ends). `id` is the user's:
-    set it to anything.
+    `ip_addr` and `node` (where it ran), `submit_time`, `start_time`,
+    `end_time`, `finish` (a threading.Event set once the job ends). `id` is
+    the user's: set it to anything (with a `recover_file`, it is recorded).
+
+    Beyond dispy, `await job` (from any asyncio loop) waits for the end and
+    returns what `job()` returns.
     """
 
     Created = int(JobStatus.CREATED)
@@ -28,7 +36,8 @@ class DispyJob:
     Finished = int(JobStatus.FINISHED)
 
     def __init__(self, args: tuple[Any, ...], kwargs: dict[str, Any], uid: int, submit_time: float) -> None:
-        self.id: Any = None
+        self._id: Any = None
+        self._on_id: Callable[[DispyJob], None] | None = None
         self.args = args
         self.kwargs = kwargs
         self.status = DispyJob.Created
@@ -44,6 +53,24 @@ class DispyJob:
         self.end_time: float | None = None
         self.finish = threading.Event()
         self._uid = uid
+        self._watch_lock = threading.Lock()
+        self._watchers: list[Watcher] = []
+
+    @property
+    def id(self) -> Any:
+        """The user's identifier for this job (dispy's `job.id`)."""
+        return self._id
+
+    @id.setter
+    def id(self, value: Any) -> None:
+        self._id = value
+        if self._on_id is not None:
+            self._on_id(self)
+
+    @property
+    def done(self) -> bool:
+        """True once the job has its terminal status."""
+        return self.finish.is_set()
 
     def __call__(self, clear: bool = False) -> Any:
         """Waits for the job to end and returns its result (None if it failed)."""
@@ -53,6 +80,41 @@ class DispyJob:
             self.result = None
         return result
 
+    def __await__(self) -> Generator[Any, None, Any]:
+        """`await job`: like `job()`, without blocking the awaiting loop."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+
+        def resolve(job: DispyJob) -> None:
+            if job.done:
+                loop.call_soon_threadsafe(_set_result, future, job.result)
+
+        self._watch(resolve)
+        return future.__await__()
+
+    def _watch(self, watcher: Watcher) -> None:
+        """Calls `watcher(job)` on every later status change, and now if the job has ended."""
+        with self._watch_lock:
+            ended = self.done
+            if not ended:
+                self._watchers.append(watcher)
+        if ended:
+            watcher(self)
+
+    def _changed(self) -> None:
+        """Runs the watchers; the dispatcher thread calls it after each status change."""
+        with self._watch_lock:
+            watchers = list(self._watchers)
+            if self.done:
+                self._watchers.clear()
+        for watcher in watchers:
+            watcher(self)
+
     def __repr__(self) -> str:
         status = JobStatus(self.status).name.lower() if self.status in JobStatus._value2member_map_ else self.status
         return f"<DispyJob id={self.id!r} status={status}>"
+
+
+def _set_result(future: asyncio.Future[Any], value: Any) -> None:
+    if not future.done():
+        future.set_result(value)

@@ -6,6 +6,10 @@ What each kind of `depends` entry becomes on the node:
   (or a module without a plain source file) is pickled by value instead;
 - a function or class: a global of the computation, as dispy provides it.
 
+A computation given as a string is a program's path: the file is shipped
+like a `depends` file and each job runs it with its arguments as the command
+line (a `.py` file with the node's own Python interpreter).
+
 Code that lives in the user's own modules (not the standard library or an
 installed package) is pickled by value, so a node needs only what is
 installed on it, not the user's source tree.
@@ -50,29 +54,66 @@ def _pickle_by_value(obj: Any) -> None:
         cloudpickle.register_pickle_by_value(top)
 
 
+class NodePython:
+    """Stands for the node's Python interpreter in a program's argv.
+
+    Pickled as `sys.executable` looked up where it is unpickled, so the
+    zygote, which unpickles the computation, sees its own interpreter's path.
+    """
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return getattr, (sys, "executable")
+
+
+def _read_file(path: str) -> tuple[str, bytes, int]:
+    with open(path, "rb") as f:
+        data = f.read()
+    return os.path.basename(path), data, stat.S_IMODE(os.stat(path).st_mode)
+
+
+def computation_name(computation: Callable[..., Any] | str) -> str:
+    """The name dispy gives a cluster: the function's, or the program file's."""
+    if isinstance(computation, str):
+        return os.path.basename(computation)
+    return getattr(computation, "__name__", "computation")
+
+
 def build_computation(
-    computation: Callable[..., Any],
+    computation: Callable[..., Any] | str,
     depends: Sequence[Any] = (),
     setup: Callable[..., Any] | None = None,
     cleanup: Callable[..., Any] | bool = True,
 ) -> bytes:
     """Packs everything a node needs to run `computation`.
 
+    Args:
+        computation: a function, or the path of a program to run.
+        depends: files, modules, functions and classes jobs need.
+        setup: run once per node before its jobs.
+        cleanup: True, False, or a function run when the cluster closes on a node.
+
+    Returns:
+        the computation blob (`dispy_wire.payload` format).
+
     Raises:
-        TypeError: for a computation that is not callable or a bad `depends` entry.
-        OSError: a file named in `depends` cannot be read.
+        TypeError: for a computation that is neither callable nor a path, or a bad `depends` entry.
+        OSError: the program or a file named in `depends` cannot be read.
     """
-    if not callable(computation):
-        raise TypeError(f"computation must be a function, not {type(computation).__name__}")
     files: list[tuple[str, bytes, int]] = []
+    program: list[Any] | None = None
+    if isinstance(computation, str):
+        if not os.path.isfile(computation):
+            raise FileNotFoundError(f"program {computation!r} is not a file")
+        name, data, mode = _read_file(computation)
+        files.append((name, data, mode | stat.S_IRUSR | stat.S_IXUSR))
+        program = [NodePython(), name] if name.endswith(".py") else [f"./{name}"]
+    elif not callable(computation):
+        raise TypeError(f"computation must be a function or a program's path, not {type(computation).__name__}")
     modules: list[tuple[str, bytes]] = []
     objects: dict[str, Any] = {}
     for dep in depends:
         if isinstance(dep, (str, os.PathLike)):
-            path = os.fspath(dep)
-            with open(path, "rb") as f:
-                data = f.read()
-            files.append((os.path.basename(path), data, stat.S_IMODE(os.stat(path).st_mode)))
+            files.append(_read_file(os.fspath(dep)))
         elif isinstance(dep, types.ModuleType):
             source = getattr(dep, "__file__", None)
             if source and source.endswith(".py") and os.path.basename(source) != "__init__.py" and _is_user_module(dep):
@@ -88,6 +129,25 @@ def build_computation(
     for obj in (computation, setup, cleanup):
         if callable(obj):
             _pickle_by_value(obj)
-    code = CodeObjects(func=computation, setup=setup, cleanup=cleanup, globals=objects)
-    name = getattr(computation, "__name__", "computation")
-    return pack_computation(Computation("function", name, files, modules, dumps(code)))
+    if program is not None:
+        code = CodeObjects(program=program, setup=setup, cleanup=cleanup, globals=objects)
+        kind = "program"
+    else:
+        code = CodeObjects(func=computation, setup=setup, cleanup=cleanup, globals=objects)
+        kind = "function"
+    return pack_computation(Computation(kind, computation_name(computation), files, modules, dumps(code)))
+
+
+def job_files(depends: Sequence[Any]) -> list[list[Any]]:
+    """Per-job files (`dispy_job_depends`) as `[basename, bytes, mode]` entries for `JobSpec.options`.
+
+    Raises:
+        TypeError: an entry that is not a path (only files can travel with one job).
+        OSError: a file cannot be read.
+    """
+    entries: list[list[Any]] = []
+    for dep in depends:
+        if not isinstance(dep, (str, os.PathLike)):
+            raise TypeError(f"dispy_job_depends entries must be file paths, not {dep!r}")
+        entries.append(list(_read_file(os.fspath(dep))))
+    return entries

@@ -64,6 +64,7 @@ class ClusterSession:
         self._deliver = deliver
         self._link: SchedulerLink | None = None
         self._specs: dict[int, M.JobSpec] = {}  # unfinished jobs, for resubmission
+        self._adopted: set[int] = set()  # unfinished jobs of an earlier client process (recover_jobs)
         self._incoming: collections.deque[M.JobSpec] = collections.deque()
         self._wake_pending = False
         self._opened: asyncio.Future[bool] | None = None
@@ -82,6 +83,13 @@ class ClusterSession:
         if not self._wake_pending:
             self._wake_pending = True
             self._lt.call(self._take_incoming)
+
+    def adopt(self, job_ids: list[int]) -> None:
+        """Expects results for jobs an earlier process submitted; they are never resubmitted.
+
+        Call before `open`: the scheduler resends held results as soon as the cluster re-opens.
+        """
+        self._adopted.update(job_ids)
 
     def check_size(self, payload_bytes: int, what: str) -> None:
         """Refuses, here and now, what the scheduler would refuse by closing on us."""
@@ -136,6 +144,14 @@ class ClusterSession:
         finally:
             link.close()
 
+    def detach(self) -> None:
+        """Disconnects without closing the cluster: its jobs go on and their results wait."""
+        self._closing = True
+        if self._reconnect is not None:
+            self._reconnect.cancel()
+        if self._link is not None:
+            self._link.close()
+
     async def status(self) -> dict[str, Any]:
         if self._link is None:
             raise DispyError("not connected to the scheduler")
@@ -182,13 +198,14 @@ class ClusterSession:
         match msg:
             case M.JobResults(_, results):
                 for result in results:
-                    if self._specs.pop(result.job_id, None) is not None:
+                    if self._specs.pop(result.job_id, None) is not None or result.job_id in self._adopted:
+                        self._adopted.discard(result.job_id)
                         self._deliver("result", result)
                 if self._link is not None:
                     self._link.send(M.AckResults(self.cluster_id, [r.job_id for r in results]))
             case M.JobsStarted(_, starts):
                 for start in starts:
-                    if start.job_id in self._specs:
+                    if start.job_id in self._specs or start.job_id in self._adopted:
                         self._deliver("started", start)
             case M.JobsAccepted():
                 pass  # resubmission after a reconnect covers jobs not yet accepted

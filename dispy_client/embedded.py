@@ -1,0 +1,106 @@
+"""The scheduler and node(s) a `JobCluster` starts for itself.
+
+`EmbeddedScheduler` runs dispy_sched's `SchedulerServer` and `SchedulerCore`
+in this process, on a loop thread of its own (the client's network loop
+stays the client's), listening like `dispyscheduler` does; it keeps no state
+on disk. It starts a `dispynode` process for this machine (a `localnode`,
+which ends with us whatever happens), and nodes elsewhere may join it with
+`dispynode --scheduler HOST:PORT --node-secret SECRET`.
+
+Clients other than ours cannot use it: the client secret is a random token
+only this process knows. Nodes prove `secret`, the cluster's.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import tempfile
+import warnings
+
+from dispy_sched.config import SchedConfig, is_loopback
+from dispy_sched.core import CoreConfig, SchedulerCore
+from dispy_sched.policies import load_policy
+from dispy_sched.server import SchedulerServer
+
+from . import localnode
+from .connection import LoopThread
+
+log = logging.getLogger("dispy_client")
+
+
+class EmbeddedScheduler:
+    """A scheduler in this process, plus this machine's node.
+
+    Args:
+        host: address to listen on ('127.0.0.1' keeps it to this machine).
+        port: port to listen on (0: any free one).
+        node_secret: what nodes must prove to join.
+
+    Attributes:
+        client_secret: what our own client proves (a random token).
+        address: (host, port) it listens on, once started.
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, node_secret: str = "") -> None:
+        if not is_loopback(host) and not node_secret:
+            warnings.warn(
+                f"JobCluster: listening on {host} with an empty secret: any machine that reaches it can join "
+                "as a node and receive your computation and arguments",
+                stacklevel=3,
+            )
+        self.client_secret = secrets.token_hex(16)
+        self.node_secret = node_secret
+        self._state_dir = tempfile.mkdtemp(prefix="dispy-embedded-")
+        os.chmod(self._state_dir, 0o711)  # a node started as root runs jobs as another account: let it through
+        config = SchedConfig(
+            host=host, port=port, secret=self.client_secret, node_secret=node_secret,
+            state_dir=self._state_dir, name=socket.gethostname(),
+        )  # fmt: skip
+        self._server = SchedulerServer(config, SchedulerCore(load_policy("fair"), CoreConfig()))
+        self._loop = LoopThread("dispy-embedded-scheduler")
+        self._nodes: list[subprocess.Popen[bytes]] = []
+        self.address = (host, port)
+
+    def start(self, timeout: float = 10.0) -> tuple[str, int]:
+        """Starts listening; returns (host, port).
+
+        Raises:
+            OSError: the address cannot be listened on (e.g. in use).
+        """
+        try:
+            self.address = self._loop.run(self._server.start(), timeout=timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self.address
+
+    def start_node(self, cpus: int, heartbeat: float | None = None) -> None:
+        """Starts a node process for this machine offering `cpus` CPUs."""
+        host, port = self.address
+        if host in ("0.0.0.0", "::", ""):
+            host = "127.0.0.1"
+        work_dir = tempfile.mkdtemp(prefix="work-", dir=self._state_dir)
+        argv = ["--scheduler", f"[{host}]:{port}" if ":" in host else f"{host}:{port}", "--cpus", str(cpus)]
+        argv += ["--work-dir", work_dir, "--loglevel", "WARNING"]
+        if heartbeat:
+            argv += ["--heartbeat", str(heartbeat)]
+        # the secret goes by environment, not argv, which any local user can read
+        self._nodes.append(localnode.start(argv, {"DISPY_NODE_SECRET": self.node_secret}))
+
+    def stop(self) -> None:
+        """Stops the nodes it started, then the scheduler; removes their files."""
+        for proc in self._nodes:
+            localnode.stop(proc)
+        self._nodes.clear()
+        if not self._loop.loop.is_closed():
+            try:
+                self._loop.run(self._server.stop(), timeout=10)
+            except (TimeoutError, OSError) as exc:
+                log.warning("stopping the embedded scheduler: %s", exc)
+            self._loop.stop()
+        shutil.rmtree(self._state_dir, ignore_errors=True)

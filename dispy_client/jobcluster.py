@@ -1,0 +1,116 @@
+"""`JobCluster`: dispy's cluster with nothing to set up.
+
+It starts its own scheduler in this process and a node for this machine's
+CPUs (`embedded.py`), then is a `BaseCluster` over them like any
+`SharedJobCluster`. `close()` stops both, and so does leaving the program
+without closing it (atexit; if the process is killed, the node notices its
+lifeline close and stops itself).
+"""
+
+from __future__ import annotations
+
+import atexit
+import socket
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import psutil
+
+from .cluster import BaseCluster
+from .embedded import EmbeddedScheduler
+from .job import DispyJob
+from .node import NodeAllocate, allocate_cpus
+from .options import cluster_options
+
+
+def local_cpus(nodes: list[NodeAllocate], cluster: Any) -> int:
+    """The CPUs of this machine that `nodes` lets the cluster use (all when it says nothing)."""
+    total = psutil.cpu_count() or 1
+    granted = {
+        allocate_cpus(nodes, cluster, ip, socket.gethostname(), total) for ip in ("127.0.0.1", _own_ip())
+    }
+    return max(granted)
+
+
+def _own_ip() -> str:
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return "127.0.0.1"
+
+
+class JobCluster(BaseCluster):
+    """A cluster with its own scheduler and this machine's CPUs (dispy's parameters, in dispy's order).
+
+    Args:
+        computation: the function each job calls, or a program's path.
+        nodes: host names, IP patterns with `*`, `(host, port, cpus)` tuples or
+            `NodeAllocate`s: how many of this machine's CPUs to use (all by
+            default; none if the list matches no address of this machine:
+            then only nodes that join from elsewhere run jobs).
+        depends: files, modules, functions and classes jobs need.
+        job_status: called as `job_status(job)` on each job status change
+            (`callback` is its deprecated alias).
+        cluster_status: called as `cluster_status(status, node, job)`.
+        ip_addr: address the scheduler listens on (default 127.0.0.1; another
+            one lets nodes elsewhere join with `dispynode --scheduler ip_addr:port`).
+        port: its port (default: any free one).
+        **kwargs: the rest of dispy's parameters (`setup`, `cleanup`,
+            `reentrant`, `secret` (what joining nodes prove), `pulse_interval`
+            (the local node's heartbeat), `loglevel`, `dest_path`,
+            `recover_file`, ...). See docs/client.md.
+
+    Raises:
+        OSError: the scheduler cannot listen on `ip_addr`:`port`.
+        TypeError: a keyword dispy does not have.
+    """
+
+    def __init__(
+        self,
+        computation: Callable[..., Any] | str,
+        nodes: Any = None,
+        depends: Sequence[Any] = (),
+        job_status: Callable[[DispyJob], Any] | None = None,
+        cluster_status: Callable[..., Any] | None = None,
+        ip_addr: str | None = None,
+        port: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        options = cluster_options(
+            "JobCluster", kwargs, nodes=nodes, depends=depends, job_status=job_status, cluster_status=cluster_status
+        )
+        self._embedded = EmbeddedScheduler(ip_addr or "127.0.0.1", int(port or 0), options.secret)
+        host, bound_port = self._embedded.start()
+        cpus = local_cpus(options.nodes, self)
+        if cpus > 0:
+            self._embedded.start_node(cpus, options.pulse_interval)
+        options.secret = self._embedded.client_secret
+        atexit.register(self._close_at_exit)
+        try:
+            super().__init__(computation, "127.0.0.1" if host in ("0.0.0.0", "::") else host, bound_port, options)
+        except BaseException:
+            self._stop_embedded()
+            raise
+
+    @property
+    def scheduler_address(self) -> tuple[str, int]:
+        """(host, port) where nodes of other machines join this cluster."""
+        return self._embedded.address
+
+    def close(self, timeout: float | None = None, terminate: bool = False) -> None:
+        """Waits for jobs (up to `timeout`), closes the cluster, then stops its node(s) and scheduler.
+
+        With `terminate=True`, or if jobs are still running after `timeout`, they are cancelled.
+        """
+        try:
+            super().close(timeout, terminate)
+        finally:
+            self._stop_embedded()
+
+    def _stop_embedded(self) -> None:
+        atexit.unregister(self._close_at_exit)
+        self._embedded.stop()
+
+    def _close_at_exit(self) -> None:
+        """The program ends without `close()`: unfinished jobs are cancelled, nothing is left running."""
+        self.close(terminate=True)

@@ -1,0 +1,132 @@
+"""dispy 4.x's constructor parameters, shared by `SharedJobCluster` and `JobCluster`.
+
+Every parameter dispy accepts is accepted here, so a dispy program runs
+unchanged. Those that cannot mean anything on this system (the ports and
+addresses of dispy's own discovery protocol, TLS files the wire does not use
+yet, ...) each get a one-line warning naming them, never an error; a name
+dispy does not know is a `TypeError`, as Python would raise.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .node import NodeAllocate, parse_nodes
+
+log = logging.getLogger("dispy_client")
+
+#: every keyword either class takes besides its explicit parameters, with its default
+_KEYWORDS: dict[str, Any] = {
+    "setup": None,
+    "cleanup": True,
+    "reentrant": False,
+    "secret": "",
+    "loglevel": None,
+    "dest_path": None,
+    "recover_file": None,
+    "exclusive": False,
+    "pulse_interval": None,
+    "ping_interval": None,
+    "poll_interval": None,
+    "keyfile": None,
+    "certfile": None,
+    "ip_addr": None,
+    "port": None,
+    "ext_ip_addr": None,
+    "node_port": None,
+    "ipv4_udp_multicast": False,
+    "user": None,
+    "timeout": 10.0,
+    "callback": None,
+}
+
+#: why each parameter is ignored, when it is
+_NO_MEANING = {
+    "ext_ip_addr": "nodes dial the scheduler, so no address is announced to them",
+    "node_port": "nodes dial the scheduler; there is no node port",
+    "ipv4_udp_multicast": "there is no UDP discovery",
+    "ping_interval": "there is no UDP discovery",
+    "poll_interval": "the scheduler pushes results; nothing is polled",
+    "keyfile": "TLS is not supported by the wire yet: connections are authenticated, not encrypted",
+    "certfile": "TLS is not supported by the wire yet: connections are authenticated, not encrypted",
+    "exclusive": "the scheduler does not reserve nodes for one cluster yet",
+}
+
+
+@dataclass(slots=True)
+class ClusterOptions:
+    """The parameters a cluster uses, checked (the rest were warned about)."""
+
+    depends: Sequence[Any] = ()
+    job_status: Callable[..., Any] | None = None
+    cluster_status: Callable[..., Any] | None = None
+    nodes: list[NodeAllocate] = field(default_factory=list)
+    setup: Callable[..., Any] | None = None
+    cleanup: Callable[..., Any] | bool = True
+    reentrant: bool = False
+    secret: str = ""
+    user: str | None = None
+    timeout: float = 10.0
+    dest_path: str | None = None
+    recover_file: str | None = None
+    pulse_interval: float | None = None
+
+
+def cluster_options(
+    owner: str,
+    kwargs: Mapping[str, Any],
+    meaningless: Mapping[str, str] = {},
+    *,
+    nodes: Any = None,
+    depends: Sequence[Any] | None = None,
+    job_status: Callable[..., Any] | None = None,
+    cluster_status: Callable[..., Any] | None = None,
+) -> ClusterOptions:
+    """Checks a cluster's keyword arguments.
+
+    Args:
+        owner: the class name, for messages.
+        kwargs: the keywords besides the explicit parameters.
+        meaningless: further parameter names (and why) that `owner` ignores.
+        nodes, depends, job_status, cluster_status: the explicit parameters.
+
+    Returns:
+        the options; warnings are issued for ignored parameters that were set.
+
+    Raises:
+        TypeError: a keyword dispy does not have.
+    """
+    unknown = set(kwargs) - set(_KEYWORDS)
+    if unknown:
+        raise TypeError(f"{owner}() got an unexpected keyword argument {sorted(unknown)[0]!r}")
+    values = {**_KEYWORDS, **kwargs}
+    ignored = {**_NO_MEANING, **meaningless}
+    for name, why in ignored.items():
+        if name in kwargs and kwargs[name] not in (None, False, _KEYWORDS[name]):
+            warnings.warn(f"{owner}: {name} is ignored: {why}", stacklevel=3)
+    if values["callback"] is not None:
+        warnings.warn(f"{owner}: callback is deprecated; use job_status", DeprecationWarning, stacklevel=3)
+        job_status = job_status or values["callback"]
+    if values["loglevel"] is not None:
+        log.setLevel(values["loglevel"])
+    recover_file = values["recover_file"]
+    return ClusterOptions(
+        depends=list(depends or ()),
+        job_status=job_status,
+        cluster_status=cluster_status,
+        nodes=parse_nodes(nodes),
+        setup=values["setup"],
+        cleanup=values["cleanup"],
+        reentrant=bool(values["reentrant"]),
+        secret=values["secret"] or os.environ.get("DISPY_SECRET", ""),
+        user=values["user"],
+        timeout=float(values["timeout"]),
+        dest_path=values["dest_path"],
+        recover_file=os.fspath(recover_file) if recover_file else None,
+        pulse_interval=values["pulse_interval"],
+    )

@@ -1,0 +1,210 @@
+"""`recover_file` and `recover_jobs`: finding a cluster's results after the client died.
+
+The file is JSON lines, appended to and never rewritten:
+
+    {"v": 1, "scheduler": "H:P", "user": U, "cluster_id": C, "name": N, "created": T}
+    {"uid": 7, "t": T}                       # a job was submitted
+    {"uid": 7, "id": "<base64 pickle>"}      # the user set its id (latest wins)
+    {"uid": 7, "recovered": true}            # recover_jobs delivered its result
+
+Each line is written and flushed before `submit` returns, so it survives the
+client process being killed; a thread fsyncs after each burst of lines, so it
+survives the machine crashing a moment later. The secret is never written.
+
+`recover_jobs` re-opens the cluster by its id: the scheduler re-attaches and
+resends every result it holds (principle 4 of DESIGN.md), and jobs still
+running report when they end.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import threading
+import time
+from pathlib import Path
+from typing import IO, Any
+
+from dispy_wire import messages as M
+from dispy_wire.payload import dumps, loads
+
+from .connection import LoopThread
+from .errors import DispyError
+from .job import DispyJob
+from .session import ClusterSession
+from .tracker import JobTracker
+
+FORMAT_VERSION = 1
+
+
+class Recorder:
+    """Appends a cluster's recovery records to its `recover_file`.
+
+    Args:
+        path: the file (created, or appended to when `header` is None).
+        header: the cluster's record, for a new file.
+    """
+
+    def __init__(self, path: str, header: dict[str, Any] | None) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._file: IO[str] = open(path, "a" if header is None else "w", encoding="utf-8")
+        self._dirty = threading.Event()
+        self._closing = False
+        if header is not None:
+            self._write({"v": FORMAT_VERSION, **header})
+            os.fsync(self._file.fileno())
+        self._sync_fd = os.dup(self._file.fileno())  # fsync'd without holding up writers
+        self._syncer = threading.Thread(target=self._sync_loop, name="dispy-recover-fsync", daemon=True)
+        self._syncer.start()
+
+    def submitted(self, job: DispyJob) -> None:
+        """Records a job as it is submitted (and its id, if it has one)."""
+        record: dict[str, Any] = {"uid": job._uid, "t": job.submit_time}
+        if job.id is not None:
+            record["id"] = _pack(job.id)
+        self._write(record)
+
+    def id_set(self, job: DispyJob) -> None:
+        self._write({"uid": job._uid, "id": _pack(job.id)})
+
+    def recovered(self, job: DispyJob) -> None:
+        self._write({"uid": job._uid, "recovered": True})
+
+    def close(self, remove: bool = False) -> None:
+        """Stops recording; with `remove`, deletes the file (nothing is left to recover)."""
+        with self._lock:
+            if self._closing:
+                return
+            self._closing = True
+            self._file.close()
+        self._dirty.set()
+        self._syncer.join(timeout=10)
+        if remove:
+            Path(self.path).unlink(missing_ok=True)
+
+    def _write(self, record: dict[str, Any]) -> None:
+        with self._lock:
+            if self._closing:
+                return
+            self._file.write(json.dumps(record) + "\n")
+            self._file.flush()
+        self._dirty.set()
+
+    def _sync_loop(self) -> None:
+        while True:
+            self._dirty.wait()
+            self._dirty.clear()
+            os.fsync(self._sync_fd)
+            if self._closing:
+                os.close(self._sync_fd)
+                return
+
+
+def _pack(value: Any) -> str:
+    return base64.b64encode(dumps(value)).decode("ascii")
+
+
+def read_records(path: str) -> tuple[dict[str, Any], dict[int, dict[str, Any]]]:
+    """The header and, by uid, what is known of each job not yet recovered.
+
+    Raises:
+        DispyError: the file is missing, empty, or not a recover file.
+    """
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise DispyError(f"cannot read recover file {path}: {exc.strerror or exc}") from None
+    try:
+        header = json.loads(lines[0]) if lines else {}
+        jobs: dict[int, dict[str, Any]] = {}
+        for line in lines[1:]:
+            if not line.endswith("}"):
+                continue  # the last line, cut short by a crash
+            record = json.loads(line)
+            jobs.setdefault(record["uid"], {}).update(record)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DispyError(f"{path} is not a dispy_client recover file: {exc}") from None
+    if header.get("v") != FORMAT_VERSION or "cluster_id" not in header:
+        raise DispyError(f"{path} is not a dispy_client recover file (version {header.get('v')!r})")
+    return header, {uid: r for uid, r in jobs.items() if not r.get("recovered")}
+
+
+def recover_jobs(
+    recover_file: str,
+    timeout: float | None = None,
+    terminate_pending: bool = False,
+    secret: str | None = None,
+) -> list[DispyJob]:
+    """Returns the jobs of a cluster whose client process died, with their outcomes.
+
+    Re-opens the cluster named in `recover_file` and waits (up to `timeout`)
+    for every job it recorded. If all have ended, or `terminate_pending`
+    cancels the rest, the cluster is closed and the file removed; otherwise
+    the cluster is left running, and a later call returns the rest.
+
+    Args:
+        recover_file: the `recover_file` the cluster was created with.
+        timeout: seconds to wait for unfinished jobs (None: until they end).
+        terminate_pending: cancel jobs still unfinished after `timeout`.
+        secret: the user's secret (dispy has no such parameter; default `$DISPY_SECRET`).
+
+    Returns:
+        one `DispyJob` per recorded job (`id` restored, `args` not recorded:
+        empty), ended ones with status, result, stdout, stderr and exception.
+
+    Raises:
+        DispyError: the file is not a recover file; `SchedulerUnreachable`,
+            `AuthenticationError` and `ClusterError` as for a new cluster.
+    """
+    header, records = read_records(recover_file)
+    host, _, port = header["scheduler"].rpartition(":")
+    jobs = [_job(uid, record) for uid, record in sorted(records.items())]
+    recorder = Recorder(recover_file, None)
+    tracker = JobTracker(header["name"], job_status=_on_done(recorder))
+    for job in jobs:
+        tracker.add(job)
+    loop_thread = LoopThread(f"dispy-{header['name']}-recover")
+    open_msg = M.OpenCluster(header["cluster_id"], header["name"], b"", False, {})
+    secret = os.environ.get("DISPY_SECRET", "") if secret is None else secret
+    session = ClusterSession(loop_thread, host.strip("[]"), int(port), header["user"], secret, 10.0, open_msg, tracker.deliver)
+    session.adopt([job._uid for job in jobs])
+    try:
+        resumed = loop_thread.run(session.open(), timeout=20)
+        if not resumed:
+            _write_off(jobs, f"scheduler {host}:{port} no longer knows cluster {header['cluster_id']}")
+        if not resumed or tracker.wait(timeout) or terminate_pending:
+            loop_thread.run(session.close(terminate=True, timeout=10.0), timeout=15)
+            if resumed:
+                tracker.wait(10.0)  # the results of the jobs just cancelled
+            recorder.close(remove=True)
+        else:
+            loop_thread.call(session.detach)
+    finally:
+        recorder.close()
+        loop_thread.stop()
+        tracker.close()
+    return jobs
+
+
+def _job(uid: int, record: dict[str, Any]) -> DispyJob:
+    job = DispyJob((), {}, uid, record.get("t", 0.0))
+    if "id" in record:
+        job.id = loads(base64.b64decode(record["id"]))
+    return job
+
+
+def _on_done(recorder: Recorder) -> Any:
+    def record(job: DispyJob) -> None:
+        if job.done:
+            recorder.recovered(job)
+
+    return record
+
+
+def _write_off(jobs: list[DispyJob], why: str) -> None:
+    now = time.time()
+    for job in jobs:
+        job.status, job.exception, job.end_time = DispyJob.Abandoned, why, now
+        job.finish.set()

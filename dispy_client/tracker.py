@@ -1,0 +1,225 @@
+"""`JobTracker`: a cluster's jobs, their outcomes, and the thread that delivers them.
+
+Theory of operation. Three threads touch a cluster's jobs: user threads add
+them (`add`), the loop thread hands in what the scheduler sent (`deliver`:
+a queue put, never user code), and the dispatcher thread, owned here, applies
+each item in order: it unpickles results, fills in the `DispyJob`, updates
+this cluster's view of the nodes, and runs the user's `job_status` and
+`cluster_status` callbacks and the job's watchers (futures, `await`). So a
+slow callback never stalls the network, and callbacks see updates in order.
+
+Every change bumps `version` under `changed` (a Condition), which is what
+`wait` and the progress bar block on: no polling.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from dispy_wire import messages as M
+from dispy_wire.payload import loads
+from dispy_wire.status import JobStatus
+
+from .job import DispyJob
+from .node import DispyNode
+
+log = logging.getLogger("dispy_client")
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    """Jobs of one cluster by where they are."""
+
+    submitted: int
+    running: int
+    done: int
+    failed: int
+
+    @property
+    def pending(self) -> int:
+        return self.submitted - self.done
+
+
+class JobTracker:
+    """Args:
+    name: the cluster's name (for the thread's name and log lines).
+    job_status: called as `job_status(job)` on each status change.
+    cluster_status: called as `cluster_status(status, node, job)`.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        job_status: Callable[[DispyJob], Any] | None = None,
+        cluster_status: Callable[[int, DispyNode, DispyJob | None], Any] | None = None,
+    ) -> None:
+        self._job_status = job_status
+        self._cluster_status = cluster_status
+        self.changed = threading.Condition()
+        self.version = 0
+        self._jobs: dict[int, DispyJob] = {}  # unfinished, by uid
+        self._nodes: dict[str, DispyNode] = {}
+        self._submitted = self._running = self._done = self._failed = 0
+        self._queue: queue.SimpleQueue[tuple[str, Any] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._dispatch_loop, name=f"dispy-{name}-callbacks", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------ user threads
+
+    def add(self, job: DispyJob) -> None:
+        """Tracks a job about to be submitted."""
+        with self.changed:
+            self._jobs[job._uid] = job
+            self._submitted += 1
+            self._bump()
+
+    def get(self, uid: int) -> DispyJob | None:
+        with self.changed:
+            return self._jobs.get(uid)
+
+    def unfinished(self) -> list[DispyJob]:
+        with self.changed:
+            return list(self._jobs.values())
+
+    def counts(self) -> Counts:
+        with self.changed:
+            return Counts(self._submitted, self._running, self._done, self._failed)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Waits until every tracked job has ended; False on timeout."""
+        with self.changed:
+            return self.changed.wait_for(lambda: not self._jobs, timeout)
+
+    def wait_change(self, seen: int, timeout: float | None = None) -> int:
+        """Waits until `version` differs from `seen` (or `timeout`); returns it."""
+        with self.changed:
+            self.changed.wait_for(lambda: self.version != seen, timeout)
+            return self.version
+
+    def nodes(self) -> dict[str, DispyNode]:
+        """This cluster's nodes by name (live records: read, do not change)."""
+        with self.changed:
+            return dict(self._nodes)
+
+    def close(self) -> None:
+        """Tells `cluster_status` the nodes are closed, then stops the dispatcher thread."""
+        if self._cluster_status is not None:
+            self._queue.put(("closed", None))
+        self._queue.put(None)
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout=10)
+
+    # ------------------------------------------------------ loop thread
+
+    def deliver(self, kind: str, item: Any) -> None:
+        """Hands a ("started", JobStart) or ("result", JobResult) item to the dispatcher."""
+        self._queue.put((kind, item))
+
+    # ------------------------------------------------ dispatcher thread
+
+    def _dispatch_loop(self) -> None:
+        while True:
+            entry = self._queue.get()
+            if entry is None:
+                return
+            kind, item = entry
+            try:
+                if kind == "result":
+                    self._on_result(item)
+                elif kind == "started":
+                    self._on_started(item)
+                else:
+                    for node in self.nodes().values():
+                        self._notify(DispyNode.Closed, node, None)
+            except Exception:
+                log.exception("error while handling a job update")
+
+    def _on_started(self, start: M.JobStart) -> None:
+        with self.changed:
+            job = self._jobs.get(start.job_id)
+            if job is None:
+                return
+            if job.status == DispyJob.Running:  # rerun elsewhere (reentrant): leaves its old node
+                self._nodes[job.node or ""].busy -= 1
+                self._running -= 1
+            job.status = DispyJob.Running
+            job.ip_addr, job.node, job.start_time = start.ip_addr, start.node, start.time
+            node = self._nodes.get(start.node)
+            new = node is None
+            if node is None:
+                node = self._nodes[start.node] = DispyNode(start.node, start.ip_addr)
+            node.busy += 1
+            node.update_time = time.time()
+            self._running += 1
+            self._bump()
+        if new:
+            self._notify(DispyNode.Initialized, node, None)
+        self._job_changed(job, node)
+
+    def _on_result(self, r: M.JobResult) -> None:
+        job = self.get(r.job_id)
+        if job is None:
+            return
+        was_running = job.status == DispyJob.Running
+        fill_job(job, r)
+        with self.changed:
+            del self._jobs[r.job_id]
+            node = self._nodes.get(job.node or "")
+            if node is not None and was_running:
+                node.busy -= 1
+                node.jobs_done += 1
+                node.cpu_time += max(0.0, job.end_time - job.start_time) if job.end_time and job.start_time else 0.0
+                node.update_time = time.time()
+                self._running -= 1
+            self._done += 1
+            self._failed += job.status != DispyJob.Finished
+            job.finish.set()
+            self._bump()
+        self._job_changed(job, node)
+
+    def _job_changed(self, job: DispyJob, node: DispyNode | None) -> None:
+        if self._job_status is not None:
+            try:
+                self._job_status(job)
+            except Exception:
+                log.exception("job_status callback raised for %r", job)
+        if node is not None:
+            self._notify(job.status, node, job)
+        job._changed()
+
+    def _notify(self, status: int, node: DispyNode, job: DispyJob | None) -> None:
+        if self._cluster_status is None:
+            return
+        try:
+            self._cluster_status(status, node, job)
+        except Exception:
+            log.exception("cluster_status callback raised for %r", node)
+
+    def _bump(self) -> None:
+        self.version += 1
+        self.changed.notify_all()
+
+
+def fill_job(job: DispyJob, r: M.JobResult) -> None:
+    """Copies a terminal result into `job` (unpickling the value: user code may run)."""
+    job.status = r.status
+    job.stdout = r.stdout.decode(errors="replace")
+    job.stderr = r.stderr.decode(errors="replace")
+    if r.start_time:
+        job.start_time = r.start_time
+    job.end_time = r.end_time
+    job.exception = r.exception or None
+    job.exception_type = r.exception_type or None
+    if r.status == JobStatus.FINISHED and r.result is not None:
+        try:
+            job.result = loads(r.result)
+        except Exception as exc:  # unpickling runs the result's own code
+            job.status = DispyJob.Terminated
+            job.exception = f"cannot unpickle the job's result here: {type(exc).__name__}: {exc}"
+            job.exception_type = type(exc).__name__
