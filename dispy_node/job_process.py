@@ -76,7 +76,7 @@ def run(code: Code, start: Start) -> NoReturn:
         for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGPIPE, signal.SIGXCPU, signal.SIGXFSZ):
             signal.signal(sig, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        os.environ[killtree.MARK_VAR] = start.mark
+        killtree.write_mark(start.mark)
         os.dup2(start.out, 1)
         os.dup2(start.err, 2)
         os.closerange(3, start.res)

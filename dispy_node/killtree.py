@@ -8,9 +8,14 @@ so one `killpg` reaches everything it forks, unless a descendant calls
   orphan anywhere below it is re-parented to the zygote instead of init, so it
   stays findable (and its zombie is reaped by the zygote's `waitpid(-1)`).
 - Every job process carries `DISPY_JOB_MARK=<zygote pid>.<job id>` in its
-  environment, which its descendants inherit. An orphan that is not a job
-  leader is matched to its job by that mark; while the leader lives, its
-  descendants outside the group are also found through psutil.
+  environment, which its descendants inherit, forked or exec'd. An orphan
+  that is not a job leader is matched to its job by that mark; while the
+  leader lives, its descendants outside the group are also found through
+  psutil. /proc/PID/environ shows the environment a process was exec'd with,
+  not later `putenv`s, and a forked job process was never exec'd: so the
+  zygote is started with a blank placeholder (`placeholder()`) and each job
+  process writes its mark into that memory in place (`write_mark`), where
+  /proc, and every fork below, sees it.
 
 A job's tree is gone when its process group is empty and no marked process
 remains. A process that both escaped the group and cleared its environment
@@ -45,8 +50,37 @@ def become_subreaper() -> bool:
         return False
 
 
+_MARK_ROOM = 64
+
+
 def mark(zygote_pid: int, job_id: int) -> str:
     return f"{zygote_pid}.{job_id}"
+
+
+def placeholder() -> dict[str, str]:
+    """The environment entry a zygote must be started with, for `write_mark` to fill."""
+    return {MARK_VAR: " " * _MARK_ROOM}
+
+
+def write_mark(value: str) -> None:
+    """In a job process: writes the mark into the exec-time environment block (see above), then
+    into `os.environ` too, for the programs it will exec."""
+    data = value.encode().ljust(_MARK_ROOM)[:_MARK_ROOM]
+    key = MARK_VAR.encode() + b"="
+    try:
+        libc = ctypes.CDLL(None)
+        env = ctypes.POINTER(ctypes.c_char_p).in_dll(libc, "environ")
+        raw = ctypes.cast(env, ctypes.POINTER(ctypes.c_void_p))
+        i = 0
+        while env[i] is not None:
+            entry = env[i]
+            if entry.startswith(key) and len(entry) == len(key) + _MARK_ROOM:
+                ctypes.memmove(raw[i] + len(key), data, _MARK_ROOM)
+                break
+            i += 1
+    except (OSError, ValueError, AttributeError):
+        pass  # not started with the placeholder: exec'd descendants still carry it
+    os.environ[MARK_VAR] = value
 
 
 def group_alive(pgid: int) -> bool:
@@ -86,13 +120,13 @@ def mark_of(pid: int) -> str:
             env = f.read()
     except OSError:
         try:
-            return str(psutil.Process(pid).environ().get(MARK_VAR, ""))
+            return str(psutil.Process(pid).environ().get(MARK_VAR, "")).strip()
         except (psutil.Error, OSError):
             return ""
     key = MARK_VAR.encode() + b"="
     for item in env.split(b"\0"):
         if item.startswith(key):
-            return item[len(key) :].decode(errors="replace")
+            return item[len(key) :].decode(errors="replace").strip()
     return ""
 
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import shutil
 import signal
@@ -379,7 +380,7 @@ class _Cluster:
                 sys.executable, "-m", "dispy_node.zygote",
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, cwd="/",
                 start_new_session=True,  # a Ctrl-C at the daemon's terminal is the daemon's to handle
-                **as_user,
+                env={**os.environ, **killtree.placeholder()}, **as_user,
             )  # fmt: skip
         except OSError as exc:
             self.runner.cluster_failed(self.cluster_id, f"cannot start a zygote: {exc}")

@@ -284,6 +284,7 @@ class Zygote:
             logger.warning("job %d is already running; repeated Run ignored", job_id)
             return
         now = time.time()
+        mark = killtree.mark(os.getpid(), job_id)
         fds: list[int] = []
         try:
             fds = [*os.pipe(), *os.pipe(), _anon_file()]
@@ -294,7 +295,6 @@ class Zygote:
             why = f"cannot fork: {exc}"
             self._send(zp.Done(job_id, JobStatus.TERMINATED, None, b"", b"", why, "OSError", now, now))
             return
-        mark = killtree.mark(os.getpid(), job_id)
         if pid == 0:
             assert self._code is not None
             job_process.run(self._code, job_process.Start(job_id, payload, limits, mark, fds[1], fds[3], fds[4]))
@@ -326,9 +326,10 @@ class Zygote:
             for proc in killtree.descendants(job.pid):
                 if proc not in job.strays and _pgid(proc) != pgid:
                     job.strays.append(proc)
+        # a dying process loses its memory (and the mark with it) before it is a zombie: keep watching it
+        job.strays += [p for p in self._escaped(job) if p not in job.strays]
         killtree.killpg(job.pid, sig)
         killtree.signal_procs(job.strays, sig)
-        killtree.signal_procs(self._escaped(job), sig)
 
     def _escaped(self, job: _Job) -> list[psutil.Process]:
         """Orphans re-parented to us that carry this job's mark, with their descendants."""
@@ -382,6 +383,7 @@ class Zygote:
     def _try_finish(self, job: _Job) -> None:
         """Sends Done if the job's tree is gone; else makes sure it goes and looks again soon."""
         escaped = self._escaped(job)
+        job.strays += [p for p in escaped if p not in job.strays]
         if killtree.group_alive(job.pid) or escaped or any(killtree.alive(p) for p in job.strays):
             if job.hard:  # late joiners: orphans re-parented since, forks racing the SIGKILL
                 killtree.killpg(job.pid, signal.SIGKILL)

@@ -251,7 +251,7 @@ def _gone(pids: list[int], timeout: float) -> list[int]:
         except psutil.NoSuchProcess:
             pass
     deadline = time.monotonic() + timeout
-    alive = procs
+    alive = [p for p in procs if _status(p) not in (None, psutil.STATUS_ZOMBIE)]
     while alive and time.monotonic() < deadline:
         _, alive = psutil.wait_procs(alive, timeout=0.2)
         alive = [p for p in alive if _status(p) not in (None, psutil.STATUS_ZOMBIE)]
