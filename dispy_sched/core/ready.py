@@ -128,6 +128,6 @@ class ReadyIndex:
             heap = self.user_clusters.get(user.name)
             ready = heap is not None and not user.capped
             assert (user.name in self.ready_users) == ready, f"user {user.name}: ready is wrong"
-            if ready and heap is not None:
-                best = heap.peek()
+            best = heap.peek() if heap is not None else None
+            if ready and heap is not None and best is not None:
                 assert self.ready_users.key(user.name) == self.policy.user_key(user, heap.key(best)), f"{user.name}: stale key"

@@ -444,9 +444,9 @@ class SchedulerCore:
             cluster = self.clusters[cluster_id]
             self._displace(cluster, cluster.jobs[job_id], node, rerun=cluster.reentrant, why=why)
         for cluster_id in node.loaded:
-            cluster = self.clusters.get(cluster_id)
-            if cluster is not None:
-                cluster.loaded_on.discard(node_id)
+            loaded = self.clusters.get(cluster_id)
+            if loaded is not None:
+                loaded.loaded_on.discard(node_id)
         for cluster in self.clusters.values():
             cluster.failed_on.pop(node_id, None)
 

@@ -139,7 +139,7 @@ def decay(usage: float, as_of: float, now: float, half_life: float) -> float:
     """`usage` CPU-seconds as of `as_of`, halved per `half_life` until `now` (no decay if half_life <= 0)."""
     if half_life <= 0 or now <= as_of:
         return usage
-    return usage * 0.5 ** ((now - as_of) / half_life)
+    return usage * math.exp2(-(now - as_of) / half_life)
 
 
 def usage_rank_of(usage: float, as_of: float, half_life: float) -> float:
