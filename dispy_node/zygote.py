@@ -324,7 +324,7 @@ class Zygote:
         if job.wait_status is None:  # leader alive: note who left the group, while we can see them
             pgid = job.pid
             for proc in killtree.descendants(job.pid):
-                if proc not in job.strays and _pgid(proc) != pgid:
+                if proc not in job.strays and _pgid_of(proc.pid) != pgid:
                     job.strays.append(proc)
         # a dying process loses its memory (and the mark with it) before it is a zombie: keep watching it
         job.strays += [p for p in self._escaped(job) if p not in job.strays]
@@ -335,7 +335,9 @@ class Zygote:
         """Orphans re-parented to us that carry this job's mark, with their descendants."""
         found: list[psutil.Process] = []
         for pid in killtree.own_children():
-            if pid not in self._leaders and killtree.mark_of(pid) == job.mark:
+            if pid in self._leaders or _pgid_of(pid) in (job.pid, None):
+                continue  # a leader, a member of the group (killpg reaches it), or gone
+            if killtree.mark_of(pid) == job.mark:
                 try:
                     proc = psutil.Process(pid)
                 except psutil.Error:
@@ -493,9 +495,9 @@ def _read_all(fd: int) -> bytes:
     return os.pread(fd, os.fstat(fd).st_size, 0)
 
 
-def _pgid(proc: psutil.Process) -> int | None:
+def _pgid_of(pid: int) -> int | None:
     try:
-        return os.getpgid(proc.pid)
+        return os.getpgid(pid)
     except OSError:
         return None
 
