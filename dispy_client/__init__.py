@@ -20,6 +20,9 @@ from .node import ClusterStatus, DispyNode, DispyNodeAvailInfo, NodeAllocate
 from .recover import recover_jobs
 
 logger = logging.getLogger("dispy_client")
+# dispy's logger carries its levels: programs write `loglevel=dispy.logger.DEBUG`
+for _level in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+    setattr(logger, _level, getattr(logging, _level))
 
 __all__ = [
     "AuthenticationError",

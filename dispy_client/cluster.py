@@ -72,6 +72,7 @@ class BaseCluster:
             each job runs with its arguments as the command line.
         host, port: the scheduler's address.
         options: the checked constructor parameters.
+        loop_thread: the loop thread to talk to the scheduler on (default: a new one).
 
     Raises:
         SchedulerUnreachable: the scheduler cannot be reached in `options.timeout`.
@@ -79,7 +80,14 @@ class BaseCluster:
         ClusterError: the scheduler refused to open the cluster.
     """
 
-    def __init__(self, computation: Callable[..., Any] | str, host: str, port: int, options: ClusterOptions) -> None:
+    def __init__(
+        self,
+        computation: Callable[..., Any] | str,
+        host: str,
+        port: int,
+        options: ClusterOptions,
+        loop_thread: LoopThread | None = None,
+    ) -> None:
         self.computation = computation
         self.name = computation_name(computation)
         self.host, self.port = host, port
@@ -94,14 +102,14 @@ class BaseCluster:
         open_msg = M.OpenCluster(uuid.uuid4().hex, self.name, blob, options.reentrant, cluster_options_)
         self._recorder = self._start_recording(options.recover_file, open_msg)
         self._tracker = JobTracker(self.name, options.job_status, options.cluster_status)
-        self._lt = LoopThread(f"dispy-{self.name}-io")
+        self._lt = loop_thread or LoopThread(f"dispy-{self.name}-io")
         self._session = ClusterSession(
             self._lt, host, port, self.user, options.secret, options.timeout, open_msg, self._tracker.deliver
         )
         try:
             self._lt.run(self._session.open(), timeout=options.timeout + 5)
         except BaseException:
-            self._lt.stop()
+            self._stop_io()
             self._tracker.close()
             if self._recorder is not None:
                 self._recorder.close(remove=True)
@@ -257,10 +265,14 @@ class BaseCluster:
         except (TimeoutError, DispyError) as exc:
             log.warning("closing cluster %s: %s", self.name, exc)
         finally:
-            self._lt.stop()
+            self._stop_io()
             self._tracker.close()
             if self._recorder is not None:
                 self._recorder.close(remove=True)
+
+    def _stop_io(self) -> None:
+        """Stops the loop thread (once the cluster is closed or failed to open)."""
+        self._lt.stop()
 
     def shutdown(self) -> None:
         """Closes the cluster (dispy: and its scheduler, which for a shared one is not ours to stop)."""

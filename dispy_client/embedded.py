@@ -1,9 +1,10 @@
 """The scheduler and node(s) a `JobCluster` starts for itself.
 
 `EmbeddedScheduler` runs dispy_sched's `SchedulerServer` and `SchedulerCore`
-in this process, on a loop thread of its own (the client's network loop
-stays the client's), listening like `dispyscheduler` does; it keeps no state
-on disk. It starts a `dispynode` process for this machine (a `localnode`,
+in this process, on the client's loop thread (with a thread of its own, each
+message between client and scheduler would wait for the GIL to change hands:
+a third of the throughput), listening like `dispyscheduler` does; it keeps
+no state on disk. It starts a `dispynode` process for this machine (a `localnode`,
 which ends with us whatever happens), and nodes elsewhere may join it with
 `dispynode --scheduler HOST:PORT --node-secret SECRET`.
 
@@ -37,6 +38,7 @@ class EmbeddedScheduler:
     """A scheduler in this process, plus this machine's node.
 
     Args:
+        loop_thread: the loop thread to run on; the owner stops it after `stop`.
         host: address to listen on ('127.0.0.1' keeps it to this machine).
         port: port to listen on (0: any free one).
         node_secret: what nodes must prove to join.
@@ -46,7 +48,7 @@ class EmbeddedScheduler:
         address: (host, port) it listens on, once started.
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, node_secret: str = "") -> None:
+    def __init__(self, loop_thread: LoopThread, host: str = "127.0.0.1", port: int = 0, node_secret: str = "") -> None:
         if not is_loopback(host) and not node_secret:
             warnings.warn(
                 f"JobCluster: listening on {host} with an empty secret: any machine that reaches it can join "
@@ -62,7 +64,7 @@ class EmbeddedScheduler:
             state_dir=self._state_dir, name=socket.gethostname(),
         )  # fmt: skip
         self._server = SchedulerServer(config, SchedulerCore(load_policy("fair"), CoreConfig()))
-        self._loop = LoopThread("dispy-embedded-scheduler")
+        self._loop = loop_thread
         self._nodes: list[subprocess.Popen[bytes]] = []
         self.address = (host, port)
 
@@ -72,11 +74,7 @@ class EmbeddedScheduler:
         Raises:
             OSError: the address cannot be listened on (e.g. in use).
         """
-        try:
-            self.address = self._loop.run(self._server.start(), timeout=timeout)
-        except BaseException:
-            self.stop()
-            raise
+        self.address = self._loop.run(self._server.start(), timeout=timeout)
         return self.address
 
     def start_node(self, cpus: int, heartbeat: float | None = None) -> None:
@@ -97,10 +95,8 @@ class EmbeddedScheduler:
         for proc in self._nodes:
             localnode.stop(proc)
         self._nodes.clear()
-        if not self._loop.loop.is_closed():
-            try:
-                self._loop.run(self._server.stop(), timeout=10)
-            except (TimeoutError, OSError) as exc:
-                log.warning("stopping the embedded scheduler: %s", exc)
-            self._loop.stop()
+        try:
+            self._loop.run(self._server.stop(), timeout=10)
+        except (TimeoutError, OSError) as exc:
+            log.warning("stopping the embedded scheduler: %s", exc)
         shutil.rmtree(self._state_dir, ignore_errors=True)

@@ -17,10 +17,12 @@ from typing import Any
 import psutil
 
 from .cluster import BaseCluster
+from .connection import LoopThread
 from .embedded import EmbeddedScheduler
 from .job import DispyJob
 from .node import NodeAllocate, allocate_cpus
 from .options import cluster_options
+from .packaging import computation_name
 
 
 def local_cpus(nodes: list[NodeAllocate], cluster: Any) -> int:
@@ -79,37 +81,33 @@ class JobCluster(BaseCluster):
         options = cluster_options(
             "JobCluster", kwargs, nodes=nodes, depends=depends, job_status=job_status, cluster_status=cluster_status
         )
-        self._embedded = EmbeddedScheduler(ip_addr or "127.0.0.1", int(port or 0), options.secret)
-        host, bound_port = self._embedded.start()
+        # one loop thread for the client and its scheduler: no GIL hand-off between them per message
+        loop_thread = LoopThread(f"dispy-{computation_name(computation)}-io")
+        self._embedded = EmbeddedScheduler(loop_thread, ip_addr or "127.0.0.1", int(port or 0), options.secret)
+        try:
+            host, bound_port = self._embedded.start()
+        except BaseException:
+            self._embedded.stop()
+            loop_thread.stop()
+            raise
         cpus = local_cpus(options.nodes, self)
         if cpus > 0:
             self._embedded.start_node(cpus, options.pulse_interval)
         options.secret = self._embedded.client_secret
         atexit.register(self._close_at_exit)
-        try:
-            super().__init__(computation, "127.0.0.1" if host in ("0.0.0.0", "::") else host, bound_port, options)
-        except BaseException:
-            self._stop_embedded()
-            raise
+        host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        super().__init__(computation, host, bound_port, options, loop_thread)
 
     @property
     def scheduler_address(self) -> tuple[str, int]:
         """(host, port) where nodes of other machines join this cluster."""
         return self._embedded.address
 
-    def close(self, timeout: float | None = None, terminate: bool = False) -> None:
-        """Waits for jobs (up to `timeout`), closes the cluster, then stops its node(s) and scheduler.
-
-        With `terminate=True`, or if jobs are still running after `timeout`, they are cancelled.
-        """
-        try:
-            super().close(timeout, terminate)
-        finally:
-            self._stop_embedded()
-
-    def _stop_embedded(self) -> None:
+    def _stop_io(self) -> None:
+        """After the cluster is closed: stops its node(s), its scheduler, then the loop."""
         atexit.unregister(self._close_at_exit)
         self._embedded.stop()
+        super()._stop_io()
 
     def _close_at_exit(self) -> None:
         """The program ends without `close()`: unfinished jobs are cancelled, nothing is left running."""

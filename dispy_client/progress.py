@@ -39,7 +39,7 @@ def follow(tracker: JobTracker, counts: Callable[[], Counts], timeout: float | N
     from tqdm import tqdm
 
     deadline = None if timeout is None else time.monotonic() + timeout
-    with tqdm(total=0, unit="job", desc="jobs", dynamic_ncols=True) as bar:
+    with tqdm(total=counts().submitted, unit="job", desc="jobs", dynamic_ncols=True) as bar:
         while True:
             seen = tracker.version
             now = counts()

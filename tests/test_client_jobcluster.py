@@ -1,0 +1,235 @@
+"""JobCluster, the embedded default: its own scheduler and a local dispynode, used as dispy's docs describe."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import psutil
+import pytest
+
+import dispy_client as dispy
+
+
+def square(n):  # type: ignore[no-untyped-def]
+    return n * n
+
+
+def sleepy(t):  # type: ignore[no-untyped-def]
+    import time
+
+    if t < 0:
+        raise ValueError("negative")
+    time.sleep(t)
+    return t
+
+
+def _node_procs() -> list[psutil.Process]:
+    return [p for p in psutil.Process().children(recursive=True) if "dispy_client.lifeline" in " ".join(p.cmdline())]
+
+
+def test_zero_setup_runs_jobs_and_close_leaves_nothing_running() -> None:
+    cluster = dispy.JobCluster(square)
+    try:
+        jobs = [cluster.submit_job_id(i, i) for i in range(8)]
+        assert [job() for job in jobs] == [i * i for i in range(8)]
+        assert all(job.status == dispy.DispyJob.Finished and job.ip_addr == "127.0.0.1" for job in jobs)
+        status = cluster.status()
+        assert isinstance(status, dispy.ClusterStatus) and status.jobs_pending == 0
+        [node] = status.nodes
+        assert isinstance(node, dispy.DispyNode)
+        assert node.cpus == (psutil.cpu_count() or 1) and node.jobs_done == 8 and node.ip_addr == "127.0.0.1"
+        assert [j.id for j in jobs if j.node == node.name] == list(range(8))
+        assert _node_procs(), "no local node process"
+    finally:
+        cluster.close()
+    assert not _node_procs()
+    assert cluster.submit is not None
+    with pytest.raises(dispy.DispyError):
+        cluster.submit(1)
+
+
+def test_program_computation_runs_with_args_and_returns_exit_status(tmp_path: Path) -> None:
+    program = tmp_path / "greet.py"
+    program.write_text("import sys\nprint('hello', *sys.argv[1:])\nprint('oops', file=sys.stderr)\nsys.exit(len(sys.argv) - 1)\n")
+    with dispy.JobCluster(str(program)) as cluster:
+        job = cluster.submit("a", 2)
+        assert job() == 2, (job.status, job.exception, job.stderr)
+        assert job.stdout == "hello a 2\n" and "oops" in job.stderr
+        assert cluster.name == "greet.py"
+
+
+def test_setup_loads_data_once_per_node_and_jobs_read_it(tmp_path: Path) -> None:
+    data = tmp_path / "table.csv"
+    data.write_text("\n".join(f"{i},{i * 10}" for i in range(100)))
+
+    def setup():  # type: ignore[no-untyped-def]
+        import os
+
+        global table, loaded_by
+        with open("table.csv") as f:
+            table = dict(tuple(map(int, line.split(","))) for line in f)
+        loaded_by = os.getpid()
+        return 0
+
+    def lookup(key):  # type: ignore[no-untyped-def]
+        import os
+
+        return table[key], loaded_by, os.getpid()
+
+    with dispy.JobCluster(lookup, depends=[str(data)], setup=setup) as cluster:
+        results = cluster.map(range(0, 100, 10))
+    assert [value for value, _, _ in results] == list(range(0, 1000, 100))
+    assert len({loader for _, loader, _ in results}) == 1, "setup ran more than once on the node"
+    assert all(job_pid != loader for _, loader, job_pid in results)
+
+
+def test_callbacks_job_status_and_cluster_status() -> None:
+    seen: list[tuple[int, int]] = []
+    node_events: list[tuple[int, str | None]] = []
+    with pytest.warns(DeprecationWarning, match="callback"):
+        cluster = dispy.JobCluster(
+            square,
+            cluster_status=lambda status, node, job: node_events.append((status, job and job.id)),
+            callback=lambda job: seen.append((job.id, job.status)),
+        )
+    jobs = [cluster.submit_job_id(f"j{i}", i) for i in range(3)]
+    cluster.wait()
+    cluster.close()
+    assert {(j.id, dispy.DispyJob.Finished) for j in jobs} <= {(i, s) for i, s in seen}
+    assert (dispy.DispyNode.Initialized, None) == node_events[0]
+    assert ("j1", dispy.DispyJob.Finished) in [(job, status) for status, job in node_events]
+    assert node_events[-1] == (dispy.DispyNode.Closed, None)
+
+
+def test_dispy_parameters_accepted_with_warnings_and_unknown_ones_refused() -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cluster = dispy.JobCluster(
+            square, ping_interval=5, poll_interval=2, ext_ip_addr="10.0.0.1", loglevel=dispy.logger.WARNING,
+            pulse_interval=1, dest_path="/tmp", cleanup=False, reentrant=True,
+        )  # fmt: skip
+    cluster.close()
+    messages = [str(w.message) for w in caught]
+    for name in ("ping_interval", "poll_interval", "ext_ip_addr"):
+        assert any(f"{name} is ignored" in m for m in messages), messages
+    assert not any("pulse_interval" in m or "dest_path" in m for m in messages)
+    with pytest.raises(TypeError, match="no_such_option"):
+        dispy.JobCluster(square, no_such_option=1)
+
+
+def test_cancel_timeout_wait_and_close_terminate() -> None:
+    cluster = dispy.JobCluster(sleepy, nodes=[("127.0.0.1", None, 1)])
+    long = cluster.submit(30)
+    queued = cluster.submit(30)
+    limited = cluster.submit(30, dispy_job_timeout=0.3)
+    long_started = long.finish.wait(0.2)
+    assert not long_started and not cluster.wait(timeout=0.2)
+    assert cluster.cancel(queued) == 0
+    assert queued() is None and queued.status == dispy.DispyJob.Cancelled
+    assert cluster.cancel(queued) == -1
+    assert cluster.node_jobs("127.0.0.1") == [long]
+    cluster.close(terminate=True)
+    assert long.status == dispy.DispyJob.Cancelled
+    assert limited.status in (dispy.DispyJob.Cancelled, dispy.DispyJob.Terminated)
+
+
+def test_job_timeout_ends_the_job() -> None:
+    with dispy.JobCluster(sleepy) as cluster:
+        job = cluster.submit(30, dispy_job_timeout=0.5)
+        assert job() is None
+        assert job.status == dispy.DispyJob.Terminated and "0.5 s" in (job.exception or ""), job.exception
+
+
+def test_methods_needing_the_scheduler_say_so() -> None:
+    with dispy.JobCluster(square) as cluster:
+        for call in (
+            lambda: cluster.set_node_cpus("n", 1),
+            lambda: cluster.allocate_node("n"),
+            lambda: cluster.deallocate_node("n"),
+            lambda: cluster.close_node("n"),
+            lambda: cluster.resetup_node("n"),
+            lambda: cluster.send_file(__file__, "n"),
+            lambda: cluster.discover_nodes(["n"]),
+        ):
+            with pytest.raises(NotImplementedError, match="scheduler"):
+                call()
+
+
+def test_executor_map_over_1000_items_and_failures() -> None:
+    with dispy.JobCluster(sleepy) as cluster, cluster.executor() as executor:
+        items = [i / 1e6 for i in range(1000)]
+        assert list(executor.map(sleepy, items)) == items
+        bad = executor.submit(sleepy, -1)
+        with pytest.raises(dispy.JobError, match="ValueError: negative") as info:
+            bad.result(timeout=30)
+        assert info.value.job.exception_type == "ValueError"
+        with pytest.raises(ValueError, match="computation"):
+            executor.submit(square, 1)
+
+
+def test_asyncio_await_job_and_asubmit() -> None:
+    with dispy.JobCluster(sleepy) as cluster:
+
+        async def main() -> tuple[list[float], float]:
+            jobs = [cluster.submit(0.01 * i) for i in range(5)]
+            results = await asyncio.gather(*jobs)
+            one = await cluster.asubmit(0.2)
+            with pytest.raises(dispy.JobError):
+                await cluster.asubmit(-1)
+            return list(results), one
+
+        results, one = asyncio.run(main())
+    assert results == [0.01 * i for i in range(5)] and one == 0.2
+
+
+def test_map_and_wait_with_progress_bars(capfd: pytest.CaptureFixture[str]) -> None:
+    with dispy.JobCluster(sleepy) as cluster:
+        assert cluster.map([0.01, 0.02, (0.03,)], progress=True) == [0.01, 0.02, 0.03]
+        with pytest.raises(dispy.JobError, match="negative"):
+            cluster.map([0.01, -1])
+        for t in (0.05, -1, 0.1):
+            cluster.submit(t)
+        assert cluster.wait(progress=True)
+    err = capfd.readouterr().err
+    # map's bar counts its own jobs; wait's, all the cluster's (two failed)
+    assert "3/3" in err and "8/8" in err and "failed=2" in err and "running=" in err, err
+
+
+def test_nodes_select_local_cpus_with_a_node_allocate_subclass() -> None:
+    class OneCpu(dispy.NodeAllocate):
+        def allocate(self, cluster, ip_addr, name, cpus, avail_info=None, platform=""):  # type: ignore[no-untyped-def]
+            return 1 if ip_addr.startswith("127.") else 0
+
+    with dispy.JobCluster(square, nodes=[OneCpu("*")]) as cluster:
+        assert cluster.submit(3)() == 9
+        assert [n.cpus for n in cluster.status().nodes] == [1]
+
+
+def test_killed_client_leaves_no_node_behind(tmp_path: Path) -> None:
+    script = tmp_path / "client.py"
+    script.write_text(
+        "import dispy_client as dispy, time\n"
+        "c = dispy.JobCluster(lambda x: x)\n"
+        "assert c.submit(1)() == 1\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    import subprocess
+
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+        nodes = psutil.Process(proc.pid).children(recursive=True)
+        assert nodes
+        proc.kill()
+        proc.wait(10)
+        _, alive = psutil.wait_procs(nodes, timeout=15)
+        assert not alive, f"processes outlived their killed client: {alive}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
