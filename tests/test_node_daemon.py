@@ -1,0 +1,182 @@
+"""A real `dispynode` under a real `dispyscheduler`: misbehaving jobs beside well-behaved
+ones of another user, drain, `--serve`, yielding to outside load, service windows."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import signal
+import subprocess
+import sys
+import time
+
+from procs import Cluster
+from test_node_isolation import marked_processes, no_marked_processes  # noqa: F401  (autouse)
+
+USERS = '[users.alice]\nsecret = "a"\n[users.mallory]\nsecret = "m"\n'
+
+GOOD = """
+    import sys
+    from dispy_client import SharedJobCluster
+
+    def square(n):
+        import time
+        time.sleep(0.05)
+        return n * n
+
+    with SharedJobCluster(square, user="alice", secret="a") as cluster:
+        jobs = [cluster.submit(i) for i in range(40)]
+        assert [j() for j in jobs] == [i * i for i in range(40)], [(j.status, j.exception) for j in jobs]
+    print("ok")
+"""
+
+BAD = """
+    from dispy_client import SharedJobCluster, DispyJob
+
+    def misbehave(kind):
+        import ctypes, os, sys, time
+        if kind == "segv":
+            ctypes.string_at(0)
+        if kind == "exit":
+            os._exit(3)
+        if kind == "close":
+            os.close(1)
+            return "closed"
+        if kind == "flood":
+            chunk = b"x" * (1 << 20)
+            for _ in range(200):
+                os.write(1, chunk)
+            return "flooded"
+        if kind == "fork":
+            for _ in range(1000):
+                if os.fork() == 0:
+                    time.sleep(120)
+                    os._exit(0)
+            return "forked"
+        if kind == "alloc":
+            hog = []
+            while True:
+                hog.append(bytearray(16 << 20))
+
+    kinds = ["segv", "exit", "close", "flood", "fork", "alloc"]
+    with SharedJobCluster(misbehave, user="mallory", secret="m") as cluster:
+        jobs = {k: cluster.submit(k) for k in kinds}
+        cluster.wait()
+        T, F = DispyJob.Terminated, DispyJob.Finished
+        assert jobs["segv"].status == T and "SIGSEGV" in jobs["segv"].exception, jobs["segv"].exception
+        assert jobs["exit"].status == T and "code 3" in jobs["exit"].exception
+        assert jobs["close"].status == F and jobs["close"].result == "closed"
+        assert jobs["flood"].status == F and "output cut at 1048576 of 209715200 bytes" in jobs["flood"].stdout
+        assert jobs["fork"].status == F and jobs["fork"].result == "forked"
+        assert jobs["alloc"].status == T, jobs["alloc"].status
+        assert jobs["alloc"].exception.startswith("memory limit 512 MiB exceeded"), jobs["alloc"].exception
+    print("ok")
+"""
+
+STATUS = """
+    import json
+    from dispy_client import SharedJobCluster
+
+    def nothing():
+        return None
+
+    with SharedJobCluster(nothing, user="alice", secret="a") as cluster:
+        print(json.dumps(cluster.scheduler_status()))
+"""
+
+
+def test_misbehaving_jobs_beside_well_behaved_ones(cluster: Cluster) -> None:
+    users = cluster.workdir / "users.toml"
+    users.write_text(USERS)
+    cluster.scheduler("--users-file", str(users))
+    node = cluster.node("--max-memory", "512M", "--max-output", "1M", "--kill-grace", "1", cpus=2)
+    good, bad = cluster.client(GOOD, "alice"), cluster.client(BAD, "mallory")
+    for proc in (good, bad):
+        assert proc.wait(60) == 0, cluster.describe()
+        assert proc.stdout.strip() == "ok"
+    status = json.loads(cluster.run_client(STATUS, "status").stdout)
+    assert status["busy"] == 0, status
+    assert node.popen.poll() is None  # the daemon survived it all
+    assert marked_processes() == []
+
+
+def test_drain_finishes_running_jobs_then_exits_0(cluster: Cluster) -> None:
+    cluster.scheduler()
+    node = cluster.node(cpus=1)
+    client = cluster.client(
+        """
+        from dispy_client import SharedJobCluster
+
+        def slow(x):
+            import time
+            print("started", flush=True)
+            time.sleep(1.5)
+            return x + 1
+
+        with SharedJobCluster(slow) as cluster:
+            job = cluster.submit(41)
+            assert job() == 42, (job.status, job.exception)
+            print("ok", flush=True)
+        """
+    )
+    node.wait_for_line(r"offering|loading cluster", stream="stderr")
+    _until_busy(node)
+    node.popen.send_signal(signal.SIGUSR1)
+    assert client.wait(30) == 0, cluster.describe()
+    assert node.wait(30) == 0, cluster.describe()
+    assert "draining" in node.stderr
+
+
+def _until_busy(node: object) -> None:
+    """Waits for the node's job to start: its zygote has a child."""
+    import psutil
+
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        procs = psutil.Process(node.pid).children(recursive=True)  # type: ignore[attr-defined]
+        if any(p.ppid() != node.pid for p in procs):  # type: ignore[attr-defined]
+            return
+        time.sleep(0.02)  # polling /proc: no event to wait on
+    raise AssertionError("the job never started")
+
+
+def test_serve_one_cluster_then_exit_0(cluster: Cluster) -> None:
+    cluster.scheduler()
+    node = cluster.node("--serve", "1", cpus=1)
+    cluster.run_client(
+        """
+        from dispy_client import SharedJobCluster
+
+        def inc(x):
+            return x + 1
+
+        with SharedJobCluster(inc) as cluster:
+            assert cluster.submit(1)() == 2
+        """
+    )
+    assert node.wait(30) == 0, cluster.describe()
+
+
+def test_yields_cpus_to_outside_load(cluster: Cluster) -> None:
+    """Giving the CPUs back once the load is gone is checked with a fake clock
+    (test_node_availability): on a shared test machine the outside load never
+    reliably drops."""
+    cluster.scheduler()
+    node = cluster.node("--yield-load", "0.5", "--yield-window", "1.5", cpus=2)
+    code = "import time\nend = time.time() + 8\nwhile time.time() < end: pass"
+    burner = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        node.wait_for_line(r"offering [01] of 2 cpus \(outside load", stream="stderr", timeout=20)
+    finally:
+        burner.kill()
+        burner.wait()
+
+
+def test_outside_the_service_window_the_node_offers_nothing(cluster: Cluster) -> None:
+    cluster.scheduler()
+    now = dt.datetime.now()
+    start, stop = now + dt.timedelta(hours=2), now + dt.timedelta(hours=3)
+    node = cluster.node("--service-start", f"{start:%H:%M}", "--service-stop", f"{stop:%H:%M}", cpus=2)
+    node.wait_for_line(r"offering 0 of 2 cpus", stream="stderr")
+    status = json.loads(cluster.run_client(STATUS.replace(', user="alice", secret="a"', ""), "status").stdout)
+    assert status["cpus"] == 0, status
