@@ -178,6 +178,7 @@ class BaseCluster:
         if self._recorder is not None:
             self._recorder.submitted(job)
             job._on_id = self._recorder.id_set
+            job._watch(self._recorder.job_status)
         self._session.enqueue(M.JobSpec(job._uid, priority, payload, options))
         return job
 

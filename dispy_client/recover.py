@@ -5,7 +5,7 @@ The file is JSON lines, appended to and never rewritten:
     {"v": 1, "scheduler": "H:P", "user": U, "cluster_id": C, "name": N, "created": T}
     {"uid": 7, "t": T}                       # a job was submitted
     {"uid": 7, "id": "<base64 pickle>"}      # the user set its id (latest wins)
-    {"uid": 7, "recovered": true}            # recover_jobs delivered its result
+    {"uid": 7, "done": true}                 # its result was delivered (to the client or recover_jobs)
 
 Each line is written and flushed before `submit` returns, so it survives the
 client process being killed; a thread fsyncs after each burst of lines, so it
@@ -69,8 +69,14 @@ class Recorder:
     def id_set(self, job: DispyJob) -> None:
         self._write({"uid": job._uid, "id": _pack(job.id)})
 
-    def recovered(self, job: DispyJob) -> None:
-        self._write({"uid": job._uid, "recovered": True})
+    def done(self, job: DispyJob) -> None:
+        """Records that a job's result was delivered: the scheduler no longer holds it."""
+        self._write({"uid": job._uid, "done": True})
+
+    def job_status(self, job: DispyJob) -> None:
+        """A watcher: records the job once it has ended."""
+        if job.done:
+            self.done(job)
 
     def close(self, remove: bool = False) -> None:
         """Stops recording; with `remove`, deletes the file (nothing is left to recover)."""
@@ -128,7 +134,7 @@ def read_records(path: str) -> tuple[dict[str, Any], dict[int, dict[str, Any]]]:
         raise DispyError(f"{path} is not a dispy_client recover file: {exc}") from None
     if header.get("v") != FORMAT_VERSION or "cluster_id" not in header:
         raise DispyError(f"{path} is not a dispy_client recover file (version {header.get('v')!r})")
-    return header, {uid: r for uid, r in jobs.items() if not r.get("recovered")}
+    return header, {uid: r for uid, r in jobs.items() if not r.get("done")}
 
 
 def recover_jobs(
@@ -162,7 +168,7 @@ def recover_jobs(
     host, _, port = header["scheduler"].rpartition(":")
     jobs = [_job(uid, record) for uid, record in sorted(records.items())]
     recorder = Recorder(recover_file, None)
-    tracker = JobTracker(header["name"], job_status=_on_done(recorder))
+    tracker = JobTracker(header["name"], job_status=recorder.job_status)
     for job in jobs:
         tracker.add(job)
     loop_thread = LoopThread(f"dispy-{header['name']}-recover")
@@ -193,14 +199,6 @@ def _job(uid: int, record: dict[str, Any]) -> DispyJob:
     if "id" in record:
         job.id = loads(base64.b64decode(record["id"]))
     return job
-
-
-def _on_done(recorder: Recorder) -> Any:
-    def record(job: DispyJob) -> None:
-        if job.done:
-            recorder.recovered(job)
-
-    return record
 
 
 def _write_off(jobs: list[DispyJob], why: str) -> None:

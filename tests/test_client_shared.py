@@ -1,0 +1,127 @@
+"""SharedJobCluster's dispy surface and recover_jobs, against real scheduler, node and client processes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dispy_client as dispy
+from procs import Cluster
+
+
+def test_shared_cluster_status_nodes_and_dispy_parameters(cluster: Cluster) -> None:
+    cluster.scheduler()
+    cluster.node(cpus=2, name="alpha")
+    (cluster.workdir / "extra.txt").write_text("x")
+    client = cluster.run_client(
+        """
+        import warnings
+        import dispy_client as dispy
+
+        def compute(n):
+            return n + 1
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            cluster = dispy.SharedJobCluster(
+                compute, nodes=["127.0.0.*", ("alpha", 0, 1)], ip_addr="10.1.2.3", port=51348, exclusive=True,
+                keyfile="k.pem", certfile="c.pem",
+            )
+            pinned = cluster.submit_node("alpha", 1)
+            with_file = cluster.submit(2, dispy_job_depends=["extra.txt"])
+        text = "\\n".join(str(w.message) for w in caught)
+        for name in ("ip_addr", "port", "exclusive", "keyfile", "nodes are recorded", "submit_node", "dispy_job_depends"):
+            assert name in text, (name, text)
+        assert [n.host for n in cluster.nodes] == ["127.0.0.*", "alpha"] and cluster.nodes[1].cpus == 1
+        assert pinned() == 2 and with_file() == 3
+        status = cluster.status()
+        [node] = status.nodes
+        assert (node.name, node.ip_addr, node.cpus, node.jobs_done, status.jobs_pending) == ("alpha", "127.0.0.1", 2, 2, 0)
+        assert node.avail_info is not None and node.avail_info.memory > 0 and node.avail_info.disk > 0
+        cluster.print_status()
+        cluster.close()
+        print("ok")
+        """
+    )
+    assert client.stdout.strip().endswith("ok")
+    assert "127.0.0.1 (alpha)" in client.stdout
+
+
+def test_recover_jobs_after_the_client_was_killed(cluster: Cluster, monkeypatch: object) -> None:
+    cluster.scheduler()
+    cluster.node(cpus=4)
+    recover_file = cluster.workdir / "recover.jsonl"
+    client = cluster.client(
+        f"""
+        import time
+        import dispy_client as dispy
+
+        def compute(n, t):
+            import time
+            time.sleep(t)
+            print("job", n)
+            if n == 13:
+                raise KeyError(n)
+            return n * 10
+
+        cluster = dispy.SharedJobCluster(compute, recover_file={str(recover_file)!r})
+        early = [cluster.submit(i, 0) for i in range(3)]
+        cluster.wait()                          # delivered before the crash: not recovered again
+        later = [cluster.submit_job_id(f"id{{i}}", i, 1.5) for i in (11, 12, 13)]
+        late = cluster.submit(14, 1.5)
+        late.id = ("tuple", 14)                 # an id set after submit is recorded too
+        print("submitted", flush=True)
+        time.sleep(60)
+        """
+    )
+    client.wait_for_line("submitted")
+    client.kill9()
+    jobs = dispy.recover_jobs(str(recover_file), timeout=30)
+    by_id = {job.id: job for job in jobs}
+    assert set(by_id) == {"id11", "id12", "id13", ("tuple", 14)}, by_id
+    assert by_id["id11"].result == 110 and by_id["id11"].status == dispy.DispyJob.Finished
+    assert by_id["id12"].stdout == "job 12\n"
+    assert by_id["id13"].status == dispy.DispyJob.Terminated and by_id["id13"].exception_type == "KeyError"
+    assert "KeyError: 13" in (by_id["id13"].exception or "")
+    assert by_id[("tuple", 14)].result == 140
+    assert not recover_file.exists(), "a fully recovered cluster's file is removed"
+
+
+def test_recover_jobs_leaves_unfinished_jobs_for_a_later_call(cluster: Cluster) -> None:
+    cluster.scheduler()
+    cluster.node(cpus=2)
+    recover_file = cluster.workdir / "recover.jsonl"
+    client = cluster.client(
+        f"""
+        import time
+        import dispy_client as dispy
+
+        def compute(t):
+            import time
+            time.sleep(t)
+            return t
+
+        cluster = dispy.SharedJobCluster(compute, recover_file={str(recover_file)!r})
+        quick, slow = cluster.submit(0), cluster.submit(2)
+        print("submitted", flush=True)
+        time.sleep(60)
+        """
+    )
+    client.wait_for_line("submitted")
+    client.kill9()
+    first = dispy.recover_jobs(str(recover_file), timeout=0.5, secret=os.environ.get("DISPY_SECRET", ""))
+    assert sorted(j.status for j in first) == [dispy.DispyJob.Running, dispy.DispyJob.Finished]
+    assert recover_file.exists()
+    [rest] = dispy.recover_jobs(str(recover_file), timeout=30)
+    assert rest.result == 2 and not recover_file.exists()
+
+
+def test_examples_of_module_level_names() -> None:
+    allocation = dispy.NodeAllocate("192.168.1.*", cpus=-1)
+    assert allocation.allocate(None, "192.168.1.7", "n7", 4) == 3
+    assert allocation.allocate(None, "192.168.2.7", "m7", 4) == -1
+    assert dispy.NodeAllocate("10.0.0.1", cpus=2).allocate(None, "10.0.0.1", "a", 8) == 2
+    info = dispy.DispyNodeAvailInfo.from_report({"cpu_percent": 12.5, "memory": 10, "disk": 20, "swap": 1.0})
+    assert info == dispy.DispyNodeAvailInfo(12.5, 10, 20, 1.0)
+    assert dispy.logger.DEBUG == 10 and isinstance(dispy.ClusterStatus([], 0), tuple)
+    assert Path(dispy.__file__).parent.name == "dispy_client"
