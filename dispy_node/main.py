@@ -22,6 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
+from dispy_wire.loop import event_loop_factory
+
 from . import account, limits, report
 from .availability import Rules, parse_hhmm
 from .conn import NodeConfig, NodeControl, run_node
@@ -261,14 +263,6 @@ async def _serve(config: NodeConfig) -> int:
     return 0
 
 
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop
-    return uvloop.new_event_loop
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -284,7 +278,7 @@ def main(argv: list[str] | None = None) -> None:
         "node %r offers %d cpus to %s; work dir %s; jobs run as %s", config.name, config.cpus, config.scheduler,
         config.work_dir, config.account.name if config.account else "us",
     )  # fmt: skip
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
         sys.exit(runner.run(_serve(config)))
 
 
