@@ -98,8 +98,8 @@ class BaseCluster:
         self._uids = itertools.count(1)
         self._start_time = time.time()
         self._closed = False
-        cluster_options_ = {"nodes": [n.to_wire() for n in self.nodes]} if self.nodes else {}
-        open_msg = M.OpenCluster(uuid.uuid4().hex, self.name, blob, options.reentrant, cluster_options_)
+        open_options = {"nodes": [n.to_wire() for n in self.nodes]} if self.nodes else {}
+        open_msg = M.OpenCluster(uuid.uuid4().hex, self.name, blob, options.reentrant, open_options)
         self._recorder = self._start_recording(options.recover_file, open_msg)
         self._tracker = JobTracker(self.name, options.job_status, options.cluster_status)
         self._lt = loop_thread or LoopThread(f"dispy-{self.name}-io")
