@@ -84,7 +84,8 @@ class EmbeddedScheduler:
             host = "127.0.0.1"
         work_dir = tempfile.mkdtemp(prefix="work-", dir=self._state_dir)
         argv = ["--scheduler", f"[{host}]:{port}" if ":" in host else f"{host}:{port}", "--cpus", str(cpus)]
-        argv += ["--work-dir", work_dir, "--loglevel", "WARNING"]
+        # the jobs are this program's own code: they run as its user, like the program
+        argv += ["--work-dir", work_dir, "--loglevel", "WARNING", "--jobs-as-self"]
         if heartbeat:
             argv += ["--heartbeat", str(heartbeat)]
         # the secret goes by environment, not argv, which any local user can read

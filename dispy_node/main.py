@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--run-as", metavar="USER",
                    help="account zygotes and jobs run as when the node runs as root (default: nobody); "
                         "never root")  # fmt: skip
+    g.add_argument("--jobs-as-self", action="store_true",
+                   help="run jobs as the node's own account, even root: NOT isolated from the node; "
+                        "for a JobCluster's local node and test machines")  # fmt: skip
     g.add_argument("--max-memory", metavar="SIZE", help="address space per job, e.g. 512M or 2G (RLIMIT_AS)")
     g.add_argument("--max-cpu-time", type=int, metavar="SECONDS", help="CPU time per job (RLIMIT_CPU)")
     g.add_argument("--max-job-time", type=float, metavar="SECONDS", help="wall-clock time per job")
@@ -195,35 +198,32 @@ def _positive_int(value: Any) -> int:
     return number
 
 
-def _file_keys(args: argparse.Namespace) -> set[str]:
-    try:
-        return set(tomllib.loads(args.config.read_text())) if args.config else set()
-    except (OSError, tomllib.TOMLDecodeError):
-        return set()
+def _usable_account(config: NodeConfig, as_self: bool) -> NodeConfig:
+    """Settles the account jobs run as, and checks that it can run this Python.
 
-
-def _usable_account(config: NodeConfig, explicit: bool) -> NodeConfig:
-    """Checks that the jobs' account can run this Python.
-
-    An account named by the operator that cannot is a fatal error. The
-    default (`nobody`) that cannot, because this interpreter sits in a private
-    directory (pyenv under /root, as on CI machines), falls back to our own
-    account with an error in the log: jobs then run as root, which the
-    operator must fix by installing where `nobody` can read or naming
-    another `--run-as`.
+    As root, jobs run as `--run-as` (default `nobody`). That account cannot
+    run an interpreter that sits in a private directory (pyenv under /root,
+    say): the node then refuses to start rather than run strangers' code as
+    root. `--jobs-as-self` runs them as the node's own account instead, not
+    isolated from it: for a JobCluster's local node (whose jobs are its own
+    user's code anyway) and for test machines.
 
     Raises:
-        PermissionError: the named account cannot run jobs.
+        PermissionError: the account cannot run jobs.
     """
+    if as_self:
+        me = account.myself()
+        if me.uid == 0:
+            logger.warning("--jobs-as-self: jobs run as root, NOT isolated from this node")
+        return dataclasses.replace(config, account=me)
     run_as = config.account or account.resolve(None)
     problem = account.cannot_run_python(run_as)
-    if problem is None:
-        return config
-    if explicit:
-        raise PermissionError(f"{problem}; install dispy-shared where it can, or choose another --run-as")
-    me = account.myself()
-    logger.error("%s: jobs run as %s instead, NOT isolated from this node; fix with --run-as", problem, me.name)
-    return dataclasses.replace(config, account=me)
+    if problem is not None:
+        raise PermissionError(
+            f"{problem}; install dispy-shared where that account can read it, choose another --run-as, "
+            "or pass --jobs-as-self to run jobs as this node's own account (not isolated)"
+        )
+    return config
 
 
 def _make_work_dir(path: Path, run_as: account.Account) -> None:
@@ -269,7 +269,7 @@ def main(argv: list[str] | None = None) -> None:
     config, loglevel = load_config(args, parser.error)
     logging.basicConfig(level=loglevel, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        config = _usable_account(config, explicit=args.run_as is not None or "run_as" in _file_keys(args))
+        config = _usable_account(config, as_self=args.jobs_as_self)
         _make_work_dir(config.work_dir, config.account or account.resolve(None))
     except OSError as exc:
         logger.error("cannot run jobs: %s", exc)

@@ -61,7 +61,10 @@ def main() -> None:
         print(f"scheduler listening on {address} (policy fair; alice share 2, bob share 1)")
         node, _ = start(
             [str(bindir / "dispynode"), "--scheduler", address, "--cpus", "6", "--name", "demo-node",
-             "--node-secret", "demo-node", "--work-dir", str(tmp / "node")],
+             "--node-secret", "demo-node", "--work-dir", str(tmp / "node"),
+             # as root, jobs run as `nobody`, who may not be able to run this Python: the demo's
+             # jobs are our own, so let them run as us
+             *(["--jobs-as-self"] if os.geteuid() == 0 else [])],
             r"connected to", tmp / "node.log",
         )
         procs.append(node)

@@ -430,3 +430,19 @@ def test_subprocess_program_jobs_are_killed_too() -> None:
         assert not [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] == ["sleep", "60"]]
 
     run(body, kill_grace=0.5)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the default job account is only chosen by a node run as root")
+def test_root_node_never_silently_runs_jobs_as_root(tmp_path: Path) -> None:
+    import subprocess
+
+    argv = [sys.executable, "-m", "dispy_node.main", "--scheduler", "127.0.0.1:9", "--work-dir", str(tmp_path / "w")]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=20)
+    except subprocess.TimeoutExpired:
+        done = None  # it started, dialling a scheduler that is not there
+    if RUN_AS_SKIP is not None:  # `nobody` cannot run this Python: the node must refuse, clearly
+        assert done is not None and done.returncode == 2, done
+        assert "cannot run" in done.stderr and "--jobs-as-self" in done.stderr, done.stderr
+    else:  # it can: the node runs, with jobs as that account
+        assert done is None
