@@ -165,7 +165,6 @@ class BaseCluster:
             options["timeout"] = float(timeout)
         depends = kwargs.pop("dispy_job_depends", None)
         if depends:
-            warnings.warn("dispy_job_depends: nodes do not write per-job files yet", stacklevel=3)
             options["depends"] = job_files(depends)
         if node is not None:
             warnings.warn("submit_node: the scheduler does not pin jobs to nodes yet", stacklevel=3)

@@ -59,6 +59,7 @@ class Start:
     job_id: int
     payload: bytes
     limits: limits.Limits
+    files: list[Any]  # [name, bytes, mode] of this job's own files (`dispy_job_depends`)
     mark: str
     out: int  # write ends of the stdout and stderr pipes
     err: int
@@ -82,6 +83,8 @@ def run(code: Code, start: Start) -> NoReturn:
         os.closerange(3, start.res)
         os.closerange(start.res + 1, _ALL_FDS)
         workdir.enter_job_dir(code.cluster_dir, start.job_id, code.depends)
+        for name, data, mode in start.files:
+            workdir.write_file(".", name, data, mode)
         limits.apply(start.limits)
         record = _execute(code, start.payload, started)
         for stream in (sys.stdout, sys.stderr):

@@ -315,11 +315,12 @@ class _Cluster:
             job = self._queued.pop(job_id)
             try:
                 job_limits = limits.effective(caps, self.settings.options, job.options)
+                files = _job_files(job.options)
             except limits.BadOption as exc:
                 self.runner.report(_verdict(self.cluster_id, job_id, JobStatus.TERMINATED, str(exc), "BadOption"))
                 continue
             self._running[job_id] = None
-            frames.append(zp.encode(zp.Run(job_id, job.payload, list(job_limits))))
+            frames.append(zp.encode(zp.Run(job_id, job.payload, list(job_limits), files)))
         self._write(b"".join(frames))
 
     def kill(self, job_id: int, reason: str = "") -> None:
@@ -474,3 +475,19 @@ def _exit_text(code: int) -> str:
         except ValueError:
             return f"killed by signal {-code}"
     return f"exit code {code}"
+
+
+def _job_files(options: dict[str, Any]) -> list[Any]:
+    """The job's own files (`submit(..., dispy_job_depends=[...])`), checked for shape.
+
+    Raises:
+        limits.BadOption: not a list of [name, bytes, mode].
+    """
+    files = options.get("depends") or []
+    ok = isinstance(files, list) and all(
+        isinstance(f, list) and len(f) == 3 and isinstance(f[0], str) and isinstance(f[1], bytes)
+        and isinstance(f[2], int) for f in files
+    )  # fmt: skip
+    if not ok:
+        raise limits.BadOption("job option 'depends' must be a list of [name, bytes, mode]")
+    return files

@@ -58,5 +58,19 @@ def enter_job_dir(cluster_dir: str, job_id: int, depends: list[str]) -> None:
     os.chdir(path)
 
 
+def write_file(directory: str, name: str, data: bytes, mode: int) -> None:
+    """Writes a depends file; `name` must be a plain base name (it comes from a client).
+
+    Raises:
+        ValueError: a name with a path in it; OSError: the file exists or cannot be written.
+    """
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise ValueError(f"bad dependency file name {name!r}: a plain base name is required")
+    fd = os.open(os.path.join(directory, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with open(fd, "wb") as f:
+        f.write(data)
+        os.fchmod(f.fileno(), (mode & 0o777) or 0o600)
+
+
 def remove_job_dir(cluster_dir: str, job_id: int) -> None:
     shutil.rmtree(job_dir(cluster_dir, job_id), ignore_errors=True)

@@ -203,7 +203,7 @@ class Zygote:
 
     def _handle(self, msg: Any) -> None:
         if isinstance(msg, zp.Run):
-            self._start(msg.job_id, msg.payload, Limits(*msg.limits))
+            self._start(msg.job_id, msg.payload, Limits(*msg.limits), msg.files)
         elif isinstance(msg, zp.Kill):
             job = self._jobs.get(msg.job_id)
             if job is not None:
@@ -233,9 +233,9 @@ class Zygote:
             comp = unpack_computation(load.computation)
             files = workdir.make_cluster_layout(load.cluster_dir)
             for name, data, mode in comp.files:
-                _write_file(files, name, data, (mode & 0o777) or 0o600)
+                workdir.write_file(files, name, data, mode)
             for name, source in comp.modules:
-                _write_file(files, name, source, 0o600)
+                workdir.write_file(files, name, source, 0o600)
             sys.path.insert(0, files)
             os.chdir(files)
             import cloudpickle  # noqa: F401  (imported once here, not in every job)
@@ -279,7 +279,7 @@ class Zygote:
 
     # -- jobs ----------------------------------------------------------------
 
-    def _start(self, job_id: int, payload: bytes, limits: Limits) -> None:
+    def _start(self, job_id: int, payload: bytes, limits: Limits, files: list[Any]) -> None:
         if job_id in self._jobs:
             logger.warning("job %d is already running; repeated Run ignored", job_id)
             return
@@ -297,7 +297,7 @@ class Zygote:
             return
         if pid == 0:
             assert self._code is not None
-            job_process.run(self._code, job_process.Start(job_id, payload, limits, mark, fds[1], fds[3], fds[4]))
+            job_process.run(self._code, job_process.Start(job_id, payload, limits, files, mark, fds[1], fds[3], fds[4]))
         os.close(fds[1])
         os.close(fds[3])
         job = _Job(job_id, pid, mark, Capture(fds[0], self._max_output), Capture(fds[2], self._max_output), fds[4],
@@ -465,17 +465,6 @@ def _inject_globals(objs: CodeObjects) -> None:
             targets.append(g)
     for target in targets:
         target.update(objs.globals)
-
-
-def _write_file(directory: str, name: str, data: bytes, mode: int) -> None:
-    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
-        raise ValueError(f"bad dependency file name {name!r}: a plain base name is required")
-    fd = os.open(os.path.join(directory, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        job_process.write_all(fd, data)
-        os.fchmod(fd, mode)
-    finally:
-        os.close(fd)
 
 
 def _anon_file() -> int:

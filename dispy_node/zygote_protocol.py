@@ -40,6 +40,7 @@ class Run(NamedTuple):
     job_id: int
     payload: bytes  # dumps((args, kwargs))
     limits: list[Any]  # the fields of `limits.Limits`
+    files: list[Any]  # [[name, bytes, mode], ...]: the job's own files, written into its directory
 
 
 class Kill(NamedTuple):

@@ -19,7 +19,8 @@ def test_shared_cluster_status_nodes_and_dispy_parameters(cluster: Cluster) -> N
         import dispy_client as dispy
 
         def compute(n):
-            return n + 1
+            import os
+            return n + 1 + os.path.exists("extra.txt")
 
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -30,13 +31,14 @@ def test_shared_cluster_status_nodes_and_dispy_parameters(cluster: Cluster) -> N
             pinned = cluster.submit_node("alpha", 1)
             with_file = cluster.submit(2, dispy_job_depends=["extra.txt"])
         text = "\\n".join(str(w.message) for w in caught)
-        for name in ("ip_addr", "port", "exclusive", "keyfile", "nodes are recorded", "submit_node", "dispy_job_depends"):
+        for name in ("ip_addr", "port", "exclusive", "keyfile", "nodes are recorded", "submit_node"):
             assert name in text, (name, text)
         assert [n.host for n in cluster.nodes] == ["127.0.0.*", "alpha"] and cluster.nodes[1].cpus == 1
-        assert pinned() == 2 and with_file() == 3
+        assert pinned() == 2 and with_file() == 4, (with_file.status, with_file.exception)  # its file, its own
+        assert cluster.submit(5)() == 6  # another job's directory has no such file
         status = cluster.status()
         [node] = status.nodes
-        assert (node.name, node.ip_addr, node.cpus, node.jobs_done, status.jobs_pending) == ("alpha", "127.0.0.1", 2, 2, 0)
+        assert (node.name, node.ip_addr, node.cpus, node.jobs_done, status.jobs_pending) == ("alpha", "127.0.0.1", 2, 3, 0)
         assert node.avail_info is not None and node.avail_info.memory > 0 and node.avail_info.disk > 0
         cluster.print_status()
         cluster.close()
