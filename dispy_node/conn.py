@@ -91,10 +91,12 @@ class NodeConfig:
     rules: Rules | None = None  # None: all `cpus`, always
     serve: int | None = None  # exit after serving this many clusters
 
-    def runner_config(self) -> RunnerConfig:
+    def runner_config(self, ip_addr: str) -> RunnerConfig:
+        """The runner's settings for one session; `ip_addr` is ours on its connection."""
         return RunnerConfig(
-            self.work_dir, self.kill_grace, self.account, self.caps, self.max_output, self.setup_timeout
-        )
+            self.work_dir, self.kill_grace, self.account, self.caps, self.max_output, self.setup_timeout,
+            self.name, ip_addr,
+        )  # fmt: skip
 
     @property
     def scheduler(self) -> str:
@@ -228,7 +230,9 @@ class _Session:
         self._reader = reader
         self._writer = writer
         self._decoder = FrameDecoder(expect_preamble=True)
-        self.runner = Runner(config.runner_config(), self._add_result, self._cluster_failed)
+        sockname = writer.get_extra_info("sockname")
+        ip_addr = str(sockname[0]) if sockname else ""
+        self.runner = Runner(config.runner_config(ip_addr), self._add_result, self._cluster_failed)
         self._meter = report.LoadMeter()
         self._offered = config.cpus
         self._results: list[JobResult] = []

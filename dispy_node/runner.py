@@ -74,6 +74,7 @@ class RunnerConfig:
         caps: the node's limits; clusters and jobs may ask for less.
         max_output: bytes kept of each job's stdout and of its stderr.
         setup_timeout: seconds a zygote has to load and run `setup`.
+        node_name, node_ip_addr: what jobs see as `dispy_node_name` and `dispy_node_ip_addr`.
     """
 
     work_dir: Path
@@ -82,6 +83,8 @@ class RunnerConfig:
     caps: limits.Limits = limits.Limits()
     max_output: int = 4 << 20
     setup_timeout: float = 60.0
+    node_name: str = ""
+    node_ip_addr: str = ""
 
     @property
     def run_as(self) -> account.Account:
@@ -389,7 +392,7 @@ class _Cluster:
         config = self.runner.config
         load = zp.Load(
             self.cluster_id, str(self.dir), self._computation, config.kill_grace, logger.getEffectiveLevel(),
-            config.max_output, self.settings.keep_files,
+            config.max_output, self.settings.keep_files, config.node_name, config.node_ip_addr,
         )  # fmt: skip
         self._computation = b""
         self._write(zp.encode(load))

@@ -249,7 +249,7 @@ class Zygote:
                 return "computation has no program to run"
             if comp.kind not in ("function", "program"):
                 return f"unknown computation kind {comp.kind!r}"
-            _inject_globals(objs)
+            _inject_globals(objs, {"dispy_node_name": load.node_name, "dispy_node_ip_addr": load.node_ip_addr})
         except (ValueError, OSError) as exc:
             return str(exc)
         except Exception:  # noqa: BLE001  (unpickling runs arbitrary user code)
@@ -455,8 +455,8 @@ def _death_text(job: _Job) -> tuple[str, str]:
     return f"job process exited with code {os.waitstatus_to_exitcode(status)}", "ProcessExit"
 
 
-def _inject_globals(objs: CodeObjects) -> None:
-    """Depends functions and classes become globals of the computation (as in dispy)."""
+def _inject_globals(objs: CodeObjects, node: dict[str, str]) -> None:
+    """Depends functions and classes, and the node's name and address, become the computation's globals (as in dispy)."""
     main = sys.modules["__main__"].__dict__
     targets = [main]
     for fn in (objs.func, objs.setup, objs.cleanup):
@@ -464,6 +464,7 @@ def _inject_globals(objs: CodeObjects) -> None:
         if isinstance(g, dict) and all(g is not t for t in targets):
             targets.append(g)
     for target in targets:
+        target.update(node)
         target.update(objs.globals)
 
 

@@ -34,6 +34,8 @@ class Load(NamedTuple):
     log_level: int
     max_output: int  # bytes kept of each of a job's stdout and stderr
     keep_files: bool  # leave each job's directory behind when it ends
+    node_name: str  # given to the computation as the global `dispy_node_name`
+    node_ip_addr: str  # ... and `dispy_node_ip_addr`, as in dispy
 
 
 class Run(NamedTuple):

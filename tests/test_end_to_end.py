@@ -110,6 +110,25 @@ def test_user_module_in_depends_is_importable_by_jobs(cluster: Cluster) -> None:
     assert client.stdout.strip() == "ok"
 
 
+def test_jobs_see_their_node_name_and_address(cluster: Cluster) -> None:
+    cluster.scheduler()
+    cluster.node(cpus=1, name="alpha")
+    client = cluster.run_client(
+        """
+        from dispy_client import SharedJobCluster
+
+        def compute():
+            return dispy_node_name, dispy_node_ip_addr   # globals a node gives every job, as in dispy
+
+        with SharedJobCluster(compute) as c:
+            job = c.submit()
+            assert job() == ("alpha", "127.0.0.1"), (job.status, job.exception)
+        print("ok")
+        """
+    )
+    assert client.stdout.strip() == "ok"
+
+
 def test_two_users_share_the_cpus_fairly(cluster: Cluster) -> None:
     users = cluster.workdir / "users.toml"
     users.write_text('[users.alice]\nsecret = "a-secret"\n[users.bob]\nsecret = "b-secret"\n')
