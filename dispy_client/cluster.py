@@ -101,7 +101,7 @@ class BaseCluster:
         open_options = {"nodes": [n.to_wire() for n in self.nodes]} if self.nodes else {}
         open_msg = M.OpenCluster(uuid.uuid4().hex, self.name, blob, options.reentrant, open_options)
         self._recorder = self._start_recording(options.recover_file, open_msg)
-        self._tracker = JobTracker(self.name, options.job_status, options.cluster_status)
+        self._tracker = JobTracker(self.name, options.job_status, options.cluster_status, self.dest_path)
         self._lt = loop_thread or LoopThread(f"dispy-{self.name}-io")
         self._session = ClusterSession(
             self._lt, host, port, self.user, options.secret, options.timeout, open_msg, self._tracker.deliver

@@ -27,6 +27,7 @@ from typing import Any
 
 from dispy_wire import messages as M
 from dispy_wire.errors import ErrorCode
+from dispy_wire.status import JobStatus
 
 from .connection import LoopThread, SchedulerLink
 from .errors import ClusterError, DispyError
@@ -41,8 +42,9 @@ ENVELOPE_BYTES = 1024
 
 class ClusterSession:
     """Args:
-    deliver: called on the loop thread with ("started", JobStart) and
-        ("result", JobResult) items for the dispatcher thread.
+    deliver: called on the loop thread with ("started", JobStart),
+        ("provisional", JobResult), ("file", JobFile) and ("result", JobResult)
+        items for the dispatcher thread.
     """
 
     def __init__(
@@ -197,12 +199,20 @@ class ClusterSession:
     def _on_message(self, msg: M.Message) -> None:
         match msg:
             case M.JobResults(_, results):
+                final = [r for r in results if r.status != JobStatus.PROVISIONAL_RESULT]
                 for result in results:
-                    if self._specs.pop(result.job_id, None) is not None or result.job_id in self._adopted:
+                    if result.status == JobStatus.PROVISIONAL_RESULT:  # the job goes on: nothing to ack
+                        if result.job_id in self._specs or result.job_id in self._adopted:
+                            self._deliver("provisional", result)
+                    elif self._specs.pop(result.job_id, None) is not None or result.job_id in self._adopted:
                         self._adopted.discard(result.job_id)
                         self._deliver("result", result)
-                if self._link is not None:
-                    self._link.send(M.AckResults(self.cluster_id, [r.job_id for r in results]))
+                if self._link is not None and final:
+                    self._link.send(M.AckResults(self.cluster_id, [r.job_id for r in final]))
+            case M.JobFiles(files):
+                for f in files:
+                    if f.cluster_id == self.cluster_id:
+                        self._deliver("file", f)
             case M.JobsStarted(_, starts):
                 for start in starts:
                     if start.job_id in self._specs or start.job_id in self._adopted:

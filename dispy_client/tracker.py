@@ -15,6 +15,7 @@ Every change bumps `version` under `changed` (a Condition), which is what
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -51,6 +52,7 @@ class JobTracker:
     name: the cluster's name (for the thread's name and log lines).
     job_status: called as `job_status(job)` on each status change.
     cluster_status: called as `cluster_status(status, node, job)`.
+    dest_path: where files sent by jobs (`dispy_send_file`) are saved.
     """
 
     def __init__(
@@ -58,8 +60,10 @@ class JobTracker:
         name: str,
         job_status: Callable[[DispyJob], Any] | None = None,
         cluster_status: Callable[[int, DispyNode, DispyJob | None], Any] | None = None,
+        dest_path: str | None = None,
     ) -> None:
         self._job_status = job_status
+        self._dest_path = dest_path or os.getcwd()
         self._cluster_status = cluster_status
         self.changed = threading.Condition()
         self.version = 0
@@ -118,7 +122,7 @@ class JobTracker:
     # ------------------------------------------------------ loop thread
 
     def deliver(self, kind: str, item: Any) -> None:
-        """Hands a ("started", JobStart) or ("result", JobResult) item to the dispatcher."""
+        """Hands a ("started" | "provisional" | "file" | "result", record) item to the dispatcher."""
         self._queue.put((kind, item))
 
     # ------------------------------------------------ dispatcher thread
@@ -134,6 +138,10 @@ class JobTracker:
                     self._on_result(item)
                 elif kind == "started":
                     self._on_started(item)
+                elif kind == "provisional":
+                    self._on_provisional(item)
+                elif kind == "file":
+                    self._on_file(item)
                 else:
                     for node in self.nodes().values():
                         self._notify(DispyNode.Closed, node, None)
@@ -161,6 +169,32 @@ class JobTracker:
         if new:
             self._notify(DispyNode.Initialized, node, None)
         self._job_changed(job, node)
+
+    def _on_provisional(self, r: M.JobResult) -> None:
+        """`dispy_provisional_result` in the job: status and result now; the job goes on."""
+        job = self.get(r.job_id)
+        if job is None:
+            return
+        try:
+            job.result = loads(r.result) if r.result is not None else None
+        except Exception as exc:  # unpickling runs the result's own code
+            log.warning("cannot unpickle a provisional result of %r: %s", job, exc)
+            return
+        job.status = DispyJob.ProvisionalResult
+        with self.changed:
+            self._bump()
+        self._job_changed(job, self._nodes.get(job.node or ""))
+
+    def _on_file(self, f: M.JobFile) -> None:
+        """`dispy_send_file` in the job: saved under its base name in `dest_path`, before the job ends."""
+        path = os.path.join(self._dest_path, os.path.basename(f.name) or "unnamed")
+        try:
+            os.makedirs(self._dest_path, exist_ok=True)
+            with open(path, "wb") as out:
+                out.write(f.data)
+            os.chmod(path, (f.mode & 0o777) or 0o600)
+        except OSError as exc:
+            log.error("cannot save %s sent by job %d: %s", path, f.job_id, exc)
 
     def _on_result(self, r: M.JobResult) -> None:
         job = self.get(r.job_id)

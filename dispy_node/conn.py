@@ -35,6 +35,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from dispy_wire.errors import ErrorCode, RemoteWireError
 from dispy_wire.framing import NEED_DATA, PREAMBLE, FrameDecoder
@@ -44,10 +45,12 @@ from dispy_wire.messages import (
     Error,
     Heartbeat,
     Hello,
+    JobFile,
     JobResult,
     KillJobs,
     LoadCluster,
     Message,
+    NodeFiles,
     NodeResults,
     Refused,
     RunJobs,
@@ -232,10 +235,10 @@ class _Session:
         self._decoder = FrameDecoder(expect_preamble=True)
         sockname = writer.get_extra_info("sockname")
         ip_addr = str(sockname[0]) if sockname else ""
-        self.runner = Runner(config.runner_config(ip_addr), self._add_result, self._cluster_failed)
+        self.runner = Runner(config.runner_config(ip_addr), self._add_result, self._cluster_failed, self._add_result)
         self._meter = report.LoadMeter()
         self._offered = config.cpus
-        self._results: list[JobResult] = []
+        self._results: list[JobResult | JobFile] = []  # in order: a job's files go before its result
         self._flush_pending = False
         self._heartbeats: asyncio.Task[None] | None = None
 
@@ -360,25 +363,26 @@ class _Session:
     def _check_done(self) -> None:
         self.control.check_done(self.runner.busy, self.runner.clusters)
 
-    def _add_result(self, result: JobResult) -> None:
+    def _add_result(self, result: JobResult | JobFile) -> None:
         self._results.append(result)
         if not self._flush_pending:
             self._flush_pending = True
             asyncio.get_running_loop().call_soon(self._flush_results)
 
     def _flush_results(self) -> None:
+        """Sends what the jobs produced this turn, in order: runs of results, runs of files."""
         self._flush_pending = False
-        batch: list[JobResult] = []
+        batch: list[Any] = []
         size = 0
-        for result in self._results:
-            weight = 256 + len(result.result or b"") + len(result.stdout) + len(result.stderr) + len(result.exception)
-            if batch and size + weight > FRAME_BUDGET:
-                self._write(encode(NodeResults(batch)))
+        for item in self._results:
+            weight = 256 + sum(len(f) for f in item if isinstance(f, (bytes, str)))
+            if batch and (size + weight > FRAME_BUDGET or type(item) is not type(batch[0])):
+                self._write(_batch_frame(batch))
                 batch, size = [], 0
-            batch.append(result)
+            batch.append(item)
             size += weight
         if batch:
-            self._write(encode(NodeResults(batch)))
+            self._write(_batch_frame(batch))
         self._results = []
         self._check_done()
 
@@ -396,3 +400,7 @@ def _version() -> str:
         return importlib.metadata.version("dispy-shared")
     except importlib.metadata.PackageNotFoundError:
         return "unknown"
+
+
+def _batch_frame(batch: list[Any]) -> bytes:
+    return encode(NodeFiles(batch) if isinstance(batch[0], JobFile) else NodeResults(batch))

@@ -32,7 +32,7 @@ import msgpack
 from dispy_wire.payload import dumps, loads
 from dispy_wire.status import JobStatus
 
-from . import killtree, limits, workdir
+from . import channel, killtree, limits, workdir
 
 #: a pickled result above this is refused: the wire's frames stop at 64 MiB
 MAX_RESULT = 32 * 1024 * 1024
@@ -64,6 +64,7 @@ class Start:
     out: int  # write ends of the stdout and stderr pipes
     err: int
     res: int  # the anonymous file for the record
+    channel: int  # write end of the pipe for provisional results and files
 
 
 def run(code: Code, start: Start) -> NoReturn:
@@ -80,8 +81,11 @@ def run(code: Code, start: Start) -> NoReturn:
         killtree.write_mark(start.mark)
         os.dup2(start.out, 1)
         os.dup2(start.err, 2)
-        os.closerange(3, start.res)
-        os.closerange(start.res + 1, _ALL_FDS)
+        low, high = sorted((start.res, start.channel))
+        os.closerange(3, low)
+        os.closerange(low + 1, high)
+        os.closerange(high + 1, _ALL_FDS)
+        channel.attach(start.channel)
         workdir.enter_job_dir(code.cluster_dir, start.job_id, code.depends)
         for name, data, mode in start.files:
             workdir.write_file(".", name, data, mode)
@@ -120,7 +124,7 @@ def _execute(code: Code, payload: bytes, started: float) -> dict[str, Any]:
             text = f"{type(exc).__name__}: {exc}"
         return _failure(text, type(exc).__name__, started)
     try:
-        result = _pickle(value)
+        result = pickle_result(value)
     except Exception as exc:  # noqa: BLE001  (user objects' __reduce__ may raise anything)
         return _failure(f"cannot pickle the result ({type(value).__name__}): {exc}", type(exc).__name__, started)
     if len(result) > MAX_RESULT:
@@ -130,7 +134,8 @@ def _execute(code: Code, payload: bytes, started: float) -> dict[str, Any]:
     return {"status": int(JobStatus.FINISHED), "result": result, "start_time": started, "end_time": time.time()}
 
 
-def _pickle(value: Any) -> bytes:
+def pickle_result(value: Any) -> bytes:
+    """Plain pickle when it can (much cheaper), cloudpickle for what only it can do."""
     try:
         return pickle.dumps(value, protocol=5)
     except (pickle.PicklingError, AttributeError, TypeError):

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from dispy_wire.framing import FrameDecoder
-from dispy_wire.messages import JobRef, JobResult, RunJob
+from dispy_wire.messages import JobFile, JobRef, JobResult, RunJob
 from dispy_wire.status import JobStatus
 
 from . import account, killtree, limits, workdir
@@ -53,6 +53,7 @@ from . import zygote_protocol as zp
 logger = logging.getLogger(__name__)
 
 ResultSink = Callable[[JobResult], None]
+FileSink = Callable[[JobFile], None]
 FailureSink = Callable[[str, str], None]
 
 #: a cluster id becomes a directory name: nothing that could climb out of work_dir
@@ -105,15 +106,19 @@ class Runner:
         config: the node's settings.
         on_result: receives each job's one result.
         on_failed: receives (cluster_id, message) when a cluster cannot run here.
+        on_file: receives files jobs send back (`dispy_send_file`); None drops them.
     """
 
-    def __init__(self, config: RunnerConfig, on_result: ResultSink, on_failed: FailureSink) -> None:
+    def __init__(
+        self, config: RunnerConfig, on_result: ResultSink, on_failed: FailureSink, on_file: FileSink | None = None
+    ) -> None:
         self.config = config
         self.work_dir = config.work_dir
         self.kill_grace = config.kill_grace
         self.account = config.run_as
         self._on_result = on_result
         self._on_failed = on_failed
+        self._on_file = on_file
         self._clusters: dict[str, _Cluster] = {}
         self._failed: set[str] = set()  # their late jobs are dropped, not reported
         self._closed = False
@@ -235,6 +240,10 @@ class Runner:
     def report(self, result: JobResult) -> None:
         if not self._closed:
             self._on_result(result)
+
+    def send_file(self, file: JobFile) -> None:
+        if not self._closed and self._on_file is not None:
+            self._on_file(file)
 
     def cluster_failed(self, cluster_id: str, message: str) -> None:
         """The cluster cannot run here: its zygote goes, its late jobs are dropped."""
@@ -427,6 +436,14 @@ class _Cluster:
         elif isinstance(msg, zp.Started):
             if msg.job_id in self._running:
                 self._running[msg.job_id] = msg.pid
+        elif isinstance(msg, zp.Provisional):
+            if msg.job_id in self._running:  # passed on as is: the job goes on running
+                now = time.time()
+                result = JobResult(self.cluster_id, msg.job_id, JobStatus.PROVISIONAL_RESULT, msg.result, b"", b"", "", "", now, now)
+                self.runner.report(result)
+        elif isinstance(msg, zp.File):
+            if msg.job_id in self._running:
+                self.runner.send_file(JobFile(self.cluster_id, *msg))
         elif isinstance(msg, zp.Ready):
             self.state = _State.READY
             self._start_queued()

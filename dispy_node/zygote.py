@@ -49,9 +49,10 @@ from dispy_wire.framing import FrameDecoder
 from dispy_wire.payload import CodeObjects, loads, unpack_computation
 from dispy_wire.status import JobStatus
 
-from . import job_process, killtree, workdir
+from . import channel, job_process, killtree, workdir
 from . import zygote_protocol as zp
 from .capture import Capture
+from .channel import Channel
 from .limits import Limits
 
 logger = logging.getLogger(__name__)
@@ -76,6 +77,7 @@ class _Job:
     out: Capture
     err: Capture
     res: int  # fd of the anonymous file holding the result record
+    channel: Channel  # provisional results and files from the running job
     forked: float
     limits: Limits
     verdict: tuple[JobStatus, str, str] | None = None  # (status, text, type) when we killed it
@@ -249,7 +251,12 @@ class Zygote:
                 return "computation has no program to run"
             if comp.kind not in ("function", "program"):
                 return f"unknown computation kind {comp.kind!r}"
-            _inject_globals(objs, {"dispy_node_name": load.node_name, "dispy_node_ip_addr": load.node_ip_addr})
+            _inject_globals(objs, {
+                "dispy_node_name": load.node_name,
+                "dispy_node_ip_addr": load.node_ip_addr,
+                "dispy_provisional_result": channel.provisional_result,
+                "dispy_send_file": channel.send_file,
+            })  # fmt: skip
         except (ValueError, OSError) as exc:
             return str(exc)
         except Exception:  # noqa: BLE001  (unpickling runs arbitrary user code)
@@ -287,7 +294,7 @@ class Zygote:
         mark = killtree.mark(os.getpid(), job_id)
         fds: list[int] = []
         try:
-            fds = [*os.pipe(), *os.pipe(), _anon_file()]
+            fds = [*os.pipe(), *os.pipe(), _anon_file(), *os.pipe()]
             pid = os.fork()
         except OSError as exc:
             for fd in fds:
@@ -297,18 +304,31 @@ class Zygote:
             return
         if pid == 0:
             assert self._code is not None
-            job_process.run(self._code, job_process.Start(job_id, payload, limits, files, mark, fds[1], fds[3], fds[4]))
-        os.close(fds[1])
-        os.close(fds[3])
+            start = job_process.Start(job_id, payload, limits, files, mark, fds[1], fds[3], fds[4], fds[6])
+            job_process.run(self._code, start)
+        for fd in (fds[1], fds[3], fds[6]):
+            os.close(fd)
+        chan = Channel(fds[5], lambda record: self._from_job(job_id, record))
         job = _Job(job_id, pid, mark, Capture(fds[0], self._max_output), Capture(fds[2], self._max_output), fds[4],
-                   now, limits)  # fmt: skip
-        self._sel.register(job.out.fd, selectors.EVENT_READ, job.out)
-        self._sel.register(job.err.fd, selectors.EVENT_READ, job.err)
+                   chan, now, limits)  # fmt: skip
+        for reader in (job.out, job.err, job.channel):
+            self._sel.register(reader.fd, selectors.EVENT_READ, reader)
         self._jobs[job_id] = job
         self._leaders[pid] = job
         if limits.wall is not None:
             self._at(time.monotonic() + limits.wall, _Timer.WALL, job)
         self._send(zp.Started(job_id, pid))
+
+    def _from_job(self, job_id: int, record: dict[str, Any]) -> None:
+        """A record from a running job's channel, passed on to the daemon at once."""
+        kind = record.get("kind")
+        if kind == "provisional" and isinstance(record.get("result"), bytes):
+            self._send(zp.Provisional(job_id, record["result"]))
+        elif kind == "file" and isinstance(record.get("name"), str) and isinstance(record.get("data"), bytes):
+            mode = record.get("mode")
+            self._send(zp.File(job_id, os.path.basename(record["name"]), record["data"], mode if isinstance(mode, int) else 0o600))
+        else:
+            logger.warning("job %d sent an unknown record on its channel", job_id)
 
     def _kill(self, job: _Job, status: JobStatus, text: str, kind: str) -> None:
         """SIGTERM to the tree now, SIGKILL after the grace; the job will end with this verdict."""
@@ -394,9 +414,9 @@ class Zygote:
             job.recheck = min(job.recheck * 2, _RECHECK_MAX)
             return
         del self._jobs[job.job_id]
-        for capture in (job.out, job.err):
-            if self._sel.get_map().get(capture.fd) is not None:
-                self._sel.unregister(capture.fd)
+        for reader in (job.out, job.err, job.channel):
+            if self._sel.get_map().get(reader.fd) is not None:
+                self._sel.unregister(reader.fd)
         done = self._done(job)
         if not self._keep_files and self._code is not None:
             workdir.remove_job_dir(self._code.cluster_dir, job.job_id)
@@ -406,6 +426,7 @@ class Zygote:
     def _done(self, job: _Job) -> zp.Done:
         assert job.wait_status is not None
         ended = time.time()
+        job.channel.close()  # what the job sent goes before its end
         stdout, stderr = job.out.close(), job.err.close()
         raw = _read_all(job.res)
         os.close(job.res)

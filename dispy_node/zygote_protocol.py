@@ -86,15 +86,31 @@ class Done(NamedTuple):
     end_time: float
 
 
+class Provisional(NamedTuple):
+    """A result the running job sent ahead (`dispy_provisional_result`)."""
+
+    job_id: int
+    result: bytes
+
+
+class File(NamedTuple):
+    """A file the running job sent (`dispy_send_file`)."""
+
+    job_id: int
+    name: str
+    data: bytes
+    mode: int
+
+
 class Unloaded(NamedTuple):
     """Jobs are reported and `cleanup` ran; the zygote exits next."""
 
 
-Message = Load | Run | Kill | Unload | Ready | SetupFailed | Started | Done | Unloaded
+Message = Load | Run | Kill | Unload | Ready | SetupFailed | Started | Provisional | File | Done | Unloaded
 
 _TAGS: dict[type[Any], int] = {
     Load: 1, Run: 2, Kill: 3, Unload: 4,
-    Ready: 10, SetupFailed: 11, Started: 12, Done: 13, Unloaded: 14,
+    Ready: 10, SetupFailed: 11, Started: 12, Done: 13, Unloaded: 14, Provisional: 15, File: 16,
 }  # fmt: skip
 _TYPES = {tag: cls for cls, tag in _TAGS.items()}
 

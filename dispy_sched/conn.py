@@ -54,6 +54,8 @@ def _node_event(session: str, msg: M.Message) -> E.Event | None:
             return E.ResultsArrived(session, results)
         case M.Heartbeat(avail):
             return E.NodeReported(session, avail)
+        case M.NodeFiles(files):
+            return E.FilesArrived(session, files)
         case M.ClusterFailed(cluster_id, message):
             return E.ClusterFailedOnNode(session, cluster_id, message)
     return None

@@ -175,6 +175,8 @@ class SchedulerServer:
                 self._send(node, M.RunJobs(jobs))
             case A.DeliverResults(client, cluster_id, results):
                 self._send(client, M.JobResults(cluster_id, results))
+            case A.DeliverFiles(client, files):
+                self._send(client, M.JobFiles(files))
             case A.NotifyStarted(client, cluster_id, starts):
                 self._send(client, M.JobsStarted(cluster_id, starts))
             case A.ConfirmAccepted(client, cluster_id, job_ids):

@@ -79,6 +79,16 @@ class JobResult(NamedTuple):
     end_time: float
 
 
+class JobFile(NamedTuple):
+    """A file a running job sends back to its client (`dispy_send_file`)."""
+
+    cluster_id: str
+    job_id: int
+    name: str  # base name: the client writes it into the cluster's dest_path
+    data: bytes
+    mode: int
+
+
 # --------------------------------------------------------------------------
 # Messages
 
@@ -240,6 +250,13 @@ class ClusterClosed(Message):
     cluster_id: str
 
 
+@message(26)
+class JobFiles(Message):
+    """Files sent by running jobs; they arrive before those jobs' results."""
+
+    files: list[JobFile]
+
+
 # -- node → scheduler --------------------------------------------------------
 
 
@@ -253,6 +270,13 @@ class Heartbeat(Message):
 @message(31)
 class NodeResults(Message):
     results: list[JobResult]
+
+
+@message(33)
+class NodeFiles(Message):
+    """Files sent by running jobs (`dispy_send_file`), for their clients."""
+
+    files: list[JobFile]
 
 
 @message(32)

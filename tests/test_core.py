@@ -22,7 +22,7 @@ from dispy_sched.core import events as E
 from dispy_sched.core.invariants import check_invariants
 from dispy_sched.policies import load_policy
 from dispy_wire.errors import ErrorCode
-from dispy_wire.messages import JobRef, JobResult, JobSpec
+from dispy_wire.messages import JobFile, JobRef, JobResult, JobSpec
 from dispy_wire.status import JobStatus
 
 ActionT = TypeVar("ActionT", bound=A.Action)
@@ -1059,3 +1059,20 @@ test_random_interleavings_keep_invariants_and_one_result_per_job = CoreMachine.T
 test_random_interleavings_under_fifo = FifoCoreMachine.TestCase
 test_random_interleavings_under_fair_cluster = FairClusterCoreMachine.TestCase
 test_random_interleavings_under_fcfs_cluster = FcfsClusterCoreMachine.TestCase
+
+
+def test_files_from_a_running_job_reach_its_client_before_its_result_and_survive_a_reattach(core: SchedulerCore) -> None:
+    step(core, opened("c1", "K"), joined("n1", 1), joined("n2", 1), submitted("c1", "K", 1), now=0)
+    node = node_of(core, "K", 1)
+    other = "n2" if node == "n1" else "n1"
+    f = JobFile("K", 1, "out.txt", b"data", 0o600)
+    assert not of(step(core, E.FilesArrived(other, [f]), now=1), A.DeliverFiles)  # not that job's node
+    actions = step(core, E.FilesArrived(node, [f]), arrived(node, result("K", 1)), now=2)
+    files = of(actions, A.DeliverFiles)
+    assert files == [A.DeliverFiles("c1", [f])]
+    assert actions.index(files[0]) < actions.index(of(actions, A.DeliverResults)[0])
+    step(core, E.ClientLeft("c1"), now=3)
+    actions = step(core, opened("c2", "K"), now=4)
+    assert of(actions, A.DeliverFiles) == [A.DeliverFiles("c2", [f])]
+    step(core, E.ResultsAcked("c2", "K", [1]), now=5)
+    assert 1 not in core.clusters["K"].jobs  # the file goes with the acknowledged job

@@ -129,6 +129,45 @@ def test_jobs_see_their_node_name_and_address(cluster: Cluster) -> None:
     assert client.stdout.strip() == "ok"
 
 
+def test_provisional_results_and_files_from_a_running_job_arrive_before_its_end(cluster: Cluster) -> None:
+    cluster.scheduler()
+    cluster.node(cpus=1)
+    dest = cluster.workdir / "received"
+    client = cluster.run_client(
+        f"""
+        from dispy_client import SharedJobCluster, DispyJob
+
+        def compute(n):
+            import time
+            for i in range(3):
+                dispy_provisional_result(i * n)       # as in dispy: globals of every job
+                time.sleep(0.05)
+            with open("report.txt", "w") as f:
+                f.write("report %d" % n)
+            assert dispy_send_file("report.txt") == 0
+            assert dispy_send_file("no-such-file") == -1
+            return "final"
+
+        seen = []
+
+        def status(job):
+            if job.status == DispyJob.ProvisionalResult:
+                seen.append(job.result)
+            elif job.status == DispyJob.Finished:
+                with open({str(dest / "report.txt")!r}) as f:   # saved before the job ended
+                    seen.append(f.read())
+
+        with SharedJobCluster(compute, job_status=status, dest_path={str(dest)!r}) as c:
+            job = c.submit(7)
+            assert job() == "final", (job.status, job.exception)
+            c.wait()
+        assert seen == [0, 7, 14, "report 7"], seen
+        print("ok")
+        """
+    )
+    assert client.stdout.strip() == "ok"
+
+
 def test_two_users_share_the_cpus_fairly(cluster: Cluster) -> None:
     users = cluster.workdir / "users.toml"
     users.write_text('[users.alice]\nsecret = "a-secret"\n[users.bob]\nsecret = "b-secret"\n')

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from dispy_wire.messages import JobRef, JobResult, JobStart, RunJob
+from dispy_wire.messages import JobFile, JobRef, JobResult, JobStart, RunJob
 
 
 class Action:
@@ -85,6 +85,12 @@ class DeliverResults(Action):
     client: str
     cluster_id: str
     results: list[JobResult]
+
+
+@dataclass(frozen=True, slots=True)
+class DeliverFiles(Action):
+    client: str
+    files: list[JobFile]
 
 
 @dataclass(frozen=True, slots=True)

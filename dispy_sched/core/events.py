@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from dispy_wire.messages import JobResult, JobSpec
+from dispy_wire.messages import JobFile, JobResult, JobSpec
 
 
 class Event:
@@ -85,6 +85,12 @@ class NodeReported(Event):
 class ResultsArrived(Event):
     node: str
     results: list[JobResult]
+
+
+@dataclass(frozen=True, slots=True)
+class FilesArrived(Event):
+    node: str
+    files: list[JobFile]
 
 
 @dataclass(frozen=True, slots=True)

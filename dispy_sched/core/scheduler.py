@@ -36,7 +36,7 @@ from functools import singledispatchmethod
 from typing import TYPE_CHECKING, Any
 
 from dispy_wire.errors import ErrorCode
-from dispy_wire.messages import JobRef, JobResult, JobStart, RunJob
+from dispy_wire.messages import JobFile, JobRef, JobResult, JobStart, RunJob
 from dispy_wire.status import JobStatus
 
 from . import actions as A
@@ -83,6 +83,7 @@ class _Outbox:
         self.accepted: dict[tuple[str, str], list[int]] = defaultdict(list)
         self.started: dict[tuple[str, str], list[JobStart]] = defaultdict(list)
         self.results: dict[tuple[str, str], list[JobResult]] = defaultdict(list)
+        self.files: dict[str, list[JobFile]] = defaultdict(list)
         self.closed: list[A.Action] = []
 
     def flush(self) -> list[A.Action]:
@@ -90,6 +91,7 @@ class _Outbox:
         out += [A.Dispatch(n, jobs) for n, jobs in self.dispatch.items()]
         out += [A.ConfirmAccepted(c, cid, ids) for (c, cid), ids in self.accepted.items()]
         out += [A.NotifyStarted(c, cid, s) for (c, cid), s in self.started.items()]
+        out += [A.DeliverFiles(c, f) for c, f in self.files.items()]  # before the results of their jobs
         out += [A.DeliverResults(c, cid, r) for (c, cid), r in self.results.items()]
         out += self.closed
         return out
@@ -154,6 +156,7 @@ class SchedulerCore:
             cluster.client = ev.client
             self._out.immediate.append(A.ConfirmOpened(ev.client, ev.cluster_id, True))
             for job in cluster.jobs.values():
+                self._out.files[ev.client] += job.files
                 if job.state is JobState.RUNNING and job.node is not None:
                     self._notify_started(cluster, job)
                 elif job.state is JobState.DONE and job.result is not None:
@@ -277,6 +280,17 @@ class SchedulerCore:
             self.users[cluster.user].add_usage(max(0.0, result.end_time - result.start_time), self.now, self.usage_half_life)
             self._release(job, node, cluster)
             self._finish(cluster, job, result)
+
+    @_on.register
+    def _on_files_arrived(self, ev: E.FilesArrived) -> None:
+        for f in ev.files:
+            cluster = self.clusters.get(f.cluster_id)
+            job = cluster.jobs.get(f.job_id) if cluster else None
+            if cluster is None or job is None or job.state is not JobState.RUNNING or job.node != ev.node:
+                continue  # from a job this node no longer runs
+            job.files.append(f)  # resent if the client re-attaches before acking the result
+            if cluster.client is not None:
+                self._out.files[cluster.client].append(f)
 
     @_on.register
     def _on_cluster_failed_on_node(self, ev: E.ClusterFailedOnNode) -> None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from dispy_wire.messages import JobResult
+from dispy_wire.messages import JobFile, JobResult
 
 
 class JobState(Enum):
@@ -37,6 +37,7 @@ class JobRecord:
     attempts: int = 0
     cancel_requested: bool = False  # a kill was sent; the job must not run again
     result: JobResult | None = None
+    files: list[JobFile] = field(default_factory=list)  # sent back by the job; kept until its result is acked
 
     @property
     def key(self) -> tuple[str, int]:

@@ -1,0 +1,118 @@
+"""A running job's messages to its client: provisional results and files.
+
+Inside the job process, `dispy_provisional_result(result)` and
+`dispy_send_file(path)` (globals of the computation, as in dispy) write
+length-prefixed msgpack records to a pipe the zygote reads, like the job's
+stdout. The zygote passes each record on to the daemon at once, and drains
+the pipe before it reports the job's end, so a file or provisional result
+always reaches the client before the job's final result.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+
+from dispy_wire.errors import RemoteWireError
+from dispy_wire.framing import FrameDecoder, encode_frame
+
+logger = logging.getLogger(__name__)
+
+#: largest record a job may send; the wire's frames stop at 64 MiB
+MAX_RECORD = 32 * 1024 * 1024
+_CHUNK = 1 << 20
+
+# -- in the job process ----------------------------------------------------------
+
+_fd = -1  # the write end, set by the job process before user code runs
+
+
+def attach(fd: int) -> None:
+    global _fd
+    _fd = fd
+
+
+def provisional_result(result: Any, timeout: float | None = None) -> int:
+    """`dispy_provisional_result`: sends `result` to the client now; the job goes on.
+
+    Returns 0, or -1 if it cannot be sent (not pickleable, too large, not in a job).
+    """
+    from .job_process import pickle_result
+
+    try:
+        data = pickle_result(result)
+    except Exception:  # noqa: BLE001  (user objects' __reduce__ may raise anything)
+        return -1
+    return _tell({"kind": "provisional", "result": data})
+
+
+def send_file(path: str, timeout: float | None = None) -> int:
+    """`dispy_send_file`: sends a file to the client, which saves it under its base name in `dest_path`.
+
+    Returns 0, or -1 if it cannot be read or is too large.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_RECORD + 1)
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return -1
+    return _tell({"kind": "file", "name": os.path.basename(path), "data": data, "mode": mode})
+
+
+def _tell(record: dict[str, Any]) -> int:
+    body: bytes = msgpack.packb(record, use_bin_type=True)
+    if _fd < 0 or len(body) > MAX_RECORD:
+        return -1
+    frame = encode_frame(body)
+    view = memoryview(frame)
+    while view:
+        view = view[os.write(_fd, view) :]
+    return 0
+
+
+# -- in the zygote ----------------------------------------------------------------
+
+
+class Channel:
+    """The zygote's read end of one job's channel; same interface as `Capture` for the selector."""
+
+    __slots__ = ("fd", "closed", "_decoder", "_emit")
+
+    def __init__(self, fd: int, emit: Callable[[dict[str, Any]], None]) -> None:
+        os.set_blocking(fd, False)
+        self.fd = fd
+        self.closed = False
+        self._decoder = FrameDecoder(max_size=MAX_RECORD, expect_preamble=False)
+        self._emit = emit
+
+    def read(self) -> bool:
+        """Reads and passes on whole records; False at end of file (or on garbage)."""
+        while True:
+            try:
+                data = os.read(self.fd, _CHUNK)
+            except BlockingIOError:
+                return True
+            if not data:
+                return False
+            self._decoder.feed(data)
+            try:
+                for frame in self._decoder.frames():
+                    record = msgpack.unpackb(frame, raw=False)
+                    if isinstance(record, dict):
+                        self._emit(record)
+            except (RemoteWireError, ValueError, msgpack.UnpackException) as exc:
+                logger.warning("a job wrote garbage to its channel (%s); ignoring the rest", exc)
+                return False
+
+    def close(self) -> None:
+        """Passes on what is left without waiting, and closes the pipe."""
+        if not self.closed:
+            self.read()
+            os.close(self.fd)
+            self.closed = True
