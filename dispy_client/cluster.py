@@ -31,7 +31,7 @@ from .connection import LoopThread
 from .errors import DispyError, JobError
 from .executor import ClusterExecutor, job_future
 from .job import DispyJob
-from .node import ClusterStatus, DispyNode, DispyNodeAvailInfo
+from .node import ClusterStatus, DispyNode, DispyNodeAvailInfo, NodeAllocate
 from .options import ClusterOptions, cluster_options
 from .packaging import build_computation, computation_name, job_files
 from .recover import Recorder
@@ -377,7 +377,8 @@ class SharedJobCluster(BaseCluster):
     Args:
         computation: the function each job calls, or a program's path.
         nodes: host names, IP patterns with `*`, `(host, port, cpus)` tuples
-            or `NodeAllocate`s; kept and sent with the cluster, not enforced yet.
+            or `NodeAllocate`s: the scheduler runs the cluster's jobs only on
+            matching nodes, on at most the CPUs each entry allows.
         depends: files, modules, functions and classes jobs need.
         job_status: called as `job_status(job)` when a job starts or ends, on
             a thread of its own (`callback` is its deprecated alias).
@@ -425,7 +426,12 @@ class SharedJobCluster(BaseCluster):
             job_status=job_status,
             cluster_status=cluster_status,
         )
-        if options.nodes:
-            warnings.warn("SharedJobCluster: nodes are recorded but not enforced yet: jobs may run on any node", stacklevel=2)
+        custom = [n for n in options.nodes if type(n).allocate is not NodeAllocate.allocate]
+        if custom:
+            warnings.warn(
+                f"SharedJobCluster: {type(custom[0]).__name__}.allocate is not consulted yet; the scheduler applies "
+                "each entry's host pattern and cpus",
+                stacklevel=2,
+            )
         host, port_ = parse_scheduler(scheduler_host or scheduler_node, scheduler_port)
         super().__init__(computation, host, port_, options)

@@ -250,6 +250,7 @@ class _Session:
             "pid": os.getpid(),
             "heartbeat": self.config.heartbeat,
             "version": _version(),
+            "addresses": report.addresses(),  # so clusters' `nodes` patterns can match this host
         }
         hs = PeerHandshake(Role.NODE, self.config.name, self.config.node_secret, info)
         self._writer.write(PREAMBLE)

@@ -7,6 +7,7 @@ once per heartbeat. `cpu_percent(None)` compares with the previous call, so
 
 from __future__ import annotations
 
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,16 @@ def avail(cpus: int, busy: int, work_dir: Path) -> dict[str, Any]:
         "disk": _free_disk(work_dir),
         "swap": psutil.swap_memory().percent,
     }
+
+
+def addresses() -> list[str]:
+    """This host's IPv4 and IPv6 interface addresses."""
+    found = []
+    for addrs in psutil.net_if_addrs().values():
+        for a in addrs:
+            if a.family in (socket.AF_INET, socket.AF_INET6):
+                found.append(a.address.split("%", 1)[0])  # no IPv6 zone suffix
+    return found
 
 
 def _free_disk(path: Path) -> int:

@@ -32,6 +32,8 @@ from .usage_store import UsageStore
 log = logging.getLogger(__name__)
 
 TICK_INTERVAL = 1.0
+#: interface addresses taken from a node's Hello (for clusters' `nodes` patterns)
+MAX_ADDRESSES = 64
 
 
 class SchedulerServer:
@@ -144,7 +146,9 @@ class SchedulerServer:
         if not isinstance(heartbeat, (int, float)) or not 0.05 <= heartbeat <= 3600:
             heartbeat = 2.0
         ip_addr = conn.address.rsplit(":", 1)[0]
-        return E.NodeJoined(conn.session, peer.name, ip_addr, cpus, float(heartbeat))
+        reported = peer.info.get("addresses")
+        addresses = tuple(a for a in reported[:MAX_ADDRESSES] if isinstance(a, str)) if isinstance(reported, list) else ()
+        return E.NodeJoined(conn.session, peer.name, ip_addr, cpus, float(heartbeat), addresses)
 
     def peer_left(self, conn: PeerConnection, reason: str) -> None:
         if self.peers.pop(conn.session, None) is None or conn.peer is None:

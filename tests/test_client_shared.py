@@ -31,7 +31,7 @@ def test_shared_cluster_status_nodes_and_dispy_parameters(cluster: Cluster) -> N
             pinned = cluster.submit_node("alpha", 1)
             with_file = cluster.submit(2, dispy_job_depends=["extra.txt"])
         text = "\\n".join(str(w.message) for w in caught)
-        for name in ("ip_addr", "port", "exclusive", "keyfile", "nodes are recorded", "submit_node"):
+        for name in ("ip_addr", "port", "exclusive", "keyfile", "submit_node"):
             assert name in text, (name, text)
         assert [n.host for n in cluster.nodes] == ["127.0.0.*", "alpha"] and cluster.nodes[1].cpus == 1
         assert pinned() == 2 and with_file() == 4, (with_file.status, with_file.exception)  # its file, its own
@@ -47,6 +47,35 @@ def test_shared_cluster_status_nodes_and_dispy_parameters(cluster: Cluster) -> N
     )
     assert client.stdout.strip().endswith("ok")
     assert "127.0.0.1 (alpha)" in client.stdout
+
+
+def test_nodes_select_where_a_clusters_jobs_run_and_on_how_many_cpus(cluster: Cluster) -> None:
+    cluster.scheduler()
+    cluster.node(cpus=2, name="alpha")
+    cluster.node(cpus=2, name="beta")
+    client = cluster.run_client(
+        """
+        import dispy_client as dispy
+
+        def compute(t):
+            import time
+            time.sleep(t)
+            return dispy_node_name
+
+        only_beta = dispy.SharedJobCluster(compute, nodes=["beta"])
+        one_of_alpha = dispy.SharedJobCluster(compute, nodes=[dispy.NodeAllocate("alpha", cpus=1)])
+        betas = [only_beta.submit(0.05) for _ in range(8)]
+        alphas = [one_of_alpha.submit(0.1) for _ in range(4)]
+        assert {j() for j in betas} == {"beta"}, [(j.status, j.exception) for j in betas]
+        assert {j() for j in alphas} == {"alpha"}
+        spans = sorted((j.start_time, j.end_time) for j in alphas)
+        assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:])), spans  # one at a time
+        only_beta.close()
+        one_of_alpha.close()
+        print("ok")
+        """
+    )
+    assert client.stdout.strip() == "ok"
 
 
 def test_recover_jobs_after_the_client_was_killed(cluster: Cluster, monkeypatch: object) -> None:

@@ -73,6 +73,7 @@ class NodeJoined(Event):
     ip_addr: str
     cpus: int
     heartbeat: float
+    addresses: tuple[str, ...] = ()  # the node's own interface addresses, as it reports them
 
 
 @dataclass(frozen=True, slots=True)

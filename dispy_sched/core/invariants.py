@@ -27,6 +27,10 @@ def check_invariants(core: SchedulerCore) -> None:
             node_busy[job.node] += 1
         for job in cluster.jobs.values():
             assert (job.state is JobState.DONE) == (job.result is not None), f"job {job.key}: result and state disagree"
+        on_nodes = Counter(j.node for j in running)
+        assert cluster.busy_on == dict(on_nodes), f"{cluster.cluster_id}: busy per node is wrong"
+        if cluster.placement is not None:
+            assert set(cluster.node_cpus) == set(core.nodes), f"{cluster.cluster_id}: placement cache is stale"
         user_busy[cluster.user] += len(running)
         user_queued[cluster.user] += len(queued)
     core._free_nodes.check()

@@ -43,6 +43,7 @@ from . import actions as A
 from . import events as E
 from .keyed_heap import KeyedHeap
 from .ready import ReadyIndex
+from .placement import BadNodes, allowed_cpus, parse_nodes
 from .state import NO_LIMITS, ClusterRecord, JobRecord, JobState, Limits, NodeRecord, UserRecord, decay
 
 if TYPE_CHECKING:  # the policies package imports the core's records
@@ -163,11 +164,19 @@ class SchedulerCore:
                     self._out.results[(ev.client, cluster.cluster_id)].append(job.result)
             self._maybe_finish_close(cluster)  # a close that waited for this client
             return
+        try:
+            placement = parse_nodes(ev.options.get("nodes"))
+        except BadNodes as exc:
+            self._reject(ev.client, ErrorCode.BAD_REQUEST, f"cluster {ev.name}: {exc}", ev.cluster_id)
+            return
         user = self._user(ev.user)
         self._seq += 1
         cluster = ClusterRecord(
             ev.cluster_id, ev.user, ev.name, ev.client, ev.computation, ev.reentrant, dict(ev.options), self._seq
         )
+        cluster.placement = placement
+        for node in self.nodes.values():
+            self._place(cluster, node)
         self.clusters[ev.cluster_id] = cluster
         user.clusters.add(ev.cluster_id)
         self._out.immediate.append(A.ConfirmOpened(ev.client, ev.cluster_id, False))
@@ -247,8 +256,11 @@ class SchedulerCore:
     @_on.register
     def _on_node_joined(self, ev: E.NodeJoined) -> None:
         node = NodeRecord(ev.node, ev.name, ev.ip_addr, max(0, ev.cpus), ev.heartbeat, self.now)
+        node.addresses = (ev.ip_addr, *(a for a in ev.addresses if a != ev.ip_addr))
         self.nodes[ev.node] = node
         self._update_free(node)
+        for cluster in self.clusters.values():
+            self._place(cluster, node)
 
     @_on.register
     def _on_node_reported(self, ev: E.NodeReported) -> None:
@@ -258,9 +270,11 @@ class SchedulerCore:
         node.last_seen = self.now
         node.avail = dict(ev.avail)
         cpus = ev.avail.get("cpus")
-        if isinstance(cpus, int) and not isinstance(cpus, bool) and cpus >= 0:
+        if isinstance(cpus, int) and not isinstance(cpus, bool) and cpus >= 0 and cpus != node.cpus:
             node.cpus = cpus
             self._update_free(node)
+            for cluster in self.clusters.values():  # "all CPUs but N" moves with them
+                self._place(cluster, node)
 
     @_on.register
     def _on_results_arrived(self, ev: E.ResultsArrived) -> None:
@@ -353,7 +367,10 @@ class SchedulerCore:
             if node_id is None:
                 break
             node = self.nodes[node_id]
-            cluster = self.ready.choose(lambda c: not c.failed_on or node_id not in c.failed_on)
+            cluster = self.ready.choose(
+                lambda c: (not c.failed_on or node_id not in c.failed_on)
+                and (c.placement is None or c.busy_on.get(node_id, 0) < c.node_cpus.get(node_id, 0))
+            )
             if cluster is None:  # nothing this node may run; other nodes may still have work
                 self._free_nodes.discard(node_id)
                 skipped.append(node)
@@ -380,6 +397,7 @@ class SchedulerCore:
         user.busy += 1
         user.last_dispatch = cluster.last_dispatch = self.now
         cluster.busy += 1
+        cluster.busy_on[node.node_id] = cluster.busy_on.get(node.node_id, 0) + 1
         self._update_free(node)
         self.ready.update(cluster)
         assert job.payload is not None
@@ -399,6 +417,11 @@ class SchedulerCore:
         node.jobs.discard(job.key)
         self.users[cluster.user].busy -= 1
         cluster.busy -= 1
+        left = cluster.busy_on[node.node_id] - 1
+        if left:
+            cluster.busy_on[node.node_id] = left
+        else:
+            del cluster.busy_on[node.node_id]
         job.node = None
         self._update_free(node)
         self.ready.update(cluster)
@@ -463,6 +486,7 @@ class SchedulerCore:
                 loaded.loaded_on.discard(node_id)
         for cluster in self.clusters.values():
             cluster.failed_on.pop(node_id, None)
+            cluster.node_cpus.pop(node_id, None)
 
     def _refuse(self, cluster: ClusterRecord, jobs: list[JobRecord], submitted: int) -> None:
         """Ends jobs a submit brought beyond `max_queued_jobs`: one error, and a Cancelled result each.
@@ -518,6 +542,11 @@ class SchedulerCore:
 
     def _reject(self, client: str, code: ErrorCode, message: str, ref: str) -> None:
         self._out.immediate.append(A.Reject(client, str(code), message, ref))
+
+    def _place(self, cluster: ClusterRecord, node: NodeRecord) -> None:
+        """Caches how many of `node`'s CPUs a cluster with a `nodes` list may use."""
+        if cluster.placement is not None:
+            cluster.node_cpus[node.node_id] = allowed_cpus(cluster.placement, node.name, node.addresses, node.cpus)
 
     def _update_free(self, node: NodeRecord) -> None:
         if node.free > 0 and node.node_id in self.nodes:

@@ -15,6 +15,8 @@ from typing import Any
 
 from dispy_wire.messages import JobFile, JobResult
 
+from .placement import NodeEntry
+
 
 class JobState(Enum):
     QUEUED = "queued"  # waiting in its cluster's queue
@@ -64,6 +66,9 @@ class ClusterRecord:
     busy: int = 0
     loaded_on: set[str] = field(default_factory=set)
     failed_on: dict[str, str] = field(default_factory=dict)  # node -> why set-up failed
+    placement: list[NodeEntry] | None = None  # dispy's `nodes`; None: every node, every CPU
+    node_cpus: dict[str, int] = field(default_factory=dict)  # with placement: node -> CPUs it may use
+    busy_on: dict[str, int] = field(default_factory=dict)  # node -> its running jobs there
     closing: bool = False
     last_dispatch: float = -math.inf
 
@@ -172,6 +177,7 @@ class NodeRecord:
     jobs: set[tuple[str, int]] = field(default_factory=set)
     loaded: set[str] = field(default_factory=set)
     avail: dict[str, Any] = field(default_factory=dict)
+    addresses: tuple[str, ...] = ()  # ip_addr first, then what the node reports of its own
 
     @property
     def free(self) -> int:

@@ -1,0 +1,67 @@
+"""Which nodes a cluster may use, and how many of their CPUs: dispy's `nodes`.
+
+A cluster opened with `options["nodes"]` (the client's `NodeAllocate`
+entries in plain form: `{"host": ..., "ip_addr": ..., "cpus": N}`) may use
+a node only if an entry matches it, and then at most that entry's CPUs of
+it, by dispy's rule: the first matching entry decides; `cpus` > 0 is a cap,
+0 means all, -N all but N. An entry matches a node whose name equals `host`,
+or one of whose addresses (as the scheduler sees it, and as the node reports
+its own interfaces) matches `ip_addr`, where `*` stands for any run of
+address characters ('192.168.1.*').
+
+Pure functions; the core caches their answers per (cluster, node) when a
+cluster opens, a node joins, or a node's CPUs change.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Any, NamedTuple
+
+
+class NodeEntry(NamedTuple):
+    host: str
+    ip_rex: re.Pattern[str]
+    cpus: int
+
+
+class BadNodes(ValueError):
+    """`options["nodes"]` is not a list of {host, ip_addr, cpus} entries."""
+
+
+def parse_nodes(raw: Any) -> list[NodeEntry] | None:
+    """The cluster's entries, or None when it names no nodes (all nodes, all CPUs).
+
+    Raises:
+        BadNodes: with what is wrong, to tell the client.
+    """
+    if raw is None or raw == []:
+        return None
+    if not isinstance(raw, list):
+        raise BadNodes("nodes must be a list")
+    entries = []
+    for item in raw:
+        if not isinstance(item, dict):
+            raise BadNodes(f"a nodes entry must be a map, not {type(item).__name__}")
+        host, ip_addr, cpus = item.get("host"), item.get("ip_addr") or item.get("host"), item.get("cpus", 0)
+        if not isinstance(host, str) or not isinstance(ip_addr, str) or not host:
+            raise BadNodes(f"nodes entry {item!r} needs a host name or address")
+        if not isinstance(cpus, int) or isinstance(cpus, bool):
+            raise BadNodes(f"nodes entry {item!r}: cpus must be a whole number")
+        pattern = re.escape(ip_addr).replace(r"\*", r"[0-9a-fA-F:.]*") + r"\Z"
+        entries.append(NodeEntry(host, re.compile(pattern), cpus))
+    return entries
+
+
+def allowed_cpus(entries: list[NodeEntry], name: str, addresses: Iterable[str], cpus: int) -> int:
+    """How many of a node's `cpus` a cluster with these entries may use (0: none)."""
+    addresses = list(addresses)
+    for entry in entries:
+        if entry.host == name or any(entry.ip_rex.match(a) for a in addresses):
+            if entry.cpus > 0:
+                return min(cpus, entry.cpus)
+            if entry.cpus < 0:
+                return max(0, cpus + entry.cpus)
+            return cpus
+    return 0

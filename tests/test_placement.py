@@ -1,0 +1,95 @@
+"""dispy's `nodes` in the core: which nodes a cluster may use, and how many of their CPUs."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from dispy_sched.core import CoreConfig, SchedulerCore
+from dispy_sched.core import actions as A
+from dispy_sched.core import events as E
+from dispy_sched.core.invariants import check_invariants
+from dispy_sched.core.placement import BadNodes, allowed_cpus, parse_nodes
+from dispy_sched.policies import load_policy
+from dispy_wire.errors import ErrorCode
+from dispy_wire.messages import JobResult, JobSpec
+from dispy_wire.status import JobStatus
+
+
+def step(core: SchedulerCore, *events: E.Event, now: float = 0.0) -> list[A.Action]:
+    actions = core.handle(*events, now=now)
+    check_invariants(core)
+    return actions
+
+
+def open_with(nodes: object, cluster_id: str = "K") -> E.ClusterOpened:
+    return E.ClusterOpened("c1", "alice", cluster_id, "name", b"computation", False, {"nodes": nodes})
+
+
+def submit(cluster_id: str, n: int) -> E.JobsSubmitted:
+    return E.JobsSubmitted("c1", cluster_id, [JobSpec(j, 0, b"", {}) for j in range(n)])
+
+
+def dispatched(actions: list[A.Action]) -> Counter[str]:
+    return Counter(a.node for a in actions if isinstance(a, A.Dispatch) for _ in a.jobs)
+
+
+@pytest.fixture
+def core() -> SchedulerCore:
+    return SchedulerCore(load_policy("fair"), CoreConfig())
+
+
+def test_entries_follow_dispys_rule_first_match_decides() -> None:
+    entries = parse_nodes([{"host": "gpu1", "cpus": 2}, {"host": "10.1.*", "ip_addr": "10.1.*", "cpus": -1}])
+    assert entries is not None
+    assert allowed_cpus(entries, "gpu1", ["10.1.0.5"], 8) == 2  # by name, capped
+    assert allowed_cpus(entries, "other", ["10.1.7.7"], 8) == 7  # by address pattern: all but one
+    assert allowed_cpus(entries, "other", ["10.2.0.1"], 8) == 0  # no entry: not this node
+    assert allowed_cpus(parse_nodes([{"host": "h", "cpus": 0}]) or [], "h", [], 4) == 4  # 0: all
+    assert parse_nodes(None) is None and parse_nodes([]) is None
+
+
+@pytest.mark.parametrize("bad", ["host", [3], [{"cpus": 1}], [{"host": "h", "cpus": "2"}], [{"host": "h", "cpus": True}]])
+def test_malformed_entries_are_refused(bad: object) -> None:
+    with pytest.raises(BadNodes):
+        parse_nodes(bad)
+
+
+def test_cluster_runs_only_on_matching_nodes_and_within_their_cpus(core: SchedulerCore) -> None:
+    step(
+        core,
+        E.NodeJoined("n1", "alpha", "10.0.0.1", 4, 5.0),
+        E.NodeJoined("n2", "beta", "192.168.0.2", 4, 5.0),
+        open_with([{"host": "10.0.0.*", "ip_addr": "10.0.0.*", "cpus": 2}]),
+    )
+    actions = step(core, submit("K", 6), now=1)
+    assert dispatched(actions) == {"n1": 2}  # two CPUs of alpha, none of beta
+    done = [JobResult("K", j, int(JobStatus.FINISHED), b"", b"", b"", "", "", 1, 2) for j in (0, 1)]
+    actions = step(core, E.ResultsArrived("n1", done), now=2)
+    assert dispatched(actions) == {"n1": 2}
+
+
+def test_a_node_matching_by_a_reported_address_or_joining_later_is_used(core: SchedulerCore) -> None:
+    step(core, open_with([{"host": "192.168.7.9", "ip_addr": "192.168.7.9", "cpus": 0}]), submit("K", 3))
+    actions = step(core, E.NodeJoined("n1", "laptop", "127.0.0.1", 2, 5.0, ("127.0.0.1", "192.168.7.9")), now=1)
+    assert dispatched(actions) == {"n1": 2}
+
+
+def test_other_clusters_use_the_cpus_a_placement_leaves(core: SchedulerCore) -> None:
+    step(
+        core,
+        E.NodeJoined("n1", "alpha", "10.0.0.1", 4, 5.0),
+        open_with([{"host": "alpha", "cpus": 1}], "K"),
+        E.ClusterOpened("c1", "alice", "L", "free", b"computation", False, {}),
+    )
+    actions = step(core, submit("K", 4), submit("L", 4), now=1)
+    per_cluster = Counter(r.cluster_id for a in actions if isinstance(a, A.Dispatch) for r in a.jobs)
+    assert per_cluster == {"K": 1, "L": 3}
+
+
+def test_bad_nodes_option_is_rejected_with_a_clear_error(core: SchedulerCore) -> None:
+    actions = step(core, open_with([{"cpus": 1}]))
+    [reject] = [a for a in actions if isinstance(a, A.Reject)]
+    assert reject.code == ErrorCode.BAD_REQUEST and "host" in reject.message
+    assert "K" not in core.clusters
