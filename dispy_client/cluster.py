@@ -40,6 +40,9 @@ from .tracker import JobTracker
 
 log = logging.getLogger("dispy_client")
 
+#: "every CPU the node has" in a per-node setting (the scheduler caps it at the node's CPUs)
+ALL_CPUS = 1 << 30
+
 DEFAULT_SCHEDULER = "127.0.0.1:9702"
 
 
@@ -98,10 +101,20 @@ class BaseCluster:
         self._uids = itertools.count(1)
         self._start_time = time.time()
         self._closed = False
-        open_options = {"nodes": [n.to_wire() for n in self.nodes]} if self.nodes else {}
+        # NodeAllocate subclasses decide here: the scheduler runs no user code, so it
+        # asks (node updates) and gives the cluster no CPU of a node until we answer
+        self._allocators = [n for n in self.nodes if type(n).allocate is not NodeAllocate.allocate]
+        open_options: dict[str, Any] = {"nodes": [n.to_wire() for n in self.nodes]} if self.nodes else {}
+        if self._allocators:
+            open_options["allocate"] = "client"
+        if self._allocators or options.cluster_status is not None:
+            open_options["node_updates"] = True
         open_msg = M.OpenCluster(uuid.uuid4().hex, self.name, blob, options.reentrant, open_options)
         self._recorder = self._start_recording(options.recover_file, open_msg)
-        self._tracker = JobTracker(self.name, options.job_status, options.cluster_status, self.dest_path)
+        self._tracker = JobTracker(
+            self.name, options.job_status, options.cluster_status, self.dest_path,
+            on_node_joined=self._allocate if self._allocators else None,
+        )  # fmt: skip
         self._lt = loop_thread or LoopThread(f"dispy-{self.name}-io")
         self._session = ClusterSession(
             self._lt, host, port, self.user, options.secret, options.timeout, open_msg, self._tracker.deliver
@@ -333,23 +346,48 @@ class BaseCluster:
         key = node.name if isinstance(node, DispyNode) else node
         return [j for j in self._tracker.unfinished() if j.status == DispyJob.Running and key in (j.node, j.ip_addr)]
 
-    # --------------------------------------------- needing the scheduler
+    # -------------------------------------------------------------- nodes
 
     def set_node_cpus(self, node: str | DispyNode, cpus: int) -> int:
-        """dispy: limit this cluster to `cpus` of `node`."""
-        raise _needs_scheduler("set_node_cpus", "a per-cluster, per-node CPU limit in the core")
+        """Lets this cluster use at most `cpus` CPUs of `node` (a name or `DispyNode`); returns `cpus`."""
+        cpus = max(0, int(cpus))
+        self._lt.call(self._session.set_node_cpus, _node_name(node), cpus)
+        return cpus
 
-    def allocate_node(self, node: Any) -> int:
-        """dispy: add node(s) to the cluster."""
-        raise _needs_scheduler("allocate_node", "per-cluster node sets (the `nodes` filter) in the core")
+    def allocate_node(self, node: str | DispyNode | NodeAllocate) -> int:
+        """Lets this cluster use `node` again, all its CPUs or a `NodeAllocate`'s `cpus`; returns 0."""
+        cpus = node.cpus if isinstance(node, NodeAllocate) and node.cpus > 0 else ALL_CPUS
+        name = node.host if isinstance(node, NodeAllocate) else _node_name(node)
+        if "*" in name:
+            raise ValueError(f"allocate_node takes one node's name, not a pattern ({name!r})")
+        self._lt.call(self._session.set_node_cpus, name, cpus)
+        return 0
 
     def deallocate_node(self, node: str | DispyNode) -> int:
-        """dispy: stop using `node` for this cluster."""
-        raise _needs_scheduler("deallocate_node", "per-cluster node sets (the `nodes` filter) in the core")
+        """Stops giving this cluster's jobs to `node`; jobs running there finish. Returns 0."""
+        self.set_node_cpus(node, 0)
+        return 0
 
     def close_node(self, node: str | DispyNode, terminate_pending: bool = False) -> int:
-        """dispy: unload the cluster from `node`."""
-        raise _needs_scheduler("close_node", "a request to unload one cluster from one node")
+        """Stops using `node`; with `terminate_pending`, cancels this cluster's jobs running there. Returns 0."""
+        self.deallocate_node(node)
+        if terminate_pending:
+            for job in self.node_jobs(node):
+                self.cancel(job)
+        return 0
+
+    def _allocate(self, node: DispyNode) -> None:
+        """A node joined: the first `NodeAllocate` that applies decides its CPUs for this cluster (dispy's rule)."""
+        for entry in self.nodes:
+            try:
+                cpus = entry.allocate(self, node.ip_addr, node.name, node.cpus, node.avail_info, node.platform)
+            except Exception:  # a user's NodeAllocate: its error must not stop the others
+                log.exception("%s.allocate raised for node %s; not using the node", type(entry).__name__, node.name)
+                cpus = 0
+            if cpus >= 0:
+                self.set_node_cpus(node, cpus)
+                return
+        self.set_node_cpus(node, 0)
 
     def resetup_node(self, node: str | DispyNode, *setup_args: Any) -> int:
         """dispy: rerun `setup` on `node`."""
@@ -426,12 +464,9 @@ class SharedJobCluster(BaseCluster):
             job_status=job_status,
             cluster_status=cluster_status,
         )
-        custom = [n for n in options.nodes if type(n).allocate is not NodeAllocate.allocate]
-        if custom:
-            warnings.warn(
-                f"SharedJobCluster: {type(custom[0]).__name__}.allocate is not consulted yet; the scheduler applies "
-                "each entry's host pattern and cpus",
-                stacklevel=2,
-            )
         host, port_ = parse_scheduler(scheduler_host or scheduler_node, scheduler_port)
         super().__init__(computation, host, port_, options)
+
+
+def _node_name(node: str | DispyNode) -> str:
+    return node.name if isinstance(node, DispyNode) else str(node)

@@ -59,9 +59,10 @@ class DispyNode:
         avail_info: a `DispyNodeAvailInfo`, or None before the first report.
     """
 
-    Initialized = 1
-    Closed = 2
-    AvailInfo = 3
+    # dispy's values: beside the job statuses (5-11) that cluster_status also receives
+    Initialized = 4
+    Closed = 16
+    AvailInfo = 17
 
     def __init__(self, name: str, ip_addr: str, cpus: int = 0) -> None:
         self.name = name

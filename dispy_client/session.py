@@ -167,6 +167,11 @@ class ClusterSession:
         finally:
             self._status.pop(ref, None)
 
+    def set_node_cpus(self, node: str, cpus: int) -> None:
+        """Caps the cluster's use of the node(s) called `node` (negative: lifts the cap)."""
+        if self._link is not None:
+            self._link.send(M.SetNodeCpus(self.cluster_id, node, cpus))
+
     def cancel(self, job_ids: list[int]) -> None:
         self._take_incoming()  # a job submitted just before must reach the scheduler first
         if self._link is not None:
@@ -209,6 +214,8 @@ class ClusterSession:
                         self._deliver("result", result)
                 if self._link is not None and final:
                     self._link.send(M.AckResults(self.cluster_id, [r.job_id for r in final]))
+            case M.NodeUpdates(_, nodes):
+                self._deliver("nodes", nodes)
             case M.JobFiles(files):
                 for f in files:
                     if f.cluster_id == self.cluster_id:

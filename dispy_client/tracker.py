@@ -28,7 +28,7 @@ from dispy_wire.payload import loads
 from dispy_wire.status import JobStatus
 
 from .job import DispyJob
-from .node import DispyNode
+from .node import DispyNode, DispyNodeAvailInfo
 
 log = logging.getLogger("dispy_client")
 
@@ -53,6 +53,8 @@ class JobTracker:
     job_status: called as `job_status(job)` on each status change.
     cluster_status: called as `cluster_status(status, node, job)`.
     dest_path: where files sent by jobs (`dispy_send_file`) are saved.
+    on_node_joined: called on the dispatcher thread with each node that joins
+        (after its `DispyNode` record exists), e.g. to run `NodeAllocate`s.
     """
 
     def __init__(
@@ -61,7 +63,9 @@ class JobTracker:
         job_status: Callable[[DispyJob], Any] | None = None,
         cluster_status: Callable[[int, DispyNode, DispyJob | None], Any] | None = None,
         dest_path: str | None = None,
+        on_node_joined: Callable[[DispyNode], Any] | None = None,
     ) -> None:
+        self._on_node_joined = on_node_joined
         self._job_status = job_status
         self._dest_path = dest_path or os.getcwd()
         self._cluster_status = cluster_status
@@ -142,6 +146,9 @@ class JobTracker:
                     self._on_provisional(item)
                 elif kind == "file":
                     self._on_file(item)
+                elif kind == "nodes":
+                    for info in item:
+                        self._on_node(info)
                 else:
                     for node in self.nodes().values():
                         self._notify(DispyNode.Closed, node, None)
@@ -169,6 +176,23 @@ class JobTracker:
         if new:
             self._notify(DispyNode.Initialized, node, None)
         self._job_changed(job, node)
+
+    def _on_node(self, info: M.NodeInfo) -> None:
+        """A node joined, reported or left: its record, then `cluster_status` (and allocation)."""
+        with self.changed:
+            node = self._nodes.get(info.name)
+            if node is None:
+                node = self._nodes[info.name] = DispyNode(info.name, info.ip_addr, info.cpus)
+            node.ip_addr, node.cpus = info.ip_addr, info.cpus
+            node.avail_cpus = max(0, info.cpus - info.busy)
+            node.avail_info = DispyNodeAvailInfo.from_report(info.avail)
+            node.platform = str(info.avail.get("platform", node.platform))
+            node.update_time = time.time()
+            self._bump()
+        if info.event == "joined" and self._on_node_joined is not None:
+            self._on_node_joined(node)
+        status = {"joined": DispyNode.Initialized, "report": DispyNode.AvailInfo, "left": DispyNode.Closed}
+        self._notify(status.get(info.event, DispyNode.AvailInfo), node, None)
 
     def _on_provisional(self, r: M.JobResult) -> None:
         """`dispy_provisional_result` in the job: status and result now; the job goes on."""

@@ -179,6 +179,8 @@ class SchedulerServer:
                 self._send(node, M.RunJobs(jobs))
             case A.DeliverResults(client, cluster_id, results):
                 self._send(client, M.JobResults(cluster_id, results))
+            case A.NotifyNodes(client, cluster_id, nodes):
+                self._send(client, M.NodeUpdates(cluster_id, nodes))
             case A.DeliverFiles(client, files):
                 self._send(client, M.JobFiles(files))
             case A.NotifyStarted(client, cluster_id, starts):

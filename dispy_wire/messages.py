@@ -89,6 +89,17 @@ class JobFile(NamedTuple):
     mode: int
 
 
+class NodeInfo(NamedTuple):
+    """A node as a cluster's client sees it (for `cluster_status` and `NodeAllocate`)."""
+
+    event: str  # "joined", "report" (its latest resources) or "left"
+    name: str
+    ip_addr: str
+    cpus: int
+    busy: int  # CPUs busy with anyone's jobs
+    avail: dict[str, Any]  # cpu_percent, memory, disk, swap, platform ... from its reports
+
+
 # --------------------------------------------------------------------------
 # Messages
 
@@ -212,6 +223,15 @@ class GetStatus(Message):
     ref: str
 
 
+@message(16)
+class SetNodeCpus(Message):
+    """How many of a node's CPUs (by name) the cluster may use; a negative value drops the setting."""
+
+    cluster_id: str
+    node: str
+    cpus: int
+
+
 # -- scheduler → client ------------------------------------------------------
 
 
@@ -248,6 +268,14 @@ class Status(Message):
 @message(25)
 class ClusterClosed(Message):
     cluster_id: str
+
+
+@message(27)
+class NodeUpdates(Message):
+    """Nodes joining, reporting and leaving, for clusters opened with options["node_updates"]."""
+
+    cluster_id: str
+    nodes: list[NodeInfo]
 
 
 @message(26)

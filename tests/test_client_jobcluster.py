@@ -147,10 +147,6 @@ def test_job_timeout_ends_the_job() -> None:
 def test_methods_needing_the_scheduler_say_so() -> None:
     with dispy.JobCluster(square) as cluster:
         for call in (
-            lambda: cluster.set_node_cpus("n", 1),
-            lambda: cluster.allocate_node("n"),
-            lambda: cluster.deallocate_node("n"),
-            lambda: cluster.close_node("n"),
             lambda: cluster.resetup_node("n"),
             lambda: cluster.send_file(__file__, "n"),
             lambda: cluster.discover_nodes(["n"]),

@@ -78,6 +78,51 @@ def test_nodes_select_where_a_clusters_jobs_run_and_on_how_many_cpus(cluster: Cl
     assert client.stdout.strip() == "ok"
 
 
+def test_cluster_status_node_methods_and_a_nodeallocate_subclass(cluster: Cluster) -> None:
+    cluster.scheduler()
+    cluster.node(cpus=2, name="alpha")
+    cluster.node(cpus=2, name="beta")
+    client = cluster.run_client(
+        """
+        import threading, time
+        import dispy_client as dispy
+
+        def compute(t):
+            import time
+            time.sleep(t)
+            return dispy_node_name
+
+        class NotAlpha(dispy.NodeAllocate):          # decided in this client: the scheduler asks it
+            def allocate(self, cluster, ip_addr, name, cpus, avail_info=None, platform=""):
+                assert avail_info is None or avail_info.memory > 0
+                return 0 if name == "alpha" else cpus
+
+        events, seen = [], threading.Event()
+
+        def status(code, node, job):
+            if job is None:
+                events.append((code, node.name))
+                if code == dispy.DispyNode.AvailInfo and node.name == "alpha":
+                    seen.set()
+
+        c = dispy.SharedJobCluster(compute, nodes=[NotAlpha("*")], cluster_status=status)
+        assert {j() for j in [c.submit(0.02) for _ in range(10)]} == {"beta"}
+        assert seen.wait(10), events                                  # heartbeats reach cluster_status
+        assert {(dispy.DispyNode.Initialized, "alpha"), (dispy.DispyNode.Initialized, "beta")} <= set(events)
+        c.deallocate_node("beta")
+        c.allocate_node("alpha")
+        assert {j() for j in [c.submit(0.02) for _ in range(6)]} == {"alpha"}
+        assert c.set_node_cpus("alpha", 1) == 1
+        spans = sorted((j.start_time, j.end_time) for j in [c.submit(0.1) for _ in range(3)] if j())
+        assert all(a <= b for (_, a), (b, _) in zip(spans, spans[1:])), spans   # one at a time now
+        c.close()
+        assert (dispy.DispyNode.Closed, "alpha") in events
+        print("ok")
+        """
+    )
+    assert client.stdout.strip() == "ok"
+
+
 def test_recover_jobs_after_the_client_was_killed(cluster: Cluster, monkeypatch: object) -> None:
     cluster.scheduler()
     cluster.node(cpus=4)

@@ -93,3 +93,34 @@ def test_bad_nodes_option_is_rejected_with_a_clear_error(core: SchedulerCore) ->
     [reject] = [a for a in actions if isinstance(a, A.Reject)]
     assert reject.code == ErrorCode.BAD_REQUEST and "host" in reject.message
     assert "K" not in core.clusters
+
+
+def test_watching_clients_hear_of_nodes_joining_reporting_and_leaving(core: SchedulerCore) -> None:
+    step(core, E.NodeJoined("n1", "alpha", "10.0.0.1", 2, 5.0))
+    opened = E.ClusterOpened("c1", "alice", "K", "name", b"computation", False, {"node_updates": True})
+    actions = step(core, opened, E.ClusterOpened("c1", "alice", "L", "quiet", b"computation", False, {}))
+    events = lambda acts: [(a.cluster_id, n.event, n.name) for a in acts if isinstance(a, A.NotifyNodes) for n in a.nodes]  # noqa: E731
+    assert events(actions) == [("K", "joined", "alpha")]
+    actions = step(core, E.NodeJoined("n2", "beta", "10.0.0.2", 2, 5.0), E.NodeReported("n1", {"cpus": 2}), now=1)
+    assert events(actions) == [("K", "joined", "beta"), ("K", "report", "alpha")]
+    assert events(step(core, E.NodeLeft("n2", "gone"), now=2)) == [("K", "left", "beta")]
+
+
+def test_client_decided_allocation_waits_for_the_client_then_follows_it(core: SchedulerCore) -> None:
+    step(
+        core,
+        E.NodeJoined("n1", "alpha", "10.0.0.1", 4, 5.0),
+        E.NodeJoined("n2", "beta", "10.0.0.2", 4, 5.0),
+        E.ClusterOpened("c1", "alice", "K", "name", b"computation", False, {"allocate": "client", "node_updates": True}),
+    )
+    assert not dispatched(step(core, submit("K", 6), now=1))  # no node until the client's NodeAllocate says
+    actions = step(core, E.NodeCpusSet("c1", "K", "beta", 3), E.NodeCpusSet("c1", "K", "alpha", 0), now=2)
+    assert dispatched(actions) == {"n2": 3}
+
+
+def test_set_node_cpus_caps_an_unrestricted_cluster_and_lifting_it_restores_all(core: SchedulerCore) -> None:
+    step(core, E.NodeJoined("n1", "alpha", "10.0.0.1", 4, 5.0), E.ClusterOpened("c1", "alice", "K", "n", b"c", False, {}))
+    step(core, E.NodeCpusSet("c1", "K", "alpha", 1), now=1)
+    assert dispatched(step(core, submit("K", 4), now=2)) == {"n1": 1}
+    assert dispatched(step(core, E.NodeCpusSet("c1", "K", "alpha", -1), now=3)) == {"n1": 3}
+    assert not core.clusters["K"].restricted

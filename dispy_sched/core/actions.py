@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from dispy_wire.messages import JobFile, JobRef, JobResult, JobStart, RunJob
+from dispy_wire.messages import JobFile, JobRef, JobResult, JobStart, NodeInfo, RunJob
 
 
 class Action:
@@ -85,6 +85,13 @@ class DeliverResults(Action):
     client: str
     cluster_id: str
     results: list[JobResult]
+
+
+@dataclass(frozen=True, slots=True)
+class NotifyNodes(Action):
+    client: str
+    cluster_id: str
+    nodes: list[NodeInfo]
 
 
 @dataclass(frozen=True, slots=True)

@@ -56,6 +56,16 @@ class ClusterClosed(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class NodeCpusSet(Event):
+    """The cluster's client caps its use of the node(s) named `node`; a negative `cpus` lifts the cap."""
+
+    client: str
+    cluster_id: str
+    node: str
+    cpus: int
+
+
+@dataclass(frozen=True, slots=True)
 class StatusRequested(Event):
     client: str
     ref: str

@@ -29,8 +29,10 @@ def check_invariants(core: SchedulerCore) -> None:
             assert (job.state is JobState.DONE) == (job.result is not None), f"job {job.key}: result and state disagree"
         on_nodes = Counter(j.node for j in running)
         assert cluster.busy_on == dict(on_nodes), f"{cluster.cluster_id}: busy per node is wrong"
-        if cluster.placement is not None:
+        if cluster.restricted:
             assert set(cluster.node_cpus) == set(core.nodes), f"{cluster.cluster_id}: placement cache is stale"
+        else:
+            assert not cluster.node_cpus, f"{cluster.cluster_id}: a placement cache without a restriction"
         user_busy[cluster.user] += len(running)
         user_queued[cluster.user] += len(queued)
     core._free_nodes.check()

@@ -36,7 +36,7 @@ from functools import singledispatchmethod
 from typing import TYPE_CHECKING, Any
 
 from dispy_wire.errors import ErrorCode
-from dispy_wire.messages import JobFile, JobRef, JobResult, JobStart, RunJob
+from dispy_wire.messages import JobFile, JobRef, JobResult, JobStart, NodeInfo, RunJob
 from dispy_wire.status import JobStatus
 
 from . import actions as A
@@ -85,6 +85,7 @@ class _Outbox:
         self.started: dict[tuple[str, str], list[JobStart]] = defaultdict(list)
         self.results: dict[tuple[str, str], list[JobResult]] = defaultdict(list)
         self.files: dict[str, list[JobFile]] = defaultdict(list)
+        self.nodes: dict[tuple[str, str], list[NodeInfo]] = defaultdict(list)
         self.closed: list[A.Action] = []
 
     def flush(self) -> list[A.Action]:
@@ -92,6 +93,7 @@ class _Outbox:
         out += [A.Dispatch(n, jobs) for n, jobs in self.dispatch.items()]
         out += [A.ConfirmAccepted(c, cid, ids) for (c, cid), ids in self.accepted.items()]
         out += [A.NotifyStarted(c, cid, s) for (c, cid), s in self.started.items()]
+        out += [A.NotifyNodes(c, cid, n) for (c, cid), n in self.nodes.items()]
         out += [A.DeliverFiles(c, f) for c, f in self.files.items()]  # before the results of their jobs
         out += [A.DeliverResults(c, cid, r) for (c, cid), r in self.results.items()]
         out += self.closed
@@ -119,6 +121,8 @@ class SchedulerCore:
         self.log: deque[tuple[str, str, int, str, str]] = deque(maxlen=self.config.log_size)
         #: nodes with a free CPU, least loaded first
         self._free_nodes: KeyedHeap[str] = KeyedHeap()
+        #: clusters whose clients follow the nodes (options["node_updates"])
+        self._watchers: set[str] = set()
         self._seq = 0
         self._out = _Outbox()
         self._stimulus = ""
@@ -162,6 +166,7 @@ class SchedulerCore:
                     self._notify_started(cluster, job)
                 elif job.state is JobState.DONE and job.result is not None:
                     self._out.results[(ev.client, cluster.cluster_id)].append(job.result)
+            self._introduce_nodes(cluster)
             self._maybe_finish_close(cluster)  # a close that waited for this client
             return
         try:
@@ -175,8 +180,12 @@ class SchedulerCore:
             ev.cluster_id, ev.user, ev.name, ev.client, ev.computation, ev.reentrant, dict(ev.options), self._seq
         )
         cluster.placement = placement
+        cluster.ask_client = ev.options.get("allocate") == "client"
         for node in self.nodes.values():
             self._place(cluster, node)
+        if ev.options.get("node_updates"):
+            self._watchers.add(cluster.cluster_id)
+            self._introduce_nodes(cluster)
         self.clusters[ev.cluster_id] = cluster
         user.clusters.add(ev.cluster_id)
         self._out.immediate.append(A.ConfirmOpened(ev.client, ev.cluster_id, False))
@@ -243,6 +252,20 @@ class SchedulerCore:
         self._maybe_finish_close(cluster)
 
     @_on.register
+    def _on_node_cpus_set(self, ev: E.NodeCpusSet) -> None:
+        cluster = self._owned(ev.client, ev.cluster_id)
+        if cluster is None:
+            return
+        if ev.cpus < 0:
+            cluster.overrides.pop(ev.node, None)
+        else:
+            cluster.overrides[ev.node] = ev.cpus
+        if not cluster.restricted:
+            cluster.node_cpus.clear()
+        for node in self.nodes.values():
+            self._place(cluster, node)
+
+    @_on.register
     def _on_status_requested(self, ev: E.StatusRequested) -> None:
         self._out.immediate.append(A.ReportStatus(ev.client, ev.ref, self.status()))
 
@@ -261,6 +284,7 @@ class SchedulerCore:
         self._update_free(node)
         for cluster in self.clusters.values():
             self._place(cluster, node)
+        self._announce(node, "joined")
 
     @_on.register
     def _on_node_reported(self, ev: E.NodeReported) -> None:
@@ -275,6 +299,7 @@ class SchedulerCore:
             self._update_free(node)
             for cluster in self.clusters.values():  # "all CPUs but N" moves with them
                 self._place(cluster, node)
+        self._announce(node, "report")
 
     @_on.register
     def _on_results_arrived(self, ev: E.ResultsArrived) -> None:
@@ -369,7 +394,7 @@ class SchedulerCore:
             node = self.nodes[node_id]
             cluster = self.ready.choose(
                 lambda c: (not c.failed_on or node_id not in c.failed_on)
-                and (c.placement is None or c.busy_on.get(node_id, 0) < c.node_cpus.get(node_id, 0))
+                and (not c.restricted or c.busy_on.get(node_id, 0) < c.node_cpus.get(node_id, 0))
             )
             if cluster is None:  # nothing this node may run; other nodes may still have work
                 self._free_nodes.discard(node_id)
@@ -476,6 +501,7 @@ class SchedulerCore:
         if node is None:
             return
         self._free_nodes.discard(node_id)
+        self._announce(node, "left")
         why = f"node {node.name} ({node.ip_addr}) was lost while running this job: {reason}"
         for cluster_id, job_id in sorted(node.jobs):
             cluster = self.clusters[cluster_id]
@@ -513,6 +539,7 @@ class SchedulerCore:
         if cluster.client is None and cluster.jobs:
             return  # results nobody has received yet: kept until the client re-attaches
         del self.clusters[cluster.cluster_id]
+        self._watchers.discard(cluster.cluster_id)
         self.users[cluster.user].clusters.discard(cluster.cluster_id)
         for node_id in cluster.loaded_on:
             node = self.nodes.get(node_id)
@@ -544,9 +571,31 @@ class SchedulerCore:
         self._out.immediate.append(A.Reject(client, str(code), message, ref))
 
     def _place(self, cluster: ClusterRecord, node: NodeRecord) -> None:
-        """Caches how many of `node`'s CPUs a cluster with a `nodes` list may use."""
-        if cluster.placement is not None:
+        """Caches how many of `node`'s CPUs a restricted cluster may use."""
+        if not cluster.restricted:
+            return
+        cpus = cluster.overrides.get(node.name)
+        if cpus is not None:
+            cluster.node_cpus[node.node_id] = min(cpus, node.cpus)
+        elif cluster.ask_client:
+            cluster.node_cpus[node.node_id] = 0  # until the client's NodeAllocate answers
+        elif cluster.placement is not None:
             cluster.node_cpus[node.node_id] = allowed_cpus(cluster.placement, node.name, node.addresses, node.cpus)
+        else:
+            cluster.node_cpus[node.node_id] = node.cpus
+
+    def _introduce_nodes(self, cluster: ClusterRecord) -> None:
+        """Tells a watching cluster's client about every node there is."""
+        if cluster.cluster_id in self._watchers and cluster.client is not None:
+            self._out.nodes[(cluster.client, cluster.cluster_id)] += [_node_info("joined", n) for n in self.nodes.values()]
+
+    def _announce(self, node: NodeRecord, event: str) -> None:
+        """Tells the clients of watching clusters that a node joined, reported or left."""
+        info = _node_info(event, node)
+        for cluster_id in self._watchers:
+            client = self.clusters[cluster_id].client
+            if client is not None:
+                self._out.nodes[(client, cluster_id)].append(info)
 
     def _update_free(self, node: NodeRecord) -> None:
         if node.free > 0 and node.node_id in self.nodes:
@@ -600,3 +649,7 @@ def _synthetic(job: JobRecord, status: JobStatus, why: str, now: float) -> JobRe
     """A terminal result the scheduler writes itself (cancelled, abandoned)."""
     start = job.start_time if job.state is JobState.RUNNING else 0.0
     return JobResult(job.cluster_id, job.job_id, int(status), None, b"", b"", why, "", start, now)
+
+
+def _node_info(event: str, node: NodeRecord) -> NodeInfo:
+    return NodeInfo(event, node.name, node.ip_addr, node.cpus, node.busy, node.avail)

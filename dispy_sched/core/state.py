@@ -67,10 +67,17 @@ class ClusterRecord:
     loaded_on: set[str] = field(default_factory=set)
     failed_on: dict[str, str] = field(default_factory=dict)  # node -> why set-up failed
     placement: list[NodeEntry] | None = None  # dispy's `nodes`; None: every node, every CPU
-    node_cpus: dict[str, int] = field(default_factory=dict)  # with placement: node -> CPUs it may use
+    ask_client: bool = False  # NodeAllocate subclasses: no CPU of a node until the client sets it
+    overrides: dict[str, int] = field(default_factory=dict)  # node name -> CPUs, set by the client
+    node_cpus: dict[str, int] = field(default_factory=dict)  # when restricted: node -> CPUs it may use
     busy_on: dict[str, int] = field(default_factory=dict)  # node -> its running jobs there
     closing: bool = False
     last_dispatch: float = -math.inf
+
+    @property
+    def restricted(self) -> bool:
+        """Whether the cluster may use only some nodes, or only some CPUs of them."""
+        return self.placement is not None or self.ask_client or bool(self.overrides)
 
     def push(self, job: JobRecord) -> None:
         heapq.heappush(self.queue, (-job.priority, job.seq, job.job_id))
