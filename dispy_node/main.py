@@ -2,7 +2,8 @@
 
 Settings come from, in order of precedence: flags, the TOML file given with
 `--config` (keys named like the flags, with underscores), the environment
-($DISPY_SCHEDULER, $DISPY_NODE_SECRET), built-in defaults.
+($DISPY_SCHEDULER, $DISPY_NODE_SECRET), built-in defaults. `--discover` takes
+the place of a scheduler address: the node finds one by UDP broadcast.
 """
 
 from __future__ import annotations
@@ -22,18 +23,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
+from dispy_wire.discovery import DISCOVERY_PORT
 from dispy_wire.loop import event_loop_factory
 
 from . import account, limits, report
 from .availability import Rules, parse_hhmm
 from .conn import NodeConfig, NodeControl, run_node
+from .discovery import run_discovered
 from .limits import Limits
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_SCHEDULER = "127.0.0.1:9702"
 _KEYS = (
-    "scheduler", "cpus", "name", "node_secret", "heartbeat", "work_dir", "kill_grace", "loglevel",
+    "scheduler", "discover", "discovery_port", "cpus", "name", "node_secret", "heartbeat", "work_dir",
+    "kill_grace", "loglevel",
     "run_as", "max_memory", "max_cpu_time", "max_job_time", "max_open_files", "max_output", "setup_timeout",
     "yield_load", "yield_window", "service_start", "service_stop", "service_end", "serve",
 )  # fmt: skip
@@ -55,8 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", metavar="FILE.toml", type=Path,
                    help="TOML file with keys " + ", ".join(_KEYS))  # fmt: skip
-    p.add_argument("--scheduler", metavar="HOST:PORT",
-                   help=f"scheduler address (default: $DISPY_SCHEDULER, else {DEFAULT_SCHEDULER})")  # fmt: skip
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--scheduler", metavar="HOST:PORT",
+                       help=f"scheduler address (default: $DISPY_SCHEDULER, else {DEFAULT_SCHEDULER})")  # fmt: skip
+    where.add_argument("--discover", action="store_true", default=None,
+                       help="find the scheduler on this network segment by UDP broadcast; only one that "
+                            "proves it knows the node secret is followed")  # fmt: skip
+    p.add_argument("--discovery-port", type=int, metavar="P",
+                   help=f"UDP port schedulers answer --discover on (default: {DISCOVERY_PORT})")  # fmt: skip
     p.add_argument("--cpus", type=int, metavar="N",
                    help="CPUs offered (default: all); a negative N leaves -N CPUs free")  # fmt: skip
     p.add_argument("--name", help="node name the scheduler knows us by (default: the host name)")
@@ -99,8 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def load_config(args: argparse.Namespace, fail: Callable[[str], NoReturn]) -> tuple[NodeConfig, str]:
-    """Merges flags, file, environment and defaults; returns the config and the log level.
+def load_config(args: argparse.Namespace, fail: Callable[[str], NoReturn]) -> tuple[NodeConfig, str, int | None]:
+    """Merges flags, file, environment and defaults.
+
+    Returns:
+        The config, the log level, and the UDP port to discover the
+        scheduler on (None: dial the configured scheduler; host and port
+        in the config are then still empty).
 
     Args:
         fail: called with a message for a bad setting (`parser.error`).
@@ -125,11 +140,18 @@ def load_config(args: argparse.Namespace, fail: Callable[[str], NoReturn]) -> tu
             return os.environ[env]
         return default
 
-    scheduler = str(pick("scheduler", "DISPY_SCHEDULER", DEFAULT_SCHEDULER))
-    host, sep, port = scheduler.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        fail(f"scheduler address {scheduler!r} is not HOST:PORT")
+    discovery_port = None
+    if pick("discover", None, False):
+        host, port = "", "0"
+        discovery_port = pick("discovery_port", None, DISCOVERY_PORT)
+        if not isinstance(discovery_port, int) or not 0 < discovery_port < 65536:
+            fail(f"discovery port {discovery_port!r} is not a port number")
+    else:
+        scheduler = str(pick("scheduler", "DISPY_SCHEDULER", DEFAULT_SCHEDULER))
+        host, sep, port = scheduler.rpartition(":")
+        host = host.strip("[]")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            fail(f"scheduler address {scheduler!r} is not HOST:PORT")
     try:
         cpus = int(pick("cpus", None, 0))
         heartbeat = float(pick("heartbeat", None, 2.0))
@@ -174,7 +196,7 @@ def load_config(args: argparse.Namespace, fail: Callable[[str], NoReturn]) -> tu
         host, int(port), cpus, name, secret, heartbeat, work_dir, kill_grace,
         run_as, caps, max_output, setup_timeout, rules, serve,
     )  # fmt: skip
-    return config, loglevel
+    return config, loglevel, discovery_port
 
 
 _T = TypeVar("_T")
@@ -243,7 +265,7 @@ def _make_work_dir(path: Path, run_as: account.Account) -> None:
                 raise PermissionError(f"{parent} does not let jobs' account {run_as.name} through to {path}")
 
 
-async def _serve(config: NodeConfig) -> int:
+async def _serve(config: NodeConfig, discovery_port: int | None) -> int:
     """Runs the node until SIGTERM/SIGINT, a drain or its last cluster (exit 0), or a fatal refusal (exit 2)."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -251,7 +273,10 @@ async def _serve(config: NodeConfig) -> int:
         loop.add_signal_handler(sig, stop.set)
     control = NodeControl(config)
     loop.add_signal_handler(signal.SIGUSR1, control.drain)
-    node = asyncio.create_task(run_node(config, control))
+    if discovery_port is None:
+        node = asyncio.create_task(run_node(config, control))
+    else:
+        node = asyncio.create_task(run_discovered(config, control, discovery_port))
     stopper = asyncio.create_task(stop.wait())
     await asyncio.wait({node, stopper}, return_when=asyncio.FIRST_COMPLETED)
     stopper.cancel()
@@ -266,7 +291,7 @@ async def _serve(config: NodeConfig) -> int:
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
-    config, loglevel = load_config(args, parser.error)
+    config, loglevel, discovery_port = load_config(args, parser.error)
     logging.basicConfig(level=loglevel, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         config = _usable_account(config, as_self=args.jobs_as_self)
@@ -274,12 +299,13 @@ def main(argv: list[str] | None = None) -> None:
     except OSError as exc:
         logger.error("cannot run jobs: %s", exc)
         sys.exit(2)
+    scheduler = config.scheduler if discovery_port is None else f"the scheduler found on UDP port {discovery_port}"
     logger.info(
-        "node %r offers %d cpus to %s; work dir %s; jobs run as %s", config.name, config.cpus, config.scheduler,
+        "node %r offers %d cpus to %s; work dir %s; jobs run as %s", config.name, config.cpus, scheduler,
         config.work_dir, config.account.name if config.account else "us",
     )  # fmt: skip
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
-        sys.exit(runner.run(_serve(config)))
+        sys.exit(runner.run(_serve(config, discovery_port)))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from dispy_wire.discovery import DISCOVERY_PORT
 from dispy_wire.framing import DEFAULT_MAX_SIZE
 from dispy_wire.handshake import Role
 
@@ -34,6 +35,7 @@ class UserEntry:
 class SchedConfig:
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
+    discovery_port: int | None = None  # None: DISCOVERY_PORT unless listening on loopback; 0: off
     policy: str = "fair"
     secret: str | None = None
     users_file: str | None = None
@@ -127,6 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, help=f"port for clients and nodes; 0 picks a free one (default {DEFAULT_PORT})")
     p.add_argument(
+        "--discovery-port",
+        type=int,
+        metavar="P",
+        help="UDP port where nodes started with --discover find this scheduler; 0: off "
+        f"(default {DISCOVERY_PORT}, off when listening on loopback)",
+    )
+    p.add_argument(
         "--policy",
         help="scheduling policy: fair (default), fifo, fair_cluster, fcfs_cluster, an entry point of group "
         "dispy_sched.policies, or package.module:Class",
@@ -172,8 +181,11 @@ def config_from_args(argv: list[str] | None = None) -> SchedConfig:
     cfg = SchedConfig(**values)
     if cfg.users_file:
         cfg.users = load_users(cfg.users_file)
-    if not 0 <= cfg.port <= 65535:
-        raise ConfigError(f"port {cfg.port} out of range")
+    if cfg.discovery_port is None:
+        cfg.discovery_port = 0 if is_loopback(cfg.host) else DISCOVERY_PORT
+    for name in ("port", "discovery_port"):
+        if not 0 <= getattr(cfg, name) <= 65535:
+            raise ConfigError(f"{name} {getattr(cfg, name)} out of range")
     if cfg.usage_half_life < 0:
         raise ConfigError("usage_half_life must be >= 0 seconds (0: usage never decays)")
     if cfg.max_message_size < 1024:

@@ -13,6 +13,7 @@ from typing import IO
 
 from .config import ConfigError, SchedConfig, config_from_args
 from .core import CoreConfig, SchedulerCore
+from .discovery import start_responder
 from dispy_wire.loop import event_loop_factory
 
 from .policies import Policy, UnknownPolicy, load_policy
@@ -41,6 +42,7 @@ async def serve(cfg: SchedConfig, policy: Policy, usage_store: UsageStore) -> No
     server = SchedulerServer(cfg, SchedulerCore(policy, core_config), usage_store)
     core = server.core
     host, port = await server.start()
+    responder = await start_responder(cfg, host, port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -51,6 +53,8 @@ async def serve(cfg: SchedConfig, policy: Policy, usage_store: UsageStore) -> No
         await stop.wait()
     finally:
         log.info("shutting down")
+        if responder is not None:
+            responder.close()
         await server.stop()
 
 

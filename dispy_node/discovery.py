@@ -1,0 +1,108 @@
+"""`dispynode --discover`: finds a scheduler on this network segment by UDP broadcast.
+
+The node broadcasts a `Discover` with a fresh nonce to the limited broadcast
+address and to each interface's own broadcast address (a host without a
+default route cannot send to 255.255.255.255; a multi-homed one sends that
+only out of one interface), again with backoff, until an `Announce` arrives
+whose proof shows that its sender knows our node secret. Announces without a
+valid proof (another cluster's scheduler, a wrong --node-secret, a stranger)
+are logged, rate-limited, and ignored. Then the node dials the announced
+address like any `--scheduler`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import socket
+from typing import Any
+
+import psutil
+
+from dispy_wire import discovery
+from dispy_wire.errors import RemoteWireError
+
+from .conn import Backoff, NodeConfig, NodeControl, run_node
+
+logger = logging.getLogger(__name__)
+
+LIMITED_BROADCAST = "255.255.255.255"
+
+
+class _Listener(asyncio.DatagramProtocol):
+    """Resolves `found` with the first Announce that carries a valid proof for `nonce`."""
+
+    def __init__(self, node_secret: str, nonce: bytes, found: asyncio.Future[discovery.Announce]) -> None:
+        self._node_secret = node_secret
+        self._nonce = nonce
+        self._found = found
+        self._throttle = discovery.Throttle()
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        try:
+            msg = discovery.decode(data, discovery.Announce)
+        except RemoteWireError as exc:
+            self._complain(addr, exc.message)
+            return
+        if not discovery.verify(msg, self._node_secret, self._nonce):
+            self._complain(addr, f"scheduler {msg.name!r} does not prove our node secret")
+        elif not self._found.done():
+            self._found.set_result(msg)
+
+    def error_received(self, exc: Exception) -> None:
+        logger.debug("discovery socket: %s", exc)  # e.g. no route for one broadcast address
+
+    def _complain(self, addr: tuple[Any, ...], why: str) -> None:
+        more = self._throttle.admit(asyncio.get_running_loop().time())
+        if more is not None:
+            logger.warning("discovery: ignoring an answer from %s: %s%s", addr[0], why, more)
+
+
+def broadcast_addresses() -> list[str]:
+    """The limited broadcast address and each up interface's IPv4 broadcast address."""
+    stats = psutil.net_if_stats()
+    targets = {LIMITED_BROADCAST}
+    for nic, addrs in psutil.net_if_addrs().items():
+        if nic in stats and stats[nic].isup:
+            targets.update(a.broadcast for a in addrs if a.family == socket.AF_INET and a.broadcast)
+    return sorted(targets)
+
+
+async def find_scheduler(port: int, node_secret: str) -> discovery.Announce:
+    """Broadcasts Discover on UDP `port` until a scheduler proves it knows `node_secret`.
+
+    Returns:
+        The verified Announce: dial `host`:`port` from it.
+    """
+    backoff = Backoff(first=0.5, maximum=8.0)
+    loop = asyncio.get_running_loop()
+    nonce = os.urandom(discovery.NONCE_SIZE)
+    datagram = discovery.encode(discovery.Discover(nonce))
+    found: asyncio.Future[discovery.Announce] = loop.create_future()
+    transport, _ = await loop.create_datagram_endpoint(
+        lambda: _Listener(node_secret, nonce, found), local_addr=("0.0.0.0", 0), allow_broadcast=True
+    )
+    logger.info("looking for a scheduler by UDP broadcast to port %d", port)
+    try:
+        while not found.done():
+            targets = broadcast_addresses()
+            logger.debug("discovery: Discover to %s", ", ".join(targets))
+            for target in targets:
+                transport.sendto(datagram, (target, port))
+            try:
+                await asyncio.wait_for(asyncio.shield(found), backoff.next())
+            except TimeoutError:
+                pass
+    finally:
+        transport.close()
+    announce = found.result()
+    logger.info("found scheduler %r at %s:%d", announce.name, announce.host, announce.port)
+    return announce
+
+
+async def run_discovered(config: NodeConfig, control: NodeControl, port: int) -> int:
+    """Finds a scheduler by broadcast, then serves it as `run_node` does (same return values)."""
+    announce = await find_scheduler(port, config.node_secret)
+    return await run_node(dataclasses.replace(config, host=announce.host, port=announce.port), control)
