@@ -33,6 +33,8 @@ import platform
 import random
 import time
 from collections.abc import Callable
+import dataclasses
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,6 +69,8 @@ from .runner import Runner, RunnerConfig
 
 logger = logging.getLogger(__name__)
 
+#: finds the scheduler's (host, port), e.g. by UDP discovery
+Locate = Callable[[], Awaitable[tuple[str, int]]]
 #: refusals after which redialing cannot help: the operator must act
 FATAL_CODES = frozenset({ErrorCode.BAD_SECRET, ErrorCode.UNKNOWN_USER, ErrorCode.BAD_VERSION})
 CONNECT_TIMEOUT = 10.0
@@ -174,8 +178,13 @@ class NodeControl:
             self.done.set()
 
 
-async def run_node(config: NodeConfig, control: NodeControl | None = None) -> int:
-    """Serves the scheduler until cancelled or `control.done`; returns 2 if it refuses us for good."""
+async def run_node(config: NodeConfig, control: NodeControl | None = None, locate: Locate | None = None) -> int:
+    """Serves the scheduler until cancelled or `control.done`; returns 2 if it refuses us for good.
+
+    Args:
+        locate: finds the scheduler's (host, port) again before each redial
+            (`--discover`: it may have moved); None redials the same address.
+    """
     control = control or NodeControl(config)
     report.prime()
     backoff = Backoff()
@@ -201,6 +210,9 @@ async def run_node(config: NodeConfig, control: NodeControl | None = None) -> in
             delay = backoff.next()
             logger.info("reconnecting in %.1f s", delay)
             await asyncio.sleep(delay)
+            if locate is not None:
+                host, port = await locate()
+                config = dataclasses.replace(config, host=host, port=port)
     finally:
         finished.cancel()
 

@@ -104,5 +104,9 @@ async def find_scheduler(port: int, node_secret: str) -> discovery.Announce:
 
 async def run_discovered(config: NodeConfig, control: NodeControl, port: int) -> int:
     """Finds a scheduler by broadcast, then serves it as `run_node` does (same return values)."""
-    announce = await find_scheduler(port, config.node_secret)
-    return await run_node(dataclasses.replace(config, host=announce.host, port=announce.port), control)
+    async def locate() -> tuple[str, int]:
+        announce = await find_scheduler(port, config.node_secret)
+        return announce.host, announce.port
+
+    host, port_ = await locate()
+    return await run_node(dataclasses.replace(config, host=host, port=port_), control, locate)

@@ -242,3 +242,13 @@ def test_a_node_discovers_the_scheduler_and_runs_a_job_while_a_wrong_secret_find
     assert client.wait(60) == 0, seg.cluster.describe()
     assert client.stdout.strip() == f"done on {seg.node_ip}"
     assert "connected to" not in stranger.stdout
+    # the scheduler moves (a new port here): the node finds it again
+    scheduler.stop()
+    moved = seg.start(
+        seg.sched,
+        [sys.executable, "-m", "dispy_sched.main", "--host", "0.0.0.0", "--port", "0", "--secret", "S",
+         "--node-secret", "N", "--state-dir", str(seg.cluster.workdir / "state2")],
+        "scheduler2",
+    )  # fmt: skip
+    new_port = moved.wait_for_line(r"listening on \S+:(\d+)").group(1)
+    node.wait_for_line(rf"connected to {seg.sched_ip}:{new_port}\b")
