@@ -399,7 +399,10 @@ class BaseCluster:
 
     def discover_nodes(self, nodes: Sequence[Any]) -> None:
         """dispy: probe hosts for nodes. Nodes dial the scheduler here (`dispynode --scheduler H:P`)."""
-        raise NotImplementedError("discover_nodes: nodes dial the scheduler (dispynode --scheduler HOST:PORT); UDP discovery is not built yet")
+        raise NotImplementedError(
+            "discover_nodes: nodes find the scheduler themselves "
+            "(dispynode --scheduler HOST:PORT, or --discover on the same network segment)"
+        )
 
 
 def _progress_of(tracker: JobTracker, jobs: list[DispyJob] | None, timeout: float | None) -> bool:
