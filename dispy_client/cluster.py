@@ -19,7 +19,6 @@ import logging
 import os
 import time
 import uuid
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -158,9 +157,10 @@ class BaseCluster:
         return self._submit(job_id, None, args, kwargs)
 
     def submit_node(self, node: str | DispyNode, *args: Any, **kwargs: Any) -> DispyJob:
-        """As `submit`, asking for the job to run on `node` (a name, IP address or `DispyNode`).
+        """As `submit`, for a job that runs only on `node` (a name, IP address or `DispyNode`).
 
-        The request travels as the job's `node` option; the scheduler does not honour it yet.
+        The job waits in the cluster's queue, in its turn, until that node has a
+        CPU for it; a node that never comes leaves it queued (cancel it).
         """
         return self._submit(None, node, args, kwargs)
 
@@ -180,7 +180,6 @@ class BaseCluster:
         if depends:
             options["depends"] = job_files(depends)
         if node is not None:
-            warnings.warn("submit_node: the scheduler does not pin jobs to nodes yet", stacklevel=3)
             options["node"] = node.name if isinstance(node, DispyNode) else str(node)
         payload = dumps((args, kwargs))
         self._session.check_size(len(payload) + sum(len(f[1]) for f in options.get("depends", ())), "job arguments")

@@ -124,3 +124,12 @@ def test_set_node_cpus_caps_an_unrestricted_cluster_and_lifting_it_restores_all(
     assert dispatched(step(core, submit("K", 4), now=2)) == {"n1": 1}
     assert dispatched(step(core, E.NodeCpusSet("c1", "K", "alpha", -1), now=3)) == {"n1": 3}
     assert not core.clusters["K"].restricted
+
+
+def test_pinned_jobs_wait_for_their_node_and_the_others_run_anywhere(core: SchedulerCore) -> None:
+    step(core, E.NodeJoined("n1", "alpha", "10.0.0.1", 1, 5.0), E.ClusterOpened("c1", "alice", "K", "n", b"c", False, {}))
+    jobs = [JobSpec(0, 0, b"", {"node": "beta"}), JobSpec(1, 0, b"", {}), JobSpec(2, 0, b"", {"node": "10.0.0.2"})]
+    actions = step(core, E.JobsSubmitted("c1", "K", jobs), now=1)
+    assert [(a.node, [r.job_id for r in a.jobs]) for a in actions if isinstance(a, A.Dispatch)] == [("n1", [1])]
+    actions = step(core, E.NodeJoined("n2", "beta", "10.0.0.2", 2, 5.0), now=2)  # by name and by address
+    assert [(a.node, sorted(r.job_id for r in a.jobs)) for a in actions if isinstance(a, A.Dispatch)] == [("n2", [0, 2])]

@@ -395,12 +395,13 @@ class SchedulerCore:
             cluster = self.ready.choose(
                 lambda c: (not c.failed_on or node_id not in c.failed_on)
                 and (not c.restricted or c.busy_on.get(node_id, 0) < c.node_cpus.get(node_id, 0))
+                and (c.unpinned is None or c.runnable_on(node.name, node.ip_addr))
             )
             if cluster is None:  # nothing this node may run; other nodes may still have work
                 self._free_nodes.discard(node_id)
                 skipped.append(node)
                 continue
-            self._dispatch(cluster, cluster.pop(), node)
+            self._dispatch(cluster, cluster.pop(node.name, node.ip_addr), node)
         for node in skipped:
             self._update_free(node)
 

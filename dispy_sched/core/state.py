@@ -63,6 +63,10 @@ class ClusterRecord:
     # holds one entry per queued job, so its size is most of the core's memory)
     queue: list[tuple[int, int, int]] = field(default_factory=list)
     queued: int = 0
+    # jobs pinned to a node (`submit_node`), by node name or address; once there is
+    # one, `unpinned` holds the others' entries (until then `queue` serves alone)
+    pinned: dict[str, list[tuple[int, int, int]]] = field(default_factory=dict)
+    unpinned: list[tuple[int, int, int]] | None = None
     busy: int = 0
     loaded_on: set[str] = field(default_factory=set)
     failed_on: dict[str, str] = field(default_factory=dict)  # node -> why set-up failed
@@ -80,25 +84,48 @@ class ClusterRecord:
         return self.placement is not None or self.ask_client or bool(self.overrides)
 
     def push(self, job: JobRecord) -> None:
-        heapq.heappush(self.queue, (-job.priority, job.seq, job.job_id))
+        entry = (-job.priority, job.seq, job.job_id)
+        heapq.heappush(self.queue, entry)
         self.queued += 1
+        pin = job.options.get("node") if job.options else None
+        if isinstance(pin, str) and pin:
+            if self.unpinned is None:  # the first pinned job: the rest of the queue is unpinned
+                self.unpinned = [e for e in self.queue if e[2] != job.job_id]
+                heapq.heapify(self.unpinned)
+            heapq.heappush(self.pinned.setdefault(pin, []), entry)
+        elif self.unpinned is not None:
+            heapq.heappush(self.unpinned, entry)
 
     def head(self) -> JobRecord | None:
-        """The next queued job, dropping stale heap entries on the way."""
-        queue = self.queue
-        while queue:
-            job = self.jobs.get(queue[0][2])
-            if job is not None and job.state is JobState.QUEUED and job.seq == queue[0][1]:
-                return job
-            heapq.heappop(queue)
-        return None
+        """The next queued job (wherever it may run), dropping stale heap entries on the way."""
+        entry = self._top(self.queue)
+        return None if entry is None else self.jobs[entry[2]]
 
-    def pop(self) -> JobRecord:
-        job = self.head()
-        assert job is not None, "pop from an empty cluster queue"
-        heapq.heappop(self.queue)
+    def runnable_on(self, name: str, ip_addr: str) -> bool:
+        """Whether a queued job may run on the node called `name` at `ip_addr`."""
+        return any(self._top(heap) is not None for heap in self._heaps_for(name, ip_addr))
+
+    def pop(self, name: str = "", ip_addr: str = "") -> JobRecord:
+        """Takes the next job that may run on the node called `name` at `ip_addr`."""
+        tops = [(entry, heap) for heap in self._heaps_for(name, ip_addr) if (entry := self._top(heap)) is not None]
+        assert tops, "pop from a cluster with nothing for this node"
+        entry, heap = min(tops, key=lambda t: t[0])
+        heapq.heappop(heap)  # its copies in the other heaps go stale: the job leaves QUEUED
         self.queued -= 1
-        return job
+        return self.jobs[entry[2]]
+
+    def _heaps_for(self, name: str, ip_addr: str) -> list[list[tuple[int, int, int]]]:
+        if self.unpinned is None:
+            return [self.queue]
+        return [self.unpinned, *(self.pinned[k] for k in {name, ip_addr} if k in self.pinned)]
+
+    def _top(self, heap: list[tuple[int, int, int]]) -> tuple[int, int, int] | None:
+        while heap:
+            job = self.jobs.get(heap[0][2])
+            if job is not None and job.state is JobState.QUEUED and job.seq == heap[0][1]:
+                return heap[0]
+            heapq.heappop(heap)
+        return None
 
 
 @dataclass(frozen=True, slots=True)
