@@ -110,7 +110,8 @@ def encode(msg: Discover | Announce) -> bytes:
 
 
 def _pack(kind: int, msg: tuple[Any, ...]) -> bytes:
-    return MAGIC + msgpack.packb([kind, PROTOCOL_VERSION, *msg], use_bin_type=True)
+    body: bytes = msgpack.packb([kind, PROTOCOL_VERSION, *msg], use_bin_type=True)
+    return MAGIC + body
 
 
 def decode(data: bytes, expect: type[_D]) -> _D:
