@@ -356,7 +356,7 @@ class _Session:
             if control.availability.update(now, outside):
                 reason = f"node's service ended at {now:%H:%M} (--service-end)"
                 logger.info("%s: killing %d running job(s)", reason, self.runner.busy)
-                self.runner.kill_all(reason)
+                self.runner.give_up_all(reason)
             cpus = control.availability.offer(now)
             if cpus != self._offered:
                 logger.info("offering %d of %d cpus (outside load %.2f cpus)", cpus, self.config.cpus, outside)

@@ -170,19 +170,19 @@ class Runner:
                 for job in batch:
                     self.report(_verdict(cluster_id, job.job_id, JobStatus.TERMINATED, "unknown cluster"))
 
-    def kill(self, refs: Iterable[JobRef], reason: str = "") -> None:
-        """Kills jobs' trees; each is reported CANCELLED, or TERMINATED with `reason` if one is given
-        (unless its result is already out)."""
+    def kill(self, refs: Iterable[JobRef], reason: str = "", status: JobStatus = JobStatus.CANCELLED) -> None:
+        """Kills jobs' trees; each is reported with `status` and `reason` (unless its result is already out)."""
         for ref in refs:
             cluster = self._clusters.get(ref.cluster_id)
             if cluster is not None:
-                cluster.kill(ref.job_id, reason)
+                cluster.kill(ref.job_id, reason, status)
 
-    def kill_all(self, reason: str) -> None:
-        """Kills every job of every cluster; each is reported TERMINATED with `reason`."""
+    def give_up_all(self, reason: str) -> None:
+        """Kills every job of every cluster; each is reported ABANDONED with `reason`, so the
+        scheduler reruns it elsewhere if its cluster is reentrant."""
         for cluster in self._clusters.values():
             for job_id in cluster.job_ids():
-                cluster.kill(job_id, reason)
+                cluster.kill(job_id, reason, JobStatus.ABANDONED)
 
     def unload(self, cluster_id: str) -> asyncio.Task[None]:
         """Cancels the cluster's jobs, runs its cleanup, stops its zygote, removes its directory.
@@ -335,12 +335,11 @@ class _Cluster:
             frames.append(zp.encode(zp.Run(job_id, job.payload, list(job_limits), files)))
         self._write(b"".join(frames))
 
-    def kill(self, job_id: int, reason: str = "") -> None:
+    def kill(self, job_id: int, reason: str = "", status: JobStatus = JobStatus.CANCELLED) -> None:
         if self._queued.pop(job_id, None) is not None:
-            status = JobStatus.TERMINATED if reason else JobStatus.CANCELLED
             self.runner.report(_verdict(self.cluster_id, job_id, status, reason or "cancelled"))
         elif job_id in self._running and self.state is not _State.DEAD:
-            self._write(zp.encode(zp.Kill(job_id, reason)))
+            self._write(zp.encode(zp.Kill(job_id, int(status), reason)))
 
     async def unload(self) -> None:
         """Unload as asked by the scheduler: jobs are CANCELLED, cleanup runs."""

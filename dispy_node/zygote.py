@@ -209,7 +209,7 @@ class Zygote:
         elif isinstance(msg, zp.Kill):
             job = self._jobs.get(msg.job_id)
             if job is not None:
-                self._kill(job, *_verdict_for(msg.reason))
+                self._kill(job, *_verdict_for(JobStatus(msg.status), msg.reason))
         elif isinstance(msg, zp.Unload):
             self._unloading = True
             for job in list(self._jobs.values()):
@@ -457,8 +457,11 @@ class Zygote:
             self._out.clear()
 
 
-def _verdict_for(reason: str) -> tuple[JobStatus, str, str]:
-    return (JobStatus.TERMINATED, reason, "Killed") if reason else (JobStatus.CANCELLED, "cancelled", "")
+def _verdict_for(status: JobStatus, reason: str) -> tuple[JobStatus, str, str]:
+    """(status, text, exception type) of a job the daemon had killed."""
+    if status is JobStatus.CANCELLED:
+        return status, reason or "cancelled", ""
+    return status, reason, "NodeGaveUp" if status is JobStatus.ABANDONED else "Killed"
 
 
 def _death_text(job: _Job) -> tuple[str, str]:

@@ -46,9 +46,10 @@ class Run(NamedTuple):
 
 
 class Kill(NamedTuple):
-    """Kill the job's tree. No reason: it is CANCELLED; a reason: TERMINATED with that text."""
+    """Kill the job's tree; it ends with `status` (CANCELLED, TERMINATED or ABANDONED) and `reason`."""
 
     job_id: int
+    status: int
     reason: str
 
 

@@ -1076,3 +1076,13 @@ def test_files_from_a_running_job_reach_its_client_before_its_result_and_survive
     assert of(actions, A.DeliverFiles) == [A.DeliverFiles("c2", [f])]
     step(core, E.ResultsAcked("c2", "K", [1]), now=5)
     assert 1 not in core.clusters["K"].jobs  # the file goes with the acknowledged job
+
+
+def test_a_job_its_node_gives_up_on_runs_again_if_reentrant_else_ends_abandoned(core: SchedulerCore) -> None:
+    step(core, opened("c1", "K", reentrant=True), opened("c1", "L", reentrant=False), joined("n1", 2), now=0)
+    step(core, submitted("c1", "K", 1), submitted("c1", "L", 1), now=1)
+    gave_up = [result("K", 1, JobStatus.ABANDONED), result("L", 1, JobStatus.ABANDONED)]
+    actions = step(core, arrived("n1", *gave_up), now=2)
+    assert [r.cluster_id for r in delivered(actions).get(("c1", "L"), [])] == ["L"]  # ended, with the node's text
+    assert ("c1", "K") not in delivered(actions)
+    assert [(a.node, [r.job_id for r in a.jobs]) for a in of(actions, A.Dispatch)] == [("n1", [1])]  # K's job again

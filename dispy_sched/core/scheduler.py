@@ -317,6 +317,9 @@ class SchedulerCore:
                     self._out.results[(cluster.client, cluster.cluster_id)].append(result)
                 continue
             self.users[cluster.user].add_usage(max(0.0, result.end_time - result.start_time), self.now, self.usage_half_life)
+            if result.status == JobStatus.ABANDONED and cluster.reentrant and not job.cancel_requested:
+                self._displace(cluster, job, node, rerun=True, why=result.exception)  # the node gave up on it
+                continue
             self._release(job, node, cluster)
             self._finish(cluster, job, result)
 
