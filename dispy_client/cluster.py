@@ -17,6 +17,7 @@ import getpass
 import itertools
 import logging
 import os
+import stat
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -393,8 +394,25 @@ class BaseCluster:
         raise _needs_scheduler("resetup_node", "a request to reload one cluster on one node")
 
     def send_file(self, path: str, node: str | DispyNode) -> int:
-        """dispy: copy a file to `node`'s cluster directory."""
-        raise _needs_scheduler("send_file", "a file transfer to one node's cluster directory")
+        """Copies a file into this cluster's directory on `node`, where jobs started after it see it.
+
+        Returns 0, or -1 (logged with the reason) if it cannot be read, the
+        cluster is not loaded on that node yet, or the node refused it.
+        """
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+            mode = stat.S_IMODE(os.stat(path).st_mode)
+            self._session.check_size(len(data), f"file {path}")
+            ok, why = self._lt.run(
+                self._session.put_file(_node_name(node), os.path.basename(path), data, mode),
+                timeout=self._session.timeout + 5,
+            )
+        except (OSError, DispyError, TimeoutError) as exc:
+            ok, why = False, str(exc) or type(exc).__name__
+        if not ok:
+            log.error("send_file %s to %s: %s", path, _node_name(node), why)
+        return 0 if ok else -1
 
     def discover_nodes(self, nodes: Sequence[Any]) -> None:
         """dispy: probe hosts for nodes. Nodes dial the scheduler here (`dispynode --scheduler H:P`)."""

@@ -72,6 +72,7 @@ class ClusterSession:
         self._opened: asyncio.Future[bool] | None = None
         self._closed: asyncio.Future[None] | None = None
         self._status: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._puts: dict[str, asyncio.Future[tuple[bool, str]]] = {}
         self._closing = False
         self.max_message_size = 0  # the scheduler's limit, from its Welcome
         self._reconnect: asyncio.Task[None] | None = None
@@ -167,6 +168,20 @@ class ClusterSession:
         finally:
             self._status.pop(ref, None)
 
+    async def put_file(self, node: str, name: str, data: bytes, mode: int) -> tuple[bool, str]:
+        """Sends a file to the cluster's directory on `node`; returns (ok, why not)."""
+        if self._link is None:
+            raise DispyError("not connected to the scheduler")
+        ref = os.urandom(6).hex()
+        future: asyncio.Future[tuple[bool, str]] = asyncio.get_running_loop().create_future()
+        self._puts[ref] = future
+        self._link.send(M.PutFile(self.cluster_id, ref, node, name, data, mode))
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await future
+        finally:
+            self._puts.pop(ref, None)
+
     def set_node_cpus(self, node: str, cpus: int) -> None:
         """Caps the cluster's use of the node(s) called `node` (negative: lifts the cap)."""
         if self._link is not None:
@@ -214,6 +229,10 @@ class ClusterSession:
                         self._deliver("result", result)
                 if self._link is not None and final:
                     self._link.send(M.AckResults(self.cluster_id, [r.job_id for r in final]))
+            case M.FilePutDone(ref, ok, message):
+                put = self._puts.get(ref)
+                if put is not None and not put.done():
+                    put.set_result((ok, message))
             case M.NodeUpdates(_, nodes):
                 self._deliver("nodes", nodes)
             case M.JobFiles(files):

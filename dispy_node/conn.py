@@ -45,6 +45,7 @@ from dispy_wire.handshake import HandshakeState, PeerHandshake, Role
 from dispy_wire.messages import (
     ClusterFailed,
     Error,
+    FilePutDone,
     Heartbeat,
     Hello,
     JobFile,
@@ -54,6 +55,7 @@ from dispy_wire.messages import (
     Message,
     NodeFiles,
     NodeResults,
+    PutFile,
     Refused,
     RunJobs,
     UnloadCluster,
@@ -333,6 +335,9 @@ class _Session:
                     return
                 logger.info("loading cluster %s of user %s (%d bytes)", cluster_id, user, len(computation))
                 self.runner.load(cluster_id, computation, options)
+            case PutFile(cluster_id, ref, _node, name, data, mode):
+                reply = lambda ok, why, ref=ref: self._write(encode(FilePutDone(ref, ok, why)))  # noqa: E731
+                self.runner.put_file(cluster_id, name, data, mode, reply)
             case UnloadCluster(cluster_id):
                 logger.info("unloading cluster %s", cluster_id)
                 self.runner.unload(cluster_id).add_done_callback(lambda _: self._check_done())

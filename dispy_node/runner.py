@@ -30,6 +30,7 @@ orphans by their mark).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import re
@@ -241,6 +242,14 @@ class Runner:
         if not self._closed:
             self._on_result(result)
 
+    def put_file(self, cluster_id: str, name: str, data: bytes, mode: int, reply: Callable[[bool, str], None]) -> None:
+        """Adds a file to a cluster's directory (`send_file`); `reply(ok, message)` says how it went."""
+        cluster = self._clusters.get(cluster_id)
+        if cluster is None:
+            reply(False, f"cluster {cluster_id} is not loaded on this node")
+        else:
+            cluster.put_file(name, data, mode, reply)
+
     def send_file(self, file: JobFile) -> None:
         if not self._closed and self._on_file is not None:
             self._on_file(file)
@@ -251,6 +260,7 @@ class Runner:
         cluster = self._clusters.pop(cluster_id, None)
         if cluster is not None:
             cluster.state = _State.DEAD  # before stop() runs: nothing more is reported
+            cluster.fail_puts(f"cluster failed on this node: {message}")
             self._in_background(self._discard(cluster))
         logger.warning("cluster %s cannot run here: %s", cluster_id, message)
         if not self._closed:
@@ -292,6 +302,9 @@ class _Cluster:
         self.dir = runner.work_dir / cluster_id
         self.state = _State.STARTING
         self._queued: dict[int, RunJob] = {}  # until Ready, and beyond the cluster's cpus
+        self._files: list[zp.AddFile] = []  # until Ready
+        self._replies: dict[int, Callable[[bool, str], None]] = {}  # AddFile ref -> who waits
+        self._refs = itertools.count(1)
         self._running: dict[int, int | None] = {}  # job_id -> pid (once Started), sent to the zygote
         self._proc: asyncio.subprocess.Process | None = None
         self._computation = computation
@@ -317,6 +330,24 @@ class _Cluster:
         self._queued.update((j.job_id, j) for j in fresh)
         if self.state is _State.READY:
             self._start_queued()
+
+    def fail_puts(self, why: str) -> None:
+        """Answers every file still waiting for the zygote: it will not come."""
+        replies, self._replies, self._files = self._replies, {}, []
+        for reply in replies.values():
+            reply(False, why)
+
+    def put_file(self, name: str, data: bytes, mode: int, reply: Callable[[bool, str], None]) -> None:
+        if self.state not in (_State.STARTING, _State.READY):
+            reply(False, f"cluster {self.cluster_id} is unloading on this node")
+            return
+        ref = next(self._refs)
+        self._replies[ref] = reply
+        msg = zp.AddFile(ref, name, data, mode)
+        if self.state is _State.READY:
+            self._write(zp.encode(msg))
+        else:
+            self._files.append(msg)
 
     def _start_queued(self) -> None:
         """Sends the zygote as many queued jobs as the cluster's CPU cap allows, in one write."""
@@ -445,7 +476,13 @@ class _Cluster:
                 self.runner.send_file(JobFile(self.cluster_id, *msg))
         elif isinstance(msg, zp.Ready):
             self.state = _State.READY
+            files, self._files = self._files, []
+            self._write(b"".join(zp.encode(f) for f in files))  # before any job: they may need them
             self._start_queued()
+        elif isinstance(msg, zp.FileAdded):
+            reply = self._replies.pop(msg.ref, None)
+            if reply is not None:
+                reply(msg.ok, msg.message)
         elif isinstance(msg, zp.SetupFailed):
             self.runner.cluster_failed(self.cluster_id, msg.message)
         elif isinstance(msg, zp.Unloaded):
@@ -455,6 +492,7 @@ class _Cluster:
         why = f"zygote process died ({_exit_text(code)})"
         assert self._proc is not None
         self.state = _State.DEAD  # nothing more is reported but what follows
+        self.fail_puts(why)
         await self._kill_jobs(self._proc.pid)
         for job_id in list(self._running):
             self.runner.report(_verdict(self.cluster_id, job_id, JobStatus.TERMINATED, why, "ZygoteDied"))

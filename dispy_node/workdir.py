@@ -58,15 +58,19 @@ def enter_job_dir(cluster_dir: str, job_id: int, depends: list[str]) -> None:
     os.chdir(path)
 
 
-def write_file(directory: str, name: str, data: bytes, mode: int) -> None:
+def write_file(directory: str, name: str, data: bytes, mode: int, replace: bool = False) -> None:
     """Writes a depends file; `name` must be a plain base name (it comes from a client).
 
     Raises:
-        ValueError: a name with a path in it; OSError: the file exists or cannot be written.
+        ValueError: a name with a path in it; OSError: the file exists (unless
+            `replace`) or cannot be written.
     """
     if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
         raise ValueError(f"bad dependency file name {name!r}: a plain base name is required")
-    fd = os.open(os.path.join(directory, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    path = os.path.join(directory, name)
+    if replace and os.path.isfile(path) and not os.path.islink(path):
+        os.unlink(path)  # jobs running with the old one keep it open; new ones get the new one
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with open(fd, "wb") as f:
         f.write(data)
         os.fchmod(f.fileno(), (mode & 0o777) or 0o600)

@@ -210,6 +210,8 @@ class Zygote:
             job = self._jobs.get(msg.job_id)
             if job is not None:
                 self._kill(job, *_verdict_for(JobStatus(msg.status), msg.reason))
+        elif isinstance(msg, zp.AddFile):
+            self._send(self._add_file(msg))
         elif isinstance(msg, zp.Unload):
             self._unloading = True
             for job in list(self._jobs.values()):
@@ -318,6 +320,17 @@ class Zygote:
         if limits.wall is not None:
             self._at(time.monotonic() + limits.wall, _Timer.WALL, job)
         self._send(zp.Started(job_id, pid))
+
+    def _add_file(self, msg: zp.AddFile) -> zp.FileAdded:
+        """Puts a file sent by the client beside the depends files; jobs started from now on see it."""
+        assert self._code is not None
+        try:
+            workdir.write_file(os.path.join(self._code.cluster_dir, workdir.FILES), msg.name, msg.data, msg.mode, replace=True)
+        except (ValueError, OSError) as exc:
+            return zp.FileAdded(msg.ref, False, str(exc))
+        if msg.name not in self._code.depends:
+            self._code.depends.append(msg.name)
+        return zp.FileAdded(msg.ref, True, "")
 
     def _from_job(self, job_id: int, record: dict[str, Any]) -> None:
         """A record from a running job's channel, passed on to the daemon at once."""

@@ -53,6 +53,15 @@ class Kill(NamedTuple):
     reason: str
 
 
+class AddFile(NamedTuple):
+    """A file for the cluster's directory (`send_file`); jobs started after it see it."""
+
+    ref: int
+    name: str
+    data: bytes
+    mode: int
+
+
 class Unload(NamedTuple):
     """Cancel every job, run `cleanup`, answer Unloaded and exit."""
 
@@ -103,14 +112,22 @@ class File(NamedTuple):
     mode: int
 
 
+class FileAdded(NamedTuple):
+    ref: int
+    ok: bool
+    message: str
+
+
 class Unloaded(NamedTuple):
     """Jobs are reported and `cleanup` ran; the zygote exits next."""
 
 
-Message = Load | Run | Kill | Unload | Ready | SetupFailed | Started | Provisional | File | Done | Unloaded
+Message = (
+    Load | Run | Kill | AddFile | Unload | Ready | SetupFailed | Started | Provisional | File | FileAdded | Done | Unloaded
+)
 
 _TAGS: dict[type[Any], int] = {
-    Load: 1, Run: 2, Kill: 3, Unload: 4,
+    Load: 1, Run: 2, Kill: 3, Unload: 4, AddFile: 5, FileAdded: 17,
     Ready: 10, SetupFailed: 11, Started: 12, Done: 13, Unloaded: 14, Provisional: 15, File: 16,
 }  # fmt: skip
 _TYPES = {tag: cls for cls, tag in _TAGS.items()}

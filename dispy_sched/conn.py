@@ -43,6 +43,8 @@ def _client_event(session: str, user: str, msg: M.Message) -> E.Event | None:
             return E.JobsCancelled(session, cluster_id, job_ids)
         case M.CloseCluster(cluster_id, terminate):
             return E.ClusterClosed(session, cluster_id, terminate)
+        case M.PutFile():
+            return E.FilePutRequested(session, msg)
         case M.SetNodeCpus(cluster_id, node, cpus):
             return E.NodeCpusSet(session, cluster_id, node, cpus)
         case M.GetStatus(ref):
@@ -56,6 +58,8 @@ def _node_event(session: str, msg: M.Message) -> E.Event | None:
             return E.ResultsArrived(session, results)
         case M.Heartbeat(avail):
             return E.NodeReported(session, avail)
+        case M.FilePutDone(ref, ok, message):
+            return E.FilePutDone(session, ref, ok, message)
         case M.NodeFiles(files):
             return E.FilesArrived(session, files)
         case M.ClusterFailed(cluster_id, message):

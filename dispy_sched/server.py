@@ -181,6 +181,10 @@ class SchedulerServer:
                 self._send(client, M.JobResults(cluster_id, results))
             case A.NotifyNodes(client, cluster_id, nodes):
                 self._send(client, M.NodeUpdates(cluster_id, nodes))
+            case A.ForwardFile(node, put):
+                self._send(node, put)
+            case A.ReportFilePut(client, ref, ok, message):
+                self._send(client, M.FilePutDone(ref, ok, message))
             case A.DeliverFiles(client, files):
                 self._send(client, M.JobFiles(files))
             case A.NotifyStarted(client, cluster_id, starts):

@@ -223,6 +223,27 @@ class GetStatus(Message):
     ref: str
 
 
+@message(17)
+class PutFile(Message):
+    """A file for the cluster's directory on one node (`send_file`): client → scheduler → node."""
+
+    cluster_id: str
+    ref: str
+    node: str  # name or address; the scheduler resolves it
+    name: str
+    data: bytes
+    mode: int
+
+
+@message(18)
+class FilePutDone(Message):
+    """Whether a `PutFile` landed: node → scheduler → client."""
+
+    ref: str
+    ok: bool
+    message: str
+
+
 @message(16)
 class SetNodeCpus(Message):
     """How many of a node's CPUs (by name) the cluster may use; a negative value drops the setting."""

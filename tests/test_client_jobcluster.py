@@ -148,7 +148,6 @@ def test_methods_needing_the_scheduler_say_so() -> None:
     with dispy.JobCluster(square) as cluster:
         for call in (
             lambda: cluster.resetup_node("n"),
-            lambda: cluster.send_file(__file__, "n"),
             lambda: cluster.discover_nodes(["n"]),
         ):
             with pytest.raises(NotImplementedError, match="scheduler"):

@@ -89,6 +89,9 @@ def test_cluster_status_node_methods_and_a_nodeallocate_subclass(cluster: Cluste
 
         def compute(t):
             import time
+            if t < 0:
+                with open("table.txt") as f:
+                    return f.read()
             time.sleep(t)
             return dispy_node_name
 
@@ -111,6 +114,12 @@ def test_cluster_status_node_methods_and_a_nodeallocate_subclass(cluster: Cluste
         assert {(dispy.DispyNode.Initialized, "alpha"), (dispy.DispyNode.Initialized, "beta")} <= set(events)
         pinned = [c.submit_node("beta", 0.01) for _ in range(3)]   # runs only there
         assert {j() for j in pinned} == {"beta"}
+        with open("table.txt", "w") as f:
+            f.write("sent later")
+        assert c.send_file("table.txt", "beta") == 0                 # the cluster runs there
+        assert c.send_file("table.txt", "alpha") == -1               # not loaded there (excluded)
+        reader = c.submit_node("beta", -1)
+        assert reader() == "sent later", (reader.status, reader.exception)
         c.deallocate_node("beta")
         c.allocate_node("alpha")
         assert {j() for j in [c.submit(0.02) for _ in range(6)]} == {"alpha"}

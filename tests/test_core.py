@@ -1086,3 +1086,21 @@ def test_a_job_its_node_gives_up_on_runs_again_if_reentrant_else_ends_abandoned(
     assert [r.cluster_id for r in delivered(actions).get(("c1", "L"), [])] == ["L"]  # ended, with the node's text
     assert ("c1", "K") not in delivered(actions)
     assert [(a.node, [r.job_id for r in a.jobs]) for a in of(actions, A.Dispatch)] == [("n1", [1])]  # K's job again
+
+
+def test_a_file_for_a_node_goes_where_the_cluster_is_loaded_and_its_answer_comes_back(core: SchedulerCore) -> None:
+    from dispy_wire.messages import PutFile
+
+    step(core, opened("c1", "K"), joined("n1", 1), joined("n22", 1), submitted("c1", "K", 1), now=0)
+    loaded = node_of(core, "K", 1)
+    other = "n22" if loaded == "n1" else "n1"
+    name_of = {n: core.nodes[n].name for n in ("n1", "n22")}
+    refused = step(core, E.FilePutRequested("c1", PutFile("K", "r1", name_of[other], "f", b"x", 0o600)), now=1)
+    assert [(a.ref, a.ok) for a in of(refused, A.ReportFilePut)] == [("r1", False)]  # not loaded there
+    put = PutFile("K", "r2", name_of[loaded], "f", b"x", 0o600)
+    assert of(step(core, E.FilePutRequested("c1", put), now=2), A.ForwardFile) == [A.ForwardFile(loaded, put)]
+    done = step(core, E.FilePutDone(loaded, "r2", True, ""), now=3)
+    assert of(done, A.ReportFilePut) == [A.ReportFilePut("c1", "r2", True, "")]
+    step(core, E.FilePutRequested("c1", PutFile("K", "r3", name_of[loaded], "g", b"", 0o600)), now=4)
+    lost = step(core, E.NodeLeft(loaded, "gone"), now=5)
+    assert [(a.ref, a.ok) for a in of(lost, A.ReportFilePut)] == [("r3", False)]

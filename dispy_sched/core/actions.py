@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from dispy_wire.messages import JobFile, JobRef, JobResult, JobStart, NodeInfo, RunJob
+from dispy_wire.messages import JobFile, JobRef, JobResult, JobStart, NodeInfo, PutFile, RunJob
 
 
 class Action:
@@ -46,6 +46,20 @@ class KillJobs(Action):
 class UnloadCluster(Action):
     node: str
     cluster_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardFile(Action):
+    node: str
+    put: PutFile
+
+
+@dataclass(frozen=True, slots=True)
+class ReportFilePut(Action):
+    client: str
+    ref: str
+    ok: bool
+    message: str
 
 
 @dataclass(frozen=True, slots=True)

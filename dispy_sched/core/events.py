@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from dispy_wire.messages import JobFile, JobResult, JobSpec
+from dispy_wire.messages import JobFile, JobResult, JobSpec, PutFile
 
 
 class Event:
@@ -63,6 +63,22 @@ class NodeCpusSet(Event):
     cluster_id: str
     node: str
     cpus: int
+
+
+@dataclass(frozen=True, slots=True)
+class FilePutRequested(Event):
+    """The client sends a file to its cluster's directory on one node."""
+
+    client: str
+    put: PutFile
+
+
+@dataclass(frozen=True, slots=True)
+class FilePutDone(Event):
+    node: str
+    ref: str
+    ok: bool
+    message: str
 
 
 @dataclass(frozen=True, slots=True)

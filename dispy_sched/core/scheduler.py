@@ -123,6 +123,8 @@ class SchedulerCore:
         self._free_nodes: KeyedHeap[str] = KeyedHeap()
         #: clusters whose clients follow the nodes (options["node_updates"])
         self._watchers: set[str] = set()
+        #: files on their way to nodes: (node, ref) -> client waiting for the answer
+        self._puts: dict[tuple[str, str], str] = {}
         self._seq = 0
         self._out = _Outbox()
         self._stimulus = ""
@@ -264,6 +266,27 @@ class SchedulerCore:
             cluster.node_cpus.clear()
         for node in self.nodes.values():
             self._place(cluster, node)
+
+    @_on.register
+    def _on_file_put_requested(self, ev: E.FilePutRequested) -> None:
+        put = ev.put
+        cluster = self._owned(ev.client, put.cluster_id)
+        if cluster is None:
+            return
+        targets = [n for n in cluster.loaded_on if put.node in (self.nodes[n].name, self.nodes[n].ip_addr)]
+        if not targets:
+            why = f"cluster {cluster.name} is not loaded on a node called {put.node!r}"
+            self._out.immediate.append(A.ReportFilePut(ev.client, put.ref, False, why))
+            return
+        node_id = targets[0]
+        self._puts[(node_id, put.ref)] = ev.client
+        self._out.immediate.append(A.ForwardFile(node_id, put))
+
+    @_on.register
+    def _on_file_put_done(self, ev: E.FilePutDone) -> None:
+        client = self._puts.pop((ev.node, ev.ref), None)
+        if client is not None:
+            self._out.immediate.append(A.ReportFilePut(client, ev.ref, ev.ok, ev.message))
 
     @_on.register
     def _on_status_requested(self, ev: E.StatusRequested) -> None:
@@ -506,6 +529,9 @@ class SchedulerCore:
             return
         self._free_nodes.discard(node_id)
         self._announce(node, "left")
+        for key in [k for k in self._puts if k[0] == node_id]:
+            why = f"node {node.name} was lost before it confirmed the file: {reason}"
+            self._out.immediate.append(A.ReportFilePut(self._puts.pop(key), key[1], False, why))
         why = f"node {node.name} ({node.ip_addr}) was lost while running this job: {reason}"
         for cluster_id, job_id in sorted(node.jobs):
             cluster = self.clusters[cluster_id]
