@@ -13,6 +13,7 @@ starts its own.
 from __future__ import annotations
 
 import asyncio
+import functools
 import getpass
 import itertools
 import logging
@@ -63,10 +64,6 @@ def parse_scheduler(host: str | None, port: int | None) -> tuple[str, int]:
         raise ValueError(f"bad scheduler address {spec!r}: port must be a number") from None
 
 
-def _needs_scheduler(what: str, missing: str) -> NotImplementedError:
-    return NotImplementedError(f"{what} needs scheduler support that does not exist yet: {missing}")
-
-
 class BaseCluster:
     """A cluster of jobs on one scheduler: dispy's whole cluster API.
 
@@ -97,6 +94,7 @@ class BaseCluster:
         self.user = options.user or os.environ.get("DISPY_USER") or getpass.getuser()
         self.nodes = options.nodes
         self.dest_path = options.dest_path or os.getcwd()
+        self._options = options
         blob = build_computation(computation, options.depends, options.setup, options.cleanup)
         self._uids = itertools.count(1)
         self._start_time = time.time()
@@ -390,8 +388,22 @@ class BaseCluster:
         self.set_node_cpus(node, 0)
 
     def resetup_node(self, node: str | DispyNode, *setup_args: Any) -> int:
-        """dispy: rerun `setup` on `node`."""
-        raise _needs_scheduler("resetup_node", "a request to reload one cluster on one node")
+        """Runs `setup` again on `node`, with `setup_args` if given (in place of a partial's arguments).
+
+        The node takes no new job of this cluster until its running ones end;
+        then the cluster is unloaded there (`cleanup` runs) and loaded anew.
+        Returns 0, or -1 if the cluster has no `setup`.
+        """
+        setup = self._options.setup
+        if setup is None:
+            log.error("resetup_node: cluster %s has no setup to run again", self.name)
+            return -1
+        if setup_args:
+            setup = functools.partial(setup.func if isinstance(setup, functools.partial) else setup, *setup_args)
+        blob = build_computation(self.computation, self._options.depends, setup, self._options.cleanup)
+        self._session.check_size(len(blob), "computation")
+        self._lt.call(self._session.resetup, _node_name(node), blob)
+        return 0
 
     def send_file(self, path: str, node: str | DispyNode) -> int:
         """Copies a file into this cluster's directory on `node`, where jobs started after it see it.

@@ -182,6 +182,11 @@ class ClusterSession:
         finally:
             self._puts.pop(ref, None)
 
+    def resetup(self, node: str, computation: bytes) -> None:
+        """Loads the cluster anew, with `computation`, on the node(s) called `node`."""
+        if self._link is not None:
+            self._link.send(M.ResetupNode(self.cluster_id, node, computation))
+
     def set_node_cpus(self, node: str, cpus: int) -> None:
         """Caps the cluster's use of the node(s) called `node` (negative: lifts the cap)."""
         if self._link is not None:

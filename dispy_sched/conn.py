@@ -43,6 +43,8 @@ def _client_event(session: str, user: str, msg: M.Message) -> E.Event | None:
             return E.JobsCancelled(session, cluster_id, job_ids)
         case M.CloseCluster(cluster_id, terminate):
             return E.ClusterClosed(session, cluster_id, terminate)
+        case M.ResetupNode(cluster_id, node, computation):
+            return E.ResetupRequested(session, cluster_id, node, computation)
         case M.PutFile():
             return E.FilePutRequested(session, msg)
         case M.SetNodeCpus(cluster_id, node, cpus):

@@ -244,6 +244,15 @@ class FilePutDone(Message):
     message: str
 
 
+@message(19)
+class ResetupNode(Message):
+    """Load the cluster again on the node(s) called `node`, with this computation (a new `setup`)."""
+
+    cluster_id: str
+    node: str
+    computation: bytes
+
+
 @message(16)
 class SetNodeCpus(Message):
     """How many of a node's CPUs (by name) the cluster may use; a negative value drops the setting."""

@@ -1104,3 +1104,14 @@ def test_a_file_for_a_node_goes_where_the_cluster_is_loaded_and_its_answer_comes
     step(core, E.FilePutRequested("c1", PutFile("K", "r3", name_of[loaded], "g", b"", 0o600)), now=4)
     lost = step(core, E.NodeLeft(loaded, "gone"), now=5)
     assert [(a.ref, a.ok) for a in of(lost, A.ReportFilePut)] == [("r3", False)]
+
+
+def test_resetup_drains_the_node_then_loads_the_new_computation_there(core: SchedulerCore) -> None:
+    step(core, opened("c1", "K"), joined("n1", 1), submitted("c1", "K", 1, 2), now=0)
+    name = core.nodes["n1"].name
+    actions = step(core, E.ResetupRequested("c1", "K", name, b"new computation"), now=1)
+    assert not of(actions, A.UnloadCluster)  # job 1 still runs there
+    actions = step(core, arrived("n1", result("K", 1)), now=2)
+    kinds = [type(a).__name__ for a in actions if isinstance(a, (A.UnloadCluster, A.LoadCluster, A.Dispatch))]
+    assert kinds == ["UnloadCluster", "LoadCluster", "Dispatch"]
+    assert of(actions, A.LoadCluster)[0].computation == b"new computation"

@@ -59,6 +59,7 @@ SAMPLES: list[Message] = [
     M.Status("ref-1", {"users": {"alice": {"busy": 3}}, "cpus": 16}),
     M.ClusterClosed("c-1"),
     M.SetNodeCpus("c-1", "alpha", 2),
+    M.ResetupNode("c-1", "alpha", b"\x82new computation"),
     M.PutFile("c-1", "r1", "alpha", "data.csv", b"1,2\n", 0o644),
     M.FilePutDone("r1", False, "cluster is not loaded on node alpha"),
     M.NodeUpdates("c-1", [M.NodeInfo("joined", "alpha", "10.0.0.1", 8, 2, {"memory": 2**33})]),

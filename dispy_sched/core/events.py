@@ -66,6 +66,16 @@ class NodeCpusSet(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class ResetupRequested(Event):
+    """The client wants its cluster loaded again, with `computation`, on the node(s) called `node`."""
+
+    client: str
+    cluster_id: str
+    node: str
+    computation: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class FilePutRequested(Event):
     """The client sends a file to its cluster's directory on one node."""
 

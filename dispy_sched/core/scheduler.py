@@ -268,6 +268,26 @@ class SchedulerCore:
             self._place(cluster, node)
 
     @_on.register
+    def _on_resetup_requested(self, ev: E.ResetupRequested) -> None:
+        cluster = self._owned(ev.client, ev.cluster_id)
+        if cluster is None:
+            return
+        for node in self.nodes.values():
+            if ev.node in (node.name, node.ip_addr):
+                cluster.node_blobs[node.node_id] = ev.computation
+                if node.node_id in cluster.loaded_on:  # no new jobs there until its running ones end
+                    cluster.resetting.add(node.node_id)
+                    self._reload_when_idle(cluster, node)
+
+    def _reload_when_idle(self, cluster: ClusterRecord, node: NodeRecord) -> None:
+        """Unloads a draining cluster from a node once none of its jobs run there; the next dispatch loads it anew."""
+        if node.node_id in cluster.resetting and not cluster.busy_on.get(node.node_id):
+            cluster.resetting.discard(node.node_id)
+            cluster.loaded_on.discard(node.node_id)
+            node.loaded.discard(cluster.cluster_id)
+            self._out.immediate.append(A.UnloadCluster(node.node_id, cluster.cluster_id))
+
+    @_on.register
     def _on_file_put_requested(self, ev: E.FilePutRequested) -> None:
         put = ev.put
         cluster = self._owned(ev.client, put.cluster_id)
@@ -422,6 +442,7 @@ class SchedulerCore:
                 lambda c: (not c.failed_on or node_id not in c.failed_on)
                 and (not c.restricted or c.busy_on.get(node_id, 0) < c.node_cpus.get(node_id, 0))
                 and (c.unpinned is None or c.runnable_on(node.name, node.ip_addr))
+                and (not c.resetting or node_id not in c.resetting)
             )
             if cluster is None:  # nothing this node may run; other nodes may still have work
                 self._free_nodes.discard(node_id)
@@ -437,8 +458,9 @@ class SchedulerCore:
         if cluster.cluster_id not in node.loaded:
             node.loaded.add(cluster.cluster_id)
             cluster.loaded_on.add(node.node_id)
+            computation = cluster.node_blobs.get(node.node_id, cluster.computation)
             self._out.immediate.append(
-                A.LoadCluster(node.node_id, cluster.cluster_id, cluster.user, cluster.computation, cluster.options)
+                A.LoadCluster(node.node_id, cluster.cluster_id, cluster.user, computation, cluster.options)
             )
         self._transition(job, JobState.RUNNING)
         job.node = node.node_id
@@ -474,6 +496,8 @@ class SchedulerCore:
             cluster.busy_on[node.node_id] = left
         else:
             del cluster.busy_on[node.node_id]
+            if cluster.resetting:
+                self._reload_when_idle(cluster, node)
         job.node = None
         self._update_free(node)
         self.ready.update(cluster)
@@ -543,6 +567,8 @@ class SchedulerCore:
         for cluster in self.clusters.values():
             cluster.failed_on.pop(node_id, None)
             cluster.node_cpus.pop(node_id, None)
+            cluster.node_blobs.pop(node_id, None)
+            cluster.resetting.discard(node_id)
 
     def _refuse(self, cluster: ClusterRecord, jobs: list[JobRecord], submitted: int) -> None:
         """Ends jobs a submit brought beyond `max_queued_jobs`: one error, and a Cancelled result each.

@@ -75,6 +75,8 @@ class ClusterRecord:
     overrides: dict[str, int] = field(default_factory=dict)  # node name -> CPUs, set by the client
     node_cpus: dict[str, int] = field(default_factory=dict)  # when restricted: node -> CPUs it may use
     busy_on: dict[str, int] = field(default_factory=dict)  # node -> its running jobs there
+    node_blobs: dict[str, bytes] = field(default_factory=dict)  # node -> computation to load there instead
+    resetting: set[str] = field(default_factory=set)  # nodes draining this cluster's jobs before a reload
     closing: bool = False
     last_dispatch: float = -math.inf
 
