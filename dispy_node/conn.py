@@ -66,6 +66,7 @@ from dispy_wire.messages import (
 from . import NodeError, report
 from .account import Account
 from .availability import Availability, Rules
+from .cgroups import JobGroups
 from .limits import Limits
 from .runner import Runner, RunnerConfig
 
@@ -99,12 +100,13 @@ class NodeConfig:
     setup_timeout: float = 60.0
     rules: Rules | None = None  # None: all `cpus`, always
     serve: int | None = None  # exit after serving this many clusters
+    cgroups: JobGroups | None = None  # where jobs make their control groups, if the host allows
 
     def runner_config(self, ip_addr: str) -> RunnerConfig:
         """The runner's settings for one session; `ip_addr` is ours on its connection."""
         return RunnerConfig(
             self.work_dir, self.kill_grace, self.account, self.caps, self.max_output, self.setup_timeout,
-            self.name, ip_addr,
+            self.name, ip_addr, self.cgroups,
         )  # fmt: skip
 
     @property

@@ -32,7 +32,7 @@ import msgpack
 from dispy_wire.payload import dumps, loads
 from dispy_wire.status import JobStatus
 
-from . import channel, killtree, limits, workdir
+from . import cgroups, channel, killtree, limits, workdir
 
 #: a pickled result above this is refused: the wire's frames stop at 64 MiB
 MAX_RESULT = 32 * 1024 * 1024
@@ -50,6 +50,7 @@ class Code:
     program: list[str] | None
     cluster_dir: str
     depends: list[str]  # names of the files linked into each job's directory
+    groups: cgroups.JobGroups | None = None  # where jobs make their control groups, if the node can
 
 
 @dataclass(slots=True)
@@ -65,6 +66,7 @@ class Start:
     err: int
     res: int  # the anonymous file for the record
     channel: int  # write end of the pipe for provisional results and files
+    group: str  # name of its control group, if it gets one
 
 
 def run(code: Code, start: Start) -> NoReturn:
@@ -86,6 +88,8 @@ def run(code: Code, start: Start) -> NoReturn:
         os.closerange(low + 1, high)
         os.closerange(high + 1, _ALL_FDS)
         channel.attach(start.channel)
+        if code.groups is not None and (start.limits.memory or start.limits.processes):
+            cgroups.enter(code.groups, start.group, start.limits.memory, start.limits.processes)
         workdir.enter_job_dir(code.cluster_dir, start.job_id, code.depends)
         for name, data, mode in start.files:
             workdir.write_file(".", name, data, mode)

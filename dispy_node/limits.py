@@ -11,7 +11,9 @@ no option ever needs unpickling. The job process calls `apply` before user
 code runs; the zygote enforces the wall clock itself.
 
 Option keys (all optional, positive numbers): `timeout` (wall-clock seconds),
-`memory` (bytes of address space), `cpu_time` (CPU seconds), `open_files`.
+`memory` (bytes of address space, and of the whole tree where the node has
+cgroups), `cpu_time` (CPU seconds), `open_files`, `processes` (processes at
+once in the job's tree; needs cgroups).
 """
 
 from __future__ import annotations
@@ -41,6 +43,11 @@ class Limits(NamedTuple):
     cpu_time: int | None = None  # CPU seconds (RLIMIT_CPU)
     wall: float | None = None  # seconds from fork to kill
     open_files: int | None = None  # RLIMIT_NOFILE
+    processes: int | None = None  # processes at once in the job's tree (cgroup pids.max)
+
+    def processes_text(self) -> str:
+        assert self.processes is not None
+        return f"process limit {self.processes} reached"
 
     def memory_text(self) -> str:
         assert self.memory is not None
@@ -55,7 +62,7 @@ class Limits(NamedTuple):
         return f"CPU time limit {self.cpu_time} s exceeded"
 
 
-_KEYS = {"memory": "memory", "cpu_time": "cpu_time", "timeout": "wall", "open_files": "open_files"}
+_KEYS = {"memory": "memory", "cpu_time": "cpu_time", "timeout": "wall", "open_files": "open_files", "processes": "processes"}
 
 
 def effective(caps: Limits, cluster: Mapping[str, Any], job: Mapping[str, Any]) -> Limits:

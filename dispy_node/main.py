@@ -26,7 +26,7 @@ from typing import Any, NoReturn, TypeVar
 from dispy_wire.discovery import DISCOVERY_PORT
 from dispy_wire.loop import event_loop_factory
 
-from . import account, limits, report
+from . import account, cgroups, limits, report
 from .availability import Rules, parse_hhmm
 from .conn import NodeConfig, NodeControl, run_node
 from .discovery import run_discovered
@@ -38,7 +38,8 @@ DEFAULT_SCHEDULER = "127.0.0.1:9702"
 _KEYS = (
     "scheduler", "discover", "discovery_port", "cpus", "name", "node_secret", "heartbeat", "work_dir",
     "kill_grace", "loglevel",
-    "run_as", "max_memory", "max_cpu_time", "max_job_time", "max_open_files", "max_output", "setup_timeout",
+    "run_as", "max_memory", "max_cpu_time", "max_job_time", "max_open_files", "max_processes", "max_output",
+    "setup_timeout",
     "yield_load", "yield_window", "service_start", "service_stop", "service_end", "serve",
 )  # fmt: skip
 
@@ -91,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-cpu-time", type=int, metavar="SECONDS", help="CPU time per job (RLIMIT_CPU)")
     g.add_argument("--max-job-time", type=float, metavar="SECONDS", help="wall-clock time per job")
     g.add_argument("--max-open-files", type=int, metavar="N", help="open files per job process (RLIMIT_NOFILE)")
+    g.add_argument("--max-processes", type=int, metavar="N",
+                   help="processes at once in a job's tree (cgroup pids.max; needs cgroups)")  # fmt: skip
     g.add_argument("--max-output", metavar="SIZE",
                    help="bytes kept of each of a job's stdout and stderr; the rest is cut, with a note "
                         "(default: 4M)")  # fmt: skip
@@ -178,6 +181,7 @@ def load_config(args: argparse.Namespace, fail: Callable[[str], NoReturn]) -> tu
             cpu_time=_opt(pick("max_cpu_time", None, None), _positive_int),
             wall=_opt(pick("max_job_time", None, None), _positive),
             open_files=_opt(pick("max_open_files", None, None), _positive_int),
+            processes=_opt(pick("max_processes", None, None), _positive_int),
         )
         max_output = limits.parse_size(pick("max_output", None, "4M"))
         setup_timeout = _positive(pick("setup_timeout", None, 60.0))
@@ -299,13 +303,33 @@ def main(argv: list[str] | None = None) -> None:
     except OSError as exc:
         logger.error("cannot run jobs: %s", exc)
         sys.exit(2)
+    config = _with_cgroups(config)
     scheduler = config.scheduler if discovery_port is None else f"the scheduler found on UDP port {discovery_port}"
     logger.info(
         "node %r offers %d cpus to %s; work dir %s; jobs run as %s", config.name, config.cpus, scheduler,
         config.work_dir, config.account.name if config.account else "us",
     )  # fmt: skip
-    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
-        sys.exit(runner.run(_serve(config, discovery_port)))
+    try:
+        with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+            code = runner.run(_serve(config, discovery_port))
+    finally:
+        if config.cgroups is not None:
+            cgroups.release(config.cgroups)
+    sys.exit(code)
+
+
+def _with_cgroups(config: NodeConfig) -> NodeConfig:
+    """Control groups for jobs' memory and process limits, where the host allows them."""
+    acct = config.account or account.resolve(None)
+    groups, why = cgroups.prepare(acct.uid, acct.gid)
+    if groups is None:
+        level = logging.WARNING if config.caps.processes else logging.INFO
+        logger.log(level, "per-job cgroups unavailable (%s): memory limits apply per process only", why)
+        if config.caps.processes:
+            logger.warning("--max-processes has no effect without cgroups")
+        return config
+    logger.info("per-job cgroups under %s", ", ".join(groups.parents.values()))
+    return dataclasses.replace(config, cgroups=groups)
 
 
 if __name__ == "__main__":

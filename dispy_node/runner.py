@@ -48,7 +48,7 @@ from dispy_wire.framing import FrameDecoder
 from dispy_wire.messages import JobFile, JobRef, JobResult, RunJob
 from dispy_wire.status import JobStatus
 
-from . import account, killtree, limits, workdir
+from . import account, cgroups, killtree, limits, workdir
 from . import zygote_protocol as zp
 
 logger = logging.getLogger(__name__)
@@ -77,6 +77,7 @@ class RunnerConfig:
         max_output: bytes kept of each job's stdout and of its stderr.
         setup_timeout: seconds a zygote has to load and run `setup`.
         node_name, node_ip_addr: what jobs see as `dispy_node_name` and `dispy_node_ip_addr`.
+        cgroups: where jobs make their control groups (`cgroups.prepare`), or None.
     """
 
     work_dir: Path
@@ -87,6 +88,7 @@ class RunnerConfig:
     setup_timeout: float = 60.0
     node_name: str = ""
     node_ip_addr: str = ""
+    cgroups: cgroups.JobGroups | None = None
 
     @property
     def run_as(self) -> account.Account:
@@ -432,6 +434,7 @@ class _Cluster:
         load = zp.Load(
             self.cluster_id, str(self.dir), self._computation, config.kill_grace, logger.getEffectiveLevel(),
             config.max_output, self.settings.keep_files, config.node_name, config.node_ip_addr,
+            config.cgroups.parents if config.cgroups else {},
         )  # fmt: skip
         self._computation = b""
         self._write(zp.encode(load))

@@ -49,7 +49,7 @@ from dispy_wire.framing import FrameDecoder
 from dispy_wire.payload import CodeObjects, loads, unpack_computation
 from dispy_wire.status import JobStatus
 
-from . import channel, job_process, killtree, workdir
+from . import cgroups, channel, job_process, killtree, workdir
 from . import zygote_protocol as zp
 from .capture import Capture
 from .channel import Channel
@@ -273,7 +273,8 @@ class Zygote:
         sys.stdout.flush()
         sys.stderr.flush()
         depends = [name for name, _, _ in comp.files] + [name for name, _ in comp.modules]
-        self._code = job_process.Code(comp.kind, objs.func, objs.program, load.cluster_dir, depends)
+        groups = cgroups.JobGroups(load.cgroups) if load.cgroups else None
+        self._code = job_process.Code(comp.kind, objs.func, objs.program, load.cluster_dir, depends, groups)
         self._cleanup = objs.cleanup
         return None
 
@@ -294,6 +295,7 @@ class Zygote:
             return
         now = time.time()
         mark = killtree.mark(os.getpid(), job_id)
+        group = _group(job_id)  # named after this zygote: computed before the fork
         fds: list[int] = []
         try:
             fds = [*os.pipe(), *os.pipe(), _anon_file(), *os.pipe()]
@@ -306,7 +308,7 @@ class Zygote:
             return
         if pid == 0:
             assert self._code is not None
-            start = job_process.Start(job_id, payload, limits, files, mark, fds[1], fds[3], fds[4], fds[6])
+            start = job_process.Start(job_id, payload, limits, files, mark, fds[1], fds[3], fds[4], fds[6], group)
             job_process.run(self._code, start)
         for fd in (fds[1], fds[3], fds[6]):
             os.close(fd)
@@ -448,13 +450,25 @@ class Zygote:
         if job.verdict is not None and (job.verdict[0] is JobStatus.CANCELLED or not rec):
             status, text, kind = job.verdict
             return zp.Done(job.job_id, status, None, stdout, stderr, text, kind, start, end)
+        memory_hit, processes_hit = self._group_breach(job)
         if rec:
             text, kind = rec.get("exception", ""), rec.get("exception_type", "")
             if kind == "MemoryError" and job.limits.memory is not None:
                 text = f"{job.limits.memory_text()}\n{text}"
+            elif processes_hit and rec["status"] != JobStatus.FINISHED:
+                text = f"{job.limits.processes_text()}\n{text}"
             return zp.Done(job.job_id, rec["status"], rec.get("result"), stdout, stderr, text, kind, start, end)
-        text, kind = _death_text(job)
+        text, kind = _death_text(job, memory_hit)
         return zp.Done(job.job_id, JobStatus.TERMINATED, None, stdout, stderr, text, kind, start, end)
+
+    def _group_breach(self, job: _Job) -> tuple[bool, bool]:
+        """Which of its control group's limits the job hit; removes the group (its tree is gone)."""
+        groups = self._code.groups if self._code is not None else None
+        if groups is None or not (job.limits.memory or job.limits.processes):
+            return False, False
+        hit = cgroups.breach(groups, _group(job.job_id))
+        cgroups.remove(groups, _group(job.job_id))
+        return hit
 
     # -- output --------------------------------------------------------------
 
@@ -477,7 +491,12 @@ def _verdict_for(status: JobStatus, reason: str) -> tuple[JobStatus, str, str]:
     return status, reason, "NodeGaveUp" if status is JobStatus.ABANDONED else "Killed"
 
 
-def _death_text(job: _Job) -> tuple[str, str]:
+def _group(job_id: int) -> str:
+    """A job's control group: unique on the node (this zygote's pid, the job's id)."""
+    return f"job-{os.getpid()}-{job_id}"
+
+
+def _death_text(job: _Job, memory_hit: bool = False) -> tuple[str, str]:
     """Why a leader that wrote no record ended, named after the limit it hit if it did."""
     status = job.wait_status
     assert status is not None
@@ -486,7 +505,7 @@ def _death_text(job: _Job) -> tuple[str, str]:
         if sig == signal.SIGXCPU and job.limits.cpu_time is not None:
             return job.limits.cpu_text(), "LimitExceeded"
         memory = job.limits.memory
-        if memory is not None and job.maxrss * 1024 >= _AT_LIMIT * memory:
+        if memory is not None and (memory_hit or job.maxrss * 1024 >= _AT_LIMIT * memory):
             return f"{job.limits.memory_text()} (killed by signal {_signame(sig)})", "MemoryError"
         return f"job process killed by signal {_signame(sig)} ({sig})", "ProcessKilled"
     return f"job process exited with code {os.waitstatus_to_exitcode(status)}", "ProcessExit"

@@ -36,6 +36,7 @@ class Load(NamedTuple):
     keep_files: bool  # leave each job's directory behind when it ends
     node_name: str  # given to the computation as the global `dispy_node_name`
     node_ip_addr: str  # ... and `dispy_node_ip_addr`, as in dispy
+    cgroups: dict[str, str]  # controller -> where jobs make their groups ({}: no cgroups)
 
 
 class Run(NamedTuple):

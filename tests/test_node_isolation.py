@@ -15,13 +15,14 @@ import stat
 import sys
 import time
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import cloudpickle
 import psutil
 import pytest
 
-from dispy_node import killtree
+from dispy_node import cgroups, killtree
 from dispy_node.limits import Limits
 from dispy_wire.messages import JobRef, JobResult
 from dispy_wire.status import JobStatus
@@ -439,3 +440,66 @@ def test_root_node_never_silently_runs_jobs_as_root(tmp_path: Path) -> None:
         assert "cannot run" in done.stderr and "--jobs-as-self" in done.stderr, done.stderr
     else:  # it can: the node runs, with jobs as that account
         assert done is None
+
+
+# -- control groups: limits on the job's whole tree -------------------------------------
+
+@pytest.fixture(scope="module")
+def groups() -> Iterator[cgroups.JobGroups]:
+    """The node's cgroup directories, as `dispynode` makes them at start; removed afterwards."""
+    made, why = cgroups.prepare(JOB_ACCOUNT.uid, JOB_ACCOUNT.gid)
+    if made is None:
+        pytest.skip(f"this host gives no per-job cgroups: {why}")
+    yield made
+    cgroups.release(made)
+    assert not any(os.path.exists(p) for p in made.parents.values()), "cgroup directories left behind"
+
+
+def forks_children(n: int) -> int:
+    import time as t
+
+    made = 0
+    for _ in range(n):
+        if os.fork() == 0:
+            t.sleep(30)
+            os._exit(0)
+        made += 1
+    return made
+
+
+def children_share_memory(n: int, mib: int) -> None:
+    """n processes of mib MiB each: every one under RLIMIT_AS, the tree over the group's limit."""
+    for _ in range(n - 1):
+        if os.fork() == 0:
+            break
+    hog = bytearray(mib << 20)
+    hog[::4096] = b"x" * len(hog[::4096])
+    import time as t
+
+    t.sleep(30)
+
+
+def test_process_limit_bounds_the_whole_tree_and_names_itself(groups: cgroups.JobGroups) -> None:
+    async def body(h: Harness) -> None:
+        good = await beside(h)
+        h.load(func=forks_children)
+        (job_id,) = h.run("c1", (50,))
+        r = await h.result(job_id)
+        assert r.status == JobStatus.TERMINATED, (r.status, r.exception)
+        assert r.exception.startswith("process limit 8 reached"), r.exception
+        await all_correct(h, good)
+
+    run(body, caps=Limits(processes=8), cgroups=groups, kill_grace=0.5)
+
+
+def test_memory_limit_bounds_the_whole_tree_and_names_itself(groups: cgroups.JobGroups) -> None:
+    async def body(h: Harness) -> None:
+        good = await beside(h)
+        h.load(func=children_share_memory)
+        (job_id,) = h.run("c1", (6, 64))  # 6 × 64 MiB: each under 256 MiB, the tree over it
+        r = await h.result(job_id)
+        assert r.status == JobStatus.TERMINATED, (r.status, r.exception)
+        assert r.exception.startswith("memory limit 256 MiB exceeded"), r.exception
+        await all_correct(h, good)
+
+    run(body, caps=Limits(memory=256 << 20), cgroups=groups, kill_grace=0.5)
