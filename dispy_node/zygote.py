@@ -455,6 +455,8 @@ class Zygote:
             text, kind = rec.get("exception", ""), rec.get("exception_type", "")
             if kind == "MemoryError" and job.limits.memory is not None:
                 text = f"{job.limits.memory_text()}\n{text}"
+            elif memory_hit and rec["status"] != JobStatus.FINISHED:  # one of its processes was killed for it
+                text = f"{job.limits.memory_text()}\n{text}"
             elif processes_hit and rec["status"] != JobStatus.FINISHED:
                 text = f"{job.limits.processes_text()}\n{text}"
             return zp.Done(job.job_id, rec["status"], rec.get("result"), stdout, stderr, text, kind, start, end)

@@ -469,14 +469,27 @@ def forks_children(n: int) -> int:
 
 def children_share_memory(n: int, mib: int) -> None:
     """n processes of mib MiB each: every one under RLIMIT_AS, the tree over the group's limit."""
-    for _ in range(n - 1):
-        if os.fork() == 0:
-            break
-    hog = bytearray(mib << 20)
-    hog[::4096] = b"x" * len(hog[::4096])
     import time as t
 
-    t.sleep(30)
+    def hog() -> bytearray:
+        data = bytearray(mib << 20)
+        data[::4096] = b"x" * len(data[::4096])  # touch every page: resident, charged
+        return data
+
+    children = []
+    for _ in range(n - 1):
+        pid = os.fork()
+        if pid == 0:
+            kept = hog()
+            t.sleep(2)  # long enough for all of them to be resident at once
+            os._exit(len(kept) and 0)
+        children.append(pid)
+    kept = hog()
+    for pid in children:  # the kernel kills some process of the tree; whichever it is, the job fails
+        _, status = os.waitpid(pid, 0)
+        if os.WIFSIGNALED(status):
+            raise RuntimeError(f"child {pid} was killed by signal {os.WTERMSIG(status)}")
+    del kept
 
 
 def test_process_limit_bounds_the_whole_tree_and_names_itself(groups: cgroups.JobGroups) -> None:
