@@ -13,6 +13,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar, cast
 
 from dispy_wire import messages as M
+from dispy_wire.batching import BatchedWriter
 from dispy_wire.errors import ErrorCode, RemoteWireError
 from dispy_wire.framing import NEED_DATA, PREAMBLE, FrameDecoder
 from dispy_wire.handshake import PeerHandshake, Role
@@ -92,8 +93,7 @@ class SchedulerLink(asyncio.Protocol):
         self._decoder = FrameDecoder()
         self._on_message = on_message
         self._on_lost = on_lost
-        self._out: list[bytes] = []
-        self._flush_pending = False
+        self._writer: BatchedWriter | None = None
         self.transport: asyncio.Transport | None = None
         self.ready: asyncio.Future[M.Welcome] = asyncio.get_running_loop().create_future()
         self.where = "?"
@@ -138,6 +138,8 @@ class SchedulerLink(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        loop = asyncio.get_running_loop()
+        self._writer = BatchedWriter(loop.call_soon, self.transport.write, self.transport.is_closing)
         self.transport.write(PREAMBLE)
 
     def data_received(self, data: bytes) -> None:
@@ -186,18 +188,11 @@ class SchedulerLink(asyncio.Protocol):
     # --------------------------------------------------------------- output
 
     def send(self, msg: M.Message) -> None:
-        self._out.append(M.encode(msg))
-        if not self._flush_pending:
-            self._flush_pending = True
-            asyncio.get_running_loop().call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self._flush_pending = False
-        if self._out and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(b"".join(self._out))
-        self._out.clear()
+        if self._writer is not None:
+            self._writer.send(M.encode(msg))
 
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
-            self._flush()
+            if self._writer is not None:
+                self._writer.flush()
             self.transport.close()

@@ -19,6 +19,7 @@ import os
 from typing import TYPE_CHECKING, cast
 
 from dispy_wire import messages as M
+from dispy_wire.batching import BatchedWriter
 from dispy_wire.errors import ErrorCode, RemoteWireError
 from dispy_wire.framing import NEED_DATA, PREAMBLE, FrameDecoder
 from dispy_wire.handshake import Peer, Role, ServerHandshake
@@ -78,8 +79,7 @@ class PeerConnection(asyncio.Protocol):
         self.address = "?"
         self._decoder = FrameDecoder(server.config.max_message_size)
         self._handshake = ServerHandshake(server.config.secret_for, os.urandom(16), server.config.name)
-        self._out: list[bytes] = []
-        self._flush_pending = False
+        self._writer: BatchedWriter | None = None
         self._closing = False
         self._timer: asyncio.TimerHandle | None = None
 
@@ -87,10 +87,11 @@ class PeerConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        loop = asyncio.get_running_loop()
+        self._writer = BatchedWriter(loop.call_soon, self.transport.write, self.transport.is_closing)
         peername = transport.get_extra_info("peername")
         self.address = f"{peername[0]}:{peername[1]}" if peername else "?"
         self.transport.write(PREAMBLE + M.encode(self._handshake.challenge()))
-        loop = asyncio.get_running_loop()
         self._timer = loop.call_later(self.server.config.handshake_timeout, self._handshake_expired)
 
     def data_received(self, data: bytes) -> None:
@@ -166,18 +167,9 @@ class PeerConnection(asyncio.Protocol):
 
     def send(self, msg: M.Message) -> None:
         """Queues a message; everything queued in one loop turn is one write."""
-        if self._closing or self.transport is None:
+        if self._closing or self._writer is None:
             return
-        self._out.append(M.encode(msg))
-        if not self._flush_pending:
-            self._flush_pending = True
-            asyncio.get_running_loop().call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self._flush_pending = False
-        if self._out and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(b"".join(self._out))
-        self._out.clear()
+        self._writer.send(M.encode(msg))
 
     def fail(self, exc: RemoteWireError, fatal: bool = False) -> None:
         """Logs a bad input, tells the sender, and (if fatal) closes."""
@@ -193,7 +185,8 @@ class PeerConnection(asyncio.Protocol):
         if self._closing or self.transport is None:
             return
         self._closing = True
-        self._flush()
+        if self._writer is not None:
+            self._writer.flush()
         transport = self.transport
         # give the peer a moment to read a final Refused before the reset
         asyncio.get_running_loop().call_soon(transport.close)

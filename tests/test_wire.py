@@ -653,3 +653,21 @@ def packed(**overrides: Any) -> bytes:
 def test_malformed_computation_raises_value_error(blob: bytes) -> None:
     with pytest.raises(ValueError):
         unpack_computation(blob)
+
+
+def test_batched_writer_joins_a_turns_frames_into_one_write_and_drops_them_once_closed() -> None:
+    from dispy_wire.batching import BatchedWriter
+
+    scheduled: list[Callable[[], None]] = []
+    writes: list[bytes] = []
+    closed = False
+    writer = BatchedWriter(scheduled.append, writes.append, lambda: closed)
+    for frame in (b"a", b"b", b"c"):
+        writer.send(frame)
+    assert len(scheduled) == 1 and writes == []  # one flush per turn, not one per frame
+    scheduled.pop()()
+    assert writes == [b"abc"]
+    writer.send(b"d")
+    closed = True
+    scheduled.pop()()
+    assert writes == [b"abc"]

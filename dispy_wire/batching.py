@@ -1,0 +1,43 @@
+"""One write per loop turn: outgoing frames are collected and joined (Dask's BatchedSend idea).
+
+Free of asyncio: the owner hands in its loop's `call_soon` and a `write` for
+the bytes, so the same batching serves the scheduler's and the client's
+connections.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+
+class BatchedWriter:
+    """Args:
+    call_soon: schedules a callback for the end of this loop turn.
+    write: takes the joined bytes (e.g. a transport's `write`); not called when closed.
+    is_closed: whether the destination is gone (then queued frames are dropped).
+    """
+
+    def __init__(
+        self,
+        call_soon: Callable[[Callable[[], None]], Any],
+        write: Callable[[bytes], None],
+        is_closed: Callable[[], bool],
+    ) -> None:
+        self._call_soon = call_soon
+        self._write = write
+        self._is_closed = is_closed
+        self._frames: list[bytes] = []
+        self._pending = False
+
+    def send(self, frame: bytes) -> None:
+        self._frames.append(frame)
+        if not self._pending:
+            self._pending = True
+            self._call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._pending = False
+        if self._frames and not self._is_closed():
+            self._write(b"".join(self._frames))
+        self._frames.clear()
