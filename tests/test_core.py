@@ -827,6 +827,7 @@ class CoreMachine(RuleBasedStateMachine):
         self.node_jobs: dict[str, list[tuple[str, int]]] = {}  # what each node was told to run
         self.killed: set[tuple[str, int]] = set()
         self.reported: list[tuple[str, JobResult]] = []  # (node, result) already sent once
+        self.pinned: set[tuple[str, int]] = set()
 
     # -- plumbing
 
@@ -897,6 +898,34 @@ class CoreMachine(RuleBasedStateMachine):
         actions = self.apply(submitted(self.attached[cid], cid, *ids, priority=priority), dt=0.1)
         rejects = of(actions, A.Reject)
         assert all(r.code == ErrorCode.LIMIT and self.clusters[cid] == "carol" for r in rejects)
+
+    @precondition(lambda self: self.attached_clusters())
+    @rule(data=st.data())
+    def submit_pinned(self, data: st.DataObject) -> None:
+        """A job for one node (`submit_node`): a node that is there, or one that never comes."""
+        cid = data.draw(st.sampled_from(self.attached_clusters()))
+        names = sorted(n.name for n in self.core.nodes.values()) + ["host-nowhere"]
+        job_id = self.next_job[cid]
+        self.next_job[cid] += 1
+        spec = JobSpec(job_id, 0, b"", {"node": data.draw(st.sampled_from(names))})
+        self.pinned.add((cid, job_id))
+        self.apply(E.JobsSubmitted(self.attached[cid], cid, [spec]), dt=0.1)
+
+    @precondition(lambda self: self.attached_clusters() and self.core.nodes)
+    @rule(data=st.data(), cpus=st.integers(-1, 3))
+    def set_node_cpus(self, data: st.DataObject, cpus: int) -> None:
+        cid = data.draw(st.sampled_from(self.attached_clusters()))
+        name = data.draw(st.sampled_from(sorted(n.name for n in self.core.nodes.values())))
+        self.apply(E.NodeCpusSet(self.attached[cid], cid, name, cpus))
+
+    @precondition(lambda self: self.attached_clusters() and self.core.nodes)
+    @rule(data=st.data())
+    def resetup(self, data: st.DataObject) -> None:
+        cid = data.draw(st.sampled_from(self.attached_clusters()))
+        name = data.draw(st.sampled_from(sorted(n.name for n in self.core.nodes.values())))
+        actions = self.apply(E.ResetupRequested(self.attached[cid], cid, name, b"again"))
+        for unload in of(actions, A.UnloadCluster):  # only once none of its jobs runs there
+            assert not any(c == cid for c, _ in self.node_jobs.get(unload.node, []))
 
     @precondition(lambda self: self.attached_clusters())
     @rule(data=st.data())
@@ -1021,6 +1050,13 @@ class CoreMachine(RuleBasedStateMachine):
         for cid in self.open_clusters():
             if cid not in self.attached:
                 self.reopen(cid)
+        for cid in self.open_clusters():  # lift the caps; a job pinned to a node never coming is cancelled
+            cluster = self.core.clusters.get(cid)
+            if cluster is not None:
+                for name in list(cluster.overrides):
+                    self.apply(E.NodeCpusSet(self.attached[cid], cid, name, -1))
+                waiting = [j for c, j in self.pinned if c == cid and j in cluster.jobs]
+                self.apply(E.JobsCancelled(self.attached[cid], cid, waiting))
         self.node_joins(4)
         for _ in range(200):
             busy = [n for n, jobs in self.node_jobs.items() if jobs]
