@@ -50,8 +50,8 @@ def tree(n: int, ready_path: str) -> None:
     t.sleep(600)
 
 
-async def through_runner(jobs: int, slots: int, work_dir: Path) -> float:
-    """Returns jobs/s over `jobs` jobs, `slots` at a time (after one warm-up job)."""
+async def through_runner(jobs: int, slots: int, work_dir: Path, spawn: bool = False) -> float:
+    """Returns jobs/s over `jobs` jobs, `slots` at a time (after one warm-up job); `spawn`: no fork."""
     warm, done = asyncio.Event(), asyncio.Event()
     errors: list[str] = []
     finished = 0
@@ -82,7 +82,7 @@ async def through_runner(jobs: int, slots: int, work_dir: Path) -> float:
         warm.set()
         done.set()
 
-    runner = Runner(RunnerConfig(work_dir, account=myself()), on_result, on_failed)
+    runner = Runner(RunnerConfig(work_dir, account=myself(), spawn=spawn), on_result, on_failed)
     comp = Computation("function", "trivial", [], [], dumps(CodeObjects(func=trivial)))
     runner.load("bench", pack_computation(comp))
     try:
@@ -155,14 +155,16 @@ def main() -> None:
     except ImportError:
         run = asyncio.run
     with tempfile.TemporaryDirectory() as tmp:
-        for sub in ("a", "b"):
+        for sub in ("a", "b", "c"):
             (Path(tmp) / sub).mkdir()
         runner_rate = run(through_runner(args.jobs, args.slots, Path(tmp) / "a"))
+        spawn_rate = run(through_runner(max(20, args.jobs // 20), args.slots, Path(tmp) / "c", spawn=True))
         cancel = run(cancel_tree(args.tree, Path(tmp) / "b"))
     print(f"raw fork+exit+waitpid of python:      {fork_rate:8.0f} /s  ({1000 / fork_rate:.2f} ms each)")
     print(
         f"runner, {args.slots} slots, trivial jobs:     {runner_rate:8.0f} jobs/s  ({1000 / runner_rate:.2f} ms each)"
     )
+    print(f"runner, {args.slots} slots, spawn mode (no fork): {spawn_rate:6.0f} jobs/s  ({1000 / spawn_rate:.2f} ms each)")
     print(f"cancel of a {args.tree}-process job to its last process gone: {cancel * 1000:.1f} ms")
 
 

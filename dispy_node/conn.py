@@ -101,12 +101,13 @@ class NodeConfig:
     rules: Rules | None = None  # None: all `cpus`, always
     serve: int | None = None  # exit after serving this many clusters
     cgroups: JobGroups | None = None  # where jobs make their control groups, if the host allows
+    spawn: bool = not hasattr(os, "fork")  # each job a new interpreter (see loading.py)
 
     def runner_config(self, ip_addr: str) -> RunnerConfig:
         """The runner's settings for one session; `ip_addr` is ours on its connection."""
         return RunnerConfig(
             self.work_dir, self.kill_grace, self.account, self.caps, self.max_output, self.setup_timeout,
-            self.name, ip_addr, self.cgroups,
+            self.name, ip_addr, self.cgroups, self.spawn,
         )  # fmt: skip
 
     @property

@@ -69,6 +69,19 @@ class Start:
     group: str  # name of its control group, if it gets one
 
 
+def pack_start(start: Start) -> bytes:
+    """A spawned job's Start, for `job_spawn` (the fds keep their numbers across the spawn)."""
+    fields = [start.job_id, start.payload, list(start.limits), start.files, start.mark]
+    fields += [start.out, start.err, start.res, start.channel, start.group]
+    packed: bytes = msgpack.packb(fields, use_bin_type=True)
+    return packed
+
+
+def unpack_start(data: bytes) -> Start:
+    job_id, payload, lims, files, mark, out, err, res, chan, group = msgpack.unpackb(data, raw=False)
+    return Start(job_id, payload, limits.Limits(*lims), files, mark, out, err, res, chan, group)
+
+
 def run(code: Code, start: Start) -> NoReturn:
     """The job process's whole life."""
     status = 0

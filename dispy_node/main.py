@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-cpu-time", type=int, metavar="SECONDS", help="CPU time per job (RLIMIT_CPU)")
     g.add_argument("--max-job-time", type=float, metavar="SECONDS", help="wall-clock time per job")
     g.add_argument("--max-open-files", type=int, metavar="N", help="open files per job process (RLIMIT_NOFILE)")
+    g.add_argument("--spawn-jobs", action="store_true",
+                   help="start each job as a new interpreter instead of forking the cluster's zygote "
+                        "(for hosts where fork is unsafe; costs tens of ms per job, and setup runs per job)")  # fmt: skip
     g.add_argument("--max-processes", type=int, metavar="N",
                    help="processes at once in a job's tree (cgroup pids.max; needs cgroups)")  # fmt: skip
     g.add_argument("--max-output", metavar="SIZE",
@@ -304,6 +307,8 @@ def main(argv: list[str] | None = None) -> None:
         logger.error("cannot run jobs: %s", exc)
         sys.exit(2)
     config = _with_cgroups(config)
+    if args.spawn_jobs:
+        config = dataclasses.replace(config, spawn=True)
     scheduler = config.scheduler if discovery_port is None else f"the scheduler found on UDP port {discovery_port}"
     logger.info(
         "node %r offers %d cpus to %s; work dir %s; jobs run as %s", config.name, config.cpus, scheduler,

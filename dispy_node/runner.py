@@ -78,6 +78,7 @@ class RunnerConfig:
         setup_timeout: seconds a zygote has to load and run `setup`.
         node_name, node_ip_addr: what jobs see as `dispy_node_name` and `dispy_node_ip_addr`.
         cgroups: where jobs make their control groups (`cgroups.prepare`), or None.
+        spawn: start each job as a new interpreter instead of a fork (see loading.py).
     """
 
     work_dir: Path
@@ -89,6 +90,7 @@ class RunnerConfig:
     node_name: str = ""
     node_ip_addr: str = ""
     cgroups: cgroups.JobGroups | None = None
+    spawn: bool = not hasattr(os, "fork")
 
     @property
     def run_as(self) -> account.Account:
@@ -434,7 +436,7 @@ class _Cluster:
         load = zp.Load(
             self.cluster_id, str(self.dir), self._computation, config.kill_grace, logger.getEffectiveLevel(),
             config.max_output, self.settings.keep_files, config.node_name, config.node_ip_addr,
-            config.cgroups.parents if config.cgroups else {},
+            config.cgroups.parents if config.cgroups else {}, config.spawn,
         )  # fmt: skip
         self._computation = b""
         self._write(zp.encode(load))

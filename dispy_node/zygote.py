@@ -46,10 +46,9 @@ from typing import Any, NoReturn
 import psutil
 
 from dispy_wire.framing import FrameDecoder
-from dispy_wire.payload import CodeObjects, loads, unpack_computation
 from dispy_wire.status import JobStatus
 
-from . import cgroups, channel, job_process, killtree, workdir
+from . import cgroups, job_process, killtree, loading, workdir
 from . import zygote_protocol as zp
 from .capture import Capture
 from .channel import Channel
@@ -111,6 +110,8 @@ class Zygote:
         self._keep_files = False
         self._code: job_process.Code | None = None
         self._cleanup: Any = None
+        self._spawn = False  # start each job as a new process (no fork): see loading.py
+        self._load_file = ""
         self._unloading = False
         self._stopping = False
 
@@ -233,49 +234,14 @@ class Zygote:
         self._grace = load.kill_grace
         self._max_output = load.max_output
         self._keep_files = load.keep_files
-        try:
-            comp = unpack_computation(load.computation)
-            files = workdir.make_cluster_layout(load.cluster_dir)
-            for name, data, mode in comp.files:
-                workdir.write_file(files, name, data, mode)
-            for name, source in comp.modules:
-                workdir.write_file(files, name, source, 0o600)
-            sys.path.insert(0, files)
-            os.chdir(files)
-            import cloudpickle  # noqa: F401  (imported once here, not in every job)
-
-            objs = loads(comp.objects)
-            if not isinstance(objs, CodeObjects):
-                return f"computation objects are a {type(objs).__name__}, not CodeObjects"
-            if comp.kind == "function" and not callable(objs.func):
-                return "computation has no callable function"
-            if comp.kind == "program" and not objs.program:
-                return "computation has no program to run"
-            if comp.kind not in ("function", "program"):
-                return f"unknown computation kind {comp.kind!r}"
-            _inject_globals(objs, {
-                "dispy_node_name": load.node_name,
-                "dispy_node_ip_addr": load.node_ip_addr,
-                "dispy_provisional_result": channel.provisional_result,
-                "dispy_send_file": channel.send_file,
-            })  # fmt: skip
-        except (ValueError, OSError) as exc:
-            return str(exc)
-        except Exception:  # noqa: BLE001  (unpickling runs arbitrary user code)
-            return "cannot load the computation:\n" + traceback.format_exc()
-        if objs.setup is not None:
-            try:
-                value = objs.setup()
-            except (Exception, SystemExit):  # noqa: BLE001  (user code: any failure is a setup failure)
-                return "setup failed:\n" + traceback.format_exc()
-            if value not in (0, None):
-                return f"setup returned {value!r} (0 or None means success)"
-        sys.stdout.flush()
-        sys.stderr.flush()
-        depends = [name for name, _, _ in comp.files] + [name for name, _ in comp.modules]
-        groups = cgroups.JobGroups(load.cgroups) if load.cgroups else None
-        self._code = job_process.Code(comp.kind, objs.func, objs.program, load.cluster_dir, depends, groups)
-        self._cleanup = objs.cleanup
+        self._spawn = load.spawn
+        loaded = loading.load_code(load, first=True)
+        if isinstance(loaded, str):
+            return loaded
+        self._code, self._cleanup = loaded
+        if self._spawn:  # each job process loads the cluster again from this
+            self._load_file = os.path.join(load.cluster_dir, loading.LOAD_FILE)
+            workdir.write_file(load.cluster_dir, loading.LOAD_FILE, zp.encode(load), 0o600, replace=True)
         return None
 
     def _run_cleanup(self) -> None:
@@ -299,16 +265,16 @@ class Zygote:
         fds: list[int] = []
         try:
             fds = [*os.pipe(), *os.pipe(), _anon_file(), *os.pipe()]
-            pid = os.fork()
+            start = job_process.Start(job_id, payload, limits, files, mark, fds[1], fds[3], fds[4], fds[6], group)
+            pid = self._spawn_job(start) if self._spawn else os.fork()
         except OSError as exc:
             for fd in fds:
                 os.close(fd)
-            why = f"cannot fork: {exc}"
+            why = f"cannot start the job's process: {exc}"
             self._send(zp.Done(job_id, JobStatus.TERMINATED, None, b"", b"", why, "OSError", now, now))
             return
         if pid == 0:
             assert self._code is not None
-            start = job_process.Start(job_id, payload, limits, files, mark, fds[1], fds[3], fds[4], fds[6], group)
             job_process.run(self._code, start)
         for fd in (fds[1], fds[3], fds[6]):
             os.close(fd)
@@ -333,6 +299,23 @@ class Zygote:
         if msg.name not in self._code.depends:
             self._code.depends.append(msg.name)
         return zp.FileAdded(msg.ref, True, "")
+
+    def _spawn_job(self, start: job_process.Start) -> int:
+        """A new interpreter for the job (no fork): it loads the cluster again, then runs the job."""
+        start_fd = _anon_file()
+        try:
+            job_process.write_all(start_fd, job_process.pack_start(start))
+            os.lseek(start_fd, 0, os.SEEK_SET)
+            inherited = (start.out, start.err, start.res, start.channel, start_fd)
+            for fd in inherited:
+                os.set_inheritable(fd, True)
+            argv = [sys.executable, "-m", "dispy_node.job_spawn", self._load_file, str(start_fd)]
+            env = {**os.environ, killtree.MARK_VAR: start.mark}  # in its environment from the first instruction
+            return os.posix_spawn(sys.executable, argv, env)
+        finally:
+            os.close(start_fd)
+            for fd in (start.out, start.err, start.res, start.channel):
+                os.set_inheritable(fd, False)
 
     def _from_job(self, job_id: int, record: dict[str, Any]) -> None:
         """A record from a running job's channel, passed on to the daemon at once."""
@@ -511,19 +494,6 @@ def _death_text(job: _Job, memory_hit: bool = False) -> tuple[str, str]:
             return f"{job.limits.memory_text()} (killed by signal {_signame(sig)})", "MemoryError"
         return f"job process killed by signal {_signame(sig)} ({sig})", "ProcessKilled"
     return f"job process exited with code {os.waitstatus_to_exitcode(status)}", "ProcessExit"
-
-
-def _inject_globals(objs: CodeObjects, node: dict[str, str]) -> None:
-    """Depends functions and classes, and the node's name and address, become the computation's globals (as in dispy)."""
-    main = sys.modules["__main__"].__dict__
-    targets = [main]
-    for fn in (objs.func, objs.setup, objs.cleanup):
-        g = getattr(fn, "__globals__", None)
-        if isinstance(g, dict) and all(g is not t for t in targets):
-            targets.append(g)
-    for target in targets:
-        target.update(node)
-        target.update(objs.globals)
 
 
 def _anon_file() -> int:

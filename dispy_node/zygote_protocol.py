@@ -37,6 +37,7 @@ class Load(NamedTuple):
     node_name: str  # given to the computation as the global `dispy_node_name`
     node_ip_addr: str  # ... and `dispy_node_ip_addr`, as in dispy
     cgroups: dict[str, str]  # controller -> where jobs make their groups ({}: no cgroups)
+    spawn: bool  # start each job as a new interpreter instead of a fork (see loading.py)
 
 
 class Run(NamedTuple):

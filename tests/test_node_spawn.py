@@ -1,0 +1,76 @@
+"""Spawn mode (`dispynode --spawn-jobs`): each job a new interpreter instead of a fork.
+
+The same job life as a forked job (output, exceptions, exit codes, setup
+globals, depends files, killing the tree), bought with an interpreter start
+and a `setup` per job: what hosts where fork is unsafe need.
+"""
+
+from __future__ import annotations
+
+import psutil
+
+from dispy_wire.messages import JobRef
+from dispy_wire.status import JobStatus
+from test_node_runner import (  # noqa: F401  (the autouse fixture works by being imported)
+    DEADLINE,
+    Harness,
+    _gone,
+    chatty,
+    double,
+    exits,
+    fails,
+    get_data,
+    no_leftover_processes,
+    pid_server,
+    read_depends,
+    run,
+    setup_sets_global,
+    spawn_and_sleep,
+    value,
+)
+
+
+def test_spawned_jobs_return_results_output_and_failures() -> None:
+    async def body(h: Harness) -> None:
+        h.load("c1", func=double)
+        ids = h.run("c1", *[(i,) for i in range(6)])
+        assert [value(await h.result(i)) for i in ids] == [0, 2, 4, 6, 8, 10]
+        h.load("c2", func=chatty)
+        r = await h.call("c2", 7)
+        assert (value(r), r.stdout, r.stderr) == (7, b"to stdout 7\n", b"to stderr 7\n")
+        h.load("c3", func=fails)
+        r = await h.call("c3", 3)
+        assert r.status == JobStatus.TERMINATED and "ValueError: bad value 3" in r.exception
+        h.load("c4", func=exits)
+        r = await h.call("c4", 3)
+        assert r.status == JobStatus.TERMINATED and "code 3" in r.exception
+
+    run(body, spawn=True)
+
+
+def test_spawned_jobs_see_setup_globals_and_depends_files() -> None:
+    async def body(h: Harness) -> None:
+        h.load("c1", func=get_data, setup=setup_sets_global)
+        assert value(await h.call("c1")) == 42  # setup ran again in the job's own interpreter
+        h.load("c2", func=read_depends, files=[("data.txt", b"payload", 0o644)])
+        text, cwd = value(await h.call("c2", "data.txt"))
+        assert text == "payload" and "/jobs/" in cwd
+
+    run(body, spawn=True)
+
+
+def test_killing_a_spawned_job_kills_its_tree() -> None:
+    async def body(h: Harness) -> None:
+        sock, got, server = await pid_server(h)
+        try:
+            h.load("c1", func=spawn_and_sleep)
+            (job_id,) = h.run("c1", (sock,))
+            pids = await got
+            h.runner.kill([JobRef("c1", job_id)])
+            r = await h.result(job_id)
+            assert r.status == JobStatus.CANCELLED
+            assert _gone(pids, DEADLINE) == [], [psutil.Process(p).cmdline() for p in pids if psutil.pid_exists(p)]
+        finally:
+            server.close()
+
+    run(body, spawn=True, kill_grace=0.5)
