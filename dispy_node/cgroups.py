@@ -49,7 +49,9 @@ def prepare(uid: int, gid: int, pid: int | None = None) -> tuple[JobGroups | Non
     parents = {}
     try:
         for controller in CONTROLLERS:
-            path = os.path.join(mounts[controller], own[controller].lstrip("/"), f"dispynode-{pid or os.getpid()}")
+            base = os.path.join(mounts[controller], own[controller].lstrip("/"))
+            _sweep(base)
+            path = os.path.join(base, f"dispynode-{pid or os.getpid()}")
             os.makedirs(path, exist_ok=True)
             for entry in (path, os.path.join(path, "cgroup.procs"), os.path.join(path, "tasks")):
                 if os.path.exists(entry):
@@ -97,6 +99,18 @@ def remove(groups: JobGroups, name: str) -> None:
     """Removes the job's groups (its tree is gone, so they are empty)."""
     for controller in CONTROLLERS:
         _rmdir_tree(groups.path(controller, name))
+
+
+def _sweep(base: str) -> None:
+    """Removes what nodes that died without cleaning up (SIGKILL, a crash) left: their groups are empty now."""
+    try:
+        entries = list(os.scandir(base))
+    except OSError:
+        return
+    for entry in entries:
+        owner = entry.name.removeprefix("dispynode-")
+        if entry.name.startswith("dispynode-") and owner.isdigit() and not os.path.exists(f"/proc/{owner}"):
+            _rmdir_tree(entry.path)
 
 
 def _rmdir_tree(path: str) -> None:

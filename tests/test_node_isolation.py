@@ -516,3 +516,16 @@ def test_memory_limit_bounds_the_whole_tree_and_names_itself(groups: cgroups.Job
         await all_correct(h, good)
 
     run(body, caps=Limits(memory=256 << 20), cgroups=groups, kill_grace=0.5)
+
+
+def test_groups_left_by_a_node_that_died_are_swept_at_start(groups: cgroups.JobGroups) -> None:
+    dead = 4_000_000  # above any pid this machine hands out
+    stale = [os.path.join(os.path.dirname(p), f"dispynode-{dead}") for p in groups.parents.values()]
+    for path in stale:
+        os.makedirs(os.path.join(path, "job-1-1"))
+    again, why = cgroups.prepare(JOB_ACCOUNT.uid, JOB_ACCOUNT.gid, pid=dead + 1)
+    assert again is not None, why
+    try:
+        assert not any(os.path.exists(p) for p in stale)
+    finally:
+        cgroups.release(again)
