@@ -37,7 +37,7 @@ from .options import ClusterOptions, cluster_options
 from .packaging import build_computation, computation_name, job_files
 from .recover import Recorder
 from .session import ClusterSession
-from .tracker import JobTracker
+from .tracker import ACTIVE, JobTracker
 
 log = logging.getLogger("dispy_client")
 
@@ -342,7 +342,7 @@ class BaseCluster:
         start reports either way.
         """
         key = node.name if isinstance(node, DispyNode) else node
-        return [j for j in self._tracker.unfinished() if j.status == DispyJob.Running and key in (j.node, j.ip_addr)]
+        return [j for j in self._tracker.unfinished() if j.status in ACTIVE and key in (j.node, j.ip_addr)]
 
     # -------------------------------------------------------------- nodes
 

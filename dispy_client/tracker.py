@@ -47,6 +47,10 @@ class Counts:
         return self.submitted - self.done
 
 
+#: a job between its start and its end (a provisional result does not end it)
+ACTIVE = frozenset({DispyJob.Running, DispyJob.ProvisionalResult})
+
+
 class JobTracker:
     """Args:
     name: the cluster's name (for the thread's name and log lines).
@@ -160,7 +164,7 @@ class JobTracker:
             job = self._jobs.get(start.job_id)
             if job is None:
                 return
-            if job.status == DispyJob.Running:  # rerun elsewhere (reentrant): leaves its old node
+            if job.status in ACTIVE:  # rerun elsewhere (reentrant): leaves its old node
                 self._nodes[job.node or ""].busy -= 1
                 self._running -= 1
             job.status = DispyJob.Running
@@ -224,7 +228,7 @@ class JobTracker:
         job = self.get(r.job_id)
         if job is None:
             return
-        was_running = job.status == DispyJob.Running
+        was_running = job.status in ACTIVE
         fill_job(job, r)
         with self.changed:
             del self._jobs[r.job_id]

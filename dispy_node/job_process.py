@@ -87,7 +87,8 @@ def run(code: Code, start: Start) -> NoReturn:
     status = 0
     try:
         started = time.time()
-        os.setsid()
+        if os.getsid(0) != os.getpid():  # a spawned job is a session leader already
+            os.setsid()
         os.umask(0o077)
         signal.set_wakeup_fd(-1)
         for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGPIPE, signal.SIGXCPU, signal.SIGXFSZ):

@@ -311,7 +311,7 @@ class Zygote:
                 os.set_inheritable(fd, True)
             argv = [sys.executable, "-m", "dispy_node.job_spawn", self._load_file, str(start_fd)]
             env = {**os.environ, killtree.MARK_VAR: start.mark}  # in its environment from the first instruction
-            return os.posix_spawn(sys.executable, argv, env)
+            return os.posix_spawn(sys.executable, argv, env, setsid=True)  # its own group before setup runs
         finally:
             os.close(start_fd)
             for fd in (start.out, start.err, start.res, start.channel):

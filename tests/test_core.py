@@ -1097,21 +1097,24 @@ test_random_interleavings_under_fair_cluster = FairClusterCoreMachine.TestCase
 test_random_interleavings_under_fcfs_cluster = FcfsClusterCoreMachine.TestCase
 
 
-def test_files_from_a_running_job_reach_its_client_before_its_result_and_survive_a_reattach(core: SchedulerCore) -> None:
-    step(core, opened("c1", "K"), joined("n1", 1), joined("n2", 1), submitted("c1", "K", 1), now=0)
+def test_files_from_a_running_job_reach_its_client_before_its_result_and_wait_for_an_absent_one(
+    core: SchedulerCore,
+) -> None:
+    step(core, opened("c1", "K"), joined("n1", 1), joined("n22", 1), submitted("c1", "K", 1, 2), now=0)
     node = node_of(core, "K", 1)
-    other = "n2" if node == "n1" else "n1"
+    other = "n22" if node == "n1" else "n1"
     f = JobFile("K", 1, "out.txt", b"data", 0o600)
     assert not of(step(core, E.FilesArrived(other, [f]), now=1), A.DeliverFiles)  # not that job's node
     actions = step(core, E.FilesArrived(node, [f]), arrived(node, result("K", 1)), now=2)
     files = of(actions, A.DeliverFiles)
     assert files == [A.DeliverFiles("c1", [f])]
     assert actions.index(files[0]) < actions.index(of(actions, A.DeliverResults)[0])
-    step(core, E.ClientLeft("c1"), now=3)
-    actions = step(core, opened("c2", "K"), now=4)
-    assert of(actions, A.DeliverFiles) == [A.DeliverFiles("c2", [f])]
-    step(core, E.ResultsAcked("c2", "K", [1]), now=5)
-    assert 1 not in core.clusters["K"].jobs  # the file goes with the acknowledged job
+    step(core, E.ResultsAcked("c1", "K", [1]), E.ClientLeft("c1"), now=3)
+    g = JobFile("K", 2, "later.txt", b"more", 0o600)
+    assert not of(step(core, E.FilesArrived(node_of(core, "K", 2), [g]), now=4), A.DeliverFiles)  # nobody to take it
+    actions = step(core, opened("c2", "K"), now=5)
+    assert of(actions, A.DeliverFiles) == [A.DeliverFiles("c2", [g])]  # kept for the client, sent once
+    assert not of(step(core, opened("c3", "K"), now=6), A.DeliverFiles)
 
 
 def test_a_job_its_node_gives_up_on_runs_again_if_reentrant_else_ends_abandoned(core: SchedulerCore) -> None:

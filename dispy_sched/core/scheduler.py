@@ -163,7 +163,9 @@ class SchedulerCore:
             cluster.client = ev.client
             self._out.immediate.append(A.ConfirmOpened(ev.client, ev.cluster_id, True))
             for job in cluster.jobs.values():
-                self._out.files[ev.client] += job.files
+                if job.files:
+                    self._out.files[ev.client] += job.files
+                    job.files = []
                 if job.state is JobState.RUNNING and job.node is not None:
                     self._notify_started(cluster, job)
                 elif job.state is JobState.DONE and job.result is not None:
@@ -273,7 +275,7 @@ class SchedulerCore:
         if cluster is None:
             return
         for node in self.nodes.values():
-            if ev.node in (node.name, node.ip_addr):
+            if ev.node in (node.name, *node.addresses):
                 cluster.node_blobs[node.node_id] = ev.computation
                 if node.node_id in cluster.loaded_on:  # no new jobs there until its running ones end
                     cluster.resetting.add(node.node_id)
@@ -293,9 +295,12 @@ class SchedulerCore:
         cluster = self._owned(ev.client, put.cluster_id)
         if cluster is None:
             return
-        targets = [n for n in cluster.loaded_on if put.node in (self.nodes[n].name, self.nodes[n].ip_addr)]
+        targets = [
+            n for n in cluster.loaded_on
+            if put.node in (self.nodes[n].name, *self.nodes[n].addresses) and n not in cluster.resetting
+        ]  # fmt: skip
         if not targets:
-            why = f"cluster {cluster.name} is not loaded on a node called {put.node!r}"
+            why = f"cluster {cluster.name} is not loaded (or is being set up again) on a node called {put.node!r}"
             self._out.immediate.append(A.ReportFilePut(ev.client, put.ref, False, why))
             return
         node_id = targets[0]
@@ -373,9 +378,10 @@ class SchedulerCore:
             job = cluster.jobs.get(f.job_id) if cluster else None
             if cluster is None or job is None or job.state is not JobState.RUNNING or job.node != ev.node:
                 continue  # from a job this node no longer runs
-            job.files.append(f)  # resent if the client re-attaches before acking the result
             if cluster.client is not None:
                 self._out.files[cluster.client].append(f)
+            else:  # kept (only while nobody can take it) and sent when the client re-attaches
+                job.files.append(f)
 
     @_on.register
     def _on_cluster_failed_on_node(self, ev: E.ClusterFailedOnNode) -> None:
@@ -441,14 +447,14 @@ class SchedulerCore:
             cluster = self.ready.choose(
                 lambda c: (not c.failed_on or node_id not in c.failed_on)
                 and (not c.restricted or c.busy_on.get(node_id, 0) < c.node_cpus.get(node_id, 0))
-                and (c.unpinned is None or c.runnable_on(node.name, node.ip_addr))
+                and (c.unpinned is None or c.runnable_on(node.name, *node.addresses))
                 and (not c.resetting or node_id not in c.resetting)
             )
             if cluster is None:  # nothing this node may run; other nodes may still have work
                 self._free_nodes.discard(node_id)
                 skipped.append(node)
                 continue
-            self._dispatch(cluster, cluster.pop(node.name, node.ip_addr), node)
+            self._dispatch(cluster, cluster.pop(node.name, *node.addresses), node)
         for node in skipped:
             self._update_free(node)
 
@@ -630,7 +636,7 @@ class SchedulerCore:
         """Caches how many of `node`'s CPUs a restricted cluster may use."""
         if not cluster.restricted:
             return
-        cpus = cluster.overrides.get(node.name)
+        cpus = next((cluster.overrides[k] for k in (node.name, *node.addresses) if k in cluster.overrides), None)
         if cpus is not None:
             cluster.node_cpus[node.node_id] = min(cpus, node.cpus)
         elif cluster.ask_client:
@@ -642,7 +648,7 @@ class SchedulerCore:
 
     def _introduce_nodes(self, cluster: ClusterRecord) -> None:
         """Tells a watching cluster's client about every node there is."""
-        if cluster.cluster_id in self._watchers and cluster.client is not None:
+        if cluster.cluster_id in self._watchers and cluster.client is not None and self.nodes:
             self._out.nodes[(cluster.client, cluster.cluster_id)] += [_node_info("joined", n) for n in self.nodes.values()]
 
     def _announce(self, node: NodeRecord, event: str) -> None:

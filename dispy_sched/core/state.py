@@ -39,7 +39,7 @@ class JobRecord:
     attempts: int = 0
     cancel_requested: bool = False  # a kill was sent; the job must not run again
     result: JobResult | None = None
-    files: list[JobFile] = field(default_factory=list)  # sent back by the job; kept until its result is acked
+    files: list[JobFile] = field(default_factory=list)  # sent back by the job while its client was away
 
     @property
     def key(self) -> tuple[str, int]:
@@ -103,31 +103,45 @@ class ClusterRecord:
         entry = self._top(self.queue)
         return None if entry is None else self.jobs[entry[2]]
 
-    def runnable_on(self, name: str, ip_addr: str) -> bool:
-        """Whether a queued job may run on the node called `name` at `ip_addr`."""
-        return any(self._top(heap) is not None for heap in self._heaps_for(name, ip_addr))
+    def runnable_on(self, *names: str) -> bool:
+        """Whether a queued job may run on the node known by `names` (its name, its addresses)."""
+        return any(self._top(heap) is not None for heap in self._heaps_for(names))
 
-    def pop(self, name: str = "", ip_addr: str = "") -> JobRecord:
-        """Takes the next job that may run on the node called `name` at `ip_addr`."""
-        tops = [(entry, heap) for heap in self._heaps_for(name, ip_addr) if (entry := self._top(heap)) is not None]
+    def pop(self, *names: str) -> JobRecord:
+        """Takes the next job that may run on the node known by `names` (its name, its addresses)."""
+        tops = [(entry, heap) for heap in self._heaps_for(names) if (entry := self._top(heap)) is not None]
         assert tops, "pop from a cluster with nothing for this node"
         entry, heap = min(tops, key=lambda t: t[0])
         heapq.heappop(heap)  # its copies in the other heaps go stale: the job leaves QUEUED
         self.queued -= 1
+        if self.unpinned is not None and len(self.queue) > 2 * self.queued + 64:
+            self._compact()  # a pin waiting at the top keeps `queue` from shedding stale entries
         return self.jobs[entry[2]]
 
-    def _heaps_for(self, name: str, ip_addr: str) -> list[list[tuple[int, int, int]]]:
+    def _compact(self) -> None:
+        """Drops stale entries (and duplicates left by requeues) from every heap."""
+        for heap in (self.queue, self.unpinned, *self.pinned.values()):
+            assert heap is not None
+            live = {e for e in heap if self._valid(e)}
+            heap[:] = list(live)
+            heapq.heapify(heap)
+        self.pinned = {k: h for k, h in self.pinned.items() if h}
+
+    def _heaps_for(self, names: tuple[str, ...]) -> list[list[tuple[int, int, int]]]:
         if self.unpinned is None:
             return [self.queue]
-        return [self.unpinned, *(self.pinned[k] for k in {name, ip_addr} if k in self.pinned)]
+        return [self.unpinned, *(self.pinned[k] for k in set(names) if k in self.pinned)]
 
     def _top(self, heap: list[tuple[int, int, int]]) -> tuple[int, int, int] | None:
         while heap:
-            job = self.jobs.get(heap[0][2])
-            if job is not None and job.state is JobState.QUEUED and job.seq == heap[0][1]:
+            if self._valid(heap[0]):
                 return heap[0]
             heapq.heappop(heap)
         return None
+
+    def _valid(self, entry: tuple[int, int, int]) -> bool:
+        job = self.jobs.get(entry[2])
+        return job is not None and job.state is JobState.QUEUED and job.seq == entry[1]
 
 
 @dataclass(frozen=True, slots=True)
