@@ -49,7 +49,6 @@ class Code:
     func: Any
     program: list[str] | None
     cluster_dir: str
-    depends: list[str]  # names of the files linked into each job's directory
     groups: cgroups.JobGroups | None = None  # where jobs make their control groups, if the node can
 
 
@@ -104,7 +103,7 @@ def run(code: Code, start: Start) -> NoReturn:
         channel.attach(start.channel)
         if code.groups is not None and (start.limits.memory or start.limits.processes):
             cgroups.enter(code.groups, start.group, start.limits.memory, start.limits.processes)
-        workdir.enter_job_dir(code.cluster_dir, start.job_id, code.depends)
+        workdir.enter_job_dir(code.cluster_dir, start.job_id)
         for name, data, mode in start.files:
             workdir.write_file(".", name, data, mode)
         limits.apply(start.limits)

@@ -73,9 +73,8 @@ def load_code(load: zp.Load, first: bool) -> tuple[job_process.Code, Any] | str:
             return f"setup returned {value!r} (0 or None means success)"
     sys.stdout.flush()
     sys.stderr.flush()
-    depends = [name for name, _, _ in comp.files] + [name for name, _ in comp.modules]
     groups = cgroups.JobGroups(load.cgroups) if load.cgroups else None
-    return job_process.Code(comp.kind, objs.func, objs.program, load.cluster_dir, depends, groups), objs.cleanup
+    return job_process.Code(comp.kind, objs.func, objs.program, load.cluster_dir, groups), objs.cleanup
 
 
 def _inject_globals(objs: CodeObjects, node: dict[str, str]) -> None:

@@ -5,7 +5,7 @@ account, so that account can reach its own directories but list nothing):
 
     <work_dir>/<cluster_id>/            0700, owned by the account jobs run as
         files/                          depends files and modules; setup's cwd; on sys.path
-        jobs/<job_id>/                  0700: one job's cwd, with a symlink to each depends file
+        jobs/<job_id>/                  0700: one job's cwd, with a symlink to everything in files/
 
 A cluster directory belongs to one cluster, hence to one user: clusters never
 share one. The daemon makes the cluster directory (it may need to `chown` it);
@@ -46,15 +46,20 @@ def job_dir(cluster_dir: str, job_id: int) -> str:
     return os.path.join(cluster_dir, JOBS, str(job_id))
 
 
-def enter_job_dir(cluster_dir: str, job_id: int, depends: list[str]) -> None:
-    """In the job process: makes the job's directory, links the depends files, chdirs there."""
+def enter_job_dir(cluster_dir: str, job_id: int) -> None:
+    """In the job process: makes the job's directory, links what the cluster's directory holds, chdirs there.
+
+    That is the depends files and modules, what `send_file` added, and what
+    `setup` left in its working directory: as in dispy, where jobs run where
+    setup ran.
+    """
     path = job_dir(cluster_dir, job_id)
     os.makedirs(path, 0o700, exist_ok=True)  # exists only if a kept earlier run of the job left it
-    files = os.path.join(cluster_dir, FILES)
-    for name in depends:
-        link = os.path.join(path, name)
-        if not os.path.lexists(link):
-            os.symlink(os.path.join(files, name), link)
+    with os.scandir(os.path.join(cluster_dir, FILES)) as entries:
+        for entry in entries:
+            link = os.path.join(path, entry.name)
+            if not os.path.lexists(link):
+                os.symlink(entry.path, link)
     os.chdir(path)
 
 

@@ -292,12 +292,11 @@ class Zygote:
     def _add_file(self, msg: zp.AddFile) -> zp.FileAdded:
         """Puts a file sent by the client beside the depends files; jobs started from now on see it."""
         assert self._code is not None
+        files = os.path.join(self._code.cluster_dir, workdir.FILES)
         try:
-            workdir.write_file(os.path.join(self._code.cluster_dir, workdir.FILES), msg.name, msg.data, msg.mode, replace=True)
+            workdir.write_file(files, msg.name, msg.data, msg.mode, replace=True)
         except (ValueError, OSError) as exc:
             return zp.FileAdded(msg.ref, False, str(exc))
-        if msg.name not in self._code.depends:
-            self._code.depends.append(msg.name)
         return zp.FileAdded(msg.ref, True, "")
 
     def _spawn_job(self, start: job_process.Start) -> int:

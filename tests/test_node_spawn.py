@@ -8,6 +8,7 @@ and a `setup` per job: what hosts where fork is unsafe need.
 from __future__ import annotations
 
 import psutil
+import pytest
 
 from dispy_wire.messages import JobRef
 from dispy_wire.status import JobStatus
@@ -74,3 +75,16 @@ def test_killing_a_spawned_job_kills_its_tree() -> None:
             server.close()
 
     run(body, spawn=True, kill_grace=0.5)
+
+
+@pytest.mark.parametrize("spawn", [False, True], ids=["forked", "spawned"])
+def test_jobs_see_a_file_sent_to_the_cluster_after_it_loaded(spawn: bool) -> None:
+    async def body(h: Harness) -> None:
+        h.load("c1", func=read_depends)
+        answers: list[tuple[bool, str]] = []
+        h.runner.put_file("c1", "added.txt", b"sent later", 0o644, lambda ok, why: answers.append((ok, why)))
+        text, _ = value(await h.call("c1", "added.txt"))  # the zygote takes the file before the job
+        assert text == "sent later"
+        assert answers == [(True, "")]
+
+    run(body, spawn=spawn)
