@@ -5,11 +5,12 @@ forks many children, or children that each stay under the limit, escape it.
 A control group bounds the job's whole tree. At start-up the daemon finds
 where it may make groups (`prepare`): with cgroup v1 (this kind of host:
 `memory` and `pids` hierarchies mounted and writable), one directory per
-controller under its own group, `dispynode-<pid>`, handed to the account
-jobs run as. Each job process, before user code runs, makes its own group
-there, writes its limits and moves itself in (`enter`); so no privilege is
-needed per job. When the job's tree is gone the zygote reads why it ended
-(`breach`) and removes the group (`remove`).
+controller under its own group, `dispynode-<pid>`. For each job with a limit
+the daemon makes the job's group and writes the limit (`make`), and hands
+only the group's `cgroup.procs` to the account jobs run as: the job process
+moves itself in before user code runs (`join`) but can neither raise its
+limit nor move to the node's group. When the job's tree is gone the zygote reads why it ended
+(`breach`) and the daemon removes the group (`remove`).
 
 cgroup v2 (a unified hierarchy with `memory` and `pids` delegated, as under
 systemd `Delegate=yes`) needs the daemon to move itself into a leaf and to
@@ -34,8 +35,8 @@ class JobGroups(NamedTuple):
         return os.path.join(self.parents[controller], name)
 
 
-def prepare(uid: int, gid: int, pid: int | None = None) -> tuple[JobGroups | None, str]:
-    """Makes the node's group directories, owned by the jobs' account.
+def prepare(pid: int | None = None) -> tuple[JobGroups | None, str]:
+    """Makes the node's group directories (owned by the node).
 
     Returns:
         (groups, "") when per-job limits can be set, else (None, why not).
@@ -53,9 +54,6 @@ def prepare(uid: int, gid: int, pid: int | None = None) -> tuple[JobGroups | Non
             _sweep(base)
             path = os.path.join(base, f"dispynode-{pid or os.getpid()}")
             os.makedirs(path, exist_ok=True)
-            for entry in (path, os.path.join(path, "cgroup.procs"), os.path.join(path, "tasks")):
-                if os.path.exists(entry):
-                    os.chown(entry, uid, gid)
             parents[controller] = path
     except OSError as exc:
         release(JobGroups(parents))
@@ -69,30 +67,52 @@ def release(groups: JobGroups) -> None:
         _rmdir_tree(path)
 
 
-def enter(groups: JobGroups, name: str, memory: int | None, processes: int | None) -> None:
-    """In the job process: makes its groups, sets the limits, moves itself in.
+def make(groups: JobGroups, name: str, memory: int | None, processes: int | None, uid: int, gid: int) -> None:
+    """In the daemon: a fresh group per controller for one job, its limits set, joinable by the job's account.
 
     Raises:
-        OSError: a group cannot be made or joined (the job must not run unbounded).
+        OSError: the group cannot be made (the job must not run unbounded).
     """
     limits = {"memory": ("memory.limit_in_bytes", memory), "pids": ("pids.max", processes)}
     for controller in CONTROLLERS:
         path = groups.path(controller, name)
-        os.makedirs(path, exist_ok=True)
+        _rmdir_tree(path)  # a stale one (counters and all) must not be reused
+        os.mkdir(path)
         knob, value = limits[controller]
         if value is not None:
             _write(os.path.join(path, knob), str(value))
-        _write(os.path.join(path, "cgroup.procs"), str(os.getpid()))
+        for entry in ("cgroup.procs", "tasks"):
+            if os.path.exists(os.path.join(path, entry)):
+                os.chown(os.path.join(path, entry), uid, gid)
+
+
+def join(groups: JobGroups, name: str) -> None:
+    """In the job process, before user code runs: moves itself into its groups.
+
+    Raises:
+        OSError: a group cannot be joined (the job must not run unbounded).
+    """
+    for controller in CONTROLLERS:
+        _write(os.path.join(groups.path(controller, name), "cgroup.procs"), str(os.getpid()))
 
 
 def breach(groups: JobGroups, name: str) -> tuple[bool, bool]:
-    """(memory limit hit, process limit hit) for the job's groups, after the fact."""
-    memory = _read(groups.path("memory", name), "memory.failcnt")
+    """(a process was killed at the memory limit, a fork failed at the process limit), after the fact.
+
+    `memory.failcnt` alone is not a breach: it also counts page cache
+    reclaimed at the limit, which harms nobody. It stands in only on kernels
+    without an `oom_kill` count.
+    """
     oom = _read(groups.path("memory", name), "memory.oom_control")
-    oom_kills = next((int(line.split()[1]) for line in oom.splitlines() if line.startswith("oom_kill ")), 0)
+    kills = [int(line.split()[1]) for line in oom.splitlines() if line.startswith("oom_kill ")]
+    if kills:
+        memory = kills[0] > 0
+    else:
+        failcnt = _read(groups.path("memory", name), "memory.failcnt").strip()
+        memory = failcnt.isdigit() and int(failcnt) > 0
     pids = _read(groups.path("pids", name), "pids.events")
     pid_max = next((int(line.split()[1]) for line in pids.splitlines() if line.startswith("max ")), 0)
-    return (oom_kills > 0 or (memory.strip().isdigit() and int(memory) > 0)), pid_max > 0
+    return memory, pid_max > 0
 
 
 def remove(groups: JobGroups, name: str) -> None:

@@ -65,7 +65,7 @@ class Start:
     err: int
     res: int  # the anonymous file for the record
     channel: int  # write end of the pipe for provisional results and files
-    group: str  # name of its control group, if it gets one
+    group: str  # name of the control group the daemon made for it ("" for none)
 
 
 def pack_start(start: Start) -> bytes:
@@ -101,8 +101,8 @@ def run(code: Code, start: Start) -> NoReturn:
         os.closerange(low + 1, high)
         os.closerange(high + 1, _ALL_FDS)
         channel.attach(start.channel)
-        if code.groups is not None and (start.limits.memory or start.limits.processes):
-            cgroups.enter(code.groups, start.group, start.limits.memory, start.limits.processes)
+        if code.groups is not None and start.group:
+            cgroups.join(code.groups, start.group)
         workdir.enter_job_dir(code.cluster_dir, start.job_id)
         for name, data, mode in start.files:
             workdir.write_file(".", name, data, mode)

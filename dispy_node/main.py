@@ -325,8 +325,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def _with_cgroups(config: NodeConfig) -> NodeConfig:
     """Control groups for jobs' memory and process limits, where the host allows them."""
-    acct = config.account or account.resolve(None)
-    groups, why = cgroups.prepare(acct.uid, acct.gid)
+    groups, why = cgroups.prepare()
     if groups is None:
         level = logging.WARNING if config.caps.processes else logging.INFO
         logger.log(level, "per-job cgroups unavailable (%s): memory limits apply per process only", why)

@@ -307,6 +307,7 @@ class _Cluster:
         self.state = _State.STARTING
         self._queued: dict[int, RunJob] = {}  # until Ready, and beyond the cluster's cpus
         self._files: list[zp.AddFile] = []  # until Ready
+        self._groups: dict[int, str] = {}  # job -> control group made for it, until its tree is gone
         self._replies: dict[int, Callable[[bool, str], None]] = {}  # AddFile ref -> who waits
         self._refs = itertools.count(1)
         self._running: dict[int, int | None] = {}  # job_id -> pid (once Started), sent to the zygote
@@ -363,12 +364,39 @@ class _Cluster:
             try:
                 job_limits = limits.effective(caps, self.settings.options, job.options)
                 files = _job_files(job.options)
+                group = self._make_group(job_id, job_limits)
             except limits.BadOption as exc:
                 self.runner.report(_verdict(self.cluster_id, job_id, JobStatus.TERMINATED, str(exc), "BadOption"))
                 continue
+            except OSError as exc:  # never run a job without the limits it was given
+                why = f"cannot set the job's control group: {exc}"
+                self.runner.report(_verdict(self.cluster_id, job_id, JobStatus.TERMINATED, why, "OSError"))
+                continue
             self._running[job_id] = None
-            frames.append(zp.encode(zp.Run(job_id, job.payload, list(job_limits), files)))
+            frames.append(zp.encode(zp.Run(job_id, job.payload, list(job_limits), files, group)))
         self._write(b"".join(frames))
+
+    def _make_group(self, job_id: int, job_limits: limits.Limits) -> str:
+        """The job's control group, when the node has cgroups and the job a memory or process limit ("" if not).
+
+        Made here, by the daemon, so that the job can join it but not change it.
+        """
+        groups = self.runner.config.cgroups
+        if groups is None or not (job_limits.memory or job_limits.processes):
+            return ""
+        name = f"job-{self.cluster_id}-{job_id}"
+        acct = self.runner.account
+        cgroups.make(groups, name, job_limits.memory, job_limits.processes, acct.uid, acct.gid)
+        self._groups[job_id] = name
+        return name
+
+    def _drop_groups(self, *job_ids: int) -> None:
+        """Removes the control groups of jobs whose trees are gone."""
+        groups = self.runner.config.cgroups
+        for job_id in job_ids:
+            name = self._groups.pop(job_id, None)
+            if name is not None and groups is not None:
+                cgroups.remove(groups, name)
 
     def kill(self, job_id: int, reason: str = "", status: JobStatus = JobStatus.CANCELLED) -> None:
         if self._queued.pop(job_id, None) is not None:
@@ -406,6 +434,7 @@ class _Cluster:
                 logger.warning("cluster %s: zygote %d did not stop; SIGKILL", self.cluster_id, proc.pid)
                 killtree.killpg(proc.pid, signal.SIGKILL)  # with whatever its setup started
                 await self._kill_jobs(proc.pid)
+        self._drop_groups(*self._groups)
         self._task.cancel()
         await asyncio.gather(self._task, return_exceptions=True)
         if proc is not None and proc.returncode is None:
@@ -466,6 +495,7 @@ class _Cluster:
         if isinstance(msg, zp.Done):
             if msg.job_id in self._running:
                 del self._running[msg.job_id]
+                self._drop_groups(msg.job_id)
                 self.runner.report(JobResult(self.cluster_id, *msg))
                 self._start_queued()
         elif isinstance(msg, zp.Started):
@@ -499,6 +529,7 @@ class _Cluster:
         self.state = _State.DEAD  # nothing more is reported but what follows
         self.fail_puts(why)
         await self._kill_jobs(self._proc.pid)
+        self._drop_groups(*self._groups)
         for job_id in list(self._running):
             self.runner.report(_verdict(self.cluster_id, job_id, JobStatus.TERMINATED, why, "ZygoteDied"))
         self._running.clear()

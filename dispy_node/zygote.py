@@ -79,6 +79,7 @@ class _Job:
     channel: Channel  # provisional results and files from the running job
     forked: float
     limits: Limits
+    group: str  # its control group ("" for none)
     verdict: tuple[JobStatus, str, str] | None = None  # (status, text, type) when we killed it
     wait_status: int | None = None  # once the leader is reaped
     maxrss: int = 0  # KiB, from the leader's rusage
@@ -206,7 +207,7 @@ class Zygote:
 
     def _handle(self, msg: Any) -> None:
         if isinstance(msg, zp.Run):
-            self._start(msg.job_id, msg.payload, Limits(*msg.limits), msg.files)
+            self._start(msg.job_id, msg.payload, Limits(*msg.limits), msg.files, msg.group)
         elif isinstance(msg, zp.Kill):
             job = self._jobs.get(msg.job_id)
             if job is not None:
@@ -255,13 +256,12 @@ class Zygote:
 
     # -- jobs ----------------------------------------------------------------
 
-    def _start(self, job_id: int, payload: bytes, limits: Limits, files: list[Any]) -> None:
+    def _start(self, job_id: int, payload: bytes, limits: Limits, files: list[Any], group: str) -> None:
         if job_id in self._jobs:
             logger.warning("job %d is already running; repeated Run ignored", job_id)
             return
         now = time.time()
         mark = killtree.mark(os.getpid(), job_id)
-        group = _group(job_id)  # named after this zygote: computed before the fork
         fds: list[int] = []
         try:
             fds = [*os.pipe(), *os.pipe(), _anon_file(), *os.pipe()]
@@ -280,7 +280,7 @@ class Zygote:
             os.close(fd)
         chan = Channel(fds[5], lambda record: self._from_job(job_id, record))
         job = _Job(job_id, pid, mark, Capture(fds[0], self._max_output), Capture(fds[2], self._max_output), fds[4],
-                   chan, now, limits)  # fmt: skip
+                   chan, now, limits, group)  # fmt: skip
         for reader in (job.out, job.err, job.channel):
             self._sel.register(reader.fd, selectors.EVENT_READ, reader)
         self._jobs[job_id] = job
@@ -446,13 +446,11 @@ class Zygote:
         return zp.Done(job.job_id, JobStatus.TERMINATED, None, stdout, stderr, text, kind, start, end)
 
     def _group_breach(self, job: _Job) -> tuple[bool, bool]:
-        """Which of its control group's limits the job hit; removes the group (its tree is gone)."""
+        """Which of its control group's limits the job hit (the daemon removes the group)."""
         groups = self._code.groups if self._code is not None else None
-        if groups is None or not (job.limits.memory or job.limits.processes):
+        if groups is None or not job.group:
             return False, False
-        hit = cgroups.breach(groups, _group(job.job_id))
-        cgroups.remove(groups, _group(job.job_id))
-        return hit
+        return cgroups.breach(groups, job.group)
 
     # -- output --------------------------------------------------------------
 
@@ -473,11 +471,6 @@ def _verdict_for(status: JobStatus, reason: str) -> tuple[JobStatus, str, str]:
     if status is JobStatus.CANCELLED:
         return status, reason or "cancelled", ""
     return status, reason, "NodeGaveUp" if status is JobStatus.ABANDONED else "Killed"
-
-
-def _group(job_id: int) -> str:
-    """A job's control group: unique on the node (this zygote's pid, the job's id)."""
-    return f"job-{os.getpid()}-{job_id}"
 
 
 def _death_text(job: _Job, memory_hit: bool = False) -> tuple[str, str]:

@@ -45,6 +45,7 @@ class Run(NamedTuple):
     payload: bytes  # dumps((args, kwargs))
     limits: list[Any]  # the fields of `limits.Limits`
     files: list[Any]  # [[name, bytes, mode], ...]: the job's own files, written into its directory
+    group: str  # its control group, made by the daemon ("" for none)
 
 
 class Kill(NamedTuple):

@@ -447,7 +447,7 @@ def test_root_node_never_silently_runs_jobs_as_root(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def groups() -> Iterator[cgroups.JobGroups]:
     """The node's cgroup directories, as `dispynode` makes them at start; removed afterwards."""
-    made, why = cgroups.prepare(JOB_ACCOUNT.uid, JOB_ACCOUNT.gid)
+    made, why = cgroups.prepare()
     if made is None:
         pytest.skip(f"this host gives no per-job cgroups: {why}")
     yield made
@@ -523,9 +523,39 @@ def test_groups_left_by_a_node_that_died_are_swept_at_start(groups: cgroups.JobG
     stale = [os.path.join(os.path.dirname(p), f"dispynode-{dead}") for p in groups.parents.values()]
     for path in stale:
         os.makedirs(os.path.join(path, "job-1-1"))
-    again, why = cgroups.prepare(JOB_ACCOUNT.uid, JOB_ACCOUNT.gid, pid=dead + 1)
+    again, why = cgroups.prepare(pid=dead + 1)
     assert again is not None, why
     try:
         assert not any(os.path.exists(p) for p in stale)
     finally:
         cgroups.release(again)
+
+
+def write_then_fail(mib: int) -> None:
+    with open("big.bin", "wb") as f:  # page cache churns at the group's limit: nothing is killed
+        for _ in range(mib):
+            f.write(b"x" * (1 << 20))
+    raise ValueError("an ordinary failure")
+
+
+def test_groups_go_with_their_jobs_whatever_the_end(groups: cgroups.JobGroups) -> None:
+    async def body(h: Harness) -> None:
+        h.load(func=sleep)
+        ids = h.run("c1", (30,), (0,))
+        await h.result(ids[1])
+        h.runner.kill([JobRef("c1", ids[0])])
+        assert (await h.result(ids[0])).status == JobStatus.CANCELLED
+        left = [e for p in groups.parents.values() for e in os.listdir(p) if e.startswith("job-")]
+        assert left == [], left
+
+    run(body, caps=Limits(memory=256 << 20), cgroups=groups, kill_grace=0.5)
+
+
+def test_page_cache_at_the_limit_is_no_memory_breach(groups: cgroups.JobGroups) -> None:
+    async def body(h: Harness) -> None:
+        h.load(func=write_then_fail)
+        r = await h.call("c1", 400)
+        assert r.status == JobStatus.TERMINATED and r.exception_type == "ValueError"
+        assert not r.exception.startswith("memory limit"), r.exception
+
+    run(body, caps=Limits(memory=256 << 20), cgroups=groups)

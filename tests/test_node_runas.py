@@ -85,3 +85,54 @@ def test_root_node_runs_jobs_as_nobody_in_a_directory_of_their_own(cluster: Clus
         assert mode == 0o700 and cwd.startswith(str(work / "node"))
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def test_a_job_can_neither_raise_its_memory_limit_nor_leave_its_group(cluster: Cluster, readable_python: Path) -> None:
+    cluster.scheduler()
+    work = Path(tempfile.mkdtemp(prefix="dispy-runas-work-"))
+    try:
+        work.chmod(0o711)
+        node = cluster.start(
+            [str(readable_python), "-m", "dispy_node.main", "--scheduler", cluster.address, "--cpus", "1",
+             "--name", "sandbox", "--work-dir", str(work / "node"), "--run-as", "nobody", "--max-memory", "1G"],
+            "node",
+            {"PYTHONPATH": ""},
+        )  # fmt: skip
+        node.wait_for_line(r"connected to ")
+        if "per-job cgroups under" not in node.stderr:
+            pytest.skip("this host gives the node no cgroups (see its log)")
+        client = cluster.run_client(
+            """
+            import json
+            from dispy_client import SharedJobCluster
+
+            def probe():
+                import os
+                with open("/proc/self/cgroup") as f:
+                    path = next(line.split(":", 2)[2].strip() for line in f if ":memory:" in line)
+                group = "/sys/fs/cgroup/memory" + path
+                tries = {"raise own limit": (group + "/memory.limit_in_bytes", "-1"),
+                         "move to the node's group": (os.path.dirname(group) + "/cgroup.procs", str(os.getpid()))}
+                out = {"group": os.path.basename(group)}
+                for what, (target, text) in tries.items():
+                    try:
+                        with open(target, "w") as f:
+                            f.write(text)
+                        out[what] = "done"
+                    except OSError as exc:
+                        out[what] = type(exc).__name__
+                return out
+
+            with SharedJobCluster(probe) as c:
+                job = c.submit()
+                result = job()
+                assert job.status == job.Finished, job.exception
+                print(json.dumps(result))
+            """
+        )
+        out = json.loads(client.stdout)
+        assert out["group"].startswith("job-"), out
+        assert out["raise own limit"] == "PermissionError", out
+        assert out["move to the node's group"] == "PermissionError", out
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
