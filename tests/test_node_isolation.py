@@ -455,18 +455,6 @@ def groups() -> Iterator[cgroups.JobGroups]:
     assert not any(os.path.exists(p) for p in made.parents.values()), "cgroup directories left behind"
 
 
-def forks_children(n: int) -> int:
-    import time as t
-
-    made = 0
-    for _ in range(n):
-        if os.fork() == 0:
-            t.sleep(30)
-            os._exit(0)
-        made += 1
-    return made
-
-
 def children_share_memory(n: int, mib: int) -> None:
     """n processes of mib MiB each: every one under RLIMIT_AS, the tree over the group's limit."""
     import time as t
