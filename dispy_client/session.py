@@ -73,6 +73,8 @@ class ClusterSession:
         self._closed: asyncio.Future[None] | None = None
         self._status: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._puts: dict[str, asyncio.Future[tuple[bool, str]]] = {}
+        self._node_cpus: dict[str, int] = {}  # node -> the latest setting, resent after a reconnect
+        self._resetups: dict[str, bytes] = {}  # node -> computation of the latest resetup_node
         self._closing = False
         self.max_message_size = 0  # the scheduler's limit, from its Welcome
         self._reconnect: asyncio.Task[None] | None = None
@@ -126,6 +128,12 @@ class ClusterSession:
                 resumed = await self._opened
         except TimeoutError:
             raise ClusterError(f"scheduler {self._link.where} did not open the cluster within {self.timeout:g} s") from None
+        # what the scheduler may have missed or forgotten, before the jobs it shapes
+        for node, cpus in self._node_cpus.items():
+            self._link.send(M.SetNodeCpus(self.cluster_id, node, cpus))
+        if not resumed:
+            for node, computation in self._resetups.items():
+                self._link.send(M.ResetupNode(self.cluster_id, node, computation))
         if self._specs:
             self._send_submits(list(self._specs.values()))
         return resumed
@@ -184,11 +192,13 @@ class ClusterSession:
 
     def resetup(self, node: str, computation: bytes) -> None:
         """Loads the cluster anew, with `computation`, on the node(s) called `node`."""
+        self._resetups[node] = computation  # kept: a scheduler that restarts must hear it again
         if self._link is not None:
             self._link.send(M.ResetupNode(self.cluster_id, node, computation))
 
     def set_node_cpus(self, node: str, cpus: int) -> None:
         """Caps the cluster's use of the node(s) called `node` (negative: lifts the cap)."""
+        self._node_cpus[node] = cpus  # kept: resent after every reconnect
         if self._link is not None:
             self._link.send(M.SetNodeCpus(self.cluster_id, node, cpus))
 

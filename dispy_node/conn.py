@@ -156,7 +156,7 @@ class NodeControl:
     config: NodeConfig
     clock: Callable[[], dt.datetime] = _local_now
     availability: Availability = field(init=False)
-    served: int = 0  # clusters loaded so far (`--serve`)
+    served: set[str] = field(default_factory=set)  # clusters loaded so far (`--serve`), each counted once
     done: asyncio.Event = field(default_factory=asyncio.Event)  # exit with status 0
     poke: asyncio.Event = field(default_factory=asyncio.Event)  # heartbeat now
 
@@ -169,16 +169,18 @@ class NodeControl:
         self.availability.draining = True
         self.poke.set()
 
-    def may_load(self) -> bool:
-        """Counts a new cluster against `--serve`; False once that many were served."""
-        if self.config.serve is not None and self.served >= self.config.serve:
+    def may_load(self, cluster_id: str) -> bool:
+        """Counts a new cluster against `--serve` (a reload of one served is free); False once that many were."""
+        if cluster_id in self.served:
+            return True
+        if self.config.serve is not None and len(self.served) >= self.config.serve:
             return False
-        self.served += 1
+        self.served.add(cluster_id)
         return True
 
     def check_done(self, busy: int, clusters: int) -> None:
         drained = self.availability.draining and busy == 0
-        served = self.config.serve is not None and self.served >= self.config.serve and clusters == 0
+        served = self.config.serve is not None and len(self.served) >= self.config.serve and clusters == 0
         if drained or served:
             self.done.set()
 
@@ -333,7 +335,7 @@ class _Session:
             case KillJobs(jobs):
                 self.runner.kill(jobs)
             case LoadCluster(cluster_id, user, computation, options):
-                if not self.control.may_load():
+                if not self.control.may_load(cluster_id):
                     self._cluster_failed(cluster_id, f"node serves {self.config.serve} cluster(s) only (--serve)")
                     return
                 logger.info("loading cluster %s of user %s (%d bytes)", cluster_id, user, len(computation))

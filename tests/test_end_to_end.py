@@ -462,3 +462,42 @@ def test_client_survives_a_scheduler_restart_and_gets_every_result_once(cluster:
     assert client.wait(60) == 0, cluster.describe()
     assert client.stdout.strip().endswith("ok")
     assert "reconnected to the scheduler" in client.stderr
+
+
+def test_node_settings_survive_a_scheduler_restart(cluster: Cluster) -> None:
+    scheduler = cluster.scheduler()
+    port = cluster.address.rsplit(":", 1)[1]
+    cluster.node(cpus=2, name="alpha")
+    beta = cluster.node(cpus=2, name="beta")
+    client = cluster.client(
+        """
+        import os, time
+        from dispy_client import SharedJobCluster
+
+        def compute(t):
+            import time
+            time.sleep(t)
+            return dispy_node_name
+
+        with SharedJobCluster(compute) as c:
+            c.deallocate_node("beta")
+            assert {c.submit(0.01)() for _ in range(4)} == {"alpha"}
+            print("restart now", flush=True)
+            deadline = time.monotonic() + 60
+            while not os.path.exists("go") and time.monotonic() < deadline:
+                time.sleep(0.05)  # the test restarts the scheduler meanwhile
+            jobs = [c.submit(0.01) for _ in range(8)]
+            assert {j() for j in jobs} == {"alpha"}, [(j.node, j.status, j.exception) for j in jobs]
+        print("ok")
+        """,
+    )
+    client.wait_for_line("restart now")
+    scheduler.stop()
+    cluster.scheduler("--port", port, name="scheduler2")
+    deadline = time.monotonic() + 30
+    while beta.count("connected to") < 2:
+        assert time.monotonic() < deadline, cluster.describe()
+        time.sleep(0.05)
+    (cluster.workdir / "go").touch()
+    assert client.wait(60) == 0, cluster.describe()
+    assert client.stdout.strip().endswith("ok")
