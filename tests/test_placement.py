@@ -133,3 +133,14 @@ def test_pinned_jobs_wait_for_their_node_and_the_others_run_anywhere(core: Sched
     assert [(a.node, [r.job_id for r in a.jobs]) for a in actions if isinstance(a, A.Dispatch)] == [("n1", [1])]
     actions = step(core, E.NodeJoined("n2", "beta", "10.0.0.2", 2, 5.0), now=2)  # by name and by address
     assert [(a.node, sorted(r.job_id for r in a.jobs)) for a in actions if isinstance(a, A.Dispatch)] == [("n2", [0, 2])]
+
+
+def test_jobs_pinned_to_a_node_where_setup_failed_end_with_the_reason(core: SchedulerCore) -> None:
+    step(core, E.NodeJoined("n1", "alpha", "10.0.0.1", 1, 5.0), E.ClusterOpened("c1", "alice", "K", "n", b"c", False, {}))
+    jobs = [JobSpec(0, 0, b"", {}), JobSpec(1, 0, b"", {"node": "alpha"}), JobSpec(2, 0, b"", {})]
+    step(core, E.JobsSubmitted("c1", "K", jobs), now=1)  # job 0 runs on alpha; 1 waits for it
+    actions = step(core, E.ClusterFailedOnNode("n1", "K", "ImportError: numpy"), now=2)
+    [results] = [a.results for a in actions if isinstance(a, A.DeliverResults)]
+    assert [(r.job_id, r.status) for r in results] == [(1, JobStatus.TERMINATED)]
+    assert "pinned" in results[0].exception and "numpy" in results[0].exception
+    assert core.clusters["K"].queued == 2  # job 0 back in the queue, job 2 still there

@@ -395,6 +395,10 @@ class SchedulerCore:
         # its jobs never started there: back to the queue, whatever `reentrant` says
         for key in [k for k in node.jobs if k[0] == ev.cluster_id]:
             self._displace(cluster, cluster.jobs[key[1]], node, rerun=True, why="")
+        # but jobs pinned to this node would wait for it forever
+        stranded = [j.job_id for j in cluster.pinned_to(node.name, *node.addresses)]
+        why = f"cluster {cluster.name} cannot run on node {node.name}, to which this job was pinned: {ev.message}"
+        self._cancel(cluster, stranded, JobStatus.TERMINATED, why)
         if cluster.client is not None:
             self._reject(
                 cluster.client,
@@ -536,7 +540,11 @@ class SchedulerCore:
                 del cluster.jobs[job.job_id]
         self._maybe_finish_close(cluster)
 
-    def _cancel(self, cluster: ClusterRecord, job_ids: Iterable[int]) -> None:
+    def _cancel(
+        self, cluster: ClusterRecord, job_ids: Iterable[int],
+        status: JobStatus = JobStatus.CANCELLED, why: str = "cancelled before it started",
+    ) -> None:  # fmt: skip
+        """Ends queued jobs at once (with `status` and `why`) and asks nodes to kill running ones."""
         kills: dict[str, list[JobRef]] = defaultdict(list)
         for job_id in job_ids:
             job = cluster.jobs.get(job_id)
@@ -545,7 +553,7 @@ class SchedulerCore:
             if job.state is JobState.QUEUED:
                 cluster.queued -= 1  # its heap entry goes stale and is skipped
                 self.users[cluster.user].queued -= 1
-                self._finish(cluster, job, _synthetic(job, JobStatus.CANCELLED, "cancelled before it started", self.now))
+                self._finish(cluster, job, _synthetic(job, status, why, self.now))
             elif job.state is JobState.RUNNING and job.node is not None and not job.cancel_requested:
                 # the node answers with the job's terminal result once the tree is gone
                 job.cancel_requested = True

@@ -118,6 +118,11 @@ class ClusterRecord:
             self._compact()  # a pin waiting at the top keeps `queue` from shedding stale entries
         return self.jobs[entry[2]]
 
+    def pinned_to(self, *names: str) -> list[JobRecord]:
+        """The queued jobs pinned to the node known by `names`."""
+        entries = [e for k in set(names) if k in self.pinned for e in self.pinned[k] if self._valid(e)]
+        return [self.jobs[e[2]] for e in entries]
+
     def _compact(self) -> None:
         """Drops stale entries (and duplicates left by requeues) from every heap."""
         for heap in (self.queue, self.unpinned, *self.pinned.values()):
