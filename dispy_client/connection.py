@@ -146,14 +146,13 @@ class SchedulerLink(asyncio.Protocol):
         self._decoder.feed(data)
         while True:
             try:
-                frame = self._decoder.next_frame()
-                if frame is NEED_DATA:
-                    return
-                assert isinstance(frame, bytes)
-                msg = M.decode(frame)
+                msg = M.next_message(self._decoder)
             except RemoteWireError as exc:
                 self._fail(exc)
                 return
+            if msg is NEED_DATA:
+                return
+            assert isinstance(msg, M.Message)
             if not self.ready.done():
                 try:
                     reply = self._handshake.receive(msg)

@@ -17,43 +17,65 @@ _CHUNK = 1 << 20
 _BURST = 16
 
 
-class Capture:
-    """The read end of one job's output pipe (non-blocking) and what it kept."""
+class PipeReader:
+    """The zygote's non-blocking read end of one of a job's pipes, for its selector loop.
 
-    __slots__ = ("fd", "limit", "_parts", "_kept", "total", "closed")
+    `read` takes what is there (a burst at most: a flooding job must not keep
+    the zygote from its other work) and hands each chunk to `_take`; `close`
+    takes what is left, without waiting, and closes the pipe.
+    """
 
-    def __init__(self, fd: int, limit: int) -> None:
+    __slots__ = ("fd", "closed")
+
+    def __init__(self, fd: int) -> None:
         os.set_blocking(fd, False)
         self.fd = fd
-        self.limit = limit
-        self._parts: list[bytes] = []
-        self._kept = 0
-        self.total = 0
         self.closed = False
 
     def read(self) -> bool:
-        """Reads what is there (up to a burst); False at end of file."""
+        """False at end of file (or when `_take` wants no more)."""
         for _ in range(_BURST):
             try:
                 data = os.read(self.fd, _CHUNK)
             except BlockingIOError:
                 return True
-            if not data:
+            if not data or not self._take(data):
                 return False
-            self.total += len(data)
-            room = self.limit - self._kept
-            if room > 0:
-                kept = data[:room]
-                self._parts.append(kept)
-                self._kept += len(kept)
         return True
 
-    def close(self) -> bytes:
-        """Drains what is left without waiting, closes the pipe, returns the kept text."""
+    def close(self) -> None:
         if not self.closed:
             self.read()
             os.close(self.fd)
             self.closed = True
+
+    def _take(self, data: bytes) -> bool:
+        raise NotImplementedError
+
+
+class Capture(PipeReader):
+    """A job's stdout or stderr and what of it is kept."""
+
+    __slots__ = ("limit", "_parts", "_kept", "total")
+
+    def __init__(self, fd: int, limit: int) -> None:
+        super().__init__(fd)
+        self.limit = limit
+        self._parts: list[bytes] = []
+        self._kept = 0
+        self.total = 0
+
+    def _take(self, data: bytes) -> bool:
+        self.total += len(data)
+        room = self.limit - self._kept
+        if room > 0:
+            kept = data[:room]
+            self._parts.append(kept)
+            self._kept += len(kept)
+        return True
+
+    def text(self) -> bytes:
+        """What was kept, with a note where it was cut."""
         text = b"".join(self._parts)
         if self.total > self._kept:
             text += b"\n[dispynode: output cut at %d of %d bytes (--max-output)]\n" % (self._kept, self.total)

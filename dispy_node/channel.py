@@ -21,11 +21,12 @@ import msgpack
 from dispy_wire.errors import RemoteWireError
 from dispy_wire.framing import FrameDecoder, encode_frame
 
+from .capture import PipeReader
+
 logger = logging.getLogger(__name__)
 
 #: largest record a job may send; the wire's frames stop at 64 MiB
 MAX_RECORD = 32 * 1024 * 1024
-_CHUNK = 1 << 20
 
 # -- in the job process ----------------------------------------------------------
 
@@ -79,40 +80,24 @@ def _tell(record: dict[str, Any]) -> int:
 # -- in the zygote ----------------------------------------------------------------
 
 
-class Channel:
-    """The zygote's read end of one job's channel; same interface as `Capture` for the selector."""
+class Channel(PipeReader):
+    """The zygote's read end of one job's channel: whole records go to `emit` as they come."""
 
-    __slots__ = ("fd", "closed", "_decoder", "_emit")
+    __slots__ = ("_decoder", "_emit")
 
     def __init__(self, fd: int, emit: Callable[[dict[str, Any]], None]) -> None:
-        os.set_blocking(fd, False)
-        self.fd = fd
-        self.closed = False
+        super().__init__(fd)
         self._decoder = FrameDecoder(max_size=MAX_RECORD, expect_preamble=False)
         self._emit = emit
 
-    def read(self) -> bool:
-        """Reads and passes on whole records; False at end of file (or on garbage)."""
-        while True:
-            try:
-                data = os.read(self.fd, _CHUNK)
-            except BlockingIOError:
-                return True
-            if not data:
-                return False
-            self._decoder.feed(data)
-            try:
-                for frame in self._decoder.frames():
-                    record = msgpack.unpackb(frame, raw=False)
-                    if isinstance(record, dict):
-                        self._emit(record)
-            except (RemoteWireError, ValueError, msgpack.UnpackException) as exc:
-                logger.warning("a job wrote garbage to its channel (%s); ignoring the rest", exc)
-                return False
-
-    def close(self) -> None:
-        """Passes on what is left without waiting, and closes the pipe."""
-        if not self.closed:
-            self.read()
-            os.close(self.fd)
-            self.closed = True
+    def _take(self, data: bytes) -> bool:
+        self._decoder.feed(data)
+        try:
+            for frame in self._decoder.frames():
+                record = msgpack.unpackb(frame, raw=False)
+                if isinstance(record, dict):
+                    self._emit(record)
+        except (RemoteWireError, ValueError, msgpack.UnpackException) as exc:
+            logger.warning("a job wrote garbage to its channel (%s); ignoring the rest", exc)
+            return False
+        return True

@@ -59,8 +59,8 @@ from dispy_wire.messages import (
     Refused,
     RunJobs,
     UnloadCluster,
-    decode,
     encode,
+    next_message,
 )
 
 from . import NodeError, report
@@ -314,19 +314,22 @@ class _Session:
             RemoteWireError: the byte stream itself is broken (not dispy, frame too large).
         """
         while True:
-            frame = self._decoder.next_frame()
-            if frame is NEED_DATA:
+            try:
+                msg = next_message(self._decoder)
+            except RemoteWireError as exc:
+                if exc.code is not ErrorCode.BAD_MESSAGE:
+                    raise
+                logger.warning("scheduler %s sent a bad message: %s", self.config.scheduler, exc.message)
+                self._write(encode(Error(str(exc.code), exc.message, "")))
+                continue
+            if msg is NEED_DATA:
                 data = await self._reader.read(1 << 20)
                 if not data:
                     raise ConnectionError("connection closed by the scheduler")
                 self._decoder.feed(data)
                 continue
-            assert isinstance(frame, bytes)
-            try:
-                return decode(frame)
-            except RemoteWireError as exc:
-                logger.warning("scheduler %s sent a bad message: %s", self.config.scheduler, exc.message)
-                self._write(encode(Error(str(exc.code), exc.message, "")))
+            assert isinstance(msg, Message)
+            return msg
 
     def _dispatch(self, msg: Message) -> None:
         match msg:

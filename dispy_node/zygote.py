@@ -424,7 +424,9 @@ class Zygote:
         assert job.wait_status is not None
         ended = time.time()
         job.channel.close()  # what the job sent goes before its end
-        stdout, stderr = job.out.close(), job.err.close()
+        job.out.close()
+        job.err.close()
+        stdout, stderr = job.out.text(), job.err.text()
         raw = _read_all(job.res)
         os.close(job.res)
         rec = job_process.parse_record(raw)

@@ -100,16 +100,15 @@ class PeerConnection(asyncio.Protocol):
         self._decoder.feed(data)
         while not self._closing:
             try:
-                frame = self._decoder.next_frame()
-                if frame is NEED_DATA:
-                    return
-                assert isinstance(frame, bytes)
-                msg = M.decode(frame)
+                msg = M.next_message(self._decoder)
             except RemoteWireError as exc:
                 # a frame that decodes but is ill-typed leaves the stream in sync
                 fatal = self.peer is None or exc.code is not ErrorCode.BAD_MESSAGE
                 self.fail(exc, fatal=fatal)
                 continue
+            if msg is NEED_DATA:
+                return
+            assert isinstance(msg, M.Message)
             if self.peer is None:
                 self._on_hello(msg)
             else:

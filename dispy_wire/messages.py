@@ -22,7 +22,7 @@ from typing import Any, ClassVar, NamedTuple
 import msgpack
 
 from .errors import ErrorCode, LocalWireError, RemoteWireError
-from .framing import encode_frame
+from .framing import FrameDecoder, _NeedData, encode_frame
 from .schema import checker_for
 
 PROTOCOL_VERSION = 1
@@ -383,6 +383,19 @@ def encode(msg: Message) -> bytes:
         return encode_frame(body)
     except (TypeError, ValueError, KeyError) as exc:
         raise LocalWireError(f"cannot encode {msg!r}: {exc}") from exc
+
+
+def next_message(decoder: FrameDecoder) -> Message | _NeedData:
+    """The next message buffered in `decoder`, or `NEED_DATA`.
+
+    Raises:
+        RemoteWireError: BAD_MESSAGE for a well-framed bad message (the stream
+            stays in sync), NOT_DISPY or TOO_LARGE for a broken stream.
+    """
+    frame = decoder.next_frame()
+    if isinstance(frame, _NeedData):
+        return frame
+    return decode(frame)
 
 
 def decode(body: bytes) -> Message:
