@@ -3,87 +3,160 @@
 Theory of operation. RLIMIT_AS bounds each process of a job; a job that
 forks many children, or children that each stay under the limit, escape it.
 A control group bounds the job's whole tree. At start-up the daemon finds
-where it may make groups (`prepare`): with cgroup v1 (this kind of host:
-`memory` and `pids` hierarchies mounted and writable), one directory per
-controller under its own group, `dispynode-<pid>`. For each job with a limit
-the daemon makes the job's group and writes the limit (`make`), and hands
-only the group's `cgroup.procs` to the account jobs run as: the job process
-moves itself in before user code runs (`join`) but can neither raise its
-limit nor move to the node's group. When the job's tree is gone the zygote reads why it ended
+where it may make groups (`prepare`). For each job with a limit the daemon
+makes the job's group and writes the limit (`make`), and hands only what a
+move needs to the account jobs run as: the job process moves itself in
+before user code runs (`join`) but can neither raise its limit nor move to
+the node's group. When the job's tree is gone the zygote reads why it ended
 (`breach`) and the daemon removes the group (`remove`).
 
-cgroup v2 (a unified hierarchy with `memory` and `pids` delegated, as under
-systemd `Delegate=yes`) needs the daemon to move itself into a leaf and to
-place each zygote in the jobs' subtree before its jobs can migrate; that is
-not built yet, and `prepare` says so rather than pretending.
+Two kinds of host:
+
+- cgroup v1 (`memory` and `pids` hierarchies mounted and writable, as root):
+  one directory per hierarchy under the node's own group,
+  `<own>/dispynode-<pid>/<job>`.
+- cgroup v2 with `memory` and `pids` delegated to the node's group (systemd
+  `Delegate=yes`, or the root of a container's cgroup namespace). A group
+  that passes controllers to its children may hold no process itself, and a
+  process may move between two groups only if it may write the `cgroup.procs`
+  of their common ancestor. Hence the layout::
+
+      <own>/                    +memory +pids for its children
+        dispynode-<pid>/        +memory +pids
+          daemon/               the daemon moves itself here
+          jobs/                 +memory +pids; cgroup.procs: the jobs' account
+            zygotes/            the daemon places each zygote here (`place`)
+            <job>/              memory.max, pids.max; cgroup.procs: the jobs' account
+
+  A job moves from `zygotes/` to `<job>/` through `jobs/`, never through the
+  node's own groups, which stay the daemon's.
+
+What nodes that died without cleaning up left (their groups are empty once
+their jobs are gone) is swept at the next start.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 from typing import NamedTuple
 
 CONTROLLERS = ("memory", "pids")
+UNIFIED = "unified"  # the cgroup v2 hierarchy, as a key beside v1's controller names
 
 
 class JobGroups(NamedTuple):
-    """Where jobs make their groups: controller -> parent directory (cgroup v1)."""
+    """Where the node's job groups live."""
 
-    parents: dict[str, str]
+    parents: dict[str, str]  # hierarchy ("memory", "pids" or UNIFIED) -> directory jobs' groups are made in
+    roots: tuple[str, ...] = ()  # the node's own directories: removed at exit, swept after a crash
+    zygotes: str = ""  # cgroup v2: the group zygotes live in, so that their jobs may move to their own
 
-    def path(self, controller: str, name: str) -> str:
-        return os.path.join(self.parents[controller], name)
+    def dirs(self, name: str) -> list[str]:
+        """The job's group directories, one per hierarchy."""
+        return [os.path.join(parent, name) for parent in self.parents.values()]
 
 
 def prepare(pid: int | None = None) -> tuple[JobGroups | None, str]:
-    """Makes the node's group directories (owned by the node).
+    """Makes the node's group directories (owned by the node); under cgroup v2 the daemon moves into its leaf.
 
     Returns:
         (groups, "") when per-job limits can be set, else (None, why not).
     """
-    mounts = _v1_mounts()
+    pid = pid or os.getpid()
+    mounts = _mounts()
     own = _own_groups()
-    if not all(c in mounts and c in own for c in CONTROLLERS):
-        if "" in own and not mounts:
-            return None, "cgroup v2 only: per-job groups need a delegated v2 subtree, which is not supported yet"
-        return None, "no writable cgroup v1 memory and pids hierarchies"
+    if all(c in mounts for c in CONTROLLERS):
+        return _prepare_v1(mounts, pid)
+    if UNIFIED in mounts:
+        return _prepare_v2(mounts[UNIFIED], own[""], pid)
+    return None, "neither writable cgroup v1 memory and pids hierarchies nor a cgroup v2 hierarchy"
+
+
+def _prepare_v1(bases: dict[str, str], pid: int) -> tuple[JobGroups | None, str]:
     parents = {}
     try:
         for controller in CONTROLLERS:
-            base = os.path.join(mounts[controller], own[controller].lstrip("/"))
+            base = bases[controller]
             _sweep(base)
-            path = os.path.join(base, f"dispynode-{pid or os.getpid()}")
+            path = os.path.join(base, f"dispynode-{pid}")
             os.makedirs(path, exist_ok=True)
             parents[controller] = path
     except OSError as exc:
-        release(JobGroups(parents))
+        release(JobGroups(parents, tuple(parents.values())))
         return None, f"cannot make cgroups: {exc}"
-    return JobGroups(parents), ""
+    return JobGroups(parents, tuple(parents.values())), ""
+
+
+def _prepare_v2(base: str, own: str, pid: int) -> tuple[JobGroups | None, str]:
+    missing = [c for c in CONTROLLERS if c not in _read(base, "cgroup.controllers").split()]
+    if missing:
+        return None, f"cgroup v2 group {own} was not delegated {' and '.join(missing)} (systemd: Delegate=yes)"
+    if not all(os.access(os.path.join(base, f), os.W_OK) for f in ("cgroup.procs", "cgroup.subtree_control")):
+        return None, f"cgroup v2 group {own} is not the node's to manage (systemd: Delegate=yes)"
+    _sweep(base)
+    node = os.path.join(base, f"dispynode-{pid}")
+    jobs = os.path.join(node, "jobs")
+    groups = JobGroups({UNIFIED: jobs}, (node,), os.path.join(jobs, "zygotes"))
+    try:
+        os.makedirs(os.path.join(node, "daemon"))
+        os.makedirs(groups.zygotes)
+        _write(os.path.join(node, "daemon", "cgroup.procs"), str(os.getpid()))
+        for path in (base, node, jobs):
+            _write(os.path.join(path, "cgroup.subtree_control"), " ".join(f"+{c}" for c in CONTROLLERS))
+    except OSError as exc:
+        try:
+            _write(os.path.join(base, "cgroup.procs"), str(os.getpid()))
+        except OSError:
+            pass  # the next node's sweep takes what we leave
+        release(groups)
+        if exc.errno == errno.EBUSY:
+            why = "holds other processes: the node needs one of its own (systemd: Delegate=yes)"
+            return None, f"cgroup v2 group {own} {why}"
+        return None, f"cannot make cgroups: {exc}"
+    return groups, ""
 
 
 def release(groups: JobGroups) -> None:
-    """Removes the node's group directories (empty once every job is gone)."""
-    for path in groups.parents.values():
+    """Removes the node's group directories (empty once every job is gone; under v2 the daemon's leaf stays till it exits)."""
+    for path in groups.roots:
         _rmdir_tree(path)
 
 
+def place(groups: JobGroups, pid: int) -> None:
+    """In the daemon, before a zygote forks any job: puts the zygote where its jobs can move to their groups (v2).
+
+    Raises:
+        OSError: the zygote cannot be placed (its jobs could not join their groups).
+    """
+    if groups.zygotes:
+        _write(os.path.join(groups.zygotes, "cgroup.procs"), str(pid))
+
+
 def make(groups: JobGroups, name: str, memory: int | None, processes: int | None, uid: int, gid: int) -> None:
-    """In the daemon: a fresh group per controller for one job, its limits set, joinable by the job's account.
+    """In the daemon: a fresh group per hierarchy for one job, its limits set, joinable by the job's account.
 
     Raises:
         OSError: the group cannot be made (the job must not run unbounded).
     """
-    limits = {"memory": ("memory.limit_in_bytes", memory), "pids": ("pids.max", processes)}
-    for controller in CONTROLLERS:
-        path = groups.path(controller, name)
+    for hierarchy, parent in groups.parents.items():
+        path = os.path.join(parent, name)
         _rmdir_tree(path)  # a stale one (counters and all) must not be reused
         os.mkdir(path)
-        knob, value = limits[controller]
-        if value is not None:
-            _write(os.path.join(path, knob), str(value))
-        for entry in ("cgroup.procs", "tasks"):
-            if os.path.exists(os.path.join(path, entry)):
-                os.chown(os.path.join(path, entry), uid, gid)
+        for knob, value in _limits(hierarchy, memory, processes):
+            if value is not None and os.path.exists(os.path.join(path, knob)):
+                _write(os.path.join(path, knob), str(value))
+        # the job's move needs its group's entry and, under v2, the common ancestor's (the jobs' parent)
+        for directory in (path, parent) if hierarchy == UNIFIED else (path,):
+            for entry in ("cgroup.procs", "tasks"):
+                if os.path.exists(os.path.join(directory, entry)):
+                    os.chown(os.path.join(directory, entry), uid, gid)
+
+
+def _limits(hierarchy: str, memory: int | None, processes: int | None) -> list[tuple[str, int | None]]:
+    if hierarchy == UNIFIED:  # a memory limit that swaps instead is no limit
+        return [("memory.max", memory), ("memory.swap.max", memory and 0), ("pids.max", processes)]
+    return [("memory.limit_in_bytes", memory)] if hierarchy == "memory" else [("pids.max", processes)]
 
 
 def join(groups: JobGroups, name: str) -> None:
@@ -92,33 +165,40 @@ def join(groups: JobGroups, name: str) -> None:
     Raises:
         OSError: a group cannot be joined (the job must not run unbounded).
     """
-    for controller in CONTROLLERS:
-        _write(os.path.join(groups.path(controller, name), "cgroup.procs"), str(os.getpid()))
+    for path in groups.dirs(name):
+        _write(os.path.join(path, "cgroup.procs"), str(os.getpid()))
 
 
 def breach(groups: JobGroups, name: str) -> tuple[bool, bool]:
     """(a process was killed at the memory limit, a fork failed at the process limit), after the fact.
 
-    `memory.failcnt` alone is not a breach: it also counts page cache
-    reclaimed at the limit, which harms nobody. It stands in only on kernels
-    without an `oom_kill` count.
+    A count of hitting the memory limit (v1 `memory.failcnt`, v2 `max` in
+    `memory.events`) alone is not a breach: it also counts page cache
+    reclaimed at the limit, which harms nobody. v1's `failcnt` stands in
+    only on kernels without an `oom_kill` count.
     """
-    oom = _read(groups.path("memory", name), "memory.oom_control")
-    kills = [int(line.split()[1]) for line in oom.splitlines() if line.startswith("oom_kill ")]
-    if kills:
-        memory = kills[0] > 0
+    if UNIFIED in groups.parents:
+        path = os.path.join(groups.parents[UNIFIED], name)
+        return _count(_read(path, "memory.events"), "oom_kill") > 0, _count(_read(path, "pids.events"), "max") > 0
+    memory_dir = os.path.join(groups.parents["memory"], name)
+    oom = _read(memory_dir, "memory.oom_control")
+    if "oom_kill " in oom:
+        memory = _count(oom, "oom_kill") > 0
     else:
-        failcnt = _read(groups.path("memory", name), "memory.failcnt").strip()
+        failcnt = _read(memory_dir, "memory.failcnt").strip()
         memory = failcnt.isdigit() and int(failcnt) > 0
-    pids = _read(groups.path("pids", name), "pids.events")
-    pid_max = next((int(line.split()[1]) for line in pids.splitlines() if line.startswith("max ")), 0)
-    return memory, pid_max > 0
+    return memory, _count(_read(os.path.join(groups.parents["pids"], name), "pids.events"), "max") > 0
+
+
+def _count(text: str, key: str) -> int:
+    """The value of `key N` in a cgroup events file (0 if absent)."""
+    return next((int(line.split()[1]) for line in text.splitlines() if line.startswith(key + " ")), 0)
 
 
 def remove(groups: JobGroups, name: str) -> None:
     """Removes the job's groups (its tree is gone, so they are empty)."""
-    for controller in CONTROLLERS:
-        _rmdir_tree(groups.path(controller, name))
+    for path in groups.dirs(name):
+        _rmdir_tree(path)
 
 
 def _sweep(base: str) -> None:
@@ -159,23 +239,32 @@ def _read(directory: str, name: str) -> str:
         return ""
 
 
-def _v1_mounts() -> dict[str, str]:
-    """controller -> mount point of its cgroup v1 hierarchy."""
+def _mounts() -> dict[str, str]:
+    """hierarchy ("memory", "pids", UNIFIED) -> where this process's own group of it is mounted.
+
+    A mount may show only a subtree of its hierarchy (a container's): the
+    directory is the mount point plus the own group's path below that subtree.
+    """
     found: dict[str, str] = {}
+    own = _own_groups()
     try:
         with open("/proc/self/mountinfo") as f:
-            for line in f:
-                left, _, right = line.partition(" - ")
-                fields = right.split()
-                if len(fields) < 3 or fields[0] != "cgroup":
-                    continue
-                options = fields[2]
-                mount_point = left.split()[4]
-                for controller in CONTROLLERS:
-                    if controller in options.split(",") and os.access(mount_point, os.W_OK):
-                        found[controller] = mount_point
+            lines = f.readlines()
     except OSError:
-        pass
+        return found
+    for line in lines:
+        left, _, right = line.partition(" - ")
+        fields, mount = right.split(), left.split()
+        if len(fields) < 3 or len(mount) < 5 or fields[0] not in ("cgroup", "cgroup2"):
+            continue
+        root, point = mount[3].rstrip("/"), mount[4]
+        names = [UNIFIED] if fields[0] == "cgroup2" else [c for c in CONTROLLERS if c in fields[2].split(",")]
+        for name in names:
+            path = own.get("" if name == UNIFIED else name)
+            if name in found or path is None or not (path + "/").startswith(root + "/"):
+                continue
+            if os.access(point, os.W_OK):
+                found[name] = os.path.join(point, path.removeprefix(root).lstrip("/"))
     return found
 
 
@@ -191,4 +280,3 @@ def _own_groups() -> dict[str, str]:
     except (OSError, ValueError):
         pass
     return groups
-

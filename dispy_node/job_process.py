@@ -101,13 +101,12 @@ def run(code: Code, start: Start) -> NoReturn:
         os.closerange(low + 1, high)
         os.closerange(high + 1, _ALL_FDS)
         channel.attach(start.channel)
-        if code.groups is not None and start.group:
-            cgroups.join(code.groups, start.group)
-        workdir.enter_job_dir(code.cluster_dir, start.job_id)
-        for name, data, mode in start.files:
-            workdir.write_file(".", name, data, mode)
-        limits.apply(start.limits)
-        record = _execute(code, start.payload, started)
+        try:
+            _enter(code, start)
+        except (OSError, ValueError) as exc:  # the job must not run without its group, directory or limits
+            record = _failure(f"the node could not start the job: {exc}", type(exc).__name__, started)
+        else:
+            record = _execute(code, start.payload, started)
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
@@ -123,6 +122,16 @@ def run(code: Code, start: Start) -> NoReturn:
             pass
     finally:
         os._exit(status)
+
+
+def _enter(code: Code, start: Start) -> None:
+    """Into the job's control group and directory, with its files and limits, before user code runs."""
+    if code.groups is not None and start.group:
+        cgroups.join(code.groups, start.group)
+    workdir.enter_job_dir(code.cluster_dir, start.job_id)
+    for name, data, mode in start.files:
+        workdir.write_file(".", name, data, mode)
+    limits.apply(start.limits)
 
 
 def _execute(code: Code, payload: bytes, started: float) -> dict[str, Any]:

@@ -462,6 +462,12 @@ class _Cluster:
             self.runner.cluster_failed(self.cluster_id, f"cannot start a zygote: {exc}")
             return
         config = self.runner.config
+        if config.cgroups is not None:
+            try:  # before it hears of its cluster, so before any job of it forks
+                cgroups.place(config.cgroups, self._proc.pid)
+            except OSError as exc:  # its stop() ends the zygote
+                self.runner.cluster_failed(self.cluster_id, f"cannot place the zygote in its control group: {exc}")
+                return
         load = zp.Load(
             self.cluster_id, str(self.dir), self._computation, config.kill_grace, logger.getEffectiveLevel(),
             config.max_output, self.settings.keep_files, config.node_name, config.node_ip_addr,

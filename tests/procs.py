@@ -19,6 +19,7 @@ from pathlib import Path
 import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
+EXPECT_CGROUP = "DISPY_TEST_CGROUP"  # "v1" or "v2": the per-job cgroups a run must get (test_node_cgroup2.py sets it)
 
 
 class Proc:
@@ -92,6 +93,17 @@ class Proc:
         """SIGKILL, as a crash would: its job processes are left to their own fate."""
         self.popen.kill()
         self.popen.wait(10)
+
+
+def in_cgroup_v2(argv: list[str], group: str) -> list[str]:
+    """argv started as systemd starts a unit with Delegate=yes: in a cgroup v2 group of its own.
+
+    Only where a run owns the whole v2 hierarchy (test_node_cgroup2.py's
+    kernel): `group` is made under /sys/fs/cgroup if it is not there.
+    """
+    path = Path("/sys/fs/cgroup") / group
+    path.mkdir(parents=True, exist_ok=True)
+    return ["sh", "-c", f'echo $$ > {path}/cgroup.procs && exec "$@"', "sh", *argv]
 
 
 class Cluster:

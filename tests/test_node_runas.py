@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from procs import Cluster
+from procs import EXPECT_CGROUP, Cluster, in_cgroup_v2
 
 SYSTEM_PYTHON = Path("/usr/bin/python3.11")
 NEEDED = ("dispy_wire", "dispy_node", "msgpack", "cloudpickle", "psutil")
@@ -87,19 +87,20 @@ def test_root_node_runs_jobs_as_nobody_in_a_directory_of_their_own(cluster: Clus
         shutil.rmtree(work, ignore_errors=True)
 
 
+@pytest.mark.cgroup
 def test_a_job_can_neither_raise_its_memory_limit_nor_leave_its_group(cluster: Cluster, readable_python: Path) -> None:
     cluster.scheduler()
     work = Path(tempfile.mkdtemp(prefix="dispy-runas-work-"))
     try:
         work.chmod(0o711)
-        node = cluster.start(
-            [str(readable_python), "-m", "dispy_node.main", "--scheduler", cluster.address, "--cpus", "1",
-             "--name", "sandbox", "--work-dir", str(work / "node"), "--run-as", "nobody", "--max-memory", "1G"],
-            "node",
-            {"PYTHONPATH": ""},
-        )  # fmt: skip
+        argv = [str(readable_python), "-m", "dispy_node.main", "--scheduler", cluster.address, "--cpus", "1",
+                "--name", "sandbox", "--work-dir", str(work / "node"), "--run-as", "nobody", "--max-memory", "1G"]  # fmt: skip
+        if os.environ.get(EXPECT_CGROUP) == "v2":
+            argv = in_cgroup_v2(argv, "dispynode.service")
+        node = cluster.start(argv, "node", {"PYTHONPATH": ""})
         node.wait_for_line(r"connected to ")
         if "per-job cgroups under" not in node.stderr:
+            assert not os.environ.get(EXPECT_CGROUP), node.stderr
             pytest.skip("this host gives the node no cgroups (see its log)")
         client = cluster.run_client(
             """
@@ -109,15 +110,25 @@ def test_a_job_can_neither_raise_its_memory_limit_nor_leave_its_group(cluster: C
             def probe():
                 import os
                 with open("/proc/self/cgroup") as f:
-                    path = next(line.split(":", 2)[2].strip() for line in f if ":memory:" in line)
-                group = "/sys/fs/cgroup/memory" + path
-                tries = {"raise own limit": (group + "/memory.limit_in_bytes", "-1"),
-                         "move to the node's group": (os.path.dirname(group) + "/cgroup.procs", str(os.getpid()))}
-                out = {"group": os.path.basename(group)}
+                    own = dict(line.rstrip("\\n").split(":", 2)[1:] for line in f)
+                if "memory" in own:  # v1: <node>/<job> in each hierarchy
+                    group = "/sys/fs/cgroup/memory" + own["memory"]
+                    limit, node = group + "/memory.limit_in_bytes", os.path.dirname(group)
+                else:  # v2: <node>/jobs/<job>, the daemon in <node>/daemon, zygotes in <node>/jobs/zygotes
+                    group = "/sys/fs/cgroup" + own[""]
+                    limit, node = group + "/memory.max", os.path.dirname(os.path.dirname(group)) + "/daemon"
+                tries = {"raise own limit": (limit, "max"),
+                         "move to the node's group": (node + "/cgroup.procs", str(os.getpid())),
+                         "make a group of its own": (group + "/escape", "")}
+                with open(limit) as f:
+                    out = {"group": os.path.basename(group), "limit": f.read().strip()}
                 for what, (target, text) in tries.items():
                     try:
-                        with open(target, "w") as f:
-                            f.write(text)
+                        if text:
+                            with open(target, "w") as f:
+                                f.write(text)
+                        else:
+                            os.mkdir(target)
                         out[what] = "done"
                     except OSError as exc:
                         out[what] = type(exc).__name__
@@ -131,8 +142,9 @@ def test_a_job_can_neither_raise_its_memory_limit_nor_leave_its_group(cluster: C
             """
         )
         out = json.loads(client.stdout)
-        assert out["group"].startswith("job-"), out
+        assert out["group"].startswith("job-") and out["limit"] == str(1 << 30), out
         assert out["raise own limit"] == "PermissionError", out
         assert out["move to the node's group"] == "PermissionError", out
+        assert out["make a group of its own"] == "PermissionError", out
     finally:
         shutil.rmtree(work, ignore_errors=True)

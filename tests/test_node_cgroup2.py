@@ -1,0 +1,99 @@
+"""Per-job control groups under cgroup v2, in a real cgroup v2 kernel.
+
+This project's machines mount cgroup v1 `memory` and `pids`, which leaves
+their v2 hierarchy without those controllers. So this test boots User-Mode
+Linux (Debian's `user-mode-linux`: a Linux kernel that runs as an ordinary
+process) with this machine's own filesystem as its root (hostfs), mounts a
+pure v2 hierarchy there, gives pytest a group of its own as systemd gives a
+unit with `Delegate=yes`, and runs every test marked `cgroup` in it: each
+must pass on v2, none may skip or fall back to v1 or to no cgroups.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+
+from procs import EXPECT_CGROUP, ROOT
+
+UML = shutil.which("linux.uml")
+DISK_SIZE = 4 << 30
+BOOT_TIMEOUT = 600  # the inner run takes ~20 s here; a hung kernel must not hang CI
+
+INIT = """#!/bin/sh
+# PID 1 of the test kernel: a bare system over the host's files.
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+mount -t proc proc /proc && mount -t sysfs sys /sys && mount -t tmpfs tmpfs /dev/shm
+# a disk for /tmp, as on the host: tmpfs pages are no page cache the kernel may drop at a group's limit
+mount /dev/ubda /tmp && chmod 1777 /tmp
+mount -t cgroup2 cgroup2 /sys/fs/cgroup && echo "+memory +pids" > /sys/fs/cgroup/cgroup.subtree_control
+ip link set lo up
+mkdir /sys/fs/cgroup/init.scope && echo $$ > /sys/fs/cgroup/init.scope/cgroup.procs
+cd {root}
+sh -c 'mkdir /sys/fs/cgroup/pytest.service && echo $$ > /sys/fs/cgroup/pytest.service/cgroup.procs &&
+       exec env {env}=v2 {python} -m pytest -q -p no:cacheprovider -m cgroup -W error::pytest.PytestUnknownMarkWarning tests'
+echo "inner-pytest-exit=$?"
+poweroff -f
+"""
+
+
+@pytest.mark.skipif(
+    UML is None or shutil.which("mkfs.ext4") is None,
+    reason="needs Debian's user-mode-linux and e2fsprogs (make test installs them when run as root)",
+)
+def test_every_cgroup_test_passes_under_cgroup_v2(tmp_path: Path) -> None:
+    init = tmp_path / "init.sh"
+    init.write_text(INIT.format(root=ROOT, python=sys.executable, env=EXPECT_CGROUP))
+    disk = tmp_path / "tmp.img"
+    with open(disk, "wb") as f:
+        f.truncate(DISK_SIZE)  # sparse: only what the run writes takes space
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(disk)], check=True, timeout=60)
+    init.chmod(0o755)
+    argv = [str(UML), "mem=1G", f"ubd0={disk}", "quiet", "root=/dev/root", "rootfstype=hostfs", "rootflags=/", "rw",
+            f"init={init}", "con=null", "con0=fd:0,fd:1"]  # fmt: skip
+    kernel = subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        console, _ = kernel.communicate(timeout=BOOT_TIMEOUT)
+    finally:  # the kernel's helper processes share its new process group
+        _end_group(kernel)
+    text = console.decode(errors="replace")
+    rc = re.search(r"inner-pytest-exit=(\d+)", text)
+    summary = re.findall(r"^.*\b(?:passed|failed|error|skipped|deselected)\b.* in [\d.]+s.*$", text, re.MULTILINE)
+    assert rc is not None and rc.group(1) == "0", text[-20000:]
+    assert summary and "passed" in summary[-1], text[-20000:]
+    assert not re.search(r"skipped|failed|error", summary[-1]), summary[-1]
+    marked = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--collect-only", "-m", "cgroup", "tests"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=True,
+    ).stdout  # fmt: skip
+    expected = re.search(r"(\d+)/\d+ tests collected", marked)
+    assert expected is not None, marked
+    assert f"{expected.group(1)} passed" in summary[-1], (summary[-1], marked[-2000:])
+
+
+def _end_group(kernel: subprocess.Popen[bytes]) -> None:
+    """SIGKILL to what is left of the kernel's process group, and wait until it is gone."""
+    try:
+        os.killpg(kernel.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    kernel.wait(30)
+    left = [p for p in psutil.process_iter(["pid"]) if _pgid(p.pid) == kernel.pid]
+    psutil.wait_procs(left, timeout=30)
+
+
+def _pgid(pid: int) -> int:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return -1
