@@ -99,8 +99,8 @@ def _prepare_v2(base: str, own: str, pid: int) -> tuple[JobGroups | None, str]:
     jobs = os.path.join(node, "jobs")
     groups = JobGroups({UNIFIED: jobs}, (node,), os.path.join(jobs, "zygotes"))
     try:
-        os.makedirs(os.path.join(node, "daemon"))
-        os.makedirs(groups.zygotes)
+        os.makedirs(os.path.join(node, "daemon"), exist_ok=True)  # exist_ok: our pid's dead namesake's
+        os.makedirs(groups.zygotes, exist_ok=True)
         _write(os.path.join(node, "daemon", "cgroup.procs"), str(os.getpid()))
         for path in (base, node, jobs):
             _write(os.path.join(path, "cgroup.subtree_control"), " ".join(f"+{c}" for c in CONTROLLERS))
