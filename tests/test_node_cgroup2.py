@@ -26,14 +26,15 @@ from procs import EXPECT_CGROUP, ROOT
 
 UML = shutil.which("linux.uml")
 DISK_SIZE = 4 << 30
-BOOT_TIMEOUT = 600  # the inner run takes ~20 s here; a hung kernel must not hang CI
+BOOT_TIMEOUT = 300  # the inner run takes ~45 s here; a hung kernel must not hang CI
 
 INIT = """#!/bin/sh
 # PID 1 of the test kernel: a bare system over the host's files.
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-mount -t proc proc /proc && mount -t sysfs sys /sys && mount -t tmpfs tmpfs /dev/shm
-# a disk for /tmp, as on the host: tmpfs pages are no page cache the kernel may drop at a group's limit
-mount /dev/ubda /tmp && chmod 1777 /tmp
+mount -t proc proc /proc && mount -t sysfs sys /sys && mkdir -p /dev/shm && mount -t tmpfs tmpfs /dev/shm
+# a disk for temporary files, as on the host (tmpfs pages are no page cache the
+# kernel may drop at a group's limit); its own mount point: the project may be under /tmp
+mount /dev/ubda {scratch} && chmod 1777 {scratch} && export TMPDIR={scratch}
 mount -t cgroup2 cgroup2 /sys/fs/cgroup && echo "+memory +pids" > /sys/fs/cgroup/cgroup.subtree_control
 ip link set lo up
 mkdir /sys/fs/cgroup/init.scope && echo $$ > /sys/fs/cgroup/init.scope/cgroup.procs
@@ -51,7 +52,9 @@ poweroff -f
 )
 def test_every_cgroup_test_passes_under_cgroup_v2(tmp_path: Path) -> None:
     init = tmp_path / "init.sh"
-    init.write_text(INIT.format(root=ROOT, python=sys.executable, env=EXPECT_CGROUP))
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    init.write_text(INIT.format(root=ROOT, python=sys.executable, env=EXPECT_CGROUP, scratch=scratch))
     disk = tmp_path / "tmp.img"
     with open(disk, "wb") as f:
         f.truncate(DISK_SIZE)  # sparse: only what the run writes takes space
