@@ -33,8 +33,9 @@ INIT = """#!/bin/sh
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 mount -t proc proc /proc && mount -t sysfs sys /sys && mkdir -p /dev/shm && mount -t tmpfs tmpfs /dev/shm
 # a disk for temporary files, as on the host (tmpfs pages are no page cache the
-# kernel may drop at a group's limit); its own mount point: the project may be under /tmp
-mount /dev/ubda {scratch} && chmod 1777 {scratch} && export TMPDIR={scratch}
+# kernel may drop at a group's limit), not at /tmp: the project may be there
+mount -t tmpfs -o mode=755 tmpfs /run && mkdir /run/scratch && mount /dev/ubda /run/scratch
+chmod 1777 /run/scratch && export TMPDIR=/run/scratch
 mount -t cgroup2 cgroup2 /sys/fs/cgroup && echo "+memory +pids" > /sys/fs/cgroup/cgroup.subtree_control
 ip link set lo up
 mkdir /sys/fs/cgroup/init.scope && echo $$ > /sys/fs/cgroup/init.scope/cgroup.procs
@@ -52,9 +53,7 @@ poweroff -f
 )
 def test_every_cgroup_test_passes_under_cgroup_v2(tmp_path: Path) -> None:
     init = tmp_path / "init.sh"
-    scratch = tmp_path / "scratch"
-    scratch.mkdir()
-    init.write_text(INIT.format(root=ROOT, python=sys.executable, env=EXPECT_CGROUP, scratch=scratch))
+    init.write_text(INIT.format(root=ROOT, python=sys.executable, env=EXPECT_CGROUP))
     disk = tmp_path / "tmp.img"
     with open(disk, "wb") as f:
         f.truncate(DISK_SIZE)  # sparse: only what the run writes takes space
