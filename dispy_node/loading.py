@@ -77,7 +77,7 @@ def load_code(load: zp.Load, first: bool) -> tuple[job_process.Code, Any] | str:
     return job_process.Code(comp.kind, objs.func, objs.program, load.cluster_dir, groups), objs.cleanup
 
 
-def _inject_globals(objs: CodeObjects, node: dict[str, str]) -> None:
+def _inject_globals(objs: CodeObjects, node: dict[str, Any]) -> None:
     """Depends functions and classes, and the node's name and address, become the computation's globals (as in dispy)."""
     main = sys.modules["__main__"].__dict__
     targets = [main]

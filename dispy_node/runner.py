@@ -49,6 +49,7 @@ from dispy_wire.messages import JobFile, JobRef, JobResult, RunJob
 from dispy_wire.status import JobStatus
 
 from . import account, cgroups, killtree, limits, workdir
+from .account import Account
 from . import zygote_protocol as zp
 
 logger = logging.getLogger(__name__)
@@ -83,7 +84,7 @@ class RunnerConfig:
 
     work_dir: Path
     kill_grace: float = 5.0
-    account: account.Account | None = None
+    account: Account | None = None
     caps: limits.Limits = limits.Limits()
     max_output: int = 4 << 20
     setup_timeout: float = 60.0
@@ -93,7 +94,7 @@ class RunnerConfig:
     spawn: bool = not hasattr(os, "fork")
 
     @property
-    def run_as(self) -> account.Account:
+    def run_as(self) -> Account:
         return self.account or account.resolve(None)
 
 
