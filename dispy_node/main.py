@@ -25,6 +25,7 @@ from typing import Any, NoReturn, TypeVar
 
 from dispy_wire.discovery import DISCOVERY_PORT
 from dispy_wire.loop import event_loop_factory
+from dispy_wire.sdnotify import Notifier
 
 from . import account, cgroups, limits, report
 from .availability import Rules, parse_hhmm
@@ -272,27 +273,42 @@ def _make_work_dir(path: Path, run_as: account.Account) -> None:
                 raise PermissionError(f"{parent} does not let jobs' account {run_as.name} through to {path}")
 
 
-async def _serve(config: NodeConfig, discovery_port: int | None) -> int:
-    """Runs the node until SIGTERM/SIGINT, a drain or its last cluster (exit 0), or a fatal refusal (exit 2)."""
+async def _serve(config: NodeConfig, discovery_port: int | None, offer: str) -> int:
+    """Runs the node until SIGTERM/SIGINT, a drain or its last cluster (exit 0), or a fatal refusal (exit 2).
+
+    `offer` says what it offers to whom, for systemd's status line.
+    """
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     control = NodeControl(config)
-    loop.add_signal_handler(signal.SIGUSR1, control.drain)
+    notifier = Notifier.from_env()
+
+    def drain() -> None:
+        notifier.stopping("draining: running jobs finish, no new ones")
+        control.drain()
+
+    loop.add_signal_handler(signal.SIGUSR1, drain)
     if discovery_port is None:
         node = asyncio.create_task(run_node(config, control))
     else:
         node = asyncio.create_task(run_discovered(config, control, discovery_port))
+    notifier.ready(offer)
+    watchdog = asyncio.create_task(notifier.keep_alive())
     stopper = asyncio.create_task(stop.wait())
-    await asyncio.wait({node, stopper}, return_when=asyncio.FIRST_COMPLETED)
-    stopper.cancel()
-    if node.done():
-        return node.result()
-    logger.info("stopping: killing all jobs")
-    node.cancel()  # the session's cleanup kills every job and zygote
-    await asyncio.gather(node, return_exceptions=True)
-    return 0
+    try:
+        await asyncio.wait({node, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        if node.done():
+            return node.result()
+        logger.info("stopping: killing all jobs")
+        notifier.stopping("stopping: killing all jobs")
+        node.cancel()  # the session's cleanup kills every job and zygote
+        await asyncio.gather(node, return_exceptions=True)
+        return 0
+    finally:
+        watchdog.cancel()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -310,13 +326,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.spawn_jobs:
         config = dataclasses.replace(config, spawn=True)
     scheduler = config.scheduler if discovery_port is None else f"the scheduler found on UDP port {discovery_port}"
+    offer = f"node {config.name!r} offers {config.cpus} cpus to {scheduler}"
     logger.info(
-        "node %r offers %d cpus to %s; work dir %s; jobs run as %s", config.name, config.cpus, scheduler,
-        config.work_dir, config.account.name if config.account else "us",
-    )  # fmt: skip
+        "%s; work dir %s; jobs run as %s", offer, config.work_dir, config.account.name if config.account else "us"
+    )
     try:
         with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
-            code = runner.run(_serve(config, discovery_port))
+            code = runner.run(_serve(config, discovery_port, offer))
     finally:
         if config.cgroups is not None:
             cgroups.release(config.cgroups)

@@ -15,6 +15,7 @@ from .config import ConfigError, SchedConfig, config_from_args
 from .core import CoreConfig, SchedulerCore
 from .discovery import start_responder
 from dispy_wire.loop import event_loop_factory
+from dispy_wire.sdnotify import Notifier
 
 from .policies import Policy, UnknownPolicy, load_policy
 from .server import SchedulerServer
@@ -49,10 +50,15 @@ async def serve(cfg: SchedConfig, policy: Policy, usage_store: UsageStore) -> No
         loop.add_signal_handler(sig, stop.set)
     log.info("policy %s; %s", core.policy.name, f"{len(cfg.users)} users" if cfg.users else "any user name")
     print(f"listening on {host}:{port}", flush=True)
+    notifier = Notifier.from_env()
+    notifier.ready(f"listening on {host}:{port}; policy {core.policy.name}")
+    watchdog = asyncio.create_task(notifier.keep_alive())
     try:
         await stop.wait()
     finally:
         log.info("shutting down")
+        notifier.stopping("shutting down")
+        watchdog.cancel()
         if responder is not None:
             responder.close()
         await server.stop()

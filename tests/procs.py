@@ -120,24 +120,26 @@ class Cluster:
         self.procs.append(proc)
         return proc
 
-    def scheduler(self, *args: str, name: str = "scheduler") -> Proc:
+    def scheduler(self, *args: str, name: str = "scheduler", env: dict[str, str] | None = None) -> Proc:
         argv = [sys.executable, "-m", "dispy_sched.main", "--host", "127.0.0.1", "--port", "0"]
         argv += ["--state-dir", str(self.workdir / f"{name}-state"), *args]
         if "--node-secret" in args:
             self.node_secret = args[args.index("--node-secret") + 1]
-        proc = self.start(argv, name)
+        proc = self.start(argv, name, env)
         match = proc.wait_for_line(r"listening on (\S+):(\d+)")
         self.address = f"{match.group(1)}:{match.group(2)}"
         return proc
 
-    def node(self, *args: str, cpus: int = 2, name: str = "node", wait: bool = True) -> Proc:
+    def node(
+        self, *args: str, cpus: int = 2, name: str = "node", wait: bool = True, env: dict[str, str] | None = None
+    ) -> Proc:
         argv = [sys.executable, "-m", "dispy_node.main", "--scheduler", self.address, "--cpus", str(cpus)]
         argv += ["--name", name, "--work-dir", str(self.workdir / f"{name}-work"), "--heartbeat", "0.5"]
         if os.geteuid() == 0:  # this machine's Python lives under /root: `nobody` cannot run it
             argv.append("--jobs-as-self")
         if self.node_secret and "--node-secret" not in args:
             argv += ["--node-secret", self.node_secret]
-        proc = self.start([*argv, *args], name)
+        proc = self.start([*argv, *args], name, env)
         if wait:
             proc.wait_for_line(r"connected to ")
         return proc

@@ -1,0 +1,113 @@
+"""Both daemons as systemd services: `Type=notify` with a watchdog (systemd played by a test socket), and the shipped units.
+
+systemd hands a service $NOTIFY_SOCKET (a path or, with a leading @, an
+abstract name) and $WATCHDOG_USEC; the service sends READY=1 once it
+serves, WATCHDOG=1 at least every half of that interval, STOPPING=1 when it
+stops. Here the test binds that socket itself and reads what the real
+`dispyscheduler` and `dispynode` send.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dispy_wire.sdnotify import Notifier
+from procs import ROOT, Cluster
+
+WATCHDOG_USEC = 400_000  # a ping every 0.2 s
+
+
+class FakeSystemd:
+    """The receiving end of $NOTIFY_SOCKET."""
+
+    def __init__(self, address: str) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind("\0" + address[1:] if address.startswith("@") else address)
+        self.env = {"NOTIFY_SOCKET": address, "WATCHDOG_USEC": str(WATCHDOG_USEC)}
+        self.got: list[str] = []
+
+    def wait_for(self, field: str, timeout: float = 20.0) -> list[str]:
+        """Messages until one with `field` (each a newline-separated list of KEY=VALUE)."""
+        deadline = time.monotonic() + timeout
+        seen = []
+        while time.monotonic() < deadline:
+            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                text = self.sock.recv(4096).decode()
+            except TimeoutError:
+                break
+            self.got.append(text)
+            seen.append(text)
+            if field in text.split("\n"):
+                return seen
+        raise AssertionError(f"no {field} within {timeout} s; got {seen}")
+
+
+@pytest.fixture(params=["path", "abstract"])
+def systemd(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[FakeSystemd]:
+    address = str(tmp_path / "notify") if request.param == "path" else f"@dispy-test-notify-{os.getpid()}-{id(tmp_path)}"
+    fake = FakeSystemd(address)
+    yield fake
+    fake.sock.close()
+
+
+def test_scheduler_tells_systemd_it_is_ready_alive_and_stopping(cluster: Cluster, systemd: FakeSystemd) -> None:
+    scheduler = cluster.scheduler(env=systemd.env)
+    (ready,) = [m for m in systemd.wait_for("READY=1") if "READY=1" in m]
+    assert f"STATUS=listening on {cluster.address}; policy fair" in ready.split("\n")
+    for _ in range(5):  # again and again while it runs
+        systemd.wait_for("WATCHDOG=1", timeout=5)
+    scheduler.popen.send_signal(signal.SIGTERM)
+    systemd.wait_for("STOPPING=1")
+    assert scheduler.wait(20) == 0
+
+
+def test_node_tells_systemd_it_is_ready_alive_and_draining(cluster: Cluster, systemd: FakeSystemd) -> None:
+    cluster.scheduler()
+    node = cluster.node(env=systemd.env, name="n1")
+    (ready,) = [m for m in systemd.wait_for("READY=1") if "READY=1" in m]
+    assert f"STATUS=node 'n1' offers 2 cpus to {cluster.address}" in ready.split("\n")
+    systemd.wait_for("WATCHDOG=1", timeout=5)
+    node.popen.send_signal(signal.SIGUSR1)
+    (draining,) = [m for m in systemd.wait_for("STOPPING=1") if "STOPPING=1" in m]
+    assert "STATUS=draining: running jobs finish, no new ones" in draining.split("\n")
+    assert node.wait(20) == 0
+
+
+def test_watchdog_meant_for_another_process_is_not_ours(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NOTIFY_SOCKET", "@x")
+    monkeypatch.setenv("WATCHDOG_USEC", "1000000")
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid() + 1))
+    assert Notifier.from_env().watchdog_interval is None
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
+    assert Notifier.from_env().watchdog_interval == 0.5
+    monkeypatch.delenv("NOTIFY_SOCKET")
+    Notifier.from_env().ready("outside systemd: nothing is sent, nothing fails")
+
+
+SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
+
+
+@pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="needs systemd-analyze (Debian's systemd package)")
+@pytest.mark.parametrize("unit", ["dispyscheduler", "dispynode"])
+def test_shipped_units_are_valid_systemd_units(unit: str, tmp_path: Path) -> None:
+    """systemd accepts every line of the units in deploy/systemd (an unknown key is only a warning at start)."""
+    text = (ROOT / "deploy" / "systemd" / f"{unit}.service").read_text()
+    installed = Path(sys.executable).with_name(unit)  # where pip put the script, for /usr/local/bin/...
+    assert f"/usr/local/bin/{unit} " in text
+    (tmp_path / f"{unit}.service").write_text(text.replace(f"/usr/local/bin/{unit} ", f"{installed} "))
+    done = subprocess.run(
+        [str(SYSTEMD_ANALYZE), "verify", str(tmp_path / f"{unit}.service")],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0 and not done.stdout + done.stderr, done.stdout + done.stderr
