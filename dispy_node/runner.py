@@ -479,17 +479,24 @@ class _Cluster:
         timer = asyncio.get_running_loop().call_later(self.settings.setup_timeout, self._setup_timed_out)
         assert self._proc.stdout is not None
         decoder = FrameDecoder(max_size=zp.MAX_FRAME, expect_preamble=False)
+        garbled = ""
         try:
             while data := await self._proc.stdout.read(1 << 20):
                 decoder.feed(data)
                 for frame in decoder.frames():
                     self._handle(zp.decode(frame))
+        except Exception as exc:  # noqa: BLE001  (the zygote runs user code as the jobs' account: never trusted)
+            garbled = f"zygote sent a malformed message ({type(exc).__name__}: {exc})"
+            logger.error("cluster %s: %s; killed", self.cluster_id, garbled)
+            killtree.killpg(self._proc.pid, signal.SIGKILL)
         finally:
             timer.cancel()
         code = await self._proc.wait()
         self._unloaded.set()  # whether it said so or not
         if self.state in (_State.STARTING, _State.READY):
-            await self._died(code)
+            await self._died(garbled or f"zygote process died ({_exit_text(code)})")
+        elif garbled:  # unloading: its jobs are gone with it or go now
+            await self._kill_jobs(self._proc.pid)
 
     def _setup_timed_out(self) -> None:
         if self.state is _State.STARTING:
@@ -530,8 +537,7 @@ class _Cluster:
         elif isinstance(msg, zp.Unloaded):
             self._unloaded.set()
 
-    async def _died(self, code: int) -> None:
-        why = f"zygote process died ({_exit_text(code)})"
+    async def _died(self, why: str) -> None:
         assert self._proc is not None
         self.state = _State.DEAD  # nothing more is reported but what follows
         self.fail_puts(why)

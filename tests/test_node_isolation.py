@@ -127,6 +127,19 @@ def setup_hangs() -> None:
     time.sleep(120)
 
 
+def setup_garbles_the_zygote_pipe() -> None:
+    """Finds the zygote's pipe to the daemon (setup runs in the zygote) and writes what is no message on it."""
+    import fcntl
+
+    for fd in range(3, 256):
+        try:
+            mode, flags = os.fstat(fd).st_mode, fcntl.fcntl(fd, fcntl.F_GETFL)
+        except OSError:
+            continue
+        if stat.S_ISFIFO(mode) and flags & os.O_ACCMODE == os.O_WRONLY:
+            os.write(fd, b"\x00\x00\x00\x05hello")
+
+
 # -- helpers ------------------------------------------------------------------------------
 
 
@@ -388,6 +401,20 @@ def test_setup_that_hangs_fails_its_cluster_only() -> None:
         await all_correct(h, good)
 
     run(body, kill_grace=0.5, setup_timeout=1.0)
+
+
+def test_setup_that_garbles_the_zygote_pipe_fails_its_cluster_only() -> None:
+    async def body(h: Harness) -> None:
+        good = await beside(h)
+        h.load("bad", func=double, setup=setup_garbles_the_zygote_pipe)
+        h.run("bad", (1,))
+        await h.until(lambda: bool(h.failures))
+        ((cluster_id, message),) = h.failures
+        assert cluster_id == "bad" and message.startswith("zygote sent a malformed message"), message
+        await all_correct(h, good)
+        await h.until(lambda: h.runner.busy == 0)
+
+    run(body, kill_grace=0.5)
 
 
 # -- CPUs and the node's own kills --------------------------------------------------------
