@@ -11,7 +11,8 @@ it with a fake clock.
 - Service window (`--service-start`, `--service-stop`, daily, may wrap
   midnight): outside it the node offers 0 CPUs.
 - Service end (`--service-end`, daily): the moment it passes, running jobs
-  are to be killed (`update` says so once per day).
+  are to be killed (`update` says so once per day), and the window is closed
+  until the next service start (midnight without one).
 - Yield to the machine's owner (`--yield-load F`, `--yield-window W`): when
   the load not caused by this node's jobs has stayed above F CPUs for W
   seconds, the node offers that many fewer CPUs (the smallest load seen in
@@ -64,8 +65,14 @@ class Availability:
         return max(0, self.rules.cpus - self.yielded)
 
     def in_service(self, now: dt.datetime) -> bool:
-        """Within the daily window; one that wraps midnight (22:00 to 06:00) works too."""
-        start, stop, t = self.rules.service_start, self.rules.service_stop, now.time()
+        """Within the daily window, which closes at the service stop and at the service end, whichever comes first."""
+        rules, t = self.rules, now.time()
+        closes = [c for c in (rules.service_stop, rules.service_end) if c is not None] or [None]
+        return all(self._within(rules.service_start, close, t) for close in closes)
+
+    @staticmethod
+    def _within(start: dt.time | None, stop: dt.time | None, t: dt.time) -> bool:
+        """In [start, stop) of the day; a window that wraps midnight (22:00 to 06:00) works too."""
         if start is None or stop is None:
             return (start is None or t >= start) and (stop is None or t < stop)
         if start <= stop:

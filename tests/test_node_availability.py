@@ -35,6 +35,16 @@ def test_service_end_fires_once_a_day() -> None:
     assert a.update(at("18:00", 1, days=1), 0.0)  # the next day, across a long gap too
 
 
+def test_after_the_service_end_the_node_offers_nothing_until_the_next_start() -> None:
+    # the end also closes the window: the killed reentrant jobs must go elsewhere, not straight back
+    only_end = Availability(Rules(2, service_end=parse_hhmm("18:00")), at("00:00"))
+    assert [only_end.offer(at(t)) for t in ("00:00", "17:59", "18:00", "23:59")] == [2, 2, 0, 0]
+    day = Availability(Rules(4, parse_hhmm("08:00"), parse_hhmm("18:00"), parse_hhmm("17:00")), at("00:00"))
+    assert [day.offer(at(t)) for t in ("07:59", "08:00", "16:59", "17:00", "18:00")] == [0, 4, 4, 0, 0]
+    night = Availability(Rules(4, parse_hhmm("22:00"), service_end=parse_hhmm("06:00")), at("00:00"))
+    assert [night.offer(at(t)) for t in ("21:59", "22:00", "05:59", "06:00")] == [0, 4, 4, 0]
+
+
 def test_yield_after_a_window_of_outside_load_and_back() -> None:
     a = Availability(Rules(4, yield_load=0.5, yield_window=60), at("12:00"))
     t = 0.0
