@@ -34,8 +34,11 @@ from dispy_wire.status import JobStatus
 
 from . import cgroups, channel, killtree, limits, workdir
 
-#: a pickled result above this is refused: the wire's frames stop at 64 MiB
+#: one job's result message must fit in one of the wire's frames (64 MiB): its
+#: pickled result, its stdout and stderr (each up to --max-output) and its exception text
 MAX_RESULT = 32 * 1024 * 1024
+MAX_OUTPUT = 12 * 1024 * 1024
+MAX_EXCEPTION = 1024 * 1024
 #: exit code of a job process that failed inside our own code, not the job's
 CHILD_INTERNAL_ERROR = 70
 _ALL_FDS = 1 << 20
@@ -169,6 +172,9 @@ def pickle_result(value: Any) -> bytes:
 
 
 def _failure(text: str, kind: str, started: float) -> dict[str, Any]:
+    if len(text) > MAX_EXCEPTION:  # the end of a traceback says most: keep it
+        head, tail = text[: MAX_EXCEPTION // 16], text[-(MAX_EXCEPTION - MAX_EXCEPTION // 16) :]
+        text = f"{head}\n[dispynode: {len(text) - len(head) - len(tail)} characters cut]\n{tail}"
     return {
         "status": int(JobStatus.TERMINATED),
         "exception": text,

@@ -27,7 +27,7 @@ from dispy_wire.discovery import DISCOVERY_PORT
 from dispy_wire.loop import event_loop_factory
 from dispy_wire.sdnotify import Notifier
 
-from . import account, cgroups, limits, report
+from . import account, cgroups, job_process, limits, report
 from .availability import Rules, parse_hhmm
 from .conn import NodeConfig, NodeControl, run_node
 from .discovery import run_discovered
@@ -188,6 +188,11 @@ def load_config(args: argparse.Namespace, fail: Callable[[str], NoReturn]) -> tu
             processes=_opt(pick("max_processes", None, None), _positive_int),
         )
         max_output = limits.parse_size(pick("max_output", None, "4M"))
+        if max_output > job_process.MAX_OUTPUT:
+            raise ValueError(
+                f"--max-output is at most {limits.format_size(job_process.MAX_OUTPUT)}: "
+                "a job's result, stdout and stderr travel in one message"
+            )
         setup_timeout = _positive(pick("setup_timeout", None, 60.0))
         rules = Rules(
             cpus,

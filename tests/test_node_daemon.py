@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from procs import Cluster
 from test_node_isolation import marked_processes, no_marked_processes  # noqa: F401  (autouse)
@@ -56,8 +57,10 @@ BAD = """
             hog = []
             while True:
                 hog.append(bytearray(16 << 20))
+        if kind == "shout":  # an exception text larger than any message may be
+            raise ValueError("x" * (70 << 20) + " the end")
 
-    kinds = ["segv", "exit", "close", "flood", "fork", "alloc"]
+    kinds = ["segv", "exit", "close", "flood", "fork", "alloc", "shout"]
     with SharedJobCluster(misbehave, user="mallory", secret="m") as cluster:
         jobs = {k: cluster.submit(k) for k in kinds}
         cluster.wait()
@@ -69,6 +72,9 @@ BAD = """
         assert jobs["fork"].status == F and jobs["fork"].result == "forked"
         assert jobs["alloc"].status == T, jobs["alloc"].status
         assert jobs["alloc"].exception.startswith("memory limit 512 MiB exceeded"), jobs["alloc"].exception
+        shout = jobs["shout"]
+        assert shout.status == T and len(shout.exception) < (2 << 20) and "characters cut]" in shout.exception
+        assert shout.exception.startswith("Traceback") and shout.exception.endswith("x the end\\n"), shout.exception[-200:]
     print("ok")
 """
 
@@ -179,3 +185,10 @@ def test_outside_the_service_window_the_node_offers_nothing(cluster: Cluster) ->
     node.wait_for_line(r"offering 0 of 2 cpus", stream="stderr")
     status = json.loads(cluster.run_client(STATUS.replace(', user="alice", secret="a"', ""), "status").stdout)
     assert status["cpus"] == 0, status
+
+
+def test_max_output_beyond_one_message_is_refused_at_start(tmp_path: Path) -> None:
+    argv = [sys.executable, "-m", "dispy_node.main", "--scheduler", "127.0.0.1:9", "--max-output", "100M",
+            "--work-dir", str(tmp_path / "w")]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2 and "--max-output is at most 12 MiB" in done.stderr, done.stderr
