@@ -67,7 +67,7 @@ class Availability:
     def in_service(self, now: dt.datetime) -> bool:
         """Within the daily window, which closes at the service stop and at the service end, whichever comes first."""
         rules, t = self.rules, now.time()
-        closes = [c for c in (rules.service_stop, rules.service_end) if c is not None] or [None]
+        closes: list[dt.time | None] = [c for c in (rules.service_stop, rules.service_end) if c is not None] or [None]
         return all(self._within(rules.service_start, close, t) for close in closes)
 
     @staticmethod
