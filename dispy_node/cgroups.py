@@ -169,6 +169,12 @@ def join(groups: JobGroups, name: str) -> None:
         _write(os.path.join(path, "cgroup.procs"), str(os.getpid()))
 
 
+def members(groups: JobGroups, name: str) -> list[int]:
+    """The pids in the job's group: its whole tree, however its processes detached (empty once it is gone)."""
+    text = _read(groups.dirs(name)[0], "cgroup.procs")
+    return [int(pid) for pid in text.split()]
+
+
 def breach(groups: JobGroups, name: str) -> tuple[bool, bool]:
     """(a process was killed at the memory limit, a fork failed at the process limit), after the fact.
 

@@ -378,12 +378,12 @@ class _Cluster:
         self._write(b"".join(frames))
 
     def _make_group(self, job_id: int, job_limits: limits.Limits) -> str:
-        """The job's control group, when the node has cgroups and the job a memory or process limit ("" if not).
+        """The job's control group, when the node has cgroups ("" if not): its limits, and a tree no process leaves.
 
         Made here, by the daemon, so that the job can join it but not change it.
         """
         groups = self.runner.config.cgroups
-        if groups is None or not (job_limits.memory or job_limits.processes):
+        if groups is None:
             return ""
         name = f"job-{self.cluster_id}-{job_id}"
         acct = self.runner.account

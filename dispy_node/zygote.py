@@ -329,10 +329,8 @@ class Zygote:
 
     def _kill(self, job: _Job, status: JobStatus, text: str, kind: str) -> None:
         """SIGTERM to the tree now, SIGKILL after the grace; the job will end with this verdict."""
-        if job.verdict is not None:
-            return
-        if job.wait_status is not None and status is not JobStatus.CANCELLED:
-            return  # it ended by itself: its own outcome stands
+        if job.verdict is not None or job.wait_status is not None:
+            return  # killed already, or it ended by itself: its outcome stands, what it left is being SIGKILLed
         job.verdict = (status, text, kind)
         self._signal_tree(job, signal.SIGTERM)
         self._at(time.monotonic() + self._grace, _Timer.SIGKILL, job)
@@ -349,7 +347,8 @@ class Zygote:
         killtree.signal_procs(job.strays, sig)
 
     def _escaped(self, job: _Job) -> list[psutil.Process]:
-        """Orphans re-parented to us that carry this job's mark, with their descendants."""
+        """Processes of the job outside its process group: orphans re-parented to us that carry its mark,
+        with their descendants, and whatever is in its control group (no process can leave it, marked or not)."""
         found: list[psutil.Process] = []
         for pid in killtree.own_children():
             if pid in self._leaders or _pgid_of(pid) in (job.pid, None):
@@ -360,6 +359,13 @@ class Zygote:
                 except psutil.Error:
                     continue
                 found += [proc, *killtree.descendants(pid)]
+        if job.group and self._code is not None and self._code.groups is not None:
+            for pid in cgroups.members(self._code.groups, job.group):
+                if pid != job.pid and _pgid_of(pid) not in (job.pid, None):
+                    try:
+                        found.append(psutil.Process(pid))
+                    except psutil.Error:
+                        continue
         return found
 
     def _at(self, deadline: float, what: _Timer, job: _Job) -> None:

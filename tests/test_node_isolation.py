@@ -538,6 +538,26 @@ def test_memory_limit_bounds_the_whole_tree_and_names_itself(groups: cgroups.Job
     run(body, caps=Limits(memory=256 << 20), cgroups=groups, kill_grace=0.5)
 
 
+def sheds_all_but_its_group() -> int:
+    """Starts a process the node cannot see as the job's but by its control group: a new session,
+    an empty environment (no mark), and a parent that is gone by the time the job ends."""
+    import subprocess as sp
+
+    return sp.Popen(["sleep", "60"], env={}, start_new_session=True).pid
+
+
+@pytest.mark.cgroup
+def test_a_process_that_sheds_session_and_environment_is_gone_before_the_result(groups: cgroups.JobGroups) -> None:
+    async def body(h: Harness) -> None:
+        h.load(func=sheds_all_but_its_group)
+        r = await h.call("c1")
+        assert r.status == JobStatus.FINISHED, r.exception
+        assert _gone([value(r)], timeout=0) == []
+        assert h.runner.busy == 0
+
+    run(body, cgroups=groups, kill_grace=0.5)
+
+
 @pytest.mark.cgroup
 def test_groups_left_by_a_node_that_died_are_swept_at_start(groups: cgroups.JobGroups) -> None:
     dead = 4_000_000  # above any pid this machine hands out
