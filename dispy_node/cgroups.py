@@ -38,8 +38,12 @@ their jobs are gone) is swept at the next start.
 from __future__ import annotations
 
 import errno
+import logging
 import os
+import time
 from typing import NamedTuple
+
+logger = logging.getLogger(__name__)
 
 CONTROLLERS = ("memory", "pids")
 UNIFIED = "unified"  # the cgroup v2 hierarchy, as a key beside v1's controller names
@@ -94,6 +98,11 @@ def _prepare_v2(base: str, own: str, pid: int) -> tuple[JobGroups | None, str]:
         return None, f"cgroup v2 group {own} was not delegated {' and '.join(missing)} (systemd: Delegate=yes)"
     if not all(os.access(os.path.join(base, f), os.W_OK) for f in ("cgroup.procs", "cgroup.subtree_control")):
         return None, f"cgroup v2 group {own} is not the node's to manage (systemd: Delegate=yes)"
+    if own.endswith((".service", ".scope")) and not _delegated_by_systemd(base):
+        logger.warning(
+            "cgroup v2 group %s looks like a systemd unit's but not a delegated one; "
+            "without Delegate=yes in the unit, systemd and the node both manage it", own
+        )  # fmt: skip
     _sweep(base)
     node = os.path.join(base, f"dispynode-{pid}")
     jobs = os.path.join(node, "jobs")
@@ -103,7 +112,7 @@ def _prepare_v2(base: str, own: str, pid: int) -> tuple[JobGroups | None, str]:
         os.makedirs(groups.zygotes, exist_ok=True)
         _write(os.path.join(node, "daemon", "cgroup.procs"), str(os.getpid()))
         for path in (base, node, jobs):
-            _write(os.path.join(path, "cgroup.subtree_control"), " ".join(f"+{c}" for c in CONTROLLERS))
+            _enable(path)
     except OSError as exc:
         try:
             _write(os.path.join(base, "cgroup.procs"), str(os.getpid()))
@@ -115,6 +124,33 @@ def _prepare_v2(base: str, own: str, pid: int) -> tuple[JobGroups | None, str]:
             return None, f"cgroup v2 group {own} {why}"
         return None, f"cannot make cgroups: {exc}"
     return groups, ""
+
+
+def _enable(path: str, tries: int = 5) -> None:
+    """Passes memory and pids on to the group's children.
+
+    Right after a process moved out, the kernel may still see it for a moment
+    (EBUSY): tried again briefly before concluding the group is shared.
+    """
+    for attempt in range(tries):
+        try:
+            _write(os.path.join(path, "cgroup.subtree_control"), " ".join(f"+{c}" for c in CONTROLLERS))
+            return
+        except OSError as exc:
+            if exc.errno != errno.EBUSY or attempt == tries - 1:
+                raise
+            time.sleep(0.01 * 2**attempt)
+
+
+def _delegated_by_systemd(path: str) -> bool:
+    """systemd marks the groups it delegates (Delegate=yes) with an extended attribute (v249 and later)."""
+    for name in ("trusted.delegate", "user.delegate"):
+        try:
+            if os.getxattr(path, name) == b"1":
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def release(groups: JobGroups) -> None:
@@ -183,9 +219,12 @@ def breach(groups: JobGroups, name: str) -> tuple[bool, bool]:
     reclaimed at the limit, which harms nobody. v1's `failcnt` stands in
     only on kernels without an `oom_kill` count.
     """
-    if UNIFIED in groups.parents:
+    if UNIFIED in groups.parents:  # oom: its own limit was reached (oom_kill alone counts any OOM killer's kills)
         path = os.path.join(groups.parents[UNIFIED], name)
-        return _count(_read(path, "memory.events"), "oom_kill") > 0, _count(_read(path, "pids.events"), "max") > 0
+        events = _read(path, "memory.events")
+        return _count(events, "oom") > 0 and _count(events, "oom_kill") > 0, _count(
+            _read(path, "pids.events"), "max"
+        ) > 0
     memory_dir = os.path.join(groups.parents["memory"], name)
     oom = _read(memory_dir, "memory.oom_control")
     if "oom_kill " in oom:
@@ -269,7 +308,7 @@ def _mounts() -> dict[str, str]:
             path = own.get("" if name == UNIFIED else name)
             if name in found or path is None or not (path + "/").startswith(root + "/"):
                 continue
-            if os.access(point, os.W_OK):
+            if name == UNIFIED or os.access(point, os.W_OK):  # v2: the group's own files are checked
                 found[name] = os.path.join(point, path.removeprefix(root).lstrip("/"))
     return found
 

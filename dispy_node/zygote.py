@@ -454,11 +454,16 @@ class Zygote:
         return zp.Done(job.job_id, JobStatus.TERMINATED, None, stdout, stderr, text, kind, start, end)
 
     def _group_breach(self, job: _Job) -> tuple[bool, bool]:
-        """Which of its control group's limits the job hit (the daemon removes the group)."""
+        """Which of its own limits the job hit in its control group (the daemon removes the group).
+
+        Every job has a group where the node has cgroups; one without a limit
+        hit none of its own, whatever an outer limit (the unit's) did to it.
+        """
         groups = self._code.groups if self._code is not None else None
         if groups is None or not job.group:
             return False, False
-        return cgroups.breach(groups, job.group)
+        memory, processes = cgroups.breach(groups, job.group)
+        return memory and job.limits.memory is not None, processes and job.limits.processes is not None
 
     # -- output --------------------------------------------------------------
 
