@@ -1,9 +1,15 @@
-"""The account jobs run as: never root.
+"""The accounts jobs run as: never root.
 
 A node started as root runs its zygotes (which run user code in `setup`) and
 their jobs as `--run-as USER` (default `nobody`), with that user's primary
 group and no supplementary groups. A node started as an ordinary user runs
 them as itself; `--run-as` must then name that same user or be left out.
+
+With `--job-uids FIRST-LAST` (root only) each cluster runs as a uid of its own
+from that range instead, as HTCondor's slot users do: jobs of different
+clusters (and so of different users) cannot signal, trace or read one
+another, nor move into one another's control groups. A uid goes back to the
+pool when its cluster is gone from the node, least recently used first.
 """
 
 from __future__ import annotations
@@ -12,7 +18,10 @@ import os
 import pwd
 import subprocess
 import sys
+from collections import deque
 from typing import NamedTuple
+
+import psutil
 
 DEFAULT_RUN_AS = "nobody"
 
@@ -72,3 +81,59 @@ def cannot_run_python(acct: Account) -> str | None:
         last = (done.stderr.decode(errors="replace").strip().splitlines() or ["?"])[-1]
         return f"account {acct.name} cannot run {sys.executable} with dispy_node: {last}"
     return None
+
+
+class PoolExhausted(Exception):
+    """Every uid of --job-uids serves a cluster already."""
+
+
+class AccountPool:
+    """The uids of --job-uids: one per cluster at a time."""
+
+    def __init__(self, first: int, last: int) -> None:
+        if not 0 < first <= last:
+            raise ValueError(f"--job-uids {first}-{last} is not a range of unprivileged uids")
+        self.first, self.last = first, last
+        self._free: deque[int] = deque(range(first, last + 1))
+
+    @classmethod
+    def parse(cls, text: str) -> AccountPool:
+        """`"61184-61439"` → that pool. Raises ValueError."""
+        first, sep, last = str(text).partition("-")
+        if not (sep and first.strip().isdigit() and last.strip().isdigit()):
+            raise ValueError(f"--job-uids {text!r} is not FIRST-LAST (such as 61184-61439)")
+        return cls(int(first), int(last))
+
+    def __len__(self) -> int:
+        return self.last - self.first + 1
+
+    def sample(self) -> Account:
+        """An account of the pool, for checks that hold for all of them (none has supplementary groups)."""
+        return _account_of(self.first)
+
+    def acquire(self) -> Account:
+        """The least recently used free uid that no process runs as (a job left by a crashed node, say).
+
+        Raises:
+            PoolExhausted: none is free.
+        """
+        busy = {uid for p in psutil.process_iter(["uids"]) if p.info["uids"] for uid in p.info["uids"][:2]}
+        for _ in range(len(self._free)):
+            uid = self._free.popleft()
+            if uid not in busy:
+                return _account_of(uid)
+            self._free.append(uid)
+        raise PoolExhausted(f"all {len(self)} uids of --job-uids {self.first}-{self.last} are in use")
+
+    def release(self, acct: Account) -> None:
+        if self.first <= acct.uid <= self.last and acct.uid not in self._free:
+            self._free.append(acct.uid)
+
+
+def _account_of(uid: int) -> Account:
+    """The passwd entry's name and group where the uid has one, else `uid<N>` with a group of the same number."""
+    try:
+        entry = pwd.getpwuid(uid)
+        return Account(entry.pw_name, uid, entry.pw_gid)
+    except KeyError:
+        return Account(f"uid{uid}", uid, uid)

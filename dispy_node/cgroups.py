@@ -14,22 +14,23 @@ Two kinds of host:
 
 - cgroup v1 (`memory` and `pids` hierarchies mounted and writable, as root):
   one directory per hierarchy under the node's own group,
-  `<own>/dispynode-<pid>/<job>`.
+  `<own>/dispynode-<pid>/<cluster>/job-<n>`.
 - cgroup v2 with `memory` and `pids` delegated to the node's group (systemd
   `Delegate=yes`, or the root of a container's cgroup namespace). A group
-  that passes controllers to its children may hold no process itself, and a
-  process may move between two groups only if it may write the `cgroup.procs`
-  of their common ancestor. Hence the layout::
+  that passes controllers on to its children may hold no process itself,
+  and a process may move between two groups only if its mover may write the
+  `cgroup.procs` of their common ancestor (whoever owns the process). Hence::
 
       <own>/                    +memory +pids for its children
         dispynode-<pid>/        +memory +pids
           daemon/               the daemon moves itself here
-          jobs/                 +memory +pids; cgroup.procs: the jobs' account
-            zygotes/            the daemon places each zygote here (`place`)
-            <job>/              memory.max, pids.max; cgroup.procs: the jobs' account
+          jobs/                 +memory +pids
+            <cluster>/          +memory +pids; cgroup.procs: the cluster's account
+              zygote/           the daemon places the cluster's zygote here (`place`)
+              job-<n>/          memory.max, pids.max; cgroup.procs: the cluster's account
 
-  A job moves from `zygotes/` to `<job>/` through `jobs/`, never through the
-  node's own groups, which stay the daemon's.
+  A job moves from `zygote/` to `job-<n>/` through its cluster's group, and
+  can reach no other cluster's groups nor the node's own.
 
 What nodes that died without cleaning up left (their groups are empty once
 their jobs are gone) is swept at the next start.
@@ -52,12 +53,11 @@ UNIFIED = "unified"  # the cgroup v2 hierarchy, as a key beside v1's controller 
 class JobGroups(NamedTuple):
     """Where the node's job groups live."""
 
-    parents: dict[str, str]  # hierarchy ("memory", "pids" or UNIFIED) -> directory jobs' groups are made in
+    parents: dict[str, str]  # hierarchy ("memory", "pids" or UNIFIED) -> directory clusters' groups are made in
     roots: tuple[str, ...] = ()  # the node's own directories: removed at exit, swept after a crash
-    zygotes: str = ""  # cgroup v2: the group zygotes live in, so that their jobs may move to their own
 
     def dirs(self, name: str) -> list[str]:
-        """The job's group directories, one per hierarchy."""
+        """A group's directories, one per hierarchy (`name`: a cluster id, or `<cluster>/job-<n>`)."""
         return [os.path.join(parent, name) for parent in self.parents.values()]
 
 
@@ -106,10 +106,10 @@ def _prepare_v2(base: str, own: str, pid: int) -> tuple[JobGroups | None, str]:
     _sweep(base)
     node = os.path.join(base, f"dispynode-{pid}")
     jobs = os.path.join(node, "jobs")
-    groups = JobGroups({UNIFIED: jobs}, (node,), os.path.join(jobs, "zygotes"))
+    groups = JobGroups({UNIFIED: jobs}, (node,))
     try:
         os.makedirs(os.path.join(node, "daemon"), exist_ok=True)  # exist_ok: our pid's dead namesake's
-        os.makedirs(groups.zygotes, exist_ok=True)
+        os.makedirs(jobs, exist_ok=True)
         _write(os.path.join(node, "daemon", "cgroup.procs"), str(os.getpid()))
         for path in (base, node, jobs):
             _enable(path)
@@ -159,34 +159,39 @@ def release(groups: JobGroups) -> None:
         _rmdir_tree(path)
 
 
-def place(groups: JobGroups, pid: int) -> None:
-    """In the daemon, before a zygote forks any job: puts the zygote where its jobs can move to their groups (v2).
+def place(groups: JobGroups, cluster: str, pid: int, uid: int, gid: int) -> None:
+    """In the daemon, before a zygote forks any job: makes the cluster's group and, under v2, puts the
+    zygote in it, where its jobs (run as uid:gid) can move to their own groups and nowhere else.
 
     Raises:
-        OSError: the zygote cannot be placed (its jobs could not join their groups).
+        OSError: the group cannot be made or the zygote placed (its jobs could not join their groups).
     """
-    if groups.zygotes:
-        _write(os.path.join(groups.zygotes, "cgroup.procs"), str(pid))
+    for hierarchy, path in zip(groups.parents, groups.dirs(cluster), strict=True):
+        _rmdir_tree(path)  # a stale one of an earlier load must not be reused
+        os.mkdir(path)
+        if hierarchy == UNIFIED:
+            _enable(path)
+            os.chown(os.path.join(path, "cgroup.procs"), uid, gid)  # the ancestor of its jobs' moves
+            os.mkdir(os.path.join(path, "zygote"))
+            _write(os.path.join(path, "zygote", "cgroup.procs"), str(pid))
 
 
 def make(groups: JobGroups, name: str, memory: int | None, processes: int | None, uid: int, gid: int) -> None:
-    """In the daemon: a fresh group per hierarchy for one job, its limits set, joinable by the job's account.
+    """In the daemon: a fresh group per hierarchy for one job (`<cluster>/job-<n>`, inside its cluster's
+    group), its limits set, joinable by the job's account.
 
     Raises:
         OSError: the group cannot be made (the job must not run unbounded).
     """
-    for hierarchy, parent in groups.parents.items():
-        path = os.path.join(parent, name)
+    for hierarchy, path in zip(groups.parents, groups.dirs(name), strict=True):
         _rmdir_tree(path)  # a stale one (counters and all) must not be reused
         os.mkdir(path)
         for knob, value in _limits(hierarchy, memory, processes):
             if value is not None and os.path.exists(os.path.join(path, knob)):
                 _write(os.path.join(path, knob), str(value))
-        # the job's move needs its group's entry and, under v2, the common ancestor's (the jobs' parent)
-        for directory in (path, parent) if hierarchy == UNIFIED else (path,):
-            for entry in ("cgroup.procs", "tasks"):
-                if os.path.exists(os.path.join(directory, entry)):
-                    os.chown(os.path.join(directory, entry), uid, gid)
+        for entry in ("cgroup.procs", "tasks"):
+            if os.path.exists(os.path.join(path, entry)):
+                os.chown(os.path.join(path, entry), uid, gid)
 
 
 def _limits(hierarchy: str, memory: int | None, processes: int | None) -> list[tuple[str, int | None]]:
@@ -241,7 +246,7 @@ def _count(text: str, key: str) -> int:
 
 
 def remove(groups: JobGroups, name: str) -> None:
-    """Removes the job's groups (its tree is gone, so they are empty)."""
+    """Removes a job's or a cluster's groups (its processes are gone, so they are empty)."""
     for path in groups.dirs(name):
         _rmdir_tree(path)
 

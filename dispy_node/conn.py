@@ -64,7 +64,7 @@ from dispy_wire.messages import (
 )
 
 from . import NodeError, report
-from .account import Account
+from .account import Account, AccountPool
 from .availability import Availability, Rules
 from .cgroups import JobGroups
 from .limits import Limits
@@ -102,12 +102,14 @@ class NodeConfig:
     serve: int | None = None  # exit after serving this many clusters
     cgroups: JobGroups | None = None  # where jobs make their control groups, if the host allows
     spawn: bool = not hasattr(os, "fork")  # each job a new interpreter (see loading.py)
+    accounts: AccountPool | None = None  # --job-uids: a uid per cluster (shared by the sessions' runners)
 
     def runner_config(self, ip_addr: str) -> RunnerConfig:
         """The runner's settings for one session; `ip_addr` is ours on its connection."""
         return RunnerConfig(
-            self.work_dir, self.kill_grace, self.account, self.caps, self.max_output, self.setup_timeout,
-            self.name, ip_addr, self.cgroups, self.spawn,
+            self.work_dir, kill_grace=self.kill_grace, account=self.account, accounts=self.accounts, caps=self.caps,
+            max_output=self.max_output, setup_timeout=self.setup_timeout, node_name=self.name, node_ip_addr=ip_addr,
+            cgroups=self.cgroups, spawn=self.spawn,
         )  # fmt: skip
 
     @property

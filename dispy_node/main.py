@@ -39,7 +39,7 @@ DEFAULT_SCHEDULER = "127.0.0.1:9702"
 _KEYS = (
     "scheduler", "discover", "discovery_port", "cpus", "name", "node_secret", "heartbeat", "work_dir",
     "kill_grace", "loglevel",
-    "run_as", "max_memory", "max_cpu_time", "max_job_time", "max_open_files", "max_processes", "max_output",
+    "run_as", "job_uids", "max_memory", "max_cpu_time", "max_job_time", "max_open_files", "max_processes", "max_output",
     "setup_timeout",
     "yield_load", "yield_window", "service_start", "service_stop", "service_end", "serve",
 )  # fmt: skip
@@ -86,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--run-as", metavar="USER",
                    help="account zygotes and jobs run as when the node runs as root (default: nobody); "
                         "never root")  # fmt: skip
+    g.add_argument("--job-uids", metavar="FIRST-LAST",
+                   help="as root: each cluster runs as a uid of its own from this range (e.g. 61184-61439; "
+                        "uids no one else uses), so jobs of different clusters cannot touch one another")  # fmt: skip
     g.add_argument("--jobs-as-self", action="store_true",
                    help="run jobs as the node's own account, even root: NOT isolated from the node; "
                         "for a JobCluster's local node and test machines")  # fmt: skip
@@ -180,6 +183,9 @@ def load_config(args: argparse.Namespace, fail: Callable[[str], NoReturn]) -> tu
     secret = str(pick("node_secret", "DISPY_NODE_SECRET", ""))
     try:
         run_as = account.resolve(pick("run_as", None, None))
+        accounts = _opt(pick("job_uids", None, None), account.AccountPool.parse)
+        if accounts is not None and (os.getuid() != 0 or pick("run_as", None, None) or args.jobs_as_self):
+            raise ValueError("--job-uids needs a node run as root, and neither --run-as nor --jobs-as-self")
         caps = Limits(
             memory=_opt(pick("max_memory", None, None), limits.parse_size),
             cpu_time=_opt(pick("max_cpu_time", None, None), _positive_int),
@@ -207,7 +213,7 @@ def load_config(args: argparse.Namespace, fail: Callable[[str], NoReturn]) -> tu
         fail(str(exc))
     config = NodeConfig(
         host, int(port), cpus, name, secret, heartbeat, work_dir, kill_grace,
-        run_as, caps, max_output, setup_timeout, rules, serve,
+        run_as, caps, max_output, setup_timeout, rules, serve, accounts=accounts,
     )  # fmt: skip
     return config, loglevel, discovery_port
 
@@ -251,14 +257,14 @@ def _usable_account(config: NodeConfig, as_self: bool) -> NodeConfig:
         if me.uid == 0:
             logger.warning("--jobs-as-self: jobs run as root, NOT isolated from this node")
         return dataclasses.replace(config, account=me)
-    run_as = config.account or account.resolve(None)
+    run_as = config.accounts.sample() if config.accounts else config.account or account.resolve(None)
     problem = account.cannot_run_python(run_as)
     if problem is not None:
         raise PermissionError(
             f"{problem}; install dispy-shared where that account can read it, choose another --run-as, "
             "or pass --jobs-as-self to run jobs as this node's own account (not isolated)"
         )
-    return config
+    return dataclasses.replace(config, account=run_as)
 
 
 def _make_work_dir(path: Path, run_as: account.Account) -> None:
@@ -332,9 +338,11 @@ def main(argv: list[str] | None = None) -> None:
         config = dataclasses.replace(config, spawn=True)
     scheduler = config.scheduler if discovery_port is None else f"the scheduler found on UDP port {discovery_port}"
     offer = f"node {config.name!r} offers {config.cpus} cpus to {scheduler}"
-    logger.info(
-        "%s; work dir %s; jobs run as %s", offer, config.work_dir, config.account.name if config.account else "us"
-    )
+    if config.accounts is not None:
+        runs_as = f"uids {config.accounts.first}-{config.accounts.last}, one per cluster"
+    else:
+        runs_as = config.account.name if config.account else "us"
+    logger.info("%s; work dir %s; jobs run as %s", offer, config.work_dir, runs_as)
     try:
         with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
             code = runner.run(_serve(config, discovery_port, offer))

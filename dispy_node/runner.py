@@ -49,7 +49,7 @@ from dispy_wire.messages import JobFile, JobRef, JobResult, RunJob
 from dispy_wire.status import JobStatus
 
 from . import account, cgroups, killtree, limits, workdir
-from .account import Account
+from .account import Account, AccountPool, PoolExhausted
 from . import zygote_protocol as zp
 
 logger = logging.getLogger(__name__)
@@ -74,6 +74,7 @@ class RunnerConfig:
         work_dir: clusters' directories are made under it (`<work_dir>/<cluster_id>`).
         kill_grace: seconds between SIGTERM and SIGKILL when a job is killed.
         account: who zygotes and jobs run as.
+        accounts: with --job-uids, the pool each cluster takes a uid of its own from (instead of `account`).
         caps: the node's limits; clusters and jobs may ask for less.
         max_output: bytes kept of each job's stdout and of its stderr.
         setup_timeout: seconds a zygote has to load and run `setup`.
@@ -85,6 +86,7 @@ class RunnerConfig:
     work_dir: Path
     kill_grace: float = 5.0
     account: Account | None = None
+    accounts: AccountPool | None = None
     caps: limits.Limits = limits.Limits()
     max_output: int = 4 << 20
     setup_timeout: float = 60.0
@@ -209,8 +211,7 @@ class Runner:
     async def _unload(self, cluster: _Cluster) -> None:
         try:
             await cluster.unload()
-            if not cluster.settings.keep_files:
-                await self._remove_dir(cluster.cluster_id)
+            await cluster.retire(remove_dir=not cluster.settings.keep_files)
         finally:
             if self._unloads.get(cluster.cluster_id, (None,))[0] is cluster:
                 del self._unloads[cluster.cluster_id]
@@ -221,7 +222,7 @@ class Runner:
 
     async def _discard(self, cluster: _Cluster) -> None:
         await cluster.stop()
-        await self._remove_dir(cluster.cluster_id)
+        await cluster.retire(remove_dir=True)
 
     async def close(self) -> None:
         """Kills every job tree and zygote (SIGTERM, grace, SIGKILL), removes their directories
@@ -232,8 +233,7 @@ class Runner:
         self._clusters.clear()
         await asyncio.gather(*(c.stop() for c in clusters), *self._background, *unloads, return_exceptions=True)
         for c in clusters:
-            if not c.settings.keep_files:
-                await asyncio.to_thread(shutil.rmtree, c.dir, True)
+            await c.retire(remove_dir=not c.settings.keep_files)
 
     def _in_background(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.create_task(coro)
@@ -305,6 +305,7 @@ class _Cluster:
         self.cluster_id = cluster_id
         self.settings = settings
         self.dir = runner.work_dir / cluster_id
+        self.account: Account | None = None  # who its zygote and jobs run as, once it starts
         self.state = _State.STARTING
         self._queued: dict[int, RunJob] = {}  # until Ready, and beyond the cluster's cpus
         self._files: list[zp.AddFile] = []  # until Ready
@@ -385,9 +386,9 @@ class _Cluster:
         groups = self.runner.config.cgroups
         if groups is None:
             return ""
-        name = f"job-{self.cluster_id}-{job_id}"
-        acct = self.runner.account
-        cgroups.make(groups, name, job_limits.memory, job_limits.processes, acct.uid, acct.gid)
+        name = f"{self.cluster_id}/job-{job_id}"
+        assert self.account is not None  # jobs run once the zygote is ready
+        cgroups.make(groups, name, job_limits.memory, job_limits.processes, self.account.uid, self.account.gid)
         self._groups[job_id] = name
         return name
 
@@ -441,13 +442,32 @@ class _Cluster:
         if proc is not None and proc.returncode is None:
             await proc.wait()
 
+    async def retire(self, remove_dir: bool) -> None:
+        """After stop(): its directory goes, or, kept, becomes the node's (its uid may serve another
+        cluster next); its control group goes; its uid goes back to the pool."""
+        pool = self.runner.config.accounts
+        if remove_dir:
+            await asyncio.to_thread(shutil.rmtree, self.dir, True)
+        elif pool is not None and self.account is not None:
+            await asyncio.to_thread(workdir.chown_tree, self.dir, os.getuid(), os.getgid())
+        if self.runner.config.cgroups is not None:
+            cgroups.remove(self.runner.config.cgroups, self.cluster_id)
+        if pool is not None and self.account is not None:
+            pool.release(self.account)
+        self.account = None
+
     # -- the zygote ----------------------------------------------------------
 
     async def _main(self) -> None:
         if self._after is not None:
             await asyncio.wait([self._after])  # unlike gather, does not cancel it if we are
             self._after = None
-        account = self.runner.account
+        pool = self.runner.config.accounts
+        try:
+            self.account = account = pool.acquire() if pool is not None else self.runner.account
+        except PoolExhausted as exc:
+            self.runner.cluster_failed(self.cluster_id, str(exc))
+            return
         try:
             await asyncio.to_thread(workdir.prepare_cluster_dir, self.dir, account.uid, account.gid)
             as_user: dict[str, Any] = {} if account.is_self else {
@@ -465,7 +485,7 @@ class _Cluster:
         config = self.runner.config
         if config.cgroups is not None:
             try:  # before it hears of its cluster, so before any job of it forks
-                cgroups.place(config.cgroups, self._proc.pid)
+                cgroups.place(config.cgroups, self.cluster_id, self._proc.pid, account.uid, account.gid)
             except OSError as exc:  # its stop() ends the zygote
                 self.runner.cluster_failed(self.cluster_id, f"cannot place the zygote in its control group: {exc}")
                 return

@@ -83,3 +83,13 @@ def write_file(directory: str, name: str, data: bytes, mode: int, replace: bool 
 
 def remove_job_dir(cluster_dir: str, job_id: int) -> None:
     shutil.rmtree(job_dir(cluster_dir, job_id), ignore_errors=True)
+
+
+def chown_tree(path: Path, uid: int, gid: int) -> None:
+    """Gives a directory and everything in it to uid:gid (symlinks themselves, never their targets)."""
+    if not os.path.lexists(path):
+        return
+    os.chown(path, uid, gid, follow_symlinks=False)
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            os.chown(os.path.join(root, name), uid, gid, follow_symlinks=False)

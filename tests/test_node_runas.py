@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from dispy_client import DispyJob
+from dispy_node.account import AccountPool, PoolExhausted
 from procs import EXPECT_CGROUP, Cluster, in_cgroup_v2
 
 SYSTEM_PYTHON = Path("/usr/bin/python3.11")
@@ -111,12 +113,13 @@ def test_a_job_can_neither_raise_its_memory_limit_nor_leave_its_group(cluster: C
                 import os
                 with open("/proc/self/cgroup") as f:
                     own = dict(line.rstrip("\\n").split(":", 2)[1:] for line in f)
-                if "memory" in own:  # v1: <node>/<job> in each hierarchy
+                up = lambda path, n: path if n == 0 else up(os.path.dirname(path), n - 1)
+                if "memory" in own:  # v1: <node>/<cluster>/<job> in each hierarchy
                     group = "/sys/fs/cgroup/memory" + own["memory"]
-                    limit, node = group + "/memory.limit_in_bytes", os.path.dirname(group)
-                else:  # v2: <node>/jobs/<job>, the daemon in <node>/daemon, zygotes in <node>/jobs/zygotes
+                    limit, node = group + "/memory.limit_in_bytes", up(group, 2)
+                else:  # v2: <node>/jobs/<cluster>/<job>, the daemon in <node>/daemon
                     group = "/sys/fs/cgroup" + own[""]
-                    limit, node = group + "/memory.max", os.path.dirname(os.path.dirname(group)) + "/daemon"
+                    limit, node = group + "/memory.max", up(group, 3) + "/daemon"
                 tries = {"raise own limit": (limit, "max"),
                          "move to the node's group": (node + "/cgroup.procs", str(os.getpid())),
                          "make a group of its own": (group + "/escape", "")}
@@ -148,3 +151,121 @@ def test_a_job_can_neither_raise_its_memory_limit_nor_leave_its_group(cluster: C
         assert out["make a group of its own"] == "PermissionError", out
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+JOB_UIDS = (3_900_000, 3_900_009)  # no account on this machine has these
+
+
+def test_clusters_with_uids_of_their_own_cannot_touch_one_another(cluster: Cluster, readable_python: Path) -> None:
+    """--job-uids: a job of mallory's cluster signals every process it may, peeks into others' working
+    directories and tries to move into their control groups; alice's jobs beside it finish regardless."""
+    cluster.scheduler()
+    work = Path(tempfile.mkdtemp(prefix="dispy-uids-work-"))
+    try:
+        work.chmod(0o711)
+        argv = [str(readable_python), "-m", "dispy_node.main", "--scheduler", cluster.address, "--cpus", "3",
+                "--name", "pool", "--work-dir", str(work / "node"), "--job-uids", "%d-%d" % JOB_UIDS,
+                "--max-memory", "1G"]  # fmt: skip
+        if os.environ.get(EXPECT_CGROUP) == "v2":
+            argv = in_cgroup_v2(argv, "dispynode.service")
+        node = cluster.start(argv, "node", {"PYTHONPATH": ""})
+        node.wait_for_line(r"connected to ")
+        has_groups = "per-job cgroups under" in node.stderr
+        assert has_groups or not os.environ.get(EXPECT_CGROUP), node.stderr
+        client = cluster.run_client(
+            """
+            import json, time
+            from dispy_client import SharedJobCluster, DispyJob
+
+            def work(x):
+                import os, time
+                time.sleep(3)
+                return [os.getuid(), os.getgid(), 2 * x]
+
+            def attack(first, last, kill):
+                import os, signal
+                if kill:
+                    os.kill(-1, signal.SIGKILL)  # all it may signal (on Linux, not itself): its zygote dies too
+                    return "sent"
+                others = []
+                for pid in map(int, filter(str.isdigit, os.listdir("/proc"))):
+                    try:
+                        uid = os.stat(f"/proc/{pid}").st_uid
+                    except OSError:
+                        continue
+                    if first <= uid <= last and uid != os.getuid():
+                        others.append(pid)
+                out = {"uid": os.getuid(), "others": len(others), "peek": set(), "move": set()}
+                for pid in others:
+                    try:
+                        os.listdir(f"/proc/{pid}/cwd")
+                        out["peek"].add("done")
+                    except OSError as exc:
+                        out["peek"].add(type(exc).__name__)
+                    try:
+                        with open(f"/proc/{pid}/cgroup") as f:
+                            line = next(l for l in f if ":memory:" in l or l.startswith("0::"))
+                        root = "/sys/fs/cgroup/memory" if ":memory:" in line else "/sys/fs/cgroup"
+                        with open(root + line.split(":", 2)[2].strip() + "/cgroup.procs", "w") as f:
+                            f.write(str(os.getpid()))
+                        out["move"].add("done")
+                    except (OSError, StopIteration) as exc:
+                        out["move"].add(type(exc).__name__)
+                return {k: sorted(v) if isinstance(v, set) else v for k, v in out.items()}
+
+            with SharedJobCluster(work, user="alice") as alice, SharedJobCluster(attack, user="mallory") as mallory:
+                jobs = [alice.submit(i) for i in range(2)]
+                while any(j.status != DispyJob.Running for j in jobs):
+                    time.sleep(0.05)
+                probe = mallory.submit(%d, %d, False)
+                probe()
+                mallory.submit(0, 0, True)()
+                print(json.dumps({"alice": [j() for j in jobs], "statuses": [j.status for j in jobs],
+                                  "mallory": probe.result, "mallory_status": probe.status}))
+            """ % JOB_UIDS
+        )
+        out = json.loads(client.stdout)
+        assert out["statuses"] == [DispyJob.Finished] * 2, out
+        (uid_a, gid_a, _), _ = out["alice"]
+        assert [r[2] for r in out["alice"]] == [0, 2] and all(r[:2] == [uid_a, gid_a] for r in out["alice"])
+        mallory = out["mallory"]
+        assert out["mallory_status"] == DispyJob.Finished, out
+        assert JOB_UIDS[0] <= uid_a <= JOB_UIDS[1] and JOB_UIDS[0] <= mallory["uid"] <= JOB_UIDS[1]
+        assert uid_a == gid_a and mallory["uid"] != uid_a, out
+        assert mallory["others"] >= 2 and mallory["peek"] == ["PermissionError"], out
+        if has_groups:
+            assert mallory["move"] == ["PermissionError"], out
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def test_uid_pool_hands_out_free_uids_least_recently_used_first() -> None:
+    first, last = JOB_UIDS
+    pool = AccountPool(first, last)
+    a, b = pool.acquire(), pool.acquire()
+    assert (a.uid, a.gid, a.name, b.uid) == (first, first, f"uid{first}", first + 1)
+    pool.release(a)
+    assert pool.acquire().uid == first + 2  # the one just given back waits its turn
+    squatter = subprocess.Popen(["sleep", "30"], user=first + 3, group=first + 3, extra_groups=[])
+    try:  # a process of a uid (a crashed node's job, say) keeps it out of use
+        assert pool.acquire().uid == first + 4
+    finally:
+        squatter.kill()
+        squatter.wait()
+    taken = [pool.acquire().uid for _ in range(len(pool) - 3)]  # b, first + 2 and first + 4 are out
+    assert taken == [*range(first + 5, last + 1), first, first + 3], taken
+    with pytest.raises(PoolExhausted, match=f"all 10 uids of --job-uids {first}-{last} are in use"):
+        pool.acquire()
+
+
+@pytest.mark.parametrize("text", ["100", "5-2", "0-3", "a-b"])
+def test_uid_pool_refuses_what_is_no_range_of_unprivileged_uids(text: str) -> None:
+    with pytest.raises(ValueError, match="--job-uids"):
+        AccountPool.parse(text)
+
+
+def test_job_uids_with_run_as_is_refused(tmp_path: Path) -> None:
+    argv = [sys.executable, "-m", "dispy_node.main", "--scheduler", "127.0.0.1:9", "--work-dir", str(tmp_path / "w"),
+            "--job-uids", "%d-%d" % JOB_UIDS, "--run-as", "nobody"]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2 and "--job-uids needs a node run as root, and neither --run-as" in done.stderr
