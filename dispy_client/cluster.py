@@ -103,6 +103,9 @@ class BaseCluster:
         # asks (node updates) and gives the cluster no CPU of a node until we answer
         self._allocators = [n for n in self.nodes if type(n).allocate is not NodeAllocate.allocate]
         open_options: dict[str, Any] = {"nodes": [n.to_wire() for n in self.nodes]} if self.nodes else {}
+        open_options.update(options.limits)  # for the nodes: the scheduler passes them on unread
+        if options.cleanup is False:  # dispy's way to keep the cluster's files on the nodes
+            open_options["keep_files"] = True
         if self._allocators:
             open_options["allocate"] = "client"
         if self._allocators or options.cluster_status is not None:
@@ -460,11 +463,16 @@ class SharedJobCluster(BaseCluster):
         **kwargs: the rest of dispy's parameters (`setup`, `cleanup`,
             `reentrant`, `secret`, `loglevel`, `dest_path`, `recover_file`, ...)
             and ours: `user` (default `$DISPY_USER`, then the login name),
-            `timeout` (seconds to reach and open the scheduler). See docs/client.md.
+            `timeout` (seconds to reach and open the scheduler), `limits`
+            (what each job may use on a node: `timeout`, `memory`, `cpu_time`,
+            `open_files`, `processes`, and `setup_timeout`; nodes apply the
+            smaller of these and their own caps). `cleanup=False` keeps the
+            cluster's files on the nodes, as in dispy. See docs/client.md.
 
     Raises:
         SchedulerUnreachable, AuthenticationError, ClusterError: see `BaseCluster`.
         TypeError: a keyword dispy does not have.
+        ValueError: `limits` names an unknown limit or a value that is no positive number (or size).
     """
 
     def __init__(

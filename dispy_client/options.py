@@ -16,6 +16,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from dispy_wire import limits as job_limits
+
 from .node import NodeAllocate, parse_nodes
 
 log = logging.getLogger("dispy_client")
@@ -43,6 +45,7 @@ _KEYWORDS: dict[str, Any] = {
     "user": None,
     "timeout": 10.0,
     "callback": None,
+    "limits": None,
 }
 
 #: why each parameter is ignored, when it is
@@ -75,6 +78,7 @@ class ClusterOptions:
     dest_path: str | None = None
     recover_file: str | None = None
     pulse_interval: float | None = None
+    limits: dict[str, int | float] = field(default_factory=dict)  # checked (dispy_wire.limits)
 
 
 def cluster_options(
@@ -116,6 +120,7 @@ def cluster_options(
         log.setLevel(values["loglevel"])
     recover_file = values["recover_file"]
     return ClusterOptions(
+        limits=job_limits.check(values["limits"] or {}),
         depends=list(depends or ()),
         job_status=job_status,
         cluster_status=cluster_status,

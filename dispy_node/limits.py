@@ -19,15 +19,14 @@ once in the job's tree; needs cgroups).
 from __future__ import annotations
 
 import math
-import re
 import resource
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
+from dispy_wire.limits import format_size
+
 from . import NodeError
 
-_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", re.IGNORECASE)
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 #: RLIMIT_CPU's hard limit is this much above the soft one: SIGXCPU first, SIGKILL if ignored
 CPU_HARD_SLACK = 2
 
@@ -56,6 +55,10 @@ class Limits(NamedTuple):
     def wall_text(self) -> str:
         assert self.wall is not None
         return f"wall-clock limit {self.wall:g} s exceeded"
+
+    def open_files_text(self) -> str:
+        assert self.open_files is not None
+        return f"open files limit {self.open_files} reached"
 
     def cpu_text(self) -> str:
         assert self.cpu_time is not None
@@ -100,27 +103,3 @@ def _lower(which: int, soft: int, hard: int) -> None:
     if old_hard != resource.RLIM_INFINITY:
         hard = min(hard, old_hard)
     resource.setrlimit(which, (min(soft, hard), hard))
-
-
-def parse_size(text: str | int) -> int:
-    """`512M`, `2G`, `1.5GiB`, `4096` (bytes) → bytes.
-
-    Raises:
-        ValueError: not a size.
-    """
-    if isinstance(text, int) and not isinstance(text, bool):
-        if text <= 0:
-            raise ValueError(f"size {text} is not positive")
-        return text
-    match = _SIZE.fullmatch(str(text))
-    if match is None or float(match.group(1)) <= 0:
-        raise ValueError(f"{text!r} is not a size such as 512M or 2G")
-    return int(float(match.group(1)) * _UNITS[match.group(2).upper()])
-
-
-def format_size(size: int) -> str:
-    """The largest binary unit that divides `size` evenly: 536870912 → '512 MiB'."""
-    for unit, name in ((1 << 40, "TiB"), (1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")):
-        if size % unit == 0:
-            return f"{size // unit} {name}"
-    return f"{size} bytes"

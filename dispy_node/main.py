@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 from dispy_wire.discovery import DISCOVERY_PORT
+from dispy_wire.limits import format_size, parse_size
 from dispy_wire.loop import event_loop_factory
 from dispy_wire.sdnotify import Notifier
 
-from . import account, cgroups, job_process, limits, report
+from . import account, cgroups, job_process, report
 from .availability import Rules, parse_hhmm
 from .conn import NodeConfig, NodeControl, run_node
 from .discovery import run_discovered
@@ -187,16 +188,16 @@ def load_config(args: argparse.Namespace, fail: Callable[[str], NoReturn]) -> tu
         if accounts is not None and (os.getuid() != 0 or pick("run_as", None, None) or args.jobs_as_self):
             raise ValueError("--job-uids needs a node run as root, and neither --run-as nor --jobs-as-self")
         caps = Limits(
-            memory=_opt(pick("max_memory", None, None), limits.parse_size),
+            memory=_opt(pick("max_memory", None, None), parse_size),
             cpu_time=_opt(pick("max_cpu_time", None, None), _positive_int),
             wall=_opt(pick("max_job_time", None, None), _positive),
             open_files=_opt(pick("max_open_files", None, None), _positive_int),
             processes=_opt(pick("max_processes", None, None), _positive_int),
         )
-        max_output = limits.parse_size(pick("max_output", None, "4M"))
+        max_output = parse_size(pick("max_output", None, "4M"))
         if max_output > job_process.MAX_OUTPUT:
             raise ValueError(
-                f"--max-output is at most {limits.format_size(job_process.MAX_OUTPUT)}: "
+                f"--max-output is at most {format_size(job_process.MAX_OUTPUT)}: "
                 "a job's result, stdout and stderr travel in one message"
             )
         setup_timeout = _positive(pick("setup_timeout", None, 60.0))

@@ -28,6 +28,7 @@ prints in `setup` or `cleanup` goes to stderr instead of corrupting it.
 
 from __future__ import annotations
 
+import errno
 import gc
 import heapq
 import itertools
@@ -449,6 +450,8 @@ class Zygote:
                 text = f"{job.limits.memory_text()}\n{text}"
             elif processes_hit and rec["status"] != JobStatus.FINISHED:
                 text = f"{job.limits.processes_text()}\n{text}"
+            elif job.limits.open_files is not None and _too_many_files(kind, text):
+                text = f"{job.limits.open_files_text()}\n{text}"
             return zp.Done(job.job_id, rec["status"], rec.get("result"), stdout, stderr, text, kind, start, end)
         text, kind = _death_text(job, memory_hit)
         return zp.Done(job.job_id, JobStatus.TERMINATED, None, stdout, stderr, text, kind, start, end)
@@ -484,6 +487,11 @@ def _verdict_for(status: JobStatus, reason: str) -> tuple[JobStatus, str, str]:
     if status is JobStatus.CANCELLED:
         return status, reason or "cancelled", ""
     return status, reason, "NodeGaveUp" if status is JobStatus.ABANDONED else "Killed"
+
+
+def _too_many_files(kind: str, text: str) -> bool:
+    """The job failed for want of a file descriptor (EMFILE), by its traceback's last line."""
+    return kind == "OSError" and f"[Errno {errno.EMFILE}]" in text.strip().rpartition("\n")[2]
 
 
 def _death_text(job: _Job, memory_hit: bool = False) -> tuple[str, str]:

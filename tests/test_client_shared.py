@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+
+import pytest
 
 import dispy_client as dispy
 from procs import Cluster
@@ -212,3 +215,42 @@ def test_examples_of_module_level_names() -> None:
     assert info == dispy.DispyNodeAvailInfo(12.5, 10, 20, 1.0)
     assert dispy.logger.DEBUG == 10 and isinstance(dispy.ClusterStatus([], 0), tuple)
     assert Path(dispy.__file__).parent.name == "dispy_client"
+
+
+def test_a_clusters_limits_and_kept_files_reach_its_jobs_on_the_nodes(cluster: Cluster) -> None:
+    cluster.scheduler()
+    node = cluster.node("--max-memory", "1G", "--serve", "1", cpus=3)  # exits once the cluster is gone
+    client = cluster.run_client(
+        """
+        import json
+        from dispy_client import SharedJobCluster
+
+        def work(kind):
+            import os, time
+            if kind == "sleep":
+                time.sleep(30)
+            if kind == "hog":  # over the cluster's 256M, under the node's 1G
+                return len(bytearray(600 << 20))
+            return os.getcwd()
+
+        with SharedJobCluster(work, limits={"timeout": 2, "memory": "256M"}, cleanup=False) as c:
+            jobs = {kind: c.submit(kind) for kind in ("sleep", "hog", "where")}
+            c.wait()
+            print(json.dumps({kind: [j.status, j.exception, j.result] for kind, j in jobs.items()}))
+        """
+    )
+    out = json.loads(client.stdout)
+    assert out["sleep"][:2] == [dispy.DispyJob.Terminated, "wall-clock limit 2 s exceeded"], out
+    assert out["hog"][0] == dispy.DispyJob.Terminated and out["hog"][1].startswith("memory limit 256 MiB exceeded")
+    assert node.wait(30) == 0, cluster.describe()
+    status, _, job_dir = out["where"]
+    assert status == dispy.DispyJob.Finished and os.path.isdir(job_dir), out  # cleanup=False: kept
+
+
+def test_a_limit_the_nodes_do_not_know_is_refused_at_once() -> None:
+    with pytest.raises(ValueError, match="limits: unknown 'memroy'; known: timeout, memory"):
+        dispy.SharedJobCluster(len, limits={"memroy": "1G"}, scheduler_host="127.0.0.1:9")
+    with pytest.raises(ValueError, match="'lots' is not a size such as 512M or 2G"):
+        dispy.SharedJobCluster(len, limits={"memory": "lots"}, scheduler_host="127.0.0.1:9")
+    with pytest.raises(ValueError, match="limits: timeout=0 is not a positive number"):
+        dispy.SharedJobCluster(len, limits={"timeout": 0}, scheduler_host="127.0.0.1:9")

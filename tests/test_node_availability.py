@@ -8,7 +8,8 @@ import datetime as dt
 import pytest
 
 from dispy_node.availability import Availability, Rules, parse_hhmm
-from dispy_node.limits import BadOption, Limits, effective, format_size, parse_size
+from dispy_node.limits import BadOption, Limits, effective
+from dispy_wire.limits import format_size, parse_size
 
 DAY = dt.datetime(2026, 11, 26, tzinfo=dt.timezone.utc)
 

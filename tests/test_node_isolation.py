@@ -271,8 +271,16 @@ def test_cpu_time_and_open_files_limits() -> None:
         r = await h.call("spin", 30)
         assert (r.status, r.exception) == (JobStatus.TERMINATED, "CPU time limit 1 s exceeded")
         assert value(await h.call("files"))["nofile"] == 64
+        h.load("hoard", func=opens_files, options={"open_files": 32})
+        r = await h.call("hoard", 100)
+        assert r.status == JobStatus.TERMINATED and r.exception.startswith("open files limit 32 reached\n"), r.exception
 
     run(body)
+
+
+def opens_files(n: int) -> int:
+    kept = [open(os.devnull) for _ in range(n)]  # noqa: SIM115  (held open on purpose)
+    return len(kept)
 
 
 def test_bad_options_are_refused_clearly() -> None:
