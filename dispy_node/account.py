@@ -98,10 +98,10 @@ class AccountPool:
 
     @classmethod
     def parse(cls, text: str) -> AccountPool:
-        """`"61184-61439"` → that pool. Raises ValueError."""
+        """`"3000000-3000255"` → that pool. Raises ValueError."""
         first, sep, last = str(text).partition("-")
         if not (sep and first.strip().isdigit() and last.strip().isdigit()):
-            raise ValueError(f"--job-uids {text!r} is not FIRST-LAST (such as 61184-61439)")
+            raise ValueError(f"--job-uids {text!r} is not FIRST-LAST (such as 3000000-3000255)")
         return cls(int(first), int(last))
 
     def __len__(self) -> int:

@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="account zygotes and jobs run as when the node runs as root (default: nobody); "
                         "never root")  # fmt: skip
     g.add_argument("--job-uids", metavar="FIRST-LAST",
-                   help="as root: each cluster runs as a uid of its own from this range (e.g. 61184-61439; "
+                   help="as root: each cluster runs as a uid of its own from this range (e.g. 3000000-3000255; "
                         "uids no one else uses), so jobs of different clusters cannot touch one another")  # fmt: skip
     g.add_argument("--jobs-as-self", action="store_true",
                    help="run jobs as the node's own account, even root: NOT isolated from the node; "

@@ -156,6 +156,7 @@ def test_a_job_can_neither_raise_its_memory_limit_nor_leave_its_group(cluster: C
 JOB_UIDS = (3_900_000, 3_900_009)  # no account on this machine has these
 
 
+@pytest.mark.cgroup
 def test_clusters_with_uids_of_their_own_cannot_touch_one_another(cluster: Cluster, readable_python: Path) -> None:
     """--job-uids: a job of mallory's cluster signals every process it may, peeks into others' working
     directories and tries to move into their control groups; alice's jobs beside it finish regardless."""
