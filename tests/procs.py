@@ -99,7 +99,9 @@ def in_cgroup_v2(argv: list[str], group: str) -> list[str]:
     """argv started as systemd starts a unit with Delegate=yes: in a cgroup v2 group of its own.
 
     Only where a run owns the whole v2 hierarchy (test_node_cgroup2.py's
-    kernel): `group` is made under /sys/fs/cgroup if it is not there.
+    kernel): `group` is made under /sys/fs/cgroup if it is not there. A group
+    a node has used takes no process any more (it passes controllers on, as
+    the node set it): each node needs a fresh one, as systemd gives each start.
     """
     path = Path("/sys/fs/cgroup") / group
     path.mkdir(parents=True, exist_ok=True)

@@ -168,7 +168,7 @@ def test_clusters_with_uids_of_their_own_cannot_touch_one_another(cluster: Clust
                 "--name", "pool", "--work-dir", str(work / "node"), "--job-uids", "%d-%d" % JOB_UIDS,
                 "--max-memory", "1G"]  # fmt: skip
         if os.environ.get(EXPECT_CGROUP) == "v2":
-            argv = in_cgroup_v2(argv, "dispynode.service")
+            argv = in_cgroup_v2(argv, "dispynode-uids.service")  # a fresh one, as systemd gives each start
         node = cluster.start(argv, "node", {"PYTHONPATH": ""})
         node.wait_for_line(r"connected to ")
         has_groups = "per-job cgroups under" in node.stderr
