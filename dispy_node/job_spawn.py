@@ -1,8 +1,9 @@
 """`python -m dispy_node.job_spawn LOAD_FILE START_FD`: one job in a new interpreter (no fork).
 
-Started by a zygote in spawn mode (see loading.py): loads the cluster from
-the zygote's Load message, runs `setup`, then lives the job's life exactly
-as a forked job does (`job_process.run`).
+Started by a zygote in spawn mode (see loading.py): enters the job's control
+group, limits and umask, loads the cluster from the zygote's Load message,
+runs `setup`, then lives the job's life exactly as a forked job does
+(`job_process.run`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import types
 
 from dispy_wire.framing import HEADER
 
-from . import job_process, loading
+from . import cgroups, job_process, limits, loading
 from . import zygote_protocol as zp
 
 
@@ -25,9 +26,18 @@ def main(argv: list[str]) -> None:
     assert isinstance(load, zp.Load)
     with os.fdopen(start_fd, "rb") as f:
         start = job_process.unpack_start(f.read())
+    try:  # setup is user code too: in the job's group, under its limits, its output the job's
+        os.umask(0o077)
+        os.dup2(start.out, 1)
+        os.dup2(start.err, 2)
+        if load.cgroups and start.group:
+            cgroups.join(cgroups.JobGroups(load.cgroups), start.group)
+        limits.apply(start.limits)
+    except (OSError, ValueError) as exc:
+        print(f"the node could not start the job: {exc}", file=sys.stderr, flush=True)
+        os._exit(job_process.CHILD_INTERNAL_ERROR)
     loaded = loading.load_code(load, first=False)
     if isinstance(loaded, str):  # setup failed here though it ran in the zygote: the job fails with why
-        os.dup2(start.err, 2)
         print(loaded, file=sys.stderr, flush=True)
         os._exit(job_process.CHILD_INTERNAL_ERROR)
     job_process.run(loaded[0], start)

@@ -7,6 +7,9 @@ and a `setup` per job: what hosts where fork is unsafe need.
 
 from __future__ import annotations
 
+import sys
+
+import cloudpickle
 import psutil
 import pytest
 
@@ -29,6 +32,8 @@ from test_node_runner import (  # noqa: F401  (the autouse fixture works by bein
     spawn_and_sleep,
     value,
 )
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
 def test_spawned_jobs_return_results_output_and_failures() -> None:
@@ -88,3 +93,27 @@ def test_jobs_see_a_file_sent_to_the_cluster_after_it_loaded(spawn: bool) -> Non
         assert answers == [(True, "")]
 
     run(body, spawn=spawn)
+
+
+def setup_notes_its_world() -> int:
+    import os
+    import resource
+
+    global seen
+    print("setup says hello")
+    seen = [os.umask(0o077), resource.getrlimit(resource.RLIMIT_AS)[0]]
+    return 0
+
+
+def get_seen() -> list[int]:
+    return seen  # noqa: F821  (a global that setup declares)
+
+
+def test_setup_in_a_spawned_job_runs_under_the_jobs_limits_umask_and_capture() -> None:
+    async def body(h: Harness) -> None:
+        h.load("c1", func=get_seen, setup=setup_notes_its_world, options={"memory": 256 << 20})
+        r = await h.call("c1")
+        assert value(r) == [0o077, 256 << 20], r.exception
+        assert r.stdout == b"setup says hello\n"
+
+    run(body, spawn=True)
