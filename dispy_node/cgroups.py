@@ -41,6 +41,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import signal
 import time
 from typing import NamedTuple
 
@@ -252,7 +253,8 @@ def remove(groups: JobGroups, name: str) -> None:
 
 
 def _sweep(base: str) -> None:
-    """Removes what nodes that died without cleaning up (SIGKILL, a crash) left: their groups are empty now."""
+    """Removes what nodes that died without cleaning up (SIGKILL, a crash) left: their groups, and
+    whatever still runs in them (jobs whose zygote died with the node)."""
     try:
         entries = list(os.scandir(base))
     except OSError:
@@ -260,7 +262,23 @@ def _sweep(base: str) -> None:
     for entry in entries:
         owner = entry.name.removeprefix("dispynode-")
         if entry.name.startswith("dispynode-") and owner.isdigit() and not os.path.exists(f"/proc/{owner}"):
+            _kill_members(entry.path)
             _rmdir_tree(entry.path)
+
+
+def _kill_members(path: str, timeout: float = 5.0) -> None:
+    """SIGKILLs every process in a group tree until it is empty (or `timeout` passes: a process in D state)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pids = [int(pid) for directory, _, _ in os.walk(path) for pid in _read(directory, "cgroup.procs").split()]
+        if not pids or time.monotonic() > deadline:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:  # gone already
+                pass
+        time.sleep(0.02)  # the kernel takes them out of the group as they die: nothing to wait on
 
 
 def _rmdir_tree(path: str) -> None:

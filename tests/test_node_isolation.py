@@ -567,7 +567,7 @@ def test_a_process_that_sheds_session_and_environment_is_gone_before_the_result(
 
 
 @pytest.mark.cgroup
-def test_groups_left_by_a_node_that_died_are_swept_at_start(groups: cgroups.JobGroups) -> None:
+def test_groups_left_by_a_node_that_died_are_swept_at_start_with_what_runs_in_them(groups: cgroups.JobGroups) -> None:
     dead = 4_000_000  # above any pid this machine hands out
     code = f"from dispy_node import cgroups; g, why = cgroups.prepare(pid={dead + 1}); assert g, why; cgroups.release(g)"
     argv = [sys.executable, "-c", code]
@@ -577,9 +577,18 @@ def test_groups_left_by_a_node_that_died_are_swept_at_start(groups: cgroups.JobG
         bases = [os.path.dirname(p) for p in groups.roots]
     stale = [os.path.join(base, f"dispynode-{dead}") for base in bases]
     for path in stale:
-        os.makedirs(os.path.join(path, "job-1-1"))
-    subprocess.run(argv, check=True, timeout=60)
-    assert not any(os.path.exists(p) for p in stale)
+        os.makedirs(os.path.join(path, "c1", "job-1"))
+    orphan = subprocess.Popen(["sleep", "60"])  # a job still running, its zygote gone with the node
+    try:
+        for path in stale:
+            with open(os.path.join(path, "c1", "job-1", "cgroup.procs"), "w") as f:
+                f.write(str(orphan.pid))
+        subprocess.run(argv, check=True, timeout=60)
+        assert orphan.wait(10) == -signal.SIGKILL
+        assert not any(os.path.exists(p) for p in stale)
+    finally:
+        orphan.kill()
+        orphan.wait()
 
 
 @pytest.mark.cgroup
