@@ -192,3 +192,33 @@ def test_max_output_beyond_one_message_is_refused_at_start(tmp_path: Path) -> No
             "--work-dir", str(tmp_path / "w")]  # fmt: skip
     done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 2 and "--max-output is at most 12 MiB" in done.stderr, done.stderr
+
+
+def test_sigterm_ends_the_node_and_every_job_tree(cluster: Cluster) -> None:
+    cluster.scheduler()
+    node = cluster.node("--kill-grace", "1", cpus=2)
+    client = cluster.client(
+        """
+        from dispy_client import SharedJobCluster
+
+        def tree(n):
+            import subprocess, time
+            children = [subprocess.Popen(["sleep", "60"]) for _ in range(n)]
+            time.sleep(60)
+            return len(children)
+
+        with SharedJobCluster(tree) as cluster:
+            jobs = [cluster.submit(3) for _ in range(2)]
+            cluster.wait()
+            print(sorted(j.status for j in jobs))
+        """
+    )
+    deadline = time.monotonic() + 30
+    while len(marked_processes()) < 8 and time.monotonic() < deadline:  # 2 jobs, each with 3 children
+        time.sleep(0.05)  # polling /proc: no event to wait on
+    assert len(marked_processes()) == 8, cluster.describe()
+    node.popen.send_signal(signal.SIGTERM)
+    assert node.wait(30) == 0, cluster.describe()
+    assert marked_processes() == []  # gone with the node, not left to run
+    assert client.wait(30) == 0, cluster.describe()
+    assert client.stdout.strip() == "[10, 10]"  # Abandoned: the node was lost while running them
