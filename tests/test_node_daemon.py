@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
+
 from procs import Cluster
 from test_node_isolation import marked_processes, no_marked_processes  # noqa: F401  (autouse)
 
@@ -134,8 +136,6 @@ def test_drain_finishes_running_jobs_then_exits_0(cluster: Cluster) -> None:
 
 def _until_busy(node: object) -> None:
     """Waits for the node's job to start: its zygote has a child."""
-    import psutil
-
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         procs = psutil.Process(node.pid).children(recursive=True)  # type: ignore[attr-defined]
@@ -222,3 +222,11 @@ def test_sigterm_ends_the_node_and_every_job_tree(cluster: Cluster) -> None:
     assert marked_processes() == []  # gone with the node, not left to run
     assert client.wait(30) == 0, cluster.describe()
     assert client.stdout.strip() == "[10, 10]"  # Abandoned: the node was lost while running them
+
+
+def test_negative_cpus_leave_that_many_to_the_machine(cluster: Cluster) -> None:
+    cluster.scheduler()
+    total = psutil.cpu_count() or 1
+    node = cluster.node(cpus=-1)
+    offered = int(node.wait_for_line(r"offers (\d+) cpus", stream="stderr").group(1))
+    assert offered == max(1, total - 1)  # never less than one
