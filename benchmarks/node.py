@@ -22,6 +22,7 @@ from pathlib import Path
 import cloudpickle
 import psutil
 
+from dispy_node import cgroups
 from dispy_node.account import myself
 from dispy_node.runner import Runner, RunnerConfig
 from dispy_wire.messages import JobRef, JobResult, RunJob
@@ -50,8 +51,11 @@ def tree(n: int, ready_path: str) -> None:
     t.sleep(600)
 
 
-async def through_runner(jobs: int, slots: int, work_dir: Path, spawn: bool = False) -> float:
-    """Returns jobs/s over `jobs` jobs, `slots` at a time (after one warm-up job); `spawn`: no fork."""
+async def through_runner(
+    jobs: int, slots: int, work_dir: Path, spawn: bool = False, groups: cgroups.JobGroups | None = None
+) -> float:
+    """Returns jobs/s over `jobs` jobs, `slots` at a time (after one warm-up job); `spawn`: no fork;
+    `groups`: a control group per job, as a node with cgroups makes."""
     warm, done = asyncio.Event(), asyncio.Event()
     errors: list[str] = []
     finished = 0
@@ -82,7 +86,7 @@ async def through_runner(jobs: int, slots: int, work_dir: Path, spawn: bool = Fa
         warm.set()
         done.set()
 
-    runner = Runner(RunnerConfig(work_dir, account=myself(), spawn=spawn), on_result, on_failed)
+    runner = Runner(RunnerConfig(work_dir, account=myself(), spawn=spawn, cgroups=groups), on_result, on_failed)
     comp = Computation("function", "trivial", [], [], dumps(CodeObjects(func=trivial)))
     runner.load("bench", pack_computation(comp))
     try:
@@ -154,16 +158,24 @@ def main() -> None:
         run = uvloop.run
     except ImportError:
         run = asyncio.run
+    groups, why = cgroups.prepare()
     with tempfile.TemporaryDirectory() as tmp:
-        for sub in ("a", "b", "c"):
+        for sub in ("a", "b", "c", "d"):
             (Path(tmp) / sub).mkdir()
         runner_rate = run(through_runner(args.jobs, args.slots, Path(tmp) / "a"))
+        grouped_rate = groups and run(through_runner(args.jobs, args.slots, Path(tmp) / "d", groups=groups))
         spawn_rate = run(through_runner(max(20, args.jobs // 20), args.slots, Path(tmp) / "c", spawn=True))
         cancel = run(cancel_tree(args.tree, Path(tmp) / "b"))
+    if groups is not None:
+        cgroups.release(groups)
     print(f"raw fork+exit+waitpid of python:      {fork_rate:8.0f} /s  ({1000 / fork_rate:.2f} ms each)")
     print(
         f"runner, {args.slots} slots, trivial jobs:     {runner_rate:8.0f} jobs/s  ({1000 / runner_rate:.2f} ms each)"
     )
+    if grouped_rate:
+        print(f"  the same, a control group per job:   {grouped_rate:8.0f} jobs/s  ({1000 / grouped_rate:.2f} ms each)")
+    else:
+        print(f"  (no control groups here: {why})")
     print(f"runner, {args.slots} slots, spawn mode (no fork): {spawn_rate:6.0f} jobs/s  ({1000 / spawn_rate:.2f} ms each)")
     print(f"cancel of a {args.tree}-process job to its last process gone: {cancel * 1000:.1f} ms")
 

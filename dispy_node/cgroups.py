@@ -186,6 +186,8 @@ def make(groups: JobGroups, name: str, memory: int | None, processes: int | None
     """
     for hierarchy, path in zip(groups.parents, groups.dirs(name), strict=True):
         _rmdir_tree(path)  # a stale one (counters and all) must not be reused
+        if hierarchy == "memory" and memory is None:
+            continue  # v1 tracks the tree by its pids group; a memory group costs, and bounds nothing here
         os.mkdir(path)
         for knob, value in _limits(hierarchy, memory, processes):
             if value is not None and os.path.exists(os.path.join(path, knob)):
@@ -207,14 +209,19 @@ def join(groups: JobGroups, name: str) -> None:
     Raises:
         OSError: a group cannot be joined (the job must not run unbounded).
     """
+    joined = 0
     for path in groups.dirs(name):
-        _write(os.path.join(path, "cgroup.procs"), str(os.getpid()))
+        if os.path.isdir(path):  # the daemon made what the job's limits need, and always one that tracks it
+            _write(os.path.join(path, "cgroup.procs"), str(os.getpid()))
+            joined += 1
+    if not joined:
+        raise FileNotFoundError(f"no control group {name} to join")
 
 
 def members(groups: JobGroups, name: str) -> list[int]:
     """The pids in the job's group: its whole tree, however its processes detached (empty once it is gone)."""
-    text = _read(groups.dirs(name)[0], "cgroup.procs")
-    return [int(pid) for pid in text.split()]
+    tracking = groups.parents.get("pids") or groups.parents[UNIFIED]
+    return [int(pid) for pid in _read(os.path.join(tracking, name), "cgroup.procs").split()]
 
 
 def breach(groups: JobGroups, name: str) -> tuple[bool, bool]:
