@@ -171,13 +171,20 @@ def pickle_result(value: Any) -> bytes:
         return dumps(value)
 
 
+def cut_text(text: str, limit: int = MAX_EXCEPTION) -> str:
+    """`text` within `limit` bytes of UTF-8: its start and, what says most of a traceback, its end."""
+    data = text.encode(errors="replace")
+    if len(data) <= limit:
+        return text
+    head, tail = data[: limit // 16], data[-(limit - limit // 16 - 100) :]
+    cut = len(data) - len(head) - len(tail)
+    return f"{head.decode(errors='ignore')}\n[dispynode: {cut} bytes cut]\n{tail.decode(errors='ignore')}"
+
+
 def _failure(text: str, kind: str, started: float) -> dict[str, Any]:
-    if len(text) > MAX_EXCEPTION:  # the end of a traceback says most: keep it
-        head, tail = text[: MAX_EXCEPTION // 16], text[-(MAX_EXCEPTION - MAX_EXCEPTION // 16) :]
-        text = f"{head}\n[dispynode: {len(text) - len(head) - len(tail)} characters cut]\n{tail}"
     return {
         "status": int(JobStatus.TERMINATED),
-        "exception": text,
+        "exception": cut_text(text),
         "exception_type": kind,
         "start_time": started,
         "end_time": time.time(),

@@ -44,11 +44,13 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from dispy_wire.framing import FrameDecoder
 from dispy_wire.messages import JobFile, JobRef, JobResult, RunJob
 from dispy_wire.status import JobStatus
 
-from . import account, cgroups, killtree, limits, workdir
+from . import account, cgroups, channel, job_process, killtree, limits, workdir
 from .account import Account, AccountPool, PoolExhausted
 from . import zygote_protocol as zp
 
@@ -60,6 +62,8 @@ FailureSink = Callable[[str, str], None]
 
 #: a cluster id becomes a directory name: nothing that could climb out of work_dir
 _SAFE_ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+#: the statuses a job ends with on a node
+_ENDS = {JobStatus.FINISHED, JobStatus.TERMINATED, JobStatus.CANCELLED, JobStatus.ABANDONED}
 #: beyond kill_grace, how long a zygote gets to exit after its stdin is closed, before SIGKILL
 STOP_SLACK = 3.0
 #: beyond kill_grace, how long an Unload may take (cleanup included)
@@ -524,8 +528,10 @@ class _Cluster:
             self.runner.cluster_failed(self.cluster_id, f"setup did not finish within {timeout:g} s")
 
     def _handle(self, msg: Any) -> None:
+        """One message of the zygote. Raises ValueError for one no honest zygote sends (see `_check`)."""
         if self.state is _State.DEAD:
             return
+        self._check(msg)
         if isinstance(msg, zp.Done):
             if msg.job_id in self._running:
                 del self._running[msg.job_id]
@@ -557,6 +563,32 @@ class _Cluster:
         elif isinstance(msg, zp.Unloaded):
             self._unloaded.set()
 
+    def _check(self, msg: Any) -> None:
+        """Bounds what is passed on: user code shares the zygote's account and can write on its pipe.
+
+        Raises:
+            ValueError: a status or size no honest zygote sends.
+        """
+        max_output = self.runner.config.max_output + 256  # and the note where it was cut
+        if isinstance(msg, zp.Done):
+            sizes = {"result": (len(msg.result or b""), job_process.MAX_RESULT),
+                     "stdout": (len(msg.stdout), max_output), "stderr": (len(msg.stderr), max_output),
+                     "exception": (len(msg.exception.encode(errors="replace")), job_process.MAX_EXCEPTION + 1024),
+                     "exception type": (len(msg.exception_type), 256)}  # fmt: skip
+            if msg.status not in _ENDS:
+                raise ValueError(f"status {msg.status} is no job's end")
+        elif isinstance(msg, zp.Provisional):
+            sizes = {"provisional result": (len(msg.result), job_process.MAX_RESULT)}
+        elif isinstance(msg, zp.File):
+            sizes = {"file": (len(msg.data), channel.MAX_RECORD), "file name": (len(msg.name), 255)}
+        elif isinstance(msg, zp.SetupFailed):
+            sizes = {"setup failure": (len(msg.message.encode(errors="replace")), job_process.MAX_EXCEPTION + 1024)}
+        else:
+            return
+        for what, (size, limit) in sizes.items():
+            if size > limit:
+                raise ValueError(f"{what} of {size} bytes (at most {limit})")
+
     async def _died(self, why: str) -> None:
         assert self._proc is not None
         self.state = _State.DEAD  # nothing more is reported but what follows
@@ -572,11 +604,27 @@ class _Cluster:
     async def _kill_jobs(self, zygote_pid: int) -> None:
         """Orphaned jobs of a dead zygote: their groups, then anything else carrying their mark."""
         for pid in self._running.values():
-            if pid:
+            if pid and self._is_job_leader(pid):
                 killtree.killpg(pid, signal.SIGKILL)
         left = await asyncio.to_thread(killtree.kill_marked, f"{zygote_pid}.", self.runner.kill_grace + STOP_SLACK)
         if left:
             logger.error("cluster %s: processes %s of its jobs survived SIGKILL", self.cluster_id, left)
+
+    def _is_job_leader(self, pid: int) -> bool:
+        """A pid the zygote said is a job's: a group leader of the cluster's account, or we kill nothing.
+
+        The pid came over the zygote's pipe, which the cluster's own code can write on: it must
+        not turn the daemon (root) onto a process its jobs could not signal themselves.
+        """
+        try:
+            uid = psutil.Process(pid).uids().real
+            leader = os.getpgid(pid) == pid
+        except (psutil.Error, OSError):
+            return False
+        if self.account is not None and uid == self.account.uid and leader:
+            return True
+        logger.warning("cluster %s: pid %d is no job of it; not killed", self.cluster_id, pid)
+        return False
 
     def _write(self, data: bytes) -> None:
         if not data or self._proc is None or self._proc.stdin is None or self._proc.stdin.is_closing():

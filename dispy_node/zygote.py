@@ -127,7 +127,7 @@ class Zygote:
         logging.getLogger().setLevel(load.log_level)
         error = self._load(load)
         if error is not None:
-            self._send(zp.SetupFailed(error))
+            self._send(zp.SetupFailed(job_process.cut_text(error)))
             self._flush()
             return 1
         killtree.become_subreaper()

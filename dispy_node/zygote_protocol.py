@@ -1,9 +1,11 @@
 """Messages between the daemon and a zygote, over the zygote's stdin/stdout.
 
 Same framing as the wire (`dispy_wire.framing`, without the preamble); a
-message is the msgpack array `[tag, field, ...]` of a NamedTuple below. Both
-ends are our own code from the same installation, so decoding checks only the
-tag: a malformed frame here is a bug, not an attack.
+message is the msgpack array `[tag, field, ...]` of a NamedTuple below.
+Decoding checks every field's type: the zygote runs the user's `setup`, and
+its jobs run as the same account and can reach its pipe (/proc/PID/fd), so
+what the daemon reads here is untrusted input; the daemon also bounds sizes
+(runner.py) and checks a pid before it kills it.
 
     daemon → zygote: Load (first, once), Run, Kill, Unload
     zygote → daemon: Ready | SetupFailed (answer to Load), Started, Done,
@@ -21,9 +23,10 @@ from typing import Any, NamedTuple
 import msgpack
 
 from dispy_wire.framing import encode_frame
+from dispy_wire.schema import checker_for
 
-#: pipe frames carry whole computations and results: our own limit, not the wire's
-MAX_FRAME = 1 << 30
+#: pipe frames carry whole computations and results, and one result must fit in a wire frame anyway
+MAX_FRAME = 64 * 1024 * 1024
 
 
 class Load(NamedTuple):
@@ -133,7 +136,7 @@ _TAGS: dict[type[Any], int] = {
     Load: 1, Run: 2, Kill: 3, Unload: 4, AddFile: 5, FileAdded: 17,
     Ready: 10, SetupFailed: 11, Started: 12, Done: 13, Unloaded: 14, Provisional: 15, File: 16,
 }  # fmt: skip
-_TYPES = {tag: cls for cls, tag in _TAGS.items()}
+_CHECKERS = {tag: checker_for(cls) for cls, tag in _TAGS.items()}
 
 
 def encode(msg: Message) -> bytes:
@@ -148,7 +151,10 @@ def decode(body: bytes) -> Message:
         ValueError: not a message of this protocol.
     """
     obj = msgpack.unpackb(body, raw=False)
-    if not isinstance(obj, list) or not obj or obj[0] not in _TYPES:
+    if not isinstance(obj, list) or not obj or not isinstance(obj[0], int) or obj[0] not in _CHECKERS:
         raise ValueError(f"not a zygote message: {body[:40]!r}")
-    msg: Message = _TYPES[obj[0]](*obj[1:])
+    try:
+        msg: Message = _CHECKERS[obj[0]](obj[1:])
+    except TypeError as exc:
+        raise ValueError(f"malformed zygote message: {exc}") from None
     return msg

@@ -24,6 +24,7 @@ import psutil
 import pytest
 
 from dispy_node import cgroups, killtree
+from dispy_node import zygote_protocol as zp
 from dispy_node.limits import Limits
 from dispy_wire.messages import JobRef, JobResult
 from dispy_wire.status import JobStatus
@@ -127,17 +128,21 @@ def setup_hangs() -> None:
     time.sleep(120)
 
 
-def setup_garbles_the_zygote_pipe() -> None:
-    """Finds the zygote's pipe to the daemon (setup runs in the zygote) and writes what is no message on it."""
-    import fcntl
+def garbling_setup(frame: bytes) -> Any:
+    """A setup that finds the zygote's pipe to the daemon (setup runs in the zygote) and writes `frame` on it."""
 
-    for fd in range(3, 256):
-        try:
-            mode, flags = os.fstat(fd).st_mode, fcntl.fcntl(fd, fcntl.F_GETFL)
-        except OSError:
-            continue
-        if stat.S_ISFIFO(mode) and flags & os.O_ACCMODE == os.O_WRONLY:
-            os.write(fd, b"\x00\x00\x00\x05hello")
+    def setup() -> None:
+        import fcntl
+
+        for fd in range(3, 256):
+            try:
+                mode, flags = os.fstat(fd).st_mode, fcntl.fcntl(fd, fcntl.F_GETFL)
+            except OSError:
+                continue
+            if stat.S_ISFIFO(mode) and flags & os.O_ACCMODE == os.O_WRONLY:
+                os.write(fd, frame)
+
+    return setup
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -411,10 +416,20 @@ def test_setup_that_hangs_fails_its_cluster_only() -> None:
     run(body, kill_grace=0.5, setup_timeout=1.0)
 
 
-def test_setup_that_garbles_the_zygote_pipe_fails_its_cluster_only() -> None:
+@pytest.mark.parametrize(
+    "frame",
+    [
+        b"\x00\x00\x00\x05hello",  # no message at all
+        zp.encode(zp.Done(0, 11, 123, b"", b"", "", "", 0.0, 0.0)),  # a result that is no pickle: wrong type
+        zp.encode(zp.Done(0, 5, None, b"", b"", "", "", 0.0, 0.0)),  # a status no job ends with
+        zp.encode(zp.SetupFailed("x" * (3 << 20))),  # more than any honest zygote sends
+    ],
+    ids=["garbage", "ill-typed", "bad-status", "oversized"],
+)
+def test_setup_that_garbles_the_zygote_pipe_fails_its_cluster_only(frame: bytes) -> None:
     async def body(h: Harness) -> None:
         good = await beside(h)
-        h.load("bad", func=double, setup=setup_garbles_the_zygote_pipe)
+        h.load("bad", func=double, setup=garbling_setup(frame))
         h.run("bad", (1,))
         await h.until(lambda: bool(h.failures))
         ((cluster_id, message),) = h.failures

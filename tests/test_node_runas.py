@@ -270,3 +270,58 @@ def test_job_uids_with_run_as_is_refused(tmp_path: Path) -> None:
             "--job-uids", "%d-%d" % JOB_UIDS, "--run-as", "nobody"]  # fmt: skip
     done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 2 and "--job-uids needs a node run as root, and neither --run-as" in done.stderr
+
+
+def test_a_cluster_cannot_turn_the_root_node_onto_another_process(cluster: Cluster, readable_python: Path) -> None:
+    """A cluster's setup (it runs in the zygote, as the jobs' account) leaves a thread that, once a job
+    runs, writes on the zygote's pipe that a root process is that job's, then kills the zygote: the node,
+    cleaning up after a dead zygote, must not kill that process for it."""
+    cluster.scheduler()
+    victim = subprocess.Popen(["sleep", "120"], start_new_session=True)  # root's, a group leader
+    work = Path(tempfile.mkdtemp(prefix="dispy-lure-work-"))
+    try:
+        work.chmod(0o711)
+        argv = [str(readable_python), "-m", "dispy_node.main", "--scheduler", cluster.address, "--cpus", "1",
+                "--name", "lured", "--work-dir", str(work / "node"), "--run-as", "nobody"]  # fmt: skip
+        node = cluster.start(argv, "node", {"PYTHONPATH": ""})
+        node.wait_for_line(r"connected to ")
+        client = cluster.run_client(
+            """
+            import functools
+            from dispy_client import SharedJobCluster
+
+            def lure_later(victim):
+                import fcntl, os, signal, stat, threading, time
+                from dispy_node import zygote_protocol as zp
+
+                def lure():
+                    time.sleep(1)  # a job runs by now
+                    for fd in range(3, 64):
+                        try:
+                            mode, flags = os.fstat(fd).st_mode, fcntl.fcntl(fd, fcntl.F_GETFL)
+                        except OSError:
+                            continue
+                        if stat.S_ISFIFO(mode) and flags & os.O_ACCMODE == os.O_WRONLY:  # to the node
+                            os.write(fd, b"".join(zp.encode(zp.Started(i, victim)) for i in range(100)))
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+                threading.Thread(target=lure, daemon=True).start()
+                return 0
+
+            def work():
+                import time
+                time.sleep(30)
+
+            with SharedJobCluster(work, setup=functools.partial(lure_later, %d)) as c:
+                job = c.submit()
+                job()
+                print(job.status, job.exception)
+            """ % victim.pid
+        )
+        assert "zygote process died" in client.stdout, client.stdout
+        assert victim.poll() is None, "the node killed a process that was not its job's"
+        assert "is no job of it; not killed" in node.stderr
+    finally:
+        victim.kill()
+        victim.wait()
+        shutil.rmtree(work, ignore_errors=True)
