@@ -75,7 +75,7 @@ BAD = """
         assert jobs["alloc"].status == T, jobs["alloc"].status
         assert jobs["alloc"].exception.startswith("memory limit 512 MiB exceeded"), jobs["alloc"].exception
         shout = jobs["shout"]
-        assert shout.status == T and len(shout.exception) < (2 << 20) and "characters cut]" in shout.exception
+        assert shout.status == T and len(shout.exception) < (2 << 20) and "bytes cut]" in shout.exception
         assert shout.exception.startswith("Traceback") and shout.exception.endswith("x the end\\n"), shout.exception[-200:]
     print("ok")
 """
