@@ -449,6 +449,9 @@ class _Cluster:
     async def retire(self, remove_dir: bool) -> None:
         """After stop(): its directory goes, or, kept, becomes the node's (its uid may serve another
         cluster next); its control group goes; its uid goes back to the pool."""
+        if self._after is not None:  # stopped before it started: its predecessor's retirement goes first,
+            await asyncio.wait([self._after])  # or a later incarnation could start while that one ends
+            self._after = None
         pool = self.runner.config.accounts
         if remove_dir:
             await asyncio.to_thread(shutil.rmtree, self.dir, True)

@@ -352,6 +352,30 @@ def test_depends_file_in_cwd_and_cleanup_on_unload() -> None:
     run(body)
 
 
+def slow_cleanup() -> None:
+    time.sleep(2)
+
+
+def test_a_cluster_loaded_again_waits_for_every_earlier_incarnation_to_end() -> None:
+    """unload, load, unload, load: the last one starts only once the first is gone (its slow cleanup and
+    the removal of its directory), never beside it, and its files stay its own."""
+
+    async def body(h: Harness) -> None:
+        h.load(func=double, cleanup=slow_cleanup)
+        assert value(await h.call("c1", 1)) == 2
+        first = h.runner.unload("c1")
+        h.load(func=double)
+        await asyncio.sleep(0.1)
+        h.runner.unload("c1")  # the second goes before it ever started
+        h.load(func=read_depends, files=[("data.txt", b"third", 0o644)])
+        r = await h.call("c1", "data.txt")
+        assert first.done() and r.status == JobStatus.FINISHED, r.exception
+        r = await h.call("c1", "data.txt")  # its directory survived the earlier ones' ends
+        assert (r.status, value(r)[0]) == (JobStatus.FINISHED, "third"), r.exception
+
+    run(body)
+
+
 def test_bad_file_name_fails_the_cluster() -> None:
     async def body(h: Harness) -> None:
         h.load(func=double, files=[("../escape", b"x", 0o644)])
