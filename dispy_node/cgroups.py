@@ -167,14 +167,16 @@ def place(groups: JobGroups, cluster: str, pid: int, uid: int, gid: int) -> None
     Raises:
         OSError: the group cannot be made or the zygote placed (its jobs could not join their groups).
     """
+    purge(groups, cluster)  # a stale one of an earlier load must not be reused
     for hierarchy, path in zip(groups.parents, groups.dirs(cluster), strict=True):
-        _rmdir_tree(path)  # a stale one of an earlier load must not be reused
         os.mkdir(path)
         if hierarchy == UNIFIED:
             _enable(path)
             os.chown(os.path.join(path, "cgroup.procs"), uid, gid)  # the ancestor of its jobs' moves
             os.mkdir(os.path.join(path, "zygote"))
             _write(os.path.join(path, "zygote", "cgroup.procs"), str(pid))
+        else:  # v1 has no rule against it: the zygote in the cluster's group, its jobs below
+            _write(os.path.join(path, "cgroup.procs"), str(pid))
 
 
 def make(groups: JobGroups, name: str, memory: int | None, processes: int | None, uid: int, gid: int) -> None:
@@ -251,6 +253,14 @@ def breach(groups: JobGroups, name: str) -> tuple[bool, bool]:
 def _count(text: str, key: str) -> int:
     """The value of `key N` in a cgroup events file (0 if absent)."""
     return next((int(line.split()[1]) for line in text.splitlines() if line.startswith(key + " ")), 0)
+
+
+def purge(groups: JobGroups, cluster: str) -> None:
+    """Kills whatever is left in a cluster's groups (what its setup started, a job's process that
+    shed its marks before its zygote died), then removes them."""
+    for path in groups.dirs(cluster):
+        _kill_members(path)
+    remove(groups, cluster)
 
 
 def remove(groups: JobGroups, name: str) -> None:

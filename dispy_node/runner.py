@@ -458,7 +458,7 @@ class _Cluster:
         elif pool is not None and self.account is not None:
             await asyncio.to_thread(workdir.chown_tree, self.dir, os.getuid(), os.getgid())
         if self.runner.config.cgroups is not None:
-            cgroups.remove(self.runner.config.cgroups, self.cluster_id)
+            await asyncio.to_thread(cgroups.purge, self.runner.config.cgroups, self.cluster_id)
         if pool is not None and self.account is not None:
             pool.release(self.account)
         self.account = None

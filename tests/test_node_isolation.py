@@ -8,6 +8,7 @@ left (the harness's autouse fixture, and `no_marked_processes`).
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import resource
 import signal
@@ -577,6 +578,30 @@ def test_a_process_that_sheds_session_and_environment_is_gone_before_the_result(
         assert r.status == JobStatus.FINISHED, r.exception
         assert _gone([value(r)], timeout=0) == []
         assert h.runner.busy == 0
+
+    run(body, cgroups=groups, kill_grace=0.5)
+
+
+def setup_leaves_a_daemon(pid_file: str) -> int:
+    """Leaves a daemon running that sheds everything but its control group: double fork, new
+    session, empty environment (the zygote is no subreaper yet during setup)."""
+    import subprocess as sp
+
+    sp.run(["sh", "-c", f"sleep 60 </dev/null >/dev/null 2>&1 & echo $! > {pid_file}"], env={}, check=True)
+    return 0
+
+
+@pytest.mark.cgroup
+def test_what_a_setup_left_running_goes_with_its_cluster(groups: cgroups.JobGroups) -> None:
+    async def body(h: Harness) -> None:
+        pid_file = h.root / "daemon.pid"
+        h.root.chmod(0o777)  # setup runs as the jobs' account
+        h.load(func=double, setup=functools.partial(setup_leaves_a_daemon, str(pid_file)))
+        assert value(await h.call("c1", 2)) == 4
+        daemon = int(pid_file.read_text())
+        assert _gone([daemon], timeout=0) == [daemon]  # its cluster is still loaded
+        await h.runner.unload("c1")
+        assert _gone([daemon], timeout=0) == []
 
     run(body, cgroups=groups, kill_grace=0.5)
 
