@@ -447,21 +447,26 @@ class _Cluster:
             await proc.wait()
 
     async def retire(self, remove_dir: bool) -> None:
-        """After stop(): its directory goes, or, kept, becomes the node's (its uid may serve another
-        cluster next); its control group goes; its uid goes back to the pool."""
+        """After stop(): what is left in its control group is killed and the group goes; its directory
+        goes, or, kept, is sealed (the node's, 0700: its uid may serve another cluster next); its uid
+        goes back to the pool, unless the directory could not be sealed."""
         if self._after is not None:  # stopped before it started: its predecessor's retirement goes first,
             await asyncio.wait([self._after])  # or a later incarnation could start while that one ends
             self._after = None
-        pool = self.runner.config.accounts
-        if remove_dir:
-            await asyncio.to_thread(shutil.rmtree, self.dir, True)
-        elif pool is not None and self.account is not None:
-            await asyncio.to_thread(workdir.chown_tree, self.dir, os.getuid(), os.getgid())
         if self.runner.config.cgroups is not None:
             await asyncio.to_thread(cgroups.purge, self.runner.config.cgroups, self.cluster_id)
-        if pool is not None and self.account is not None:
-            pool.release(self.account)
-        self.account = None
+        pool, acct, self.account = self.runner.config.accounts, self.account, None
+        try:
+            if remove_dir:
+                await asyncio.to_thread(shutil.rmtree, self.dir, True)
+            elif pool is not None and acct is not None:
+                await asyncio.to_thread(workdir.seal, self.dir)
+        except OSError as exc:
+            logger.error("cluster %s: cannot seal its kept directory (%s): uid %d stays out of use",
+                         self.cluster_id, exc, acct.uid if acct else -1)  # fmt: skip
+            return
+        if pool is not None and acct is not None:
+            pool.release(acct)
 
     # -- the zygote ----------------------------------------------------------
 

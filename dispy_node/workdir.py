@@ -85,11 +85,12 @@ def remove_job_dir(cluster_dir: str, job_id: int) -> None:
     shutil.rmtree(job_dir(cluster_dir, job_id), ignore_errors=True)
 
 
-def chown_tree(path: Path, uid: int, gid: int) -> None:
-    """Gives a directory and everything in it to uid:gid (symlinks themselves, never their targets)."""
-    if not os.path.lexists(path):
-        return
-    os.chown(path, uid, gid, follow_symlinks=False)
-    for root, dirs, files in os.walk(path):
-        for name in dirs + files:
-            os.chown(os.path.join(root, name), uid, gid, follow_symlinks=False)
+def seal(path: Path) -> None:
+    """Makes a kept cluster directory the node's alone (0700): a later holder of its uid reaches nothing in it.
+
+    Only the directory itself: what is inside keeps its owner, and no path in it is followed (the
+    directory sits in the node's work dir, where jobs can replace nothing).
+    """
+    if os.path.isdir(path) and not os.path.islink(path):
+        os.chown(path, os.getuid(), os.getgid(), follow_symlinks=False)
+        os.chmod(path, 0o700)

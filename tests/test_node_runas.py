@@ -166,7 +166,7 @@ def test_clusters_with_uids_of_their_own_cannot_touch_one_another(cluster: Clust
         work.chmod(0o711)
         argv = [str(readable_python), "-m", "dispy_node.main", "--scheduler", cluster.address, "--cpus", "3",
                 "--name", "pool", "--work-dir", str(work / "node"), "--job-uids", "%d-%d" % JOB_UIDS,
-                "--max-memory", "1G"]  # fmt: skip
+                "--max-memory", "1G", "--serve", "2"]  # fmt: skip
         if os.environ.get(EXPECT_CGROUP) == "v2":
             argv = in_cgroup_v2(argv, "dispynode-uids.service")  # a fresh one, as systemd gives each start
         node = cluster.start(argv, "node", {"PYTHONPATH": ""})
@@ -214,7 +214,8 @@ def test_clusters_with_uids_of_their_own_cannot_touch_one_another(cluster: Clust
                         out["move"].add(type(exc).__name__)
                 return {k: sorted(v) if isinstance(v, set) else v for k, v in out.items()}
 
-            with SharedJobCluster(work, user="alice") as alice, SharedJobCluster(attack, user="mallory") as mallory:
+            with SharedJobCluster(work, user="alice", cleanup=False) as alice, \\
+                    SharedJobCluster(attack, user="mallory") as mallory:
                 jobs = [alice.submit(i) for i in range(2)]
                 while any(j.status != DispyJob.Running for j in jobs):
                     time.sleep(0.05)
@@ -236,6 +237,10 @@ def test_clusters_with_uids_of_their_own_cannot_touch_one_another(cluster: Clust
         assert mallory["others"] >= 2 and mallory["peek"] == ["PermissionError"], out
         if has_groups:
             assert mallory["move"] == ["PermissionError"], out
+        assert node.wait(30) == 0, cluster.describe()  # --serve 2: both clusters gone
+        (kept,) = [d for d in (work / "node").iterdir() if d.is_dir()]  # alice's (cleanup=False)
+        st = kept.stat()
+        assert (st.st_uid, st.st_mode & 0o777) == (0, 0o700), "a kept directory must not stay its uid's"
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
