@@ -9,13 +9,16 @@ With `--job-uids FIRST-LAST` (root only) each cluster runs as a uid of its own
 from that range instead, as HTCondor's slot users do: jobs of different
 clusters (and so of different users) cannot signal, trace or read one
 another, nor move into one another's control groups. A uid goes back to the
-pool when its cluster is gone from the node, least recently used first.
+pool when its cluster is gone from the node, least recently used first, and
+without what it left in the shared temporary directories. (SysV IPC objects
+it made are not looked for.)
 """
 
 from __future__ import annotations
 
 import os
 import pwd
+import shutil
 import subprocess
 import sys
 from collections import deque
@@ -128,6 +131,29 @@ class AccountPool:
     def release(self, acct: Account) -> None:
         if self.first <= acct.uid <= self.last and acct.uid not in self._free:
             self._free.append(acct.uid)
+
+
+#: shared places where a uid's files would outlive its cluster and meet the uid's next holder
+SHARED_TMP = ("/tmp", "/var/tmp", "/dev/shm")
+
+
+def remove_files_of(uid: int) -> None:
+    """Removes what a pool uid left in the shared temporary directories (top level: all it could create)."""
+    for top in SHARED_TMP:
+        try:
+            entries = list(os.scandir(top))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                if entry.stat(follow_symlinks=False).st_uid != uid:
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path)  # fd-based on Linux: no symlink in it is followed
+                else:
+                    os.unlink(entry.path)
+            except OSError:
+                continue
 
 
 def _account_of(uid: int) -> Account:

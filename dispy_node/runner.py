@@ -466,6 +466,7 @@ class _Cluster:
                          self.cluster_id, exc, acct.uid if acct else -1)  # fmt: skip
             return
         if pool is not None and acct is not None:
+            await asyncio.to_thread(account.remove_files_of, acct.uid)
             pool.release(acct)
 
     # -- the zygote ----------------------------------------------------------
@@ -489,7 +490,7 @@ class _Cluster:
                 sys.executable, "-m", "dispy_node.zygote",
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, cwd="/",
                 start_new_session=True,  # a Ctrl-C at the daemon's terminal is the daemon's to handle
-                env={**os.environ, **killtree.placeholder()}, **as_user,
+                env={**os.environ, **killtree.placeholder(), "TMPDIR": str(self.dir / workdir.TMP)}, **as_user,
             )  # fmt: skip
         except OSError as exc:
             self.runner.cluster_failed(self.cluster_id, f"cannot start a zygote: {exc}")

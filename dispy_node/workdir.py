@@ -23,6 +23,7 @@ from pathlib import Path
 
 FILES = "files"
 JOBS = "jobs"
+TMP = "tmp"  # the cluster's $TMPDIR: its temporary files go with its directory
 
 
 def prepare_cluster_dir(path: Path, uid: int, gid: int) -> None:
@@ -35,10 +36,11 @@ def prepare_cluster_dir(path: Path, uid: int, gid: int) -> None:
 
 
 def make_cluster_layout(cluster_dir: str) -> str:
-    """Makes `files/` and `jobs/` in a cluster directory; returns the files directory."""
+    """Makes `files/`, `jobs/` and `tmp/` in a cluster directory; returns the files directory."""
     files = os.path.join(cluster_dir, FILES)
     os.mkdir(files, 0o700)
     os.mkdir(os.path.join(cluster_dir, JOBS), 0o700)
+    os.mkdir(os.path.join(cluster_dir, TMP), 0o700)
     return files
 
 

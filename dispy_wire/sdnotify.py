@@ -30,10 +30,14 @@ class Notifier:
 
     @classmethod
     def from_env(cls) -> Notifier:
-        """As sd_notify(3) and sd_watchdog_enabled(3) read the environment (the watchdog only if meant for us)."""
-        usec, pid = os.environ.get("WATCHDOG_USEC", ""), os.environ.get("WATCHDOG_PID", "")
+        """As sd_notify(3) and sd_watchdog_enabled(3) read the environment (the watchdog only if meant for us).
+
+        Called once per process: it takes the variables out of the environment.
+        """
+        # taken out of the environment, as sd_notify(3)'s unset_environment does: not for our children
+        usec, pid = os.environ.pop("WATCHDOG_USEC", ""), os.environ.pop("WATCHDOG_PID", "")
         mine = not pid or pid == str(os.getpid())
-        return cls(os.environ.get("NOTIFY_SOCKET") or None, int(usec) if usec.isdigit() and mine else None)
+        return cls(os.environ.pop("NOTIFY_SOCKET", "") or None, int(usec) if usec.isdigit() and mine else None)
 
     def ready(self, status: str) -> None:
         self.send(f"READY=1\nSTATUS={status}")

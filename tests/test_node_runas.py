@@ -179,9 +179,9 @@ def test_clusters_with_uids_of_their_own_cannot_touch_one_another(cluster: Clust
             from dispy_client import SharedJobCluster, DispyJob
 
             def work(x):
-                import os, time
+                import os, tempfile, time
                 time.sleep(3)
-                return [os.getuid(), os.getgid(), 2 * x]
+                return [os.getuid(), os.getgid(), 2 * x, tempfile.gettempdir()]
 
             def attack(first, last, kill):
                 import os, signal
@@ -196,6 +196,8 @@ def test_clusters_with_uids_of_their_own_cannot_touch_one_another(cluster: Clust
                         continue
                     if first <= uid <= last and uid != os.getuid():
                         others.append(pid)
+                with open(f"/dev/shm/left-by-{os.getuid()}", "w") as f:  # for the uid's next holder
+                    f.write("secret")
                 out = {"uid": os.getuid(), "others": len(others), "peek": set(), "move": set()}
                 for pid in others:
                     try:
@@ -228,8 +230,9 @@ def test_clusters_with_uids_of_their_own_cannot_touch_one_another(cluster: Clust
         )
         out = json.loads(client.stdout)
         assert out["statuses"] == [DispyJob.Finished] * 2, out
-        (uid_a, gid_a, _), _ = out["alice"]
+        (uid_a, gid_a, _, tmp), _ = out["alice"]
         assert [r[2] for r in out["alice"]] == [0, 2] and all(r[:2] == [uid_a, gid_a] for r in out["alice"])
+        assert tmp.startswith(str(work / "node")) and tmp.endswith("/tmp"), tmp  # its own, not the machine's
         mallory = out["mallory"]
         assert out["mallory_status"] == DispyJob.Finished, out
         assert JOB_UIDS[0] <= uid_a <= JOB_UIDS[1] and JOB_UIDS[0] <= mallory["uid"] <= JOB_UIDS[1]
@@ -238,6 +241,7 @@ def test_clusters_with_uids_of_their_own_cannot_touch_one_another(cluster: Clust
         if has_groups:
             assert mallory["move"] == ["PermissionError"], out
         assert node.wait(30) == 0, cluster.describe()  # --serve 2: both clusters gone
+        assert not Path(f"/dev/shm/left-by-{mallory['uid']}").exists()  # gone with its uid
         (kept,) = [d for d in (work / "node").iterdir() if d.is_dir()]  # alice's (cleanup=False)
         st = kept.stat()
         assert (st.st_uid, st.st_mode & 0o777) == (0, 0o700), "a kept directory must not stay its uid's"

@@ -85,13 +85,16 @@ def test_node_tells_systemd_it_is_ready_alive_and_draining(cluster: Cluster, sys
 
 
 def test_watchdog_meant_for_another_process_is_not_ours(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("NOTIFY_SOCKET", "@x")
-    monkeypatch.setenv("WATCHDOG_USEC", "1000000")
-    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid() + 1))
+    def systemd_says(pid: int) -> None:
+        monkeypatch.setenv("NOTIFY_SOCKET", "@x")
+        monkeypatch.setenv("WATCHDOG_USEC", "1000000")
+        monkeypatch.setenv("WATCHDOG_PID", str(pid))
+
+    systemd_says(os.getpid() + 1)
     assert Notifier.from_env().watchdog_interval is None
-    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
+    systemd_says(os.getpid())
     assert Notifier.from_env().watchdog_interval == 0.5
-    monkeypatch.delenv("NOTIFY_SOCKET")
+    assert not {"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"} & set(os.environ)  # not for our children
     Notifier.from_env().ready("outside systemd: nothing is sent, nothing fails")
 
 
