@@ -72,9 +72,10 @@ class Availability:
 
     @staticmethod
     def _within(start: dt.time | None, stop: dt.time | None, t: dt.time) -> bool:
-        """In [start, stop) of the day; a window that wraps midnight (22:00 to 06:00) works too."""
+        """In [start, stop) of the day; a window that wraps midnight (22:00 to 06:00) works too,
+        and a stop at 00:00 alone is the day's end."""
         if start is None or stop is None:
-            return (start is None or t >= start) and (stop is None or t < stop)
+            return (start is None or t >= start) and (stop is None or stop == dt.time(0) or t < stop)
         if start <= stop:
             return start <= t < stop or start == stop
         return t >= start or t < stop

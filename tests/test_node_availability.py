@@ -44,6 +44,8 @@ def test_after_the_service_end_the_node_offers_nothing_until_the_next_start() ->
     assert [day.offer(at(t)) for t in ("07:59", "08:00", "16:59", "17:00", "18:00")] == [0, 4, 4, 0, 0]
     night = Availability(Rules(4, parse_hhmm("22:00"), service_end=parse_hhmm("06:00")), at("00:00"))
     assert [night.offer(at(t)) for t in ("21:59", "22:00", "05:59", "06:00")] == [0, 4, 4, 0]
+    midnight = Availability(Rules(2, service_end=parse_hhmm("00:00")), at("00:00"))  # the day's end
+    assert [midnight.offer(at(t)) for t in ("00:00", "12:00", "23:59")] == [2, 2, 2]
 
 
 def test_yield_after_a_window_of_outside_load_and_back() -> None:
