@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import importlib.metadata
+import itertools
 import logging
 import os
 import platform
@@ -39,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dispy_wire.batching import by_size
 from dispy_wire.errors import ErrorCode, RemoteWireError
 from dispy_wire.framing import NEED_DATA, PREAMBLE, FrameDecoder
 from dispy_wire.handshake import HandshakeState, PeerHandshake, Role
@@ -78,8 +80,6 @@ Locate = Callable[[], Awaitable[tuple[str, int]]]
 FATAL_CODES = frozenset({ErrorCode.BAD_SECRET, ErrorCode.UNKNOWN_USER, ErrorCode.BAD_VERSION})
 CONNECT_TIMEOUT = 10.0
 HANDSHAKE_TIMEOUT = 10.0
-#: a NodeResults frame is cut once it holds this much; the wire refuses 64 MiB
-FRAME_BUDGET = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -400,17 +400,9 @@ class _Session:
     def _flush_results(self) -> None:
         """Sends what the jobs produced this turn, in order: runs of results, runs of files."""
         self._flush_pending = False
-        batch: list[Any] = []
-        size = 0
-        for item in self._results:
-            weight = 256 + sum(len(f) for f in item if isinstance(f, (bytes, str)))
-            if batch and (size + weight > FRAME_BUDGET or type(item) is not type(batch[0])):
+        for _, run in itertools.groupby(self._results, key=type):
+            for batch in by_size(run):
                 self._write(_batch_frame(batch))
-                batch, size = [], 0
-            batch.append(item)
-            size += weight
-        if batch:
-            self._write(_batch_frame(batch))
         self._results = []
         self._check_done()
 

@@ -20,6 +20,7 @@ import time
 from typing import Any
 
 from dispy_wire import messages as M
+from dispy_wire.batching import by_size
 from dispy_wire.handshake import Role
 
 from .config import SchedConfig
@@ -178,7 +179,8 @@ class SchedulerServer:
             case A.Dispatch(node, jobs):
                 self._send(node, M.RunJobs(jobs))
             case A.DeliverResults(client, cluster_id, results):
-                self._send(client, M.JobResults(cluster_id, results))
+                for batch in by_size(results):  # many large results at once (a client back) need frames
+                    self._send(client, M.JobResults(cluster_id, batch))
             case A.NotifyNodes(client, cluster_id, nodes):
                 self._send(client, M.NodeUpdates(cluster_id, nodes))
             case A.ForwardFile(node, put):
@@ -186,7 +188,8 @@ class SchedulerServer:
             case A.ReportFilePut(client, ref, ok, message):
                 self._send(client, M.FilePutDone(ref, ok, message))
             case A.DeliverFiles(client, files):
-                self._send(client, M.JobFiles(files))
+                for some in by_size(files):
+                    self._send(client, M.JobFiles(some))
             case A.NotifyStarted(client, cluster_id, starts):
                 self._send(client, M.JobsStarted(cluster_id, starts))
             case A.ConfirmAccepted(client, cluster_id, job_ids):

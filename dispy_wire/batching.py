@@ -1,4 +1,5 @@
-"""One write per loop turn: outgoing frames are collected and joined (Dask's BatchedSend idea).
+"""One write per loop turn: outgoing frames are collected and joined (Dask's BatchedSend idea);
+and batches of results or files cut to a size that fits in a frame.
 
 Free of asyncio: the owner hands in its loop's `call_soon` and a `write` for
 the bytes, so the same batching serves the scheduler's and the client's
@@ -7,8 +8,32 @@ connections.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
+
+#: a batch is cut once its records hold this much: far below the wire's 64 MiB
+#: frames, which one record alone (a result, its output) always fits in
+BATCH_BUDGET = 16 * 1024 * 1024
+
+_T = TypeVar("_T", bound=tuple[Any, ...])
+
+
+def by_size(records: Iterable[_T], budget: int = BATCH_BUDGET) -> Iterator[list[_T]]:
+    """Consecutive runs of `records` (NamedTuples) whose bytes and strings stay within `budget`."""
+    batch: list[_T] = []
+    size = 0
+    for record in records:
+        weight = 256 + sum(
+            len(f) if isinstance(f, bytes) else len(f.encode(errors="replace")) if isinstance(f, str) else 0
+            for f in record
+        )
+        if batch and size + weight > budget:
+            yield batch
+            batch, size = [], 0
+        batch.append(record)
+        size += weight
+    if batch:
+        yield batch
 
 
 class BatchedWriter:

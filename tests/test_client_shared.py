@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -175,6 +176,35 @@ def test_recover_jobs_after_the_client_was_killed(cluster: Cluster, monkeypatch:
     assert "KeyError: 13" in (by_id["id13"].exception or "")
     assert by_id[("tuple", 14)].result == 140
     assert not recover_file.exists(), "a fully recovered cluster's file is removed"
+
+
+def test_recovered_results_larger_together_than_a_message_all_arrive(cluster: Cluster) -> None:
+    """Three 25 MB results finished while their client was gone reach the one that recovers them
+    at once: more than one message may carry, so the scheduler sends them in several."""
+    cluster.scheduler()
+    cluster.node(cpus=3)
+    recover_file = cluster.workdir / "recover.jsonl"
+    client = cluster.client(
+        f"""
+        import time
+        import dispy_client as dispy
+
+        def big(i):
+            return bytes([i]) * (25 << 20)
+
+        cluster = dispy.SharedJobCluster(big, recover_file={str(recover_file)!r})
+        jobs = [cluster.submit_job_id(i, i) for i in range(3)]
+        print("submitted", flush=True)
+        time.sleep(60)
+        """
+    )
+    client.wait_for_line("submitted")
+    client.kill9()
+    time.sleep(3)  # they end while no client is there, and wait for one together
+    jobs = dispy.recover_jobs(str(recover_file), timeout=60)
+    assert sorted((j.id, j.status, j.result == bytes([j.id]) * (25 << 20)) for j in jobs) == [
+        (i, dispy.DispyJob.Finished, True) for i in range(3)
+    ]
 
 
 def test_recover_jobs_leaves_unfinished_jobs_for_a_later_call(cluster: Cluster) -> None:

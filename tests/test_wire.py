@@ -671,3 +671,15 @@ def test_batched_writer_joins_a_turns_frames_into_one_write_and_drops_them_once_
     closed = True
     scheduled.pop()()
     assert writes == [b"abc"]
+
+
+def test_batches_by_size_keep_order_and_stay_within_the_budget_but_for_a_record_alone() -> None:
+    from dispy_wire.batching import by_size
+
+    def result(job_id: int, size: int) -> JobResult:
+        return JobResult("c", job_id, 11, b"x" * size, b"", b"", "é" * 10, "", 0.0, 0.0)
+
+    records = [result(1, 10), result(2, 600), result(3, 10), result(4, 5000), result(5, 10)]
+    batches = list(by_size(records, budget=1200))  # each weighs 256 + its bytes (é: 2)
+    assert [[r.job_id for r in b] for b in batches] == [[1, 2], [3], [4], [5]]
+    assert list(by_size([])) == []
