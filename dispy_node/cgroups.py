@@ -2,19 +2,23 @@
 
 Theory of operation. RLIMIT_AS bounds each process of a job; a job that
 forks many children, or children that each stay under the limit, escape it.
-A control group bounds the job's whole tree. At start-up the daemon finds
-where it may make groups (`prepare`). For each job with a limit the daemon
-makes the job's group and writes the limit (`make`), and hands only what a
-move needs to the account jobs run as: the job process moves itself in
-before user code runs (`join`) but can neither raise its limit nor move to
-the node's group. When the job's tree is gone the zygote reads why it ended
-(`breach`) and the daemon removes the group (`remove`).
+A control group bounds the job's whole tree, and no process of it can leave
+(it is how the zygote finds a job's processes that shed their session and
+environment: `members`). At start-up the daemon finds where it may make
+groups (`prepare`). For each cluster it makes a group for the zygote
+(`place`); for each job a group inside it with the job's limits (`make`),
+handing only what a move needs to the account jobs run as: the job process
+moves itself in before user code runs (`join`) but can neither raise its
+limit nor move to the node's group. When the job's tree is gone the zygote
+reads why it ended (`breach`) and the daemon removes the group (`remove`);
+when the cluster goes, whatever is left in its group is killed (`purge`).
 
 Two kinds of host:
 
 - cgroup v1 (`memory` and `pids` hierarchies mounted and writable, as root):
-  one directory per hierarchy under the node's own group,
-  `<own>/dispynode-<pid>/<cluster>/job-<n>`.
+  one directory per hierarchy under the node's own group: the zygote in
+  `<own>/dispynode-<pid>/<cluster>`, each job in `<cluster>/job-<n>` (a job
+  without a memory limit only in the pids hierarchy, which tracks its tree).
 - cgroup v2 with `memory` and `pids` delegated to the node's group (systemd
   `Delegate=yes`, or the root of a container's cgroup namespace). A group
   that passes controllers on to its children may hold no process itself,
