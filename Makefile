@@ -28,6 +28,7 @@ test-debs:
 	fi
 
 test: venv test-debs
+	$(PY) -m ruff check --quiet .
 	$(PY) -m mypy
 	$(PY) -m pytest -q -x -p no:cacheprovider tests
 
