@@ -230,3 +230,42 @@ def test_negative_cpus_leave_that_many_to_the_machine(cluster: Cluster) -> None:
     node = cluster.node(cpus=-1)
     offered = int(node.wait_for_line(r"offers (\d+) cpus", stream="stderr").group(1))
     assert offered == max(1, total - 1)  # never less than one
+
+
+def test_a_yielding_node_keeps_its_running_job_and_queued_work_goes_elsewhere(cluster: Cluster) -> None:
+    cluster.scheduler()
+    owner = cluster.node("--yield-load", "0.5", "--yield-window", "1.5", cpus=1, name="owner")
+    go = cluster.workdir / "go"
+    client = cluster.client(
+        f"""
+        import os, time
+        from dispy_client import SharedJobCluster, DispyJob
+
+        def where(seconds):
+            import time
+            time.sleep(seconds)
+            return dispy_node_name
+
+        with SharedJobCluster(where) as c:
+            running = c.submit(8)
+            while running.status != DispyJob.Running:
+                time.sleep(0.05)
+            print("running", flush=True)
+            while not os.path.exists({str(go)!r}):
+                time.sleep(0.05)
+            queued = c.submit(0)
+            print(running(), running.status == DispyJob.Finished, queued(), flush=True)
+        """
+    )
+    client.wait_for_line("running")
+    code = "import time\nend = time.time() + 15\nwhile time.time() < end: pass"
+    burner = subprocess.Popen([sys.executable, "-c", code])  # the machine's owner at work
+    try:
+        owner.wait_for_line(r"offering 0 of 1 cpus \(outside load", stream="stderr", timeout=20)
+        cluster.node(cpus=1, name="spare")
+        go.touch()
+        assert client.wait(30) == 0, cluster.describe()
+    finally:
+        burner.kill()
+        burner.wait()
+    assert client.stdout.split() == ["running", "owner", "True", "spare"], client.stdout
