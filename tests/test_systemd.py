@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -114,3 +115,23 @@ def test_shipped_units_are_valid_systemd_units(unit: str, tmp_path: Path) -> Non
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert done.returncode == 0 and not done.stdout + done.stderr, done.stdout + done.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the example node config gives each cluster a uid of its own: root only")
+def test_shipped_example_configs_are_accepted_as_they_are(tmp_path: Path) -> None:
+    from dispy_node.main import build_parser, load_config
+    from dispy_sched.config import config_from_args
+
+    deploy = ROOT / "deploy" / "systemd"
+
+    def fail(message: str) -> NoReturn:
+        raise AssertionError(message)
+
+    node, _, _ = load_config(build_parser().parse_args(["--config", str(deploy / "node.toml.example")]), fail)
+    assert node.accounts is not None and node.caps.memory == 2 << 30 and node.cpus >= 1
+    users = (deploy / "users.toml.example").read_text()
+    scheduler_toml = (deploy / "scheduler.toml.example").read_text()
+    (tmp_path / "users.toml").write_text(users)
+    (tmp_path / "scheduler.toml").write_text(scheduler_toml.replace("/etc/dispy/users.toml", str(tmp_path / "users.toml")))
+    cfg = config_from_args(["--config", str(tmp_path / "scheduler.toml"), "--state-dir", str(tmp_path / "state")])
+    assert cfg.users and cfg.node_secret and cfg.policy == "fair"
