@@ -17,7 +17,9 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 import cloudpickle
 import psutil
@@ -25,6 +27,7 @@ import psutil
 from dispy_node import cgroups
 from dispy_node.account import myself
 from dispy_node.runner import Runner, RunnerConfig
+from dispy_wire.loop import event_loop_factory
 from dispy_wire.messages import JobRef, JobResult, RunJob
 from dispy_wire.payload import CodeObjects, Computation, dumps, pack_computation
 from dispy_wire.status import JobStatus
@@ -152,12 +155,11 @@ def main() -> None:
     parser.add_argument("--tree", type=int, default=100, help="processes in the cancelled job's tree")
     args = parser.parse_args()
     fork_rate = raw_fork(args.jobs)
-    try:
-        import uvloop
 
-        run = uvloop.run
-    except ImportError:
-        run = asyncio.run
+    def run(coro: Coroutine[Any, Any, float]) -> float:
+        with asyncio.Runner(loop_factory=event_loop_factory()) as runner:  # uvloop where installed
+            return runner.run(coro)
+
     groups, why = cgroups.prepare()
     with tempfile.TemporaryDirectory() as tmp:
         for sub in ("a", "b", "c", "d"):
