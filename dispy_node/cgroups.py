@@ -288,7 +288,18 @@ def _sweep(base: str) -> None:
 
 
 def _kill_members(path: str, timeout: float = 5.0) -> None:
-    """SIGKILLs every process in a group tree until it is empty (or `timeout` passes: a process in D state)."""
+    """SIGKILLs every process in a group tree until it is empty (or `timeout` passes: a process in D state).
+
+    First no fork may succeed in it (pids.max 0), and where the kernel has it (v2, 5.14+)
+    `cgroup.kill` kills the lot at once, so that no fork bomb outruns the listing.
+    """
+    for directory, _, files in os.walk(path):
+        for knob, value in (("pids.max", "0"), ("cgroup.kill", "1")):
+            if knob in files:
+                try:
+                    _write(os.path.join(directory, knob), value)
+                except OSError:
+                    pass
     deadline = time.monotonic() + timeout
     while True:
         pids = [int(pid) for directory, _, _ in os.walk(path) for pid in _read(directory, "cgroup.procs").split()]

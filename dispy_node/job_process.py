@@ -173,9 +173,9 @@ def pickle_result(value: Any) -> bytes:
 
 def cut_text(text: str, limit: int = MAX_EXCEPTION) -> str:
     """`text` within `limit` bytes of UTF-8: its start and, what says most of a traceback, its end."""
-    data = text.encode(errors="replace")
+    data = text.encode(errors="replace")  # lone surrogates (a file name no UTF-8) become "?": msgpack needs UTF-8
     if len(data) <= limit:
-        return text
+        return data.decode()
     head, tail = data[: limit // 16], data[-(limit - limit // 16 - 100) :]
     cut = len(data) - len(head) - len(tail)
     return f"{head.decode(errors='ignore')}\n[dispynode: {cut} bytes cut]\n{tail.decode(errors='ignore')}"

@@ -37,15 +37,26 @@ import psutil
 
 MARK_VAR = "DISPY_JOB_MARK"
 _PR_SET_CHILD_SUBREAPER = 36
+_PR_SET_NO_NEW_PRIVS = 38
 
 
 def become_subreaper() -> bool:
     """Makes orphaned descendants of this process its children (Linux); False where unsupported."""
+    return _prctl(_PR_SET_CHILD_SUBREAPER)
+
+
+def no_new_privileges() -> bool:
+    """PR_SET_NO_NEW_PRIVS for this process and all it starts: exec of a setuid or file-capability
+    program grants nothing (a pool uid's leftover setuid copy, `sudo`). False where unsupported."""
+    return _prctl(_PR_SET_NO_NEW_PRIVS)
+
+
+def _prctl(option: int) -> bool:
     if not hasattr(os, "sched_getaffinity"):  # not Linux
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-        return bool(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+        return bool(libc.prctl(option, 1, 0, 0, 0) == 0)
     except (OSError, AttributeError):
         return False
 

@@ -74,7 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CPUs offered (default: all); a negative N leaves -N CPUs free")  # fmt: skip
     p.add_argument("--name", help="node name the scheduler knows us by (default: the host name)")
     p.add_argument("--node-secret", metavar="SECRET",
-                   help="secret shared with the scheduler (default: $DISPY_NODE_SECRET, else empty)")  # fmt: skip
+                   help="secret shared with the scheduler (default: $DISPY_NODE_SECRET, else empty); "
+                        "on the command line any local user can read it: prefer the config file (mode 0600) "
+                        "or the environment")  # fmt: skip
     p.add_argument("--heartbeat", type=float, metavar="SECONDS",
                    help="seconds between resource reports (default: 2)")  # fmt: skip
     p.add_argument("--work-dir", type=Path, metavar="DIR",
@@ -182,6 +184,7 @@ def load_config(args: argparse.Namespace, fail: Callable[[str], NoReturn]) -> tu
     if not isinstance(logging.getLevelName(loglevel), int):
         fail(f"unknown log level {loglevel!r}")
     secret = str(pick("node_secret", "DISPY_NODE_SECRET", ""))
+    os.environ.pop("DISPY_NODE_SECRET", None)  # jobs inherit our environment: not the secret
     try:
         run_as = account.resolve(pick("run_as", None, None))
         accounts = _opt(pick("job_uids", None, None), account.AccountPool.parse)

@@ -134,8 +134,8 @@ class Runner:
         self._clusters: dict[str, _Cluster] = {}
         self._failed: set[str] = set()  # their late jobs are dropped, not reported
         self._closed = False
-        self._background: set[asyncio.Task[None]] = set()  # failed zygotes being stopped, dirs being removed
-        self._unloads: dict[str, tuple[_Cluster, asyncio.Task[None]]] = {}
+        #: clusters (None: only a directory) on their way out; a new load of the same id waits for them
+        self._unloads: dict[str, tuple[_Cluster | None, asyncio.Task[None]]] = {}
 
     @property
     def busy(self) -> int:
@@ -206,44 +206,48 @@ class Runner:
         self._failed.discard(cluster_id)
         cluster = self._clusters.pop(cluster_id, None)
         if cluster is None:
-            task = self._in_background(self._remove_dir(cluster_id))
-        else:
-            task = asyncio.create_task(self._unload(cluster))
-            self._unloads[cluster_id] = (cluster, task)
+            return self._ending(cluster_id, None, self._remove_dir(cluster_id))
+        return self._ending(cluster_id, cluster, self._unload(cluster))
+
+    def _ending(self, cluster_id: str, cluster: _Cluster | None, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Runs a cluster's end, known to later loads of the same id (they wait for it) and to close()."""
+        task = asyncio.create_task(coro)
+        self._unloads[cluster_id] = (cluster, task)
+
+        def ended(_: asyncio.Task[None]) -> None:
+            if self._unloads.get(cluster_id, (None, None))[1] is task:
+                del self._unloads[cluster_id]
+
+        task.add_done_callback(ended)
         return task
 
     async def _unload(self, cluster: _Cluster) -> None:
         try:
             await cluster.unload()
+        finally:  # whatever went wrong, its processes, group, directory and uid are dealt with
             await cluster.retire(remove_dir=not cluster.settings.keep_files)
-        finally:
-            if self._unloads.get(cluster.cluster_id, (None,))[0] is cluster:
-                del self._unloads[cluster.cluster_id]
 
     async def _remove_dir(self, cluster_id: str) -> None:
         if _safe_id(cluster_id):
             await asyncio.to_thread(shutil.rmtree, self.work_dir / cluster_id, True)
 
     async def _discard(self, cluster: _Cluster) -> None:
-        await cluster.stop()
-        await cluster.retire(remove_dir=True)
+        try:
+            await cluster.stop()
+        finally:
+            await cluster.retire(remove_dir=True)
 
     async def close(self) -> None:
         """Kills every job tree and zygote (SIGTERM, grace, SIGKILL), removes their directories
         (unless kept); reports nothing more."""
         self._closed = True
-        clusters = list(self._clusters.values()) + [c for c, _ in self._unloads.values()]
+        live = list(self._clusters.values())
+        ending = [c for c, _ in self._unloads.values() if c is not None]  # their tasks retire them
         unloads = [t for _, t in self._unloads.values()]
         self._clusters.clear()
-        await asyncio.gather(*(c.stop() for c in clusters), *self._background, *unloads, return_exceptions=True)
-        for c in clusters:
+        await asyncio.gather(*(c.stop() for c in live + ending), *unloads, return_exceptions=True)
+        for c in live:
             await c.retire(remove_dir=not c.settings.keep_files)
-
-    def _in_background(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        task = asyncio.create_task(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-        return task
 
     # -- from the clusters ---------------------------------------------------
 
@@ -270,7 +274,7 @@ class Runner:
         if cluster is not None:
             cluster.state = _State.DEAD  # before stop() runs: nothing more is reported
             cluster.fail_puts(f"cluster failed on this node: {message}")
-            self._in_background(self._discard(cluster))
+            self._ending(cluster_id, cluster, self._discard(cluster))
         logger.warning("cluster %s cannot run here: %s", cluster_id, message)
         if not self._closed:
             self._on_failed(cluster_id, message)
@@ -476,8 +480,8 @@ class _Cluster:
             await asyncio.wait([self._after])  # unlike gather, does not cancel it if we are
             self._after = None
         pool = self.runner.config.accounts
-        try:
-            self.account = account = pool.acquire() if pool is not None else self.runner.account
+        try:  # the pool looks at every process: not on the loop
+            self.account = account = await asyncio.to_thread(pool.acquire) if pool is not None else self.runner.account
         except PoolExhausted as exc:
             self.runner.cluster_failed(self.cluster_id, str(exc))
             return
@@ -497,8 +501,10 @@ class _Cluster:
             return
         config = self.runner.config
         if config.cgroups is not None:
-            try:  # before it hears of its cluster, so before any job of it forks
-                cgroups.place(config.cgroups, self.cluster_id, self._proc.pid, account.uid, account.gid)
+            try:  # before it hears of its cluster, so before any job of it forks; a stale group may take a purge
+                await asyncio.to_thread(
+                    cgroups.place, config.cgroups, self.cluster_id, self._proc.pid, account.uid, account.gid
+                )
             except OSError as exc:  # its stop() ends the zygote
                 self.runner.cluster_failed(self.cluster_id, f"cannot place the zygote in its control group: {exc}")
                 return
@@ -511,7 +517,7 @@ class _Cluster:
         self._write(zp.encode(load))
         timer = asyncio.get_running_loop().call_later(self.settings.setup_timeout, self._setup_timed_out)
         assert self._proc.stdout is not None
-        decoder = FrameDecoder(max_size=zp.MAX_FRAME, expect_preamble=False)
+        decoder = FrameDecoder(max_size=zp.MAX_REPLY, expect_preamble=False)
         garbled = ""
         try:
             while data := await self._proc.stdout.read(1 << 20):
@@ -592,6 +598,12 @@ class _Cluster:
             sizes = {"file": (len(msg.data), channel.MAX_RECORD), "file name": (len(msg.name), 255)}
         elif isinstance(msg, zp.SetupFailed):
             sizes = {"setup failure": (len(msg.message.encode(errors="replace")), job_process.MAX_EXCEPTION + 1024)}
+        elif isinstance(msg, zp.FileAdded):
+            sizes = {"file reply": (len(msg.message.encode(errors="replace")), 4096)}
+        elif isinstance(msg, zp.Started):
+            if not 0 < msg.pid < 1 << 31:
+                raise ValueError(f"pid {msg.pid} is no process")
+            return
         else:
             return
         for what, (size, limit) in sizes.items():
@@ -602,8 +614,10 @@ class _Cluster:
         assert self._proc is not None
         self.state = _State.DEAD  # nothing more is reported but what follows
         self.fail_puts(why)
-        await self._kill_jobs(self._proc.pid)
-        self._drop_groups(*self._groups)
+        try:
+            await self._kill_jobs(self._proc.pid)
+        finally:
+            self._drop_groups(*self._groups)
         for job_id in list(self._running):
             self.runner.report(_verdict(self.cluster_id, job_id, JobStatus.TERMINATED, why, "ZygoteDied"))
         self._running.clear()
@@ -628,7 +642,7 @@ class _Cluster:
         try:
             uid = psutil.Process(pid).uids().real
             leader = os.getpgid(pid) == pid
-        except (psutil.Error, OSError):
+        except (psutil.Error, OSError, ValueError, OverflowError):
             return False
         if self.account is not None and uid == self.account.uid and leader:
             return True

@@ -553,7 +553,8 @@ def _ignore(signum: int, frame: types.FrameType | None) -> None:
 
 
 def main() -> NoReturn:
-    """Entry point: moves the protocol off fds 0/1, then serves."""
+    """Entry point: no new privileges from here on, the protocol off fds 0/1, then serves."""
+    killtree.no_new_privileges()  # before any user code: no setuid program lends it another uid
     rfd, wfd = os.dup(0), os.dup(1)
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)

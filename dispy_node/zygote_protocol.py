@@ -25,8 +25,10 @@ import msgpack
 from dispy_wire.framing import encode_frame
 from dispy_wire.schema import checker_for
 
-#: pipe frames carry whole computations and results, and one result must fit in a wire frame anyway
-MAX_FRAME = 64 * 1024 * 1024
+#: daemon → zygote frames carry whole computations (up to the wire's limit, and more with `depends`)
+MAX_FRAME = 1 << 30
+#: zygote → daemon frames are untrusted and each becomes one wire message (64 MiB at most)
+MAX_REPLY = 64 * 1024 * 1024
 
 
 class Load(NamedTuple):

@@ -147,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="TOML with [users.NAME] secret = ..., share = N, and optional max_cpus, max_queued_jobs, priority_max",
     )
-    p.add_argument("--node-secret", help="secret that nodes must prove (default empty)")
+    p.add_argument("--node-secret", help="secret that nodes must prove (default $DISPY_NODE_SECRET, else empty)")
     p.add_argument("--state-dir", metavar="DIR", help="where the scheduler keeps its state")
     p.add_argument("--max-message-size", type=int, metavar="BYTES", help="largest message accepted (default 64 MiB)")
     p.add_argument("--handshake-timeout", type=float, metavar="S", help="seconds a peer has to authenticate (10)")
@@ -172,6 +172,8 @@ def config_from_args(argv: list[str] | None = None) -> SchedConfig:
             raise ConfigError(f"cannot read config file {args.config}: {exc}") from None
         values = {k.replace("-", "_"): v for k, v in values.items()}
     values.update({k: v for k, v in vars(args).items() if v is not None and k != "config"})
+    if "node_secret" not in values and os.environ.get("DISPY_NODE_SECRET"):
+        values["node_secret"] = os.environ["DISPY_NODE_SECRET"]  # kept off the command line (ps shows that)
     known = {f.name for f in fields(SchedConfig)} - {"users"}
     unknown = set(values) - known
     if unknown:

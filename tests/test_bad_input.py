@@ -268,3 +268,25 @@ def test_random_bytes_never_break_the_scheduler(guarded: Cluster) -> None:
                 continue
             assert msg is None or isinstance(msg, M.Refused), msg
     _bystander_unharmed(guarded)
+
+
+def test_node_secret_from_the_environment_guards_the_scheduler(cluster: Cluster) -> None:
+    """$DISPY_NODE_SECRET serves both daemons, keeping the secret out of the process list."""
+    cluster.scheduler(env={"DISPY_NODE_SECRET": "from-env"})
+    refused = cluster.node(name="stranger", wait=False, env={"DISPY_NODE_SECRET": "wrong"})
+    assert refused.wait(30) == 2
+    node = cluster.node(name="friend", env={"DISPY_NODE_SECRET": "from-env"})
+    assert "from-env" not in " ".join(node.argv)
+    client = cluster.run_client(
+        """
+        from dispy_client import SharedJobCluster
+
+        def peek():
+            import os
+            return [k for k in os.environ if "SECRET" in k]
+
+        with SharedJobCluster(peek) as c:
+            print(c.submit()())
+        """
+    )
+    assert client.stdout.strip() == "[]"  # the jobs never see it

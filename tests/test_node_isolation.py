@@ -417,6 +417,20 @@ def test_setup_that_hangs_fails_its_cluster_only() -> None:
     run(body, kill_grace=0.5, setup_timeout=1.0)
 
 
+def no_new_privs() -> str:
+    with open("/proc/self/status") as f:
+        return next(line.split()[1] for line in f if line.startswith("NoNewPrivs:"))
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_NO_NEW_PRIVS is Linux's")
+def test_jobs_gain_no_privileges_from_setuid_programs() -> None:
+    async def body(h: Harness) -> None:
+        h.load(func=no_new_privs)
+        assert value(await h.call("c1")) == "1"
+
+    run(body)
+
+
 @pytest.mark.parametrize(
     "frame",
     [
@@ -424,8 +438,10 @@ def test_setup_that_hangs_fails_its_cluster_only() -> None:
         zp.encode(zp.Done(0, 11, 123, b"", b"", "", "", 0.0, 0.0)),  # a result that is no pickle: wrong type
         zp.encode(zp.Done(0, 5, None, b"", b"", "", "", 0.0, 0.0)),  # a status no job ends with
         zp.encode(zp.SetupFailed("x" * (3 << 20))),  # more than any honest zygote sends
+        zp.encode(zp.FileAdded(1, False, "x" * 5000)),  # ... or a reply the node would pass on at any size
+        zp.encode(zp.Started(0, -1)),  # no process (and a crash of the cleanup that would kill it)
     ],
-    ids=["garbage", "ill-typed", "bad-status", "oversized"],
+    ids=["garbage", "ill-typed", "bad-status", "oversized", "oversized-reply", "bad-pid"],
 )
 def test_setup_that_garbles_the_zygote_pipe_fails_its_cluster_only(frame: bytes) -> None:
     async def body(h: Harness) -> None:
