@@ -269,3 +269,40 @@ def test_a_yielding_node_keeps_its_running_job_and_queued_work_goes_elsewhere(cl
         burner.kill()
         burner.wait()
     assert client.stdout.split() == ["running", "owner", "True", "spare"], client.stdout
+
+
+def test_a_setup_that_raises_or_hangs_fails_its_cluster_only_and_says_why(cluster: Cluster) -> None:
+    users = cluster.workdir / "users.toml"
+    users.write_text(USERS)
+    cluster.scheduler("--users-file", str(users))
+    cluster.node("--setup-timeout", "1", "--kill-grace", "1", cpus=2)
+    good = cluster.client(GOOD, "alice")
+    bad = cluster.client(
+        f"""
+        import os, time
+        from dispy_client import SharedJobCluster
+
+        def raises():
+            raise RuntimeError("no database here")
+
+        def hangs():
+            time.sleep(60)
+
+        def work():
+            return 1
+
+        for setup in (raises, hangs):
+            c = SharedJobCluster(work, setup=setup, user="mallory", secret="m")
+            c.submit()
+            while not os.path.exists({str(cluster.workdir)!r} + "/next-" + setup.__name__):
+                time.sleep(0.05)  # the test reads what this client logged
+            c.close(terminate=True)
+        """,
+        "mallory",
+    )
+    for setup, why in (("raises", r"setup failed:.*RuntimeError: no database here"),
+                       ("hangs", r"setup did not finish within 1 s")):  # fmt: skip
+        bad.wait_for_line(rf"(?s)cluster work cannot run on node node: {why}", stream="stderr", timeout=30)
+        (cluster.workdir / f"next-{setup}").touch()
+    assert bad.wait(60) == 0, cluster.describe()
+    assert good.wait(60) == 0 and good.stdout.strip() == "ok", cluster.describe()
