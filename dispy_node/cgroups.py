@@ -60,6 +60,7 @@ class JobGroups(NamedTuple):
 
     parents: dict[str, str]  # hierarchy ("memory", "pids" or UNIFIED) -> directory clusters' groups are made in
     roots: tuple[str, ...] = ()  # the node's own directories: removed at exit, swept after a crash
+    turned_on: tuple[str, ...] = ()  # v2: controllers the node made its own group pass on (off again at exit)
 
     def dirs(self, name: str) -> list[str]:
         """A group's directories, one per hierarchy (`name`: a cluster id, or `<cluster>/job-<n>`)."""
@@ -111,7 +112,8 @@ def _prepare_v2(base: str, own: str, pid: int) -> tuple[JobGroups | None, str]:
     _sweep(base)
     node = os.path.join(base, f"dispynode-{pid}")
     jobs = os.path.join(node, "jobs")
-    groups = JobGroups({UNIFIED: jobs}, (node,))
+    was_on = _read(base, "cgroup.subtree_control").split()
+    groups = JobGroups({UNIFIED: jobs}, (node,), tuple(c for c in CONTROLLERS if c not in was_on))
     try:
         os.makedirs(os.path.join(node, "daemon"), exist_ok=True)  # exist_ok: our pid's dead namesake's
         os.makedirs(jobs, exist_ok=True)
@@ -159,7 +161,25 @@ def _delegated_by_systemd(path: str) -> bool:
 
 
 def release(groups: JobGroups) -> None:
-    """Removes the node's group directories (empty once every job is gone; under v2 the daemon's leaf stays till it exits)."""
+    """Removes the node's group directories (empty once every job is gone).
+
+    Under v2 it also gives its own group back as it found it: controllers no
+    longer passed on (unless another node there still passes them), the daemon
+    back in it, so that a node started there next (a restart under the same
+    scope) can join it. A crashed node leaves that to systemd, which removes
+    a stopped unit's groups, or to the next node's sweep.
+    """
+    if UNIFIED in groups.parents:
+        node = groups.roots[0]
+        base = os.path.dirname(node)
+        _rmdir_tree(os.path.join(node, "jobs"))
+        try:
+            _write(os.path.join(node, "cgroup.subtree_control"), " ".join(f"-{c}" for c in CONTROLLERS))
+            if groups.turned_on:
+                _write(os.path.join(base, "cgroup.subtree_control"), " ".join(f"-{c}" for c in groups.turned_on))
+            _write(os.path.join(base, "cgroup.procs"), str(os.getpid()))
+        except OSError:  # another node's groups still need them (EBUSY), or they were on before us
+            return  # ours stay for the next node's sweep
     for path in groups.roots:
         _rmdir_tree(path)
 

@@ -598,6 +598,22 @@ def test_a_process_that_sheds_session_and_environment_is_gone_before_the_result(
     run(body, cgroups=groups, kill_grace=0.5)
 
 
+@pytest.mark.cgroup
+def test_a_node_gives_its_group_back_as_it_found_it(cluster: Cluster, groups: cgroups.JobGroups) -> None:
+    """Two nodes one after the other in one group (a restart in the same scope): the second gets
+    per-job groups too; under v2 the group must take a process again once the first has gone."""
+    cluster.scheduler()
+    argv = [sys.executable, "-m", "dispy_node.main", "--scheduler", cluster.address, "--cpus", "1",
+            "--work-dir", str(cluster.workdir / "node"), "--jobs-as-self"]  # fmt: skip
+    for turn in ("first", "second"):
+        v2 = cgroups.UNIFIED in groups.parents
+        node = cluster.start(in_cgroup_v2(argv, "reused.scope") if v2 else argv, turn)
+        node.wait_for_line("connected to ")
+        assert "per-job cgroups under" in node.stderr, node.stderr
+        node.stop()
+        assert node.popen.returncode == 0, node.stderr
+
+
 def setup_leaves_a_daemon(pid_file: str) -> int:
     """Leaves a daemon running that sheds everything but its control group: double fork, new
     session, empty environment (the zygote is no subreaper yet during setup)."""
