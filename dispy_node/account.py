@@ -114,19 +114,24 @@ class AccountPool:
         """An account of the pool, for checks that hold for all of them (none has supplementary groups)."""
         return _account_of(self.first)
 
-    def acquire(self) -> Account:
-        """The least recently used free uid that no process runs as (a job left by a crashed node, say).
+    def acquire(self, busy: set[int]) -> Account:
+        """The least recently used free uid that no process runs as (`busy`: see `uids_in_use`), taken.
 
         Raises:
             PoolExhausted: none is free.
         """
-        busy = {uid for p in psutil.process_iter(["uids"]) if p.info["uids"] for uid in p.info["uids"][:2]}
         for _ in range(len(self._free)):
             uid = self._free.popleft()
             if uid not in busy:
                 return _account_of(uid)
             self._free.append(uid)
         raise PoolExhausted(f"all {len(self)} uids of --job-uids {self.first}-{self.last} are in use")
+
+    @staticmethod
+    def uids_in_use() -> set[int]:
+        """The uids processes run as (a job left by a crashed node, say): slow, so apart from `acquire`,
+        which must not run in two threads at once."""
+        return {uid for p in psutil.process_iter(["uids"]) if p.info["uids"] for uid in p.info["uids"][:2]}
 
     def release(self, acct: Account) -> None:
         if self.first <= acct.uid <= self.last and acct.uid not in self._free:

@@ -121,11 +121,8 @@ def _prepare_v2(base: str, own: str, pid: int) -> tuple[JobGroups | None, str]:
         for path in (base, node, jobs):
             _enable(path)
     except OSError as exc:
-        try:
-            _write(os.path.join(base, "cgroup.procs"), str(os.getpid()))
-        except OSError:
-            pass  # the next node's sweep takes what we leave
-        release(groups)
+        release(groups)  # what we changed goes back, if we got as far as our leaf
+        _rmdir_tree(node)  # and what we made, if not (the next node's sweep takes what stays)
         if exc.errno == errno.EBUSY:
             why = "holds other processes: the node needs one of its own (systemd: Delegate=yes)"
             return None, f"cgroup v2 group {own} {why}"
@@ -172,14 +169,19 @@ def release(groups: JobGroups) -> None:
     if UNIFIED in groups.parents:
         node = groups.roots[0]
         base = os.path.dirname(node)
+        if _mounts().get(UNIFIED) != os.path.join(node, "daemon"):
+            return  # not the daemon that made them (a tool, a test): theirs to give back
         _rmdir_tree(os.path.join(node, "jobs"))
-        try:
-            _write(os.path.join(node, "cgroup.subtree_control"), " ".join(f"-{c}" for c in CONTROLLERS))
-            if groups.turned_on:
-                _write(os.path.join(base, "cgroup.subtree_control"), " ".join(f"-{c}" for c in groups.turned_on))
-            _write(os.path.join(base, "cgroup.procs"), str(os.getpid()))
-        except OSError:  # another node's groups still need them (EBUSY), or they were on before us
-            return  # ours stay for the next node's sweep
+        others = [e for e in os.scandir(base) if e.is_dir() and e.path != node]
+        steps = [(node, "cgroup.subtree_control", " ".join(f"-{c}" for c in CONTROLLERS))]
+        if groups.turned_on and not others:  # another group there may use what we turned on
+            steps.append((base, "cgroup.subtree_control", " ".join(f"-{c}" for c in groups.turned_on)))
+        steps.append((base, "cgroup.procs", str(os.getpid())))
+        for directory, name, text in steps:
+            try:
+                _write(os.path.join(directory, name), text)
+            except OSError:  # still passed on there (EBUSY): we stay in our leaf; the next node sweeps it
+                pass
     for path in groups.roots:
         _rmdir_tree(path)
 

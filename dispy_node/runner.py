@@ -205,9 +205,12 @@ class Runner:
         """
         self._failed.discard(cluster_id)
         cluster = self._clusters.pop(cluster_id, None)
-        if cluster is None:
-            return self._ending(cluster_id, None, self._remove_dir(cluster_id))
-        return self._ending(cluster_id, cluster, self._unload(cluster))
+        if cluster is not None:
+            return self._ending(cluster_id, cluster, self._unload(cluster))
+        ending = self._unloads.get(cluster_id)
+        if ending is not None:  # failed or unloading already: that end is the one
+            return ending[1]
+        return self._ending(cluster_id, None, self._remove_dir(cluster_id))
 
     def _ending(self, cluster_id: str, cluster: _Cluster | None, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Runs a cluster's end, known to later loads of the same id (they wait for it) and to close()."""
@@ -267,8 +270,14 @@ class Runner:
         if not self._closed and self._on_file is not None:
             self._on_file(file)
 
-    def cluster_failed(self, cluster_id: str, message: str) -> None:
-        """The cluster cannot run here: its zygote goes, its late jobs are dropped."""
+    def cluster_failed(self, cluster_id: str, message: str, which: _Cluster | None = None) -> None:
+        """The cluster cannot run here: its zygote goes, its late jobs are dropped.
+
+        `which`: the incarnation that failed; an earlier one, ending already, fails nothing.
+        """
+        if which is not None and self._clusters.get(cluster_id) is not which:
+            logger.info("cluster %s: an ended incarnation failed (%s); ignored", cluster_id, message)
+            return
         self._failed.add(cluster_id)
         cluster = self._clusters.pop(cluster_id, None)
         if cluster is not None:
@@ -314,6 +323,7 @@ class _Cluster:
         self.settings = settings
         self.dir = runner.work_dir / cluster_id
         self.account: Account | None = None  # who its zygote and jobs run as, once it starts
+        self._placing: asyncio.Future[None] | None = None  # its group being made, off the loop
         self.state = _State.STARTING
         self._queued: dict[int, RunJob] = {}  # until Ready, and beyond the cluster's cpus
         self._files: list[zp.AddFile] = []  # until Ready
@@ -457,6 +467,8 @@ class _Cluster:
         if self._after is not None:  # stopped before it started: its predecessor's retirement goes first,
             await asyncio.wait([self._after])  # or a later incarnation could start while that one ends
             self._after = None
+        if self._placing is not None:  # a group still being made must be made before it is purged
+            await asyncio.wait([self._placing])
         if self.runner.config.cgroups is not None:
             await asyncio.to_thread(cgroups.purge, self.runner.config.cgroups, self.cluster_id)
         pool, acct, self.account = self.runner.config.accounts, self.account, None
@@ -480,10 +492,11 @@ class _Cluster:
             await asyncio.wait([self._after])  # unlike gather, does not cancel it if we are
             self._after = None
         pool = self.runner.config.accounts
-        try:  # the pool looks at every process: not on the loop
-            self.account = account = await asyncio.to_thread(pool.acquire) if pool is not None else self.runner.account
+        try:  # looking at every process is slow: off the loop; taking a uid is not, and is not cancelled
+            busy = await asyncio.to_thread(pool.uids_in_use) if pool is not None else set()
+            self.account = account = pool.acquire(busy) if pool is not None else self.runner.account
         except PoolExhausted as exc:
-            self.runner.cluster_failed(self.cluster_id, str(exc))
+            self.runner.cluster_failed(self.cluster_id, str(exc), self)
             return
         try:
             await asyncio.to_thread(workdir.prepare_cluster_dir, self.dir, account.uid, account.gid)
@@ -497,16 +510,18 @@ class _Cluster:
                 env={**os.environ, **killtree.placeholder(), "TMPDIR": str(self.dir / workdir.TMP)}, **as_user,
             )  # fmt: skip
         except OSError as exc:
-            self.runner.cluster_failed(self.cluster_id, f"cannot start a zygote: {exc}")
+            self.runner.cluster_failed(self.cluster_id, f"cannot start a zygote: {exc}", self)
             return
         config = self.runner.config
         if config.cgroups is not None:
             try:  # before it hears of its cluster, so before any job of it forks; a stale group may take a purge
-                await asyncio.to_thread(
+                self._placing = asyncio.ensure_future(asyncio.to_thread(
                     cgroups.place, config.cgroups, self.cluster_id, self._proc.pid, account.uid, account.gid
-                )
+                ))  # fmt: skip
+                await asyncio.shield(self._placing)  # if we are stopped meanwhile, retire() waits for it
             except OSError as exc:  # its stop() ends the zygote
-                self.runner.cluster_failed(self.cluster_id, f"cannot place the zygote in its control group: {exc}")
+                why = f"cannot place the zygote in its control group: {exc}"
+                self.runner.cluster_failed(self.cluster_id, why, self)
                 return
         load = zp.Load(
             self.cluster_id, str(self.dir), self._computation, config.kill_grace, logger.getEffectiveLevel(),
@@ -540,7 +555,7 @@ class _Cluster:
     def _setup_timed_out(self) -> None:
         if self.state is _State.STARTING:
             timeout = self.settings.setup_timeout
-            self.runner.cluster_failed(self.cluster_id, f"setup did not finish within {timeout:g} s")
+            self.runner.cluster_failed(self.cluster_id, f"setup did not finish within {timeout:g} s", self)
 
     def _handle(self, msg: Any) -> None:
         """One message of the zygote. Raises ValueError for one no honest zygote sends (see `_check`)."""
@@ -574,7 +589,8 @@ class _Cluster:
             if reply is not None:
                 reply(msg.ok, msg.message)
         elif isinstance(msg, zp.SetupFailed):
-            self.runner.cluster_failed(self.cluster_id, msg.message)
+            if self.state is _State.STARTING:  # an answer to Load, and to nothing else
+                self.runner.cluster_failed(self.cluster_id, msg.message, self)
         elif isinstance(msg, zp.Unloaded):
             self._unloaded.set()
 
@@ -622,7 +638,7 @@ class _Cluster:
             self.runner.report(_verdict(self.cluster_id, job_id, JobStatus.TERMINATED, why, "ZygoteDied"))
         self._running.clear()
         self._queued.clear()
-        self.runner.cluster_failed(self.cluster_id, why)
+        self.runner.cluster_failed(self.cluster_id, why, self)
 
     async def _kill_jobs(self, zygote_pid: int) -> None:
         """Orphaned jobs of a dead zygote: their groups, then anything else carrying their mark."""

@@ -9,6 +9,7 @@ tree `nobody` can read: a virtual environment of the system's Python 3.11
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import json
 import os
@@ -17,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +27,7 @@ import pytest
 from dispy_client import DispyJob
 from dispy_node.account import AccountPool, PoolExhausted
 from procs import EXPECT_CGROUP, Cluster, in_cgroup_v2
+from test_node_runner import Harness, double, run
 
 SYSTEM_PYTHON = Path("/usr/bin/python3.11")
 NEEDED = ("dispy_wire", "dispy_node", "msgpack", "cloudpickle", "psutil")
@@ -252,20 +255,21 @@ def test_clusters_with_uids_of_their_own_cannot_touch_one_another(cluster: Clust
 def test_uid_pool_hands_out_free_uids_least_recently_used_first() -> None:
     first, last = JOB_UIDS
     pool = AccountPool(first, last)
-    a, b = pool.acquire(), pool.acquire()
+    a, b = pool.acquire(set()), pool.acquire(set())
     assert (a.uid, a.gid, a.name, b.uid) == (first, first, f"uid{first}", first + 1)
     pool.release(a)
-    assert pool.acquire().uid == first + 2  # the one just given back waits its turn
+    assert pool.acquire(set()).uid == first + 2  # the one just given back waits its turn
     squatter = subprocess.Popen(["sleep", "30"], user=first + 3, group=first + 3, extra_groups=[])
     try:  # a process of a uid (a crashed node's job, say) keeps it out of use
-        assert pool.acquire().uid == first + 4
+        assert first + 3 in AccountPool.uids_in_use()
+        assert pool.acquire(AccountPool.uids_in_use()).uid == first + 4
     finally:
         squatter.kill()
         squatter.wait()
-    taken = [pool.acquire().uid for _ in range(len(pool) - 3)]  # b, first + 2 and first + 4 are out
+    taken = [pool.acquire(set()).uid for _ in range(len(pool) - 3)]  # b, first + 2 and first + 4 are out
     assert taken == [*range(first + 5, last + 1), first, first + 3], taken
     with pytest.raises(PoolExhausted, match=f"all 10 uids of --job-uids {first}-{last} are in use"):
-        pool.acquire()
+        pool.acquire(set())
 
 
 @pytest.mark.parametrize("text", ["100", "5-2", "0-3", "a-b"])
@@ -334,3 +338,25 @@ def test_a_cluster_cannot_turn_the_root_node_onto_another_process(cluster: Clust
         victim.kill()
         victim.wait()
         shutil.rmtree(work, ignore_errors=True)
+
+
+class SlowToLook(AccountPool):
+    """A pool whose look at the machine's processes takes a while (as on a busy host)."""
+
+    @staticmethod
+    def uids_in_use() -> set[int]:
+        time.sleep(0.3)
+        return set()
+
+
+def test_a_cluster_unloaded_while_its_uid_is_being_chosen_takes_none() -> None:
+    pool = SlowToLook(*JOB_UIDS)
+
+    async def body(h: Harness) -> None:
+        h.load(func=double)
+        await asyncio.sleep(0.05)  # the node is looking at processes for it
+        await h.runner.unload("c1")
+        await asyncio.sleep(0.5)
+
+    run(body, accounts=pool)
+    assert len([pool.acquire(set()) for _ in range(len(pool))]) == len(pool)  # every uid still free
