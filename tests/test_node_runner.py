@@ -376,6 +376,33 @@ def test_a_cluster_loaded_again_waits_for_every_earlier_incarnation_to_end() -> 
     run(body)
 
 
+def setup_fails_slowly() -> None:
+    """Fails, leaving a thread that keeps the zygote's exit waiting for a second."""
+    import threading
+
+    threading.Thread(target=time.sleep, args=(1,)).start()
+    raise RuntimeError("no database here")
+
+
+def test_a_cluster_unloaded_while_its_failure_is_cleaned_up_is_loaded_again_only_after() -> None:
+    """The scheduler's Unload may cross the node's report of a failed setup: the unload is that
+    end, and a new load waits for it, so the old end never removes the new one's directory."""
+
+    async def body(h: Harness) -> None:
+        h.load(func=double, setup=setup_fails_slowly)
+        await h.until(lambda: bool(h.failures))
+        ending = h.runner.unload("c1")
+        assert not ending.done()  # the failed zygote is still being stopped
+        h.load(func=read_depends, files=[("data.txt", b"again", 0o644)])
+        for _ in range(2):  # the first at once, the second once the old zygote surely exited
+            r = await h.call("c1", "data.txt")
+            assert (r.status, value(r)[0]) == (JobStatus.FINISHED, "again"), r.exception
+            await ending
+            await asyncio.sleep(1.5)  # past the setup's thread: an end not waited for would strike now
+
+    run(body, kill_grace=0.5)
+
+
 def test_bad_file_name_fails_the_cluster() -> None:
     async def body(h: Harness) -> None:
         h.load(func=double, files=[("../escape", b"x", 0o644)])
