@@ -403,6 +403,36 @@ def test_a_cluster_unloaded_while_its_failure_is_cleaned_up_is_loaded_again_only
     run(body, kill_grace=0.5)
 
 
+def cleanup_claims_setup_failed() -> None:
+    """Runs in the old zygote as it unloads: tells the node, falsely, that setup failed; then lingers."""
+    import fcntl
+    import stat
+
+    from dispy_node import zygote_protocol as zp
+
+    for fd in range(3, 64):
+        try:
+            mode, flags = os.fstat(fd).st_mode, fcntl.fcntl(fd, fcntl.F_GETFL)
+        except OSError:
+            continue
+        if stat.S_ISFIFO(mode) and flags & os.O_ACCMODE == os.O_WRONLY:
+            os.write(fd, zp.encode(zp.SetupFailed("forged by the old incarnation")))
+    time.sleep(0.5)
+
+
+def test_an_ending_incarnation_cannot_fail_the_next_one() -> None:
+    async def body(h: Harness) -> None:
+        h.load(func=double, cleanup=cleanup_claims_setup_failed)
+        assert value(await h.call("c1", 1)) == 2
+        ending = h.runner.unload("c1")
+        h.load(func=double)  # the next incarnation, waiting for the old one's end
+        assert value(await h.call("c1", 2)) == 4
+        await ending
+        assert h.failures == []
+
+    run(body)
+
+
 def test_bad_file_name_fails_the_cluster() -> None:
     async def body(h: Harness) -> None:
         h.load(func=double, files=[("../escape", b"x", 0o644)])
