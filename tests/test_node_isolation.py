@@ -32,7 +32,7 @@ from dispy_wire.status import JobStatus
 from procs import EXPECT_CGROUP, Cluster, in_cgroup_v2
 from test_node_runner import (  # noqa: F401  (the autouse fixture works by being imported)
     DEADLINE, JOB_ACCOUNT, RUN_AS_SKIP, Harness, _gone, double, kill_pids, no_leftover_processes, pid_server, run,
-    value,
+    value, write_to_the_node,
 )  # fmt: skip
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -130,20 +130,8 @@ def setup_hangs() -> None:
 
 
 def garbling_setup(frame: bytes) -> Any:
-    """A setup that finds the zygote's pipe to the daemon (setup runs in the zygote) and writes `frame` on it."""
-
-    def setup() -> None:
-        import fcntl
-
-        for fd in range(3, 256):
-            try:
-                mode, flags = os.fstat(fd).st_mode, fcntl.fcntl(fd, fcntl.F_GETFL)
-            except OSError:
-                continue
-            if stat.S_ISFIFO(mode) and flags & os.O_ACCMODE == os.O_WRONLY:
-                os.write(fd, frame)
-
-    return setup
+    """A setup (it runs in the zygote) that writes `frame` on the zygote's pipe to the node."""
+    return functools.partial(write_to_the_node, frame)
 
 
 # -- helpers ------------------------------------------------------------------------------

@@ -403,20 +403,25 @@ def test_a_cluster_unloaded_while_its_failure_is_cleaned_up_is_loaded_again_only
     run(body, kill_grace=0.5)
 
 
-def cleanup_claims_setup_failed() -> None:
-    """Runs in the old zygote as it unloads: tells the node, falsely, that setup failed; then lingers."""
+def write_to_the_node(frame: bytes) -> None:
+    """Run in a zygote (by setup or cleanup code): writes `frame` on its pipe to the node, as user code can."""
     import fcntl
     import stat
 
-    from dispy_node import zygote_protocol as zp
-
-    for fd in range(3, 64):
+    for fd in range(3, 256):
         try:
             mode, flags = os.fstat(fd).st_mode, fcntl.fcntl(fd, fcntl.F_GETFL)
         except OSError:
             continue
         if stat.S_ISFIFO(mode) and flags & os.O_ACCMODE == os.O_WRONLY:
-            os.write(fd, zp.encode(zp.SetupFailed("forged by the old incarnation")))
+            os.write(fd, frame)
+
+
+def cleanup_claims_setup_failed() -> None:
+    """Runs in the old zygote as it unloads: tells the node, falsely, that setup failed; then lingers."""
+    from dispy_node import zygote_protocol as zp
+
+    write_to_the_node(zp.encode(zp.SetupFailed("forged by the old incarnation")))
     time.sleep(0.5)
 
 
