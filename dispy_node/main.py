@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="processes at once in a job's tree (cgroup pids.max; needs cgroups)")  # fmt: skip
     g.add_argument("--max-output", metavar="SIZE",
                    help="bytes kept of each of a job's stdout and stderr; the rest is cut, with a note "
-                        "(default: 4M)")  # fmt: skip
+                        "(default: 4M, at most 12M)")  # fmt: skip
     g.add_argument("--setup-timeout", type=float, metavar="SECONDS",
                    help="time a cluster's setup may take before that cluster fails here (default: 60)")  # fmt: skip
     g = p.add_argument_group("when the node offers its CPUs")
