@@ -32,6 +32,7 @@ from dispy_wire.payload import dumps, loads
 from .connection import LoopThread
 from .errors import DispyError
 from .job import DispyJob
+from .private_files import open_private
 from .session import ClusterSession
 from .tracker import JobTracker
 
@@ -49,7 +50,7 @@ class Recorder:
     def __init__(self, path: str, header: dict[str, Any] | None) -> None:
         self.path = path
         self._lock = threading.Lock()
-        self._file: IO[str] = open(path, "a" if header is None else "w", encoding="utf-8")
+        self._file: IO[str] = open_private(path, append=header is None)  # it names the cluster and its jobs
         self._dirty = threading.Event()
         self._closing = False
         if header is not None:

@@ -29,6 +29,7 @@ from dispy_wire.status import JobStatus
 
 from .job import DispyJob
 from .node import DispyNode, DispyNodeAvailInfo
+from .private_files import save_sent_file
 
 log = logging.getLogger("dispy_client")
 
@@ -215,14 +216,11 @@ class JobTracker:
 
     def _on_file(self, f: M.JobFile) -> None:
         """`dispy_send_file` in the job: saved under its base name in `dest_path`, before the job ends."""
-        path = os.path.join(self._dest_path, os.path.basename(f.name) or "unnamed")
+        name = os.path.basename(f.name) or "unnamed"
         try:
-            os.makedirs(self._dest_path, exist_ok=True)
-            with open(path, "wb") as out:
-                out.write(f.data)
-            os.chmod(path, (f.mode & 0o777) or 0o600)
+            save_sent_file(self._dest_path, name, f.data)  # 0600, through no symbolic link
         except OSError as exc:
-            log.error("cannot save %s sent by job %d: %s", path, f.job_id, exc)
+            log.error("cannot save %s sent by job %d in %s: %s", name, f.job_id, self._dest_path, exc)
 
     def _on_result(self, r: M.JobResult) -> None:
         job = self.get(r.job_id)
