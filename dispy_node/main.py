@@ -2,7 +2,9 @@
 
 Settings come from, in order of precedence: flags, the TOML file given with
 `--config` (keys named like the flags, with underscores), the environment
-($DISPY_SCHEDULER, $DISPY_NODE_SECRET), built-in defaults. `--discover` takes
+($DISPY_SCHEDULER, $DISPY_NODE_SECRET), built-in defaults. The node secret
+has sources of its own (a file, a systemd credential) and is kept from the
+jobs: see node_secret.py. `--discover` takes
 the place of a scheduler address: the node finds one by UDP broadcast.
 """
 
@@ -28,7 +30,7 @@ from dispy_wire.limits import format_size, parse_size
 from dispy_wire.loop import event_loop_factory
 from dispy_wire.sdnotify import Notifier
 
-from . import account, cgroups, job_process, report
+from . import account, cgroups, job_process, node_secret, report
 from .availability import Rules, parse_hhmm
 from .conn import NodeConfig, NodeControl, run_node
 from .discovery import run_discovered
@@ -38,7 +40,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_SCHEDULER = "127.0.0.1:9702"
 _KEYS = (
-    "scheduler", "discover", "discovery_port", "cpus", "name", "node_secret", "heartbeat", "work_dir",
+    "scheduler", "discover", "discovery_port", "cpus", "name", "node_secret", "secret_file", "heartbeat", "work_dir",
     "kill_grace", "loglevel",
     "run_as", "job_uids", "max_memory", "max_cpu_time", "max_job_time", "max_open_files", "max_processes", "max_output",
     "setup_timeout",
@@ -49,6 +51,7 @@ _KEYS = (
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="dispynode",
+        allow_abbrev=False,  # a --node-secret abbreviated would stay on the command line (see node_secret.py)
         description=(
             "Compute-node daemon of dispy-shared: connects to a dispyscheduler, reports the CPUs "
             "it offers and runs each job in its own process, forked from a per-cluster zygote. "
@@ -74,9 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CPUs offered (default: all); a negative N leaves -N CPUs free")  # fmt: skip
     p.add_argument("--name", help="node name the scheduler knows us by (default: the host name)")
     p.add_argument("--node-secret", metavar="SECRET",
-                   help="secret shared with the scheduler (default: $DISPY_NODE_SECRET, else empty); "
-                        "on the command line any local user can read it: prefer the config file (mode 0600) "
-                        "or the environment")  # fmt: skip
+                   help="secret shared with the scheduler (default: --secret-file, else the systemd credential "
+                        f"{node_secret.CREDENTIAL!r}, else $DISPY_NODE_SECRET, else empty); on the command line "
+                        "any local user can read it until the node re-executes itself without it: prefer "
+                        "--secret-file")  # fmt: skip
+    p.add_argument("--secret-file", metavar="PATH",
+                   help="read the node secret from this file (one line), which must be the node account's "
+                        "alone (mode 0600 or 0400), or the node refuses to start")  # fmt: skip
     p.add_argument("--heartbeat", type=float, metavar="SECONDS",
                    help="seconds between resource reports (default: 2)")  # fmt: skip
     p.add_argument("--work-dir", type=Path, metavar="DIR",
@@ -183,8 +190,7 @@ def load_config(args: argparse.Namespace, fail: Callable[[str], NoReturn]) -> tu
     loglevel = str(pick("loglevel", None, "INFO")).upper()
     if not isinstance(logging.getLevelName(loglevel), int):
         fail(f"unknown log level {loglevel!r}")
-    secret = str(pick("node_secret", "DISPY_NODE_SECRET", ""))
-    os.environ.pop("DISPY_NODE_SECRET", None)  # jobs inherit our environment: not the secret
+    secret = node_secret.choose(args, file, fail)
     try:
         run_as = account.resolve(pick("run_as", None, None))
         accounts = _opt(pick("job_uids", None, None), account.AccountPool.parse)
@@ -329,6 +335,7 @@ async def _serve(config: NodeConfig, discovery_port: int | None, offer: str) -> 
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
+    node_secret.keep_from_jobs(args, argv_given=argv is not None)  # may re-execute this process
     config, loglevel, discovery_port = load_config(args, parser.error)
     logging.basicConfig(level=loglevel, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:

@@ -360,3 +360,85 @@ def test_a_cluster_unloaded_while_its_uid_is_being_chosen_takes_none() -> None:
 
     run(body, accounts=pool)
     assert len([pool.acquire(set()) for _ in range(len(pool))]) == len(pool)  # every uid still free
+
+
+# -- the node secret: out of a job's reach on a node run as an ordinary account ----------------
+
+@pytest.mark.parametrize("given", ["environment", "flag", "file"])
+def test_a_job_of_a_node_run_as_an_ordinary_user_finds_no_node_secret(
+    cluster: Cluster, readable_python: Path, given: str
+) -> None:
+    """The node runs as `nobody`, and so do its jobs: a job reads the environment and command line of
+    every process above it (its zygote, the node, what started the node) and tries the node's memory."""
+    secret = "node-secret-" + os.urandom(8).hex()
+    cluster.scheduler("--node-secret", secret)
+    nobody = pwd.getpwnam("nobody")
+    work = Path(tempfile.mkdtemp(prefix="dispy-secret-work-"))
+    try:
+        work.chmod(0o755)
+        os.chown(work, nobody.pw_uid, nobody.pw_gid)
+        argv = ["setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups",
+                "env", "-C", "/", str(readable_python), "-m", "dispy_node.main", "--scheduler", cluster.address,
+                "--cpus", "1", "--name", "plain", "--work-dir", str(work / "node")]  # fmt: skip
+        env = {"PYTHONPATH": ""}
+        if given == "environment":
+            env["DISPY_NODE_SECRET"] = secret
+        elif given == "flag":
+            argv += ["--node-secret", secret]
+        else:
+            (work / "secret").write_text(secret + "\n")
+            os.chown(work / "secret", nobody.pw_uid, nobody.pw_gid)
+            (work / "secret").chmod(0o600)
+            argv += ["--secret-file", str(work / "secret")]
+        node = cluster.start(argv, "node", env)
+        node.wait_for_line(r"connected to ")  # so the secret it proved is the scheduler's
+        client = cluster.run_client(
+            """
+            import json
+            from dispy_client import SharedJobCluster
+
+            def look(secret, node_pid):
+                import os
+                found, pid = {}, os.getpid()
+                while pid > 1:
+                    with open(f"/proc/{pid}/stat") as f:
+                        pid = int(f.read().rsplit(")", 1)[1].split()[1])
+                    for page in ("environ", "cmdline"):
+                        try:
+                            with open(f"/proc/{pid}/{page}", "rb") as f:
+                                found[f"{pid} {page}"] = "FOUND" if secret.encode() in f.read() else "clean"
+                        except OSError as exc:
+                            found[f"{pid} {page}"] = type(exc).__name__
+                try:
+                    with open(f"/proc/{node_pid}/mem", "rb") as f:
+                        found["node mem"] = "readable"
+                except OSError as exc:
+                    found["node mem"] = type(exc).__name__
+                return os.getuid(), found
+
+            with SharedJobCluster(look) as c:
+                job = c.submit(%r, %d)
+                result = job()
+                assert job.status == job.Finished, job.exception
+                print(json.dumps(result))
+            """ % (secret, node.pid)
+        )
+        uid, found = json.loads(client.stdout)
+        assert uid == nobody.pw_uid
+        assert f"{node.pid} environ" in found and f"{node.pid} cmdline" in found, found
+        assert found[f"{node.pid} environ"] != "FOUND" and not [k for k, v in found.items() if v == "FOUND"], found
+        assert found[f"{node.pid} cmdline"] == "clean" and found["node mem"] == "PermissionError", found
+        assert found[f"{node.pid} environ"] == "PermissionError", found  # non-dumpable: not even that
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def test_a_secret_file_others_may_read_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "secret"
+    path.write_text("s3cret\n")
+    path.chmod(0o640)
+    argv = [sys.executable, "-m", "dispy_node.main", "--scheduler", "127.0.0.1:9", "--work-dir", str(tmp_path / "w"),
+            "--secret-file", str(path), "--jobs-as-self"]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2 and f"secret file {path} has mode 0640" in done.stderr, done.stderr
+    assert f"chmod 600 {path}" in done.stderr
