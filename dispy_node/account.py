@@ -1,32 +1,54 @@
-"""The accounts jobs run as: never root.
+"""The accounts jobs run as: never root, and on a root node never one shared by two clusters.
 
-A node started as root runs its zygotes (which run user code in `setup`) and
-their jobs as `--run-as USER` (default `nobody`), with that user's primary
-group and no supplementary groups. A node started as an ordinary user runs
-them as itself; `--run-as` must then name that same user or be left out.
-
-With `--job-uids FIRST-LAST` (root only) each cluster runs as a uid of its own
-from that range instead, as HTCondor's slot users do: jobs of different
+A node started as root gives each cluster a uid of its own, from
+`--job-uids FIRST-LAST` (default `DEFAULT_JOB_UIDS`), for its zygote (which
+runs user code in `setup`) and its jobs, with a group of the same number and
+no supplementary groups, as HTCondor's slot users do: jobs of different
 clusters (and so of different users) cannot signal, trace or read one
-another, nor move into one another's control groups. A uid goes back to the
-pool when its cluster is gone from the node, least recently used first, and
-without what it left in the shared temporary directories. (SysV IPC objects
-it made are not looked for.)
+another, nor move into one another's control groups. `--shared-run-as USER`
+runs every cluster as that one account instead (their jobs then can reach one
+another: the node warns at start). A node started as an ordinary user runs
+them as itself; `--shared-run-as` must then name that same user or be left out.
+
+The default range lies in what systemd's table of uids (systemd.io/UIDS-GIDS)
+leaves unused, 1879048192-2147483647: above regular users (1000-60000),
+systemd's dynamic service users (61184-65519), the uids shadow-utils hands
+out for user namespaces (/etc/subuid: 100000 up to 600100000) and systemd's
+container ranges (524288-1879048191), below systemd's foreign-image range
+(2147352576-2147418111) and 2^31, where some programs misread uids.
+
+A uid goes back to the pool when its cluster is gone from the node, and only
+once nothing of it is left (`AccountPool.give_back`): no process runs as it
+and it owns nothing in the shared temporary directories, where what it owns
+is removed first, at any depth (not following symbolic links, not crossing
+into other file systems). A uid that fails either test stays out of use, with
+a log line, until the pool runs dry and it is looked at again. Uids a crashed
+node left behind are looked at likewise when a node starts. (SysV IPC
+objects and POSIX message queues it made are not looked for.)
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import pwd
 import shutil
+import stat
 import subprocess
 import sys
+import threading
 from collections import deque
+from collections.abc import Container
 from typing import NamedTuple
 
 import psutil
 
+logger = logging.getLogger(__name__)
+
+#: what the runner's jobs run as, as root, when it is given no account (a root *daemon* always gives one)
 DEFAULT_RUN_AS = "nobody"
+#: the uids a root node gives its clusters unless told otherwise (see the module's docstring)
+DEFAULT_JOB_UIDS = "2000000000-2000000999"
 
 
 class Account(NamedTuple):
@@ -53,15 +75,15 @@ def resolve(run_as: str | None) -> Account:
     if os.getuid() != 0:
         me = myself()
         if run_as not in (None, me.name, str(me.uid)):
-            raise ValueError(f"--run-as {run_as} needs a node started as root (it runs as {me.name})")
+            raise ValueError(f"--shared-run-as {run_as} needs a node started as root (it runs as {me.name})")
         return me
     name = run_as or DEFAULT_RUN_AS
     try:
         entry = pwd.getpwuid(int(name)) if name.isdigit() else pwd.getpwnam(name)
     except KeyError:
-        raise ValueError(f"--run-as: no user {name!r} on this machine") from None
+        raise ValueError(f"--shared-run-as: no user {name!r} on this machine") from None
     if entry.pw_uid == 0:
-        raise ValueError("--run-as: jobs never run as root; name an unprivileged account")
+        raise ValueError("--shared-run-as: jobs never run as root; name an unprivileged account")
     return Account(entry.pw_name, entry.pw_uid, entry.pw_gid)
 
 
@@ -86,18 +108,38 @@ def cannot_run_python(acct: Account) -> str | None:
     return None
 
 
+def pool_for(job_uids: str | None, shared: str | None, as_self: bool) -> AccountPool | None:
+    """The pool clusters take their uids from: as root, `--job-uids` or the default range; None where
+    all jobs run as one account (`--shared-run-as`, `--jobs-as-self`, a node not run as root).
+
+    Raises:
+        ValueError: --job-uids together with one of those, or a range that is none.
+    """
+    one_account = os.getuid() != 0 or shared is not None or as_self
+    if job_uids is not None and one_account:
+        raise ValueError("--job-uids needs a node run as root, and neither --shared-run-as nor --jobs-as-self")
+    return None if one_account else AccountPool.parse(job_uids or DEFAULT_JOB_UIDS)
+
+
 class PoolExhausted(Exception):
-    """Every uid of --job-uids serves a cluster already."""
+    """Every uid of --job-uids serves a cluster already (or is kept out of use)."""
 
 
 class AccountPool:
-    """The uids of --job-uids: one per cluster at a time."""
+    """The uids of --job-uids: one per cluster at a time.
+
+    `acquire` and `release` are quick and run on the event loop; `give_back`,
+    `reclaim` and `survey` look at every process and walk the temporary
+    directories, so they run in threads: a lock keeps the free list whole.
+    """
 
     def __init__(self, first: int, last: int) -> None:
         if not 0 < first <= last:
             raise ValueError(f"--job-uids {first}-{last} is not a range of unprivileged uids")
         self.first, self.last = first, last
         self._free: deque[int] = deque(range(first, last + 1))
+        self._held: set[int] = set()  # given back with something left: out of use until looked at again
+        self._lock = threading.Lock()
 
     @classmethod
     def parse(cls, text: str) -> AccountPool:
@@ -120,45 +162,122 @@ class AccountPool:
         Raises:
             PoolExhausted: none is free.
         """
-        for _ in range(len(self._free)):
-            uid = self._free.popleft()
-            if uid not in busy:
-                return _account_of(uid)
-            self._free.append(uid)
-        raise PoolExhausted(f"all {len(self)} uids of --job-uids {self.first}-{self.last} are in use")
+        with self._lock:
+            for _ in range(len(self._free)):
+                uid = self._free.popleft()
+                if uid not in busy:
+                    return _account_of(uid)
+                self._free.append(uid)
+            held = f" ({len(self._held)} kept out of use for what they left: see the log)" if self._held else ""
+        raise PoolExhausted(f"all {len(self)} uids of --job-uids {self.first}-{self.last} are in use{held}")
 
     @staticmethod
     def uids_in_use() -> set[int]:
-        """The uids processes run as (a job left by a crashed node, say): slow, so apart from `acquire`,
-        which must not run in two threads at once."""
-        return {uid for p in psutil.process_iter(["uids"]) if p.info["uids"] for uid in p.info["uids"][:2]}
+        """The uids processes run as (real, effective or saved: a job left by a crashed node, say)."""
+        return {uid for p in psutil.process_iter(["uids"]) if p.info["uids"] for uid in p.info["uids"]}
+
+    def survey(self) -> set[int]:
+        """Before `acquire` (in a thread): when no uid is free, the held ones are looked at again
+        (`reclaim`); returns `uids_in_use()`."""
+        with self._lock:
+            dry = not self._free and bool(self._held)
+            held = set(self._held)
+        if dry:
+            self.reclaim(held)
+        return self.uids_in_use()
 
     def release(self, acct: Account) -> None:
-        if self.first <= acct.uid <= self.last and acct.uid not in self._free:
-            self._free.append(acct.uid)
+        """Back to the free list as it is, not looked at: see `give_back`."""
+        with self._lock:
+            if self.first <= acct.uid <= self.last and acct.uid not in self._free:
+                self._held.discard(acct.uid)
+                self._free.append(acct.uid)
+
+    def give_back(self, acct: Account) -> None:
+        """A cluster's uid, once its cluster is gone: free again if nothing of it is left (see `reclaim`)."""
+        if self.first <= acct.uid <= self.last:
+            self.reclaim({acct.uid})
+
+    def reclaim(self, uids: set[int] | None = None) -> None:
+        """Removes what `uids` (default: the whole range) own in the shared temporary directories,
+        and frees each that then owns nothing there and runs no process; the rest are held, each
+        with a log line. Slow (every process, a walk of the directories): in a thread."""
+        whole = range(self.first, self.last + 1)
+        candidates = whole if uids is None else sorted(uid for uid in uids if uid in whole)
+        running = self.uids_in_use()
+        left = remove_files_of(whole if uids is None else uids)
+        running |= self.uids_in_use()  # again: one may have started from a setuid file the walk removed
+        with self._lock:
+            for uid in candidates:
+                if uid in running or uid in left:
+                    if uid not in self._held:
+                        why = "processes run as it" if uid in running else f"it still owns {', '.join(left[uid][:3])}"
+                        logger.error("uid %d stays out of use: %s", uid, why)
+                    self._held.add(uid)
+                    if uid in self._free:
+                        self._free.remove(uid)
+                else:
+                    self._held.discard(uid)
+                    if uid not in self._free:
+                        self._free.append(uid)
+                        logger.debug("uid %d is free again", uid)
 
 
 #: shared places where a uid's files would outlive its cluster and meet the uid's next holder
 SHARED_TMP = ("/tmp", "/var/tmp", "/dev/shm")
 
 
-def remove_files_of(uid: int) -> None:
-    """Removes what a pool uid left in the shared temporary directories (top level: all it could create)."""
+def remove_files_of(uids: Container[int]) -> dict[int, list[str]]:
+    """Removes whatever `uids` own in the shared temporary directories, at any depth: in directories
+    of others too (a sticky one root made, say), and a directory of theirs with all in it (its owner
+    could empty it anyway). Follows no symbolic link and stays on each directory's file system.
+
+    Returns:
+        By uid, what of it could not be removed.
+    """
+    left: dict[int, list[str]] = {}
     for top in SHARED_TMP:
         try:
-            entries = list(os.scandir(top))
+            device = os.lstat(top).st_dev
         except OSError:
             continue
-        for entry in entries:
-            try:
-                if entry.stat(follow_symlinks=False).st_uid != uid:
-                    continue
-                if entry.is_dir(follow_symlinks=False):
-                    shutil.rmtree(entry.path)  # fd-based on Linux: no symlink in it is followed
-                else:
-                    os.unlink(entry.path)
-            except OSError:
-                continue
+        _sweep(top, device, uids, left)
+    return left
+
+
+def _sweep(path: str, device: int, uids: Container[int], left: dict[int, list[str]]) -> None:
+    try:
+        entries = list(os.scandir(path))
+    except OSError:
+        return  # gone, or not a directory any more
+    for entry in entries:
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if st.st_uid in uids:
+            logger.debug("removing %s, left by uid %d", entry.path, st.st_uid)
+            _remove(entry.path, st, left.setdefault(st.st_uid, []))
+            if not left[st.st_uid]:
+                del left[st.st_uid]
+        elif stat.S_ISDIR(st.st_mode) and st.st_dev == device:
+            _sweep(entry.path, device, uids, left)
+
+
+def _remove(path: str, st: os.stat_result, failed: list[str]) -> None:
+    def note(_func: object, where: str, exc_info: tuple[type[BaseException], BaseException, object]) -> None:
+        if not isinstance(exc_info[1], FileNotFoundError):
+            failed.append(f"{where} ({exc_info[0].__name__})")
+
+    if stat.S_ISDIR(st.st_mode):
+        shutil.rmtree(path, onerror=note)  # fd-based on Linux: no symbolic link in it is followed
+    else:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            failed.append(f"{path} ({type(exc).__name__})")
 
 
 def _account_of(uid: int) -> Account:

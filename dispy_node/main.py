@@ -42,7 +42,7 @@ DEFAULT_SCHEDULER = "127.0.0.1:9702"
 _KEYS = (
     "scheduler", "discover", "discovery_port", "cpus", "name", "node_secret", "secret_file", "heartbeat", "work_dir",
     "kill_grace", "loglevel",
-    "run_as", "job_uids", "max_memory", "max_cpu_time", "max_job_time", "max_open_files", "max_processes", "max_output",
+    "shared_run_as", "job_uids", "max_memory", "max_cpu_time", "max_job_time", "max_open_files", "max_processes", "max_output",
     "setup_timeout",
     "yield_load", "yield_window", "service_start", "service_stop", "service_end", "serve",
 )  # fmt: skip
@@ -93,12 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds between SIGTERM and SIGKILL when a job is killed (default: 5)")  # fmt: skip
     p.add_argument("--loglevel", metavar="LEVEL", help="DEBUG, INFO, WARNING or ERROR (default: INFO)")
     g = p.add_argument_group("jobs: who runs them and their limits (clusters and jobs may ask for less)")
-    g.add_argument("--run-as", metavar="USER",
-                   help="account zygotes and jobs run as when the node runs as root (default: nobody); "
-                        "never root")  # fmt: skip
     g.add_argument("--job-uids", metavar="FIRST-LAST",
-                   help="as root: each cluster runs as a uid of its own from this range (e.g. 3000000-3000255; "
-                        "uids no one else uses), so jobs of different clusters cannot touch one another")  # fmt: skip
+                   help="as root (the default there): each cluster runs as a uid of its own from this range, so "
+                        "jobs of different clusters cannot touch one another; uids no account, container or "
+                        f"service on the host uses (default: {account.DEFAULT_JOB_UIDS})")  # fmt: skip
+    g.add_argument("--shared-run-as", metavar="USER",
+                   help="as root, instead of --job-uids: every cluster's zygote and jobs run as this one "
+                        "account (never root), so users' jobs CAN reach one another (the node warns so)")  # fmt: skip
+    g.add_argument("--run-as", help=argparse.SUPPRESS)  # refused with the reason: see load_config
     g.add_argument("--jobs-as-self", action="store_true",
                    help="run jobs as the node's own account, even root: NOT isolated from the node; "
                         "for a JobCluster's local node and test machines")  # fmt: skip
@@ -146,7 +148,7 @@ def load_config(args: argparse.Namespace, fail: Callable[[str], NoReturn]) -> tu
             file = tomllib.loads(args.config.read_text())
         except (OSError, tomllib.TOMLDecodeError) as exc:
             fail(f"cannot read config file {args.config}: {exc}")
-        unknown = sorted(set(file) - set(_KEYS))
+        unknown = sorted(set(file) - set(_KEYS) - {"run_as"})  # run_as: refused below, saying why
         if unknown:
             fail(f"unknown key(s) in {args.config}: {', '.join(unknown)}")
 
@@ -191,11 +193,15 @@ def load_config(args: argparse.Namespace, fail: Callable[[str], NoReturn]) -> tu
     if not isinstance(logging.getLevelName(loglevel), int):
         fail(f"unknown log level {loglevel!r}")
     secret = node_secret.choose(args, file, fail)
+    if args.run_as is not None or "run_as" in file:
+        fail(
+            "--run-as is gone: a root node now runs each cluster as a uid of its own (--job-uids, on by "
+            "default); --shared-run-as USER runs every cluster as one account, whose jobs can reach one another"
+        )
     try:
-        run_as = account.resolve(pick("run_as", None, None))
-        accounts = _opt(pick("job_uids", None, None), account.AccountPool.parse)
-        if accounts is not None and (os.getuid() != 0 or pick("run_as", None, None) or args.jobs_as_self):
-            raise ValueError("--job-uids needs a node run as root, and neither --run-as nor --jobs-as-self")
+        shared = pick("shared_run_as", None, None)
+        run_as = account.resolve(shared)
+        accounts = account.pool_for(pick("job_uids", None, None), shared, args.jobs_as_self)
         caps = Limits(
             memory=_opt(pick("max_memory", None, None), parse_size),
             cpu_time=_opt(pick("max_cpu_time", None, None), _positive_int),
@@ -252,7 +258,7 @@ def _positive_int(value: Any) -> int:
 def _usable_account(config: NodeConfig, as_self: bool) -> NodeConfig:
     """Settles the account jobs run as, and checks that it can run this Python.
 
-    As root, jobs run as `--run-as` (default `nobody`). That account cannot
+    As root, jobs run as uids of `--job-uids` (or `--shared-run-as`). They cannot
     run an interpreter that sits in a private directory (pyenv under /root,
     say): the node then refuses to start rather than run strangers' code as
     root. `--jobs-as-self` runs them as the node's own account instead, not
@@ -271,8 +277,8 @@ def _usable_account(config: NodeConfig, as_self: bool) -> NodeConfig:
     problem = account.cannot_run_python(run_as)
     if problem is not None:
         raise PermissionError(
-            f"{problem}; install dispy-shared where that account can read it, choose another --run-as, "
-            "or pass --jobs-as-self to run jobs as this node's own account (not isolated)"
+            f"{problem}; install dispy-shared where that account can read it, choose other --job-uids "
+            "(or --shared-run-as), or pass --jobs-as-self to run jobs as this node's own account (not isolated)"
         )
     return dataclasses.replace(config, account=run_as)
 
@@ -340,6 +346,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=loglevel, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         config = _usable_account(config, as_self=args.jobs_as_self)
+        if config.accounts is not None:  # what clusters of a node that died left: gone before a uid is reused
+            config.accounts.reclaim()
         _make_work_dir(config.work_dir, config.account or account.resolve(None))
     except OSError as exc:
         logger.error("cannot run jobs: %s", exc)
@@ -354,6 +362,11 @@ def main(argv: list[str] | None = None) -> None:
     else:
         runs_as = config.account.name if config.account else "us"
     logger.info("%s; work dir %s; jobs run as %s", offer, config.work_dir, runs_as)
+    if config.accounts is None and not args.jobs_as_self:  # --jobs-as-self warned already, as root
+        logger.warning(
+            "every cluster's jobs run as the one account %s: users' jobs can signal, trace and read one "
+            "another%s", runs_as, " (run the node as root for a uid per cluster)" if os.getuid() else ""
+        )  # fmt: skip
     try:
         with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
             code = runner.run(_serve(config, discovery_port, offer))

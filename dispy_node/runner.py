@@ -482,8 +482,7 @@ class _Cluster:
                          self.cluster_id, exc, acct.uid if acct else -1)  # fmt: skip
             return
         if pool is not None and acct is not None:
-            await asyncio.to_thread(account.remove_files_of, acct.uid)
-            pool.release(acct)
+            await asyncio.to_thread(pool.give_back, acct)  # only once nothing of it is left
 
     # -- the zygote ----------------------------------------------------------
 
@@ -493,7 +492,7 @@ class _Cluster:
             self._after = None
         pool = self.runner.config.accounts
         try:  # looking at every process is slow: off the loop; taking a uid is not, and is not cancelled
-            busy = await asyncio.to_thread(pool.uids_in_use) if pool is not None else set()
+            busy = await asyncio.to_thread(pool.survey) if pool is not None else set()
             self.account = account = pool.acquire(busy) if pool is not None else self.runner.account
         except PoolExhausted as exc:
             self.runner.cluster_failed(self.cluster_id, str(exc), self)

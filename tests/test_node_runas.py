@@ -1,4 +1,4 @@
-"""A node run as root runs strangers' jobs as `--run-as` (default nobody), never as root.
+"""A node run as root runs strangers' jobs as uids of their own (or, if told so, one shared account), never as root.
 
 The project's own interpreter may sit where `nobody` cannot read it (pyenv
 under /root on this project's machines). So the test builds an interpreter
@@ -25,9 +25,10 @@ from pathlib import Path
 import pytest
 
 from dispy_client import DispyJob
-from dispy_node.account import AccountPool, PoolExhausted
+from dispy_node.account import DEFAULT_JOB_UIDS, AccountPool, PoolExhausted
 from procs import EXPECT_CGROUP, Cluster, in_cgroup_v2
 from test_node_runner import Harness, double, run
+from waiting import wait_until
 
 SYSTEM_PYTHON = Path("/usr/bin/python3.11")
 NEEDED = ("dispy_wire", "dispy_node", "msgpack", "cloudpickle", "psutil")
@@ -55,14 +56,14 @@ def readable_python() -> Iterator[Path]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def test_root_node_runs_jobs_as_nobody_in_a_directory_of_their_own(cluster: Cluster, readable_python: Path) -> None:
+def test_a_root_node_told_to_share_one_account_runs_jobs_as_it_and_warns(cluster: Cluster, readable_python: Path) -> None:
     cluster.scheduler()
     work = Path(tempfile.mkdtemp(prefix="dispy-runas-work-"))
     try:
         work.chmod(0o711)  # nobody passes through to its clusters' directories, lists nothing
         node = cluster.start(
             [str(readable_python), "-m", "dispy_node.main", "--scheduler", cluster.address, "--cpus", "1",
-             "--name", "sandbox", "--work-dir", str(work / "node"), "--run-as", "nobody"],
+             "--name", "sandbox", "--work-dir", str(work / "node"), "--shared-run-as", "nobody"],
             "node",
             {"PYTHONPATH": ""},  # its own copies, not the project tree
         )  # fmt: skip
@@ -85,6 +86,7 @@ def test_root_node_runs_jobs_as_nobody_in_a_directory_of_their_own(cluster: Clus
             """
         )
         nobody = pwd.getpwnam("nobody")
+        assert "every cluster's jobs run as the one account nobody: users' jobs can signal" in node.stderr
         uid, gid, dir_uid, mode, cwd = json.loads(client.stdout)
         assert (uid, gid, dir_uid) == (nobody.pw_uid, nobody.pw_gid, nobody.pw_uid)
         assert mode == 0o700 and cwd.startswith(str(work / "node"))
@@ -99,7 +101,7 @@ def test_a_job_can_neither_raise_its_memory_limit_nor_leave_its_group(cluster: C
     try:
         work.chmod(0o711)
         argv = [str(readable_python), "-m", "dispy_node.main", "--scheduler", cluster.address, "--cpus", "1",
-                "--name", "sandbox", "--work-dir", str(work / "node"), "--run-as", "nobody", "--max-memory", "1G"]  # fmt: skip
+                "--name", "sandbox", "--work-dir", str(work / "node"), "--shared-run-as", "nobody", "--max-memory", "1G"]  # fmt: skip
         if os.environ.get(EXPECT_CGROUP) == "v2":
             argv = in_cgroup_v2(argv, "dispynode.service")
         node = cluster.start(argv, "node", {"PYTHONPATH": ""})
@@ -278,11 +280,24 @@ def test_uid_pool_refuses_what_is_no_range_of_unprivileged_uids(text: str) -> No
         AccountPool.parse(text)
 
 
-def test_job_uids_with_run_as_is_refused(tmp_path: Path) -> None:
+def test_job_uids_with_a_shared_account_is_refused(tmp_path: Path) -> None:
     argv = [sys.executable, "-m", "dispy_node.main", "--scheduler", "127.0.0.1:9", "--work-dir", str(tmp_path / "w"),
-            "--job-uids", "%d-%d" % JOB_UIDS, "--run-as", "nobody"]  # fmt: skip
+            "--job-uids", "%d-%d" % JOB_UIDS, "--shared-run-as", "nobody"]  # fmt: skip
     done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
-    assert done.returncode == 2 and "--job-uids needs a node run as root, and neither --run-as" in done.stderr
+    assert done.returncode == 2 and "--job-uids needs a node run as root, and neither --shared-run-as" in done.stderr
+
+
+@pytest.mark.parametrize("how", ["flag", "config"])
+def test_the_old_run_as_is_refused_saying_what_replaces_it(tmp_path: Path, how: str) -> None:
+    """`--run-as nobody` used to put every user's jobs in one account, silently: now that needs saying so."""
+    argv = [sys.executable, "-m", "dispy_node.main", "--scheduler", "127.0.0.1:9", "--work-dir", str(tmp_path / "w")]
+    if how == "flag":
+        argv += ["--run-as", "nobody"]
+    else:
+        (tmp_path / "node.toml").write_text('run_as = "nobody"\n')
+        argv += ["--config", str(tmp_path / "node.toml")]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2 and "--run-as is gone" in done.stderr and "--shared-run-as USER" in done.stderr
 
 
 def test_a_cluster_cannot_turn_the_root_node_onto_another_process(cluster: Cluster, readable_python: Path) -> None:
@@ -295,7 +310,7 @@ def test_a_cluster_cannot_turn_the_root_node_onto_another_process(cluster: Clust
     try:
         work.chmod(0o711)
         argv = [str(readable_python), "-m", "dispy_node.main", "--scheduler", cluster.address, "--cpus", "1",
-                "--name", "lured", "--work-dir", str(work / "node"), "--run-as", "nobody"]  # fmt: skip
+                "--name", "lured", "--work-dir", str(work / "node"), "--shared-run-as", "nobody"]  # fmt: skip
         node = cluster.start(argv, "node", {"PYTHONPATH": ""})
         node.wait_for_line(r"connected to ")
         client = cluster.run_client(
@@ -442,3 +457,137 @@ def test_a_secret_file_others_may_read_is_refused(tmp_path: Path) -> None:
     done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 2 and f"secret file {path} has mode 0640" in done.stderr, done.stderr
     assert f"chmod 600 {path}" in done.stderr
+
+
+# -- a uid of its own for each cluster, by default; and nothing of it left for the next ------------
+
+def test_a_root_node_gives_each_cluster_a_uid_of_its_own_by_default(cluster: Cluster, readable_python: Path) -> None:
+    cluster.scheduler()
+    work = Path(tempfile.mkdtemp(prefix="dispy-default-uids-"))
+    try:
+        work.chmod(0o711)
+        node = cluster.start(
+            [str(readable_python), "-m", "dispy_node.main", "--scheduler", cluster.address, "--cpus", "2",
+             "--name", "default", "--work-dir", str(work / "node")],
+            "node", {"PYTHONPATH": ""},
+        )  # fmt: skip
+        node.wait_for_line(r"connected to ")
+        first, last = map(int, DEFAULT_JOB_UIDS.split("-"))
+        assert f"jobs run as uids {first}-{last}, one per cluster" in node.stderr
+        assert "WARNING" not in node.stderr, node.stderr
+        client = cluster.run_client(
+            """
+            import json
+            from dispy_client import SharedJobCluster
+
+            def whoami():
+                import os, time
+                time.sleep(0.5)
+                return os.getuid()
+
+            with SharedJobCluster(whoami, user="alice") as a, SharedJobCluster(whoami, user="bob") as b:
+                ja, jb = a.submit(), b.submit()
+                print(json.dumps([ja(), jb()]))
+            """
+        )
+        uid_a, uid_b = json.loads(client.stdout)
+        assert first <= uid_a <= last and first <= uid_b <= last and uid_a != uid_b
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def test_what_a_cluster_left_anywhere_in_tmp_is_gone_before_its_uid_serves_another(
+    cluster: Cluster, readable_python: Path
+) -> None:
+    """A pool of one uid, so the second cluster gets the first's. The first leaves files at depth in a
+    sticky directory root made, in a directory of its own there, in /dev/shm and /var/tmp; the second
+    finds none of them."""
+    uid = JOB_UIDS[1] + 7
+    cluster.scheduler()
+    work = Path(tempfile.mkdtemp(prefix="dispy-reclaim-work-"))
+    shared = Path(tempfile.mkdtemp(prefix="dispy-sticky-"))  # root's, as /tmp itself
+    try:
+        work.chmod(0o711)
+        shared.chmod(0o1777)
+        (shared / "deeper").mkdir(mode=0o1777)
+        (shared / "deeper").chmod(0o1777)
+        node = cluster.start(
+            [str(readable_python), "-m", "dispy_node.main", "--scheduler", cluster.address, "--cpus", "1",
+             "--name", "one-uid", "--work-dir", str(work / "node"), "--job-uids", f"{uid}-{uid}", "--loglevel", "DEBUG"],
+            "node", {"PYTHONPATH": ""},
+        )  # fmt: skip
+        node.wait_for_line(r"connected to ")
+        places = [f"{shared}/deeper/x", f"{shared}/own/y", f"/dev/shm/left-{uid}", f"/var/tmp/left-{uid}"]
+        program = """
+            import json, sys
+            from dispy_client import SharedJobCluster
+
+            def leave(places):
+                import os
+                os.makedirs(os.path.dirname(places[1]), mode=0o755)
+                for p in places:
+                    with open(p, "w") as f:
+                        f.write("secret")
+                    os.chmod(p, 0o644)
+                return os.getuid()
+
+            def find(places):
+                import os
+                seen = {}
+                for p in places:
+                    try:
+                        with open(p) as f:
+                            seen[p] = f.read()
+                    except OSError as exc:
+                        seen[p] = type(exc).__name__
+                return os.getuid(), seen
+
+            with SharedJobCluster(leave if sys.argv[1] == "leave" else find) as c:
+                job = c.submit(%r)
+                print(json.dumps(job()), flush=True)
+            """ % places  # fmt: skip
+        leaver = cluster.client(program, "leaver", args=["leave"])
+        assert leaver.wait(60) == 0, cluster.describe()
+        assert json.loads(leaver.stdout) == uid
+        wait_until(lambda: f"uid {uid} is free again" in node.stderr, 30, "the uid back in the pool")
+        for removed in (places[0], f"{shared}/own", places[2], places[3]):
+            assert f"removing {removed}, left by uid {uid}" in node.stderr, node.stderr
+        finder = cluster.client(program, "finder", args=["find"])
+        assert finder.wait(60) == 0, cluster.describe()
+        found_uid, seen = json.loads(finder.stdout)
+        assert found_uid == uid and set(seen.values()) == {"FileNotFoundError"}, seen
+        assert (shared / "deeper").is_dir(), "root's directory stays; only what the uid owned goes"
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(shared, ignore_errors=True)
+        for p in (f"/dev/shm/left-{uid}", f"/var/tmp/left-{uid}"):
+            Path(p).unlink(missing_ok=True)
+
+
+def test_a_uid_with_a_process_or_an_unremovable_file_left_stays_out_of_use(tmp_path: Path) -> None:
+    uid = JOB_UIDS[1] + 8
+    pool = AccountPool(uid, uid)
+    acct = pool.acquire(set())
+    squatter = subprocess.Popen(["sleep", "60"], user=uid, group=uid, extra_groups=[])
+    try:
+        pool.give_back(acct)
+        with pytest.raises(PoolExhausted, match="1 kept out of use"):
+            pool.acquire(pool.survey())
+    finally:
+        squatter.kill()
+        squatter.wait()
+    stuck = Path(tempfile.mkdtemp(prefix="dispy-stuck-")) / "x"
+    try:
+        stuck.write_text("left")
+        os.chown(stuck, uid, uid)
+        if subprocess.run(["chattr", "+i", str(stuck)], capture_output=True, check=False).returncode != 0:
+            pytest.skip("this file system has no immutable files to make one that cannot be removed")
+        pool.reclaim({uid})  # no process now, but a file it cannot lose
+        with pytest.raises(PoolExhausted):
+            pool.acquire(pool.survey())
+        subprocess.run(["chattr", "-i", str(stuck)], check=True)
+        assert pool.acquire(pool.survey()).uid == uid  # dry: the held uid is looked at again, and is clean
+        assert not stuck.exists()
+    finally:
+        subprocess.run(["chattr", "-i", str(stuck)], capture_output=True, check=False)
+        shutil.rmtree(stuck.parent, ignore_errors=True)
