@@ -135,3 +135,17 @@ def test_shipped_example_configs_are_accepted_as_they_are(tmp_path: Path) -> Non
     (tmp_path / "scheduler.toml").write_text(scheduler_toml.replace("/etc/dispy/users.toml", str(tmp_path / "users.toml")))
     cfg = config_from_args(["--config", str(tmp_path / "scheduler.toml"), "--state-dir", str(tmp_path / "state")])
     assert cfg.users and cfg.node_secret and cfg.policy == "fair"
+
+
+def test_node_takes_its_secret_from_a_systemd_credential(cluster: Cluster, tmp_path: Path) -> None:
+    """dispynode.service's LoadCredential=node-secret:...: the secret is a file in $CREDENTIALS_DIRECTORY."""
+    cluster.scheduler(env={"DISPY_NODE_SECRET": "by-credential"})
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    for directory, secret in ((good, "by-credential\n"), (bad, "wrong\n")):
+        directory.mkdir(mode=0o700)
+        (directory / "node-secret").write_text(secret)
+        (directory / "node-secret").chmod(0o400)
+    refused = cluster.node(name="wrong", wait=False, env={"CREDENTIALS_DIRECTORY": str(bad)})
+    assert refused.wait(30) == 2, refused.describe()
+    node = cluster.node(name="right", env={"CREDENTIALS_DIRECTORY": str(good)})
+    assert "by-credential" not in " ".join(node.argv)
