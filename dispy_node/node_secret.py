@@ -139,7 +139,8 @@ def _reexec(values: dict[str, str | None]) -> NoReturn:
     env[_HANDOVER_FD] = str(r)
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, _without_secret_flag(sys.orig_argv), env)
+    argv = [sys.executable, *_without_secret_flag(sys.orig_argv[1:])]  # this very interpreter, found again
+    os.execve(sys.executable, argv, env)
 
 
 def _without_secret_flag(argv: list[str]) -> list[str]:
