@@ -230,7 +230,14 @@ SHARED_TMP = ("/tmp", "/var/tmp", "/dev/shm")
 def remove_files_of(uids: Container[int]) -> dict[int, list[str]]:
     """Removes whatever `uids` own in the shared temporary directories, at any depth: in directories
     of others too (a sticky one root made, say), and a directory of theirs with all in it (its owner
-    could empty it anyway). Follows no symbolic link and stays on each directory's file system.
+    could empty it anyway).
+
+    Others may rename and replace entries of those directories while we walk
+    them (root following a symbolic link swapped in would remove the wrong
+    files), so every step is taken from a descriptor of the directory it is
+    in: no symbolic link is followed, no path is looked up twice. The walk
+    stays on each directory's file system, and goes no deeper than
+    `MAX_DEPTH` into directories none of `uids` owns.
 
     Returns:
         By uid, what of it could not be removed.
@@ -238,46 +245,71 @@ def remove_files_of(uids: Container[int]) -> dict[int, list[str]]:
     left: dict[int, list[str]] = {}
     for top in SHARED_TMP:
         try:
-            device = os.lstat(top).st_dev
+            fd = os.open(top, _DIR_FLAGS)
         except OSError:
             continue
-        _sweep(top, device, uids, left)
+        try:
+            _sweep(fd, top, os.fstat(fd).st_dev, uids, left, 0)
+        finally:
+            os.close(fd)
     return left
 
 
-def _sweep(path: str, device: int, uids: Container[int], left: dict[int, list[str]]) -> None:
+#: levels of others' directories searched for a uid's files; a job cannot make such a chain itself
+MAX_DEPTH = 128
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _sweep(dir_fd: int, path: str, device: int, uids: Container[int], left: dict[int, list[str]], depth: int) -> None:
     try:
-        entries = list(os.scandir(path))
+        with os.scandir(dir_fd) as it:
+            names = [entry.name for entry in it]
     except OSError:
-        return  # gone, or not a directory any more
-    for entry in entries:
+        return
+    for name in names:
+        shown = os.path.join(path, name)
         try:
-            st = entry.stat(follow_symlinks=False)
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         except OSError:
             continue
         if st.st_uid in uids:
-            logger.debug("removing %s, left by uid %d", entry.path, st.st_uid)
-            _remove(entry.path, st, left.setdefault(st.st_uid, []))
-            if not left[st.st_uid]:
-                del left[st.st_uid]
+            logger.debug("removing %s, left by uid %d", shown, st.st_uid)
+            failed = _remove(dir_fd, name, shown, st)
+            if failed:
+                left.setdefault(st.st_uid, []).extend(failed)
         elif stat.S_ISDIR(st.st_mode) and st.st_dev == device:
-            _sweep(entry.path, device, uids, left)
+            if depth >= MAX_DEPTH:
+                logger.warning("not searched for files of pool uids: below %s (over %d levels)", shown, MAX_DEPTH)
+                continue
+            try:
+                fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+            except OSError:
+                continue
+            try:
+                if os.path.samestat(os.fstat(fd), st):  # not swapped since we looked
+                    _sweep(fd, shown, device, uids, left, depth + 1)
+            finally:
+                os.close(fd)
 
 
-def _remove(path: str, st: os.stat_result, failed: list[str]) -> None:
+def _remove(dir_fd: int, name: str, shown: str, st: os.stat_result) -> list[str]:
+    """Removes `name` in `dir_fd`, a directory with all in it; returns what could not be removed."""
+    failed: list[str] = []
+
     def note(_func: object, where: str, exc_info: tuple[type[BaseException], BaseException, object]) -> None:
-        if not isinstance(exc_info[1], FileNotFoundError):
-            failed.append(f"{where} ({exc_info[0].__name__})")
+        if not isinstance(exc_info[1], FileNotFoundError):  # `where` is relative to dir_fd
+            failed.append(f"{os.path.join(os.path.dirname(shown), where)} ({exc_info[0].__name__})")
 
-    if stat.S_ISDIR(st.st_mode):
-        shutil.rmtree(path, onerror=note)  # fd-based on Linux: no symbolic link in it is followed
-    else:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            failed.append(f"{path} ({type(exc).__name__})")
+    try:
+        if stat.S_ISDIR(st.st_mode):
+            shutil.rmtree(name, dir_fd=dir_fd, onerror=note)  # descriptor-based: follows no symbolic link
+        else:
+            os.unlink(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        pass
+    except (OSError, RecursionError) as exc:  # a tree too deep to walk is a tree left
+        failed.append(f"{shown} ({type(exc).__name__})")
+    return failed
 
 
 def _account_of(uid: int) -> Account:

@@ -591,3 +591,32 @@ def test_a_uid_with_a_process_or_an_unremovable_file_left_stays_out_of_use(tmp_p
     finally:
         subprocess.run(["chattr", "-i", str(stuck)], capture_output=True, check=False)
         shutil.rmtree(stuck.parent, ignore_errors=True)
+
+
+def test_removing_a_uids_files_follows_no_symbolic_link() -> None:
+    """Its link to root's files goes, not what it points to; root's link into a place of the uid's files is
+    not followed; a file of its deep in root's directories goes."""
+    uid = JOB_UIDS[1] + 9
+    top = Path(tempfile.mkdtemp(prefix="dispy-links-"))  # in /tmp: where the node looks
+    elsewhere = Path(tempfile.mkdtemp(prefix="dispy-links-", dir=Path.home()))  # where it does not
+    try:
+        top.chmod(0o1777)
+        (elsewhere / "precious").write_text("root's")
+        (elsewhere / "theirs").write_text("the uid's, outside the shared directories")
+        os.chown(elsewhere / "theirs", uid, uid)
+        (top / "link").symlink_to(elsewhere)
+        os.lchown(top / "link", uid, uid)
+        (top / "roots-link").symlink_to(elsewhere)
+        deep = top / "a" / "b" / "c"
+        deep.mkdir(parents=True)
+        (deep / "f").write_text("x")
+        os.chown(deep / "f", uid, uid)
+        from dispy_node.account import remove_files_of
+
+        assert remove_files_of({uid}) == {}
+        assert not (top / "link").is_symlink() and (top / "roots-link").is_symlink()
+        assert (elsewhere / "precious").read_text() == "root's" and (elsewhere / "theirs").exists()
+        assert not (deep / "f").exists() and deep.is_dir()
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+        shutil.rmtree(elsewhere, ignore_errors=True)
