@@ -51,7 +51,7 @@ def _client_event(session: str, user: str, msg: M.Message) -> E.Event | None:
         case M.SetNodeCpus(cluster_id, node, cpus):
             return E.NodeCpusSet(session, cluster_id, node, cpus)
         case M.GetStatus(ref):
-            return E.StatusRequested(session, ref)
+            return E.StatusRequested(session, ref, user)
     return None
 
 

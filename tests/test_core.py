@@ -672,8 +672,12 @@ def test_submit_beyond_max_queued_jobs_refuses_the_excess_naming_the_limit(make_
     assert [(r.job_id, r.status) for r in refused] == [(4, JobStatus.CANCELLED), (5, JobStatus.CANCELLED)]
     assert all("max_queued_jobs = 3" in r.exception for r in refused)
     assert core.users["alice"].queued == 3
-    # a resend of a refused id is idempotent; a running job frees a queue slot
-    assert not of(step(core, submitted("ca", "A", 4), now=3), A.Reject)
+    # no record is kept of a refused job: it was never accepted
+    assert sorted(core.clusters["A"].jobs) == [1, 2, 3]
+    assert [e[3:] for e in core.story("A", 4)] == [("new", "refused")]
+    # so a resend of a refused id is judged anew (refused again while the queue is full);
+    assert of(step(core, submitted("ca", "A", 4), now=3), A.Reject)
+    # a running job frees a queue slot
     step(core, joined("n1", 1), now=4)
     actions = step(core, submitted("ca", "A", 6), now=5)
     assert not of(actions, A.Reject) and core.users["alice"].queued == 3
@@ -746,13 +750,13 @@ def test_usage_restored_from_a_store_orders_users_and_round_trips(make_core: Cal
 
 
 def test_status_counts_users_nodes_and_cpus(make_core: Callable[..., SchedulerCore]) -> None:
-    core = make_core(shares={"alice": 3.0}, default_share=1.0, usage_half_life=100.0)
+    core = make_core(shares={"alice": 3.0}, default_share=1.0, usage_half_life=100.0, private_data=False)
     step(core, opened("ca", "A", "alice"), opened("cb", "B", "bob"), opened("cc", "C", "carol"), now=0)
     step(core, joined("n1", 4), joined("n2", 2), now=0)
     step(core, submitted("ca", "A", *range(6)), submitted("cb", "B", *range(4)), now=1)
     node = node_of(core, "A", 0)
     step(core, arrived(node, result("A", 0, start=1, end=11)), now=11)
-    status = step(core, E.StatusRequested("cb", "r1"), now=11)
+    status = step(core, E.StatusRequested("cb", "r1", "bob"), now=11)
     (report,) = of(status, A.ReportStatus)
     assert (report.client, report.ref) == ("cb", "r1")
     st_ = report.status
