@@ -63,6 +63,8 @@ class SchedConfig:
     user_max_held_bytes: int | None = 512 << 20
     #: a client sees other users only as totals (`--show-others` turns it off)
     private_data: bool = True
+    #: seconds a cluster whose program left is kept once nothing of it runs; 0: forever
+    keep_detached: float = 86400.0
     loglevel: str = "INFO"
     name: str = field(default_factory=socket.gethostname)
     users: dict[str, UserEntry] = field(default_factory=dict)
@@ -225,6 +227,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="results kept until the user's clients acknowledge them (512M); at it, the user's jobs wait",
     )  # fmt: skip
     p.add_argument(
+        "--keep-detached", type=float, metavar="S",
+        help="seconds a cluster whose program left without closing it is kept once none of its jobs is queued or "
+        "running: its results wait that long for recover_jobs (86400; 0: forever)",
+    )  # fmt: skip
+    p.add_argument(
         "--show-others", dest="private_data", action="store_false", default=None,
         help="let clients see other users by name in the scheduler's status (default: only as totals)",
     )  # fmt: skip
@@ -268,6 +275,8 @@ def config_from_args(argv: list[str] | None = None) -> SchedConfig:
     for name in ("port", "discovery_port"):
         if not 0 <= getattr(cfg, name) <= 65535:
             raise ConfigError(f"{name} {getattr(cfg, name)} out of range")
+    if cfg.keep_detached < 0:
+        raise ConfigError("keep_detached must be >= 0 seconds (0: forever)")
     if cfg.usage_half_life < 0:
         raise ConfigError("usage_half_life must be >= 0 seconds (0: usage never decays)")
     if cfg.max_message_size < 1024:

@@ -230,6 +230,11 @@ class SchedulerServer:
                 self._send(client, M.ClusterClosed(cluster_id))
             case A.ReportStatus(client, ref, status):
                 self._send(client, M.Status(ref, status))
+            case A.ForgetCluster(user, cluster_id, name, results):
+                log.info(
+                    "dropped cluster %s (%s) of user %s: its program left %g s or more ago; %d results nobody collected",
+                    name, cluster_id, user, self.core.config.keep_detached, results,
+                )  # fmt: skip
             case A.Reject(client, code, message, ref):
                 log.info("refused request from %s: %s (%s)", self._who(client), message, code)
                 self._send(client, M.Error(code, message, ref))

@@ -200,6 +200,33 @@ def test_closing_and_acknowledging_leave_nothing_behind(make_core: Callable[...,
     assert (alice.queued_bytes, alice.held_bytes, alice.clusters) == (0, 0, set())
 
 
+def test_a_cluster_whose_program_left_is_dropped_once_idle_for_keep_detached(make_core: Callable[..., SchedulerCore]) -> None:
+    core = make_core(keep_detached=100.0, default_limits=Limits(max_clusters=1))
+    step(core, opened("ca", "A", "alice"), joined("n1", 1, heartbeat=1000), now=0)
+    step(core, submitted("ca", "A", 1, 2), now=1)
+    step(core, E.ClientLeft("ca"), now=2)
+    step(core, arrived("n1", result("A", 1)), now=50)
+    assert not of(step(core, E.Tick(), now=140), A.ForgetCluster)  # job 2 still runs: kept
+    step(core, arrived("n1", result("A", 2)), now=150)  # idle from here; its results wait
+    assert not of(step(core, E.Tick(), now=249), A.ForgetCluster)
+    assert core.users["alice"].held_bytes > 0
+    actions = step(core, E.Tick(), now=250)
+    assert of(actions, A.ForgetCluster) == [A.ForgetCluster("alice", "A", "name-A", 2)]
+    assert [a.cluster_id for a in of(actions, A.UnloadCluster)] == ["A"]
+    alice = core.users["alice"]
+    assert "A" not in core.clusters and (alice.clusters, alice.held_bytes, alice.queued_bytes) == (set(), 0, 0)
+    assert not of(step(core, opened("ca2", "A2", "alice"), now=251), A.Reject)  # its slot is free again
+
+
+def test_an_attached_or_returning_cluster_is_never_dropped(make_core: Callable[..., SchedulerCore]) -> None:
+    core = make_core(keep_detached=10.0)
+    step(core, opened("ca", "A", "alice"), opened("cb", "B", "bob"), now=0)
+    step(core, E.ClientLeft("ca"), now=1)
+    step(core, opened("ca2", "A", "alice"), now=5)  # back before the deadline
+    assert not of(step(core, E.Tick(), now=1000), A.ForgetCluster)
+    assert set(core.clusters) == {"A", "B"}
+
+
 def test_record_overhead_is_what_the_limits_count(core: SchedulerCore) -> None:
     """`RECORD_OVERHEAD` covers what a queued job costs the core beyond its payload's bytes (measured)."""
     step(core, opened("ca", "A", "alice"), now=0)

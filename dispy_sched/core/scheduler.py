@@ -73,6 +73,9 @@ class CoreConfig:
     default_limits: Limits = NO_LIMITS
     #: a client's status shows other users only as totals (Slurm's PrivateData)
     private_data: bool = True
+    #: seconds a cluster whose client left is kept once it has no job queued or
+    #: running (its results wait that long to be collected); 0: kept forever
+    keep_detached: float = 86400.0
     #: half-life of decayed usage (seconds)
     usage_half_life: float = 3600.0
     #: a node is lost after this many heartbeat intervals without a report
@@ -167,6 +170,7 @@ class SchedulerCore:
                 return
             # re-attach after a reconnect: resend what the client may have missed
             cluster.client = ev.client
+            cluster.left_at = 0.0
             self._out.immediate.append(A.ConfirmOpened(ev.client, ev.cluster_id, True))
             for job in cluster.jobs.values():
                 if job.files:
@@ -347,6 +351,7 @@ class SchedulerCore:
         for cluster in self.clusters.values():
             if cluster.client == ev.client:
                 cluster.client = None
+                cluster.left_at = self.now
 
     @_on.register
     def _on_node_joined(self, ev: E.NodeJoined) -> None:
@@ -455,6 +460,19 @@ class SchedulerCore:
                 reason = f"no report for {self.now - node.last_seen:.1f} s"
                 self._lose_node(node.node_id, reason)
                 self._out.immediate.append(A.DropNode(node.node_id, reason))
+        keep = self.config.keep_detached
+        if keep > 0:
+            for cluster in [c for c in self.clusters.values() if c.client is None and not c.queued and not c.busy]:
+                if self.now - max(cluster.left_at, cluster.last_end) >= keep:
+                    self._forget_cluster(cluster)
+
+    def _forget_cluster(self, cluster: ClusterRecord) -> None:
+        """Drops a cluster whose program left long ago and which has nothing left to run."""
+        self._out.immediate.append(A.ForgetCluster(cluster.user, cluster.cluster_id, cluster.name, len(cluster.jobs)))
+        cluster.closing = True
+        for job in list(cluster.jobs.values()):
+            self._forget(cluster, job)
+        self._maybe_finish_close(cluster)
 
     # ------------------------------------------------------- state changes
 
@@ -562,6 +580,7 @@ class SchedulerCore:
         user.queued_bytes -= job_cost(job.payload)
         job.payload = None
         job.result = result
+        cluster.last_end = self.now
         job.held += result_cost(result)
         self._hold(cluster, result_cost(result))
         user.finished += 1

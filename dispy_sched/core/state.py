@@ -80,6 +80,8 @@ class ClusterRecord:
     resetting: set[str] = field(default_factory=set)  # nodes draining this cluster's jobs before a reload
     closing: bool = False
     last_dispatch: float = -math.inf
+    left_at: float = 0.0  # when its client left (meaningful while `client` is None)
+    last_end: float = 0.0  # when its latest job ended
 
     def code_bytes(self) -> int:
         """What its computations (the cluster's, and those loaded anew on some nodes) count in `queued_bytes`."""
