@@ -811,7 +811,12 @@ class CoreMachine(RuleBasedStateMachine):
     USERS = ("alice", "bob", "carol", "dave")
     POLICY = "fair"
     #: every policy runs under limits too: the core enforces them for all
-    LIMITS = {"bob": Limits(max_cpus=1), "carol": Limits(max_queued_jobs=3, priority_max=0)}
+    LIMITS = {
+        "bob": Limits(max_cpus=1),
+        "carol": Limits(max_queued_jobs=3, priority_max=0),
+        # about 6 jobs' arguments (or 3 clusters' computations), and 3 results
+        "dave": Limits(max_clusters=3, max_queued_bytes=3 * 1000, max_held_bytes=3 * 540),
+    }
 
     def __init__(self) -> None:
         super().__init__()
@@ -882,12 +887,14 @@ class CoreMachine(RuleBasedStateMachine):
 
     @rule(user=st.sampled_from(USERS), reentrant=st.booleans())
     def open_cluster(self, user: str, reentrant: bool) -> None:
-        cid = f"K{len(self.clusters)}"
+        cid = f"K{self.sessions}"
         client = self.session()
         self.attached[cid] = client
         self.clusters[cid], self.reentrant[cid] = user, reentrant
         actions = self.apply(opened(client, cid, user, reentrant=reentrant))
-        assert A.ConfirmOpened(client, cid, False) in actions
+        if A.ConfirmOpened(client, cid, False) not in actions:  # beyond dave's max_clusters or bytes
+            assert user == "dave" and [r.code for r in of(actions, A.Reject)] == [ErrorCode.LIMIT]
+            del self.attached[cid], self.clusters[cid], self.reentrant[cid]
 
     @precondition(lambda self: self.attached_clusters())
     @rule(data=st.data(), n=st.integers(1, 4), repeat=st.integers(0, 2), priority=st.integers(-1, 1))
@@ -901,7 +908,13 @@ class CoreMachine(RuleBasedStateMachine):
         ids = list(range(first, first + n)) + again
         actions = self.apply(submitted(self.attached[cid], cid, *ids, priority=priority), dt=0.1)
         rejects = of(actions, A.Reject)
-        assert all(r.code == ErrorCode.LIMIT and self.clusters[cid] == "carol" for r in rejects)
+        assert all(r.code == ErrorCode.LIMIT and self.clusters[cid] in ("carol", "dave") for r in rejects)
+        # a refused job leaves no record: a resend of it is judged anew, not a repeat
+        refused = {r.job_id for r in delivered(actions).get((self.attached[cid], cid), []) if "were refused" in r.exception}
+        assert bool(refused) == bool(rejects)
+        self.accepted[cid] -= refused
+        for job_id in refused:
+            del self.results[(cid, job_id)]
 
     @precondition(lambda self: self.attached_clusters())
     @rule(data=st.data())
@@ -1063,6 +1076,10 @@ class CoreMachine(RuleBasedStateMachine):
                 self.apply(E.JobsCancelled(self.attached[cid], cid, waiting))
         self.node_joins(4)
         for _ in range(200):
+            for cid, client in list(self.attached.items()):  # collected results let a paused user go on
+                done = sorted(j for (c, j) in self.results if c == cid and j not in self.acked[cid])
+                self.acked[cid].update(done)
+                self.apply(E.ResultsAcked(client, cid, done))
             busy = [n for n, jobs in self.node_jobs.items() if jobs]
             if not busy:
                 break
