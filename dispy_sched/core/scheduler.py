@@ -13,6 +13,10 @@ Invariants (checked by `invariants.check_invariants` in tests):
 - a job is in exactly one of: its cluster's queue (QUEUED), one node's job
   set (RUNNING), its cluster's undelivered results (DONE);
 - a node's, a user's and a cluster's `busy` equal their RUNNING jobs;
+- a user's `queued_bytes` is what its open clusters' computations and its
+  unfinished jobs' arguments cost, its `held_bytes` what its DONE jobs'
+  results and kept files cost (`state.job_cost`, `result_cost`, `file_cost`);
+  a job refused at submit is in neither: the core keeps no record of it;
 - a job leaves RUNNING only on its node's result, on that node's loss, or on
   its cluster's set-up failure there: never twice, so each accepted job gets
   exactly one terminal result (principle 4 of DESIGN.md).

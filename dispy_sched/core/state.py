@@ -181,7 +181,7 @@ class Limits:
 NO_LIMITS = Limits()
 
 #: bytes a job's record, heap entries and result envelope take beyond its
-#: payloads (measured: tests/test_core.py `test_record_overhead_is_what_the_limits_count`),
+#: payloads (measured: tests/test_core_limits.py `test_record_overhead_is_what_the_limits_count`),
 #: counted so that a flood of empty jobs or results is bounded by the byte limits too
 RECORD_OVERHEAD = 512
 
