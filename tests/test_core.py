@@ -907,9 +907,12 @@ class CoreMachine(RuleBasedStateMachine):
         again = data.draw(st.lists(st.sampled_from(old), max_size=repeat)) if old and repeat else []
         ids = list(range(first, first + n)) + again
         actions = self.apply(submitted(self.attached[cid], cid, *ids, priority=priority), dt=0.1)
+        self.forget_refused(cid, actions)
+
+    def forget_refused(self, cid: str, actions: list[A.Action]) -> None:
+        """A refused job leaves no record: a resend of it is judged anew, not a repeat."""
         rejects = of(actions, A.Reject)
         assert all(r.code == ErrorCode.LIMIT and self.clusters[cid] in ("carol", "dave") for r in rejects)
-        # a refused job leaves no record: a resend of it is judged anew, not a repeat
         refused = {r.job_id for r in delivered(actions).get((self.attached[cid], cid), []) if "were refused" in r.exception}
         assert bool(refused) == bool(rejects)
         self.accepted[cid] -= refused
@@ -926,7 +929,7 @@ class CoreMachine(RuleBasedStateMachine):
         self.next_job[cid] += 1
         spec = JobSpec(job_id, 0, b"", {"node": data.draw(st.sampled_from(names))})
         self.pinned.add((cid, job_id))
-        self.apply(E.JobsSubmitted(self.attached[cid], cid, [spec]), dt=0.1)
+        self.forget_refused(cid, self.apply(E.JobsSubmitted(self.attached[cid], cid, [spec]), dt=0.1))
 
     @precondition(lambda self: self.attached_clusters() and self.core.nodes)
     @rule(data=st.data(), cpus=st.integers(-1, 3))

@@ -134,7 +134,7 @@ def test_results_nobody_collects_pause_their_users_jobs_until_collected(cluster:
     alice = cluster.client(
         f"""
         import os, time
-        from dispy_client import SharedJobCluster, DispyJob
+        from dispy_client import SharedJobCluster
 
         def compute(i):
             import time
@@ -143,8 +143,11 @@ def test_results_nobody_collects_pause_their_users_jobs_until_collected(cluster:
 
         cluster = SharedJobCluster(compute, user="alice", secret="a-secret", recover_file={str(recover)!r})
         jobs = [cluster.submit(i) for i in range(8)]
-        while jobs[0].status == DispyJob.Created:  # started: the scheduler has all 8 (one submit, in order)
-            time.sleep(0.01)
+        while True:  # until the scheduler has all 8 (they may leave in more than one submit)
+            me = cluster.scheduler_status()["users"]["alice"]
+            if me["queued"] + me["busy"] + me["finished"] == 8:
+                break
+            time.sleep(0.05)
         print("leaving", flush=True)
         os._exit(0)  # gone without closing: its results are held for it
         """,
