@@ -12,7 +12,9 @@ from __future__ import annotations
 import logging
 
 from .cluster import BaseCluster, SharedJobCluster
-from .errors import AuthenticationError, ClusterError, DispyError, JobError, ProtocolError, SchedulerUnreachable
+from .errors import (
+    AuthenticationError, ClusterError, DispyError, JobError, LimitError, ProtocolError, SchedulerUnreachable,
+)
 from .executor import ClusterExecutor
 from .job import DispyJob
 from .jobcluster import JobCluster
@@ -36,6 +38,7 @@ __all__ = [
     "DispyNodeAvailInfo",
     "JobCluster",
     "JobError",
+    "LimitError",
     "NodeAllocate",
     "ProtocolError",
     "SchedulerUnreachable",

@@ -19,7 +19,7 @@ from dispy_wire.framing import NEED_DATA, PREAMBLE, FrameDecoder
 from dispy_wire.handshake import PeerHandshake, Role
 from dispy_wire.loop import event_loop_factory
 
-from .errors import AuthenticationError, ProtocolError, SchedulerUnreachable
+from .errors import AuthenticationError, LimitError, ProtocolError, SchedulerUnreachable
 
 log = logging.getLogger("dispy_client")
 T = TypeVar("T")
@@ -68,6 +68,8 @@ def _handshake_error(exc: RemoteWireError, where: str, user: str) -> Exception:
         return AuthenticationError(f"scheduler {where} rejected user {user!r}: bad secret")
     if exc.code is ErrorCode.UNKNOWN_USER:
         return AuthenticationError(f"scheduler {where} rejected user {user!r}: unknown user")
+    if exc.code is ErrorCode.LIMIT:
+        return LimitError(f"scheduler {where} refused user {user!r}: {exc.message}")
     if exc.code is ErrorCode.BAD_VERSION:
         return ProtocolError(f"scheduler {where}: {exc.message}")
     return ProtocolError(f"scheduler {where} refused the connection: {exc.message} ({exc.code})")

@@ -23,6 +23,10 @@ class ClusterError(DispyError):
     """The scheduler refused a request about a cluster (the message says why)."""
 
 
+class LimitError(ClusterError):
+    """The scheduler refused a request beyond one of this user's limits; the message names it and the numbers."""
+
+
 class JobError(DispyError):
     """A job ended without a result (raised by `map`, executor futures and `asubmit`).
 

@@ -30,7 +30,7 @@ from dispy_wire.errors import ErrorCode
 from dispy_wire.status import JobStatus
 
 from .connection import LoopThread, SchedulerLink
-from .errors import ClusterError, DispyError
+from .errors import ClusterError, DispyError, LimitError
 
 log = logging.getLogger("dispy_client")
 
@@ -277,9 +277,10 @@ class ClusterSession:
 
     def _on_error(self, code: str, message: str, ref: str) -> None:
         if self._opened is not None and not self._opened.done() and ref == self.cluster_id:
-            self._opened.set_exception(ClusterError(f"scheduler refused cluster {self.open_msg.name}: {message}"))
+            error = LimitError if code == ErrorCode.LIMIT else ClusterError
+            self._opened.set_exception(error(f"scheduler refused cluster {self.open_msg.name}: {message}"))
             return
-        level = logging.WARNING if code == ErrorCode.SETUP_FAILED else logging.ERROR
+        level = logging.WARNING if code in (ErrorCode.SETUP_FAILED, ErrorCode.LIMIT) else logging.ERROR
         log.log(level, "scheduler: %s (%s)", message, code)
         self.errors.append(message)
 

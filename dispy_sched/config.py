@@ -7,17 +7,26 @@ import ipaddress
 import os
 import socket
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from dispy_wire.discovery import DISCOVERY_PORT
 from dispy_wire.framing import DEFAULT_MAX_SIZE
 from dispy_wire.handshake import Role
+from dispy_wire.limits import parse_size
 
-from .core.state import NO_LIMITS, Limits
+from .core.state import Limits
 
 DEFAULT_PORT = 9702
+
+#: what a `[users.NAME]` table may hold; anything else is refused at start
+LIMIT_KEYS = tuple(f.name for f in fields(Limits))
+USER_KEYS = ("secret", "share", *LIMIT_KEYS)
+#: limits written as sizes (`512M`); `priority_max` may be negative; the rest are counts
+SIZE_LIMITS = ("max_queued_bytes", "max_held_bytes")
+#: the value that lifts a limit
+UNLIMITED = "unlimited"
 
 
 class ConfigError(ValueError):
@@ -28,7 +37,8 @@ class ConfigError(ValueError):
 class UserEntry:
     secret: str
     share: float = 1.0
-    limits: Limits = NO_LIMITS
+    #: the limits this user's table sets (None: unlimited); the rest are the scheduler's defaults
+    limits: dict[str, int | None] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -46,6 +56,15 @@ class SchedConfig:
     usage_half_life: float = 3600.0
     status_log_interval: float = 60.0
     usage_save_interval: float = 60.0
+    #: every user's limits unless its [users.NAME] table says otherwise (None: unlimited)
+    user_max_connections: int | None = 64
+    user_max_clusters: int | None = 32
+    user_max_queued_bytes: int | None = 512 << 20
+    user_max_held_bytes: int | None = 512 << 20
+    #: a client sees other users only as totals (`--show-others` turns it off)
+    private_data: bool = True
+    #: seconds a cluster whose program left is kept once nothing of it runs; 0: forever
+    keep_detached: float = 86400.0
     loglevel: str = "INFO"
     name: str = field(default_factory=socket.gethostname)
     users: dict[str, UserEntry] = field(default_factory=dict)
@@ -62,15 +81,35 @@ class SchedConfig:
     def shares(self) -> dict[str, float]:
         return {name: entry.share for name, entry in self.users.items()}
 
+    def default_limits(self) -> Limits:
+        """The limits of a user its table does not change (and of any user under `--secret`)."""
+        return Limits(
+            max_connections=self.user_max_connections,
+            max_clusters=self.user_max_clusters,
+            max_queued_bytes=self.user_max_queued_bytes,
+            max_held_bytes=self.user_max_held_bytes,
+        )
+
     def limits(self) -> dict[str, Limits]:
-        return {name: entry.limits for name, entry in self.users.items() if entry.limits != NO_LIMITS}
+        """The limits of each user in the users file: its table's over the defaults."""
+        return {name: replace(self.default_limits(), **entry.limits) for name, entry in self.users.items()}
+
+    def limits_for(self, name: str) -> Limits:
+        entry = self.users.get(name)
+        return replace(self.default_limits(), **entry.limits) if entry else self.default_limits()
 
 
 def load_users(path: str) -> dict[str, UserEntry]:
     """Reads `[users.NAME]` tables: `secret`, `share` (default 1) and optional limits.
 
-    Limits (each a non-negative integer; absent means none): `max_cpus`,
-    `max_queued_jobs`, `priority_max` (any integer). See docs/policies.md.
+    Limits (`LIMIT_KEYS`; absent: the scheduler's default, which is none for
+    `max_cpus`, `max_queued_jobs` and `priority_max`): non-negative integers,
+    sizes such as `512M` for `SIZE_LIMITS`, any integer for `priority_max`,
+    or "unlimited". See README.md and docs/security.md.
+
+    Raises:
+        ConfigError: an unreadable file, a table without a secret, a bad
+            value, or a key it does not know (naming it and the known ones).
     """
     try:
         with open(path, "rb") as f:
@@ -81,6 +120,11 @@ def load_users(path: str) -> dict[str, UserEntry]:
     for name, table in data.get("users", {}).items():
         if not isinstance(table, dict) or not isinstance(table.get("secret"), str):
             raise ConfigError(f"users file {path}: [users.{name}] needs secret = \"...\"")
+        unknown = sorted(set(table) - set(USER_KEYS))
+        if unknown:
+            raise ConfigError(
+                f"users file {path}: [users.{name}] has unknown key(s) {', '.join(unknown)}; known keys: {', '.join(USER_KEYS)}"
+            )
         share = table.get("share", 1)
         if not isinstance(share, (int, float)) or isinstance(share, bool) or share <= 0:
             raise ConfigError(f"users file {path}: [users.{name}] share must be a positive number")
@@ -90,17 +134,34 @@ def load_users(path: str) -> dict[str, UserEntry]:
     return users
 
 
-def _limits(table: dict[str, Any], where: str) -> Limits:
-    values: dict[str, int] = {}
-    for name in ("max_cpus", "max_queued_jobs", "priority_max"):
-        value = table.get(name)
-        if value is None:
-            continue
-        if not isinstance(value, int) or isinstance(value, bool) or (value < 0 and name != "priority_max"):
-            kind = "an integer" if name == "priority_max" else "a non-negative integer"
-            raise ConfigError(f"{where} {name} must be {kind}")
-        values[name] = value
-    return Limits(**values)
+def _limits(table: dict[str, Any], where: str) -> dict[str, int | None]:
+    return {name: limit_value(name, table[name], where) for name in LIMIT_KEYS if name in table}
+
+
+def limit_value(name: str, value: object, where: str) -> int | None:
+    """A limit as written (in a users table, the config file or a flag): its value, None if unlimited.
+
+    Raises:
+        ConfigError: naming `where`, the key and what it must be.
+    """
+    if value == UNLIMITED:
+        return None
+    if name in SIZE_LIMITS and isinstance(value, str):
+        try:
+            return parse_size(value)
+        except ValueError as exc:
+            raise ConfigError(f"{where} {name}: {exc}") from None
+    if isinstance(value, str):
+        try:
+            value = int(value)  # from the command line
+        except ValueError:
+            pass
+    if not isinstance(value, int) or isinstance(value, bool) or (value < 0 and name != "priority_max"):
+        kind = "an integer" if name == "priority_max" else "a non-negative integer"
+        if name in SIZE_LIMITS:
+            kind = "a size in bytes (such as 512M or 2G)"
+        raise ConfigError(f"{where} {name} must be {kind} or \"{UNLIMITED}\", not {value!r}")
+    return value
 
 
 def default_state_dir() -> str:
@@ -145,13 +206,35 @@ def build_parser() -> argparse.ArgumentParser:
     auth.add_argument(
         "--users-file",
         metavar="FILE",
-        help="TOML with [users.NAME] secret = ..., share = N, and optional max_cpus, max_queued_jobs, priority_max",
+        help=f"TOML with [users.NAME] secret = ..., share = N, and optional limits {', '.join(LIMIT_KEYS)}",
     )
     p.add_argument("--node-secret", help="secret that nodes must prove (default $DISPY_NODE_SECRET, else empty)")
     p.add_argument("--state-dir", metavar="DIR", help="where the scheduler keeps its state")
     p.add_argument("--max-message-size", type=int, metavar="BYTES", help="largest message accepted (default 64 MiB)")
     p.add_argument("--handshake-timeout", type=float, metavar="S", help="seconds a peer has to authenticate (10)")
     p.add_argument("--usage-half-life", type=float, metavar="S", help="half-life of decayed usage, kept in the state dir (3600)")
+    limits = p.add_argument_group(
+        "per-user limits", 'defaults for every user; a [users.NAME] table may set its own ("unlimited" lifts one)'
+    )
+    limits.add_argument("--user-max-connections", metavar="N", help="authenticated connections at once (64)")
+    limits.add_argument("--user-max-clusters", metavar="N", help="clusters open at once (32)")
+    limits.add_argument(
+        "--user-max-queued-bytes", metavar="SIZE",
+        help="job arguments and computations kept for unfinished work (512M); a submit or open beyond is refused",
+    )  # fmt: skip
+    limits.add_argument(
+        "--user-max-held-bytes", metavar="SIZE",
+        help="results kept until the user's clients acknowledge them (512M); at it, the user's jobs wait",
+    )  # fmt: skip
+    p.add_argument(
+        "--keep-detached", type=float, metavar="S",
+        help="seconds a cluster whose program left without closing it is kept once none of its jobs is queued or "
+        "running: its results wait that long for recover_jobs (86400; 0: forever)",
+    )  # fmt: skip
+    p.add_argument(
+        "--show-others", dest="private_data", action="store_false", default=None,
+        help="let clients see other users by name in the scheduler's status (default: only as totals)",
+    )  # fmt: skip
     p.add_argument("--loglevel", help="DEBUG, INFO (default), WARNING, ERROR")
     return p
 
@@ -180,6 +263,10 @@ def config_from_args(argv: list[str] | None = None) -> SchedConfig:
         raise ConfigError(f"unknown option(s) in config: {', '.join(sorted(unknown))}")
     if values.get("secret") is not None and values.get("users_file") is not None:
         raise ConfigError("give either secret or users_file, not both")
+    for key in [k for k in values if k.startswith("user_max_")]:
+        values[key] = limit_value(key.removeprefix("user_"), values[key], "config")
+    if not isinstance(values.get("private_data", True), bool):
+        raise ConfigError("private_data must be true or false")
     cfg = SchedConfig(**values)
     if cfg.users_file:
         cfg.users = load_users(cfg.users_file)
@@ -188,6 +275,8 @@ def config_from_args(argv: list[str] | None = None) -> SchedConfig:
     for name in ("port", "discovery_port"):
         if not 0 <= getattr(cfg, name) <= 65535:
             raise ConfigError(f"{name} {getattr(cfg, name)} out of range")
+    if cfg.keep_detached < 0:
+        raise ConfigError("keep_detached must be >= 0 seconds (0: forever)")
     if cfg.usage_half_life < 0:
         raise ConfigError("usage_half_life must be >= 0 seconds (0: usage never decays)")
     if cfg.max_message_size < 1024:

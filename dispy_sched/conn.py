@@ -51,7 +51,7 @@ def _client_event(session: str, user: str, msg: M.Message) -> E.Event | None:
         case M.SetNodeCpus(cluster_id, node, cpus):
             return E.NodeCpusSet(session, cluster_id, node, cpus)
         case M.GetStatus(ref):
-            return E.StatusRequested(session, ref)
+            return E.StatusRequested(session, ref, user)
     return None
 
 
@@ -133,6 +133,10 @@ class PeerConnection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        refusal = self.server.admit(peer)
+        if refusal is not None:  # over a per-user limit: refused like a bad login, never registered
+            self.fail(refusal, fatal=True, who=f"{peer.role} {peer.name!r}")
+            return
         self.peer = peer
         event = self.server.peer_joined(self)
         self.send(M.Welcome(self.session, self.server.welcome_info(peer.role)))
@@ -170,9 +174,9 @@ class PeerConnection(asyncio.Protocol):
             return
         self._writer.send(M.encode(msg))
 
-    def fail(self, exc: RemoteWireError, fatal: bool = False) -> None:
+    def fail(self, exc: RemoteWireError, fatal: bool = False, who: str = "") -> None:
         """Logs a bad input, tells the sender, and (if fatal) closes."""
-        who = f"{self.peer.role} {self.peer.name!r}" if self.peer else "unauthenticated peer"
+        who = who or (f"{self.peer.role} {self.peer.name!r}" if self.peer else "unauthenticated peer")
         log.warning("%s from %s (%s): %s%s", exc.code, who, self.address, exc.message, "; closing" if fatal else "")
         if fatal:
             self.send(ServerHandshake.refuse(exc))

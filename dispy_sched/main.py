@@ -39,7 +39,10 @@ def _lock_state_dir(path: str) -> IO[str]:
 
 
 async def serve(cfg: SchedConfig, policy: Policy, usage_store: UsageStore) -> None:
-    core_config = CoreConfig(shares=cfg.shares(), limits=cfg.limits(), usage_half_life=cfg.usage_half_life)
+    core_config = CoreConfig(
+        shares=cfg.shares(), limits=cfg.limits(), default_limits=cfg.default_limits(),
+        private_data=cfg.private_data, keep_detached=cfg.keep_detached, usage_half_life=cfg.usage_half_life,
+    )  # fmt: skip
     server = SchedulerServer(cfg, SchedulerCore(policy, core_config), usage_store)
     core = server.core
     host, port = await server.start()

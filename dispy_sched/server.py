@@ -17,11 +17,13 @@ import itertools
 import logging
 import sqlite3
 import time
+from collections import Counter
 from typing import Any
 
 from dispy_wire import messages as M
 from dispy_wire.batching import by_size
-from dispy_wire.handshake import Role
+from dispy_wire.errors import ErrorCode, RemoteWireError
+from dispy_wire.handshake import Peer, Role
 
 from .config import SchedConfig
 from .conn import PeerConnection
@@ -52,6 +54,8 @@ class SchedulerServer:
         self.core = core
         self.usage_store = usage_store
         self.peers: dict[str, PeerConnection] = {}
+        #: authenticated client connections per user, for `max_connections`
+        self._client_conns: Counter[str] = Counter()
         self._ids = itertools.count(1)
         self._pending: list[E.Event] = []
         self._drain_scheduled = False
@@ -114,11 +118,14 @@ class SchedulerServer:
         status = self.core.status()
         log.info("cluster: %d nodes, %d/%d CPUs busy, %d jobs queued", len(status["nodes"]), status["busy"], status["cpus"], status["queued"])
         for name, u in sorted(status["users"].items()):
-            if u["busy"] or u["queued"] or u["usage"] >= 0.5:
+            if u["busy"] or u["queued"] or u["usage"] >= 0.5 or u["held_bytes"]:
                 limits = "".join(f", {k} {v}" for k, v in u["limits"].items())
+                paused = " (paused: results not collected)" if u["paused"] else ""
                 log.info(
-                    "user %s: share %g (target %.0f%%), %d busy, %d queued, usage %.0f CPU-s%s",
-                    name, u["share"], 100 * u["target"], u["busy"], u["queued"], u["usage"], limits,
+                    "user %s: share %g (target %.0f%%), %d busy, %d queued, usage %.0f CPU-s, "
+                    "%d clusters, %d bytes queued, %d bytes of results held%s%s",
+                    name, u["share"], 100 * u["target"], u["busy"], u["queued"], u["usage"],
+                    u["clusters"], u["queued_bytes"], u["held_bytes"], paused, limits,
                 )
 
     # ---------------------------------------------------------------- peers
@@ -133,6 +140,19 @@ class SchedulerServer:
             "max_message_size": self.config.max_message_size,
         }
 
+    def admit(self, peer: Peer) -> RemoteWireError | None:
+        """Why an authenticated peer may not stay (its user's `max_connections`), or None."""
+        if peer.role is not Role.CLIENT:
+            return None
+        limit = self.config.limits_for(peer.name).max_connections
+        if limit is None or self._client_conns[peer.name] < limit:
+            return None
+        return RemoteWireError(
+            ErrorCode.LIMIT,
+            f"user {peer.name} may have at most max_connections = {limit} connections to the scheduler "
+            f"and has {self._client_conns[peer.name]}",
+        )
+
     def peer_joined(self, conn: PeerConnection) -> E.Event | None:
         """Registers an authenticated peer; returns the event announcing it."""
         assert conn.peer is not None
@@ -140,6 +160,7 @@ class SchedulerServer:
         peer = conn.peer
         log.info("%s %s connected from %s", peer.role, peer.name, conn.address)
         if peer.role is Role.CLIENT:
+            self._client_conns[peer.name] += 1
             return None
         cpus, heartbeat = peer.info.get("cpus"), peer.info.get("heartbeat", 2.0)
         if not isinstance(cpus, int) or isinstance(cpus, bool) or cpus < 0:
@@ -155,6 +176,9 @@ class SchedulerServer:
         if self.peers.pop(conn.session, None) is None or conn.peer is None:
             return
         if conn.peer.role is Role.CLIENT:
+            self._client_conns[conn.peer.name] -= 1
+            if not self._client_conns[conn.peer.name]:
+                del self._client_conns[conn.peer.name]
             self.submit(E.ClientLeft(conn.session))
         else:
             self.submit(E.NodeLeft(conn.session, reason))
@@ -206,6 +230,11 @@ class SchedulerServer:
                 self._send(client, M.ClusterClosed(cluster_id))
             case A.ReportStatus(client, ref, status):
                 self._send(client, M.Status(ref, status))
+            case A.ForgetCluster(user, cluster_id, name, results):
+                log.info(
+                    "dropped cluster %s (%s) of user %s: its program left %g s or more ago; %d results nobody collected",
+                    name, cluster_id, user, self.core.config.keep_detached, results,
+                )  # fmt: skip
             case A.Reject(client, code, message, ref):
                 log.info("refused request from %s: %s (%s)", self._who(client), message, code)
                 self._send(client, M.Error(code, message, ref))

@@ -53,7 +53,8 @@ def main() -> None:
     try:
         sched, m = start(
             [str(bindir / "dispyscheduler"), "--port", "0", "--users-file", str(tmp / "users.toml"),
-             "--node-secret", "demo-node", "--state-dir", str(tmp / "state")],
+             "--node-secret", "demo-node", "--state-dir", str(tmp / "state"),
+             "--show-others"],  # the observer watches alice and bob by name (by default: totals only)
             r"listening on (\S+):(\d+)", tmp / "scheduler.log",
         )
         procs.append(sched)

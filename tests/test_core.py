@@ -672,8 +672,12 @@ def test_submit_beyond_max_queued_jobs_refuses_the_excess_naming_the_limit(make_
     assert [(r.job_id, r.status) for r in refused] == [(4, JobStatus.CANCELLED), (5, JobStatus.CANCELLED)]
     assert all("max_queued_jobs = 3" in r.exception for r in refused)
     assert core.users["alice"].queued == 3
-    # a resend of a refused id is idempotent; a running job frees a queue slot
-    assert not of(step(core, submitted("ca", "A", 4), now=3), A.Reject)
+    # no record is kept of a refused job: it was never accepted
+    assert sorted(core.clusters["A"].jobs) == [1, 2, 3]
+    assert [e[3:] for e in core.story("A", 4)] == [("new", "refused")]
+    # so a resend of a refused id is judged anew (refused again while the queue is full);
+    assert of(step(core, submitted("ca", "A", 4), now=3), A.Reject)
+    # a running job frees a queue slot
     step(core, joined("n1", 1), now=4)
     actions = step(core, submitted("ca", "A", 6), now=5)
     assert not of(actions, A.Reject) and core.users["alice"].queued == 3
@@ -746,13 +750,13 @@ def test_usage_restored_from_a_store_orders_users_and_round_trips(make_core: Cal
 
 
 def test_status_counts_users_nodes_and_cpus(make_core: Callable[..., SchedulerCore]) -> None:
-    core = make_core(shares={"alice": 3.0}, default_share=1.0, usage_half_life=100.0)
+    core = make_core(shares={"alice": 3.0}, default_share=1.0, usage_half_life=100.0, private_data=False)
     step(core, opened("ca", "A", "alice"), opened("cb", "B", "bob"), opened("cc", "C", "carol"), now=0)
     step(core, joined("n1", 4), joined("n2", 2), now=0)
     step(core, submitted("ca", "A", *range(6)), submitted("cb", "B", *range(4)), now=1)
     node = node_of(core, "A", 0)
     step(core, arrived(node, result("A", 0, start=1, end=11)), now=11)
-    status = step(core, E.StatusRequested("cb", "r1"), now=11)
+    status = step(core, E.StatusRequested("cb", "r1", "bob"), now=11)
     (report,) = of(status, A.ReportStatus)
     assert (report.client, report.ref) == ("cb", "r1")
     st_ = report.status
@@ -807,7 +811,12 @@ class CoreMachine(RuleBasedStateMachine):
     USERS = ("alice", "bob", "carol", "dave")
     POLICY = "fair"
     #: every policy runs under limits too: the core enforces them for all
-    LIMITS = {"bob": Limits(max_cpus=1), "carol": Limits(max_queued_jobs=3, priority_max=0)}
+    LIMITS = {
+        "bob": Limits(max_cpus=1),
+        "carol": Limits(max_queued_jobs=3, priority_max=0),
+        # about 6 jobs' arguments (or 3 clusters' computations), and 3 results
+        "dave": Limits(max_clusters=3, max_queued_bytes=3 * 1000, max_held_bytes=3 * 540),
+    }
 
     def __init__(self) -> None:
         super().__init__()
@@ -878,12 +887,14 @@ class CoreMachine(RuleBasedStateMachine):
 
     @rule(user=st.sampled_from(USERS), reentrant=st.booleans())
     def open_cluster(self, user: str, reentrant: bool) -> None:
-        cid = f"K{len(self.clusters)}"
+        cid = f"K{self.sessions}"
         client = self.session()
         self.attached[cid] = client
         self.clusters[cid], self.reentrant[cid] = user, reentrant
         actions = self.apply(opened(client, cid, user, reentrant=reentrant))
-        assert A.ConfirmOpened(client, cid, False) in actions
+        if A.ConfirmOpened(client, cid, False) not in actions:  # beyond dave's max_clusters or bytes
+            assert user == "dave" and [r.code for r in of(actions, A.Reject)] == [ErrorCode.LIMIT]
+            del self.attached[cid], self.clusters[cid], self.reentrant[cid]
 
     @precondition(lambda self: self.attached_clusters())
     @rule(data=st.data(), n=st.integers(1, 4), repeat=st.integers(0, 2), priority=st.integers(-1, 1))
@@ -896,8 +907,17 @@ class CoreMachine(RuleBasedStateMachine):
         again = data.draw(st.lists(st.sampled_from(old), max_size=repeat)) if old and repeat else []
         ids = list(range(first, first + n)) + again
         actions = self.apply(submitted(self.attached[cid], cid, *ids, priority=priority), dt=0.1)
+        self.forget_refused(cid, actions)
+
+    def forget_refused(self, cid: str, actions: list[A.Action]) -> None:
+        """A refused job leaves no record: a resend of it is judged anew, not a repeat."""
         rejects = of(actions, A.Reject)
-        assert all(r.code == ErrorCode.LIMIT and self.clusters[cid] == "carol" for r in rejects)
+        assert all(r.code == ErrorCode.LIMIT and self.clusters[cid] in ("carol", "dave") for r in rejects)
+        refused = {r.job_id for r in delivered(actions).get((self.attached[cid], cid), []) if "were refused" in r.exception}
+        assert bool(refused) == bool(rejects)
+        self.accepted[cid] -= refused
+        for job_id in refused:
+            del self.results[(cid, job_id)]
 
     @precondition(lambda self: self.attached_clusters())
     @rule(data=st.data())
@@ -909,7 +929,7 @@ class CoreMachine(RuleBasedStateMachine):
         self.next_job[cid] += 1
         spec = JobSpec(job_id, 0, b"", {"node": data.draw(st.sampled_from(names))})
         self.pinned.add((cid, job_id))
-        self.apply(E.JobsSubmitted(self.attached[cid], cid, [spec]), dt=0.1)
+        self.forget_refused(cid, self.apply(E.JobsSubmitted(self.attached[cid], cid, [spec]), dt=0.1))
 
     @precondition(lambda self: self.attached_clusters() and self.core.nodes)
     @rule(data=st.data(), cpus=st.integers(-1, 3))
@@ -1059,6 +1079,10 @@ class CoreMachine(RuleBasedStateMachine):
                 self.apply(E.JobsCancelled(self.attached[cid], cid, waiting))
         self.node_joins(4)
         for _ in range(200):
+            for cid, client in list(self.attached.items()):  # collected results let a paused user go on
+                done = sorted(j for (c, j) in self.results if c == cid and j not in self.acked[cid])
+                self.acked[cid].update(done)
+                self.apply(E.ResultsAcked(client, cid, done))
             busy = [n for n, jobs in self.node_jobs.items() if jobs]
             if not busy:
                 break

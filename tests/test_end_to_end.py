@@ -375,7 +375,7 @@ def test_client_that_vanishes_leaves_its_jobs_running(cluster: Cluster) -> None:
         """
         import time
         from dispy_client import SharedJobCluster
-        c = SharedJobCluster(lambda: None, user="watcher")
+        c = SharedJobCluster(lambda: None, user="ghost")  # another program of the same user: its own jobs
         deadline = time.time() + 20
         while c.scheduler_status()["users"]["ghost"]["finished"] < 4:
             assert time.time() < deadline, c.scheduler_status()

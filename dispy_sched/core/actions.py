@@ -128,6 +128,16 @@ class ReportStatus(Action):
 
 
 @dataclass(frozen=True, slots=True)
+class ForgetCluster(Action):
+    """Nothing for the shell to send: a cluster whose program left was dropped (`CoreConfig.keep_detached`); log it."""
+
+    user: str
+    cluster_id: str
+    name: str
+    results: int  # results nobody collected, dropped with it
+
+
+@dataclass(frozen=True, slots=True)
 class Reject(Action):
     """Tell a client that a request failed (non-fatal `Error` frame)."""
 

@@ -95,6 +95,7 @@ class FilePutDone(Event):
 class StatusRequested(Event):
     client: str
     ref: str
+    user: str  # who asks: with `private_data`, it sees other users only as totals
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,7 @@ import math
 from collections import Counter
 
 from .scheduler import SchedulerCore
-from .state import JobState, usage_rank_of
+from .state import JobState, file_cost, job_cost, result_cost, usage_rank_of
 
 
 def check_invariants(core: SchedulerCore) -> None:
@@ -14,6 +14,8 @@ def check_invariants(core: SchedulerCore) -> None:
     node_busy: Counter[str] = Counter()
     user_busy: Counter[str] = Counter()
     user_queued: Counter[str] = Counter()
+    user_queued_bytes: Counter[str] = Counter()
+    user_held_bytes: Counter[str] = Counter()
     for cluster in core.clusters.values():
         queued = [j for j in cluster.jobs.values() if j.state is JobState.QUEUED]
         running = [j for j in cluster.jobs.values() if j.state is JobState.RUNNING]
@@ -25,8 +27,15 @@ def check_invariants(core: SchedulerCore) -> None:
             assert job.node in core.nodes, f"job {job.key} runs on unknown node {job.node}"
             assert job.key in core.nodes[job.node].jobs, f"job {job.key} missing from its node"
             node_busy[job.node] += 1
+        user_queued_bytes[cluster.user] += cluster.code_bytes()
         for job in cluster.jobs.values():
             assert (job.state is JobState.DONE) == (job.result is not None), f"job {job.key}: result and state disagree"
+            assert (job.state is JobState.DONE) == (job.payload is None), f"job {job.key}: payload and state disagree"
+            held = (result_cost(job.result) if job.result is not None else 0) + sum(file_cost(f) for f in job.files)
+            assert job.held == held, f"job {job.key}: holds {job.held} bytes, counts {held}"
+            user_held_bytes[cluster.user] += held
+            if job.payload is not None:
+                user_queued_bytes[cluster.user] += job_cost(job.payload)
         on_nodes = Counter(j.node for j in running)
         assert cluster.busy_on == dict(on_nodes), f"{cluster.cluster_id}: busy per node is wrong"
         if cluster.restricted:
@@ -45,6 +54,9 @@ def check_invariants(core: SchedulerCore) -> None:
     for user in core.users.values():
         assert user.busy == user_busy[user.name], f"user {user.name}: busy {user.busy} != {user_busy[user.name]}"
         assert user.queued == user_queued[user.name], f"user {user.name}: queued is wrong"
+        assert user.queued_bytes == user_queued_bytes[user.name], f"user {user.name}: queued_bytes is wrong"
+        assert user.held_bytes == user_held_bytes[user.name], f"user {user.name}: held_bytes is wrong"
+        assert user.clusters == {c.cluster_id for c in core.clusters.values() if c.user == user.name}, f"{user.name}: clusters"
         cap = user.limits.max_cpus
         assert cap is None or user.busy <= cap, f"user {user.name}: {user.busy} busy CPUs beyond max_cpus = {cap}"
         rank = usage_rank_of(user.usage, user.usage_time, core.usage_half_life)

@@ -6,10 +6,12 @@ Two levels of `KeyedHeap`: users by the policy's `user_key`, and per user
 its clusters with queued jobs by `cluster_key`. The core calls `update` for
 a cluster after anything that may change its key or its user's (a submit,
 dispatch, finish, cancel or requeue) and `update_user` after a change to the
-user alone (restored usage); each costs O(log n). A user at its `max_cpus`
-leaves the user heap (its clusters stay in theirs) until a job of its ends:
-that is how every policy enforces the limit, and why a capped user's idle
-CPUs go to the others (work-conserving).
+user alone (restored usage, results held or collected); each costs
+O(log n). A user at its `max_cpus`, or holding `max_held_bytes` of
+uncollected results, leaves the user heap (its clusters stay in theirs)
+until a job of its ends or its results are collected: that is how every
+policy enforces the limits, and why a capped user's idle CPUs go to the
+others (work-conserving).
 
 `choose(usable)` is a peek at two heap tops when the top cluster may run on
 the CPU being filled, the common case. Otherwise (the cluster's set-up failed
@@ -19,7 +21,7 @@ found: `user_key` is monotone in its cluster's key, so none after can.
 
 Invariants (`check`): exactly the clusters with queued jobs are indexed,
 under their user, with the key the policy gives now; exactly the users with
-an indexed cluster and below `max_cpus` are in the user heap, keyed on their
+an indexed cluster and not `capped` are in the user heap, keyed on their
 best cluster. It must not know about nodes, sockets or time.
 """
 

@@ -13,6 +13,10 @@ Invariants (checked by `invariants.check_invariants` in tests):
 - a job is in exactly one of: its cluster's queue (QUEUED), one node's job
   set (RUNNING), its cluster's undelivered results (DONE);
 - a node's, a user's and a cluster's `busy` equal their RUNNING jobs;
+- a user's `queued_bytes` is what its open clusters' computations and its
+  unfinished jobs' arguments cost, its `held_bytes` what its DONE jobs'
+  results and kept files cost (`state.job_cost`, `result_cost`, `file_cost`);
+  a job refused at submit is in neither: the core keeps no record of it;
 - a job leaves RUNNING only on its node's result, on that node's loss, or on
   its cluster's set-up failure there: never twice, so each accepted job gets
   exactly one terminal result (principle 4 of DESIGN.md).
@@ -36,7 +40,7 @@ from functools import singledispatchmethod
 from typing import TYPE_CHECKING, Any
 
 from dispy_wire.errors import ErrorCode
-from dispy_wire.messages import JobFile, JobRef, JobResult, JobStart, NodeInfo, RunJob
+from dispy_wire.messages import JobFile, JobRef, JobResult, JobSpec, JobStart, NodeInfo, RunJob
 from dispy_wire.status import JobStatus
 
 from . import actions as A
@@ -44,7 +48,9 @@ from . import events as E
 from .keyed_heap import KeyedHeap
 from .ready import ReadyIndex
 from .placement import BadNodes, allowed_cpus, parse_nodes
-from .state import NO_LIMITS, ClusterRecord, JobRecord, JobState, Limits, NodeRecord, UserRecord, decay
+from .state import (
+    NO_LIMITS, ClusterRecord, JobRecord, JobState, Limits, NodeRecord, UserRecord, decay, file_cost, job_cost, result_cost,
+)
 
 if TYPE_CHECKING:  # the policies package imports the core's records
     from ..policies.base import Policy
@@ -65,8 +71,15 @@ class CoreConfig:
     default_share: float = 1.0
     #: per-user share, by name
     shares: dict[str, float] | None = None
-    #: per-user limits, by name (users not named have none)
+    #: per-user limits, by name
     limits: dict[str, Limits] | None = None
+    #: the limits of users not named in `limits`
+    default_limits: Limits = NO_LIMITS
+    #: a client's status shows other users only as totals (Slurm's PrivateData)
+    private_data: bool = True
+    #: seconds a cluster whose client left is kept once it has no job queued or
+    #: running (its results wait that long to be collected); 0: kept forever
+    keep_detached: float = 86400.0
     #: half-life of decayed usage (seconds)
     usage_half_life: float = 3600.0
     #: a node is lost after this many heartbeat intervals without a report
@@ -161,10 +174,14 @@ class SchedulerCore:
                 return
             # re-attach after a reconnect: resend what the client may have missed
             cluster.client = ev.client
+            cluster.left_at = 0.0
             self._out.immediate.append(A.ConfirmOpened(ev.client, ev.cluster_id, True))
             for job in cluster.jobs.values():
                 if job.files:
                     self._out.files[ev.client] += job.files
+                    held = sum(file_cost(f) for f in job.files)
+                    job.held -= held
+                    self._hold(cluster, -held)
                     job.files = []
                 if job.state is JobState.RUNNING and job.node is not None:
                     self._notify_started(cluster, job)
@@ -179,6 +196,10 @@ class SchedulerCore:
             self._reject(ev.client, ErrorCode.BAD_REQUEST, f"cluster {ev.name}: {exc}", ev.cluster_id)
             return
         user = self._user(ev.user)
+        refusal = self._over_open_limits(user, len(ev.computation))
+        if refusal:
+            self._reject(ev.client, ErrorCode.LIMIT, f"cluster {ev.name} refused: {refusal}", ev.cluster_id)
+            return
         self._seq += 1
         cluster = ClusterRecord(
             ev.cluster_id, ev.user, ev.name, ev.client, ev.computation, ev.reentrant, dict(ev.options), self._seq
@@ -192,6 +213,7 @@ class SchedulerCore:
             self._introduce_nodes(cluster)
         self.clusters[ev.cluster_id] = cluster
         user.clusters.add(ev.cluster_id)
+        user.queued_bytes += cluster.code_bytes()
         self._out.immediate.append(A.ConfirmOpened(ev.client, ev.cluster_id, False))
 
     @_on.register
@@ -205,23 +227,25 @@ class SchedulerCore:
         user = self.users[cluster.user]
         limits = user.limits
         accepted = self._out.accepted[(ev.client, ev.cluster_id)]
-        refused: list[JobRecord] = []
+        refused: dict[str, list[JobSpec]] = {}  # why -> the jobs refused for it
         for spec in ev.jobs:
             accepted.append(spec.job_id)
             if spec.job_id in cluster.jobs:
                 continue  # a resent submit: idempotent on the job id
+            why = self._over_submit_limits(user, spec)
+            if why:
+                refused.setdefault(why, []).append(spec)
+                continue
             self._seq += 1
             priority = spec.priority if limits.priority_max is None else min(spec.priority, limits.priority_max)
             job = JobRecord(ev.cluster_id, spec.job_id, priority, self._seq, spec.payload, spec.options, self.now)
             cluster.jobs[spec.job_id] = job
-            if limits.max_queued_jobs is not None and user.queued >= limits.max_queued_jobs:
-                refused.append(job)
-                continue
             cluster.push(job)
             user.queued += 1
+            user.queued_bytes += job_cost(spec.payload)
             self._log(job, "new", JobState.QUEUED.value)
-        if refused:
-            self._refuse(cluster, refused, len(ev.jobs))
+        for why, specs in refused.items():
+            self._refuse(cluster, specs, len(ev.jobs), why)
         self.ready.update(cluster)
 
     @_on.register
@@ -238,7 +262,7 @@ class SchedulerCore:
         for job_id in ev.job_ids:
             job = cluster.jobs.get(job_id)
             if job is not None and job.state is JobState.DONE:
-                del cluster.jobs[job_id]
+                self._forget(cluster, job)
         self._maybe_finish_close(cluster)
 
     @_on.register
@@ -252,7 +276,7 @@ class SchedulerCore:
         self._cancel(cluster, queued + (running if ev.terminate else []))
         # results the client never acknowledged are dropped with the cluster
         for job in [j for j in cluster.jobs.values() if j.state is JobState.DONE]:
-            del cluster.jobs[job.job_id]
+            self._forget(cluster, job)
         self._maybe_finish_close(cluster)
 
     @_on.register
@@ -274,12 +298,19 @@ class SchedulerCore:
         cluster = self._owned(ev.client, ev.cluster_id)
         if cluster is None:
             return
-        for node in self.nodes.values():
-            if ev.node in (node.name, *node.addresses):
-                cluster.node_blobs[node.node_id] = ev.computation
-                if node.node_id in cluster.loaded_on:  # no new jobs there until its running ones end
-                    cluster.resetting.add(node.node_id)
-                    self._reload_when_idle(cluster, node)
+        user = self.users[cluster.user]
+        targets = [n for n in self.nodes.values() if ev.node in (n.name, *n.addresses)]
+        more = sum(len(ev.computation) - len(cluster.node_blobs.get(n.node_id, b"")) for n in targets)
+        refusal = self._over_open_limits(user, more, opening=False)
+        if refusal:
+            self._reject(ev.client, ErrorCode.LIMIT, f"set-up of cluster {cluster.name} anew refused: {refusal}", ev.cluster_id)
+            return
+        for node in targets:
+            user.queued_bytes += len(ev.computation) - len(cluster.node_blobs.get(node.node_id, b""))
+            cluster.node_blobs[node.node_id] = ev.computation
+            if node.node_id in cluster.loaded_on:  # no new jobs there until its running ones end
+                cluster.resetting.add(node.node_id)
+                self._reload_when_idle(cluster, node)
 
     def _reload_when_idle(self, cluster: ClusterRecord, node: NodeRecord) -> None:
         """Unloads a draining cluster from a node once none of its jobs run there; the next dispatch loads it anew."""
@@ -315,7 +346,8 @@ class SchedulerCore:
 
     @_on.register
     def _on_status_requested(self, ev: E.StatusRequested) -> None:
-        self._out.immediate.append(A.ReportStatus(ev.client, ev.ref, self.status()))
+        viewer = ev.user if self.config.private_data else None
+        self._out.immediate.append(A.ReportStatus(ev.client, ev.ref, self.status(viewer)))
 
     @_on.register
     def _on_client_left(self, ev: E.ClientLeft) -> None:
@@ -323,6 +355,7 @@ class SchedulerCore:
         for cluster in self.clusters.values():
             if cluster.client == ev.client:
                 cluster.client = None
+                cluster.left_at = self.now
 
     @_on.register
     def _on_node_joined(self, ev: E.NodeJoined) -> None:
@@ -382,6 +415,8 @@ class SchedulerCore:
                 self._out.files[cluster.client].append(f)
             else:  # kept (only while nobody can take it) and sent when the client re-attaches
                 job.files.append(f)
+                job.held += file_cost(f)
+                self._hold(cluster, file_cost(f))
 
     @_on.register
     def _on_cluster_failed_on_node(self, ev: E.ClusterFailedOnNode) -> None:
@@ -429,6 +464,19 @@ class SchedulerCore:
                 reason = f"no report for {self.now - node.last_seen:.1f} s"
                 self._lose_node(node.node_id, reason)
                 self._out.immediate.append(A.DropNode(node.node_id, reason))
+        keep = self.config.keep_detached
+        if keep > 0:
+            for cluster in [c for c in self.clusters.values() if c.client is None and not c.queued and not c.busy]:
+                if self.now - max(cluster.left_at, cluster.last_end) >= keep:
+                    self._forget_cluster(cluster)
+
+    def _forget_cluster(self, cluster: ClusterRecord) -> None:
+        """Drops a cluster whose program left long ago and which has nothing left to run."""
+        self._out.immediate.append(A.ForgetCluster(cluster.user, cluster.cluster_id, cluster.name, len(cluster.jobs)))
+        cluster.closing = True
+        for job in list(cluster.jobs.values()):
+            self._forget(cluster, job)
+        self._maybe_finish_close(cluster)
 
     # ------------------------------------------------------- state changes
 
@@ -531,14 +579,49 @@ class SchedulerCore:
     def _finish(self, cluster: ClusterRecord, job: JobRecord, result: JobResult) -> None:
         """Moves a job to DONE with its one terminal result and delivers it."""
         self._transition(job, JobState.DONE)
+        user = self.users[cluster.user]
+        assert job.payload is not None
+        user.queued_bytes -= job_cost(job.payload)
         job.payload = None
         job.result = result
-        self.users[cluster.user].finished += 1
+        cluster.last_end = self.now
+        job.held += result_cost(result)
+        self._hold(cluster, result_cost(result))
+        user.finished += 1
         if cluster.client is not None:
             self._out.results[(cluster.client, cluster.cluster_id)].append(result)
             if cluster.closing:
-                del cluster.jobs[job.job_id]
+                self._forget(cluster, job)
         self._maybe_finish_close(cluster)
+
+    def _forget(self, cluster: ClusterRecord, job: JobRecord) -> None:
+        """Drops a DONE job whose result its client has (or will never need): what it held is freed."""
+        assert job.state is JobState.DONE
+        del cluster.jobs[job.job_id]
+        self._hold(cluster, -job.held)
+
+    def _hold(self, cluster: ClusterRecord, size: int) -> None:
+        """Counts `size` more bytes of results (and files) held for the cluster's user.
+
+        Crossing `max_held_bytes` pauses (or resumes) the user's dispatching:
+        its jobs stay queued, none is lost, until its clients collect their
+        results. Its attached clients are told once when the pause begins.
+        """
+        user = self.users[cluster.user]
+        was = user.holding_too_much
+        user.held_bytes += size
+        if user.holding_too_much == was:
+            return
+        self.ready.update_user(user)
+        if was:
+            return
+        why = (
+            f"user {user.name} holds {_size(user.held_bytes)} of results not yet acknowledged by its clients "
+            f"(max_held_bytes = {_size(user.limits.max_held_bytes or 0)}): no new job of this user starts until they are collected"
+        )
+        clients = {c.client: c.cluster_id for cid in user.clusters if (c := self.clusters[cid]).client is not None}
+        for client, cluster_id in clients.items():
+            self._reject(client, ErrorCode.LIMIT, why, cluster_id)
 
     def _cancel(
         self, cluster: ClusterRecord, job_ids: Iterable[int],
@@ -581,25 +664,57 @@ class SchedulerCore:
         for cluster in self.clusters.values():
             cluster.failed_on.pop(node_id, None)
             cluster.node_cpus.pop(node_id, None)
-            cluster.node_blobs.pop(node_id, None)
+            blob = cluster.node_blobs.pop(node_id, None)
+            if blob is not None:
+                self.users[cluster.user].queued_bytes -= len(blob)
             cluster.resetting.discard(node_id)
 
-    def _refuse(self, cluster: ClusterRecord, jobs: list[JobRecord], submitted: int) -> None:
-        """Ends jobs a submit brought beyond `max_queued_jobs`: one error, and a Cancelled result each.
+    def _refuse(self, cluster: ClusterRecord, jobs: list[JobSpec], submitted: int, limit: str) -> None:
+        """Ends jobs a submit brought beyond a limit: one error, and a Cancelled result each.
 
         The result (not only the error) matters: the client holds each job
         until its terminal result, so a refused job ends there as Cancelled,
         with the reason as its exception, like any other job (principle 4).
+        The scheduler keeps no record of it: it was never accepted, and a
+        client that resubmits it (it missed the result) is judged anew.
         """
-        user = self.users[cluster.user]
-        why = (
-            f"user {user.name} may have at most max_queued_jobs = {user.limits.max_queued_jobs} jobs queued: "
-            f"{len(jobs)} of the {submitted} jobs submitted to cluster {cluster.name} were refused"
-        )
+        why = f"{limit}: {len(jobs)} of the {submitted} jobs submitted to cluster {cluster.name} were refused"
         assert cluster.client is not None
         self._reject(cluster.client, ErrorCode.LIMIT, why, cluster.cluster_id)
-        for job in jobs:
-            self._finish(cluster, job, _synthetic(job, JobStatus.CANCELLED, why, self.now))
+        results = self._out.results[(cluster.client, cluster.cluster_id)]
+        for spec in jobs:
+            self.log.append((self._stimulus, cluster.cluster_id, spec.job_id, "new", "refused"))
+            results.append(_terminal(cluster.cluster_id, spec.job_id, JobStatus.CANCELLED, why, 0.0, self.now))
+
+    def _over_submit_limits(self, user: UserRecord, spec: JobSpec) -> str:
+        """Why a new job of `user` is refused ('' if it is not): the limit, its value and the count."""
+        limits = user.limits
+        if limits.max_queued_jobs is not None and user.queued >= limits.max_queued_jobs:
+            return f"user {user.name} may have at most max_queued_jobs = {limits.max_queued_jobs} jobs queued"
+        cost = job_cost(spec.payload)
+        if limits.max_queued_bytes is not None and user.queued_bytes + cost > limits.max_queued_bytes:
+            return (
+                f"user {user.name} may keep at most max_queued_bytes = {_size(limits.max_queued_bytes)} of job arguments "
+                f"and computations in the scheduler; it keeps {_size(user.queued_bytes)} and a job of "
+                f"{_size(len(spec.payload))} of arguments would take it beyond"
+            )
+        return ""
+
+    def _over_open_limits(self, user: UserRecord, code: int, opening: bool = True) -> str:
+        """Why a cluster (or a computation of `code` bytes) of `user` is refused ('' if it is not)."""
+        limits = user.limits
+        if opening and limits.max_clusters is not None and len(user.clusters) >= limits.max_clusters:
+            return (
+                f"user {user.name} may have at most max_clusters = {limits.max_clusters} clusters open and has "
+                f"{len(user.clusters)} (a cluster whose program left without closing it counts until it returns)"
+            )
+        if limits.max_queued_bytes is not None and user.queued_bytes + code > limits.max_queued_bytes:
+            return (
+                f"user {user.name} may keep at most max_queued_bytes = {_size(limits.max_queued_bytes)} of job arguments "
+                f"and computations in the scheduler; it keeps {_size(user.queued_bytes)} and the computation "
+                f"takes {_size(code)}"
+            )
+        return ""
 
     def _maybe_finish_close(self, cluster: ClusterRecord) -> None:
         if self.clusters.get(cluster.cluster_id) is not cluster or not cluster.closing:
@@ -610,7 +725,11 @@ class SchedulerCore:
             return  # results nobody has received yet: kept until the client re-attaches
         del self.clusters[cluster.cluster_id]
         self._watchers.discard(cluster.cluster_id)
-        self.users[cluster.user].clusters.discard(cluster.cluster_id)
+        user = self.users[cluster.user]
+        user.clusters.discard(cluster.cluster_id)
+        user.queued_bytes -= cluster.code_bytes()
+        for job in list(cluster.jobs.values()):  # delivered, not yet acknowledged: nobody will
+            self._forget(cluster, job)
         for node_id in cluster.loaded_on:
             node = self.nodes.get(node_id)
             if node is not None:
@@ -625,7 +744,7 @@ class SchedulerCore:
         user = self.users.get(name)
         if user is None:
             share = (self.config.shares or {}).get(name, self.config.default_share)
-            limits = (self.config.limits or {}).get(name, NO_LIMITS)
+            limits = (self.config.limits or {}).get(name, self.config.default_limits)
             user = UserRecord(name, float(share), limits, usage_time=self.now)
             self.users[name] = user
         return user
@@ -679,13 +798,19 @@ class SchedulerCore:
         """Each user's decayed usage as (CPU-seconds, as of), for the shell to persist."""
         return {u.name: (u.usage, u.usage_time) for u in self.users.values() if u.usage > 0}
 
-    def status(self) -> dict[str, Any]:
+    def status(self, viewer: str | None = None) -> dict[str, Any]:
         """A snapshot for people: users, nodes, totals (plain msgpack types).
 
         Per user: `share` (weight), `target` (its fraction of the CPUs while
         every active user is backlogged: share over the active users' total),
-        `busy` CPUs, `queued` jobs, decayed `usage` (CPU-seconds) and
-        `limits` (only those set).
+        `busy` CPUs, `queued` jobs, decayed `usage` (CPU-seconds), open
+        `clusters`, `queued_bytes` and `held_bytes` (see `Limits`), `paused`
+        (its results held reach `max_held_bytes`) and `limits` (only those set).
+
+        Args:
+            viewer: a user name: `users` holds that user alone, and everyone
+                else is summed up in `others` (active users, busy CPUs, queued
+                jobs), with no names; None: every user, by name.
         """
         total_share = sum(u.share for u in self.users.values() if u.busy or u.queued) or 1.0
         users = {
@@ -697,17 +822,27 @@ class SchedulerCore:
                 "finished": u.finished,
                 "usage": round(u.decayed_usage(self.now, self.usage_half_life), 3),
                 "clusters": len(u.clusters),
+                "queued_bytes": u.queued_bytes,
+                "held_bytes": u.held_bytes,
+                "paused": u.holding_too_much,
                 "limits": {k: v for k, v in asdict(u.limits).items() if v is not None},
             }
             for u in self.users.values()
+            if viewer is None or u.name == viewer
         }
         nodes = {
             n.name: {"ip_addr": n.ip_addr, "cpus": n.cpus, "busy": n.busy, "avail": n.avail}
             for n in self.nodes.values()
         }
+        others = [u for u in self.users.values() if viewer is not None and u.name != viewer]
         return {
             "policy": getattr(self.policy, "name", type(self.policy).__name__),
             "users": users,
+            **({"others": {
+                "users": sum(1 for u in others if u.busy or u.queued),
+                "busy": sum(u.busy for u in others),
+                "queued": sum(u.queued for u in others),
+            }} if viewer is not None else {}),
             "nodes": nodes,
             "cpus": sum(n.cpus for n in self.nodes.values()),
             "busy": sum(n.busy for n in self.nodes.values()),
@@ -718,7 +853,21 @@ class SchedulerCore:
 def _synthetic(job: JobRecord, status: JobStatus, why: str, now: float) -> JobResult:
     """A terminal result the scheduler writes itself (cancelled, abandoned)."""
     start = job.start_time if job.state is JobState.RUNNING else 0.0
-    return JobResult(job.cluster_id, job.job_id, int(status), None, b"", b"", why, "", start, now)
+    return _terminal(job.cluster_id, job.job_id, status, why, start, now)
+
+
+def _terminal(cluster_id: str, job_id: int, status: JobStatus, why: str, start: float, now: float) -> JobResult:
+    return JobResult(cluster_id, job_id, int(status), None, b"", b"", why, "", start, now)
+
+
+def _size(size: int) -> str:
+    """Bytes for people: exact below 10 KiB, else in the largest binary unit, to one decimal."""
+    if size < 10 << 10:
+        return f"{size} bytes"
+    for unit, name in ((1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")):
+        if size >= unit:
+            return f"{size / unit:.1f} {name}"
+    return f"{size} bytes"
 
 
 def _node_info(event: str, node: NodeRecord) -> NodeInfo:

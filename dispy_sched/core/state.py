@@ -40,6 +40,7 @@ class JobRecord:
     cancel_requested: bool = False  # a kill was sent; the job must not run again
     result: JobResult | None = None
     files: list[JobFile] = field(default_factory=list)  # sent back by the job while its client was away
+    held: int = 0  # what its result and files count in its user's `held_bytes`
 
     @property
     def key(self) -> tuple[str, int]:
@@ -79,6 +80,12 @@ class ClusterRecord:
     resetting: set[str] = field(default_factory=set)  # nodes draining this cluster's jobs before a reload
     closing: bool = False
     last_dispatch: float = -math.inf
+    left_at: float = 0.0  # when its client left (meaningful while `client` is None)
+    last_end: float = 0.0  # when its latest job ended
+
+    def code_bytes(self) -> int:
+        """What its computations (the cluster's, and those loaded anew on some nodes) count in `queued_bytes`."""
+        return len(self.computation) + sum(len(blob) for blob in self.node_blobs.values())
 
     @property
     def restricted(self) -> bool:
@@ -159,9 +166,41 @@ class Limits:
     max_queued_jobs: int | None = None
     #: job priorities above this are lowered to it
     priority_max: int | None = None
+    #: authenticated connections at once (enforced by the shell, which holds them)
+    max_connections: int | None = None
+    #: clusters open at once (a detached cluster counts until its client returns)
+    max_clusters: int | None = None
+    #: bytes held for the user's work to do: arguments of its unfinished jobs
+    #: (`job_cost`) and computations of its open clusters; a submit or open beyond it is refused
+    max_queued_bytes: int | None = None
+    #: bytes of results (and files) held until its clients acknowledge them
+    #: (`result_cost`); at it, no new job of the user starts until they do
+    max_held_bytes: int | None = None
 
 
 NO_LIMITS = Limits()
+
+#: bytes a job's record, heap entries and result envelope take beyond its
+#: payloads (measured: tests/test_core_limits.py `test_record_overhead_is_what_the_limits_count`),
+#: counted so that a flood of empty jobs or results is bounded by the byte limits too
+RECORD_OVERHEAD = 512
+
+
+def job_cost(payload: bytes) -> int:
+    """What a queued or running job counts in its user's `queued_bytes`."""
+    return len(payload) + RECORD_OVERHEAD
+
+
+def result_cost(result: JobResult) -> int:
+    """What a held result counts in its user's `held_bytes`."""
+    value = result.result or b""
+    text = len(result.exception) + len(result.exception_type)
+    return len(value) + len(result.stdout) + len(result.stderr) + text + RECORD_OVERHEAD
+
+
+def file_cost(f: JobFile) -> int:
+    """What a file kept for an absent client counts in its user's `held_bytes`."""
+    return len(f.data) + len(f.name) + RECORD_OVERHEAD
 
 
 @dataclass(slots=True)
@@ -179,11 +218,18 @@ class UserRecord:
     finished: int = 0
     last_dispatch: float = -math.inf
     clusters: set[str] = field(default_factory=set)
+    queued_bytes: int = 0  # see `Limits.max_queued_bytes`
+    held_bytes: int = 0  # see `Limits.max_held_bytes`
 
     @property
     def capped(self) -> bool:
-        """At `max_cpus`: gets no more CPUs until one of its jobs ends."""
-        return self.limits.max_cpus is not None and self.busy >= self.limits.max_cpus
+        """At `max_cpus`, or holding `max_held_bytes` of results: gets no more CPUs until that changes."""
+        return (self.limits.max_cpus is not None and self.busy >= self.limits.max_cpus) or self.holding_too_much
+
+    @property
+    def holding_too_much(self) -> bool:
+        """Results its clients have not acknowledged reach `max_held_bytes`: its jobs wait for them."""
+        return self.limits.max_held_bytes is not None and self.held_bytes >= self.limits.max_held_bytes
 
     def decayed_usage(self, now: float, half_life: float) -> float:
         return decay(self.usage, self.usage_time, now, half_life)
