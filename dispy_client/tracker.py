@@ -256,6 +256,9 @@ class JobTracker:
         """A record failed its MAC check: nothing of it is used, and its job ends `Terminated`."""
         log.warning("%s for job %d of cluster %s failed authentication (bad or missing MAC): not used",
                     what, job_id, self._cluster_id)  # fmt: skip
+        job = self.get(job_id)
+        if job is not None:
+            job.result = None  # not even an earlier provisional result: the job's outcome is this failure
         now = time.time()
         self._end(M.JobResult(self._cluster_id, job_id, int(JobStatus.TERMINATED), None, b"", b"", FORGED_TEXT, FORGED_TYPE, 0.0, now))
 
