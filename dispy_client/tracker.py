@@ -259,8 +259,8 @@ class JobTracker:
         job = self.get(job_id)
         if job is not None:
             job.result = None  # not even an earlier provisional result: the job's outcome is this failure
-        now = time.time()
-        self._end(M.JobResult(self._cluster_id, job_id, int(JobStatus.TERMINATED), None, b"", b"", FORGED_TEXT, FORGED_TYPE, 0.0, now))
+        status, now = int(JobStatus.TERMINATED), time.time()
+        self._end(M.JobResult(self._cluster_id, job_id, status, None, b"", b"", FORGED_TEXT, FORGED_TYPE, 0.0, now))
 
     def _end(self, r: M.JobResult) -> None:
         """The job's end: `r` is authentic, or carries nothing to unpickle."""

@@ -7,8 +7,9 @@ zygote reads, every other inherited descriptor closed, its own working
 directory, and its limits. Only then does user code run. The outcome is a
 msgpack record written to an anonymous file the zygote reads after the
 process ends, its pickled result MAC'd under the cluster's result key
-(`dispy_wire.result_mac`: the client unpickles nothing without it); a process that dies without writing one is described by its
-wait status instead. Whatever happens, the child leaves by `os._exit`: it must
+(`dispy_wire.result_mac`: the client unpickles nothing without it); a
+process that dies without writing one is described by its wait status
+instead. Whatever happens, the child leaves by `os._exit`: it must
 never return into the zygote's loop.
 
 Results are pickled with the standard `pickle` first (a C fast path that is

@@ -8,11 +8,11 @@ Where a node may not fork (`dispynode --spawn-jobs`, or a platform without
 `fork`), each job is a new interpreter (`python -m dispy_node.job_spawn`)
 that loads the cluster again from the zygote's Load message (`LOAD_FILE` in
 the cluster's directory, `first=False`: the files are there already) and
-runs `setup` again before its job. The file holds the computation without
-its result key (`payload.without_result_key`): each spawned job gets the key
-with its start record, through an anonymous file. That costs an interpreter start, the
+runs `setup` again before its job. That costs an interpreter start, the
 imports, the unpickling and `setup` for every job: tens of milliseconds
-instead of about one, and more with a slow `setup`.
+instead of about one, and more with a slow `setup`. The file holds the
+computation without its result key (`payload.without_result_key`): each
+spawned job gets the key with its start record, through an anonymous file.
 """
 
 from __future__ import annotations

@@ -323,8 +323,7 @@ class Zygote:
 
     def _from_job(self, job_id: int, record: dict[str, Any]) -> None:
         """A record from a running job's channel, passed on to the daemon at once."""
-        kind, mac = record.get("kind"), record.get("mac")
-        mac = mac if isinstance(mac, bytes) else b""  # the client checks it; we only pass it on
+        kind, mac = record.get("kind"), _mac_in(record)
         if kind == "provisional" and isinstance(record.get("result"), bytes):
             self._send(zp.Provisional(job_id, record["result"], mac))
         elif kind == "file" and isinstance(record.get("name"), str) and isinstance(record.get("data"), bytes):
@@ -458,9 +457,8 @@ class Zygote:
                 text = f"{job.limits.processes_text()}\n{text}"
             elif job.limits.open_files is not None and _too_many_files(kind, text):
                 text = f"{job.limits.open_files_text()}\n{text}"
-            mac = rec.get("mac")
-            mac = mac if isinstance(mac, bytes) else b""  # the client checks it; we only pass it on
-            return zp.Done(job.job_id, rec["status"], rec.get("result"), stdout, stderr, text, kind, start, end, mac)
+            result = rec.get("result")
+            return zp.Done(job.job_id, rec["status"], result, stdout, stderr, text, kind, start, end, _mac_in(rec))
         text, kind = _death_text(job, memory_hit)
         return zp.Done(job.job_id, JobStatus.TERMINATED, None, stdout, stderr, text, kind, start, end)
 
@@ -495,6 +493,12 @@ def _verdict_for(status: JobStatus, reason: str) -> tuple[JobStatus, str, str]:
     if status is JobStatus.CANCELLED:
         return status, reason or "cancelled", ""
     return status, reason, "NodeGaveUp" if status is JobStatus.ABANDONED else "Killed"
+
+
+def _mac_in(record: dict[str, Any]) -> bytes:
+    """The job's MAC in one of its records (`dispy_wire.result_mac`): the client checks it, we only pass it on."""
+    mac = record.get("mac")
+    return mac if isinstance(mac, bytes) else b""
 
 
 def _too_many_files(kind: str, text: str) -> bool:

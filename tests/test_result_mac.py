@@ -14,7 +14,9 @@ KEY = bytes(range(32))
 FINISHED, PROVISIONAL = int(JobStatus.FINISHED), int(JobStatus.PROVISIONAL_RESULT)
 
 
-def signed_result(job_id: int = 7, status: int = FINISHED, payload: bytes = b"\x80\x05K*.", key: bytes = KEY) -> JobResult:
+def signed_result(
+    job_id: int = 7, status: int = FINISHED, payload: bytes = b"\x80\x05K*.", key: bytes = KEY
+) -> JobResult:
     kind = Kind.PROVISIONAL if status == PROVISIONAL else Kind.RESULT
     mac = sign(key, kind, "c-1", job_id, status, payload)
     return JobResult("c-1", job_id, status, payload, b"out", b"", "", "", 1.0, 2.0, mac)
