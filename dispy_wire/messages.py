@@ -25,7 +25,7 @@ from .errors import ErrorCode, LocalWireError, RemoteWireError
 from .framing import FrameDecoder, _NeedData, encode_frame
 from .schema import checker_for
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: JobResult and JobFile carry the job's MAC (result_mac)
 
 
 # --------------------------------------------------------------------------
