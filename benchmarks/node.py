@@ -30,6 +30,7 @@ from dispy_node.runner import Runner, RunnerConfig
 from dispy_wire.loop import event_loop_factory
 from dispy_wire.messages import JobRef, JobResult, RunJob
 from dispy_wire.payload import CodeObjects, Computation, dumps, pack_computation
+from dispy_wire.result_mac import new_key
 from dispy_wire.status import JobStatus
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -90,7 +91,7 @@ async def through_runner(
         done.set()
 
     runner = Runner(RunnerConfig(work_dir, account=myself(), spawn=spawn, cgroups=groups), on_result, on_failed)
-    comp = Computation("function", "trivial", [], [], dumps(CodeObjects(func=trivial)))
+    comp = Computation("function", "trivial", [], [], dumps(CodeObjects(func=trivial)), new_key())
     runner.load("bench", pack_computation(comp))
     try:
         submit()  # warm-up: waits for the zygote to load
@@ -116,7 +117,7 @@ async def cancel_tree(n: int, work_dir: Path) -> float:
         done.set()
 
     runner = Runner(RunnerConfig(work_dir, account=myself()), on_result, lambda c, m: done.set())
-    runner.load("tree", pack_computation(Computation("function", "tree", [], [], dumps(CodeObjects(func=tree)))))
+    runner.load("tree", pack_computation(Computation("function", "tree", [], [], dumps(CodeObjects(func=tree)), new_key())))
     ready = work_dir / "tree-ready"
     runner.run([RunJob("tree", 1, dumps(((n, str(ready)), {})), {})])
     try:

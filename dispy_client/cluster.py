@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from dispy_wire import messages as M
+from dispy_wire import result_mac
 from dispy_wire.payload import dumps
 
 from . import progress
@@ -95,7 +96,8 @@ class BaseCluster:
         self.nodes = options.nodes
         self.dest_path = options.dest_path or os.getcwd()
         self._options = options
-        blob = build_computation(computation, options.depends, options.setup, options.cleanup)
+        self._result_key = result_mac.new_key()  # only this cluster's job processes get it, inside the computation
+        blob = build_computation(computation, self._result_key, options.depends, options.setup, options.cleanup)
         self._uids = itertools.count(1)
         self._start_time = time.time()
         self._closed = False
@@ -113,7 +115,7 @@ class BaseCluster:
         open_msg = M.OpenCluster(uuid.uuid4().hex, self.name, blob, options.reentrant, open_options)
         self._recorder = self._start_recording(options.recover_file, open_msg)
         self._tracker = JobTracker(
-            self.name, options.job_status, options.cluster_status, self.dest_path,
+            self.name, open_msg.cluster_id, self._result_key, options.job_status, options.cluster_status, self.dest_path,
             on_node_joined=self._allocate if self._allocators else None,
         )  # fmt: skip
         self._lt = loop_thread or LoopThread(f"dispy-{self.name}-io")
@@ -133,7 +135,8 @@ class BaseCluster:
         if path is None:
             return None
         scheduler = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-        header = {"scheduler": scheduler, "user": self.user, "cluster_id": open_msg.cluster_id, "name": self.name, "created": time.time()}
+        header = {"scheduler": scheduler, "user": self.user, "cluster_id": open_msg.cluster_id, "name": self.name,
+                  "created": time.time(), "result_key": self._result_key.hex()}  # fmt: skip
         return Recorder(path, header)
 
     # ------------------------------------------------------------- submitting
@@ -403,7 +406,7 @@ class BaseCluster:
             return -1
         if setup_args:
             setup = functools.partial(setup.func if isinstance(setup, functools.partial) else setup, *setup_args)
-        blob = build_computation(self.computation, self._options.depends, setup, self._options.cleanup)
+        blob = build_computation(self.computation, self._result_key, self._options.depends, setup, self._options.cleanup)
         self._session.check_size(len(blob), "computation")
         self._lt.call(self._session.resetup, _node_name(node), blob)
         return 0

@@ -80,6 +80,7 @@ def computation_name(computation: Callable[..., Any] | str) -> str:
 
 def build_computation(
     computation: Callable[..., Any] | str,
+    result_key: bytes,
     depends: Sequence[Any] = (),
     setup: Callable[..., Any] | None = None,
     cleanup: Callable[..., Any] | bool = True,
@@ -88,6 +89,7 @@ def build_computation(
 
     Args:
         computation: a function, or the path of a program to run.
+        result_key: the cluster's key: its jobs MAC what they send back with it (`dispy_wire.result_mac`).
         depends: files, modules, functions and classes jobs need.
         setup: run once per node before its jobs.
         cleanup: True, False, or a function run when the cluster closes on a node.
@@ -135,7 +137,7 @@ def build_computation(
     else:
         code = CodeObjects(func=computation, setup=setup, cleanup=cleanup, globals=objects)
         kind = "function"
-    return pack_computation(Computation(kind, computation_name(computation), files, modules, dumps(code)))
+    return pack_computation(Computation(kind, computation_name(computation), files, modules, dumps(code), result_key))
 
 
 def job_files(depends: Sequence[Any]) -> list[list[Any]]:

@@ -2,14 +2,18 @@
 
 The file is JSON lines, appended to and never rewritten:
 
-    {"v": 1, "scheduler": "H:P", "user": U, "cluster_id": C, "name": N, "created": T}
+    {"v": 2, "scheduler": "H:P", "user": U, "cluster_id": C, "name": N, "created": T,
+     "result_key": K}                        # hex: the cluster's key for `result_mac`
     {"uid": 7, "t": T}                       # a job was submitted
     {"uid": 7, "id": "<base64 pickle>"}      # the user set its id (latest wins)
     {"uid": 7, "done": true}                 # its result was delivered (to the client or recover_jobs)
 
 Each line is written and flushed before `submit` returns, so it survives the
 client process being killed; a thread fsyncs after each burst of lines, so it
-survives the machine crashing a moment later. The secret is never written.
+survives the machine crashing a moment later. The user's secret is never
+written; the cluster's result key is (results are checked against it, by
+`recover_jobs` as by the cluster), so the file is made readable by its owner
+only (0600).
 
 `recover_jobs` re-opens the cluster by its id: the scheduler re-attaches and
 resends every result it holds (principle 4 of DESIGN.md), and jobs still
@@ -36,7 +40,7 @@ from .private_files import open_private
 from .session import ClusterSession
 from .tracker import JobTracker
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the header holds the result key
 
 
 class Recorder:
@@ -50,7 +54,7 @@ class Recorder:
     def __init__(self, path: str, header: dict[str, Any] | None) -> None:
         self.path = path
         self._lock = threading.Lock()
-        self._file: IO[str] = open_private(path, append=header is None)  # it names the cluster and its jobs
+        self._file: IO[str] = open_private(path, append=header is None)  # it holds the result key
         self._dirty = threading.Event()
         self._closing = False
         if header is not None:
@@ -134,7 +138,12 @@ def read_records(path: str) -> tuple[dict[str, Any], dict[int, dict[str, Any]]]:
     except (ValueError, KeyError, TypeError) as exc:
         raise DispyError(f"{path} is not a dispy_client recover file: {exc}") from None
     if header.get("v") != FORMAT_VERSION or "cluster_id" not in header:
-        raise DispyError(f"{path} is not a dispy_client recover file (version {header.get('v')!r})")
+        raise DispyError(f"{path} is not a dispy_client recover file of version {FORMAT_VERSION} "
+                         f"(version {header.get('v')!r})")  # fmt: skip
+    try:
+        header["result_key"] = bytes.fromhex(header["result_key"])
+    except (KeyError, TypeError, ValueError):
+        raise DispyError(f"{path} has no valid result key: its results could not be authenticated") from None
     return header, {uid: r for uid, r in jobs.items() if not r.get("done")}
 
 
@@ -169,7 +178,7 @@ def recover_jobs(
     host, _, port = header["scheduler"].rpartition(":")
     jobs = [_job(uid, record) for uid, record in sorted(records.items())]
     recorder = Recorder(recover_file, None)
-    tracker = JobTracker(header["name"], job_status=recorder.job_status)
+    tracker = JobTracker(header["name"], header["cluster_id"], header["result_key"], job_status=recorder.job_status)
     for job in jobs:
         tracker.add(job)
     loop_thread = LoopThread(f"dispy-{header['name']}-recover")

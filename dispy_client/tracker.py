@@ -10,6 +10,11 @@ slow callback never stalls the network, and callbacks see updates in order.
 
 Every change bumps `version` under `changed` (a Condition), which is what
 `wait` and the progress bar block on: no polling.
+
+Nothing from a job is unpickled or saved before its MAC is checked under
+the cluster's own key (`dispy_wire.result_mac`): a result, provisional
+result or file that fails ends its job `Terminated` with
+`FORGED_TEXT` as its exception, and a warning is logged.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dispy_wire import messages as M
+from dispy_wire import result_mac
 from dispy_wire.payload import loads
 from dispy_wire.status import JobStatus
 
@@ -51,10 +57,16 @@ class Counts:
 #: a job between its start and its end (a provisional result does not end it)
 ACTIVE = frozenset({DispyJob.Running, DispyJob.ProvisionalResult})
 
+#: a job whose result, provisional result or file failed its MAC check ends with this exception text
+FORGED_TEXT = "result failed authentication"
+FORGED_TYPE = "ResultAuthenticationError"
+
 
 class JobTracker:
     """Args:
     name: the cluster's name (for the thread's name and log lines).
+    cluster_id: the cluster's id, and
+    result_key: its key, under which everything its jobs send must be MAC'd (`dispy_wire.result_mac`).
     job_status: called as `job_status(job)` on each status change.
     cluster_status: called as `cluster_status(status, node, job)`.
     dest_path: where files sent by jobs (`dispy_send_file`) are saved.
@@ -65,12 +77,16 @@ class JobTracker:
     def __init__(
         self,
         name: str,
+        cluster_id: str,
+        result_key: bytes,
         job_status: Callable[[DispyJob], Any] | None = None,
         cluster_status: Callable[[int, DispyNode, DispyJob | None], Any] | None = None,
         dest_path: str | None = None,
         on_node_joined: Callable[[DispyNode], Any] | None = None,
     ) -> None:
         self._on_node_joined = on_node_joined
+        self._cluster_id = cluster_id
+        self._result_key = result_key
         self._job_status = job_status
         self._dest_path = dest_path or os.getcwd()
         self._cluster_status = cluster_status
@@ -201,6 +217,9 @@ class JobTracker:
 
     def _on_provisional(self, r: M.JobResult) -> None:
         """`dispy_provisional_result` in the job: status and result now; the job goes on."""
+        if not result_mac.result_ok(self._result_key, self._cluster_id, r):
+            self._forged(r.job_id, "a provisional result")
+            return
         job = self.get(r.job_id)
         if job is None:
             return
@@ -216,6 +235,9 @@ class JobTracker:
 
     def _on_file(self, f: M.JobFile) -> None:
         """`dispy_send_file` in the job: saved under its base name in `dest_path`, before the job ends."""
+        if not result_mac.file_ok(self._result_key, self._cluster_id, f):
+            self._forged(f.job_id, f"a file ({f.name!r})")
+            return
         name = os.path.basename(f.name) or "unnamed"
         try:
             save_sent_file(self._dest_path, name, f.data)  # 0600, through no symbolic link
@@ -223,6 +245,23 @@ class JobTracker:
             log.error("cannot save %s sent by job %d in %s: %s", name, f.job_id, self._dest_path, exc)
 
     def _on_result(self, r: M.JobResult) -> None:
+        if not result_mac.result_ok(self._result_key, self._cluster_id, r):
+            self._forged(r.job_id, "a result")
+            return
+        self._end(r)
+
+    def _forged(self, job_id: int, what: str) -> None:
+        """A record failed its MAC check: nothing of it is used, and its job ends `Terminated`."""
+        log.warning("%s for job %d of cluster %s failed authentication (bad or missing MAC): not used",
+                    what, job_id, self._cluster_id)  # fmt: skip
+        job = self.get(job_id)
+        if job is not None:
+            job.result = None  # not even an earlier provisional result: the job's outcome is this failure
+        status, now = int(JobStatus.TERMINATED), time.time()
+        self._end(M.JobResult(self._cluster_id, job_id, status, None, b"", b"", FORGED_TEXT, FORGED_TYPE, 0.0, now))
+
+    def _end(self, r: M.JobResult) -> None:
+        """The job's end: `r` is authentic, or carries nothing to unpickle."""
         job = self.get(r.job_id)
         if job is None:
             return

@@ -5,7 +5,10 @@ Inside the job process, `dispy_provisional_result(result)` and
 length-prefixed msgpack records to a pipe the zygote reads, like the job's
 stdout. The zygote passes each record on to the daemon at once, and drains
 the pipe before it reports the job's end, so a file or provisional result
-always reaches the client before the job's final result.
+always reaches the client before the job's final result. Each record
+carries the job process's MAC under the cluster's result key
+(`dispy_wire.result_mac`), which the zygote and the daemon pass on: another
+process that writes on this pipe cannot make the client act on its bytes.
 """
 
 from __future__ import annotations
@@ -18,8 +21,10 @@ from typing import Any
 
 import msgpack
 
+from dispy_wire import result_mac
 from dispy_wire.errors import RemoteWireError
 from dispy_wire.framing import FrameDecoder, encode_frame
+from dispy_wire.status import JobStatus
 
 from .capture import PipeReader
 
@@ -31,11 +36,12 @@ MAX_RECORD = 32 * 1024 * 1024
 # -- in the job process ----------------------------------------------------------
 
 _fd = -1  # the write end, set by the job process before user code runs
+_cluster_id, _job_id, _key = "", 0, b""  # what the records are MAC'd with
 
 
-def attach(fd: int) -> None:
-    global _fd
-    _fd = fd
+def attach(fd: int, cluster_id: str, job_id: int, result_key: bytes) -> None:
+    global _fd, _cluster_id, _job_id, _key
+    _fd, _cluster_id, _job_id, _key = fd, cluster_id, job_id, result_key
 
 
 def provisional_result(result: Any, timeout: float | None = None) -> int:
@@ -49,7 +55,9 @@ def provisional_result(result: Any, timeout: float | None = None) -> int:
         data = pickle_result(result)
     except Exception:  # noqa: BLE001  (user objects' __reduce__ may raise anything)
         return -1
-    return _tell({"kind": "provisional", "result": data})
+    status = int(JobStatus.PROVISIONAL_RESULT)
+    mac = result_mac.sign(_key, result_mac.Kind.PROVISIONAL, _cluster_id, _job_id, status, data)
+    return _tell({"kind": "provisional", "result": data, "mac": mac})
 
 
 def send_file(path: str, timeout: float | None = None) -> int:
@@ -63,7 +71,9 @@ def send_file(path: str, timeout: float | None = None) -> int:
         mode = stat.S_IMODE(os.stat(path).st_mode)
     except OSError:
         return -1
-    return _tell({"kind": "file", "name": os.path.basename(path), "data": data, "mode": mode})
+    name = os.path.basename(path)
+    mac = result_mac.sign(_key, result_mac.Kind.FILE, _cluster_id, _job_id, 0, data, name, mode)
+    return _tell({"kind": "file", "name": name, "data": data, "mode": mode, "mac": mac})
 
 
 def _tell(record: dict[str, Any]) -> int:

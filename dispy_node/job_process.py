@@ -6,8 +6,10 @@ job mark in its environment (`killtree`), stdout/stderr on the pipes the
 zygote reads, every other inherited descriptor closed, its own working
 directory, and its limits. Only then does user code run. The outcome is a
 msgpack record written to an anonymous file the zygote reads after the
-process ends; a process that dies without writing one is described by its
-wait status instead. Whatever happens, the child leaves by `os._exit`: it must
+process ends, its pickled result MAC'd under the cluster's result key
+(`dispy_wire.result_mac`: the client unpickles nothing without it); a
+process that dies without writing one is described by its wait status
+instead. Whatever happens, the child leaves by `os._exit`: it must
 never return into the zygote's loop.
 
 Results are pickled with the standard `pickle` first (a C fast path that is
@@ -29,6 +31,7 @@ from typing import Any, NoReturn
 
 import msgpack
 
+from dispy_wire import result_mac
 from dispy_wire.payload import dumps, loads
 from dispy_wire.status import JobStatus
 
@@ -52,6 +55,8 @@ class Code:
     func: Any
     program: list[str] | None
     cluster_dir: str
+    cluster_id: str
+    result_key: bytes  # the cluster's key for `result_mac` (b"" in a spawned job: it comes in `Start`)
     groups: cgroups.JobGroups | None = None  # where jobs make their control groups, if the node can
 
 
@@ -69,19 +74,20 @@ class Start:
     res: int  # the anonymous file for the record
     channel: int  # write end of the pipe for provisional results and files
     group: str  # name of the control group the daemon made for it ("" for none)
+    result_key: bytes  # the cluster's key: the job MACs its result, provisional results and files with it
 
 
 def pack_start(start: Start) -> bytes:
     """A spawned job's Start, for `job_spawn` (the fds keep their numbers across the spawn)."""
     fields = [start.job_id, start.payload, list(start.limits), start.files, start.mark]
-    fields += [start.out, start.err, start.res, start.channel, start.group]
+    fields += [start.out, start.err, start.res, start.channel, start.group, start.result_key]
     packed: bytes = msgpack.packb(fields, use_bin_type=True)
     return packed
 
 
 def unpack_start(data: bytes) -> Start:
-    job_id, payload, lims, files, mark, out, err, res, chan, group = msgpack.unpackb(data, raw=False)
-    return Start(job_id, payload, limits.Limits(*lims), files, mark, out, err, res, chan, group)
+    job_id, payload, lims, files, mark, out, err, res, chan, group, key = msgpack.unpackb(data, raw=False)
+    return Start(job_id, payload, limits.Limits(*lims), files, mark, out, err, res, chan, group, key)
 
 
 def run(code: Code, start: Start) -> NoReturn:
@@ -103,13 +109,16 @@ def run(code: Code, start: Start) -> NoReturn:
         os.closerange(3, low)
         os.closerange(low + 1, high)
         os.closerange(high + 1, _ALL_FDS)
-        channel.attach(start.channel)
+        channel.attach(start.channel, code.cluster_id, start.job_id, start.result_key)
         try:
             _enter(code, start)
         except (OSError, ValueError) as exc:  # the job must not run without its group, directory or limits
             record = _failure(f"the node could not start the job: {exc}", type(exc).__name__, started)
         else:
             record = _execute(code, start.payload, started)
+        if "result" in record:
+            kind, status = result_mac.Kind.RESULT, record["status"]
+            record["mac"] = result_mac.sign(start.result_key, kind, code.cluster_id, start.job_id, status, record["result"])
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()

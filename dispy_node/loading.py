@@ -10,7 +10,9 @@ that loads the cluster again from the zygote's Load message (`LOAD_FILE` in
 the cluster's directory, `first=False`: the files are there already) and
 runs `setup` again before its job. That costs an interpreter start, the
 imports, the unpickling and `setup` for every job: tens of milliseconds
-instead of about one, and more with a slow `setup`.
+instead of about one, and more with a slow `setup`. The file holds the
+computation without its result key (`payload.without_result_key`): each
+spawned job gets the key with its start record, through an anonymous file.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import sys
 import traceback
 from typing import Any
 
+from dispy_wire import result_mac
 from dispy_wire.payload import CodeObjects, loads, unpack_computation
 
 from . import cgroups, channel, job_process, workdir
@@ -33,6 +36,8 @@ def load_code(load: zp.Load, first: bool) -> tuple[job_process.Code, Any] | str:
     """Loads the computation; returns (code, cleanup), or why it cannot run here."""
     try:
         comp = unpack_computation(load.computation)
+        if first and len(comp.result_key) != result_mac.KEY_SIZE:
+            return f"computation has a result key of {len(comp.result_key)} bytes, not {result_mac.KEY_SIZE}"
         if first:
             files = workdir.make_cluster_layout(load.cluster_dir)
             for name, data, mode in comp.files:
@@ -74,7 +79,8 @@ def load_code(load: zp.Load, first: bool) -> tuple[job_process.Code, Any] | str:
     sys.stdout.flush()
     sys.stderr.flush()
     groups = cgroups.JobGroups(load.cgroups) if load.cgroups else None
-    return job_process.Code(comp.kind, objs.func, objs.program, load.cluster_dir, groups), objs.cleanup
+    code = job_process.Code(comp.kind, objs.func, objs.program, load.cluster_dir, load.cluster_id, comp.result_key, groups)
+    return code, objs.cleanup
 
 
 def _inject_globals(objs: CodeObjects, node: dict[str, Any]) -> None:

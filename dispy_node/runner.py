@@ -46,6 +46,7 @@ from typing import Any
 
 import psutil
 
+from dispy_wire import result_mac
 from dispy_wire.framing import FrameDecoder
 from dispy_wire.messages import JobFile, JobRef, JobResult, RunJob
 from dispy_wire.status import JobStatus
@@ -573,7 +574,9 @@ class _Cluster:
         elif isinstance(msg, zp.Provisional):
             if msg.job_id in self._running:  # passed on as is: the job goes on running
                 now = time.time()
-                result = JobResult(self.cluster_id, msg.job_id, JobStatus.PROVISIONAL_RESULT, msg.result, b"", b"", "", "", now, now)
+                result = JobResult(
+                    self.cluster_id, msg.job_id, JobStatus.PROVISIONAL_RESULT, msg.result, b"", b"", "", "", now, now, msg.mac
+                )
                 self.runner.report(result)
         elif isinstance(msg, zp.File):
             if msg.job_id in self._running:
@@ -600,6 +603,8 @@ class _Cluster:
             ValueError: a status or size no honest zygote sends.
         """
         max_output = self.runner.config.max_output + 256  # and the note where it was cut
+        if isinstance(msg, (zp.Done, zp.Provisional, zp.File)) and len(msg.mac) > result_mac.MAC_SIZE:
+            raise ValueError(f"MAC of {len(msg.mac)} bytes (at most {result_mac.MAC_SIZE})")
         if isinstance(msg, zp.Done):
             sizes = {"result": (len(msg.result or b""), job_process.MAX_RESULT),
                      "stdout": (len(msg.stdout), max_output), "stderr": (len(msg.stderr), max_output),

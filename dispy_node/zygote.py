@@ -47,6 +47,7 @@ from typing import Any, NoReturn
 import psutil
 
 from dispy_wire.framing import FrameDecoder
+from dispy_wire.payload import without_result_key
 from dispy_wire.status import JobStatus
 
 from . import cgroups, job_process, killtree, loading, workdir
@@ -243,7 +244,8 @@ class Zygote:
         self._code, self._cleanup = loaded
         if self._spawn:  # each job process loads the cluster again from this
             self._load_file = os.path.join(load.cluster_dir, loading.LOAD_FILE)
-            workdir.write_file(load.cluster_dir, loading.LOAD_FILE, zp.encode(load), 0o600, replace=True)
+            keyless = load._replace(computation=without_result_key(load.computation))  # the key goes with each Start
+            workdir.write_file(load.cluster_dir, loading.LOAD_FILE, zp.encode(keyless), 0o600, replace=True)
         return None
 
     def _run_cleanup(self) -> None:
@@ -261,12 +263,15 @@ class Zygote:
         if job_id in self._jobs:
             logger.warning("job %d is already running; repeated Run ignored", job_id)
             return
+        assert self._code is not None
         now = time.time()
         mark = killtree.mark(os.getpid(), job_id)
         fds: list[int] = []
         try:
             fds = [*os.pipe(), *os.pipe(), _anon_file(), *os.pipe()]
-            start = job_process.Start(job_id, payload, limits, files, mark, fds[1], fds[3], fds[4], fds[6], group)
+            start = job_process.Start(
+                job_id, payload, limits, files, mark, fds[1], fds[3], fds[4], fds[6], group, self._code.result_key
+            )
             pid = self._spawn_job(start) if self._spawn else os.fork()
         except OSError as exc:
             for fd in fds:
@@ -275,7 +280,6 @@ class Zygote:
             self._send(zp.Done(job_id, JobStatus.TERMINATED, None, b"", b"", why, "OSError", now, now))
             return
         if pid == 0:
-            assert self._code is not None
             job_process.run(self._code, start)
         for fd in (fds[1], fds[3], fds[6]):
             os.close(fd)
@@ -319,12 +323,13 @@ class Zygote:
 
     def _from_job(self, job_id: int, record: dict[str, Any]) -> None:
         """A record from a running job's channel, passed on to the daemon at once."""
-        kind = record.get("kind")
+        kind, mac = record.get("kind"), _mac_in(record)
         if kind == "provisional" and isinstance(record.get("result"), bytes):
-            self._send(zp.Provisional(job_id, record["result"]))
+            self._send(zp.Provisional(job_id, record["result"], mac))
         elif kind == "file" and isinstance(record.get("name"), str) and isinstance(record.get("data"), bytes):
             mode = record.get("mode")
-            self._send(zp.File(job_id, os.path.basename(record["name"]), record["data"], mode if isinstance(mode, int) else 0o600))
+            name, data = os.path.basename(record["name"]), record["data"]
+            self._send(zp.File(job_id, name, data, mode if isinstance(mode, int) else 0o600, mac))
         else:
             logger.warning("job %d sent an unknown record on its channel", job_id)
 
@@ -452,7 +457,8 @@ class Zygote:
                 text = f"{job.limits.processes_text()}\n{text}"
             elif job.limits.open_files is not None and _too_many_files(kind, text):
                 text = f"{job.limits.open_files_text()}\n{text}"
-            return zp.Done(job.job_id, rec["status"], rec.get("result"), stdout, stderr, text, kind, start, end)
+            result = rec.get("result")
+            return zp.Done(job.job_id, rec["status"], result, stdout, stderr, text, kind, start, end, _mac_in(rec))
         text, kind = _death_text(job, memory_hit)
         return zp.Done(job.job_id, JobStatus.TERMINATED, None, stdout, stderr, text, kind, start, end)
 
@@ -487,6 +493,12 @@ def _verdict_for(status: JobStatus, reason: str) -> tuple[JobStatus, str, str]:
     if status is JobStatus.CANCELLED:
         return status, reason or "cancelled", ""
     return status, reason, "NodeGaveUp" if status is JobStatus.ABANDONED else "Killed"
+
+
+def _mac_in(record: dict[str, Any]) -> bytes:
+    """The job's MAC in one of its records (`dispy_wire.result_mac`): the client checks it, we only pass it on."""
+    mac = record.get("mac")
+    return mac if isinstance(mac, bytes) else b""
 
 
 def _too_many_files(kind: str, text: str) -> bool:

@@ -102,6 +102,7 @@ class Done(NamedTuple):
     exception_type: str
     start_time: float
     end_time: float
+    mac: bytes = b""  # the job process's MAC of `result` (`dispy_wire.result_mac`); b"" when it made none
 
 
 class Provisional(NamedTuple):
@@ -109,6 +110,7 @@ class Provisional(NamedTuple):
 
     job_id: int
     result: bytes
+    mac: bytes  # the job process's, passed on untouched
 
 
 class File(NamedTuple):
@@ -118,6 +120,7 @@ class File(NamedTuple):
     name: str
     data: bytes
     mode: int
+    mac: bytes  # the job process's, passed on untouched
 
 
 class FileAdded(NamedTuple):

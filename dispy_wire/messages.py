@@ -25,7 +25,7 @@ from .errors import ErrorCode, LocalWireError, RemoteWireError
 from .framing import FrameDecoder, _NeedData, encode_frame
 from .schema import checker_for
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: JobResult and JobFile carry the job's MAC (result_mac)
 
 
 # --------------------------------------------------------------------------
@@ -77,6 +77,8 @@ class JobResult(NamedTuple):
     exception_type: str  # class name of the exception ('' if none)
     start_time: float
     end_time: float
+    #: the job process's MAC (`result_mac`), passed on untouched; b"" on results the node or scheduler made
+    mac: bytes = b""
 
 
 class JobFile(NamedTuple):
@@ -87,6 +89,7 @@ class JobFile(NamedTuple):
     name: str  # base name: the client writes it into the cluster's dest_path
     data: bytes
     mode: int
+    mac: bytes = b""  # the job process's MAC (`result_mac`), passed on untouched
 
 
 class NodeInfo(NamedTuple):

@@ -11,7 +11,13 @@ any pickle that may refer to them is loaded:
              "name": str,
              "files":   [[basename, bytes, mode], ...],   # depends paths
              "modules": [[filename, bytes], ...],          # depends modules, as source
-             "objects": bytes}                             # cloudpickle of `CodeObjects`
+             "objects": bytes,                             # cloudpickle of `CodeObjects`
+             "result_key": bytes}                          # the cluster's key for `result_mac`
+
+The result key is the reason no one but the client and the cluster's own
+processes may read a computation: whoever holds it can make results the
+client will unpickle. A zygote that must leave the computation in a file
+(spawn mode) writes it `without_result_key`.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ class Computation:
     files: list[tuple[str, bytes, int]]
     modules: list[tuple[str, bytes]]
     objects: bytes  # cloudpickle(CodeObjects)
+    result_key: bytes  # `result_mac.new_key()`: job processes MAC what they send the client with it
 
 
 def pack_computation(comp: Computation) -> bytes:
@@ -53,6 +60,7 @@ def pack_computation(comp: Computation) -> bytes:
             "files": [list(f) for f in comp.files],
             "modules": [list(m) for m in comp.modules],
             "objects": comp.objects,
+            "result_key": comp.result_key,
         },
         use_bin_type=True,
     )
@@ -76,9 +84,21 @@ def unpack_computation(blob: bytes) -> Computation:
             files=[(_typed(n, str), _typed(b, bytes), _typed(m, int)) for n, b, m in d["files"]],
             modules=[(_typed(n, str), _typed(b, bytes)) for n, b in d["modules"]],
             objects=_typed(d["objects"], bytes),
+            result_key=_typed(d["result_key"], bytes),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"malformed computation: {exc}") from None
+
+
+def without_result_key(blob: bytes) -> bytes:
+    """The packed computation `blob` with its result key left out (`b""`).
+
+    Raises:
+        ValueError: `blob` is malformed.
+    """
+    comp = unpack_computation(blob)
+    comp.result_key = b""
+    return pack_computation(comp)
 
 
 _T = TypeVar("_T")

@@ -195,7 +195,7 @@ def test_ill_typed_message_after_the_handshake_gets_an_error_and_the_connection_
     with sock:
         challenge = _challenge(sock, decoder)
         mac = compute_mac("right", challenge.nonce, "client", "alice")
-        sock.sendall(PREAMBLE + M.encode(M.Hello(1, "client", "alice", mac, {})))
+        sock.sendall(PREAMBLE + M.encode(M.Hello(M.PROTOCOL_VERSION, "client", "alice", mac, {})))
         assert isinstance(_read_message(sock, decoder), M.Welcome)
         import msgpack
 

@@ -35,7 +35,8 @@ import pytest
 from dispy_node import account
 from dispy_node.account import Account
 from dispy_node.runner import Runner, RunnerConfig
-from dispy_wire.messages import JobRef, JobResult, RunJob
+from dispy_wire import result_mac
+from dispy_wire.messages import JobFile, JobRef, JobResult, RunJob
 from dispy_wire.payload import CodeObjects, Computation, dumps, loads, pack_computation
 from dispy_wire.status import JobStatus
 
@@ -135,16 +136,22 @@ class Harness:
     def __init__(self, root: Path, kill_grace: float = 5.0, **config: Any) -> None:
         self.root = root
         self.results: list[JobResult] = []
+        self.files: list[JobFile] = []
         self.failures: list[tuple[str, str]] = []
         self._changed = asyncio.Event()
         config.setdefault("account", JOB_ACCOUNT)
-        self.runner = Runner(RunnerConfig(root / "work", kill_grace, **config), self._on_result, self._on_failed)
+        self.runner = Runner(RunnerConfig(root / "work", kill_grace, **config), self._on_result, self._on_failed, self._on_file)
         work_dir = self.runner.work_dir
         work_dir.mkdir(mode=0o700 if self.runner.account.is_self else 0o711)
         self._next_id = 0
+        self.key = result_mac.new_key()  # every cluster this harness loads has it
 
     def _on_result(self, result: JobResult) -> None:
         self.results.append(result)
+        self._changed.set()
+
+    def _on_file(self, file: JobFile) -> None:
+        self.files.append(file)
         self._changed.set()
 
     def _on_failed(self, cluster_id: str, message: str) -> None:
@@ -161,7 +168,7 @@ class Harness:
         self, cluster_id: str = "c1", kind: str = "function", files: list[Any] | None = None,
         options: dict[str, Any] | None = None, **objs: Any,
     ) -> str:  # fmt: skip
-        blob = pack_computation(Computation(kind, "test", files or [], [], dumps(CodeObjects(**objs))))
+        blob = pack_computation(Computation(kind, "test", files or [], [], dumps(CodeObjects(**objs)), self.key))
         self.runner.load(cluster_id, blob, options)
         return cluster_id
 

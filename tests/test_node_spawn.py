@@ -13,6 +13,8 @@ import cloudpickle
 import psutil
 import pytest
 
+from dispy_node.loading import LOAD_FILE
+from dispy_wire import result_mac
 from dispy_wire.messages import JobRef
 from dispy_wire.status import JobStatus
 from test_node_runner import (  # noqa: F401  (the autouse fixture works by being imported)
@@ -117,3 +119,33 @@ def test_setup_in_a_spawned_job_runs_under_the_jobs_limits_umask_and_capture() -
         assert r.stdout == b"setup says hello\n"
 
     run(body, spawn=True)
+
+
+def reports_and_returns(n: int) -> int:
+    with open("report.txt", "w") as f:
+        f.write(f"report {n}")
+    assert dispy_provisional_result(n) == 0  # type: ignore[name-defined]  # noqa: F821  (a job's global)
+    assert dispy_send_file("report.txt") == 0  # type: ignore[name-defined]  # noqa: F821
+    return 2 * n
+
+
+@pytest.mark.parametrize("spawn", [False, True], ids=["forked", "spawned"])
+def test_what_a_job_sends_carries_a_mac_under_its_clusters_key_and_no_file_holds_the_key(spawn: bool) -> None:
+    async def body(h: Harness) -> None:
+        h.load("c1", func=reports_and_returns)
+        job_id = h.run("c1", (5,))[0]
+        await h.until(lambda: any(r.job_id == job_id and r.status == JobStatus.FINISHED for r in h.results))
+        provisional, final = (r for r in h.results if r.job_id == job_id)
+        assert (provisional.status, final.status, value(final)) == (JobStatus.PROVISIONAL_RESULT, JobStatus.FINISHED, 10)
+        (file,) = h.files
+        assert file.data == b"report 5"
+        for r in (provisional, final):
+            assert len(r.mac) == result_mac.MAC_SIZE and result_mac.result_ok(h.key, "c1", r)
+        assert result_mac.file_ok(h.key, "c1", file)
+        assert not result_mac.result_ok(result_mac.new_key(), "c1", final)  # a MAC under the key, not any MAC
+        files = [p for p in h.runner.work_dir.rglob("*") if p.is_file()]
+        assert any(p.name == LOAD_FILE for p in files) == spawn  # spawned jobs load the cluster from it
+        for path in files:
+            assert h.key not in path.read_bytes(), path
+
+    run(body, spawn=spawn)

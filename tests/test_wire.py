@@ -302,11 +302,11 @@ def test_bad_message_error_names_the_message_class() -> None:
 
 
 def test_optional_field_accepts_none_and_its_type() -> None:
-    assert decode(raw(31, [["c", 1, 11, None, b"", b"", "", "", 0, 1]])) == M.NodeResults(
+    assert decode(raw(31, [["c", 1, 11, None, b"", b"", "", "", 0, 1, b""]])) == M.NodeResults(
         [JobResult("c", 1, 11, None, b"", b"", "", "", 0.0, 1.0)]
     )
-    assert decode(raw(31, [["c", 1, 11, b"r", b"", b"", "", "", 0, 1]])) == M.NodeResults(
-        [JobResult("c", 1, 11, b"r", b"", b"", "", "", 0.0, 1.0)]
+    assert decode(raw(31, [["c", 1, 11, b"r", b"", b"", "", "", 0, 1, b"m"]])) == M.NodeResults(
+        [JobResult("c", 1, 11, b"r", b"", b"", "", "", 0.0, 1.0, b"m")]
     )
 
 
@@ -603,6 +603,7 @@ def sample_computation() -> Computation:
         files=[("data.csv", b"a,b\n1,2\n", 0o644), ("run.sh", b"#!/bin/sh\n", 0o755)],
         modules=[("helpers.py", b"def f():\n    return 1\n")],
         objects=b"\x80\x05pickled",
+        result_key=bytes(range(32)),
     )
 
 
@@ -612,7 +613,7 @@ def test_computation_round_trips() -> None:
 
 
 def test_empty_computation_round_trips() -> None:
-    comp = Computation("program", "prog", [], [], b"")
+    comp = Computation("program", "prog", [], [], b"", b"")
     assert unpack_computation(pack_computation(comp)) == comp
 
 
@@ -626,7 +627,7 @@ def test_user_objects_round_trip_by_value() -> None:
 
 
 def packed(**overrides: Any) -> bytes:
-    d: dict[str, Any] = {"v": 1, "kind": "function", "name": "f", "files": [], "modules": [], "objects": b""}
+    d: dict[str, Any] = {"v": 1, "kind": "function", "name": "f", "files": [], "modules": [], "objects": b"", "result_key": b"k"}
     d.update(overrides)
     return msgpack.packb({k: v for k, v in d.items() if v is not ...}, use_bin_type=True)
 
@@ -648,6 +649,8 @@ def packed(**overrides: Any) -> bytes:
         pytest.param(msgpack.packb(7), id="an int, not a map"),
         pytest.param(packed(objects=3), id="objects as int"),
         pytest.param(packed(files=[["a", 4, 0o644]]), id="file content as int"),
+        pytest.param(packed(result_key=...), id="missing result key"),
+        pytest.param(packed(result_key="text"), id="result key as str"),
     ],
 )
 def test_malformed_computation_raises_value_error(blob: bytes) -> None:
