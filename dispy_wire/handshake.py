@@ -94,6 +94,11 @@ def mechanism_for(channel_binding: ChannelBinding | None) -> str:
     return MECHANISM + "-PLUS" if channel_binding is not None else MECHANISM
 
 
+def scram_user(role: Role, name: str) -> str:
+    """SCRAM's user name: role and name, so the proof binds both (a client's login never passes as a node's)."""
+    return f"{role}:{name}"
+
+
 def _what(role: Role) -> str:
     return "user" if role is Role.CLIENT else "node"
 
@@ -192,8 +197,8 @@ class ServerHandshake:
             server_first: str = self._scram.get_server_first()
         except ScramException as exc:
             raise self._error(exc) from None
-        if scram_names != [msg.name]:
-            # the proof covers SCRAM's user name: it must be the name we look up
+        if scram_names != [scram_user(role, msg.name)]:
+            # the proof covers SCRAM's user name: it must be the role and name we looked up
             raise RemoteWireError(
                 ErrorCode.BAD_MESSAGE,
                 f"{_what(role)} name {msg.name!r} differs from the SCRAM user name (names must be SASLprep-normal)",
@@ -303,7 +308,9 @@ class PeerHandshake:
                 f"scheduler asks for {msg.mechanism!r}, we need {ours!r}: {sides} (a relay in between?)",
             )
         try:
-            self._scram = ScramClient([ours], self.name, self._secret, channel_binding=self._binding, c_nonce=self._nonce)
+            self._scram = ScramClient(
+                [ours], scram_user(self.role, self.name), self._secret, channel_binding=self._binding, c_nonce=self._nonce
+            )
             client_first: str = self._scram.get_client_first()
         except ScramException as exc:
             raise LocalWireError(f"cannot log in as {self.name!r}: {exc}") from None
