@@ -50,7 +50,7 @@ MAX_DATAGRAM = 1024
 DISCOVER_SIZE = 512
 NONCE_SIZE = 16
 #: scheduler names are cut to this many characters so an Announce stays small
-NAME_LIMIT = 100
+NAME_LIMIT = 80
 _PROOF_PREFIX = b"dispy-shared/discovery\0"
 #: a node hashes at most this many PBKDF2 rounds to check an Announce
 MAX_ITERATIONS = 16 * DEFAULT_ITERATIONS
