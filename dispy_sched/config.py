@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-import logging
 import os
 import stat
 import socket
@@ -21,7 +20,6 @@ from dispy_wire.verifier import Verifier, looks_like_verifier
 from .core.state import NO_LIMITS, Limits
 
 DEFAULT_PORT = 9702
-log = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -288,12 +286,5 @@ def config_from_args(argv: list[str] | None = None) -> SchedConfig:
             )
     if cfg.state_dir is None:
         cfg.state_dir = default_state_dir()
-    for key in ("secret", "node_secret"):
-        if getattr(cfg, key):
-            log.warning(
-                "%s given in plaintext: the scheduler keeps only its verifier, but the secret was readable where it "
-                "came from; prefer %s", key, "--users-file (dispyadmin user add)" if key == "secret"
-                else "--node-verifier (dispyadmin node-secret)",
-            )
     cfg.prepare_verifiers()
     return cfg

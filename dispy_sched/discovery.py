@@ -24,6 +24,7 @@ from dispy_wire.handshake import Role
 from dispy_wire.verifier import Verifier
 
 from .config import SchedConfig
+from .logsafe import peer_text
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ class Responder(asyncio.DatagramProtocol):
     def _complain(self, addr: tuple[Any, ...], why: str) -> None:
         more = self._throttle.admit(asyncio.get_running_loop().time())
         if more is not None:
-            log.warning("discovery: ignoring a datagram from %s:%s: %s%s", addr[0], addr[1], why, more)
+            log.warning("discovery: ignoring a datagram from %s:%s: %s%s", addr[0], addr[1], peer_text(why), more)
 
 
 def local_address_towards(ip: str) -> str:
