@@ -64,6 +64,29 @@ def raise_open_files_limit() -> tuple[int, int]:
     return soft, soft
 
 
+def quiet_accept_errors(loop: asyncio.AbstractEventLoop, every: Throttle) -> None:
+    """Turns the loop's reports of accept() running out of descriptors into one line a second, no traceback.
+
+    asyncio reports each failed accept() through the loop's exception
+    handler, with a traceback; anything else still goes to the handler that
+    was there before.
+    """
+    previous = loop.get_exception_handler()
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        if isinstance(exc, OSError) and exc.errno in _RESOURCE_ERRNOS:
+            more = every.admit(time.monotonic())
+            if more is not None:
+                log.error("cannot accept connections: %s%s", exc.strerror or exc, more)
+        elif previous is not None:
+            previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
+
+
 class SchedulerServer:
     """Listens for clients and nodes and drives a `SchedulerCore`.
 
@@ -137,21 +160,7 @@ class SchedulerServer:
             "file descriptors: %d%s; connections waiting to log in: at most %d, %d per address",
             now, raised, self._gate.total, self._gate.per_address,
         )  # fmt: skip
-        default = loop.get_exception_handler()
-
-        def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-            exc = context.get("exception")
-            if isinstance(exc, OSError) and exc.errno in _RESOURCE_ERRNOS:
-                more = self._accept_errors.admit(time.monotonic())
-                if more is not None:
-                    log.error("cannot accept connections: %s%s", exc.strerror or exc, more)
-                return
-            if default is not None:
-                default(loop, context)
-            else:
-                loop.default_exception_handler(context)
-
-        loop.set_exception_handler(handler)
+        quiet_accept_errors(loop, self._accept_errors)
 
     def _save_usage(self) -> None:
         self._last_usage_save = time.time()

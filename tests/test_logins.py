@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import errno
+import logging
 import re
 import resource
 import socket
@@ -14,7 +17,9 @@ import pytest
 from procs import ROOT, Cluster, write_users_file
 from waiting import wait_until
 
+from dispy_sched.server import quiet_accept_errors
 from dispy_wire import messages as M
+from dispy_wire.discovery import Throttle
 from dispy_wire.framing import HEADER, NEED_DATA, PREAMBLE, FrameDecoder
 from dispy_wire.handshake import HandshakeState, PeerHandshake, Role
 
@@ -266,3 +271,57 @@ def test_the_scheduler_logs_its_descriptor_capacity(cluster: Cluster) -> None:
     cluster.procs[0].wait_for_line(r"file descriptors: \d+", stream="stderr", timeout=10)
     assert psutil.Process(cluster.procs[0].pid).rlimit(psutil.RLIMIT_NOFILE)[0] == hard
 
+
+
+def test_running_out_of_descriptors_is_one_log_line_a_second_not_a_traceback_per_accept(cluster: Cluster) -> None:
+    users = write_users_file(cluster.workdir / "users.toml", USERS)
+    argv = " ".join(_scheduler_argv(cluster, "--users-file", str(users)))
+    proc = cluster.start(["sh", "-c", f"ulimit -n 48 && exec {argv}"], "scheduler")
+    match = proc.wait_for_line(r"listening on (\S+):(\d+)")
+    cluster.address = f"{match.group(1)}:{match.group(2)}"
+    held = []
+    try:
+        for _ in range(60):  # logged-in connections are not capped: they use up the 48 descriptors
+            sock = _connect(cluster)
+            held.append(sock)
+            answer, _ = _login(sock, "alice", "right")
+            if not isinstance(answer, M.Welcome):
+                break
+        for _ in range(50):  # accept() fails for these: the loop drops them (uvloop) or reports it (asyncio)
+            held.append(_connect(cluster))
+        with _connect(cluster) as probe:  # reaches the listener's backlog, never the scheduler
+            probe.settimeout(3)
+            with pytest.raises((TimeoutError, ConnectionError)):
+                if not probe.recv(1):
+                    raise ConnectionResetError("closed")
+    finally:
+        for sock in held:
+            sock.close()
+    with _connect(cluster) as sock:  # descriptors back: logins work again
+        answer, _ = _login(sock, "alice", "right")
+    assert isinstance(answer, M.Welcome)
+    assert "Traceback" not in proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if "cannot accept connections" in ln]
+    assert len(lines) <= len({ln[:19] for ln in lines}), lines  # at most one a second
+
+
+def test_accept_errors_from_the_loop_are_one_line_a_second_and_other_errors_pass_through(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    seen: list[dict[str, object]] = []
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda loop, context: seen.append(context))
+        quiet_accept_errors(loop, Throttle(1.0))
+        for _ in range(1000):  # what asyncio's accept loop reports, once per failed accept()
+            loop.call_exception_handler(
+                {"message": "socket.accept() out of system resource", "exception": OSError(errno.EMFILE, "Too many open files")}
+            )
+        loop.call_exception_handler({"message": "something else", "exception": ValueError("x")})
+
+    with caplog.at_level(logging.ERROR, logger="dispy_sched.server"):
+        asyncio.run(scenario())
+    assert [r.getMessage() for r in caplog.records] == ["cannot accept connections: Too many open files"]
+    assert caplog.records[0].exc_info is None
+    assert [c["message"] for c in seen] == ["something else"]  # the handler that was there gets the rest
