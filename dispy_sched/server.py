@@ -121,6 +121,7 @@ class SchedulerServer:
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> tuple[str, int]:
+        self.config.prepare_verifiers()  # the PBKDF2 of plaintext secrets now, not in the first login
         if self.usage_store is not None:
             usage = self.usage_store.load()
             log.info("restored decayed usage of %d users from %s", len(usage), self.usage_store.path)
