@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import psutil
 import pytest
@@ -325,3 +326,21 @@ def test_accept_errors_from_the_loop_are_one_line_a_second_and_other_errors_pass
     assert [r.getMessage() for r in caplog.records] == ["cannot accept connections: Too many open files"]
     assert caplog.records[0].exc_info is None
     assert [c["message"] for c in seen] == ["something else"]  # the handler that was there gets the rest
+
+
+def test_dispyadmin_replace_gives_a_new_secret_and_keeps_the_rest_of_the_file(tmp_path: Path) -> None:
+    from dispy_sched.admin import add_user
+    from dispy_sched.config import load_users
+    from dispy_wire.verifier import Verifier
+
+    users = tmp_path / "users.toml"
+    first = add_user(str(users), "alice", 2, replace=False, iterations=4096)
+    add_user(str(users), "bob", None, replace=False, iterations=4096)
+    users.write_text(users.read_text().replace("share = 2", "share = 2\nmax_cpus = 4  # a limit the operator set"))
+    second = add_user(str(users), "alice", None, replace=True, iterations=4096)
+    loaded = load_users(str(users))
+    assert first != second and set(loaded) == {"alice", "bob"}
+    assert loaded["alice"].share == 2 and loaded["alice"].limits.max_cpus == 4
+    salt, iterations = loaded["alice"].verifier.salt, loaded["alice"].verifier.iterations
+    assert Verifier.from_secret(second, iterations, salt) == loaded["alice"].verifier
+    assert "# a limit the operator set" in users.read_text()
