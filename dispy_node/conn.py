@@ -45,6 +45,7 @@ from dispy_wire.errors import ErrorCode, RemoteWireError
 from dispy_wire.framing import NEED_DATA, PREAMBLE, FrameDecoder
 from dispy_wire.handshake import HandshakeState, PeerHandshake, Role, channel_binding_of
 from dispy_wire.messages import (
+    HELLO_MAX_ADDRESSES,
     ClusterFailed,
     Error,
     FilePutDone,
@@ -272,7 +273,8 @@ class _Session:
             "pid": os.getpid(),
             "heartbeat": self.config.heartbeat,
             "version": _version(),
-            "addresses": report.addresses(),  # so clusters' `nodes` patterns can match this host
+            # so clusters' `nodes` patterns can match this host
+            "addresses": report.addresses()[:HELLO_MAX_ADDRESSES],
         }
         binding = channel_binding_of(self._writer.get_extra_info("ssl_object"))
         hs = PeerHandshake(Role.NODE, self.config.name, self.config.node_secret, info, binding)

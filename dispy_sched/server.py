@@ -46,8 +46,6 @@ from .usage_store import UsageStore
 log = logging.getLogger(__name__)
 
 TICK_INTERVAL = 1.0
-#: interface addresses taken from a node's Hello (for clusters' `nodes` patterns)
-MAX_ADDRESSES = 64
 #: errors of accept() that mean "out of descriptors or memory", not "this peer is bad"
 _RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
@@ -252,7 +250,7 @@ class SchedulerServer:
             heartbeat = 2.0
         ip_addr = conn.address.rsplit(":", 1)[0]
         reported = peer.info.get("addresses")
-        addresses = tuple(a for a in reported[:MAX_ADDRESSES] if isinstance(a, str)) if isinstance(reported, list) else ()
+        addresses = tuple(a for a in reported[: M.HELLO_MAX_ADDRESSES] if isinstance(a, str)) if isinstance(reported, list) else ()
         return E.NodeJoined(conn.session, peer.name, ip_addr, cpus, float(heartbeat), addresses)
 
     def peer_left(self, conn: PeerConnection, reason: str) -> None:

@@ -148,6 +148,11 @@ class Challenge(Message):
     mechanism: str
 
 
+#: interface addresses a node lists in its Hello: enough for `nodes` patterns, and the Hello stays within
+#: the pre-login frame limit (64 IPv6 addresses are under 3 KiB)
+HELLO_MAX_ADDRESSES = 64
+
+
 @message(2)
 class Hello(Message):
     """Peer → scheduler: who I am, and the SCRAM client-first message."""

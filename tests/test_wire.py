@@ -808,3 +808,14 @@ def test_batches_by_size_keep_order_and_stay_within_the_budget_but_for_a_record_
     batches = list(by_size(records, budget=1200))  # each weighs 256 + its bytes (é: 2)
     assert [[r.job_id for r in b] for b in batches] == [[1, 2], [3], [4], [5]]
     assert list(by_size([])) == []
+
+
+def test_a_nodes_largest_hello_fits_the_pre_login_frame_limit() -> None:
+    from dispy_wire.framing import PRELOGIN_MAX_SIZE
+
+    peer = PeerHandshake(Role.NODE, "n" * 255, "secret", {
+        "cpus": 512, "platform": "Linux-6.1.0-x86_64-with-glibc2.36" * 2, "pid": 4194304, "heartbeat": 2.0,
+        "version": "10.20.30", "addresses": ["ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"] * M.HELLO_MAX_ADDRESSES,
+    })  # fmt: skip
+    hello = peer.receive(M.Challenge(PROTOCOL_VERSION, "s", "SCRAM-SHA-256"))
+    assert len(encode(hello)) < PRELOGIN_MAX_SIZE // 2
