@@ -16,7 +16,7 @@ from dispy_wire import messages as M
 from dispy_wire.batching import BatchedWriter
 from dispy_wire.errors import ErrorCode, RemoteWireError
 from dispy_wire.framing import NEED_DATA, PREAMBLE, FrameDecoder
-from dispy_wire.handshake import PeerHandshake, Role
+from dispy_wire.handshake import PeerHandshake, Role, channel_binding_of
 from dispy_wire.loop import event_loop_factory
 
 from .errors import AuthenticationError, LimitError, ProtocolError, SchedulerUnreachable
@@ -64,10 +64,10 @@ class LoopThread:
 
 
 def _handshake_error(exc: RemoteWireError, where: str, user: str) -> Exception:
-    if exc.code is ErrorCode.BAD_SECRET:
-        return AuthenticationError(f"scheduler {where} rejected user {user!r}: bad secret")
-    if exc.code is ErrorCode.UNKNOWN_USER:
-        return AuthenticationError(f"scheduler {where} rejected user {user!r}: unknown user")
+    if exc.code is ErrorCode.LOGIN_FAILED:
+        return AuthenticationError(f"scheduler {where} rejected user {user!r}: unknown user or wrong secret")
+    if exc.code in (ErrorCode.THROTTLED, ErrorCode.SERVER_NOT_VERIFIED, ErrorCode.CHANNEL_BINDING):
+        return AuthenticationError(f"scheduler {where}: {exc.message}")
     if exc.code is ErrorCode.LIMIT:
         return LimitError(f"scheduler {where} refused user {user!r}: {exc.message}")
     if exc.code is ErrorCode.BAD_VERSION:
@@ -91,7 +91,8 @@ class SchedulerLink(asyncio.Protocol):
         on_message: Callable[[M.Message], None],
         on_lost: Callable[[str], None],
     ) -> None:
-        self._handshake = PeerHandshake(Role.CLIENT, user, secret, info)
+        self._user, self._secret, self._info = user, secret, info
+        self._handshake: PeerHandshake | None = None
         self._decoder = FrameDecoder()
         self._on_message = on_message
         self._on_lost = on_lost
@@ -142,6 +143,8 @@ class SchedulerLink(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         loop = asyncio.get_running_loop()
         self._writer = BatchedWriter(loop.call_soon, self.transport.write, self.transport.is_closing)
+        binding = channel_binding_of(transport.get_extra_info("ssl_object"))
+        self._handshake = PeerHandshake(Role.CLIENT, self._user, self._secret, self._info, binding)
         self.transport.write(PREAMBLE)
 
     def data_received(self, data: bytes) -> None:
@@ -156,16 +159,17 @@ class SchedulerLink(asyncio.Protocol):
                 return
             assert isinstance(msg, M.Message)
             if not self.ready.done():
+                assert self._handshake is not None
                 try:
                     reply = self._handshake.receive(msg)
                 except RemoteWireError as exc:
                     self._fail(exc)
                     return
-                if isinstance(reply, M.Hello):
-                    self.send(reply)
-                else:
+                if isinstance(reply, M.Welcome):
                     self.welcome = reply
                     self.ready.set_result(reply)
+                else:
+                    self.send(reply)
             elif isinstance(msg, M.Refused):
                 log.error("scheduler %s closed the connection: %s (%s)", self.where, msg.message, msg.code)
                 self.close()

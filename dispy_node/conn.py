@@ -43,13 +43,13 @@ from typing import Any
 from dispy_wire.batching import by_size
 from dispy_wire.errors import ErrorCode, RemoteWireError
 from dispy_wire.framing import NEED_DATA, PREAMBLE, FrameDecoder
-from dispy_wire.handshake import HandshakeState, PeerHandshake, Role
+from dispy_wire.handshake import HandshakeState, PeerHandshake, Role, channel_binding_of
 from dispy_wire.messages import (
+    HELLO_MAX_ADDRESSES,
     ClusterFailed,
     Error,
     FilePutDone,
     Heartbeat,
-    Hello,
     JobFile,
     JobResult,
     KillJobs,
@@ -61,6 +61,7 @@ from dispy_wire.messages import (
     Refused,
     RunJobs,
     UnloadCluster,
+    Welcome,
     encode,
     next_message,
 )
@@ -77,7 +78,8 @@ logger = logging.getLogger(__name__)
 #: finds the scheduler's (host, port), e.g. by UDP discovery
 Locate = Callable[[], Awaitable[tuple[str, int]]]
 #: refusals after which redialing cannot help: the operator must act
-FATAL_CODES = frozenset({ErrorCode.BAD_SECRET, ErrorCode.UNKNOWN_USER, ErrorCode.BAD_VERSION})
+#: refusals that retrying cannot cure (a throttled or unverified scheduler may be cured by time: those retry)
+FATAL_CODES = frozenset({ErrorCode.LOGIN_FAILED, ErrorCode.BAD_VERSION})
 CONNECT_TIMEOUT = 10.0
 HANDSHAKE_TIMEOUT = 10.0
 
@@ -271,9 +273,11 @@ class _Session:
             "pid": os.getpid(),
             "heartbeat": self.config.heartbeat,
             "version": _version(),
-            "addresses": report.addresses(),  # so clusters' `nodes` patterns can match this host
+            # so clusters' `nodes` patterns can match this host
+            "addresses": report.addresses()[:HELLO_MAX_ADDRESSES],
         }
-        hs = PeerHandshake(Role.NODE, self.config.name, self.config.node_secret, info)
+        binding = channel_binding_of(self._writer.get_extra_info("ssl_object"))
+        hs = PeerHandshake(Role.NODE, self.config.name, self.config.node_secret, info, binding)
         self._writer.write(PREAMBLE)
         while hs.state is not HandshakeState.DONE:
             msg = await self._recv()
@@ -281,7 +285,7 @@ class _Session:
                 reply = hs.receive(msg)
             except RemoteWireError as exc:
                 raise SchedulerRefused(str(exc.code), exc.message) from None
-            if isinstance(reply, Hello):
+            if not isinstance(reply, Welcome):
                 self._writer.write(encode(reply))
 
     async def serve(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import stat
 import socket
 import tomllib
 from dataclasses import dataclass, field, fields, replace
@@ -15,6 +16,7 @@ from dispy_wire.discovery import DISCOVERY_PORT
 from dispy_wire.framing import DEFAULT_MAX_SIZE
 from dispy_wire.handshake import Role
 from dispy_wire.limits import parse_size
+from dispy_wire.verifier import Verifier, looks_like_verifier
 
 from .core.state import Limits
 
@@ -22,7 +24,7 @@ DEFAULT_PORT = 9702
 
 #: what a `[users.NAME]` table may hold; anything else is refused at start
 LIMIT_KEYS = tuple(f.name for f in fields(Limits))
-USER_KEYS = ("secret", "share", *LIMIT_KEYS)
+USER_KEYS = ("verifier", "share", *LIMIT_KEYS)
 #: limits written as sizes (`512M`); `priority_max` may be negative; the rest are counts
 SIZE_LIMITS = ("max_queued_bytes", "max_held_bytes")
 #: the value that lifts a limit
@@ -35,7 +37,7 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class UserEntry:
-    secret: str
+    verifier: Verifier
     share: float = 1.0
     #: the limits this user's table sets (None: unlimited); the rest are the scheduler's defaults
     limits: dict[str, int | None] = field(default_factory=dict)
@@ -47,12 +49,16 @@ class SchedConfig:
     port: int = DEFAULT_PORT
     discovery_port: int | None = None  # None: DISCOVERY_PORT unless listening on loopback; 0: off
     policy: str = "fair"
-    secret: str | None = None
+    secret: str | None = None  # plaintext, for every user name: turned into a verifier in memory at start
     users_file: str | None = None
-    node_secret: str = ""
+    node_secret: str = ""  # plaintext (flag, $DISPY_NODE_SECRET): turned into a verifier in memory at start
+    node_verifier: str | None = None  # what `dispyadmin node-secret` prints for the scheduler
     state_dir: str | None = None
     max_message_size: int = DEFAULT_MAX_SIZE
     handshake_timeout: float = 10.0
+    #: connections still logging in, in all and from one address; more are refused
+    max_unauthenticated: int = 256
+    max_unauthenticated_per_address: int = 32
     usage_half_life: float = 3600.0
     status_log_interval: float = 60.0
     usage_save_interval: float = 60.0
@@ -68,15 +74,35 @@ class SchedConfig:
     loglevel: str = "INFO"
     name: str = field(default_factory=socket.gethostname)
     users: dict[str, UserEntry] = field(default_factory=dict)
+    _any_user: Verifier | None = field(default=None, repr=False)
+    _node: Verifier | None = field(default=None, repr=False)
 
-    def secret_for(self, role: Role, name: str) -> str | None:
-        """The secret `name` must prove, or None if it may not connect at all."""
+    def prepare_verifiers(self) -> None:
+        """Turns the plaintext secrets this config was given into verifiers, once.
+
+        Raises:
+            ConfigError: a node_verifier that does not parse.
+        """
+        if self.node_verifier is not None:
+            try:
+                self._node = Verifier.parse(self.node_verifier)
+            except ValueError as exc:
+                raise ConfigError(f"node_verifier: {exc}; make one with `dispyadmin node-secret`") from None
+        elif self._node is None:
+            self._node = Verifier.from_secret(self.node_secret)
+        if not self.users and self._any_user is None:
+            self._any_user = Verifier.from_secret(self.secret if self.secret is not None else "")
+
+    def verifier_for(self, role: Role, name: str) -> Verifier | None:
+        """The verifier `name` must prove its secret against, or None if it may not connect at all."""
+        if self._node is None or (not self.users and self._any_user is None):
+            self.prepare_verifiers()
         if role is Role.NODE:
-            return self.node_secret
+            return self._node
         if self.users:
             entry = self.users.get(name)
-            return entry.secret if entry else None
-        return self.secret if self.secret is not None else ""
+            return entry.verifier if entry else None
+        return self._any_user
 
     def shares(self) -> dict[str, float]:
         return {name: entry.share for name, entry in self.users.items()}
@@ -100,38 +126,65 @@ class SchedConfig:
 
 
 def load_users(path: str) -> dict[str, UserEntry]:
-    """Reads `[users.NAME]` tables: `secret`, `share` (default 1) and optional limits.
+    """Reads `[users.NAME]` tables: `verifier`, `share` (default 1) and optional limits.
 
+    `verifier` is a SCRAM-SHA-256 verifier as `dispyadmin user add` writes it,
+    never the secret itself; a `secret = "..."` line is refused, saying how to
+    convert. The file must not be readable by group or others.
     Limits (`LIMIT_KEYS`; absent: the scheduler's default, which is none for
     `max_cpus`, `max_queued_jobs` and `priority_max`): non-negative integers,
     sizes such as `512M` for `SIZE_LIMITS`, any integer for `priority_max`,
     or "unlimited". See README.md and docs/security.md.
 
     Raises:
-        ConfigError: an unreadable file, a table without a secret, a bad
-            value, or a key it does not know (naming it and the known ones).
+        ConfigError: an unreadable or readable-by-others file, a table without
+            a verifier, a bad value, or a key it does not know (naming it and
+            the known ones).
     """
     try:
         with open(path, "rb") as f:
+            check_private(path, os.fstat(f.fileno()).st_mode)
             data = tomllib.load(f)
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"cannot read users file {path}: {exc}") from None
     users: dict[str, UserEntry] = {}
     for name, table in data.get("users", {}).items():
-        if not isinstance(table, dict) or not isinstance(table.get("secret"), str):
-            raise ConfigError(f"users file {path}: [users.{name}] needs secret = \"...\"")
+        where = f"users file {path}: [users.{name}]"
+        if isinstance(table, dict) and "secret" in table:
+            raise ConfigError(
+                f"{where} holds a plaintext secret; the scheduler stores only verifiers. Convert it with "
+                f"`dispyadmin user add {name} --users-file {path} --replace` (prints a new secret for the user), "
+                f"or `dispyadmin verifier` (reads the old secret on stdin, prints verifier = \"...\" for this table)"
+            )
+        if not isinstance(table, dict) or not isinstance(table.get("verifier"), str):
+            raise ConfigError(f"{where} needs verifier = \"SCRAM-SHA-256$...\" (dispyadmin user add writes it)")
         unknown = sorted(set(table) - set(USER_KEYS))
         if unknown:
-            raise ConfigError(
-                f"users file {path}: [users.{name}] has unknown key(s) {', '.join(unknown)}; known keys: {', '.join(USER_KEYS)}"
-            )
+            raise ConfigError(f"{where} has unknown key(s) {', '.join(unknown)}; known keys: {', '.join(USER_KEYS)}")
+        try:
+            verifier = Verifier.parse(table["verifier"])
+        except ValueError as exc:
+            raise ConfigError(f"{where} verifier: {exc}") from None
         share = table.get("share", 1)
         if not isinstance(share, (int, float)) or isinstance(share, bool) or share <= 0:
-            raise ConfigError(f"users file {path}: [users.{name}] share must be a positive number")
-        users[name] = UserEntry(table["secret"], float(share), _limits(table, f"users file {path}: [users.{name}]"))
+            raise ConfigError(f"{where} share must be a positive number")
+        users[name] = UserEntry(verifier, float(share), _limits(table, where))
     if not users:
         raise ConfigError(f"users file {path} defines no [users.NAME] table")
     return users
+
+
+def check_private(path: str, mode: int) -> None:
+    """Refuses a secrets file that group or others may read or write.
+
+    Raises:
+        ConfigError: naming the mode and the fix.
+    """
+    if mode & 0o077:
+        raise ConfigError(
+            f"{path} has mode {stat.filemode(mode)} ({mode & 0o777:o}): group or others may read or change it; "
+            f"run `chmod 600 {path}` (and keep it owned by the scheduler's user)"
+        )
 
 
 def _limits(table: dict[str, Any], where: str) -> dict[str, int | None]:
@@ -202,16 +255,35 @@ def build_parser() -> argparse.ArgumentParser:
         "dispy_sched.policies, or package.module:Class",
     )
     auth = p.add_mutually_exclusive_group()
-    auth.add_argument("--secret", help="one secret for every user name")
+    auth.add_argument(
+        "--secret", help="one secret for every user name (plaintext: kept as a verifier in memory; prefer --users-file)"
+    )
     auth.add_argument(
         "--users-file",
         metavar="FILE",
-        help=f"TOML with [users.NAME] secret = ..., share = N, and optional limits {', '.join(LIMIT_KEYS)}",
+        help="TOML with [users.NAME] verifier = ... (written by `dispyadmin user add`), share = N, and optional "
+        f"limits {', '.join(LIMIT_KEYS)}; mode 600",
     )
-    p.add_argument("--node-secret", help="secret that nodes must prove (default $DISPY_NODE_SECRET, else empty)")
+    nodes = p.add_mutually_exclusive_group()
+    nodes.add_argument(
+        "--node-verifier",
+        metavar="V",
+        help="verifier of the secret nodes must prove (`dispyadmin node-secret` prints both)",
+    )
+    nodes.add_argument(
+        "--node-secret",
+        help="plaintext node secret (default $DISPY_NODE_SECRET, else empty): kept as a verifier in memory, "
+        "with a warning; prefer --node-verifier",
+    )
     p.add_argument("--state-dir", metavar="DIR", help="where the scheduler keeps its state")
     p.add_argument("--max-message-size", type=int, metavar="BYTES", help="largest message accepted (default 64 MiB)")
     p.add_argument("--handshake-timeout", type=float, metavar="S", help="seconds a peer has to authenticate (10)")
+    p.add_argument(
+        "--max-unauthenticated", type=int, metavar="N", help="connections still logging in, in all (256); more are refused"
+    )
+    p.add_argument(
+        "--max-unauthenticated-per-address", type=int, metavar="N", help="the same, from one address (32)"
+    )
     p.add_argument("--usage-half-life", type=float, metavar="S", help="half-life of decayed usage, kept in the state dir (3600)")
     limits = p.add_argument_group(
         "per-user limits", 'defaults for every user; a [users.NAME] table may set its own ("unlimited" lifts one)'
@@ -255,9 +327,9 @@ def config_from_args(argv: list[str] | None = None) -> SchedConfig:
             raise ConfigError(f"cannot read config file {args.config}: {exc}") from None
         values = {k.replace("-", "_"): v for k, v in values.items()}
     values.update({k: v for k, v in vars(args).items() if v is not None and k != "config"})
-    if "node_secret" not in values and os.environ.get("DISPY_NODE_SECRET"):
+    if "node_secret" not in values and "node_verifier" not in values and os.environ.get("DISPY_NODE_SECRET"):
         values["node_secret"] = os.environ["DISPY_NODE_SECRET"]  # kept off the command line (ps shows that)
-    known = {f.name for f in fields(SchedConfig)} - {"users"}
+    known = {f.name for f in fields(SchedConfig) if not f.name.startswith("_")} - {"users"}
     unknown = set(values) - known
     if unknown:
         raise ConfigError(f"unknown option(s) in config: {', '.join(sorted(unknown))}")
@@ -267,6 +339,12 @@ def config_from_args(argv: list[str] | None = None) -> SchedConfig:
         values[key] = limit_value(key.removeprefix("user_"), values[key], "config")
     if not isinstance(values.get("private_data", True), bool):
         raise ConfigError("private_data must be true or false")
+    if values.get("node_verifier") is not None and values.get("node_secret"):
+        raise ConfigError("give either node_verifier or node_secret, not both")
+    if isinstance(values.get("node_secret"), str) and looks_like_verifier(values["node_secret"]):
+        raise ConfigError("node_secret holds a verifier: give it as node_verifier (--node-verifier)")
+    if isinstance(values.get("secret"), str) and looks_like_verifier(values["secret"]):
+        raise ConfigError("secret holds a verifier: verifiers belong in a users file (dispyadmin user add)")
     cfg = SchedConfig(**values)
     if cfg.users_file:
         cfg.users = load_users(cfg.users_file)
@@ -281,12 +359,14 @@ def config_from_args(argv: list[str] | None = None) -> SchedConfig:
         raise ConfigError("usage_half_life must be >= 0 seconds (0: usage never decays)")
     if cfg.max_message_size < 1024:
         raise ConfigError("max_message_size must be at least 1024 bytes")
+    if cfg.max_unauthenticated < 1 or cfg.max_unauthenticated_per_address < 1:
+        raise ConfigError("max_unauthenticated and max_unauthenticated_per_address must be at least 1")
     if not is_loopback(cfg.host):
         missing = []
         if cfg.secret is None and not cfg.users:
             missing.append("a user secret (--secret or --users-file)")
-        if not cfg.node_secret:
-            missing.append("a node secret (--node-secret)")
+        if not cfg.node_secret and cfg.node_verifier is None:
+            missing.append("a node secret (--node-verifier or --node-secret)")
         if missing:
             raise ConfigError(
                 f"refusing to listen on non-loopback address {cfg.host} without {' and '.join(missing)}: "
@@ -294,4 +374,5 @@ def config_from_args(argv: list[str] | None = None) -> SchedConfig:
             )
     if cfg.state_dir is None:
         cfg.state_dir = default_state_dir()
+    cfg.prepare_verifiers()
     return cfg

@@ -15,16 +15,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
+import math
+import time
 from typing import TYPE_CHECKING, cast
 
 from dispy_wire import messages as M
 from dispy_wire.batching import BatchedWriter
 from dispy_wire.errors import ErrorCode, RemoteWireError
-from dispy_wire.framing import NEED_DATA, PREAMBLE, FrameDecoder
-from dispy_wire.handshake import Peer, Role, ServerHandshake
+from dispy_wire.framing import NEED_DATA, PRELOGIN_MAX_SIZE, PREAMBLE, FrameDecoder
+from dispy_wire.handshake import HandshakeState, Peer, Role, ServerHandshake, channel_binding_of
 
 from .core import events as E
+from .logsafe import peer_text
 
 if TYPE_CHECKING:
     from .server import SchedulerServer
@@ -77,8 +79,10 @@ class PeerConnection(asyncio.Protocol):
         self.peer: Peer | None = None
         self.transport: asyncio.Transport | None = None
         self.address = "?"
-        self._decoder = FrameDecoder(server.config.max_message_size)
-        self._handshake = ServerHandshake(server.config.secret_for, os.urandom(16), server.config.name)
+        self.host = "?"
+        # small until the peer has logged in: an unauthenticated frame cannot cost us more than this
+        self._decoder = FrameDecoder(PRELOGIN_MAX_SIZE)
+        self._handshake: ServerHandshake | None = None
         self._writer: BatchedWriter | None = None
         self._closing = False
         self._timer: asyncio.TimerHandle | None = None
@@ -91,7 +95,12 @@ class PeerConnection(asyncio.Protocol):
         self._writer = BatchedWriter(loop.call_soon, self.transport.write, self.transport.is_closing)
         peername = transport.get_extra_info("peername")
         self.address = f"{peername[0]}:{peername[1]}" if peername else "?"
-        self.transport.write(PREAMBLE + M.encode(self._handshake.challenge()))
+        self.host = str(peername[0]) if peername else "?"
+        self.transport.write(PREAMBLE)
+        if not self.server.admit(self):
+            return
+        self._handshake = self.server.new_handshake(channel_binding_of(transport.get_extra_info("ssl_object")))
+        self.send(self._handshake.challenge())
         self._timer = loop.call_later(self.server.config.handshake_timeout, self._handshake_expired)
 
     def data_received(self, data: bytes) -> None:
@@ -117,29 +126,48 @@ class PeerConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        self.server.release(self)
         if self.peer is not None:
             reason = f"connection lost ({exc})" if exc else "connection closed"
-            log.info("%s %s (%s) disconnected: %s", self.peer.role, self.peer.name, self.address, reason)
+            log.info("%s %s (%s) disconnected: %s", self.peer.role, peer_text(self.peer.name), self.address, reason)
             self.server.peer_left(self, reason)
 
     # ------------------------------------------------------------ handshake
 
     def _on_hello(self, msg: M.Message) -> None:
+        """One handshake message: a Hello (throttled), then the proof."""
+        hs = self._handshake
+        if hs is None:  # refused at connection_made; its Refused is on its way
+            return
+        now = time.monotonic()
+        if isinstance(msg, M.Hello) and hs.state is HandshakeState.AWAIT_HELLO:
+            wait = self.server.throttle.retry_after(self.host, f"{msg.role}:{msg.name}", now)
+            if wait > 0:
+                message = f"too many failed logins, retry in {math.ceil(wait)} s"
+                self.fail(RemoteWireError(ErrorCode.THROTTLED, message), fatal=True, name=msg.name)
+                return
         try:
-            peer = self._handshake.receive(msg)
+            out = hs.receive(msg)
         except RemoteWireError as exc:
-            self.fail(exc, fatal=True)
+            if hs.role is not None:  # a login was tried and failed: it counts against address and name
+                self.server.throttle.failed(self.host, f"{hs.role}:{hs.name}", now)
+            self.fail(exc, fatal=True, name=hs.name or None)
+            return
+        if isinstance(out, M.ServerFirst):
+            self.send(out)
             return
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        refusal = self.server.admit(peer)
+        self.server.release(self)
+        refusal = self.server.admit_user(out)
         if refusal is not None:  # over a per-user limit: refused like a bad login, never registered
-            self.fail(refusal, fatal=True, who=f"{peer.role} {peer.name!r}")
+            self.fail(refusal, fatal=True, who=f"{out.role} {peer_text(out.name)!r}")
             return
-        self.peer = peer
+        self._decoder.max_size = self.server.config.max_message_size
+        self.peer = out
         event = self.server.peer_joined(self)
-        self.send(M.Welcome(self.session, self.server.welcome_info(peer.role)))
+        self.send(hs.welcome(self.session, self.server.welcome_info(out.role)))
         if event is not None:
             self.server.submit(event)
 
@@ -174,15 +202,35 @@ class PeerConnection(asyncio.Protocol):
             return
         self._writer.send(M.encode(msg))
 
-    def fail(self, exc: RemoteWireError, fatal: bool = False, who: str = "") -> None:
-        """Logs a bad input, tells the sender, and (if fatal) closes."""
-        who = who or (f"{self.peer.role} {self.peer.name!r}" if self.peer else "unauthenticated peer")
-        log.warning("%s from %s (%s): %s%s", exc.code, who, self.address, exc.message, "; closing" if fatal else "")
+    def fail(
+        self, exc: RemoteWireError, fatal: bool = False, name: str | None = None, quiet: bool = False, who: str = ""
+    ) -> None:
+        """Logs a bad input (one line, unless `quiet`), tells the sender, and (if fatal) closes.
+
+        `name` is who an unauthenticated peer claims to be, `who` the peer as the log line should name it.
+        """
+        if not quiet:
+            who = who or self._who(exc, name)
+            log.warning(
+                "%s from %s (%s): %s%s", exc.code, who, self.address, peer_text(exc.message, 500), "; closing" if fatal else ""
+            )
         if fatal:
             self.send(ServerHandshake.refuse(exc))
             self.close()
         else:
             self.send(M.Error(str(exc.code), exc.message, ""))
+
+    def _who(self, exc: RemoteWireError, name: str | None) -> str:
+        """The peer as a log line names it."""
+        if self.peer is not None:
+            return f"{self.peer.role} {peer_text(self.peer.name)!r}"
+        if name is None:
+            return "unauthenticated peer"
+        who = f"unauthenticated peer claiming {peer_text(name)!r}"
+        hs = self._handshake
+        if exc.code is ErrorCode.LOGIN_FAILED and hs is not None:
+            who += " (a known name)" if hs.known else " (no such name)"  # for the operator, never the peer
+        return who
 
     def close(self) -> None:
         if self._closing or self.transport is None:

@@ -1,14 +1,14 @@
 """The scheduler's answer to nodes' UDP Discover broadcasts (`dispynode --discover`).
 
 The scheduler still dials nobody: it only answers a Discover, by unicast to
-its sender, with an Announce of where to dial and a proof that it knows the
-node secret (see `dispy_wire.discovery`). It never broadcasts.
+its sender, with an Announce of where to dial and a proof that it holds the
+node verifier (see `dispy_wire.discovery`). It never broadcasts.
 
 The socket is bound to the wildcard address even when the scheduler listens
 on one address, because Linux delivers broadcasts only to sockets bound to
 the wildcard (or to the broadcast address itself). SO_REUSEADDR lets several
 schedulers on one host share the port: each gets every broadcast, and only
-the one that knows a node's secret can answer it validly.
+the one holding the verifier of a node's secret can answer it validly.
 """
 
 from __future__ import annotations
@@ -20,8 +20,11 @@ from typing import Any, cast
 
 from dispy_wire import discovery
 from dispy_wire.errors import RemoteWireError
+from dispy_wire.handshake import Role
+from dispy_wire.verifier import Verifier
 
 from .config import SchedConfig
+from .logsafe import peer_text
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +40,11 @@ class Responder(asyncio.DatagramProtocol):
             scheduler listening on every interface).
     """
 
-    def __init__(self, name: str, node_secret: str, host: str | None, port: int) -> None:
+    def __init__(self, name: str, node_verifier: Verifier, host: str | None, port: int) -> None:
         self.name = name
         self.host = host
         self.port = port
-        self._node_secret = node_secret
+        self._node_verifier = node_verifier
         self._throttle = discovery.Throttle()
         self._transport: asyncio.DatagramTransport | None = None
 
@@ -59,7 +62,7 @@ class Responder(asyncio.DatagramProtocol):
         except OSError as exc:  # no route back to the sender
             self._complain(addr, f"cannot answer: {exc}")
             return
-        reply = discovery.answer(msg, self._node_secret, self.name, host, self.port)
+        reply = discovery.answer(msg, self._node_verifier, self.name, host, self.port)
         log.debug("discovery: telling %s to dial %s:%d", addr[0], host, self.port)
         assert self._transport is not None
         self._transport.sendto(discovery.encode(reply), addr)
@@ -70,7 +73,7 @@ class Responder(asyncio.DatagramProtocol):
     def _complain(self, addr: tuple[Any, ...], why: str) -> None:
         more = self._throttle.admit(asyncio.get_running_loop().time())
         if more is not None:
-            log.warning("discovery: ignoring a datagram from %s:%s: %s%s", addr[0], addr[1], why, more)
+            log.warning("discovery: ignoring a datagram from %s:%s: %s%s", addr[0], addr[1], peer_text(why), more)
 
 
 def local_address_towards(ip: str) -> str:
@@ -98,9 +101,11 @@ async def start_responder(cfg: SchedConfig, host: str, port: int) -> asyncio.Dat
         log.warning("discovery off: cannot bind UDP port %d: %s", cfg.discovery_port, exc.strerror or exc)
         return None
     announced = None if host in _WILDCARDS else host
+    node_verifier = cfg.verifier_for(Role.NODE, "")
+    assert node_verifier is not None  # nodes always have one (from node_verifier or node_secret)
     loop = asyncio.get_running_loop()
     transport, _ = await loop.create_datagram_endpoint(
-        lambda: Responder(cfg.name, cfg.node_secret, announced, port), sock=sock
+        lambda: Responder(cfg.name, node_verifier, announced, port), sock=sock
     )
     log.info("answering node discovery on UDP port %d", cfg.discovery_port)
     return transport

@@ -76,6 +76,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=cfg.loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    for key, better in (("secret", "--users-file (dispyadmin user add)"), ("node_secret", "--node-verifier (dispyadmin node-secret)")):
+        if getattr(cfg, key):
+            log.warning(
+                "%s given in plaintext: the scheduler keeps only its verifier, but the secret is readable where it "
+                "came from; prefer %s", key, better,
+            )  # fmt: skip
     try:
         policy = load_policy(cfg.policy)
         assert cfg.state_dir is not None

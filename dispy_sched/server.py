@@ -8,13 +8,22 @@ write once per turn. A periodic tick lets the core notice silent nodes, logs
 each user's share and usage, and saves decayed usage to the `UsageStore`
 (loaded into the core at start, saved again at stop) so fair share survives
 a restart.
+
+Before login, a connection is held to little: its frames are capped
+(PRELOGIN_MAX_SIZE), the connections waiting to log in are capped in all and
+per address (`PreLoginGate`), failed logins are throttled per address and
+name (`LoginThrottle`), and the lines any of this logs are rate-limited and
+escaped (`logsafe`), so a flood costs neither memory, descriptors nor log.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import itertools
 import logging
+import os
+import resource
 import sqlite3
 import time
 from collections import Counter
@@ -22,21 +31,59 @@ from typing import Any
 
 from dispy_wire import messages as M
 from dispy_wire.batching import by_size
+from dispy_wire.discovery import Throttle
 from dispy_wire.errors import ErrorCode, RemoteWireError
-from dispy_wire.handshake import Peer, Role
+from dispy_wire.handshake import ChannelBinding, Peer, Role, ServerHandshake
 
 from .config import SchedConfig
 from .conn import PeerConnection
 from .core import SchedulerCore
 from .core import actions as A
 from .core import events as E
+from .gate import LoginThrottle, PreLoginGate
+from .logsafe import peer_text
 from .usage_store import UsageStore
 
 log = logging.getLogger(__name__)
 
 TICK_INTERVAL = 1.0
-#: interface addresses taken from a node's Hello (for clusters' `nodes` patterns)
-MAX_ADDRESSES = 64
+#: errors of accept() that mean "out of descriptors or memory", not "this peer is bad"
+_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+def raise_open_files_limit() -> tuple[int, int]:
+    """Raises the soft RLIMIT_NOFILE to the hard one; returns (before, now)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            return soft, soft
+        return soft, hard
+    return soft, soft
+
+
+def quiet_accept_errors(loop: asyncio.AbstractEventLoop, every: Throttle) -> None:
+    """Turns the loop's reports of accept() running out of descriptors into one line a second, no traceback.
+
+    asyncio reports each failed accept() through the loop's exception
+    handler, with a traceback; anything else still goes to the handler that
+    was there before.
+    """
+    previous = loop.get_exception_handler()
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        if isinstance(exc, OSError) and exc.errno in _RESOURCE_ERRNOS:
+            more = every.admit(time.monotonic())
+            if more is not None:
+                log.error("cannot accept connections: %s%s", exc.strerror or exc, more)
+        elif previous is not None:
+            previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
 
 
 class SchedulerServer:
@@ -64,16 +111,25 @@ class SchedulerServer:
         self._last_status_log = 0.0
         self._last_usage_save = time.time()
         self.address: tuple[str, int] = (config.host, config.port)
+        self._fake_key = os.urandom(32)  # unknown names' fake verifiers derive from it (dispy_wire/verifier.py)
+        self.throttle = LoginThrottle()
+        self._gate: PreLoginGate[PeerConnection] = PreLoginGate(
+            config.max_unauthenticated, config.max_unauthenticated_per_address
+        )
+        self._refusals = Throttle(1.0)  # one line a second for what a flood can trigger at will
+        self._accept_errors = Throttle(1.0)
 
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> tuple[str, int]:
+        self.config.prepare_verifiers()  # the PBKDF2 of plaintext secrets now, not in the first login
         if self.usage_store is not None:
             usage = self.usage_store.load()
             log.info("restored decayed usage of %d users from %s", len(usage), self.usage_store.path)
             for action in self.core.handle(E.UsageRestored(usage), now=time.time()):
                 self._execute(action)
         loop = asyncio.get_running_loop()
+        self._size_gate(loop)
         self._server = await loop.create_server(
             lambda: PeerConnection(self), self.config.host, self.config.port, reuse_address=True
         )
@@ -92,6 +148,21 @@ class SchedulerServer:
         if self._server is not None:
             await self._server.wait_closed()
         self._save_usage()
+
+    def _size_gate(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Fits the pre-login cap to our descriptors and quiets accept()'s out-of-descriptor reports."""
+        before, now = raise_open_files_limit()
+        # a quarter of the descriptors for connections still logging in leaves the rest to peers that did
+        cap = max(8, now // 4)
+        if cap < self._gate.total:
+            log.warning("only %d file descriptors: at most %d connections may wait to log in", now, cap)
+            self._gate.total = cap
+        raised = f" (soft limit raised from {before})" if now != before else ""
+        log.info(
+            "file descriptors: %d%s; connections waiting to log in: at most %d, %d per address",
+            now, raised, self._gate.total, self._gate.per_address,
+        )  # fmt: skip
+        quiet_accept_errors(loop, self._accept_errors)
 
     def _save_usage(self) -> None:
         self._last_usage_save = time.time()
@@ -124,7 +195,7 @@ class SchedulerServer:
                 log.info(
                     "user %s: share %g (target %.0f%%), %d busy, %d queued, usage %.0f CPU-s, "
                     "%d clusters, %d bytes queued, %d bytes of results held%s%s",
-                    name, u["share"], 100 * u["target"], u["busy"], u["queued"], u["usage"],
+                    peer_text(name), u["share"], 100 * u["target"], u["busy"], u["queued"], u["usage"],
                     u["clusters"], u["queued_bytes"], u["held_bytes"], paused, limits,
                 )
 
@@ -133,6 +204,36 @@ class SchedulerServer:
     def new_session_id(self) -> str:
         return f"s{next(self._ids)}"
 
+    def new_handshake(self, channel_binding: ChannelBinding | None) -> ServerHandshake:
+        return ServerHandshake(self.config.verifier_for, self._fake_key, self.config.name, channel_binding)
+
+    def admit(self, conn: PeerConnection) -> bool:
+        """Counts a new connection as waiting to log in; refuses it (or evicts the oldest) past the caps."""
+        admitted, evicted = self._gate.admit(conn, conn.host)
+        if not admitted:
+            self._refuse(
+                conn,
+                f"too many connections from {conn.host} waiting to log in (at most {self._gate.per_address})",
+            )
+            return False
+        if evicted is not None:
+            self._refuse(
+                evicted,
+                f"too many connections waiting to log in (at most {self._gate.total}): the longest waiting is closed",
+            )
+        return True
+
+    def release(self, conn: PeerConnection) -> None:
+        """`conn` logged in or went away: it no longer waits."""
+        self._gate.release(conn)
+
+    def _refuse(self, conn: PeerConnection, why: str) -> None:
+        """Closes a connection over a pre-login cap: a Refused to it, one log line a second for all of them."""
+        more = self._refusals.admit(time.monotonic())
+        if more is not None:
+            log.warning("refused %s: %s%s", conn.address, why, more)
+        conn.fail(RemoteWireError(ErrorCode.LIMIT, why), fatal=True, quiet=True)
+
     def welcome_info(self, role: Role) -> dict[str, Any]:
         return {
             "scheduler": self.config.name,
@@ -140,7 +241,7 @@ class SchedulerServer:
             "max_message_size": self.config.max_message_size,
         }
 
-    def admit(self, peer: Peer) -> RemoteWireError | None:
+    def admit_user(self, peer: Peer) -> RemoteWireError | None:
         """Why an authenticated peer may not stay (its user's `max_connections`), or None."""
         if peer.role is not Role.CLIENT:
             return None
@@ -158,7 +259,7 @@ class SchedulerServer:
         assert conn.peer is not None
         self.peers[conn.session] = conn
         peer = conn.peer
-        log.info("%s %s connected from %s", peer.role, peer.name, conn.address)
+        log.info("%s %s connected from %s", peer.role, peer_text(peer.name), conn.address)
         if peer.role is Role.CLIENT:
             self._client_conns[peer.name] += 1
             return None
@@ -169,7 +270,7 @@ class SchedulerServer:
             heartbeat = 2.0
         ip_addr = conn.address.rsplit(":", 1)[0]
         reported = peer.info.get("addresses")
-        addresses = tuple(a for a in reported[:MAX_ADDRESSES] if isinstance(a, str)) if isinstance(reported, list) else ()
+        addresses = tuple(a for a in reported[: M.HELLO_MAX_ADDRESSES] if isinstance(a, str)) if isinstance(reported, list) else ()
         return E.NodeJoined(conn.session, peer.name, ip_addr, cpus, float(heartbeat), addresses)
 
     def peer_left(self, conn: PeerConnection, reason: str) -> None:
@@ -236,13 +337,13 @@ class SchedulerServer:
                     name, cluster_id, user, self.core.config.keep_detached, results,
                 )  # fmt: skip
             case A.Reject(client, code, message, ref):
-                log.info("refused request from %s: %s (%s)", self._who(client), message, code)
+                log.info("refused request from %s: %s (%s)", peer_text(self._who(client)), peer_text(message, 500), code)
                 self._send(client, M.Error(code, message, ref))
             case A.DropNode(node, reason):
                 name = self._who(node)
                 conn = self.peers.pop(node, None)
                 if conn is not None:
-                    log.warning("dropping node %s (%s): %s", name, conn.address, reason)
+                    log.warning("dropping node %s (%s): %s", peer_text(name), conn.address, peer_text(reason, 500))
                     conn.close()
             case _:
                 raise TypeError(f"unhandled action {action!r}")

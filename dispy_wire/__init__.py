@@ -2,11 +2,12 @@
 
 from .errors import ErrorCode, LocalWireError, RemoteWireError, WireError
 from .framing import DEFAULT_MAX_SIZE, NEED_DATA, PREAMBLE, FrameDecoder, encode_frame
-from .handshake import HandshakeState, Peer, PeerHandshake, Role, ServerHandshake, compute_mac
+from .handshake import ChannelBinding, HandshakeState, Peer, PeerHandshake, Role, ServerHandshake
 from .messages import PROTOCOL_VERSION, Message, decode, encode
 from .status import JobStatus
 
 __all__ = [
+    "ChannelBinding",
     "DEFAULT_MAX_SIZE",
     "NEED_DATA",
     "PREAMBLE",
@@ -23,7 +24,6 @@ __all__ = [
     "Role",
     "ServerHandshake",
     "WireError",
-    "compute_mac",
     "decode",
     "encode",
     "encode_frame",

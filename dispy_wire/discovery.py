@@ -10,12 +10,14 @@ to dial; the TCP handshake still authenticates the node as usual.
 
 Why the proof. The TCP handshake makes the node prove its secret, not the
 scheduler, so a node must not follow just anyone who answers a broadcast
-(it would run that party's code). `proof` is an HMAC keyed by the node
-secret over the node's fresh nonce *and* the address it is told to dial: a
-party without the secret cannot forge one, and a genuine Announce replayed
-from elsewhere still points at the genuine scheduler. Its input starts with
-a prefix the handshake's MAC never has, so an answer computed over a nonce a
-stranger chose can never pass as a handshake `Hello`.
+(it would run that party's code). `proof` is an HMAC over the node's fresh
+nonce *and* the address it is told to dial, keyed by the SCRAM ServerKey of
+the node secret: the scheduler holds only the node verifier, which has that
+key; the node derives it from its secret with the salt and iteration count
+the Announce carries (capped, and cached, so a forged Announce cannot make
+it hash for long). A party without the verifier cannot forge a proof, and a
+genuine Announce replayed from elsewhere still points at the genuine
+scheduler.
 
 Why the padding. A `Discover` is at least `DISCOVER_SIZE` bytes and an
 `Announce` never larger, so a scheduler answering forged source addresses is
@@ -27,6 +29,7 @@ own them.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 from typing import Any, NamedTuple, TypeVar
@@ -36,6 +39,7 @@ import msgpack
 from .errors import ErrorCode, LocalWireError, RemoteWireError
 from .messages import PROTOCOL_VERSION
 from .schema import checker_for
+from .verifier import DEFAULT_ITERATIONS, Verifier
 
 #: dispy's node port: where schedulers listen for Discover broadcasts
 DISCOVERY_PORT = 9701
@@ -46,8 +50,10 @@ MAX_DATAGRAM = 1024
 DISCOVER_SIZE = 512
 NONCE_SIZE = 16
 #: scheduler names are cut to this many characters so an Announce stays small
-NAME_LIMIT = 100
+NAME_LIMIT = 80
 _PROOF_PREFIX = b"dispy-shared/discovery\0"
+#: a node hashes at most this many PBKDF2 rounds to check an Announce
+MAX_ITERATIONS = 16 * DEFAULT_ITERATIONS
 
 
 class Discover(NamedTuple):
@@ -63,6 +69,8 @@ class Announce(NamedTuple):
     name: str  # for logs only
     host: str
     port: int
+    salt: bytes  # of the node verifier: the node derives the proof's key from its secret with them
+    iterations: int
     proof: bytes  # see `prove`
 
 
@@ -72,22 +80,34 @@ _CHECKERS = {kind: checker_for(cls) for kind, cls in _KINDS.items()}
 _D = TypeVar("_D", Discover, Announce)
 
 
-def prove(node_secret: str, nonce: bytes, name: str, host: str, port: int) -> bytes:
+def prove(server_key: bytes, nonce: bytes, name: str, host: str, port: int) -> bytes:
     """The HMAC an Announce carries; msgpack makes its input unambiguous."""
     body: bytes = msgpack.packb([PROTOCOL_VERSION, nonce, name, host, port], use_bin_type=True)
-    return hmac.new(node_secret.encode(), _PROOF_PREFIX + body, hashlib.sha256).digest()
+    return hmac.new(server_key, _PROOF_PREFIX + body, hashlib.sha256).digest()
 
 
-def answer(discover: Discover, node_secret: str, name: str, host: str, port: int) -> Announce:
+def answer(discover: Discover, node_verifier: Verifier, name: str, host: str, port: int) -> Announce:
     """The Announce that tells the sender of `discover` to dial host:port."""
     name = name[:NAME_LIMIT]
-    return Announce(name, host, port, prove(node_secret, discover.nonce, name, host, port))
+    proof = prove(node_verifier.server_key, discover.nonce, name, host, port)
+    return Announce(name, host, port, node_verifier.salt, node_verifier.iterations, proof)
 
 
 def verify(announce: Announce, node_secret: str, nonce: bytes) -> bool:
-    """Whether `announce` comes from a scheduler that knows `node_secret` and answers `nonce`."""
-    expected = prove(node_secret, nonce, announce.name, announce.host, announce.port)
+    """Whether `announce` comes from a scheduler that holds the verifier of `node_secret` and answers `nonce`."""
+    if not 0 < announce.iterations <= MAX_ITERATIONS or not 0 < len(announce.salt) <= 64:
+        return False
+    try:
+        key = _server_key(node_secret, announce.salt, announce.iterations)
+    except ValueError:  # fewer iterations than SCRAM allows
+        return False
+    expected = prove(key, nonce, announce.name, announce.host, announce.port)
     return hmac.compare_digest(announce.proof, expected)
+
+
+@functools.lru_cache(maxsize=4)
+def _server_key(node_secret: str, salt: bytes, iterations: int) -> bytes:
+    return Verifier.from_secret(node_secret, iterations, salt).server_key
 
 
 def encode(msg: Discover | Announce) -> bytes:

@@ -14,10 +14,14 @@ from enum import StrEnum
 class ErrorCode(StrEnum):
     """Machine-readable reason carried by `Refused` and `Error` frames."""
 
-    #: the HMAC over the challenge did not match the user's / node's secret
-    BAD_SECRET = "bad-secret"
-    #: user name not in the users file
-    UNKNOWN_USER = "unknown-user"
+    #: the login proof failed: an unknown name or a wrong secret (one answer for both, on purpose)
+    LOGIN_FAILED = "login-failed"
+    #: too many failed logins from this address or for this name; retry later
+    THROTTLED = "throttled"
+    #: the two ends see different channels (TLS on one side only, or a relay in between)
+    CHANNEL_BINDING = "channel-binding"
+    #: the scheduler did not prove it knows the verifier: not the real scheduler
+    SERVER_NOT_VERIFIED = "server-not-verified"
     #: the peer speaks another protocol version
     BAD_VERSION = "bad-version"
     #: first bytes are not the dispy-shared preamble

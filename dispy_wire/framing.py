@@ -17,6 +17,8 @@ from .errors import ErrorCode, RemoteWireError
 PREAMBLE: Final = b"DSH\x01"
 HEADER: Final = struct.Struct(">I")
 DEFAULT_MAX_SIZE: Final = 64 * 1024 * 1024
+#: largest frame before login: a Hello (with a node's interface addresses) fits many times over, a flood does not
+PRELOGIN_MAX_SIZE: Final = 8 * 1024
 
 
 class _NeedData:

@@ -1,28 +1,57 @@
-"""The authentication handshake, as two small sans-I/O state machines.
+"""The login, as two small sans-I/O state machines around SCRAM-SHA-256 (RFC 5802, 7677).
 
-    scheduler                              peer (client or node)
-    ─────────  PREAMBLE + Challenge(nonce) ──────────▶
-    ◀───────── PREAMBLE + Hello(role, name, mac) ─────
-    ─────────  Welcome | Refused ────────────────────▶
+    scheduler                                               peer (client or node)
+    ─────────  PREAMBLE + Challenge(version, server, mechanism) ────────▶
+    ◀───────── PREAMBLE + Hello(version, role, name, client-first, info) ─
+    ─────────  ServerFirst(server-first: nonce, salt, iterations) ──────▶
+    ◀───────── ClientProof(client-final: channel binding, proof) ────────
+    ─────────  Welcome(session, info, server-final) | Refused ──────────▶
 
-`mac` is HMAC-SHA256 over the nonce, role and name, keyed by the secret the
-scheduler holds for that user (clients) or the node secret (nodes): the
-secret never crosses the wire and a recorded Hello cannot be replayed against
-another nonce. Both sides act on decoded messages and return the message to
-send; the shell owns sockets, timers and the frame decoder.
+The proof works both ways: the scheduler checks the peer's proof against the
+verifier it stores (dispy_wire/verifier.py: it never holds the secret), and
+the peer accepts the Welcome only if its server-final signature shows the
+scheduler knows that verifier too, so a fake scheduler is caught. Fresh
+nonces from both sides make a recorded exchange useless for a replay, and a
+recorded exchange is worth one PBKDF2 run per offline guess.
+
+Channel binding: when the connection is TLS, each side passes its view of
+the channel (`tls-server-end-point`: a hash of the scheduler's certificate)
+and the mechanism is SCRAM-SHA-256-PLUS; the proof then covers the channel,
+so a relay that passes someone else's exchange between two TLS connections
+fails, and a side that sees TLS refuses a peer that does not. Without TLS the
+mechanism is plain SCRAM-SHA-256.
+
+An unknown name gets a deterministic fake verifier (`Verifier.fake`): its
+exchange costs and reads the same as a wrong secret, and ends in the same
+LOGIN_FAILED refusal. Both sides act on decoded messages and return the
+message to send; the shell owns sockets, timers, throttling and the decoder.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum, StrEnum
 from typing import Any
 
+from scramp import ScramClient, ScramException, ScramMechanism
+from scramp.utils import ServerError
+
 from .errors import ErrorCode, LocalWireError, RemoteWireError
-from .messages import PROTOCOL_VERSION, Challenge, Hello, Message, Refused, Welcome
+from .messages import PROTOCOL_VERSION, Challenge, ClientProof, Hello, Message, Refused, ServerFirst, Welcome
+from .verifier import DEFAULT_ITERATIONS, MECHANISM, Verifier
+
+#: (binding type, binding data) of a TLS connection, e.g. ("tls-server-end-point", cert hash); None without TLS
+ChannelBinding = tuple[str, bytes]
+
+_BINDING_ERRORS = frozenset(
+    {
+        ServerError.CHANNEL_BINDINGS_DONT_MATCH,
+        ServerError.SERVER_DOES_SUPPORT_CHANNEL_BINDING,
+        ServerError.CHANNEL_BINDING_NOT_SUPPORTED,
+        ServerError.UNSUPPORTED_CHANNEL_BINDING_TYPE,
+    }
+)
 
 
 class Role(StrEnum):
@@ -33,6 +62,8 @@ class Role(StrEnum):
 class HandshakeState(Enum):
     AWAIT_CHALLENGE = "await-challenge"
     AWAIT_HELLO = "await-hello"
+    AWAIT_SERVER_FIRST = "await-server-first"
+    AWAIT_PROOF = "await-proof"
     AWAIT_WELCOME = "await-welcome"
     DONE = "done"
     FAILED = "failed"
@@ -47,39 +78,93 @@ class Peer:
     info: dict[str, Any]
 
 
-def compute_mac(secret: str, nonce: bytes, role: str, name: str) -> bytes:
-    msg = b"dispy-shared/%d\0" % PROTOCOL_VERSION + nonce + b"\0" + role.encode() + b"\0" + name.encode()
-    return hmac.new(secret.encode(), msg, hashlib.sha256).digest()
+def channel_binding_of(ssl_object: object | None) -> ChannelBinding | None:
+    """A connection's channel binding, from `transport.get_extra_info("ssl_object")`; None without TLS.
+
+    Raises:
+        LocalWireError: a TLS connection, but this build cannot bind to it yet
+            (dispy_wire/tls.py's `channel_binding` fills this in).
+    """
+    if ssl_object is None:
+        return None
+    raise LocalWireError("a TLS connection, but this build cannot bind logins to a TLS channel")
+
+
+def mechanism_for(channel_binding: ChannelBinding | None) -> str:
+    return MECHANISM + "-PLUS" if channel_binding is not None else MECHANISM
+
+
+def scram_user(role: Role, name: str) -> str:
+    """SCRAM's user name: role and name, so the proof binds both (a client's login never passes as a node's)."""
+    return f"{role}:{name}"
+
+
+def _what(role: Role) -> str:
+    return "user" if role is Role.CLIENT else "node"
 
 
 class ServerHandshake:
     """Scheduler side.
 
     Args:
-        secret_for: returns the secret for (role, name), or None when the name
-            is unknown.
-        nonce: fresh random bytes for this connection.
+        verifier_for: the stored verifier for (role, name), or None when the
+            name is unknown.
+        fake_key: random bytes the scheduler draws once at start; unknown
+            names get fake verifiers derived from it.
         server: a name for the scheduler, shown to peers.
+        channel_binding: our view of the TLS channel, or None without TLS.
+        nonce: the server's SCRAM nonce (printable ASCII); None draws a fresh one.
+        fake_iterations: the iteration count fake verifiers claim (the one
+            real verifiers are made with, so the count gives nothing away).
     """
 
-    def __init__(self, secret_for: Callable[[Role, str], str | None], nonce: bytes, server: str) -> None:
+    def __init__(
+        self,
+        verifier_for: Callable[[Role, str], Verifier | None],
+        fake_key: bytes,
+        server: str,
+        channel_binding: ChannelBinding | None = None,
+        nonce: str | None = None,
+        fake_iterations: int = DEFAULT_ITERATIONS,
+    ) -> None:
         self.state = HandshakeState.AWAIT_HELLO
-        self._secret_for = secret_for
-        self._nonce = nonce
+        self._verifier_for = verifier_for
+        self._fake_key = fake_key
         self._server = server
+        self._binding = channel_binding
+        self._nonce = nonce
+        self._fake_iterations = fake_iterations
+        self.mechanism = mechanism_for(channel_binding)
+        #: who the peer claims to be, once its Hello is read (for throttling and logs)
+        self.role: Role | None = None
+        self.name = ""
+        #: whether `name` has a verifier: for the scheduler's log only, never for the peer
+        self.known = False
+        self._info: dict[str, Any] = {}
+        self._scram: Any = None
 
     def challenge(self) -> Challenge:
-        return Challenge(PROTOCOL_VERSION, self._nonce, self._server)
+        return Challenge(PROTOCOL_VERSION, self._server, self.mechanism)
 
-    def receive(self, msg: Message) -> Peer:
-        """Checks the peer's Hello; returns the authenticated peer.
+    def receive(self, msg: Message) -> ServerFirst | Peer:
+        """Returns the ServerFirst to send after a Hello, then the authenticated peer after its proof.
 
         Raises:
             RemoteWireError: what to send back in a `Refused` before closing.
         """
-        if self.state is not HandshakeState.AWAIT_HELLO:
-            raise LocalWireError(f"handshake is {self.state.name}, not waiting for Hello")
-        self.state = HandshakeState.FAILED
+        if self.state is HandshakeState.AWAIT_HELLO:
+            self.state = HandshakeState.FAILED
+            first = self._on_hello(msg)
+            self.state = HandshakeState.AWAIT_PROOF
+            return first
+        if self.state is HandshakeState.AWAIT_PROOF:
+            self.state = HandshakeState.FAILED
+            peer = self._on_proof(msg)
+            self.state = HandshakeState.DONE
+            return peer
+        raise LocalWireError(f"handshake is {self.state.name}, not waiting for a peer message")
+
+    def _on_hello(self, msg: Message) -> ServerFirst:
         if not isinstance(msg, Hello):
             raise RemoteWireError(ErrorCode.BAD_MESSAGE, f"expected Hello, got {type(msg).__name__}")
         if msg.version != PROTOCOL_VERSION:
@@ -91,20 +176,62 @@ class ServerHandshake:
             role = Role(msg.role)
         except ValueError:
             raise RemoteWireError(ErrorCode.BAD_MESSAGE, f"unknown role {msg.role!r}") from None
-        what = "user" if role is Role.CLIENT else "node"
         if not msg.name:
-            raise RemoteWireError(ErrorCode.BAD_MESSAGE, f"empty {what} name")
-        secret = self._secret_for(role, msg.name)
-        if secret is None:
-            raise RemoteWireError(ErrorCode.UNKNOWN_USER, f"unknown {what} {msg.name!r}")
-        if not hmac.compare_digest(msg.mac, compute_mac(secret, self._nonce, role, msg.name)):
-            raise RemoteWireError(ErrorCode.BAD_SECRET, f"{what} {msg.name!r}: bad secret")
-        self.state = HandshakeState.DONE
-        return Peer(role, msg.name, msg.info)
+            raise RemoteWireError(ErrorCode.BAD_MESSAGE, f"empty {_what(role)} name")
+        self.role, self.name, self._info = role, msg.name, msg.info
+        verifier = self._verifier_for(role, msg.name)
+        self.known = verifier is not None
+        if verifier is None:
+            verifier = Verifier.fake(self._fake_key, f"{role}\0{msg.name}", self._fake_iterations)
+        scram_names: list[str] = []
 
-    @staticmethod
-    def welcome(session: str, info: dict[str, Any]) -> Welcome:
-        return Welcome(session, info)
+        def auth_info(username: str) -> tuple[bytes, bytes, bytes, int]:
+            scram_names.append(username)
+            return verifier.auth_info()
+
+        self._scram = ScramMechanism(self.mechanism).make_server(
+            auth_info, channel_binding=self._binding, s_nonce=self._nonce
+        )
+        try:
+            self._scram.set_client_first(msg.client_first)
+            server_first: str = self._scram.get_server_first()
+        except ScramException as exc:
+            raise self._error(exc) from None
+        if scram_names != [scram_user(role, msg.name)]:
+            # the proof covers SCRAM's user name: it must be the role and name we looked up
+            raise RemoteWireError(
+                ErrorCode.BAD_MESSAGE,
+                f"{_what(role)} name {msg.name!r} differs from the SCRAM user name (names must be SASLprep-normal)",
+            )
+        return ServerFirst(server_first)
+
+    def _on_proof(self, msg: Message) -> Peer:
+        if not isinstance(msg, ClientProof):
+            raise RemoteWireError(ErrorCode.BAD_MESSAGE, f"expected ClientProof, got {type(msg).__name__}")
+        try:
+            self._scram.set_client_final(msg.client_final)
+        except ScramException as exc:
+            raise self._error(exc) from None
+        assert self.role is not None
+        return Peer(self.role, self.name, self._info)
+
+    def _error(self, exc: ScramException) -> RemoteWireError:
+        who = f"{_what(self.role or Role.CLIENT)} {self.name!r}"
+        error = getattr(exc, "server_error", None)
+        if error is ServerError.INVALID_PROOF:
+            return RemoteWireError(ErrorCode.LOGIN_FAILED, f"login failed for {who}: unknown name or wrong secret")
+        if error in _BINDING_ERRORS:
+            return RemoteWireError(
+                ErrorCode.CHANNEL_BINDING,
+                f"login of {who} not bound to this connection ({exc}): TLS on one side only, or a relay in between",
+            )
+        return RemoteWireError(ErrorCode.BAD_MESSAGE, f"bad SCRAM message from {who}: {exc}")
+
+    def welcome(self, session: str, info: dict[str, Any]) -> Welcome:
+        """The Welcome, with the server signature that proves we know the verifier."""
+        if self.state is not HandshakeState.DONE:
+            raise LocalWireError(f"handshake is {self.state.name}: no Welcome before the proof is checked")
+        return Welcome(session, info, self._scram.get_server_final())
 
     @staticmethod
     def refuse(error: RemoteWireError) -> Refused:
@@ -112,47 +239,104 @@ class ServerHandshake:
 
 
 class PeerHandshake:
-    """Client or node side: answers the challenge, then waits for the verdict."""
+    """Client or node side: logs in, then checks that the scheduler proved itself.
 
-    def __init__(self, role: Role, name: str, secret: str, info: dict[str, Any]) -> None:
+    Args:
+        role, name, secret: who we are and what we prove.
+        info: sent with the Hello (nodes: cpus, heartbeat, ...; clients: host, pid).
+        channel_binding: our view of the TLS channel, or None without TLS.
+        nonce: our SCRAM nonce (printable ASCII); None draws a fresh one.
+    """
+
+    def __init__(
+        self,
+        role: Role,
+        name: str,
+        secret: str,
+        info: dict[str, Any],
+        channel_binding: ChannelBinding | None = None,
+        nonce: str | None = None,
+    ) -> None:
         self.state = HandshakeState.AWAIT_CHALLENGE
         self.role = role
         self.name = name
         self._secret = secret
         self._info = info
+        self._binding = channel_binding
+        self._nonce = nonce
+        self._scram: Any = None
         self.server = ""
 
-    def receive(self, msg: Message) -> Hello | Welcome:
-        """Returns the Hello to send after the Challenge, then the Welcome.
+    def receive(self, msg: Message) -> Hello | ClientProof | Welcome:
+        """Returns the Hello after the Challenge, the ClientProof after ServerFirst, then the Welcome.
 
         Raises:
             RemoteWireError: the scheduler refused us (its code and message),
-                or sent something out of order.
+                sent something out of order, or failed to prove itself
+                (SERVER_NOT_VERIFIED).
+            LocalWireError: our own name or secret cannot be used in SCRAM.
         """
-        if self.state is HandshakeState.AWAIT_CHALLENGE:
-            self.state = HandshakeState.FAILED
-            if isinstance(msg, Refused):
-                raise RemoteWireError(_code(msg.code), msg.message)
-            if not isinstance(msg, Challenge):
-                raise RemoteWireError(ErrorCode.BAD_MESSAGE, f"expected Challenge, got {type(msg).__name__}")
-            if msg.version != PROTOCOL_VERSION:
-                raise RemoteWireError(
-                    ErrorCode.BAD_VERSION,
-                    f"scheduler speaks protocol version {msg.version}, we speak {PROTOCOL_VERSION}",
-                )
-            self.server = msg.server
-            self.state = HandshakeState.AWAIT_WELCOME
-            mac = compute_mac(self._secret, msg.nonce, self.role, self.name)
-            return Hello(PROTOCOL_VERSION, str(self.role), self.name, mac, self._info)
-        if self.state is HandshakeState.AWAIT_WELCOME:
-            self.state = HandshakeState.FAILED
-            if isinstance(msg, Refused):
-                raise RemoteWireError(_code(msg.code), msg.message)
-            if not isinstance(msg, Welcome):
-                raise RemoteWireError(ErrorCode.BAD_MESSAGE, f"expected Welcome, got {type(msg).__name__}")
-            self.state = HandshakeState.DONE
-            return msg
-        raise LocalWireError(f"handshake is {self.state.name}")
+        state = self.state
+        if state not in (HandshakeState.AWAIT_CHALLENGE, HandshakeState.AWAIT_SERVER_FIRST, HandshakeState.AWAIT_WELCOME):
+            raise LocalWireError(f"handshake is {state.name}")
+        self.state = HandshakeState.FAILED
+        if isinstance(msg, Refused):
+            raise RemoteWireError(_code(msg.code), msg.message)
+        reply: Hello | ClientProof | Welcome
+        if state is HandshakeState.AWAIT_CHALLENGE:
+            reply, self.state = self._on_challenge(msg), HandshakeState.AWAIT_SERVER_FIRST
+        elif state is HandshakeState.AWAIT_SERVER_FIRST:
+            reply, self.state = self._on_server_first(msg), HandshakeState.AWAIT_WELCOME
+        else:
+            reply, self.state = self._on_welcome(msg), HandshakeState.DONE
+        return reply
+
+    def _on_challenge(self, msg: Message) -> Hello:
+        if not isinstance(msg, Challenge):
+            raise RemoteWireError(ErrorCode.BAD_MESSAGE, f"expected Challenge, got {type(msg).__name__}")
+        if msg.version != PROTOCOL_VERSION:
+            raise RemoteWireError(
+                ErrorCode.BAD_VERSION,
+                f"scheduler speaks protocol version {msg.version}, we speak {PROTOCOL_VERSION}",
+            )
+        self.server = msg.server
+        ours = mechanism_for(self._binding)
+        if msg.mechanism != ours:
+            sides = "it sees TLS and we do not" if msg.mechanism.endswith("-PLUS") else "we see TLS and it does not"
+            raise RemoteWireError(
+                ErrorCode.CHANNEL_BINDING,
+                f"scheduler asks for {msg.mechanism!r}, we need {ours!r}: {sides} (a relay in between?)",
+            )
+        try:
+            self._scram = ScramClient(
+                [ours], scram_user(self.role, self.name), self._secret, channel_binding=self._binding, c_nonce=self._nonce
+            )
+            client_first: str = self._scram.get_client_first()
+        except ScramException as exc:
+            raise LocalWireError(f"cannot log in as {self.name!r}: {exc}") from None
+        return Hello(PROTOCOL_VERSION, str(self.role), self.name, client_first, self._info)
+
+    def _on_server_first(self, msg: Message) -> ClientProof:
+        if not isinstance(msg, ServerFirst):
+            raise RemoteWireError(ErrorCode.BAD_MESSAGE, f"expected ServerFirst, got {type(msg).__name__}")
+        try:
+            self._scram.set_server_first(msg.server_first)
+            return ClientProof(self._scram.get_client_final())
+        except ScramException as exc:
+            raise RemoteWireError(ErrorCode.BAD_MESSAGE, f"bad SCRAM message from the scheduler: {exc}") from None
+
+    def _on_welcome(self, msg: Message) -> Welcome:
+        if not isinstance(msg, Welcome):
+            raise RemoteWireError(ErrorCode.BAD_MESSAGE, f"expected Welcome, got {type(msg).__name__}")
+        try:
+            self._scram.set_server_final(msg.server_final)
+        except ScramException:
+            raise RemoteWireError(
+                ErrorCode.SERVER_NOT_VERIFIED,
+                f"scheduler {self.server!r} did not prove it knows the verifier of {self.name!r}: "
+                "not the real scheduler",
+            ) from None
+        return msg
 
 
 def _code(code: str) -> ErrorCode:

@@ -25,7 +25,7 @@ from .errors import ErrorCode, LocalWireError, RemoteWireError
 from .framing import FrameDecoder, _NeedData, encode_frame
 from .schema import checker_for
 
-PROTOCOL_VERSION = 2  # 2: JobResult and JobFile carry the job's MAC (result_mac)
+PROTOCOL_VERSION = 2  # 2: SCRAM-SHA-256 logins (ServerFirst, ClientProof); JobResult and JobFile carry the job's MAC
 
 
 # --------------------------------------------------------------------------
@@ -140,28 +140,54 @@ def message(tag: int) -> Callable[[_M], _M]:
 
 @message(1)
 class Challenge(Message):
-    """Scheduler → peer, first frame: prove you know the secret for this nonce."""
+    """Scheduler → peer, first frame: the protocol and the login mechanism it expects.
+
+    `mechanism` is SCRAM-SHA-256-PLUS when the scheduler sees TLS (the login
+    is then bound to the channel), SCRAM-SHA-256 otherwise.
+    """
 
     version: int
-    nonce: bytes
     server: str
+    mechanism: str
+
+
+#: interface addresses a node lists in its Hello: enough for `nodes` patterns, and the Hello stays within
+#: the pre-login frame limit (64 IPv6 addresses are under 3 KiB)
+HELLO_MAX_ADDRESSES = 64
 
 
 @message(2)
 class Hello(Message):
-    """Peer → scheduler: who I am, and HMAC(secret, nonce, role, name)."""
+    """Peer → scheduler: who I am, and the SCRAM client-first message."""
 
     version: int
     role: str  # "client" or "node"
-    name: str  # user name for clients, node name for nodes
-    mac: bytes
+    name: str  # user name for clients, node name for nodes (also SCRAM's user name)
+    client_first: str
     info: dict[str, Any]  # nodes: cpus, platform, heartbeat; clients: host, pid
+
+
+@message(6)
+class ServerFirst(Message):
+    """Scheduler → peer: the SCRAM server-first message (nonce, salt, iterations)."""
+
+    server_first: str
+
+
+@message(7)
+class ClientProof(Message):
+    """Peer → scheduler: the SCRAM client-final message (channel binding and proof)."""
+
+    client_final: str
 
 
 @message(3)
 class Welcome(Message):
+    """Scheduler → peer: logged in. `server_final` proves the scheduler knows our verifier."""
+
     session: str
     info: dict[str, Any]
+    server_final: str
 
 
 @message(4)
@@ -408,7 +434,12 @@ def decode(body: bytes) -> Message:
         RemoteWireError: BAD_MESSAGE for anything but a well-formed message.
     """
     try:
-        obj = msgpack.unpackb(body, raw=False, use_list=True, strict_map_key=False)
+        # no container or string can be longer than the frame; a map entry needs two bytes
+        n = len(body)
+        obj = msgpack.unpackb(
+            body, raw=False, use_list=True, strict_map_key=False,
+            max_str_len=n, max_bin_len=n, max_array_len=n, max_map_len=n // 2, max_ext_len=n,
+        )  # fmt: skip
     except Exception as exc:  # msgpack raises several unrelated types
         raise _bad(f"undecodable frame ({type(exc).__name__})") from None
     if not isinstance(obj, list) or not obj or type(obj[0]) is not int:

@@ -19,18 +19,18 @@ from pathlib import Path
 import dispy_client as dispy
 
 HERE = Path(__file__).resolve().parent
-USERS = """
-[users.alice]
-secret = "alice-secret"
-share = 2
+#: the demo's users: name -> (secret, share). The scheduler's users file keeps only verifiers of the secrets.
+USERS = {"alice": ("alice-secret", 2), "bob": ("bob-secret", 1), "observer": ("observer-secret", 1)}
 
-[users.bob]
-secret = "bob-secret"
-share = 1
 
-[users.observer]
-secret = "observer-secret"
-"""
+def users_file(path: Path) -> None:
+    """Writes what `dispyadmin user add` would, for secrets the demo chose itself (mode 600)."""
+    from dispy_wire.verifier import Verifier
+
+    tables = [f'[users.{name}]\nverifier = "{Verifier.from_secret(secret)}"\nshare = {share}\n'
+              for name, (secret, share) in USERS.items()]  # fmt: skip
+    path.write_text("\n".join(tables))
+    path.chmod(0o600)
 
 
 def start(argv: list[str], ready: str, log: Path) -> tuple[subprocess.Popen[str], re.Match[str]]:
@@ -47,7 +47,7 @@ def start(argv: list[str], ready: str, log: Path) -> tuple[subprocess.Popen[str]
 
 def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="dispy-demo-"))
-    (tmp / "users.toml").write_text(USERS)
+    users_file(tmp / "users.toml")
     procs: list[subprocess.Popen[str]] = []
     bindir = Path(sys.executable).parent
     try:

@@ -19,7 +19,22 @@ from pathlib import Path
 import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
+#: the fewest PBKDF2 rounds SCRAM allows: tests log in often, and their secrets guard nothing
+TEST_ITERATIONS = 4096
 EXPECT_CGROUP = "DISPY_TEST_CGROUP"  # "v1" or "v2": the per-job cgroups a run must get (test_node_cgroup2.py sets it)
+
+
+def write_users_file(path: Path, text: str) -> Path:
+    """Writes a users file as an operator would keep it: each `secret = "S"` in `text` stored as
+    its verifier (what `dispyadmin user add` writes), mode 600. The tests keep the secrets."""
+    from dispy_wire.verifier import Verifier
+
+    def verifier(match: re.Match[str]) -> str:
+        return f'verifier = "{Verifier.from_secret(match.group(1), TEST_ITERATIONS)}"'
+
+    path.write_text(re.sub(r'^secret = "([^"]*)"$', verifier, text, flags=re.MULTILINE))
+    path.chmod(0o600)
+    return path
 
 
 class Proc:

@@ -7,11 +7,11 @@ import socket
 import time
 
 import pytest
-from procs import Cluster, Proc
+from procs import Cluster, Proc, write_users_file
 
 from dispy_wire import messages as M
-from dispy_wire.framing import HEADER, NEED_DATA, PREAMBLE, FrameDecoder
-from dispy_wire.handshake import compute_mac
+from dispy_wire.framing import HEADER, NEED_DATA, PREAMBLE, PRELOGIN_MAX_SIZE, FrameDecoder
+from dispy_wire.handshake import HandshakeState, PeerHandshake, Role
 
 BYSTANDER = """
     from dispy_client import SharedJobCluster
@@ -53,6 +53,20 @@ def _challenge(sock: socket.socket, decoder: FrameDecoder) -> M.Challenge:
     return msg
 
 
+def _login(sock: socket.socket, decoder: FrameDecoder, user: str, secret: str) -> M.Welcome:
+    """Logs in over a raw socket, as a client would."""
+    hs = PeerHandshake(Role.CLIENT, user, secret, {})
+    sock.sendall(PREAMBLE)
+    while True:
+        msg = _read_message(sock, decoder)
+        assert msg is not None, "connection closed during login"
+        reply = hs.receive(msg)
+        if hs.state is HandshakeState.DONE:
+            assert isinstance(reply, M.Welcome)
+            return reply
+        sock.sendall(M.encode(reply))
+
+
 def _refusal(sock: socket.socket, decoder: FrameDecoder) -> M.Refused:
     """Reads up to the Refused frame and checks that the connection then closes."""
     msg = _read_message(sock, decoder)
@@ -65,7 +79,7 @@ def _refusal(sock: socket.socket, decoder: FrameDecoder) -> M.Refused:
 def guarded(cluster: Cluster) -> Cluster:
     """A scheduler with a users file and a node secret, one node, and a bystander at work."""
     users = cluster.workdir / "users.toml"
-    users.write_text('[users.alice]\nsecret = "right"\n[users.bystander]\nsecret = "s3cret"\n')
+    write_users_file(users, '[users.alice]\nsecret = "right"\n[users.bystander]\nsecret = "s3cret"\n')
     cluster.scheduler("--users-file", str(users), "--node-secret", "node-s", "--handshake-timeout", "1", "--max-message-size", "100000")
     cluster.node(cpus=2)
     cluster.bystander = cluster.client(BYSTANDER, "bystander")  # type: ignore[attr-defined]
@@ -93,8 +107,8 @@ def test_wrong_secret_is_a_clear_authentication_error(guarded: Cluster) -> None:
         """
     )
     host, port = guarded.address.rsplit(":", 1)
-    assert client.stdout.strip() == f"scheduler {host}:{port} rejected user 'alice': bad secret"
-    _scheduler_logged(guarded, r"bad-secret from unauthenticated peer .*alice")
+    assert client.stdout.strip() == f"scheduler {host}:{port} rejected user 'alice': unknown user or wrong secret"
+    _scheduler_logged(guarded, r"login-failed from unauthenticated peer claiming 'alice' \(a known name\)")
     _bystander_unharmed(guarded)
 
 
@@ -108,25 +122,25 @@ def test_unknown_user_is_refused(guarded: Cluster) -> None:
             print(exc)
         """
     )
-    assert client.stdout.strip().endswith("rejected user 'mallory': unknown user")
-    _scheduler_logged(guarded, r"unknown-user .*mallory")
+    # the same answer as a wrong secret: a guesser cannot learn which names exist
+    assert client.stdout.strip().endswith("rejected user 'mallory': unknown user or wrong secret")
+    _scheduler_logged(guarded, r"login-failed from unauthenticated peer claiming 'mallory' \(no such name\)")
     _bystander_unharmed(guarded)
 
 
 def test_node_with_wrong_node_secret_is_refused(guarded: Cluster) -> None:
     node = guarded.node("--node-secret", "nope", name="intruder", wait=False)
     assert node.wait(30) != 0
-    assert "bad secret" in node.stderr
-    _scheduler_logged(guarded, r"bad-secret .*intruder")
+    assert "login failed" in node.stderr
+    _scheduler_logged(guarded, r"login-failed .*intruder")
     _bystander_unharmed(guarded)
 
 
 def test_wrong_protocol_version_is_refused(guarded: Cluster) -> None:
     sock, decoder = _connect(guarded.address)
     with sock:
-        challenge = _challenge(sock, decoder)
-        mac = compute_mac("right", challenge.nonce, "client", "alice")
-        sock.sendall(PREAMBLE + M.encode(M.Hello(99, "client", "alice", mac, {})))
+        _challenge(sock, decoder)
+        sock.sendall(PREAMBLE + M.encode(M.Hello(99, "client", "alice", "n,,n=alice,r=abcdefgh", {})))
         refused = _refusal(sock, decoder)
     assert refused.code == "bad-version"
     assert "protocol version 99" in refused.message
@@ -157,7 +171,8 @@ def test_oversized_message_is_refused_without_reading_it(guarded: Cluster) -> No
         sock.sendall(PREAMBLE + HEADER.pack(10_000_000))  # the body never needs to come
         refused = _refusal(sock, decoder)
     assert refused.code == "too-large"
-    assert "10000000 bytes exceeds the limit of 100000" in refused.message
+    # before login the limit is a few KiB, whatever --max-message-size allows after it
+    assert f"10000000 bytes exceeds the limit of {PRELOGIN_MAX_SIZE}" in refused.message
     _scheduler_logged(guarded, r"too-large")
     _bystander_unharmed(guarded)
 
@@ -193,10 +208,7 @@ def test_silent_connection_times_out_in_the_handshake(guarded: Cluster) -> None:
 def test_ill_typed_message_after_the_handshake_gets_an_error_and_the_connection_lives(guarded: Cluster) -> None:
     sock, decoder = _connect(guarded.address)
     with sock:
-        challenge = _challenge(sock, decoder)
-        mac = compute_mac("right", challenge.nonce, "client", "alice")
-        sock.sendall(PREAMBLE + M.encode(M.Hello(M.PROTOCOL_VERSION, "client", "alice", mac, {})))
-        assert isinstance(_read_message(sock, decoder), M.Welcome)
+        _login(sock, decoder, "alice", "right")
         import msgpack
 
         body = msgpack.packb([11, "cluster", [[1, "not-a-priority", b""]]], use_bin_type=True)

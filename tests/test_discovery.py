@@ -27,8 +27,13 @@ from dispy_sched.discovery import Responder
 from dispy_wire import discovery as d
 from dispy_wire.errors import ErrorCode, RemoteWireError
 from dispy_wire.messages import PROTOCOL_VERSION
+from dispy_wire.verifier import Verifier
 
 NONCE = bytes(range(d.NONCE_SIZE))
+
+
+def _v(secret: str) -> Verifier:
+    return Verifier.from_secret(secret, 4096)
 
 # -- the datagram format ------------------------------------------------------
 
@@ -37,13 +42,13 @@ def test_discover_and_announce_round_trip() -> None:
     data = d.encode(d.Discover(NONCE))
     assert len(data) == d.DISCOVER_SIZE and data.startswith(d.MAGIC)
     assert d.decode(data, d.Discover).nonce == NONCE
-    announce = d.answer(d.Discover(NONCE), "node secret", "sched", "10.0.0.1", 9702)
+    announce = d.answer(d.Discover(NONCE), _v("node secret"), "sched", "10.0.0.1", 9702)
     assert d.decode(d.encode(announce), d.Announce) == announce
     assert d.verify(announce, "node secret", NONCE)
 
 
 def test_an_announce_is_never_larger_than_the_discover_it_answers() -> None:
-    announce = d.answer(d.Discover(NONCE), "s", "\U0001f600" * 500, "ffff:" * 7 + "ffff", 65535)
+    announce = d.answer(d.Discover(NONCE), _v("s"), "\U0001f600" * 500, "ffff:" * 7 + "ffff", 65535)
     assert len(announce.name) == d.NAME_LIMIT
     assert len(d.encode(announce)) <= d.DISCOVER_SIZE
     assert d.verify(announce, "s", NONCE)
@@ -53,7 +58,7 @@ def _datagram(*obj: Any) -> bytes:
     return d.MAGIC + msgpack.packb(list(obj), use_bin_type=True)
 
 
-_ANNOUNCE = d.encode(d.answer(d.Discover(NONCE), "n", "sched", "10.0.0.1", 9702))
+_ANNOUNCE = d.encode(d.answer(d.Discover(NONCE), _v("n"), "sched", "10.0.0.1", 9702))
 
 
 @pytest.mark.parametrize(
@@ -70,8 +75,8 @@ _ANNOUNCE = d.encode(d.answer(d.Discover(NONCE), "n", "sched", "10.0.0.1", 9702)
         (_datagram(1, PROTOCOL_VERSION, b"short", bytes(600)), d.Discover, ErrorCode.BAD_MESSAGE),
         (_ANNOUNCE, d.Discover, ErrorCode.BAD_MESSAGE),
         (d.encode(d.Discover(NONCE)), d.Announce, ErrorCode.BAD_MESSAGE),
-        (_datagram(2, PROTOCOL_VERSION, "s", "10.0.0.1", "9702", b"p"), d.Announce, ErrorCode.BAD_MESSAGE),
-        (_datagram(2, PROTOCOL_VERSION, "s", "10.0.0.1", 0, b"p"), d.Announce, ErrorCode.BAD_MESSAGE),
+        (_datagram(2, PROTOCOL_VERSION, "s", "10.0.0.1", "9702", b"s", 4096, b"p"), d.Announce, ErrorCode.BAD_MESSAGE),
+        (_datagram(2, PROTOCOL_VERSION, "s", "10.0.0.1", 0, b"s", 4096, b"p"), d.Announce, ErrorCode.BAD_MESSAGE),
         (_datagram(2, PROTOCOL_VERSION, "s", "10.0.0.1"), d.Announce, ErrorCode.BAD_MESSAGE),
     ],
 )
@@ -82,11 +87,13 @@ def test_garbage_is_refused_with_a_typed_error(data: bytes, expect: type[Any], c
 
 
 def test_a_wrong_secret_nonce_or_redirect_fails_the_proof() -> None:
-    announce = d.answer(d.Discover(NONCE), "right", "sched", "10.0.0.1", 9702)
+    announce = d.answer(d.Discover(NONCE), _v("right"), "sched", "10.0.0.1", 9702)
     assert not d.verify(announce, "wrong", NONCE)
     assert not d.verify(announce, "right", bytes(d.NONCE_SIZE))
     assert not d.verify(announce._replace(host="10.6.6.6"), "right", NONCE)
     assert not d.verify(announce._replace(port=6666), "right", NONCE)
+    # a forged Announce cannot make the node hash for long
+    assert not d.verify(announce._replace(iterations=d.MAX_ITERATIONS + 1), "right", NONCE)
 
 
 def test_the_throttle_lets_one_complaint_through_per_interval_and_counts_the_rest() -> None:
@@ -131,11 +138,11 @@ class _Transport(asyncio.DatagramTransport):
 def test_the_responder_answers_a_discover_and_complains_once_about_a_flood(caplog: pytest.LogCaptureFixture) -> None:
     async def scenario() -> _Transport:
         transport = _Transport()
-        responder = Responder("sched", "n", "10.231.0.1", 4242)
+        responder = Responder("sched", _v("n"), "10.231.0.1", 4242)
         responder.connection_made(transport)
         for _ in range(50):
             responder.datagram_received(os.urandom(64), ("10.231.0.9", 5000))
-        responder.datagram_received(d.encode(d.answer(d.Discover(NONCE), "n", "x", "h", 1)), ("10.231.0.9", 5000))
+        responder.datagram_received(d.encode(d.answer(d.Discover(NONCE), _v("n"), "x", "h", 1)), ("10.231.0.9", 5000))
         responder.datagram_received(d.encode(d.Discover(NONCE)), ("10.231.0.2", 5001))
         return transport
 

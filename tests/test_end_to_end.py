@@ -10,7 +10,7 @@ import time
 
 import psutil
 import pytest
-from procs import Cluster
+from procs import Cluster, write_users_file
 
 
 def test_results_output_and_exceptions_reach_the_client(cluster: Cluster) -> None:
@@ -170,7 +170,7 @@ def test_provisional_results_and_files_from_a_running_job_arrive_before_its_end(
 
 def test_two_users_share_the_cpus_fairly(cluster: Cluster) -> None:
     users = cluster.workdir / "users.toml"
-    users.write_text('[users.alice]\nsecret = "a-secret"\n[users.bob]\nsecret = "b-secret"\n')
+    write_users_file(users, '[users.alice]\nsecret = "a-secret"\n[users.bob]\nsecret = "b-secret"\n')
     cluster.scheduler("--users-file", str(users), "--policy", "fair")
     cluster.node(cpus=4)
     program = """

@@ -6,7 +6,7 @@ import json
 import time
 from pathlib import Path
 
-from procs import Cluster
+from procs import Cluster, write_users_file
 
 USERS = """
 [users.alice]
@@ -37,9 +37,7 @@ BATCH = """
 
 
 def users_file(cluster: Cluster, text: str) -> str:
-    path = cluster.workdir / "users.toml"
-    path.write_text(text)
-    return str(path)
+    return str(write_users_file(cluster.workdir / "users.toml", text))
 
 
 def batch(cluster: Cluster, user: str, jobs: int, seconds: float) -> tuple[object, Path]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psutil
 
-from procs import Cluster
+from procs import Cluster, write_users_file
 from test_node_isolation import marked_processes, no_marked_processes  # noqa: F401  (autouse)
 
 USERS = '[users.alice]\nsecret = "a"\n[users.mallory]\nsecret = "m"\n'
@@ -94,7 +94,7 @@ STATUS = """
 
 def test_misbehaving_jobs_beside_well_behaved_ones(cluster: Cluster) -> None:
     users = cluster.workdir / "users.toml"
-    users.write_text(USERS)
+    write_users_file(users, USERS)
     cluster.scheduler("--users-file", str(users))
     node = cluster.node("--max-memory", "512M", "--max-output", "1M", "--kill-grace", "1", cpus=2)
     good, bad = cluster.client(GOOD, "alice"), cluster.client(BAD, "mallory")
@@ -273,7 +273,7 @@ def test_a_yielding_node_keeps_its_running_job_and_queued_work_goes_elsewhere(cl
 
 def test_a_setup_that_raises_or_hangs_fails_its_cluster_only_and_says_why(cluster: Cluster) -> None:
     users = cluster.workdir / "users.toml"
-    users.write_text(USERS)
+    write_users_file(users, USERS)
     cluster.scheduler("--users-file", str(users))
     cluster.node("--setup-timeout", "1", "--kill-grace", "1", cpus=2)
     good = cluster.client(GOOD, "alice")

@@ -31,7 +31,7 @@ from test_node_runner import Harness, double, run
 from waiting import wait_until
 
 SYSTEM_PYTHON = Path("/usr/bin/python3.11")
-NEEDED = ("dispy_wire", "dispy_node", "msgpack", "cloudpickle", "psutil")
+NEEDED = ("dispy_wire", "dispy_node", "msgpack", "cloudpickle", "psutil", "scramp", "asn1crypto")
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +50,8 @@ def readable_python() -> Iterator[Path]:
         for name in NEEDED:
             source = Path(importlib.import_module(name).__file__ or "").parent
             shutil.copytree(source, site / name, ignore=shutil.ignore_patterns("__pycache__"))
+            for info in source.parent.glob(f"{name}-*.dist-info"):  # scramp reads its own version at import
+                shutil.copytree(info, site / info.name)
         subprocess.run(["chmod", "-R", "a+rX", str(root)], check=True, timeout=60)
         yield venv / "bin" / "python"
     finally:

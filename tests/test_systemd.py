@@ -132,9 +132,10 @@ def test_shipped_example_configs_are_accepted_as_they_are(tmp_path: Path) -> Non
     users = (deploy / "users.toml.example").read_text()
     scheduler_toml = (deploy / "scheduler.toml.example").read_text()
     (tmp_path / "users.toml").write_text(users)
+    (tmp_path / "users.toml").chmod(0o600)  # as the example's comment tells the operator
     (tmp_path / "scheduler.toml").write_text(scheduler_toml.replace("/etc/dispy/users.toml", str(tmp_path / "users.toml")))
     cfg = config_from_args(["--config", str(tmp_path / "scheduler.toml"), "--state-dir", str(tmp_path / "state")])
-    assert cfg.users and cfg.node_secret and cfg.policy == "fair"
+    assert cfg.users and cfg.node_verifier and cfg.policy == "fair"
 
 
 def test_node_takes_its_secret_from_a_systemd_credential(cluster: Cluster, tmp_path: Path) -> None:

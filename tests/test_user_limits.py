@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from procs import Cluster
+from procs import Cluster, write_users_file
 
 from dispy_sched.config import ConfigError, config_from_args
 from dispy_sched.core.state import Limits
@@ -43,9 +43,7 @@ BOB = """
 
 
 def users_file(workdir: Path, alice: str) -> str:
-    path = workdir / "users.toml"
-    path.write_text(USERS.format(alice=alice))
-    return str(path)
+    return str(write_users_file(workdir / "users.toml", USERS.format(alice=alice)))
 
 
 def bob_finishes(cluster: Cluster) -> None:

@@ -7,6 +7,7 @@ frames, as h11's and wsproto's tests do.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable
 from typing import Any
 
@@ -18,7 +19,7 @@ from hypothesis import strategies as st
 from dispy_wire import messages as M
 from dispy_wire.errors import ErrorCode, LocalWireError, RemoteWireError
 from dispy_wire.framing import HEADER, NEED_DATA, PREAMBLE, FrameDecoder, encode_frame
-from dispy_wire.handshake import HandshakeState, Peer, PeerHandshake, Role, ServerHandshake, compute_mac
+from dispy_wire.handshake import ChannelBinding, HandshakeState, Peer, PeerHandshake, Role, ServerHandshake
 from dispy_wire.messages import (
     PROTOCOL_VERSION,
     JobRef,
@@ -32,6 +33,7 @@ from dispy_wire.messages import (
 )
 from dispy_wire.payload import Computation, dumps, loads, pack_computation, unpack_computation
 from dispy_wire.status import JobStatus
+from dispy_wire.verifier import Verifier
 
 # --------------------------------------------------------------------------
 # One plausible instance of every message
@@ -41,10 +43,12 @@ RESULT = JobResult("c-1", 7, int(JobStatus.FINISHED), b"\x80\x05res", b"out\n", 
 FAILED = JobResult("c-1", 8, int(JobStatus.TERMINATED), None, b"", b"err", "Traceback ...", "ZeroDivisionError", 1.0, 2.0)
 
 SAMPLES: list[Message] = [
-    M.Challenge(PROTOCOL_VERSION, b"\x00\xff" * 16, "sched-1"),
-    M.Hello(PROTOCOL_VERSION, "client", "alice", b"m" * 32, {"host": "h1", "pid": 4242}),
-    M.Welcome("session-1", {"heartbeat": 5.0, "server": "sched-1"}),
-    M.Refused("bad-secret", "user 'alice': bad secret"),
+    M.Challenge(PROTOCOL_VERSION, "sched-1", "SCRAM-SHA-256"),
+    M.Hello(PROTOCOL_VERSION, "client", "alice", "n,,n=client:alice,r=abc", {"host": "h1", "pid": 4242}),
+    M.ServerFirst("r=abcdef,s=c2FsdA==,i=4096"),
+    M.ClientProof("c=biws,r=abcdef,p=cHJvb2Y="),
+    M.Welcome("session-1", {"heartbeat": 5.0, "server": "sched-1"}, "v=c2lnbmF0dXJl"),
+    M.Refused("login-failed", "login failed for user 'alice': unknown name or wrong secret"),
     M.Error("unknown-cluster", "no open cluster c-9", "c-9"),
     M.OpenCluster("c-1", "compute", b"\x82computation", True, {"nodes": ["n1", "10.0.0.*"], "pulse": 2.5}),
     M.SubmitJobs("c-1", [JobSpec(1, 0, b"args-1", {}), JobSpec(2, -3, b"", {"timeout": 2.5})]),
@@ -248,7 +252,7 @@ def test_frame_of_exactly_max_size_is_accepted() -> None:
 
 ILL_TYPED: list[tuple[str, bytes]] = [
     ("int for a str field", raw(10, 5, "n", b"c", True, {})),
-    ("str for a bytes field", raw(1, PROTOCOL_VERSION, "nonce", "sched")),
+    ("str for a bytes field", raw(11, "c-1", [[1, 0, "args", {}]])),
     ("bytes for a str field", raw(25, b"c-1")),
     ("None for a required field", raw(25, None)),
     ("float for an int field", raw(1, 1.0, b"n", "s")),
@@ -401,15 +405,21 @@ def test_mutated_valid_frames_raise_only_remote_wire_error(index: int, pos: int,
 
 
 # --------------------------------------------------------------------------
-# Handshake, back to back through real frames
+# Handshake (SCRAM-SHA-256), back to back through real frames
+
+ITER = 4096  # SCRAM's floor: these tests log in hundreds of times
+VERIFIERS = {
+    (Role.CLIENT, "alice"): Verifier.from_secret("alice-secret", ITER),
+    (Role.NODE, "node-1"): Verifier.from_secret("node-secret", ITER),
+}
+FAKE_KEY = b"k" * 32
+BINDING_A = ("tls-server-end-point", b"A" * 32)  # what each end would hash from the certificate it sees
+BINDING_B = ("tls-server-end-point", b"B" * 32)
 
 
-SECRETS = {(Role.CLIENT, "alice"): "alice-secret", (Role.NODE, "node-1"): "node-secret"}
-
-
-def secret_for(role: Role, name: str) -> str | None:
+def verifier_for(role: Role, name: str) -> Verifier | None:
     assert isinstance(role, Role)
-    return SECRETS.get((role, name))
+    return VERIFIERS.get((role, name))
 
 
 class Wire:
@@ -418,11 +428,22 @@ class Wire:
     def __init__(self) -> None:
         self.decoder = FrameDecoder()
         self.decoder.feed(PREAMBLE)
+        self.sent = bytearray(PREAMBLE)
 
     def carry(self, msg: Message) -> Message:
-        self.decoder.feed(encode(msg))
+        data = encode(msg)
+        self.sent += data
+        self.decoder.feed(data)
         (got,) = drain(self.decoder)
         return got
+
+
+def server(
+    binding: ChannelBinding | None = None,
+    verifiers: Callable[[Role, str], Verifier | None] = verifier_for,
+    nonce: str | None = None,
+) -> ServerHandshake:
+    return ServerHandshake(verifiers, FAKE_KEY, "sched-1", binding, nonce=nonce, fake_iterations=ITER)
 
 
 class HandshakePair:
@@ -432,22 +453,36 @@ class HandshakePair:
         self.server, self.peer = server, peer
         self.to_peer, self.to_server = Wire(), Wire()
 
-    def run(self) -> tuple[Peer, M.Welcome]:
-        """Runs the whole exchange; a refusal reaches the peer as a Refused frame."""
-        hello = self.peer.receive(self.to_peer.carry(self.server.challenge()))
+    def _to_server(self, msg: Message) -> Message:
+        """Carries a peer message to the server; a refusal reaches the peer as a Refused frame."""
         try:
-            who = self.server.receive(self.to_server.carry(hello))
+            return self.server.receive(self.to_server.carry(msg))  # type: ignore[return-value]
         except RemoteWireError as exc:
             self.peer.receive(self.to_peer.carry(self.server.refuse(exc)))
             raise AssertionError("the peer did not raise on Refused") from exc
+
+    def run(self) -> tuple[Peer, M.Welcome]:
+        hello = self.peer.receive(self.to_peer.carry(self.server.challenge()))
+        first = self._to_server(hello)
+        proof = self.peer.receive(self.to_peer.carry(first))
+        who = self._to_server(proof)
+        assert isinstance(who, Peer)
         welcome = self.peer.receive(self.to_peer.carry(self.server.welcome("session-9", {"heartbeat": 5.0})))
         assert isinstance(welcome, M.Welcome)
         return who, welcome
 
 
-def pair(role: Role = Role.CLIENT, name: str = "alice", secret: str = "alice-secret", nonce: bytes = b"n" * 32) -> HandshakePair:
+def pair(
+    role: Role = Role.CLIENT,
+    name: str = "alice",
+    secret: str = "alice-secret",
+    server_binding: ChannelBinding | None = None,
+    peer_binding: ChannelBinding | None = None,
+    nonces: tuple[str | None, str | None] = (None, None),
+) -> HandshakePair:
     return HandshakePair(
-        ServerHandshake(secret_for, nonce, "sched-1"), PeerHandshake(role, name, secret, {"host": "h1", "pid": 1})
+        server(server_binding, nonce=nonces[0]),
+        PeerHandshake(role, name, secret, {"host": "h1", "pid": 1}, peer_binding, nonce=nonces[1]),
     )
 
 
@@ -466,79 +501,155 @@ def test_node_handshake_yields_the_node_with_its_info() -> None:
     assert who.role is Role.NODE and who.name == "node-1"
 
 
+def test_a_login_bound_to_the_same_tls_channel_succeeds_with_scram_plus() -> None:
+    hs = pair(server_binding=BINDING_A, peer_binding=BINDING_A)
+    assert hs.server.challenge().mechanism == "SCRAM-SHA-256-PLUS"
+    who, _ = hs.run()
+    assert who.name == "alice"
+
+
+def test_every_split_of_both_streams_gives_the_same_login() -> None:
+    nonces = ("server-nonce", "client-nonce")
+    reference = pair(nonces=nonces)
+    expected = reference.run()
+    streams = (bytes(reference.to_peer.sent), bytes(reference.to_server.sent))
+    for stream in streams:
+        messages = drain_preamble(stream)
+        for cut in range(1, len(stream)):
+            decoder = FrameDecoder()
+            decoder.feed(stream[:cut])
+            got = drain(decoder)
+            decoder.feed(stream[cut:])
+            assert got + drain(decoder) == messages, cut
+    assert pair(nonces=nonces).run() == expected  # the same nonces give the same bytes, so the same login
+
+
+def drain_preamble(stream: bytes) -> list[Message]:
+    decoder = FrameDecoder()
+    decoder.feed(stream)
+    return drain(decoder)
+
+
 def refusal(hs: HandshakePair) -> RemoteWireError:
     """Runs a handshake expected to fail; returns what the peer raised."""
     with pytest.raises(RemoteWireError) as info:
         hs.run()
-    assert hs.server.state is HandshakeState.FAILED
+    assert hs.server.state is HandshakeState.FAILED or hs.peer.state is HandshakeState.FAILED
     assert hs.peer.state is HandshakeState.FAILED
     return info.value
 
 
-def test_wrong_secret_is_refused_as_bad_secret() -> None:
-    assert refusal(pair(secret="guess")).code is ErrorCode.BAD_SECRET
+def test_wrong_secret_is_refused_as_login_failed() -> None:
+    assert refusal(pair(secret="guess")).code is ErrorCode.LOGIN_FAILED
 
 
-def test_unknown_user_is_refused_as_unknown_user() -> None:
-    err = refusal(pair(name="mallory", secret="whatever"))
-    assert err.code is ErrorCode.UNKNOWN_USER
-    assert "mallory" in err.message
+def test_unknown_user_and_wrong_secret_get_the_identical_refusal() -> None:
+    wrong = refusal(pair(secret="guess"))
+    nobody = HandshakePair(server(verifiers=lambda role, name: None), PeerHandshake(Role.CLIENT, "alice", "guess", {}))
+    unknown = refusal(nobody)
+    assert (unknown.code, unknown.message) == (wrong.code, wrong.message) == (
+        ErrorCode.LOGIN_FAILED, "login failed for user 'alice': unknown name or wrong secret"
+    )  # fmt: skip
+    assert not nobody.server.known  # only the scheduler's own log may tell them apart
+
+
+def test_an_unknown_name_gets_the_same_salt_every_time_so_asking_twice_tells_nothing() -> None:
+    def salt_and_iterations(name: str) -> str:
+        hs = pair(name=name, secret="x")
+        first = hs.server.receive(hs.to_server.carry(hs.peer.receive(hs.server.challenge())))
+        assert isinstance(first, M.ServerFirst)
+        return first.server_first.split(",", 1)[1]  # s=...,i=...
+
+    assert salt_and_iterations("mallory") == salt_and_iterations("mallory")
+    assert salt_and_iterations("mallory") != salt_and_iterations("trudy")
+    assert salt_and_iterations("alice") == salt_and_iterations("alice")
 
 
 def test_client_secret_does_not_authenticate_a_node_of_the_same_name() -> None:
-    assert refusal(pair(Role.NODE, "alice", "alice-secret")).code is ErrorCode.UNKNOWN_USER
+    assert refusal(pair(Role.NODE, "alice", "alice-secret")).code is ErrorCode.LOGIN_FAILED
 
 
 def test_hello_of_another_protocol_version_is_refused() -> None:
-    server = ServerHandshake(secret_for, b"n" * 32, "s")
-    mac = compute_mac("alice-secret", b"n" * 32, "client", "alice")
     with pytest.raises(RemoteWireError) as info:
-        server.receive(M.Hello(PROTOCOL_VERSION + 1, "client", "alice", mac, {}))
+        server().receive(M.Hello(PROTOCOL_VERSION + 1, "client", "alice", "n,,n=client:alice,r=abc", {}))
     assert info.value.code is ErrorCode.BAD_VERSION
 
 
 def test_challenge_of_another_protocol_version_is_refused_by_the_peer() -> None:
     peer = PeerHandshake(Role.CLIENT, "alice", "alice-secret", {})
     with pytest.raises(RemoteWireError) as info:
-        peer.receive(M.Challenge(PROTOCOL_VERSION + 1, b"n", "s"))
+        peer.receive(M.Challenge(PROTOCOL_VERSION + 1, "s", "SCRAM-SHA-256"))
     assert info.value.code is ErrorCode.BAD_VERSION
     assert peer.state is HandshakeState.FAILED
 
 
-def test_replayed_hello_fails_against_a_different_nonce() -> None:
-    first = pair(nonce=b"1" * 32)
-    hello = first.peer.receive(first.server.challenge())
-    assert first.server.receive(hello).name == "alice"  # genuine on its own nonce
-    second = ServerHandshake(secret_for, b"2" * 32, "sched-1")
+def test_a_recorded_exchange_cannot_be_replayed() -> None:
+    first = pair()
+    first.run()
+    hello, proof = drain_preamble(bytes(first.to_server.sent))
+    replay = server()
+    replay.challenge()
+    assert isinstance(replay.receive(hello), M.ServerFirst)  # a fresh server nonce...
     with pytest.raises(RemoteWireError) as info:
-        second.receive(hello)
-    assert info.value.code is ErrorCode.BAD_SECRET
+        replay.receive(proof)  # ...which the recorded proof does not cover
+    assert info.value.code is ErrorCode.BAD_MESSAGE and "nonce" in info.value.message
 
 
-def test_hello_with_its_role_changed_fails_the_mac() -> None:
-    # the same name and secret under both roles: only the MAC binds the role
-    server = ServerHandshake(lambda role, name: "shared", b"n" * 32, "sched-1")
+def test_hello_with_its_role_changed_fails_the_proof() -> None:
+    # the same name and secret under both roles: SCRAM's user name binds the role
+    shared = Verifier.from_secret("shared", ITER)
+    srv = server(verifiers=lambda role, name: shared)
     peer = PeerHandshake(Role.CLIENT, "alice", "shared", {})
-    hello = peer.receive(server.challenge())
+    hello = peer.receive(srv.challenge())
     assert isinstance(hello, M.Hello)
     with pytest.raises(RemoteWireError) as info:
-        server.receive(M.Hello(hello.version, "node", hello.name, hello.mac, hello.info))
-    assert info.value.code is ErrorCode.BAD_SECRET
+        srv.receive(M.Hello(hello.version, "node", hello.name, hello.client_first, hello.info))
+    assert info.value.code is ErrorCode.BAD_MESSAGE
+
+
+def test_a_relay_between_two_tls_channels_fails_the_binding() -> None:
+    # the real node's TLS ends at the relay (binding B); the relay's own TLS to the scheduler has binding A
+    err = refusal(pair(Role.NODE, "node-1", "node-secret", server_binding=BINDING_A, peer_binding=BINDING_B))
+    assert err.code is ErrorCode.CHANNEL_BINDING
+
+
+@pytest.mark.parametrize(("server_binding", "peer_binding"), [(BINDING_A, None), (None, BINDING_A)], ids=["peer-plain", "server-plain"])
+def test_tls_on_one_side_only_is_refused(server_binding: ChannelBinding | None, peer_binding: ChannelBinding | None) -> None:
+    hs = pair(server_binding=server_binding, peer_binding=peer_binding)
+    with pytest.raises(RemoteWireError) as info:
+        hs.peer.receive(hs.server.challenge())
+    assert info.value.code is ErrorCode.CHANNEL_BINDING
+
+
+def test_a_fake_scheduler_that_does_not_know_the_verifier_is_detected() -> None:
+    # it has no verifier: it answers with a made-up salt and welcomes whatever proof comes back
+    peer = PeerHandshake(Role.CLIENT, "alice", "alice-secret", {}, nonce="client-nonce")
+    hello = peer.receive(M.Challenge(PROTOCOL_VERSION, "evil", "SCRAM-SHA-256"))
+    assert isinstance(hello, M.Hello)
+    salt = base64.b64encode(b"s" * 16).decode()
+    peer.receive(M.ServerFirst(f"r=client-noncefake,s={salt},i=4096"))
+    with pytest.raises(RemoteWireError) as info:
+        peer.receive(M.Welcome("s", {}, "v=" + base64.b64encode(b"x" * 32).decode()))
+    assert info.value.code is ErrorCode.SERVER_NOT_VERIFIED
+    # and one holding another verifier for the name fails the same way (as does its proof check)
+    hs = HandshakePair(server(verifiers=lambda r, n: Verifier.from_secret("other", ITER)), PeerHandshake(Role.CLIENT, "alice", "alice-secret", {}))
+    assert refusal(hs).code is ErrorCode.LOGIN_FAILED
 
 
 @pytest.mark.parametrize(
     ("hello", "code"),
     [
-        (M.Hello(PROTOCOL_VERSION, "admin", "alice", b"", {}), ErrorCode.BAD_MESSAGE),
-        (M.Hello(PROTOCOL_VERSION, "client", "", b"", {}), ErrorCode.BAD_MESSAGE),
-        (M.Welcome("s", {}), ErrorCode.BAD_MESSAGE),
+        (M.Hello(PROTOCOL_VERSION, "admin", "alice", "n,,n=x,r=a", {}), ErrorCode.BAD_MESSAGE),
+        (M.Hello(PROTOCOL_VERSION, "client", "", "n,,n=x,r=a", {}), ErrorCode.BAD_MESSAGE),
+        (M.Hello(PROTOCOL_VERSION, "client", "alice", "garbage", {}), ErrorCode.BAD_MESSAGE),
+        (M.Hello(PROTOCOL_VERSION, "client", "alice", "n,,n=client:bob,r=a", {}), ErrorCode.BAD_MESSAGE),
+        (M.Welcome("s", {}, ""), ErrorCode.BAD_MESSAGE),
     ],
-    ids=["unknown role", "empty name", "not a Hello"],
+    ids=["unknown role", "empty name", "not SCRAM", "another SCRAM user", "not a Hello"],
 )
 def test_malformed_hello_is_refused_as_bad_message(hello: Message, code: ErrorCode) -> None:
-    server = ServerHandshake(secret_for, b"n" * 32, "s")
     with pytest.raises(RemoteWireError) as info:
-        server.receive(hello)
+        server().receive(hello)
     assert info.value.code is code
 
 
@@ -569,27 +680,41 @@ def test_peer_maps_an_unknown_refusal_code_to_bad_message() -> None:
 def test_peer_refuses_out_of_order_messages() -> None:
     peer = PeerHandshake(Role.CLIENT, "alice", "alice-secret", {})
     with pytest.raises(RemoteWireError) as info:
-        peer.receive(M.Welcome("s", {}))
+        peer.receive(M.Welcome("s", {}, ""))
     assert info.value.code is ErrorCode.BAD_MESSAGE
     peer = PeerHandshake(Role.CLIENT, "alice", "alice-secret", {})
-    peer.receive(M.Challenge(PROTOCOL_VERSION, b"n", "s"))
+    peer.receive(M.Challenge(PROTOCOL_VERSION, "s", "SCRAM-SHA-256"))
     with pytest.raises(RemoteWireError):
-        peer.receive(M.Challenge(PROTOCOL_VERSION, b"n", "s"))
+        peer.receive(M.Welcome("s", {}, ""))  # the scheduler skipped its ServerFirst
 
 
 def test_handshakes_refuse_use_after_they_are_done() -> None:
     hs = pair()
     hs.run()
     with pytest.raises(LocalWireError):
-        hs.server.receive(M.Hello(PROTOCOL_VERSION, "client", "alice", b"", {}))
+        hs.server.receive(M.Hello(PROTOCOL_VERSION, "client", "alice", "", {}))
     with pytest.raises(LocalWireError):
-        hs.peer.receive(M.Welcome("s", {}))
+        hs.peer.receive(M.Welcome("s", {}, ""))
+
+
+def test_no_welcome_before_the_proof_is_checked() -> None:
+    with pytest.raises(LocalWireError):
+        server().welcome("s", {})
 
 
 def test_secret_never_crosses_the_wire() -> None:
     hs = pair()
-    hello = hs.peer.receive(hs.server.challenge())
-    assert b"alice-secret" not in encode(hello)
+    hs.run()
+    assert b"alice-secret" not in bytes(hs.to_server.sent) + bytes(hs.to_peer.sent)
+
+
+def test_a_verifier_round_trips_through_its_text_and_refuses_bad_ones() -> None:
+    v = Verifier.from_secret("pencil", ITER)
+    assert Verifier.parse(str(v)) == v and str(v).startswith("SCRAM-SHA-256$4096:")
+    assert "pencil" not in str(v)
+    for bad in ("pencil", "SCRAM-SHA-256$4096:c2FsdA==", "SCRAM-SHA-256$100:c2FsdA==$" + str(v).split("$")[2]):
+        with pytest.raises(ValueError):
+            Verifier.parse(bad)
 
 
 # --------------------------------------------------------------------------
@@ -686,3 +811,14 @@ def test_batches_by_size_keep_order_and_stay_within_the_budget_but_for_a_record_
     batches = list(by_size(records, budget=1200))  # each weighs 256 + its bytes (é: 2)
     assert [[r.job_id for r in b] for b in batches] == [[1, 2], [3], [4], [5]]
     assert list(by_size([])) == []
+
+
+def test_a_nodes_largest_hello_fits_the_pre_login_frame_limit() -> None:
+    from dispy_wire.framing import PRELOGIN_MAX_SIZE
+
+    peer = PeerHandshake(Role.NODE, "n" * 255, "secret", {
+        "cpus": 512, "platform": "Linux-6.1.0-x86_64-with-glibc2.36" * 2, "pid": 4194304, "heartbeat": 2.0,
+        "version": "10.20.30", "addresses": ["ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"] * M.HELLO_MAX_ADDRESSES,
+    })  # fmt: skip
+    hello = peer.receive(M.Challenge(PROTOCOL_VERSION, "s", "SCRAM-SHA-256"))
+    assert len(encode(hello)) < PRELOGIN_MAX_SIZE // 2
