@@ -20,7 +20,7 @@ from pathlib import Path
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests.procs import Cluster  # noqa: E402  (the tests' process harness: port 0, logs to files, cleanup)
+from tests.procs import Cluster, write_users_file  # noqa: E402  (the tests' process harness: port 0, logs to files, cleanup)
 
 USERS = '[users.alice]\nsecret = "a"\nmax_queued_jobs = 1000\n[users.bob]\nsecret = "b"\n'
 
@@ -77,7 +77,7 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="limits-rss-"))
     cluster = Cluster(workdir)
     try:
-        (workdir / "users.toml").write_text(USERS)
+        write_users_file(workdir / "users.toml", USERS)
         sched = cluster.scheduler("--users-file", str(workdir / "users.toml"))
         cluster.node(cpus=2)
         proc = psutil.Process(sched.pid)
