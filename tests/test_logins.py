@@ -285,7 +285,10 @@ def test_running_out_of_descriptors_is_one_log_line_a_second_not_a_traceback_per
         for _ in range(60):  # logged-in connections are not capped: they use up the 48 descriptors
             sock = _connect(cluster)
             held.append(sock)
-            answer, _ = _login(sock, "alice", "right")
+            try:
+                answer, _ = _login(sock, "alice", "right")
+            except ConnectionError:  # accept() failed for it: the loop dropped it (uvloop)
+                break
             if not isinstance(answer, M.Welcome):
                 break
         for _ in range(50):  # accept() fails for these: the loop drops them (uvloop) or reports it (asyncio)
@@ -340,7 +343,7 @@ def test_dispyadmin_replace_gives_a_new_secret_and_keeps_the_rest_of_the_file(tm
     second = add_user(str(users), "alice", None, replace=True, iterations=4096)
     loaded = load_users(str(users))
     assert first != second and set(loaded) == {"alice", "bob"}
-    assert loaded["alice"].share == 2 and loaded["alice"].limits.max_cpus == 4
+    assert loaded["alice"].share == 2 and loaded["alice"].limits["max_cpus"] == 4
     salt, iterations = loaded["alice"].verifier.salt, loaded["alice"].verifier.iterations
     assert Verifier.from_secret(second, iterations, salt) == loaded["alice"].verifier
     assert "# a limit the operator set" in users.read_text()
