@@ -23,7 +23,8 @@ import subprocess
 import tempfile
 import warnings
 
-from dispy_sched.config import SchedConfig, is_loopback
+from dispy_sched.config import SchedConfig
+from dispy_wire.tls import is_loopback
 from dispy_sched.core import CoreConfig, SchedulerCore
 from dispy_sched.policies import load_policy
 from dispy_sched.server import SchedulerServer

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import os
 import socket
 import tomllib
@@ -14,6 +13,7 @@ from typing import Any
 from dispy_wire.discovery import DISCOVERY_PORT
 from dispy_wire.framing import DEFAULT_MAX_SIZE
 from dispy_wire.handshake import Role
+from dispy_wire.tls import ServerTLS, TLSConfigError, is_loopback, plaintext_refusal
 
 from .core.state import NO_LIMITS, Limits
 
@@ -47,6 +47,11 @@ class SchedConfig:
     status_log_interval: float = 60.0
     usage_save_interval: float = 60.0
     loglevel: str = "INFO"
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_ca: str | None = None  # signs the certificates clients and nodes may (or must) present
+    tls_require_client_cert: bool = False
+    insecure_plaintext: bool = False
     name: str = field(default_factory=socket.gethostname)
     users: dict[str, UserEntry] = field(default_factory=dict)
 
@@ -58,6 +63,12 @@ class SchedConfig:
             entry = self.users.get(name)
             return entry.secret if entry else None
         return self.secret if self.secret is not None else ""
+
+    def server_tls(self) -> ServerTLS | None:
+        """The listener's TLS settings; None: plaintext."""
+        if self.tls_cert is None:
+            return None
+        return ServerTLS(self.tls_cert, self.tls_key, self.tls_ca, self.tls_require_client_cert)
 
     def shares(self) -> dict[str, float]:
         return {name: entry.share for name, entry in self.users.items()}
@@ -111,15 +122,6 @@ def default_state_dir() -> str:
     return os.path.join(base, "dispyscheduler")
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="dispyscheduler",
@@ -153,6 +155,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--handshake-timeout", type=float, metavar="S", help="seconds a peer has to authenticate (10)")
     p.add_argument("--usage-half-life", type=float, metavar="S", help="half-life of decayed usage, kept in the state dir (3600)")
     p.add_argument("--loglevel", help="DEBUG, INFO (default), WARNING, ERROR")
+    tls = p.add_argument_group(
+        "TLS (clients and nodes verify the scheduler's certificate; `dispyscheduler tls init DIR` makes one)"
+    )
+    tls.add_argument("--tls-cert", "--cluster-certfile", "--cluster_certfile", "--node-certfile", "--node_certfile",
+                     dest="tls_cert", metavar="FILE",
+                     help="PEM certificate (chain) of this scheduler: every connection is TLS "
+                          "(dispy's --cluster_certfile and --node_certfile: one port, one certificate)")  # fmt: skip
+    tls.add_argument("--tls-key", "--cluster-keyfile", "--cluster_keyfile", "--node-keyfile", "--node_keyfile",
+                     dest="tls_key", metavar="FILE",
+                     help="its private key (default: in --tls-cert); under systemd, LoadCredential= and %%d/...")  # fmt: skip
+    tls.add_argument("--tls-ca", metavar="FILE",
+                     help="CA whose client certificates nodes and users may present (mutual TLS)")  # fmt: skip
+    tls.add_argument("--tls-require-client-cert", action="store_true", default=None,
+                     help="refuse peers without a certificate signed by --tls-ca")  # fmt: skip
+    tls.add_argument("--insecure-plaintext", action="store_true", default=None,
+                     help="listen off loopback without TLS: anyone on the path reads and can alter "
+                          "computations, arguments and results (warned at every start)")  # fmt: skip
     return p
 
 
@@ -203,6 +222,20 @@ def config_from_args(argv: list[str] | None = None) -> SchedConfig:
                 f"refusing to listen on non-loopback address {cfg.host} without {' and '.join(missing)}: "
                 "anyone who can reach it could run code on every node"
             )
+    tls = cfg.server_tls()
+    if tls is not None:
+        try:
+            tls.context()  # unreadable files are a start-up error, not a failure per connection
+        except TLSConfigError as exc:
+            raise ConfigError(str(exc)) from None
+    elif cfg.tls_key or cfg.tls_ca or cfg.tls_require_client_cert:
+        raise ConfigError("tls_key, tls_ca and tls_require_client_cert need tls_cert (the scheduler's certificate)")
+    refusal = plaintext_refusal(cfg.host, tls is not None, cfg.insecure_plaintext)
+    if refusal is not None:
+        raise ConfigError(
+            f"refusing to listen without TLS: {refusal}; give --tls-cert and --tls-key "
+            "(`dispyscheduler tls init DIR` makes them), or --insecure-plaintext to take that risk"
+        )
     if cfg.state_dir is None:
         cfg.state_dir = default_state_dir()
     return cfg

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import ssl
 from typing import TYPE_CHECKING, cast
 
 from dispy_wire import messages as M
@@ -77,6 +78,8 @@ class PeerConnection(asyncio.Protocol):
         self.peer: Peer | None = None
         self.transport: asyncio.Transport | None = None
         self.address = "?"
+        #: the TLS session (None: plaintext), for channel binding (`dispy_wire.tls.channel_binding`)
+        self.ssl_object: ssl.SSLObject | None = None
         self._decoder = FrameDecoder(server.config.max_message_size)
         self._handshake = ServerHandshake(server.config.secret_for, os.urandom(16), server.config.name)
         self._writer: BatchedWriter | None = None
@@ -89,6 +92,7 @@ class PeerConnection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         loop = asyncio.get_running_loop()
         self._writer = BatchedWriter(loop.call_soon, self.transport.write, self.transport.is_closing)
+        self.ssl_object = transport.get_extra_info("ssl_object")
         peername = transport.get_extra_info("peername")
         self.address = f"{peername[0]}:{peername[1]}" if peername else "?"
         self.transport.write(PREAMBLE + M.encode(self._handshake.challenge()))
