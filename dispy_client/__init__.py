@@ -12,7 +12,15 @@ from __future__ import annotations
 import logging
 
 from .cluster import BaseCluster, SharedJobCluster
-from .errors import AuthenticationError, ClusterError, DispyError, JobError, ProtocolError, SchedulerUnreachable
+from .errors import (
+    AuthenticationError,
+    ClusterError,
+    DispyError,
+    JobError,
+    ProtocolError,
+    SchedulerNotTrusted,
+    SchedulerUnreachable,
+)
 from .executor import ClusterExecutor
 from .job import DispyJob
 from .jobcluster import JobCluster
@@ -38,6 +46,7 @@ __all__ = [
     "JobError",
     "NodeAllocate",
     "ProtocolError",
+    "SchedulerNotTrusted",
     "SchedulerUnreachable",
     "SharedJobCluster",
     "logger",

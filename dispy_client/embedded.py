@@ -56,6 +56,12 @@ class EmbeddedScheduler:
                 "as a node and receive your computation and arguments",
                 stacklevel=3,
             )
+        elif not is_loopback(host):
+            warnings.warn(
+                f"JobCluster: listening on {host} without TLS: nodes that join receive your computation, "
+                "arguments and results in plaintext (dispyscheduler --tls-cert serves TLS)",
+                stacklevel=3,
+            )
         self.client_secret = secrets.token_hex(16)
         self.node_secret = node_secret
         self._state_dir = tempfile.mkdtemp(prefix="dispy-embedded-")

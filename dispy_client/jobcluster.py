@@ -78,9 +78,14 @@ class JobCluster(BaseCluster):
         port: int | None = None,
         **kwargs: Any,
     ) -> None:
+        no_tls = "a JobCluster's own scheduler does not serve TLS yet (use dispyscheduler --tls-cert)"
+        ignored = {name: no_tls for name in ("certfile", "keyfile", "tls_ca", "tls_fingerprint")}
         options = cluster_options(
-            "JobCluster", kwargs, nodes=nodes, depends=depends, job_status=job_status, cluster_status=cluster_status
-        )
+            "JobCluster", kwargs, ignored,
+            nodes=nodes, depends=depends, job_status=job_status, cluster_status=cluster_status,
+        )  # fmt: skip
+        # our link to our own scheduler, in this process: its bytes never leave this host
+        options.tls, options.insecure_plaintext = None, True
         # one loop thread for the client and its scheduler: no GIL hand-off between them per message
         loop_thread = LoopThread(f"dispy-{computation_name(computation)}-io")
         self._embedded = EmbeddedScheduler(loop_thread, ip_addr or "127.0.0.1", int(port or 0), options.secret)

@@ -16,15 +16,12 @@ import asyncio
 import itertools
 import logging
 import sqlite3
-import ssl
 import time
-from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 from dispy_wire import messages as M
 from dispy_wire.batching import by_size
 from dispy_wire.handshake import Role
-from dispy_wire.tls import describe_failure
 
 from .config import SchedConfig
 from .conn import PeerConnection
@@ -38,6 +35,11 @@ log = logging.getLogger(__name__)
 TICK_INTERVAL = 1.0
 #: interface addresses taken from a node's Hello (for clusters' `nodes` patterns)
 MAX_ADDRESSES = 64
+
+
+def _log_tls_failure(why: str) -> None:
+    # asyncio drops a failed TLS handshake without a word, and without the peer's address
+    log.warning("TLS handshake with a peer failed: %s; connection closed", why)
 
 
 class SchedulerServer:
@@ -60,7 +62,6 @@ class SchedulerServer:
         self._drain_scheduled = False
         self._server: asyncio.base_events.Server | None = None
         self._tick_task: asyncio.Task[None] | None = None
-        self._tls_handshakes: set[asyncio.Task[None]] = set()
         self._last_status_log = 0.0
         self._last_usage_save = time.time()
         self.address: tuple[str, int] = (config.host, config.port)
@@ -75,12 +76,12 @@ class SchedulerServer:
                 self._execute(action)
         loop = asyncio.get_running_loop()
         tls = self.config.server_tls()
-        if tls is None:
-            factory: Callable[[], asyncio.Protocol] = lambda: PeerConnection(self)  # noqa: E731
-        else:
-            context = tls.context()
-            factory = lambda: _TLSAcceptor(self, context)  # noqa: E731
-        self._server = await loop.create_server(factory, self.config.host, self.config.port, reuse_address=True)
+        # a peer's connection_made comes after the TLS handshake: the Challenge goes out encrypted
+        self._server = await loop.create_server(
+            lambda: PeerConnection(self), self.config.host, self.config.port, reuse_address=True,
+            ssl=tls.context(on_failure=_log_tls_failure) if tls else None,
+            ssl_handshake_timeout=self.config.handshake_timeout if tls else None,
+        )  # fmt: skip
         sockname = self._server.sockets[0].getsockname()
         self.address = (sockname[0], sockname[1])
         self._tick_task = asyncio.create_task(self._ticker())
@@ -91,8 +92,6 @@ class SchedulerServer:
             self._tick_task.cancel()
         if self._server is not None:
             self._server.close()
-        for task in list(self._tls_handshakes):
-            task.cancel()
         for peer in list(self.peers.values()):
             peer.close()
         if self._server is not None:
@@ -237,40 +236,3 @@ class SchedulerServer:
         conn = self.peers.get(session)
         return conn.peer.name if conn is not None and conn.peer is not None else session
 
-
-class _TLSAcceptor(asyncio.Protocol):
-    """Runs the TLS handshake of an accepted connection, then hands it to a `PeerConnection`.
-
-    asyncio's own `create_server(ssl=...)` drops a failed handshake without a
-    word; this way each failure (an untrusted or missing client certificate,
-    a plaintext peer, a timeout) is one log line naming the peer, and the
-    scheduler sends its Challenge only over a finished handshake.
-    """
-
-    def __init__(self, server: SchedulerServer, context: ssl.SSLContext) -> None:
-        self._server = server
-        self._context = context
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport = cast(asyncio.Transport, transport)
-        transport.pause_reading()  # start_tls takes the bytes from here on
-        task = asyncio.get_running_loop().create_task(self._handshake(transport))
-        self._server._tls_handshakes.add(task)
-        task.add_done_callback(self._server._tls_handshakes.discard)
-
-    async def _handshake(self, transport: asyncio.Transport) -> None:
-        peername = transport.get_extra_info("peername")
-        where = f"{peername[0]}:{peername[1]}" if peername else "?"
-        peer = PeerConnection(self._server)
-        try:
-            tls_transport = await asyncio.get_running_loop().start_tls(
-                transport, peer, self._context, server_side=True,
-                ssl_handshake_timeout=self._server.config.handshake_timeout,
-            )  # fmt: skip
-        except (OSError, TimeoutError, ConnectionError) as exc:
-            log.warning("TLS handshake with %s failed: %s; closing", where, describe_failure(exc))
-            transport.abort()
-            return
-        if tls_transport is None:  # the peer went away during the handshake
-            return
-        peer.connection_made(tls_transport)

@@ -28,6 +28,7 @@ import hmac
 import ipaddress
 import re
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -140,8 +141,16 @@ class ServerTLS:
     client_ca: str | None = None
     require_client_cert: bool = False
 
-    def context(self) -> ssl.SSLContext:
-        """Raises TLSConfigError: an unreadable file, a key that does not match, a missing CA."""
+    def context(self, on_failure: Callable[[str], None] | None = None) -> ssl.SSLContext:
+        """The listener's context.
+
+        Args:
+            on_failure: called with the reason of each failed handshake (an
+                untrusted or missing client certificate, a peer not speaking TLS).
+
+        Raises:
+            TLSConfigError: an unreadable file, a key that does not match, a missing CA.
+        """
         if self.require_client_cert and not self.client_ca:
             raise TLSConfigError("requiring client certificates needs the CA that signs them (tls_ca)")
         ctx = _ServerContext(ssl.PROTOCOL_TLS_SERVER)
@@ -151,7 +160,25 @@ class ServerTLS:
         if self.client_ca:
             _load_ca(ctx, self.client_ca)
             ctx.verify_mode = ssl.CERT_REQUIRED if self.require_client_cert else ssl.CERT_OPTIONAL
+        if on_failure is not None:
+            ctx.sslobject_class = _reporting_sslobject(on_failure)
         return ctx
+
+
+def _reporting_sslobject(on_failure: Callable[[str], None]) -> type[ssl.SSLObject]:
+    """An `SSLObject` that reports why its handshake failed (asyncio's TLS layer drives it and stays silent)."""
+
+    class ReportingSSLObject(ssl.SSLObject):
+        def do_handshake(self) -> None:
+            try:
+                super().do_handshake()
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                raise
+            except ssl.SSLError as exc:
+                on_failure(describe_failure(exc))
+                raise
+
+    return ReportingSSLObject
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,8 +247,8 @@ def describe_failure(exc: BaseException) -> str:
     """A short reason for a failed TLS handshake, as OpenSSL words it ("certificate has expired", ...)."""
     if isinstance(exc, ssl.SSLCertVerificationError):
         return f"certificate verify failed: {exc.verify_message}"
-    if isinstance(exc, ssl.SSLError):
-        return exc.reason or str(exc)
+    if isinstance(exc, ssl.SSLError) and exc.reason:
+        return str(exc.reason).lower().replace("_", " ")  # TLSV13_ALERT_CERTIFICATE_REQUIRED: the peer's alert
     return str(exc) or type(exc).__name__
 
 
