@@ -17,7 +17,7 @@ from dispy_wire import messages as M
 from dispy_wire.batching import BatchedWriter
 from dispy_wire.errors import ErrorCode, RemoteWireError
 from dispy_wire.framing import NEED_DATA, PREAMBLE, FrameDecoder
-from dispy_wire.handshake import PeerHandshake, Role
+from dispy_wire.handshake import HandshakeState, PeerHandshake, Role
 from dispy_wire.loop import event_loop_factory
 from dispy_wire.tls import ClientTLS, UntrustedScheduler, describe_failure, plaintext_refusal
 
@@ -219,6 +219,14 @@ class SchedulerLink(asyncio.Protocol):
             if isinstance(exc, ssl.SSLError):  # e.g. mutual TLS: our certificate missing or not trusted
                 self.ready.set_exception(
                     AuthenticationError(f"scheduler {self.where} refused our TLS connection: {describe_failure(exc)}")
+                )
+            elif self.ssl_object is not None and self._handshake.state is HandshakeState.AWAIT_CHALLENGE:
+                # a scheduler that refuses our certificate (or its absence) closes without a word
+                self.ready.set_exception(
+                    AuthenticationError(
+                        f"scheduler {self.where} closed the TLS connection before its challenge: it may require "
+                        "a client certificate signed by its CA (certfile=, keyfile=)"
+                    )
                 )
             else:
                 self.ready.set_exception(SchedulerUnreachable(f"scheduler {self.where} closed the connection"))
