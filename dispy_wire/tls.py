@@ -246,7 +246,7 @@ class ClientTLS:
 def describe_failure(exc: BaseException) -> str:
     """A short reason for a failed TLS handshake, as OpenSSL words it ("certificate has expired", ...)."""
     if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"certificate verify failed: {exc.verify_message}"
+        return f"certificate verify failed: {str(exc.verify_message).rstrip('.')}"
     if isinstance(exc, ssl.SSLError) and exc.reason:
         return str(exc.reason).lower().replace("_", " ")  # TLSV13_ALERT_CERTIFICATE_REQUIRED: the peer's alert
     return str(exc) or type(exc).__name__
