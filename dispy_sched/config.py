@@ -126,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="dispyscheduler",
         description="Shared scheduler of a dispy-shared cluster: clients and nodes both connect to it.",
+        epilog="`dispyscheduler tls init DIR` makes a CA and the certificates for TLS "
+        "(see `dispyscheduler tls init --help`).",
     )
     p.add_argument("--config", metavar="FILE", help="TOML file with any of the options below (flags override it)")
     p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
@@ -158,13 +160,15 @@ def build_parser() -> argparse.ArgumentParser:
     tls = p.add_argument_group(
         "TLS (clients and nodes verify the scheduler's certificate; `dispyscheduler tls init DIR` makes one)"
     )
-    tls.add_argument("--tls-cert", "--cluster-certfile", "--cluster_certfile", "--node-certfile", "--node_certfile",
-                     dest="tls_cert", metavar="FILE",
+    tls.add_argument("--tls-cert", metavar="FILE",
                      help="PEM certificate (chain) of this scheduler: every connection is TLS "
-                          "(dispy's --cluster_certfile and --node_certfile: one port, one certificate)")  # fmt: skip
-    tls.add_argument("--tls-key", "--cluster-keyfile", "--cluster_keyfile", "--node-keyfile", "--node_keyfile",
-                     dest="tls_key", metavar="FILE",
-                     help="its private key (default: in --tls-cert); under systemd, LoadCredential= and %%d/...")  # fmt: skip
+                          "(dispy's --cluster_certfile and --node_certfile work too: one port, one certificate)")  # fmt: skip
+    tls.add_argument("--tls-key", metavar="FILE",
+                     help="its private key (default: in --tls-cert); under systemd, LoadCredential= and %%d/... "
+                          "(dispy's --cluster_keyfile, --node_keyfile)")  # fmt: skip
+    for dispy_name, ours in (("certfile", "tls_cert"), ("keyfile", "tls_key")):  # dispyscheduler's own spellings
+        aliases = [f"--{side}{sep}{dispy_name}" for side in ("cluster", "node") for sep in ("_", "-")]
+        tls.add_argument(*aliases, dest=ours, help=argparse.SUPPRESS)
     tls.add_argument("--tls-ca", metavar="FILE",
                      help="CA whose client certificates nodes and users may present (mutual TLS)")  # fmt: skip
     tls.add_argument("--tls-require-client-cert", action="store_true", default=None,

@@ -235,4 +235,3 @@ class SchedulerServer:
     def _who(self, session: str) -> str:
         conn = self.peers.get(session)
         return conn.peer.name if conn is not None and conn.peer is not None else session
-
