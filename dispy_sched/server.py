@@ -22,6 +22,7 @@ from typing import Any
 from dispy_wire import messages as M
 from dispy_wire.batching import by_size
 from dispy_wire.handshake import Role
+from dispy_wire.tls import peer_common_name
 
 from .config import SchedConfig
 from .conn import PeerConnection
@@ -147,7 +148,8 @@ class SchedulerServer:
         assert conn.peer is not None
         self.peers[conn.session] = conn
         peer = conn.peer
-        log.info("%s %s connected from %s", peer.role, peer.name, conn.address)
+        cn = peer_common_name(conn.ssl_object)  # mutual TLS: shown, not yet checked against the name
+        log.info("%s %s connected from %s%s", peer.role, peer.name, conn.address, f" (certificate CN={cn})" if cn else "")
         if peer.role is Role.CLIENT:
             return None
         cpus, heartbeat = peer.info.get("cpus"), peer.info.get("heartbeat", 2.0)

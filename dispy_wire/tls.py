@@ -30,6 +30,7 @@ import re
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -241,6 +242,18 @@ class ClientTLS:
             raise UntrustedScheduler(
                 f"its certificate's SHA-256 fingerprint is {fingerprint(der)}, not the pinned {_colons(pin)}"
             )
+
+
+def peer_common_name(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> str | None:
+    """The CN of the certificate the peer presented and we verified, or None (none asked, none given)."""
+    if ssl_object is None:
+        return None
+    cert: dict[str, Any] = dict(ssl_object.getpeercert() or {})  # {} unless verified
+    for rdn in cert.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return str(value)
+    return None
 
 
 def describe_failure(exc: BaseException) -> str:

@@ -279,6 +279,8 @@ def test_a_client_and_a_node_run_jobs_over_mutual_tls(cluster: Cluster, pki: dic
     proc = _client(cluster, "client", tls_ca=pki["ca"], certfile=user_cert, keyfile=user_key)
     assert "RESULTS [0, 1, 4, 9]" in proc.stdout, cluster.describe()
     assert "TLS with certificate" in sched.stderr and "client certificates required" in sched.stderr
+    assert "node node connected from" in sched.stderr and "(certificate CN=n1)" in sched.stderr
+    assert "(certificate CN=alice)" in sched.stderr
     # the pin alone works too
     proc = _client(cluster, "pinned", tls_fingerprint=tls.cert_fingerprint(pki["good"][0]), certfile=user_cert, keyfile=user_key)
     assert "RESULTS [0, 1, 4, 9]" in proc.stdout, cluster.describe()
