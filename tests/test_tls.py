@@ -302,6 +302,24 @@ def test_a_scheduler_requiring_client_certificates_refuses_peers_without_one_its
     assert "connected from" not in sched.stderr and "connected to" not in node.stdout
 
 
+def test_a_jobcluster_serves_tls_with_dispys_certfile_and_its_own_node_pins_it(cluster: Cluster, pki: dict[str, Any]) -> None:
+    cert, key = pki["good"]
+    proc = cluster.run_client(f"""
+        import socket
+        import dispy_client as dispy
+        from dispy_wire.tls import ClientTLS
+        with dispy.JobCluster(lambda x: x + 1, certfile={cert!r}, keyfile={key!r}) as cluster:
+            print("RESULTS", [cluster.submit(i)() for i in range(3)])
+            host, port = cluster.scheduler_address
+            with ClientTLS(ca={pki["ca"]!r}).context().wrap_socket(
+                socket.create_connection((host, port)), server_hostname=host
+            ) as tls:
+                print("SERVES", tls.version(), "as", tls.getpeercert()["subject"])
+    """)
+    assert "RESULTS [1, 2, 3]" in proc.stdout, cluster.describe()
+    assert "SERVES TLSv1.3 as ((('commonName', 'sched'),),)" in proc.stdout
+
+
 class FakeTLSScheduler:
     """A TLS listener of the test's own: it completes handshakes and records every byte a peer sends after one."""
 
