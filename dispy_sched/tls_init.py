@@ -126,7 +126,7 @@ def write_private(path: Path, data: bytes) -> None:
 
 
 def default_hosts() -> list[str]:
-    return [socket.gethostname(), "127.0.0.1", "::1"]
+    return [socket.gethostname(), "localhost", "127.0.0.1", "::1"]
 
 
 def init(directory: Path, hosts: list[str], nodes: list[str], users: list[str], days: int) -> list[str]:
@@ -207,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", metavar="DIR", type=Path, help="where to write them (made mode 0700)")
     p.add_argument("--host", action="append", default=[], metavar="NAME",
                    help="a DNS name or IP address clients and nodes dial the scheduler by; repeatable "
-                        "(default: this host's name, 127.0.0.1 and ::1)")  # fmt: skip
+                        "(default: this host's name, localhost, 127.0.0.1 and ::1)")  # fmt: skip
     p.add_argument("--node", action="append", default=[], metavar="NAME", help="a node certificate; repeatable")
     p.add_argument("--user", action="append", default=[], metavar="NAME", help="a user certificate; repeatable")
     p.add_argument("--days", type=int, default=DEFAULT_DAYS, help=f"validity of new certificates ({DEFAULT_DAYS})")

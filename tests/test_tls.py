@@ -271,18 +271,27 @@ def _tls_scheduler(cluster: Cluster, pki: dict[str, Any], *more: str) -> Proc:
     return cluster.scheduler("--node-secret", "N", "--tls-cert", cert, "--tls-key", key, *more)
 
 
-def test_a_client_and_a_node_run_jobs_over_mutual_tls(cluster: Cluster, pki: dict[str, Any]) -> None:
-    sched = _tls_scheduler(cluster, pki, "--tls-ca", pki["ca"], "--tls-require-client-cert")
-    node_cert, node_key = pki["node"]
-    cluster.node("--tls-ca", pki["ca"], "--tls-cert", node_cert, "--tls-key", node_key)
-    user_cert, user_key = pki["user"]
-    proc = _client(cluster, "client", tls_ca=pki["ca"], certfile=user_cert, keyfile=user_key)
+def test_a_client_and_a_node_run_jobs_over_mutual_tls_with_what_tls_init_made(cluster: Cluster) -> None:
+    d = cluster.workdir / "tls"
+    made = subprocess.run(
+        [sys.executable, "-m", "dispy_sched.main", "tls", "init", str(d), "--node", "n1", "--user", "alice"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    ca = str(d / "ca.pem")
+    # the flags it printed, as printed (less --host 0.0.0.0: the test stays on loopback)
+    [flags] = [line.split("--host 0.0.0.0 ")[1].split() for line in made.stdout.splitlines() if "dispyscheduler --host" in line]
+    sched = cluster.scheduler("--node-secret", "N", *flags)
+    [node_flags] = [line.split("9702 ")[1].split() for line in made.stdout.splitlines() if "dispynode --scheduler" in line]
+    cluster.node(*node_flags)
+    user_cert, user_key = str(d / "user-alice.pem"), str(d / "user-alice.key")
+    proc = _client(cluster, "client", tls_ca=ca, certfile=user_cert, keyfile=user_key)
     assert "RESULTS [0, 1, 4, 9]" in proc.stdout, cluster.describe()
     assert "TLS with certificate" in sched.stderr and "client certificates required" in sched.stderr
     assert "node node connected from" in sched.stderr and "(certificate CN=n1)" in sched.stderr
     assert "(certificate CN=alice)" in sched.stderr
     # the pin alone works too
-    proc = _client(cluster, "pinned", tls_fingerprint=tls.cert_fingerprint(pki["good"][0]), certfile=user_cert, keyfile=user_key)
+    proc = _client(cluster, "pinned", tls_fingerprint=tls.cert_fingerprint(str(d / "scheduler.pem")), certfile=user_cert, keyfile=user_key)
     assert "RESULTS [0, 1, 4, 9]" in proc.stdout, cluster.describe()
 
 
