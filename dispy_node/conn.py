@@ -12,7 +12,11 @@ every job and zygote is killed and nothing of that session is reported later,
 because the scheduler has written this node's jobs off. Then `run_node`
 redials with exponential backoff and jitter. A refusal that retrying cannot
 cure (bad secret, unknown node, other protocol version) ends the daemon with
-status 2 instead.
+status 2 instead. With TLS (`config.tls`) the scheduler proves itself (CA and
+name, or pinned fingerprint) before the node writes a byte; one that fails is
+logged as untrusted and redialed like one that is down, so a fixed certificate
+is picked up without a restart. A scheduler off loopback without TLS (one
+found by discovery) ends the daemon with status 2 unless `--insecure-plaintext`.
 
 What outlives a session is `NodeControl`: the CPU offer (`availability`:
 service window, yielding to the machine's owner, drain), the count of
