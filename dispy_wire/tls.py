@@ -18,7 +18,8 @@ nobody else is on that path. Anywhere else both the scheduler and its peers
 refuse it unless the operator says `insecure_plaintext` (`plaintext_refusal`).
 
 This module builds `ssl.SSLContext`s and reads certificates; it does no I/O
-on sockets: the shells pass contexts to asyncio and hand it the `SSLObject`s.
+on sockets: the shells pass the contexts to asyncio, and the `SSLObject`s asyncio
+makes back to `ClientTLS.check` and `channel_binding`.
 """
 
 from __future__ import annotations
