@@ -30,7 +30,8 @@ from procs import EXPECT_CGROUP, Cluster, in_cgroup_v2
 from test_node_runner import Harness, double, run
 
 SYSTEM_PYTHON = Path("/usr/bin/python3.11")
-NEEDED = ("dispy_wire", "dispy_node", "msgpack", "cloudpickle", "psutil")
+# dispy_node's imports, dependencies included (cryptography, and cffi's backend under it, for dispy_wire.tls)
+NEEDED = ("dispy_wire", "dispy_node", "msgpack", "cloudpickle", "psutil", "cryptography", "_cffi_backend")
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +48,11 @@ def readable_python() -> Iterator[Path]:
         subprocess.run([str(SYSTEM_PYTHON), "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
         site = next((venv / "lib").glob("python3.11/site-packages"))
         for name in NEEDED:
-            source = Path(importlib.import_module(name).__file__ or "").parent
-            shutil.copytree(source, site / name, ignore=shutil.ignore_patterns("__pycache__"))
+            source = Path(importlib.import_module(name).__file__ or "")
+            if source.name == "__init__.py":
+                shutil.copytree(source.parent, site / name, ignore=shutil.ignore_patterns("__pycache__"))
+            else:  # an extension module of one file
+                shutil.copy2(source, site / source.name)
         subprocess.run(["chmod", "-R", "a+rX", str(root)], check=True, timeout=60)
         yield venv / "bin" / "python"
     finally:
