@@ -13,7 +13,14 @@ import logging
 
 from .cluster import BaseCluster, SharedJobCluster
 from .errors import (
-    AuthenticationError, ClusterError, DispyError, JobError, LimitError, ProtocolError, SchedulerUnreachable,
+    AuthenticationError,
+    ClusterError,
+    DispyError,
+    JobError,
+    LimitError,
+    ProtocolError,
+    SchedulerNotTrusted,
+    SchedulerUnreachable,
 )
 from .executor import ClusterExecutor
 from .job import DispyJob
@@ -41,6 +48,7 @@ __all__ = [
     "LimitError",
     "NodeAllocate",
     "ProtocolError",
+    "SchedulerNotTrusted",
     "SchedulerUnreachable",
     "SharedJobCluster",
     "logger",

@@ -120,8 +120,9 @@ class BaseCluster:
         )  # fmt: skip
         self._lt = loop_thread or LoopThread(f"dispy-{self.name}-io")
         self._session = ClusterSession(
-            self._lt, host, port, self.user, options.secret, options.timeout, open_msg, self._tracker.deliver
-        )
+            self._lt, host, port, self.user, options.secret, options.timeout, open_msg, self._tracker.deliver,
+            options.tls, options.insecure_plaintext,
+        )  # fmt: skip
         try:
             self._lt.run(self._session.open(), timeout=options.timeout + 5)
         except BaseException:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar, cast
@@ -16,10 +17,11 @@ from dispy_wire import messages as M
 from dispy_wire.batching import BatchedWriter
 from dispy_wire.errors import ErrorCode, RemoteWireError
 from dispy_wire.framing import NEED_DATA, PREAMBLE, FrameDecoder
-from dispy_wire.handshake import PeerHandshake, Role, channel_binding_of
+from dispy_wire.handshake import HandshakeState, PeerHandshake, Role
 from dispy_wire.loop import event_loop_factory
+from dispy_wire.tls import ClientTLS, UntrustedScheduler, channel_binding, describe_failure, plaintext_refusal
 
-from .errors import AuthenticationError, LimitError, ProtocolError, SchedulerUnreachable
+from .errors import AuthenticationError, LimitError, ProtocolError, SchedulerNotTrusted, SchedulerUnreachable
 
 log = logging.getLogger("dispy_client")
 T = TypeVar("T")
@@ -90,9 +92,13 @@ class SchedulerLink(asyncio.Protocol):
         info: dict[str, Any],
         on_message: Callable[[M.Message], None],
         on_lost: Callable[[str], None],
+        tls: ClientTLS | None = None,
     ) -> None:
         self._user, self._secret, self._info = user, secret, info
-        self._handshake: PeerHandshake | None = None
+        self._handshake: PeerHandshake | None = None  # made once the channel is known: logins bind to it
+        self._tls = tls
+        #: the TLS session (None: plaintext)
+        self.ssl_object: ssl.SSLObject | None = None
         self._decoder = FrameDecoder()
         self._on_message = on_message
         self._on_lost = on_lost
@@ -113,23 +119,50 @@ class SchedulerLink(asyncio.Protocol):
         info: dict[str, Any],
         on_message: Callable[[M.Message], None],
         on_lost: Callable[[str], None],
+        tls: ClientTLS | None = None,
+        insecure_plaintext: bool = False,
     ) -> SchedulerLink:
         """Connects and authenticates within `timeout` seconds.
 
+        With `tls`, the TLS handshake and the scheduler's proof of identity
+        come first: an untrusted scheduler is sent no byte of ours.
+
         Raises:
-            SchedulerUnreachable, AuthenticationError, ProtocolError.
+            SchedulerUnreachable, AuthenticationError, ProtocolError,
+            SchedulerNotTrusted (its certificate failed, or plaintext off loopback
+            without `insecure_plaintext`).
         """
         loop = asyncio.get_running_loop()
         where = f"{host}:{port}"
-        link = cls(user, secret, info, on_message, on_lost)
+        refusal = plaintext_refusal(host, tls is not None, insecure_plaintext)
+        if refusal is not None:
+            raise SchedulerNotTrusted(
+                f"not connecting to scheduler {where}: {refusal}; pass tls_ca= (or tls_fingerprint=), "
+                "or insecure_plaintext=True to take that risk"
+            )
+        link = cls(user, secret, info, on_message, on_lost, tls)
         link.where = where
+        context = tls.context() if tls is not None else None
         try:
             async with asyncio.timeout(timeout):
-                await loop.create_connection(lambda: link, host, port)
+                await loop.create_connection(
+                    lambda: link, host, port, ssl=context, server_hostname=host if context else None
+                )
                 await link.ready
         except TimeoutError:
             link.close()
-            raise SchedulerUnreachable(f"scheduler {where} did not answer within {timeout:g} s") from None
+            hint = "" if tls else " (one that serves TLS does not answer a plaintext client: pass tls_ca=)"
+            raise SchedulerUnreachable(f"scheduler {where} did not answer within {timeout:g} s{hint}") from None
+        except ssl.SSLCertVerificationError as exc:
+            raise SchedulerNotTrusted(
+                f"scheduler {where} is not trusted: {describe_failure(exc)}; nothing was sent to it"
+            ) from None
+        except UntrustedScheduler as exc:
+            raise SchedulerNotTrusted(f"scheduler {where} is not trusted: {exc}; nothing was sent to it") from None
+        except ssl.SSLError as exc:
+            raise SchedulerNotTrusted(
+                f"TLS with scheduler {where} failed: {describe_failure(exc)} (does it serve TLS?); nothing was sent to it"
+            ) from None
         except OSError as exc:
             raise SchedulerUnreachable(f"cannot reach scheduler {where}: {exc.strerror or exc}") from None
         except RemoteWireError as exc:
@@ -143,7 +176,15 @@ class SchedulerLink(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         loop = asyncio.get_running_loop()
         self._writer = BatchedWriter(loop.call_soon, self.transport.write, self.transport.is_closing)
-        binding = channel_binding_of(transport.get_extra_info("ssl_object"))
+        self.ssl_object = transport.get_extra_info("ssl_object")
+        if self._tls is not None:
+            try:
+                self._tls.check(self.ssl_object)  # the pinned fingerprint, before our first byte
+            except UntrustedScheduler as exc:
+                self.ready.set_exception(exc)
+                self.transport.abort()
+                return
+        binding = channel_binding(self.ssl_object)
         self._handshake = PeerHandshake(Role.CLIENT, self._user, self._secret, self._info, binding)
         self.transport.write(PREAMBLE)
 
@@ -178,8 +219,23 @@ class SchedulerLink(asyncio.Protocol):
                 self._on_message(msg)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if not self.ready.done():
-            self.ready.set_exception(SchedulerUnreachable(f"scheduler {self.where} closed the connection"))
+        if self.welcome is None:  # never authenticated: `connect` reports why
+            if self.ready.done():
+                return
+            if isinstance(exc, ssl.SSLError):  # e.g. mutual TLS: our certificate missing or not trusted
+                self.ready.set_exception(
+                    AuthenticationError(f"scheduler {self.where} refused our TLS connection: {describe_failure(exc)}")
+                )
+            elif self.ssl_object is not None and self._handshake is not None and self._handshake.state is HandshakeState.AWAIT_CHALLENGE:
+                # a scheduler that refuses our certificate (or its absence) closes without a word
+                self.ready.set_exception(
+                    AuthenticationError(
+                        f"scheduler {self.where} closed the TLS connection before its challenge: it may require "
+                        "a client certificate signed by its CA (certfile=, keyfile=)"
+                    )
+                )
+            else:
+                self.ready.set_exception(SchedulerUnreachable(f"scheduler {self.where} closed the connection"))
             return
         self._on_lost(str(exc) if exc else "connection closed")
 

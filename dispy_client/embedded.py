@@ -23,7 +23,8 @@ import subprocess
 import tempfile
 import warnings
 
-from dispy_sched.config import SchedConfig, is_loopback
+from dispy_sched.config import SchedConfig
+from dispy_wire.tls import ServerTLS, cert_fingerprint, is_loopback
 from dispy_sched.core import CoreConfig, SchedulerCore
 from dispy_sched.policies import load_policy
 from dispy_sched.server import SchedulerServer
@@ -42,27 +43,45 @@ class EmbeddedScheduler:
         host: address to listen on ('127.0.0.1' keeps it to this machine).
         port: port to listen on (0: any free one).
         node_secret: what nodes must prove to join.
+        tls: the certificate it serves TLS with (None: plaintext).
 
     Attributes:
         client_secret: what our own client proves (a random token).
         address: (host, port) it listens on, once started.
     """
 
-    def __init__(self, loop_thread: LoopThread, host: str = "127.0.0.1", port: int = 0, node_secret: str = "") -> None:
+    def __init__(
+        self,
+        loop_thread: LoopThread,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        node_secret: str = "",
+        tls: ServerTLS | None = None,
+    ) -> None:
+        if tls is not None:
+            tls.context()  # a bad file is the constructor's error (TLSConfigError), before anything starts
         if not is_loopback(host) and not node_secret:
             warnings.warn(
                 f"JobCluster: listening on {host} with an empty secret: any machine that reaches it can join "
                 "as a node and receive your computation and arguments",
                 stacklevel=3,
             )
+        elif not is_loopback(host) and tls is None:
+            warnings.warn(
+                f"JobCluster: listening on {host} without TLS: nodes that join receive your computation, "
+                "arguments and results in plaintext (certfile= and keyfile= serve TLS)",
+                stacklevel=3,
+            )
         self.client_secret = secrets.token_hex(16)
         self.node_secret = node_secret
         self._state_dir = tempfile.mkdtemp(prefix="dispy-embedded-")
         os.chmod(self._state_dir, 0o711)  # a node started as root runs jobs as another account: let it through
+        tls_cert, tls_key = (tls.cert, tls.key) if tls else (None, None)
         config = SchedConfig(
             host=host, port=port, secret=self.client_secret, node_secret=node_secret,
-            state_dir=self._state_dir, name=socket.gethostname(),
+            state_dir=self._state_dir, name=socket.gethostname(), tls_cert=tls_cert, tls_key=tls_key,
         )  # fmt: skip
+        self._pin = cert_fingerprint(tls.cert) if tls else None
         self._server = SchedulerServer(config, SchedulerCore(load_policy("fair"), CoreConfig()))
         self._loop = loop_thread
         self._nodes: list[subprocess.Popen[bytes]] = []
@@ -88,6 +107,8 @@ class EmbeddedScheduler:
         argv += ["--work-dir", work_dir, "--loglevel", "WARNING", "--jobs-as-self"]
         if heartbeat:
             argv += ["--heartbeat", str(heartbeat)]
+        if self._pin:
+            argv += ["--tls-fingerprint", self._pin]
         # the secret goes by environment, not argv, which any local user can read
         self._nodes.append(localnode.start(argv, {"DISPY_NODE_SECRET": self.node_secret}))
 

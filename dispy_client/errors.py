@@ -15,6 +15,10 @@ class AuthenticationError(DispyError):
     """The scheduler refused our user name or secret."""
 
 
+class SchedulerNotTrusted(AuthenticationError):
+    """The scheduler did not prove its identity (TLS certificate or pinned fingerprint); nothing was sent to it."""
+
+
 class ProtocolError(DispyError):
     """The scheduler and this client do not understand each other."""
 

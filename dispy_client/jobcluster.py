@@ -10,11 +10,14 @@ lifeline close and stops itself).
 from __future__ import annotations
 
 import atexit
+import os
 import socket
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import psutil
+
+from dispy_wire.tls import ClientTLS, ServerTLS, cert_fingerprint
 
 from .cluster import BaseCluster
 from .connection import LoopThread
@@ -57,6 +60,9 @@ class JobCluster(BaseCluster):
         ip_addr: address the scheduler listens on (default 127.0.0.1; another
             one lets nodes elsewhere join with `dispynode --scheduler ip_addr:port`).
         port: its port (default: any free one).
+        certfile, keyfile: dispy's names: the certificate and key its scheduler
+            serves TLS with; nodes that join verify it (`dispynode --tls-ca` or
+            `--tls-fingerprint`), its own node by fingerprint.
         **kwargs: the rest of dispy's parameters (`setup`, `cleanup`,
             `reentrant`, `secret` (what joining nodes prove), `pulse_interval`
             (the local node's heartbeat), `loglevel`, `dest_path`,
@@ -78,12 +84,22 @@ class JobCluster(BaseCluster):
         port: int | None = None,
         **kwargs: Any,
     ) -> None:
+        # dispy's certfile/keyfile: here the certificate our own scheduler serves TLS with
+        certfile, keyfile = kwargs.pop("certfile", None), kwargs.pop("keyfile", None)
+        ours = "a JobCluster's scheduler is its own: it verifies nothing (certfile/keyfile are its certificate)"
         options = cluster_options(
-            "JobCluster", kwargs, nodes=nodes, depends=depends, job_status=job_status, cluster_status=cluster_status
-        )
+            "JobCluster", kwargs, {"tls_ca": ours, "tls_fingerprint": ours},
+            nodes=nodes, depends=depends, job_status=job_status, cluster_status=cluster_status,
+        )  # fmt: skip
+        server_tls = ServerTLS(os.fspath(certfile), os.fspath(keyfile) if keyfile else None) if certfile else None
+        # our link to our own scheduler, in this process: its bytes never leave this host; pinned under TLS
+        pin = cert_fingerprint(server_tls.cert) if server_tls else None
+        options.tls, options.insecure_plaintext = ClientTLS(fingerprint=pin) if pin else None, True
         # one loop thread for the client and its scheduler: no GIL hand-off between them per message
         loop_thread = LoopThread(f"dispy-{computation_name(computation)}-io")
-        self._embedded = EmbeddedScheduler(loop_thread, ip_addr or "127.0.0.1", int(port or 0), options.secret)
+        self._embedded = EmbeddedScheduler(
+            loop_thread, ip_addr or "127.0.0.1", int(port or 0), options.secret, server_tls
+        )
         try:
             host, bound_port = self._embedded.start()
         except BaseException:

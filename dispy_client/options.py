@@ -2,8 +2,7 @@
 
 Every parameter dispy accepts is accepted here, so a dispy program runs
 unchanged. Those that cannot mean anything on this system (the ports and
-addresses of dispy's own discovery protocol, TLS files the wire does not use
-yet, ...) each get a one-line warning naming them, never an error; a name
+addresses of dispy's own discovery protocol, ...) each get a one-line warning naming them, never an error; a name
 dispy does not know is a `TypeError`, as Python would raise.
 """
 
@@ -17,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dispy_wire import limits as job_limits
+from dispy_wire.tls import ClientTLS
 
 from .node import NodeAllocate, parse_nodes
 
@@ -46,6 +46,9 @@ _KEYWORDS: dict[str, Any] = {
     "timeout": 10.0,
     "callback": None,
     "limits": None,
+    "tls_ca": None,
+    "tls_fingerprint": None,
+    "insecure_plaintext": False,
 }
 
 #: why each parameter is ignored, when it is
@@ -55,8 +58,6 @@ _NO_MEANING = {
     "ipv4_udp_multicast": "there is no UDP discovery",
     "ping_interval": "there is no UDP discovery",
     "poll_interval": "the scheduler pushes results; nothing is polled",
-    "keyfile": "TLS is not supported by the wire yet: connections are authenticated, not encrypted",
-    "certfile": "TLS is not supported by the wire yet: connections are authenticated, not encrypted",
     "exclusive": "the scheduler does not reserve nodes for one cluster yet",
 }
 
@@ -79,6 +80,8 @@ class ClusterOptions:
     recover_file: str | None = None
     pulse_interval: float | None = None
     limits: dict[str, int | float] = field(default_factory=dict)  # checked (dispy_wire.limits)
+    tls: ClientTLS | None = None  # None: plaintext, allowed to a loopback scheduler only
+    insecure_plaintext: bool = False  # plaintext to a scheduler off loopback too
 
 
 def cluster_options(
@@ -104,6 +107,7 @@ def cluster_options(
 
     Raises:
         TypeError: a keyword dispy does not have.
+        ValueError: TLS settings that cannot work (`dispy_wire.tls.TLSConfigError`).
     """
     unknown = set(kwargs) - set(_KEYWORDS)
     if unknown:
@@ -134,4 +138,30 @@ def cluster_options(
         dest_path=values["dest_path"],
         recover_file=os.fspath(recover_file) if recover_file else None,
         pulse_interval=values["pulse_interval"],
+        tls=client_tls(values["tls_ca"], values["tls_fingerprint"], values["certfile"], values["keyfile"]),
+        insecure_plaintext=bool(values["insecure_plaintext"]),
     )
+
+
+def client_tls(
+    ca: str | None, fingerprint: str | None, certfile: str | None = None, keyfile: str | None = None
+) -> ClientTLS | None:
+    """How the client verifies the scheduler: the arguments, else `$DISPY_TLS_CA` / `$DISPY_TLS_FINGERPRINT`.
+
+    Returns None (plaintext) when none of them is set.
+
+    Raises:
+        TLSConfigError: unreadable files, a malformed fingerprint, or a
+            certificate of ours but nothing to verify the scheduler with.
+    """
+    if ca is None and fingerprint is None:
+        ca = os.environ.get("DISPY_TLS_CA") or None
+        fingerprint = os.environ.get("DISPY_TLS_FINGERPRINT") or None
+    if ca is None and fingerprint is None and certfile is None:
+        return None
+    tls = ClientTLS(
+        os.fspath(ca) if ca else None, fingerprint,
+        os.fspath(certfile) if certfile else None, os.fspath(keyfile) if keyfile else None,
+    )  # fmt: skip
+    tls.context()  # a bad file is an error here, in the constructor, not at each (re)connect
+    return tls

@@ -37,6 +37,7 @@ from .connection import LoopThread
 from .errors import DispyError
 from .job import DispyJob
 from .private_files import open_private
+from .options import client_tls
 from .session import ClusterSession
 from .tracker import JobTracker
 
@@ -152,6 +153,11 @@ def recover_jobs(
     timeout: float | None = None,
     terminate_pending: bool = False,
     secret: str | None = None,
+    tls_ca: str | None = None,
+    tls_fingerprint: str | None = None,
+    certfile: str | None = None,
+    keyfile: str | None = None,
+    insecure_plaintext: bool = False,
 ) -> list[DispyJob]:
     """Returns the jobs of a cluster whose client process died, with their outcomes.
 
@@ -165,6 +171,8 @@ def recover_jobs(
         timeout: seconds to wait for unfinished jobs (None: until they end).
         terminate_pending: cancel jobs still unfinished after `timeout`.
         secret: the user's secret (dispy has no such parameter; default `$DISPY_SECRET`).
+        tls_ca, tls_fingerprint, certfile, keyfile, insecure_plaintext: TLS, as
+            for the cluster (default `$DISPY_TLS_CA`, `$DISPY_TLS_FINGERPRINT`).
 
     Returns:
         one `DispyJob` per recorded job (`id` restored, `args` not recorded:
@@ -175,6 +183,7 @@ def recover_jobs(
             `AuthenticationError` and `ClusterError` as for a new cluster.
     """
     header, records = read_records(recover_file)
+    tls = client_tls(tls_ca, tls_fingerprint, certfile, keyfile)
     host, _, port = header["scheduler"].rpartition(":")
     jobs = [_job(uid, record) for uid, record in sorted(records.items())]
     recorder = Recorder(recover_file, None)
@@ -184,7 +193,10 @@ def recover_jobs(
     loop_thread = LoopThread(f"dispy-{header['name']}-recover")
     open_msg = M.OpenCluster(header["cluster_id"], header["name"], b"", False, {})
     secret = os.environ.get("DISPY_SECRET", "") if secret is None else secret
-    session = ClusterSession(loop_thread, host.strip("[]"), int(port), header["user"], secret, 10.0, open_msg, tracker.deliver)
+    session = ClusterSession(
+        loop_thread, host.strip("[]"), int(port), header["user"], secret, 10.0, open_msg, tracker.deliver,
+        tls, insecure_plaintext,
+    )  # fmt: skip
     session.adopt([job._uid for job in jobs])
     try:
         resumed = loop_thread.run(session.open(), timeout=20)

@@ -28,6 +28,7 @@ from typing import Any
 from dispy_wire import messages as M
 from dispy_wire.errors import ErrorCode
 from dispy_wire.status import JobStatus
+from dispy_wire.tls import ClientTLS
 
 from .connection import LoopThread, SchedulerLink
 from .errors import ClusterError, DispyError, LimitError
@@ -57,8 +58,11 @@ class ClusterSession:
         timeout: float,
         open_msg: M.OpenCluster,
         deliver: Callable[[str, Any], None],
+        tls: ClientTLS | None = None,
+        insecure_plaintext: bool = False,
     ) -> None:
         self._lt = loop_thread
+        self._tls, self._insecure_plaintext = tls, insecure_plaintext
         self.host, self.port, self.user, self._secret = host, port, user, secret
         self.timeout = timeout
         self.open_msg = open_msg
@@ -111,8 +115,9 @@ class ClusterSession:
         loop = asyncio.get_running_loop()
         info = {"host": socket.gethostname(), "pid": os.getpid()}
         self._link = await SchedulerLink.connect(
-            self.host, self.port, self.timeout, self.user, self._secret, info, self._on_message, self._on_lost
-        )
+            self.host, self.port, self.timeout, self.user, self._secret, info, self._on_message, self._on_lost,
+            self._tls, self._insecure_plaintext,
+        )  # fmt: skip
         assert self._link.welcome is not None
         limit = self._link.welcome.info.get("max_message_size")
         self.max_message_size = limit if isinstance(limit, int) else 0

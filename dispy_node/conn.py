@@ -12,7 +12,11 @@ every job and zygote is killed and nothing of that session is reported later,
 because the scheduler has written this node's jobs off. Then `run_node`
 redials with exponential backoff and jitter. A refusal that retrying cannot
 cure (bad secret, unknown node, other protocol version) ends the daemon with
-status 2 instead.
+status 2 instead. With TLS (`config.tls`) the scheduler proves itself (CA and
+name, or pinned fingerprint) before the node writes a byte; one that fails is
+logged as untrusted and redialed like one that is down, so a fixed certificate
+is picked up without a restart. A scheduler off loopback without TLS (one
+found by discovery) ends the daemon with status 2 unless `--insecure-plaintext`.
 
 What outlives a session is `NodeControl`: the CPU offer (`availability`:
 service window, yielding to the machine's owner, drain), the count of
@@ -32,6 +36,7 @@ import logging
 import os
 import platform
 import random
+import ssl
 import time
 from collections.abc import Callable
 import dataclasses
@@ -43,7 +48,8 @@ from typing import Any
 from dispy_wire.batching import by_size
 from dispy_wire.errors import ErrorCode, RemoteWireError
 from dispy_wire.framing import NEED_DATA, PREAMBLE, FrameDecoder
-from dispy_wire.handshake import HandshakeState, PeerHandshake, Role, channel_binding_of
+from dispy_wire.handshake import HandshakeState, PeerHandshake, Role
+from dispy_wire.tls import ClientTLS, UntrustedScheduler, channel_binding, describe_failure, plaintext_refusal
 from dispy_wire.messages import (
     HELLO_MAX_ADDRESSES,
     ClusterFailed,
@@ -105,6 +111,8 @@ class NodeConfig:
     cgroups: JobGroups | None = None  # where jobs make their control groups, if the host allows
     spawn: bool = not hasattr(os, "fork")  # each job a new interpreter (see loading.py)
     accounts: AccountPool | None = None  # --job-uids: a uid per cluster (shared by the sessions' runners)
+    tls: ClientTLS | None = None  # how the scheduler proves itself; None: plaintext (loopback only)
+    insecure_plaintext: bool = False  # plaintext to a scheduler off loopback too
 
     def runner_config(self, ip_addr: str) -> RunnerConfig:
         """The runner's settings for one session; `ip_addr` is ours on its connection."""
@@ -211,6 +219,14 @@ async def run_node(config: NodeConfig, control: NodeControl | None = None, locat
                 return 0
             try:
                 attempt.result()
+            except PlaintextRefused as exc:
+                logger.error("%s; giving up", exc)
+                return 2
+            except (UntrustedScheduler, ssl.SSLCertVerificationError) as exc:
+                why = describe_failure(exc) if isinstance(exc, ssl.SSLError) else str(exc)
+                logger.error("scheduler %s is not trusted: %s; nothing was sent to it", config.scheduler, why)
+            except ssl.SSLError as exc:
+                logger.error("TLS with scheduler %s failed: %s", config.scheduler, describe_failure(exc))
             except SchedulerRefused as exc:
                 if exc.fatal:
                     logger.error("scheduler %s refused node %r: %s; giving up", config.scheduler, config.name, exc)
@@ -228,8 +244,28 @@ async def run_node(config: NodeConfig, control: NodeControl | None = None, locat
         finished.cancel()
 
 
+class PlaintextRefused(NodeError):
+    """A scheduler off loopback without TLS, and no `--insecure-plaintext`."""
+
+
 async def _connect_once(config: NodeConfig, backoff: Backoff, control: NodeControl) -> None:
-    reader, writer = await asyncio.wait_for(asyncio.open_connection(config.host, config.port), CONNECT_TIMEOUT)
+    refusal = plaintext_refusal(config.host, config.tls is not None, config.insecure_plaintext)
+    if refusal is not None:  # a discovered scheduler: --scheduler was checked at start
+        raise PlaintextRefused(f"not connecting to scheduler {config.scheduler}: {refusal} (--tls-ca)")
+    context = config.tls.context() if config.tls is not None else None
+    reader, writer = await asyncio.wait_for(
+        asyncio.open_connection(
+            config.host, config.port, ssl=context, server_hostname=config.host if context else None,
+            ssl_handshake_timeout=CONNECT_TIMEOUT if context else None,
+        ),
+        CONNECT_TIMEOUT,
+    )  # fmt: skip
+    if config.tls is not None:
+        try:
+            config.tls.check(writer.get_extra_info("ssl_object"))  # the pin, before our first byte
+        except UntrustedScheduler:
+            writer.transport.abort()
+            raise
     session = _Session(config, control, reader, writer)
     try:
         async with asyncio.timeout(HANDSHAKE_TIMEOUT):
@@ -256,6 +292,8 @@ class _Session:
         self._reader = reader
         self._writer = writer
         self._decoder = FrameDecoder(expect_preamble=True)
+        #: the TLS session (None: plaintext), for channel binding (`dispy_wire.tls.channel_binding`)
+        self.ssl_object: ssl.SSLObject | None = writer.get_extra_info("ssl_object")
         sockname = writer.get_extra_info("sockname")
         ip_addr = str(sockname[0]) if sockname else ""
         self.runner = Runner(config.runner_config(ip_addr), self._add_result, self._cluster_failed, self._add_result)
@@ -276,11 +314,20 @@ class _Session:
             # so clusters' `nodes` patterns can match this host
             "addresses": report.addresses()[:HELLO_MAX_ADDRESSES],
         }
-        binding = channel_binding_of(self._writer.get_extra_info("ssl_object"))
+        binding = channel_binding(self.ssl_object)
         hs = PeerHandshake(Role.NODE, self.config.name, self.config.node_secret, info, binding)
         self._writer.write(PREAMBLE)
         while hs.state is not HandshakeState.DONE:
-            msg = await self._recv()
+            try:
+                msg = await self._recv()
+            except ConnectionError:
+                if self.ssl_object is None or hs.state is not HandshakeState.AWAIT_CHALLENGE:
+                    raise
+                # a scheduler that refuses our certificate (or its absence) closes without a word
+                raise ConnectionError(
+                    "the scheduler closed the TLS connection before its challenge: it may require a client "
+                    "certificate signed by its CA (--tls-cert, --tls-key)"
+                ) from None
             try:
                 reply = hs.receive(msg)
             except RemoteWireError as exc:

@@ -29,6 +29,7 @@ from dispy_wire.discovery import DISCOVERY_PORT
 from dispy_wire.limits import format_size, parse_size
 from dispy_wire.loop import event_loop_factory
 from dispy_wire.sdnotify import Notifier
+from dispy_wire.tls import ClientTLS, TLSConfigError, plaintext_refusal
 
 from . import account, cgroups, job_process, node_secret, report
 from .availability import Rules, parse_hhmm
@@ -43,7 +44,7 @@ _KEYS = (
     "scheduler", "discover", "discovery_port", "cpus", "name", "node_secret", "secret_file", "heartbeat", "work_dir",
     "kill_grace", "loglevel",
     "shared_run_as", "job_uids", "max_memory", "max_cpu_time", "max_job_time", "max_open_files", "max_processes", "max_output",
-    "setup_timeout",
+    "setup_timeout", "tls_ca", "tls_fingerprint", "tls_cert", "tls_key", "insecure_plaintext",
     "yield_load", "yield_window", "service_start", "service_stop", "service_end", "serve",
 )  # fmt: skip
 
@@ -92,6 +93,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kill-grace", type=float, metavar="SECONDS",
                    help="seconds between SIGTERM and SIGKILL when a job is killed (default: 5)")  # fmt: skip
     p.add_argument("--loglevel", metavar="LEVEL", help="DEBUG, INFO, WARNING or ERROR (default: INFO)")
+    g = p.add_argument_group("TLS: how the scheduler proves itself (nothing is sent to one that does not)")
+    g.add_argument("--tls-ca", metavar="FILE",
+                   help="CA file the scheduler's certificate must chain to, naming the host dialed; 'system': "
+                        "the system's CAs (default: $DISPY_TLS_CA)")  # fmt: skip
+    g.add_argument("--tls-fingerprint", metavar="SHA256",
+                   help="the scheduler certificate's SHA-256 fingerprint, instead of (or with) a CA "
+                        "(default: $DISPY_TLS_FINGERPRINT)")  # fmt: skip
+    g.add_argument("--tls-cert", "--certfile", dest="tls_cert", metavar="FILE",
+                   help="this node's certificate, for a scheduler that asks for one (mutual TLS)")  # fmt: skip
+    g.add_argument("--tls-key", "--keyfile", dest="tls_key", metavar="FILE", help="its key (default: in --tls-cert)")
+    g.add_argument("--insecure-plaintext", action="store_true", default=None,
+                   help="talk plaintext to a scheduler off loopback: anyone on the path reads the jobs, "
+                        "and any host that takes over the address can run code here")  # fmt: skip
     g = p.add_argument_group("jobs: who runs them and their limits (clusters and jobs may ask for less)")
     g.add_argument("--job-uids", metavar="FIRST-LAST",
                    help="as root (the default there): each cluster runs as a uid of its own from this range, so "
@@ -227,11 +241,36 @@ def load_config(args: argparse.Namespace, fail: Callable[[str], NoReturn]) -> tu
         serve = _opt(pick("serve", None, None), _positive_int)
     except (TypeError, ValueError) as exc:
         fail(str(exc))
+    tls, insecure = _tls(pick, fail)
+    refusal = plaintext_refusal(host, tls is not None, insecure) if discovery_port is None else None
+    if refusal is not None:
+        fail(f"refusing to connect to the scheduler: {refusal}; give --tls-ca (or --tls-fingerprint), "
+             "or --insecure-plaintext to take that risk")  # fmt: skip
     config = NodeConfig(
         host, int(port), cpus, name, secret, heartbeat, work_dir, kill_grace,
         run_as, caps, max_output, setup_timeout, rules, serve, accounts=accounts,
+        tls=tls, insecure_plaintext=insecure,
     )  # fmt: skip
     return config, loglevel, discovery_port
+
+
+def _tls(pick: Callable[[str, str | None, Any], Any], fail: Callable[[str], NoReturn]) -> tuple[ClientTLS | None, bool]:
+    """The TLS settings (None: plaintext) and whether plaintext off loopback was allowed."""
+    ca = pick("tls_ca", "DISPY_TLS_CA", None) or None
+    fingerprint = pick("tls_fingerprint", "DISPY_TLS_FINGERPRINT", None) or None
+    cert, key = pick("tls_cert", None, None), pick("tls_key", None, None)
+    insecure = bool(pick("insecure_plaintext", None, False))
+    if ca is None and fingerprint is None and cert is None:
+        return None, insecure
+    tls = ClientTLS(
+        None if ca is None else str(ca), None if fingerprint is None else str(fingerprint),
+        None if cert is None else str(cert), None if key is None else str(key),
+    )  # fmt: skip
+    try:
+        tls.context()  # a bad file stops the node now, not at every redial
+    except TLSConfigError as exc:
+        fail(str(exc))
+    return tls, insecure
 
 
 _T = TypeVar("_T")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import os
 import stat
 import socket
@@ -17,6 +16,7 @@ from dispy_wire.framing import DEFAULT_MAX_SIZE
 from dispy_wire.handshake import Role
 from dispy_wire.limits import parse_size
 from dispy_wire.verifier import Verifier, looks_like_verifier
+from dispy_wire.tls import ServerTLS, TLSConfigError, is_loopback, plaintext_refusal
 
 from .core.state import Limits
 
@@ -72,6 +72,11 @@ class SchedConfig:
     #: seconds a cluster whose program left is kept once nothing of it runs; 0: forever
     keep_detached: float = 86400.0
     loglevel: str = "INFO"
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_ca: str | None = None  # signs the certificates clients and nodes may (or must) present
+    tls_require_client_cert: bool = False
+    insecure_plaintext: bool = False
     name: str = field(default_factory=socket.gethostname)
     users: dict[str, UserEntry] = field(default_factory=dict)
     _any_user: Verifier | None = field(default=None, repr=False)
@@ -103,6 +108,12 @@ class SchedConfig:
             entry = self.users.get(name)
             return entry.verifier if entry else None
         return self._any_user
+
+    def server_tls(self) -> ServerTLS | None:
+        """The listener's TLS settings; None: plaintext."""
+        if self.tls_cert is None:
+            return None
+        return ServerTLS(self.tls_cert, self.tls_key, self.tls_ca, self.tls_require_client_cert)
 
     def shares(self) -> dict[str, float]:
         return {name: entry.share for name, entry in self.users.items()}
@@ -225,19 +236,12 @@ def default_state_dir() -> str:
     return os.path.join(base, "dispyscheduler")
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="dispyscheduler",
         description="Shared scheduler of a dispy-shared cluster: clients and nodes both connect to it.",
+        epilog="`dispyscheduler tls init DIR` makes a CA and the certificates for TLS "
+        "(see `dispyscheduler tls init --help`).",
     )
     p.add_argument("--config", metavar="FILE", help="TOML file with any of the options below (flags override it)")
     p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
@@ -308,6 +312,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="let clients see other users by name in the scheduler's status (default: only as totals)",
     )  # fmt: skip
     p.add_argument("--loglevel", help="DEBUG, INFO (default), WARNING, ERROR")
+    tls = p.add_argument_group(
+        "TLS (clients and nodes verify the scheduler's certificate; `dispyscheduler tls init DIR` makes one)"
+    )
+    tls.add_argument("--tls-cert", metavar="FILE",
+                     help="PEM certificate (chain) of this scheduler: every connection is TLS "
+                          "(dispy's --cluster_certfile and --node_certfile work too: one port, one certificate)")  # fmt: skip
+    tls.add_argument("--tls-key", metavar="FILE",
+                     help="its private key (default: in --tls-cert); under systemd, LoadCredential= and %%d/... "
+                          "(dispy's --cluster_keyfile, --node_keyfile)")  # fmt: skip
+    for dispy_name, ours in (("certfile", "tls_cert"), ("keyfile", "tls_key")):  # dispyscheduler's own spellings
+        aliases = [f"--{side}{sep}{dispy_name}" for side in ("cluster", "node") for sep in ("_", "-")]
+        tls.add_argument(*aliases, dest=ours, help=argparse.SUPPRESS)
+    tls.add_argument("--tls-ca", metavar="FILE",
+                     help="CA whose client certificates nodes and users may present (mutual TLS)")  # fmt: skip
+    tls.add_argument("--tls-require-client-cert", action="store_true", default=None,
+                     help="refuse peers without a certificate signed by --tls-ca")  # fmt: skip
+    tls.add_argument("--insecure-plaintext", action="store_true", default=None,
+                     help="listen off loopback without TLS: anyone on the path reads and can alter "
+                          "computations, arguments and results (warned at every start)")  # fmt: skip
     return p
 
 
@@ -372,6 +395,20 @@ def config_from_args(argv: list[str] | None = None) -> SchedConfig:
                 f"refusing to listen on non-loopback address {cfg.host} without {' and '.join(missing)}: "
                 "anyone who can reach it could run code on every node"
             )
+    tls = cfg.server_tls()
+    if tls is not None:
+        try:
+            tls.context()  # unreadable files are a start-up error, not a failure per connection
+        except TLSConfigError as exc:
+            raise ConfigError(str(exc)) from None
+    elif cfg.tls_key or cfg.tls_ca or cfg.tls_require_client_cert:
+        raise ConfigError("tls_key, tls_ca and tls_require_client_cert need tls_cert (the scheduler's certificate)")
+    refusal = plaintext_refusal(cfg.host, tls is not None, cfg.insecure_plaintext)
+    if refusal is not None:
+        raise ConfigError(
+            f"refusing to listen without TLS: {refusal}; give --tls-cert and --tls-key "
+            "(`dispyscheduler tls init DIR` makes them), or --insecure-plaintext to take that risk"
+        )
     if cfg.state_dir is None:
         cfg.state_dir = default_state_dir()
     cfg.prepare_verifiers()

@@ -17,13 +17,15 @@ import asyncio
 import logging
 import math
 import time
+import ssl
 from typing import TYPE_CHECKING, cast
 
 from dispy_wire import messages as M
 from dispy_wire.batching import BatchedWriter
 from dispy_wire.errors import ErrorCode, RemoteWireError
 from dispy_wire.framing import NEED_DATA, PRELOGIN_MAX_SIZE, PREAMBLE, FrameDecoder
-from dispy_wire.handshake import HandshakeState, Peer, Role, ServerHandshake, channel_binding_of
+from dispy_wire.handshake import HandshakeState, Peer, Role, ServerHandshake
+from dispy_wire.tls import channel_binding
 
 from .core import events as E
 from .logsafe import peer_text
@@ -80,6 +82,8 @@ class PeerConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.address = "?"
         self.host = "?"
+        #: the TLS session (None: plaintext)
+        self.ssl_object: ssl.SSLObject | None = None
         # small until the peer has logged in: an unauthenticated frame cannot cost us more than this
         self._decoder = FrameDecoder(PRELOGIN_MAX_SIZE)
         self._handshake: ServerHandshake | None = None
@@ -93,13 +97,14 @@ class PeerConnection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         loop = asyncio.get_running_loop()
         self._writer = BatchedWriter(loop.call_soon, self.transport.write, self.transport.is_closing)
+        self.ssl_object = transport.get_extra_info("ssl_object")
         peername = transport.get_extra_info("peername")
         self.address = f"{peername[0]}:{peername[1]}" if peername else "?"
         self.host = str(peername[0]) if peername else "?"
         self.transport.write(PREAMBLE)
         if not self.server.admit(self):
             return
-        self._handshake = self.server.new_handshake(channel_binding_of(transport.get_extra_info("ssl_object")))
+        self._handshake = self.server.new_handshake(channel_binding(self.ssl_object))
         self.send(self._handshake.challenge())
         self._timer = loop.call_later(self.server.config.handshake_timeout, self._handshake_expired)
 

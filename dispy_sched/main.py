@@ -16,8 +16,10 @@ from .core import CoreConfig, SchedulerCore
 from .discovery import start_responder
 from dispy_wire.loop import event_loop_factory
 from dispy_wire.sdnotify import Notifier
+from dispy_wire.tls import is_loopback
 
 from .policies import Policy, UnknownPolicy, load_policy
+from . import tls_init
 from .server import SchedulerServer
 from .usage_store import UsageStore
 
@@ -52,6 +54,15 @@ async def serve(cfg: SchedConfig, policy: Policy, usage_store: UsageStore) -> No
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     log.info("policy %s; %s", core.policy.name, f"{len(cfg.users)} users" if cfg.users else "any user name")
+    if cfg.tls_cert is not None:
+        mutual = ", client certificates required" if cfg.tls_require_client_cert else ""
+        log.info("TLS with certificate %s%s", cfg.tls_cert, mutual)
+    elif cfg.insecure_plaintext and not is_loopback(cfg.host):
+        log.warning(
+            "--insecure-plaintext: listening on %s WITHOUT TLS: anyone on the path can read and alter "
+            "computations, arguments and results, and impersonate this scheduler",
+            cfg.host,
+        )
     print(f"listening on {host}:{port}", flush=True)
     notifier = Notifier.from_env()
     notifier.ready(f"listening on {host}:{port}; policy {core.policy.name}")
@@ -68,6 +79,9 @@ async def serve(cfg: SchedConfig, policy: Policy, usage_store: UsageStore) -> No
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["tls"]:
+        return tls_init.main(args[1:])  # `dispyscheduler tls init DIR ...`
     try:
         cfg = config_from_args(argv)
     except ConfigError as exc:

@@ -34,6 +34,7 @@ from dispy_wire.batching import by_size
 from dispy_wire.discovery import Throttle
 from dispy_wire.errors import ErrorCode, RemoteWireError
 from dispy_wire.handshake import ChannelBinding, Peer, Role, ServerHandshake
+from dispy_wire.tls import peer_common_name
 
 from .config import SchedConfig
 from .conn import PeerConnection
@@ -86,6 +87,11 @@ def quiet_accept_errors(loop: asyncio.AbstractEventLoop, every: Throttle) -> Non
     loop.set_exception_handler(handler)
 
 
+def _log_tls_failure(why: str) -> None:
+    # asyncio drops a failed TLS handshake without a word, and without the peer's address
+    log.warning("TLS handshake with a peer failed: %s; connection closed", why)
+
+
 class SchedulerServer:
     """Listens for clients and nodes and drives a `SchedulerCore`.
 
@@ -130,9 +136,13 @@ class SchedulerServer:
                 self._execute(action)
         loop = asyncio.get_running_loop()
         self._size_gate(loop)
+        tls = self.config.server_tls()
+        # a peer's connection_made comes after the TLS handshake: the Challenge goes out encrypted
         self._server = await loop.create_server(
-            lambda: PeerConnection(self), self.config.host, self.config.port, reuse_address=True
-        )
+            lambda: PeerConnection(self), self.config.host, self.config.port, reuse_address=True,
+            ssl=tls.context(on_failure=_log_tls_failure) if tls else None,
+            ssl_handshake_timeout=self.config.handshake_timeout if tls else None,
+        )  # fmt: skip
         sockname = self._server.sockets[0].getsockname()
         self.address = (sockname[0], sockname[1])
         self._tick_task = asyncio.create_task(self._ticker())
@@ -259,7 +269,10 @@ class SchedulerServer:
         assert conn.peer is not None
         self.peers[conn.session] = conn
         peer = conn.peer
-        log.info("%s %s connected from %s", peer.role, peer_text(peer.name), conn.address)
+        cn = peer_common_name(conn.ssl_object)  # mutual TLS: shown, not yet checked against the name
+        log.info(
+            "%s %s connected from %s%s", peer.role, peer_text(peer.name), conn.address, f" (certificate CN={cn})" if cn else ""
+        )
         if peer.role is Role.CLIENT:
             self._client_conns[peer.name] += 1
             return None

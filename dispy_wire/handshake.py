@@ -78,18 +78,6 @@ class Peer:
     info: dict[str, Any]
 
 
-def channel_binding_of(ssl_object: object | None) -> ChannelBinding | None:
-    """A connection's channel binding, from `transport.get_extra_info("ssl_object")`; None without TLS.
-
-    Raises:
-        LocalWireError: a TLS connection, but this build cannot bind to it yet
-            (dispy_wire/tls.py's `channel_binding` fills this in).
-    """
-    if ssl_object is None:
-        return None
-    raise LocalWireError("a TLS connection, but this build cannot bind logins to a TLS channel")
-
-
 def mechanism_for(channel_binding: ChannelBinding | None) -> str:
     return MECHANISM + "-PLUS" if channel_binding is not None else MECHANISM
 

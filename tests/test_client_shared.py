@@ -30,12 +30,11 @@ def test_shared_cluster_status_nodes_and_dispy_parameters(cluster: Cluster) -> N
             warnings.simplefilter("always")
             cluster = dispy.SharedJobCluster(
                 compute, nodes=["127.0.0.*", ("alpha", 0, 1)], ip_addr="10.1.2.3", port=51348, exclusive=True,
-                keyfile="k.pem", certfile="c.pem",
             )
             pinned = cluster.submit_node("alpha", 1)
             with_file = cluster.submit(2, dispy_job_depends=["extra.txt"])
         text = "\\n".join(str(w.message) for w in caught)
-        for name in ("ip_addr", "port", "exclusive", "keyfile"):
+        for name in ("ip_addr", "port", "exclusive"):
             assert name in text, (name, text)
         assert [n.host for n in cluster.nodes] == ["127.0.0.*", "alpha"] and cluster.nodes[1].cpus == 1
         assert pinned() == 2 and with_file() == 4, (with_file.status, with_file.exception)  # its file, its own

@@ -22,6 +22,7 @@ import pytest
 from procs import Cluster, Proc
 
 from dispy_node.main import build_parser, load_config
+from dispy_sched import tls_init
 from dispy_sched.config import config_from_args
 from dispy_sched.discovery import Responder
 from dispy_wire import discovery as d
@@ -106,7 +107,7 @@ def test_the_throttle_lets_one_complaint_through_per_interval_and_counts_the_res
 def test_the_scheduler_answers_discovery_only_off_loopback(tmp_path: Any) -> None:
     state = ["--state-dir", str(tmp_path)]
     assert config_from_args(state).discovery_port == 0
-    secrets = ["--secret", "s", "--node-secret", "n", *state]
+    secrets = ["--secret", "s", "--node-secret", "n", "--insecure-plaintext", *state]
     assert config_from_args(["--host", "0.0.0.0", *secrets]).discovery_port == d.DISCOVERY_PORT
     assert config_from_args(["--host", "0.0.0.0", "--discovery-port", "0", *secrets]).discovery_port == 0
     assert config_from_args(["--discovery-port", "4000", *state]).discovery_port == 4000
@@ -211,8 +212,20 @@ def segment(cluster: Cluster) -> Iterator[Segment]:
             subprocess.run(["ip", "netns", "delete", ns], check=False, capture_output=True, timeout=10)
 
 
+def _tls_files(seg: Segment) -> list[str]:
+    """A CA and a scheduler certificate naming its segment address: the scheduler's flags; the CA is ca.pem."""
+    ca = tls_init.make_ca()
+    cert, key = tls_init.issue(ca, "sched", [seg.sched_ip, "127.0.0.1"], server=True)
+    d = seg.cluster.workdir
+    (d / "ca.pem").write_bytes(tls_init.cert_pem(ca.cert))
+    (d / "sched.pem").write_bytes(tls_init.cert_pem(cert))
+    (d / "sched.key").write_bytes(tls_init.key_pem(key))
+    return ["--tls-cert", str(d / "sched.pem"), "--tls-key", str(d / "sched.key")]
+
+
 def _node(seg: Segment, name: str, node_secret: str) -> Proc:
     argv = [sys.executable, "-m", "dispy_node.main", "--discover", "--node-secret", node_secret, "--cpus", "2"]
+    argv += ["--tls-ca", str(seg.cluster.workdir / "ca.pem")]  # off loopback: the scheduler proves itself
     argv += ["--name", name, "--work-dir", str(seg.cluster.workdir / f"{name}-work"), "--heartbeat", "0.5"]
     if os.geteuid() == 0:  # this machine's Python lives under /root: `nobody` cannot run it
         argv.append("--jobs-as-self")
@@ -220,11 +233,13 @@ def _node(seg: Segment, name: str, node_secret: str) -> Proc:
 
 
 def test_a_node_discovers_the_scheduler_and_runs_a_job_while_a_wrong_secret_finds_nothing(segment: Segment) -> None:
+    """Over TLS, off loopback: the node checks the discovered address against the scheduler's certificate."""
     seg = segment
+    tls_flags = _tls_files(seg)
     scheduler = seg.start(
         seg.sched,
         [sys.executable, "-m", "dispy_sched.main", "--host", "0.0.0.0", "--port", "0", "--secret", "S",
-         "--node-secret", "N", "--state-dir", str(seg.cluster.workdir / "state")],
+         "--node-secret", "N", "--state-dir", str(seg.cluster.workdir / "state"), *tls_flags],
         "scheduler",
     )  # fmt: skip
     port = scheduler.wait_for_line(r"listening on \S+:(\d+)").group(1)
@@ -244,7 +259,7 @@ def test_a_node_discovers_the_scheduler_and_runs_a_job_while_a_wrong_secret_find
         seg.sched,
         [sys.executable, str(script)],
         "client",
-        {"DISPY_SCHEDULER": f"127.0.0.1:{port}", "DISPY_SECRET": "S"},
+        {"DISPY_SCHEDULER": f"127.0.0.1:{port}", "DISPY_SECRET": "S", "DISPY_TLS_CA": str(seg.cluster.workdir / "ca.pem")},
     )
     assert client.wait(60) == 0, seg.cluster.describe()
     assert client.stdout.strip() == f"done on {seg.node_ip}"
@@ -254,7 +269,7 @@ def test_a_node_discovers_the_scheduler_and_runs_a_job_while_a_wrong_secret_find
     moved = seg.start(
         seg.sched,
         [sys.executable, "-m", "dispy_sched.main", "--host", "0.0.0.0", "--port", "0", "--secret", "S",
-         "--node-secret", "N", "--state-dir", str(seg.cluster.workdir / "state2")],
+         "--node-secret", "N", "--state-dir", str(seg.cluster.workdir / "state2"), *tls_flags],
         "scheduler2",
     )  # fmt: skip
     new_port = moved.wait_for_line(r"listening on \S+:(\d+)").group(1)

@@ -31,7 +31,8 @@ from test_node_runner import Harness, double, run
 from waiting import wait_until
 
 SYSTEM_PYTHON = Path("/usr/bin/python3.11")
-NEEDED = ("dispy_wire", "dispy_node", "msgpack", "cloudpickle", "psutil", "scramp", "asn1crypto")
+# dispy_node's imports, dependencies included (cryptography, and cffi's backend under it, for dispy_wire.tls)
+NEEDED = ("dispy_wire", "dispy_node", "msgpack", "cloudpickle", "psutil", "scramp", "asn1crypto", "cryptography", "_cffi_backend")
 
 
 @pytest.fixture(scope="module")
@@ -48,10 +49,13 @@ def readable_python() -> Iterator[Path]:
         subprocess.run([str(SYSTEM_PYTHON), "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
         site = next((venv / "lib").glob("python3.11/site-packages"))
         for name in NEEDED:
-            source = Path(importlib.import_module(name).__file__ or "").parent
-            shutil.copytree(source, site / name, ignore=shutil.ignore_patterns("__pycache__"))
-            for info in source.parent.glob(f"{name}-*.dist-info"):  # scramp reads its own version at import
-                shutil.copytree(info, site / info.name)
+            source = Path(importlib.import_module(name).__file__ or "")
+            if source.name == "__init__.py":
+                shutil.copytree(source.parent, site / name, ignore=shutil.ignore_patterns("__pycache__"))
+            else:  # an extension module of one file
+                shutil.copy2(source, site / source.name)
+            for info in source.parent.parent.glob(f"{name}-*.dist-info") if source.name == "__init__.py" else ():
+                shutil.copytree(info, site / info.name)  # scramp reads its own version at import
         subprocess.run(["chmod", "-R", "a+rX", str(root)], check=True, timeout=60)
         yield venv / "bin" / "python"
     finally:

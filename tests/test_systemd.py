@@ -22,6 +22,7 @@ from typing import NoReturn
 
 import pytest
 
+from dispy_sched import tls_init
 from dispy_wire.sdnotify import Notifier
 from procs import ROOT, Cluster
 
@@ -127,15 +128,24 @@ def test_shipped_example_configs_are_accepted_as_they_are(tmp_path: Path) -> Non
     def fail(message: str) -> NoReturn:
         raise AssertionError(message)
 
-    node, _, _ = load_config(build_parser().parse_args(["--config", str(deploy / "node.toml.example")]), fail)
+    tls = tmp_path / "tls"  # what `dispyscheduler tls init /etc/dispy/tls` makes there
+    tls_init.init(tls, ["scheduler.example.lan"], [], [], 30)
+    node_toml = (deploy / "node.toml.example").read_text().replace("/etc/dispy/tls", str(tls))
+    (tmp_path / "node.toml").write_text(node_toml)
+    node, _, _ = load_config(build_parser().parse_args(["--config", str(tmp_path / "node.toml")]), fail)
     assert node.accounts is not None and node.caps.memory == 2 << 30 and node.cpus >= 1
+    assert node.tls is not None and node.tls.ca == str(tls / "ca.pem")
     users = (deploy / "users.toml.example").read_text()
     scheduler_toml = (deploy / "scheduler.toml.example").read_text()
     (tmp_path / "users.toml").write_text(users)
     (tmp_path / "users.toml").chmod(0o600)  # as the example's comment tells the operator
-    (tmp_path / "scheduler.toml").write_text(scheduler_toml.replace("/etc/dispy/users.toml", str(tmp_path / "users.toml")))
-    cfg = config_from_args(["--config", str(tmp_path / "scheduler.toml"), "--state-dir", str(tmp_path / "state")])
+    scheduler_toml = scheduler_toml.replace("/etc/dispy/users.toml", str(tmp_path / "users.toml"))
+    (tmp_path / "scheduler.toml").write_text(scheduler_toml.replace("/etc/dispy/tls", str(tls)))
+    # the key as the unit passes it (LoadCredential=, then --tls-key %d/scheduler.key)
+    argv = ["--config", str(tmp_path / "scheduler.toml"), "--tls-key", str(tls / "scheduler.key")]
+    cfg = config_from_args([*argv, "--state-dir", str(tmp_path / "state")])
     assert cfg.users and cfg.node_verifier and cfg.policy == "fair"
+    assert cfg.server_tls() is not None
 
 
 def test_node_takes_its_secret_from_a_systemd_credential(cluster: Cluster, tmp_path: Path) -> None:
