@@ -1,0 +1,155 @@
+"""The core's side of the journal: `Persist` actions out, `StateRestored` in.
+
+A dict-backed store (`MemoryJournal`) applies `Persist` actions the way the
+SQLite journal does, and a restart is a new core fed what the store holds:
+the same round trip as `dispy_sched/journal.py`, without the disk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from dispy_sched.core import SchedulerCore
+from dispy_sched.core import actions as A
+from dispy_sched.core import events as E
+from dispy_sched.core.persist import ClusterRow, JobRow
+from dispy_sched.core.state import JobState
+from dispy_wire.messages import JobRef
+from dispy_wire.status import JobStatus
+
+from test_core import arrived, delivered, dispatched, joined, of, opened, result, step, submitted, make_core  # noqa: F401
+
+MakeCore = Callable[..., SchedulerCore]
+
+
+class MemoryJournal:
+    """What the SQLite journal keeps, in dicts."""
+
+    def __init__(self) -> None:
+        self.clusters: dict[str, ClusterRow] = {}
+        self.jobs: dict[tuple[str, int], JobRow] = {}
+        self.usage: dict[str, tuple[float, float]] = {}
+        self.commits = 0
+
+    def apply(self, actions: list[A.Action]) -> None:
+        persists = of(actions, A.Persist)
+        assert len(persists) <= 1, "one transaction per call"
+        if not persists:
+            return
+        assert actions[0] is persists[0], "the record goes before any acknowledgement"
+        p = persists[0]
+        self.commits += 1
+        for c in p.clusters:
+            self.clusters[c.cluster_id] = c
+        for j in p.new_jobs:
+            assert (j.cluster_id, j.job_id) not in self.jobs, "a job inserted twice"
+            self.jobs[(j.cluster_id, j.job_id)] = j
+        for j in p.changed_jobs:
+            old = self.jobs[(j.cluster_id, j.job_id)]
+            self.jobs[(j.cluster_id, j.job_id)] = JobRow(
+                j.cluster_id, j.job_id, old.priority, old.seq, None if j.state == "done" else old.payload,
+                old.options, old.submit_time, j.state, j.node, j.attempts, j.cancel_requested, j.result,
+            )  # fmt: skip
+        for key in p.gone_jobs:
+            del self.jobs[key]
+        for cid in p.gone_clusters:
+            self.clusters.pop(cid, None)
+            self.jobs = {k: v for k, v in self.jobs.items() if k[0] != cid}
+        for u in p.usage:
+            self.usage[u.user] = (u.cpu_seconds, u.as_of)
+
+    def restored(self, adopt_within: float = 30.0) -> E.StateRestored:
+        jobs = sorted(self.jobs.values(), key=lambda j: j.seq)
+        return E.StateRestored(list(self.clusters.values()), jobs, dict(self.usage), adopt_within)
+
+
+def run(core: SchedulerCore, journal: MemoryJournal, *events: E.Event, now: float) -> list[A.Action]:
+    actions = step(core, *events, now=now)
+    journal.apply(actions)
+    return actions
+
+
+def test_accepted_jobs_are_recorded_before_they_are_acknowledged(make_core: MakeCore) -> None:
+    core, journal = make_core(persist=True), MemoryJournal()
+    run(core, journal, opened("c1", "K"), now=0)
+    actions = run(core, journal, submitted("c1", "K", 1, 2), now=1)
+    assert isinstance(actions[0], A.Persist) and of(actions, A.ConfirmAccepted)
+    assert [j.job_id for j in actions[0].new_jobs] == [1, 2] and journal.jobs[("K", 1)].payload == b"args-1"
+    assert journal.clusters["K"].computation == b"computation"
+    assert not of(run(core, journal, submitted("c1", "K", 1), now=2), A.Persist)  # a resent submit changes nothing
+
+
+def test_a_job_that_runs_and_ends_in_one_call_is_written_once_as_it_ends(make_core: MakeCore) -> None:
+    core, journal = make_core(persist=True), MemoryJournal()
+    run(core, journal, opened("c1", "K"), joined("n1", 1), now=0)
+    actions = run(core, journal, submitted("c1", "K", 1), now=1)
+    assert journal.jobs[("K", 1)].state == "running" and journal.jobs[("K", 1)].node == "host-n1"
+    actions = run(core, journal, arrived("n1", result("K", 1, start=1, end=4)), now=4)
+    (persist,) = of(actions, A.Persist)
+    assert [(j.job_id, j.state) for j in persist.changed_jobs] == [(1, "done")]
+    assert journal.jobs[("K", 1)].payload is None and journal.jobs[("K", 1)].result == result("K", 1, start=1, end=4)
+    assert journal.usage["alice"][0] == 3.0  # usage is written with the result that adds it, not every minute
+    run(core, journal, E.ResultsAcked("c1", "K", [1]), now=5)
+    assert not journal.jobs
+    run(core, journal, E.ClusterClosed("c1", "K", False), now=6)
+    assert not journal.clusters
+
+
+def test_after_a_restart_queued_jobs_run_and_held_results_reach_the_returning_client(make_core: MakeCore) -> None:
+    core, journal = make_core(persist=True), MemoryJournal()
+    run(core, journal, opened("c1", "K"), joined("n1", 1), now=0)
+    run(core, journal, submitted("c1", "K", 1, 2, 3), now=1)
+    run(core, journal, E.ClientLeft("c1"), arrived("n1", result("K", 1)), now=2)  # 2 dispatched, 3 queued
+    # kill -9: a new core reads the journal; the node and the client come back on new sessions
+    core = make_core(persist=True)
+    run(core, journal, journal.restored(), now=10)
+    assert core.clusters["K"].jobs[2].state is JobState.ORPHANED and core.clusters["K"].queued == 1
+    actions = run(core, journal, joined("n9", 1), opened("c2", "K"), now=11)
+    assert A.ConfirmOpened("c2", "K", True) in actions
+    assert [r.job_id for r in delivered(actions)[("c2", "K")]] == [1]
+    assert dispatched(actions) == {"n9": [("K", 3)]}  # the queue resumed without a resubmit
+
+
+def test_a_node_reporting_an_orphan_keeps_running_it_and_its_result_counts(make_core: MakeCore) -> None:
+    core, journal = make_core(persist=True), MemoryJournal()
+    run(core, journal, opened("c1", "K", reentrant=False), joined("n1", 2), now=0)
+    run(core, journal, submitted("c1", "K", 1), now=1)
+    core = make_core(persist=True)
+    run(core, journal, journal.restored(adopt_within=30), now=10)
+    back = E.NodeJoined("n2", "host-n1", "10.0.0.2", 2, 5.0, (), (JobRef("K", 1), JobRef("K", 77)), ("K", "gone"))
+    actions = run(core, journal, back, opened("c2", "K"), now=11)
+    assert A.KillJobs("n2", [JobRef("K", 77)]) in actions  # a job nobody knows is not left running
+    assert A.UnloadCluster("n2", "gone") in actions
+    assert not of(actions, A.LoadCluster) and not of(actions, A.Dispatch)
+    assert core.clusters["K"].jobs[1].state is JobState.RUNNING and core.nodes["n2"].busy == 1
+    actions = run(core, journal, arrived("n2", result("K", 1)), E.Tick(), now=100)
+    assert [r.status for r in delivered(actions)[("c2", "K")]] == [JobStatus.FINISHED]
+
+
+def test_orphans_no_node_reports_rerun_if_reentrant_else_end_abandoned(make_core: MakeCore) -> None:
+    core, journal = make_core(persist=True), MemoryJournal()
+    run(core, journal, opened("c1", "R", reentrant=True), opened("c2", "N", reentrant=False), joined("n1", 2), now=0)
+    run(core, journal, submitted("c1", "R", 1), submitted("c2", "N", 1), now=1)
+    core = make_core(persist=True)
+    run(core, journal, journal.restored(adopt_within=30), opened("c3", "R"), opened("c4", "N"), now=10)
+    assert not of(run(core, journal, E.Tick(), joined("n5", 2), now=39), A.Dispatch)  # still waiting for its node
+    actions = run(core, journal, E.Tick(), now=41)
+    assert dispatched(actions) == {"n5": [("R", 1)]}
+    (abandoned,) = delivered(actions)[("c4", "N")]
+    assert abandoned.status == JobStatus.ABANDONED and "not run again" in abandoned.exception
+    assert journal.jobs[("R", 1)].attempts == 2  # at least once: the rerun is counted
+
+
+def test_a_journal_round_trip_keeps_usage_and_submission_order(make_core: MakeCore) -> None:
+    core, journal = make_core(persist=True, usage_half_life=100.0), MemoryJournal()
+    run(core, journal, opened("ca", "A", "adam"), joined("n1", 1), now=0)
+    run(core, journal, submitted("ca", "A", 1), now=0)
+    run(core, journal, arrived("n1", result("A", 1, start=0, end=400)), now=0)
+    core = make_core(persist=True, usage_half_life=100.0)
+    run(core, journal, journal.restored(), now=100)
+    assert core.users["adam"].decayed_usage(100.0, 100.0) == 200.0
+    run(core, journal, opened("ca2", "A", "adam"), opened("cz", "Z", "zoe"), now=101)
+    run(core, journal, submitted("ca2", "A", 2), submitted("cz", "Z", 1), now=102)
+    actions = run(core, journal, joined("n2", 1), now=103)
+    assert dispatched(actions) == {"n2": [("Z", 1)]}  # adam's journaled history makes him yield
+    assert journal.jobs[("A", 2)].seq > journal.jobs[("A", 1)].seq  # new jobs queue behind the restored ones
