@@ -45,7 +45,9 @@ class SchedConfig:
     handshake_timeout: float = 10.0
     usage_half_life: float = 3600.0
     status_log_interval: float = 60.0
-    usage_save_interval: float = 60.0
+    journal: bool = True  # keep accepted jobs, held results and usage in the state dir's journal
+    journal_sync: str = "full"  # full: on disk before acknowledging; normal: survives a kill, not a power cut
+    adopt_within: float = 30.0  # after a restart, seconds nodes have to report jobs that were running
     loglevel: str = "INFO"
     name: str = field(default_factory=socket.gethostname)
     users: dict[str, UserEntry] = field(default_factory=dict)
@@ -149,6 +151,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--node-secret", help="secret that nodes must prove (default $DISPY_NODE_SECRET, else empty)")
     p.add_argument("--state-dir", metavar="DIR", help="where the scheduler keeps its state")
+    p.add_argument(
+        "--no-journal",
+        dest="journal",
+        action="store_false",
+        default=None,
+        help="keep nothing across restarts (no journal in the state dir): accepted jobs, held results "
+        "and usage history are lost when the scheduler stops",
+    )
+    p.add_argument(
+        "--journal-sync",
+        choices=("full", "normal"),
+        help="full (default): each turn's journal commit is on disk before its acknowledgements leave; "
+        "normal: faster, survives the scheduler being killed but not the machine losing power",
+    )
+    p.add_argument(
+        "--adopt-within",
+        type=float,
+        metavar="S",
+        help="after a restart, seconds nodes have to report the jobs that were running before other "
+        "copies run (reentrant) or they end Abandoned (30)",
+    )
     p.add_argument("--max-message-size", type=int, metavar="BYTES", help="largest message accepted (default 64 MiB)")
     p.add_argument("--handshake-timeout", type=float, metavar="S", help="seconds a peer has to authenticate (10)")
     p.add_argument("--usage-half-life", type=float, metavar="S", help="half-life of decayed usage, kept in the state dir (3600)")
@@ -190,6 +213,10 @@ def config_from_args(argv: list[str] | None = None) -> SchedConfig:
             raise ConfigError(f"{name} {getattr(cfg, name)} out of range")
     if cfg.usage_half_life < 0:
         raise ConfigError("usage_half_life must be >= 0 seconds (0: usage never decays)")
+    if cfg.journal_sync not in ("full", "normal"):
+        raise ConfigError("journal_sync must be full or normal")
+    if cfg.adopt_within < 0:
+        raise ConfigError("adopt_within must be >= 0 seconds")
     if cfg.max_message_size < 1024:
         raise ConfigError("max_message_size must be at least 1024 bytes")
     if not is_loopback(cfg.host):

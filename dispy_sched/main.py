@@ -19,7 +19,7 @@ from dispy_wire.sdnotify import Notifier
 
 from .policies import Policy, UnknownPolicy, load_policy
 from .server import SchedulerServer
-from .usage_store import UsageStore
+from .journal import SqliteJournal
 
 log = logging.getLogger("dispy_sched")
 
@@ -38,9 +38,11 @@ def _lock_state_dir(path: str) -> IO[str]:
     return lock
 
 
-async def serve(cfg: SchedConfig, policy: Policy, usage_store: UsageStore) -> None:
-    core_config = CoreConfig(shares=cfg.shares(), limits=cfg.limits(), usage_half_life=cfg.usage_half_life)
-    server = SchedulerServer(cfg, SchedulerCore(policy, core_config), usage_store)
+async def serve(cfg: SchedConfig, policy: Policy, journal: SqliteJournal | None) -> None:
+    core_config = CoreConfig(
+        shares=cfg.shares(), limits=cfg.limits(), usage_half_life=cfg.usage_half_life, persist=journal is not None
+    )
+    server = SchedulerServer(cfg, SchedulerCore(policy, core_config), journal)
     core = server.core
     host, port = await server.start()
     responder = await start_responder(cfg, host, port)
@@ -81,19 +83,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dispyscheduler: {exc}", file=sys.stderr)
         return 2
     try:
-        usage_store = UsageStore(cfg.state_dir)
+        journal = SqliteJournal(cfg.state_dir, cfg.journal_sync) if cfg.journal else None
     except sqlite3.Error as exc:
-        print(f"dispyscheduler: cannot open the usage store in {cfg.state_dir}: {exc}", file=sys.stderr)
+        print(f"dispyscheduler: cannot open the journal in {cfg.state_dir}: {exc}", file=sys.stderr)
         lock.close()
         return 2
     try:
         with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
-            runner.run(serve(cfg, policy, usage_store))
+            runner.run(serve(cfg, policy, journal))
     except OSError as exc:  # typically: address in use
         print(f"dispyscheduler: cannot listen on {cfg.host}:{cfg.port}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     finally:
-        usage_store.close()
+        if journal is not None:
+            journal.close()
         lock.close()
     return 0
 

@@ -4,10 +4,12 @@ Owns the listening socket and the peer connections; owns no scheduling state.
 Events from all connections are queued and handed to the core once per loop
 turn (`_drain`), so a burst of submits and results from many peers costs one
 scheduling pass; the actions that come back are routed to connections, which
-write once per turn. A periodic tick lets the core notice silent nodes, logs
-each user's share and usage, and saves decayed usage to the `UsageStore`
-(loaded into the core at start, saved again at stop) so fair share survives
-a restart.
+write once per turn. With a `StateStore` (the journal), the turn's `Persist`
+action, always first, is committed before any other action is carried out,
+so nothing is acknowledged that a crash could lose; at start the store is
+read back into the core. A periodic tick lets the core notice silent nodes
+(and, after a restart, write off jobs no node reported) and logs each user's
+share and usage.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
 import sqlite3
 import time
 from typing import Any
@@ -28,13 +31,17 @@ from .conn import PeerConnection
 from .core import SchedulerCore
 from .core import actions as A
 from .core import events as E
-from .usage_store import UsageStore
+from .journal import StateStore
 
 log = logging.getLogger(__name__)
 
 TICK_INTERVAL = 1.0
 #: interface addresses taken from a node's Hello (for clusters' `nodes` patterns)
 MAX_ADDRESSES = 64
+#: jobs and clusters a node may report holding in its Hello
+MAX_HELD = 1_000_000
+#: exit status when the journal cannot be written: nothing more may be acknowledged
+EXIT_JOURNAL_FAILED = 3
 
 
 class SchedulerServer:
@@ -43,14 +50,15 @@ class SchedulerServer:
     Args:
         config: the checked configuration.
         core: the scheduling core (policy chosen by the caller).
-        usage_store: where per-user decayed usage is kept across restarts
-            (None: not kept).
+        store: where accepted clusters, jobs, held results and usage are
+            kept across restarts (None: nowhere; the core's `persist` must
+            be on with a store, off without).
     """
 
-    def __init__(self, config: SchedConfig, core: SchedulerCore, usage_store: UsageStore | None = None) -> None:
+    def __init__(self, config: SchedConfig, core: SchedulerCore, store: StateStore | None = None) -> None:
         self.config = config
         self.core = core
-        self.usage_store = usage_store
+        self.store = store
         self.peers: dict[str, PeerConnection] = {}
         self._ids = itertools.count(1)
         self._pending: list[E.Event] = []
@@ -58,17 +66,25 @@ class SchedulerServer:
         self._server: asyncio.base_events.Server | None = None
         self._tick_task: asyncio.Task[None] | None = None
         self._last_status_log = 0.0
-        self._last_usage_save = time.time()
         self.address: tuple[str, int] = (config.host, config.port)
 
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> tuple[str, int]:
-        if self.usage_store is not None:
-            usage = self.usage_store.load()
-            log.info("restored decayed usage of %d users from %s", len(usage), self.usage_store.path)
-            for action in self.core.handle(E.UsageRestored(usage), now=time.time()):
+        if self.store is not None:
+            started = time.monotonic()
+            snap = self.store.load()
+            restored = E.StateRestored(snap.clusters, snap.jobs, snap.usage, self.config.adopt_within)
+            for action in self.core.handle(restored, now=time.time()):
                 self._execute(action)
+            states: dict[str, int] = {}
+            for job in snap.jobs:
+                states[job.state] = states.get(job.state, 0) + 1
+            log.info(
+                "journal: restored %d clusters, %d jobs (%s), usage of %d users in %.2f s",
+                len(snap.clusters), len(snap.jobs), ", ".join(f"{n} {s}" for s, n in sorted(states.items())) or "none",
+                len(snap.usage), time.monotonic() - started,
+            )  # fmt: skip
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             lambda: PeerConnection(self), self.config.host, self.config.port, reuse_address=True
@@ -87,16 +103,6 @@ class SchedulerServer:
             peer.close()
         if self._server is not None:
             await self._server.wait_closed()
-        self._save_usage()
-
-    def _save_usage(self) -> None:
-        self._last_usage_save = time.time()
-        if self.usage_store is None:
-            return
-        try:
-            self.usage_store.save(self.core.usage_snapshot())
-        except sqlite3.Error as exc:  # a full disk must not stop the scheduling
-            log.warning("cannot save usage to %s: %s", self.usage_store.path, exc)
 
     async def _ticker(self) -> None:
         while True:
@@ -106,8 +112,6 @@ class SchedulerServer:
             if now - self._last_status_log >= self.config.status_log_interval:
                 self._last_status_log = now
                 self._log_status()
-            if now - self._last_usage_save >= self.config.usage_save_interval:
-                self._save_usage()
 
     def _log_status(self) -> None:
         """One line for the cluster, one per user that is active or has usage left."""
@@ -131,6 +135,8 @@ class SchedulerServer:
             "scheduler": self.config.name,
             "policy": getattr(self.core.policy, "name", ""),
             "max_message_size": self.config.max_message_size,
+            # accepted jobs survive a restart here: a client need not keep them to resubmit
+            "journal": self.store is not None,
         }
 
     def peer_joined(self, conn: PeerConnection) -> E.Event | None:
@@ -149,7 +155,15 @@ class SchedulerServer:
         ip_addr = conn.address.rsplit(":", 1)[0]
         reported = peer.info.get("addresses")
         addresses = tuple(a for a in reported[:MAX_ADDRESSES] if isinstance(a, str)) if isinstance(reported, list) else ()
-        return E.NodeJoined(conn.session, peer.name, ip_addr, cpus, float(heartbeat), addresses)
+        held, loaded = peer.info.get("jobs"), peer.info.get("clusters")
+        jobs = tuple(
+            M.JobRef(j[0], j[1]) for j in (held[:MAX_HELD] if isinstance(held, list) else ())
+            if isinstance(j, list) and len(j) == 2 and isinstance(j[0], str) and type(j[1]) is int
+        )  # fmt: skip
+        clusters = tuple(c for c in (loaded[:MAX_HELD] if isinstance(loaded, list) else ()) if isinstance(c, str))
+        if jobs or clusters:
+            log.info("node %s still holds %d jobs of %d clusters from before", peer.name, len(jobs), len(clusters))
+        return E.NodeJoined(conn.session, peer.name, ip_addr, cpus, float(heartbeat), addresses, jobs, clusters)
 
     def peer_left(self, conn: PeerConnection, reason: str) -> None:
         if self.peers.pop(conn.session, None) is None or conn.peer is None:
@@ -174,8 +188,23 @@ class SchedulerServer:
         for action in self.core.handle(*events, now=time.time()):
             self._execute(action)
 
+    def _commit(self, changes: A.Persist) -> None:
+        """Writes one turn's changes; if that fails, stops before acknowledging anything more."""
+        if self.store is None:
+            return
+        try:
+            self.store.write(changes)
+        except sqlite3.Error as exc:
+            # acknowledging what is not recorded would break the promise the journal makes;
+            # a restart (systemd) resumes from the last commit, and peers resend the rest
+            log.critical("cannot write the journal: %s; exiting before anything unrecorded is acknowledged", exc)
+            logging.shutdown()
+            os._exit(EXIT_JOURNAL_FAILED)
+
     def _execute(self, action: A.Action) -> None:
         match action:
+            case A.Persist():
+                self._commit(action)
             case A.Dispatch(node, jobs):
                 self._send(node, M.RunJobs(jobs))
             case A.DeliverResults(client, cluster_id, results):

@@ -7,19 +7,38 @@ the same round trip as `dispy_sched/journal.py`, without the disk.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
-from dispy_sched.core import SchedulerCore
+import pytest
+
+from dispy_sched.core import CoreConfig, SchedulerCore
 from dispy_sched.core import actions as A
 from dispy_sched.core import events as E
+from dispy_sched.core.invariants import check_invariants
 from dispy_sched.core.persist import ClusterRow, JobRow
 from dispy_sched.core.state import JobState
 from dispy_wire.messages import JobRef
+from dispy_sched.policies import load_policy
 from dispy_wire.status import JobStatus
 
-from test_core import arrived, delivered, dispatched, joined, of, opened, result, step, submitted, make_core  # noqa: F401
+from test_core import arrived, delivered, dispatched, joined, of, opened, result, step, submitted
 
 MakeCore = Callable[..., SchedulerCore]
+
+
+@pytest.fixture
+def make_core() -> Iterator[MakeCore]:
+    """Builds cores (a restart is a new one); each is checked for invariants at teardown."""
+    cores: list[SchedulerCore] = []
+
+    def make(**config: Any) -> SchedulerCore:
+        cores.append(SchedulerCore(load_policy("fair"), CoreConfig(**config)))
+        return cores[-1]
+
+    yield make
+    for core in cores:
+        check_invariants(core)
 
 
 class MemoryJournal:
