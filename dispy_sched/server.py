@@ -63,6 +63,7 @@ class SchedulerServer:
         self._ids = itertools.count(1)
         self._pending: list[E.Event] = []
         self._drain_scheduled = False
+        self._stopping = False
         self._server: asyncio.base_events.Server | None = None
         self._tick_task: asyncio.Task[None] | None = None
         self._last_status_log = 0.0
@@ -95,10 +96,20 @@ class SchedulerServer:
         return self.address
 
     async def stop(self) -> None:
+        """Stops accepting, handles (and journals) what already arrived, then closes every connection.
+
+        The departures that closing causes are not fed to the core: this is
+        a restart, not nodes and clients leaving, so the journal keeps the
+        running jobs running (their nodes keep them for a grace period and
+        hand them back to the next run).
+        """
         if self._tick_task is not None:
             self._tick_task.cancel()
         if self._server is not None:
             self._server.close()
+        if self._pending:
+            self._drain()
+        self._stopping = True
         for peer in list(self.peers.values()):
             peer.close()
         if self._server is not None:
@@ -177,6 +188,8 @@ class SchedulerServer:
 
     def submit(self, event: E.Event) -> None:
         """Queues an event for the core; all queued this turn go in one call."""
+        if self._stopping:
+            return
         self._pending.append(event)
         if not self._drain_scheduled:
             self._drain_scheduled = True
@@ -184,6 +197,8 @@ class SchedulerServer:
 
     def _drain(self) -> None:
         self._drain_scheduled = False
+        if self._stopping:
+            return
         events, self._pending = self._pending, []
         for action in self.core.handle(*events, now=time.time()):
             self._execute(action)
