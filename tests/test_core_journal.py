@@ -11,18 +11,21 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import invariant, rule
 
 from dispy_sched.core import CoreConfig, SchedulerCore
 from dispy_sched.core import actions as A
 from dispy_sched.core import events as E
 from dispy_sched.core.invariants import check_invariants
 from dispy_sched.core.persist import ClusterRow, JobRow
-from dispy_sched.core.state import JobState
+from dispy_sched.core.state import JobState, decay
 from dispy_wire.messages import JobRef
 from dispy_sched.policies import load_policy
 from dispy_wire.status import JobStatus
 
-from test_core import arrived, delivered, dispatched, joined, of, opened, result, step, submitted
+from test_core import CoreMachine, arrived, delivered, dispatched, joined, of, opened, result, step, submitted
 
 MakeCore = Callable[..., SchedulerCore]
 
@@ -172,3 +175,78 @@ def test_a_journal_round_trip_keeps_usage_and_submission_order(make_core: MakeCo
     actions = run(core, journal, joined("n2", 1), now=103)
     assert dispatched(actions) == {"n2": [("Z", 1)]}  # adam's journaled history makes him yield
     assert journal.jobs[("A", 2)].seq > journal.jobs[("A", 1)].seq  # new jobs queue behind the restored ones
+
+
+# --------------------------------------------------------------------------
+# Random interleavings with restarts: the journal always matches the core
+
+
+class JournaledCoreMachine(CoreMachine):
+    """`CoreMachine` with a journal, and a rule that kills the scheduler and starts it from that journal.
+
+    After every step the journal holds exactly what the core holds (so a
+    restart at any point loses nothing); at a restart every client is
+    detached, and each node either comes back on a new session reporting
+    the jobs it runs (they are adopted) or is gone (its jobs wait out
+    `ADOPT_WITHIN`, then run again or end Abandoned). The teardown still
+    finds exactly one result per accepted job.
+    """
+
+    ADOPT_WITHIN = 20.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.config = CoreConfig(usage_half_life=50.0, limits=self.LIMITS, persist=True)
+        self.core = SchedulerCore(load_policy(self.POLICY), self.config)
+        self.journal = MemoryJournal()
+
+    def apply(self, *events: E.Event, dt: float = 0.0) -> list[A.Action]:
+        actions = super().apply(*events, dt=dt)
+        self.journal.apply(actions)
+        return actions
+
+    @rule(data=st.data())
+    def scheduler_restarts(self, data: st.DataObject) -> None:
+        self.core = SchedulerCore(load_policy(self.POLICY), self.config)
+        self.attached.clear()
+        old_nodes, self.node_jobs = self.node_jobs, {}
+        self.apply(self.journal.restored(self.ADOPT_WITHIN))
+        for old, jobs in sorted(old_nodes.items()):
+            if not data.draw(st.booleans(), label=f"node {old} comes back"):
+                continue  # gone with its jobs while the scheduler was down
+            self.nodes_made += 1
+            node = f"n{self.nodes_made}"
+            self.node_jobs[node] = list(jobs)  # what it still runs; the join may dispatch more
+            refs = tuple(JobRef(c, j) for c, j in jobs)
+            back = E.NodeJoined(node, f"host-{old}", "10.0.0.9", 2, 10.0, (), refs, ())
+            actions = self.apply(back)
+            killed = {(r.cluster_id, r.job_id) for k in of(actions, A.KillJobs) for r in k.jobs}
+            assert killed <= self.killed, "a running job the journal knows was killed on adoption"
+
+    @invariant()
+    def journal_matches_core(self) -> None:
+        core, journal = self.core, self.journal
+        assert set(journal.clusters) == set(core.clusters)
+        rows = {}
+        for cluster in core.clusters.values():
+            assert journal.clusters[cluster.cluster_id].closing == cluster.closing
+            for job in cluster.jobs.values():
+                state = "running" if job.state is JobState.ORPHANED else job.state.value
+                rows[job.key] = (state, job.attempts, job.cancel_requested, job.result, job.payload is None)
+        held = {k: (r.state, r.attempts, r.cancel_requested, r.result, r.payload is None) for k, r in journal.jobs.items()}
+        assert held == rows
+        for user in core.users.values():  # the same decayed usage, maybe as of another time
+            if user.usage > 0:
+                usage, as_of = journal.usage[user.name]
+                now, half_life = core.now, core.usage_half_life
+                assert decay(usage, as_of, now, half_life) == pytest.approx(user.decayed_usage(now, half_life))
+
+    def teardown(self) -> None:
+        self.apply(E.Tick(), dt=self.ADOPT_WITHIN + 1)  # orphans no node reported: rerun or written off
+        super().teardown()
+
+
+JournaledCoreMachine.TestCase.settings = settings(
+    max_examples=100, stateful_step_count=40, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+test_random_interleavings_with_restarts_lose_nothing = JournaledCoreMachine.TestCase
