@@ -54,7 +54,8 @@ CREATE TABLE IF NOT EXISTS clusters (
     reentrant INTEGER NOT NULL,
     options BLOB,                -- msgpack; NULL: none
     seq INTEGER NOT NULL,
-    closing INTEGER NOT NULL
+    closing INTEGER NOT NULL,
+    overrides BLOB               -- msgpack {node name: CPUs}; NULL: none
 );
 CREATE TABLE IF NOT EXISTS jobs (
     cluster_id TEXT NOT NULL,
@@ -146,9 +147,12 @@ class SqliteJournal:
 
     def load(self) -> Snapshot:
         clusters = [
-            ClusterRow(cid, user, name, bytes(comp), bool(reentrant), _unpack_options(opts), seq, bool(closing))
-            for cid, user, name, comp, reentrant, opts, seq, closing in self._db.execute(
-                "SELECT cluster_id, user, name, computation, reentrant, options, seq, closing FROM clusters"
+            ClusterRow(
+                cid, user, name, bytes(comp), bool(reentrant), _unpack_options(opts), seq, bool(closing),
+                _unpack_options(overrides),
+            )  # fmt: skip
+            for cid, user, name, comp, reentrant, opts, seq, closing, overrides in self._db.execute(
+                "SELECT cluster_id, user, name, computation, reentrant, options, seq, closing, overrides FROM clusters"
             )
         ]
         jobs = [
@@ -170,10 +174,13 @@ class SqliteJournal:
         try:
             if changes.clusters:
                 db.executemany(
-                    "INSERT INTO clusters VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(cluster_id) DO UPDATE SET "
-                    "closing = excluded.closing",
+                    "INSERT INTO clusters VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(cluster_id) DO UPDATE SET "
+                    "closing = excluded.closing, overrides = excluded.overrides",
                     [
-                        (c.cluster_id, c.user, c.name, c.computation, c.reentrant, _pack_options(c.options), c.seq, c.closing)
+                        (
+                            c.cluster_id, c.user, c.name, c.computation, c.reentrant, _pack_options(c.options), c.seq,
+                            c.closing, _pack_options(c.overrides),
+                        )  # fmt: skip
                         for c in changes.clusters
                     ],
                 )

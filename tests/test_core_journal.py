@@ -31,6 +31,11 @@ MakeCore = Callable[..., SchedulerCore]
 
 
 @pytest.fixture
+def core(make_core: MakeCore) -> SchedulerCore:
+    return make_core()
+
+
+@pytest.fixture
 def make_core() -> Iterator[MakeCore]:
     """Builds cores (a restart is a new one); each is checked for invariants at teardown."""
     cores: list[SchedulerCore] = []
@@ -177,6 +182,28 @@ def test_a_journal_round_trip_keeps_usage_and_submission_order(make_core: MakeCo
     assert journal.jobs[("A", 2)].seq > journal.jobs[("A", 1)].seq  # new jobs queue behind the restored ones
 
 
+def test_cpus_a_client_set_for_a_node_hold_after_a_restart_while_it_is_away(make_core: MakeCore) -> None:
+    core, journal = make_core(persist=True), MemoryJournal()
+    run(core, journal, opened("c1", "K"), E.NodeCpusSet("c1", "K", "host-n1", 0), now=0)
+    run(core, journal, submitted("c1", "K", 1), E.ClientLeft("c1"), now=1)
+    core = make_core(persist=True)
+    run(core, journal, journal.restored(), now=10)
+    assert not of(run(core, journal, joined("n1", 2), now=11), A.Dispatch)  # still kept off host-n1
+    assert dispatched(run(core, journal, joined("n22", 2), now=12)) == {"n22": [("K", 1)]}
+
+
+def test_a_node_back_before_its_old_connection_is_noticed_keeps_its_jobs(core: SchedulerCore) -> None:
+    step(core, opened("c1", "K", reentrant=False), joined("n1", 2), now=0)
+    step(core, submitted("c1", "K", 1), now=1)
+    back = E.NodeJoined("n9", "host-n1", "10.0.0.2", 2, 5.0, (), (JobRef("K", 1),), ("K",))
+    actions = step(core, back, now=2)
+    assert not of(actions, A.KillJobs) and not of(actions, A.LoadCluster)
+    assert core.clusters["K"].jobs[1].node == "n9"
+    assert not of(step(core, E.NodeLeft("n1", "connection reset"), now=3), A.DeliverResults)  # nothing to abandon
+    actions = step(core, arrived("n9", result("K", 1)), now=4)
+    assert [r.status for r in delivered(actions)[("c1", "K")]] == [JobStatus.FINISHED]
+
+
 # --------------------------------------------------------------------------
 # Random interleavings with restarts: the journal always matches the core
 
@@ -230,6 +257,7 @@ class JournaledCoreMachine(CoreMachine):
         rows = {}
         for cluster in core.clusters.values():
             assert journal.clusters[cluster.cluster_id].closing == cluster.closing
+            assert journal.clusters[cluster.cluster_id].overrides == cluster.overrides
             for job in cluster.jobs.values():
                 state = "running" if job.state is JobState.ORPHANED else job.state.value
                 rows[job.key] = (state, job.attempts, job.cancel_requested, job.result, job.payload is None)

@@ -39,6 +39,7 @@ class ClusterRow:
     options: dict[str, Any]
     seq: int
     closing: bool
+    overrides: dict[str, int]  # node name -> CPUs, as the client set them (set_node_cpus)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +68,7 @@ class UsageRow:
 def cluster_row(cluster: ClusterRecord) -> ClusterRow:
     return ClusterRow(
         cluster.cluster_id, cluster.user, cluster.name, cluster.computation, cluster.reentrant,
-        cluster.options, cluster.seq, cluster.closing,
+        cluster.options, cluster.seq, cluster.closing, dict(cluster.overrides),
     )  # fmt: skip
 
 

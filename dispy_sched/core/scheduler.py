@@ -200,7 +200,7 @@ class SchedulerCore:
             self._reject(ev.client, ErrorCode.BAD_REQUEST, f"cluster {ev.name}: {exc}", ev.cluster_id)
             return
         self._seq += 1
-        row = ClusterRow(ev.cluster_id, ev.user, ev.name, ev.computation, ev.reentrant, dict(ev.options), self._seq, False)
+        row = ClusterRow(ev.cluster_id, ev.user, ev.name, ev.computation, ev.reentrant, dict(ev.options), self._seq, False, {})
         cluster = self._add_cluster(row, placement, ev.client)
         self._introduce_nodes(cluster)
         self._out.immediate.append(A.ConfirmOpened(ev.client, ev.cluster_id, False))
@@ -214,6 +214,7 @@ class SchedulerCore:
         cluster.placement = placement
         cluster.ask_client = row.options.get("allocate") == "client"
         cluster.closing = row.closing
+        cluster.overrides = dict(row.overrides)
         for node in self.nodes.values():
             self._place(cluster, node)
         if row.options.get("node_updates"):
@@ -296,6 +297,7 @@ class SchedulerCore:
             cluster.overrides.pop(ev.node, None)
         else:
             cluster.overrides[ev.node] = ev.cpus
+        self._note_cluster(cluster)  # kept: an absent client cannot set it again after a restart
         if not cluster.restricted:
             cluster.node_cpus.clear()
         for node in self.nodes.values():
@@ -370,8 +372,10 @@ class SchedulerCore:
     def _adopt(self, node: NodeRecord, jobs: Iterable[JobRef], clusters: Iterable[str]) -> None:
         """Takes over what a (re)connecting node still holds from before; ends what nobody wants any more.
 
-        A job orphaned by a restart runs on where it is; any other job the
-        node reports has been written off or rerun meanwhile, so it is killed.
+        A job orphaned by a restart runs on where it is, as does one the core
+        still thinks runs on an earlier session of the same node (that
+        connection's end has not been noticed yet); any other job the node
+        reports has been written off or rerun meanwhile, so it is killed.
         """
         for cluster_id in clusters:
             cluster = self.clusters.get(cluster_id)
@@ -384,7 +388,9 @@ class SchedulerCore:
         for ref in jobs:
             job = self._orphans.pop((ref.cluster_id, ref.job_id), None)
             if job is None:
-                kills.append(ref)
+                moved = self._running_on_namesake(ref, node)
+                if moved is None:
+                    kills.append(ref)
                 continue
             cluster = self.clusters[job.cluster_id]
             if cluster.cluster_id not in node.loaded:
@@ -488,6 +494,22 @@ class SchedulerCore:
             user.set_usage(user.decayed_usage(self.now, self.usage_half_life) + restored, self.now, self.usage_half_life)
             self.ready.update_user(user)
             self._note_user(user)
+
+    def _running_on_namesake(self, ref: JobRef, node: NodeRecord) -> JobRecord | None:
+        """Moves a job RUNNING on an earlier session of `node` (by name) to this one."""
+        cluster = self.clusters.get(ref.cluster_id)
+        job = cluster.jobs.get(ref.job_id) if cluster is not None else None
+        if cluster is None or job is None or job.state is not JobState.RUNNING or job.node is None:
+            return None
+        old = self.nodes[job.node]
+        if old is node or old.name != node.name:
+            return None
+        self._release(job, old, cluster)
+        self._occupy(cluster, job, node)
+        self._note_job(job)
+        if job.cancel_requested:
+            self._out.immediate.append(A.KillJobs(node.node_id, [ref]))
+        return job
 
     @_on.register
     def _on_state_restored(self, ev: E.StateRestored) -> None:
