@@ -308,10 +308,13 @@ class _Session:
             self._dispatch(msg)
 
     async def close(self) -> None:
+        # first, before any await: from now on the keeper keeps what the jobs produce,
+        # with what this session had not written yet
+        unsent, self._results = self._results, []
+        self.control.keeper.detach(unsent)
         if self._heartbeats is not None:
             self._heartbeats.cancel()
             await asyncio.gather(self._heartbeats, return_exceptions=True)
-        self.control.keeper.detach()
         self._writer.close()
         try:
             await self._writer.wait_closed()

@@ -79,9 +79,14 @@ class JobKeeper:
         for output in kept:
             sink(output)
 
-    def detach(self) -> None:
-        """The session ended: keep the jobs for `grace` seconds, then kill them."""
+    def detach(self, unsent: list[JobResult | JobFile] | None = None) -> None:
+        """The session ended: keep the jobs for `grace` seconds, then kill them.
+
+        Args:
+            unsent: output the session took but did not write; kept first.
+        """
         self._sink = None
+        self._kept[:0] = unsent or []
         if self._runner is None:
             return
         jobs, clusters = self._runner.held()
