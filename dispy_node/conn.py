@@ -61,6 +61,7 @@ from dispy_wire.messages import (
     NodeResults,
     PutFile,
     Refused,
+    ResultsRecorded,
     RunJobs,
     UnloadCluster,
     encode,
@@ -354,6 +355,8 @@ class _Session:
                 self.runner.run(jobs)
             case KillJobs(jobs):
                 self.runner.kill(jobs)
+            case ResultsRecorded(jobs):
+                self.control.keeper.recorded(jobs)
             case LoadCluster(cluster_id, user, computation, options):
                 if not self.control.may_load(cluster_id):
                     self._cluster_failed(cluster_id, f"node serves {self.config.serve} cluster(s) only (--serve)")

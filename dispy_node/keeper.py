@@ -6,9 +6,13 @@ jobs: killing them would throw their work away, and a non-reentrant job
 could then never end Finished. So the node's `Runner` belongs to the keeper,
 not to one connection. While a session is attached, what the runner
 produces (results, files, set-up failures) goes straight to it; while none
-is, it is kept here, in order. The next session reports what the runner
-still holds in its Hello (`held`): the scheduler adopts the jobs it still
-wants and kills the others; then the kept output is sent (`attach`).
+is, it is kept here, in order. A terminal result is kept even once sent,
+until the scheduler says it has recorded it (`recorded`): one written just
+before the connection broke may never have reached it. The next session
+reports what the runner still holds, results included, in its Hello
+(`held`): the scheduler adopts the jobs it still wants and kills the others;
+then the kept output is sent again (`attach`), and the scheduler ignores a
+result it already has.
 
 A node nobody reconnects to for `grace` seconds gives up: its runner is
 closed (every job tree and zygote killed) and what it kept is dropped, as
@@ -24,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from dispy_wire.messages import JobFile, JobRef, JobResult
+from dispy_wire.status import JobStatus
 
 from .runner import Runner, RunnerConfig
 
@@ -50,6 +55,8 @@ class JobKeeper:
         self._runner: Runner | None = None
         self._sink: Callable[[Output], None] | None = None
         self._kept: list[Output] = []
+        #: terminal results sent and not yet confirmed by the scheduler
+        self._sent: dict[tuple[str, int], JobResult] = {}
         self._expiry: asyncio.TimerHandle | None = None
         self._closing: set[asyncio.Task[None]] = set()
 
@@ -86,7 +93,8 @@ class JobKeeper:
             unsent: output the session took but did not write; kept first.
         """
         self._sink = None
-        self._kept[:0] = unsent or []
+        self._kept[:0] = [*self._sent.values(), *(unsent or [])]
+        self._sent.clear()
         if self._runner is None:
             return
         jobs, clusters = self._runner.held()
@@ -116,6 +124,7 @@ class JobKeeper:
     def _close_runner(self, why: str) -> None:
         runner, self._runner = self._runner, None
         self._kept = []
+        self._sent.clear()
         if runner is None:
             return
         if runner.busy:
@@ -124,8 +133,15 @@ class JobKeeper:
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
+    def recorded(self, jobs: list[JobRef]) -> None:
+        """The scheduler has these results: they need not be sent again."""
+        for ref in jobs:
+            self._sent.pop((ref.cluster_id, ref.job_id), None)
+
     def _put(self, output: Output) -> None:
         if self._sink is not None:
+            if isinstance(output, JobResult) and output.status != JobStatus.PROVISIONAL_RESULT:
+                self._sent[(output.cluster_id, output.job_id)] = output
             self._sink(output)
         else:
             self._kept.append(output)

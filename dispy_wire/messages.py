@@ -371,6 +371,13 @@ class UnloadCluster(Message):
     cluster_id: str
 
 
+@message(44)
+class ResultsRecorded(Message):
+    """The scheduler has these jobs' terminal results (journaled): the node may forget them."""
+
+    jobs: list[JobRef]
+
+
 # --------------------------------------------------------------------------
 # Encoding
 

@@ -204,6 +204,15 @@ def test_a_node_back_before_its_old_connection_is_noticed_keeps_its_jobs(core: S
     assert [r.status for r in delivered(actions)[("c1", "K")]] == [JobStatus.FINISHED]
 
 
+def test_a_node_is_told_each_result_is_recorded_after_the_record_late_ones_too(make_core: MakeCore) -> None:
+    core, journal = make_core(persist=True), MemoryJournal()
+    run(core, journal, opened("c1", "K"), joined("n1", 2), now=0)
+    run(core, journal, submitted("c1", "K", 1), now=1)
+    actions = run(core, journal, arrived("n1", result("K", 1), result("K", 1), result("K", 99)), now=2)
+    assert isinstance(actions[0], A.Persist)  # the confirmation goes after the record
+    assert of(actions, A.ConfirmResults) == [A.ConfirmResults("n1", [JobRef("K", 1), JobRef("K", 1), JobRef("K", 99)])]
+
+
 # --------------------------------------------------------------------------
 # Random interleavings with restarts: the journal always matches the core
 

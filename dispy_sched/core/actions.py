@@ -66,6 +66,14 @@ class KillJobs(Action):
 
 
 @dataclass(frozen=True, slots=True)
+class ConfirmResults(Action):
+    """Tell a node that these jobs' results are recorded: it keeps each until then."""
+
+    node: str
+    jobs: list[JobRef]
+
+
+@dataclass(frozen=True, slots=True)
 class UnloadCluster(Action):
     node: str
     cluster_id: str

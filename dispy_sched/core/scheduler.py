@@ -94,6 +94,7 @@ class _Outbox:
     def __init__(self) -> None:
         self.immediate: list[A.Action] = []
         self.dispatch: dict[str, list[RunJob]] = defaultdict(list)
+        self.recorded: dict[str, list[JobRef]] = defaultdict(list)
         self.accepted: dict[tuple[str, str], list[int]] = defaultdict(list)
         self.started: dict[tuple[str, str], list[JobStart]] = defaultdict(list)
         self.results: dict[tuple[str, str], list[JobResult]] = defaultdict(list)
@@ -104,6 +105,7 @@ class _Outbox:
     def flush(self) -> list[A.Action]:
         out = self.immediate
         out += [A.Dispatch(n, jobs) for n, jobs in self.dispatch.items()]
+        out += [A.ConfirmResults(n, refs) for n, refs in self.recorded.items()]
         out += [A.ConfirmAccepted(c, cid, ids) for (c, cid), ids in self.accepted.items()]
         out += [A.NotifyStarted(c, cid, s) for (c, cid), s in self.started.items()]
         out += [A.NotifyNodes(c, cid, n) for (c, cid), n in self.nodes.items()]
@@ -425,7 +427,10 @@ class SchedulerCore:
         if node is None:
             return
         node.last_seen = self.now
+        recorded = self._out.recorded[ev.node]
         for result in ev.results:
+            if result.status != JobStatus.PROVISIONAL_RESULT:  # the node keeps each until told (late ones too)
+                recorded.append(JobRef(result.cluster_id, result.job_id))
             cluster = self.clusters.get(result.cluster_id)
             job = cluster.jobs.get(result.job_id) if cluster else None
             if cluster is None or job is None or job.state is not JobState.RUNNING or job.node != ev.node:
