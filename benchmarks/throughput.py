@@ -5,6 +5,8 @@ Starts `dispyscheduler` and one `dispynode` (2 CPUs) on 127.0.0.1, then:
 - 4 client processes at once, 500 jobs each: aggregate jobs/s;
 - 50 sequential single jobs: p50 / p95 round trip (submit to result).
 Each figure is one summary line. Run: `make bench`, or with the venv's python.
+`--no-journal` runs the scheduler without its journal (benchmarks/journal.py
+compares the two in one run).
 """
 
 from __future__ import annotations
@@ -81,33 +83,43 @@ def run_batch(script: Path, env: dict[str, str], clients: int, jobs: int) -> flo
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cpus", type=int, default=2)
+    ap.add_argument("--no-journal", action="store_true", help="run the scheduler without its journal")
     args = ap.parse_args()
+    for line in measure(args.cpus, ["--no-journal"] if args.no_journal else []):
+        print(line)
+
+
+def measure(cpus: int, scheduler_args: list[str], rtt: bool = True) -> list[str]:
+    """Starts a scheduler (with `scheduler_args`) and a node, returns the figures as lines."""
     tmp = Path(tempfile.mkdtemp(prefix="dispy-bench-"))
     script = tmp / "client.py"
     script.write_text(CLIENT)
     bindir = Path(sys.executable).parent
     procs = []
+    lines = []
     try:
         sched, m = start([str(bindir / "dispyscheduler"), "--port", "0", "--state-dir", str(tmp / "state"),
-                          "--loglevel", "WARNING"], r"listening on (\S+):(\d+)", tmp / "scheduler.log")
+                          "--loglevel", "WARNING", *scheduler_args], r"listening on (\S+):(\d+)", tmp / "scheduler.log")
         procs.append(sched)
         address = f"{m.group(1)}:{m.group(2)}"
-        node, _ = start([str(bindir / "dispynode"), "--scheduler", address, "--cpus", str(args.cpus),
+        node, _ = start([str(bindir / "dispynode"), "--scheduler", address, "--cpus", str(cpus),
                          "--work-dir", str(tmp / "node"), "--loglevel", "WARNING",
                          *(["--jobs-as-self"] if os.geteuid() == 0 else [])], r"connected to", tmp / "node.log")
         procs.append(node)
         env = {"DISPY_SCHEDULER": address, "PATH": str(bindir)}
-        print(f"1 client x 2000 jobs:  {run_batch(script, env, 1, 2000):7.0f} jobs/s")
-        print(f"4 clients x 500 jobs:  {run_batch(script, env, 4, 500):7.0f} jobs/s")
-        out = subprocess.run([sys.executable, str(script), "rtt", "50", "latency"], env=env,
-                             capture_output=True, text=True, timeout=300, check=True).stdout
-        rtts = sorted(float(x) for x in out.split()[1:])
-        p95 = rtts[int(0.95 * len(rtts)) - 1]
-        print(f"round trip (50 sequential): p50 {statistics.median(rtts) * 1000:.1f} ms, p95 {p95 * 1000:.1f} ms")
+        lines.append(f"1 client x 2000 jobs:  {run_batch(script, env, 1, 2000):7.0f} jobs/s")
+        lines.append(f"4 clients x 500 jobs:  {run_batch(script, env, 4, 500):7.0f} jobs/s")
+        if rtt:
+            out = subprocess.run([sys.executable, str(script), "rtt", "50", "latency"], env=env,
+                                 capture_output=True, text=True, timeout=300, check=True).stdout
+            rtts = sorted(float(x) for x in out.split()[1:])
+            p95 = rtts[int(0.95 * len(rtts)) - 1]
+            lines.append(f"round trip (50 sequential): p50 {statistics.median(rtts) * 1000:.1f} ms, p95 {p95 * 1000:.1f} ms")
     finally:
         for proc in reversed(procs):
             proc.terminate()
             proc.wait(10)
+    return lines
 
 
 if __name__ == "__main__":

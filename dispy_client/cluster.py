@@ -116,7 +116,7 @@ class BaseCluster:
         self._recorder = self._start_recording(options.recover_file, open_msg)
         self._tracker = JobTracker(
             self.name, open_msg.cluster_id, self._result_key, options.job_status, options.cluster_status, self.dest_path,
-            on_node_joined=self._allocate if self._allocators else None,
+            on_node_joined=self._allocate if self._allocators else None, on_settled=self._acknowledge,
         )  # fmt: skip
         self._lt = loop_thread or LoopThread(f"dispy-{self.name}-io")
         self._session = ClusterSession(
@@ -131,6 +131,13 @@ class BaseCluster:
             if self._recorder is not None:
                 self._recorder.close(remove=True)
             raise
+
+    def _acknowledge(self, job_ids: list[int]) -> None:
+        """On the dispatcher thread: results handled; once recorded on disk (recover file), the scheduler may drop them."""
+        if self._recorder is not None:
+            self._recorder.after_sync(lambda: self._lt.call_if_running(self._session.settled, job_ids))
+        else:
+            self._lt.call_if_running(self._session.settled, job_ids)
 
     def _start_recording(self, path: str | None, open_msg: M.OpenCluster) -> Recorder | None:
         if path is None:

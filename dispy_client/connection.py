@@ -51,6 +51,13 @@ class LoopThread:
     def call(self, fn: Callable[..., Any], *args: Any) -> None:
         self.loop.call_soon_threadsafe(fn, *args)
 
+    def call_if_running(self, fn: Callable[..., Any], *args: Any) -> None:
+        """As `call`, but does nothing once the loop is closed (its cluster is gone)."""
+        try:
+            self.loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:
+            pass
+
     @property
     def in_loop_thread(self) -> bool:
         return threading.current_thread() is self._thread

@@ -10,10 +10,13 @@ The file is JSON lines, appended to and never rewritten:
 
 Each line is written and flushed before `submit` returns, so it survives the
 client process being killed; a thread fsyncs after each burst of lines, so it
-survives the machine crashing a moment later. The user's secret is never
-written; the cluster's result key is (results are checked against it, by
-`recover_jobs` as by the cluster), so the file is made readable by its owner
-only (0600).
+survives the machine crashing a moment later. A result is acknowledged to
+the scheduler (which then forgets it) only after the fsync that follows its
+"done" line (`after_sync`): until then the scheduler holds it, so
+`recover_jobs` gets every result whose "done" line was not yet safe. The
+user's secret is never written; the cluster's result key is (results are
+checked against it, by `recover_jobs` as by the cluster), so the file is made
+readable by its owner only (0600).
 
 `recover_jobs` re-opens the cluster by its id: the scheduler re-attaches and
 resends every result it holds (principle 4 of DESIGN.md), and jobs still
@@ -26,8 +29,8 @@ import base64
 import json
 import os
 import threading
-import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import IO, Any
 
 from dispy_wire import messages as M
@@ -58,6 +61,7 @@ class Recorder:
         self._file: IO[str] = open_private(path, append=header is None)  # it holds the result key
         self._dirty = threading.Event()
         self._closing = False
+        self._after: list[Callable[[], Any]] = []  # run after the next fsync (which covers what is written)
         if header is not None:
             self._write({"v": FORMAT_VERSION, **header})
             os.fsync(self._file.fileno())
@@ -84,6 +88,17 @@ class Recorder:
         if job.done:
             self.done(job)
 
+    def after_sync(self, fn: Callable[[], Any]) -> None:
+        """Calls `fn` (on the fsync thread) once every line written so far is on disk."""
+        with self._lock:
+            closed = self._closing
+            if not closed:
+                self._after.append(fn)
+        if closed:  # the file is closed, and synced
+            fn()
+        else:
+            self._dirty.set()
+
     def close(self, remove: bool = False) -> None:
         """Stops recording; with `remove`, deletes the file (nothing is left to recover)."""
         with self._lock:
@@ -108,8 +123,16 @@ class Recorder:
         while True:
             self._dirty.wait()
             self._dirty.clear()
+            with self._lock:
+                after, self._after = self._after, []
             os.fsync(self._sync_fd)
+            for fn in after:
+                fn()
             if self._closing:
+                with self._lock:
+                    after, self._after = self._after, []
+                for fn in after:
+                    fn()
                 os.close(self._sync_fd)
                 return
 
@@ -188,6 +211,7 @@ def recover_jobs(
     jobs = [_job(uid, record) for uid, record in sorted(records.items())]
     recorder = Recorder(recover_file, None)
     tracker = JobTracker(header["name"], header["cluster_id"], header["result_key"], job_status=recorder.job_status)
+    tracker.on_settled = lambda ids: recorder.after_sync(lambda: loop_thread.call_if_running(session.settled, ids))
     for job in jobs:
         tracker.add(job)
     loop_thread = LoopThread(f"dispy-{header['name']}-recover")
@@ -199,13 +223,10 @@ def recover_jobs(
     )  # fmt: skip
     session.adopt([job._uid for job in jobs])
     try:
-        resumed = loop_thread.run(session.open(), timeout=20)
-        if not resumed:
-            _write_off(jobs, f"scheduler {host}:{port} no longer knows cluster {header['cluster_id']}")
+        resumed = loop_thread.run(session.open(), timeout=20)  # not resumed: the session writes every job off
         if not resumed or tracker.wait(timeout) or terminate_pending:
             loop_thread.run(session.close(terminate=True, timeout=10.0), timeout=15)
-            if resumed:
-                tracker.wait(10.0)  # the results of the jobs just cancelled
+            tracker.wait(10.0)  # the results of the jobs just cancelled or written off
             recorder.close(remove=True)
         else:
             loop_thread.call(session.detach)
@@ -222,9 +243,3 @@ def _job(uid: int, record: dict[str, Any]) -> DispyJob:
         job.id = loads(base64.b64decode(record["id"]))
     return job
 
-
-def _write_off(jobs: list[DispyJob], why: str) -> None:
-    now = time.time()
-    for job in jobs:
-        job.status, job.exception, job.end_time = DispyJob.Abandoned, why, now
-        job.finish.set()

@@ -3,12 +3,20 @@
 Theory of operation
 -------------------
 `ClusterSession` lives on the client's loop thread. It keeps the spec of
-every job that has no terminal result yet, so that after a reconnect it can
-re-open the cluster (same id) and resubmit them all: the scheduler is
-idempotent on job ids, so a job it already knows is not run twice, and one it
-lost (a restarted scheduler) is submitted again. Results are acknowledged as
-soon as they are handed to the dispatcher thread; the first terminal result
-of a job wins and later copies are dropped, so the user sees exactly one.
+every job the scheduler has not yet accepted, so that after a reconnect it
+can re-open the cluster (same id) and resubmit them: the scheduler is
+idempotent on job ids, so a job it already knows is not run twice. A
+scheduler with a journal (its Welcome says so) keeps what it accepted across
+restarts, so a spec is dropped once accepted; without one, specs are kept
+until the result, and after a restart that forgot the cluster only reentrant
+jobs are resubmitted: a job that is not reentrant may have run already, so it
+ends Abandoned instead (it runs at most once).
+
+A terminal result is acknowledged only once the tracker says it is settled
+(`settled`: the user's callbacks ran and, with a recover file, its record
+is on disk), so a client killed in between gets it again from `recover_jobs`.
+The first terminal result of a job wins and later copies are dropped, so the
+user sees exactly one.
 
 User threads reach it only through `enqueue` (lock-free hand-off of submits,
 one wake-up per batch) and `LoopThread.call`/`run`.
@@ -69,8 +77,11 @@ class ClusterSession:
         self.cluster_id = open_msg.cluster_id
         self._deliver = deliver
         self._link: SchedulerLink | None = None
-        self._specs: dict[int, M.JobSpec] = {}  # unfinished jobs, for resubmission
-        self._adopted: set[int] = set()  # unfinished jobs of an earlier client process (recover_jobs)
+        self._specs: dict[int, M.JobSpec] = {}  # for resubmission: jobs not accepted (or, without a journal, unfinished)
+        self._unfinished: set[int] = set()  # jobs without a terminal result handed to the tracker
+        self._accepted: set[int] = set()  # unfinished jobs the scheduler accepted
+        self._delivering: set[int] = set()  # results handed to the tracker, not yet settled and acknowledged
+        self._journal = False  # the scheduler keeps accepted jobs across restarts
         self._incoming: collections.deque[M.JobSpec] = collections.deque()
         self._wake_pending = False
         self._opened: asyncio.Future[bool] | None = None
@@ -98,7 +109,14 @@ class ClusterSession:
 
         Call before `open`: the scheduler resends held results as soon as the cluster re-opens.
         """
-        self._adopted.update(job_ids)
+        self._unfinished.update(job_ids)
+        self._accepted.update(job_ids)
+
+    def settled(self, job_ids: list[int]) -> None:
+        """The tracker is done with these results (recorded where recovery needs them): acknowledge them."""
+        self._delivering.difference_update(job_ids)
+        if self._link is not None:
+            self._link.send(M.AckResults(self.cluster_id, job_ids))
 
     def check_size(self, payload_bytes: int, what: str) -> None:
         """Refuses, here and now, what the scheduler would refuse by closing on us."""
@@ -121,6 +139,7 @@ class ClusterSession:
         assert self._link.welcome is not None
         limit = self._link.welcome.info.get("max_message_size")
         self.max_message_size = limit if isinstance(limit, int) else 0
+        self._journal = self._link.welcome.info.get("journal") is True
         try:
             self.check_size(len(self.open_msg.computation), f"computation {self.open_msg.name!r} with its depends")
         except DispyError:
@@ -139,6 +158,7 @@ class ClusterSession:
         if not resumed:
             for node, computation in self._resetups.items():
                 self._link.send(M.ResetupNode(self.cluster_id, node, computation))
+            self._write_off_forgotten()
         if self._specs:
             self._send_submits(list(self._specs.values()))
         return resumed
@@ -212,12 +232,41 @@ class ClusterSession:
         if self._link is not None:
             self._link.send(M.CancelJobs(self.cluster_id, job_ids))
 
+    def _write_off_forgotten(self) -> None:
+        """A scheduler that no longer knows the cluster: what it had accepted, it will not run again.
+
+        Jobs whose spec is kept (never accepted; or reentrant, without a
+        journal) are resubmitted by the caller; the others end Abandoned.
+        """
+        for job_id in sorted(self._accepted):
+            spec = self._specs.get(job_id)
+            if spec is not None and self.open_msg.reentrant:
+                continue
+            self._specs.pop(job_id, None)
+            why = (
+                f"scheduler {self.host}:{self.port} no longer knows cluster {self.cluster_id} (restarted without "
+                "its journal); the job may have run, and is not reentrant, so it is not run again"
+                if spec is not None
+                else f"scheduler {self.host}:{self.port} lost cluster {self.cluster_id} (its journal) with this job"
+            )
+            self._end(M.JobResult(self.cluster_id, job_id, int(JobStatus.ABANDONED), None, b"", b"", why, "", 0.0, 0.0))
+        self._accepted.clear()
+
+    def _end(self, result: M.JobResult) -> None:
+        """Hands a job's terminal result to the tracker, once."""
+        self._unfinished.discard(result.job_id)
+        self._accepted.discard(result.job_id)
+        self._specs.pop(result.job_id, None)
+        self._delivering.add(result.job_id)
+        self._deliver("result", result)
+
     def _take_incoming(self) -> None:
         self._wake_pending = False
         batch: list[M.JobSpec] = []
         while self._incoming:
             spec = self._incoming.popleft()
             self._specs[spec.job_id] = spec
+            self._unfinished.add(spec.job_id)
             batch.append(spec)
         if batch and self._opened is not None and self._opened.done():
             self._send_submits(batch)
@@ -239,16 +288,17 @@ class ClusterSession:
     def _on_message(self, msg: M.Message) -> None:
         match msg:
             case M.JobResults(_, results):
-                final = [r for r in results if r.status != JobStatus.PROVISIONAL_RESULT]
+                stale: list[int] = []
                 for result in results:
                     if result.status == JobStatus.PROVISIONAL_RESULT:  # the job goes on: nothing to ack
-                        if result.job_id in self._specs or result.job_id in self._adopted:
+                        if result.job_id in self._unfinished:
                             self._deliver("provisional", result)
-                    elif self._specs.pop(result.job_id, None) is not None or result.job_id in self._adopted:
-                        self._adopted.discard(result.job_id)
-                        self._deliver("result", result)
-                if self._link is not None and final:
-                    self._link.send(M.AckResults(self.cluster_id, [r.job_id for r in final]))
+                    elif result.job_id in self._unfinished:
+                        self._end(result)  # acknowledged once settled
+                    elif result.job_id not in self._delivering:
+                        stale.append(result.job_id)  # settled before: the scheduler may let it go
+                if self._link is not None and stale:
+                    self._link.send(M.AckResults(self.cluster_id, stale))
             case M.FilePutDone(ref, ok, message):
                 put = self._puts.get(ref)
                 if put is not None and not put.done():
@@ -261,10 +311,14 @@ class ClusterSession:
                         self._deliver("file", f)
             case M.JobsStarted(_, starts):
                 for start in starts:
-                    if start.job_id in self._specs or start.job_id in self._adopted:
+                    if start.job_id in self._unfinished:
                         self._deliver("started", start)
-            case M.JobsAccepted():
-                pass  # resubmission after a reconnect covers jobs not yet accepted
+            case M.JobsAccepted(_, job_ids):
+                for job_id in job_ids:
+                    if job_id in self._unfinished:
+                        self._accepted.add(job_id)
+                        if self._journal:  # the scheduler keeps it now: no resubmission needed
+                            self._specs.pop(job_id, None)
             case M.ClusterOpened(_, resumed):
                 if self._opened is not None and not self._opened.done():
                     self._opened.set_result(resumed)
@@ -309,8 +363,9 @@ class ClusterSession:
                 delay = min(delay * 2, 5.0)
                 continue
             log.warning(
-                "reconnected to the scheduler; cluster %s, %d unfinished jobs resubmitted",
+                "reconnected to the scheduler; cluster %s, %d unfinished jobs, %d resubmitted",
                 "resumed" if resumed else "re-created",
+                len(self._unfinished),
                 len(self._specs),
             )
             return

@@ -15,6 +15,12 @@ Nothing from a job is unpickled or saved before its MAC is checked under
 the cluster's own key (`dispy_wire.result_mac`): a result, provisional
 result or file that fails ends its job `Terminated` with
 `FORGED_TEXT` as its exception, and a warning is logged.
+
+A terminal result is settled once its job is filled in and every callback
+and watcher has run (a recover file's watcher writes its record then); the
+dispatcher passes the settled job ids to `on_settled` in batches (when its
+queue runs dry), which acknowledges them to the scheduler: until then the
+scheduler holds each result, so a client killed mid-callback loses none.
 """
 
 from __future__ import annotations
@@ -72,6 +78,8 @@ class JobTracker:
     dest_path: where files sent by jobs (`dispy_send_file`) are saved.
     on_node_joined: called on the dispatcher thread with each node that joins
         (after its `DispyNode` record exists), e.g. to run `NodeAllocate`s.
+    on_settled: called on the dispatcher thread with the ids of terminal
+        results it has fully handled, in batches.
     """
 
     def __init__(
@@ -83,10 +91,13 @@ class JobTracker:
         cluster_status: Callable[[int, DispyNode, DispyJob | None], Any] | None = None,
         dest_path: str | None = None,
         on_node_joined: Callable[[DispyNode], Any] | None = None,
+        on_settled: Callable[[list[int]], Any] | None = None,
     ) -> None:
         self._on_node_joined = on_node_joined
         self._cluster_id = cluster_id
         self._result_key = result_key
+        self.on_settled = on_settled
+        self._settled: list[int] = []
         self._job_status = job_status
         self._dest_path = dest_path or os.getcwd()
         self._cluster_status = cluster_status
@@ -161,6 +172,7 @@ class JobTracker:
             try:
                 if kind == "result":
                     self._on_result(item)
+                    self._settled.append(item.job_id)
                 elif kind == "started":
                     self._on_started(item)
                 elif kind == "provisional":
@@ -175,6 +187,13 @@ class JobTracker:
                         self._notify(DispyNode.Closed, node, None)
             except Exception:
                 log.exception("error while handling a job update")
+            if self._settled and self._queue.empty():
+                settled, self._settled = self._settled, []
+                if self.on_settled is not None:
+                    try:
+                        self.on_settled(settled)
+                    except Exception:
+                        log.exception("cannot acknowledge %d results", len(settled))
 
     def _on_started(self, start: M.JobStart) -> None:
         with self.changed:

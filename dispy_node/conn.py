@@ -1,16 +1,18 @@
 """The node's connection to the scheduler: handshake, heartbeats, dispatch, results, reconnect.
 
 Theory of operation. `run_node` dials the scheduler, again and again: each
-connection is one `_Session` with its own `Runner`. A session authenticates
+connection is one `_Session`, using the node's one `Runner`. A session authenticates
 (`PeerHandshake`), prints `connected to H:P`, sends a Heartbeat at once and
 every `heartbeat` seconds, turns scheduler messages into runner calls, and
 sends the runner's results in batches: one `NodeResults` frame per event-loop
 turn (split only to stay far below the wire's frame limit).
 
-When the connection ends, for whatever reason, the session's runner is closed:
-every job and zygote is killed and nothing of that session is reported later,
-because the scheduler has written this node's jobs off. Then `run_node`
-redials with exponential backoff and jitter. A refusal that retrying cannot
+When the connection ends, for whatever reason, the jobs go on: the runner
+belongs to a `JobKeeper` (keeper.py), which keeps their results until the
+next session, reports what it still holds in that session's Hello (the
+scheduler adopts or kills each job), and kills everything only if no
+session comes within `scheduler_grace` seconds. Then `run_node` redials
+with exponential backoff and jitter. A refusal that retrying cannot
 cure (bad secret, unknown node, other protocol version) ends the daemon with
 status 2 instead. With TLS (`config.tls`) the scheduler proves itself (CA and
 name, or pinned fingerprint) before the node writes a byte; one that fails is
@@ -62,9 +64,11 @@ from dispy_wire.messages import (
     LoadCluster,
     Message,
     NodeFiles,
+    NodeHolds,
     NodeResults,
     PutFile,
     Refused,
+    ResultsRecorded,
     RunJobs,
     UnloadCluster,
     Welcome,
@@ -76,8 +80,9 @@ from . import NodeError, report
 from .account import Account, AccountPool
 from .availability import Availability, Rules
 from .cgroups import JobGroups
+from .keeper import ClusterFailure, JobKeeper, Output
 from .limits import Limits
-from .runner import Runner, RunnerConfig
+from .runner import RunnerConfig
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +118,7 @@ class NodeConfig:
     accounts: AccountPool | None = None  # --job-uids: a uid per cluster (shared by the sessions' runners)
     tls: ClientTLS | None = None  # how the scheduler proves itself; None: plaintext (loopback only)
     insecure_plaintext: bool = False  # plaintext to a scheduler off loopback too
+    scheduler_grace: float = 60.0  # jobs outlive a lost scheduler connection this long
 
     def runner_config(self, ip_addr: str) -> RunnerConfig:
         """The runner's settings for one session; `ip_addr` is ours on its connection."""
@@ -171,9 +177,11 @@ class NodeControl:
     served: set[str] = field(default_factory=set)  # clusters loaded so far (`--serve`), each counted once
     done: asyncio.Event = field(default_factory=asyncio.Event)  # exit with status 0
     poke: asyncio.Event = field(default_factory=asyncio.Event)  # heartbeat now
+    keeper: JobKeeper = field(init=False)  # the jobs, across sessions
 
     def __post_init__(self) -> None:
         self.availability = Availability(self.config.rules or Rules(self.config.cpus), self.clock())
+        self.keeper = JobKeeper(self.config.scheduler_grace)
 
     def drain(self) -> None:
         """Takes no new jobs (offers 0 CPUs); the node exits once its running ones are done."""
@@ -242,6 +250,7 @@ async def run_node(config: NodeConfig, control: NodeControl | None = None, locat
                 config = dataclasses.replace(config, host=host, port=port)
     finally:
         finished.cancel()
+        await control.keeper.close()
 
 
 class PlaintextRefused(NodeError):
@@ -271,6 +280,7 @@ async def _connect_once(config: NodeConfig, backoff: Backoff, control: NodeContr
         async with asyncio.timeout(HANDSHAKE_TIMEOUT):
             await session.handshake()
         logger.info("registered with scheduler %s as %r", config.scheduler, config.name)
+        control.keeper.attach(session.take)
         print(f"connected to {config.scheduler}", flush=True)
         registered = time.monotonic()
         await session.serve()
@@ -296,7 +306,7 @@ class _Session:
         self.ssl_object: ssl.SSLObject | None = writer.get_extra_info("ssl_object")
         sockname = writer.get_extra_info("sockname")
         ip_addr = str(sockname[0]) if sockname else ""
-        self.runner = Runner(config.runner_config(ip_addr), self._add_result, self._cluster_failed, self._add_result)
+        self.runner = control.keeper.runner(config.runner_config(ip_addr))
         self._meter = report.LoadMeter()
         self._offered = config.cpus
         self._results: list[JobResult | JobFile] = []  # in order: a job's files go before its result
@@ -314,6 +324,9 @@ class _Session:
             # so clusters' `nodes` patterns can match this host
             "addresses": report.addresses()[:HELLO_MAX_ADDRESSES],
         }
+        jobs, clusters = self.control.keeper.held()
+        if jobs or clusters:  # from an earlier session: reported right after Welcome (NodeHolds)
+            info["holds"] = True
         binding = channel_binding(self.ssl_object)
         hs = PeerHandshake(Role.NODE, self.config.name, self.config.node_secret, info, binding)
         self._writer.write(PREAMBLE)
@@ -334,6 +347,8 @@ class _Session:
                 raise SchedulerRefused(str(exc.code), exc.message) from None
             if not isinstance(reply, Welcome):
                 self._writer.write(encode(reply))
+        if jobs or clusters:  # the scheduler adopts or kills each
+            self._writer.write(encode(NodeHolds(jobs, clusters)))
 
     async def serve(self) -> None:
         """Runs until the connection ends (returns) or the scheduler refuses us (raises)."""
@@ -347,10 +362,13 @@ class _Session:
             self._dispatch(msg)
 
     async def close(self) -> None:
+        # first, before any await: from now on the keeper keeps what the jobs produce,
+        # with what this session had not written yet
+        unsent, self._results = self._results, []
+        self.control.keeper.detach(unsent)
         if self._heartbeats is not None:
             self._heartbeats.cancel()
             await asyncio.gather(self._heartbeats, return_exceptions=True)
-        await self.runner.close()
         self._writer.close()
         try:
             await self._writer.wait_closed()
@@ -390,6 +408,8 @@ class _Session:
                 self.runner.run(jobs)
             case KillJobs(jobs):
                 self.runner.kill(jobs)
+            case ResultsRecorded(jobs):
+                self.control.keeper.recorded(jobs)
             case LoadCluster(cluster_id, user, computation, options):
                 if not self.control.may_load(cluster_id):
                     self._cluster_failed(cluster_id, f"node serves {self.config.serve} cluster(s) only (--serve)")
@@ -441,6 +461,13 @@ class _Session:
 
     def _check_done(self) -> None:
         self.control.check_done(self.runner.busy, self.runner.clusters)
+
+    def take(self, output: Output) -> None:
+        """What the runner produced, from the keeper, while this session is attached."""
+        if isinstance(output, ClusterFailure):
+            self._cluster_failed(output.cluster_id, output.message)
+        else:
+            self._add_result(output)
 
     def _add_result(self, result: JobResult | JobFile) -> None:
         self._results.append(result)

@@ -42,7 +42,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_SCHEDULER = "127.0.0.1:9702"
 _KEYS = (
     "scheduler", "discover", "discovery_port", "cpus", "name", "node_secret", "secret_file", "heartbeat", "work_dir",
-    "kill_grace", "loglevel",
+    "kill_grace", "loglevel", "scheduler_grace",
     "shared_run_as", "job_uids", "max_memory", "max_cpu_time", "max_job_time", "max_open_files", "max_processes", "max_output",
     "setup_timeout", "tls_ca", "tls_fingerprint", "tls_cert", "tls_key", "insecure_plaintext",
     "yield_load", "yield_window", "service_start", "service_stop", "service_end", "serve",
@@ -92,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: <tmp>/dispynode-<uid>/<name>)")  # fmt: skip
     p.add_argument("--kill-grace", type=float, metavar="SECONDS",
                    help="seconds between SIGTERM and SIGKILL when a job is killed (default: 5)")  # fmt: skip
+    p.add_argument("--scheduler-grace", type=float, metavar="SECONDS",
+                   help="jobs keep running this long while the scheduler is away (restarting, or the link "
+                        "is down), and are handed back when it returns; then they are killed (default: 60; "
+                        "0: kill them as soon as the connection ends)")  # fmt: skip
     p.add_argument("--loglevel", metavar="LEVEL", help="DEBUG, INFO, WARNING or ERROR (default: INFO)")
     g = p.add_argument_group("TLS: how the scheduler proves itself (nothing is sent to one that does not)")
     g.add_argument("--tls-ca", metavar="FILE",
@@ -192,12 +196,13 @@ def load_config(args: argparse.Namespace, fail: Callable[[str], NoReturn]) -> tu
         cpus = int(pick("cpus", None, 0))
         heartbeat = float(pick("heartbeat", None, 2.0))
         kill_grace = float(pick("kill_grace", None, 5.0))
+        scheduler_grace = float(pick("scheduler_grace", None, 60.0))
     except (TypeError, ValueError) as exc:
         fail(f"bad number: {exc}")
     total = report.total_cpus()
     cpus = total if cpus == 0 else max(1, total + cpus) if cpus < 0 else cpus
-    if heartbeat <= 0 or kill_grace < 0:
-        fail("--heartbeat must be positive and --kill-grace not negative")
+    if heartbeat <= 0 or kill_grace < 0 or scheduler_grace < 0:
+        fail("--heartbeat must be positive and --kill-grace and --scheduler-grace not negative")
     name = str(pick("name", None, socket.gethostname()))
     if not name:
         fail("the node name must not be empty")
@@ -249,7 +254,7 @@ def load_config(args: argparse.Namespace, fail: Callable[[str], NoReturn]) -> tu
     config = NodeConfig(
         host, int(port), cpus, name, secret, heartbeat, work_dir, kill_grace,
         run_as, caps, max_output, setup_timeout, rules, serve, accounts=accounts,
-        tls=tls, insecure_plaintext=insecure,
+        tls=tls, insecure_plaintext=insecure, scheduler_grace=scheduler_grace,
     )  # fmt: skip
     return config, loglevel, discovery_port
 

@@ -241,6 +241,11 @@ class Runner:
         finally:
             await cluster.retire(remove_dir=True)
 
+    def held(self) -> tuple[list[JobRef], list[str]]:
+        """The jobs this runner owes results for, and the clusters it has loaded (not those ending)."""
+        jobs = [JobRef(cid, job_id) for cid, c in self._clusters.items() for job_id in c.job_ids()]
+        return jobs, list(self._clusters)
+
     async def close(self) -> None:
         """Kills every job tree and zygote (SIGTERM, grace, SIGKILL), removes their directories
         (unless kept); reports nothing more."""

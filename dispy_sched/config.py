@@ -61,7 +61,6 @@ class SchedConfig:
     max_unauthenticated_per_address: int = 32
     usage_half_life: float = 3600.0
     status_log_interval: float = 60.0
-    usage_save_interval: float = 60.0
     #: every user's limits unless its [users.NAME] table says otherwise (None: unlimited)
     user_max_connections: int | None = 64
     user_max_clusters: int | None = 32
@@ -71,6 +70,9 @@ class SchedConfig:
     private_data: bool = True
     #: seconds a cluster whose program left is kept once nothing of it runs; 0: forever
     keep_detached: float = 86400.0
+    journal: bool = True  # keep accepted jobs, held results and usage in the state dir's journal
+    journal_sync: str = "full"  # full: on disk before acknowledging; normal: survives a kill, not a power cut
+    adopt_within: float = 30.0  # after a restart, seconds nodes have to report jobs that were running
     loglevel: str = "INFO"
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -280,6 +282,27 @@ def build_parser() -> argparse.ArgumentParser:
         "with a warning; prefer --node-verifier",
     )
     p.add_argument("--state-dir", metavar="DIR", help="where the scheduler keeps its state")
+    p.add_argument(
+        "--no-journal",
+        dest="journal",
+        action="store_false",
+        default=None,
+        help="keep nothing across restarts (no journal in the state dir): accepted jobs, held results "
+        "and usage history are lost when the scheduler stops",
+    )
+    p.add_argument(
+        "--journal-sync",
+        choices=("full", "normal"),
+        help="full (default): each turn's journal commit is on disk before its acknowledgements leave; "
+        "normal: faster, survives the scheduler being killed but not the machine losing power",
+    )
+    p.add_argument(
+        "--adopt-within",
+        type=float,
+        metavar="S",
+        help="after a restart, seconds nodes have to report the jobs that were running before other "
+        "copies run (reentrant) or they end Abandoned (30)",
+    )
     p.add_argument("--max-message-size", type=int, metavar="BYTES", help="largest message accepted (default 64 MiB)")
     p.add_argument("--handshake-timeout", type=float, metavar="S", help="seconds a peer has to authenticate (10)")
     p.add_argument(
@@ -380,6 +403,10 @@ def config_from_args(argv: list[str] | None = None) -> SchedConfig:
         raise ConfigError("keep_detached must be >= 0 seconds (0: forever)")
     if cfg.usage_half_life < 0:
         raise ConfigError("usage_half_life must be >= 0 seconds (0: usage never decays)")
+    if cfg.journal_sync not in ("full", "normal"):
+        raise ConfigError("journal_sync must be full or normal")
+    if cfg.adopt_within < 0:
+        raise ConfigError("adopt_within must be >= 0 seconds")
     if cfg.max_message_size < 1024:
         raise ConfigError("max_message_size must be at least 1024 bytes")
     if cfg.max_unauthenticated < 1 or cfg.max_unauthenticated_per_address < 1:

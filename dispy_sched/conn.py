@@ -79,6 +79,8 @@ class PeerConnection(asyncio.Protocol):
         self.server = server
         self.session = server.new_session_id()
         self.peer: Peer | None = None
+        #: a node that said it holds jobs from before joins once it has listed them (NodeHolds)
+        self.awaiting_holds: E.NodeJoined | None = None
         self.transport: asyncio.Transport | None = None
         self.address = "?"
         self.host = "?"
@@ -189,6 +191,12 @@ class PeerConnection(asyncio.Protocol):
 
     def _on_message(self, msg: M.Message) -> None:
         assert self.peer is not None
+        if self.awaiting_holds is not None:  # a node's join waits for what it holds (its first message)
+            joined, self.awaiting_holds = self.awaiting_holds, None
+            if isinstance(msg, M.NodeHolds):
+                self.server.submit(self.server.node_holds(joined, msg))
+                return
+            self.server.submit(joined)
         if self.peer.role is Role.CLIENT:
             event = _client_event(self.session, self.peer.name, msg)
         else:

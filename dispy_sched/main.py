@@ -21,7 +21,7 @@ from dispy_wire.tls import is_loopback
 from .policies import Policy, UnknownPolicy, load_policy
 from . import tls_init
 from .server import SchedulerServer
-from .usage_store import UsageStore
+from .journal import SqliteJournal
 
 log = logging.getLogger("dispy_sched")
 
@@ -40,12 +40,13 @@ def _lock_state_dir(path: str) -> IO[str]:
     return lock
 
 
-async def serve(cfg: SchedConfig, policy: Policy, usage_store: UsageStore) -> None:
+async def serve(cfg: SchedConfig, policy: Policy, journal: SqliteJournal | None) -> None:
     core_config = CoreConfig(
         shares=cfg.shares(), limits=cfg.limits(), default_limits=cfg.default_limits(),
         private_data=cfg.private_data, keep_detached=cfg.keep_detached, usage_half_life=cfg.usage_half_life,
+        persist=journal is not None,
     )  # fmt: skip
-    server = SchedulerServer(cfg, SchedulerCore(policy, core_config), usage_store)
+    server = SchedulerServer(cfg, SchedulerCore(policy, core_config), journal)
     core = server.core
     host, port = await server.start()
     responder = await start_responder(cfg, host, port)
@@ -104,19 +105,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dispyscheduler: {exc}", file=sys.stderr)
         return 2
     try:
-        usage_store = UsageStore(cfg.state_dir)
+        journal = SqliteJournal(cfg.state_dir, cfg.journal_sync) if cfg.journal else None
     except sqlite3.Error as exc:
-        print(f"dispyscheduler: cannot open the usage store in {cfg.state_dir}: {exc}", file=sys.stderr)
+        print(f"dispyscheduler: cannot open the journal in {cfg.state_dir}: {exc}", file=sys.stderr)
         lock.close()
         return 2
     try:
         with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
-            runner.run(serve(cfg, policy, usage_store))
+            runner.run(serve(cfg, policy, journal))
     except OSError as exc:  # typically: address in use
         print(f"dispyscheduler: cannot listen on {cfg.host}:{cfg.port}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     finally:
-        usage_store.close()
+        if journal is not None:
+            journal.close()
         lock.close()
     return 0
 

@@ -4,10 +4,12 @@ Owns the listening socket and the peer connections; owns no scheduling state.
 Events from all connections are queued and handed to the core once per loop
 turn (`_drain`), so a burst of submits and results from many peers costs one
 scheduling pass; the actions that come back are routed to connections, which
-write once per turn. A periodic tick lets the core notice silent nodes, logs
-each user's share and usage, and saves decayed usage to the `UsageStore`
-(loaded into the core at start, saved again at stop) so fair share survives
-a restart.
+write once per turn. With a `StateStore` (the journal), the turn's `Persist`
+action, always first, is committed before any other action is carried out,
+so nothing is acknowledged that a crash could lose; at start the store is
+read back into the core. A periodic tick lets the core notice silent nodes
+(and, after a restart, write off jobs no node reported) and logs each user's
+share and usage.
 
 Before login, a connection is held to little: its frames are capped
 (PRELOGIN_MAX_SIZE), the connections waiting to log in are capped in all and
@@ -19,6 +21,7 @@ escaped (`logsafe`), so a flood costs neither memory, descriptors nor log.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import itertools
 import logging
@@ -42,12 +45,17 @@ from .core import SchedulerCore
 from .core import actions as A
 from .core import events as E
 from .gate import LoginThrottle, PreLoginGate
+from .journal import StateStore
 from .logsafe import peer_text
-from .usage_store import UsageStore
 
 log = logging.getLogger(__name__)
 
 TICK_INTERVAL = 1.0
+#: jobs and clusters a node may report holding in its Hello
+MAX_HELD = 1_000_000
+#: exit status when the journal cannot be written: nothing more may be acknowledged
+EXIT_JOURNAL_FAILED = 3
+
 #: errors of accept() that mean "out of descriptors or memory", not "this peer is bad"
 _RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
@@ -98,24 +106,25 @@ class SchedulerServer:
     Args:
         config: the checked configuration.
         core: the scheduling core (policy chosen by the caller).
-        usage_store: where per-user decayed usage is kept across restarts
-            (None: not kept).
+        store: where accepted clusters, jobs, held results and usage are
+            kept across restarts (None: nowhere; the core's `persist` must
+            be on with a store, off without).
     """
 
-    def __init__(self, config: SchedConfig, core: SchedulerCore, usage_store: UsageStore | None = None) -> None:
+    def __init__(self, config: SchedConfig, core: SchedulerCore, store: StateStore | None = None) -> None:
         self.config = config
         self.core = core
-        self.usage_store = usage_store
+        self.store = store
         self.peers: dict[str, PeerConnection] = {}
         #: authenticated client connections per user, for `max_connections`
         self._client_conns: Counter[str] = Counter()
         self._ids = itertools.count(1)
         self._pending: list[E.Event] = []
         self._drain_scheduled = False
+        self._stopping = False
         self._server: asyncio.base_events.Server | None = None
         self._tick_task: asyncio.Task[None] | None = None
         self._last_status_log = 0.0
-        self._last_usage_save = time.time()
         self.address: tuple[str, int] = (config.host, config.port)
         self._fake_key = os.urandom(32)  # unknown names' fake verifiers derive from it (dispy_wire/verifier.py)
         self.throttle = LoginThrottle()
@@ -129,11 +138,20 @@ class SchedulerServer:
 
     async def start(self) -> tuple[str, int]:
         self.config.prepare_verifiers()  # the PBKDF2 of plaintext secrets now, not in the first login
-        if self.usage_store is not None:
-            usage = self.usage_store.load()
-            log.info("restored decayed usage of %d users from %s", len(usage), self.usage_store.path)
-            for action in self.core.handle(E.UsageRestored(usage), now=time.time()):
+        if self.store is not None:
+            started = time.monotonic()
+            snap = self.store.load()
+            restored = E.StateRestored(snap.clusters, snap.jobs, snap.usage, self.config.adopt_within)
+            for action in self.core.handle(restored, now=time.time()):
                 self._execute(action)
+            states: dict[str, int] = {}
+            for job in snap.jobs:
+                states[job.state] = states.get(job.state, 0) + 1
+            log.info(
+                "journal: restored %d clusters, %d jobs (%s), usage of %d users in %.2f s",
+                len(snap.clusters), len(snap.jobs), ", ".join(f"{n} {s}" for s, n in sorted(states.items())) or "none",
+                len(snap.usage), time.monotonic() - started,
+            )  # fmt: skip
         loop = asyncio.get_running_loop()
         self._size_gate(loop)
         tls = self.config.server_tls()
@@ -149,15 +167,24 @@ class SchedulerServer:
         return self.address
 
     async def stop(self) -> None:
+        """Stops accepting, handles (and journals) what already arrived, then closes every connection.
+
+        The departures that closing causes are not fed to the core: this is
+        a restart, not nodes and clients leaving, so the journal keeps the
+        running jobs running (their nodes keep them for a grace period and
+        hand them back to the next run).
+        """
         if self._tick_task is not None:
             self._tick_task.cancel()
         if self._server is not None:
             self._server.close()
+        if self._pending:
+            self._drain()
+        self._stopping = True
         for peer in list(self.peers.values()):
             peer.close()
         if self._server is not None:
             await self._server.wait_closed()
-        self._save_usage()
 
     def _size_gate(self, loop: asyncio.AbstractEventLoop) -> None:
         """Fits the pre-login cap to our descriptors and quiets accept()'s out-of-descriptor reports."""
@@ -174,14 +201,6 @@ class SchedulerServer:
         )  # fmt: skip
         quiet_accept_errors(loop, self._accept_errors)
 
-    def _save_usage(self) -> None:
-        self._last_usage_save = time.time()
-        if self.usage_store is None:
-            return
-        try:
-            self.usage_store.save(self.core.usage_snapshot())
-        except sqlite3.Error as exc:  # a full disk must not stop the scheduling
-            log.warning("cannot save usage to %s: %s", self.usage_store.path, exc)
 
     async def _ticker(self) -> None:
         while True:
@@ -191,8 +210,6 @@ class SchedulerServer:
             if now - self._last_status_log >= self.config.status_log_interval:
                 self._last_status_log = now
                 self._log_status()
-            if now - self._last_usage_save >= self.config.usage_save_interval:
-                self._save_usage()
 
     def _log_status(self) -> None:
         """One line for the cluster, one per user that is active or has usage left."""
@@ -249,6 +266,8 @@ class SchedulerServer:
             "scheduler": self.config.name,
             "policy": getattr(self.core.policy, "name", ""),
             "max_message_size": self.config.max_message_size,
+            # accepted jobs survive a restart here: a client need not keep them to resubmit
+            "journal": self.store is not None,
         }
 
     def admit_user(self, peer: Peer) -> RemoteWireError | None:
@@ -284,7 +303,17 @@ class SchedulerServer:
         ip_addr = conn.address.rsplit(":", 1)[0]
         reported = peer.info.get("addresses")
         addresses = tuple(a for a in reported[: M.HELLO_MAX_ADDRESSES] if isinstance(a, str)) if isinstance(reported, list) else ()
-        return E.NodeJoined(conn.session, peer.name, ip_addr, cpus, float(heartbeat), addresses)
+        joined = E.NodeJoined(conn.session, peer.name, ip_addr, cpus, float(heartbeat), addresses)
+        if peer.info.get("holds") is True:  # its NodeHolds comes next: the core hears of it with those
+            conn.awaiting_holds = joined
+            return None
+        return joined
+
+    def node_holds(self, joined: E.NodeJoined, msg: M.NodeHolds) -> E.NodeJoined:
+        """The node's join, with the jobs and clusters it still holds from an earlier session."""
+        jobs, clusters = tuple(msg.jobs[:MAX_HELD]), tuple(msg.clusters[:MAX_HELD])
+        log.info("node %s still holds %d jobs of %d clusters from before", peer_text(joined.name), len(jobs), len(clusters))
+        return dataclasses.replace(joined, jobs=jobs, clusters=clusters)
 
     def peer_left(self, conn: PeerConnection, reason: str) -> None:
         if self.peers.pop(conn.session, None) is None or conn.peer is None:
@@ -301,6 +330,8 @@ class SchedulerServer:
 
     def submit(self, event: E.Event) -> None:
         """Queues an event for the core; all queued this turn go in one call."""
+        if self._stopping:
+            return
         self._pending.append(event)
         if not self._drain_scheduled:
             self._drain_scheduled = True
@@ -308,12 +339,29 @@ class SchedulerServer:
 
     def _drain(self) -> None:
         self._drain_scheduled = False
+        if self._stopping:
+            return
         events, self._pending = self._pending, []
         for action in self.core.handle(*events, now=time.time()):
             self._execute(action)
 
+    def _commit(self, changes: A.Persist) -> None:
+        """Writes one turn's changes; if that fails, stops before acknowledging anything more."""
+        if self.store is None:
+            return
+        try:
+            self.store.write(changes)
+        except sqlite3.Error as exc:
+            # acknowledging what is not recorded would break the promise the journal makes;
+            # a restart (systemd) resumes from the last commit, and peers resend the rest
+            log.critical("cannot write the journal: %s; exiting before anything unrecorded is acknowledged", exc)
+            logging.shutdown()
+            os._exit(EXIT_JOURNAL_FAILED)
+
     def _execute(self, action: A.Action) -> None:
         match action:
+            case A.Persist():
+                self._commit(action)
             case A.Dispatch(node, jobs):
                 self._send(node, M.RunJobs(jobs))
             case A.DeliverResults(client, cluster_id, results):
@@ -336,6 +384,8 @@ class SchedulerServer:
                 self._send(node, M.LoadCluster(cluster_id, user, computation, options))
             case A.KillJobs(node, refs):
                 self._send(node, M.KillJobs(refs))
+            case A.ConfirmResults(node, refs):
+                self._send(node, M.ResultsRecorded(refs))
             case A.UnloadCluster(node, cluster_id):
                 self._send(node, M.UnloadCluster(cluster_id))
             case A.ConfirmOpened(client, cluster_id, resumed):

@@ -400,6 +400,25 @@ class UnloadCluster(Message):
     cluster_id: str
 
 
+@message(44)
+class ResultsRecorded(Message):
+    """The scheduler has these jobs' terminal results (journaled): the node may forget them."""
+
+    jobs: list[JobRef]
+
+
+@message(45)
+class NodeHolds(Message):
+    """What a node still holds from an earlier session (jobs running or ended, clusters loaded).
+
+    Sent first after Welcome by a node whose Hello said `holds`: a list of
+    any length would not fit the small frames allowed before login.
+    """
+
+    jobs: list[JobRef]
+    clusters: list[str]
+
+
 # --------------------------------------------------------------------------
 # Encoding
 

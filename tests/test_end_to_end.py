@@ -458,7 +458,7 @@ def test_client_survives_a_scheduler_restart_and_gets_every_result_once(cluster:
     )
     client.wait_for_line("submitted")
     scheduler.stop()
-    cluster.scheduler("--port", port, name="scheduler2")
+    cluster.scheduler("--port", port, "--state-dir", str(cluster.workdir / "scheduler-state"), name="scheduler2")
     assert client.wait(60) == 0, cluster.describe()
     assert client.stdout.strip().endswith("ok")
     assert "reconnected to the scheduler" in client.stderr

@@ -76,6 +76,8 @@ SAMPLES: list[Message] = [
     M.RunJobs([RunJob("c-1", 1, b"args-1", {}), RunJob("c-2", 5, b"args-5", {"timeout": 1})]),
     M.KillJobs([JobRef("c-1", 1)]),
     M.UnloadCluster("c-1"),
+    M.ResultsRecorded([JobRef("c-1", 1), JobRef("c-1", 2)]),
+    M.NodeHolds([JobRef("c-1", 3)], ["c-1", "c-2"]),
 ]
 
 

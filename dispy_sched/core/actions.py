@@ -13,9 +13,32 @@ from typing import Any
 
 from dispy_wire.messages import JobFile, JobRef, JobResult, JobStart, NodeInfo, PutFile, RunJob
 
+from .persist import ClusterRow, JobRow, UsageRow
+
 
 class Action:
     __slots__ = ()
+
+
+# -- to the state store -----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Persist(Action):
+    """Everything one `handle` call changed, to be written in one transaction.
+
+    Always the first action of its call: the shell commits it before it sends
+    any of the others, so no acknowledgement gets ahead of its record.
+    Applied in field order: clusters, new jobs, changed jobs, forgotten jobs,
+    forgotten clusters (with all their jobs), usage.
+    """
+
+    clusters: list[ClusterRow]
+    new_jobs: list[JobRow]
+    changed_jobs: list[JobRow]
+    gone_jobs: list[tuple[str, int]]
+    gone_clusters: list[str]
+    usage: list[UsageRow]
 
 
 # -- to nodes ----------------------------------------------------------------
@@ -38,6 +61,14 @@ class Dispatch(Action):
 
 @dataclass(frozen=True, slots=True)
 class KillJobs(Action):
+    node: str
+    jobs: list[JobRef]
+
+
+@dataclass(frozen=True, slots=True)
+class ConfirmResults(Action):
+    """Tell a node that these jobs' results are recorded: it keeps each until then."""
+
     node: str
     jobs: list[JobRef]
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from dispy_wire.messages import JobFile, JobResult, JobSpec, PutFile
+from dispy_wire.messages import JobFile, JobRef, JobResult, JobSpec, PutFile
+
+from .persist import ClusterRow, JobRow
 
 
 class Event:
@@ -111,6 +113,10 @@ class NodeJoined(Event):
     cpus: int
     heartbeat: float
     addresses: tuple[str, ...] = ()  # the node's own interface addresses, as it reports them
+    #: jobs the node still holds from an earlier connection (running, or with a result to send)
+    jobs: tuple[JobRef, ...] = ()
+    #: clusters the node still has loaded from an earlier connection
+    clusters: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,3 +163,18 @@ class UsageRestored(Event):
     """
 
     usage: dict[str, tuple[float, float]]
+
+
+@dataclass(frozen=True, slots=True)
+class StateRestored(Event):
+    """What an earlier run of the scheduler wrote to its journal, read back at start.
+
+    Jobs written as running become orphans: they wait up to `adopt_within`
+    seconds for a node to report them (`NodeJoined.jobs`); then a reentrant
+    one is queued again and any other ends Abandoned.
+    """
+
+    clusters: list[ClusterRow]
+    jobs: list[JobRow]
+    usage: dict[str, tuple[float, float]]
+    adopt_within: float

@@ -36,6 +36,9 @@ def check_invariants(core: SchedulerCore) -> None:
             user_held_bytes[cluster.user] += held
             if job.payload is not None:
                 user_queued_bytes[cluster.user] += job_cost(job.payload)
+            orphan = job.state is JobState.ORPHANED
+            assert orphan == (core._orphans.get(job.key) is job), f"job {job.key}: orphan and state disagree"
+            assert not orphan or job.node is None, f"job {job.key}: an orphan on node {job.node}"
         on_nodes = Counter(j.node for j in running)
         assert cluster.busy_on == dict(on_nodes), f"{cluster.cluster_id}: busy per node is wrong"
         if cluster.restricted:
@@ -44,6 +47,7 @@ def check_invariants(core: SchedulerCore) -> None:
             assert not cluster.node_cpus, f"{cluster.cluster_id}: a placement cache without a restriction"
         user_busy[cluster.user] += len(running)
         user_queued[cluster.user] += len(queued)
+    assert all(core.clusters.get(k[0]) is not None and k[1] in core.clusters[k[0]].jobs for k in core._orphans), "a stray orphan"
     core._free_nodes.check()
     for node in core.nodes.values():
         assert node.busy == len(node.jobs) == node_busy[node.node_id], f"node {node.name}: busy is wrong"

@@ -11,7 +11,8 @@ every run is reproducible from its event sequence.
 
 Invariants (checked by `invariants.check_invariants` in tests):
 - a job is in exactly one of: its cluster's queue (QUEUED), one node's job
-  set (RUNNING), its cluster's undelivered results (DONE);
+  set (RUNNING), its cluster's undelivered results (DONE), the orphans of a
+  restart waiting for their node to report them (ORPHANED);
 - a node's, a user's and a cluster's `busy` equal their RUNNING jobs;
 - a user's `queued_bytes` is what its open clusters' computations and its
   unfinished jobs' arguments cost, its `held_bytes` what its DONE jobs'
@@ -20,6 +21,12 @@ Invariants (checked by `invariants.check_invariants` in tests):
 - a job leaves RUNNING only on its node's result, on that node's loss, or on
   its cluster's set-up failure there: never twice, so each accepted job gets
   exactly one terminal result (principle 4 of DESIGN.md).
+
+Persistence: with `CoreConfig.persist`, each call's changes to clusters,
+jobs and usage leave as one `Persist` action ahead of the others (see
+`persist.py`); `StateRestored` reads them back after a restart, when jobs
+that were running become orphans until a node reports them (`NodeJoined.jobs`)
+or `adopt_within` passes.
 
 Every state change of a job goes through `_transition`, which checks it
 against `JOB_TRANSITIONS` and records it, with the stimulus that caused it,
@@ -46,8 +53,9 @@ from dispy_wire.status import JobStatus
 from . import actions as A
 from . import events as E
 from .keyed_heap import KeyedHeap
+from .persist import Changes, ClusterRow, JobRow, UsageRow, cluster_row, job_row
 from .ready import ReadyIndex
-from .placement import BadNodes, allowed_cpus, parse_nodes
+from .placement import BadNodes, NodeEntry, allowed_cpus, parse_nodes
 from .state import (
     NO_LIMITS, ClusterRecord, JobRecord, JobState, Limits, NodeRecord, UserRecord, decay, file_cost, job_cost, result_cost,
 )
@@ -61,6 +69,9 @@ JOB_TRANSITIONS: frozenset[tuple[JobState, JobState]] = frozenset(
         (JobState.QUEUED, JobState.DONE),  # cancelled while queued, or refused at submit by a limit
         (JobState.RUNNING, JobState.DONE),  # result arrived, or abandoned
         (JobState.RUNNING, JobState.QUEUED),  # node lost (reentrant) or set-up failed
+        (JobState.ORPHANED, JobState.RUNNING),  # after a restart: a node reported it still runs it
+        (JobState.ORPHANED, JobState.QUEUED),  # after a restart: no node did in time (reentrant)
+        (JobState.ORPHANED, JobState.DONE),  # ... (not reentrant: abandoned), or cancelled
     }
 )
 
@@ -86,6 +97,8 @@ class CoreConfig:
     heartbeat_misses: float = 3.0
     #: transitions kept for `story()`
     log_size: int = 100_000
+    #: emit a `Persist` action per call with what it changed (for the journal)
+    persist: bool = False
 
 
 class _Outbox:
@@ -94,6 +107,7 @@ class _Outbox:
     def __init__(self) -> None:
         self.immediate: list[A.Action] = []
         self.dispatch: dict[str, list[RunJob]] = defaultdict(list)
+        self.recorded: dict[str, list[JobRef]] = defaultdict(list)
         self.accepted: dict[tuple[str, str], list[int]] = defaultdict(list)
         self.started: dict[tuple[str, str], list[JobStart]] = defaultdict(list)
         self.results: dict[tuple[str, str], list[JobResult]] = defaultdict(list)
@@ -104,6 +118,7 @@ class _Outbox:
     def flush(self) -> list[A.Action]:
         out = self.immediate
         out += [A.Dispatch(n, jobs) for n, jobs in self.dispatch.items()]
+        out += [A.ConfirmResults(n, refs) for n, refs in self.recorded.items()]
         out += [A.ConfirmAccepted(c, cid, ids) for (c, cid), ids in self.accepted.items()]
         out += [A.NotifyStarted(c, cid, s) for (c, cid), s in self.started.items()]
         out += [A.NotifyNodes(c, cid, n) for (c, cid), n in self.nodes.items()]
@@ -141,6 +156,11 @@ class SchedulerCore:
         self._seq = 0
         self._out = _Outbox()
         self._stimulus = ""
+        #: what this call changed, for the journal (kept empty unless `config.persist`)
+        self._changes = Changes()
+        #: jobs running when the scheduler last stopped, until a node reports them or `_adopt_deadline`
+        self._orphans: dict[tuple[str, int], JobRecord] = {}
+        self._adopt_deadline = 0.0
 
     # ---------------------------------------------------------------- entry
 
@@ -153,7 +173,10 @@ class SchedulerCore:
         self._stimulus = "schedule"
         self._schedule()
         out, self._out = self._out, _Outbox()
-        return out.flush()
+        actions = out.flush()
+        if self._changes:
+            actions.insert(0, self._persist_action())
+        return actions
 
     def story(self, cluster_id: str, job_id: int) -> list[tuple[str, str, int, str, str]]:
         """Every recorded transition of one job: (stimulus, cluster, job, from, to)."""
@@ -201,20 +224,32 @@ class SchedulerCore:
             self._reject(ev.client, ErrorCode.LIMIT, f"cluster {ev.name} refused: {refusal}", ev.cluster_id)
             return
         self._seq += 1
+        row = ClusterRow(ev.cluster_id, ev.user, ev.name, ev.computation, ev.reentrant, dict(ev.options), self._seq, False, {})
+        cluster = self._add_cluster(row, placement, ev.client)
+        self._introduce_nodes(cluster)
+        self._out.immediate.append(A.ConfirmOpened(ev.client, ev.cluster_id, False))
+
+    def _add_cluster(self, row: ClusterRow, placement: list[NodeEntry] | None, client: str | None) -> ClusterRecord:
+        """A new cluster, opened by a client or read back from the journal."""
+        user = self._user(row.user)
         cluster = ClusterRecord(
-            ev.cluster_id, ev.user, ev.name, ev.client, ev.computation, ev.reentrant, dict(ev.options), self._seq
+            row.cluster_id, row.user, row.name, client, row.computation, row.reentrant, row.options, row.seq
         )
         cluster.placement = placement
-        cluster.ask_client = ev.options.get("allocate") == "client"
+        cluster.ask_client = row.options.get("allocate") == "client"
+        cluster.closing = row.closing
+        cluster.overrides = dict(row.overrides)
         for node in self.nodes.values():
             self._place(cluster, node)
-        if ev.options.get("node_updates"):
+        if row.options.get("node_updates"):
             self._watchers.add(cluster.cluster_id)
-            self._introduce_nodes(cluster)
-        self.clusters[ev.cluster_id] = cluster
-        user.clusters.add(ev.cluster_id)
+        self.clusters[row.cluster_id] = cluster
+        user.clusters.add(row.cluster_id)
         user.queued_bytes += cluster.code_bytes()
-        self._out.immediate.append(A.ConfirmOpened(ev.client, ev.cluster_id, False))
+        if client is None:  # read back after a restart: detached until its program re-attaches
+            cluster.left_at = self.now
+        self._note_cluster(cluster)
+        return cluster
 
     @_on.register
     def _on_jobs_submitted(self, ev: E.JobsSubmitted) -> None:
@@ -240,6 +275,8 @@ class SchedulerCore:
             priority = spec.priority if limits.priority_max is None else min(spec.priority, limits.priority_max)
             job = JobRecord(ev.cluster_id, spec.job_id, priority, self._seq, spec.payload, spec.options, self.now)
             cluster.jobs[spec.job_id] = job
+            if self.config.persist:
+                self._changes.job_new(job)
             cluster.push(job)
             user.queued += 1
             user.queued_bytes += job_cost(spec.payload)
@@ -271,8 +308,9 @@ class SchedulerCore:
         if cluster is None:
             return
         cluster.closing = True
+        self._note_cluster(cluster)
         queued = [j.job_id for j in cluster.jobs.values() if j.state is JobState.QUEUED]
-        running = [j.job_id for j in cluster.jobs.values() if j.state is JobState.RUNNING]
+        running = [j.job_id for j in cluster.jobs.values() if j.state in (JobState.RUNNING, JobState.ORPHANED)]
         self._cancel(cluster, queued + (running if ev.terminate else []))
         # results the client never acknowledged are dropped with the cluster
         for job in [j for j in cluster.jobs.values() if j.state is JobState.DONE]:
@@ -288,6 +326,7 @@ class SchedulerCore:
             cluster.overrides.pop(ev.node, None)
         else:
             cluster.overrides[ev.node] = ev.cpus
+        self._note_cluster(cluster)  # kept: an absent client cannot set it again after a restart
         if not cluster.restricted:
             cluster.node_cpus.clear()
         for node in self.nodes.values():
@@ -366,6 +405,42 @@ class SchedulerCore:
         for cluster in self.clusters.values():
             self._place(cluster, node)
         self._announce(node, "joined")
+        self._adopt(node, ev.jobs, ev.clusters)
+
+    def _adopt(self, node: NodeRecord, jobs: Iterable[JobRef], clusters: Iterable[str]) -> None:
+        """Takes over what a (re)connecting node still holds from before; ends what nobody wants any more.
+
+        A job orphaned by a restart runs on where it is, as does one the core
+        still thinks runs on an earlier session of the same node (that
+        connection's end has not been noticed yet); any other job the node
+        reports has been written off or rerun meanwhile, so it is killed.
+        """
+        for cluster_id in clusters:
+            cluster = self.clusters.get(cluster_id)
+            if cluster is None:
+                self._out.immediate.append(A.UnloadCluster(node.node_id, cluster_id))
+            else:
+                node.loaded.add(cluster_id)
+                cluster.loaded_on.add(node.node_id)
+        kills: list[JobRef] = []
+        for ref in jobs:
+            job = self._orphans.pop((ref.cluster_id, ref.job_id), None)
+            if job is None:
+                moved = self._running_on_namesake(ref, node)
+                if moved is None:
+                    kills.append(ref)
+                continue
+            cluster = self.clusters[job.cluster_id]
+            if cluster.cluster_id not in node.loaded:
+                node.loaded.add(cluster.cluster_id)
+                cluster.loaded_on.add(node.node_id)
+            self._transition(job, JobState.RUNNING)
+            self._occupy(cluster, job, node)
+            self._notify_started(cluster, job)
+            if job.cancel_requested:
+                kills.append(ref)
+        if kills:
+            self._out.immediate.append(A.KillJobs(node.node_id, kills))
 
     @_on.register
     def _on_node_reported(self, ev: E.NodeReported) -> None:
@@ -388,7 +463,10 @@ class SchedulerCore:
         if node is None:
             return
         node.last_seen = self.now
+        recorded = self._out.recorded[ev.node]
         for result in ev.results:
+            if result.status != JobStatus.PROVISIONAL_RESULT:  # the node keeps each until told (late ones too)
+                recorded.append(JobRef(result.cluster_id, result.job_id))
             cluster = self.clusters.get(result.cluster_id)
             job = cluster.jobs.get(result.job_id) if cluster else None
             if cluster is None or job is None or job.state is not JobState.RUNNING or job.node != ev.node:
@@ -397,7 +475,9 @@ class SchedulerCore:
                 if cluster.client is not None:  # passed on; the job goes on running
                     self._out.results[(cluster.client, cluster.cluster_id)].append(result)
                 continue
-            self.users[cluster.user].add_usage(max(0.0, result.end_time - result.start_time), self.now, self.usage_half_life)
+            user = self.users[cluster.user]
+            user.add_usage(max(0.0, result.end_time - result.start_time), self.now, self.usage_half_life)
+            self._note_user(user)
             if result.status == JobStatus.ABANDONED and cluster.reentrant and not job.cancel_requested:
                 self._displace(cluster, job, node, rerun=True, why=result.exception)  # the node gave up on it
                 continue
@@ -456,9 +536,83 @@ class SchedulerCore:
             restored = decay(usage, as_of, self.now, self.usage_half_life)
             user.set_usage(user.decayed_usage(self.now, self.usage_half_life) + restored, self.now, self.usage_half_life)
             self.ready.update_user(user)
+            self._note_user(user)
+
+    def _running_on_namesake(self, ref: JobRef, node: NodeRecord) -> JobRecord | None:
+        """Moves a job RUNNING on an earlier session of `node` (by name) to this one."""
+        cluster = self.clusters.get(ref.cluster_id)
+        job = cluster.jobs.get(ref.job_id) if cluster is not None else None
+        if cluster is None or job is None or job.state is not JobState.RUNNING or job.node is None:
+            return None
+        old = self.nodes[job.node]
+        if old is node or old.name != node.name:
+            return None
+        self._release(job, old, cluster)
+        self._occupy(cluster, job, node)
+        self._note_job(job)
+        if job.cancel_requested:
+            self._out.immediate.append(A.KillJobs(node.node_id, [ref]))
+        return job
+
+    @_on.register
+    def _on_state_restored(self, ev: E.StateRestored) -> None:
+        self._on_usage_restored(E.UsageRestored(ev.usage))
+        for row in ev.clusters:
+            try:
+                placement = parse_nodes(row.options.get("nodes"))
+            except BadNodes:  # accepted when it was opened: the same parser accepts it again
+                placement = None
+            self._add_cluster(row, placement, None)
+            self._seq = max(self._seq, row.seq)
+        for job_row_ in ev.jobs:
+            cluster = self.clusters.get(job_row_.cluster_id)
+            if cluster is not None:
+                self._restore_job(cluster, job_row_)
+        self._adopt_deadline = self.now + ev.adopt_within
+        for cluster in self.clusters.values():
+            self.ready.update(cluster)
+        self._changes = Changes()  # what was just read is what the journal holds
+
+    def _restore_job(self, cluster: ClusterRecord, row: JobRow) -> None:
+        job = JobRecord(row.cluster_id, row.job_id, row.priority, row.seq, row.payload, row.options, row.submit_time)
+        job.attempts, job.cancel_requested, job.last_node = row.attempts, row.cancel_requested, row.node
+        cluster.jobs[job.job_id] = job
+        self._seq = max(self._seq, row.seq)
+        user = self.users[cluster.user]
+        if row.state == JobState.DONE.value and row.result is not None:
+            job.state, job.result, job.payload = JobState.DONE, row.result, None
+            job.held = result_cost(row.result)
+            self._hold(cluster, job.held)
+        elif row.state == JobState.RUNNING.value:
+            job.state = JobState.ORPHANED
+            self._orphans[job.key] = job
+        else:
+            cluster.push(job)
+            user.queued += 1
+        if job.payload is not None:
+            user.queued_bytes += job_cost(job.payload)
+        self._log(job, "journal", job.state.value)
+
+    def _write_off_orphans(self) -> None:
+        """Orphans no node reported in time: reentrant ones run again, the others end Abandoned."""
+        orphans, self._orphans = self._orphans, {}
+        for job in orphans.values():
+            cluster = self.clusters[job.cluster_id]
+            if job.cancel_requested:
+                self._finish(cluster, job, _synthetic(job, JobStatus.CANCELLED, "cancelled", self.now))
+            elif cluster.reentrant:
+                self._requeue(cluster, job)
+            else:
+                why = (
+                    f"the scheduler restarted while this job ran on node {job.last_node or '?'}, "
+                    "and no node reported it since; not reentrant, so it is not run again"
+                )
+                self._finish(cluster, job, _synthetic(job, JobStatus.ABANDONED, why, self.now))
 
     @_on.register
     def _on_tick(self, ev: E.Tick) -> None:
+        if self._orphans and self.now >= self._adopt_deadline:
+            self._write_off_orphans()
         for node in list(self.nodes.values()):
             if self.now - node.last_seen > node.heartbeat * self.config.heartbeat_misses:
                 reason = f"no report for {self.now - node.last_seen:.1f} s"
@@ -484,6 +638,8 @@ class SchedulerCore:
         assert (job.state, to) in JOB_TRANSITIONS, f"bad transition {job.state} -> {to}"
         self._log(job, job.state.value, to.value)
         job.state = to
+        if self.config.persist:
+            self._changes.job_changed(job)
 
     def _log(self, job: JobRecord, frm: str, to: str) -> None:
         self.log.append((self._stimulus, job.cluster_id, job.job_id, frm, to))
@@ -521,20 +677,25 @@ class SchedulerCore:
                 A.LoadCluster(node.node_id, cluster.cluster_id, cluster.user, computation, cluster.options)
             )
         self._transition(job, JobState.RUNNING)
-        job.node = node.node_id
         job.start_time = self.now
         job.attempts += 1
+        user.last_dispatch = cluster.last_dispatch = self.now
+        self._occupy(cluster, job, node)
+        assert job.payload is not None
+        self._out.dispatch[node.node_id].append(RunJob(cluster.cluster_id, job.job_id, job.payload, job.options))
+        self._notify_started(cluster, job)
+
+    def _occupy(self, cluster: ClusterRecord, job: JobRecord, node: NodeRecord) -> None:
+        """Gives a job that just became RUNNING a CPU of `node` (undone by `_release`)."""
+        job.node = node.node_id
+        job.last_node = node.name
         node.busy += 1
         node.jobs.add(job.key)
-        user.busy += 1
-        user.last_dispatch = cluster.last_dispatch = self.now
+        self.users[cluster.user].busy += 1
         cluster.busy += 1
         cluster.busy_on[node.node_id] = cluster.busy_on.get(node.node_id, 0) + 1
         self._update_free(node)
         self.ready.update(cluster)
-        assert job.payload is not None
-        self._out.dispatch[node.node_id].append(RunJob(cluster.cluster_id, job.job_id, job.payload, job.options))
-        self._notify_started(cluster, job)
 
     def _notify_started(self, cluster: ClusterRecord, job: JobRecord) -> None:
         if cluster.client is None or job.node is None:
@@ -599,6 +760,8 @@ class SchedulerCore:
         assert job.state is JobState.DONE
         del cluster.jobs[job.job_id]
         self._hold(cluster, -job.held)
+        if self.config.persist:
+            self._changes.job_gone(job)
 
     def _hold(self, cluster: ClusterRecord, size: int) -> None:
         """Counts `size` more bytes of results (and files) held for the cluster's user.
@@ -641,6 +804,10 @@ class SchedulerCore:
                 # the node answers with the job's terminal result once the tree is gone
                 job.cancel_requested = True
                 kills[job.node].append(JobRef(cluster.cluster_id, job_id))
+                self._note_job(job)
+            elif job.state is JobState.ORPHANED and not job.cancel_requested:
+                job.cancel_requested = True  # killed if a node reports it, else ends Cancelled
+                self._note_job(job)
         self.ready.update(cluster)
         self._out.immediate += [A.KillJobs(node, refs) for node, refs in kills.items()]
 
@@ -716,6 +883,29 @@ class SchedulerCore:
             )
         return ""
 
+    def _note_job(self, job: JobRecord) -> None:
+        if self.config.persist:
+            self._changes.job_changed(job)
+
+    def _note_cluster(self, cluster: ClusterRecord) -> None:
+        if self.config.persist:
+            self._changes.cluster(cluster)
+
+    def _note_user(self, user: UserRecord) -> None:
+        if self.config.persist:
+            self._changes.user(user)
+
+    def _persist_action(self) -> A.Persist:
+        changes, self._changes = self._changes, Changes()
+        return A.Persist(
+            [cluster_row(c) for c in changes.clusters.values()],
+            [job_row(j) for j in changes.new_jobs.values()],
+            [job_row(j) for j in changes.changed_jobs.values()],
+            sorted(changes.gone_jobs),
+            sorted(changes.gone_clusters),
+            [UsageRow(u.name, u.usage, u.usage_time) for u in changes.users.values()],
+        )
+
     def _maybe_finish_close(self, cluster: ClusterRecord) -> None:
         if self.clusters.get(cluster.cluster_id) is not cluster or not cluster.closing:
             return
@@ -724,6 +914,8 @@ class SchedulerCore:
         if cluster.client is None and cluster.jobs:
             return  # results nobody has received yet: kept until the client re-attaches
         del self.clusters[cluster.cluster_id]
+        if self.config.persist:
+            self._changes.cluster_gone(cluster.cluster_id)
         self._watchers.discard(cluster.cluster_id)
         user = self.users[cluster.user]
         user.clusters.discard(cluster.cluster_id)

@@ -22,6 +22,8 @@ class JobState(Enum):
     QUEUED = "queued"  # waiting in its cluster's queue
     RUNNING = "running"  # dispatched to a node, no result yet
     DONE = "done"  # terminal result held until the client acknowledges it
+    #: running when the scheduler last stopped; waits for its node to report it
+    ORPHANED = "orphaned"
 
 
 @dataclass(slots=True)
@@ -35,6 +37,7 @@ class JobRecord:
     submit_time: float
     state: JobState = JobState.QUEUED
     node: str | None = None
+    last_node: str = ""  # name of the node it runs or last ran on (outlives the node's session)
     start_time: float = 0.0
     attempts: int = 0
     cancel_requested: bool = False  # a kill was sent; the job must not run again

@@ -1,0 +1,246 @@
+"""The scheduler's journal: what it has accepted, on disk, so a restart loses nothing.
+
+Theory of operation
+-------------------
+The core says what changed in each `handle` call as one `Persist` action
+(`core/persist.py`); the shell hands it to a `StateStore` and sends that
+call's acknowledgements (JobsAccepted, results, ...) only once `write` has
+returned: group commit, one transaction per loop turn, however many events
+the turn had. At start `load` gives back every row, which the core turns
+into its records again (`StateRestored`).
+
+`SqliteJournal` is the store of a single scheduler: one SQLite file in the
+state directory, WAL mode, this process its only writer (the state
+directory's lock sees to that). A cluster's computation and depends are
+stored once, in its row; each job keeps its arguments until it ends and its
+result until the client acknowledges it; usage is written with each result
+that changes it, so fair-share history is exact after a kill -9. With
+`synchronous=FULL` (the default) a commit is on disk before the
+acknowledgements leave; `NORMAL` survives a killed scheduler but not a
+machine that loses power.
+
+Another store (PostgreSQL for a standby scheduler) implements the same
+three methods.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import msgpack
+
+from dispy_wire.messages import JobResult
+
+from .core.actions import Persist
+from .core.persist import ClusterRow, JobRow
+
+log = logging.getLogger(__name__)
+
+FILENAME = "journal.sqlite3"
+#: the usage-only store of earlier versions, imported once
+OLD_USAGE_FILE = "usage.sqlite3"
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS clusters (
+    cluster_id TEXT PRIMARY KEY,
+    user TEXT NOT NULL,
+    name TEXT NOT NULL,
+    computation BLOB NOT NULL,
+    reentrant INTEGER NOT NULL,
+    options BLOB,                -- msgpack; NULL: none
+    seq INTEGER NOT NULL,
+    closing INTEGER NOT NULL,
+    overrides BLOB               -- msgpack {node name: CPUs}; NULL: none
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    cluster_id TEXT NOT NULL,
+    job_id INTEGER NOT NULL,
+    priority INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    payload BLOB,                -- the pickled arguments; NULL once the job is done
+    options BLOB,                -- msgpack; NULL: none
+    submit_time REAL NOT NULL,
+    state TEXT NOT NULL,         -- queued | running | done
+    node TEXT NOT NULL,          -- the node it runs (ran) on, by name
+    attempts INTEGER NOT NULL,
+    cancel_requested INTEGER NOT NULL,
+    result BLOB,                 -- msgpack JobResult, until the client acknowledges it
+    PRIMARY KEY (cluster_id, job_id)
+);
+CREATE TABLE IF NOT EXISTS user_usage (
+    user TEXT PRIMARY KEY,
+    cpu_seconds REAL NOT NULL,   -- decayed CPU-seconds ...
+    as_of REAL NOT NULL          -- ... as of this Unix time
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Everything a store holds, as the core reads it back."""
+
+    clusters: list[ClusterRow]
+    jobs: list[JobRow]  # in submission order
+    usage: dict[str, tuple[float, float]]  # user -> (CPU-seconds, as of)
+
+
+class StateStore(Protocol):
+    """Where the scheduler keeps what it accepted."""
+
+    def load(self) -> Snapshot: ...
+
+    def write(self, changes: Persist) -> None:
+        """Applies one call's changes atomically; durable when it returns.
+
+        Raises:
+            sqlite3.Error (or the store's own error): nothing was written.
+        """
+
+    def close(self) -> None: ...
+
+
+class SqliteJournal:
+    """`<state_dir>/journal.sqlite3`.
+
+    Args:
+        state_dir: the scheduler's state directory (locked by the caller).
+        synchronous: SQLite's `synchronous` for commits: "FULL" or "NORMAL".
+
+    Raises:
+        sqlite3.Error: the file cannot be opened or is not a journal.
+    """
+
+    def __init__(self, state_dir: str, synchronous: str = "FULL") -> None:
+        self.path = os.path.join(state_dir, FILENAME)
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(f"PRAGMA synchronous={'NORMAL' if synchronous.upper() == 'NORMAL' else 'FULL'}")
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version not in (0, SCHEMA_VERSION):
+            raise sqlite3.DatabaseError(f"{self.path} has schema version {version}; this scheduler reads {SCHEMA_VERSION}")
+        self._db.executescript(_SCHEMA)
+        self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        self._import_old_usage(os.path.join(state_dir, OLD_USAGE_FILE))
+
+    def _import_old_usage(self, path: str) -> None:
+        """Takes the usage an earlier version saved in its own file, once (the file is then renamed)."""
+        if not os.path.exists(path):
+            return
+        old = sqlite3.connect(path)
+        try:
+            rows = old.execute("SELECT user, cpu_seconds, as_of FROM user_usage").fetchall()
+        except sqlite3.Error as exc:
+            log.warning("cannot import usage from %s: %s", path, exc)
+            return
+        finally:
+            old.close()
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.executemany("INSERT OR IGNORE INTO user_usage VALUES (?, ?, ?)", rows)
+        os.replace(path, path + ".imported")
+        log.info("imported the usage of %d users from %s", len(rows), path)
+
+    def load(self) -> Snapshot:
+        clusters = [
+            ClusterRow(
+                cid, user, name, bytes(comp), bool(reentrant), _unpack_options(opts), seq, bool(closing),
+                _unpack_options(overrides),
+            )  # fmt: skip
+            for cid, user, name, comp, reentrant, opts, seq, closing, overrides in self._db.execute(
+                "SELECT cluster_id, user, name, computation, reentrant, options, seq, closing, overrides FROM clusters"
+            )
+        ]
+        jobs = [
+            JobRow(
+                cid, jid, prio, seq, None if payload is None else bytes(payload), _unpack_options(opts), submit,
+                state, node, attempts, bool(cancel), None if result is None else JobResult(*msgpack.unpackb(result)),
+            )  # fmt: skip
+            for cid, jid, prio, seq, payload, opts, submit, state, node, attempts, cancel, result in self._db.execute(
+                "SELECT cluster_id, job_id, priority, seq, payload, options, submit_time, state, node, attempts, "
+                "cancel_requested, result FROM jobs ORDER BY seq"
+            )
+        ]
+        usage = {u: (float(c), float(t)) for u, c, t in self._db.execute("SELECT user, cpu_seconds, as_of FROM user_usage")}
+        return Snapshot(clusters, jobs, usage)
+
+    def write(self, changes: Persist) -> None:
+        db = self._db
+        db.execute("BEGIN")
+        try:
+            if changes.clusters:
+                db.executemany(
+                    "INSERT INTO clusters VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(cluster_id) DO UPDATE SET "
+                    "closing = excluded.closing, overrides = excluded.overrides",
+                    [
+                        (
+                            c.cluster_id, c.user, c.name, c.computation, c.reentrant, _pack_options(c.options), c.seq,
+                            c.closing, _pack_options(c.overrides),
+                        )  # fmt: skip
+                        for c in changes.clusters
+                    ],
+                )
+            if changes.new_jobs:
+                db.executemany(
+                    "INSERT OR REPLACE INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (
+                            j.cluster_id, j.job_id, j.priority, j.seq, j.payload, _pack_options(j.options), j.submit_time,
+                            j.state, j.node, j.attempts, j.cancel_requested, _pack_result(j.result),
+                        )  # fmt: skip
+                        for j in changes.new_jobs
+                    ],
+                )
+            if changes.changed_jobs:
+                db.executemany(
+                    "UPDATE jobs SET state = ?, node = ?, attempts = ?, cancel_requested = ?, result = ?, "
+                    "payload = CASE WHEN ? THEN NULL ELSE payload END WHERE cluster_id = ? AND job_id = ?",
+                    [
+                        (
+                            j.state, j.node, j.attempts, j.cancel_requested, _pack_result(j.result),
+                            j.payload is None, j.cluster_id, j.job_id,
+                        )  # fmt: skip
+                        for j in changes.changed_jobs
+                    ],
+                )
+            if changes.gone_jobs:
+                db.executemany("DELETE FROM jobs WHERE cluster_id = ? AND job_id = ?", changes.gone_jobs)
+            for cluster_id in changes.gone_clusters:
+                db.execute("DELETE FROM jobs WHERE cluster_id = ?", (cluster_id,))
+                db.execute("DELETE FROM clusters WHERE cluster_id = ?", (cluster_id,))
+            if changes.usage:
+                db.executemany(
+                    "INSERT INTO user_usage VALUES (?, ?, ?) ON CONFLICT(user) DO UPDATE SET "
+                    "cpu_seconds = excluded.cpu_seconds, as_of = excluded.as_of",
+                    [(u.user, u.cpu_seconds, u.as_of) for u in changes.usage],
+                )
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def size(self) -> int:
+        """Bytes on disk (database and write-ahead log)."""
+        return sum(os.path.getsize(p) for p in (self.path, self.path + "-wal") if os.path.exists(p))
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def _pack_options(options: dict[str, Any]) -> bytes | None:
+    return msgpack.packb(options, use_bin_type=True) if options else None
+
+
+def _unpack_options(blob: bytes | None) -> dict[str, Any]:
+    if blob is None:
+        return {}
+    value = msgpack.unpackb(blob, raw=False, strict_map_key=False)
+    return value if isinstance(value, dict) else {}
+
+
+def _pack_result(result: JobResult | None) -> bytes | None:
+    return None if result is None else msgpack.packb(list(result), use_bin_type=True)

@@ -1,0 +1,184 @@
+"""Nothing accepted is lost: real scheduler, node and client processes killed and restarted.
+
+Every job appends its id to a file as it starts, so the test counts how
+often each one ran: a job that is not reentrant must run at most once,
+whatever was killed, and every job must reach the user exactly once (within
+one process; across a client killed mid-callback, at least once, with
+`recover_jobs` returning each of the rest once).
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+from collections import Counter
+from collections.abc import Callable
+
+import psutil
+import pytest
+
+from procs import Cluster, Proc
+from waiting import wait_until
+
+#: the job and its run log, shared by the client programs below
+JOB = """
+import sys, time
+from dispy_client import DispyJob, SharedJobCluster, recover_jobs
+
+def compute(i, path, seconds):
+    import time
+    with open(path, "a") as f:
+        f.write(f"{i}\\n")
+    time.sleep(seconds)
+    return i
+"""
+
+
+def runs(cluster: Cluster) -> Counter[int]:
+    """How many times each job started."""
+    path = cluster.workdir / "runs.txt"
+    return Counter(int(line) for line in path.read_text().split()) if path.exists() else Counter()
+
+
+def restart(
+    cluster: Cluster, old: Proc, how: signal.Signals, *args: str, meanwhile: Callable[[], None] = lambda: None
+) -> Proc:
+    """Stops the scheduler (`how`), runs `meanwhile`, and starts it again on the same port and state directory."""
+    port = cluster.address.rsplit(":", 1)[1]
+    if how is signal.SIGKILL:
+        old.kill9()
+    else:
+        old.stop(how)
+    meanwhile()
+    state = str(cluster.workdir / "scheduler-state")
+    return cluster.scheduler("--port", port, "--state-dir", state, *args, name=f"scheduler-{len(cluster.procs)}")
+
+
+def recover(cluster: Cluster) -> dict[int, list[tuple[int, str]]]:
+    """Runs `recover_jobs` in a new process: job id -> [(status, result)] it returned."""
+    proc = cluster.run_client(
+        JOB + """
+jobs = recover_jobs("recover.jsonl", timeout=90)
+for job in jobs:
+    print("recovered", job.id, job.status, job.result, flush=True)
+""",
+        name=f"recover-{len(cluster.procs)}",
+        timeout=120,
+    )
+    out: dict[int, list[tuple[int, str]]] = {}
+    for m in re.finditer(r"^recovered (\d+) (\d+) (\S+)$", proc.stdout, re.M):
+        out.setdefault(int(m.group(1)), []).append((int(m.group(2)), m.group(3)))
+    return out
+
+
+def seen_by(client: Proc) -> Counter[int]:
+    return Counter(int(m) for m in re.findall(r"^done (\d+)$", client.stdout, re.M))
+
+
+def test_recover_jobs_gets_every_result_after_the_client_and_then_the_scheduler_are_killed(cluster: Cluster) -> None:
+    scheduler = cluster.scheduler("--state-dir", str(cluster.workdir / "scheduler-state"))
+    cluster.node(cpus=2)
+    runs_file = cluster.workdir / "runs.txt"
+    client = cluster.client(
+        JOB + f"""
+def status(job):
+    if job.finish.is_set():
+        print("done", job.id, flush=True)
+
+c = SharedJobCluster(compute, recover_file="recover.jsonl", job_status=status)
+for i in range(40):
+    c.submit_job_id(i, i, {str(runs_file)!r}, 0.2)
+time.sleep(600)
+"""
+    )
+    wait_until(lambda: len(seen_by(client)) >= 6, what="six results at the client")
+    client.kill9()
+    scheduler = restart(cluster, scheduler, signal.SIGKILL)  # running, queued and held jobs: all in the journal
+    recovered = recover(cluster)
+    seen = seen_by(client)
+    assert all(len(v) == 1 for v in recovered.values()), recovered
+    assert set(recovered) | set(seen) == set(range(40)), "lost: %s" % (set(range(40)) - set(recovered) - set(seen))
+    assert len(set(recovered) & set(seen)) <= 2  # only what a callback was handling as the client died
+    assert all(status == 11 for [(status, _)] in recovered.values()), recovered  # Finished: adopted, or run after
+    assert max(runs(cluster).values()) == 1, runs(cluster)  # not reentrant: at most once across the kill
+    assert re.search(r"restored 1 clusters, \d+ jobs \(.*running", scheduler.stderr), scheduler.stderr
+
+
+def test_a_client_killed_during_a_slow_callback_loses_no_result(cluster: Cluster) -> None:
+    cluster.scheduler()
+    cluster.node(cpus=2)
+    runs_file = cluster.workdir / "runs.txt"
+    client = cluster.client(
+        JOB + f"""
+def status(job):
+    if job.finish.is_set():
+        print("done", job.id, flush=True)
+        time.sleep(0.05)  # a slow callback: results pile up behind it
+
+c = SharedJobCluster(compute, recover_file="recover.jsonl", job_status=status)
+for i in range(200):
+    c.submit_job_id(i, i, {str(runs_file)!r}, 0)
+time.sleep(600)
+"""
+    )
+    wait_until(lambda: len(seen_by(client)) >= 30, what="thirty results at the client")
+    client.kill9()
+    recovered = recover(cluster)
+    seen = seen_by(client)
+    assert all(len(v) == 1 for v in recovered.values()), recovered
+    assert set(recovered) | set(seen) == set(range(200)), "lost: %s" % sorted(set(range(200)) - set(recovered) - set(seen))
+    assert len(set(recovered) & set(seen)) <= 2
+
+
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM], ids=["kill9", "sigterm"])
+def test_running_jobs_outlive_a_scheduler_restart_and_are_adopted_not_rerun(cluster: Cluster, how: signal.Signals) -> None:
+    scheduler = cluster.scheduler("--state-dir", str(cluster.workdir / "scheduler-state"))
+    node = cluster.node(cpus=2)
+    runs_file = cluster.workdir / "runs.txt"
+    client = cluster.client(
+        JOB + f"""
+c = SharedJobCluster(compute)
+jobs = [c.submit_job_id(i, i, {str(runs_file)!r}, 4) for i in range(2)]
+for job in jobs:
+    job()
+    print("job", job.id, job.status, job.result, job.exception, flush=True)
+c.close()
+"""
+    )
+    wait_until(lambda: len(runs(cluster)) == 2, what="both jobs running")
+    scheduler = restart(cluster, scheduler, how)
+    assert client.wait(90) == 0, cluster.describe()
+    assert re.findall(r"^job (\d) (\d+) (\d)", client.stdout, re.M) == [("0", "11", "0"), ("1", "11", "1")], client.stdout
+    assert runs(cluster) == Counter({0: 1, 1: 1})
+    assert "keep running" in node.stderr
+    assert "still holds 2 jobs" in scheduler.stderr
+
+
+def test_jobs_no_node_reports_after_a_restart_rerun_if_reentrant_else_end_abandoned(cluster: Cluster) -> None:
+    scheduler = cluster.scheduler("--state-dir", str(cluster.workdir / "scheduler-state"))
+    node = cluster.node(cpus=2, name="first")
+    runs_file = cluster.workdir / "runs.txt"
+    client = cluster.client(
+        JOB + f"""
+once = SharedJobCluster(compute, reentrant=False)
+again = SharedJobCluster(compute, reentrant=True)
+jobs = [once.submit_job_id(0, 0, {str(runs_file)!r}, 600), again.submit_job_id(1, 1, {str(runs_file)!r}, 600)]
+for job in jobs:
+    job()
+    print("job", job.id, job.status, job.exception, flush=True)
+"""
+    )
+    wait_until(lambda: len(runs(cluster)) == 2, what="both jobs running")
+    jobs = psutil.Process(node.pid).children(recursive=True)
+
+    def lose_the_node() -> None:  # its machine is gone too, with its jobs, while the scheduler is down
+        node.kill9()
+        for proc in jobs:
+            proc.kill()
+
+    scheduler = restart(cluster, scheduler, signal.SIGKILL, "--adopt-within", "1", meanwhile=lose_the_node)
+    cluster.node(cpus=2, name="second")
+    wait_until(lambda: runs(cluster)[1] == 2, what="the reentrant job to start again")
+    assert runs(cluster)[0] == 1, "a job that is not reentrant ran twice"
+    wait_until(lambda: "job 0 " in client.stdout, what="the non-reentrant job's result")
+    assert re.search(r"^job 0 10 the scheduler restarted while this job ran on node first", client.stdout, re.M)

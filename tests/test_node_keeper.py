@@ -1,0 +1,56 @@
+"""`JobKeeper`: a node's results outlive a lost scheduler connection until the scheduler has them."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from dispy_node.keeper import JobKeeper, Output
+from dispy_node.runner import RunnerConfig
+from dispy_wire.messages import JobRef, JobResult
+from dispy_wire.status import JobStatus
+
+from waiting import async_wait_until
+
+
+def result(job_id: int, status: JobStatus = JobStatus.FINISHED) -> JobResult:
+    return JobResult("K", job_id, int(status), b"v", b"", b"", "", "", 0.0, 1.0)
+
+
+def test_a_result_sent_but_not_confirmed_is_sent_again_to_the_next_session(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        keeper = JobKeeper(grace=60)
+        runner = keeper.runner(RunnerConfig(tmp_path))
+        first: list[Output] = []
+        keeper.attach(first.append)
+        runner.report(result(1))
+        runner.report(result(2))
+        runner.report(result(3, JobStatus.PROVISIONAL_RESULT))  # the job goes on: nothing to keep
+        keeper.recorded([JobRef("K", 1)])
+        assert first == [result(1), result(2), result(3, JobStatus.PROVISIONAL_RESULT)]
+        keeper.detach()  # the connection broke: result 2 may never have arrived
+        runner.report(result(4))  # a job that ends while the scheduler is away
+        jobs, _ = keeper.held()
+        assert jobs == [JobRef("K", 2), JobRef("K", 4)]  # reported in the next Hello
+        second: list[Output] = []
+        assert keeper.runner(RunnerConfig(tmp_path)) is runner  # the same jobs, not a new runner
+        keeper.attach(second.append)
+        assert second == [result(2), result(4)]
+        await keeper.close()
+
+    asyncio.run(scenario())
+
+
+def test_no_session_within_the_grace_period_ends_the_runner_and_forgets_its_results(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        keeper = JobKeeper(grace=0.05)
+        runner = keeper.runner(RunnerConfig(tmp_path))
+        keeper.attach(lambda _: None)
+        runner.report(result(1))
+        keeper.detach()
+        assert keeper.held()[0] == [JobRef("K", 1)]
+        await async_wait_until(lambda: keeper.held() == ([], []), what="the keeper to give up")
+        assert keeper.runner(RunnerConfig(tmp_path)) is not runner
+        await keeper.close()
+
+    asyncio.run(scenario())
