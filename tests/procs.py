@@ -43,8 +43,8 @@ class Proc:
     def stderr(self) -> str:
         return self.err_path.read_text(errors="replace")
 
-    def wait_for_line(self, pattern: str, timeout: float = 20.0, stream: str = "stdout") -> re.Match[str]:
-        """Waits until `pattern` appears in the process's output."""
+    def wait_for_line(self, pattern: str, timeout: float = 60.0, stream: str = "stdout") -> re.Match[str]:
+        """Waits until `pattern` appears in the process's output (the deadline only bounds a hang)."""
         deadline = time.monotonic() + timeout
         rx = re.compile(pattern)
         delay = 0.005
