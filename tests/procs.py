@@ -133,10 +133,13 @@ class Cluster:
         return proc
 
     def node(
-        self, *args: str, cpus: int = 2, name: str = "node", wait: bool = True, env: dict[str, str] | None = None
+        self, *args: str, cpus: int = 2, name: str = "node", wait: bool = True, env: dict[str, str] | None = None,
+        heartbeat: float = 2.0,
     ) -> Proc:
+        """A `dispynode`; `heartbeat` is dispynode's default: the scheduler drops a node after three missed
+        beats, and on a busy machine a node among misbehaving jobs can be silent for longer than 1.5 s."""
         argv = [sys.executable, "-m", "dispy_node.main", "--scheduler", self.address, "--cpus", str(cpus)]
-        argv += ["--name", name, "--work-dir", str(self.workdir / f"{name}-work"), "--heartbeat", "0.5"]
+        argv += ["--name", name, "--work-dir", str(self.workdir / f"{name}-work"), "--heartbeat", str(heartbeat)]
         if os.geteuid() == 0:  # this machine's Python lives under /root: `nobody` cannot run it
             argv.append("--jobs-as-self")
         if self.node_secret and "--node-secret" not in args:

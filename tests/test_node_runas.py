@@ -181,9 +181,13 @@ def test_clusters_with_uids_of_their_own_cannot_touch_one_another(cluster: Clust
             import json, time
             from dispy_client import SharedJobCluster, DispyJob
 
-            def work(x):
+            RELEASE = %r  # alice's jobs run until mallory's probe has looked at them, however long that takes
+
+            def work(x, release):
                 import os, tempfile, time
-                time.sleep(3)
+                deadline = time.monotonic() + 60
+                while not os.path.exists(release) and time.monotonic() < deadline:
+                    time.sleep(0.05)
                 return [os.getuid(), os.getgid(), 2 * x, tempfile.gettempdir()]
 
             def attack(first, last, kill):
@@ -221,15 +225,16 @@ def test_clusters_with_uids_of_their_own_cannot_touch_one_another(cluster: Clust
 
             with SharedJobCluster(work, user="alice", cleanup=False) as alice, \\
                     SharedJobCluster(attack, user="mallory") as mallory:
-                jobs = [alice.submit(i) for i in range(2)]
+                jobs = [alice.submit(i, RELEASE) for i in range(2)]
                 while any(j.status != DispyJob.Running for j in jobs):
                     time.sleep(0.05)
                 probe = mallory.submit(%d, %d, False)
                 probe()
                 mallory.submit(0, 0, True)()
+                open(RELEASE, "w").close()
                 print(json.dumps({"alice": [j() for j in jobs], "statuses": [j.status for j in jobs],
                                   "mallory": probe.result, "mallory_status": probe.status}))
-            """ % JOB_UIDS
+            """ % (str(work / "release"), *JOB_UIDS)
         )
         out = json.loads(client.stdout)
         assert out["statuses"] == [DispyJob.Finished] * 2, out
