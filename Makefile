@@ -35,7 +35,9 @@ test: venv test-debs
 
 # the suite in a random order, to show no test depends on the ones before it;
 # the seed is printed first: `make test-random SEED=1234` repeats that order
-SEED ?= $(shell od -An -N4 -tu4 /dev/urandom | tr -d ' ')
+ifndef SEED
+SEED := $(shell od -An -N4 -tu4 /dev/urandom | tr -d ' ')
+endif
 test-random: venv test-debs
 	@echo "test order seed: $(SEED) (again: make test-random SEED=$(SEED))"
 	$(PY) -m pytest -q -p no:cacheprovider --randomly-seed=$(SEED) tests
