@@ -250,7 +250,7 @@ def test_node_killed_reentrant_jobs_rerun_others_abandoned(cluster: Cluster) -> 
     cluster.node(cpus=2, name="rescuer")
     assert client.wait(60) == 0, cluster.describe()
     assert "ok 127.0.0.1" in client.stdout
-    _, alive = psutil.wait_procs(job_procs, timeout=15)
+    _, alive = psutil.wait_procs(job_procs, timeout=60)
     assert not alive, f"job processes of the killed node survived: {alive}"
 
 
