@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv test-debs test soak demo bench clean
+.PHONY: venv test-debs test test-random soak demo bench clean
 
 venv: $(STAMP)
 
@@ -27,10 +27,20 @@ test-debs:
 	    || echo "could not install $(TEST_DEBS)"; \
 	fi
 
+# the suite in file order (pytest-randomly, installed with the test extra, is off here)
 test: venv test-debs
 	$(PY) -m ruff check --quiet .
 	$(PY) -m mypy
-	$(PY) -m pytest -q -x -p no:cacheprovider tests
+	$(PY) -m pytest -q -x -p no:cacheprovider -p no:randomly tests
+
+# the suite in a random order, to show no test depends on the ones before it;
+# the seed is printed first: `make test-random SEED=1234` repeats that order
+ifndef SEED
+SEED := $(shell od -An -N4 -tu4 /dev/urandom | tr -d ' ')
+endif
+test-random: venv test-debs
+	@echo "test order seed: $(SEED) (again: make test-random SEED=$(SEED))"
+	$(PY) -m pytest -q -p no:cacheprovider --randomly-seed=$(SEED) tests
 
 soak: venv
 	$(PY) -m pytest -q -m soak -p no:cacheprovider tests

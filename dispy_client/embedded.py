@@ -7,6 +7,10 @@ a third of the throughput), listening like `dispyscheduler` does; it keeps
 no state on disk. It starts a `dispynode` process for this machine (a `localnode`,
 which ends with us whatever happens), and nodes elsewhere may join it with
 `dispynode --scheduler HOST:PORT --node-secret SECRET`.
+`wait_node` tells when this machine's node has joined and can take jobs:
+a `JobCluster` returns only then, so its first jobs do not wait on a node
+that is still starting (a Python start, imports and handshake: about half a
+second, more on a busy machine).
 
 Clients other than ours cannot use it: the client secret is a random token
 only this process knows. Nodes prove `secret`, the cluster's.
@@ -14,6 +18,7 @@ only this process knows. Nodes prove `secret`, the cluster's.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import secrets
@@ -21,6 +26,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 import warnings
 
 from dispy_sched.config import SchedConfig
@@ -31,6 +37,7 @@ from dispy_sched.server import SchedulerServer
 
 from . import localnode
 from .connection import LoopThread
+from .errors import DispyError
 
 log = logging.getLogger("dispy_client")
 
@@ -85,6 +92,7 @@ class EmbeddedScheduler:
         self._server = SchedulerServer(config, SchedulerCore(load_policy("fair"), CoreConfig()))
         self._loop = loop_thread
         self._nodes: list[subprocess.Popen[bytes]] = []
+        self.node_name = socket.gethostname()  # the name this machine's node joins by
         self.address = (host, port)
 
     def start(self, timeout: float = 10.0) -> tuple[str, int]:
@@ -103,6 +111,7 @@ class EmbeddedScheduler:
             host = "127.0.0.1"
         work_dir = tempfile.mkdtemp(prefix="work-", dir=self._state_dir)
         argv = ["--scheduler", f"[{host}]:{port}" if ":" in host else f"{host}:{port}", "--cpus", str(cpus)]
+        argv += ["--name", self.node_name]
         # the jobs are this program's own code: they run as its user, like the program
         argv += ["--work-dir", work_dir, "--loglevel", "WARNING", "--jobs-as-self"]
         if heartbeat:
@@ -111,6 +120,32 @@ class EmbeddedScheduler:
             argv += ["--tls-fingerprint", self._pin]
         # the secret goes by environment, not argv, which any local user can read
         self._nodes.append(localnode.start(argv, {"DISPY_NODE_SECRET": self.node_secret}))
+
+    def wait_node(self, timeout: float) -> None:
+        """Returns once the node `start_node` started has joined with CPUs to offer.
+
+        Raises:
+            DispyError: the node exited, or had not joined after `timeout` seconds.
+        """
+        proc = self._nodes[-1]
+        core = self._server.core
+
+        async def joined() -> bool:
+            deadline = time.monotonic() + timeout
+            # polled: the core has no event for a node joining, and a node that
+            # dies before joining is seen only by its exit status
+            while not any(n.name == self.node_name and n.cpus > 0 for n in core.nodes.values()):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    return False
+                await asyncio.sleep(0.01)
+            return True
+
+        if not self._loop.run(joined()):
+            rc = proc.poll()
+            why = f"exited with status {rc} (its errors are above, on stderr)" if rc is not None else (
+                f"had not joined the scheduler after {timeout:g} s"
+            )
+            raise DispyError(f"JobCluster: this machine's node (dispynode, pid {proc.pid}) {why}")
 
     def stop(self) -> None:
         """Stops the nodes it started, then the scheduler; removes their files."""

@@ -5,6 +5,10 @@ CPUs (`embedded.py`), then is a `BaseCluster` over them like any
 `SharedJobCluster`. `close()` stops both, and so does leaving the program
 without closing it (atexit; if the process is killed, the node notices its
 lifeline close and stops itself).
+
+`JobCluster()` returns once its local node has joined and can take jobs,
+as a user expects of a cluster that "has" this machine's CPUs; a node that
+cannot start is an error then, not jobs that never run.
 """
 
 from __future__ import annotations
@@ -22,10 +26,15 @@ from dispy_wire.tls import ClientTLS, ServerTLS, cert_fingerprint
 from .cluster import BaseCluster
 from .connection import LoopThread
 from .embedded import EmbeddedScheduler
+from .errors import DispyError
 from .job import DispyJob
 from .node import NodeAllocate, allocate_cpus
 from .options import cluster_options
 from .packaging import computation_name
+
+#: seconds the local node may take to start and join: bounds a hang only (a
+#: node joins in about half a second, a few on a heavily loaded machine)
+LOCAL_NODE_TIMEOUT = 60.0
 
 
 def local_cpus(nodes: list[NodeAllocate], cluster: Any) -> int:
@@ -68,9 +77,14 @@ class JobCluster(BaseCluster):
             (the local node's heartbeat), `loglevel`, `dest_path`,
             `recover_file`, ...). See docs/client.md.
 
+    Returns once this machine's node (if `nodes` gives it CPUs) has joined
+    and can take jobs.
+
     Raises:
         OSError: the scheduler cannot listen on `ip_addr`:`port`.
         TypeError: a keyword dispy does not have.
+        DispyError: the local node exited, or had not joined within
+            `LOCAL_NODE_TIMEOUT` seconds (the cluster is closed again).
     """
 
     def __init__(
@@ -113,6 +127,12 @@ class JobCluster(BaseCluster):
         atexit.register(self._close_at_exit)
         host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         super().__init__(computation, host, bound_port, options, loop_thread)
+        if cpus > 0:
+            try:
+                self._embedded.wait_node(LOCAL_NODE_TIMEOUT)
+            except DispyError:
+                self.close(terminate=True)
+                raise
 
     @property
     def scheduler_address(self) -> tuple[str, int]:

@@ -58,8 +58,8 @@ class Proc:
     def stderr(self) -> str:
         return self.err_path.read_text(errors="replace")
 
-    def wait_for_line(self, pattern: str, timeout: float = 20.0, stream: str = "stdout") -> re.Match[str]:
-        """Waits until `pattern` appears in the process's output."""
+    def wait_for_line(self, pattern: str, timeout: float = 60.0, stream: str = "stdout") -> re.Match[str]:
+        """Waits until `pattern` appears in the process's output (the deadline only bounds a hang)."""
         deadline = time.monotonic() + timeout
         rx = re.compile(pattern)
         delay = 0.005
@@ -148,10 +148,13 @@ class Cluster:
         return proc
 
     def node(
-        self, *args: str, cpus: int = 2, name: str = "node", wait: bool = True, env: dict[str, str] | None = None
+        self, *args: str, cpus: int = 2, name: str = "node", wait: bool = True, env: dict[str, str] | None = None,
+        heartbeat: float = 2.0,
     ) -> Proc:
+        """A `dispynode`; `heartbeat` is dispynode's default: the scheduler drops a node after three missed
+        beats, and on a busy machine a node among misbehaving jobs can be silent for longer than 1.5 s."""
         argv = [sys.executable, "-m", "dispy_node.main", "--scheduler", self.address, "--cpus", str(cpus)]
-        argv += ["--name", name, "--work-dir", str(self.workdir / f"{name}-work"), "--heartbeat", "0.5"]
+        argv += ["--name", name, "--work-dir", str(self.workdir / f"{name}-work"), "--heartbeat", str(heartbeat)]
         if os.geteuid() == 0:  # this machine's Python lives under /root: `nobody` cannot run it
             argv.append("--jobs-as-self")
         if self.node_secret and "--node-secret" not in args:

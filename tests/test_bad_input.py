@@ -93,7 +93,7 @@ def _bystander_unharmed(cluster: Cluster) -> None:
 
 
 def _scheduler_logged(cluster: Cluster, pattern: str) -> None:
-    cluster.procs[0].wait_for_line(pattern, stream="stderr", timeout=10)
+    cluster.procs[0].wait_for_line(pattern, stream="stderr")
 
 
 def test_wrong_secret_is_a_clear_authentication_error(guarded: Cluster) -> None:
@@ -238,13 +238,15 @@ def test_unreachable_scheduler_fails_fast(cluster: Cluster) -> None:
         from dispy_client import SharedJobCluster, SchedulerUnreachable
         t = time.monotonic()
         try:
-            SharedJobCluster(lambda: 1, timeout=3)
+            SharedJobCluster(lambda: 1, timeout=20)
         except SchedulerUnreachable as exc:
-            print(type(exc).__name__, round(time.monotonic() - t), exc)
+            print(type(exc).__name__, time.monotonic() - t, exc)
         """,
-        timeout=30,
+        timeout=60,
     )
-    assert client.stdout.startswith("SchedulerUnreachable 0 cannot reach scheduler 127.0.0.1:"), client.stdout
+    name, elapsed, text = client.stdout.split(" ", 2)
+    assert name == "SchedulerUnreachable" and text.startswith("cannot reach scheduler 127.0.0.1:"), client.stdout
+    assert float(elapsed) < 10, f"a refused connection took {elapsed} s: retried until the timeout?"
 
 
 def test_scheduler_that_never_answers_fails_within_the_timeout(cluster: Cluster) -> None:
@@ -260,11 +262,13 @@ def test_scheduler_that_never_answers_fails_within_the_timeout(cluster: Cluster)
             try:
                 SharedJobCluster(lambda: 1, timeout=2)
             except SchedulerUnreachable as exc:
-                print(round(time.monotonic() - t), exc)
+                print(time.monotonic() - t, exc)
             """,
-            timeout=30,
+            timeout=60,
         )
-    assert client.stdout.startswith("2 scheduler 127.0.0.1:") and "did not answer within 2 s" in client.stdout
+    elapsed, text = client.stdout.split(" ", 1)
+    assert text.startswith("scheduler 127.0.0.1:") and "did not answer within 2 s" in text, client.stdout
+    assert 2 <= float(elapsed) < 12, f"gave up after {elapsed} s, not its timeout of 2 s"  # a busy machine adds some
 
 
 def test_random_bytes_never_break_the_scheduler(guarded: Cluster) -> None:

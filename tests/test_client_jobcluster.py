@@ -12,6 +12,7 @@ import psutil
 import pytest
 
 import dispy_client as dispy
+from waiting import wait_until
 
 
 def square(n):  # type: ignore[no-untyped-def]
@@ -126,8 +127,8 @@ def test_cancel_timeout_wait_and_close_terminate() -> None:
     long = cluster.submit(30)
     queued = cluster.submit(30)
     limited = cluster.submit(30, dispy_job_timeout=0.3)
-    long_started = long.finish.wait(0.2)
-    assert not long_started and not cluster.wait(timeout=0.2)
+    wait_until(lambda: long.status == dispy.DispyJob.Running, what="the first job running on the node's one CPU")
+    assert not cluster.wait(timeout=0.2)  # 30 s jobs: wait's timeout, not timing luck
     assert cluster.cancel(queued) == 0
     assert queued() is None and queued.status == dispy.DispyJob.Cancelled
     assert cluster.cancel(queued) == -1
@@ -135,6 +136,30 @@ def test_cancel_timeout_wait_and_close_terminate() -> None:
     cluster.close(terminate=True)
     assert long.status == dispy.DispyJob.Cancelled
     assert limited.status in (dispy.DispyJob.Cancelled, dispy.DispyJob.Terminated)
+
+
+def test_constructor_returns_once_the_local_node_can_take_jobs() -> None:
+    for _ in range(2):  # the second cluster's node too, just after the first's closed
+        with dispy.JobCluster(square, nodes=[("127.0.0.1", None, 1)]) as cluster:
+            [node] = cluster.status().nodes  # no waiting here: the constructor did
+            assert node.cpus == 1 and node.ip_addr == "127.0.0.1"
+            assert cluster.submit(4)() == 16
+
+
+def test_a_local_node_that_cannot_start_is_an_error_and_leaves_nothing(capfd: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(dispy.DispyError, match=r"this machine's node \(dispynode, pid \d+\) exited with status 2"):
+        dispy.JobCluster(square, pulse_interval=-1)  # the node refuses a negative heartbeat
+    assert "--heartbeat must be positive" in capfd.readouterr().err
+    assert not _node_procs()
+
+
+def test_a_local_node_that_does_not_join_in_time_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import dispy_client.jobcluster
+
+    monkeypatch.setattr(dispy_client.jobcluster, "LOCAL_NODE_TIMEOUT", 0.001)  # no node starts that fast
+    with pytest.raises(dispy.DispyError, match="had not joined the scheduler after 0.001 s"):
+        dispy.JobCluster(square)
+    assert not _node_procs()
 
 
 def test_job_timeout_ends_the_job() -> None:
@@ -238,7 +263,7 @@ def test_killed_client_leaves_no_node_behind(tmp_path: Path) -> None:
         assert nodes
         proc.kill()
         proc.wait(10)
-        _, alive = psutil.wait_procs(nodes, timeout=15)
+        _, alive = psutil.wait_procs(nodes, timeout=60)
         assert not alive, f"processes outlived their killed client: {alive}"
     finally:
         if proc.poll() is None:

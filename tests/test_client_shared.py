@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
-import time
 from pathlib import Path
 
 import pytest
 
 import dispy_client as dispy
 from procs import Cluster
+from waiting import wait_until
 
 
 def test_shared_cluster_status_nodes_and_dispy_parameters(cluster: Cluster) -> None:
@@ -113,7 +114,7 @@ def test_cluster_status_node_methods_and_a_nodeallocate_subclass(cluster: Cluste
 
         c = dispy.SharedJobCluster(compute, nodes=[NotAlpha("*")], cluster_status=status)
         assert {j() for j in [c.submit(0.02) for _ in range(10)]} == {"beta"}
-        assert seen.wait(10), events                                  # heartbeats reach cluster_status
+        assert seen.wait(60), events                                  # heartbeats reach cluster_status
         assert {(dispy.DispyNode.Initialized, "alpha"), (dispy.DispyNode.Initialized, "beta")} <= set(events)
         pinned = [c.submit_node("beta", 0.01) for _ in range(3)]   # runs only there
         assert {j() for j in pinned} == {"beta"}
@@ -135,6 +136,18 @@ def test_cluster_status_node_methods_and_a_nodeallocate_subclass(cluster: Cluste
         """
     )
     assert client.stdout.strip() == "ok"
+
+
+def _wait_finished(cluster: Cluster, finished: int, busy: int = 0) -> None:
+    """Waits until this user's jobs at the scheduler have `finished` ended and `busy` running (asked as another user)."""
+    user = os.environ.get("DISPY_USER") or getpass.getuser()
+    with dispy.SharedJobCluster(len, scheduler_host=cluster.address, user="watcher") as watcher:
+
+        def reached() -> bool:
+            mine = watcher.scheduler_status()["users"].get(user, {})
+            return mine.get("finished", 0) >= finished and mine.get("busy", 0) >= busy
+
+        wait_until(reached, what=f"{finished} jobs of {user} ended and {busy} running")
 
 
 def test_recover_jobs_after_the_client_was_killed(cluster: Cluster, monkeypatch: object) -> None:
@@ -199,7 +212,7 @@ def test_recovered_results_larger_together_than_a_message_all_arrive(cluster: Cl
     )
     client.wait_for_line("submitted")
     client.kill9()
-    time.sleep(3)  # they end while no client is there, and wait for one together
+    _wait_finished(cluster, 3)  # they end while no client is there, and wait for one together
     jobs = dispy.recover_jobs(str(recover_file), timeout=60)
     assert sorted((j.id, j.status, j.result == bytes([j.id]) * (25 << 20)) for j in jobs) == [
         (i, dispy.DispyJob.Finished, True) for i in range(3)
@@ -210,29 +223,34 @@ def test_recover_jobs_leaves_unfinished_jobs_for_a_later_call(cluster: Cluster) 
     cluster.scheduler()
     cluster.node(cpus=2)
     recover_file = cluster.workdir / "recover.jsonl"
+    release = cluster.workdir / "release"
     client = cluster.client(
         f"""
         import time
         import dispy_client as dispy
 
-        def compute(t):
-            import time
-            time.sleep(t)
-            return t
+        def compute(release):
+            import os, time
+            deadline = time.monotonic() + 60
+            while release and not os.path.exists(release) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            return bool(release)
 
         cluster = dispy.SharedJobCluster(compute, recover_file={str(recover_file)!r})
-        quick, slow = cluster.submit(0), cluster.submit(2)
+        quick, slow = cluster.submit(""), cluster.submit({str(release)!r})
         print("submitted", flush=True)
         time.sleep(60)
         """
     )
     client.wait_for_line("submitted")
     client.kill9()
+    _wait_finished(cluster, 1, busy=1)  # the quick job has ended, the slow one runs until released
     first = dispy.recover_jobs(str(recover_file), timeout=0.5, secret=os.environ.get("DISPY_SECRET", ""))
     assert sorted(j.status for j in first) == [dispy.DispyJob.Running, dispy.DispyJob.Finished]
     assert recover_file.exists()
-    [rest] = dispy.recover_jobs(str(recover_file), timeout=30)
-    assert rest.result == 2 and not recover_file.exists()
+    release.touch()
+    [rest] = dispy.recover_jobs(str(recover_file), timeout=60)
+    assert rest.result is True and not recover_file.exists()
 
 
 def test_examples_of_module_level_names() -> None:

@@ -226,7 +226,7 @@ def _tls_files(seg: Segment) -> list[str]:
 def _node(seg: Segment, name: str, node_secret: str) -> Proc:
     argv = [sys.executable, "-m", "dispy_node.main", "--discover", "--node-secret", node_secret, "--cpus", "2"]
     argv += ["--tls-ca", str(seg.cluster.workdir / "ca.pem")]  # off loopback: the scheduler proves itself
-    argv += ["--name", name, "--work-dir", str(seg.cluster.workdir / f"{name}-work"), "--heartbeat", "0.5"]
+    argv += ["--name", name, "--work-dir", str(seg.cluster.workdir / f"{name}-work"), "--heartbeat", "2"]
     if os.geteuid() == 0:  # this machine's Python lives under /root: `nobody` cannot run it
         argv.append("--jobs-as-self")
     return seg.start(seg.nodes, argv, name)

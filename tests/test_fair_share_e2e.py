@@ -17,7 +17,7 @@ secret = "b-secret"
 """
 
 BATCH = """
-    import json, sys
+    import json, os, sys, time
     from dispy_client import SharedJobCluster
 
     def compute(t):
@@ -26,9 +26,16 @@ BATCH = """
         return t
 
     user, secret, jobs_count, seconds, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
+    stop = sys.argv[6] if len(sys.argv) > 6 else None  # a backlog: run until this file appears, then cancel the rest
     with SharedJobCluster(compute, user=user, secret=secret) as cluster:
         jobs = [cluster.submit(seconds) for _ in range(jobs_count)]
         print("submitted", flush=True)
+        if stop:
+            deadline = time.monotonic() + 100
+            while not os.path.exists(stop) and not cluster.wait(timeout=0.05):
+                assert time.monotonic() < deadline, "never told to stop"
+            cluster.close(terminate=True)
+            jobs = [j for j in jobs if j.status == j.Finished]
         cluster.wait()
         assert all(j.status == j.Finished for j in jobs), [(j.status, j.exception) for j in jobs]
     with open(out, "w") as f:
@@ -40,25 +47,28 @@ def users_file(cluster: Cluster, text: str) -> str:
     return str(write_users_file(cluster.workdir / "users.toml", text))
 
 
-def batch(cluster: Cluster, user: str, jobs: int, seconds: float) -> tuple[object, Path]:
+def batch(cluster: Cluster, user: str, jobs: int, seconds: float, stop: Path | None = None) -> tuple[object, Path]:
     out = cluster.workdir / f"{user}.json"
-    proc = cluster.client(BATCH, user, args=[user, f"{user[0]}-secret", str(jobs), str(seconds), str(out)])
-    return proc, out
+    args = [user, f"{user[0]}-secret", str(jobs), str(seconds), str(out), *([str(stop)] if stop else [])]
+    return cluster.client(BATCH, user, args=args), out
 
 
 def test_two_users_get_half_each_of_the_completed_jobs_while_both_have_work(cluster: Cluster) -> None:
     cluster.scheduler("--users-file", users_file(cluster, USERS.replace("max_queued_jobs = 5", "")), "--policy", "fair")
     cluster.node(cpus=4)
-    alice, alice_out = batch(cluster, "alice", 200, 0.05)
+    stop = cluster.workdir / "stop"
+    # alice's backlog outlasts bob's work however late a busy machine starts him
+    alice, alice_out = batch(cluster, "alice", 1000, 0.05, stop)
     alice.wait_for_line("submitted")  # type: ignore[attr-defined]
     time.sleep(1.0)  # the second user starts one second later: the scenario, not a settling delay
     bob, bob_out = batch(cluster, "bob", 200, 0.05)
-    for proc in (alice, bob):
-        assert proc.wait(60) == 0, cluster.describe()  # type: ignore[attr-defined]
+    assert bob.wait(90) == 0, cluster.describe()  # type: ignore[attr-defined]
+    stop.touch()
+    assert alice.wait(60) == 0, cluster.describe()  # type: ignore[attr-defined]
     ends = {"alice": json.loads(alice_out.read_text()), "bob": json.loads(bob_out.read_text())}
-    # the overlap: from bob's first completed job until either user has no more
-    t0 = min(ends["bob"])
-    t1 = min(max(ends["alice"]), max(ends["bob"]))
+    assert len(ends["bob"]) == 200
+    # the overlap: bob's run, from his first completed job to his last
+    t0, t1 = min(ends["bob"]), max(ends["bob"])
     done = {u: sum(t0 <= e <= t1 for e in es) for u, es in ends.items()}
     assert sum(done.values()) >= 40, f"too short an overlap to measure: {done}"
     share = done["bob"] / sum(done.values())
@@ -99,7 +109,7 @@ def test_decayed_usage_survives_a_scheduler_kill(cluster: Cluster) -> None:
     node.stop()
     first.kill9()  # no chance to save anything on the way out: the journal has it already
     second = cluster.scheduler("--users-file", users, "--state-dir", state, name="second")
-    second.wait_for_line(r"usage of 1 users", stream="stderr", timeout=5)
+    second.wait_for_line(r"usage of 1 users", stream="stderr")
     client = cluster.run_client(
         """
         from dispy_client import SharedJobCluster
@@ -108,4 +118,5 @@ def test_decayed_usage_survives_a_scheduler_kill(cluster: Cluster) -> None:
         """
     )
     usage = float(client.stdout.split("usage")[1])
-    assert 1.0 <= usage <= 1.5, usage  # 4 jobs of 0.3 s, hardly decayed (half-life 1 h)
+    # 4 jobs of 0.3 s, hardly decayed (half-life 1 h); counted once (a busy machine stretches them a little)
+    assert 1.0 <= usage < 2.0, usage

@@ -30,6 +30,7 @@ from dispy_node.limits import Limits
 from dispy_wire.messages import JobRef, JobResult
 from dispy_wire.status import JobStatus
 from procs import EXPECT_CGROUP, Cluster, in_cgroup_v2
+from waiting import wait_until
 from test_node_runner import (  # noqa: F401  (the autouse fixture works by being imported)
     DEADLINE, JOB_ACCOUNT, RUN_AS_SKIP, Harness, _gone, double, kill_pids, no_leftover_processes, pid_server, run,
     value, write_to_the_node,
@@ -667,9 +668,7 @@ def test_a_v2_group_the_node_cannot_use_is_named_with_the_reason(cluster: Cluste
         group = "shared.scope"
         cluster.start(in_cgroup_v2(["sleep", "60"], group), "shell")
         members = Path("/sys/fs/cgroup", group, "cgroup.procs")
-        deadline = time.monotonic() + DEADLINE
-        while not members.read_text().strip() and time.monotonic() < deadline:
-            time.sleep(0.01)  # the shell moves in as it starts: nothing to wait on
+        wait_until(lambda: members.read_text().strip(), DEADLINE, "the shell to move into its group")
     else:
         group = "plain.slice/node.service"  # plain.slice passes no controllers down
     argv = [sys.executable, "-m", "dispy_node.main", "--scheduler", cluster.address, "--cpus", "1",

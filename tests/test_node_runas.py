@@ -189,9 +189,14 @@ def test_clusters_with_uids_of_their_own_cannot_touch_one_another(cluster: Clust
             import json, time
             from dispy_client import SharedJobCluster, DispyJob
 
-            def work(x):
+            RELEASE = %r  # alice's jobs run until mallory's probe has looked at them, however long that takes
+
+            def work(x, release):
                 import os, tempfile, time
-                time.sleep(3)
+                dispy_provisional_result("started")  # its process runs (Running may come before that)
+                deadline = time.monotonic() + 60
+                while not os.path.exists(release) and time.monotonic() < deadline:
+                    time.sleep(0.05)
                 return [os.getuid(), os.getgid(), 2 * x, tempfile.gettempdir()]
 
             def attack(first, last, kill):
@@ -227,17 +232,24 @@ def test_clusters_with_uids_of_their_own_cannot_touch_one_another(cluster: Clust
                         out["move"].add(type(exc).__name__)
                 return {k: sorted(v) if isinstance(v, set) else v for k, v in out.items()}
 
-            with SharedJobCluster(work, user="alice", cleanup=False) as alice, \\
+            started = set()
+
+            def started_now(job):
+                if job.status == DispyJob.ProvisionalResult:
+                    started.add(job.id)
+
+            with SharedJobCluster(work, user="alice", cleanup=False, job_status=started_now) as alice, \\
                     SharedJobCluster(attack, user="mallory") as mallory:
-                jobs = [alice.submit(i) for i in range(2)]
-                while any(j.status != DispyJob.Running for j in jobs):
+                jobs = [alice.submit_job_id(i, i, RELEASE) for i in range(2)]
+                while len(started) < 2:
                     time.sleep(0.05)
                 probe = mallory.submit(%d, %d, False)
                 probe()
                 mallory.submit(0, 0, True)()
+                open(RELEASE, "w").close()
                 print(json.dumps({"alice": [j() for j in jobs], "statuses": [j.status for j in jobs],
                                   "mallory": probe.result, "mallory_status": probe.status}))
-            """ % JOB_UIDS
+            """ % (str(work / "release"), *JOB_UIDS)
         )
         out = json.loads(client.stdout)
         assert out["statuses"] == [DispyJob.Finished] * 2, out
@@ -329,7 +341,11 @@ def test_a_cluster_cannot_turn_the_root_node_onto_another_process(cluster: Clust
                 from dispy_node import zygote_protocol as zp
 
                 def lure():
-                    time.sleep(1)  # a job runs by now
+                    children = f"/proc/{os.getpid()}/task/{os.getpid()}/children"
+                    deadline = time.monotonic() + 60
+                    while not open(children).read().strip() and time.monotonic() < deadline:
+                        time.sleep(0.05)  # until this zygote has forked the job
+                    time.sleep(0.5)  # and its main thread has told the node so, a few lines after the fork
                     for fd in range(3, 64):
                         try:
                             mode, flags = os.fstat(fd).st_mode, fcntl.fcntl(fd, fcntl.F_GETFL)

@@ -43,7 +43,7 @@ from dispy_wire.status import JobStatus
 # The zygote cannot import this module: ship its functions by value, as a client ships __main__'s.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
-DEADLINE = 20.0
+DEADLINE = 60.0  # bounds a hang only: a loaded machine is slow, never this slow
 
 
 def _job_account() -> tuple[Account, str | None]:

@@ -91,7 +91,7 @@ def test_dispyscheduler_runs_jobs_under_the_docs_example(cluster: Cluster) -> No
     # the scheduler runs with its working directory on sys.path (python -m)
     (cluster.workdir / "round_robin.py").write_text(example_source())
     scheduler = cluster.scheduler("--policy", "round_robin:RoundRobinUsers")
-    scheduler.wait_for_line(r"policy round_robin;", stream="stderr", timeout=5)
+    scheduler.wait_for_line(r"policy round_robin;", stream="stderr")
     cluster.node(cpus=2)
     client = cluster.run_client(
         """
