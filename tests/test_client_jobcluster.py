@@ -6,6 +6,7 @@ import asyncio
 import os
 import sys
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -30,6 +31,17 @@ def sleepy(t):  # type: ignore[no-untyped-def]
 
 def _node_procs() -> list[psutil.Process]:
     return [p for p in psutil.Process().children(recursive=True) if "dispy_client.lifeline" in " ".join(p.cmdline())]
+
+
+@pytest.fixture(autouse=True)
+def _no_node_outlives_its_test() -> Iterator[None]:
+    """A test that fails before close() leaves its cluster's node running: end it, so the next test starts clean."""
+    yield
+    for proc in _node_procs():
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
 
 
 def test_zero_setup_runs_jobs_and_close_leaves_nothing_running() -> None:
