@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,8 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
+from dispy_sched.config import ConfigError, config_from_args
+from dispy_wire.handshake import Role
 from dispy_wire.tls import NODE_UNIT, USER_UNIT, file_identity
 from dispy_wire.verifier import Verifier
 from procs import TEST_ITERATIONS, Cluster, Proc, write_users_file
@@ -80,6 +83,21 @@ def client(cluster: Cluster, d: Path, cert: str, **kwargs: Any) -> Proc:
 
 def node_flags(d: Path, cert: str) -> list[str]:
     return ["--tls-ca", str(d / "ca.pem"), "--tls-cert", str(d / f"{cert}.pem"), "--tls-key", str(d / f"{cert}.key")]
+
+
+def test_the_users_file_says_who_may_log_in_by_certificate(tmp_path: Path) -> None:
+    cfg = config_from_args(["--users-file", str(write_users_file(tmp_path / "users.toml", USERS))])
+    assert [cfg.certificate_allowed(Role.CLIENT, n) for n in ("alice", "bob", "carol", "dave")] == [True, True, False, False]
+    assert cfg.certificate_allowed(Role.NODE, "any-node")  # any node certificate from the CA, as any node knowing the secret
+    assert cfg.verifier_for(Role.CLIENT, "alice") is None  # certificate only: no secret logs her in
+    assert config_from_args([]).certificate_allowed(Role.CLIENT, "dave")  # no users file: every name, as with --secret
+    for table, error in [
+        ('certificate = "yes"', "certificate must be true or false"),
+        ("share = 2", "needs verifier = \"SCRAM-SHA-256$...\" (dispyadmin user add writes it), or certificate = true"),
+    ]:
+        path = write_users_file(tmp_path / "bad.toml", f"[users.erin]\n{table}\n")
+        with pytest.raises(ConfigError, match=re.escape(error)):
+            config_from_args(["--users-file", str(path)])
 
 
 def test_tls_init_names_the_role_of_each_certificate(tmp_path: Path) -> None:
