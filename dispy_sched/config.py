@@ -379,7 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
         aliases = [f"--{side}{sep}{dispy_name}" for side in ("cluster", "node") for sep in ("_", "-")]
         tls.add_argument(*aliases, dest=ours, help=argparse.SUPPRESS)
     tls.add_argument("--tls-ca", metavar="FILE",
-                     help="CA whose client certificates nodes and users may present (mutual TLS)")  # fmt: skip
+                     help="CA whose client certificates nodes and users may present (mutual TLS); a peer "
+                          "with no secret logs in by its certificate (CN: the name; OU dispy-node or dispy-user: "
+                          "the role; users need certificate = true in the users file)")  # fmt: skip
     tls.add_argument("--tls-require-client-cert", action="store_true", default=None,
                      help="refuse peers without a certificate signed by --tls-ca")  # fmt: skip
     tls.add_argument("--insecure-plaintext", action="store_true", default=None,
