@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dispy_wire import limits as job_limits
-from dispy_wire.tls import ClientTLS, file_identity
+from dispy_wire.tls import USER_UNIT, ClientTLS, file_identity
 
 from .node import NodeAllocate, parse_nodes
 
@@ -148,7 +148,9 @@ def _certificate_user(certfile: str | None, secret: str) -> str | None:
     """The user a login by certificate defaults to: the certificate's CN (the only name it can log in as)."""
     if not certfile or secret:
         return None  # a secret given: the login is SCRAM, and the user the usual default
-    return file_identity(os.fspath(certfile)).name or None
+    identity = file_identity(os.fspath(certfile))
+    # not a user certificate (JobCluster's certfile is its scheduler's): the usual default
+    return identity.name or None if USER_UNIT in identity.units else None
 
 
 def client_tls(

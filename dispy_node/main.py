@@ -29,7 +29,7 @@ from dispy_wire.discovery import DISCOVERY_PORT
 from dispy_wire.limits import format_size, parse_size
 from dispy_wire.loop import event_loop_factory
 from dispy_wire.sdnotify import Notifier
-from dispy_wire.tls import ClientTLS, TLSConfigError, file_identity, plaintext_refusal
+from dispy_wire.tls import NODE_UNIT, ClientTLS, TLSConfigError, file_identity, plaintext_refusal
 
 from . import account, cgroups, job_process, node_secret, report
 from .availability import Rules, parse_hhmm
@@ -283,7 +283,8 @@ def _certificate_name(tls: ClientTLS | None, secret: str) -> str | None:
     """The name a node logging in by certificate defaults to: the certificate's CN (the only one it can use)."""
     if secret or tls is None or tls.cert is None:
         return None
-    return file_identity(tls.cert).name or None  # readable: `_tls` loaded it
+    identity = file_identity(tls.cert)  # readable: `_tls` loaded it
+    return identity.name or None if NODE_UNIT in identity.units else None
 
 
 _T = TypeVar("_T")
