@@ -473,7 +473,8 @@ class SharedJobCluster(BaseCluster):
         scheduler_port: overrides the port.
         **kwargs: the rest of dispy's parameters (`setup`, `cleanup`,
             `reentrant`, `secret`, `loglevel`, `dest_path`, `recover_file`, ...)
-            and ours: `user` (default `$DISPY_USER`, then the login name),
+            and ours: `user` (default `$DISPY_USER`, then the login name;
+            logging in by certificate, i.e. `certfile` and no secret, its CN),
             `timeout` (seconds to reach and open the scheduler), `limits`
             (what each job may use on a node: `timeout`, `memory`, `cpu_time`,
             `open_files`, `processes`, and `setup_timeout`; nodes apply the

@@ -72,9 +72,16 @@ class LoopThread:
                 self.loop.close()
 
 
-def _handshake_error(exc: RemoteWireError, where: str, user: str) -> Exception:
+def _handshake_error(exc: RemoteWireError, where: str, user: str, by_certificate: bool) -> Exception:
+    if exc.code is ErrorCode.LOGIN_FAILED and by_certificate:
+        return AuthenticationError(
+            f"scheduler {where} rejected user {user!r}: unknown user, or one its users file does not let "
+            "log in by certificate (certificate = true)"
+        )
     if exc.code is ErrorCode.LOGIN_FAILED:
         return AuthenticationError(f"scheduler {where} rejected user {user!r}: unknown user or wrong secret")
+    if exc.code is ErrorCode.CERTIFICATE:
+        return AuthenticationError(f"scheduler {where} refused the login of user {user!r} by certificate: {exc.message}")
     if exc.code in (ErrorCode.THROTTLED, ErrorCode.SERVER_NOT_VERIFIED, ErrorCode.CHANNEL_BINDING):
         return AuthenticationError(f"scheduler {where}: {exc.message}")
     if exc.code is ErrorCode.LIMIT:
@@ -101,7 +108,9 @@ class SchedulerLink(asyncio.Protocol):
         on_lost: Callable[[str], None],
         tls: ClientTLS | None = None,
     ) -> None:
-        self._user, self._secret, self._info = user, secret, info
+        self._user, self._info = user, info
+        # no secret but a certificate of ours: log in by the certificate (EXTERNAL)
+        self._secret: str | None = None if not secret and tls is not None and tls.cert else secret
         self._handshake: PeerHandshake | None = None  # made once the channel is known: logins bind to it
         self._tls = tls
         #: the TLS session (None: plaintext)
@@ -174,8 +183,13 @@ class SchedulerLink(asyncio.Protocol):
             raise SchedulerUnreachable(f"cannot reach scheduler {where}: {exc.strerror or exc}") from None
         except RemoteWireError as exc:
             link.close()
-            raise _handshake_error(exc, where, user) from None
+            raise _handshake_error(exc, where, user, link.by_certificate) from None
         return link
+
+    @property
+    def by_certificate(self) -> bool:
+        """Whether we log in by our TLS client certificate rather than a secret."""
+        return self._secret is None
 
     # ---------------------------------------------------------- asyncio hooks
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dispy_wire import limits as job_limits
-from dispy_wire.tls import ClientTLS
+from dispy_wire.tls import USER_UNIT, ClientTLS, file_identity
 
 from .node import NodeAllocate, parse_nodes
 
@@ -73,7 +73,7 @@ class ClusterOptions:
     setup: Callable[..., Any] | None = None
     cleanup: Callable[..., Any] | bool = True
     reentrant: bool = False
-    secret: str = ""
+    secret: str = ""  # "" with a client certificate (certfile): log in by that certificate
     user: str | None = None
     timeout: float = 10.0
     dest_path: str | None = None
@@ -123,6 +123,7 @@ def cluster_options(
     if values["loglevel"] is not None:
         log.setLevel(values["loglevel"])
     recover_file = values["recover_file"]
+    secret = values["secret"] or os.environ.get("DISPY_SECRET", "")
     return ClusterOptions(
         limits=job_limits.check(values["limits"] or {}),
         depends=list(depends or ()),
@@ -132,8 +133,8 @@ def cluster_options(
         setup=values["setup"],
         cleanup=values["cleanup"],
         reentrant=bool(values["reentrant"]),
-        secret=values["secret"] or os.environ.get("DISPY_SECRET", ""),
-        user=values["user"],
+        secret=secret,
+        user=values["user"] or _certificate_user(values["certfile"], secret),
         timeout=float(values["timeout"]),
         dest_path=values["dest_path"],
         recover_file=os.fspath(recover_file) if recover_file else None,
@@ -141,6 +142,15 @@ def cluster_options(
         tls=client_tls(values["tls_ca"], values["tls_fingerprint"], values["certfile"], values["keyfile"]),
         insecure_plaintext=bool(values["insecure_plaintext"]),
     )
+
+
+def _certificate_user(certfile: str | None, secret: str) -> str | None:
+    """The user a login by certificate defaults to: the certificate's CN (the only name it can log in as)."""
+    if not certfile or secret:
+        return None  # a secret given: the login is SCRAM, and the user the usual default
+    identity = file_identity(os.fspath(certfile))
+    # not a user certificate (JobCluster's certfile is its scheduler's): the usual default
+    return identity.name or None if USER_UNIT in identity.units else None
 
 
 def client_tls(

@@ -90,7 +90,7 @@ logger = logging.getLogger(__name__)
 Locate = Callable[[], Awaitable[tuple[str, int]]]
 #: refusals after which redialing cannot help: the operator must act
 #: refusals that retrying cannot cure (a throttled or unverified scheduler may be cured by time: those retry)
-FATAL_CODES = frozenset({ErrorCode.LOGIN_FAILED, ErrorCode.BAD_VERSION})
+FATAL_CODES = frozenset({ErrorCode.LOGIN_FAILED, ErrorCode.CERTIFICATE, ErrorCode.BAD_VERSION})
 CONNECT_TIMEOUT = 10.0
 HANDSHAKE_TIMEOUT = 10.0
 
@@ -127,6 +127,11 @@ class NodeConfig:
             max_output=self.max_output, setup_timeout=self.setup_timeout, node_name=self.name, node_ip_addr=ip_addr,
             cgroups=self.cgroups, spawn=self.spawn,
         )  # fmt: skip
+
+    @property
+    def by_certificate(self) -> bool:
+        """No node secret but a client certificate: the node logs in by the certificate (EXTERNAL)."""
+        return not self.node_secret and self.tls is not None and self.tls.cert is not None
 
     @property
     def scheduler(self) -> str:
@@ -328,7 +333,8 @@ class _Session:
         if jobs or clusters:  # from an earlier session: reported right after Welcome (NodeHolds)
             info["holds"] = True
         binding = channel_binding(self.ssl_object)
-        hs = PeerHandshake(Role.NODE, self.config.name, self.config.node_secret, info, binding)
+        secret = None if self.config.by_certificate else self.config.node_secret
+        hs = PeerHandshake(Role.NODE, self.config.name, secret, info, binding)
         self._writer.write(PREAMBLE)
         while hs.state is not HandshakeState.DONE:
             try:

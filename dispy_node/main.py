@@ -29,7 +29,7 @@ from dispy_wire.discovery import DISCOVERY_PORT
 from dispy_wire.limits import format_size, parse_size
 from dispy_wire.loop import event_loop_factory
 from dispy_wire.sdnotify import Notifier
-from dispy_wire.tls import ClientTLS, TLSConfigError, plaintext_refusal
+from dispy_wire.tls import NODE_UNIT, ClientTLS, TLSConfigError, file_identity, plaintext_refusal
 
 from . import account, cgroups, job_process, node_secret, report
 from .availability import Rules, parse_hhmm
@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"UDP port schedulers answer --discover on (default: {DISCOVERY_PORT})")  # fmt: skip
     p.add_argument("--cpus", type=int, metavar="N",
                    help="CPUs offered (default: all); a negative N leaves -N CPUs free")  # fmt: skip
-    p.add_argument("--name", help="node name the scheduler knows us by (default: the host name)")
+    p.add_argument("--name", help="node name the scheduler knows us by (default: the host name; logging in by certificate, its CN)")
     p.add_argument("--node-secret", metavar="SECRET",
                    help="secret shared with the scheduler (default: --secret-file, else the systemd credential "
                         f"{node_secret.CREDENTIAL!r}, else $DISPY_NODE_SECRET, else empty); on the command line "
@@ -105,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the scheduler certificate's SHA-256 fingerprint, instead of (or with) a CA "
                         "(default: $DISPY_TLS_FINGERPRINT)")  # fmt: skip
     g.add_argument("--tls-cert", "--certfile", dest="tls_cert", metavar="FILE",
-                   help="this node's certificate, for a scheduler that asks for one (mutual TLS)")  # fmt: skip
+                   help="this node's certificate, for a scheduler that asks for one (mutual TLS); with no node "
+                        "secret the node logs in by it (OU=dispy-node; its CN is the node name unless --name)")  # fmt: skip
     g.add_argument("--tls-key", "--keyfile", dest="tls_key", metavar="FILE", help="its key (default: in --tls-cert)")
     g.add_argument("--insecure-plaintext", action="store_true", default=None,
                    help="talk plaintext to a scheduler off loopback: anyone on the path reads the jobs, "
@@ -203,7 +204,9 @@ def load_config(args: argparse.Namespace, fail: Callable[[str], NoReturn]) -> tu
     cpus = total if cpus == 0 else max(1, total + cpus) if cpus < 0 else cpus
     if heartbeat <= 0 or kill_grace < 0 or scheduler_grace < 0:
         fail("--heartbeat must be positive and --kill-grace and --scheduler-grace not negative")
-    name = str(pick("name", None, socket.gethostname()))
+    secret = node_secret.choose(args, file, fail)
+    tls, insecure = _tls(pick, fail)
+    name = str(pick("name", None, _certificate_name(tls, secret) or socket.gethostname()))
     if not name:
         fail("the node name must not be empty")
     default_dir = Path(tempfile.gettempdir()) / f"dispynode-{os.getuid()}" / re.sub(r"[^A-Za-z0-9_.-]", "_", name)
@@ -211,7 +214,6 @@ def load_config(args: argparse.Namespace, fail: Callable[[str], NoReturn]) -> tu
     loglevel = str(pick("loglevel", None, "INFO")).upper()
     if not isinstance(logging.getLevelName(loglevel), int):
         fail(f"unknown log level {loglevel!r}")
-    secret = node_secret.choose(args, file, fail)
     if args.run_as is not None or "run_as" in file:
         fail(
             "--run-as is gone: a root node now runs each cluster as a uid of its own (--job-uids, on by "
@@ -246,7 +248,6 @@ def load_config(args: argparse.Namespace, fail: Callable[[str], NoReturn]) -> tu
         serve = _opt(pick("serve", None, None), _positive_int)
     except (TypeError, ValueError) as exc:
         fail(str(exc))
-    tls, insecure = _tls(pick, fail)
     refusal = plaintext_refusal(host, tls is not None, insecure) if discovery_port is None else None
     if refusal is not None:
         fail(f"refusing to connect to the scheduler: {refusal}; give --tls-ca (or --tls-fingerprint), "
@@ -276,6 +277,14 @@ def _tls(pick: Callable[[str, str | None, Any], Any], fail: Callable[[str], NoRe
     except TLSConfigError as exc:
         fail(str(exc))
     return tls, insecure
+
+
+def _certificate_name(tls: ClientTLS | None, secret: str) -> str | None:
+    """The name a node logging in by certificate defaults to: the certificate's CN (the only one it can use)."""
+    if secret or tls is None or tls.cert is None:
+        return None
+    identity = file_identity(tls.cert)  # readable: `_tls` loaded it
+    return identity.name or None if NODE_UNIT in identity.units else None
 
 
 _T = TypeVar("_T")

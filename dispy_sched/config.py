@@ -24,7 +24,7 @@ DEFAULT_PORT = 9702
 
 #: what a `[users.NAME]` table may hold; anything else is refused at start
 LIMIT_KEYS = tuple(f.name for f in fields(Limits))
-USER_KEYS = ("verifier", "share", *LIMIT_KEYS)
+USER_KEYS = ("verifier", "certificate", "share", *LIMIT_KEYS)
 #: limits written as sizes (`512M`); `priority_max` may be negative; the rest are counts
 SIZE_LIMITS = ("max_queued_bytes", "max_held_bytes")
 #: the value that lifts a limit
@@ -37,10 +37,13 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class UserEntry:
-    verifier: Verifier
+    #: None: the user logs in by certificate only
+    verifier: Verifier | None
     share: float = 1.0
     #: the limits this user's table sets (None: unlimited); the rest are the scheduler's defaults
     limits: dict[str, int | None] = field(default_factory=dict)
+    #: may log in by a client certificate naming it (CN=NAME, OU=dispy-user) instead of a secret
+    certificate: bool = False
 
 
 @dataclass(slots=True)
@@ -111,6 +114,18 @@ class SchedConfig:
             return entry.verifier if entry else None
         return self._any_user
 
+    def certificate_allowed(self, role: Role, name: str) -> bool:
+        """Whether `name` may log in by a client certificate (signed by `tls_ca`) instead of a secret.
+
+        Any node certificate may, as any node knowing the node secret may; a
+        user only if its users-file table says `certificate = true`, or any
+        user when there is no users file (as `--secret` lets every name in).
+        """
+        if role is Role.NODE or not self.users:
+            return True
+        entry = self.users.get(name)
+        return entry is not None and entry.certificate
+
     def server_tls(self) -> ServerTLS | None:
         """The listener's TLS settings; None: plaintext."""
         if self.tls_cert is None:
@@ -139,11 +154,12 @@ class SchedConfig:
 
 
 def load_users(path: str) -> dict[str, UserEntry]:
-    """Reads `[users.NAME]` tables: `verifier`, `share` (default 1) and optional limits.
+    """Reads `[users.NAME]` tables: `verifier`, `certificate`, `share` (default 1) and optional limits.
 
     `verifier` is a SCRAM-SHA-256 verifier as `dispyadmin user add` writes it,
     never the secret itself; a `secret = "..."` line is refused, saying how to
-    convert. The file must not be readable by group or others.
+    convert. `certificate = true` lets the user log in by a client certificate
+    naming it instead (the table then needs no verifier). The file must not be readable by group or others.
     Limits (`LIMIT_KEYS`; absent: the scheduler's default, which is none for
     `max_cpus`, `max_queued_jobs` and `priority_max`): non-negative integers,
     sizes such as `512M` for `SIZE_LIMITS`, any integer for `priority_max`,
@@ -169,22 +185,37 @@ def load_users(path: str) -> dict[str, UserEntry]:
                 f"`dispyadmin user add {name} --users-file {path} --replace` (prints a new secret for the user), "
                 f"or `dispyadmin verifier` (reads the old secret on stdin, prints verifier = \"...\" for this table)"
             )
-        if not isinstance(table, dict) or not isinstance(table.get("verifier"), str):
-            raise ConfigError(f"{where} needs verifier = \"SCRAM-SHA-256$...\" (dispyadmin user add writes it)")
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where} is not a table")
         unknown = sorted(set(table) - set(USER_KEYS))
         if unknown:
             raise ConfigError(f"{where} has unknown key(s) {', '.join(unknown)}; known keys: {', '.join(USER_KEYS)}")
-        try:
-            verifier = Verifier.parse(table["verifier"])
-        except ValueError as exc:
-            raise ConfigError(f"{where} verifier: {exc}") from None
+        certificate = table.get("certificate", False)
+        if not isinstance(certificate, bool):
+            raise ConfigError(f"{where} certificate must be true or false")
+        verifier = _verifier(table, where, certificate)
         share = table.get("share", 1)
         if not isinstance(share, (int, float)) or isinstance(share, bool) or share <= 0:
             raise ConfigError(f"{where} share must be a positive number")
-        users[name] = UserEntry(verifier, float(share), _limits(table, where))
+        users[name] = UserEntry(verifier, float(share), _limits(table, where), certificate)
     if not users:
         raise ConfigError(f"users file {path} defines no [users.NAME] table")
     return users
+
+
+def _verifier(table: dict[str, Any], where: str, certificate: bool) -> Verifier | None:
+    """The table's verifier; None for a user who logs in by certificate only."""
+    if "verifier" not in table and certificate:
+        return None
+    if not isinstance(table.get("verifier"), str):
+        raise ConfigError(
+            f"{where} needs verifier = \"SCRAM-SHA-256$...\" (dispyadmin user add writes it), "
+            "or certificate = true to log in by client certificate only"
+        )
+    try:
+        return Verifier.parse(table["verifier"])
+    except ValueError as exc:
+        raise ConfigError(f"{where} verifier: {exc}") from None
 
 
 def check_private(path: str, mode: int) -> None:
@@ -348,7 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
         aliases = [f"--{side}{sep}{dispy_name}" for side in ("cluster", "node") for sep in ("_", "-")]
         tls.add_argument(*aliases, dest=ours, help=argparse.SUPPRESS)
     tls.add_argument("--tls-ca", metavar="FILE",
-                     help="CA whose client certificates nodes and users may present (mutual TLS)")  # fmt: skip
+                     help="CA whose client certificates nodes and users may present (mutual TLS); a peer "
+                          "with no secret logs in by its certificate (CN: the name; OU dispy-node or dispy-user: "
+                          "the role; users need certificate = true in the users file)")  # fmt: skip
     tls.add_argument("--tls-require-client-cert", action="store_true", default=None,
                      help="refuse peers without a certificate signed by --tls-ca")  # fmt: skip
     tls.add_argument("--insecure-plaintext", action="store_true", default=None,

@@ -25,7 +25,7 @@ from dispy_wire.batching import BatchedWriter
 from dispy_wire.errors import ErrorCode, RemoteWireError
 from dispy_wire.framing import NEED_DATA, PRELOGIN_MAX_SIZE, PREAMBLE, FrameDecoder
 from dispy_wire.handshake import HandshakeState, Peer, Role, ServerHandshake
-from dispy_wire.tls import channel_binding
+from dispy_wire.tls import channel_binding, peer_identity
 
 from .core import events as E
 from .logsafe import peer_text
@@ -106,7 +106,7 @@ class PeerConnection(asyncio.Protocol):
         self.transport.write(PREAMBLE)
         if not self.server.admit(self):
             return
-        self._handshake = self.server.new_handshake(channel_binding(self.ssl_object))
+        self._handshake = self.server.new_handshake(channel_binding(self.ssl_object), peer_identity(self.ssl_object))
         self.send(self._handshake.challenge())
         self._timer = loop.call_later(self.server.config.handshake_timeout, self._handshake_expired)
 

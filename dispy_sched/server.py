@@ -37,7 +37,7 @@ from dispy_wire.batching import by_size
 from dispy_wire.discovery import Throttle
 from dispy_wire.errors import ErrorCode, RemoteWireError
 from dispy_wire.handshake import ChannelBinding, Peer, Role, ServerHandshake
-from dispy_wire.tls import peer_common_name
+from dispy_wire.tls import CertIdentity, peer_common_name
 
 from .config import SchedConfig
 from .conn import PeerConnection
@@ -231,8 +231,11 @@ class SchedulerServer:
     def new_session_id(self) -> str:
         return f"s{next(self._ids)}"
 
-    def new_handshake(self, channel_binding: ChannelBinding | None) -> ServerHandshake:
-        return ServerHandshake(self.config.verifier_for, self._fake_key, self.config.name, channel_binding)
+    def new_handshake(self, channel_binding: ChannelBinding | None, certificate: CertIdentity | None) -> ServerHandshake:
+        return ServerHandshake(
+            self.config.verifier_for, self._fake_key, self.config.name, channel_binding,
+            certificate=certificate, certificate_allowed=self.config.certificate_allowed,
+        )  # fmt: skip
 
     def admit(self, conn: PeerConnection) -> bool:
         """Counts a new connection as waiting to log in; refuses it (or evicts the oldest) past the caps."""

@@ -3,7 +3,9 @@
 Makes (or reuses, if DIR has one) a CA, the scheduler's certificate naming
 the hosts and addresses clients and nodes dial, and optionally a client
 certificate per node and per user for mutual TLS; then prints the options
-that use them. Keys are ECDSA P-256, written mode 0600; a file that exists is
+that use them. A node's certificate names it CN=NAME, OU=dispy-node, a user's
+CN=NAME, OU=dispy-user: enough for either to log in by its certificate alone
+(dispy_wire/handshake.py, EXTERNAL). Keys are ECDSA P-256, written mode 0600; a file that exists is
 kept, never overwritten, so the command can be run again to add a node.
 """
 
@@ -24,7 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from dispy_wire.tls import cert_fingerprint
+from dispy_wire.tls import NODE_UNIT, USER_UNIT, cert_fingerprint
 
 DEFAULT_DAYS = 825  # what browsers accept for a leaf; the CA gets ten years
 
@@ -73,17 +75,22 @@ def issue(
     server: bool = False,
     days: int = DEFAULT_DAYS,
     not_before: dt.datetime | None = None,
+    unit: str | None = None,
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     """A leaf certificate: a server's (naming `hosts`: DNS names and IP addresses) or a client's.
 
     `not_before` (default: now) lets tests make certificates that have expired.
+    `unit`: the OU, which says what a client certificate may log in as (`USER_UNIT`, `NODE_UNIT`).
     """
+    subject = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
+    if unit is not None:
+        subject.append(x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, unit))
     key = new_key()
     start = not_before or dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
     usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
     builder = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .subject_name(x509.Name(subject))
         .issuer_name(issuer.cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
@@ -145,18 +152,20 @@ def init(directory: Path, hosts: list[str], nodes: list[str], users: list[str], 
         write_private(ca_key, key_pem(issuer.key))
         ca_cert.write_bytes(cert_pem(issuer.cert))
         notes.append(f"made a CA: {ca_cert} (its key {ca_key} signs new certificates: keep it offline)")
-    leaves = [("scheduler", hosts[0] if hosts else "dispyscheduler", hosts, True)]
-    leaves += [(f"node-{n}", n, [], False) for n in nodes]
-    leaves += [(f"user-{u}", u, [], False) for u in users]
-    for stem, common_name, names, server in leaves:
+    leaves: list[tuple[str, str, list[str], str | None]] = [
+        ("scheduler", hosts[0] if hosts else "dispyscheduler", hosts, None)
+    ]
+    leaves += [(f"node-{n}", n, [], NODE_UNIT) for n in nodes]
+    leaves += [(f"user-{u}", u, [], USER_UNIT) for u in users]
+    for stem, common_name, names, unit in leaves:
         cert_path, key_path = directory / f"{stem}.pem", directory / f"{stem}.key"
         if cert_path.exists() or key_path.exists():
             notes.append(f"kept {cert_path}")
             continue
-        cert, key = issue(issuer, common_name, names, server=server, days=days)
+        cert, key = issue(issuer, common_name, names, server=unit is None, days=days, unit=unit)
         write_private(key_path, key_pem(key))
         cert_path.write_bytes(cert_pem(cert))
-        notes.append(f"made {cert_path}" + (f" for {', '.join(names)}" if names else f" (CN={common_name})"))
+        notes.append(f"made {cert_path}" + (f" for {', '.join(names)}" if names else f" (CN={common_name}, OU={unit})"))
     return notes + _usage(directory, nodes, users)
 
 
@@ -172,7 +181,7 @@ def _usage(d: Path, nodes: list[str], users: list[str]) -> list[str]:
     pin = cert_fingerprint(str(d / "scheduler.pem"))
     mutual = " --tls-require-client-cert" if nodes or users else ""
     node = nodes[0] if nodes else "NAME"
-    lines = [
+    lines: list[str | None] = [
         "",
         "scheduler (copy scheduler.pem, scheduler.key and ca.pem to its host):",
         f"  dispyscheduler --host 0.0.0.0 --tls-cert {d}/scheduler.pem --tls-key {d}/scheduler.key"
@@ -187,15 +196,19 @@ def _usage(d: Path, nodes: list[str], users: list[str]) -> list[str]:
         "nodes (copy ca.pem" + (f", node-{node}.pem and node-{node}.key" if nodes else "") + "):",
         f"  dispynode --scheduler SCHEDHOST:9702 --tls-ca {d}/ca.pem"
         + (f" --tls-cert {d}/node-{node}.pem --tls-key {d}/node-{node}.key" if nodes else ""),
+        "  (with no node secret, the node logs in by its certificate)" if nodes else None,
         "clients (copy ca.pem" + (", user-NAME.pem and user-NAME.key" if users else "") + "):",
         f"  SharedJobCluster(..., tls_ca='{d}/ca.pem'"
         + (f", certfile='{d}/user-{users[0]}.pem', keyfile='{d}/user-{users[0]}.key'" if users else "")
         + ")",
         f"  or export DISPY_TLS_CA={d}/ca.pem",
+        "  (with no secret, the user logs in by its certificate: its [users.NAME] table needs certificate = true)"
+        if users
+        else None,
         f"instead of the CA, peers may pin the scheduler's certificate: tls_fingerprint = {pin}",
         "SCHEDHOST must be one of the names in scheduler.pem (--host when it was made).",
     ]
-    return lines
+    return [line for line in lines if line is not None]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -20,6 +20,8 @@ class ErrorCode(StrEnum):
     THROTTLED = "throttled"
     #: the two ends see different channels (TLS on one side only, or a relay in between)
     CHANNEL_BINDING = "channel-binding"
+    #: a login by certificate (EXTERNAL) whose certificate is missing, or names another peer or role
+    CERTIFICATE = "certificate"
     #: the scheduler did not prove it knows the verifier: not the real scheduler
     SERVER_NOT_VERIFIED = "server-not-verified"
     #: the peer speaks another protocol version

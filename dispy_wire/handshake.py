@@ -2,7 +2,7 @@
 
     scheduler                                               peer (client or node)
     ─────────  PREAMBLE + Challenge(version, server, mechanism) ────────▶
-    ◀───────── PREAMBLE + Hello(version, role, name, client-first, info) ─
+    ◀───────── PREAMBLE + Hello(version, role, name, client-first, info, mechanism) ─
     ─────────  ServerFirst(server-first: nonce, salt, iterations) ──────▶
     ◀───────── ClientProof(client-final: channel binding, proof) ────────
     ─────────  Welcome(session, info, server-final) | Refused ──────────▶
@@ -20,6 +20,21 @@ and the mechanism is SCRAM-SHA-256-PLUS; the proof then covers the channel,
 so a relay that passes someone else's exchange between two TLS connections
 fails, and a side that sees TLS refuses a peer that does not. Without TLS the
 mechanism is plain SCRAM-SHA-256.
+
+Login by certificate (SASL EXTERNAL, RFC 4422 appendix A, in spirit): on
+a TLS connection whose client certificate the scheduler verified against its
+CA (`--tls-ca`), the Hello may name the mechanism EXTERNAL instead:
+
+    ◀───────── PREAMBLE + Hello(version, role, name, "", info, "EXTERNAL") ─
+    ─────────  Welcome(session, info, "") | Refused ─────────────────────▶
+
+The certificate is the proof: its CN must be the claimed name and its OU
+must say the claimed role (`dispy-user` for clients, `dispy-node` for nodes:
+dispy_wire/tls.py `USER_UNIT`, `NODE_UNIT`), else CERTIFICATE; and the
+scheduler must allow that name to log in by certificate (`certificate_allowed`),
+else the same LOGIN_FAILED as a wrong secret. The scheduler proved itself in
+the TLS handshake, which the peer verified before sending anything, so the
+Welcome carries no signature. On plaintext EXTERNAL is refused (CERTIFICATE).
 
 An unknown name gets a deterministic fake verifier (`Verifier.fake`): its
 exchange costs and reads the same as a wrong secret, and ends in the same
@@ -39,6 +54,7 @@ from scramp.utils import ServerError
 
 from .errors import ErrorCode, LocalWireError, RemoteWireError
 from .messages import PROTOCOL_VERSION, Challenge, ClientProof, Hello, Message, Refused, ServerFirst, Welcome
+from .tls import NODE_UNIT, USER_UNIT, CertIdentity
 from .verifier import DEFAULT_ITERATIONS, MECHANISM, Verifier
 
 #: (binding type, binding data) of a TLS connection, e.g. ("tls-server-end-point", cert hash); None without TLS
@@ -78,6 +94,10 @@ class Peer:
     info: dict[str, Any]
 
 
+#: the Hello's mechanism for a login by the connection's client certificate
+EXTERNAL = "EXTERNAL"
+
+
 def mechanism_for(channel_binding: ChannelBinding | None) -> str:
     return MECHANISM + "-PLUS" if channel_binding is not None else MECHANISM
 
@@ -89,6 +109,15 @@ def scram_user(role: Role, name: str) -> str:
 
 def _what(role: Role) -> str:
     return "user" if role is Role.CLIENT else "node"
+
+
+def unit_for(role: Role) -> str:
+    """The OU a certificate needs to log in as `role` by itself."""
+    return USER_UNIT if role is Role.CLIENT else NODE_UNIT
+
+
+def _allow_none(role: Role, name: str) -> bool:
+    return False
 
 
 class ServerHandshake:
@@ -104,6 +133,9 @@ class ServerHandshake:
         nonce: the server's SCRAM nonce (printable ASCII); None draws a fresh one.
         fake_iterations: the iteration count fake verifiers claim (the one
             real verifiers are made with, so the count gives nothing away).
+        certificate: the identity in the peer's verified client certificate,
+            or None (none asked for, none given).
+        certificate_allowed: whether (role, name) may log in by certificate.
     """
 
     def __init__(
@@ -114,6 +146,8 @@ class ServerHandshake:
         channel_binding: ChannelBinding | None = None,
         nonce: str | None = None,
         fake_iterations: int = DEFAULT_ITERATIONS,
+        certificate: CertIdentity | None = None,
+        certificate_allowed: Callable[[Role, str], bool] = _allow_none,
     ) -> None:
         self.state = HandshakeState.AWAIT_HELLO
         self._verifier_for = verifier_for
@@ -122,7 +156,11 @@ class ServerHandshake:
         self._binding = channel_binding
         self._nonce = nonce
         self._fake_iterations = fake_iterations
+        self._certificate = certificate
+        self._certificate_allowed = certificate_allowed
         self.mechanism = mechanism_for(channel_binding)
+        #: the mechanism the peer chose: `mechanism` or EXTERNAL
+        self.chosen = ""
         #: who the peer claims to be, once its Hello is read (for throttling and logs)
         self.role: Role | None = None
         self.name = ""
@@ -137,13 +175,15 @@ class ServerHandshake:
     def receive(self, msg: Message) -> ServerFirst | Peer:
         """Returns the ServerFirst to send after a Hello, then the authenticated peer after its proof.
 
+        A Hello naming EXTERNAL returns the authenticated peer at once.
+
         Raises:
             RemoteWireError: what to send back in a `Refused` before closing.
         """
         if self.state is HandshakeState.AWAIT_HELLO:
             self.state = HandshakeState.FAILED
             first = self._on_hello(msg)
-            self.state = HandshakeState.AWAIT_PROOF
+            self.state = HandshakeState.DONE if isinstance(first, Peer) else HandshakeState.AWAIT_PROOF
             return first
         if self.state is HandshakeState.AWAIT_PROOF:
             self.state = HandshakeState.FAILED
@@ -152,7 +192,7 @@ class ServerHandshake:
             return peer
         raise LocalWireError(f"handshake is {self.state.name}, not waiting for a peer message")
 
-    def _on_hello(self, msg: Message) -> ServerFirst:
+    def _on_hello(self, msg: Message) -> ServerFirst | Peer:
         if not isinstance(msg, Hello):
             raise RemoteWireError(ErrorCode.BAD_MESSAGE, f"expected Hello, got {type(msg).__name__}")
         if msg.version != PROTOCOL_VERSION:
@@ -166,9 +206,15 @@ class ServerHandshake:
             raise RemoteWireError(ErrorCode.BAD_MESSAGE, f"unknown role {msg.role!r}") from None
         if not msg.name:
             raise RemoteWireError(ErrorCode.BAD_MESSAGE, f"empty {_what(role)} name")
-        self.role, self.name, self._info = role, msg.name, msg.info
+        self.role, self.name, self._info, self.chosen = role, msg.name, msg.info, msg.mechanism
         verifier = self._verifier_for(role, msg.name)
         self.known = verifier is not None
+        if msg.mechanism == EXTERNAL:
+            return self._external(role, msg.name)
+        if msg.mechanism != self.mechanism:
+            raise RemoteWireError(
+                ErrorCode.BAD_MESSAGE, f"mechanism {msg.mechanism!r} not offered (this connection takes {self.mechanism!r} or {EXTERNAL!r})"
+            )
         if verifier is None:
             verifier = Verifier.fake(self._fake_key, f"{role}\0{msg.name}", self._fake_iterations)
         scram_names: list[str] = []
@@ -192,6 +238,30 @@ class ServerHandshake:
                 f"{_what(role)} name {msg.name!r} differs from the SCRAM user name (names must be SASLprep-normal)",
             )
         return ServerFirst(server_first)
+
+    def _external(self, role: Role, name: str) -> Peer:
+        """A login by the connection's client certificate: it must name `name` in `role`."""
+        who = f"{_what(role)} {name!r}"
+        cert = self._certificate
+        if self._binding is None:
+            raise RemoteWireError(ErrorCode.CERTIFICATE, f"login of {who} by certificate needs TLS; this connection is plaintext")
+        if cert is None:
+            raise RemoteWireError(
+                ErrorCode.CERTIFICATE,
+                f"login of {who} by certificate, but no client certificate signed by the scheduler's CA came with the connection",
+            )
+        if unit_for(role) not in cert.units:
+            raise RemoteWireError(
+                ErrorCode.CERTIFICATE,
+                f"certificate CN={cert.name} (OU={','.join(cert.units) or 'none'}) is not a {_what(role)} certificate: "
+                f"logging in as a {_what(role)} needs OU={unit_for(role)}",
+            )
+        if cert.name != name:
+            raise RemoteWireError(ErrorCode.CERTIFICATE, f"certificate names {_what(role)} {cert.name!r}, not {name!r}")
+        if not self._certificate_allowed(role, name):
+            # one answer for an unknown name and a wrong secret, as for SCRAM
+            raise RemoteWireError(ErrorCode.LOGIN_FAILED, f"login failed for {who}: unknown name or wrong secret")
+        return Peer(role, name, self._info)
 
     def _on_proof(self, msg: Message) -> Peer:
         if not isinstance(msg, ClientProof):
@@ -219,6 +289,8 @@ class ServerHandshake:
         """The Welcome, with the server signature that proves we know the verifier."""
         if self.state is not HandshakeState.DONE:
             raise LocalWireError(f"handshake is {self.state.name}: no Welcome before the proof is checked")
+        if self.chosen == EXTERNAL:
+            return Welcome(session, info, "")  # TLS proved us: the peer checked our certificate
         return Welcome(session, info, self._scram.get_server_final())
 
     @staticmethod
@@ -230,7 +302,9 @@ class PeerHandshake:
     """Client or node side: logs in, then checks that the scheduler proved itself.
 
     Args:
-        role, name, secret: who we are and what we prove.
+        role, name: who we are.
+        secret: what we prove; None: log in by our TLS client certificate
+            (EXTERNAL), whose CN must be `name`.
         info: sent with the Hello (nodes: cpus, heartbeat, ...; clients: host, pid).
         channel_binding: our view of the TLS channel, or None without TLS.
         nonce: our SCRAM nonce (printable ASCII); None draws a fresh one.
@@ -240,7 +314,7 @@ class PeerHandshake:
         self,
         role: Role,
         name: str,
-        secret: str,
+        secret: str | None,
         info: dict[str, Any],
         channel_binding: ChannelBinding | None = None,
         nonce: str | None = None,
@@ -258,11 +332,14 @@ class PeerHandshake:
     def receive(self, msg: Message) -> Hello | ClientProof | Welcome:
         """Returns the Hello after the Challenge, the ClientProof after ServerFirst, then the Welcome.
 
+        Logging in by certificate, the Welcome follows the Hello.
+
         Raises:
             RemoteWireError: the scheduler refused us (its code and message),
                 sent something out of order, or failed to prove itself
                 (SERVER_NOT_VERIFIED).
-            LocalWireError: our own name or secret cannot be used in SCRAM.
+            LocalWireError: our own name or secret cannot be used in SCRAM, or
+                we log in by certificate without TLS.
         """
         state = self.state
         if state not in (HandshakeState.AWAIT_CHALLENGE, HandshakeState.AWAIT_SERVER_FIRST, HandshakeState.AWAIT_WELCOME):
@@ -272,7 +349,8 @@ class PeerHandshake:
             raise RemoteWireError(_code(msg.code), msg.message)
         reply: Hello | ClientProof | Welcome
         if state is HandshakeState.AWAIT_CHALLENGE:
-            reply, self.state = self._on_challenge(msg), HandshakeState.AWAIT_SERVER_FIRST
+            reply = self._on_challenge(msg)
+            self.state = HandshakeState.AWAIT_WELCOME if self._secret is None else HandshakeState.AWAIT_SERVER_FIRST
         elif state is HandshakeState.AWAIT_SERVER_FIRST:
             reply, self.state = self._on_server_first(msg), HandshakeState.AWAIT_WELCOME
         else:
@@ -295,6 +373,10 @@ class PeerHandshake:
                 ErrorCode.CHANNEL_BINDING,
                 f"scheduler asks for {msg.mechanism!r}, we need {ours!r}: {sides} (a relay in between?)",
             )
+        if self._secret is None:
+            if self._binding is None:
+                raise LocalWireError(f"cannot log in as {self.name!r} by certificate: the connection is not TLS")
+            return Hello(PROTOCOL_VERSION, str(self.role), self.name, "", self._info, EXTERNAL)
         try:
             self._scram = ScramClient(
                 [ours], scram_user(self.role, self.name), self._secret, channel_binding=self._binding, c_nonce=self._nonce
@@ -302,7 +384,7 @@ class PeerHandshake:
             client_first: str = self._scram.get_client_first()
         except ScramException as exc:
             raise LocalWireError(f"cannot log in as {self.name!r}: {exc}") from None
-        return Hello(PROTOCOL_VERSION, str(self.role), self.name, client_first, self._info)
+        return Hello(PROTOCOL_VERSION, str(self.role), self.name, client_first, self._info, ours)
 
     def _on_server_first(self, msg: Message) -> ClientProof:
         if not isinstance(msg, ServerFirst):
@@ -316,6 +398,8 @@ class PeerHandshake:
     def _on_welcome(self, msg: Message) -> Welcome:
         if not isinstance(msg, Welcome):
             raise RemoteWireError(ErrorCode.BAD_MESSAGE, f"expected Welcome, got {type(msg).__name__}")
+        if self._secret is None:
+            return msg  # the scheduler proved itself in the TLS handshake, checked before our first byte
         try:
             self._scram.set_server_final(msg.server_final)
         except ScramException:

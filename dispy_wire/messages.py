@@ -158,13 +158,18 @@ HELLO_MAX_ADDRESSES = 64
 
 @message(2)
 class Hello(Message):
-    """Peer → scheduler: who I am, and the SCRAM client-first message."""
+    """Peer → scheduler: who I am, how I prove it, and the SCRAM client-first message.
+
+    `mechanism` is the Challenge's SCRAM mechanism, or EXTERNAL: the login is
+    the client certificate of this TLS connection, and `client_first` is empty.
+    """
 
     version: int
     role: str  # "client" or "node"
     name: str  # user name for clients, node name for nodes (also SCRAM's user name)
     client_first: str
     info: dict[str, Any]  # nodes: cpus, platform, heartbeat; clients: host, pid
+    mechanism: str
 
 
 @message(6)

@@ -11,7 +11,9 @@ checked by `ClientTLS.check` right after it, before the dialer writes a byte.
 
 TLS 1.2 is the floor, 1.3 what both ends pick when they can. The scheduler
 may ask for client certificates signed by a CA of its own (mutual TLS) and
-may require them.
+may require them. A verified client certificate names its holder
+(`peer_identity`: CN, and an OU of `USER_UNIT` or `NODE_UNIT`), which lets a
+peer log in by its certificate instead of a secret (EXTERNAL, handshake.py).
 
 Plaintext stays possible on loopback (127.0.0.0/8 and ::1, and "localhost"):
 nobody else is on that path. Anywhere else both the scheduler and its peers
@@ -36,6 +38,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import NameOID
 
 from .errors import WireError
 
@@ -245,16 +248,56 @@ class ClientTLS:
             )
 
 
-def peer_common_name(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> str | None:
-    """The CN of the certificate the peer presented and we verified, or None (none asked, none given)."""
+#: the organizational unit (OU) of a client certificate that may log in as a user, or as a node, by itself
+USER_UNIT = "dispy-user"
+NODE_UNIT = "dispy-node"
+
+
+@dataclass(frozen=True, slots=True)
+class CertIdentity:
+    """Who a client certificate names: its CN, and its OUs (`USER_UNIT`, `NODE_UNIT`: what it may log in as)."""
+
+    name: str
+    units: tuple[str, ...]
+
+
+def peer_identity(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> CertIdentity | None:
+    """The identity in the certificate the peer presented and we verified, or None (none asked, none given).
+
+    `getpeercert()` is empty unless OpenSSL verified the certificate against
+    our CA: an unverified certificate names nobody.
+    """
     if ssl_object is None:
         return None
-    cert: dict[str, Any] = dict(ssl_object.getpeercert() or {})  # {} unless verified
-    for rdn in cert.get("subject", ()):
-        for key, value in rdn:
-            if key == "commonName":
-                return str(value)
-    return None
+    cert: dict[str, Any] = dict(ssl_object.getpeercert() or {})
+    if not cert:
+        return None
+    attributes = [pair for rdn in cert.get("subject", ()) for pair in rdn]
+    names = [str(value) for key, value in attributes if key == "commonName"]
+    units = tuple(str(value) for key, value in attributes if key == "organizationalUnitName")
+    return CertIdentity(names[0] if names else "", units)
+
+
+def peer_common_name(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> str | None:
+    """The CN of the certificate the peer presented and we verified, or None (none asked, none given)."""
+    identity = peer_identity(ssl_object)
+    return identity.name if identity is not None and identity.name else None
+
+
+def file_identity(path: str) -> CertIdentity:
+    """The identity the first certificate in a PEM file names (for defaults and early errors; unverified).
+
+    Raises:
+        TLSConfigError: the file cannot be read or holds no certificate.
+    """
+    try:
+        with open(path, "rb") as f:
+            subject = x509.load_pem_x509_certificate(f.read()).subject
+    except (OSError, ValueError) as exc:
+        raise TLSConfigError(f"cannot read certificate {path}: {exc}") from None
+    names = [str(a.value) for a in subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    units = tuple(str(a.value) for a in subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME))
+    return CertIdentity(names[0] if names else "", units)
 
 
 def describe_failure(exc: BaseException) -> str:

@@ -140,7 +140,7 @@ def test_wrong_protocol_version_is_refused(guarded: Cluster) -> None:
     sock, decoder = _connect(guarded.address)
     with sock:
         _challenge(sock, decoder)
-        sock.sendall(PREAMBLE + M.encode(M.Hello(99, "client", "alice", "n,,n=alice,r=abcdefgh", {})))
+        sock.sendall(PREAMBLE + M.encode(M.Hello(99, "client", "alice", "n,,n=alice,r=abcdefgh", {}, "SCRAM-SHA-256")))
         refused = _refusal(sock, decoder)
     assert refused.code == "bad-version"
     assert "protocol version 99" in refused.message

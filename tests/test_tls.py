@@ -236,7 +236,7 @@ def test_tls_init_writes_private_keys_and_certificates_that_load_and_keeps_them_
     server = tls.ServerTLS(str(d / "scheduler.pem"), str(d / "scheduler.key"), str(d / "ca.pem"), True).context()
     client = tls.ClientTLS(str(d / "ca.pem"), None, str(d / "user-alice.pem"), str(d / "user-alice.key"))
     s, c = _handshake(server, client.context())
-    assert s.getpeercert()["subject"] == ((("commonName", "alice"),),)  # type: ignore[index]
+    assert s.getpeercert()["subject"] == ((("commonName", "alice"),), (("organizationalUnitName", "dispy-user"),))  # type: ignore[index]
     before = (d / "ca.pem").read_bytes(), (d / "scheduler.key").read_bytes()
     again = subprocess.run([*argv, "--node", "n2"], capture_output=True, text=True, timeout=60)
     assert again.returncode == 0 and f"kept the CA in {d}/ca.pem" in again.stdout, again.stderr

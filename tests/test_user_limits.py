@@ -62,7 +62,7 @@ def test_an_unknown_key_in_a_users_table_is_refused_naming_it_and_the_known_ones
         config_from_args(["--users-file", path])
     message = str(info.value)
     assert "[users.alice]" in message and "max_cpu" in message
-    assert "known keys: verifier, share, max_cpus, max_queued_jobs" in message and "max_held_bytes" in message
+    assert "known keys: verifier, certificate, share, max_cpus, max_queued_jobs" in message and "max_held_bytes" in message
 
 
 def test_the_scheduler_refuses_to_start_with_an_unknown_users_key(cluster: Cluster) -> None:

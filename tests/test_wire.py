@@ -44,7 +44,7 @@ FAILED = JobResult("c-1", 8, int(JobStatus.TERMINATED), None, b"", b"err", "Trac
 
 SAMPLES: list[Message] = [
     M.Challenge(PROTOCOL_VERSION, "sched-1", "SCRAM-SHA-256"),
-    M.Hello(PROTOCOL_VERSION, "client", "alice", "n,,n=client:alice,r=abc", {"host": "h1", "pid": 4242}),
+    M.Hello(PROTOCOL_VERSION, "client", "alice", "n,,n=client:alice,r=abc", {"host": "h1", "pid": 4242}, "SCRAM-SHA-256"),
     M.ServerFirst("r=abcdef,s=c2FsdA==,i=4096"),
     M.ClientProof("c=biws,r=abcdef,p=cHJvb2Y="),
     M.Welcome("session-1", {"heartbeat": 5.0, "server": "sched-1"}, "v=c2lnbmF0dXJl"),
@@ -573,7 +573,7 @@ def test_client_secret_does_not_authenticate_a_node_of_the_same_name() -> None:
 
 def test_hello_of_another_protocol_version_is_refused() -> None:
     with pytest.raises(RemoteWireError) as info:
-        server().receive(M.Hello(PROTOCOL_VERSION + 1, "client", "alice", "n,,n=client:alice,r=abc", {}))
+        server().receive(M.Hello(PROTOCOL_VERSION + 1, "client", "alice", "n,,n=client:alice,r=abc", {}, "SCRAM-SHA-256"))
     assert info.value.code is ErrorCode.BAD_VERSION
 
 
@@ -605,7 +605,7 @@ def test_hello_with_its_role_changed_fails_the_proof() -> None:
     hello = peer.receive(srv.challenge())
     assert isinstance(hello, M.Hello)
     with pytest.raises(RemoteWireError) as info:
-        srv.receive(M.Hello(hello.version, "node", hello.name, hello.client_first, hello.info))
+        srv.receive(M.Hello(hello.version, "node", hello.name, hello.client_first, hello.info, hello.mechanism))
     assert info.value.code is ErrorCode.BAD_MESSAGE
 
 
@@ -641,10 +641,10 @@ def test_a_fake_scheduler_that_does_not_know_the_verifier_is_detected() -> None:
 @pytest.mark.parametrize(
     ("hello", "code"),
     [
-        (M.Hello(PROTOCOL_VERSION, "admin", "alice", "n,,n=x,r=a", {}), ErrorCode.BAD_MESSAGE),
-        (M.Hello(PROTOCOL_VERSION, "client", "", "n,,n=x,r=a", {}), ErrorCode.BAD_MESSAGE),
-        (M.Hello(PROTOCOL_VERSION, "client", "alice", "garbage", {}), ErrorCode.BAD_MESSAGE),
-        (M.Hello(PROTOCOL_VERSION, "client", "alice", "n,,n=client:bob,r=a", {}), ErrorCode.BAD_MESSAGE),
+        (M.Hello(PROTOCOL_VERSION, "admin", "alice", "n,,n=x,r=a", {}, "SCRAM-SHA-256"), ErrorCode.BAD_MESSAGE),
+        (M.Hello(PROTOCOL_VERSION, "client", "", "n,,n=x,r=a", {}, "SCRAM-SHA-256"), ErrorCode.BAD_MESSAGE),
+        (M.Hello(PROTOCOL_VERSION, "client", "alice", "garbage", {}, "SCRAM-SHA-256"), ErrorCode.BAD_MESSAGE),
+        (M.Hello(PROTOCOL_VERSION, "client", "alice", "n,,n=client:bob,r=a", {}, "SCRAM-SHA-256"), ErrorCode.BAD_MESSAGE),
         (M.Welcome("s", {}, ""), ErrorCode.BAD_MESSAGE),
     ],
     ids=["unknown role", "empty name", "not SCRAM", "another SCRAM user", "not a Hello"],
@@ -694,7 +694,7 @@ def test_handshakes_refuse_use_after_they_are_done() -> None:
     hs = pair()
     hs.run()
     with pytest.raises(LocalWireError):
-        hs.server.receive(M.Hello(PROTOCOL_VERSION, "client", "alice", "", {}))
+        hs.server.receive(M.Hello(PROTOCOL_VERSION, "client", "alice", "", {}, "SCRAM-SHA-256"))
     with pytest.raises(LocalWireError):
         hs.peer.receive(M.Welcome("s", {}, ""))
 
