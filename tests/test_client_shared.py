@@ -139,9 +139,12 @@ def test_cluster_status_node_methods_and_a_nodeallocate_subclass(cluster: Cluste
 
 
 def _wait_finished(cluster: Cluster, finished: int, busy: int = 0) -> None:
-    """Waits until this user's jobs at the scheduler have `finished` ended and `busy` running (asked as another user)."""
+    """Waits until this user's jobs at the scheduler have `finished` ended and `busy` running.
+
+    Asked by another program of the same user: a user sees only itself by name (others as totals).
+    """
     user = os.environ.get("DISPY_USER") or getpass.getuser()
-    with dispy.SharedJobCluster(len, scheduler_host=cluster.address, user="watcher") as watcher:
+    with dispy.SharedJobCluster(len, scheduler_host=cluster.address, user=user) as watcher:
 
         def reached() -> bool:
             mine = watcher.scheduler_status()["users"].get(user, {})
