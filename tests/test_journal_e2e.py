@@ -174,7 +174,10 @@ for job in jobs:
     def lose_the_node() -> None:  # its machine is gone too, with its jobs, while the scheduler is down
         node.kill9()
         for proc in jobs:
-            proc.kill()
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:  # a helper process of the job that had ended already
+                pass
 
     scheduler = restart(cluster, scheduler, signal.SIGKILL, "--adopt-within", "1", meanwhile=lose_the_node)
     cluster.node(cpus=2, name="second")
