@@ -435,3 +435,76 @@ def test_a_scheduler_off_loopback_without_tls_refuses_to_start_unless_insecure_a
     insecure = cluster.start([*argv, "--insecure-plaintext"], "insecure")
     insecure.wait_for_line(r"listening on 0\.0\.0\.0:\d+")
     insecure.wait_for_line(r"WARNING .*--insecure-plaintext: listening on 0\.0\.0\.0 WITHOUT TLS", stream="stderr")
+
+
+class TamperingRelay:
+    """A man in the middle at the TCP level: passes the TLS handshake through, then flips a byte in
+    every TLS record that one direction carries from its `after`-th application-data record on."""
+
+    def __init__(self, target: tuple[str, int], direction: str, after: int) -> None:
+        self.target, self.direction, self.after = target, direction, after
+        self.flipped = 0
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.address = "127.0.0.1:%d" % self._listener.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                downstream, _ = self._listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            tamper = {"up": (downstream, upstream), "down": (upstream, downstream)}[self.direction]
+            for src, dst in ((downstream, upstream), (upstream, downstream)):
+                threading.Thread(target=self._pump, args=(src, dst, (src, dst) == tamper), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, tamper: bool) -> None:
+        buf, seen = b"", 0
+        try:
+            while data := src.recv(65536):
+                if not tamper:
+                    dst.sendall(data)
+                    continue
+                buf += data
+                while len(buf) >= 5 and len(buf) >= 5 + int.from_bytes(buf[3:5], "big"):
+                    size = 5 + int.from_bytes(buf[3:5], "big")
+                    record, buf = bytearray(buf[:size]), buf[size:]
+                    if record[0] == 0x17:  # application data: after the handshake, what dispy-shared says
+                        seen += 1
+                        if seen >= self.after:
+                            record[-1] ^= 0x01
+                            self.flipped += 1
+                    dst.sendall(bytes(record))
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                s.close()
+
+    def close(self) -> None:
+        self._listener.close()
+
+
+@pytest.mark.parametrize("direction", ["up", "down"])
+def test_a_relay_that_flips_bits_after_the_login_drops_the_connection_and_nothing_runs(
+    cluster: Cluster, pki: dict[str, Any], direction: str
+) -> None:
+    """TLS carries the integrity the frames need: a record changed on the path ends the connection."""
+    sched = _tls_scheduler(cluster, pki)
+    node = cluster.node("--node-secret", "N", "--tls-ca", pki["ca"])
+    host, port = cluster.address.rsplit(":", 1)
+    # TLS 1.3 sends the client's Finished, Hello and proof as application data first: from the
+    # fourth record on, what is changed is the client's cluster and jobs (up) or the replies (down)
+    relay = TamperingRelay((host, int(port)), direction, after=4)
+    try:
+        victim = _client(cluster, "victim", tls_ca=pki["ca"], scheduler_host=relay.address)
+    finally:
+        relay.close()
+    assert relay.flipped >= 1
+    # the client's typed error: the connection broke (down) or the scheduler never answered (up)
+    assert victim.stdout.startswith(("SchedulerNotTrusted: ", "SchedulerUnreachable: ", "ProtocolError: ")), victim.stdout
+    assert "loading cluster" not in node.stderr  # the cluster never reached a node: nothing ran
+    bystander = _client(cluster, "bystander", tls_ca=pki["ca"])
+    assert "RESULTS [0, 1, 4, 9]" in bystander.stdout, cluster.describe()
+    assert "Traceback" not in sched.stderr
