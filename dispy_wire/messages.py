@@ -207,6 +207,14 @@ class Error(Message):
     ref: str
 
 
+# -- either way, after login ------------------------------------------------
+
+
+@message(8)
+class Ping(Message):
+    """A sign of life on an otherwise idle link (`dispy_wire.liveness`); the receiver only notes it."""
+
+
 # -- client → scheduler ------------------------------------------------------
 
 
