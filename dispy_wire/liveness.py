@@ -70,10 +70,11 @@ class Liveness:
     #: set by the shell whenever bytes arrive / a message is queued; cleared by `check`
     heard: bool = False
     sent: bool = False
+    last_check: float = 0.0
 
     @classmethod
     def start(cls, send_every: float, expect_every: float, now: float) -> Liveness:
-        return cls(send_every, expect_every, now, now)
+        return cls(send_every, expect_every, now, now, last_check=now)
 
     @property
     def deadline(self) -> float:
@@ -91,6 +92,11 @@ class Liveness:
 
     def check(self, now: float) -> Verdict:
         """What the link needs now; a PING verdict counts as sent."""
+        if now - self.last_check > self.deadline / 2:
+            # we ourselves did not run for that long (stopped, starved): the silence is ours, not the peer's,
+            # and what it sent meanwhile is still unread; it gets a full deadline from now
+            self.last_heard = now
+        self.last_check = now
         if self.heard:
             self.heard, self.last_heard = False, now
         if self.sent:

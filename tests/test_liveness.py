@@ -12,7 +12,7 @@ from dispy_wire.liveness import MISSES, Liveness, Verdict, announced_interval, s
 def run(live: Liveness, until: float, step: float, *, hear: bool = False, send: bool = False) -> list[tuple[float, Verdict]]:
     """Checks every `step` s from just after the last check up to `until`; returns what was not OK."""
     out = []
-    t = max(live.last_heard, live.last_sent)
+    t = live.last_check
     while t + step <= until + 1e-9:
         t += step
         live.heard = live.heard or hear
@@ -36,22 +36,26 @@ def test_a_busy_link_sends_no_ping() -> None:
     assert run(live, 60.0, live.period, hear=True, send=True) == []
 
 
+def first_silent(live: Liveness, until: float) -> float | None:
+    """When checks every period from now on, hearing nothing, first find the peer silent."""
+    return next((t for t, v in run(live, until, live.period) if v is Verdict.SILENT), None)
+
+
 def test_a_silent_peer_is_given_up_after_misses_of_its_intervals_not_before() -> None:
     live = Liveness.start(send_every=1.0, expect_every=3.0, now=100.0)
     run(live, 110.0, live.period, hear=True, send=True)  # last heard at 110
-    assert live.check(110.0 + 3.0 * MISSES) is not Verdict.SILENT
-    verdict = live.check(110.0 + 3.0 * MISSES + live.period)
-    assert verdict is Verdict.SILENT
-    assert live.silence(110.0 + 3.0 * MISSES + live.period) == pytest.approx(3.0 * MISSES + live.period)
+    given_up = first_silent(live, 200.0)
+    assert given_up is not None
+    assert 110.0 + 3.0 * MISSES < given_up <= 110.0 + 3.0 * MISSES + live.period + 1e-9
+    assert live.silence(given_up) == pytest.approx(given_up - 110.0)
 
 
 def test_hearing_anything_restarts_the_count() -> None:
     live = Liveness.start(send_every=1.0, expect_every=1.0, now=0.0)
-    assert all(v is Verdict.PING for _, v in run(live, 3.5, live.period, send=False))
-    live.heard = True
-    assert live.check(3.6) is not Verdict.SILENT
-    assert live.check(3.6 + MISSES - 0.1) is not Verdict.SILENT
-    assert live.check(3.6 + MISSES + 0.1) is Verdict.SILENT
+    assert all(v is Verdict.PING for _, v in run(live, 3.5, live.period))
+    live.heard = True  # a byte, just before the check at 4.0
+    given_up = first_silent(live, 60.0)
+    assert given_up is not None and 4.0 + MISSES < given_up <= 4.0 + MISSES + live.period + 1e-9
 
 
 def test_the_check_period_suits_the_shorter_interval() -> None:
@@ -79,3 +83,12 @@ def test_keepalive_is_set_on_tcp_sockets_and_other_sockets_are_left_alone() -> N
     with a, b:
         set_keepalive(a)  # a Unix socket: no error, nothing set
     set_keepalive(None)
+
+
+def test_a_side_that_was_itself_stopped_does_not_blame_its_peer() -> None:
+    live = Liveness.start(send_every=1.0, expect_every=1.0, now=0.0)
+    run(live, 2.0, live.period, hear=True)
+    # no check for a minute (we were SIGSTOPped): what the peer sent meanwhile is still unread
+    assert live.check(62.0) is not Verdict.SILENT
+    given_up = first_silent(live, 200.0)  # a peer that really is silent is still given up, a deadline later
+    assert given_up is not None and 62.0 + MISSES < given_up <= 62.0 + MISSES + live.period + 1e-9
