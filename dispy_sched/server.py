@@ -219,7 +219,7 @@ class SchedulerServer:
         """Every half heartbeat: a Ping to each idle peer; a client silent too long is written off.
 
         A silent node is the core's to drop (its Tick, after three of the node's
-        heartbeats, sooner than here); dropping it here too only backs that up.
+        heartbeats, since the node's reports are its sign of life): one place decides that.
         """
         while True:
             await asyncio.sleep(self.config.heartbeat / 2)
@@ -231,16 +231,15 @@ class SchedulerServer:
                 verdict = live.check(now)
                 if verdict is Verdict.PING:
                     conn.send(M.Ping())
-                elif verdict is Verdict.SILENT:
+                elif verdict is Verdict.SILENT and conn.peer is not None and conn.peer.role is Role.CLIENT:
                     self._write_off(conn, live.silence(now))
 
     def _write_off(self, conn: PeerConnection, silence: float) -> None:
-        """Drops a peer that sent nothing for too long: stopped, partitioned, or its host gone."""
+        """Drops a client that sent nothing for too long: stopped, partitioned, or its host gone."""
         assert conn.peer is not None
-        what = "its clusters wait, detached, for it to reconnect" if conn.peer.role is Role.CLIENT else "its jobs are requeued"
         log.warning(
-            "%s %s (%s) silent for %.1f s: writing it off (%s)", conn.peer.role, peer_text(conn.peer.name), conn.address,
-            silence, what,
+            "client %s (%s) silent for %.1f s: writing it off (its clusters wait, detached, for it to reconnect)",
+            peer_text(conn.peer.name), conn.address, silence,
         )  # fmt: skip
         self.peer_left(conn, f"silent for {silence:.1f} s")
         conn.abort()  # not close(): a peer that reads nothing would keep a flush (and its descriptor) waiting

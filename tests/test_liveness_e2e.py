@@ -5,12 +5,18 @@ and once it runs again (SIGCONT) or is restarted on its journal, every job gets 
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+import pytest
 
 from procs import Cluster, Proc
 from waiting import wait_until
@@ -135,3 +141,95 @@ def test_a_stopped_client_is_written_off_and_gets_its_results_when_it_resumes(cl
     assert noticed < 40
     finish(cluster, client)
     assert re.search(r"lost the scheduler .*reconnecting", client.stderr), client.stderr
+
+
+# -- a real partition: the link between two network namespaces made here goes down ---------------
+
+#: addresses inside the namespaces the test creates (nowhere else)
+SCHED_ADDR, PEERS_ADDR = "10.211.0.1", "10.211.0.2"
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
+
+
+@pytest.fixture
+def partition(cluster: Cluster) -> Iterator[tuple[str, str]]:
+    """Two namespaces joined by a veth pair: (scheduler's, peers'); removed afterwards."""
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("needs root and iproute2 to create network namespaces")
+    tag = f"lv{os.getpid()}"
+    sched_ns, peers_ns = f"{tag}s", f"{tag}p"
+    try:
+        _ip("netns", "add", sched_ns)
+        _ip("netns", "add", peers_ns)
+        _ip("link", "add", f"{tag}a", "type", "veth", "peer", "name", f"{tag}b")
+        _ip("link", "set", f"{tag}a", "netns", sched_ns)
+        _ip("link", "set", f"{tag}b", "netns", peers_ns)
+        for ns, dev, addr in ((sched_ns, f"{tag}a", SCHED_ADDR), (peers_ns, f"{tag}b", PEERS_ADDR)):
+            _ip("-n", ns, "addr", "add", f"{addr}/24", "dev", dev)
+            _ip("-n", ns, "link", "set", dev, "up")
+            _ip("-n", ns, "link", "set", "lo", "up")
+    except subprocess.CalledProcessError as exc:
+        for ns in (sched_ns, peers_ns):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
+        pytest.skip(f"cannot create network namespaces here: {exc.stderr.decode(errors='replace').strip()}")
+    try:
+        yield sched_ns, peers_ns
+    finally:
+        cluster.stop_all()  # before the namespaces go
+        for ns in (sched_ns, peers_ns):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
+
+
+def test_a_cut_link_is_noticed_on_every_side_and_everything_recovers_when_it_is_back(
+    cluster: Cluster, partition: tuple[str, str]
+) -> None:
+    sched_ns, peers_ns = partition
+    link = f"{peers_ns[:-1]}b"
+    scheduler = cluster.start(
+        ["ip", "netns", "exec", sched_ns, sys.executable, "-m", "dispy_sched.main", "--host", SCHED_ADDR, "--port", "0",
+         "--discovery-port", "0", "--state-dir", str(cluster.workdir / "scheduler-state"), "--heartbeat", "0.5",
+         "--secret", "user-secret", "--node-secret", "node-secret", "--insecure-plaintext"],
+        "scheduler",
+    )  # fmt: skip
+    port = scheduler.wait_for_line(r"listening on \S+:(\d+)").group(1)
+    cluster.address = f"{SCHED_ADDR}:{port}"
+    node = cluster.start(
+        ["ip", "netns", "exec", peers_ns, sys.executable, "-m", "dispy_node.main", "--scheduler", cluster.address,
+         "--cpus", "4", "--name", "node", "--work-dir", str(cluster.workdir / "node-work"), "--heartbeat", "0.5",
+         "--jobs-as-self", "--node-secret", "node-secret", "--insecure-plaintext"],
+        "node",
+    )  # fmt: skip
+    node.wait_for_line("connected to ")
+    script = cluster.workdir / "client.py"
+    script.write_text(CLIENT.replace("SharedJobCluster(compute)", 'SharedJobCluster(compute, secret="user-secret", insecure_plaintext=True)'))
+    client = cluster.start(
+        ["ip", "netns", "exec", peers_ns, sys.executable, str(script), str(cluster.workdir / "runs.txt"), "4"],
+        "client", {"DISPY_SCHEDULER": cluster.address},
+    )  # fmt: skip
+    client.wait_for_line("submitted", timeout=60)
+    wait_until(lambda: len(runs(cluster)) == 4, what="four jobs running")
+    _ip("-n", peers_ns, "link", "set", link, "down")
+    cut = time.monotonic()
+    try:
+        signs = {
+            "client": (client, r"scheduler \S+ silent for [\d.]+ s"),
+            "node": (node, r"scheduler \S+ silent for [\d.]+ s"),
+            "scheduler (client)": (scheduler, r"client \S+ \(\S+\) silent for [\d.]+ s: writing it off"),
+            "scheduler (node)": (scheduler, r"dropping node node \(\S+\): no report"),
+        }
+        noticed: dict[str, float] = {}
+
+        def all_noticed() -> bool:
+            for who, (proc, pattern) in signs.items():
+                if who not in noticed and re.search(pattern, proc.stderr):
+                    noticed[who] = time.monotonic() - cut
+            return len(noticed) == len(signs)
+
+        wait_until(all_noticed, timeout=90, what="every side noticing the cut link")
+    finally:
+        _ip("-n", peers_ns, "link", "set", link, "up")
+    print("noticed a cut link (heartbeats 0.5 s; the client's 2 s) after:", ", ".join(f"{k} {v:.1f} s" for k, v in noticed.items()))
+    assert noticed["client"] < 30 and noticed["node"] < 30 and noticed["scheduler (client)"] < 40
+    finish(cluster, client, may_be_abandoned=frozenset(runs(cluster)))
