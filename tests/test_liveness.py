@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 import pytest
 
-from dispy_wire.liveness import MISSES, Liveness, Verdict, announced_interval, set_keepalive
+from dispy_sched.config import ConfigError, config_from_args
+from dispy_wire.liveness import DEFAULT_INTERVAL, MISSES, Liveness, Verdict, announced_interval, set_keepalive
 
 
 def run(live: Liveness, until: float, step: float, *, hear: bool = False, send: bool = False) -> list[tuple[float, Verdict]]:
@@ -92,3 +94,12 @@ def test_a_side_that_was_itself_stopped_does_not_blame_its_peer() -> None:
     assert live.check(62.0) is not Verdict.SILENT
     given_up = first_silent(live, 200.0)  # a peer that really is silent is still given up, a deadline later
     assert given_up is not None and 62.0 + MISSES < given_up <= 62.0 + MISSES + live.period + 1e-9
+
+
+def test_the_scheduler_refuses_a_heartbeat_out_of_bounds(tmp_path: Path) -> None:
+    state = ["--state-dir", str(tmp_path)]
+    assert config_from_args(state).heartbeat == DEFAULT_INTERVAL
+    assert config_from_args(["--heartbeat", "0.5", *state]).heartbeat == 0.5
+    for bad in ("0", "-1", "1e9"):
+        with pytest.raises(ConfigError, match="heartbeat must be between"):
+            config_from_args(["--heartbeat", bad, *state])
