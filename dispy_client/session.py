@@ -18,6 +18,11 @@ is on disk), so a client killed in between gets it again from `recover_jobs`.
 The first terminal result of a job wins and later copies are dropped, so the
 user sees exactly one.
 
+The link carries a sign of life both ways (`dispy_wire.liveness`): a
+scheduler silent for four of its announced intervals is given up like a
+closed connection, and the reconnect loop below takes over; the program sees
+only the delay.
+
 User threads reach it only through `enqueue` (lock-free hand-off of submits,
 one wake-up per batch) and `LoopThread.call`/`run`.
 """
