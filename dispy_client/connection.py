@@ -10,6 +10,7 @@ import asyncio
 import logging
 import ssl
 import threading
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar, cast
 
@@ -18,6 +19,7 @@ from dispy_wire.batching import BatchedWriter
 from dispy_wire.errors import ErrorCode, RemoteWireError
 from dispy_wire.framing import NEED_DATA, PREAMBLE, FrameDecoder
 from dispy_wire.handshake import HandshakeState, PeerHandshake, Role
+from dispy_wire.liveness import Liveness, Verdict, announced_interval, set_keepalive
 from dispy_wire.loop import event_loop_factory
 from dispy_wire.tls import ClientTLS, UntrustedScheduler, channel_binding, describe_failure, plaintext_refusal
 
@@ -123,6 +125,10 @@ class SchedulerLink(asyncio.Protocol):
         self.ready: asyncio.Future[M.Welcome] = asyncio.get_running_loop().create_future()
         self.where = "?"
         self.welcome: M.Welcome | None = None
+        #: silence both ways once `watch` starts it; the reason a silent scheduler was given up
+        self.liveness: Liveness | None = None
+        self._watch: asyncio.TimerHandle | None = None
+        self._gave_up = ""
 
     @classmethod
     async def connect(
@@ -210,6 +216,8 @@ class SchedulerLink(asyncio.Protocol):
         self.transport.write(PREAMBLE)
 
     def data_received(self, data: bytes) -> None:
+        if self.liveness is not None:
+            self.liveness.heard = True
         self._decoder.feed(data)
         while True:
             try:
@@ -236,10 +244,12 @@ class SchedulerLink(asyncio.Protocol):
                 log.error("scheduler %s closed the connection: %s (%s)", self.where, msg.message, msg.code)
                 self.close()
                 return
-            else:
+            elif not isinstance(msg, M.Ping):  # a Ping's bytes were the sign of life
                 self._on_message(msg)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
         if self.welcome is None:  # never authenticated: `connect` reports why
             if self.ready.done():
                 return
@@ -258,7 +268,34 @@ class SchedulerLink(asyncio.Protocol):
             else:
                 self.ready.set_exception(SchedulerUnreachable(f"scheduler {self.where} closed the connection"))
             return
-        self._on_lost(str(exc) if exc else "connection closed")
+        self._on_lost(self._gave_up or (str(exc) if exc else "connection closed"))
+
+    # ------------------------------------------------------------- liveness
+
+    def watch(self, send_every: float) -> None:
+        """From login on: a Ping when we have sent nothing for `send_every` s (the interval our Hello
+        announced), and the connection dropped when the scheduler sent nothing for MISSES of its own."""
+        assert self.welcome is not None
+        expect = announced_interval(self.welcome.info)
+        self.liveness = Liveness.start(send_every, expect, time.monotonic())
+        if self.transport is not None:
+            set_keepalive(self.transport.get_extra_info("socket"))
+        self._watch = asyncio.get_running_loop().call_later(self.liveness.period, self._check)
+
+    def _check(self) -> None:
+        live = self.liveness
+        if live is None or self.transport is None or self.transport.is_closing():
+            return
+        now = time.monotonic()
+        verdict = live.check(now)
+        if verdict is Verdict.SILENT:
+            self._gave_up = f"silent for {live.silence(now):.1f} s (it promised a sign of life every {live.expect_every:g} s)"
+            log.warning("scheduler %s %s: closing the connection", self.where, self._gave_up)
+            self.transport.abort()  # nothing to flush to a scheduler that reads nothing
+            return
+        if verdict is Verdict.PING:
+            self.send(M.Ping())
+        self._watch = asyncio.get_running_loop().call_later(live.period, self._check)
 
     def _fail(self, exc: RemoteWireError) -> None:
         if not self.ready.done():
@@ -270,6 +307,8 @@ class SchedulerLink(asyncio.Protocol):
     # --------------------------------------------------------------- output
 
     def send(self, msg: M.Message) -> None:
+        if self.liveness is not None:
+            self.liveness.sent = True
         if self._writer is not None:
             self._writer.send(M.encode(msg))
 

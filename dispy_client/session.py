@@ -18,6 +18,11 @@ is on disk), so a client killed in between gets it again from `recover_jobs`.
 The first terminal result of a job wins and later copies are dropped, so the
 user sees exactly one.
 
+The link carries a sign of life both ways (`dispy_wire.liveness`): a
+scheduler silent for four of its announced intervals is given up like a
+closed connection, and the reconnect loop below takes over; the program sees
+only the delay.
+
 User threads reach it only through `enqueue` (lock-free hand-off of submits,
 one wake-up per batch) and `LoopThread.call`/`run`.
 """
@@ -35,6 +40,7 @@ from typing import Any
 
 from dispy_wire import messages as M
 from dispy_wire.errors import ErrorCode
+from dispy_wire.liveness import DEFAULT_INTERVAL
 from dispy_wire.status import JobStatus
 from dispy_wire.tls import ClientTLS
 
@@ -47,6 +53,8 @@ log = logging.getLogger("dispy_client")
 SUBMIT_CHUNK_BYTES = 4 * 1024 * 1024
 #: room for a message's own fields around its payloads
 ENVELOPE_BYTES = 1024
+#: seconds between our Pings when idle (announced in Hello)
+HEARTBEAT = DEFAULT_INTERVAL
 
 
 class ClusterSession:
@@ -131,12 +139,14 @@ class ClusterSession:
     async def open(self) -> bool:
         """Connects and opens (or re-opens) the cluster; returns `resumed`."""
         loop = asyncio.get_running_loop()
-        info = {"host": socket.gethostname(), "pid": os.getpid()}
+        # heartbeat: we send at least this often; the scheduler writes us off after liveness.MISSES of silence
+        info = {"host": socket.gethostname(), "pid": os.getpid(), "heartbeat": HEARTBEAT}
         self._link = await SchedulerLink.connect(
             self.host, self.port, self.timeout, self.user, self._secret, info, self._on_message, self._on_lost,
             self._tls, self._insecure_plaintext,
         )  # fmt: skip
         assert self._link.welcome is not None
+        self._link.watch(HEARTBEAT)
         limit = self._link.welcome.info.get("max_message_size")
         self.max_message_size = limit if isinstance(limit, int) else 0
         self._journal = self._link.welcome.info.get("journal") is True
@@ -151,6 +161,7 @@ class ClusterSession:
             async with asyncio.timeout(self.timeout):
                 resumed = await self._opened
         except TimeoutError:
+            self._link.close()  # a reconnect (or the user) starts afresh
             raise ClusterError(f"scheduler {self._link.where} did not open the cluster within {self.timeout:g} s") from None
         # what the scheduler may have missed or forgotten, before the jobs it shapes
         for node, cpus in self._node_cpus.items():
@@ -348,6 +359,9 @@ class ClusterSession:
             if self._closed is not None and not self._closed.done():
                 self._closed.set_result(None)
             return
+        opened = self._opened
+        if opened is None or not opened.done() or opened.cancelled() or opened.exception() is not None:
+            return  # lost before the cluster opened on it: `open` (the user's, or the reconnect loop's) fails instead
         log.warning("lost the scheduler %s:%d (%s); reconnecting", self.host, self.port, reason)
         self._opened = None
         self._reconnect = asyncio.get_running_loop().create_task(self._reconnect_loop())

@@ -51,6 +51,7 @@ from dispy_wire.batching import by_size
 from dispy_wire.errors import ErrorCode, RemoteWireError
 from dispy_wire.framing import NEED_DATA, PREAMBLE, FrameDecoder
 from dispy_wire.handshake import HandshakeState, PeerHandshake, Role
+from dispy_wire.liveness import Liveness, Verdict, announced_interval, set_keepalive
 from dispy_wire.tls import ClientTLS, UntrustedScheduler, channel_binding, describe_failure, plaintext_refusal
 from dispy_wire.messages import (
     HELLO_MAX_ADDRESSES,
@@ -66,6 +67,7 @@ from dispy_wire.messages import (
     NodeFiles,
     NodeHolds,
     NodeResults,
+    Ping,
     PutFile,
     Refused,
     ResultsRecorded,
@@ -317,6 +319,11 @@ class _Session:
         self._results: list[JobResult | JobFile] = []  # in order: a job's files go before its result
         self._flush_pending = False
         self._heartbeats: asyncio.Task[None] | None = None
+        self._watch: asyncio.Task[None] | None = None
+        self.welcome: Welcome | None = None
+        #: silence both ways, from login on; the reason a silent scheduler was given up
+        self.liveness: Liveness | None = None
+        self._gave_up = ""
 
     async def handshake(self) -> None:
         """Raises SchedulerRefused if the scheduler will not have us."""
@@ -353,17 +360,24 @@ class _Session:
                 raise SchedulerRefused(str(exc.code), exc.message) from None
             if not isinstance(reply, Welcome):
                 self._writer.write(encode(reply))
+            else:
+                self.welcome = reply
         if jobs or clusters:  # the scheduler adopts or kills each
             self._writer.write(encode(NodeHolds(jobs, clusters)))
 
     async def serve(self) -> None:
         """Runs until the connection ends (returns) or the scheduler refuses us (raises)."""
         self._heartbeats = asyncio.create_task(self._heartbeat())
+        assert self.welcome is not None
+        # our Heartbeats are our sign of life; the scheduler Pings us when it has nothing else to say
+        self.liveness = Liveness.start(self.config.heartbeat, announced_interval(self.welcome.info), time.monotonic())
+        set_keepalive(self._writer.get_extra_info("socket"))
+        self._watch = asyncio.create_task(self._watch_scheduler(self.liveness))
         while True:
             try:
                 msg = await self._recv()
             except ConnectionError as exc:
-                logger.warning("lost the scheduler %s: %s", self.config.scheduler, exc)
+                logger.warning("lost the scheduler %s: %s", self.config.scheduler, self._gave_up or exc)
                 return
             self._dispatch(msg)
 
@@ -372,9 +386,10 @@ class _Session:
         # with what this session had not written yet
         unsent, self._results = self._results, []
         self.control.keeper.detach(unsent)
-        if self._heartbeats is not None:
-            self._heartbeats.cancel()
-            await asyncio.gather(self._heartbeats, return_exceptions=True)
+        tasks = [t for t in (self._heartbeats, self._watch) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._writer.close()
         try:
             await self._writer.wait_closed()
@@ -403,6 +418,8 @@ class _Session:
                 data = await self._reader.read(1 << 20)
                 if not data:
                     raise ConnectionError("connection closed by the scheduler")
+                if self.liveness is not None:
+                    self.liveness.heard = True
                 self._decoder.feed(data)
                 continue
             assert isinstance(msg, Message)
@@ -428,6 +445,8 @@ class _Session:
             case UnloadCluster(cluster_id):
                 logger.info("unloading cluster %s", cluster_id)
                 self.runner.unload(cluster_id).add_done_callback(lambda _: self._check_done())
+            case Ping():
+                pass  # its bytes were the sign of life
             case Error(code, message, ref):
                 logger.warning("scheduler %s: error %s about %r: %s", self.config.scheduler, code, ref, message)
             case Refused(code, message):
@@ -465,6 +484,23 @@ class _Session:
             except TimeoutError:
                 pass
 
+    async def _watch_scheduler(self, live: Liveness) -> None:
+        """Drops the connection when the scheduler has sent nothing for too long (stopped, partitioned):
+        the jobs go on (the keeper's grace period) while `run_node` redials with backoff."""
+        while True:
+            await asyncio.sleep(live.period)
+            now = time.monotonic()
+            verdict = live.check(now)
+            if verdict is Verdict.SILENT:
+                self._gave_up = (
+                    f"silent for {live.silence(now):.1f} s (it promised a sign of life every {live.expect_every:g} s)"
+                )
+                logger.warning("scheduler %s %s: closing the connection", self.config.scheduler, self._gave_up)
+                self._writer.transport.abort()  # the reader sees the end; nothing to flush to a silent scheduler
+                return
+            if verdict is Verdict.PING:  # our Heartbeats were held up (a slow drain): any message will do
+                self._write(encode(Ping()))
+
     def _check_done(self) -> None:
         self.control.check_done(self.runner.busy, self.runner.clusters)
 
@@ -495,6 +531,8 @@ class _Session:
         self._write(encode(ClusterFailed(cluster_id, message)))
 
     def _write(self, data: bytes) -> None:
+        if self.liveness is not None:
+            self.liveness.sent = True
         if not self._writer.is_closing():
             self._writer.write(data)
 

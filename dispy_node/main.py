@@ -86,7 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="read the node secret from this file (one line), which must be the node account's "
                         "alone (mode 0600 or 0400), or the node refuses to start")  # fmt: skip
     p.add_argument("--heartbeat", type=float, metavar="SECONDS",
-                   help="seconds between resource reports (default: 2)")  # fmt: skip
+                   help="seconds between resource reports, the node's sign of life: the scheduler drops a node "
+                        "silent for 3 of them (default: 2). The node in turn redials when the scheduler sends "
+                        "nothing for 4 of the intervals it announces (its --heartbeat)")  # fmt: skip
     p.add_argument("--work-dir", type=Path, metavar="DIR",
                    help="where clusters' files go, one directory each; give each node on a host its own "
                         "(default: <tmp>/dispynode-<uid>/<name>)")  # fmt: skip

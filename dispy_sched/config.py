@@ -15,6 +15,7 @@ from dispy_wire.discovery import DISCOVERY_PORT
 from dispy_wire.framing import DEFAULT_MAX_SIZE
 from dispy_wire.handshake import Role
 from dispy_wire.limits import parse_size
+from dispy_wire.liveness import DEFAULT_INTERVAL, MAX_INTERVAL, MIN_INTERVAL, MISSES
 from dispy_wire.verifier import Verifier, looks_like_verifier
 from dispy_wire.tls import ServerTLS, TLSConfigError, is_loopback, plaintext_refusal
 
@@ -59,6 +60,9 @@ class SchedConfig:
     state_dir: str | None = None
     max_message_size: int = DEFAULT_MAX_SIZE
     handshake_timeout: float = 10.0
+    #: seconds between Pings to an idle client or node (announced in Welcome): a peer that hears nothing
+    #: for four of them takes the scheduler for gone and reconnects
+    heartbeat: float = DEFAULT_INTERVAL
     #: connections still logging in, in all and from one address; more are refused
     max_unauthenticated: int = 256
     max_unauthenticated_per_address: int = 32
@@ -335,6 +339,11 @@ def build_parser() -> argparse.ArgumentParser:
         "copies run (reentrant) or they end Abandoned (30)",
     )
     p.add_argument("--max-message-size", type=int, metavar="BYTES", help="largest message accepted (default 64 MiB)")
+    p.add_argument(
+        "--heartbeat", type=float, metavar="S",
+        help=f"seconds between Pings to an idle client or node ({DEFAULT_INTERVAL:g}); a peer that hears nothing for "
+        f"{MISSES} of them reconnects, and a client silent for {MISSES} of its own is written off (its clusters wait)",
+    )  # fmt: skip
     p.add_argument("--handshake-timeout", type=float, metavar="S", help="seconds a peer has to authenticate (10)")
     p.add_argument(
         "--max-unauthenticated", type=int, metavar="N", help="connections still logging in, in all (256); more are refused"
@@ -440,6 +449,8 @@ def config_from_args(argv: list[str] | None = None) -> SchedConfig:
         raise ConfigError("journal_sync must be full or normal")
     if cfg.adopt_within < 0:
         raise ConfigError("adopt_within must be >= 0 seconds")
+    if not MIN_INTERVAL <= cfg.heartbeat <= MAX_INTERVAL:
+        raise ConfigError(f"heartbeat must be between {MIN_INTERVAL:g} and {MAX_INTERVAL:g} seconds")
     if cfg.max_message_size < 1024:
         raise ConfigError("max_message_size must be at least 1024 bytes")
     if cfg.max_unauthenticated < 1 or cfg.max_unauthenticated_per_address < 1:

@@ -25,6 +25,7 @@ from dispy_wire.batching import BatchedWriter
 from dispy_wire.errors import ErrorCode, RemoteWireError
 from dispy_wire.framing import NEED_DATA, PRELOGIN_MAX_SIZE, PREAMBLE, FrameDecoder
 from dispy_wire.handshake import HandshakeState, Peer, Role, ServerHandshake
+from dispy_wire.liveness import Liveness
 from dispy_wire.tls import channel_binding, peer_identity
 
 from .core import events as E
@@ -92,6 +93,8 @@ class PeerConnection(asyncio.Protocol):
         self._writer: BatchedWriter | None = None
         self._closing = False
         self._timer: asyncio.TimerHandle | None = None
+        #: silence both ways, from login on (`SchedulerServer._watch_links` checks it)
+        self.liveness: Liveness | None = None
 
     # ---------------------------------------------------------- asyncio hooks
 
@@ -113,6 +116,8 @@ class PeerConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closing:
             return
+        if self.liveness is not None:
+            self.liveness.heard = True
         self._decoder.feed(data)
         while not self._closing:
             try:
@@ -191,6 +196,8 @@ class PeerConnection(asyncio.Protocol):
 
     def _on_message(self, msg: M.Message) -> None:
         assert self.peer is not None
+        if isinstance(msg, M.Ping):  # its bytes were the sign of life
+            return
         if self.awaiting_holds is not None:  # a node's join waits for what it holds (its first message)
             joined, self.awaiting_holds = self.awaiting_holds, None
             if isinstance(msg, M.NodeHolds):
@@ -213,6 +220,8 @@ class PeerConnection(asyncio.Protocol):
         """Queues a message; everything queued in one loop turn is one write."""
         if self._closing or self._writer is None:
             return
+        if self.liveness is not None:
+            self.liveness.sent = True
         self._writer.send(M.encode(msg))
 
     def fail(
@@ -244,6 +253,12 @@ class PeerConnection(asyncio.Protocol):
         if exc.code is ErrorCode.LOGIN_FAILED and hs is not None:
             who += " (a known name)" if hs.known else " (no such name)"  # for the operator, never the peer
         return who
+
+    def abort(self) -> None:
+        """Drops the connection at once, without flushing: for a peer that reads nothing any more."""
+        if self.transport is not None:
+            self._closing = True
+            self.transport.abort()
 
     def close(self) -> None:
         if self._closing or self.transport is None:

@@ -37,6 +37,7 @@ from dispy_wire.batching import by_size
 from dispy_wire.discovery import Throttle
 from dispy_wire.errors import ErrorCode, RemoteWireError
 from dispy_wire.handshake import ChannelBinding, Peer, Role, ServerHandshake
+from dispy_wire.liveness import Liveness, Verdict, announced_interval, set_keepalive
 from dispy_wire.tls import CertIdentity, peer_common_name
 
 from .config import SchedConfig
@@ -124,6 +125,7 @@ class SchedulerServer:
         self._stopping = False
         self._server: asyncio.base_events.Server | None = None
         self._tick_task: asyncio.Task[None] | None = None
+        self._watch_task: asyncio.Task[None] | None = None
         self._last_status_log = 0.0
         self.address: tuple[str, int] = (config.host, config.port)
         self._fake_key = os.urandom(32)  # unknown names' fake verifiers derive from it (dispy_wire/verifier.py)
@@ -164,6 +166,7 @@ class SchedulerServer:
         sockname = self._server.sockets[0].getsockname()
         self.address = (sockname[0], sockname[1])
         self._tick_task = asyncio.create_task(self._ticker())
+        self._watch_task = asyncio.create_task(self._watch_links())
         return self.address
 
     async def stop(self) -> None:
@@ -174,8 +177,9 @@ class SchedulerServer:
         running jobs running (their nodes keep them for a grace period and
         hand them back to the next run).
         """
-        if self._tick_task is not None:
-            self._tick_task.cancel()
+        for task in (self._tick_task, self._watch_task):
+            if task is not None:
+                task.cancel()
         if self._server is not None:
             self._server.close()
         if self._pending:
@@ -210,6 +214,35 @@ class SchedulerServer:
             if now - self._last_status_log >= self.config.status_log_interval:
                 self._last_status_log = now
                 self._log_status()
+
+    async def _watch_links(self) -> None:
+        """Every half heartbeat: a Ping to each idle peer; a client silent too long is written off.
+
+        A silent node is the core's to drop (its Tick, after three of the node's
+        heartbeats, since the node's reports are its sign of life): one place decides that.
+        """
+        while True:
+            await asyncio.sleep(self.config.heartbeat / 2)
+            now = time.monotonic()
+            for conn in list(self.peers.values()):
+                live = conn.liveness
+                if live is None:
+                    continue
+                verdict = live.check(now)
+                if verdict is Verdict.PING:
+                    conn.send(M.Ping())
+                elif verdict is Verdict.SILENT and conn.peer is not None and conn.peer.role is Role.CLIENT:
+                    self._write_off(conn, live.silence(now))
+
+    def _write_off(self, conn: PeerConnection, silence: float) -> None:
+        """Drops a client that sent nothing for too long: stopped, partitioned, or its host gone."""
+        assert conn.peer is not None
+        log.warning(
+            "client %s (%s) silent for %.1f s: writing it off (its clusters wait, detached, for it to reconnect)",
+            peer_text(conn.peer.name), conn.address, silence,
+        )  # fmt: skip
+        self.peer_left(conn, f"silent for {silence:.1f} s")
+        conn.abort()  # not close(): a peer that reads nothing would keep a flush (and its descriptor) waiting
 
     def _log_status(self) -> None:
         """One line for the cluster, one per user that is active or has usage left."""
@@ -271,6 +304,8 @@ class SchedulerServer:
             "max_message_size": self.config.max_message_size,
             # accepted jobs survive a restart here: a client need not keep them to resubmit
             "journal": self.store is not None,
+            # we send at least this often; a peer silent for liveness.MISSES of its own intervals is written off
+            "heartbeat": self.config.heartbeat,
         }
 
     def admit_user(self, peer: Peer) -> RemoteWireError | None:
@@ -295,14 +330,16 @@ class SchedulerServer:
         log.info(
             "%s %s connected from %s%s", peer.role, peer_text(peer.name), conn.address, f" (certificate CN={cn})" if cn else ""
         )
+        heartbeat = announced_interval(peer.info, self.config.heartbeat)
+        conn.liveness = Liveness.start(self.config.heartbeat, heartbeat, time.monotonic())
+        if conn.transport is not None:
+            set_keepalive(conn.transport.get_extra_info("socket"))
         if peer.role is Role.CLIENT:
             self._client_conns[peer.name] += 1
             return None
-        cpus, heartbeat = peer.info.get("cpus"), peer.info.get("heartbeat", 2.0)
+        cpus = peer.info.get("cpus")
         if not isinstance(cpus, int) or isinstance(cpus, bool) or cpus < 0:
             cpus = 0
-        if not isinstance(heartbeat, (int, float)) or not 0.05 <= heartbeat <= 3600:
-            heartbeat = 2.0
         ip_addr = conn.address.rsplit(":", 1)[0]
         reported = peer.info.get("addresses")
         addresses = tuple(a for a in reported[: M.HELLO_MAX_ADDRESSES] if isinstance(a, str)) if isinstance(reported, list) else ()

@@ -25,7 +25,7 @@ from .errors import ErrorCode, LocalWireError, RemoteWireError
 from .framing import FrameDecoder, _NeedData, encode_frame
 from .schema import checker_for
 
-PROTOCOL_VERSION = 2  # 2: SCRAM-SHA-256 logins (ServerFirst, ClientProof); JobResult and JobFile carry the job's MAC
+PROTOCOL_VERSION = 2  # 2: SCRAM or certificate logins, results MAC'd, Ping, NodeHolds, ResultsRecorded
 
 
 # --------------------------------------------------------------------------
@@ -210,6 +210,14 @@ class Error(Message):
     code: str
     message: str
     ref: str
+
+
+# -- either way, after login ------------------------------------------------
+
+
+@message(8)
+class Ping(Message):
+    """A sign of life on an otherwise idle link (`dispy_wire.liveness`); the receiver only notes it."""
 
 
 # -- client → scheduler ------------------------------------------------------

@@ -78,6 +78,7 @@ SAMPLES: list[Message] = [
     M.UnloadCluster("c-1"),
     M.ResultsRecorded([JobRef("c-1", 1), JobRef("c-1", 2)]),
     M.NodeHolds([JobRef("c-1", 3)], ["c-1", "c-2"]),
+    M.Ping(),
 ]
 
 
