@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import stat
 import socket
@@ -416,6 +417,8 @@ def config_from_args(argv: list[str] | None = None) -> SchedConfig:
         raise ConfigError("keep_detached must be >= 0 seconds (0: forever)")
     if cfg.usage_half_life < 0:
         raise ConfigError("usage_half_life must be >= 0 seconds (0: usage never decays)")
+    if not isinstance(logging.getLevelName(cfg.loglevel.upper()), int):
+        raise ConfigError(f"loglevel {cfg.loglevel!r} is not DEBUG, INFO, WARNING or ERROR")
     if cfg.journal_sync not in ("full", "normal"):
         raise ConfigError("journal_sync must be full or normal")
     if cfg.adopt_within < 0:

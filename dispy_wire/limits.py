@@ -32,6 +32,8 @@ def check(limits: Mapping[str, Any]) -> dict[str, int | float]:
     Raises:
         ValueError: naming the key at fault.
     """
+    if not isinstance(limits, Mapping):
+        raise ValueError(f"limits must be a dict such as {{'memory': '1G', 'timeout': 60}}, not {limits!r}")
     checked: dict[str, int | float] = {}
     for key, value in limits.items():
         if key not in KEYS:
