@@ -399,6 +399,8 @@ def config_from_args(argv: list[str] | None = None) -> SchedConfig:
                 checker_for(_FIELD_TYPES[key])(value)
             except TypeError as exc:
                 raise ConfigError(f"{key}: {exc}, not {value!r}") from None
+            if value != value:  # NaN passes every range check below, as no comparison holds
+                raise ConfigError(f"{key}: not a number")
     if values.get("node_verifier") is not None and values.get("node_secret"):
         raise ConfigError("give either node_verifier or node_secret, not both")
     if isinstance(values.get("node_secret"), str) and looks_like_verifier(values["node_secret"]):

@@ -532,6 +532,7 @@ def sched_config_file(table: dict[str, Any]) -> None:
             return
     assert 0 <= cfg.port <= 65535 and cfg.max_message_size >= 1024
     assert isinstance(logging.getLevelName(cfg.loglevel.upper()), int)  # main's logging.basicConfig takes it
+    assert not [k for k in SCHED_KEYS if isinstance(getattr(cfg, k), float) and math.isnan(getattr(cfg, k))]
 
 
 CLIENT_MESSAGES = [messages.OpenCluster, messages.SubmitJobs, messages.CancelJobs, messages.AckResults,
@@ -657,11 +658,14 @@ def node_config_file(table: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------
 # dispy_client
 
+def _json_containers(inner: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    keys = st.sampled_from(["uid", "t", "id", "done"]) | st.text(max_size=4)
+    return st.lists(inner, max_size=3) | st.dictionaries(keys, inner, max_size=4)
+
+
 JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(["uid", "t", "id", "done"]) | st.text(max_size=4), inner, max_size=4),
-    max_leaves=8,
-)  # fmt: skip
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8), _json_containers, max_leaves=8
+)
 HEADER_TABLE = st.fixed_dictionaries(
     {"v": st.just(recover.FORMAT_VERSION) | JSON_VALUES},
     optional={k: st.sampled_from(["K", "127.0.0.1:9702", "00" * 32, "zz"]) | TOML_SCALARS
