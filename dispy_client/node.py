@@ -145,6 +145,7 @@ def parse_nodes(nodes: Iterable[Any] | str | None) -> list[NodeAllocate]:
 
     Raises:
         TypeError: an entry of another kind.
+        ValueError: a port or cpus that is no whole number.
     """
     if nodes is None:
         return []
@@ -157,7 +158,10 @@ def parse_nodes(nodes: Iterable[Any] | str | None) -> list[NodeAllocate]:
         elif isinstance(entry, str):
             parsed.append(NodeAllocate(entry))
         elif isinstance(entry, (tuple, list)) and 1 <= len(entry) <= 3:
-            parsed.append(NodeAllocate(*entry))
+            try:
+                parsed.append(NodeAllocate(*entry))
+            except OverflowError:  # int(inf): a ValueError, as for int(nan)
+                raise ValueError(f"nodes entry {entry!r}: port and cpus must be whole numbers") from None
         else:
             raise TypeError(f"nodes entries must be host names, patterns, (host, port, cpus) or NodeAllocate, not {entry!r}")
     return parsed

@@ -151,6 +151,8 @@ def read_records(path: str) -> tuple[dict[str, Any], dict[int, dict[str, Any]]]:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except OSError as exc:
         raise DispyError(f"cannot read recover file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise DispyError(f"{path} is not a dispy_client recover file: not UTF-8 text") from None
     try:
         header = json.loads(lines[0]) if lines else {}
         jobs: dict[int, dict[str, Any]] = {}
@@ -159,11 +161,15 @@ def read_records(path: str) -> tuple[dict[str, Any], dict[int, dict[str, Any]]]:
                 continue  # the last line, cut short by a crash
             record = json.loads(line)
             jobs.setdefault(record["uid"], {}).update(record)
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:  # RecursionError: JSON nested too deep
         raise DispyError(f"{path} is not a dispy_client recover file: {exc}") from None
-    if header.get("v") != FORMAT_VERSION or "cluster_id" not in header:
+    if not isinstance(header, dict) or header.get("v") != FORMAT_VERSION or "cluster_id" not in header:
+        version = header.get("v") if isinstance(header, dict) else None
         raise DispyError(f"{path} is not a dispy_client recover file of version {FORMAT_VERSION} "
-                         f"(version {header.get('v')!r})")  # fmt: skip
+                         f"(version {version!r})")  # fmt: skip
+    bad = [k for k in ("scheduler", "user", "cluster_id", "name") if not isinstance(header.get(k), str)]
+    if bad:
+        raise DispyError(f"{path} is not a dispy_client recover file: its header lacks {', '.join(bad)}")
     try:
         header["result_key"] = bytes.fromhex(header["result_key"])
     except (KeyError, TypeError, ValueError):

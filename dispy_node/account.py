@@ -49,6 +49,10 @@ logger = logging.getLogger(__name__)
 DEFAULT_RUN_AS = "nobody"
 #: the uids a root node gives its clusters unless told otherwise (see the module's docstring)
 DEFAULT_JOB_UIDS = "2000000000-2000000999"
+#: the largest uid (2**32 - 1 is "no uid" to the kernel's calls)
+MAX_UID = 2**32 - 2
+#: the most uids --job-uids may give
+MAX_POOL = 1 << 20
 
 
 class Account(NamedTuple):
@@ -134,8 +138,10 @@ class AccountPool:
     """
 
     def __init__(self, first: int, last: int) -> None:
-        if not 0 < first <= last:
+        if not 0 < first <= last <= MAX_UID:
             raise ValueError(f"--job-uids {first}-{last} is not a range of unprivileged uids")
+        if last - first >= MAX_POOL:  # the free list holds every uid: 1-4294967294 would take tens of GB
+            raise ValueError(f"--job-uids {first}-{last}: at most {MAX_POOL} uids (one per cluster loaded at once)")
         self.first, self.last = first, last
         self._free: deque[int] = deque(range(first, last + 1))
         self._held: set[int] = set()  # given back with something left: out of use until looked at again

@@ -47,6 +47,15 @@ _KEYS = (
     "setup_timeout", "tls_ca", "tls_fingerprint", "tls_cert", "tls_key", "insecure_plaintext",
     "yield_load", "yield_window", "service_start", "service_stop", "service_end", "serve",
 )  # fmt: skip
+#: the TOML types of the config file's keys (default: a string)
+_FILE_TYPES: dict[str, tuple[type, ...]] = {
+    "discover": (bool,), "insecure_plaintext": (bool,),
+    "discovery_port": (int,), "cpus": (int,), "max_cpu_time": (int,), "max_open_files": (int,),
+    "max_processes": (int,), "serve": (int,), "max_memory": (str, int), "max_output": (str, int),
+    "heartbeat": (int, float), "kill_grace": (int, float), "scheduler_grace": (int, float), "max_job_time": (int, float),
+    "setup_timeout": (int, float), "yield_load": (int, float), "yield_window": (int, float),
+}  # fmt: skip
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -172,6 +181,11 @@ def load_config(args: argparse.Namespace, fail: Callable[[str], NoReturn]) -> tu
         unknown = sorted(set(file) - set(_KEYS) - {"run_as"})  # run_as: refused below, saying why
         if unknown:
             fail(f"unknown key(s) in {args.config}: {', '.join(unknown)}")
+        for key, value in file.items():  # what the flags' parser would have refused
+            kinds = _FILE_TYPES.get(key, (str,))
+            if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+                names = " or ".join(_TYPE_NAMES[k] for k in kinds if not (k is int and float in kinds))
+                fail(f"{key} in {args.config} must be {names}, not {value!r}")
 
     def pick(key: str, env: str | None, default: Any) -> Any:
         flag = getattr(args, key)
@@ -204,7 +218,7 @@ def load_config(args: argparse.Namespace, fail: Callable[[str], NoReturn]) -> tu
         fail(f"bad number: {exc}")
     total = report.total_cpus()
     cpus = total if cpus == 0 else max(1, total + cpus) if cpus < 0 else cpus
-    if heartbeat <= 0 or kill_grace < 0 or scheduler_grace < 0:
+    if not (heartbeat > 0 and kill_grace >= 0 and scheduler_grace >= 0):  # so written, NaN is refused too
         fail("--heartbeat must be positive and --kill-grace and --scheduler-grace not negative")
     secret = node_secret.choose(args, file, fail)
     tls, insecure = _tls(pick, fail)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import stat
 import socket
 import tomllib
+import typing
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from dispy_wire.framing import DEFAULT_MAX_SIZE
 from dispy_wire.handshake import Role
 from dispy_wire.limits import parse_size
 from dispy_wire.liveness import DEFAULT_INTERVAL, MAX_INTERVAL, MIN_INTERVAL, MISSES
+from dispy_wire.schema import checker_for
 from dispy_wire.verifier import Verifier, looks_like_verifier
 from dispy_wire.tls import ServerTLS, TLSConfigError, is_loopback, plaintext_refusal
 
@@ -157,6 +160,10 @@ class SchedConfig:
         return replace(self.default_limits(), **entry.limits) if entry else self.default_limits()
 
 
+#: each option's type, for checking a config file's values
+_FIELD_TYPES = typing.get_type_hints(SchedConfig)
+
+
 def load_users(path: str) -> dict[str, UserEntry]:
     """Reads `[users.NAME]` tables: `verifier`, `certificate`, `share` (default 1) and optional limits.
 
@@ -180,8 +187,11 @@ def load_users(path: str) -> dict[str, UserEntry]:
             data = tomllib.load(f)
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"cannot read users file {path}: {exc}") from None
+    tables = data.get("users", {})
+    if not isinstance(tables, dict):
+        raise ConfigError(f"users file {path}: users must be tables [users.NAME]")
     users: dict[str, UserEntry] = {}
-    for name, table in data.get("users", {}).items():
+    for name, table in tables.items():
         where = f"users file {path}: [users.{name}]"
         if isinstance(table, dict) and "secret" in table:
             raise ConfigError(
@@ -425,8 +435,14 @@ def config_from_args(argv: list[str] | None = None) -> SchedConfig:
         raise ConfigError("give either secret or users_file, not both")
     for key in [k for k in values if k.startswith("user_max_")]:
         values[key] = limit_value(key.removeprefix("user_"), values[key], "config")
-    if not isinstance(values.get("private_data", True), bool):
-        raise ConfigError("private_data must be true or false")
+    for key, value in values.items():  # a TOML value of another type would fail later, and not say where
+        if not key.startswith("user_max_"):
+            try:
+                checker_for(_FIELD_TYPES[key])(value)
+            except TypeError as exc:
+                raise ConfigError(f"{key}: {exc}, not {value!r}") from None
+            if value != value:  # NaN passes every range check below, as no comparison holds
+                raise ConfigError(f"{key}: not a number")
     if values.get("node_verifier") is not None and values.get("node_secret"):
         raise ConfigError("give either node_verifier or node_secret, not both")
     if isinstance(values.get("node_secret"), str) and looks_like_verifier(values["node_secret"]):
@@ -445,6 +461,8 @@ def config_from_args(argv: list[str] | None = None) -> SchedConfig:
         raise ConfigError("keep_detached must be >= 0 seconds (0: forever)")
     if cfg.usage_half_life < 0:
         raise ConfigError("usage_half_life must be >= 0 seconds (0: usage never decays)")
+    if not isinstance(logging.getLevelName(cfg.loglevel.upper()), int):
+        raise ConfigError(f"loglevel {cfg.loglevel!r} is not DEBUG, INFO, WARNING or ERROR")
     if cfg.journal_sync not in ("full", "normal"):
         raise ConfigError("journal_sync must be full or normal")
     if cfg.adopt_within < 0:

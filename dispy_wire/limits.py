@@ -32,6 +32,8 @@ def check(limits: Mapping[str, Any]) -> dict[str, int | float]:
     Raises:
         ValueError: naming the key at fault.
     """
+    if not isinstance(limits, Mapping):
+        raise ValueError(f"limits must be a dict such as {{'memory': '1G', 'timeout': 60}}, not {limits!r}")
     checked: dict[str, int | float] = {}
     for key, value in limits.items():
         if key not in KEYS:
@@ -56,9 +58,10 @@ def parse_size(text: str | int) -> int:
             raise ValueError(f"size {text} is not positive")
         return text
     match = _SIZE.fullmatch(str(text))
-    if match is None or float(match.group(1)) <= 0:
+    size = float(match.group(1)) * _UNITS[match.group(2).upper()] if match else 0.0
+    if not 1 <= size < math.inf:  # a long enough string of digits is an infinite float
         raise ValueError(f"{text!r} is not a size such as 512M or 2G")
-    return int(float(match.group(1)) * _UNITS[match.group(2).upper()])
+    return int(size)
 
 
 def format_size(size: int) -> str:
