@@ -39,7 +39,7 @@ import msgpack
 from .errors import ErrorCode, LocalWireError, RemoteWireError
 from .messages import PROTOCOL_VERSION
 from .schema import checker_for
-from .verifier import DEFAULT_ITERATIONS, Verifier
+from .verifier import MAX_ITERATIONS, Verifier
 
 #: dispy's node port: where schedulers listen for Discover broadcasts
 DISCOVERY_PORT = 9701
@@ -52,8 +52,6 @@ NONCE_SIZE = 16
 #: scheduler names are cut to this many characters so an Announce stays small
 NAME_LIMIT = 80
 _PROOF_PREFIX = b"dispy-shared/discovery\0"
-#: a node hashes at most this many PBKDF2 rounds to check an Announce
-MAX_ITERATIONS = 16 * DEFAULT_ITERATIONS
 
 
 class Discover(NamedTuple):

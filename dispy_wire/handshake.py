@@ -55,7 +55,7 @@ from scramp.utils import ServerError
 from .errors import ErrorCode, LocalWireError, RemoteWireError
 from .messages import PROTOCOL_VERSION, Challenge, ClientProof, Hello, Message, Refused, ServerFirst, Welcome
 from .tls import NODE_UNIT, USER_UNIT, CertIdentity
-from .verifier import DEFAULT_ITERATIONS, MECHANISM, Verifier
+from .verifier import DEFAULT_ITERATIONS, MAX_ITERATIONS, MECHANISM, Verifier
 
 #: (binding type, binding data) of a TLS connection, e.g. ("tls-server-end-point", cert hash); None without TLS
 ChannelBinding = tuple[str, bytes]
@@ -389,6 +389,11 @@ class PeerHandshake:
     def _on_server_first(self, msg: Message) -> ClientProof:
         if not isinstance(msg, ServerFirst):
             raise RemoteWireError(ErrorCode.BAD_MESSAGE, f"expected ServerFirst, got {type(msg).__name__}")
+        iterations = _iterations(msg.server_first)
+        if iterations is not None and iterations > MAX_ITERATIONS:
+            raise RemoteWireError(
+                ErrorCode.BAD_MESSAGE, f"scheduler asks for {iterations} PBKDF2 iterations; we compute at most {MAX_ITERATIONS}"
+            )
         try:
             self._scram.set_server_first(msg.server_first)
             return ClientProof(self._scram.get_client_final())
@@ -416,3 +421,11 @@ def _code(code: str) -> ErrorCode:
         return ErrorCode(code)
     except ValueError:
         return ErrorCode.BAD_MESSAGE
+
+
+def _iterations(server_first: str) -> int | None:
+    """The iteration count a SCRAM server-first message asks for (`i=`), if it says one."""
+    for attribute in server_first.split(","):
+        if attribute.startswith("i=") and attribute[2:].isdigit():
+            return int(attribute[2:])
+    return None

@@ -28,6 +28,9 @@ MECHANISM: Final = "SCRAM-SHA-256"
 #: PBKDF2 rounds for new verifiers: about 30-60 ms per login on one core,
 #: the price of each offline guess at a recorded exchange
 DEFAULT_ITERATIONS: Final = 65536
+#: the most PBKDF2 rounds a client or node computes for a scheduler (login or discovery): a fake
+#: scheduler asking for more would hold it on a hash for seconds
+MAX_ITERATIONS: Final = 16 * DEFAULT_ITERATIONS
 #: RFC 7677's floor; scramp refuses fewer
 MIN_ITERATIONS: Final = 4096
 PREFIX: Final = MECHANISM + "$"

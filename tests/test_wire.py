@@ -639,6 +639,17 @@ def test_a_fake_scheduler_that_does_not_know_the_verifier_is_detected() -> None:
     assert refusal(hs).code is ErrorCode.LOGIN_FAILED
 
 
+def test_a_fake_scheduler_cannot_hold_a_peer_on_a_hash_of_millions_of_iterations() -> None:
+    from dispy_wire.verifier import MAX_ITERATIONS
+
+    peer = PeerHandshake(Role.NODE, "n1", "node-secret", {}, nonce="client-nonce")
+    peer.receive(M.Challenge(PROTOCOL_VERSION, "evil", "SCRAM-SHA-256"))
+    salt = base64.b64encode(b"s" * 16).decode()
+    with pytest.raises(RemoteWireError, match=f"asks for {MAX_ITERATIONS + 1} PBKDF2 iterations") as info:
+        peer.receive(M.ServerFirst(f"r=client-noncefake,s={salt},i={MAX_ITERATIONS + 1}"))
+    assert info.value.code is ErrorCode.BAD_MESSAGE  # refused before any hashing
+
+
 @pytest.mark.parametrize(
     ("hello", "code"),
     [
