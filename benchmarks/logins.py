@@ -26,9 +26,12 @@ from pathlib import Path
 import psutil
 
 from dispy_wire import messages as M
-from dispy_wire.framing import HEADER, NEED_DATA, PREAMBLE, FrameDecoder
-from dispy_wire.handshake import HandshakeState, PeerHandshake, Role, ServerHandshake
+from dispy_wire.framing import HEADER, PREAMBLE, FrameDecoder
+from dispy_wire.handshake import PeerHandshake, Role, ServerHandshake
 from dispy_wire.verifier import DEFAULT_ITERATIONS, MIN_ITERATIONS, Verifier
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.rawpeer import login  # noqa: E402  (the tests' hand-written peer)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -57,29 +60,9 @@ def pure_login_ms(iterations: int, rounds: int) -> tuple[float, float]:
     return 1000 * statistics.median(totals), 1000 * statistics.median(server_side)
 
 
-def _read(sock: socket.socket, decoder: FrameDecoder) -> M.Message | None:
-    while True:
-        frame = decoder.next_frame()
-        if frame is not NEED_DATA:
-            assert isinstance(frame, bytes)
-            return M.decode(frame)
-        data = sock.recv(65536)
-        if not data:
-            return None
-        decoder.feed(data)
-
-
 def tcp_login(address: tuple[str, int], secret: str) -> None:
     with socket.create_connection(address) as sock:
-        decoder = FrameDecoder()
-        hs = PeerHandshake(Role.CLIENT, "alice", secret, {})
-        sock.sendall(PREAMBLE)
-        while hs.state is not HandshakeState.DONE:
-            msg = _read(sock, decoder)
-            assert msg is not None
-            reply = hs.receive(msg)
-            if not isinstance(reply, M.Welcome):
-                sock.sendall(M.encode(reply))
+        assert isinstance(login(sock, FrameDecoder(), "alice", secret), M.Welcome)
 
 
 def rss_mib(pid: int) -> float:

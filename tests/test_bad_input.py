@@ -8,10 +8,10 @@ import time
 
 import pytest
 from procs import Cluster, Proc, write_users_file
+from rawpeer import login, read_message
 
 from dispy_wire import messages as M
-from dispy_wire.framing import HEADER, NEED_DATA, PREAMBLE, PRELOGIN_MAX_SIZE, FrameDecoder
-from dispy_wire.handshake import HandshakeState, PeerHandshake, Role
+from dispy_wire.framing import HEADER, PREAMBLE, PRELOGIN_MAX_SIZE, FrameDecoder
 
 BYSTANDER = """
     from dispy_client import SharedJobCluster
@@ -34,44 +34,24 @@ def _connect(address: str) -> tuple[socket.socket, FrameDecoder]:
     return sock, FrameDecoder()
 
 
-def _read_message(sock: socket.socket, decoder: FrameDecoder) -> M.Message | None:
-    """The next message, or None once the scheduler has closed the connection."""
-    while True:
-        frame = decoder.next_frame()
-        if frame is not NEED_DATA:
-            assert isinstance(frame, bytes)
-            return M.decode(frame)
-        data = sock.recv(65536)
-        if not data:
-            return None
-        decoder.feed(data)
-
-
 def _challenge(sock: socket.socket, decoder: FrameDecoder) -> M.Challenge:
-    msg = _read_message(sock, decoder)
+    msg = read_message(sock, decoder)
     assert isinstance(msg, M.Challenge), msg
     return msg
 
 
 def _login(sock: socket.socket, decoder: FrameDecoder, user: str, secret: str) -> M.Welcome:
     """Logs in over a raw socket, as a client would."""
-    hs = PeerHandshake(Role.CLIENT, user, secret, {})
-    sock.sendall(PREAMBLE)
-    while True:
-        msg = _read_message(sock, decoder)
-        assert msg is not None, "connection closed during login"
-        reply = hs.receive(msg)
-        if hs.state is HandshakeState.DONE:
-            assert isinstance(reply, M.Welcome)
-            return reply
-        sock.sendall(M.encode(reply))
+    welcome = login(sock, decoder, user, secret)
+    assert isinstance(welcome, M.Welcome), f"login ended with {welcome}"
+    return welcome
 
 
 def _refusal(sock: socket.socket, decoder: FrameDecoder) -> M.Refused:
     """Reads up to the Refused frame and checks that the connection then closes."""
-    msg = _read_message(sock, decoder)
+    msg = read_message(sock, decoder)
     assert isinstance(msg, M.Refused), msg
-    assert _read_message(sock, decoder) is None, "connection stayed open after Refused"
+    assert read_message(sock, decoder) is None, "connection stayed open after Refused"
     return msg
 
 
@@ -213,16 +193,16 @@ def test_ill_typed_message_after_the_handshake_gets_an_error_and_the_connection_
 
         body = msgpack.packb([11, "cluster", [[1, "not-a-priority", b""]]], use_bin_type=True)
         sock.sendall(HEADER.pack(len(body)) + body)
-        error = _read_message(sock, decoder)
+        error = read_message(sock, decoder)
         assert isinstance(error, M.Error) and error.code == "bad-message", error
         sock.sendall(M.encode(M.SubmitJobs("no-such-cluster", [])))
-        error = _read_message(sock, decoder)
+        error = read_message(sock, decoder)
         assert isinstance(error, M.Error) and error.code == "unknown-cluster", error
         sock.sendall(M.encode(M.Heartbeat({})))  # a node's message from a client
-        error = _read_message(sock, decoder)
+        error = read_message(sock, decoder)
         assert isinstance(error, M.Error) and "not a message clients may send" in error.message
         sock.sendall(M.encode(M.GetStatus("still-alive")))
-        status = _read_message(sock, decoder)
+        status = read_message(sock, decoder)
         assert isinstance(status, M.Status) and status.ref == "still-alive"
     _bystander_unharmed(guarded)
 
@@ -279,7 +259,7 @@ def test_random_bytes_never_break_the_scheduler(guarded: Cluster) -> None:
             _challenge(sock, decoder)
             try:
                 sock.sendall(rng(size))
-                msg = _read_message(sock, decoder)
+                msg = read_message(sock, decoder)
             except ConnectionResetError:
                 continue
             assert msg is None or isinstance(msg, M.Refused), msg

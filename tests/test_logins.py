@@ -16,13 +16,13 @@ from pathlib import Path
 import psutil
 import pytest
 from procs import ROOT, Cluster, write_users_file
+from rawpeer import login, read_message
 from waiting import wait_until
 
 from dispy_sched.server import quiet_accept_errors
 from dispy_wire import messages as M
 from dispy_wire.discovery import Throttle
-from dispy_wire.framing import HEADER, NEED_DATA, PREAMBLE, FrameDecoder
-from dispy_wire.handshake import HandshakeState, PeerHandshake, Role
+from dispy_wire.framing import HEADER, PREAMBLE, FrameDecoder
 
 USERS = '[users.alice]\nsecret = "right"\n'
 
@@ -56,31 +56,10 @@ def _connect(cluster: Cluster, source: str | None = None) -> socket.socket:
     return socket.create_connection((host, int(port)), timeout=20, source_address=(source, 0) if source else None)
 
 
-def _read(sock: socket.socket, decoder: FrameDecoder) -> M.Message | None:
-    while True:
-        frame = decoder.next_frame()
-        if frame is not NEED_DATA:
-            assert isinstance(frame, bytes)
-            return M.decode(frame)
-        data = sock.recv(65536)
-        if not data:
-            return None
-        decoder.feed(data)
-
-
 def _login(sock: socket.socket, user: str, secret: str) -> tuple[M.Message | None, FrameDecoder]:
     """Runs a client's login over a raw socket; returns the Welcome, or the Refused that ended it."""
     decoder = FrameDecoder()
-    hs = PeerHandshake(Role.CLIENT, user, secret, {})
-    sock.sendall(PREAMBLE)
-    while True:
-        msg = _read(sock, decoder)
-        if msg is None or isinstance(msg, M.Refused):
-            return msg, decoder
-        reply = hs.receive(msg)
-        if hs.state is HandshakeState.DONE:
-            return reply, decoder
-        sock.sendall(M.encode(reply))
+    return login(sock, decoder, user, secret), decoder
 
 
 def _scheduler_log(cluster: Cluster) -> str:
@@ -173,11 +152,11 @@ def test_an_exchange_captured_from_a_real_client_cannot_be_replayed(cluster: Clu
     assert isinstance(M.decode(hello), M.Hello) and isinstance(M.decode(proof), M.ClientProof)
     with _connect(cluster) as sock:
         replay = FrameDecoder()
-        assert isinstance(_read(sock, replay), M.Challenge)
+        assert isinstance(read_message(sock, replay), M.Challenge)
         sock.sendall(PREAMBLE + HEADER.pack(len(hello)) + hello)
-        assert isinstance(_read(sock, replay), M.ServerFirst)  # with a nonce the recording does not cover
+        assert isinstance(read_message(sock, replay), M.ServerFirst)  # with a nonce the recording does not cover
         sock.sendall(HEADER.pack(len(proof)) + proof)
-        refused = _read(sock, replay)
+        refused = read_message(sock, replay)
     assert isinstance(refused, M.Refused) and refused.code == "bad-message" and "nonce" in refused.message
 
 
@@ -207,7 +186,7 @@ def test_a_cluster_name_with_a_newline_cannot_forge_a_scheduler_log_line(cluster
         welcome, decoder = _login(sock, "alice", "right")
         assert isinstance(welcome, M.Welcome)
         sock.sendall(M.encode(M.OpenCluster("c-1", "x\n" + forged, b"", False, {"nodes": 5})))
-        error = _read(sock, decoder)
+        error = read_message(sock, decoder)
     assert isinstance(error, M.Error) and error.code == "bad-request"
     wait_until(lambda: "x\\n2026-01-01" in _scheduler_log(cluster), 30, "the refusal logged, escaped")
     assert not any(line.startswith("2026-01-01") for line in _scheduler_log(cluster).splitlines())
@@ -225,7 +204,7 @@ def test_a_16_mb_frame_before_login_costs_the_scheduler_nothing(cluster: Cluster
     before = _rss(cluster)
     body = b"\xdd" + (16 << 20).to_bytes(4, "big") + b"\x80" * (16 << 20)  # an array of 16 M empty maps
     with _connect(cluster) as sock:
-        assert isinstance(_read(sock, FrameDecoder()), M.Challenge)
+        assert isinstance(read_message(sock, FrameDecoder()), M.Challenge)
         try:
             sock.sendall(PREAMBLE + HEADER.pack(len(body)) + body)
         except OSError:
