@@ -400,10 +400,11 @@ def test_setup_that_hangs_fails_its_cluster_only() -> None:
         h.load("slow", func=double, setup=setup_hangs)
         h.run("slow", (1,))
         await h.until(lambda: bool(h.failures))
-        assert h.failures == [("slow", "setup did not finish within 1 s")]
+        assert h.failures == [("slow", "setup did not finish within 5 s")]
         await all_correct(h, good)
 
-    run(body, kill_grace=0.5, setup_timeout=1.0)
+    # the limit applies to the good cluster's start as well: 5 s, not 1, so a busy host does not fail it
+    run(body, kill_grace=0.5, setup_timeout=5.0)
 
 
 def no_new_privs() -> str:

@@ -263,7 +263,7 @@ def test_clusters_with_uids_of_their_own_cannot_touch_one_another(cluster: Clust
         assert mallory["others"] >= 2 and mallory["peek"] == ["PermissionError"], out
         if has_groups:
             assert mallory["move"] == ["PermissionError"], out
-        assert node.wait(30) == 0, cluster.describe()  # --serve 2: both clusters gone
+        assert node.wait(120) == 0, cluster.describe()  # --serve 2: both clusters gone (120 s only bounds a hang)
         assert not Path(f"/dev/shm/left-by-{mallory['uid']}").exists()  # gone with its uid
         (kept,) = [d for d in (work / "node").iterdir() if d.is_dir()]  # alice's (cleanup=False)
         st = kept.stat()
