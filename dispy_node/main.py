@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
+from dispy_wire import isolation
 from dispy_wire.discovery import DISCOVERY_PORT
 from dispy_wire.limits import format_size, parse_size
 from dispy_wire.loop import event_loop_factory
@@ -36,6 +37,7 @@ from .availability import Rules, parse_hhmm
 from .conn import NodeConfig, NodeControl, run_node
 from .discovery import run_discovered
 from .limits import Limits
+from .worker import WorkerPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -141,6 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--spawn-jobs", action="store_true",
                    help="start each job as a new interpreter instead of forking the cluster's zygote "
                         "(for hosts where fork is unsafe; costs tens of ms per job, and setup runs per job)")  # fmt: skip
+    g.add_argument("--isolation", choices=isolation.MODES, default=isolation.FORK,
+                   help="how jobs of clusters that do not choose run: 'fork', a process per job (default), or "
+                        "'worker', processes reused for many jobs of one cluster (docs/isolation.md)")  # fmt: skip
+    g.add_argument("--worker-jobs", type=int, metavar="N", default=WorkerPolicy().max_jobs,
+                   help=f"a reused worker is replaced after N jobs (default: {WorkerPolicy().max_jobs})")  # fmt: skip
+    g.add_argument("--worker-memory-growth", metavar="SIZE", default="256M",
+                   help="a reused worker is replaced once its peak RSS grew by SIZE (default: 256M)")  # fmt: skip
     g.add_argument("--max-processes", type=int, metavar="N",
                    help="processes at once in a job's tree (cgroup pids.max; needs cgroups)")  # fmt: skip
     g.add_argument("--max-output", metavar="SIZE",
@@ -424,6 +433,12 @@ def main(argv: list[str] | None = None) -> None:
     config = _with_cgroups(config)
     if args.spawn_jobs:
         config = dataclasses.replace(config, spawn=True)
+    try:
+        workers = WorkerPolicy(args.isolation, _positive_int(args.worker_jobs), parse_size(args.worker_memory_growth))
+    except ValueError as exc:
+        logger.error("bad worker setting: %s", exc)
+        sys.exit(2)
+    config = dataclasses.replace(config, workers=workers)
     scheduler = config.scheduler if discovery_port is None else f"the scheduler found on UDP port {discovery_port}"
     offer = f"node {config.name!r} offers {config.cpus} cpus to {scheduler}"
     if config.accounts is not None:

@@ -51,7 +51,7 @@ from typing import Any
 
 import psutil
 
-from dispy_wire import result_mac
+from dispy_wire import isolation, result_mac
 from dispy_wire.framing import FrameDecoder
 from dispy_wire.messages import JobFile, JobRef, JobResult, RunJob
 from dispy_wire.status import JobStatus
@@ -59,6 +59,7 @@ from dispy_wire.status import JobStatus
 from . import account, cgroups, channel, job_process, killtree, limits, workdir
 from .account import Account, AccountPool, PoolExhausted
 from .lifecycle import Chains, Incarnation, Phase
+from .worker import WorkerPolicy
 from . import zygote_protocol as zp
 
 logger = logging.getLogger(__name__)
@@ -92,6 +93,7 @@ class RunnerConfig:
         node_name, node_ip_addr: what jobs see as `dispy_node_name` and `dispy_node_ip_addr`.
         cgroups: where jobs make their control groups (`cgroups.prepare`), or None.
         spawn: start each job as a new interpreter instead of a fork (see loading.py).
+        workers: the default isolation of clusters that do not choose one, and when workers are retired.
     """
 
     work_dir: Path
@@ -105,6 +107,7 @@ class RunnerConfig:
     node_ip_addr: str = ""
     cgroups: cgroups.JobGroups | None = None
     spawn: bool = not hasattr(os, "fork")
+    workers: WorkerPolicy = WorkerPolicy()
 
     @property
     def run_as(self) -> Account:
@@ -334,6 +337,7 @@ class _ClusterSettings:
     keep_files: bool
     cpus: int | None
     setup_timeout: float
+    isolation: str  # dispy_wire.isolation: a process per job, or reused workers
 
     @classmethod
     def parse(cls, options: dict[str, Any], config: RunnerConfig) -> _ClusterSettings:
@@ -345,7 +349,11 @@ class _ClusterSettings:
         timeout = options.get("setup_timeout", config.setup_timeout)
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
             raise limits.BadOption(f"option setup_timeout={timeout!r} is not a positive number")
-        return cls(options, bool(options.get("keep_files", False)), cpus, min(timeout, config.setup_timeout))
+        try:
+            mode = isolation.check(options.get(isolation.OPTION, config.workers.isolation))
+        except ValueError as exc:
+            raise limits.BadOption(f"option {exc}") from None
+        return cls(options, bool(options.get("keep_files", False)), cpus, min(timeout, config.setup_timeout), mode)
 
 
 class _Cluster:
@@ -445,7 +453,7 @@ class _Cluster:
         Made here, by the daemon, so that the job can join it but not change it.
         """
         groups = self.runner.config.cgroups
-        if groups is None:
+        if groups is None or self.settings.isolation == isolation.WORKER:  # workers share the cluster's group
             return ""
         name = f"{self.cluster_id}/job-{job_id}"
         assert self.account is not None  # jobs run once the zygote is ready
@@ -573,6 +581,8 @@ class _Cluster:
         )  # fmt: skip
         self._computation = b""
         self._write(zp.encode(load))
+        if self.settings.isolation == isolation.WORKER:
+            self._write(zp.encode(zp.Workers(config.workers.max_jobs, config.workers.max_growth)))
         timer = asyncio.get_running_loop().call_later(self.settings.setup_timeout, self._setup_timed_out)
         assert self._proc.stdout is not None
         decoder = FrameDecoder(max_size=zp.MAX_REPLY, expect_preamble=False)
