@@ -117,12 +117,15 @@ class WorkerPool:
         on_done: called with a job id when its worker answered; True if the job
             ended normally there (the worker may take another), False if the
             zygote was killing it (the worker goes).
+        keep_files: the cluster keeps each job's directory: workers make one per job, not one each.
     """
 
     def __init__(
-        self, code: job_process.Code, policy: zp.Workers, sel: selectors.BaseSelector, on_done: Callable[[int], bool]
-    ) -> None:
+        self, code: job_process.Code, policy: zp.Workers, sel: selectors.BaseSelector, on_done: Callable[[int], bool],
+        keep_files: bool = False,
+    ) -> None:  # fmt: skip
         self._code = code
+        self._keep_files = keep_files
         self._policy = policy
         self._sel = sel
         self._on_done = on_done
@@ -196,7 +199,8 @@ class WorkerPool:
             theirs.close()
             raise
         if pid == 0:
-            _serve(self._code, theirs.fileno(), Limits(memory=key[0], open_files=key[1]), mark, self._policy.max_growth)
+            limits = Limits(memory=key[0], open_files=key[1])
+            _serve(self._code, theirs.fileno(), limits, mark, self._policy.max_growth, self._keep_files)
         theirs.close()
         ours.setblocking(False)
         worker = _Worker(self, pid, ours, key, mark)
@@ -214,12 +218,14 @@ class WorkerPool:
                 self._sel.unregister(worker.sock.fileno())
             worker.sock.close()
             worker.closed = True
+            if not self._keep_files:
+                workdir.remove_worker_dir(self._code.cluster_dir, _dir_name(worker.pid))
 
 
 # -- in the worker ------------------------------------------------------------
 
 
-def _serve(code: job_process.Code, sock: int, limits: Limits, mark: str, max_growth: int) -> NoReturn:
+def _serve(code: job_process.Code, sock: int, limits: Limits, mark: str, max_growth: int, keep_files: bool) -> NoReturn:
     """The worker's whole life: jobs until the zygote closes the socket or kills it."""
     status = 0
     try:
@@ -238,9 +244,9 @@ def _serve(code: job_process.Code, sock: int, limits: Limits, mark: str, max_gro
             start = _receive(conn)
             if start is None:
                 break
-            _run_one(code, start, log, files)
+            entered = _run_one(code, start, log, files, keep_files)
             grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024 > max_growth
-            conn.sendall(_DONE.pack(start.job_id, grown or _has_children()))
+            conn.sendall(_DONE.pack(start.job_id, grown or not entered or _has_children()))
     except BaseException:  # noqa: BLE001  (a worker must reach os._exit below)
         status = job_process.CHILD_INTERNAL_ERROR
         try:
@@ -271,8 +277,22 @@ def _receive(conn: socket.socket) -> job_process.Start | None:
     return start
 
 
-def _run_one(code: job_process.Code, start: job_process.Start, log: int, files: str) -> None:
-    """One job, as a forked job process would run it, then the worker back to its own state."""
+def _run_one(code: job_process.Code, start: job_process.Start, log: int, files: str, keep_files: bool) -> bool:
+    """One job, as a forked job process would run it, then the worker back to its own state.
+
+    Returns False if the job could not be entered (its directory, files or limits): the worker goes.
+    """
+    entered = False
+
+    def enter(code: job_process.Code, start: job_process.Start) -> None:
+        nonlocal entered
+        if keep_files:  # each job's directory stays behind: one per job
+            workdir.enter_job_dir(code.cluster_dir, start.job_id)
+        else:
+            workdir.enter_worker_dir(code.cluster_dir, _dir_name(os.getpid()))
+        _enter(code, start)
+        entered = True
+
     started = time.time()
     os.dup2(start.out, 1)
     os.dup2(start.err, 2)
@@ -280,19 +300,23 @@ def _run_one(code: job_process.Code, start: job_process.Start, log: int, files: 
     os.close(start.err)
     channel.attach(start.channel, code.cluster_id, start.job_id, start.result_key)
     try:
-        job_process.conclude(code, start, job_process.run_job(code, start, started, _enter))
+        job_process.conclude(code, start, job_process.run_job(code, start, started, enter))
     finally:
         channel.attach(-1, "", 0, b"")
         os.close(start.channel)
         os.close(start.res)
         os.dup2(log, 1)
         os.dup2(log, 2)
-        os.chdir(files)  # the job's directory goes once the zygote has its record
+        os.chdir(files)
+    return entered
+
+
+def _dir_name(pid: int) -> str:
+    return f"worker-{pid}"
 
 
 def _enter(code: job_process.Code, start: job_process.Start) -> None:
-    """The job's directory, files and CPU time; memory and open files are the worker's own limits."""
-    workdir.enter_job_dir(code.cluster_dir, start.job_id)
+    """The job's files and CPU time; memory and open files are the worker's own limits."""
     for name, data, mode in start.files:
         workdir.write_file(".", name, data, mode)
     if start.limits.cpu_time is not None:

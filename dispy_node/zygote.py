@@ -305,7 +305,7 @@ class Zygote:
         if self._spawn:  # no fork here: each job stays a new interpreter
             logger.warning("zygote: worker isolation needs fork; jobs are spawned one by one")
         elif self._workers is None and self._code is not None:
-            self._workers = worker.WorkerPool(self._code, msg, self._sel, self._worker_done)
+            self._workers = worker.WorkerPool(self._code, msg, self._sel, self._worker_done, self._keep_files)
 
     def _worker_done(self, job_id: int) -> bool:
         """A worker says its job is over: the job ends now, unless we were killing it (then its worker goes,
@@ -457,7 +457,7 @@ class Zygote:
             if self._sel.get_map().get(reader.fd) is not None:
                 self._sel.unregister(reader.fd)
         done = self._done(job)
-        if not self._keep_files and self._code is not None:
+        if not self._keep_files and self._code is not None and self._workers is None:  # workers reuse theirs
             workdir.remove_job_dir(self._code.cluster_dir, job.job_id)
         if not self._stopping:
             self._send(done)
@@ -552,7 +552,12 @@ def _death_text(job: _Job, memory_hit: bool = False) -> tuple[str, str]:
 
 
 def _anon_file() -> int:
-    """An fd to a nameless temporary file (no directory entry to clean up)."""
+    """An fd to a nameless temporary file (no directory entry to clean up): in memory where Linux has
+    memfd_create, since a file made and dropped per job costs a millisecond on some disk filesystems."""
+    try:
+        return os.memfd_create("dispy-job", os.MFD_CLOEXEC)
+    except (AttributeError, OSError):
+        pass
     import tempfile
 
     tmp = tempfile.gettempdir()
