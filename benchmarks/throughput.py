@@ -26,6 +26,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import psutil
+
 CLIENT = r"""
 import sys, time
 from dispy_client import SharedJobCluster
@@ -39,12 +41,12 @@ with SharedJobCluster(f, user=sys.argv[3], isolation=sys.argv[4]) as cluster:
     if mode == "batch":
         print("ready", flush=True)
         sys.stdin.readline()  # all clients start together
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         jobs = [cluster.submit(i) for i in range(n)]
         cluster.wait()
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.process_time()
         assert all(j.result == 2 * i for i, j in enumerate(jobs))
-        print(f"batch {t0:.6f} {t1:.6f}", flush=True)
+        print(f"batch {t0:.6f} {t1:.6f} {c1 - c0:.6f}", flush=True)
     else:
         rtts = []
         for i in range(n):
@@ -65,7 +67,26 @@ def start(argv: list[str], ready: str, log: Path) -> tuple[subprocess.Popen[str]
     return proc, match
 
 
-def run_batch(script: Path, env: dict[str, str], clients: int, jobs: int, isolation: str = "fork") -> float:
+def cpu_seconds(pid: int, descendants: bool = True) -> float:
+    """CPU time of a process and (unless not `descendants`) all its descendants, those that ended and were reaped
+    included."""
+    total = 0.0
+    try:
+        root = psutil.Process(pid)
+        for proc in [root, *root.children(recursive=True)] if descendants else [root]:
+            times = proc.cpu_times()
+            total += times.user + times.system
+            if descendants:
+                total += times.children_user + times.children_system
+    except psutil.Error:
+        pass
+    return total
+
+
+def run_batch(
+    script: Path, env: dict[str, str], clients: int, jobs: int, isolation: str = "fork", cpu: dict[str, float] | None = None
+) -> float:
+    """Jobs/s of `clients` clients running `jobs` each at once; `cpu` gets the clients' CPU seconds ("client")."""
     procs = [
         subprocess.Popen([sys.executable, str(script), "batch", str(jobs), f"user{i}", isolation], env=env,
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -81,8 +102,10 @@ def run_batch(script: Path, env: dict[str, str], clients: int, jobs: int, isolat
     for p in procs:
         out, _ = p.communicate(timeout=600)
         assert p.returncode == 0, out
-        _, t0, t1 = out.split()
+        _, t0, t1, used = out.split()
         spans.append((float(t0), float(t1)))
+        if cpu is not None:
+            cpu["client"] = cpu.get("client", 0.0) + float(used)
     return clients * jobs / (max(t1 for _, t1 in spans) - min(t0 for t0, _ in spans))
 
 
@@ -180,7 +203,16 @@ def measure(
                          *(["--jobs-as-self"] if os.geteuid() == 0 else [])], r"connected to", tmp / "node.log")
         procs.append(node)
         env = {"DISPY_SCHEDULER": address, "PATH": str(bindir)}
-        lines.append(f"1 client x {jobs} jobs:  {run_batch(script, env, 1, jobs, isolation):7.0f} jobs/s")
+        before = {"scheduler": cpu_seconds(sched.pid), "node": cpu_seconds(node.pid),
+                  "daemon": cpu_seconds(node.pid, descendants=False)}  # fmt: skip
+        cpu: dict[str, float] = {}
+        rate = run_batch(script, env, 1, jobs, isolation, cpu)
+        cpu["scheduler"] = cpu_seconds(sched.pid) - before["scheduler"]
+        cpu["node daemon"] = cpu_seconds(node.pid, descendants=False) - before["daemon"]
+        cpu["zygote and jobs"] = cpu_seconds(node.pid) - before["node"] - cpu["node daemon"]
+        lines.append(f"1 client x {jobs} jobs:  {rate:7.0f} jobs/s")
+        per_job = ", ".join(f"{who} {used / jobs * 1e6:.0f}" for who, used in cpu.items())
+        lines.append(f"  CPU per job (us): {per_job}; all {sum(cpu.values()) / jobs * 1e6:.0f}")
         lines.append(f"4 clients x {jobs // 4} jobs:  {run_batch(script, env, 4, jobs // 4, isolation):7.0f} jobs/s")
         if rtt:
             out = subprocess.run([sys.executable, str(script), "rtt", "50", "latency", isolation], env=env,
