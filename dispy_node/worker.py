@@ -60,6 +60,8 @@ _HEADER = struct.Struct("!I")
 #: worker -> zygote: (job_id, recycle) when the job's record is written and its output flushed
 _DONE = struct.Struct("!qB")
 _JOB_FDS = 4
+#: seconds an idle worker has to take a job's start record
+_HAND_TIMEOUT = 10.0
 _ALL_FDS = 1 << 20
 
 
@@ -140,26 +142,35 @@ class WorkerPool:
             OSError: no worker could be forked or reached.
         """
         key = (start.limits.memory, start.limits.open_files)
+        body = job_process.pack_start(start)
         worker = next((w for w in self._idle if w.key == key), None)
         if worker is not None:
             self._idle.remove(worker)
-        else:
+            if not self._hand(worker, start, body):  # it died idle (OOM killer?), not yet reaped: a fresh one
+                worker = None
+        if worker is None:
             for other in [w for w in self._idle if w.key != key]:  # a slot needs limits of its own now
                 self._idle.remove(other)
                 self._retire(other)
             worker = self._fork(key)
-        body = job_process.pack_start(start)
-        try:
-            socket.send_fds(worker.sock, [_HEADER.pack(len(body))], [start.out, start.err, start.res, start.channel])
-            worker.sock.setblocking(True)  # the worker is idle: it reads at once
-            worker.sock.sendall(body)
-            worker.sock.setblocking(False)
-        except OSError:
-            self._retire(worker)
-            raise
+            if not self._hand(worker, start, body):
+                raise OSError(f"worker {worker.pid} did not take the job")
         worker.job_id = start.job_id
         self._busy[worker.pid] = worker
         return worker.pid
+
+    def _hand(self, worker: _Worker, start: job_process.Start, body: bytes) -> bool:
+        """Sends the job to an idle worker; False (and the worker retired) if it cannot take it."""
+        try:
+            socket.send_fds(worker.sock, [_HEADER.pack(len(body))], [start.out, start.err, start.res, start.channel])
+            worker.sock.settimeout(_HAND_TIMEOUT)  # an idle worker reads at once; a stopped one is given up
+            worker.sock.sendall(body)
+            worker.sock.setblocking(False)
+        except OSError as exc:
+            logger.warning("worker %d cannot take a job (%s); retired", worker.pid, exc)
+            self._retire(worker)
+            return False
+        return True
 
     def mark_of(self, pid: int) -> str:
         return self._busy[pid].mark
