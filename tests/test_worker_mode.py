@@ -248,3 +248,29 @@ def test_jobcluster_reuses_workers_by_default_and_forks_per_job_when_asked(clust
         """
     )
     assert client.stdout.strip() == "ok"
+
+
+def test_a_worker_whose_memory_grew_past_the_threshold_is_replaced(cluster: Cluster) -> None:
+    cluster.scheduler()
+    cluster.node("--worker-memory-growth", "64M", cpus=1)
+    client = cluster.run_client(
+        """
+        from dispy_client import SharedJobCluster
+
+        kept = []
+
+        def compute(mb):
+            import os
+            kept.append(b"x" * (mb << 20))   # a leak: stays in the worker's globals
+            return os.getpid()
+
+        with SharedJobCluster(compute, isolation="worker") as c:
+            small = [c.submit(1)() for _ in range(3)]
+            grown = c.submit(128)()
+            after = c.submit(1)()
+        assert small[0] == small[1] == small[2] == grown, (small, grown)
+        assert after != grown, "the worker that grew by 128 MiB ran the next job"
+        print("ok")
+        """
+    )
+    assert client.stdout.strip() == "ok"
