@@ -274,3 +274,28 @@ def test_a_worker_whose_memory_grew_past_the_threshold_is_replaced(cluster: Clus
         """
     )
     assert client.stdout.strip() == "ok"
+
+
+def test_a_node_whose_default_is_worker_reuses_processes_for_clusters_that_do_not_choose(cluster: Cluster) -> None:
+    config = cluster.workdir / "node.toml"
+    config.write_text('isolation = "worker"\nworker_jobs = 4\n')
+    cluster.scheduler()
+    cluster.node("--config", str(config), cpus=1)
+    client = cluster.run_client(
+        """
+        from dispy_client import SharedJobCluster
+
+        def compute(n):
+            import os
+            return os.getpid()
+
+        with SharedJobCluster(compute) as c:
+            default = [c.submit(i)() for i in range(5)]
+        with SharedJobCluster(compute, isolation="fork") as c:
+            forked = {c.submit(i)() for i in range(3)}
+        assert default[0] == default[1] == default[2] == default[3] != default[4], default
+        assert len(forked) == 3, forked
+        print("ok")
+        """
+    )
+    assert client.stdout.strip() == "ok"
