@@ -1,12 +1,18 @@
-"""Throughput and latency of trivial jobs through scheduler and node.
+"""Throughput and latency of trivial jobs through scheduler and node, in fork and worker isolation.
 
-Starts `dispyscheduler` and one `dispynode` (2 CPUs) on 127.0.0.1, then:
+Starts `dispyscheduler` and one `dispynode` (2 CPUs) on 127.0.0.1, then, for
+each isolation (`fork`: a process per job; `worker`: reused processes,
+docs/isolation.md):
 - 1 client submitting 2,000 trivial jobs: jobs/s from first submit to last result;
 - 4 client processes at once, 500 jobs each: aggregate jobs/s;
 - 50 sequential single jobs: p50 / p95 round trip (submit to result).
-Each figure is one summary line. Run: `make bench`, or with the venv's python.
-`--no-journal` runs the scheduler without its journal (benchmarks/journal.py
-compares the two in one run).
+Then, on the same machine in the same run: a JobCluster (worker isolation,
+its default) against `concurrent.futures.ProcessPoolExecutor(2)` on the
+same function and 1,000 jobs, and the bare fork+wait rate of a Python
+process (the ceiling of fork isolation). Each figure is one summary line.
+Run: `make bench`, or with the venv's python. `--no-journal` runs the
+scheduler without its journal (benchmarks/journal.py compares the two in one
+run); `--only fork|worker` measures one isolation.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import psutil
+
 CLIENT = r"""
 import sys, time
 from dispy_client import SharedJobCluster
@@ -28,17 +36,17 @@ def f(x):
     return 2 * x
 
 mode, n = sys.argv[1], int(sys.argv[2])
-with SharedJobCluster(f, user=sys.argv[3]) as cluster:
+with SharedJobCluster(f, user=sys.argv[3], isolation=sys.argv[4]) as cluster:
     cluster.submit(0)()  # warm: the node has loaded the computation
     if mode == "batch":
         print("ready", flush=True)
         sys.stdin.readline()  # all clients start together
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         jobs = [cluster.submit(i) for i in range(n)]
         cluster.wait()
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.process_time()
         assert all(j.result == 2 * i for i, j in enumerate(jobs))
-        print(f"batch {t0:.6f} {t1:.6f}", flush=True)
+        print(f"batch {t0:.6f} {t1:.6f} {c1 - c0:.6f}", flush=True)
     else:
         rtts = []
         for i in range(n):
@@ -59,9 +67,28 @@ def start(argv: list[str], ready: str, log: Path) -> tuple[subprocess.Popen[str]
     return proc, match
 
 
-def run_batch(script: Path, env: dict[str, str], clients: int, jobs: int) -> float:
+def cpu_seconds(pid: int, descendants: bool = True) -> float:
+    """CPU time of a process and (unless not `descendants`) all its descendants, those that ended and were reaped
+    included."""
+    total = 0.0
+    try:
+        root = psutil.Process(pid)
+        for proc in [root, *root.children(recursive=True)] if descendants else [root]:
+            times = proc.cpu_times()
+            total += times.user + times.system
+            if descendants:
+                total += times.children_user + times.children_system
+    except psutil.Error:
+        pass
+    return total
+
+
+def run_batch(
+    script: Path, env: dict[str, str], clients: int, jobs: int, isolation: str = "fork", cpu: dict[str, float] | None = None
+) -> float:
+    """Jobs/s of `clients` clients running `jobs` each at once; `cpu` gets the clients' CPU seconds ("client")."""
     procs = [
-        subprocess.Popen([sys.executable, str(script), "batch", str(jobs), f"user{i}"], env=env,
+        subprocess.Popen([sys.executable, str(script), "batch", str(jobs), f"user{i}", isolation], env=env,
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         for i in range(clients)
     ]
@@ -75,8 +102,10 @@ def run_batch(script: Path, env: dict[str, str], clients: int, jobs: int) -> flo
     for p in procs:
         out, _ = p.communicate(timeout=600)
         assert p.returncode == 0, out
-        _, t0, t1 = out.split()
+        _, t0, t1, used = out.split()
         spans.append((float(t0), float(t1)))
+        if cpu is not None:
+            cpu["client"] = cpu.get("client", 0.0) + float(used)
     return clients * jobs / (max(t1 for _, t1 in spans) - min(t0 for t0, _ in spans))
 
 
@@ -84,12 +113,79 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cpus", type=int, default=2)
     ap.add_argument("--no-journal", action="store_true", help="run the scheduler without its journal")
+    ap.add_argument("--only", choices=("fork", "worker"), help="measure one isolation through the scheduler")
+    ap.add_argument("--jobs", type=int, default=2000, help="jobs of the one client (the four clients run a quarter each)")
     args = ap.parse_args()
-    for line in measure(args.cpus, ["--no-journal"] if args.no_journal else []):
-        print(line)
+    for isolation in [args.only] if args.only else ["fork", "worker"]:
+        print(f"-- isolation {isolation}: scheduler + 1 node ({args.cpus} CPUs)", flush=True)
+        for line in measure(args.cpus, ["--no-journal"] if args.no_journal else [], isolation=isolation, jobs=args.jobs):
+            print(line, flush=True)
+    if not args.only:
+        print("-- one machine, 1000 jobs of the same function", flush=True)
+        for line in local_comparison(args.cpus, 1000):
+            print(line, flush=True)
 
 
-def measure(cpus: int, scheduler_args: list[str], rtt: bool = True) -> list[str]:
+def local_comparison(cpus: int, jobs: int) -> list[str]:
+    """JobCluster (its default, worker isolation) against ProcessPoolExecutor, and bare fork+wait."""
+    out = subprocess.run([sys.executable, "-c", LOCAL, str(cpus), str(jobs)], capture_output=True, text=True,
+                         timeout=600, check=True).stdout  # fmt: skip
+    figures = dict(line.split() for line in out.splitlines() if line.count(" ") == 1)
+    jc, ppe, ppe_map = float(figures["jobcluster"]), float(figures["ppe_submit"]), float(figures["ppe_map"])
+    fork1, fork2 = float(figures["fork1"]), float(figures["fork2"])
+    return [
+        f"JobCluster (worker):         {jc:7.0f} jobs/s",
+        f"ProcessPoolExecutor({cpus}):     {ppe:7.0f} jobs/s (submit), {ppe_map:.0f} (map); JobCluster is {ppe / jc:.1f}x slower",
+        f"bare fork+wait:              {fork1:7.0f} /s in one process, {fork2:.0f} /s in two at once",
+    ]
+
+
+LOCAL = r"""
+import concurrent.futures, os, sys, time
+import dispy_client as dispy
+import cloudpickle, msgpack, psutil  # a zygote-sized interpreter for the fork figures
+
+def f(x):
+    return 2 * x
+
+def fork_rate(seconds):
+    n, end = 0, time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
+        n += 1
+    return n / seconds
+
+if __name__ == "__main__":
+    cpus, n = int(sys.argv[1]), int(sys.argv[2])
+    with dispy.JobCluster(f, nodes=[("127.0.0.1", None, cpus)]) as cluster:
+        cluster.submit(0)()
+        t = time.perf_counter()
+        jobs = [cluster.submit(i) for i in range(n)]
+        cluster.wait()
+        elapsed = time.perf_counter() - t
+        assert all(j.result == 2 * i for i, j in enumerate(jobs))
+    print("jobcluster", n / elapsed)
+    with concurrent.futures.ProcessPoolExecutor(cpus) as pool:
+        pool.submit(f, 0).result()
+        t = time.perf_counter()
+        futures = [pool.submit(f, i) for i in range(n)]
+        assert [x.result() for x in futures] == [2 * i for i in range(n)]
+        print("ppe_submit", n / (time.perf_counter() - t))
+        t = time.perf_counter()
+        assert list(pool.map(f, range(n))) == [2 * i for i in range(n)]
+        print("ppe_map", n / (time.perf_counter() - t))
+    print("fork1", fork_rate(1.0))
+    with concurrent.futures.ProcessPoolExecutor(2) as pool:
+        print("fork2", sum(pool.map(fork_rate, [1.0, 1.0])))
+"""
+
+
+def measure(
+    cpus: int, scheduler_args: list[str], rtt: bool = True, isolation: str = "fork", jobs: int = 2000
+) -> list[str]:
     """Starts a scheduler (with `scheduler_args`) and a node, returns the figures as lines."""
     tmp = Path(tempfile.mkdtemp(prefix="dispy-bench-"))
     script = tmp / "client.py"
@@ -107,10 +203,19 @@ def measure(cpus: int, scheduler_args: list[str], rtt: bool = True) -> list[str]
                          *(["--jobs-as-self"] if os.geteuid() == 0 else [])], r"connected to", tmp / "node.log")
         procs.append(node)
         env = {"DISPY_SCHEDULER": address, "PATH": str(bindir)}
-        lines.append(f"1 client x 2000 jobs:  {run_batch(script, env, 1, 2000):7.0f} jobs/s")
-        lines.append(f"4 clients x 500 jobs:  {run_batch(script, env, 4, 500):7.0f} jobs/s")
+        before = {"scheduler": cpu_seconds(sched.pid), "node": cpu_seconds(node.pid),
+                  "daemon": cpu_seconds(node.pid, descendants=False)}  # fmt: skip
+        cpu: dict[str, float] = {}
+        rate = run_batch(script, env, 1, jobs, isolation, cpu)
+        cpu["scheduler"] = cpu_seconds(sched.pid) - before["scheduler"]
+        cpu["node daemon"] = cpu_seconds(node.pid, descendants=False) - before["daemon"]
+        cpu["zygote and jobs"] = cpu_seconds(node.pid) - before["node"] - cpu["node daemon"]
+        lines.append(f"1 client x {jobs} jobs:  {rate:7.0f} jobs/s")
+        per_job = ", ".join(f"{who} {used / jobs * 1e6:.0f}" for who, used in cpu.items())
+        lines.append(f"  CPU per job (us): {per_job}; all {sum(cpu.values()) / jobs * 1e6:.0f}")
+        lines.append(f"4 clients x {jobs // 4} jobs:  {run_batch(script, env, 4, jobs // 4, isolation):7.0f} jobs/s")
         if rtt:
-            out = subprocess.run([sys.executable, str(script), "rtt", "50", "latency"], env=env,
+            out = subprocess.run([sys.executable, str(script), "rtt", "50", "latency", isolation], env=env,
                                  capture_output=True, text=True, timeout=300, check=True).stdout
             rtts = sorted(float(x) for x in out.split()[1:])
             p95 = rtts[int(0.95 * len(rtts)) - 1]

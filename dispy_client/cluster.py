@@ -24,6 +24,7 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from dispy_wire import isolation
 from dispy_wire import messages as M
 from dispy_wire import result_mac
 from dispy_wire.payload import dumps
@@ -106,6 +107,8 @@ class BaseCluster:
         self._allocators = [n for n in self.nodes if type(n).allocate is not NodeAllocate.allocate]
         open_options: dict[str, Any] = {"nodes": [n.to_wire() for n in self.nodes]} if self.nodes else {}
         open_options.update(options.limits)  # for the nodes: the scheduler passes them on unread
+        if options.isolation is not None:
+            open_options[isolation.OPTION] = options.isolation
         if options.cleanup is False:  # dispy's way to keep the cluster's files on the nodes
             open_options["keep_files"] = True
         if self._allocators:
@@ -478,8 +481,10 @@ class SharedJobCluster(BaseCluster):
             `timeout` (seconds to reach and open the scheduler), `limits`
             (what each job may use on a node: `timeout`, `memory`, `cpu_time`,
             `open_files`, `processes`, and `setup_timeout`; nodes apply the
-            smaller of these and their own caps). `cleanup=False` keeps the
-            cluster's files on the nodes, as in dispy. See docs/client.md.
+            smaller of these and their own caps), `isolation` ("fork", one
+            process per job, the nodes' default; or "worker", processes reused
+            for many jobs of this cluster: docs/isolation.md). `cleanup=False`
+            keeps the cluster's files on the nodes, as in dispy. See docs/client.md.
 
     Raises:
         SchedulerUnreachable, AuthenticationError, ClusterError: see `BaseCluster`.

@@ -21,6 +21,7 @@ from typing import Any
 
 import psutil
 
+from dispy_wire import isolation
 from dispy_wire.tls import ClientTLS, ServerTLS, cert_fingerprint
 
 from .cluster import BaseCluster
@@ -75,7 +76,9 @@ class JobCluster(BaseCluster):
         **kwargs: the rest of dispy's parameters (`setup`, `cleanup`,
             `reentrant`, `secret` (what joining nodes prove), `pulse_interval`
             (the local node's heartbeat), `loglevel`, `dest_path`,
-            `recover_file`, ...). See docs/client.md.
+            `recover_file`, ...) and `isolation`: "worker" by default here
+            (processes reused for many jobs), "fork" for a process per job as
+            in SharedJobCluster (docs/isolation.md). See docs/client.md.
 
     Returns once this machine's node (if `nodes` gives it CPUs) has joined
     and can take jobs.
@@ -109,6 +112,8 @@ class JobCluster(BaseCluster):
         # our link to our own scheduler, in this process: its bytes never leave this host; pinned under TLS
         pin = cert_fingerprint(server_tls.cert) if server_tls else None
         options.tls, options.insecure_plaintext = ClientTLS(fingerprint=pin) if pin else None, True
+        if options.isolation is None:  # one user's jobs on their own machine: reuse processes (docs/isolation.md)
+            options.isolation = isolation.WORKER
         # one loop thread for the client and its scheduler: no GIL hand-off between them per message
         loop_thread = LoopThread(f"dispy-{computation_name(computation)}-io")
         self._embedded = EmbeddedScheduler(

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from dispy_wire import isolation
 from dispy_wire import limits as job_limits
 from dispy_wire.tls import USER_UNIT, ClientTLS, file_identity
 
@@ -49,6 +50,7 @@ _KEYWORDS: dict[str, Any] = {
     "tls_ca": None,
     "tls_fingerprint": None,
     "insecure_plaintext": False,
+    "isolation": None,  # dispy_wire.isolation; None: the node's default (JobCluster: worker)
 }
 
 #: why each parameter is ignored, when it is
@@ -82,6 +84,7 @@ class ClusterOptions:
     limits: dict[str, int | float] = field(default_factory=dict)  # checked (dispy_wire.limits)
     tls: ClientTLS | None = None  # None: plaintext, allowed to a loopback scheduler only
     insecure_plaintext: bool = False  # plaintext to a scheduler off loopback too
+    isolation: str | None = None  # checked (dispy_wire.isolation); None: the node's default
 
 
 def cluster_options(
@@ -141,6 +144,7 @@ def cluster_options(
         pulse_interval=values["pulse_interval"],
         tls=client_tls(values["tls_ca"], values["tls_fingerprint"], values["certfile"], values["keyfile"]),
         insecure_plaintext=bool(values["insecure_plaintext"]),
+        isolation=None if values["isolation"] is None else isolation.check(values["isolation"]),
     )
 
 

@@ -85,6 +85,7 @@ from .cgroups import JobGroups
 from .keeper import ClusterFailure, JobKeeper, Output
 from .limits import Limits
 from .runner import RunnerConfig
+from .worker import WorkerPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -121,13 +122,14 @@ class NodeConfig:
     tls: ClientTLS | None = None  # how the scheduler proves itself; None: plaintext (loopback only)
     insecure_plaintext: bool = False  # plaintext to a scheduler off loopback too
     scheduler_grace: float = 60.0  # jobs outlive a lost scheduler connection this long
+    workers: WorkerPolicy = WorkerPolicy()  # --isolation, --worker-jobs, --worker-memory-growth
 
     def runner_config(self, ip_addr: str) -> RunnerConfig:
         """The runner's settings for one session; `ip_addr` is ours on its connection."""
         return RunnerConfig(
             self.work_dir, kill_grace=self.kill_grace, account=self.account, accounts=self.accounts, caps=self.caps,
             max_output=self.max_output, setup_timeout=self.setup_timeout, node_name=self.name, node_ip_addr=ip_addr,
-            cgroups=self.cgroups, spawn=self.spawn,
+            cgroups=self.cgroups, spawn=self.spawn, workers=self.workers,
         )  # fmt: skip
 
     @property

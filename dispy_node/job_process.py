@@ -27,6 +27,7 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 import msgpack
@@ -98,10 +99,7 @@ def run(code: Code, start: Start) -> NoReturn:
         if os.getsid(0) != os.getpid():  # a spawned job is a session leader already
             os.setsid()
         os.umask(0o077)
-        signal.set_wakeup_fd(-1)
-        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGPIPE, signal.SIGXCPU, signal.SIGXFSZ):
-            signal.signal(sig, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        reset_signals()
         killtree.write_mark(start.mark)
         os.dup2(start.out, 1)
         os.dup2(start.err, 2)
@@ -110,21 +108,7 @@ def run(code: Code, start: Start) -> NoReturn:
         os.closerange(low + 1, high)
         os.closerange(high + 1, _ALL_FDS)
         channel.attach(start.channel, code.cluster_id, start.job_id, start.result_key)
-        try:
-            _enter(code, start)
-        except (OSError, ValueError) as exc:  # the job must not run without its group, directory or limits
-            record = _failure(f"the node could not start the job: {exc}", type(exc).__name__, started)
-        else:
-            record = _execute(code, start.payload, started)
-        if "result" in record:
-            kind, status = result_mac.Kind.RESULT, record["status"]
-            record["mac"] = result_mac.sign(start.result_key, kind, code.cluster_id, start.job_id, status, record["result"])
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError):
-                pass
-        write_all(start.res, msgpack.packb(record, use_bin_type=True))
+        conclude(code, start, run_job(code, start, started, _enter))
     except BaseException:  # noqa: BLE001  (the child must reach os._exit below)
         status = CHILD_INTERNAL_ERROR
         try:
@@ -134,6 +118,36 @@ def run(code: Code, start: Start) -> NoReturn:
             pass
     finally:
         os._exit(status)
+
+
+def reset_signals() -> None:
+    """The zygote's signal handling undone: a job dies of what kills a plain process."""
+    signal.set_wakeup_fd(-1)
+    for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGPIPE, signal.SIGXCPU, signal.SIGXFSZ):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def run_job(code: Code, start: Start, started: float, enter: Callable[[Code, Start], None]) -> dict[str, Any]:
+    """`enter`s the job (its group, directory, files, limits), runs it; returns its record."""
+    try:
+        enter(code, start)
+    except (OSError, ValueError) as exc:  # the job must not run without its group, directory or limits
+        return _failure(f"the node could not start the job: {exc}", type(exc).__name__, started)
+    return _execute(code, start.payload, started)
+
+
+def conclude(code: Code, start: Start, record: dict[str, Any]) -> None:
+    """MACs the result, flushes the job's output and writes its record for the zygote."""
+    if "result" in record:
+        kind, status = result_mac.Kind.RESULT, record["status"]
+        record["mac"] = result_mac.sign(start.result_key, kind, code.cluster_id, start.job_id, status, record["result"])
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    write_all(start.res, msgpack.packb(record, use_bin_type=True))
 
 
 def _enter(code: Code, start: Start) -> None:

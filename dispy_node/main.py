@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
+from dispy_wire import isolation
 from dispy_wire.discovery import DISCOVERY_PORT
 from dispy_wire.limits import format_size, parse_size
 from dispy_wire.loop import event_loop_factory
@@ -36,6 +37,7 @@ from .availability import Rules, parse_hhmm
 from .conn import NodeConfig, NodeControl, run_node
 from .discovery import run_discovered
 from .limits import Limits
+from .worker import WorkerPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -46,12 +48,14 @@ _KEYS = (
     "shared_run_as", "job_uids", "max_memory", "max_cpu_time", "max_job_time", "max_open_files", "max_processes", "max_output",
     "setup_timeout", "tls_ca", "tls_fingerprint", "tls_cert", "tls_key", "insecure_plaintext",
     "yield_load", "yield_window", "service_start", "service_stop", "service_end", "serve",
+    "isolation", "worker_jobs", "worker_memory_growth",
 )  # fmt: skip
 #: the TOML types of the config file's keys (default: a string)
 _FILE_TYPES: dict[str, tuple[type, ...]] = {
     "discover": (bool,), "insecure_plaintext": (bool,),
     "discovery_port": (int,), "cpus": (int,), "max_cpu_time": (int,), "max_open_files": (int,),
     "max_processes": (int,), "serve": (int,), "max_memory": (str, int), "max_output": (str, int),
+    "worker_jobs": (int,), "worker_memory_growth": (str, int),
     "heartbeat": (int, float), "kill_grace": (int, float), "scheduler_grace": (int, float), "max_job_time": (int, float),
     "setup_timeout": (int, float), "yield_load": (int, float), "yield_window": (int, float),
 }  # fmt: skip
@@ -141,6 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--spawn-jobs", action="store_true",
                    help="start each job as a new interpreter instead of forking the cluster's zygote "
                         "(for hosts where fork is unsafe; costs tens of ms per job, and setup runs per job)")  # fmt: skip
+    g.add_argument("--isolation", choices=isolation.MODES,
+                   help="how jobs of clusters that do not choose run: 'fork', a process per job (default), or "
+                        "'worker', processes reused for many jobs of one cluster (docs/isolation.md)")  # fmt: skip
+    g.add_argument("--worker-jobs", type=int, metavar="N",
+                   help=f"a reused worker is replaced after N jobs (default: {WorkerPolicy().max_jobs})")  # fmt: skip
+    g.add_argument("--worker-memory-growth", metavar="SIZE",
+                   help="a reused worker is replaced once its peak RSS grew by SIZE (default: 256M)")  # fmt: skip
     g.add_argument("--max-processes", type=int, metavar="N",
                    help="processes at once in a job's tree (cgroup pids.max; needs cgroups)")  # fmt: skip
     g.add_argument("--max-output", metavar="SIZE",
@@ -262,6 +273,11 @@ def load_config(args: argparse.Namespace, fail: Callable[[str], NoReturn]) -> tu
             _positive(pick("yield_window", None, 60.0)),
         )
         serve = _opt(pick("serve", None, None), _positive_int)
+        workers = WorkerPolicy(
+            isolation.check(pick("isolation", None, isolation.FORK)),
+            _positive_int(pick("worker_jobs", None, WorkerPolicy().max_jobs)),
+            parse_size(pick("worker_memory_growth", None, "256M")),
+        )
     except (TypeError, ValueError) as exc:
         fail(str(exc))
     refusal = plaintext_refusal(host, tls is not None, insecure) if discovery_port is None else None
@@ -271,7 +287,7 @@ def load_config(args: argparse.Namespace, fail: Callable[[str], NoReturn]) -> tu
     config = NodeConfig(
         host, int(port), cpus, name, secret, heartbeat, work_dir, kill_grace,
         run_as, caps, max_output, setup_timeout, rules, serve, accounts=accounts,
-        tls=tls, insecure_plaintext=insecure, scheduler_grace=scheduler_grace,
+        tls=tls, insecure_plaintext=insecure, scheduler_grace=scheduler_grace, workers=workers,
     )  # fmt: skip
     return config, loglevel, discovery_port
 

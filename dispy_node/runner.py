@@ -13,6 +13,12 @@ zygote as plain numbers. Each job the runner accepts is owed exactly one `JobRes
 requeues its jobs itself) and after `close()` (the session is gone; nothing is
 reported any more).
 
+Each load is one incarnation of its cluster (`lifecycle.py`): its phase
+(starting, ready, unloading, failed, stopped, retired) changes only by that
+module's transition table, and the chain per cluster id there is the only
+record of which incarnation is live and which are ending; a later load of the
+same id starts its zygote only once every earlier one is retired (`gone`).
+
 Zygote death: a zygote that exits without being asked to is a failure of its
 cluster on this node. Its started jobs are killed (by process group, from the
 pids it reported) and reported TERMINATED, since they may have run; jobs still
@@ -40,19 +46,20 @@ import sys
 import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-from dispy_wire import result_mac
+from dispy_wire import isolation, result_mac
 from dispy_wire.framing import FrameDecoder
 from dispy_wire.messages import JobFile, JobRef, JobResult, RunJob
 from dispy_wire.status import JobStatus
 
 from . import account, cgroups, channel, job_process, killtree, limits, workdir
 from .account import Account, AccountPool, PoolExhausted
+from .lifecycle import Chains, Incarnation, Phase
+from .worker import WorkerPolicy
 from . import zygote_protocol as zp
 
 logger = logging.getLogger(__name__)
@@ -86,6 +93,7 @@ class RunnerConfig:
         node_name, node_ip_addr: what jobs see as `dispy_node_name` and `dispy_node_ip_addr`.
         cgroups: where jobs make their control groups (`cgroups.prepare`), or None.
         spawn: start each job as a new interpreter instead of a fork (see loading.py).
+        workers: the default isolation of clusters that do not choose one, and when workers are retired.
     """
 
     work_dir: Path
@@ -99,17 +107,19 @@ class RunnerConfig:
     node_ip_addr: str = ""
     cgroups: cgroups.JobGroups | None = None
     spawn: bool = not hasattr(os, "fork")
+    workers: WorkerPolicy = WorkerPolicy()
 
     @property
     def run_as(self) -> Account:
         return self.account or account.resolve(None)
 
 
-class _State(Enum):
-    STARTING = "starting"  # zygote loading; jobs are queued
-    READY = "ready"
-    UNLOADING = "unloading"
-    DEAD = "dead"  # failed, unloaded or closed: reports nothing more
+class _Remnant:
+    """An unload of a cluster that is not loaded: only its directory to remove."""
+
+    def __init__(self) -> None:
+        self.end_task: asyncio.Task[None] | None = None
+        self.gone = asyncio.Event()
 
 
 class Runner:
@@ -132,33 +142,38 @@ class Runner:
         self._on_result = on_result
         self._on_failed = on_failed
         self._on_file = on_file
-        self._clusters: dict[str, _Cluster] = {}
-        self._failed: set[str] = set()  # their late jobs are dropped, not reported
+        #: every cluster id's incarnations (lifecycle.py): the only record of which is live and which are ending
+        self._chains: Chains[_Cluster | _Remnant] = Chains()
         self._closed = False
-        #: clusters (None: only a directory) on their way out; a new load of the same id waits for them
-        self._unloads: dict[str, tuple[_Cluster | None, asyncio.Task[None]]] = {}
 
     @property
     def busy(self) -> int:
         """Jobs received and not yet reported."""
-        return sum(c.owed for c in self._clusters.values())
+        return sum(c.owed for c in self._live())
 
     @property
     def clusters(self) -> int:
         """Clusters loaded (or loading), unloads in progress included."""
-        return len(self._clusters) + len(self._unloads)
+        return sum(1 for _ in self._chains.all_live()) + sum(1 for _ in self._chains.ending())
+
+    def _live(self) -> list[_Cluster]:
+        return [inc.body for inc in self._chains.all_live() if isinstance(inc.body, _Cluster)]
+
+    def _live_one(self, cluster_id: str) -> _Cluster | None:
+        inc = self._chains.live(cluster_id)
+        return inc.body if inc is not None and isinstance(inc.body, _Cluster) else None
 
     def load(self, cluster_id: str, computation: bytes, options: Mapping[str, Any] | None = None) -> None:
         """Starts the cluster's zygote; a repeated load of a live cluster is ignored.
 
         Options the node acts on: `keep_files` (leave job directories behind),
         `cpus` (run at most that many of its jobs at once here), `setup_timeout`,
-        and default limits for its jobs (`timeout`, `memory`, `cpu_time`, `open_files`).
+        `isolation` (`dispy_wire.isolation`), and default limits for its jobs
+        (`timeout`, `memory`, `cpu_time`, `open_files`).
         """
-        if cluster_id in self._clusters:
+        if self._chains.live(cluster_id) is not None:
             logger.info("cluster %s is already loaded", cluster_id)
             return
-        self._failed.discard(cluster_id)
         if not _safe_id(cluster_id):
             self.cluster_failed(cluster_id, f"cluster id {cluster_id!r} is not a safe directory name")
             return
@@ -167,8 +182,13 @@ class Runner:
         except limits.BadOption as exc:
             self.cluster_failed(cluster_id, str(exc))
             return
-        previous = self._unloads.get(cluster_id)
-        self._clusters[cluster_id] = _Cluster(self, cluster_id, computation, settings, previous[1] if previous else None)
+
+        def make(before: Incarnation[_Cluster | _Remnant] | None) -> _Cluster:
+            return _Cluster(self, cluster_id, computation, settings, before.body.gone if before is not None else None)
+
+        inc = self._chains.begin(cluster_id, make)
+        assert inc is not None and isinstance(inc.body, _Cluster)  # none was live
+        inc.body.start(inc)
 
     def run(self, jobs: Iterable[RunJob]) -> None:
         """Starts jobs, in one write per cluster."""
@@ -176,24 +196,24 @@ class Runner:
         for job in jobs:
             by_cluster.setdefault(job.cluster_id, []).append(job)
         for cluster_id, batch in by_cluster.items():
-            cluster = self._clusters.get(cluster_id)
+            cluster = self._live_one(cluster_id)
             if cluster is not None:
                 cluster.run(batch)
-            elif cluster_id not in self._failed:
+            elif not self._chains.dropping(cluster_id):
                 for job in batch:
                     self.report(_verdict(cluster_id, job.job_id, JobStatus.TERMINATED, "unknown cluster"))
 
     def kill(self, refs: Iterable[JobRef], reason: str = "", status: JobStatus = JobStatus.CANCELLED) -> None:
         """Kills jobs' trees; each is reported with `status` and `reason` (unless its result is already out)."""
         for ref in refs:
-            cluster = self._clusters.get(ref.cluster_id)
+            cluster = self._live_one(ref.cluster_id)
             if cluster is not None:
                 cluster.kill(ref.job_id, reason, status)
 
     def give_up_all(self, reason: str) -> None:
         """Kills every job of every cluster; each is reported ABANDONED with `reason`, so the
         scheduler reruns it elsewhere if its cluster is reentrant."""
-        for cluster in self._clusters.values():
+        for cluster in self._live():
             for job_id in cluster.job_ids():
                 cluster.kill(job_id, reason, JobStatus.ABANDONED)
 
@@ -204,23 +224,28 @@ class Runner:
             The task doing it, which may take `kill_grace` seconds and more; a
             new load of the same cluster meanwhile waits for it.
         """
-        self._failed.discard(cluster_id)
-        cluster = self._clusters.pop(cluster_id, None)
-        if cluster is not None:
-            return self._ending(cluster_id, cluster, self._unload(cluster))
-        ending = self._unloads.get(cluster_id)
-        if ending is not None:  # failed or unloading already: that end is the one
-            return ending[1]
-        return self._ending(cluster_id, None, self._remove_dir(cluster_id))
+        self._chains.forget_failure(cluster_id)
+        inc = self._chains.live(cluster_id)
+        if inc is not None:
+            assert isinstance(inc.body, _Cluster)
+            # a ready zygote cancels its jobs and runs cleanup; one still loading is just stopped
+            inc.to(Phase.UNLOADING if inc.phase is Phase.READY else Phase.STOPPED, "unload asked")
+            return self._ending(inc, self._unload(inc.body))
+        newest = self._chains.newest(cluster_id)
+        if newest is not None and newest.body.end_task is not None:  # failed or unloading already: that end is the one
+            return newest.body.end_task
+        return self._ending(self._chains.remnant(cluster_id, _Remnant()), self._remove_dir(cluster_id))
 
-    def _ending(self, cluster_id: str, cluster: _Cluster | None, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        """Runs a cluster's end, known to later loads of the same id (they wait for it) and to close()."""
+    def _ending(self, inc: Incarnation[_Cluster | _Remnant], coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Runs an incarnation's end; once it is over the incarnation is retired, and a later one may start."""
         task = asyncio.create_task(coro)
-        self._unloads[cluster_id] = (cluster, task)
+        inc.body.end_task = task
 
         def ended(_: asyncio.Task[None]) -> None:
-            if self._unloads.get(cluster_id, (None, None))[1] is task:
-                del self._unloads[cluster_id]
+            if inc.phase is not Phase.STOPPED:  # its end failed before stopping it: it is over all the same
+                inc.to(Phase.STOPPED, "end task over")
+            self._chains.retire(inc)
+            inc.body.gone.set()
 
         task.add_done_callback(ended)
         return task
@@ -243,20 +268,23 @@ class Runner:
 
     def held(self) -> tuple[list[JobRef], list[str]]:
         """The jobs this runner owes results for, and the clusters it has loaded (not those ending)."""
-        jobs = [JobRef(cid, job_id) for cid, c in self._clusters.items() for job_id in c.job_ids()]
-        return jobs, list(self._clusters)
+        live = self._live()
+        return [JobRef(c.cluster_id, job_id) for c in live for job_id in c.job_ids()], [c.cluster_id for c in live]
 
     async def close(self) -> None:
         """Kills every job tree and zygote (SIGTERM, grace, SIGKILL), removes their directories
         (unless kept); reports nothing more."""
         self._closed = True
-        live = list(self._clusters.values())
-        ending = [c for c, _ in self._unloads.values() if c is not None]  # their tasks retire them
-        unloads = [t for _, t in self._unloads.values()]
-        self._clusters.clear()
-        await asyncio.gather(*(c.stop() for c in live + ending), *unloads, return_exceptions=True)
-        for c in live:
-            await c.retire(remove_dir=not c.settings.keep_files)
+        live = list(self._chains.all_live())
+        ending = list(self._chains.ending())
+        tasks = [i.body.end_task for i in ending if i.body.end_task is not None]  # they retire theirs
+        stopping = [i.body for i in live + ending if isinstance(i.body, _Cluster)]
+        await asyncio.gather(*(c.stop() for c in stopping), *tasks, return_exceptions=True)
+        for inc in live:
+            assert isinstance(inc.body, _Cluster)
+            await inc.body.retire(remove_dir=not inc.body.settings.keep_files)
+            self._chains.retire(inc)
+            inc.body.gone.set()
 
     # -- from the clusters ---------------------------------------------------
 
@@ -266,7 +294,7 @@ class Runner:
 
     def put_file(self, cluster_id: str, name: str, data: bytes, mode: int, reply: Callable[[bool, str], None]) -> None:
         """Adds a file to a cluster's directory (`send_file`); `reply(ok, message)` says how it went."""
-        cluster = self._clusters.get(cluster_id)
+        cluster = self._live_one(cluster_id)
         if cluster is None:
             reply(False, f"cluster {cluster_id} is not loaded on this node")
         else:
@@ -276,20 +304,26 @@ class Runner:
         if not self._closed and self._on_file is not None:
             self._on_file(file)
 
+    def mark_failed(self, which: _Cluster, why: str) -> None:
+        """`which` (if still the live incarnation) fails now; `cluster_failed` ends it later."""
+        self._chains.fail(which.life, why)
+
     def cluster_failed(self, cluster_id: str, message: str, which: _Cluster | None = None) -> None:
         """The cluster cannot run here: its zygote goes, its late jobs are dropped.
 
         `which`: the incarnation that failed; an earlier one, ending already, fails nothing.
+        None: the load was refused before any incarnation began.
         """
-        if which is not None and self._clusters.get(cluster_id) is not which:
+        if which is None:
+            self._chains.refuse(cluster_id)
+        elif which.end_task is not None:  # ending already: that end stands
+            return
+        elif which.life.phase is not Phase.FAILED and not self._chains.fail(which.life, message):
             logger.info("cluster %s: an ended incarnation failed (%s); ignored", cluster_id, message)
             return
-        self._failed.add(cluster_id)
-        cluster = self._clusters.pop(cluster_id, None)
-        if cluster is not None:
-            cluster.state = _State.DEAD  # before stop() runs: nothing more is reported
-            cluster.fail_puts(f"cluster failed on this node: {message}")
-            self._ending(cluster_id, cluster, self._discard(cluster))
+        if which is not None:
+            which.fail_puts(f"cluster failed on this node: {message}")
+            self._ending(which.life, self._discard(which))
         logger.warning("cluster %s cannot run here: %s", cluster_id, message)
         if not self._closed:
             self._on_failed(cluster_id, message)
@@ -303,6 +337,7 @@ class _ClusterSettings:
     keep_files: bool
     cpus: int | None
     setup_timeout: float
+    isolation: str  # dispy_wire.isolation: a process per job, or reused workers
 
     @classmethod
     def parse(cls, options: dict[str, Any], config: RunnerConfig) -> _ClusterSettings:
@@ -314,7 +349,11 @@ class _ClusterSettings:
         timeout = options.get("setup_timeout", config.setup_timeout)
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
             raise limits.BadOption(f"option setup_timeout={timeout!r} is not a positive number")
-        return cls(options, bool(options.get("keep_files", False)), cpus, min(timeout, config.setup_timeout))
+        try:
+            mode = isolation.check(options.get(isolation.OPTION, config.workers.isolation))
+        except ValueError as exc:
+            raise limits.BadOption(f"option {exc}") from None
+        return cls(options, bool(options.get("keep_files", False)), cpus, min(timeout, config.setup_timeout), mode)
 
 
 class _Cluster:
@@ -322,7 +361,7 @@ class _Cluster:
 
     def __init__(
         self, runner: Runner, cluster_id: str, computation: bytes, settings: _ClusterSettings,
-        after: asyncio.Task[None] | None,
+        after: asyncio.Event | None,
     ) -> None:  # fmt: skip
         self.runner = runner
         self.cluster_id = cluster_id
@@ -330,7 +369,9 @@ class _Cluster:
         self.dir = runner.work_dir / cluster_id
         self.account: Account | None = None  # who its zygote and jobs run as, once it starts
         self._placing: asyncio.Future[None] | None = None  # its group being made, off the loop
-        self.state = _State.STARTING
+        self.life: Incarnation[_Cluster | _Remnant]  # set by start()
+        self.end_task: asyncio.Task[None] | None = None  # its unload or discard, once it ends
+        self.gone = asyncio.Event()  # retired: the next incarnation of its id may start
         self._queued: dict[int, RunJob] = {}  # until Ready, and beyond the cluster's cpus
         self._files: list[zp.AddFile] = []  # until Ready
         self._groups: dict[int, str] = {}  # job -> control group made for it, until its tree is gone
@@ -340,7 +381,11 @@ class _Cluster:
         self._proc: asyncio.subprocess.Process | None = None
         self._computation = computation
         self._unloaded = asyncio.Event()  # Unloaded received, or no point waiting for it
-        self._after = after  # the unload of this cluster's previous incarnation
+        self._after = after  # the retirement of this cluster's previous incarnation
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self, life: Incarnation[_Cluster | _Remnant]) -> None:
+        self.life = life
         self._task = asyncio.create_task(self._main())
 
     @property
@@ -351,7 +396,7 @@ class _Cluster:
         return [*self._queued, *self._running]
 
     def run(self, jobs: list[RunJob]) -> None:
-        if self.state in (_State.UNLOADING, _State.DEAD):
+        if not self.life.live:
             for job in jobs:
                 self.runner.report(_verdict(self.cluster_id, job.job_id, JobStatus.TERMINATED, "cluster is unloading"))
             return
@@ -359,7 +404,7 @@ class _Cluster:
         if len(fresh) < len(jobs):
             logger.info("cluster %s: %d repeated job(s) ignored", self.cluster_id, len(jobs) - len(fresh))
         self._queued.update((j.job_id, j) for j in fresh)
-        if self.state is _State.READY:
+        if self.life.phase is Phase.READY:
             self._start_queued()
 
     def fail_puts(self, why: str) -> None:
@@ -369,13 +414,13 @@ class _Cluster:
             reply(False, why)
 
     def put_file(self, name: str, data: bytes, mode: int, reply: Callable[[bool, str], None]) -> None:
-        if self.state not in (_State.STARTING, _State.READY):
+        if not self.life.live:
             reply(False, f"cluster {self.cluster_id} is unloading on this node")
             return
         ref = next(self._refs)
         self._replies[ref] = reply
         msg = zp.AddFile(ref, name, data, mode)
-        if self.state is _State.READY:
+        if self.life.phase is Phase.READY:
             self._write(zp.encode(msg))
         else:
             self._files.append(msg)
@@ -408,7 +453,7 @@ class _Cluster:
         Made here, by the daemon, so that the job can join it but not change it.
         """
         groups = self.runner.config.cgroups
-        if groups is None:
+        if groups is None or self.settings.isolation == isolation.WORKER:  # workers share the cluster's group
             return ""
         name = f"{self.cluster_id}/job-{job_id}"
         assert self.account is not None  # jobs run once the zygote is ready
@@ -427,15 +472,14 @@ class _Cluster:
     def kill(self, job_id: int, reason: str = "", status: JobStatus = JobStatus.CANCELLED) -> None:
         if self._queued.pop(job_id, None) is not None:
             self.runner.report(_verdict(self.cluster_id, job_id, status, reason or "cancelled"))
-        elif job_id in self._running and self.state is not _State.DEAD:
+        elif job_id in self._running and self.life.reports:
             self._write(zp.encode(zp.Kill(job_id, int(status), reason)))
 
     async def unload(self) -> None:
         """Unload as asked by the scheduler: jobs are CANCELLED, cleanup runs."""
         for job_id in list(self._queued):
             self.kill(job_id)
-        if self.state is _State.READY:
-            self.state = _State.UNLOADING
+        if self.life.phase is Phase.UNLOADING:
             self._write(zp.encode(zp.Unload()))
             try:
                 await asyncio.wait_for(self._unloaded.wait(), self.runner.kill_grace + UNLOAD_SLACK)
@@ -448,7 +492,8 @@ class _Cluster:
 
     async def stop(self) -> None:
         """Stops the zygote; it kills its jobs' trees (SIGTERM, grace, SIGKILL), reporting none."""
-        self.state = _State.DEAD
+        if self.life.phase is not Phase.STOPPED:
+            self.life.to(Phase.STOPPED, "stop")
         self._unloaded.set()
         proc = self._proc
         if proc is not None and proc.returncode is None:
@@ -461,8 +506,9 @@ class _Cluster:
                 killtree.killpg(proc.pid, signal.SIGKILL)  # with whatever its setup started
                 await self._kill_jobs(proc.pid)
         self._drop_groups(*self._groups)
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
         if proc is not None and proc.returncode is None:
             await proc.wait()
 
@@ -471,7 +517,7 @@ class _Cluster:
         goes, or, kept, is sealed (the node's, 0700: its uid may serve another cluster next); its uid
         goes back to the pool, unless the directory could not be sealed."""
         if self._after is not None:  # stopped before it started: its predecessor's retirement goes first,
-            await asyncio.wait([self._after])  # or a later incarnation could start while that one ends
+            await self._after.wait()  # or a later incarnation could start while that one ends
             self._after = None
         if self._placing is not None:  # a group still being made must be made before it is purged
             await asyncio.wait([self._placing])
@@ -494,7 +540,7 @@ class _Cluster:
 
     async def _main(self) -> None:
         if self._after is not None:
-            await asyncio.wait([self._after])  # unlike gather, does not cancel it if we are
+            await self._after.wait()
             self._after = None
         pool = self.runner.config.accounts
         try:  # looking at every process is slow: off the loop; taking a uid is not, and is not cancelled
@@ -535,6 +581,8 @@ class _Cluster:
         )  # fmt: skip
         self._computation = b""
         self._write(zp.encode(load))
+        if self.settings.isolation == isolation.WORKER:
+            self._write(zp.encode(zp.Workers(config.workers.max_jobs, config.workers.max_growth)))
         timer = asyncio.get_running_loop().call_later(self.settings.setup_timeout, self._setup_timed_out)
         assert self._proc.stdout is not None
         decoder = FrameDecoder(max_size=zp.MAX_REPLY, expect_preamble=False)
@@ -552,19 +600,19 @@ class _Cluster:
             timer.cancel()
         code = await self._proc.wait()
         self._unloaded.set()  # whether it said so or not
-        if self.state in (_State.STARTING, _State.READY):
+        if self.life.live:
             await self._died(garbled or f"zygote process died ({_exit_text(code)})")
         elif garbled:  # unloading: its jobs are gone with it or go now
             await self._kill_jobs(self._proc.pid)
 
     def _setup_timed_out(self) -> None:
-        if self.state is _State.STARTING:
+        if self.life.phase is Phase.STARTING:
             timeout = self.settings.setup_timeout
             self.runner.cluster_failed(self.cluster_id, f"setup did not finish within {timeout:g} s", self)
 
     def _handle(self, msg: Any) -> None:
         """One message of the zygote. Raises ValueError for one no honest zygote sends (see `_check`)."""
-        if self.state is _State.DEAD:
+        if not self.life.reports:
             return
         self._check(msg)
         if isinstance(msg, zp.Done):
@@ -587,7 +635,9 @@ class _Cluster:
             if msg.job_id in self._running:
                 self.runner.send_file(JobFile(self.cluster_id, *msg))
         elif isinstance(msg, zp.Ready):
-            self.state = _State.READY
+            if self.life.phase is not Phase.STARTING:
+                raise ValueError(f"Ready when {self.life.phase.value}")
+            self.life.to(Phase.READY, "zygote ready")
             files, self._files = self._files, []
             self._write(b"".join(zp.encode(f) for f in files))  # before any job: they may need them
             self._start_queued()
@@ -596,7 +646,7 @@ class _Cluster:
             if reply is not None:
                 reply(msg.ok, msg.message)
         elif isinstance(msg, zp.SetupFailed):
-            if self.state is _State.STARTING:  # an answer to Load, and to nothing else
+            if self.life.phase is Phase.STARTING:  # an answer to Load, and to nothing else
                 self.runner.cluster_failed(self.cluster_id, msg.message, self)
         elif isinstance(msg, zp.Unloaded):
             self._unloaded.set()
@@ -637,7 +687,7 @@ class _Cluster:
 
     async def _died(self, why: str) -> None:
         assert self._proc is not None
-        self.state = _State.DEAD  # nothing more is reported but what follows
+        self.runner.mark_failed(self, why)  # nothing more is reported but what follows
         self.fail_puts(why)
         try:
             await self._kill_jobs(self._proc.pid)

@@ -50,7 +50,7 @@ from dispy_wire.framing import FrameDecoder
 from dispy_wire.payload import without_result_key
 from dispy_wire.status import JobStatus
 
-from . import cgroups, job_process, killtree, loading, workdir
+from . import cgroups, job_process, killtree, loading, worker, workdir
 from . import zygote_protocol as zp
 from .capture import Capture
 from .channel import Channel
@@ -117,6 +117,7 @@ class Zygote:
         self._load_file = ""
         self._unloading = False
         self._stopping = False
+        self._workers: worker.WorkerPool | None = None  # isolation "worker": reused job processes
 
     # -- life cycle ----------------------------------------------------------
 
@@ -214,6 +215,8 @@ class Zygote:
             job = self._jobs.get(msg.job_id)
             if job is not None:
                 self._kill(job, *_verdict_for(JobStatus(msg.status), msg.reason))
+        elif isinstance(msg, zp.Workers):
+            self._use_workers(msg)
         elif isinstance(msg, zp.AddFile):
             self._send(self._add_file(msg))
         elif isinstance(msg, zp.Unload):
@@ -272,7 +275,7 @@ class Zygote:
             start = job_process.Start(
                 job_id, payload, limits, files, mark, fds[1], fds[3], fds[4], fds[6], group, self._code.result_key
             )
-            pid = self._spawn_job(start) if self._spawn else os.fork()
+            pid = self._spawn_job(start) if self._spawn else self._workers.run(start) if self._workers else os.fork()
         except OSError as exc:
             for fd in fds:
                 os.close(fd)
@@ -286,6 +289,8 @@ class Zygote:
         chan = Channel(fds[5], lambda record: self._from_job(job_id, record))
         job = _Job(job_id, pid, mark, Capture(fds[0], self._max_output), Capture(fds[2], self._max_output), fds[4],
                    chan, now, limits, group)  # fmt: skip
+        if self._workers is not None:  # what the job leaves behind carries its worker's mark
+            job.mark = self._workers.mark_of(pid)
         for reader in (job.out, job.err, job.channel):
             self._sel.register(reader.fd, selectors.EVENT_READ, reader)
         self._jobs[job_id] = job
@@ -293,6 +298,25 @@ class Zygote:
         if limits.wall is not None:
             self._at(time.monotonic() + limits.wall, _Timer.WALL, job)
         self._send(zp.Started(job_id, pid))
+
+    # -- reused workers (worker.py) ------------------------------------------
+
+    def _use_workers(self, msg: zp.Workers) -> None:
+        if self._spawn:  # no fork here: each job stays a new interpreter
+            logger.warning("zygote: worker isolation needs fork; jobs are spawned one by one")
+        elif self._workers is None and self._code is not None:
+            self._workers = worker.WorkerPool(self._code, msg, self._sel, self._worker_done, self._keep_files)
+
+    def _worker_done(self, job_id: int) -> bool:
+        """A worker says its job is over: the job ends now, unless we were killing it (then its worker goes,
+        and the job ends with its verdict once the worker is reaped). True if the worker may run another."""
+        job = self._jobs.get(job_id)
+        if job is None or job.wait_status is not None or job.verdict is not None:
+            return False
+        del self._leaders[job.pid]
+        job.wait_status = 0
+        self._finish(job)
+        return True
 
     def _add_file(self, msg: zp.AddFile) -> zp.FileAdded:
         """Puts a file sent by the client beside the depends files; jobs started from now on see it."""
@@ -401,6 +425,8 @@ class Zygote:
                 break
             if pid == 0:
                 break
+            if self._workers is not None:
+                self._workers.lost(pid)
             job = self._leaders.pop(pid, None)
             if job is not None:
                 job.wait_status, job.maxrss = status, usage.ru_maxrss
@@ -422,12 +448,16 @@ class Zygote:
             self._at(time.monotonic() + job.recheck, _Timer.RECHECK, job)
             job.recheck = min(job.recheck * 2, _RECHECK_MAX)
             return
+        self._finish(job)
+
+    def _finish(self, job: _Job) -> None:
+        """The job's tree is gone (or, in a worker, the job is over): Done, and its directory goes."""
         del self._jobs[job.job_id]
         for reader in (job.out, job.err, job.channel):
             if self._sel.get_map().get(reader.fd) is not None:
                 self._sel.unregister(reader.fd)
         done = self._done(job)
-        if not self._keep_files and self._code is not None:
+        if not self._keep_files and self._code is not None and self._workers is None:  # workers reuse theirs
             workdir.remove_job_dir(self._code.cluster_dir, job.job_id)
         if not self._stopping:
             self._send(done)
@@ -522,7 +552,12 @@ def _death_text(job: _Job, memory_hit: bool = False) -> tuple[str, str]:
 
 
 def _anon_file() -> int:
-    """An fd to a nameless temporary file (no directory entry to clean up)."""
+    """An fd to a nameless temporary file (no directory entry to clean up): in memory where Linux has
+    memfd_create, since a file made and dropped per job costs a millisecond on some disk filesystems."""
+    try:
+        return os.memfd_create("dispy-job", os.MFD_CLOEXEC)
+    except (AttributeError, OSError):
+        pass
     import tempfile
 
     tmp = tempfile.gettempdir()

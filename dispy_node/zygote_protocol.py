@@ -7,7 +7,7 @@ its jobs run as the same account and can reach its pipe (/proc/PID/fd), so
 what the daemon reads here is untrusted input; the daemon also bounds sizes
 (runner.py) and checks a pid before it kills it.
 
-    daemon → zygote: Load (first, once), Run, Kill, Unload
+    daemon → zygote: Load (first, once), Workers (then, if at all), Run, Kill, Unload
     zygote → daemon: Ready | SetupFailed (answer to Load), Started, Done,
                      Unloaded (then exits)
 
@@ -68,6 +68,13 @@ class AddFile(NamedTuple):
     name: str
     data: bytes
     mode: int
+
+
+class Workers(NamedTuple):
+    """Run this cluster's jobs in reused workers (`worker.py`); sent right after Load, if at all."""
+
+    max_jobs: int  # a worker is retired after this many jobs
+    max_growth: int  # ... or once its peak RSS grew by this many bytes
 
 
 class Unload(NamedTuple):
@@ -134,11 +141,11 @@ class Unloaded(NamedTuple):
 
 
 Message = (
-    Load | Run | Kill | AddFile | Unload | Ready | SetupFailed | Started | Provisional | File | FileAdded | Done | Unloaded
+    Load | Workers | Run | Kill | AddFile | Unload | Ready | SetupFailed | Started | Provisional | File | FileAdded | Done | Unloaded
 )
 
 _TAGS: dict[type[Any], int] = {
-    Load: 1, Run: 2, Kill: 3, Unload: 4, AddFile: 5, FileAdded: 17,
+    Load: 1, Run: 2, Kill: 3, Unload: 4, AddFile: 5, Workers: 6, FileAdded: 17,
     Ready: 10, SetupFailed: 11, Started: 12, Done: 13, Unloaded: 14, Provisional: 15, File: 16,
 }  # fmt: skip
 _CHECKERS = {tag: checker_for(cls) for cls, tag in _TAGS.items()}

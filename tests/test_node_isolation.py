@@ -174,7 +174,7 @@ def _describe(pid: int) -> str:
 
 async def beside(h: Harness, n: int = 6) -> list[int]:
     """Starts a well-behaved cluster's jobs; returns their ids (checked by `all_correct`)."""
-    if "good" not in h.runner._clusters:
+    if "good" not in h.runner.held()[1]:
         h.load("good", func=double)
     return h.run("good", *[(i,) for i in range(n)])
 
