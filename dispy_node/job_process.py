@@ -149,7 +149,12 @@ def _enter(code: Code, start: Start) -> None:
 def _execute(code: Code, payload: bytes, started: float) -> dict[str, Any]:
     """Runs the job; returns its result record."""
     try:
-        args, kwargs = loads(payload)
+        args, kwargs, *more = loads(payload)
+        if more:  # this job's own `dispy_job_depends` functions and classes: globals of the computation
+            from .loading import code_globals  # (loading imports this module)
+
+            for target in code_globals(code.func):
+                target.update(more[0])
         if code.kind == "program":
             assert code.program is not None  # checked at load
             value: Any = subprocess.call([*code.program, *map(str, args)])
