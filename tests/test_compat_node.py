@@ -99,13 +99,13 @@ def test_a_setup_that_fails_is_told_to_the_user_and_the_jobs_end_with_the_reason
             assert job.status == dispy.DispyJob.Terminated, job.status
             assert 'cannot run on any node' in job.exception and "missing 1 required positional argument" in job.exception
         cluster.close()
-        assert told and told[0][0] == 'alpha' and 'set-up failed' in told[0][1], told
+        assert told and told[0][0] == 'alpha' and 'setup failed' in told[0][1], told
         print('ok')
         """
     )
     assert client.stdout.strip().endswith("ok")
     assert "cannot run on node alpha" in client.stderr  # the client's log line
-    sched.wait_for_line(r"cluster compute \(\w+\) of user \S+ cannot run on node alpha: its set-up failed", stream="stderr")
+    sched.wait_for_line(r"cluster compute \(\w+\) of user \S+ cannot run on node alpha: setup failed", stream="stderr")
 
 
 def test_resetup_node_reruns_allocate_and_setup_with_the_new_setup_args(cluster: Cluster) -> None:

@@ -384,7 +384,7 @@ def test_cluster_failed_on_node_requeues_its_jobs_and_avoids_that_node(core: Sch
     actions = step(core, E.ClusterFailedOnNode("n1", "K", "ImportError: numpy"), now=2)
     (told,) = of(actions, A.NotifyUnusable)
     assert (told.client, told.cluster_id, told.node) == ("c1", "K", "host-n1")
-    assert "numpy" in told.reason and "set-up failed" in told.reason
+    assert told.reason == "ImportError: numpy"
     assert not of(actions, A.Dispatch)  # n1 is free, but not for K
     assert core.clusters["K"].queued == 2  # n2 may still run them
     actions = step(core, submitted("c1", "L", 7), now=3)

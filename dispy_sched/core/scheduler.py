@@ -518,7 +518,7 @@ class SchedulerCore:
         # its jobs never started there: back to the queue, whatever `reentrant` says
         for key in [k for k in node.jobs if k[0] == ev.cluster_id]:
             self._displace(cluster, cluster.jobs[key[1]], node, rerun=True, why="")
-        self._unusable(cluster, node, f"its set-up failed there: {ev.message}")
+        self._unusable(cluster, node, ev.message)  # the node's words: "setup failed: <traceback>", ...
         self._maybe_finish_close(cluster)
 
     def _check_runtime(self, cluster: ClusterRecord, node: NodeRecord) -> None:
