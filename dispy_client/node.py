@@ -2,10 +2,10 @@
 
 `NodeAllocate` follows dispy: `allocate()` returns how many CPUs of a node
 the cluster may use, 0 to leave the node out, or a negative number when the
-entry does not apply (the next entry of `nodes` is tried). The scheduler does
-not consult these yet (see docs/client.md): the client parses and keeps them,
-sends the plain ones with the cluster, and `JobCluster` sizes its local node
-from them.
+entry does not apply (the next entry of `nodes` is tried). The client sends
+the plain entries with the cluster (the scheduler applies them); subclasses,
+and entries with `depends` or `setup_args` of their own, are decided here,
+node by node (see docs/client.md); `JobCluster` sizes its local node from them.
 """
 
 from __future__ import annotations
