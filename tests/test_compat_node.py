@@ -289,3 +289,41 @@ def test_a_node_of_another_python_is_skipped_and_the_user_told_why(cluster: Clus
     assert client.wait(60) == 0, cluster.describe()
     assert client.stdout.strip().endswith("ok")
     wait_until(lambda: "cannot run on node old" in client.stderr, 10, "the client's log line")
+
+
+def test_jobcluster_whose_setup_fails_ends_its_jobs_instead_of_hanging(cluster: Cluster) -> None:
+    """dispy's node_setup example as a JobCluster whose NodeAllocate forgets the setup_args: the
+    local node's set-up fails, and the jobs end saying why (the issue saw this hang for ever)."""
+    client = cluster.run_client(
+        """
+        import dispy_client as dispy
+
+        def setup(data_file):
+            global data
+            data = open(data_file, 'rb').read()
+            return 0
+
+        def compute(n):
+            return len(data) + n
+
+        cluster = dispy.JobCluster(compute, nodes=[dispy.NodeAllocate('*')], setup=setup)
+        job = cluster.submit(1)
+        assert job() is None and job.status == dispy.DispyJob.Terminated, (job.status, job.exception)
+        assert 'cannot run on any node' in job.exception and 'data_file' in job.exception, job.exception
+        cluster.close()
+
+        class WithFile(dispy.NodeAllocate):
+            def allocate(self, cluster, ip_addr, name, cpus, avail_info=None, platform=''):
+                self.depends, self.setup_args = ['data.bin'], ('data.bin',)
+                return cpus
+
+        with open('data.bin', 'wb') as f:
+            f.write(b'x' * 10)
+        with dispy.JobCluster(compute, nodes=[WithFile('*')], setup=setup) as cluster:
+            job = cluster.submit(1)
+            assert job() == 11, (job.status, job.exception)
+        print('ok')
+        """,
+        timeout=120,
+    )
+    assert client.stdout.strip().endswith("ok")
