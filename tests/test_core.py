@@ -1213,3 +1213,14 @@ def test_resetup_drains_the_node_then_loads_the_new_computation_there(core: Sche
     kinds = [type(a).__name__ for a in actions if isinstance(a, (A.UnloadCluster, A.LoadCluster, A.Dispatch))]
     assert kinds == ["UnloadCluster", "LoadCluster", "Dispatch"]
     assert of(actions, A.LoadCluster)[0].computation == b"new computation"
+
+
+def test_a_job_with_malformed_options_is_refused_and_ends_saying_why(core: SchedulerCore) -> None:
+    step(core, opened("c1", "K"), joined("n1", 1), now=0)
+    jobs = [JobSpec(1, 0, b"", {"node": 5}), JobSpec(2, 0, b"", {"timeout": 1.5})]
+    actions = step(core, E.JobsSubmitted("c1", "K", jobs), now=1)
+    (reject,) = of(actions, A.Reject)
+    assert reject.code == ErrorCode.BAD_REQUEST and "node=5" in reject.message
+    (r,) = delivered(actions)[("c1", "K")]
+    assert (r.job_id, r.status) == (1, JobStatus.CANCELLED) and "node=5" in r.exception
+    assert dispatched(actions) == {"n1": [("K", 2)]}

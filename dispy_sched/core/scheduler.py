@@ -46,7 +46,7 @@ from dataclasses import asdict, dataclass
 from functools import singledispatchmethod
 from typing import TYPE_CHECKING, Any
 
-from dispy_wire.cluster_options import BadOptions, ClusterOptions
+from dispy_wire.cluster_options import BadOptions, ClusterOptions, JobOptions
 from dispy_wire.errors import ErrorCode
 from dispy_wire.messages import JobFile, JobRef, JobResult, JobSpec, JobStart, NodeInfo, RunJob
 from dispy_wire.status import JobStatus
@@ -229,6 +229,8 @@ class SchedulerCore:
         cluster = self._add_cluster(row, opts, ev.client)
         self._introduce_nodes(cluster)
         self._out.immediate.append(A.ConfirmOpened(ev.client, ev.cluster_id, False))
+        for node in self.nodes.values():  # after the confirmation: its client hears of them as an open cluster's
+            self._check_runtime(cluster, node)
 
     def _add_cluster(self, row: ClusterRow, opts: ClusterOptions, client: str | None) -> ClusterRecord:
         """A new cluster, opened by a client or read back from the journal."""
@@ -242,7 +244,6 @@ class SchedulerCore:
         cluster.overrides = dict(row.overrides)
         for node in self.nodes.values():
             self._place(cluster, node)
-            self._check_runtime(cluster, node)
         if opts.node_updates:
             self._watchers.add(cluster.cluster_id)
         self.clusters[row.cluster_id] = cluster
@@ -265,17 +266,23 @@ class SchedulerCore:
         limits = user.limits
         accepted = self._out.accepted[(ev.client, ev.cluster_id)]
         refused: dict[str, list[JobSpec]] = {}  # why -> the jobs refused for it
+        malformed: dict[str, list[JobSpec]] = {}  # ... for options that are not `JobOptions`
         for spec in ev.jobs:
             accepted.append(spec.job_id)
             if spec.job_id in cluster.jobs:
                 continue  # a resent submit: idempotent on the job id
+            try:
+                pin = JobOptions.from_wire(spec.options).node
+            except BadOptions as exc:
+                malformed.setdefault(str(exc), []).append(spec)
+                continue
             why = self._over_submit_limits(user, spec)
             if why:
                 refused.setdefault(why, []).append(spec)
                 continue
             self._seq += 1
             priority = spec.priority if limits.priority_max is None else min(spec.priority, limits.priority_max)
-            job = JobRecord(ev.cluster_id, spec.job_id, priority, self._seq, spec.payload, spec.options, self.now)
+            job = JobRecord(ev.cluster_id, spec.job_id, priority, self._seq, spec.payload, spec.options, self.now, pin=pin)
             cluster.jobs[spec.job_id] = job
             if self.config.persist:
                 self._changes.job_new(job)
@@ -285,6 +292,8 @@ class SchedulerCore:
             self._log(job, "new", JobState.QUEUED.value)
         for why, specs in refused.items():
             self._refuse(cluster, specs, len(ev.jobs), why)
+        for why, specs in malformed.items():
+            self._refuse(cluster, specs, len(ev.jobs), why, ErrorCode.BAD_REQUEST)
         self._end_if_nowhere(cluster)
         self.ready.update(cluster)
 
@@ -409,7 +418,7 @@ class SchedulerCore:
         node.runtime = ev.runtime
         self.nodes[ev.node] = node
         self._update_free(node)
-        for cluster in self.clusters.values():
+        for cluster in list(self.clusters.values()):  # a cluster may end (and go) for want of nodes
             self._place(cluster, node)
             self._check_runtime(cluster, node)
         self._announce(node, "joined")
@@ -593,7 +602,7 @@ class SchedulerCore:
                 opts = ClusterOptions.from_wire(row.options)
             except BadOptions:  # accepted when it was opened: the same parser accepts it again
                 opts = ClusterOptions()
-            self._add_cluster(row, opts, None)
+            self._add_cluster(row, opts, None)  # nodes join after a restart: they are checked then
             self._seq = max(self._seq, row.seq)
         for job_row_ in ev.jobs:
             cluster = self.clusters.get(job_row_.cluster_id)
@@ -605,7 +614,11 @@ class SchedulerCore:
         self._changes = Changes()  # what was just read is what the journal holds
 
     def _restore_job(self, cluster: ClusterRecord, row: JobRow) -> None:
-        job = JobRecord(row.cluster_id, row.job_id, row.priority, row.seq, row.payload, row.options, row.submit_time)
+        try:
+            pin = JobOptions.from_wire(row.options).node
+        except BadOptions:  # accepted at submit: the same parser accepts it again
+            pin = None
+        job = JobRecord(row.cluster_id, row.job_id, row.priority, row.seq, row.payload, row.options, row.submit_time, pin=pin)
         job.attempts, job.cancel_requested, job.last_node = row.attempts, row.cancel_requested, row.node
         cluster.jobs[job.job_id] = job
         self._seq = max(self._seq, row.seq)
@@ -861,15 +874,18 @@ class SchedulerCore:
                 loaded.loaded_on.discard(node_id)
         for cluster in self.clusters.values():
             cluster.failed_on.pop(node_id, None)
-            self._end_if_nowhere(cluster)  # the nodes left all refused it
             cluster.node_cpus.pop(node_id, None)
             blob = cluster.node_blobs.pop(node_id, None)
             if blob is not None:
                 self.users[cluster.user].queued_bytes -= len(blob)
             cluster.resetting.discard(node_id)
+        for cluster in list(self.clusters.values()):  # ending jobs may end (and drop) a closing cluster
+            self._end_if_nowhere(cluster)  # the nodes left all refused it
 
-    def _refuse(self, cluster: ClusterRecord, jobs: list[JobSpec], submitted: int, limit: str) -> None:
-        """Ends jobs a submit brought beyond a limit: one error, and a Cancelled result each.
+    def _refuse(
+        self, cluster: ClusterRecord, jobs: list[JobSpec], submitted: int, limit: str, code: ErrorCode = ErrorCode.LIMIT
+    ) -> None:
+        """Ends jobs a submit brought beyond a limit (or with bad options: `code`): one error, and a Cancelled result each.
 
         The result (not only the error) matters: the client holds each job
         until its terminal result, so a refused job ends there as Cancelled,
@@ -879,7 +895,7 @@ class SchedulerCore:
         """
         why = f"{limit}: {len(jobs)} of the {submitted} jobs submitted to cluster {cluster.name} were refused"
         assert cluster.client is not None
-        self._reject(cluster.client, ErrorCode.LIMIT, why, cluster.cluster_id)
+        self._reject(cluster.client, code, why, cluster.cluster_id)
         results = self._out.results[(cluster.client, cluster.cluster_id)]
         for spec in jobs:
             self.log.append((self._stimulus, cluster.cluster_id, spec.job_id, "new", "refused"))

@@ -45,6 +45,7 @@ class JobRecord:
     result: JobResult | None = None
     files: list[JobFile] = field(default_factory=list)  # sent back by the job while its client was away
     held: int = 0  # what its result and files count in its user's `held_bytes`
+    pin: str | None = None  # the node (name or address) it must run on: `JobOptions.node`
 
     @property
     def key(self) -> tuple[str, int]:
@@ -101,8 +102,8 @@ class ClusterRecord:
         entry = (-job.priority, job.seq, job.job_id)
         heapq.heappush(self.queue, entry)
         self.queued += 1
-        pin = job.options.get("node") if job.options else None
-        if isinstance(pin, str) and pin:
+        pin = job.pin
+        if pin:
             if self.unpinned is None:  # the first pinned job: the rest of the queue is unpinned
                 self.unpinned = [e for e in self.queue if e[2] != job.job_id]
                 heapq.heapify(self.unpinned)
