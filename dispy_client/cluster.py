@@ -13,7 +13,6 @@ starts its own.
 from __future__ import annotations
 
 import asyncio
-import functools
 import getpass
 import itertools
 import logging
@@ -24,9 +23,10 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from dispy_wire import isolation
 from dispy_wire import messages as M
 from dispy_wire import result_mac
+from dispy_wire.cluster_options import ClusterOptions as WireOptions
+from dispy_wire.cluster_options import JobOptions, Runtime
 from dispy_wire.payload import dumps
 
 from . import progress
@@ -36,7 +36,7 @@ from .executor import ClusterExecutor, job_future
 from .job import DispyJob
 from .node import ClusterStatus, DispyNode, DispyNodeAvailInfo, NodeAllocate
 from .options import ClusterOptions, cluster_options
-from .packaging import build_computation, computation_name, job_files
+from .packaging import build_computation, computation_name, job_depends
 from .recover import Recorder
 from .session import ClusterSession
 from .tracker import ACTIVE, JobTracker
@@ -102,20 +102,19 @@ class BaseCluster:
         self._uids = itertools.count(1)
         self._start_time = time.time()
         self._closed = False
-        # NodeAllocate subclasses decide here: the scheduler runs no user code, so it
-        # asks (node updates) and gives the cluster no CPU of a node until we answer
-        self._allocators = [n for n in self.nodes if type(n).allocate is not NodeAllocate.allocate]
-        open_options: dict[str, Any] = {"nodes": [n.to_wire() for n in self.nodes]} if self.nodes else {}
-        open_options.update(options.limits)  # for the nodes: the scheduler passes them on unread
-        if options.isolation is not None:
-            open_options[isolation.OPTION] = options.isolation
-        if options.cleanup is False:  # dispy's way to keep the cluster's files on the nodes
-            open_options["keep_files"] = True
-        if self._allocators:
-            open_options["allocate"] = "client"
-        if self._allocators or options.cluster_status is not None:
-            open_options["node_updates"] = True
-        open_msg = M.OpenCluster(uuid.uuid4().hex, self.name, blob, options.reentrant, open_options)
+        # NodeAllocate subclasses, and entries with a per-node set-up, decide here: the scheduler runs
+        # no user code, so it asks (node updates) and gives the cluster no CPU of a node until we answer
+        self._allocators = [n for n in self.nodes if n.per_node]
+        open_options = WireOptions(
+            nodes=tuple(n.to_spec() for n in self.nodes),
+            allocate_by_client=bool(self._allocators),
+            node_updates=bool(self._allocators) or options.cluster_status is not None,
+            keep_files=options.cleanup is False,  # dispy's way to keep the cluster's files on the nodes
+            limits=options.limits,  # for the nodes: the scheduler passes them on unread
+            runtime=Runtime.here(),  # nodes that cannot load what we pickle are skipped
+            isolation=options.isolation,
+        )
+        open_msg = M.OpenCluster(uuid.uuid4().hex, self.name, blob, options.reentrant, open_options.to_wire())
         self._recorder = self._start_recording(options.recover_file, open_msg)
         self._tracker = JobTracker(
             self.name, open_msg.cluster_id, self._result_key, options.job_status, options.cluster_status, self.dest_path,
@@ -188,17 +187,16 @@ class BaseCluster:
         if self._closed:
             raise DispyError("cluster is closed")
         priority = int(kwargs.pop("dispy_job_priority", 0))
-        options: dict[str, Any] = {}
         timeout = kwargs.pop("dispy_job_timeout", None)
-        if timeout is not None:
-            options["timeout"] = float(timeout)
-        depends = kwargs.pop("dispy_job_depends", None)
-        if depends:
-            options["depends"] = job_files(depends)
-        if node is not None:
-            options["node"] = node.name if isinstance(node, DispyNode) else str(node)
-        payload = dumps((args, kwargs))
-        self._session.check_size(len(payload) + sum(len(f[1]) for f in options.get("depends", ())), "job arguments")
+        files, objects = job_depends(kwargs.pop("dispy_job_depends", None) or ())
+        options = JobOptions(
+            timeout=None if timeout is None else float(timeout),
+            files=files,
+            node=None if node is None else node.name if isinstance(node, DispyNode) else str(node),
+        )
+        # the job's own globals travel with its arguments: opaque to the scheduler, like them
+        payload = dumps((args, kwargs, objects) if objects else (args, kwargs))
+        self._session.check_size(len(payload) + sum(len(f[1]) for f in files), "job arguments")
         job = DispyJob(args, kwargs, next(self._uids), time.time())
         job.id = job_id
         self._tracker.add(job)
@@ -206,7 +204,7 @@ class BaseCluster:
             self._recorder.submitted(job)
             job._on_id = self._recorder.id_set
             job._watch(self._recorder.job_status)
-        self._session.enqueue(M.JobSpec(job._uid, priority, payload, options))
+        self._session.enqueue(M.JobSpec(job._uid, priority, payload, options.to_wire()))
         return job
 
     async def asubmit(self, *args: Any, **kwargs: Any) -> Any:
@@ -391,8 +389,14 @@ class BaseCluster:
                 self.cancel(job)
         return 0
 
-    def _allocate(self, node: DispyNode) -> None:
-        """A node joined: the first `NodeAllocate` that applies decides its CPUs for this cluster (dispy's rule)."""
+    def _allocate(self, node: DispyNode, setup_anew: bool = False) -> None:
+        """A node joined: the first `NodeAllocate` that applies decides its CPUs for this cluster (dispy's rule),
+        and its `depends` and `setup_args` (which `allocate` may have just set) the cluster's set-up there.
+
+        Args:
+            setup_anew: load the cluster there again even when the entry asks for no set-up of its own
+                (`resetup_node`).
+        """
         for entry in self.nodes:
             try:
                 cpus = entry.allocate(self, node.ip_addr, node.name, node.cpus, node.avail_info, node.platform)
@@ -400,26 +404,43 @@ class BaseCluster:
                 log.exception("%s.allocate raised for node %s; not using the node", type(entry).__name__, node.name)
                 cpus = 0
             if cpus >= 0:
+                if cpus > 0 and (setup_anew or entry.depends or entry.setup_args):
+                    self._setup_on(node, entry.depends, entry.setup_args)
                 self.set_node_cpus(node, cpus)
                 return
+        if setup_anew:
+            self._setup_on(node, [], ())
         self.set_node_cpus(node, 0)
 
-    def resetup_node(self, node: str | DispyNode, *setup_args: Any) -> int:
-        """Runs `setup` again on `node`, with `setup_args` if given (in place of a partial's arguments).
-
-        The node takes no new job of this cluster until its running ones end;
-        then the cluster is unloaded there (`cleanup` runs) and loaded anew.
-        Returns 0, or -1 if the cluster has no `setup`.
-        """
-        setup = self._options.setup
-        if setup is None:
-            log.error("resetup_node: cluster %s has no setup to run again", self.name)
-            return -1
-        if setup_args:
-            setup = functools.partial(setup.func if isinstance(setup, functools.partial) else setup, *setup_args)
-        blob = build_computation(self.computation, self._result_key, self._options.depends, setup, self._options.cleanup)
+    def _setup_on(self, node: DispyNode, depends: list[Any], setup_args: tuple[Any, ...]) -> None:
+        """Sends the computation `node` loads: the cluster's, with a `NodeAllocate`'s own depends and setup_args."""
+        if not isinstance(setup_args, tuple):  # dispy's rule for a NodeAllocate subclass that set something else
+            setup_args = (setup_args,)
+        opts = self._options
+        blob = build_computation(self.computation, self._result_key, [*opts.depends, *depends], opts.setup,
+                                 opts.cleanup, setup_args)  # fmt: skip
         self._session.check_size(len(blob), "computation")
-        self._lt.call(self._session.resetup, _node_name(node), blob)
+        self._lt.call(self._session.resetup, node.name, blob)
+
+    def resetup_node(self, node: str | DispyNode, terminate_pending: bool = False) -> int:
+        """Sets the cluster up again on `node`, as dispy does: `allocate` of the `nodes` entries runs again
+        for it (it may set new `depends` and `setup_args`), then the cluster is unloaded there (`cleanup`
+        runs) once its running jobs end (with `terminate_pending`, they are cancelled), and loaded anew
+        (`setup(*setup_args)`). Returns 0, or -1 if no such node serves this cluster.
+        """
+        name = _node_name(node)
+        known = self._tracker.nodes()
+        record = known.get(name) or next((n for n in known.values() if n.ip_addr == name), None)
+        if record is None:
+            log.error("resetup_node: no node %s is known to cluster %s", name, self.name)
+            return -1
+        if terminate_pending:
+            for job in self.node_jobs(record):
+                self.cancel(job)
+        if self.nodes:
+            self._allocate(record, setup_anew=True)
+        else:
+            self._setup_on(record, [], ())
         return 0
 
     def send_file(self, path: str, node: str | DispyNode) -> int:

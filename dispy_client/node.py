@@ -2,10 +2,10 @@
 
 `NodeAllocate` follows dispy: `allocate()` returns how many CPUs of a node
 the cluster may use, 0 to leave the node out, or a negative number when the
-entry does not apply (the next entry of `nodes` is tried). The scheduler does
-not consult these yet (see docs/client.md): the client parses and keeps them,
-sends the plain ones with the cluster, and `JobCluster` sizes its local node
-from them.
+entry does not apply (the next entry of `nodes` is tried). The client sends
+the plain entries with the cluster (the scheduler applies them); subclasses,
+and entries with `depends` or `setup_args` of their own, are decided here,
+node by node (see docs/client.md); `JobCluster` sizes its local node from them.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
+
+from dispy_wire.cluster_options import NodeSpec
 
 
 @dataclass(slots=True)
@@ -75,6 +77,8 @@ class DispyNode:
         self.update_time = 0.0
         self.avail_info: DispyNodeAvailInfo | None = None
         self.platform = ""
+        #: why the cluster cannot run on this node ('' while it can): its set-up failed, or another Python
+        self.failure = ""
 
     def __repr__(self) -> str:
         return f"<DispyNode {self.name} ({self.ip_addr}) cpus={self.cpus} busy={self.busy} done={self.jobs_done}>"
@@ -94,16 +98,34 @@ class NodeAllocate:
         host: a host name, an IP address, or an IP pattern with `*` (e.g. '192.168.1.*').
         port: the node's port in dispy; nodes dial the scheduler here, so it is kept, not used.
         cpus: at most this many CPUs of a matching node; 0 means all, -N all but N.
+        depends: files (and, here, modules, functions and classes) for the nodes this entry
+            allocates only, besides the cluster's `depends`.
+        setup_args: the arguments of `setup` (and `cleanup`) on the nodes this entry allocates.
 
-    Subclasses may override `allocate`.
+    Subclasses may override `allocate`, which may set `self.depends` and
+    `self.setup_args` for the node it is deciding on (dispy's node_setup example does).
     """
 
-    def __init__(self, host: str, port: int | None = None, cpus: int = 0) -> None:
+    def __init__(
+        self, host: str, port: int | None = None, cpus: int = 0, depends: list[Any] | None = None,
+        setup_args: tuple[Any, ...] = (),
+    ) -> None:  # fmt: skip
+        if depends is not None and not isinstance(depends, list):
+            raise TypeError(f"NodeAllocate depends must be a list, not {type(depends).__name__}")
+        if not isinstance(setup_args, tuple):
+            raise TypeError(f"NodeAllocate setup_args must be a tuple, not {type(setup_args).__name__}")
         self.host = str(host)
         self.ip_addr = _resolve(self.host)
         self.ip_rex = re.compile(re.escape(self.ip_addr).replace(r"\*", r"[0-9a-fA-F:.]*") + r"\Z")
         self.port = int(port) if port else None
         self.cpus = int(cpus or 0)
+        self.depends: list[Any] = list(depends or [])
+        self.setup_args: tuple[Any, ...] = setup_args
+
+    @property
+    def per_node(self) -> bool:
+        """Whether the client must decide on each node itself: a subclass's `allocate`, or a per-node set-up."""
+        return type(self).allocate is not NodeAllocate.allocate or bool(self.depends or self.setup_args)
 
     def allocate(
         self,
@@ -128,9 +150,9 @@ class NodeAllocate:
             return max(0, cpus + self.cpus)
         return cpus
 
-    def to_wire(self) -> dict[str, Any]:
-        """The plain form sent to the scheduler with the cluster (subclasses: client-side only)."""
-        return {"host": self.host, "ip_addr": self.ip_addr, "port": self.port, "cpus": self.cpus}
+    def to_spec(self) -> NodeSpec:
+        """The form the scheduler applies (a subclass's `allocate` runs here, in the client)."""
+        return NodeSpec(self.host, self.ip_addr, self.port, self.cpus)
 
     def __repr__(self) -> str:
         return f"NodeAllocate({self.host!r}, port={self.port!r}, cpus={self.cpus})"

@@ -4,7 +4,12 @@ What each kind of `depends` entry becomes on the node:
 - a path to a file: the file, in the job's working directory;
 - a module: its source file, importable by the job (`import mod`); a package
   (or a module without a plain source file) is pickled by value instead;
-- a function or class: a global of the computation, as dispy provides it.
+- a function or class: a global of the computation, as dispy provides it;
+  an instance gives its class, a `functools.partial` its function (what
+  dispy sends of them: their source).
+
+`dispy_job_depends` of one job takes the same kinds: its files go into
+that job's directory, the rest become globals of that job alone.
 
 A computation given as a string is a program's path: the file is shipped
 like a `depends` file and each job runs it with its arguments as the command
@@ -17,6 +22,7 @@ installed on it, not the user's source tree.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 import stat
@@ -78,12 +84,26 @@ def computation_name(computation: Callable[..., Any] | str) -> str:
     return getattr(computation, "__name__", "computation")
 
 
+def _global_of(dep: Any) -> tuple[str, Any] | None:
+    """The (name, object) a `depends` entry that is code gives the computation's globals, or None if it is not code."""
+    if isinstance(dep, functools.partial):
+        dep = dep.func
+    if isinstance(dep, types.ModuleType):
+        return dep.__name__.rpartition(".")[2], dep
+    if inspect.isfunction(dep) or inspect.isclass(dep) or inspect.isbuiltin(dep):
+        return dep.__name__, dep
+    if isinstance(dep, (str, os.PathLike, bytes)) or not inspect.isclass(type(dep)) or type(dep).__module__ == "builtins":
+        return None
+    return type(dep).__name__, type(dep)  # an instance: its class, as dispy sends it
+
+
 def build_computation(
     computation: Callable[..., Any] | str,
     result_key: bytes,
     depends: Sequence[Any] = (),
     setup: Callable[..., Any] | None = None,
     cleanup: Callable[..., Any] | bool = True,
+    setup_args: tuple[Any, ...] = (),
 ) -> bytes:
     """Packs everything a node needs to run `computation`.
 
@@ -93,6 +113,7 @@ def build_computation(
         depends: files, modules, functions and classes jobs need.
         setup: run once per node before its jobs.
         cleanup: True, False, or a function run when the cluster closes on a node.
+        setup_args: `setup(*setup_args)` and `cleanup(*setup_args)` on the node (a `NodeAllocate`'s, per node).
 
     Returns:
         the computation blob (`dispy_wire.payload` format).
@@ -123,33 +144,38 @@ def build_computation(
                     modules.append((os.path.basename(source), f.read()))
             else:
                 _pickle_by_value(dep)
-        elif inspect.isfunction(dep) or inspect.isclass(dep) or inspect.isbuiltin(dep):
-            objects[dep.__name__] = dep
-            _pickle_by_value(dep)
+        elif (named := _global_of(dep)) is not None:
+            objects[named[0]] = named[1]
+            _pickle_by_value(named[1])
         else:
-            raise TypeError(f"depends entries must be paths, modules, functions or classes, not {dep!r}")
+            raise TypeError(f"depends entries must be paths, modules, functions, classes or their instances, not {dep!r}")
     for obj in (computation, setup, cleanup):
         if callable(obj):
             _pickle_by_value(obj)
     if program is not None:
-        code = CodeObjects(program=program, setup=setup, cleanup=cleanup, globals=objects)
+        code = CodeObjects(program=program, setup=setup, cleanup=cleanup, globals=objects, setup_args=setup_args)
         kind = "program"
     else:
-        code = CodeObjects(func=computation, setup=setup, cleanup=cleanup, globals=objects)
+        code = CodeObjects(func=computation, setup=setup, cleanup=cleanup, globals=objects, setup_args=setup_args)
         kind = "function"
     return pack_computation(Computation(kind, computation_name(computation), files, modules, dumps(code), result_key))
 
 
-def job_files(depends: Sequence[Any]) -> list[list[Any]]:
-    """Per-job files (`dispy_job_depends`) as `[basename, bytes, mode]` entries for `JobSpec.options`.
+def job_depends(depends: Sequence[Any]) -> tuple[tuple[tuple[str, bytes, int], ...], dict[str, Any]]:
+    """One job's `dispy_job_depends`: its files (for `JobOptions.files`) and the globals it alone gets.
 
     Raises:
-        TypeError: an entry that is not a path (only files can travel with one job).
+        TypeError: an entry that is neither a path nor code.
         OSError: a file cannot be read.
     """
-    entries: list[list[Any]] = []
+    files: list[tuple[str, bytes, int]] = []
+    objects: dict[str, Any] = {}
     for dep in depends:
-        if not isinstance(dep, (str, os.PathLike)):
-            raise TypeError(f"dispy_job_depends entries must be file paths, not {dep!r}")
-        entries.append(list(_read_file(os.fspath(dep))))
-    return entries
+        if isinstance(dep, (str, os.PathLike)):
+            files.append(_read_file(os.fspath(dep)))
+        elif (named := _global_of(dep)) is not None:
+            objects[named[0]] = named[1]
+            _pickle_by_value(named[1])
+        else:
+            raise TypeError(f"dispy_job_depends entries must be paths, modules, functions, classes or instances, not {dep!r}")
+    return tuple(files), objects

@@ -316,6 +316,8 @@ class ClusterSession:
                     put.set_result((ok, message))
             case M.NodeUpdates(_, nodes):
                 self._deliver("nodes", nodes)
+            case M.NodeUnusable():
+                self._deliver("unusable", msg)
             case M.JobFiles(files):
                 for f in files:
                     if f.cluster_id == self.cluster_id:

@@ -94,6 +94,7 @@ class JobTracker:
         on_settled: Callable[[list[int]], Any] | None = None,
     ) -> None:
         self._on_node_joined = on_node_joined
+        self._name = name
         self._cluster_id = cluster_id
         self._result_key = result_key
         self.on_settled = on_settled
@@ -182,6 +183,8 @@ class JobTracker:
                 elif kind == "nodes":
                     for info in item:
                         self._on_node(info)
+                elif kind == "unusable":
+                    self._on_unusable(item)
                 else:
                     for node in self.nodes().values():
                         self._notify(DispyNode.Closed, node, None)
@@ -233,6 +236,19 @@ class JobTracker:
             self._on_node_joined(node)
         status = {"joined": DispyNode.Initialized, "report": DispyNode.AvailInfo, "left": DispyNode.Closed}
         self._notify(status.get(info.event, DispyNode.AvailInfo), node, None)
+
+    def _on_unusable(self, msg: M.NodeUnusable) -> None:
+        """The cluster will not run on a node: said in the log, and to `cluster_status` as the node's
+        `Closed` (dispy's status for a node that no longer serves the cluster), with `node.failure` saying why."""
+        log.warning("cluster %s cannot run on node %s: %s", self._name, msg.node, msg.reason)
+        with self.changed:
+            node = self._nodes.get(msg.node)
+            if node is None:
+                node = self._nodes[msg.node] = DispyNode(msg.node, msg.ip_addr)
+            node.failure = msg.reason
+            node.update_time = time.time()
+            self._bump()
+        self._notify(DispyNode.Closed, node, None)
 
     def _on_provisional(self, r: M.JobResult) -> None:
         """`dispy_provisional_result` in the job: status and result now; the job goes on."""

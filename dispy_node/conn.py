@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dispy_wire.cluster_options import Runtime
 from dispy_wire.batching import by_size
 from dispy_wire.errors import ErrorCode, RemoteWireError
 from dispy_wire.framing import NEED_DATA, PREAMBLE, FrameDecoder
@@ -335,6 +336,8 @@ class _Session:
             "pid": os.getpid(),
             "heartbeat": self.config.heartbeat,
             "version": _version(),
+            # the scheduler places on us only clusters pickled by the same Python and cloudpickle
+            "runtime": node_runtime().to_wire(),
             # so clusters' `nodes` patterns can match this host
             "addresses": report.addresses()[:HELLO_MAX_ADDRESSES],
         }
@@ -537,6 +540,21 @@ class _Session:
             self.liveness.sent = True
         if not self._writer.is_closing():
             self._writer.write(data)
+
+
+#: TEST ONLY: a runtime "PYTHON/CLOUDPICKLE" (e.g. "3.10/2.2.1") this node claims instead of its own, so the
+#: tests can show the scheduler skipping a node of another Python without installing one; never set it in use
+TEST_RUNTIME_VAR = "DISPY_TEST_NODE_RUNTIME"
+
+
+def node_runtime() -> Runtime:
+    """The Python and cloudpickle this node's zygotes run (its own interpreter's), or the test override."""
+    claimed = os.environ.get(TEST_RUNTIME_VAR)
+    if claimed:
+        python, _, cp = claimed.partition("/")
+        logger.warning("%s is set: claiming Python %s and cloudpickle %s (for tests only)", TEST_RUNTIME_VAR, python, cp)
+        return Runtime(python, cp)
+    return Runtime.here()
 
 
 def _version() -> str:

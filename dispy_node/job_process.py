@@ -163,7 +163,18 @@ def _enter(code: Code, start: Start) -> None:
 def _execute(code: Code, payload: bytes, started: float) -> dict[str, Any]:
     """Runs the job; returns its result record."""
     try:
-        args, kwargs = loads(payload)
+        args, kwargs, *more = loads(payload)
+        if more:  # this job's own `dispy_job_depends` code: globals of the computation, seeing its globals
+            from .loading import code_globals  # (loading imports this module)
+
+            targets = code_globals(code.func)
+            for obj in more[0].values():  # dispy runs it in the computation's namespace: names resolve alike
+                own = getattr(obj, "__globals__", None)
+                if isinstance(own, dict) and all(own is not t for t in targets):
+                    for name, shared in targets[-1].items():
+                        own.setdefault(name, shared)
+            for target in targets:
+                target.update(more[0])
         if code.kind == "program":
             assert code.program is not None  # checked at load
             value: Any = subprocess.call([*code.program, *map(str, args)])

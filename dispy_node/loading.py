@@ -17,6 +17,8 @@ spawned job gets the key with its start record, through an anonymous file.
 
 from __future__ import annotations
 
+import functools
+import importlib
 import os
 import sys
 import traceback
@@ -30,6 +32,18 @@ from . import zygote_protocol as zp
 
 #: the zygote's Load message, in the cluster's directory, for spawned jobs
 LOAD_FILE = "load.msgpack"
+
+#: what a successful `setup` returns: dispy's 0, 1 and 2 (which choose how dispynode keeps the setup's globals;
+#: here jobs always fork from the process that ran it), or nothing
+SETUP_SUCCESS = (0, 1, 2, None)
+
+#: modules dispynode's own globals hold, which dispy's job code sees without importing them
+#: (dispy runs `setup` and jobs in dispynode's module namespace: its examples use `os`, `sys`, `time` so)
+NODE_MODULES = (
+    "copy", "errno", "glob", "hashlib", "io", "marshal", "multiprocessing", "os", "pickle", "platform", "re",
+    "shutil", "signal", "socket", "stat", "struct", "subprocess", "sys", "tempfile", "threading", "time",
+    "traceback",
+)  # fmt: skip
 
 
 def load_code(load: zp.Load, first: bool) -> tuple[job_process.Code, Any] | str:
@@ -69,28 +83,41 @@ def load_code(load: zp.Load, first: bool) -> tuple[job_process.Code, Any] | str:
         return str(exc)
     except Exception:  # noqa: BLE001  (unpickling runs arbitrary user code)
         return "cannot load the computation:\n" + traceback.format_exc()
+    setup_args = tuple(getattr(objs, "setup_args", ()))  # a computation packed before setup_args has none
     if objs.setup is not None:
         try:
-            value = objs.setup()
+            value = objs.setup(*setup_args)
         except (Exception, SystemExit):  # noqa: BLE001  (user code: any failure is a setup failure)
             return "setup failed:\n" + traceback.format_exc()
-        if value not in (0, None):
-            return f"setup returned {value!r} (0 or None means success)"
+        if value not in SETUP_SUCCESS:
+            return f"setup returned {value!r} (0, 1, 2 or None means success)"
     sys.stdout.flush()
     sys.stderr.flush()
     groups = cgroups.JobGroups(load.cgroups) if load.cgroups else None
     code = job_process.Code(comp.kind, objs.func, objs.program, load.cluster_dir, load.cluster_id, comp.result_key, groups)
-    return code, objs.cleanup
+    cleanup = functools.partial(objs.cleanup, *setup_args) if callable(objs.cleanup) and setup_args else objs.cleanup
+    return code, cleanup
 
 
 def _inject_globals(objs: CodeObjects, node: dict[str, Any]) -> None:
-    """Depends functions and classes, and the node's name and address, become the computation's globals (as in dispy)."""
-    main = sys.modules["__main__"].__dict__
-    targets = [main]
-    for fn in (objs.func, objs.setup, objs.cleanup):
+    """Depends functions and classes, the node's name and address, and dispynode's modules become the
+    computation's globals (as in dispy). A module only fills a name the computation left free: its
+    own global of that name wins, as dispy's client globals win over dispynode's."""
+    modules = {name: importlib.import_module(name) for name in NODE_MODULES}
+    for target in code_globals(objs.func, objs.setup, objs.cleanup):
+        for name, module in modules.items():
+            target.setdefault(name, module)
+        target.update(node)
+        target.update(objs.globals)
+
+
+def code_globals(*funcs: Any) -> list[dict[str, Any]]:
+    """The namespaces the computation's code looks its globals up in: `__main__`'s and each function's own
+    (a function pickled by value brings a globals dict of its own)."""
+    targets = [sys.modules["__main__"].__dict__]
+    for fn in funcs:
+        fn = getattr(fn, "func", fn)  # a functools.partial: the function it calls
         g = getattr(fn, "__globals__", None)
         if isinstance(g, dict) and all(g is not t for t in targets):
             targets.append(g)
-    for target in targets:
-        target.update(node)
-        target.update(objs.globals)
+    return targets

@@ -106,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where clusters' files go, one directory each; give each node on a host its own "
                         "(default: <tmp>/dispynode-<uid>/<name>)")  # fmt: skip
     p.add_argument("--kill-grace", type=float, metavar="SECONDS",
-                   help="seconds between SIGTERM and SIGKILL when a job is killed (default: 5)")  # fmt: skip
+                   help="seconds between SIGTERM and SIGKILL when a job is killed (default: 5); a job its "
+                        "user cancels gets SIGINT (KeyboardInterrupt) first, and SIGTERM 3 s (at most this) later")  # fmt: skip
     p.add_argument("--scheduler-grace", type=float, metavar="SECONDS",
                    help="jobs keep running this long while the scheduler is away (restarting, or the link "
                         "is down), and are handed back when it returns; then they are killed (default: 60; "

@@ -52,6 +52,7 @@ from typing import Any
 import psutil
 
 from dispy_wire import isolation, result_mac
+from dispy_wire.cluster_options import BadOptions, ClusterOptions, JobOptions
 from dispy_wire.framing import FrameDecoder
 from dispy_wire.messages import JobFile, JobRef, JobResult, RunJob
 from dispy_wire.status import JobStatus
@@ -342,18 +343,13 @@ class _ClusterSettings:
     @classmethod
     def parse(cls, options: dict[str, Any], config: RunnerConfig) -> _ClusterSettings:
         """Raises BadOption for an option of the wrong type."""
-        limits.effective(config.caps, options, {})  # its limits must be valid too
-        cpus = options.get("cpus")
-        if cpus is not None and (isinstance(cpus, bool) or not isinstance(cpus, int) or cpus < 1):
-            raise limits.BadOption(f"option cpus={cpus!r} is not a positive integer")
-        timeout = options.get("setup_timeout", config.setup_timeout)
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
-            raise limits.BadOption(f"option setup_timeout={timeout!r} is not a positive number")
         try:
-            mode = isolation.check(options.get(isolation.OPTION, config.workers.isolation))
-        except ValueError as exc:
-            raise limits.BadOption(f"option {exc}") from None
-        return cls(options, bool(options.get("keep_files", False)), cpus, min(timeout, config.setup_timeout), mode)
+            opts = ClusterOptions.from_wire(options)
+        except BadOptions as exc:
+            raise limits.BadOption(str(exc)) from None
+        timeout = opts.limits.get("setup_timeout", config.setup_timeout)
+        mode = opts.isolation or config.workers.isolation
+        return cls(dict(opts.limits), opts.keep_files, opts.cpus, min(timeout, config.setup_timeout), mode)
 
 
 class _Cluster:
@@ -755,11 +751,7 @@ def _job_files(options: dict[str, Any]) -> list[Any]:
     Raises:
         limits.BadOption: not a list of [name, bytes, mode].
     """
-    files = options.get("depends") or []
-    ok = isinstance(files, list) and all(
-        isinstance(f, list) and len(f) == 3 and isinstance(f[0], str) and isinstance(f[1], bytes)
-        and isinstance(f[2], int) for f in files
-    )  # fmt: skip
-    if not ok:
-        raise limits.BadOption("job option 'depends' must be a list of [name, bytes, mode]")
-    return files
+    try:
+        return [list(f) for f in JobOptions.from_wire(options).files]
+    except BadOptions as exc:
+        raise limits.BadOption(str(exc)) from None

@@ -14,7 +14,10 @@ outcome; then its whole tree must go (`killtree`): the process group and any
 marked process that escaped it get SIGKILL, and `Done` is sent only once none
 is left, so the daemon frees the CPU only when the CPU is really free, and
 always then. A job killed by us (cancel, wall clock, unload, stop) gets
-SIGTERM first and SIGKILL `kill_grace` seconds later.
+SIGTERM first and SIGKILL `kill_grace` seconds later. A job its client
+cancels gets SIGINT before that, as dispy's do: it sees KeyboardInterrupt and
+has `INTERRUPT_GRACE` seconds to return what it has (which then is its result,
+Finished, as in dispy) before the SIGTERM.
 
 The loop is a plain `selectors` loop (no asyncio: a forked child must not
 inherit a running event loop). It watches the command pipe, the SIGCHLD
@@ -62,10 +65,13 @@ logger = logging.getLogger(__name__)
 _RECHECK_FIRST, _RECHECK_MAX = 0.002, 0.2
 #: a leader killed by a signal with this share of its memory limit in use died of the limit
 _AT_LIMIT = 0.9
+#: seconds (at most kill_grace) a cancelled job has between its SIGINT and the SIGTERM (dispy gives about 6)
+INTERRUPT_GRACE = 3.0
 
 
 class _Timer(Enum):
     WALL = "wall"  # the wall-clock limit is up: kill
+    SIGTERM = "sigterm"  # a cancelled job's time to answer its SIGINT is up
     SIGKILL = "sigkill"  # the grace after SIGTERM is up
     RECHECK = "recheck"  # is the dying tree gone yet?
 
@@ -87,6 +93,7 @@ class _Job:
     maxrss: int = 0  # KiB, from the leader's rusage
     strays: list[psutil.Process] = field(default_factory=list)  # outside the group, seen while alive
     hard: bool = False  # SIGKILL time: whatever of the tree still shows up gets SIGKILL
+    interrupted: bool = False  # cancelled, SIGINT sent, no SIGTERM yet
     recheck: float = _RECHECK_FIRST
 
 
@@ -214,7 +221,8 @@ class Zygote:
         elif isinstance(msg, zp.Kill):
             job = self._jobs.get(msg.job_id)
             if job is not None:
-                self._kill(job, *_verdict_for(JobStatus(msg.status), msg.reason))
+                status = JobStatus(msg.status)
+                self._kill(job, *_verdict_for(status, msg.reason), interrupt=status is JobStatus.CANCELLED)
         elif isinstance(msg, zp.Workers):
             self._use_workers(msg)
         elif isinstance(msg, zp.AddFile):
@@ -357,11 +365,24 @@ class Zygote:
         else:
             logger.warning("job %d sent an unknown record on its channel", job_id)
 
-    def _kill(self, job: _Job, status: JobStatus, text: str, kind: str) -> None:
-        """SIGTERM to the tree now, SIGKILL after the grace; the job will end with this verdict."""
+    def _kill(self, job: _Job, status: JobStatus, text: str, kind: str, interrupt: bool = False) -> None:
+        """SIGTERM to the tree now, SIGKILL after the grace; the job will end with this verdict.
+
+        With `interrupt` (a cancel), SIGINT to its process group comes first and SIGTERM
+        `INTERRUPT_GRACE` seconds later: its KeyboardInterrupt handler may still return a result.
+        """
         if job.verdict is not None or job.wait_status is not None:
             return  # killed already, or it ended by itself: its outcome stands, what it left is being SIGKILLed
         job.verdict = (status, text, kind)
+        if interrupt:
+            job.interrupted = True
+            killtree.killpg(job.pid, signal.SIGINT)
+            self._at(time.monotonic() + min(INTERRUPT_GRACE, self._grace), _Timer.SIGTERM, job)
+            return
+        self._terminate(job)
+
+    def _terminate(self, job: _Job) -> None:
+        job.interrupted = False
         self._signal_tree(job, signal.SIGTERM)
         self._at(time.monotonic() + self._grace, _Timer.SIGKILL, job)
 
@@ -408,6 +429,9 @@ class Zygote:
                 continue  # that job is over
             if what is _Timer.WALL:
                 self._kill(job, JobStatus.TERMINATED, job.limits.wall_text(), "LimitExceeded")
+            elif what is _Timer.SIGTERM:
+                if job.wait_status is None:  # still running after its SIGINT
+                    self._terminate(job)
             elif what is _Timer.SIGKILL:
                 job.hard = True
                 self._signal_tree(job, signal.SIGKILL)
@@ -430,7 +454,7 @@ class Zygote:
             job = self._leaders.pop(pid, None)
             if job is not None:
                 job.wait_status, job.maxrss = status, usage.ru_maxrss
-                if job.verdict is None:  # what the job left running ends with it, now
+                if job.verdict is None or job.interrupted:  # what the job left running ends with it, now
                     job.hard = True
                     self._signal_tree(job, signal.SIGKILL)
                 ended.append(job)
@@ -473,7 +497,8 @@ class Zygote:
         os.close(job.res)
         rec = job_process.parse_record(raw)
         start, end = rec.get("start_time", job.forked), rec.get("end_time", ended)
-        if job.verdict is not None and (job.verdict[0] is JobStatus.CANCELLED or not rec):
+        returned = rec.get("status") == JobStatus.FINISHED  # a cancelled job that returned on its SIGINT: dispy's Finished
+        if job.verdict is not None and ((job.verdict[0] is JobStatus.CANCELLED and not returned) or not rec):
             status, text, kind = job.verdict
             return zp.Done(job.job_id, status, None, stdout, stderr, text, kind, start, end)
         memory_hit, processes_hit = self._group_breach(job)

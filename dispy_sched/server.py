@@ -32,6 +32,7 @@ import time
 from collections import Counter
 from typing import Any
 
+from dispy_wire.cluster_options import BadOptions, Runtime
 from dispy_wire import messages as M
 from dispy_wire.batching import by_size
 from dispy_wire.discovery import Throttle
@@ -343,7 +344,12 @@ class SchedulerServer:
         ip_addr = conn.address.rsplit(":", 1)[0]
         reported = peer.info.get("addresses")
         addresses = tuple(a for a in reported[: M.HELLO_MAX_ADDRESSES] if isinstance(a, str)) if isinstance(reported, list) else ()
-        joined = E.NodeJoined(conn.session, peer.name, ip_addr, cpus, float(heartbeat), addresses)
+        try:
+            runtime = Runtime.from_wire(peer.info["runtime"]) if "runtime" in peer.info else None
+        except BadOptions as exc:
+            log.warning("node %s reported a bad runtime (%s); taken to fit every cluster", peer_text(peer.name), exc)
+            runtime = None
+        joined = E.NodeJoined(conn.session, peer.name, ip_addr, cpus, float(heartbeat), addresses, runtime=runtime)
         if peer.info.get("holds") is True:  # its NodeHolds comes next: the core hears of it with those
             conn.awaiting_holds = joined
             return None
@@ -439,6 +445,10 @@ class SchedulerServer:
                     "dropped cluster %s (%s) of user %s: its program left %g s or more ago; %d results nobody collected",
                     name, cluster_id, user, self.core.config.keep_detached, results,
                 )  # fmt: skip
+            case A.NotifyUnusable(client, user, cluster_id, name, node, ip_addr, reason):
+                log.warning("cluster %s (%s) of user %s cannot run on node %s: %s",
+                            peer_text(name), cluster_id, peer_text(user), peer_text(node), peer_text(reason, 500))  # fmt: skip
+                self._send(client, M.NodeUnusable(cluster_id, node, ip_addr, reason))
             case A.Reject(client, code, message, ref):
                 log.info("refused request from %s: %s (%s)", peer_text(self._who(client)), peer_text(message, 500), code)
                 self._send(client, M.Error(code, message, ref))

@@ -350,6 +350,17 @@ class NodeUpdates(Message):
     nodes: list[NodeInfo]
 
 
+@message(28)
+class NodeUnusable(Message):
+    """The cluster will not run on this node: its set-up failed there, or the node cannot load it
+    (another Python or cloudpickle). Sent to the cluster's client whether or not it follows nodes."""
+
+    cluster_id: str
+    node: str
+    ip_addr: str
+    reason: str
+
+
 @message(26)
 class JobFiles(Message):
     """Files sent by running jobs; they arrive before those jobs' results."""

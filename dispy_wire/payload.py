@@ -39,6 +39,7 @@ class CodeObjects:
     setup: Any = None
     cleanup: Any = None  # a callable, or a bool
     globals: dict[str, Any] = field(default_factory=dict)  # depends functions/classes
+    setup_args: tuple[Any, ...] = ()  # `setup(*setup_args)` and `cleanup(*setup_args)`, as in dispy (per node)
 
 
 @dataclass(slots=True)

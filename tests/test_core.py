@@ -22,6 +22,7 @@ from dispy_sched.core import events as E
 from dispy_sched.core.invariants import check_invariants
 from dispy_sched.policies import load_policy
 from dispy_wire.errors import ErrorCode
+from dispy_wire.cluster_options import Runtime
 from dispy_wire.messages import JobFile, JobRef, JobResult, JobSpec
 from dispy_wire.status import JobStatus
 
@@ -38,8 +39,11 @@ def step(core: SchedulerCore, *events: E.Event, now: float) -> list[A.Action]:
     return actions
 
 
-def opened(client: str, cluster_id: str, user: str = "alice", *, reentrant: bool = True) -> E.ClusterOpened:
-    return E.ClusterOpened(client, user, cluster_id, f"name-{cluster_id}", b"computation", reentrant, {"opt": 1})
+def opened(
+    client: str, cluster_id: str, user: str = "alice", *, reentrant: bool = True, options: dict[str, Any] | None = None
+) -> E.ClusterOpened:
+    options = {"keep_files": True} if options is None else options
+    return E.ClusterOpened(client, user, cluster_id, f"name-{cluster_id}", b"computation", reentrant, options)
 
 
 def submitted(client: str, cluster_id: str, *job_ids: int, priority: int = 0) -> E.JobsSubmitted:
@@ -166,7 +170,7 @@ def test_load_cluster_comes_before_the_first_dispatch_and_only_once(core: Schedu
     step(core, opened("c1", "K"), joined("n1", 1), now=0)
     actions = step(core, submitted("c1", "K", 1, 2), now=1)
     loads = of(actions, A.LoadCluster)
-    assert loads == [A.LoadCluster("n1", "K", "alice", b"computation", {"opt": 1})]
+    assert loads == [A.LoadCluster("n1", "K", "alice", b"computation", {"keep_files": True})]
     assert actions.index(loads[0]) < actions.index(of(actions, A.Dispatch)[0])
     actions = step(core, arrived("n1", result("K", 1)), now=2)
     assert dispatched(actions) == {"n1": [("K", 2)]}
@@ -379,22 +383,56 @@ def test_lost_node_abandons_a_non_reentrant_job_naming_the_node(core: SchedulerC
 
 
 def test_cluster_failed_on_node_requeues_its_jobs_and_avoids_that_node(core: SchedulerCore) -> None:
-    step(core, opened("c1", "K"), opened("c1", "L"), joined("n1", 2), now=0)
+    step(core, opened("c1", "K"), opened("c1", "L"), joined("n1", 2), joined("n2", 0), now=0)
     step(core, submitted("c1", "K", 1, 2), now=1)
     actions = step(core, E.ClusterFailedOnNode("n1", "K", "ImportError: numpy"), now=2)
-    (reject,) = of(actions, A.Reject)
-    assert (reject.client, reject.code, reject.ref) == ("c1", ErrorCode.SETUP_FAILED, "K")
-    assert "host-n1" in reject.message and "numpy" in reject.message
+    (told,) = of(actions, A.NotifyUnusable)
+    assert (told.client, told.cluster_id, told.node) == ("c1", "K", "host-n1")
+    assert told.reason == "ImportError: numpy"
     assert not of(actions, A.Dispatch)  # n1 is free, but not for K
-    assert core.clusters["K"].queued == 2
+    assert core.clusters["K"].queued == 2  # n2 may still run them
     actions = step(core, submitted("c1", "L", 7), now=3)
     assert dispatched(actions) == {"n1": [("L", 7)]}  # other clusters still use n1
-    actions = step(core, joined("n2", 2), now=4)
+    actions = step(core, E.NodeReported("n2", {"cpus": 2}), now=4)
     assert dispatched(actions) == {"n2": [("K", 1), ("K", 2)]}
     step(core, arrived("n2", result("K", 1)), now=5)
     actions = step(core, submitted("c1", "K", 3), now=6)
     assert dispatched(actions) == {"n2": [("K", 3)]}  # never back to n1
     assert "n1" not in core.clusters["K"].loaded_on
+
+
+def test_a_cluster_no_node_can_set_up_ends_its_queued_jobs_with_the_reasons(core: SchedulerCore) -> None:
+    step(core, opened("c1", "K"), joined("n1", 2), now=0)
+    step(core, submitted("c1", "K", 1, 2), now=1)
+    actions = step(core, E.ClusterFailedOnNode("n1", "K", "TypeError: setup() missing 1 argument"), now=2)
+    assert len(of(actions, A.NotifyUnusable)) == 1
+    ended = delivered(actions)[("c1", "K")]
+    assert sorted(r.job_id for r in ended) == [1, 2]
+    assert all(r.status == JobStatus.TERMINATED for r in ended)
+    assert "cannot run on any node" in ended[0].exception and "missing 1 argument" in ended[0].exception
+    actions = step(core, submitted("c1", "K", 3), now=3)  # one submitted now ends at once, not never
+    assert [r.job_id for r in delivered(actions)[("c1", "K")]] == [3]
+    actions = step(core, joined("n2", 1), submitted("c1", "K", 4), now=4)  # a node that can: it runs there
+    assert dispatched(actions) == {"n2": [("K", 4)]}
+
+
+def test_nodes_of_another_python_are_skipped_and_said_so(core: SchedulerCore) -> None:
+    from dispy_wire.cluster_options import ClusterOptions, Runtime
+
+    mine = Runtime("3.11", "3.1.3")
+    options = ClusterOptions(runtime=mine).to_wire()
+    old = E.NodeJoined("n1", "old", "10.0.0.1", 4, 5.0, runtime=Runtime("3.9", "3.1.3"))
+    actions = step(core, old, E.ClusterOpened("c1", "alice", "K", "k", b"c", False, options), now=0)
+    (told,) = of(actions, A.NotifyUnusable)
+    assert told.node == "old" and "Python 3.9" in told.reason and "3.11" in told.reason
+    actions = step(core, submitted("c1", "K", 1), now=1)
+    (r,) = delivered(actions)[("c1", "K")]
+    assert r.status == JobStatus.TERMINATED and "Python 3.9" in r.exception
+    same = E.NodeJoined("n2", "same", "10.0.0.2", 4, 5.0, runtime=Runtime("3.11", "3.1.9"))  # a patch release apart
+    other_cp = E.NodeJoined("n3", "cp2", "10.0.0.3", 4, 5.0, runtime=Runtime("3.11", "2.2.1"))
+    actions = step(core, same, other_cp, submitted("c1", "K", 2), now=2)
+    assert dispatched(actions) == {"n2": [("K", 2)]}
+    assert [t.node for t in of(actions, A.NotifyUnusable)] == ["cp2"]
 
 
 def test_tick_drops_a_silent_node_and_keeps_one_that_reported(make_core: Callable[..., SchedulerCore]) -> None:
@@ -726,7 +764,8 @@ def test_a_node_a_cluster_failed_on_gets_the_next_usable_cluster_in_policy_order
 
 
 def test_fair_leaves_a_node_idle_that_no_waiting_cluster_may_use(core: SchedulerCore) -> None:
-    step(core, opened("ca", "A", "alice"), opened("cb", "B", "bob"), joined("n1", 1), now=0)
+    # n2 (no CPU yet) may still run A: its jobs wait
+    step(core, opened("ca", "A", "alice"), opened("cb", "B", "bob"), joined("n1", 1), joined("n2", 0), now=0)
     step(core, submitted("ca", "A", 1, 2), now=1)
     step(core, E.ClusterFailedOnNode("n1", "A", "set-up failed"), now=2)
     assert not core.nodes["n1"].jobs and core.clusters["A"].queued == 2
@@ -885,13 +924,14 @@ class CoreMachine(RuleBasedStateMachine):
         self.apply(joined("n0", 2, heartbeat=10.0))
         self.node_jobs["n0"] = []
 
-    @rule(user=st.sampled_from(USERS), reentrant=st.booleans())
-    def open_cluster(self, user: str, reentrant: bool) -> None:
+    @rule(user=st.sampled_from(USERS), reentrant=st.booleans(), states_runtime=st.booleans())
+    def open_cluster(self, user: str, reentrant: bool, states_runtime: bool) -> None:
         cid = f"K{self.sessions}"
         client = self.session()
         self.attached[cid] = client
         self.clusters[cid], self.reentrant[cid] = user, reentrant
-        actions = self.apply(opened(client, cid, user, reentrant=reentrant))
+        options = {"runtime": {"python": "3.11", "cloudpickle": "3.1.3"}} if states_runtime else None
+        actions = self.apply(opened(client, cid, user, reentrant=reentrant, options=options))
         if A.ConfirmOpened(client, cid, False) not in actions:  # beyond dave's max_clusters or bytes
             assert user == "dave" and [r.code for r in of(actions, A.Reject)] == [ErrorCode.LIMIT]
             del self.attached[cid], self.clusters[cid], self.reentrant[cid]
@@ -914,7 +954,8 @@ class CoreMachine(RuleBasedStateMachine):
         rejects = of(actions, A.Reject)
         assert all(r.code == ErrorCode.LIMIT and self.clusters[cid] in ("carol", "dave") for r in rejects)
         refused = {r.job_id for r in delivered(actions).get((self.attached[cid], cid), []) if "were refused" in r.exception}
-        assert bool(refused) == bool(rejects)
+        # jobs a submit ends at once (no node can run the cluster) are held: they may start a user's pause
+        assert bool(refused) == bool([r for r in rejects if "were refused" in r.message])
         self.accepted[cid] -= refused
         for job_id in refused:
             del self.results[(cid, job_id)]
@@ -1005,6 +1046,15 @@ class CoreMachine(RuleBasedStateMachine):
         node = f"n{self.nodes_made}"
         self.node_jobs[node] = []
         self.apply(joined(node, cpus, heartbeat=10.0))
+
+    @rule(cpus=st.integers(0, 3))
+    def node_of_another_python_joins(self, cpus: int) -> None:
+        """Clusters that state their runtime skip it; their queued jobs may end for want of a node."""
+        self.nodes_made += 1
+        node = f"n{self.nodes_made}"
+        self.node_jobs[node] = []
+        old = E.NodeJoined(node, f"host-{node}", "10.0.9.9", cpus, 10.0, runtime=Runtime("3.9", "3.1.3"))
+        self.apply(old)
 
     @precondition(lambda self: any(self.node_jobs.values()))
     @rule(data=st.data(), dt=st.floats(0.0, 5.0))
@@ -1178,3 +1228,14 @@ def test_resetup_drains_the_node_then_loads_the_new_computation_there(core: Sche
     kinds = [type(a).__name__ for a in actions if isinstance(a, (A.UnloadCluster, A.LoadCluster, A.Dispatch))]
     assert kinds == ["UnloadCluster", "LoadCluster", "Dispatch"]
     assert of(actions, A.LoadCluster)[0].computation == b"new computation"
+
+
+def test_a_job_with_malformed_options_is_refused_and_ends_saying_why(core: SchedulerCore) -> None:
+    step(core, opened("c1", "K"), joined("n1", 1), now=0)
+    jobs = [JobSpec(1, 0, b"", {"node": 5}), JobSpec(2, 0, b"", {"timeout": 1.5})]
+    actions = step(core, E.JobsSubmitted("c1", "K", jobs), now=1)
+    (reject,) = of(actions, A.Reject)
+    assert reject.code == ErrorCode.BAD_REQUEST and "node=5" in reject.message
+    (r,) = delivered(actions)[("c1", "K")]
+    assert (r.job_id, r.status) == (1, JobStatus.CANCELLED) and "node=5" in r.exception
+    assert dispatched(actions) == {"n1": [("K", 2)]}

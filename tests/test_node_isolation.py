@@ -377,7 +377,7 @@ def test_kill_grace_then_sigkill_for_a_job_ignoring_sigterm() -> None:
             h.runner.kill([JobRef("c1", job_id)])
             r = await h.result(job_id)
             assert r.status == JobStatus.CANCELLED
-            assert 0.9 <= time.monotonic() - start < 5
+            assert 1.9 <= time.monotonic() - start < 8  # SIGINT, the grace, SIGTERM, the grace, SIGKILL
         finally:
             server.close()
 
@@ -388,6 +388,7 @@ def ignores_sigterm(sock_path: str) -> None:
     import socket
 
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a cancel interrupts first: ignored too
     with socket.socket(socket.AF_UNIX) as s:
         s.connect(sock_path)
         s.sendall(f"{os.getpid()}\n".encode())

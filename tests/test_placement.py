@@ -127,7 +127,8 @@ def test_set_node_cpus_caps_an_unrestricted_cluster_and_lifting_it_restores_all(
 
 
 def test_pinned_jobs_wait_for_their_node_and_the_others_run_anywhere(core: SchedulerCore) -> None:
-    step(core, E.NodeJoined("n1", "alpha", "10.0.0.1", 1, 5.0), E.ClusterOpened("c1", "alice", "K", "n", b"c", False, {}))
+    beta = E.NodeJoined("n2", "beta", "10.0.0.2", 0, 5.0)  # no CPU yet: the unpinned jobs wait for it
+    step(core, E.NodeJoined("n1", "alpha", "10.0.0.1", 1, 5.0), beta, E.ClusterOpened("c1", "alice", "K", "n", b"c", False, {}))
     jobs = [JobSpec(0, 0, b"", {"node": "beta"}), JobSpec(1, 0, b"", {}), JobSpec(2, 0, b"", {"node": "10.0.0.2"})]
     actions = step(core, E.JobsSubmitted("c1", "K", jobs), now=1)
     assert [(a.node, [r.job_id for r in a.jobs]) for a in actions if isinstance(a, A.Dispatch)] == [("n1", [1])]
@@ -136,7 +137,8 @@ def test_pinned_jobs_wait_for_their_node_and_the_others_run_anywhere(core: Sched
 
 
 def test_jobs_pinned_to_a_node_where_setup_failed_end_with_the_reason(core: SchedulerCore) -> None:
-    step(core, E.NodeJoined("n1", "alpha", "10.0.0.1", 1, 5.0), E.ClusterOpened("c1", "alice", "K", "n", b"c", False, {}))
+    beta = E.NodeJoined("n2", "beta", "10.0.0.2", 0, 5.0)  # no CPU yet: the unpinned jobs wait for it
+    step(core, E.NodeJoined("n1", "alpha", "10.0.0.1", 1, 5.0), beta, E.ClusterOpened("c1", "alice", "K", "n", b"c", False, {}))
     jobs = [JobSpec(0, 0, b"", {}), JobSpec(1, 0, b"", {"node": "alpha"}), JobSpec(2, 0, b"", {})]
     step(core, E.JobsSubmitted("c1", "K", jobs), now=1)  # job 0 runs on alpha; 1 waits for it
     actions = step(core, E.ClusterFailedOnNode("n1", "K", "ImportError: numpy"), now=2)

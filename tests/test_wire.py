@@ -67,6 +67,7 @@ SAMPLES: list[Message] = [
     M.PutFile("c-1", "r1", "alpha", "data.csv", b"1,2\n", 0o644),
     M.FilePutDone("r1", False, "cluster is not loaded on node alpha"),
     M.NodeUpdates("c-1", [M.NodeInfo("joined", "alpha", "10.0.0.1", 8, 2, {"memory": 2**33})]),
+    M.NodeUnusable("c-1", "alpha", "10.0.0.1", "the node runs Python 3.9, the client Python 3.11"),
     M.JobFiles([M.JobFile("c-1", 1, "out.csv", b"a,b\n", 0o600)]),
     M.NodeFiles([M.JobFile("c-1", 1, "out.csv", b"a,b\n", 0o600), M.JobFile("c-1", 2, "e", b"", 0o644)]),
     M.Heartbeat({"cpus": 8, "cpu_percent": 12.5, "memory": 2**33}),

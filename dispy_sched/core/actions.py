@@ -169,6 +169,19 @@ class ForgetCluster(Action):
 
 
 @dataclass(frozen=True, slots=True)
+class NotifyUnusable(Action):
+    """Tell a cluster's client (and the log) that the cluster will not run on a node, and why."""
+
+    client: str
+    user: str
+    cluster_id: str
+    name: str  # the cluster's
+    node: str  # the node's name
+    ip_addr: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Reject(Action):
     """Tell a client that a request failed (non-fatal `Error` frame)."""
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from dispy_wire.cluster_options import Runtime
 from dispy_wire.messages import JobFile, JobRef, JobResult, JobSpec, PutFile
 
 from .persist import ClusterRow, JobRow
@@ -117,6 +118,8 @@ class NodeJoined(Event):
     jobs: tuple[JobRef, ...] = ()
     #: clusters the node still has loaded from an earlier connection
     clusters: tuple[str, ...] = ()
+    #: the Python and cloudpickle its jobs run with (None: not reported, taken to fit every cluster)
+    runtime: Runtime | None = None
 
 
 @dataclass(frozen=True, slots=True)

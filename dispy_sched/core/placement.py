@@ -16,8 +16,10 @@ cluster opens, a node joins, or a node's CPUs change.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
+
+from dispy_wire.cluster_options import BadOptions, NodeSpec
 
 
 class NodeEntry(NamedTuple):
@@ -31,7 +33,7 @@ class BadNodes(ValueError):
 
 
 def parse_nodes(raw: Any) -> list[NodeEntry] | None:
-    """The cluster's entries, or None when it names no nodes (all nodes, all CPUs).
+    """The cluster's entries from their wire form, or None when it names no nodes (all nodes, all CPUs).
 
     Raises:
         BadNodes: with what is wrong, to tell the client.
@@ -40,17 +42,20 @@ def parse_nodes(raw: Any) -> list[NodeEntry] | None:
         return None
     if not isinstance(raw, list):
         raise BadNodes("nodes must be a list")
+    try:
+        return compile_nodes([NodeSpec.from_wire(item) for item in raw])
+    except BadOptions as exc:
+        raise BadNodes(str(exc)) from None
+
+
+def compile_nodes(specs: Sequence[NodeSpec]) -> list[NodeEntry] | None:
+    """The entries of checked `nodes` (`ClusterOptions.nodes`), or None for none (all nodes, all CPUs)."""
+    if not specs:
+        return None
     entries = []
-    for item in raw:
-        if not isinstance(item, dict):
-            raise BadNodes(f"a nodes entry must be a map, not {type(item).__name__}")
-        host, ip_addr, cpus = item.get("host"), item.get("ip_addr") or item.get("host"), item.get("cpus", 0)
-        if not isinstance(host, str) or not isinstance(ip_addr, str) or not host:
-            raise BadNodes(f"nodes entry {item!r} needs a host name or address")
-        if not isinstance(cpus, int) or isinstance(cpus, bool):
-            raise BadNodes(f"nodes entry {item!r}: cpus must be a whole number")
-        pattern = re.escape(ip_addr).replace(r"\*", r"[0-9a-fA-F:.]*") + r"\Z"
-        entries.append(NodeEntry(host, re.compile(pattern), cpus))
+    for spec in specs:
+        pattern = re.escape(spec.ip_addr).replace(r"\*", r"[0-9a-fA-F:.]*") + r"\Z"
+        entries.append(NodeEntry(spec.host, re.compile(pattern), spec.cpus))
     return entries
 
 

@@ -46,6 +46,7 @@ from dataclasses import asdict, dataclass
 from functools import singledispatchmethod
 from typing import TYPE_CHECKING, Any
 
+from dispy_wire.cluster_options import BadOptions, ClusterOptions, JobOptions
 from dispy_wire.errors import ErrorCode
 from dispy_wire.messages import JobFile, JobRef, JobResult, JobSpec, JobStart, NodeInfo, RunJob
 from dispy_wire.status import JobStatus
@@ -55,7 +56,7 @@ from . import events as E
 from .keyed_heap import KeyedHeap
 from .persist import Changes, ClusterRow, JobRow, UsageRow, cluster_row, job_row
 from .ready import ReadyIndex
-from .placement import BadNodes, NodeEntry, allowed_cpus, parse_nodes
+from .placement import allowed_cpus, compile_nodes
 from .state import (
     NO_LIMITS, ClusterRecord, JobRecord, JobState, Limits, NodeRecord, UserRecord, decay, file_cost, job_cost, result_cost,
 )
@@ -214,8 +215,8 @@ class SchedulerCore:
             self._maybe_finish_close(cluster)  # a close that waited for this client
             return
         try:
-            placement = parse_nodes(ev.options.get("nodes"))
-        except BadNodes as exc:
+            opts = ClusterOptions.from_wire(ev.options)
+        except BadOptions as exc:
             self._reject(ev.client, ErrorCode.BAD_REQUEST, f"cluster {ev.name}: {exc}", ev.cluster_id)
             return
         user = self._user(ev.user)
@@ -225,23 +226,25 @@ class SchedulerCore:
             return
         self._seq += 1
         row = ClusterRow(ev.cluster_id, ev.user, ev.name, ev.computation, ev.reentrant, dict(ev.options), self._seq, False, {})
-        cluster = self._add_cluster(row, placement, ev.client)
+        cluster = self._add_cluster(row, opts, ev.client)
         self._introduce_nodes(cluster)
         self._out.immediate.append(A.ConfirmOpened(ev.client, ev.cluster_id, False))
+        for node in self.nodes.values():  # after the confirmation: its client hears of them as an open cluster's
+            self._check_runtime(cluster, node)
 
-    def _add_cluster(self, row: ClusterRow, placement: list[NodeEntry] | None, client: str | None) -> ClusterRecord:
+    def _add_cluster(self, row: ClusterRow, opts: ClusterOptions, client: str | None) -> ClusterRecord:
         """A new cluster, opened by a client or read back from the journal."""
         user = self._user(row.user)
         cluster = ClusterRecord(
-            row.cluster_id, row.user, row.name, client, row.computation, row.reentrant, row.options, row.seq
+            row.cluster_id, row.user, row.name, client, row.computation, row.reentrant, row.options, row.seq, opts
         )
-        cluster.placement = placement
-        cluster.ask_client = row.options.get("allocate") == "client"
+        cluster.placement = compile_nodes(opts.nodes)
+        cluster.ask_client = opts.allocate_by_client
         cluster.closing = row.closing
         cluster.overrides = dict(row.overrides)
         for node in self.nodes.values():
             self._place(cluster, node)
-        if row.options.get("node_updates"):
+        if opts.node_updates:
             self._watchers.add(cluster.cluster_id)
         self.clusters[row.cluster_id] = cluster
         user.clusters.add(row.cluster_id)
@@ -263,17 +266,23 @@ class SchedulerCore:
         limits = user.limits
         accepted = self._out.accepted[(ev.client, ev.cluster_id)]
         refused: dict[str, list[JobSpec]] = {}  # why -> the jobs refused for it
+        malformed: dict[str, list[JobSpec]] = {}  # ... for options that are not `JobOptions`
         for spec in ev.jobs:
             accepted.append(spec.job_id)
             if spec.job_id in cluster.jobs:
                 continue  # a resent submit: idempotent on the job id
+            try:
+                pin = JobOptions.from_wire(spec.options).node
+            except BadOptions as exc:
+                malformed.setdefault(str(exc), []).append(spec)
+                continue
             why = self._over_submit_limits(user, spec)
             if why:
                 refused.setdefault(why, []).append(spec)
                 continue
             self._seq += 1
             priority = spec.priority if limits.priority_max is None else min(spec.priority, limits.priority_max)
-            job = JobRecord(ev.cluster_id, spec.job_id, priority, self._seq, spec.payload, spec.options, self.now)
+            job = JobRecord(ev.cluster_id, spec.job_id, priority, self._seq, spec.payload, spec.options, self.now, pin=pin)
             cluster.jobs[spec.job_id] = job
             if self.config.persist:
                 self._changes.job_new(job)
@@ -283,6 +292,9 @@ class SchedulerCore:
             self._log(job, "new", JobState.QUEUED.value)
         for why, specs in refused.items():
             self._refuse(cluster, specs, len(ev.jobs), why)
+        for why, specs in malformed.items():
+            self._refuse(cluster, specs, len(ev.jobs), why, ErrorCode.BAD_REQUEST)
+        self._end_if_nowhere(cluster)
         self.ready.update(cluster)
 
     @_on.register
@@ -331,6 +343,7 @@ class SchedulerCore:
             cluster.node_cpus.clear()
         for node in self.nodes.values():
             self._place(cluster, node)
+        self._end_if_nowhere(cluster)
 
     @_on.register
     def _on_resetup_requested(self, ev: E.ResetupRequested) -> None:
@@ -347,6 +360,8 @@ class SchedulerCore:
         for node in targets:
             user.queued_bytes += len(ev.computation) - len(cluster.node_blobs.get(node.node_id, b""))
             cluster.node_blobs[node.node_id] = ev.computation
+            if cluster.failed_on.pop(node.node_id, None) is not None:  # a set-up that failed is tried anew
+                self._check_runtime(cluster, node)  # unless the node cannot load it at all
             if node.node_id in cluster.loaded_on:  # no new jobs there until its running ones end
                 cluster.resetting.add(node.node_id)
                 self._reload_when_idle(cluster, node)
@@ -400,10 +415,12 @@ class SchedulerCore:
     def _on_node_joined(self, ev: E.NodeJoined) -> None:
         node = NodeRecord(ev.node, ev.name, ev.ip_addr, max(0, ev.cpus), ev.heartbeat, self.now)
         node.addresses = (ev.ip_addr, *(a for a in ev.addresses if a != ev.ip_addr))
+        node.runtime = ev.runtime
         self.nodes[ev.node] = node
         self._update_free(node)
-        for cluster in self.clusters.values():
+        for cluster in list(self.clusters.values()):  # a cluster may end (and go) for want of nodes
             self._place(cluster, node)
+            self._check_runtime(cluster, node)
         self._announce(node, "joined")
         self._adopt(node, ev.jobs, ev.clusters)
 
@@ -510,18 +527,41 @@ class SchedulerCore:
         # its jobs never started there: back to the queue, whatever `reentrant` says
         for key in [k for k in node.jobs if k[0] == ev.cluster_id]:
             self._displace(cluster, cluster.jobs[key[1]], node, rerun=True, why="")
-        # but jobs pinned to this node would wait for it forever
-        stranded = [j.job_id for j in cluster.pinned_to(node.name, *node.addresses)]
-        why = f"cluster {cluster.name} cannot run on node {node.name}, to which this job was pinned: {ev.message}"
-        self._cancel(cluster, stranded, JobStatus.TERMINATED, why)
-        if cluster.client is not None:
-            self._reject(
-                cluster.client,
-                ErrorCode.SETUP_FAILED,
-                f"cluster {cluster.name} cannot run on node {node.name}: {ev.message}",
-                cluster.cluster_id,
-            )
+        self._unusable(cluster, node, ev.message)  # the node's words: "setup failed: <traceback>", ...
         self._maybe_finish_close(cluster)
+
+    def _check_runtime(self, cluster: ClusterRecord, node: NodeRecord) -> None:
+        """Keeps a cluster off a node whose Python or cloudpickle cannot load what its client pickled."""
+        want, has = cluster.opts.runtime, node.runtime
+        why = want.mismatch(has) if want is not None and has is not None else ""
+        if why:
+            cluster.failed_on[node.node_id] = why
+            self._unusable(cluster, node, why)
+
+    def _unusable(self, cluster: ClusterRecord, node: NodeRecord, why: str) -> None:
+        """`cluster` will not run on `node` (`failed_on` holds why): its client hears of it, jobs pinned
+        there end, and, when no node is left that could run the cluster, so do its queued jobs."""
+        if cluster.client is not None:
+            self._out.immediate.append(
+                A.NotifyUnusable(cluster.client, cluster.user, cluster.cluster_id, cluster.name, node.name, node.ip_addr, why)
+            )
+        pinned = [j.job_id for j in cluster.pinned_to(node.name, *node.addresses)]
+        self._cancel(cluster, pinned, JobStatus.TERMINATED,
+                     f"cluster {cluster.name} cannot run on node {node.name}, to which this job was pinned: {why}")  # fmt: skip
+        self._end_if_nowhere(cluster)
+
+    def _end_if_nowhere(self, cluster: ClusterRecord) -> None:
+        """Ends the queued jobs of a cluster that no connected node can run (every node it may use
+        refused it), with the reasons: they would wait for ever. A node that joins later may take
+        the jobs submitted after that."""
+        if not cluster.failed_on or not cluster.queued:
+            return
+        usable = [n for n in self.nodes if not cluster.restricted or cluster.node_cpus.get(n, 0) > 0]
+        if not usable or any(n not in cluster.failed_on for n in usable):
+            return
+        reasons = "; ".join(f"node {self.nodes[n].name}: {cluster.failed_on[n]}" for n in usable)
+        queued = [j.job_id for j in cluster.jobs.values() if j.state is JobState.QUEUED]
+        self._cancel(cluster, queued, JobStatus.TERMINATED, f"cluster {cluster.name} cannot run on any node ({reasons})")
 
     @_on.register
     def _on_node_left(self, ev: E.NodeLeft) -> None:
@@ -559,10 +599,10 @@ class SchedulerCore:
         self._on_usage_restored(E.UsageRestored(ev.usage))
         for row in ev.clusters:
             try:
-                placement = parse_nodes(row.options.get("nodes"))
-            except BadNodes:  # accepted when it was opened: the same parser accepts it again
-                placement = None
-            self._add_cluster(row, placement, None)
+                opts = ClusterOptions.from_wire(row.options)
+            except BadOptions:  # accepted when it was opened: the same parser accepts it again
+                opts = ClusterOptions()
+            self._add_cluster(row, opts, None)  # nodes join after a restart: they are checked then
             self._seq = max(self._seq, row.seq)
         for job_row_ in ev.jobs:
             cluster = self.clusters.get(job_row_.cluster_id)
@@ -574,7 +614,11 @@ class SchedulerCore:
         self._changes = Changes()  # what was just read is what the journal holds
 
     def _restore_job(self, cluster: ClusterRecord, row: JobRow) -> None:
-        job = JobRecord(row.cluster_id, row.job_id, row.priority, row.seq, row.payload, row.options, row.submit_time)
+        try:
+            pin = JobOptions.from_wire(row.options).node
+        except BadOptions:  # accepted at submit: the same parser accepts it again
+            pin = None
+        job = JobRecord(row.cluster_id, row.job_id, row.priority, row.seq, row.payload, row.options, row.submit_time, pin=pin)
         job.attempts, job.cancel_requested, job.last_node = row.attempts, row.cancel_requested, row.node
         cluster.jobs[job.job_id] = job
         self._seq = max(self._seq, row.seq)
@@ -835,9 +879,13 @@ class SchedulerCore:
             if blob is not None:
                 self.users[cluster.user].queued_bytes -= len(blob)
             cluster.resetting.discard(node_id)
+        for cluster in list(self.clusters.values()):  # ending jobs may end (and drop) a closing cluster
+            self._end_if_nowhere(cluster)  # the nodes left all refused it
 
-    def _refuse(self, cluster: ClusterRecord, jobs: list[JobSpec], submitted: int, limit: str) -> None:
-        """Ends jobs a submit brought beyond a limit: one error, and a Cancelled result each.
+    def _refuse(
+        self, cluster: ClusterRecord, jobs: list[JobSpec], submitted: int, limit: str, code: ErrorCode = ErrorCode.LIMIT
+    ) -> None:
+        """Ends jobs a submit brought beyond a limit (or with bad options: `code`): one error, and a Cancelled result each.
 
         The result (not only the error) matters: the client holds each job
         until its terminal result, so a refused job ends there as Cancelled,
@@ -847,7 +895,7 @@ class SchedulerCore:
         """
         why = f"{limit}: {len(jobs)} of the {submitted} jobs submitted to cluster {cluster.name} were refused"
         assert cluster.client is not None
-        self._reject(cluster.client, ErrorCode.LIMIT, why, cluster.cluster_id)
+        self._reject(cluster.client, code, why, cluster.cluster_id)
         results = self._out.results[(cluster.client, cluster.cluster_id)]
         for spec in jobs:
             self.log.append((self._stimulus, cluster.cluster_id, spec.job_id, "new", "refused"))

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from dispy_wire.cluster_options import ClusterOptions, Runtime
 from dispy_wire.messages import JobFile, JobResult
 
 from .placement import NodeEntry
@@ -44,6 +45,7 @@ class JobRecord:
     result: JobResult | None = None
     files: list[JobFile] = field(default_factory=list)  # sent back by the job while its client was away
     held: int = 0  # what its result and files count in its user's `held_bytes`
+    pin: str | None = None  # the node (name or address) it must run on: `JobOptions.node`
 
     @property
     def key(self) -> tuple[str, int]:
@@ -59,8 +61,9 @@ class ClusterRecord:
     client: str | None  # session id of the attached client; None while detached
     computation: bytes
     reentrant: bool
-    options: dict[str, Any]
+    options: dict[str, Any]  # as the client sent them: journaled, and passed on to nodes
     seq: int  # creation order, for fcfs-style policies
+    opts: ClusterOptions = ClusterOptions()  # `options`, checked
     jobs: dict[int, JobRecord] = field(default_factory=dict)
     # heap of (-priority, seq, job_id): higher priority first, then FIFO;
     # entries whose job is no longer queued are stale (flat tuples: this heap
@@ -73,7 +76,7 @@ class ClusterRecord:
     unpinned: list[tuple[int, int, int]] | None = None
     busy: int = 0
     loaded_on: set[str] = field(default_factory=set)
-    failed_on: dict[str, str] = field(default_factory=dict)  # node -> why set-up failed
+    failed_on: dict[str, str] = field(default_factory=dict)  # node -> why it cannot run there (set-up failed, runtime)
     placement: list[NodeEntry] | None = None  # dispy's `nodes`; None: every node, every CPU
     ask_client: bool = False  # NodeAllocate subclasses: no CPU of a node until the client sets it
     overrides: dict[str, int] = field(default_factory=dict)  # node name -> CPUs, set by the client
@@ -99,8 +102,8 @@ class ClusterRecord:
         entry = (-job.priority, job.seq, job.job_id)
         heapq.heappush(self.queue, entry)
         self.queued += 1
-        pin = job.options.get("node") if job.options else None
-        if isinstance(pin, str) and pin:
+        pin = job.pin
+        if pin:
             if self.unpinned is None:  # the first pinned job: the rest of the queue is unpinned
                 self.unpinned = [e for e in self.queue if e[2] != job.job_id]
                 heapq.heapify(self.unpinned)
@@ -282,6 +285,7 @@ class NodeRecord:
     loaded: set[str] = field(default_factory=set)
     avail: dict[str, Any] = field(default_factory=dict)
     addresses: tuple[str, ...] = ()  # ip_addr first, then what the node reports of its own
+    runtime: Runtime | None = None  # its jobs' Python and cloudpickle, if it said
 
     @property
     def free(self) -> int:
