@@ -35,7 +35,7 @@ from dispy_wire.messages import JobResult
 
 from .core.actions import Persist
 from .core.persist import ClusterRow, JobRow
-from .journal import Snapshot, _pack_options, _pack_result, _unpack_options
+from .journal import NotLeader, Snapshot, StoreFailed, _pack_options, _pack_result, _unpack_options
 
 log = logging.getLogger(__name__)
 
@@ -92,13 +92,9 @@ CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
 _SCHEMA_LOCK = 0x64697370_7973
 
 
-class NotLeader(Exception):
-    """Another scheduler leads now (a newer epoch): this one must not write or dispatch."""
-
-    def __init__(self, ours: int, current: int) -> None:
-        super().__init__(f"another scheduler took over (epoch {current}; ours was {ours})")
-        self.ours = ours
-        self.current = current
+def describe(exc: BaseException) -> str:
+    """libpq's message on one line (it spans several)."""
+    return " ".join(str(exc).split())
 
 
 def connect(dsn: str, **kwargs: Any) -> psycopg.Connection[Any]:
@@ -180,23 +176,28 @@ class PgStore:
 
         Raises:
             NotLeader: another scheduler took over; nothing was written.
-            psycopg.Error: the database stayed unreachable for `pause_limit` seconds, or refused the rows.
+            StoreFailed: the database stayed unreachable for `pause_limit` seconds, or refused the rows.
         """
-        deadline = time.monotonic() + self.pause_limit
-        delay = 0.05
+        started = time.monotonic()
+        delay = 0.0
         while True:
             try:
                 self._write(self._conn(), changes)
+                if delay:
+                    log.warning("state database back after %.1f s: writes resume", time.monotonic() - started)
                 return
             except psycopg.OperationalError as exc:
                 if self._db is not None and not self._db.closed and not self._db.broken:
-                    raise  # the connection is fine: the statement itself failed
-                if time.monotonic() + delay > deadline:
-                    raise
-                log.warning("state database unreachable (%s): writes pause, retrying in %.2f s", str(exc).strip(), delay)
+                    raise StoreFailed(describe(exc)) from exc  # the connection is fine: the statement failed
+                if time.monotonic() - started + delay > self.pause_limit:
+                    raise StoreFailed(f"state database unreachable for {self.pause_limit:g} s: {describe(exc)}") from exc
+                if not delay:
+                    log.warning("state database unreachable (%s): writes pause until it is back", describe(exc))
+                delay = min(delay * 2, 1.0) or 0.05
                 time.sleep(delay)  # the loop waits with us: nothing is acknowledged that is not written
-                delay = min(delay * 2, 1.0)
                 self._db = None
+            except psycopg.Error as exc:
+                raise StoreFailed(describe(exc)) from exc
 
     def _write(self, db: psycopg.Connection[Any], changes: Persist) -> None:
         with db.transaction():

@@ -46,7 +46,7 @@ from .core import SchedulerCore
 from .core import actions as A
 from .core import events as E
 from .gate import LoginThrottle, PreLoginGate
-from .journal import StateStore
+from .journal import NotLeader, StateStore, StoreFailed
 from .logsafe import peer_text
 
 log = logging.getLogger(__name__)
@@ -57,8 +57,18 @@ MAX_HELD = 1_000_000
 #: exit status when the journal cannot be written: nothing more may be acknowledged
 EXIT_JOURNAL_FAILED = 3
 
+#: exit status of a leader that another scheduler replaced (leadership.py): restarted, it stands by
+EXIT_NOT_LEADER = 4
+
 #: errors of accept() that mean "out of descriptors or memory", not "this peer is bad"
 _RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+def step_down(reason: str) -> None:
+    """Leaves at once, writing and sending nothing more: another scheduler leads the shared state now."""
+    log.critical("stepping down: %s; exiting before anything more is written or dispatched", reason)
+    logging.shutdown()
+    os._exit(EXIT_NOT_LEADER)
 
 
 def raise_open_files_limit() -> tuple[int, int]:
@@ -391,7 +401,9 @@ class SchedulerServer:
             return
         try:
             self.store.write(changes)
-        except sqlite3.Error as exc:
+        except NotLeader as exc:
+            step_down(str(exc))
+        except (sqlite3.Error, StoreFailed) as exc:
             # acknowledging what is not recorded would break the promise the journal makes;
             # a restart (systemd) resumes from the last commit, and peers resend the rest
             log.critical("cannot write the journal: %s; exiting before anything unrecorded is acknowledged", exc)
