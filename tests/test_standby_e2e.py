@@ -46,9 +46,9 @@ print("all done", flush=True)
 """
 
 
-def start_scheduler(cluster: Cluster, pg: PgServer, name: str, *args: str) -> tuple[Proc, str]:
+def start_scheduler(cluster: Cluster, dsn: str, name: str, *args: str) -> tuple[Proc, str]:
     """A scheduler on the shared database; returns it and the address it listens on (leading or not)."""
-    proc = cluster.scheduler("--state", pg.dsn, "--lease", LEASE, *args, name=name)
+    proc = cluster.scheduler("--state", dsn, "--lease", LEASE, *args, name=name)
     return proc, cluster.address
 
 
@@ -64,17 +64,17 @@ def results(client: Proc) -> Counter[int]:
     return Counter(int(m) for m in re.findall(r"^done (\d+) 11 \d+$", client.stdout, re.M))
 
 
-def epoch(pg: PgServer) -> int:
-    with psycopg.connect(pg.dsn, autocommit=True) as db:
+def epoch(dsn: str) -> int:
+    with psycopg.connect(dsn, autocommit=True) as db:
         row = db.execute("SELECT epoch FROM leader").fetchone()
         assert row is not None
         return int(row[0])
 
 
-def test_a_standby_takes_over_a_killed_leader_under_two_clients_and_every_job_ends_once(pg: PgServer, cluster: Cluster) -> None:
-    first, a = start_scheduler(cluster, pg, "first")
+def test_a_standby_takes_over_a_killed_leader_under_two_clients_and_every_job_ends_once(pg_dsn: str, cluster: Cluster) -> None:
+    first, a = start_scheduler(cluster, pg_dsn, "first")
     first.wait_for_line("leading on")
-    second, b = start_scheduler(cluster, pg, "second")
+    second, b = start_scheduler(cluster, pg_dsn, "second")
     wait_until(lambda: "standing by" in second.stderr, what="the second scheduler standing by")
     assert not leads(second)
     cluster.address = f"{a},{b}"
@@ -96,10 +96,10 @@ def test_a_standby_takes_over_a_killed_leader_under_two_clients_and_every_job_en
     assert "still holds" in second.stderr  # the running jobs were adopted, not rerun
 
 
-def test_a_leader_paused_past_its_lease_writes_nothing_when_it_resumes_and_steps_down(pg: PgServer, cluster: Cluster) -> None:
-    first, a = start_scheduler(cluster, pg, "first")
+def test_a_leader_paused_past_its_lease_writes_nothing_when_it_resumes_and_steps_down(pg_dsn: str, cluster: Cluster) -> None:
+    first, a = start_scheduler(cluster, pg_dsn, "first")
     first.wait_for_line("leading on")
-    second, b = start_scheduler(cluster, pg, "second")
+    second, b = start_scheduler(cluster, pg_dsn, "second")
     cluster.address = f"{a},{b}"
     cluster.node(cpus=2)
     path = cluster.workdir / "runs.txt"
@@ -108,7 +108,7 @@ def test_a_leader_paused_past_its_lease_writes_nothing_when_it_resumes_and_steps
     first.popen.send_signal(signal.SIGSTOP)
     try:
         second.wait_for_line("leading on", timeout=60)
-        assert epoch(pg) == 2
+        assert epoch(pg_dsn) == 2
         wait_until(lambda: "no beat from the leader" in second.stderr, what="the takeover's reason")
     finally:
         first.popen.send_signal(signal.SIGCONT)
@@ -119,13 +119,13 @@ def test_a_leader_paused_past_its_lease_writes_nothing_when_it_resumes_and_steps
     assert client.wait(120) == 0, cluster.describe()
     assert results(client) == Counter(range(6)), client.stdout
     assert runs(path) == Counter({i: 1 for i in range(6)})
-    assert epoch(pg) == 2  # nobody took over twice
+    assert epoch(pg_dsn) == 2  # nobody took over twice
 
 
 def test_the_leader_pauses_while_the_database_restarts_and_goes_on_leading(pg: PgServer, cluster: Cluster) -> None:
-    first, a = start_scheduler(cluster, pg, "first")
+    first, a = start_scheduler(cluster, pg.dsn, "first")
     first.wait_for_line("leading on")
-    second, b = start_scheduler(cluster, pg, "second")
+    second, b = start_scheduler(cluster, pg.dsn, "second")
     cluster.address = f"{a},{b}"
     cluster.node(cpus=2)
     path = cluster.workdir / "runs.txt"
@@ -135,14 +135,14 @@ def test_the_leader_pauses_while_the_database_restarts_and_goes_on_leading(pg: P
     assert client.wait(120) == 0, cluster.describe()
     assert results(client) == Counter(range(8)), client.stdout
     assert runs(path) == Counter({i: 1 for i in range(8)})
-    assert epoch(pg) == 1 and not leads(second), "the standby took over a leader that only waited for its database"
+    assert epoch(pg.dsn) == 1 and not leads(second), "the standby took over a leader that only waited for its database"
     assert first.popen.poll() is None
 
 
-def test_peers_that_dial_a_standby_first_are_sent_to_the_leader(pg: PgServer, cluster: Cluster) -> None:
-    first, a = start_scheduler(cluster, pg, "first")
+def test_peers_that_dial_a_standby_first_are_sent_to_the_leader(pg_dsn: str, cluster: Cluster) -> None:
+    first, a = start_scheduler(cluster, pg_dsn, "first")
     first.wait_for_line("leading on")
-    second, b = start_scheduler(cluster, pg, "second")
+    second, b = start_scheduler(cluster, pg_dsn, "second")
     wait_until(lambda: "standing by" in second.stderr, what="the second scheduler standing by")
     cluster.address = f"{b},{a}"  # the standby first: the node follows its answer
     node = cluster.node(cpus=1)
@@ -152,4 +152,4 @@ def test_peers_that_dial_a_standby_first_are_sent_to_the_leader(pg: PgServer, cl
     client = cluster.run_client(CLIENT.replace("sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4])",
                                                f"'alice', 3, {str(path)!r}, 0.1"), env={"DISPY_SCHEDULER": b}, timeout=90)
     assert results(client) == Counter(range(3)), client.stdout
-    assert not leads(second) and epoch(pg) == 1
+    assert not leads(second) and epoch(pg_dsn) == 1
