@@ -398,6 +398,8 @@ class ClusterSession:
         if opened is None or not opened.done() or opened.cancelled() or opened.exception() is not None:
             return  # lost before the cluster opened on it: `open` (the user's, or the reconnect loop's) fails instead
         log.warning("lost the scheduler %s:%d (%s); reconnecting", self.host, self.port, reason)
+        if len(self.schedulers) > 1:  # it may have died or stopped: a standby (taking over) is tried first
+            self.schedulers.rotate()
         self._opened = None
         self._reconnect = asyncio.get_running_loop().create_task(self._reconnect_loop())
 

@@ -241,6 +241,9 @@ async def run_node(config: NodeConfig, control: NodeControl | None = None, locat
                 return 0
             try:
                 attempt.result()
+                if len(schedulers) > 1 and locate is None:  # lost: the leader may have died or stopped
+                    host, port = schedulers.rotate()  # a standby (taking over, or naming the leader) first
+                    config = dataclasses.replace(config, host=host, port=port)
             except PlaintextRefused as exc:
                 logger.error("%s; giving up", exc)
                 return 2

@@ -67,6 +67,8 @@ class Leadership:
         self.leader = ""
         self.since = 0.0  # time.time() this scheduler took over
         self._db: psycopg.Connection[Any] | None = None
+        #: set once `campaign` has looked at the leader row (or failed to): it did not take over at once
+        self.polled = threading.Event()
         self._stop = threading.Event()
         self._keeper: threading.Thread | None = None
 
@@ -75,6 +77,12 @@ class Leadership:
     def campaign(self, stop: threading.Event) -> bool:
         """Stands by until this scheduler leads (True) or `stop` is set (False). Blocking: run in a thread."""
         watch = _Watch()
+        try:
+            return self._campaign(stop, watch)
+        finally:
+            self.polled.set()
+
+    def _campaign(self, stop: threading.Event, watch: _Watch) -> bool:
         while not stop.is_set():
             try:
                 db = self._connection()
@@ -87,6 +95,7 @@ class Leadership:
                     log.warning("standby: state database: %s; watching afresh once it is back", describe(exc))
                 self._drop()
                 watch = _Watch()
+            self.polled.set()
             stop.wait(self.lease / 6)
         return False
 

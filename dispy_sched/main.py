@@ -66,12 +66,16 @@ async def stand_by(cfg: SchedConfig, stop: asyncio.Event) -> Leadership | None:
     cfg.port = port
     shown = cfg.name if host in ("0.0.0.0", "::") else (f"[{host}]" if ":" in host else host)
     leadership.address = cfg.advertise or f"{shown}:{port}"
-    log.info("standing by on %s:%d (state in PostgreSQL; peers are sent to the leader)", host, port)
-    print(f"listening on {host}:{port}", flush=True)
     halt = threading.Event()
     campaign = asyncio.ensure_future(asyncio.to_thread(leadership.campaign, halt))
     stopped = asyncio.ensure_future(stop.wait())
     try:
+        # nobody leads (the first scheduler, or the last one resigned): this one leads at once, and says
+        # "listening" only once it does, so that nobody who waits for that line is sent away
+        await asyncio.to_thread(leadership.polled.wait, 60)
+        if not leadership.epoch:  # it took over in its first look, or it stands by
+            log.info("standing by on %s:%d (state in PostgreSQL; peers are sent to the leader)", host, port)
+            print(f"listening on {host}:{port}", flush=True)
         await asyncio.wait({campaign, stopped}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         halt.set()
@@ -134,7 +138,7 @@ async def _lead(cfg: SchedConfig, policy: Policy, store: StateStore | None, stop
         print(f"listening on {host}:{port}", flush=True)
         notifier.ready(f"listening on {host}:{port}; policy {core.policy.name}")
     else:
-        print(f"leading on {host}:{port}", flush=True)
+        print(f"listening on {host}:{port}\nleading on {host}:{port}", flush=True)
         notifier.status(f"leading on {host}:{port}; policy {core.policy.name}")
     try:
         await stop.wait()

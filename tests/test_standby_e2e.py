@@ -80,9 +80,9 @@ def test_a_standby_takes_over_a_killed_leader_under_two_clients_and_every_job_en
     cluster.address = f"{a},{b}"
     cluster.node(cpus=2)
     paths = {user: cluster.workdir / f"runs-{user}.txt" for user in ("alice", "bob")}
-    n = 12
+    n = 8
     clients = [
-        cluster.client(CLIENT, name=user, env={"DISPY_SCHEDULER": f"{b},{a}"}, args=[user, str(n), str(path), "0.5"])
+        cluster.client(CLIENT, name=user, env={"DISPY_SCHEDULER": f"{b},{a}"}, args=[user, str(n), str(path), "0.3"])
         for user, path in paths.items()
     ]
     wait_until(lambda: sum(sum(runs(p).values()) for p in paths.values()) >= 4, what="jobs running before the leader dies")
