@@ -137,6 +137,7 @@ class SchedulerServer:
         self._tick_task: asyncio.Task[None] | None = None
         self._watch_task: asyncio.Task[None] | None = None
         self._last_status_log = 0.0
+        self._dispatched = False
         self.address: tuple[str, int] = (config.host, config.port)
         self._fake_key = os.urandom(32)  # unknown names' fake verifiers derive from it (dispy_wire/verifier.py)
         self.throttle = LoginThrottle()
@@ -415,6 +416,9 @@ class SchedulerServer:
             case A.Persist():
                 self._commit(action)
             case A.Dispatch(node, jobs):
+                if not self._dispatched:  # after a takeover: when the new leader got going (benchmarks/pg_store.py)
+                    self._dispatched = True
+                    log.info("first dispatch since start: %d jobs to node %s", len(jobs), peer_text(self._who(node)))
                 self._send(node, M.RunJobs(jobs))
             case A.DeliverResults(client, cluster_id, results):
                 for batch in by_size(results):  # many large results at once (a client back) need frames

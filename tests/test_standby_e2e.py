@@ -16,6 +16,7 @@ from collections import Counter
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from pg import PgServer
 from procs import Cluster, Proc
@@ -71,6 +72,7 @@ def epoch(dsn: str) -> int:
         return int(row[0])
 
 
+@pytest.mark.soak  # over 20 s on a loaded two-core machine
 def test_a_standby_takes_over_a_killed_leader_under_two_clients_and_every_job_ends_once(pg_dsn: str, cluster: Cluster) -> None:
     first, a = start_scheduler(cluster, pg_dsn, "first")
     first.wait_for_line("leading on")
@@ -96,6 +98,7 @@ def test_a_standby_takes_over_a_killed_leader_under_two_clients_and_every_job_en
     assert "still holds" in second.stderr  # the running jobs were adopted, not rerun
 
 
+@pytest.mark.soak  # over 20 s on a loaded two-core machine
 def test_a_leader_paused_past_its_lease_writes_nothing_when_it_resumes_and_steps_down(pg_dsn: str, cluster: Cluster) -> None:
     first, a = start_scheduler(cluster, pg_dsn, "first")
     first.wait_for_line("leading on")
