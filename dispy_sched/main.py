@@ -52,7 +52,7 @@ async def stand_by(cfg: SchedConfig, stop: asyncio.Event) -> Leadership | None:
     on, so the leader serves where the standby answered), or None if
     stopped first.
     """
-    from .leadership import Leadership
+    from .leadership import Leadership  # here: psycopg is needed only with --state
 
     assert cfg.state is not None
     leadership = Leadership(cfg.state, "", cfg.lease)
@@ -73,7 +73,7 @@ async def stand_by(cfg: SchedConfig, stop: asyncio.Event) -> Leadership | None:
         # nobody leads (the first scheduler, or the last one resigned): this one leads at once, and says
         # "listening" only once it does, so that nobody who waits for that line is sent away
         await asyncio.to_thread(leadership.polled.wait, 60)
-        if not leadership.epoch:  # it took over in its first look, or it stands by
+        if not leadership.epoch:  # someone else leads: stand by, and say where we listen
             log.info("standing by on %s:%d (state in PostgreSQL; peers are sent to the leader)", host, port)
             print(f"listening on {host}:{port}", flush=True)
         await asyncio.wait({campaign, stopped}, return_when=asyncio.FIRST_COMPLETED)
