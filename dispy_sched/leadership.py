@@ -222,6 +222,26 @@ class Leadership:
             self._db = None
 
 
+def describe_leader(dsn: str) -> str:
+    """One line for an operator: which scheduler leads the state at `dsn`, since when, in which epoch.
+
+    Raises:
+        psycopg.Error: the database cannot be reached, or holds no scheduler state.
+    """
+    with connect(dsn, autocommit=True) as db:
+        row = db.execute(
+            "SELECT epoch, address, since, beat, EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = l.backend_pid) "
+            "FROM leader l WHERE id = 1"
+        ).fetchone()
+    if row is None:
+        raise psycopg.DatabaseError("no leader row: no scheduler has used this database")
+    epoch, address, since, beat, alive = row
+    if not address:
+        return f"no scheduler leads (epoch {epoch}: {'the last leader resigned' if epoch else 'none has led yet'})"
+    lock = "holds its lock" if alive else "its lock connection is gone: a standby takes over"
+    return f"leader {address}, epoch {epoch}, since {since:%Y-%m-%d %H:%M:%S %Z} ({beat} beats; {lock})"
+
+
 class _Watch:
     """What a standby has seen of the leader in its current database session."""
 

@@ -105,7 +105,7 @@ async def serve(cfg: SchedConfig, policy: Policy, journal: StateStore | None) ->
 
             store = PgStore(cfg.state, leadership.epoch)
             leadership.keep(step_down)
-        await _lead(cfg, policy, store, stop, notifier)
+        await _lead(cfg, policy, store, stop, notifier, leadership)
     finally:
         watchdog.cancel()
         if leadership is not None:
@@ -114,13 +114,18 @@ async def serve(cfg: SchedConfig, policy: Policy, journal: StateStore | None) ->
             store.close()
 
 
-async def _lead(cfg: SchedConfig, policy: Policy, store: StateStore | None, stop: asyncio.Event, notifier: Notifier) -> None:
+async def _lead(
+    cfg: SchedConfig, policy: Policy, store: StateStore | None, stop: asyncio.Event, notifier: Notifier,
+    leadership: Leadership | None,
+) -> None:  # fmt: skip
     core_config = CoreConfig(
         shares=cfg.shares(), limits=cfg.limits(), default_limits=cfg.default_limits(),
         private_data=cfg.private_data, keep_detached=cfg.keep_detached, usage_half_life=cfg.usage_half_life,
         persist=store is not None,
     )  # fmt: skip
     server = SchedulerServer(cfg, SchedulerCore(policy, core_config), store)
+    if leadership is not None:  # clients see it in scheduler_status()
+        server.leadership = {"address": leadership.address, "epoch": leadership.epoch, "since": leadership.since}
     core = server.core
     host, port = await server.start()
     responder = await start_responder(cfg, host, port)

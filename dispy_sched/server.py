@@ -138,6 +138,8 @@ class SchedulerServer:
         self._watch_task: asyncio.Task[None] | None = None
         self._last_status_log = 0.0
         self._dispatched = False
+        #: with a shared state (leadership.py): this scheduler's address, epoch and since (Unix time)
+        self.leadership: dict[str, Any] | None = None
         self.address: tuple[str, int] = (config.host, config.port)
         self._fake_key = os.urandom(32)  # unknown names' fake verifiers derive from it (dispy_wire/verifier.py)
         self.throttle = LoginThrottle()
@@ -449,6 +451,8 @@ class SchedulerServer:
             case A.ConfirmClosed(client, cluster_id):
                 self._send(client, M.ClusterClosed(cluster_id))
             case A.ReportStatus(client, ref, status):
+                if self.leadership is not None:  # one of several schedulers on a shared state: this one leads
+                    status = {**status, "leader": self.leadership}
                 self._send(client, M.Status(ref, status))
             case A.ForgetCluster(user, cluster_id, name, results):
                 log.info(

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import re
 import signal
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -152,7 +154,16 @@ def test_peers_that_dial_a_standby_first_are_sent_to_the_leader(pg_dsn: str, clu
     assert f"connected to {a}" in node.stdout
     path = cluster.workdir / "runs.txt"
     # a client that knows only the standby is sent on too
-    client = cluster.run_client(CLIENT.replace("sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4])",
-                                               f"'alice', 3, {str(path)!r}, 0.1"), env={"DISPY_SCHEDULER": b}, timeout=90)
+    program = CLIENT.replace(
+        "sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4])", f"'alice', 3, {str(path)!r}, 0.1"
+    ).replace("cluster.close()", "print('status', cluster.scheduler_status()['leader'])\ncluster.close()")
+    client = cluster.run_client(program, env={"DISPY_SCHEDULER": b}, timeout=90)
     assert results(client) == Counter(range(3)), client.stdout
+    assert re.search(rf"^status {{'address': '{a}', 'epoch': 1, 'since': [\d.]+}}$", client.stdout, re.M), client.stdout
     assert not leads(second) and epoch(pg_dsn) == 1
+    # the operator's view, from the database
+    admin = subprocess.run(
+        [sys.executable, "-m", "dispy_sched.admin", "leader", "--state", pg_dsn], capture_output=True, text=True, timeout=60
+    )
+    assert admin.returncode == 0 and admin.stdout.startswith(f"leader {a}, epoch 1, since "), admin
+    assert "holds its lock" in admin.stdout
