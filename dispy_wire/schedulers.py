@@ -50,6 +50,7 @@ class Schedulers:
         self.addresses = [parse_address(part, default_port) for part in spec.split(",") if part.strip()]
         if not self.addresses:
             raise ValueError(f"no scheduler address in {spec!r}")
+        self._given = set(self.addresses)
 
     @property
     def first(self) -> tuple[str, int]:
@@ -65,6 +66,8 @@ class Schedulers:
         """`address` answered as the leader (or a standby named it): it is tried first from now on."""
         if address in self.addresses:
             self.addresses.remove(address)
+        else:  # a leader we were not given (advertised under another name): it replaces the last such one
+            self.addresses = [a for a in self.addresses if a in self._given]
         self.addresses.insert(0, address)
 
     def rotate(self) -> tuple[str, int]:

@@ -708,6 +708,9 @@ def test_scheduler_lists_keep_the_leader_first_and_refuse_bad_addresses() -> Non
     assert schedulers.redirect("b:9702") == ("b", 9702) and schedulers.first == ("b", 9702)
     assert schedulers.rotate() == ("a", 1)
     assert schedulers.redirect("") is None and schedulers.redirect("b:port") is None
+    schedulers.redirect("c:3")  # named by a standby, not given: one such address at most
+    schedulers.redirect("d:4")
+    assert schedulers.addresses == [("d", 4), ("a", 1), ("::1", 2), ("b", 9702)]
     with pytest.raises(ValueError):
         Schedulers("a:1,b:x", 9702)
     with pytest.raises(ValueError):
