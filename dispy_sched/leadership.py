@@ -67,6 +67,7 @@ class Leadership:
         self.leader = ""
         self.since = 0.0  # time.time() this scheduler took over
         self._db: psycopg.Connection[Any] | None = None
+        self._db_new = False  # `_db` is a new connection: the leader must take its lock again on it
         #: set once `campaign` has looked at the leader row (or failed to): it did not take over at once
         self.polled = threading.Event()
         self._stop = threading.Event()
@@ -157,6 +158,8 @@ class Leadership:
                 db = self._connection()
                 if self._db_new:
                     self._relock(db)
+                    if self._stop.is_set():
+                        return  # resigned while the database was away
                 row = db.execute(
                     "UPDATE leader SET beat = beat + 1 WHERE id = 1 AND epoch = %s AND backend_pid = pg_backend_pid() "
                     "RETURNING beat",
@@ -202,8 +205,6 @@ class Leadership:
         self._drop()
 
     # ------------------------------------------------------------- connection
-
-    _db_new = False
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self._db is None or self._db.closed or self._db.broken:

@@ -98,13 +98,12 @@ def describe(exc: BaseException) -> str:
 
 
 def connect(dsn: str, **kwargs: Any) -> psycopg.Connection[Any]:
-    """A connection in our settings; the schema is created on first use.
+    """A connection that gives up after 5 s (a scheduler must notice an unreachable database, not hang on it).
 
     Raises:
         psycopg.Error: the server cannot be reached or refuses us.
     """
-    db = psycopg.connect(dsn, connect_timeout=5, **kwargs)
-    return db
+    return psycopg.connect(dsn, connect_timeout=5, **kwargs)
 
 
 def create_schema(dsn: str) -> None:
