@@ -15,12 +15,13 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # Debian packages of real programs the tests use, installed when run as root:
-# user-mode-linux boots a cgroup v2 kernel for tests/test_node_cgroup2.py
-# (which is skipped, saying why, where they are missing).
-TEST_DEBS := user-mode-linux e2fsprogs
+# user-mode-linux boots a cgroup v2 kernel for tests/test_node_cgroup2.py;
+# postgresql is the shared state store of the standby scheduler tests (tests/pg.py)
+# (each is skipped, saying why, where they are missing).
+TEST_DEBS := user-mode-linux e2fsprogs postgresql
 
 test-debs:
-	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! command -v linux.uml >/dev/null; then \
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! dpkg -s $(TEST_DEBS) >/dev/null 2>&1; then \
 	    export DEBIAN_FRONTEND=noninteractive; \
 	    apt-get install -y -q $(TEST_DEBS) >/dev/null 2>&1 \
 	    || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q $(TEST_DEBS) >/dev/null; } \

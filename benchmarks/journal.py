@@ -30,7 +30,7 @@ from throughput import measure, start
 from dispy_sched.core import CoreConfig, SchedulerCore
 from dispy_sched.core import actions as A
 from dispy_sched.core import events as E
-from dispy_sched.journal import SqliteJournal
+from dispy_sched.journal import SqliteJournal, StateStore
 from dispy_sched.policies import load_policy
 from dispy_wire.messages import JobResult, JobSpec
 
@@ -53,9 +53,10 @@ time.sleep(3600)
 """
 
 
-def core_rate(jobs: int, sync: str | None, batch: int = 500, cpus: int = 64) -> float:
-    """Jobs/s through the core (and the journal unless `sync` is None): submits of `batch`, `cpus` slots."""
-    store = None if sync is None else SqliteJournal(tempfile.mkdtemp(prefix="dispy-bench-core-"), sync)
+def core_rate(jobs: int, sync: str | None, batch: int = 500, cpus: int = 64, store: StateStore | None = None) -> float:
+    """Jobs/s through the core (and the journal unless `sync` is None, or `store`): submits of `batch`, `cpus` slots."""
+    if store is None and sync is not None:
+        store = SqliteJournal(tempfile.mkdtemp(prefix="dispy-bench-core-"), sync)
     core = SchedulerCore(load_policy("fair"), CoreConfig(persist=store is not None))
     clock = [0.0]
 

@@ -28,6 +28,7 @@ from dispy_wire import result_mac
 from dispy_wire.cluster_options import ClusterOptions as WireOptions
 from dispy_wire.cluster_options import JobOptions, Runtime
 from dispy_wire.payload import dumps
+from dispy_wire.schedulers import Schedulers, format_address
 
 from . import progress
 from .connection import LoopThread
@@ -89,10 +90,12 @@ class BaseCluster:
         port: int,
         options: ClusterOptions,
         loop_thread: LoopThread | None = None,
+        schedulers: Schedulers | None = None,
     ) -> None:
         self.computation = computation
         self.name = computation_name(computation)
         self.host, self.port = host, port
+        self._schedulers = schedulers  # a leader and its standbys (None: the one scheduler at host:port)
         self.user = options.user or os.environ.get("DISPY_USER") or getpass.getuser()
         self.nodes = options.nodes
         self.dest_path = options.dest_path or os.getcwd()
@@ -123,7 +126,7 @@ class BaseCluster:
         self._lt = loop_thread or LoopThread(f"dispy-{self.name}-io")
         self._session = ClusterSession(
             self._lt, host, port, self.user, options.secret, options.timeout, open_msg, self._tracker.deliver,
-            options.tls, options.insecure_plaintext,
+            options.tls, options.insecure_plaintext, schedulers,
         )  # fmt: skip
         try:
             self._lt.run(self._session.open(), timeout=options.timeout + 5)
@@ -144,7 +147,7 @@ class BaseCluster:
     def _start_recording(self, path: str | None, open_msg: M.OpenCluster) -> Recorder | None:
         if path is None:
             return None
-        scheduler = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        scheduler = str(self._schedulers) if self._schedulers else format_address(self.host, self.port)
         header = {"scheduler": scheduler, "user": self.user, "cluster_id": open_msg.cluster_id, "name": self.name,
                   "created": time.time(), "result_key": self._result_key.hex()}  # fmt: skip
         return Recorder(path, header)
@@ -542,7 +545,12 @@ class SharedJobCluster(BaseCluster):
             job_status=job_status,
             cluster_status=cluster_status,
         )
-        host, port_ = parse_scheduler(scheduler_host or scheduler_node, scheduler_port)
+        spec = scheduler_host or scheduler_node or os.environ.get("DISPY_SCHEDULER") or DEFAULT_SCHEDULER
+        if "," in spec:  # a leader and its standbys: whichever leads is found and followed
+            schedulers = Schedulers(spec, 9702 if scheduler_port is None else int(scheduler_port))
+            super().__init__(computation, *schedulers.first, options, schedulers=schedulers)
+            return
+        host, port_ = parse_scheduler(spec, scheduler_port)
         super().__init__(computation, host, port_, options)
 
 

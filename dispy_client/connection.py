@@ -16,14 +16,14 @@ from typing import Any, TypeVar, cast
 
 from dispy_wire import messages as M
 from dispy_wire.batching import BatchedWriter
-from dispy_wire.errors import ErrorCode, RemoteWireError
+from dispy_wire.errors import ErrorCode, NotLeaderError, RemoteWireError
 from dispy_wire.framing import NEED_DATA, PREAMBLE, FrameDecoder
 from dispy_wire.handshake import HandshakeState, PeerHandshake, Role
 from dispy_wire.liveness import Liveness, Verdict, announced_interval, set_keepalive
 from dispy_wire.loop import event_loop_factory
 from dispy_wire.tls import ClientTLS, UntrustedScheduler, channel_binding, describe_failure, plaintext_refusal
 
-from .errors import AuthenticationError, LimitError, ProtocolError, SchedulerNotTrusted, SchedulerUnreachable
+from .errors import AuthenticationError, LimitError, ProtocolError, SchedulerNotTrusted, SchedulerUnreachable, StandingBy
 
 log = logging.getLogger("dispy_client")
 T = TypeVar("T")
@@ -75,6 +75,8 @@ class LoopThread:
 
 
 def _handshake_error(exc: RemoteWireError, where: str, user: str, by_certificate: bool) -> Exception:
+    if isinstance(exc, NotLeaderError):
+        return StandingBy(f"scheduler {where}: {exc.message}", exc.leader)
     if exc.code is ErrorCode.LOGIN_FAILED and by_certificate:
         return AuthenticationError(
             f"scheduler {where} rejected user {user!r}: unknown user, or one its users file does not let "

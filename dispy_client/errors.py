@@ -11,6 +11,14 @@ class SchedulerUnreachable(DispyError, ConnectionError):
     """The scheduler could not be reached (or stopped answering) in time."""
 
 
+class StandingBy(SchedulerUnreachable):
+    """The scheduler dialed stands by; `leader` is the address of the one that leads ('' while none does)."""
+
+    def __init__(self, message: str, leader: str) -> None:
+        super().__init__(message)
+        self.leader = leader
+
+
 class AuthenticationError(DispyError):
     """The scheduler refused our user name or secret."""
 

@@ -34,6 +34,7 @@ from collections.abc import Callable
 from typing import IO, Any
 
 from dispy_wire import messages as M
+from dispy_wire.schedulers import Schedulers
 from dispy_wire.payload import dumps, loads
 
 from .connection import LoopThread
@@ -213,7 +214,8 @@ def recover_jobs(
     """
     header, records = read_records(recover_file)
     tls = client_tls(tls_ca, tls_fingerprint, certfile, keyfile)
-    host, _, port = header["scheduler"].rpartition(":")
+    schedulers = Schedulers(header["scheduler"], 9702)  # one address, or a leader's and its standbys'
+    host, port = schedulers.first
     jobs = [_job(uid, record) for uid, record in sorted(records.items())]
     recorder = Recorder(recover_file, None)
     tracker = JobTracker(header["name"], header["cluster_id"], header["result_key"], job_status=recorder.job_status)
@@ -224,8 +226,8 @@ def recover_jobs(
     open_msg = M.OpenCluster(header["cluster_id"], header["name"], b"", False, {})
     secret = os.environ.get("DISPY_SECRET", "") if secret is None else secret
     session = ClusterSession(
-        loop_thread, host.strip("[]"), int(port), header["user"], secret, 10.0, open_msg, tracker.deliver,
-        tls, insecure_plaintext,
+        loop_thread, host, port, header["user"], secret, 10.0, open_msg, tracker.deliver,
+        tls, insecure_plaintext, schedulers,
     )  # fmt: skip
     session.adopt([job._uid for job in jobs])
     try:

@@ -41,11 +41,12 @@ from typing import Any
 from dispy_wire import messages as M
 from dispy_wire.errors import ErrorCode
 from dispy_wire.liveness import DEFAULT_INTERVAL
+from dispy_wire.schedulers import Schedulers, format_address
 from dispy_wire.status import JobStatus
 from dispy_wire.tls import ClientTLS
 
 from .connection import LoopThread, SchedulerLink
-from .errors import ClusterError, DispyError, LimitError
+from .errors import ClusterError, DispyError, LimitError, SchedulerUnreachable, StandingBy
 
 log = logging.getLogger("dispy_client")
 
@@ -76,8 +77,11 @@ class ClusterSession:
         deliver: Callable[[str, Any], None],
         tls: ClientTLS | None = None,
         insecure_plaintext: bool = False,
+        schedulers: Schedulers | None = None,
     ) -> None:
         self._lt = loop_thread
+        #: where to look for the leader, best first (one address: that scheduler alone)
+        self.schedulers = schedulers or Schedulers(format_address(host, port), port)
         self._tls, self._insecure_plaintext = tls, insecure_plaintext
         self.host, self.port, self.user, self._secret = host, port, user, secret
         self.timeout = timeout
@@ -141,10 +145,7 @@ class ClusterSession:
         loop = asyncio.get_running_loop()
         # heartbeat: we send at least this often; the scheduler writes us off after liveness.MISSES of silence
         info = {"host": socket.gethostname(), "pid": os.getpid(), "heartbeat": HEARTBEAT}
-        self._link = await SchedulerLink.connect(
-            self.host, self.port, self.timeout, self.user, self._secret, info, self._on_message, self._on_lost,
-            self._tls, self._insecure_plaintext,
-        )  # fmt: skip
+        self._link = await self._dial(info)
         assert self._link.welcome is not None
         self._link.watch(HEARTBEAT)
         limit = self._link.welcome.info.get("max_message_size")
@@ -356,6 +357,40 @@ class ClusterSession:
         log.log(level, "scheduler: %s (%s)", message, code)
         self.errors.append(message)
 
+    async def _dial(self, info: dict[str, Any]) -> SchedulerLink:
+        """Logs in to the scheduler that leads: each known one in turn, following a standby's redirect.
+
+        Raises:
+            SchedulerUnreachable (the last one's), or what a scheduler that answered refused.
+        """
+        count = len(self.schedulers)
+        # a standby that stopped (or a dead host) must not eat the whole timeout: the leader may be next
+        timeout = self.timeout if count == 1 else max(2.0, self.timeout / count)
+        host, port = self.schedulers.first
+        for attempt in range(count + 1):  # each address, and one redirect
+            try:
+                link = await SchedulerLink.connect(
+                    host, port, timeout, self.user, self._secret, info, self._on_message, self._on_lost,
+                    self._tls, self._insecure_plaintext,
+                )  # fmt: skip
+            except StandingBy as exc:
+                if attempt == count:
+                    raise
+                leader = self.schedulers.redirect(exc.leader)
+                log.info("%s; trying %s", exc, format_address(*leader) if leader else "the next scheduler")
+                host, port = leader if leader is not None and leader != (host, port) else self.schedulers.rotate()
+                continue
+            except SchedulerUnreachable as exc:
+                if attempt == count or count == 1:
+                    raise
+                log.info("%s; trying the next scheduler", exc)
+                host, port = self.schedulers.rotate()
+                continue
+            self.schedulers.prefer((host, port))
+            self.host, self.port = host, port
+            return link
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
     def _on_lost(self, reason: str) -> None:
         if self._closing:
             if self._closed is not None and not self._closed.done():
@@ -365,6 +400,8 @@ class ClusterSession:
         if opened is None or not opened.done() or opened.cancelled() or opened.exception() is not None:
             return  # lost before the cluster opened on it: `open` (the user's, or the reconnect loop's) fails instead
         log.warning("lost the scheduler %s:%d (%s); reconnecting", self.host, self.port, reason)
+        if len(self.schedulers) > 1:  # it may have died or stopped: a standby (taking over) is tried first
+            self.schedulers.rotate()
         self._opened = None
         self._reconnect = asyncio.get_running_loop().create_task(self._reconnect_loop())
 

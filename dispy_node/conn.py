@@ -53,6 +53,7 @@ from dispy_wire.errors import ErrorCode, RemoteWireError
 from dispy_wire.framing import NEED_DATA, PREAMBLE, FrameDecoder
 from dispy_wire.handshake import HandshakeState, PeerHandshake, Role
 from dispy_wire.liveness import Liveness, Verdict, announced_interval, set_keepalive
+from dispy_wire.schedulers import Schedulers, format_address
 from dispy_wire.tls import ClientTLS, UntrustedScheduler, channel_binding, describe_failure, plaintext_refusal
 from dispy_wire.messages import (
     HELLO_MAX_ADDRESSES,
@@ -96,6 +97,8 @@ Locate = Callable[[], Awaitable[tuple[str, int]]]
 #: refusals that retrying cannot cure (a throttled or unverified scheduler may be cured by time: those retry)
 FATAL_CODES = frozenset({ErrorCode.LOGIN_FAILED, ErrorCode.CERTIFICATE, ErrorCode.BAD_VERSION})
 CONNECT_TIMEOUT = 10.0
+#: seconds between dials while standbys name no leader (a takeover under way)
+STANDBY_RETRY = 0.5
 HANDSHAKE_TIMEOUT = 10.0
 
 
@@ -124,6 +127,8 @@ class NodeConfig:
     insecure_plaintext: bool = False  # plaintext to a scheduler off loopback too
     scheduler_grace: float = 60.0  # jobs outlive a lost scheduler connection this long
     workers: WorkerPolicy = WorkerPolicy()  # --isolation, --worker-jobs, --worker-memory-growth
+    #: more schedulers sharing one state (`--scheduler a:9702,b:9702`): one leads, the others stand by
+    standbys: tuple[tuple[str, int], ...] = ()
 
     def runner_config(self, ip_addr: str) -> RunnerConfig:
         """The runner's settings for one session; `ip_addr` is ours on its connection."""
@@ -147,9 +152,10 @@ class NodeConfig:
 class SchedulerRefused(NodeError):
     """The scheduler refused us (`Refused` frame), or spoke another protocol version."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, leader: str = "") -> None:
         super().__init__(f"{message} ({code})")
         self.code = code
+        self.leader = leader  # a standby's answer (code not-leader): where the leader is
 
     @property
     def fatal(self) -> bool:
@@ -225,6 +231,7 @@ async def run_node(config: NodeConfig, control: NodeControl | None = None, locat
     control = control or NodeControl(config)
     report.prime()
     backoff = Backoff()
+    schedulers = Schedulers(",".join(format_address(h, p) for h, p in ((config.host, config.port), *config.standbys)), config.port)
     finished = asyncio.create_task(control.done.wait())
     try:
         while True:
@@ -237,6 +244,9 @@ async def run_node(config: NodeConfig, control: NodeControl | None = None, locat
                 return 0
             try:
                 attempt.result()
+                if len(schedulers) > 1 and locate is None:  # lost: the leader may have died or stopped
+                    host, port = schedulers.rotate()  # a standby (taking over, or naming the leader) first
+                    config = dataclasses.replace(config, host=host, port=port)
             except PlaintextRefused as exc:
                 logger.error("%s; giving up", exc)
                 return 2
@@ -246,12 +256,19 @@ async def run_node(config: NodeConfig, control: NodeControl | None = None, locat
             except ssl.SSLError as exc:
                 logger.error("TLS with scheduler %s failed: %s", config.scheduler, describe_failure(exc))
             except SchedulerRefused as exc:
+                if exc.code == ErrorCode.NOT_LEADER and locate is None:
+                    config = _follow(config, schedulers, exc)
+                    await asyncio.sleep(STANDBY_RETRY * random.uniform(0.5, 1.0))  # a takeover takes a lease
+                    continue
                 if exc.fatal:
                     logger.error("scheduler %s refused node %r: %s; giving up", config.scheduler, config.name, exc)
                     return 2
                 logger.warning("scheduler %s refused node %r: %s", config.scheduler, config.name, exc)
             except (OSError, TimeoutError, RemoteWireError) as exc:
                 logger.warning("scheduler %s: %s", config.scheduler, exc or type(exc).__name__)
+                if len(schedulers) > 1 and locate is None:
+                    host, port = schedulers.rotate()
+                    config = dataclasses.replace(config, host=host, port=port)
             delay = backoff.next()
             logger.info("reconnecting in %.1f s", delay)
             await asyncio.sleep(delay)
@@ -261,6 +278,15 @@ async def run_node(config: NodeConfig, control: NodeControl | None = None, locat
     finally:
         finished.cancel()
         await control.keeper.close()
+
+
+def _follow(config: NodeConfig, schedulers: Schedulers, refused: SchedulerRefused) -> NodeConfig:
+    """A standby answered: the config to dial the leader it named (else the next scheduler) with."""
+    leader = schedulers.redirect(refused.leader)
+    if leader is None or leader == (config.host, config.port):
+        leader = schedulers.rotate()
+    logger.info("scheduler %s stands by; dialing %s", config.scheduler, format_address(*leader))
+    return dataclasses.replace(config, host=leader[0], port=leader[1])
 
 
 class PlaintextRefused(NodeError):
@@ -362,7 +388,7 @@ class _Session:
             try:
                 reply = hs.receive(msg)
             except RemoteWireError as exc:
-                raise SchedulerRefused(str(exc.code), exc.message) from None
+                raise SchedulerRefused(str(exc.code), exc.message, getattr(exc, "leader", "")) from None
             if not isinstance(reply, Welcome):
                 self._writer.write(encode(reply))
             else:

@@ -29,6 +29,7 @@ from dispy_wire import isolation
 from dispy_wire.discovery import DISCOVERY_PORT
 from dispy_wire.limits import format_size, parse_size
 from dispy_wire.loop import event_loop_factory
+from dispy_wire.schedulers import Schedulers
 from dispy_wire.sdnotify import Notifier
 from dispy_wire.tls import NODE_UNIT, ClientTLS, TLSConfigError, file_identity, plaintext_refusal
 
@@ -81,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="TOML file with keys " + ", ".join(_KEYS))  # fmt: skip
     where = p.add_mutually_exclusive_group()
     where.add_argument("--scheduler", metavar="HOST:PORT",
-                       help=f"scheduler address (default: $DISPY_SCHEDULER, else {DEFAULT_SCHEDULER})")  # fmt: skip
+                       help=f"scheduler address (default: $DISPY_SCHEDULER, else {DEFAULT_SCHEDULER}); a leader and its "
+                            "standbys as HOST:PORT,HOST:PORT,...: the node follows whichever leads")  # fmt: skip
     where.add_argument("--discover", action="store_true", default=None,
                        help="find the scheduler on this network segment by UDP broadcast; only one that "
                             "proves it knows the node secret is followed")  # fmt: skip
@@ -210,6 +212,7 @@ def load_config(args: argparse.Namespace, fail: Callable[[str], NoReturn]) -> tu
         return default
 
     discovery_port = None
+    standbys: tuple[tuple[str, int], ...] = ()
     if pick("discover", None, False):
         host, port = "", "0"
         discovery_port = pick("discovery_port", None, DISCOVERY_PORT)
@@ -217,10 +220,19 @@ def load_config(args: argparse.Namespace, fail: Callable[[str], NoReturn]) -> tu
             fail(f"discovery port {discovery_port!r} is not a port number")
     else:
         scheduler = str(pick("scheduler", "DISPY_SCHEDULER", DEFAULT_SCHEDULER))
-        host, sep, port = scheduler.rpartition(":")
-        host = host.strip("[]")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            fail(f"scheduler address {scheduler!r} is not HOST:PORT")
+        if "," in scheduler:  # a leader and its standbys, in any order: the node finds the leader
+            try:
+                (host, first_port), *others = Schedulers(scheduler, 0).addresses
+            except ValueError as exc:
+                fail(str(exc))
+            if first_port == 0 or any(p == 0 for _, p in others):
+                fail(f"scheduler address {scheduler!r}: give each as HOST:PORT")
+            port, standbys = str(first_port), tuple(others)
+        else:
+            host, sep, port = scheduler.rpartition(":")
+            host = host.strip("[]")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                fail(f"scheduler address {scheduler!r} is not HOST:PORT")
     try:
         cpus = int(pick("cpus", None, 0))
         heartbeat = float(pick("heartbeat", None, 2.0))
@@ -289,6 +301,7 @@ def load_config(args: argparse.Namespace, fail: Callable[[str], NoReturn]) -> tu
         host, int(port), cpus, name, secret, heartbeat, work_dir, kill_grace,
         run_as, caps, max_output, setup_timeout, rules, serve, accounts=accounts,
         tls=tls, insecure_plaintext=insecure, scheduler_grace=scheduler_grace, workers=workers,
+        standbys=standbys,
     )  # fmt: skip
     return config, loglevel, discovery_port
 

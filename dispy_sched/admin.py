@@ -137,6 +137,18 @@ def _cmd_verifier(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_leader(args: argparse.Namespace) -> int:
+    import psycopg  # only here: the PostgreSQL store is an optional dependency
+
+    from .leadership import describe_leader
+
+    try:
+        print(describe_leader(args.state))
+    except psycopg.Error as exc:
+        raise AdminError(f"cannot read the leader from {args.state}: {' '.join(str(exc).split())}") from None
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dispyadmin", description="Manage the secrets of a dispy-shared scheduler.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -162,12 +174,17 @@ def build_parser() -> argparse.ArgumentParser:
         "verifier", parents=[iterations], help="read a secret on stdin, print its verifier (to convert an old file)"
     )
     ver.set_defaults(run=_cmd_verifier)
+    leader = sub.add_parser(
+        "leader", help="which of the schedulers sharing a PostgreSQL state leads, since when (docs/standby.md)"
+    )
+    leader.add_argument("--state", required=True, metavar="URL", help="the schedulers' --state postgresql://... URL")
+    leader.set_defaults(run=_cmd_leader)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.iterations < MIN_ITERATIONS:
+    if getattr(args, "iterations", MIN_ITERATIONS) < MIN_ITERATIONS:
         print(f"dispyadmin: --iterations must be at least {MIN_ITERATIONS}", file=sys.stderr)
         return 2
     run: Callable[[argparse.Namespace], int] = args.run

@@ -83,6 +83,12 @@ class SchedConfig:
     journal: bool = True  # keep accepted jobs, held results and usage in the state dir's journal
     journal_sync: str = "full"  # full: on disk before acknowledging; normal: survives a kill, not a power cut
     adopt_within: float = 30.0  # after a restart, seconds nodes have to report jobs that were running
+    # -- PostgreSQL state and standby schedulers (dispy_sched/pg_store.py, leadership.py)
+    #: postgresql://...: the state in PostgreSQL, shared by every scheduler given the same URL (one leads,
+    #: the others stand by); None: the SQLite journal in state_dir
+    state: str | None = None
+    lease: float = 3.0  # seconds a silent leader keeps leading before a standby takes over
+    advertise: str | None = None  # host:port peers are sent to while this scheduler leads (default: where it listens)
     loglevel: str = "INFO"
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -341,6 +347,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="full (default): each turn's journal commit is on disk before its acknowledgements leave; "
         "normal: faster, survives the scheduler being killed but not the machine losing power",
     )
+    # -- PostgreSQL state and standby schedulers
+    p.add_argument(
+        "--state",
+        metavar="URL",
+        help="postgresql://USER@HOST/DB (or a libpq connection string): keep the state in PostgreSQL instead of "
+        "the SQLite journal; every scheduler given the same URL shares it: one leads, the others stand by and "
+        "take over when it dies (docs/standby.md)",
+    )
+    p.add_argument("--lease", type=float, metavar="S", help="seconds a silent leader keeps leading before a standby takes over (3)")
+    p.add_argument(
+        "--advertise", metavar="HOST:PORT", help="the address peers are sent to while this scheduler leads (default: where it listens)"
+    )
     p.add_argument(
         "--adopt-within",
         type=float,
@@ -467,6 +485,10 @@ def config_from_args(argv: list[str] | None = None) -> SchedConfig:
         raise ConfigError("journal_sync must be full or normal")
     if cfg.adopt_within < 0:
         raise ConfigError("adopt_within must be >= 0 seconds")
+    if cfg.state is not None and not (cfg.state.startswith(("postgresql://", "postgres://")) or "=" in cfg.state):
+        raise ConfigError(f"state {cfg.state!r}: not a postgresql:// URL or libpq connection string")
+    if not 0.5 <= cfg.lease <= 600:
+        raise ConfigError("lease must be between 0.5 and 600 seconds")
     if not MIN_INTERVAL <= cfg.heartbeat <= MAX_INTERVAL:
         raise ConfigError(f"heartbeat must be between {MIN_INTERVAL:g} and {MAX_INTERVAL:g} seconds")
     if cfg.max_message_size < 1024:

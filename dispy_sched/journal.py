@@ -19,8 +19,8 @@ that changes it, so fair-share history is exact after a kill -9. With
 acknowledgements leave; `NORMAL` survives a killed scheduler but not a
 machine that loses power.
 
-Another store (PostgreSQL for a standby scheduler) implements the same
-three methods.
+Another store (`PgStore`, pg_store.py: PostgreSQL, shared by a leader and
+its standby schedulers) implements the same three methods.
 """
 
 from __future__ import annotations
@@ -89,6 +89,19 @@ class Snapshot:
     usage: dict[str, tuple[float, float]]  # user -> (CPU-seconds, as of)
 
 
+class StoreFailed(Exception):
+    """A store other than SQLite could not write (its own error is the cause): nothing was written."""
+
+
+class NotLeader(StoreFailed):
+    """Another scheduler leads the shared store now (a newer epoch): this one must not write or dispatch."""
+
+    def __init__(self, ours: int, current: int) -> None:
+        super().__init__(f"another scheduler took over (epoch {current}; ours was {ours})")
+        self.ours = ours
+        self.current = current
+
+
 class StateStore(Protocol):
     """Where the scheduler keeps what it accepted."""
 
@@ -98,7 +111,8 @@ class StateStore(Protocol):
         """Applies one call's changes atomically; durable when it returns.
 
         Raises:
-            sqlite3.Error (or the store's own error): nothing was written.
+            sqlite3.Error or StoreFailed: nothing was written.
+            NotLeader: a shared store that another scheduler leads now; nothing was written.
         """
 
     def close(self) -> None: ...

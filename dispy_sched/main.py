@@ -9,7 +9,8 @@ import os
 import signal
 import sqlite3
 import sys
-from typing import IO
+import threading
+from typing import IO, TYPE_CHECKING
 
 from .config import ConfigError, SchedConfig, config_from_args
 from .core import CoreConfig, SchedulerCore
@@ -20,8 +21,12 @@ from dispy_wire.tls import is_loopback
 
 from .policies import Policy, UnknownPolicy, load_policy
 from . import tls_init
-from .server import SchedulerServer
-from .journal import SqliteJournal
+from .server import SchedulerServer, step_down
+from .journal import SqliteJournal, StateStore
+from .standby import StandbyAnswer
+
+if TYPE_CHECKING:
+    from .leadership import Leadership
 
 log = logging.getLogger("dispy_sched")
 
@@ -40,20 +45,90 @@ def _lock_state_dir(path: str) -> IO[str]:
     return lock
 
 
-async def serve(cfg: SchedConfig, policy: Policy, journal: SqliteJournal | None) -> None:
-    core_config = CoreConfig(
-        shares=cfg.shares(), limits=cfg.limits(), default_limits=cfg.default_limits(),
-        private_data=cfg.private_data, keep_detached=cfg.keep_detached, usage_half_life=cfg.usage_half_life,
-        persist=journal is not None,
+async def stand_by(cfg: SchedConfig, stop: asyncio.Event) -> Leadership | None:
+    """Listens as a standby, answering every peer with the leader's address, until this scheduler leads.
+
+    Returns its leadership (and fixes `cfg.port` to the port it listened
+    on, so the leader serves where the standby answered), or None if
+    stopped first.
+    """
+    from .leadership import Leadership  # here: psycopg is needed only with --state
+
+    assert cfg.state is not None
+    leadership = Leadership(cfg.state, "", cfg.lease)
+    loop = asyncio.get_running_loop()
+    tls = cfg.server_tls()
+    answer = await loop.create_server(
+        lambda: StandbyAnswer(lambda: leadership.leader), cfg.host, cfg.port, reuse_address=True,
+        ssl=tls.context() if tls else None, ssl_handshake_timeout=cfg.handshake_timeout if tls else None,
     )  # fmt: skip
-    server = SchedulerServer(cfg, SchedulerCore(policy, core_config), journal)
-    core = server.core
-    host, port = await server.start()
-    responder = await start_responder(cfg, host, port)
+    host, port = answer.sockets[0].getsockname()[:2]
+    cfg.port = port
+    shown = cfg.name if host in ("0.0.0.0", "::") else (f"[{host}]" if ":" in host else host)
+    leadership.address = cfg.advertise or f"{shown}:{port}"
+    halt = threading.Event()
+    campaign = asyncio.ensure_future(asyncio.to_thread(leadership.campaign, halt))
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        # nobody leads (the first scheduler, or the last one resigned): this one leads at once, and says
+        # "listening" only once it does, so that nobody who waits for that line is sent away
+        await asyncio.to_thread(leadership.polled.wait, 60)
+        if not leadership.epoch:  # someone else leads: stand by, and say where we listen
+            log.info("standing by on %s:%d (state in PostgreSQL; peers are sent to the leader)", host, port)
+            print(f"listening on {host}:{port}", flush=True)
+        await asyncio.wait({campaign, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        halt.set()
+        leads = await campaign
+        stopped.cancel()
+        answer.close()
+        await answer.wait_closed()
+    return leadership if leads else None
+
+
+async def serve(cfg: SchedConfig, policy: Policy, journal: StateStore | None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    notifier = Notifier.from_env()
+    watchdog = asyncio.create_task(notifier.keep_alive())
+    leadership = None
+    store = journal
+    try:
+        if cfg.state is not None:
+            notifier.ready("standing by")
+            leadership = await stand_by(cfg, stop)
+            if leadership is None:
+                return
+            from .pg_store import PgStore
+
+            store = PgStore(cfg.state, leadership.epoch)
+            leadership.keep(step_down)
+        await _lead(cfg, policy, store, stop, notifier, leadership)
+    finally:
+        watchdog.cancel()
+        if leadership is not None:
+            leadership.resign()
+        if store is not None and store is not journal:
+            store.close()
+
+
+async def _lead(
+    cfg: SchedConfig, policy: Policy, store: StateStore | None, stop: asyncio.Event, notifier: Notifier,
+    leadership: Leadership | None,
+) -> None:  # fmt: skip
+    core_config = CoreConfig(
+        shares=cfg.shares(), limits=cfg.limits(), default_limits=cfg.default_limits(),
+        private_data=cfg.private_data, keep_detached=cfg.keep_detached, usage_half_life=cfg.usage_half_life,
+        persist=store is not None,
+    )  # fmt: skip
+    server = SchedulerServer(cfg, SchedulerCore(policy, core_config), store)
+    if leadership is not None:  # clients see it in scheduler_status()
+        server.leadership = {"address": leadership.address, "epoch": leadership.epoch, "since": leadership.since}
+    core = server.core
+    host, port = await server.start()
+    responder = await start_responder(cfg, host, port)
     log.info("policy %s; %s", core.policy.name, f"{len(cfg.users)} users" if cfg.users else "any user name")
     if cfg.tls_cert is not None:
         mutual = ", client certificates required" if cfg.tls_require_client_cert else ""
@@ -64,16 +139,17 @@ async def serve(cfg: SchedConfig, policy: Policy, journal: SqliteJournal | None)
             "computations, arguments and results, and impersonate this scheduler",
             cfg.host,
         )
-    print(f"listening on {host}:{port}", flush=True)
-    notifier = Notifier.from_env()
-    notifier.ready(f"listening on {host}:{port}; policy {core.policy.name}")
-    watchdog = asyncio.create_task(notifier.keep_alive())
+    if cfg.state is None:
+        print(f"listening on {host}:{port}", flush=True)
+        notifier.ready(f"listening on {host}:{port}; policy {core.policy.name}")
+    else:
+        print(f"listening on {host}:{port}\nleading on {host}:{port}", flush=True)
+        notifier.status(f"leading on {host}:{port}; policy {core.policy.name}")
     try:
         await stop.wait()
     finally:
         log.info("shutting down")
         notifier.stopping("shutting down")
-        watchdog.cancel()
         if responder is not None:
             responder.close()
         await server.stop()
@@ -97,6 +173,12 @@ def main(argv: list[str] | None = None) -> int:
                 "%s given in plaintext: the scheduler keeps only its verifier, but the secret is readable where it "
                 "came from; prefer %s", key, better,
             )  # fmt: skip
+    if cfg.state is not None:
+        try:
+            import psycopg  # noqa: F401  (the PostgreSQL store's driver, an optional dependency)
+        except ImportError:
+            print("dispyscheduler: --state postgresql://... needs psycopg: pip install 'dispy-shared[postgresql]'", file=sys.stderr)
+            return 2
     try:
         policy = load_policy(cfg.policy)
         assert cfg.state_dir is not None
@@ -105,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dispyscheduler: {exc}", file=sys.stderr)
         return 2
     try:
-        journal = SqliteJournal(cfg.state_dir, cfg.journal_sync) if cfg.journal else None
+        journal = SqliteJournal(cfg.state_dir, cfg.journal_sync) if cfg.journal and cfg.state is None else None
     except sqlite3.Error as exc:
         print(f"dispyscheduler: cannot open the journal in {cfg.state_dir}: {exc}", file=sys.stderr)
         lock.close()

@@ -47,7 +47,7 @@ from .core import SchedulerCore
 from .core import actions as A
 from .core import events as E
 from .gate import LoginThrottle, PreLoginGate
-from .journal import StateStore
+from .journal import NotLeader, StateStore, StoreFailed
 from .logsafe import peer_text
 
 log = logging.getLogger(__name__)
@@ -58,8 +58,18 @@ MAX_HELD = 1_000_000
 #: exit status when the journal cannot be written: nothing more may be acknowledged
 EXIT_JOURNAL_FAILED = 3
 
+#: exit status of a leader that another scheduler replaced (leadership.py): restarted, it stands by
+EXIT_NOT_LEADER = 4
+
 #: errors of accept() that mean "out of descriptors or memory", not "this peer is bad"
 _RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+def step_down(reason: str) -> None:
+    """Leaves at once, writing and sending nothing more: another scheduler leads the shared state now."""
+    log.critical("stepping down: %s; exiting before anything more is written or dispatched", reason)
+    logging.shutdown()
+    os._exit(EXIT_NOT_LEADER)
 
 
 def raise_open_files_limit() -> tuple[int, int]:
@@ -128,6 +138,9 @@ class SchedulerServer:
         self._tick_task: asyncio.Task[None] | None = None
         self._watch_task: asyncio.Task[None] | None = None
         self._last_status_log = 0.0
+        self._dispatched = False
+        #: with a shared state (leadership.py): this scheduler's address, epoch and since (Unix time)
+        self.leadership: dict[str, Any] | None = None
         self.address: tuple[str, int] = (config.host, config.port)
         self._fake_key = os.urandom(32)  # unknown names' fake verifiers derive from it (dispy_wire/verifier.py)
         self.throttle = LoginThrottle()
@@ -397,7 +410,9 @@ class SchedulerServer:
             return
         try:
             self.store.write(changes)
-        except sqlite3.Error as exc:
+        except NotLeader as exc:
+            step_down(str(exc))
+        except (sqlite3.Error, StoreFailed) as exc:
             # acknowledging what is not recorded would break the promise the journal makes;
             # a restart (systemd) resumes from the last commit, and peers resend the rest
             log.critical("cannot write the journal: %s; exiting before anything unrecorded is acknowledged", exc)
@@ -409,6 +424,9 @@ class SchedulerServer:
             case A.Persist():
                 self._commit(action)
             case A.Dispatch(node, jobs):
+                if not self._dispatched:  # after a takeover: when the new leader got going (benchmarks/pg_store.py)
+                    self._dispatched = True
+                    log.info("first dispatch since start: %d jobs to node %s", len(jobs), peer_text(self._who(node)))
                 self._send(node, M.RunJobs(jobs))
             case A.DeliverResults(client, cluster_id, results):
                 for batch in by_size(results):  # many large results at once (a client back) need frames
@@ -439,6 +457,8 @@ class SchedulerServer:
             case A.ConfirmClosed(client, cluster_id):
                 self._send(client, M.ClusterClosed(cluster_id))
             case A.ReportStatus(client, ref, status):
+                if self.leadership is not None:  # one of several schedulers on a shared state: this one leads
+                    status = {**status, "leader": self.leadership}
                 self._send(client, M.Status(ref, status))
             case A.ForgetCluster(user, cluster_id, name, results):
                 log.info(

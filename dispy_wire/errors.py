@@ -44,6 +44,8 @@ class ErrorCode(StrEnum):
     LIMIT = "limit"
     #: the receiver is shutting down
     SHUTTING_DOWN = "shutting-down"
+    #: a standby scheduler: another one leads (`NotLeaderError.leader` says where)
+    NOT_LEADER = "not-leader"
 
 
 class WireError(Exception):
@@ -64,3 +66,12 @@ class RemoteWireError(WireError):
     @property
     def message(self) -> str:
         return str(self.args[0])
+
+
+class NotLeaderError(RemoteWireError):
+    """We dialed a standby scheduler; `leader` is the one that leads (host:port, '' while none does)."""
+
+    def __init__(self, leader: str) -> None:
+        where = f"the leader is {leader}" if leader else "no scheduler leads right now (a takeover is under way)"
+        super().__init__(ErrorCode.NOT_LEADER, f"this scheduler stands by; {where}")
+        self.leader = leader

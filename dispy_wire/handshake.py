@@ -52,8 +52,8 @@ from typing import Any
 from scramp import ScramClient, ScramException, ScramMechanism
 from scramp.utils import ServerError
 
-from .errors import ErrorCode, LocalWireError, RemoteWireError
-from .messages import PROTOCOL_VERSION, Challenge, ClientProof, Hello, Message, Refused, ServerFirst, Welcome
+from .errors import ErrorCode, LocalWireError, NotLeaderError, RemoteWireError
+from .messages import PROTOCOL_VERSION, Challenge, ClientProof, Hello, Message, NotLeader, Refused, ServerFirst, Welcome
 from .tls import NODE_UNIT, USER_UNIT, CertIdentity
 from .verifier import DEFAULT_ITERATIONS, MAX_ITERATIONS, MECHANISM, Verifier
 
@@ -347,6 +347,8 @@ class PeerHandshake:
         self.state = HandshakeState.FAILED
         if isinstance(msg, Refused):
             raise RemoteWireError(_code(msg.code), msg.message)
+        if isinstance(msg, NotLeader) and state is HandshakeState.AWAIT_CHALLENGE:
+            raise NotLeaderError(msg.leader)
         reply: Hello | ClientProof | Welcome
         if state is HandshakeState.AWAIT_CHALLENGE:
             reply = self._on_challenge(msg)

@@ -203,6 +203,18 @@ class Refused(Message):
     message: str
 
 
+@message(46)
+class NotLeader(Message):
+    """Standby scheduler → peer, in the place of a Challenge: another scheduler leads; dial `leader`.
+
+    The standby closes the connection after this frame. `leader` is the
+    leader's address as host:port, or empty while none leads (a takeover
+    is under way: try again shortly).
+    """
+
+    leader: str
+
+
 @message(5)
 class Error(Message):
     """Non-fatal: a request (named by `ref`) was refused; the connection lives."""

@@ -26,3 +26,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
     report = yield
     setattr(item, "rep_" + report.when, report)
     return report
+
+
+from pg import pg, pg_dsn, pg_server  # noqa: E402,F401  (fixtures: a real PostgreSQL server)

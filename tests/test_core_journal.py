@@ -8,8 +8,10 @@ the same round trip as `dispy_sched/journal.py`, without the disk.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -21,6 +23,8 @@ from dispy_sched.core import events as E
 from dispy_sched.core.invariants import check_invariants
 from dispy_sched.core.persist import ClusterRow, JobRow
 from dispy_sched.core.state import JobState, decay
+from dispy_sched.journal import SqliteJournal, StateStore
+from dispy_sched.pg_store import PgStore, create_schema
 from dispy_wire.messages import JobRef
 from dispy_sched.policies import load_policy
 from dispy_wire.status import JobStatus
@@ -28,6 +32,7 @@ from dispy_wire.status import JobStatus
 from test_core import CoreMachine, arrived, delivered, dispatched, joined, of, opened, result, step, submitted
 
 MakeCore = Callable[..., SchedulerCore]
+NewJournal = Callable[[], "MemoryJournal"]
 
 
 @pytest.fixture
@@ -90,14 +95,65 @@ class MemoryJournal:
         return E.StateRestored(list(self.clusters.values()), jobs, dict(self.usage), adopt_within)
 
 
+class StoreJournal(MemoryJournal):
+    """`MemoryJournal`'s model and checks, with every `Persist` also written to a real `StateStore`,
+    which must read back exactly what the model holds; a restart reads the store, not the model."""
+
+    def __init__(self, store: StateStore) -> None:
+        super().__init__()
+        self.store = store
+
+    def apply(self, actions: list[A.Action]) -> None:
+        super().apply(actions)
+        for persist in of(actions, A.Persist):
+            self.store.write(persist)
+            snap = self.store.load()
+            assert {c.cluster_id: c for c in snap.clusters} == self.clusters
+            assert snap.jobs == sorted(self.jobs.values(), key=lambda j: j.seq)
+            assert snap.usage == self.usage
+
+    def restored(self, adopt_within: float = 30.0) -> E.StateRestored:
+        snap = self.store.load()
+        return E.StateRestored(snap.clusters, snap.jobs, snap.usage, adopt_within)
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgresql"])
+def new_journal(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[NewJournal]:
+    """Makes the journal the scenarios below write: the model alone, or the model beside a real store."""
+    stores: list[StateStore] = []
+
+    def make() -> MemoryJournal:
+        if request.param == "memory":
+            return MemoryJournal()
+        if request.param == "sqlite":
+            stores.append(SqliteJournal(str(tmp_path)))
+        else:
+            dsn = request.getfixturevalue("pg_dsn")
+            stores.append(PgStore(dsn, take_epoch(dsn)))
+        return StoreJournal(stores[-1])
+
+    yield make
+    for store in stores:
+        store.close()
+
+
+def take_epoch(dsn: str) -> int:
+    """Leads the database at `dsn` (as leadership.py does at a takeover): returns the new epoch."""
+    create_schema(dsn)
+    with psycopg.connect(dsn, autocommit=True) as db:
+        row = db.execute("UPDATE leader SET epoch = epoch + 1 RETURNING epoch").fetchone()
+        assert row is not None
+        return int(row[0])
+
+
 def run(core: SchedulerCore, journal: MemoryJournal, *events: E.Event, now: float) -> list[A.Action]:
     actions = step(core, *events, now=now)
     journal.apply(actions)
     return actions
 
 
-def test_accepted_jobs_are_recorded_before_they_are_acknowledged(make_core: MakeCore) -> None:
-    core, journal = make_core(persist=True), MemoryJournal()
+def test_accepted_jobs_are_recorded_before_they_are_acknowledged(make_core: MakeCore, new_journal: NewJournal) -> None:
+    core, journal = make_core(persist=True), new_journal()
     run(core, journal, opened("c1", "K"), now=0)
     actions = run(core, journal, submitted("c1", "K", 1, 2), now=1)
     assert isinstance(actions[0], A.Persist) and of(actions, A.ConfirmAccepted)
@@ -106,8 +162,8 @@ def test_accepted_jobs_are_recorded_before_they_are_acknowledged(make_core: Make
     assert not of(run(core, journal, submitted("c1", "K", 1), now=2), A.Persist)  # a resent submit changes nothing
 
 
-def test_a_job_that_runs_and_ends_in_one_call_is_written_once_as_it_ends(make_core: MakeCore) -> None:
-    core, journal = make_core(persist=True), MemoryJournal()
+def test_a_job_that_runs_and_ends_in_one_call_is_written_once_as_it_ends(make_core: MakeCore, new_journal: NewJournal) -> None:
+    core, journal = make_core(persist=True), new_journal()
     run(core, journal, opened("c1", "K"), joined("n1", 1), now=0)
     actions = run(core, journal, submitted("c1", "K", 1), now=1)
     assert journal.jobs[("K", 1)].state == "running" and journal.jobs[("K", 1)].node == "host-n1"
@@ -122,8 +178,8 @@ def test_a_job_that_runs_and_ends_in_one_call_is_written_once_as_it_ends(make_co
     assert not journal.clusters
 
 
-def test_after_a_restart_queued_jobs_run_and_held_results_reach_the_returning_client(make_core: MakeCore) -> None:
-    core, journal = make_core(persist=True), MemoryJournal()
+def test_after_a_restart_queued_jobs_run_and_held_results_reach_the_returning_client(make_core: MakeCore, new_journal: NewJournal) -> None:
+    core, journal = make_core(persist=True), new_journal()
     run(core, journal, opened("c1", "K"), joined("n1", 1), now=0)
     run(core, journal, submitted("c1", "K", 1, 2, 3), now=1)
     run(core, journal, E.ClientLeft("c1"), arrived("n1", result("K", 1)), now=2)  # 2 dispatched, 3 queued
@@ -137,8 +193,8 @@ def test_after_a_restart_queued_jobs_run_and_held_results_reach_the_returning_cl
     assert dispatched(actions) == {"n9": [("K", 3)]}  # the queue resumed without a resubmit
 
 
-def test_a_node_reporting_an_orphan_keeps_running_it_and_its_result_counts(make_core: MakeCore) -> None:
-    core, journal = make_core(persist=True), MemoryJournal()
+def test_a_node_reporting_an_orphan_keeps_running_it_and_its_result_counts(make_core: MakeCore, new_journal: NewJournal) -> None:
+    core, journal = make_core(persist=True), new_journal()
     run(core, journal, opened("c1", "K", reentrant=False), joined("n1", 2), now=0)
     run(core, journal, submitted("c1", "K", 1), now=1)
     core = make_core(persist=True)
@@ -153,8 +209,8 @@ def test_a_node_reporting_an_orphan_keeps_running_it_and_its_result_counts(make_
     assert [r.status for r in delivered(actions)[("c2", "K")]] == [JobStatus.FINISHED]
 
 
-def test_orphans_no_node_reports_rerun_if_reentrant_else_end_abandoned(make_core: MakeCore) -> None:
-    core, journal = make_core(persist=True), MemoryJournal()
+def test_orphans_no_node_reports_rerun_if_reentrant_else_end_abandoned(make_core: MakeCore, new_journal: NewJournal) -> None:
+    core, journal = make_core(persist=True), new_journal()
     run(core, journal, opened("c1", "R", reentrant=True), opened("c2", "N", reentrant=False), joined("n1", 2), now=0)
     run(core, journal, submitted("c1", "R", 1), submitted("c2", "N", 1), now=1)
     core = make_core(persist=True)
@@ -167,8 +223,8 @@ def test_orphans_no_node_reports_rerun_if_reentrant_else_end_abandoned(make_core
     assert journal.jobs[("R", 1)].attempts == 2  # at least once: the rerun is counted
 
 
-def test_a_journal_round_trip_keeps_usage_and_submission_order(make_core: MakeCore) -> None:
-    core, journal = make_core(persist=True, usage_half_life=100.0), MemoryJournal()
+def test_a_journal_round_trip_keeps_usage_and_submission_order(make_core: MakeCore, new_journal: NewJournal) -> None:
+    core, journal = make_core(persist=True, usage_half_life=100.0), new_journal()
     run(core, journal, opened("ca", "A", "adam"), joined("n1", 1), now=0)
     run(core, journal, submitted("ca", "A", 1), now=0)
     run(core, journal, arrived("n1", result("A", 1, start=0, end=400)), now=0)
@@ -182,8 +238,8 @@ def test_a_journal_round_trip_keeps_usage_and_submission_order(make_core: MakeCo
     assert journal.jobs[("A", 2)].seq > journal.jobs[("A", 1)].seq  # new jobs queue behind the restored ones
 
 
-def test_cpus_a_client_set_for_a_node_hold_after_a_restart_while_it_is_away(make_core: MakeCore) -> None:
-    core, journal = make_core(persist=True), MemoryJournal()
+def test_cpus_a_client_set_for_a_node_hold_after_a_restart_while_it_is_away(make_core: MakeCore, new_journal: NewJournal) -> None:
+    core, journal = make_core(persist=True), new_journal()
     run(core, journal, opened("c1", "K"), E.NodeCpusSet("c1", "K", "host-n1", 0), now=0)
     run(core, journal, submitted("c1", "K", 1), E.ClientLeft("c1"), now=1)
     core = make_core(persist=True)
@@ -204,8 +260,8 @@ def test_a_node_back_before_its_old_connection_is_noticed_keeps_its_jobs(core: S
     assert [r.status for r in delivered(actions)[("c1", "K")]] == [JobStatus.FINISHED]
 
 
-def test_a_node_is_told_each_result_is_recorded_after_the_record_late_ones_too(make_core: MakeCore) -> None:
-    core, journal = make_core(persist=True), MemoryJournal()
+def test_a_node_is_told_each_result_is_recorded_after_the_record_late_ones_too(make_core: MakeCore, new_journal: NewJournal) -> None:
+    core, journal = make_core(persist=True), new_journal()
     run(core, journal, opened("c1", "K"), joined("n1", 2), now=0)
     run(core, journal, submitted("c1", "K", 1), now=1)
     actions = run(core, journal, arrived("n1", result("K", 1), result("K", 1), result("K", 99)), now=2)

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dispy_wire import messages as M
-from dispy_wire.errors import ErrorCode, LocalWireError, RemoteWireError
+from dispy_wire.errors import ErrorCode, LocalWireError, NotLeaderError, RemoteWireError
 from dispy_wire.framing import HEADER, NEED_DATA, PREAMBLE, FrameDecoder, encode_frame
 from dispy_wire.handshake import ChannelBinding, HandshakeState, Peer, PeerHandshake, Role, ServerHandshake
 from dispy_wire.messages import (
@@ -34,6 +34,7 @@ from dispy_wire.messages import (
 from dispy_wire.payload import Computation, dumps, loads, pack_computation, unpack_computation
 from dispy_wire.status import JobStatus
 from dispy_wire.verifier import Verifier
+from dispy_wire.schedulers import Schedulers
 
 # --------------------------------------------------------------------------
 # One plausible instance of every message
@@ -50,6 +51,7 @@ SAMPLES: list[Message] = [
     M.Welcome("session-1", {"heartbeat": 5.0, "server": "sched-1"}, "v=c2lnbmF0dXJl"),
     M.Refused("login-failed", "login failed for user 'alice': unknown name or wrong secret"),
     M.Error("unknown-cluster", "no open cluster c-9", "c-9"),
+    M.NotLeader("sched-b.lan:9702"),
     M.OpenCluster("c-1", "compute", b"\x82computation", True, {"nodes": ["n1", "10.0.0.*"], "pulse": 2.5}),
     M.SubmitJobs("c-1", [JobSpec(1, 0, b"args-1", {}), JobSpec(2, -3, b"", {"timeout": 2.5})]),
     M.CancelJobs("c-1", [1, 2, 3]),
@@ -683,6 +685,37 @@ def test_peer_refused_before_the_challenge_raises_with_the_code() -> None:
     with pytest.raises(RemoteWireError) as info:
         peer.receive(M.Refused("shutting-down", "bye"))
     assert info.value.code is ErrorCode.SHUTTING_DOWN
+
+
+def test_a_standby_answering_in_place_of_the_challenge_names_the_leader() -> None:
+    peer = PeerHandshake(Role.CLIENT, "alice", "alice-secret", {})
+    with pytest.raises(NotLeaderError) as info:
+        peer.receive(M.NotLeader("sched-b.lan:9702"))
+    assert info.value.code is ErrorCode.NOT_LEADER and info.value.leader == "sched-b.lan:9702"
+    assert "the leader is sched-b.lan:9702" in info.value.message
+
+
+def test_not_leader_after_the_challenge_is_out_of_order() -> None:
+    hs = pair()
+    hs.peer.receive(hs.to_peer.carry(hs.server.challenge()))
+    with pytest.raises(RemoteWireError) as info:
+        hs.peer.receive(hs.to_peer.carry(M.NotLeader("elsewhere:1")))
+    assert info.value.code is ErrorCode.BAD_MESSAGE
+
+
+def test_scheduler_lists_keep_the_leader_first_and_refuse_bad_addresses() -> None:
+    schedulers = Schedulers("a:1, [::1]:2,b", 9702)
+    assert schedulers.addresses == [("a", 1), ("::1", 2), ("b", 9702)] and str(schedulers) == "a:1,[::1]:2,b:9702"
+    assert schedulers.redirect("b:9702") == ("b", 9702) and schedulers.first == ("b", 9702)
+    assert schedulers.rotate() == ("a", 1)
+    assert schedulers.redirect("") is None and schedulers.redirect("b:port") is None
+    schedulers.redirect("c:3")  # named by a standby, not given: one such address at most
+    schedulers.redirect("d:4")
+    assert schedulers.addresses == [("d", 4), ("a", 1), ("::1", 2), ("b", 9702)]
+    with pytest.raises(ValueError):
+        Schedulers("a:1,b:x", 9702)
+    with pytest.raises(ValueError):
+        Schedulers(" , ", 9702)
 
 
 def test_peer_maps_an_unknown_refusal_code_to_bad_message() -> None:

@@ -1,0 +1,265 @@
+"""The scheduler's state in PostgreSQL: what `SqliteJournal` keeps, on a server several schedulers share.
+
+Theory of operation
+-------------------
+`PgStore` is a `StateStore` (journal.py) with the same three tables and the
+same meaning per row, so `load` after any sequence of `write`s returns what
+`SqliteJournal.load` would. Group commit is the same too: one transaction
+per `write`, one `write` per loop turn, durable (the server's
+`synchronous_commit`) before the turn's acknowledgements leave.
+
+Several schedulers may point at one database; one leads (leadership.py).
+Each write is fenced by the leader's epoch: the transaction first reads
+`leader.epoch` FOR SHARE and refuses to go on (`NotLeader`) if it is not the
+epoch this store was opened with. A takeover updates that row, so it waits
+for a write in flight to end, and every write after it by the old leader is
+refused: a leader that was paused and comes back writes nothing.
+
+A lost connection (the database restarting) pauses the writer: `write`
+reconnects and retries the whole transaction until `pause_limit` seconds
+have passed, then raises. Retrying is safe because the transaction either
+committed nothing or everything, and rows are written as values ("insert or
+replace", "set state = ..."), not increments.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import msgpack
+import psycopg
+
+from dispy_wire.messages import JobResult
+
+from .core.actions import Persist
+from .core.persist import ClusterRow, JobRow
+from .journal import NotLeader, Snapshot, StoreFailed, _pack_options, _pack_result, _unpack_options
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+# the tables of journal.py, in PostgreSQL's types ("user" is a reserved word there: quoted)
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS clusters (
+    cluster_id TEXT PRIMARY KEY,
+    "user" TEXT NOT NULL,
+    name TEXT NOT NULL,
+    computation BYTEA NOT NULL,
+    reentrant BOOLEAN NOT NULL,
+    options BYTEA,
+    seq BIGINT NOT NULL,
+    closing BOOLEAN NOT NULL,
+    overrides BYTEA
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    cluster_id TEXT NOT NULL,
+    job_id BIGINT NOT NULL,
+    priority BIGINT NOT NULL,
+    seq BIGINT NOT NULL,
+    payload BYTEA,
+    options BYTEA,
+    submit_time DOUBLE PRECISION NOT NULL,
+    state TEXT NOT NULL,
+    node TEXT NOT NULL,
+    attempts BIGINT NOT NULL,
+    cancel_requested BOOLEAN NOT NULL,
+    result BYTEA,
+    PRIMARY KEY (cluster_id, job_id)
+);
+CREATE INDEX IF NOT EXISTS jobs_by_seq ON jobs (seq);
+CREATE TABLE IF NOT EXISTS user_usage (
+    "user" TEXT PRIMARY KEY,
+    cpu_seconds DOUBLE PRECISION NOT NULL,
+    as_of DOUBLE PRECISION NOT NULL
+);
+-- one row: who leads. epoch grows by one at each takeover; beat by one at each renewal of the lease
+CREATE TABLE IF NOT EXISTS leader (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    epoch BIGINT NOT NULL,
+    address TEXT NOT NULL,
+    backend_pid INTEGER NOT NULL,
+    beat BIGINT NOT NULL,
+    since TIMESTAMPTZ NOT NULL
+);
+INSERT INTO leader VALUES (1, 0, '', 0, 0, now()) ON CONFLICT (id) DO NOTHING;
+CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
+"""
+
+#: an advisory lock key for creating the schema (two schedulers starting at once)
+_SCHEMA_LOCK = 0x64697370_7973
+
+
+def describe(exc: BaseException) -> str:
+    """libpq's message on one line (it spans several)."""
+    return " ".join(str(exc).split())
+
+
+def connect(dsn: str, **kwargs: Any) -> psycopg.Connection[Any]:
+    """A connection that gives up after 5 s (a scheduler must notice an unreachable database, not hang on it).
+
+    Raises:
+        psycopg.Error: the server cannot be reached or refuses us.
+    """
+    return psycopg.connect(dsn, connect_timeout=5, **kwargs)
+
+
+def create_schema(dsn: str) -> None:
+    """Creates the tables if they are not there (idempotent; safe from two schedulers at once).
+
+    Raises:
+        psycopg.Error: the server cannot be reached, or holds a schema of another version.
+    """
+    with connect(dsn, autocommit=True) as db:
+        with db.transaction():
+            db.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+            db.execute(_SCHEMA)
+            row = db.execute("SELECT version FROM schema_version").fetchone()
+            if row is None:
+                db.execute("INSERT INTO schema_version VALUES (%s)", (SCHEMA_VERSION,))
+            elif row[0] != SCHEMA_VERSION:
+                raise psycopg.DatabaseError(f"the database has schema version {row[0]}; this scheduler reads {SCHEMA_VERSION}")
+
+
+class PgStore:
+    """The state of the schedulers sharing the database at `dsn`, written by the leader of `epoch`.
+
+    Args:
+        dsn: a libpq connection string or `postgresql://` URI.
+        epoch: the leadership epoch this scheduler took over with (leadership.py).
+        pause_limit: seconds a write keeps retrying while the database is unreachable.
+
+    Raises:
+        psycopg.Error: the database cannot be reached or is not ours.
+    """
+
+    def __init__(self, dsn: str, epoch: int, pause_limit: float = 60.0) -> None:
+        self.dsn = dsn
+        self.epoch = epoch
+        self.pause_limit = pause_limit
+        create_schema(dsn)
+        self._db: psycopg.Connection[Any] | None = connect(dsn, autocommit=True)
+
+    def _conn(self) -> psycopg.Connection[Any]:
+        if self._db is None or self._db.closed:
+            self._db = connect(self.dsn, autocommit=True)
+        return self._db
+
+    def load(self) -> Snapshot:
+        db = self._conn()
+        clusters = [
+            ClusterRow(
+                cid, user, name, bytes(comp), reentrant, _unpack_options(opts), seq, closing, _unpack_options(overrides)
+            )  # fmt: skip
+            for cid, user, name, comp, reentrant, opts, seq, closing, overrides in db.execute(
+                'SELECT cluster_id, "user", name, computation, reentrant, options, seq, closing, overrides FROM clusters'
+            )
+        ]
+        jobs = [
+            JobRow(
+                cid, jid, prio, seq, None if payload is None else bytes(payload), _unpack_options(opts), submit,
+                state, node, attempts, cancel, None if result is None else JobResult(*msgpack.unpackb(result)),
+            )  # fmt: skip
+            for cid, jid, prio, seq, payload, opts, submit, state, node, attempts, cancel, result in db.execute(
+                "SELECT cluster_id, job_id, priority, seq, payload, options, submit_time, state, node, attempts, "
+                "cancel_requested, result FROM jobs ORDER BY seq"
+            )
+        ]
+        usage = {u: (float(c), float(t)) for u, c, t in db.execute('SELECT "user", cpu_seconds, as_of FROM user_usage')}
+        return Snapshot(clusters, jobs, usage)
+
+    def write(self, changes: Persist) -> None:
+        """Applies one call's changes in one transaction, fenced by our epoch.
+
+        Raises:
+            NotLeader: another scheduler took over; nothing was written.
+            StoreFailed: the database stayed unreachable for `pause_limit` seconds, or refused the rows.
+        """
+        started = time.monotonic()
+        delay = 0.0
+        while True:
+            try:
+                self._write(self._conn(), changes)
+                if delay:
+                    log.warning("state database back after %.1f s: writes resume", time.monotonic() - started)
+                return
+            except psycopg.OperationalError as exc:
+                if self._db is not None and not self._db.closed and not self._db.broken:
+                    raise StoreFailed(describe(exc)) from exc  # the connection is fine: the statement failed
+                if time.monotonic() - started + delay > self.pause_limit:
+                    raise StoreFailed(f"state database unreachable for {self.pause_limit:g} s: {describe(exc)}") from exc
+                if not delay:
+                    log.warning("state database unreachable (%s): writes pause until it is back", describe(exc))
+                delay = min(delay * 2, 1.0) or 0.05
+                time.sleep(delay)  # the loop waits with us: nothing is acknowledged that is not written
+                self._db = None
+            except psycopg.Error as exc:
+                raise StoreFailed(describe(exc)) from exc
+
+    def _write(self, db: psycopg.Connection[Any], changes: Persist) -> None:
+        with db.transaction():
+            row = db.execute("SELECT epoch FROM leader WHERE id = 1 FOR SHARE").fetchone()
+            current = -1 if row is None else int(row[0])
+            if current != self.epoch:
+                raise NotLeader(self.epoch, current)
+            with db.cursor() as cur:
+                self._apply(cur, changes)
+
+    def _apply(self, cur: psycopg.Cursor[Any], changes: Persist) -> None:
+        if changes.clusters:
+            cur.executemany(
+                "INSERT INTO clusters VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (cluster_id) DO UPDATE SET "
+                "closing = excluded.closing, overrides = excluded.overrides",
+                [
+                    (
+                        c.cluster_id, c.user, c.name, c.computation, c.reentrant, _pack_options(c.options), c.seq,
+                        c.closing, _pack_options(c.overrides),
+                    )  # fmt: skip
+                    for c in changes.clusters
+                ],
+            )
+        if changes.new_jobs:
+            cur.executemany(
+                "INSERT INTO jobs VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+                "ON CONFLICT (cluster_id, job_id) DO UPDATE SET priority = excluded.priority, seq = excluded.seq, "
+                "payload = excluded.payload, options = excluded.options, submit_time = excluded.submit_time, "
+                "state = excluded.state, node = excluded.node, attempts = excluded.attempts, "
+                "cancel_requested = excluded.cancel_requested, result = excluded.result",
+                [
+                    (
+                        j.cluster_id, j.job_id, j.priority, j.seq, j.payload, _pack_options(j.options), j.submit_time,
+                        j.state, j.node, j.attempts, j.cancel_requested, _pack_result(j.result),
+                    )  # fmt: skip
+                    for j in changes.new_jobs
+                ],
+            )
+        if changes.changed_jobs:
+            cur.executemany(
+                "UPDATE jobs SET state = %s, node = %s, attempts = %s, cancel_requested = %s, result = %s, "
+                "payload = CASE WHEN %s THEN NULL ELSE payload END WHERE cluster_id = %s AND job_id = %s",
+                [
+                    (
+                        j.state, j.node, j.attempts, j.cancel_requested, _pack_result(j.result),
+                        j.payload is None, j.cluster_id, j.job_id,
+                    )  # fmt: skip
+                    for j in changes.changed_jobs
+                ],
+            )
+        if changes.gone_jobs:
+            cur.executemany("DELETE FROM jobs WHERE cluster_id = %s AND job_id = %s", list(changes.gone_jobs))
+        for cluster_id in changes.gone_clusters:
+            cur.execute("DELETE FROM jobs WHERE cluster_id = %s", (cluster_id,))
+            cur.execute("DELETE FROM clusters WHERE cluster_id = %s", (cluster_id,))
+        if changes.usage:
+            cur.executemany(
+                'INSERT INTO user_usage VALUES (%s, %s, %s) ON CONFLICT ("user") DO UPDATE SET '
+                "cpu_seconds = excluded.cpu_seconds, as_of = excluded.as_of",
+                [(u.user, u.cpu_seconds, u.as_of) for u in changes.usage],
+            )
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
