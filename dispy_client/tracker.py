@@ -8,6 +8,14 @@ this cluster's view of the nodes, and runs the user's `job_status` and
 `cluster_status` callbacks and the job's watchers (futures, `await`). So a
 slow callback never stalls the network, and callbacks see updates in order.
 
+Callbacks follow dispy's timing: `job_status` for each provisional result
+and each end (not for Running); `cluster_status` for each job status change
+(Created with no node), and `DispyNode.Initialized` once per node, when the
+node may run the cluster's jobs (its allocation granted CPUs) or, at the
+latest, with its first job's start. A cluster's constructor holds the
+dispatcher (`held`) until it returns (`release`), so no callback sees a
+half-built cluster, as no dispy callback can.
+
 Every change bumps `version` under `changed` (a Condition), which is what
 `wait` and the progress bar block on: no polling.
 
@@ -77,9 +85,12 @@ class JobTracker:
     cluster_status: called as `cluster_status(status, node, job)`.
     dest_path: where files sent by jobs (`dispy_send_file`) are saved.
     on_node_joined: called on the dispatcher thread with each node that joins
-        (after its `DispyNode` record exists), e.g. to run `NodeAllocate`s.
+        (after its `DispyNode` record exists), e.g. to run `NodeAllocate`s;
+        returns the CPUs the cluster may use there (0: `Initialized` is not sent).
     on_settled: called on the dispatcher thread with the ids of terminal
         results it has fully handled, in batches.
+    raw_output: jobs' stdout and stderr stay bytes (a program computation's, as in dispy).
+    held: nothing is dispatched until `release()` (a cluster's constructor returns).
     """
 
     def __init__(
@@ -88,11 +99,18 @@ class JobTracker:
         cluster_id: str,
         result_key: bytes,
         job_status: Callable[[DispyJob], Any] | None = None,
-        cluster_status: Callable[[int, DispyNode, DispyJob | None], Any] | None = None,
+        cluster_status: Callable[[int, DispyNode | None, DispyJob | None], Any] | None = None,
         dest_path: str | None = None,
-        on_node_joined: Callable[[DispyNode], Any] | None = None,
+        on_node_joined: Callable[[DispyNode], int] | None = None,
         on_settled: Callable[[list[int]], Any] | None = None,
+        raw_output: bool = False,
+        held: bool = False,
     ) -> None:
+        self._raw_output = raw_output
+        self._released = threading.Event()
+        if not held:
+            self._released.set()
+        self._initialized: set[str] = set()  # nodes told `Initialized` (dispatcher thread only)
         self._on_node_joined = on_node_joined
         self._cluster_id = cluster_id
         self._result_key = result_key
@@ -118,6 +136,8 @@ class JobTracker:
             self._jobs[job._uid] = job
             self._submitted += 1
             self._bump()
+        if self._cluster_status is not None:  # dispy: cluster_status(Created, None, job) at each submit
+            self._queue.put(("created", job))
 
     def get(self, uid: int) -> DispyJob | None:
         with self.changed:
@@ -147,8 +167,15 @@ class JobTracker:
         with self.changed:
             return dict(self._nodes)
 
+    def release(self) -> None:
+        """The cluster's constructor has returned: callbacks may run."""
+        self._released.set()
+
     def close(self) -> None:
         """Tells `cluster_status` the nodes are closed, then stops the dispatcher thread."""
+        if not self._released.is_set():  # a constructor that failed: its cluster's callbacks never run
+            self._cluster_status = self._job_status = None
+            self._released.set()
         if self._cluster_status is not None:
             self._queue.put(("closed", None))
         self._queue.put(None)
@@ -164,6 +191,7 @@ class JobTracker:
     # ------------------------------------------------ dispatcher thread
 
     def _dispatch_loop(self) -> None:
+        self._released.wait()
         while True:
             entry = self._queue.get()
             if entry is None:
@@ -182,6 +210,8 @@ class JobTracker:
                 elif kind == "nodes":
                     for info in item:
                         self._on_node(info)
+                elif kind == "created":
+                    self._notify(DispyJob.Created, None, item)
                 else:
                     for node in self.nodes().values():
                         self._notify(DispyNode.Closed, node, None)
@@ -206,33 +236,42 @@ class JobTracker:
             job.status = DispyJob.Running
             job.ip_addr, job.node, job.start_time = start.ip_addr, start.node, start.time
             node = self._nodes.get(start.node)
-            new = node is None
             if node is None:
-                node = self._nodes[start.node] = DispyNode(start.node, start.ip_addr)
+                node = self._nodes[start.node] = DispyNode(start.ip_addr, start.node, 0)
             node.busy += 1
             node.update_time = time.time()
             self._running += 1
             self._bump()
-        if new:
-            self._notify(DispyNode.Initialized, node, None)
+        self._node_initialized(node)  # no news of it before (e.g. no node updates): its job shows it set up
         self._job_changed(job, node)
+
+    def _node_initialized(self, node: DispyNode) -> None:
+        """`cluster_status(Initialized)` for `node`, once until it leaves."""
+        if node.name not in self._initialized:
+            self._initialized.add(node.name)
+            self._notify(DispyNode.Initialized, node, None)
 
     def _on_node(self, info: M.NodeInfo) -> None:
         """A node joined, reported or left: its record, then `cluster_status` (and allocation)."""
         with self.changed:
             node = self._nodes.get(info.name)
             if node is None:
-                node = self._nodes[info.name] = DispyNode(info.name, info.ip_addr, info.cpus)
+                node = self._nodes[info.name] = DispyNode(info.ip_addr, info.name, info.cpus)
             node.ip_addr, node.cpus = info.ip_addr, info.cpus
             node.avail_cpus = max(0, info.cpus - info.busy)
             node.avail_info = DispyNodeAvailInfo.from_report(info.avail)
             node.platform = str(info.avail.get("platform", node.platform))
             node.update_time = time.time()
             self._bump()
-        if info.event == "joined" and self._on_node_joined is not None:
-            self._on_node_joined(node)
-        status = {"joined": DispyNode.Initialized, "report": DispyNode.AvailInfo, "left": DispyNode.Closed}
-        self._notify(status.get(info.event, DispyNode.AvailInfo), node, None)
+        if info.event == "joined":
+            granted = self._on_node_joined(node) if self._on_node_joined is not None else info.cpus
+            if granted > 0:
+                self._node_initialized(node)
+        elif info.event == "left":
+            self._initialized.discard(node.name)
+            self._notify(DispyNode.Closed, node, None)
+        elif node.name in self._initialized:  # dispy reports the resources of the cluster's nodes only
+            self._notify(DispyNode.AvailInfo, node, None)
 
     def _on_provisional(self, r: M.JobResult) -> None:
         """`dispy_provisional_result` in the job: status and result now; the job goes on."""
@@ -285,7 +324,7 @@ class JobTracker:
         if job is None:
             return
         was_running = job.status in ACTIVE
-        fill_job(job, r)
+        fill_job(job, r, self._raw_output)
         with self.changed:
             del self._jobs[r.job_id]
             node = self._nodes.get(job.node or "")
@@ -302,16 +341,15 @@ class JobTracker:
         self._job_changed(job, node)
 
     def _job_changed(self, job: DispyJob, node: DispyNode | None) -> None:
-        if self._job_status is not None:
+        if self._job_status is not None and job.status != DispyJob.Running:  # dispy: ends and provisional results
             try:
                 self._job_status(job)
             except Exception:
                 log.exception("job_status callback raised for %r", job)
-        if node is not None:
-            self._notify(job.status, node, job)
+        self._notify(job.status, node, job)  # dispy too passes no node for a job that never ran
         job._changed()
 
-    def _notify(self, status: int, node: DispyNode, job: DispyJob | None) -> None:
+    def _notify(self, status: int, node: DispyNode | None, job: DispyJob | None) -> None:
         if self._cluster_status is None:
             return
         try:
@@ -324,11 +362,14 @@ class JobTracker:
         self.changed.notify_all()
 
 
-def fill_job(job: DispyJob, r: M.JobResult) -> None:
-    """Copies a terminal result into `job` (unpickling the value: user code may run)."""
+def fill_job(job: DispyJob, r: M.JobResult, raw_output: bool = False) -> None:
+    """Copies a terminal result into `job` (unpickling the value: user code may run).
+
+    `raw_output`: stdout and stderr stay bytes (a program's output, as dispy gives it).
+    """
     job.status = r.status
-    job.stdout = r.stdout.decode(errors="replace")
-    job.stderr = r.stderr.decode(errors="replace")
+    job.stdout = r.stdout if raw_output else r.stdout.decode(errors="replace")
+    job.stderr = r.stderr if raw_output else r.stderr.decode(errors="replace")
     if r.start_time:
         job.start_time = r.start_time
     job.end_time = r.end_time

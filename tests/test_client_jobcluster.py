@@ -71,7 +71,7 @@ def test_program_computation_runs_with_args_and_returns_exit_status(tmp_path: Pa
     with dispy.JobCluster(str(program)) as cluster:
         job = cluster.submit("a", 2)
         assert job() == 2, (job.status, job.exception, job.stderr)
-        assert job.stdout == "hello a 2\n" and "oops" in job.stderr
+        assert job.stdout == b"hello a 2\n" and b"oops" in job.stderr  # bytes, as dispy gives a program's output
         assert cluster.name == "greet.py"
 
 
