@@ -353,6 +353,7 @@ class BaseCluster:
             node.update_time = time.time()
             if name in mine:
                 node.busy, node.jobs_done, node.cpu_time = mine[name].busy, mine[name].jobs_done, mine[name].cpu_time
+                node.cpus = min(node.cpus, mine[name].cpus or node.cpus)  # this cluster's share, as in dispy
             nodes.append(node)
         return ClusterStatus(nodes, self._tracker.counts().pending)
 
@@ -401,8 +402,12 @@ class BaseCluster:
             return -1
         cpus = int(cpus)
         cpus = min(cpus, found.cpus) if cpus >= 0 else max(0, found.cpus + cpus)
-        self._lt.call(self._session.set_node_cpus, found.name, cpus)
+        self._set_cpus(found.name, cpus)
         return cpus
+
+    def _set_cpus(self, name: str, cpus: int) -> None:
+        self._tracker.cap(name, cpus)
+        self._lt.call(self._session.set_node_cpus, name, cpus)
 
     def _find_node(self, node: str | DispyNode) -> DispyNode | None:
         """The node called (or at the address) `node`: from this cluster's records, else the scheduler's."""
@@ -423,7 +428,7 @@ class BaseCluster:
         name = node.host if isinstance(node, NodeAllocate) else _node_name(node)
         if "*" in name:
             raise ValueError(f"allocate_node takes one node's name, not a pattern ({name!r})")
-        self._lt.call(self._session.set_node_cpus, name, cpus)
+        self._set_cpus(name, cpus)
         return 0
 
     def deallocate_node(self, node: str | DispyNode) -> int:
@@ -454,9 +459,9 @@ class BaseCluster:
                 log.exception("%s.allocate raised for node %s; not using the node", type(entry).__name__, node.name)
                 cpus = 0
             if cpus >= 0:
-                self._lt.call(self._session.set_node_cpus, node.name, cpus)
+                self._set_cpus(node.name, cpus)
                 return cpus
-        self._lt.call(self._session.set_node_cpus, node.name, 0)
+        self._set_cpus(node.name, 0)
         return 0
 
     def resetup_node(self, node: str | DispyNode, terminate_pending: bool = False) -> int:

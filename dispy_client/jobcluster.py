@@ -14,6 +14,7 @@ cannot start is an error then, not jobs that never run.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from collections.abc import Callable, Sequence
@@ -31,6 +32,8 @@ from .job import DispyJob
 from .node import NodeAllocate, allocate_cpus
 from .options import cluster_options
 from .packaging import computation_name
+
+log = logging.getLogger("dispy_client")
 
 #: seconds the local node may take to start and join: bounds a hang only (a
 #: node joins in about half a second, a few on a heavily loaded machine)
@@ -144,6 +147,11 @@ class JobCluster(BaseCluster):
             except DispyError:
                 self.close(terminate=True)
                 raise
+            # the local node's Initialized (and allocation) come before anything the program does next
+            if (options.cluster_status is not None or self._allocators) and not self._tracker.wait_announced(
+                self._embedded.node_name, LOCAL_NODE_TIMEOUT
+            ):
+                log.warning("JobCluster: the scheduler did not announce this machine's node to the cluster")
         self._ready()
 
     @property

@@ -111,6 +111,9 @@ class JobTracker:
         if not held:
             self._released.set()
         self._initialized: set[str] = set()  # nodes told `Initialized` (dispatcher thread only)
+        self._caps: dict[str, int] = {}  # node -> the CPUs this cluster may use there (allocation, set_node_cpus)
+        self._totals: dict[str, int] = {}  # node -> the CPUs it offers, from its reports
+        self._announced: set[str] = set()  # nodes whose joining the scheduler told us of (loop thread writes)
         self._on_node_joined = on_node_joined
         self._cluster_id = cluster_id
         self._result_key = result_key
@@ -162,6 +165,14 @@ class JobTracker:
             self.changed.wait_for(lambda: self.version != seen, timeout)
             return self.version
 
+    def cap(self, name: str, cpus: int) -> None:
+        """This cluster may use `cpus` of node `name`: its `DispyNode.cpus` says so, as in dispy."""
+        with self.changed:
+            self._caps[name] = cpus
+            node = self._nodes.get(name)
+            if node is not None:
+                node.cpus = min(self._totals.get(name) or node.cpus or cpus, cpus)
+
     def nodes(self) -> dict[str, DispyNode]:
         """This cluster's nodes by name (live records: read, do not change)."""
         with self.changed:
@@ -185,8 +196,17 @@ class JobTracker:
     # ------------------------------------------------------ loop thread
 
     def deliver(self, kind: str, item: Any) -> None:
-        """Hands a ("started" | "provisional" | "file" | "result", record) item to the dispatcher."""
+        """Hands a ("started" | "provisional" | "file" | "result" | "nodes", record) item to the dispatcher."""
         self._queue.put((kind, item))
+        if kind == "nodes":
+            with self.changed:
+                self._announced.update(info.name for info in item if info.event == "joined")
+                self.changed.notify_all()
+
+    def wait_announced(self, name: str, timeout: float) -> bool:
+        """Waits until the scheduler has told of node `name` joining (queued for the dispatcher, in order)."""
+        with self.changed:
+            return self.changed.wait_for(lambda: name in self._announced, timeout)
 
     # ------------------------------------------------ dispatcher thread
 
@@ -257,7 +277,9 @@ class JobTracker:
             node = self._nodes.get(info.name)
             if node is None:
                 node = self._nodes[info.name] = DispyNode(info.ip_addr, info.name, info.cpus)
-            node.ip_addr, node.cpus = info.ip_addr, info.cpus
+            self._totals[info.name] = info.cpus
+            cap = self._caps.get(info.name)
+            node.ip_addr, node.cpus = info.ip_addr, info.cpus if cap is None else min(info.cpus, cap)
             node.avail_cpus = max(0, info.cpus - info.busy)
             node.avail_info = DispyNodeAvailInfo.from_report(info.avail)
             node.platform = str(info.avail.get("platform", node.platform))

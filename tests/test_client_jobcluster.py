@@ -181,32 +181,6 @@ def test_job_timeout_ends_the_job() -> None:
         assert job.status == dispy.DispyJob.Terminated and "0.5 s" in (job.exception or ""), job.exception
 
 
-def load_table(version: str) -> int:
-    global table
-    table = version
-    return 0
-
-
-def read_table() -> str:
-    return table  # noqa: F821  (a global that setup declares)
-
-
-def test_resetup_node_runs_setup_again_with_new_arguments() -> None:
-    import functools
-
-    with dispy.JobCluster(read_table, setup=functools.partial(load_table, "v1"), nodes=[("*", None, 1)]) as cluster:
-        assert cluster.submit()() == "v1"
-        [node] = cluster.status().nodes
-        assert cluster.resetup_node(node, "v2") == 0
-        job = cluster.submit()
-        assert job() == "v2", (job.status, job.exception)
-
-
-def test_discover_nodes_says_how_nodes_find_the_scheduler_here() -> None:
-    with dispy.JobCluster(square) as cluster, pytest.raises(NotImplementedError, match="--discover"):
-        cluster.discover_nodes(["n"])
-
-
 def test_executor_map_over_1000_items_and_failures() -> None:
     with dispy.JobCluster(sleepy) as cluster, cluster.executor() as executor:
         items = [i / 1e6 for i in range(1000)]

@@ -32,7 +32,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from procs import ROOT, Cluster, Proc
+from procs import ROOT, Cluster, Proc, write_users_file
 from waiting import wait_until
 
 EXAMPLES = Path(os.environ.get("DISPY_EXAMPLES_DIR", ROOT / ".venv" / "dispy-sdist" / "dispy-4.15.2" / "py3" / "examples"))
@@ -94,7 +94,8 @@ def run(cluster: Cluster, name: str, variant: str, stdin: int = subprocess.DEVNU
     """Starts the adapted example in the test's directory; for the shared variant, a scheduler and a node first."""
     env = {"DISPY_SECRET": SECRET}
     if variant == "SharedJobCluster":
-        cluster.scheduler()
+        users = write_users_file(cluster.workdir / "users.toml", f'[users.alice]\nsecret = "{SECRET}"\n')
+        cluster.scheduler("--users-file", str(users))
         cluster.node(cpus=2)
         env |= {"DISPY_SCHEDULER": cluster.address, "DISPY_USER": "alice"}
     script = adapt(name, variant, cluster.workdir)
