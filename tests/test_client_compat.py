@@ -138,12 +138,12 @@ def test_a_program_that_exits_without_close_runs_every_job(cluster: Cluster, tmp
                 open(f"{out}/{{n}}", "w").close()
 
             cluster = dispy.{kind}(compute)
-            for n in range(20):
+            for n in range(50):                 # dispy's documentation program: 50 jobs, then the end
                 cluster.submit(n)
             """,
             name=kind,
         )
-        assert sorted(int(p.name) for p in out.iterdir()) == list(range(20)), kind
+        assert sorted(int(p.name) for p in out.iterdir()) == list(range(50)), kind
 
 
 def test_close_with_a_timeout_returns_false_and_leaves_the_jobs_running() -> None:
