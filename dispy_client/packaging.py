@@ -17,6 +17,7 @@ installed on it, not the user's source tree.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 import stat
@@ -113,7 +114,7 @@ def build_computation(
         raise TypeError(f"computation must be a function or a program's path, not {type(computation).__name__}")
     modules: list[tuple[str, bytes]] = []
     objects: dict[str, Any] = {}
-    for dep in depends:
+    for dep in map(_code_of, depends):
         if isinstance(dep, (str, os.PathLike)):
             files.append(_read_file(os.fspath(dep)))
         elif isinstance(dep, types.ModuleType):
@@ -138,6 +139,15 @@ def build_computation(
         code = CodeObjects(func=computation, setup=setup, cleanup=cleanup, globals=objects)
         kind = "function"
     return pack_computation(Computation(kind, computation_name(computation), files, modules, dumps(code), result_key))
+
+
+def _code_of(dep: Any) -> Any:
+    """What dispy ships for a `depends` entry: a partial's function, an instance's class, else the entry."""
+    if isinstance(dep, functools.partial):
+        return dep.func
+    if isinstance(dep, (str, os.PathLike, types.ModuleType)) or inspect.isroutine(dep) or inspect.isclass(dep):
+        return dep
+    return dep if type(dep).__module__ == "builtins" else type(dep)  # None, 5, ...: refused below
 
 
 def job_files(depends: Sequence[Any]) -> list[list[Any]]:

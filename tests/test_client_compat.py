@@ -247,6 +247,31 @@ def test_a_failed_jobcluster_leaves_nothing_running(cluster: Cluster) -> None:
     assert "Exception ignored" not in client.stderr and "Traceback" not in client.stderr, client.stderr
 
 
+class Scale:
+    def __init__(self, k: int) -> None:
+        self.k = k
+
+
+def offset(a: int, b: int) -> int:
+    return a + b
+
+
+def scaled(n):  # type: ignore[no-untyped-def]
+    found = globals()  # by name: only `depends` can put them there (pickling this function carries neither)
+    return found["Scale"](n).k + found["offset"](n, 1)
+
+
+def test_depends_takes_an_instance_and_a_partial_as_dispy_does() -> None:
+    import functools
+
+    # dispy ships an instance's class and a partial's function
+    with dispy.JobCluster(scaled, depends=[Scale(3), functools.partial(offset, 1)]) as cluster:
+        job = cluster.submit(2)
+        assert job() == 5, (job.status, job.exception)
+    with pytest.raises(TypeError, match="depends entries"):
+        dispy.JobCluster(scaled, depends=[None])
+
+
 def test_httpd_serves_the_clusters_status_as_json() -> None:
     with dispy.JobCluster(square) as cluster:
         server = DispyHTTPServer(cluster, port=0)
