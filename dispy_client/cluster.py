@@ -481,7 +481,8 @@ class BaseCluster:
                 self.cancel(job)
         blob = build_computation(self.computation, self._result_key, self._options.depends, setup, self._options.cleanup)
         self._session.check_size(len(blob), "computation")
-        self._lt.call(self._session.resetup, _node_name(node), blob)
+        found = self._find_node(node)  # dispy's programs name it by address too (replace_inmem)
+        self._lt.call(self._session.resetup, found.name if found is not None else _node_name(node), blob)
         return 0
 
     def send_file(self, path: str, node: str | DispyNode) -> int:
