@@ -185,7 +185,7 @@ class JobTracker:
     def close(self) -> None:
         """Tells `cluster_status` the nodes are closed, then stops the dispatcher thread."""
         if not self._released.is_set():  # a constructor that failed: its cluster's callbacks never run
-            self._cluster_status = self._job_status = None
+            self._cluster_status = self._job_status = self._on_node_joined = None
             self._released.set()
         if self._cluster_status is not None:
             self._queue.put(("closed", None))
