@@ -122,28 +122,29 @@ def test_initialized_waits_for_the_constructor_and_comes_once_per_node_with_a_sh
     assert client.stdout.split("\n")[:4] == ["None", "initialized alpha 2", "submitted True", "finished 5"], client.stdout
 
 
-def test_a_program_that_exits_without_close_runs_every_job(cluster: Cluster, tmp_path: Path) -> None:
-    cluster.scheduler()
-    cluster.node(cpus=2)
-    for kind in ("JobCluster", "SharedJobCluster"):
-        out = tmp_path / kind
-        out.mkdir()
-        cluster.run_client(
-            f"""
-            import dispy_client as dispy
+@pytest.mark.parametrize("kind", ["JobCluster", "SharedJobCluster"])
+def test_a_program_that_exits_without_close_runs_every_job(cluster: Cluster, tmp_path: Path, kind: str) -> None:
+    if kind == "SharedJobCluster":
+        cluster.scheduler()
+        cluster.node(cpus=2)
+    out = tmp_path / "done"
+    out.mkdir()
+    cluster.run_client(
+        f"""
+        import dispy_client as dispy
 
-            def compute(n):
-                import time
-                time.sleep(0.05)
-                open(f"{out}/{{n}}", "w").close()
+        def compute(n):
+            import time
+            time.sleep(0.05)
+            open(f"{out}/{{n}}", "w").close()
 
-            cluster = dispy.{kind}(compute)
-            for n in range(50):                 # dispy's documentation program: 50 jobs, then the end
-                cluster.submit(n)
-            """,
-            name=kind,
-        )
-        assert sorted(int(p.name) for p in out.iterdir()) == list(range(50)), kind
+        cluster = dispy.{kind}(compute)
+        for n in range(50):                 # dispy's documentation program: 50 jobs, then the end
+            cluster.submit(n)
+        """,
+        name=kind,
+    )
+    assert sorted(int(p.name) for p in out.iterdir()) == list(range(50)), kind
 
 
 def test_close_with_a_timeout_returns_false_and_leaves_the_jobs_running() -> None:
