@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 
+from . import config
 from .cluster import BaseCluster, SharedJobCluster
 from .errors import (
     AuthenticationError,
@@ -51,6 +52,7 @@ __all__ = [
     "SchedulerNotTrusted",
     "SchedulerUnreachable",
     "SharedJobCluster",
+    "config",
     "logger",
     "recover_jobs",
 ]

@@ -13,6 +13,7 @@ starts its own.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import getpass
 import itertools
 import logging
@@ -34,8 +35,8 @@ from . import progress
 from .connection import LoopThread
 from .errors import DispyError, JobError
 from .executor import ClusterExecutor, job_future
-from .job import DispyJob
-from .node import ClusterStatus, DispyNode, DispyNodeAvailInfo, NodeAllocate
+from .job import DispyJob, next_job_id
+from .node import ClusterStatus, DispyNode, DispyNodeAvailInfo, NodeAllocate, allocate_cpus, parse_nodes
 from .options import ClusterOptions, cluster_options
 from .packaging import build_computation, computation_name, job_depends
 from .recover import Recorder
@@ -121,7 +122,8 @@ class BaseCluster:
         self._recorder = self._start_recording(options.recover_file, open_msg)
         self._tracker = JobTracker(
             self.name, open_msg.cluster_id, self._result_key, options.job_status, options.cluster_status, self.dest_path,
-            on_node_joined=self._allocate if self._allocators else None, on_settled=self._acknowledge,
+            on_node_joined=self._allocate, on_settled=self._acknowledge,
+            raw_output=isinstance(computation, str), held=True,
         )  # fmt: skip
         self._lt = loop_thread or LoopThread(f"dispy-{self.name}-io")
         self._session = ClusterSession(
@@ -136,6 +138,15 @@ class BaseCluster:
             if self._recorder is not None:
                 self._recorder.close(remove=True)
             raise
+
+    def _ready(self) -> None:
+        """The constructor is done: callbacks may run, and a program that ends without `close()` waits for its jobs."""
+        atexit.register(self._close_at_exit)
+        self._tracker.release()
+
+    def _close_at_exit(self) -> None:
+        """dispy's exit: the program's last line does not end its submitted jobs; they run, then the cluster closes."""
+        self.close()
 
     def _acknowledge(self, job_ids: list[int]) -> None:
         """On the dispatcher thread: results handled; once recorded on disk (recover file), the scheduler may drop them."""
@@ -174,16 +185,20 @@ class BaseCluster:
         """As `submit`, with `job.id` set to `job_id`."""
         return self._submit(job_id, None, args, kwargs)
 
-    def submit_node(self, node: str | DispyNode, *args: Any, **kwargs: Any) -> DispyJob:
+    def submit_node(self, node: str | DispyNode, *args: Any, **kwargs: Any) -> DispyJob | None:
         """As `submit`, for a job that runs only on `node` (a name, IP address or `DispyNode`).
 
         The job waits in the cluster's queue, in its turn, until that node has a
-        CPU for it; a node that never comes leaves it queued (cancel it).
+        CPU for it. Returns None (logged), as dispy does, if the scheduler has
+        no such node.
         """
-        return self._submit(None, node, args, kwargs)
+        return self.submit_job_id_node(None, node, *args, **kwargs)
 
-    def submit_job_id_node(self, job_id: Any, node: str | DispyNode, *args: Any, **kwargs: Any) -> DispyJob:
+    def submit_job_id_node(self, job_id: Any, node: str | DispyNode, *args: Any, **kwargs: Any) -> DispyJob | None:
         """As `submit_node`, with `job.id` set to `job_id`."""
+        if self._find_node(node) is None:
+            log.warning("submit_node: the scheduler has no node %s", _node_name(node))
+            return None
         return self._submit(job_id, node, args, kwargs)
 
     def _submit(self, job_id: Any, node: str | DispyNode | None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> DispyJob:
@@ -201,7 +216,7 @@ class BaseCluster:
         payload = dumps((args, kwargs, objects) if objects else (args, kwargs))
         self._session.check_size(len(payload) + sum(len(f[1]) for f in files), "job arguments")
         job = DispyJob(args, kwargs, next(self._uids), time.time())
-        job.id = job_id
+        job.id = next_job_id() if job_id is None else job_id
         self._tracker.add(job)
         if self._recorder is not None:
             self._recorder.submitted(job)
@@ -279,18 +294,28 @@ class BaseCluster:
             return _progress_of(self._tracker, None, timeout)
         return self._tracker.wait(timeout)
 
-    def close(self, timeout: float | None = None, terminate: bool = False) -> None:
+    def __call__(self) -> None:
+        """dispy's `cluster()`: waits for every submitted job to end."""
+        self.wait()
+
+    def close(self, timeout: float | None = None, terminate: bool = False) -> bool:
         """Waits for jobs (up to `timeout`), then closes the cluster.
 
-        With `terminate=True`, or if jobs are still running after `timeout`,
-        they are cancelled. The `recover_file`, if any, is removed.
+        Returns:
+            True once closed; False, as dispy, if jobs were still unfinished
+            after `timeout` and `terminate` is False: the cluster stays open
+            and its jobs go on (call `close` again). With `terminate=True`
+            unfinished jobs are cancelled: at once, or after `timeout` if one
+            is given. The `recover_file`, if any, is removed.
         """
         if self._closed:
-            return
-        finished = terminate or self.wait(timeout)
+            return True
+        finished = self.wait(timeout) if timeout is not None or not terminate else False
+        if not finished and not terminate:
+            return False
         self._closed = True
         try:
-            self._lt.run(self._session.close(terminate or not finished, timeout=10.0), timeout=15.0)
+            self._lt.run(self._session.close(not finished, timeout=10.0), timeout=15.0)
         except (TimeoutError, DispyError) as exc:
             log.warning("closing cluster %s: %s", self.name, exc)
         finally:
@@ -298,9 +323,11 @@ class BaseCluster:
             self._tracker.close()
             if self._recorder is not None:
                 self._recorder.close(remove=True)
+        return True
 
     def _stop_io(self) -> None:
         """Stops the loop thread (once the cluster is closed or failed to open)."""
+        atexit.unregister(self._close_at_exit)
         self._lt.stop()
 
     def shutdown(self) -> None:
@@ -311,7 +338,7 @@ class BaseCluster:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.close()
+        self.close()  # returns None: an exception in the block propagates (dispy's swallows it)
 
     # ------------------------------------------------------------- status
 
@@ -325,12 +352,13 @@ class BaseCluster:
         mine = self._tracker.nodes()
         nodes = []
         for name, info in sorted(reply.get("nodes", {}).items()):
-            node = DispyNode(name, info.get("ip_addr", ""), int(info.get("cpus", 0)))
+            node = DispyNode(info.get("ip_addr", ""), name, int(info.get("cpus", 0)))
             node.avail_cpus = max(0, node.cpus - int(info.get("busy", 0)))
             node.avail_info = DispyNodeAvailInfo.from_report(info.get("avail") or {})
             node.update_time = time.time()
             if name in mine:
                 node.busy, node.jobs_done, node.cpu_time = mine[name].busy, mine[name].jobs_done, mine[name].cpu_time
+                node.cpus = min(node.cpus, mine[name].cpus or node.cpus)  # this cluster's share, as in dispy
             nodes.append(node)
         return ClusterStatus(nodes, self._tracker.counts().pending)
 
@@ -353,6 +381,8 @@ class BaseCluster:
                 total_time += node.cpu_time
         print(f"\nTotal job time: {total_time:.3f} sec, wall time: {wall_time:.3f} sec, jobs: {total_jobs}\n")
 
+    stats = print_status  # dispy's other name for it
+
     def node_jobs(self, node: str | DispyNode, from_node: bool = False) -> list[DispyJob]:
         """This cluster's jobs running on `node` (a name, IP address or `DispyNode`).
 
@@ -365,10 +395,37 @@ class BaseCluster:
     # -------------------------------------------------------------- nodes
 
     def set_node_cpus(self, node: str | DispyNode, cpus: int) -> int:
-        """Lets this cluster use at most `cpus` CPUs of `node` (a name or `DispyNode`); returns `cpus`."""
-        cpus = max(0, int(cpus))
-        self._lt.call(self._session.set_node_cpus, _node_name(node), cpus)
+        """Lets this cluster use at most `cpus` CPUs of `node` (a name, IP address or `DispyNode`).
+
+        A negative `cpus` leaves that many of the node's CPUs unused (-1: all
+        but one), as in dispy. Returns the CPUs set, or -1 (logged) if the
+        scheduler has no such node.
+        """
+        found = self._find_node(node)
+        if found is None:
+            log.warning("set_node_cpus: the scheduler has no node %s", _node_name(node))
+            return -1
+        cpus = int(cpus)
+        cpus = min(cpus, found.cpus) if cpus >= 0 else max(0, found.cpus + cpus)
+        self._set_cpus(found.name, cpus)
         return cpus
+
+    def _set_cpus(self, name: str, cpus: int) -> None:
+        self._tracker.cap(name, cpus)
+        self._lt.call(self._session.set_node_cpus, name, cpus)
+
+    def _find_node(self, node: str | DispyNode) -> DispyNode | None:
+        """The node called (or at the address) `node`: from this cluster's records, else the scheduler's."""
+        key = _node_name(node)
+        known = [n for n in self._tracker.nodes().values() if key in (n.name, n.ip_addr) and n.cpus > 0]
+        if known:
+            return known[0]
+        try:
+            nodes = self.status().nodes
+        except (DispyError, TimeoutError) as exc:
+            log.warning("cannot ask the scheduler for node %s: %s", key, exc)
+            return None
+        return next((n for n in nodes if key in (n.name, n.ip_addr)), None)
 
     def allocate_node(self, node: str | DispyNode | NodeAllocate) -> int:
         """Lets this cluster use `node` again, all its CPUs or a `NodeAllocate`'s `cpus`; returns 0."""
@@ -376,7 +433,7 @@ class BaseCluster:
         name = node.host if isinstance(node, NodeAllocate) else _node_name(node)
         if "*" in name:
             raise ValueError(f"allocate_node takes one node's name, not a pattern ({name!r})")
-        self._lt.call(self._session.set_node_cpus, name, cpus)
+        self._set_cpus(name, cpus)
         return 0
 
     def deallocate_node(self, node: str | DispyNode) -> int:
@@ -392,14 +449,19 @@ class BaseCluster:
                 self.cancel(job)
         return 0
 
-    def _allocate(self, node: DispyNode, setup_anew: bool = False) -> None:
+    def _allocate(self, node: DispyNode, setup_anew: bool = False) -> int:
         """A node joined: the first `NodeAllocate` that applies decides its CPUs for this cluster (dispy's rule),
         and its `depends` and `setup_args` (which `allocate` may have just set) the cluster's set-up there.
+
+        Returns those CPUs. Plain entries only say what the scheduler already applies; a subclass's
+        `allocate` runs here, once per node joining (and again for `resetup_node`).
 
         Args:
             setup_anew: load the cluster there again even when the entry asks for no set-up of its own
                 (`resetup_node`).
         """
+        if not self._allocators and not setup_anew:
+            return allocate_cpus(self.nodes, self, node.ip_addr, node.name, node.cpus)
         for entry in self.nodes:
             try:
                 cpus = entry.allocate(self, node.ip_addr, node.name, node.cpus, node.avail_info, node.platform)
@@ -409,11 +471,12 @@ class BaseCluster:
             if cpus >= 0:
                 if cpus > 0 and (setup_anew or entry.depends or entry.setup_args):
                     self._setup_on(node, entry.depends, entry.setup_args)
-                self.set_node_cpus(node, cpus)
-                return
+                self._set_cpus(node.name, cpus)
+                return cpus
         if setup_anew:
             self._setup_on(node, [], ())
-        self.set_node_cpus(node, 0)
+        self._set_cpus(node.name, 0)
+        return 0
 
     def _setup_on(self, node: DispyNode, depends: list[Any], setup_args: tuple[Any, ...]) -> None:
         """Sends the computation `node` loads: the cluster's, with a `NodeAllocate`'s own depends and setup_args."""
@@ -467,12 +530,31 @@ class BaseCluster:
             log.error("send_file %s to %s: %s", path, _node_name(node), why)
         return 0 if ok else -1
 
-    def discover_nodes(self, nodes: Sequence[Any]) -> None:
-        """dispy: probe hosts for nodes. Nodes dial the scheduler here (`dispynode --scheduler H:P`)."""
-        raise NotImplementedError(
-            "discover_nodes: nodes find the scheduler themselves "
-            "(dispynode --scheduler HOST:PORT, or --discover on the same network segment)"
-        )
+    def discover_nodes(self, nodes: Any) -> int:
+        """dispy probes hosts for nodes; here nodes dial the scheduler, so this asks it for them.
+
+        Args:
+            nodes: host names, IP patterns with `*` ('*': all), or `NodeAllocate`s.
+
+        Nodes the scheduler has that match and this cluster has not heard of
+        yet are announced as if they had just joined: `NodeAllocate`s decide
+        on them, and `cluster_status` gets `DispyNode.Initialized`. Returns 0.
+
+        Raises:
+            DispyError: not connected to the scheduler; TimeoutError: it did not answer.
+        """
+        wanted = parse_nodes(nodes)
+        reply = self.scheduler_status()
+        known = self._tracker.nodes()
+        found = [
+            M.NodeInfo("joined", name, info.get("ip_addr", ""), int(info.get("cpus", 0)), int(info.get("busy", 0)),
+                       dict(info.get("avail") or {}))
+            for name, info in sorted(reply.get("nodes", {}).items())
+            if name not in known and any(NodeAllocate.allocate(w, self, info.get("ip_addr", ""), name, 1) >= 0 for w in wanted)
+        ]  # fmt: skip (NodeAllocate's own matching: a subclass's allocate runs once the node is announced)
+        if found:
+            self._tracker.deliver("nodes", found)
+        return 0
 
 
 def _progress_of(tracker: JobTracker, jobs: list[DispyJob] | None, timeout: float | None) -> bool:
@@ -495,6 +577,8 @@ class SharedJobCluster(BaseCluster):
             a thread of its own (`callback` is its deprecated alias).
         cluster_status: called as `cluster_status(status, node, job)`.
         ip_addr, port, ext_ip_addr: dispy's client addresses; ignored (warned): the client dials.
+            So are dispy 4.15's `host`, `ext_host` and `client_port`; its
+            `dispy_port` gives the scheduler's port as in dispy (`dispy_port + 2`).
         scheduler_node: the scheduler's host ('H' or 'H:P'; default
             `$DISPY_SCHEDULER`, then 127.0.0.1:9702); `scheduler_host` is the same.
         scheduler_port: overrides the port.
@@ -532,9 +616,13 @@ class SharedJobCluster(BaseCluster):
     ) -> None:
         ignored = {
             "ip_addr": "the client dials the scheduler; it listens on no address",
+            "host": "the client dials the scheduler; it listens on no address",
             "port": "the client dials the scheduler; it listens on no port",
             "pulse_interval": "nodes' heartbeats are set on the nodes",
         }
+        dispy_port = kwargs.pop("dispy_port", None)
+        if scheduler_port is None and dispy_port is not None:  # dispy 4.15: the scheduler listens on dispy_port + 2
+            scheduler_port = int(dispy_port) + 2
         explicit = {"ip_addr": ip_addr, "port": port}
         options = cluster_options(
             "SharedJobCluster",
@@ -549,9 +637,10 @@ class SharedJobCluster(BaseCluster):
         if "," in spec:  # a leader and its standbys: whichever leads is found and followed
             schedulers = Schedulers(spec, 9702 if scheduler_port is None else int(scheduler_port))
             super().__init__(computation, *schedulers.first, options, schedulers=schedulers)
-            return
-        host, port_ = parse_scheduler(spec, scheduler_port)
-        super().__init__(computation, host, port_, options)
+        else:
+            host, port_ = parse_scheduler(spec, scheduler_port)
+            super().__init__(computation, host, port_, options)
+        self._ready()
 
 
 def _node_name(node: str | DispyNode) -> str:

@@ -92,6 +92,7 @@ class EmbeddedScheduler:
         self._server = SchedulerServer(config, SchedulerCore(load_policy("fair"), CoreConfig()))
         self._loop = loop_thread
         self._nodes: list[subprocess.Popen[bytes]] = []
+        self._stopped = False
         self.node_name = socket.gethostname()  # the name this machine's node joins by
         self.address = (host, port)
 
@@ -148,7 +149,10 @@ class EmbeddedScheduler:
             raise DispyError(f"JobCluster: this machine's node (dispynode, pid {proc.pid}) {why}")
 
     def stop(self) -> None:
-        """Stops the nodes it started, then the scheduler; removes their files."""
+        """Stops the nodes it started, then the scheduler; removes their files. Once: later calls do nothing."""
+        if self._stopped:
+            return
+        self._stopped = True
         for proc in self._nodes:
             localnode.stop(proc)
         self._nodes.clear()

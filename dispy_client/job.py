@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 from collections.abc import Callable, Generator
 from typing import Any
@@ -17,11 +18,13 @@ class DispyJob:
     """One job: its arguments, and once it ends, its outcome.
 
     Attributes set by the system: `status` (one of the class constants),
-    `result`, `stdout`, `stderr` (str), `exception` (remote traceback text, or
-    why the job ended), `exception_type` (class name of the exception),
-    `ip_addr` and `node` (where it ran), `submit_time`, `start_time`,
-    `end_time`, `finish` (a threading.Event set once the job ends). `id` is
-    the user's: set it to anything (with a `recover_file`, it is recorded).
+    `result`, `stdout`, `stderr` (str for a function, bytes for a program, as
+    in dispy), `exception` (remote traceback text, or why the job ended),
+    `exception_type` (class name of the exception), `ip_addr` and `node`
+    (where it ran), `submit_time`, `start_time`, `end_time`, `finish` (a
+    threading.Event set once the job ends). `id` is the user's: a number
+    (`next_job_id`) unless given to `submit_job_id`; set it to anything
+    (with a `recover_file`, it is recorded).
 
     Beyond dispy, `await job` (from any asyncio loop) waits for the end and
     returns what `job()` returns.
@@ -42,8 +45,8 @@ class DispyJob:
         self.kwargs = kwargs
         self.status = DispyJob.Created
         self.result: Any = None
-        self.stdout = ""
-        self.stderr = ""
+        self.stdout: str | bytes = ""
+        self.stderr: str | bytes = ""
         self.exception: str | None = None
         self.exception_type: str | None = None
         self.ip_addr: str | None = None
@@ -113,6 +116,15 @@ class DispyJob:
     def __repr__(self) -> str:
         status = JobStatus(self.status).name.lower() if self.status in JobStatus._value2member_map_ else self.status
         return f"<DispyJob id={self.id!r} status={status}>"
+
+
+#: dispy numbers jobs from 1 across all of a program's clusters: so do we
+_job_ids = itertools.count(1)
+
+
+def next_job_id() -> int:
+    """The id of a job submitted without one (thread-safe: `count` is atomic under the GIL)."""
+    return next(_job_ids)
 
 
 def _set_result(future: asyncio.Future[Any], value: Any) -> None:

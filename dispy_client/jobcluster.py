@@ -3,8 +3,9 @@
 It starts its own scheduler in this process and a node for this machine's
 CPUs (`embedded.py`), then is a `BaseCluster` over them like any
 `SharedJobCluster`. `close()` stops both, and so does leaving the program
-without closing it (atexit; if the process is killed, the node notices its
-lifeline close and stops itself).
+without closing it, once its jobs have run (atexit, as in dispy; if the
+process is killed, the node notices its lifeline close and stops itself).
+A constructor that fails stops whatever it had started before raising.
 
 `JobCluster()` returns once its local node has joined and can take jobs,
 as a user expects of a cluster that "has" this machine's CPUs; a node that
@@ -13,7 +14,7 @@ cannot start is an error then, not jobs that never run.
 
 from __future__ import annotations
 
-import atexit
+import logging
 import os
 import socket
 from collections.abc import Callable, Sequence
@@ -33,18 +34,29 @@ from .node import NodeAllocate, allocate_cpus
 from .options import cluster_options
 from .packaging import computation_name
 
+log = logging.getLogger("dispy_client")
+
 #: seconds the local node may take to start and join: bounds a hang only (a
 #: node joins in about half a second, a few on a heavily loaded machine)
 LOCAL_NODE_TIMEOUT = 60.0
 
 
-def local_cpus(nodes: list[NodeAllocate], cluster: Any) -> int:
-    """The CPUs of this machine that `nodes` lets the cluster use (all when it says nothing)."""
+def local_cpus(nodes: list[NodeAllocate]) -> int:
+    """The CPUs of this machine that `nodes` lets the cluster use (all when it says nothing).
+
+    Only `NodeAllocate`'s own rule (host, pattern, cpus) is applied here: a
+    subclass's `allocate` is the user's code, run once when the node joins
+    (as dispy does), when the cluster exists; it narrows this node then.
+    """
     total = psutil.cpu_count() or 1
-    granted = {
-        allocate_cpus(nodes, cluster, ip, socket.gethostname(), total) for ip in ("127.0.0.1", _own_ip())
-    }
-    return max(granted)
+    plain = [_as_plain(n) for n in nodes]
+    return max(allocate_cpus(plain, None, ip, socket.gethostname(), total) for ip in ("127.0.0.1", _own_ip()))
+
+
+def _as_plain(entry: NodeAllocate) -> NodeAllocate:
+    if type(entry).allocate is NodeAllocate.allocate:
+        return entry
+    return NodeAllocate(entry.host, entry.port, entry.cpus)
 
 
 def _own_ip() -> str:
@@ -103,6 +115,9 @@ class JobCluster(BaseCluster):
     ) -> None:
         # dispy's certfile/keyfile: here the certificate our own scheduler serves TLS with
         certfile, keyfile = kwargs.pop("certfile", None), kwargs.pop("keyfile", None)
+        # dispy 4.15's names: `host` where the client (here: its scheduler) listens, `dispy_port` its port
+        ip_addr = ip_addr or kwargs.pop("host", None)
+        port = port or kwargs.pop("dispy_port", None)
         ours = "a JobCluster's scheduler is its own: it verifies nothing (certfile/keyfile are its certificate)"
         options = cluster_options(
             "JobCluster", kwargs, {"tls_ca": ours, "tls_fingerprint": ours},
@@ -119,25 +134,30 @@ class JobCluster(BaseCluster):
         self._embedded = EmbeddedScheduler(
             loop_thread, ip_addr or "127.0.0.1", int(port or 0), options.secret, server_tls
         )
+        cpus = local_cpus(options.nodes)
         try:
             host, bound_port = self._embedded.start()
-        except BaseException:
+            if cpus > 0:
+                self._embedded.start_node(cpus, options.pulse_interval)
+            options.secret = self._embedded.client_secret
+            host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+            super().__init__(computation, host, bound_port, options, loop_thread)
+        except BaseException:  # nothing it started may outlive it (BaseCluster stopped its own part)
             self._embedded.stop()
             loop_thread.stop()
             raise
-        cpus = local_cpus(options.nodes, self)
-        if cpus > 0:
-            self._embedded.start_node(cpus, options.pulse_interval)
-        options.secret = self._embedded.client_secret
-        atexit.register(self._close_at_exit)
-        host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-        super().__init__(computation, host, bound_port, options, loop_thread)
         if cpus > 0:
             try:
                 self._embedded.wait_node(LOCAL_NODE_TIMEOUT)
             except DispyError:
                 self.close(terminate=True)
                 raise
+            # the local node's Initialized (and allocation) come before anything the program does next
+            if (options.cluster_status is not None or self._allocators) and not self._tracker.wait_announced(
+                self._embedded.node_name, LOCAL_NODE_TIMEOUT
+            ):
+                log.warning("JobCluster: the scheduler did not announce this machine's node to the cluster")
+        self._ready()
 
     @property
     def scheduler_address(self) -> tuple[str, int]:
@@ -146,10 +166,5 @@ class JobCluster(BaseCluster):
 
     def _stop_io(self) -> None:
         """After the cluster is closed: stops its node(s), its scheduler, then the loop."""
-        atexit.unregister(self._close_at_exit)
         self._embedded.stop()
         super()._stop_io()
-
-    def _close_at_exit(self) -> None:
-        """The program ends without `close()`: unfinished jobs are cancelled, nothing is left running."""
-        self.close(terminate=True)

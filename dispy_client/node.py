@@ -59,6 +59,8 @@ class DispyNode:
         jobs_done, cpu_time: this cluster's jobs finished there, and their time.
         update_time: when this record last changed (seconds since the epoch).
         avail_info: a `DispyNodeAvailInfo`, or None before the first report.
+        tx, rx: dispy's bytes sent to and received from the node; the scheduler
+            moves them here, so the client counts none (always 0).
     """
 
     # dispy's values: beside the job statuses (5-11) that cluster_status also receives
@@ -66,15 +68,17 @@ class DispyNode:
     Closed = 16
     AvailInfo = 17
 
-    def __init__(self, name: str, ip_addr: str, cpus: int = 0) -> None:
-        self.name = name
+    def __init__(self, ip_addr: str, name: str, cpus: int = 0) -> None:  # dispy's order
         self.ip_addr = ip_addr
+        self.name = name
         self.cpus = cpus
         self.avail_cpus = cpus
         self.busy = 0
         self.jobs_done = 0
         self.cpu_time = 0.0
         self.update_time = 0.0
+        self.tx = 0
+        self.rx = 0
         self.avail_info: DispyNodeAvailInfo | None = None
         self.platform = ""
         #: why the cluster cannot run on this node ('' while it can): its set-up failed, or another Python

@@ -40,6 +40,10 @@ _KEYWORDS: dict[str, Any] = {
     "certfile": None,
     "ip_addr": None,
     "port": None,
+    "host": None,  # dispy 4.15's names for ip_addr and the port base; each class says what they mean to it
+    "dispy_port": None,
+    "ext_host": None,
+    "client_port": None,
     "ext_ip_addr": None,
     "node_port": None,
     "ipv4_udp_multicast": False,
@@ -56,6 +60,8 @@ _KEYWORDS: dict[str, Any] = {
 #: why each parameter is ignored, when it is
 _NO_MEANING = {
     "ext_ip_addr": "nodes dial the scheduler, so no address is announced to them",
+    "ext_host": "nodes dial the scheduler, so no address is announced to them",
+    "client_port": "the client dials the scheduler; it listens on no port",
     "node_port": "nodes dial the scheduler; there is no node port",
     "ipv4_udp_multicast": "there is no UDP discovery",
     "ping_interval": "there is no UDP discovery",

@@ -8,6 +8,14 @@ this cluster's view of the nodes, and runs the user's `job_status` and
 `cluster_status` callbacks and the job's watchers (futures, `await`). So a
 slow callback never stalls the network, and callbacks see updates in order.
 
+Callbacks follow dispy's timing: `job_status` for each provisional result
+and each end (not for Running); `cluster_status` for each job status change
+(Created with no node), and `DispyNode.Initialized` once per node, when the
+node may run the cluster's jobs (its allocation granted CPUs) or, at the
+latest, with its first job's start. A cluster's constructor holds the
+dispatcher (`held`) until it returns (`release`), so no callback sees a
+half-built cluster, as no dispy callback can.
+
 Every change bumps `version` under `changed` (a Condition), which is what
 `wait` and the progress bar block on: no polling.
 
@@ -77,9 +85,12 @@ class JobTracker:
     cluster_status: called as `cluster_status(status, node, job)`.
     dest_path: where files sent by jobs (`dispy_send_file`) are saved.
     on_node_joined: called on the dispatcher thread with each node that joins
-        (after its `DispyNode` record exists), e.g. to run `NodeAllocate`s.
+        (after its `DispyNode` record exists), e.g. to run `NodeAllocate`s;
+        returns the CPUs the cluster may use there (0: `Initialized` is not sent).
     on_settled: called on the dispatcher thread with the ids of terminal
         results it has fully handled, in batches.
+    raw_output: jobs' stdout and stderr stay bytes (a program computation's, as in dispy).
+    held: nothing is dispatched until `release()` (a cluster's constructor returns).
     """
 
     def __init__(
@@ -88,11 +99,21 @@ class JobTracker:
         cluster_id: str,
         result_key: bytes,
         job_status: Callable[[DispyJob], Any] | None = None,
-        cluster_status: Callable[[int, DispyNode, DispyJob | None], Any] | None = None,
+        cluster_status: Callable[[int, DispyNode | None, DispyJob | None], Any] | None = None,
         dest_path: str | None = None,
-        on_node_joined: Callable[[DispyNode], Any] | None = None,
+        on_node_joined: Callable[[DispyNode], int] | None = None,
         on_settled: Callable[[list[int]], Any] | None = None,
+        raw_output: bool = False,
+        held: bool = False,
     ) -> None:
+        self._raw_output = raw_output
+        self._released = threading.Event()
+        if not held:
+            self._released.set()
+        self._initialized: set[str] = set()  # nodes told `Initialized` (dispatcher thread only)
+        self._caps: dict[str, int] = {}  # node -> the CPUs this cluster may use there (allocation, set_node_cpus)
+        self._totals: dict[str, int] = {}  # node -> the CPUs it offers, from its reports
+        self._announced: set[str] = set()  # nodes whose joining the scheduler told us of (loop thread writes)
         self._on_node_joined = on_node_joined
         self._name = name
         self._cluster_id = cluster_id
@@ -119,6 +140,8 @@ class JobTracker:
             self._jobs[job._uid] = job
             self._submitted += 1
             self._bump()
+        if self._cluster_status is not None:  # dispy: cluster_status(Created, None, job) at each submit
+            self._queue.put(("created", job))
 
     def get(self, uid: int) -> DispyJob | None:
         with self.changed:
@@ -143,13 +166,28 @@ class JobTracker:
             self.changed.wait_for(lambda: self.version != seen, timeout)
             return self.version
 
+    def cap(self, name: str, cpus: int) -> None:
+        """This cluster may use `cpus` of node `name`: its `DispyNode.cpus` says so, as in dispy."""
+        with self.changed:
+            self._caps[name] = cpus
+            node = self._nodes.get(name)
+            if node is not None:
+                node.cpus = min(self._totals.get(name) or node.cpus or cpus, cpus)
+
     def nodes(self) -> dict[str, DispyNode]:
         """This cluster's nodes by name (live records: read, do not change)."""
         with self.changed:
             return dict(self._nodes)
 
+    def release(self) -> None:
+        """The cluster's constructor has returned: callbacks may run."""
+        self._released.set()
+
     def close(self) -> None:
         """Tells `cluster_status` the nodes are closed, then stops the dispatcher thread."""
+        if not self._released.is_set():  # a constructor that failed: its cluster's callbacks never run
+            self._cluster_status = self._job_status = self._on_node_joined = None
+            self._released.set()
         if self._cluster_status is not None:
             self._queue.put(("closed", None))
         self._queue.put(None)
@@ -159,12 +197,22 @@ class JobTracker:
     # ------------------------------------------------------ loop thread
 
     def deliver(self, kind: str, item: Any) -> None:
-        """Hands a ("started" | "provisional" | "file" | "result", record) item to the dispatcher."""
+        """Hands a ("started" | "provisional" | "file" | "result" | "nodes", record) item to the dispatcher."""
         self._queue.put((kind, item))
+        if kind == "nodes":
+            with self.changed:
+                self._announced.update(info.name for info in item if info.event == "joined")
+                self.changed.notify_all()
+
+    def wait_announced(self, name: str, timeout: float) -> bool:
+        """Waits until the scheduler has told of node `name` joining (queued for the dispatcher, in order)."""
+        with self.changed:
+            return self.changed.wait_for(lambda: name in self._announced, timeout)
 
     # ------------------------------------------------ dispatcher thread
 
     def _dispatch_loop(self) -> None:
+        self._released.wait()
         while True:
             entry = self._queue.get()
             if entry is None:
@@ -185,6 +233,8 @@ class JobTracker:
                         self._on_node(info)
                 elif kind == "unusable":
                     self._on_unusable(item)
+                elif kind == "created":
+                    self._notify(DispyJob.Created, None, item)
                 else:
                     for node in self.nodes().values():
                         self._notify(DispyNode.Closed, node, None)
@@ -209,33 +259,44 @@ class JobTracker:
             job.status = DispyJob.Running
             job.ip_addr, job.node, job.start_time = start.ip_addr, start.node, start.time
             node = self._nodes.get(start.node)
-            new = node is None
             if node is None:
-                node = self._nodes[start.node] = DispyNode(start.node, start.ip_addr)
+                node = self._nodes[start.node] = DispyNode(start.ip_addr, start.node, 0)
             node.busy += 1
             node.update_time = time.time()
             self._running += 1
             self._bump()
-        if new:
-            self._notify(DispyNode.Initialized, node, None)
+        self._node_initialized(node)  # no news of it before (e.g. no node updates): its job shows it set up
         self._job_changed(job, node)
+
+    def _node_initialized(self, node: DispyNode) -> None:
+        """`cluster_status(Initialized)` for `node`, once until it leaves."""
+        if node.name not in self._initialized:
+            self._initialized.add(node.name)
+            self._notify(DispyNode.Initialized, node, None)
 
     def _on_node(self, info: M.NodeInfo) -> None:
         """A node joined, reported or left: its record, then `cluster_status` (and allocation)."""
         with self.changed:
             node = self._nodes.get(info.name)
             if node is None:
-                node = self._nodes[info.name] = DispyNode(info.name, info.ip_addr, info.cpus)
-            node.ip_addr, node.cpus = info.ip_addr, info.cpus
+                node = self._nodes[info.name] = DispyNode(info.ip_addr, info.name, info.cpus)
+            self._totals[info.name] = info.cpus
+            cap = self._caps.get(info.name)
+            node.ip_addr, node.cpus = info.ip_addr, info.cpus if cap is None else min(info.cpus, cap)
             node.avail_cpus = max(0, info.cpus - info.busy)
             node.avail_info = DispyNodeAvailInfo.from_report(info.avail)
             node.platform = str(info.avail.get("platform", node.platform))
             node.update_time = time.time()
             self._bump()
-        if info.event == "joined" and self._on_node_joined is not None:
-            self._on_node_joined(node)
-        status = {"joined": DispyNode.Initialized, "report": DispyNode.AvailInfo, "left": DispyNode.Closed}
-        self._notify(status.get(info.event, DispyNode.AvailInfo), node, None)
+        if info.event == "joined":
+            granted = self._on_node_joined(node) if self._on_node_joined is not None else info.cpus
+            if granted > 0:
+                self._node_initialized(node)
+        elif info.event == "left":
+            self._initialized.discard(node.name)
+            self._notify(DispyNode.Closed, node, None)
+        elif node.name in self._initialized:  # dispy reports the resources of the cluster's nodes only
+            self._notify(DispyNode.AvailInfo, node, None)
 
     def _on_unusable(self, msg: M.NodeUnusable) -> None:
         """The cluster will not run on a node: said in the log, and to `cluster_status` as the node's
@@ -301,7 +362,7 @@ class JobTracker:
         if job is None:
             return
         was_running = job.status in ACTIVE
-        fill_job(job, r)
+        fill_job(job, r, self._raw_output)
         with self.changed:
             del self._jobs[r.job_id]
             node = self._nodes.get(job.node or "")
@@ -318,16 +379,15 @@ class JobTracker:
         self._job_changed(job, node)
 
     def _job_changed(self, job: DispyJob, node: DispyNode | None) -> None:
-        if self._job_status is not None:
+        if self._job_status is not None and job.status != DispyJob.Running:  # dispy: ends and provisional results
             try:
                 self._job_status(job)
             except Exception:
                 log.exception("job_status callback raised for %r", job)
-        if node is not None:
-            self._notify(job.status, node, job)
+        self._notify(job.status, node, job)  # dispy too passes no node for a job that never ran
         job._changed()
 
-    def _notify(self, status: int, node: DispyNode, job: DispyJob | None) -> None:
+    def _notify(self, status: int, node: DispyNode | None, job: DispyJob | None) -> None:
         if self._cluster_status is None:
             return
         try:
@@ -340,11 +400,14 @@ class JobTracker:
         self.changed.notify_all()
 
 
-def fill_job(job: DispyJob, r: M.JobResult) -> None:
-    """Copies a terminal result into `job` (unpickling the value: user code may run)."""
+def fill_job(job: DispyJob, r: M.JobResult, raw_output: bool = False) -> None:
+    """Copies a terminal result into `job` (unpickling the value: user code may run).
+
+    `raw_output`: stdout and stderr stay bytes (a program's output, as dispy gives it).
+    """
     job.status = r.status
-    job.stdout = r.stdout.decode(errors="replace")
-    job.stderr = r.stderr.decode(errors="replace")
+    job.stdout = r.stdout if raw_output else r.stdout.decode(errors="replace")
+    job.stderr = r.stderr if raw_output else r.stderr.decode(errors="replace")
     if r.start_time:
         job.start_time = r.start_time
     job.end_time = r.end_time

@@ -40,14 +40,17 @@ def write_users_file(path: Path, text: str) -> Path:
 class Proc:
     """A started process whose stdout/stderr go to files in `workdir`."""
 
-    def __init__(self, argv: list[str], workdir: Path, name: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, argv: list[str], workdir: Path, name: str, env: dict[str, str] | None = None, stdin: int = subprocess.DEVNULL
+    ) -> None:
+        """`stdin=subprocess.PIPE` lets a test type into the program (`popen.stdin`)."""
         self.name = name
         self.argv = argv
         self.out_path = workdir / f"{name}.out"
         self.err_path = workdir / f"{name}.err"
         full_env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **(env or {})}
         with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
-            self.popen = subprocess.Popen(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=full_env, cwd=workdir)
+            self.popen = subprocess.Popen(argv, stdout=out, stderr=err, stdin=stdin, env=full_env, cwd=workdir)
         self.pid = self.popen.pid
 
     @property
@@ -132,8 +135,8 @@ class Cluster:
         self.address = ""
         self.node_secret = ""
 
-    def start(self, argv: list[str], name: str, env: dict[str, str] | None = None) -> Proc:
-        proc = Proc(argv, self.workdir, name, env)
+    def start(self, argv: list[str], name: str, env: dict[str, str] | None = None, stdin: int = subprocess.DEVNULL) -> Proc:
+        proc = Proc(argv, self.workdir, name, env, stdin)
         self.procs.append(proc)
         return proc
 
