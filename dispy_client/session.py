@@ -90,6 +90,8 @@ class ClusterSession:
         self._accepted: set[int] = set()  # unfinished jobs the scheduler accepted
         self._delivering: set[int] = set()  # results handed to the tracker, not yet settled and acknowledged
         self._journal = False  # the scheduler keeps accepted jobs across restarts
+        #: why the scheduler released the cluster while we were away (ErrorCode.RELEASED); '' if it did not
+        self._released = ""
         self._incoming: collections.deque[M.JobSpec] = collections.deque()
         self._wake_pending = False
         self._opened: asyncio.Future[bool] | None = None
@@ -167,6 +169,8 @@ class ClusterSession:
         for node, cpus in self._node_cpus.items():
             self._link.send(M.SetNodeCpus(self.cluster_id, node, cpus))
         if not resumed:
+            if self._released:
+                log.warning("scheduler %s:%d: %s", self.host, self.port, self._released)
             for node, computation in self._resetups.items():
                 self._link.send(M.ResetupNode(self.cluster_id, node, computation))
             self._write_off_forgotten()
@@ -254,14 +258,18 @@ class ClusterSession:
             if spec is not None and self.open_msg.reentrant:
                 continue
             self._specs.pop(job_id, None)
-            why = (
-                f"scheduler {self.host}:{self.port} no longer knows cluster {self.cluster_id} (restarted without "
-                "its journal); the job may have run, and is not reentrant, so it is not run again"
-                if spec is not None
-                else f"scheduler {self.host}:{self.port} lost cluster {self.cluster_id} (its journal) with this job"
-            )
+            if self._released:
+                why = f"scheduler {self.host}:{self.port}: {self._released}"
+            elif spec is not None:
+                why = (
+                    f"scheduler {self.host}:{self.port} no longer knows cluster {self.cluster_id} (restarted without "
+                    "its journal); the job may have run, and is not reentrant, so it is not run again"
+                )
+            else:
+                why = f"scheduler {self.host}:{self.port} lost cluster {self.cluster_id} (its journal) with this job"
             self._end(M.JobResult(self.cluster_id, job_id, int(JobStatus.ABANDONED), None, b"", b"", why, "", 0.0, 0.0))
         self._accepted.clear()
+        self._released = ""
 
     def _end(self, result: M.JobResult) -> None:
         """Hands a job's terminal result to the tracker, once."""
@@ -346,6 +354,11 @@ class ClusterSession:
                 log.warning("unexpected %s from scheduler", type(msg).__name__)
 
     def _on_error(self, code: str, message: str, ref: str) -> None:
+        if code == ErrorCode.RELEASED and ref == self.cluster_id:
+            # away too long: the scheduler dropped what it held; the cluster opens anew, and the
+            # jobs it had accepted end Abandoned with this reason (`_write_off_forgotten`)
+            self._released = message
+            return
         if self._opened is not None and not self._opened.done() and ref == self.cluster_id:
             error = LimitError if code == ErrorCode.LIMIT else ClusterError
             self._opened.set_exception(error(f"scheduler refused cluster {self.open_msg.name}: {message}"))

@@ -840,9 +840,17 @@ class CoreMachine(RuleBasedStateMachine):
 
     # -- plumbing
 
+    def record(self, actions: list[A.Action]) -> None:
+        """Where a store would write the call's `Persist` (before the rest is carried out)."""
+
+    def read_stored(self, cluster_id: str, job_ids: list[int]) -> list[JobResult]:
+        """Results the core left to the store: without one there are none."""
+        raise AssertionError(f"results of {cluster_id} left to a store the core does not have")
+
     def apply(self, *events: E.Event, dt: float = 0.0) -> list[A.Action]:
         self.now += dt
         actions = step(self.core, *events, now=self.now)
+        self.record(actions)
         for a in actions:
             if isinstance(a, A.Dispatch):
                 assert a.node in self.node_jobs, "dispatch to a node that left"
@@ -854,9 +862,13 @@ class CoreMachine(RuleBasedStateMachine):
             elif isinstance(a, A.ConfirmAccepted):
                 assert self.attached.get(a.cluster_id) == a.client
                 self.accepted[a.cluster_id].update(a.job_ids)
-            elif isinstance(a, A.DeliverResults):
+            elif isinstance(a, A.DeliverResults | A.DeliverStored):
                 assert self.attached.get(a.cluster_id) == a.client, "results sent to a client not attached"
-                for r in a.results:
+                if isinstance(a, A.DeliverResults):
+                    results = a.results
+                else:
+                    results = self.read_stored(a.cluster_id, [job_id for job_id, _ in a.jobs])
+                for r in results:
                     assert r.job_id in self.accepted[a.cluster_id], "a result for a job never accepted"
                     assert JobStatus(r.status).is_terminal
                     known = self.results.setdefault((a.cluster_id, r.job_id), r)
@@ -995,6 +1007,7 @@ class CoreMachine(RuleBasedStateMachine):
         assert A.ConfirmOpened(client, cid, True) in actions
         # everything done and not acknowledged comes back (a pending close may then complete)
         resent = {r.job_id for r in delivered(actions).get((client, cid), [])}
+        resent |= {job_id for d in of(actions, A.DeliverStored) if d.client == client for job_id, _ in d.jobs}
         assert resent == held
 
     # -- nodes

@@ -8,6 +8,7 @@ the same round trip as `dispy_sched/journal.py`, without the disk.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+import dataclasses
 from typing import Any
 
 import pytest
@@ -20,8 +21,8 @@ from dispy_sched.core import actions as A
 from dispy_sched.core import events as E
 from dispy_sched.core.invariants import check_invariants
 from dispy_sched.core.persist import ClusterRow, JobRow
-from dispy_sched.core.state import JobState, decay
-from dispy_wire.messages import JobRef
+from dispy_sched.core.state import JobState, decay, result_cost
+from dispy_wire.messages import JobRef, JobResult
 from dispy_sched.policies import load_policy
 from dispy_wire.status import JobStatus
 
@@ -75,7 +76,7 @@ class MemoryJournal:
             old = self.jobs[(j.cluster_id, j.job_id)]
             self.jobs[(j.cluster_id, j.job_id)] = JobRow(
                 j.cluster_id, j.job_id, old.priority, old.seq, None if j.state == "done" else old.payload,
-                old.options, old.submit_time, j.state, j.node, j.attempts, j.cancel_requested, j.result,
+                old.options, old.submit_time, j.state, j.node, j.attempts, j.cancel_requested, j.result, j.result_size,
             )  # fmt: skip
         for key in p.gone_jobs:
             del self.jobs[key]
@@ -86,8 +87,14 @@ class MemoryJournal:
             self.usage[u.user] = (u.cpu_seconds, u.as_of)
 
     def restored(self, adopt_within: float = 30.0) -> E.StateRestored:
-        jobs = sorted(self.jobs.values(), key=lambda j: j.seq)
+        """What `SqliteJournal.load` gives: every row, results left on disk (their sizes only)."""
+        jobs = [dataclasses.replace(j, result=None) for j in sorted(self.jobs.values(), key=lambda j: j.seq)]
         return E.StateRestored(list(self.clusters.values()), jobs, dict(self.usage), adopt_within)
+
+    def read_results(self, cluster_id: str, job_ids: list[int]) -> list[JobResult]:
+        """As `StateStore.read_results`: the held results of those jobs it still has."""
+        rows = [self.jobs.get((cluster_id, job_id)) for job_id in job_ids]
+        return [r.result for r in rows if r is not None and r.result is not None]
 
 
 def run(core: SchedulerCore, journal: MemoryJournal, *events: E.Event, now: float) -> list[A.Action]:
@@ -133,7 +140,10 @@ def test_after_a_restart_queued_jobs_run_and_held_results_reach_the_returning_cl
     assert core.clusters["K"].jobs[2].state is JobState.ORPHANED and core.clusters["K"].queued == 1
     actions = run(core, journal, joined("n9", 1), opened("c2", "K"), now=11)
     assert A.ConfirmOpened("c2", "K", True) in actions
-    assert [r.job_id for r in delivered(actions)[("c2", "K")]] == [1]
+    assert ("c2", "K") not in delivered(actions)  # the result stayed on disk: the shell reads it back
+    (stored,) = of(actions, A.DeliverStored)
+    assert (stored.client, stored.cluster_id, stored.jobs) == ("c2", "K", [(1, result_cost(result("K", 1)))])
+    assert journal.read_results("K", [1]) == [result("K", 1)]
     assert dispatched(actions) == {"n9": [("K", 3)]}  # the queue resumed without a resubmit
 
 
@@ -236,10 +246,13 @@ class JournaledCoreMachine(CoreMachine):
         self.core = SchedulerCore(load_policy(self.POLICY), self.config)
         self.journal = MemoryJournal()
 
-    def apply(self, *events: E.Event, dt: float = 0.0) -> list[A.Action]:
-        actions = super().apply(*events, dt=dt)
+    def record(self, actions: list[A.Action]) -> None:
         self.journal.apply(actions)
-        return actions
+
+    def read_stored(self, cluster_id: str, job_ids: list[int]) -> list[JobResult]:
+        results = self.journal.read_results(cluster_id, job_ids)
+        assert len(results) == len(job_ids), "a result the core left to the store is not there"
+        return results
 
     @rule(data=st.data())
     def scheduler_restarts(self, data: st.DataObject) -> None:
@@ -269,8 +282,12 @@ class JournaledCoreMachine(CoreMachine):
             assert journal.clusters[cluster.cluster_id].overrides == cluster.overrides
             for job in cluster.jobs.values():
                 state = "running" if job.state is JobState.ORPHANED else job.state.value
-                rows[job.key] = (state, job.attempts, job.cancel_requested, job.result, job.payload is None)
-        held = {k: (r.state, r.attempts, r.cancel_requested, r.result, r.payload is None) for k, r in journal.jobs.items()}
+                assert job.result is None, "a result held in memory as well as in the journal"
+                rows[job.key] = (state, job.attempts, job.cancel_requested, job.result_size, job.payload is None)
+        held = {
+            k: (r.state, r.attempts, r.cancel_requested, r.result_size, r.payload is None) for k, r in journal.jobs.items()
+        }
+        assert all((r.result is not None) == (r.state == "done") for r in journal.jobs.values()), "a result is missing"
         assert held == rows
         for user in core.users.values():  # the same decayed usage, maybe as of another time
             if user.usage > 0:
