@@ -6,7 +6,13 @@ core event (clients and nodes may send different sets), and hands events to
 the server, which batches them into one `SchedulerCore.handle` call per loop
 turn. Outgoing messages are buffered and written once per turn.
 
-Backpressure: the transport's write buffer has a high-water mark
+Backpressure, input side: at most `MESSAGES_PER_TURN` messages of a peer
+are taken in one loop turn; the rest stay undecoded in the frame decoder,
+reading is paused, and the next turn (after the core has answered these)
+takes more, unless its replies are still above the write mark. So the
+replies one turn makes for one peer are bounded, whatever it sends at once.
+
+Backpressure, output side: the transport's write buffer has a high-water mark
 (`WRITE_HIGH`). Above it the transport pauses us (`pause_writing`): results
 for this peer stop being encoded and wait as (cluster, job id, size) in
 `_results`, their bytes in the journal (or, without one, in the core's
@@ -58,6 +64,8 @@ WRITE_LOW = 1 << 20
 RESULT_SLICE = 1 << 20
 #: in the queue of waiting results: where a cluster's ClusterClosed goes out
 CLOSED_MARK = -1
+#: messages of one peer taken in one loop turn; the rest wait (undecoded) for the next
+MESSAGES_PER_TURN = 1000
 
 
 def _client_event(session: str, user: str, msg: M.Message) -> E.Event | None:
@@ -127,6 +135,9 @@ class PeerConnection(asyncio.Protocol):
         #: provisional results dropped while paused (they are not kept anywhere)
         self.dropped_provisional = 0
         self._buffer_seen = 0  # the write buffer's size at the last liveness check
+        #: reading is paused until the next turn: this turn took MESSAGES_PER_TURN messages
+        self._input_held = False
+        self._paused_before = False
 
     # ---------------------------------------------------------- asyncio hooks
 
@@ -152,7 +163,20 @@ class PeerConnection(asyncio.Protocol):
         if self.liveness is not None:
             self.liveness.heard = True
         self._decoder.feed(data)
+        if not self._input_held:  # else the next turn takes it
+            self._take_messages()
+
+    def _take_messages(self) -> None:
+        """Handles the messages the decoder holds, up to `MESSAGES_PER_TURN`; the rest wait for the next turn."""
+        taken = 0
         while not self._closing:
+            if taken >= MESSAGES_PER_TURN and self.transport is not None:
+                if not self._input_held:
+                    self._input_held = True
+                    self.transport.pause_reading()
+                    asyncio.get_running_loop().call_soon(self._next_turn)  # after the core's turn (scheduled first)
+                return
+            taken += 1
             try:
                 msg = M.next_message(self._decoder)
             except RemoteWireError as exc:
@@ -249,20 +273,44 @@ class PeerConnection(asyncio.Protocol):
 
     # ---------------------------------------------------------- backpressure
 
+    def _next_turn(self) -> None:
+        """Takes more of a peer's held input, unless our replies to it are still above the write mark."""
+        if self._closing or self.transport is None:
+            return
+        if self.write_paused:
+            return  # resume_writing goes on
+        if self._writer is not None and self._writer.queued + self._buffered() >= WRITE_HIGH:
+            # this turn's replies are not yet written: once they are, the transport pauses us or we go on
+            asyncio.get_running_loop().call_soon(self._next_turn)
+            return
+        self._input_held = False
+        self._take_messages()
+        if not self._input_held and not self._closing:
+            self.transport.resume_reading()
+
     def pause_writing(self) -> None:
         self.write_paused = True
-        if self.peer is not None and self.peer.role is Role.CLIENT and self.transport is not None:
+        peer = self.peer
+        if peer is not None and peer.role is Role.CLIENT and self.transport is not None:
             self.transport.pause_reading()  # its requests would add replies it does not read
-        log.debug("%s: paused writing (%d bytes unsent)", self.address, self._buffered())
+            if not self._paused_before:  # once per connection: a slow link may pause and resume all the time
+                self._paused_before = True
+                log.info(
+                    "client %s (%s) does not read as fast as we send: its results wait in the journal and its "
+                    "requests are not read until it catches up (%d bytes unsent)",
+                    peer_text(peer.name), self.address, self._buffered(),
+                )  # fmt: skip
 
     def resume_writing(self) -> None:
         self.write_paused = False
         if self.liveness is not None:
             self.liveness.heard = True  # it read what we sent: alive, even though we did not read it meanwhile
-        if self.transport is not None and not self._closing:
-            self.transport.resume_reading()
         log.debug("%s: resumed writing; %d results waiting", self.address, len(self._results))
         self._pump()
+        if self._input_held:
+            self._next_turn()  # input held back meanwhile goes on
+        elif self.transport is not None and not self._closing:
+            self.transport.resume_reading()
 
     def drained(self) -> bool:
         """Whether the peer took some of our unsent bytes since the last call (a paused peer still reading)."""
