@@ -149,6 +149,7 @@ class ClusterSession:
         )  # fmt: skip
         assert self._link.welcome is not None
         self._link.watch(HEARTBEAT)
+        self._link.on_writable = self._take_incoming
         limit = self._link.welcome.info.get("max_message_size")
         self.max_message_size = limit if isinstance(limit, int) else 0
         self._journal = self._link.welcome.info.get("journal") is True
@@ -176,6 +177,8 @@ class ClusterSession:
             self._write_off_forgotten()
         if self._specs:
             self._send_submits(list(self._specs.values()))
+        if self._incoming:  # held back while the previous link was congested
+            self._take_incoming()
         return resumed
 
     async def close(self, terminate: bool, timeout: float) -> None:
@@ -243,7 +246,7 @@ class ClusterSession:
             self._link.send(M.SetNodeCpus(self.cluster_id, node, cpus))
 
     def cancel(self, job_ids: list[int]) -> None:
-        self._take_incoming()  # a job submitted just before must reach the scheduler first
+        self._take_incoming(force=True)  # a job submitted just before must reach the scheduler first
         if self._link is not None:
             self._link.send(M.CancelJobs(self.cluster_id, job_ids))
 
@@ -279,16 +282,32 @@ class ClusterSession:
         self._delivering.add(result.job_id)
         self._deliver("result", result)
 
-    def _take_incoming(self) -> None:
-        self._wake_pending = False
-        batch: list[M.JobSpec] = []
+    def _take_incoming(self, force: bool = False) -> None:
+        """Sends queued submits, a message's worth at a time while the link takes them.
+
+        While it is congested (the scheduler reads slower than we submit) the
+        rest wait in `_incoming`, so the jobs' arguments are not kept twice
+        (spec and encoded frame) without bound; `on_writable` brings us back.
+        """
+        self._wake_pending = False  # first: a submit queued from now on wakes us again
+        link = self._link
+        sending = link is not None and self._opened is not None and self._opened.done()
         while self._incoming:
-            spec = self._incoming.popleft()
-            self._specs[spec.job_id] = spec
-            self._unfinished.add(spec.job_id)
-            batch.append(spec)
-        if batch and self._opened is not None and self._opened.done():
-            self._send_submits(batch)
+            if sending and not force and link is not None and link.congested():
+                self._wake_pending = True  # enqueue need not wake us: the link will
+                if not link.paused:  # congested by what this turn queued: look again once it is written
+                    asyncio.get_running_loop().call_soon(self._take_incoming)
+                return
+            batch: list[M.JobSpec] = []
+            size = 0
+            while self._incoming and (not batch or size < SUBMIT_CHUNK_BYTES):
+                spec = self._incoming.popleft()
+                self._specs[spec.job_id] = spec
+                self._unfinished.add(spec.job_id)
+                batch.append(spec)
+                size += len(spec.payload) + 32
+            if sending:
+                self._send_submits(batch)
 
     def _send_submits(self, specs: list[M.JobSpec]) -> None:
         assert self._link is not None
