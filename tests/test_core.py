@@ -16,7 +16,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from dispy_sched.core import CoreConfig, JobState, SchedulerCore
 from dispy_sched.core.keyed_heap import KeyedHeap
-from dispy_sched.core.state import Limits
+from dispy_sched.core.state import Limits, job_cost, result_cost
 from dispy_sched.core import actions as A
 from dispy_sched.core import events as E
 from dispy_sched.core.invariants import check_invariants
@@ -1191,3 +1191,23 @@ def test_resetup_drains_the_node_then_loads_the_new_computation_there(core: Sche
     kinds = [type(a).__name__ for a in actions if isinstance(a, (A.UnloadCluster, A.LoadCluster, A.Dispatch))]
     assert kinds == ["UnloadCluster", "LoadCluster", "Dispatch"]
     assert of(actions, A.LoadCluster)[0].computation == b"new computation"
+
+
+def test_queued_counts_move_only_with_the_transitions_that_cause_them(core: SchedulerCore) -> None:
+    """STYLE.md (d): `queued` and `queued_bytes` change in `_admit`/`_transition` alone, on every path."""
+    step(core, opened("c1", "K", reentrant=True), joined("n1", 1), now=0)
+    user, cluster = core.users["alice"], core.clusters["K"]
+
+    def counts() -> tuple[int, int, int]:
+        return user.queued, cluster.queued, user.queued_bytes - len(b"computation")
+
+    step(core, submitted("c1", "K", 1, 2, 3), now=1)  # 1 dispatched, 2 and 3 queued
+    assert counts() == (2, 2, 3 * job_cost(b"args-1"))
+    step(core, E.NodeLeft("n1", "gone"), now=2)  # reentrant: 1 queued again, keeping its place
+    assert counts() == (3, 3, 3 * job_cost(b"args-1"))
+    step(core, E.JobsCancelled("c1", "K", [2]), now=3)  # queued -> done: its arguments freed
+    assert counts() == (2, 2, 2 * job_cost(b"args-1"))
+    step(core, joined("n2", 1), now=4)
+    step(core, arrived("n2", result("K", 1)), now=5)  # running -> done
+    assert counts() == (0, 0, job_cost(b"args-1"))  # 3 runs now
+    assert user.held_bytes == result_cost(result("K", 1)) + cluster.jobs[2].result_size

@@ -304,3 +304,21 @@ JournaledCoreMachine.TestCase.settings = settings(
     max_examples=100, stateful_step_count=40, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 test_random_interleavings_with_restarts_lose_nothing = JournaledCoreMachine.TestCase
+
+
+def test_with_a_store_a_held_result_is_on_disk_only_and_a_returning_client_gets_it_from_there(make_core: MakeCore) -> None:
+    core, journal = make_core(persist=True), MemoryJournal()
+    run(core, journal, opened("c1", "K"), joined("n1", 1), now=0)
+    run(core, journal, submitted("c1", "K", 1), now=1)
+    run(core, journal, E.ClientLeft("c1"), now=2)
+    actions = run(core, journal, arrived("n1", result("K", 1)), now=3)
+    (persist,) = of(actions, A.Persist)
+    assert [j.result for j in persist.changed_jobs] == [result("K", 1)]  # written with the call that got it ...
+    job = core.clusters["K"].jobs[1]
+    assert job.result is None and job.result_size == result_cost(result("K", 1))  # ... then let go of
+    assert core.users["alice"].held_bytes == job.result_size  # still counted against max_held_bytes
+    actions = run(core, journal, opened("c2", "K"), now=4)
+    assert of(actions, A.DeliverStored) == [A.DeliverStored("c2", "K", [(1, job.result_size)])]
+    assert journal.read_results("K", [1]) == [result("K", 1)]
+    run(core, journal, E.ResultsAcked("c2", "K", [1]), now=5)
+    assert not journal.jobs and core.users["alice"].held_bytes == 0
