@@ -132,8 +132,6 @@ class PeerConnection(asyncio.Protocol):
         #: job id CLOSED_MARK: the cluster's ClusterClosed, which must not overtake its results
         self._results: deque[tuple[str, int, int, M.JobResult | None]] = deque()
         self._closed: dict[str, M.ClusterClosed] = {}
-        #: provisional results dropped while paused (they are not kept anywhere)
-        self.dropped_provisional = 0
         self._buffer_seen = 0  # the write buffer's size at the last liveness check
         #: reading is paused until the next turn: this turn took MESSAGES_PER_TURN messages
         self._input_held = False
@@ -330,9 +328,8 @@ class PeerConnection(asyncio.Protocol):
         """
         for r in results:
             if r.status == JobStatus.PROVISIONAL_RESULT:
-                if self.write_paused or self._results:
-                    self.dropped_provisional += 1  # a progress report: nothing is lost but the report
-                else:
+                # a progress report, kept nowhere: a client that is behind does not get it (the job's end it does)
+                if not (self.write_paused or self._results):
                     self.send(M.JobResults(cluster_id, [r]))
             else:
                 self._results.append((cluster_id, r.job_id, result_cost(r), r))
