@@ -14,6 +14,7 @@ def check_invariants(core: SchedulerCore) -> None:
     node_busy: Counter[str] = Counter()
     user_busy: Counter[str] = Counter()
     user_queued: Counter[str] = Counter()
+    user_orphans: Counter[str] = Counter()
     user_queued_bytes: Counter[str] = Counter()
     user_held_bytes: Counter[str] = Counter()
     for cluster in core.clusters.values():
@@ -58,6 +59,7 @@ def check_invariants(core: SchedulerCore) -> None:
             assert not cluster.node_cpus, f"{cluster.cluster_id}: a placement cache without a restriction"
         user_busy[cluster.user] += len(running)
         user_queued[cluster.user] += len(queued)
+        user_orphans[cluster.user] += sum(1 for j in cluster.jobs.values() if j.state is JobState.ORPHANED)
     assert all(core.clusters.get(k[0]) is not None and k[1] in core.clusters[k[0]].jobs for k in core._orphans), "a stray orphan"
     core._free_nodes.check()
     for node in core.nodes.values():
@@ -69,6 +71,7 @@ def check_invariants(core: SchedulerCore) -> None:
     for user in core.users.values():
         assert user.busy == user_busy[user.name], f"user {user.name}: busy {user.busy} != {user_busy[user.name]}"
         assert user.queued == user_queued[user.name], f"user {user.name}: queued is wrong"
+        assert user.orphans == user_orphans[user.name], f"user {user.name}: orphans is wrong"
         assert user.queued_bytes == user_queued_bytes[user.name], f"user {user.name}: queued_bytes is wrong"
         assert user.held_bytes == user_held_bytes[user.name], f"user {user.name}: held_bytes is wrong"
         assert user.clusters == {c.cluster_id for c in core.clusters.values() if c.user == user.name}, f"{user.name}: clusters"

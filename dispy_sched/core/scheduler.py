@@ -685,6 +685,8 @@ class SchedulerCore:
             cluster.push(job)
             cluster.queued += 1
             user.queued += 1
+        elif job.state is JobState.ORPHANED:
+            user.orphans += 1
         self._log(job, origin, job.state.value)
 
     def _transition(self, job: JobRecord, to: JobState, result: JobResult | None = None) -> None:
@@ -702,6 +704,9 @@ class SchedulerCore:
         if job.state is JobState.QUEUED:
             cluster.queued -= 1
             user.queued -= 1
+        elif job.state is JobState.ORPHANED:  # reported, requeued or written off: no longer held against max_cpus
+            user.orphans -= 1
+            self.ready.update_user(user)
         if to is JobState.QUEUED:
             cluster.queued += 1
             user.queued += 1

@@ -227,11 +227,15 @@ class UserRecord:
     clusters: set[str] = field(default_factory=set)
     queued_bytes: int = 0  # see `Limits.max_queued_bytes`
     held_bytes: int = 0  # see `Limits.max_held_bytes`
+    #: its jobs running when the scheduler last stopped, not yet reported by a node (they may run still)
+    orphans: int = 0
 
     @property
     def capped(self) -> bool:
-        """At `max_cpus`, or holding `max_held_bytes` of results: gets no more CPUs until that changes."""
-        return (self.limits.max_cpus is not None and self.busy >= self.limits.max_cpus) or self.holding_too_much
+        """At `max_cpus` (counting orphans, which a node may yet report running), or holding `max_held_bytes`
+        of results: gets no more CPUs until that changes."""
+        cap = self.limits.max_cpus
+        return (cap is not None and self.busy + self.orphans >= cap) or self.holding_too_much
 
     @property
     def holding_too_much(self) -> bool:
