@@ -175,3 +175,42 @@ def test_a_program_away_longer_than_the_retention_gets_its_jobs_abandoned_with_t
     for [(status, _, why)] in got.values():
         assert status == ABANDONED and "was released: its program was away for 2 s or more" in why, why
     assert "closed" in client.stdout
+
+
+#: submits 64 jobs of 1 MiB arguments while the scheduler is stopped; prints how much it grew, then the results
+SUBMITTER = """
+import asyncio, os, sys, time
+import psutil
+from dispy_client import SharedJobCluster
+
+def compute(x):
+    return len(x)
+
+c = SharedJobCluster(compute)
+print("opened", flush=True)
+while not os.path.exists(sys.argv[1]):  # the test stops the scheduler, then creates it
+    time.sleep(0.02)
+before = psutil.Process().memory_info().rss
+jobs = [c.submit(os.urandom(1 << 20)) for _ in range(64)]
+for _ in range(3):  # loop round trips: the loop thread has taken (or held back) every submit
+    c._lt.run(asyncio.sleep(0))
+print("grew", (psutil.Process().memory_info().rss - before) >> 20, flush=True)
+print("results", sum(job() == 1 << 20 for job in jobs), flush=True)
+c.close()
+"""
+
+
+def test_a_client_does_not_buffer_its_submits_twice_for_a_scheduler_that_stops_reading(cluster: Cluster) -> None:
+    scheduler = cluster.scheduler()
+    cluster.node(cpus=2)
+    gate = cluster.workdir / "stopped"
+    client = cluster.client(SUBMITTER, args=[str(gate)])
+    client.wait_for_line("opened", timeout=60)
+    with stopped(scheduler):
+        gate.touch()
+        grew = int(client.wait_for_line(r"grew (-?\d+)", timeout=60).group(1))
+    print(f"a client grew {grew} MiB submitting 64 MiB of arguments to a stopped scheduler")
+    # the jobs keep their arguments (DispyJob.args) and the session their pickles: about 128 MiB;
+    # without holding back, the encoded submits came on top of that (measured: 64 MiB more)
+    assert grew < 165, f"the client grew {grew} MiB"
+    client.wait_for_line(r"results 64", timeout=120)
