@@ -326,10 +326,11 @@ class PeerConnection(asyncio.Protocol):
         Args:
             stored: the journal holds the terminal ones: a waiting one keeps its id, not its bytes.
         """
+        behind = self.write_paused or bool(self._results)  # before this call's own results queue up
         for r in results:
             if r.status == JobStatus.PROVISIONAL_RESULT:
                 # a progress report, kept nowhere: a client that is behind does not get it (the job's end it does)
-                if not (self.write_paused or self._results):
+                if not behind:
                     self.send(M.JobResults(cluster_id, [r]))
             else:
                 self._results.append((cluster_id, r.job_id, result_cost(r), r))
