@@ -28,6 +28,10 @@ from .errors import AuthenticationError, LimitError, ProtocolError, SchedulerNot
 log = logging.getLogger("dispy_client")
 T = TypeVar("T")
 
+#: unsent bytes above which the link counts as congested (the scheduler reads slower than we submit)
+WRITE_HIGH = 4 << 20
+WRITE_LOW = 1 << 20
+
 
 class LoopThread:
     """A daemon thread that runs one asyncio loop until `stop`."""
@@ -131,6 +135,9 @@ class SchedulerLink(asyncio.Protocol):
         self.liveness: Liveness | None = None
         self._watch: asyncio.TimerHandle | None = None
         self._gave_up = ""
+        #: the transport is above WRITE_HIGH; `on_writable` is called when it is below WRITE_LOW again
+        self.paused = False
+        self.on_writable: Callable[[], None] | None = None
 
     @classmethod
     async def connect(
@@ -203,6 +210,7 @@ class SchedulerLink(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        self.transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_LOW)
         loop = asyncio.get_running_loop()
         self._writer = BatchedWriter(loop.call_soon, self.transport.write, self.transport.is_closing)
         self.ssl_object = transport.get_extra_info("ssl_object")
@@ -307,6 +315,21 @@ class SchedulerLink(asyncio.Protocol):
         self.close()
 
     # --------------------------------------------------------------- output
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        if self.on_writable is not None:
+            self.on_writable()
+
+    def congested(self) -> bool:
+        """Whether what we queued but the scheduler has not taken is above the mark (submits should wait)."""
+        if self.paused:
+            return True
+        queued = self._writer.queued if self._writer is not None else 0
+        return queued + (self.transport.get_write_buffer_size() if self.transport is not None else 0) >= WRITE_HIGH
 
     def send(self, msg: M.Message) -> None:
         if self.liveness is not None:

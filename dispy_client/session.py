@@ -94,6 +94,8 @@ class ClusterSession:
         self._accepted: set[int] = set()  # unfinished jobs the scheduler accepted
         self._delivering: set[int] = set()  # results handed to the tracker, not yet settled and acknowledged
         self._journal = False  # the scheduler keeps accepted jobs across restarts
+        #: why the scheduler released the cluster while we were away (ErrorCode.RELEASED); '' if it did not
+        self._released = ""
         self._incoming: collections.deque[M.JobSpec] = collections.deque()
         self._wake_pending = False
         self._opened: asyncio.Future[bool] | None = None
@@ -148,6 +150,7 @@ class ClusterSession:
         self._link = await self._dial(info)
         assert self._link.welcome is not None
         self._link.watch(HEARTBEAT)
+        self._link.on_writable = self._take_incoming
         limit = self._link.welcome.info.get("max_message_size")
         self.max_message_size = limit if isinstance(limit, int) else 0
         self._journal = self._link.welcome.info.get("journal") is True
@@ -168,11 +171,15 @@ class ClusterSession:
         for node, cpus in self._node_cpus.items():
             self._link.send(M.SetNodeCpus(self.cluster_id, node, cpus))
         if not resumed:
+            if self._released:
+                log.warning("scheduler %s:%d: %s", self.host, self.port, self._released)
             for node, computation in self._resetups.items():
                 self._link.send(M.ResetupNode(self.cluster_id, node, computation))
             self._write_off_forgotten()
         if self._specs:
             self._send_submits(list(self._specs.values()))
+        if self._incoming:  # held back while the previous link was congested
+            self._take_incoming()
         return resumed
 
     async def close(self, terminate: bool, timeout: float) -> None:
@@ -240,7 +247,7 @@ class ClusterSession:
             self._link.send(M.SetNodeCpus(self.cluster_id, node, cpus))
 
     def cancel(self, job_ids: list[int]) -> None:
-        self._take_incoming()  # a job submitted just before must reach the scheduler first
+        self._take_incoming(force=True)  # a job submitted just before must reach the scheduler first
         if self._link is not None:
             self._link.send(M.CancelJobs(self.cluster_id, job_ids))
 
@@ -255,14 +262,18 @@ class ClusterSession:
             if spec is not None and self.open_msg.reentrant:
                 continue
             self._specs.pop(job_id, None)
-            why = (
-                f"scheduler {self.host}:{self.port} no longer knows cluster {self.cluster_id} (restarted without "
-                "its journal); the job may have run, and is not reentrant, so it is not run again"
-                if spec is not None
-                else f"scheduler {self.host}:{self.port} lost cluster {self.cluster_id} (its journal) with this job"
-            )
+            if self._released:
+                why = f"scheduler {self.host}:{self.port}: {self._released}"
+            elif spec is not None:
+                why = (
+                    f"scheduler {self.host}:{self.port} no longer knows cluster {self.cluster_id} (restarted without "
+                    "its journal); the job may have run, and is not reentrant, so it is not run again"
+                )
+            else:
+                why = f"scheduler {self.host}:{self.port} lost cluster {self.cluster_id} (its journal) with this job"
             self._end(M.JobResult(self.cluster_id, job_id, int(JobStatus.ABANDONED), None, b"", b"", why, "", 0.0, 0.0))
         self._accepted.clear()
+        self._released = ""
 
     def _end(self, result: M.JobResult) -> None:
         """Hands a job's terminal result to the tracker, once."""
@@ -272,16 +283,32 @@ class ClusterSession:
         self._delivering.add(result.job_id)
         self._deliver("result", result)
 
-    def _take_incoming(self) -> None:
-        self._wake_pending = False
-        batch: list[M.JobSpec] = []
+    def _take_incoming(self, force: bool = False) -> None:
+        """Sends queued submits, a message's worth at a time while the link takes them.
+
+        While it is congested (the scheduler reads slower than we submit) the
+        rest wait in `_incoming`, so the jobs' arguments are not kept twice
+        (spec and encoded frame) without bound; `on_writable` brings us back.
+        """
+        self._wake_pending = False  # first: a submit queued from now on wakes us again
+        link = self._link
+        sending = link is not None and self._opened is not None and self._opened.done()
         while self._incoming:
-            spec = self._incoming.popleft()
-            self._specs[spec.job_id] = spec
-            self._unfinished.add(spec.job_id)
-            batch.append(spec)
-        if batch and self._opened is not None and self._opened.done():
-            self._send_submits(batch)
+            if sending and not force and link is not None and link.congested():
+                self._wake_pending = True  # enqueue need not wake us: the link will
+                if not link.paused:  # congested by what this turn queued: look again once it is written
+                    asyncio.get_running_loop().call_soon(self._take_incoming)
+                return
+            batch: list[M.JobSpec] = []
+            size = 0
+            while self._incoming and (not batch or size < SUBMIT_CHUNK_BYTES):
+                spec = self._incoming.popleft()
+                self._specs[spec.job_id] = spec
+                self._unfinished.add(spec.job_id)
+                batch.append(spec)
+                size += len(spec.payload) + 32
+            if sending:
+                self._send_submits(batch)
 
     def _send_submits(self, specs: list[M.JobSpec]) -> None:
         assert self._link is not None
@@ -349,6 +376,11 @@ class ClusterSession:
                 log.warning("unexpected %s from scheduler", type(msg).__name__)
 
     def _on_error(self, code: str, message: str, ref: str) -> None:
+        if code == ErrorCode.RELEASED and ref == self.cluster_id:
+            # away too long: the scheduler dropped what it held; the cluster opens anew, and the
+            # jobs it had accepted end Abandoned with this reason (`_write_off_forgotten`)
+            self._released = message
+            return
         if self._opened is not None and not self._opened.done() and ref == self.cluster_id:
             error = LimitError if code == ErrorCode.LIMIT else ClusterError
             self._opened.set_exception(error(f"scheduler refused cluster {self.open_msg.name}: {message}"))

@@ -78,8 +78,9 @@ class SchedConfig:
     user_max_held_bytes: int | None = 512 << 20
     #: a client sees other users only as totals (`--show-others` turns it off)
     private_data: bool = True
-    #: seconds a cluster whose program left is kept once nothing of it runs; 0: forever
-    keep_detached: float = 86400.0
+    #: seconds a cluster's program may stay away (dispy's zombie_interval): then the cluster is released,
+    #: its uncollected results dropped and its jobs cancelled; 0: forever
+    result_retention: float = 3600.0
     journal: bool = True  # keep accepted jobs, held results and usage in the state dir's journal
     journal_sync: str = "full"  # full: on disk before acknowledging; normal: survives a kill, not a power cut
     adopt_within: float = 30.0  # after a restart, seconds nodes have to report jobs that were running
@@ -394,9 +395,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="results kept until the user's clients acknowledge them (512M); at it, the user's jobs wait",
     )  # fmt: skip
     p.add_argument(
-        "--keep-detached", type=float, metavar="S",
-        help="seconds a cluster whose program left without closing it is kept once none of its jobs is queued or "
-        "running: its results wait that long for recover_jobs (86400; 0: forever)",
+        "--result-retention", type=float, metavar="S",
+        help="seconds a cluster's program may stay away (gone, stopped, cut off) before the cluster is released: "
+        "its uncollected results dropped, its jobs cancelled, one log line; a program back later is told why "
+        "(3600, dispy's zombie_interval; 0: forever)",
     )  # fmt: skip
     p.add_argument(
         "--show-others", dest="private_data", action="store_false", default=None,
@@ -475,8 +477,8 @@ def config_from_args(argv: list[str] | None = None) -> SchedConfig:
     for name in ("port", "discovery_port"):
         if not 0 <= getattr(cfg, name) <= 65535:
             raise ConfigError(f"{name} {getattr(cfg, name)} out of range")
-    if cfg.keep_detached < 0:
-        raise ConfigError("keep_detached must be >= 0 seconds (0: forever)")
+    if cfg.result_retention < 0:
+        raise ConfigError("result_retention must be >= 0 seconds (0: forever)")
     if cfg.usage_half_life < 0:
         raise ConfigError("usage_half_life must be >= 0 seconds (0: usage never decays)")
     if not isinstance(logging.getLevelName(cfg.loglevel.upper()), int):

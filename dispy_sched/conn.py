@@ -6,6 +6,24 @@ core event (clients and nodes may send different sets), and hands events to
 the server, which batches them into one `SchedulerCore.handle` call per loop
 turn. Outgoing messages are buffered and written once per turn.
 
+Backpressure, input side: at most `MESSAGES_PER_TURN` messages of a peer
+are taken in one loop turn; the rest stay undecoded in the frame decoder,
+reading is paused, and the next turn (after the core has answered these)
+takes more, unless its replies are still above the write mark. So the
+replies one turn makes for one peer are bounded, whatever it sends at once.
+
+Backpressure, output side: the transport's write buffer has a high-water mark
+(`WRITE_HIGH`). Above it the transport pauses us (`pause_writing`): results
+for this peer stop being encoded and wait as (cluster, job id, size) in
+`_results`, their bytes in the journal (or, without one, in the core's
+records, which hold them anyway); and we stop reading from a client, whose
+requests would only add replies it does not read (a flooding client is
+paused, not dropped; its kernel buffers then push back on it). Below the
+low mark (`resume_writing`) both resume, and the waiting results are read
+back and written a slice at a time, until the mark is reached again. So a
+slow or stopped client costs the scheduler at most about `WRITE_HIGH` plus
+a slice of memory, whatever piles up for it.
+
 Bad input never escapes this module as an exception: it becomes a log line,
 a `Refused` (fatal) or `Error` (non-fatal) frame to the sender, and, if
 fatal, the end of this connection only.
@@ -18,6 +36,7 @@ import logging
 import math
 import time
 import ssl
+from collections import deque
 from typing import TYPE_CHECKING, cast
 
 from dispy_wire import messages as M
@@ -26,15 +45,27 @@ from dispy_wire.errors import ErrorCode, RemoteWireError
 from dispy_wire.framing import NEED_DATA, PRELOGIN_MAX_SIZE, PREAMBLE, FrameDecoder
 from dispy_wire.handshake import HandshakeState, Peer, Role, ServerHandshake
 from dispy_wire.liveness import Liveness
+from dispy_wire.status import JobStatus
 from dispy_wire.tls import channel_binding, peer_identity
 
 from .core import events as E
+from .core.state import result_cost
 from .logsafe import peer_text
 
 if TYPE_CHECKING:
     from .server import SchedulerServer
 
 log = logging.getLogger(__name__)
+
+#: bytes waiting in a connection's transport above which it pauses us (and below which, `WRITE_LOW`, resumes)
+WRITE_HIGH = 4 << 20
+WRITE_LOW = 1 << 20
+#: results are read back and encoded in slices of about this many bytes (at least one result each)
+RESULT_SLICE = 1 << 20
+#: in the queue of waiting results: where a cluster's ClusterClosed goes out
+CLOSED_MARK = -1
+#: messages of one peer taken in one loop turn; the rest wait (undecoded) for the next
+MESSAGES_PER_TURN = 1000
 
 
 def _client_event(session: str, user: str, msg: M.Message) -> E.Event | None:
@@ -95,11 +126,22 @@ class PeerConnection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         #: silence both ways, from login on (`SchedulerServer._watch_links` checks it)
         self.liveness: Liveness | None = None
+        #: the transport's buffer is above WRITE_HIGH: results wait in `_results`
+        self.write_paused = False
+        #: terminal results not yet encoded: (cluster, job id, size, the result if kept in memory);
+        #: job id CLOSED_MARK: the cluster's ClusterClosed, which must not overtake its results
+        self._results: deque[tuple[str, int, int, M.JobResult | None]] = deque()
+        self._closed: dict[str, M.ClusterClosed] = {}
+        self._buffer_seen = 0  # the write buffer's size at the last liveness check
+        #: reading is paused until the next turn: this turn took MESSAGES_PER_TURN messages
+        self._input_held = False
+        self._paused_before = False
 
     # ---------------------------------------------------------- asyncio hooks
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        self.transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_LOW)
         loop = asyncio.get_running_loop()
         self._writer = BatchedWriter(loop.call_soon, self.transport.write, self.transport.is_closing)
         self.ssl_object = transport.get_extra_info("ssl_object")
@@ -119,7 +161,20 @@ class PeerConnection(asyncio.Protocol):
         if self.liveness is not None:
             self.liveness.heard = True
         self._decoder.feed(data)
+        if not self._input_held:  # else the next turn takes it
+            self._take_messages()
+
+    def _take_messages(self) -> None:
+        """Handles the messages the decoder holds, up to `MESSAGES_PER_TURN`; the rest wait for the next turn."""
+        taken = 0
         while not self._closing:
+            if taken >= MESSAGES_PER_TURN and self.transport is not None:
+                if not self._input_held:
+                    self._input_held = True
+                    self.transport.pause_reading()
+                    asyncio.get_running_loop().call_soon(self._next_turn)  # after the core's turn (scheduled first)
+                return
+            taken += 1
             try:
                 msg = M.next_message(self._decoder)
             except RemoteWireError as exc:
@@ -214,6 +269,112 @@ class PeerConnection(asyncio.Protocol):
             return
         self.server.submit(event)
 
+    # ---------------------------------------------------------- backpressure
+
+    def _next_turn(self) -> None:
+        """Takes more of a peer's held input, unless our replies to it are still above the write mark."""
+        if self._closing or self.transport is None:
+            return
+        if self.write_paused:
+            return  # resume_writing goes on
+        if self._writer is not None and self._writer.queued + self._buffered() >= WRITE_HIGH:
+            # this turn's replies are not yet written: once they are, the transport pauses us or we go on
+            asyncio.get_running_loop().call_soon(self._next_turn)
+            return
+        self._input_held = False
+        self._take_messages()
+        if not self._input_held and not self._closing:
+            self.transport.resume_reading()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        peer = self.peer
+        if peer is not None and peer.role is Role.CLIENT and self.transport is not None:
+            self.transport.pause_reading()  # its requests would add replies it does not read
+            if not self._paused_before:  # once per connection: a slow link may pause and resume all the time
+                self._paused_before = True
+                log.info(
+                    "client %s (%s) does not read as fast as we send: its results wait in the journal and its "
+                    "requests are not read until it catches up (%d bytes unsent)",
+                    peer_text(peer.name), self.address, self._buffered(),
+                )  # fmt: skip
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.liveness is not None:
+            self.liveness.heard = True  # it read what we sent: alive, even though we did not read it meanwhile
+        log.debug("%s: resumed writing; %d results waiting", self.address, len(self._results))
+        self._pump()
+        if self._input_held:
+            self._next_turn()  # input held back meanwhile goes on
+        elif self.transport is not None and not self._closing:
+            self.transport.resume_reading()
+
+    def drained(self) -> bool:
+        """Whether the peer took some of our unsent bytes since the last call (a paused peer still reading)."""
+        size = self._buffered()
+        progressed = size < self._buffer_seen
+        self._buffer_seen = size
+        return progressed
+
+    def _buffered(self) -> int:
+        return self.transport.get_write_buffer_size() if self.transport is not None else 0
+
+    def deliver_results(self, cluster_id: str, results: list[M.JobResult], stored: bool) -> None:
+        """Sends results (in order, after what is queued already); while paused they wait, see the module doc.
+
+        Args:
+            stored: the journal holds the terminal ones: a waiting one keeps its id, not its bytes.
+        """
+        behind = self.write_paused or bool(self._results)  # before this call's own results queue up
+        for r in results:
+            if r.status == JobStatus.PROVISIONAL_RESULT:
+                # a progress report, kept nowhere: a client that is behind does not get it (the job's end it does)
+                if not behind:
+                    self.send(M.JobResults(cluster_id, [r]))
+            else:
+                self._results.append((cluster_id, r.job_id, result_cost(r), r))
+        self._pump()
+        if stored:  # what could not go now waits by id: its bytes are in the journal
+            waiting = self._results
+            for i in range(max(0, len(waiting) - len(results)), len(waiting)):
+                c, job_id, size, result = waiting[i]
+                if result is not None:
+                    waiting[i] = (c, job_id, size, None)
+
+    def deliver_stored(self, cluster_id: str, jobs: list[tuple[int, int]]) -> None:
+        """Sends results the journal holds, by (job id, size), read back a slice at a time as the peer takes them."""
+        self._results.extend((cluster_id, job_id, size, None) for job_id, size in jobs)
+        self._pump()
+
+    def _pump(self) -> None:
+        """Writes waiting results until the transport pauses us or none is left."""
+        if self.transport is None or self._writer is None:
+            return
+        while self._results and not self.write_paused and not self._closing:
+            cluster_id = self._results[0][0]
+            batch: list[tuple[int, M.JobResult | None]] = []
+            size = 0
+            if self._results[0][1] == CLOSED_MARK:
+                self._results.popleft()
+                self._writer.send(M.encode(self._closed.pop(cluster_id)))
+                continue
+            while self._results and self._results[0][0] == cluster_id and (not batch or size < RESULT_SLICE):
+                if self._results[0][1] == CLOSED_MARK:
+                    break
+                _, job_id, cost, result = self._results.popleft()
+                batch.append((job_id, result))
+                size += cost
+            missing = [job_id for job_id, result in batch if result is None]
+            read = {r.job_id: r for r in self.server.read_results(cluster_id, missing)} if missing else {}
+            results = [r if r is not None else read.get(job_id) for job_id, r in batch]
+            found = [r for r in results if r is not None]  # one acknowledged or released meanwhile is gone
+            if found:
+                self._writer.flush()  # what was queued before goes first
+                if self.liveness is not None:
+                    self.liveness.sent = True
+                self.transport.write(M.encode(M.JobResults(cluster_id, found)))  # may pause us at once
+
     # --------------------------------------------------------------- output
 
     def send(self, msg: M.Message) -> None:
@@ -222,6 +383,10 @@ class PeerConnection(asyncio.Protocol):
             return
         if self.liveness is not None:
             self.liveness.sent = True
+        if isinstance(msg, M.ClusterClosed) and self._results:  # after the results still waiting
+            self._closed[msg.cluster_id] = msg
+            self._results.append((msg.cluster_id, CLOSED_MARK, 0, None))
+            return
         self._writer.send(M.encode(msg))
 
     def fail(

@@ -19,8 +19,13 @@ that changes it, so fair-share history is exact after a kill -9. With
 acknowledgements leave; `NORMAL` survives a killed scheduler but not a
 machine that loses power.
 
+Held results live here, not in the scheduler's memory: `load` gives back
+each done job's result size, not its bytes, and the shell reads a result
+(`read_results`) only when it sends it to a client, a slice at a time, so a
+client that is away or slow costs disk, not memory.
+
 Another store (`PgStore`, pg_store.py: PostgreSQL, shared by a leader and
-its standby schedulers) implements the same three methods.
+its standby schedulers) implements the same four methods.
 """
 
 from __future__ import annotations
@@ -37,13 +42,14 @@ from dispy_wire.messages import JobResult
 
 from .core.actions import Persist
 from .core.persist import ClusterRow, JobRow
+from .core.state import result_cost
 
 log = logging.getLogger(__name__)
 
 FILENAME = "journal.sqlite3"
 #: the usage-only store of earlier versions, imported once
 OLD_USAGE_FILE = "usage.sqlite3"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: jobs.result_size, so results stay on disk until a client takes them
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS clusters (
@@ -70,6 +76,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     attempts INTEGER NOT NULL,
     cancel_requested INTEGER NOT NULL,
     result BLOB,                 -- msgpack JobResult, until the client acknowledges it
+    result_size INTEGER NOT NULL DEFAULT 0,  -- what the result counts in held_bytes (result_cost)
     PRIMARY KEY (cluster_id, job_id)
 );
 CREATE TABLE IF NOT EXISTS user_usage (
@@ -105,7 +112,20 @@ class NotLeader(StoreFailed):
 class StateStore(Protocol):
     """Where the scheduler keeps what it accepted."""
 
-    def load(self) -> Snapshot: ...
+    def load(self) -> Snapshot:
+        """Every cluster, job and usage row; done jobs come with `result_size` and no `result` (left on disk)."""
+        ...
+
+    def read_results(self, cluster_id: str, job_ids: list[int]) -> list[JobResult]:
+        """The held results of these jobs of one cluster, in the order asked.
+
+        A job the store does not hold, or holds without a result (acknowledged,
+        released, not done), is left out: the caller sends what there is.
+
+        Raises:
+            sqlite3.Error (or the store's own error).
+        """
+        ...
 
     def write(self, changes: Persist) -> None:
         """Applies one call's changes atomically; durable when it returns.
@@ -135,9 +155,11 @@ class SqliteJournal:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={'NORMAL' if synchronous.upper() == 'NORMAL' else 'FULL'}")
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        if version not in (0, SCHEMA_VERSION):
+        if version not in (0, 1, SCHEMA_VERSION):
             raise sqlite3.DatabaseError(f"{self.path} has schema version {version}; this scheduler reads {SCHEMA_VERSION}")
         self._db.executescript(_SCHEMA)
+        if version == 1:  # results held by version 1 get their size when first loaded (`load`)
+            self._db.execute("ALTER TABLE jobs ADD COLUMN result_size INTEGER NOT NULL DEFAULT 0")
         self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         self._import_old_usage(os.path.join(state_dir, OLD_USAGE_FILE))
 
@@ -169,18 +191,32 @@ class SqliteJournal:
                 "SELECT cluster_id, user, name, computation, reentrant, options, seq, closing, overrides FROM clusters"
             )
         ]
+        # a result's bytes stay on disk; only a version-1 row (no size yet) is read, to size it
         jobs = [
             JobRow(
                 cid, jid, prio, seq, None if payload is None else bytes(payload), _unpack_options(opts), submit,
-                state, node, attempts, bool(cancel), None if result is None else JobResult(*msgpack.unpackb(result)),
+                state, node, attempts, bool(cancel), None,
+                size or (result_cost(_unpack_result(old)) if old is not None else 0),
             )  # fmt: skip
-            for cid, jid, prio, seq, payload, opts, submit, state, node, attempts, cancel, result in self._db.execute(
+            for cid, jid, prio, seq, payload, opts, submit, state, node, attempts, cancel, size, old in self._db.execute(
                 "SELECT cluster_id, job_id, priority, seq, payload, options, submit_time, state, node, attempts, "
-                "cancel_requested, result FROM jobs ORDER BY seq"
+                "cancel_requested, result_size, CASE WHEN result_size = 0 THEN result END FROM jobs ORDER BY seq"
             )
         ]
         usage = {u: (float(c), float(t)) for u, c, t in self._db.execute("SELECT user, cpu_seconds, as_of FROM user_usage")}
         return Snapshot(clusters, jobs, usage)
+
+    def read_results(self, cluster_id: str, job_ids: list[int]) -> list[JobResult]:
+        found: dict[int, JobResult] = {}
+        for start in range(0, len(job_ids), 500):  # SQLite's bound parameters are limited
+            some = job_ids[start : start + 500]
+            marks = ",".join("?" * len(some))
+            for job_id, blob in self._db.execute(
+                f"SELECT job_id, result FROM jobs WHERE cluster_id = ? AND job_id IN ({marks}) AND result IS NOT NULL",
+                (cluster_id, *some),
+            ):
+                found[job_id] = _unpack_result(blob)
+        return [found[j] for j in job_ids if j in found]
 
     def write(self, changes: Persist) -> None:
         db = self._db
@@ -200,22 +236,24 @@ class SqliteJournal:
                 )
             if changes.new_jobs:
                 db.executemany(
-                    "INSERT OR REPLACE INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT OR REPLACE INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [
                         (
                             j.cluster_id, j.job_id, j.priority, j.seq, j.payload, _pack_options(j.options), j.submit_time,
-                            j.state, j.node, j.attempts, j.cancel_requested, _pack_result(j.result),
+                            j.state, j.node, j.attempts, j.cancel_requested, _pack_result(j.result), j.result_size,
                         )  # fmt: skip
                         for j in changes.new_jobs
                     ],
                 )
             if changes.changed_jobs:
                 db.executemany(
-                    "UPDATE jobs SET state = ?, node = ?, attempts = ?, cancel_requested = ?, result = ?, "
+                    # a row without its result (the core let go of it) keeps the one on disk
+                    "UPDATE jobs SET state = ?, node = ?, attempts = ?, cancel_requested = ?, "
+                    "result = COALESCE(?, result), result_size = ?, "
                     "payload = CASE WHEN ? THEN NULL ELSE payload END WHERE cluster_id = ? AND job_id = ?",
                     [
                         (
-                            j.state, j.node, j.attempts, j.cancel_requested, _pack_result(j.result),
+                            j.state, j.node, j.attempts, j.cancel_requested, _pack_result(j.result), j.result_size,
                             j.payload is None, j.cluster_id, j.job_id,
                         )  # fmt: skip
                         for j in changes.changed_jobs
@@ -258,3 +296,7 @@ def _unpack_options(blob: bytes | None) -> dict[str, Any]:
 
 def _pack_result(result: JobResult | None) -> bytes | None:
     return None if result is None else msgpack.packb(list(result), use_bin_type=True)
+
+
+def _unpack_result(blob: bytes) -> JobResult:
+    return JobResult(*msgpack.unpackb(blob))

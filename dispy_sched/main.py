@@ -120,7 +120,7 @@ async def _lead(
 ) -> None:  # fmt: skip
     core_config = CoreConfig(
         shares=cfg.shares(), limits=cfg.limits(), default_limits=cfg.default_limits(),
-        private_data=cfg.private_data, keep_detached=cfg.keep_detached, usage_half_life=cfg.usage_half_life,
+        private_data=cfg.private_data, result_retention=cfg.result_retention, usage_half_life=cfg.usage_half_life,
         persist=store is not None,
     )  # fmt: skip
     server = SchedulerServer(cfg, SchedulerCore(policy, core_config), store)

@@ -28,18 +28,18 @@ import logging
 import time
 from typing import Any
 
-import msgpack
 import psycopg
 
 from dispy_wire.messages import JobResult
 
 from .core.actions import Persist
 from .core.persist import ClusterRow, JobRow
-from .journal import NotLeader, Snapshot, StoreFailed, _pack_options, _pack_result, _unpack_options
+from .core.state import result_cost
+from .journal import NotLeader, Snapshot, StoreFailed, _pack_options, _pack_result, _unpack_options, _unpack_result
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: jobs.result_size, so results stay in the database until a client takes them
 
 # the tables of journal.py, in PostgreSQL's types ("user" is a reserved word there: quoted)
 _SCHEMA = """
@@ -66,7 +66,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     node TEXT NOT NULL,
     attempts BIGINT NOT NULL,
     cancel_requested BOOLEAN NOT NULL,
-    result BYTEA,
+    result BYTEA,                -- msgpack JobResult, until the client acknowledges it
+    result_size BIGINT NOT NULL DEFAULT 0,  -- what the result counts in held_bytes (result_cost)
     PRIMARY KEY (cluster_id, job_id)
 );
 CREATE INDEX IF NOT EXISTS jobs_by_seq ON jobs (seq);
@@ -119,6 +120,9 @@ def create_schema(dsn: str) -> None:
             row = db.execute("SELECT version FROM schema_version").fetchone()
             if row is None:
                 db.execute("INSERT INTO schema_version VALUES (%s)", (SCHEMA_VERSION,))
+            elif row[0] == 1:  # version 1's held results get their size when first loaded (`load`)
+                db.execute("ALTER TABLE jobs ADD COLUMN IF NOT EXISTS result_size BIGINT NOT NULL DEFAULT 0")
+                db.execute("UPDATE schema_version SET version = %s", (SCHEMA_VERSION,))
             elif row[0] != SCHEMA_VERSION:
                 raise psycopg.DatabaseError(f"the database has schema version {row[0]}; this scheduler reads {SCHEMA_VERSION}")
 
@@ -157,18 +161,29 @@ class PgStore:
                 'SELECT cluster_id, "user", name, computation, reentrant, options, seq, closing, overrides FROM clusters'
             )
         ]
+        # a result's bytes stay in the database; only a version-1 row (no size yet) is read, to size it
         jobs = [
             JobRow(
                 cid, jid, prio, seq, None if payload is None else bytes(payload), _unpack_options(opts), submit,
-                state, node, attempts, cancel, None if result is None else JobResult(*msgpack.unpackb(result)),
+                state, node, attempts, cancel, None, size or (result_cost(_unpack_result(old)) if old is not None else 0),
             )  # fmt: skip
-            for cid, jid, prio, seq, payload, opts, submit, state, node, attempts, cancel, result in db.execute(
+            for cid, jid, prio, seq, payload, opts, submit, state, node, attempts, cancel, size, old in db.execute(
                 "SELECT cluster_id, job_id, priority, seq, payload, options, submit_time, state, node, attempts, "
-                "cancel_requested, result FROM jobs ORDER BY seq"
+                "cancel_requested, result_size, CASE WHEN result_size = 0 THEN result END FROM jobs ORDER BY seq"
             )
         ]
         usage = {u: (float(c), float(t)) for u, c, t in db.execute('SELECT "user", cpu_seconds, as_of FROM user_usage')}
         return Snapshot(clusters, jobs, usage)
+
+    def read_results(self, cluster_id: str, job_ids: list[int]) -> list[JobResult]:
+        found = {
+            job_id: _unpack_result(bytes(blob))
+            for job_id, blob in self._conn().execute(
+                "SELECT job_id, result FROM jobs WHERE cluster_id = %s AND job_id = ANY(%s) AND result IS NOT NULL",
+                (cluster_id, job_ids),
+            )
+        }
+        return [found[j] for j in job_ids if j in found]
 
     def write(self, changes: Persist) -> None:
         """Applies one call's changes in one transaction, fenced by our epoch.
@@ -222,26 +237,28 @@ class PgStore:
             )
         if changes.new_jobs:
             cur.executemany(
-                "INSERT INTO jobs VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+                "INSERT INTO jobs VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
                 "ON CONFLICT (cluster_id, job_id) DO UPDATE SET priority = excluded.priority, seq = excluded.seq, "
                 "payload = excluded.payload, options = excluded.options, submit_time = excluded.submit_time, "
                 "state = excluded.state, node = excluded.node, attempts = excluded.attempts, "
-                "cancel_requested = excluded.cancel_requested, result = excluded.result",
+                "cancel_requested = excluded.cancel_requested, result = excluded.result, result_size = excluded.result_size",
                 [
                     (
                         j.cluster_id, j.job_id, j.priority, j.seq, j.payload, _pack_options(j.options), j.submit_time,
-                        j.state, j.node, j.attempts, j.cancel_requested, _pack_result(j.result),
+                        j.state, j.node, j.attempts, j.cancel_requested, _pack_result(j.result), j.result_size,
                     )  # fmt: skip
                     for j in changes.new_jobs
                 ],
             )
         if changes.changed_jobs:
             cur.executemany(
-                "UPDATE jobs SET state = %s, node = %s, attempts = %s, cancel_requested = %s, result = %s, "
+                # a row without its result (the core let go of it) keeps the one stored
+                "UPDATE jobs SET state = %s, node = %s, attempts = %s, cancel_requested = %s, "
+                "result = COALESCE(%s, result), result_size = %s, "
                 "payload = CASE WHEN %s THEN NULL ELSE payload END WHERE cluster_id = %s AND job_id = %s",
                 [
                     (
-                        j.state, j.node, j.attempts, j.cancel_requested, _pack_result(j.result),
+                        j.state, j.node, j.attempts, j.cancel_requested, _pack_result(j.result), j.result_size,
                         j.payload is None, j.cluster_id, j.job_id,
                     )  # fmt: skip
                     for j in changes.changed_jobs

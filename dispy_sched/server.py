@@ -242,6 +242,8 @@ class SchedulerServer:
                 live = conn.liveness
                 if live is None:
                     continue
+                if conn.write_paused and conn.drained():
+                    live.heard = True  # it reads what we send, though we stopped reading it
                 verdict = live.check(now)
                 if verdict is Verdict.PING:
                     conn.send(M.Ping())
@@ -429,8 +431,13 @@ class SchedulerServer:
                     log.info("first dispatch since start: %d jobs to node %s", len(jobs), peer_text(self._who(node)))
                 self._send(node, M.RunJobs(jobs))
             case A.DeliverResults(client, cluster_id, results):
-                for batch in by_size(results):  # many large results at once (a client back) need frames
-                    self._send(client, M.JobResults(cluster_id, batch))
+                conn = self.peers.get(client)
+                if conn is not None:  # it writes them in slices, or keeps them waiting while the client is slow
+                    conn.deliver_results(cluster_id, results, stored=self.store is not None)
+            case A.DeliverStored(client, cluster_id, jobs):
+                conn = self.peers.get(client)
+                if conn is not None:
+                    conn.deliver_stored(cluster_id, jobs)
             case A.NotifyNodes(client, cluster_id, nodes):
                 self._send(client, M.NodeUpdates(cluster_id, nodes))
             case A.ForwardFile(node, put):
@@ -460,10 +467,11 @@ class SchedulerServer:
                 if self.leadership is not None:  # one of several schedulers on a shared state: this one leads
                     status = {**status, "leader": self.leadership}
                 self._send(client, M.Status(ref, status))
-            case A.ForgetCluster(user, cluster_id, name, results):
-                log.info(
-                    "dropped cluster %s (%s) of user %s: its program left %g s or more ago; %d results nobody collected",
-                    name, cluster_id, user, self.core.config.keep_detached, results,
+            case A.ReleaseCluster(user, cluster_id, name, results, jobs, _):
+                log.warning(
+                    "released cluster %s (%s) of user %s: its program was away for %g s or more (result retention); "
+                    "%d results nobody collected dropped, %d queued or running jobs cancelled",
+                    peer_text(name), cluster_id, peer_text(user), self.core.config.result_retention, results, jobs,
                 )  # fmt: skip
             case A.NotifyUnusable(client, user, cluster_id, name, node, ip_addr, reason):
                 log.warning("cluster %s (%s) of user %s cannot run on node %s: %s",
@@ -480,6 +488,16 @@ class SchedulerServer:
                     conn.close()
             case _:
                 raise TypeError(f"unhandled action {action!r}")
+
+    def read_results(self, cluster_id: str, job_ids: list[int]) -> list[M.JobResult]:
+        """Held results read back from the store, for a connection that sends them now."""
+        if self.store is None:
+            return []  # without a store the core hands every result over in its action
+        try:
+            return self.store.read_results(cluster_id, job_ids)
+        except sqlite3.Error as exc:  # they stay in the store: the client gets them when it re-attaches
+            log.error("cannot read %d held results of cluster %s from the journal: %s", len(job_ids), cluster_id, exc)
+            return []
 
     def _send(self, session: str, msg: M.Message) -> None:
         conn = self.peers.get(session)

@@ -54,9 +54,12 @@ class BatchedWriter:
         self._is_closed = is_closed
         self._frames: list[bytes] = []
         self._pending = False
+        #: bytes queued for the next write (what backpressure counts before the transport sees it)
+        self.queued = 0
 
     def send(self, frame: bytes) -> None:
         self._frames.append(frame)
+        self.queued += len(frame)
         if not self._pending:
             self._pending = True
             self._call_soon(self.flush)
@@ -66,3 +69,4 @@ class BatchedWriter:
         if self._frames and not self._is_closed():
             self._write(b"".join(self._frames))
         self._frames.clear()
+        self.queued = 0

@@ -42,6 +42,8 @@ class ErrorCode(StrEnum):
     BAD_REQUEST = "bad-request"
     #: a configured limit was hit
     LIMIT = "limit"
+    #: the cluster was released: its program stayed away longer than the scheduler's result retention
+    RELEASED = "released"
     #: the receiver is shutting down
     SHUTTING_DOWN = "shutting-down"
     #: a standby scheduler: another one leads (`NotLeaderError.leader` says where)

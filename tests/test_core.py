@@ -16,7 +16,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from dispy_sched.core import CoreConfig, JobState, SchedulerCore
 from dispy_sched.core.keyed_heap import KeyedHeap
-from dispy_sched.core.state import Limits
+from dispy_sched.core.state import Limits, job_cost, result_cost
 from dispy_sched.core import actions as A
 from dispy_sched.core import events as E
 from dispy_sched.core.invariants import check_invariants
@@ -879,9 +879,17 @@ class CoreMachine(RuleBasedStateMachine):
 
     # -- plumbing
 
+    def record(self, actions: list[A.Action]) -> None:
+        """Where a store would write the call's `Persist` (before the rest is carried out)."""
+
+    def read_stored(self, cluster_id: str, job_ids: list[int]) -> list[JobResult]:
+        """Results the core left to the store: without one there are none."""
+        raise AssertionError(f"results of {cluster_id} left to a store the core does not have")
+
     def apply(self, *events: E.Event, dt: float = 0.0) -> list[A.Action]:
         self.now += dt
         actions = step(self.core, *events, now=self.now)
+        self.record(actions)
         for a in actions:
             if isinstance(a, A.Dispatch):
                 assert a.node in self.node_jobs, "dispatch to a node that left"
@@ -893,9 +901,13 @@ class CoreMachine(RuleBasedStateMachine):
             elif isinstance(a, A.ConfirmAccepted):
                 assert self.attached.get(a.cluster_id) == a.client
                 self.accepted[a.cluster_id].update(a.job_ids)
-            elif isinstance(a, A.DeliverResults):
+            elif isinstance(a, A.DeliverResults | A.DeliverStored):
                 assert self.attached.get(a.cluster_id) == a.client, "results sent to a client not attached"
-                for r in a.results:
+                if isinstance(a, A.DeliverResults):
+                    results = a.results
+                else:
+                    results = self.read_stored(a.cluster_id, [job_id for job_id, _ in a.jobs])
+                for r in results:
                     assert r.job_id in self.accepted[a.cluster_id], "a result for a job never accepted"
                     assert JobStatus(r.status).is_terminal
                     known = self.results.setdefault((a.cluster_id, r.job_id), r)
@@ -1036,6 +1048,7 @@ class CoreMachine(RuleBasedStateMachine):
         assert A.ConfirmOpened(client, cid, True) in actions
         # everything done and not acknowledged comes back (a pending close may then complete)
         resent = {r.job_id for r in delivered(actions).get((client, cid), [])}
+        resent |= {job_id for d in of(actions, A.DeliverStored) if d.client == client for job_id, _ in d.jobs}
         assert resent == held
 
     # -- nodes
@@ -1239,3 +1252,23 @@ def test_a_job_with_malformed_options_is_refused_and_ends_saying_why(core: Sched
     (r,) = delivered(actions)[("c1", "K")]
     assert (r.job_id, r.status) == (1, JobStatus.CANCELLED) and "node=5" in r.exception
     assert dispatched(actions) == {"n1": [("K", 2)]}
+
+
+def test_queued_counts_move_only_with_the_transitions_that_cause_them(core: SchedulerCore) -> None:
+    """STYLE.md (d): `queued` and `queued_bytes` change in `_admit`/`_transition` alone, on every path."""
+    step(core, opened("c1", "K", reentrant=True), joined("n1", 1), now=0)
+    user, cluster = core.users["alice"], core.clusters["K"]
+
+    def counts() -> tuple[int, int, int]:
+        return user.queued, cluster.queued, user.queued_bytes - len(b"computation")
+
+    step(core, submitted("c1", "K", 1, 2, 3), now=1)  # 1 dispatched, 2 and 3 queued
+    assert counts() == (2, 2, 3 * job_cost(b"args-1"))
+    step(core, E.NodeLeft("n1", "gone"), now=2)  # reentrant: 1 queued again, keeping its place
+    assert counts() == (3, 3, 3 * job_cost(b"args-1"))
+    step(core, E.JobsCancelled("c1", "K", [2]), now=3)  # queued -> done: its arguments freed
+    assert counts() == (2, 2, 2 * job_cost(b"args-1"))
+    step(core, joined("n2", 1), now=4)
+    step(core, arrived("n2", result("K", 1)), now=5)  # running -> done
+    assert counts() == (0, 0, job_cost(b"args-1"))  # 3 runs now
+    assert user.held_bytes == result_cost(result("K", 1)) + cluster.jobs[2].result_size

@@ -8,6 +8,7 @@ the same round trip as `dispy_sched/journal.py`, without the disk.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +23,10 @@ from dispy_sched.core import actions as A
 from dispy_sched.core import events as E
 from dispy_sched.core.invariants import check_invariants
 from dispy_sched.core.persist import ClusterRow, JobRow
-from dispy_sched.core.state import JobState, decay
+from dispy_sched.core.state import JobState, decay, result_cost
 from dispy_sched.journal import SqliteJournal, StateStore
 from dispy_sched.pg_store import PgStore, create_schema
-from dispy_wire.messages import JobRef
+from dispy_wire.messages import JobRef, JobResult
 from dispy_sched.policies import load_policy
 from dispy_wire.status import JobStatus
 
@@ -80,7 +81,7 @@ class MemoryJournal:
             old = self.jobs[(j.cluster_id, j.job_id)]
             self.jobs[(j.cluster_id, j.job_id)] = JobRow(
                 j.cluster_id, j.job_id, old.priority, old.seq, None if j.state == "done" else old.payload,
-                old.options, old.submit_time, j.state, j.node, j.attempts, j.cancel_requested, j.result,
+                old.options, old.submit_time, j.state, j.node, j.attempts, j.cancel_requested, j.result, j.result_size,
             )  # fmt: skip
         for key in p.gone_jobs:
             del self.jobs[key]
@@ -91,8 +92,14 @@ class MemoryJournal:
             self.usage[u.user] = (u.cpu_seconds, u.as_of)
 
     def restored(self, adopt_within: float = 30.0) -> E.StateRestored:
-        jobs = sorted(self.jobs.values(), key=lambda j: j.seq)
+        """What `SqliteJournal.load` gives: every row, results left on disk (their sizes only)."""
+        jobs = [dataclasses.replace(j, result=None) for j in sorted(self.jobs.values(), key=lambda j: j.seq)]
         return E.StateRestored(list(self.clusters.values()), jobs, dict(self.usage), adopt_within)
+
+    def read_results(self, cluster_id: str, job_ids: list[int]) -> list[JobResult]:
+        """As `StateStore.read_results`: the held results of those jobs it still has."""
+        rows = [self.jobs.get((cluster_id, job_id)) for job_id in job_ids]
+        return [r.result for r in rows if r is not None and r.result is not None]
 
 
 class StoreJournal(MemoryJournal):
@@ -109,8 +116,13 @@ class StoreJournal(MemoryJournal):
             self.store.write(persist)
             snap = self.store.load()
             assert {c.cluster_id: c for c in snap.clusters} == self.clusters
-            assert snap.jobs == sorted(self.jobs.values(), key=lambda j: j.seq)
+            assert snap.jobs == [dataclasses.replace(j, result=None) for j in sorted(self.jobs.values(), key=lambda j: j.seq)]
             assert snap.usage == self.usage
+
+    def read_results(self, cluster_id: str, job_ids: list[int]) -> list[JobResult]:
+        from_store = self.store.read_results(cluster_id, job_ids)
+        assert from_store == super().read_results(cluster_id, job_ids)
+        return from_store
 
     def restored(self, adopt_within: float = 30.0) -> E.StateRestored:
         snap = self.store.load()
@@ -189,7 +201,10 @@ def test_after_a_restart_queued_jobs_run_and_held_results_reach_the_returning_cl
     assert core.clusters["K"].jobs[2].state is JobState.ORPHANED and core.clusters["K"].queued == 1
     actions = run(core, journal, joined("n9", 1), opened("c2", "K"), now=11)
     assert A.ConfirmOpened("c2", "K", True) in actions
-    assert [r.job_id for r in delivered(actions)[("c2", "K")]] == [1]
+    assert ("c2", "K") not in delivered(actions)  # the result stayed on disk: the shell reads it back
+    (stored,) = of(actions, A.DeliverStored)
+    assert (stored.client, stored.cluster_id, stored.jobs) == ("c2", "K", [(1, result_cost(result("K", 1)))])
+    assert journal.read_results("K", [1]) == [result("K", 1)]
     assert dispatched(actions) == {"n9": [("K", 3)]}  # the queue resumed without a resubmit
 
 
@@ -292,10 +307,13 @@ class JournaledCoreMachine(CoreMachine):
         self.core = SchedulerCore(load_policy(self.POLICY), self.config)
         self.journal = MemoryJournal()
 
-    def apply(self, *events: E.Event, dt: float = 0.0) -> list[A.Action]:
-        actions = super().apply(*events, dt=dt)
+    def record(self, actions: list[A.Action]) -> None:
         self.journal.apply(actions)
-        return actions
+
+    def read_stored(self, cluster_id: str, job_ids: list[int]) -> list[JobResult]:
+        results = self.journal.read_results(cluster_id, job_ids)
+        assert len(results) == len(job_ids), "a result the core left to the store is not there"
+        return results
 
     @rule(data=st.data())
     def scheduler_restarts(self, data: st.DataObject) -> None:
@@ -325,8 +343,12 @@ class JournaledCoreMachine(CoreMachine):
             assert journal.clusters[cluster.cluster_id].overrides == cluster.overrides
             for job in cluster.jobs.values():
                 state = "running" if job.state is JobState.ORPHANED else job.state.value
-                rows[job.key] = (state, job.attempts, job.cancel_requested, job.result, job.payload is None)
-        held = {k: (r.state, r.attempts, r.cancel_requested, r.result, r.payload is None) for k, r in journal.jobs.items()}
+                assert job.result is None, "a result held in memory as well as in the journal"
+                rows[job.key] = (state, job.attempts, job.cancel_requested, job.result_size, job.payload is None)
+        held = {
+            k: (r.state, r.attempts, r.cancel_requested, r.result_size, r.payload is None) for k, r in journal.jobs.items()
+        }
+        assert all((r.result is not None) == (r.state == "done") for r in journal.jobs.values()), "a result is missing"
         assert held == rows
         for user in core.users.values():  # the same decayed usage, maybe as of another time
             if user.usage > 0:
@@ -343,3 +365,21 @@ JournaledCoreMachine.TestCase.settings = settings(
     max_examples=100, stateful_step_count=40, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 test_random_interleavings_with_restarts_lose_nothing = JournaledCoreMachine.TestCase
+
+
+def test_with_a_store_a_held_result_is_on_disk_only_and_a_returning_client_gets_it_from_there(make_core: MakeCore) -> None:
+    core, journal = make_core(persist=True), MemoryJournal()
+    run(core, journal, opened("c1", "K"), joined("n1", 1), now=0)
+    run(core, journal, submitted("c1", "K", 1), now=1)
+    run(core, journal, E.ClientLeft("c1"), now=2)
+    actions = run(core, journal, arrived("n1", result("K", 1)), now=3)
+    (persist,) = of(actions, A.Persist)
+    assert [j.result for j in persist.changed_jobs] == [result("K", 1)]  # written with the call that got it ...
+    job = core.clusters["K"].jobs[1]
+    assert job.result is None and job.result_size == result_cost(result("K", 1))  # ... then let go of
+    assert core.users["alice"].held_bytes == job.result_size  # still counted against max_held_bytes
+    actions = run(core, journal, opened("c2", "K"), now=4)
+    assert of(actions, A.DeliverStored) == [A.DeliverStored("c2", "K", [(1, job.result_size)])]
+    assert journal.read_results("K", [1]) == [result("K", 1)]
+    run(core, journal, E.ResultsAcked("c2", "K", [1]), now=5)
+    assert not journal.jobs and core.users["alice"].held_bytes == 0

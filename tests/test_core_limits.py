@@ -200,30 +200,55 @@ def test_closing_and_acknowledging_leave_nothing_behind(make_core: Callable[...,
     assert (alice.queued_bytes, alice.held_bytes, alice.clusters) == (0, 0, set())
 
 
-def test_a_cluster_whose_program_left_is_dropped_once_idle_for_keep_detached(make_core: Callable[..., SchedulerCore]) -> None:
-    core = make_core(keep_detached=100.0, default_limits=Limits(max_clusters=1))
+def test_a_cluster_whose_program_stays_away_for_the_retention_is_released_with_all_it_holds(
+    make_core: Callable[..., SchedulerCore],
+) -> None:
+    core = make_core(result_retention=100.0, default_limits=Limits(max_clusters=1))
     step(core, opened("ca", "A", "alice"), joined("n1", 1, heartbeat=1000), now=0)
-    step(core, submitted("ca", "A", 1, 2), now=1)
-    step(core, E.ClientLeft("ca"), now=2)
-    step(core, arrived("n1", result("A", 1)), now=50)
-    assert not of(step(core, E.Tick(), now=140), A.ForgetCluster)  # job 2 still runs: kept
-    step(core, arrived("n1", result("A", 2)), now=150)  # idle from here; its results wait
-    assert not of(step(core, E.Tick(), now=249), A.ForgetCluster)
-    assert core.users["alice"].held_bytes > 0
-    actions = step(core, E.Tick(), now=250)
-    assert of(actions, A.ForgetCluster) == [A.ForgetCluster("alice", "A", "name-A", 2)]
-    assert [a.cluster_id for a in of(actions, A.UnloadCluster)] == ["A"]
+    step(core, submitted("ca", "A", 1, 2, 3), now=1)  # 1 runs, 2 and 3 queued
+    step(core, arrived("n1", result("A", 1)), now=2)  # 2 runs; 1's result is delivered, not yet acknowledged
+    step(core, E.ClientLeft("ca"), now=3)
+    assert not of(step(core, E.Tick(), now=102), A.ReleaseCluster)  # away 99 s: kept
+    actions = step(core, E.Tick(), now=103)
+    (released,) = of(actions, A.ReleaseCluster)
+    assert (released.user, released.cluster_id, released.results, released.jobs) == ("alice", "A", 1, 2)
+    assert "away for 100 s or more" in released.why and "1 results" in released.why
+    assert [(r.cluster_id, r.job_id) for k in of(actions, A.KillJobs) for r in k.jobs] == [("A", 2)]
     alice = core.users["alice"]
-    assert "A" not in core.clusters and (alice.clusters, alice.held_bytes, alice.queued_bytes) == (set(), 0, 0)
-    assert not of(step(core, opened("ca2", "A2", "alice"), now=251), A.Reject)  # its slot is free again
+    assert (alice.queued, alice.held_bytes) == (0, 0)  # job 3 cancelled, job 1's result dropped, nothing delivered
+    assert not of(actions, A.DeliverResults)
+    # the stopped job's end is dropped too, and then the cluster is gone
+    actions = step(core, arrived("n1", result("A", 2, JobStatus.TERMINATED)), now=104)
+    assert "A" not in core.clusters and not of(actions, A.DeliverResults)
+    assert [a.cluster_id for a in of(actions, A.UnloadCluster)] == ["A"]
+    assert (alice.clusters, alice.held_bytes, alice.queued_bytes) == (set(), 0, 0)
+    # the program comes back: told why, once, and goes on with a new cluster of that id
+    actions = step(core, opened("ca2", "A", "alice"), now=200)
+    (why,) = of(actions, A.Reject)
+    assert (why.code, why.ref) == (ErrorCode.RELEASED, "A") and why.message == released.why
+    assert of(actions, A.ConfirmOpened) == [A.ConfirmOpened("ca2", "A", False)]
+    step(core, E.ClientLeft("ca2"), now=201)
+    assert not of(step(core, opened("ca3", "A", "alice"), now=202), A.Reject)
 
 
-def test_an_attached_or_returning_cluster_is_never_dropped(make_core: Callable[..., SchedulerCore]) -> None:
-    core = make_core(keep_detached=10.0)
+def test_a_program_back_while_its_released_jobs_are_being_stopped_is_told_to_open_again(
+    make_core: Callable[..., SchedulerCore],
+) -> None:
+    core = make_core(result_retention=10.0)
+    step(core, opened("ca", "A", "alice"), joined("n1", 1, heartbeat=1000), now=0)
+    step(core, submitted("ca", "A", 1), E.ClientLeft("ca"), now=1)
+    step(core, E.Tick(), now=20)
+    actions = step(core, opened("ca2", "A", "alice"), now=21)
+    (why,) = of(actions, A.Reject)
+    assert why.code == ErrorCode.RELEASED and "open it again" in why.message and not of(actions, A.ConfirmOpened)
+
+
+def test_an_attached_or_returning_cluster_is_never_released(make_core: Callable[..., SchedulerCore]) -> None:
+    core = make_core(result_retention=10.0)
     step(core, opened("ca", "A", "alice"), opened("cb", "B", "bob"), now=0)
     step(core, E.ClientLeft("ca"), now=1)
     step(core, opened("ca2", "A", "alice"), now=5)  # back before the deadline
-    assert not of(step(core, E.Tick(), now=1000), A.ForgetCluster)
+    assert not of(step(core, E.Tick(), now=1000), A.ReleaseCluster)
     assert set(core.clusters) == {"A", "B"}
 
 

@@ -133,6 +133,19 @@ class DeliverResults(Action):
 
 
 @dataclass(frozen=True, slots=True)
+class DeliverStored(Action):
+    """Send results the store holds (the core kept only their ids and sizes): the shell reads them back.
+
+    `jobs` are (job id, `state.result_cost`) pairs, so the shell can read
+    them in slices that fit its output buffer.
+    """
+
+    client: str
+    cluster_id: str
+    jobs: list[tuple[int, int]]
+
+
+@dataclass(frozen=True, slots=True)
 class NotifyNodes(Action):
     client: str
     cluster_id: str
@@ -159,13 +172,16 @@ class ReportStatus(Action):
 
 
 @dataclass(frozen=True, slots=True)
-class ForgetCluster(Action):
-    """Nothing for the shell to send: a cluster whose program left was dropped (`CoreConfig.keep_detached`); log it."""
+class ReleaseCluster(Action):
+    """Nothing for the shell to send: a cluster whose program stayed away too long was released
+    (`CoreConfig.result_retention`); log it."""
 
     user: str
     cluster_id: str
     name: str
     results: int  # results nobody collected, dropped with it
+    jobs: int  # queued or running jobs it cancelled or stopped
+    why: str  # what a returning program is told
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,9 +14,14 @@ def check_invariants(core: SchedulerCore) -> None:
     node_busy: Counter[str] = Counter()
     user_busy: Counter[str] = Counter()
     user_queued: Counter[str] = Counter()
+    user_orphans: Counter[str] = Counter()
     user_queued_bytes: Counter[str] = Counter()
     user_held_bytes: Counter[str] = Counter()
     for cluster in core.clusters.values():
+        assert not cluster.released or cluster.closing, f"{cluster.cluster_id}: released but not closing"
+        assert not cluster.released or not any(j.state in (JobState.DONE, JobState.QUEUED) for j in cluster.jobs.values()), (
+            f"{cluster.cluster_id}: released, yet holds results or queued jobs"
+        )
         queued = [j for j in cluster.jobs.values() if j.state is JobState.QUEUED]
         running = [j for j in cluster.jobs.values() if j.state is JobState.RUNNING]
         assert cluster.queued == len(queued), f"{cluster.cluster_id}: queued {cluster.queued} != {len(queued)}"
@@ -29,9 +34,16 @@ def check_invariants(core: SchedulerCore) -> None:
             node_busy[job.node] += 1
         user_queued_bytes[cluster.user] += cluster.code_bytes()
         for job in cluster.jobs.values():
-            assert (job.state is JobState.DONE) == (job.result is not None), f"job {job.key}: result and state disagree"
-            assert (job.state is JobState.DONE) == (job.payload is None), f"job {job.key}: payload and state disagree"
-            held = (result_cost(job.result) if job.result is not None else 0) + sum(file_cost(f) for f in job.files)
+            done = job.state is JobState.DONE
+            assert done == (job.result_size > 0), f"job {job.key}: result size and state disagree"
+            assert done == (job.payload is None), f"job {job.key}: payload and state disagree"
+            if core.config.persist:  # the store holds results: none stays in memory past the call that wrote it
+                assert job.result is None, f"job {job.key}: its result is held in memory as well as in the store"
+            else:
+                assert done == (job.result is not None), f"job {job.key}: result and state disagree"
+            if job.result is not None:
+                assert job.result_size == result_cost(job.result), f"job {job.key}: result size is wrong"
+            held = job.result_size + sum(file_cost(f) for f in job.files)
             assert job.held == held, f"job {job.key}: holds {job.held} bytes, counts {held}"
             user_held_bytes[cluster.user] += held
             if job.payload is not None:
@@ -47,6 +59,7 @@ def check_invariants(core: SchedulerCore) -> None:
             assert not cluster.node_cpus, f"{cluster.cluster_id}: a placement cache without a restriction"
         user_busy[cluster.user] += len(running)
         user_queued[cluster.user] += len(queued)
+        user_orphans[cluster.user] += sum(1 for j in cluster.jobs.values() if j.state is JobState.ORPHANED)
     assert all(core.clusters.get(k[0]) is not None and k[1] in core.clusters[k[0]].jobs for k in core._orphans), "a stray orphan"
     core._free_nodes.check()
     for node in core.nodes.values():
@@ -58,6 +71,7 @@ def check_invariants(core: SchedulerCore) -> None:
     for user in core.users.values():
         assert user.busy == user_busy[user.name], f"user {user.name}: busy {user.busy} != {user_busy[user.name]}"
         assert user.queued == user_queued[user.name], f"user {user.name}: queued is wrong"
+        assert user.orphans == user_orphans[user.name], f"user {user.name}: orphans is wrong"
         assert user.queued_bytes == user_queued_bytes[user.name], f"user {user.name}: queued_bytes is wrong"
         assert user.held_bytes == user_held_bytes[user.name], f"user {user.name}: held_bytes is wrong"
         assert user.clusters == {c.cluster_id for c in core.clusters.values() if c.user == user.name}, f"{user.name}: clusters"

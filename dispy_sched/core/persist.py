@@ -55,7 +55,11 @@ class JobRow:
     node: str  # the name of the node it runs (or last ran) on; '' if none
     attempts: int
     cancel_requested: bool
-    result: JobResult | None  # the terminal result, until the client acknowledges it
+    #: the terminal result, until the client acknowledges it; a store's `load`
+    #: leaves it out (None) and gives `result_size`: the result stays on disk
+    #: until the shell reads it for a client (`StateStore.read_results`)
+    result: JobResult | None
+    result_size: int = 0  # `state.result_cost` of the terminal result; 0: none
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +80,7 @@ def job_row(job: JobRecord) -> JobRow:
     state = "running" if job.state.value == "orphaned" else job.state.value
     return JobRow(
         job.cluster_id, job.job_id, job.priority, job.seq, job.payload, job.options, job.submit_time,
-        state, job.last_node, job.attempts, job.cancel_requested, job.result,
+        state, job.last_node, job.attempts, job.cancel_requested, job.result, job.result_size,
     )  # fmt: skip
 
 

@@ -64,6 +64,9 @@ from .state import (
 if TYPE_CHECKING:  # the policies package imports the core's records
     from ..policies.base import Policy
 
+#: released cluster ids remembered to tell a returning program why (`_release_cluster`)
+MAX_RELEASED = 10_000
+
 JOB_TRANSITIONS: frozenset[tuple[JobState, JobState]] = frozenset(
     {
         (JobState.QUEUED, JobState.RUNNING),  # dispatched
@@ -89,9 +92,10 @@ class CoreConfig:
     default_limits: Limits = NO_LIMITS
     #: a client's status shows other users only as totals (Slurm's PrivateData)
     private_data: bool = True
-    #: seconds a cluster whose client left is kept once it has no job queued or
-    #: running (its results wait that long to be collected); 0: kept forever
-    keep_detached: float = 86400.0
+    #: seconds a cluster's client may stay away (dispy's zombie_interval): then
+    #: the cluster is released, its queued jobs cancelled, its running ones
+    #: stopped and its uncollected results dropped; 0: kept forever
+    result_retention: float = 3600.0
     #: half-life of decayed usage (seconds)
     usage_half_life: float = 3600.0
     #: a node is lost after this many heartbeat intervals without a report
@@ -114,6 +118,8 @@ class _Outbox:
         self.results: dict[tuple[str, str], list[JobResult]] = defaultdict(list)
         self.files: dict[str, list[JobFile]] = defaultdict(list)
         self.nodes: dict[tuple[str, str], list[NodeInfo]] = defaultdict(list)
+        #: results the store holds, by (job id, size): the shell reads them back
+        self.stored: dict[tuple[str, str], list[tuple[int, int]]] = defaultdict(list)
         self.closed: list[A.Action] = []
 
     def flush(self) -> list[A.Action]:
@@ -125,6 +131,7 @@ class _Outbox:
         out += [A.NotifyNodes(c, cid, n) for (c, cid), n in self.nodes.items()]
         out += [A.DeliverFiles(c, f) for c, f in self.files.items()]  # before the results of their jobs
         out += [A.DeliverResults(c, cid, r) for (c, cid), r in self.results.items()]
+        out += [A.DeliverStored(c, cid, jobs) for (c, cid), jobs in self.stored.items()]
         out += self.closed
         return out
 
@@ -162,6 +169,10 @@ class SchedulerCore:
         #: jobs running when the scheduler last stopped, until a node reports them or `_adopt_deadline`
         self._orphans: dict[tuple[str, int], JobRecord] = {}
         self._adopt_deadline = 0.0
+        #: jobs whose result this call wrote: with a store, the core lets go of it once written
+        self._written: list[JobRecord] = []
+        #: released clusters, id -> (user, why), so a returning client is told why (oldest dropped first)
+        self._released: dict[str, tuple[str, str]] = {}
 
     # ---------------------------------------------------------------- entry
 
@@ -177,6 +188,9 @@ class SchedulerCore:
         actions = out.flush()
         if self._changes:
             actions.insert(0, self._persist_action())
+        for job in self._written:  # in the Persist (and any DeliverResults) above: the store has it now
+            job.result = None
+        self._written.clear()
         return actions
 
     def story(self, cluster_id: str, job_id: int) -> list[tuple[str, str, int, str, str]]:
@@ -196,6 +210,9 @@ class SchedulerCore:
             if cluster.user != ev.user:
                 self._reject(ev.client, ErrorCode.UNKNOWN_CLUSTER, f"cluster {ev.cluster_id} belongs to another user", ev.cluster_id)
                 return
+            if cluster.released:  # its running jobs are still being stopped: the id is free once they are
+                self._reject(ev.client, ErrorCode.RELEASED, f"{cluster.released}; its jobs are being stopped, open it again", ev.cluster_id)
+                return
             # re-attach after a reconnect: resend what the client may have missed
             cluster.client = ev.client
             cluster.left_at = 0.0
@@ -211,9 +228,15 @@ class SchedulerCore:
                     self._notify_started(cluster, job)
                 elif job.state is JobState.DONE and job.result is not None:
                     self._out.results[(ev.client, cluster.cluster_id)].append(job.result)
+                elif job.state is JobState.DONE:
+                    self._out.stored[(ev.client, cluster.cluster_id)].append((job.job_id, job.result_size))
             self._introduce_nodes(cluster)
             self._maybe_finish_close(cluster)  # a close that waited for this client
             return
+        gone = self._released.get(ev.cluster_id)
+        if gone is not None and gone[0] == ev.user:  # told once; the program goes on with a new cluster of that id
+            del self._released[ev.cluster_id]
+            self._reject(ev.client, ErrorCode.RELEASED, gone[1], ev.cluster_id)
         try:
             opts = ClusterOptions.from_wire(ev.options)
         except BadOptions as exc:
@@ -283,13 +306,9 @@ class SchedulerCore:
             self._seq += 1
             priority = spec.priority if limits.priority_max is None else min(spec.priority, limits.priority_max)
             job = JobRecord(ev.cluster_id, spec.job_id, priority, self._seq, spec.payload, spec.options, self.now, pin=pin)
-            cluster.jobs[spec.job_id] = job
             if self.config.persist:
                 self._changes.job_new(job)
-            cluster.push(job)
-            user.queued += 1
-            user.queued_bytes += job_cost(spec.payload)
-            self._log(job, "new", JobState.QUEUED.value)
+            self._admit(cluster, job, "new")
         for why, specs in refused.items():
             self._refuse(cluster, specs, len(ev.jobs), why)
         for why, specs in malformed.items():
@@ -620,22 +639,18 @@ class SchedulerCore:
             pin = None
         job = JobRecord(row.cluster_id, row.job_id, row.priority, row.seq, row.payload, row.options, row.submit_time, pin=pin)
         job.attempts, job.cancel_requested, job.last_node = row.attempts, row.cancel_requested, row.node
-        cluster.jobs[job.job_id] = job
         self._seq = max(self._seq, row.seq)
-        user = self.users[cluster.user]
-        if row.state == JobState.DONE.value and row.result is not None:
-            job.state, job.result, job.payload = JobState.DONE, row.result, None
-            job.held = result_cost(row.result)
-            self._hold(cluster, job.held)
+        if row.state == JobState.DONE.value:
+            size = row.result_size or (result_cost(row.result) if row.result is not None else 0)
+            job.state, job.payload, job.result_size = JobState.DONE, None, size
+            # the store keeps it; a store that handed it back anyway is not held in memory either
+            job.result = row.result if not self.config.persist else None
+            job.held = size
+            self._hold(cluster, size)
         elif row.state == JobState.RUNNING.value:
             job.state = JobState.ORPHANED
             self._orphans[job.key] = job
-        else:
-            cluster.push(job)
-            user.queued += 1
-        if job.payload is not None:
-            user.queued_bytes += job_cost(job.payload)
-        self._log(job, "journal", job.state.value)
+        self._admit(cluster, job, "journal")
 
     def _write_off_orphans(self) -> None:
         """Orphans no node reported in time: reentrant ones run again, the others end Abandoned."""
@@ -662,24 +677,92 @@ class SchedulerCore:
                 reason = f"no report for {self.now - node.last_seen:.1f} s"
                 self._lose_node(node.node_id, reason)
                 self._out.immediate.append(A.DropNode(node.node_id, reason))
-        keep = self.config.keep_detached
+        keep = self.config.result_retention
         if keep > 0:
-            for cluster in [c for c in self.clusters.values() if c.client is None and not c.queued and not c.busy]:
-                if self.now - max(cluster.left_at, cluster.last_end) >= keep:
-                    self._forget_cluster(cluster)
+            away = [c for c in self.clusters.values() if c.client is None and not c.released and self.now - c.left_at >= keep]
+            for cluster in away:
+                self._release_cluster(cluster)
 
-    def _forget_cluster(self, cluster: ClusterRecord) -> None:
-        """Drops a cluster whose program left long ago and which has nothing left to run."""
-        self._out.immediate.append(A.ForgetCluster(cluster.user, cluster.cluster_id, cluster.name, len(cluster.jobs)))
+    def _release_cluster(self, cluster: ClusterRecord) -> None:
+        """Closes a cluster whose program has been away for `result_retention` (dispy's zombie_interval).
+
+        Its uncollected results are dropped, its queued jobs cancelled and its
+        running ones stopped (their ends are dropped as they come); the record
+        goes once nothing of it runs. A program that comes back is told why
+        (`ErrorCode.RELEASED`), once, from a bounded list of released ids.
+        """
+        jobs = list(cluster.jobs.values())
+        done = [j for j in jobs if j.state is JobState.DONE]
+        queued = [j.job_id for j in jobs if j.state is JobState.QUEUED]
+        running = [j.job_id for j in jobs if j.state in (JobState.RUNNING, JobState.ORPHANED)]
+        why = (
+            f"cluster {cluster.name} ({cluster.cluster_id}) of user {cluster.user} was released: its program was away "
+            f"for {self.config.result_retention:g} s or more (the scheduler's result retention); {len(done)} results "
+            f"it had not collected were dropped, {len(queued)} queued jobs cancelled and {len(running)} running jobs stopped"
+        )
+        self._out.immediate.append(A.ReleaseCluster(cluster.user, cluster.cluster_id, cluster.name, len(done), len(queued) + len(running), why))
+        self._released[cluster.cluster_id] = (cluster.user, why)
+        while len(self._released) > MAX_RELEASED:
+            del self._released[next(iter(self._released))]
+        cluster.released = why
         cluster.closing = True
-        for job in list(cluster.jobs.values()):
+        self._note_cluster(cluster)
+        for job in done:
             self._forget(cluster, job)
+        self._cancel(cluster, queued + running, JobStatus.CANCELLED, why)
         self._maybe_finish_close(cluster)
 
     # ------------------------------------------------------- state changes
 
-    def _transition(self, job: JobRecord, to: JobState) -> None:
+    def _admit(self, cluster: ClusterRecord, job: JobRecord, origin: str) -> None:
+        """A job enters the core in its state (QUEUED when submitted; any, read back from the journal).
+
+        With `_transition`, the one place where the counters of jobs change:
+        `queued` (user and cluster) and `queued_bytes` here and there, `held_bytes`
+        through `_hold`; `check_invariants` recounts them all.
+        """
+        cluster.jobs[job.job_id] = job
+        user = self.users[cluster.user]
+        if job.payload is not None:
+            user.queued_bytes += job_cost(job.payload)
+        if job.state is JobState.QUEUED:
+            cluster.push(job)
+            cluster.queued += 1
+            user.queued += 1
+        elif job.state is JobState.ORPHANED:
+            user.orphans += 1
+        self._log(job, origin, job.state.value)
+
+    def _transition(self, job: JobRecord, to: JobState, result: JobResult | None = None) -> None:
+        """Moves a job along `JOB_TRANSITIONS`, with what the move changes in its cluster's and user's counts.
+
+        Leaving QUEUED frees its place in the counts (its heap entry goes
+        stale); entering it counts it again (the caller pushes it); DONE
+        comes with the job's one terminal `result`, which replaces its
+        arguments in `queued_bytes` by the result's size in `held_bytes`.
+        """
         assert (job.state, to) in JOB_TRANSITIONS, f"bad transition {job.state} -> {to}"
+        assert (to is JobState.DONE) == (result is not None), "DONE, and only DONE, comes with a result"
+        cluster = self.clusters[job.cluster_id]
+        user = self.users[cluster.user]
+        if job.state is JobState.QUEUED:
+            cluster.queued -= 1
+            user.queued -= 1
+        elif job.state is JobState.ORPHANED:  # reported, requeued or written off: no longer held against max_cpus
+            user.orphans -= 1
+            self.ready.update_user(user)
+        if to is JobState.QUEUED:
+            cluster.queued += 1
+            user.queued += 1
+        if result is not None:
+            assert job.payload is not None
+            user.queued_bytes -= job_cost(job.payload)
+            job.payload = None
+            job.result, job.result_size = result, result_cost(result)
+            job.held += job.result_size
+            self._hold(cluster, job.result_size)
+            if self.config.persist:
+                self._written.append(job)
         self._log(job, job.state.value, to.value)
         job.state = to
         if self.config.persist:
@@ -712,7 +795,6 @@ class SchedulerCore:
 
     def _dispatch(self, cluster: ClusterRecord, job: JobRecord, node: NodeRecord) -> None:
         user = self.users[cluster.user]
-        user.queued -= 1
         if cluster.cluster_id not in node.loaded:
             node.loaded.add(cluster.cluster_id)
             cluster.loaded_on.add(node.node_id)
@@ -778,22 +860,16 @@ class SchedulerCore:
     def _requeue(self, cluster: ClusterRecord, job: JobRecord) -> None:
         self._transition(job, JobState.QUEUED)
         cluster.push(job)  # keeps its original seq: it does not lose its place
-        self.users[cluster.user].queued += 1
         self.ready.update(cluster)
 
     def _finish(self, cluster: ClusterRecord, job: JobRecord, result: JobResult) -> None:
         """Moves a job to DONE with its one terminal result and delivers it."""
-        self._transition(job, JobState.DONE)
-        user = self.users[cluster.user]
-        assert job.payload is not None
-        user.queued_bytes -= job_cost(job.payload)
-        job.payload = None
-        job.result = result
+        self._transition(job, JobState.DONE, result)
         cluster.last_end = self.now
-        job.held += result_cost(result)
-        self._hold(cluster, result_cost(result))
-        user.finished += 1
-        if cluster.client is not None:
+        self.users[cluster.user].finished += 1
+        if cluster.released:  # nobody will collect it
+            self._forget(cluster, job)
+        elif cluster.client is not None:
             self._out.results[(cluster.client, cluster.cluster_id)].append(result)
             if cluster.closing:
                 self._forget(cluster, job)
@@ -840,9 +916,7 @@ class SchedulerCore:
             job = cluster.jobs.get(job_id)
             if job is None:
                 continue
-            if job.state is JobState.QUEUED:
-                cluster.queued -= 1  # its heap entry goes stale and is skipped
-                self.users[cluster.user].queued -= 1
+            if job.state is JobState.QUEUED:  # its heap entry goes stale and is skipped
                 self._finish(cluster, job, _synthetic(job, status, why, self.now))
             elif job.state is JobState.RUNNING and job.node is not None and not job.cancel_requested:
                 # the node answers with the job's terminal result once the tree is gone
@@ -959,8 +1033,11 @@ class SchedulerCore:
             return
         if any(j.state is not JobState.DONE for j in cluster.jobs.values()):
             return
-        if cluster.client is None and cluster.jobs:
-            return  # results nobody has received yet: kept until the client re-attaches
+        if cluster.jobs and not cluster.released:
+            if cluster.client is None:
+                return  # results nobody has received yet: kept until the client re-attaches
+            if any(j.result is None for j in cluster.jobs.values()):
+                return  # sent from the store (read as the client takes them): kept until it acknowledges them
         del self.clusters[cluster.cluster_id]
         if self.config.persist:
             self._changes.cluster_gone(cluster.cluster_id)

@@ -42,7 +42,11 @@ class JobRecord:
     start_time: float = 0.0
     attempts: int = 0
     cancel_requested: bool = False  # a kill was sent; the job must not run again
+    #: the terminal result, while the core needs it in hand: kept here only
+    #: without a store; with one (`CoreConfig.persist`) it is dropped at the
+    #: end of the call that wrote it, and the shell reads it back from the store
     result: JobResult | None = None
+    result_size: int = 0  # `result_cost` of its terminal result (0 until DONE), wherever the result is
     files: list[JobFile] = field(default_factory=list)  # sent back by the job while its client was away
     held: int = 0  # what its result and files count in its user's `held_bytes`
     pin: str | None = None  # the node (name or address) it must run on: `JobOptions.node`
@@ -69,7 +73,7 @@ class ClusterRecord:
     # entries whose job is no longer queued are stale (flat tuples: this heap
     # holds one entry per queued job, so its size is most of the core's memory)
     queue: list[tuple[int, int, int]] = field(default_factory=list)
-    queued: int = 0
+    queued: int = 0  # its QUEUED jobs: counted by the core's transitions alone, not by push/pop
     # jobs pinned to a node (`submit_node`), by node name or address; once there is
     # one, `unpinned` holds the others' entries (until then `queue` serves alone)
     pinned: dict[str, list[tuple[int, int, int]]] = field(default_factory=dict)
@@ -87,6 +91,8 @@ class ClusterRecord:
     closing: bool = False
     last_dispatch: float = -math.inf
     left_at: float = 0.0  # when its client left (meaningful while `client` is None)
+    #: why it was released (its client away longer than the result retention); '' while it is not
+    released: str = ""
     last_end: float = 0.0  # when its latest job ended
 
     def code_bytes(self) -> int:
@@ -101,7 +107,6 @@ class ClusterRecord:
     def push(self, job: JobRecord) -> None:
         entry = (-job.priority, job.seq, job.job_id)
         heapq.heappush(self.queue, entry)
-        self.queued += 1
         pin = job.pin
         if pin:
             if self.unpinned is None:  # the first pinned job: the rest of the queue is unpinned
@@ -126,7 +131,6 @@ class ClusterRecord:
         assert tops, "pop from a cluster with nothing for this node"
         entry, heap = min(tops, key=lambda t: t[0])
         heapq.heappop(heap)  # its copies in the other heaps go stale: the job leaves QUEUED
-        self.queued -= 1
         if self.unpinned is not None and len(self.queue) > 2 * self.queued + 64:
             self._compact()  # a pin waiting at the top keeps `queue` from shedding stale entries
         return self.jobs[entry[2]]
@@ -226,11 +230,15 @@ class UserRecord:
     clusters: set[str] = field(default_factory=set)
     queued_bytes: int = 0  # see `Limits.max_queued_bytes`
     held_bytes: int = 0  # see `Limits.max_held_bytes`
+    #: its jobs running when the scheduler last stopped, not yet reported by a node (they may run still)
+    orphans: int = 0
 
     @property
     def capped(self) -> bool:
-        """At `max_cpus`, or holding `max_held_bytes` of results: gets no more CPUs until that changes."""
-        return (self.limits.max_cpus is not None and self.busy >= self.limits.max_cpus) or self.holding_too_much
+        """At `max_cpus` (counting orphans, which a node may yet report running), or holding `max_held_bytes`
+        of results: gets no more CPUs until that changes."""
+        cap = self.limits.max_cpus
+        return (cap is not None and self.busy + self.orphans >= cap) or self.holding_too_much
 
     @property
     def holding_too_much(self) -> bool:

@@ -1,0 +1,65 @@
+"""The SQLite journal as a store of held results: on disk until read, sized without being read."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import msgpack
+
+from dispy_sched.core import CoreConfig, SchedulerCore
+from dispy_sched.core import actions as A
+from dispy_sched.core import events as E
+from dispy_sched.core.state import result_cost
+from dispy_sched.journal import FILENAME, SqliteJournal
+from dispy_sched.policies import load_policy
+from test_core import arrived, joined, opened, result, step, submitted
+
+
+def run(core: SchedulerCore, journal: SqliteJournal, *events: E.Event, now: float) -> list[A.Action]:
+    actions = step(core, *events, now=now)
+    for action in actions:
+        if isinstance(action, A.Persist):
+            journal.write(action)
+    return actions
+
+
+def test_held_results_are_read_back_on_demand_and_a_restart_loads_only_their_sizes(tmp_path: Path) -> None:
+    journal = SqliteJournal(str(tmp_path))
+    core = SchedulerCore(load_policy("fair"), CoreConfig(persist=True))
+    run(core, journal, opened("c1", "K"), joined("n1", 2), now=0)
+    run(core, journal, submitted("c1", "K", 1, 2), E.ClientLeft("c1"), now=1)
+    run(core, journal, arrived("n1", result("K", 1), result("K", 2)), now=2)
+    assert journal.read_results("K", [2, 1, 99]) == [result("K", 2), result("K", 1)]  # in the order asked
+    journal.close()
+    snap = SqliteJournal(str(tmp_path)).load()
+    assert [(j.job_id, j.state, j.result, j.result_size) for j in snap.jobs] == [
+        (1, "done", None, result_cost(result("K", 1))),
+        (2, "done", None, result_cost(result("K", 2))),
+    ]
+
+
+def test_a_version_1_journal_gets_its_held_results_sized(tmp_path: Path) -> None:
+    db = sqlite3.connect(tmp_path / FILENAME)
+    db.executescript(
+        """
+        CREATE TABLE clusters (cluster_id TEXT PRIMARY KEY, user TEXT NOT NULL, name TEXT NOT NULL,
+            computation BLOB NOT NULL, reentrant INTEGER NOT NULL, options BLOB, seq INTEGER NOT NULL,
+            closing INTEGER NOT NULL, overrides BLOB);
+        CREATE TABLE jobs (cluster_id TEXT NOT NULL, job_id INTEGER NOT NULL, priority INTEGER NOT NULL,
+            seq INTEGER NOT NULL, payload BLOB, options BLOB, submit_time REAL NOT NULL, state TEXT NOT NULL,
+            node TEXT NOT NULL, attempts INTEGER NOT NULL, cancel_requested INTEGER NOT NULL, result BLOB,
+            PRIMARY KEY (cluster_id, job_id));
+        PRAGMA user_version = 1;
+        """
+    )
+    held = result("K", 7)
+    db.execute("INSERT INTO clusters VALUES ('K', 'alice', 'name-K', x'00', 0, NULL, 1, 0, NULL)")
+    blob = msgpack.packb(list(held), use_bin_type=True)
+    db.execute("INSERT INTO jobs VALUES ('K', 7, 0, 2, NULL, NULL, 0.0, 'done', 'host', 1, 0, ?)", (blob,))
+    db.commit()
+    db.close()
+    journal = SqliteJournal(str(tmp_path))
+    (job,) = journal.load().jobs
+    assert (job.result, job.result_size) == (None, result_cost(held))
+    assert journal.read_results("K", [7]) == [held]
