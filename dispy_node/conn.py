@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import importlib.metadata
 import itertools
 import logging
 import os
@@ -52,6 +51,7 @@ from dispy_wire.errors import ErrorCode, RemoteWireError
 from dispy_wire.framing import NEED_DATA, PREAMBLE, FrameDecoder
 from dispy_wire.handshake import HandshakeState, PeerHandshake, Role
 from dispy_wire.liveness import Liveness, Verdict, announced_interval, set_keepalive
+from dispy_wire.version import VERSION
 from dispy_wire.tls import ClientTLS, UntrustedScheduler, channel_binding, describe_failure, plaintext_refusal
 from dispy_wire.messages import (
     HELLO_MAX_ADDRESSES,
@@ -286,7 +286,11 @@ async def _connect_once(config: NodeConfig, backoff: Backoff, control: NodeContr
     try:
         async with asyncio.timeout(HANDSHAKE_TIMEOUT):
             await session.handshake()
-        logger.info("registered with scheduler %s as %r", config.scheduler, config.name)
+        theirs = session.welcome.info.get("version") if session.welcome is not None else None
+        logger.info(
+            "registered with scheduler %s as %r (scheduler: dispy-shared %s; this node: %s)",
+            config.scheduler, config.name, str(theirs)[:40] if theirs else "unknown", VERSION,
+        )  # fmt: skip
         control.keeper.attach(session.take)
         print(f"connected to {config.scheduler}", flush=True)
         registered = time.monotonic()
@@ -332,7 +336,7 @@ class _Session:
             "platform": platform.platform(),
             "pid": os.getpid(),
             "heartbeat": self.config.heartbeat,
-            "version": _version(),
+            "version": VERSION,
             # so clusters' `nodes` patterns can match this host
             "addresses": report.addresses()[:HELLO_MAX_ADDRESSES],
         }
@@ -535,13 +539,6 @@ class _Session:
             self.liveness.sent = True
         if not self._writer.is_closing():
             self._writer.write(data)
-
-
-def _version() -> str:
-    try:
-        return importlib.metadata.version("dispy-shared")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def _batch_frame(batch: list[Any]) -> bytes:

@@ -24,6 +24,8 @@ from collections.abc import Callable
 
 from dispy_wire.verifier import DEFAULT_ITERATIONS, MIN_ITERATIONS, Verifier, new_secret
 
+from dispy_wire.version import version_line
+
 from .config import ConfigError, check_private
 
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
@@ -139,6 +141,7 @@ def _cmd_verifier(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dispyadmin", description="Manage the secrets of a dispy-shared scheduler.")
+    p.add_argument("--version", action="version", version=version_line("dispyadmin"))
     sub = p.add_subparsers(dest="command", required=True)
     iterations = argparse.ArgumentParser(add_help=False)
     iterations.add_argument(

@@ -11,11 +11,13 @@ import sqlite3
 import sys
 from typing import IO
 
-from .config import ConfigError, SchedConfig, config_from_args
+from .config import ConfigError, SchedConfig, build_parser, config_from_namespace, describe
 from .core import CoreConfig, SchedulerCore
 from .discovery import start_responder
 from dispy_wire.loop import event_loop_factory
 from dispy_wire.sdnotify import Notifier
+from dispy_wire.settings import EX_CONFIG
+from dispy_wire.version import version_line
 from dispy_wire.tls import is_loopback
 
 from .policies import Policy, UnknownPolicy, load_policy
@@ -84,10 +86,19 @@ def main(argv: list[str] | None = None) -> int:
     if args[:1] == ["tls"]:
         return tls_init.main(args[1:])  # `dispyscheduler tls init DIR ...`
     try:
-        cfg = config_from_args(argv)
-    except ConfigError as exc:
+        options = build_parser().parse_args(argv)
+        cfg = config_from_namespace(options)
+        policy = load_policy(cfg.policy)
+    except (ConfigError, UnknownPolicy) as exc:
         print(f"dispyscheduler: {exc}", file=sys.stderr)
-        return 2
+        return EX_CONFIG
+    if options.print_config:
+        print(describe(cfg))
+        return 0
+    if options.check_config:
+        print(f"dispyscheduler: configuration is valid ({len(cfg.users)} users)" if cfg.users else
+              "dispyscheduler: configuration is valid (any user name)")  # fmt: skip
+        return 0
     logging.basicConfig(
         level=cfg.loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
@@ -97,13 +108,13 @@ def main(argv: list[str] | None = None) -> int:
                 "%s given in plaintext: the scheduler keeps only its verifier, but the secret is readable where it "
                 "came from; prefer %s", key, better,
             )  # fmt: skip
+    log.info("%s starting", version_line("dispyscheduler"))
     try:
-        policy = load_policy(cfg.policy)
         assert cfg.state_dir is not None
         lock = _lock_state_dir(cfg.state_dir)
-    except (ConfigError, UnknownPolicy, OSError) as exc:
+    except (ConfigError, OSError) as exc:
         print(f"dispyscheduler: {exc}", file=sys.stderr)
-        return 2
+        return EX_CONFIG
     try:
         journal = SqliteJournal(cfg.state_dir, cfg.journal_sync) if cfg.journal else None
     except sqlite3.Error as exc:

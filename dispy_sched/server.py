@@ -38,6 +38,7 @@ from dispy_wire.discovery import Throttle
 from dispy_wire.errors import ErrorCode, RemoteWireError
 from dispy_wire.handshake import ChannelBinding, Peer, Role, ServerHandshake
 from dispy_wire.liveness import Liveness, Verdict, announced_interval, set_keepalive
+from dispy_wire.version import VERSION
 from dispy_wire.tls import CertIdentity, peer_common_name
 
 from .config import SchedConfig
@@ -300,6 +301,7 @@ class SchedulerServer:
     def welcome_info(self, role: Role) -> dict[str, Any]:
         return {
             "scheduler": self.config.name,
+            "version": VERSION,
             "policy": getattr(self.core.policy, "name", ""),
             "max_message_size": self.config.max_message_size,
             # accepted jobs survive a restart here: a client need not keep them to resubmit
@@ -327,9 +329,12 @@ class SchedulerServer:
         self.peers[conn.session] = conn
         peer = conn.peer
         cn = peer_common_name(conn.ssl_object)  # mutual TLS: shown, not yet checked against the name
+        version = peer.info.get("version")
         log.info(
-            "%s %s connected from %s%s", peer.role, peer_text(peer.name), conn.address, f" (certificate CN={cn})" if cn else ""
-        )
+            "%s %s connected from %s%s%s", peer.role, peer_text(peer.name), conn.address,
+            f" (certificate CN={cn})" if cn else "",
+            f", dispy-shared {peer_text(version, 40)}" if isinstance(version, str) else "",
+        )  # fmt: skip
         heartbeat = announced_interval(peer.info, self.config.heartbeat)
         conn.liveness = Liveness.start(self.config.heartbeat, heartbeat, time.monotonic())
         if conn.transport is not None:
