@@ -115,7 +115,7 @@ def describe(exc: msgspec.ValidationError, values: Mapping[str, Any], schema: ty
         what = f"expected one of {', '.join(map(str, _choices(schema, key)))}"
     if key in durations(schema):
         what = what.replace("float", "seconds (a number, or a duration such as 90s, 30m, 1h, 7d)")
-    what = (what[:1].lower() + what[1:]).replace(" | null", "")
+    what = re.sub(r"\bfloat\b", "number", (what[:1].lower() + what[1:]).replace(" | null", ""))
     if key in values:
         got = f"got {values[key]!r}"
         what = re.sub(r"got \w+$", got, what) if re.search(r"got \w+$", what) else f"{what}, {got}"
