@@ -3,6 +3,7 @@
     dispyadmin user add NAME [--share N] [--replace] --users-file F
     dispyadmin node-secret
     dispyadmin verifier            (a secret on stdin → its verifier)
+    dispyadmin history [--user U] [--since 1d] [--json]   (admin_history.py)
 
 Each new secret is drawn here (256 bits), printed once for the operator to
 hand over, and only its SCRAM verifier is written: the scheduler never sees
@@ -26,6 +27,7 @@ from dispy_wire.verifier import DEFAULT_ITERATIONS, MIN_ITERATIONS, Verifier, ne
 
 from dispy_wire.version import version_line
 
+from . import admin_history
 from .config import ConfigError, check_private
 
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
@@ -165,12 +167,13 @@ def build_parser() -> argparse.ArgumentParser:
         "verifier", parents=[iterations], help="read a secret on stdin, print its verifier (to convert an old file)"
     )
     ver.set_defaults(run=_cmd_verifier)
+    admin_history.add_parser(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.iterations < MIN_ITERATIONS:
+    if getattr(args, "iterations", MIN_ITERATIONS) < MIN_ITERATIONS:
         print(f"dispyadmin: --iterations must be at least {MIN_ITERATIONS}", file=sys.stderr)
         return 2
     run: Callable[[argparse.Namespace], int] = args.run

@@ -23,7 +23,8 @@ from dispy_wire.tls import is_loopback
 from .policies import Policy, UnknownPolicy, load_policy
 from . import tls_init
 from .server import SchedulerServer
-from .journal import SqliteJournal
+from .accounting import SqliteAccounting
+from .journal import FILENAME as STATE_DATABASE, SqliteJournal
 
 log = logging.getLogger("dispy_sched")
 
@@ -42,13 +43,15 @@ def _lock_state_dir(path: str) -> IO[str]:
     return lock
 
 
-async def serve(cfg: SchedConfig, policy: Policy, journal: SqliteJournal | None) -> None:
+async def serve(
+    cfg: SchedConfig, policy: Policy, journal: SqliteJournal | None, accounting: SqliteAccounting | None
+) -> None:
     core_config = CoreConfig(
         shares=cfg.shares(), limits=cfg.limits(), default_limits=cfg.default_limits(),
         private_data=cfg.private_data, keep_detached=cfg.keep_detached, usage_half_life=cfg.usage_half_life,
-        persist=journal is not None,
+        persist=journal is not None, accounting=True,
     )  # fmt: skip
-    server = SchedulerServer(cfg, SchedulerCore(policy, core_config), journal)
+    server = SchedulerServer(cfg, SchedulerCore(policy, core_config), journal, accounting)
     core = server.core
     host, port = await server.start()
     responder = await start_responder(cfg, host, port)
@@ -70,15 +73,39 @@ async def serve(cfg: SchedConfig, policy: Policy, journal: SqliteJournal | None)
     notifier = Notifier.from_env()
     notifier.ready(f"listening on {host}:{port}; policy {core.policy.name}")
     watchdog = asyncio.create_task(notifier.keep_alive())
+    status = asyncio.create_task(_report_status(notifier, server, f"{host}:{port}"))
     try:
         await stop.wait()
     finally:
         log.info("shutting down")
         notifier.stopping("shutting down")
         watchdog.cancel()
+        status.cancel()
         if responder is not None:
             responder.close()
         await server.stop()
+
+
+#: seconds between the STATUS= lines `systemctl status` shows
+STATUS_INTERVAL = 5.0
+
+
+async def _report_status(notifier: Notifier, server: SchedulerServer, address: str) -> None:
+    """Keeps systemd's STATUS= current: nodes, busy CPUs, queued jobs (`systemctl status dispyscheduler`)."""
+    if not notifier.address:
+        return
+    while True:
+        await asyncio.sleep(STATUS_INTERVAL)
+        notifier.status(status_line(server, address))
+
+
+def status_line(server: SchedulerServer, address: str) -> str:
+    status = server.core.status()
+    users = sum(1 for u in status["users"].values() if u["busy"] or u["queued"])
+    return (
+        f"{len(status['nodes'])} nodes, {status['busy']}/{status['cpus']} CPUs busy, {status['queued']} jobs queued, "
+        f"{users} users active; listening on {address}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,19 +144,21 @@ def main(argv: list[str] | None = None) -> int:
         return EX_CONFIG
     try:
         journal = SqliteJournal(cfg.state_dir, cfg.journal_sync) if cfg.journal else None
+        accounting = SqliteAccounting(os.path.join(cfg.state_dir, STATE_DATABASE))
     except sqlite3.Error as exc:
-        print(f"dispyscheduler: cannot open the journal in {cfg.state_dir}: {exc}", file=sys.stderr)
+        print(f"dispyscheduler: cannot open the state database in {cfg.state_dir}: {exc}", file=sys.stderr)
         lock.close()
         return 2
     try:
         with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
-            runner.run(serve(cfg, policy, journal))
+            runner.run(serve(cfg, policy, journal, accounting))
     except OSError as exc:  # typically: address in use
         print(f"dispyscheduler: cannot listen on {cfg.host}:{cfg.port}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     finally:
         if journal is not None:
             journal.close()
+        accounting.close()
         lock.close()
     return 0
 

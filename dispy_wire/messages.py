@@ -79,6 +79,10 @@ class JobResult(NamedTuple):
     end_time: float
     #: the job process's MAC (`result_mac`), passed on untouched; b"" on results the node or scheduler made
     mac: bytes = b""
+    #: CPU seconds (user + system) the job's process used, as the node measured it (0: not measured)
+    cpu_time: float = 0.0
+    #: the job process's largest resident set, bytes, as the node measured it (0: not measured)
+    max_rss: int = 0
 
 
 class JobFile(NamedTuple):
