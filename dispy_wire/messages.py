@@ -25,7 +25,9 @@ from .errors import ErrorCode, LocalWireError, RemoteWireError
 from .framing import FrameDecoder, _NeedData, encode_frame
 from .schema import checker_for
 
-PROTOCOL_VERSION = 2  # 2: SCRAM or certificate logins, results MAC'd, Ping, NodeHolds, ResultsRecorded
+#: 2: SCRAM or certificate logins, results MAC'd, Ping, NodeHolds, ResultsRecorded;
+#: 3: JobResult carries the node's measure of the job's CPU time and peak RSS (accounting)
+PROTOCOL_VERSION = 3
 
 
 # --------------------------------------------------------------------------
