@@ -34,7 +34,7 @@ from waiting import wait_until
 
 SYSTEM_PYTHON = Path("/usr/bin/python3.11")
 # dispy_node's imports, dependencies included (cryptography, and cffi's backend under it, for dispy_wire.tls)
-NEEDED = ("dispy_wire", "dispy_node", "msgpack", "cloudpickle", "psutil", "scramp", "asn1crypto", "cryptography", "_cffi_backend")
+NEEDED = ("dispy_wire", "dispy_node", "msgpack", "msgspec", "cloudpickle", "psutil", "scramp", "asn1crypto", "cryptography", "_cffi_backend")
 
 
 @pytest.fixture(scope="module")
