@@ -177,12 +177,14 @@ def load_config(args: argparse.Namespace, fail: Callable[[str], NoReturn]) -> tu
             fail(f"cannot read config file {args.config}: {exc}")
         if "run_as" in file:
             _no_run_as(fail)
-        file = _checked(file, f"config file {args.config}", strict=True)
     if args.run_as is not None:
         _no_run_as(fail)
-    flags = _checked(
-        {k: v for k, v in vars(args).items() if v is not None and k not in _NOT_SETTINGS}, "command line", strict=False
-    )
+    try:
+        file = _checked(file, f"config file {args.config}", strict=True)
+        given = {k: v for k, v in vars(args).items() if v is not None and k not in _NOT_SETTINGS}
+        flags = _checked(given, "command line", strict=False)
+    except ConfigError as exc:
+        fail(str(exc))
 
     def pick(key: str, env: str | None, default: Any) -> Any:
         if key in flags:

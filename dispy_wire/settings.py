@@ -117,8 +117,9 @@ def describe(exc: msgspec.ValidationError, values: Mapping[str, Any], schema: ty
         what = what.replace("float", "seconds (a number, or a duration such as 90s, 30m, 1h, 7d)")
     what = re.sub(r"\bfloat\b", "number", (what[:1].lower() + what[1:]).replace(" | null", ""))
     if key in values:
-        got = f"got {values[key]!r}"
-        what = re.sub(r"got \w+$", got, what) if re.search(r"got \w+$", what) else f"{what}, {got}"
+        shown = repr(values[key])
+        got = f"got {shown if len(shown) <= 80 else shown[:77] + '...'}"
+        what = re.sub(r"got \w+$", lambda _: got, what) if re.search(r"got \w+$", what) else f"{what}, {got}"
     return f"{path}: {what}" if path else what
 
 
