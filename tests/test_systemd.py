@@ -9,6 +9,7 @@ stops. Here the test binds that socket itself and reads what the real
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -16,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +29,8 @@ from dispy_sched import tls_init
 from dispy_wire.sdnotify import Notifier
 from dispy_wire.settings import EX_CONFIG
 from procs import ROOT, Cluster, write_users_file
+from test_node_runas import readable_python  # noqa: F401 (a fixture)
+from waiting import wait_until
 
 WATCHDOG_USEC = 400_000  # a ping every 0.2 s
 
@@ -252,3 +256,48 @@ def test_the_scheduler_runs_as_its_unit_starts_it_and_keeps_its_status_current(
     write_users_file(credentials / "users.toml", '[users.alice]\nsecret = "a"\nmax_cpu = 3\n')
     refused = subprocess.run(argv, env={**os.environ, **env}, capture_output=True, text=True, timeout=60, check=False)
     assert refused.returncode == EX_CONFIG and "unknown key max_cpu" in refused.stderr, refused.stderr
+
+
+def test_a_root_node_within_its_units_capabilities_runs_cancels_and_clears_jobs_of_their_own_uid(
+    cluster: Cluster, readable_python: Path  # noqa: F811 (the fixture imported above)
+) -> None:
+    """The node unit's CapabilityBoundingSet= (and NoNewPrivileges=) are enough: setpriv applies them as systemd would."""
+    if shutil.which("setpriv") is None:
+        pytest.skip("needs setpriv (util-linux) to apply the unit's capability bounding set")
+    caps = unit_setting("dispynode", "CapabilityBoundingSet")[0].split()
+    bounding = ",".join(["-all", *(f"+{cap.removeprefix('CAP_').lower()}" for cap in caps)])
+    cluster.scheduler()
+    work = Path(tempfile.mkdtemp(prefix="dispy-unit-caps-"))
+    try:
+        work.chmod(0o711)
+        argv = ["setpriv", f"--bounding-set={bounding}", "--no-new-privs", "--", str(readable_python), "-m",
+                "dispy_node.main", "--scheduler", cluster.address, "--cpus", "2", "--name", "capped",
+                "--work-dir", str(work / "node"), "--job-uids", "2100000000-2100000009"]  # fmt: skip
+        node = cluster.start(argv, "node", {"PYTHONPATH": ""})
+        node.wait_for_line(r"connected to ")
+        client = cluster.run_client(
+            """
+            import json
+            from dispy_client import SharedJobCluster, DispyJob
+
+            def work(seconds):
+                import os, time
+                open("left-behind", "w").write("x")  # in the job's directory: the node clears it
+                time.sleep(seconds)
+                return os.getuid()
+
+            with SharedJobCluster(work, user="alice") as cluster:
+                slow, quick = cluster.submit(600), cluster.submit(0)
+                uid = quick()
+                cluster.cancel(slow)
+                slow()
+                print(json.dumps([uid, slow.status == DispyJob.Cancelled, quick.status == DispyJob.Finished]))
+            """
+        )
+        uid, cancelled, finished = json.loads(client.stdout)
+        assert 2100000000 <= uid <= 2100000009 and cancelled and finished, client.stdout
+        clusters = work / "node"
+        wait_until(lambda: not any(p.is_dir() for p in clusters.iterdir()), what="the cluster's files cleared")
+        assert " ERROR " not in node.stderr and "Permission" not in node.stderr, node.stderr
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
