@@ -185,10 +185,19 @@ class NodeControl:
     done: asyncio.Event = field(default_factory=asyncio.Event)  # exit with status 0
     poke: asyncio.Event = field(default_factory=asyncio.Event)  # heartbeat now
     keeper: JobKeeper = field(init=False)  # the jobs, across sessions
+    #: where the node's one-line status goes (systemd's STATUS=, by main); called when it changes
+    on_status: Callable[[str], None] | None = None
+    _status: str = field(default="", init=False)
 
     def __post_init__(self) -> None:
         self.availability = Availability(self.config.rules or Rules(self.config.cpus), self.clock())
         self.keeper = JobKeeper(self.config.scheduler_grace)
+
+    def show(self, status: str) -> None:
+        """Passes a new status line on (`systemctl status dispynode`), once per change."""
+        if status != self._status and self.on_status is not None and not self.availability.draining:
+            self._status = status
+            self.on_status(status)
 
     def drain(self) -> None:
         """Takes no new jobs (offers 0 CPUs); the node exits once its running ones are done."""
@@ -251,6 +260,7 @@ async def run_node(config: NodeConfig, control: NodeControl | None = None, locat
                 logger.warning("scheduler %s: %s", config.scheduler, exc or type(exc).__name__)
             delay = backoff.next()
             logger.info("reconnecting in %.1f s", delay)
+            control.show(f"not connected: reconnecting to {config.scheduler}")
             await asyncio.sleep(delay)
             if locate is not None:
                 host, port = await locate()
@@ -478,6 +488,10 @@ class _Session:
                 self._offered = cpus
             avail = report.avail(cpus, self.runner.busy, self.config.work_dir)
             self._write(encode(Heartbeat(avail)))
+            control.show(
+                f"{self.runner.busy} of {cpus} offered cpus busy, {self.runner.clusters} clusters loaded; "
+                f"connected to {self.config.scheduler}"
+            )
             self._check_done()
             try:
                 await self._writer.drain()  # the one place we yield to a slow scheduler

@@ -394,8 +394,8 @@ async def _serve(config: NodeConfig, discovery_port: int | None, offer: str) -> 
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    control = NodeControl(config)
     notifier = Notifier.from_env()
+    control = NodeControl(config, on_status=notifier.status)
 
     def drain() -> None:
         notifier.stopping("draining: running jobs finish, no new ones")

@@ -85,7 +85,8 @@ def test_node_tells_systemd_it_is_ready_alive_and_draining(cluster: Cluster, sys
     node = cluster.node(env=systemd.env, name="n1")
     (ready,) = [m for m in systemd.wait_for("READY=1") if "READY=1" in m]
     assert f"STATUS=node 'n1' offers 2 cpus to {cluster.address}" in ready.split("\n")
-    systemd.wait_for("WATCHDOG=1")
+    # then what it is doing, kept current
+    assert status_lines(systemd, rf"^STATUS=0 of 2 offered cpus busy, 0 clusters loaded; connected to {cluster.address}$")
     node.popen.send_signal(signal.SIGUSR1)
     (draining,) = [m for m in systemd.wait_for("STOPPING=1") if "STOPPING=1" in m]
     assert "STATUS=draining: running jobs finish, no new ones" in draining.split("\n")
