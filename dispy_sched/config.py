@@ -1,4 +1,13 @@
-"""The scheduler's configuration: command line over TOML file over defaults."""
+"""The scheduler's configuration: command line over TOML file over defaults.
+
+`SchedConfig` is the schema: every option with its type and bounds, checked
+by msgspec (`dispy_wire.settings.check`) against the TOML file strictly and
+against the flags' strings by conversion, so a bad value or an unknown key
+is one line naming it (exit status 78). `UserTable` is the same for each
+`[users.NAME]` table of the users file. What needs more than a type
+(verifiers, limits written as sizes or "unlimited", TLS files that must
+load, unsafe combinations) is checked after, in `config_from_namespace`.
+"""
 
 from __future__ import annotations
 
@@ -29,7 +38,7 @@ from .core.state import Limits
 
 DEFAULT_PORT = 9702
 
-#: what a `[users.NAME]` table may hold; anything else is refused at start
+#: the limits a `[users.NAME]` table may set (`UserTable` has a field for each)
 LIMIT_KEYS = tuple(f.name for f in fields(Limits))
 #: limits written as sizes (`512M`); `priority_max` may be negative; the rest are counts
 SIZE_LIMITS = ("max_queued_bytes", "max_held_bytes")
@@ -39,7 +48,6 @@ UNLIMITED = "unlimited"
 
 Seconds = Annotated[float, msgspec.Meta(ge=0, extra=SECONDS)]
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
-Count = Annotated[int, msgspec.Meta(ge=0)]
 Positive = Annotated[int, msgspec.Meta(ge=1)]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 #: a limit: a non-negative integer (sizes already in bytes), None: unlimited
@@ -70,6 +78,9 @@ class UserTable(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_clusters: int | str | UnsetType = UNSET
     max_queued_bytes: int | str | UnsetType = UNSET
     max_held_bytes: int | str | UnsetType = UNSET
+
+
+assert set(LIMIT_KEYS) <= set(UserTable.__struct_fields__), "a limit of core.state.Limits missing from UserTable"
 
 
 class SchedConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
