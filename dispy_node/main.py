@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Compute-node daemon of dispy-shared: connects to a dispyscheduler, reports the CPUs "
             "it offers and runs each job in its own process, forked from a per-cluster zygote. "
-            "Reconnects by itself; exits with status 2 if the scheduler refuses its name or secret."
+            "Reconnects by itself; exits with status 2 if the scheduler refuses its name or secret, "
+            f"{EX_CONFIG} if its own settings are refused (one line naming the key)."
         ),
         epilog=(
             "Settings: flags override the --config file, which overrides $DISPY_SCHEDULER and "

@@ -325,7 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dispyscheduler",
         description="Shared scheduler of a dispy-shared cluster: clients and nodes both connect to it.",
         epilog="`dispyscheduler tls init DIR` makes a CA and the certificates for TLS "
-        "(see `dispyscheduler tls init --help`).",
+        f"(see `dispyscheduler tls init --help`). Options in seconds (S) take durations too: 90s, 30m, 1h, 7d. "
+        f"A refused configuration exits with status {EX_CONFIG}, one line naming the key.",
     )
     p.add_argument("--config", metavar="FILE", help="TOML file with any of the options below (flags override it)")
     p.add_argument("--version", action="version", version=version_line("dispyscheduler"))
