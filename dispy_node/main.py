@@ -456,7 +456,15 @@ def main(argv: list[str] | None = None) -> None:
         print(describe(config, loglevel, discovery_port))
         sys.exit(0)
     if args.check_config:
-        print(f"dispynode: configuration is valid (node {config.name!r}, {config.cpus} cpus)")
+        try:
+            checked = _usable_account(config, as_self=args.jobs_as_self)
+        except OSError as exc:
+            print(f"dispynode: cannot run jobs: {exc}", file=sys.stderr)
+            sys.exit(EX_CONFIG)
+        runs_as = checked.account.name if checked.account else "?"
+        if checked.accounts is not None:
+            runs_as = f"uids {checked.accounts.first}-{checked.accounts.last}"
+        print(f"dispynode: configuration is valid (node {config.name!r}, {config.cpus} cpus, jobs run as {runs_as})")
         sys.exit(0)
     logging.basicConfig(level=loglevel, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
