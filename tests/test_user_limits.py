@@ -73,7 +73,7 @@ def test_the_scheduler_refuses_to_start_with_an_unknown_users_key(cluster: Clust
         "scheduler",
     )
     assert proc.wait(30) == EX_CONFIG
-    assert "unknown key(s) max_cpu" in proc.stderr
+    assert "unknown key max_cpu" in proc.stderr
 
 
 def test_limits_default_to_the_schedulers_and_a_users_table_overrides_them(tmp_path: Path) -> None:
