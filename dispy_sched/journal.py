@@ -21,6 +21,9 @@ machine that loses power.
 
 Another store (PostgreSQL for a standby scheduler) implements the same
 three methods.
+
+The same file holds the accounting records (`job_ends`), written through a
+connection of their own by `accounting.SqliteAccounting`, journal or not.
 """
 
 from __future__ import annotations
