@@ -151,12 +151,14 @@ def test_the_client_version_is_the_package_version() -> None:
     assert f'version = "{VERSION}"' in (ROOT / "pyproject.toml").read_text()  # the one place it is written
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("90", 90), ("90s", 90), ("30m", 1800), ("1.5h", 5400), ("7d", 604800)])
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("90", 90), ("90s", 90), ("30m", 1800), ("1.5h", 5400), ("7d", 604800), ("-1", -1), ("1e9", 1e9)]
+)
 def test_durations(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["", "h", "1y", "-1h", "1h30m", "nan"])
+@pytest.mark.parametrize("text", ["", "h", "1y", "1h30m", "nan", "inf"])
 def test_what_is_not_a_duration(text: str) -> None:
     with pytest.raises(ValueError, match="is not a duration"):
         parse_duration(text)
