@@ -16,12 +16,17 @@ $(STAMP): pyproject.toml
 
 # Debian packages of real programs the tests use, installed when run as root:
 # user-mode-linux boots a cgroup v2 kernel for tests/test_node_cgroup2.py;
-# postgresql is the shared state store of the standby scheduler tests (tests/pg.py)
-# (each is skipped, saying why, where they are missing).
-TEST_DEBS := user-mode-linux e2fsprogs postgresql
+# systemd's systemd-analyze verifies and rates the units (tests/test_systemd.py), util-linux's
+# setpriv applies the node unit's capability bounding set, sqlite3 takes the backup
+# docs/operations.md shows; postgresql is the shared state store of the standby scheduler tests
+# (tests/pg.py) (tests are skipped, saying why, where they are missing).
+TEST_DEBS := user-mode-linux e2fsprogs systemd util-linux sqlite3 postgresql
+#: a program of each, to tell whether they are all there
+TEST_PROGRAMS := linux.uml mkfs.ext4 systemd-analyze setpriv sqlite3 pg_ctlcluster
 
 test-debs:
-	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! dpkg -s $(TEST_DEBS) >/dev/null 2>&1; then \
+	@missing=0; for p in $(TEST_PROGRAMS); do command -v $$p >/dev/null || missing=1; done; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && [ $$missing = 1 ]; then \
 	    export DEBIAN_FRONTEND=noninteractive; \
 	    apt-get install -y -q $(TEST_DEBS) >/dev/null 2>&1 \
 	    || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q $(TEST_DEBS) >/dev/null; } \

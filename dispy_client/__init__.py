@@ -28,6 +28,7 @@ from .job import DispyJob
 from .jobcluster import JobCluster
 from .node import ClusterStatus, DispyNode, DispyNodeAvailInfo, NodeAllocate
 from .recover import recover_jobs
+from dispy_wire.version import VERSION as __version__
 
 logger = logging.getLogger("dispy_client")
 # dispy's logger carries its levels: programs write `loglevel=dispy.logger.DEBUG`
@@ -35,6 +36,7 @@ for _level in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
     setattr(logger, _level, getattr(logging, _level))
 
 __all__ = [
+    "__version__",
     "AuthenticationError",
     "BaseCluster",
     "ClusterError",

@@ -38,6 +38,7 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
+from dispy_wire.version import VERSION
 from dispy_wire import messages as M
 from dispy_wire.errors import ErrorCode
 from dispy_wire.liveness import DEFAULT_INTERVAL
@@ -146,7 +147,7 @@ class ClusterSession:
         """Connects and opens (or re-opens) the cluster; returns `resumed`."""
         loop = asyncio.get_running_loop()
         # heartbeat: we send at least this often; the scheduler writes us off after liveness.MISSES of silence
-        info = {"host": socket.gethostname(), "pid": os.getpid(), "heartbeat": HEARTBEAT}
+        info = {"host": socket.gethostname(), "pid": os.getpid(), "heartbeat": HEARTBEAT, "version": VERSION}
         self._link = await self._dial(info)
         assert self._link.welcome is not None
         self._link.watch(HEARTBEAT)

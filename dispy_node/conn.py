@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import importlib.metadata
 import itertools
 import logging
 import os
@@ -54,6 +53,7 @@ from dispy_wire.framing import NEED_DATA, PREAMBLE, FrameDecoder
 from dispy_wire.handshake import HandshakeState, PeerHandshake, Role
 from dispy_wire.liveness import Liveness, Verdict, announced_interval, set_keepalive
 from dispy_wire.schedulers import Schedulers, format_address
+from dispy_wire.version import VERSION
 from dispy_wire.tls import ClientTLS, UntrustedScheduler, channel_binding, describe_failure, plaintext_refusal
 from dispy_wire.messages import (
     HELLO_MAX_ADDRESSES,
@@ -194,10 +194,19 @@ class NodeControl:
     done: asyncio.Event = field(default_factory=asyncio.Event)  # exit with status 0
     poke: asyncio.Event = field(default_factory=asyncio.Event)  # heartbeat now
     keeper: JobKeeper = field(init=False)  # the jobs, across sessions
+    #: where the node's one-line status goes (systemd's STATUS=, by main); called when it changes
+    on_status: Callable[[str], None] | None = None
+    _status: str = field(default="", init=False)
 
     def __post_init__(self) -> None:
         self.availability = Availability(self.config.rules or Rules(self.config.cpus), self.clock())
         self.keeper = JobKeeper(self.config.scheduler_grace)
+
+    def show(self, status: str) -> None:
+        """Passes a new status line on (`systemctl status dispynode`), once per change."""
+        if status != self._status and self.on_status is not None and not self.availability.draining:
+            self._status = status
+            self.on_status(status)
 
     def drain(self) -> None:
         """Takes no new jobs (offers 0 CPUs); the node exits once its running ones are done."""
@@ -271,6 +280,7 @@ async def run_node(config: NodeConfig, control: NodeControl | None = None, locat
                     config = dataclasses.replace(config, host=host, port=port)
             delay = backoff.next()
             logger.info("reconnecting in %.1f s", delay)
+            control.show(f"not connected: reconnecting to {config.scheduler}")
             await asyncio.sleep(delay)
             if locate is not None:
                 host, port = await locate()
@@ -315,7 +325,11 @@ async def _connect_once(config: NodeConfig, backoff: Backoff, control: NodeContr
     try:
         async with asyncio.timeout(HANDSHAKE_TIMEOUT):
             await session.handshake()
-        logger.info("registered with scheduler %s as %r", config.scheduler, config.name)
+        theirs = session.welcome.info.get("version") if session.welcome is not None else None
+        logger.info(
+            "registered with scheduler %s as %r (scheduler: dispy-shared %s; this node: %s)",
+            config.scheduler, config.name, str(theirs)[:40] if theirs else "unknown", VERSION,
+        )  # fmt: skip
         control.keeper.attach(session.take)
         print(f"connected to {config.scheduler}", flush=True)
         registered = time.monotonic()
@@ -361,7 +375,7 @@ class _Session:
             "platform": platform.platform(),
             "pid": os.getpid(),
             "heartbeat": self.config.heartbeat,
-            "version": _version(),
+            "version": VERSION,
             # the scheduler places on us only clusters pickled by the same Python and cloudpickle
             "runtime": node_runtime().to_wire(),
             # so clusters' `nodes` patterns can match this host
@@ -505,6 +519,10 @@ class _Session:
                 self._offered = cpus
             avail = report.avail(cpus, self.runner.busy, self.config.work_dir)
             self._write(encode(Heartbeat(avail)))
+            control.show(
+                f"{self.runner.busy} of {cpus} offered cpus busy, {self.runner.clusters} clusters loaded; "
+                f"connected to {self.config.scheduler}"
+            )
             self._check_done()
             try:
                 await self._writer.drain()  # the one place we yield to a slow scheduler
@@ -581,13 +599,6 @@ def node_runtime() -> Runtime:
         logger.warning("%s is set: claiming Python %s and cloudpickle %s (for tests only)", TEST_RUNTIME_VAR, python, cp)
         return Runtime(python, cp)
     return Runtime.here()
-
-
-def _version() -> str:
-    try:
-        return importlib.metadata.version("dispy-shared")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def _batch_frame(batch: list[Any]) -> bytes:

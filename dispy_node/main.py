@@ -30,7 +30,10 @@ from dispy_wire.discovery import DISCOVERY_PORT
 from dispy_wire.limits import format_size, parse_size
 from dispy_wire.loop import event_loop_factory
 from dispy_wire.schedulers import Schedulers
+from dispy_wire import settings
 from dispy_wire.sdnotify import Notifier
+from dispy_wire.settings import EX_CONFIG, ConfigError
+from dispy_wire.version import version_line
 from dispy_wire.tls import NODE_UNIT, ClientTLS, TLSConfigError, file_identity, plaintext_refusal
 
 from . import account, cgroups, job_process, node_secret, report
@@ -39,38 +42,25 @@ from .conn import NodeConfig, NodeControl, run_node
 from .discovery import run_discovered
 from .limits import Limits
 from .worker import WorkerPolicy
+from .settings import NodeSettings
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_SCHEDULER = "127.0.0.1:9702"
-_KEYS = (
-    "scheduler", "discover", "discovery_port", "cpus", "name", "node_secret", "secret_file", "heartbeat", "work_dir",
-    "kill_grace", "loglevel", "scheduler_grace",
-    "shared_run_as", "job_uids", "max_memory", "max_cpu_time", "max_job_time", "max_open_files", "max_processes", "max_output",
-    "setup_timeout", "tls_ca", "tls_fingerprint", "tls_cert", "tls_key", "insecure_plaintext",
-    "yield_load", "yield_window", "service_start", "service_stop", "service_end", "serve",
-    "isolation", "worker_jobs", "worker_memory_growth",
-)  # fmt: skip
-#: the TOML types of the config file's keys (default: a string)
-_FILE_TYPES: dict[str, tuple[type, ...]] = {
-    "discover": (bool,), "insecure_plaintext": (bool,),
-    "discovery_port": (int,), "cpus": (int,), "max_cpu_time": (int,), "max_open_files": (int,),
-    "max_processes": (int,), "serve": (int,), "max_memory": (str, int), "max_output": (str, int),
-    "worker_jobs": (int,), "worker_memory_growth": (str, int),
-    "heartbeat": (int, float), "kill_grace": (int, float), "scheduler_grace": (int, float), "max_job_time": (int, float),
-    "setup_timeout": (int, float), "yield_load": (int, float), "yield_window": (int, float),
-}  # fmt: skip
-_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+_KEYS = tuple(settings.keys(NodeSettings))
+#: flags that are not settings of the config file
+_NOT_SETTINGS = ("config", "jobs_as_self", "spawn_jobs", "run_as", "check_config", "print_config")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = settings.ArgumentParser(
         prog="dispynode",
         allow_abbrev=False,  # a --node-secret abbreviated would stay on the command line (see node_secret.py)
         description=(
             "Compute-node daemon of dispy-shared: connects to a dispyscheduler, reports the CPUs "
             "it offers and runs each job in its own process, forked from a per-cluster zygote. "
-            "Reconnects by itself; exits with status 2 if the scheduler refuses its name or secret."
+            "Reconnects by itself; exits with status 2 if the scheduler refuses its name or secret, "
+            f"{EX_CONFIG} if its own settings are refused (one line naming the key)."
         ),
         epilog=(
             "Settings: flags override the --config file, which overrides $DISPY_SCHEDULER and "
@@ -80,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", metavar="FILE.toml", type=Path,
                    help="TOML file with keys " + ", ".join(_KEYS))  # fmt: skip
+    p.add_argument("--version", action="version", version=version_line("dispynode"))
+    p.add_argument("--check-config", action="store_true",
+                   help=f"check the settings (file, flags, secret, TLS files, job accounts) and exit: 0 if good, "
+                        f"{EX_CONFIG} with one line saying what is wrong otherwise")  # fmt: skip
+    p.add_argument("--print-config", action="store_true",
+                   help="print the effective settings (the secret redacted) and exit")  # fmt: skip
     where = p.add_mutually_exclusive_group()
     where.add_argument("--scheduler", metavar="HOST:PORT",
                        help=f"scheduler address (default: $DISPY_SCHEDULER, else {DEFAULT_SCHEDULER}); a leader and its "
@@ -87,9 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--discover", action="store_true", default=None,
                        help="find the scheduler on this network segment by UDP broadcast; only one that "
                             "proves it knows the node secret is followed")  # fmt: skip
-    p.add_argument("--discovery-port", type=int, metavar="P",
+    p.add_argument("--discovery-port", metavar="P",
                    help=f"UDP port schedulers answer --discover on (default: {DISCOVERY_PORT})")  # fmt: skip
-    p.add_argument("--cpus", type=int, metavar="N",
+    p.add_argument("--cpus", metavar="N",
                    help="CPUs offered (default: all); a negative N leaves -N CPUs free")  # fmt: skip
     p.add_argument("--name", help="node name the scheduler knows us by (default: the host name; logging in by certificate, its CN)")
     p.add_argument("--node-secret", metavar="SECRET",
@@ -100,17 +96,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--secret-file", metavar="PATH",
                    help="read the node secret from this file (one line), which must be the node account's "
                         "alone (mode 0600 or 0400), or the node refuses to start")  # fmt: skip
-    p.add_argument("--heartbeat", type=float, metavar="SECONDS",
+    p.add_argument("--heartbeat", metavar="SECONDS",
                    help="seconds between resource reports, the node's sign of life: the scheduler drops a node "
                         "silent for 3 of them (default: 2). The node in turn redials when the scheduler sends "
                         "nothing for 4 of the intervals it announces (its --heartbeat)")  # fmt: skip
-    p.add_argument("--work-dir", type=Path, metavar="DIR",
+    p.add_argument("--work-dir", metavar="DIR",
                    help="where clusters' files go, one directory each; give each node on a host its own "
                         "(default: <tmp>/dispynode-<uid>/<name>)")  # fmt: skip
-    p.add_argument("--kill-grace", type=float, metavar="SECONDS",
+    p.add_argument("--kill-grace", metavar="SECONDS",
                    help="seconds between SIGTERM and SIGKILL when a job is killed (default: 5); a job its "
                         "user cancels gets SIGINT (KeyboardInterrupt) first, and SIGTERM 3 s (at most this) later")  # fmt: skip
-    p.add_argument("--scheduler-grace", type=float, metavar="SECONDS",
+    p.add_argument("--scheduler-grace", metavar="SECONDS",
                    help="jobs keep running this long while the scheduler is away (restarting, or the link "
                         "is down), and are handed back when it returns; then they are killed (default: 60; "
                         "0: kill them as soon as the connection ends)")  # fmt: skip
@@ -142,36 +138,36 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run jobs as the node's own account, even root: NOT isolated from the node; "
                         "for a JobCluster's local node and test machines")  # fmt: skip
     g.add_argument("--max-memory", metavar="SIZE", help="address space per job, e.g. 512M or 2G (RLIMIT_AS)")
-    g.add_argument("--max-cpu-time", type=int, metavar="SECONDS", help="CPU time per job (RLIMIT_CPU)")
-    g.add_argument("--max-job-time", type=float, metavar="SECONDS", help="wall-clock time per job")
-    g.add_argument("--max-open-files", type=int, metavar="N", help="open files per job process (RLIMIT_NOFILE)")
+    g.add_argument("--max-cpu-time", metavar="SECONDS", help="CPU time per job (RLIMIT_CPU)")
+    g.add_argument("--max-job-time", metavar="SECONDS", help="wall-clock time per job")
+    g.add_argument("--max-open-files", metavar="N", help="open files per job process (RLIMIT_NOFILE)")
     g.add_argument("--spawn-jobs", action="store_true",
                    help="start each job as a new interpreter instead of forking the cluster's zygote "
                         "(for hosts where fork is unsafe; costs tens of ms per job, and setup runs per job)")  # fmt: skip
     g.add_argument("--isolation", choices=isolation.MODES,
                    help="how jobs of clusters that do not choose run: 'fork', a process per job (default), or "
                         "'worker', processes reused for many jobs of one cluster (docs/isolation.md)")  # fmt: skip
-    g.add_argument("--worker-jobs", type=int, metavar="N",
+    g.add_argument("--worker-jobs", metavar="N",
                    help=f"a reused worker is replaced after N jobs (default: {WorkerPolicy().max_jobs})")  # fmt: skip
     g.add_argument("--worker-memory-growth", metavar="SIZE",
                    help="a reused worker is replaced once its peak RSS grew by SIZE (default: 256M)")  # fmt: skip
-    g.add_argument("--max-processes", type=int, metavar="N",
+    g.add_argument("--max-processes", metavar="N",
                    help="processes at once in a job's tree (cgroup pids.max; needs cgroups)")  # fmt: skip
     g.add_argument("--max-output", metavar="SIZE",
                    help="bytes kept of each of a job's stdout and stderr; the rest is cut, with a note "
                         "(default: 4M, at most 12M)")  # fmt: skip
-    g.add_argument("--setup-timeout", type=float, metavar="SECONDS",
+    g.add_argument("--setup-timeout", metavar="SECONDS",
                    help="time a cluster's setup may take before that cluster fails here (default: 60)")  # fmt: skip
     g = p.add_argument_group("when the node offers its CPUs")
-    g.add_argument("--yield-load", type=float, metavar="F",
+    g.add_argument("--yield-load", metavar="F",
                    help="offer fewer CPUs while the load not caused by our jobs stays above F CPUs")  # fmt: skip
-    g.add_argument("--yield-window", type=float, metavar="SECONDS",
+    g.add_argument("--yield-window", metavar="SECONDS",
                    help="how long that load must last before the node yields, or returns (default: 60)")  # fmt: skip
     g.add_argument("--service-start", metavar="HH:MM", help="daily: start offering CPUs")
     g.add_argument("--service-stop", metavar="HH:MM", help="daily: stop taking jobs; running ones finish")
     g.add_argument("--service-end", metavar="HH:MM",
                    help="daily: kill running jobs (they end TERMINATED, saying why)")  # fmt: skip
-    g.add_argument("--serve", type=int, metavar="N", help="exit (status 0) after serving N clusters")
+    g.add_argument("--serve", metavar="N", help="exit (status 0) after serving N clusters")
     return p
 
 
@@ -192,24 +188,33 @@ def load_config(args: argparse.Namespace, fail: Callable[[str], NoReturn]) -> tu
             file = tomllib.loads(args.config.read_text())
         except (OSError, tomllib.TOMLDecodeError) as exc:
             fail(f"cannot read config file {args.config}: {exc}")
-        unknown = sorted(set(file) - set(_KEYS) - {"run_as"})  # run_as: refused below, saying why
-        if unknown:
-            fail(f"unknown key(s) in {args.config}: {', '.join(unknown)}")
-        for key, value in file.items():  # what the flags' parser would have refused
-            kinds = _FILE_TYPES.get(key, (str,))
-            if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-                names = " or ".join(_TYPE_NAMES[k] for k in kinds if not (k is int and float in kinds))
-                fail(f"{key} in {args.config} must be {names}, not {value!r}")
+        if "run_as" in file:
+            _no_run_as(fail)
+    if args.run_as is not None:
+        _no_run_as(fail)
+    try:
+        file = _checked(file, f"config file {args.config}", strict=True)
+        given = {k: v for k, v in vars(args).items() if v is not None and k not in _NOT_SETTINGS}
+        flags = _checked(given, "command line", strict=False)
+    except ConfigError as exc:
+        fail(str(exc))
 
     def pick(key: str, env: str | None, default: Any) -> Any:
-        flag = getattr(args, key)
-        if flag is not None:
-            return flag
+        if key in flags:
+            return flags[key]
         if key in file:
             return file[key]
         if env and env in os.environ:
             return os.environ[env]
         return default
+
+    def opt(key: str, convert: Callable[[Any], _T]) -> _T | None:
+        """The setting `key` (None if not given), converted, or a ConfigError naming it."""
+        value = pick(key, None, None)
+        try:
+            return None if value is None else convert(value)
+        except (TypeError, ValueError) as exc:
+            fail(f"{key}: {exc}")
 
     discovery_port = None
     standbys: tuple[tuple[str, int], ...] = ()
@@ -254,42 +259,37 @@ def load_config(args: argparse.Namespace, fail: Callable[[str], NoReturn]) -> tu
     loglevel = str(pick("loglevel", None, "INFO")).upper()
     if not isinstance(logging.getLevelName(loglevel), int):
         fail(f"unknown log level {loglevel!r}")
-    if args.run_as is not None or "run_as" in file:
-        fail(
-            "--run-as is gone: a root node now runs each cluster as a uid of its own (--job-uids, on by "
-            "default); --shared-run-as USER runs every cluster as one account, whose jobs can reach one another"
-        )
     try:
         shared = pick("shared_run_as", None, None)
         run_as = account.resolve(shared)
         accounts = account.pool_for(pick("job_uids", None, None), shared, args.jobs_as_self)
         caps = Limits(
-            memory=_opt(pick("max_memory", None, None), parse_size),
-            cpu_time=_opt(pick("max_cpu_time", None, None), _positive_int),
-            wall=_opt(pick("max_job_time", None, None), _positive),
-            open_files=_opt(pick("max_open_files", None, None), _positive_int),
-            processes=_opt(pick("max_processes", None, None), _positive_int),
+            memory=opt("max_memory", parse_size),
+            cpu_time=opt("max_cpu_time", _positive_int),
+            wall=opt("max_job_time", _positive),
+            open_files=opt("max_open_files", _positive_int),
+            processes=opt("max_processes", _positive_int),
         )
-        max_output = parse_size(pick("max_output", None, "4M"))
+        max_output = opt("max_output", parse_size) or parse_size("4M")
         if max_output > job_process.MAX_OUTPUT:
             raise ValueError(
                 f"--max-output is at most {format_size(job_process.MAX_OUTPUT)}: "
                 "a job's result, stdout and stderr travel in one message"
             )
-        setup_timeout = _positive(pick("setup_timeout", None, 60.0))
+        setup_timeout = opt("setup_timeout", _positive) or 60.0
         rules = Rules(
             cpus,
-            _opt(pick("service_start", None, None), parse_hhmm),
-            _opt(pick("service_stop", None, None), parse_hhmm),
-            _opt(pick("service_end", None, None), parse_hhmm),
-            _opt(pick("yield_load", None, None), _positive),
-            _positive(pick("yield_window", None, 60.0)),
+            opt("service_start", parse_hhmm),
+            opt("service_stop", parse_hhmm),
+            opt("service_end", parse_hhmm),
+            opt("yield_load", _positive),
+            opt("yield_window", _positive) or 60.0,
         )
-        serve = _opt(pick("serve", None, None), _positive_int)
+        serve = opt("serve", _positive_int)
         workers = WorkerPolicy(
-            isolation.check(pick("isolation", None, isolation.FORK)),
-            _positive_int(pick("worker_jobs", None, WorkerPolicy().max_jobs)),
-            parse_size(pick("worker_memory_growth", None, "256M")),
+            opt("isolation", isolation.check) or isolation.FORK,
+            opt("worker_jobs", _positive_int) or WorkerPolicy().max_jobs,
+            opt("worker_memory_growth", parse_size) or parse_size("256M"),
         )
     except (TypeError, ValueError) as exc:
         fail(str(exc))
@@ -304,6 +304,25 @@ def load_config(args: argparse.Namespace, fail: Callable[[str], NoReturn]) -> tu
         standbys=standbys,
     )  # fmt: skip
     return config, loglevel, discovery_port
+
+
+def _no_run_as(fail: Callable[[str], NoReturn]) -> NoReturn:
+    fail(
+        "--run-as is gone: a root node now runs each cluster as a uid of its own (--job-uids, on by "
+        "default); --shared-run-as USER runs every cluster as one account, whose jobs can reach one another"
+    )
+
+
+def _checked(values: dict[str, Any], where: str, strict: bool) -> dict[str, Any]:
+    """The values given at one level (file or flags), checked against `NodeSettings` and converted.
+
+    Raises:
+        ConfigError: naming the key and what it must be.
+    """
+    if isinstance(values.get("loglevel"), str):
+        values = {**values, "loglevel": values["loglevel"].upper()}
+    checked = settings.check(values, NodeSettings, where, strict=strict)
+    return {key: getattr(checked, key) for key in values}
 
 
 def _tls(pick: Callable[[str, str | None, Any], Any], fail: Callable[[str], NoReturn]) -> tuple[ClientTLS | None, bool]:
@@ -334,10 +353,6 @@ def _certificate_name(tls: ClientTLS | None, secret: str) -> str | None:
 
 
 _T = TypeVar("_T")
-
-
-def _opt(value: Any, convert: Callable[[Any], _T]) -> _T | None:
-    return None if value is None else convert(value)
 
 
 def _positive(value: Any) -> float:
@@ -408,8 +423,8 @@ async def _serve(config: NodeConfig, discovery_port: int | None, offer: str) -> 
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    control = NodeControl(config)
     notifier = Notifier.from_env()
+    control = NodeControl(config, on_status=notifier.status)
 
     def drain() -> None:
         notifier.stopping("draining: running jobs finish, no new ones")
@@ -437,11 +452,48 @@ async def _serve(config: NodeConfig, discovery_port: int | None, offer: str) -> 
         watchdog.cancel()
 
 
+def _config_error(message: str) -> NoReturn:
+    raise ConfigError(message)
+
+
+def describe(config: NodeConfig, loglevel: str, discovery_port: int | None) -> str:
+    """The effective settings, the secret redacted (`--print-config`)."""
+    shown = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+    shown["node_secret"] = settings.REDACTED if config.node_secret else ""
+    shown.update(loglevel=loglevel, discovery_port=discovery_port)
+    return "\n".join(f"{key} = {value!r}" for key, value in shown.items() if key in _SHOWN)
+
+
+#: what --print-config lists of a NodeConfig
+_SHOWN = (
+    "host", "port", "discovery_port", "cpus", "name", "node_secret", "heartbeat", "work_dir", "kill_grace",
+    "scheduler_grace", "account", "accounts", "caps", "max_output", "setup_timeout", "rules", "serve", "tls",
+    "insecure_plaintext", "loglevel",
+)  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    node_secret.keep_from_jobs(args, argv_given=argv is not None)  # may re-execute this process
-    config, loglevel, discovery_port = load_config(args, parser.error)
+    try:
+        args = build_parser().parse_args(argv)
+        node_secret.keep_from_jobs(args, argv_given=argv is not None)  # may re-execute this process
+        config, loglevel, discovery_port = load_config(args, _config_error)
+    except ConfigError as exc:
+        print(f"dispynode: {exc}", file=sys.stderr)
+        sys.exit(EX_CONFIG)
+    if args.print_config:
+        print(describe(config, loglevel, discovery_port))
+        sys.exit(0)
+    if args.check_config:
+        try:
+            checked = _usable_account(config, as_self=args.jobs_as_self)
+        except OSError as exc:
+            print(f"dispynode: cannot run jobs: {exc}", file=sys.stderr)
+            sys.exit(EX_CONFIG)
+        runs_as = checked.account.name if checked.account else "?"
+        if checked.accounts is not None:
+            runs_as = f"uids {checked.accounts.first}-{checked.accounts.last}"
+        print(f"dispynode: configuration is valid (node {config.name!r}, {config.cpus} cpus, jobs run as {runs_as})")
+        sys.exit(0)
     logging.basicConfig(level=loglevel, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         config = _usable_account(config, as_self=args.jobs_as_self)
@@ -460,7 +512,7 @@ def main(argv: list[str] | None = None) -> None:
         runs_as = f"uids {config.accounts.first}-{config.accounts.last}, one per cluster"
     else:
         runs_as = config.account.name if config.account else "us"
-    logger.info("%s; work dir %s; jobs run as %s", offer, config.work_dir, runs_as)
+    logger.info("%s; %s; work dir %s; jobs run as %s", version_line("dispynode"), offer, config.work_dir, runs_as)
     if config.accounts is None and not args.jobs_as_self:  # --jobs-as-self warned already, as root
         logger.warning(
             "every cluster's jobs run as the one account %s: users' jobs can signal, trace and read one "

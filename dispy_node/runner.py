@@ -663,6 +663,8 @@ class _Cluster:
                      "exception type": (len(msg.exception_type), 256)}  # fmt: skip
             if msg.status not in _ENDS:
                 raise ValueError(f"status {msg.status} is no job's end")
+            if not (0 <= msg.cpu_time < 1e9 and 0 <= msg.max_rss < 1 << 50):  # NaN fails too
+                raise ValueError(f"CPU time {msg.cpu_time} or max RSS {msg.max_rss} no job uses")
         elif isinstance(msg, zp.Provisional):
             sizes = {"provisional result": (len(msg.result), job_process.MAX_RESULT)}
         elif isinstance(msg, zp.File):

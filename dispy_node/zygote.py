@@ -91,6 +91,7 @@ class _Job:
     verdict: tuple[JobStatus, str, str] | None = None  # (status, text, type) when we killed it
     wait_status: int | None = None  # once the leader is reaped
     maxrss: int = 0  # KiB, from the leader's rusage
+    cpu_time: float = 0.0  # user + system seconds, from the leader's rusage (its waited-for children included)
     strays: list[psutil.Process] = field(default_factory=list)  # outside the group, seen while alive
     hard: bool = False  # SIGKILL time: whatever of the tree still shows up gets SIGKILL
     interrupted: bool = False  # cancelled, SIGINT sent, no SIGTERM yet
@@ -454,6 +455,7 @@ class Zygote:
             job = self._leaders.pop(pid, None)
             if job is not None:
                 job.wait_status, job.maxrss = status, usage.ru_maxrss
+                job.cpu_time = usage.ru_utime + usage.ru_stime
                 if job.verdict is None or job.interrupted:  # what the job left running ends with it, now
                     job.hard = True
                     self._signal_tree(job, signal.SIGKILL)
@@ -497,10 +499,11 @@ class Zygote:
         os.close(job.res)
         rec = job_process.parse_record(raw)
         start, end = rec.get("start_time", job.forked), rec.get("end_time", ended)
+        usage = (job.cpu_time, job.maxrss * 1024)  # for the scheduler's accounting
         returned = rec.get("status") == JobStatus.FINISHED  # a cancelled job that returned on its SIGINT: dispy's Finished
         if job.verdict is not None and ((job.verdict[0] is JobStatus.CANCELLED and not returned) or not rec):
             status, text, kind = job.verdict
-            return zp.Done(job.job_id, status, None, stdout, stderr, text, kind, start, end)
+            return zp.Done(job.job_id, status, None, stdout, stderr, text, kind, start, end, b"", *usage)
         memory_hit, processes_hit = self._group_breach(job)
         if rec:
             text, kind = rec.get("exception", ""), rec.get("exception_type", "")
@@ -513,9 +516,9 @@ class Zygote:
             elif job.limits.open_files is not None and _too_many_files(kind, text):
                 text = f"{job.limits.open_files_text()}\n{text}"
             result = rec.get("result")
-            return zp.Done(job.job_id, rec["status"], result, stdout, stderr, text, kind, start, end, _mac_in(rec))
+            return zp.Done(job.job_id, rec["status"], result, stdout, stderr, text, kind, start, end, _mac_in(rec), *usage)
         text, kind = _death_text(job, memory_hit)
-        return zp.Done(job.job_id, JobStatus.TERMINATED, None, stdout, stderr, text, kind, start, end)
+        return zp.Done(job.job_id, JobStatus.TERMINATED, None, stdout, stderr, text, kind, start, end, b"", *usage)
 
     def _group_breach(self, job: _Job) -> tuple[bool, bool]:
         """Which of its own limits the job hit in its control group (the daemon removes the group).

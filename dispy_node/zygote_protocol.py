@@ -110,6 +110,8 @@ class Done(NamedTuple):
     start_time: float
     end_time: float
     mac: bytes = b""  # the job process's MAC of `result` (`dispy_wire.result_mac`); b"" when it made none
+    cpu_time: float = 0.0  # user + system CPU seconds of the job process and the children it waited for
+    max_rss: int = 0  # bytes: the largest resident set of the job process (or of a child it waited for)
 
 
 class Provisional(NamedTuple):

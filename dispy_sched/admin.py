@@ -3,6 +3,7 @@
     dispyadmin user add NAME [--share N] [--replace] --users-file F
     dispyadmin node-secret
     dispyadmin verifier            (a secret on stdin → its verifier)
+    dispyadmin history [--user U] [--since 1d] [--json]   (admin_history.py)
 
 Each new secret is drawn here (256 bits), printed once for the operator to
 hand over, and only its SCRAM verifier is written: the scheduler never sees
@@ -24,6 +25,9 @@ from collections.abc import Callable
 
 from dispy_wire.verifier import DEFAULT_ITERATIONS, MIN_ITERATIONS, Verifier, new_secret
 
+from dispy_wire.version import version_line
+
+from . import admin_history
 from .config import ConfigError, check_private
 
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
@@ -151,6 +155,7 @@ def _cmd_leader(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dispyadmin", description="Manage the secrets of a dispy-shared scheduler.")
+    p.add_argument("--version", action="version", version=version_line("dispyadmin"))
     sub = p.add_subparsers(dest="command", required=True)
     iterations = argparse.ArgumentParser(add_help=False)
     iterations.add_argument(
@@ -179,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     leader.add_argument("--state", required=True, metavar="URL", help="the schedulers' --state postgresql://... URL")
     leader.set_defaults(run=_cmd_leader)
+    admin_history.add_parser(sub)
     return p
 
 

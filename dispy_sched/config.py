@@ -1,24 +1,36 @@
-"""The scheduler's configuration: command line over TOML file over defaults."""
+"""The scheduler's configuration: command line over TOML file over defaults.
+
+`SchedConfig` is the schema: every option with its type and bounds, checked
+by msgspec (`dispy_wire.settings.check`) against the TOML file strictly and
+against the flags' strings by conversion, so a bad value or an unknown key
+is one line naming it (exit status 78). `UserTable` is the same for each
+`[users.NAME]` table of the users file. What needs more than a type
+(verifiers, limits written as sizes or "unlimited", TLS files that must
+load, unsafe combinations) is checked after, in `config_from_namespace`.
+"""
 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import stat
 import socket
 import tomllib
-import typing
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import UNSET, UnsetType
 
 from dispy_wire.discovery import DISCOVERY_PORT
 from dispy_wire.framing import DEFAULT_MAX_SIZE
 from dispy_wire.handshake import Role
 from dispy_wire.limits import parse_size
 from dispy_wire.liveness import DEFAULT_INTERVAL, MAX_INTERVAL, MIN_INTERVAL, MISSES
-from dispy_wire.schema import checker_for
+from dispy_wire import settings
+from dispy_wire.settings import EX_CONFIG, SECONDS, ConfigError as ConfigError
+from dispy_wire.version import version_line
 from dispy_wire.verifier import Verifier, looks_like_verifier
 from dispy_wire.tls import ServerTLS, TLSConfigError, is_loopback, plaintext_refusal
 
@@ -26,17 +38,20 @@ from .core.state import Limits
 
 DEFAULT_PORT = 9702
 
-#: what a `[users.NAME]` table may hold; anything else is refused at start
+#: the limits a `[users.NAME]` table may set (`UserTable` has a field for each)
 LIMIT_KEYS = tuple(f.name for f in fields(Limits))
-USER_KEYS = ("verifier", "certificate", "share", *LIMIT_KEYS)
 #: limits written as sizes (`512M`); `priority_max` may be negative; the rest are counts
 SIZE_LIMITS = ("max_queued_bytes", "max_held_bytes")
 #: the value that lifts a limit
 UNLIMITED = "unlimited"
 
 
-class ConfigError(ValueError):
-    """A configuration the scheduler refuses to start with; the message says why."""
+Seconds = Annotated[float, msgspec.Meta(ge=0, extra=SECONDS)]
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+Positive = Annotated[int, msgspec.Meta(ge=1)]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+#: a limit: a non-negative integer (sizes already in bytes), None: unlimited
+LimitValue = Annotated[int, msgspec.Meta(ge=0)] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,56 +65,82 @@ class UserEntry:
     certificate: bool = False
 
 
-@dataclass(slots=True)
-class SchedConfig:
+class UserTable(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """A `[users.NAME]` table of the users file, as written (limits checked by `limit_value`)."""
+
+    verifier: str | None = None
+    certificate: bool = False
+    share: Annotated[float, msgspec.Meta(gt=0)] = 1.0
+    max_cpus: int | str | UnsetType = UNSET
+    max_queued_jobs: int | str | UnsetType = UNSET
+    priority_max: int | str | UnsetType = UNSET
+    max_connections: int | str | UnsetType = UNSET
+    max_clusters: int | str | UnsetType = UNSET
+    max_queued_bytes: int | str | UnsetType = UNSET
+    max_held_bytes: int | str | UnsetType = UNSET
+
+
+assert set(LIMIT_KEYS) <= set(UserTable.__struct_fields__), "a limit of core.state.Limits missing from UserTable"
+
+
+class SchedConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Every setting of the scheduler: the schema the config file and the flags are checked against.
+
+    The fields in `DERIVED` are worked out at start (the users file read,
+    secrets turned into verifiers); no file or flag sets them.
+    """
+
     host: str = "127.0.0.1"
-    port: int = DEFAULT_PORT
-    discovery_port: int | None = None  # None: DISCOVERY_PORT unless listening on loopback; 0: off
+    port: Port = DEFAULT_PORT
+    discovery_port: Port | None = None  # None: DISCOVERY_PORT unless listening on loopback; 0: off
     policy: str = "fair"
     secret: str | None = None  # plaintext, for every user name: turned into a verifier in memory at start
     users_file: str | None = None
     node_secret: str = ""  # plaintext (flag, $DISPY_NODE_SECRET): turned into a verifier in memory at start
     node_verifier: str | None = None  # what `dispyadmin node-secret` prints for the scheduler
     state_dir: str | None = None
-    max_message_size: int = DEFAULT_MAX_SIZE
-    handshake_timeout: float = 10.0
+    max_message_size: Annotated[int, msgspec.Meta(ge=1024)] = DEFAULT_MAX_SIZE
+    handshake_timeout: Annotated[float, msgspec.Meta(gt=0, extra=SECONDS)] = 10.0
     #: seconds between Pings to an idle client or node (announced in Welcome): a peer that hears nothing
     #: for four of them takes the scheduler for gone and reconnects
-    heartbeat: float = DEFAULT_INTERVAL
+    heartbeat: Annotated[float, msgspec.Meta(ge=MIN_INTERVAL, le=MAX_INTERVAL, extra=SECONDS)] = DEFAULT_INTERVAL
     #: connections still logging in, in all and from one address; more are refused
-    max_unauthenticated: int = 256
-    max_unauthenticated_per_address: int = 32
-    usage_half_life: float = 3600.0
-    status_log_interval: float = 60.0
+    max_unauthenticated: Positive = 256
+    max_unauthenticated_per_address: Positive = 32
+    usage_half_life: Seconds = 3600.0  # 0: usage never decays
+    status_log_interval: Annotated[float, msgspec.Meta(gt=0, extra=SECONDS)] = 60.0
     #: every user's limits unless its [users.NAME] table says otherwise (None: unlimited)
-    user_max_connections: int | None = 64
-    user_max_clusters: int | None = 32
-    user_max_queued_bytes: int | None = 512 << 20
-    user_max_held_bytes: int | None = 512 << 20
+    user_max_connections: LimitValue = 64
+    user_max_clusters: LimitValue = 32
+    user_max_queued_bytes: LimitValue = 512 << 20
+    user_max_held_bytes: LimitValue = 512 << 20
     #: a client sees other users only as totals (`--show-others` turns it off)
     private_data: bool = True
     #: seconds a cluster's program may stay away (dispy's zombie_interval): then the cluster is released,
     #: its uncollected results dropped and its jobs cancelled; 0: forever
-    result_retention: float = 3600.0
+    result_retention: Seconds = 3600.0
     journal: bool = True  # keep accepted jobs, held results and usage in the state dir's journal
-    journal_sync: str = "full"  # full: on disk before acknowledging; normal: survives a kill, not a power cut
-    adopt_within: float = 30.0  # after a restart, seconds nodes have to report jobs that were running
+    journal_sync: Literal["full", "normal"] = "full"  # full: on disk before acknowledging; normal: survives a kill
+    adopt_within: Seconds = 30.0  # after a restart, seconds nodes have to report jobs that were running
+    #: how long the state database keeps each job's accounting record; 0: forever
+    accounting_retention: Seconds = 90 * 86400.0
     # -- PostgreSQL state and standby schedulers (dispy_sched/pg_store.py, leadership.py)
     #: postgresql://...: the state in PostgreSQL, shared by every scheduler given the same URL (one leads,
     #: the others stand by); None: the SQLite journal in state_dir
     state: str | None = None
-    lease: float = 3.0  # seconds a silent leader keeps leading before a standby takes over
+    #: seconds a silent leader keeps leading before a standby takes over
+    lease: Annotated[float, msgspec.Meta(ge=0.5, le=600, extra=SECONDS)] = 3.0
     advertise: str | None = None  # host:port peers are sent to while this scheduler leads (default: where it listens)
-    loglevel: str = "INFO"
+    loglevel: LogLevel = "INFO"
     tls_cert: str | None = None
     tls_key: str | None = None
     tls_ca: str | None = None  # signs the certificates clients and nodes may (or must) present
     tls_require_client_cert: bool = False
     insecure_plaintext: bool = False
-    name: str = field(default_factory=socket.gethostname)
-    users: dict[str, UserEntry] = field(default_factory=dict)
-    _any_user: Verifier | None = field(default=None, repr=False)
-    _node: Verifier | None = field(default=None, repr=False)
+    name: str = msgspec.field(default_factory=socket.gethostname)
+    users: dict[str, UserEntry] = msgspec.field(default_factory=dict)
+    _any_user: Verifier | None = None
+    _node: Verifier | None = None
 
     def prepare_verifiers(self) -> None:
         """Turns the plaintext secrets this config was given into verifiers, once.
@@ -167,8 +208,12 @@ class SchedConfig:
         return replace(self.default_limits(), **entry.limits) if entry else self.default_limits()
 
 
-#: each option's type, for checking a config file's values
-_FIELD_TYPES = typing.get_type_hints(SchedConfig)
+#: fields no file or flag sets: worked out at start
+DERIVED = ("users",)
+#: settings `--print-config` does not show
+SECRETS = ("secret", "node_secret", "node_verifier")
+#: flags that are not settings
+NOT_SETTINGS = ("config", "check_config", "print_config")
 
 
 def load_users(path: str) -> dict[str, UserEntry]:
@@ -208,33 +253,25 @@ def load_users(path: str) -> dict[str, UserEntry]:
             )
         if not isinstance(table, dict):
             raise ConfigError(f"{where} is not a table")
-        unknown = sorted(set(table) - set(USER_KEYS))
-        if unknown:
-            raise ConfigError(f"{where} has unknown key(s) {', '.join(unknown)}; known keys: {', '.join(USER_KEYS)}")
-        certificate = table.get("certificate", False)
-        if not isinstance(certificate, bool):
-            raise ConfigError(f"{where} certificate must be true or false")
-        verifier = _verifier(table, where, certificate)
-        share = table.get("share", 1)
-        if not isinstance(share, (int, float)) or isinstance(share, bool) or share <= 0:
-            raise ConfigError(f"{where} share must be a positive number")
-        users[name] = UserEntry(verifier, float(share), _limits(table, where), certificate)
+        entry = settings.check(table, UserTable, where, strict=True)
+        verifier = _verifier(entry.verifier, where, entry.certificate)
+        users[name] = UserEntry(verifier, float(entry.share), _limits(entry, where), entry.certificate)
     if not users:
         raise ConfigError(f"users file {path} defines no [users.NAME] table")
     return users
 
 
-def _verifier(table: dict[str, Any], where: str, certificate: bool) -> Verifier | None:
+def _verifier(text: str | None, where: str, certificate: bool) -> Verifier | None:
     """The table's verifier; None for a user who logs in by certificate only."""
-    if "verifier" not in table and certificate:
-        return None
-    if not isinstance(table.get("verifier"), str):
+    if text is None:
+        if certificate:
+            return None
         raise ConfigError(
             f"{where} needs verifier = \"SCRAM-SHA-256$...\" (dispyadmin user add writes it), "
             "or certificate = true to log in by client certificate only"
         )
     try:
-        return Verifier.parse(table["verifier"])
+        return Verifier.parse(text)
     except ValueError as exc:
         raise ConfigError(f"{where} verifier: {exc}") from None
 
@@ -252,11 +289,12 @@ def check_private(path: str, mode: int) -> None:
         )
 
 
-def _limits(table: dict[str, Any], where: str) -> dict[str, int | None]:
-    return {name: limit_value(name, table[name], where) for name in LIMIT_KEYS if name in table}
+def _limits(table: UserTable, where: str) -> dict[str, int | None]:
+    given = {name: getattr(table, name) for name in LIMIT_KEYS}
+    return {name: limit_value(name, value, f"{where}:") for name, value in given.items() if value is not UNSET}
 
 
-def limit_value(name: str, value: object, where: str) -> int | None:
+def limit_value(name: str, value: object, where: str, shown: str | None = None) -> int | None:
     """A limit as written (in a users table, the config file or a flag): its value, None if unlimited.
 
     Raises:
@@ -268,7 +306,7 @@ def limit_value(name: str, value: object, where: str) -> int | None:
         try:
             return parse_size(value)
         except ValueError as exc:
-            raise ConfigError(f"{where} {name}: {exc}") from None
+            raise ConfigError(f"{where} {shown or name}: {exc}") from None
     if isinstance(value, str):
         try:
             value = int(value)  # from the command line
@@ -278,7 +316,7 @@ def limit_value(name: str, value: object, where: str) -> int | None:
         kind = "an integer" if name == "priority_max" else "a non-negative integer"
         if name in SIZE_LIMITS:
             kind = "a size in bytes (such as 512M or 2G)"
-        raise ConfigError(f"{where} {name} must be {kind} or \"{UNLIMITED}\", not {value!r}")
+        raise ConfigError(f"{where} {shown or name} must be {kind} or \"{UNLIMITED}\", not {value!r}")
     return value
 
 
@@ -291,18 +329,27 @@ def default_state_dir() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = settings.ArgumentParser(
         prog="dispyscheduler",
         description="Shared scheduler of a dispy-shared cluster: clients and nodes both connect to it.",
         epilog="`dispyscheduler tls init DIR` makes a CA and the certificates for TLS "
-        "(see `dispyscheduler tls init --help`).",
+        f"(see `dispyscheduler tls init --help`). Options in seconds (S) take durations too: 90s, 30m, 1h, 7d. "
+        f"A refused configuration exits with status {EX_CONFIG}, one line naming the key.",
     )
     p.add_argument("--config", metavar="FILE", help="TOML file with any of the options below (flags override it)")
+    p.add_argument("--version", action="version", version=version_line("dispyscheduler"))
+    p.add_argument(
+        "--check-config", action="store_true",
+        help=f"check the configuration (file, flags, users file, TLS files, policy) and exit: 0 if it is good, "
+        f"{EX_CONFIG} with one line saying what is wrong otherwise",
+    )  # fmt: skip
+    p.add_argument(
+        "--print-config", action="store_true", help="print the effective settings (secrets redacted) and exit"
+    )
     p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, help=f"port for clients and nodes; 0 picks a free one (default {DEFAULT_PORT})")
+    p.add_argument("--port", help=f"port for clients and nodes; 0 picks a free one (default {DEFAULT_PORT})")
     p.add_argument(
         "--discovery-port",
-        type=int,
         metavar="P",
         help="UDP port where nodes started with --discover find this scheduler; 0: off "
         f"(default {DISCOVERY_PORT}, off when listening on loopback)",
@@ -344,7 +391,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--journal-sync",
-        choices=("full", "normal"),
         help="full (default): each turn's journal commit is on disk before its acknowledgements leave; "
         "normal: faster, survives the scheduler being killed but not the machine losing power",
     )
@@ -356,31 +402,37 @@ def build_parser() -> argparse.ArgumentParser:
         "the SQLite journal; every scheduler given the same URL shares it: one leads, the others stand by and "
         "take over when it dies (docs/standby.md)",
     )
-    p.add_argument("--lease", type=float, metavar="S", help="seconds a silent leader keeps leading before a standby takes over (3)")
+    p.add_argument("--lease", metavar="S", help="seconds a silent leader keeps leading before a standby takes over (3)")
     p.add_argument(
         "--advertise", metavar="HOST:PORT", help="the address peers are sent to while this scheduler leads (default: where it listens)"
     )
     p.add_argument(
         "--adopt-within",
-        type=float,
         metavar="S",
         help="after a restart, seconds nodes have to report the jobs that were running before other "
         "copies run (reentrant) or they end Abandoned (30)",
     )
-    p.add_argument("--max-message-size", type=int, metavar="BYTES", help="largest message accepted (default 64 MiB)")
+    p.add_argument("--max-message-size", metavar="BYTES", help="largest message accepted (default 64 MiB)")
     p.add_argument(
-        "--heartbeat", type=float, metavar="S",
+        "--heartbeat", metavar="S",
         help=f"seconds between Pings to an idle client or node ({DEFAULT_INTERVAL:g}); a peer that hears nothing for "
         f"{MISSES} of them reconnects, and a client silent for {MISSES} of its own is written off (its clusters wait)",
     )  # fmt: skip
-    p.add_argument("--handshake-timeout", type=float, metavar="S", help="seconds a peer has to authenticate (10)")
+    p.add_argument("--handshake-timeout", metavar="S", help="seconds a peer has to authenticate (10)")
     p.add_argument(
-        "--max-unauthenticated", type=int, metavar="N", help="connections still logging in, in all (256); more are refused"
+        "--max-unauthenticated", metavar="N", help="connections still logging in, in all (256); more are refused"
     )
     p.add_argument(
-        "--max-unauthenticated-per-address", type=int, metavar="N", help="the same, from one address (32)"
+        "--max-unauthenticated-per-address", metavar="N", help="the same, from one address (32)"
     )
-    p.add_argument("--usage-half-life", type=float, metavar="S", help="half-life of decayed usage, kept in the state dir (3600)")
+    p.add_argument(
+        "--usage-half-life", metavar="S", help="half-life of decayed usage, kept in the state dir (3600, or 1h)"
+    )
+    p.add_argument(
+        "--accounting-retention", metavar="S",
+        help="how long the state database keeps each job's accounting record (`dispyadmin history`): "
+        "seconds or a duration such as 90d (the default); 0 keeps them forever",
+    )  # fmt: skip
     limits = p.add_argument_group(
         "per-user limits", 'defaults for every user; a [users.NAME] table may set its own ("unlimited" lifts one)'
     )
@@ -395,7 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="results kept until the user's clients acknowledge them (512M); at it, the user's jobs wait",
     )  # fmt: skip
     p.add_argument(
-        "--result-retention", type=float, metavar="S",
+        "--result-retention", metavar="S",
         help="seconds a cluster's program may stay away (gone, stopped, cut off) before the cluster is released: "
         "its uncollected results dropped, its jobs cancelled, one log line; a program back later is told why "
         "(3600, dispy's zombie_interval; 0: forever)",
@@ -433,36 +485,29 @@ def config_from_args(argv: list[str] | None = None) -> SchedConfig:
     """Parses the command line (and the file it names) into a checked config.
 
     Raises:
-        ConfigError: a bad file, a bad value, or an unsafe combination.
+        ConfigError: a bad file, a bad value, an unknown key or flag, or an
+            unsafe combination; one line naming the key.
     """
     args = build_parser().parse_args(argv)
+    return config_from_namespace(args)
+
+
+def config_from_namespace(args: argparse.Namespace) -> SchedConfig:
+    """`config_from_args` once the flags are parsed (`main` reads `--check-config` and the like first)."""
     values: dict[str, Any] = {}
     if args.config:
         try:
             with open(args.config, "rb") as f:
-                values.update(tomllib.load(f))
+                given = {k.replace("-", "_"): v for k, v in tomllib.load(f).items()}
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read config file {args.config}: {exc}") from None
-        values = {k.replace("-", "_"): v for k, v in values.items()}
-    values.update({k: v for k, v in vars(args).items() if v is not None and k != "config"})
+        values.update(_checked(given, f"config file {args.config}", strict=True))
+    flags = {k: v for k, v in vars(args).items() if v is not None and k not in NOT_SETTINGS}
+    values.update(_checked(flags, "command line", strict=False))
     if "node_secret" not in values and "node_verifier" not in values and os.environ.get("DISPY_NODE_SECRET"):
         values["node_secret"] = os.environ["DISPY_NODE_SECRET"]  # kept off the command line (ps shows that)
-    known = {f.name for f in fields(SchedConfig) if not f.name.startswith("_")} - {"users"}
-    unknown = set(values) - known
-    if unknown:
-        raise ConfigError(f"unknown option(s) in config: {', '.join(sorted(unknown))}")
     if values.get("secret") is not None and values.get("users_file") is not None:
         raise ConfigError("give either secret or users_file, not both")
-    for key in [k for k in values if k.startswith("user_max_")]:
-        values[key] = limit_value(key.removeprefix("user_"), values[key], "config")
-    for key, value in values.items():  # a TOML value of another type would fail later, and not say where
-        if not key.startswith("user_max_"):
-            try:
-                checker_for(_FIELD_TYPES[key])(value)
-            except TypeError as exc:
-                raise ConfigError(f"{key}: {exc}, not {value!r}") from None
-            if value != value:  # NaN passes every range check below, as no comparison holds
-                raise ConfigError(f"{key}: not a number")
     if values.get("node_verifier") is not None and values.get("node_secret"):
         raise ConfigError("give either node_verifier or node_secret, not both")
     if isinstance(values.get("node_secret"), str) and looks_like_verifier(values["node_secret"]):
@@ -474,29 +519,8 @@ def config_from_args(argv: list[str] | None = None) -> SchedConfig:
         cfg.users = load_users(cfg.users_file)
     if cfg.discovery_port is None:
         cfg.discovery_port = 0 if is_loopback(cfg.host) else DISCOVERY_PORT
-    for name in ("port", "discovery_port"):
-        if not 0 <= getattr(cfg, name) <= 65535:
-            raise ConfigError(f"{name} {getattr(cfg, name)} out of range")
-    if cfg.result_retention < 0:
-        raise ConfigError("result_retention must be >= 0 seconds (0: forever)")
-    if cfg.usage_half_life < 0:
-        raise ConfigError("usage_half_life must be >= 0 seconds (0: usage never decays)")
-    if not isinstance(logging.getLevelName(cfg.loglevel.upper()), int):
-        raise ConfigError(f"loglevel {cfg.loglevel!r} is not DEBUG, INFO, WARNING or ERROR")
-    if cfg.journal_sync not in ("full", "normal"):
-        raise ConfigError("journal_sync must be full or normal")
-    if cfg.adopt_within < 0:
-        raise ConfigError("adopt_within must be >= 0 seconds")
     if cfg.state is not None and not (cfg.state.startswith(("postgresql://", "postgres://")) or "=" in cfg.state):
         raise ConfigError(f"state {cfg.state!r}: not a postgresql:// URL or libpq connection string")
-    if not 0.5 <= cfg.lease <= 600:
-        raise ConfigError("lease must be between 0.5 and 600 seconds")
-    if not MIN_INTERVAL <= cfg.heartbeat <= MAX_INTERVAL:
-        raise ConfigError(f"heartbeat must be between {MIN_INTERVAL:g} and {MAX_INTERVAL:g} seconds")
-    if cfg.max_message_size < 1024:
-        raise ConfigError("max_message_size must be at least 1024 bytes")
-    if cfg.max_unauthenticated < 1 or cfg.max_unauthenticated_per_address < 1:
-        raise ConfigError("max_unauthenticated and max_unauthenticated_per_address must be at least 1")
     if not is_loopback(cfg.host):
         missing = []
         if cfg.secret is None and not cfg.users:
@@ -526,3 +550,24 @@ def config_from_args(argv: list[str] | None = None) -> SchedConfig:
         cfg.state_dir = default_state_dir()
     cfg.prepare_verifiers()
     return cfg
+
+
+def _checked(values: dict[str, Any], where: str, strict: bool) -> dict[str, Any]:
+    """The values given (a file's, or the flags'), each checked against `SchedConfig` and converted."""
+    values = dict(values)
+    for key in [k for k in values if k.startswith("user_max_") and k in SchedConfig.__struct_fields__]:
+        values[key] = limit_value(key.removeprefix("user_"), values[key], f"{where}:", shown=key)
+    if isinstance(values.get("loglevel"), str):
+        values["loglevel"] = values["loglevel"].upper()
+    checked = settings.check(values, SchedConfig, where, strict=strict, hidden=DERIVED)
+    return {key: getattr(checked, key) for key in values}
+
+
+def describe(cfg: SchedConfig) -> str:
+    """The effective settings, secrets redacted (`--print-config`)."""
+    lines = [settings.show(cfg, SECRETS, DERIVED)]
+    for name, entry in sorted(cfg.users.items()):
+        limits = ", ".join(f"{k} {'unlimited' if v is None else v}" for k, v in entry.limits.items())
+        login = "certificate" if entry.verifier is None else "verifier" + (" or certificate" if entry.certificate else "")
+        lines.append(f"# user {name}: share {entry.share:g}, login by {login}" + (f", {limits}" if limits else ""))
+    return "\n".join(lines)

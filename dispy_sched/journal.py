@@ -26,6 +26,9 @@ client that is away or slow costs disk, not memory.
 
 Another store (`PgStore`, pg_store.py: PostgreSQL, shared by a leader and
 its standby schedulers) implements the same four methods.
+
+The same file holds the accounting records (`job_ends`), written through a
+connection of their own by `accounting.SqliteAccounting`, journal or not.
 """
 
 from __future__ import annotations

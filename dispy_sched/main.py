@@ -12,17 +12,20 @@ import sys
 import threading
 from typing import IO, TYPE_CHECKING
 
-from .config import ConfigError, SchedConfig, config_from_args
+from .config import ConfigError, SchedConfig, build_parser, config_from_namespace, describe
 from .core import CoreConfig, SchedulerCore
 from .discovery import start_responder
 from dispy_wire.loop import event_loop_factory
 from dispy_wire.sdnotify import Notifier
 from dispy_wire.tls import is_loopback
+from dispy_wire.settings import EX_CONFIG
+from dispy_wire.version import version_line
 
 from .policies import Policy, UnknownPolicy, load_policy
 from . import tls_init
 from .server import SchedulerServer, step_down
-from .journal import SqliteJournal, StateStore
+from .accounting import SqliteAccounting
+from .journal import FILENAME as STATE_DATABASE, SqliteJournal, StateStore
 from .standby import StandbyAnswer
 
 if TYPE_CHECKING:
@@ -86,7 +89,9 @@ async def stand_by(cfg: SchedConfig, stop: asyncio.Event) -> Leadership | None:
     return leadership if leads else None
 
 
-async def serve(cfg: SchedConfig, policy: Policy, journal: StateStore | None) -> None:
+async def serve(
+    cfg: SchedConfig, policy: Policy, journal: StateStore | None, accounting: SqliteAccounting | None
+) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -105,7 +110,7 @@ async def serve(cfg: SchedConfig, policy: Policy, journal: StateStore | None) ->
 
             store = PgStore(cfg.state, leadership.epoch)
             leadership.keep(step_down)
-        await _lead(cfg, policy, store, stop, notifier, leadership)
+        await _lead(cfg, policy, store, accounting, stop, notifier, leadership)
     finally:
         watchdog.cancel()
         if leadership is not None:
@@ -115,15 +120,15 @@ async def serve(cfg: SchedConfig, policy: Policy, journal: StateStore | None) ->
 
 
 async def _lead(
-    cfg: SchedConfig, policy: Policy, store: StateStore | None, stop: asyncio.Event, notifier: Notifier,
-    leadership: Leadership | None,
+    cfg: SchedConfig, policy: Policy, store: StateStore | None, accounting: SqliteAccounting | None,
+    stop: asyncio.Event, notifier: Notifier, leadership: Leadership | None,
 ) -> None:  # fmt: skip
     core_config = CoreConfig(
         shares=cfg.shares(), limits=cfg.limits(), default_limits=cfg.default_limits(),
         private_data=cfg.private_data, result_retention=cfg.result_retention, usage_half_life=cfg.usage_half_life,
-        persist=store is not None,
+        persist=store is not None, accounting=True,
     )  # fmt: skip
-    server = SchedulerServer(cfg, SchedulerCore(policy, core_config), store)
+    server = SchedulerServer(cfg, SchedulerCore(policy, core_config), store, accounting)
     if leadership is not None:  # clients see it in scheduler_status()
         server.leadership = {"address": leadership.address, "epoch": leadership.epoch, "since": leadership.since}
     core = server.core
@@ -145,14 +150,38 @@ async def _lead(
     else:
         print(f"listening on {host}:{port}\nleading on {host}:{port}", flush=True)
         notifier.status(f"leading on {host}:{port}; policy {core.policy.name}")
+    status = asyncio.create_task(_report_status(notifier, server, f"{host}:{port}"))
     try:
         await stop.wait()
     finally:
         log.info("shutting down")
         notifier.stopping("shutting down")
+        status.cancel()
         if responder is not None:
             responder.close()
         await server.stop()
+
+
+#: seconds between the STATUS= lines `systemctl status` shows
+STATUS_INTERVAL = 5.0
+
+
+async def _report_status(notifier: Notifier, server: SchedulerServer, address: str) -> None:
+    """Keeps systemd's STATUS= current: nodes, busy CPUs, queued jobs (`systemctl status dispyscheduler`)."""
+    if not notifier.address:
+        return
+    while True:
+        await asyncio.sleep(STATUS_INTERVAL)
+        notifier.status(status_line(server, address))
+
+
+def status_line(server: SchedulerServer, address: str) -> str:
+    status = server.core.status()
+    users = sum(1 for u in status["users"].values() if u["busy"] or u["queued"])
+    return (
+        f"{len(status['nodes'])} nodes, {status['busy']}/{status['cpus']} CPUs busy, {status['queued']} jobs queued, "
+        f"{users} users active; listening on {address}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -160,10 +189,19 @@ def main(argv: list[str] | None = None) -> int:
     if args[:1] == ["tls"]:
         return tls_init.main(args[1:])  # `dispyscheduler tls init DIR ...`
     try:
-        cfg = config_from_args(argv)
-    except ConfigError as exc:
+        options = build_parser().parse_args(argv)
+        cfg = config_from_namespace(options)
+        policy = load_policy(cfg.policy)
+    except (ConfigError, UnknownPolicy) as exc:
         print(f"dispyscheduler: {exc}", file=sys.stderr)
-        return 2
+        return EX_CONFIG
+    if options.print_config:
+        print(describe(cfg))
+        return 0
+    if options.check_config:
+        print(f"dispyscheduler: configuration is valid ({len(cfg.users)} users)" if cfg.users else
+              "dispyscheduler: configuration is valid (any user name)")  # fmt: skip
+        return 0
     logging.basicConfig(
         level=cfg.loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
@@ -178,29 +216,31 @@ def main(argv: list[str] | None = None) -> int:
             import psycopg  # noqa: F401  (the PostgreSQL store's driver, an optional dependency)
         except ImportError:
             print("dispyscheduler: --state postgresql://... needs psycopg: pip install 'dispy-shared[postgresql]'", file=sys.stderr)
-            return 2
+            return EX_CONFIG
+    log.info("%s starting", version_line("dispyscheduler"))
     try:
-        policy = load_policy(cfg.policy)
         assert cfg.state_dir is not None
         lock = _lock_state_dir(cfg.state_dir)
-    except (ConfigError, UnknownPolicy, OSError) as exc:
+    except (ConfigError, OSError) as exc:
         print(f"dispyscheduler: {exc}", file=sys.stderr)
-        return 2
+        return EX_CONFIG
     try:
         journal = SqliteJournal(cfg.state_dir, cfg.journal_sync) if cfg.journal and cfg.state is None else None
+        accounting = SqliteAccounting(os.path.join(cfg.state_dir, STATE_DATABASE))
     except sqlite3.Error as exc:
-        print(f"dispyscheduler: cannot open the journal in {cfg.state_dir}: {exc}", file=sys.stderr)
+        print(f"dispyscheduler: cannot open the state database in {cfg.state_dir}: {exc}", file=sys.stderr)
         lock.close()
         return 2
     try:
         with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
-            runner.run(serve(cfg, policy, journal))
+            runner.run(serve(cfg, policy, journal, accounting))
     except OSError as exc:  # typically: address in use
         print(f"dispyscheduler: cannot listen on {cfg.host}:{cfg.port}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     finally:
         if journal is not None:
             journal.close()
+        accounting.close()
         lock.close()
     return 0
 

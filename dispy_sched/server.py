@@ -39,6 +39,7 @@ from dispy_wire.discovery import Throttle
 from dispy_wire.errors import ErrorCode, RemoteWireError
 from dispy_wire.handshake import ChannelBinding, Peer, Role, ServerHandshake
 from dispy_wire.liveness import Liveness, Verdict, announced_interval, set_keepalive
+from dispy_wire.version import VERSION
 from dispy_wire.tls import CertIdentity, peer_common_name
 
 from .config import SchedConfig
@@ -47,12 +48,17 @@ from .core import SchedulerCore
 from .core import actions as A
 from .core import events as E
 from .gate import LoginThrottle, PreLoginGate
+from .accounting import AccountingStore, log_line
 from .journal import NotLeader, StateStore, StoreFailed
 from .logsafe import peer_text
 
 log = logging.getLogger(__name__)
+#: one line per job end (`accounting.log_line`), for log shippers
+accounting_log = logging.getLogger("dispy_sched.accounting")
 
 TICK_INTERVAL = 1.0
+#: seconds between deletions of accounting records past their retention
+PRUNE_INTERVAL = 3600.0
 #: jobs and clusters a node may report holding in its Hello
 MAX_HELD = 1_000_000
 #: exit status when the journal cannot be written: nothing more may be acknowledged
@@ -121,12 +127,19 @@ class SchedulerServer:
         store: where accepted clusters, jobs, held results and usage are
             kept across restarts (None: nowhere; the core's `persist` must
             be on with a store, off without).
+        accounting: where job-end records are kept (`accounting.py`).
     """
 
-    def __init__(self, config: SchedConfig, core: SchedulerCore, store: StateStore | None = None) -> None:
+    def __init__(
+        self, config: SchedConfig, core: SchedulerCore, store: StateStore | None = None,
+        accounting: AccountingStore | None = None,
+    ) -> None:  # fmt: skip
         self.config = config
         self.core = core
         self.store = store
+        #: where job-end records go (the core's `accounting` on); None: only logged
+        self.accounting = accounting
+        self._last_prune = 0.0
         self.peers: dict[str, PeerConnection] = {}
         #: authenticated client connections per user, for `max_connections`
         self._client_conns: Counter[str] = Counter()
@@ -228,6 +241,21 @@ class SchedulerServer:
             if now - self._last_status_log >= self.config.status_log_interval:
                 self._last_status_log = now
                 self._log_status()
+            if now - self._last_prune >= PRUNE_INTERVAL:
+                self._last_prune = now
+                self.prune_accounting(now)
+
+    def prune_accounting(self, now: float) -> None:
+        """Deletes the accounting records older than `accounting_retention` (0: keeps them forever)."""
+        if self.accounting is None or not self.config.accounting_retention:
+            return
+        try:
+            gone = self.accounting.prune(now - self.config.accounting_retention)
+        except sqlite3.Error as exc:
+            log.error("cannot prune the accounting records: %s", exc)
+            return
+        if gone:
+            log.info("accounting: deleted %d records older than %g s", gone, self.config.accounting_retention)
 
     async def _watch_links(self) -> None:
         """Every half heartbeat: a Ping to each idle peer; a client silent too long is written off.
@@ -316,6 +344,7 @@ class SchedulerServer:
     def welcome_info(self, role: Role) -> dict[str, Any]:
         return {
             "scheduler": self.config.name,
+            "version": VERSION,
             "policy": getattr(self.core.policy, "name", ""),
             "max_message_size": self.config.max_message_size,
             # accepted jobs survive a restart here: a client need not keep them to resubmit
@@ -343,9 +372,12 @@ class SchedulerServer:
         self.peers[conn.session] = conn
         peer = conn.peer
         cn = peer_common_name(conn.ssl_object)  # mutual TLS: shown, not yet checked against the name
+        version = peer.info.get("version")
         log.info(
-            "%s %s connected from %s%s", peer.role, peer_text(peer.name), conn.address, f" (certificate CN={cn})" if cn else ""
-        )
+            "%s %s connected from %s%s%s", peer.role, peer_text(peer.name), conn.address,
+            f" (certificate CN={cn})" if cn else "",
+            f", dispy-shared {peer_text(version, 40)}" if isinstance(version, str) else "",
+        )  # fmt: skip
         heartbeat = announced_interval(peer.info, self.config.heartbeat)
         conn.liveness = Liveness.start(self.config.heartbeat, heartbeat, time.monotonic())
         if conn.transport is not None:
@@ -421,10 +453,23 @@ class SchedulerServer:
             logging.shutdown()
             os._exit(EXIT_JOURNAL_FAILED)
 
+    def _record(self, ends: list[A.JobEnd]) -> None:
+        """One log line per job end, and its record in the state database."""
+        for end in ends:
+            accounting_log.info("%s", log_line(end))
+        if self.accounting is None:
+            return
+        try:
+            self.accounting.record(ends)
+        except sqlite3.Error as exc:  # the jobs' results still go out: the log lines keep the record
+            log.error("cannot write %d accounting records: %s", len(ends), exc)
+
     def _execute(self, action: A.Action) -> None:
         match action:
             case A.Persist():
                 self._commit(action)
+            case A.RecordJobEnds(ends):
+                self._record(ends)
             case A.Dispatch(node, jobs):
                 if not self._dispatched:  # after a takeover: when the new leader got going (benchmarks/pg_store.py)
                     self._dispatched = True
@@ -460,8 +505,15 @@ class SchedulerServer:
             case A.UnloadCluster(node, cluster_id):
                 self._send(node, M.UnloadCluster(cluster_id))
             case A.ConfirmOpened(client, cluster_id, resumed):
+                cluster = self.core.clusters.get(cluster_id)
+                if cluster is not None:
+                    log.info(
+                        "cluster %s (%s) of user %s %s", peer_text(cluster.name, 200), cluster_id,
+                        peer_text(cluster.user), "re-attached" if resumed else "opened",
+                    )  # fmt: skip
                 self._send(client, M.ClusterOpened(cluster_id, resumed))
             case A.ConfirmClosed(client, cluster_id):
+                log.info("cluster %s of user %s closed", cluster_id, peer_text(self._who(client)))
                 self._send(client, M.ClusterClosed(cluster_id))
             case A.ReportStatus(client, ref, status):
                 if self.leadership is not None:  # one of several schedulers on a shared state: this one leads

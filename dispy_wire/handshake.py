@@ -53,6 +53,7 @@ from scramp import ScramClient, ScramException, ScramMechanism
 from scramp.utils import ServerError
 
 from .errors import ErrorCode, LocalWireError, NotLeaderError, RemoteWireError
+from .version import VERSION
 from .messages import PROTOCOL_VERSION, Challenge, ClientProof, Hello, Message, NotLeader, Refused, ServerFirst, Welcome
 from .tls import NODE_UNIT, USER_UNIT, CertIdentity
 from .verifier import DEFAULT_ITERATIONS, MAX_ITERATIONS, MECHANISM, Verifier
@@ -198,7 +199,8 @@ class ServerHandshake:
         if msg.version != PROTOCOL_VERSION:
             raise RemoteWireError(
                 ErrorCode.BAD_VERSION,
-                f"protocol version {msg.version} not supported (scheduler speaks {PROTOCOL_VERSION})",
+                f"protocol version {msg.version} not supported: this scheduler (dispy-shared {VERSION}) speaks "
+                f"protocol {PROTOCOL_VERSION}; install the scheduler's dispy-shared version where this peer runs",
             )
         try:
             role = Role(msg.role)
@@ -365,7 +367,8 @@ class PeerHandshake:
         if msg.version != PROTOCOL_VERSION:
             raise RemoteWireError(
                 ErrorCode.BAD_VERSION,
-                f"scheduler speaks protocol version {msg.version}, we speak {PROTOCOL_VERSION}",
+                f"scheduler speaks protocol version {msg.version}, this dispy-shared ({VERSION}) speaks protocol "
+                f"{PROTOCOL_VERSION}: install the scheduler's dispy-shared version here",
             )
         self.server = msg.server
         ours = mechanism_for(self._binding)

@@ -25,7 +25,9 @@ from .errors import ErrorCode, LocalWireError, RemoteWireError
 from .framing import FrameDecoder, _NeedData, encode_frame
 from .schema import checker_for
 
-PROTOCOL_VERSION = 2  # 2: SCRAM or certificate logins, results MAC'd, Ping, NodeHolds, ResultsRecorded
+#: 2: SCRAM or certificate logins, results MAC'd, Ping, NodeHolds, ResultsRecorded;
+#: 3: JobResult carries the node's measure of the job's CPU time and peak RSS (accounting)
+PROTOCOL_VERSION = 3
 
 
 # --------------------------------------------------------------------------
@@ -79,6 +81,10 @@ class JobResult(NamedTuple):
     end_time: float
     #: the job process's MAC (`result_mac`), passed on untouched; b"" on results the node or scheduler made
     mac: bytes = b""
+    #: CPU seconds (user + system) the job's process used, as the node measured it (0: not measured)
+    cpu_time: float = 0.0
+    #: the job process's largest resident set, bytes, as the node measured it (0: not measured)
+    max_rss: int = 0
 
 
 class JobFile(NamedTuple):

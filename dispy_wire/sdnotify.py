@@ -60,8 +60,11 @@ class Notifier:
         if not self.address:
             return
         try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            # non-blocking: a listener that does not read (its queue full) costs a notification, never the loop
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK) as sock:
                 sock.sendto(text.encode(), self.address)
+        except BlockingIOError:  # systemd busy: the next notification says the same, or more
+            pass
         except OSError as exc:  # systemd gone or a wrong address: the service itself goes on
             if not self._warned:
                 self._warned = True

@@ -92,7 +92,7 @@ def test_the_users_file_says_who_may_log_in_by_certificate(tmp_path: Path) -> No
     assert cfg.verifier_for(Role.CLIENT, "alice") is None  # certificate only: no secret logs her in
     assert config_from_args([]).certificate_allowed(Role.CLIENT, "dave")  # no users file: every name, as with --secret
     for table, error in [
-        ('certificate = "yes"', "certificate must be true or false"),
+        ('certificate = "yes"', "certificate: expected bool, got 'yes'"),
         ("share = 2", "needs verifier = \"SCRAM-SHA-256$...\" (dispyadmin user add writes it), or certificate = true"),
     ]:
         path = write_users_file(tmp_path / "bad.toml", f"[users.erin]\n{table}\n")

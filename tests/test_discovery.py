@@ -24,6 +24,7 @@ from procs import Cluster, Proc
 from dispy_node.main import build_parser, load_config
 from dispy_sched import tls_init
 from dispy_sched.config import config_from_args
+from dispy_wire.settings import ConfigError
 from dispy_sched.discovery import Responder
 from dispy_wire import discovery as d
 from dispy_wire.errors import ErrorCode, RemoteWireError
@@ -120,7 +121,7 @@ def test_dispynode_takes_discover_instead_of_a_scheduler_address(tmp_path: Any) 
     args = build_parser().parse_args(["--discover", "--discovery-port", "4000", "--work-dir", str(tmp_path)])
     assert load_config(args, fail)[2] == 4000
     assert load_config(build_parser().parse_args(["--work-dir", str(tmp_path)]), fail)[2] is None
-    with pytest.raises(SystemExit):
+    with pytest.raises(ConfigError, match="not allowed with argument --discover"):
         build_parser().parse_args(["--discover", "--scheduler", "sched:9702"])
 
 

@@ -9,6 +9,8 @@ import sys
 
 import psutil
 import pytest
+
+from dispy_wire.settings import EX_CONFIG
 from procs import Cluster, write_users_file
 from waiting import wait_until
 
@@ -414,7 +416,7 @@ def test_scheduler_refuses_an_open_address_without_secrets(tmp_path) -> None:  #
         text=True,
         timeout=30,
     )
-    assert result.returncode == 2
+    assert result.returncode == EX_CONFIG
     assert "refusing to listen on non-loopback address 0.0.0.0" in result.stderr
     assert "--node-secret" in result.stderr
 
@@ -427,7 +429,7 @@ def test_scheduler_refuses_an_unknown_policy(tmp_path, policy: str) -> None:  # 
         text=True,
         timeout=30,
     )
-    assert result.returncode == 2
+    assert result.returncode == EX_CONFIG
     assert "policy" in result.stderr and policy in result.stderr
 
 

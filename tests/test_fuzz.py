@@ -475,7 +475,7 @@ def a_file(text: str | bytes, mode: int = 0o600) -> Iterator[str]:
 
 GOOD_VERIFIER = str(VERIFIER)
 USER_TABLES = st.dictionaries(
-    st.sampled_from([*sched_config.USER_KEYS, "secret"]) | st.text(max_size=6),
+    st.sampled_from([*sched_config.UserTable.__struct_fields__, "secret"]) | st.text(max_size=6),
     st.sampled_from([GOOD_VERIFIER, "unlimited", "512M", "1G"]) | TOML_VALUES,
     max_size=5,
 ).map(lambda t: {"verifier": GOOD_VERIFIER, **t} if len(t) % 2 else t)
@@ -509,7 +509,7 @@ def sched_limit_value(name: str, value: Any) -> None:
     assert got is None or type(got) is int
 
 
-SCHED_KEYS = sorted(f for f in sched_config.SchedConfig.__dataclass_fields__ if not f.startswith("_"))
+SCHED_KEYS = sorted(f for f in sched_config.SchedConfig.__struct_fields__ if not f.startswith("_") and f != "users")
 
 
 @contextmanager

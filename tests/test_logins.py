@@ -20,6 +20,7 @@ from rawpeer import login, read_message
 from waiting import wait_until
 
 from dispy_sched.server import quiet_accept_errors
+from dispy_wire.settings import EX_CONFIG
 from dispy_wire import messages as M
 from dispy_wire.discovery import Throttle
 from dispy_wire.framing import HEADER, PREAMBLE, FrameDecoder
@@ -74,7 +75,7 @@ def test_a_users_file_with_a_plaintext_secret_is_refused_with_how_to_convert(clu
     users.write_text(USERS)
     users.chmod(0o600)
     proc = cluster.start(_scheduler_argv(cluster, "--users-file", str(users)), "scheduler")
-    assert proc.wait(30) == 2
+    assert proc.wait(30) == EX_CONFIG
     assert "[users.alice] holds a plaintext secret" in proc.stderr
     assert f"dispyadmin user add alice --users-file {users} --replace" in proc.stderr
     assert "dispyadmin verifier" in proc.stderr
@@ -84,7 +85,7 @@ def test_a_users_file_others_may_read_is_refused_naming_the_mode_and_the_fix(clu
     users = write_users_file(cluster.workdir / "users.toml", USERS)
     users.chmod(0o644)
     proc = cluster.start(_scheduler_argv(cluster, "--users-file", str(users)), "scheduler")
-    assert proc.wait(30) == 2
+    assert proc.wait(30) == EX_CONFIG
     assert "has mode -rw-r--r-- (644)" in proc.stderr and f"chmod 600 {users}" in proc.stderr
 
 

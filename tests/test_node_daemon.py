@@ -3,6 +3,8 @@ ones of another user, drain, `--serve`, yielding to outside load, service window
 
 from __future__ import annotations
 
+from dispy_wire.settings import EX_CONFIG
+
 import datetime as dt
 import json
 import signal
@@ -190,7 +192,7 @@ def test_max_output_beyond_one_message_is_refused_at_start(tmp_path: Path) -> No
     argv = [sys.executable, "-m", "dispy_node.main", "--scheduler", "127.0.0.1:9", "--max-output", "100M",
             "--work-dir", str(tmp_path / "w")]  # fmt: skip
     done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
-    assert done.returncode == 2 and "--max-output is at most 12 MiB" in done.stderr, done.stderr
+    assert done.returncode == EX_CONFIG and "--max-output is at most 12 MiB" in done.stderr, done.stderr
 
 
 def test_sigterm_ends_the_node_and_every_job_tree(cluster: Cluster) -> None:

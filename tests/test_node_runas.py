@@ -24,6 +24,8 @@ from pathlib import Path
 
 import pytest
 
+from dispy_wire.settings import EX_CONFIG
+
 from dispy_client import DispyJob
 from dispy_node.account import DEFAULT_JOB_UIDS, AccountPool, PoolExhausted
 from procs import EXPECT_CGROUP, Cluster, in_cgroup_v2
@@ -32,7 +34,7 @@ from waiting import wait_until
 
 SYSTEM_PYTHON = Path("/usr/bin/python3.11")
 # dispy_node's imports, dependencies included (cryptography, and cffi's backend under it, for dispy_wire.tls)
-NEEDED = ("dispy_wire", "dispy_node", "msgpack", "cloudpickle", "psutil", "scramp", "asn1crypto", "cryptography", "_cffi_backend")
+NEEDED = ("dispy_wire", "dispy_node", "msgpack", "msgspec", "cloudpickle", "psutil", "scramp", "asn1crypto", "cryptography", "_cffi_backend")
 
 
 @pytest.fixture(scope="module")
@@ -302,7 +304,7 @@ def test_job_uids_with_a_shared_account_is_refused(tmp_path: Path) -> None:
     argv = [sys.executable, "-m", "dispy_node.main", "--scheduler", "127.0.0.1:9", "--work-dir", str(tmp_path / "w"),
             "--job-uids", "%d-%d" % JOB_UIDS, "--shared-run-as", "nobody"]  # fmt: skip
     done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
-    assert done.returncode == 2 and "--job-uids needs a node run as root, and neither --shared-run-as" in done.stderr
+    assert done.returncode == EX_CONFIG and "--job-uids needs a node run as root, and neither --shared-run-as" in done.stderr
 
 
 @pytest.mark.parametrize("how", ["flag", "config"])
@@ -315,7 +317,7 @@ def test_the_old_run_as_is_refused_saying_what_replaces_it(tmp_path: Path, how: 
         (tmp_path / "node.toml").write_text('run_as = "nobody"\n')
         argv += ["--config", str(tmp_path / "node.toml")]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
-    assert done.returncode == 2 and "--run-as is gone" in done.stderr and "--shared-run-as USER" in done.stderr
+    assert done.returncode == EX_CONFIG and "--run-as is gone" in done.stderr and "--shared-run-as USER" in done.stderr
 
 
 def test_a_cluster_cannot_turn_the_root_node_onto_another_process(cluster: Cluster, readable_python: Path) -> None:
@@ -477,7 +479,7 @@ def test_a_secret_file_others_may_read_is_refused(tmp_path: Path) -> None:
     argv = [sys.executable, "-m", "dispy_node.main", "--scheduler", "127.0.0.1:9", "--work-dir", str(tmp_path / "w"),
             "--secret-file", str(path), "--jobs-as-self"]  # fmt: skip
     done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
-    assert done.returncode == 2 and f"secret file {path} has mode 0640" in done.stderr, done.stderr
+    assert done.returncode == EX_CONFIG and f"secret file {path} has mode 0640" in done.stderr, done.stderr
     assert f"chmod 600 {path}" in done.stderr
 
 

@@ -8,6 +8,7 @@ from typing import NoReturn
 
 import pytest
 
+from dispy_wire.settings import ConfigError
 from dispy_node import node_secret
 from dispy_node.main import build_parser
 
@@ -73,5 +74,5 @@ def test_an_empty_or_missing_secret_file_is_refused(secret_file: Path, tmp_path:
 def test_the_secret_flag_is_taken_off_the_command_line_and_may_not_be_abbreviated() -> None:
     argv = ["-m", "dispy_node.main", "--node-secret", "s", "--name", "n", "--node-secret=t", "--cpus", "1"]
     assert node_secret._without_secret_flag(argv) == ["-m", "dispy_node.main", "--name", "n", "--cpus", "1"]
-    with pytest.raises(SystemExit):  # argparse would take it as --node-secret, and it would stay
+    with pytest.raises(ConfigError, match="unrecognized arguments: --node-sec"):  # not taken as --node-secret
         build_parser().parse_args(["--node-sec", "s"])

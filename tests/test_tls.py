@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from dispy_sched import tls_init
 from dispy_sched.config import ConfigError, config_from_args
+from dispy_wire.settings import EX_CONFIG
 from dispy_wire import tls
 from procs import Cluster, Proc
 from waiting import wait_until
@@ -430,7 +431,7 @@ def test_a_scheduler_off_loopback_without_tls_refuses_to_start_unless_insecure_a
     argv = ["unshare", "-n", sys.executable, "-m", "dispy_sched.main", "--host", "0.0.0.0", "--port", "0",
             "--secret", "S", "--node-secret", "N", "--state-dir", str(cluster.workdir / "state")]  # fmt: skip
     refused = cluster.start(argv, "refused")
-    assert refused.wait(60) == 2
+    assert refused.wait(60) == EX_CONFIG
     assert "refusing to listen without TLS: 0.0.0.0 is not a loopback address" in refused.stderr
     insecure = cluster.start([*argv, "--insecure-plaintext"], "insecure")
     insecure.wait_for_line(r"listening on 0\.0\.0\.0:\d+")

@@ -312,10 +312,10 @@ def test_bad_message_error_names_the_message_class() -> None:
 
 
 def test_optional_field_accepts_none_and_its_type() -> None:
-    assert decode(raw(31, [["c", 1, 11, None, b"", b"", "", "", 0, 1, b""]])) == M.NodeResults(
-        [JobResult("c", 1, 11, None, b"", b"", "", "", 0.0, 1.0)]
+    assert decode(raw(31, [["c", 1, 11, None, b"", b"", "", "", 0, 1, b"", 0.5, 4096]])) == M.NodeResults(
+        [JobResult("c", 1, 11, None, b"", b"", "", "", 0.0, 1.0, b"", 0.5, 4096)]
     )
-    assert decode(raw(31, [["c", 1, 11, b"r", b"", b"", "", "", 0, 1, b"m"]])) == M.NodeResults(
+    assert decode(raw(31, [["c", 1, 11, b"r", b"", b"", "", "", 0, 1, b"m", 0, 0]])) == M.NodeResults(
         [JobResult("c", 1, 11, b"r", b"", b"", "", "", 0.0, 1.0, b"m")]
     )
 

@@ -45,6 +45,31 @@ class Persist(Action):
 
 
 @dataclass(frozen=True, slots=True)
+class JobEnd:
+    """One job's accounting record: who ran what, where, for how long, and how it ended."""
+
+    user: str
+    cluster_id: str
+    cluster_name: str
+    job_id: int
+    node: str  # "" if it never ran
+    status: str  # the `JobStatus` name: Finished, Terminated, Cancelled, Abandoned
+    submit_time: float  # Unix time the scheduler accepted it
+    start_time: float  # as the node reports it (the end time for a job that never ran)
+    end_time: float
+    cpu_time: float  # CPU seconds the node measured (0: did not run, or not measured)
+    max_rss: int  # bytes, as the node measured it
+    reason: str  # why it did not finish: the exception's last line, or the scheduler's reason ("" if Finished)
+
+
+@dataclass(frozen=True, slots=True)
+class RecordJobEnds(Action):
+    """Write these accounting records (`CoreConfig.accounting`); after the turn's Persist, before the rest."""
+
+    ends: list[JobEnd]
+
+
+@dataclass(frozen=True, slots=True)
 class LoadCluster(Action):
     node: str
     cluster_id: str

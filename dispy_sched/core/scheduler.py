@@ -78,6 +78,8 @@ JOB_TRANSITIONS: frozenset[tuple[JobState, JobState]] = frozenset(
         (JobState.ORPHANED, JobState.DONE),  # ... (not reentrant: abandoned), or cancelled
     }
 )
+#: characters of a job's end reason kept in its accounting record
+REASON_LIMIT = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +106,8 @@ class CoreConfig:
     log_size: int = 100_000
     #: emit a `Persist` action per call with what it changed (for the journal)
     persist: bool = False
+    #: emit a `RecordJobEnds` action per call with the jobs that ended (for accounting)
+    accounting: bool = False
 
 
 class _Outbox:
@@ -121,9 +125,11 @@ class _Outbox:
         #: results the store holds, by (job id, size): the shell reads them back
         self.stored: dict[tuple[str, str], list[tuple[int, int]]] = defaultdict(list)
         self.closed: list[A.Action] = []
+        self.ended: list[A.JobEnd] = []
 
     def flush(self) -> list[A.Action]:
-        out = self.immediate
+        out: list[A.Action] = [A.RecordJobEnds(self.ended)] if self.ended else []
+        out += self.immediate
         out += [A.Dispatch(n, jobs) for n, jobs in self.dispatch.items()]
         out += [A.ConfirmResults(n, refs) for n, refs in self.recorded.items()]
         out += [A.ConfirmAccepted(c, cid, ids) for (c, cid), ids in self.accepted.items()]
@@ -867,6 +873,8 @@ class SchedulerCore:
         self._transition(job, JobState.DONE, result)
         cluster.last_end = self.now
         self.users[cluster.user].finished += 1
+        if self.config.accounting:
+            self._out.ended.append(_job_end(cluster, job, result))
         if cluster.released:  # nobody will collect it
             self._forget(cluster, job)
         elif cluster.client is not None:
@@ -1165,6 +1173,24 @@ class SchedulerCore:
             "busy": sum(n.busy for n in self.nodes.values()),
             "queued": sum(u.queued for u in self.users.values()),
         }
+
+
+def _job_end(cluster: ClusterRecord, job: JobRecord, result: JobResult) -> A.JobEnd:
+    try:
+        status = JobStatus(result.status).name.title()
+    except ValueError:
+        status = str(result.status)
+    reason = ""
+    if result.status != JobStatus.FINISHED:  # a traceback's last line says what was raised
+        lines = [line for line in result.exception.splitlines() if line.strip()]
+        reason = (lines[-1].strip() if lines else result.exception_type)[:REASON_LIMIT]
+    # as the node measured them; a figure no job reaches (a bad node's) is recorded as not measured
+    cpu = float(result.cpu_time) if 0 <= result.cpu_time < 1e9 else 0.0
+    rss = int(result.max_rss) if 0 <= result.max_rss < 1 << 50 else 0
+    return A.JobEnd(
+        cluster.user, cluster.cluster_id, cluster.name, job.job_id, job.last_node, status, job.submit_time,
+        result.start_time, result.end_time, cpu, rss, reason,
+    )  # fmt: skip
 
 
 def _synthetic(job: JobRecord, status: JobStatus, why: str, now: float) -> JobResult:

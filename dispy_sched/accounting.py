@@ -1,0 +1,139 @@
+"""Job accounting: one record per job end, kept in the state database and logged as one key=value line.
+
+The core emits `RecordJobEnds` (with `CoreConfig.accounting`) in the call in
+which jobs end; the shell hands the records to an `AccountingStore` and logs
+each (`log_line`). `SqliteAccounting` keeps them in the `job_ends` table of
+the scheduler's state database (`journal.sqlite3`, whether or not the
+journal is on) through a connection of its own with `synchronous=NORMAL`:
+an accounting record survives a killed scheduler, and costs the hot path no
+fsync of its own (a power cut may lose the last ones; the log lines have
+them too). Records older than `--accounting-retention` are deleted at start
+and hourly. `dispyadmin history` reads the table (`history`), read-only,
+while the scheduler runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+from dataclasses import dataclass
+from typing import Protocol
+
+from .core.actions import JobEnd
+
+log = logging.getLogger(__name__)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS job_ends (
+    end_time REAL NOT NULL,      -- Unix time
+    user TEXT NOT NULL,
+    cluster_id TEXT NOT NULL,
+    cluster_name TEXT NOT NULL,
+    job_id INTEGER NOT NULL,
+    node TEXT NOT NULL,          -- '' if it never ran
+    status TEXT NOT NULL,        -- Finished, Terminated, Cancelled, Abandoned
+    submit_time REAL NOT NULL,
+    start_time REAL NOT NULL,
+    cpu_time REAL NOT NULL,      -- CPU seconds, as the node measured them
+    max_rss INTEGER NOT NULL,    -- bytes
+    reason TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS job_ends_by_time ON job_ends (end_time);
+"""
+_COLUMNS = (
+    "end_time, user, cluster_id, cluster_name, job_id, node, status, submit_time, start_time, cpu_time, max_rss, reason"
+)
+
+
+class AccountingStore(Protocol):
+    """Where job-end records go (the PostgreSQL store of a standby scheduler may implement it too)."""
+
+    def record(self, ends: list[JobEnd]) -> None:
+        """Raises sqlite3.Error (or the store's own error): nothing was written."""
+
+    def prune(self, before: float) -> int:
+        """Deletes the records of jobs that ended before `before` (Unix time); returns how many."""
+
+    def close(self) -> None: ...
+
+
+class SqliteAccounting:
+    """The `job_ends` table of the SQLite state database at `path`.
+
+    Raises:
+        sqlite3.Error: the file cannot be opened or written.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+
+    def record(self, ends: list[JobEnd]) -> None:
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.executemany(
+                f"INSERT INTO job_ends ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        e.end_time, e.user, e.cluster_id, e.cluster_name, e.job_id, e.node, e.status, e.submit_time,
+                        e.start_time, e.cpu_time, e.max_rss, e.reason,
+                    )  # fmt: skip
+                    for e in ends
+                ],
+            )
+
+    def prune(self, before: float) -> int:
+        with self._db:
+            self._db.execute("BEGIN")
+            return self._db.execute("DELETE FROM job_ends WHERE end_time < ?", (before,)).rowcount
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def log_line(end: JobEnd) -> str:
+    """The record as one line of key=value pairs; strings JSON-quoted (users name their clusters)."""
+    fields: dict[str, object] = {
+        "user": end.user, "cluster": end.cluster_id, "name": end.cluster_name, "job": end.job_id, "node": end.node,
+        "status": end.status, "queued": round(end.submit_time, 3), "started": round(end.start_time, 3),
+        "ended": round(end.end_time, 3), "wait": round(max(0.0, end.start_time - end.submit_time), 3),
+        "run": round(max(0.0, end.end_time - end.start_time), 3), "cpu": round(end.cpu_time, 3),
+        "max_rss": end.max_rss, "reason": end.reason,
+    }  # fmt: skip
+    return "job_end " + " ".join(f"{k}={json.dumps(v) if isinstance(v, str) else v}" for k, v in fields.items())
+
+
+@dataclass(frozen=True, slots=True)
+class UserTotal:
+    """One user's jobs that ended in a period, summed as sacct would."""
+
+    user: str
+    jobs: int
+    finished: int
+    failed: int  # Terminated or Abandoned
+    cancelled: int
+    cpu_hours: float
+    wall_hours: float  # hours its jobs ran, as measured by the nodes' clocks
+    max_rss: int  # bytes: the largest of any of its jobs
+
+
+def history(db: sqlite3.Connection, since: float, user: str | None = None) -> list[UserTotal]:
+    """Each user's totals over the jobs that ended at or after `since` (Unix time), by user name."""
+    args: list[object]
+    where, args = "end_time >= ?", [since]
+    if user is not None:
+        where, args = where + " AND user = ?", [since, user]
+    rows = db.execute(
+        "SELECT user, COUNT(*), SUM(status = 'Finished'), SUM(status IN ('Terminated', 'Abandoned')), "
+        "SUM(status = 'Cancelled'), SUM(cpu_time), SUM(MAX(0, end_time - start_time)), MAX(max_rss) "
+        f"FROM job_ends WHERE {where} GROUP BY user ORDER BY user",
+        args,
+    )
+    return [
+        UserTotal(name, jobs, finished, failed, cancelled, cpu / 3600, wall / 3600, rss)
+        for name, jobs, finished, failed, cancelled, cpu, wall, rss in rows
+    ]
