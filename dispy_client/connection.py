@@ -129,6 +129,8 @@ class SchedulerLink(asyncio.Protocol):
         self.liveness: Liveness | None = None
         self._watch: asyncio.TimerHandle | None = None
         self._gave_up = ""
+        #: the scheduler said it is restarting (`Restarting`): its close that follows is no failure
+        self.restarting: M.Restarting | None = None
 
     @classmethod
     async def connect(
@@ -244,6 +246,8 @@ class SchedulerLink(asyncio.Protocol):
                 log.error("scheduler %s closed the connection: %s (%s)", self.where, msg.message, msg.code)
                 self.close()
                 return
+            elif isinstance(msg, M.Restarting):
+                self.restarting = msg
             elif not isinstance(msg, M.Ping):  # a Ping's bytes were the sign of life
                 self._on_message(msg)
 

@@ -362,11 +362,15 @@ class ClusterSession:
         opened = self._opened
         if opened is None or not opened.done() or opened.cancelled() or opened.exception() is not None:
             return  # lost before the cluster opened on it: `open` (the user's, or the reconnect loop's) fails instead
-        log.warning("lost the scheduler %s:%d (%s); reconnecting", self.host, self.port, reason)
+        restarting = self._link.restarting if self._link is not None else None
+        if restarting is not None:  # a planned restart: the user needs to hear nothing of it
+            log.info("scheduler %s:%d restarting (%s); reconnecting", self.host, self.port, restarting.reason)
+        else:
+            log.warning("lost the scheduler %s:%d (%s); reconnecting", self.host, self.port, reason)
         self._opened = None
-        self._reconnect = asyncio.get_running_loop().create_task(self._reconnect_loop())
+        self._reconnect = asyncio.get_running_loop().create_task(self._reconnect_loop(restarting is not None))
 
-    async def _reconnect_loop(self) -> None:
+    async def _reconnect_loop(self, planned: bool = False) -> None:
         delay = 0.2
         while not self._closing:
             await asyncio.sleep(delay * (0.5 + random.random()))
@@ -374,9 +378,10 @@ class ClusterSession:
                 resumed = await self.open()
             except (DispyError, OSError) as exc:
                 log.info("reconnect to %s:%d failed: %s", self.host, self.port, exc)
-                delay = min(delay * 2, 5.0)
+                delay = min(delay * 2, 2.0 if planned else 5.0)  # a planned restart is usually back in seconds
                 continue
-            log.warning(
+            log.log(
+                logging.INFO if planned else logging.WARNING,
                 "reconnected to the scheduler; cluster %s, %d unfinished jobs, %d resubmitted",
                 "resumed" if resumed else "re-created",
                 len(self._unfinished),

@@ -70,6 +70,7 @@ from dispy_wire.messages import (
     Ping,
     PutFile,
     Refused,
+    Restarting,
     ResultsRecorded,
     RunJobs,
     UnloadCluster,
@@ -291,8 +292,9 @@ async def _connect_once(config: NodeConfig, backoff: Backoff, control: NodeContr
         print(f"connected to {config.scheduler}", flush=True)
         registered = time.monotonic()
         await session.serve()
-        # a scheduler that welcomes and drops us at once must not be redialed at full speed
-        if time.monotonic() - registered >= backoff.maximum:
+        # a scheduler that welcomes and drops us at once must not be redialed at full speed,
+        # but one that said it is restarting is back soon and wants its jobs reported
+        if session.restarting or time.monotonic() - registered >= backoff.maximum:
             backoff.reset()
     finally:
         await session.close()
@@ -324,6 +326,8 @@ class _Session:
         #: silence both ways, from login on; the reason a silent scheduler was given up
         self.liveness: Liveness | None = None
         self._gave_up = ""
+        #: why the scheduler said it is restarting (`Restarting`): its close that follows is no failure
+        self.restarting = ""
 
     async def handshake(self) -> None:
         """Raises SchedulerRefused if the scheduler will not have us."""
@@ -332,6 +336,8 @@ class _Session:
             "platform": platform.platform(),
             "pid": os.getpid(),
             "heartbeat": self.config.heartbeat,
+            # how long our jobs outlive a lost connection: so long the scheduler waits for us to report them
+            "scheduler_grace": self.config.scheduler_grace,
             "version": _version(),
             # so clusters' `nodes` patterns can match this host
             "addresses": report.addresses()[:HELLO_MAX_ADDRESSES],
@@ -377,7 +383,10 @@ class _Session:
             try:
                 msg = await self._recv()
             except ConnectionError as exc:
-                logger.warning("lost the scheduler %s: %s", self.config.scheduler, self._gave_up or exc)
+                if self.restarting:
+                    logger.info("scheduler %s restarting (%s): jobs keep running", self.config.scheduler, self.restarting)
+                else:
+                    logger.warning("lost the scheduler %s: %s", self.config.scheduler, self._gave_up or exc)
                 return
             self._dispatch(msg)
 
@@ -447,6 +456,8 @@ class _Session:
                 self.runner.unload(cluster_id).add_done_callback(lambda _: self._check_done())
             case Ping():
                 pass  # its bytes were the sign of life
+            case Restarting(reason, _):
+                self.restarting = reason or "no reason given"
             case Error(code, message, ref):
                 logger.warning("scheduler %s: error %s about %r: %s", self.config.scheduler, code, ref, message)
             case Refused(code, message):

@@ -52,8 +52,14 @@ async def serve(cfg: SchedConfig, policy: Policy, journal: SqliteJournal | None)
     responder = await start_responder(cfg, host, port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    signals: list[str] = []
+
+    def on_signal(sig: signal.Signals) -> None:
+        signals.append(sig.name)
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal, sig)
     log.info("policy %s; %s", core.policy.name, f"{len(cfg.users)} users" if cfg.users else "any user name")
     if cfg.tls_cert is not None:
         mutual = ", client certificates required" if cfg.tls_require_client_cert else ""
@@ -71,12 +77,15 @@ async def serve(cfg: SchedConfig, policy: Policy, journal: SqliteJournal | None)
     try:
         await stop.wait()
     finally:
-        log.info("shutting down")
+        why = f"scheduler {cfg.name} stopping ({signals[0] if signals else 'asked to'}); jobs keep running"
+        log.info("shutting down: telling %d peers it is a restart", len(server.peers))
         notifier.stopping("shutting down")
         watchdog.cancel()
         if responder is not None:
             responder.close()
-        await server.stop()
+        # a stop is a restart as far as peers can tell: what was accepted is in the journal, and nodes
+        # keep their jobs for their grace; without a journal the clients resubmit what they still hold
+        await server.stop(restarting=why)
 
 
 def main(argv: list[str] | None = None) -> int:

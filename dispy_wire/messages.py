@@ -25,7 +25,10 @@ from .errors import ErrorCode, LocalWireError, RemoteWireError
 from .framing import FrameDecoder, _NeedData, encode_frame
 from .schema import checker_for
 
-PROTOCOL_VERSION = 2  # 2: SCRAM or certificate logins, results MAC'd, Ping, NodeHolds, ResultsRecorded
+#: 2: SCRAM or certificate logins, results MAC'd, Ping, NodeHolds, ResultsRecorded. `Restarting` came later
+#: without a new version: a peer that does not know it logs one bad message and then sees the connection close,
+#: which it handles as any lost connection (a node keeps its jobs, a client reconnects)
+PROTOCOL_VERSION = 2
 
 
 # --------------------------------------------------------------------------
@@ -218,6 +221,21 @@ class Error(Message):
 @message(8)
 class Ping(Message):
     """A sign of life on an otherwise idle link (`dispy_wire.liveness`); the receiver only notes it."""
+
+
+@message(9)
+class Restarting(Message):
+    """Scheduler → every logged-in peer, as it stops on SIGTERM: it is coming back, this is no failure.
+
+    Everything it accepted is in its journal. A node keeps its jobs running
+    (its scheduler grace) and redials; a client waits quietly and reconnects,
+    resubmitting nothing the scheduler accepted. `back_within` is how many
+    seconds the scheduler expects to be away (0: unknown), a hint for the
+    peer's first redial, never a promise.
+    """
+
+    reason: str
+    back_within: float
 
 
 # -- client → scheduler ------------------------------------------------------

@@ -117,6 +117,8 @@ class NodeJoined(Event):
     jobs: tuple[JobRef, ...] = ()
     #: clusters the node still has loaded from an earlier connection
     clusters: tuple[str, ...] = ()
+    #: seconds the node keeps its jobs running without a scheduler (its --scheduler-grace; 0: it kills them)
+    grace: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +154,14 @@ class NodeLeft(Event):
 
 @dataclass(frozen=True, slots=True)
 class Tick(Event):
-    """Periodic: lets the core notice nodes that stopped reporting."""
+    """Periodic: lets the core notice nodes that stopped reporting.
+
+    `stalled` is how long the shell itself did not run before this tick
+    (the process was stopped, or its loop starved): the peers' silence in
+    that time is the scheduler's, not theirs, so nobody is blamed for it.
+    """
+
+    stalled: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -57,7 +57,8 @@ from .persist import Changes, ClusterRow, JobRow, UsageRow, cluster_row, job_row
 from .ready import ReadyIndex
 from .placement import BadNodes, NodeEntry, allowed_cpus, parse_nodes
 from .state import (
-    NO_LIMITS, ClusterRecord, JobRecord, JobState, Limits, NodeRecord, UserRecord, decay, file_cost, job_cost, result_cost,
+    NO_LIMITS, ClusterRecord, JobRecord, JobState, Limits, NodeRecord, Orphan, UserRecord, decay, file_cost, job_cost,
+    result_cost,
 )
 
 if TYPE_CHECKING:  # the policies package imports the core's records
@@ -69,8 +70,9 @@ JOB_TRANSITIONS: frozenset[tuple[JobState, JobState]] = frozenset(
         (JobState.QUEUED, JobState.DONE),  # cancelled while queued, or refused at submit by a limit
         (JobState.RUNNING, JobState.DONE),  # result arrived, or abandoned
         (JobState.RUNNING, JobState.QUEUED),  # node lost (reentrant) or set-up failed
-        (JobState.ORPHANED, JobState.RUNNING),  # after a restart: a node reported it still runs it
-        (JobState.ORPHANED, JobState.QUEUED),  # after a restart: no node did in time (reentrant)
+        (JobState.RUNNING, JobState.ORPHANED),  # node lost, but it keeps its jobs for a grace: it may come back
+        (JobState.ORPHANED, JobState.RUNNING),  # after a restart or a node's loss: the node reported it still runs it
+        (JobState.ORPHANED, JobState.QUEUED),  # ... no node did in time (reentrant)
         (JobState.ORPHANED, JobState.DONE),  # ... (not reentrant: abandoned), or cancelled
     }
 )
@@ -158,9 +160,10 @@ class SchedulerCore:
         self._stimulus = ""
         #: what this call changed, for the journal (kept empty unless `config.persist`)
         self._changes = Changes()
-        #: jobs running when the scheduler last stopped, until a node reports them or `_adopt_deadline`
-        self._orphans: dict[tuple[str, int], JobRecord] = {}
-        self._adopt_deadline = 0.0
+        #: jobs running when the scheduler last stopped, or on a node lost since, until a node reports them
+        #: or their deadline passes
+        self._orphans: dict[tuple[str, int], Orphan] = {}
+        self._adopt_until = 0.0
 
     # ---------------------------------------------------------------- entry
 
@@ -399,6 +402,7 @@ class SchedulerCore:
     @_on.register
     def _on_node_joined(self, ev: E.NodeJoined) -> None:
         node = NodeRecord(ev.node, ev.name, ev.ip_addr, max(0, ev.cpus), ev.heartbeat, self.now)
+        node.grace = ev.grace if math.isfinite(ev.grace) and ev.grace > 0 else 0.0
         node.addresses = (ev.ip_addr, *(a for a in ev.addresses if a != ev.ip_addr))
         self.nodes[ev.node] = node
         self._update_free(node)
@@ -424,12 +428,13 @@ class SchedulerCore:
                 cluster.loaded_on.add(node.node_id)
         kills: list[JobRef] = []
         for ref in jobs:
-            job = self._orphans.pop((ref.cluster_id, ref.job_id), None)
-            if job is None:
+            orphan = self._orphans.pop((ref.cluster_id, ref.job_id), None)
+            if orphan is None:
                 moved = self._running_on_namesake(ref, node)
                 if moved is None:
                     kills.append(ref)
                 continue
+            job = orphan.job
             cluster = self.clusters[job.cluster_id]
             if cluster.cluster_id not in node.loaded:
                 node.loaded.add(cluster.cluster_id)
@@ -564,11 +569,11 @@ class SchedulerCore:
                 placement = None
             self._add_cluster(row, placement, None)
             self._seq = max(self._seq, row.seq)
+        self._adopt_until = self.now + ev.adopt_within  # the orphans' deadline
         for job_row_ in ev.jobs:
             cluster = self.clusters.get(job_row_.cluster_id)
             if cluster is not None:
                 self._restore_job(cluster, job_row_)
-        self._adopt_deadline = self.now + ev.adopt_within
         for cluster in self.clusters.values():
             self.ready.update(cluster)
         self._changes = Changes()  # what was just read is what the journal holds
@@ -585,7 +590,11 @@ class SchedulerCore:
             self._hold(cluster, job.held)
         elif row.state == JobState.RUNNING.value:
             job.state = JobState.ORPHANED
-            self._orphans[job.key] = job
+            why = (
+                f"the scheduler restarted while this job ran on node {job.last_node or '?'}, "
+                "and no node reported it since; not reentrant, so it is not run again"
+            )
+            self._orphans[job.key] = Orphan(job, self._adopt_until, why)
         else:
             cluster.push(job)
             user.queued += 1
@@ -595,23 +604,35 @@ class SchedulerCore:
 
     def _write_off_orphans(self) -> None:
         """Orphans no node reported in time: reentrant ones run again, the others end Abandoned."""
-        orphans, self._orphans = self._orphans, {}
-        for job in orphans.values():
+        due = [o for o in self._orphans.values() if self.now >= o.until]
+        for orphan in due:
+            job = orphan.job
+            del self._orphans[job.key]
             cluster = self.clusters[job.cluster_id]
             if job.cancel_requested:
                 self._finish(cluster, job, _synthetic(job, JobStatus.CANCELLED, "cancelled", self.now))
             elif cluster.reentrant:
                 self._requeue(cluster, job)
             else:
-                why = (
-                    f"the scheduler restarted while this job ran on node {job.last_node or '?'}, "
-                    "and no node reported it since; not reentrant, so it is not run again"
-                )
-                self._finish(cluster, job, _synthetic(job, JobStatus.ABANDONED, why, self.now))
+                self._finish(cluster, job, _synthetic(job, JobStatus.ABANDONED, orphan.why, self.now))
+
+    def _forgive_stall(self, stalled: float) -> None:
+        """The scheduler itself did not run for `stalled` seconds: what nobody heard meanwhile is its own doing.
+
+        Each node gets a whole heartbeat window from now (its reports of
+        that time are still unread, or it is redialing), and each orphan's
+        deadline moves by the stall: its node had no chance to report it.
+        """
+        for node in self.nodes.values():
+            node.last_seen = max(node.last_seen, self.now)
+        for orphan in self._orphans.values():
+            orphan.until += stalled
 
     @_on.register
     def _on_tick(self, ev: E.Tick) -> None:
-        if self._orphans and self.now >= self._adopt_deadline:
+        if ev.stalled > 0:
+            self._forgive_stall(ev.stalled)
+        if self._orphans:
             self._write_off_orphans()
         for node in list(self.nodes.values()):
             if self.now - node.last_seen > node.heartbeat * self.config.heartbeat_misses:
@@ -731,6 +752,19 @@ class SchedulerCore:
         else:
             self._finish(cluster, job, _synthetic(job, JobStatus.ABANDONED, why, self.now))
 
+    def _orphan(self, cluster: ClusterRecord, job: JobRecord, node: NodeRecord, why: str) -> None:
+        """A RUNNING job whose node was lost, but which that node keeps running for its grace period.
+
+        Until then the job waits for the node to come back and report it
+        (`_adopt`): it is not run anywhere else, so a node back in time
+        delivers its one result. After it, `_write_off_orphans` reruns it
+        (reentrant) or ends it Abandoned with `why`.
+        """
+        self._release(job, node, cluster)
+        self._transition(job, JobState.ORPHANED)
+        why += f"; it did not come back within its grace of {node.grace:g} s, and the job is not reentrant"
+        self._orphans[job.key] = Orphan(job, self.now + node.grace, why)
+
     def _requeue(self, cluster: ClusterRecord, job: JobRecord) -> None:
         self._transition(job, JobState.QUEUED)
         cluster.push(job)  # keeps its original seq: it does not lose its place
@@ -823,7 +857,11 @@ class SchedulerCore:
         why = f"node {node.name} ({node.ip_addr}) was lost while running this job: {reason}"
         for cluster_id, job_id in sorted(node.jobs):
             cluster = self.clusters[cluster_id]
-            self._displace(cluster, cluster.jobs[job_id], node, rerun=cluster.reentrant, why=why)
+            job = cluster.jobs[job_id]
+            if node.grace > 0 and not job.cancel_requested:
+                self._orphan(cluster, job, node, why)
+            else:
+                self._displace(cluster, job, node, rerun=cluster.reentrant, why=why)
         for cluster_id in node.loaded:
             loaded = self.clusters.get(cluster_id)
             if loaded is not None:
