@@ -384,7 +384,7 @@ class _Session:
                 msg = await self._recv()
             except ConnectionError as exc:
                 if self.restarting:
-                    logger.info("scheduler %s restarting (%s): jobs keep running", self.config.scheduler, self.restarting)
+                    logger.info("scheduler %s is restarting: %s", self.config.scheduler, self.restarting)
                 else:
                     logger.warning("lost the scheduler %s: %s", self.config.scheduler, self._gave_up or exc)
                 return

@@ -12,16 +12,28 @@ node for that silence.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 
-from dispy_sched.core import SchedulerCore
+import pytest
+
+from dispy_sched.core import CoreConfig, SchedulerCore
 from dispy_sched.core import actions as A
 from dispy_sched.core import events as E
+from dispy_sched.core.invariants import check_invariants
 from dispy_sched.core.state import JobState
+from dispy_sched.policies import load_policy
 from dispy_wire.messages import JobRef
 from dispy_wire.status import JobStatus
 
-from test_core import core, make_core  # noqa: F401  (fixtures)
 from test_core import arrived, delivered, dispatched, dispatched_jobs, joined, of, opened, result, step, submitted
+
+
+@pytest.fixture
+def core() -> Iterator[SchedulerCore]:
+    """A core checked for invariants after every step (`step`) and at teardown."""
+    made = SchedulerCore(load_policy("fair"), CoreConfig())
+    yield made
+    check_invariants(made)
 
 
 def graced(node: str, cpus: int, grace: float, *, name: str = "", jobs: tuple[JobRef, ...] = ()) -> E.NodeJoined:
