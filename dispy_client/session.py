@@ -263,6 +263,22 @@ class ClusterSession:
             self._end(M.JobResult(self.cluster_id, job_id, int(JobStatus.ABANDONED), None, b"", b"", why, "", 0.0, 0.0))
         self._accepted.clear()
 
+    def _end_unknown(self, known: set[int]) -> None:
+        """Ends the jobs we count as accepted that the resumed cluster does not know: no result can come.
+
+        Such a job was recorded (recover file) but its program stopped before
+        the scheduler accepted it, so it never ran; a job whose spec we still
+        hold is resubmitted instead.
+        """
+        for job_id in sorted(self._accepted - known):
+            if job_id in self._specs:
+                continue
+            why = (
+                f"scheduler {self.host}:{self.port} does not know this job of cluster {self.cluster_id}: it never "
+                "accepted it (the program that submitted it stopped first), so it did not run"
+            )
+            self._end(M.JobResult(self.cluster_id, job_id, int(JobStatus.CANCELLED), None, b"", b"", why, "", 0.0, 0.0))
+
     def _end(self, result: M.JobResult) -> None:
         """Hands a job's terminal result to the tracker, once."""
         self._unfinished.discard(result.job_id)
@@ -324,6 +340,8 @@ class ClusterSession:
                 for start in starts:
                     if start.job_id in self._unfinished:
                         self._deliver("started", start)
+            case M.JobsKnown(_, job_ids):
+                self._end_unknown(set(job_ids))
             case M.JobsAccepted(_, job_ids):
                 for job_id in job_ids:
                     if job_id in self._unfinished:

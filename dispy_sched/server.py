@@ -464,8 +464,10 @@ class SchedulerServer:
                 self._send(node, M.ResultsRecorded(refs))
             case A.UnloadCluster(node, cluster_id):
                 self._send(node, M.UnloadCluster(cluster_id))
-            case A.ConfirmOpened(client, cluster_id, resumed):
+            case A.ConfirmOpened(client, cluster_id, resumed, known):
                 self._send(client, M.ClusterOpened(cluster_id, resumed))
+                if known is not None:
+                    self._send(client, M.JobsKnown(cluster_id, known))
             case A.ConfirmClosed(client, cluster_id):
                 self._send(client, M.ClusterClosed(cluster_id))
             case A.ReportStatus(client, ref, status):

@@ -25,7 +25,7 @@ from .errors import ErrorCode, LocalWireError, RemoteWireError
 from .framing import FrameDecoder, _NeedData, encode_frame
 from .schema import checker_for
 
-#: 2: SCRAM or certificate logins, results MAC'd, Ping, NodeHolds, ResultsRecorded. `Restarting` came later
+#: 2: SCRAM or certificate logins, results MAC'd, Ping, NodeHolds, ResultsRecorded. `Restarting` and `JobsKnown` came later
 #: without a new version: a peer that does not know it logs one bad message and then sees the connection close,
 #: which it handles as any lost connection (a node keeps its jobs, a client reconnects)
 PROTOCOL_VERSION = 2
@@ -329,6 +329,20 @@ class SetNodeCpus(Message):
 class ClusterOpened(Message):
     cluster_id: str
     resumed: bool
+
+
+@message(28)
+class JobsKnown(Message):
+    """Right after a resumed `ClusterOpened`: every job of the cluster the scheduler knows, whatever its state.
+
+    A job the client counts as accepted and that is not listed was never
+    accepted (its program stopped before the scheduler confirmed it, as
+    `recover_jobs` finds) or was lost: the client ends it instead of waiting
+    for a result that cannot come.
+    """
+
+    cluster_id: str
+    job_ids: list[int]
 
 
 @message(21)

@@ -132,7 +132,7 @@ def test_after_a_restart_queued_jobs_run_and_held_results_reach_the_returning_cl
     run(core, journal, journal.restored(), now=10)
     assert core.clusters["K"].jobs[2].state is JobState.ORPHANED and core.clusters["K"].queued == 1
     actions = run(core, journal, joined("n9", 1), opened("c2", "K"), now=11)
-    assert A.ConfirmOpened("c2", "K", True) in actions
+    assert A.ConfirmOpened("c2", "K", True, [1, 2, 3]) in actions
     assert [r.job_id for r in delivered(actions)[("c2", "K")]] == [1]
     assert dispatched(actions) == {"n9": [("K", 3)]}  # the queue resumed without a resubmit
 

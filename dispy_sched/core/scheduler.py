@@ -201,7 +201,7 @@ class SchedulerCore:
             # re-attach after a reconnect: resend what the client may have missed
             cluster.client = ev.client
             cluster.left_at = 0.0
-            self._out.immediate.append(A.ConfirmOpened(ev.client, ev.cluster_id, True))
+            self._out.immediate.append(A.ConfirmOpened(ev.client, ev.cluster_id, True, list(cluster.jobs)))
             for job in cluster.jobs.values():
                 if job.files:
                     self._out.files[ev.client] += job.files
