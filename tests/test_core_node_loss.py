@@ -116,3 +116,14 @@ def test_a_stall_moves_the_orphans_deadline(core: SchedulerCore) -> None:
     assert not delivered(actions) and core.clusters["K"].jobs[1].state is JobState.ORPHANED
     actions = step(core, E.Tick(), now=93)
     assert [r.status for r in delivered(actions)[("c1", "K")]] == [JobStatus.ABANDONED]
+
+
+def test_a_node_back_without_its_orphans_has_them_written_off_at_once(core: SchedulerCore) -> None:
+    step(core, opened("c1", "R", reentrant=True), opened("c2", "N", reentrant=False), graced("n1", 2, 600.0), now=0)
+    step(core, submitted("c1", "R", 1), submitted("c2", "N", 1), now=1)
+    step(core, E.NodeLeft("n1", "connection lost"), now=2)
+    # the same node, restarted (kill -9): it holds nothing, so nothing is worth its 600 s grace
+    actions = step(core, graced("n2", 2, 600.0, name="host-n1"), now=3)
+    assert dispatched(actions) == {"n2": [("R", 1)]}
+    (abandoned,) = delivered(actions)[("c2", "N")]
+    assert abandoned.status == JobStatus.ABANDONED and "not reentrant" in abandoned.exception

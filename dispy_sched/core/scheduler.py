@@ -410,6 +410,12 @@ class SchedulerCore:
             self._place(cluster, node)
         self._announce(node, "joined")
         self._adopt(node, ev.jobs, ev.clusters)
+        # orphans last seen on this node that it did not report are gone with its earlier run: no point waiting
+        gone = [o for o in self._orphans.values() if o.job.last_node == node.name]
+        if gone:
+            for orphan in gone:
+                orphan.until = self.now
+            self._write_off_orphans()
 
     def _adopt(self, node: NodeRecord, jobs: Iterable[JobRef], clusters: Iterable[str]) -> None:
         """Takes over what a (re)connecting node still holds from before; ends what nobody wants any more.
