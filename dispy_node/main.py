@@ -106,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler-grace", type=float, metavar="SECONDS",
                    help="jobs keep running this long while the scheduler is away (restarting, or the link "
                         "is down), and are handed back when it returns; then they are killed (default: 60; "
-                        "0: kill them as soon as the connection ends)")  # fmt: skip
+                        "0: kill them as soon as the connection ends). Announced to the scheduler, which "
+                        "waits as long for this node before it reruns or abandons its jobs")  # fmt: skip
     p.add_argument("--loglevel", metavar="LEVEL", help="DEBUG, INFO, WARNING or ERROR (default: INFO)")
     g = p.add_argument_group("TLS: how the scheduler proves itself (nothing is sent to one that does not)")
     g.add_argument("--tls-ca", metavar="FILE",
