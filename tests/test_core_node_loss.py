@@ -127,3 +127,14 @@ def test_a_node_back_without_its_orphans_has_them_written_off_at_once(core: Sche
     assert dispatched(actions) == {"n2": [("R", 1)]}
     (abandoned,) = delivered(actions)[("c2", "N")]
     assert abandoned.status == JobStatus.ABANDONED and "not reentrant" in abandoned.exception
+
+
+def test_a_detached_cluster_is_not_dropped_while_a_job_waits_for_its_node() -> None:
+    core = SchedulerCore(load_policy("fair"), CoreConfig(keep_detached=5.0))
+    step(core, opened("c1", "K", reentrant=False), graced("n1", 1, 60.0), now=0)
+    step(core, submitted("c1", "K", 1), now=1)
+    step(core, E.ClientLeft("c1"), E.NodeLeft("n1", "connection lost"), now=2)
+    step(core, E.Tick(), now=30)  # left 28 s ago, nothing queued or running: only the orphan keeps it
+    assert "K" in core.clusters and core.clusters["K"].jobs[1].state is JobState.ORPHANED
+    step(core, E.Tick(), now=63)  # the grace is over: the job ends, its result is held for the program
+    assert core.clusters["K"].jobs[1].state is JobState.DONE

@@ -647,7 +647,9 @@ class SchedulerCore:
                 self._out.immediate.append(A.DropNode(node.node_id, reason))
         keep = self.config.keep_detached
         if keep > 0:
-            for cluster in [c for c in self.clusters.values() if c.client is None and not c.queued and not c.busy]:
+            waiting = {key[0] for key in self._orphans}  # clusters with jobs that still wait for their node
+            idle = [c for c in self.clusters.values() if c.client is None and not c.queued and not c.busy]
+            for cluster in [c for c in idle if c.cluster_id not in waiting]:
                 if self.now - max(cluster.left_at, cluster.last_end) >= keep:
                     self._forget_cluster(cluster)
 
