@@ -186,6 +186,9 @@ class NodeControl:
     done: asyncio.Event = field(default_factory=asyncio.Event)  # exit with status 0
     poke: asyncio.Event = field(default_factory=asyncio.Event)  # heartbeat now
     keeper: JobKeeper = field(init=False)  # the jobs, across sessions
+    #: stopping for good (SIGTERM): the next Heartbeat tells the scheduler not to wait for our jobs
+    leaving: bool = False
+    said_goodbye: asyncio.Event = field(default_factory=asyncio.Event)  # that Heartbeat is written
 
     def __post_init__(self) -> None:
         self.availability = Availability(self.config.rules or Rules(self.config.cpus), self.clock())
@@ -195,6 +198,12 @@ class NodeControl:
         """Takes no new jobs (offers 0 CPUs); the node exits once its running ones are done."""
         logger.info("draining: running jobs finish, no new ones are taken, then the node exits")
         self.availability.draining = True
+        self.poke.set()
+
+    def leave(self) -> None:
+        """We stop and our jobs die with us: a Heartbeat now says so (`scheduler_grace` 0), so the scheduler
+        reruns or abandons them at once instead of waiting our grace for a node that is not coming back."""
+        self.leaving = True
         self.poke.set()
 
     def may_load(self, cluster_id: str) -> bool:
@@ -484,12 +493,16 @@ class _Session:
                 logger.info("offering %d of %d cpus (outside load %.2f cpus)", cpus, self.config.cpus, outside)
                 self._offered = cpus
             avail = report.avail(cpus, self.runner.busy, self.config.work_dir)
+            if control.leaving:
+                avail["scheduler_grace"] = 0
             self._write(encode(Heartbeat(avail)))
             self._check_done()
             try:
                 await self._writer.drain()  # the one place we yield to a slow scheduler
             except ConnectionError:
                 return  # the reader sees the end of the connection too
+            if control.leaving:
+                control.said_goodbye.set()
             try:
                 await asyncio.wait_for(control.poke.wait(), self.config.heartbeat)
             except TimeoutError:

@@ -40,6 +40,8 @@ from .limits import Limits
 logger = logging.getLogger(__name__)
 
 DEFAULT_SCHEDULER = "127.0.0.1:9702"
+#: seconds a stopping node waits for its last Heartbeat (our jobs die with us: do not wait for them) to be written
+GOODBYE_TIMEOUT = 2.0
 _KEYS = (
     "scheduler", "discover", "discovery_port", "cpus", "name", "node_secret", "secret_file", "heartbeat", "work_dir",
     "kill_grace", "loglevel", "scheduler_grace",
@@ -401,6 +403,11 @@ async def _serve(config: NodeConfig, discovery_port: int | None, offer: str) -> 
             return node.result()
         logger.info("stopping: killing all jobs")
         notifier.stopping("stopping: killing all jobs")
+        control.leave()
+        try:  # a moment for the scheduler to hear it (not connected: nobody to tell)
+            await asyncio.wait_for(control.said_goodbye.wait(), GOODBYE_TIMEOUT)
+        except TimeoutError:
+            pass
         node.cancel()  # the session's cleanup kills every job and zygote
         await asyncio.gather(node, return_exceptions=True)
         return 0

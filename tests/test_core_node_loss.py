@@ -138,3 +138,10 @@ def test_a_detached_cluster_is_not_dropped_while_a_job_waits_for_its_node() -> N
     assert "K" in core.clusters and core.clusters["K"].jobs[1].state is JobState.ORPHANED
     step(core, E.Tick(), now=63)  # the grace is over: the job ends, its result is held for the program
     assert core.clusters["K"].jobs[1].state is JobState.DONE
+
+
+def test_a_node_that_stops_for_good_says_so_and_its_jobs_are_not_waited_for(core: SchedulerCore) -> None:
+    step(core, opened("c1", "R", reentrant=True), graced("n1", 1, 60.0), now=0)
+    step(core, submitted("c1", "R", 1), now=1)
+    step(core, E.NodeReported("n1", {"cpus": 1, "scheduler_grace": 0}), joined("n2", 1), now=2)  # SIGTERM
+    assert dispatched(step(core, E.NodeLeft("n1", "connection closed"), now=3)) == {"n2": [("R", 1)]}

@@ -460,6 +460,9 @@ class SchedulerCore:
             return
         node.last_seen = self.now
         node.avail = dict(ev.avail)
+        grace = ev.avail.get("scheduler_grace")  # a node may shorten the wait it announced: 0 as it stops for good
+        if isinstance(grace, (int, float)) and not isinstance(grace, bool) and 0 <= grace < node.grace:
+            node.grace = float(grace)
         cpus = ev.avail.get("cpus")
         if isinstance(cpus, int) and not isinstance(cpus, bool) and cpus >= 0 and cpus != node.cpus:
             node.cpus = cpus
