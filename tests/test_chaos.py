@@ -137,6 +137,7 @@ def kill_tree(proc: Proc) -> None:
             pass
 
 
+@pytest.mark.timeout(CHAOS_SECONDS + FINISH_SECONDS + 300)  # pytest's 120 s per test is for the ordinary tests
 def test_chaos_kill9_of_scheduler_nodes_and_clients_loses_nothing(cluster: Cluster) -> None:
     rng = random.Random(int(os.environ.get("DISPY_CHAOS_SEED", "11")))
     state = str(cluster.workdir / "scheduler-state")
