@@ -218,7 +218,7 @@ def test_two_users_share_the_cpus_fairly(cluster: Cluster) -> None:
 
 def test_node_killed_reentrant_jobs_rerun_others_abandoned(cluster: Cluster) -> None:
     cluster.scheduler()
-    doomed = cluster.node(cpus=2, name="doomed")
+    doomed = cluster.node("--scheduler-grace", "1", cpus=2, name="doomed")  # its jobs are waited for this long
     client = cluster.client(
         """
         import sys
