@@ -78,14 +78,17 @@ async def serve(cfg: SchedConfig, policy: Policy, journal: SqliteJournal | None)
         await stop.wait()
     finally:
         why = f"scheduler {cfg.name} stopping ({signals[0] if signals else 'asked to'}); jobs keep running"
-        log.info("shutting down: telling %d peers it is a restart", len(server.peers))
+        if journal is not None:
+            log.info("shutting down: telling %d peers it is a restart", len(server.peers))
+        else:
+            log.info("shutting down without a journal: the next run will know none of the current jobs")
         notifier.stopping("shutting down")
         watchdog.cancel()
         if responder is not None:
             responder.close()
-        # a stop is a restart as far as peers can tell: what was accepted is in the journal, and nodes
-        # keep their jobs for their grace; without a journal the clients resubmit what they still hold
-        await server.stop(restarting=why)
+        # with a journal a stop is a restart as far as peers can tell: what was accepted is in it, and nodes
+        # keep their jobs for their grace; without one, peers see a lost connection (clients resubmit)
+        await server.stop(restarting=why if journal is not None else "")
 
 
 def main(argv: list[str] | None = None) -> int:
