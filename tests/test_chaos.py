@@ -57,6 +57,9 @@ def compute(i, path):
 first, last, prev, new, reentrant, runs = sys.argv[1:7]
 first, last, reentrant = int(first), int(last), reentrant == "1"
 
+def say(line):  # one write(2) per line: print() from the callback thread and this one would interleave words
+    os.write(1, (line + "\n").encode())
+
 def retrying(what, fn):  # the scheduler may be down for a moment: it is killed too
     for _ in range(120):
         try:
@@ -68,24 +71,24 @@ def retrying(what, fn):  # the scheduler may be down for a moment: it is killed 
 
 if prev != "-" and os.path.exists(prev):
     for job in retrying("recover_jobs", lambda: recover_jobs(prev, timeout=None)):
-        print("done", job.id, job.status, flush=True)
+        say(f"done {job.id} {job.status}")
         if job.id is not None:
             first = max(first, job.id + 1)  # recorded, maybe not printed as submitted: not submitted again
 
 def status(job):
     if job.finish.is_set():
-        print("done", job.id, job.status, flush=True)
+        say(f"done {job.id} {job.status}")
 
 c = retrying("open", lambda: SharedJobCluster(compute, reentrant=reentrant, recover_file=new, job_status=status))
-print("working", first, flush=True)
+say(f"working {first}")
 for i in range(first, last):
     c.submit_job_id(i, i, runs)
-    print("sub", i, flush=True)
+    say(f"sub {i}")
     if i % 100 == 99:
         time.sleep(0.2)  # a program that submits as it goes, so the chaos meets every stage of a job
 c.wait()
 c.close()
-print("all-done", flush=True)
+say("all-done")
 """
 
 
