@@ -200,6 +200,9 @@ def test_chaos_kill9_of_scheduler_nodes_and_clients_loses_nothing(cluster: Clust
         f"reentrant jobs rerun: {sum(1 for i in range(JOBS_PER_CLIENT) if runs[i] > 1)}"
     )
     assert len(submitted) == 2 * JOBS_PER_CLIENT, "the clients did not submit every job"
-    assert not lost, f"lost: {lost[:20]}"
+    where = {i: p.name for s in slots for p in s.procs for i in map(int, re.findall(r"^sub (\d+)$", p.stdout, re.M))}
+    assert not lost, "lost (job: program that submitted it, starts): " + ", ".join(
+        f"{i}: {where.get(i, '?')}, {runs[i]}" for i in lost[:20]
+    )
     assert in_one_program == 0, "a program saw a result twice"
     assert not twice, f"non-reentrant jobs that ran twice: {twice[:20]}"
