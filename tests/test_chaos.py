@@ -58,7 +58,7 @@ first, last, prev, new, reentrant, runs = sys.argv[1:7]
 first, last, reentrant = int(first), int(last), reentrant == "1"
 
 def say(line):  # one write(2) per line: print() from the callback thread and this one would interleave words
-    os.write(1, (line + "\n").encode())
+    os.write(1, (line + "\\n").encode())
 
 def retrying(what, fn):  # the scheduler may be down for a moment: it is killed too
     for _ in range(120):
