@@ -138,6 +138,8 @@ class SchedulerLink(asyncio.Protocol):
         #: the transport is above WRITE_HIGH; `on_writable` is called when it is below WRITE_LOW again
         self.paused = False
         self.on_writable: Callable[[], None] | None = None
+        #: the scheduler said it is restarting (`Restarting`): its close that follows is no failure
+        self.restarting: M.Restarting | None = None
 
     @classmethod
     async def connect(
@@ -254,6 +256,8 @@ class SchedulerLink(asyncio.Protocol):
                 log.error("scheduler %s closed the connection: %s (%s)", self.where, msg.message, msg.code)
                 self.close()
                 return
+            elif isinstance(msg, M.Restarting):
+                self.restarting = msg
             elif not isinstance(msg, M.Ping):  # a Ping's bytes were the sign of life
                 self._on_message(msg)
 

@@ -276,6 +276,22 @@ class ClusterSession:
         self._accepted.clear()
         self._released = ""
 
+    def _end_unknown(self, known: set[int]) -> None:
+        """Ends the jobs we count as accepted that the resumed cluster does not know: no result can come.
+
+        Such a job was recorded (recover file) but its program stopped before
+        the scheduler accepted it, so it never ran; a job whose spec we still
+        hold is resubmitted instead.
+        """
+        for job_id in sorted(self._accepted - known):
+            if job_id in self._specs:
+                continue
+            why = (
+                f"scheduler {self.host}:{self.port} does not know this job of cluster {self.cluster_id}: it never "
+                "accepted it (the program that submitted it stopped first), so it did not run"
+            )
+            self._end(M.JobResult(self.cluster_id, job_id, int(JobStatus.CANCELLED), None, b"", b"", why, "", 0.0, 0.0))
+
     def _end(self, result: M.JobResult) -> None:
         """Hands a job's terminal result to the tracker, once."""
         self._unfinished.discard(result.job_id)
@@ -355,6 +371,8 @@ class ClusterSession:
                 for start in starts:
                     if start.job_id in self._unfinished:
                         self._deliver("started", start)
+            case M.JobsKnown(_, job_ids):
+                self._end_unknown(set(job_ids))
             case M.JobsAccepted(_, job_ids):
                 for job_id in job_ids:
                     if job_id in self._unfinished:
@@ -432,13 +450,17 @@ class ClusterSession:
         opened = self._opened
         if opened is None or not opened.done() or opened.cancelled() or opened.exception() is not None:
             return  # lost before the cluster opened on it: `open` (the user's, or the reconnect loop's) fails instead
-        log.warning("lost the scheduler %s:%d (%s); reconnecting", self.host, self.port, reason)
+        restarting = self._link.restarting if self._link is not None else None
+        if restarting is not None:  # a planned restart: the user needs to hear nothing of it
+            log.info("scheduler %s:%d restarting (%s); reconnecting", self.host, self.port, restarting.reason)
+        else:
+            log.warning("lost the scheduler %s:%d (%s); reconnecting", self.host, self.port, reason)
         if len(self.schedulers) > 1:  # it may have died or stopped: a standby (taking over) is tried first
             self.schedulers.rotate()
         self._opened = None
-        self._reconnect = asyncio.get_running_loop().create_task(self._reconnect_loop())
+        self._reconnect = asyncio.get_running_loop().create_task(self._reconnect_loop(restarting is not None))
 
-    async def _reconnect_loop(self) -> None:
+    async def _reconnect_loop(self, planned: bool = False) -> None:
         delay = 0.2
         while not self._closing:
             await asyncio.sleep(delay * (0.5 + random.random()))
@@ -446,9 +468,10 @@ class ClusterSession:
                 resumed = await self.open()
             except (DispyError, OSError) as exc:
                 log.info("reconnect to %s:%d failed: %s", self.host, self.port, exc)
-                delay = min(delay * 2, 5.0)
+                delay = min(delay * 2, 2.0 if planned else 5.0)  # a planned restart is usually back in seconds
                 continue
-            log.warning(
+            log.log(
+                logging.INFO if planned else logging.WARNING,
                 "reconnected to the scheduler; cluster %s, %d unfinished jobs, %d resubmitted",
                 "resumed" if resumed else "re-created",
                 len(self._unfinished),

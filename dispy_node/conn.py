@@ -72,6 +72,7 @@ from dispy_wire.messages import (
     Ping,
     PutFile,
     Refused,
+    Restarting,
     ResultsRecorded,
     RunJobs,
     UnloadCluster,
@@ -197,6 +198,9 @@ class NodeControl:
     #: where the node's one-line status goes (systemd's STATUS=, by main); called when it changes
     on_status: Callable[[str], None] | None = None
     _status: str = field(default="", init=False)
+    #: stopping for good (SIGTERM): the next Heartbeat tells the scheduler not to wait for our jobs
+    leaving: bool = False
+    said_goodbye: asyncio.Event = field(default_factory=asyncio.Event)  # that Heartbeat is written
 
     def __post_init__(self) -> None:
         self.availability = Availability(self.config.rules or Rules(self.config.cpus), self.clock())
@@ -212,6 +216,12 @@ class NodeControl:
         """Takes no new jobs (offers 0 CPUs); the node exits once its running ones are done."""
         logger.info("draining: running jobs finish, no new ones are taken, then the node exits")
         self.availability.draining = True
+        self.poke.set()
+
+    def leave(self) -> None:
+        """We stop and our jobs die with us: a Heartbeat now says so (`scheduler_grace` 0), so the scheduler
+        reruns or abandons them at once instead of waiting our grace for a node that is not coming back."""
+        self.leaving = True
         self.poke.set()
 
     def may_load(self, cluster_id: str) -> bool:
@@ -334,8 +344,9 @@ async def _connect_once(config: NodeConfig, backoff: Backoff, control: NodeContr
         print(f"connected to {config.scheduler}", flush=True)
         registered = time.monotonic()
         await session.serve()
-        # a scheduler that welcomes and drops us at once must not be redialed at full speed
-        if time.monotonic() - registered >= backoff.maximum:
+        # a scheduler that welcomes and drops us at once must not be redialed at full speed,
+        # but one that said it is restarting is back soon and wants its jobs reported
+        if session.restarting or time.monotonic() - registered >= backoff.maximum:
             backoff.reset()
     finally:
         await session.close()
@@ -367,6 +378,8 @@ class _Session:
         #: silence both ways, from login on; the reason a silent scheduler was given up
         self.liveness: Liveness | None = None
         self._gave_up = ""
+        #: why the scheduler said it is restarting (`Restarting`): its close that follows is no failure
+        self.restarting = ""
 
     async def handshake(self) -> None:
         """Raises SchedulerRefused if the scheduler will not have us."""
@@ -376,6 +389,8 @@ class _Session:
             "pid": os.getpid(),
             "heartbeat": self.config.heartbeat,
             "version": VERSION,
+            # how long our jobs outlive a lost connection: so long the scheduler waits for us to report them
+            "scheduler_grace": self.config.scheduler_grace,
             # the scheduler places on us only clusters pickled by the same Python and cloudpickle
             "runtime": node_runtime().to_wire(),
             # so clusters' `nodes` patterns can match this host
@@ -422,7 +437,10 @@ class _Session:
             try:
                 msg = await self._recv()
             except ConnectionError as exc:
-                logger.warning("lost the scheduler %s: %s", self.config.scheduler, self._gave_up or exc)
+                if self.restarting:
+                    logger.info("scheduler %s is restarting: %s", self.config.scheduler, self.restarting)
+                else:
+                    logger.warning("lost the scheduler %s: %s", self.config.scheduler, self._gave_up or exc)
                 return
             self._dispatch(msg)
 
@@ -492,6 +510,8 @@ class _Session:
                 self.runner.unload(cluster_id).add_done_callback(lambda _: self._check_done())
             case Ping():
                 pass  # its bytes were the sign of life
+            case Restarting(reason, _):
+                self.restarting = reason or "no reason given"
             case Error(code, message, ref):
                 logger.warning("scheduler %s: error %s about %r: %s", self.config.scheduler, code, ref, message)
             case Refused(code, message):
@@ -518,6 +538,8 @@ class _Session:
                 logger.info("offering %d of %d cpus (outside load %.2f cpus)", cpus, self.config.cpus, outside)
                 self._offered = cpus
             avail = report.avail(cpus, self.runner.busy, self.config.work_dir)
+            if control.leaving:
+                avail["scheduler_grace"] = 0
             self._write(encode(Heartbeat(avail)))
             control.show(
                 f"{self.runner.busy} of {cpus} offered cpus busy, {self.runner.clusters} clusters loaded; "
@@ -528,6 +550,8 @@ class _Session:
                 await self._writer.drain()  # the one place we yield to a slow scheduler
             except ConnectionError:
                 return  # the reader sees the end of the connection too
+            if control.leaving:
+                control.said_goodbye.set()
             try:
                 await asyncio.wait_for(control.poke.wait(), self.config.heartbeat)
             except TimeoutError:

@@ -47,6 +47,8 @@ from .settings import NodeSettings
 logger = logging.getLogger(__name__)
 
 DEFAULT_SCHEDULER = "127.0.0.1:9702"
+#: seconds a stopping node waits for its last Heartbeat (our jobs die with us: do not wait for them) to be written
+GOODBYE_TIMEOUT = 2.0
 _KEYS = tuple(settings.keys(NodeSettings))
 #: flags that are not settings of the config file
 _NOT_SETTINGS = ("config", "jobs_as_self", "spawn_jobs", "run_as", "check_config", "print_config")
@@ -109,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler-grace", metavar="SECONDS",
                    help="jobs keep running this long while the scheduler is away (restarting, or the link "
                         "is down), and are handed back when it returns; then they are killed (default: 60; "
-                        "0: kill them as soon as the connection ends)")  # fmt: skip
+                        "0: kill them as soon as the connection ends). Announced to the scheduler, which "
+                        "waits as long for this node before it reruns or abandons its jobs")  # fmt: skip
     p.add_argument("--loglevel", metavar="LEVEL", help="DEBUG, INFO, WARNING or ERROR (default: INFO)")
     g = p.add_argument_group("TLS: how the scheduler proves itself (nothing is sent to one that does not)")
     g.add_argument("--tls-ca", metavar="FILE",
@@ -445,6 +448,11 @@ async def _serve(config: NodeConfig, discovery_port: int | None, offer: str) -> 
             return node.result()
         logger.info("stopping: killing all jobs")
         notifier.stopping("stopping: killing all jobs")
+        control.leave()
+        try:  # a moment for the scheduler to hear it (not connected: nobody to tell)
+            await asyncio.wait_for(control.said_goodbye.wait(), GOODBYE_TIMEOUT)
+        except TimeoutError:
+            pass
         node.cancel()  # the session's cleanup kills every job and zygote
         await asyncio.gather(node, return_exceptions=True)
         return 0

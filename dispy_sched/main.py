@@ -94,8 +94,14 @@ async def serve(
 ) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    signals: list[str] = []
+
+    def on_signal(sig: signal.Signals) -> None:
+        signals.append(sig.name)
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal, sig)
     notifier = Notifier.from_env()
     watchdog = asyncio.create_task(notifier.keep_alive())
     leadership = None
@@ -110,7 +116,7 @@ async def serve(
 
             store = PgStore(cfg.state, leadership.epoch)
             leadership.keep(step_down)
-        await _lead(cfg, policy, store, accounting, stop, notifier, leadership)
+        await _lead(cfg, policy, store, accounting, stop, signals, notifier, leadership)
     finally:
         watchdog.cancel()
         if leadership is not None:
@@ -121,7 +127,7 @@ async def serve(
 
 async def _lead(
     cfg: SchedConfig, policy: Policy, store: StateStore | None, accounting: SqliteAccounting | None,
-    stop: asyncio.Event, notifier: Notifier, leadership: Leadership | None,
+    stop: asyncio.Event, signals: list[str], notifier: Notifier, leadership: Leadership | None,
 ) -> None:  # fmt: skip
     core_config = CoreConfig(
         shares=cfg.shares(), limits=cfg.limits(), default_limits=cfg.default_limits(),
@@ -154,12 +160,18 @@ async def _lead(
     try:
         await stop.wait()
     finally:
-        log.info("shutting down")
+        why = f"scheduler {cfg.name} stopping ({signals[0] if signals else 'asked to'}); jobs keep running"
+        if store is not None:
+            log.info("shutting down: telling %d peers it is a restart", len(server.peers))
+        else:
+            log.info("shutting down without a journal: the next run will know none of the current jobs")
         notifier.stopping("shutting down")
         status.cancel()
         if responder is not None:
             responder.close()
-        await server.stop()
+        # with a journal a stop is a restart as far as peers can tell: what was accepted is in it, and nodes
+        # keep their jobs for their grace; without one, peers see a lost connection (clients resubmit)
+        await server.stop(restarting=why if store is not None else "")
 
 
 #: seconds between the STATUS= lines `systemctl status` shows

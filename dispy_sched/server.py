@@ -63,6 +63,10 @@ PRUNE_INTERVAL = 3600.0
 MAX_HELD = 1_000_000
 #: exit status when the journal cannot be written: nothing more may be acknowledged
 EXIT_JOURNAL_FAILED = 3
+#: the longest grace a node may announce for its jobs to wait for it (a day)
+MAX_NODE_GRACE = 86400.0
+#: seconds a stopping scheduler waits for its peers to read their last messages (`Restarting`)
+STOP_FLUSH_TIMEOUT = 5.0
 
 #: exit status of a leader that another scheduler replaced (leadership.py): restarted, it stands by
 EXIT_NOT_LEADER = 4
@@ -147,6 +151,8 @@ class SchedulerServer:
         self._pending: list[E.Event] = []
         self._drain_scheduled = False
         self._stopping = False
+        #: set once a stopping scheduler's last peer has gone
+        self._all_gone: asyncio.Event | None = None
         self._server: asyncio.base_events.Server | None = None
         self._tick_task: asyncio.Task[None] | None = None
         self._watch_task: asyncio.Task[None] | None = None
@@ -196,13 +202,17 @@ class SchedulerServer:
         self._watch_task = asyncio.create_task(self._watch_links())
         return self.address
 
-    async def stop(self) -> None:
+    async def stop(self, restarting: str = "") -> None:
         """Stops accepting, handles (and journals) what already arrived, then closes every connection.
 
         The departures that closing causes are not fed to the core: this is
         a restart, not nodes and clients leaving, so the journal keeps the
         running jobs running (their nodes keep them for a grace period and
-        hand them back to the next run).
+        hand them back to the next run). With `restarting` (the reason),
+        each logged-in peer is told first (`Restarting`), so that it waits
+        quietly and redials soon instead of reporting a failure. Returns
+        once every peer's connection is closed, or after `STOP_FLUSH_TIMEOUT`
+        seconds for peers that read too slowly: the stop is bounded.
         """
         for task in (self._tick_task, self._watch_task):
             if task is not None:
@@ -210,12 +220,24 @@ class SchedulerServer:
         if self._server is not None:
             self._server.close()
         if self._pending:
-            self._drain()
+            self._drain()  # its Persist is committed before this returns: the journal is up to date
         self._stopping = True
+        self._all_gone = asyncio.Event()
+        if not self.peers:
+            self._all_gone.set()
         for peer in list(self.peers.values()):
+            if restarting:
+                peer.send(M.Restarting(restarting, 0.0))
             peer.close()
-        if self._server is not None:
-            await self._server.wait_closed()
+        try:
+            async with asyncio.timeout(STOP_FLUSH_TIMEOUT):
+                await self._all_gone.wait()
+                if self._server is not None:
+                    await self._server.wait_closed()
+        except TimeoutError:
+            log.warning(
+                "%d peers did not close within %g s; leaving them", len(self.peers), STOP_FLUSH_TIMEOUT
+            )
 
     def _size_gate(self, loop: asyncio.AbstractEventLoop) -> None:
         """Fits the pre-login cap to our descriptors and quiets accept()'s out-of-descriptor reports."""
@@ -234,9 +256,18 @@ class SchedulerServer:
 
 
     async def _ticker(self) -> None:
+        last = time.monotonic()
         while True:
             await asyncio.sleep(TICK_INTERVAL)
-            self.submit(E.Tick())
+            mono = time.monotonic()
+            # a tick much later than asked means we did not run (SIGSTOP, a starved loop): the core must not
+            # blame the nodes for that silence
+            late = mono - last - TICK_INTERVAL
+            last = mono
+            stalled = late if late > TICK_INTERVAL else 0.0
+            if stalled:
+                log.warning("the scheduler did not run for %.1f s: nodes get a fresh heartbeat window", stalled + TICK_INTERVAL)
+            self.submit(E.Tick(stalled))
             now = time.time()
             if now - self._last_status_log >= self.config.status_log_interval:
                 self._last_status_log = now
@@ -396,7 +427,12 @@ class SchedulerServer:
         except BadOptions as exc:
             log.warning("node %s reported a bad runtime (%s); taken to fit every cluster", peer_text(peer.name), exc)
             runtime = None
-        joined = E.NodeJoined(conn.session, peer.name, ip_addr, cpus, float(heartbeat), addresses, runtime=runtime)
+        grace = peer.info.get("scheduler_grace")
+        if isinstance(grace, bool) or not isinstance(grace, (int, float)) or not 0 <= grace <= MAX_NODE_GRACE:
+            grace = 0.0  # not announced (an older node) or nonsense: its jobs are written off as they always were
+        joined = E.NodeJoined(
+            conn.session, peer.name, ip_addr, cpus, float(heartbeat), addresses, runtime=runtime, grace=float(grace)
+        )
         if peer.info.get("holds") is True:  # its NodeHolds comes next: the core hears of it with those
             conn.awaiting_holds = joined
             return None
@@ -411,6 +447,8 @@ class SchedulerServer:
     def peer_left(self, conn: PeerConnection, reason: str) -> None:
         if self.peers.pop(conn.session, None) is None or conn.peer is None:
             return
+        if self._all_gone is not None and not self.peers:
+            self._all_gone.set()
         if conn.peer.role is Role.CLIENT:
             self._client_conns[conn.peer.name] -= 1
             if not self._client_conns[conn.peer.name]:
@@ -504,7 +542,7 @@ class SchedulerServer:
                 self._send(node, M.ResultsRecorded(refs))
             case A.UnloadCluster(node, cluster_id):
                 self._send(node, M.UnloadCluster(cluster_id))
-            case A.ConfirmOpened(client, cluster_id, resumed):
+            case A.ConfirmOpened(client, cluster_id, resumed, known):
                 cluster = self.core.clusters.get(cluster_id)
                 if cluster is not None:
                     log.info(
@@ -512,6 +550,8 @@ class SchedulerServer:
                         peer_text(cluster.user), "re-attached" if resumed else "opened",
                     )  # fmt: skip
                 self._send(client, M.ClusterOpened(cluster_id, resumed))
+                if known is not None:
+                    self._send(client, M.JobsKnown(cluster_id, known))
             case A.ConfirmClosed(client, cluster_id):
                 log.info("cluster %s of user %s closed", cluster_id, peer_text(self._who(client)))
                 self._send(client, M.ClusterClosed(cluster_id))

@@ -26,7 +26,8 @@ from .framing import FrameDecoder, _NeedData, encode_frame
 from .schema import checker_for
 
 #: 2: SCRAM or certificate logins, results MAC'd, Ping, NodeHolds, ResultsRecorded;
-#: 3: JobResult carries the node's measure of the job's CPU time and peak RSS (accounting)
+#: 3: JobResult carries the node's measure of the job's CPU time and peak RSS (accounting); Restarting,
+#: JobsKnown, NodeUnusable and NotLeader
 PROTOCOL_VERSION = 3
 
 
@@ -238,6 +239,21 @@ class Ping(Message):
     """A sign of life on an otherwise idle link (`dispy_wire.liveness`); the receiver only notes it."""
 
 
+@message(9)
+class Restarting(Message):
+    """Scheduler → every logged-in peer, as it stops on SIGTERM: it is coming back, this is no failure.
+
+    Everything it accepted is in its journal. A node keeps its jobs running
+    (its scheduler grace) and redials; a client waits quietly and reconnects,
+    resubmitting nothing the scheduler accepted. `back_within` is how many
+    seconds the scheduler expects to be away (0: unknown), a hint for the
+    peer's first redial, never a promise.
+    """
+
+    reason: str
+    back_within: float
+
+
 # -- client → scheduler ------------------------------------------------------
 
 
@@ -331,6 +347,20 @@ class ClusterOpened(Message):
     resumed: bool
 
 
+@message(28)
+class JobsKnown(Message):
+    """Right after a resumed `ClusterOpened`: every job of the cluster the scheduler knows, whatever its state.
+
+    A job the client counts as accepted and that is not listed was never
+    accepted (its program stopped before the scheduler confirmed it, as
+    `recover_jobs` finds) or was lost: the client ends it instead of waiting
+    for a result that cannot come.
+    """
+
+    cluster_id: str
+    job_ids: list[int]
+
+
 @message(21)
 class JobsAccepted(Message):
     cluster_id: str
@@ -368,7 +398,7 @@ class NodeUpdates(Message):
     nodes: list[NodeInfo]
 
 
-@message(28)
+@message(29)
 class NodeUnusable(Message):
     """The cluster will not run on this node: its set-up failed there, or the node cannot load it
     (another Python or cloudpickle). Sent to the cluster's client whether or not it follows nodes."""

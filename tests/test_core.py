@@ -473,7 +473,7 @@ def test_reopening_from_a_new_session_resends_held_results_and_starts(core: Sche
     step(core, E.ClientLeft("c1"), now=1)
     step(core, arrived("n1", result("K", 1)), now=2)  # 2 starts on n1 at t=2
     actions = step(core, opened("c2", "K"), now=3)
-    assert actions[0] == A.ConfirmOpened("c2", "K", True)
+    assert actions[0] == A.ConfirmOpened("c2", "K", True, [1, 2, 3])  # every job it knows, for the client to check
     assert delivered(actions) == {("c2", "K"): [result("K", 1)]}
     (started,) = of(actions, A.NotifyStarted)
     assert started.client == "c2" and [(s.job_id, s.node, s.time) for s in started.starts] == [(2, "host-n1", 2.0)]
@@ -1044,8 +1044,9 @@ class CoreMachine(RuleBasedStateMachine):
         client = self.session()
         self.attached[cid] = client
         held = {j for j, job in self.core.clusters[cid].jobs.items() if job.state is JobState.DONE}
+        known = list(self.core.clusters[cid].jobs)
         actions = self.apply(opened(client, cid, self.clusters[cid], reentrant=self.reentrant[cid]))
-        assert A.ConfirmOpened(client, cid, True) in actions
+        assert A.ConfirmOpened(client, cid, True, known) in actions
         # everything done and not acknowledged comes back (a pending close may then complete)
         resent = {r.job_id for r in delivered(actions).get((client, cid), [])}
         resent |= {job_id for d in of(actions, A.DeliverStored) if d.client == client for job_id, _ in d.jobs}

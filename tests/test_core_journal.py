@@ -200,7 +200,7 @@ def test_after_a_restart_queued_jobs_run_and_held_results_reach_the_returning_cl
     run(core, journal, journal.restored(), now=10)
     assert core.clusters["K"].jobs[2].state is JobState.ORPHANED and core.clusters["K"].queued == 1
     actions = run(core, journal, joined("n9", 1), opened("c2", "K"), now=11)
-    assert A.ConfirmOpened("c2", "K", True) in actions
+    assert A.ConfirmOpened("c2", "K", True, [1, 2, 3]) in actions
     assert ("c2", "K") not in delivered(actions)  # the result stayed on disk: the shell reads it back
     (stored,) = of(actions, A.DeliverStored)
     assert (stored.client, stored.cluster_id, stored.jobs) == ("c2", "K", [(1, result_cost(result("K", 1)))])

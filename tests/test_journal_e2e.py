@@ -185,3 +185,37 @@ for job in jobs:
     assert runs(cluster)[0] == 1, "a job that is not reentrant ran twice"
     wait_until(lambda: "job 0 " in client.stdout, what="the non-reentrant job's result")
     assert re.search(r"^job 0 10 the scheduler restarted while this job ran on node first", client.stdout, re.M)
+
+
+def test_recover_jobs_ends_jobs_the_scheduler_never_accepted_instead_of_waiting_for_ever(cluster: Cluster) -> None:
+    cluster.scheduler()
+    cluster.node(cpus=2)
+    runs_file = cluster.workdir / "runs.txt"
+    client = cluster.client(
+        JOB + f"""
+c = SharedJobCluster(compute, recover_file="recover.jsonl")
+for i in range(2):
+    c.submit_job_id(i, i, {str(runs_file)!r}, 2)
+time.sleep(600)
+"""
+    )
+    wait_until(lambda: len(runs(cluster)) == 2, what="both jobs running")
+    client.kill9()
+    # a program killed between recording a submit and sending it: the scheduler never heard of these
+    with open(cluster.workdir / "recover.jsonl", "a") as f:
+        f.write('{"uid": 1000, "t": 1.0}\n{"uid": 1001, "t": 1.0}\n')
+    proc = cluster.run_client(
+        JOB + """
+jobs = recover_jobs("recover.jsonl", timeout=None)
+for job in jobs:
+    print("recovered", job._uid, job.status, repr(job.exception), flush=True)
+""",
+        name="recover",
+        timeout=120,
+    )
+    found = {int(m[0]): (int(m[1]), m[2]) for m in re.findall(r"^recovered (\d+) (\d+) (.*)$", proc.stdout, re.M)}
+    assert sorted(found) == [1, 2, 1000, 1001], proc.stdout
+    assert [found[uid][0] for uid in (1, 2)] == [11, 11]  # the accepted ones ran to their end
+    for uid in (1000, 1001):
+        status, why = found[uid]
+        assert status == 8 and "never accepted it" in why and "did not run" in why, proc.stdout

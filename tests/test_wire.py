@@ -82,6 +82,8 @@ SAMPLES: list[Message] = [
     M.ResultsRecorded([JobRef("c-1", 1), JobRef("c-1", 2)]),
     M.NodeHolds([JobRef("c-1", 3)], ["c-1", "c-2"]),
     M.Ping(),
+    M.Restarting("scheduler s1 stopping (SIGTERM); jobs keep running", 0.0),
+    M.JobsKnown("c0ffee", [1, 2, 3]),
 ]
 
 

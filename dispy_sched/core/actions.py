@@ -134,6 +134,8 @@ class ConfirmOpened(Action):
     client: str
     cluster_id: str
     resumed: bool
+    #: a resumed cluster's job ids, all states (`JobsKnown`)
+    known: list[int] | None = None
 
 
 @dataclass(frozen=True, slots=True)

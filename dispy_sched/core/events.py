@@ -120,6 +120,8 @@ class NodeJoined(Event):
     clusters: tuple[str, ...] = ()
     #: the Python and cloudpickle its jobs run with (None: not reported, taken to fit every cluster)
     runtime: Runtime | None = None
+    #: seconds the node keeps its jobs running without a scheduler (its --scheduler-grace; 0: it kills them)
+    grace: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +157,14 @@ class NodeLeft(Event):
 
 @dataclass(frozen=True, slots=True)
 class Tick(Event):
-    """Periodic: lets the core notice nodes that stopped reporting."""
+    """Periodic: lets the core notice nodes that stopped reporting.
+
+    `stalled` is how long the shell itself did not run before this tick
+    (the process was stopped, or its loop starved): the peers' silence in
+    that time is the scheduler's, not theirs, so nobody is blamed for it.
+    """
+
+    stalled: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,7 +49,7 @@ def check_invariants(core: SchedulerCore) -> None:
             if job.payload is not None:
                 user_queued_bytes[cluster.user] += job_cost(job.payload)
             orphan = job.state is JobState.ORPHANED
-            assert orphan == (core._orphans.get(job.key) is job), f"job {job.key}: orphan and state disagree"
+            assert orphan == (job.key in core._orphans and core._orphans[job.key].job is job), f"job {job.key}: orphan and state disagree"
             assert not orphan or job.node is None, f"job {job.key}: an orphan on node {job.node}"
         on_nodes = Counter(j.node for j in running)
         assert cluster.busy_on == dict(on_nodes), f"{cluster.cluster_id}: busy per node is wrong"

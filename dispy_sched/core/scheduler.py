@@ -58,7 +58,8 @@ from .persist import Changes, ClusterRow, JobRow, UsageRow, cluster_row, job_row
 from .ready import ReadyIndex
 from .placement import allowed_cpus, compile_nodes
 from .state import (
-    NO_LIMITS, ClusterRecord, JobRecord, JobState, Limits, NodeRecord, UserRecord, decay, file_cost, job_cost, result_cost,
+    NO_LIMITS, ClusterRecord, JobRecord, JobState, Limits, NodeRecord, Orphan, UserRecord, decay, file_cost, job_cost,
+    result_cost,
 )
 
 if TYPE_CHECKING:  # the policies package imports the core's records
@@ -73,8 +74,9 @@ JOB_TRANSITIONS: frozenset[tuple[JobState, JobState]] = frozenset(
         (JobState.QUEUED, JobState.DONE),  # cancelled while queued, or refused at submit by a limit
         (JobState.RUNNING, JobState.DONE),  # result arrived, or abandoned
         (JobState.RUNNING, JobState.QUEUED),  # node lost (reentrant) or set-up failed
-        (JobState.ORPHANED, JobState.RUNNING),  # after a restart: a node reported it still runs it
-        (JobState.ORPHANED, JobState.QUEUED),  # after a restart: no node did in time (reentrant)
+        (JobState.RUNNING, JobState.ORPHANED),  # node lost, but it keeps its jobs for a grace: it may come back
+        (JobState.ORPHANED, JobState.RUNNING),  # after a restart or a node's loss: the node reported it still runs it
+        (JobState.ORPHANED, JobState.QUEUED),  # ... no node did in time (reentrant)
         (JobState.ORPHANED, JobState.DONE),  # ... (not reentrant: abandoned), or cancelled
     }
 )
@@ -172,9 +174,10 @@ class SchedulerCore:
         self._stimulus = ""
         #: what this call changed, for the journal (kept empty unless `config.persist`)
         self._changes = Changes()
-        #: jobs running when the scheduler last stopped, until a node reports them or `_adopt_deadline`
-        self._orphans: dict[tuple[str, int], JobRecord] = {}
-        self._adopt_deadline = 0.0
+        #: jobs running when the scheduler last stopped, or on a node lost since, until a node reports them
+        #: or their deadline passes
+        self._orphans: dict[tuple[str, int], Orphan] = {}
+        self._adopt_until = 0.0
         #: jobs whose result this call wrote: with a store, the core lets go of it once written
         self._written: list[JobRecord] = []
         #: released clusters, id -> (user, why), so a returning client is told why (oldest dropped first)
@@ -222,7 +225,7 @@ class SchedulerCore:
             # re-attach after a reconnect: resend what the client may have missed
             cluster.client = ev.client
             cluster.left_at = 0.0
-            self._out.immediate.append(A.ConfirmOpened(ev.client, ev.cluster_id, True))
+            self._out.immediate.append(A.ConfirmOpened(ev.client, ev.cluster_id, True, list(cluster.jobs)))
             for job in cluster.jobs.values():
                 if job.files:
                     self._out.files[ev.client] += job.files
@@ -439,6 +442,7 @@ class SchedulerCore:
     @_on.register
     def _on_node_joined(self, ev: E.NodeJoined) -> None:
         node = NodeRecord(ev.node, ev.name, ev.ip_addr, max(0, ev.cpus), ev.heartbeat, self.now)
+        node.grace = ev.grace if math.isfinite(ev.grace) and ev.grace > 0 else 0.0
         node.addresses = (ev.ip_addr, *(a for a in ev.addresses if a != ev.ip_addr))
         node.runtime = ev.runtime
         self.nodes[ev.node] = node
@@ -448,6 +452,12 @@ class SchedulerCore:
             self._check_runtime(cluster, node)
         self._announce(node, "joined")
         self._adopt(node, ev.jobs, ev.clusters)
+        # orphans last seen on this node that it did not report are gone with its earlier run: no point waiting
+        gone = [o for o in self._orphans.values() if o.job.last_node == node.name]
+        if gone:
+            for orphan in gone:
+                orphan.until = self.now
+            self._write_off_orphans()
 
     def _adopt(self, node: NodeRecord, jobs: Iterable[JobRef], clusters: Iterable[str]) -> None:
         """Takes over what a (re)connecting node still holds from before; ends what nobody wants any more.
@@ -466,12 +476,13 @@ class SchedulerCore:
                 cluster.loaded_on.add(node.node_id)
         kills: list[JobRef] = []
         for ref in jobs:
-            job = self._orphans.pop((ref.cluster_id, ref.job_id), None)
-            if job is None:
+            orphan = self._orphans.pop((ref.cluster_id, ref.job_id), None)
+            if orphan is None:
                 moved = self._running_on_namesake(ref, node)
                 if moved is None:
                     kills.append(ref)
                 continue
+            job = orphan.job
             cluster = self.clusters[job.cluster_id]
             if cluster.cluster_id not in node.loaded:
                 node.loaded.add(cluster.cluster_id)
@@ -491,6 +502,9 @@ class SchedulerCore:
             return
         node.last_seen = self.now
         node.avail = dict(ev.avail)
+        grace = ev.avail.get("scheduler_grace")  # a node may shorten the wait it announced: 0 as it stops for good
+        if isinstance(grace, (int, float)) and not isinstance(grace, bool) and 0 <= grace < node.grace:
+            node.grace = float(grace)
         cpus = ev.avail.get("cpus")
         if isinstance(cpus, int) and not isinstance(cpus, bool) and cpus >= 0 and cpus != node.cpus:
             node.cpus = cpus
@@ -629,11 +643,11 @@ class SchedulerCore:
                 opts = ClusterOptions()
             self._add_cluster(row, opts, None)  # nodes join after a restart: they are checked then
             self._seq = max(self._seq, row.seq)
+        self._adopt_until = self.now + ev.adopt_within  # the orphans' deadline
         for job_row_ in ev.jobs:
             cluster = self.clusters.get(job_row_.cluster_id)
             if cluster is not None:
                 self._restore_job(cluster, job_row_)
-        self._adopt_deadline = self.now + ev.adopt_within
         for cluster in self.clusters.values():
             self.ready.update(cluster)
         self._changes = Changes()  # what was just read is what the journal holds
@@ -655,28 +669,44 @@ class SchedulerCore:
             self._hold(cluster, size)
         elif row.state == JobState.RUNNING.value:
             job.state = JobState.ORPHANED
-            self._orphans[job.key] = job
+            why = (
+                f"the scheduler restarted while this job ran on node {job.last_node or '?'}, "
+                "and no node reported it since; not reentrant, so it is not run again"
+            )
+            self._orphans[job.key] = Orphan(job, self._adopt_until, why)
         self._admit(cluster, job, "journal")
 
     def _write_off_orphans(self) -> None:
         """Orphans no node reported in time: reentrant ones run again, the others end Abandoned."""
-        orphans, self._orphans = self._orphans, {}
-        for job in orphans.values():
+        due = [o for o in self._orphans.values() if self.now >= o.until]
+        for orphan in due:
+            job = orphan.job
+            del self._orphans[job.key]
             cluster = self.clusters[job.cluster_id]
             if job.cancel_requested:
                 self._finish(cluster, job, _synthetic(job, JobStatus.CANCELLED, "cancelled", self.now))
             elif cluster.reentrant:
                 self._requeue(cluster, job)
             else:
-                why = (
-                    f"the scheduler restarted while this job ran on node {job.last_node or '?'}, "
-                    "and no node reported it since; not reentrant, so it is not run again"
-                )
-                self._finish(cluster, job, _synthetic(job, JobStatus.ABANDONED, why, self.now))
+                self._finish(cluster, job, _synthetic(job, JobStatus.ABANDONED, orphan.why, self.now))
+
+    def _forgive_stall(self, stalled: float) -> None:
+        """The scheduler itself did not run for `stalled` seconds: what nobody heard meanwhile is its own doing.
+
+        Each node gets a whole heartbeat window from now (its reports of
+        that time are still unread, or it is redialing), and each orphan's
+        deadline moves by the stall: its node had no chance to report it.
+        """
+        for node in self.nodes.values():
+            node.last_seen = max(node.last_seen, self.now)
+        for orphan in self._orphans.values():
+            orphan.until += stalled
 
     @_on.register
     def _on_tick(self, ev: E.Tick) -> None:
-        if self._orphans and self.now >= self._adopt_deadline:
+        if ev.stalled > 0:
+            self._forgive_stall(ev.stalled)
+        if self._orphans:
             self._write_off_orphans()
         for node in list(self.nodes.values()):
             if self.now - node.last_seen > node.heartbeat * self.config.heartbeat_misses:
@@ -685,7 +715,11 @@ class SchedulerCore:
                 self._out.immediate.append(A.DropNode(node.node_id, reason))
         keep = self.config.result_retention
         if keep > 0:
-            away = [c for c in self.clusters.values() if c.client is None and not c.released and self.now - c.left_at >= keep]
+            waiting = {key[0] for key in self._orphans}  # clusters with jobs that still wait for their node
+            away = [
+                c for c in self.clusters.values()
+                if c.client is None and not c.released and c.cluster_id not in waiting and self.now - c.left_at >= keep
+            ]  # fmt: skip
             for cluster in away:
                 self._release_cluster(cluster)
 
@@ -760,6 +794,9 @@ class SchedulerCore:
         if to is JobState.QUEUED:
             cluster.queued += 1
             user.queued += 1
+        elif to is JobState.ORPHANED:  # its node may still run it: held against max_cpus until it is settled
+            user.orphans += 1
+            self.ready.update_user(user)
         if result is not None:
             assert job.payload is not None
             user.queued_bytes -= job_cost(job.payload)
@@ -863,6 +900,19 @@ class SchedulerCore:
         else:
             self._finish(cluster, job, _synthetic(job, JobStatus.ABANDONED, why, self.now))
 
+    def _orphan(self, cluster: ClusterRecord, job: JobRecord, node: NodeRecord, why: str) -> None:
+        """A RUNNING job whose node was lost, but which that node keeps running for its grace period.
+
+        Until then the job waits for the node to come back and report it
+        (`_adopt`): it is not run anywhere else, so a node back in time
+        delivers its one result. After it, `_write_off_orphans` reruns it
+        (reentrant) or ends it Abandoned with `why`.
+        """
+        self._release(job, node, cluster)
+        self._transition(job, JobState.ORPHANED)
+        why += f"; it did not come back within its grace of {node.grace:g} s, and the job is not reentrant"
+        self._orphans[job.key] = Orphan(job, self.now + node.grace, why)
+
     def _requeue(self, cluster: ClusterRecord, job: JobRecord) -> None:
         self._transition(job, JobState.QUEUED)
         cluster.push(job)  # keeps its original seq: it does not lose its place
@@ -949,7 +999,11 @@ class SchedulerCore:
         why = f"node {node.name} ({node.ip_addr}) was lost while running this job: {reason}"
         for cluster_id, job_id in sorted(node.jobs):
             cluster = self.clusters[cluster_id]
-            self._displace(cluster, cluster.jobs[job_id], node, rerun=cluster.reentrant, why=why)
+            job = cluster.jobs[job_id]
+            if node.grace > 0 and not job.cancel_requested:
+                self._orphan(cluster, job, node, why)
+            else:
+                self._displace(cluster, job, node, rerun=cluster.reentrant, why=why)
         for cluster_id in node.loaded:
             loaded = self.clusters.get(cluster_id)
             if loaded is not None:

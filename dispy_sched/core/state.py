@@ -28,6 +28,16 @@ class JobState(Enum):
 
 
 @dataclass(slots=True)
+class Orphan:
+    """A job that was running where the scheduler lost sight of it: it waits `until` for its node to report it."""
+
+    job: JobRecord
+    until: float
+    #: the end of a job that is not reentrant and whose node did not come back: why it was Abandoned
+    why: str
+
+
+@dataclass(slots=True)
 class JobRecord:
     cluster_id: str
     job_id: int
@@ -294,6 +304,8 @@ class NodeRecord:
     avail: dict[str, Any] = field(default_factory=dict)
     addresses: tuple[str, ...] = ()  # ip_addr first, then what the node reports of its own
     runtime: Runtime | None = None  # its jobs' Python and cloudpickle, if it said
+    #: seconds the node keeps running its jobs after losing us (so long they wait for it, orphaned)
+    grace: float = 0.0
 
     @property
     def free(self) -> int:
