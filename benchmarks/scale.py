@@ -10,13 +10,15 @@ then two processes of this script:
 - the nodes, `--nodes` connections from one process, each logging in with
   the node secret and `--cpus` CPUs, answering every RunJobs at once with a
   finished result per job (nothing runs).
-The nodes log in only once every job is accepted, so the whole queue is
-held at once; then the queue drains through them. Printed:
+The nodes log in first offering no CPU; the client then submits every job,
+so the whole queue is held at once; then every node offers its CPUs (a
+Heartbeat, as a node whose service hours begin) and the queue drains
+through all of them. Printed:
+- the time 1,000 node logins take;
 - time to accept all jobs, and the scheduler's CPU per accepted job;
-- the scheduler's RSS per queued job at the peak (RSS with all jobs queued,
-  less its RSS before the first submit, over the jobs);
-- the drain: time from the nodes' first login to the last result, jobs/s
-  over it and over the part after every node had logged in;
+- the scheduler's RSS per queued job (RSS with all jobs queued, less its
+  RSS before the first submit, over the jobs) and its peak RSS;
+- the drain: from the nodes offering their CPUs to the last result;
 - per-decision cost: the scheduler's CPU seconds during the drain over the
   jobs dispatched (each job's dispatch, result, delivery and ack: the
   scheduler's whole work per job, logins of the nodes included).
@@ -121,9 +123,11 @@ class _Peer(asyncio.Protocol):
 
 class _Node(_Peer):
     def __init__(self, name: str, cpus: int, stats: dict[str, int]) -> None:
-        info = {"cpus": cpus, "platform": "simulated", "pid": os.getpid(), "heartbeat": NODE_HEARTBEAT}
+        # no CPUs offered until every node is in (`heartbeat`): the drain starts on all of them at once
+        info = {"cpus": 0, "platform": "simulated", "pid": os.getpid(), "heartbeat": NODE_HEARTBEAT}
         super().__init__(Role.NODE, name, NODE_SECRET, info)
         self.cpus = cpus
+        self.offered = 0
         self.stats = stats
         self.results: list[M.JobResult] = []
 
@@ -148,7 +152,7 @@ class _Node(_Peer):
 
     def heartbeat(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(M.encode(M.Heartbeat({"cpus": self.cpus})))
+            self.transport.write(M.encode(M.Heartbeat({"cpus": self.offered})))
 
 
 async def _run_nodes(host: str, port: int, count: int, cpus: int) -> None:
@@ -165,6 +169,10 @@ async def _run_nodes(host: str, port: int, count: int, cpus: int) -> None:
 
     await asyncio.gather(*(connect(i) for i in range(count)))
     print(f"nodes {time.time():.6f}", flush=True)
+    await loop.run_in_executor(None, sys.stdin.readline)  # all jobs are queued: offer the CPUs
+    print(f"go {time.time():.6f}", flush=True)
+    for node in nodes:
+        node.offered = node.cpus
     while not all(n.closed for n in nodes):  # until the scheduler goes (this process is ended by its PID)
         for node in nodes:
             node.heartbeat()
@@ -244,11 +252,7 @@ async def _run_client(host: str, port: int, jobs: int, batch: int) -> None:
         await asyncio.wait([client.all_accepted], timeout=0.5)
     client.all_accepted.result()
     print(f"accepted {time.time():.6f}", flush=True)
-    last = -1
-    while not client.all_done.done():  # progress, for the rate after every node logged in
-        if client.results != last:
-            last = client.results
-            print(f"results {client.results} {time.time():.6f}", flush=True)
+    while not client.all_done.done():
         client.ping()
         await asyncio.wait([client.all_done], timeout=0.5)
     client.all_done.result()
@@ -305,9 +309,10 @@ def run(args: argparse.Namespace, journal: bool) -> list[str]:
             "--loglevel", "WARNING", *([] if journal else ["--no-journal"])]  # fmt: skip
     procs: list[subprocess.Popen[str]] = []
 
-    def start(cmd: list[str], name: str) -> subprocess.Popen[str]:
+    def start(cmd: list[str], name: str, stdin: bool = False) -> subprocess.Popen[str]:
         err = open(tmp / f"{name}.err", "w")
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL, text=True, env=env)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+                                text=True, env=env)  # fmt: skip
         procs.append(proc)
         return proc
 
@@ -315,23 +320,25 @@ def run(args: argparse.Namespace, journal: bool) -> list[str]:
         sched_proc = start(argv, "scheduler")
         host, port = _Line(sched_proc, deadline).expect("listening")[-1].rsplit(":", 1)
         sched = psutil.Process(sched_proc.pid)
-        rss0, cpu0 = sched.memory_info().rss, _cpu(sched)
         me = [sys.executable, str(Path(__file__).resolve())]
+        nodes_proc = start([*me, "_nodes", host, port, str(args.nodes), str(args.cpus)], "nodes", stdin=True)
+        nodes = _Line(nodes_proc, deadline)
+        t_nodes0 = time.time()
+        t_nodes = float(nodes.expect("nodes")[0])
+        rss0, cpu0 = sched.memory_info().rss, _cpu(sched)
         client = _Line(start([*me, "_client", host, port, str(args.jobs), str(args.batch)], "client"), deadline)
         t_start = float(client.expect("start")[0])
         t_accepted = float(client.expect("accepted")[0])
         cpu_accept = _cpu(sched) - cpu0
         rss_queued = sched.memory_info().rss
         cpu1 = _cpu(sched)
-        nodes = _Line(start([*me, "_nodes", host, port, str(args.nodes), str(args.cpus)], "nodes"), deadline)
-        t_go = time.time()
-        t_nodes = float(nodes.expect("nodes")[0])
-        progress: list[tuple[float, int]] = []
+        assert nodes_proc.stdin is not None
+        nodes_proc.stdin.write("go\n")
+        nodes_proc.stdin.flush()
+        t_go = float(nodes.expect("go")[0])
         peak = [rss_queued]
 
         def sample(parts: list[str] | None) -> None:
-            if parts and parts[0] == "results":
-                progress.append((float(parts[2]), int(parts[1])))
             try:
                 peak[0] = max(peak[0], sched.memory_info().rss)
             except psutil.Error:
@@ -349,18 +356,13 @@ def run(args: argparse.Namespace, journal: bool) -> list[str]:
                 proc.kill()
                 proc.wait(10)
     jobs = args.jobs
-    after = [(t, n) for t, n in progress if t >= t_nodes]
-    if after and t_done > after[0][0]:
-        full = f"{(jobs - after[0][1]) / (t_done - after[0][0]):,.0f} jobs/s once all {args.nodes} nodes were in"
-    else:
-        full = "the queue drained before every node was in"
     return [
         f"accept {jobs:,} jobs: {t_accepted - t_start:.1f} s ({jobs / (t_accepted - t_start):,.0f} jobs/s), "
         f"scheduler CPU {cpu_accept / jobs * 1e6:.1f} us/job",
         f"scheduler RSS: {rss0 / 2**20:.0f} MiB idle, {rss_queued / 2**20:.0f} MiB with all queued: "
         f"{(rss_queued - rss0) / jobs:.0f} bytes per queued job; peak {peak[0] / 2**20:.0f} MiB",
-        f"{args.nodes} nodes x {args.cpus} CPUs logged in {t_nodes - t_go:.1f} s after start",
-        f"drain: {t_done - t_go:.1f} s, {jobs / (t_done - t_go):,.0f} jobs/s overall, {full}",
+        f"{args.nodes} nodes logged in (offering no CPU) in {t_nodes - t_nodes0:.1f} s",
+        f"drain over {args.nodes} nodes x {args.cpus} CPUs: {t_done - t_go:.1f} s, {jobs / (t_done - t_go):,.0f} jobs/s",
         f"per decision: {cpu_drain / jobs * 1e6:.1f} us of scheduler CPU per job dispatched "
         f"(dispatch, result, delivery, ack; {cpu_drain:.1f} s in all)",
     ]
