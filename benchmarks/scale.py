@@ -31,14 +31,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import psutil
 
@@ -64,7 +63,8 @@ def _loop() -> asyncio.AbstractEventLoop:
         import uvloop
     except ImportError:
         return asyncio.new_event_loop()
-    return uvloop.new_event_loop()  # type: ignore[no-any-return]
+    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    return loop
 
 
 class _Peer(asyncio.Protocol):
@@ -78,7 +78,7 @@ class _Peer(asyncio.Protocol):
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's are not subclasses
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         self.transport.write(PREAMBLE)
 
     def data_received(self, data: bytes) -> None:
@@ -281,7 +281,7 @@ class _Line:
                     sample(parts)
                 continue
             if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.proc.args} exited {self.proc.returncode} before {word!r}")
+                raise RuntimeError(f"{self.proc.args!r} exited {self.proc.returncode} before {word!r}")
             if sample is not None:
                 sample(None)
             time.sleep(0.05)
