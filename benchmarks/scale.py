@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -167,16 +168,21 @@ async def _run_nodes(host: str, port: int, count: int, cpus: int) -> None:
             await node.welcomed
             nodes.append(node)
 
+    async def heartbeats() -> None:
+        while True:
+            for node in nodes:
+                node.heartbeat()
+            await asyncio.sleep(NODE_HEARTBEAT / 2)
+
+    beating = asyncio.create_task(heartbeats())  # from the first login: a silent node is dropped
     await asyncio.gather(*(connect(i) for i in range(count)))
     print(f"nodes {time.time():.6f}", flush=True)
     await loop.run_in_executor(None, sys.stdin.readline)  # all jobs are queued: offer the CPUs
-    print(f"go {time.time():.6f}", flush=True)
     for node in nodes:
         node.offered = node.cpus
-    while not all(n.closed for n in nodes):  # until the scheduler goes (this process is ended by its PID)
-        for node in nodes:
-            node.heartbeat()
-        await asyncio.sleep(NODE_HEARTBEAT / 2)
+        node.heartbeat()
+    print(f"go {time.time():.6f}", flush=True)
+    await beating  # until this process is ended by its PID
 
 
 # -- the client ------------------------------------------------------------------
@@ -357,11 +363,11 @@ def run(args: argparse.Namespace, journal: bool) -> list[str]:
                 proc.wait(10)
     jobs = args.jobs
     return [
+        f"{args.nodes} nodes logged in (offering no CPU) in {t_nodes - t_nodes0:.1f} s",
         f"accept {jobs:,} jobs: {t_accepted - t_start:.1f} s ({jobs / (t_accepted - t_start):,.0f} jobs/s), "
         f"scheduler CPU {cpu_accept / jobs * 1e6:.1f} us/job",
         f"scheduler RSS: {rss0 / 2**20:.0f} MiB idle, {rss_queued / 2**20:.0f} MiB with all queued: "
         f"{(rss_queued - rss0) / jobs:.0f} bytes per queued job; peak {peak[0] / 2**20:.0f} MiB",
-        f"{args.nodes} nodes logged in (offering no CPU) in {t_nodes - t_nodes0:.1f} s",
         f"drain over {args.nodes} nodes x {args.cpus} CPUs: {t_done - t_go:.1f} s, {jobs / (t_done - t_go):,.0f} jobs/s",
         f"per decision: {cpu_drain / jobs * 1e6:.1f} us of scheduler CPU per job dispatched "
         f"(dispatch, result, delivery, ack; {cpu_drain:.1f} s in all)",
@@ -387,6 +393,7 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds each run may take in all")
     ap.add_argument("--profile", metavar="FILE", help="run the scheduler under cProfile, writing FILE")
     args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("terminated"))  # so `run` ends what it started
     for journal in {"on": [True], "off": [False], "both": [True, False]}[args.journal]:
         print(f"-- journal {'on' if journal else 'off'}: {args.jobs:,} jobs, {args.nodes} nodes x {args.cpus} CPUs",
               flush=True)  # fmt: skip
