@@ -53,7 +53,8 @@ from dispy_wire.verifier import MIN_ITERATIONS, Verifier  # noqa: E402
 USER, SECRET, NODE_SECRET = "bench", "bench-secret", "bench-node-secret"
 #: seconds between a simulated node's Heartbeats (announced in its Hello)
 NODE_HEARTBEAT = 10.0
-#: batches of submits not yet accepted: enough to keep the scheduler busy, few enough not to buffer everything
+#: batches of jobs submitted and not yet accepted: enough to keep the scheduler busy, few enough not to
+#: buffer everything
 SUBMIT_WINDOW = 8
 #: logins under way at once (the scheduler takes 32 unauthenticated connections per address)
 LOGINS_AT_ONCE = 16
@@ -194,7 +195,6 @@ class _Client(_Peer):
         self.cluster_id = uuid.uuid4().hex
         self.jobs, self.batch = jobs, batch
         self.next_id = 1
-        self.in_flight = 0  # batches sent, not yet accepted
         self.accepted = self.results = 0
         self.acks: list[int] = []
         self.all_accepted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -212,12 +212,12 @@ class _Client(_Peer):
     def _submit_more(self) -> None:
         assert self.transport is not None
         payload = b"\x00" * 8
-        while self.in_flight < SUBMIT_WINDOW and self.next_id <= self.jobs:
+        # counted in jobs: the scheduler answers several SubmitJobs of one turn with one JobsAccepted
+        while self.next_id - 1 - self.accepted < SUBMIT_WINDOW * self.batch and self.next_id <= self.jobs:
             last = min(self.next_id + self.batch, self.jobs + 1)
             specs = [M.JobSpec(i, 0, payload, {}) for i in range(self.next_id, last)]
             self.transport.write(M.encode(M.SubmitJobs(self.cluster_id, specs)))
             self.next_id = last
-            self.in_flight += 1
 
     def on_message(self, msg: M.Message) -> None:
         match msg:
@@ -225,7 +225,6 @@ class _Client(_Peer):
                 self._submit_more()
             case M.JobsAccepted(_cid, job_ids):
                 self.accepted += len(job_ids)
-                self.in_flight -= 1
                 self._submit_more()
                 if self.accepted >= self.jobs and not self.all_accepted.done():
                     self.all_accepted.set_result(None)
