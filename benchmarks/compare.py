@@ -78,7 +78,7 @@ if __name__ == "__main__":
     try:
         time.sleep(2)  # dispynode.py says nothing when it is ready; its JobCluster waits for nodes anyway
         cluster = dispy.JobCluster(f, nodes=["127.0.0.1"], host="127.0.0.1", loglevel=logging.WARNING,
-                                   dest_path=work)
+                                   dest_path=work, recover_file=os.path.join(work, "recover"))
         try:
             assert cluster.submit(-1)() == -2
             t = time.perf_counter()
