@@ -336,7 +336,8 @@ def run(args: argparse.Namespace, journal: bool) -> list[str]:
         t_accepted = float(client.expect("accepted")[0])
         cpu_accept = _cpu(sched) - cpu0
         rss_queued = sched.memory_info().rss
-        cpu1 = _cpu(sched)
+        peers = [psutil.Process(nodes_proc.pid), psutil.Process(client.proc.pid)]
+        cpu1, peers1 = _cpu(sched), [_cpu(p) for p in peers]
         assert nodes_proc.stdin is not None
         nodes_proc.stdin.write("go\n")
         nodes_proc.stdin.flush()
@@ -351,6 +352,7 @@ def run(args: argparse.Namespace, journal: bool) -> list[str]:
 
         t_done = float(client.expect("done", sample)[0])
         cpu_drain = _cpu(sched) - cpu1
+        nodes_cpu, client_cpu = (_cpu(p) - c for p, c in zip(peers, peers1))
     finally:
         for proc in reversed(procs):
             if proc.poll() is None:
@@ -370,6 +372,8 @@ def run(args: argparse.Namespace, journal: bool) -> list[str]:
         f"drain over {args.nodes} nodes x {args.cpus} CPUs: {t_done - t_go:.1f} s, {jobs / (t_done - t_go):,.0f} jobs/s",
         f"per decision: {cpu_drain / jobs * 1e6:.1f} us of scheduler CPU per job dispatched "
         f"(dispatch, result, delivery, ack; {cpu_drain:.1f} s in all)",
+        f"  the other processes' CPU per job meanwhile (the 2 cores are shared): simulated nodes "
+        f"{nodes_cpu / jobs * 1e6:.1f} us, client {client_cpu / jobs * 1e6:.1f} us",
     ]
 
 
