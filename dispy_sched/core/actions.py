@@ -176,3 +176,37 @@ class Reject(Action):
     code: str
     message: str
     ref: str
+
+
+# -- to the shell itself -----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerAdmin(Action):
+    """The outcome of an operator's request (`events.CancelRequested` and the like), named by its `ref`."""
+
+    ref: str
+    #: "" when done; else an `ErrorCode` value
+    error: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class JobEnd:
+    """One job's terminal result, as metrics and accounting record it (times: wall clock)."""
+
+    user: str
+    cluster_id: str
+    job_id: int
+    node: str  # its last node's name; "" if it never ran
+    status: int
+    submit_time: float
+    start_time: float  # 0.0 if it never ran
+    end_time: float
+
+
+@dataclass(frozen=True, slots=True)
+class RecordEnds(Action):
+    """Jobs that got their terminal result in this call; nothing to send, only to count."""
+
+    ends: list[JobEnd]

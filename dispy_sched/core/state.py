@@ -282,6 +282,8 @@ class NodeRecord:
     loaded: set[str] = field(default_factory=set)
     avail: dict[str, Any] = field(default_factory=dict)
     addresses: tuple[str, ...] = ()  # ip_addr first, then what the node reports of its own
+    offered: int = 0  # CPUs the node offers; `cpus` is that under the operator's cap
+    drained: bool = False  # by the operator: no new jobs start here
 
     @property
     def free(self) -> int:
