@@ -89,6 +89,10 @@ class SchedConfig:
     tls_ca: str | None = None  # signs the certificates clients and nodes may (or must) present
     tls_require_client_cert: bool = False
     insecure_plaintext: bool = False
+    # -- HTTP: the JSON API and /metrics (dispy_sched/httpd.py)
+    http_port: int | None = None  # None: no HTTP server; 0 picks a free port
+    http_host: str = "127.0.0.1"
+    admin_token_file: str | None = None  # None: admin-token in the state dir, made (mode 600) at the first start
     name: str = field(default_factory=socket.gethostname)
     users: dict[str, UserEntry] = field(default_factory=dict)
     _any_user: Verifier | None = field(default=None, repr=False)
@@ -385,6 +389,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="let clients see other users by name in the scheduler's status (default: only as totals)",
     )  # fmt: skip
     p.add_argument("--loglevel", help="DEBUG, INFO (default), WARNING, ERROR")
+    http = p.add_argument_group("HTTP: the JSON API (/api/v1/...) that dispyadmin uses, and Prometheus /metrics")
+    http.add_argument("--http-port", type=int, metavar="P", help="serve them on this port (default: off; 0 picks one)")
+    http.add_argument("--http-host", metavar="H", help="address to serve them on (default 127.0.0.1); TLS with "
+                      "--tls-cert when given; users log in with their secret only over TLS or on loopback")  # fmt: skip
+    http.add_argument("--admin-token-file", metavar="F", help="the administrators' bearer token, made (mode 600) if "
+                      "absent (default: admin-token in the state dir)")  # fmt: skip
     tls = p.add_argument_group(
         "TLS (clients and nodes verify the scheduler's certificate; `dispyscheduler tls init DIR` makes one)"
     )
@@ -454,6 +464,13 @@ def config_from_args(argv: list[str] | None = None) -> SchedConfig:
         cfg.users = load_users(cfg.users_file)
     if cfg.discovery_port is None:
         cfg.discovery_port = 0 if is_loopback(cfg.host) else DISCOVERY_PORT
+    if cfg.http_port is not None and not 0 <= cfg.http_port <= 65535:
+        raise ConfigError(f"http_port {cfg.http_port} out of range")
+    if cfg.http_port is not None and not is_loopback(cfg.http_host) and cfg.tls_cert is None:
+        raise ConfigError(
+            f"refusing to serve HTTP on non-loopback address {cfg.http_host} without TLS: the admin token and "
+            "users' secrets would cross the network in the clear; give --tls-cert"
+        )
     for name in ("port", "discovery_port"):
         if not 0 <= getattr(cfg, name) <= 65535:
             raise ConfigError(f"{name} {getattr(cfg, name)} out of range")

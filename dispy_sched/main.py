@@ -54,6 +54,14 @@ async def serve(cfg: SchedConfig, policy: Policy, journal: SqliteJournal | None)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    reloads: set[asyncio.Task[None]] = set()  # held until done (the loop keeps only weak references)
+
+    def reload() -> None:
+        task = asyncio.create_task(server.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, reload)  # re-reads the users file, as `dispyadmin reload` does
     log.info("policy %s; %s", core.policy.name, f"{len(cfg.users)} users" if cfg.users else "any user name")
     if cfg.tls_cert is not None:
         mutual = ", client certificates required" if cfg.tls_require_client_cert else ""

@@ -30,6 +30,7 @@ import resource
 import sqlite3
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from dispy_wire import messages as M
@@ -40,14 +41,16 @@ from dispy_wire.handshake import ChannelBinding, Peer, Role, ServerHandshake
 from dispy_wire.liveness import Liveness, Verdict, announced_interval, set_keepalive
 from dispy_wire.tls import CertIdentity, peer_common_name
 
-from .config import SchedConfig
+from .config import ConfigError, SchedConfig, load_users
 from .conn import PeerConnection
 from .core import SchedulerCore
 from .core import actions as A
 from .core import events as E
 from .gate import LoginThrottle, PreLoginGate
+from .httpd import HttpApi, load_admin_token, tls_context
 from .journal import StateStore
 from .logsafe import peer_text
+from .metrics import SchedMetrics, dispatch_waits
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +138,12 @@ class SchedulerServer:
         )
         self._refusals = Throttle(1.0)  # one line a second for what a flood can trigger at will
         self._accept_errors = Throttle(1.0)
+        #: operators' requests the core has not answered yet, by ref
+        self._asked: dict[str, asyncio.Future[A.AnswerAdmin]] = {}
+        #: the HTTP API and its metrics, with `config.http_port`
+        self.http: HttpApi | None = None
+        self.metrics: SchedMetrics | None = None
+        self._lag_task: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -167,7 +176,23 @@ class SchedulerServer:
         self.address = (sockname[0], sockname[1])
         self._tick_task = asyncio.create_task(self._ticker())
         self._watch_task = asyncio.create_task(self._watch_links())
+        if self.config.http_port is not None:
+            await self._start_http(self.config.http_port)
         return self.address
+
+    async def _start_http(self, port: int) -> None:
+        """The JSON API and /metrics on `http_host`:`port`, TLS with the wire's certificate if it has one."""
+        assert self.config.state_dir is not None
+        token_file = self.config.admin_token_file or os.path.join(self.config.state_dir, "admin-token")
+        token = load_admin_token(token_file)
+        tls = tls_context(self.config.tls_cert, self.config.tls_key) if self.config.tls_cert else None
+        self.metrics = SchedMetrics(self)
+        self.http = HttpApi(self, token, self.config.http_host, tls)
+        host, bound = await self.http.start(port)
+        self._lag_task = asyncio.create_task(self.metrics.watch_loop())
+        scheme = "https" if tls else "http"
+        log.info("HTTP API and /metrics on %s://%s:%d (admin token in %s)", scheme, host, bound, token_file)
+        print(f"http on {scheme}://{host}:{bound}", flush=True)
 
     async def stop(self) -> None:
         """Stops accepting, handles (and journals) what already arrived, then closes every connection.
@@ -177,9 +202,11 @@ class SchedulerServer:
         running jobs running (their nodes keep them for a grace period and
         hand them back to the next run).
         """
-        for task in (self._tick_task, self._watch_task):
+        for task in (self._tick_task, self._watch_task, self._lag_task):
             if task is not None:
                 task.cancel()
+        if self.http is not None:
+            await self.http.stop()
         if self._server is not None:
             self._server.close()
         if self._pending:
@@ -366,6 +393,46 @@ class SchedulerServer:
         else:
             self.submit(E.NodeLeft(conn.session, reason))
 
+    # ------------------------------------------------------------ operators
+
+    def ask(self, make: Callable[[str], E.Event]) -> asyncio.Future[A.AnswerAdmin]:
+        """Hands an operator's request (built around a fresh ref) to the core; resolves to its answer."""
+        ref = f"a{next(self._ids)}"
+        future: asyncio.Future[A.AnswerAdmin] = asyncio.get_running_loop().create_future()
+        self._asked[ref] = future
+        future.add_done_callback(lambda _: self._asked.pop(ref, None))
+        self.submit(make(ref))
+        return future
+
+    def read_users(self) -> Callable[[str], E.Event]:
+        """Reads the users file again: its verifiers apply to the next logins, its shares and limits
+        to the core once the returned request is asked.
+
+        Raises:
+            ConfigError: no users file, or one the scheduler would not start with (nothing changes).
+        """
+        if not self.config.users_file:
+            raise ConfigError("no users file to read again: the scheduler was started without --users-file")
+        self.config.users = load_users(self.config.users_file)
+        if self.http is not None:
+            self.http.logins.forget()
+        cfg = self.config
+        shares, limits, default = cfg.shares(), cfg.limits(), cfg.default_limits()
+        return lambda ref: E.UsersReloaded(ref, shares, limits, default)
+
+    async def reload(self) -> None:
+        """SIGHUP: reads the users file again, logging the outcome."""
+        try:
+            answer = await self.ask(self.read_users())
+        except ConfigError as exc:
+            log.error("reload refused, the users file is unchanged in memory: %s", exc)
+            return
+        log.info("reload: %s", answer.message)
+
+    def metrics_login_refused(self, via: str) -> None:
+        if self.metrics is not None:
+            self.metrics.logins_refused.labels(via).inc()
+
     # ---------------------------------------------------------- core driving
 
     def submit(self, event: E.Event) -> None:
@@ -404,6 +471,19 @@ class SchedulerServer:
                 self._commit(action)
             case A.Dispatch(node, jobs):
                 self._send(node, M.RunJobs(jobs))
+                if self.metrics is not None:
+                    self.metrics.dispatched(dispatch_waits(self, jobs))
+            case A.RecordEnds():
+                if self.metrics is not None:
+                    self.metrics.ended(action)
+            case A.AnswerAdmin(ref):
+                future = self._asked.pop(ref, None)
+                if future is not None and not future.done():
+                    future.set_result(action)
+                if action.error:
+                    log.info("operator's request refused: %s (%s)", action.message, action.error)
+                else:
+                    log.info("operator's request done: %s", action.message)
             case A.DeliverResults(client, cluster_id, results):
                 for batch in by_size(results):  # many large results at once (a client back) need frames
                     self._send(client, M.JobResults(cluster_id, batch))
