@@ -4,6 +4,9 @@
     dispyadmin node-secret
     dispyadmin verifier            (a secret on stdin → its verifier)
 
+and, through a running scheduler's HTTP API (admin_api.py), status, users,
+nodes, jobs, cancel, drain, undrain, set-cpus, set-share and reload.
+
 Each new secret is drawn here (256 bits), printed once for the operator to
 hand over, and only its SCRAM verifier is written: the scheduler never sees
 or stores the secret. The users file is created with mode 600, edited in
@@ -24,6 +27,7 @@ from collections.abc import Callable
 
 from dispy_wire.verifier import DEFAULT_ITERATIONS, MIN_ITERATIONS, Verifier, new_secret
 
+from . import admin_api
 from .config import ConfigError, check_private
 
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
@@ -138,7 +142,11 @@ def _cmd_verifier(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dispyadmin", description="Manage the secrets of a dispy-shared scheduler.")
+    p = argparse.ArgumentParser(
+        prog="dispyadmin",
+        description="Manage a dispy-shared scheduler: its secrets (local files), and a running one through its HTTP "
+        "API (--http-port): see and manage users, nodes and jobs.",
+    )
     sub = p.add_subparsers(dest="command", required=True)
     iterations = argparse.ArgumentParser(add_help=False)
     iterations.add_argument(
@@ -162,12 +170,13 @@ def build_parser() -> argparse.ArgumentParser:
         "verifier", parents=[iterations], help="read a secret on stdin, print its verifier (to convert an old file)"
     )
     ver.set_defaults(run=_cmd_verifier)
+    admin_api.add_commands(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.iterations < MIN_ITERATIONS:
+    if getattr(args, "iterations", MIN_ITERATIONS) < MIN_ITERATIONS:
         print(f"dispyadmin: --iterations must be at least {MIN_ITERATIONS}", file=sys.stderr)
         return 2
     run: Callable[[argparse.Namespace], int] = args.run
@@ -176,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     except (AdminError, ValueError, OSError) as exc:
         print(f"dispyadmin: {exc}", file=sys.stderr)
         return 2
+    except admin_api.ApiFailure as exc:  # the scheduler refused, or was not reached
+        print(f"dispyadmin: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
