@@ -59,6 +59,8 @@ class SchedMetrics:
             "dispy_logins_refused", "Logins refused (a wrong secret, an unknown name, throttled), by where",
             ["via"], registry=self.registry,
         )  # fmt: skip
+        for via in ("wire", "http"):
+            self.logins_refused.labels(via)  # shown as 0 before the first
         self.loop_lag = Gauge(
             "dispy_scheduler_loop_lag_seconds", "How late the scheduler's event loop ran a timer, last sampled",
             registry=self.registry,
