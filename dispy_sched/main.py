@@ -73,6 +73,8 @@ async def serve(cfg: SchedConfig, policy: Policy, journal: SqliteJournal | None)
             cfg.host,
         )
     print(f"listening on {host}:{port}", flush=True)
+    if server.http_url:
+        print(f"http on {server.http_url}", flush=True)
     notifier = Notifier.from_env()
     notifier.ready(f"listening on {host}:{port}; policy {core.policy.name}")
     watchdog = asyncio.create_task(notifier.keep_alive())

@@ -143,6 +143,7 @@ class SchedulerServer:
         #: the HTTP API and its metrics, with `config.http_port`
         self.http: HttpApi | None = None
         self.metrics: SchedMetrics | None = None
+        self.http_url = ""
         self._lag_task: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------ lifecycle
@@ -190,9 +191,8 @@ class SchedulerServer:
         self.http = HttpApi(self, token, self.config.http_host, tls)
         host, bound = await self.http.start(port)
         self._lag_task = asyncio.create_task(self.metrics.watch_loop())
-        scheme = "https" if tls else "http"
-        log.info("HTTP API and /metrics on %s://%s:%d (admin token in %s)", scheme, host, bound, token_file)
-        print(f"http on {scheme}://{host}:{bound}", flush=True)
+        self.http_url = f"{'https' if tls else 'http'}://{host}:{bound}"
+        log.info("HTTP API and /metrics on %s (admin token in %s)", self.http_url, token_file)
 
     async def stop(self) -> None:
         """Stops accepting, handles (and journals) what already arrived, then closes every connection.

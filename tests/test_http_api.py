@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 from unittest.mock import patch
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from dispy_sched import admin
@@ -323,3 +324,34 @@ def test_metrics_count_a_known_workload(cluster: Cluster) -> None:
         what="bob's queued and running jobs counted as cancelled",
     )
     assert bob.wait(60) == 0
+
+
+def test_over_tls_with_the_schedulers_certificate_users_and_dispyadmin_log_in(cluster: Cluster) -> None:
+    from dispy_sched import tls_init
+
+    pki = cluster.workdir / "tls"
+    with redirect_stdout(io.StringIO()):
+        assert tls_init.main(["init", str(pki), "--host", "127.0.0.1"]) == 0
+    http, _ = start(cluster, "--tls-cert", str(pki / "scheduler.pem"), "--tls-key", str(pki / "scheduler.key"))
+    assert http.url.startswith("https://127.0.0.1:")
+    status = http.admin_json("status", "--ca", str(pki / "ca.pem"), login="alice")
+    assert status["you"] == {"admin": False, "user": "alice"}
+    assert http.admin_json("status", "--ca", str(pki / "ca.pem"))["you"] == {"admin": True}
+    # without the CA the certificate is not trusted: refused before any secret leaves
+    assert "certificate verify failed" in http.admin("status", login="alice", expect=1).stderr
+
+
+def test_http_off_loopback_without_tls_is_refused_at_start_and_the_admin_token_is_private(tmp_path: Path) -> None:
+    from dispy_sched.config import ConfigError, config_from_args
+    from dispy_sched.httpd import load_admin_token
+
+    args = ["--node-secret", "n", "--secret", "s", "--insecure-plaintext", "--host", "0.0.0.0"]
+    with pytest.raises(ConfigError, match="refusing to serve HTTP on non-loopback address 0.0.0.0 without TLS"):
+        config_from_args([*args, "--http-port", "9703", "--http-host", "0.0.0.0"])
+    assert config_from_args([*args, "--http-port", "9703"]).http_host == "127.0.0.1"
+    path = tmp_path / "token"
+    token = load_admin_token(str(path))
+    assert (path.stat().st_mode & 0o777, load_admin_token(str(path))) == (0o600, token)  # made once, then kept
+    path.chmod(0o644)
+    with pytest.raises(ConfigError, match="chmod 600"):
+        load_admin_token(str(path))
