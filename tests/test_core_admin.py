@@ -99,6 +99,7 @@ def test_a_share_set_by_the_operator_changes_the_target_and_a_reload_replaces_it
     assert answer(step(core, E.UserShareSet("r", "alice", 3.0), now=1)).error == ""
     assert core.status()["users"]["alice"]["target"] == 0.75
     assert answer(step(core, E.UserShareSet("r", "alice", 0.0), now=2)).error == str(ErrorCode.BAD_REQUEST)
+    assert answer(step(core, E.UserShareSet("r", "carol", 1.0), now=2)).message == "no user carol in the users file or connected"
     reload = E.UsersReloaded("r", {"alice": 2.0, "bob": 2.0}, {"bob": Limits(max_cpus=0)}, Limits())
     assert answer(step(core, reload, now=3)).error == ""
     assert core.status()["users"]["alice"]["target"] == 0.5

@@ -625,6 +625,9 @@ class SchedulerCore:
         if not (math.isfinite(ev.share) and ev.share > 0):
             self._answer(ev.ref, ErrorCode.BAD_REQUEST, f"a share must be a number above 0, not {ev.share!r}")
             return
+        if ev.user not in self.users and ev.user not in self.shares:
+            self._answer(ev.ref, ErrorCode.BAD_REQUEST, f"no user {ev.user} in the users file or connected")
+            return
         self.shares[ev.user] = ev.share
         user = self._user(ev.user)
         user.share = ev.share
