@@ -1,4 +1,4 @@
-"""The scheduler's HTTP server: the JSON API (/api/v1/...) and Prometheus metrics (/metrics).
+"""The scheduler's HTTP server: the JSON API (/api/v1/...), Prometheus metrics (/metrics), the dashboard (/).
 
 It runs on the scheduler's own event loop (aiohttp) and owns no state: reads
 go through `views` at request time, changes are events handed to the core
@@ -45,6 +45,7 @@ from dispy_wire.verifier import Verifier
 from . import views
 from .config import ConfigError, check_private
 from .core import events as E
+from .dashboard import Dashboard
 from .gate import LoginThrottle
 from .logsafe import peer_text
 from .metrics import CONTENT_TYPE
@@ -82,6 +83,9 @@ class Identity:
     @property
     def admin(self) -> bool:
         return self.user is None
+
+    def as_json(self) -> dict[str, Any]:
+        return {"admin": True} if self.user is None else {"admin": False, "user": self.user}
 
 
 def load_admin_token(path: str) -> str:
@@ -214,7 +218,9 @@ class HttpApi:
             post("/api/v1/reload", self.reload),
             get("/metrics", self.metrics),
         ])  # fmt: skip
+        self.dashboard = Dashboard(self)
         self._runner: web.AppRunner | None = None
+        self._sampler: asyncio.Task[None] | None = None
         self.address: tuple[str, int] = (host, 0)
 
     async def start(self, port: int) -> tuple[str, int]:
@@ -226,9 +232,12 @@ class HttpApi:
         assert server is not None
         sockname = server.sockets[0].getsockname()  # type: ignore[attr-defined]
         self.address = (sockname[0], sockname[1])
+        self._sampler = asyncio.create_task(self.dashboard.sample())
         return self.address
 
     async def stop(self) -> None:
+        if self._sampler is not None:
+            self._sampler.cancel()
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -249,7 +258,7 @@ class HttpApi:
     async def status(self, request: web.Request) -> web.Response:
         who = await self.logins.identify(request)
         body = views.status(self.server.core, self.started, who.user)
-        body["you"] = {"admin": True} if who.admin else {"admin": False, "user": who.user}
+        body["you"] = who.as_json()
         return web.json_response(body)
 
     async def users(self, request: web.Request) -> web.Response:

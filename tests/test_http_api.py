@@ -355,3 +355,61 @@ def test_http_off_loopback_without_tls_is_refused_at_start_and_the_admin_token_i
     path.chmod(0o644)
     with pytest.raises(ConfigError, match="chmod 600"):
         load_admin_token(str(path))
+
+
+class Feed:
+    """The dashboard's live feed (server-sent events), read as the page reads it."""
+
+    def __init__(self, http: Http, auth: str = "admin") -> None:
+        request = urllib.request.Request(http.url + "/api/v1/events")
+        if auth == "admin":
+            request.add_header("Authorization", f"Bearer {http.token}")
+        else:
+            request.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
+        self.response = urllib.request.urlopen(request, timeout=60)
+        assert self.response.headers["Content-Type"] == "text/event-stream"
+
+    def next(self) -> Any:
+        """The next snapshot (blocks until the scheduler sends one)."""
+        lines = []
+        while True:
+            line = self.response.readline().decode().rstrip("\n")
+            if line:
+                lines.append(line)
+            elif lines and lines[0] == "event: snapshot":
+                return json.loads("".join(x[6:] for x in lines if x.startswith("data: ")))
+            else:
+                lines = []
+
+    def until(self, predicate: Any, what: str) -> Any:
+        """The first snapshot `predicate` holds for (each read blocks until the scheduler sends one)."""
+
+        def seen() -> Any:
+            snap = self.next()
+            return snap if predicate(snap) else None
+
+        return wait_until(seen, what=what)
+
+
+def test_the_dashboard_page_and_its_live_feed(cluster: Cluster) -> None:
+    http, _ = start(cluster)
+    status, page = http.call("GET", "/", auth=None)  # the page itself is public; everything it shows is not
+    assert status == 200 and "<title>dispy-shared scheduler</title>" in page and "/static/app.js" in page
+    for name in ("app.js", "style.css"):
+        assert http.call("GET", f"/static/{name}", auth=None)[0] == 200
+    assert "http" not in http.call("GET", "/static/app.js", auth=None)[1].replace("http://www.w3.org", "")  # no CDN
+    assert http.call("GET", "/api/v1/events", auth=None)[0] == 401
+    cluster.node(cpus=2)
+    admin_feed, alice_feed = Feed(http), Feed(http, "alice:a-secret")
+    assert admin_feed.next()["status"]["you"] == {"admin": True}
+    _, release = holding(cluster, "alice", 1)
+    holding(cluster, "bob", 1)
+    snap = admin_feed.until(lambda s: s["status"]["busy_cpus"] == 2, "both jobs running on the admin's page")
+    assert sorted(j["user"] for j in snap["jobs"]) == ["alice", "bob"] and snap["nodes"][0]["busy_cpus"] == 2
+    snap = alice_feed.until(lambda s: s["jobs"], "alice's job on her page")
+    assert [j["user"] for j in snap["jobs"]] == ["alice"] and [u["name"] for u in snap["users"]] == ["alice"]
+    assert all(set(p["busy"]) <= {"alice"} for p in snap["history"])  # bob's CPUs are not hers to see
+    release.with_name(f"{release.name}.0").touch()
+    snap = admin_feed.until(lambda s: [j["user"] for j in s["jobs"] if j["state"] == "running"] == ["bob"],
+                            "the page to show alice's job ended")  # fmt: skip
+    assert snap["status"]["busy_cpus"] == 1
