@@ -15,12 +15,13 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # Debian packages of real programs the tests use, installed when run as root:
-# user-mode-linux boots a cgroup v2 kernel for tests/test_node_cgroup2.py
-# (which is skipped, saying why, where they are missing).
-TEST_DEBS := user-mode-linux e2fsprogs
+# user-mode-linux boots a cgroup v2 kernel for tests/test_node_cgroup2.py, chromium shows the
+# dashboard to tests/test_dashboard_browser.py (driven by Playwright)
+# (each test skipped, saying why, where they are missing).
+TEST_DEBS := user-mode-linux e2fsprogs chromium
 
 test-debs:
-	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! command -v linux.uml >/dev/null; then \
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! { command -v linux.uml && command -v chromium; } >/dev/null; then \
 	    export DEBIAN_FRONTEND=noninteractive; \
 	    apt-get install -y -q $(TEST_DEBS) >/dev/null 2>&1 \
 	    || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q $(TEST_DEBS) >/dev/null; } \

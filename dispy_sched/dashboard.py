@@ -68,9 +68,10 @@ class Dashboard:
     def snapshot(self, who: Identity) -> dict[str, Any]:
         core = self.api.server.core
         jobs = views.jobs(core, who.user)
+        now = (time.time(), {u.name: u.busy for u in core.users.values() if u.busy})  # the line reaches the present
         history = [
             {"t": t, "busy": busy if who.admin else {k: v for k, v in busy.items() if k == who.user}}
-            for t, busy in self.history
+            for t, busy in (*self.history, now)
         ]
         return {
             "status": {**views.status(core, self.api.started, who.user), "you": who.as_json()},

@@ -111,7 +111,9 @@ def load_admin_token(path: str) -> str:
 
 
 def error_response(status: int, code: str, message: str) -> web.Response:
-    headers = {"WWW-Authenticate": 'Basic realm="dispy", charset="UTF-8"'} if status == 401 else None
+    # Bearer, not Basic: a browser would answer a Basic challenge to the dashboard's own fetch() with its
+    # login dialog; Basic credentials are still accepted (sent up front, as curl -u and dispyadmin do)
+    headers = {"WWW-Authenticate": 'Bearer realm="dispy"'} if status == 401 else None
     return web.json_response({"error": code, "message": message}, status=status, headers=headers)
 
 
