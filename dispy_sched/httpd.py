@@ -297,49 +297,54 @@ class HttpApi:
         if not job.isdigit():
             raise ApiError(400, "bad-request", f"a job id is a number, not {job!r}")
         cluster = request.match_info["cluster"]
-        return await self._ask(lambda ref: E.CancelRequested(ref, who.user, cluster, (int(job),)))
+        return await self._ask(request, who, lambda ref: E.CancelRequested(ref, who.user, cluster, (int(job),)))
 
     async def cancel_cluster(self, request: web.Request) -> web.Response:
         who = await self.logins.identify(request)
         cluster = request.match_info["cluster"]
-        return await self._ask(lambda ref: E.CancelRequested(ref, who.user, cluster, None))
+        return await self._ask(request, who, lambda ref: E.CancelRequested(ref, who.user, cluster, None))
 
     async def drain(self, request: web.Request) -> web.Response:
-        await self._admin(request)
-        return await self._ask(lambda ref: E.NodeDrainSet(ref, request.match_info["node"], True))
+        who = await self._admin(request)
+        return await self._ask(request, who, lambda ref: E.NodeDrainSet(ref, request.match_info["node"], True))
 
     async def undrain(self, request: web.Request) -> web.Response:
-        await self._admin(request)
-        return await self._ask(lambda ref: E.NodeDrainSet(ref, request.match_info["node"], False))
+        who = await self._admin(request)
+        return await self._ask(request, who, lambda ref: E.NodeDrainSet(ref, request.match_info["node"], False))
 
     async def set_cpus(self, request: web.Request) -> web.Response:
-        await self._admin(request)
+        who = await self._admin(request)
         cpus = await _number(request, "cpus", int)
-        return await self._ask(lambda ref: E.NodeCpusCapped(ref, request.match_info["node"], int(cpus)))
+        return await self._ask(request, who, lambda ref: E.NodeCpusCapped(ref, request.match_info["node"], int(cpus)))
 
     async def set_share(self, request: web.Request) -> web.Response:
-        await self._admin(request)
+        who = await self._admin(request)
         share = await _number(request, "share", float)
-        return await self._ask(lambda ref: E.UserShareSet(ref, request.match_info["user"], float(share)))
+        return await self._ask(request, who, lambda ref: E.UserShareSet(ref, request.match_info["user"], float(share)))
 
     async def reload(self, request: web.Request) -> web.Response:
-        await self._admin(request)
+        who = await self._admin(request)
         try:
             reloaded = self.server.read_users()
         except ConfigError as exc:
             raise ApiError(400, "bad-request", str(exc)) from None
-        return await self._ask(reloaded)
+        return await self._ask(request, who, reloaded)
 
-    async def _admin(self, request: web.Request) -> None:
+    async def _admin(self, request: web.Request) -> Identity:
         who = await self.logins.identify(request)
         if not who.admin:
             raise ApiError(403, "forbidden", "only an administrator (the admin token) may do this")
+        return who
 
-    async def _ask(self, make: Callable[[str], E.Event]) -> web.Response:
+    async def _ask(self, request: web.Request, who: Identity, make: Callable[[str], E.Event]) -> web.Response:
+        """Hands a request to the core; its answer is the response, and one log line says who did what."""
         try:
             answer = await asyncio.wait_for(self.server.ask(make), ANSWER_TIMEOUT)
         except TimeoutError:
             raise ApiError(503, str(ErrorCode.SHUTTING_DOWN), "the scheduler did not answer: it is stopping") from None
+        asker = "admin" if who.admin else f"user {peer_text(who.user or '')}"
+        outcome = f"refused: {answer.message} ({answer.error})" if answer.error else answer.message
+        log.info("%s from %s: %s %s: %s", asker, request.remote, request.method, request.path, peer_text(outcome, 500))
         if answer.error:
             raise ApiError(_STATUS.get(answer.error, 400), answer.error, answer.message)
         return web.json_response({"ok": True, "message": answer.message})

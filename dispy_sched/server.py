@@ -427,7 +427,7 @@ class SchedulerServer:
         except ConfigError as exc:
             log.error("reload refused, the users file is unchanged in memory: %s", exc)
             return
-        log.info("reload: %s", answer.message)
+        log.info("SIGHUP: %s", answer.message)
 
     def metrics_login_refused(self, via: str) -> None:
         if self.metrics is not None:
@@ -479,11 +479,7 @@ class SchedulerServer:
             case A.AnswerAdmin(ref):
                 future = self._asked.pop(ref, None)
                 if future is not None and not future.done():
-                    future.set_result(action)
-                if action.error:
-                    log.info("operator's request refused: %s (%s)", action.message, action.error)
-                else:
-                    log.info("operator's request done: %s", action.message)
+                    future.set_result(action)  # its asker logs it
             case A.DeliverResults(client, cluster_id, results):
                 for batch in by_size(results):  # many large results at once (a client back) need frames
                     self._send(client, M.JobResults(cluster_id, batch))
