@@ -144,6 +144,9 @@ class SchedulerServer:
         self.http: HttpApi | None = None
         self.metrics: SchedMetrics | None = None
         self.http_url = ""
+        #: `handle` calls of the core so far, and a future resolved after the next one, for live views
+        self.turns = 0
+        self._next_turn: asyncio.Future[None] | None = None
         self._lag_task: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------ lifecycle
@@ -451,6 +454,16 @@ class SchedulerServer:
         events, self._pending = self._pending, []
         for action in self.core.handle(*events, now=time.time()):
             self._execute(action)
+        self.turns += 1
+        if self._next_turn is not None:
+            self._next_turn.set_result(None)
+            self._next_turn = None
+
+    def next_turn(self) -> asyncio.Future[None]:
+        """A future resolved once the core has handled its next batch of events (something may have changed)."""
+        if self._next_turn is None:
+            self._next_turn = asyncio.get_running_loop().create_future()
+        return self._next_turn
 
     def _commit(self, changes: A.Persist) -> None:
         """Writes one turn's changes; if that fails, stops before acknowledging anything more."""
