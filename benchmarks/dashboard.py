@@ -74,7 +74,7 @@ async def run(jobs: int, updates: int, chromium: str) -> None:
     config = SchedConfig(state_dir=state, http_port=0)
     server = SchedulerServer(config, SchedulerCore(load_policy("fair"), CoreConfig()))
     placed = fill(server, jobs)
-    await server._start_http(0)
+    await server.start_http(0)
     assert server.http is not None
     token = open(os.path.join(state, "admin-token")).read().strip()
     size = len(json.dumps(server.http.dashboard.snapshot(Identity(None)), separators=(",", ":")))

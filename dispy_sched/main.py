@@ -124,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
             runner.run(serve(cfg, policy, journal))
     except OSError as exc:  # typically: address in use
-        print(f"dispyscheduler: cannot listen on {cfg.host}:{cfg.port}: {exc.strerror or exc}", file=sys.stderr)
+        where = "" if (exc.strerror or "").startswith("HTTP API") else f" on {cfg.host}:{cfg.port}"
+        print(f"dispyscheduler: cannot listen{where}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     finally:
         if journal is not None:

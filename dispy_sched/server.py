@@ -181,10 +181,10 @@ class SchedulerServer:
         self._tick_task = asyncio.create_task(self._ticker())
         self._watch_task = asyncio.create_task(self._watch_links())
         if self.config.http_port is not None:
-            await self._start_http(self.config.http_port)
+            await self.start_http(self.config.http_port)
         return self.address
 
-    async def _start_http(self, port: int) -> None:
+    async def start_http(self, port: int) -> None:
         """The JSON API and /metrics on `http_host`:`port`, TLS with the wire's certificate if it has one."""
         assert self.config.state_dir is not None
         token_file = self.config.admin_token_file or os.path.join(self.config.state_dir, "admin-token")
@@ -192,7 +192,10 @@ class SchedulerServer:
         tls = tls_context(self.config.tls_cert, self.config.tls_key) if self.config.tls_cert else None
         self.metrics = SchedMetrics(self)
         self.http = HttpApi(self, token, self.config.http_host, tls)
-        host, bound = await self.http.start(port)
+        try:
+            host, bound = await self.http.start(port)
+        except OSError as exc:  # said here: main's message would name the wire's address
+            raise OSError(exc.errno, f"HTTP API: {exc.strerror or exc}") from None
         self._lag_task = asyncio.create_task(self.metrics.watch_loop())
         self.http_url = f"{'https' if tls else 'http'}://{host}:{bound}"
         log.info("HTTP API and /metrics on %s (admin token in %s)", self.http_url, token_file)
