@@ -18,11 +18,12 @@ $(STAMP): pyproject.toml
 # user-mode-linux boots a cgroup v2 kernel for tests/test_node_cgroup2.py;
 # systemd's systemd-analyze verifies and rates the units (tests/test_systemd.py), util-linux's
 # setpriv applies the node unit's capability bounding set, sqlite3 takes the backup
-# docs/operations.md shows; postgresql is the shared state store of the standby scheduler tests
+# docs/operations.md shows; chromium shows the dashboard to tests/test_dashboard_browser.py (driven
+# by Playwright); postgresql is the shared state store of the standby scheduler tests
 # (tests/pg.py) (tests are skipped, saying why, where they are missing).
-TEST_DEBS := user-mode-linux e2fsprogs systemd util-linux sqlite3 postgresql
+TEST_DEBS := user-mode-linux e2fsprogs systemd util-linux sqlite3 postgresql chromium
 #: a program of each, to tell whether they are all there
-TEST_PROGRAMS := linux.uml mkfs.ext4 systemd-analyze setpriv sqlite3 pg_ctlcluster
+TEST_PROGRAMS := linux.uml mkfs.ext4 systemd-analyze setpriv sqlite3 pg_ctlcluster chromium
 
 test-debs:
 	@missing=0; for p in $(TEST_PROGRAMS); do command -v $$p >/dev/null || missing=1; done; \

@@ -5,6 +5,9 @@
     dispyadmin verifier            (a secret on stdin → its verifier)
     dispyadmin history [--user U] [--since 1d] [--json]   (admin_history.py)
 
+and, through a running scheduler's HTTP API (admin_api.py), status, users,
+nodes, jobs, cancel, drain, undrain, set-cpus, set-share and reload.
+
 Each new secret is drawn here (256 bits), printed once for the operator to
 hand over, and only its SCRAM verifier is written: the scheduler never sees
 or stores the secret. The users file is created with mode 600, edited in
@@ -27,7 +30,7 @@ from dispy_wire.verifier import DEFAULT_ITERATIONS, MIN_ITERATIONS, Verifier, ne
 
 from dispy_wire.version import version_line
 
-from . import admin_history
+from . import admin_api, admin_history
 from .config import ConfigError, check_private
 
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
@@ -154,7 +157,11 @@ def _cmd_leader(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dispyadmin", description="Manage the secrets of a dispy-shared scheduler.")
+    p = argparse.ArgumentParser(
+        prog="dispyadmin",
+        description="Manage a dispy-shared scheduler: its secrets (local files), and a running one through its HTTP "
+        "API (--http-port): see and manage users, nodes and jobs.",
+    )
     p.add_argument("--version", action="version", version=version_line("dispyadmin"))
     sub = p.add_subparsers(dest="command", required=True)
     iterations = argparse.ArgumentParser(add_help=False)
@@ -185,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     leader.add_argument("--state", required=True, metavar="URL", help="the schedulers' --state postgresql://... URL")
     leader.set_defaults(run=_cmd_leader)
     admin_history.add_parser(sub)
+    admin_api.add_commands(sub)
     return p
 
 
@@ -199,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     except (AdminError, ValueError, OSError) as exc:
         print(f"dispyadmin: {exc}", file=sys.stderr)
         return 2
+    except admin_api.ApiFailure as exc:  # the scheduler refused, or was not reached
+        print(f"dispyadmin: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

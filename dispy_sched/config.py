@@ -137,6 +137,10 @@ class SchedConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     tls_ca: str | None = None  # signs the certificates clients and nodes may (or must) present
     tls_require_client_cert: bool = False
     insecure_plaintext: bool = False
+    # -- HTTP: the JSON API, the dashboard and /metrics (dispy_sched/httpd.py)
+    http_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] | None = None  # None: no HTTP server; 0 picks a free port
+    http_host: str = "127.0.0.1"
+    admin_token_file: str | None = None  # None: admin-token in the state dir, made (mode 600) at the first start
     name: str = msgspec.field(default_factory=socket.gethostname)
     users: dict[str, UserEntry] = msgspec.field(default_factory=dict)
     _any_user: Verifier | None = None
@@ -457,6 +461,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="let clients see other users by name in the scheduler's status (default: only as totals)",
     )  # fmt: skip
     p.add_argument("--loglevel", help="DEBUG, INFO (default), WARNING, ERROR")
+    http = p.add_argument_group("HTTP: the JSON API (/api/v1/...) that dispyadmin uses, and Prometheus /metrics")
+    http.add_argument("--http-port", metavar="P", help="serve them on this port (default: off; 0 picks one)")
+    http.add_argument("--http-host", metavar="H", help="address to serve them on (default 127.0.0.1); TLS with "
+                      "--tls-cert when given; users log in with their secret only over TLS or on loopback")  # fmt: skip
+    http.add_argument("--admin-token-file", metavar="F", help="the administrators' bearer token, made (mode 600) if "
+                      "absent (default: admin-token in the state dir)")  # fmt: skip
     tls = p.add_argument_group(
         "TLS (clients and nodes verify the scheduler's certificate; `dispyscheduler tls init DIR` makes one)"
     )
@@ -521,6 +531,11 @@ def config_from_namespace(args: argparse.Namespace) -> SchedConfig:
         cfg.discovery_port = 0 if is_loopback(cfg.host) else DISCOVERY_PORT
     if cfg.state is not None and not (cfg.state.startswith(("postgresql://", "postgres://")) or "=" in cfg.state):
         raise ConfigError(f"state {cfg.state!r}: not a postgresql:// URL or libpq connection string")
+    if cfg.http_port is not None and not is_loopback(cfg.http_host) and cfg.tls_cert is None:
+        raise ConfigError(
+            f"refusing to serve HTTP on non-loopback address {cfg.http_host} without TLS: the admin token and "
+            "users' secrets would cross the network in the clear; give --tls-cert"
+        )
     if not is_loopback(cfg.host):
         missing = []
         if cfg.secret is None and not cfg.users:

@@ -218,6 +218,7 @@ class PeerConnection(asyncio.Protocol):
         except RemoteWireError as exc:
             if hs.role is not None:  # a login was tried and failed: it counts against address and name
                 self.server.throttle.failed(self.host, f"{hs.role}:{hs.name}", now)
+                self.server.metrics_login_refused("wire")
             self.fail(exc, fatal=True, name=hs.name or None)
             return
         if isinstance(out, M.ServerFirst):

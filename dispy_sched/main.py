@@ -140,6 +140,15 @@ async def _lead(
     core = server.core
     host, port = await server.start()
     responder = await start_responder(cfg, host, port)
+    loop = asyncio.get_running_loop()
+    reloads: set[asyncio.Task[None]] = set()  # held until done (the loop keeps only weak references)
+
+    def reload() -> None:
+        task = asyncio.create_task(server.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, reload)  # re-reads the users file, as `dispyadmin reload` does
     log.info("policy %s; %s", core.policy.name, f"{len(cfg.users)} users" if cfg.users else "any user name")
     if cfg.tls_cert is not None:
         mutual = ", client certificates required" if cfg.tls_require_client_cert else ""
@@ -156,6 +165,8 @@ async def _lead(
     else:
         print(f"listening on {host}:{port}\nleading on {host}:{port}", flush=True)
         notifier.status(f"leading on {host}:{port}; policy {core.policy.name}")
+    if server.http_url:
+        print(f"http on {server.http_url}", flush=True)
     status = asyncio.create_task(_report_status(notifier, server, f"{host}:{port}"))
     try:
         await stop.wait()
@@ -247,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
         with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
             runner.run(serve(cfg, policy, journal, accounting))
     except OSError as exc:  # typically: address in use
-        print(f"dispyscheduler: cannot listen on {cfg.host}:{cfg.port}: {exc.strerror or exc}", file=sys.stderr)
+        where = "" if (exc.strerror or "").startswith("HTTP API") else f" on {cfg.host}:{cfg.port}"
+        print(f"dispyscheduler: cannot listen{where}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     finally:
         if journal is not None:

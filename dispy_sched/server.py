@@ -30,6 +30,7 @@ import resource
 import sqlite3
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from dispy_wire.cluster_options import BadOptions, Runtime
@@ -42,7 +43,7 @@ from dispy_wire.liveness import Liveness, Verdict, announced_interval, set_keepa
 from dispy_wire.version import VERSION
 from dispy_wire.tls import CertIdentity, peer_common_name
 
-from .config import SchedConfig
+from .config import ConfigError, SchedConfig, load_users
 from .conn import PeerConnection
 from .core import SchedulerCore
 from .core import actions as A
@@ -50,7 +51,9 @@ from .core import events as E
 from .gate import LoginThrottle, PreLoginGate
 from .accounting import AccountingStore, log_line
 from .journal import NotLeader, StateStore, StoreFailed
+from .httpd import HttpApi, load_admin_token, tls_context
 from .logsafe import peer_text
+from .metrics import SchedMetrics, dispatch_waits
 
 log = logging.getLogger(__name__)
 #: one line per job end (`accounting.log_line`), for log shippers
@@ -168,6 +171,16 @@ class SchedulerServer:
         )
         self._refusals = Throttle(1.0)  # one line a second for what a flood can trigger at will
         self._accept_errors = Throttle(1.0)
+        #: operators' requests the core has not answered yet, by ref
+        self._asked: dict[str, asyncio.Future[A.AnswerAdmin]] = {}
+        #: the HTTP API and its metrics, with `config.http_port`
+        self.http: HttpApi | None = None
+        self.metrics: SchedMetrics | None = None
+        self.http_url = ""
+        #: `handle` calls of the core so far, and a future resolved after the next one, for live views
+        self.turns = 0
+        self._next_turn: asyncio.Future[None] | None = None
+        self._lag_task: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -200,7 +213,25 @@ class SchedulerServer:
         self.address = (sockname[0], sockname[1])
         self._tick_task = asyncio.create_task(self._ticker())
         self._watch_task = asyncio.create_task(self._watch_links())
+        if self.config.http_port is not None:
+            await self.start_http(self.config.http_port)
         return self.address
+
+    async def start_http(self, port: int) -> None:
+        """The JSON API and /metrics on `http_host`:`port`, TLS with the wire's certificate if it has one."""
+        assert self.config.state_dir is not None
+        token_file = self.config.admin_token_file or os.path.join(self.config.state_dir, "admin-token")
+        token = load_admin_token(token_file)
+        tls = tls_context(self.config.tls_cert, self.config.tls_key) if self.config.tls_cert else None
+        self.metrics = SchedMetrics(self)
+        self.http = HttpApi(self, token, self.config.http_host, tls)
+        try:
+            host, bound = await self.http.start(port)
+        except OSError as exc:  # said here: main's message would name the wire's address
+            raise OSError(exc.errno, f"HTTP API: {exc.strerror or exc}") from None
+        self._lag_task = asyncio.create_task(self.metrics.watch_loop())
+        self.http_url = f"{'https' if tls else 'http'}://{host}:{bound}"
+        log.info("HTTP API and /metrics on %s (admin token in %s)", self.http_url, token_file)
 
     async def stop(self, restarting: str = "") -> None:
         """Stops accepting, handles (and journals) what already arrived, then closes every connection.
@@ -214,9 +245,11 @@ class SchedulerServer:
         once every peer's connection is closed, or after `STOP_FLUSH_TIMEOUT`
         seconds for peers that read too slowly: the stop is bounded.
         """
-        for task in (self._tick_task, self._watch_task):
+        for task in (self._tick_task, self._watch_task, self._lag_task):
             if task is not None:
                 task.cancel()
+        if self.http is not None:
+            await self.http.stop()
         if self._server is not None:
             self._server.close()
         if self._pending:
@@ -457,6 +490,46 @@ class SchedulerServer:
         else:
             self.submit(E.NodeLeft(conn.session, reason))
 
+    # ------------------------------------------------------------ operators
+
+    def ask(self, make: Callable[[str], E.Event]) -> asyncio.Future[A.AnswerAdmin]:
+        """Hands an operator's request (built around a fresh ref) to the core; resolves to its answer."""
+        ref = f"a{next(self._ids)}"
+        future: asyncio.Future[A.AnswerAdmin] = asyncio.get_running_loop().create_future()
+        self._asked[ref] = future
+        future.add_done_callback(lambda _: self._asked.pop(ref, None))
+        self.submit(make(ref))
+        return future
+
+    def read_users(self) -> Callable[[str], E.Event]:
+        """Reads the users file again: its verifiers apply to the next logins, its shares and limits
+        to the core once the returned request is asked.
+
+        Raises:
+            ConfigError: no users file, or one the scheduler would not start with (nothing changes).
+        """
+        if not self.config.users_file:
+            raise ConfigError("no users file to read again: the scheduler was started without --users-file")
+        self.config.users = load_users(self.config.users_file)
+        if self.http is not None:
+            self.http.logins.forget()
+        cfg = self.config
+        shares, limits, default = cfg.shares(), cfg.limits(), cfg.default_limits()
+        return lambda ref: E.UsersReloaded(ref, shares, limits, default)
+
+    async def reload(self) -> None:
+        """SIGHUP: reads the users file again, logging the outcome."""
+        try:
+            answer = await self.ask(self.read_users())
+        except ConfigError as exc:
+            log.error("reload refused, the users file is unchanged in memory: %s", exc)
+            return
+        log.info("SIGHUP: %s", answer.message)
+
+    def metrics_login_refused(self, via: str) -> None:
+        if self.metrics is not None:
+            self.metrics.logins_refused.labels(via).inc()
+
     # ---------------------------------------------------------- core driving
 
     def submit(self, event: E.Event) -> None:
@@ -475,6 +548,16 @@ class SchedulerServer:
         events, self._pending = self._pending, []
         for action in self.core.handle(*events, now=time.time()):
             self._execute(action)
+        self.turns += 1
+        if self._next_turn is not None:
+            self._next_turn.set_result(None)
+            self._next_turn = None
+
+    def next_turn(self) -> asyncio.Future[None]:
+        """A future resolved once the core has handled its next batch of events (something may have changed)."""
+        if self._next_turn is None:
+            self._next_turn = asyncio.get_running_loop().create_future()
+        return self._next_turn
 
     def _commit(self, changes: A.Persist) -> None:
         """Writes one turn's changes; if that fails, stops before acknowledging anything more."""
@@ -508,11 +591,19 @@ class SchedulerServer:
                 self._commit(action)
             case A.RecordJobEnds(ends):
                 self._record(ends)
+                if self.metrics is not None:
+                    self.metrics.ended(ends)
             case A.Dispatch(node, jobs):
                 if not self._dispatched:  # after a takeover: when the new leader got going (benchmarks/pg_store.py)
                     self._dispatched = True
                     log.info("first dispatch since start: %d jobs to node %s", len(jobs), peer_text(self._who(node)))
                 self._send(node, M.RunJobs(jobs))
+                if self.metrics is not None:
+                    self.metrics.dispatched(dispatch_waits(self, jobs))
+            case A.AnswerAdmin(ref):
+                future = self._asked.pop(ref, None)
+                if future is not None and not future.done():
+                    future.set_result(action)  # its asker logs it
             case A.DeliverResults(client, cluster_id, results):
                 conn = self.peers.get(client)
                 if conn is not None:  # it writes them in slices, or keeps them waiting while the client is slow

@@ -1023,6 +1023,37 @@ class CoreMachine(RuleBasedStateMachine):
         self.closing.add(cid)
         self.apply(E.ClusterClosed(self.attached[cid], cid, terminate))
 
+    # -- the operator (the HTTP API)
+
+    @precondition(lambda self: self.core.nodes)
+    @rule(data=st.data(), drained=st.booleans())
+    def operator_drains(self, data: st.DataObject, drained: bool) -> None:
+        name = data.draw(st.sampled_from(sorted(n.name for n in self.core.nodes.values())))
+        actions = self.apply(E.NodeDrainSet("op", name, drained))
+        if drained:
+            assert not any(d.node in {n.node_id for n in self.core.nodes.values() if n.name == name} for d in of(actions, A.Dispatch))
+
+    @precondition(lambda self: self.core.nodes)
+    @rule(data=st.data(), cpus=st.integers(-1, 3))
+    def operator_caps_cpus(self, data: st.DataObject, cpus: int) -> None:
+        name = data.draw(st.sampled_from(sorted(n.name for n in self.core.nodes.values())))
+        self.apply(E.NodeCpusCapped("op", name, cpus))
+
+    @precondition(lambda self: self.open_clusters())
+    @rule(data=st.data(), whole=st.booleans(), by_owner=st.booleans())
+    def operator_cancels(self, data: st.DataObject, whole: bool, by_owner: bool) -> None:
+        cid = data.draw(st.sampled_from(self.open_clusters()))
+        cluster = self.core.clusters.get(cid)
+        live = sorted(j for j, job in cluster.jobs.items() if job.state is not JobState.DONE) if cluster else []
+        ids = None if whole or not live else tuple(data.draw(st.lists(st.sampled_from(live), min_size=1, max_size=2)))
+        by = self.clusters[cid] if by_owner else "mallory"
+        (answer,) = of(self.apply(E.CancelRequested("op", by, cid, ids)), A.AnswerAdmin)
+        assert (answer.error == "") == (by_owner and cluster is not None), answer
+
+    @rule(user=st.sampled_from(USERS), share=st.sampled_from([0.5, 1.0, 3.0]))
+    def operator_sets_share(self, user: str, share: float) -> None:
+        self.apply(E.UserShareSet("op", user, share))
+
     def may_leave(self) -> list[str]:
         return sorted(self.attached)
 
@@ -1141,6 +1172,8 @@ class CoreMachine(RuleBasedStateMachine):
                     self.apply(E.NodeCpusSet(self.attached[cid], cid, name, -1))
                 waiting = [j for c, j in self.pinned if c == cid and j in cluster.jobs]
                 self.apply(E.JobsCancelled(self.attached[cid], cid, waiting))
+        for name in sorted(self.core.drained | set(self.core.cpu_caps)):  # the operator lets every node work again
+            self.apply(E.NodeDrainSet("op", name, False), E.NodeCpusCapped("op", name, -1))
         self.node_joins(4)
         for _ in range(200):
             for cid, client in list(self.attached.items()):  # collected results let a paused user go on

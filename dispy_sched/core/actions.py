@@ -232,3 +232,16 @@ class Reject(Action):
     code: str
     message: str
     ref: str
+
+
+# -- to the shell itself -----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerAdmin(Action):
+    """The outcome of an operator's request (`events.CancelRequested` and the like), named by its `ref`."""
+
+    ref: str
+    #: "" when done; else an `ErrorCode` value
+    error: str
+    message: str

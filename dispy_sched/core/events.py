@@ -13,6 +13,7 @@ from dispy_wire.cluster_options import Runtime
 from dispy_wire.messages import JobFile, JobRef, JobResult, JobSpec, PutFile
 
 from .persist import ClusterRow, JobRow
+from .state import Limits
 
 
 class Event:
@@ -190,3 +191,59 @@ class StateRestored(Event):
     jobs: list[JobRow]
     usage: dict[str, tuple[float, float]]
     adopt_within: float
+
+
+# -- from the operator (the HTTP API, SIGHUP) ---------------------------------
+# Each carries a `ref` that the core's `AnswerAdmin` names in reply; `by` is the
+# user who asks (who may touch only their own clusters), None for an administrator.
+
+
+@dataclass(frozen=True, slots=True)
+class CancelRequested(Event):
+    """Cancel jobs of a cluster: queued ones end at once, running ones are killed on their nodes."""
+
+    ref: str
+    by: str | None
+    cluster_id: str
+    #: None: every job of the cluster that has not ended
+    job_ids: tuple[int, ...] | None
+
+
+@dataclass(frozen=True, slots=True)
+class NodeDrainSet(Event):
+    """A drained node (by name) gets no new jobs; those running there finish. Kept across its reconnects."""
+
+    ref: str
+    name: str
+    drained: bool
+
+
+@dataclass(frozen=True, slots=True)
+class NodeCpusCapped(Event):
+    """The node called `name` is given at most `cpus` CPUs (never more than it offers); negative lifts the cap."""
+
+    ref: str
+    name: str
+    cpus: int
+
+
+@dataclass(frozen=True, slots=True)
+class UserShareSet(Event):
+    """A user's fair-share weight, until the users file is read again."""
+
+    ref: str
+    user: str
+    share: float
+
+
+@dataclass(frozen=True, slots=True)
+class UsersReloaded(Event):
+    """The users file was read again: every user's share and limits as it now says.
+
+    A user it no longer names gets the default share and `default_limits`.
+    """
+
+    ref: str
+    shares: dict[str, float]
+    limits: dict[str, Limits]
+    default_limits: Limits

@@ -63,9 +63,13 @@ def check_invariants(core: SchedulerCore) -> None:
     assert all(core.clusters.get(k[0]) is not None and k[1] in core.clusters[k[0]].jobs for k in core._orphans), "a stray orphan"
     core._free_nodes.check()
     for node in core.nodes.values():
+        assert node.drained == (node.name in core.drained), f"node {node.name}: drained flag is stale"
+        assert node.cpus == min(node.offered, core.cpu_caps.get(node.name, node.offered)), f"node {node.name}: stale CPUs"
+    for node in core.nodes.values():
         assert node.busy == len(node.jobs) == node_busy[node.node_id], f"node {node.name}: busy is wrong"
-        assert (node.node_id in core._free_nodes) == (node.free > 0), f"node {node.name}: free set is wrong"
-        if node.free > 0:
+        free = node.free > 0 and not node.drained
+        assert (node.node_id in core._free_nodes) == free, f"node {node.name}: free set is wrong"
+        if free:
             assert core._free_nodes.key(node.node_id) == (node.load, node.name), f"node {node.name}: stale load"
     assert all(n in core.nodes for n in core._free_nodes.ordered()), "a lost node is still free"
     for user in core.users.values():

@@ -182,6 +182,14 @@ class SchedulerCore:
         self._written: list[JobRecord] = []
         #: released clusters, id -> (user, why), so a returning client is told why (oldest dropped first)
         self._released: dict[str, tuple[str, str]] = {}
+        #: per-user shares and limits (the users file's, as last read; an operator may change a share)
+        self.shares: dict[str, float] = dict(self.config.shares or {})
+        self.limits: dict[str, Limits] = dict(self.config.limits or {})
+        self.default_limits = self.config.default_limits
+        #: names of the nodes an operator drained: no new jobs there (kept while they are away)
+        self.drained: set[str] = set()
+        #: node name -> the most CPUs an operator lets it have
+        self.cpu_caps: dict[str, int] = {}
 
     # ---------------------------------------------------------------- entry
 
@@ -441,7 +449,10 @@ class SchedulerCore:
 
     @_on.register
     def _on_node_joined(self, ev: E.NodeJoined) -> None:
-        node = NodeRecord(ev.node, ev.name, ev.ip_addr, max(0, ev.cpus), ev.heartbeat, self.now)
+        offered = max(0, ev.cpus)
+        node = NodeRecord(ev.node, ev.name, ev.ip_addr, self._capped(ev.name, offered), ev.heartbeat, self.now)
+        node.offered = offered
+        node.drained = ev.name in self.drained
         node.grace = ev.grace if math.isfinite(ev.grace) and ev.grace > 0 else 0.0
         node.addresses = (ev.ip_addr, *(a for a in ev.addresses if a != ev.ip_addr))
         node.runtime = ev.runtime
@@ -506,12 +517,24 @@ class SchedulerCore:
         if isinstance(grace, (int, float)) and not isinstance(grace, bool) and 0 <= grace < node.grace:
             node.grace = float(grace)
         cpus = ev.avail.get("cpus")
-        if isinstance(cpus, int) and not isinstance(cpus, bool) and cpus >= 0 and cpus != node.cpus:
-            node.cpus = cpus
-            self._update_free(node)
-            for cluster in self.clusters.values():  # "all CPUs but N" moves with them
-                self._place(cluster, node)
+        if isinstance(cpus, int) and not isinstance(cpus, bool) and cpus >= 0 and cpus != node.offered:
+            node.offered = cpus
+            self._set_cpus(node)
         self._announce(node, "report")
+
+    def _capped(self, name: str, offered: int) -> int:
+        cap = self.cpu_caps.get(name)
+        return offered if cap is None else min(cap, offered)
+
+    def _set_cpus(self, node: NodeRecord) -> None:
+        """Applies what the node offers and the operator's cap to the CPUs it is given."""
+        cpus = self._capped(node.name, node.offered)
+        if cpus == node.cpus:
+            return
+        node.cpus = cpus  # fewer than it runs: none is stopped, no new one starts until they are fewer
+        self._update_free(node)
+        for cluster in self.clusters.values():  # "all CPUs but N" moves with them
+            self._place(cluster, node)
 
     @_on.register
     def _on_results_arrived(self, ev: E.ResultsArrived) -> None:
@@ -616,6 +639,85 @@ class SchedulerCore:
             user.set_usage(user.decayed_usage(self.now, self.usage_half_life) + restored, self.now, self.usage_half_life)
             self.ready.update_user(user)
             self._note_user(user)
+
+    # ------------------------------------------------- operator's requests
+
+    def _answer(self, ref: str, error: ErrorCode | None, message: str) -> None:
+        self._out.immediate.append(A.AnswerAdmin(ref, str(error) if error else "", message))
+
+    @_on.register
+    def _on_cancel_requested(self, ev: E.CancelRequested) -> None:
+        cluster = self.clusters.get(ev.cluster_id)
+        if cluster is None or (ev.by is not None and cluster.user != ev.by):  # another's: as if there were none
+            self._answer(ev.ref, ErrorCode.UNKNOWN_CLUSTER, f"no cluster {ev.cluster_id}")
+            return
+        if ev.job_ids is None:
+            ids = [j.job_id for j in cluster.jobs.values() if j.state is not JobState.DONE]
+        else:
+            ids = list(ev.job_ids)
+            ended = [i for i in ids if i not in cluster.jobs or cluster.jobs[i].state is JobState.DONE]
+            if ended:
+                self._answer(ev.ref, ErrorCode.BAD_REQUEST, f"job {ended[0]} of cluster {ev.cluster_id} is not queued or running")
+                return
+        who = f"user {ev.by}" if ev.by is not None else "an administrator"
+        self._cancel(cluster, ids, why=f"cancelled by {who}")
+        self._answer(ev.ref, None, f"{len(ids)} jobs of cluster {cluster.name} ({ev.cluster_id}) cancelled")
+
+    def _nodes_called(self, name: str) -> list[NodeRecord]:
+        return [n for n in self.nodes.values() if n.name == name]
+
+    @_on.register
+    def _on_node_drain_set(self, ev: E.NodeDrainSet) -> None:
+        nodes = self._nodes_called(ev.name)
+        if not nodes and not ev.drained and ev.name not in self.drained:
+            self._answer(ev.ref, ErrorCode.BAD_REQUEST, f"no node {ev.name} is connected or drained")
+            return
+        if ev.drained:
+            self.drained.add(ev.name)  # also one not connected now: it comes back drained
+        else:
+            self.drained.discard(ev.name)
+        for node in nodes:
+            node.drained = ev.drained
+            self._update_free(node)
+        state = "drained: no new jobs start there" if ev.drained else "undrained"
+        self._answer(ev.ref, None, f"node {ev.name} {state}" + ("" if nodes else " (not connected now)"))
+
+    @_on.register
+    def _on_node_cpus_capped(self, ev: E.NodeCpusCapped) -> None:
+        nodes = self._nodes_called(ev.name)
+        if not nodes:
+            self._answer(ev.ref, ErrorCode.BAD_REQUEST, f"no node {ev.name} is connected")
+            return
+        if ev.cpus < 0:
+            self.cpu_caps.pop(ev.name, None)
+        else:
+            self.cpu_caps[ev.name] = ev.cpus
+        for node in nodes:
+            self._set_cpus(node)
+        self._answer(ev.ref, None, f"node {ev.name} is given {nodes[0].cpus} of its {nodes[0].offered} CPUs")
+
+    @_on.register
+    def _on_user_share_set(self, ev: E.UserShareSet) -> None:
+        if not (math.isfinite(ev.share) and ev.share > 0):
+            self._answer(ev.ref, ErrorCode.BAD_REQUEST, f"a share must be a number above 0, not {ev.share!r}")
+            return
+        if ev.user not in self.users and ev.user not in self.shares:
+            self._answer(ev.ref, ErrorCode.BAD_REQUEST, f"no user {ev.user} in the users file or connected")
+            return
+        self.shares[ev.user] = ev.share
+        user = self._user(ev.user)
+        user.share = ev.share
+        self.ready.update_user(user)
+        self._answer(ev.ref, None, f"user {ev.user} has share {ev.share:g} (until the users file is read again)")
+
+    @_on.register
+    def _on_users_reloaded(self, ev: E.UsersReloaded) -> None:
+        self.shares, self.limits, self.default_limits = dict(ev.shares), dict(ev.limits), ev.default_limits
+        for user in self.users.values():
+            user.share = float(self.shares.get(user.name, self.config.default_share))
+            user.limits = self.limits.get(user.name, self.default_limits)
+            self.ready.update_user(user)
+        self._answer(ev.ref, None, f"users file read: {len(ev.shares)} users")
 
     def _running_on_namesake(self, ref: JobRef, node: NodeRecord) -> JobRecord | None:
         """Moves a job RUNNING on an earlier session of `node` (by name) to this one."""
@@ -1122,8 +1224,8 @@ class SchedulerCore:
     def _user(self, name: str) -> UserRecord:
         user = self.users.get(name)
         if user is None:
-            share = (self.config.shares or {}).get(name, self.config.default_share)
-            limits = (self.config.limits or {}).get(name, self.config.default_limits)
+            share = self.shares.get(name, self.config.default_share)
+            limits = self.limits.get(name, self.default_limits)
             user = UserRecord(name, float(share), limits, usage_time=self.now)
             self.users[name] = user
         return user
@@ -1166,7 +1268,7 @@ class SchedulerCore:
                 self._out.nodes[(client, cluster_id)].append(info)
 
     def _update_free(self, node: NodeRecord) -> None:
-        if node.free > 0 and node.node_id in self.nodes:
+        if node.free > 0 and not node.drained and node.node_id in self.nodes:
             self._free_nodes.set(node.node_id, (node.load, node.name))
         else:
             self._free_nodes.discard(node.node_id)

@@ -306,6 +306,8 @@ class NodeRecord:
     runtime: Runtime | None = None  # its jobs' Python and cloudpickle, if it said
     #: seconds the node keeps running its jobs after losing us (so long they wait for it, orphaned)
     grace: float = 0.0
+    offered: int = 0  # CPUs the node offers; `cpus` is that under the operator's cap
+    drained: bool = False  # by the operator: no new jobs start here
 
     @property
     def free(self) -> int:

@@ -1,0 +1,125 @@
+"""The dashboard: a static page (dispy_sched/static/, shipped in the package) and its live feed.
+
+`GET /` serves the page, which asks who you are (the admin token, or a user's
+name and secret) and reads `GET /api/v1/events`: server-sent events, one
+`snapshot` (status, users, nodes, clusters, jobs, the busy CPUs per user over
+the last hour) when it connects and one each time what the viewer may see
+changes: checked after the core's next turn, at most every `MIN_INTERVAL`.
+Management buttons call the JSON API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import deque
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from . import views
+
+if TYPE_CHECKING:
+    from .httpd import HttpApi, Identity
+
+#: an open page's snapshot is recomputed (and sent if it changed) after the core's next turn, at most this
+#: often, and at least every PUSH_INTERVAL
+MIN_INTERVAL = 0.5
+PUSH_INTERVAL = 1.0
+#: a comment line this often keeps proxies from closing a quiet stream
+KEEPALIVE = 15.0
+#: busy CPUs per user sampled this often, for an hour
+HISTORY_STEP = 10.0
+HISTORY_POINTS = 360
+#: jobs listed in a snapshot at most (the counts in `status` cover the rest): a snapshot of 1,000 running
+#: jobs costs the loop about 30 ms on a loaded machine, of 500 about half that
+MAX_JOBS = 500
+STATIC = {"index.html": "text/html", "app.js": "text/javascript", "style.css": "text/css"}
+
+
+class Dashboard:
+    def __init__(self, api: HttpApi) -> None:
+        self.api = api
+        #: (time, {user: busy CPUs}) every HISTORY_STEP seconds
+        self.history: deque[tuple[float, dict[str, int]]] = deque(maxlen=HISTORY_POINTS)
+        #: the last snapshot's JSON per viewer, with the core turn it shows: pages of one viewer share it
+        self._cache: dict[str | None, tuple[int, str]] = {}
+        self._files = {name: (resources.files("dispy_sched") / "static" / name).read_bytes() for name in STATIC}
+        api.app.add_routes([
+            web.get("/", self.page),
+            web.get("/static/{name}", self.static),
+            web.get("/api/v1/events", self.events),
+        ])  # fmt: skip
+
+    async def sample(self) -> None:
+        while True:
+            core = self.api.server.core
+            self.history.append((time.time(), {u.name: u.busy for u in core.users.values() if u.busy}))
+            await asyncio.sleep(HISTORY_STEP)
+
+    async def page(self, request: web.Request) -> web.Response:
+        return self._file("index.html")
+
+    async def static(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if name not in STATIC:
+            raise web.HTTPNotFound()
+        return self._file(name)
+
+    def _file(self, name: str) -> web.Response:
+        return web.Response(body=self._files[name], content_type=STATIC[name], headers={"Cache-Control": "no-cache"})
+
+    def snapshot_json(self, who: Identity) -> str:
+        turn = self.api.server.turns
+        cached = self._cache.get(who.user)
+        if cached is None or cached[0] != turn:
+            if len(self._cache) > 1000:  # viewers who left
+                self._cache.clear()
+            cached = self._cache[who.user] = (turn, json.dumps(self.snapshot(who), separators=(",", ":")))
+        return cached[1]
+
+    def snapshot(self, who: Identity) -> dict[str, Any]:
+        core = self.api.server.core
+        jobs = views.jobs(core, who.user)
+        now = (time.time(), {u.name: u.busy for u in core.users.values() if u.busy})  # the line reaches the present
+        history = [
+            {"t": t, "busy": busy if who.admin else {k: v for k, v in busy.items() if k == who.user}}
+            for t, busy in (*self.history, now)
+        ]
+        return {
+            "status": {**views.status(core, self.api.started, who.user), "you": who.as_json()},
+            "users": views.users(core, who.user),
+            "nodes": views.nodes(core),
+            "clusters": views.clusters(core, who.user),
+            "jobs": jobs[:MAX_JOBS],
+            "jobs_total": len(jobs),
+            "history": history,
+        }
+
+    async def events(self, request: web.Request) -> web.StreamResponse:
+        who = await self.api.logins.identify(request)
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await response.prepare(request)
+        server = self.api.server
+        last, sent = "", time.monotonic()
+        try:
+            while True:
+                seen = server.turns
+                body = self.snapshot_json(who)
+                if body != last:
+                    await response.write(f"event: snapshot\ndata: {body}\n\n".encode())
+                    last, sent = body, time.monotonic()
+                elif time.monotonic() - sent >= KEEPALIVE:
+                    await response.write(b": keep-alive\n\n")
+                    sent = time.monotonic()
+                await asyncio.sleep(MIN_INTERVAL)  # a busy scheduler's turns coalesce into one snapshot
+                if server.turns == seen:  # nothing happened since this snapshot: wait for something to
+                    try:
+                        await asyncio.wait_for(asyncio.shield(server.next_turn()), PUSH_INTERVAL)
+                    except TimeoutError:
+                        pass
+        except ConnectionResetError:
+            pass  # the page was closed
+        return response

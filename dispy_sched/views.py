@@ -1,0 +1,148 @@
+"""Read-only views of the scheduler for people: what the JSON API (and a dashboard) show.
+
+Each function reads the core's records at call time and returns plain JSON
+types; none changes anything (changes go to the core as events). `viewer` is
+the user who looks: they see only their own clusters and jobs, and other
+users as totals; None is an administrator, who sees everything.
+Times are wall-clock seconds since the epoch, as the core keeps them.
+"""
+
+from __future__ import annotations
+
+from importlib import metadata
+from typing import Any
+
+from dispy_wire.status import JobStatus
+
+from .core import ClusterRecord, JobRecord, JobState, NodeRecord, SchedulerCore
+
+#: job states as the API names them: the core's own, a terminal one by its result's status
+JOB_STATES = ("queued", "running", "orphaned", "finished", "terminated", "cancelled", "abandoned")
+
+
+def version() -> str:
+    try:
+        return metadata.version("dispy-shared")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
+def job_state(job: JobRecord) -> str:
+    if job.state is JobState.DONE and job.result is not None:
+        return JobStatus(job.result.status).name.lower()
+    return job.state.value
+
+
+def node_state(node: NodeRecord) -> str:
+    """drained, full (every CPU busy), busy (some), idle."""
+    if node.drained:
+        return "drained"
+    if node.busy and node.busy >= node.cpus:
+        return "full"
+    return "busy" if node.busy else "idle"
+
+
+def status(core: SchedulerCore, started: float, viewer: str | None) -> dict[str, Any]:
+    """The scheduler at a glance: version, uptime, counts."""
+    clusters = _visible_clusters(core, viewer)
+    jobs = {state: 0 for state in JOB_STATES}
+    for cluster in clusters:
+        for job in cluster.jobs.values():
+            jobs[job_state(job)] += 1
+    return {
+        "version": version(),
+        "policy": getattr(core.policy, "name", type(core.policy).__name__),
+        "started": started,
+        "uptime": max(0.0, core.now - started),
+        "users": len(core.users) if viewer is None else 1,
+        "active_users": sum(1 for u in core.users.values() if u.busy or u.queued),
+        "nodes": len(core.nodes),
+        "drained_nodes": sorted(core.drained),  # by name, connected or not
+        "cpus": sum(n.cpus for n in core.nodes.values()),
+        "busy_cpus": sum(n.busy for n in core.nodes.values()),
+        "queued_jobs": sum(u.queued for u in core.users.values()),
+        "clusters": len(clusters),
+        "jobs": jobs,
+    }
+
+
+def users(core: SchedulerCore, viewer: str | None) -> list[dict[str, Any]]:
+    """Each user (a viewer sees only themself): share, target share, busy, queued, decayed usage, limits."""
+    snapshot = core.status(viewer)["users"]
+    return [{"name": name, **snapshot[name]} for name in sorted(snapshot)]
+
+
+def nodes(core: SchedulerCore) -> list[dict[str, Any]]:
+    """Each connected node: CPUs offered, given and busy, its own CPU % and memory, its state."""
+    out = []
+    for node in sorted(core.nodes.values(), key=lambda n: n.name):
+        avail = node.avail
+        out.append({
+            "name": node.name,
+            "ip_addr": node.ip_addr,
+            "state": node_state(node),
+            "offered_cpus": node.offered,
+            "cpus": node.cpus,
+            "busy_cpus": node.busy,
+            "cpu_percent": avail.get("cpu_percent"),
+            "memory_available": avail.get("memory"),
+            "disk_available": avail.get("disk"),
+            "last_heartbeat": node.last_seen,
+            "clusters": len(node.loaded),
+        })  # fmt: skip
+    return out
+
+
+def clusters(core: SchedulerCore, viewer: str | None) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": c.cluster_id,
+            "name": c.name,
+            "user": c.user,
+            "attached": c.client is not None,
+            "closing": c.closing,
+            "queued": c.queued,
+            "running": c.busy,
+            "done": sum(1 for j in c.jobs.values() if j.state is JobState.DONE),
+            "nodes": sorted(core.nodes[n].name for n in c.loaded_on if n in core.nodes),
+        }
+        for c in sorted(_visible_clusters(core, viewer), key=lambda c: c.seq)
+    ]
+
+
+def jobs(core: SchedulerCore, viewer: str | None, user: str | None = None, state: str | None = None) -> list[dict[str, Any]]:
+    """Jobs the scheduler holds (queued, running, or ended with a result not yet collected)."""
+    out = []
+    for cluster in sorted(_visible_clusters(core, viewer), key=lambda c: c.seq):
+        if user is not None and cluster.user != user:
+            continue
+        for job in cluster.jobs.values():
+            name = job_state(job)
+            if state is None or name == state:
+                out.append(_job(cluster, job, name))
+    return out
+
+
+def _job(cluster: ClusterRecord, job: JobRecord, state: str) -> dict[str, Any]:
+    result = job.result
+    return {
+        "id": f"{cluster.cluster_id}/{job.job_id}",
+        "cluster": cluster.cluster_id,
+        "job": job.job_id,
+        "user": cluster.user,
+        "state": state,
+        "node": job.last_node or None,
+        "submitted": job.submit_time,
+        "started": (result.start_time if result is not None else job.start_time) or None,
+        "ended": result.end_time if result is not None else None,
+        "attempts": job.attempts,
+        "priority": job.priority,
+    }
+
+
+def _visible_clusters(core: SchedulerCore, viewer: str | None) -> list[ClusterRecord]:
+    if viewer is None:
+        return list(core.clusters.values())
+    user = core.users.get(viewer)
+    return [core.clusters[c] for c in sorted(user.clusters)] if user is not None else []
+
