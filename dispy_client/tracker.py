@@ -310,7 +310,7 @@ class JobTracker:
         with self.changed:
             node = self._nodes.get(msg.node)
             if node is None:
-                node = self._nodes[msg.node] = DispyNode(msg.node, msg.ip_addr)
+                node = self._nodes[msg.node] = DispyNode(msg.ip_addr, msg.node)  # dispy's order: address, name
             node.failure = msg.reason
             node.update_time = time.time()
             self._bump()
