@@ -337,8 +337,10 @@ class BaseCluster:
     def __enter__(self) -> BaseCluster:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()  # returns None: an exception in the block propagates (dispy's swallows it)
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        # returns None: an exception in the block propagates (dispy's swallows it); with one in
+        # flight the block's jobs are not waited for (a failed test or ^C must not hang): cancelled
+        self.close(terminate=exc_type is not None)
 
     # ------------------------------------------------------------- status
 
@@ -460,11 +462,12 @@ class BaseCluster:
             setup_anew: load the cluster there again even when the entry asks for no set-up of its own
                 (`resetup_node`).
         """
+        total = self._total_cpus(node)  # not node.cpus: that is this cluster's cap, or 0 if it saw only jobs
         if not self._allocators and not setup_anew:
-            return allocate_cpus(self.nodes, self, node.ip_addr, node.name, node.cpus)
+            return allocate_cpus(self.nodes, self, node.ip_addr, node.name, total)
         for entry in self.nodes:
             try:
-                cpus = entry.allocate(self, node.ip_addr, node.name, node.cpus, node.avail_info, node.platform)
+                cpus = entry.allocate(self, node.ip_addr, node.name, total, node.avail_info, node.platform)
             except Exception:  # a user's NodeAllocate: its error must not stop the others
                 log.exception("%s.allocate raised for node %s; not using the node", type(entry).__name__, node.name)
                 cpus = 0
@@ -477,6 +480,19 @@ class BaseCluster:
             self._setup_on(node, [], ())
         self._set_cpus(node.name, 0)
         return 0
+
+    def _total_cpus(self, node: DispyNode) -> int:
+        """The CPUs `node` offers, which `NodeAllocate.allocate` shares out: from the node's reports, else
+        (a cluster that watches no nodes knows a node only from its jobs) from the scheduler."""
+        total = self._tracker.total_cpus(node.name)
+        if total is not None:
+            return total
+        try:
+            info = self.scheduler_status().get("nodes", {}).get(node.name) or {}
+        except (DispyError, TimeoutError) as exc:
+            log.warning("cannot ask the scheduler for node %s's CPUs: %s", node.name, exc)
+            info = {}
+        return int(info.get("cpus", node.cpus))
 
     def _setup_on(self, node: DispyNode, depends: list[Any], setup_args: tuple[Any, ...]) -> None:
         """Sends the computation `node` loads: the cluster's, with a `NodeAllocate`'s own depends and setup_args."""

@@ -174,6 +174,11 @@ class JobTracker:
             if node is not None:
                 node.cpus = min(self._totals.get(name) or node.cpus or cpus, cpus)
 
+    def total_cpus(self, name: str) -> int | None:
+        """The CPUs node `name` offers, from its reports; None if this cluster had none (it watches no nodes)."""
+        with self.changed:
+            return self._totals.get(name)
+
     def nodes(self) -> dict[str, DispyNode]:
         """This cluster's nodes by name (live records: read, do not change)."""
         with self.changed:
@@ -305,7 +310,7 @@ class JobTracker:
         with self.changed:
             node = self._nodes.get(msg.node)
             if node is None:
-                node = self._nodes[msg.node] = DispyNode(msg.node, msg.ip_addr)
+                node = self._nodes[msg.node] = DispyNode(msg.ip_addr, msg.node)  # dispy's order: address, name
             node.failure = msg.reason
             node.update_time = time.time()
             self._bump()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -163,6 +164,17 @@ def test_with_block_propagates_exceptions() -> None:
     with pytest.raises(KeyError), dispy.JobCluster(square) as cluster:
         cluster.submit(2)
         raise KeyError("the user's")
+
+
+def test_with_block_that_raises_cancels_its_jobs_instead_of_waiting_for_them() -> None:
+    """A failing test (or ^C) inside `with` must not hang in `__exit__` on a job that never ends."""
+    started = time.monotonic()
+    with pytest.raises(KeyError), dispy.JobCluster(nap) as cluster:
+        job = cluster.submit(600)
+        wait_until(lambda: job.status == dispy.DispyJob.Running, 30, "the job to start")
+        raise KeyError("the user's")
+    assert job.status == dispy.DispyJob.Cancelled
+    assert time.monotonic() - started < 120
 
 
 def test_dispys_names_exist(capsys: pytest.CaptureFixture[str]) -> None:
