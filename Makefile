@@ -50,7 +50,7 @@ dispy-examples: venv
 test: venv test-debs dispy-examples
 	$(PY) -m ruff check --quiet .
 	$(PY) -m mypy
-	$(PY) -m pytest -q -x -p no:cacheprovider -p no:randomly tests
+	$(PY) -m pytest -q -x -p no:cacheprovider -p no:randomly --durations=25 tests
 
 # the suite in a random order, to show no test depends on the ones before it;
 # the seed is printed first: `make test-random SEED=1234` repeats that order
@@ -61,7 +61,7 @@ test-random: venv test-debs dispy-examples
 	@echo "test order seed: $(SEED) (again: make test-random SEED=$(SEED))"
 	$(PY) -m pytest -q -p no:cacheprovider --randomly-seed=$(SEED) tests
 
-soak: venv
+soak: venv test-debs dispy-examples
 	$(PY) -m pytest -q -m soak -p no:cacheprovider tests
 
 demo: venv

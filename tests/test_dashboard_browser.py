@@ -63,7 +63,7 @@ def test_an_admin_and_a_user_watch_and_manage_from_the_page(cluster: Cluster, br
     # cancel alice's job from the page
     page.click("#jobs tbody tr:has(td:text-is('alice')) >> text=cancel")
     assert alice.wait(60) == 0
-    assert "ends [[null, 8, null]]" in alice.stdout  # her program got it back Cancelled (dispy's 8)
+    assert "ends [[1, 8, null]]" in alice.stdout  # her program got job 1 back Cancelled (dispy's 8)
     # a job that ends shows on the page without a reload
     bob_release.with_name(f"{bob_release.name}.0").touch()
     wait_until(lambda: all(r[2] != "running" for r in rows(page, "jobs")), what="the page to show bob's job ended")

@@ -51,6 +51,7 @@ poweroff -f
     UML is None or shutil.which("mkfs.ext4") is None,
     reason="needs Debian's user-mode-linux and e2fsprogs (make test installs them when run as root)",
 )
+@pytest.mark.soak  # a minute or more of a second kernel: make soak, to keep make test under 10 minutes
 @pytest.mark.timeout(BOOT_TIMEOUT + 240)  # the guest's whole run, on a busy host: pytest's 120 s per test is too short
 def test_every_cgroup_test_passes_under_cgroup_v2(tmp_path: Path) -> None:
     init = tmp_path / "init.sh"
