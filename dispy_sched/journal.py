@@ -240,13 +240,7 @@ class SqliteJournal:
             if changes.new_jobs:
                 db.executemany(
                     "INSERT OR REPLACE INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        (
-                            j.cluster_id, j.job_id, j.priority, j.seq, j.payload, _pack_options(j.options), j.submit_time,
-                            j.state, j.node, j.attempts, j.cancel_requested, _pack_result(j.result), j.result_size,
-                        )  # fmt: skip
-                        for j in changes.new_jobs
-                    ],
+                    [new_job_values(j) for j in changes.new_jobs],
                 )
             if changes.changed_jobs:
                 db.executemany(
@@ -254,13 +248,7 @@ class SqliteJournal:
                     "UPDATE jobs SET state = ?, node = ?, attempts = ?, cancel_requested = ?, "
                     "result = COALESCE(?, result), result_size = ?, "
                     "payload = CASE WHEN ? THEN NULL ELSE payload END WHERE cluster_id = ? AND job_id = ?",
-                    [
-                        (
-                            j.state, j.node, j.attempts, j.cancel_requested, _pack_result(j.result), j.result_size,
-                            j.payload is None, j.cluster_id, j.job_id,
-                        )  # fmt: skip
-                        for j in changes.changed_jobs
-                    ],
+                    [changed_job_values(j) for j in changes.changed_jobs],
                 )
             if changes.gone_jobs:
                 db.executemany("DELETE FROM jobs WHERE cluster_id = ? AND job_id = ?", changes.gone_jobs)
@@ -295,6 +283,23 @@ def _unpack_options(blob: bytes | None) -> dict[str, Any]:
         return {}
     value = msgpack.unpackb(blob, raw=False, strict_map_key=False)
     return value if isinstance(value, dict) else {}
+
+
+def new_job_values(j: JobRow) -> tuple[Any, ...]:
+    """A new job's row, in the jobs table's column order (both stores)."""
+    return (
+        j.cluster_id, j.job_id, j.priority, j.seq, j.payload, _pack_options(j.options), j.submit_time,
+        j.state, j.node, j.attempts, j.cancel_requested, _pack_result(j.result), j.result_size,
+    )  # fmt: skip
+
+
+def changed_job_values(j: JobRow) -> tuple[Any, ...]:
+    """A changed job's parameters for the stores' UPDATE: state, node, attempts, cancel, result (None keeps
+    the stored one), result size, whether its arguments are dropped, then its key."""
+    return (
+        j.state, j.node, j.attempts, j.cancel_requested, _pack_result(j.result), j.result_size,
+        j.payload is None, j.cluster_id, j.job_id,
+    )  # fmt: skip
 
 
 def _pack_result(result: JobResult | None) -> bytes | None:

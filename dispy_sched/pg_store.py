@@ -35,7 +35,9 @@ from dispy_wire.messages import JobResult
 from .core.actions import Persist
 from .core.persist import ClusterRow, JobRow
 from .core.state import result_cost
-from .journal import NotLeader, Snapshot, StoreFailed, _pack_options, _pack_result, _unpack_options, _unpack_result
+from .journal import (
+    NotLeader, Snapshot, StoreFailed, _pack_options, _unpack_options, _unpack_result, changed_job_values, new_job_values,
+)
 
 log = logging.getLogger(__name__)
 
@@ -242,13 +244,7 @@ class PgStore:
                 "payload = excluded.payload, options = excluded.options, submit_time = excluded.submit_time, "
                 "state = excluded.state, node = excluded.node, attempts = excluded.attempts, "
                 "cancel_requested = excluded.cancel_requested, result = excluded.result, result_size = excluded.result_size",
-                [
-                    (
-                        j.cluster_id, j.job_id, j.priority, j.seq, j.payload, _pack_options(j.options), j.submit_time,
-                        j.state, j.node, j.attempts, j.cancel_requested, _pack_result(j.result), j.result_size,
-                    )  # fmt: skip
-                    for j in changes.new_jobs
-                ],
+                [new_job_values(j) for j in changes.new_jobs],
             )
         if changes.changed_jobs:
             cur.executemany(
@@ -256,13 +252,7 @@ class PgStore:
                 "UPDATE jobs SET state = %s, node = %s, attempts = %s, cancel_requested = %s, "
                 "result = COALESCE(%s, result), result_size = %s, "
                 "payload = CASE WHEN %s THEN NULL ELSE payload END WHERE cluster_id = %s AND job_id = %s",
-                [
-                    (
-                        j.state, j.node, j.attempts, j.cancel_requested, _pack_result(j.result), j.result_size,
-                        j.payload is None, j.cluster_id, j.job_id,
-                    )  # fmt: skip
-                    for j in changes.changed_jobs
-                ],
+                [changed_job_values(j) for j in changes.changed_jobs],
             )
         if changes.gone_jobs:
             cur.executemany("DELETE FROM jobs WHERE cluster_id = %s AND job_id = %s", list(changes.gone_jobs))

@@ -14,9 +14,11 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 #: the fewest PBKDF2 rounds SCRAM allows: tests log in often, and their secrets guard nothing
@@ -190,3 +192,19 @@ class Cluster:
     def stop_all(self) -> None:
         for proc in reversed(self.procs):
             proc.stop()
+
+
+def embedded_nodes() -> list[psutil.Process]:
+    return [p for p in psutil.Process().children(recursive=True) if "dispy_client.lifeline" in " ".join(p.cmdline())]
+
+
+@pytest.fixture(autouse=True)
+def no_node_outlives_its_test() -> Iterator[None]:
+    """A test that fails before a JobCluster's close() leaves its node running: end it, so the next test starts
+    clean (autouse in the modules that import it)."""
+    yield
+    for proc in embedded_nodes():
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass

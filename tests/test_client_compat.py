@@ -11,16 +11,15 @@ import json
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 
 import dispy_client as dispy
 from dispy_client.httpd import DispyHTTPServer
 from procs import Cluster
+from procs import no_node_outlives_its_test  # noqa: F401  (autouse: a failed test leaves no node)
 from waiting import wait_until
 
 
@@ -34,19 +33,6 @@ def nap(t):  # type: ignore[no-untyped-def]
     time.sleep(t)
     return t
 
-
-def _node_procs() -> list[psutil.Process]:
-    return [p for p in psutil.Process().children(recursive=True) if "dispy_client.lifeline" in " ".join(p.cmdline())]
-
-
-@pytest.fixture(autouse=True)
-def _no_node_outlives_its_test() -> Iterator[None]:
-    yield
-    for proc in _node_procs():
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            pass
 
 
 def test_jobs_are_numbered_unless_given_an_id() -> None:

@@ -6,7 +6,6 @@ import asyncio
 import os
 import sys
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ import pytest
 
 import dispy_client as dispy
 from waiting import wait_until
+from procs import embedded_nodes, no_node_outlives_its_test  # noqa: F401  (the fixture is autouse: a failed test leaves no node)
 
 
 def square(n):  # type: ignore[no-untyped-def]
@@ -30,20 +30,6 @@ def sleepy(t):  # type: ignore[no-untyped-def]
     return t
 
 
-def _node_procs() -> list[psutil.Process]:
-    return [p for p in psutil.Process().children(recursive=True) if "dispy_client.lifeline" in " ".join(p.cmdline())]
-
-
-@pytest.fixture(autouse=True)
-def _no_node_outlives_its_test() -> Iterator[None]:
-    """A test that fails before close() leaves its cluster's node running: end it, so the next test starts clean."""
-    yield
-    for proc in _node_procs():
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            pass
-
 
 def test_zero_setup_runs_jobs_and_close_leaves_nothing_running() -> None:
     cluster = dispy.JobCluster(square)
@@ -57,10 +43,10 @@ def test_zero_setup_runs_jobs_and_close_leaves_nothing_running() -> None:
         assert isinstance(node, dispy.DispyNode)
         assert node.cpus == (psutil.cpu_count() or 1) and node.jobs_done == 8 and node.ip_addr == "127.0.0.1"
         assert [j.id for j in jobs if j.node == node.name] == list(range(8))
-        assert _node_procs(), "no local node process"
+        assert embedded_nodes(), "no local node process"
     finally:
         cluster.close()
-    assert not _node_procs()
+    assert not embedded_nodes()
     assert cluster.submit is not None
     with pytest.raises(dispy.DispyError):
         cluster.submit(1)
@@ -163,7 +149,7 @@ def test_a_local_node_that_cannot_start_is_an_error_and_leaves_nothing(capfd: py
     with pytest.raises(dispy.DispyError, match=r"this machine's node \(dispynode, pid \d+\) exited with status 78"):
         dispy.JobCluster(square, pulse_interval=-1)  # the node refuses a negative heartbeat (a config error)
     assert "heartbeat: expected seconds" in capfd.readouterr().err
-    assert not _node_procs()
+    assert not embedded_nodes()
 
 
 def test_a_local_node_that_does_not_join_in_time_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -172,7 +158,7 @@ def test_a_local_node_that_does_not_join_in_time_is_an_error(monkeypatch: pytest
     monkeypatch.setattr(dispy_client.jobcluster, "LOCAL_NODE_TIMEOUT", 0.001)  # no node starts that fast
     with pytest.raises(dispy.DispyError, match="had not joined the scheduler after 0.001 s"):
         dispy.JobCluster(square)
-    assert not _node_procs()
+    assert not embedded_nodes()
 
 
 def test_job_timeout_ends_the_job() -> None:
