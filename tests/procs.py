@@ -24,6 +24,10 @@ ROOT = Path(__file__).resolve().parent.parent
 #: the fewest PBKDF2 rounds SCRAM allows: tests log in often, and their secrets guard nothing
 TEST_ITERATIONS = 4096
 EXPECT_CGROUP = "DISPY_TEST_CGROUP"  # "v1" or "v2": the per-job cgroups a run must get (test_node_cgroup2.py sets it)
+#: Root nodes that hand out per-cluster uids (the default range, or a fixed --job-uids) share this machine's
+#: uids and sweep what those uids left in /tmp: two such nodes at once could give one uid to two clusters or
+#: remove each other's files. Modules that start them run on one pytest-xdist worker, one test at a time.
+SHARES_JOB_UIDS = pytest.mark.xdist_group("job-uids")
 
 
 def write_users_file(path: Path, text: str) -> Path:

@@ -145,6 +145,8 @@ def test_a_client_flooding_requests_without_reading_is_paused_not_dropped(cluste
         replies = 0
         while replies < n:  # now read: everything asked for arrives, in order, on the same connection
             msg = read_message(sock, decoder)
+            if isinstance(msg, M.Ping):  # the scheduler's liveness check, sent when the link is slow
+                continue
             assert isinstance(msg, M.Status) and msg.ref == f"{replies:08d}{pad}", msg
             replies += 1
             if replies % 10_000 == 0:

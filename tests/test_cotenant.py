@@ -24,8 +24,10 @@ from pathlib import Path
 
 from dispy_client import DispyJob
 from dispy_node.account import DEFAULT_JOB_UIDS
-from procs import EXPECT_CGROUP, Cluster, in_cgroup_v2
+from procs import EXPECT_CGROUP, SHARES_JOB_UIDS, Cluster, in_cgroup_v2
 from test_node_runas import readable_python  # noqa: F401  (the fixture)
+
+pytestmark = SHARES_JOB_UIDS
 
 #: errors that mean "not allowed" or "no such process": what every try must end in
 REFUSED = {"EACCES", "EPERM", "ESRCH"}

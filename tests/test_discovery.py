@@ -81,6 +81,9 @@ _ANNOUNCE = d.encode(d.answer(d.Discover(NONCE), _v("n"), "sched", "10.0.0.1", 9
         (_datagram(2, PROTOCOL_VERSION, "s", "10.0.0.1", 0, b"s", 4096, b"p"), d.Announce, ErrorCode.BAD_MESSAGE),
         (_datagram(2, PROTOCOL_VERSION, "s", "10.0.0.1"), d.Announce, ErrorCode.BAD_MESSAGE),
     ],
+    # named, not shown: the announce's salt is random, and parallel workers must collect the same ids
+    ids=["empty", "http", "not-msgpack", "oversized", "kind-not-int", "newer-version", "unknown-kind", "unpadded",
+         "short-nonce", "announce-as-discover", "discover-as-announce", "port-as-str", "port-0", "truncated"],
 )
 def test_garbage_is_refused_with_a_typed_error(data: bytes, expect: type[Any], code: ErrorCode) -> None:
     with pytest.raises(RemoteWireError) as info:

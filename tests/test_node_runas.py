@@ -28,9 +28,11 @@ from dispy_wire.settings import EX_CONFIG
 
 from dispy_client import DispyJob
 from dispy_node.account import DEFAULT_JOB_UIDS, AccountPool, PoolExhausted
-from procs import EXPECT_CGROUP, Cluster, in_cgroup_v2
+from procs import EXPECT_CGROUP, SHARES_JOB_UIDS, Cluster, in_cgroup_v2
 from test_node_runner import Harness, double, run
 from waiting import wait_until
+
+pytestmark = SHARES_JOB_UIDS
 
 SYSTEM_PYTHON = Path("/usr/bin/python3.11")
 # dispy_node's imports, dependencies included (cryptography, and cffi's backend under it, for dispy_wire.tls)

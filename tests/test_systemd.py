@@ -28,9 +28,11 @@ import pytest
 from dispy_sched import tls_init
 from dispy_wire.sdnotify import Notifier
 from dispy_wire.settings import EX_CONFIG
-from procs import ROOT, Cluster, write_users_file
+from procs import ROOT, SHARES_JOB_UIDS, Cluster, write_users_file
 from test_node_runas import readable_python  # noqa: F401 (a fixture)
 from waiting import wait_until
+
+pytestmark = SHARES_JOB_UIDS
 
 WATCHDOG_USEC = 400_000  # a ping every 0.2 s
 
