@@ -27,7 +27,6 @@ from dispy_wire.tls import ClientTLS, ServerTLS, cert_fingerprint
 
 from .cluster import BaseCluster
 from .connection import LoopThread
-from .embedded import EmbeddedScheduler
 from .errors import DispyError
 from .job import DispyJob
 from .node import NodeAllocate, allocate_cpus
@@ -131,6 +130,8 @@ class JobCluster(BaseCluster):
             options.isolation = isolation.WORKER
         # one loop thread for the client and its scheduler: no GIL hand-off between them per message
         loop_thread = LoopThread(f"dispy-{computation_name(computation)}-io")
+        from .embedded import EmbeddedScheduler  # the scheduler's code: imported by a JobCluster, not by every client
+
         self._embedded = EmbeddedScheduler(
             loop_thread, ip_addr or "127.0.0.1", int(port or 0), options.secret, server_tls
         )

@@ -41,6 +41,7 @@ class SchedMetrics:
     """The scheduler's registry; `server` is read at each scrape."""
 
     def __init__(self, server: SchedulerServer) -> None:
+        self.server = server
         self.registry = CollectorRegistry(auto_describe=True)
         self.jobs_ended = Counter(
             "dispy_jobs_ended", "Jobs that got their terminal result, by user and status",
@@ -74,9 +75,14 @@ class SchedMetrics:
             if end.node and end.start_time > 0 and end.end_time >= end.start_time:  # it ran
                 self.run_time.observe(end.end_time - end.start_time)
 
-    def dispatched(self, waits: Iterator[float]) -> None:
-        for wait in waits:
-            self.dispatch_latency.observe(max(0.0, wait))
+    def dispatched(self, jobs: list[RunJob]) -> None:
+        """Observes how long each just-dispatched job waited since its submit (the core set its start time)."""
+        clusters = self.server.core.clusters
+        for run in jobs:
+            cluster = clusters.get(run.cluster_id)
+            job = cluster.jobs.get(run.job_id) if cluster is not None else None
+            if job is not None:
+                self.dispatch_latency.observe(max(0.0, job.start_time - job.submit_time))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -88,16 +94,6 @@ class SchedMetrics:
             due = loop.time() + LAG_INTERVAL
             await asyncio.sleep(LAG_INTERVAL)
             self.loop_lag.set(max(0.0, loop.time() - due))
-
-
-def dispatch_waits(server: SchedulerServer, jobs: list[RunJob]) -> Iterator[float]:
-    """Seconds each just-dispatched job waited since its submit (the core set its start time)."""
-    clusters = server.core.clusters
-    for run in jobs:
-        cluster = clusters.get(run.cluster_id)
-        job = cluster.jobs.get(run.job_id) if cluster is not None else None
-        if job is not None:
-            yield job.start_time - job.submit_time
 
 
 class StateCollector(Collector):

@@ -31,7 +31,7 @@ import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dispy_wire.cluster_options import BadOptions, Runtime
 from dispy_wire import messages as M
@@ -51,9 +51,11 @@ from .core import events as E
 from .gate import LoginThrottle, PreLoginGate
 from .accounting import AccountingStore, log_line
 from .journal import NotLeader, StateStore, StoreFailed
-from .httpd import HttpApi, load_admin_token, tls_context
 from .logsafe import peer_text
-from .metrics import SchedMetrics, dispatch_waits
+
+if TYPE_CHECKING:
+    from .httpd import HttpApi
+    from .metrics import SchedMetrics
 
 log = logging.getLogger(__name__)
 #: one line per job end (`accounting.log_line`), for log shippers
@@ -219,6 +221,9 @@ class SchedulerServer:
 
     async def start_http(self, port: int) -> None:
         """The JSON API and /metrics on `http_host`:`port`, TLS with the wire's certificate if it has one."""
+        from .httpd import HttpApi, load_admin_token, tls_context  # aiohttp and prometheus-client: 0.4 s of
+        from .metrics import SchedMetrics  # CPU to import, paid only by a scheduler that serves HTTP
+
         assert self.config.state_dir is not None
         token_file = self.config.admin_token_file or os.path.join(self.config.state_dir, "admin-token")
         token = load_admin_token(token_file)
@@ -599,7 +604,7 @@ class SchedulerServer:
                     log.info("first dispatch since start: %d jobs to node %s", len(jobs), peer_text(self._who(node)))
                 self._send(node, M.RunJobs(jobs))
                 if self.metrics is not None:
-                    self.metrics.dispatched(dispatch_waits(self, jobs))
+                    self.metrics.dispatched(jobs)
             case A.AnswerAdmin(ref):
                 future = self._asked.pop(ref, None)
                 if future is not None and not future.done():

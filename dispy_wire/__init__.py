@@ -1,30 +1,6 @@
-"""dispy-shared's wire protocol: frames, messages, handshake, errors (no I/O)."""
+"""dispy-shared's wire protocol: frames, messages, handshake, errors (no I/O).
 
-from .errors import ErrorCode, LocalWireError, RemoteWireError, WireError
-from .framing import DEFAULT_MAX_SIZE, NEED_DATA, PREAMBLE, FrameDecoder, encode_frame
-from .handshake import ChannelBinding, HandshakeState, Peer, PeerHandshake, Role, ServerHandshake
-from .messages import PROTOCOL_VERSION, Message, decode, encode
-from .status import JobStatus
-
-__all__ = [
-    "ChannelBinding",
-    "DEFAULT_MAX_SIZE",
-    "NEED_DATA",
-    "PREAMBLE",
-    "PROTOCOL_VERSION",
-    "ErrorCode",
-    "FrameDecoder",
-    "HandshakeState",
-    "JobStatus",
-    "LocalWireError",
-    "Message",
-    "Peer",
-    "PeerHandshake",
-    "RemoteWireError",
-    "Role",
-    "ServerHandshake",
-    "WireError",
-    "decode",
-    "encode",
-    "encode_frame",
-]
+Import the module you need (`dispy_wire.messages`, `dispy_wire.handshake`, ...): this package imports
+nothing itself, so a process that only frames messages (a node's zygote) does not pay for the login's
+SCRAM and X.509 libraries at every start.
+"""
