@@ -25,6 +25,8 @@ def check_invariants(core: SchedulerCore) -> None:
         queued = [j for j in cluster.jobs.values() if j.state is JobState.QUEUED]
         running = [j for j in cluster.jobs.values() if j.state is JobState.RUNNING]
         assert cluster.queued == len(queued), f"{cluster.cluster_id}: queued {cluster.queued} != {len(queued)}"
+        unfinished = sum(1 for j in cluster.jobs.values() if j.state is not JobState.DONE)
+        assert cluster.unfinished == unfinished, f"{cluster.cluster_id}: unfinished {cluster.unfinished} != {unfinished}"
         assert cluster.busy == len(running), f"{cluster.cluster_id}: busy {cluster.busy} != {len(running)}"
         live = {job_id for _, _, job_id in cluster.queue}
         assert all(j.job_id in live for j in queued), f"{cluster.cluster_id}: a queued job is missing from the heap"

@@ -867,6 +867,8 @@ class SchedulerCore:
         user = self.users[cluster.user]
         if job.payload is not None:
             user.queued_bytes += job_cost(job.payload)
+        if job.state is not JobState.DONE:
+            cluster.unfinished += 1
         if job.state is JobState.QUEUED:
             cluster.push(job)
             cluster.queued += 1
@@ -899,7 +901,8 @@ class SchedulerCore:
         elif to is JobState.ORPHANED:  # its node may still run it: held against max_cpus until it is settled
             user.orphans += 1
             self.ready.update_user(user)
-        if result is not None:
+        if result is not None:  # DONE: no transition leaves it
+            cluster.unfinished -= 1
             assert job.payload is not None
             user.queued_bytes -= job_cost(job.payload)
             job.payload = None
@@ -1195,7 +1198,7 @@ class SchedulerCore:
     def _maybe_finish_close(self, cluster: ClusterRecord) -> None:
         if self.clusters.get(cluster.cluster_id) is not cluster or not cluster.closing:
             return
-        if any(j.state is not JobState.DONE for j in cluster.jobs.values()):
+        if cluster.unfinished:
             return
         if cluster.jobs and not cluster.released:
             if cluster.client is None:

@@ -84,6 +84,8 @@ class ClusterRecord:
     # holds one entry per queued job, so its size is most of the core's memory)
     queue: list[tuple[int, int, int]] = field(default_factory=list)
     queued: int = 0  # its QUEUED jobs: counted by the core's transitions alone, not by push/pop
+    #: its jobs not DONE (counted by `_admit` and `_transition`): a closing cluster ends at 0, checked in O(1)
+    unfinished: int = 0
     # jobs pinned to a node (`submit_node`), by node name or address; once there is
     # one, `unpinned` holds the others' entries (until then `queue` serves alone)
     pinned: dict[str, list[tuple[int, int, int]]] = field(default_factory=dict)
