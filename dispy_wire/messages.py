@@ -438,6 +438,13 @@ class NodeFiles(Message):
     files: list[JobFile]
 
 
+@message(34)
+class NodeStarts(Message):
+    """Jobs this node started, from its queue, since its last report (a node whose Hello said `queues`)."""
+
+    jobs: list[JobRef]
+
+
 @message(32)
 class ClusterFailed(Message):
     """The cluster's set-up failed on this node; it will run none of its jobs."""

@@ -74,6 +74,7 @@ SAMPLES: list[Message] = [
     M.NodeFiles([M.JobFile("c-1", 1, "out.csv", b"a,b\n", 0o600), M.JobFile("c-1", 2, "e", b"", 0o644)]),
     M.Heartbeat({"cpus": 8, "cpu_percent": 12.5, "memory": 2**33}),
     M.NodeResults([RESULT]),
+    M.NodeStarts([M.JobRef("c-1", 1), M.JobRef("c-1", 2)]),
     M.ClusterFailed("c-1", "ImportError: no module named numpy"),
     M.LoadCluster("c-1", "alice", b"\x82computation", {"dest_path": "x"}),
     M.RunJobs([RunJob("c-1", 1, b"args-1", {}), RunJob("c-2", 5, b"args-5", {"timeout": 1})]),

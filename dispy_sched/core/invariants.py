@@ -30,8 +30,11 @@ def check_invariants(core: SchedulerCore) -> None:
         assert cluster.busy == len(running), f"{cluster.cluster_id}: busy {cluster.busy} != {len(running)}"
         live = {job_id for _, _, job_id in cluster.queue}
         assert all(j.job_id in live for j in queued), f"{cluster.cluster_id}: a queued job is missing from the heap"
+        for job in cluster.jobs.values():
+            assert job.started <= (job.state is JobState.RUNNING), f"job {job.key}: started, yet {job.state.value}"
         for job in running:
             assert job.node in core.nodes, f"job {job.key} runs on unknown node {job.node}"
+            assert job.started or core.nodes[job.node].queues, f"job {job.key}: its client was not told it runs"
             assert job.key in core.nodes[job.node].jobs, f"job {job.key} missing from its node"
             node_busy[job.node] += 1
         user_queued_bytes[cluster.user] += cluster.code_bytes()
@@ -67,6 +70,8 @@ def check_invariants(core: SchedulerCore) -> None:
     for node in core.nodes.values():
         assert node.drained == (node.name in core.drained), f"node {node.name}: drained flag is stale"
         assert node.cpus == min(node.offered, core.cpu_caps.get(node.name, node.offered)), f"node {node.name}: stale CPUs"
+        window = core.config.prefetch * node.cpus if node.queues and node.cpus == node.offered else 0
+        assert node.window == window, f"node {node.name}: window {node.window}, should be {window}"
     for node in core.nodes.values():
         assert node.busy == len(node.jobs) == node_busy[node.node_id], f"node {node.name}: busy is wrong"
         free = node.free > 0 and not node.drained

@@ -35,6 +35,20 @@ in a bounded log (`story()` replays one job's history).
 Batching: handlers only queue outgoing work in an `_Outbox`; at the end of
 `handle` the scheduling pass fills free CPUs, and the outbox is flushed as at
 most one action of each kind per peer and cluster.
+
+Prefetch: a node that queues jobs (`NodeJoined.queues`) is sent up to
+`CoreConfig.prefetch` jobs per CPU beyond its CPUs (its `window`); it starts
+each as a CPU frees and reports the start (`StartsReported`), when the
+client is told the job runs. So a node never idles for a round trip to the
+scheduler (and its journal commit) between two jobs, and each turn's
+results, dispatches and commit carry several jobs. A prefetched job is
+RUNNING for the core from its dispatch: it counts in `busy` of its node,
+cluster and user like a running one, so fair share, `max_cpus` and the
+clusters' CPU allowances hold it as they hold a running job; and the node may
+start it at any moment, its report lost with the node, so when the node is
+lost it is treated as a running job is (rerun if reentrant, else orphaned or
+Abandoned): never run twice. A node the operator caps below what it offers
+gets no window (it would run the window on CPUs the cap withholds).
 """
 
 from __future__ import annotations
@@ -110,6 +124,8 @@ class CoreConfig:
     persist: bool = False
     #: emit a `RecordJobEnds` action per call with the jobs that ended (for accounting)
     accounting: bool = False
+    #: jobs per CPU a node that queues them is sent beyond its CPUs (see Prefetch above); 0: none
+    prefetch: int = 0
 
 
 class _Outbox:
@@ -241,7 +257,7 @@ class SchedulerCore:
                     job.held -= held
                     self._hold(cluster, -held)
                     job.files = []
-                if job.state is JobState.RUNNING and job.node is not None:
+                if job.state is JobState.RUNNING and job.node is not None and job.started:
                     self._notify_started(cluster, job)
                 elif job.state is JobState.DONE and job.result is not None:
                     self._out.results[(ev.client, cluster.cluster_id)].append(job.result)
@@ -456,6 +472,8 @@ class SchedulerCore:
         node.grace = ev.grace if math.isfinite(ev.grace) and ev.grace > 0 else 0.0
         node.addresses = (ev.ip_addr, *(a for a in ev.addresses if a != ev.ip_addr))
         node.runtime = ev.runtime
+        node.queues = ev.queues
+        self._set_window(node, node.cpus)
         self.nodes[ev.node] = node
         self._update_free(node)
         for cluster in list(self.clusters.values()):  # a cluster may end (and go) for want of nodes
@@ -522,14 +540,26 @@ class SchedulerCore:
             self._set_cpus(node)
         self._announce(node, "report")
 
+    def _set_window(self, node: NodeRecord, cpus: int) -> None:
+        """Sizes the jobs `node` (to be given `cpus`) is sent beyond its CPUs.
+
+        None for a node that does not queue them, nor for one the operator
+        caps: it starts what it is sent on the CPUs it offers, and the window
+        would run on CPUs the cap withholds.
+        """
+        node.window = self.config.prefetch * cpus if node.queues and cpus == node.offered else 0
+
     def _capped(self, name: str, offered: int) -> int:
         cap = self.cpu_caps.get(name)
         return offered if cap is None else min(cap, offered)
 
     def _set_cpus(self, node: NodeRecord) -> None:
         """Applies what the node offers and the operator's cap to the CPUs it is given."""
-        cpus = self._capped(node.name, node.offered)
+        cpus, window = self._capped(node.name, node.offered), node.window
+        self._set_window(node, cpus)
         if cpus == node.cpus:
+            if node.window != window:  # a cap lifted, or the offer down to the cap
+                self._update_free(node)
             return
         node.cpus = cpus  # fewer than it runs: none is stopped, no new one starts until they are fewer
         self._update_free(node)
@@ -562,6 +592,18 @@ class SchedulerCore:
                 continue
             self._release(job, node, cluster)
             self._finish(cluster, job, result)
+
+    @_on.register
+    def _on_starts_reported(self, ev: E.StartsReported) -> None:
+        if ev.node not in self.nodes:
+            return
+        for ref in ev.jobs:
+            cluster = self.clusters.get(ref.cluster_id)
+            job = cluster.jobs.get(ref.job_id) if cluster else None
+            if cluster is None or job is None or job.state is not JobState.RUNNING or job.node != ev.node or job.started:
+                continue  # ended already (a short job's result may come first), or moved on
+            job.start_time = self.now
+            self._notify_started(cluster, job)
 
     @_on.register
     def _on_files_arrived(self, ev: E.FilesArrived) -> None:
@@ -728,8 +770,10 @@ class SchedulerCore:
         old = self.nodes[job.node]
         if old is node or old.name != node.name:
             return None
+        started = job.started
         self._release(job, old, cluster)
         self._occupy(cluster, job, node)
+        job.started = started
         self._note_job(job)
         if job.cancel_requested:
             self._out.immediate.append(A.KillJobs(node.node_id, [ref]))
@@ -957,7 +1001,8 @@ class SchedulerCore:
         self._occupy(cluster, job, node)
         assert job.payload is not None
         self._out.dispatch[node.node_id].append(RunJob(cluster.cluster_id, job.job_id, job.payload, job.options))
-        self._notify_started(cluster, job)
+        if not node.queues:  # a node that queues says when it starts it
+            self._notify_started(cluster, job)
 
     def _occupy(self, cluster: ClusterRecord, job: JobRecord, node: NodeRecord) -> None:
         """Gives a job that just became RUNNING a CPU of `node` (undone by `_release`)."""
@@ -972,6 +1017,8 @@ class SchedulerCore:
         self.ready.update(cluster)
 
     def _notify_started(self, cluster: ClusterRecord, job: JobRecord) -> None:
+        """The job runs on its node: its client hears of it (now, or as it re-attaches)."""
+        job.started = True
         if cluster.client is None or job.node is None:
             return
         node = self.nodes[job.node]
@@ -992,6 +1039,7 @@ class SchedulerCore:
             if cluster.resetting:
                 self._reload_when_idle(cluster, node)
         job.node = None
+        job.started = False
         self._update_free(node)
         self.ready.update(cluster)
 
@@ -1314,10 +1362,12 @@ class SchedulerCore:
             for u in self.users.values()
             if viewer is None or u.name == viewer
         }
+        # a node's jobs beyond its CPUs wait there for one (prefetched): `queued` on the node, not busy CPUs
         nodes = {
-            n.name: {"ip_addr": n.ip_addr, "cpus": n.cpus, "busy": n.busy, "avail": n.avail}
+            n.name: {"ip_addr": n.ip_addr, "cpus": n.cpus, "busy": min(n.busy, n.cpus),
+                     "queued": max(0, n.busy - n.cpus), "avail": n.avail}
             for n in self.nodes.values()
-        }
+        }  # fmt: skip
         others = [u for u in self.users.values() if viewer is not None and u.name != viewer]
         return {
             "policy": getattr(self.policy, "name", type(self.policy).__name__),
@@ -1329,7 +1379,7 @@ class SchedulerCore:
             }} if viewer is not None else {}),
             "nodes": nodes,
             "cpus": sum(n.cpus for n in self.nodes.values()),
-            "busy": sum(n.busy for n in self.nodes.values()),
+            "busy": sum(min(n.busy, n.cpus) for n in self.nodes.values()),
             "queued": sum(u.queued for u in self.users.values()),
         }
 

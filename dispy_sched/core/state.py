@@ -60,6 +60,9 @@ class JobRecord:
     files: list[JobFile] = field(default_factory=list)  # sent back by the job while its client was away
     held: int = 0  # what its result and files count in its user's `held_bytes`
     pin: str | None = None  # the node (name or address) it must run on: `JobOptions.node`
+    #: its client was told it runs: at dispatch, or, on a node that queues jobs (`NodeRecord.window`),
+    #: once the node reports it started (a job waiting there is not yet Running for its user)
+    started: bool = False
 
     @property
     def key(self) -> tuple[str, int]:
@@ -310,10 +313,16 @@ class NodeRecord:
     grace: float = 0.0
     offered: int = 0  # CPUs the node offers; `cpus` is that under the operator's cap
     drained: bool = False  # by the operator: no new jobs start here
+    #: the node queues jobs beyond its CPUs (starting each as a CPU frees) and reports their starts
+    queues: bool = False
+    #: jobs it is sent beyond its CPUs (prefetched), so that a result and the next job to run cross
+    #: the wire in the same batch, not one after the other (`SchedulerCore._set_window`)
+    window: int = 0
 
     @property
     def free(self) -> int:
-        return self.cpus - self.busy
+        """Jobs it may be sent now: its free CPUs and what is left of its window."""
+        return self.cpus + self.window - self.busy
 
     @property
     def load(self) -> float:
