@@ -163,6 +163,11 @@ class Runner:
         return sum(c.owed for c in self._live())
 
     @property
+    def running(self) -> int:
+        """Jobs started (handed to their zygotes) and not yet ended: at most `slots`."""
+        return sum(c.running for c in self._live())
+
+    @property
     def clusters(self) -> int:
         """Clusters loaded (or loading), unloads in progress included."""
         return sum(1 for _ in self._chains.all_live()) + sum(1 for _ in self._chains.ending())
@@ -224,7 +229,7 @@ class Runner:
         clusters = [c for c in self._live() if c.startable]
         if not clusters:
             return
-        free = None if self.slots is None else self.slots - sum(c.running for c in self._live())
+        free = None if self.slots is None else self.slots - self.running
         if free is not None and free <= 0:
             return
         # the first `free` arrivals among the queues' heads (each queue is in arrival order)
