@@ -69,10 +69,12 @@ from dispy_wire.messages import (
     Message,
     NodeFiles,
     NodeHolds,
+    NodeReturned,
     NodeStarts,
     NodeResults,
     Ping,
     PutFile,
+    RecallJobs,
     Refused,
     Restarting,
     ResultsRecorded,
@@ -500,6 +502,10 @@ class _Session:
                 self.runner.run(jobs)
             case KillJobs(jobs):
                 self.runner.kill(jobs)
+            case RecallJobs(jobs):  # those not started come back; the others end here as they would
+                returned = self.runner.recall(jobs)
+                if returned:
+                    self._write(encode(NodeReturned(returned)))
             case ResultsRecorded(jobs):
                 self.control.keeper.recorded(jobs)
             case LoadCluster(cluster_id, user, computation, options):

@@ -241,6 +241,15 @@ class Runner:
             if n:
                 cluster.start_queued(n)
 
+    def recall(self, refs: Iterable[JobRef]) -> list[JobRef]:
+        """Drops the jobs of `refs` still queued, reporting nothing of them: those returned (they never start here)."""
+        returned = []
+        for ref in refs:
+            cluster = self._live_one(ref.cluster_id)
+            if cluster is not None and cluster.recall(ref.job_id):
+                returned.append(ref)
+        return returned
+
     def kill(self, refs: Iterable[JobRef], reason: str = "", status: JobStatus = JobStatus.CANCELLED) -> None:
         """Kills jobs' trees; each is reported with `status` and `reason` (unless its result is already out)."""
         for ref in refs:
@@ -529,6 +538,13 @@ class _Cluster:
             name = self._groups.pop(job_id, None)
             if name is not None and groups is not None:
                 cgroups.remove(groups, name)
+
+    def recall(self, job_id: int) -> bool:
+        """Drops a queued job without a result (the scheduler takes it back); False if it is not queued."""
+        if self._queued.pop(job_id, None) is None:
+            return False
+        del self._arrived[job_id]
+        return True
 
     def kill(self, job_id: int, reason: str = "", status: JobStatus = JobStatus.CANCELLED) -> None:
         if self._queued.pop(job_id, None) is not None:  # never started: dropped, its result at once

@@ -630,6 +630,8 @@ class SchedulerServer:
                 self._send(node, M.LoadCluster(cluster_id, user, computation, options))
             case A.KillJobs(node, refs):
                 self._send(node, M.KillJobs(refs))
+            case A.RecallJobs(node, refs):
+                self._send(node, M.RecallJobs(refs))
             case A.ConfirmResults(node, refs):
                 self._send(node, M.ResultsRecorded(refs))
             case A.UnloadCluster(node, cluster_id):

@@ -807,7 +807,7 @@ def test_status_counts_users_nodes_and_cpus(make_core: Callable[..., SchedulerCo
     assert alice["busy"] + bob["busy"] == 6 and alice["queued"] + bob["queued"] == 3
     assert (alice["share"], alice["target"], bob["target"], carol["target"]) == (3.0, 0.75, 0.25, 0.0)
     assert (alice["finished"], alice["usage"], alice["clusters"], alice["limits"]) == (1, 10.0, 1, {})
-    assert st_["nodes"]["host-n1"] == {"ip_addr": "10.0.0.2", "cpus": 4, "busy": 4, "queued": 0, "avail": {}}
+    assert st_["nodes"]["host-n1"] == {"ip_addr": "10.0.0.2", "cpus": 4, "busy": 4, "waiting": 0, "avail": {}}
 
 
 def test_story_lists_a_jobs_transitions(core: SchedulerCore) -> None:

@@ -136,10 +136,32 @@ def test_an_operator_cap_closes_the_window_and_lifting_it_opens_it_again(core: S
     assert core.nodes["n1"].window == 2 and core.nodes["n1"].busy == 4
 
 
-def test_a_drained_node_gets_no_more_jobs_ahead(core: SchedulerCore) -> None:
+def test_a_drained_node_is_asked_back_what_it_has_not_started_and_what_it_returns_runs_elsewhere(
+    make_core: Callable[..., SchedulerCore],
+) -> None:
+    core = make_core()
+    step(core, opened("c1", "K", reentrant=False), submitted("c1", "K", *range(1, 11)), queueing("n1", 2), now=0)
+    step(core, started("n1", ("K", 1), ("K", 2)), now=1)
+    actions = step(core, E.NodeDrainSet("r1", "host-n1", True), now=1)
+    assert of(actions, A.RecallJobs) == [A.RecallJobs("n1", [JobRef("K", 3), JobRef("K", 4)])]
+    # job 3 started before the recall reached the node: only 4 comes back, and 3 goes on there
+    actions = step(core, started("n1", ("K", 3)), E.JobsReturned("n1", [JobRef("K", 4), JobRef("K", 3)]), now=2)
+    assert core.clusters["K"].jobs[4].state is JobState.QUEUED and core.clusters["K"].jobs[3].state is JobState.RUNNING
+    assert not dispatched_jobs(step(core, arrived("n1", result("K", 1), result("K", 2)), now=3))  # drained: none starts
+    actions = step(core, queueing("n2", 1), now=4)
+    assert dispatched_jobs(actions) == [4, 5]  # not reentrant, yet it runs: it never started anywhere
+    assert core.clusters["K"].jobs[4].attempts == 2
+
+
+def test_a_node_capped_below_what_it_holds_is_asked_back_what_it_has_not_started(core: SchedulerCore) -> None:
     step(core, opened("c1", "K"), submitted("c1", "K", *range(1, 11)), queueing("n1", 2), now=0)
-    step(core, E.NodeDrainSet("r1", "host-n1", True), now=1)
-    assert not dispatched_jobs(step(core, arrived("n1", result("K", 1), result("K", 2)), now=2))
+    step(core, started("n1", ("K", 1), ("K", 2)), now=1)
+    actions = step(core, E.NodeCpusCapped("r1", "host-n1", 1), now=1)
+    assert of(actions, A.RecallJobs) == [A.RecallJobs("n1", [JobRef("K", 3), JobRef("K", 4)])]
+    step(core, E.JobsReturned("n1", [JobRef("K", 3), JobRef("K", 4)]), now=2)
+    assert core.nodes["n1"].busy == 2 and core.nodes["n1"].waiting == 0  # the two running go on (never stopped)
+    status = core.status()
+    assert status["nodes"]["host-n1"]["busy"] == 2 and status["users"]["alice"]["busy"] == 2 and status["queued"] == 8
 
 
 def test_a_cancelled_prefetched_job_ends_once_with_the_nodes_answer(core: SchedulerCore) -> None:
@@ -188,12 +210,34 @@ class PrefetchCoreMachine(CoreMachine):
 
     PREFETCH = 1
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.started: set[tuple[str, int]] = set()  # what nodes reported started
+        self.recalled: dict[str, set[tuple[str, int]]] = {}  # node -> jobs it was asked to give back
+
+    def apply(self, *events: E.Event, dt: float = 0.0) -> list[A.Action]:
+        actions = super().apply(*events, dt=dt)
+        for recall in of(actions, A.RecallJobs):
+            self.recalled.setdefault(recall.node, set()).update((r.cluster_id, r.job_id) for r in recall.jobs)
+        return actions
+
     @precondition(lambda self: any(self.node_jobs.values()))
     @rule(data=st.data())
     def node_reports_starts(self, data: st.DataObject) -> None:
         node = data.draw(st.sampled_from(sorted(n for n, jobs in self.node_jobs.items() if jobs)))
         jobs = self.node_jobs[node]
-        self.apply(started(node, *jobs[: data.draw(st.integers(1, len(jobs)))]))
+        some = jobs[: data.draw(st.integers(1, len(jobs)))]
+        self.started.update(some)
+        self.apply(started(node, *some))
+
+    @precondition(lambda self: any(set(self.node_jobs.get(n, ())) & r for n, r in self.recalled.items()))
+    @rule(data=st.data())
+    def node_returns_what_it_did_not_start(self, data: st.DataObject) -> None:
+        node = data.draw(st.sampled_from(sorted(n for n, r in self.recalled.items() if set(self.node_jobs.get(n, ())) & r)))
+        back = [k for k in self.node_jobs[node] if k in self.recalled[node] and k not in self.started]
+        self.recalled[node].clear()
+        self.node_jobs[node] = [k for k in self.node_jobs[node] if k not in back]
+        self.apply(E.JobsReturned(node, [JobRef(c, j) for c, j in back]))
 
 
 PrefetchCoreMachine.TestCase.settings = settings(MACHINE_SETTINGS, max_examples=75)

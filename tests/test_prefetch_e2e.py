@@ -38,7 +38,7 @@ def wait_running(job, path):
 
 def node_queued():
     nodes = cluster.scheduler_status()["nodes"]
-    return sum(n.get("queued", 0) for n in nodes.values())
+    return sum(n.get("waiting", 0) for n in nodes.values())
 """
 
 CANCEL = JOB + """

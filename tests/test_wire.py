@@ -75,6 +75,8 @@ SAMPLES: list[Message] = [
     M.Heartbeat({"cpus": 8, "cpu_percent": 12.5, "memory": 2**33}),
     M.NodeResults([RESULT]),
     M.NodeStarts([M.JobRef("c-1", 1), M.JobRef("c-1", 2)]),
+    M.NodeReturned([M.JobRef("c-1", 3)]),
+    M.RecallJobs([M.JobRef("c-1", 3), M.JobRef("c-2", 4)]),
     M.ClusterFailed("c-1", "ImportError: no module named numpy"),
     M.LoadCluster("c-1", "alice", b"\x82computation", {"dest_path": "x"}),
     M.RunJobs([RunJob("c-1", 1, b"args-1", {}), RunJob("c-2", 5, b"args-5", {"timeout": 1})]),

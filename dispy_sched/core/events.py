@@ -148,6 +148,14 @@ class StartsReported(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class JobsReturned(Event):
+    """A node gave back jobs it was asked to (`RecallJobs`) and never started: they may run anywhere."""
+
+    node: str
+    jobs: list[JobRef]
+
+
+@dataclass(frozen=True, slots=True)
 class FilesArrived(Event):
     node: str
     files: list[JobFile]

@@ -43,12 +43,15 @@ client is told the job runs. So a node never idles for a round trip to the
 scheduler (and its journal commit) between two jobs, and each turn's
 results, dispatches and commit carry several jobs. A prefetched job is
 RUNNING for the core from its dispatch: it counts in `busy` of its node,
-cluster and user like a running one, so fair share, `max_cpus` and the
+cluster and user like a running one (and in their `waiting` until it starts), so fair share, `max_cpus` and the
 clusters' CPU allowances hold it as they hold a running job; and the node may
 start it at any moment, its report lost with the node, so when the node is
 lost it is treated as a running job is (rerun if reentrant, else orphaned or
 Abandoned): never run twice. A node the operator caps below what it offers
-gets no window (it would run the window on CPUs the cap withholds).
+gets no window (it would run the window on CPUs the cap withholds), and a
+node drained, or capped below what it holds, is asked to give back what it
+has not started (`RecallJobs`); what it returns (`JobsReturned`) never ran
+and is queued again, reentrant or not.
 """
 
 from __future__ import annotations
@@ -563,6 +566,8 @@ class SchedulerCore:
             return
         node.cpus = cpus  # fewer than it runs: none is stopped, no new one starts until they are fewer
         self._update_free(node)
+        if node.busy > node.cpus + node.window:  # what it holds beyond may not start there
+            self._recall(node)
         for cluster in self.clusters.values():  # "all CPUs but N" moves with them
             self._place(cluster, node)
 
@@ -604,6 +609,24 @@ class SchedulerCore:
                 continue  # ended already (a short job's result may come first), or moved on
             job.start_time = self.now
             self._notify_started(cluster, job)
+
+    @_on.register
+    def _on_jobs_returned(self, ev: E.JobsReturned) -> None:
+        node = self.nodes.get(ev.node)
+        if node is None:
+            return
+        for ref in ev.jobs:
+            cluster = self.clusters.get(ref.cluster_id)
+            job = cluster.jobs.get(ref.job_id) if cluster else None
+            if cluster is None or job is None or job.state is not JobState.RUNNING or job.node != ev.node or job.started:
+                continue  # not one it may give back
+            self._displace(cluster, job, node, rerun=True, why="")  # it never started: any node may run it
+
+    def _recall(self, node: NodeRecord) -> None:
+        """Asks `node` to give back the jobs it was sent ahead and has not started (drained, or capped)."""
+        if node.waiting:
+            refs = [JobRef(c, j) for c, j in sorted(node.jobs) if not self.clusters[c].jobs[j].started]
+            self._out.immediate.append(A.RecallJobs(node.node_id, refs))
 
     @_on.register
     def _on_files_arrived(self, ev: E.FilesArrived) -> None:
@@ -721,6 +744,8 @@ class SchedulerCore:
         for node in nodes:
             node.drained = ev.drained
             self._update_free(node)
+            if node.drained:
+                self._recall(node)
         state = "drained: no new jobs start there" if ev.drained else "undrained"
         self._answer(ev.ref, None, f"node {ev.name} {state}" + ("" if nodes else " (not connected now)"))
 
@@ -772,8 +797,8 @@ class SchedulerCore:
             return None
         started = job.started
         self._release(job, old, cluster)
-        self._occupy(cluster, job, node)
         job.started = started
+        self._occupy(cluster, job, node)
         self._note_job(job)
         if job.cancel_requested:
             self._out.immediate.append(A.KillJobs(node.node_id, [ref]))
@@ -1008,16 +1033,25 @@ class SchedulerCore:
         """Gives a job that just became RUNNING a CPU of `node` (undone by `_release`)."""
         job.node = node.node_id
         job.last_node = node.name
+        user = self.users[cluster.user]
         node.busy += 1
         node.jobs.add(job.key)
-        self.users[cluster.user].busy += 1
+        user.busy += 1
         cluster.busy += 1
+        if not job.started:  # until `_notify_started`
+            node.waiting += 1
+            user.waiting += 1
+            cluster.waiting += 1
         cluster.busy_on[node.node_id] = cluster.busy_on.get(node.node_id, 0) + 1
         self._update_free(node)
         self.ready.update(cluster)
 
     def _notify_started(self, cluster: ClusterRecord, job: JobRecord) -> None:
         """The job runs on its node: its client hears of it (now, or as it re-attaches)."""
+        if not job.started and job.node is not None:
+            self.nodes[job.node].waiting -= 1
+            self.users[cluster.user].waiting -= 1
+            cluster.waiting -= 1
         job.started = True
         if cluster.client is None or job.node is None:
             return
@@ -1027,10 +1061,15 @@ class SchedulerCore:
 
     def _release(self, job: JobRecord, node: NodeRecord, cluster: ClusterRecord) -> None:
         """Frees the CPU a RUNNING job held."""
+        user = self.users[cluster.user]
         node.busy -= 1
         node.jobs.discard(job.key)
-        self.users[cluster.user].busy -= 1
+        user.busy -= 1
         cluster.busy -= 1
+        if not job.started:
+            node.waiting -= 1
+            user.waiting -= 1
+            cluster.waiting -= 1
         left = cluster.busy_on[node.node_id] - 1
         if left:
             cluster.busy_on[node.node_id] = left
@@ -1349,7 +1388,7 @@ class SchedulerCore:
             u.name: {
                 "share": u.share,
                 "target": (u.share / total_share) if (u.busy or u.queued) else 0.0,
-                "busy": u.busy,
+                "busy": u.busy - u.waiting,  # CPUs running its jobs (not those sent ahead, waiting for one)
                 "queued": u.queued,
                 "finished": u.finished,
                 "usage": round(u.decayed_usage(self.now, self.usage_half_life), 3),
@@ -1362,24 +1401,23 @@ class SchedulerCore:
             for u in self.users.values()
             if viewer is None or u.name == viewer
         }
-        # a node's jobs beyond its CPUs wait there for one (prefetched): `queued` on the node, not busy CPUs
+        # jobs sent ahead to a node wait there for a CPU: `waiting`, not busy CPUs
         nodes = {
-            n.name: {"ip_addr": n.ip_addr, "cpus": n.cpus, "busy": min(n.busy, n.cpus),
-                     "queued": max(0, n.busy - n.cpus), "avail": n.avail}
+            n.name: {"ip_addr": n.ip_addr, "cpus": n.cpus, "busy": n.busy - n.waiting, "waiting": n.waiting, "avail": n.avail}
             for n in self.nodes.values()
-        }  # fmt: skip
+        }
         others = [u for u in self.users.values() if viewer is not None and u.name != viewer]
         return {
             "policy": getattr(self.policy, "name", type(self.policy).__name__),
             "users": users,
             **({"others": {
                 "users": sum(1 for u in others if u.busy or u.queued),
-                "busy": sum(u.busy for u in others),
+                "busy": sum(u.busy - u.waiting for u in others),
                 "queued": sum(u.queued for u in others),
             }} if viewer is not None else {}),
             "nodes": nodes,
             "cpus": sum(n.cpus for n in self.nodes.values()),
-            "busy": sum(min(n.busy, n.cpus) for n in self.nodes.values()),
+            "busy": sum(n.busy - n.waiting for n in self.nodes.values()),
             "queued": sum(u.queued for u in self.users.values()),
         }
 

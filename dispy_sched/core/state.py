@@ -94,6 +94,7 @@ class ClusterRecord:
     pinned: dict[str, list[tuple[int, int, int]]] = field(default_factory=dict)
     unpinned: list[tuple[int, int, int]] | None = None
     busy: int = 0
+    waiting: int = 0  # of `busy`: jobs sent ahead to a node that has not started them yet
     loaded_on: set[str] = field(default_factory=set)
     failed_on: dict[str, str] = field(default_factory=dict)  # node -> why it cannot run there (set-up failed, runtime)
     placement: list[NodeEntry] | None = None  # dispy's `nodes`; None: every node, every CPU
@@ -234,6 +235,7 @@ class UserRecord:
     share: float
     limits: Limits = NO_LIMITS
     busy: int = 0
+    waiting: int = 0  # of `busy`: jobs sent ahead to a node that has not started them yet
     queued: int = 0
     usage: float = 0.0  # decayed CPU-seconds, as of `usage_time`
     usage_time: float = 0.0
@@ -303,7 +305,8 @@ class NodeRecord:
     cpus: int
     heartbeat: float  # seconds between the node's reports
     last_seen: float
-    busy: int = 0
+    busy: int = 0  # its jobs: running, and sent ahead of a free CPU (`window`)
+    waiting: int = 0  # of `busy`: jobs sent ahead that it has not started yet
     jobs: set[tuple[str, int]] = field(default_factory=set)
     loaded: set[str] = field(default_factory=set)
     avail: dict[str, Any] = field(default_factory=dict)
