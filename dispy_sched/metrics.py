@@ -109,7 +109,7 @@ class StateCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         core = self.server.core
         users = sorted(core.users.values(), key=lambda u: u.name)
-        yield _family("dispy_user_queued_jobs", "Jobs waiting to run, per user", "user", ((u.name, u.queued) for u in users))
+        yield _family("dispy_user_queued_jobs", "Jobs waiting to run, per user", "user", ((u.name, u.queued + u.waiting) for u in users))
         yield _family("dispy_user_busy_cpus", "CPUs running a job of the user", "user", ((u.name, u.busy - u.waiting) for u in users))
         yield _family(
             "dispy_user_usage_cpu_seconds", "Decayed CPU-seconds the user used (the fair share's history)", "user",

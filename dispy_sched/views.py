@@ -63,7 +63,7 @@ def status(core: SchedulerCore, started: float, viewer: str | None) -> dict[str,
         "drained_nodes": sorted(core.drained),  # by name, connected or not
         "cpus": sum(n.cpus for n in core.nodes.values()),
         "busy_cpus": sum(n.busy - n.waiting for n in core.nodes.values()),
-        "queued_jobs": sum(u.queued for u in core.users.values()),
+        "queued_jobs": sum(u.queued + u.waiting for u in core.users.values()),
         "clusters": len(clusters),
         "jobs": jobs,
     }
@@ -105,7 +105,7 @@ def clusters(core: SchedulerCore, viewer: str | None) -> list[dict[str, Any]]:
             "user": c.user,
             "attached": c.client is not None,
             "closing": c.closing,
-            "queued": c.queued,
+            "queued": c.queued + c.waiting,
             "running": c.busy - c.waiting,
             "done": sum(1 for j in c.jobs.values() if j.state is JobState.DONE),
             "nodes": sorted(core.nodes[n].name for n in c.loaded_on if n in core.nodes),

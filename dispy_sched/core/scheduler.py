@@ -1389,7 +1389,7 @@ class SchedulerCore:
                 "share": u.share,
                 "target": (u.share / total_share) if (u.busy or u.queued) else 0.0,
                 "busy": u.busy - u.waiting,  # CPUs running its jobs (not those sent ahead, waiting for one)
-                "queued": u.queued,
+                "queued": u.queued + u.waiting,  # in the queue, or waiting on a node for a CPU
                 "finished": u.finished,
                 "usage": round(u.decayed_usage(self.now, self.usage_half_life), 3),
                 "clusters": len(u.clusters),
@@ -1413,12 +1413,12 @@ class SchedulerCore:
             **({"others": {
                 "users": sum(1 for u in others if u.busy or u.queued),
                 "busy": sum(u.busy - u.waiting for u in others),
-                "queued": sum(u.queued for u in others),
+                "queued": sum(u.queued + u.waiting for u in others),
             }} if viewer is not None else {}),
             "nodes": nodes,
             "cpus": sum(n.cpus for n in self.nodes.values()),
             "busy": sum(n.busy - n.waiting for n in self.nodes.values()),
-            "queued": sum(u.queued for u in self.users.values()),
+            "queued": sum(u.queued + u.waiting for u in self.users.values()),
         }
 
 
