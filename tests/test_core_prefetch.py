@@ -27,6 +27,7 @@ from dispy_sched.policies import load_policy
 from dispy_wire.messages import JobRef
 from dispy_wire.status import JobStatus
 
+from test_core_journal import JournaledCoreMachine
 from test_core import MACHINE_SETTINGS, CoreMachine, arrived, delivered, dispatched, dispatched_jobs, joined, of, opened, result, step, submitted
 
 
@@ -242,3 +243,12 @@ class PrefetchCoreMachine(CoreMachine):
 
 PrefetchCoreMachine.TestCase.settings = settings(MACHINE_SETTINGS, max_examples=75)
 test_random_interleavings_with_prefetch_keep_invariants_and_one_result_per_job = PrefetchCoreMachine.TestCase
+
+
+class JournaledPrefetchCoreMachine(PrefetchCoreMachine, JournaledCoreMachine):
+    """The same with a journal and restarts: a job sent ahead is journaled as running, and after a
+    restart its node reports it among those it holds (started or not) or it is written off as they are."""
+
+
+JournaledPrefetchCoreMachine.TestCase.settings = settings(MACHINE_SETTINGS, max_examples=50)
+test_random_interleavings_with_prefetch_and_restarts_lose_nothing = JournaledPrefetchCoreMachine.TestCase
