@@ -30,10 +30,11 @@ Queue: the scheduler may send more jobs than the node has CPUs (its prefetch
 window), so that the next job is here when a CPU frees. The runner starts at
 most `slots` jobs at once across its clusters (the CPUs the node offers; None:
 no bound), oldest arrival first, each when a CPU frees, and reports each start
-(`on_started`): until then the job is queued here, not running, and a kill
-drops it with its result at once. `busy` counts the jobs owed a result. A result comes only once the job's whole process tree is gone
-(the zygote sees to that; if the zygote itself dies, `_died` hunts the
-orphans by their mark).
+(`on_started`): until then the job is queued here, not running; a kill drops
+it with its result at once, and a recall (`recall`) drops it without one, the
+scheduler taking it back. `busy` counts the jobs owed a result. A result comes
+only once the job's whole process tree is gone (the zygote sees to that; if
+the zygote itself dies, `_died` hunts the orphans by their mark).
 """
 
 from __future__ import annotations
