@@ -43,11 +43,13 @@ client is told the job runs. So a node never idles for a round trip to the
 scheduler (and its journal commit) between two jobs, and each turn's
 results, dispatches and commit carry several jobs. A prefetched job is
 RUNNING for the core from its dispatch: it counts in `busy` of its node,
-cluster and user like a running one (and in their `waiting` until it starts), so fair share, `max_cpus` and the
-clusters' CPU allowances hold it as they hold a running job; and the node may
-start it at any moment, its report lost with the node, so when the node is
-lost it is treated as a running job is (rerun if reentrant, else orphaned or
-Abandoned): never run twice. A node the operator caps below what it offers
+cluster and user like a running one (and in their `waiting` until it
+starts), so fair share, `max_cpus` and the clusters' CPU allowances hold it
+as they hold a running job. The node may start it at any moment, its report
+lost with the node: so when the node is lost it is treated as a running job
+is (rerun if reentrant, else orphaned or Abandoned), never run twice.
+People see it queued until it starts (`status`: busy is running, queued
+includes waiting). A node the operator caps below what it offers
 gets no window (it would run the window on CPUs the cap withholds), and a
 node drained, or capped below what it holds, is asked to give back what it
 has not started (`RecallJobs`); what it returns (`JobsReturned`) never ran
@@ -546,9 +548,9 @@ class SchedulerCore:
     def _set_window(self, node: NodeRecord, cpus: int) -> None:
         """Sizes the jobs `node` (to be given `cpus`) is sent beyond its CPUs.
 
-        None for a node that does not queue them, nor for one the operator
-        caps: it starts what it is sent on the CPUs it offers, and the window
-        would run on CPUs the cap withholds.
+        No window for a node that does not queue them, nor for one the
+        operator caps: it starts what it is sent on the CPUs it offers, so a
+        window would run on CPUs the cap withholds.
         """
         node.window = self.config.prefetch * cpus if node.queues and cpus == node.offered else 0
 
