@@ -12,7 +12,9 @@ same function and 1,000 jobs, and the bare fork+wait rate of a Python
 process (the ceiling of fork isolation). Each figure is one summary line.
 Run: `make bench`, or with the venv's python. `--no-journal` runs the
 scheduler without its journal (benchmarks/journal.py compares the two in one
-run); `--only fork|worker` measures one isolation.
+run); `--only fork|worker` measures one isolation; `--prefetch 0 1 2` measures
+each of the scheduler's prefetch windows (jobs per CPU sent ahead) in turn, in
+one run, to compare them on the same (noisy) machine.
 """
 
 from __future__ import annotations
@@ -115,11 +117,17 @@ def main() -> None:
     ap.add_argument("--no-journal", action="store_true", help="run the scheduler without its journal")
     ap.add_argument("--only", choices=("fork", "worker"), help="measure one isolation through the scheduler")
     ap.add_argument("--jobs", type=int, default=2000, help="jobs of the one client (the four clients run a quarter each)")
+    ap.add_argument("--prefetch", type=int, nargs="+", metavar="N",
+                    help="the scheduler's --prefetch: each value measured in turn (default: its own default)")
     args = ap.parse_args()
     for isolation in [args.only] if args.only else ["fork", "worker"]:
-        print(f"-- isolation {isolation}: scheduler + 1 node ({args.cpus} CPUs)", flush=True)
-        for line in measure(args.cpus, ["--no-journal"] if args.no_journal else [], isolation=isolation, jobs=args.jobs):
-            print(line, flush=True)
+        for prefetch in args.prefetch or [None]:
+            extra = [] if prefetch is None else ["--prefetch", str(prefetch)]
+            window = "" if prefetch is None else f", prefetch {prefetch}"
+            print(f"-- isolation {isolation}: scheduler + 1 node ({args.cpus} CPUs{window})", flush=True)
+            sched_args = [*(["--no-journal"] if args.no_journal else []), *extra]
+            for line in measure(args.cpus, sched_args, isolation=isolation, jobs=args.jobs):
+                print(line, flush=True)
     if not args.only:
         print("-- one machine, 1000 jobs of the same function", flush=True)
         for line in local_comparison(args.cpus, 1000):

@@ -62,15 +62,19 @@ from dispy_wire.messages import (
     FilePutDone,
     Heartbeat,
     JobFile,
+    JobRef,
     JobResult,
     KillJobs,
     LoadCluster,
     Message,
     NodeFiles,
     NodeHolds,
+    NodeReturned,
+    NodeStarts,
     NodeResults,
     Ping,
     PutFile,
+    RecallJobs,
     Refused,
     Restarting,
     ResultsRecorded,
@@ -370,7 +374,9 @@ class _Session:
         self.runner = control.keeper.runner(config.runner_config(ip_addr))
         self._meter = report.LoadMeter()
         self._offered = config.cpus
+        self.runner.set_slots(self._offered)  # the scheduler may send more: they wait for a CPU here
         self._results: list[JobResult | JobFile] = []  # in order: a job's files go before its result
+        self._starts: list[JobRef] = []  # jobs started from the queue since the last flush
         self._flush_pending = False
         self._heartbeats: asyncio.Task[None] | None = None
         self._watch: asyncio.Task[None] | None = None
@@ -395,6 +401,8 @@ class _Session:
             "runtime": node_runtime().to_wire(),
             # so clusters' `nodes` patterns can match this host
             "addresses": report.addresses()[:HELLO_MAX_ADDRESSES],
+            # we queue jobs beyond our CPUs, start them as CPUs free and say so (NodeStarts): send ahead
+            "queues": True,
         }
         jobs, clusters = self.control.keeper.held()
         if jobs or clusters:  # from an earlier session: reported right after Welcome (NodeHolds)
@@ -494,6 +502,10 @@ class _Session:
                 self.runner.run(jobs)
             case KillJobs(jobs):
                 self.runner.kill(jobs)
+            case RecallJobs(jobs):  # those not started come back; the others end here as they would
+                returned = self.runner.recall(jobs)
+                if returned:
+                    self._write(encode(NodeReturned(returned)))
             case ResultsRecorded(jobs):
                 self.control.keeper.recorded(jobs)
             case LoadCluster(cluster_id, user, computation, options):
@@ -537,6 +549,7 @@ class _Session:
             if cpus != self._offered:
                 logger.info("offering %d of %d cpus (outside load %.2f cpus)", cpus, self.config.cpus, outside)
                 self._offered = cpus
+                self.runner.set_slots(cpus)
             avail = report.avail(cpus, self.runner.busy, self.config.work_dir)
             if control.leaving:
                 avail["scheduler_grace"] = 0
@@ -581,18 +594,27 @@ class _Session:
         """What the runner produced, from the keeper, while this session is attached."""
         if isinstance(output, ClusterFailure):
             self._cluster_failed(output.cluster_id, output.message)
+        elif isinstance(output, JobRef):
+            self._starts.append(output)
+            self._flush_soon()
         else:
             self._add_result(output)
 
     def _add_result(self, result: JobResult | JobFile) -> None:
         self._results.append(result)
+        self._flush_soon()
+
+    def _flush_soon(self) -> None:
         if not self._flush_pending:
             self._flush_pending = True
             asyncio.get_running_loop().call_soon(self._flush_results)
 
     def _flush_results(self) -> None:
-        """Sends what the jobs produced this turn, in order: runs of results, runs of files."""
+        """Sends what the jobs produced this turn, in order: the starts, then runs of results, runs of files."""
         self._flush_pending = False
+        if self._starts:  # first: a job that started and ended this turn is Running before it is done
+            self._write(encode(NodeStarts(self._starts)))
+            self._starts = []
         for _, run in itertools.groupby(self._results, key=type):
             for batch in by_size(run):
                 self._write(_batch_frame(batch))

@@ -41,8 +41,8 @@ class ClusterFailure:
     message: str
 
 
-#: what a runner produces, in the order the scheduler must hear it
-Output = JobResult | JobFile | ClusterFailure
+#: what a runner produces, in the order the scheduler must hear it (a JobRef: that job started)
+Output = JobResult | JobFile | ClusterFailure | JobRef
 
 
 class JobKeeper:
@@ -63,7 +63,7 @@ class JobKeeper:
     def runner(self, config: RunnerConfig) -> Runner:
         """The runner (a new one with `config` if none is left from before)."""
         if self._runner is None:
-            self._runner = Runner(config, self._put, self._failed, self._put)
+            self._runner = Runner(config, self._put, self._failed, self._put, self._started)
         return self._runner
 
     def held(self) -> tuple[list[JobRef], list[str]]:
@@ -145,6 +145,11 @@ class JobKeeper:
             self._sink(output)
         else:
             self._kept.append(output)
+
+    def _started(self, ref: JobRef) -> None:
+        """A queued job started: told to an attached scheduler; else not kept (the next Hello says it holds the job)."""
+        if self._sink is not None:
+            self._sink(ref)
 
     def _failed(self, cluster_id: str, message: str) -> None:
         self._put(ClusterFailure(cluster_id, message))

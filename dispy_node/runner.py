@@ -26,11 +26,15 @@ queued are dropped; then `on_failed`. It is not restarted: a zygote that died
 once (OOM killer, a crashing extension module) would likely die again, and the
 scheduler can still run the cluster on other nodes.
 
-Beyond a cluster's CPU cap the runner does not limit concurrency: the
-scheduler sends no more than the CPUs the node offers. `busy` counts the jobs
-owed a result. A result comes only once the job's whole process tree is gone
-(the zygote sees to that; if the zygote itself dies, `_died` hunts the
-orphans by their mark).
+Queue: the scheduler may send more jobs than the node has CPUs (its prefetch
+window), so that the next job is here when a CPU frees. The runner starts at
+most `slots` jobs at once across its clusters (the CPUs the node offers; None:
+no bound), oldest arrival first, each when a CPU frees, and reports each start
+(`on_started`): until then the job is queued here, not running; a kill drops
+it with its result at once, and a recall (`recall`) drops it without one, the
+scheduler taking it back. `busy` counts the jobs owed a result. A result comes
+only once the job's whole process tree is gone (the zygote sees to that; if
+the zygote itself dies, `_died` hunts the orphans by their mark).
 """
 
 from __future__ import annotations
@@ -66,6 +70,7 @@ from . import zygote_protocol as zp
 logger = logging.getLogger(__name__)
 
 ResultSink = Callable[[JobResult], None]
+StartSink = Callable[[JobRef], None]
 FileSink = Callable[[JobFile], None]
 FailureSink = Callable[[str, str], None]
 
@@ -134,8 +139,9 @@ class Runner:
     """
 
     def __init__(
-        self, config: RunnerConfig, on_result: ResultSink, on_failed: FailureSink, on_file: FileSink | None = None
-    ) -> None:
+        self, config: RunnerConfig, on_result: ResultSink, on_failed: FailureSink, on_file: FileSink | None = None,
+        on_started: StartSink | None = None,
+    ) -> None:  # fmt: skip
         self.config = config
         self.work_dir = config.work_dir
         self.kill_grace = config.kill_grace
@@ -146,11 +152,21 @@ class Runner:
         #: every cluster id's incarnations (lifecycle.py): the only record of which is live and which are ending
         self._chains: Chains[_Cluster | _Remnant] = Chains()
         self._closed = False
+        self._on_started = on_started
+        #: jobs started at once at most, across clusters (the CPUs the node offers); None: every job as it comes
+        self.slots: int | None = None
+        #: numbers jobs as they arrive: queued jobs start oldest first, whatever their cluster
+        self.arrivals = itertools.count()
 
     @property
     def busy(self) -> int:
         """Jobs received and not yet reported."""
         return sum(c.owed for c in self._live())
+
+    @property
+    def running(self) -> int:
+        """Jobs started (handed to their zygotes) and not yet ended: at most `slots`."""
+        return sum(c.running for c in self._live())
 
     @property
     def clusters(self) -> int:
@@ -203,6 +219,37 @@ class Runner:
             elif not self._chains.dropping(cluster_id):
                 for job in batch:
                     self.report(_verdict(cluster_id, job.job_id, JobStatus.TERMINATED, "unknown cluster"))
+
+    def set_slots(self, slots: int | None) -> None:
+        """Starts at most `slots` jobs at once from now on (more, if it grew, at once; none is stopped)."""
+        self.slots = slots
+        self.start_waiting()
+
+    def start_waiting(self) -> None:
+        """Starts queued jobs while a slot is free: the oldest first, across the ready clusters."""
+        clusters = [c for c in self._live() if c.startable]
+        if not clusters:
+            return
+        free = None if self.slots is None else self.slots - self.running
+        if free is not None and free <= 0:
+            return
+        # the first `free` arrivals among the queues' heads (each queue is in arrival order)
+        heads = sorted((arrival, i) for i, c in enumerate(clusters) for arrival in c.waiting(free))
+        share = [0] * len(clusters)
+        for _, i in heads[:free] if free is not None else heads:
+            share[i] += 1
+        for cluster, n in zip(clusters, share):
+            if n:
+                cluster.start_queued(n)
+
+    def recall(self, refs: Iterable[JobRef]) -> list[JobRef]:
+        """Drops the jobs of `refs` still queued, reporting nothing of them: those returned (they never start here)."""
+        returned = []
+        for ref in refs:
+            cluster = self._live_one(ref.cluster_id)
+            if cluster is not None and cluster.recall(ref.job_id):
+                returned.append(ref)
+        return returned
 
     def kill(self, refs: Iterable[JobRef], reason: str = "", status: JobStatus = JobStatus.CANCELLED) -> None:
         """Kills jobs' trees; each is reported with `status` and `reason` (unless its result is already out)."""
@@ -293,6 +340,10 @@ class Runner:
         if not self._closed:
             self._on_result(result)
 
+    def started(self, ref: JobRef) -> None:
+        if not self._closed and self._on_started is not None:
+            self._on_started(ref)
+
     def put_file(self, cluster_id: str, name: str, data: bytes, mode: int, reply: Callable[[bool, str], None]) -> None:
         """Adds a file to a cluster's directory (`send_file`); `reply(ok, message)` says how it went."""
         cluster = self._live_one(cluster_id)
@@ -368,7 +419,8 @@ class _Cluster:
         self.life: Incarnation[_Cluster | _Remnant]  # set by start()
         self.end_task: asyncio.Task[None] | None = None  # its unload or discard, once it ends
         self.gone = asyncio.Event()  # retired: the next incarnation of its id may start
-        self._queued: dict[int, RunJob] = {}  # until Ready, and beyond the cluster's cpus
+        self._queued: dict[int, RunJob] = {}  # until Ready, beyond the cluster's cpus, and for a free slot
+        self._arrived: dict[int, int] = {}  # queued job -> its number in the runner's arrival order
         self._files: list[zp.AddFile] = []  # until Ready
         self._groups: dict[int, str] = {}  # job -> control group made for it, until its tree is gone
         self._replies: dict[int, Callable[[bool, str], None]] = {}  # AddFile ref -> who waits
@@ -388,6 +440,23 @@ class _Cluster:
     def owed(self) -> int:
         return len(self._queued) + len(self._running)
 
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    @property
+    def startable(self) -> bool:
+        """Ready, with a queued job its own CPU cap lets start."""
+        cap = self.settings.cpus
+        return self.life.phase is Phase.READY and bool(self._queued) and (cap is None or len(self._running) < cap)
+
+    def waiting(self, most: int | None) -> list[int]:
+        """The arrival numbers of the (at most `most`) queued jobs it would start next."""
+        cap = self.settings.cpus
+        room = len(self._queued) if cap is None else max(0, cap - len(self._running))
+        n = min(room, len(self._queued)) if most is None else min(room, len(self._queued), most)
+        return [self._arrived[job_id] for job_id in itertools.islice(self._queued, n)]
+
     def job_ids(self) -> list[int]:
         return [*self._queued, *self._running]
 
@@ -399,9 +468,11 @@ class _Cluster:
         fresh = [j for j in jobs if j.job_id not in self._queued and j.job_id not in self._running]
         if len(fresh) < len(jobs):
             logger.info("cluster %s: %d repeated job(s) ignored", self.cluster_id, len(jobs) - len(fresh))
-        self._queued.update((j.job_id, j) for j in fresh)
+        for job in fresh:
+            self._queued[job.job_id] = job
+            self._arrived[job.job_id] = next(self.runner.arrivals)
         if self.life.phase is Phase.READY:
-            self._start_queued()
+            self.runner.start_waiting()
 
     def fail_puts(self, why: str) -> None:
         """Answers every file still waiting for the zygote: it will not come."""
@@ -421,13 +492,15 @@ class _Cluster:
         else:
             self._files.append(msg)
 
-    def _start_queued(self) -> None:
-        """Sends the zygote as many queued jobs as the cluster's CPU cap allows, in one write."""
+    def start_queued(self, most: int) -> None:
+        """Sends the zygote up to `most` queued jobs (as the cluster's CPU cap allows), in one write."""
         frames = []
         caps = self.runner.config.caps
-        while self._queued and (self.settings.cpus is None or len(self._running) < self.settings.cpus):
+        started = 0
+        while self._queued and started < most and (self.settings.cpus is None or len(self._running) < self.settings.cpus):
             job_id = next(iter(self._queued))
             job = self._queued.pop(job_id)
+            del self._arrived[job_id]
             try:
                 job_limits = limits.effective(caps, self.settings.options, job.options)
                 files = _job_files(job.options)
@@ -440,7 +513,9 @@ class _Cluster:
                 self.runner.report(_verdict(self.cluster_id, job_id, JobStatus.TERMINATED, why, "OSError"))
                 continue
             self._running[job_id] = None
+            started += 1
             frames.append(zp.encode(zp.Run(job_id, job.payload, list(job_limits), files, group)))
+            self.runner.started(JobRef(self.cluster_id, job_id))
         self._write(b"".join(frames))
 
     def _make_group(self, job_id: int, job_limits: limits.Limits) -> str:
@@ -465,8 +540,16 @@ class _Cluster:
             if name is not None and groups is not None:
                 cgroups.remove(groups, name)
 
+    def recall(self, job_id: int) -> bool:
+        """Drops a queued job without a result (the scheduler takes it back); False if it is not queued."""
+        if self._queued.pop(job_id, None) is None:
+            return False
+        del self._arrived[job_id]
+        return True
+
     def kill(self, job_id: int, reason: str = "", status: JobStatus = JobStatus.CANCELLED) -> None:
-        if self._queued.pop(job_id, None) is not None:
+        if self._queued.pop(job_id, None) is not None:  # never started: dropped, its result at once
+            del self._arrived[job_id]
             self.runner.report(_verdict(self.cluster_id, job_id, status, reason or "cancelled"))
         elif job_id in self._running and self.life.reports:
             self._write(zp.encode(zp.Kill(job_id, int(status), reason)))
@@ -485,6 +568,7 @@ class _Cluster:
         for job_id in list(self._running):  # only if the zygote died or hung: it reports its own
             self.runner.report(_verdict(self.cluster_id, job_id, JobStatus.CANCELLED, "cancelled"))
         self._running.clear()
+        self.runner.start_waiting()  # their slots go to other clusters' queued jobs
 
     async def stop(self) -> None:
         """Stops the zygote; it kills its jobs' trees (SIGTERM, grace, SIGKILL), reporting none."""
@@ -616,7 +700,7 @@ class _Cluster:
                 del self._running[msg.job_id]
                 self._drop_groups(msg.job_id)
                 self.runner.report(JobResult(self.cluster_id, *msg))
-                self._start_queued()
+                self.runner.start_waiting()
         elif isinstance(msg, zp.Started):
             if msg.job_id in self._running:
                 self._running[msg.job_id] = msg.pid
@@ -636,7 +720,7 @@ class _Cluster:
             self.life.to(Phase.READY, "zygote ready")
             files, self._files = self._files, []
             self._write(b"".join(zp.encode(f) for f in files))  # before any job: they may need them
-            self._start_queued()
+            self.runner.start_waiting()
         elif isinstance(msg, zp.FileAdded):
             reply = self._replies.pop(msg.ref, None)
             if reply is not None:
@@ -695,7 +779,9 @@ class _Cluster:
             self.runner.report(_verdict(self.cluster_id, job_id, JobStatus.TERMINATED, why, "ZygoteDied"))
         self._running.clear()
         self._queued.clear()
+        self._arrived.clear()
         self.runner.cluster_failed(self.cluster_id, why, self)
+        self.runner.start_waiting()  # its slots go to other clusters' queued jobs
 
     async def _kill_jobs(self, zygote_pid: int) -> None:
         """Orphaned jobs of a dead zygote: their groups, then anything else carrying their mark."""

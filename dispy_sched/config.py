@@ -122,6 +122,8 @@ class SchedConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     journal: bool = True  # keep accepted jobs, held results and usage in the state dir's journal
     journal_sync: Literal["full", "normal"] = "full"  # full: on disk before acknowledging; normal: survives a kill
     adopt_within: Seconds = 30.0  # after a restart, seconds nodes have to report jobs that were running
+    #: jobs per CPU a node is sent beyond its CPUs, queued there for the next free CPU (core/scheduler.py, Prefetch)
+    prefetch: Annotated[int, msgspec.Meta(ge=0, le=64)] = 1
     #: how long the state database keeps each job's accounting record; 0: forever
     accounting_retention: Seconds = 90 * 86400.0
     # -- PostgreSQL state and standby schedulers (dispy_sched/pg_store.py, leadership.py)
@@ -416,6 +418,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="after a restart, seconds nodes have to report the jobs that were running before other "
         "copies run (reentrant) or they end Abandoned (30)",
     )
+    p.add_argument(
+        "--prefetch", metavar="N",
+        help="jobs per CPU a node is sent beyond its CPUs, to start as soon as one frees, without waiting for "
+        "the scheduler (1); 0: only as many as its free CPUs",
+    )  # fmt: skip
     p.add_argument("--max-message-size", metavar="BYTES", help="largest message accepted (default 64 MiB)")
     p.add_argument(
         "--heartbeat", metavar="S",

@@ -101,6 +101,10 @@ def _node_event(session: str, msg: M.Message) -> E.Event | None:
             return E.FilePutDone(session, ref, ok, message)
         case M.NodeFiles(files):
             return E.FilesArrived(session, files)
+        case M.NodeStarts(jobs):
+            return E.StartsReported(session, jobs)
+        case M.NodeReturned(jobs):
+            return E.JobsReturned(session, jobs)
         case M.ClusterFailed(cluster_id, message):
             return E.ClusterFailedOnNode(session, cluster_id, message)
     return None

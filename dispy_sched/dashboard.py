@@ -56,7 +56,7 @@ class Dashboard:
     async def sample(self) -> None:
         while True:
             core = self.api.server.core
-            self.history.append((time.time(), {u.name: u.busy for u in core.users.values() if u.busy}))
+            self.history.append((time.time(), {u.name: u.busy - u.waiting for u in core.users.values() if u.busy > u.waiting}))
             await asyncio.sleep(HISTORY_STEP)
 
     async def page(self, request: web.Request) -> web.Response:
@@ -83,7 +83,7 @@ class Dashboard:
     def snapshot(self, who: Identity) -> dict[str, Any]:
         core = self.api.server.core
         jobs = views.jobs(core, who.user)
-        now = (time.time(), {u.name: u.busy for u in core.users.values() if u.busy})  # the line reaches the present
+        now = (time.time(), {u.name: u.busy - u.waiting for u in core.users.values() if u.busy > u.waiting})  # the line reaches the present
         history = [
             {"t": t, "busy": busy if who.admin else {k: v for k, v in busy.items() if k == who.user}}
             for t, busy in (*self.history, now)

@@ -105,8 +105,8 @@ class StateCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         core = self.server.core
         users = sorted(core.users.values(), key=lambda u: u.name)
-        yield _family("dispy_user_queued_jobs", "Jobs waiting to run, per user", "user", ((u.name, u.queued) for u in users))
-        yield _family("dispy_user_busy_cpus", "CPUs running a job of the user", "user", ((u.name, u.busy) for u in users))
+        yield _family("dispy_user_queued_jobs", "Jobs waiting to run, per user", "user", ((u.name, u.queued + u.waiting) for u in users))
+        yield _family("dispy_user_busy_cpus", "CPUs running a job of the user", "user", ((u.name, u.busy - u.waiting) for u in users))
         yield _family(
             "dispy_user_usage_cpu_seconds", "Decayed CPU-seconds the user used (the fair share's history)", "user",
             ((u.name, u.decayed_usage(time.time(), core.usage_half_life)) for u in users),
@@ -115,7 +115,7 @@ class StateCollector(Collector):
         yield _family("dispy_node_offered_cpus", "CPUs the node offers", "node", ((n.name, n.offered) for n in nodes))
         yield _family("dispy_node_cpus", "CPUs the node is given (offered, under an operator's cap)", "node",
                       ((n.name, n.cpus) for n in nodes))  # fmt: skip
-        yield _family("dispy_node_busy_cpus", "CPUs of the node running a job", "node", ((n.name, n.busy) for n in nodes))
+        yield _family("dispy_node_busy_cpus", "CPUs of the node running a job", "node", ((n.name, n.busy - n.waiting) for n in nodes))
         states: Tally[str] = Tally({s: 0 for s in ("idle", "busy", "full", "drained")})
         states.update(node_state(n) for n in nodes)
         yield _family("dispy_nodes", "Connected nodes by state", "state", states.items())

@@ -469,7 +469,8 @@ class SchedulerServer:
         if isinstance(grace, bool) or not isinstance(grace, (int, float)) or not 0 <= grace <= MAX_NODE_GRACE:
             grace = 0.0  # not announced (an older node) or nonsense: its jobs are written off as they always were
         joined = E.NodeJoined(
-            conn.session, peer.name, ip_addr, cpus, float(heartbeat), addresses, runtime=runtime, grace=float(grace)
+            conn.session, peer.name, ip_addr, cpus, float(heartbeat), addresses, runtime=runtime, grace=float(grace),
+            queues=peer.info.get("queues") is True,  # an older node runs all it is sent at once: no window
         )
         if peer.info.get("holds") is True:  # its NodeHolds comes next: the core hears of it with those
             conn.awaiting_holds = joined
@@ -634,6 +635,8 @@ class SchedulerServer:
                 self._send(node, M.LoadCluster(cluster_id, user, computation, options))
             case A.KillJobs(node, refs):
                 self._send(node, M.KillJobs(refs))
+            case A.RecallJobs(node, refs):
+                self._send(node, M.RecallJobs(refs))
             case A.ConfirmResults(node, refs):
                 self._send(node, M.ResultsRecorded(refs))
             case A.UnloadCluster(node, cluster_id):

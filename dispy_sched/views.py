@@ -30,6 +30,8 @@ def version() -> str:
 def job_state(job: JobRecord) -> str:
     if job.state is JobState.DONE and job.result is not None:
         return JobStatus(job.result.status).name.lower()
+    if job.state is JobState.RUNNING and not job.started:  # sent ahead, waiting on its node for a CPU
+        return JobState.QUEUED.value
     return job.state.value
 
 
@@ -37,9 +39,10 @@ def node_state(node: NodeRecord) -> str:
     """drained, full (every CPU busy), busy (some), idle."""
     if node.drained:
         return "drained"
-    if node.busy and node.busy >= node.cpus:
+    running = node.busy - node.waiting
+    if running and running >= node.cpus:
         return "full"
-    return "busy" if node.busy else "idle"
+    return "busy" if running else "idle"
 
 
 def status(core: SchedulerCore, started: float, viewer: str | None) -> dict[str, Any]:
@@ -59,8 +62,8 @@ def status(core: SchedulerCore, started: float, viewer: str | None) -> dict[str,
         "nodes": len(core.nodes),
         "drained_nodes": sorted(core.drained),  # by name, connected or not
         "cpus": sum(n.cpus for n in core.nodes.values()),
-        "busy_cpus": sum(n.busy for n in core.nodes.values()),
-        "queued_jobs": sum(u.queued for u in core.users.values()),
+        "busy_cpus": sum(n.busy - n.waiting for n in core.nodes.values()),
+        "queued_jobs": sum(u.queued + u.waiting for u in core.users.values()),
         "clusters": len(clusters),
         "jobs": jobs,
     }
@@ -83,7 +86,8 @@ def nodes(core: SchedulerCore) -> list[dict[str, Any]]:
             "state": node_state(node),
             "offered_cpus": node.offered,
             "cpus": node.cpus,
-            "busy_cpus": node.busy,
+            "busy_cpus": node.busy - node.waiting,
+            "waiting_jobs": node.waiting,  # sent ahead (--prefetch), waiting there for a CPU
             "cpu_percent": avail.get("cpu_percent"),
             "memory_available": avail.get("memory"),
             "disk_available": avail.get("disk"),
@@ -101,8 +105,8 @@ def clusters(core: SchedulerCore, viewer: str | None) -> list[dict[str, Any]]:
             "user": c.user,
             "attached": c.client is not None,
             "closing": c.closing,
-            "queued": c.queued,
-            "running": c.busy,
+            "queued": c.queued + c.waiting,
+            "running": c.busy - c.waiting,
             "done": sum(1 for j in c.jobs.values() if j.state is JobState.DONE),
             "nodes": sorted(core.nodes[n].name for n in c.loaded_on if n in core.nodes),
         }
@@ -133,11 +137,16 @@ def _job(cluster: ClusterRecord, job: JobRecord, state: str) -> dict[str, Any]:
         "state": state,
         "node": job.last_node or None,
         "submitted": job.submit_time,
-        "started": (result.start_time if result is not None else job.start_time) or None,
+        "started": (result.start_time if result is not None else _start(job)) or None,
         "ended": result.end_time if result is not None else None,
         "attempts": job.attempts,
         "priority": job.priority,
     }
+
+
+def _start(job: JobRecord) -> float:
+    """When an unfinished job started; 0 for one sent ahead (--prefetch) that its node has not started yet."""
+    return 0.0 if job.state is JobState.RUNNING and not job.started else job.start_time
 
 
 def _visible_clusters(core: SchedulerCore, viewer: str | None) -> list[ClusterRecord]:

@@ -438,6 +438,20 @@ class NodeFiles(Message):
     files: list[JobFile]
 
 
+@message(34)
+class NodeStarts(Message):
+    """Jobs this node started, from its queue, since its last report (a node whose Hello said `queues`)."""
+
+    jobs: list[JobRef]
+
+
+@message(35)
+class NodeReturned(Message):
+    """Jobs this node was asked to give back (`RecallJobs`) and had not started: it never will."""
+
+    jobs: list[JobRef]
+
+
 @message(32)
 class ClusterFailed(Message):
     """The cluster's set-up failed on this node; it will run none of its jobs."""
@@ -464,6 +478,13 @@ class RunJobs(Message):
 
 @message(42)
 class KillJobs(Message):
+    jobs: list[JobRef]
+
+
+@message(47)
+class RecallJobs(Message):
+    """Give back these jobs if they have not started (the node was drained, or given fewer CPUs): `NodeReturned`."""
+
     jobs: list[JobRef]
 
 

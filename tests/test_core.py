@@ -5,6 +5,7 @@ No shell, no sockets, no clock: `now` is passed to every `handle` call.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -806,7 +807,7 @@ def test_status_counts_users_nodes_and_cpus(make_core: Callable[..., SchedulerCo
     assert alice["busy"] + bob["busy"] == 6 and alice["queued"] + bob["queued"] == 3
     assert (alice["share"], alice["target"], bob["target"], carol["target"]) == (3.0, 0.75, 0.25, 0.0)
     assert (alice["finished"], alice["usage"], alice["clusters"], alice["limits"]) == (1, 10.0, 1, {})
-    assert st_["nodes"]["host-n1"] == {"ip_addr": "10.0.0.2", "cpus": 4, "busy": 4, "avail": {}}
+    assert st_["nodes"]["host-n1"] == {"ip_addr": "10.0.0.2", "cpus": 4, "busy": 4, "waiting": 0, "avail": {}}
 
 
 def test_story_lists_a_jobs_transitions(core: SchedulerCore) -> None:
@@ -856,10 +857,13 @@ class CoreMachine(RuleBasedStateMachine):
         # about 6 jobs' arguments (or 3 clusters' computations), and 3 results
         "dave": Limits(max_clusters=3, max_queued_bytes=3 * 1000, max_held_bytes=3 * 540),
     }
+    #: jobs per CPU sent ahead to nodes that queue them (and every node joining here does, if above 0)
+    PREFETCH = 0
 
     def __init__(self) -> None:
         super().__init__()
-        self.core = SchedulerCore(load_policy(self.POLICY), CoreConfig(usage_half_life=50.0, limits=self.LIMITS))
+        config = CoreConfig(usage_half_life=50.0, limits=self.LIMITS, prefetch=self.PREFETCH)
+        self.core = SchedulerCore(load_policy(self.POLICY), config)
         self.now = 0.0
         self.sessions = 0
         self.nodes_made = 0
@@ -931,9 +935,12 @@ class CoreMachine(RuleBasedStateMachine):
 
     # -- clients
 
+    def joined(self, node: str, cpus: int) -> E.NodeJoined:
+        return dataclasses.replace(joined(node, cpus, heartbeat=10.0), queues=self.PREFETCH > 0)
+
     @initialize()
     def start(self) -> None:
-        self.apply(joined("n0", 2, heartbeat=10.0))
+        self.apply(self.joined("n0", 2))
         self.node_jobs["n0"] = []
 
     @rule(user=st.sampled_from(USERS), reentrant=st.booleans(), states_runtime=st.booleans())
@@ -1090,7 +1097,7 @@ class CoreMachine(RuleBasedStateMachine):
         self.nodes_made += 1
         node = f"n{self.nodes_made}"
         self.node_jobs[node] = []
-        self.apply(joined(node, cpus, heartbeat=10.0))
+        self.apply(self.joined(node, cpus))
 
     @rule(cpus=st.integers(0, 3))
     def node_of_another_python_joins(self, cpus: int) -> None:

@@ -303,7 +303,7 @@ class JournaledCoreMachine(CoreMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.config = CoreConfig(usage_half_life=50.0, limits=self.LIMITS, persist=True)
+        self.config = CoreConfig(usage_half_life=50.0, limits=self.LIMITS, persist=True, prefetch=self.PREFETCH)
         self.core = SchedulerCore(load_policy(self.POLICY), self.config)
         self.journal = MemoryJournal()
 
@@ -328,7 +328,7 @@ class JournaledCoreMachine(CoreMachine):
             node = f"n{self.nodes_made}"
             self.node_jobs[node] = list(jobs)  # what it still runs; the join may dispatch more
             refs = tuple(JobRef(c, j) for c, j in jobs)
-            back = E.NodeJoined(node, f"host-{old}", "10.0.0.9", 2, 10.0, (), refs, ())
+            back = E.NodeJoined(node, f"host-{old}", "10.0.0.9", 2, 10.0, (), refs, (), queues=self.PREFETCH > 0)
             actions = self.apply(back)
             killed = {(r.cluster_id, r.job_id) for k in of(actions, A.KillJobs) for r in k.jobs}
             assert killed <= self.killed, "a running job the journal knows was killed on adoption"

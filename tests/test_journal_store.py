@@ -63,3 +63,21 @@ def test_a_version_1_journal_gets_its_held_results_sized(tmp_path: Path) -> None
     (job,) = journal.load().jobs
     assert (job.result, job.result_size) == (None, result_cost(held))
     assert journal.read_results("K", [7]) == [held]
+
+
+def test_a_turn_that_only_forgets_jobs_is_written_without_an_fsync_of_its_own_and_kept(tmp_path: Path) -> None:
+    journal = SqliteJournal(str(tmp_path))
+    core = SchedulerCore(load_policy("fair"), CoreConfig(persist=True))
+    run(core, journal, opened("c1", "K"), joined("n1", 2), submitted("c1", "K", 1, 2), now=0)
+    run(core, journal, arrived("n1", result("K", 1), result("K", 2)), now=1)
+    syncs: list[int] = []
+    # SQLite fsyncs in C: what the connection is set to for each statement shows which commits skip it
+    journal._db.set_trace_callback(lambda sql: syncs.append(journal._db.execute("PRAGMA synchronous").fetchone()[0])
+                                   if sql == "COMMIT" else None)  # fmt: skip
+    (ack,) = [a for a in run(core, journal, E.ResultsAcked("c1", "K", [1]), now=2) if isinstance(a, A.Persist)]
+    assert ack.gone_jobs == [("K", 1)] and not ack.changed_jobs
+    run(core, journal, submitted("c1", "K", 3), now=3)  # a turn that acknowledges something: fsynced
+    journal._db.set_trace_callback(None)
+    assert syncs == [0, 2]  # OFF for the forgetting turn, FULL (as configured) again for the next
+    journal.close()
+    assert [j.job_id for j in SqliteJournal(str(tmp_path)).load().jobs] == [2, 3]

@@ -138,9 +138,13 @@ class Harness:
         self.results: list[JobResult] = []
         self.files: list[JobFile] = []
         self.failures: list[tuple[str, str]] = []
+        self.started: list[tuple[JobRef, int]] = []  # each start, with the jobs running then
         self._changed = asyncio.Event()
         config.setdefault("account", JOB_ACCOUNT)
-        self.runner = Runner(RunnerConfig(root / "work", kill_grace, **config), self._on_result, self._on_failed, self._on_file)
+        self.runner = Runner(
+            RunnerConfig(root / "work", kill_grace, **config), self._on_result, self._on_failed, self._on_file,
+            lambda ref: self.started.append((ref, self.runner.running)),
+        )  # fmt: skip
         work_dir = self.runner.work_dir
         work_dir.mkdir(mode=0o700 if self.runner.account.is_self else 0o711)
         self._next_id = 0
@@ -484,6 +488,28 @@ def test_kill_of_a_queued_job() -> None:
         r = await h.result(job_id)
         assert r.status == JobStatus.CANCELLED
         assert value(await h.call("c1", 4)) == 8
+
+    run(body)
+
+
+def test_beyond_its_slots_the_runner_queues_jobs_and_starts_the_oldest_first_as_one_ends() -> None:
+    async def body(h: Harness) -> None:
+        h.load("a", func=double)
+        h.load("b", func=double)
+        await h.call("a", 0)
+        await h.call("b", 0)  # both ready: which starts first is the queue's choice alone
+        h.started.clear()
+        h.runner.set_slots(1)  # the node's one CPU; the scheduler sent more, ahead of it
+        ids = h.run("a", (1,)) + h.run("b", (2,)) + h.run("a", (3,)) + h.run("b", (4,))
+        h.runner.kill([JobRef("a", ids[2])])  # still queued: dropped, its result at once, never started
+        await h.until(lambda: len(h.results) == 2 + 4)
+        ended = [(r.job_id, r.status) for r in h.results[2:]]
+        assert (ids[2], JobStatus.CANCELLED) in ended
+        assert [job_id for job_id, status in ended if status == JobStatus.FINISHED] == [ids[0], ids[1], ids[3]]
+        assert h.started == [(JobRef("a", ids[0]), 1), (JobRef("b", ids[1]), 1), (JobRef("b", ids[3]), 1)]
+        h.runner.set_slots(None)  # no bound again: all at once
+        h.run("a", (5,), (6,), (7,))
+        await h.until(lambda: len(h.results) == 2 + 4 + 3)
 
     run(body)
 

@@ -74,6 +74,9 @@ SAMPLES: list[Message] = [
     M.NodeFiles([M.JobFile("c-1", 1, "out.csv", b"a,b\n", 0o600), M.JobFile("c-1", 2, "e", b"", 0o644)]),
     M.Heartbeat({"cpus": 8, "cpu_percent": 12.5, "memory": 2**33}),
     M.NodeResults([RESULT]),
+    M.NodeStarts([M.JobRef("c-1", 1), M.JobRef("c-1", 2)]),
+    M.NodeReturned([M.JobRef("c-1", 3)]),
+    M.RecallJobs([M.JobRef("c-1", 3), M.JobRef("c-2", 4)]),
     M.ClusterFailed("c-1", "ImportError: no module named numpy"),
     M.LoadCluster("c-1", "alice", b"\x82computation", {"dest_path": "x"}),
     M.RunJobs([RunJob("c-1", 1, b"args-1", {}), RunJob("c-2", 5, b"args-5", {"timeout": 1})]),
@@ -858,9 +861,13 @@ def test_batches_by_size_keep_order_and_stay_within_the_budget_but_for_a_record_
         return JobResult("c", job_id, 11, b"x" * size, b"", b"", "é" * 10, "", 0.0, 0.0)
 
     records = [result(1, 10), result(2, 600), result(3, 10), result(4, 5000), result(5, 10)]
-    batches = list(by_size(records, budget=1200))  # each weighs 256 + its bytes (é: 2)
+    # each weighs 256 + its bytes, a string not encoded: é at most 4 (1 and 2: 307 + 897 = 1204)
+    batches = list(by_size(records, budget=1210))
     assert [[r.job_id for r in b] for b in batches] == [[1, 2], [3], [4], [5]]
     assert list(by_size([])) == []
+    ascii_ = JobResult("c", 1, 11, None, b"", b"", "x" * 943, "", 0.0, 0.0)  # 256 + 1 + 943: an ASCII string weighs its length
+    assert [len(b) for b in by_size([ascii_, ascii_], budget=2400)] == [2]
+    assert [len(b) for b in by_size([ascii_, ascii_], budget=2399)] == [1, 1]
 
 
 def test_a_nodes_largest_hello_fits_the_pre_login_frame_limit() -> None:

@@ -91,6 +91,14 @@ class KillJobs(Action):
 
 
 @dataclass(frozen=True, slots=True)
+class RecallJobs(Action):
+    """Ask a node to give back these jobs sent ahead of a free CPU if it has not started them (`JobsReturned`)."""
+
+    node: str
+    jobs: list[JobRef]
+
+
+@dataclass(frozen=True, slots=True)
 class ConfirmResults(Action):
     """Tell a node that these jobs' results are recorded: it keeps each until then."""
 

@@ -123,6 +123,8 @@ class NodeJoined(Event):
     runtime: Runtime | None = None
     #: seconds the node keeps its jobs running without a scheduler (its --scheduler-grace; 0: it kills them)
     grace: float = 0.0
+    #: it queues jobs beyond its CPUs and reports each one's start (`StartsReported`): it may be sent a window more
+    queues: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +137,22 @@ class NodeReported(Event):
 class ResultsArrived(Event):
     node: str
     results: list[JobResult]
+
+
+@dataclass(frozen=True, slots=True)
+class StartsReported(Event):
+    """A node that queues jobs (`NodeJoined.queues`) started these: their clients now see them Running."""
+
+    node: str
+    jobs: list[JobRef]
+
+
+@dataclass(frozen=True, slots=True)
+class JobsReturned(Event):
+    """A node gave back jobs it was asked to (`RecallJobs`) and never started: they may run anywhere."""
+
+    node: str
+    jobs: list[JobRef]
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,8 @@ from .state import JobState, file_cost, job_cost, result_cost, usage_rank_of
 def check_invariants(core: SchedulerCore) -> None:
     """Raises AssertionError naming the first broken invariant."""
     node_busy: Counter[str] = Counter()
+    node_waiting: Counter[str] = Counter()
+    user_waiting: Counter[str] = Counter()
     user_busy: Counter[str] = Counter()
     user_queued: Counter[str] = Counter()
     user_orphans: Counter[str] = Counter()
@@ -25,11 +27,17 @@ def check_invariants(core: SchedulerCore) -> None:
         queued = [j for j in cluster.jobs.values() if j.state is JobState.QUEUED]
         running = [j for j in cluster.jobs.values() if j.state is JobState.RUNNING]
         assert cluster.queued == len(queued), f"{cluster.cluster_id}: queued {cluster.queued} != {len(queued)}"
+        unfinished = sum(1 for j in cluster.jobs.values() if j.state is not JobState.DONE)
+        assert cluster.unfinished == unfinished, f"{cluster.cluster_id}: unfinished {cluster.unfinished} != {unfinished}"
         assert cluster.busy == len(running), f"{cluster.cluster_id}: busy {cluster.busy} != {len(running)}"
         live = {job_id for _, _, job_id in cluster.queue}
         assert all(j.job_id in live for j in queued), f"{cluster.cluster_id}: a queued job is missing from the heap"
+        for job in cluster.jobs.values():
+            assert job.started <= (job.state is JobState.RUNNING), f"job {job.key}: started, yet {job.state.value}"
         for job in running:
             assert job.node in core.nodes, f"job {job.key} runs on unknown node {job.node}"
+            assert job.started or core.nodes[job.node].queues, f"job {job.key}: its client was not told it runs"
+            node_waiting[job.node] += not job.started
             assert job.key in core.nodes[job.node].jobs, f"job {job.key} missing from its node"
             node_busy[job.node] += 1
         user_queued_bytes[cluster.user] += cluster.code_bytes()
@@ -51,6 +59,9 @@ def check_invariants(core: SchedulerCore) -> None:
             orphan = job.state is JobState.ORPHANED
             assert orphan == (job.key in core._orphans and core._orphans[job.key].job is job), f"job {job.key}: orphan and state disagree"
             assert not orphan or job.node is None, f"job {job.key}: an orphan on node {job.node}"
+        waiting = sum(1 for j in running if not j.started)
+        assert cluster.waiting == waiting, f"{cluster.cluster_id}: waiting {cluster.waiting} != {waiting}"
+        user_waiting[cluster.user] += waiting
         on_nodes = Counter(j.node for j in running)
         assert cluster.busy_on == dict(on_nodes), f"{cluster.cluster_id}: busy per node is wrong"
         if cluster.restricted:
@@ -65,8 +76,11 @@ def check_invariants(core: SchedulerCore) -> None:
     for node in core.nodes.values():
         assert node.drained == (node.name in core.drained), f"node {node.name}: drained flag is stale"
         assert node.cpus == min(node.offered, core.cpu_caps.get(node.name, node.offered)), f"node {node.name}: stale CPUs"
+        window = core.config.prefetch * node.cpus if node.queues and node.cpus == node.offered else 0
+        assert node.window == window, f"node {node.name}: window {node.window}, should be {window}"
     for node in core.nodes.values():
         assert node.busy == len(node.jobs) == node_busy[node.node_id], f"node {node.name}: busy is wrong"
+        assert node.waiting == node_waiting[node.node_id], f"node {node.name}: waiting is wrong"
         free = node.free > 0 and not node.drained
         assert (node.node_id in core._free_nodes) == free, f"node {node.name}: free set is wrong"
         if free:
@@ -75,6 +89,7 @@ def check_invariants(core: SchedulerCore) -> None:
     for user in core.users.values():
         assert user.busy == user_busy[user.name], f"user {user.name}: busy {user.busy} != {user_busy[user.name]}"
         assert user.queued == user_queued[user.name], f"user {user.name}: queued is wrong"
+        assert user.waiting == user_waiting[user.name], f"user {user.name}: waiting is wrong"
         assert user.orphans == user_orphans[user.name], f"user {user.name}: orphans is wrong"
         assert user.queued_bytes == user_queued_bytes[user.name], f"user {user.name}: queued_bytes is wrong"
         assert user.held_bytes == user_held_bytes[user.name], f"user {user.name}: held_bytes is wrong"

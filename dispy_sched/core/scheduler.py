@@ -35,6 +35,25 @@ in a bounded log (`story()` replays one job's history).
 Batching: handlers only queue outgoing work in an `_Outbox`; at the end of
 `handle` the scheduling pass fills free CPUs, and the outbox is flushed as at
 most one action of each kind per peer and cluster.
+
+Prefetch: a node that queues jobs (`NodeJoined.queues`) is sent up to
+`CoreConfig.prefetch` jobs per CPU beyond its CPUs (its `window`); it starts
+each as a CPU frees and reports the start (`StartsReported`), when the
+client is told the job runs. So a node never idles for a round trip to the
+scheduler (and its journal commit) between two jobs, and each turn's
+results, dispatches and commit carry several jobs. A prefetched job is
+RUNNING for the core from its dispatch: it counts in `busy` of its node,
+cluster and user like a running one (and in their `waiting` until it
+starts), so fair share, `max_cpus` and the clusters' CPU allowances hold it
+as they hold a running job. The node may start it at any moment, its report
+lost with the node: so when the node is lost it is treated as a running job
+is (rerun if reentrant, else orphaned or Abandoned), never run twice.
+People see it queued until it starts (`status`: busy is running, queued
+includes waiting). A node the operator caps below what it offers
+gets no window (it would run the window on CPUs the cap withholds), and a
+node drained, or capped below what it holds, is asked to give back what it
+has not started (`RecallJobs`); what it returns (`JobsReturned`) never ran
+and is queued again, reentrant or not.
 """
 
 from __future__ import annotations
@@ -110,6 +129,8 @@ class CoreConfig:
     persist: bool = False
     #: emit a `RecordJobEnds` action per call with the jobs that ended (for accounting)
     accounting: bool = False
+    #: jobs per CPU a node that queues them is sent beyond its CPUs (see Prefetch above); 0: none
+    prefetch: int = 0
 
 
 class _Outbox:
@@ -241,7 +262,7 @@ class SchedulerCore:
                     job.held -= held
                     self._hold(cluster, -held)
                     job.files = []
-                if job.state is JobState.RUNNING and job.node is not None:
+                if job.state is JobState.RUNNING and job.node is not None and job.started:
                     self._notify_started(cluster, job)
                 elif job.state is JobState.DONE and job.result is not None:
                     self._out.results[(ev.client, cluster.cluster_id)].append(job.result)
@@ -456,6 +477,8 @@ class SchedulerCore:
         node.grace = ev.grace if math.isfinite(ev.grace) and ev.grace > 0 else 0.0
         node.addresses = (ev.ip_addr, *(a for a in ev.addresses if a != ev.ip_addr))
         node.runtime = ev.runtime
+        node.queues = ev.queues
+        self._set_window(node, node.cpus)
         self.nodes[ev.node] = node
         self._update_free(node)
         for cluster in list(self.clusters.values()):  # a cluster may end (and go) for want of nodes
@@ -522,17 +545,31 @@ class SchedulerCore:
             self._set_cpus(node)
         self._announce(node, "report")
 
+    def _set_window(self, node: NodeRecord, cpus: int) -> None:
+        """Sizes the jobs `node` (to be given `cpus`) is sent beyond its CPUs.
+
+        No window for a node that does not queue them, nor for one the
+        operator caps: it starts what it is sent on the CPUs it offers, so a
+        window would run on CPUs the cap withholds.
+        """
+        node.window = self.config.prefetch * cpus if node.queues and cpus == node.offered else 0
+
     def _capped(self, name: str, offered: int) -> int:
         cap = self.cpu_caps.get(name)
         return offered if cap is None else min(cap, offered)
 
     def _set_cpus(self, node: NodeRecord) -> None:
         """Applies what the node offers and the operator's cap to the CPUs it is given."""
-        cpus = self._capped(node.name, node.offered)
+        cpus, window = self._capped(node.name, node.offered), node.window
+        self._set_window(node, cpus)
         if cpus == node.cpus:
+            if node.window != window:  # a cap lifted, or the offer down to the cap
+                self._update_free(node)
             return
         node.cpus = cpus  # fewer than it runs: none is stopped, no new one starts until they are fewer
         self._update_free(node)
+        if node.busy > node.cpus + node.window:  # what it holds beyond may not start there
+            self._recall(node)
         for cluster in self.clusters.values():  # "all CPUs but N" moves with them
             self._place(cluster, node)
 
@@ -562,6 +599,36 @@ class SchedulerCore:
                 continue
             self._release(job, node, cluster)
             self._finish(cluster, job, result)
+
+    @_on.register
+    def _on_starts_reported(self, ev: E.StartsReported) -> None:
+        if ev.node not in self.nodes:
+            return
+        for ref in ev.jobs:
+            cluster = self.clusters.get(ref.cluster_id)
+            job = cluster.jobs.get(ref.job_id) if cluster else None
+            if cluster is None or job is None or job.state is not JobState.RUNNING or job.node != ev.node or job.started:
+                continue  # ended already (a short job's result may come first), or moved on
+            job.start_time = self.now
+            self._notify_started(cluster, job)
+
+    @_on.register
+    def _on_jobs_returned(self, ev: E.JobsReturned) -> None:
+        node = self.nodes.get(ev.node)
+        if node is None:
+            return
+        for ref in ev.jobs:
+            cluster = self.clusters.get(ref.cluster_id)
+            job = cluster.jobs.get(ref.job_id) if cluster else None
+            if cluster is None or job is None or job.state is not JobState.RUNNING or job.node != ev.node or job.started:
+                continue  # not one it may give back
+            self._displace(cluster, job, node, rerun=True, why="")  # it never started: any node may run it
+
+    def _recall(self, node: NodeRecord) -> None:
+        """Asks `node` to give back the jobs it was sent ahead and has not started (drained, or capped)."""
+        if node.waiting:
+            refs = [JobRef(c, j) for c, j in sorted(node.jobs) if not self.clusters[c].jobs[j].started]
+            self._out.immediate.append(A.RecallJobs(node.node_id, refs))
 
     @_on.register
     def _on_files_arrived(self, ev: E.FilesArrived) -> None:
@@ -679,6 +746,8 @@ class SchedulerCore:
         for node in nodes:
             node.drained = ev.drained
             self._update_free(node)
+            if node.drained:
+                self._recall(node)
         state = "drained: no new jobs start there" if ev.drained else "undrained"
         self._answer(ev.ref, None, f"node {ev.name} {state}" + ("" if nodes else " (not connected now)"))
 
@@ -728,7 +797,9 @@ class SchedulerCore:
         old = self.nodes[job.node]
         if old is node or old.name != node.name:
             return None
+        started = job.started
         self._release(job, old, cluster)
+        job.started = started
         self._occupy(cluster, job, node)
         self._note_job(job)
         if job.cancel_requested:
@@ -867,6 +938,8 @@ class SchedulerCore:
         user = self.users[cluster.user]
         if job.payload is not None:
             user.queued_bytes += job_cost(job.payload)
+        if job.state is not JobState.DONE:
+            cluster.unfinished += 1
         if job.state is JobState.QUEUED:
             cluster.push(job)
             cluster.queued += 1
@@ -899,7 +972,8 @@ class SchedulerCore:
         elif to is JobState.ORPHANED:  # its node may still run it: held against max_cpus until it is settled
             user.orphans += 1
             self.ready.update_user(user)
-        if result is not None:
+        if result is not None:  # DONE: no transition leaves it
+            cluster.unfinished -= 1
             assert job.payload is not None
             user.queued_bytes -= job_cost(job.payload)
             job.payload = None
@@ -954,21 +1028,33 @@ class SchedulerCore:
         self._occupy(cluster, job, node)
         assert job.payload is not None
         self._out.dispatch[node.node_id].append(RunJob(cluster.cluster_id, job.job_id, job.payload, job.options))
-        self._notify_started(cluster, job)
+        if not node.queues:  # a node that queues says when it starts it
+            self._notify_started(cluster, job)
 
     def _occupy(self, cluster: ClusterRecord, job: JobRecord, node: NodeRecord) -> None:
         """Gives a job that just became RUNNING a CPU of `node` (undone by `_release`)."""
         job.node = node.node_id
         job.last_node = node.name
+        user = self.users[cluster.user]
         node.busy += 1
         node.jobs.add(job.key)
-        self.users[cluster.user].busy += 1
+        user.busy += 1
         cluster.busy += 1
+        if not job.started:  # until `_notify_started`
+            node.waiting += 1
+            user.waiting += 1
+            cluster.waiting += 1
         cluster.busy_on[node.node_id] = cluster.busy_on.get(node.node_id, 0) + 1
         self._update_free(node)
         self.ready.update(cluster)
 
     def _notify_started(self, cluster: ClusterRecord, job: JobRecord) -> None:
+        """The job runs on its node: its client hears of it (now, or as it re-attaches)."""
+        if not job.started and job.node is not None:
+            self.nodes[job.node].waiting -= 1
+            self.users[cluster.user].waiting -= 1
+            cluster.waiting -= 1
+        job.started = True
         if cluster.client is None or job.node is None:
             return
         node = self.nodes[job.node]
@@ -977,10 +1063,15 @@ class SchedulerCore:
 
     def _release(self, job: JobRecord, node: NodeRecord, cluster: ClusterRecord) -> None:
         """Frees the CPU a RUNNING job held."""
+        user = self.users[cluster.user]
         node.busy -= 1
         node.jobs.discard(job.key)
-        self.users[cluster.user].busy -= 1
+        user.busy -= 1
         cluster.busy -= 1
+        if not job.started:
+            node.waiting -= 1
+            user.waiting -= 1
+            cluster.waiting -= 1
         left = cluster.busy_on[node.node_id] - 1
         if left:
             cluster.busy_on[node.node_id] = left
@@ -989,6 +1080,7 @@ class SchedulerCore:
             if cluster.resetting:
                 self._reload_when_idle(cluster, node)
         job.node = None
+        job.started = False
         self._update_free(node)
         self.ready.update(cluster)
 
@@ -1195,7 +1287,7 @@ class SchedulerCore:
     def _maybe_finish_close(self, cluster: ClusterRecord) -> None:
         if self.clusters.get(cluster.cluster_id) is not cluster or not cluster.closing:
             return
-        if any(j.state is not JobState.DONE for j in cluster.jobs.values()):
+        if cluster.unfinished:
             return
         if cluster.jobs and not cluster.released:
             if cluster.client is None:
@@ -1298,8 +1390,8 @@ class SchedulerCore:
             u.name: {
                 "share": u.share,
                 "target": (u.share / total_share) if (u.busy or u.queued) else 0.0,
-                "busy": u.busy,
-                "queued": u.queued,
+                "busy": u.busy - u.waiting,  # CPUs running its jobs (not those sent ahead, waiting for one)
+                "queued": u.queued + u.waiting,  # in the queue, or waiting on a node for a CPU
                 "finished": u.finished,
                 "usage": round(u.decayed_usage(self.now, self.usage_half_life), 3),
                 "clusters": len(u.clusters),
@@ -1311,8 +1403,9 @@ class SchedulerCore:
             for u in self.users.values()
             if viewer is None or u.name == viewer
         }
+        # jobs sent ahead to a node wait there for a CPU: `waiting`, not busy CPUs
         nodes = {
-            n.name: {"ip_addr": n.ip_addr, "cpus": n.cpus, "busy": n.busy, "avail": n.avail}
+            n.name: {"ip_addr": n.ip_addr, "cpus": n.cpus, "busy": n.busy - n.waiting, "waiting": n.waiting, "avail": n.avail}
             for n in self.nodes.values()
         }
         others = [u for u in self.users.values() if viewer is not None and u.name != viewer]
@@ -1321,13 +1414,13 @@ class SchedulerCore:
             "users": users,
             **({"others": {
                 "users": sum(1 for u in others if u.busy or u.queued),
-                "busy": sum(u.busy for u in others),
-                "queued": sum(u.queued for u in others),
+                "busy": sum(u.busy - u.waiting for u in others),
+                "queued": sum(u.queued + u.waiting for u in others),
             }} if viewer is not None else {}),
             "nodes": nodes,
             "cpus": sum(n.cpus for n in self.nodes.values()),
-            "busy": sum(n.busy for n in self.nodes.values()),
-            "queued": sum(u.queued for u in self.users.values()),
+            "busy": sum(n.busy - n.waiting for n in self.nodes.values()),
+            "queued": sum(u.queued + u.waiting for u in self.users.values()),
         }
 
 

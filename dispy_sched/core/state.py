@@ -60,6 +60,9 @@ class JobRecord:
     files: list[JobFile] = field(default_factory=list)  # sent back by the job while its client was away
     held: int = 0  # what its result and files count in its user's `held_bytes`
     pin: str | None = None  # the node (name or address) it must run on: `JobOptions.node`
+    #: its client was told it runs: at dispatch, or, on a node that queues jobs (`NodeRecord.window`),
+    #: once the node reports it started (a job waiting there is not yet Running for its user)
+    started: bool = False
 
     @property
     def key(self) -> tuple[str, int]:
@@ -84,11 +87,14 @@ class ClusterRecord:
     # holds one entry per queued job, so its size is most of the core's memory)
     queue: list[tuple[int, int, int]] = field(default_factory=list)
     queued: int = 0  # its QUEUED jobs: counted by the core's transitions alone, not by push/pop
+    #: its jobs not DONE (counted by `_admit` and `_transition`): a closing cluster ends at 0, checked in O(1)
+    unfinished: int = 0
     # jobs pinned to a node (`submit_node`), by node name or address; once there is
     # one, `unpinned` holds the others' entries (until then `queue` serves alone)
     pinned: dict[str, list[tuple[int, int, int]]] = field(default_factory=dict)
     unpinned: list[tuple[int, int, int]] | None = None
     busy: int = 0
+    waiting: int = 0  # of `busy`: jobs sent ahead to a node that has not started them yet
     loaded_on: set[str] = field(default_factory=set)
     failed_on: dict[str, str] = field(default_factory=dict)  # node -> why it cannot run there (set-up failed, runtime)
     placement: list[NodeEntry] | None = None  # dispy's `nodes`; None: every node, every CPU
@@ -229,6 +235,7 @@ class UserRecord:
     share: float
     limits: Limits = NO_LIMITS
     busy: int = 0
+    waiting: int = 0  # of `busy`: jobs sent ahead to a node that has not started them yet
     queued: int = 0
     usage: float = 0.0  # decayed CPU-seconds, as of `usage_time`
     usage_time: float = 0.0
@@ -298,7 +305,8 @@ class NodeRecord:
     cpus: int
     heartbeat: float  # seconds between the node's reports
     last_seen: float
-    busy: int = 0
+    busy: int = 0  # its jobs: running, and sent ahead of a free CPU (`window`)
+    waiting: int = 0  # of `busy`: jobs sent ahead that it has not started yet
     jobs: set[tuple[str, int]] = field(default_factory=set)
     loaded: set[str] = field(default_factory=set)
     avail: dict[str, Any] = field(default_factory=dict)
@@ -308,10 +316,16 @@ class NodeRecord:
     grace: float = 0.0
     offered: int = 0  # CPUs the node offers; `cpus` is that under the operator's cap
     drained: bool = False  # by the operator: no new jobs start here
+    #: the node queues jobs beyond its CPUs (starting each as a CPU frees) and reports their starts
+    queues: bool = False
+    #: jobs it is sent beyond its CPUs (prefetched), so that a result and the next job to run cross
+    #: the wire in the same batch, not one after the other (`SchedulerCore._set_window`)
+    window: int = 0
 
     @property
     def free(self) -> int:
-        return self.cpus - self.busy
+        """Jobs it may be sent now: its free CPUs and what is left of its window."""
+        return self.cpus + self.window - self.busy
 
     @property
     def load(self) -> float:

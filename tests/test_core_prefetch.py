@@ -1,0 +1,254 @@
+"""The core's prefetch window: jobs sent to a node beyond its CPUs, to start there as CPUs free.
+
+A node that queues jobs (`NodeJoined.queues`) is sent `CoreConfig.prefetch`
+jobs per CPU more than it has CPUs; it reports each start (`StartsReported`),
+and only then is the job Running for its client. A prefetched job counts as
+a running one for fair share and every limit, and, since the node may start
+it at any moment, is treated as a running one when the node is lost.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import precondition, rule
+
+from dispy_sched.core import CoreConfig, JobState, SchedulerCore
+from dispy_sched.core import actions as A
+from dispy_sched.core import events as E
+from dispy_sched.core.invariants import check_invariants
+from dispy_sched.core.state import Limits
+from dispy_sched.policies import load_policy
+from dispy_wire.messages import JobRef
+from dispy_wire.status import JobStatus
+
+from test_core_journal import JournaledCoreMachine
+from test_core import MACHINE_SETTINGS, CoreMachine, arrived, delivered, dispatched, dispatched_jobs, joined, of, opened, result, step, submitted
+
+
+@pytest.fixture
+def make_core() -> Iterator[Callable[..., SchedulerCore]]:
+    cores: list[SchedulerCore] = []
+
+    def make(prefetch: int = 1, **config: Any) -> SchedulerCore:
+        core = SchedulerCore(load_policy("fair"), CoreConfig(prefetch=prefetch, **config))
+        cores.append(core)
+        return core
+
+    yield make
+    for core in cores:
+        check_invariants(core)
+
+
+@pytest.fixture
+def core(make_core: Callable[..., SchedulerCore]) -> SchedulerCore:
+    return make_core()
+
+
+def queueing(node: str, cpus: int, **more: Any) -> E.NodeJoined:
+    return dataclasses.replace(joined(node, cpus), queues=True, **more)
+
+
+def started(node: str, *refs: tuple[str, int]) -> E.StartsReported:
+    return E.StartsReported(node, [JobRef(c, j) for c, j in refs])
+
+
+def told_started(actions: list[A.Action]) -> list[int]:
+    return [s.job_id for n in of(actions, A.NotifyStarted) for s in n.starts]
+
+
+def test_a_queueing_node_gets_its_window_and_a_result_brings_the_next_job_in_the_same_turn(core: SchedulerCore) -> None:
+    step(core, opened("c1", "K"), submitted("c1", "K", *range(1, 11)), now=0)
+    assert dispatched(step(core, queueing("n1", 2), now=1)) == {"n1": [("K", j) for j in (1, 2, 3, 4)]}
+    assert core.nodes["n1"].busy == 4 and core.nodes["n1"].window == 2
+    actions = step(core, arrived("n1", result("K", 1), result("K", 2)), now=2)
+    assert dispatched(actions) == {"n1": [("K", 5), ("K", 6)]}  # with the confirmations of those results
+
+
+def test_a_node_that_does_not_queue_gets_only_its_cpus(core: SchedulerCore) -> None:
+    step(core, opened("c1", "K"), submitted("c1", "K", *range(1, 11)), now=0)
+    actions = step(core, joined("n1", 2), now=1)
+    assert dispatched_jobs(actions) == [1, 2] and told_started(actions) == [1, 2]  # Running at once, as before
+    assert core.nodes["n1"].window == 0
+
+
+def test_without_prefetch_a_queueing_node_gets_only_its_cpus(make_core: Callable[..., SchedulerCore]) -> None:
+    core = make_core(prefetch=0)
+    step(core, opened("c1", "K"), submitted("c1", "K", *range(1, 11)), now=0)
+    assert dispatched_jobs(step(core, queueing("n1", 2), now=1)) == [1, 2]
+
+
+def test_a_prefetched_job_runs_for_its_client_once_its_node_reports_the_start(core: SchedulerCore) -> None:
+    step(core, opened("c1", "K"), submitted("c1", "K", 1, 2, 3), now=0)
+    actions = step(core, queueing("n1", 1), now=1)
+    assert dispatched_jobs(actions) == [1, 2] and told_started(actions) == []
+    actions = step(core, started("n1", ("K", 1)), now=2)
+    assert told_started(actions) == [1]
+    starts = [s for n in of(actions, A.NotifyStarted) for s in n.starts]
+    assert starts[0].time == 2  # when it started, not when it was sent
+    assert told_started(step(core, started("n1", ("K", 1)), now=3)) == []  # a repeated report: told once
+    # job 2 starts and ends in one turn of the node, its start reported with its result: the result wins
+    actions = step(core, arrived("n1", result("K", 1), result("K", 2)), started("n1", ("K", 2)), now=4)
+    assert told_started(actions) == [] and [r.job_id for r in delivered(actions)[("c1", "K")]] == [1, 2]
+    assert core.clusters["K"].jobs[3].state is JobState.RUNNING and not core.clusters["K"].jobs[3].started
+
+
+def test_a_returning_client_hears_only_of_the_jobs_that_started(core: SchedulerCore) -> None:
+    step(core, opened("c1", "K"), submitted("c1", "K", 1, 2), queueing("n1", 1), now=0)
+    step(core, started("n1", ("K", 1)), E.ClientLeft("c1"), now=1)
+    actions = step(core, opened("c2", "K"), now=2)
+    assert told_started(actions) == [1]
+
+
+def test_prefetched_jobs_count_in_fair_share(core: SchedulerCore) -> None:
+    step(core, opened("a", "A", user="alice"), submitted("a", "A", *range(1, 11)), now=0)
+    step(core, opened("b", "B", user="bob"), submitted("b", "B", *range(101, 111)), now=0)
+    actions = step(core, queueing("n1", 2), now=1)
+    sent = dispatched(actions)["n1"]
+    assert sorted(c for c, _ in sent) == ["A", "A", "B", "B"]  # the window is shared like the CPUs
+    assert core.users["alice"].busy == core.users["bob"].busy == 2
+
+
+def test_max_cpus_holds_prefetched_jobs(make_core: Callable[..., SchedulerCore]) -> None:
+    core = make_core(limits={"alice": Limits(max_cpus=2)})
+    step(core, opened("a", "A", user="alice"), submitted("a", "A", *range(1, 11)), now=0)
+    assert dispatched_jobs(step(core, queueing("n1", 4), now=1)) == [1, 2]  # never more than 2 at once on the node
+
+
+def test_a_clusters_cpu_allowance_on_a_node_holds_prefetched_jobs(core: SchedulerCore) -> None:
+    step(core, opened("a", "A"), submitted("a", "A", *range(1, 11)), queueing("n1", 4), now=0)
+    step(core, E.NodeCpusSet("a", "A", "host-n1", 1), now=1)
+    core.handle(arrived("n1", *(result("A", j) for j in range(1, 9))), now=2)
+    assert core.clusters["A"].busy_on == {"n1": 1}  # at its allowance: nothing sent ahead of it
+
+
+def test_an_operator_cap_closes_the_window_and_lifting_it_opens_it_again(core: SchedulerCore) -> None:
+    step(core, opened("c1", "K"), submitted("c1", "K", *range(1, 21)), queueing("n1", 2), now=0)
+    step(core, E.NodeCpusCapped("r1", "host-n1", 1), now=1)
+    assert core.nodes["n1"].window == 0  # the node would start the window on the CPU the cap withholds
+    actions = step(core, arrived("n1", *(result("K", j) for j in (1, 2, 3, 4))), now=2)
+    assert dispatched_jobs(actions) == [5]
+    step(core, E.NodeCpusCapped("r2", "host-n1", -1), now=3)
+    assert core.nodes["n1"].window == 2 and core.nodes["n1"].busy == 4
+
+
+def test_a_drained_node_is_asked_back_what_it_has_not_started_and_what_it_returns_runs_elsewhere(
+    make_core: Callable[..., SchedulerCore],
+) -> None:
+    core = make_core()
+    step(core, opened("c1", "K", reentrant=False), submitted("c1", "K", *range(1, 11)), queueing("n1", 2), now=0)
+    step(core, started("n1", ("K", 1), ("K", 2)), now=1)
+    actions = step(core, E.NodeDrainSet("r1", "host-n1", True), now=1)
+    assert of(actions, A.RecallJobs) == [A.RecallJobs("n1", [JobRef("K", 3), JobRef("K", 4)])]
+    # job 3 started before the recall reached the node: only 4 comes back, and 3 goes on there
+    actions = step(core, started("n1", ("K", 3)), E.JobsReturned("n1", [JobRef("K", 4), JobRef("K", 3)]), now=2)
+    assert core.clusters["K"].jobs[4].state is JobState.QUEUED and core.clusters["K"].jobs[3].state is JobState.RUNNING
+    assert not dispatched_jobs(step(core, arrived("n1", result("K", 1), result("K", 2)), now=3))  # drained: none starts
+    actions = step(core, queueing("n2", 1), now=4)
+    assert dispatched_jobs(actions) == [4, 5]  # not reentrant, yet it runs: it never started anywhere
+    assert core.clusters["K"].jobs[4].attempts == 2
+
+
+def test_a_node_capped_below_what_it_holds_is_asked_back_what_it_has_not_started(core: SchedulerCore) -> None:
+    step(core, opened("c1", "K"), submitted("c1", "K", *range(1, 11)), queueing("n1", 2), now=0)
+    step(core, started("n1", ("K", 1), ("K", 2)), now=1)
+    actions = step(core, E.NodeCpusCapped("r1", "host-n1", 1), now=1)
+    assert of(actions, A.RecallJobs) == [A.RecallJobs("n1", [JobRef("K", 3), JobRef("K", 4)])]
+    step(core, E.JobsReturned("n1", [JobRef("K", 3), JobRef("K", 4)]), now=2)
+    assert core.nodes["n1"].busy == 2 and core.nodes["n1"].waiting == 0  # the two running go on (never stopped)
+    status = core.status()
+    assert status["nodes"]["host-n1"]["busy"] == 2 and status["users"]["alice"]["busy"] == 2 and status["queued"] == 8
+
+
+def test_a_cancelled_prefetched_job_ends_once_with_the_nodes_answer(core: SchedulerCore) -> None:
+    step(core, opened("c1", "K"), submitted("c1", "K", 1, 2, 3), queueing("n1", 1), now=0)
+    step(core, started("n1", ("K", 1)), now=0)
+    actions = step(core, E.JobsCancelled("c1", "K", [2]), now=1)
+    assert of(actions, A.KillJobs) == [A.KillJobs("n1", [JobRef("K", 2)])]
+    assert not delivered(actions)  # its end is the node's to say: it drops the job, and answers
+    actions = step(core, arrived("n1", result("K", 2, JobStatus.CANCELLED)), now=2)
+    assert [(r.job_id, r.status) for r in delivered(actions)[("c1", "K")]] == [(2, JobStatus.CANCELLED)]
+    assert dispatched_jobs(actions) == [3]  # its place in the window goes to the next job
+    assert not delivered(step(core, arrived("n1", result("K", 2, JobStatus.CANCELLED)), now=3))  # once
+
+
+def test_a_lost_nodes_prefetched_jobs_are_treated_as_its_running_ones(make_core: Callable[..., SchedulerCore]) -> None:
+    """The node may have started a job an instant before it died, its report lost with it: a job that
+    is not reentrant is never run again on the chance that it did not start."""
+    core = make_core()
+    step(core, opened("r", "R", reentrant=True), submitted("r", "R", 1, 2), now=0)
+    step(core, opened("s", "S", reentrant=False, user="bob"), submitted("s", "S", 11, 12), now=0)
+    step(core, queueing("n1", 2), now=1)
+    step(core, started("n1", ("R", 1), ("S", 11)), now=1)
+    assert core.nodes["n1"].busy == 4
+    actions = step(core, E.NodeLeft("n1", "connection lost"), joined("n2", 4), now=2)
+    assert sorted(dispatched_jobs(actions)) == [1, 2]  # reentrant: run again, started or not
+    ended = {r.job_id: r.status for r in delivered(actions)[("s", "S")]}
+    assert ended == {11: JobStatus.ABANDONED, 12: JobStatus.ABANDONED}
+
+
+def test_a_lost_node_with_a_grace_orphans_its_prefetched_jobs_and_its_return_adopts_them(
+    make_core: Callable[..., SchedulerCore],
+) -> None:
+    core = make_core()
+    step(core, opened("s", "S", reentrant=False), submitted("s", "S", 1, 2, 3), queueing("n1", 1, grace=30.0), now=0)
+    step(core, started("n1", ("S", 1)), E.NodeLeft("n1", "connection lost"), now=1)
+    assert {j: core.clusters["S"].jobs[j].state for j in (1, 2)} == {1: JobState.ORPHANED, 2: JobState.ORPHANED}
+    back = queueing("n9", 1, name="host-n1", jobs=(JobRef("S", 1), JobRef("S", 2)), clusters=("S",))
+    actions = step(core, back, now=5)
+    assert core.clusters["S"].jobs[2].state is JobState.RUNNING and not of(actions, A.KillJobs)
+    assert not dispatched_jobs(actions)  # job 2 waits on the node again, in its window: 3 waits here
+
+
+class PrefetchCoreMachine(CoreMachine):
+    """`CoreMachine`'s random clients, nodes, operators and failures, every node queueing a window of jobs
+    and reporting some of their starts: the invariants hold after each step and every job ends once."""
+
+    PREFETCH = 1
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started: set[tuple[str, int]] = set()  # what nodes reported started
+        self.recalled: dict[str, set[tuple[str, int]]] = {}  # node -> jobs it was asked to give back
+
+    def apply(self, *events: E.Event, dt: float = 0.0) -> list[A.Action]:
+        actions = super().apply(*events, dt=dt)
+        for recall in of(actions, A.RecallJobs):
+            self.recalled.setdefault(recall.node, set()).update((r.cluster_id, r.job_id) for r in recall.jobs)
+        return actions
+
+    @precondition(lambda self: any(self.node_jobs.values()))
+    @rule(data=st.data())
+    def node_reports_starts(self, data: st.DataObject) -> None:
+        node = data.draw(st.sampled_from(sorted(n for n, jobs in self.node_jobs.items() if jobs)))
+        jobs = self.node_jobs[node]
+        some = jobs[: data.draw(st.integers(1, len(jobs)))]
+        self.started.update(some)
+        self.apply(started(node, *some))
+
+    @precondition(lambda self: any(set(self.node_jobs.get(n, ())) & r for n, r in self.recalled.items()))
+    @rule(data=st.data())
+    def node_returns_what_it_did_not_start(self, data: st.DataObject) -> None:
+        node = data.draw(st.sampled_from(sorted(n for n, r in self.recalled.items() if set(self.node_jobs.get(n, ())) & r)))
+        back = [k for k in self.node_jobs[node] if k in self.recalled[node] and k not in self.started]
+        self.recalled[node].clear()
+        self.node_jobs[node] = [k for k in self.node_jobs[node] if k not in back]
+        self.apply(E.JobsReturned(node, [JobRef(c, j) for c, j in back]))
+
+
+PrefetchCoreMachine.TestCase.settings = settings(MACHINE_SETTINGS, max_examples=75)
+test_random_interleavings_with_prefetch_keep_invariants_and_one_result_per_job = PrefetchCoreMachine.TestCase
+
+
+class JournaledPrefetchCoreMachine(PrefetchCoreMachine, JournaledCoreMachine):
+    """The same with a journal and restarts: a job sent ahead is journaled as running, and after a
+    restart its node reports it among those it holds (started or not) or it is written off as they are."""
+
+
+JournaledPrefetchCoreMachine.TestCase.settings = settings(MACHINE_SETTINGS, max_examples=50)
+test_random_interleavings_with_prefetch_and_restarts_lose_nothing = JournaledPrefetchCoreMachine.TestCase
