@@ -70,6 +70,8 @@ logger = logging.getLogger(__name__)
 _HAND_TIMEOUT = 10.0
 #: reads of a worker's socket per wakeup: a job flooding provisional results must not keep the zygote
 _BURST = 16
+#: bytes per read of a worker's socket: below malloc's mmap threshold, so a read maps and unmaps no memory
+_READ = 64 * 1024
 _UNTIL_EOF = 1 << 30
 _ALL_FDS = 1 << 20
 
@@ -102,11 +104,12 @@ class _Worker:
     closed: bool = False
     _decoder: FrameDecoder = field(default_factory=lambda: FrameDecoder(max_size=zp.MAX_REPLY, expect_preamble=False))
 
-    def read(self, burst: int = _BURST) -> bool:
-        """Takes what the worker sent (`burst` reads at most); False at end of file (it exited) or garbage."""
-        for _ in range(burst):
+    def read(self, until_eof: bool = False) -> bool:
+        """Takes what the worker sent (a burst of reads at most, or all of it to its end of file); False at end
+        of file (it exited)."""
+        for _ in range(_UNTIL_EOF if until_eof else _BURST):
             try:
-                data = self.sock.recv(1 << 20)
+                data = self.sock.recv(_READ)
             except BlockingIOError:
                 return True
             except OSError:
@@ -121,6 +124,8 @@ class _Worker:
                         return True
             except (RemoteWireError, ValueError, msgpack.UnpackException) as exc:
                 self.pool.garbage(self, str(exc))
+                return True
+            if len(data) < _READ and not until_eof:  # all there was (the loop wakes us again for more)
                 return True
         return True
 
@@ -251,7 +256,7 @@ class WorkerPool:
         if worker is None:
             return
         if not worker.closed:
-            worker.read(burst=_UNTIL_EOF)  # it is dead: what its socket holds is all there is
+            worker.read(until_eof=True)  # it is dead: what its socket holds is all there is
             worker.drain()
         self._busy.pop(pid, None)
         if worker in self._idle:
@@ -356,7 +361,7 @@ def _receive(conn: socket.socket, decoder: FrameDecoder) -> job_process.Start | 
         frame = decoder.next_frame()
         if isinstance(frame, bytes):
             return job_process.unpack_start(frame)
-        data = conn.recv(1 << 20)
+        data = conn.recv(_READ)
         if not data:
             return None
         decoder.feed(data)
