@@ -17,7 +17,13 @@ dispatcher (`held`) until it returns (`release`), so no callback sees a
 half-built cluster, as no dispy callback can.
 
 Every change bumps `version` under `changed` (a Condition), which is what
-`wait` and the progress bar block on: no polling.
+the progress bar blocks on: no polling. `wait` blocks on its own condition
+(same lock), told only when the last job ends: a program waiting for its
+cluster is not woken for each job.
+
+What the loop thread hands in during one turn of its loop goes to the
+dispatcher as one queue item (one wake-up of that thread for a message's
+worth of starts and results, not one per job).
 
 Nothing from a job is unpickled or saved before its MAC is checked under
 the cluster's own key (`dispy_wire.result_mac`): a result, provisional
@@ -33,6 +39,7 @@ scheduler holds each result, so a client killed mid-callback loses none.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import queue
@@ -123,8 +130,11 @@ class JobTracker:
         self._job_status = job_status
         self._dest_path = dest_path or os.getcwd()
         self._cluster_status = cluster_status
-        self.changed = threading.Condition()
+        lock = threading.RLock()
+        self.changed = threading.Condition(lock)
+        self._all_done = threading.Condition(lock)  # told when the last tracked job ends
         self.version = 0
+        self._pending: list[tuple[str, Any]] = []  # this loop turn's items (loop thread only)
         self._jobs: dict[int, DispyJob] = {}  # unfinished, by uid
         self._nodes: dict[str, DispyNode] = {}
         self._submitted = self._running = self._done = self._failed = 0
@@ -157,8 +167,8 @@ class JobTracker:
 
     def wait(self, timeout: float | None = None) -> bool:
         """Waits until every tracked job has ended; False on timeout."""
-        with self.changed:
-            return self.changed.wait_for(lambda: not self._jobs, timeout)
+        with self._all_done:
+            return self._all_done.wait_for(lambda: not self._jobs, timeout)
 
     def wait_change(self, seen: int, timeout: float | None = None) -> int:
         """Waits until `version` differs from `seen` (or `timeout`); returns it."""
@@ -202,12 +212,33 @@ class JobTracker:
     # ------------------------------------------------------ loop thread
 
     def deliver(self, kind: str, item: Any) -> None:
-        """Hands a ("started" | "provisional" | "file" | "result" | "nodes", record) item to the dispatcher."""
+        """Hands a ("started" | "provisional" | "file" | "result" | "nodes", record) item to the dispatcher.
+
+        On the loop thread, items are queued together at the end of the loop's turn (`_hand_over`);
+        node news go at once (after those), as `wait_announced` expects.
+        """
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is not None and kind != "nodes":
+            self._pending.append((kind, item))
+            if len(self._pending) == 1:
+                loop.call_soon(self._hand_over)
+            return
+        if loop is not None:
+            self._hand_over()
         self._queue.put((kind, item))
         if kind == "nodes":
             with self.changed:
                 self._announced.update(info.name for info in item if info.event == "joined")
                 self.changed.notify_all()
+
+    def _hand_over(self) -> None:
+        """The loop turn's items to the dispatcher, in one queue item."""
+        if self._pending:
+            items, self._pending = self._pending, []
+            self._queue.put(("items", items))
 
     def wait_announced(self, name: str, timeout: float) -> bool:
         """Waits until the scheduler has told of node `name` joining (queued for the dispatcher, in order)."""
@@ -222,29 +253,8 @@ class JobTracker:
             entry = self._queue.get()
             if entry is None:
                 return
-            kind, item = entry
-            try:
-                if kind == "result":
-                    self._on_result(item)
-                    self._settled.append(item.job_id)
-                elif kind == "started":
-                    self._on_started(item)
-                elif kind == "provisional":
-                    self._on_provisional(item)
-                elif kind == "file":
-                    self._on_file(item)
-                elif kind == "nodes":
-                    for info in item:
-                        self._on_node(info)
-                elif kind == "unusable":
-                    self._on_unusable(item)
-                elif kind == "created":
-                    self._notify(DispyJob.Created, None, item)
-                else:
-                    for node in self.nodes().values():
-                        self._notify(DispyNode.Closed, node, None)
-            except Exception:
-                log.exception("error while handling a job update")
+            for kind, item in entry[1] if entry[0] == "items" else [entry]:
+                self._dispatch(kind, item)
             if self._settled and self._queue.empty():
                 settled, self._settled = self._settled, []
                 if self.on_settled is not None:
@@ -252,6 +262,30 @@ class JobTracker:
                         self.on_settled(settled)
                     except Exception:
                         log.exception("cannot acknowledge %d results", len(settled))
+
+    def _dispatch(self, kind: str, item: Any) -> None:
+        try:
+            if kind == "result":
+                self._on_result(item)
+                self._settled.append(item.job_id)
+            elif kind == "started":
+                self._on_started(item)
+            elif kind == "provisional":
+                self._on_provisional(item)
+            elif kind == "file":
+                self._on_file(item)
+            elif kind == "nodes":
+                for info in item:
+                    self._on_node(info)
+            elif kind == "unusable":
+                self._on_unusable(item)
+            elif kind == "created":
+                self._notify(DispyJob.Created, None, item)
+            else:
+                for node in self.nodes().values():
+                    self._notify(DispyNode.Closed, node, None)
+        except Exception:
+            log.exception("error while handling a job update")
 
     def _on_started(self, start: M.JobStart) -> None:
         with self.changed:
@@ -381,6 +415,8 @@ class JobTracker:
             self._failed += job.status != DispyJob.Finished
             job.finish.set()
             self._bump()
+            if not self._jobs:
+                self._all_done.notify_all()
         self._job_changed(job, node)
 
     def _job_changed(self, job: DispyJob, node: DispyNode | None) -> None:
