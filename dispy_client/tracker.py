@@ -32,9 +32,13 @@ result or file that fails ends its job `Terminated` with
 
 A terminal result is settled once its job is filled in and every callback
 and watcher has run (a recover file's watcher writes its record then); the
-dispatcher passes the settled job ids to `on_settled` in batches (when its
-queue runs dry), which acknowledges them to the scheduler: until then the
-scheduler holds each result, so a client killed mid-callback loses none.
+dispatcher passes the settled job ids to `on_settled` in batches, which
+acknowledges them to the scheduler: until then the scheduler holds each
+result, so a client killed mid-callback loses none. A batch goes when the
+dispatcher's queue is empty and it holds `ACK_BATCH` ids or its oldest is
+`ACK_DELAY` seconds old (the queue's wait times out then), and when the
+dispatcher stops: one acknowledgement per few dozen jobs instead of one
+per result message, each a wake-up of the loop thread and a message.
 """
 
 from __future__ import annotations
@@ -77,6 +81,10 @@ class Counts:
 
 #: a job between its start and its end (a provisional result does not end it)
 ACTIVE = frozenset({DispyJob.Running, DispyJob.ProvisionalResult})
+
+#: settled results acknowledged together: this many, or those of this many seconds (see above)
+ACK_BATCH = 256
+ACK_DELAY = 0.02
 
 #: a job whose result, provisional result or file failed its MAC check ends with this exception text
 FORGED_TEXT = "result failed authentication"
@@ -127,6 +135,7 @@ class JobTracker:
         self._result_key = result_key
         self.on_settled = on_settled
         self._settled: list[int] = []
+        self._settled_since = 0.0  # monotonic time of the oldest id in `_settled`
         self._job_status = job_status
         self._dest_path = dest_path or os.getcwd()
         self._cluster_status = cluster_status
@@ -250,23 +259,38 @@ class JobTracker:
     def _dispatch_loop(self) -> None:
         self._released.wait()
         while True:
-            entry = self._queue.get()
+            wait = None if not self._settled else max(0.0, self._settled_since + ACK_DELAY - time.monotonic())
+            try:
+                entry = self._queue.get(timeout=wait)
+            except queue.Empty:
+                self._settle()
+                continue
             if entry is None:
+                self._settle()
                 return
             for kind, item in entry[1] if entry[0] == "items" else [entry]:
                 self._dispatch(kind, item)
             if self._settled and self._queue.empty():
-                settled, self._settled = self._settled, []
-                if self.on_settled is not None:
-                    try:
-                        self.on_settled(settled)
-                    except Exception:
-                        log.exception("cannot acknowledge %d results", len(settled))
+                if len(self._settled) >= ACK_BATCH or time.monotonic() - self._settled_since >= ACK_DELAY:
+                    self._settle()
+
+    def _settle(self) -> None:
+        """The settled ids to `on_settled` (the scheduler may drop those results)."""
+        if not self._settled:
+            return
+        settled, self._settled = self._settled, []
+        if self.on_settled is not None:
+            try:
+                self.on_settled(settled)
+            except Exception:
+                log.exception("cannot acknowledge %d results", len(settled))
 
     def _dispatch(self, kind: str, item: Any) -> None:
         try:
             if kind == "result":
                 self._on_result(item)
+                if not self._settled:
+                    self._settled_since = time.monotonic()
                 self._settled.append(item.job_id)
             elif kind == "started":
                 self._on_started(item)
