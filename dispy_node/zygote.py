@@ -23,7 +23,9 @@ The loop is a plain `selectors` loop (no asyncio: a forked child must not
 inherit a running event loop). It watches the command pipe, the SIGCHLD
 wakeup pipe and the jobs' output pipes; its timers are wall-clock limits,
 SIGKILLs due after the grace, and re-checks of trees still dying. Messages
-produced during one turn go out in one write.
+produced during one turn go out in one write; a worker job's `Started`
+waits (5 ms at most) to go with the next other message, usually its
+`Done`: the daemon needs its pid only should the zygote die.
 
 The protocol pipe is moved off fds 0 and 1 at start: anything user code
 prints in `setup` or `cleanup` goes to stderr instead of corrupting it.
@@ -36,6 +38,7 @@ import gc
 import heapq
 import itertools
 import logging
+import math
 import os
 import selectors
 import signal
@@ -67,6 +70,8 @@ _RECHECK_FIRST, _RECHECK_MAX = 0.002, 0.2
 _AT_LIMIT = 0.9
 #: seconds (at most kill_grace) a cancelled job has between its SIGINT and the SIGTERM (dispy gives about 6)
 INTERRUPT_GRACE = 3.0
+#: seconds a worker job's Started may wait to go out with other messages (its Done, usually)
+_STARTED_DELAY = 0.005
 
 
 class _Timer(Enum):
@@ -112,6 +117,9 @@ class Zygote:
         self._wfd = wfd
         self._decoder = FrameDecoder(max_size=zp.MAX_FRAME, expect_preamble=False)
         self._out: list[bytes] = []
+        #: Started of jobs in workers: they go with the next other message, or `_STARTED_DELAY` seconds later
+        self._started: list[bytes] = []
+        self._started_since = 0.0
         self._jobs: dict[int, _Job] = {}  # by job_id, until the tree is gone
         self._leaders: dict[int, _Job] = {}  # by pid, until reaped
         self._timers: list[tuple[float, int, _Timer, _Job]] = []
@@ -174,7 +182,9 @@ class Zygote:
         for frame in self._decoder.frames():  # frames that arrived together with Load
             self._handle(zp.decode(frame))
         while True:
-            timeout = max(0.0, self._timers[0][0] - time.monotonic()) if self._timers else None
+            due = min(self._timers[0][0] if self._timers else math.inf,
+                      self._started_since + _STARTED_DELAY if self._started else math.inf)  # fmt: skip
+            timeout = None if due == math.inf else max(0.0, due - time.monotonic())
             for key, _ in self._sel.select(timeout):
                 if key.fd == wake_r:
                     _drain(wake_r)
@@ -299,7 +309,12 @@ class Zygote:
         self._leaders[job.pid] = job
         if limits.wall is not None:
             self._at(time.monotonic() + limits.wall, _Timer.WALL, job)
-        self._send(zp.Started(job_id, job.pid))
+        if self._workers is None:
+            self._send(zp.Started(job_id, job.pid))
+        else:  # the daemon needs the pid only should we die: one write (and wake-up of it) less per job
+            if not self._started:
+                self._started_since = time.monotonic()
+            self._started.append(zp.encode(zp.Started(job_id, job.pid)))
 
     def _fork_job(
         self, job_id: int, payload: bytes, limits: Limits, files: list[Any], mark: str, group: str, out: Kept,
@@ -562,6 +577,9 @@ class Zygote:
         self._out.append(zp.encode(msg))
 
     def _flush(self) -> None:
+        if self._started and (self._out or time.monotonic() >= self._started_since + _STARTED_DELAY):
+            self._out[:0] = self._started  # before the Done of the same job
+            self._started.clear()
         if self._out:
             try:
                 job_process.write_all(self._wfd, b"".join(self._out))
