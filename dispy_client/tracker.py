@@ -18,8 +18,8 @@ half-built cluster, as no dispy callback can.
 
 Every change bumps `version` under `changed` (a Condition), which is what
 the progress bar blocks on: no polling. `wait` blocks on its own condition
-(same lock), told only when the last job ends: a program waiting for its
-cluster is not woken for each job.
+(same lock), told once no job is left (and their results are
+acknowledged): a program waiting for its cluster is not woken for each job.
 
 What the loop thread hands in during one turn of its loop goes to the
 dispatcher as one queue item (one wake-up of that thread for a message's
@@ -36,9 +36,10 @@ dispatcher passes the settled job ids to `on_settled` in batches, which
 acknowledges them to the scheduler: until then the scheduler holds each
 result, so a client killed mid-callback loses none. A batch goes when the
 dispatcher's queue is empty and it holds `ACK_BATCH` ids or its oldest is
-`ACK_DELAY` seconds old (the queue's wait times out then), and when the
-dispatcher stops: one acknowledgement per few dozen jobs instead of one
-per result message, each a wake-up of the loop thread and a message.
+`ACK_DELAY` seconds old (the queue's wait times out then), when no job is
+left (before `wait` returns) and when the dispatcher stops: one
+acknowledgement per few dozen jobs instead of one per result message, each
+a wake-up of the loop thread and a message.
 """
 
 from __future__ import annotations
@@ -270,9 +271,14 @@ class JobTracker:
                 return
             for kind, item in entry[1] if entry[0] == "items" else [entry]:
                 self._dispatch(kind, item)
-            if self._settled and self._queue.empty():
-                if len(self._settled) >= ACK_BATCH or time.monotonic() - self._settled_since >= ACK_DELAY:
-                    self._settle()
+            idle = not self._jobs  # the program may close the cluster now: its results acknowledged first
+            if self._settled and (idle or self._queue.empty() and (
+                len(self._settled) >= ACK_BATCH or time.monotonic() - self._settled_since >= ACK_DELAY
+            )):  # fmt: skip
+                self._settle()
+            if idle:
+                with self._all_done:
+                    self._all_done.notify_all()
 
     def _settle(self) -> None:
         """The settled ids to `on_settled` (the scheduler may drop those results)."""
@@ -439,8 +445,6 @@ class JobTracker:
             self._failed += job.status != DispyJob.Finished
             job.finish.set()
             self._bump()
-            if not self._jobs:
-                self._all_done.notify_all()
         self._job_changed(job, node)
 
     def _job_changed(self, job: DispyJob, node: DispyNode | None) -> None:
