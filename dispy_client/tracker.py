@@ -143,6 +143,7 @@ class JobTracker:
         lock = threading.RLock()
         self.changed = threading.Condition(lock)
         self._all_done = threading.Condition(lock)  # told when the last tracked job ends
+        self._quiet = True  # no job, and the results of those that ended handed to `on_settled`
         self.version = 0
         self._pending: list[tuple[str, Any]] = []  # this loop turn's items (loop thread only)
         self._jobs: dict[int, DispyJob] = {}  # unfinished, by uid
@@ -158,6 +159,7 @@ class JobTracker:
         """Tracks a job about to be submitted."""
         with self.changed:
             self._jobs[job._uid] = job
+            self._quiet = False
             self._submitted += 1
             self._bump()
         if self._cluster_status is not None:  # dispy: cluster_status(Created, None, job) at each submit
@@ -178,7 +180,7 @@ class JobTracker:
     def wait(self, timeout: float | None = None) -> bool:
         """Waits until every tracked job has ended; False on timeout."""
         with self._all_done:
-            return self._all_done.wait_for(lambda: not self._jobs, timeout)
+            return self._all_done.wait_for(lambda: not self._jobs and self._quiet, timeout)
 
     def wait_change(self, seen: int, timeout: float | None = None) -> int:
         """Waits until `version` differs from `seen` (or `timeout`); returns it."""
@@ -278,7 +280,9 @@ class JobTracker:
                 self._settle()
             if idle:
                 with self._all_done:
-                    self._all_done.notify_all()
+                    if not self._jobs:  # none added meanwhile
+                        self._quiet = True
+                        self._all_done.notify_all()
 
     def _settle(self) -> None:
         """The settled ids to `on_settled` (the scheduler may drop those results)."""
