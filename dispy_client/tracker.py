@@ -17,7 +17,13 @@ dispatcher (`held`) until it returns (`release`), so no callback sees a
 half-built cluster, as no dispy callback can.
 
 Every change bumps `version` under `changed` (a Condition), which is what
-`wait` and the progress bar block on: no polling.
+the progress bar blocks on: no polling. `wait` blocks on its own condition
+(same lock), told once no job is left (and their results are
+acknowledged): a program waiting for its cluster is not woken for each job.
+
+What the loop thread hands in during one turn of its loop goes to the
+dispatcher as one queue item (one wake-up of that thread for a message's
+worth of starts and results, not one per job).
 
 Nothing from a job is unpickled or saved before its MAC is checked under
 the cluster's own key (`dispy_wire.result_mac`): a result, provisional
@@ -26,13 +32,19 @@ result or file that fails ends its job `Terminated` with
 
 A terminal result is settled once its job is filled in and every callback
 and watcher has run (a recover file's watcher writes its record then); the
-dispatcher passes the settled job ids to `on_settled` in batches (when its
-queue runs dry), which acknowledges them to the scheduler: until then the
-scheduler holds each result, so a client killed mid-callback loses none.
+dispatcher passes the settled job ids to `on_settled` in batches, which
+acknowledges them to the scheduler: until then the scheduler holds each
+result, so a client killed mid-callback loses none. A batch goes when the
+dispatcher's queue is empty and it holds `ACK_BATCH` ids or its oldest is
+`ACK_DELAY` seconds old (the queue's wait times out then), when no job is
+left (before `wait` returns) and when the dispatcher stops: one
+acknowledgement per few dozen jobs instead of one per result message, each
+a wake-up of the loop thread and a message.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import queue
@@ -70,6 +82,10 @@ class Counts:
 
 #: a job between its start and its end (a provisional result does not end it)
 ACTIVE = frozenset({DispyJob.Running, DispyJob.ProvisionalResult})
+
+#: settled results acknowledged together: this many, or those of this many seconds (see above)
+ACK_BATCH = 256
+ACK_DELAY = 0.02
 
 #: a job whose result, provisional result or file failed its MAC check ends with this exception text
 FORGED_TEXT = "result failed authentication"
@@ -120,11 +136,16 @@ class JobTracker:
         self._result_key = result_key
         self.on_settled = on_settled
         self._settled: list[int] = []
+        self._settled_since = 0.0  # monotonic time of the oldest id in `_settled`
         self._job_status = job_status
         self._dest_path = dest_path or os.getcwd()
         self._cluster_status = cluster_status
-        self.changed = threading.Condition()
+        lock = threading.RLock()
+        self.changed = threading.Condition(lock)
+        self._all_done = threading.Condition(lock)  # told when the last tracked job ends
+        self._quiet = True  # no job, and the results of those that ended handed to `on_settled`
         self.version = 0
+        self._pending: list[tuple[str, Any]] = []  # this loop turn's items (loop thread only)
         self._jobs: dict[int, DispyJob] = {}  # unfinished, by uid
         self._nodes: dict[str, DispyNode] = {}
         self._submitted = self._running = self._done = self._failed = 0
@@ -138,6 +159,7 @@ class JobTracker:
         """Tracks a job about to be submitted."""
         with self.changed:
             self._jobs[job._uid] = job
+            self._quiet = False
             self._submitted += 1
             self._bump()
         if self._cluster_status is not None:  # dispy: cluster_status(Created, None, job) at each submit
@@ -157,8 +179,8 @@ class JobTracker:
 
     def wait(self, timeout: float | None = None) -> bool:
         """Waits until every tracked job has ended; False on timeout."""
-        with self.changed:
-            return self.changed.wait_for(lambda: not self._jobs, timeout)
+        with self._all_done:
+            return self._all_done.wait_for(lambda: not self._jobs and self._quiet, timeout)
 
     def wait_change(self, seen: int, timeout: float | None = None) -> int:
         """Waits until `version` differs from `seen` (or `timeout`); returns it."""
@@ -202,12 +224,33 @@ class JobTracker:
     # ------------------------------------------------------ loop thread
 
     def deliver(self, kind: str, item: Any) -> None:
-        """Hands a ("started" | "provisional" | "file" | "result" | "nodes", record) item to the dispatcher."""
+        """Hands a ("started" | "provisional" | "file" | "result" | "nodes", record) item to the dispatcher.
+
+        On the loop thread, items are queued together at the end of the loop's turn (`_hand_over`);
+        node news go at once (after those), as `wait_announced` expects.
+        """
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is not None and kind != "nodes":
+            self._pending.append((kind, item))
+            if len(self._pending) == 1:
+                loop.call_soon(self._hand_over)
+            return
+        if loop is not None:
+            self._hand_over()
         self._queue.put((kind, item))
         if kind == "nodes":
             with self.changed:
                 self._announced.update(info.name for info in item if info.event == "joined")
                 self.changed.notify_all()
+
+    def _hand_over(self) -> None:
+        """The loop turn's items to the dispatcher, in one queue item."""
+        if self._pending:
+            items, self._pending = self._pending, []
+            self._queue.put(("items", items))
 
     def wait_announced(self, name: str, timeout: float) -> bool:
         """Waits until the scheduler has told of node `name` joining (queued for the dispatcher, in order)."""
@@ -219,39 +262,64 @@ class JobTracker:
     def _dispatch_loop(self) -> None:
         self._released.wait()
         while True:
-            entry = self._queue.get()
-            if entry is None:
-                return
-            kind, item = entry
+            wait = None if not self._settled else max(0.0, self._settled_since + ACK_DELAY - time.monotonic())
             try:
-                if kind == "result":
-                    self._on_result(item)
-                    self._settled.append(item.job_id)
-                elif kind == "started":
-                    self._on_started(item)
-                elif kind == "provisional":
-                    self._on_provisional(item)
-                elif kind == "file":
-                    self._on_file(item)
-                elif kind == "nodes":
-                    for info in item:
-                        self._on_node(info)
-                elif kind == "unusable":
-                    self._on_unusable(item)
-                elif kind == "created":
-                    self._notify(DispyJob.Created, None, item)
-                else:
-                    for node in self.nodes().values():
-                        self._notify(DispyNode.Closed, node, None)
+                entry = self._queue.get(timeout=wait)
+            except queue.Empty:
+                self._settle()
+                continue
+            if entry is None:
+                self._settle()
+                return
+            for kind, item in entry[1] if entry[0] == "items" else [entry]:
+                self._dispatch(kind, item)
+            idle = not self._jobs  # the program may close the cluster now: its results acknowledged first
+            if self._settled and (idle or self._queue.empty() and (
+                len(self._settled) >= ACK_BATCH or time.monotonic() - self._settled_since >= ACK_DELAY
+            )):  # fmt: skip
+                self._settle()
+            if idle:
+                with self._all_done:
+                    if not self._jobs:  # none added meanwhile
+                        self._quiet = True
+                        self._all_done.notify_all()
+
+    def _settle(self) -> None:
+        """The settled ids to `on_settled` (the scheduler may drop those results)."""
+        if not self._settled:
+            return
+        settled, self._settled = self._settled, []
+        if self.on_settled is not None:
+            try:
+                self.on_settled(settled)
             except Exception:
-                log.exception("error while handling a job update")
-            if self._settled and self._queue.empty():
-                settled, self._settled = self._settled, []
-                if self.on_settled is not None:
-                    try:
-                        self.on_settled(settled)
-                    except Exception:
-                        log.exception("cannot acknowledge %d results", len(settled))
+                log.exception("cannot acknowledge %d results", len(settled))
+
+    def _dispatch(self, kind: str, item: Any) -> None:
+        try:
+            if kind == "result":
+                self._on_result(item)
+                if not self._settled:
+                    self._settled_since = time.monotonic()
+                self._settled.append(item.job_id)
+            elif kind == "started":
+                self._on_started(item)
+            elif kind == "provisional":
+                self._on_provisional(item)
+            elif kind == "file":
+                self._on_file(item)
+            elif kind == "nodes":
+                for info in item:
+                    self._on_node(info)
+            elif kind == "unusable":
+                self._on_unusable(item)
+            elif kind == "created":
+                self._notify(DispyJob.Created, None, item)
+            else:
+                for node in self.nodes().values():
+                    self._notify(DispyNode.Closed, node, None)
+        except Exception:
+            log.exception("error while handling a job update")
 
     def _on_started(self, start: M.JobStart) -> None:
         with self.changed:

@@ -53,26 +53,24 @@ class PipeReader:
         raise NotImplementedError
 
 
-class Capture(PipeReader):
-    """A job's stdout or stderr and what of it is kept."""
+class Kept:
+    """What is kept of one job's stdout or stderr: `limit` bytes at most, and how much there was."""
 
     __slots__ = ("limit", "_parts", "_kept", "total")
 
-    def __init__(self, fd: int, limit: int) -> None:
-        super().__init__(fd)
+    def __init__(self, limit: int) -> None:
         self.limit = limit
         self._parts: list[bytes] = []
         self._kept = 0
         self.total = 0
 
-    def _take(self, data: bytes) -> bool:
+    def take(self, data: bytes) -> None:
         self.total += len(data)
         room = self.limit - self._kept
         if room > 0:
             kept = data[:room]
             self._parts.append(kept)
             self._kept += len(kept)
-        return True
 
     def text(self) -> bytes:
         """What was kept, with a note where it was cut."""
@@ -80,3 +78,38 @@ class Capture(PipeReader):
         if self.total > self._kept:
             text += b"\n[dispynode: output cut at %d of %d bytes (--max-output)]\n" % (self._kept, self.total)
         return text
+
+
+class Capture(PipeReader):
+    """A forked job's own stdout or stderr pipe, read into `kept`."""
+
+    __slots__ = ("kept",)
+
+    def __init__(self, fd: int, kept: Kept) -> None:
+        super().__init__(fd)
+        self.kept = kept
+
+    def _take(self, data: bytes) -> bool:
+        self.kept.take(data)
+        return True
+
+
+class Relay(PipeReader):
+    """A reused worker's stdout or stderr pipe (kept open across its jobs): what comes goes to the job it
+    runs (`target`), and between jobs (the worker's own messages) to the zygote's stderr, the node's log."""
+
+    __slots__ = ("target",)
+
+    def __init__(self, fd: int) -> None:
+        super().__init__(fd)
+        self.target: Kept | None = None
+
+    def _take(self, data: bytes) -> bool:
+        if self.target is not None:
+            self.target.take(data)
+        else:
+            try:
+                os.write(2, data)
+            except OSError:
+                pass  # the node's log is gone: we are stopping
+        return True

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -37,11 +38,15 @@ MAX_RECORD = 32 * 1024 * 1024
 
 _fd = -1  # the write end, set by the job process before user code runs
 _cluster_id, _job_id, _key = "", 0, b""  # what the records are MAC'd with
+#: whole frames only: a job's threads may send at once, and a reused worker writes its jobs' ends on the same socket
+_lock = threading.Lock()
 
 
 def attach(fd: int, cluster_id: str, job_id: int, result_key: bytes) -> None:
+    """Records go to `fd` from now on (-1: nowhere; a reused worker detaches between jobs)."""
     global _fd, _cluster_id, _job_id, _key
-    _fd, _cluster_id, _job_id, _key = fd, cluster_id, job_id, result_key
+    with _lock:
+        _fd, _cluster_id, _job_id, _key = fd, cluster_id, job_id, result_key
 
 
 def provisional_result(result: Any, timeout: float | None = None) -> int:
@@ -78,13 +83,25 @@ def send_file(path: str, timeout: float | None = None) -> int:
 
 def _tell(record: dict[str, Any]) -> int:
     body: bytes = msgpack.packb(record, use_bin_type=True)
-    if _fd < 0 or len(body) > MAX_RECORD:
+    if len(body) > MAX_RECORD:
         return -1
-    frame = encode_frame(body)
-    view = memoryview(frame)
-    while view:
-        view = view[os.write(_fd, view) :]
+    with _lock:
+        if _fd < 0:
+            return -1
+        write_frame(_fd, body)
     return 0
+
+
+def write_frame(fd: int, body: bytes) -> None:
+    """One length-prefixed frame on `fd`.
+
+    Other callers than `_tell` (a worker's end of a job) write once the job is
+    detached: `attach` waited for any frame a job's thread was writing, and
+    no new one starts.
+    """
+    view = memoryview(encode_frame(body))
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 # -- in the zygote ----------------------------------------------------------------

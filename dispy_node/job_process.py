@@ -138,7 +138,12 @@ def run_job(code: Code, start: Start, started: float, enter: Callable[[Code, Sta
 
 
 def conclude(code: Code, start: Start, record: dict[str, Any]) -> None:
-    """MACs the result, flushes the job's output and writes its record for the zygote."""
+    """Seals the record and writes it for the zygote."""
+    write_all(start.res, msgpack.packb(seal(code, start, record), use_bin_type=True))
+
+
+def seal(code: Code, start: Start, record: dict[str, Any]) -> dict[str, Any]:
+    """MACs the result and flushes the job's output (all of it is in its pipes before its end is told)."""
     if "result" in record:
         kind, status = result_mac.Kind.RESULT, record["status"]
         record["mac"] = result_mac.sign(start.result_key, kind, code.cluster_id, start.job_id, status, record["result"])
@@ -147,7 +152,7 @@ def conclude(code: Code, start: Start, record: dict[str, Any]) -> None:
             stream.flush()
         except (OSError, ValueError):
             pass
-    write_all(start.res, msgpack.packb(record, use_bin_type=True))
+    return record
 
 
 def _enter(code: Code, start: Start) -> None:
@@ -231,6 +236,11 @@ def parse_record(raw: bytes) -> dict[str, Any]:
         rec = msgpack.unpackb(raw, raw=False) if raw else {}
     except (ValueError, msgpack.UnpackException):
         return {}
+    return valid_record(rec)
+
+
+def valid_record(rec: Any) -> dict[str, Any]:
+    """`rec` if it is a job's record, else {} (it comes from the job's process: untrusted)."""
     return rec if isinstance(rec, dict) and "status" in rec else {}
 
 

@@ -73,10 +73,14 @@ def enter_worker_dir(cluster_dir: str, name: str) -> None:
     per job, which cost milliseconds on some filesystems.
     """
     path = os.path.join(cluster_dir, JOBS, name)
-    os.makedirs(path, 0o700, exist_ok=True)
+    try:
+        os.chdir(path)  # made by an earlier job: one call instead of makedirs' checks
+    except FileNotFoundError:
+        os.makedirs(path, 0o700, exist_ok=True)
+        os.chdir(path)
     with os.scandir(os.path.join(cluster_dir, FILES)) as entries:
         wanted = {entry.name: entry.path for entry in entries}
-    with os.scandir(path) as entries:
+    with os.scandir(".") as entries:
         for entry in entries:
             if entry.is_symlink() and wanted.get(entry.name) == os.readlink(entry.path):
                 del wanted[entry.name]
@@ -85,8 +89,7 @@ def enter_worker_dir(cluster_dir: str, name: str) -> None:
             else:
                 os.unlink(entry.path)
     for entry_name, target in wanted.items():
-        os.symlink(target, os.path.join(path, entry_name))
-    os.chdir(path)
+        os.symlink(target, entry_name)
 
 
 def remove_worker_dir(cluster_dir: str, name: str) -> None:

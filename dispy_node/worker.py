@@ -3,25 +3,32 @@
 Theory of operation. With `isolation="worker"` (`dispy_wire.isolation`) the
 zygote does not fork a process per job: it forks a *worker* (its own session
 and process group, the job mark, the cluster's memory and open-files limits)
-and hands it one job at a time over a Unix socket: the job's start record
-(`job_process.pack_start`) with, as SCM_RIGHTS, the job's own stdout and
-stderr pipes, result file and channel, the same the zygote gives a forked
-job, so output capture, provisional results, files and the result record work
-unchanged. The worker runs the job as a forked one would
-(`job_process.run_job` and `conclude`), in the job's own directory, then
-answers `(job_id, recycle)` and waits for the next.
+with three channels that last its whole life: a Unix socket and its stdout
+and stderr pipes. Nothing is made per job, and a job costs the zygote one
+send and one wakeup: the zygote sends the job's start record
+(`job_process.pack_start`) on the socket; the worker runs the job as a forked
+one would (`job_process.run_job` and `seal`), in the job's directory, its
+provisional results and files (`channel`) going out on the same socket,
+then writes the job's end there: `{"kind": "end", "job", "recycle",
+"record"}`, its record being what a forked job writes to its result file.
+Everything is one stream of length-prefixed msgpack frames, so what a job
+sent reaches the zygote before its end. The job's output is in its pipes
+before its end is written (`seal` flushes): the zygote, told the end, reads
+the pipes dry into that job's capture (`capture.Relay`), then finishes the
+job (`Zygote._worker_done`). What the pipes carry between jobs (the
+worker's own messages) goes to the node's log.
 
-What ends a job is the worker's answer, not its exit: the zygote then
-finishes the job at once (`Zygote._worker_done`). A job the zygote kills
+What ends a job is the worker's end, not its exit. A job the zygote kills
 (cancel, wall clock, unload) takes its worker with it: SIGTERM, the grace,
 SIGKILL to the worker's group, and the slot's next job gets a fresh fork. A
 worker that dies during a job (os._exit, a segfault, the CPU limit) ends that
-job as a forked job's death would. A worker is retired (SIGKILL to its group,
-which also ends whatever its jobs left running) after `max_jobs` jobs, when
-its peak RSS grew by more than `max_growth` bytes since it was forked, when a
-job left a child process behind, and when its limits differ from those the
-next job needs. Workers belong to one zygote, hence to one cluster: they are
-never shared between clusters.
+job as a forked job's death would, with what it had sent and written until
+then. A worker is retired (SIGKILL to its group, which also ends whatever
+its jobs left running) after `max_jobs` jobs, when its peak RSS grew by more
+than `max_growth` bytes since it was forked, when a job left a child process
+behind, when it sends what is not this protocol, and when its limits differ
+from those the next job needs. Workers belong to one zygote, hence to one
+cluster: they are never shared between clusters.
 
 The CPU-time limit is per job: before each job the worker sets RLIMIT_CPU's
 soft limit to the CPU time it has used plus the job's limit (the hard limit
@@ -39,29 +46,33 @@ import resource
 import selectors
 import signal
 import socket
-import struct
 import sys
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import NoReturn
+from typing import Any, NoReturn
 
+import msgpack
+
+from dispy_wire.errors import RemoteWireError
+from dispy_wire.framing import FrameDecoder, encode_frame
 from dispy_wire.isolation import FORK
 
 from . import channel, job_process, killtree, workdir
 from . import zygote_protocol as zp
+from .capture import Kept, Relay
 from .limits import Limits, apply
 
 logger = logging.getLogger(__name__)
 
-#: zygote -> worker: the start record's length, then the record; the job's 4 fds ride on the length
-_HEADER = struct.Struct("!I")
-#: worker -> zygote: (job_id, recycle) when the job's record is written and its output flushed
-_DONE = struct.Struct("!qB")
-_JOB_FDS = 4
-#: seconds an idle worker has to take a job's start record
+#: seconds an idle worker has to take a job's start record when it does not fit the socket's buffer
 _HAND_TIMEOUT = 10.0
+#: reads of a worker's socket per wakeup: a job flooding provisional results must not keep the zygote
+_BURST = 16
+#: bytes per read of a worker's socket: below malloc's mmap threshold, so a read maps and unmaps no memory
+_READ = 64 * 1024
+_UNTIL_EOF = 1 << 30
 _ALL_FDS = 1 << 20
 
 
@@ -84,29 +95,45 @@ class _Worker:
     pool: WorkerPool
     pid: int
     sock: socket.socket
+    out: Relay
+    err: Relay
     key: tuple[int | None, int | None]  # the (memory, open_files) limits it was forked with
     mark: str
     jobs: int = 0
     job_id: int | None = None
     closed: bool = False
-    _buf: bytearray = field(default_factory=bytearray)
+    _decoder: FrameDecoder = field(default_factory=lambda: FrameDecoder(max_size=zp.MAX_REPLY, expect_preamble=False))
 
-    def read(self) -> bool:
-        """Takes the worker's answers; False at end of file (it exited)."""
-        try:
-            data = self.sock.recv(1 << 16)
-        except BlockingIOError:
-            return True
-        except OSError:
-            data = b""
-        if not data:
-            return False
-        self._buf += data
-        while len(self._buf) >= _DONE.size:
-            job_id, recycle = _DONE.unpack_from(self._buf)
-            del self._buf[: _DONE.size]
-            self.pool.answered(self, job_id, bool(recycle))
+    def read(self, until_eof: bool = False) -> bool:
+        """Takes what the worker sent (a burst of reads at most, or all of it to its end of file); False at end
+        of file (it exited)."""
+        for _ in range(_UNTIL_EOF if until_eof else _BURST):
+            try:
+                data = self.sock.recv(_READ)
+            except BlockingIOError:
+                return True
+            except OSError:
+                data = b""
+            if not data:
+                return False
+            self._decoder.feed(data)
+            try:
+                for frame in self._decoder.frames():
+                    self.pool.heard(self, msgpack.unpackb(frame, raw=False))
+                    if self.closed:  # retired by what it said
+                        return True
+            except (RemoteWireError, ValueError, msgpack.UnpackException) as exc:
+                self.pool.garbage(self, str(exc))
+                return True
+            if len(data) < _READ and not until_eof:  # all there was (the loop wakes us again for more)
+                return True
         return True
+
+    def drain(self) -> None:
+        """What its job wrote before it told its end, into that job's capture."""
+        for pipe in (self.out, self.err):
+            if not pipe.closed:
+                pipe.read()
 
 
 class WorkerPool:
@@ -115,15 +142,17 @@ class WorkerPool:
     Args:
         code: the loaded computation (workers are forked with it).
         policy: when workers are retired.
-        sel: the zygote's selector, which watches the workers' sockets.
-        on_done: called with a job id when its worker answered; True if the job
-            ended normally there (the worker may take another), False if the
-            zygote was killing it (the worker goes).
+        sel: the zygote's selector, which watches the workers' sockets and pipes.
+        on_done: called with a job id and the record its worker sent when its
+            worker told its end; True if the job ended normally there (the
+            worker may take another), False if the zygote was killing it (the worker goes).
+        on_record: called with a job id and a record its job sent on its channel (`channel`).
         keep_files: the cluster keeps each job's directory: workers make one per job, not one each.
     """
 
     def __init__(
-        self, code: job_process.Code, policy: zp.Workers, sel: selectors.BaseSelector, on_done: Callable[[int], bool],
+        self, code: job_process.Code, policy: zp.Workers, sel: selectors.BaseSelector,
+        on_done: Callable[[int, dict[str, Any]], bool], on_record: Callable[[int, dict[str, Any]], None],
         keep_files: bool = False,
     ) -> None:  # fmt: skip
         self._code = code
@@ -131,41 +160,49 @@ class WorkerPool:
         self._policy = policy
         self._sel = sel
         self._on_done = on_done
+        self._on_record = on_record
         self._idle: list[_Worker] = []
         self._busy: dict[int, _Worker] = {}  # by pid
         self._seq = itertools.count(1)
 
-    def run(self, start: job_process.Start) -> int:
+    def run(self, start: job_process.Start, out: Kept, err: Kept) -> int:
         """Hands the job to an idle worker with its limits, or to a new one; returns the worker's pid.
+
+        What the job writes to its stdout and stderr goes to `out` and `err`.
 
         Raises:
             OSError: no worker could be forked or reached.
         """
         key = (start.limits.memory, start.limits.open_files)
-        body = job_process.pack_start(start)
+        frame = encode_frame(job_process.pack_start(start))
         worker = next((w for w in self._idle if w.key == key), None)
         if worker is not None:
             self._idle.remove(worker)
-            if not self._hand(worker, start, body):  # it died idle (OOM killer?), not yet reaped: a fresh one
+            if not self._hand(worker, frame):  # it died idle (OOM killer?), not yet reaped: a fresh one
                 worker = None
         if worker is None:
             for other in [w for w in self._idle if w.key != key]:  # a slot needs limits of its own now
                 self._idle.remove(other)
                 self._retire(other)
             worker = self._fork(key)
-            if not self._hand(worker, start, body):
+            if not self._hand(worker, frame):
                 raise OSError(f"worker {worker.pid} did not take the job")
         worker.job_id = start.job_id
+        worker.out.target, worker.err.target = out, err
         self._busy[worker.pid] = worker
         return worker.pid
 
-    def _hand(self, worker: _Worker, start: job_process.Start, body: bytes) -> bool:
+    def _hand(self, worker: _Worker, frame: bytes) -> bool:
         """Sends the job to an idle worker; False (and the worker retired) if it cannot take it."""
         try:
-            socket.send_fds(worker.sock, [_HEADER.pack(len(body))], [start.out, start.err, start.res, start.channel])
-            worker.sock.settimeout(_HAND_TIMEOUT)  # an idle worker reads at once; a stopped one is given up
-            worker.sock.sendall(body)
-            worker.sock.setblocking(False)
+            try:
+                sent = worker.sock.send(frame)
+            except BlockingIOError:
+                sent = 0
+            if sent < len(frame):  # larger than the socket's buffer: an idle worker reads it at once
+                worker.sock.settimeout(_HAND_TIMEOUT)  # ... and a stopped one is given up
+                worker.sock.sendall(memoryview(frame)[sent:])
+                worker.sock.setblocking(False)
         except OSError as exc:
             logger.warning("worker %d cannot take a job (%s); retired", worker.pid, exc)
             self._retire(worker)
@@ -175,47 +212,82 @@ class WorkerPool:
     def mark_of(self, pid: int) -> str:
         return self._busy[pid].mark
 
-    def answered(self, worker: _Worker, job_id: int, recycle: bool) -> None:
+    def heard(self, worker: _Worker, msg: Any) -> None:
+        """One frame from a worker: its job's end, or a record its job sent."""
+        if not isinstance(msg, dict):
+            self.garbage(worker, f"a {type(msg).__name__}")
+        elif msg.get("kind") == "end":
+            job_id, recycle = msg.get("job"), msg.get("recycle")
+            if not isinstance(job_id, int) or not isinstance(recycle, bool):
+                self.garbage(worker, "an end without its job")
+            else:
+                self._answered(worker, job_id, recycle, job_process.valid_record(msg.get("record")))
+        elif worker.job_id is not None:
+            self._on_record(worker.job_id, msg)
+        else:
+            logger.warning("worker %d sent a record with no job running; ignored", worker.pid)
+
+    def garbage(self, worker: _Worker, what: str) -> None:
+        """The worker (a job in it) broke the protocol: it goes, and its job ends as if it died."""
+        logger.warning("worker %d sent what is not its protocol (%s); retired", worker.pid, what)
+        self._busy.pop(worker.pid, None)
+        if worker in self._idle:
+            self._idle.remove(worker)
+        self._retire(worker)
+
+    def _answered(self, worker: _Worker, job_id: int, recycle: bool, record: dict[str, Any]) -> None:
         if worker.job_id != job_id or self._busy.get(worker.pid) is not worker:
-            logger.warning("worker %d answered for job %d it does not run; retired", worker.pid, job_id)
-            self._busy.pop(worker.pid, None)
-            self._retire(worker)
+            self.garbage(worker, f"an end of job {job_id}, which it does not run")
             return
+        worker.drain()
         del self._busy[worker.pid]
         worker.job_id = None
+        worker.out.target = worker.err.target = None
         worker.jobs += 1
-        clean = self._on_done(job_id)
+        clean = self._on_done(job_id, record)
         if clean and not recycle and worker.jobs < self._policy.max_jobs:
             self._idle.append(worker)
         else:
             self._retire(worker)
 
     def lost(self, pid: int) -> None:
-        """A child was reaped: if it was a worker, it is gone."""
-        worker = self._busy.pop(pid, None)
+        """A child was reaped: if it was a worker, it is gone, after what it sent and wrote is taken."""
+        worker = self._busy.get(pid) or next((w for w in self._idle if w.pid == pid), None)
         if worker is None:
-            worker = next((w for w in self._idle if w.pid == pid), None)
-            if worker is None:
-                return
+            return
+        if not worker.closed:
+            worker.read(until_eof=True)  # it is dead: what its socket holds is all there is
+            worker.drain()
+        self._busy.pop(pid, None)
+        if worker in self._idle:
             self._idle.remove(worker)
         self._close(worker)
 
     def _fork(self, key: tuple[int | None, int | None]) -> _Worker:
+        fds: list[int] = []
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         mark = killtree.mark(os.getpid(), -next(self._seq))  # no job's: a worker outlives its jobs
         try:
+            fds = [*os.pipe(), *os.pipe()]
             pid = os.fork()
         except OSError:
+            for fd in fds:
+                os.close(fd)
             ours.close()
             theirs.close()
             raise
         if pid == 0:
             limits = Limits(memory=key[0], open_files=key[1])
-            _serve(self._code, theirs.fileno(), limits, mark, self._policy.max_growth, self._keep_files)
+            _serve(self._code, theirs.fileno(), (fds[1], fds[3]), limits, mark, self._policy.max_growth,
+                   self._keep_files)  # fmt: skip
         theirs.close()
+        os.close(fds[1])
+        os.close(fds[3])
         ours.setblocking(False)
-        worker = _Worker(self, pid, ours, key, mark)
+        worker = _Worker(self, pid, ours, Relay(fds[0]), Relay(fds[2]), key, mark)
         self._sel.register(ours.fileno(), selectors.EVENT_READ, worker)
+        self._sel.register(fds[0], selectors.EVENT_READ, worker.out)
+        self._sel.register(fds[2], selectors.EVENT_READ, worker.err)
         return worker
 
     def _retire(self, worker: _Worker) -> None:
@@ -225,9 +297,13 @@ class WorkerPool:
 
     def _close(self, worker: _Worker) -> None:
         if not worker.closed:
-            if self._sel.get_map().get(worker.sock.fileno()) is not None:
-                self._sel.unregister(worker.sock.fileno())
+            fd_map = self._sel.get_map()
+            for fd in (worker.sock.fileno(), worker.out.fd, worker.err.fd):
+                if fd in fd_map:
+                    self._sel.unregister(fd)
             worker.sock.close()
+            worker.out.close()
+            worker.err.close()
             worker.closed = True
             if not self._keep_files:
                 workdir.remove_worker_dir(self._code.cluster_dir, _dir_name(worker.pid))
@@ -236,28 +312,38 @@ class WorkerPool:
 # -- in the worker ------------------------------------------------------------
 
 
-def _serve(code: job_process.Code, sock: int, limits: Limits, mark: str, max_growth: int, keep_files: bool) -> NoReturn:
-    """The worker's whole life: jobs until the zygote closes the socket or kills it."""
+def _serve(
+    code: job_process.Code, sock: int, output: tuple[int, int], limits: Limits, mark: str, max_growth: int,
+    keep_files: bool,
+) -> NoReturn:  # fmt: skip
+    """The worker's whole life: jobs until the zygote closes the socket or kills it.
+
+    `output`: the write ends of the stdout and stderr pipes the zygote reads, for all its jobs.
+    """
     status = 0
     try:
+        os.dup2(output[0], 1)
+        os.dup2(output[1], 2)
         os.setsid()  # its own group: a cancel's killpg reaches it and what its job started
         os.umask(0o077)
         job_process.reset_signals()
         killtree.write_mark(mark)
-        os.closerange(3, sock)  # the zygote's pipes and other jobs' are none of its business
+        os.closerange(3, sock)  # the zygote's pipes and other jobs' and workers' are none of its business
         os.closerange(sock + 1, _ALL_FDS)
-        log = os.dup(2)  # the node's log, where the worker's own output goes between jobs
         apply(limits)
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        files = os.path.join(code.cluster_dir, workdir.FILES)
+        name = _dir_name(os.getpid())
         conn = socket.socket(fileno=sock)
+        decoder = FrameDecoder(max_size=zp.MAX_FRAME, expect_preamble=False)
         while True:
-            start = _receive(conn)
+            start = _receive(conn, decoder)
             if start is None:
                 break
-            entered = _run_one(code, start, log, files, keep_files)
+            record, entered = _run_one(code, start, sock, name, keep_files)
             grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024 > max_growth
-            conn.sendall(_DONE.pack(start.job_id, grown or not entered or _has_children()))
+            recycle = grown or not entered or _has_children()
+            end = {"kind": "end", "job": start.job_id, "recycle": recycle, "record": record}
+            channel.write_frame(sock, msgpack.packb(end, use_bin_type=True))
     except BaseException:  # noqa: BLE001  (a worker must reach os._exit below)
         status = job_process.CHILD_INTERNAL_ERROR
         try:
@@ -269,29 +355,23 @@ def _serve(code: job_process.Code, sock: int, limits: Limits, mark: str, max_gro
         os._exit(status)
 
 
-def _receive(conn: socket.socket) -> job_process.Start | None:
+def _receive(conn: socket.socket, decoder: FrameDecoder) -> job_process.Start | None:
     """The next job, or None when the zygote closed the socket."""
-    header, fds, _, _ = socket.recv_fds(conn, _HEADER.size, _JOB_FDS)
-    if len(header) < _HEADER.size or len(fds) != _JOB_FDS:
-        for fd in fds:
-            os.close(fd)
-        return None
-    (size,) = _HEADER.unpack(header)
-    body = bytearray()
-    while len(body) < size:
-        chunk = conn.recv(size - len(body))
-        if not chunk:
+    while True:
+        frame = decoder.next_frame()
+        if isinstance(frame, bytes):
+            return job_process.unpack_start(frame)
+        data = conn.recv(_READ)
+        if not data:
             return None
-        body += chunk
-    start = job_process.unpack_start(bytes(body))
-    start.out, start.err, start.res, start.channel = fds
-    return start
+        decoder.feed(data)
 
 
-def _run_one(code: job_process.Code, start: job_process.Start, log: int, files: str, keep_files: bool) -> bool:
-    """One job, as a forked job process would run it, then the worker back to its own state.
+def _run_one(code: job_process.Code, start: job_process.Start, sock: int, name: str, keep_files: bool
+             ) -> tuple[dict[str, Any], bool]:  # fmt: skip
+    """One job, as a forked job process would run it; returns its sealed record and whether it was entered.
 
-    Returns False if the job could not be entered (its directory, files or limits): the worker goes.
+    Not entered: its directory, files or limits failed, and the worker goes.
     """
     entered = False
 
@@ -300,26 +380,17 @@ def _run_one(code: job_process.Code, start: job_process.Start, log: int, files: 
         if keep_files:  # each job's directory stays behind: one per job
             workdir.enter_job_dir(code.cluster_dir, start.job_id)
         else:
-            workdir.enter_worker_dir(code.cluster_dir, _dir_name(os.getpid()))
+            workdir.enter_worker_dir(code.cluster_dir, name)
         _enter(code, start)
         entered = True
 
     started = time.time()
-    os.dup2(start.out, 1)
-    os.dup2(start.err, 2)
-    os.close(start.out)
-    os.close(start.err)
-    channel.attach(start.channel, code.cluster_id, start.job_id, start.result_key)
+    channel.attach(sock, code.cluster_id, start.job_id, start.result_key)
     try:
-        job_process.conclude(code, start, job_process.run_job(code, start, started, enter))
+        record = job_process.seal(code, start, job_process.run_job(code, start, started, enter))
     finally:
         channel.attach(-1, "", 0, b"")
-        os.close(start.channel)
-        os.close(start.res)
-        os.dup2(log, 1)
-        os.dup2(log, 2)
-        os.chdir(files)
-    return entered
+    return record, entered
 
 
 def _dir_name(pid: int) -> str:

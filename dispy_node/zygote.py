@@ -23,7 +23,9 @@ The loop is a plain `selectors` loop (no asyncio: a forked child must not
 inherit a running event loop). It watches the command pipe, the SIGCHLD
 wakeup pipe and the jobs' output pipes; its timers are wall-clock limits,
 SIGKILLs due after the grace, and re-checks of trees still dying. Messages
-produced during one turn go out in one write.
+produced during one turn go out in one write; a worker job's `Started`
+waits (5 ms at most) to go with the next other message, usually its
+`Done`: the daemon needs its pid only should the zygote die.
 
 The protocol pipe is moved off fds 0 and 1 at start: anything user code
 prints in `setup` or `cleanup` goes to stderr instead of corrupting it.
@@ -36,6 +38,7 @@ import gc
 import heapq
 import itertools
 import logging
+import math
 import os
 import selectors
 import signal
@@ -55,7 +58,7 @@ from dispy_wire.status import JobStatus
 
 from . import cgroups, job_process, killtree, loading, worker, workdir
 from . import zygote_protocol as zp
-from .capture import Capture
+from .capture import Capture, Kept, PipeReader
 from .channel import Channel
 from .limits import Limits
 
@@ -67,6 +70,8 @@ _RECHECK_FIRST, _RECHECK_MAX = 0.002, 0.2
 _AT_LIMIT = 0.9
 #: seconds (at most kill_grace) a cancelled job has between its SIGINT and the SIGTERM (dispy gives about 6)
 INTERRUPT_GRACE = 3.0
+#: seconds a worker job's Started may wait to go out with other messages (its Done, usually)
+_STARTED_DELAY = 0.005
 
 
 class _Timer(Enum):
@@ -81,10 +86,10 @@ class _Job:
     job_id: int
     pid: int  # the leader's pid = the group's id
     mark: str
-    out: Capture
-    err: Capture
-    res: int  # fd of the anonymous file holding the result record
-    channel: Channel  # provisional results and files from the running job
+    out: Kept
+    err: Kept
+    res: int  # fd of the anonymous file holding the result record (-1 in a worker: it sends its record)
+    readers: tuple[PipeReader, ...]  # its channel, stdout and stderr pipes (none in a worker: its worker's)
     forked: float
     limits: Limits
     group: str  # its control group ("" for none)
@@ -96,6 +101,7 @@ class _Job:
     hard: bool = False  # SIGKILL time: whatever of the tree still shows up gets SIGKILL
     interrupted: bool = False  # cancelled, SIGINT sent, no SIGTERM yet
     recheck: float = _RECHECK_FIRST
+    record: dict[str, Any] | None = None  # what its worker sent as its record (a forked job's is in `res`)
 
 
 class Zygote:
@@ -111,6 +117,9 @@ class Zygote:
         self._wfd = wfd
         self._decoder = FrameDecoder(max_size=zp.MAX_FRAME, expect_preamble=False)
         self._out: list[bytes] = []
+        #: Started of jobs in workers: they go with the next other message, or `_STARTED_DELAY` seconds later
+        self._started: list[bytes] = []
+        self._started_since = 0.0
         self._jobs: dict[int, _Job] = {}  # by job_id, until the tree is gone
         self._leaders: dict[int, _Job] = {}  # by pid, until reaped
         self._timers: list[tuple[float, int, _Timer, _Job]] = []
@@ -126,6 +135,7 @@ class Zygote:
         self._unloading = False
         self._stopping = False
         self._workers: worker.WorkerPool | None = None  # isolation "worker": reused job processes
+        self._pid = os.getpid()
 
     # -- life cycle ----------------------------------------------------------
 
@@ -172,7 +182,9 @@ class Zygote:
         for frame in self._decoder.frames():  # frames that arrived together with Load
             self._handle(zp.decode(frame))
         while True:
-            timeout = max(0.0, self._timers[0][0] - time.monotonic()) if self._timers else None
+            due = min(self._timers[0][0] if self._timers else math.inf,
+                      self._started_since + _STARTED_DELAY if self._started else math.inf)  # fmt: skip
+            timeout = None if due == math.inf else max(0.0, due - time.monotonic())
             for key, _ in self._sel.select(timeout):
                 if key.fd == wake_r:
                     _drain(wake_r)
@@ -277,36 +289,57 @@ class Zygote:
             return
         assert self._code is not None
         now = time.time()
-        mark = killtree.mark(os.getpid(), job_id)
+        mark = killtree.mark(self._pid, job_id)
+        out, err = Kept(self._max_output), Kept(self._max_output)
+        try:
+            if self._workers is not None:  # its worker's socket and pipes carry all it sends
+                start = job_process.Start(job_id, payload, limits, files, mark, -1, -1, -1, -1, group,
+                                          self._code.result_key)  # fmt: skip
+                pid = self._workers.run(start, out, err)
+                job = _Job(job_id, pid, self._workers.mark_of(pid), out, err, -1, (), now, limits, group)
+            else:
+                job = self._fork_job(job_id, payload, limits, files, mark, group, out, err, now)
+        except OSError as exc:
+            why = f"cannot start the job's process: {exc}"
+            self._send(zp.Done(job_id, JobStatus.TERMINATED, None, b"", b"", why, "OSError", now, now))
+            return
+        for reader in job.readers:
+            self._sel.register(reader.fd, selectors.EVENT_READ, reader)
+        self._jobs[job_id] = job
+        self._leaders[job.pid] = job
+        if limits.wall is not None:
+            self._at(time.monotonic() + limits.wall, _Timer.WALL, job)
+        if self._workers is None:
+            self._send(zp.Started(job_id, job.pid))
+        else:  # the daemon needs the pid only should we die: one write (and wake-up of it) less per job
+            if not self._started:
+                self._started_since = time.monotonic()
+            self._started.append(zp.encode(zp.Started(job_id, job.pid)))
+
+    def _fork_job(
+        self, job_id: int, payload: bytes, limits: Limits, files: list[Any], mark: str, group: str, out: Kept,
+        err: Kept, now: float,
+    ) -> _Job:  # fmt: skip
+        """A process of its own for the job (forked, or spawned), with its own pipes and result file."""
+        assert self._code is not None
         fds: list[int] = []
         try:
             fds = [*os.pipe(), *os.pipe(), _anon_file(), *os.pipe()]
             start = job_process.Start(
                 job_id, payload, limits, files, mark, fds[1], fds[3], fds[4], fds[6], group, self._code.result_key
             )
-            pid = self._spawn_job(start) if self._spawn else self._workers.run(start) if self._workers else os.fork()
-        except OSError as exc:
+            pid = self._spawn_job(start) if self._spawn else os.fork()
+        except OSError:
             for fd in fds:
                 os.close(fd)
-            why = f"cannot start the job's process: {exc}"
-            self._send(zp.Done(job_id, JobStatus.TERMINATED, None, b"", b"", why, "OSError", now, now))
-            return
+            raise
         if pid == 0:
             job_process.run(self._code, start)
         for fd in (fds[1], fds[3], fds[6]):
             os.close(fd)
-        chan = Channel(fds[5], lambda record: self._from_job(job_id, record))
-        job = _Job(job_id, pid, mark, Capture(fds[0], self._max_output), Capture(fds[2], self._max_output), fds[4],
-                   chan, now, limits, group)  # fmt: skip
-        if self._workers is not None:  # what the job leaves behind carries its worker's mark
-            job.mark = self._workers.mark_of(pid)
-        for reader in (job.out, job.err, job.channel):
-            self._sel.register(reader.fd, selectors.EVENT_READ, reader)
-        self._jobs[job_id] = job
-        self._leaders[pid] = job
-        if limits.wall is not None:
-            self._at(time.monotonic() + limits.wall, _Timer.WALL, job)
-        self._send(zp.Started(job_id, pid))
+        readers = (Channel(fds[5], lambda record: self._from_job(job_id, record)), Capture(fds[0], out),
+                   Capture(fds[2], err))  # fmt: skip
+        return _Job(job_id, pid, mark, out, err, fds[4], readers, now, limits, group)
 
     # -- reused workers (worker.py) ------------------------------------------
 
@@ -314,13 +347,18 @@ class Zygote:
         if self._spawn:  # no fork here: each job stays a new interpreter
             logger.warning("zygote: worker isolation needs fork; jobs are spawned one by one")
         elif self._workers is None and self._code is not None:
-            self._workers = worker.WorkerPool(self._code, msg, self._sel, self._worker_done, self._keep_files)
+            self._workers = worker.WorkerPool(
+                self._code, msg, self._sel, self._worker_done, self._from_job, self._keep_files
+            )
 
-    def _worker_done(self, job_id: int) -> bool:
-        """A worker says its job is over: the job ends now, unless we were killing it (then its worker goes,
-        and the job ends with its verdict once the worker is reaped). True if the worker may run another."""
+    def _worker_done(self, job_id: int, record: dict[str, Any]) -> bool:
+        """A worker told its job's end, with its record: the job ends now, unless we were killing it (then its
+        worker goes, and the job ends once the worker is reaped). True if the worker may run another."""
         job = self._jobs.get(job_id)
-        if job is None or job.wait_status is not None or job.verdict is not None:
+        if job is None:
+            return False
+        job.record = record
+        if job.wait_status is not None or job.verdict is not None:
             return False
         del self._leaders[job.pid]
         job.wait_status = 0
@@ -479,7 +517,7 @@ class Zygote:
     def _finish(self, job: _Job) -> None:
         """The job's tree is gone (or, in a worker, the job is over): Done, and its directory goes."""
         del self._jobs[job.job_id]
-        for reader in (job.out, job.err, job.channel):
+        for reader in job.readers:
             if self._sel.get_map().get(reader.fd) is not None:
                 self._sel.unregister(reader.fd)
         done = self._done(job)
@@ -491,13 +529,14 @@ class Zygote:
     def _done(self, job: _Job) -> zp.Done:
         assert job.wait_status is not None
         ended = time.time()
-        job.channel.close()  # what the job sent goes before its end
-        job.out.close()
-        job.err.close()
+        for reader in job.readers:  # its channel first: what the job sent goes before its end
+            reader.close()
         stdout, stderr = job.out.text(), job.err.text()
-        raw = _read_all(job.res)
-        os.close(job.res)
-        rec = job_process.parse_record(raw)
+        if job.res < 0:
+            rec = job.record or {}
+        else:
+            rec = job_process.parse_record(_read_all(job.res))
+            os.close(job.res)
         start, end = rec.get("start_time", job.forked), rec.get("end_time", ended)
         usage = (job.cpu_time, job.maxrss * 1024)  # for the scheduler's accounting
         returned = rec.get("status") == JobStatus.FINISHED  # a cancelled job that returned on its SIGINT: dispy's Finished
@@ -538,6 +577,9 @@ class Zygote:
         self._out.append(zp.encode(msg))
 
     def _flush(self) -> None:
+        if self._started and (self._out or time.monotonic() >= self._started_since + _STARTED_DELAY):
+            self._out[:0] = self._started  # before the Done of the same job
+            self._started.clear()
         if self._out:
             try:
                 job_process.write_all(self._wfd, b"".join(self._out))

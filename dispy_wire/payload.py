@@ -22,6 +22,7 @@ client will unpickle. A zygote that must leave the computation in a file
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -112,14 +113,45 @@ def _typed(value: Any, tp: type[_T]) -> _T:
 
 
 def dumps(obj: Any) -> bytes:
-    """Pickles user data by value where it must be (functions of `__main__`)."""
+    """Pickles user data by value where it must be (functions of `__main__`).
+
+    Built-in values (numbers, strings, bytes, and tuples, lists and dicts of
+    them: most jobs' arguments) go through the standard pickle, which gives
+    them the same bytes at a fraction of cloudpickle's cost per call.
+    """
+    if _plain(obj):
+        return pickle.dumps(obj, protocol=5)
     import cloudpickle
 
     data: bytes = cloudpickle.dumps(obj, protocol=5)
     return data
 
 
-def loads(data: bytes) -> Any:
-    import pickle
+_SCALARS = frozenset({int, float, str, bytes, bool, type(None)})
+#: values looked at before giving the decision to cloudpickle (a large argument costs it little more)
+_PLAIN_BUDGET = 256
 
+
+def _plain(obj: Any) -> bool:
+    """Whether `obj` is made of built-in values only (exact types: a subclass may pickle by reference)."""
+    todo, budget = [obj], _PLAIN_BUDGET
+    while todo:
+        item = todo.pop()
+        kind = type(item)
+        if kind in _SCALARS:
+            continue
+        if kind is tuple or kind is list:
+            todo += item
+        elif kind is dict:
+            todo += item.keys()
+            todo += item.values()
+        else:
+            return False
+        budget -= len(item)
+        if budget < 0:
+            return False
+    return True
+
+
+def loads(data: bytes) -> Any:
     return pickle.loads(data)

@@ -36,6 +36,8 @@ from .status import JobStatus
 KEY_SIZE = 32
 MAC_SIZE = hashlib.sha256().digest_size
 DOMAIN = "dispy-shared job record v1"
+#: payloads up to this size are MAC'd in one call, copied once after the header
+_ONE_SHOT = 64 * 1024
 
 
 class Kind(str, Enum):
@@ -58,7 +60,9 @@ def sign(
     head: bytes = msgpack.packb(
         [DOMAIN, kind.value, cluster_id, job_id, status, name, mode, len(payload)], use_bin_type=True
     )
-    mac = hmac.new(key, head, hashlib.sha256)
+    if len(payload) <= _ONE_SHOT:  # OpenSSL's one-shot HMAC: a fraction of the cost of hmac.new's objects
+        return hmac.digest(key, head + payload, "sha256")
+    mac = hmac.new(key, head, hashlib.sha256)  # no copy of a large payload
     mac.update(payload)
     return mac.digest()
 

@@ -8,6 +8,7 @@ frames, as h11's and wsproto's tests do.
 from __future__ import annotations
 
 import base64
+import pickle
 from collections.abc import Callable
 from typing import Any
 
@@ -802,6 +803,17 @@ def test_user_objects_round_trip_by_value() -> None:
         return x + offset
 
     assert loads(dumps(add))(2) == 42
+
+
+def test_builtin_arguments_are_pickled_plainly_and_anything_else_by_value() -> None:
+    plain = ((1, 2.5, "x", b"y", None, True, [1, {"k": (2,)}]), {"a": 1})
+    assert dumps(plain) == pickle.dumps(plain, protocol=5) and loads(dumps(plain)) == plain
+
+    class Local(int):  # a subclass of a built-in type, defined where no unpickler finds it by name
+        pass
+
+    ((value,), _) = loads(dumps(((Local(3),), {})))
+    assert value == 3 and type(value).__name__ == "Local"  # cloudpickle took it, by value
 
 
 def packed(**overrides: Any) -> bytes:
