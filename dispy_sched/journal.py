@@ -36,7 +36,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import msgpack
@@ -44,7 +44,7 @@ import msgpack
 from dispy_wire.messages import JobResult
 
 from .core.actions import Persist
-from .core.persist import ClusterRow, JobRow
+from .core.persist import ClusterRow, JobRow, SettingRow
 from .core.state import result_cost
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,8 @@ log = logging.getLogger(__name__)
 FILENAME = "journal.sqlite3"
 #: the usage-only store of earlier versions, imported once
 OLD_USAGE_FILE = "usage.sqlite3"
-SCHEMA_VERSION = 2  # 2: jobs.result_size, so results stay on disk until a client takes them
+#: 2: jobs.result_size, so results stay on disk until a client takes them; 3: operator_settings
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS clusters (
@@ -87,6 +88,12 @@ CREATE TABLE IF NOT EXISTS user_usage (
     cpu_seconds REAL NOT NULL,   -- decayed CPU-seconds ...
     as_of REAL NOT NULL          -- ... as of this Unix time
 );
+CREATE TABLE IF NOT EXISTS operator_settings (  -- drains, CPU caps and shares set through the admin API
+    kind TEXT NOT NULL,          -- drain | cpus | share
+    name TEXT NOT NULL,          -- the node's or user's name
+    value REAL NOT NULL,
+    PRIMARY KEY (kind, name)
+);
 """
 
 
@@ -97,6 +104,7 @@ class Snapshot:
     clusters: list[ClusterRow]
     jobs: list[JobRow]  # in submission order
     usage: dict[str, tuple[float, float]]  # user -> (CPU-seconds, as of)
+    settings: list[SettingRow] = field(default_factory=list)  # the operator's drains, CPU caps and shares
 
 
 class StoreFailed(Exception):
@@ -158,7 +166,7 @@ class SqliteJournal:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={'NORMAL' if synchronous.upper() == 'NORMAL' else 'FULL'}")
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        if version not in (0, 1, SCHEMA_VERSION):
+        if version not in (0, 1, 2, SCHEMA_VERSION):  # 2 -> 3: a new table, made by _SCHEMA
             raise sqlite3.DatabaseError(f"{self.path} has schema version {version}; this scheduler reads {SCHEMA_VERSION}")
         self._db.executescript(_SCHEMA)
         if version == 1:  # results held by version 1 get their size when first loaded (`load`)
@@ -207,7 +215,8 @@ class SqliteJournal:
             )
         ]
         usage = {u: (float(c), float(t)) for u, c, t in self._db.execute("SELECT user, cpu_seconds, as_of FROM user_usage")}
-        return Snapshot(clusters, jobs, usage)
+        settings = [SettingRow(*row) for row in self._db.execute(SELECT_SETTINGS)]
+        return Snapshot(clusters, jobs, usage, settings)
 
     def read_results(self, cluster_id: str, job_ids: list[int]) -> list[JobResult]:
         found: dict[int, JobResult] = {}
@@ -261,6 +270,11 @@ class SqliteJournal:
                     "cpu_seconds = excluded.cpu_seconds, as_of = excluded.as_of",
                     [(u.user, u.cpu_seconds, u.as_of) for u in changes.usage],
                 )
+            if changes.settings is not None:  # few rows: all of them anew
+                db.execute("DELETE FROM operator_settings")
+                db.executemany(
+                    "INSERT INTO operator_settings VALUES (?, ?, ?)", [(r.kind, r.name, r.value) for r in changes.settings]
+                )
         except BaseException:
             db.execute("ROLLBACK")
             raise
@@ -272,6 +286,9 @@ class SqliteJournal:
 
     def close(self) -> None:
         self._db.close()
+
+
+SELECT_SETTINGS = "SELECT kind, name, value FROM operator_settings ORDER BY kind, name"
 
 
 def _pack_options(options: dict[str, Any]) -> bytes | None:

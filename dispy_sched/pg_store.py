@@ -33,15 +33,16 @@ import psycopg
 from dispy_wire.messages import JobResult
 
 from .core.actions import Persist
-from .core.persist import ClusterRow, JobRow
+from .core.persist import ClusterRow, JobRow, SettingRow
 from .core.state import result_cost
 from .journal import (
-    NotLeader, Snapshot, StoreFailed, _pack_options, _unpack_options, _unpack_result, changed_job_values, new_job_values,
+    SELECT_SETTINGS, NotLeader, Snapshot, StoreFailed, _pack_options, _unpack_options, _unpack_result, changed_job_values, new_job_values,
 )
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2  # 2: jobs.result_size, so results stay in the database until a client takes them
+#: 2: jobs.result_size, so results stay in the database until a client takes them; 3: operator_settings
+SCHEMA_VERSION = 3
 
 # the tables of journal.py, in PostgreSQL's types ("user" is a reserved word there: quoted)
 _SCHEMA = """
@@ -88,6 +89,12 @@ CREATE TABLE IF NOT EXISTS leader (
     since TIMESTAMPTZ NOT NULL
 );
 INSERT INTO leader VALUES (1, 0, '', 0, 0, now()) ON CONFLICT (id) DO NOTHING;
+CREATE TABLE IF NOT EXISTS operator_settings (
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    value DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (kind, name)
+);
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
 """
 
@@ -122,7 +129,8 @@ def create_schema(dsn: str) -> None:
             row = db.execute("SELECT version FROM schema_version").fetchone()
             if row is None:
                 db.execute("INSERT INTO schema_version VALUES (%s)", (SCHEMA_VERSION,))
-            elif row[0] == 1:  # version 1's held results get their size when first loaded (`load`)
+            elif row[0] in (1, 2):  # 2 -> 3: new tables, made above
+                # version 1's held results get their size when first loaded (`load`)
                 db.execute("ALTER TABLE jobs ADD COLUMN IF NOT EXISTS result_size BIGINT NOT NULL DEFAULT 0")
                 db.execute("UPDATE schema_version SET version = %s", (SCHEMA_VERSION,))
             elif row[0] != SCHEMA_VERSION:
@@ -175,7 +183,8 @@ class PgStore:
             )
         ]
         usage = {u: (float(c), float(t)) for u, c, t in db.execute('SELECT "user", cpu_seconds, as_of FROM user_usage')}
-        return Snapshot(clusters, jobs, usage)
+        settings = [SettingRow(*row) for row in db.execute(SELECT_SETTINGS)]
+        return Snapshot(clusters, jobs, usage, settings)
 
     def read_results(self, cluster_id: str, job_ids: list[int]) -> list[JobResult]:
         found = {
@@ -264,6 +273,11 @@ class PgStore:
                 'INSERT INTO user_usage VALUES (%s, %s, %s) ON CONFLICT ("user") DO UPDATE SET '
                 "cpu_seconds = excluded.cpu_seconds, as_of = excluded.as_of",
                 [(u.user, u.cpu_seconds, u.as_of) for u in changes.usage],
+            )
+        if changes.settings is not None:
+            cur.execute("DELETE FROM operator_settings")
+            cur.executemany(
+                "INSERT INTO operator_settings VALUES (%s, %s, %s)", [(r.kind, r.name, r.value) for r in changes.settings]
             )
 
     def close(self) -> None:

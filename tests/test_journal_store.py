@@ -11,7 +11,7 @@ from dispy_sched.core import CoreConfig, SchedulerCore
 from dispy_sched.core import actions as A
 from dispy_sched.core import events as E
 from dispy_sched.core.state import result_cost
-from dispy_sched.journal import FILENAME, SqliteJournal
+from dispy_sched.journal import FILENAME, SCHEMA_VERSION, SqliteJournal
 from dispy_sched.policies import load_policy
 from test_core import arrived, joined, opened, result, step, submitted
 
@@ -39,7 +39,7 @@ def test_held_results_are_read_back_on_demand_and_a_restart_loads_only_their_siz
     ]
 
 
-def test_a_version_1_journal_gets_its_held_results_sized(tmp_path: Path) -> None:
+def test_a_version_1_journal_gets_its_held_results_sized_and_the_operator_settings_table(tmp_path: Path) -> None:
     db = sqlite3.connect(tmp_path / FILENAME)
     db.executescript(
         """
@@ -63,3 +63,5 @@ def test_a_version_1_journal_gets_its_held_results_sized(tmp_path: Path) -> None
     (job,) = journal.load().jobs
     assert (job.result, job.result_size) == (None, result_cost(held))
     assert journal.read_results("K", [7]) == [held]
+    assert journal.load().settings == []  # the table a version-3 file has, empty
+    assert sqlite3.connect(tmp_path / FILENAME).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION

@@ -54,7 +54,7 @@ from dispy_wire.status import JobStatus
 from . import actions as A
 from . import events as E
 from .keyed_heap import KeyedHeap
-from .persist import Changes, ClusterRow, JobRow, UsageRow, cluster_row, job_row
+from .persist import CPUS, DRAIN, SHARE, Changes, ClusterRow, JobRow, SettingRow, UsageRow, cluster_row, job_row
 from .ready import ReadyIndex
 from .placement import allowed_cpus, compile_nodes
 from .state import (
@@ -190,6 +190,8 @@ class SchedulerCore:
         self.drained: set[str] = set()
         #: node name -> the most CPUs an operator lets it have
         self.cpu_caps: dict[str, int] = {}
+        #: user -> the share an operator set, which holds (across restarts) until the users file is read again
+        self.share_overrides: dict[str, float] = {}
 
     # ---------------------------------------------------------------- entry
 
@@ -679,6 +681,7 @@ class SchedulerCore:
         for node in nodes:
             node.drained = ev.drained
             self._update_free(node)
+        self._note_settings()
         state = "drained: no new jobs start there" if ev.drained else "undrained"
         self._answer(ev.ref, None, f"node {ev.name} {state}" + ("" if nodes else " (not connected now)"))
 
@@ -692,6 +695,7 @@ class SchedulerCore:
             self.cpu_caps.pop(ev.name, None)
         else:
             self.cpu_caps[ev.name] = ev.cpus
+        self._note_settings()
         for node in nodes:
             self._set_cpus(node)
         self._answer(ev.ref, None, f"node {ev.name} is given {nodes[0].cpus} of its {nodes[0].offered} CPUs")
@@ -704,7 +708,8 @@ class SchedulerCore:
         if ev.user not in self.users and ev.user not in self.shares:
             self._answer(ev.ref, ErrorCode.BAD_REQUEST, f"no user {ev.user} in the users file or connected")
             return
-        self.shares[ev.user] = ev.share
+        self.shares[ev.user] = self.share_overrides[ev.user] = ev.share
+        self._note_settings()
         user = self._user(ev.user)
         user.share = ev.share
         self.ready.update_user(user)
@@ -713,6 +718,9 @@ class SchedulerCore:
     @_on.register
     def _on_users_reloaded(self, ev: E.UsersReloaded) -> None:
         self.shares, self.limits, self.default_limits = dict(ev.shares), dict(ev.limits), ev.default_limits
+        if self.share_overrides:  # the file's shares again
+            self.share_overrides.clear()
+            self._note_settings()
         for user in self.users.values():
             user.share = float(self.shares.get(user.name, self.config.default_share))
             user.limits = self.limits.get(user.name, self.default_limits)
@@ -737,6 +745,7 @@ class SchedulerCore:
 
     @_on.register
     def _on_state_restored(self, ev: E.StateRestored) -> None:
+        self._restore_settings(ev.settings)
         self._on_usage_restored(E.UsageRestored(ev.usage))
         for row in ev.clusters:
             try:
@@ -753,6 +762,19 @@ class SchedulerCore:
         for cluster in self.clusters.values():
             self.ready.update(cluster)
         self._changes = Changes()  # what was just read is what the journal holds
+
+    def _restore_settings(self, rows: list[SettingRow]) -> None:
+        """The operator's drains, caps and shares as last written (before any node or user is back)."""
+        for row in rows:
+            if row.kind == DRAIN:
+                self.drained.add(row.name)
+            elif row.kind == CPUS:
+                self.cpu_caps[row.name] = int(row.value)
+            elif row.kind == SHARE:  # the user is listed with it, as after the set-share
+                self.shares[row.name] = self.share_overrides[row.name] = row.value
+                user = self._user(row.name)
+                user.share = row.value
+                self.ready.update_user(user)
 
     def _restore_job(self, cluster: ClusterRecord, row: JobRow) -> None:
         try:
@@ -1181,6 +1203,19 @@ class SchedulerCore:
         if self.config.persist:
             self._changes.user(user)
 
+    def _note_settings(self) -> None:
+        if self.config.persist:
+            self._changes.settings = True
+
+    def settings_rows(self) -> list[SettingRow]:
+        """The operator's drains, CPU caps and shares, as the store keeps them."""
+        return sorted(
+            [SettingRow(DRAIN, name, 1.0) for name in self.drained]
+            + [SettingRow(CPUS, name, float(cpus)) for name, cpus in self.cpu_caps.items()]
+            + [SettingRow(SHARE, name, share) for name, share in self.share_overrides.items()],
+            key=lambda r: (r.kind, r.name),
+        )
+
     def _persist_action(self) -> A.Persist:
         changes, self._changes = self._changes, Changes()
         return A.Persist(
@@ -1190,6 +1225,7 @@ class SchedulerCore:
             sorted(changes.gone_jobs),
             sorted(changes.gone_clusters),
             [UsageRow(u.name, u.usage, u.usage_time) for u in changes.users.values()],
+            self.settings_rows() if changes.settings else None,
         )
 
     def _maybe_finish_close(self, cluster: ClusterRecord) -> None:
