@@ -25,10 +25,12 @@ each done job's result size, not its bytes, and the shell reads a result
 client that is away or slow costs disk, not memory.
 
 Another store (`PgStore`, pg_store.py: PostgreSQL, shared by a leader and
-its standby schedulers) implements the same four methods.
+its standby schedulers) implements the same methods.
 
-The same file holds the accounting records (`job_ends`), written through a
-connection of their own by `accounting.SqliteAccounting`, journal or not.
+A store keeps the accounting records too (`AccountingStore`: the
+`job_ends` table). Here the same file holds them, written through a
+connection of their own by `accounting.SqliteAccounting`, which the
+scheduler also uses alone when the journal is off.
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ import msgpack
 
 from dispy_wire.messages import JobResult
 
-from .core.actions import Persist
+from .accounting import AccountingStore, SqliteAccounting
+from .core.actions import JobEnd, Persist
 from .core.persist import ClusterRow, JobRow, SettingRow
 from .core.state import result_cost
 
@@ -120,8 +123,8 @@ class NotLeader(StoreFailed):
         self.current = current
 
 
-class StateStore(Protocol):
-    """Where the scheduler keeps what it accepted."""
+class StateStore(AccountingStore, Protocol):
+    """Where the scheduler keeps what it accepted, and its accounting records."""
 
     def load(self) -> Snapshot:
         """Every cluster, job and usage row; done jobs come with `result_size` and no `result` (left on disk)."""
@@ -173,6 +176,7 @@ class SqliteJournal:
             self._db.execute("ALTER TABLE jobs ADD COLUMN result_size INTEGER NOT NULL DEFAULT 0")
         self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         self._import_old_usage(os.path.join(state_dir, OLD_USAGE_FILE))
+        self._accounting = SqliteAccounting(self.path)
 
     def _import_old_usage(self, path: str) -> None:
         """Takes the usage an earlier version saved in its own file, once (the file is then renamed)."""
@@ -280,11 +284,18 @@ class SqliteJournal:
             raise
         db.execute("COMMIT")
 
+    def record(self, ends: list[JobEnd]) -> None:
+        self._accounting.record(ends)
+
+    def prune(self, before: float) -> int:
+        return self._accounting.prune(before)
+
     def size(self) -> int:
         """Bytes on disk (database and write-ahead log)."""
         return sum(os.path.getsize(p) for p in (self.path, self.path + "-wal") if os.path.exists(p))
 
     def close(self) -> None:
+        self._accounting.close()
         self._db.close()
 
 

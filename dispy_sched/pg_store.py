@@ -20,19 +20,25 @@ reconnects and retries the whole transaction until `pause_limit` seconds
 have passed, then raises. Retrying is safe because the transaction either
 committed nothing or everything, and rows are written as values ("insert or
 replace", "set state = ..."), not increments.
+
+The accounting records (`job_ends`, accounting.py) are written the same way,
+fenced and retried, in a transaction of their own after the turn's state;
+`dispyadmin history --state postgresql://...` reads them.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
 
 from dispy_wire.messages import JobResult
 
-from .core.actions import Persist
+from .accounting import COLUMNS, rows
+from .core.actions import JobEnd, Persist
 from .core.persist import ClusterRow, JobRow, SettingRow
 from .core.state import result_cost
 from .journal import (
@@ -41,7 +47,8 @@ from .journal import (
 
 log = logging.getLogger(__name__)
 
-#: 2: jobs.result_size, so results stay in the database until a client takes them; 3: operator_settings
+#: 2: jobs.result_size, so results stay in the database until a client takes them; 3: operator_settings and
+#: job_ends (the accounting records)
 SCHEMA_VERSION = 3
 
 # the tables of journal.py, in PostgreSQL's types ("user" is a reserved word there: quoted)
@@ -95,8 +102,25 @@ CREATE TABLE IF NOT EXISTS operator_settings (
     value DOUBLE PRECISION NOT NULL,
     PRIMARY KEY (kind, name)
 );
+CREATE TABLE IF NOT EXISTS job_ends (  -- accounting.py's table
+    end_time DOUBLE PRECISION NOT NULL,
+    "user" TEXT NOT NULL,
+    cluster_id TEXT NOT NULL,
+    cluster_name TEXT NOT NULL,
+    job_id BIGINT NOT NULL,
+    node TEXT NOT NULL,
+    status TEXT NOT NULL,
+    submit_time DOUBLE PRECISION NOT NULL,
+    start_time DOUBLE PRECISION NOT NULL,
+    cpu_time DOUBLE PRECISION NOT NULL,
+    max_rss BIGINT NOT NULL,
+    reason TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS job_ends_by_time ON job_ends (end_time);
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
 """
+
+_MARKS = ", ".join(["%s"] * len(COLUMNS.split(",")))
 
 #: an advisory lock key for creating the schema (two schedulers starting at once)
 _SCHEMA_LOCK = 0x64697370_7973
@@ -203,11 +227,24 @@ class PgStore:
             NotLeader: another scheduler took over; nothing was written.
             StoreFailed: the database stayed unreachable for `pause_limit` seconds, or refused the rows.
         """
+        self._fenced(lambda cur: self._apply(cur, changes))
+
+    def record(self, ends: list[JobEnd]) -> None:
+        """Adds accounting records, fenced and retried as `write` is (same errors)."""
+        self._fenced(lambda cur: cur.executemany(f"INSERT INTO job_ends ({COLUMNS}) VALUES ({_MARKS})", rows(ends)))
+
+    def prune(self, before: float) -> int:
+        gone: list[int] = []
+        self._fenced(lambda cur: gone.append(cur.execute("DELETE FROM job_ends WHERE end_time < %s", (before,)).rowcount))
+        return gone[-1]
+
+    def _fenced(self, apply: Callable[[psycopg.Cursor[Any]], object]) -> None:
+        """Runs `apply` in one transaction fenced by our epoch, retried while the database is unreachable."""
         started = time.monotonic()
         delay = 0.0
         while True:
             try:
-                self._write(self._conn(), changes)
+                self._write(self._conn(), apply)
                 if delay:
                     log.warning("state database back after %.1f s: writes resume", time.monotonic() - started)
                 return
@@ -224,14 +261,14 @@ class PgStore:
             except psycopg.Error as exc:
                 raise StoreFailed(describe(exc)) from exc
 
-    def _write(self, db: psycopg.Connection[Any], changes: Persist) -> None:
+    def _write(self, db: psycopg.Connection[Any], apply: Callable[[psycopg.Cursor[Any]], object]) -> None:
         with db.transaction():
             row = db.execute("SELECT epoch FROM leader WHERE id = 1 FOR SHARE").fetchone()
             current = -1 if row is None else int(row[0])
             if current != self.epoch:
                 raise NotLeader(self.epoch, current)
             with db.cursor() as cur:
-                self._apply(cur, changes)
+                apply(cur)
 
     def _apply(self, cur: psycopg.Cursor[Any], changes: Persist) -> None:
         if changes.clusters:

@@ -316,7 +316,7 @@ class SchedulerServer:
             return
         try:
             gone = self.accounting.prune(now - self.config.accounting_retention)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, StoreFailed) as exc:
             log.error("cannot prune the accounting records: %s", exc)
             return
         if gone:
@@ -583,7 +583,7 @@ class SchedulerServer:
             return
         try:
             self.accounting.record(ends)
-        except sqlite3.Error as exc:  # the jobs' results still go out: the log lines keep the record
+        except (sqlite3.Error, StoreFailed) as exc:  # the jobs' results still go out: the log lines keep the record
             log.error("cannot write %d accounting records: %s", len(ends), exc)
 
     def _execute(self, action: A.Action) -> None:
