@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 FILENAME = "journal.sqlite3"
 #: the usage-only store of earlier versions, imported once
 OLD_USAGE_FILE = "usage.sqlite3"
-#: 2: jobs.result_size, so results stay on disk until a client takes them; 3: operator_settings
+#: 2: jobs.result_size, so results stay on disk until a client takes them; 3: operator_settings, clusters.opened
 SCHEMA_VERSION = 3
 
 _SCHEMA = """
@@ -68,7 +68,8 @@ CREATE TABLE IF NOT EXISTS clusters (
     options BLOB,                -- msgpack; NULL: none
     seq INTEGER NOT NULL,
     closing INTEGER NOT NULL,
-    overrides BLOB               -- msgpack {node name: CPUs}; NULL: none
+    overrides BLOB,              -- msgpack {node name: CPUs}; NULL: none
+    opened REAL NOT NULL DEFAULT 0  -- Unix time; 0: opened under schema 2 or earlier
 );
 CREATE TABLE IF NOT EXISTS jobs (
     cluster_id TEXT NOT NULL,
@@ -174,6 +175,8 @@ class SqliteJournal:
         self._db.executescript(_SCHEMA)
         if version == 1:  # results held by version 1 get their size when first loaded (`load`)
             self._db.execute("ALTER TABLE jobs ADD COLUMN result_size INTEGER NOT NULL DEFAULT 0")
+        if version in (1, 2):
+            self._db.execute("ALTER TABLE clusters ADD COLUMN opened REAL NOT NULL DEFAULT 0")
         self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         self._import_old_usage(os.path.join(state_dir, OLD_USAGE_FILE))
         self._accounting = SqliteAccounting(self.path)
@@ -200,10 +203,11 @@ class SqliteJournal:
         clusters = [
             ClusterRow(
                 cid, user, name, bytes(comp), bool(reentrant), _unpack_options(opts), seq, bool(closing),
-                _unpack_options(overrides),
+                _unpack_options(overrides), opened,
             )  # fmt: skip
-            for cid, user, name, comp, reentrant, opts, seq, closing, overrides in self._db.execute(
-                "SELECT cluster_id, user, name, computation, reentrant, options, seq, closing, overrides FROM clusters"
+            for cid, user, name, comp, reentrant, opts, seq, closing, overrides, opened in self._db.execute(
+                "SELECT cluster_id, user, name, computation, reentrant, options, seq, closing, overrides, opened "
+                "FROM clusters"
             )
         ]
         # a result's bytes stay on disk; only a version-1 row (no size yet) is read, to size it
@@ -240,12 +244,12 @@ class SqliteJournal:
         try:
             if changes.clusters:
                 db.executemany(
-                    "INSERT INTO clusters VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(cluster_id) DO UPDATE SET "
+                    "INSERT INTO clusters VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(cluster_id) DO UPDATE SET "
                     "closing = excluded.closing, overrides = excluded.overrides",
                     [
                         (
                             c.cluster_id, c.user, c.name, c.computation, c.reentrant, _pack_options(c.options), c.seq,
-                            c.closing, _pack_options(c.overrides),
+                            c.closing, _pack_options(c.overrides), c.opened,
                         )  # fmt: skip
                         for c in changes.clusters
                     ],

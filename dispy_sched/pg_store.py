@@ -47,8 +47,8 @@ from .journal import (
 
 log = logging.getLogger(__name__)
 
-#: 2: jobs.result_size, so results stay in the database until a client takes them; 3: operator_settings and
-#: job_ends (the accounting records)
+#: 2: jobs.result_size, so results stay in the database until a client takes them; 3: operator_settings,
+#: job_ends (the accounting records), clusters.opened
 SCHEMA_VERSION = 3
 
 # the tables of journal.py, in PostgreSQL's types ("user" is a reserved word there: quoted)
@@ -62,7 +62,8 @@ CREATE TABLE IF NOT EXISTS clusters (
     options BYTEA,
     seq BIGINT NOT NULL,
     closing BOOLEAN NOT NULL,
-    overrides BYTEA
+    overrides BYTEA,
+    opened DOUBLE PRECISION NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS jobs (
     cluster_id TEXT NOT NULL,
@@ -156,6 +157,7 @@ def create_schema(dsn: str) -> None:
             elif row[0] in (1, 2):  # 2 -> 3: new tables, made above
                 # version 1's held results get their size when first loaded (`load`)
                 db.execute("ALTER TABLE jobs ADD COLUMN IF NOT EXISTS result_size BIGINT NOT NULL DEFAULT 0")
+                db.execute("ALTER TABLE clusters ADD COLUMN IF NOT EXISTS opened DOUBLE PRECISION NOT NULL DEFAULT 0")
                 db.execute("UPDATE schema_version SET version = %s", (SCHEMA_VERSION,))
             elif row[0] != SCHEMA_VERSION:
                 raise psycopg.DatabaseError(f"the database has schema version {row[0]}; this scheduler reads {SCHEMA_VERSION}")
@@ -189,10 +191,12 @@ class PgStore:
         db = self._conn()
         clusters = [
             ClusterRow(
-                cid, user, name, bytes(comp), reentrant, _unpack_options(opts), seq, closing, _unpack_options(overrides)
+                cid, user, name, bytes(comp), reentrant, _unpack_options(opts), seq, closing, _unpack_options(overrides),
+                opened,
             )  # fmt: skip
-            for cid, user, name, comp, reentrant, opts, seq, closing, overrides in db.execute(
-                'SELECT cluster_id, "user", name, computation, reentrant, options, seq, closing, overrides FROM clusters'
+            for cid, user, name, comp, reentrant, opts, seq, closing, overrides, opened in db.execute(
+                'SELECT cluster_id, "user", name, computation, reentrant, options, seq, closing, overrides, opened '
+                "FROM clusters"
             )
         ]
         # a result's bytes stay in the database; only a version-1 row (no size yet) is read, to size it
@@ -273,12 +277,12 @@ class PgStore:
     def _apply(self, cur: psycopg.Cursor[Any], changes: Persist) -> None:
         if changes.clusters:
             cur.executemany(
-                "INSERT INTO clusters VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (cluster_id) DO UPDATE SET "
+                "INSERT INTO clusters VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (cluster_id) DO UPDATE SET "
                 "closing = excluded.closing, overrides = excluded.overrides",
                 [
                     (
                         c.cluster_id, c.user, c.name, c.computation, c.reentrant, _pack_options(c.options), c.seq,
-                        c.closing, _pack_options(c.overrides),
+                        c.closing, _pack_options(c.overrides), c.opened,
                     )  # fmt: skip
                     for c in changes.clusters
                 ],

@@ -40,6 +40,7 @@ class ClusterRow:
     seq: int
     closing: bool
     overrides: dict[str, int]  # node name -> CPUs, as the client set them (set_node_cpus)
+    opened: float = 0.0  # when it was opened; 0: unknown
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +85,7 @@ DRAIN, CPUS, SHARE = "drain", "cpus", "share"
 def cluster_row(cluster: ClusterRecord) -> ClusterRow:
     return ClusterRow(
         cluster.cluster_id, cluster.user, cluster.name, cluster.computation, cluster.reentrant,
-        cluster.options, cluster.seq, cluster.closing, dict(cluster.overrides),
+        cluster.options, cluster.seq, cluster.closing, dict(cluster.overrides), cluster.opened,
     )  # fmt: skip
 
 

@@ -267,7 +267,9 @@ class SchedulerCore:
             self._reject(ev.client, ErrorCode.LIMIT, f"cluster {ev.name} refused: {refusal}", ev.cluster_id)
             return
         self._seq += 1
-        row = ClusterRow(ev.cluster_id, ev.user, ev.name, ev.computation, ev.reentrant, dict(ev.options), self._seq, False, {})
+        row = ClusterRow(
+            ev.cluster_id, ev.user, ev.name, ev.computation, ev.reentrant, dict(ev.options), self._seq, False, {}, self.now
+        )
         cluster = self._add_cluster(row, opts, ev.client)
         self._introduce_nodes(cluster)
         self._out.immediate.append(A.ConfirmOpened(ev.client, ev.cluster_id, False))
@@ -278,7 +280,8 @@ class SchedulerCore:
         """A new cluster, opened by a client or read back from the journal."""
         user = self._user(row.user)
         cluster = ClusterRecord(
-            row.cluster_id, row.user, row.name, client, row.computation, row.reentrant, row.options, row.seq, opts
+            row.cluster_id, row.user, row.name, client, row.computation, row.reentrant, row.options, row.seq, opts,
+            opened=row.opened,
         )
         cluster.placement = compile_nodes(opts.nodes)
         cluster.ask_client = opts.allocate_by_client
