@@ -65,3 +65,29 @@ def test_a_version_1_journal_gets_its_held_results_sized_and_the_operator_settin
     assert journal.read_results("K", [7]) == [held]
     assert journal.load().settings == []  # the table a version-3 file has, empty
     assert sqlite3.connect(tmp_path / FILENAME).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+def test_a_version_2_postgresql_state_is_migrated_and_keeps_its_rows(pg_dsn: str) -> None:
+    import psycopg
+
+    from dispy_sched.core.actions import JobEnd
+    from dispy_sched.pg_store import PgStore, create_schema
+    from test_core_journal import take_epoch
+
+    create_schema(pg_dsn)
+    with psycopg.connect(pg_dsn, autocommit=True) as db:  # back to what version 2 made
+        db.execute("DROP TABLE operator_settings")
+        db.execute("DROP TABLE job_ends")
+        db.execute("ALTER TABLE clusters DROP COLUMN opened")
+        db.execute("UPDATE schema_version SET version = 2")
+        db.execute("INSERT INTO clusters VALUES ('K', 'alice', 'name-K', '\\x00', false, NULL, 1, false, NULL)")
+    store = PgStore(pg_dsn, take_epoch(pg_dsn))
+    try:
+        snap = store.load()
+        assert [(c.cluster_id, c.opened) for c in snap.clusters] == [("K", 0.0)] and snap.settings == []
+        store.record([JobEnd("alice", "K", "name-K", 1, "n1", "Finished", 1.0, 2.0, 3.0, 0.5, 1 << 20, "")])
+        assert store.prune(2.5) == 0 and store.prune(3.5) == 1
+    finally:
+        store.close()
+    with psycopg.connect(pg_dsn, autocommit=True) as db:
+        assert db.execute("SELECT version FROM schema_version").fetchone() == (3,)
