@@ -288,5 +288,5 @@ def test_httpd_serves_the_clusters_status_as_json_also_once_it_is_closed() -> No
     mine = status["square"]
     assert mine["jobs_submitted"] == 1 and mine["jobs_done"] == 1 and mine["jobs_pending"] == 0, status
     assert [n["jobs_done"] for n in mine["nodes"]] == [1], status
-    assert [(j["id"], j["state"]) for j in mine["jobs"]] == [(1, "finished")], status
+    assert [(j["node"], j["state"]) for j in mine["jobs"]] == [(mine["nodes"][0]["name"], "finished")], status
     assert [n["jobs_done"] for n in closed["nodes"]] == [1] and closed["jobs"] == mine["jobs"]
