@@ -365,7 +365,13 @@ class BaseCluster:
         return ClusterStatus(nodes, self._tracker.counts().pending)
 
     def scheduler_status(self) -> dict[str, Any]:
-        """The scheduler's view: users (share, busy, queued, usage), nodes, totals."""
+        """The scheduler's view: users (share, busy, queued, usage), nodes, totals.
+
+        Raises:
+            DispyError: the cluster is closed, or not connected; TimeoutError: the scheduler did not answer.
+        """
+        if self._closed:  # its loop may be gone: say so, rather than fail inside it
+            raise DispyError("cluster is closed")
         return self._lt.run(self._session.status(), timeout=self._session.timeout + 5)
 
     def print_status(self, wall_time: float | None = None) -> None:

@@ -50,6 +50,7 @@ import os
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -78,6 +79,23 @@ class Counts:
     @property
     def pending(self) -> int:
         return self.submitted - self.done
+
+
+#: ended jobs `ended()` remembers (as `Ended` summaries: no result is kept alive for it), for a status page
+ENDED_KEPT = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Ended:
+    """What a status page shows of an ended job (dispy_client.httpd)."""
+
+    uid: int
+    id: Any  # the user's `job.id`
+    status: int
+    node: str | None
+    submit_time: float
+    start_time: float | None
+    end_time: float | None
 
 
 #: a job between its start and its end (a provisional result does not end it)
@@ -148,6 +166,7 @@ class JobTracker:
         self._pending: list[tuple[str, Any]] = []  # this loop turn's items (loop thread only)
         self._jobs: dict[int, DispyJob] = {}  # unfinished, by uid
         self._nodes: dict[str, DispyNode] = {}
+        self._ended: deque[Ended] = deque(maxlen=ENDED_KEPT)
         self._submitted = self._running = self._done = self._failed = 0
         self._queue: queue.SimpleQueue[tuple[str, Any] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._dispatch_loop, name=f"dispy-{name}-callbacks", daemon=True)
@@ -172,6 +191,11 @@ class JobTracker:
     def unfinished(self) -> list[DispyJob]:
         with self.changed:
             return list(self._jobs.values())
+
+    def ended(self) -> list[Ended]:
+        """The last `ENDED_KEPT` jobs that ended, oldest first."""
+        with self.changed:
+            return list(self._ended)
 
     def counts(self) -> Counts:
         with self.changed:
@@ -447,6 +471,9 @@ class JobTracker:
                 self._running -= 1
             self._done += 1
             self._failed += job.status != DispyJob.Finished
+            self._ended.append(
+                Ended(job._uid, job.id, job.status, job.node, job.submit_time, job.start_time, job.end_time)
+            )
             job.finish.set()
             self._bump()
         self._job_changed(job, node)

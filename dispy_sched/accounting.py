@@ -1,14 +1,17 @@
 """Job accounting: one record per job end, kept in the state database and logged as one key=value line.
 
 The core emits `RecordJobEnds` (with `CoreConfig.accounting`) in the call in
-which jobs end; the shell hands the records to an `AccountingStore` and logs
-each (`log_line`). `SqliteAccounting` keeps them in the `job_ends` table of
-the scheduler's state database (`journal.sqlite3`, whether or not the
-journal is on) through a connection of its own with `synchronous=NORMAL`:
-an accounting record survives a killed scheduler, and costs the hot path no
-fsync of its own (a power cut may lose the last ones; the log lines have
-them too). Records older than `--accounting-retention` are deleted at start
-and hourly. `dispyadmin history` reads the table (`history`), read-only,
+which jobs end; the shell hands the records to an `AccountingStore` (part of
+every `StateStore`) and logs each (`log_line`). `SqliteAccounting` keeps
+them in the `job_ends` table of the scheduler's state database
+(`journal.sqlite3`, whether or not the journal is on) through a connection
+of its own with `synchronous=NORMAL`: an accounting record survives a killed
+scheduler, and costs the hot path no fsync of its own (a power cut may lose
+the last ones; the log lines have them too). With `--state postgresql://...`
+the `PgStore` keeps the same table in PostgreSQL, so the records of a leader
+and of the standby that takes over are in one place. Records older than
+`--accounting-retention` are deleted at start and hourly. `dispyadmin
+history` sums the table (`history`, the same query on either database)
 while the scheduler runs.
 """
 
@@ -18,7 +21,7 @@ import json
 import logging
 import sqlite3
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from .core.actions import JobEnd
 
@@ -41,21 +44,34 @@ CREATE TABLE IF NOT EXISTS job_ends (
 );
 CREATE INDEX IF NOT EXISTS job_ends_by_time ON job_ends (end_time);
 """
-_COLUMNS = (
-    "end_time, user, cluster_id, cluster_name, job_id, node, status, submit_time, start_time, cpu_time, max_rss, reason"
+#: the table's columns ("user" quoted: a reserved word in PostgreSQL, a plain name to SQLite)
+COLUMNS = (
+    'end_time, "user", cluster_id, cluster_name, job_id, node, status, submit_time, start_time, cpu_time, max_rss, '
+    "reason"
 )
 
 
 class AccountingStore(Protocol):
-    """Where job-end records go (the PostgreSQL store of a standby scheduler may implement it too)."""
+    """Where job-end records go: the SQLite state database, or the PostgreSQL store (`PgStore`)."""
 
     def record(self, ends: list[JobEnd]) -> None:
-        """Raises sqlite3.Error (or the store's own error): nothing was written."""
+        """Raises sqlite3.Error or journal.StoreFailed (the store's own error): nothing was written."""
 
     def prune(self, before: float) -> int:
         """Deletes the records of jobs that ended before `before` (Unix time); returns how many."""
 
     def close(self) -> None: ...
+
+
+def rows(ends: list[JobEnd]) -> list[tuple[object, ...]]:
+    """The records as rows of `COLUMNS` (both stores)."""
+    return [
+        (
+            e.end_time, e.user, e.cluster_id, e.cluster_name, e.job_id, e.node, e.status, e.submit_time,
+            e.start_time, e.cpu_time, e.max_rss, e.reason,
+        )  # fmt: skip
+        for e in ends
+    ]
 
 
 class SqliteAccounting:
@@ -76,14 +92,7 @@ class SqliteAccounting:
         with self._db:
             self._db.execute("BEGIN")
             self._db.executemany(
-                f"INSERT INTO job_ends ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        e.end_time, e.user, e.cluster_id, e.cluster_name, e.job_id, e.node, e.status, e.submit_time,
-                        e.start_time, e.cpu_time, e.max_rss, e.reason,
-                    )  # fmt: skip
-                    for e in ends
-                ],
+                f"INSERT INTO job_ends ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows(ends)
             )
 
     def prune(self, before: float) -> int:
@@ -121,19 +130,31 @@ class UserTotal:
     max_rss: int  # bytes: the largest of any of its jobs
 
 
-def history(db: sqlite3.Connection, since: float, user: str | None = None) -> list[UserTotal]:
-    """Each user's totals over the jobs that ended at or after `since` (Unix time), by user name."""
+class Database(Protocol):
+    """A DB-API connection with `execute` (sqlite3's, or psycopg's)."""
+
+    def execute(self, query: str, params: Any = ..., /) -> Any: ...
+
+
+def history(db: Database, since: float, user: str | None = None, mark: str = "?") -> list[UserTotal]:
+    """Each user's totals over the jobs that ended at or after `since` (Unix time), by user name.
+
+    `mark` is the driver's parameter mark: "?" for sqlite3, "%s" for psycopg (SQL both databases read).
+    """
     args: list[object]
-    where, args = "end_time >= ?", [since]
+    where, args = f"end_time >= {mark}", [since]
     if user is not None:
-        where, args = where + " AND user = ?", [since, user]
-    rows = db.execute(
-        "SELECT user, COUNT(*), SUM(status = 'Finished'), SUM(status IN ('Terminated', 'Abandoned')), "
-        "SUM(status = 'Cancelled'), SUM(cpu_time), SUM(MAX(0, end_time - start_time)), MAX(max_rss) "
-        f"FROM job_ends WHERE {where} GROUP BY user ORDER BY user",
+        where, args = where + f' AND "user" = {mark}', [since, user]
+    found = db.execute(
+        "SELECT \"user\", COUNT(*), SUM(CASE WHEN status = 'Finished' THEN 1 ELSE 0 END), "
+        "SUM(CASE WHEN status IN ('Terminated', 'Abandoned') THEN 1 ELSE 0 END), "
+        "SUM(CASE WHEN status = 'Cancelled' THEN 1 ELSE 0 END), SUM(cpu_time), "
+        "SUM(CASE WHEN end_time > start_time THEN end_time - start_time ELSE 0 END), MAX(max_rss) "
+        f'FROM job_ends WHERE {where} GROUP BY "user" ORDER BY "user"',
         args,
     )
     return [
-        UserTotal(name, jobs, finished, failed, cancelled, cpu / 3600, wall / 3600, rss)
-        for name, jobs, finished, failed, cancelled, cpu, wall, rss in rows
-    ]
+        UserTotal(name, int(jobs), int(finished), int(failed), int(cancelled), float(cpu) / 3600, float(wall) / 3600,
+                  int(rss))
+        for name, jobs, finished, failed, cancelled, cpu, wall, rss in found
+    ]  # fmt: skip

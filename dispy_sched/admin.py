@@ -6,7 +6,7 @@
     dispyadmin history [--user U] [--since 1d] [--json]   (admin_history.py)
 
 and, through a running scheduler's HTTP API (admin_api.py), status, users,
-nodes, jobs, cancel, drain, undrain, set-cpus, set-share and reload.
+nodes, clusters, jobs, cancel, drain, undrain, set-cpus, set-share and reload.
 
 Each new secret is drawn here (256 bits), printed once for the operator to
 hand over, and only its SCRAM verifier is written: the scheduler never sees

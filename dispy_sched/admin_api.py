@@ -1,6 +1,6 @@
 """`dispyadmin`'s commands that talk to a running scheduler's JSON API (its --http-port).
 
-    dispyadmin status | users | nodes | jobs [--user U] [--state S]
+    dispyadmin status | users | nodes | clusters | jobs [--user U] [--state S]
     dispyadmin cancel CLUSTER/JOB | --cluster CLUSTER
     dispyadmin drain NODE | undrain NODE | set-cpus NODE N | set-share USER S | reload
 
@@ -144,6 +144,16 @@ def _print_nodes(nodes: list[dict[str, Any]]) -> None:
     _table("nodes", ["node", "address", "state", "busy/CPUs", "offered", "CPU", "memory free", "heard"], rows)
 
 
+def _print_clusters(clusters: list[dict[str, Any]]) -> None:
+    rows = [
+        [c["id"], c["user"], c["name"], ", ".join(f"{n} {s}" for s, n in c["jobs"].items() if n) or "none",
+         ", ".join(c["nodes"]) or "-", _ago(c["opened"]), "attached" if c["attached"] else "away",
+         "closing" if c["closing"] else "open"]
+        for c in clusters
+    ]  # fmt: skip
+    _table(f"clusters ({len(clusters)})", ["cluster", "user", "name", "jobs", "nodes", "opened", "client", "state"], rows)
+
+
 def _print_jobs(jobs: list[dict[str, Any]]) -> None:
     rows = [
         [j["id"], j["user"], j["state"], j["node"] or "-", _ago(j["submitted"]), _ago(j["started"]), _ago(j["ended"])]
@@ -180,6 +190,10 @@ def _cmd_users(args: argparse.Namespace) -> int:
 
 def _cmd_nodes(args: argparse.Namespace) -> int:
     return _run(args, "GET", "/api/v1/nodes", None, _print_nodes)
+
+
+def _cmd_clusters(args: argparse.Namespace) -> int:
+    return _run(args, "GET", "/api/v1/clusters", None, _print_clusters)
 
 
 def _cmd_jobs(args: argparse.Namespace) -> int:
@@ -243,6 +257,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     command("status", _cmd_status, "the scheduler at a glance: version, uptime, nodes, CPUs, jobs")
     command("users", _cmd_users, "users: share, target share, busy CPUs, queued jobs, decayed usage, limits")
     command("nodes", _cmd_nodes, "nodes: state (idle, busy, full, drained), CPUs, CPU %%, memory, last heartbeat")
+    command("clusters", _cmd_clusters, "clusters: id, user, name, jobs by state, nodes it is loaded on, opened when")
     jobs = command("jobs", _cmd_jobs, "jobs held by the scheduler: queued, running, or ended and not yet collected")
     jobs.add_argument("--user", metavar="U", help="only this user's")
     jobs.add_argument("--state", choices=JOB_STATES, help="only jobs in this state")

@@ -1,9 +1,10 @@
 """`dispyadmin history`: CPU-hours per user from the accounting records, as sacct sums them.
 
 Reads the `job_ends` table of the scheduler's state database (read-only, on
-the scheduler host, while the scheduler runs: SQLite's WAL lets it).
+the scheduler host, while the scheduler runs: SQLite's WAL lets it), or of
+the PostgreSQL state of schedulers started with `--state postgresql://...`.
 
-    dispyadmin history [--user U] [--since 1d | --since 2026-11-01] [--state-dir DIR] [--json]
+    dispyadmin history [--user U] [--since 1d | --since 2026-11-01] [--state-dir DIR | --state URL] [--json]
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ def add_parser(sub: Any) -> None:
         "--state-dir", metavar="DIR",
         help=f"the scheduler's state directory (default: its own default, else {SYSTEMD_STATE_DIR})",
     )  # fmt: skip
+    p.add_argument(
+        "--state", metavar="URL",
+        help="the schedulers' --state postgresql://... URL: read the records there instead of a state directory",
+    )  # fmt: skip
     p.add_argument("--json", action="store_true", help="a JSON list, one object per user")
     p.set_defaults(run=run)
 
@@ -73,19 +78,35 @@ def database(state_dir: str | None) -> str:
 def run(args: argparse.Namespace) -> int:
     now = time.time()
     since = since_time(args.since, now)
-    path = database(args.state_dir)
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        totals = history(db, since, args.user)
-    except sqlite3.OperationalError as exc:  # a scheduler of before accounting: no table yet
-        raise ValueError(f"cannot read the accounting records in {path}: {exc}") from None
-    finally:
-        db.close()
+    totals = _from_postgresql(args.state, since, args.user) if args.state else _from_sqlite(args.state_dir, since, args.user)
     if args.json:
         print(json.dumps([asdict(t) for t in totals], indent=1))
     else:
         print(table(totals, since))
     return 0
+
+
+def _from_sqlite(state_dir: str | None, since: float, user: str | None) -> list[UserTotal]:
+    path = database(state_dir)
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return history(db, since, user)
+    except sqlite3.OperationalError as exc:  # a scheduler of before accounting: no table yet
+        raise ValueError(f"cannot read the accounting records in {path}: {exc}") from None
+    finally:
+        db.close()
+
+
+def _from_postgresql(dsn: str, since: float, user: str | None) -> list[UserTotal]:
+    import psycopg  # only here: the PostgreSQL store is an optional dependency
+
+    from .pg_store import connect, describe
+
+    try:
+        with connect(dsn, autocommit=True) as db:
+            return history(db, since, user, mark="%s")
+    except psycopg.Error as exc:  # unreachable, or a schema of before accounting there
+        raise ValueError(f"cannot read the accounting records from the PostgreSQL state: {describe(exc)}") from None
 
 
 def table(totals: list[UserTotal], since: float) -> str:

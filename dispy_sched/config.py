@@ -392,8 +392,9 @@ def build_parser() -> argparse.ArgumentParser:
         dest="journal",
         action="store_false",
         default=None,
-        help="keep nothing across restarts (no journal in the state dir): accepted jobs, held results "
-        "and usage history are lost when the scheduler stops",
+        help="keep nothing across restarts (no journal in the state dir): accepted jobs, held results, "
+        "usage history and the drains, CPU caps and shares set through the HTTP API are lost when the scheduler "
+        "stops (accounting records are still kept)",
     )
     p.add_argument(
         "--journal-sync",
@@ -405,8 +406,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--state",
         metavar="URL",
         help="postgresql://USER@HOST/DB (or a libpq connection string): keep the state in PostgreSQL instead of "
-        "the SQLite journal; every scheduler given the same URL shares it: one leads, the others stand by and "
-        "take over when it dies (docs/standby.md)",
+        "the SQLite journal (and the accounting records with it: dispyadmin history --state URL); every "
+        "scheduler given the same URL shares it: one leads, the others stand by and take over when it dies "
+        "(docs/standby.md)",
     )
     p.add_argument("--lease", metavar="S", help="seconds a silent leader keeps leading before a standby takes over (3)")
     p.add_argument(
@@ -468,7 +470,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="let clients see other users by name in the scheduler's status (default: only as totals)",
     )  # fmt: skip
     p.add_argument("--loglevel", help="DEBUG, INFO (default), WARNING, ERROR")
-    http = p.add_argument_group("HTTP: the JSON API (/api/v1/...) that dispyadmin uses, and Prometheus /metrics")
+    http = p.add_argument_group(
+        "HTTP: the dashboard (/), the JSON API (/api/v1/...) that dispyadmin uses, and Prometheus /metrics; drains, "
+        "CPU caps and shares set through it are kept in the state and hold across restarts"
+    )
     http.add_argument("--http-port", metavar="P", help="serve them on this port (default: off; 0 picks one)")
     http.add_argument("--http-host", metavar="H", help="address to serve them on (default 127.0.0.1); TLS with "
                       "--tls-cert when given; users log in with their secret only over TLS or on loopback")  # fmt: skip

@@ -36,7 +36,17 @@ HISTORY_POINTS = 360
 #: jobs listed in a snapshot at most (the counts in `status` cover the rest): a snapshot of 1,000 running
 #: jobs costs the loop about 30 ms on a loaded machine, of 500 about half that
 MAX_JOBS = 500
-STATIC = {"index.html": "text/html", "app.js": "text/javascript", "style.css": "text/css"}
+#: the files of dispy_sched/static/ and their types; common.js and style.css are also a program's cluster page's
+#: (cluster.html, cluster.js: dispy_client/httpd.py serves them from here)
+STATIC = {
+    "index.html": "text/html", "app.js": "text/javascript", "common.js": "text/javascript", "style.css": "text/css",
+    "cluster.html": "text/html", "cluster.js": "text/javascript",
+}  # fmt: skip
+
+
+def static_file(name: str) -> bytes:
+    """A file of the package's static/ directory (shipped as package data)."""
+    return (resources.files("dispy_sched") / "static" / name).read_bytes()
 
 
 class Dashboard:
@@ -46,7 +56,7 @@ class Dashboard:
         self.history: deque[tuple[float, dict[str, int]]] = deque(maxlen=HISTORY_POINTS)
         #: the last snapshot's JSON per viewer, with the core turn it shows: pages of one viewer share it
         self._cache: dict[str | None, tuple[int, str]] = {}
-        self._files = {name: (resources.files("dispy_sched") / "static" / name).read_bytes() for name in STATIC}
+        self._files = {name: static_file(name) for name in STATIC}
         api.app.add_routes([
             web.get("/", self.page),
             web.get("/static/{name}", self.static),

@@ -31,10 +31,12 @@ each done job's result size, not its bytes, and the shell reads a result
 client that is away or slow costs disk, not memory.
 
 Another store (`PgStore`, pg_store.py: PostgreSQL, shared by a leader and
-its standby schedulers) implements the same four methods.
+its standby schedulers) implements the same methods.
 
-The same file holds the accounting records (`job_ends`), written through a
-connection of their own by `accounting.SqliteAccounting`, journal or not.
+A store keeps the accounting records too (`AccountingStore`: the
+`job_ends` table). Here the same file holds them, written through a
+connection of their own by `accounting.SqliteAccounting`, which the
+scheduler also uses alone when the journal is off.
 """
 
 from __future__ import annotations
@@ -42,15 +44,16 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import msgpack
 
 from dispy_wire.messages import JobResult
 
-from .core.actions import Persist
-from .core.persist import ClusterRow, JobRow
+from .accounting import AccountingStore, SqliteAccounting
+from .core.actions import JobEnd, Persist
+from .core.persist import ClusterRow, JobRow, SettingRow
 from .core.state import result_cost
 
 log = logging.getLogger(__name__)
@@ -58,7 +61,8 @@ log = logging.getLogger(__name__)
 FILENAME = "journal.sqlite3"
 #: the usage-only store of earlier versions, imported once
 OLD_USAGE_FILE = "usage.sqlite3"
-SCHEMA_VERSION = 2  # 2: jobs.result_size, so results stay on disk until a client takes them
+#: 2: jobs.result_size, so results stay on disk until a client takes them; 3: operator_settings, clusters.opened
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS clusters (
@@ -70,7 +74,8 @@ CREATE TABLE IF NOT EXISTS clusters (
     options BLOB,                -- msgpack; NULL: none
     seq INTEGER NOT NULL,
     closing INTEGER NOT NULL,
-    overrides BLOB               -- msgpack {node name: CPUs}; NULL: none
+    overrides BLOB,              -- msgpack {node name: CPUs}; NULL: none
+    opened REAL NOT NULL DEFAULT 0  -- Unix time; 0: opened under schema 2 or earlier
 );
 CREATE TABLE IF NOT EXISTS jobs (
     cluster_id TEXT NOT NULL,
@@ -93,6 +98,12 @@ CREATE TABLE IF NOT EXISTS user_usage (
     cpu_seconds REAL NOT NULL,   -- decayed CPU-seconds ...
     as_of REAL NOT NULL          -- ... as of this Unix time
 );
+CREATE TABLE IF NOT EXISTS operator_settings (  -- drains, CPU caps and shares set through the admin API
+    kind TEXT NOT NULL,          -- drain | cpus | share
+    name TEXT NOT NULL,          -- the node's or user's name
+    value REAL NOT NULL,
+    PRIMARY KEY (kind, name)
+);
 """
 
 
@@ -103,6 +114,7 @@ class Snapshot:
     clusters: list[ClusterRow]
     jobs: list[JobRow]  # in submission order
     usage: dict[str, tuple[float, float]]  # user -> (CPU-seconds, as of)
+    settings: list[SettingRow] = field(default_factory=list)  # the operator's drains, CPU caps and shares
 
 
 class StoreFailed(Exception):
@@ -118,8 +130,8 @@ class NotLeader(StoreFailed):
         self.current = current
 
 
-class StateStore(Protocol):
-    """Where the scheduler keeps what it accepted."""
+class StateStore(AccountingStore, Protocol):
+    """Where the scheduler keeps what it accepted, and its accounting records."""
 
     def load(self) -> Snapshot:
         """Every cluster, job and usage row; done jobs come with `result_size` and no `result` (left on disk)."""
@@ -166,13 +178,16 @@ class SqliteJournal:
         self._sync = "NORMAL" if synchronous.upper() == "NORMAL" else "FULL"
         self._db.execute(f"PRAGMA synchronous={self._sync}")
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        if version not in (0, 1, SCHEMA_VERSION):
+        if version not in (0, 1, 2, SCHEMA_VERSION):  # 2 -> 3: a new table, made by _SCHEMA
             raise sqlite3.DatabaseError(f"{self.path} has schema version {version}; this scheduler reads {SCHEMA_VERSION}")
         self._db.executescript(_SCHEMA)
         if version == 1:  # results held by version 1 get their size when first loaded (`load`)
             self._db.execute("ALTER TABLE jobs ADD COLUMN result_size INTEGER NOT NULL DEFAULT 0")
+        if version in (1, 2):
+            self._db.execute("ALTER TABLE clusters ADD COLUMN opened REAL NOT NULL DEFAULT 0")
         self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         self._import_old_usage(os.path.join(state_dir, OLD_USAGE_FILE))
+        self._accounting = SqliteAccounting(self.path)
 
     def _import_old_usage(self, path: str) -> None:
         """Takes the usage an earlier version saved in its own file, once (the file is then renamed)."""
@@ -196,10 +211,11 @@ class SqliteJournal:
         clusters = [
             ClusterRow(
                 cid, user, name, bytes(comp), bool(reentrant), _unpack_options(opts), seq, bool(closing),
-                _unpack_options(overrides),
+                _unpack_options(overrides), opened,
             )  # fmt: skip
-            for cid, user, name, comp, reentrant, opts, seq, closing, overrides in self._db.execute(
-                "SELECT cluster_id, user, name, computation, reentrant, options, seq, closing, overrides FROM clusters"
+            for cid, user, name, comp, reentrant, opts, seq, closing, overrides, opened in self._db.execute(
+                "SELECT cluster_id, user, name, computation, reentrant, options, seq, closing, overrides, opened "
+                "FROM clusters"
             )
         ]
         # a result's bytes stay on disk; only a version-1 row (no size yet) is read, to size it
@@ -215,7 +231,8 @@ class SqliteJournal:
             )
         ]
         usage = {u: (float(c), float(t)) for u, c, t in self._db.execute("SELECT user, cpu_seconds, as_of FROM user_usage")}
-        return Snapshot(clusters, jobs, usage)
+        settings = [SettingRow(*row) for row in self._db.execute(SELECT_SETTINGS)]
+        return Snapshot(clusters, jobs, usage, settings)
 
     def read_results(self, cluster_id: str, job_ids: list[int]) -> list[JobResult]:
         found: dict[int, JobResult] = {}
@@ -245,12 +262,12 @@ class SqliteJournal:
         try:
             if changes.clusters:
                 db.executemany(
-                    "INSERT INTO clusters VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(cluster_id) DO UPDATE SET "
+                    "INSERT INTO clusters VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(cluster_id) DO UPDATE SET "
                     "closing = excluded.closing, overrides = excluded.overrides",
                     [
                         (
                             c.cluster_id, c.user, c.name, c.computation, c.reentrant, _pack_options(c.options), c.seq,
-                            c.closing, _pack_options(c.overrides),
+                            c.closing, _pack_options(c.overrides), c.opened,
                         )  # fmt: skip
                         for c in changes.clusters
                     ],
@@ -279,16 +296,28 @@ class SqliteJournal:
                     "cpu_seconds = excluded.cpu_seconds, as_of = excluded.as_of",
                     [(u.user, u.cpu_seconds, u.as_of) for u in changes.usage],
                 )
+            if changes.settings is not None:  # few rows: all of them anew
+                db.execute("DELETE FROM operator_settings")
+                db.executemany(
+                    "INSERT INTO operator_settings VALUES (?, ?, ?)", [(r.kind, r.name, r.value) for r in changes.settings]
+                )
         except BaseException:
             db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
+
+    def record(self, ends: list[JobEnd]) -> None:
+        self._accounting.record(ends)
+
+    def prune(self, before: float) -> int:
+        return self._accounting.prune(before)
 
     def size(self) -> int:
         """Bytes on disk (database and write-ahead log)."""
         return sum(os.path.getsize(p) for p in (self.path, self.path + "-wal") if os.path.exists(p))
 
     def close(self) -> None:
+        self._accounting.close()
         self._db.close()
 
 
@@ -296,7 +325,11 @@ def _only_forgets(changes: Persist) -> bool:
     """Whether a turn's changes only delete jobs (their results acknowledged, or dropped)."""
     return bool(changes.gone_jobs) and not (
         changes.clusters or changes.new_jobs or changes.changed_jobs or changes.gone_clusters or changes.usage
+        or changes.settings is not None
     )
+
+
+SELECT_SETTINGS = "SELECT kind, name, value FROM operator_settings ORDER BY kind, name"
 
 
 def _pack_options(options: dict[str, Any]) -> bytes | None:

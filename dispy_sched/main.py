@@ -24,7 +24,7 @@ from dispy_wire.version import version_line
 from .policies import Policy, UnknownPolicy, load_policy
 from . import tls_init
 from .server import SchedulerServer, step_down
-from .accounting import SqliteAccounting
+from .accounting import AccountingStore, SqliteAccounting
 from .journal import FILENAME as STATE_DATABASE, SqliteJournal, StateStore
 from .standby import StandbyAnswer
 
@@ -90,7 +90,7 @@ async def stand_by(cfg: SchedConfig, stop: asyncio.Event) -> Leadership | None:
 
 
 async def serve(
-    cfg: SchedConfig, policy: Policy, journal: StateStore | None, accounting: SqliteAccounting | None
+    cfg: SchedConfig, policy: Policy, journal: StateStore | None, accounting: AccountingStore | None
 ) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -114,7 +114,7 @@ async def serve(
                 return
             from .pg_store import PgStore
 
-            store = PgStore(cfg.state, leadership.epoch)
+            store = accounting = PgStore(cfg.state, leadership.epoch)  # the records go to PostgreSQL too
             leadership.keep(step_down)
         await _lead(cfg, policy, store, accounting, stop, signals, notifier, leadership)
     finally:
@@ -126,7 +126,7 @@ async def serve(
 
 
 async def _lead(
-    cfg: SchedConfig, policy: Policy, store: StateStore | None, accounting: SqliteAccounting | None,
+    cfg: SchedConfig, policy: Policy, store: StateStore | None, accounting: AccountingStore | None,
     stop: asyncio.Event, signals: list[str], notifier: Notifier, leadership: Leadership | None,
 ) -> None:  # fmt: skip
     core_config = CoreConfig(
@@ -249,7 +249,10 @@ def main(argv: list[str] | None = None) -> int:
         return EX_CONFIG
     try:
         journal = SqliteJournal(cfg.state_dir, cfg.journal_sync) if cfg.journal and cfg.state is None else None
-        accounting = SqliteAccounting(os.path.join(cfg.state_dir, STATE_DATABASE))
+        # the journal keeps the records; without one, the same file does; with PostgreSQL, PgStore (`serve`)
+        accounting: AccountingStore | None = journal
+        if journal is None and cfg.state is None:
+            accounting = SqliteAccounting(os.path.join(cfg.state_dir, STATE_DATABASE))
     except sqlite3.Error as exc:
         print(f"dispyscheduler: cannot open the state database in {cfg.state_dir}: {exc}", file=sys.stderr)
         lock.close()
@@ -262,9 +265,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dispyscheduler: cannot listen{where}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     finally:
+        if accounting is not None and accounting is not journal:
+            accounting.close()
         if journal is not None:
             journal.close()
-        accounting.close()
         lock.close()
     return 0
 

@@ -20,28 +20,36 @@ reconnects and retries the whole transaction until `pause_limit` seconds
 have passed, then raises. Retrying is safe because the transaction either
 committed nothing or everything, and rows are written as values ("insert or
 replace", "set state = ..."), not increments.
+
+The accounting records (`job_ends`, accounting.py) are written the same way,
+fenced and retried, in a transaction of their own after the turn's state;
+`dispyadmin history --state postgresql://...` reads them.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
 
 from dispy_wire.messages import JobResult
 
-from .core.actions import Persist
-from .core.persist import ClusterRow, JobRow
+from .accounting import COLUMNS, rows
+from .core.actions import JobEnd, Persist
+from .core.persist import ClusterRow, JobRow, SettingRow
 from .core.state import result_cost
 from .journal import (
-    NotLeader, Snapshot, StoreFailed, _pack_options, _unpack_options, _unpack_result, changed_job_values, new_job_values,
+    SELECT_SETTINGS, NotLeader, Snapshot, StoreFailed, _pack_options, _unpack_options, _unpack_result, changed_job_values, new_job_values,
 )
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2  # 2: jobs.result_size, so results stay in the database until a client takes them
+#: 2: jobs.result_size, so results stay in the database until a client takes them; 3: operator_settings,
+#: job_ends (the accounting records), clusters.opened
+SCHEMA_VERSION = 3
 
 # the tables of journal.py, in PostgreSQL's types ("user" is a reserved word there: quoted)
 _SCHEMA = """
@@ -54,7 +62,8 @@ CREATE TABLE IF NOT EXISTS clusters (
     options BYTEA,
     seq BIGINT NOT NULL,
     closing BOOLEAN NOT NULL,
-    overrides BYTEA
+    overrides BYTEA,
+    opened DOUBLE PRECISION NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS jobs (
     cluster_id TEXT NOT NULL,
@@ -88,8 +97,31 @@ CREATE TABLE IF NOT EXISTS leader (
     since TIMESTAMPTZ NOT NULL
 );
 INSERT INTO leader VALUES (1, 0, '', 0, 0, now()) ON CONFLICT (id) DO NOTHING;
+CREATE TABLE IF NOT EXISTS operator_settings (
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    value DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (kind, name)
+);
+CREATE TABLE IF NOT EXISTS job_ends (  -- accounting.py's table
+    end_time DOUBLE PRECISION NOT NULL,
+    "user" TEXT NOT NULL,
+    cluster_id TEXT NOT NULL,
+    cluster_name TEXT NOT NULL,
+    job_id BIGINT NOT NULL,
+    node TEXT NOT NULL,
+    status TEXT NOT NULL,
+    submit_time DOUBLE PRECISION NOT NULL,
+    start_time DOUBLE PRECISION NOT NULL,
+    cpu_time DOUBLE PRECISION NOT NULL,
+    max_rss BIGINT NOT NULL,
+    reason TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS job_ends_by_time ON job_ends (end_time);
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
 """
+
+_MARKS = ", ".join(["%s"] * len(COLUMNS.split(",")))
 
 #: an advisory lock key for creating the schema (two schedulers starting at once)
 _SCHEMA_LOCK = 0x64697370_7973
@@ -122,8 +154,10 @@ def create_schema(dsn: str) -> None:
             row = db.execute("SELECT version FROM schema_version").fetchone()
             if row is None:
                 db.execute("INSERT INTO schema_version VALUES (%s)", (SCHEMA_VERSION,))
-            elif row[0] == 1:  # version 1's held results get their size when first loaded (`load`)
+            elif row[0] in (1, 2):  # 2 -> 3: new tables, made above
+                # version 1's held results get their size when first loaded (`load`)
                 db.execute("ALTER TABLE jobs ADD COLUMN IF NOT EXISTS result_size BIGINT NOT NULL DEFAULT 0")
+                db.execute("ALTER TABLE clusters ADD COLUMN IF NOT EXISTS opened DOUBLE PRECISION NOT NULL DEFAULT 0")
                 db.execute("UPDATE schema_version SET version = %s", (SCHEMA_VERSION,))
             elif row[0] != SCHEMA_VERSION:
                 raise psycopg.DatabaseError(f"the database has schema version {row[0]}; this scheduler reads {SCHEMA_VERSION}")
@@ -157,10 +191,12 @@ class PgStore:
         db = self._conn()
         clusters = [
             ClusterRow(
-                cid, user, name, bytes(comp), reentrant, _unpack_options(opts), seq, closing, _unpack_options(overrides)
+                cid, user, name, bytes(comp), reentrant, _unpack_options(opts), seq, closing, _unpack_options(overrides),
+                opened,
             )  # fmt: skip
-            for cid, user, name, comp, reentrant, opts, seq, closing, overrides in db.execute(
-                'SELECT cluster_id, "user", name, computation, reentrant, options, seq, closing, overrides FROM clusters'
+            for cid, user, name, comp, reentrant, opts, seq, closing, overrides, opened in db.execute(
+                'SELECT cluster_id, "user", name, computation, reentrant, options, seq, closing, overrides, opened '
+                "FROM clusters"
             )
         ]
         # a result's bytes stay in the database; only a version-1 row (no size yet) is read, to size it
@@ -175,7 +211,8 @@ class PgStore:
             )
         ]
         usage = {u: (float(c), float(t)) for u, c, t in db.execute('SELECT "user", cpu_seconds, as_of FROM user_usage')}
-        return Snapshot(clusters, jobs, usage)
+        settings = [SettingRow(*row) for row in db.execute(SELECT_SETTINGS)]
+        return Snapshot(clusters, jobs, usage, settings)
 
     def read_results(self, cluster_id: str, job_ids: list[int]) -> list[JobResult]:
         found = {
@@ -194,11 +231,24 @@ class PgStore:
             NotLeader: another scheduler took over; nothing was written.
             StoreFailed: the database stayed unreachable for `pause_limit` seconds, or refused the rows.
         """
+        self._fenced(lambda cur: self._apply(cur, changes))
+
+    def record(self, ends: list[JobEnd]) -> None:
+        """Adds accounting records, fenced and retried as `write` is (same errors)."""
+        self._fenced(lambda cur: cur.executemany(f"INSERT INTO job_ends ({COLUMNS}) VALUES ({_MARKS})", rows(ends)))
+
+    def prune(self, before: float) -> int:
+        gone: list[int] = []
+        self._fenced(lambda cur: gone.append(cur.execute("DELETE FROM job_ends WHERE end_time < %s", (before,)).rowcount))
+        return gone[-1]
+
+    def _fenced(self, apply: Callable[[psycopg.Cursor[Any]], object]) -> None:
+        """Runs `apply` in one transaction fenced by our epoch, retried while the database is unreachable."""
         started = time.monotonic()
         delay = 0.0
         while True:
             try:
-                self._write(self._conn(), changes)
+                self._write(self._conn(), apply)
                 if delay:
                     log.warning("state database back after %.1f s: writes resume", time.monotonic() - started)
                 return
@@ -215,24 +265,24 @@ class PgStore:
             except psycopg.Error as exc:
                 raise StoreFailed(describe(exc)) from exc
 
-    def _write(self, db: psycopg.Connection[Any], changes: Persist) -> None:
+    def _write(self, db: psycopg.Connection[Any], apply: Callable[[psycopg.Cursor[Any]], object]) -> None:
         with db.transaction():
             row = db.execute("SELECT epoch FROM leader WHERE id = 1 FOR SHARE").fetchone()
             current = -1 if row is None else int(row[0])
             if current != self.epoch:
                 raise NotLeader(self.epoch, current)
             with db.cursor() as cur:
-                self._apply(cur, changes)
+                apply(cur)
 
     def _apply(self, cur: psycopg.Cursor[Any], changes: Persist) -> None:
         if changes.clusters:
             cur.executemany(
-                "INSERT INTO clusters VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (cluster_id) DO UPDATE SET "
+                "INSERT INTO clusters VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (cluster_id) DO UPDATE SET "
                 "closing = excluded.closing, overrides = excluded.overrides",
                 [
                     (
                         c.cluster_id, c.user, c.name, c.computation, c.reentrant, _pack_options(c.options), c.seq,
-                        c.closing, _pack_options(c.overrides),
+                        c.closing, _pack_options(c.overrides), c.opened,
                     )  # fmt: skip
                     for c in changes.clusters
                 ],
@@ -264,6 +314,11 @@ class PgStore:
                 'INSERT INTO user_usage VALUES (%s, %s, %s) ON CONFLICT ("user") DO UPDATE SET '
                 "cpu_seconds = excluded.cpu_seconds, as_of = excluded.as_of",
                 [(u.user, u.cpu_seconds, u.as_of) for u in changes.usage],
+            )
+        if changes.settings is not None:
+            cur.execute("DELETE FROM operator_settings")
+            cur.executemany(
+                "INSERT INTO operator_settings VALUES (%s, %s, %s)", [(r.kind, r.name, r.value) for r in changes.settings]
             )
 
     def close(self) -> None:

@@ -191,16 +191,17 @@ class SchedulerServer:
         if self.store is not None:
             started = time.monotonic()
             snap = self.store.load()
-            restored = E.StateRestored(snap.clusters, snap.jobs, snap.usage, self.config.adopt_within)
+            restored = E.StateRestored(snap.clusters, snap.jobs, snap.usage, self.config.adopt_within, snap.settings)
             for action in self.core.handle(restored, now=time.time()):
                 self._execute(action)
             states: dict[str, int] = {}
             for job in snap.jobs:
                 states[job.state] = states.get(job.state, 0) + 1
             log.info(
-                "journal: restored %d clusters, %d jobs (%s), usage of %d users in %.2f s",
+                "journal: restored %d clusters, %d jobs (%s), usage of %d users, %d operator settings (%s) in %.2f s",
                 len(snap.clusters), len(snap.jobs), ", ".join(f"{n} {s}" for s, n in sorted(states.items())) or "none",
-                len(snap.usage), time.monotonic() - started,
+                len(snap.usage), len(snap.settings), ", ".join(f"{r.kind} {r.name}={r.value:g}" for r in snap.settings)[:500],
+                time.monotonic() - started,
             )  # fmt: skip
         loop = asyncio.get_running_loop()
         self._size_gate(loop)
@@ -320,7 +321,7 @@ class SchedulerServer:
             return
         try:
             gone = self.accounting.prune(now - self.config.accounting_retention)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, StoreFailed) as exc:
             log.error("cannot prune the accounting records: %s", exc)
             return
         if gone:
@@ -588,7 +589,7 @@ class SchedulerServer:
             return
         try:
             self.accounting.record(ends)
-        except sqlite3.Error as exc:  # the jobs' results still go out: the log lines keep the record
+        except (sqlite3.Error, StoreFailed) as exc:  # the jobs' results still go out: the log lines keep the record
             log.error("cannot write %d accounting records: %s", len(ends), exc)
 
     def _execute(self, action: A.Action) -> None:

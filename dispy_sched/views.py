@@ -50,8 +50,8 @@ def status(core: SchedulerCore, started: float, viewer: str | None) -> dict[str,
     clusters = _visible_clusters(core, viewer)
     jobs = {state: 0 for state in JOB_STATES}
     for cluster in clusters:
-        for job in cluster.jobs.values():
-            jobs[job_state(job)] += 1
+        for state, n in job_counts(cluster).items():
+            jobs[state] += n
     return {
         "version": version(),
         "policy": getattr(core.policy, "name", type(core.policy).__name__),
@@ -109,9 +109,19 @@ def clusters(core: SchedulerCore, viewer: str | None) -> list[dict[str, Any]]:
             "running": c.busy - c.waiting,
             "done": sum(1 for j in c.jobs.values() if j.state is JobState.DONE),
             "nodes": sorted(core.nodes[n].name for n in c.loaded_on if n in core.nodes),
+            "jobs": job_counts(c),
+            "opened": c.opened or None,  # None: opened under an earlier version
         }
         for c in sorted(_visible_clusters(core, viewer), key=lambda c: c.seq)
     ]
+
+
+def job_counts(cluster: ClusterRecord) -> dict[str, int]:
+    """How many of the cluster's held jobs are in each state (every state named, 0 or not)."""
+    counts = {state: 0 for state in JOB_STATES}
+    for job in cluster.jobs.values():
+        counts[job_state(job)] += 1
+    return counts
 
 
 def jobs(core: SchedulerCore, viewer: str | None, user: str | None = None, state: str | None = None) -> list[dict[str, Any]]:

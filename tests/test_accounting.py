@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psycopg
+
 from dispy_sched.accounting import UserTotal, history
 from dispy_sched.admin_history import since_time, table
 from procs import Cluster
@@ -146,3 +148,28 @@ def test_history_sums_and_prints_a_table(tmp_path: Path) -> None:
     assert re.search(r"alice\s+2\s+1\s+1\s+0\s+1\.000", text) and re.search(r"total\s+3\s+1\s+1\s+1\s+1\.000", text)
     assert since_time("1d", now) == now - 86400
     store.close()
+
+
+def test_with_postgresql_state_the_records_are_in_postgresql_and_history_reads_them_there(
+    cluster: Cluster, pg_dsn: str
+) -> None:
+    cluster.scheduler("--state", pg_dsn, "--lease", "2")
+    cluster.node(name="n1")
+    run_program(cluster, "alice", "cpu", "fail")
+    run_program(cluster, "bob", "plain")
+
+    def in_postgresql() -> list[tuple[str, str, str]]:
+        with psycopg.connect(pg_dsn, autocommit=True) as db:
+            return db.execute('SELECT "user", node, status FROM job_ends ORDER BY "user", job_id').fetchall()
+
+    wait_until(lambda: len(in_postgresql()) == 3, what="three accounting records in PostgreSQL")
+    assert in_postgresql() == [("alice", "n1", "Finished"), ("alice", "n1", "Terminated"), ("bob", "n1", "Finished")]
+    local = cluster.workdir / "scheduler-state" / "journal.sqlite3"
+    assert not local.exists() or records(local.parent) == []  # not split between two places
+    done = admin("history", "--state", pg_dsn, "--json")
+    assert done.returncode == 0, done.stderr
+    totals = {t["user"]: t for t in json.loads(done.stdout)}
+    assert (totals["alice"]["jobs"], totals["alice"]["finished"], totals["alice"]["failed"]) == (2, 1, 1)
+    assert totals["alice"]["cpu_hours"] >= 0.45 / 3600 and totals["bob"]["jobs"] == 1
+    only = admin("history", "--state", pg_dsn, "--user", "bob")
+    assert only.returncode == 0 and "bob" in only.stdout and "alice" not in only.stdout, only.stdout

@@ -271,17 +271,22 @@ def test_depends_takes_an_instance_and_a_partial_as_dispy_does() -> None:
         dispy.JobCluster(scaled, depends=[None])
 
 
-def test_httpd_serves_the_clusters_status_as_json() -> None:
-    with dispy.JobCluster(square) as cluster:
-        server = DispyHTTPServer(cluster, port=0)
-        try:
+def test_httpd_serves_the_clusters_status_as_json_also_once_it_is_closed() -> None:
+    server = None
+    try:
+        with dispy.JobCluster(square) as cluster:
+            server = DispyHTTPServer(cluster, port=0)
             cluster.submit(2)()
             cluster.wait()
             host, port = server.address
             with urllib.request.urlopen(f"http://{host}:{port}/cluster_status.json", timeout=10) as reply:
                 status = json.load(reply)
-        finally:
+        closed = server.status()["square"]  # its scheduler is gone: what its jobs told
+    finally:
+        if server is not None:
             server.shutdown()
     mine = status["square"]
     assert mine["jobs_submitted"] == 1 and mine["jobs_done"] == 1 and mine["jobs_pending"] == 0, status
     assert [n["jobs_done"] for n in mine["nodes"]] == [1], status
+    assert [(j["node"], j["state"]) for j in mine["jobs"]] == [(mine["nodes"][0]["name"], "finished")], status
+    assert [n["jobs_done"] for n in closed["nodes"]] == [1] and closed["jobs"] == mine["jobs"]

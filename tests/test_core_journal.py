@@ -22,7 +22,7 @@ from dispy_sched.core import CoreConfig, SchedulerCore
 from dispy_sched.core import actions as A
 from dispy_sched.core import events as E
 from dispy_sched.core.invariants import check_invariants
-from dispy_sched.core.persist import ClusterRow, JobRow
+from dispy_sched.core.persist import ClusterRow, JobRow, SettingRow
 from dispy_sched.core.state import JobState, decay, result_cost
 from dispy_sched.journal import SqliteJournal, StateStore
 from dispy_sched.pg_store import PgStore, create_schema
@@ -62,6 +62,7 @@ class MemoryJournal:
         self.clusters: dict[str, ClusterRow] = {}
         self.jobs: dict[tuple[str, int], JobRow] = {}
         self.usage: dict[str, tuple[float, float]] = {}
+        self.settings: list[SettingRow] = []
         self.commits = 0
 
     def apply(self, actions: list[A.Action]) -> None:
@@ -90,11 +91,13 @@ class MemoryJournal:
             self.jobs = {k: v for k, v in self.jobs.items() if k[0] != cid}
         for u in p.usage:
             self.usage[u.user] = (u.cpu_seconds, u.as_of)
+        if p.settings is not None:
+            self.settings = list(p.settings)
 
     def restored(self, adopt_within: float = 30.0) -> E.StateRestored:
         """What `SqliteJournal.load` gives: every row, results left on disk (their sizes only)."""
         jobs = [dataclasses.replace(j, result=None) for j in sorted(self.jobs.values(), key=lambda j: j.seq)]
-        return E.StateRestored(list(self.clusters.values()), jobs, dict(self.usage), adopt_within)
+        return E.StateRestored(list(self.clusters.values()), jobs, dict(self.usage), adopt_within, list(self.settings))
 
     def read_results(self, cluster_id: str, job_ids: list[int]) -> list[JobResult]:
         """As `StateStore.read_results`: the held results of those jobs it still has."""
@@ -118,6 +121,7 @@ class StoreJournal(MemoryJournal):
             assert {c.cluster_id: c for c in snap.clusters} == self.clusters
             assert snap.jobs == [dataclasses.replace(j, result=None) for j in sorted(self.jobs.values(), key=lambda j: j.seq)]
             assert snap.usage == self.usage
+            assert snap.settings == self.settings
 
     def read_results(self, cluster_id: str, job_ids: list[int]) -> list[JobResult]:
         from_store = self.store.read_results(cluster_id, job_ids)
@@ -126,7 +130,7 @@ class StoreJournal(MemoryJournal):
 
     def restored(self, adopt_within: float = 30.0) -> E.StateRestored:
         snap = self.store.load()
-        return E.StateRestored(snap.clusters, snap.jobs, snap.usage, adopt_within)
+        return E.StateRestored(snap.clusters, snap.jobs, snap.usage, adopt_within, snap.settings)
 
 
 @pytest.fixture(params=["memory", "sqlite", "postgresql"])
@@ -261,6 +265,32 @@ def test_cpus_a_client_set_for_a_node_hold_after_a_restart_while_it_is_away(make
     run(core, journal, journal.restored(), now=10)
     assert not of(run(core, journal, joined("n1", 2), now=11), A.Dispatch)  # still kept off host-n1
     assert dispatched(run(core, journal, joined("n22", 2), now=12)) == {"n22": [("K", 1)]}
+
+
+def test_drains_cpu_caps_and_shares_an_operator_set_hold_after_a_restart_until_undone(
+    make_core: MakeCore, new_journal: NewJournal
+) -> None:
+    core, journal = make_core(persist=True, shares={"adam": 1.0}), new_journal()
+    run(core, journal, joined("n1", 4), joined("n2", 4), opened("ca", "A", "adam"), now=0)
+    for event in (E.NodeDrainSet("d", "host-n1", True), E.NodeCpusCapped("c", "host-n2", 1), E.UserShareSet("s", "adam", 3.0)):
+        assert not answer_error(run(core, journal, event, now=1))
+    assert journal.settings == [SettingRow("cpus", "host-n2", 1.0), SettingRow("drain", "host-n1", 1.0), SettingRow("share", "adam", 3.0)]
+    core = make_core(persist=True, shares={"adam": 1.0})
+    run(core, journal, journal.restored(), now=10)
+    run(core, journal, joined("n1", 4), joined("n2", 4), opened("ca", "A", "adam"), submitted("ca", "A", 1, 2, 3), now=11)
+    assert core.users["adam"].share == 3.0
+    assert {n.name: (n.drained, n.cpus) for n in core.nodes.values()} == {"host-n1": (True, 4), "host-n2": (False, 1)}
+    assert sum(n.busy for n in core.nodes.values()) == 1  # one CPU of n2; none of the drained n1
+    run(core, journal, E.NodeDrainSet("u", "host-n1", False), E.NodeCpusCapped("c", "host-n2", -1), now=12)
+    run(core, journal, E.UsersReloaded("r", {"adam": 2.0}, {}, core.default_limits), now=13)  # the file's share again
+    assert journal.settings == []
+    core = make_core(persist=True, shares={"adam": 2.0})
+    run(core, journal, journal.restored(), now=20)
+    assert not core.drained and not core.cpu_caps and not core.share_overrides
+
+
+def answer_error(actions: list[A.Action]) -> str:
+    return "".join(a.error for a in of(actions, A.AnswerAdmin))
 
 
 def test_a_node_back_before_its_old_connection_is_noticed_keeps_its_jobs(core: SchedulerCore) -> None:

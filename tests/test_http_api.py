@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from contextlib import redirect_stderr, redirect_stdout
@@ -141,8 +142,16 @@ def test_every_view_and_dispyadmin_command_on_two_users_running_jobs(cluster: Cl
     (node,) = http.admin_json("nodes")
     assert (node["name"], node["state"], node["busy_cpus"], node["cpus"], node["offered_cpus"]) == ("node", "full", 4, 4, 4)
     assert node["memory_available"] > 0 and node["last_heartbeat"] > 0
-    clusters = http.get("/api/v1/clusters")
+    clusters = http.admin_json("clusters")
     assert sorted((c["user"], c["running"], c["attached"]) for c in clusters) == [("alice", 2, True), ("bob", 2, True)]
+    for c in clusters:
+        assert (c["name"], c["nodes"], c["closing"]) == ("compute", ["node"], False)
+        assert c["jobs"] == {**dict.fromkeys(("queued", "orphaned", "finished", "terminated", "cancelled", "abandoned"), 0),
+                             "running": 2}  # fmt: skip
+        assert status["started"] <= c["opened"] <= time.time()
+    assert [c["user"] for c in http.admin_json("clusters", login="bob")] == ["bob"]  # a user sees only their own
+    table = http.admin("clusters").stdout
+    assert all(c["id"] in table for c in clusters) and "2 running" in table and "alice" in table and "ago" in table
     alice_jobs = http.admin_json("jobs", "--user", "alice")
     assert [(j["user"], j["state"], j["node"]) for j in alice_jobs] == [("alice", "running", "node")] * 2
     assert all(j["started"] >= j["submitted"] > 0 and j["ended"] is None for j in alice_jobs)

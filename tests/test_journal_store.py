@@ -11,7 +11,7 @@ from dispy_sched.core import CoreConfig, SchedulerCore
 from dispy_sched.core import actions as A
 from dispy_sched.core import events as E
 from dispy_sched.core.state import result_cost
-from dispy_sched.journal import FILENAME, SqliteJournal
+from dispy_sched.journal import FILENAME, SCHEMA_VERSION, SqliteJournal
 from dispy_sched.policies import load_policy
 from test_core import arrived, joined, opened, result, step, submitted
 
@@ -39,7 +39,7 @@ def test_held_results_are_read_back_on_demand_and_a_restart_loads_only_their_siz
     ]
 
 
-def test_a_version_1_journal_gets_its_held_results_sized(tmp_path: Path) -> None:
+def test_a_version_1_journal_gets_its_held_results_sized_and_the_operator_settings_table(tmp_path: Path) -> None:
     db = sqlite3.connect(tmp_path / FILENAME)
     db.executescript(
         """
@@ -63,6 +63,34 @@ def test_a_version_1_journal_gets_its_held_results_sized(tmp_path: Path) -> None
     (job,) = journal.load().jobs
     assert (job.result, job.result_size) == (None, result_cost(held))
     assert journal.read_results("K", [7]) == [held]
+    assert journal.load().settings == []  # the table a version-3 file has, empty
+    assert sqlite3.connect(tmp_path / FILENAME).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+def test_a_version_2_postgresql_state_is_migrated_and_keeps_its_rows(pg_dsn: str) -> None:
+    import psycopg
+
+    from dispy_sched.core.actions import JobEnd
+    from dispy_sched.pg_store import PgStore, create_schema
+    from test_core_journal import take_epoch
+
+    create_schema(pg_dsn)
+    with psycopg.connect(pg_dsn, autocommit=True) as db:  # back to what version 2 made
+        db.execute("DROP TABLE operator_settings")
+        db.execute("DROP TABLE job_ends")
+        db.execute("ALTER TABLE clusters DROP COLUMN opened")
+        db.execute("UPDATE schema_version SET version = 2")
+        db.execute("INSERT INTO clusters VALUES ('K', 'alice', 'name-K', '\\x00', false, NULL, 1, false, NULL)")
+    store = PgStore(pg_dsn, take_epoch(pg_dsn))
+    try:
+        snap = store.load()
+        assert [(c.cluster_id, c.opened) for c in snap.clusters] == [("K", 0.0)] and snap.settings == []
+        store.record([JobEnd("alice", "K", "name-K", 1, "n1", "Finished", 1.0, 2.0, 3.0, 0.5, 1 << 20, "")])
+        assert store.prune(2.5) == 0 and store.prune(3.5) == 1
+    finally:
+        store.close()
+    with psycopg.connect(pg_dsn, autocommit=True) as db:
+        assert db.execute("SELECT version FROM schema_version").fetchone() == (3,)
 
 
 def test_a_turn_that_only_forgets_jobs_is_written_without_an_fsync_of_its_own_and_kept(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 from dispy_wire.messages import JobFile, JobRef, JobResult, JobStart, NodeInfo, PutFile, RunJob
 
-from .persist import ClusterRow, JobRow, UsageRow
+from .persist import ClusterRow, JobRow, SettingRow, UsageRow
 
 
 class Action:
@@ -30,7 +30,8 @@ class Persist(Action):
     Always the first action of its call: the shell commits it before it sends
     any of the others, so no acknowledgement gets ahead of its record.
     Applied in field order: clusters, new jobs, changed jobs, forgotten jobs,
-    forgotten clusters (with all their jobs), usage.
+    forgotten clusters (with all their jobs), usage, then the operator's settings (None: unchanged; a list
+    replaces all that are stored).
     """
 
     clusters: list[ClusterRow]
@@ -39,6 +40,7 @@ class Persist(Action):
     gone_jobs: list[tuple[str, int]]
     gone_clusters: list[str]
     usage: list[UsageRow]
+    settings: list[SettingRow] | None = None
 
 
 # -- to nodes ----------------------------------------------------------------

@@ -6,13 +6,13 @@ in the events: `handle(..., now=...)` gives it once per call.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from dispy_wire.cluster_options import Runtime
 from dispy_wire.messages import JobFile, JobRef, JobResult, JobSpec, PutFile
 
-from .persist import ClusterRow, JobRow
+from .persist import ClusterRow, JobRow, SettingRow
 from .state import Limits
 
 
@@ -209,6 +209,8 @@ class StateRestored(Event):
     jobs: list[JobRow]
     usage: dict[str, tuple[float, float]]
     adopt_within: float
+    #: the operator's drains, CPU caps and shares (the admin API's), as last written
+    settings: list[SettingRow] = field(default_factory=list)
 
 
 # -- from the operator (the HTTP API, SIGHUP) ---------------------------------

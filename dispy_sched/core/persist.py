@@ -40,6 +40,7 @@ class ClusterRow:
     seq: int
     closing: bool
     overrides: dict[str, int]  # node name -> CPUs, as the client set them (set_node_cpus)
+    opened: float = 0.0  # when it was opened; 0: unknown
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,10 +70,22 @@ class UsageRow:
     as_of: float  # ... as of this time
 
 
+@dataclass(frozen=True, slots=True)
+class SettingRow:
+    """What an operator set that outlives a restart (the admin API): per node or user name, one value."""
+
+    kind: str  # DRAIN (value 1), CPUS (the node's cap) or SHARE (the user's share until the users file is reread)
+    name: str
+    value: float
+
+
+DRAIN, CPUS, SHARE = "drain", "cpus", "share"
+
+
 def cluster_row(cluster: ClusterRecord) -> ClusterRow:
     return ClusterRow(
         cluster.cluster_id, cluster.user, cluster.name, cluster.computation, cluster.reentrant,
-        cluster.options, cluster.seq, cluster.closing, dict(cluster.overrides),
+        cluster.options, cluster.seq, cluster.closing, dict(cluster.overrides), cluster.opened,
     )  # fmt: skip
 
 
@@ -87,7 +100,7 @@ def job_row(job: JobRecord) -> JobRow:
 class Changes:
     """What one `handle` call changed, by key, until it becomes a `Persist` action."""
 
-    __slots__ = ("clusters", "gone_clusters", "new_jobs", "changed_jobs", "gone_jobs", "users")
+    __slots__ = ("clusters", "gone_clusters", "new_jobs", "changed_jobs", "gone_jobs", "users", "settings")
 
     def __init__(self) -> None:
         self.clusters: dict[str, ClusterRecord] = {}
@@ -96,10 +109,13 @@ class Changes:
         self.changed_jobs: dict[tuple[str, int], JobRecord] = {}
         self.gone_jobs: set[tuple[str, int]] = set()
         self.users: dict[str, UserRecord] = {}
+        #: an operator's drains, CPU caps or shares changed: all of them are written anew (they are few)
+        self.settings = False
 
     def __bool__(self) -> bool:
         return bool(
             self.clusters or self.gone_clusters or self.new_jobs or self.changed_jobs or self.gone_jobs or self.users
+            or self.settings
         )
 
     def cluster(self, cluster: ClusterRecord) -> None:

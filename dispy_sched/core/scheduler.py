@@ -73,7 +73,7 @@ from dispy_wire.status import JobStatus
 from . import actions as A
 from . import events as E
 from .keyed_heap import KeyedHeap
-from .persist import Changes, ClusterRow, JobRow, UsageRow, cluster_row, job_row
+from .persist import CPUS, DRAIN, SHARE, Changes, ClusterRow, JobRow, SettingRow, UsageRow, cluster_row, job_row
 from .ready import ReadyIndex
 from .placement import allowed_cpus, compile_nodes
 from .state import (
@@ -211,6 +211,8 @@ class SchedulerCore:
         self.drained: set[str] = set()
         #: node name -> the most CPUs an operator lets it have
         self.cpu_caps: dict[str, int] = {}
+        #: user -> the share an operator set, which holds (across restarts) until the users file is read again
+        self.share_overrides: dict[str, float] = {}
 
     # ---------------------------------------------------------------- entry
 
@@ -286,7 +288,9 @@ class SchedulerCore:
             self._reject(ev.client, ErrorCode.LIMIT, f"cluster {ev.name} refused: {refusal}", ev.cluster_id)
             return
         self._seq += 1
-        row = ClusterRow(ev.cluster_id, ev.user, ev.name, ev.computation, ev.reentrant, dict(ev.options), self._seq, False, {})
+        row = ClusterRow(
+            ev.cluster_id, ev.user, ev.name, ev.computation, ev.reentrant, dict(ev.options), self._seq, False, {}, self.now
+        )
         cluster = self._add_cluster(row, opts, ev.client)
         self._introduce_nodes(cluster)
         self._out.immediate.append(A.ConfirmOpened(ev.client, ev.cluster_id, False))
@@ -297,7 +301,8 @@ class SchedulerCore:
         """A new cluster, opened by a client or read back from the journal."""
         user = self._user(row.user)
         cluster = ClusterRecord(
-            row.cluster_id, row.user, row.name, client, row.computation, row.reentrant, row.options, row.seq, opts
+            row.cluster_id, row.user, row.name, client, row.computation, row.reentrant, row.options, row.seq, opts,
+            opened=row.opened,
         )
         cluster.placement = compile_nodes(opts.nodes)
         cluster.ask_client = opts.allocate_by_client
@@ -748,6 +753,7 @@ class SchedulerCore:
             self._update_free(node)
             if node.drained:
                 self._recall(node)
+        self._note_settings()
         state = "drained: no new jobs start there" if ev.drained else "undrained"
         self._answer(ev.ref, None, f"node {ev.name} {state}" + ("" if nodes else " (not connected now)"))
 
@@ -761,6 +767,7 @@ class SchedulerCore:
             self.cpu_caps.pop(ev.name, None)
         else:
             self.cpu_caps[ev.name] = ev.cpus
+        self._note_settings()
         for node in nodes:
             self._set_cpus(node)
         self._answer(ev.ref, None, f"node {ev.name} is given {nodes[0].cpus} of its {nodes[0].offered} CPUs")
@@ -773,7 +780,8 @@ class SchedulerCore:
         if ev.user not in self.users and ev.user not in self.shares:
             self._answer(ev.ref, ErrorCode.BAD_REQUEST, f"no user {ev.user} in the users file or connected")
             return
-        self.shares[ev.user] = ev.share
+        self.shares[ev.user] = self.share_overrides[ev.user] = ev.share
+        self._note_settings()
         user = self._user(ev.user)
         user.share = ev.share
         self.ready.update_user(user)
@@ -782,6 +790,9 @@ class SchedulerCore:
     @_on.register
     def _on_users_reloaded(self, ev: E.UsersReloaded) -> None:
         self.shares, self.limits, self.default_limits = dict(ev.shares), dict(ev.limits), ev.default_limits
+        if self.share_overrides:  # the file's shares again
+            self.share_overrides.clear()
+            self._note_settings()
         for user in self.users.values():
             user.share = float(self.shares.get(user.name, self.config.default_share))
             user.limits = self.limits.get(user.name, self.default_limits)
@@ -808,6 +819,7 @@ class SchedulerCore:
 
     @_on.register
     def _on_state_restored(self, ev: E.StateRestored) -> None:
+        self._restore_settings(ev.settings)
         self._on_usage_restored(E.UsageRestored(ev.usage))
         for row in ev.clusters:
             try:
@@ -824,6 +836,19 @@ class SchedulerCore:
         for cluster in self.clusters.values():
             self.ready.update(cluster)
         self._changes = Changes()  # what was just read is what the journal holds
+
+    def _restore_settings(self, rows: list[SettingRow]) -> None:
+        """The operator's drains, caps and shares as last written (before any node or user is back)."""
+        for row in rows:
+            if row.kind == DRAIN:
+                self.drained.add(row.name)
+            elif row.kind == CPUS:
+                self.cpu_caps[row.name] = int(row.value)
+            elif row.kind == SHARE:  # the user is listed with it, as after the set-share
+                self.shares[row.name] = self.share_overrides[row.name] = row.value
+                user = self._user(row.name)
+                user.share = row.value
+                self.ready.update_user(user)
 
     def _restore_job(self, cluster: ClusterRecord, row: JobRow) -> None:
         try:
@@ -1273,6 +1298,19 @@ class SchedulerCore:
         if self.config.persist:
             self._changes.user(user)
 
+    def _note_settings(self) -> None:
+        if self.config.persist:
+            self._changes.settings = True
+
+    def settings_rows(self) -> list[SettingRow]:
+        """The operator's drains, CPU caps and shares, as the store keeps them."""
+        return sorted(
+            [SettingRow(DRAIN, name, 1.0) for name in self.drained]
+            + [SettingRow(CPUS, name, float(cpus)) for name, cpus in self.cpu_caps.items()]
+            + [SettingRow(SHARE, name, share) for name, share in self.share_overrides.items()],
+            key=lambda r: (r.kind, r.name),
+        )
+
     def _persist_action(self) -> A.Persist:
         changes, self._changes = self._changes, Changes()
         return A.Persist(
@@ -1282,6 +1320,7 @@ class SchedulerCore:
             sorted(changes.gone_jobs),
             sorted(changes.gone_clusters),
             [UsageRow(u.name, u.usage, u.usage_time) for u in changes.users.values()],
+            self.settings_rows() if changes.settings else None,
         )
 
     def _maybe_finish_close(self, cluster: ClusterRecord) -> None:

@@ -81,6 +81,7 @@ class ClusterRecord:
     options: dict[str, Any]  # as the client sent them: journaled, and passed on to nodes
     seq: int  # creation order, for fcfs-style policies
     opts: ClusterOptions = ClusterOptions()  # `options`, checked
+    opened: float = 0.0  # when it was opened (the core's clock); 0: unknown (journaled by an earlier version)
     jobs: dict[int, JobRecord] = field(default_factory=dict)
     # heap of (-priority, seq, job_id): higher priority first, then FIFO;
     # entries whose job is no longer queued are stale (flat tuples: this heap

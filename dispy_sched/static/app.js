@@ -1,36 +1,12 @@
 // The dispy-shared dashboard: reads the scheduler's live feed (server-sent events over fetch, so that
-// the Authorization header can go with it) and calls its JSON API for management. No libraries.
+// the Authorization header can go with it) and calls its JSON API for management. No libraries;
+// the helpers it shares with a program's cluster page are in common.js.
 "use strict";
 
-const $ = (id) => document.getElementById(id);
 const COLORS = ["#2f6fd0", "#d04a2f", "#2f9d5a", "#9b2fd0", "#d0a12f", "#2fb4d0", "#d02f8a", "#6b7a2f"];
 let auth = sessionStorage.getItem("dispy-auth");
 let snapshot = null;
 let feed = null;
-
-function el(tag, text, attrs) {
-  const e = document.createElement(tag);
-  if (text !== undefined && text !== null) e.textContent = String(text);
-  for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, v);
-  return e;
-}
-
-function ago(t) {
-  if (!t) return "-";
-  const s = Math.max(0, Date.now() / 1000 - t);
-  return s < 120 ? `${s.toFixed(0)} s ago` : s < 7200 ? `${(s / 60).toFixed(0)} min ago` : `${(s / 3600).toFixed(1)} h ago`;
-}
-
-function size(n) {
-  if (n === null || n === undefined) return "-";
-  for (const [unit, name] of [[2 ** 30, "GiB"], [2 ** 20, "MiB"], [2 ** 10, "KiB"]]) if (n >= unit) return `${(n / unit).toFixed(1)} ${name}`;
-  return `${n} B`;
-}
-
-function say(text, isError) {
-  $("message").textContent = text;
-  $("message").className = isError ? "error" : "";
-}
 
 // ---------------------------------------------------------------- logging in
 
@@ -78,77 +54,23 @@ async function connect() {
     $("login").hidden = true;
     $("main").hidden = false;
     $("logout").hidden = false;
-    $("live").textContent = "live";
-    $("live").className = "";
-    const reader = response.body.getReader();
-    const decoder = new TextDecoder();
-    let buffer = "";
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      buffer += decoder.decode(value, { stream: true });
-      let end;
-      while ((end = buffer.indexOf("\n\n")) >= 0) {
-        const block = buffer.slice(0, end);
-        buffer = buffer.slice(end + 2);
-        const data = block.split("\n").filter((l) => l.startsWith("data: ")).map((l) => l.slice(6)).join("\n");
-        if (block.startsWith("event: snapshot") && data) render(JSON.parse(data));
-      }
-    }
+    live(true);
+    await readSnapshots(response, render);
   } catch (err) {
     if (err.name === "AbortError") return;
     say(`connection lost: ${err.message}`, true);
   }
-  $("live").textContent = "offline";
-  $("live").className = "off";
+  live(false);
   setTimeout(connect, 2000); // the scheduler restarted, or the network blinked
 }
 
 // ---------------------------------------------------------------- management
 
-async function act(path, body, confirmText) {
-  if (confirmText && !confirm(confirmText)) return;
-  const response = await fetch(path, {
-    method: "POST",
-    headers: { Authorization: auth, "Content-Type": "application/json" },
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  const answer = await response.json().catch(() => ({ message: response.statusText }));
-  say(response.ok ? answer.message : `${answer.message} (${answer.error})`, !response.ok);
+function manage(path, body, confirmText) {
+  return act(path, body, confirmText, { Authorization: auth });
 }
-
-function button(text, onClick, cls) {
-  const b = el("button", text, cls ? { class: cls } : {});
-  b.addEventListener("click", onClick);
-  return b;
-}
-
-const enc = encodeURIComponent;
 
 // ---------------------------------------------------------------- rendering
-
-function fill(tableId, rows) {
-  const body = $(tableId).tBodies[0];
-  body.replaceChildren(...rows.map((cells) => {
-    const tr = el("tr");
-    for (const c of cells) {
-      const td = el("td");
-      if (c instanceof Node) td.append(c);
-      else if (Array.isArray(c)) td.append(...c);
-      else td.textContent = c === null || c === undefined ? "-" : String(c);
-      tr.append(td);
-    }
-    return tr;
-  }));
-}
-
-function bar(node) {
-  const div = el("div", null, { class: "bar", title: `${node.busy_cpus} busy of ${node.cpus} given, ${node.offered_cpus} offered` });
-  const whole = Math.max(node.offered_cpus, node.cpus, node.busy_cpus, 1);
-  const part = (cls, frac) => { const s = el("span", null, { class: cls }); s.style.width = `${Math.min(100, 100 * frac)}%`; return s; };
-  div.append(part("given", node.cpus / whole), part("busy", node.busy_cpus / whole), part("cpu", (node.cpu_percent || 0) / 100));
-  return [div, el("span", ` ${node.busy_cpus} / ${node.cpus} / ${node.offered_cpus}`)];
-}
 
 function render(snap) {
   snapshot = snap;
@@ -166,7 +88,7 @@ function render(snap) {
   fill("users", snap.users.map((u) => [
     u.name, u.share, `${(100 * u.target).toFixed(0)}%`, u.busy, u.queued, u.usage.toFixed(0),
     Object.entries(u.limits).map(([k, v]) => `${k}=${v}`).join(", ") || "-",
-    admin ? button("share…", () => { const v = prompt(`share of ${u.name}`, u.share); if (v !== null) act(`/api/v1/users/${enc(u.name)}/share`, { share: Number(v) }); }) : "",
+    admin ? button("share…", () => { const v = prompt(`share of ${u.name}`, u.share); if (v !== null) manage(`/api/v1/users/${enc(u.name)}/share`, { share: Number(v) }); }) : "",
   ]));
 
   fill("nodes", snap.nodes.map((n) => [
@@ -174,15 +96,15 @@ function render(snap) {
     n.cpu_percent === null ? "-" : `${n.cpu_percent.toFixed(0)}%`, size(n.memory_available), ago(n.last_heartbeat),
     admin ? [
       n.state === "drained"
-        ? button("undrain", () => act(`/api/v1/nodes/${enc(n.name)}/undrain`))
-        : button("drain", () => act(`/api/v1/nodes/${enc(n.name)}/drain`, undefined, `Drain ${n.name}? Running jobs finish; no new ones start.`)),
-      button("CPUs…", () => { const v = prompt(`CPUs for ${n.name} (-1: all it offers)`, n.cpus); if (v !== null) act(`/api/v1/nodes/${enc(n.name)}/cpus`, { cpus: parseInt(v, 10) }); }),
+        ? button("undrain", () => manage(`/api/v1/nodes/${enc(n.name)}/undrain`))
+        : button("drain", () => manage(`/api/v1/nodes/${enc(n.name)}/drain`, undefined, `Drain ${n.name}? Running jobs finish; no new ones start.`)),
+      button("CPUs…", () => { const v = prompt(`CPUs for ${n.name} (-1: all it offers)`, n.cpus); if (v !== null) manage(`/api/v1/nodes/${enc(n.name)}/cpus`, { cpus: parseInt(v, 10) }); }),
     ] : "",
   ]));
 
   fill("clusters", snap.clusters.map((c) => [
     `${c.name} (${c.id.slice(0, 8)})`, c.user, c.queued, c.running, c.done, c.attached ? "attached" : "away",
-    c.queued + c.running ? button("cancel all", () => act(`/api/v1/clusters/${enc(c.id)}/cancel`, undefined, `Cancel every unfinished job of ${c.name}?`)) : "",
+    c.queued + c.running ? button("cancel all", () => manage(`/api/v1/clusters/${enc(c.id)}/cancel`, undefined, `Cancel every unfinished job of ${c.name}?`)) : "",
   ]));
 
   const filter = $("state-filter").value;
@@ -191,7 +113,7 @@ function render(snap) {
   fill("jobs", jobs.slice(0, 500).map((j) => [
     j.id.length > 20 ? `${j.cluster.slice(0, 8)}…/${j.job}` : j.id, j.user, j.state, j.node, ago(j.submitted), ago(j.started), ago(j.ended),
     j.state === "queued" || j.state === "running"
-      ? button("cancel", () => act(`/api/v1/jobs/${enc(j.cluster)}/${j.job}/cancel`, undefined, `Cancel job ${j.job}?`)) : "",
+      ? button("cancel", () => manage(`/api/v1/jobs/${enc(j.cluster)}/${j.job}/cancel`, undefined, `Cancel job ${j.job}?`)) : "",
   ]));
   chart(snap.history);
 }
