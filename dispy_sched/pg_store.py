@@ -88,6 +88,8 @@ CREATE TABLE IF NOT EXISTS leader (
     since TIMESTAMPTZ NOT NULL
 );
 INSERT INTO leader VALUES (1, 0, '', 0, 0, now()) ON CONFLICT (id) DO NOTHING;
+-- the leader's dashboard URL ('' if it serves none): a standby's page links to it
+ALTER TABLE leader ADD COLUMN IF NOT EXISTS http TEXT NOT NULL DEFAULT '';
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
 """
 

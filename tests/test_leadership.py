@@ -50,7 +50,7 @@ def test_a_standby_takes_over_a_leader_whose_beat_stops_and_the_old_one_is_told(
     leader.keep(lost.append)
     standby = Leadership(pg_dsn, "b:2", lease=1.0)
     thread, stop, won = campaign_in_thread(standby)
-    wait_until(lambda: standby.leader == "a:1", what="the standby to read who leads")
+    wait_until(lambda: standby.seen.address == "a:1", what="the standby to read who leads")
     # beating: the standby stands by for several leases
     wait_until(lambda: leader._db is not None and _beats(pg_dsn) >= 6, what="six beats")
     assert not won

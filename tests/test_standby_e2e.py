@@ -159,7 +159,7 @@ def test_peers_that_dial_a_standby_first_are_sent_to_the_leader(pg_dsn: str, clu
     ).replace("cluster.close()", "print('status', cluster.scheduler_status()['leader'])\ncluster.close()")
     client = cluster.run_client(program, env={"DISPY_SCHEDULER": b}, timeout=90)
     assert results(client) == Counter(range(3)), client.stdout
-    assert re.search(rf"^status {{'address': '{a}', 'epoch': 1, 'since': [\d.]+}}$", client.stdout, re.M), client.stdout
+    assert re.search(rf"^status {{'address': '{a}', 'epoch': 1, 'since': [\d.]+, 'http': ''}}$", client.stdout, re.M), client.stdout
     assert not leads(second) and epoch(pg_dsn) == 1
     # the operator's view, from the database
     admin = subprocess.run(
