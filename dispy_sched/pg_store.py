@@ -88,9 +88,9 @@ CREATE TABLE IF NOT EXISTS leader (
     since TIMESTAMPTZ NOT NULL
 );
 INSERT INTO leader VALUES (1, 0, '', 0, 0, now()) ON CONFLICT (id) DO NOTHING;
+CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
 -- the leader's dashboard URL ('' if it serves none): a standby's page links to it
 ALTER TABLE leader ADD COLUMN IF NOT EXISTS http TEXT NOT NULL DEFAULT '';
-CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
 """
 
 #: an advisory lock key for creating the schema (two schedulers starting at once)

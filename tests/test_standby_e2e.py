@@ -10,6 +10,7 @@ they count that every job reached the user exactly once.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import signal
 import subprocess
@@ -20,6 +21,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from dispy_wire.dialing import another_leads, who_leads
 from pg import PgServer
 from procs import Cluster, Proc
 from waiting import wait_until
@@ -121,6 +123,7 @@ def test_a_leader_paused_past_its_lease_writes_nothing_when_it_resumes_and_steps
     assert "stepping down" in first.stderr
     assert "CRITICAL" in first.stderr
     assert client.wait(120) == 0, cluster.describe()
+    assert f"and {b} leads now" in client.stderr, client.stderr  # it asked the standby, and did not wait out the silence
     assert results(client) == Counter(range(6)), client.stdout
     assert runs(path) == Counter({i: 1 for i in range(6)})
     assert epoch(pg_dsn) == 2  # nobody took over twice
@@ -167,3 +170,9 @@ def test_peers_that_dial_a_standby_first_are_sent_to_the_leader(pg_dsn: str, clu
     )
     assert admin.returncode == 0 and admin.stdout.startswith(f"leader {a}, epoch 1, since "), admin
     assert "holds its lock" in admin.stdout
+    # what a peer whose leader falls silent asks the others (without logging in): both name the leader
+    (host, a_port), b_port = a.rsplit(":", 1), int(b.rsplit(":", 1)[1])
+    assert asyncio.run(who_leads(host, host, b_port, None, 10)) == a
+    assert asyncio.run(who_leads(host, host, int(a_port), None, 10)) == a
+    assert asyncio.run(another_leads((host, int(a_port)), host, [(host, int(a_port)), (host, b_port)], None, 10)) is None
+    assert asyncio.run(another_leads((host, b_port), host, [(host, int(a_port)), (host, b_port)], None, 10)) == a

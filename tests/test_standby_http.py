@@ -139,3 +139,54 @@ def _reachable_metrics(url: str, token: str) -> Samples | None:
 def _naming(seen: Samples, sample: tuple[str, tuple[tuple[str, str], ...]]) -> Samples | None:
     """`seen` if it has `sample` at 1 (a standby reads the leader every lease/6 s), else None."""
     return seen if seen.get(sample) == 1 else None
+
+
+def test_three_schedulers_started_at_once_elect_one_leader_and_one_successor(pg_dsn: str, cluster: Cluster) -> None:
+    names = ["s0", "s1", "s2"]
+    procs = {
+        name: cluster.start(
+            [sys.executable, "-m", "dispy_sched.main", "--host", "127.0.0.1", "--port", "0", "--http-port", "0",
+             "--state-dir", str(cluster.workdir / f"{name}-state"), "--state", pg_dsn, "--lease", LEASE],
+            name,
+        )  # fmt: skip
+        for name in names
+    }  # all three race for the empty database: its schema and the leadership
+    urls = {name: proc.wait_for_line(r"http on (\S+)").group(1) for name, proc in procs.items()}
+    wait_until(lambda: all("listening on" in p.stdout for p in procs.values()), what="all three to listen")
+
+    def leaders() -> list[str]:
+        return [name for name, proc in procs.items() if "leading on" in proc.stdout]
+
+    def leading() -> dict[str, float] | None:
+        """Each live scheduler's dispy_scheduler_leading, once all name the same leader (None before)."""
+        seen = {n: _reachable_metrics(urls[n], token_of(cluster, n)) for n in names if procs[n].popen.poll() is None}
+        if any(m is None for m in seen.values()):
+            return None
+        named = {k for m in seen.values() if m is not None for k in m if k[0] == "dispy_scheduler_leader"}
+        if len(named) != 1:
+            return None
+        return {n: m[("dispy_scheduler_leading", ())] for n, m in seen.items() if m is not None}
+
+    (first,) = leaders()
+    assert sum(wait_until(leading, what="all three to name one leader").values()) == 1
+    assert all("standing by" in procs[n].stderr for n in names if n != first)
+    assert _leader_row(pg_dsn)[0] == 1  # nobody took over from another
+
+    procs[first].kill9()
+    wait_until(lambda: len(leaders()) == 2, timeout=60, what="a standby to take over")
+    (second,) = (n for n in leaders() if n != first)
+    # a few leases later: still the one successor, and the last standby names it
+    wait_until(lambda: _leader_row(pg_dsn)[1] >= 9, timeout=60, what="three leases of the new leader's beats")
+    assert len(leaders()) == 2 and _leader_row(pg_dsn)[0] == 2
+    final = wait_until(leading, what="both live schedulers to name the new leader")
+    assert final == {second: 1, next(n for n in names if n not in (first, second)): 0}
+
+
+def _leader_row(dsn: str) -> tuple[int, int]:
+    """(epoch, beat) of the leader row."""
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as db:
+        row = db.execute("SELECT epoch, beat FROM leader").fetchone()
+        assert row is not None
+        return int(row[0]), int(row[1])
