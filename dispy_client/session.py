@@ -42,7 +42,7 @@ from dispy_wire.version import VERSION
 from dispy_wire import messages as M
 from dispy_wire.errors import ErrorCode
 from dispy_wire.liveness import DEFAULT_INTERVAL
-from dispy_wire.dialing import addresses_of, another_leads
+from dispy_wire.dialing import addresses_of, another_leads, leader_host
 from dispy_wire.schedulers import FIRST_DEADLINE, Schedulers, deadline, format_address
 from dispy_wire.status import JobStatus
 from dispy_wire.tls import ClientTLS
@@ -113,6 +113,7 @@ class ClusterSession:
         self._reconnect: asyncio.Task[None] | None = None
         self._resolved = 1  # addresses the last scheduler dialed resolved to
         self._asking: asyncio.Task[None] | None = None  # the other schedulers asked who leads
+        self._leads_at = ""  # the address another scheduler was last found leading at (dialed first)
         self.errors: list[str] = []
 
     # ------------------------------------------------------ from user threads
@@ -465,7 +466,7 @@ class ClusterSession:
 
     async def _dial_each(self, host: str, port: int, info: dict[str, Any], rounds: int, end: float) -> SchedulerLink:
         """Logs in at `host`:`port`, at each address its name resolves to until one leads or names the leader."""
-        addresses = await addresses_of(host, port)
+        addresses = sorted(await addresses_of(host, port), key=lambda a: a != self._leads_at)  # where one was seen leading first
         self._resolved = len(addresses)
         several = len(self.schedulers) + len(addresses) - 1
         failed: StandingBy | SchedulerUnreachable | None = None
@@ -498,6 +499,7 @@ class ClusterSession:
         leader = await another_leads((self.host, self.port), str(peer[0]) if peer else "", self.schedulers.addresses, context,
                                      FIRST_DEADLINE)  # fmt: skip
         if leader and link is self._link:
+            self._leads_at = leader_host(leader)
             link.give_up(f"silent for {silence:.1f} s, and {leader} leads now")
 
     def _on_lost(self, reason: str) -> None:

@@ -52,7 +52,7 @@ from dispy_wire.errors import ErrorCode, RemoteWireError
 from dispy_wire.framing import NEED_DATA, PREAMBLE, FrameDecoder
 from dispy_wire.handshake import HandshakeState, PeerHandshake, Role
 from dispy_wire.liveness import Liveness, Verdict, announced_interval, set_keepalive
-from dispy_wire.dialing import addresses_of, another_leads
+from dispy_wire.dialing import addresses_of, another_leads, leader_host
 from dispy_wire.schedulers import FIRST_DEADLINE, Schedulers, deadline, format_address
 from dispy_wire.version import VERSION
 from dispy_wire.tls import ClientTLS, UntrustedScheduler, channel_binding, describe_failure, plaintext_refusal
@@ -202,6 +202,8 @@ class NodeControl:
     #: stopping for good (SIGTERM): the next Heartbeat tells the scheduler not to wait for our jobs
     leaving: bool = False
     said_goodbye: asyncio.Event = field(default_factory=asyncio.Event)  # that Heartbeat is written
+    #: the address another scheduler was last found leading at, when the one served fell silent (dialed first)
+    leads_at: str = ""
 
     def __post_init__(self) -> None:
         self.availability = Availability(self.config.rules or Rules(self.config.cpus), self.clock())
@@ -329,7 +331,8 @@ async def _connect_once(
     refusal = plaintext_refusal(config.host, config.tls is not None, config.insecure_plaintext)
     if refusal is not None:  # a discovered scheduler: --scheduler was checked at start
         raise PlaintextRefused(f"not connecting to scheduler {config.scheduler}: {refusal} (--tls-ca)")
-    addresses = await addresses_of(config.host, config.port)
+    # where another scheduler was last found leading first: one name may stand for the stopped one too
+    addresses = sorted(await addresses_of(config.host, config.port), key=lambda a: a != control.leads_at)
     limit = deadline(HANDSHAKE_TIMEOUT, len(config.standbys) + len(addresses), rounds)
     session: _Session | None = None
     for i, address in enumerate(addresses):
@@ -630,6 +633,7 @@ class _Session:
         leader = await another_leads((self.config.host, self.config.port), str(peer[0]) if peer else "", self.others,
                                      context, FIRST_DEADLINE)  # fmt: skip
         if leader and not self._writer.transport.is_closing():
+            self.control.leads_at = leader_host(leader)
             self._gave_up = f"silent for {silence:.1f} s, and {leader} leads now"
             logger.warning("scheduler %s %s: closing the connection", self.config.scheduler, self._gave_up)
             self._writer.transport.abort()

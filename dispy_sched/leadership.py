@@ -134,11 +134,7 @@ class Leadership:
         got = db.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,)).fetchone()
         if not got or not got[0]:
             return False  # another standby is taking over, or the old lock is not yet released
-        row = db.execute(
-            "UPDATE leader SET epoch = epoch + 1, address = %s, backend_pid = pg_backend_pid(), beat = 0, since = now(), "
-            "http = %s WHERE id = 1 AND epoch = %s RETURNING epoch, extract(epoch FROM since)",
-            (self.address, self.http, judged),
-        ).fetchone()
+        row = self._claim(db, judged)
         if row is None:
             db.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
             return False  # someone else took over meanwhile
@@ -147,6 +143,30 @@ class Leadership:
         self._db_new = False  # this connection holds the lock
         log.warning("leading now (epoch %d) as %s", self.epoch, self.address)
         return True
+
+    def _claim(self, db: psycopg.Connection[Any], judged: int) -> tuple[Any, ...] | None:
+        """Adds one to the epoch judged gone, naming this scheduler: (epoch, since), or None if it moved on.
+
+        A leader stopped in the middle of a write holds the leader row (its
+        fence, FOR SHARE) in a transaction that never ends, and the UPDATE
+        would wait for it forever: its connections that hold the row are
+        ended first, and the UPDATE waits a second at most before trying again.
+        """
+        while True:
+            db.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_locks "
+                "WHERE relation = 'leader'::regclass AND mode = 'RowShareLock' AND pid <> pg_backend_pid()"
+            )
+            try:
+                with db.transaction():
+                    db.execute("SET LOCAL lock_timeout = '1s'")
+                    return db.execute(
+                        "UPDATE leader SET epoch = epoch + 1, address = %s, backend_pid = pg_backend_pid(), beat = 0, "
+                        "since = now(), http = %s WHERE id = 1 AND epoch = %s RETURNING epoch, extract(epoch FROM since)",
+                        (self.address, self.http, judged),
+                    ).fetchone()
+            except psycopg.errors.LockNotAvailable:
+                log.warning("standby: the old leader's write holds the leader row; ending it again")
 
     # ---------------------------------------------------------------- leading
 

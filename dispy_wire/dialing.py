@@ -101,3 +101,11 @@ async def another_leads(
                 continue  # it names ours (perhaps by another name): ours is only slow, or nobody took over yet
             return leader
     return None
+
+
+def leader_host(leader: str) -> str:
+    """The host part of a leader's address as `another_leads` returns it ('' if malformed)."""
+    try:
+        return parse_address(leader, 0 if ":" in leader else 1)[0]
+    except ValueError:
+        return ""

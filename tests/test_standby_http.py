@@ -1,4 +1,5 @@
-"""Who leads, as the HTTP servers of two schedulers on one PostgreSQL show it: /metrics, /api/v1/status, the page, dispyadmin.
+"""Who leads, as the schedulers on one PostgreSQL show it (/metrics, /api/v1/status, the page, dispyadmin);
+three racing for one database; the database reached over TLS with its certificate verified.
 
 Real `dispyscheduler` processes with `--http-port 0` on a real PostgreSQL
 (tests/pg.py); /metrics is parsed with prometheus-client's own parser.
@@ -15,8 +16,11 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import psycopg
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from pg import PgServer
 from procs import Cluster, Proc
 from waiting import wait_until
 
@@ -190,3 +194,37 @@ def _leader_row(dsn: str) -> tuple[int, int]:
         row = db.execute("SELECT epoch, beat FROM leader").fetchone()
         assert row is not None
         return int(row[0]), int(row[1])
+
+
+def test_schedulers_reach_postgresql_over_tls_with_its_certificate_verified(tmp_path: Path, cluster: Cluster) -> None:
+    made = subprocess.run(
+        [sys.executable, "-m", "dispy_sched.main", "tls", "init", str(tmp_path / "pki"), "--host", "127.0.0.1"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert made.returncode == 0, made
+    pki = tmp_path / "pki"
+    server = PgServer(tls=(pki / "scheduler.pem", pki / "scheduler.key"))
+    try:
+        dsn = f"postgresql://dispy@127.0.0.1:{server.port}/dispy?sslmode=verify-full&sslrootcert={pki / 'ca.pem'}"
+        first = cluster.scheduler("--state", dsn, "--lease", LEASE, name="first")
+        first.wait_for_line("leading on")
+        second = cluster.scheduler("--state", dsn, "--lease", LEASE, name="second")
+        wait_until(lambda: "standing by" in second.stderr, what="the second scheduler standing by")
+        with psycopg.connect(dsn, autocommit=True) as db:  # both schedulers' connections are encrypted
+            row = db.execute(
+                "SELECT count(*), bool_and(s.ssl) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) "
+                "WHERE a.datname = 'dispy' AND a.pid <> pg_backend_pid() AND a.backend_type = 'client backend'"
+            ).fetchone()
+        assert row is not None and row[0] >= 2 and row[1] is True, row
+        # a CA that did not sign the server's certificate: refused before anything is sent
+        other = tmp_path / "other"
+        subprocess.run([sys.executable, "-m", "dispy_sched.main", "tls", "init", str(other), "--host", "127.0.0.1"],
+                       capture_output=True, timeout=60, check=True)  # fmt: skip
+        with pytest.raises(psycopg.OperationalError, match="certificate verify failed"):
+            psycopg.connect(dsn.replace(str(pki / "ca.pem"), str(other / "ca.pem")), connect_timeout=10).close()
+        # and a name the certificate does not hold (verify-full checks the host too)
+        with pytest.raises(psycopg.OperationalError, match="does not match host name"):
+            psycopg.connect(dsn.replace("127.0.0.1", "localhost"), connect_timeout=10).close()
+    finally:
+        cluster.stop_all()
+        server.close()
