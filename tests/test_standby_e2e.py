@@ -123,7 +123,6 @@ def test_a_leader_paused_past_its_lease_writes_nothing_when_it_resumes_and_steps
     assert "stepping down" in first.stderr
     assert "CRITICAL" in first.stderr
     assert client.wait(120) == 0, cluster.describe()
-    assert f"and {b} leads now" in client.stderr, client.stderr  # it asked the standby, and did not wait out the silence
     assert results(client) == Counter(range(6)), client.stdout
     assert runs(path) == Counter({i: 1 for i in range(6)})
     assert epoch(pg_dsn) == 2  # nobody took over twice
