@@ -4,8 +4,8 @@ Two schedulers on one PostgreSQL (started here: tests/pg.py), default
 settings (lease 3 s, heartbeat 2 s); a node and a client given both
 addresses; the client keeps 8 short jobs in flight and prints the time each
 result arrives. Each round stops the leader one way or the other; the figure
-is the time from that moment to the client's first result after it (which
-the new leader sent). A stopped leader is then killed; the old leader comes
+is the time from that moment to the client's first result after it
+reconnected (so one the new leader sent). A stopped leader is then killed; the old leader comes
 back as the standby of the next round.
 
 `--names` gives the client and the node one DNS name for both schedulers
@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from pg import PgServer  # type: ignore[import-not-found]  # noqa: E402
 
 CLIENT = r"""
+import logging
 import sys
 import time
 from collections import deque
@@ -44,6 +45,9 @@ def f(x):
     import time
     time.sleep(0.05)
     return x
+
+logging.basicConfig(format="%(created).3f %(message)s", level=logging.WARNING)  # "reconnected" lines, timed
+
 
 def ended(job):  # called as each result arrives (a job already waited for may be collected later)
     if job.status == 11:  # Finished
@@ -72,6 +76,15 @@ def free_port(host: str) -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def reconnected(log: Path, after: float) -> float | None:
+    """When the client logged that it reconnected, after `after` (None: not yet)."""
+    for line in log.read_text().splitlines():
+        stamp, _, message = line.partition(" ")
+        if message.startswith("reconnected to the scheduler") and float(stamp) > after:
+            return float(stamp)
+    return None
 
 
 def measure(dsn: str, rounds: int, how: signal.Signals, names: bool) -> list[float]:
@@ -115,11 +128,14 @@ def measure(dsn: str, rounds: int, how: signal.Signals, names: bool) -> list[flo
             time.sleep(SETTLE)  # the load settles on the leader
             hit = time.time()
             schedulers[leader].send_signal(how)
+            # results already on their way when the leader was hit do not count: the first one after the
+            # client reconnected does
             while True:
                 line = client.stdout.readline()
                 if not line:
                     sys.exit(f"the client ended; see {tmp / 'client.log'}")
-                if float(line.split()[1]) > hit:
+                back = reconnected(tmp / "client.log", hit)
+                if back is not None and float(line.split()[1]) > back:
                     break
             figures.append(float(line.split()[1]) - hit)
             print(f"  {how.name} round {r + 1}: {figures[-1]:.2f} s", flush=True)

@@ -4,6 +4,11 @@ A peer given `sched.lan:9702`, where the name has several A/AAAA records,
 dials each address in turn (the caller, with schedulers.deadline for each):
 asyncio's own connect would always take the first address that accepts TCP,
 which may be a stopped scheduler, and never reach the others.
+
+A peer connected to a leader that falls silent asks the others who leads
+(`another_leads`), without logging in: a standby's first frame names the
+leader, a leader's is its challenge. (The one module of dispy_wire that
+dials: both the client and the node ask the same way.)
 """
 
 from __future__ import annotations
