@@ -140,6 +140,8 @@ class SchedulerLink(asyncio.Protocol):
         self.on_writable: Callable[[], None] | None = None
         #: the scheduler said it is restarting (`Restarting`): its close that follows is no failure
         self.restarting: M.Restarting | None = None
+        #: called at each liveness check while the scheduler has missed a sign of life (the silence, s)
+        self.on_doubt: Callable[[float], None] | None = None
 
     @classmethod
     async def connect(
@@ -154,11 +156,14 @@ class SchedulerLink(asyncio.Protocol):
         on_lost: Callable[[str], None],
         tls: ClientTLS | None = None,
         insecure_plaintext: bool = False,
+        dial: str | None = None,
     ) -> SchedulerLink:
         """Connects and authenticates within `timeout` seconds.
 
         With `tls`, the TLS handshake and the scheduler's proof of identity
-        come first: an untrusted scheduler is sent no byte of ours.
+        come first: an untrusted scheduler is sent no byte of ours. `dial`
+        is the address to connect to when `host` is a name that stands for
+        several (dispy_wire/dialing.py); the certificate must still name `host`.
 
         Raises:
             SchedulerUnreachable, AuthenticationError, ProtocolError,
@@ -166,7 +171,7 @@ class SchedulerLink(asyncio.Protocol):
             without `insecure_plaintext`).
         """
         loop = asyncio.get_running_loop()
-        where = f"{host}:{port}"
+        where = f"{host}:{port}" if dial in (None, host) else f"{host}:{port} ({dial})"
         refusal = plaintext_refusal(host, tls is not None, insecure_plaintext)
         if refusal is not None:
             raise SchedulerNotTrusted(
@@ -179,7 +184,7 @@ class SchedulerLink(asyncio.Protocol):
         try:
             async with asyncio.timeout(timeout):
                 await loop.create_connection(
-                    lambda: link, host, port, ssl=context, server_hostname=host if context else None
+                    lambda: link, dial or host, port, ssl=context, server_hostname=host if context else None
                 )
                 await link.ready
         except TimeoutError:
@@ -303,13 +308,21 @@ class SchedulerLink(asyncio.Protocol):
         now = time.monotonic()
         verdict = live.check(now)
         if verdict is Verdict.SILENT:
-            self._gave_up = f"silent for {live.silence(now):.1f} s (it promised a sign of life every {live.expect_every:g} s)"
-            log.warning("scheduler %s %s: closing the connection", self.where, self._gave_up)
-            self.transport.abort()  # nothing to flush to a scheduler that reads nothing
+            self.give_up(f"silent for {live.silence(now):.1f} s (it promised a sign of life every {live.expect_every:g} s)")
             return
         if verdict is Verdict.PING:
             self.send(M.Ping())
+        if self.on_doubt is not None and live.doubtful(now):
+            self.on_doubt(live.silence(now))
         self._watch = asyncio.get_running_loop().call_later(live.period, self._check)
+
+    def give_up(self, reason: str) -> None:
+        """Drops the connection (the scheduler is silent, or another leads): `on_lost` hears `reason`."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        self._gave_up = reason
+        log.warning("scheduler %s %s: closing the connection", self.where, reason)
+        self.transport.abort()  # nothing to flush to a scheduler that reads nothing
 
     def _fail(self, exc: RemoteWireError) -> None:
         if not self.ready.done():

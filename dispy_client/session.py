@@ -42,7 +42,8 @@ from dispy_wire.version import VERSION
 from dispy_wire import messages as M
 from dispy_wire.errors import ErrorCode
 from dispy_wire.liveness import DEFAULT_INTERVAL
-from dispy_wire.schedulers import Schedulers, format_address
+from dispy_wire.dialing import addresses_of, another_leads, leader_host
+from dispy_wire.schedulers import FIRST_DEADLINE, Schedulers, deadline, format_address
 from dispy_wire.status import JobStatus
 from dispy_wire.tls import ClientTLS
 
@@ -57,6 +58,8 @@ SUBMIT_CHUNK_BYTES = 4 * 1024 * 1024
 ENVELOPE_BYTES = 1024
 #: seconds between our Pings when idle (announced in Hello)
 HEARTBEAT = DEFAULT_INTERVAL
+#: seconds between rounds of dialing several schedulers when none led (a takeover under way)
+STANDBY_PAUSE = 0.5
 
 
 class ClusterSession:
@@ -108,6 +111,9 @@ class ClusterSession:
         self._closing = False
         self.max_message_size = 0  # the scheduler's limit, from its Welcome
         self._reconnect: asyncio.Task[None] | None = None
+        self._resolved = 1  # addresses the last scheduler dialed resolved to
+        self._asking: asyncio.Task[None] | None = None  # the other schedulers asked who leads
+        self._leads_at = ""  # the address another scheduler was last found leading at (dialed first)
         self.errors: list[str] = []
 
     # ------------------------------------------------------ from user threads
@@ -185,8 +191,9 @@ class ClusterSession:
 
     async def close(self, terminate: bool, timeout: float) -> None:
         self._closing = True
-        if self._reconnect is not None:
-            self._reconnect.cancel()
+        for task in (self._reconnect, self._asking):
+            if task is not None:
+                task.cancel()
         link = self._link
         if link is None or link.transport is None or link.transport.is_closing():
             return
@@ -203,8 +210,9 @@ class ClusterSession:
     def detach(self) -> None:
         """Disconnects without closing the cluster: its jobs go on and their results wait."""
         self._closing = True
-        if self._reconnect is not None:
-            self._reconnect.cancel()
+        for task in (self._reconnect, self._asking):
+            if task is not None:
+                task.cancel()
         if self._link is not None:
             self._link.close()
 
@@ -409,21 +417,33 @@ class ClusterSession:
         self.errors.append(message)
 
     async def _dial(self, info: dict[str, Any]) -> SchedulerLink:
-        """Logs in to the scheduler that leads: each known one in turn, following a standby's redirect.
+        """Logs in to the scheduler that leads within `timeout`: each known one in turn, following a standby's redirect.
+
+        Among several schedulers (or several addresses of one name) each
+        gets a short deadline in the first round, doubled in each next one
+        (dispy_wire/schedulers.py): a stopped one accepts TCP and says nothing.
 
         Raises:
-            SchedulerUnreachable (the last one's), or what a scheduler that answered refused.
+            SchedulerUnreachable or StandingBy (the last one's), or what a scheduler that answered refused.
         """
+        loop = asyncio.get_running_loop()
+        end = loop.time() + self.timeout
+        rounds = 0
+        while True:
+            try:
+                return await self._dial_round(info, rounds, end)
+            except (StandingBy, SchedulerUnreachable):
+                if loop.time() + STANDBY_PAUSE >= end or (len(self.schedulers) == 1 and self._resolved == 1):
+                    raise  # out of time, or the one scheduler there is failed: the reconnect loop (or the user) decides
+            rounds += 1
+            await asyncio.sleep(STANDBY_PAUSE * (0.5 + random.random() / 2))  # a takeover under way takes a lease
+
+    async def _dial_round(self, info: dict[str, Any], rounds: int, end: float) -> SchedulerLink:
         count = len(self.schedulers)
-        # a standby that stopped (or a dead host) must not eat the whole timeout: the leader may be next
-        timeout = self.timeout if count == 1 else max(2.0, self.timeout / count)
         host, port = self.schedulers.first
         for attempt in range(count + 1):  # each address, and one redirect
             try:
-                link = await SchedulerLink.connect(
-                    host, port, timeout, self.user, self._secret, info, self._on_message, self._on_lost,
-                    self._tls, self._insecure_plaintext,
-                )  # fmt: skip
+                link = await self._dial_each(host, port, info, rounds, end)
             except StandingBy as exc:
                 if attempt == count:
                     raise
@@ -439,8 +459,48 @@ class ClusterSession:
                 continue
             self.schedulers.prefer((host, port))
             self.host, self.port = host, port
+            if len(self.schedulers) > 1 or self._resolved > 1:  # a silent leader may have been replaced
+                link.on_doubt = lambda silence: self._doubt(link, silence)
             return link
         raise AssertionError("unreachable: the last attempt returns or raises")
+
+    async def _dial_each(self, host: str, port: int, info: dict[str, Any], rounds: int, end: float) -> SchedulerLink:
+        """Logs in at `host`:`port`, at each address its name resolves to until one leads or names the leader."""
+        addresses = sorted(await addresses_of(host, port), key=lambda a: a != self._leads_at)  # where one was seen leading first
+        self._resolved = len(addresses)
+        several = len(self.schedulers) + len(addresses) - 1
+        failed: StandingBy | SchedulerUnreachable | None = None
+        for address in addresses:
+            timeout = max(0.1, min(deadline(self.timeout, several, rounds), end - asyncio.get_running_loop().time()))
+            try:
+                return await SchedulerLink.connect(
+                    host, port, timeout, self.user, self._secret, info, self._on_message, self._on_lost,
+                    self._tls, self._insecure_plaintext, dial=address,
+                )  # fmt: skip
+            except StandingBy as exc:
+                if exc.leader:
+                    raise  # it named the leader: dial that
+                failed = exc
+            except SchedulerUnreachable as exc:
+                failed = exc
+            if len(addresses) > 1:
+                log.info("%s; trying the next address of %s", failed, host)
+        assert failed is not None
+        raise failed
+
+    def _doubt(self, link: SchedulerLink, silence: float) -> None:
+        """The leader missed a sign of life: asks the other schedulers (one question at a time) if another leads."""
+        if self._asking is None or self._asking.done():
+            self._asking = asyncio.get_running_loop().create_task(self._ask_others(link, silence))
+
+    async def _ask_others(self, link: SchedulerLink, silence: float) -> None:
+        peer = link.transport.get_extra_info("peername") if link.transport is not None else None
+        context = self._tls.context() if self._tls is not None else None
+        leader = await another_leads((self.host, self.port), str(peer[0]) if peer else "", self.schedulers.addresses, context,
+                                     FIRST_DEADLINE)  # fmt: skip
+        if leader and link is self._link:
+            self._leads_at = leader_host(leader)
+            link.give_up(f"silent for {silence:.1f} s, and {leader} leads now")
 
     def _on_lost(self, reason: str) -> None:
         if self._closing:

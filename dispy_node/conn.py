@@ -52,7 +52,8 @@ from dispy_wire.errors import ErrorCode, RemoteWireError
 from dispy_wire.framing import NEED_DATA, PREAMBLE, FrameDecoder
 from dispy_wire.handshake import HandshakeState, PeerHandshake, Role
 from dispy_wire.liveness import Liveness, Verdict, announced_interval, set_keepalive
-from dispy_wire.schedulers import Schedulers, format_address
+from dispy_wire.dialing import addresses_of, another_leads, leader_host
+from dispy_wire.schedulers import FIRST_DEADLINE, Schedulers, deadline, format_address
 from dispy_wire.version import VERSION
 from dispy_wire.tls import ClientTLS, UntrustedScheduler, channel_binding, describe_failure, plaintext_refusal
 from dispy_wire.messages import (
@@ -101,9 +102,9 @@ Locate = Callable[[], Awaitable[tuple[str, int]]]
 #: refusals after which redialing cannot help: the operator must act
 #: refusals that retrying cannot cure (a throttled or unverified scheduler may be cured by time: those retry)
 FATAL_CODES = frozenset({ErrorCode.LOGIN_FAILED, ErrorCode.CERTIFICATE, ErrorCode.BAD_VERSION})
-CONNECT_TIMEOUT = 10.0
 #: seconds between dials while standbys name no leader (a takeover under way)
 STANDBY_RETRY = 0.5
+#: seconds to connect and log in (with several schedulers, the most a round gives one: schedulers.deadline)
 HANDSHAKE_TIMEOUT = 10.0
 
 
@@ -205,6 +206,8 @@ class NodeControl:
     #: stopping for good (SIGTERM): the next Heartbeat tells the scheduler not to wait for our jobs
     leaving: bool = False
     said_goodbye: asyncio.Event = field(default_factory=asyncio.Event)  # that Heartbeat is written
+    #: the address another scheduler was last found leading at, when the one served fell silent (dialed first)
+    leads_at: str = ""
 
     def __post_init__(self) -> None:
         self.availability = Availability(self.config.rules or Rules(self.config.cpus), self.clock())
@@ -256,15 +259,17 @@ async def run_node(config: NodeConfig, control: NodeControl | None = None, locat
     backoff = Backoff()
     schedulers = Schedulers(",".join(format_address(h, p) for h, p in ((config.host, config.port), *config.standbys)), config.port)
     finished = asyncio.create_task(control.done.wait())
+    failures = 0  # dials in a row that reached no leader
     try:
         while True:
-            attempt = asyncio.create_task(_connect_once(config, backoff, control))
+            attempt = asyncio.create_task(_connect_once(config, backoff, control, failures // len(schedulers), schedulers))
             await asyncio.wait({attempt, finished}, return_when=asyncio.FIRST_COMPLETED)
             if finished.done():
                 attempt.cancel()  # the session's cleanup kills what is left
                 await asyncio.gather(attempt, return_exceptions=True)
                 logger.info("node done: exiting")
                 return 0
+            failures = 0 if not attempt.cancelled() and attempt.exception() is None else failures + 1
             try:
                 attempt.result()
                 if len(schedulers) > 1 and locate is None:  # lost: the leader may have died or stopped
@@ -317,28 +322,40 @@ class PlaintextRefused(NodeError):
     """A scheduler off loopback without TLS, and no `--insecure-plaintext`."""
 
 
-async def _connect_once(config: NodeConfig, backoff: Backoff, control: NodeControl) -> None:
+async def _connect_once(
+    config: NodeConfig, backoff: Backoff, control: NodeControl, rounds: int = 0, schedulers: Schedulers | None = None
+) -> None:
+    """One session with the scheduler at `config`'s address: each address its name resolves to in turn.
+
+    `rounds`: rounds of dialing that found no leader so far; among several
+    schedulers each address gets a short deadline that doubles with them
+    (dispy_wire/schedulers.py), as a stopped one accepts TCP and says nothing.
+    `schedulers`: all the node knows, asked who leads when the one it serves falls silent.
+    """
     refusal = plaintext_refusal(config.host, config.tls is not None, config.insecure_plaintext)
     if refusal is not None:  # a discovered scheduler: --scheduler was checked at start
         raise PlaintextRefused(f"not connecting to scheduler {config.scheduler}: {refusal} (--tls-ca)")
-    context = config.tls.context() if config.tls is not None else None
-    reader, writer = await asyncio.wait_for(
-        asyncio.open_connection(
-            config.host, config.port, ssl=context, server_hostname=config.host if context else None,
-            ssl_handshake_timeout=CONNECT_TIMEOUT if context else None,
-        ),
-        CONNECT_TIMEOUT,
-    )  # fmt: skip
-    if config.tls is not None:
+    # where another scheduler was last found leading first: one name may stand for the stopped one too
+    addresses = sorted(await addresses_of(config.host, config.port), key=lambda a: a != control.leads_at)
+    limit = deadline(HANDSHAKE_TIMEOUT, len(config.standbys) + len(addresses), rounds)
+    session: _Session | None = None
+    for i, address in enumerate(addresses):
         try:
-            config.tls.check(writer.get_extra_info("ssl_object"))  # the pin, before our first byte
-        except UntrustedScheduler:
-            writer.transport.abort()
-            raise
-    session = _Session(config, control, reader, writer)
+            session = await _log_in(config, control, address, limit)
+            break
+        except SchedulerRefused as exc:
+            if exc.code != ErrorCode.NOT_LEADER or exc.leader or i == len(addresses) - 1:
+                raise  # refused, or it named the leader: the caller decides
+            failed: BaseException = exc
+        except (OSError, TimeoutError) as exc:
+            if i == len(addresses) - 1:
+                raise
+            failed = exc
+        logger.info("scheduler %s at %s: %s; trying its next address", config.scheduler, address, str(failed) or type(failed).__name__)
+    assert session is not None
+    if schedulers is not None and len(schedulers) + len(addresses) > 2:  # a silent leader may have been replaced
+        session.others = schedulers.addresses
     try:
-        async with asyncio.timeout(HANDSHAKE_TIMEOUT):
-            await session.handshake()
         theirs = session.welcome.info.get("version") if session.welcome is not None else None
         logger.info(
             "registered with scheduler %s as %r (scheduler: dispy-shared %s; this node: %s)",
@@ -354,6 +371,36 @@ async def _connect_once(config: NodeConfig, backoff: Backoff, control: NodeContr
             backoff.reset()
     finally:
         await session.close()
+
+
+async def _log_in(config: NodeConfig, control: NodeControl, address: str, limit: float) -> _Session:
+    """Connects to `address` (the scheduler's, or one its name resolves to) and logs in within `limit` seconds each.
+
+    Raises:
+        SchedulerRefused, OSError, TimeoutError, RemoteWireError, UntrustedScheduler.
+    """
+    context = config.tls.context() if config.tls is not None else None
+    reader, writer = await asyncio.wait_for(
+        asyncio.open_connection(
+            address, config.port, ssl=context, server_hostname=config.host if context else None,
+            ssl_handshake_timeout=limit if context else None,
+        ),
+        limit,
+    )  # fmt: skip
+    if config.tls is not None:
+        try:
+            config.tls.check(writer.get_extra_info("ssl_object"))  # the pin, before our first byte
+        except UntrustedScheduler:
+            writer.transport.abort()
+            raise
+    session = _Session(config, control, reader, writer)
+    try:
+        async with asyncio.timeout(limit):
+            await session.handshake()
+    except BaseException:
+        await session.close()
+        raise
+    return session
 
 
 class _Session:
@@ -383,6 +430,9 @@ class _Session:
         self.welcome: Welcome | None = None
         #: silence both ways, from login on; the reason a silent scheduler was given up
         self.liveness: Liveness | None = None
+        #: the schedulers to ask who leads when this one falls silent (none: it is the only one)
+        self.others: list[tuple[str, int]] = []
+        self._asking: asyncio.Task[None] | None = None
         self._gave_up = ""
         #: why the scheduler said it is restarting (`Restarting`): its close that follows is no failure
         self.restarting = ""
@@ -457,7 +507,7 @@ class _Session:
         # with what this session had not written yet
         unsent, self._results = self._results, []
         self.control.keeper.detach(unsent)
-        tasks = [t for t in (self._heartbeats, self._watch) if t is not None]
+        tasks = [t for t in (self._heartbeats, self._watch, self._asking) if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -586,6 +636,20 @@ class _Session:
                 return
             if verdict is Verdict.PING:  # our Heartbeats were held up (a slow drain): any message will do
                 self._write(encode(Ping()))
+            if self.others and live.doubtful(now) and (self._asking is None or self._asking.done()):
+                self._asking = asyncio.create_task(self._ask_others(live.silence(now)))
+
+    async def _ask_others(self, silence: float) -> None:
+        """The scheduler missed a sign of life: if another leads now (it was stopped and replaced), leave it."""
+        peer = self._writer.get_extra_info("peername")
+        context = self.config.tls.context() if self.config.tls is not None else None
+        leader = await another_leads((self.config.host, self.config.port), str(peer[0]) if peer else "", self.others,
+                                     context, FIRST_DEADLINE)  # fmt: skip
+        if leader and not self._writer.transport.is_closing():
+            self.control.leads_at = leader_host(leader)
+            self._gave_up = f"silent for {silence:.1f} s, and {leader} leads now"
+            logger.warning("scheduler %s %s: closing the connection", self.config.scheduler, self._gave_up)
+            self._writer.transport.abort()
 
     def _check_done(self) -> None:
         self.control.check_done(self.runner.busy, self.runner.clusters)

@@ -114,6 +114,14 @@ def _table(title: str, columns: Sequence[str], rows: list[list[str]]) -> None:
 
 def _print_status(s: dict[str, Any]) -> None:
     you = s.get("you", {})
+    leader = s.get("leader")
+    if s.get("role") == "standby":
+        _table("scheduler", ["", ""], [
+            ["version", str(s["version"])], ["role", "standing by"], ["uptime", f"{s['uptime']:.0f} s"],
+            ["leader", _leader(leader) if leader else "none at the moment (a takeover is under way)"],
+            ["leader's HTTP API", (leader or {}).get("http") or "unknown"],
+        ])  # fmt: skip
+        return
     rows = [
         ["version", str(s["version"])], ["policy", str(s["policy"])], ["uptime", f"{s['uptime']:.0f} s"],
         ["nodes", f"{s['nodes']} ({', '.join(s['drained_nodes']) or 'none'} drained)"],
@@ -122,7 +130,14 @@ def _print_status(s: dict[str, Any]) -> None:
         ["jobs held", ", ".join(f"{n} {state}" for state, n in s["jobs"].items() if n) or "none"],
         ["you", "administrator" if you.get("admin") else f"user {you.get('user')}"],
     ]  # fmt: skip
+    if leader:  # one of several schedulers on a shared state
+        rows.insert(1, ["role", f"leading: {_leader(leader)}"])
     _table("scheduler", ["", ""], rows)
+
+
+def _leader(leader: dict[str, Any]) -> str:
+    since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(leader["since"]))
+    return f"{leader['address']}, epoch {leader['epoch']}, since {since}"
 
 
 def _print_users(users: list[dict[str, Any]]) -> None:

@@ -99,7 +99,7 @@ class Dashboard:
             for t, busy in (*self.history, now)
         ]
         return {
-            "status": {**views.status(core, self.api.started, who.user), "you": who.as_json()},
+            "status": {**views.status(core, self.api.started, who.user, self.api.server.leadership), "you": who.as_json()},
             "users": views.users(core, who.user),
             "nodes": views.nodes(core),
             "clusters": views.clusters(core, who.user),

@@ -43,7 +43,7 @@ from dispy_wire.tls import is_loopback
 from dispy_wire.verifier import Verifier
 
 from . import views
-from .config import ConfigError, check_private
+from .config import ConfigError, SchedConfig, check_private
 from .core import events as E
 from .dashboard import Dashboard
 from .gate import LoginThrottle
@@ -117,11 +117,31 @@ def error_response(status: int, code: str, message: str) -> web.Response:
     return web.json_response({"error": code, "message": message}, status=status, headers=headers)
 
 
-class Logins:
-    """Checks the `Authorization` header of a request."""
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error as JSON (`ApiError`s and aiohttp's own: no such route, wrong method, body too large)."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return error_response(exc.status, exc.code, exc.message)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = {404: "not-found", 405: "method-not-allowed", 413: "too-large"}.get(exc.status, "bad-request")
+        return error_response(exc.status, code, f"{exc.reason}: {request.method} {request.path}")
 
-    def __init__(self, server: SchedulerServer, token: str, basic_allowed: bool) -> None:
-        self.server = server
+
+class Logins:
+    """Checks the `Authorization` header of a request.
+
+    Args:
+        config: the users' verifiers (read again in place on a reload).
+        on_refused: counts a refused login (its argument: "http").
+    """
+
+    def __init__(self, config: SchedConfig, token: str, basic_allowed: bool, on_refused: Callable[[str], None]) -> None:
+        self.config = config
+        self._on_refused = on_refused
         self._token = token.encode()
         self.basic_allowed = basic_allowed
         self._throttle = LoginThrottle()
@@ -145,6 +165,13 @@ class Logins:
             return await self._basic(request, credentials.strip())
         raise ApiError(401, "unauthorized", "log in: an admin token (Authorization: Bearer) or your user name and secret")
 
+    async def admin(self, request: web.Request) -> Identity:
+        """The administrator, or ApiError 401/403."""
+        who = await self.identify(request)
+        if not who.admin:
+            raise ApiError(403, "forbidden", "only an administrator (the admin token) may do this")
+        return who
+
     async def _basic(self, request: web.Request, credentials: str) -> Identity:
         if not self.basic_allowed:
             raise ApiError(401, "unauthorized", "user logins need TLS (the scheduler's --tls-cert) or a loopback address")
@@ -158,12 +185,12 @@ class Logins:
         now = time.monotonic()
         wait = self._throttle.retry_after(address, name, now)
         if wait > 0:
-            self.server.metrics_login_refused("http")
+            self._on_refused("http")
             raise ApiError(429, str(ErrorCode.THROTTLED), f"too many failed logins, retry in {wait:.0f} s")
         key = hmac.new(self._cache_key, f"{name}\0{secret}".encode(), hashlib.sha256).digest()
         if self._cache.get(key, 0.0) > now:
             return Identity(name)
-        verifier = self.server.config.verifier_for(Role.CLIENT, name)
+        verifier = self.config.verifier_for(Role.CLIENT, name)
         # an unknown name costs the same hash as a known one with a wrong secret
         check = verifier if verifier is not None else Verifier.fake(self._fake_key, name)
         ok = await asyncio.get_running_loop().run_in_executor(None, _proves, check, secret)
@@ -178,7 +205,7 @@ class Logins:
         return Identity(name)
 
     def _refused(self, request: web.Request, name: str, why: str) -> None:
-        self.server.metrics_login_refused("http")
+        self._on_refused("http")
         more = self._refusals.admit(time.monotonic())
         if more is not None:
             log.warning("HTTP login of %s from %s refused: %s%s", peer_text(name), request.remote, why, more)
@@ -201,9 +228,9 @@ class HttpApi:
         self.server = server
         self.host = host
         self.tls = tls
-        self.logins = Logins(server, token, basic_allowed=tls is not None or is_loopback(host))
+        self.logins = Logins(server.config, token, tls is not None or is_loopback(host), server.metrics_login_refused)
         self.started = time.time()
-        self.app = web.Application(middlewares=[self._errors], client_max_size=64 << 10)
+        self.app = web.Application(middlewares=[json_errors], client_max_size=64 << 10)
         get, post = web.get, web.post
         self.app.add_routes([
             get("/api/v1/status", self.status),
@@ -243,23 +270,11 @@ class HttpApi:
         if self._runner is not None:
             await self._runner.cleanup()
 
-    @web.middleware
-    async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except ApiError as exc:
-            return error_response(exc.status, exc.code, exc.message)
-        except web.HTTPException as exc:  # aiohttp's own: no such route, wrong method, body too large
-            if exc.status < 400:
-                raise
-            code = {404: "not-found", 405: "method-not-allowed", 413: "too-large"}.get(exc.status, "bad-request")
-            return error_response(exc.status, code, f"{exc.reason}: {request.method} {request.path}")
-
     # ------------------------------------------------------------- reading
 
     async def status(self, request: web.Request) -> web.Response:
         who = await self.logins.identify(request)
-        body = views.status(self.server.core, self.started, who.user)
+        body = views.status(self.server.core, self.started, who.user, self.server.leadership)
         body["you"] = who.as_json()
         return web.json_response(body)
 
@@ -331,10 +346,7 @@ class HttpApi:
         return await self._ask(request, who, reloaded)
 
     async def _admin(self, request: web.Request) -> Identity:
-        who = await self.logins.identify(request)
-        if not who.admin:
-            raise ApiError(403, "forbidden", "only an administrator (the admin token) may do this")
-        return who
+        return await self.logins.admin(request)
 
     async def _ask(self, request: web.Request, who: Identity, make: Callable[[str], E.Event]) -> web.Response:
         """Hands a request to the core; its answer is the response, and one log line says who did what."""
@@ -360,6 +372,17 @@ async def _number(request: web.Request, key: str, kind: type[int] | type[float])
     if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
         raise ApiError(400, "bad-request", f'the body must be a JSON object such as {{"{key}": 2}}; got {body!r:.200}')
     return value
+
+
+def admin_token_file(config: SchedConfig) -> str:
+    """Where the admin token is: `--admin-token-file`, else `admin-token` in the state directory."""
+    assert config.state_dir is not None
+    return config.admin_token_file or os.path.join(config.state_dir, "admin-token")
+
+
+def http_tls(config: SchedConfig) -> ssl.SSLContext | None:
+    """HTTPS with the wire's certificate if the scheduler has one."""
+    return tls_context(config.tls_cert, config.tls_key) if config.tls_cert else None
 
 
 def tls_context(cert: str, key: str | None) -> ssl.SSLContext:

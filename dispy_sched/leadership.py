@@ -36,11 +36,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 
 from .pg_store import connect, create_schema, describe
+from .standby import LeaderInfo
 
 log = logging.getLogger(__name__)
 
@@ -56,16 +57,17 @@ class Leadership:
         dsn: the state store's connection string.
         address: host:port peers should dial while this scheduler leads.
         lease: seconds without a beat after which a standby takes over.
+        http: the URL of this scheduler's dashboard while it leads ('' if it serves none).
     """
 
-    def __init__(self, dsn: str, address: str, lease: float = DEFAULT_LEASE) -> None:
+    def __init__(self, dsn: str, address: str, lease: float = DEFAULT_LEASE, http: str = "") -> None:
         self.dsn = dsn
         self.address = address
         self.lease = lease
+        self.http = http
         self.epoch = 0
-        #: the leader's address as last read ('' unknown): what a standby tells peers
-        self.leader = ""
-        self.since = 0.0  # time.time() this scheduler took over
+        #: the leader as last read (while standing by: what peers, /metrics and the page are told), or ours
+        self.seen = LeaderInfo("", 0, 0.0)
         self._db: psycopg.Connection[Any] | None = None
         self._db_new = False  # `_db` is a new connection: the leader must take its lock again on it
         #: set once `campaign` has looked at the leader row (or failed to): it did not take over at once
@@ -88,8 +90,8 @@ class Leadership:
             try:
                 db = self._connection()
                 row = self._read(db)
-                self.leader = row[1]
-                if self._gone(db, row, watch) and self._take_over(db, row[0]):
+                self.seen = LeaderInfo(row.address, row.epoch, row.since, row.http)
+                if self._gone(db, row, watch) and self._take_over(db, row.epoch):
                     return True
             except psycopg.Error as exc:
                 if watch.beat is not None or self._db is not None:  # once per outage
@@ -100,9 +102,9 @@ class Leadership:
             stop.wait(self.lease / 6)
         return False
 
-    def _gone(self, db: psycopg.Connection[Any], row: tuple[int, str, int, int, bool], watch: _Watch) -> bool:
+    def _gone(self, db: psycopg.Connection[Any], row: _Row, watch: _Watch) -> bool:
         """Whether the leader in `row` is gone, as this standby has watched it (see the module's docstring)."""
-        epoch, address, pid, beat, alive = row
+        epoch, address, pid, beat, alive = row.epoch, row.address, row.pid, row.beat, row.alive
         now = time.monotonic()
         if (epoch, beat) != watch.beat:
             watch.beat, watch.since = (epoch, beat), now
@@ -120,30 +122,51 @@ class Leadership:
             return True
         return False
 
-    def _read(self, db: psycopg.Connection[Any]) -> tuple[int, str, int, int, bool]:
+    def _read(self, db: psycopg.Connection[Any]) -> _Row:
         row = db.execute(
-            "SELECT epoch, address, backend_pid, beat, EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = l.backend_pid) "
-            "FROM leader l WHERE id = 1"
+            "SELECT epoch, address, backend_pid, beat, EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = l.backend_pid), "
+            "extract(epoch FROM since), http FROM leader l WHERE id = 1"
         ).fetchone()
         assert row is not None  # the schema inserts it
-        return int(row[0]), str(row[1]), int(row[2]), int(row[3]), bool(row[4])
+        return _Row(int(row[0]), str(row[1]), int(row[2]), int(row[3]), bool(row[4]), float(row[5]), str(row[6]))
 
     def _take_over(self, db: psycopg.Connection[Any], judged: int) -> bool:
         got = db.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,)).fetchone()
         if not got or not got[0]:
             return False  # another standby is taking over, or the old lock is not yet released
-        row = db.execute(
-            "UPDATE leader SET epoch = epoch + 1, address = %s, backend_pid = pg_backend_pid(), beat = 0, since = now() "
-            "WHERE id = 1 AND epoch = %s RETURNING epoch",
-            (self.address, judged),
-        ).fetchone()
+        row = self._claim(db, judged)
         if row is None:
             db.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
             return False  # someone else took over meanwhile
-        self.epoch, self.leader, self.since = int(row[0]), self.address, time.time()
+        self.epoch = int(row[0])
+        self.seen = LeaderInfo(self.address, self.epoch, float(row[1]), self.http)
         self._db_new = False  # this connection holds the lock
         log.warning("leading now (epoch %d) as %s", self.epoch, self.address)
         return True
+
+    def _claim(self, db: psycopg.Connection[Any], judged: int) -> tuple[Any, ...] | None:
+        """Adds one to the epoch judged gone, naming this scheduler: (epoch, since), or None if it moved on.
+
+        A leader stopped in the middle of a write holds the leader row (its
+        fence, FOR SHARE) in a transaction that never ends, and the UPDATE
+        would wait for it forever: its connections that hold the row are
+        ended first, and the UPDATE waits a second at most before trying again.
+        """
+        while True:
+            db.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_locks "
+                "WHERE relation = 'leader'::regclass AND mode = 'RowShareLock' AND pid <> pg_backend_pid()"
+            )
+            try:
+                with db.transaction():
+                    db.execute("SET LOCAL lock_timeout = '1s'")
+                    return db.execute(
+                        "UPDATE leader SET epoch = epoch + 1, address = %s, backend_pid = pg_backend_pid(), beat = 0, "
+                        "since = now(), http = %s WHERE id = 1 AND epoch = %s RETURNING epoch, extract(epoch FROM since)",
+                        (self.address, self.http, judged),
+                    ).fetchone()
+            except psycopg.errors.LockNotAvailable:
+                log.warning("standby: the old leader's write holds the leader row; ending it again")
 
     # ---------------------------------------------------------------- leading
 
@@ -167,7 +190,7 @@ class Leadership:
                 ).fetchone()
                 if row is None:
                     current = self._read(db)
-                    on_lost(f"another scheduler took over (epoch {current[0]}, {current[1] or 'no address'}; ours was {self.epoch})")
+                    on_lost(f"another scheduler took over (epoch {current.epoch}, {current.address or 'no address'}; ours was {self.epoch})")
                     return
             except _Lost as exc:
                 on_lost(str(exc))
@@ -180,7 +203,7 @@ class Leadership:
     def _relock(self, db: psycopg.Connection[Any]) -> None:
         """Takes the lock again on a new connection (the database restarted), if our epoch still leads."""
         while True:
-            epoch = self._read(db)[0]
+            epoch = self._read(db).epoch
             if epoch != self.epoch:
                 raise _Lost(f"another scheduler took over while the state database was away (epoch {epoch}; ours was {self.epoch})")
             got = db.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,)).fetchone()
@@ -241,6 +264,18 @@ def describe_leader(dsn: str) -> str:
         return f"no scheduler leads (epoch {epoch}: {'the last leader resigned' if epoch else 'none has led yet'})"
     lock = "holds its lock" if alive else "its lock connection is gone: a standby takes over"
     return f"leader {address}, epoch {epoch}, since {since:%Y-%m-%d %H:%M:%S %Z} ({beat} beats; {lock})"
+
+
+class _Row(NamedTuple):
+    """The `leader` row as a standby reads it; `alive`: the connection `pid` is still open."""
+
+    epoch: int
+    address: str
+    pid: int
+    beat: int
+    alive: bool
+    since: float  # Unix time the leader took over (the database's clock)
+    http: str
 
 
 class _Watch:

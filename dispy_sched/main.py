@@ -30,6 +30,7 @@ from .standby import StandbyAnswer
 
 if TYPE_CHECKING:
     from .leadership import Leadership
+    from .standby_http import StandbyHttp
 
 log = logging.getLogger("dispy_sched")
 
@@ -62,13 +63,20 @@ async def stand_by(cfg: SchedConfig, stop: asyncio.Event) -> Leadership | None:
     loop = asyncio.get_running_loop()
     tls = cfg.server_tls()
     answer = await loop.create_server(
-        lambda: StandbyAnswer(lambda: leadership.leader), cfg.host, cfg.port, reuse_address=True,
+        lambda: StandbyAnswer(lambda: leadership.seen.address), cfg.host, cfg.port, reuse_address=True,
         ssl=tls.context() if tls else None, ssl_handshake_timeout=cfg.handshake_timeout if tls else None,
     )  # fmt: skip
     host, port = answer.sockets[0].getsockname()[:2]
     cfg.port = port
-    shown = cfg.name if host in ("0.0.0.0", "::") else (f"[{host}]" if ":" in host else host)
-    leadership.address = cfg.advertise or f"{shown}:{port}"
+    leadership.address = cfg.advertise or f"{_shown(host, cfg.name)}:{port}"
+    http: StandbyHttp | None = None
+    if cfg.http_port is not None:  # the standby's page and /metrics, on the port the leader's will use
+        from .standby_http import StandbyHttp  # aiohttp: imported only by a scheduler that serves HTTP
+
+        http = StandbyHttp(cfg, lambda: leadership.seen)
+        http_host, cfg.http_port = await http.start(cfg.http_port)
+        advertised = leadership.address.rpartition(":")[0] if host in ("0.0.0.0", "::") else _shown(http_host, cfg.name)
+        leadership.http = f"{'https' if http.tls else 'http'}://{advertised}:{cfg.http_port}"
     halt = threading.Event()
     campaign = asyncio.ensure_future(asyncio.to_thread(leadership.campaign, halt))
     stopped = asyncio.ensure_future(stop.wait())
@@ -79,6 +87,8 @@ async def stand_by(cfg: SchedConfig, stop: asyncio.Event) -> Leadership | None:
         if not leadership.epoch:  # someone else leads: stand by, and say where we listen
             log.info("standing by on %s:%d (state in PostgreSQL; peers are sent to the leader)", host, port)
             print(f"listening on {host}:{port}", flush=True)
+            if http is not None:
+                print(f"http on {leadership.http} (standing by)", flush=True)
         await asyncio.wait({campaign, stopped}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         halt.set()
@@ -86,7 +96,16 @@ async def stand_by(cfg: SchedConfig, stop: asyncio.Event) -> Leadership | None:
         stopped.cancel()
         answer.close()
         await answer.wait_closed()
+        if http is not None:  # the leader's own server takes the port over
+            await http.stop()
     return leadership if leads else None
+
+
+def _shown(host: str, name: str) -> str:
+    """How peers are to reach a socket bound to `host`: this host's name if it is a wildcard address."""
+    if host in ("0.0.0.0", "::"):
+        return name
+    return f"[{host}]" if ":" in host else host
 
 
 async def serve(
@@ -136,7 +155,7 @@ async def _lead(
     )  # fmt: skip
     server = SchedulerServer(cfg, SchedulerCore(policy, core_config), store, accounting)
     if leadership is not None:  # clients see it in scheduler_status()
-        server.leadership = {"address": leadership.address, "epoch": leadership.epoch, "since": leadership.since}
+        server.leadership = leadership.seen
     core = server.core
     host, port = await server.start()
     responder = await start_responder(cfg, host, port)

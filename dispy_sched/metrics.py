@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter as Tally
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -23,6 +23,7 @@ from dispy_wire.handshake import Role
 from dispy_wire.messages import RunJob
 
 from .core import actions as A
+from .standby import LeaderInfo
 from .views import node_state
 
 if TYPE_CHECKING:
@@ -55,17 +56,13 @@ class SchedMetrics:
             "dispy_job_run_seconds", "Seconds a job ran on its node, by its start and end there",
             buckets=RUN_BUCKETS, registry=self.registry,
         )  # fmt: skip
-        self.logins_refused = Counter(
-            "dispy_logins_refused", "Logins refused (a wrong secret, an unknown name, throttled), by where",
-            ["via"], registry=self.registry,
-        )  # fmt: skip
-        for via in ("wire", "http"):
-            self.logins_refused.labels(via)  # shown as 0 before the first
+        self.logins_refused = logins_refused(self.registry)
         self.loop_lag = Gauge(
             "dispy_scheduler_loop_lag_seconds", "How late the scheduler's event loop ran a timer, last sampled",
             registry=self.registry,
         )  # fmt: skip
         self.registry.register(StateCollector(server))
+        self.registry.register(LeadershipCollector(True, lambda: server.leadership))
 
     def ended(self, ends: list[A.JobEnd]) -> None:
         tally: Tally[tuple[str, str]] = Tally((e.user, e.status) for e in ends)
@@ -96,6 +93,17 @@ class SchedMetrics:
             self.loop_lag.set(max(0.0, loop.time() - due))
 
 
+def logins_refused(registry: CollectorRegistry) -> Counter:
+    """`dispy_logins_refused_total{via}`, on a leader and a standby alike."""
+    counter = Counter(
+        "dispy_logins_refused", "Logins refused (a wrong secret, an unknown name, throttled), by where",
+        ["via"], registry=registry,
+    )  # fmt: skip
+    for via in ("wire", "http"):
+        counter.labels(via)  # shown as 0 before the first
+    return counter
+
+
 class StateCollector(Collector):
     """Gauges read from the core and the shell when scraped."""
 
@@ -122,6 +130,38 @@ class StateCollector(Collector):
         roles: Tally[str] = Tally({str(Role.CLIENT): 0, str(Role.NODE): 0})
         roles.update(str(c.peer.role) for c in self.server.peers.values() if c.peer is not None)
         yield _family("dispy_connections", "Authenticated connections, by role", "role", roles.items())
+
+
+class LeadershipCollector(Collector):
+    """Which scheduler leads, as this one knows it (the same names on a leader and a standby).
+
+    `dispy_scheduler_leading` is 1 on a scheduler that serves peers, 0 on a
+    standby: the sum over all schedulers of one state is 1 when all is well.
+    With a shared state, `dispy_scheduler_leader` (labels: its address and
+    epoch) and `dispy_scheduler_leader_since_seconds` name the leader.
+
+    Args:
+        leading: this scheduler leads.
+        leader: the leader as last read (None: no shared state; an empty address: none leads now).
+    """
+
+    def __init__(self, leading: bool, leader: Callable[[], LeaderInfo | None]) -> None:
+        self.leading = leading
+        self.leader = leader
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily("dispy_scheduler_leading", "1 if this scheduler leads (serves peers), 0 if it stands by",
+                                value=int(self.leading))  # fmt: skip
+        info = self.leader()
+        if info is None or not info.address:
+            return
+        family = GaugeMetricFamily(
+            "dispy_scheduler_leader", "The scheduler that leads this one's shared state (1; the labels say which)",
+            labels=["address", "epoch"],
+        )  # fmt: skip
+        family.add_metric([info.address, str(info.epoch)], 1)
+        yield family
+        yield GaugeMetricFamily("dispy_scheduler_leader_since_seconds", "Unix time the leader took over", value=info.since)
 
 
 def _family(name: str, doc: str, label: str, samples: Iterable[tuple[str, float]]) -> GaugeMetricFamily:

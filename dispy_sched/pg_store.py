@@ -94,7 +94,8 @@ CREATE TABLE IF NOT EXISTS leader (
     address TEXT NOT NULL,
     backend_pid INTEGER NOT NULL,
     beat BIGINT NOT NULL,
-    since TIMESTAMPTZ NOT NULL
+    since TIMESTAMPTZ NOT NULL,
+    http TEXT NOT NULL DEFAULT ''  -- the leader's dashboard URL ('' if none): a standby's page links to it
 );
 INSERT INTO leader VALUES (1, 0, '', 0, 0, now()) ON CONFLICT (id) DO NOTHING;
 CREATE TABLE IF NOT EXISTS operator_settings (
@@ -151,6 +152,8 @@ def create_schema(dsn: str) -> None:
         with db.transaction():
             db.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
             db.execute(_SCHEMA)
+            if not _has_column(db, "leader", "http"):  # made before it had one (ALTER locks the table: only then)
+                db.execute("ALTER TABLE leader ADD COLUMN http TEXT NOT NULL DEFAULT ''")
             row = db.execute("SELECT version FROM schema_version").fetchone()
             if row is None:
                 db.execute("INSERT INTO schema_version VALUES (%s)", (SCHEMA_VERSION,))
@@ -161,6 +164,13 @@ def create_schema(dsn: str) -> None:
                 db.execute("UPDATE schema_version SET version = %s", (SCHEMA_VERSION,))
             elif row[0] != SCHEMA_VERSION:
                 raise psycopg.DatabaseError(f"the database has schema version {row[0]}; this scheduler reads {SCHEMA_VERSION}")
+
+
+def _has_column(db: psycopg.Connection[Any], table: str, column: str) -> bool:
+    found = db.execute(
+        "SELECT 1 FROM information_schema.columns WHERE table_name = %s AND column_name = %s", (table, column)
+    ).fetchone()
+    return found is not None
 
 
 class PgStore:

@@ -51,6 +51,7 @@ from .core import events as E
 from .gate import LoginThrottle, PreLoginGate
 from .accounting import AccountingStore, log_line
 from .journal import NotLeader, StateStore, StoreFailed
+from .standby import LeaderInfo
 from .logsafe import peer_text
 
 if TYPE_CHECKING:
@@ -163,8 +164,8 @@ class SchedulerServer:
         self._watch_task: asyncio.Task[None] | None = None
         self._last_status_log = 0.0
         self._dispatched = False
-        #: with a shared state (leadership.py): this scheduler's address, epoch and since (Unix time)
-        self.leadership: dict[str, Any] | None = None
+        #: with a shared state (leadership.py): this scheduler's address, epoch and since
+        self.leadership: LeaderInfo | None = None
         self.address: tuple[str, int] = (config.host, config.port)
         self._fake_key = os.urandom(32)  # unknown names' fake verifiers derive from it (dispy_wire/verifier.py)
         self.throttle = LoginThrottle()
@@ -222,13 +223,12 @@ class SchedulerServer:
 
     async def start_http(self, port: int) -> None:
         """The JSON API and /metrics on `http_host`:`port`, TLS with the wire's certificate if it has one."""
-        from .httpd import HttpApi, load_admin_token, tls_context  # aiohttp and prometheus-client: 0.4 s of
-        from .metrics import SchedMetrics  # CPU to import, paid only by a scheduler that serves HTTP
+        from .httpd import HttpApi, admin_token_file, http_tls, load_admin_token  # aiohttp and prometheus-client:
+        from .metrics import SchedMetrics  # 0.4 s of CPU to import, paid only by a scheduler that serves HTTP
 
-        assert self.config.state_dir is not None
-        token_file = self.config.admin_token_file or os.path.join(self.config.state_dir, "admin-token")
+        token_file = admin_token_file(self.config)
         token = load_admin_token(token_file)
-        tls = tls_context(self.config.tls_cert, self.config.tls_key) if self.config.tls_cert else None
+        tls = http_tls(self.config)
         self.metrics = SchedMetrics(self)
         self.http = HttpApi(self, token, self.config.http_host, tls)
         try:
@@ -657,7 +657,7 @@ class SchedulerServer:
                 self._send(client, M.ClusterClosed(cluster_id))
             case A.ReportStatus(client, ref, status):
                 if self.leadership is not None:  # one of several schedulers on a shared state: this one leads
-                    status = {**status, "leader": self.leadership}
+                    status = {**status, "leader": self.leadership.as_json()}
                 self._send(client, M.Status(ref, status))
             case A.ReleaseCluster(user, cluster_id, name, results, jobs, _):
                 log.warning(

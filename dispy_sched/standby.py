@@ -1,5 +1,8 @@
 """What a standby scheduler says to every peer that dials it: "not leader; the leader is host:port".
 
+(`LeaderInfo`, who leads as one scheduler knows it, is here too: the
+standby's and the leader's HTTP views show it, without psycopg.)
+
 It sends the preamble and a `NotLeader` frame in the place of a Challenge,
 reads the peer's preamble (closing with unread bytes would reset the
 connection, and the peer might lose the frame), and closes. Peers follow
@@ -12,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import cast
+from dataclasses import dataclass
+from typing import Any, cast
 
 from dispy_wire import messages as M
 from dispy_wire.framing import PREAMBLE
@@ -21,6 +25,19 @@ log = logging.getLogger(__name__)
 
 #: seconds a peer has to send its preamble before the standby closes anyway
 LINGER = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class LeaderInfo:
+    """Who leads the schedulers sharing one state, as last read from the database ('' address: none leads)."""
+
+    address: str  # host:port peers dial
+    epoch: int
+    since: float  # Unix time it took over (the database's clock)
+    http: str = ""  # its dashboard's URL, if it serves one
+
+    def as_json(self) -> dict[str, Any]:
+        return {"address": self.address, "epoch": self.epoch, "since": self.since, "http": self.http}
 
 
 class StandbyAnswer(asyncio.Protocol):

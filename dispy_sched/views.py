@@ -15,6 +15,7 @@ from typing import Any
 from dispy_wire.status import JobStatus
 
 from .core import ClusterRecord, JobRecord, JobState, NodeRecord, SchedulerCore
+from .standby import LeaderInfo
 
 #: job states as the API names them: the core's own, a terminal one by its result's status
 JOB_STATES = ("queued", "running", "orphaned", "finished", "terminated", "cancelled", "abandoned")
@@ -45,8 +46,8 @@ def node_state(node: NodeRecord) -> str:
     return "busy" if running else "idle"
 
 
-def status(core: SchedulerCore, started: float, viewer: str | None) -> dict[str, Any]:
-    """The scheduler at a glance: version, uptime, counts."""
+def status(core: SchedulerCore, started: float, viewer: str | None, leader: LeaderInfo | None = None) -> dict[str, Any]:
+    """The scheduler at a glance: version, uptime, counts; `leader`: this one, leading others on a shared state."""
     clusters = _visible_clusters(core, viewer)
     jobs = {state: 0 for state in JOB_STATES}
     for cluster in clusters:
@@ -54,6 +55,8 @@ def status(core: SchedulerCore, started: float, viewer: str | None) -> dict[str,
             jobs[state] += n
     return {
         "version": version(),
+        "role": "leader",
+        "leader": leader.as_json() if leader is not None else None,
         "policy": getattr(core.policy, "name", type(core.policy).__name__),
         "started": started,
         "uptime": max(0.0, core.now - started),

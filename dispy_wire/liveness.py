@@ -29,6 +29,9 @@ from typing import Any
 
 #: intervals of silence after which a peer is given up
 MISSES = 4
+#: intervals of silence after which a peer that knows several schedulers asks the others whether one of
+#: them leads now (dispy_wire/dialing.py's `another_leads`): a stopped leader is left in seconds, not MISSES
+DOUBT = 1.5
 #: an announced interval outside these bounds is replaced by the default
 MIN_INTERVAL, MAX_INTERVAL = 0.05, 3600.0
 #: seconds between an idle side's Pings unless configured
@@ -89,6 +92,10 @@ class Liveness:
     def silence(self, now: float) -> float:
         """Seconds since the peer was last heard (as of the last check)."""
         return now - self.last_heard
+
+    def doubtful(self, now: float) -> bool:
+        """The peer missed a sign of life (as of the last check): it may be stopped, or only slow."""
+        return now - self.last_heard > self.expect_every * DOUBT
 
     def check(self, now: float) -> Verdict:
         """What the link needs now; a PING verdict counts as sent."""

@@ -4,10 +4,26 @@ Several `dispyscheduler`s may share one PostgreSQL state store; one leads
 and the others stand by, answering each connection with `NotLeader` (the
 leader's address). A peer is given all their addresses (`"a:9702,b:9702"`)
 and keeps them in the order to try: the one it reached last first, a leader
-a standby named first of all. No I/O here: the caller dials.
+a standby named first of all. No I/O here: the caller dials (and resolves
+a name that stands for several schedulers: dialing.py).
+
+A stopped scheduler (SIGSTOP, a hung host) still accepts TCP and then says
+nothing, so among several addresses each gets a short deadline to log us in
+(`deadline`), doubled at each round that found no leader, up to the full
+timeout: a takeover is found in seconds, a merely slow leader still in time.
 """
 
 from __future__ import annotations
+
+#: seconds the first round gives each of several schedulers to log us in
+FIRST_DEADLINE = 2.0
+
+
+def deadline(full: float, addresses: int, rounds: int) -> float:
+    """Seconds to give one of `addresses` schedulers after `rounds` rounds without a leader; `full` with one."""
+    if addresses <= 1:
+        return full
+    return min(full, FIRST_DEADLINE * (1 << min(rounds, 16)))
 
 
 def parse_address(spec: str, default_port: int) -> tuple[str, int]:

@@ -13,6 +13,7 @@ import glob
 import os
 import pwd
 import shutil
+import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -37,9 +38,10 @@ class PgServer:
 
     Args:
         fsync: off for speed in tests (a crash of the machine loses nothing a test needs); on for benchmarks.
+        tls: (certificate, key) files: it listens on 127.0.0.1 too, on a free port, TLS only (`port`).
     """
 
-    def __init__(self, fsync: bool = False) -> None:
+    def __init__(self, fsync: bool = False, tls: tuple[Path, Path] | None = None) -> None:
         bins = bindir()
         if bins is None:
             pytest.skip(MISSING)
@@ -56,9 +58,28 @@ class PgServer:
                 f"listen_addresses = ''\nunix_socket_directories = '{self.dir}'\nfsync = {'on' if fsync else 'off'}\n"
                 "max_connections = 50\nshared_buffers = 32MB\n"
             )
-        self.dsn = f"postgresql://dispy@/dispy?host={self.dir}"
+        self.port = 0
+        if tls is not None:
+            self._listen_tls(*tls)
+        self.dsn = f"postgresql://dispy@/dispy?host={self.dir}" + (f"&port={self.port}" if self.port else "")
         self.start()
-        self._run("createdb", "-h", str(self.dir), "-U", "dispy", "dispy")
+        self._run("createdb", "-h", str(self.dir), *(["-p", str(self.port)] if self.port else []), "-U", "dispy", "dispy")
+
+    def _listen_tls(self, cert: Path, key: Path) -> None:
+        """TCP on 127.0.0.1 with TLS required (no plaintext line in pg_hba.conf), the key readable by the server only."""
+        for source in (cert, key):
+            shutil.copy(source, self.data / source.name)
+            if self.owner is not None:
+                os.chown(self.data / source.name, self.owner.pw_uid, self.owner.pw_gid)
+        (self.data / key.name).chmod(0o600)
+        with socket.socket() as probe:  # PostgreSQL takes no port 0: a free one, asked of the OS just before
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        with open(self.data / "postgresql.conf", "a") as conf:
+            conf.write(f"listen_addresses = '127.0.0.1'\nport = {self.port}\nssl = on\n"
+                       f"ssl_cert_file = '{cert.name}'\nssl_key_file = '{key.name}'\n")  # fmt: skip
+        with open(self.data / "pg_hba.conf", "w") as hba:
+            hba.write("local all all trust\nhostssl all all 127.0.0.1/32 trust\n")
 
     @staticmethod
     def _owner() -> pwd.struct_passwd | None:

@@ -50,7 +50,7 @@ def test_a_standby_takes_over_a_leader_whose_beat_stops_and_the_old_one_is_told(
     leader.keep(lost.append)
     standby = Leadership(pg_dsn, "b:2", lease=1.0)
     thread, stop, won = campaign_in_thread(standby)
-    wait_until(lambda: standby.leader == "a:1", what="the standby to read who leads")
+    wait_until(lambda: standby.seen.address == "a:1", what="the standby to read who leads")
     # beating: the standby stands by for several leases
     wait_until(lambda: leader._db is not None and _beats(pg_dsn) >= 6, what="six beats")
     assert not won
@@ -72,3 +72,22 @@ def _beats(dsn: str) -> int:
         row = db.execute("SELECT beat FROM leader").fetchone()
         assert row is not None
         return int(row[0])
+
+
+def test_a_leader_stopped_in_the_middle_of_a_write_does_not_hold_up_the_takeover(pg_dsn: str) -> None:
+    leader = Leadership(pg_dsn, "a:1", lease=1.0)
+    assert leader.campaign(threading.Event())
+    import psycopg
+
+    # its write's fence (PgStore.write), in a transaction that never ends: as if stopped (SIGSTOP) right there
+    stuck = psycopg.connect(pg_dsn)
+    stuck.execute("SELECT epoch FROM leader WHERE id = 1 FOR SHARE")
+    standby = Leadership(pg_dsn, "b:2", lease=1.0)
+    thread, stop, won = campaign_in_thread(standby)
+    thread.join(60)  # its beat never started: a lease after the standby first looks, it takes over
+    stop.set()
+    assert won == [True] and standby.epoch == leader.epoch + 1
+    with pytest.raises(psycopg.OperationalError):  # the stopped write's connection was ended: it commits nothing
+        stuck.execute("SELECT 1")
+    standby.resign()
+    leader.resign()

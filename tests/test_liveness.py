@@ -103,3 +103,11 @@ def test_the_scheduler_refuses_a_heartbeat_out_of_bounds(tmp_path: Path) -> None
     for bad in ("0", "-1", "1e9"):
         with pytest.raises(ConfigError, match=r"heartbeat: expected seconds .* (>= 0.05|<= 3600.0)"):
             config_from_args(["--heartbeat", bad, *state])
+
+
+def test_a_peer_is_in_doubt_after_one_and_a_half_missed_intervals_long_before_it_is_given_up() -> None:
+    live = Liveness.start(send_every=2.0, expect_every=2.0, now=0.0)
+    run(live, 10.0, live.period, hear=True)  # last heard at 10
+    assert not live.doubtful(12.5)
+    run(live, 13.5, live.period)
+    assert live.doubtful(13.5) and live.check(13.5) is not Verdict.SILENT

@@ -10,6 +10,7 @@ they count that every job reached the user exactly once.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import signal
 import subprocess
@@ -20,6 +21,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from dispy_wire.dialing import another_leads, who_leads
 from pg import PgServer
 from procs import Cluster, Proc
 from waiting import wait_until
@@ -159,7 +161,7 @@ def test_peers_that_dial_a_standby_first_are_sent_to_the_leader(pg_dsn: str, clu
     ).replace("cluster.close()", "print('status', cluster.scheduler_status()['leader'])\ncluster.close()")
     client = cluster.run_client(program, env={"DISPY_SCHEDULER": b}, timeout=90)
     assert results(client) == Counter(range(3)), client.stdout
-    assert re.search(rf"^status {{'address': '{a}', 'epoch': 1, 'since': [\d.]+}}$", client.stdout, re.M), client.stdout
+    assert re.search(rf"^status {{'address': '{a}', 'epoch': 1, 'since': [\d.]+, 'http': ''}}$", client.stdout, re.M), client.stdout
     assert not leads(second) and epoch(pg_dsn) == 1
     # the operator's view, from the database
     admin = subprocess.run(
@@ -167,3 +169,9 @@ def test_peers_that_dial_a_standby_first_are_sent_to_the_leader(pg_dsn: str, clu
     )
     assert admin.returncode == 0 and admin.stdout.startswith(f"leader {a}, epoch 1, since "), admin
     assert "holds its lock" in admin.stdout
+    # what a peer whose leader falls silent asks the others (without logging in): both name the leader
+    (host, a_port), b_port = a.rsplit(":", 1), int(b.rsplit(":", 1)[1])
+    assert asyncio.run(who_leads(host, host, b_port, None, 10)) == a
+    assert asyncio.run(who_leads(host, host, int(a_port), None, 10)) == a
+    assert asyncio.run(another_leads((host, int(a_port)), host, [(host, int(a_port)), (host, b_port)], None, 10)) is None
+    assert asyncio.run(another_leads((host, b_port), host, [(host, int(a_port)), (host, b_port)], None, 10)) == a

@@ -35,7 +35,7 @@ from dispy_wire.messages import (
 from dispy_wire.payload import Computation, dumps, loads, pack_computation, unpack_computation
 from dispy_wire.status import JobStatus
 from dispy_wire.verifier import Verifier
-from dispy_wire.schedulers import Schedulers
+from dispy_wire.schedulers import Schedulers, deadline
 
 # --------------------------------------------------------------------------
 # One plausible instance of every message
@@ -891,3 +891,9 @@ def test_a_nodes_largest_hello_fits_the_pre_login_frame_limit() -> None:
     })  # fmt: skip
     hello = peer.receive(M.Challenge(PROTOCOL_VERSION, "s", "SCRAM-SHA-256"))
     assert len(encode(hello)) < PRELOGIN_MAX_SIZE // 2
+
+
+def test_among_several_schedulers_each_gets_a_short_deadline_that_doubles_each_round() -> None:
+    assert deadline(10.0, 1, 0) == 10.0  # one scheduler: all the time there is
+    assert [deadline(10.0, 2, r) for r in range(5)] == [2.0, 4.0, 8.0, 10.0, 10.0]
+    assert deadline(10.0, 3, 10_000) == 10.0

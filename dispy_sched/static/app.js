@@ -83,6 +83,9 @@ function render(snap) {
     ["CPUs busy", `${s.busy_cpus} / ${s.cpus}`], ["jobs queued", s.queued_jobs], ["running", s.jobs.running],
     ["users active", s.active_users], ["clusters", s.clusters], ["version", s.version], ["policy", s.policy],
   ];
+  if (s.leader) {  // one of several schedulers sharing a state: this one leads
+    cards.push([`leading since (epoch ${s.leader.epoch})`, new Date(s.leader.since * 1000).toLocaleString()]);
+  }
   $("summary").replaceChildren(...cards.map(([k, v]) => { const c = el("div", k, { class: "card" }); c.prepend(el("b", v)); return c; }));
 
   fill("users", snap.users.map((u) => [
