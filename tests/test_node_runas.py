@@ -34,9 +34,7 @@ from waiting import wait_until
 
 SYSTEM_PYTHON = Path("/usr/bin/python3.11")
 # dispy_node's imports, dependencies included (cryptography, and cffi's backend under it, for dispy_wire.tls)
-# and uvloop, as `pip install dispy-shared[fast]` has it (its loop cannot start processes as other uids)
-NEEDED = ("dispy_wire", "dispy_node", "msgpack", "msgspec", "cloudpickle", "psutil", "scramp", "asn1crypto", "cryptography",
-          "_cffi_backend", "uvloop")  # fmt: skip
+NEEDED = ("dispy_wire", "dispy_node", "msgpack", "msgspec", "cloudpickle", "psutil", "scramp", "asn1crypto", "cryptography", "_cffi_backend")
 
 
 @pytest.fixture(scope="module")
