@@ -90,7 +90,7 @@ def _prepare_v1(bases: dict[str, str], pid: int) -> tuple[JobGroups | None, str]
             base = bases[controller]
             _sweep(base)
             path = os.path.join(base, f"dispynode-{pid}")
-            os.makedirs(path, exist_ok=True)
+            _mkdir(path, exist_ok=True)
             parents[controller] = path
     except OSError as exc:
         release(JobGroups(parents, tuple(parents.values())))
@@ -115,8 +115,8 @@ def _prepare_v2(base: str, own: str, pid: int) -> tuple[JobGroups | None, str]:
     was_on = _read(base, "cgroup.subtree_control").split()
     groups = JobGroups({UNIFIED: jobs}, (node,), tuple(c for c in CONTROLLERS if c not in was_on))
     try:
-        os.makedirs(os.path.join(node, "daemon"), exist_ok=True)  # exist_ok: our pid's dead namesake's
-        os.makedirs(jobs, exist_ok=True)
+        for path in (node, os.path.join(node, "daemon"), jobs):
+            _mkdir(path, exist_ok=True)  # exist_ok: our pid's dead namesake's
         _write(os.path.join(node, "daemon", "cgroup.procs"), str(os.getpid()))
         for path in (base, node, jobs):
             _enable(path)
@@ -128,6 +128,17 @@ def _prepare_v2(base: str, own: str, pid: int) -> tuple[JobGroups | None, str]:
             return None, f"cgroup v2 group {own} {why}"
         return None, f"cannot make cgroups: {exc}"
     return groups, ""
+
+
+def _mkdir(path: str, exist_ok: bool = False) -> None:
+    """A group directory every account may pass through, whatever the umask (dispynode.service's
+    UMask=0077 would make it root's alone): a job's account reaches its own group through the node's."""
+    try:
+        os.mkdir(path)
+    except FileExistsError:
+        if not exist_ok:
+            raise
+    os.chmod(path, 0o755)
 
 
 def _enable(path: str, tries: int = 5) -> None:
@@ -195,11 +206,11 @@ def place(groups: JobGroups, cluster: str, pid: int, uid: int, gid: int) -> None
     """
     purge(groups, cluster)  # a stale one of an earlier load must not be reused
     for hierarchy, path in zip(groups.parents, groups.dirs(cluster), strict=True):
-        os.mkdir(path)
+        _mkdir(path)
         if hierarchy == UNIFIED:
             _enable(path)
             os.chown(os.path.join(path, "cgroup.procs"), uid, gid)  # the ancestor of its jobs' moves
-            os.mkdir(os.path.join(path, "zygote"))
+            _mkdir(os.path.join(path, "zygote"))
             _write(os.path.join(path, "zygote", "cgroup.procs"), str(pid))
         else:  # v1 has no rule against it: the zygote in the cluster's group, its jobs below
             _write(os.path.join(path, "cgroup.procs"), str(pid))
@@ -216,7 +227,7 @@ def make(groups: JobGroups, name: str, memory: int | None, processes: int | None
         _rmdir_tree(path)  # a stale one (counters and all) must not be reused
         if hierarchy == "memory" and memory is None:
             continue  # v1 tracks the tree by its pids group; a memory group costs, and bounds nothing here
-        os.mkdir(path)
+        _mkdir(path)
         for knob, value in _limits(hierarchy, memory, processes):
             if value is not None and os.path.exists(os.path.join(path, knob)):
                 _write(os.path.join(path, knob), str(value))

@@ -526,8 +526,11 @@ def main(argv: list[str] | None = None) -> None:
             "every cluster's jobs run as the one account %s: users' jobs can signal, trace and read one "
             "another%s", runs_as, " (run the node as root for a uid per cluster)" if os.getuid() else ""
         )  # fmt: skip
+    # uvloop's subprocess_exec refuses user= and group= (ValueError): zygotes that run as other
+    # accounts than the node's are started from asyncio's own loop
+    as_others = config.accounts is not None or (config.account is not None and not config.account.is_self)
     try:
-        with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+        with asyncio.Runner(loop_factory=None if as_others else event_loop_factory()) as runner:
             code = runner.run(_serve(config, discovery_port, offer))
     finally:
         if config.cgroups is not None:

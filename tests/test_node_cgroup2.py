@@ -11,20 +11,16 @@ must pass on v2, none may skip or fall back to v1 or to no cgroups.
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
-import psutil
 import pytest
 
 from procs import EXPECT_CGROUP, ROOT
+from uml import HOST_ROOT, boot, needs_uml
 
-UML = shutil.which("linux.uml")
 DISK_SIZE = 4 << 30
 BOOT_TIMEOUT = 300  # the inner run takes ~45 s here; a hung kernel must not hang CI
 
@@ -47,10 +43,7 @@ poweroff -f
 """
 
 
-@pytest.mark.skipif(
-    UML is None or shutil.which("mkfs.ext4") is None,
-    reason="needs Debian's user-mode-linux and e2fsprogs (make test installs them when run as root)",
-)
+@needs_uml
 @pytest.mark.soak  # a minute or more of a second kernel: make soak, to keep make test under 10 minutes
 @pytest.mark.timeout(BOOT_TIMEOUT + 240)  # the guest's whole run, on a busy host: pytest's 120 s per test is too short
 def test_every_cgroup_test_passes_under_cgroup_v2(tmp_path: Path) -> None:
@@ -61,16 +54,8 @@ def test_every_cgroup_test_passes_under_cgroup_v2(tmp_path: Path) -> None:
         f.truncate(DISK_SIZE)  # sparse: only what the run writes takes space
     subprocess.run(["mkfs.ext4", "-q", "-F", str(disk)], check=True, timeout=60)
     init.chmod(0o755)
-    argv = [str(UML), "mem=1G", f"ubd0={disk}", "quiet", "root=/dev/root", "rootfstype=hostfs", "rootflags=/", "rw",
-            f"init={init}", "con=null", "con0=fd:0,fd:1"]  # fmt: skip
-    kernel = subprocess.Popen(
-        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
-    )
-    try:
-        console, _ = kernel.communicate(timeout=BOOT_TIMEOUT)
-    finally:  # the kernel's helper processes share its new process group
-        _end_group(kernel)
-    text = console.decode(errors="replace")
+    argv = ["mem=1G", f"ubd0={disk}", "quiet", *HOST_ROOT, "rw", f"init={init}"]
+    text = boot(argv, tmp_path / "console.txt", BOOT_TIMEOUT)
     rc = re.search(r"inner-pytest-exit=(\d+)", text)
     summary = re.findall(r"^.*\b(?:passed|failed|error|skipped|deselected)\b.* in [\d.]+s.*$", text, re.MULTILINE)
     assert rc is not None and rc.group(1) == "0", text[-20000:]
@@ -83,21 +68,3 @@ def test_every_cgroup_test_passes_under_cgroup_v2(tmp_path: Path) -> None:
     expected = re.search(r"(\d+)/\d+ tests collected", marked)
     assert expected is not None, marked
     assert f"{expected.group(1)} passed" in summary[-1], (summary[-1], marked[-2000:])
-
-
-def _end_group(kernel: subprocess.Popen[bytes]) -> None:
-    """SIGKILL to what is left of the kernel's process group, and wait until it is gone."""
-    try:
-        os.killpg(kernel.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    kernel.wait(30)
-    left = [p for p in psutil.process_iter(["pid"]) if _pgid(p.pid) == kernel.pid]
-    psutil.wait_procs(left, timeout=30)
-
-
-def _pgid(pid: int) -> int:
-    try:
-        return os.getpgid(pid)
-    except ProcessLookupError:
-        return -1

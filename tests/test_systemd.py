@@ -219,19 +219,22 @@ def status_lines(systemd: FakeSystemd, pattern: str, timeout: float = 60.0) -> s
     raise AssertionError(f"no STATUS= matching {pattern!r} within {timeout} s; got {systemd.got[-5:]}")
 
 
-def unit_command(unit: str, etc: Path, credentials: Path) -> list[str]:
-    """The unit's ExecStart= as systemd would run it: %d its credentials, /etc/dispy under `etc`."""
+def unit_command(unit: str, etc: Path, credentials: Path, runtime: Path) -> list[str]:
+    """The unit's ExecStart= as systemd would run it: %d its credentials, /etc/dispy under `etc`,
+    its RuntimeDirectory= `runtime`."""
     (command,) = [line.split("=", 1)[1] for line in unit_text(unit).splitlines() if line.startswith("ExecStart=")]
-    return [arg.replace("%d", str(credentials)).replace("/etc/dispy", str(etc)) for arg in command.split()]
+    paths = {"%d": credentials, "/etc/dispy": etc, f"/run/{unit}": runtime}
+    return [re.sub("|".join(paths), lambda m: str(paths[m.group(0)]), arg) for arg in command.split()]
 
 
 def test_the_scheduler_runs_as_its_unit_starts_it_and_keeps_its_status_current(
     cluster: Cluster, systemd: FakeSystemd, tmp_path: Path
 ) -> None:
-    """The shipped ExecStart=, secrets by LoadCredential= (0400 copies in %d), the example config; STATUS= updates."""
+    """The shipped ExecStart=, TLS files by LoadCredential= (0400 copies in %d), the users file as ExecStartPre=
+    copies it, the example config; STATUS= updates."""
     from dispy_wire.verifier import Verifier
 
-    etc, credentials = tmp_path / "etc", tmp_path / "credentials"
+    etc, credentials, runtime = tmp_path / "etc", tmp_path / "credentials", tmp_path / "run"
     tls_init.init(etc / "tls", ["127.0.0.1"], [], [], 30)
     config = (DEPLOY / "scheduler.toml.example").read_text().replace("/etc/dispy", str(etc))
     config = re.sub(r'^host = .*$', 'host = "127.0.0.1"', config, flags=re.M)
@@ -239,11 +242,14 @@ def test_the_scheduler_runs_as_its_unit_starts_it_and_keeps_its_status_current(
     config = re.sub(r"^node_verifier = .*$", f'node_verifier = "{Verifier.from_secret("node-s", 4096)}"', config, flags=re.M)
     (etc / "scheduler.toml").write_text(config)
     write_users_file(etc / "users.toml", '[users.alice]\nsecret = "a"\n')
-    credentials.mkdir(mode=0o700)  # what LoadCredential= makes of root's 0600 files
-    for name, source in (("scheduler.key", etc / "tls" / "scheduler.key"), ("users.toml", etc / "users.toml")):
-        (credentials / name).write_bytes(source.read_bytes())
-        (credentials / name).chmod(0o400)
-    argv = unit_command("dispyscheduler", etc, credentials)
+    credentials.mkdir(mode=0o700)  # what LoadCredential= makes of root's files
+    runtime.mkdir(mode=0o700)  # RuntimeDirectory=, and ExecStartPre='s copy of the users file
+    copies = {credentials / "scheduler.key": etc / "tls" / "scheduler.key",
+              credentials / "scheduler.pem": etc / "tls" / "scheduler.pem", runtime / "users.toml": etc / "users.toml"}
+    for copy, source in copies.items():
+        copy.write_bytes(source.read_bytes())
+        copy.chmod(0o400)
+    argv = unit_command("dispyscheduler", etc, credentials, runtime)
     env = {**systemd.env, "STATE_DIRECTORY": str(tmp_path / "state")}
     scheduler = cluster.start(argv, "scheduler", env)
     match = scheduler.wait_for_line(r"listening on (\S+):(\d+)")
@@ -255,8 +261,8 @@ def test_the_scheduler_runs_as_its_unit_starts_it_and_keeps_its_status_current(
     scheduler.popen.send_signal(signal.SIGTERM)
     assert scheduler.wait(30) == 0
     # a refused configuration ends with the status the unit does not restart on
-    (credentials / "users.toml").chmod(0o600)
-    write_users_file(credentials / "users.toml", '[users.alice]\nsecret = "a"\nmax_cpu = 3\n')
+    (runtime / "users.toml").chmod(0o600)
+    write_users_file(runtime / "users.toml", '[users.alice]\nsecret = "a"\nmax_cpu = 3\n')
     refused = subprocess.run(argv, env={**os.environ, **env}, capture_output=True, text=True, timeout=60, check=False)
     assert refused.returncode == EX_CONFIG and "unknown key max_cpu" in refused.stderr, refused.stderr
 
