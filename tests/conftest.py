@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from dispy_sched.core import CoreConfig, SchedulerCore
+from dispy_sched.core.invariants import check_invariants
+from dispy_sched.policies import load_policy
 from procs import Cluster
 
 
@@ -19,6 +23,20 @@ def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]
     if failed is not None and failed.failed:
         print(c.describe())
     c.stop_all()
+
+
+@pytest.fixture
+def make_core() -> Iterator[Callable[..., SchedulerCore]]:
+    """Builds scheduler cores (a restart is a new one); every core built is checked for invariants at teardown."""
+    cores: list[SchedulerCore] = []
+
+    def make(policy: str = "fair", **config: Any) -> SchedulerCore:
+        cores.append(SchedulerCore(load_policy(policy), CoreConfig(**config)))
+        return cores[-1]
+
+    yield make
+    for core in cores:
+        check_invariants(core)
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

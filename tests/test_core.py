@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import pytest
@@ -90,21 +90,6 @@ def node_of(core: SchedulerCore, cluster_id: str, job_id: int) -> str:
     node = core.clusters[cluster_id].jobs[job_id].node
     assert node is not None
     return node
-
-
-@pytest.fixture
-def make_core() -> Iterator[Callable[..., SchedulerCore]]:
-    """Builds cores; every core built is checked for invariants at teardown."""
-    cores: list[SchedulerCore] = []
-
-    def make(policy: str = "fair", **config: Any) -> SchedulerCore:
-        core = SchedulerCore(load_policy(policy), CoreConfig(**config))
-        cores.append(core)
-        return core
-
-    yield make
-    for core in cores:
-        check_invariants(core)
 
 
 @pytest.fixture

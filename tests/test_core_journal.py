@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 import dataclasses
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
@@ -21,7 +20,6 @@ from hypothesis.stateful import invariant, rule
 from dispy_sched.core import CoreConfig, SchedulerCore
 from dispy_sched.core import actions as A
 from dispy_sched.core import events as E
-from dispy_sched.core.invariants import check_invariants
 from dispy_sched.core.persist import ClusterRow, JobRow, SettingRow
 from dispy_sched.core.state import JobState, decay, result_cost
 from dispy_sched.journal import SqliteJournal, StateStore
@@ -39,20 +37,6 @@ NewJournal = Callable[[], "MemoryJournal"]
 @pytest.fixture
 def core(make_core: MakeCore) -> SchedulerCore:
     return make_core()
-
-
-@pytest.fixture
-def make_core() -> Iterator[MakeCore]:
-    """Builds cores (a restart is a new one); each is checked for invariants at teardown."""
-    cores: list[SchedulerCore] = []
-
-    def make(**config: Any) -> SchedulerCore:
-        cores.append(SchedulerCore(load_policy("fair"), CoreConfig(**config)))
-        return cores[-1]
-
-    yield make
-    for core in cores:
-        check_invariants(core)
 
 
 class MemoryJournal:

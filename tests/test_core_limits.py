@@ -19,9 +19,9 @@ from dispy_wire.errors import ErrorCode
 from dispy_wire.messages import JobFile, JobResult, JobSpec
 from dispy_wire.status import JobStatus
 
-from test_core import arrived, core, delivered, dispatched_jobs, joined, make_core, of, opened, result, step, submitted
+from test_core import arrived, core, delivered, dispatched_jobs, joined, of, opened, result, step, submitted
 
-__all__ = ["core", "make_core"]  # fixtures, used by name
+__all__ = ["core"]  # a fixture, used by name
 
 MiB = 1 << 20
 

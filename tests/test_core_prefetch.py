@@ -10,7 +10,7 @@ it at any moment, is treated as a running one when the node is lost.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -18,12 +18,10 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import precondition, rule
 
-from dispy_sched.core import CoreConfig, JobState, SchedulerCore
+from dispy_sched.core import JobState, SchedulerCore
 from dispy_sched.core import actions as A
 from dispy_sched.core import events as E
-from dispy_sched.core.invariants import check_invariants
 from dispy_sched.core.state import Limits
-from dispy_sched.policies import load_policy
 from dispy_wire.messages import JobRef
 from dispy_wire.status import JobStatus
 
@@ -32,22 +30,8 @@ from test_core import MACHINE_SETTINGS, CoreMachine, arrived, delivered, dispatc
 
 
 @pytest.fixture
-def make_core() -> Iterator[Callable[..., SchedulerCore]]:
-    cores: list[SchedulerCore] = []
-
-    def make(prefetch: int = 1, **config: Any) -> SchedulerCore:
-        core = SchedulerCore(load_policy("fair"), CoreConfig(prefetch=prefetch, **config))
-        cores.append(core)
-        return core
-
-    yield make
-    for core in cores:
-        check_invariants(core)
-
-
-@pytest.fixture
 def core(make_core: Callable[..., SchedulerCore]) -> SchedulerCore:
-    return make_core()
+    return make_core(prefetch=1)
 
 
 def queueing(node: str, cpus: int, **more: Any) -> E.NodeJoined:
@@ -115,7 +99,7 @@ def test_prefetched_jobs_count_in_fair_share(core: SchedulerCore) -> None:
 
 
 def test_max_cpus_holds_prefetched_jobs(make_core: Callable[..., SchedulerCore]) -> None:
-    core = make_core(limits={"alice": Limits(max_cpus=2)})
+    core = make_core(prefetch=1, limits={"alice": Limits(max_cpus=2)})
     step(core, opened("a", "A", user="alice"), submitted("a", "A", *range(1, 11)), now=0)
     assert dispatched_jobs(step(core, queueing("n1", 4), now=1)) == [1, 2]  # never more than 2 at once on the node
 
@@ -140,7 +124,7 @@ def test_an_operator_cap_closes_the_window_and_lifting_it_opens_it_again(core: S
 def test_a_drained_node_is_asked_back_what_it_has_not_started_and_what_it_returns_runs_elsewhere(
     make_core: Callable[..., SchedulerCore],
 ) -> None:
-    core = make_core()
+    core = make_core(prefetch=1)
     step(core, opened("c1", "K", reentrant=False), submitted("c1", "K", *range(1, 11)), queueing("n1", 2), now=0)
     step(core, started("n1", ("K", 1), ("K", 2)), now=1)
     actions = step(core, E.NodeDrainSet("r1", "host-n1", True), now=1)
@@ -180,7 +164,7 @@ def test_a_cancelled_prefetched_job_ends_once_with_the_nodes_answer(core: Schedu
 def test_a_lost_nodes_prefetched_jobs_are_treated_as_its_running_ones(make_core: Callable[..., SchedulerCore]) -> None:
     """The node may have started a job an instant before it died, its report lost with it: a job that
     is not reentrant is never run again on the chance that it did not start."""
-    core = make_core()
+    core = make_core(prefetch=1)
     step(core, opened("r", "R", reentrant=True), submitted("r", "R", 1, 2), now=0)
     step(core, opened("s", "S", reentrant=False, user="bob"), submitted("s", "S", 11, 12), now=0)
     step(core, queueing("n1", 2), now=1)
@@ -195,7 +179,7 @@ def test_a_lost_nodes_prefetched_jobs_are_treated_as_its_running_ones(make_core:
 def test_a_lost_node_with_a_grace_orphans_its_prefetched_jobs_and_its_return_adopts_them(
     make_core: Callable[..., SchedulerCore],
 ) -> None:
-    core = make_core()
+    core = make_core(prefetch=1)
     step(core, opened("s", "S", reentrant=False), submitted("s", "S", 1, 2, 3), queueing("n1", 1, grace=30.0), now=0)
     step(core, started("n1", ("S", 1)), E.NodeLeft("n1", "connection lost"), now=1)
     assert {j: core.clusters["S"].jobs[j].state for j in (1, 2)} == {1: JobState.ORPHANED, 2: JobState.ORPHANED}
