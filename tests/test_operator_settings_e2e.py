@@ -6,7 +6,7 @@ import signal
 
 import pytest
 
-from procs import Cluster, write_users_file
+from procs import Cluster, Proc, write_users_file
 from test_http_api import USERS, Http
 from test_journal_e2e import restart
 from waiting import wait_until
@@ -20,8 +20,14 @@ def test_drain_cpu_cap_and_share_hold_across_a_restart_until_the_users_file_is_r
     args = ["--users-file", str(users), "--http-port", "0", "--state-dir", str(cluster.workdir / "scheduler-state")]
     if store == "postgresql":
         args += ["--state", request.getfixturevalue("pg_dsn"), "--lease", "2"]
+
+    def leading(scheduler: Proc) -> Http:
+        """The scheduler's API once it leads (on PostgreSQL, a restarted one stands by until the old lock is gone)."""
+        scheduler.wait_for_line(r"HTTP API and /metrics on", stream="stderr")
+        return Http(cluster, scheduler)
+
     scheduler = cluster.scheduler(*args)
-    http = Http(cluster, scheduler)
+    http = leading(scheduler)
     cluster.node(cpus=2, name="drained")
     cluster.node(cpus=3, name="capped")
     wait_until(lambda: len(http.admin_json("nodes")) == 2, what="both nodes connected")
@@ -30,7 +36,7 @@ def test_drain_cpu_cap_and_share_hold_across_a_restart_until_the_users_file_is_r
     http.admin("set-share", "alice", "3")
 
     scheduler = restart(cluster, scheduler, signal.SIGTERM, *args)
-    http = Http(cluster, scheduler)
+    http = leading(scheduler)
     assert "3 operator settings" in scheduler.wait_for_line("journal: restored .*", stream="stderr").group(0)
     wait_until(lambda: len(http.admin_json("nodes")) == 2, what="both nodes back")
     nodes = {n["name"]: n for n in http.admin_json("nodes")}
@@ -42,7 +48,7 @@ def test_drain_cpu_cap_and_share_hold_across_a_restart_until_the_users_file_is_r
     http.admin("set-cpus", "capped", "-1")
     http.admin("reload")  # the users file's shares again
     scheduler = restart(cluster, scheduler, signal.SIGKILL, *args)
-    http = Http(cluster, scheduler)
+    http = leading(scheduler)
     wait_until(lambda: len(http.admin_json("nodes")) == 2, what="both nodes back again")
     nodes = {n["name"]: n for n in http.admin_json("nodes")}
     assert (nodes["drained"]["state"], nodes["capped"]["cpus"]) == ("idle", 3)
