@@ -8,6 +8,7 @@ the file): what the test waits for is the first run of each.
 from __future__ import annotations
 
 import re
+import signal
 from collections import Counter
 
 from procs import Cluster
@@ -111,3 +112,34 @@ def test_a_lost_nodes_jobs_sent_ahead_run_again_if_reentrant_and_else_are_never_
     assert ended == {"0": "ABANDONED", "1": "FINISHED", "2": "ABANDONED", "3": "FINISHED"}, client.stdout
     counted = runs(cluster)
     assert counted[0] == 1 and counted[2] == 0 and counted[1] == 2 and counted[3] == 1, counted
+
+
+DRAIN = JOB + """
+cluster = SharedJobCluster(compute, reentrant=False)
+running = [cluster.submit_job_id(0, 0, RUNS, 3)]
+wait_running(running[0], RUNS)
+ahead = cluster.submit_job_id(1, 1, RUNS, 0)  # on the node, for its one CPU
+deadline = time.monotonic() + 60
+while node_queued() < 1:
+    assert time.monotonic() < deadline, "the job was not sent ahead to the node"
+    time.sleep(0.05)
+print("sent ahead", flush=True)
+for job in running + [ahead]:
+    job()
+    print("job", job.id, name(job), flush=True)
+"""
+
+
+def test_a_node_drained_by_its_operator_ends_the_jobs_sent_ahead_to_it_once_each(cluster: Cluster) -> None:
+    """SIGUSR1 (systemctl kill -s USR1): the node takes no new jobs and exits once its own are done; a job that
+    was waiting there for a CPU is not lost and not abandoned, though the job is not reentrant."""
+    cluster.scheduler("--prefetch", "1")
+    first = cluster.node(cpus=1, name="first")
+    client = cluster.client(code(cluster, DRAIN))
+    client.wait_for_line("sent ahead")
+    first.popen.send_signal(signal.SIGUSR1)
+    assert first.wait(60) == 0, cluster.describe()
+    cluster.node(cpus=1, name="second")
+    assert client.wait(120) == 0, cluster.describe()
+    assert dict(re.findall(r"^job (\d) (\w+)", client.stdout, re.M)) == {"0": "FINISHED", "1": "FINISHED"}, client.stdout
+    assert runs(cluster) == Counter({0: 1, 1: 1})
