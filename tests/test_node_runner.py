@@ -339,7 +339,7 @@ def test_setup_failure_reports_cluster_failed() -> None:
 
 
 @pytest.mark.skipif(os.getuid() != 0, reason="only root starts zygotes as another account")
-def test_a_zygote_that_cannot_start_fails_its_cluster_with_the_reason() -> None:
+def test_a_zygote_that_cannot_start_fails_its_cluster_with_the_reason(caplog: pytest.LogCaptureFixture) -> None:
     """Not only an OSError: uvloop's subprocess_exec refuses user= with a ValueError (the daemon avoids
     uvloop then). Before, such an error ended the cluster's task silently and its jobs waited for ever."""
     import uvloop  # a test dependency; the node's own optional speed-up
@@ -357,6 +357,8 @@ def test_a_zygote_that_cannot_start_fails_its_cluster_with_the_reason() -> None:
         await h.until(lambda: len(h.failures) == 2)
 
     run(body, loop_factory=uvloop.new_event_loop, account=account.resolve(None))  # whether or not it runs Python
+    said = [r.getMessage() for r in caplog.records if r.name == "dispy_node.runner" and "zygote" in r.getMessage()]
+    assert len(said) == 2 and all("cannot run here: cannot start a zygote: ValueError" in m for m in said), said
 
 
 def test_setup_globals_reach_jobs() -> None:
