@@ -640,8 +640,9 @@ class _Cluster:
                 start_new_session=True,  # a Ctrl-C at the daemon's terminal is the daemon's to handle
                 env={**os.environ, **killtree.placeholder(), "TMPDIR": str(self.dir / workdir.TMP)}, **as_user,
             )  # fmt: skip
-        except OSError as exc:
-            self.runner.cluster_failed(self.cluster_id, f"cannot start a zygote: {exc}", self)
+        except Exception as exc:  # noqa: BLE001  (not only OSError: uvloop refuses user= with ValueError)
+            why = str(exc) if isinstance(exc, OSError) else f"{type(exc).__name__}: {exc}"
+            self.runner.cluster_failed(self.cluster_id, f"cannot start a zygote: {why}", self)  # else its jobs hang
             return
         config = self.runner.config
         if config.cgroups is not None:

@@ -190,8 +190,12 @@ class Harness:
         return await self.result(self.run(cluster_id, args)[0])
 
 
-def run(body: Callable[[Harness], Awaitable[None]], kill_grace: float = 5.0, **config: Any) -> None:
-    """Runs `body` with a fresh Harness; closes its runner and removes its files afterwards."""
+def run(
+    body: Callable[[Harness], Awaitable[None]], kill_grace: float = 5.0,
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None, **config: Any,
+) -> None:  # fmt: skip
+    """Runs `body` with a fresh Harness (on a loop of `loop_factory`, or asyncio's own); closes its runner
+    and removes its files afterwards."""
     root = Path(tempfile.mkdtemp(prefix="dispynode-test-"))
     root.chmod(0o711)
 
@@ -203,7 +207,8 @@ def run(body: Callable[[Harness], Awaitable[None]], kill_grace: float = 5.0, **c
             await h.runner.close()
 
     try:
-        asyncio.run(main())
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            runner.run(main())
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -331,6 +336,29 @@ def test_setup_failure_reports_cluster_failed() -> None:
         assert h.results == [] and h.runner.busy == 0
 
     run(body)
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="only root starts zygotes as another account")
+def test_a_zygote_that_cannot_start_fails_its_cluster_with_the_reason(caplog: pytest.LogCaptureFixture) -> None:
+    """Not only an OSError: uvloop's subprocess_exec refuses user= with a ValueError (the daemon avoids
+    uvloop then). Before, such an error ended the cluster's task silently and its jobs waited for ever."""
+    import uvloop  # a test dependency; the node's own optional speed-up
+
+    async def body(h: Harness) -> None:
+        assert not h.runner.account.is_self  # its zygote would start as `nobody`: uvloop refuses before exec
+        h.load(func=double)
+        h.run("c1", (1,))  # queued while loading, then dropped: the scheduler requeues it
+        await h.until(lambda: bool(h.failures))
+        ((cluster_id, message),) = h.failures
+        assert cluster_id == "c1"
+        assert message.startswith("cannot start a zygote: ValueError: ") and "user" in message
+        assert h.results == [] and h.runner.busy == 0
+        h.load(func=double)  # the failed incarnation retired: a new load is tried afresh, and fails the same
+        await h.until(lambda: len(h.failures) == 2)
+
+    run(body, loop_factory=uvloop.new_event_loop, account=account.resolve(None))  # whether or not it runs Python
+    said = [r.getMessage() for r in caplog.records if r.name == "dispy_node.runner" and "zygote" in r.getMessage()]
+    assert len(said) == 2 and all("cannot run here: cannot start a zygote: ValueError" in m for m in said), said
 
 
 def test_setup_globals_reach_jobs() -> None:
