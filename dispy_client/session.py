@@ -495,8 +495,7 @@ class ClusterSession:
 
     async def _ask_others(self, link: SchedulerLink, silence: float) -> None:
         peer = link.transport.get_extra_info("peername") if link.transport is not None else None
-        context = self._tls.context() if self._tls is not None else None
-        leader = await another_leads((self.host, self.port), str(peer[0]) if peer else "", self.schedulers.addresses, context,
+        leader = await another_leads((self.host, self.port), str(peer[0]) if peer else "", self.schedulers.addresses, self._tls,
                                      FIRST_DEADLINE)  # fmt: skip
         if leader and link is self._link:
             self._leads_at = leader_host(leader)
