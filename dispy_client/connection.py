@@ -23,7 +23,9 @@ from dispy_wire.liveness import Liveness, Verdict, announced_interval, set_keepa
 from dispy_wire.loop import event_loop_factory
 from dispy_wire.tls import ClientTLS, UntrustedScheduler, channel_binding, describe_failure, plaintext_refusal
 
-from .errors import AuthenticationError, LimitError, ProtocolError, SchedulerNotTrusted, SchedulerUnreachable, StandingBy
+from .errors import (
+    AuthenticationError, LimitError, ProtocolError, SchedulerNotTrusted, SchedulerSilent, SchedulerUnreachable, StandingBy,
+)  # fmt: skip
 
 log = logging.getLogger("dispy_client")
 T = TypeVar("T")
@@ -157,6 +159,7 @@ class SchedulerLink(asyncio.Protocol):
         tls: ClientTLS | None = None,
         insecure_plaintext: bool = False,
         dial: str | None = None,
+        several: bool = False,
     ) -> SchedulerLink:
         """Connects and authenticates within `timeout` seconds.
 
@@ -164,6 +167,8 @@ class SchedulerLink(asyncio.Protocol):
         come first: an untrusted scheduler is sent no byte of ours. `dial`
         is the address to connect to when `host` is a name that stands for
         several (dispy_wire/dialing.py); the certificate must still name `host`.
+        `several`: it is one of several addresses to try, so silence is more
+        likely a stopped scheduler than a TLS one (the caller says which it tried).
 
         Raises:
             SchedulerUnreachable, AuthenticationError, ProtocolError,
@@ -189,8 +194,8 @@ class SchedulerLink(asyncio.Protocol):
                 await link.ready
         except TimeoutError:
             link.close()
-            hint = "" if tls else " (one that serves TLS does not answer a plaintext client: pass tls_ca=)"
-            raise SchedulerUnreachable(f"scheduler {where} did not answer within {timeout:g} s{hint}") from None
+            hint = "" if tls or several else " (one that serves TLS does not answer a plaintext client: pass tls_ca=)"
+            raise SchedulerSilent(f"scheduler {where} did not answer within {timeout:g} s{hint}") from None
         except ssl.SSLCertVerificationError as exc:
             raise SchedulerNotTrusted(
                 f"scheduler {where} is not trusted: {describe_failure(exc)}; nothing was sent to it"

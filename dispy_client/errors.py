@@ -11,6 +11,10 @@ class SchedulerUnreachable(DispyError, ConnectionError):
     """The scheduler could not be reached (or stopped answering) in time."""
 
 
+class SchedulerSilent(SchedulerUnreachable):
+    """The scheduler accepted the connection and said nothing in time (stopped, hung, or speaking TLS)."""
+
+
 class StandingBy(SchedulerUnreachable):
     """The scheduler dialed stands by; `leader` is the address of the one that leads ('' while none does)."""
 

@@ -48,7 +48,7 @@ from dispy_wire.status import JobStatus
 from dispy_wire.tls import ClientTLS
 
 from .connection import LoopThread, SchedulerLink
-from .errors import ClusterError, DispyError, LimitError, SchedulerUnreachable, StandingBy
+from .errors import ClusterError, DispyError, LimitError, SchedulerSilent, SchedulerUnreachable, StandingBy
 
 log = logging.getLogger("dispy_client")
 
@@ -424,26 +424,41 @@ class ClusterSession:
         (dispy_wire/schedulers.py): a stopped one accepts TCP and says nothing.
 
         Raises:
-            SchedulerUnreachable or StandingBy (the last one's), or what a scheduler that answered refused.
+            SchedulerUnreachable or StandingBy (the last one's; among several
+            addresses of which one was silent, one naming every address tried),
+            or what a scheduler that answered refused.
         """
         loop = asyncio.get_running_loop()
         end = loop.time() + self.timeout
         rounds = 0
+        tried: dict[str, SchedulerUnreachable] = {}  # each address dialed: how it failed last
         while True:
             try:
-                return await self._dial_round(info, rounds, end)
-            except (StandingBy, SchedulerUnreachable):
+                return await self._dial_round(info, rounds, end, tried)
+            except (StandingBy, SchedulerUnreachable) as exc:
                 if loop.time() + STANDBY_PAUSE >= end or (len(self.schedulers) == 1 and self._resolved == 1):
+                    if not isinstance(exc, StandingBy) and len(tried) > 1 and any(isinstance(e, SchedulerSilent) for e in tried.values()):
+                        raise SchedulerUnreachable(self._none_answered(tried)) from None
                     raise  # out of time, or the one scheduler there is failed: the reconnect loop (or the user) decides
             rounds += 1
             await asyncio.sleep(STANDBY_PAUSE * (0.5 + random.random() / 2))  # a takeover under way takes a lease
 
-    async def _dial_round(self, info: dict[str, Any], rounds: int, end: float) -> SchedulerLink:
+    def _none_answered(self, tried: dict[str, SchedulerUnreachable]) -> str:
+        """Why no scheduler among several took us in: each address tried, and how it failed last."""
+        if all(isinstance(exc, SchedulerSilent) for exc in tried.values()):
+            return (f"none of the scheduler addresses tried answered within {self.timeout:g} s: {', '.join(tried)} "
+                    "(each accepted the connection and then said nothing: stopped or hung?)")  # fmt: skip
+        failures = "; ".join(str(exc) for exc in tried.values())
+        return f"no scheduler that leads answered within {self.timeout:g} s; tried {', '.join(tried)}: {failures}"
+
+    async def _dial_round(
+        self, info: dict[str, Any], rounds: int, end: float, tried: dict[str, SchedulerUnreachable]
+    ) -> SchedulerLink:
         count = len(self.schedulers)
         host, port = self.schedulers.first
         for attempt in range(count + 1):  # each address, and one redirect
             try:
-                link = await self._dial_each(host, port, info, rounds, end)
+                link = await self._dial_each(host, port, info, rounds, end, tried)
             except StandingBy as exc:
                 if attempt == count:
                     raise
@@ -464,8 +479,13 @@ class ClusterSession:
             return link
         raise AssertionError("unreachable: the last attempt returns or raises")
 
-    async def _dial_each(self, host: str, port: int, info: dict[str, Any], rounds: int, end: float) -> SchedulerLink:
-        """Logs in at `host`:`port`, at each address its name resolves to until one leads or names the leader."""
+    async def _dial_each(
+        self, host: str, port: int, info: dict[str, Any], rounds: int, end: float, tried: dict[str, SchedulerUnreachable]
+    ) -> SchedulerLink:
+        """Logs in at `host`:`port`, at each address its name resolves to until one leads or names the leader.
+
+        Records in `tried` how each address failed.
+        """
         addresses = sorted(await addresses_of(host, port), key=lambda a: a != self._leads_at)  # where one was seen leading first
         self._resolved = len(addresses)
         several = len(self.schedulers) + len(addresses) - 1
@@ -475,13 +495,15 @@ class ClusterSession:
             try:
                 return await SchedulerLink.connect(
                     host, port, timeout, self.user, self._secret, info, self._on_message, self._on_lost,
-                    self._tls, self._insecure_plaintext, dial=address,
+                    self._tls, self._insecure_plaintext, dial=address, several=several > 1,
                 )  # fmt: skip
             except StandingBy as exc:
+                tried[format_address(address, port)] = exc
                 if exc.leader:
                     raise  # it named the leader: dial that
                 failed = exc
             except SchedulerUnreachable as exc:
+                tried[format_address(address, port)] = exc
                 failed = exc
             if len(addresses) > 1:
                 log.info("%s; trying the next address of %s", failed, host)
@@ -495,8 +517,7 @@ class ClusterSession:
 
     async def _ask_others(self, link: SchedulerLink, silence: float) -> None:
         peer = link.transport.get_extra_info("peername") if link.transport is not None else None
-        context = self._tls.context() if self._tls is not None else None
-        leader = await another_leads((self.host, self.port), str(peer[0]) if peer else "", self.schedulers.addresses, context,
+        leader = await another_leads((self.host, self.port), str(peer[0]) if peer else "", self.schedulers.addresses, self._tls,
                                      FIRST_DEADLINE)  # fmt: skip
         if leader and link is self._link:
             self._leads_at = leader_host(leader)

@@ -642,9 +642,8 @@ class _Session:
     async def _ask_others(self, silence: float) -> None:
         """The scheduler missed a sign of life: if another leads now (it was stopped and replaced), leave it."""
         peer = self._writer.get_extra_info("peername")
-        context = self.config.tls.context() if self.config.tls is not None else None
         leader = await another_leads((self.config.host, self.config.port), str(peer[0]) if peer else "", self.others,
-                                     context, FIRST_DEADLINE)  # fmt: skip
+                                     self.config.tls, FIRST_DEADLINE)  # fmt: skip
         if leader and not self._writer.transport.is_closing():
             self.control.leads_at = leader_host(leader)
             self._gave_up = f"silent for {silence:.1f} s, and {leader} leads now"

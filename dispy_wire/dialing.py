@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import socket
 import ssl
 
@@ -22,6 +23,9 @@ from . import messages as M
 from .errors import WireError
 from .framing import NEED_DATA, PREAMBLE, FrameDecoder
 from .schedulers import format_address, parse_address
+from .tls import ClientTLS, UntrustedScheduler
+
+logger = logging.getLogger(__name__)
 
 
 async def addresses_of(host: str, port: int) -> list[str]:
@@ -46,19 +50,24 @@ async def addresses_of(host: str, port: int) -> list[str]:
     return found or [host]
 
 
-async def who_leads(host: str, address: str, port: int, context: ssl.SSLContext | None, timeout: float) -> str | None:
+async def who_leads(host: str, address: str, port: int, tls: ClientTLS | None, timeout: float) -> str | None:
     """Asks the scheduler at `address`:`port` (named `host`) who leads, without logging in.
 
     A standby's first frame is `NotLeader` naming the leader ('' while none
     does); the leader's is its login challenge: it names itself. None if it
-    does not answer within `timeout` (stopped, gone) or says something else.
+    does not answer within `timeout` (stopped, gone), says something else, or
+    does not prove itself as the login would demand (CA and pinned
+    fingerprint: `ClientTLS.check`): an untrusted scheduler must not steer us.
     """
+    context = tls.context() if tls is not None else None
     writer: asyncio.StreamWriter | None = None
     try:
         async with asyncio.timeout(timeout):
             reader, writer = await asyncio.open_connection(
                 address, port, ssl=context, server_hostname=host if context else None
             )  # fmt: skip
+            if tls is not None:
+                tls.check(writer.get_extra_info("ssl_object"))  # the pin too, before our first byte
             writer.write(PREAMBLE)
             decoder = FrameDecoder(expect_preamble=True)
             while True:
@@ -73,6 +82,9 @@ async def who_leads(host: str, address: str, port: int, context: ssl.SSLContext 
                     return format_address(address, port)  # the address, not the name: the name may be ours too
                 if msg is not NEED_DATA:
                     return None
+    except UntrustedScheduler as exc:
+        logger.warning("not asking scheduler %s who leads: it is not trusted: %s", format_address(address, port), exc)
+        return None
     except (OSError, TimeoutError, ssl.SSLError, WireError):
         return None
     finally:
@@ -81,7 +93,7 @@ async def who_leads(host: str, address: str, port: int, context: ssl.SSLContext 
 
 
 async def another_leads(
-    connected: tuple[str, int], ip: str, schedulers: list[tuple[str, int]], context: ssl.SSLContext | None, timeout: float
+    connected: tuple[str, int], ip: str, schedulers: list[tuple[str, int]], tls: ClientTLS | None, timeout: float
 ) -> str | None:
     """Whether a scheduler other than the one we are `connected` to (at `ip`) leads now; returns its address.
 
@@ -95,7 +107,7 @@ async def another_leads(
         for address in await addresses_of(host, port):
             if (address, port) in ours:
                 continue
-            leader = await who_leads(host, address, port, context, timeout)
+            leader = await who_leads(host, address, port, tls, timeout)
             if not leader:
                 continue
             try:

@@ -251,6 +251,37 @@ def test_scheduler_that_never_answers_fails_within_the_timeout(cluster: Cluster)
     assert 2 <= float(elapsed) < 12, f"gave up after {elapsed} s, not its timeout of 2 s"  # a busy machine adds some
 
 
+def test_schedulers_that_never_answer_are_each_named_and_no_plaintext_hint_misleads(cluster: Cluster) -> None:
+    """Among several addresses a silent one is most likely a stopped scheduler: the error names each address tried."""
+    with socket.socket() as first, socket.socket() as second, socket.socket() as refusing:
+        for listener in (first, second):  # accept, then say nothing (as a SIGSTOPped scheduler does)
+            listener.bind(("127.0.0.1", 0))
+            listener.listen()
+        refusing.bind(("127.0.0.1", 0))  # bound, not listening: refuses
+        silent = ["127.0.0.1:%d" % s.getsockname()[1] for s in (first, second)]
+        closed = "127.0.0.1:%d" % refusing.getsockname()[1]
+        program = """
+            from dispy_client import SharedJobCluster, SchedulerUnreachable
+            try:
+                SharedJobCluster(lambda: 1, timeout=3)
+            except SchedulerUnreachable as exc:
+                print("ERROR", exc)
+            """
+        cluster.address = ",".join(silent)
+        both = cluster.run_client(program, "both", timeout=60)
+        cluster.address = ",".join([*silent, closed])
+        mixed = cluster.run_client(program, "mixed", timeout=60)
+    text = both.stdout.split("ERROR ", 1)[1].strip()
+    assert text == (f"none of the scheduler addresses tried answered within 3 s: {silent[0]}, {silent[1]} "
+                    "(each accepted the connection and then said nothing: stopped or hung?)"), both.stdout  # fmt: skip
+    text = mixed.stdout.split("ERROR ", 1)[1].strip()
+    assert text.startswith("no scheduler that leads answered within 3 s; tried "), mixed.stdout
+    for address in (*silent, closed):
+        assert address in text.split(": ", 1)[0], mixed.stdout  # each named in the list of those tried
+    assert f"scheduler {silent[0]} did not answer within" in text and f"cannot reach scheduler {closed}: " in text, text
+    assert "plaintext" not in text, text
+
+
 def test_random_bytes_never_break_the_scheduler(guarded: Cluster) -> None:
     rng = os.urandom
     for size in (1, 3, 4, 7, 100, 5000):

@@ -6,6 +6,7 @@ Screenshots are saved in the test's directory (`dashboard-*.png`) as artefacts.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from typing import Any
@@ -54,6 +55,13 @@ def test_an_admin_and_a_user_watch_and_manage_from_the_page(cluster: Cluster, br
     wait_until(lambda: sorted(r[1] for r in rows(page, "jobs")) == ["alice", "bob"], what="both users' jobs on the page")
     assert {r[2] for r in rows(page, "jobs")} == {"running"}
     assert rows(page, "nodes")[0][:2] == ["node", "full"]
+    # each cluster's held jobs by state, and when it opened (its exact time on hover)
+    headers = page.eval_on_selector_all("#clusters thead th", "ths => ths.map(th => th.textContent.trim())")
+    jobs_at, opened_at = headers.index("jobs held"), headers.index("opened")
+    wait_until(lambda: sorted((r[1], r[jobs_at]) for r in rows(page, "clusters")) == [("alice", "1 running"), ("bob", "1 running")],
+               what="each cluster's jobs by state on the page")  # fmt: skip
+    assert all(re.fullmatch(r"\d+ s ago", r[opened_at]) for r in rows(page, "clusters")), rows(page, "clusters")
+    assert page.get_attribute(f"#clusters tbody tr td:nth-child({opened_at + 1}) span", "title")
     page.screenshot(path=str(cluster.workdir / "dashboard-admin.png"), full_page=True)
 
     # drain the node from the page: the scheduler acts on it
@@ -67,6 +75,7 @@ def test_an_admin_and_a_user_watch_and_manage_from_the_page(cluster: Cluster, br
     # a job that ends shows on the page without a reload
     bob_release.with_name(f"{bob_release.name}.0").touch()
     wait_until(lambda: all(r[2] != "running" for r in rows(page, "jobs")), what="the page to show bob's job ended")
+    wait_until(lambda: rows(page, "clusters") == [], what="both programs' closed clusters gone from the page")
     page.screenshot(path=str(cluster.workdir / "dashboard-admin-after.png"), full_page=True)
 
 

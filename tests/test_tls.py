@@ -9,6 +9,7 @@ trust it.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
 import os
@@ -32,6 +33,7 @@ from dispy_sched import tls_init
 from dispy_sched.config import ConfigError, config_from_args
 from dispy_wire.settings import EX_CONFIG
 from dispy_wire import tls
+from dispy_wire.dialing import another_leads, who_leads
 from procs import Cluster, Proc
 from waiting import wait_until
 
@@ -509,3 +511,32 @@ def test_a_relay_that_flips_bits_after_the_login_drops_the_connection_and_nothin
     bystander = _client(cluster, "bystander", tls_ca=pki["ca"])
     assert "RESULTS [0, 1, 4, 9]" in bystander.stdout, cluster.describe()
     assert "Traceback" not in sched.stderr
+
+
+def test_a_pinned_peer_asking_who_leads_trusts_only_the_pinned_certificate(cluster: Cluster, pki: dict[str, Any]) -> None:
+    """The question a peer asks the others when its leader falls silent checks the pin as the login does:
+    a scheduler with another certificate (another CA's, or the same CA's) cannot steer it elsewhere."""
+    _tls_scheduler(cluster, pki)
+    host, port = cluster.address.rsplit(":", 1)
+    ours = (host, int(port) + 1)  # the silent leader the peer is connected to: never asked
+    pinned = tls.ClientTLS(fingerprint=tls.cert_fingerprint(pki["good"][0]))
+    assert asyncio.run(who_leads(host, host, int(port), pinned, 10)) == cluster.address
+    assert asyncio.run(another_leads(ours, host, [ours, (host, int(port))], pinned, 10)) == cluster.address
+    for stem in ("other_ca_cert", "wrong_name"):
+        elsewhere = tls.ClientTLS(fingerprint=tls.cert_fingerprint(pki[stem][0]))
+        assert asyncio.run(who_leads(host, host, int(port), elsewhere, 10)) is None, stem
+        assert asyncio.run(another_leads(ours, host, [ours, (host, int(port))], elsewhere, 10)) is None, stem
+        # the CA alone vouches for it, yet the pin (the peer's setting) still decides
+        both = tls.ClientTLS(ca=pki["ca"], fingerprint=elsewhere.fingerprint)
+        assert asyncio.run(who_leads(host, host, int(port), both, 10)) is None, stem
+    assert asyncio.run(who_leads(host, host, int(port), tls.ClientTLS(ca=pki["ca"]), 10)) == cluster.address
+
+
+@pytest.mark.parametrize("fake", ["other_ca_cert"], indirect=True)
+def test_a_pinned_peer_asking_who_leads_sends_nothing_to_a_scheduler_with_another_certificate(
+    pki: dict[str, Any], fake: FakeTLSScheduler
+) -> None:
+    host, port = fake.address.rsplit(":", 1)
+    pinned = tls.ClientTLS(fingerprint=tls.cert_fingerprint(pki["good"][0]))
+    assert asyncio.run(who_leads(host, host, int(port), pinned, 10)) is None
+    assert fake.attempts == 1 and fake.received == [], fake.received

@@ -106,7 +106,10 @@ function render(snap) {
   ]));
 
   fill("clusters", snap.clusters.map((c) => [
-    `${c.name} (${c.id.slice(0, 8)})`, c.user, c.queued, c.running, c.done, c.attached ? "attached" : "away",
+    `${c.name} (${c.id.slice(0, 8)})`, c.user, c.queued, c.running, c.done, byState(c.jobs),
+    // opened is null for a cluster opened under an earlier version (the journal did not keep it)
+    c.opened ? el("span", ago(c.opened), { title: new Date(c.opened * 1000).toLocaleString() }) : "-",
+    c.attached ? "attached" : "away",
     c.queued + c.running ? button("cancel all", () => manage(`/api/v1/clusters/${enc(c.id)}/cancel`, undefined, `Cancel every unfinished job of ${c.name}?`)) : "",
   ]));
 
@@ -119,6 +122,11 @@ function render(snap) {
       ? button("cancel", () => manage(`/api/v1/jobs/${enc(j.cluster)}/${j.job}/cancel`, undefined, `Cancel job ${j.job}?`)) : "",
   ]));
   chart(snap.history);
+}
+
+// a cluster's held jobs by state, the states it has none in left out: "2 queued, 1 running"
+function byState(counts) {
+  return Object.entries(counts).filter(([, n]) => n).map(([state, n]) => `${n} ${state}`).join(", ") || "none";
 }
 
 function chart(history) {
