@@ -29,8 +29,8 @@ def version() -> str:
 
 
 def job_state(job: JobRecord) -> str:
-    if job.state is JobState.DONE and job.result is not None:
-        return JobStatus(job.result.status).name.lower()
+    if job.state is JobState.DONE and job.end_status:
+        return JobStatus(job.end_status).name.lower()
     if job.state is JobState.RUNNING and not job.started:  # sent ahead, waiting on its node for a CPU
         return JobState.QUEUED.value
     return job.state.value

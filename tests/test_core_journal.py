@@ -21,6 +21,7 @@ from dispy_sched.core import CoreConfig, SchedulerCore
 from dispy_sched.core import actions as A
 from dispy_sched.core import events as E
 from dispy_sched.core.persist import ClusterRow, JobRow, SettingRow
+from dispy_sched import views
 from dispy_sched.core.state import JobState, decay, result_cost
 from dispy_sched.journal import SqliteJournal, StateStore
 from dispy_sched.pg_store import PgStore, create_schema
@@ -397,3 +398,12 @@ def test_with_a_store_a_held_result_is_on_disk_only_and_a_returning_client_gets_
     assert journal.read_results("K", [1]) == [result("K", 1)]
     run(core, journal, E.ResultsAcked("c2", "K", [1]), now=5)
     assert not journal.jobs and core.users["alice"].held_bytes == 0
+
+
+def test_an_ended_job_shows_its_status_while_its_result_is_on_disk_only(make_core: MakeCore) -> None:
+    """With a store the core drops a result once written; the API still says how the job ended."""
+    core = make_core(persist=True)
+    step(core, opened("c1", "K"), joined("n1", 2), submitted("c1", "K", 1, 2), now=0)
+    step(core, arrived("n1", result("K", 1), result("K", 2, JobStatus.TERMINATED)), now=1)
+    assert all(job.result is None for job in core.clusters["K"].jobs.values())
+    assert [(j["job"], j["state"]) for j in views.jobs(core, None)] == [(1, "finished"), (2, "terminated")]

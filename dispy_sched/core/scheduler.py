@@ -1002,7 +1002,7 @@ class SchedulerCore:
             assert job.payload is not None
             user.queued_bytes -= job_cost(job.payload)
             job.payload = None
-            job.result, job.result_size = result, result_cost(result)
+            job.result, job.result_size, job.end_status = result, result_cost(result), result.status
             job.held += job.result_size
             self._hold(cluster, job.result_size)
             if self.config.persist:

@@ -57,6 +57,9 @@ class JobRecord:
     #: end of the call that wrote it, and the shell reads it back from the store
     result: JobResult | None = None
     result_size: int = 0  # `result_cost` of its terminal result (0 until DONE), wherever the result is
+    #: its terminal result's `JobStatus` once DONE, for people to see while the result itself may be on disk
+    #: only; 0 for a job restored DONE from a store (its result, status included, is in the store)
+    end_status: int = 0
     files: list[JobFile] = field(default_factory=list)  # sent back by the job while its client was away
     held: int = 0  # what its result and files count in its user's `held_bytes`
     pin: str | None = None  # the node (name or address) it must run on: `JobOptions.node`
