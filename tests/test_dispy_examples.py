@@ -227,7 +227,9 @@ def test_job_scheduler_submits_from_cluster_status(cluster: Cluster, variant: st
 
 
 def _jobs_running(cluster: Cluster, proc: Proc, variant: str, count: int) -> Callable[[], bool]:
-    """True once `count` job processes run: forks of the node's zygote, so the node's grandchildren
+    """True once `count` job processes run the job's own code, asleep in its `time.sleep` (the kernel's
+    wchan says so): a job process that exists is not enough, since a cancel before the job's `try` ends
+    it without its estimate. Job processes are forks of the node's zygote, so the node's grandchildren
     (the shared variant's node is the test's second process; a JobCluster's is the program's child)."""
 
     def node() -> psutil.Process | None:
@@ -244,9 +246,18 @@ def _jobs_running(cluster: Cluster, proc: Proc, variant: str, count: int) -> Cal
             grandchildren = [g for zygote in daemon.children() for g in zygote.children()]
         except psutil.Error:
             return False
-        return len(grandchildren) >= count
+        return sum(_asleep(g.pid) for g in grandchildren) >= count
 
     return running
+
+
+def _asleep(pid: int) -> bool:
+    """Whether the process waits in a timed sleep (`time.sleep`), not on a pipe, a socket or the CPU."""
+    try:
+        with open(f"/proc/{pid}/wchan") as f:
+            return "nanosleep" in f.read()
+    except OSError:  # it ended
+        return False
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
