@@ -198,6 +198,16 @@ class Cluster:
             proc.stop()
 
 
+def in_timed_sleep(pid: int) -> bool:
+    """Whether the process waits in a timed sleep (`time.sleep`), not on a pipe, a socket or the CPU: a job's
+    own code has begun once its process sleeps there (the kernel's wchan says where a process waits)."""
+    try:
+        with open(f"/proc/{pid}/wchan") as f:
+            return "nanosleep" in f.read()
+    except OSError:  # it ended
+        return False
+
+
 def embedded_nodes() -> list[psutil.Process]:
     return [p for p in psutil.Process().children(recursive=True) if "dispy_client.lifeline" in " ".join(p.cmdline())]
 

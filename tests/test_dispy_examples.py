@@ -32,7 +32,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from procs import ROOT, Cluster, Proc, write_users_file
+from procs import ROOT, Cluster, Proc, in_timed_sleep, write_users_file
 from waiting import wait_until
 
 EXAMPLES = Path(os.environ.get("DISPY_EXAMPLES_DIR", ROOT / ".venv" / "dispy-sdist" / "dispy-4.15.2" / "py3" / "examples"))
@@ -246,18 +246,9 @@ def _jobs_running(cluster: Cluster, proc: Proc, variant: str, count: int) -> Cal
             grandchildren = [g for zygote in daemon.children() for g in zygote.children()]
         except psutil.Error:
             return False
-        return sum(_asleep(g.pid) for g in grandchildren) >= count
+        return sum(in_timed_sleep(g.pid) for g in grandchildren) >= count
 
     return running
-
-
-def _asleep(pid: int) -> bool:
-    """Whether the process waits in a timed sleep (`time.sleep`), not on a pipe, a socket or the CPU."""
-    try:
-        with open(f"/proc/{pid}/wchan") as f:
-            return "nanosleep" in f.read()
-    except OSError:  # it ended
-        return False
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

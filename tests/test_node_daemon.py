@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psutil
 
-from procs import Cluster, write_users_file
+from procs import Cluster, in_timed_sleep, write_users_file
 from waiting import wait_until
 from test_node_isolation import marked_processes, no_marked_processes  # noqa: F401  (autouse)
 
@@ -137,11 +137,12 @@ def test_drain_finishes_running_jobs_then_exits_0(cluster: Cluster) -> None:
 
 
 def _until_busy(node: object) -> None:
-    """Waits for the node's job to start: its zygote has a child."""
+    """Waits for the node's job to run its own code (its `time.sleep`): a job dispatched but not yet started
+    is sent back to the scheduler by a drain, not run there."""
 
     def started() -> bool:
         procs = psutil.Process(node.pid).children(recursive=True)  # type: ignore[attr-defined]
-        return any(p.ppid() != node.pid for p in procs)  # type: ignore[attr-defined]
+        return any(p.ppid() != node.pid and in_timed_sleep(p.pid) for p in procs)  # type: ignore[attr-defined]
 
     wait_until(started, what="the node's job to start")
 
