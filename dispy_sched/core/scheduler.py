@@ -60,7 +60,7 @@ from __future__ import annotations
 
 from collections import defaultdict, deque
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from functools import singledispatchmethod
 from typing import TYPE_CHECKING, Any
@@ -609,12 +609,8 @@ class SchedulerCore:
     def _on_starts_reported(self, ev: E.StartsReported) -> None:
         if ev.node not in self.nodes:
             return
-        for ref in ev.jobs:
-            cluster = self.clusters.get(ref.cluster_id)
-            job = cluster.jobs.get(ref.job_id) if cluster else None
-            if cluster is None or job is None or job.state is not JobState.RUNNING or job.node != ev.node or job.started:
-                continue  # ended already (a short job's result may come first), or moved on
-            job.start_time = self.now
+        for cluster, job in self._unstarted_on(ev.node, ev.jobs):  # others ended already (a short job's result
+            job.start_time = self.now  # may come first), or moved on
             self._notify_started(cluster, job)
 
     @_on.register
@@ -622,12 +618,16 @@ class SchedulerCore:
         node = self.nodes.get(ev.node)
         if node is None:
             return
-        for ref in ev.jobs:
+        for cluster, job in self._unstarted_on(ev.node, ev.jobs):  # the only ones it may give back
+            self._displace(cluster, job, node, rerun=True, why="")  # it never started: any node may run it
+
+    def _unstarted_on(self, node_id: str, refs: Iterable[JobRef]) -> Iterator[tuple[ClusterRecord, JobRecord]]:
+        """The jobs of `refs` sent to `node_id` and not yet started there (a node's report of them is current)."""
+        for ref in refs:
             cluster = self.clusters.get(ref.cluster_id)
             job = cluster.jobs.get(ref.job_id) if cluster else None
-            if cluster is None or job is None or job.state is not JobState.RUNNING or job.node != ev.node or job.started:
-                continue  # not one it may give back
-            self._displace(cluster, job, node, rerun=True, why="")  # it never started: any node may run it
+            if cluster and job and job.state is JobState.RUNNING and job.node == node_id and not job.started:
+                yield cluster, job
 
     def _recall(self, node: NodeRecord) -> None:
         """Asks `node` to give back the jobs it was sent ahead and has not started (drained, or capped)."""
