@@ -77,8 +77,8 @@ from .persist import CPUS, DRAIN, SHARE, Changes, ClusterRow, JobRow, SettingRow
 from .ready import ReadyIndex
 from .placement import allowed_cpus, compile_nodes
 from .state import (
-    NO_LIMITS, ClusterRecord, JobRecord, JobState, Limits, NodeRecord, Orphan, UserRecord, decay, file_cost, job_cost,
-    result_cost,
+    NO_LIMITS, NO_OPTIONS, ClusterRecord, JobRecord, JobState, Limits, NodeRecord, Orphan, UserRecord, decay,
+    file_cost, job_cost, result_cost,
 )
 
 if TYPE_CHECKING:  # the policies package imports the core's records
@@ -263,7 +263,7 @@ class SchedulerCore:
                     held = sum(file_cost(f) for f in job.files)
                     job.held -= held
                     self._hold(cluster, -held)
-                    job.files = []
+                    job.files = ()
                 if job.state is JobState.RUNNING and job.node is not None and job.started:
                     self._notify_started(cluster, job)
                 elif job.state is JobState.DONE and job.result is not None:
@@ -337,8 +337,10 @@ class SchedulerCore:
             accepted.append(spec.job_id)
             if spec.job_id in cluster.jobs:
                 continue  # a resent submit: idempotent on the job id
+            options = spec.options
+            plain = type(options) is dict and not options  # most jobs: no options to check
             try:
-                pin = JobOptions.from_wire(spec.options).node
+                pin = None if plain else JobOptions.from_wire(options).node
             except BadOptions as exc:
                 malformed.setdefault(str(exc), []).append(spec)
                 continue
@@ -348,7 +350,9 @@ class SchedulerCore:
                 continue
             self._seq += 1
             priority = spec.priority if limits.priority_max is None else min(spec.priority, limits.priority_max)
-            job = JobRecord(ev.cluster_id, spec.job_id, priority, self._seq, spec.payload, spec.options, self.now, pin=pin)
+            # most jobs have no options: they share one empty map, not 64 bytes each (nothing mutates it)
+            options = NO_OPTIONS if plain else options
+            job = JobRecord(ev.cluster_id, spec.job_id, priority, self._seq, spec.payload, options, self.now, pin=pin)
             if self.config.persist:
                 self._changes.job_new(job)
             self._admit(cluster, job, "new")
@@ -645,7 +649,7 @@ class SchedulerCore:
             if cluster.client is not None:
                 self._out.files[cluster.client].append(f)
             else:  # kept (only while nobody can take it) and sent when the client re-attaches
-                job.files.append(f)
+                job.files += (f,)
                 job.held += file_cost(f)
                 self._hold(cluster, file_cost(f))
 
@@ -855,7 +859,8 @@ class SchedulerCore:
             pin = JobOptions.from_wire(row.options).node
         except BadOptions:  # accepted at submit: the same parser accepts it again
             pin = None
-        job = JobRecord(row.cluster_id, row.job_id, row.priority, row.seq, row.payload, row.options, row.submit_time, pin=pin)
+        options = row.options or NO_OPTIONS
+        job = JobRecord(row.cluster_id, row.job_id, row.priority, row.seq, row.payload, options, row.submit_time, pin=pin)
         job.attempts, job.cancel_requested, job.last_node = row.attempts, row.cancel_requested, row.node
         self._seq = max(self._seq, row.seq)
         if row.state == JobState.DONE.value:

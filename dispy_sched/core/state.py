@@ -37,6 +37,10 @@ class Orphan:
     why: str
 
 
+#: the options of a job that has none, shared by all such jobs (never mutated)
+NO_OPTIONS: dict[str, Any] = {}
+
+
 @dataclass(slots=True)
 class JobRecord:
     cluster_id: str
@@ -60,7 +64,9 @@ class JobRecord:
     #: its terminal result's `JobStatus` once DONE, for people to see while the result itself may be on disk
     #: only; 0 for a job restored DONE from a store (its result, status included, is in the store)
     end_status: int = 0
-    files: list[JobFile] = field(default_factory=list)  # sent back by the job while its client was away
+    #: sent back by the job while its client was away (a tuple: a queued job holds the shared empty one, not a
+    #: list of its own: 56 bytes per job of the scheduler's memory)
+    files: tuple[JobFile, ...] = ()
     held: int = 0  # what its result and files count in its user's `held_bytes`
     pin: str | None = None  # the node (name or address) it must run on: `JobOptions.node`
     #: its client was told it runs: at dispatch, or, on a node that queues jobs (`NodeRecord.window`),
