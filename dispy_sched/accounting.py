@@ -1,8 +1,9 @@
-"""Job accounting: one record per job end, kept in the state database and logged as one key=value line.
+"""Job accounting: one record per job end, kept in the state database and logged as a key=value line.
 
 The core emits `RecordJobEnds` (with `CoreConfig.accounting`) in the call in
 which jobs end; the shell hands the records to an `AccountingStore` (part of
-every `StateStore`) and logs each (`log_line`). `SqliteAccounting` keeps
+every `StateStore`) and logs them (`log_lines`: a line per job that ran,
+one for many that ended alike without running, as a closed cluster's queue). `SqliteAccounting` keeps
 them in the `job_ends` table of the scheduler's state database
 (`journal.sqlite3`, whether or not the journal is on) through a connection
 of its own with `synchronous=NORMAL`: an accounting record survives a killed
@@ -20,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -102,6 +104,41 @@ class SqliteAccounting:
 
     def close(self) -> None:
         self._db.close()
+
+
+#: jobs that end together without having run (cancelled while queued), alike, from this many on share one line
+SUMMARY_FROM = 10
+
+
+def log_lines(ends: list[JobEnd]) -> Iterator[str]:
+    """The log lines of one turn's job ends: one per job that ran; one per job that never ran, except that
+    `SUMMARY_FROM` or more of them ended alike (user, cluster, status, reason) share one `job_ends` line
+    (`summary_line`): closing a cluster of 100,000 queued jobs logs a line, not 100,000 (their records in
+    the state database stay one per job)."""
+    unrun: dict[tuple[str, str, str, str], list[JobEnd]] = {}
+    for end in ends:
+        if end.node:
+            yield log_line(end)
+        else:
+            unrun.setdefault((end.user, end.cluster_id, end.status, end.reason), []).append(end)
+    for alike in unrun.values():
+        if len(alike) < SUMMARY_FROM:
+            yield from map(log_line, alike)
+        else:
+            yield summary_line(alike)
+
+
+def summary_line(ends: list[JobEnd]) -> str:
+    """Jobs that never ran and ended alike, as one line of key=value pairs (`log_line`'s keys where they apply)."""
+    first = ends[0]
+    ids = [e.job_id for e in ends]
+    fields: dict[str, object] = {
+        "user": first.user, "cluster": first.cluster_id, "name": first.cluster_name, "count": len(ends),
+        "jobs": f"{min(ids)}..{max(ids)}", "status": first.status,
+        "queued": round(min(e.submit_time for e in ends), 3), "ended": round(max(e.end_time for e in ends), 3),
+        "reason": first.reason,
+    }  # fmt: skip
+    return "job_ends " + " ".join(f"{k}={json.dumps(v) if isinstance(v, str) else v}" for k, v in fields.items())
 
 
 def log_line(end: JobEnd) -> str:

@@ -49,7 +49,7 @@ from .core import SchedulerCore
 from .core import actions as A
 from .core import events as E
 from .gate import LoginThrottle, PreLoginGate
-from .accounting import AccountingStore, log_line
+from .accounting import AccountingStore, log_lines
 from .journal import NotLeader, StateStore, StoreFailed
 from .standby import LeaderInfo
 from .logsafe import peer_text
@@ -59,7 +59,7 @@ if TYPE_CHECKING:
     from .metrics import SchedMetrics
 
 log = logging.getLogger(__name__)
-#: one line per job end (`accounting.log_line`), for log shippers
+#: one line per job end (`accounting.log_lines`), for log shippers
 accounting_log = logging.getLogger("dispy_sched.accounting")
 
 TICK_INTERVAL = 1.0
@@ -582,9 +582,9 @@ class SchedulerServer:
             os._exit(EXIT_JOURNAL_FAILED)
 
     def _record(self, ends: list[A.JobEnd]) -> None:
-        """One log line per job end, and its record in the state database."""
-        for end in ends:
-            accounting_log.info("%s", log_line(end))
+        """Log lines for the job ends (one per job that ran), and their records in the state database."""
+        for line in log_lines(ends):
+            accounting_log.info("%s", line)
         if self.accounting is None:
             return
         try:

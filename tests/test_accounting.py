@@ -19,7 +19,8 @@ from typing import Any
 
 import psycopg
 
-from dispy_sched.accounting import UserTotal, history
+from dispy_sched.accounting import SUMMARY_FROM, UserTotal, history, log_lines
+from dispy_sched.core.actions import JobEnd
 from dispy_sched.admin_history import since_time, table
 from procs import Cluster
 from waiting import wait_until
@@ -109,6 +110,24 @@ def test_each_job_end_is_recorded_with_its_node_times_cpu_and_memory_and_logged(
     assert future.returncode == 0 and json.loads(future.stdout) == []
     bad = admin("history", "--state-dir", str(state), "--since", "yesterday")
     assert bad.returncode == 2 and "neither a duration" in bad.stderr
+
+
+def test_many_jobs_ending_alike_without_running_share_one_log_line_and_those_that_ran_keep_theirs() -> None:
+    def end(job_id: int, node: str = "", status: str = "Cancelled", cluster: str = "K") -> JobEnd:
+        return JobEnd("alice", cluster, "compute", job_id, node, status, 10.0 + job_id, 20.0, 20.0 + job_id, 0.0, 0,
+                      "" if node else "cancelled before it started")  # fmt: skip
+
+    ran = [end(i, node="n1", status="Finished") for i in range(3)]
+    cancelled = [end(i) for i in range(100, 100 + 5 * SUMMARY_FROM)]
+    few = [end(i, cluster="L") for i in range(SUMMARY_FROM - 1)]  # too few to summarize: a line each
+    lines = list(log_lines([*ran, *cancelled, *few]))
+    assert len(lines) == len(ran) + 1 + len(few), lines
+    assert sum(line.startswith("job_end ") for line in lines) == len(ran) + len(few)
+    (summary,) = [line for line in lines if line.startswith("job_ends ")]
+    assert re.search(
+        rf'user="alice" cluster="K" name="compute" count={5 * SUMMARY_FROM} jobs="100..{99 + 5 * SUMMARY_FROM}" '
+        r'status="Cancelled" queued=110.0 ended=\d+\.?\d* reason="cancelled before it started"', summary
+    ), summary
 
 
 def test_records_past_their_retention_are_deleted(cluster: Cluster) -> None:
