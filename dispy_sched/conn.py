@@ -4,7 +4,7 @@
 `FrameDecoder`, runs the handshake, turns each authenticated message into a
 core event (clients and nodes may send different sets), and hands events to
 the server, which batches them into one `SchedulerCore.handle` call per loop
-turn. Outgoing messages are buffered and written once per turn.
+turn. Outgoing messages, results too, are buffered and written once per turn.
 
 Backpressure, input side: at most `MESSAGES_PER_TURN` messages of a peer
 are taken in one loop turn; the rest stay undecoded in the frame decoder,
@@ -353,10 +353,14 @@ class PeerConnection(asyncio.Protocol):
         self._pump()
 
     def _pump(self) -> None:
-        """Writes waiting results until the transport pauses us or none is left."""
+        """Queues waiting results for this turn's write until the transport pauses us, this turn's bytes
+        reach `WRITE_HIGH` (the next turn goes on, once the transport has them), or none is left."""
         if self.transport is None or self._writer is None:
             return
         while self._results and not self.write_paused and not self._closing:
+            if self._writer.queued + self._buffered() > WRITE_HIGH:
+                asyncio.get_running_loop().call_soon(self._pump)  # after the write: it may pause us, or not
+                return
             cluster_id = self._results[0][0]
             batch: list[tuple[int, M.JobResult | None]] = []
             size = 0
@@ -374,11 +378,10 @@ class PeerConnection(asyncio.Protocol):
             read = {r.job_id: r for r in self.server.read_results(cluster_id, missing)} if missing else {}
             results = [r if r is not None else read.get(job_id) for job_id, r in batch]
             found = [r for r in results if r is not None]  # one acknowledged or released meanwhile is gone
-            if found:
-                self._writer.flush()  # what was queued before goes first
+            if found:  # in this turn's one write with the rest, in order
                 if self.liveness is not None:
                     self.liveness.sent = True
-                self.transport.write(M.encode(M.JobResults(cluster_id, found)))  # may pause us at once
+                self._writer.send(M.encode(M.JobResults(cluster_id, found)))
 
     # --------------------------------------------------------------- output
 
