@@ -138,7 +138,7 @@ def summary_line(ends: list[JobEnd]) -> str:
         "queued": round(min(e.submit_time for e in ends), 3), "ended": round(max(e.end_time for e in ends), 3),
         "reason": first.reason,
     }  # fmt: skip
-    return "job_ends " + " ".join(f"{k}={json.dumps(v) if isinstance(v, str) else v}" for k, v in fields.items())
+    return "job_ends " + " ".join(f"{k}={_quoted(v) if isinstance(v, str) else v}" for k, v in fields.items())
 
 
 def log_line(end: JobEnd) -> str:
@@ -150,7 +150,14 @@ def log_line(end: JobEnd) -> str:
         "run": round(max(0.0, end.end_time - end.start_time), 3), "cpu": round(end.cpu_time, 3),
         "max_rss": end.max_rss, "reason": end.reason,
     }  # fmt: skip
-    return "job_end " + " ".join(f"{k}={json.dumps(v) if isinstance(v, str) else v}" for k, v in fields.items())
+    return "job_end " + " ".join(f"{k}={_quoted(v) if isinstance(v, str) else v}" for k, v in fields.items())
+
+
+def _quoted(text: str) -> str:
+    """`text` JSON-quoted; most names need no escape, and this runs for every job end: skips json for them."""
+    if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
+        return f'"{text}"'
+    return json.dumps(text)
 
 
 @dataclass(frozen=True, slots=True)
