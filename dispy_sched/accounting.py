@@ -2,13 +2,13 @@
 
 The core emits `RecordJobEnds` (with `CoreConfig.accounting`) in the call in
 which jobs end; the shell hands the records to an `AccountingStore` (part of
-every `StateStore`) and logs them (`log_lines`: a line per job that ran,
-one for many that ended alike without running, as a closed cluster's queue). `SqliteAccounting` keeps
-them in the `job_ends` table of the scheduler's state database
-(`journal.sqlite3`, whether or not the journal is on) through a connection
-of its own with `synchronous=NORMAL`: an accounting record survives a killed
-scheduler, and costs the hot path no fsync of its own (a power cut may lose
-the last ones; the log lines have them too). With `--state postgresql://...`
+every `StateStore`) and logs them (`log_lines`: a line per job that ran, one
+for many that ended alike without running, as a closed cluster's queue).
+`SqliteAccounting` keeps them in the `job_ends` table of the scheduler's
+state database (`journal.sqlite3`, whether or not the journal is on) through
+a connection of its own with `synchronous=NORMAL`: an accounting record
+survives a killed scheduler, and costs the hot path no fsync of its own (a
+power cut may lose the last ones; the log lines have them too). With `--state postgresql://...`
 the `PgStore` keeps the same table in PostgreSQL, so the records of a leader
 and of the standby that takes over are in one place. Records older than
 `--accounting-retention` are deleted at start and hourly. `dispyadmin

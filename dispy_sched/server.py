@@ -59,7 +59,7 @@ if TYPE_CHECKING:
     from .metrics import SchedMetrics
 
 log = logging.getLogger(__name__)
-#: one line per job end (`accounting.log_lines`), for log shippers
+#: a line per job end (many alike that never ran share one: `accounting.log_lines`), for log shippers
 accounting_log = logging.getLogger("dispy_sched.accounting")
 
 TICK_INTERVAL = 1.0

@@ -856,7 +856,7 @@ class SchedulerCore:
 
     def _restore_job(self, cluster: ClusterRecord, row: JobRow) -> None:
         try:
-            pin = JobOptions.from_wire(row.options).node
+            pin = JobOptions.from_wire(row.options).node if row.options else None
         except BadOptions:  # accepted at submit: the same parser accepts it again
             pin = None
         options = row.options or NO_OPTIONS
