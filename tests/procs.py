@@ -73,11 +73,12 @@ class Proc:
         rx = re.compile(pattern)
         delay = 0.005
         while True:
+            exited = self.popen.poll() is not None  # looked at first: a line printed just before exiting is read below
             text = self.stdout if stream == "stdout" else self.stderr
             match = rx.search(text)
             if match:
                 return match
-            if self.popen.poll() is not None:
+            if exited:
                 raise AssertionError(f"{self.name} exited ({self.popen.returncode}) before {pattern!r}:\n{self.describe()}")
             if time.monotonic() > deadline:
                 raise AssertionError(f"{self.name}: no {pattern!r} within {timeout} s:\n{self.describe()}")
