@@ -453,6 +453,8 @@ class _Session:
             "addresses": report.addresses()[:HELLO_MAX_ADDRESSES],
             # we queue jobs beyond our CPUs, start them as CPUs free and say so (NodeStarts): send ahead
             "queues": True,
+            # our runner's run: while it is the same, a job sent to it that we do not list (NodeHolds) never came
+            "node_run": self.control.keeper.node_run,
         }
         jobs, clusters = self.control.keeper.held()
         if jobs or clusters:  # from an earlier session: reported right after Welcome (NodeHolds)

@@ -18,12 +18,20 @@ A node nobody reconnects to for `grace` seconds gives up: its runner is
 closed (every job tree and zygote killed) and what it kept is dropped, as
 when the daemon stops. `grace` 0 is the old behaviour: a lost connection
 kills everything at once.
+
+Each runner is one run, named by a random `node_run` id given in every
+Hello. A runner drops a job only with a result, or when the scheduler takes
+it back (a recall, a cluster that failed here), so while the id stays the
+same the Hello lists every job sent to this run that the scheduler has no
+result of: one it does not list never arrived, and the scheduler may run it
+elsewhere even if it is not reentrant. Giving the jobs up makes a new run.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -53,6 +61,8 @@ class JobKeeper:
     def __init__(self, grace: float) -> None:
         self.grace = grace
         self._runner: Runner | None = None
+        #: the run of the runner: new with each runner, so with every loss of what the node held
+        self.node_run = ""
         self._sink: Callable[[Output], None] | None = None
         self._kept: list[Output] = []
         #: terminal results sent and not yet confirmed by the scheduler
@@ -63,6 +73,7 @@ class JobKeeper:
     def runner(self, config: RunnerConfig) -> Runner:
         """The runner (a new one with `config` if none is left from before)."""
         if self._runner is None:
+            self.node_run = secrets.token_hex(8)
             self._runner = Runner(config, self._put, self._failed, self._put, self._started)
         return self._runner
 

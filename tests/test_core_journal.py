@@ -68,6 +68,7 @@ class MemoryJournal:
             self.jobs[(j.cluster_id, j.job_id)] = JobRow(
                 j.cluster_id, j.job_id, old.priority, old.seq, None if j.state == "done" else old.payload,
                 old.options, old.submit_time, j.state, j.node, j.attempts, j.cancel_requested, j.result, j.result_size,
+                j.node_run,
             )  # fmt: skip
         for key in p.gone_jobs:
             del self.jobs[key]
