@@ -19,12 +19,15 @@ closed (every job tree and zygote killed) and what it kept is dropped, as
 when the daemon stops. `grace` 0 is the old behaviour: a lost connection
 kills everything at once.
 
-Each runner is one run, named by a random `node_run` id given in every
-Hello. A runner drops a job only with a result, or when the scheduler takes
-it back (a recall, a cluster that failed here), so while the id stays the
-same the Hello lists every job sent to this run that the scheduler has no
-result of: one it does not list never arrived, and the scheduler may run it
-elsewhere even if it is not reentrant. Giving the jobs up makes a new run.
+The node's run: a random `node_run` id, given in every Hello. A runner
+drops a job only with a result, or when the scheduler takes it back (a
+recall, a cluster that failed here), and the keeper drops a result only
+once the scheduler has recorded it; so while the id stays the same, the
+Hello lists every job sent to this run that the scheduler has no result of:
+one it does not list never arrived, and the scheduler may run it elsewhere
+even if it is not reentrant. Giving up a runner that held anything (jobs,
+clusters, results) starts a new run; an empty one loses nothing, so a job
+sent to it as the connection broke is still known never to have arrived.
 """
 
 from __future__ import annotations
@@ -61,8 +64,8 @@ class JobKeeper:
     def __init__(self, grace: float) -> None:
         self.grace = grace
         self._runner: Runner | None = None
-        #: the run of the runner: new with each runner, so with every loss of what the node held
-        self.node_run = ""
+        #: the run: new whenever what the node held (jobs, results) is dropped unreported
+        self.node_run = secrets.token_hex(8)
         self._sink: Callable[[Output], None] | None = None
         self._kept: list[Output] = []
         #: terminal results sent and not yet confirmed by the scheduler
@@ -73,7 +76,6 @@ class JobKeeper:
     def runner(self, config: RunnerConfig) -> Runner:
         """The runner (a new one with `config` if none is left from before)."""
         if self._runner is None:
-            self.node_run = secrets.token_hex(8)
             self._runner = Runner(config, self._put, self._failed, self._put, self._started)
         return self._runner
 
@@ -134,6 +136,8 @@ class JobKeeper:
 
     def _close_runner(self, why: str) -> None:
         runner, self._runner = self._runner, None
+        if self._kept or self._sent or (runner is not None and not runner.empty):
+            self.node_run = secrets.token_hex(8)  # jobs and results dropped unreported: another run from now on
         self._kept = []
         self._sent.clear()
         if runner is None:

@@ -33,7 +33,9 @@ def test_a_result_sent_but_not_confirmed_is_sent_again_to_the_next_session(tmp_p
         jobs, _ = keeper.held()
         assert jobs == [JobRef("K", 2), JobRef("K", 4)]  # reported in the next Hello
         second: list[Output] = []
+        run = keeper.node_run
         assert keeper.runner(RunnerConfig(tmp_path)) is runner  # the same jobs, not a new runner
+        assert keeper.node_run == run  # the same run: what the next Hello does not list never arrived
         keeper.attach(second.append)
         assert second == [result(2), result(4)]
         await keeper.close()
@@ -49,8 +51,26 @@ def test_no_session_within_the_grace_period_ends_the_runner_and_forgets_its_resu
         runner.report(result(1))
         keeper.detach()
         assert keeper.held()[0] == [JobRef("K", 1)]
+        run = keeper.node_run
         await async_wait_until(lambda: keeper.held() == ([], []), what="the keeper to give up")
         assert keeper.runner(RunnerConfig(tmp_path)) is not runner
+        assert keeper.node_run != run  # a result was dropped unreported: the scheduler must not infer from its absence
+        await keeper.close()
+
+    asyncio.run(scenario())
+
+
+def test_an_empty_runner_given_up_with_its_connection_keeps_the_run(tmp_path: Path) -> None:
+    """Nothing was dropped: a job sent as the connection broke, and never received, is still known never to
+    have arrived when the next Hello of the same run does not list it."""
+
+    async def scenario() -> None:
+        keeper = JobKeeper(grace=0)
+        runner = keeper.runner(RunnerConfig(tmp_path))
+        run = keeper.node_run
+        keeper.attach(lambda _: None)
+        keeper.detach()  # grace 0: the runner goes with the connection
+        assert keeper.runner(RunnerConfig(tmp_path)) is not runner and keeper.node_run == run
         await keeper.close()
 
     asyncio.run(scenario())
