@@ -15,7 +15,7 @@ import psycopg
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import invariant, rule
+from hypothesis.stateful import invariant, precondition, rule
 
 from dispy_sched.core import CoreConfig, SchedulerCore
 from dispy_sched.core import actions as A
@@ -366,6 +366,24 @@ class JournaledCoreMachine(CoreMachine):
             actions = self.apply(back)
             killed = {(r.cluster_id, r.job_id) for k in of(actions, A.KillJobs) for r in k.jobs}
             assert killed <= self.killed, "a running job the journal knows was killed on adoption"
+
+    @precondition(lambda self: any(self.node_jobs.get(n) for n in self.runs))
+    @rule(data=st.data())
+    def node_reconnects_before_its_old_session_is_noticed(self, data: st.DataObject) -> None:
+        """The node's connection broke and it logged in again, the same run: what it got since is listed, the
+        rest (lost with the connection) never arrived; its old session ends at once."""
+        old = data.draw(st.sampled_from(sorted(n for n in self.runs if self.node_jobs.get(n))))
+        jobs = self.node_jobs.pop(old)
+        kept = jobs[: data.draw(st.integers(0, len(jobs)), label="received")]
+        self.nodes_made += 1
+        node = f"n{self.nodes_made}"
+        self.names[node], self.runs[node] = self.names[old], self.runs[old]
+        self.node_jobs[node] = list(kept)
+        refs = tuple(JobRef(c, j) for c, j in kept)
+        back = E.NodeJoined(node, self.names[node], "10.0.0.9", 2, 10.0, (), refs, (), queues=self.PREFETCH > 0,
+                            node_run=self.runs[node])  # fmt: skip
+        actions = self.apply(back)
+        assert old not in self.core.nodes and any(isinstance(a, A.DropNode) and a.node == old for a in actions)
 
     @invariant()
     def journal_matches_core(self) -> None:
