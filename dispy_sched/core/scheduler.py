@@ -48,6 +48,12 @@ starts), so fair share, `max_cpus` and the clusters' CPU allowances hold it
 as they hold a running job. The node may start it at any moment, its report
 lost with the node: so when the node is lost it is treated as a running job
 is (rerun if reentrant, else orphaned or Abandoned), never run twice.
+People see it queued until it starts (`status`: busy is running, queued
+includes waiting). A node the operator caps below what it offers
+gets no window (it would run the window on CPUs the cap withholds), and a
+node drained, or capped below what it holds, is asked to give back what it
+has not started (`RecallJobs`); what it returns (`JobsReturned`) never ran
+and is queued again, reentrant or not.
 
 Jobs lost on the wire: a node names the run of its job runner
 (`NodeJoined.node_run`), and each job records the run it was sent to. A node
@@ -55,12 +61,6 @@ that comes back (after a scheduler restart or takeover, or a lost connection)
 as the same run lists every job it ever got and has no recorded result for,
 so one it does not list never reached it and is queued again, reentrant or
 not (`_never_arrived`); a node of another run restarted and lost its jobs.
-People see it queued until it starts (`status`: busy is running, queued
-includes waiting). A node the operator caps below what it offers
-gets no window (it would run the window on CPUs the cap withholds), and a
-node drained, or capped below what it holds, is asked to give back what it
-has not started (`RecallJobs`); what it returns (`JobsReturned`) never ran
-and is queued again, reentrant or not.
 """
 
 from __future__ import annotations
@@ -512,9 +512,10 @@ class SchedulerCore:
 
         A node's runner keeps every job it is sent until the scheduler has
         recorded its result (queued, running, or ended with the result kept:
-        dispy_node/keeper.py) and lists them all when it joins; a runner that
-        gives its jobs up (the scheduler stayed away beyond the node's grace)
-        is replaced by one with a new id. So a job sent to the same run and
+        dispy_node/keeper.py) and lists them all when it joins; a node that
+        drops anything unreported (it restarted, or gave its jobs up when the
+        scheduler stayed away beyond its grace) starts a new run, with a new
+        id. So a job sent to the same run and
         not listed was lost on the wire, as the scheduler or the connection
         died in the instant it was sent: it never ran, and may run anywhere,
         reentrant or not. A job sent to another run of the node (it
