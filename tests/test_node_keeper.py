@@ -74,3 +74,26 @@ def test_an_empty_runner_given_up_with_its_connection_keeps_the_run(tmp_path: Pa
         await keeper.close()
 
     asyncio.run(scenario())
+
+
+def test_the_grace_does_not_end_under_a_session_logging_in_and_a_failed_login_does_not_restart_it(
+    tmp_path: Path,
+) -> None:
+    """A login's Hello lists what the runner holds: closing the runner meanwhile would leave the scheduler
+    waiting for results that never come. A login that fails resumes the grace where it was."""
+
+    async def scenario() -> None:
+        keeper = JobKeeper(grace=0.3)
+        runner = keeper.runner(RunnerConfig(tmp_path))
+        keeper.attach(lambda _: None)
+        runner.report(result(1))
+        keeper.detach()  # the connection ended: 0.3 s from now
+        assert keeper.runner(RunnerConfig(tmp_path)) is runner  # a session logs in ...
+        await asyncio.sleep(0.5)  # ... past the grace: the runner is not closed under it
+        assert keeper.held()[0] == [JobRef("K", 1)]
+        keeper.detach()  # its login failed: the grace was over, so it ends now, not 0.3 s later
+        await asyncio.sleep(0.01)  # the loop runs a timer that is due before this one
+        assert keeper.held() == ([], [])
+        await keeper.close()
+
+    asyncio.run(scenario())
