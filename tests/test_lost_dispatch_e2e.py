@@ -11,6 +11,7 @@ as it starts, so the tests count how often each one ran.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import signal
 import socket
@@ -18,6 +19,7 @@ import threading
 from collections import Counter
 
 import msgpack
+import pytest
 
 from dispy_wire import messages as M
 from dispy_wire.framing import HEADER, PREAMBLE
@@ -175,3 +177,23 @@ def test_a_node_stopped_by_sigterm_gives_back_the_jobs_sent_ahead_and_another_no
     ended = dict(re.findall(r"^job (\d) (\w+)", client.stdout, re.M))
     assert ended == {"0": "FINISHED", "1": "FINISHED", "2": "FINISHED"}, client.stdout
     assert runs(cluster) == Counter({0: 2, 1: 1, 2: 1})  # 0 was killed and ran again; 1 and 2 once, on the second
+
+
+@pytest.mark.soak  # waits for the next whole minute: up to 80 s
+def test_at_its_service_end_a_node_gives_back_the_jobs_sent_ahead_and_another_node_runs_each_once(
+    cluster: Cluster,
+) -> None:
+    """--service-end: the running job is killed (given up: reentrant, it runs again elsewhere), and the jobs
+    waiting there for its CPU are given back, not Abandoned, though they are not reentrant."""
+    now = dt.datetime.now().astimezone()
+    end = (now + dt.timedelta(minutes=1 if now.second < 40 else 2)).strftime("%H:%M")  # 20 s at least to set up
+    cluster.scheduler("--prefetch", "2")
+    first = cluster.node("--service-end", end, cpus=1, name="first")
+    client = cluster.client(code(cluster, SIGTERM))
+    client.wait_for_line("sent ahead")
+    first.wait_for_line(r"giving back 2 job\(s\) not started yet", timeout=150, stream="stderr")
+    cluster.node(cpus=1, name="second")
+    assert client.wait(120) == 0, cluster.describe()
+    ended = dict(re.findall(r"^job (\d) (\w+)", client.stdout, re.M))
+    assert ended == {"0": "FINISHED", "1": "FINISHED", "2": "FINISHED"}, client.stdout
+    assert runs(cluster) == Counter({0: 2, 1: 1, 2: 1})
