@@ -453,6 +453,8 @@ class _Session:
             "addresses": report.addresses()[:HELLO_MAX_ADDRESSES],
             # we queue jobs beyond our CPUs, start them as CPUs free and say so (NodeStarts): send ahead
             "queues": True,
+            # our runner's run: while it is the same, a job sent to it that we do not list (NodeHolds) never came
+            "node_run": self.control.keeper.node_run,
         }
         jobs, clusters = self.control.keeper.held()
         if jobs or clusters:  # from an earlier session: reported right after Welcome (NodeHolds)
@@ -553,9 +555,7 @@ class _Session:
             case KillJobs(jobs):
                 self.runner.kill(jobs)
             case RecallJobs(jobs):  # those not started come back; the others end here as they would
-                returned = self.runner.recall(jobs)
-                if returned:
-                    self._write(encode(NodeReturned(returned)))
+                self._give_back(jobs)
             case ResultsRecorded(jobs):
                 self.control.keeper.recorded(jobs)
             case LoadCluster(cluster_id, user, computation, options):
@@ -591,11 +591,8 @@ class _Session:
             control.poke.clear()
             now = control.clock()
             outside = self._meter.outside()
-            if control.availability.update(now, outside):
-                reason = f"node's service ended at {now:%H:%M} (--service-end)"
-                logger.info("%s: killing %d running job(s)", reason, self.runner.busy)
-                self.runner.give_up_all(reason)
-            cpus = control.availability.offer(now)
+            ended = control.availability.update(now, outside)
+            cpus = 0 if control.leaving else control.availability.offer(now)  # 0 after the service end too
             if cpus != self._offered:
                 logger.info("offering %d of %d cpus (outside load %.2f cpus)", cpus, self.config.cpus, outside)
                 self._offered = cpus
@@ -603,7 +600,14 @@ class _Session:
             avail = report.avail(cpus, self.runner.busy, self.config.work_dir)
             if control.leaving:
                 avail["scheduler_grace"] = 0
+            # first the offer of nothing, so that what we give back is not sent to us again
             self._write(encode(Heartbeat(avail)))
+            if ended or control.leaving:  # jobs sent ahead and not started: they may run elsewhere, whatever
+                self._give_back(self.runner.held()[0])  # their reentrancy, instead of ending Abandoned here
+            if ended:
+                reason = f"node's service ended at {now:%H:%M} (--service-end)"
+                logger.info("%s: killing %d running job(s)", reason, self.runner.busy)
+                self.runner.give_up_all(reason)
             control.show(
                 f"{self.runner.busy} of {cpus} offered cpus busy, {self.runner.clusters} clusters loaded; "
                 f"connected to {self.config.scheduler}"
@@ -652,6 +656,13 @@ class _Session:
 
     def _check_done(self) -> None:
         self.control.check_done(self.runner.busy, self.runner.clusters)
+
+    def _give_back(self, jobs: list[JobRef]) -> None:
+        """Drops those of `jobs` not started yet (they never will be here) and tells the scheduler (`NodeReturned`)."""
+        returned = self.runner.recall(jobs)
+        if returned:
+            logger.info("giving back %d job(s) not started yet", len(returned))
+            self._write(encode(NodeReturned(returned)))
 
     def take(self, output: Output) -> None:
         """What the runner produced, from the keeper, while this session is attached."""

@@ -18,12 +18,23 @@ A node nobody reconnects to for `grace` seconds gives up: its runner is
 closed (every job tree and zygote killed) and what it kept is dropped, as
 when the daemon stops. `grace` 0 is the old behaviour: a lost connection
 kills everything at once.
+
+The node's run: a random `node_run` id, given in every Hello. A runner
+drops a job only with a result, or when the scheduler takes it back (a
+recall, a cluster that failed here), and the keeper drops a result only
+once the scheduler has recorded it; so while the id stays the same, the
+Hello lists every job sent to this run that the scheduler has no result of:
+one it does not list never arrived, and the scheduler may run it elsewhere
+even if it is not reentrant. Giving up a runner that held anything (jobs,
+clusters, results) starts a new run; an empty one loses nothing, so a job
+sent to it as the connection broke is still known never to have arrived.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -53,15 +64,27 @@ class JobKeeper:
     def __init__(self, grace: float) -> None:
         self.grace = grace
         self._runner: Runner | None = None
+        #: the run: new whenever what the node held (jobs, results) is dropped unreported
+        self.node_run = secrets.token_hex(8)
         self._sink: Callable[[Output], None] | None = None
         self._kept: list[Output] = []
         #: terminal results sent and not yet confirmed by the scheduler
         self._sent: dict[tuple[str, int], JobResult] = {}
         self._expiry: asyncio.TimerHandle | None = None
+        #: the loop time the grace ends at, from the first detach until a session attaches
+        self._deadline: float | None = None
         self._closing: set[asyncio.Task[None]] = set()
 
     def runner(self, config: RunnerConfig) -> Runner:
-        """The runner (a new one with `config` if none is left from before)."""
+        """The runner (a new one with `config` if none is left from before), for a session logging in.
+
+        The grace does not end while it logs in: its Hello lists what the
+        runner holds, so the runner must not be closed under it. A login that
+        fails detaches again, and the grace resumes where it was (`detach`).
+        """
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
         if self._runner is None:
             self._runner = Runner(config, self._put, self._failed, self._put, self._started)
         return self._runner
@@ -79,6 +102,7 @@ class JobKeeper:
         if self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None
+        self._deadline = None
         kept, self._kept = self._kept, []
         if kept:
             logger.info("sending %d results and files kept while the scheduler was away", len(kept))
@@ -101,12 +125,15 @@ class JobKeeper:
         if self.grace <= 0 or not (jobs or clusters or self._kept):
             self._close_runner("the scheduler connection ended")
             return
+        loop = asyncio.get_running_loop()
+        if self._deadline is None:  # the connection ended; a failed login since does not restart the grace
+            self._deadline = loop.time() + self.grace
         logger.info(
-            "scheduler connection lost: %d jobs of %d clusters keep running for up to %g s while we reconnect",
-            len(jobs), len(clusters), self.grace,
+            "scheduler connection lost: %d jobs of %d clusters keep running for up to %.0f s while we reconnect",
+            len(jobs), len(clusters), max(0.0, self._deadline - loop.time()),
         )  # fmt: skip
         if self._expiry is None:
-            self._expiry = asyncio.get_running_loop().call_later(self.grace, self._expired)
+            self._expiry = loop.call_at(self._deadline, self._expired)
 
     async def close(self) -> None:
         """Kills whatever the runner still runs (the daemon is stopping)."""
@@ -123,6 +150,9 @@ class JobKeeper:
 
     def _close_runner(self, why: str) -> None:
         runner, self._runner = self._runner, None
+        self._deadline = None
+        if self._kept or self._sent or (runner is not None and not runner.empty):
+            self.node_run = secrets.token_hex(8)  # jobs and results dropped unreported: another run from now on
         self._kept = []
         self._sent.clear()
         if runner is None:

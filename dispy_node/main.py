@@ -66,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         epilog=(
             "Settings: flags override the --config file, which overrides $DISPY_SCHEDULER and "
-            "$DISPY_NODE_SECRET, which override the defaults. SIGTERM or SIGINT kills all jobs and exits; "
+            "$DISPY_NODE_SECRET, which override the defaults. SIGTERM or SIGINT gives the jobs sent ahead and not "
+            "started back to the scheduler (they run elsewhere), kills the running ones and exits; "
             "SIGUSR1 drains: running jobs finish, no new ones are taken, then the node exits with status 0."
         ),
     )
@@ -169,7 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--service-start", metavar="HH:MM", help="daily: start offering CPUs")
     g.add_argument("--service-stop", metavar="HH:MM", help="daily: stop taking jobs; running ones finish")
     g.add_argument("--service-end", metavar="HH:MM",
-                   help="daily: kill running jobs (they end TERMINATED, saying why)")  # fmt: skip
+                   help="daily: give back the jobs sent ahead and not started (they run elsewhere) and kill "
+                        "the running ones (they end Abandoned, saying why; reentrant ones run again elsewhere)")  # fmt: skip
     g.add_argument("--serve", metavar="N", help="exit (status 0) after serving N clusters")
     return p
 
@@ -446,8 +448,8 @@ async def _serve(config: NodeConfig, discovery_port: int | None, offer: str) -> 
         stopper.cancel()
         if node.done():
             return node.result()
-        logger.info("stopping: killing all jobs")
-        notifier.stopping("stopping: killing all jobs")
+        logger.info("stopping: giving back the jobs not started, killing the running ones")
+        notifier.stopping("stopping: giving back the jobs not started, killing the running ones")
         control.leave()
         try:  # a moment for the scheduler to hear it (not connected: nobody to tell)
             await asyncio.wait_for(control.said_goodbye.wait(), GOODBYE_TIMEOUT)

@@ -159,6 +159,11 @@ class Runner:
         self.arrivals = itertools.count()
 
     @property
+    def empty(self) -> bool:
+        """No cluster at all, loaded or ending: so no job it still owes a result."""
+        return next(self._chains.all_live(), None) is None and next(self._chains.ending(), None) is None
+
+    @property
     def busy(self) -> int:
         """Jobs received and not yet reported."""
         return sum(c.owed for c in self._live())

@@ -61,8 +61,9 @@ log = logging.getLogger(__name__)
 FILENAME = "journal.sqlite3"
 #: the usage-only store of earlier versions, imported once
 OLD_USAGE_FILE = "usage.sqlite3"
-#: 2: jobs.result_size, so results stay on disk until a client takes them; 3: operator_settings, clusters.opened
-SCHEMA_VERSION = 3
+#: 2: jobs.result_size, so results stay on disk until a client takes them; 3: operator_settings, clusters.opened;
+#: 4: jobs.node_run, the run of the node's runner a job was sent to (a node of that run that does not report it never got it)
+SCHEMA_VERSION = 4
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS clusters (
@@ -91,6 +92,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     cancel_requested INTEGER NOT NULL,
     result BLOB,                 -- msgpack JobResult, until the client acknowledges it
     result_size INTEGER NOT NULL DEFAULT 0,  -- what the result counts in held_bytes (result_cost)
+    node_run TEXT NOT NULL DEFAULT '',  -- the run of the node's job runner it was sent to; '': unknown
     PRIMARY KEY (cluster_id, job_id)
 );
 CREATE TABLE IF NOT EXISTS user_usage (
@@ -178,13 +180,15 @@ class SqliteJournal:
         self._sync = "NORMAL" if synchronous.upper() == "NORMAL" else "FULL"
         self._db.execute(f"PRAGMA synchronous={self._sync}")
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        if version not in (0, 1, 2, SCHEMA_VERSION):  # 2 -> 3: a new table, made by _SCHEMA
+        if version not in (0, 1, 2, 3, SCHEMA_VERSION):  # 2 -> 3: a new table, made by _SCHEMA
             raise sqlite3.DatabaseError(f"{self.path} has schema version {version}; this scheduler reads {SCHEMA_VERSION}")
         self._db.executescript(_SCHEMA)
         if version == 1:  # results held by version 1 get their size when first loaded (`load`)
             self._db.execute("ALTER TABLE jobs ADD COLUMN result_size INTEGER NOT NULL DEFAULT 0")
         if version in (1, 2):
             self._db.execute("ALTER TABLE clusters ADD COLUMN opened REAL NOT NULL DEFAULT 0")
+        if version in (1, 2, 3):  # jobs sent before: their node's run unknown, so nothing is inferred of them
+            self._db.execute("ALTER TABLE jobs ADD COLUMN node_run TEXT NOT NULL DEFAULT ''")
         self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         self._import_old_usage(os.path.join(state_dir, OLD_USAGE_FILE))
         self._accounting = SqliteAccounting(self.path)
@@ -223,11 +227,11 @@ class SqliteJournal:
             JobRow(
                 cid, jid, prio, seq, None if payload is None else bytes(payload), _unpack_options(opts), submit,
                 state, node, attempts, bool(cancel), None,
-                size or (result_cost(_unpack_result(old)) if old is not None else 0),
+                size or (result_cost(_unpack_result(old)) if old is not None else 0), run,
             )  # fmt: skip
-            for cid, jid, prio, seq, payload, opts, submit, state, node, attempts, cancel, size, old in self._db.execute(
+            for cid, jid, prio, seq, payload, opts, submit, state, node, attempts, cancel, size, old, run in self._db.execute(
                 "SELECT cluster_id, job_id, priority, seq, payload, options, submit_time, state, node, attempts, "
-                "cancel_requested, result_size, CASE WHEN result_size = 0 THEN result END FROM jobs ORDER BY seq"
+                "cancel_requested, result_size, CASE WHEN result_size = 0 THEN result END, node_run FROM jobs ORDER BY seq"
             )
         ]
         usage = {u: (float(c), float(t)) for u, c, t in self._db.execute("SELECT user, cpu_seconds, as_of FROM user_usage")}
@@ -274,13 +278,13 @@ class SqliteJournal:
                 )
             if changes.new_jobs:
                 db.executemany(
-                    "INSERT OR REPLACE INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT OR REPLACE INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [new_job_values(j) for j in changes.new_jobs],
                 )
             if changes.changed_jobs:
                 db.executemany(
                     # a row without its result (the core let go of it) keeps the one on disk
-                    "UPDATE jobs SET state = ?, node = ?, attempts = ?, cancel_requested = ?, "
+                    "UPDATE jobs SET state = ?, node = ?, node_run = ?, attempts = ?, cancel_requested = ?, "
                     "result = COALESCE(?, result), result_size = ?, "
                     "payload = CASE WHEN ? THEN NULL ELSE payload END WHERE cluster_id = ? AND job_id = ?",
                     [changed_job_values(j) for j in changes.changed_jobs],
@@ -347,15 +351,15 @@ def new_job_values(j: JobRow) -> tuple[Any, ...]:
     """A new job's row, in the jobs table's column order (both stores)."""
     return (
         j.cluster_id, j.job_id, j.priority, j.seq, j.payload, _pack_options(j.options), j.submit_time,
-        j.state, j.node, j.attempts, j.cancel_requested, _pack_result(j.result), j.result_size,
+        j.state, j.node, j.attempts, j.cancel_requested, _pack_result(j.result), j.result_size, j.node_run,
     )  # fmt: skip
 
 
 def changed_job_values(j: JobRow) -> tuple[Any, ...]:
-    """A changed job's parameters for the stores' UPDATE: state, node, attempts, cancel, result (None keeps
-    the stored one), result size, whether its arguments are dropped, then its key."""
+    """A changed job's parameters for the stores' UPDATE: state, node, node run, attempts, cancel, result (None
+    keeps the stored one), result size, whether its arguments are dropped, then its key."""
     return (
-        j.state, j.node, j.attempts, j.cancel_requested, _pack_result(j.result), j.result_size,
+        j.state, j.node, j.node_run, j.attempts, j.cancel_requested, _pack_result(j.result), j.result_size,
         j.payload is None, j.cluster_id, j.job_id,
     )  # fmt: skip
 

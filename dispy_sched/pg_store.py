@@ -48,8 +48,8 @@ from .journal import (
 log = logging.getLogger(__name__)
 
 #: 2: jobs.result_size, so results stay in the database until a client takes them; 3: operator_settings,
-#: job_ends (the accounting records), clusters.opened
-SCHEMA_VERSION = 3
+#: job_ends (the accounting records), clusters.opened; 4: jobs.node_run (journal.py)
+SCHEMA_VERSION = 4
 
 # the tables of journal.py, in PostgreSQL's types ("user" is a reserved word there: quoted)
 _SCHEMA = """
@@ -79,6 +79,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     cancel_requested BOOLEAN NOT NULL,
     result BYTEA,                -- msgpack JobResult, until the client acknowledges it
     result_size BIGINT NOT NULL DEFAULT 0,  -- what the result counts in held_bytes (result_cost)
+    node_run TEXT NOT NULL DEFAULT '',  -- the run of the node's job runner it was sent to; '': unknown
     PRIMARY KEY (cluster_id, job_id)
 );
 CREATE INDEX IF NOT EXISTS jobs_by_seq ON jobs (seq);
@@ -157,10 +158,11 @@ def create_schema(dsn: str) -> None:
             row = db.execute("SELECT version FROM schema_version").fetchone()
             if row is None:
                 db.execute("INSERT INTO schema_version VALUES (%s)", (SCHEMA_VERSION,))
-            elif row[0] in (1, 2):  # 2 -> 3: new tables, made above
+            elif row[0] in (1, 2, 3):  # 2 -> 3: new tables, made above
                 # version 1's held results get their size when first loaded (`load`)
                 db.execute("ALTER TABLE jobs ADD COLUMN IF NOT EXISTS result_size BIGINT NOT NULL DEFAULT 0")
                 db.execute("ALTER TABLE clusters ADD COLUMN IF NOT EXISTS opened DOUBLE PRECISION NOT NULL DEFAULT 0")
+                db.execute("ALTER TABLE jobs ADD COLUMN IF NOT EXISTS node_run TEXT NOT NULL DEFAULT ''")
                 db.execute("UPDATE schema_version SET version = %s", (SCHEMA_VERSION,))
             elif row[0] != SCHEMA_VERSION:
                 raise psycopg.DatabaseError(f"the database has schema version {row[0]}; this scheduler reads {SCHEMA_VERSION}")
@@ -214,10 +216,11 @@ class PgStore:
             JobRow(
                 cid, jid, prio, seq, None if payload is None else bytes(payload), _unpack_options(opts), submit,
                 state, node, attempts, cancel, None, size or (result_cost(_unpack_result(old)) if old is not None else 0),
+                run,
             )  # fmt: skip
-            for cid, jid, prio, seq, payload, opts, submit, state, node, attempts, cancel, size, old in db.execute(
+            for cid, jid, prio, seq, payload, opts, submit, state, node, attempts, cancel, size, old, run in db.execute(
                 "SELECT cluster_id, job_id, priority, seq, payload, options, submit_time, state, node, attempts, "
-                "cancel_requested, result_size, CASE WHEN result_size = 0 THEN result END FROM jobs ORDER BY seq"
+                "cancel_requested, result_size, CASE WHEN result_size = 0 THEN result END, node_run FROM jobs ORDER BY seq"
             )
         ]
         usage = {u: (float(c), float(t)) for u, c, t in db.execute('SELECT "user", cpu_seconds, as_of FROM user_usage')}
@@ -299,17 +302,18 @@ class PgStore:
             )
         if changes.new_jobs:
             cur.executemany(
-                "INSERT INTO jobs VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+                "INSERT INTO jobs VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
                 "ON CONFLICT (cluster_id, job_id) DO UPDATE SET priority = excluded.priority, seq = excluded.seq, "
                 "payload = excluded.payload, options = excluded.options, submit_time = excluded.submit_time, "
                 "state = excluded.state, node = excluded.node, attempts = excluded.attempts, "
-                "cancel_requested = excluded.cancel_requested, result = excluded.result, result_size = excluded.result_size",
+                "cancel_requested = excluded.cancel_requested, result = excluded.result, result_size = excluded.result_size, "
+                "node_run = excluded.node_run",
                 [new_job_values(j) for j in changes.new_jobs],
             )
         if changes.changed_jobs:
             cur.executemany(
                 # a row without its result (the core let go of it) keeps the one stored
-                "UPDATE jobs SET state = %s, node = %s, attempts = %s, cancel_requested = %s, "
+                "UPDATE jobs SET state = %s, node = %s, node_run = %s, attempts = %s, cancel_requested = %s, "
                 "result = COALESCE(%s, result), result_size = %s, "
                 "payload = CASE WHEN %s THEN NULL ELSE payload END WHERE cluster_id = %s AND job_id = %s",
                 [changed_job_values(j) for j in changes.changed_jobs],

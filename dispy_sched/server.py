@@ -67,6 +67,8 @@ TICK_INTERVAL = 1.0
 PRUNE_INTERVAL = 3600.0
 #: jobs and clusters a node may report holding in its Hello
 MAX_HELD = 1_000_000
+#: characters of a node's run id (`E.NodeJoined.node_run`) taken; a longer one is ignored
+MAX_NODE_RUN = 64
 #: exit status when the journal cannot be written: nothing more may be acknowledged
 EXIT_JOURNAL_FAILED = 3
 #: the longest grace a node may announce for its jobs to wait for it (a day)
@@ -469,9 +471,11 @@ class SchedulerServer:
         grace = peer.info.get("scheduler_grace")
         if isinstance(grace, bool) or not isinstance(grace, (int, float)) or not 0 <= grace <= MAX_NODE_GRACE:
             grace = 0.0  # not announced (an older node) or nonsense: its jobs are written off as they always were
+        run = peer.info.get("node_run")  # an older node does not say: nothing is inferred of what it does not hold
         joined = E.NodeJoined(
             conn.session, peer.name, ip_addr, cpus, float(heartbeat), addresses, runtime=runtime, grace=float(grace),
             queues=peer.info.get("queues") is True,  # an older node runs all it is sent at once: no window
+            node_run=run if isinstance(run, str) and 0 < len(run) <= MAX_NODE_RUN else "",
         )
         if peer.info.get("holds") is True:  # its NodeHolds comes next: the core hears of it with those
             conn.awaiting_holds = joined
@@ -482,7 +486,9 @@ class SchedulerServer:
         """The node's join, with the jobs and clusters it still holds from an earlier session."""
         jobs, clusters = tuple(msg.jobs[:MAX_HELD]), tuple(msg.clusters[:MAX_HELD])
         log.info("node %s still holds %d jobs of %d clusters from before", peer_text(joined.name), len(jobs), len(clusters))
-        return dataclasses.replace(joined, jobs=jobs, clusters=clusters)
+        # a list cut short proves nothing of the jobs left out (they may run there): no run, no inference
+        run = joined.node_run if len(msg.jobs) <= MAX_HELD else ""
+        return dataclasses.replace(joined, jobs=jobs, clusters=clusters, node_run=run)
 
     def peer_left(self, conn: PeerConnection, reason: str) -> None:
         if self.peers.pop(conn.session, None) is None or conn.peer is None:

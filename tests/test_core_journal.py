@@ -15,7 +15,7 @@ import psycopg
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import invariant, rule
+from hypothesis.stateful import invariant, precondition, rule
 
 from dispy_sched.core import CoreConfig, SchedulerCore
 from dispy_sched.core import actions as A
@@ -68,6 +68,7 @@ class MemoryJournal:
             self.jobs[(j.cluster_id, j.job_id)] = JobRow(
                 j.cluster_id, j.job_id, old.priority, old.seq, None if j.state == "done" else old.payload,
                 old.options, old.submit_time, j.state, j.node, j.attempts, j.cancel_requested, j.result, j.result_size,
+                j.node_run,
             )  # fmt: skip
         for key in p.gone_jobs:
             del self.jobs[key]
@@ -308,10 +309,12 @@ class JournaledCoreMachine(CoreMachine):
 
     After every step the journal holds exactly what the core holds (so a
     restart at any point loses nothing); at a restart every client is
-    detached, and each node either comes back on a new session reporting
-    the jobs it runs (they are adopted) or is gone (its jobs wait out
-    `ADOPT_WITHIN`, then run again or end Abandoned). The teardown still
-    finds exactly one result per accepted job.
+    detached, and each node either comes back on a new session as the same
+    run of its runner, reporting the jobs it got (they are adopted; the
+    rest never arrived and are queued again), or comes back restarted, or
+    is gone (its jobs wait out `ADOPT_WITHIN`); jobs of a restarted or gone
+    node run again or end Abandoned. The teardown still finds exactly one
+    result per accepted job.
     """
 
     ADOPT_WITHIN = 20.0
@@ -321,6 +324,13 @@ class JournaledCoreMachine(CoreMachine):
         self.config = CoreConfig(usage_half_life=50.0, limits=self.LIMITS, persist=True, prefetch=self.PREFETCH)
         self.core = SchedulerCore(load_policy(self.POLICY), self.config)
         self.journal = MemoryJournal()
+        self.names: dict[str, str] = {}  # node session -> the node's name
+        self.runs: dict[str, str] = {}  # node session -> the run of its runner
+
+    def joined(self, node: str, cpus: int) -> E.NodeJoined:
+        ev = dataclasses.replace(super().joined(node, cpus), node_run=f"run-{node}")
+        self.names[node], self.runs[node] = ev.name, ev.node_run
+        return ev
 
     def record(self, actions: list[A.Action]) -> None:
         self.journal.apply(actions)
@@ -332,21 +342,48 @@ class JournaledCoreMachine(CoreMachine):
 
     @rule(data=st.data())
     def scheduler_restarts(self, data: st.DataObject) -> None:
+        """A kill -9; each node then stays away, comes back restarted (holding nothing, another run), or comes
+        back as the same run holding what it got: the jobs last sent to it may never have arrived."""
         self.core = SchedulerCore(load_policy(self.POLICY), self.config)
         self.attached.clear()
         old_nodes, self.node_jobs = self.node_jobs, {}
         self.apply(self.journal.restored(self.ADOPT_WITHIN))
         for old, jobs in sorted(old_nodes.items()):
-            if not data.draw(st.booleans(), label=f"node {old} comes back"):
+            how = data.draw(st.sampled_from(["gone", "restarted", "back"]), label=f"node {old}")
+            if how == "gone":
                 continue  # gone with its jobs while the scheduler was down
             self.nodes_made += 1
             node = f"n{self.nodes_made}"
-            self.node_jobs[node] = list(jobs)  # what it still runs; the join may dispatch more
+            if how == "restarted":  # what ran there is lost: rerun if reentrant, else Abandoned
+                jobs, run = [], f"run-{node}"
+            else:  # a tail of what it was sent never reached it (lost with the scheduler's last write)
+                jobs, run = list(jobs[: data.draw(st.integers(0, len(jobs)), label="received")]), self.runs.get(old, "")
+            name = self.names.get(old, f"host-{old}")
+            self.names[node], self.runs[node] = name, run
+            self.node_jobs[node] = jobs  # what it still holds; the join may dispatch more
             refs = tuple(JobRef(c, j) for c, j in jobs)
-            back = E.NodeJoined(node, f"host-{old}", "10.0.0.9", 2, 10.0, (), refs, (), queues=self.PREFETCH > 0)
+            back = E.NodeJoined(node, name, "10.0.0.9", 2, 10.0, (), refs, (), queues=self.PREFETCH > 0, node_run=run)
             actions = self.apply(back)
             killed = {(r.cluster_id, r.job_id) for k in of(actions, A.KillJobs) for r in k.jobs}
             assert killed <= self.killed, "a running job the journal knows was killed on adoption"
+
+    @precondition(lambda self: any(self.node_jobs.get(n) for n in self.runs))
+    @rule(data=st.data())
+    def node_reconnects_before_its_old_session_is_noticed(self, data: st.DataObject) -> None:
+        """The node's connection broke and it logged in again, the same run: what it got since is listed, the
+        rest (lost with the connection) never arrived; its old session ends at once."""
+        old = data.draw(st.sampled_from(sorted(n for n in self.runs if self.node_jobs.get(n))))
+        jobs = self.node_jobs.pop(old)
+        kept = jobs[: data.draw(st.integers(0, len(jobs)), label="received")]
+        self.nodes_made += 1
+        node = f"n{self.nodes_made}"
+        self.names[node], self.runs[node] = self.names[old], self.runs[old]
+        self.node_jobs[node] = list(kept)
+        refs = tuple(JobRef(c, j) for c, j in kept)
+        back = E.NodeJoined(node, self.names[node], "10.0.0.9", 2, 10.0, (), refs, (), queues=self.PREFETCH > 0,
+                            node_run=self.runs[node])  # fmt: skip
+        actions = self.apply(back)
+        assert old not in self.core.nodes and any(isinstance(a, A.DropNode) and a.node == old for a in actions)
 
     @invariant()
     def journal_matches_core(self) -> None:

@@ -61,7 +61,7 @@ def test_a_version_1_journal_gets_its_held_results_sized_and_the_operator_settin
     db.close()
     journal = SqliteJournal(str(tmp_path))
     (job,) = journal.load().jobs
-    assert (job.result, job.result_size) == (None, result_cost(held))
+    assert (job.result, job.result_size, job.node_run) == (None, result_cost(held), "")
     assert journal.read_results("K", [7]) == [held]
     assert journal.load().settings == []  # the table a version-3 file has, empty
     assert sqlite3.connect(tmp_path / FILENAME).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
@@ -79,18 +79,21 @@ def test_a_version_2_postgresql_state_is_migrated_and_keeps_its_rows(pg_dsn: str
         db.execute("DROP TABLE operator_settings")
         db.execute("DROP TABLE job_ends")
         db.execute("ALTER TABLE clusters DROP COLUMN opened")
+        db.execute("ALTER TABLE jobs DROP COLUMN node_run")
         db.execute("UPDATE schema_version SET version = 2")
+        db.execute("INSERT INTO jobs VALUES ('K', 3, 0, 2, NULL, NULL, 0.0, 'running', 'host', 1, false, NULL, 0)")
         db.execute("INSERT INTO clusters VALUES ('K', 'alice', 'name-K', '\\x00', false, NULL, 1, false, NULL)")
     store = PgStore(pg_dsn, take_epoch(pg_dsn))
     try:
         snap = store.load()
         assert [(c.cluster_id, c.opened) for c in snap.clusters] == [("K", 0.0)] and snap.settings == []
+        assert [(j.job_id, j.node, j.node_run) for j in snap.jobs] == [(3, "host", "")]  # sent to a run unknown
         store.record([JobEnd("alice", "K", "name-K", 1, "n1", "Finished", 1.0, 2.0, 3.0, 0.5, 1 << 20, "")])
         assert store.prune(2.5) == 0 and store.prune(3.5) == 1
     finally:
         store.close()
     with psycopg.connect(pg_dsn, autocommit=True) as db:
-        assert db.execute("SELECT version FROM schema_version").fetchone() == (3,)
+        assert db.execute("SELECT version FROM schema_version").fetchone() == (SCHEMA_VERSION,)
 
 
 def test_a_turn_that_only_forgets_jobs_is_written_without_an_fsync_of_its_own_and_kept(tmp_path: Path) -> None:

@@ -93,18 +93,12 @@ def test_a_standby_takes_over_a_killed_leader_under_two_clients_and_every_job_en
     wait_until(lambda: sum(sum(runs(p).values()) for p in paths.values()) >= 4, what="jobs running before the leader dies")
     first.kill9()
     second.wait_for_line("leading on", timeout=60)
-    for (user, path), client in zip(paths.items(), clients):
+    for path, client in zip(paths.values(), clients):
         assert client.wait(120) == 0, cluster.describe()
-        ended = Counter(int(m) for m in re.findall(r"^done (\d+) \d+ ", client.stdout, re.M))
-        assert ended == Counter(range(n)), client.stdout  # every job, exactly once, at its user
-        finished, ran = results(client), runs(path)
-        # each job that finished ran once; one that did not is not reentrant, and never ran twice. A job the
-        # leader sent in its last instant, journaled as sent but never received, ends Abandoned without having
-        # run: the journal cannot yet tell a node that kept running since from one that restarted (issue 14 note)
-        assert all(ran[i] == 1 for i in finished) and all(ran[i] == 0 for i in set(range(n)) - set(finished)), (
-            user, client.stdout, ran,
-        )  # fmt: skip
-        assert len(finished) >= n - 4, client.stdout  # at most what a 2-CPU node (and its window of 2) is sent at once
+        assert results(client) == Counter(range(n)), client.stdout  # every job, exactly once, at its user, Finished
+        # not reentrant: each ran once; one the leader sent in its last instant, journaled as sent but never
+        # received, is not reported by the node (the same run of its runner) and runs once after the takeover
+        assert runs(path) == Counter({i: 1 for i in range(n)}), "a job that is not reentrant ran twice (or not at all)"
     assert "still holds" in second.stderr  # the running jobs were adopted, not rerun
 
 

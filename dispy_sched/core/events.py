@@ -125,6 +125,10 @@ class NodeJoined(Event):
     grace: float = 0.0
     #: it queues jobs beyond its CPUs and reports each one's start (`StartsReported`): it may be sent a window more
     queues: bool = False
+    #: the node's run: a random id, new whenever the node drops what it held unreported (at its start, or when
+    #: it gives its jobs up); the same id means every job sent to it since is either in `jobs` (or its result
+    #: was recorded) or never arrived ('': not said, or `jobs` is incomplete: nothing is inferred)
+    node_run: str = ""
 
 
 @dataclass(frozen=True, slots=True)

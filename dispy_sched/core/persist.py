@@ -61,6 +61,8 @@ class JobRow:
     #: until the shell reads it for a client (`StateStore.read_results`)
     result: JobResult | None
     result_size: int = 0  # `state.result_cost` of the terminal result; 0: none
+    #: the run of `node`'s job runner it was sent to (`JobRecord.node_run`); '' if unknown
+    node_run: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +95,7 @@ def job_row(job: JobRecord) -> JobRow:
     state = "running" if job.state.value == "orphaned" else job.state.value
     return JobRow(
         job.cluster_id, job.job_id, job.priority, job.seq, job.payload, job.options, job.submit_time,
-        state, job.last_node, job.attempts, job.cancel_requested, job.result, job.result_size,
+        state, job.last_node, job.attempts, job.cancel_requested, job.result, job.result_size, job.node_run,
     )  # fmt: skip
 
 

@@ -54,6 +54,13 @@ gets no window (it would run the window on CPUs the cap withholds), and a
 node drained, or capped below what it holds, is asked to give back what it
 has not started (`RecallJobs`); what it returns (`JobsReturned`) never ran
 and is queued again, reentrant or not.
+
+Jobs lost on the wire: a node names the run of its job runner
+(`NodeJoined.node_run`), and each job records the run it was sent to. A node
+that comes back (after a scheduler restart or takeover, or a lost connection)
+as the same run lists every job it ever got and has no recorded result for,
+so one it does not list never reached it and is queued again, reentrant or
+not (`_never_arrived`); a node of another run restarted and lost its jobs.
 """
 
 from __future__ import annotations
@@ -487,6 +494,7 @@ class SchedulerCore:
         node.addresses = (ev.ip_addr, *(a for a in ev.addresses if a != ev.ip_addr))
         node.runtime = ev.runtime
         node.queues = ev.queues
+        node.node_run = ev.node_run
         self._set_window(node, node.cpus)
         self.nodes[ev.node] = node
         self._update_free(node)
@@ -495,12 +503,49 @@ class SchedulerCore:
             self._check_runtime(cluster, node)
         self._announce(node, "joined")
         self._adopt(node, ev.jobs, ev.clusters)
+        self._never_arrived(node)
         # orphans last seen on this node that it did not report are gone with its earlier run: no point waiting
         gone = [o for o in self._orphans.values() if o.job.last_node == node.name]
         if gone:
             for orphan in gone:
                 orphan.until = self.now
             self._write_off_orphans()
+
+    def _never_arrived(self, node: NodeRecord) -> None:
+        """Queues again the jobs sent to this run of `node` (`node_run`) that it did not report: they never arrived.
+
+        A node's runner keeps every job it is sent until the scheduler has
+        recorded its result (queued, running, or ended with the result kept:
+        dispy_node/keeper.py) and lists them all when it joins; a node that
+        drops anything unreported (it restarted, or gave its jobs up when the
+        scheduler stayed away beyond its grace) starts a new run, with a new
+        id. So a job sent to the same run and
+        not listed was lost on the wire, as the scheduler or the connection
+        died in the instant it was sent: it never ran, and may run anywhere,
+        reentrant or not. A job sent to another run of the node (it
+        restarted) is gone with that run: `_write_off_orphans` decides.
+        """
+        if not node.node_run:
+            return
+        lost = [o.job for o in self._orphans.values() if o.job.last_node == node.name and o.job.node_run == node.node_run]
+        for job in lost:  # sent before the scheduler restarted, or before the node's connection was lost
+            del self._orphans[job.key]
+            cluster = self.clusters[job.cluster_id]
+            if job.cancel_requested:
+                self._finish(cluster, job, _synthetic(job, JobStatus.CANCELLED, "cancelled", self.now))
+            else:
+                self._requeue(cluster, job)
+        # a session whose end is not noticed yet: the node left it for this one, so it is gone, and what it
+        # was sent and this one does not list never arrived (`_lose_node` sees this heir)
+        for old in [n for n in self.nodes.values() if n is not node and self._same_run(n, node)]:
+            reason = f"node {node.name} logged in again on another connection"
+            self._lose_node(old.node_id, reason)
+            self._out.immediate.append(A.DropNode(old.node_id, reason))
+
+    @staticmethod
+    def _same_run(a: NodeRecord, b: NodeRecord) -> bool:
+        """Whether two sessions are of one run of a node's runner (which holds one session at a time)."""
+        return bool(a.node_run) and a.node_run == b.node_run and a.name == b.name
 
     def _adopt(self, node: NodeRecord, jobs: Iterable[JobRef], clusters: Iterable[str]) -> None:
         """Takes over what a (re)connecting node still holds from before; ends what nobody wants any more.
@@ -862,6 +907,7 @@ class SchedulerCore:
         options = row.options or NO_OPTIONS
         job = JobRecord(row.cluster_id, row.job_id, row.priority, row.seq, row.payload, options, row.submit_time, pin=pin)
         job.attempts, job.cancel_requested, job.last_node = row.attempts, row.cancel_requested, row.node
+        job.node_run = row.node_run
         self._seq = max(self._seq, row.seq)
         if row.state == JobState.DONE.value:
             size = row.result_size or (result_cost(row.result) if row.result is not None else 0)
@@ -1065,6 +1111,7 @@ class SchedulerCore:
         """Gives a job that just became RUNNING a CPU of `node` (undone by `_release`)."""
         job.node = node.node_id
         job.last_node = node.name
+        job.node_run = node.node_run
         user = self.users[cluster.user]
         node.busy += 1
         node.jobs.add(job.key)
@@ -1221,10 +1268,14 @@ class SchedulerCore:
             why = f"node {node.name} was lost before it confirmed the file: {reason}"
             self._out.immediate.append(A.ReportFilePut(self._puts.pop(key), key[1], False, why))
         why = f"node {node.name} ({node.ip_addr}) was lost while running this job: {reason}"
+        # the node left this session for a newer one, which listed all it holds: the rest never arrived
+        heir = bool(node.jobs) and any(self._same_run(n, node) for n in self.nodes.values())
         for cluster_id, job_id in sorted(node.jobs):
             cluster = self.clusters[cluster_id]
             job = cluster.jobs[job_id]
-            if node.grace > 0 and not job.cancel_requested:
+            if heir:
+                self._displace(cluster, job, node, rerun=True, why="")
+            elif node.grace > 0 and not job.cancel_requested:
                 self._orphan(cluster, job, node, why)
             else:
                 self._displace(cluster, job, node, rerun=cluster.reentrant, why=why)

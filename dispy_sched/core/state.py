@@ -53,6 +53,8 @@ class JobRecord:
     state: JobState = JobState.QUEUED
     node: str | None = None
     last_node: str = ""  # name of the node it runs or last ran on (outlives the node's session)
+    #: the run of that node's job runner it was sent to (`NodeRecord.node_run`); '' if unknown
+    node_run: str = ""
     start_time: float = 0.0
     attempts: int = 0
     cancel_requested: bool = False  # a kill was sent; the job must not run again
@@ -331,6 +333,8 @@ class NodeRecord:
     #: jobs it is sent beyond its CPUs (prefetched), so that a result and the next job to run cross
     #: the wire in the same batch, not one after the other (`SchedulerCore._set_window`)
     window: int = 0
+    #: the run of its job runner (`NodeJoined.node_run`); '' if it did not say
+    node_run: str = ""
 
     @property
     def free(self) -> int:
