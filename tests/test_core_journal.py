@@ -367,12 +367,16 @@ class JournaledCoreMachine(CoreMachine):
             killed = {(r.cluster_id, r.job_id) for k in of(actions, A.KillJobs) for r in k.jobs}
             assert killed <= self.killed, "a running job the journal knows was killed on adoption"
 
-    @precondition(lambda self: any(self.node_jobs.get(n) for n in self.runs))
+    def sessions_of_known_runs_holding_jobs(self) -> list[str]:
+        """A node that names no run (one of another Python, back after a restart) proves nothing by its Hello."""
+        return sorted(n for n, run in self.runs.items() if run and self.node_jobs.get(n))
+
+    @precondition(lambda self: self.sessions_of_known_runs_holding_jobs())
     @rule(data=st.data())
     def node_reconnects_before_its_old_session_is_noticed(self, data: st.DataObject) -> None:
         """The node's connection broke and it logged in again, the same run: what it got since is listed, the
         rest (lost with the connection) never arrived; its old session ends at once."""
-        old = data.draw(st.sampled_from(sorted(n for n in self.runs if self.node_jobs.get(n))))
+        old = data.draw(st.sampled_from(self.sessions_of_known_runs_holding_jobs()))
         jobs = self.node_jobs.pop(old)
         kept = jobs[: data.draw(st.integers(0, len(jobs)), label="received")]
         self.nodes_made += 1
