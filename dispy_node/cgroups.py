@@ -360,8 +360,12 @@ def _rmdir_tree(path: str) -> None:
 
 
 def _write(path: str, text: str) -> None:
-    with open(path, "w") as f:
-        f.write(text)
+    # one write(2), no text file object: a job process joins its group with this, each write a fresh fork's
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
 
 
 def _read(directory: str, name: str) -> str:

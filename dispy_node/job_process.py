@@ -19,6 +19,7 @@ and classes defined in `__main__` must travel by value).
 
 from __future__ import annotations
 
+import _signal
 import os
 import pickle
 import signal
@@ -121,11 +122,18 @@ def run(code: Code, start: Start) -> NoReturn:
 
 
 def reset_signals() -> None:
-    """The zygote's signal handling undone: a job dies of what kills a plain process."""
-    signal.set_wakeup_fd(-1)
-    for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGPIPE, signal.SIGXCPU, signal.SIGXFSZ):
-        signal.signal(sig, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    """The zygote's signal handling undone: a job dies of what kills a plain process.
+
+    Through `_signal`, the C functions under `signal`'s enum wrappers: those make and look up enum
+    members, touching (and so copying, in a fresh fork) pages of memory for nothing.
+    """
+    _signal.set_wakeup_fd(-1)
+    for sig in _DEFAULT_SIGNALS:
+        _signal.signal(sig, _signal.SIG_DFL)
+    _signal.signal(signal.SIGINT, _signal.default_int_handler)
+
+
+_DEFAULT_SIGNALS = tuple(int(s) for s in (signal.SIGCHLD, signal.SIGTERM, signal.SIGPIPE, signal.SIGXCPU, signal.SIGXFSZ))
 
 
 def run_job(code: Code, start: Start, started: float, enter: Callable[[Code, Start], None]) -> dict[str, Any]:

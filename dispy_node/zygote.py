@@ -52,6 +52,7 @@ from typing import Any, NoReturn
 
 import psutil
 
+from dispy_wire import result_mac
 from dispy_wire.framing import FrameDecoder
 from dispy_wire.payload import without_result_key
 from dispy_wire.status import JobStatus
@@ -121,6 +122,7 @@ class Zygote:
         self._started: list[bytes] = []
         self._started_since = 0.0
         self._jobs: dict[int, _Job] = {}  # by job_id, until the tree is gone
+        self._spent_dirs: list[int] = []  # jobs whose trees are gone and whose directories go after this turn
         self._leaders: dict[int, _Job] = {}  # by pid, until reaped
         self._timers: list[tuple[float, int, _Timer, _Job]] = []
         self._seq = itertools.count()
@@ -151,6 +153,9 @@ class Zygote:
             self._flush()
             return 1
         killtree.become_subreaper()
+        killtree.mark_slot()  # looked up once here: every job writes its mark there
+        if self._code is not None:
+            result_mac.prepare(self._code.result_key)  # and every job signs its result with what this makes
         gc.freeze()  # what setup built stays shared with every fork, untouched by the collector
         self._send(zp.Ready())
         self._flush()
@@ -198,6 +203,7 @@ class Zygote:
             if not self._jobs and (self._stopping or self._unloading):
                 return self._exit()
             self._flush()
+            self._remove_spent_dirs()
 
     def _exit(self) -> int:
         """No job is left: kill what escaped unmarked, then unload or just go."""
@@ -209,6 +215,7 @@ class Zygote:
                 pass
         killtree.signal_procs(leftovers, signal.SIGKILL)
         psutil.wait_procs(leftovers, timeout=self._grace)
+        self._remove_spent_dirs()
         if self._unloading and not self._stopping:
             self._run_cleanup()
             self._send(zp.Unloaded())
@@ -494,17 +501,24 @@ class Zygote:
             if job is not None:
                 job.wait_status, job.maxrss = status, usage.ru_maxrss
                 job.cpu_time = usage.ru_utime + usage.ru_stime
-                if job.verdict is None or job.interrupted:  # what the job left running ends with it, now
-                    job.hard = True
-                    self._signal_tree(job, signal.SIGKILL)
                 ended.append(job)
         for job in ended:  # trees still dying are looked at again by their RECHECK timers
-            self._try_finish(job)
+            escaped = self._escaped(job)  # one search of its tree: what it finds is killed and waited for
+            job.strays += [p for p in escaped if p not in job.strays]
+            if job.verdict is None or job.interrupted:  # what the job left running ends with it, now
+                job.hard = True
+                killtree.killpg(job.pid, signal.SIGKILL)
+                killtree.signal_procs(job.strays, signal.SIGKILL)
+            self._try_finish(job, escaped)
 
-    def _try_finish(self, job: _Job) -> None:
-        """Sends Done if the job's tree is gone; else makes sure it goes and looks again soon."""
-        escaped = self._escaped(job)
-        job.strays += [p for p in escaped if p not in job.strays]
+    def _try_finish(self, job: _Job, escaped: list[psutil.Process] | None = None) -> None:
+        """Sends Done if the job's tree is gone; else makes sure it goes and looks again soon.
+
+        `escaped`: what `_escaped` found of it just now, if the caller looked.
+        """
+        if escaped is None:
+            escaped = self._escaped(job)
+            job.strays += [p for p in escaped if p not in job.strays]
         if killtree.group_alive(job.pid) or escaped or any(killtree.alive(p) for p in job.strays):
             if job.hard:  # late joiners: orphans re-parented since, forks racing the SIGKILL
                 killtree.killpg(job.pid, signal.SIGKILL)
@@ -522,9 +536,16 @@ class Zygote:
                 self._sel.unregister(reader.fd)
         done = self._done(job)
         if not self._keep_files and self._code is not None and self._workers is None:  # workers reuse theirs
-            workdir.remove_job_dir(self._code.cluster_dir, job.job_id)
+            self._spent_dirs.append(job.job_id)  # once Done is out: the next job need not wait for it
         if not self._stopping:
             self._send(done)
+
+    def _remove_spent_dirs(self) -> None:
+        """Removes the directories of the jobs that ended (their Done sent first)."""
+        if self._spent_dirs and self._code is not None:
+            for job_id in self._spent_dirs:
+                workdir.remove_job_dir(self._code.cluster_dir, job_id)
+            self._spent_dirs.clear()
 
     def _done(self, job: _Job) -> zp.Done:
         assert job.wait_status is not None
@@ -566,8 +587,8 @@ class Zygote:
         hit none of its own, whatever an outer limit (the unit's) did to it.
         """
         groups = self._code.groups if self._code is not None else None
-        if groups is None or not job.group:
-            return False, False
+        if groups is None or not job.group or (job.limits.memory is None and job.limits.processes is None):
+            return False, False  # no limit of its own to have hit: no counters to read
         memory, processes = cgroups.breach(groups, job.group)
         return memory and job.limits.memory is not None, processes and job.limits.processes is not None
 
