@@ -132,8 +132,14 @@ def own_children() -> set[int]:
     pids: set[int] = set()
     try:
         for tid in os.listdir("/proc/self/task"):
-            with open(f"/proc/self/task/{tid}/children", "rb") as f:
-                pids.update(int(p) for p in f.read().split())
+            fd = os.open(f"/proc/self/task/{tid}/children", os.O_RDONLY | os.O_CLOEXEC)  # no file object: the
+            try:  # zygote looks each time a job ends
+                data = b""
+                while chunk := os.read(fd, 1 << 16):
+                    data += chunk
+            finally:
+                os.close(fd)
+            pids.update(int(p) for p in data.split())
     except OSError:
         pids = {p.pid for p in psutil.Process().children()}
     return pids
