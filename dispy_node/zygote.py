@@ -122,7 +122,6 @@ class Zygote:
         self._started: list[bytes] = []
         self._started_since = 0.0
         self._jobs: dict[int, _Job] = {}  # by job_id, until the tree is gone
-        self._spent_dirs: list[int] = []  # jobs whose trees are gone and whose directories go after this turn
         self._leaders: dict[int, _Job] = {}  # by pid, until reaped
         self._timers: list[tuple[float, int, _Timer, _Job]] = []
         self._seq = itertools.count()
@@ -203,7 +202,6 @@ class Zygote:
             if not self._jobs and (self._stopping or self._unloading):
                 return self._exit()
             self._flush()
-            self._remove_spent_dirs()
 
     def _exit(self) -> int:
         """No job is left: kill what escaped unmarked, then unload or just go."""
@@ -215,7 +213,6 @@ class Zygote:
                 pass
         killtree.signal_procs(leftovers, signal.SIGKILL)
         psutil.wait_procs(leftovers, timeout=self._grace)
-        self._remove_spent_dirs()
         if self._unloading and not self._stopping:
             self._run_cleanup()
             self._send(zp.Unloaded())
@@ -536,16 +533,9 @@ class Zygote:
                 self._sel.unregister(reader.fd)
         done = self._done(job)
         if not self._keep_files and self._code is not None and self._workers is None:  # workers reuse theirs
-            self._spent_dirs.append(job.job_id)  # once Done is out: the next job need not wait for it
+            workdir.remove_job_dir(self._code.cluster_dir, job.job_id)
         if not self._stopping:
             self._send(done)
-
-    def _remove_spent_dirs(self) -> None:
-        """Removes the directories of the jobs that ended (their Done sent first)."""
-        if self._spent_dirs and self._code is not None:
-            for job_id in self._spent_dirs:
-                workdir.remove_job_dir(self._code.cluster_dir, job_id)
-            self._spent_dirs.clear()
 
     def _done(self, job: _Job) -> zp.Done:
         assert job.wait_status is not None
