@@ -7,7 +7,10 @@ directory the daemon made (`workdir`), writes the computation's files and
 modules, makes `files/` the working directory and the head of `sys.path`,
 unpickles the code, runs `setup()` and answers `Ready` or `SetupFailed`. Every
 `Run` then forks a job process (`job_process`); globals set by `setup` are
-inherited by every job and nothing a job does reaches the next one.
+inherited by every job and nothing a job does reaches the next one. Once a
+cluster has run a job, the next job's process is forked ahead, between loop
+turns, and waits for its job (`spare`): the fork and the making of a job
+process are off the job's path.
 
 A job ends in two steps. Its leader is reaped (`waitpid`), which fixes the
 outcome; then its whole tree must go (`killtree`): the process group and any
@@ -57,7 +60,7 @@ from dispy_wire.framing import FrameDecoder
 from dispy_wire.payload import without_result_key
 from dispy_wire.status import JobStatus
 
-from . import cgroups, job_process, killtree, loading, worker, workdir
+from . import cgroups, job_process, killtree, loading, spare, worker, workdir
 from . import zygote_protocol as zp
 from .capture import Capture, Kept, PipeReader
 from .channel import Channel
@@ -136,6 +139,8 @@ class Zygote:
         self._unloading = False
         self._stopping = False
         self._workers: worker.WorkerPool | None = None  # isolation "worker": reused job processes
+        self._spare: spare.Spare | None = None  # isolation "fork": the next job's process, forked ahead
+        self._forked = False  # a job was forked: from now on one is forked ahead (none for an idle cluster)
         self._pid = os.getpid()
 
     # -- life cycle ----------------------------------------------------------
@@ -202,6 +207,7 @@ class Zygote:
             if not self._jobs and (self._stopping or self._unloading):
                 return self._exit()
             self._flush()
+            self._fork_ahead()
 
     def _exit(self) -> int:
         """No job is left: kill what escaped unmarked, then unload or just go."""
@@ -246,6 +252,7 @@ class Zygote:
             self._send(self._add_file(msg))
         elif isinstance(msg, zp.Unload):
             self._unloading = True
+            self._let_spare_go()
             for job in list(self._jobs.values()):
                 self._kill(job, JobStatus.CANCELLED, "cancelled", "")
         else:
@@ -255,6 +262,7 @@ class Zygote:
         """The daemon is gone or gave up on us: no job outlives the zygote, none is reported."""
         self._stopping = True
         self._sel.unregister(self._rfd)
+        self._let_spare_go()
         for job in list(self._jobs.values()):
             self._kill(job, JobStatus.CANCELLED, "node stopping", "")
 
@@ -324,8 +332,16 @@ class Zygote:
         self, job_id: int, payload: bytes, limits: Limits, files: list[Any], mark: str, group: str, out: Kept,
         err: Kept, now: float,
     ) -> _Job:  # fmt: skip
-        """A process of its own for the job (forked, or spawned), with its own pipes and result file."""
+        """A process of its own for the job (the spare, forked, or spawned), with its own pipes and result file."""
         assert self._code is not None
+        ahead, self._spare = self._spare, None
+        if ahead is not None:
+            start = job_process.Start(job_id, payload, limits, files, mark, *ahead.child_fds, group, self._code.result_key)
+            if ahead.hand(start):
+                readers = (Channel(ahead.channel, lambda record: self._from_job(job_id, record)),
+                           Capture(ahead.out, out), Capture(ahead.err, err))  # fmt: skip
+                return _Job(job_id, ahead.pid, mark, out, err, ahead.res, readers, now, limits, group)
+            ahead.discard()
         fds: list[int] = []
         try:
             fds = [*os.pipe(), *os.pipe(), _anon_file(), *os.pipe()]
@@ -339,11 +355,31 @@ class Zygote:
             raise
         if pid == 0:
             job_process.run(self._code, start)
+        self._forked = not self._spawn
         for fd in (fds[1], fds[3], fds[6]):
             os.close(fd)
         readers = (Channel(fds[5], lambda record: self._from_job(job_id, record)), Capture(fds[0], out),
                    Capture(fds[2], err))  # fmt: skip
         return _Job(job_id, pid, mark, out, err, fds[4], readers, now, limits, group)
+
+    def _fork_ahead(self) -> None:
+        """Forks the next job's process now, between turns, if this cluster forks its jobs and has run one."""
+        if self._spare is not None or not self._forked or self._code is None:
+            return
+        if self._spawn or self._workers is not None or self._unloading or self._stopping:
+            return
+        try:
+            self._spare = spare.fork(self._code, _anon_file())
+        except OSError as exc:  # the next job is forked as it comes, and says so if it cannot be
+            logger.debug("zygote: cannot fork ahead: %s", exc)
+
+    def _is_spare(self, pid: int) -> bool:
+        return self._spare is not None and pid == self._spare.pid
+
+    def _let_spare_go(self) -> None:
+        if self._spare is not None:
+            self._spare.discard()
+            self._spare = None
 
     # -- reused workers (worker.py) ------------------------------------------
 
@@ -445,8 +481,8 @@ class Zygote:
         with their descendants, and whatever is in its control group (no process can leave it, marked or not)."""
         found: list[psutil.Process] = []
         for pid in killtree.own_children():
-            if pid in self._leaders or _pgid_of(pid) in (job.pid, None):
-                continue  # a leader, a member of the group (killpg reaches it), or gone
+            if pid in self._leaders or self._is_spare(pid) or _pgid_of(pid) in (job.pid, None):
+                continue  # a leader, the spare, a member of the group (killpg reaches it), or gone
             if killtree.mark_of(pid) == job.mark:
                 try:
                     proc = psutil.Process(pid)
@@ -494,6 +530,8 @@ class Zygote:
                 break
             if self._workers is not None:
                 self._workers.lost(pid)
+            if self._is_spare(pid):  # died waiting for its job
+                self._let_spare_go()
             job = self._leaders.pop(pid, None)
             if job is not None:
                 job.wait_status, job.maxrss = status, usage.ru_maxrss
