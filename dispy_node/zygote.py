@@ -125,6 +125,7 @@ class Zygote:
         self._started: list[bytes] = []
         self._started_since = 0.0
         self._jobs: dict[int, _Job] = {}  # by job_id, until the tree is gone
+        self._spent: list[int] = []  # jobs whose Done goes out this turn: their directories go after it
         self._leaders: dict[int, _Job] = {}  # by pid, until reaped
         self._timers: list[tuple[float, int, _Timer, _Job]] = []
         self._seq = itertools.count()
@@ -207,6 +208,7 @@ class Zygote:
             if not self._jobs and (self._stopping or self._unloading):
                 return self._exit()
             self._flush()
+            self._remove_spent()  # before any command of the next turn: a job run here again finds no leftover
             self._fork_ahead()
 
     def _exit(self) -> int:
@@ -219,6 +221,7 @@ class Zygote:
                 pass
         killtree.signal_procs(leftovers, signal.SIGKILL)
         psutil.wait_procs(leftovers, timeout=self._grace)
+        self._remove_spent()
         if self._unloading and not self._stopping:
             self._run_cleanup()
             self._send(zp.Unloaded())
@@ -571,9 +574,16 @@ class Zygote:
                 self._sel.unregister(reader.fd)
         done = self._done(job)
         if not self._keep_files and self._code is not None and self._workers is None:  # workers reuse theirs
-            workdir.remove_job_dir(self._code.cluster_dir, job.job_id)
+            self._spent.append(job.job_id)  # removed once Done is out: a metadata write the job need not wait for
         if not self._stopping:
             self._send(done)
+
+    def _remove_spent(self) -> None:
+        """Removes the directories of the jobs whose Done went out this turn."""
+        if self._spent and self._code is not None:
+            for job_id in self._spent:
+                workdir.remove_job_dir(self._code.cluster_dir, job_id)
+        self._spent.clear()
 
     def _done(self, job: _Job) -> zp.Done:
         assert job.wait_status is not None

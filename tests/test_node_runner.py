@@ -39,6 +39,7 @@ from dispy_wire import result_mac
 from dispy_wire.messages import JobFile, JobRef, JobResult, RunJob
 from dispy_wire.payload import CodeObjects, Computation, dumps, loads, pack_computation
 from dispy_wire.status import JobStatus
+from waiting import async_wait_until
 
 # The zygote cannot import this module: ship its functions by value, as a client ships __main__'s.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -383,7 +384,8 @@ def test_depends_file_in_cwd_and_cleanup_on_unload() -> None:
         text, cwd = value(r)
         assert text == "payload"
         assert Path(cwd) == h.runner.work_dir / "c1" / "jobs" / str(r.job_id)
-        assert not Path(cwd).exists()  # removed with the job
+        # removed with the job, right after its result went out (the zygote does not make the result wait for it)
+        await async_wait_until(lambda: not Path(cwd).exists(), what="the job's directory removed")
         await h.runner.unload("c1")
         assert mark.read_text() == "cleaned"
         assert not (h.runner.work_dir / "c1").exists()
