@@ -590,6 +590,23 @@ def test_many_jobs_each_reported_once() -> None:
     run(body)
 
 
+def test_a_job_too_large_for_the_process_forked_ahead_runs_in_one_forked_for_it() -> None:
+    """After a first job the zygote keeps the next job's process forked ahead; a job whose start does not fit
+    in that process's pipe at once (the zygote never waits on it) gets a process forked as it comes, and the
+    next job one forked ahead again: every one of them runs once, with its own data."""
+
+    async def body(h: Harness) -> None:
+        h.load(func=double)
+        assert value(await h.call("c1", 1)) == 2
+        big = b"x" * (4 << 20)  # beyond any pipe's buffer
+        r = await h.call("c1", big)
+        assert (r.status, value(r)) == (JobStatus.FINISHED, big * 2), r.exception
+        assert value(await h.call("c1", 3)) == 6
+        assert sorted(r.job_id for r in h.results) == [0, 1, 2]
+
+    run(body)
+
+
 def test_close_kills_running_jobs() -> None:
     async def body(h: Harness) -> None:
         sock_path, got, server = await pid_server(h)
