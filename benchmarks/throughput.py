@@ -12,7 +12,7 @@ same function and 1,000 jobs, and the bare fork+wait rate of a Python
 process (the ceiling of fork isolation). Each figure is one summary line.
 Run: `make bench`, or with the venv's python. `--no-journal` runs the
 scheduler without its journal (benchmarks/journal.py compares the two in one
-run); `--only fork|worker` measures one isolation; `--prefetch 0 1 2` measures
+run); `--only fork|worker` measures one isolation (fork with its bare fork+wait ceiling); `--prefetch 0 1 2` measures
 each of the scheduler's prefetch windows (jobs per CPU sent ahead) in turn, in
 one run, to compare them on the same (noisy) machine.
 """
@@ -132,6 +132,8 @@ def main() -> None:
         print("-- one machine, 1000 jobs of the same function", flush=True)
         for line in local_comparison(args.cpus, 1000):
             print(line, flush=True)
+    elif args.only == "fork":  # its ceiling, measured in the same run
+        print(bare_fork(), flush=True)
 
 
 def local_comparison(cpus: int, jobs: int) -> list[str]:
@@ -140,21 +142,23 @@ def local_comparison(cpus: int, jobs: int) -> list[str]:
                          timeout=600, check=True).stdout  # fmt: skip
     figures = dict(line.split() for line in out.splitlines() if line.count(" ") == 1)
     jc, ppe, ppe_map = float(figures["jobcluster"]), float(figures["ppe_submit"]), float(figures["ppe_map"])
-    fork1, fork2 = float(figures["fork1"]), float(figures["fork2"])
     return [
         f"JobCluster (worker):         {jc:7.0f} jobs/s",
         f"ProcessPoolExecutor({cpus}):     {ppe:7.0f} jobs/s (submit), {ppe_map:.0f} (map); JobCluster is {ppe / jc:.1f}x slower",
-        f"bare fork+wait:              {fork1:7.0f} /s in one process, {fork2:.0f} /s in two at once",
+        bare_fork(),
     ]
 
 
-LOCAL = r"""
-import concurrent.futures, os, sys, time
-import dispy_client as dispy
-import cloudpickle, msgpack, psutil  # a zygote-sized interpreter for the fork figures
+def bare_fork() -> str:
+    """fork + os._exit + waitpid of a zygote-sized interpreter, one process and two at once: fork isolation's ceiling."""
+    out = subprocess.run([sys.executable, "-c", FORK], capture_output=True, text=True, timeout=600, check=True).stdout
+    figures = dict(line.split() for line in out.splitlines() if line.count(" ") == 1)
+    return f"bare fork+wait:              {float(figures['fork1']):7.0f} /s in one process, {float(figures['fork2']):.0f} /s in two at once"
 
-def f(x):
-    return 2 * x
+
+FORK = r"""
+import concurrent.futures, os, time
+import cloudpickle, msgpack, psutil  # a zygote-sized interpreter
 
 def fork_rate(seconds):
     n, end = 0, time.perf_counter() + seconds
@@ -165,6 +169,20 @@ def fork_rate(seconds):
         os.waitpid(pid, 0)
         n += 1
     return n / seconds
+
+if __name__ == "__main__":
+    print("fork1", fork_rate(1.0))
+    with concurrent.futures.ProcessPoolExecutor(2) as pool:
+        print("fork2", sum(pool.map(fork_rate, [1.0, 1.0])))
+"""
+
+
+LOCAL = r"""
+import concurrent.futures, sys, time
+import dispy_client as dispy
+
+def f(x):
+    return 2 * x
 
 if __name__ == "__main__":
     cpus, n = int(sys.argv[1]), int(sys.argv[2])
@@ -185,9 +203,6 @@ if __name__ == "__main__":
         t = time.perf_counter()
         assert list(pool.map(f, range(n))) == [2 * i for i in range(n)]
         print("ppe_map", n / (time.perf_counter() - t))
-    print("fork1", fork_rate(1.0))
-    with concurrent.futures.ProcessPoolExecutor(2) as pool:
-        print("fork2", sum(pool.map(fork_rate, [1.0, 1.0])))
 """
 
 

@@ -360,16 +360,30 @@ def _rmdir_tree(path: str) -> None:
 
 
 def _write(path: str, text: str) -> None:
-    with open(path, "w") as f:
-        f.write(text)
+    # one write(2), no text file object: a job process joins its group with this, each write a fresh fork's
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
 
 
 def _read(directory: str, name: str) -> str:
+    """A group file's text ("" if it cannot be read); without a text file object: the zygote reads a
+    job's `cgroup.procs` as each job ends."""
     try:
-        with open(os.path.join(directory, name)) as f:
-            return f.read()
+        fd = os.open(os.path.join(directory, name), os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return ""
+    try:
+        parts = []
+        while chunk := os.read(fd, 1 << 16):
+            parts.append(chunk)
+    except OSError:
+        return ""
+    finally:
+        os.close(fd)
+    return b"".join(parts).decode(errors="replace")
 
 
 def _mounts() -> dict[str, str]:

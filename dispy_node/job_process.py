@@ -19,6 +19,7 @@ and classes defined in `__main__` must travel by value).
 
 from __future__ import annotations
 
+import _signal
 import os
 import pickle
 import signal
@@ -79,7 +80,8 @@ class Start:
 
 
 def pack_start(start: Start) -> bytes:
-    """A spawned job's Start, for `job_spawn` (the fds keep their numbers across the spawn)."""
+    """A Start for a process that did not fork with it (a spawned job, a spare, a worker): the fds in it
+    are numbers in that process."""
     fields = [start.job_id, start.payload, list(start.limits), start.files, start.mark]
     fields += [start.out, start.err, start.res, start.channel, start.group, start.result_key]
     packed: bytes = msgpack.packb(fields, use_bin_type=True)
@@ -98,34 +100,77 @@ def run(code: Code, start: Start) -> NoReturn:
         started = time.time()
         if os.getsid(0) != os.getpid():  # a spawned job is a session leader already
             os.setsid()
-        os.umask(0o077)
-        reset_signals()
-        killtree.write_mark(start.mark)
-        os.dup2(start.out, 1)
-        os.dup2(start.err, 2)
-        low, high = sorted((start.res, start.channel))
-        os.closerange(3, low)
-        os.closerange(low + 1, high)
-        os.closerange(high + 1, _ALL_FDS)
-        channel.attach(start.channel, code.cluster_id, start.job_id, start.result_key)
-        conclude(code, start, run_job(code, start, started, _enter))
+        _become_job_process(start.out, start.err, (start.res, start.channel))
+        _run(code, start, started)
     except BaseException:  # noqa: BLE001  (the child must reach os._exit below)
-        status = CHILD_INTERNAL_ERROR
-        try:
-            traceback.print_exc()
-            sys.stderr.flush()
-        except (OSError, ValueError, MemoryError):
-            pass
+        status = _internal_error()
     finally:
         os._exit(status)
 
 
+def run_spare(code: Code, out: int, err: int, res: int, chan: int, go: int) -> NoReturn:
+    """A process forked before its job came (`spare`): a job process at once, all but the job's own parts,
+    which it then reads from `go` to its end (`pack_start`). Nothing there (let go, or its zygote died): it exits."""
+    status = 0
+    try:
+        os.setsid()
+        _become_job_process(out, err, (res, chan, go))
+        data = b""
+        while chunk := os.read(go, 1 << 16):
+            data += chunk
+        if data:
+            os.close(go)
+            started = time.time()
+            _run(code, unpack_start(data), started)
+    except BaseException:  # noqa: BLE001  (the child must reach os._exit below)
+        status = _internal_error()
+    finally:
+        os._exit(status)
+
+
+def _become_job_process(out: int, err: int, keep: tuple[int, ...]) -> None:
+    """umask 077, default signals, stdout and stderr on the job's pipes, no other descriptor than `keep`."""
+    os.umask(0o077)
+    reset_signals()
+    os.dup2(out, 1)
+    os.dup2(err, 2)
+    low = 3
+    for fd in sorted(keep):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, _ALL_FDS)
+
+
+def _run(code: Code, start: Start, started: float) -> None:
+    """The job's own part: its mark, its channel, then the job."""
+    killtree.write_mark(start.mark)
+    channel.attach(start.channel, code.cluster_id, start.job_id, start.result_key)
+    conclude(code, start, run_job(code, start, started, _enter))
+
+
+def _internal_error() -> int:
+    """Our own code failed in the job process: said on its stderr; the exit status that tells so."""
+    try:
+        traceback.print_exc()
+        sys.stderr.flush()
+    except (OSError, ValueError, MemoryError):
+        pass
+    return CHILD_INTERNAL_ERROR
+
+
 def reset_signals() -> None:
-    """The zygote's signal handling undone: a job dies of what kills a plain process."""
-    signal.set_wakeup_fd(-1)
-    for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGPIPE, signal.SIGXCPU, signal.SIGXFSZ):
-        signal.signal(sig, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    """The zygote's signal handling undone: a job dies of what kills a plain process.
+
+    Through `_signal`, the C functions under `signal`'s enum wrappers: those make and look up enum
+    members, touching (and so copying, in a fresh fork) pages of memory for nothing.
+    """
+    _signal.set_wakeup_fd(-1)
+    for sig in _DEFAULT_SIGNALS:
+        _signal.signal(sig, _signal.SIG_DFL)
+    _signal.signal(signal.SIGINT, _signal.default_int_handler)
+
+
+_DEFAULT_SIGNALS = tuple(int(s) for s in (signal.SIGCHLD, signal.SIGTERM, signal.SIGPIPE, signal.SIGXCPU, signal.SIGXFSZ))
 
 
 def run_job(code: Code, start: Start, started: float, enter: Callable[[Code, Start], None]) -> dict[str, Any]:

@@ -76,22 +76,37 @@ def placeholder() -> dict[str, str]:
 def write_mark(value: str) -> None:
     """In a job process: writes the mark into the exec-time environment block (see above), then
     into `os.environ` too, for the programs it will exec."""
-    data = value.encode().ljust(_MARK_ROOM)[:_MARK_ROOM]
-    key = MARK_VAR.encode() + b"="
-    try:
-        libc = ctypes.CDLL(None)
-        env = ctypes.POINTER(ctypes.c_char_p).in_dll(libc, "environ")
-        raw = ctypes.cast(env, ctypes.POINTER(ctypes.c_void_p))
-        i = 0
-        while env[i] is not None:
-            entry = env[i]
-            if entry.startswith(key) and len(entry) == len(key) + _MARK_ROOM:
-                ctypes.memmove(raw[i] + len(key), data, _MARK_ROOM)
-                break
-            i += 1
-    except (OSError, ValueError, AttributeError):
-        pass  # not started with the placeholder: exec'd descendants still carry it
+    slot = mark_slot()
+    if slot:
+        ctypes.memmove(slot, value.encode().ljust(_MARK_ROOM)[:_MARK_ROOM], _MARK_ROOM)
     os.environ[MARK_VAR] = value
+
+
+#: where the placeholder's value is (0: nowhere), once looked up; a fork inherits it, at the same address
+_slot: int | None = None
+
+
+def mark_slot() -> int:
+    """The address of the placeholder's value in this process's environment block (0 if it was not
+    started with one). The zygote looks it up once, before it forks: its jobs then write their mark
+    with one copy, instead of loading libc and walking the environment each."""
+    global _slot
+    if _slot is None:
+        _slot = 0
+        key = MARK_VAR.encode() + b"="
+        try:
+            env = ctypes.POINTER(ctypes.c_char_p).in_dll(ctypes.CDLL(None), "environ")
+            raw = ctypes.cast(env, ctypes.POINTER(ctypes.c_void_p))
+            i = 0
+            while env[i] is not None:
+                entry = env[i]
+                if entry.startswith(key) and len(entry) == len(key) + _MARK_ROOM:
+                    _slot = (raw[i] or 0) + len(key)
+                    break
+                i += 1
+        except (OSError, ValueError, AttributeError):
+            pass  # not started with the placeholder: exec'd descendants still carry it
+    return _slot
 
 
 def group_alive(pgid: int) -> bool:
@@ -117,8 +132,14 @@ def own_children() -> set[int]:
     pids: set[int] = set()
     try:
         for tid in os.listdir("/proc/self/task"):
-            with open(f"/proc/self/task/{tid}/children", "rb") as f:
-                pids.update(int(p) for p in f.read().split())
+            fd = os.open(f"/proc/self/task/{tid}/children", os.O_RDONLY | os.O_CLOEXEC)  # no file object: the
+            try:  # zygote looks each time a job ends
+                data = b""
+                while chunk := os.read(fd, 1 << 16):
+                    data += chunk
+            finally:
+                os.close(fd)
+            pids.update(int(p) for p in data.split())
     except OSError:
         pids = {p.pid for p in psutil.Process().children()}
     return pids

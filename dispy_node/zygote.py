@@ -7,7 +7,10 @@ directory the daemon made (`workdir`), writes the computation's files and
 modules, makes `files/` the working directory and the head of `sys.path`,
 unpickles the code, runs `setup()` and answers `Ready` or `SetupFailed`. Every
 `Run` then forks a job process (`job_process`); globals set by `setup` are
-inherited by every job and nothing a job does reaches the next one.
+inherited by every job and nothing a job does reaches the next one. Once a
+cluster has run a job, the next job's process is forked ahead, between loop
+turns, and waits for its job (`spare`): the fork and the making of a job
+process are off the job's path.
 
 A job ends in two steps. Its leader is reaped (`waitpid`), which fixes the
 outcome; then its whole tree must go (`killtree`): the process group and any
@@ -52,11 +55,12 @@ from typing import Any, NoReturn
 
 import psutil
 
+from dispy_wire import result_mac
 from dispy_wire.framing import FrameDecoder
 from dispy_wire.payload import without_result_key
 from dispy_wire.status import JobStatus
 
-from . import cgroups, job_process, killtree, loading, worker, workdir
+from . import cgroups, job_process, killtree, loading, spare, worker, workdir
 from . import zygote_protocol as zp
 from .capture import Capture, Kept, PipeReader
 from .channel import Channel
@@ -121,6 +125,7 @@ class Zygote:
         self._started: list[bytes] = []
         self._started_since = 0.0
         self._jobs: dict[int, _Job] = {}  # by job_id, until the tree is gone
+        self._spent: list[int] = []  # jobs whose Done goes out this turn: their directories go after it
         self._leaders: dict[int, _Job] = {}  # by pid, until reaped
         self._timers: list[tuple[float, int, _Timer, _Job]] = []
         self._seq = itertools.count()
@@ -135,6 +140,8 @@ class Zygote:
         self._unloading = False
         self._stopping = False
         self._workers: worker.WorkerPool | None = None  # isolation "worker": reused job processes
+        self._spare: spare.Spare | None = None  # isolation "fork": the next job's process, forked ahead
+        self._forked = False  # a job was forked: from now on one is forked ahead (none for an idle cluster)
         self._pid = os.getpid()
 
     # -- life cycle ----------------------------------------------------------
@@ -151,6 +158,9 @@ class Zygote:
             self._flush()
             return 1
         killtree.become_subreaper()
+        killtree.mark_slot()  # looked up once here: every job writes its mark there
+        if self._code is not None:
+            result_mac.prepare(self._code.result_key)  # and every job signs its result with what this makes
         gc.freeze()  # what setup built stays shared with every fork, untouched by the collector
         self._send(zp.Ready())
         self._flush()
@@ -198,6 +208,8 @@ class Zygote:
             if not self._jobs and (self._stopping or self._unloading):
                 return self._exit()
             self._flush()
+            self._remove_spent()  # before any command of the next turn: a job run here again finds no leftover
+            self._fork_ahead()
 
     def _exit(self) -> int:
         """No job is left: kill what escaped unmarked, then unload or just go."""
@@ -209,6 +221,7 @@ class Zygote:
                 pass
         killtree.signal_procs(leftovers, signal.SIGKILL)
         psutil.wait_procs(leftovers, timeout=self._grace)
+        self._remove_spent()
         if self._unloading and not self._stopping:
             self._run_cleanup()
             self._send(zp.Unloaded())
@@ -242,6 +255,7 @@ class Zygote:
             self._send(self._add_file(msg))
         elif isinstance(msg, zp.Unload):
             self._unloading = True
+            self._let_spare_go()
             for job in list(self._jobs.values()):
                 self._kill(job, JobStatus.CANCELLED, "cancelled", "")
         else:
@@ -251,6 +265,7 @@ class Zygote:
         """The daemon is gone or gave up on us: no job outlives the zygote, none is reported."""
         self._stopping = True
         self._sel.unregister(self._rfd)
+        self._let_spare_go()
         for job in list(self._jobs.values()):
             self._kill(job, JobStatus.CANCELLED, "node stopping", "")
 
@@ -320,8 +335,16 @@ class Zygote:
         self, job_id: int, payload: bytes, limits: Limits, files: list[Any], mark: str, group: str, out: Kept,
         err: Kept, now: float,
     ) -> _Job:  # fmt: skip
-        """A process of its own for the job (forked, or spawned), with its own pipes and result file."""
+        """A process of its own for the job (the spare, forked, or spawned), with its own pipes and result file."""
         assert self._code is not None
+        ahead, self._spare = self._spare, None
+        if ahead is not None:
+            start = job_process.Start(job_id, payload, limits, files, mark, *ahead.child_fds, group, self._code.result_key)
+            if ahead.hand(start):
+                readers = (Channel(ahead.channel, lambda record: self._from_job(job_id, record)),
+                           Capture(ahead.out, out), Capture(ahead.err, err))  # fmt: skip
+                return _Job(job_id, ahead.pid, mark, out, err, ahead.res, readers, now, limits, group)
+            ahead.discard()
         fds: list[int] = []
         try:
             fds = [*os.pipe(), *os.pipe(), _anon_file(), *os.pipe()]
@@ -335,11 +358,31 @@ class Zygote:
             raise
         if pid == 0:
             job_process.run(self._code, start)
+        self._forked = not self._spawn
         for fd in (fds[1], fds[3], fds[6]):
             os.close(fd)
         readers = (Channel(fds[5], lambda record: self._from_job(job_id, record)), Capture(fds[0], out),
                    Capture(fds[2], err))  # fmt: skip
         return _Job(job_id, pid, mark, out, err, fds[4], readers, now, limits, group)
+
+    def _fork_ahead(self) -> None:
+        """Forks the next job's process now, between turns, if this cluster forks its jobs and has run one."""
+        if self._spare is not None or not self._forked or self._code is None:
+            return
+        if self._spawn or self._workers is not None or self._unloading or self._stopping:
+            return
+        try:
+            self._spare = spare.fork(self._code, _anon_file())
+        except OSError as exc:  # the next job is forked as it comes, and says so if it cannot be
+            logger.debug("zygote: cannot fork ahead: %s", exc)
+
+    def _is_spare(self, pid: int) -> bool:
+        return self._spare is not None and pid == self._spare.pid
+
+    def _let_spare_go(self) -> None:
+        if self._spare is not None:
+            self._spare.discard()
+            self._spare = None
 
     # -- reused workers (worker.py) ------------------------------------------
 
@@ -441,8 +484,8 @@ class Zygote:
         with their descendants, and whatever is in its control group (no process can leave it, marked or not)."""
         found: list[psutil.Process] = []
         for pid in killtree.own_children():
-            if pid in self._leaders or _pgid_of(pid) in (job.pid, None):
-                continue  # a leader, a member of the group (killpg reaches it), or gone
+            if pid in self._leaders or self._is_spare(pid) or _pgid_of(pid) in (job.pid, None):
+                continue  # a leader, the spare, a member of the group (killpg reaches it), or gone
             if killtree.mark_of(pid) == job.mark:
                 try:
                     proc = psutil.Process(pid)
@@ -490,21 +533,30 @@ class Zygote:
                 break
             if self._workers is not None:
                 self._workers.lost(pid)
+            if self._is_spare(pid):  # died waiting for its job
+                self._let_spare_go()
             job = self._leaders.pop(pid, None)
             if job is not None:
                 job.wait_status, job.maxrss = status, usage.ru_maxrss
                 job.cpu_time = usage.ru_utime + usage.ru_stime
-                if job.verdict is None or job.interrupted:  # what the job left running ends with it, now
-                    job.hard = True
-                    self._signal_tree(job, signal.SIGKILL)
                 ended.append(job)
         for job in ended:  # trees still dying are looked at again by their RECHECK timers
-            self._try_finish(job)
+            escaped = self._escaped(job)  # one search of its tree: what it finds is killed and waited for
+            job.strays += [p for p in escaped if p not in job.strays]
+            if job.verdict is None or job.interrupted:  # what the job left running ends with it, now
+                job.hard = True
+                killtree.killpg(job.pid, signal.SIGKILL)
+                killtree.signal_procs(job.strays, signal.SIGKILL)
+            self._try_finish(job, escaped)
 
-    def _try_finish(self, job: _Job) -> None:
-        """Sends Done if the job's tree is gone; else makes sure it goes and looks again soon."""
-        escaped = self._escaped(job)
-        job.strays += [p for p in escaped if p not in job.strays]
+    def _try_finish(self, job: _Job, escaped: list[psutil.Process] | None = None) -> None:
+        """Sends Done if the job's tree is gone; else makes sure it goes and looks again soon.
+
+        `escaped`: what `_escaped` found of it just now, if the caller looked.
+        """
+        if escaped is None:
+            escaped = self._escaped(job)
+            job.strays += [p for p in escaped if p not in job.strays]
         if killtree.group_alive(job.pid) or escaped or any(killtree.alive(p) for p in job.strays):
             if job.hard:  # late joiners: orphans re-parented since, forks racing the SIGKILL
                 killtree.killpg(job.pid, signal.SIGKILL)
@@ -522,9 +574,16 @@ class Zygote:
                 self._sel.unregister(reader.fd)
         done = self._done(job)
         if not self._keep_files and self._code is not None and self._workers is None:  # workers reuse theirs
-            workdir.remove_job_dir(self._code.cluster_dir, job.job_id)
+            self._spent.append(job.job_id)  # removed once Done is out: a metadata write the job need not wait for
         if not self._stopping:
             self._send(done)
+
+    def _remove_spent(self) -> None:
+        """Removes the directories of the jobs whose Done went out this turn."""
+        if self._spent and self._code is not None:
+            for job_id in self._spent:
+                workdir.remove_job_dir(self._code.cluster_dir, job_id)
+        self._spent.clear()
 
     def _done(self, job: _Job) -> zp.Done:
         assert job.wait_status is not None
@@ -566,8 +625,8 @@ class Zygote:
         hit none of its own, whatever an outer limit (the unit's) did to it.
         """
         groups = self._code.groups if self._code is not None else None
-        if groups is None or not job.group:
-            return False, False
+        if groups is None or not job.group or (job.limits.memory is None and job.limits.processes is None):
+            return False, False  # no limit of its own to have hit: no counters to read
         memory, processes = cgroups.breach(groups, job.group)
         return memory and job.limits.memory is not None, processes and job.limits.processes is not None
 

@@ -39,6 +39,7 @@ from dispy_wire import result_mac
 from dispy_wire.messages import JobFile, JobRef, JobResult, RunJob
 from dispy_wire.payload import CodeObjects, Computation, dumps, loads, pack_computation
 from dispy_wire.status import JobStatus
+from waiting import async_wait_until
 
 # The zygote cannot import this module: ship its functions by value, as a client ships __main__'s.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -383,7 +384,8 @@ def test_depends_file_in_cwd_and_cleanup_on_unload() -> None:
         text, cwd = value(r)
         assert text == "payload"
         assert Path(cwd) == h.runner.work_dir / "c1" / "jobs" / str(r.job_id)
-        assert not Path(cwd).exists()  # removed with the job
+        # removed with the job, right after its result went out (the zygote does not make the result wait for it)
+        await async_wait_until(lambda: not Path(cwd).exists(), what="the job's directory removed")
         await h.runner.unload("c1")
         assert mark.read_text() == "cleaned"
         assert not (h.runner.work_dir / "c1").exists()
@@ -584,6 +586,23 @@ def test_many_jobs_each_reported_once() -> None:
         assert Counter(r.job_id for r in h.results) == Counter(ids)
         assert all(r.status == JobStatus.FINISHED for r in h.results)
         assert {r.job_id: value(r) for r in h.results} == {i: 2 * (i - ids[0]) for i in ids}
+
+    run(body)
+
+
+def test_a_job_too_large_for_the_process_forked_ahead_runs_in_one_forked_for_it() -> None:
+    """After a first job the zygote keeps the next job's process forked ahead; a job whose start does not fit
+    in that process's pipe at once (the zygote never waits on it) gets a process forked as it comes, and the
+    next job one forked ahead again: every one of them runs once, with its own data."""
+
+    async def body(h: Harness) -> None:
+        h.load(func=double)
+        assert value(await h.call("c1", 1)) == 2
+        big = b"x" * (4 << 20)  # beyond any pipe's buffer
+        r = await h.call("c1", big)
+        assert (r.status, value(r)) == (JobStatus.FINISHED, big * 2), r.exception
+        assert value(await h.call("c1", 3)) == 6
+        assert sorted(r.job_id for r in h.results) == [0, 1, 2]
 
     run(body)
 
