@@ -27,7 +27,7 @@ import hashlib
 import hmac
 import secrets
 from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import msgpack
 
@@ -45,9 +45,6 @@ try:  # CPython's own SHA-256: no OpenSSL method lookup and context set-up in a 
     from _sha256 import sha256 as _sha256
 except ImportError:  # a build without it
     _sha256 = hashlib.sha256
-#: SHA-256's block size: the length of HMAC's key pads
-_BLOCK = 64
-_IPAD, _OPAD = bytes(x ^ 0x36 for x in range(256)), bytes(x ^ 0x5C for x in range(256))
 
 
 class Kind(str, Enum):
@@ -70,28 +67,21 @@ def sign(
     head: bytes = msgpack.packb(
         [DOMAIN, kind.value, cluster_id, job_id, status, name, mode, len(payload)], use_bin_type=True
     )
-    inner_pad, outer_pad = _pads(key)
-    inner = inner_pad.copy()
-    inner.update(head)
-    inner.update(payload)  # no copy of a large payload
-    outer = outer_pad.copy()
-    outer.update(inner.digest())
-    return bytes(outer.digest())
+    mac = _keyed(key).copy()
+    mac.update(head)
+    mac.update(payload)  # no copy of a large payload
+    return mac.digest()
 
 
 def prepare(key: bytes) -> None:
-    """Makes the key's pad states now: a zygote does, before it forks the job processes that sign with it."""
-    _pads(key)
+    """Keys the HMAC now: a zygote does, before it forks the job processes that sign with it."""
+    _keyed(key)
 
 
 @functools.lru_cache(maxsize=64)
-def _pads(key: bytes) -> tuple[Any, Any]:
-    """HMAC-SHA256's inner and outer hash states after the key's pads (RFC 2104), made once per key:
-    a MAC then costs two copies and the hashing of its data (`prepare`: no job process pays for them)."""
-    if len(key) > _BLOCK:
-        key = hashlib.sha256(key).digest()
-    block = key.ljust(_BLOCK, b"\0")
-    return _sha256(block.translate(_IPAD)), _sha256(block.translate(_OPAD))
+def _keyed(key: bytes) -> hmac.HMAC:
+    """The HMAC keyed once per key: a MAC is then a copy of it and the hashing of its data."""
+    return hmac.new(key, digestmod=_sha256)
 
 
 def needs_mac(result: JobResult) -> bool:
