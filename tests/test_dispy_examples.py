@@ -155,8 +155,9 @@ def test_node_shvars_jobs_share_setup_state(cluster: Cluster, variant: str) -> N
     assert "failed" not in out, out
     values = {int(job_id): int(v) for job_id, v in re.findall(r"^(\d+): (\d+)$", out, re.M)}
     assert sorted(values) == list(range(1, 11)), out
-    # one shared counter, each job adding 1-10: ten distinct running totals reaching at least 11
-    assert len(set(values.values())) == 10 and max(values.values()) >= 11, out
+    # one shared counter from 1, each job adding 1-10 under its lock, then reading it outside: two jobs at once may
+    # read the same total, but the last total is 1 + ten additions; counters of their own would each stay <= 11
+    assert max(values.values()) >= 12, out  # 11 only if all ten drew 1 (1e-10)
 
 
 def _hashes_match(out: str, dest: Path, pattern: str) -> list[tuple[str, ...]]:
