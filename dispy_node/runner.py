@@ -478,6 +478,7 @@ class _Cluster:
         self._computation = computation
         self._unloaded = asyncio.Event()  # Unloaded received, or no point waiting for it
         self._freed = False  # a job ended (or came back) in the zygote's messages being read: start others
+        self._plain_limits: limits.Limits | None = None  # those of its jobs without options (`_limits_of`)
         self._after = after  # the retirement of this cluster's previous incarnation
         self._task: asyncio.Task[None] | None = None
 
@@ -615,8 +616,7 @@ class _Cluster:
             job = self._queued.pop(job_id)
             arrival = self._arrived.pop(job_id)
             try:
-                job_limits = limits.effective(caps, self.settings.options, job.options)
-                files = _job_files(job.options)
+                job_limits, files = self._limits_of(job, caps)
                 group = self._make_group(job_id, job_limits)
             except limits.BadOption as exc:
                 self.runner.report(_verdict(self.cluster_id, job_id, JobStatus.TERMINATED, str(exc), "BadOption"))
@@ -634,6 +634,19 @@ class _Cluster:
                 frames.append(zp.encode(zp.Run(job_id, job.payload, list(job_limits), files, group)))
                 self.runner.started(JobRef(self.cluster_id, job_id))
         self._write(b"".join(frames))
+
+    def _limits_of(self, job: RunJob, caps: limits.Limits) -> tuple[limits.Limits, list[Any]]:
+        """The job's limits and own files. Those of a job without options of its own (most) are the cluster's,
+        merged once.
+
+        Raises:
+            limits.BadOption: an option of the job, or of the cluster, of the wrong type.
+        """
+        if job.options:
+            return limits.effective(caps, self.settings.options, job.options), _job_files(job.options)
+        if self._plain_limits is None:
+            self._plain_limits = limits.effective(caps, self.settings.options, {})
+        return self._plain_limits, []
 
     def _make_group(self, job_id: int, job_limits: limits.Limits) -> str:
         """The job's control group, when the node has cgroups ("" if not): its limits, and a tree no process leaves.
