@@ -248,14 +248,15 @@ class Runner:
     def start_waiting(self) -> None:
         """Starts queued jobs while a slot is free: the oldest first, across the ready clusters; then
         sends jobs on to take the places of running ones (`_send_next`)."""
-        self._start_free()
-        self._send_next()
+        live = self._live()  # once: this runs at each job's end
+        self._start_free(live)
+        self._send_next(live)
 
-    def _start_free(self) -> None:
-        clusters = [c for c in self._live() if c.startable]
+    def _start_free(self, live: list[_Cluster]) -> None:
+        clusters = [c for c in live if c.startable]
         if not clusters:
             return
-        free = None if self.slots is None else self.slots - self.running
+        free = None if self.slots is None else self.slots - sum(c.running for c in live)
         if free is not None and free <= 0:
             return
         # the first `free` arrivals among the queues' heads (each queue is in arrival order)
@@ -267,16 +268,16 @@ class Runner:
             if n:
                 cluster.start_queued(n)
 
-    def _send_next(self) -> None:
+    def _send_next(self, live: list[_Cluster]) -> None:
         """Every slot busy: a worker cluster's queued jobs go to its zygote as the next job of each running
         one (`zp.RunNext`), so a worker that ends a job finds the next at hand, with no round trip through
         this process. Only while one cluster has jobs queued (with several, the oldest must take the next
         free slot, whichever cluster frees it), and while no more jobs run than offered (after the offer
         shrank, each place that frees goes)."""
-        if self.slots is None or self.running > self.slots:
+        queued = [c for c in live if c.queued]
+        if len(queued) != 1 or not queued[0].takes_next:
             return
-        queued = [c for c in self._live() if c.queued]
-        if len(queued) == 1 and queued[0].takes_next:
+        if self.slots is not None and sum(c.running for c in live) <= self.slots:
             queued[0].send_next()
 
     def recall(self, refs: Iterable[JobRef]) -> list[JobRef]:
@@ -560,7 +561,8 @@ class _Cluster:
 
     def send_next(self) -> None:
         """Sends queued jobs on as RunNext, one per running job that has none waiting to take its place."""
-        self.start_queued(self.running - len(self._next), ahead=True)
+        if self.running > len(self._next):
+            self.start_queued(self.running - len(self._next), ahead=True)
 
     def withdraw_next(self) -> None:
         """Asks the zygote back for the RunNext jobs not started (`_withdrawn` queues them again)."""
