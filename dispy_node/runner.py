@@ -576,9 +576,9 @@ class _Cluster:
         back = {}
         returned = []
         for job_id in job_ids:
-            entry = self._next.pop(job_id, None)
-            if entry is None:
+            if job_id not in self._withdrawing:  # not asked back: no honest zygote says so (user code can write here)
                 continue
+            entry = self._next.pop(job_id)
             del self._running[job_id]
             if job_id in self._recalled:
                 returned.append(JobRef(self.cluster_id, job_id))
@@ -708,6 +708,7 @@ class _Cluster:
             self.runner.report(_verdict(self.cluster_id, job_id, JobStatus.CANCELLED, "cancelled"))
         self._running.clear()
         self._next.clear()
+        self._withdrawing.clear()
         self._recalled.clear()
         self.runner.start_waiting()  # their slots go to other clusters' queued jobs
 
@@ -934,6 +935,7 @@ class _Cluster:
             self.runner.report(_verdict(self.cluster_id, job_id, JobStatus.TERMINATED, why, "ZygoteDied"))
         self._running.clear()
         self._next.clear()
+        self._withdrawing.clear()
         self._recalled.clear()
         self._queued.clear()
         self._arrived.clear()
