@@ -90,7 +90,7 @@ from . import NodeError, report
 from .account import Account, AccountPool
 from .availability import Availability, Rules
 from .cgroups import JobGroups
-from .keeper import ClusterFailure, JobKeeper, Output
+from .keeper import ClusterFailure, JobKeeper, Output, Returned
 from .limits import Limits
 from .runner import RunnerConfig
 from .worker import WorkerPolicy
@@ -671,6 +671,8 @@ class _Session:
         elif isinstance(output, JobRef):
             self._starts.append(output)
             self._flush_soon()
+        elif isinstance(output, Returned):
+            self._write(encode(NodeReturned(output.jobs)))
         else:
             self._add_result(output)
 

@@ -52,8 +52,15 @@ class ClusterFailure:
     message: str
 
 
+@dataclass(frozen=True, slots=True)
+class Returned:
+    """Jobs a recall could not give back at once (sent on to take a running job's place), given back now."""
+
+    jobs: list[JobRef]
+
+
 #: what a runner produces, in the order the scheduler must hear it (a JobRef: that job started)
-Output = JobResult | JobFile | ClusterFailure | JobRef
+Output = JobResult | JobFile | ClusterFailure | JobRef | Returned
 
 
 class JobKeeper:
@@ -86,7 +93,7 @@ class JobKeeper:
             self._expiry.cancel()
             self._expiry = None
         if self._runner is None:
-            self._runner = Runner(config, self._put, self._failed, self._put, self._started)
+            self._runner = Runner(config, self._put, self._failed, self._put, self._started, self._returned)
         return self._runner
 
     def held(self) -> tuple[list[JobRef], list[str]]:
@@ -180,6 +187,12 @@ class JobKeeper:
         """A queued job started: told to an attached scheduler; else not kept (the next Hello says it holds the job)."""
         if self._sink is not None:
             self._sink(ref)
+
+    def _returned(self, jobs: list[JobRef]) -> None:
+        """Recalled jobs given back late: told to an attached scheduler; else not kept (the next Hello
+        does not list them as held, and the scheduler treats them as it treats jobs a node lost)."""
+        if self._sink is not None:
+            self._sink(Returned(jobs))
 
     def _failed(self, cluster_id: str, message: str) -> None:
         self._put(ClusterFailure(cluster_id, message))

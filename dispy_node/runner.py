@@ -35,6 +35,18 @@ it with its result at once, and a recall (`recall`) drops it without one, the
 scheduler taking it back. `busy` counts the jobs owed a result. A result comes
 only once the job's whole process tree is gone (the zygote sees to that; if
 the zygote itself dies, `_died` hunts the orphans by their mark).
+
+Sent on (worker isolation): while every offered CPU is busy and one cluster
+alone has jobs queued, each of its running jobs gets a successor sent on to
+the zygote (`zp.RunNext`), which starts it in the place of the next job that
+ends after it came: a worker finds its next job at hand instead of waiting a
+round trip through this process. Such a job is owed a result but is not
+running (`running`) until the zygote's Started, which comes before the Done
+of the job whose place it took, so this process never counts fewer jobs
+running than there are. One still waiting when a CPU frees here is started
+at once (`zp.StartNext`); when the offer shrinks, or the scheduler recalls
+one, those not started are taken back (`zp.Withdraw`; the recalled ones are
+returned late, `on_returned`).
 """
 
 from __future__ import annotations
@@ -71,6 +83,7 @@ logger = logging.getLogger(__name__)
 
 ResultSink = Callable[[JobResult], None]
 StartSink = Callable[[JobRef], None]
+ReturnSink = Callable[[list[JobRef]], None]
 FileSink = Callable[[JobFile], None]
 FailureSink = Callable[[str, str], None]
 
@@ -140,7 +153,7 @@ class Runner:
 
     def __init__(
         self, config: RunnerConfig, on_result: ResultSink, on_failed: FailureSink, on_file: FileSink | None = None,
-        on_started: StartSink | None = None,
+        on_started: StartSink | None = None, on_returned: ReturnSink | None = None,
     ) -> None:  # fmt: skip
         self.config = config
         self.work_dir = config.work_dir
@@ -153,6 +166,7 @@ class Runner:
         self._chains: Chains[_Cluster | _Remnant] = Chains()
         self._closed = False
         self._on_started = on_started
+        self._on_returned = on_returned
         #: jobs started at once at most, across clusters (the CPUs the node offers); None: every job as it comes
         self.slots: int | None = None
         #: numbers jobs as they arrive: queued jobs start oldest first, whatever their cluster
@@ -226,16 +240,28 @@ class Runner:
                     self.report(_verdict(cluster_id, job.job_id, JobStatus.TERMINATED, "unknown cluster"))
 
     def set_slots(self, slots: int | None) -> None:
-        """Starts at most `slots` jobs at once from now on (more, if it grew, at once; none is stopped)."""
+        """Starts at most `slots` jobs at once from now on (more, if it grew, at once; none is stopped).
+
+        Fewer: jobs sent on to take running ones' places are taken back (those not started yet come
+        back to the queue), so no more jobs start than are offered."""
+        if slots is not None and (self.slots is None or slots < self.slots):
+            for cluster in self._live():
+                cluster.withdraw_next()
         self.slots = slots
         self.start_waiting()
 
     def start_waiting(self) -> None:
-        """Starts queued jobs while a slot is free: the oldest first, across the ready clusters."""
-        clusters = [c for c in self._live() if c.startable]
+        """Starts queued jobs while a slot is free: the oldest first, across the ready clusters; then
+        sends jobs on to take the places of running ones (`_send_next`)."""
+        live = self._live()  # once: this runs at each job's end
+        self._start_free(live)
+        self._send_next(live)
+
+    def _start_free(self, live: list[_Cluster]) -> None:
+        clusters = [c for c in live if c.startable]
         if not clusters:
             return
-        free = None if self.slots is None else self.slots - self.running
+        free = None if self.slots is None else self.slots - sum(c.running for c in live)
         if free is not None and free <= 0:
             return
         # the first `free` arrivals among the queues' heads (each queue is in arrival order)
@@ -247,14 +273,33 @@ class Runner:
             if n:
                 cluster.start_queued(n)
 
+    def _send_next(self, live: list[_Cluster]) -> None:
+        """Every slot busy: a worker cluster's queued jobs go to its zygote as the next job of each running
+        one (`zp.RunNext`), so a worker that ends a job finds the next at hand, with no round trip through
+        this process. Only while one cluster has jobs queued (with several, the oldest must take the next
+        free slot, whichever cluster frees it), and while no more jobs run than offered (after the offer
+        shrank, each place that frees goes)."""
+        queued = [c for c in live if c.queued]
+        if len(queued) != 1 or not queued[0].takes_next:
+            return
+        if self.slots is not None and sum(c.running for c in live) <= self.slots:
+            queued[0].send_next()
+
     def recall(self, refs: Iterable[JobRef]) -> list[JobRef]:
-        """Drops the jobs of `refs` still queued, reporting nothing of them: those returned (they never start here)."""
+        """Drops the jobs of `refs` still queued, reporting nothing of them: those returned (they never start here).
+
+        One sent on to its zygote to take a running job's place (`_send_next`) is asked back: if it had not
+        started, it goes to `on_returned` once the zygote gives it back; else it ends here as it would."""
         returned = []
         for ref in refs:
             cluster = self._live_one(ref.cluster_id)
             if cluster is not None and cluster.recall(ref.job_id):
                 returned.append(ref)
         return returned
+
+    def returned(self, refs: list[JobRef]) -> None:
+        if not self._closed and self._on_returned is not None:
+            self._on_returned(refs)
 
     def kill(self, refs: Iterable[JobRef], reason: str = "", status: JobStatus = JobStatus.CANCELLED) -> None:
         """Kills jobs' trees; each is reported with `status` and `reason` (unless its result is already out)."""
@@ -431,9 +476,15 @@ class _Cluster:
         self._replies: dict[int, Callable[[bool, str], None]] = {}  # AddFile ref -> who waits
         self._refs = itertools.count(1)
         self._running: dict[int, int | None] = {}  # job_id -> pid (once Started), sent to the zygote
+        #: of those, the jobs sent as RunNext that have not started yet: not running, not in the queue
+        self._next: dict[int, tuple[RunJob, int]] = {}  # job_id -> (job, arrival), to queue it again if withdrawn
+        self._withdrawing: set[int] = set()  # of those, asked back (zp.Withdraw)
+        self._recalled: set[int] = set()  # of those, recalled by the scheduler: returned, not queued, if they come back
         self._proc: asyncio.subprocess.Process | None = None
         self._computation = computation
         self._unloaded = asyncio.Event()  # Unloaded received, or no point waiting for it
+        self._freed = False  # a job ended (or came back) in the zygote's messages being read: start others
+        self._plain_limits: limits.Limits | None = None  # those of its jobs without options (`_limits_of`)
         self._after = after  # the retirement of this cluster's previous incarnation
         self._task: asyncio.Task[None] | None = None
 
@@ -447,20 +498,36 @@ class _Cluster:
 
     @property
     def running(self) -> int:
-        return len(self._running)
+        return len(self._running) - len(self._next)
+
+    @property
+    def queued(self) -> bool:
+        return bool(self._queued)
 
     @property
     def startable(self) -> bool:
-        """Ready, with a queued job its own CPU cap lets start."""
+        """Ready, with a queued job (or one sent on as RunNext) its own CPU cap lets start."""
         cap = self.settings.cpus
-        return self.life.phase is Phase.READY and bool(self._queued) and (cap is None or len(self._running) < cap)
+        return self.life.phase is Phase.READY and bool(self._queued or self._next) and (cap is None or self.running < cap)
+
+    def _next_startable(self) -> list[int]:
+        """The RunNext jobs a free CPU may start at once (`zp.StartNext`): all but those being withdrawn."""
+        return [job_id for job_id in self._next if job_id not in self._withdrawing]
+
+    @property
+    def takes_next(self) -> bool:
+        """Its zygote takes RunNext: ready, in worker isolation (whose Started go before the Done of the same
+        turn, as `_send_next` needs)."""
+        return self.life.phase is Phase.READY and self.settings.isolation == isolation.WORKER
 
     def waiting(self, most: int | None) -> list[int]:
-        """The arrival numbers of the (at most `most`) queued jobs it would start next."""
+        """The arrival numbers of the (at most `most`) jobs it would start next: those sent on as RunNext (they
+        came first), then the queued ones."""
         cap = self.settings.cpus
-        room = len(self._queued) if cap is None else max(0, cap - len(self._running))
-        n = min(room, len(self._queued)) if most is None else min(room, len(self._queued), most)
-        return [self._arrived[job_id] for job_id in itertools.islice(self._queued, n)]
+        heads = [self._next[job_id][1] for job_id in self._next_startable()]
+        heads += [self._arrived[job_id] for job_id in self._queued]
+        room = len(heads) if cap is None else max(0, cap - self.running)
+        return heads[: min(room, len(heads)) if most is None else min(room, len(heads), most)]
 
     def job_ids(self) -> list[int]:
         return [*self._queued, *self._running]
@@ -497,18 +564,66 @@ class _Cluster:
         else:
             self._files.append(msg)
 
-    def start_queued(self, most: int) -> None:
-        """Sends the zygote up to `most` queued jobs (as the cluster's CPU cap allows), in one write."""
+    def send_next(self) -> None:
+        """Sends queued jobs on as RunNext, one per running job that has none waiting to take its place."""
+        if self.running > len(self._next):
+            self.start_queued(self.running - len(self._next), ahead=True)
+
+    def withdraw_next(self) -> None:
+        """Asks the zygote back for the RunNext jobs not started (`_withdrawn` queues them again)."""
+        asked = [job_id for job_id in self._next if job_id not in self._withdrawing]
+        if asked and self.life.reports:
+            self._withdrawing.update(asked)
+            self._write(zp.encode(zp.Withdraw(asked)))
+
+    def _withdrawn(self, job_ids: list[int]) -> None:
+        """Back from the zygote, never started: queued again in their arrival order."""
+        back = {}
+        returned = []
+        for job_id in job_ids:
+            if job_id not in self._withdrawing:  # not asked back: no honest zygote says so (user code can write here)
+                continue
+            entry = self._next.pop(job_id)
+            del self._running[job_id]
+            if job_id in self._recalled:
+                returned.append(JobRef(self.cluster_id, job_id))
+            else:
+                back[job_id] = entry
+        self._withdrawing.difference_update(job_ids)
+        self._recalled.difference_update(job_ids)
+        if returned:
+            self.runner.returned(returned)
+        if back:
+            items = sorted([*back.items(), *((j, (q, self._arrived[j])) for j, q in self._queued.items())],
+                           key=lambda item: item[1][1])  # fmt: skip
+            self._queued = {job_id: job for job_id, (job, _) in items}
+            self._arrived = {job_id: arrival for job_id, (_, arrival) in items}
+
+    def start_queued(self, most: int, ahead: bool = False) -> None:
+        """Sends the zygote up to `most` queued jobs (as the cluster's CPU cap allows), in one write.
+
+        `ahead`: as RunNext, each to take the place of a running job (no cap to check: it replaces one of ours).
+        """
         frames = []
         caps = self.runner.config.caps
         started = 0
-        while self._queued and started < most and (self.settings.cpus is None or len(self._running) < self.settings.cpus):
+        if not ahead:  # a RunNext job that found no place yet (no job ended after it came) starts first
+            cap = self.settings.cpus
+            now = self._next_startable()[: most if cap is None else max(0, min(most, cap - self.running))]
+            for job_id in now:
+                del self._next[job_id]
+                self.runner.started(JobRef(self.cluster_id, job_id))
+            if now:
+                frames.append(zp.encode(zp.StartNext(now)))
+                started = len(now)
+        while self._queued and started < most and (
+            ahead or self.settings.cpus is None or self.running < self.settings.cpus
+        ):  # fmt: skip
             job_id = next(iter(self._queued))
             job = self._queued.pop(job_id)
-            del self._arrived[job_id]
+            arrival = self._arrived.pop(job_id)
             try:
-                job_limits = limits.effective(caps, self.settings.options, job.options)
-                files = _job_files(job.options)
+                job_limits, files = self._limits_of(job, caps)
                 group = self._make_group(job_id, job_limits)
             except limits.BadOption as exc:
                 self.runner.report(_verdict(self.cluster_id, job_id, JobStatus.TERMINATED, str(exc), "BadOption"))
@@ -519,9 +634,26 @@ class _Cluster:
                 continue
             self._running[job_id] = None
             started += 1
-            frames.append(zp.encode(zp.Run(job_id, job.payload, list(job_limits), files, group)))
-            self.runner.started(JobRef(self.cluster_id, job_id))
+            if ahead:  # it starts when the zygote says so (Started)
+                self._next[job_id] = (job, arrival)
+                frames.append(zp.encode(zp.RunNext(job_id, job.payload, list(job_limits), files, group)))
+            else:
+                frames.append(zp.encode(zp.Run(job_id, job.payload, list(job_limits), files, group)))
+                self.runner.started(JobRef(self.cluster_id, job_id))
         self._write(b"".join(frames))
+
+    def _limits_of(self, job: RunJob, caps: limits.Limits) -> tuple[limits.Limits, list[Any]]:
+        """The job's limits and own files. Those of a job without options of its own (most) are the cluster's,
+        merged once.
+
+        Raises:
+            limits.BadOption: an option of the job, or of the cluster, of the wrong type.
+        """
+        if job.options:
+            return limits.effective(caps, self.settings.options, job.options), _job_files(job.options)
+        if self._plain_limits is None:
+            self._plain_limits = limits.effective(caps, self.settings.options, {})
+        return self._plain_limits, []
 
     def _make_group(self, job_id: int, job_limits: limits.Limits) -> str:
         """The job's control group, when the node has cgroups ("" if not): its limits, and a tree no process leaves.
@@ -546,8 +678,15 @@ class _Cluster:
                 cgroups.remove(groups, name)
 
     def recall(self, job_id: int) -> bool:
-        """Drops a queued job without a result (the scheduler takes it back); False if it is not queued."""
+        """Drops a queued job without a result (the scheduler takes it back); False if it is not queued.
+
+        A RunNext job not started yet is asked back from the zygote (`_withdrawn` returns it)."""
         if self._queued.pop(job_id, None) is None:
+            if job_id in self._next and self.life.reports:
+                self._recalled.add(job_id)
+                if job_id not in self._withdrawing:
+                    self._withdrawing.add(job_id)
+                    self._write(zp.encode(zp.Withdraw([job_id])))
             return False
         del self._arrived[job_id]
         return True
@@ -573,6 +712,9 @@ class _Cluster:
         for job_id in list(self._running):  # only if the zygote died or hung: it reports its own
             self.runner.report(_verdict(self.cluster_id, job_id, JobStatus.CANCELLED, "cancelled"))
         self._running.clear()
+        self._next.clear()
+        self._withdrawing.clear()
+        self._recalled.clear()
         self.runner.start_waiting()  # their slots go to other clusters' queued jobs
 
     async def stop(self) -> None:
@@ -678,6 +820,9 @@ class _Cluster:
                 decoder.feed(data)
                 for frame in decoder.frames():
                     self._handle(zp.decode(frame))
+                if self._freed:  # once for all the jobs that ended in this read: one write to the zygote
+                    self._freed = False
+                    self.runner.start_waiting()
         except Exception as exc:  # noqa: BLE001  (the zygote runs user code as the jobs' account: never trusted)
             garbled = f"zygote sent a malformed message ({type(exc).__name__}: {exc})"
             logger.error("cluster %s: %s; killed", self.cluster_id, garbled)
@@ -704,12 +849,22 @@ class _Cluster:
         if isinstance(msg, zp.Done):
             if msg.job_id in self._running:
                 del self._running[msg.job_id]
+                if self._next.pop(msg.job_id, None) is not None:  # killed before it started
+                    self._withdrawing.discard(msg.job_id)
+                    self._recalled.discard(msg.job_id)
                 self._drop_groups(msg.job_id)
                 self.runner.report(JobResult(self.cluster_id, *msg))
-                self.runner.start_waiting()
+                self._freed = True
         elif isinstance(msg, zp.Started):
             if msg.job_id in self._running:
                 self._running[msg.job_id] = msg.pid
+                if self._next.pop(msg.job_id, None) is not None:  # in the place of a job whose Done follows
+                    self._withdrawing.discard(msg.job_id)
+                    self._recalled.discard(msg.job_id)
+                    self.runner.started(JobRef(self.cluster_id, msg.job_id))
+        elif isinstance(msg, zp.Withdrawn):
+            self._withdrawn(msg.job_ids)
+            self._freed = True
         elif isinstance(msg, zp.Provisional):
             if msg.job_id in self._running:  # passed on as is: the job goes on running
                 now = time.time()
@@ -784,6 +939,9 @@ class _Cluster:
         for job_id in list(self._running):
             self.runner.report(_verdict(self.cluster_id, job_id, JobStatus.TERMINATED, why, "ZygoteDied"))
         self._running.clear()
+        self._next.clear()
+        self._withdrawing.clear()
+        self._recalled.clear()
         self._queued.clear()
         self._arrived.clear()
         self.runner.cluster_failed(self.cluster_id, why, self)

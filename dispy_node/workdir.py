@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 FILES = "files"
@@ -73,7 +74,10 @@ def enter_worker_dir(cluster_dir: str, name: str) -> None:
 
     Links to what `files/` holds now, and nothing a previous job left there
     (removed): one directory per worker instead of a `mkdir` and an `rmtree`
-    per job, which cost milliseconds on some filesystems.
+    per job, which cost milliseconds on some filesystems. The two directory
+    scans that takes are skipped while neither directory changed since the
+    last job (`_Unchanged`): two `stat`s instead, for the many small jobs
+    this mode is for.
     """
     path = os.path.join(cluster_dir, JOBS, name)
     try:
@@ -81,7 +85,11 @@ def enter_worker_dir(cluster_dir: str, name: str) -> None:
     except FileNotFoundError:
         os.makedirs(path, 0o700, exist_ok=True)
         os.chdir(path)
-    with os.scandir(os.path.join(cluster_dir, FILES)) as entries:
+    files = os.path.join(cluster_dir, FILES)
+    files_before = os.stat(files)
+    if _unchanged.holds(path, files_before):
+        return
+    with os.scandir(files) as entries:
         wanted = {entry.name: entry.path for entry in entries}
     with os.scandir(".") as entries:
         for entry in entries:
@@ -93,6 +101,50 @@ def enter_worker_dir(cluster_dir: str, name: str) -> None:
                 os.unlink(entry.path)
     for entry_name, target in wanted.items():
         os.symlink(target, entry_name)
+    _unchanged.note(path, files_before)
+
+
+def _signature(st: os.stat_result) -> tuple[int, int, int, int]:
+    return st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns
+
+
+class _Unchanged:
+    """Whether a worker's directory and `files/` are as its last `enter_worker_dir` left them.
+
+    A directory's ctime moves whenever an entry in it is made, removed or
+    renamed, or the directory's own mode or owner changes: the same
+    signature (device, inode, mtime, ctime) means the same entries, so the
+    scans would find nothing to do. A regular file a job wrote in its own
+    directory was made there, which moved that ctime. The clock files are
+    stamped by is coarse (a kernel tick), so a change within the tick of the
+    last look could leave the signature as it was: a signature younger than
+    `RACY` seconds when noted is not trusted (the next job scans again), as
+    git does with its index ("racily clean" entries).
+    """
+
+    RACY = 0.05  # seconds: well above a kernel tick (HZ 100: 10 ms)
+
+    def __init__(self) -> None:
+        self._seen: tuple[str, tuple[int, ...], tuple[int, ...]] | None = None
+
+    def holds(self, path: str, files: os.stat_result) -> bool:
+        return self._seen == (path, _signature(os.stat(".")), _signature(files))
+
+    def note(self, path: str, files_before: os.stat_result) -> None:
+        """After a scan: remember both signatures, unless one is too young to be trusted.
+
+        `files_before`: `files/` as it was before it was scanned (a change during the scan is a change after).
+        """
+        here = os.stat(".")
+        old_enough = time.time_ns() - int(self.RACY * 1e9)
+        if here.st_ctime_ns < old_enough and files_before.st_ctime_ns < old_enough:
+            self._seen = (path, _signature(here), _signature(files_before))
+        else:
+            self._seen = None
+
+
+#: this process's (a worker's) last directory: a worker runs one job at a time
+_unchanged = _Unchanged()
 
 
 def remove_worker_dir(cluster_dir: str, name: str) -> None:

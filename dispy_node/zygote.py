@@ -142,6 +142,9 @@ class Zygote:
         self._workers: worker.WorkerPool | None = None  # isolation "worker": reused job processes
         self._spare: spare.Spare | None = None  # isolation "fork": the next job's process, forked ahead
         self._forked = False  # a job was forked: from now on one is forked ahead (none for an idle cluster)
+        #: RunNext jobs, oldest first: each starts in the place of a job that ends after it came
+        self._next: dict[int, zp.RunNext] = {}
+        self._ended = 0  # jobs ended this turn of the loop: the places RunNext jobs may take
         self._pid = os.getpid()
 
     # -- life cycle ----------------------------------------------------------
@@ -205,6 +208,7 @@ class Zygote:
                 elif not key.data.closed and not key.data.read():  # closed: its job ended this turn
                     self._sel.unregister(key.fd)
             self._fire_timers(time.monotonic())
+            self._start_next()
             if not self._jobs and (self._stopping or self._unloading):
                 return self._exit()
             self._flush()
@@ -244,9 +248,26 @@ class Zygote:
     def _handle(self, msg: Any) -> None:
         if isinstance(msg, zp.Run):
             self._start(msg.job_id, msg.payload, Limits(*msg.limits), msg.files, msg.group)
+        elif isinstance(msg, zp.RunNext):
+            if msg.job_id in self._jobs or msg.job_id in self._next:
+                logger.warning("job %d is already here; repeated RunNext ignored", msg.job_id)
+            elif not (self._stopping or self._unloading):
+                self._next[msg.job_id] = msg
+        elif isinstance(msg, zp.StartNext):
+            for job_id in msg.job_ids:  # those not started in a place that freed meanwhile
+                waiting = self._next.pop(job_id, None)
+                if waiting is not None:
+                    self._start(job_id, waiting.payload, Limits(*waiting.limits), waiting.files, waiting.group)
+        elif isinstance(msg, zp.Withdraw):
+            self._send(zp.Withdrawn([job_id for job_id in msg.job_ids if self._next.pop(job_id, None) is not None]))
         elif isinstance(msg, zp.Kill):
             job = self._jobs.get(msg.job_id)
-            if job is not None:
+            waiting = self._next.pop(msg.job_id, None)
+            if waiting is not None:  # never started: it ends at once, as the daemon's queued jobs do
+                now = time.time()
+                status, text, kind = _verdict_for(JobStatus(msg.status), msg.reason)
+                self._send(zp.Done(msg.job_id, status, None, b"", b"", text, kind, now, now))
+            elif job is not None:
                 status = JobStatus(msg.status)
                 self._kill(job, *_verdict_for(status, msg.reason), interrupt=status is JobStatus.CANCELLED)
         elif isinstance(msg, zp.Workers):
@@ -256,6 +277,10 @@ class Zygote:
         elif isinstance(msg, zp.Unload):
             self._unloading = True
             self._let_spare_go()
+            now = time.time()
+            for job_id in self._next:  # none of them started
+                self._send(zp.Done(job_id, JobStatus.CANCELLED, None, b"", b"", "cancelled", "", now, now))
+            self._next.clear()
             for job in list(self._jobs.values()):
                 self._kill(job, JobStatus.CANCELLED, "cancelled", "")
         else:
@@ -266,6 +291,7 @@ class Zygote:
         self._stopping = True
         self._sel.unregister(self._rfd)
         self._let_spare_go()
+        self._next.clear()
         for job in list(self._jobs.values()):
             self._kill(job, JobStatus.CANCELLED, "node stopping", "")
 
@@ -577,6 +603,21 @@ class Zygote:
             self._spent.append(job.job_id)  # removed once Done is out: a metadata write the job need not wait for
         if not self._stopping:
             self._send(done)
+        self._ended += 1
+
+    def _start_next(self) -> None:
+        """Starts a RunNext job in the place of each job that ended this turn, before their Done go out.
+
+        A place no RunNext job waits for goes back to the daemon (with the Done). The daemon sends
+        RunNext for worker isolation only, whose Started go out before the Done of the same turn
+        (`_flush`): it reads each one's Started before the Done whose place it took, so it never
+        counts fewer jobs running than there are."""
+        while self._ended and self._next:
+            job_id = next(iter(self._next))
+            msg = self._next.pop(job_id)
+            self._ended -= 1
+            self._start(msg.job_id, msg.payload, Limits(*msg.limits), msg.files, msg.group)
+        self._ended = 0
 
     def _remove_spent(self) -> None:
         """Removes the directories of the jobs whose Done went out this turn."""

@@ -53,6 +53,30 @@ class Run(NamedTuple):
     group: str  # its control group, made by the daemon ("" for none)
 
 
+class RunNext(NamedTuple):
+    """A job to start in the place of the next job of this zygote that ends after it arrives, not before:
+    the daemon sends it while every CPU it offers is busy, so that a worker finds its next job at hand
+    (no round trip through the daemon) and never more jobs run at once than before. The same fields as Run."""
+
+    job_id: int
+    payload: bytes
+    limits: list[Any]
+    files: list[Any]
+    group: str
+
+
+class StartNext(NamedTuple):
+    """Start these RunNext jobs now, if they have not started (the daemon has CPUs free for them)."""
+
+    job_ids: list[int]
+
+
+class Withdraw(NamedTuple):
+    """Give back these RunNext jobs if they have not started (the daemon offers fewer CPUs now)."""
+
+    job_ids: list[int]
+
+
 class Kill(NamedTuple):
     """Kill the job's tree; it ends with `status` (CANCELLED, TERMINATED or ABANDONED) and `reason`."""
 
@@ -138,16 +162,23 @@ class FileAdded(NamedTuple):
     message: str
 
 
+class Withdrawn(NamedTuple):
+    """The RunNext jobs of a Withdraw that had not started: they never will here, and no Done follows."""
+
+    job_ids: list[int]
+
+
 class Unloaded(NamedTuple):
     """Jobs are reported and `cleanup` ran; the zygote exits next."""
 
 
 Message = (
-    Load | Workers | Run | Kill | AddFile | Unload | Ready | SetupFailed | Started | Provisional | File | FileAdded | Done | Unloaded
+    Load | Workers | Run | RunNext | StartNext | Withdraw | Kill | AddFile | Unload
+    | Ready | SetupFailed | Started | Provisional | File | FileAdded | Done | Withdrawn | Unloaded
 )
 
 _TAGS: dict[type[Any], int] = {
-    Load: 1, Run: 2, Kill: 3, Unload: 4, AddFile: 5, Workers: 6, FileAdded: 17,
+    Load: 1, Run: 2, Kill: 3, Unload: 4, AddFile: 5, Workers: 6, RunNext: 7, Withdraw: 8, StartNext: 9, FileAdded: 17, Withdrawn: 18,
     Ready: 10, SetupFailed: 11, Started: 12, Done: 13, Unloaded: 14, Provisional: 15, File: 16,
 }  # fmt: skip
 _CHECKERS = {tag: checker_for(cls) for cls, tag in _TAGS.items()}

@@ -140,11 +140,12 @@ class Harness:
         self.files: list[JobFile] = []
         self.failures: list[tuple[str, str]] = []
         self.started: list[tuple[JobRef, int]] = []  # each start, with the jobs running then
+        self.returned: list[JobRef] = []  # recalled jobs given back late (sent on to a zygote when recalled)
         self._changed = asyncio.Event()
         config.setdefault("account", JOB_ACCOUNT)
         self.runner = Runner(
             RunnerConfig(root / "work", kill_grace, **config), self._on_result, self._on_failed, self._on_file,
-            lambda ref: self.started.append((ref, self.runner.running)),
+            lambda ref: self.started.append((ref, self.runner.running)), self._on_returned,
         )  # fmt: skip
         work_dir = self.runner.work_dir
         work_dir.mkdir(mode=0o700 if self.runner.account.is_self else 0o711)
@@ -157,6 +158,10 @@ class Harness:
 
     def _on_file(self, file: JobFile) -> None:
         self.files.append(file)
+        self._changed.set()
+
+    def _on_returned(self, refs: list[JobRef]) -> None:
+        self.returned += refs
         self._changed.set()
 
     def _on_failed(self, cluster_id: str, message: str) -> None:

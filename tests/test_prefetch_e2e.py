@@ -11,6 +11,7 @@ import re
 import signal
 from collections import Counter
 
+import pytest
 from procs import Cluster
 
 JOB = """
@@ -43,7 +44,7 @@ def node_queued():
 """
 
 CANCEL = JOB + """
-cluster = SharedJobCluster(compute, reentrant=False)
+cluster = SharedJobCluster(compute, reentrant=False, isolation=ISOLATION)
 long = cluster.submit_job_id(0, 0, RUNS, 60)
 waiting = cluster.submit_job_id(1, 1, RUNS, 0)  # sent to the node ahead, behind the long one
 wait_running(long, RUNS)
@@ -82,15 +83,20 @@ def runs(cluster: Cluster) -> Counter[int]:
     return Counter(int(line) for line in path.read_text().split())
 
 
-def code(cluster: Cluster, text: str) -> str:
+def code(cluster: Cluster, text: str, isolation: str = "fork") -> str:
     (cluster.workdir / "runs.txt").write_text("")
-    return text.replace("RUNS", repr(str(cluster.workdir / "runs.txt")))
+    return text.replace("RUNS", repr(str(cluster.workdir / "runs.txt"))).replace("ISOLATION", repr(isolation))
 
 
-def test_a_cancelled_job_waiting_on_its_node_never_runs_and_ends_cancelled_once(cluster: Cluster) -> None:
+# in worker isolation the node sends a job waiting for a CPU on to its zygote, to take the running one's place
+ISOLATIONS = pytest.mark.parametrize("isolation", ["fork", "worker"])
+
+
+@ISOLATIONS
+def test_a_cancelled_job_waiting_on_its_node_never_runs_and_ends_cancelled_once(cluster: Cluster, isolation: str) -> None:
     cluster.scheduler("--prefetch", "1")
     cluster.node(cpus=1)
-    client = cluster.run_client(code(cluster, CANCEL), timeout=120)
+    client = cluster.run_client(code(cluster, CANCEL, isolation), timeout=120)
     out = client.stdout
     assert "queued on the node 1" in out, out
     assert "waiting is CREATED" in out, out
@@ -115,7 +121,7 @@ def test_a_lost_nodes_jobs_sent_ahead_run_again_if_reentrant_and_else_are_never_
 
 
 DRAIN = JOB + """
-cluster = SharedJobCluster(compute, reentrant=False)
+cluster = SharedJobCluster(compute, reentrant=False, isolation=ISOLATION)
 running = [cluster.submit_job_id(0, 0, RUNS, 3)]
 wait_running(running[0], RUNS)
 ahead = cluster.submit_job_id(1, 1, RUNS, 0)  # on the node, for its one CPU
@@ -130,12 +136,13 @@ for job in running + [ahead]:
 """
 
 
-def test_a_node_drained_by_its_operator_ends_the_jobs_sent_ahead_to_it_once_each(cluster: Cluster) -> None:
+@ISOLATIONS
+def test_a_node_drained_by_its_operator_ends_the_jobs_sent_ahead_to_it_once_each(cluster: Cluster, isolation: str) -> None:
     """SIGUSR1 (systemctl kill -s USR1): the node takes no new jobs and exits once its own are done; a job that
     was waiting there for a CPU is not lost and not abandoned, though the job is not reentrant."""
     cluster.scheduler("--prefetch", "1")
     first = cluster.node(cpus=1, name="first")
-    client = cluster.client(code(cluster, DRAIN))
+    client = cluster.client(code(cluster, DRAIN, isolation))
     client.wait_for_line("sent ahead")
     first.popen.send_signal(signal.SIGUSR1)
     assert first.wait(60) == 0, cluster.describe()

@@ -299,3 +299,38 @@ def test_a_node_whose_default_is_worker_reuses_processes_for_clusters_that_do_no
         """
     )
     assert client.stdout.strip() == "ok"
+
+
+def test_jobs_sent_on_to_the_zygote_never_run_more_at_once_than_the_node_offers(cluster: Cluster) -> None:
+    """With every CPU busy the node sends each running job's successor on to its zygote (RunNext), which starts
+    it where a job ends: still no more jobs at once than CPUs offered, each job once."""
+    cluster.scheduler("--prefetch", "2")
+    cluster.node(cpus=2)
+    client = cluster.run_client(
+        """
+        from dispy_client import SharedJobCluster, DispyJob
+
+        def compute(n):
+            import os, time
+            began = time.monotonic()   # CLOCK_MONOTONIC: one clock for every process of the machine
+            time.sleep(0.005)
+            return n, os.getpid(), began, time.monotonic()
+
+        with SharedJobCluster(compute, isolation="worker") as c:
+            jobs = [c.submit(i) for i in range(120)]
+            c.wait()
+        assert all(job.status == DispyJob.Finished for job in jobs), [job.exception for job in jobs]
+        assert [job.result[0] for job in jobs] == list(range(120))
+        edges = sorted([(r[2], 1) for r in (j.result for j in jobs)] + [(r[3], -1) for r in (j.result for j in jobs)],
+                       key=lambda e: (e[0], e[1]))   # an end before a start at the same instant
+        at_once = most = 0
+        for _, step in edges:
+            at_once += step
+            most = max(most, at_once)
+        assert most <= 2, most
+        assert len({job.result[1] for job in jobs}) <= 2   # one worker per CPU, none more
+        print("ok")
+        """,
+        timeout=120,
+    )
+    assert client.stdout.strip() == "ok"
