@@ -64,9 +64,10 @@ STANDBY_PAUSE = 0.5
 
 class ClusterSession:
     """Args:
-    deliver: called on the loop thread with ("started", JobStart),
-        ("provisional", JobResult), ("file", JobFile) and ("result", JobResult)
-        items for the dispatcher thread.
+    deliver: called on the loop thread with a kind and a message's worth of
+        its records, for the dispatcher thread: ("started", [JobStart]),
+        ("provisional", [JobResult]), ("file", [JobFile]), ("result", [JobResult]),
+        ("nodes", [NodeInfo]) and ("unusable", [NodeUnusable]) (`JobTracker.deliver`).
     """
 
     def __init__(
@@ -280,7 +281,7 @@ class ClusterSession:
                 )
             else:
                 why = f"scheduler {self.host}:{self.port} lost cluster {self.cluster_id} (its journal) with this job"
-            self._end(M.JobResult(self.cluster_id, job_id, int(JobStatus.ABANDONED), None, b"", b"", why, "", 0.0, 0.0))
+            self._end([M.JobResult(self.cluster_id, job_id, int(JobStatus.ABANDONED), None, b"", b"", why, "", 0.0, 0.0)])
         self._accepted.clear()
         self._released = ""
 
@@ -298,15 +299,16 @@ class ClusterSession:
                 f"scheduler {self.host}:{self.port} does not know this job of cluster {self.cluster_id}: it never "
                 "accepted it (the program that submitted it stopped first), so it did not run"
             )
-            self._end(M.JobResult(self.cluster_id, job_id, int(JobStatus.CANCELLED), None, b"", b"", why, "", 0.0, 0.0))
+            self._end([M.JobResult(self.cluster_id, job_id, int(JobStatus.CANCELLED), None, b"", b"", why, "", 0.0, 0.0)])
 
-    def _end(self, result: M.JobResult) -> None:
-        """Hands a job's terminal result to the tracker, once."""
-        self._unfinished.discard(result.job_id)
-        self._accepted.discard(result.job_id)
-        self._specs.pop(result.job_id, None)
-        self._delivering.add(result.job_id)
-        self._deliver("result", result)
+    def _end(self, results: list[M.JobResult]) -> None:
+        """Hands jobs' terminal results to the tracker (each job's once: the caller checks `_unfinished`)."""
+        for result in results:
+            self._unfinished.discard(result.job_id)
+            self._accepted.discard(result.job_id)
+            self._specs.pop(result.job_id, None)
+            self._delivering.add(result.job_id)
+        self._deliver("result", results)
 
     def _take_incoming(self, force: bool = False) -> None:
         """Sends queued submits, a message's worth at a time while the link takes them.
@@ -353,14 +355,21 @@ class ClusterSession:
         match msg:
             case M.JobResults(_, results):
                 stale: list[int] = []
+                provisional: list[M.JobResult] = []
+                ended: list[M.JobResult] = []
                 for result in results:
                     if result.status == JobStatus.PROVISIONAL_RESULT:  # the job goes on: nothing to ack
                         if result.job_id in self._unfinished:
-                            self._deliver("provisional", result)
+                            provisional.append(result)
                     elif result.job_id in self._unfinished:
-                        self._end(result)  # acknowledged once settled
+                        self._unfinished.discard(result.job_id)  # the first terminal result wins: a copy
+                        self._delivering.add(result.job_id)  # later in this message is neither handed on nor acked
+                        ended.append(result)  # acknowledged once settled
                     elif result.job_id not in self._delivering:
                         stale.append(result.job_id)  # settled before: the scheduler may let it go
+                self._deliver("provisional", provisional)  # before the ends: a job's provisional results come first
+                if ended:
+                    self._end(ended)
                 if self._link is not None and stale:
                     self._link.send(M.AckResults(self.cluster_id, stale))
             case M.FilePutDone(ref, ok, message):
@@ -370,15 +379,11 @@ class ClusterSession:
             case M.NodeUpdates(_, nodes):
                 self._deliver("nodes", nodes)
             case M.NodeUnusable():
-                self._deliver("unusable", msg)
+                self._deliver("unusable", [msg])
             case M.JobFiles(files):
-                for f in files:
-                    if f.cluster_id == self.cluster_id:
-                        self._deliver("file", f)
+                self._deliver("file", [f for f in files if f.cluster_id == self.cluster_id])
             case M.JobsStarted(_, starts):
-                for start in starts:
-                    if start.job_id in self._unfinished:
-                        self._deliver("started", start)
+                self._deliver("started", [start for start in starts if start.job_id in self._unfinished])
             case M.JobsKnown(_, job_ids):
                 self._end_unknown(set(job_ids))
             case M.JobsAccepted(_, job_ids):

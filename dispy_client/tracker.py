@@ -23,7 +23,13 @@ acknowledged): a program waiting for its cluster is not woken for each job.
 
 What the loop thread hands in during one turn of its loop goes to the
 dispatcher as one queue item (one wake-up of that thread for a message's
-worth of starts and results, not one per job).
+worth of starts and results, not one per job), and it hands records in as
+lists, a message's worth of one kind each. The dispatcher applies a list of
+starts or results together: one lock round trip and one wake-up of the
+`changed` waiters for the list, then each job's callbacks and watchers, in
+the list's order. Results are unpickled on the dispatcher, outside the lock,
+never on the loop thread (a result's own code may run, and in a JobCluster
+that thread also runs the scheduler).
 
 Nothing from a job is unpickled or saved before its MAC is checked under
 the cluster's own key (`dispy_wire.result_mac`): a result, provisional
@@ -247,27 +253,34 @@ class JobTracker:
 
     # ------------------------------------------------------ loop thread
 
-    def deliver(self, kind: str, item: Any) -> None:
-        """Hands a ("started" | "provisional" | "file" | "result" | "nodes", record) item to the dispatcher.
+    def deliver(self, kind: str, records: list[Any]) -> None:
+        """Hands records of one kind to the dispatcher, which applies them in order.
 
-        On the loop thread, items are queued together at the end of the loop's turn (`_hand_over`);
+        Args:
+            kind: "started" (`JobStart`s), "provisional" or "result" (`JobResult`s), "file" (`JobFile`s),
+                "nodes" (`NodeInfo`s) or "unusable" (`NodeUnusable`s).
+            records: a message's worth of them.
+
+        On the loop thread, they are queued together at the end of the loop's turn (`_hand_over`);
         node news go at once (after those), as `wait_announced` expects.
         """
+        if not records:
+            return
         try:
             loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
             loop = None
         if loop is not None and kind != "nodes":
-            self._pending.append((kind, item))
+            self._pending.append((kind, records))
             if len(self._pending) == 1:
                 loop.call_soon(self._hand_over)
             return
         if loop is not None:
             self._hand_over()
-        self._queue.put((kind, item))
+        self._queue.put((kind, records))
         if kind == "nodes":
             with self.changed:
-                self._announced.update(info.name for info in item if info.event == "joined")
+                self._announced.update(info.name for info in records if info.event == "joined")
                 self.changed.notify_all()
 
     def _hand_over(self) -> None:
@@ -320,23 +333,24 @@ class JobTracker:
                 log.exception("cannot acknowledge %d results", len(settled))
 
     def _dispatch(self, kind: str, item: Any) -> None:
+        """One queue entry: a list of records of `kind` (`deliver`), or "created" (a job) or "closed"."""
         try:
             if kind == "result":
-                self._on_result(item)
-                if not self._settled:
-                    self._settled_since = time.monotonic()
-                self._settled.append(item.job_id)
+                self._on_results(item)
             elif kind == "started":
                 self._on_started(item)
             elif kind == "provisional":
-                self._on_provisional(item)
+                for r in item:
+                    self._guarded(self._on_provisional, r)
             elif kind == "file":
-                self._on_file(item)
+                for f in item:
+                    self._guarded(self._on_file, f)
             elif kind == "nodes":
                 for info in item:
-                    self._on_node(info)
+                    self._guarded(self._on_node, info)
             elif kind == "unusable":
-                self._on_unusable(item)
+                for msg in item:
+                    self._guarded(self._on_unusable, msg)
             elif kind == "created":
                 self._notify(DispyJob.Created, None, item)
             else:
@@ -345,25 +359,54 @@ class JobTracker:
         except Exception:
             log.exception("error while handling a job update")
 
-    def _on_started(self, start: M.JobStart) -> None:
+    @staticmethod
+    def _guarded(handle: Callable[[Any], Any], record: Any) -> None:
+        """`handle(record)`: an error is logged, and the records after it are still handled."""
+        try:
+            handle(record)
+        except Exception:
+            log.exception("error while handling a job update")
+
+    def _on_results(self, results: list[M.JobResult]) -> None:
+        """Terminal results, ended together (`_end`); each then settled, unless handling its job failed."""
+        ok = [
+            r if result_mac.result_ok(self._result_key, self._cluster_id, r) else self._forged(r.job_id, "a result")
+            for r in results
+        ]
+        failed = self._end(ok)
+        if not self._settled:
+            self._settled_since = time.monotonic()
+        self._settled.extend(r.job_id for r in results if r.job_id not in failed)
+
+    def _on_started(self, starts: list[M.JobStart]) -> None:
+        """Jobs started: all marked Running under one lock, then each one's callbacks, in order."""
+        started: list[tuple[DispyJob, DispyNode]] = []
+        now = time.time()
         with self.changed:
-            job = self._jobs.get(start.job_id)
-            if job is None:
-                return
-            if job.status in ACTIVE:  # rerun elsewhere (reentrant): leaves its old node
-                self._nodes[job.node or ""].busy -= 1
-                self._running -= 1
-            job.status = DispyJob.Running
-            job.ip_addr, job.node, job.start_time = start.ip_addr, start.node, start.time
-            node = self._nodes.get(start.node)
-            if node is None:
-                node = self._nodes[start.node] = DispyNode(start.ip_addr, start.node, 0)
-            node.busy += 1
-            node.update_time = time.time()
-            self._running += 1
-            self._bump()
-        self._node_initialized(node)  # no news of it before (e.g. no node updates): its job shows it set up
-        self._job_changed(job, node)
+            for start in starts:
+                job = self._jobs.get(start.job_id)
+                if job is None:
+                    continue
+                if job.status in ACTIVE:  # rerun elsewhere (reentrant): leaves its old node
+                    self._nodes[job.node or ""].busy -= 1
+                    self._running -= 1
+                job.status = DispyJob.Running
+                job.ip_addr, job.node, job.start_time = start.ip_addr, start.node, start.time
+                node = self._nodes.get(start.node)
+                if node is None:
+                    node = self._nodes[start.node] = DispyNode(start.ip_addr, start.node, 0)
+                node.busy += 1
+                node.update_time = now
+                self._running += 1
+                started.append((job, node))
+            if started:
+                self._bump()
+        for job, node in started:
+            try:
+                self._node_initialized(node)  # no news of it before (e.g. no node updates): its job shows it set up
+                self._job_changed(job, node)
+            except Exception:
+                log.exception("error while handling the start of %r", job)
 
     def _node_initialized(self, node: DispyNode) -> None:
         """`cluster_status(Initialized)` for `node`, once until it leaves."""
@@ -411,7 +454,7 @@ class JobTracker:
     def _on_provisional(self, r: M.JobResult) -> None:
         """`dispy_provisional_result` in the job: status and result now; the job goes on."""
         if not result_mac.result_ok(self._result_key, self._cluster_id, r):
-            self._forged(r.job_id, "a provisional result")
+            self._end([self._forged(r.job_id, "a provisional result")])
             return
         job = self.get(r.job_id)
         if job is None:
@@ -429,7 +472,7 @@ class JobTracker:
     def _on_file(self, f: M.JobFile) -> None:
         """`dispy_send_file` in the job: saved under its base name in `dest_path`, before the job ends."""
         if not result_mac.file_ok(self._result_key, self._cluster_id, f):
-            self._forged(f.job_id, f"a file ({f.name!r})")
+            self._end([self._forged(f.job_id, f"a file ({f.name!r})")])
             return
         name = os.path.basename(f.name) or "unnamed"
         try:
@@ -437,46 +480,65 @@ class JobTracker:
         except OSError as exc:
             log.error("cannot save %s sent by job %d in %s: %s", name, f.job_id, self._dest_path, exc)
 
-    def _on_result(self, r: M.JobResult) -> None:
-        if not result_mac.result_ok(self._result_key, self._cluster_id, r):
-            self._forged(r.job_id, "a result")
-            return
-        self._end(r)
-
-    def _forged(self, job_id: int, what: str) -> None:
-        """A record failed its MAC check: nothing of it is used, and its job ends `Terminated`."""
+    def _forged(self, job_id: int, what: str) -> M.JobResult:
+        """A record failed its MAC check: nothing of it is used; returns the `Terminated` result its job ends with."""
         log.warning("%s for job %d of cluster %s failed authentication (bad or missing MAC): not used",
                     what, job_id, self._cluster_id)  # fmt: skip
         job = self.get(job_id)
         if job is not None:
             job.result = None  # not even an earlier provisional result: the job's outcome is this failure
         status, now = int(JobStatus.TERMINATED), time.time()
-        self._end(M.JobResult(self._cluster_id, job_id, status, None, b"", b"", FORGED_TEXT, FORGED_TYPE, 0.0, now))
+        return M.JobResult(self._cluster_id, job_id, status, None, b"", b"", FORGED_TEXT, FORGED_TYPE, 0.0, now)
 
-    def _end(self, r: M.JobResult) -> None:
-        """The job's end: `r` is authentic, or carries nothing to unpickle."""
-        job = self.get(r.job_id)
-        if job is None:
-            return
-        was_running = job.status in ACTIVE
-        fill_job(job, r, self._raw_output)
+    def _end(self, results: list[M.JobResult]) -> set[int]:
+        """The jobs' ends (each result authentic, or carrying nothing to unpickle), in order.
+
+        Jobs are filled in (results unpickled: user code, so outside the lock), then all
+        marked ended under one lock with one wake-up of `changed`'s waiters, then each
+        one's callbacks and watchers run. Returns the ids whose handling failed (not settled).
+        """
         with self.changed:
-            del self._jobs[r.job_id]
-            node = self._nodes.get(job.node or "")
-            if node is not None and was_running:
-                node.busy -= 1
-                node.jobs_done += 1
-                node.cpu_time += max(0.0, job.end_time - job.start_time) if job.end_time and job.start_time else 0.0
-                node.update_time = time.time()
-                self._running -= 1
-            self._done += 1
-            self._failed += job.status != DispyJob.Finished
-            self._ended.append(
-                Ended(job._uid, job.id, job.status, job.node, job.submit_time, job.start_time, job.end_time)
-            )
-            job.finish.set()
+            found: dict[int, DispyJob] = {}
+            for r in results:
+                job = self._jobs.get(r.job_id)
+                if job is not None:
+                    found.setdefault(r.job_id, job)  # a second result of a job (none is sent) is not applied
+        ended: list[tuple[DispyJob, bool]] = []
+        for r in results:
+            first = found.pop(r.job_id, None)
+            if first is not None:
+                ended.append((first, first.status in ACTIVE))
+                fill_job(first, r, self._raw_output)
+        if not ended:
+            return set()
+        changed: list[tuple[DispyJob, DispyNode | None]] = []
+        with self.changed:
+            now = time.time()
+            for job, was_running in ended:
+                del self._jobs[job._uid]
+                node = self._nodes.get(job.node or "")
+                if node is not None and was_running:
+                    node.busy -= 1
+                    node.jobs_done += 1
+                    node.cpu_time += max(0.0, job.end_time - job.start_time) if job.end_time and job.start_time else 0.0
+                    node.update_time = now
+                    self._running -= 1
+                self._done += 1
+                self._failed += job.status != DispyJob.Finished
+                self._ended.append(
+                    Ended(job._uid, job.id, job.status, job.node, job.submit_time, job.start_time, job.end_time)
+                )
+                job.finish.set()
+                changed.append((job, node))
             self._bump()
-        self._job_changed(job, node)
+        failed: set[int] = set()
+        for job, node in changed:
+            try:
+                self._job_changed(job, node)
+            except Exception:
+                log.exception("error while handling the end of %r", job)
+                failed.add(job._uid)
+        return failed
 
     def _job_changed(self, job: DispyJob, node: DispyNode | None) -> None:
         if self._job_status is not None and job.status != DispyJob.Running:  # dispy: ends and provisional results

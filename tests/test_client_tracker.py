@@ -28,7 +28,7 @@ def test_one_turns_results_are_acknowledged_together_before_wait_returns() -> No
 
     async def one_turn() -> None:
         for job in jobs:
-            tracker.deliver("result", _failed(job._uid))
+            tracker.deliver("result", [_failed(job._uid)])
 
     loop = asyncio.new_event_loop()
     try:
@@ -48,7 +48,7 @@ def test_results_are_acknowledged_within_the_delay_while_jobs_remain() -> None:
     jobs = [DispyJob((i,), {}, i, time.time()) for i in range(1, 4)]
     for job in jobs:
         tracker.add(job)
-    tracker.deliver("result", _failed(1))  # from no loop: queued at once
+    tracker.deliver("result", [_failed(1)])  # from no loop: queued at once
     wait_until(lambda: acked, 60, "the first result acknowledged")
     assert acked == [[1]]  # job 2 and 3 still run: the ack did not wait for them
     assert not tracker.wait(0.05)
