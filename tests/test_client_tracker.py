@@ -1,5 +1,5 @@
 """`JobTracker`: what one loop turn delivers reaches the dispatcher together, and results are acknowledged
-in batches, all of them before `wait` returns."""
+in batches, all of them before `wait` returns; callbacks still run per job, in order, once per status."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ import asyncio
 import time
 
 from dispy_client.job import DispyJob
-from dispy_client.tracker import JobTracker
+from dispy_client.tracker import FORGED_TEXT, JobTracker
 from dispy_wire import messages as M
+from dispy_wire import result_mac
+from dispy_wire.payload import dumps
 from dispy_wire.status import JobStatus
 from waiting import wait_until
 
@@ -52,4 +54,58 @@ def test_results_are_acknowledged_within_the_delay_while_jobs_remain() -> None:
     wait_until(lambda: acked, 60, "the first result acknowledged")
     assert acked == [[1]]  # job 2 and 3 still run: the ack did not wait for them
     assert not tracker.wait(0.05)
+    tracker.close()
+
+
+def _finished(key: bytes, job_id: int, value: object) -> M.JobResult:
+    """A Finished result MAC'd under `key`, as a job process makes it."""
+    payload = dumps(value)
+    mac = result_mac.sign(key, result_mac.Kind.RESULT, "c1", job_id, int(JobStatus.FINISHED), payload)
+    return M.JobResult("c1", job_id, int(JobStatus.FINISHED), payload, b"", b"", "", "", 0.5, 1.0, mac)
+
+
+def test_a_turns_starts_and_results_reach_callbacks_per_job_in_order_each_job_ending_once() -> None:
+    key = b"k" * 32
+    seen: list[tuple[int, int]] = []  # (status, job uid) as cluster_status saw them
+    ended: list[int] = []
+
+    def job_status(job: DispyJob) -> None:
+        ended.append(job._uid)
+        if job._uid == 2:
+            raise RuntimeError("a user's callback that fails")  # logged; the jobs after it are still handled
+
+    def cluster_status(status: int, node: object, job: DispyJob | None) -> None:
+        if job is not None:
+            seen.append((status, job._uid))
+
+    acked: list[list[int]] = []
+    tracker = JobTracker("t", "c1", key, job_status=job_status, cluster_status=cluster_status,
+                         on_settled=acked.append)  # fmt: skip
+    jobs = [DispyJob((i,), {}, i, time.time()) for i in range(1, 6)]
+    for job in jobs:
+        tracker.add(job)
+    forged = _finished(b"x" * 32, 4, "not ours")
+
+    async def one_turn() -> None:
+        tracker.deliver("started", [M.JobStart(job._uid, "n1", "127.0.0.1", 0.5) for job in jobs])
+        tracker.deliver("result", [_finished(key, 3, 30), _finished(key, 1, 10), forged, _finished(key, 2, 20)])
+        tracker.deliver("result", [_finished(key, 1, 11), _finished(key, 5, 50)])  # job 1's second result: ignored
+
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(one_turn())
+        loop.run_until_complete(asyncio.sleep(0))
+    finally:
+        loop.close()
+    assert tracker.wait(60)
+    created = [(DispyJob.Created, uid) for uid in range(1, 6)]
+    running = [(DispyJob.Running, uid) for uid in range(1, 6)]
+    ends = [(DispyJob.Finished, 3), (DispyJob.Finished, 1), (DispyJob.Terminated, 4), (DispyJob.Finished, 2),
+            (DispyJob.Finished, 5)]  # fmt: skip
+    assert seen == created + running + ends
+    assert ended == [3, 1, 4, 2, 5]  # once each, in the order the results came
+    assert [job.result for job in jobs] == [10, 20, 30, None, 50]
+    assert jobs[3].exception == FORGED_TEXT
+    assert all(job.finish.is_set() for job in jobs) and tracker.counts().running == 0
+    assert sorted(i for batch in acked for i in batch) == [1, 1, 2, 3, 4, 5]  # the copy of 1 too: nothing held back
     tracker.close()
