@@ -29,7 +29,10 @@ starts or results together: one lock round trip and one wake-up of the
 `changed` waiters for the list, then each job's callbacks and watchers, in
 the list's order. Results are unpickled on the dispatcher, outside the lock,
 never on the loop thread (a result's own code may run, and in a JobCluster
-that thread also runs the scheduler).
+that thread also runs the scheduler). Starts alone wait up to `STARTS_DELAY`
+for a result to go with (the first item of another kind hands them over at
+once, in order): a job's start and end usually arrive in separate turns, and
+each hand-over is a wake-up of the dispatcher thread, its main cost per job.
 
 Nothing from a job is unpickled or saved before its MAC is checked under
 the cluster's own key (`dispy_wire.result_mac`): a result, provisional
@@ -111,6 +114,9 @@ ACTIVE = frozenset({DispyJob.Running, DispyJob.ProvisionalResult})
 ACK_BATCH = 256
 ACK_DELAY = 0.02
 
+#: starts wait this many seconds for a result to travel with (one wake-up of the dispatcher for both)
+STARTS_DELAY = 0.005
+
 #: a job whose result, provisional result or file failed its MAC check ends with this exception text
 FORGED_TEXT = "result failed authentication"
 FORGED_TYPE = "ResultAuthenticationError"
@@ -170,6 +176,8 @@ class JobTracker:
         self._quiet = True  # no job, and the results of those that ended handed to `on_settled`
         self.version = 0
         self._pending: list[tuple[str, Any]] = []  # this loop turn's items (loop thread only)
+        self._handing_over = False  # a hand-over is due at the end of this loop turn (loop thread only)
+        self._starts_timer: asyncio.TimerHandle | None = None  # pending starts' hand-over (loop thread only)
         self._jobs: dict[int, DispyJob] = {}  # unfinished, by uid
         self._nodes: dict[str, DispyNode] = {}
         self._ended: deque[Ended] = deque(maxlen=ENDED_KEPT)
@@ -261,8 +269,8 @@ class JobTracker:
                 "nodes" (`NodeInfo`s) or "unusable" (`NodeUnusable`s).
             records: a message's worth of them.
 
-        On the loop thread, they are queued together at the end of the loop's turn (`_hand_over`);
-        node news go at once (after those), as `wait_announced` expects.
+        On the loop thread, they are queued together at the end of the loop's turn (`_hand_over`),
+        starts alone within `STARTS_DELAY`; node news go at once (after those), as `wait_announced` expects.
         """
         if not records:
             return
@@ -272,8 +280,12 @@ class JobTracker:
             loop = None
         if loop is not None and kind != "nodes":
             self._pending.append((kind, records))
-            if len(self._pending) == 1:
-                loop.call_soon(self._hand_over)
+            if kind != "started":
+                if not self._handing_over:
+                    self._handing_over = True
+                    loop.call_soon(self._hand_over)
+            elif self._starts_timer is None and not self._handing_over:
+                self._starts_timer = loop.call_later(STARTS_DELAY, self._hand_over)
             return
         if loop is not None:
             self._hand_over()
@@ -285,6 +297,10 @@ class JobTracker:
 
     def _hand_over(self) -> None:
         """The loop turn's items to the dispatcher, in one queue item."""
+        self._handing_over = False
+        if self._starts_timer is not None:
+            self._starts_timer.cancel()
+            self._starts_timer = None
         if self._pending:
             items, self._pending = self._pending, []
             self._queue.put(("items", items))

@@ -7,12 +7,13 @@ import asyncio
 import time
 
 from dispy_client.job import DispyJob
+from dispy_client.node import DispyNode
 from dispy_client.tracker import FORGED_TEXT, JobTracker
 from dispy_wire import messages as M
 from dispy_wire import result_mac
 from dispy_wire.payload import dumps
 from dispy_wire.status import JobStatus
-from waiting import wait_until
+from waiting import async_wait_until, wait_until
 
 
 def _failed(job_id: int) -> M.JobResult:
@@ -108,4 +109,24 @@ def test_a_turns_starts_and_results_reach_callbacks_per_job_in_order_each_job_en
     assert jobs[3].exception == FORGED_TEXT
     assert all(job.finish.is_set() for job in jobs) and tracker.counts().running == 0
     assert sorted(i for batch in acked for i in batch) == [1, 1, 2, 3, 4, 5]  # the copy of 1 too: nothing held back
+    tracker.close()
+
+
+def test_starts_without_a_result_to_go_with_still_reach_the_job_and_callbacks() -> None:
+    seen: list[int] = []
+    tracker = JobTracker("t", "c1", b"k" * 32, cluster_status=lambda status, node, job: seen.append(status))
+    job = DispyJob((1,), {}, 1, time.time())
+    tracker.add(job)
+
+    async def starts_only() -> None:
+        tracker.deliver("started", [M.JobStart(1, "n1", "127.0.0.1", 0.5)])
+        await async_wait_until(lambda: job.status == DispyJob.Running, 60, "the start handed over alone")
+
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(starts_only())
+    finally:
+        loop.close()
+    wait_until(lambda: seen == [DispyJob.Created, DispyNode.Initialized, DispyJob.Running], 60, "its callbacks")
+    assert job.node == "n1" and tracker.counts().running == 1
     tracker.close()
