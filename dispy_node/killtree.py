@@ -162,6 +162,21 @@ def mark_of(pid: int) -> str:
     return ""
 
 
+#: the kernel's "this task is exiting" flag (include/linux/sched.h), in /proc/PID/stat's ninth field
+_PF_EXITING = 0x4
+
+
+def exiting(pid: int) -> bool:
+    """Whether the process is in its exit and not yet a zombie: its memory (and mark) may be gone while its
+    children are not yet handed to their new parent (the kernel's PF_EXITING flag, in /proc/PID/stat)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return False
+    return fields[0] != b"Z" and bool(int(fields[6]) & _PF_EXITING)
+
+
 def descendants(pid: int) -> list[psutil.Process]:
     """The live descendants of `pid` (empty if it is gone)."""
     try:

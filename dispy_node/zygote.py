@@ -512,7 +512,10 @@ class Zygote:
         for pid in killtree.own_children():
             if pid in self._leaders or self._is_spare(pid) or _pgid_of(pid) in (job.pid, None):
                 continue  # a leader, the spare, a member of the group (killpg reaches it), or gone
-            if killtree.mark_of(pid) == job.mark:
+            mark = killtree.mark_of(pid)
+            # one in its exit has lost its mark with its memory but may not have handed us its children yet:
+            # it counts until it is a zombie, so a job's double-forked grandchild is never missed
+            if mark == job.mark or (not mark and killtree.exiting(pid)):
                 try:
                     proc = psutil.Process(pid)
                 except psutil.Error:
