@@ -844,10 +844,12 @@ class CoreMachine(RuleBasedStateMachine):
     }
     #: jobs per CPU sent ahead to nodes that queue them (and every node joining here does, if above 0)
     PREFETCH = 0
+    #: queued jobs of closing clusters cancelled per call: few, so that closes span calls and interleave with the rest
+    CLOSE_SLICE = 2
 
     def __init__(self) -> None:
         super().__init__()
-        config = CoreConfig(usage_half_life=50.0, limits=self.LIMITS, prefetch=self.PREFETCH)
+        config = CoreConfig(usage_half_life=50.0, limits=self.LIMITS, prefetch=self.PREFETCH, close_slice=self.CLOSE_SLICE)
         self.core = SchedulerCore(load_policy(self.POLICY), config)
         self.now = 0.0
         self.sessions = 0
@@ -865,6 +867,7 @@ class CoreMachine(RuleBasedStateMachine):
         self.killed: set[tuple[str, int]] = set()
         self.reported: list[tuple[str, JobResult]] = []  # (node, result) already sent once
         self.pinned: set[tuple[str, int]] = set()
+        self.resume = False  # the last call asked to be called again (`ResumeClosing`)
 
     # -- plumbing
 
@@ -879,9 +882,13 @@ class CoreMachine(RuleBasedStateMachine):
         self.now += dt
         actions = step(self.core, *events, now=self.now)
         self.record(actions)
+        self.resume = A.ResumeClosing() in actions
+        draining = [c.cluster_id for c in self.core.clusters.values() if c.closing and c.queued]
+        assert self.resume or not draining, f"closing clusters {draining} keep queued jobs, yet no call is asked for"
         for a in actions:
             if isinstance(a, A.Dispatch):
                 assert a.node in self.node_jobs, "dispatch to a node that left"
+                assert not any(self.core.clusters[r.cluster_id].closing for r in a.jobs), "a closing cluster's job sent"
                 self.node_jobs[a.node] += [(r.cluster_id, r.job_id) for r in a.jobs]
             elif isinstance(a, A.KillJobs):
                 self.killed.update((r.cluster_id, r.job_id) for r in a.jobs)
@@ -1014,6 +1021,12 @@ class CoreMachine(RuleBasedStateMachine):
         cid = data.draw(st.sampled_from(self.attached_clusters()))
         self.closing.add(cid)
         self.apply(E.ClusterClosed(self.attached[cid], cid, terminate))
+
+    @precondition(lambda self: self.resume)
+    @rule()
+    def shell_resumes_closing(self) -> None:
+        """The shell's next loop turn after a `ResumeClosing`: other rules may run first, as other peers' messages do."""
+        self.apply(E.ClosingResumed())
 
     # -- the operator (the HTTP API)
 
@@ -1168,12 +1181,14 @@ class CoreMachine(RuleBasedStateMachine):
             self.apply(E.NodeDrainSet("op", name, False), E.NodeCpusCapped("op", name, -1))
         self.node_joins(4)
         for _ in range(200):
+            if self.resume:
+                self.shell_resumes_closing()
             for cid, client in list(self.attached.items()):  # collected results let a paused user go on
                 done = sorted(j for (c, j) in self.results if c == cid and j not in self.acked[cid])
                 self.acked[cid].update(done)
                 self.apply(E.ResultsAcked(client, cid, done))
             busy = [n for n, jobs in self.node_jobs.items() if jobs]
-            if not busy:
+            if not busy and not self.resume:
                 break
             for node in busy:
                 done, self.node_jobs[node] = self.node_jobs[node], []
