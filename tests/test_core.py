@@ -845,7 +845,7 @@ class CoreMachine(RuleBasedStateMachine):
     #: jobs per CPU sent ahead to nodes that queue them (and every node joining here does, if above 0)
     PREFETCH = 0
     #: queued jobs of closing clusters cancelled per call: few, so that closes span calls and interleave with the rest
-    CLOSE_SLICE = 2
+    CLOSE_SLICE = 1
 
     def __init__(self) -> None:
         super().__init__()
