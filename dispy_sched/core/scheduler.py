@@ -417,11 +417,26 @@ class SchedulerCore:
             return
         self._start_closing(cluster)  # its queued jobs end in slices, the first at the end of this call
         if ev.terminate:
-            self._cancel(cluster, [j.job_id for j in cluster.jobs.values() if j.state in (JobState.RUNNING, JobState.ORPHANED)])
+            self._cancel(cluster, self._running_ids(cluster))
         # results the client never acknowledged are dropped with the cluster
-        for job in [j for j in cluster.jobs.values() if j.state is JobState.DONE]:
+        for job in self._done_jobs(cluster):
             self._forget(cluster, job)
         self._maybe_finish_close(cluster)
+
+    def _running_ids(self, cluster: ClusterRecord) -> list[int]:
+        """Its RUNNING and ORPHANED jobs, found through its nodes and the orphans: no scan of its (maybe huge) queue."""
+        if cluster.unfinished == cluster.queued:
+            return []
+        cid = cluster.cluster_id
+        ids = [key[1] for node_id in cluster.busy_on for key in self.nodes[node_id].jobs if key[0] == cid]
+        return sorted(ids + [key[1] for key in self._orphans if key[0] == cid])
+
+    @staticmethod
+    def _done_jobs(cluster: ClusterRecord) -> list[JobRecord]:
+        """Its DONE jobs: a scan of its jobs only when it has some."""
+        if len(cluster.jobs) == cluster.unfinished:
+            return []
+        return [j for j in cluster.jobs.values() if j.state is JobState.DONE]
 
     def _start_closing(self, cluster: ClusterRecord) -> None:
         """Marks a cluster closing: it leaves the ready index, and its queued jobs are drained (see Closing)."""
@@ -1028,10 +1043,9 @@ class SchedulerCore:
         goes once nothing of it runs. A program that comes back is told why
         (`ErrorCode.RELEASED`), once, from a bounded list of released ids.
         """
-        jobs = list(cluster.jobs.values())
-        done = [j for j in jobs if j.state is JobState.DONE]
+        done = self._done_jobs(cluster)
         queued = cluster.queued
-        running = [j.job_id for j in jobs if j.state in (JobState.RUNNING, JobState.ORPHANED)]
+        running = self._running_ids(cluster)
         why = (
             f"cluster {cluster.name} ({cluster.cluster_id}) of user {cluster.user} was released: its program was away "
             f"for {self.config.result_retention:g} s or more (the scheduler's result retention); {len(done)} results "
