@@ -27,8 +27,9 @@ Invariants (checked by `invariants.check_invariants` in tests):
 
 Closing: a closed (or released) cluster's queued jobs end Cancelled, but
 `CoreConfig.close_slice` of them per call (`_drain_closing`), oldest close
-first: at ~15 us a job, cancelling a million in one call would hold the
-shell's loop for seconds, past the peers' liveness window. While some
+first: at 15 to 40 us a job (its result, journal row and accounting record),
+cancelling a million in one call would hold the shell's loop for tens of
+seconds, past the peers' 8 s liveness window. While some
 remain, every call returns `ResumeClosing`, and the shell calls again
 (`ClosingResumed`) after serving what else arrived. A job queued again in a
 closing cluster (its node lost) is drained too. A restart mid-close reads
@@ -151,7 +152,8 @@ class CoreConfig:
     accounting: bool = False
     #: jobs per CPU a node that queues them is sent beyond its CPUs (see Prefetch above); 0: none
     prefetch: int = 0
-    #: queued jobs of closing clusters cancelled per call (see Closing above): ~30 ms of the loop at 2,000
+    #: queued jobs of closing clusters cancelled per call (see Closing above): at 2,000, a loop turn of 0.1 to 0.2 s
+    #: on a busy 2-core machine, shell included (benchmarks/close.py)
     close_slice: int = 2000
 
 
@@ -1038,8 +1040,9 @@ class SchedulerCore:
     def _release_cluster(self, cluster: ClusterRecord) -> None:
         """Closes a cluster whose program has been away for `result_retention` (dispy's zombie_interval).
 
-        Its uncollected results are dropped, its queued jobs cancelled (a slice
-        per call: see Closing) and its running ones stopped (their ends are dropped as they come); the record
+        Its uncollected results are dropped, its queued jobs cancelled (a
+        slice per call: see Closing) and its running ones stopped (their ends
+        are dropped as they come); the record
         goes once nothing of it runs. A program that comes back is told why
         (`ErrorCode.RELEASED`), once, from a bounded list of released ids.
         """
