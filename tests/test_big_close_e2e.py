@@ -1,8 +1,8 @@
 """Closing a cluster with many queued jobs does not stop the scheduler from serving everyone else.
 
 A cluster's jobs queued for a node that never comes (its `nodes` name no
-node has) are all cancelled at once by `close(terminate=True)`: every one of
-them ends (accounting, journal, its client told). Meanwhile another user's
+node has) are all cancelled by `close(terminate=True)`, a slice per loop turn:
+every one of them ends (accounting, journal, its client told). Meanwhile another user's
 program runs jobs on the one real node, in rounds, from before the big cluster
 is filled until after it is gone. What that user relies on: every one
 of its jobs ends Finished, once, and neither its link nor the node's was

@@ -202,6 +202,17 @@ class ConfirmClosed(Action):
 
 
 @dataclass(frozen=True, slots=True)
+class ResumeClosing(Action):
+    """Call the core again soon (`ClosingResumed`), after serving what else has arrived.
+
+    Closing clusters still hold queued jobs to cancel: the core cancels
+    `CoreConfig.close_slice` of them per call, so that one close of a huge
+    queue does not hold the loop past the peers' liveness window. Returned
+    by every call while some remain; one pending call at a time is enough.
+    """
+
+
+@dataclass(frozen=True, slots=True)
 class ReportStatus(Action):
     client: str
     ref: str

@@ -191,6 +191,11 @@ class Tick(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class ClosingResumed(Event):
+    """The shell's answer to `ResumeClosing`: a call in which the core cancels the next slice of closing clusters' queued jobs."""
+
+
+@dataclass(frozen=True, slots=True)
 class UsageRestored(Event):
     """Decayed usage saved by an earlier run: user -> (CPU-seconds, as of time).
 

@@ -20,7 +20,21 @@ Invariants (checked by `invariants.check_invariants` in tests):
   a job refused at submit is in neither: the core keeps no record of it;
 - a job leaves RUNNING only on its node's result, on that node's loss, or on
   its cluster's set-up failure there: never twice, so each accepted job gets
-  exactly one terminal result (principle 4 of DESIGN.md).
+  exactly one terminal result (principle 4 of DESIGN.md);
+- a closing cluster is never in the ready index (none of its queued jobs
+  starts, nor counts in fair share), and while it has queued jobs it is in
+  `_draining`.
+
+Closing: a closed (or released) cluster's queued jobs end Cancelled, but
+`CoreConfig.close_slice` of them per call (`_drain_closing`), oldest close
+first: at 15 to 40 us a job (its result, journal row and accounting record),
+cancelling a million in one call would hold the shell's loop for tens of
+seconds, past the peers' 8 s liveness window. While some
+remain, every call returns `ResumeClosing`, and the shell calls again
+(`ClosingResumed`) after serving what else arrived. A job queued again in a
+closing cluster (its node lost) is drained too. A restart mid-close reads
+the cluster back closing, with its queued jobs, and drains on: each job
+still ends once, and the cluster goes with its last job.
 
 Persistence: with `CoreConfig.persist`, each call's changes to clusters,
 jobs and usage leave as one `Persist` action ahead of the others (see
@@ -138,6 +152,9 @@ class CoreConfig:
     accounting: bool = False
     #: jobs per CPU a node that queues them is sent beyond its CPUs (see Prefetch above); 0: none
     prefetch: int = 0
+    #: queued jobs of closing clusters cancelled per call (see Closing above): at 2,000, a loop turn of 0.1 to 0.2 s
+    #: on a busy 2-core machine, shell included (benchmarks/close.py)
+    close_slice: int = 2000
 
 
 class _Outbox:
@@ -220,6 +237,9 @@ class SchedulerCore:
         self.cpu_caps: dict[str, int] = {}
         #: user -> the share an operator set, which holds (across restarts) until the users file is read again
         self.share_overrides: dict[str, float] = {}
+        #: closing clusters whose queued jobs `_drain_closing` has yet to cancel, oldest close first (an ordered set;
+        #: an entry may outlive its cluster until the drain reaches it)
+        self._draining: dict[str, None] = {}
 
     # ---------------------------------------------------------------- entry
 
@@ -229,12 +249,17 @@ class SchedulerCore:
         for event in events:
             self._stimulus = type(event).__name__
             self._on(event)
+        if self._draining:
+            self._stimulus = "close"
+            self._drain_closing()
         self._stimulus = "schedule"
         self._schedule()
         out, self._out = self._out, _Outbox()
         actions = out.flush()
         if self._changes:
             actions.insert(0, self._persist_action())
+        if self._draining:
+            actions.append(A.ResumeClosing())
         for job in self._written:  # in the Persist (and any DeliverResults) above: the store has it now
             job.result = None
         self._written.clear()
@@ -392,15 +417,55 @@ class SchedulerCore:
         cluster = self._owned(ev.client, ev.cluster_id)
         if cluster is None:
             return
-        cluster.closing = True
-        self._note_cluster(cluster)
-        queued = [j.job_id for j in cluster.jobs.values() if j.state is JobState.QUEUED]
-        running = [j.job_id for j in cluster.jobs.values() if j.state in (JobState.RUNNING, JobState.ORPHANED)]
-        self._cancel(cluster, queued + (running if ev.terminate else []))
+        self._start_closing(cluster)  # its queued jobs end in slices, the first at the end of this call
+        if ev.terminate:
+            self._cancel(cluster, self._running_ids(cluster))
         # results the client never acknowledged are dropped with the cluster
-        for job in [j for j in cluster.jobs.values() if j.state is JobState.DONE]:
+        for job in self._done_jobs(cluster):
             self._forget(cluster, job)
         self._maybe_finish_close(cluster)
+
+    def _running_ids(self, cluster: ClusterRecord) -> list[int]:
+        """Its RUNNING and ORPHANED jobs, found through its nodes and the orphans: no scan of its (maybe huge) queue."""
+        if cluster.unfinished == cluster.queued:
+            return []
+        cid = cluster.cluster_id
+        ids = [key[1] for node_id in cluster.busy_on for key in self.nodes[node_id].jobs if key[0] == cid]
+        return sorted(ids + [key[1] for key in self._orphans if key[0] == cid])
+
+    @staticmethod
+    def _done_jobs(cluster: ClusterRecord) -> list[JobRecord]:
+        """Its DONE jobs: a scan of its jobs only when it has some."""
+        if len(cluster.jobs) == cluster.unfinished:
+            return []
+        return [j for j in cluster.jobs.values() if j.state is JobState.DONE]
+
+    def _start_closing(self, cluster: ClusterRecord) -> None:
+        """Marks a cluster closing: it leaves the ready index, and its queued jobs are drained (see Closing)."""
+        cluster.closing = True
+        self._note_cluster(cluster)
+        self.ready.update(cluster)
+        if cluster.queued:
+            self._draining[cluster.cluster_id] = None
+
+    def _drain_closing(self) -> None:
+        """Ends up to `close_slice` queued jobs of closing clusters, Cancelled, taking each queue from its head."""
+        budget = self.config.close_slice
+        while self._draining and budget > 0:
+            cluster_id = next(iter(self._draining))
+            cluster = self.clusters.get(cluster_id)
+            if cluster is not None and cluster.closing:
+                why = cluster.released or "cancelled before it started"
+                while budget > 0 and (job := cluster.head()) is not None:
+                    self._finish(cluster, job, _synthetic(job, JobStatus.CANCELLED, why, self.now))  # may drop the cluster
+                    budget -= 1
+                if cluster.queued:
+                    break
+            del self._draining[cluster_id]
+
+    @_on.register
+    def _on_closing_resumed(self, ev: E.ClosingResumed) -> None:
+        """Nothing to do here: every call drains a slice (`handle`); this one is the shell's call for it."""
 
     @_on.register
     def _on_node_cpus_set(self, ev: E.NodeCpusSet) -> None:
@@ -975,30 +1040,29 @@ class SchedulerCore:
     def _release_cluster(self, cluster: ClusterRecord) -> None:
         """Closes a cluster whose program has been away for `result_retention` (dispy's zombie_interval).
 
-        Its uncollected results are dropped, its queued jobs cancelled and its
-        running ones stopped (their ends are dropped as they come); the record
+        Its uncollected results are dropped, its queued jobs cancelled (a
+        slice per call: see Closing) and its running ones stopped (their ends
+        are dropped as they come); the record
         goes once nothing of it runs. A program that comes back is told why
         (`ErrorCode.RELEASED`), once, from a bounded list of released ids.
         """
-        jobs = list(cluster.jobs.values())
-        done = [j for j in jobs if j.state is JobState.DONE]
-        queued = [j.job_id for j in jobs if j.state is JobState.QUEUED]
-        running = [j.job_id for j in jobs if j.state in (JobState.RUNNING, JobState.ORPHANED)]
+        done = self._done_jobs(cluster)
+        queued = cluster.queued
+        running = self._running_ids(cluster)
         why = (
             f"cluster {cluster.name} ({cluster.cluster_id}) of user {cluster.user} was released: its program was away "
             f"for {self.config.result_retention:g} s or more (the scheduler's result retention); {len(done)} results "
-            f"it had not collected were dropped, {len(queued)} queued jobs cancelled and {len(running)} running jobs stopped"
+            f"it had not collected were dropped, {queued} queued jobs cancelled and {len(running)} running jobs stopped"
         )
-        self._out.immediate.append(A.ReleaseCluster(cluster.user, cluster.cluster_id, cluster.name, len(done), len(queued) + len(running), why))
+        self._out.immediate.append(A.ReleaseCluster(cluster.user, cluster.cluster_id, cluster.name, len(done), queued + len(running), why))
         self._released[cluster.cluster_id] = (cluster.user, why)
         while len(self._released) > MAX_RELEASED:
             del self._released[next(iter(self._released))]
         cluster.released = why
-        cluster.closing = True
-        self._note_cluster(cluster)
+        self._start_closing(cluster)  # its queued jobs end in slices (see Closing), with `why`
         for job in done:
             self._forget(cluster, job)
-        self._cancel(cluster, queued + running, JobStatus.CANCELLED, why)
+        self._cancel(cluster, running, JobStatus.CANCELLED, why)
         self._maybe_finish_close(cluster)
 
     # ------------------------------------------------------- state changes
@@ -1020,6 +1084,8 @@ class SchedulerCore:
             cluster.push(job)
             cluster.queued += 1
             user.queued += 1
+            if cluster.closing:  # read back from a journal written mid-close: the drain goes on
+                self._draining[cluster.cluster_id] = None
         elif job.state is JobState.ORPHANED:
             user.orphans += 1
         self._log(job, origin, job.state.value)
@@ -1045,6 +1111,8 @@ class SchedulerCore:
         if to is JobState.QUEUED:
             cluster.queued += 1
             user.queued += 1
+            if cluster.closing:  # queued again (its node lost) in a closing cluster: it ends with the rest
+                self._draining[cluster.cluster_id] = None
         elif to is JobState.ORPHANED:  # its node may still run it: held against max_cpus until it is settled
             user.orphans += 1
             self.ready.update_user(user)
