@@ -178,6 +178,7 @@ def test_recover_jobs_after_the_client_was_killed(cluster: Cluster, monkeypatch:
         later = [cluster.submit_job_id(f"id{{i}}", i, 1.5) for i in (11, 12, 13)]
         late = cluster.submit(14, 1.5)
         late.id = ("tuple", 14)                 # an id set after submit is recorded too
+        cluster.scheduler_status()              # a round trip behind the submits: the scheduler has them
         print("submitted", flush=True)
         time.sleep(60)
         """
@@ -211,6 +212,7 @@ def test_recovered_results_larger_together_than_a_message_all_arrive(cluster: Cl
 
         cluster = dispy.SharedJobCluster(big, recover_file={str(recover_file)!r})
         jobs = [cluster.submit_job_id(i, i) for i in range(3)]
+        cluster.scheduler_status()  # a round trip behind the submits: the scheduler has them
         print("submitted", flush=True)
         time.sleep(60)
         """
