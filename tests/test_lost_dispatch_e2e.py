@@ -23,26 +23,11 @@ import pytest
 
 from dispy_wire import messages as M
 from dispy_wire.framing import HEADER, PREAMBLE
+from job_programs import COUNTING_JOB
 from procs import Cluster
 from waiting import wait_until
 
-JOB = """
-import sys, time
-from dispy_client import SharedJobCluster
-from dispy_wire.status import JobStatus
-
-def compute(i, path, seconds):
-    import time
-    with open(path) as f:
-        again = str(i) in f.read().split()
-    with open(path, "a") as f:
-        f.write(f"{i}\\n")
-    time.sleep(0 if again else seconds)
-    return i
-
-def name(job):
-    return JobStatus(job.status).name
-"""
+JOB = COUNTING_JOB
 
 
 class SwallowingRelay:

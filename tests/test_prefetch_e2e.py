@@ -12,25 +12,10 @@ import signal
 from collections import Counter
 
 import pytest
+from job_programs import COUNTING_JOB
 from procs import Cluster
 
-JOB = """
-import sys, time
-from dispy_client import SharedJobCluster
-from dispy_wire.status import JobStatus
-
-def compute(i, path, seconds):
-    import time
-    with open(path) as f:
-        again = str(i) in f.read().split()
-    with open(path, "a") as f:
-        f.write(f"{i}\\n")
-    time.sleep(0 if again else seconds)
-    return i
-
-def name(job):
-    return JobStatus(job.status).name
-
+JOB = COUNTING_JOB + """
 def wait_running(job, path):
     # until the job is Running for us and its own code has begun (not only its process)
     deadline = time.monotonic() + 60
