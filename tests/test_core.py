@@ -1131,7 +1131,9 @@ class CoreMachine(RuleBasedStateMachine):
         sender = data.draw(st.sampled_from(sorted(self.node_jobs) + [node]))
         changed = r._replace(end_time=r.end_time + 1000, stdout=b"impostor")
         actions = self.apply(arrived(sender, changed))
-        assert not of(actions, A.DeliverResults)
+        # nothing of it is delivered; the call may end a slice of a closing cluster's queue, as every call does
+        delivered = [x for d in of(actions, A.DeliverResults) for x in d.results]
+        assert all(x.status == JobStatus.CANCELLED and x.stdout == b"" for x in delivered), delivered
 
     @precondition(lambda self: self.node_jobs)
     @rule(data=st.data())
