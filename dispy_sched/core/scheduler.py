@@ -594,12 +594,7 @@ class SchedulerCore:
             return
         lost = [o.job for o in self._orphans.values() if o.job.last_node == node.name and o.job.node_run == node.node_run]
         for job in lost:  # sent before the scheduler restarted, or before the node's connection was lost
-            del self._orphans[job.key]
-            cluster = self.clusters[job.cluster_id]
-            if job.cancel_requested:
-                self._finish(cluster, job, _synthetic(job, JobStatus.CANCELLED, "cancelled", self.now))
-            else:
-                self._requeue(cluster, job)
+            self._settle_orphan(self._orphans.pop(job.key), rerun=True)
         # a session whose end is not noticed yet: the node left it for this one, so it is gone, and what it
         # was sent and this one does not list never arrived (`_lose_node` sees this heir)
         for old in [n for n in self.nodes.values() if n is not node and self._same_run(n, node)]:
@@ -994,15 +989,20 @@ class SchedulerCore:
         """Orphans no node reported in time: reentrant ones run again, the others end Abandoned."""
         due = [o for o in self._orphans.values() if self.now >= o.until]
         for orphan in due:
-            job = orphan.job
-            del self._orphans[job.key]
-            cluster = self.clusters[job.cluster_id]
-            if job.cancel_requested:
-                self._finish(cluster, job, _synthetic(job, JobStatus.CANCELLED, "cancelled", self.now))
-            elif cluster.reentrant:
-                self._requeue(cluster, job)
-            else:
-                self._finish(cluster, job, _synthetic(job, JobStatus.ABANDONED, orphan.why, self.now))
+            del self._orphans[orphan.job.key]
+            self._settle_orphan(orphan, rerun=self.clusters[orphan.job.cluster_id].reentrant)
+
+    def _settle_orphan(self, orphan: Orphan, rerun: bool) -> None:
+        """An orphan taken off the list: Cancelled if a cancel was asked, else queued again if `rerun`
+        (it never ran, or may run twice), else Abandoned for its reason."""
+        job = orphan.job
+        cluster = self.clusters[job.cluster_id]
+        if job.cancel_requested:
+            self._finish(cluster, job, _synthetic(job, JobStatus.CANCELLED, "cancelled", self.now))
+        elif rerun:
+            self._requeue(cluster, job)
+        else:
+            self._finish(cluster, job, _synthetic(job, JobStatus.ABANDONED, orphan.why, self.now))
 
     def _forgive_stall(self, stalled: float) -> None:
         """The scheduler itself did not run for `stalled` seconds: what nobody heard meanwhile is its own doing.
