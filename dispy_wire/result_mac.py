@@ -41,10 +41,15 @@ KEY_SIZE = 32
 MAC_SIZE = hashlib.sha256().digest_size
 DOMAIN = "dispy-shared job record v1"
 
-try:  # CPython's own SHA-256: no OpenSSL method lookup and context set-up in a freshly forked job process
-    from _sha256 import sha256 as _sha256
-except ImportError:  # a build without it
-    _sha256 = hashlib.sha256
+# CPython's own SHA-256 (module _sha256 until 3.11, _sha2 from 3.12): no OpenSSL method lookup and context
+# set-up in a freshly forked job process
+try:
+    from _sha2 import sha256 as _sha256
+except ImportError:
+    try:
+        from _sha256 import sha256 as _sha256
+    except ImportError:  # a build without it
+        _sha256 = hashlib.sha256
 
 
 class Kind(str, Enum):
