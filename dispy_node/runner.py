@@ -480,6 +480,8 @@ class _Cluster:
         self._next: dict[int, tuple[RunJob, int]] = {}  # job_id -> (job, arrival), to queue it again if withdrawn
         self._withdrawing: set[int] = set()  # of those, asked back (zp.Withdraw)
         self._recalled: set[int] = set()  # of those, recalled by the scheduler: returned, not queued, if they come back
+        #: of those, killed meanwhile (the zygote, having given them back, finds nothing to kill): they end as they come
+        self._killed_back: dict[int, tuple[JobStatus, str]] = {}
         self._proc: asyncio.subprocess.Process | None = None
         self._computation = computation
         self._unloaded = asyncio.Event()  # Unloaded received, or no point waiting for it
@@ -576,6 +578,12 @@ class _Cluster:
             self._withdrawing.update(asked)
             self._write(zp.encode(zp.Withdraw(asked)))
 
+    def _forget_withdrawal(self, job_id: int) -> None:
+        """The zygote started or ended a RunNext job before it read our Withdraw: nothing comes back of it."""
+        self._withdrawing.discard(job_id)
+        self._recalled.discard(job_id)
+        self._killed_back.pop(job_id, None)
+
     def _withdrawn(self, job_ids: list[int]) -> None:
         """Back from the zygote, never started: queued again in their arrival order."""
         back = {}
@@ -585,7 +593,11 @@ class _Cluster:
                 continue
             entry = self._next.pop(job_id)
             del self._running[job_id]
-            if job_id in self._recalled:
+            killed = self._killed_back.pop(job_id, None)
+            if killed is not None:
+                self._drop_groups(job_id)
+                self.runner.report(_verdict(self.cluster_id, job_id, killed[0], killed[1] or "cancelled"))
+            elif job_id in self._recalled:
                 returned.append(JobRef(self.cluster_id, job_id))
             else:
                 back[job_id] = entry
@@ -696,6 +708,8 @@ class _Cluster:
             del self._arrived[job_id]
             self.runner.report(_verdict(self.cluster_id, job_id, status, reason or "cancelled"))
         elif job_id in self._running and self.life.reports:
+            if job_id in self._withdrawing:  # if the zygote gave it back already, the Kill finds nothing there
+                self._killed_back[job_id] = (status, reason)
             self._write(zp.encode(zp.Kill(job_id, int(status), reason)))
 
     async def unload(self) -> None:
@@ -715,6 +729,7 @@ class _Cluster:
         self._next.clear()
         self._withdrawing.clear()
         self._recalled.clear()
+        self._killed_back.clear()
         self.runner.start_waiting()  # their slots go to other clusters' queued jobs
 
     async def stop(self) -> None:
@@ -850,8 +865,7 @@ class _Cluster:
             if msg.job_id in self._running:
                 del self._running[msg.job_id]
                 if self._next.pop(msg.job_id, None) is not None:  # killed before it started
-                    self._withdrawing.discard(msg.job_id)
-                    self._recalled.discard(msg.job_id)
+                    self._forget_withdrawal(msg.job_id)
                 self._drop_groups(msg.job_id)
                 self.runner.report(JobResult(self.cluster_id, *msg))
                 self._freed = True
@@ -859,8 +873,7 @@ class _Cluster:
             if msg.job_id in self._running:
                 self._running[msg.job_id] = msg.pid
                 if self._next.pop(msg.job_id, None) is not None:  # in the place of a job whose Done follows
-                    self._withdrawing.discard(msg.job_id)
-                    self._recalled.discard(msg.job_id)
+                    self._forget_withdrawal(msg.job_id)
                     self.runner.started(JobRef(self.cluster_id, msg.job_id))
         elif isinstance(msg, zp.Withdrawn):
             self._withdrawn(msg.job_ids)
@@ -942,6 +955,7 @@ class _Cluster:
         self._next.clear()
         self._withdrawing.clear()
         self._recalled.clear()
+        self._killed_back.clear()
         self._queued.clear()
         self._arrived.clear()
         self.runner.cluster_failed(self.cluster_id, why, self)

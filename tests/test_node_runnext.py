@@ -66,6 +66,22 @@ def test_a_job_sent_on_goes_back_to_the_queue_when_the_offer_shrinks() -> None:
     run(body)
 
 
+def test_a_job_sent_on_and_cancelled_while_the_offer_shrinks_ends_cancelled_and_never_runs() -> None:
+    async def body(h: Harness) -> None:
+        await ready_with_one_cpu(h)
+        long, waiting = h.run("c1", (60,), (0,))
+        h.runner.set_slots(0)  # asked back from the zygote...
+        h.runner.kill([JobRef("c1", waiting)])  # ...and cancelled before it is back
+        assert (await h.result(waiting)).status == JobStatus.CANCELLED
+        h.runner.set_slots(1)
+        h.runner.kill([JobRef("c1", long)])
+        assert (await h.result(long)).status == JobStatus.CANCELLED
+        assert value(await h.call("c1", 0)) == 0
+        assert waiting not in ids_started(h) and [r.job_id for r in h.results].count(waiting) == 1
+
+    run(body)
+
+
 def test_a_job_sent_on_starts_at_once_when_a_cpu_frees_before_any_job_ends() -> None:
     async def body(h: Harness) -> None:
         await ready_with_one_cpu(h)
