@@ -527,9 +527,11 @@ class _Cluster:
         came first), then the queued ones."""
         cap = self.settings.cpus
         heads = [self._next[job_id][1] for job_id in self._next_startable()]
-        heads += [self._arrived[job_id] for job_id in self._queued]
-        room = len(heads) if cap is None else max(0, cap - self.running)
-        return heads[: min(room, len(heads)) if most is None else min(room, len(heads), most)]
+        total = len(heads) + len(self._queued)
+        room = total if cap is None else max(0, cap - self.running)
+        n = min(room, total) if most is None else min(room, total, most)
+        heads += (self._arrived[job_id] for job_id in itertools.islice(self._queued, max(0, n - len(heads))))
+        return heads[:n]
 
     def job_ids(self) -> list[int]:
         return [*self._queued, *self._running]
