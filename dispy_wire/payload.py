@@ -1,8 +1,8 @@
 """What is inside the opaque payloads: written by clients, read by job processes.
 
-The scheduler and the node daemon never call anything here but `peek_*`
-helpers that read no pickles; only client programs and the node's zygote and
-job processes unpickle (principles 2 and 3 of DESIGN.md).
+The scheduler and the node daemon never import this module: only client
+programs and the node's zygote and job processes unpickle (principles 2 and
+3 of DESIGN.md).
 
 A computation is two layers, so that files and modules are in place before
 any pickle that may refer to them is loaded:
