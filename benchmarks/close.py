@@ -5,7 +5,7 @@
 A core with the journal (SQLite, sync full) and accounting on queues
 `--jobs` jobs in one cluster (no node), then its client closes it with
 `terminate=True`. The core cancels a slice of the queued jobs per call and
-asks to be called again (`ResumeClosing`) while some remain; each call is
+asks to be called again (`ResumeCancelling`) while some remain; each call is
 one loop turn of `SchedulerServer`: the core's `handle`, the journal's
 commit, the accounting records (`AccountingStore.record`) and their log
 lines (`accounting.log_lines`, to a file). Printed: the seconds of each part
@@ -54,7 +54,7 @@ def main() -> None:
     for start in range(0, args.jobs, 5000):
         specs = [JobSpec(j, 0, b"p" * 8, {}) for j in range(start, min(args.jobs, start + 5000))]
         commit(core.handle(E.JobsSubmitted("c", "K", specs), now=time.time()))
-    resume = getattr(A, "ResumeClosing", None)  # absent in a checkout that closes in one call
+    resume = getattr(A, "ResumeCancelling", None)  # absent in a checkout that closes in one call
     core_s = commit_s = record_s = 0.0
     longest_core = longest_turn = 0.0
     calls = lines = 0
@@ -77,7 +77,7 @@ def main() -> None:
         longest_core, longest_turn = max(longest_core, t1 - t0), max(longest_turn, t3 - t0)
         if resume is None or resume() not in actions:
             break
-        event = E.ClosingResumed()
+        event = E.CancellingResumed()
     assert "K" not in core.clusters, "the close did not finish"
     store.close()
     print(f"close(terminate=True) of {args.jobs:,} queued jobs in {calls} calls: core {core_s:.2f} s, journal commit "

@@ -867,7 +867,7 @@ class CoreMachine(RuleBasedStateMachine):
         self.killed: set[tuple[str, int]] = set()
         self.reported: list[tuple[str, JobResult]] = []  # (node, result) already sent once
         self.pinned: set[tuple[str, int]] = set()
-        self.resume = False  # the last call asked to be called again (`ResumeClosing`)
+        self.resume = False  # the last call asked to be called again (`ResumeCancelling`)
 
     # -- plumbing
 
@@ -882,7 +882,7 @@ class CoreMachine(RuleBasedStateMachine):
         self.now += dt
         actions = step(self.core, *events, now=self.now)
         self.record(actions)
-        self.resume = A.ResumeClosing() in actions
+        self.resume = A.ResumeCancelling() in actions
         draining = [c.cluster_id for c in self.core.clusters.values() if c.closing and c.queued]
         assert self.resume or not draining, f"closing clusters {draining} keep queued jobs, yet no call is asked for"
         for a in actions:
@@ -1025,8 +1025,8 @@ class CoreMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.resume)
     @rule()
     def shell_resumes_closing(self) -> None:
-        """The shell's next loop turn after a `ResumeClosing`: other rules may run first, as other peers' messages do."""
-        self.apply(E.ClosingResumed())
+        """The shell's next loop turn after a `ResumeCancelling`: other rules may run first, as other peers' messages do."""
+        self.apply(E.CancellingResumed())
 
     # -- the operator (the HTTP API)
 
