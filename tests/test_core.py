@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 import pytest
@@ -868,6 +868,8 @@ class CoreMachine(RuleBasedStateMachine):
         self.reported: list[tuple[str, JobResult]] = []  # (node, result) already sent once
         self.pinned: set[tuple[str, int]] = set()
         self.resume = False  # the last call asked to be called again (`ResumeCancelling`)
+        #: jobs queued when a cancel of them was accepted: none may start after it (`cancel_queued`)
+        self.cancelled: set[tuple[str, int]] = set()
 
     # -- plumbing
 
@@ -889,6 +891,7 @@ class CoreMachine(RuleBasedStateMachine):
             if isinstance(a, A.Dispatch):
                 assert a.node in self.node_jobs, "dispatch to a node that left"
                 assert not any(self.core.clusters[r.cluster_id].closing for r in a.jobs), "a closing cluster's job sent"
+                assert not {(r.cluster_id, r.job_id) for r in a.jobs} & self.cancelled, "a cancelled job sent"
                 self.node_jobs[a.node] += [(r.cluster_id, r.job_id) for r in a.jobs]
             elif isinstance(a, A.KillJobs):
                 self.killed.update((r.cluster_id, r.job_id) for r in a.jobs)
@@ -914,6 +917,13 @@ class CoreMachine(RuleBasedStateMachine):
                 self.closed.add(a.cluster_id)
                 del self.attached[a.cluster_id]
         return actions
+
+    def cancel_queued(self, cid: str, ids: Iterable[int] | None) -> None:
+        """Notes the jobs of `cid` queued now among `ids` (None: all) before a cancel of them: they must never start."""
+        cluster = self.core.clusters.get(cid)
+        if cluster is not None:
+            jobs = cluster.jobs.values() if ids is None else [cluster.jobs[i] for i in ids if i in cluster.jobs]
+            self.cancelled.update((cid, j.job_id) for j in jobs if j.state is JobState.QUEUED)
 
     def session(self) -> str:
         self.sessions += 1
@@ -1004,6 +1014,7 @@ class CoreMachine(RuleBasedStateMachine):
     def cancel(self, data: st.DataObject) -> None:
         cid = data.draw(st.sampled_from(self.attached_clusters()))
         ids = data.draw(st.lists(st.integers(0, max(0, self.next_job[cid] + 1)), max_size=3))
+        self.cancel_queued(cid, ids)
         self.apply(E.JobsCancelled(self.attached[cid], cid, ids))
 
     @precondition(lambda self: self.attached)
@@ -1052,6 +1063,8 @@ class CoreMachine(RuleBasedStateMachine):
         live = sorted(j for j, job in cluster.jobs.items() if job.state is not JobState.DONE) if cluster else []
         ids = None if whole or not live else tuple(data.draw(st.lists(st.sampled_from(live), min_size=1, max_size=2)))
         by = self.clusters[cid] if by_owner else "mallory"
+        if by_owner:
+            self.cancel_queued(cid, ids)
         (answer,) = of(self.apply(E.CancelRequested("op", by, cid, ids)), A.AnswerAdmin)
         assert (answer.error == "") == (by_owner and cluster is not None), answer
 

@@ -1019,7 +1019,7 @@ class SchedulerCore:
             job.held = size
             self._hold(cluster, size)
         elif row.state == JobState.QUEUED.value and job.cancel_requested:  # listed by a cancel not yet done
-            self._sweep_of(cluster).add([job.job_id], JobStatus.CANCELLED, "cancelled", job.seq)
+            self._sweep_of(cluster).add([job.job_id], JobStatus.CANCELLED, "cancelled before it started", job.seq)
         elif row.state == JobState.RUNNING.value:
             job.state = JobState.ORPHANED
             why = (

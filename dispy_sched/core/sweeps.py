@@ -75,11 +75,11 @@ class Sweep:
     kept: list[tuple[int, int, int]] = field(default_factory=list)
 
     def cover(self, upto: float, status: JobStatus, why: str) -> None:
-        """Ends every queued job accepted up to `upto` too (the latest status and reason apply to all)."""
+        """Ends every queued job accepted up to `upto` too: a cancel that covers more jobs gives all its status and
+        reason; one that covers none more (a cluster no node can run, found so again) leaves the first cancel's."""
         if upto > self.upto:
-            self.upto = upto
+            self.upto, self.status, self.why = upto, status, why
             self.restore_kept()
-        self.status, self.why = status, why
 
     def restore_kept(self) -> None:
         """Puts the jobs set aside back in the queue (stale entries are skipped there as anywhere)."""
