@@ -1085,7 +1085,7 @@ class SchedulerCore:
         """Closes a cluster whose program has been away for `result_retention` (dispy's zombie_interval).
 
         Its uncollected results are dropped, its queued jobs cancelled (a
-        slice per call: see Closing) and its running ones stopped (their ends
+        slice per call: see Cancelling) and its running ones stopped (their ends
         are dropped as they come); the record
         goes once nothing of it runs. A program that comes back is told why
         (`ErrorCode.RELEASED`), once, from a bounded list of released ids.
@@ -1103,7 +1103,7 @@ class SchedulerCore:
         while len(self._released) > MAX_RELEASED:
             del self._released[next(iter(self._released))]
         cluster.released = why
-        self._start_closing(cluster)  # its queued jobs end in slices (see Closing), with `why`
+        self._start_closing(cluster)  # its queued jobs end in slices (see Cancelling), with `why`
         for job in done:
             self._forget(cluster, job)
         self._cancel(cluster, running, JobStatus.CANCELLED, why)
