@@ -130,3 +130,17 @@ def test_a_restart_mid_cancel_of_named_jobs_resumes_it(make_core: MakeCore) -> N
     assert {r.job_id for r in before + after} == set(range(25)) and len(after) == 25
     assert {(r.status, r.exception) for r in before + after} == {(JobStatus.CANCELLED, "cancelled before it started")}
     assert sorted(j for _, j in dispatched(actions)["n1"]) == list(range(25, 30))
+
+
+def test_a_close_during_a_cancel_ends_the_jobs_it_had_set_aside_too(make_core: MakeCore) -> None:
+    core = make_core(close_slice=SLICE)
+    step(core, opened("c1", "K"), submitted("c1", "K", *range(30)), now=0)
+    step(core, E.CancelRequested("op", None, "K", None), now=1)
+    # newer and ahead of the rest: the next slice sets them aside to reach the older jobs
+    actions = step(core, submitted("c1", "K", 100, 101, priority=5), now=2)
+    assert {r.job_id for r in ended(actions)} <= set(range(30)) and core.clusters["K"].cancelling
+    assert sorted(e[2] for e in core._sweeps["K"].kept) == [100, 101]
+    calls = resume(core, step(core, E.ClusterClosed("c1", "K", terminate=True), now=3), now=4)
+    results = ends(calls)
+    assert {100, 101} <= {r.job_id for r in results} and calls[-1][-1] == A.ConfirmClosed("c1", "K")
+    assert "K" not in core.clusters
