@@ -6,8 +6,9 @@ default route cannot send to 255.255.255.255; a multi-homed one sends that
 only out of one interface), again with backoff, until an `Announce` arrives
 whose proof shows that its sender knows our node secret. Announces without a
 valid proof (another cluster's scheduler, a wrong --node-secret, a stranger)
-are logged, rate-limited, and ignored. Then the node dials the announced
-address like any `--scheduler`.
+are logged, rate-limited, and ignored. Then the node asks the announced
+scheduler who leads, as it asks a `--scheduler` it is given among standbys
+(docs/standby.md), and dials the leader it names (`leader_of`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,10 @@ from typing import Any
 import psutil
 
 from dispy_wire import discovery
+from dispy_wire.dialing import who_leads
 from dispy_wire.errors import RemoteWireError
+from dispy_wire.schedulers import FIRST_DEADLINE, format_address, parse_address
+from dispy_wire.tls import ClientTLS, plaintext_refusal
 
 from .conn import Backoff, NodeConfig, NodeControl, run_node
 
@@ -102,11 +106,33 @@ async def find_scheduler(port: int, node_secret: str) -> discovery.Announce:
     return announce
 
 
+async def leader_of(host: str, port: int, tls: ClientTLS | None, insecure_plaintext: bool) -> tuple[str, int]:
+    """Where to dial for the scheduler a Discover found at `host`:`port`: the leader it names now.
+
+    Only a leading scheduler answers a Discover, but one that answered may
+    have stepped down since (paused past its lease, docs/standby.md) and
+    name its successor: asked as a peer asks the schedulers it is given
+    (`who_leads`, TLS checked as the login's), it says who leads. One that
+    does not answer, or that the node may not dial (plaintext off
+    loopback), is dialed as announced: the dial says why.
+    """
+    if plaintext_refusal(host, tls is not None, insecure_plaintext) is not None:
+        return host, port
+    leader = await who_leads(host, host, port, tls, FIRST_DEADLINE)
+    try:
+        named = parse_address(leader, port) if leader else (host, port)
+    except ValueError:
+        return host, port
+    if named != (host, port):
+        logger.info("scheduler %s stands by; %s leads", format_address(host, port), format_address(*named))
+    return named
+
+
 async def run_discovered(config: NodeConfig, control: NodeControl, port: int) -> int:
     """Finds a scheduler by broadcast, then serves it as `run_node` does (same return values)."""
     async def locate() -> tuple[str, int]:
         announce = await find_scheduler(port, config.node_secret)
-        return announce.host, announce.port
+        return await leader_of(announce.host, announce.port, config.tls, config.insecure_plaintext)
 
     host, port_ = await locate()
     return await run_node(dataclasses.replace(config, host=host, port=port_), control, locate)

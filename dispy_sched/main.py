@@ -151,6 +151,7 @@ async def _lead(
     core_config = CoreConfig(
         shares=cfg.shares(), limits=cfg.limits(), default_limits=cfg.default_limits(),
         private_data=cfg.private_data, result_retention=cfg.result_retention, usage_half_life=cfg.usage_half_life,
+        close_slice=cfg.close_slice,
         persist=store is not None, accounting=True, prefetch=cfg.prefetch,
     )  # fmt: skip
     server = SchedulerServer(cfg, SchedulerCore(policy, core_config), store, accounting)

@@ -661,9 +661,9 @@ class SchedulerServer:
             case A.ConfirmClosed(client, cluster_id):
                 log.info("cluster %s of user %s closed", cluster_id, peer_text(self._who(client)))
                 self._send(client, M.ClusterClosed(cluster_id))
-            case A.ResumeClosing():
+            case A.ResumeCancelling():
                 # on the next loop turn, with whatever else has arrived by then: each call cancels one slice
-                self.submit(E.ClosingResumed())
+                self.submit(E.CancellingResumed())
             case A.ReportStatus(client, ref, status):
                 if self.leadership is not None:  # one of several schedulers on a shared state: this one leads
                     status = {**status, "leader": self.leadership.as_json()}

@@ -50,7 +50,9 @@ async def addresses_of(host: str, port: int) -> list[str]:
     return found or [host]
 
 
-async def who_leads(host: str, address: str, port: int, tls: ClientTLS | None, timeout: float) -> str | None:
+async def who_leads(
+    host: str, address: str, port: int, tls: ClientTLS | None, timeout: float, context: ssl.SSLContext | None = None
+) -> str | None:
     """Asks the scheduler at `address`:`port` (named `host`) who leads, without logging in.
 
     A standby's first frame is `NotLeader` naming the leader ('' while none
@@ -58,8 +60,13 @@ async def who_leads(host: str, address: str, port: int, tls: ClientTLS | None, t
     does not answer within `timeout` (stopped, gone), says something else, or
     does not prove itself as the login would demand (CA and pinned
     fingerprint: `ClientTLS.check`): an untrusted scheduler must not steer us.
+
+    Args:
+        context: `tls.context()`, made once by a caller that asks several
+            schedulers (it reads the CA and key files); made here if None.
     """
-    context = tls.context() if tls is not None else None
+    if tls is not None and context is None:
+        context = tls.context()
     writer: asyncio.StreamWriter | None = None
     try:
         async with asyncio.timeout(timeout):
@@ -103,11 +110,14 @@ async def another_leads(
     waiting out the silence. None if every one that answers names ours.
     """
     ours = {connected, (ip, connected[1])}
+    context: ssl.SSLContext | None = None  # made at the first probe, then shared by all (files read once)
     for host, port in schedulers:
         for address in await addresses_of(host, port):
             if (address, port) in ours:
                 continue
-            leader = await who_leads(host, address, port, tls, timeout)
+            if tls is not None and context is None:
+                context = tls.context()
+            leader = await who_leads(host, address, port, tls, timeout, context)
             if not leader:
                 continue
             try:

@@ -71,6 +71,7 @@ def test_scheduler_refuses_a_bad_config_file_value_in_one_line_naming_the_key(
         (["--heartbeat", "0"], ["heartbeat: expected seconds", ">= 0.05"]),
         (["--max-cpu", "3"], ["unrecognized arguments: --max-cpu"]),
         (["--accounting-retention", "forever"], ["accounting_retention: 'forever' is not a duration"]),
+        (["--close-slice", "0"], ["command line: close_slice: expected int >= 1, got '0'"]),
     ],
 )
 def test_scheduler_refuses_a_bad_flag_in_one_line_naming_it(tmp_path: Path, flags: list[str], expected: list[str]) -> None:
@@ -89,9 +90,10 @@ def test_an_unknown_key_in_a_users_table_is_refused_not_ignored(tmp_path: Path) 
 def test_durations_take_units_and_print_config_shows_the_effective_settings_without_secrets(tmp_path: Path) -> None:
     (tmp_path / "scheduler.toml").write_text('usage_half_life = "1h"\nresult_retention = "2d"\nport = 9800\n')
     argv = ["--config", str(tmp_path / "scheduler.toml"), "--port", "9801", "--secret", "hunter2-secret"]
-    done = run("dispyscheduler", *argv, "--accounting-retention", "30d", "--print-config", cwd=tmp_path)
+    done = run("dispyscheduler", *argv, "--accounting-retention", "30d", "--close-slice", "500", "--print-config", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
+    assert "close_slice = 500" in lines
     assert "usage_half_life = 3600.0" in lines and "result_retention = 172800.0" in lines
     assert "port = 9801" in lines  # the flag over the file
     assert "accounting_retention = 2592000.0" in lines

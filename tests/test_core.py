@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 import pytest
@@ -867,7 +867,9 @@ class CoreMachine(RuleBasedStateMachine):
         self.killed: set[tuple[str, int]] = set()
         self.reported: list[tuple[str, JobResult]] = []  # (node, result) already sent once
         self.pinned: set[tuple[str, int]] = set()
-        self.resume = False  # the last call asked to be called again (`ResumeClosing`)
+        self.resume = False  # the last call asked to be called again (`ResumeCancelling`)
+        #: jobs queued when a cancel of them was accepted: none may start after it (`cancel_queued`)
+        self.cancelled: set[tuple[str, int]] = set()
 
     # -- plumbing
 
@@ -882,13 +884,14 @@ class CoreMachine(RuleBasedStateMachine):
         self.now += dt
         actions = step(self.core, *events, now=self.now)
         self.record(actions)
-        self.resume = A.ResumeClosing() in actions
+        self.resume = A.ResumeCancelling() in actions
         draining = [c.cluster_id for c in self.core.clusters.values() if c.closing and c.queued]
         assert self.resume or not draining, f"closing clusters {draining} keep queued jobs, yet no call is asked for"
         for a in actions:
             if isinstance(a, A.Dispatch):
                 assert a.node in self.node_jobs, "dispatch to a node that left"
                 assert not any(self.core.clusters[r.cluster_id].closing for r in a.jobs), "a closing cluster's job sent"
+                assert not {(r.cluster_id, r.job_id) for r in a.jobs} & self.cancelled, "a cancelled job sent"
                 self.node_jobs[a.node] += [(r.cluster_id, r.job_id) for r in a.jobs]
             elif isinstance(a, A.KillJobs):
                 self.killed.update((r.cluster_id, r.job_id) for r in a.jobs)
@@ -914,6 +917,13 @@ class CoreMachine(RuleBasedStateMachine):
                 self.closed.add(a.cluster_id)
                 del self.attached[a.cluster_id]
         return actions
+
+    def cancel_queued(self, cid: str, ids: Iterable[int] | None) -> None:
+        """Notes the jobs of `cid` queued now among `ids` (None: all) before a cancel of them: they must never start."""
+        cluster = self.core.clusters.get(cid)
+        if cluster is not None:
+            jobs = cluster.jobs.values() if ids is None else [cluster.jobs[i] for i in ids if i in cluster.jobs]
+            self.cancelled.update((cid, j.job_id) for j in jobs if j.state is JobState.QUEUED)
 
     def session(self) -> str:
         self.sessions += 1
@@ -1004,6 +1014,7 @@ class CoreMachine(RuleBasedStateMachine):
     def cancel(self, data: st.DataObject) -> None:
         cid = data.draw(st.sampled_from(self.attached_clusters()))
         ids = data.draw(st.lists(st.integers(0, max(0, self.next_job[cid] + 1)), max_size=3))
+        self.cancel_queued(cid, ids)
         self.apply(E.JobsCancelled(self.attached[cid], cid, ids))
 
     @precondition(lambda self: self.attached)
@@ -1025,8 +1036,8 @@ class CoreMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.resume)
     @rule()
     def shell_resumes_closing(self) -> None:
-        """The shell's next loop turn after a `ResumeClosing`: other rules may run first, as other peers' messages do."""
-        self.apply(E.ClosingResumed())
+        """The shell's next loop turn after a `ResumeCancelling`: other rules may run first, as other peers' messages do."""
+        self.apply(E.CancellingResumed())
 
     # -- the operator (the HTTP API)
 
@@ -1052,6 +1063,8 @@ class CoreMachine(RuleBasedStateMachine):
         live = sorted(j for j, job in cluster.jobs.items() if job.state is not JobState.DONE) if cluster else []
         ids = None if whole or not live else tuple(data.draw(st.lists(st.sampled_from(live), min_size=1, max_size=2)))
         by = self.clusters[cid] if by_owner else "mallory"
+        if by_owner:
+            self.cancel_queued(cid, ids)
         (answer,) = of(self.apply(E.CancelRequested("op", by, cid, ids)), A.AnswerAdmin)
         assert (answer.error == "") == (by_owner and cluster is not None), answer
 
@@ -1081,8 +1094,10 @@ class CoreMachine(RuleBasedStateMachine):
         self.attached[cid] = client
         cluster = self.core.clusters[cid]
         held = {j for j, job in cluster.jobs.items() if job.state is JobState.DONE}
-        # a closing cluster's queued jobs may end in this very call (a slice of them is cancelled in every call)
-        draining = {j for j, job in cluster.jobs.items() if job.state is JobState.QUEUED} if cluster.closing else set()
+        # a closing cluster's queued jobs, or those of another bulk cancel, may end in this very call (a slice of
+        # them is cancelled in every call)
+        swept = cluster.closing or cluster.cancelling
+        draining = {j for j, job in cluster.jobs.items() if job.state is JobState.QUEUED} if swept else set()
         known = list(cluster.jobs)
         actions = self.apply(opened(client, cid, self.clusters[cid], reentrant=self.reentrant[cid]))
         assert A.ConfirmOpened(client, cid, True, known) in actions
@@ -1131,9 +1146,10 @@ class CoreMachine(RuleBasedStateMachine):
         sender = data.draw(st.sampled_from(sorted(self.node_jobs) + [node]))
         changed = r._replace(end_time=r.end_time + 1000, stdout=b"impostor")
         actions = self.apply(arrived(sender, changed))
-        # nothing of it is delivered; the call may end a slice of a closing cluster's queue, as every call does
+        # nothing of it is delivered; the call may end a slice of a bulk cancel's queued jobs, as every call does
         delivered = [x for d in of(actions, A.DeliverResults) for x in d.results]
-        assert all(x.status == JobStatus.CANCELLED and x.stdout == b"" for x in delivered), delivered
+        ended = (JobStatus.CANCELLED, JobStatus.TERMINATED)  # cancelled, or of a cluster no node can run
+        assert all(x.status in ended and x.stdout == b"" for x in delivered), delivered
 
     @precondition(lambda self: self.node_jobs)
     @rule(data=st.data())

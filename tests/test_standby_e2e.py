@@ -21,6 +21,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from dispy_node.discovery import leader_of
 from dispy_wire.dialing import another_leads, who_leads
 from pg import PgServer
 from procs import Cluster, Proc
@@ -176,3 +177,6 @@ def test_peers_that_dial_a_standby_first_are_sent_to_the_leader(pg_dsn: str, clu
     assert asyncio.run(who_leads(host, host, int(a_port), None, 10)) == a
     assert asyncio.run(another_leads((host, int(a_port)), host, [(host, int(a_port)), (host, b_port)], None, 10)) is None
     assert asyncio.run(another_leads((host, b_port), host, [(host, int(a_port)), (host, b_port)], None, 10)) == a
+    # a node that found a scheduler by discovery asks it the same before dialing (`dispynode --discover`)
+    assert asyncio.run(leader_of(host, b_port, None, False)) == (host, int(a_port))
+    assert asyncio.run(leader_of(host, int(a_port), None, False)) == (host, int(a_port))

@@ -534,6 +534,30 @@ def test_a_pinned_peer_asking_who_leads_trusts_only_the_pinned_certificate(clust
     assert asyncio.run(who_leads(host, host, int(port), tls.ClientTLS(ca=pki["ca"]), 10)) == cluster.address
 
 
+def test_asking_several_schedulers_who_leads_builds_one_tls_context(cluster: Cluster, pki: dict[str, Any]) -> None:
+    """A peer whose leader fell silent asks every other address; the CA and key files are read once for all."""
+    _tls_scheduler(cluster, pki)
+    host, port = cluster.address.rsplit(":", 1)
+    closed = []
+    for _ in range(3):  # ports nobody listens on (the OS's, freed again): those schedulers are down
+        with socket.socket() as s:
+            s.bind((host, 0))
+            closed.append((host, s.getsockname()[1]))
+    built: list[ssl.SSLContext] = []
+
+    class Counting(tls.ClientTLS):
+        __slots__ = ()
+
+        def context(self) -> ssl.SSLContext:
+            built.append(super().context())
+            return built[-1]
+
+    ours = closed[0]
+    asked = [*closed, (host, int(port))]
+    assert asyncio.run(another_leads(ours, host, asked, Counting(ca=pki["ca"]), 10)) == cluster.address
+    assert len(built) == 1
+
+
 @pytest.mark.parametrize("fake", ["other_ca_cert"], indirect=True)
 def test_a_pinned_peer_asking_who_leads_sends_nothing_to_a_scheduler_with_another_certificate(
     pki: dict[str, Any], fake: FakeTLSScheduler

@@ -202,13 +202,15 @@ class ConfirmClosed(Action):
 
 
 @dataclass(frozen=True, slots=True)
-class ResumeClosing(Action):
-    """Call the core again soon (`ClosingResumed`), after serving what else has arrived.
+class ResumeCancelling(Action):
+    """Call the core again soon (`CancellingResumed`), after serving what else has arrived.
 
-    Closing clusters still hold queued jobs to cancel: the core cancels
-    `CoreConfig.close_slice` of them per call, so that one close of a huge
-    queue does not hold the loop past the peers' liveness window. Returned
-    by every call while some remain; one pending call at a time is enough.
+    Bulk cancels (a close, an operator's cancel of a whole cluster, a cluster
+    no node can run, a long list of jobs) still hold queued jobs to end: the
+    core ends `CoreConfig.close_slice` of them per call, so that one cancel
+    of a huge queue does not hold the loop past the peers' liveness window.
+    Returned by every call while some remain; one pending call at a time is
+    enough.
     """
 
 

@@ -191,8 +191,8 @@ class Tick(Event):
 
 
 @dataclass(frozen=True, slots=True)
-class ClosingResumed(Event):
-    """The shell's answer to `ResumeClosing`: a call in which the core cancels the next slice of closing clusters' queued jobs."""
+class CancellingResumed(Event):
+    """The shell's answer to `ResumeCancelling`: a call in which the core ends the next slice of bulk-cancelled queued jobs."""
 
 
 @dataclass(frozen=True, slots=True)

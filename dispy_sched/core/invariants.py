@@ -24,18 +24,23 @@ def check_invariants(core: SchedulerCore) -> None:
         assert not cluster.released or not any(j.state is JobState.DONE for j in cluster.jobs.values()), (
             f"{cluster.cluster_id}: released, yet holds results"
         )
-        # a closing (or released) cluster may still queue jobs: they are cancelled a slice per call, so it must be
-        # draining until none is left (it is kept out of the ready index: `ReadyIndex.check`)
-        assert not (cluster.closing and cluster.queued) or cluster.cluster_id in core._draining, (
-            f"{cluster.cluster_id}: closing with {cluster.queued} queued jobs nobody drains"
+        # a closing (or released) cluster may still queue jobs: they are cancelled a slice per call, so a sweep
+        # must cover them all until none is left (it is kept out of the ready index: `ReadyIndex.check`)
+        sweep = core._sweeps.get(cluster.cluster_id)
+        sweep = sweep if sweep is not None and sweep.cluster is cluster else None
+        assert cluster.cancelling == (sweep is not None), f"{cluster.cluster_id}: cancelling, yet no sweep (or the reverse)"
+        assert not (cluster.closing and cluster.queued) or (sweep is not None and sweep.upto == math.inf), (
+            f"{cluster.cluster_id}: closing with {cluster.queued} queued jobs no sweep ends"
         )
         queued = [j for j in cluster.jobs.values() if j.state is JobState.QUEUED]
+        # a queued job marked for a cancel (a restart reads it back so) is one a sweep still has to end
+        assert sweep is not None or not any(j.cancel_requested for j in queued), f"{cluster.cluster_id}: a cancel was lost"
         running = [j for j in cluster.jobs.values() if j.state is JobState.RUNNING]
         assert cluster.queued == len(queued), f"{cluster.cluster_id}: queued {cluster.queued} != {len(queued)}"
         unfinished = sum(1 for j in cluster.jobs.values() if j.state is not JobState.DONE)
         assert cluster.unfinished == unfinished, f"{cluster.cluster_id}: unfinished {cluster.unfinished} != {unfinished}"
         assert cluster.busy == len(running), f"{cluster.cluster_id}: busy {cluster.busy} != {len(running)}"
-        live = {job_id for _, _, job_id in cluster.queue}
+        live = {job_id for _, _, job_id in cluster.queue + (sweep.kept if sweep is not None else [])}
         assert all(j.job_id in live for j in queued), f"{cluster.cluster_id}: a queued job is missing from the heap"
         for job in cluster.jobs.values():
             assert job.started <= (job.state is JobState.RUNNING), f"job {job.key}: started, yet {job.state.value}"

@@ -76,12 +76,14 @@ class UsageRow:
 class SettingRow:
     """What an operator set that outlives a restart (the admin API): per node or user name, one value."""
 
-    kind: str  # DRAIN (value 1), CPUS (the node's cap) or SHARE (the user's share until the users file is reread)
+    #: DRAIN (value 1), CPUS (the node's cap), SHARE (the user's share until the users file is reread), or
+    #: CANCEL (name: a cluster id; value: the submit sequence number up to which its queued jobs are being cancelled)
+    kind: str
     name: str
     value: float
 
 
-DRAIN, CPUS, SHARE = "drain", "cpus", "share"
+DRAIN, CPUS, SHARE, CANCEL = "drain", "cpus", "share", "cancel"
 
 
 def cluster_row(cluster: ClusterRecord) -> ClusterRow:

@@ -19,12 +19,13 @@ on that node) it walks users in order, taking each one's first usable
 cluster, and stops at the first user whose own key cannot beat the best
 found: `user_key` is monotone in its cluster's key, so none after can.
 
-A closing cluster is never indexed, whatever it still queues: its queued
-jobs are being cancelled a slice per call (the core's Closing), so none may
-start meanwhile, nor weigh in its user's rank.
+A closing cluster is never indexed, whatever it still queues, nor is one
+under a bulk cancel (`cancelling`): their queued jobs are being cancelled a
+slice per call (the core's Cancelling), so none may start meanwhile, nor
+weigh in its user's rank.
 
 Invariants (`check`): exactly the clusters with queued jobs that are not
-closing are indexed,
+closing nor cancelling are indexed,
 under their user, with the key the policy gives now; exactly the users with
 an indexed cluster and not `capped` are in the user heap, keyed on their
 best cluster. It must not know about nodes, sockets or time.
@@ -65,7 +66,7 @@ class ReadyIndex:
     def update(self, cluster: ClusterRecord) -> None:
         """Re-keys a cluster (and its user) after a change to either."""
         heap = self.user_clusters.get(cluster.user)
-        head = None if cluster.closing else cluster.head()
+        head = None if cluster.closing or cluster.cancelling else cluster.head()
         if head is not None:
             if heap is None:
                 heap = self.user_clusters[cluster.user] = KeyedHeap()
@@ -121,7 +122,7 @@ class ReadyIndex:
         """Raises AssertionError if the index disagrees with the records."""
         for cluster in self._clusters.values():
             heap = self.user_clusters.get(cluster.user)
-            head = None if cluster.closing else cluster.head()  # a closing cluster's queued jobs never start
+            head = None if cluster.closing or cluster.cancelling else cluster.head()  # their queued jobs never start
             indexed = heap is not None and cluster.cluster_id in heap
             assert indexed == (head is not None), f"{cluster.cluster_id}: indexed {indexed}, queued {cluster.queued}"
             if head is not None and heap is not None:

@@ -21,20 +21,26 @@ Invariants (checked by `invariants.check_invariants` in tests):
 - a job leaves RUNNING only on its node's result, on that node's loss, or on
   its cluster's set-up failure there: never twice, so each accepted job gets
   exactly one terminal result (principle 4 of DESIGN.md);
-- a closing cluster is never in the ready index (none of its queued jobs
-  starts, nor counts in fair share), and while it has queued jobs it is in
-  `_draining`.
+- a closing cluster, or one with a bulk cancel under way (`cancelling`),
+  is never in the ready index (none of its queued jobs starts, nor counts in
+  fair share); a closing one with queued jobs has a sweep covering them all.
 
-Closing: a closed (or released) cluster's queued jobs end Cancelled, but
-`CoreConfig.close_slice` of them per call (`_drain_closing`), oldest close
-first: at 15 to 40 us a job (its result, journal row and accounting record),
-cancelling a million in one call would hold the shell's loop for tens of
-seconds, past the peers' 8 s liveness window. While some
-remain, every call returns `ResumeClosing`, and the shell calls again
-(`ClosingResumed`) after serving what else arrived. A job queued again in a
-closing cluster (its node lost) is drained too. A restart mid-close reads
-the cluster back closing, with its queued jobs, and drains on: each job
-still ends once, and the cluster goes with its last job.
+Cancelling: queued jobs are never ended where a cancel is accepted. A close
+(or release), an operator's cancel of a whole cluster, a cluster no node can
+run and a cancel of named jobs each record what is to end in the cluster's
+sweep (`sweeps.py`), and every call ends `CoreConfig.close_slice` of them
+(`_sweep`), oldest cancel first: at 15 to 40 us a job (its result, journal
+row and accounting record), ending a million in one call would hold the
+shell's loop for tens of seconds, past the peers' 8 s liveness window. While
+some remain, every call returns `ResumeCancelling`, and the shell calls again
+(`CancellingResumed`) after serving what else arrived; a small cancel ends in
+the call that accepted it. Meanwhile the cluster is out of the ready index,
+so nothing of what was cancelled starts, and what was submitted after waits.
+A job queued again in a closing cluster (its node lost) ends too. A restart
+resumes: a closing cluster is read back closing, an operator's cancel of a
+whole cluster as a `CANCEL` setting, named jobs still to end as queued with
+`cancel_requested` (`Sweep.mark`); each job still ends once, and a closing
+cluster goes with its last job.
 
 Persistence: with `CoreConfig.persist`, each call's changes to clusters,
 jobs and usage leave as one `Persist` action ahead of the others (see
@@ -94,8 +100,9 @@ from dispy_wire.status import JobStatus
 from . import actions as A
 from . import events as E
 from .keyed_heap import KeyedHeap
-from .persist import CPUS, DRAIN, SHARE, Changes, ClusterRow, JobRow, SettingRow, UsageRow, cluster_row, job_row
+from .persist import CANCEL, CPUS, DRAIN, SHARE, Changes, ClusterRow, JobRow, SettingRow, UsageRow, cluster_row, job_row
 from .ready import ReadyIndex
+from .sweeps import EVERY_JOB, Sweep
 from .placement import allowed_cpus, compile_nodes
 from .state import (
     NO_LIMITS, NO_OPTIONS, ClusterRecord, JobRecord, JobState, Limits, NodeRecord, Orphan, UserRecord, decay,
@@ -152,7 +159,7 @@ class CoreConfig:
     accounting: bool = False
     #: jobs per CPU a node that queues them is sent beyond its CPUs (see Prefetch above); 0: none
     prefetch: int = 0
-    #: queued jobs of closing clusters cancelled per call (see Closing above): at 2,000, a loop turn of 0.1 to 0.2 s
+    #: queued jobs ended per call by closes and other bulk cancels (see Cancelling above): at 2,000, a loop turn of 0.1 to 0.2 s
     #: on a busy 2-core machine, shell included (benchmarks/close.py)
     close_slice: int = 2000
 
@@ -237,9 +244,9 @@ class SchedulerCore:
         self.cpu_caps: dict[str, int] = {}
         #: user -> the share an operator set, which holds (across restarts) until the users file is read again
         self.share_overrides: dict[str, float] = {}
-        #: closing clusters whose queued jobs `_drain_closing` has yet to cancel, oldest close first (an ordered set;
-        #: an entry may outlive its cluster until the drain reaches it)
-        self._draining: dict[str, None] = {}
+        #: cluster id -> the bulk cancel of its queued jobs under way, oldest first (an entry may outlive its
+        #: cluster until `_sweep` reaches it)
+        self._sweeps: dict[str, Sweep] = {}
 
     # ---------------------------------------------------------------- entry
 
@@ -249,17 +256,17 @@ class SchedulerCore:
         for event in events:
             self._stimulus = type(event).__name__
             self._on(event)
-        if self._draining:
-            self._stimulus = "close"
-            self._drain_closing()
+        if self._sweeps:
+            self._stimulus = "cancel"
+            self._sweep()
         self._stimulus = "schedule"
         self._schedule()
         out, self._out = self._out, _Outbox()
         actions = out.flush()
         if self._changes:
             actions.insert(0, self._persist_action())
-        if self._draining:
-            actions.append(A.ResumeClosing())
+        if self._sweeps:
+            actions.append(A.ResumeCancelling())
         for job in self._written:  # in the Persist (and any DeliverResults) above: the store has it now
             job.result = None
         self._written.clear()
@@ -441,31 +448,52 @@ class SchedulerCore:
         return [j for j in cluster.jobs.values() if j.state is JobState.DONE]
 
     def _start_closing(self, cluster: ClusterRecord) -> None:
-        """Marks a cluster closing: it leaves the ready index, and its queued jobs are drained (see Closing)."""
+        """Marks a cluster closing: it leaves the ready index, and its queued jobs end (see Cancelling)."""
         cluster.closing = True
         self._note_cluster(cluster)
         self.ready.update(cluster)
         if cluster.queued:
-            self._draining[cluster.cluster_id] = None
+            self._sweep_closing(cluster)
 
-    def _drain_closing(self) -> None:
-        """Ends up to `close_slice` queued jobs of closing clusters, Cancelled, taking each queue from its head."""
+    def _sweep_closing(self, cluster: ClusterRecord) -> None:
+        """Ends every queued job of a closing cluster (see Cancelling), also one queued again later."""
+        self._sweep_of(cluster).cover(EVERY_JOB, JobStatus.CANCELLED, "cancelled before it started")
+
+    def _sweep_of(self, cluster: ClusterRecord) -> Sweep:
+        """The cluster's sweep, begun if need be: from now on none of its queued jobs starts until it is done."""
+        sweep = self._sweeps.get(cluster.cluster_id)
+        if sweep is None or sweep.cluster is not cluster:
+            sweep = self._sweeps[cluster.cluster_id] = Sweep(cluster)
+            cluster.cancelling = True
+            self.ready.update(cluster)
+        return sweep
+
+    def _sweep(self) -> None:
+        """Ends up to `close_slice` queued jobs of bulk cancels, oldest cancel first (see Cancelling)."""
         budget = self.config.close_slice
-        while self._draining and budget > 0:
-            cluster_id = next(iter(self._draining))
-            cluster = self.clusters.get(cluster_id)
-            if cluster is not None and cluster.closing:
-                why = cluster.released or "cancelled before it started"
-                while budget > 0 and (job := cluster.head()) is not None:
-                    self._finish(cluster, job, _synthetic(job, JobStatus.CANCELLED, why, self.now))  # may drop the cluster
-                    budget -= 1
-                if cluster.queued:
+        while self._sweeps and budget > 0:
+            cluster_id, sweep = next(iter(self._sweeps.items()))
+            cluster = sweep.cluster
+            if self.clusters.get(cluster_id) is cluster:
+                budget, done = sweep.step(budget, self._end_queued)  # may drop the cluster
+                if not done:
                     break
-            del self._draining[cluster_id]
+            del self._sweeps[cluster_id]
+            cluster.cancelling = False
+            if self.clusters.get(cluster_id) is cluster:
+                self.ready.update(cluster)
+            if sweep.lasting:
+                self._note_settings()
+        if self.config.persist:
+            for sweep in self._sweeps.values():  # listed jobs left for later calls: the cancel outlives a restart
+                sweep.mark(self._note_job)
+
+    def _end_queued(self, cluster: ClusterRecord, job: JobRecord, status: JobStatus, why: str) -> None:
+        self._finish(cluster, job, _synthetic(job, status, why, self.now))
 
     @_on.register
-    def _on_closing_resumed(self, ev: E.ClosingResumed) -> None:
-        """Nothing to do here: every call drains a slice (`handle`); this one is the shell's call for it."""
+    def _on_cancelling_resumed(self, ev: E.CancellingResumed) -> None:
+        """Nothing to do here: every call ends a slice (`handle`); this one is the shell's call for it."""
 
     @_on.register
     def _on_node_cpus_set(self, ev: E.NodeCpusSet) -> None:
@@ -803,8 +831,8 @@ class SchedulerCore:
         if not usable or any(n not in cluster.failed_on for n in usable):
             return
         reasons = "; ".join(f"node {self.nodes[n].name}: {cluster.failed_on[n]}" for n in usable)
-        queued = [j.job_id for j in cluster.jobs.values() if j.state is JobState.QUEUED]
-        self._cancel(cluster, queued, JobStatus.TERMINATED, f"cluster {cluster.name} cannot run on any node ({reasons})")
+        why = f"cluster {cluster.name} cannot run on any node ({reasons})"
+        self._sweep_of(cluster).cover(self._seq, JobStatus.TERMINATED, why)  # a slice per call (see Cancelling)
 
     @_on.register
     def _on_node_left(self, ev: E.NodeLeft) -> None:
@@ -832,17 +860,25 @@ class SchedulerCore:
         if cluster is None or (ev.by is not None and cluster.user != ev.by):  # another's: as if there were none
             self._answer(ev.ref, ErrorCode.UNKNOWN_CLUSTER, f"no cluster {ev.cluster_id}")
             return
-        if ev.job_ids is None:
-            ids = [j.job_id for j in cluster.jobs.values() if j.state is not JobState.DONE]
+        who = f"user {ev.by}" if ev.by is not None else "an administrator"
+        why = f"cancelled by {who}"
+        if ev.job_ids is None:  # the whole cluster: its queue is not scanned, but taken from the head a slice per call
+            count = cluster.unfinished
+            self._cancel(cluster, self._running_ids(cluster), why=why)
+            if cluster.queued:
+                sweep = self._sweep_of(cluster)
+                sweep.cover(self._seq, JobStatus.CANCELLED, why)
+                sweep.lasting = True
+                self._note_settings()
         else:
             ids = list(ev.job_ids)
             ended = [i for i in ids if i not in cluster.jobs or cluster.jobs[i].state is JobState.DONE]
             if ended:
                 self._answer(ev.ref, ErrorCode.BAD_REQUEST, f"job {ended[0]} of cluster {ev.cluster_id} is not queued or running")
                 return
-        who = f"user {ev.by}" if ev.by is not None else "an administrator"
-        self._cancel(cluster, ids, why=f"cancelled by {who}")
-        self._answer(ev.ref, None, f"{len(ids)} jobs of cluster {cluster.name} ({ev.cluster_id}) cancelled")
+            count = len(ids)
+            self._cancel(cluster, ids, why=why)
+        self._answer(ev.ref, None, f"{count} jobs of cluster {cluster.name} ({ev.cluster_id}) cancelled")
 
     def _nodes_called(self, name: str) -> list[NodeRecord]:
         return [n for n in self.nodes.values() if n.name == name]
@@ -942,6 +978,12 @@ class SchedulerCore:
             cluster = self.clusters.get(job_row_.cluster_id)
             if cluster is not None:
                 self._restore_job(cluster, job_row_)
+        for setting in ev.settings:  # an operator's cancel of a whole cluster, under way: it goes on
+            cluster = self.clusters.get(setting.name) if setting.kind == CANCEL else None
+            if cluster is not None and cluster.queued:
+                sweep = self._sweep_of(cluster)
+                sweep.cover(int(setting.value), JobStatus.CANCELLED, "cancelled by an operator before the scheduler restarted")
+                sweep.lasting = True
         for cluster in self.clusters.values():
             self.ready.update(cluster)
         self._changes = Changes()  # what was just read is what the journal holds
@@ -976,6 +1018,8 @@ class SchedulerCore:
             job.result = row.result if not self.config.persist else None
             job.held = size
             self._hold(cluster, size)
+        elif row.state == JobState.QUEUED.value and job.cancel_requested:  # listed by a cancel not yet done
+            self._sweep_of(cluster).add([job.job_id], JobStatus.CANCELLED, "cancelled before it started", job.seq)
         elif row.state == JobState.RUNNING.value:
             job.state = JobState.ORPHANED
             why = (
@@ -1041,7 +1085,7 @@ class SchedulerCore:
         """Closes a cluster whose program has been away for `result_retention` (dispy's zombie_interval).
 
         Its uncollected results are dropped, its queued jobs cancelled (a
-        slice per call: see Closing) and its running ones stopped (their ends
+        slice per call: see Cancelling) and its running ones stopped (their ends
         are dropped as they come); the record
         goes once nothing of it runs. A program that comes back is told why
         (`ErrorCode.RELEASED`), once, from a bounded list of released ids.
@@ -1059,7 +1103,7 @@ class SchedulerCore:
         while len(self._released) > MAX_RELEASED:
             del self._released[next(iter(self._released))]
         cluster.released = why
-        self._start_closing(cluster)  # its queued jobs end in slices (see Closing), with `why`
+        self._start_closing(cluster)  # its queued jobs end in slices (see Cancelling), with `why`
         for job in done:
             self._forget(cluster, job)
         self._cancel(cluster, running, JobStatus.CANCELLED, why)
@@ -1084,8 +1128,8 @@ class SchedulerCore:
             cluster.push(job)
             cluster.queued += 1
             user.queued += 1
-            if cluster.closing:  # read back from a journal written mid-close: the drain goes on
-                self._draining[cluster.cluster_id] = None
+            if cluster.closing:  # read back from a journal written mid-close: the close goes on
+                self._sweep_closing(cluster)
         elif job.state is JobState.ORPHANED:
             user.orphans += 1
         self._log(job, origin, job.state.value)
@@ -1112,7 +1156,7 @@ class SchedulerCore:
             cluster.queued += 1
             user.queued += 1
             if cluster.closing:  # queued again (its node lost) in a closing cluster: it ends with the rest
-                self._draining[cluster.cluster_id] = None
+                self._sweep_closing(cluster)
         elif to is JobState.ORPHANED:  # its node may still run it: held against max_cpus until it is settled
             user.orphans += 1
             self.ready.update_user(user)
@@ -1307,14 +1351,15 @@ class SchedulerCore:
         self, cluster: ClusterRecord, job_ids: Iterable[int],
         status: JobStatus = JobStatus.CANCELLED, why: str = "cancelled before it started",
     ) -> None:  # fmt: skip
-        """Ends queued jobs at once (with `status` and `why`) and asks nodes to kill running ones."""
+        """Ends queued jobs (with `status` and `why`; a slice per call: see Cancelling) and asks nodes to kill running ones."""
         kills: dict[str, list[JobRef]] = defaultdict(list)
+        queued: list[int] = []
         for job_id in job_ids:
             job = cluster.jobs.get(job_id)
             if job is None:
                 continue
-            if job.state is JobState.QUEUED:  # its heap entry goes stale and is skipped
-                self._finish(cluster, job, _synthetic(job, status, why, self.now))
+            if job.state is JobState.QUEUED:
+                queued.append(job_id)
             elif job.state is JobState.RUNNING and job.node is not None and not job.cancel_requested:
                 # the node answers with the job's terminal result once the tree is gone
                 job.cancel_requested = True
@@ -1323,7 +1368,8 @@ class SchedulerCore:
             elif job.state is JobState.ORPHANED and not job.cancel_requested:
                 job.cancel_requested = True  # killed if a node reports it, else ends Cancelled
                 self._note_job(job)
-        self.ready.update(cluster)
+        if queued:
+            self._sweep_of(cluster).add(queued, status, why, self._seq)
         self._out.immediate += [A.KillJobs(node, refs) for node, refs in kills.items()]
 
     def _lose_node(self, node_id: str, reason: str) -> None:
@@ -1431,7 +1477,11 @@ class SchedulerCore:
         return sorted(
             [SettingRow(DRAIN, name, 1.0) for name in self.drained]
             + [SettingRow(CPUS, name, float(cpus)) for name, cpus in self.cpu_caps.items()]
-            + [SettingRow(SHARE, name, share) for name, share in self.share_overrides.items()],
+            + [SettingRow(SHARE, name, share) for name, share in self.share_overrides.items()]
+            + [
+                SettingRow(CANCEL, cid, float(s.upto)) for cid, s in self._sweeps.items()
+                if s.lasting and 0 <= s.upto < EVERY_JOB and self.clusters.get(cid) is s.cluster  # a close: its row says so
+            ],
             key=lambda r: (r.kind, r.name),
         )
 

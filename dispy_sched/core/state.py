@@ -117,6 +117,8 @@ class ClusterRecord:
     node_blobs: dict[str, bytes] = field(default_factory=dict)  # node -> computation to load there instead
     resetting: set[str] = field(default_factory=set)  # nodes draining this cluster's jobs before a reload
     closing: bool = False
+    #: a bulk cancel of its queued jobs is under way (the core's Cancelling): none of them starts until it is done
+    cancelling: bool = False
     last_dispatch: float = -math.inf
     left_at: float = 0.0  # when its client left (meaningful while `client` is None)
     #: why it was released (its client away longer than the result retention); '' while it is not

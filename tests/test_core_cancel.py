@@ -1,0 +1,146 @@
+"""Bulk cancels other than a close end a slice of queued jobs per call too (the core's Cancelling, `sweeps.py`).
+
+An operator's cancel of a whole cluster, a cluster no node can run and a
+cancel of many named jobs end at most `CoreConfig.close_slice` queued jobs
+per call and ask to be called again (`ResumeCancelling`). Meanwhile none of
+the jobs cancelled starts, jobs submitted after the cancel wait and then run,
+a restart resumes the cancel, and every job ends exactly once.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+
+from dispy_sched.core import SchedulerCore
+from dispy_sched.core import actions as A
+from dispy_sched.core import events as E
+from dispy_wire.messages import JobRef, JobResult
+from dispy_wire.status import JobStatus
+
+from test_core import arrived, dispatched, joined, of, opened, result, step, submitted
+from test_core_close import ended
+from test_core_journal import MemoryJournal, run
+
+MakeCore = Callable[..., SchedulerCore]
+SLICE = 10
+
+
+def resume(core: SchedulerCore, actions: list[A.Action], now: float) -> list[list[A.Action]]:
+    """The shell's calls while the core asks for them, the first call's actions included."""
+    calls = [actions]
+    while A.ResumeCancelling() in calls[-1]:
+        calls.append(step(core, E.CancellingResumed(), now=now))
+    return calls
+
+
+def ends(calls: list[list[A.Action]]) -> list[JobResult]:
+    return [r for actions in calls for r in ended(actions)]
+
+
+def test_an_operators_cancel_of_a_whole_cluster_ends_a_slice_per_call(make_core: MakeCore) -> None:
+    core = make_core(close_slice=SLICE)
+    step(core, opened("c1", "K"), joined("n1", 1), submitted("c1", "K", *range(35)), now=0)  # job 0 runs
+    actions = step(core, E.CancelRequested("op", None, "K", None), now=1)
+    assert of(actions, A.AnswerAdmin) == [A.AnswerAdmin("op", "", "35 jobs of cluster name-K (K) cancelled")]
+    assert of(actions, A.KillJobs) == [A.KillJobs("n1", [JobRef("K", 0)])]  # the running one: at once
+    assert [r.job_id for r in ended(actions)] == list(range(1, 11)) and A.ResumeCancelling() in actions
+    calls = resume(core, actions, now=2)
+    assert [len(ended(c)) for c in calls] == [10, 10, 10, 4]
+    assert {(r.status, r.exception) for r in ends(calls)} == {(JobStatus.CANCELLED, "cancelled by an administrator")}
+    assert not any(dispatched(c) for c in calls)
+    assert core.clusters["K"].queued == 0 and not core.clusters["K"].cancelling
+
+
+def test_jobs_submitted_after_a_cancel_wait_for_it_and_then_run_even_ahead_in_priority(make_core: MakeCore) -> None:
+    core = make_core(close_slice=SLICE)
+    step(core, opened("c1", "K"), submitted("c1", "K", *range(45)), now=0)
+    actions = step(core, E.CancelRequested("op", "alice", "K", None), now=1)
+    assert [r.job_id for r in ended(actions)] == list(range(10))
+    # submitted after the cancel was accepted, one ahead of every cancelled job: kept, never cancelled
+    calls = [step(core, submitted("c1", "K", 100), submitted("c1", "K", 101, priority=5), now=2)]
+    calls.append(step(core, joined("n1", 2), now=3))  # a CPU is free, yet nothing of K starts while the cancel is on
+    assert dispatched(calls[-1]) == {} and A.ResumeCancelling() in calls[-1]
+    calls += resume(core, calls.pop(), now=4)
+    assert sorted(r.job_id for r in ends(calls)) == list(range(10, 45))
+    assert {r.exception for r in ends(calls)} == {"cancelled by user alice"}
+    assert dispatched(calls[-1]) == {"n1": [("K", 101), ("K", 100)]}  # once it is done, in their order
+
+
+def test_a_cluster_no_node_can_run_ends_its_queue_a_slice_per_call(make_core: MakeCore) -> None:
+    core = make_core(close_slice=SLICE)
+    step(core, opened("c1", "K"), joined("n1", 2), now=0)
+    step(core, submitted("c1", "K", *range(25)), now=1)
+    actions = step(core, E.ClusterFailedOnNode("n1", "K", "TypeError: setup() missing 1 argument"), now=2)
+    calls = resume(core, actions, now=3)
+    assert [len(ended(c)) for c in calls] == [10, 10, 5]
+    results = ends(calls)
+    assert Counter(r.job_id for r in results) == Counter(range(25))
+    assert {r.status for r in results} == {JobStatus.TERMINATED}
+    assert all("cannot run on any node" in r.exception and "missing 1 argument" in r.exception for r in results)
+
+
+def test_a_cancel_of_many_named_jobs_ends_a_slice_per_call_and_kills_the_running_ones_at_once(make_core: MakeCore) -> None:
+    core = make_core(close_slice=SLICE)
+    step(core, opened("c1", "K"), joined("n1", 1), submitted("c1", "K", *range(30)), now=0)  # job 0 runs
+    actions = step(core, E.JobsCancelled("c1", "K", list(range(0, 30, 2)) + [999]), now=1)  # 999: never submitted
+    assert [len(k.jobs) for k in of(actions, A.KillJobs)] == [1]
+    calls = resume(core, actions, now=2)
+    assert [len(ended(c)) for c in calls] == [10, 4]
+    assert sorted(r.job_id for r in ends(calls)) == list(range(2, 30, 2))
+    actions = step(core, arrived("n1", result("K", 0, status=JobStatus.CANCELLED)), now=3)
+    assert dispatched(actions) == {"n1": [("K", 1)]}  # the odd ones were never cancelled
+
+
+def test_a_restart_mid_cancel_of_a_whole_cluster_resumes_it(make_core: MakeCore) -> None:
+    core, journal = make_core(persist=True, close_slice=SLICE), MemoryJournal()
+    run(core, journal, opened("c1", "K"), submitted("c1", "K", *range(45)), now=0)
+    before = ended(run(core, journal, E.CancelRequested("op", None, "K", None), now=1), journal)
+    assert len(before) == SLICE and [s.kind for s in journal.settings] == ["cancel"]
+    before += ended(run(core, journal, submitted("c1", "K", 50), now=2), journal)  # it must survive the restart
+    # kill -9 before the shell's next call; nodes are back before the client
+    core = make_core(persist=True, close_slice=SLICE)
+    actions = run(core, journal, journal.restored(), joined("n1", 4), now=10)
+    assert dispatched(actions) == {} and core.clusters["K"].cancelling
+    actions = run(core, journal, opened("c2", "K"), now=11)  # the program re-attaches
+    after = ended(actions, journal)
+    while A.ResumeCancelling() in actions:
+        actions = run(core, journal, E.CancellingResumed(), now=12)
+        after += ended(actions, journal)
+    assert dispatched(actions) == {"n1": [("K", 50)]} and not journal.settings
+    counts = Counter(r.job_id for r in before + after)  # the ended ones again as the client re-attaches
+    assert sorted(counts) == list(range(45)) and len(after) == 45
+    assert {r.status for r in before + after} == {JobStatus.CANCELLED}
+
+
+def test_a_restart_mid_cancel_of_named_jobs_resumes_it(make_core: MakeCore) -> None:
+    core, journal = make_core(persist=True, close_slice=SLICE), MemoryJournal()
+    run(core, journal, opened("c1", "K"), submitted("c1", "K", *range(30)), now=0)
+    before = ended(run(core, journal, E.JobsCancelled("c1", "K", list(range(25))), now=1), journal)
+    assert len(before) == SLICE and sum(r.cancel_requested for r in journal.jobs.values()) == 15
+    core = make_core(persist=True, close_slice=SLICE)
+    actions = run(core, journal, journal.restored(), joined("n1", 8), now=10)
+    assert dispatched(actions) == {}
+    actions = run(core, journal, opened("c2", "K"), now=11)
+    after = ended(actions, journal)
+    while A.ResumeCancelling() in actions:
+        actions = run(core, journal, E.CancellingResumed(), now=12)
+        after += ended(actions, journal)
+    # the first slice's results again (the client had not acknowledged them), the rest once each
+    assert {r.job_id for r in before + after} == set(range(25)) and len(after) == 25
+    assert {(r.status, r.exception) for r in before + after} == {(JobStatus.CANCELLED, "cancelled before it started")}
+    assert sorted(j for _, j in dispatched(actions)["n1"]) == list(range(25, 30))
+
+
+def test_a_close_during_a_cancel_ends_the_jobs_it_had_set_aside_too(make_core: MakeCore) -> None:
+    core = make_core(close_slice=SLICE)
+    step(core, opened("c1", "K"), submitted("c1", "K", *range(30)), now=0)
+    step(core, E.CancelRequested("op", None, "K", None), now=1)
+    # newer and ahead of the rest: the next slice sets them aside to reach the older jobs
+    actions = step(core, submitted("c1", "K", 100, 101, priority=5), now=2)
+    assert {r.job_id for r in ended(actions)} <= set(range(30)) and core.clusters["K"].cancelling
+    assert sorted(e[2] for e in core._sweeps["K"].kept) == [100, 101]
+    calls = resume(core, step(core, E.ClusterClosed("c1", "K", terminate=True), now=3), now=4)
+    results = ends(calls)
+    assert {100, 101} <= {r.job_id for r in results} and calls[-1][-1] == A.ConfirmClosed("c1", "K")
+    assert "K" not in core.clusters
