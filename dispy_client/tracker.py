@@ -24,10 +24,13 @@ acknowledged): a program waiting for its cluster is not woken for each job.
 What the loop thread hands in during one turn of its loop goes to the
 dispatcher as one queue item (one wake-up of that thread for a message's
 worth of starts and results, not one per job), and it hands records in as
-lists, a message's worth of one kind each. The dispatcher applies a list of
-starts or results together: one lock round trip and one wake-up of the
-`changed` waiters for the list, then each job's callbacks and watchers, in
-the list's order. Results are unpickled on the dispatcher, outside the lock,
+lists, a message's worth of one kind each (`updates.py`). The dispatcher
+takes whatever has queued up by the time it is free, folds each run of job
+news into one list per kind (`merged`: starts, provisional results, files,
+ends, each job's own order), and applies a list of starts or results
+together: one lock round trip and one wake-up of the `changed` waiters for
+the list, then each job's callbacks and watchers, in the list's order. So
+the busier it is, the longer its lists, and the less each job costs it. Results are unpickled on the dispatcher, outside the lock,
 never on the loop thread (a result's own code may run, and in a JobCluster
 that thread also runs the scheduler). Starts alone wait up to `STARTS_DELAY`
 for a result to go with (the first item of another kind hands them over at
@@ -311,17 +314,25 @@ class JobTracker:
 
     def _dispatch_loop(self) -> None:
         self._released.wait()
-        while True:
+        stopping = False
+        while not stopping:
             wait = None if not self._settled else max(0.0, self._settled_since + ACK_DELAY - time.monotonic())
             try:
                 entry = self._queue.get(timeout=wait)
             except queue.Empty:
                 self._settle()
                 continue
-            if entry is None:
-                self._settle()
-                return
-            for update in entry.updates if isinstance(entry, Turn) else (entry,):
+            updates: list[Update] = []
+            while True:  # and whatever queued up while we were busy: applied together, in fewer, longer lists
+                if entry is None:
+                    stopping = True
+                    break
+                updates.extend(entry.updates if isinstance(entry, Turn) else (entry,))
+                try:
+                    entry = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            for update in merged(updates):
                 self._dispatch(update)
             idle = not self._jobs  # the program may close the cluster now: its results acknowledged first
             if self._settled and (idle or self._queue.empty() and (
@@ -333,6 +344,7 @@ class JobTracker:
                     if not self._jobs:  # none added meanwhile
                         self._quiet = True
                         self._all_done.notify_all()
+        self._settle()
 
     def _settle(self) -> None:
         """The settled ids to `on_settled` (the scheduler may drop those results)."""
@@ -579,6 +591,59 @@ class JobTracker:
     def _bump(self) -> None:
         self.version += 1
         self.changed.notify_all()
+
+
+def merged(updates: list[Update]) -> list[Update]:
+    """`updates` with each run of job news folded into one list per kind: starts, provisional results, files, ends.
+
+    That order is each job's own (it starts, sends, then ends), so a job's
+    callbacks keep their order; a start of a job that already has news in
+    the run (a rerun elsewhere) closes the run first. Node news, a job
+    created and the close keep their place between runs.
+    """
+    if len(updates) < 3:
+        return updates
+    out: list[Update] = []
+    starts: list[M.JobStart] = []
+    provisional: list[M.JobResult] = []
+    files: list[M.JobFile] = []
+    results: list[M.JobResult] = []
+    touched: set[int] = set()  # jobs with provisional results, files or ends in the run
+
+    def close_run() -> None:
+        if starts:
+            out.append(Started(starts.copy()))
+        if provisional:
+            out.append(Provisional(provisional.copy()))
+        if files:
+            out.append(Files(files.copy()))
+        if results:
+            out.append(Results(results.copy()))
+        for records in (starts, provisional, files, results, touched):
+            records.clear()
+
+    for update in updates:
+        match update:
+            case Started(records):
+                if touched and not touched.isdisjoint(start.job_id for start in records):
+                    close_run()
+                starts.extend(records)
+            case Provisional(records):
+                provisional.extend(records)
+                touched.update(r.job_id for r in records)
+            case Files(records):
+                files.extend(records)
+                touched.update(f.job_id for f in records)
+            case Results(records):
+                results.extend(records)
+                touched.update(r.job_id for r in records)
+            case Nodes() | Unusable() | Created() | Closed():
+                close_run()
+                out.append(update)
+            case _:
+                assert_never(update)
+    close_run()
+    return out
 
 
 def fill_job(job: DispyJob, r: M.JobResult, raw_output: bool = False) -> None:

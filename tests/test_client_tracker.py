@@ -8,8 +8,8 @@ import time
 
 from dispy_client.job import DispyJob
 from dispy_client.node import DispyNode
-from dispy_client.tracker import FORGED_TEXT, JobTracker
-from dispy_client.updates import Results, Started
+from dispy_client.tracker import FORGED_TEXT, JobTracker, merged
+from dispy_client.updates import Created, Nodes, Provisional, Results, Started
 from dispy_wire import messages as M
 from dispy_wire import result_mac
 from dispy_wire.payload import dumps
@@ -131,3 +131,26 @@ def test_starts_without_a_result_to_go_with_still_reach_the_job_and_callbacks() 
     wait_until(lambda: seen == [DispyJob.Created, DispyNode.Initialized, DispyJob.Running], 60, "its callbacks")
     assert job.node == "n1" and tracker.counts().running == 1
     tracker.close()
+
+
+def test_news_queued_together_fold_into_one_list_per_kind_keeping_each_jobs_order() -> None:
+    def start(job_id: int, node: str = "n1") -> M.JobStart:
+        return M.JobStart(job_id, node, "127.0.0.1", 0.5)
+
+    job = DispyJob((1,), {}, 9, time.time())
+    info = M.NodeInfo("joined", "n2", "127.0.0.2", 2, 0, {})
+    provisional = M.JobResult("c1", 2, int(JobStatus.PROVISIONAL_RESULT), b"p", b"", b"", "", "", 0.5, 0.0)
+    updates = [
+        Started([start(1)]), Results([_failed(1)]), Started([start(2)]), Provisional([provisional]),
+        Started([start(3)]), Results([_failed(3)]),
+        Started([start(2, "n2")]),  # job 2 again (rerun elsewhere) after its provisional result: a new run
+        Results([_failed(2)]),
+        Created(job), Nodes([info]),  # keep their place: the run before them is closed
+        Started([start(4)]), Results([_failed(4)]),
+    ]  # fmt: skip
+    assert merged(updates) == [
+        Started([start(1), start(2), start(3)]), Provisional([provisional]), Results([_failed(1), _failed(3)]),
+        Started([start(2, "n2")]), Results([_failed(2)]),
+        Created(job), Nodes([info]),
+        Started([start(4)]), Results([_failed(4)]),
+    ]  # fmt: skip
