@@ -41,12 +41,6 @@ from .errors import DispyError
 
 log = logging.getLogger("dispy_client")
 
-#: jobs per CPU sent to a node ahead of a free CPU (`dispyscheduler --prefetch`, 1 by default there): a
-#: JobCluster's scheduler serves one user, so a deep window costs no one else's turn, and each hop then
-#: carries several jobs per message (less CPU per job in this process and in the node). The price: a
-#: node that joins later does not take over jobs already sent ahead to another (docs/client.md).
-PREFETCH = 16
-
 
 class EmbeddedScheduler:
     """A scheduler in this process, plus this machine's node.
@@ -95,7 +89,7 @@ class EmbeddedScheduler:
             state_dir=self._state_dir, name=socket.gethostname(), tls_cert=tls_cert, tls_key=tls_key,
         )  # fmt: skip
         self._pin = cert_fingerprint(tls.cert) if tls else None
-        self._server = SchedulerServer(config, SchedulerCore(load_policy("fair"), CoreConfig(prefetch=PREFETCH)))
+        self._server = SchedulerServer(config, SchedulerCore(load_policy("fair"), CoreConfig()))
         self._loop = loop_thread
         self._nodes: list[subprocess.Popen[bytes]] = []
         self._stopped = False
