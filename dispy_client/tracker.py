@@ -65,7 +65,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, assert_never
+from typing import Any, NamedTuple, assert_never
 
 from dispy_wire import messages as M
 from dispy_wire import result_mac
@@ -98,9 +98,11 @@ class Counts:
 ENDED_KEPT = 500
 
 
-@dataclass(frozen=True, slots=True)
-class Ended:
-    """What a status page shows of an ended job (dispy_client.httpd)."""
+class Ended(NamedTuple):
+    """What a status page shows of an ended job (dispy_client.httpd).
+
+    A NamedTuple, not a frozen dataclass: one is made per job, on the dispatcher thread, and this is four
+    times quicker to make."""
 
     uid: int
     id: Any  # the user's `job.id`
