@@ -63,6 +63,8 @@ ENVELOPE_BYTES = 1024
 HEARTBEAT = DEFAULT_INTERVAL
 #: seconds between rounds of dialing several schedulers when none led (a takeover under way)
 STANDBY_PAUSE = 0.5
+#: a provisional result's status, as a plain int (looked up once: an enum member's lookup is slow per result)
+PROVISIONAL = int(JobStatus.PROVISIONAL_RESULT)
 
 
 class ClusterSession:
@@ -376,13 +378,13 @@ class ClusterSession:
     def _on_message(self, msg: M.Message) -> None:
         match msg:
             case M.JobResults(_, results):
-                provisional = [r for r in results if r.status == JobStatus.PROVISIONAL_RESULT]
+                provisional = [r for r in results if r.status == PROVISIONAL]
                 if provisional:  # the job goes on: nothing to ack; handed on before the ends, which come after them
                     unfinished = self._unfinished
                     provisional = [r for r in provisional if r.job_id in unfinished]
                     if provisional:
                         self._deliver(Provisional(provisional))
-                    results = [r for r in results if r.status != JobStatus.PROVISIONAL_RESULT]
+                    results = [r for r in results if r.status != PROVISIONAL]
                 stale = self._end(results)
                 if self._link is not None and stale:
                     self._link.send(M.AckResults(self.cluster_id, stale))

@@ -661,7 +661,7 @@ def fill_job(job: DispyJob, r: M.JobResult, raw_output: bool = False) -> None:
     job.end_time = r.end_time
     job.exception = r.exception or None
     job.exception_type = r.exception_type or None
-    if r.status == JobStatus.FINISHED and r.result is not None:
+    if r.status == DispyJob.Finished and r.result is not None:  # a plain int: no enum lookup per job
         try:
             job.result = loads(r.result)
         except Exception as exc:  # unpickling runs the result's own code
