@@ -42,6 +42,7 @@ from .packaging import build_computation, computation_name, job_depends
 from .recover import Recorder
 from .session import ClusterSession
 from .tracker import ACTIVE, JobTracker
+from .updates import Nodes
 
 log = logging.getLogger("dispy_client")
 
@@ -575,7 +576,7 @@ class BaseCluster:
             if name not in known and any(NodeAllocate.allocate(w, self, info.get("ip_addr", ""), name, 1) >= 0 for w in wanted)
         ]  # fmt: skip (NodeAllocate's own matching: a subclass's allocate runs once the node is announced)
         if found:
-            self._tracker.deliver("nodes", found)
+            self._tracker.deliver(Nodes(found))
         return 0
 
 

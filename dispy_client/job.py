@@ -110,7 +110,9 @@ class DispyJob:
 
     def _changed(self) -> None:
         """Runs the watchers; the dispatcher thread calls it after each status change."""
-        with self._watch_lock:
+        if not self._watchers and not self.finish.is_set():
+            return  # nobody to tell, short of the end: a watcher added meanwhile hears the next change
+        with self._watch_lock:  # at the end: a watcher being added now either is in the list or sees `done`
             watchers = list(self._watchers)
             if self.done:
                 self._watchers.clear()

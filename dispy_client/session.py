@@ -16,7 +16,9 @@ A terminal result is acknowledged only once the tracker says it is settled
 (`settled`: the user's callbacks ran and, with a recover file, its record
 is on disk), so a client killed in between gets it again from `recover_jobs`.
 The first terminal result of a job wins and later copies are dropped, so the
-user sees exactly one.
+user sees exactly one: `_end` is the one place that decides, for a batch of
+results (the scheduler's, or those we make for jobs it cannot run), and a
+copy of a result already settled is acknowledged again, not handed on.
 
 The link carries a sign of life both ways (`dispy_wire.liveness`): a
 scheduler silent for four of its announced intervals is given up like a
@@ -49,6 +51,7 @@ from dispy_wire.tls import ClientTLS
 
 from .connection import LoopThread, SchedulerLink
 from .errors import ClusterError, DispyError, LimitError, SchedulerSilent, SchedulerUnreachable, StandingBy
+from .updates import Files, News, Nodes, Provisional, Results, Started, Unusable
 
 log = logging.getLogger("dispy_client")
 
@@ -60,14 +63,14 @@ ENVELOPE_BYTES = 1024
 HEARTBEAT = DEFAULT_INTERVAL
 #: seconds between rounds of dialing several schedulers when none led (a takeover under way)
 STANDBY_PAUSE = 0.5
+#: a provisional result's status, as a plain int (looked up once: an enum member's lookup is slow per result)
+PROVISIONAL = int(JobStatus.PROVISIONAL_RESULT)
 
 
 class ClusterSession:
     """Args:
-    deliver: called on the loop thread with a kind and a message's worth of
-        its records, for the dispatcher thread: ("started", [JobStart]),
-        ("provisional", [JobResult]), ("file", [JobFile]), ("result", [JobResult]),
-        ("nodes", [NodeInfo]) and ("unusable", [NodeUnusable]) (`JobTracker.deliver`).
+    deliver: called on the loop thread with a message's worth of news for the
+        dispatcher thread (`updates.News`, never empty; `JobTracker.deliver`).
     """
 
     def __init__(
@@ -79,7 +82,7 @@ class ClusterSession:
         secret: str,
         timeout: float,
         open_msg: M.OpenCluster,
-        deliver: Callable[[str, Any], None],
+        deliver: Callable[[News], None],
         tls: ClientTLS | None = None,
         insecure_plaintext: bool = False,
         schedulers: Schedulers | None = None,
@@ -265,50 +268,71 @@ class ClusterSession:
         """A scheduler that no longer knows the cluster: what it had accepted, it will not run again.
 
         Jobs whose spec is kept (never accepted; or reentrant, without a
-        journal) are resubmitted by the caller; the others end Abandoned.
+        journal) are resubmitted by the caller; the others end Abandoned, together.
         """
+        where = f"scheduler {self.host}:{self.port}"
+        written_off: list[M.JobResult] = []
         for job_id in sorted(self._accepted):
             spec = self._specs.get(job_id)
             if spec is not None and self.open_msg.reentrant:
                 continue
-            self._specs.pop(job_id, None)
             if self._released:
-                why = f"scheduler {self.host}:{self.port}: {self._released}"
+                why = f"{where}: {self._released}"
             elif spec is not None:
                 why = (
-                    f"scheduler {self.host}:{self.port} no longer knows cluster {self.cluster_id} (restarted without "
-                    "its journal); the job may have run, and is not reentrant, so it is not run again"
+                    f"{where} no longer knows cluster {self.cluster_id} (restarted without its journal); the job "
+                    "may have run, and is not reentrant, so it is not run again"
                 )
             else:
-                why = f"scheduler {self.host}:{self.port} lost cluster {self.cluster_id} (its journal) with this job"
-            self._end([M.JobResult(self.cluster_id, job_id, int(JobStatus.ABANDONED), None, b"", b"", why, "", 0.0, 0.0)])
+                why = f"{where} lost cluster {self.cluster_id} (its journal) with this job"
+            written_off.append(self._made_result(job_id, JobStatus.ABANDONED, why))
+        self._end(written_off)
         self._accepted.clear()
         self._released = ""
 
     def _end_unknown(self, known: set[int]) -> None:
-        """Ends the jobs we count as accepted that the resumed cluster does not know: no result can come.
+        """Ends, together, the jobs we count as accepted that the resumed cluster does not know: no result can come.
 
         Such a job was recorded (recover file) but its program stopped before
         the scheduler accepted it, so it never ran; a job whose spec we still
         hold is resubmitted instead.
         """
-        for job_id in sorted(self._accepted - known):
-            if job_id in self._specs:
-                continue
-            why = (
-                f"scheduler {self.host}:{self.port} does not know this job of cluster {self.cluster_id}: it never "
-                "accepted it (the program that submitted it stopped first), so it did not run"
-            )
-            self._end([M.JobResult(self.cluster_id, job_id, int(JobStatus.CANCELLED), None, b"", b"", why, "", 0.0, 0.0)])
+        why = (
+            f"scheduler {self.host}:{self.port} does not know this job of cluster {self.cluster_id}: it never "
+            "accepted it (the program that submitted it stopped first), so it did not run"
+        )
+        self._end([
+            self._made_result(job_id, JobStatus.CANCELLED, why)
+            for job_id in sorted(self._accepted - known) if job_id not in self._specs
+        ])  # fmt: skip
 
-    def _end(self, results: list[M.JobResult]) -> None:
-        """Hands jobs' terminal results to the tracker (each job's once: the caller checks `_unfinished`)."""
+    def _made_result(self, job_id: int, status: JobStatus, why: str) -> M.JobResult:
+        """The terminal result of a job the scheduler cannot give one for (nothing to unpickle, so no MAC)."""
+        return M.JobResult(self.cluster_id, job_id, int(status), None, b"", b"", why, "", 0.0, 0.0)
+
+    def _end(self, results: list[M.JobResult]) -> list[int]:
+        """Hands the tracker the first terminal result of each job in `results` (one hand-over for all).
+
+        The one place copies are dropped: a result of a job that already has
+        one (earlier, or before it in `results`) is not handed on. Returns the
+        ids of copies of results already settled: the scheduler may let them go.
+        """
+        ended: list[M.JobResult] = []
+        stale: list[int] = []
+        unfinished, delivering = self._unfinished, self._delivering
         for result in results:
-            self._unfinished.discard(result.job_id)
-            self._accepted.discard(result.job_id)
-            self._specs.pop(result.job_id, None)
-            self._delivering.add(result.job_id)
-        self._deliver("result", results)
+            job_id = result.job_id
+            if job_id in unfinished:
+                unfinished.discard(job_id)
+                self._accepted.discard(job_id)
+                self._specs.pop(job_id, None)
+                delivering.add(job_id)  # acknowledged once settled
+                ended.append(result)
+            elif job_id not in delivering:
+                stale.append(job_id)
+        if ended:
+            self._deliver(Results(ended))
+        return stale
 
     def _take_incoming(self, force: bool = False) -> None:
         """Sends queued submits, a message's worth at a time while the link takes them.
@@ -354,22 +378,14 @@ class ClusterSession:
     def _on_message(self, msg: M.Message) -> None:
         match msg:
             case M.JobResults(_, results):
-                stale: list[int] = []
-                provisional: list[M.JobResult] = []
-                ended: list[M.JobResult] = []
-                for result in results:
-                    if result.status == JobStatus.PROVISIONAL_RESULT:  # the job goes on: nothing to ack
-                        if result.job_id in self._unfinished:
-                            provisional.append(result)
-                    elif result.job_id in self._unfinished:
-                        self._unfinished.discard(result.job_id)  # the first terminal result wins: a copy
-                        self._delivering.add(result.job_id)  # later in this message is neither handed on nor acked
-                        ended.append(result)  # acknowledged once settled
-                    elif result.job_id not in self._delivering:
-                        stale.append(result.job_id)  # settled before: the scheduler may let it go
-                self._deliver("provisional", provisional)  # before the ends: a job's provisional results come first
-                if ended:
-                    self._end(ended)
+                provisional = [r for r in results if r.status == PROVISIONAL]
+                if provisional:  # the job goes on: nothing to ack; handed on before the ends, which come after them
+                    unfinished = self._unfinished
+                    provisional = [r for r in provisional if r.job_id in unfinished]
+                    if provisional:
+                        self._deliver(Provisional(provisional))
+                    results = [r for r in results if r.status != PROVISIONAL]
+                stale = self._end(results)
                 if self._link is not None and stale:
                     self._link.send(M.AckResults(self.cluster_id, stale))
             case M.FilePutDone(ref, ok, message):
@@ -377,13 +393,19 @@ class ClusterSession:
                 if put is not None and not put.done():
                     put.set_result((ok, message))
             case M.NodeUpdates(_, nodes):
-                self._deliver("nodes", nodes)
+                if nodes:
+                    self._deliver(Nodes(nodes))
             case M.NodeUnusable():
-                self._deliver("unusable", [msg])
+                self._deliver(Unusable([msg]))
             case M.JobFiles(files):
-                self._deliver("file", [f for f in files if f.cluster_id == self.cluster_id])
+                ours = [f for f in files if f.cluster_id == self.cluster_id]
+                if ours:
+                    self._deliver(Files(ours))
             case M.JobsStarted(_, starts):
-                self._deliver("started", [start for start in starts if start.job_id in self._unfinished])
+                unfinished = self._unfinished
+                running = [start for start in starts if start.job_id in unfinished]
+                if running:
+                    self._deliver(Started(running))
             case M.JobsKnown(_, job_ids):
                 self._end_unknown(set(job_ids))
             case M.JobsAccepted(_, job_ids):

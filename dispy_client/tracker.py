@@ -24,10 +24,13 @@ acknowledged): a program waiting for its cluster is not woken for each job.
 What the loop thread hands in during one turn of its loop goes to the
 dispatcher as one queue item (one wake-up of that thread for a message's
 worth of starts and results, not one per job), and it hands records in as
-lists, a message's worth of one kind each. The dispatcher applies a list of
-starts or results together: one lock round trip and one wake-up of the
-`changed` waiters for the list, then each job's callbacks and watchers, in
-the list's order. Results are unpickled on the dispatcher, outside the lock,
+lists, a message's worth of one kind each (`updates.py`). The dispatcher
+takes whatever has queued up by the time it is free, folds each run of job
+news into one list per kind (`merged`: starts, provisional results, files,
+ends, each job's own order), and applies a list of starts or results
+together: one lock round trip and one wake-up of the `changed` waiters for
+the list, then each job's callbacks and watchers, in the list's order. So
+the busier it is, the longer its lists, and the less each job costs it. Results are unpickled on the dispatcher, outside the lock,
 never on the loop thread (a result's own code may run, and in a JobCluster
 that thread also runs the scheduler). Starts alone wait up to `STARTS_DELAY`
 for a result to go with (the first item of another kind hands them over at
@@ -62,7 +65,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple, assert_never
 
 from dispy_wire import messages as M
 from dispy_wire import result_mac
@@ -72,6 +75,7 @@ from dispy_wire.status import JobStatus
 from .job import DispyJob
 from .node import DispyNode, DispyNodeAvailInfo
 from .private_files import save_sent_file
+from .updates import Closed, Created, Files, News, Nodes, Provisional, Results, Started, Turn, Unusable, Update
 
 log = logging.getLogger("dispy_client")
 
@@ -94,9 +98,11 @@ class Counts:
 ENDED_KEPT = 500
 
 
-@dataclass(frozen=True, slots=True)
-class Ended:
-    """What a status page shows of an ended job (dispy_client.httpd)."""
+class Ended(NamedTuple):
+    """What a status page shows of an ended job (dispy_client.httpd).
+
+    A NamedTuple, not a frozen dataclass: one is made per job, on the dispatcher thread, and this is four
+    times quicker to make."""
 
     uid: int
     id: Any  # the user's `job.id`
@@ -175,14 +181,14 @@ class JobTracker:
         self._all_done = threading.Condition(lock)  # told when the last tracked job ends
         self._quiet = True  # no job, and the results of those that ended handed to `on_settled`
         self.version = 0
-        self._pending: list[tuple[str, Any]] = []  # this loop turn's items (loop thread only)
+        self._pending: list[Update] = []  # this loop turn's news (loop thread only)
         self._handing_over = False  # a hand-over is due at the end of this loop turn (loop thread only)
         self._starts_timer: asyncio.TimerHandle | None = None  # pending starts' hand-over (loop thread only)
         self._jobs: dict[int, DispyJob] = {}  # unfinished, by uid
         self._nodes: dict[str, DispyNode] = {}
         self._ended: deque[Ended] = deque(maxlen=ENDED_KEPT)
         self._submitted = self._running = self._done = self._failed = 0
-        self._queue: queue.SimpleQueue[tuple[str, Any] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Update | Turn | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._dispatch_loop, name=f"dispy-{name}-callbacks", daemon=True)
         self._thread.start()
 
@@ -196,7 +202,7 @@ class JobTracker:
             self._submitted += 1
             self._bump()
         if self._cluster_status is not None:  # dispy: cluster_status(Created, None, job) at each submit
-            self._queue.put(("created", job))
+            self._queue.put(Created(job))
 
     def get(self, uid: int) -> DispyJob | None:
         with self.changed:
@@ -254,46 +260,42 @@ class JobTracker:
             self._cluster_status = self._job_status = self._on_node_joined = None
             self._released.set()
         if self._cluster_status is not None:
-            self._queue.put(("closed", None))
+            self._queue.put(Closed())
         self._queue.put(None)
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout=10)
 
     # ------------------------------------------------------ loop thread
 
-    def deliver(self, kind: str, records: list[Any]) -> None:
-        """Hands records of one kind to the dispatcher, which applies them in order.
+    def deliver(self, news: News) -> None:
+        """Hands a message's worth of news to the dispatcher, which applies it in order.
 
-        Args:
-            kind: "started" (`JobStart`s), "provisional" or "result" (`JobResult`s), "file" (`JobFile`s),
-                "nodes" (`NodeInfo`s) or "unusable" (`NodeUnusable`s).
-            records: a message's worth of them.
-
-        On the loop thread, they are queued together at the end of the loop's turn (`_hand_over`),
-        starts alone within `STARTS_DELAY`; node news go at once (after those), as `wait_announced` expects.
+        On the loop thread, news is queued together at the end of the loop's turn (`_hand_over`),
+        starts alone within `STARTS_DELAY`; node news goes at once (after those), as `wait_announced` expects.
         """
-        if not records:
-            return
         try:
             loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
             loop = None
-        if loop is not None and kind != "nodes":
-            self._pending.append((kind, records))
-            if kind != "started":
+        match news:
+            case Started() if loop is not None:
+                self._pending.append(news)
+                if self._starts_timer is None and not self._handing_over:
+                    self._starts_timer = loop.call_later(STARTS_DELAY, self._hand_over)
+            case Provisional() | Files() | Results() | Unusable() if loop is not None:
+                self._pending.append(news)
                 if not self._handing_over:
                     self._handing_over = True
                     loop.call_soon(self._hand_over)
-            elif self._starts_timer is None and not self._handing_over:
-                self._starts_timer = loop.call_later(STARTS_DELAY, self._hand_over)
-            return
-        if loop is not None:
-            self._hand_over()
-        self._queue.put((kind, records))
-        if kind == "nodes":
-            with self.changed:
-                self._announced.update(info.name for info in records if info.event == "joined")
-                self.changed.notify_all()
+            case Nodes(infos):
+                if loop is not None:
+                    self._hand_over()
+                self._queue.put(news)
+                with self.changed:
+                    self._announced.update(info.name for info in infos if info.event == "joined")
+                    self.changed.notify_all()
+            case _:  # from no loop (a test, recover_jobs' set-up): queued at once
+                self._queue.put(news)
 
     def _hand_over(self) -> None:
         """The loop turn's items to the dispatcher, in one queue item."""
@@ -302,8 +304,8 @@ class JobTracker:
             self._starts_timer.cancel()
             self._starts_timer = None
         if self._pending:
-            items, self._pending = self._pending, []
-            self._queue.put(("items", items))
+            updates, self._pending = self._pending, []
+            self._queue.put(Turn(updates))
 
     def wait_announced(self, name: str, timeout: float) -> bool:
         """Waits until the scheduler has told of node `name` joining (queued for the dispatcher, in order)."""
@@ -314,18 +316,26 @@ class JobTracker:
 
     def _dispatch_loop(self) -> None:
         self._released.wait()
-        while True:
+        stopping = False
+        while not stopping:
             wait = None if not self._settled else max(0.0, self._settled_since + ACK_DELAY - time.monotonic())
             try:
                 entry = self._queue.get(timeout=wait)
             except queue.Empty:
                 self._settle()
                 continue
-            if entry is None:
-                self._settle()
-                return
-            for kind, item in entry[1] if entry[0] == "items" else [entry]:
-                self._dispatch(kind, item)
+            updates: list[Update] = []
+            while True:  # and whatever queued up while we were busy: applied together, in fewer, longer lists
+                if entry is None:
+                    stopping = True
+                    break
+                updates.extend(entry.updates if isinstance(entry, Turn) else (entry,))
+                try:
+                    entry = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            for update in merged(updates):
+                self._dispatch(update)
             idle = not self._jobs  # the program may close the cluster now: its results acknowledged first
             if self._settled and (idle or self._queue.empty() and (
                 len(self._settled) >= ACK_BATCH or time.monotonic() - self._settled_since >= ACK_DELAY
@@ -336,6 +346,7 @@ class JobTracker:
                     if not self._jobs:  # none added meanwhile
                         self._quiet = True
                         self._all_done.notify_all()
+        self._settle()
 
     def _settle(self) -> None:
         """The settled ids to `on_settled` (the scheduler may drop those results)."""
@@ -348,30 +359,33 @@ class JobTracker:
             except Exception:
                 log.exception("cannot acknowledge %d results", len(settled))
 
-    def _dispatch(self, kind: str, item: Any) -> None:
-        """One queue entry: a list of records of `kind` (`deliver`), or "created" (a job) or "closed"."""
+    def _dispatch(self, update: Update) -> None:
+        """One update: the scheduler's news (`deliver`), a job created, or the cluster closing."""
         try:
-            if kind == "result":
-                self._on_results(item)
-            elif kind == "started":
-                self._on_started(item)
-            elif kind == "provisional":
-                for r in item:
-                    self._guarded(self._on_provisional, r)
-            elif kind == "file":
-                for f in item:
-                    self._guarded(self._on_file, f)
-            elif kind == "nodes":
-                for info in item:
-                    self._guarded(self._on_node, info)
-            elif kind == "unusable":
-                for msg in item:
-                    self._guarded(self._on_unusable, msg)
-            elif kind == "created":
-                self._notify(DispyJob.Created, None, item)
-            else:
-                for node in self.nodes().values():
-                    self._notify(DispyNode.Closed, node, None)
+            match update:
+                case Results(results):
+                    self._on_results(results)
+                case Started(starts):
+                    self._on_started(starts)
+                case Provisional(results):
+                    for r in results:
+                        self._guarded(self._on_provisional, r)
+                case Files(files):
+                    for f in files:
+                        self._guarded(self._on_file, f)
+                case Nodes(infos):
+                    for info in infos:
+                        self._guarded(self._on_node, info)
+                case Unusable(notes):
+                    for note in notes:
+                        self._guarded(self._on_unusable, note)
+                case Created(job):
+                    self._notify(DispyJob.Created, None, job)
+                case Closed():
+                    for node in self.nodes().values():
+                        self._notify(DispyNode.Closed, node, None)
+                case _:
+                    assert_never(update)
         except Exception:
             log.exception("error while handling a job update")
 
@@ -509,30 +523,33 @@ class JobTracker:
     def _end(self, results: list[M.JobResult]) -> set[int]:
         """The jobs' ends (each result authentic, or carrying nothing to unpickle), in order.
 
-        Jobs are filled in (results unpickled: user code, so outside the lock), then all
-        marked ended under one lock with one wake-up of `changed`'s waiters, then each
-        one's callbacks and watchers run. Returns the ids whose handling failed (not settled).
+        Each job gets one end: the session hands on only a job's first
+        terminal result, and a job ends here by leaving `_jobs` (under the lock,
+        first), so any later result of it, one this tracker made (a forged
+        record) included, finds no job and is not applied. Jobs are then filled
+        in (results unpickled: user code, so outside the lock), marked ended
+        under one lock with one wake-up of `changed`'s waiters, and each one's
+        callbacks and watchers run. Returns the ids whose handling failed (not settled).
         """
-        with self.changed:
-            found: dict[int, DispyJob] = {}
-            for r in results:
-                job = self._jobs.get(r.job_id)
-                if job is not None:
-                    found.setdefault(r.job_id, job)  # a second result of a job (none is sent) is not applied
+        jobs = self._jobs
         ended: list[tuple[DispyJob, bool]] = []
-        for r in results:
-            first = found.pop(r.job_id, None)
-            if first is not None:
-                ended.append((first, first.status in ACTIVE))
-                fill_job(first, r, self._raw_output)
+        with self.changed:
+            for r in results:
+                job = jobs.pop(r.job_id, None)
+                if job is not None:
+                    ended.append((job, job.status in ACTIVE))
         if not ended:
             return set()
+        raw_output = self._raw_output
+        by_id = {r.job_id: r for r in reversed(results)}  # each job's first: the one it was popped for
+        for job, _ in ended:
+            fill_job(job, by_id[job._uid], raw_output)
         changed: list[tuple[DispyJob, DispyNode | None]] = []
+        nodes = self._nodes
         with self.changed:
             now = time.time()
             for job, was_running in ended:
-                del self._jobs[job._uid]
-                node = self._nodes.get(job.node or "")
+                node = nodes.get(job.node or "")
                 if node is not None and was_running:
                     node.busy -= 1
                     node.jobs_done += 1
@@ -578,6 +595,59 @@ class JobTracker:
         self.changed.notify_all()
 
 
+def merged(updates: list[Update]) -> list[Update]:
+    """`updates` with each run of job news folded into one list per kind: starts, provisional results, files, ends.
+
+    That order is each job's own (it starts, sends, then ends), so a job's
+    callbacks keep their order; a start of a job that already has news in
+    the run (a rerun elsewhere) closes the run first. Node news, a job
+    created and the close keep their place between runs.
+    """
+    if len(updates) < 3:
+        return updates
+    out: list[Update] = []
+    starts: list[M.JobStart] = []
+    provisional: list[M.JobResult] = []
+    files: list[M.JobFile] = []
+    results: list[M.JobResult] = []
+    touched: set[int] = set()  # jobs with provisional results, files or ends in the run
+
+    def close_run() -> None:
+        if starts:
+            out.append(Started(starts.copy()))
+        if provisional:
+            out.append(Provisional(provisional.copy()))
+        if files:
+            out.append(Files(files.copy()))
+        if results:
+            out.append(Results(results.copy()))
+        for records in (starts, provisional, files, results, touched):
+            records.clear()
+
+    for update in updates:
+        match update:
+            case Started(records):
+                if touched and not touched.isdisjoint(start.job_id for start in records):
+                    close_run()
+                starts.extend(records)
+            case Provisional(records):
+                provisional.extend(records)
+                touched.update(r.job_id for r in records)
+            case Files(records):
+                files.extend(records)
+                touched.update(f.job_id for f in records)
+            case Results(records):
+                results.extend(records)
+                touched.update(r.job_id for r in records)
+            case Nodes() | Unusable() | Created() | Closed():
+                close_run()
+                out.append(update)
+            case _:
+                assert_never(update)
+    close_run()
+    return out
+
+
 def fill_job(job: DispyJob, r: M.JobResult, raw_output: bool = False) -> None:
     """Copies a terminal result into `job` (unpickling the value: user code may run).
 
@@ -591,7 +661,7 @@ def fill_job(job: DispyJob, r: M.JobResult, raw_output: bool = False) -> None:
     job.end_time = r.end_time
     job.exception = r.exception or None
     job.exception_type = r.exception_type or None
-    if r.status == JobStatus.FINISHED and r.result is not None:
+    if r.status == DispyJob.Finished and r.result is not None:  # a plain int: no enum lookup per job
         try:
             job.result = loads(r.result)
         except Exception as exc:  # unpickling runs the result's own code

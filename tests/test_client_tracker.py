@@ -8,7 +8,8 @@ import time
 
 from dispy_client.job import DispyJob
 from dispy_client.node import DispyNode
-from dispy_client.tracker import FORGED_TEXT, JobTracker
+from dispy_client.tracker import FORGED_TEXT, JobTracker, merged
+from dispy_client.updates import Created, Nodes, Provisional, Results, Started
 from dispy_wire import messages as M
 from dispy_wire import result_mac
 from dispy_wire.payload import dumps
@@ -31,7 +32,7 @@ def test_one_turns_results_are_acknowledged_together_before_wait_returns() -> No
 
     async def one_turn() -> None:
         for job in jobs:
-            tracker.deliver("result", [_failed(job._uid)])
+            tracker.deliver(Results([_failed(job._uid)]))
 
     loop = asyncio.new_event_loop()
     try:
@@ -51,7 +52,7 @@ def test_results_are_acknowledged_within_the_delay_while_jobs_remain() -> None:
     jobs = [DispyJob((i,), {}, i, time.time()) for i in range(1, 4)]
     for job in jobs:
         tracker.add(job)
-    tracker.deliver("result", [_failed(1)])  # from no loop: queued at once
+    tracker.deliver(Results([_failed(1)]))  # from no loop: queued at once
     wait_until(lambda: acked, 60, "the first result acknowledged")
     assert acked == [[1]]  # job 2 and 3 still run: the ack did not wait for them
     assert not tracker.wait(0.05)
@@ -88,9 +89,9 @@ def test_a_turns_starts_and_results_reach_callbacks_per_job_in_order_each_job_en
     forged = _finished(b"x" * 32, 4, "not ours")
 
     async def one_turn() -> None:
-        tracker.deliver("started", [M.JobStart(job._uid, "n1", "127.0.0.1", 0.5) for job in jobs])
-        tracker.deliver("result", [_finished(key, 3, 30), _finished(key, 1, 10), forged, _finished(key, 2, 20)])
-        tracker.deliver("result", [_finished(key, 1, 11), _finished(key, 5, 50)])  # job 1's second result: ignored
+        tracker.deliver(Started([M.JobStart(job._uid, "n1", "127.0.0.1", 0.5) for job in jobs]))
+        tracker.deliver(Results([_finished(key, 3, 30), _finished(key, 1, 10), forged, _finished(key, 2, 20)]))
+        tracker.deliver(Results([_finished(key, 1, 11), _finished(key, 5, 50)]))  # job 1's second result: ignored
 
     loop = asyncio.new_event_loop()
     try:
@@ -119,7 +120,7 @@ def test_starts_without_a_result_to_go_with_still_reach_the_job_and_callbacks() 
     tracker.add(job)
 
     async def starts_only() -> None:
-        tracker.deliver("started", [M.JobStart(1, "n1", "127.0.0.1", 0.5)])
+        tracker.deliver(Started([M.JobStart(1, "n1", "127.0.0.1", 0.5)]))
         await async_wait_until(lambda: job.status == DispyJob.Running, 60, "the start handed over alone")
 
     loop = asyncio.new_event_loop()
@@ -130,3 +131,26 @@ def test_starts_without_a_result_to_go_with_still_reach_the_job_and_callbacks() 
     wait_until(lambda: seen == [DispyJob.Created, DispyNode.Initialized, DispyJob.Running], 60, "its callbacks")
     assert job.node == "n1" and tracker.counts().running == 1
     tracker.close()
+
+
+def test_news_queued_together_fold_into_one_list_per_kind_keeping_each_jobs_order() -> None:
+    def start(job_id: int, node: str = "n1") -> M.JobStart:
+        return M.JobStart(job_id, node, "127.0.0.1", 0.5)
+
+    job = DispyJob((1,), {}, 9, time.time())
+    info = M.NodeInfo("joined", "n2", "127.0.0.2", 2, 0, {})
+    provisional = M.JobResult("c1", 2, int(JobStatus.PROVISIONAL_RESULT), b"p", b"", b"", "", "", 0.5, 0.0)
+    updates = [
+        Started([start(1)]), Results([_failed(1)]), Started([start(2)]), Provisional([provisional]),
+        Started([start(3)]), Results([_failed(3)]),
+        Started([start(2, "n2")]),  # job 2 again (rerun elsewhere) after its provisional result: a new run
+        Results([_failed(2)]),
+        Created(job), Nodes([info]),  # keep their place: the run before them is closed
+        Started([start(4)]), Results([_failed(4)]),
+    ]  # fmt: skip
+    assert merged(updates) == [
+        Started([start(1), start(2), start(3)]), Provisional([provisional]), Results([_failed(1), _failed(3)]),
+        Started([start(2, "n2")]), Results([_failed(2)]),
+        Created(job), Nodes([info]),
+        Started([start(4)]), Results([_failed(4)]),
+    ]  # fmt: skip

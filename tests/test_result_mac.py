@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+
+import msgpack
 import pytest
 
 from dispy_wire import result_mac
@@ -105,3 +109,10 @@ def test_a_computation_left_in_a_file_has_no_result_key() -> None:
     comp = Computation("function", "f", [], [], b"objects", KEY)
     stripped = unpack_computation(without_result_key(pack_computation(comp)))
     assert stripped.result_key == b"" and stripped.objects == b"objects"
+
+
+@pytest.mark.parametrize("key", [KEY, b"", b"k" * 64, bytes(range(200))])  # ours, and keys at and past a block
+def test_the_mac_is_hmac_sha256_of_the_records_fields_and_payload(key: bytes) -> None:
+    head = msgpack.packb([result_mac.DOMAIN, "file", "c-1", 7, 0, "out.csv", 0o644, 4], use_bin_type=True)
+    expected = hmac.new(key, head + b"a,b\n", hashlib.sha256).digest()
+    assert sign(key, Kind.FILE, "c-1", 7, 0, b"a,b\n", "out.csv", 0o644) == expected
