@@ -60,7 +60,7 @@ from dispy_wire.framing import FrameDecoder
 from dispy_wire.payload import without_result_key
 from dispy_wire.status import JobStatus
 
-from . import cgroups, job_process, killtree, loading, spare, worker, workdir
+from . import cgroups, fdio, job_process, killtree, loading, spare, worker, workdir
 from . import zygote_protocol as zp
 from .capture import Capture, Kept, PipeReader
 from .channel import Channel
@@ -448,7 +448,7 @@ class Zygote:
         """A new interpreter for the job (no fork): it loads the cluster again, then runs the job."""
         start_fd = _anon_file()
         try:
-            job_process.write_all(start_fd, job_process.pack_start(start))
+            fdio.write_all(start_fd, job_process.pack_start(start))
             os.lseek(start_fd, 0, os.SEEK_SET)
             inherited = (start.out, start.err, start.res, start.channel, start_fd)
             for fd in inherited:
@@ -570,26 +570,19 @@ class Zygote:
                 job.cpu_time = usage.ru_utime + usage.ru_stime
                 ended.append(job)
         for job in ended:  # trees still dying are looked at again by their RECHECK timers
-            escaped = self._escaped(job)  # one search of its tree: what it finds is killed and waited for
-            job.strays += [p for p in escaped if p not in job.strays]
             if job.verdict is None or job.interrupted:  # what the job left running ends with it, now
-                job.hard = True
+                job.hard = True  # (_try_finish sends the SIGKILL, once, if anything of it is left)
+            self._try_finish(job)
+
+    def _try_finish(self, job: _Job) -> None:
+        """Sends Done if the job's tree is gone; else makes sure it goes (SIGKILL, once its time came) and
+        looks again soon."""
+        escaped = self._escaped(job)  # one search of its tree: what it finds is killed and waited for
+        job.strays += [p for p in escaped if p not in job.strays]
+        if killtree.group_alive(job.pid) or escaped or any(killtree.alive(p) for p in job.strays):
+            if job.hard:  # what is left, late joiners too: orphans re-parented since, forks racing a SIGKILL
                 killtree.killpg(job.pid, signal.SIGKILL)
                 killtree.signal_procs(job.strays, signal.SIGKILL)
-            self._try_finish(job, escaped)
-
-    def _try_finish(self, job: _Job, escaped: list[psutil.Process] | None = None) -> None:
-        """Sends Done if the job's tree is gone; else makes sure it goes and looks again soon.
-
-        `escaped`: what `_escaped` found of it just now, if the caller looked.
-        """
-        if escaped is None:
-            escaped = self._escaped(job)
-            job.strays += [p for p in escaped if p not in job.strays]
-        if killtree.group_alive(job.pid) or escaped or any(killtree.alive(p) for p in job.strays):
-            if job.hard:  # late joiners: orphans re-parented since, forks racing the SIGKILL
-                killtree.killpg(job.pid, signal.SIGKILL)
-                killtree.signal_procs(escaped, signal.SIGKILL)
             self._at(time.monotonic() + job.recheck, _Timer.RECHECK, job)
             job.recheck = min(job.recheck * 2, _RECHECK_MAX)
             return
@@ -685,7 +678,7 @@ class Zygote:
             self._started.clear()
         if self._out:
             try:
-                job_process.write_all(self._wfd, b"".join(self._out))
+                fdio.write_all(self._wfd, b"".join(self._out))
             except BrokenPipeError:
                 pass  # the daemon is gone: we are stopping
             self._out.clear()
