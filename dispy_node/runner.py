@@ -37,10 +37,10 @@ only once the job's whole process tree is gone (the zygote sees to that; if
 the zygote itself dies, `_died` hunts the orphans by their mark).
 
 Sent on (worker isolation): while every offered CPU is busy and one cluster
-alone has jobs queued, each of its running jobs gets a successor sent on to
-the zygote (`zp.RunNext`), which starts it in the place of the next job that
-ends after it came: a worker finds its next job at hand instead of waiting a
-round trip through this process. Such a job is owed a result but is not
+alone has jobs queued, its queued jobs are sent on to the zygote,
+`NEXT_DEPTH` per running job (`zp.RunNext`), which starts each in the place
+of a job that ends after it came: a worker finds its next job at hand
+instead of waiting a round trip through this process. Such a job is owed a result but is not
 running (`running`) until the zygote's Started, which comes before the Done
 of the job whose place it took, so this process never counts fewer jobs
 running than there are. One still waiting when a CPU frees here is started
@@ -95,6 +95,9 @@ _ENDS = {JobStatus.FINISHED, JobStatus.TERMINATED, JobStatus.CANCELLED, JobStatu
 STOP_SLACK = 3.0
 #: beyond kill_grace, how long an Unload may take (cleanup included)
 UNLOAD_SLACK = 10.0
+#: jobs sent on to a worker cluster's zygote per running job (`_send_next`): with more than one, a worker
+#: whose job ends finds the next at hand even when this process has not yet answered the Done before it
+NEXT_DEPTH = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -569,9 +572,10 @@ class _Cluster:
             self._files.append(msg)
 
     def send_next(self) -> None:
-        """Sends queued jobs on as RunNext, one per running job that has none waiting to take its place."""
-        if self.running > len(self._next):
-            self.start_queued(self.running - len(self._next), ahead=True)
+        """Sends queued jobs on as RunNext, `NEXT_DEPTH` per running job, less those already waiting there."""
+        want = self.running * NEXT_DEPTH - len(self._next)
+        if want > 0:
+            self.start_queued(want, ahead=True)
 
     def withdraw_next(self) -> None:
         """Asks the zygote back for the RunNext jobs not started (`_withdrawn` queues them again)."""

@@ -94,3 +94,54 @@ def test_a_job_sent_on_starts_at_once_when_a_cpu_frees_before_any_job_ends() -> 
         assert ids_started(h) == [long, waiting]
 
     run(body)
+
+
+def loud(x: int) -> int:
+    import os
+    import sys
+
+    print("out", x)
+    sys.stdout.flush()
+    os.write(2, b"err %d\n" % x)  # past Python's buffers: straight into the pipe
+    return x
+
+
+def test_jobs_handed_ahead_to_workers_each_keep_their_own_output() -> None:
+    async def body(h: Harness) -> None:
+        h.load("c1", options=WORKER, func=loud)
+        await h.call("c1", 0)
+        h.runner.set_slots(2)  # every CPU busy: the rest are sent on, and handed ahead to the two workers
+        ids = h.run("c1", *[(i,) for i in range(300)])
+        for i, job_id in enumerate(ids):
+            result = await h.result(job_id)
+            assert (value(result), result.stdout, result.stderr) == (i, b"out %d\n" % i, b"err %d\n" % i)
+
+    run(body)
+
+
+def test_a_job_handed_ahead_and_cancelled_ends_at_once_and_the_job_before_it_runs_on() -> None:
+    async def body(h: Harness) -> None:
+        await ready_with_one_cpu(h)
+        long, waiting = h.run("c1", (60,), (0,))  # the second is handed to the first one's worker, to follow it
+        assert ids_started(h) == [long]
+        h.runner.kill([JobRef("c1", waiting)])
+        assert (await h.result(waiting)).status == JobStatus.CANCELLED  # not after the long one: now
+        assert all(r.job_id != long for r in h.results)  # which runs on
+        h.runner.kill([JobRef("c1", long)])
+        assert (await h.result(long)).status == JobStatus.CANCELLED
+        assert value(await h.call("c1", 0)) == 0
+        assert waiting not in ids_started(h) and [r.job_id for r in h.results].count(waiting) == 1
+
+    run(body)
+
+
+def test_a_job_handed_ahead_runs_when_the_job_before_it_is_cancelled() -> None:
+    async def body(h: Harness) -> None:
+        await ready_with_one_cpu(h)
+        long, waiting = h.run("c1", (60,), (0.5,))
+        h.runner.kill([JobRef("c1", long)])  # its worker goes with it: the one to follow it runs elsewhere
+        assert (await h.result(long)).status == JobStatus.CANCELLED
+        assert value(await h.result(waiting)) == 0.5
+        assert ids_started(h) == [long, waiting] and h.runner.busy == 0
+
+    run(body)
