@@ -76,7 +76,7 @@ from dispy_wire.status import JobStatus
 from . import account, cgroups, channel, job_process, killtree, limits, workdir
 from .account import Account, AccountPool, PoolExhausted
 from .lifecycle import Chains, Incarnation, Phase
-from .worker import WorkerPolicy
+from .worker import AHEAD, WorkerPolicy
 from . import zygote_protocol as zp
 
 logger = logging.getLogger(__name__)
@@ -95,9 +95,9 @@ _ENDS = {JobStatus.FINISHED, JobStatus.TERMINATED, JobStatus.CANCELLED, JobStatu
 STOP_SLACK = 3.0
 #: beyond kill_grace, how long an Unload may take (cleanup included)
 UNLOAD_SLACK = 10.0
-#: jobs sent on to a worker cluster's zygote per running job (`_send_next`): with more than one, a worker
-#: whose job ends finds the next at hand even when this process has not yet answered the Done before it
-NEXT_DEPTH = 2
+#: jobs sent on to a worker cluster's zygote per running job (`_send_next`): its workers' jobs handed
+#: ahead (worker.AHEAD) and one more, so that a place that frees there is taken at once
+NEXT_DEPTH = AHEAD + 1
 
 
 @dataclass(frozen=True, slots=True)

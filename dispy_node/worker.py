@@ -14,13 +14,14 @@ file. Everything is one stream of length-prefixed msgpack frames, so what a
 job sent reaches the zygote before its end.
 
 Handed ahead. While every CPU is busy, the zygote hands a busy worker the
-job to run after its current one (`hand_ahead`, one per worker): the worker
-finds it in its socket when its job ends and starts it at once, saying so in
-the end it writes (`next`), with no round trip through the zygote; the
-zygote, reading that end, counts the next job started (`on_next`) in the
-place of the one that ended. A worker that must not go on (recycled, or
-told to hold) starts nothing and says `next: null`; a job handed ahead that
-will not start in its worker comes back to the zygote (`on_back`).
+jobs to run after its current one (`hand_ahead`, `AHEAD` per worker, sent
+together once a turn): the worker finds the next in its socket when its job
+ends and starts it at once, saying so in the end it writes (`next`), with no
+round trip through the zygote; the zygote, reading that end, counts the next
+job started (`on_next`) in the place of the one that ended. A worker that
+must not go on (recycled, or told to hold) starts nothing and says `next:
+null`; jobs handed ahead that will not start in their worker come back to
+the zygote (`on_back`).
 
 Output. A worker tells a job's end only once the zygote has read all the job
 wrote to its pipes (`_wait_output_read`: the pipes' unread byte counts, so a
@@ -97,7 +98,9 @@ _BURST = 16
 _READ = 64 * 1024
 _UNTIL_EOF = 1 << 30
 _ALL_FDS = 1 << 20
-#: largest job handed ahead (`hand_ahead`): with it in a worker's socket, a `_HOLD` still fits there at once
+#: jobs handed ahead to a worker at most (`hand_ahead`)
+AHEAD = 2
+#: bytes of jobs handed ahead to a worker at most: with them in its socket, a `_HOLD` still fits there at once
 _AHEAD_MAX = 64 * 1024
 #: the zygote's frame that tells a worker to run nothing after its current job (the job is being killed)
 _HOLD = b"hold"
@@ -132,7 +135,9 @@ class _Worker:
     mark: str
     jobs: int = 0
     job_id: int | None = None
-    ahead: int | None = None  # the job handed to it to run after its current one, not started yet
+    ahead: deque[int] = field(default_factory=deque)  # jobs handed to it to run after its current one, in order
+    ahead_sizes: deque[int] = field(default_factory=deque)  # their frames' sizes
+    pending: list[bytes] = field(default_factory=list)  # frames of jobs handed ahead this turn (`send_ahead`)
     held: bool = False  # told to run nothing after its current job (`hold`)
     closed: bool = False
     _decoder: FrameDecoder = field(default_factory=lambda: FrameDecoder(max_size=zp.MAX_REPLY, expect_preamble=False))
@@ -199,17 +204,18 @@ class WorkerPool:
             worker told its end; True if the job ended normally there (the
             worker may take another), False if the zygote was killing it (the worker goes).
         on_record: called with a job id and a record its job sent on its channel (`channel`).
-        on_next: called with a worker's pid and the job handed to it ahead (`hand_ahead`) when that job
+        on_next: called with a worker's pid and a job handed to it ahead (`hand_ahead`) when that job
             starts there (its predecessor ended); returns the captures of its stdout and stderr.
-        on_back: called with the id of a job handed ahead that will never start in its worker (the worker
-            goes, or was told to hold).
+        on_back: called with the ids of jobs handed ahead that will never start in their worker (it goes, or
+            was told to hold), in the order they were handed.
         keep_files: the cluster keeps each job's directory: workers make one per job, not one each.
     """
 
     def __init__(
         self, code: job_process.Code, policy: zp.Workers, sel: selectors.BaseSelector,
         on_done: Callable[[int, dict[str, Any]], bool], on_record: Callable[[int, dict[str, Any]], None],
-        on_next: Callable[[int, int], tuple[Kept, Kept]], on_back: Callable[[int], None], keep_files: bool = False,
+        on_next: Callable[[int, int], tuple[Kept, Kept]], on_back: Callable[[list[int]], None],
+        keep_files: bool = False,
     ) -> None:  # fmt: skip
         self._code = code
         self._keep_files = keep_files
@@ -267,25 +273,36 @@ class WorkerPool:
             return False
         return True
 
-    def hand_ahead(self, start: job_process.Start, may_follow: Callable[[int], bool]) -> int | None:
-        """Hands the job to a busy worker with its limits, to run once its current job ends (`on_next` then
-        tells it started); returns that worker's pid, or None if none can take it (the caller keeps the job).
+    def hand_ahead(self, start: job_process.Start, may_follow: Callable[[int], bool]) -> bool:
+        """Hands the job to a busy worker with its limits, to run once the jobs before it there ended
+        (`on_next` then tells it started): the least loaded of those that can take it. False if none can (the
+        caller keeps the job). `send_ahead` sends what this turn handed.
 
-        Only a worker whose current job `may_follow` (not being killed), with no job ahead yet and with at
-        least one more job to run before it is retired by count.
+        Only a worker whose current job `may_follow` (not being killed), with fewer than `AHEAD` jobs ahead
+        and enough jobs left to run before it is retired by count.
         """
         key = (start.limits.memory, start.limits.open_files)
         frame = encode_frame(job_process.pack_start(start))
-        if len(frame) > _AHEAD_MAX:
-            return None
+        best = None
         for worker in self._busy.values():
-            if (worker.ahead is None and not worker.held and worker.key == key and worker.job_id is not None
-                    and worker.jobs + 2 <= self._policy.max_jobs and may_follow(worker.job_id)):  # fmt: skip
-                if not self._hand(worker, frame):
-                    return None  # it was retired: its current job ends as its death says
-                worker.ahead = start.job_id
-                return worker.pid
-        return None
+            if (len(worker.ahead) < AHEAD and sum(worker.ahead_sizes) + len(frame) <= _AHEAD_MAX and not worker.held
+                    and worker.key == key and worker.job_id is not None and may_follow(worker.job_id)
+                    and worker.jobs + len(worker.ahead) + 2 <= self._policy.max_jobs
+                    and (best is None or len(worker.ahead) < len(best.ahead))):  # fmt: skip
+                best = worker
+        if best is None:
+            return False
+        best.ahead.append(start.job_id)
+        best.ahead_sizes.append(len(frame))
+        best.pending.append(frame)
+        return True
+
+    def send_ahead(self) -> None:
+        """Sends each worker the jobs handed to it this turn, in one send."""
+        for worker in list(self._busy.values()):
+            if worker.pending:
+                frames, worker.pending = worker.pending, []
+                self._hand(worker, b"".join(frames))  # (if it cannot take them, it is retired: they come back)
 
     def hold(self, pid: int) -> bool:
         """Before the zygote signals the job a worker runs: stops the worker (SIGSTOP) and takes what it
@@ -310,15 +327,13 @@ class WorkerPool:
             worker.held = True
             if not self._hand(worker, encode_frame(_HOLD)):
                 return True  # retired (SIGKILL): its job ends with the caller's verdict once it is reaped
-            ahead, worker.ahead = worker.ahead, None
-            if ahead is not None:  # it will not start: it takes another place
-                self._on_back(ahead)
+            self._give_back(worker)  # they will not start there: they take other places
         return True
 
     def take_back(self, job_id: int) -> None:
         """A job handed ahead is wanted back (killed, withdrawn): its worker is told to hold (it goes after its
         current job) and the job comes back through `on_back`, unless it started meanwhile (`on_next`)."""
-        worker = next((w for w in self._busy.values() if w.ahead == job_id), None)
+        worker = next((w for w in self._busy.values() if job_id in w.ahead), None)
         if worker is not None and self.hold(worker.pid):
             self.resume(worker.pid)
 
@@ -364,7 +379,7 @@ class WorkerPool:
         if worker.job_id != job_id or self._busy.get(worker.pid) is not worker:
             self.garbage(worker, f"an end of job {job_id}, which it does not run")
             return
-        if after is not None and (after != worker.ahead or recycle or worker.held):
+        if after is not None and (not worker.ahead or after != worker.ahead[0] or recycle or worker.held):
             self.garbage(worker, f"a start of job {after}, which it was not to run")
             return
         del self._busy[worker.pid]
@@ -372,16 +387,19 @@ class WorkerPool:
         worker.out.target = worker.err.target = None
         worker.jobs += 1
         clean = self._on_done(job_id, record)
-        ahead, worker.ahead = worker.ahead, None
         if clean and not recycle and not worker.held and worker.jobs < self._policy.max_jobs:
-            if ahead is None:
+            if not worker.ahead:
                 self._idle.append(worker)
             else:  # started now, or as soon as it reads it (it told its end before the job came)
-                self._began(worker, ahead)
-        else:
-            if ahead is not None:  # (not started: a worker told to recycle, or being killed, starts nothing)
-                self._on_back(ahead)
+                worker.ahead_sizes.popleft()
+                self._began(worker, worker.ahead.popleft())
+        else:  # (a worker told to recycle, or being killed, starts nothing)
             self._retire(worker)
+
+    def _give_back(self, worker: _Worker) -> None:
+        ahead, worker.ahead, worker.ahead_sizes, worker.pending = list(worker.ahead), deque(), deque(), []
+        if ahead:
+            self._on_back(ahead)
 
     def _began(self, worker: _Worker, job_id: int) -> None:
         worker.job_id = job_id
@@ -434,9 +452,7 @@ class WorkerPool:
         self._close(worker)
 
     def _close(self, worker: _Worker) -> None:
-        ahead, worker.ahead = worker.ahead, None
-        if ahead is not None:  # it never started there (a job that started is the worker's current one)
-            self._on_back(ahead)
+        self._give_back(worker)  # they never started there (a job that started is the worker's current one)
         if not worker.closed:
             fd_map = self._sel.get_map()
             for fd in (worker.sock.fileno(), worker.out.fd, worker.err.fd):

@@ -492,22 +492,25 @@ class Zygote:
             self._deferred_kills.append(job)
         return out, err
 
-    def _ahead_back(self, job_id: int) -> None:
-        """A job handed ahead will not start in its worker: it waits for a place again, first in line, or ends
-        now if it was killed meanwhile."""
-        msg = self._ahead.pop(job_id)
-        verdict = self._ahead_verdicts.pop(job_id, None)
-        owed = self._owed.pop(job_id, None) is not None
-        if self._stopping:
-            return
-        if verdict is None and self._unloading:
-            verdict = (JobStatus.CANCELLED, "cancelled", "")
-        if verdict is not None:
-            now = time.time()
-            self._send(zp.Done(job_id, verdict[0], None, b"", b"", verdict[1], verdict[2], now, now))
-        else:
-            self._next = {job_id: msg, **self._next}
-            self._ended += owed  # a CPU the daemon has free for it: it starts this turn (`_start_next`)
+    def _ahead_back(self, job_ids: list[int]) -> None:
+        """Jobs handed ahead will not start in their worker: they wait for a place again, first in line, or
+        end now if they were killed meanwhile."""
+        back = {}
+        for job_id in job_ids:
+            msg = self._ahead.pop(job_id)
+            verdict = self._ahead_verdicts.pop(job_id, None)
+            owed = self._owed.pop(job_id, None) is not None
+            if self._stopping:
+                continue
+            if verdict is None and self._unloading:
+                verdict = (JobStatus.CANCELLED, "cancelled", "")
+            if verdict is not None:
+                now = time.time()
+                self._send(zp.Done(job_id, verdict[0], None, b"", b"", verdict[1], verdict[2], now, now))
+            else:
+                back[job_id] = msg
+                self._ended += owed  # a CPU the daemon has free for it: it starts this turn (`_start_next`)
+        self._next = {**back, **self._next}
 
     def _take_back_owed(self, now: float) -> None:
         """Jobs handed ahead that a free CPU waits for longer than `_TAKE_BACK_AFTER`: taken back to start now."""
@@ -720,8 +723,8 @@ class Zygote:
         self._hand_ahead()
 
     def _hand_ahead(self) -> None:
-        """Hands waiting RunNext jobs to busy workers, each to start there the moment the worker's job ends,
-        without a turn of this loop in between (`worker.WorkerPool.hand_ahead`): one per worker."""
+        """Hands waiting RunNext jobs to busy workers, each to start there the moment the job before it ends,
+        without a turn of this loop in between (`worker.WorkerPool.hand_ahead`)."""
         if self._workers is None or self._unloading or self._stopping or self._code is None:
             return
         while self._next:
@@ -729,9 +732,10 @@ class Zygote:
             msg = self._next[job_id]
             start = job_process.Start(job_id, msg.payload, Limits(*msg.limits), msg.files, "", -1, -1, -1, -1,
                                       msg.group, self._code.result_key)  # fmt: skip
-            if self._workers.hand_ahead(start, self._may_follow) is None:
-                return
+            if not self._workers.hand_ahead(start, self._may_follow):
+                break
             self._ahead[job_id] = self._next.pop(job_id)
+        self._workers.send_ahead()  # (one that cannot take them is retired: they come back, `_ahead_back`)
 
     def _remove_spent(self) -> None:
         """Removes the directories of the jobs whose Done went out this turn."""
