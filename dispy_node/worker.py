@@ -23,13 +23,12 @@ must not go on (recycled, or told to hold) starts nothing and says `next:
 null`; jobs handed ahead that will not start in their worker come back to
 the zygote (`on_back`).
 
-Output. A worker tells a job's end only once the zygote has read all the job
-wrote to its pipes (`_wait_output_read`: the pipes' unread byte counts, so a
-job that printed nothing waits for nothing), and the zygote reads a worker's
-socket before its pipes (`_WorkerPipe`): what it reads from the pipes after a
-job's end is the next job's, and what it read before was this job's. What
-the pipes carry between jobs (the worker's own messages) goes to the node's
-log.
+Output. At each job's end the worker writes a marker (random bytes of its
+own) to its stdout and stderr pipes, then tells the end: the zygote cuts
+what it reads from the pipes at the markers (`capture.Relay`), so each job's
+output is its own although the next job starts at once, and neither side
+waits for the other. What the pipes carry between jobs (the worker's own
+messages) goes to the node's log.
 
 Kills. What ends a job is the worker's end, not its exit. A job the zygote
 kills (cancel, wall clock, unload) takes its worker with it: SIGTERM, the
@@ -58,7 +57,6 @@ cluster, not per job, in this mode (the runner makes no group per job).
 
 from __future__ import annotations
 
-import fcntl
 import itertools
 import logging
 import math
@@ -67,9 +65,7 @@ import resource
 import selectors
 import signal
 import socket
-import struct
 import sys
-import termios
 import time
 import traceback
 from collections import deque
@@ -83,7 +79,7 @@ from dispy_wire.errors import RemoteWireError
 from dispy_wire.framing import FrameDecoder, encode_frame
 from dispy_wire.isolation import FORK
 
-from . import channel, job_process, killtree, workdir
+from . import channel, fdio, job_process, killtree, workdir
 from . import zygote_protocol as zp
 from .capture import Kept, Relay
 from .limits import Limits, apply
@@ -99,15 +95,13 @@ _READ = 64 * 1024
 _UNTIL_EOF = 1 << 30
 _ALL_FDS = 1 << 20
 #: jobs handed ahead to a worker at most (`hand_ahead`)
-AHEAD = 2
+AHEAD = 8
 #: bytes of jobs handed ahead to a worker at most: with them in its socket, a `_HOLD` still fits there at once
 _AHEAD_MAX = 64 * 1024
 #: the zygote's frame that tells a worker to run nothing after its current job (the job is being killed)
 _HOLD = b"hold"
-#: first and last pause of a worker waiting for the zygote to read its job's output (`_wait_output_read`)
-_OUTPUT_PAUSE_FIRST, _OUTPUT_PAUSE_MAX = 0.00005, 0.005
-#: seconds at most that a worker waits so: a process a job left may keep its pipes from ever being empty
-_OUTPUT_WAIT = 1.0
+#: bytes of the random marker a worker writes to its pipes at each job's end (`capture.Relay`)
+_MARKER_SIZE = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,25 +168,6 @@ class _Worker:
                 pipe.read()
 
 
-class _WorkerPipe:
-    """The selector's handle on a worker's stdout or stderr: its socket is read first, so that the end of
-    a job told there moves the pipe on to the next job before what that job wrote is read."""
-
-    __slots__ = ("worker", "pipe")
-
-    def __init__(self, worker: _Worker, pipe: Relay) -> None:
-        self.worker, self.pipe = worker, pipe
-
-    @property
-    def closed(self) -> bool:
-        return self.pipe.closed
-
-    def read(self) -> bool:
-        if not self.worker.closed:
-            self.worker.read()  # (at its end of file, the socket's own entry in the selector says so)
-        return self.pipe.closed or self.pipe.read()
-
-
 class WorkerPool:
     """One cluster's workers, in its zygote.
 
@@ -252,7 +227,7 @@ class WorkerPool:
             if not self._hand(worker, frame):
                 raise OSError(f"worker {worker.pid} did not take the job")
         worker.job_id = start.job_id
-        worker.out.target, worker.err.target = out, err
+        self._next_job(worker, (out, err))
         self._busy[worker.pid] = worker
         return worker.pid
 
@@ -372,29 +347,34 @@ class WorkerPool:
 
     def _answered(self, worker: _Worker, job_id: int, recycle: bool, record: dict[str, Any], after: int | None
                   ) -> None:  # fmt: skip
-        """Its job ended; `after`: the job it started next (the one handed ahead), or None.
-
-        Its job's output was all read before it told the end (`_wait_output_read`): no drain here, which
-        could take what the next job writes already."""
+        """Its job ended; `after`: the job it started next (the one handed ahead), or None."""
         if worker.job_id != job_id or self._busy.get(worker.pid) is not worker:
             self.garbage(worker, f"an end of job {job_id}, which it does not run")
             return
         if after is not None and (not worker.ahead or after != worker.ahead[0] or recycle or worker.held):
             self.garbage(worker, f"a start of job {after}, which it was not to run")
             return
+        worker.out.end_job()  # all the job wrote, up to its marker
+        worker.err.end_job()
         del self._busy[worker.pid]
         worker.job_id = None
-        worker.out.target = worker.err.target = None
         worker.jobs += 1
         clean = self._on_done(job_id, record)
         if clean and not recycle and not worker.held and worker.jobs < self._policy.max_jobs:
             if not worker.ahead:
+                self._next_job(worker, None)
                 self._idle.append(worker)
             else:  # started now, or as soon as it reads it (it told its end before the job came)
                 worker.ahead_sizes.popleft()
                 self._began(worker, worker.ahead.popleft())
         else:  # (a worker told to recycle, or being killed, starts nothing)
+            self._next_job(worker, None)
             self._retire(worker)
+
+    @staticmethod
+    def _next_job(worker: _Worker, captures: tuple[Kept, Kept] | None) -> None:
+        worker.out.next_job(captures[0] if captures else None)
+        worker.err.next_job(captures[1] if captures else None)
 
     def _give_back(self, worker: _Worker) -> None:
         ahead, worker.ahead, worker.ahead_sizes, worker.pending = list(worker.ahead), deque(), deque(), []
@@ -404,7 +384,7 @@ class WorkerPool:
     def _began(self, worker: _Worker, job_id: int) -> None:
         worker.job_id = job_id
         self._busy[worker.pid] = worker
-        worker.out.target, worker.err.target = self._on_next(worker.pid, job_id)
+        self._next_job(worker, self._on_next(worker.pid, job_id))
 
     def lost(self, pid: int) -> None:
         """A child was reaped: if it was a worker, it is gone, after what it sent and wrote is taken."""
@@ -423,6 +403,7 @@ class WorkerPool:
         fds: list[int] = []
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         mark = killtree.mark(os.getpid(), -next(self._seq))  # no job's: a worker outlives its jobs
+        marker = os.urandom(_MARKER_SIZE)  # where each job's output ends in its pipes (`capture.Relay`)
         try:
             fds = [*os.pipe(), *os.pipe()]
             pid = os.fork()
@@ -435,15 +416,15 @@ class WorkerPool:
         if pid == 0:
             limits = Limits(memory=key[0], open_files=key[1])
             _serve(self._code, theirs.fileno(), (fds[1], fds[3]), limits, mark, self._policy.max_growth,
-                   self._keep_files)  # fmt: skip
+                   self._keep_files, marker)  # fmt: skip
         theirs.close()
         os.close(fds[1])
         os.close(fds[3])
         ours.setblocking(False)
-        worker = _Worker(self, pid, ours, Relay(fds[0]), Relay(fds[2]), key, mark)
+        worker = _Worker(self, pid, ours, Relay(fds[0], marker), Relay(fds[2], marker), key, mark)
         self._sel.register(ours.fileno(), selectors.EVENT_READ, worker)
-        self._sel.register(fds[0], selectors.EVENT_READ, _WorkerPipe(worker, worker.out))
-        self._sel.register(fds[2], selectors.EVENT_READ, _WorkerPipe(worker, worker.err))
+        self._sel.register(fds[0], selectors.EVENT_READ, worker.out)
+        self._sel.register(fds[2], selectors.EVENT_READ, worker.err)
         return worker
 
     def _retire(self, worker: _Worker) -> None:
@@ -471,11 +452,12 @@ class WorkerPool:
 
 def _serve(
     code: job_process.Code, sock: int, output: tuple[int, int], limits: Limits, mark: str, max_growth: int,
-    keep_files: bool,
+    keep_files: bool, marker: bytes,
 ) -> NoReturn:  # fmt: skip
     """The worker's whole life: jobs until the zygote closes the socket or kills it.
 
-    `output`: the write ends of the stdout and stderr pipes the zygote reads, for all its jobs.
+    `output`: the write ends of the stdout and stderr pipes the zygote reads, for all its jobs; `marker`:
+    what ends each job's output there (`capture.Relay`).
     """
     status = 0
     try:
@@ -486,7 +468,7 @@ def _serve(
         job_process.reset_signals()
         killtree.write_mark(mark)
         low = 3  # the zygote's pipes and other jobs' and workers' are none of its business: all but its socket
-        for fd in sorted((sock, *output)):  # and its own pipes (`_wait_output_read`: a job may move fds 1 and 2)
+        for fd in sorted((sock, *output)):  # and its own pipes' (for the markers: a job may move fds 1 and 2)
             os.closerange(low, fd)
             low = fd + 1
         os.closerange(low, _ALL_FDS)
@@ -498,7 +480,8 @@ def _serve(
         while inbox.wait():
             start = inbox.starts.popleft()
             record, entered = _run_one(code, start, sock, name, keep_files)
-            _wait_output_read(output)
+            for fd in output:  # after all the job wrote (`seal` flushed it), before its end is told
+                fdio.write_all(fd, marker)  # (less than PIPE_BUF: in one piece whatever else writes there)
             grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024 > max_growth
             inbox.take(block=False)  # the next job, if the zygote handed it ahead, or a hold
             recycle = grown or not entered or inbox.held or _has_children()
@@ -552,30 +535,6 @@ class _Inbox:
             else:
                 self.starts.append(job_process.unpack_start(frame))
         return True
-
-
-def _wait_output_read(pipes: tuple[int, int]) -> None:
-    """Until the zygote read all the job wrote to its stdout and stderr pipes (flushed by `seal`), so that
-    what it reads from them after this job's end is the next job's. A job that wrote nothing, or what the
-    zygote read already, is not held up; what a process the job left keeps writing holds it up
-    `_OUTPUT_WAIT` seconds at most (and counts as the next job's output, as docs/isolation.md says)."""
-    pause, deadline = _OUTPUT_PAUSE_FIRST, 0.0
-    while _unread(pipes[0]) or _unread(pipes[1]):
-        now = time.monotonic()
-        deadline = deadline or now + _OUTPUT_WAIT
-        if now >= deadline:
-            return
-        time.sleep(pause)
-        pause = min(pause * 2, _OUTPUT_PAUSE_MAX)
-
-
-def _unread(fd: int) -> int:
-    """Bytes in the pipe `fd` (either end) not read yet; 0 if the job closed or replaced our descriptor."""
-    try:
-        count: int = struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
-    except OSError:
-        return 0
-    return count
 
 
 def _run_one(code: job_process.Code, start: job_process.Start, sock: int, name: str, keep_files: bool

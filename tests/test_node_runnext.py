@@ -100,7 +100,7 @@ def loud(x: int) -> int:
     import os
     import sys
 
-    print("out", x)
+    sys.stdout.write(f"out {x}\n" * (x % 4 * 500))  # none, or kilobytes: across the zygote's reads
     sys.stdout.flush()
     os.write(2, b"err %d\n" % x)  # past Python's buffers: straight into the pipe
     return x
@@ -114,7 +114,7 @@ def test_jobs_handed_ahead_to_workers_each_keep_their_own_output() -> None:
         ids = h.run("c1", *[(i,) for i in range(300)])
         for i, job_id in enumerate(ids):
             result = await h.result(job_id)
-            assert (value(result), result.stdout, result.stderr) == (i, b"out %d\n" % i, b"err %d\n" % i)
+            assert (value(result), result.stdout, result.stderr) == (i, b"out %d\n" % i * (i % 4 * 500), b"err %d\n" % i)
 
     run(body)
 
