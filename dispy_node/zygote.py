@@ -22,6 +22,12 @@ cancels gets SIGINT before that, as dispy's do: it sees KeyboardInterrupt and
 has `INTERRUPT_GRACE` seconds to return what it has (which then is its result,
 Finished, as in dispy) before the SIGTERM.
 
+In worker isolation (`worker`), jobs run in reused processes instead: the
+RunNext jobs the daemon sends while its CPUs are busy are handed ahead to
+busy workers (`_hand_ahead`), each to start there the moment the job before
+it ends, and counted started when that end is read (`_ahead_began`); one
+that will not start there comes back (`_ahead_back`).
+
 The loop is a plain `selectors` loop (no asyncio: a forked child must not
 inherit a running event loop). It watches the command pipe, the SIGCHLD
 wakeup pipe and the jobs' output pipes; its timers are wall-clock limits,
