@@ -257,8 +257,13 @@ class Runner:
         """Starts queued jobs while a slot is free: the oldest first, across the ready clusters; then
         sends jobs on to take the places of running ones (`_send_next`)."""
         live = self._live()  # once: this runs at each job's end
-        self._start_free(live)
-        self._send_next(live)
+        held = [c for c in live if c.hold_writes()]
+        try:
+            self._start_free(live)
+            self._send_next(live)
+        finally:
+            for cluster in held:  # what each zygote got here goes in one write
+                cluster.flush_writes()
 
     def _start_free(self, live: list[_Cluster]) -> None:
         clusters = [c for c in live if c.startable]
@@ -492,6 +497,7 @@ class _Cluster:
         self._plain_limits: limits.Limits | None = None  # those of its jobs without options (`_limits_of`)
         self._after = after  # the retirement of this cluster's previous incarnation
         self._task: asyncio.Task[None] | None = None
+        self._held: list[bytes] | None = None  # frames for the zygote held to go in one write (`hold_writes`)
 
     def start(self, life: Incarnation[_Cluster | _Remnant]) -> None:
         self.life = life
@@ -992,9 +998,24 @@ class _Cluster:
         logger.warning("cluster %s: pid %d is no job of it; not killed", self.cluster_id, pid)
         return False
 
+    def hold_writes(self) -> bool:
+        """Holds what is written to the zygote until `flush_writes` (False if it is held already)."""
+        if self._held is not None:
+            return False
+        self._held = []
+        return True
+
+    def flush_writes(self) -> None:
+        held, self._held = self._held, None
+        if held:
+            self._write(b"".join(held))
+
     def _write(self, data: bytes) -> None:
         if not data or self._proc is None or self._proc.stdin is None or self._proc.stdin.is_closing():
             return  # still starting: Load goes first and the queue follows Ready
+        if self._held is not None:
+            self._held.append(data)
+            return
         self._proc.stdin.write(data)
 
 
