@@ -521,20 +521,24 @@ class _Inbox:
         return True
 
     def take(self, block: bool) -> bool:
-        """Takes what the zygote sent (at least something, if `block`); False at the socket's end."""
-        try:
-            data = self._conn.recv(_READ, 0 if block else socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            return True
-        if not data:
-            return False
-        self._decoder.feed(data)
-        for frame in self._decoder.frames():
-            if frame == _HOLD:
-                self.held = True
-            else:
-                self.starts.append(job_process.unpack_start(frame))
-        return True
+        """Takes what the zygote sent: if `block`, at least something; if not, all there is (a hold behind
+        the jobs handed ahead is seen before the next job starts). False at the socket's end."""
+        flags = 0 if block else socket.MSG_DONTWAIT
+        while True:
+            try:
+                data = self._conn.recv(_READ, flags)
+            except BlockingIOError:
+                return True
+            if not data:
+                return False
+            self._decoder.feed(data)
+            for frame in self._decoder.frames():
+                if frame == _HOLD:
+                    self.held = True
+                else:
+                    self.starts.append(job_process.unpack_start(frame))
+            if block or len(data) < _READ:
+                return True
 
 
 def _run_one(code: job_process.Code, start: job_process.Start, sock: int, name: str, keep_files: bool
