@@ -4,6 +4,8 @@ CPU frees; the offer shrinking or a recall takes back those not started."""
 
 from __future__ import annotations
 
+import asyncio
+import random
 import sys
 
 import cloudpickle
@@ -143,5 +145,49 @@ def test_a_job_handed_ahead_runs_when_the_job_before_it_is_cancelled() -> None:
         assert (await h.result(long)).status == JobStatus.CANCELLED
         assert value(await h.result(waiting)) == 0.5
         assert ids_started(h) == [long, waiting] and h.runner.busy == 0
+
+    run(body)
+
+
+def double_or_nap(x: int) -> int:
+    import time
+
+    if x % 50 == 0:  # a few run long enough to be cancelled while they run
+        time.sleep(0.05)
+    print("o", x)
+    return 2 * x
+
+
+def test_cancels_and_a_shrinking_offer_under_load_end_every_job_once_with_its_own_result_and_output() -> None:
+    async def body(h: Harness) -> None:
+        h.load("c1", options=WORKER, func=double_or_nap)
+        h.runner.set_slots(2)
+        rng = random.Random(14)
+        ids: list[int] = []
+        cancelled: set[int] = set()
+        for wave in range(20):
+            batch = h.run("c1", *[(i,) for i in range(len(ids), len(ids) + 100)])
+            ids += batch
+            for job_id in rng.sample(batch, 10):  # queued here, sent on, or handed ahead to a worker
+                h.runner.kill([JobRef("c1", job_id)])
+                cancelled.add(job_id)
+            if wave % 5 == 0:  # taken back from the zygote and its workers, then sent again
+                h.runner.set_slots(1)
+                await asyncio.sleep(0.01)  # (paces the load: nothing is asserted after it)
+                h.runner.set_slots(2)
+            await asyncio.sleep(0.02)
+            ended = {r.job_id for r in h.results}
+            running = [ref.job_id for ref, _ in h.started if ref.job_id not in ended]
+            for job_id in rng.sample(running, min(5, len(running))):  # cancelled as they run (or just ended)
+                h.runner.kill([JobRef("c1", job_id)])
+                cancelled.add(job_id)
+        await h.until(lambda: len(h.results) >= len(ids))
+        assert sorted(r.job_id for r in h.results) == ids  # each exactly once
+        for r in h.results:
+            if r.job_id in cancelled and r.status == JobStatus.CANCELLED:
+                continue
+            assert r.status == JobStatus.FINISHED and value(r) == 2 * r.job_id, (r.job_id, r.exception)
+            assert r.stdout == b"o %d\n" % r.job_id
+        assert h.runner.busy == 0
 
     run(body)
