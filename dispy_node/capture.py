@@ -35,13 +35,19 @@ class PipeReader:
     def read(self) -> bool:
         """False at end of file (or when `_take` wants no more)."""
         for _ in range(_BURST):
-            try:
-                data = os.read(self.fd, _CHUNK)
-            except BlockingIOError:
-                return True
-            if not data or not self._take(data):
-                return False
+            took = self.read_once()
+            if took is not True:
+                return took is None
         return True
+
+    def read_once(self) -> bool | None:
+        """One read: True if it took something, None if there was nothing, False at end of file (or when
+        `_take` wants no more)."""
+        try:
+            data = os.read(self.fd, _CHUNK)
+        except BlockingIOError:
+            return None
+        return bool(data) and self._take(data)
 
     def close(self) -> None:
         if not self.closed:
@@ -95,16 +101,52 @@ class Capture(PipeReader):
 
 
 class Relay(PipeReader):
-    """A reused worker's stdout or stderr pipe (kept open across its jobs): what comes goes to the job it
-    runs (`target`), and between jobs (the worker's own messages) to the zygote's stderr, the node's log."""
+    """A reused worker's stdout or stderr pipe (kept open across its jobs), cut into its jobs' outputs.
 
-    __slots__ = ("target",)
+    At each job's end the worker writes `marker` (random bytes only it and
+    its zygote know) to the pipe, before it tells the end on its socket and
+    starts its next job. So the pipe reads as: the current job's output,
+    marker, the next job's, marker, ... What comes before the first marker
+    not yet passed goes to `target` (the current job's capture; None between
+    jobs: the worker's own messages, to the zygote's stderr, the node's
+    log); what comes after it is held (`_held`, one list per job to come)
+    until the zygote, told the job's end, passes the marker (`end_job`) and
+    names the next job's capture (`next_job`). The worker need not wait for
+    the zygote between jobs, whenever the zygote reads the pipe.
+    """
 
-    def __init__(self, fd: int) -> None:
+    __slots__ = ("target", "marker", "_held", "_tail")
+
+    def __init__(self, fd: int, marker: bytes) -> None:
         super().__init__(fd)
         self.target: Kept | None = None
+        self.marker = marker
+        self._held: list[list[bytes]] = []  # what came after each marker not passed yet, in order
+        self._tail = b""  # the end of what came, held back while it may be the start of a marker
 
     def _take(self, data: bytes) -> bool:
+        data, self._tail = self._tail + data, b""
+        parts = data.split(self.marker)
+        last = parts[-1]
+        for n in range(min(len(last), len(self.marker) - 1), 0, -1):
+            if self.marker.startswith(last[-n:]):
+                parts[-1], self._tail = last[:-n], last[-n:]
+                break
+        self._give(parts[0])
+        for part in parts[1:]:
+            self._held.append([])
+            self._give(part)
+        return True
+
+    def _give(self, data: bytes) -> None:
+        if not data:
+            return
+        if self._held:
+            self._held[-1].append(data)
+        else:
+            self._to_target(data)
+
+    def _to_target(self, data: bytes) -> None:
         if self.target is not None:
             self.target.take(data)
         else:
@@ -112,4 +154,19 @@ class Relay(PipeReader):
                 os.write(2, data)
             except OSError:
                 pass  # the node's log is gone: we are stopping
-        return True
+
+    def end_job(self) -> None:
+        """The current job ended (its worker said so, after writing the marker): reads on to its marker, so
+        that `target` has all the job wrote, and goes no further."""
+        while not self._held and not self.closed and self.read_once():
+            pass
+        if not self._held and self._tail:  # no marker after all (the worker's descriptor was closed?)
+            tail, self._tail = self._tail, b""
+            self._give(tail)
+
+    def next_job(self, target: Kept | None) -> None:
+        """Past the current job's marker: what came after it, and what comes, is `target`'s."""
+        self.target = target
+        if self._held:
+            for data in self._held.pop(0):
+                self._to_target(data)

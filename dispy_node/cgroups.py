@@ -49,6 +49,8 @@ import signal
 import time
 from typing import NamedTuple
 
+from . import fdio
+
 logger = logging.getLogger(__name__)
 
 CONTROLLERS = ("memory", "pids")
@@ -376,14 +378,11 @@ def _read(directory: str, name: str) -> str:
     except OSError:
         return ""
     try:
-        parts = []
-        while chunk := os.read(fd, 1 << 16):
-            parts.append(chunk)
+        return fdio.read_to_end(fd).decode(errors="replace")
     except OSError:
         return ""
     finally:
         os.close(fd)
-    return b"".join(parts).decode(errors="replace")
 
 
 def _mounts() -> dict[str, str]:

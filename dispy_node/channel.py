@@ -27,6 +27,7 @@ from dispy_wire.errors import RemoteWireError
 from dispy_wire.framing import FrameDecoder, encode_frame
 from dispy_wire.status import JobStatus
 
+from . import fdio
 from .capture import PipeReader
 
 logger = logging.getLogger(__name__)
@@ -99,9 +100,7 @@ def write_frame(fd: int, body: bytes) -> None:
     detached: `attach` waited for any frame a job's thread was writing, and
     no new one starts.
     """
-    view = memoryview(encode_frame(body))
-    while view:
-        view = view[os.write(fd, view) :]
+    fdio.write_all(fd, encode_frame(body))
 
 
 # -- in the zygote ----------------------------------------------------------------

@@ -688,24 +688,26 @@ class _Session:
     def _flush_results(self) -> None:
         """Sends what the jobs produced this turn, in order: the starts, then runs of results, runs of files."""
         self._flush_pending = False
+        frames = []
         if self._starts:  # first: a job that started and ended this turn is Running before it is done
-            self._write(encode(NodeStarts(self._starts)))
+            frames.append(encode(NodeStarts(self._starts)))
             self._starts = []
         for _, run in itertools.groupby(self._results, key=type):
-            for batch in by_size(run):
-                self._write(_batch_frame(batch))
+            frames += (_batch_frame(batch) for batch in by_size(run))
         self._results = []
+        if frames:
+            self._write(*frames)  # one write (one send, without joining them) for the turn
         self._check_done()
 
     def _cluster_failed(self, cluster_id: str, message: str) -> None:
         self._flush_results()  # results of its jobs go first: the scheduler requeues the rest
         self._write(encode(ClusterFailed(cluster_id, message)))
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, *frames: bytes) -> None:
         if self.liveness is not None:
             self.liveness.sent = True
         if not self._writer.is_closing():
-            self._writer.write(data)
+            self._writer.writelines(frames)
 
 
 #: TEST ONLY: a runtime "PYTHON/CLOUDPICKLE" (e.g. "3.10/2.2.1") this node claims instead of its own, so the

@@ -37,7 +37,7 @@ from dispy_wire import result_mac
 from dispy_wire.payload import dumps, loads
 from dispy_wire.status import JobStatus
 
-from . import cgroups, channel, killtree, limits, workdir
+from . import cgroups, channel, fdio, killtree, limits, workdir
 
 #: one job's result message must fit in one of the wire's frames (64 MiB): its
 #: pickled result, its stdout and stderr (each up to --max-output) and its exception text
@@ -115,9 +115,7 @@ def run_spare(code: Code, out: int, err: int, res: int, chan: int, go: int) -> N
     try:
         os.setsid()
         _become_job_process(out, err, (res, chan, go))
-        data = b""
-        while chunk := os.read(go, 1 << 16):
-            data += chunk
+        data = fdio.read_to_end(go)
         if data:
             os.close(go)
             started = time.time()
@@ -184,7 +182,7 @@ def run_job(code: Code, start: Start, started: float, enter: Callable[[Code, Sta
 
 def conclude(code: Code, start: Start, record: dict[str, Any]) -> None:
     """Seals the record and writes it for the zygote."""
-    write_all(start.res, msgpack.packb(seal(code, start, record), use_bin_type=True))
+    fdio.write_all(start.res, msgpack.packb(seal(code, start, record), use_bin_type=True))
 
 
 def seal(code: Code, start: Start, record: dict[str, Any]) -> dict[str, Any]:
@@ -288,8 +286,3 @@ def valid_record(rec: Any) -> dict[str, Any]:
     """`rec` if it is a job's record, else {} (it comes from the job's process: untrusted)."""
     return rec if isinstance(rec, dict) and "status" in rec else {}
 
-
-def write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]

@@ -35,6 +35,8 @@ from collections.abc import Iterable
 
 import psutil
 
+from . import fdio
+
 MARK_VAR = "DISPY_JOB_MARK"
 _PR_SET_CHILD_SUBREAPER = 36
 _PR_SET_NO_NEW_PRIVS = 38
@@ -134,9 +136,7 @@ def own_children() -> set[int]:
         for tid in os.listdir("/proc/self/task"):
             fd = os.open(f"/proc/self/task/{tid}/children", os.O_RDONLY | os.O_CLOEXEC)  # no file object: the
             try:  # zygote looks each time a job ends
-                data = b""
-                while chunk := os.read(fd, 1 << 16):
-                    data += chunk
+                data = fdio.read_to_end(fd)
             finally:
                 os.close(fd)
             pids.update(int(p) for p in data.split())

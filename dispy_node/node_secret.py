@@ -39,6 +39,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
+from . import fdio
+
 ENV = "DISPY_NODE_SECRET"
 CREDENTIAL = "node-secret"
 FLAG = "--node-secret"
@@ -163,12 +165,10 @@ def _take_handed_over() -> dict[str, str | None] | None:
         return None
     fd = int(fd_text)
     try:
-        chunks = []
-        while chunk := os.read(fd, 65536):
-            chunks.append(chunk)
+        data = fdio.read_to_end(fd)
     finally:
         os.close(fd)
-    values: dict[str, str | None] = json.loads(b"".join(chunks))
+    values: dict[str, str | None] = json.loads(data)
     return values
 
 

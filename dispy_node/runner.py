@@ -37,10 +37,10 @@ only once the job's whole process tree is gone (the zygote sees to that; if
 the zygote itself dies, `_died` hunts the orphans by their mark).
 
 Sent on (worker isolation): while every offered CPU is busy and one cluster
-alone has jobs queued, each of its running jobs gets a successor sent on to
-the zygote (`zp.RunNext`), which starts it in the place of the next job that
-ends after it came: a worker finds its next job at hand instead of waiting a
-round trip through this process. Such a job is owed a result but is not
+alone has jobs queued, its queued jobs are sent on to the zygote,
+`NEXT_DEPTH` per running job (`zp.RunNext`), which starts each in the place
+of a job that ends after it came: a worker finds its next job at hand
+instead of waiting a round trip through this process. Such a job is owed a result but is not
 running (`running`) until the zygote's Started, which comes before the Done
 of the job whose place it took, so this process never counts fewer jobs
 running than there are. One still waiting when a CPU frees here is started
@@ -76,7 +76,7 @@ from dispy_wire.status import JobStatus
 from . import account, cgroups, channel, job_process, killtree, limits, workdir
 from .account import Account, AccountPool, PoolExhausted
 from .lifecycle import Chains, Incarnation, Phase
-from .worker import WorkerPolicy
+from .worker import AHEAD, WorkerPolicy
 from . import zygote_protocol as zp
 
 logger = logging.getLogger(__name__)
@@ -95,6 +95,9 @@ _ENDS = {JobStatus.FINISHED, JobStatus.TERMINATED, JobStatus.CANCELLED, JobStatu
 STOP_SLACK = 3.0
 #: beyond kill_grace, how long an Unload may take (cleanup included)
 UNLOAD_SLACK = 10.0
+#: jobs sent on to a worker cluster's zygote per running job (`_send_next`): its workers' jobs handed
+#: ahead (worker.AHEAD) and one more, so that a place that frees there is taken at once
+NEXT_DEPTH = AHEAD + 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,8 +257,13 @@ class Runner:
         """Starts queued jobs while a slot is free: the oldest first, across the ready clusters; then
         sends jobs on to take the places of running ones (`_send_next`)."""
         live = self._live()  # once: this runs at each job's end
-        self._start_free(live)
-        self._send_next(live)
+        held = [c for c in live if c.hold_writes()]
+        try:
+            self._start_free(live)
+            self._send_next(live)
+        finally:
+            for cluster in held:  # what each zygote got here goes in one write
+                cluster.flush_writes()
 
     def _start_free(self, live: list[_Cluster]) -> None:
         clusters = [c for c in live if c.startable]
@@ -489,6 +497,7 @@ class _Cluster:
         self._plain_limits: limits.Limits | None = None  # those of its jobs without options (`_limits_of`)
         self._after = after  # the retirement of this cluster's previous incarnation
         self._task: asyncio.Task[None] | None = None
+        self._held: list[bytes] | None = None  # frames for the zygote held to go in one write (`hold_writes`)
 
     def start(self, life: Incarnation[_Cluster | _Remnant]) -> None:
         self.life = life
@@ -569,9 +578,10 @@ class _Cluster:
             self._files.append(msg)
 
     def send_next(self) -> None:
-        """Sends queued jobs on as RunNext, one per running job that has none waiting to take its place."""
-        if self.running > len(self._next):
-            self.start_queued(self.running - len(self._next), ahead=True)
+        """Sends queued jobs on as RunNext, `NEXT_DEPTH` per running job, less those already waiting there."""
+        want = self.running * NEXT_DEPTH - len(self._next)
+        if want > 0:
+            self.start_queued(want, ahead=True)
 
     def withdraw_next(self) -> None:
         """Asks the zygote back for the RunNext jobs not started (`_withdrawn` queues them again)."""
@@ -988,9 +998,24 @@ class _Cluster:
         logger.warning("cluster %s: pid %d is no job of it; not killed", self.cluster_id, pid)
         return False
 
+    def hold_writes(self) -> bool:
+        """Holds what is written to the zygote until `flush_writes` (False if it is held already)."""
+        if self._held is not None:
+            return False
+        self._held = []
+        return True
+
+    def flush_writes(self) -> None:
+        held, self._held = self._held, None
+        if held:
+            self._write(b"".join(held))
+
     def _write(self, data: bytes) -> None:
         if not data or self._proc is None or self._proc.stdin is None or self._proc.stdin.is_closing():
             return  # still starting: Load goes first and the queue follows Ready
+        if self._held is not None:
+            self._held.append(data)
+            return
         self._proc.stdin.write(data)
 
 

@@ -4,28 +4,47 @@ Theory of operation. With `isolation="worker"` (`dispy_wire.isolation`) the
 zygote does not fork a process per job: it forks a *worker* (its own session
 and process group, the job mark, the cluster's memory and open-files limits)
 with three channels that last its whole life: a Unix socket and its stdout
-and stderr pipes. Nothing is made per job, and a job costs the zygote one
-send and one wakeup: the zygote sends the job's start record
-(`job_process.pack_start`) on the socket; the worker runs the job as a forked
-one would (`job_process.run_job` and `seal`), in the job's directory, its
-provisional results and files (`channel`) going out on the same socket,
+and stderr pipes. Nothing is made per job: the zygote sends the job's start
+record (`job_process.pack_start`) on the socket; the worker runs the job as a
+forked one would (`job_process.run_job` and `seal`), in the job's directory,
+its provisional results and files (`channel`) going out on the same socket,
 then writes the job's end there: `{"kind": "end", "job", "recycle",
-"record"}`, its record being what a forked job writes to its result file.
-Everything is one stream of length-prefixed msgpack frames, so what a job
-sent reaches the zygote before its end. The job's output is in its pipes
-before its end is written (`seal` flushes): the zygote, told the end, reads
-the pipes dry into that job's capture (`capture.Relay`), then finishes the
-job (`Zygote._worker_done`). What the pipes carry between jobs (the
-worker's own messages) goes to the node's log.
+"record", "next"}`, its record being what a forked job writes to its result
+file. Everything is one stream of length-prefixed msgpack frames, so what a
+job sent reaches the zygote before its end.
 
-What ends a job is the worker's end, not its exit. A job the zygote kills
-(cancel, wall clock, unload) takes its worker with it: SIGTERM, the grace,
-SIGKILL to the worker's group, and the slot's next job gets a fresh fork. A
-worker that dies during a job (os._exit, a segfault, the CPU limit) ends that
-job as a forked job's death would, with what it had sent and written until
-then. A worker is retired (SIGKILL to its group, which also ends whatever
-its jobs left running) after `max_jobs` jobs, when its peak RSS grew by more
-than `max_growth` bytes since it was forked, when a job left a child process
+Handed ahead. While every CPU is busy, the zygote hands a busy worker the
+jobs to run after its current one (`hand_ahead`, `AHEAD` per worker, sent
+together once a turn): the worker finds the next in its socket when its job
+ends and starts it at once, saying so in the end it writes (`next`), with no
+round trip through the zygote; the zygote, reading that end, counts the next
+job started (`on_next`) in the place of the one that ended. A worker that
+must not go on (recycled, or told to hold) starts nothing and says `next:
+null`; jobs handed ahead that will not start in their worker come back to
+the zygote (`on_back`).
+
+Output. At each job's end the worker writes a marker (random bytes of its
+own) to its stdout and stderr pipes, then tells the end: the zygote cuts
+what it reads from the pipes at the markers (`capture.Relay`), so each job's
+output is its own although the next job starts at once, and neither side
+waits for the other. What the pipes carry between jobs (the worker's own
+messages) goes to the node's log.
+
+Kills. What ends a job is the worker's end, not its exit. A job the zygote
+kills (cancel, wall clock, unload) takes its worker with it: SIGTERM, the
+grace, SIGKILL to the worker's group, and the slot's next job gets a fresh
+fork. Before the first signal the zygote stops the worker (SIGSTOP) and reads
+what it sent (`hold`): if the job ended meanwhile, there is nothing to kill
+(and the job handed ahead, which may have started, is not hit); if not, the
+worker is told to start nothing after it (a `_HOLD` frame, in its socket
+before it can look) and only then signalled and continued. A job handed
+ahead that is cancelled, withdrawn or started elsewhere is taken back the
+same way (`take_back`): its worker goes after its current job. A worker that
+dies during a job (os._exit, a segfault, the CPU limit) ends that job as a
+forked job's death would, with what it had sent and written until then. A
+worker is retired (SIGKILL to its group, which also ends whatever its jobs
+left running) after `max_jobs` jobs, when its peak RSS grew by more than
+`max_growth` bytes since it was forked, when a job left a child process
 behind, when it sends what is not this protocol, and when its limits differ
 from those the next job needs. Workers belong to one zygote, hence to one
 cluster: they are never shared between clusters.
@@ -49,6 +68,7 @@ import socket
 import sys
 import time
 import traceback
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
@@ -59,7 +79,7 @@ from dispy_wire.errors import RemoteWireError
 from dispy_wire.framing import FrameDecoder, encode_frame
 from dispy_wire.isolation import FORK
 
-from . import channel, job_process, killtree, workdir
+from . import channel, fdio, job_process, killtree, workdir
 from . import zygote_protocol as zp
 from .capture import Kept, Relay
 from .limits import Limits, apply
@@ -74,6 +94,14 @@ _BURST = 16
 _READ = 64 * 1024
 _UNTIL_EOF = 1 << 30
 _ALL_FDS = 1 << 20
+#: jobs handed ahead to a worker at most (`hand_ahead`)
+AHEAD = 8
+#: bytes of jobs handed ahead to a worker at most: with them in its socket, a `_HOLD` still fits there at once
+_AHEAD_MAX = 64 * 1024
+#: the zygote's frame that tells a worker to run nothing after its current job (the job is being killed)
+_HOLD = b"hold"
+#: bytes of the random marker a worker writes to its pipes at each job's end (`capture.Relay`)
+_MARKER_SIZE = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +129,10 @@ class _Worker:
     mark: str
     jobs: int = 0
     job_id: int | None = None
+    ahead: deque[int] = field(default_factory=deque)  # jobs handed to it to run after its current one, in order
+    ahead_sizes: deque[int] = field(default_factory=deque)  # their frames' sizes
+    pending: list[bytes] = field(default_factory=list)  # frames of jobs handed ahead this turn (`send_ahead`)
+    held: bool = False  # told to run nothing after its current job (`hold`)
     closed: bool = False
     _decoder: FrameDecoder = field(default_factory=lambda: FrameDecoder(max_size=zp.MAX_REPLY, expect_preamble=False))
 
@@ -130,7 +162,7 @@ class _Worker:
         return True
 
     def drain(self) -> None:
-        """What its job wrote before it told its end, into that job's capture."""
+        """What its job wrote before it died, into that job's capture."""
         for pipe in (self.out, self.err):
             if not pipe.closed:
                 pipe.read()
@@ -147,12 +179,17 @@ class WorkerPool:
             worker told its end; True if the job ended normally there (the
             worker may take another), False if the zygote was killing it (the worker goes).
         on_record: called with a job id and a record its job sent on its channel (`channel`).
+        on_next: called with a worker's pid and a job handed to it ahead (`hand_ahead`) when that job
+            starts there (its predecessor ended); returns the captures of its stdout and stderr.
+        on_back: called with the ids of jobs handed ahead that will never start in their worker (it goes, or
+            was told to hold), in the order they were handed.
         keep_files: the cluster keeps each job's directory: workers make one per job, not one each.
     """
 
     def __init__(
         self, code: job_process.Code, policy: zp.Workers, sel: selectors.BaseSelector,
         on_done: Callable[[int, dict[str, Any]], bool], on_record: Callable[[int, dict[str, Any]], None],
+        on_next: Callable[[int, int], tuple[Kept, Kept]], on_back: Callable[[list[int]], None],
         keep_files: bool = False,
     ) -> None:  # fmt: skip
         self._code = code
@@ -161,6 +198,8 @@ class WorkerPool:
         self._sel = sel
         self._on_done = on_done
         self._on_record = on_record
+        self._on_next = on_next
+        self._on_back = on_back
         self._idle: list[_Worker] = []
         self._busy: dict[int, _Worker] = {}  # by pid
         self._seq = itertools.count(1)
@@ -188,7 +227,7 @@ class WorkerPool:
             if not self._hand(worker, frame):
                 raise OSError(f"worker {worker.pid} did not take the job")
         worker.job_id = start.job_id
-        worker.out.target, worker.err.target = out, err
+        self._next_job(worker, (out, err))
         self._busy[worker.pid] = worker
         return worker.pid
 
@@ -209,6 +248,77 @@ class WorkerPool:
             return False
         return True
 
+    def hand_ahead(self, start: job_process.Start, may_follow: Callable[[int], bool]) -> bool:
+        """Hands the job to a busy worker with its limits, to run once the jobs before it there ended
+        (`on_next` then tells it started): the least loaded of those that can take it. False if none can (the
+        caller keeps the job). `send_ahead` sends what this turn handed.
+
+        Only a worker whose current job `may_follow` (not being killed), with fewer than `AHEAD` jobs ahead
+        and enough jobs left to run before it is retired by count.
+        """
+        key = (start.limits.memory, start.limits.open_files)
+        frame = encode_frame(job_process.pack_start(start))
+        best = None
+        for worker in self._busy.values():
+            if (len(worker.ahead) < AHEAD and sum(worker.ahead_sizes) + len(frame) <= _AHEAD_MAX and not worker.held
+                    and worker.key == key and worker.job_id is not None and may_follow(worker.job_id)
+                    and worker.jobs + len(worker.ahead) + 2 <= self._policy.max_jobs
+                    and (best is None or len(worker.ahead) < len(best.ahead))):  # fmt: skip
+                best = worker
+        if best is None:
+            return False
+        best.ahead.append(start.job_id)
+        best.ahead_sizes.append(len(frame))
+        best.pending.append(frame)
+        return True
+
+    def send_ahead(self) -> None:
+        """Sends each worker the jobs handed to it this turn, in one send."""
+        for worker in list(self._busy.values()):
+            if worker.pending:
+                frames, worker.pending = worker.pending, []
+                self._hand(worker, b"".join(frames))  # (if it cannot take them, it is retired: they come back)
+
+    def hold(self, pid: int) -> bool:
+        """Before the zygote signals the job a worker runs: stops the worker (SIGSTOP) and takes what it
+        sent, so that a job end it told is known; if its job still runs, tells it to run nothing after it
+        (`_HOLD`, read before it could start another) and returns True, the worker still stopped: the caller
+        signals it, then `resume`s it. False (the worker running again): its job ended meanwhile, or it is gone.
+        """
+        worker = self._busy.get(pid)
+        if worker is None or worker.closed:
+            return False
+        try:
+            os.kill(pid, signal.SIGSTOP)
+            os.waitid(os.P_PID, pid, os.WSTOPPED | os.WEXITED | os.WNOWAIT)  # stopped (or dead), not reaped
+        except (ChildProcessError, ProcessLookupError):
+            return False
+        job_id = worker.job_id
+        worker.read()  # all it wrote: it writes nothing more while stopped
+        if worker.closed or self._busy.get(pid) is not worker or worker.job_id != job_id:
+            self.resume(pid)
+            return False
+        if not worker.held:
+            worker.held = True
+            if not self._hand(worker, encode_frame(_HOLD)):
+                return True  # retired (SIGKILL): its job ends with the caller's verdict once it is reaped
+            self._give_back(worker)  # they will not start there: they take other places
+        return True
+
+    def take_back(self, job_id: int) -> None:
+        """A job handed ahead is wanted back (killed, withdrawn): its worker is told to hold (it goes after its
+        current job) and the job comes back through `on_back`, unless it started meanwhile (`on_next`)."""
+        worker = next((w for w in self._busy.values() if job_id in w.ahead), None)
+        if worker is not None and self.hold(worker.pid):
+            self.resume(worker.pid)
+
+    @staticmethod
+    def resume(pid: int) -> None:
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+
     def mark_of(self, pid: int) -> str:
         return self._busy[pid].mark
 
@@ -217,11 +327,11 @@ class WorkerPool:
         if not isinstance(msg, dict):
             self.garbage(worker, f"a {type(msg).__name__}")
         elif msg.get("kind") == "end":
-            job_id, recycle = msg.get("job"), msg.get("recycle")
-            if not isinstance(job_id, int) or not isinstance(recycle, bool):
+            job_id, recycle, after = msg.get("job"), msg.get("recycle"), msg.get("next")
+            if not isinstance(job_id, int) or not isinstance(recycle, bool) or not isinstance(after, (int, type(None))):
                 self.garbage(worker, "an end without its job")
             else:
-                self._answered(worker, job_id, recycle, job_process.valid_record(msg.get("record")))
+                self._answered(worker, job_id, recycle, job_process.valid_record(msg.get("record")), after)
         elif worker.job_id is not None:
             self._on_record(worker.job_id, msg)
         else:
@@ -235,20 +345,46 @@ class WorkerPool:
             self._idle.remove(worker)
         self._retire(worker)
 
-    def _answered(self, worker: _Worker, job_id: int, recycle: bool, record: dict[str, Any]) -> None:
+    def _answered(self, worker: _Worker, job_id: int, recycle: bool, record: dict[str, Any], after: int | None
+                  ) -> None:  # fmt: skip
+        """Its job ended; `after`: the job it started next (the one handed ahead), or None."""
         if worker.job_id != job_id or self._busy.get(worker.pid) is not worker:
             self.garbage(worker, f"an end of job {job_id}, which it does not run")
             return
-        worker.drain()
+        if after is not None and (not worker.ahead or after != worker.ahead[0] or recycle or worker.held):
+            self.garbage(worker, f"a start of job {after}, which it was not to run")
+            return
+        worker.out.end_job()  # all the job wrote, up to its marker
+        worker.err.end_job()
         del self._busy[worker.pid]
         worker.job_id = None
-        worker.out.target = worker.err.target = None
         worker.jobs += 1
         clean = self._on_done(job_id, record)
-        if clean and not recycle and worker.jobs < self._policy.max_jobs:
-            self._idle.append(worker)
-        else:
+        if clean and not recycle and not worker.held and worker.jobs < self._policy.max_jobs:
+            if not worker.ahead:
+                self._next_job(worker, None)
+                self._idle.append(worker)
+            else:  # started now, or as soon as it reads it (it told its end before the job came)
+                worker.ahead_sizes.popleft()
+                self._began(worker, worker.ahead.popleft())
+        else:  # (a worker told to recycle, or being killed, starts nothing)
+            self._next_job(worker, None)
             self._retire(worker)
+
+    @staticmethod
+    def _next_job(worker: _Worker, captures: tuple[Kept, Kept] | None) -> None:
+        worker.out.next_job(captures[0] if captures else None)
+        worker.err.next_job(captures[1] if captures else None)
+
+    def _give_back(self, worker: _Worker) -> None:
+        ahead, worker.ahead, worker.ahead_sizes, worker.pending = list(worker.ahead), deque(), deque(), []
+        if ahead:
+            self._on_back(ahead)
+
+    def _began(self, worker: _Worker, job_id: int) -> None:
+        worker.job_id = job_id
+        self._busy[worker.pid] = worker
+        self._next_job(worker, self._on_next(worker.pid, job_id))
 
     def lost(self, pid: int) -> None:
         """A child was reaped: if it was a worker, it is gone, after what it sent and wrote is taken."""
@@ -267,6 +403,7 @@ class WorkerPool:
         fds: list[int] = []
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         mark = killtree.mark(os.getpid(), -next(self._seq))  # no job's: a worker outlives its jobs
+        marker = os.urandom(_MARKER_SIZE)  # where each job's output ends in its pipes (`capture.Relay`)
         try:
             fds = [*os.pipe(), *os.pipe()]
             pid = os.fork()
@@ -279,12 +416,12 @@ class WorkerPool:
         if pid == 0:
             limits = Limits(memory=key[0], open_files=key[1])
             _serve(self._code, theirs.fileno(), (fds[1], fds[3]), limits, mark, self._policy.max_growth,
-                   self._keep_files)  # fmt: skip
+                   self._keep_files, marker)  # fmt: skip
         theirs.close()
         os.close(fds[1])
         os.close(fds[3])
         ours.setblocking(False)
-        worker = _Worker(self, pid, ours, Relay(fds[0]), Relay(fds[2]), key, mark)
+        worker = _Worker(self, pid, ours, Relay(fds[0], marker), Relay(fds[2], marker), key, mark)
         self._sel.register(ours.fileno(), selectors.EVENT_READ, worker)
         self._sel.register(fds[0], selectors.EVENT_READ, worker.out)
         self._sel.register(fds[2], selectors.EVENT_READ, worker.err)
@@ -296,6 +433,7 @@ class WorkerPool:
         self._close(worker)
 
     def _close(self, worker: _Worker) -> None:
+        self._give_back(worker)  # they never started there (a job that started is the worker's current one)
         if not worker.closed:
             fd_map = self._sel.get_map()
             for fd in (worker.sock.fileno(), worker.out.fd, worker.err.fd):
@@ -314,11 +452,12 @@ class WorkerPool:
 
 def _serve(
     code: job_process.Code, sock: int, output: tuple[int, int], limits: Limits, mark: str, max_growth: int,
-    keep_files: bool,
+    keep_files: bool, marker: bytes,
 ) -> NoReturn:  # fmt: skip
     """The worker's whole life: jobs until the zygote closes the socket or kills it.
 
-    `output`: the write ends of the stdout and stderr pipes the zygote reads, for all its jobs.
+    `output`: the write ends of the stdout and stderr pipes the zygote reads, for all its jobs; `marker`:
+    what ends each job's output there (`capture.Relay`).
     """
     status = 0
     try:
@@ -328,22 +467,32 @@ def _serve(
         os.umask(0o077)
         job_process.reset_signals()
         killtree.write_mark(mark)
-        os.closerange(3, sock)  # the zygote's pipes and other jobs' and workers' are none of its business
-        os.closerange(sock + 1, _ALL_FDS)
+        low = 3  # the zygote's pipes and other jobs' and workers' are none of its business: all but its socket
+        for fd in sorted((sock, *output)):  # and its own pipes' (for the markers: a job may move fds 1 and 2)
+            os.closerange(low, fd)
+            low = fd + 1
+        os.closerange(low, _ALL_FDS)
         apply(limits)
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         name = _dir_name(os.getpid())
         conn = socket.socket(fileno=sock)
-        decoder = FrameDecoder(max_size=zp.MAX_FRAME, expect_preamble=False)
-        while True:
-            start = _receive(conn, decoder)
-            if start is None:
-                break
+        inbox = _Inbox(conn)
+        while inbox.wait():
+            start = inbox.starts.popleft()
             record, entered = _run_one(code, start, sock, name, keep_files)
+            for fd in output:  # after all the job wrote (`seal` flushed it), before its end is told
+                fdio.write_all(fd, marker)  # (less than PIPE_BUF: in one piece whatever else writes there)
             grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024 > max_growth
-            recycle = grown or not entered or _has_children()
-            end = {"kind": "end", "job": start.job_id, "recycle": recycle, "record": record}
+            inbox.take(block=False)  # the next job, if the zygote handed it ahead, or a hold
+            recycle = grown or not entered or inbox.held or _has_children()
+            after = inbox.starts[0].job_id if inbox.starts and not recycle else None
+            end = {"kind": "end", "job": start.job_id, "recycle": recycle, "record": record, "next": after}
             channel.write_frame(sock, msgpack.packb(end, use_bin_type=True))
+            if recycle:  # the zygote retires it: nothing more runs here
+                inbox.starts.clear()
+                while inbox.take(block=True):
+                    inbox.starts.clear()
+                break
     except BaseException:  # noqa: BLE001  (a worker must reach os._exit below)
         status = job_process.CHILD_INTERNAL_ERROR
         try:
@@ -355,16 +504,41 @@ def _serve(
         os._exit(status)
 
 
-def _receive(conn: socket.socket, decoder: FrameDecoder) -> job_process.Start | None:
-    """The next job, or None when the zygote closed the socket."""
-    while True:
-        frame = decoder.next_frame()
-        if isinstance(frame, bytes):
-            return job_process.unpack_start(frame)
-        data = conn.recv(_READ)
-        if not data:
-            return None
-        decoder.feed(data)
+class _Inbox:
+    """A worker's end of its socket: the jobs the zygote handed it, in order, and whether it was told to hold."""
+
+    def __init__(self, conn: socket.socket) -> None:
+        self._conn = conn
+        self._decoder = FrameDecoder(max_size=zp.MAX_FRAME, expect_preamble=False)
+        self.starts: deque[job_process.Start] = deque()
+        self.held = False
+
+    def wait(self) -> bool:
+        """Until a job is there; False when the zygote closed the socket."""
+        while not self.starts:
+            if not self.take(block=True):
+                return False
+        return True
+
+    def take(self, block: bool) -> bool:
+        """Takes what the zygote sent: if `block`, at least something; if not, all there is (a hold behind
+        the jobs handed ahead is seen before the next job starts). False at the socket's end."""
+        flags = 0 if block else socket.MSG_DONTWAIT
+        while True:
+            try:
+                data = self._conn.recv(_READ, flags)
+            except BlockingIOError:
+                return True
+            if not data:
+                return False
+            self._decoder.feed(data)
+            for frame in self._decoder.frames():
+                if frame == _HOLD:
+                    self.held = True
+                else:
+                    self.starts.append(job_process.unpack_start(frame))
+            if block or len(data) < _READ:
+                return True
 
 
 def _run_one(code: job_process.Code, start: job_process.Start, sock: int, name: str, keep_files: bool

@@ -22,6 +22,12 @@ cancels gets SIGINT before that, as dispy's do: it sees KeyboardInterrupt and
 has `INTERRUPT_GRACE` seconds to return what it has (which then is its result,
 Finished, as in dispy) before the SIGTERM.
 
+In worker isolation (`worker`), jobs run in reused processes instead: the
+RunNext jobs the daemon sends while its CPUs are busy are handed ahead to
+busy workers (`_hand_ahead`), each to start there the moment the job before
+it ends, and counted started when that end is read (`_ahead_began`); one
+that will not start there comes back (`_ahead_back`).
+
 The loop is a plain `selectors` loop (no asyncio: a forked child must not
 inherit a running event loop). It watches the command pipe, the SIGCHLD
 wakeup pipe and the jobs' output pipes; its timers are wall-clock limits,
@@ -60,7 +66,7 @@ from dispy_wire.framing import FrameDecoder
 from dispy_wire.payload import without_result_key
 from dispy_wire.status import JobStatus
 
-from . import cgroups, job_process, killtree, loading, spare, worker, workdir
+from . import cgroups, fdio, job_process, killtree, loading, spare, worker, workdir
 from . import zygote_protocol as zp
 from .capture import Capture, Kept, PipeReader
 from .channel import Channel
@@ -76,6 +82,9 @@ _AT_LIMIT = 0.9
 INTERRUPT_GRACE = 3.0
 #: seconds a worker job's Started may wait to go out with other messages (its Done, usually)
 _STARTED_DELAY = 0.005
+#: seconds a job handed ahead to a busy worker waits for it when the daemon has a CPU free for it: then it is
+#: taken back (which costs that worker) and started in a worker of its own (a trivial job ends well before)
+_TAKE_BACK_AFTER = 0.05
 
 
 class _Timer(Enum):
@@ -144,6 +153,13 @@ class Zygote:
         self._forked = False  # a job was forked: from now on one is forked ahead (none for an idle cluster)
         #: RunNext jobs, oldest first: each starts in the place of a job that ends after it came
         self._next: dict[int, zp.RunNext] = {}
+        #: RunNext jobs handed to a busy worker to run after its current job (worker.py `hand_ahead`), not started
+        self._ahead: dict[int, zp.RunNext] = {}
+        self._ahead_verdicts: dict[int, tuple[JobStatus, str, str]] = {}  # of those, killed before they started
+        self._deferred_kills: list[_Job] = []  # jobs that started with a verdict waiting: killed after this event
+        #: of the jobs handed ahead, those the daemon has a CPU free for (StartNext): taken back at these times
+        #: (monotonic) unless they started by then
+        self._owed: dict[int, float] = {}
         self._ended = 0  # jobs ended this turn of the loop: the places RunNext jobs may take
         self._pid = os.getpid()
 
@@ -196,7 +212,8 @@ class Zygote:
             self._handle(zp.decode(frame))
         while True:
             due = min(self._timers[0][0] if self._timers else math.inf,
-                      self._started_since + _STARTED_DELAY if self._started else math.inf)  # fmt: skip
+                      self._started_since + _STARTED_DELAY if self._started else math.inf,
+                      min(self._owed.values(), default=math.inf))  # fmt: skip
             timeout = None if due == math.inf else max(0.0, due - time.monotonic())
             for key, _ in self._sel.select(timeout):
                 if key.fd == wake_r:
@@ -207,9 +224,11 @@ class Zygote:
                         self._stop()
                 elif not key.data.closed and not key.data.read():  # closed: its job ended this turn
                     self._sel.unregister(key.fd)
+                self._kill_deferred()
             self._fire_timers(time.monotonic())
+            self._take_back_owed(time.monotonic())
             self._start_next()
-            if not self._jobs and (self._stopping or self._unloading):
+            if not self._jobs and not self._ahead and (self._stopping or self._unloading):
                 return self._exit()
             self._flush()
             self._remove_spent()  # before any command of the next turn: a job run here again finds no leftover
@@ -249,16 +268,26 @@ class Zygote:
         if isinstance(msg, zp.Run):
             self._start(msg.job_id, msg.payload, Limits(*msg.limits), msg.files, msg.group)
         elif isinstance(msg, zp.RunNext):
-            if msg.job_id in self._jobs or msg.job_id in self._next:
+            if msg.job_id in self._jobs or msg.job_id in self._next or msg.job_id in self._ahead:
                 logger.warning("job %d is already here; repeated RunNext ignored", msg.job_id)
             elif not (self._stopping or self._unloading):
                 self._next[msg.job_id] = msg
         elif isinstance(msg, zp.StartNext):
             for job_id in msg.job_ids:  # those not started in a place that freed meanwhile
+                if job_id in self._ahead:  # handed to a busy worker: the place goes to one not handed yet,
+                    if self._next:  # (the daemon counts both started until this one starts: never fewer)
+                        other = self._next.pop(next(iter(self._next)))
+                        self._start(other.job_id, other.payload, Limits(*other.limits), other.files, other.group)
+                    else:  # or to this one, if its worker does not start it soon
+                        self._owed[job_id] = time.monotonic() + _TAKE_BACK_AFTER
+                    continue
                 waiting = self._next.pop(job_id, None)
                 if waiting is not None:
                     self._start(job_id, waiting.payload, Limits(*waiting.limits), waiting.files, waiting.group)
         elif isinstance(msg, zp.Withdraw):
+            for job_id in msg.job_ids:  # those handed ahead to workers come back first, unless they started
+                if job_id in self._ahead and self._workers is not None:
+                    self._workers.take_back(job_id)
             self._send(zp.Withdrawn([job_id for job_id in msg.job_ids if self._next.pop(job_id, None) is not None]))
         elif isinstance(msg, zp.Kill):
             job = self._jobs.get(msg.job_id)
@@ -270,6 +299,9 @@ class Zygote:
             elif job is not None:
                 status = JobStatus(msg.status)
                 self._kill(job, *_verdict_for(status, msg.reason), interrupt=status is JobStatus.CANCELLED)
+            elif msg.job_id in self._ahead and self._workers is not None:  # handed to a worker, not started:
+                self._ahead_verdicts[msg.job_id] = _verdict_for(JobStatus(msg.status), msg.reason)
+                self._workers.take_back(msg.job_id)  # it ends as it comes back, or is killed as it starts
         elif isinstance(msg, zp.Workers):
             self._use_workers(msg)
         elif isinstance(msg, zp.AddFile):
@@ -281,8 +313,7 @@ class Zygote:
             for job_id in self._next:  # none of them started
                 self._send(zp.Done(job_id, JobStatus.CANCELLED, None, b"", b"", "cancelled", "", now, now))
             self._next.clear()
-            for job in list(self._jobs.values()):
-                self._kill(job, JobStatus.CANCELLED, "cancelled", "")
+            self._kill_all(JobStatus.CANCELLED, "cancelled")
         else:
             logger.error("zygote: unexpected %s from the daemon", type(msg).__name__)
 
@@ -292,8 +323,17 @@ class Zygote:
         self._sel.unregister(self._rfd)
         self._let_spare_go()
         self._next.clear()
-        for job in list(self._jobs.values()):
-            self._kill(job, JobStatus.CANCELLED, "node stopping", "")
+        self._kill_all(JobStatus.CANCELLED, "node stopping")
+
+    def _kill_all(self, status: JobStatus, text: str) -> None:
+        """Every job: those handed ahead to workers end as they start or come back (`_ahead_began`,
+        `_ahead_back`); a kill may end a job and start the one handed ahead after it: that is killed too."""
+        for job_id in self._ahead:
+            self._ahead_verdicts.setdefault(job_id, (status, text, ""))
+        while alive := [job for job in self._jobs.values() if job.verdict is None and job.wait_status is None]:
+            for job in alive:
+                self._kill(job, status, text, "")
+            self._kill_deferred()
 
     # -- loading -------------------------------------------------------------
 
@@ -344,18 +384,22 @@ class Zygote:
             why = f"cannot start the job's process: {exc}"
             self._send(zp.Done(job_id, JobStatus.TERMINATED, None, b"", b"", why, "OSError", now, now))
             return
+        self._began(job)
+
+    def _began(self, job: _Job) -> None:
+        """The job runs from now on: watched, timed, and told to the daemon."""
         for reader in job.readers:
             self._sel.register(reader.fd, selectors.EVENT_READ, reader)
-        self._jobs[job_id] = job
+        self._jobs[job.job_id] = job
         self._leaders[job.pid] = job
-        if limits.wall is not None:
-            self._at(time.monotonic() + limits.wall, _Timer.WALL, job)
+        if job.limits.wall is not None:
+            self._at(time.monotonic() + job.limits.wall, _Timer.WALL, job)
         if self._workers is None:
-            self._send(zp.Started(job_id, job.pid))
+            self._send(zp.Started(job.job_id, job.pid))
         else:  # the daemon needs the pid only should we die: one write (and wake-up of it) less per job
             if not self._started:
                 self._started_since = time.monotonic()
-            self._started.append(zp.encode(zp.Started(job_id, job.pid)))
+            self._started.append(zp.encode(zp.Started(job.job_id, job.pid)))
 
     def _fork_job(
         self, job_id: int, payload: bytes, limits: Limits, files: list[Any], mark: str, group: str, out: Kept,
@@ -417,8 +461,9 @@ class Zygote:
             logger.warning("zygote: worker isolation needs fork; jobs are spawned one by one")
         elif self._workers is None and self._code is not None:
             self._workers = worker.WorkerPool(
-                self._code, msg, self._sel, self._worker_done, self._from_job, self._keep_files
-            )
+                self._code, msg, self._sel, self._worker_done, self._from_job, self._ahead_began, self._ahead_back,
+                self._keep_files,
+            )  # fmt: skip
 
     def _worker_done(self, job_id: int, record: dict[str, Any]) -> bool:
         """A worker told its job's end, with its record: the job ends now, unless we were killing it (then its
@@ -434,6 +479,64 @@ class Zygote:
         self._finish(job)
         return True
 
+    def _ahead_began(self, pid: int, job_id: int) -> tuple[Kept, Kept]:
+        """A job handed ahead to worker `pid` starts there, in the place of the job that just ended in it
+        (whose Done goes out after this one's Started). Killed already (or we are stopping): killed now."""
+        assert self._code is not None and self._workers is not None
+        msg = self._ahead.pop(job_id)
+        self._owed.pop(job_id, None)
+        self._ended -= 1  # the place of the job that ended: taken
+        out, err = Kept(self._max_output), Kept(self._max_output)
+        limits = Limits(*msg.limits)
+        job = _Job(job_id, pid, self._workers.mark_of(pid), out, err, -1, (), time.time(), limits, msg.group)
+        self._began(job)
+        verdict = self._ahead_verdicts.pop(job_id, None)
+        if verdict is None and (self._unloading or self._stopping):
+            verdict = (JobStatus.CANCELLED, "cancelled" if not self._stopping else "node stopping", "")
+        if verdict is not None:
+            job.verdict = verdict  # killed as soon as this event is handled (`_kill_deferred`)
+            self._deferred_kills.append(job)
+        return out, err
+
+    def _ahead_back(self, job_ids: list[int]) -> None:
+        """Jobs handed ahead will not start in their worker: they wait for a place again, first in line, or
+        end now if they were killed meanwhile."""
+        back = {}
+        for job_id in job_ids:
+            msg = self._ahead.pop(job_id)
+            verdict = self._ahead_verdicts.pop(job_id, None)
+            owed = self._owed.pop(job_id, None) is not None
+            if self._stopping:
+                continue
+            if verdict is None and self._unloading:
+                verdict = (JobStatus.CANCELLED, "cancelled", "")
+            if verdict is not None:
+                now = time.time()
+                self._send(zp.Done(job_id, verdict[0], None, b"", b"", verdict[1], verdict[2], now, now))
+            else:
+                back[job_id] = msg
+                self._ended += owed  # a CPU the daemon has free for it: it starts this turn (`_start_next`)
+        self._next = {**back, **self._next}
+
+    def _take_back_owed(self, now: float) -> None:
+        """Jobs handed ahead that a free CPU waits for longer than `_TAKE_BACK_AFTER`: taken back to start now."""
+        for job_id in [job_id for job_id, due in self._owed.items() if due <= now]:
+            if self._workers is not None:
+                self._workers.take_back(job_id)  # (`_ahead_back` or `_ahead_began` forgets it)
+            self._owed.pop(job_id, None)
+
+    def _kill_deferred(self) -> None:
+        while self._deferred_kills:
+            job = self._deferred_kills.pop()
+            verdict, job.verdict = job.verdict, None
+            if verdict is not None and self._jobs.get(job.job_id) is job:
+                self._kill(job, *verdict, interrupt=verdict[0] is JobStatus.CANCELLED)
+
+    def _may_follow(self, job_id: int) -> bool:
+        """Whether a job handed ahead may follow this running job in its worker: not if it is being killed."""
+        job = self._jobs.get(job_id)
+        return job is not None and job.verdict is None
+
     def _add_file(self, msg: zp.AddFile) -> zp.FileAdded:
         """Puts a file sent by the client beside the depends files; jobs started from now on see it."""
         assert self._code is not None
@@ -448,7 +551,7 @@ class Zygote:
         """A new interpreter for the job (no fork): it loads the cluster again, then runs the job."""
         start_fd = _anon_file()
         try:
-            job_process.write_all(start_fd, job_process.pack_start(start))
+            fdio.write_all(start_fd, job_process.pack_start(start))
             os.lseek(start_fd, 0, os.SEEK_SET)
             inherited = (start.out, start.err, start.res, start.channel, start_fd)
             for fd in inherited:
@@ -481,13 +584,22 @@ class Zygote:
         """
         if job.verdict is not None or job.wait_status is not None:
             return  # killed already, or it ended by itself: its outcome stands, what it left is being SIGKILLed
-        job.verdict = (status, text, kind)
-        if interrupt:
-            job.interrupted = True
-            killtree.killpg(job.pid, signal.SIGINT)
-            self._at(time.monotonic() + min(INTERRUPT_GRACE, self._grace), _Timer.SIGTERM, job)
-            return
-        self._terminate(job)
+        held = job.res < 0 and self._workers is not None and self._workers.hold(job.pid)  # (see WorkerPool.hold)
+        if self._jobs.get(job.job_id) is not job or job.wait_status is not None or job.verdict is not None:
+            if held:
+                worker.WorkerPool.resume(job.pid)
+            return  # in a worker, it ended meanwhile: its end was read just now
+        try:
+            job.verdict = (status, text, kind)
+            if interrupt:
+                job.interrupted = True
+                killtree.killpg(job.pid, signal.SIGINT)
+                self._at(time.monotonic() + min(INTERRUPT_GRACE, self._grace), _Timer.SIGTERM, job)
+                return
+            self._terminate(job)
+        finally:
+            if held:
+                worker.WorkerPool.resume(job.pid)
 
     def _terminate(self, job: _Job) -> None:
         job.interrupted = False
@@ -570,26 +682,19 @@ class Zygote:
                 job.cpu_time = usage.ru_utime + usage.ru_stime
                 ended.append(job)
         for job in ended:  # trees still dying are looked at again by their RECHECK timers
-            escaped = self._escaped(job)  # one search of its tree: what it finds is killed and waited for
-            job.strays += [p for p in escaped if p not in job.strays]
             if job.verdict is None or job.interrupted:  # what the job left running ends with it, now
-                job.hard = True
+                job.hard = True  # (_try_finish sends the SIGKILL, once, if anything of it is left)
+            self._try_finish(job)
+
+    def _try_finish(self, job: _Job) -> None:
+        """Sends Done if the job's tree is gone; else makes sure it goes (SIGKILL, once its time came) and
+        looks again soon."""
+        escaped = self._escaped(job)  # one search of its tree: what it finds is killed and waited for
+        job.strays += [p for p in escaped if p not in job.strays]
+        if killtree.group_alive(job.pid) or escaped or any(killtree.alive(p) for p in job.strays):
+            if job.hard:  # what is left, late joiners too: orphans re-parented since, forks racing a SIGKILL
                 killtree.killpg(job.pid, signal.SIGKILL)
                 killtree.signal_procs(job.strays, signal.SIGKILL)
-            self._try_finish(job, escaped)
-
-    def _try_finish(self, job: _Job, escaped: list[psutil.Process] | None = None) -> None:
-        """Sends Done if the job's tree is gone; else makes sure it goes and looks again soon.
-
-        `escaped`: what `_escaped` found of it just now, if the caller looked.
-        """
-        if escaped is None:
-            escaped = self._escaped(job)
-            job.strays += [p for p in escaped if p not in job.strays]
-        if killtree.group_alive(job.pid) or escaped or any(killtree.alive(p) for p in job.strays):
-            if job.hard:  # late joiners: orphans re-parented since, forks racing the SIGKILL
-                killtree.killpg(job.pid, signal.SIGKILL)
-                killtree.signal_procs(escaped, signal.SIGKILL)
             self._at(time.monotonic() + job.recheck, _Timer.RECHECK, job)
             job.recheck = min(job.recheck * 2, _RECHECK_MAX)
             return
@@ -615,12 +720,28 @@ class Zygote:
         RunNext for worker isolation only, whose Started go out before the Done of the same turn
         (`_flush`): it reads each one's Started before the Done whose place it took, so it never
         counts fewer jobs running than there are."""
-        while self._ended and self._next:
+        while self._ended > 0 and self._next:
             job_id = next(iter(self._next))
             msg = self._next.pop(job_id)
             self._ended -= 1
             self._start(msg.job_id, msg.payload, Limits(*msg.limits), msg.files, msg.group)
         self._ended = 0
+        self._hand_ahead()
+
+    def _hand_ahead(self) -> None:
+        """Hands waiting RunNext jobs to busy workers, each to start there the moment the job before it ends,
+        without a turn of this loop in between (`worker.WorkerPool.hand_ahead`)."""
+        if self._workers is None or self._unloading or self._stopping or self._code is None:
+            return
+        while self._next:
+            job_id = next(iter(self._next))
+            msg = self._next[job_id]
+            start = job_process.Start(job_id, msg.payload, Limits(*msg.limits), msg.files, "", -1, -1, -1, -1,
+                                      msg.group, self._code.result_key)  # fmt: skip
+            if not self._workers.hand_ahead(start, self._may_follow):
+                break
+            self._ahead[job_id] = self._next.pop(job_id)
+        self._workers.send_ahead()  # (one that cannot take them is retired: they come back, `_ahead_back`)
 
     def _remove_spent(self) -> None:
         """Removes the directories of the jobs whose Done went out this turn."""
@@ -685,7 +806,7 @@ class Zygote:
             self._started.clear()
         if self._out:
             try:
-                job_process.write_all(self._wfd, b"".join(self._out))
+                fdio.write_all(self._wfd, b"".join(self._out))
             except BrokenPipeError:
                 pass  # the daemon is gone: we are stopping
             self._out.clear()

@@ -4,6 +4,8 @@ CPU frees; the offer shrinking or a recall takes back those not started."""
 
 from __future__ import annotations
 
+import asyncio
+import random
 import sys
 
 import cloudpickle
@@ -92,5 +94,100 @@ def test_a_job_sent_on_starts_at_once_when_a_cpu_frees_before_any_job_ends() -> 
         h.runner.kill([JobRef("c1", long)])
         assert (await h.result(long)).status == JobStatus.CANCELLED
         assert ids_started(h) == [long, waiting]
+
+    run(body)
+
+
+def loud(x: int) -> int:
+    import os
+    import sys
+
+    sys.stdout.write(f"out {x}\n" * (x % 4 * 500))  # none, or kilobytes: across the zygote's reads
+    sys.stdout.flush()
+    os.write(2, b"err %d\n" % x)  # past Python's buffers: straight into the pipe
+    return x
+
+
+def test_jobs_handed_ahead_to_workers_each_keep_their_own_output() -> None:
+    async def body(h: Harness) -> None:
+        h.load("c1", options=WORKER, func=loud)
+        await h.call("c1", 0)
+        h.runner.set_slots(2)  # every CPU busy: the rest are sent on, and handed ahead to the two workers
+        ids = h.run("c1", *[(i,) for i in range(300)])
+        for i, job_id in enumerate(ids):
+            result = await h.result(job_id)
+            assert (value(result), result.stdout, result.stderr) == (i, b"out %d\n" % i * (i % 4 * 500), b"err %d\n" % i)
+
+    run(body)
+
+
+def test_a_job_handed_ahead_and_cancelled_ends_at_once_and_the_job_before_it_runs_on() -> None:
+    async def body(h: Harness) -> None:
+        await ready_with_one_cpu(h)
+        long, waiting = h.run("c1", (60,), (0,))  # the second is handed to the first one's worker, to follow it
+        assert ids_started(h) == [long]
+        h.runner.kill([JobRef("c1", waiting)])
+        assert (await h.result(waiting)).status == JobStatus.CANCELLED  # not after the long one: now
+        assert all(r.job_id != long for r in h.results)  # which runs on
+        h.runner.kill([JobRef("c1", long)])
+        assert (await h.result(long)).status == JobStatus.CANCELLED
+        assert value(await h.call("c1", 0)) == 0
+        assert waiting not in ids_started(h) and [r.job_id for r in h.results].count(waiting) == 1
+
+    run(body)
+
+
+def test_a_job_handed_ahead_runs_when_the_job_before_it_is_cancelled() -> None:
+    async def body(h: Harness) -> None:
+        await ready_with_one_cpu(h)
+        long, waiting = h.run("c1", (60,), (0.5,))
+        h.runner.kill([JobRef("c1", long)])  # its worker goes with it: the one to follow it runs elsewhere
+        assert (await h.result(long)).status == JobStatus.CANCELLED
+        assert value(await h.result(waiting)) == 0.5
+        assert ids_started(h) == [long, waiting] and h.runner.busy == 0
+
+    run(body)
+
+
+def double_or_nap(x: int) -> int:
+    import time
+
+    if x % 50 == 0:  # a few run long enough to be cancelled while they run
+        time.sleep(0.05)
+    print("o", x)
+    return 2 * x
+
+
+def test_cancels_and_a_shrinking_offer_under_load_end_every_job_once_with_its_own_result_and_output() -> None:
+    async def body(h: Harness) -> None:
+        h.load("c1", options=WORKER, func=double_or_nap)
+        h.runner.set_slots(2)
+        rng = random.Random(14)
+        ids: list[int] = []
+        cancelled: set[int] = set()
+        for wave in range(20):
+            batch = h.run("c1", *[(i,) for i in range(len(ids), len(ids) + 100)])
+            ids += batch
+            for job_id in rng.sample(batch, 10):  # queued here, sent on, or handed ahead to a worker
+                h.runner.kill([JobRef("c1", job_id)])
+                cancelled.add(job_id)
+            if wave % 5 == 0:  # taken back from the zygote and its workers, then sent again
+                h.runner.set_slots(1)
+                await asyncio.sleep(0.01)  # (paces the load: nothing is asserted after it)
+                h.runner.set_slots(2)
+            await asyncio.sleep(0.02)
+            ended = {r.job_id for r in h.results}
+            running = [ref.job_id for ref, _ in h.started if ref.job_id not in ended]
+            for job_id in rng.sample(running, min(5, len(running))):  # cancelled as they run (or just ended)
+                h.runner.kill([JobRef("c1", job_id)])
+                cancelled.add(job_id)
+        await h.until(lambda: len(h.results) >= len(ids))
+        assert sorted(r.job_id for r in h.results) == ids  # each exactly once
+        for r in h.results:
+            if r.job_id in cancelled and r.status == JobStatus.CANCELLED:
+                continue
+            assert r.status == JobStatus.FINISHED and value(r) == 2 * r.job_id, (r.job_id, r.exception)
+            assert r.stdout == b"o %d\n" % r.job_id
+        assert h.runner.busy == 0
 
     run(body)
