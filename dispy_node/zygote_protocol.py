@@ -7,9 +7,12 @@ its jobs run as the same account and can reach its pipe (/proc/PID/fd), so
 what the daemon reads here is untrusted input; the daemon also bounds sizes
 (runner.py) and checks a pid before it kills it.
 
-    daemon → zygote: Load (first, once), Workers (then, if at all), Run, Kill, Unload
+    daemon → zygote: Load (first, once), Workers (then, if at all), Run, Kill,
+                     AddFile, Unload; in worker isolation also RunNext (a job
+                     to start where one ends), StartNext, Withdraw
     zygote → daemon: Ready | SetupFailed (answer to Load), Started, Done,
-                     Unloaded (then exits)
+                     Provisional, File (from a running job), FileAdded,
+                     Withdrawn, Unloaded (then exits)
 
 Closing the zygote's stdin means "stop now": it kills its jobs' trees
 (SIGTERM, the grace, SIGKILL) and exits without reporting them or running
