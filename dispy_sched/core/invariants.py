@@ -7,6 +7,7 @@ from collections import Counter
 
 from .scheduler import SchedulerCore
 from .state import JobState, file_cost, job_cost, result_cost, usage_rank_of
+from .window import depth as window_depth
 
 
 def check_invariants(core: SchedulerCore) -> None:
@@ -81,7 +82,8 @@ def check_invariants(core: SchedulerCore) -> None:
     for node in core.nodes.values():
         assert node.drained == (node.name in core.drained), f"node {node.name}: drained flag is stale"
         assert node.cpus == min(node.offered, core.cpu_caps.get(node.name, node.offered)), f"node {node.name}: stale CPUs"
-        window = core.config.prefetch * node.cpus if node.queues and node.cpus == node.offered else 0
+        depth = window_depth(node.run_estimate, core.config.prefetch, core.config.prefetch_max, core.config.prefetch_target)
+        window = depth * node.cpus if node.queues and node.cpus == node.offered else 0
         assert node.window == window, f"node {node.name}: window {node.window}, should be {window}"
     for node in core.nodes.values():
         assert node.busy == len(node.jobs) == node_busy[node.node_id], f"node {node.name}: busy is wrong"

@@ -69,6 +69,18 @@ node drained, or capped below what it holds, is asked to give back what it
 has not started (`RecallJobs`); what it returns (`JobsReturned`) never ran
 and is queued again, reentrant or not.
 
+Adaptive window: with `CoreConfig.prefetch_max` above `prefetch`, the
+window per CPU is sized from how long jobs run (`window.py`): enough for
+`prefetch_target` seconds of queued work per CPU, between `prefetch` and
+`prefetch_max`. A node's window (which keeps it among the free nodes) comes
+from the run times of every job it ran lately; a job of a cluster is sent
+to it only while the node holds fewer than its CPUs times one plus the
+cluster's own depth. When the cluster the policy picks for a node does not
+fit there, the node waits for its queue to shorten (its CPUs drain it in
+milliseconds when the window is deep) rather than take the next cluster's
+job: else a deep window of short jobs would keep the policy's pick off the
+node for as long as short jobs keep coming.
+
 Jobs lost on the wire: a node names the run of its job runner
 (`NodeJoined.node_run`), and each job records the run it was sent to. A node
 that comes back (after a scheduler restart or takeover, or a lost connection)
@@ -93,6 +105,7 @@ from dispy_wire.status import JobStatus
 
 from . import actions as A
 from . import events as E
+from . import window
 from .keyed_heap import KeyedHeap
 from .persist import CPUS, DRAIN, SHARE, Changes, ClusterRow, JobRow, SettingRow, UsageRow, cluster_row, job_row
 from .ready import ReadyIndex
@@ -152,6 +165,10 @@ class CoreConfig:
     accounting: bool = False
     #: jobs per CPU a node that queues them is sent beyond its CPUs (see Prefetch above); 0: none
     prefetch: int = 0
+    #: the most jobs per CPU sent ahead where jobs are short (see Adaptive window above); not above `prefetch`: off
+    prefetch_max: int = 0
+    #: seconds of queued work per CPU the adaptive window aims at
+    prefetch_target: float = 0.005
     #: queued jobs of closing clusters cancelled per call (see Closing above): at 2,000, a loop turn of 0.1 to 0.2 s
     #: on a busy 2-core machine, shell included (benchmarks/close.py)
     close_slice: int = 2000
@@ -666,7 +683,12 @@ class SchedulerCore:
         operator caps: it starts what it is sent on the CPUs it offers, so a
         window would run on CPUs the cap withholds.
         """
-        node.window = self.config.prefetch * cpus if node.queues and cpus == node.offered else 0
+        node.window = self._depth(node.run_estimate) * cpus if node.queues and cpus == node.offered else 0
+
+    def _depth(self, run_estimate: float) -> int:
+        """Jobs per CPU sent ahead for jobs estimated to run `run_estimate` seconds (see Adaptive window)."""
+        cfg = self.config
+        return window.depth(run_estimate, cfg.prefetch, cfg.prefetch_max, cfg.prefetch_target)
 
     def _capped(self, name: str, offered: int) -> int:
         cap = self.cpu_caps.get(name)
@@ -708,11 +730,21 @@ class SchedulerCore:
             user = self.users[cluster.user]
             user.add_usage(max(0.0, result.end_time - result.start_time), self.now, self.usage_half_life)
             self._note_user(user)
+            if node.queues and (result.status == JobStatus.FINISHED or result.status == JobStatus.TERMINATED):
+                self._measure(cluster, node, result)
             if result.status == JobStatus.ABANDONED and cluster.reentrant and not job.cancel_requested:
                 self._displace(cluster, job, node, rerun=True, why=result.exception)  # the node gave up on it
                 continue
             self._release(job, node, cluster)
             self._finish(cluster, job, result)
+
+    def _measure(self, cluster: ClusterRecord, node: NodeRecord, result: JobResult) -> None:
+        """Notes how long a job ran, for the windows of its cluster and its node (see Adaptive window)."""
+        cluster.run_estimate = window.estimate(cluster.run_estimate, result.start_time, result.end_time)
+        estimate = window.estimate(node.run_estimate, result.start_time, result.end_time)
+        if estimate != node.run_estimate:
+            node.run_estimate = estimate
+            self._set_window(node, node.cpus)  # the job's `_release` next puts the node among the free ones, or not
 
     @_on.register
     def _on_starts_reported(self, ev: E.StartsReported) -> None:
@@ -1137,6 +1169,7 @@ class SchedulerCore:
     def _schedule(self) -> None:
         """Fills free CPUs: the least loaded node's CPU goes to the policy's first usable cluster."""
         skipped: list[NodeRecord] = []
+        adaptive = self.config.prefetch_max > self.config.prefetch
         while self.ready:
             node_id = self._free_nodes.peek()
             if node_id is None:
@@ -1148,7 +1181,8 @@ class SchedulerCore:
                 and (c.unpinned is None or c.runnable_on(node.name, *node.addresses))
                 and (not c.resetting or node_id not in c.resetting)
             )
-            if cluster is None:  # nothing this node may run; other nodes may still have work
+            if cluster is None or (adaptive and node.busy >= node.cpus * (1 + self._depth(cluster.run_estimate))):
+                # nothing this node may run (other nodes may still have work), or the pick's window is full there
                 self._free_nodes.discard(node_id)
                 skipped.append(node)
                 continue
