@@ -49,7 +49,7 @@ from .core import SchedulerCore
 from .core import actions as A
 from .core import events as E
 from .gate import LoginThrottle, PreLoginGate
-from .accounting import AccountingStore, log_lines
+from .accounting import AccountingStore, log_line, log_lines
 from .journal import NotLeader, StateStore, StoreFailed
 from .standby import LeaderInfo
 from .logsafe import peer_text
@@ -59,7 +59,7 @@ if TYPE_CHECKING:
     from .metrics import SchedMetrics
 
 log = logging.getLogger(__name__)
-#: a line per job end (many alike that never ran share one: `accounting.log_lines`), for log shippers
+#: a line per job end (several alike in one turn share one: `accounting.log_lines`), for log shippers
 accounting_log = logging.getLogger("dispy_sched.accounting")
 
 TICK_INTERVAL = 1.0
@@ -588,15 +588,17 @@ class SchedulerServer:
             os._exit(EXIT_JOURNAL_FAILED)
 
     def _record(self, ends: list[A.JobEnd]) -> None:
-        """Log lines for the job ends (one per job that ran), and their records in the state database."""
-        for line in log_lines(ends):
+        """The job ends' records in the state database, and their log lines (`log_lines`: several alike share one);
+        without a database to keep them, or when it fails, a line per job: the log keeps each record."""
+        kept = self.accounting is not None
+        if self.accounting is not None:
+            try:
+                self.accounting.record(ends)
+            except (sqlite3.Error, StoreFailed) as exc:  # the jobs' results still go out: the log lines keep the record
+                log.error("cannot write %d accounting records: %s", len(ends), exc)
+                kept = False
+        for line in log_lines(ends) if kept else map(log_line, ends):
             accounting_log.info("%s", line)
-        if self.accounting is None:
-            return
-        try:
-            self.accounting.record(ends)
-        except (sqlite3.Error, StoreFailed) as exc:  # the jobs' results still go out: the log lines keep the record
-            log.error("cannot write %d accounting records: %s", len(ends), exc)
 
     def _execute(self, action: A.Action) -> None:
         match action:
