@@ -53,6 +53,10 @@ COLUMNS = (
 )
 
 
+#: one record, as `rows` gives it (SQLite's parameter marks)
+INSERT_ENDS = f"INSERT INTO job_ends ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+
+
 class AccountingStore(Protocol):
     """Where job-end records go: the SQLite state database, or the PostgreSQL store (`PgStore`)."""
 
@@ -93,9 +97,7 @@ class SqliteAccounting:
     def record(self, ends: list[JobEnd]) -> None:
         with self._db:
             self._db.execute("BEGIN")
-            self._db.executemany(
-                f"INSERT INTO job_ends ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows(ends)
-            )
+            self._db.executemany(INSERT_ENDS, rows(ends))
 
     def prune(self, before: float) -> int:
         with self._db:
