@@ -1158,7 +1158,7 @@ class SchedulerCore:
             self._hold(cluster, job.result_size)
             if self.config.persist:
                 self._written.append(job)
-        self._log(job, job.state.value, to.value)
+        self._log(job, job.state._value_, to._value_)  # not `.value`: an Enum property, slow on a hot path
         job.state = to
         if self.config.persist:
             self._changes.job_changed(job)
@@ -1621,11 +1621,12 @@ class SchedulerCore:
         }
 
 
+#: the accounting record's status names, by `JobStatus` number (an Enum lookup per job end costs more)
+_STATUS_NAMES = {int(s): s.name.title() for s in JobStatus}
+
+
 def _job_end(cluster: ClusterRecord, job: JobRecord, result: JobResult) -> A.JobEnd:
-    try:
-        status = JobStatus(result.status).name.title()
-    except ValueError:
-        status = str(result.status)
+    status = _STATUS_NAMES.get(result.status) or str(result.status)
     reason = ""
     if result.status != JobStatus.FINISHED:  # a traceback's last line says what was raised
         lines = [line for line in result.exception.splitlines() if line.strip()]
