@@ -932,7 +932,7 @@ class CoreMachine(RuleBasedStateMachine):
     # -- clients
 
     def joined(self, node: str, cpus: int) -> E.NodeJoined:
-        return dataclasses.replace(joined(node, cpus, heartbeat=10.0), queues=self.PREFETCH > 0)
+        return dataclasses.replace(joined(node, cpus, heartbeat=10.0), queues=self.PREFETCH > 0 or self.PREFETCH_MAX > 0)
 
     @initialize()
     def start(self) -> None:

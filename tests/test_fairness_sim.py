@@ -310,6 +310,7 @@ def test_with_an_adaptive_prefetch_window_shares_three_two_one_still_hold(
     record_property: Callable[[str, object], None],
 ) -> None:
     sim = make_sim(seed=7, shares={"ann": 3.0, "ben": 2.0, "cat": 1.0}, **ADAPTIVE)
+    sim.check_every = 20  # each newcomer's unmeasured cluster parks nodes deepened by the others: hundreds of times
     sim.add_nodes(NODES, CPUS, queues=True)
     saturating_user(sim, "cat")
     sim.run_until(5.0)

@@ -88,11 +88,14 @@ def check_invariants(core: SchedulerCore) -> None:
     for node in core.nodes.values():
         assert node.busy == len(node.jobs) == node_busy[node.node_id], f"node {node.name}: busy is wrong"
         assert node.waiting == node_waiting[node.node_id], f"node {node.name}: waiting is wrong"
-        free = node.free > 0 and not node.drained
+        free = node.free > 0 and not node.drained and node.node_id not in core._parked
+        if node.node_id in core._parked:  # left out while its pick waits: it holds jobs whose ends take it back
+            assert node.free > 0 and node.busy >= node.cpus > 0, f"node {node.name}: parked with nothing to end"
         assert (node.node_id in core._free_nodes) == free, f"node {node.name}: free set is wrong"
         if free:
             assert core._free_nodes.key(node.node_id) == (node.load, node.name), f"node {node.name}: stale load"
     assert all(n in core.nodes for n in core._free_nodes.ordered()), "a lost node is still free"
+    assert core._parked <= set(core.nodes), "a lost node is still parked"
     for user in core.users.values():
         assert user.busy == user_busy[user.name], f"user {user.name}: busy {user.busy} != {user_busy[user.name]}"
         assert user.queued == user_queued[user.name], f"user {user.name}: queued is wrong"

@@ -227,6 +227,9 @@ class SchedulerCore:
         self.log: deque[tuple[str, str, int, str, str]] = deque(maxlen=self.config.log_size)
         #: nodes with a free CPU, least loaded first
         self._free_nodes: KeyedHeap[str] = KeyedHeap()
+        #: free nodes kept out of `_free_nodes` while the cluster picked for them waits for their queue to shorten
+        #: (see Adaptive window): taken back at their next change (`_update_free`), a job's end there at the latest
+        self._parked: set[str] = set()
         #: clusters whose clients follow the nodes (options["node_updates"])
         self._watchers: set[str] = set()
         #: files on their way to nodes: (node, ref) -> client waiting for the answer
@@ -1181,10 +1184,15 @@ class SchedulerCore:
                 and (c.unpinned is None or c.runnable_on(node.name, *node.addresses))
                 and (not c.resetting or node_id not in c.resetting)
             )
-            if cluster is None or (adaptive and node.busy >= node.cpus * (1 + self._depth(cluster.run_estimate))):
-                # nothing this node may run (other nodes may still have work), or the pick's window is full there
+            if cluster is None:  # nothing this node may run; other nodes may still have work
                 self._free_nodes.discard(node_id)
                 skipped.append(node)
+                continue
+            if adaptive and node.busy >= node.cpus * (1 + self._depth(cluster.run_estimate)):
+                # the pick's window is full there: its CPUs are all busy, and one of its jobs ends before the pick
+                # fits, so it is left out until then rather than tried again at every call (1,000 nodes: 1,000 tries)
+                self._free_nodes.discard(node_id)
+                self._parked.add(node_id)
                 continue
             self._dispatch(cluster, cluster.pop(node.name, *node.addresses), node)
         for node in skipped:
@@ -1365,6 +1373,7 @@ class SchedulerCore:
         if node is None:
             return
         self._free_nodes.discard(node_id)
+        self._parked.discard(node_id)
         self._announce(node, "left")
         for key in [k for k in self._puts if k[0] == node_id]:
             why = f"node {node.name} was lost before it confirmed the file: {reason}"
@@ -1557,6 +1566,7 @@ class SchedulerCore:
                 self._out.nodes[(client, cluster_id)].append(info)
 
     def _update_free(self, node: NodeRecord) -> None:
+        self._parked.discard(node.node_id)
         if node.free > 0 and not node.drained and node.node_id in self.nodes:
             self._free_nodes.set(node.node_id, (node.load, node.name))
         else:
