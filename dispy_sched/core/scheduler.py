@@ -79,7 +79,9 @@ cluster's own depth. When the cluster the policy picks for a node does not
 fit there, the node waits for its queue to shorten (its CPUs drain it in
 milliseconds when the window is deep) rather than take the next cluster's
 job: else a deep window of short jobs would keep the policy's pick off the
-node for as long as short jobs keep coming.
+node for as long as short jobs keep coming. Meanwhile it is parked, out of
+the free nodes, until its next change (a job's end there, at the latest:
+all its CPUs are busy), not tried again at every call.
 
 Jobs lost on the wire: a node names the run of its job runner
 (`NodeJoined.node_run`), and each job records the run it was sent to. A node
