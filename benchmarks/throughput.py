@@ -14,7 +14,9 @@ Run: `make bench`, or with the venv's python. `--no-journal` runs the
 scheduler without its journal (benchmarks/journal.py compares the two in one
 run); `--only fork|worker` measures one isolation (fork with its bare fork+wait ceiling); `--prefetch 0 1 2` measures
 each of the scheduler's prefetch windows (jobs per CPU sent ahead) in turn, in
-one run, to compare them on the same (noisy) machine.
+one run, to compare them on the same (noisy) machine; `--prefetch-max 1 32`
+the same for the adaptive window's most per CPU where jobs are short (at most
+`--prefetch`: off).
 """
 
 from __future__ import annotations
@@ -119,15 +121,20 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2000, help="jobs of the one client (the four clients run a quarter each)")
     ap.add_argument("--prefetch", type=int, nargs="+", metavar="N",
                     help="the scheduler's --prefetch: each value measured in turn (default: its own default)")
+    ap.add_argument("--prefetch-max", type=int, nargs="+", metavar="N",
+                    help="the scheduler's --prefetch-max: each value measured in turn, with each --prefetch")
     args = ap.parse_args()
     for isolation in [args.only] if args.only else ["fork", "worker"]:
         for prefetch in args.prefetch or [None]:
-            extra = [] if prefetch is None else ["--prefetch", str(prefetch)]
-            window = "" if prefetch is None else f", prefetch {prefetch}"
-            print(f"-- isolation {isolation}: scheduler + 1 node ({args.cpus} CPUs{window})", flush=True)
-            sched_args = [*(["--no-journal"] if args.no_journal else []), *extra]
-            for line in measure(args.cpus, sched_args, isolation=isolation, jobs=args.jobs):
-                print(line, flush=True)
+            for most in args.prefetch_max or [None]:
+                extra = [] if prefetch is None else ["--prefetch", str(prefetch)]
+                extra += [] if most is None else ["--prefetch-max", str(most)]
+                window = "" if prefetch is None else f", prefetch {prefetch}"
+                window += "" if most is None else f", prefetch-max {most}"
+                print(f"-- isolation {isolation}: scheduler + 1 node ({args.cpus} CPUs{window})", flush=True)
+                sched_args = [*(["--no-journal"] if args.no_journal else []), *extra]
+                for line in measure(args.cpus, sched_args, isolation=isolation, jobs=args.jobs):
+                    print(line, flush=True)
     if not args.only:
         print("-- one machine, 1000 jobs of the same function", flush=True)
         for line in local_comparison(args.cpus, 1000):

@@ -2,13 +2,13 @@
 
 The core emits `RecordJobEnds` (with `CoreConfig.accounting`) in the call in
 which jobs end; the shell hands the records to an `AccountingStore` (part of
-every `StateStore`) and logs them (`log_lines`: a line per job that ran, one
-for many that ended alike without running, as a closed cluster's queue).
+every `StateStore`) and logs them (`log_lines`: a line per job, or one for several that ended
+alike in one turn: a busy node's results, a closed cluster's queue).
 `SqliteAccounting` keeps them in the `job_ends` table of the scheduler's
 state database (`journal.sqlite3`, whether or not the journal is on) through
 a connection of its own with `synchronous=NORMAL`: an accounting record
 survives a killed scheduler, and costs the hot path no fsync of its own (a
-power cut may lose the last ones; the log lines have them too). With `--state postgresql://...`
+power cut may lose the last ones; the log lines name them too). With `--state postgresql://...`
 the `PgStore` keeps the same table in PostgreSQL, so the records of a leader
 and of the standby that takes over are in one place. Records older than
 `--accounting-retention` are deleted at start and hourly. `dispyadmin
@@ -53,6 +53,10 @@ COLUMNS = (
 )
 
 
+#: one record, as `rows` gives it (SQLite's parameter marks)
+INSERT_ENDS = f"INSERT INTO job_ends ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+
+
 class AccountingStore(Protocol):
     """Where job-end records go: the SQLite state database, or the PostgreSQL store (`PgStore`)."""
 
@@ -93,9 +97,7 @@ class SqliteAccounting:
     def record(self, ends: list[JobEnd]) -> None:
         with self._db:
             self._db.execute("BEGIN")
-            self._db.executemany(
-                f"INSERT INTO job_ends ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows(ends)
-            )
+            self._db.executemany(INSERT_ENDS, rows(ends))
 
     def prune(self, before: float) -> int:
         with self._db:
@@ -106,38 +108,69 @@ class SqliteAccounting:
         self._db.close()
 
 
-#: jobs that end together without having run (cancelled while queued), alike, from this many on share one line
-SUMMARY_FROM = 10
+#: jobs of one turn that ended alike (user, cluster, node, status, reason), from this many on, share one log line
+SUMMARY_FROM = 4
+#: contiguous runs of job ids a `job_ends` line names (the first ones and the last); `count` says how many jobs
+MAX_RANGES = 16
 
 
 def log_lines(ends: list[JobEnd]) -> Iterator[str]:
-    """The log lines of one turn's job ends: one per job that ran; one per job that never ran, except that
-    `SUMMARY_FROM` or more of them ended alike (user, cluster, status, reason) share one `job_ends` line
-    (`summary_line`): closing a cluster of 100,000 queued jobs logs a line, not 100,000 (their records in
-    the state database stay one per job)."""
-    unrun: dict[tuple[str, str, str, str], list[JobEnd]] = {}
+    """The log lines of one turn's job ends: a line per job (`log_line`), except that `SUMMARY_FROM` or more
+    that ended alike (user, cluster, node, status, reason) share one `job_ends` line (`summary_line`): a busy
+    node's results of a turn log a line, not one per job, and closing a cluster of 100,000 queued jobs a line
+    per slice. Their records in the state database stay one per job."""
+    alike: dict[tuple[str, str, str, str, str], list[JobEnd]] = {}
     for end in ends:
-        if end.node:
-            yield log_line(end)
+        key = (end.user, end.cluster_id, end.node, end.status, end.reason)
+        group = alike.get(key)
+        if group is None:
+            alike[key] = [end]
         else:
-            unrun.setdefault((end.user, end.cluster_id, end.status, end.reason), []).append(end)
-    for alike in unrun.values():
-        if len(alike) < SUMMARY_FROM:
-            yield from map(log_line, alike)
+            group.append(end)
+    for group in alike.values():
+        if len(group) < SUMMARY_FROM:
+            yield from map(log_line, group)
         else:
-            yield summary_line(alike)
+            yield summary_line(group)
+
+
+def id_ranges(ids: list[int]) -> str:
+    """Job ids as their contiguous runs, "1-5,9,12-14": the first `MAX_RANGES` - 1 runs and the last,
+    with "..." between when there are more."""
+    runs: list[str] = []
+    ordered = sorted(set(ids))
+    first = prev = ordered[0]
+    for job_id in ordered[1:]:
+        if job_id != prev + 1:
+            runs.append(f"{first}-{prev}" if prev > first else str(first))
+            first = job_id
+        prev = job_id
+    runs.append(f"{first}-{prev}" if prev > first else str(first))
+    if len(runs) > MAX_RANGES:
+        runs = [*runs[: MAX_RANGES - 1], "...", runs[-1]]
+    return ",".join(runs)
 
 
 def summary_line(ends: list[JobEnd]) -> str:
-    """Jobs that never ran and ended alike, as one line of key=value pairs (`log_line`'s keys where they apply)."""
+    """Jobs that ended alike, as one line of key=value pairs: `log_line`'s keys where they apply, `jobs` the
+    runs of their ids (`id_ranges`); for jobs that ran, `started` the earliest start, `wait_max` and `run_max`
+    the longest wait and run, `cpu_sum` their CPU seconds and `max_rss` the largest of their peaks."""
     first = ends[0]
-    ids = [e.job_id for e in ends]
     fields: dict[str, object] = {
-        "user": first.user, "cluster": first.cluster_id, "name": first.cluster_name, "count": len(ends),
-        "jobs": f"{min(ids)}..{max(ids)}", "status": first.status,
-        "queued": round(min(e.submit_time for e in ends), 3), "ended": round(max(e.end_time for e in ends), 3),
-        "reason": first.reason,
+        "user": first.user, "cluster": first.cluster_id, "name": first.cluster_name,
+        **({"node": first.node} if first.node else {}), "count": len(ends),
+        "jobs": id_ranges([e.job_id for e in ends]), "status": first.status,
+        "queued": round(min(e.submit_time for e in ends), 3),
     }  # fmt: skip
+    if first.node:
+        fields["started"] = round(min(e.start_time for e in ends), 3)
+    fields["ended"] = round(max(e.end_time for e in ends), 3)
+    if first.node:
+        fields["wait_max"] = round(max(max(0.0, e.start_time - e.submit_time) for e in ends), 3)
+        fields["run_max"] = round(max(max(0.0, e.end_time - e.start_time) for e in ends), 3)
+        fields["cpu_sum"] = round(sum(e.cpu_time for e in ends), 3)
+        fields["max_rss"] = max(e.max_rss for e in ends)
+    fields["reason"] = first.reason
     return "job_ends " + " ".join(f"{k}={_quoted(v) if isinstance(v, str) else v}" for k, v in fields.items())
 
 

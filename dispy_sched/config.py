@@ -127,6 +127,10 @@ class SchedConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     adopt_within: Seconds = 30.0  # after a restart, seconds nodes have to report jobs that were running
     #: jobs per CPU a node is sent beyond its CPUs, queued there for the next free CPU (core/scheduler.py, Prefetch)
     prefetch: Annotated[int, msgspec.Meta(ge=0, le=64)] = 1
+    #: the most jobs per CPU sent ahead where jobs are short (core/window.py); not above `prefetch`: always `prefetch`
+    prefetch_max: Annotated[int, msgspec.Meta(ge=0, le=256)] = 32
+    #: seconds of queued work per CPU a node is sent ahead, in jobs as long as they run lately (core/window.py)
+    prefetch_target: Seconds = 0.005
     #: how long the state database keeps each job's accounting record; 0: forever
     accounting_retention: Seconds = 90 * 86400.0
     # -- PostgreSQL state and standby schedulers (dispy_sched/pg_store.py, leadership.py)
@@ -432,6 +436,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--close-slice", metavar="N",
         help="queued jobs a close (or an operator's cancel of a whole cluster, or any other bulk cancel) ends per "
         "loop turn, serving everyone else in between (2000): larger ends a big queue in fewer, longer turns",
+    )  # fmt: skip
+    p.add_argument(
+        "--prefetch-max", metavar="N",
+        help="where jobs are short, up to N jobs per CPU are sent ahead instead, enough for --prefetch-target "
+        "of queued work per CPU, sized from how long each cluster's jobs ran lately (32); at most --prefetch: off",
+    )  # fmt: skip
+    p.add_argument(
+        "--prefetch-target", metavar="S",
+        help="seconds of queued work per CPU a node is sent ahead when jobs are short (0.005)",
     )  # fmt: skip
     p.add_argument("--max-message-size", metavar="BYTES", help="largest message accepted (default 64 MiB)")
     p.add_argument(

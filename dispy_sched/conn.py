@@ -140,6 +140,8 @@ class PeerConnection(asyncio.Protocol):
         #: reading is paused until the next turn: this turn took MESSAGES_PER_TURN messages
         self._input_held = False
         self._paused_before = False
+        #: a `_pump` is scheduled for after this turn's write (one, however many deliveries the turn made)
+        self._pump_scheduled = False
 
     # ---------------------------------------------------------- asyncio hooks
 
@@ -282,7 +284,7 @@ class PeerConnection(asyncio.Protocol):
             return
         if self.write_paused:
             return  # resume_writing goes on
-        if self._writer is not None and self._writer.queued + self._buffered() >= WRITE_HIGH:
+        if self._over_mark():
             # this turn's replies are not yet written: once they are, the transport pauses us or we go on
             asyncio.get_running_loop().call_soon(self._next_turn)
             return
@@ -325,6 +327,11 @@ class PeerConnection(asyncio.Protocol):
     def _buffered(self) -> int:
         return self.transport.get_write_buffer_size() if self.transport is not None else 0
 
+    def _over_mark(self) -> bool:
+        """Whether this turn's queued bytes and the transport's unsent ones are above `WRITE_HIGH` (as the
+        transport judges its own buffer: above, not at, the mark pauses us)."""
+        return self._writer is not None and self._writer.queued + self._buffered() > WRITE_HIGH
+
     def deliver_results(self, cluster_id: str, results: list[M.JobResult], stored: bool) -> None:
         """Sends results (in order, after what is queued already); while paused they wait, see the module doc.
 
@@ -358,8 +365,10 @@ class PeerConnection(asyncio.Protocol):
         if self.transport is None or self._writer is None:
             return
         while self._results and not self.write_paused and not self._closing:
-            if self._writer.queued + self._buffered() > WRITE_HIGH:
-                asyncio.get_running_loop().call_soon(self._pump)  # after the write: it may pause us, or not
+            if self._over_mark():
+                if not self._pump_scheduled:  # after the write: it may pause us, or not
+                    self._pump_scheduled = True
+                    asyncio.get_running_loop().call_soon(self._pump_again)
                 return
             cluster_id = self._results[0][0]
             batch: list[tuple[int, M.JobResult | None]] = []
@@ -382,6 +391,10 @@ class PeerConnection(asyncio.Protocol):
                 if self.liveness is not None:
                     self.liveness.sent = True
                 self._writer.send(M.encode(M.JobResults(cluster_id, found)))
+
+    def _pump_again(self) -> None:
+        self._pump_scheduled = False
+        self._pump()
 
     # --------------------------------------------------------------- output
 

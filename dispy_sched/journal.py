@@ -36,7 +36,9 @@ its standby schedulers) implements the same methods.
 A store keeps the accounting records too (`AccountingStore`: the
 `job_ends` table). Here the same file holds them, written through a
 connection of their own by `accounting.SqliteAccounting`, which the
-scheduler also uses alone when the journal is off.
+scheduler also uses alone when the journal is off; or, for the job ends of
+a turn whose changes `write` commits, in that same transaction: one commit
+(and one fsync) a turn, not two.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ import msgpack
 
 from dispy_wire.messages import JobResult
 
-from .accounting import AccountingStore, SqliteAccounting
+from .accounting import INSERT_ENDS, AccountingStore, SqliteAccounting, rows
 from .core.actions import JobEnd, Persist
 from .core.persist import ClusterRow, JobRow, SettingRow
 from .core.state import result_cost
@@ -123,6 +125,10 @@ class StoreFailed(Exception):
     """A store other than SQLite could not write (its own error is the cause): nothing was written."""
 
 
+class AccountingFailed(StoreFailed):
+    """`StateStore.write` wrote the changes, but not the accounting records given with them."""
+
+
 class NotLeader(StoreFailed):
     """Another scheduler leads the shared store now (a newer epoch): this one must not write or dispatch."""
 
@@ -150,12 +156,14 @@ class StateStore(AccountingStore, Protocol):
         """
         ...
 
-    def write(self, changes: Persist) -> None:
+    def write(self, changes: Persist, ends: list[JobEnd] | None = None) -> None:
         """Applies one call's changes atomically; durable when it returns (one that only forgets jobs
-        may wait for the next write to be: see journal.py).
+        may wait for the next write to be: see journal.py). `ends`, that call's accounting records, are
+        kept with them (in the same transaction where the store can: one commit a turn, not two).
 
         Raises:
             sqlite3.Error or StoreFailed: nothing was written.
+            AccountingFailed: the changes were written, `ends` were not.
             NotLeader: a shared store that another scheduler leads now; nothing was written.
         """
 
@@ -250,20 +258,22 @@ class SqliteJournal:
                 found[job_id] = _unpack_result(blob)
         return [found[j] for j in job_ids if j in found]
 
-    def write(self, changes: Persist) -> None:
-        lazy = self._sync == "FULL" and _only_forgets(changes)
+    def write(self, changes: Persist, ends: list[JobEnd] | None = None) -> None:
+        lazy = self._sync == "FULL" and not ends and _only_forgets(changes)
         if lazy:  # see the module's docstring
             self._db.execute("PRAGMA synchronous=OFF")
         try:
-            self._write(changes)
+            self._write(changes, ends)
         finally:
             if lazy:
                 self._db.execute("PRAGMA synchronous=FULL")
 
-    def _write(self, changes: Persist) -> None:
+    def _write(self, changes: Persist, ends: list[JobEnd] | None) -> None:
         db = self._db
         db.execute("BEGIN")
         try:
+            if ends:  # the accounting records of the turn, in its commit (the table is `SqliteAccounting`'s)
+                db.executemany(INSERT_ENDS, rows(ends))
             if changes.clusters:
                 db.executemany(
                     "INSERT INTO clusters VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(cluster_id) DO UPDATE SET "

@@ -153,6 +153,7 @@ async def _lead(
         private_data=cfg.private_data, result_retention=cfg.result_retention, usage_half_life=cfg.usage_half_life,
         close_slice=cfg.close_slice,
         persist=store is not None, accounting=True, prefetch=cfg.prefetch,
+        prefetch_max=cfg.prefetch_max, prefetch_target=cfg.prefetch_target,
     )  # fmt: skip
     server = SchedulerServer(cfg, SchedulerCore(policy, core_config), store, accounting)
     if leadership is not None:  # clients see it in scheduler_status()

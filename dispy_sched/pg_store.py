@@ -22,7 +22,8 @@ committed nothing or everything, and rows are written as values ("insert or
 replace", "set state = ..."), not increments.
 
 The accounting records (`job_ends`, accounting.py) are written the same way,
-fenced and retried, in a transaction of their own after the turn's state;
+fenced and retried, in a transaction of their own after the turn's state
+(one PostgreSQL refuses, as text it cannot hold, must not cost the state);
 `dispyadmin history --state postgresql://...` reads them.
 """
 
@@ -42,7 +43,7 @@ from .core.actions import JobEnd, Persist
 from .core.persist import ClusterRow, JobRow, SettingRow
 from .core.state import result_cost
 from .journal import (
-    SELECT_SETTINGS, NotLeader, Snapshot, StoreFailed, _pack_options, _unpack_options, _unpack_result, changed_job_values, new_job_values,
+    SELECT_SETTINGS, AccountingFailed, NotLeader, Snapshot, StoreFailed, _pack_options, _unpack_options, _unpack_result, changed_job_values, new_job_values,
 )
 
 log = logging.getLogger(__name__)
@@ -237,14 +238,23 @@ class PgStore:
         }
         return [found[j] for j in job_ids if j in found]
 
-    def write(self, changes: Persist) -> None:
-        """Applies one call's changes in one transaction, fenced by our epoch.
+    def write(self, changes: Persist, ends: list[JobEnd] | None = None) -> None:
+        """Applies one call's changes in one transaction, fenced by our epoch; then adds `ends`, the call's
+        accounting records, in a transaction of their own: a record PostgreSQL refuses (text it cannot
+        hold) costs that record (logged), never the state.
 
         Raises:
             NotLeader: another scheduler took over; nothing was written.
             StoreFailed: the database stayed unreachable for `pause_limit` seconds, or refused the rows.
         """
         self._fenced(lambda cur: self._apply(cur, changes))
+        if ends:
+            try:
+                self.record(ends)
+            except NotLeader:
+                raise
+            except StoreFailed as exc:
+                raise AccountingFailed(str(exc)) from exc
 
     def record(self, ends: list[JobEnd]) -> None:
         """Adds accounting records, fenced and retried as `write` is (same errors)."""

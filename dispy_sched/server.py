@@ -49,8 +49,8 @@ from .core import SchedulerCore
 from .core import actions as A
 from .core import events as E
 from .gate import LoginThrottle, PreLoginGate
-from .accounting import AccountingStore, log_lines
-from .journal import NotLeader, StateStore, StoreFailed
+from .accounting import AccountingStore, log_line, log_lines
+from .journal import AccountingFailed, NotLeader, StateStore, StoreFailed
 from .standby import LeaderInfo
 from .logsafe import peer_text
 
@@ -59,7 +59,7 @@ if TYPE_CHECKING:
     from .metrics import SchedMetrics
 
 log = logging.getLogger(__name__)
-#: a line per job end (many alike that never ran share one: `accounting.log_lines`), for log shippers
+#: a line per job end (several alike in one turn share one: `accounting.log_lines`), for log shippers
 accounting_log = logging.getLogger("dispy_sched.accounting")
 
 TICK_INTERVAL = 1.0
@@ -559,7 +559,13 @@ class SchedulerServer:
         if self._stopping:
             return
         events, self._pending = self._pending, []
-        for action in self.core.handle(*events, now=time.time()):
+        actions = self.core.handle(*events, now=time.time())
+        if len(actions) > 1 and isinstance(actions[0], A.Persist) and isinstance(actions[1], A.RecordJobEnds):
+            # the turn's accounting records go into its journal commit: one transaction (and fsync), not two
+            ends = actions[1].ends
+            self._record(ends, kept=self._commit(actions[0], ends if self.accounting is self.store else None))
+            actions = actions[2:]
+        for action in actions:
             self._execute(action)
         self.turns += 1
         if self._next_turn is not None:
@@ -572,31 +578,42 @@ class SchedulerServer:
             self._next_turn = asyncio.get_running_loop().create_future()
         return self._next_turn
 
-    def _commit(self, changes: A.Persist) -> None:
-        """Writes one turn's changes; if that fails, stops before acknowledging anything more."""
+    def _commit(self, changes: A.Persist, ends: list[A.JobEnd] | None = None) -> bool | None:
+        """Writes one turn's changes, and its accounting records `ends` with them; if the changes cannot be
+        written, stops before acknowledging anything more. Returns whether `ends` were kept (None: not given)."""
         if self.store is None:
-            return
+            return None
         try:
-            self.store.write(changes)
+            self.store.write(changes, ends)
         except NotLeader as exc:
             step_down(str(exc))
+        except AccountingFailed as exc:  # the changes are written: the results go out, the log lines keep the records
+            log.error("cannot write %d accounting records: %s", len(ends or ()), exc)
+            return False
         except (sqlite3.Error, StoreFailed) as exc:
             # acknowledging what is not recorded would break the promise the journal makes;
             # a restart (systemd) resumes from the last commit, and peers resend the rest
             log.critical("cannot write the journal: %s; exiting before anything unrecorded is acknowledged", exc)
             logging.shutdown()
             os._exit(EXIT_JOURNAL_FAILED)
+        return None if ends is None else True
 
-    def _record(self, ends: list[A.JobEnd]) -> None:
-        """Log lines for the job ends (one per job that ran), and their records in the state database."""
-        for line in log_lines(ends):
+    def _record(self, ends: list[A.JobEnd], kept: bool | None = None) -> None:
+        """The job ends' records in the state database (unless `kept` says whether the journal's commit took
+        them), their log lines (`log_lines`: several alike share one; without a database to keep the records,
+        or when it fails, a line per job: the log keeps each record) and metrics."""
+        if kept is None:
+            kept = self.accounting is not None
+            if self.accounting is not None:
+                try:
+                    self.accounting.record(ends)
+                except (sqlite3.Error, StoreFailed) as exc:  # the jobs' results still go out: the log lines keep them
+                    log.error("cannot write %d accounting records: %s", len(ends), exc)
+                    kept = False
+        for line in log_lines(ends) if kept else map(log_line, ends):
             accounting_log.info("%s", line)
-        if self.accounting is None:
-            return
-        try:
-            self.accounting.record(ends)
-        except (sqlite3.Error, StoreFailed) as exc:  # the jobs' results still go out: the log lines keep the record
-            log.error("cannot write %d accounting records: %s", len(ends), exc)
+        if self.metrics is not None:
+            self.metrics.ended(ends)
 
     def _execute(self, action: A.Action) -> None:
         match action:
@@ -604,8 +621,6 @@ class SchedulerServer:
                 self._commit(action)
             case A.RecordJobEnds(ends):
                 self._record(ends)
-                if self.metrics is not None:
-                    self.metrics.ended(ends)
             case A.Dispatch(node, jobs):
                 if not self._dispatched:  # after a takeover: when the new leader got going (benchmarks/pg_store.py)
                     self._dispatched = True

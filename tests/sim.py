@@ -9,13 +9,18 @@ second of wall time, and the same seed gives the same run.
 Every job that completes at the same tick on the same node is reported in
 one `ResultsArrived`, and all events of a tick go to the core in one
 `handle` call, as the real shell batches them.
+
+Nodes added with `queues=True` behave as a real node that queues jobs sent
+ahead (the core's prefetch window): they run at most their CPUs' worth at
+once, start the rest in the order they came as CPUs free, and report each
+start (`StartsReported`) with that tick's results.
 """
 
 from __future__ import annotations
 
 import heapq
 import random
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -23,7 +28,7 @@ from dispy_sched.core import SchedulerCore
 from dispy_sched.core import actions as A
 from dispy_sched.core import events as E
 from dispy_sched.core.invariants import check_invariants
-from dispy_wire.messages import JobResult, JobSpec
+from dispy_wire.messages import JobRef, JobResult, JobSpec
 from dispy_wire.status import JobStatus
 
 
@@ -81,6 +86,9 @@ class Simulation:
         self._seq = 0
         self._nodes_made = 0
         self._inbox: list[E.Event] = []
+        #: nodes that queue what they are sent beyond their CPUs: node -> (CPUs, jobs waiting there for one)
+        self._queues: dict[str, tuple[int, deque[tuple[str, int]]]] = {}
+        self._busy: dict[str, int] = defaultdict(int)  # queueing node -> jobs it runs now
 
     # ------------------------------------------------------------- clock
 
@@ -93,10 +101,14 @@ class Simulation:
 
     # ---------------------------------------------------------- peers
 
-    def add_nodes(self, count: int, cpus: int, *, prefix: str = "n", heartbeat: float = 1e9) -> list[str]:
+    def add_nodes(
+        self, count: int, cpus: int, *, prefix: str = "n", heartbeat: float = 1e9, queues: bool = False
+    ) -> list[str]:
         names = [f"{prefix}{self._nodes_made + i}" for i in range(count)]
         self._nodes_made += count
-        self.send(*(E.NodeJoined(n, f"host-{n}", "10.0.0.1", cpus, heartbeat) for n in names))
+        if queues:
+            self._queues.update((n, (cpus, deque())) for n in names)
+        self.send(*(E.NodeJoined(n, f"host-{n}", "10.0.0.1", cpus, heartbeat, queues=queues) for n in names))
         return names
 
     def open(self, user: str, cluster_id: str | None = None, *, job_seconds: tuple[float, float] | None = None) -> str:
@@ -153,6 +165,11 @@ class Simulation:
                     continue  # killed earlier
                 self.runs.append(run)
                 by_node[node].append(self._result(run, JobStatus.FINISHED))
+                if node in self._queues:
+                    self._busy[node] -= 1
+            for node in by_node:
+                if node in self._queues:
+                    self._start_queued(node)
             self.send(*(E.ResultsArrived(n, rs) for n, rs in by_node.items()))
         self.tick = max(self.tick, stop)
 
@@ -167,27 +184,53 @@ class Simulation:
     def _play(self, actions: Iterable[A.Action]) -> None:
         for action in actions:
             if isinstance(action, A.Dispatch):
+                queue = self._queues.get(action.node)
                 for job in action.jobs:
-                    key = (job.cluster_id, job.job_id)
-                    ticks = self.fixed_ticks.get(key) or self.rng.randint(
-                        *self.cluster_ticks.get(job.cluster_id, self.job_ticks)
-                    )
-                    end = self.tick + ticks
-                    self.running[key] = Run(
-                        self.user_of[job.cluster_id], job.cluster_id, job.job_id, action.node, self.now, end * self.resolution
-                    )
-                    self._seq += 1
-                    heapq.heappush(self._ends, (end, self._seq, action.node, job.cluster_id, job.job_id))
+                    if queue is None:
+                        self._start(action.node, job.cluster_id, job.job_id)
+                    else:
+                        queue[1].append((job.cluster_id, job.job_id))
+                if queue is not None:
+                    self._start_queued(action.node)
             elif isinstance(action, A.KillJobs):
+                queue = self._queues.get(action.node)
+                waiting = [(r.cluster_id, r.job_id) for r in action.jobs if queue and (r.cluster_id, r.job_id) in queue[1]]
+                for key in waiting:  # never started: dropped there, ended at once
+                    assert queue is not None
+                    queue[1].remove(key)
+                    self.running[key] = Run(self.user_of[key[0]], key[0], key[1], action.node, self.now, self.now)
                 killed = [self.running.pop((r.cluster_id, r.job_id)) for r in action.jobs]
                 for run in killed:
                     run.end = self.now
                     self.runs.append(run)
+                if queue is not None:
+                    self._busy[action.node] -= len(killed) - len(waiting)
+                    self._start_queued(action.node)
                 self._inbox.append(E.ResultsArrived(action.node, [self._result(r, JobStatus.TERMINATED) for r in killed]))
             elif isinstance(action, A.DeliverResults):
                 self.results[action.cluster_id] += action.results
             elif isinstance(action, A.Reject):
                 self.rejects.append(action)
+
+    def _start(self, node: str, cluster_id: str, job_id: int) -> None:
+        key = (cluster_id, job_id)
+        ticks = self.fixed_ticks.get(key) or self.rng.randint(*self.cluster_ticks.get(cluster_id, self.job_ticks))
+        end = self.tick + ticks
+        self.running[key] = Run(self.user_of[cluster_id], cluster_id, job_id, node, self.now, end * self.resolution)
+        self._seq += 1
+        heapq.heappush(self._ends, (end, self._seq, node, cluster_id, job_id))
+
+    def _start_queued(self, node: str) -> None:
+        """A queueing node starts what waits there on its free CPUs, and reports the starts."""
+        cpus, queue = self._queues[node]
+        started: list[JobRef] = []
+        while queue and self._busy[node] < cpus:
+            cluster_id, job_id = queue.popleft()
+            self._start(node, cluster_id, job_id)
+            self._busy[node] += 1
+            started.append(JobRef(cluster_id, job_id))
+        if started:
+            self._inbox.append(E.StartsReported(node, started))
 
     def _result(self, run: Run, status: JobStatus) -> JobResult:
         return JobResult(run.cluster_id, run.job_id, int(status), None, b"", b"", "", "", run.start, run.end)

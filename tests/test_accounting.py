@@ -19,7 +19,7 @@ from typing import Any
 
 import psycopg
 
-from dispy_sched.accounting import SUMMARY_FROM, UserTotal, history, log_lines
+from dispy_sched.accounting import MAX_RANGES, SUMMARY_FROM, UserTotal, history, id_ranges, log_lines
 from dispy_sched.core.actions import JobEnd
 from dispy_sched.admin_history import since_time, table
 from procs import Cluster
@@ -112,7 +112,7 @@ def test_each_job_end_is_recorded_with_its_node_times_cpu_and_memory_and_logged(
     assert bad.returncode == 2 and "neither a duration" in bad.stderr
 
 
-def test_many_jobs_ending_alike_without_running_share_one_log_line_and_those_that_ran_keep_theirs() -> None:
+def test_many_jobs_ending_alike_without_running_share_one_log_line_and_a_few_keep_theirs() -> None:
     def end(job_id: int, node: str = "", status: str = "Cancelled", cluster: str = "K") -> JobEnd:
         return JobEnd("alice", cluster, "compute", job_id, node, status, 10.0 + job_id, 20.0, 20.0 + job_id, 0.0, 0,
                       "" if node else "cancelled before it started")  # fmt: skip
@@ -125,9 +125,35 @@ def test_many_jobs_ending_alike_without_running_share_one_log_line_and_those_tha
     assert sum(line.startswith("job_end ") for line in lines) == len(ran) + len(few)
     (summary,) = [line for line in lines if line.startswith("job_ends ")]
     assert re.search(
-        rf'user="alice" cluster="K" name="compute" count={5 * SUMMARY_FROM} jobs="100..{99 + 5 * SUMMARY_FROM}" '
+        rf'user="alice" cluster="K" name="compute" count={5 * SUMMARY_FROM} jobs="100-{99 + 5 * SUMMARY_FROM}" '
         r'status="Cancelled" queued=110.0 ended=\d+\.?\d* reason="cancelled before it started"', summary
     ), summary
+
+
+def test_jobs_of_a_turn_that_ran_and_ended_alike_share_a_line_naming_exactly_their_ids() -> None:
+    def ran(job_id: int, node: str = "n1", status: str = "Finished", reason: str = "") -> JobEnd:
+        return JobEnd("alice", "K", "compute", job_id, node, status, 10.0, 11.0 + job_id, 12.0 + 2 * job_id,
+                      0.5, 1000 * job_id, reason)  # fmt: skip
+
+    finished = [ran(i) for i in (1, 2, 3, 4, 5, 9, 12, 13, 14)]
+    elsewhere = [ran(i, node="n2") for i in (6, 7)]  # too few alike: a line each
+    failed = [ran(8, status="Terminated", reason="KeyError: 'x'")]
+    lines = list(log_lines([*finished, *elsewhere, *failed]))
+    assert len(lines) == 1 + len(elsewhere) + len(failed), lines
+    (summary,) = [line for line in lines if line.startswith("job_ends ")]
+    assert summary == (
+        'job_ends user="alice" cluster="K" name="compute" node="n1" count=9 jobs="1-5,9,12-14" status="Finished" '
+        'queued=10.0 started=12.0 ended=40.0 wait_max=15.0 run_max=15.0 cpu_sum=4.5 max_rss=14000 reason=""'
+    )
+    assert sum(line.startswith("job_end ") for line in lines) == 3
+
+
+def test_a_job_ends_line_names_a_bounded_number_of_id_ranges() -> None:
+    assert id_ranges([7]) == "7" and id_ranges([3, 1, 2, 2]) == "1-3"
+    spread = list(range(0, 4 * MAX_RANGES, 2))  # every other id: each a range of its own
+    named = id_ranges(spread).split(",")
+    assert len(named) == MAX_RANGES + 1 and named[-2] == "..." and named[-1] == str(spread[-1])
+    assert named[: MAX_RANGES - 1] == [str(i) for i in spread[: MAX_RANGES - 1]]
 
 
 def test_records_past_their_retention_are_deleted(cluster: Cluster) -> None:

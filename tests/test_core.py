@@ -844,12 +844,16 @@ class CoreMachine(RuleBasedStateMachine):
     }
     #: jobs per CPU sent ahead to nodes that queue them (and every node joining here does, if above 0)
     PREFETCH = 0
+    #: the adaptive window: up to this many per CPU for jobs shorter than `PREFETCH_TARGET` seconds; 0: off
+    PREFETCH_MAX = 0
+    PREFETCH_TARGET = 0.005
     #: queued jobs of closing clusters cancelled per call: few, so that closes span calls and interleave with the rest
     CLOSE_SLICE = 1
 
     def __init__(self) -> None:
         super().__init__()
-        config = CoreConfig(usage_half_life=50.0, limits=self.LIMITS, prefetch=self.PREFETCH, close_slice=self.CLOSE_SLICE)
+        config = CoreConfig(usage_half_life=50.0, limits=self.LIMITS, prefetch=self.PREFETCH, close_slice=self.CLOSE_SLICE,
+                            prefetch_max=self.PREFETCH_MAX, prefetch_target=self.PREFETCH_TARGET)  # fmt: skip
         self.core = SchedulerCore(load_policy(self.POLICY), config)
         self.now = 0.0
         self.sessions = 0
@@ -938,7 +942,7 @@ class CoreMachine(RuleBasedStateMachine):
     # -- clients
 
     def joined(self, node: str, cpus: int) -> E.NodeJoined:
-        return dataclasses.replace(joined(node, cpus, heartbeat=10.0), queues=self.PREFETCH > 0)
+        return dataclasses.replace(joined(node, cpus, heartbeat=10.0), queues=self.PREFETCH > 0 or self.PREFETCH_MAX > 0)
 
     @initialize()
     def start(self) -> None:

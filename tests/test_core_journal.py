@@ -322,7 +322,8 @@ class JournaledCoreMachine(CoreMachine):
     def __init__(self) -> None:
         super().__init__()
         self.config = CoreConfig(usage_half_life=50.0, limits=self.LIMITS, persist=True, prefetch=self.PREFETCH,
-                                 close_slice=self.CLOSE_SLICE)  # fmt: skip
+                                 close_slice=self.CLOSE_SLICE, prefetch_max=self.PREFETCH_MAX,
+                                 prefetch_target=self.PREFETCH_TARGET)  # fmt: skip
         self.core = SchedulerCore(load_policy(self.POLICY), self.config)
         self.journal = MemoryJournal()
         self.names: dict[str, str] = {}  # node session -> the node's name

@@ -22,7 +22,7 @@ from dispy_sched.core import JobState, SchedulerCore
 from dispy_sched.core import actions as A
 from dispy_sched.core import events as E
 from dispy_sched.core.state import Limits
-from dispy_wire.messages import JobRef
+from dispy_wire.messages import JobRef, JobResult
 from dispy_wire.status import JobStatus
 
 from test_core_journal import JournaledCoreMachine
@@ -236,3 +236,92 @@ class JournaledPrefetchCoreMachine(PrefetchCoreMachine, JournaledCoreMachine):
 
 JournaledPrefetchCoreMachine.TestCase.settings = settings(MACHINE_SETTINGS, max_examples=50)
 test_random_interleavings_with_prefetch_and_restarts_lose_nothing = JournaledPrefetchCoreMachine.TestCase
+
+
+# ------------------------------------------------------------------ the adaptive window (core/window.py)
+
+
+@pytest.fixture
+def adaptive(make_core: Callable[..., SchedulerCore]) -> SchedulerCore:
+    """A base window of 1 per CPU, up to 8 for jobs short enough that 8 make 5 ms of work."""
+    return make_core(prefetch=1, prefetch_max=8, prefetch_target=0.005)
+
+
+def ran(cluster_id: str, job_id: int, seconds: float, at: float = 10.0) -> JobResult:
+    """A finished job's result whose node measured it running `seconds`."""
+    return result(cluster_id, job_id, start=at, end=at + seconds)
+
+
+def test_short_jobs_deepen_the_window_to_the_target_of_queued_work(adaptive: SchedulerCore) -> None:
+    step(adaptive, opened("c1", "K"), submitted("c1", "K", *range(1, 101)), now=0)
+    assert dispatched_jobs(step(adaptive, queueing("n1", 2), now=1)) == [1, 2, 3, 4]  # nothing measured: the base
+    actions = step(adaptive, arrived("n1", ran("K", 1, 0.001), ran("K", 2, 0.001)), now=2)
+    # 1 ms jobs: 5 per CPU make 5 ms of queued work; 2 CPUs running and 10 sent ahead
+    assert adaptive.nodes["n1"].window == 10 and dispatched_jobs(actions) == list(range(5, 15))
+    actions = step(adaptive, arrived("n1", *(ran("K", j, 0.00001) for j in (3, 4, 5, 6))), now=3)
+    assert adaptive.nodes["n1"].window == 16 and adaptive.nodes["n1"].busy == 18  # never beyond the max per CPU
+
+
+def test_long_jobs_keep_the_base_window(adaptive: SchedulerCore) -> None:
+    step(adaptive, opened("c1", "K"), submitted("c1", "K", *range(1, 101)), queueing("n1", 2), now=0)
+    actions = step(adaptive, arrived("n1", ran("K", 1, 2.0), ran("K", 2, 2.0)), now=3)
+    assert dispatched_jobs(actions) == [5, 6] and adaptive.nodes["n1"].window == 2
+
+
+def test_one_long_job_closes_a_deep_window_at_once_and_short_ones_open_it_slowly(adaptive: SchedulerCore) -> None:
+    step(adaptive, opened("c1", "K"), submitted("c1", "K", *range(1, 101)), queueing("n1", 1), now=0)
+    step(adaptive, arrived("n1", ran("K", 1, 0.0001)), now=1)
+    assert adaptive.nodes["n1"].busy == 9  # 1 running, 8 ahead
+    actions = step(adaptive, arrived("n1", ran("K", 2, 1.0)), now=2)
+    assert adaptive.nodes["n1"].window == 1 and not dispatched_jobs(actions)  # 7 held: none more until 1 is left
+    step(adaptive, arrived("n1", *(ran("K", j, 0.0001) for j in range(3, 9))), now=3)
+    assert adaptive.nodes["n1"].window < 8  # six short ones after a long one: still not the deepest
+    assert adaptive.clusters["K"].run_estimate > 0.0001
+
+
+def test_a_clusters_own_window_bounds_what_a_deep_node_is_sent_of_it(adaptive: SchedulerCore) -> None:
+    """A node made deep by one cluster's short jobs takes a cluster with long (or not yet measured) jobs
+    only within that cluster's window, and, while the policy picks that cluster, waits for it: the short
+    cluster does not take its turn, however fast its jobs come back."""
+    step(adaptive, opened("a", "A", user="alice"), submitted("a", "A", *range(1, 101)), queueing("n1", 1), now=0)
+    step(adaptive, arrived("n1", ran("A", 1, 0.0001)), now=1)
+    assert adaptive.nodes["n1"].busy == 9
+    step(adaptive, opened("b", "B", user="bob"), submitted("b", "B", *range(1, 11)), now=2)
+    assert adaptive.users["bob"].busy == 0  # bob is fair share's pick, but 9 held is beyond his window of 1 + 1
+    assert "n1" not in adaptive._free_nodes  # nor is the node tried again at every call until one of its jobs ends
+    actions = step(adaptive, arrived("n1", *(ran("A", j, 0.0001) for j in range(2, 9))), now=3)
+    assert not dispatched(actions)  # 2 held, still beyond bob's window: none of alice's takes his turn
+    actions = step(adaptive, arrived("n1", ran("A", 9, 0.0001)), now=4)
+    assert dispatched(actions)["n1"][0] == ("B", 1)
+
+
+def test_a_node_that_does_not_queue_gets_no_adaptive_window(adaptive: SchedulerCore) -> None:
+    step(adaptive, opened("c1", "K"), submitted("c1", "K", *range(1, 11)), joined("n1", 2), now=0)
+    actions = step(adaptive, arrived("n1", ran("K", 1, 0.0001), ran("K", 2, 0.0001)), now=1)
+    assert dispatched_jobs(actions) == [3, 4] and adaptive.nodes["n1"].window == 0
+
+
+class AdaptivePrefetchCoreMachine(PrefetchCoreMachine):
+    """`PrefetchCoreMachine` with the adaptive window: results of random run times (0 to 5 s, against a
+    target of 2 s of queued work per CPU) widen and narrow each node's and cluster's window as they come.
+    No base window: a cluster not measured yet fits only on a node with a free CPU. (Nodes parked while the
+    policy's pick waits are exercised by tests/test_fairness_sim.py, hundreds of times a run.)"""
+
+    PREFETCH = 0
+    PREFETCH_MAX = 4
+    PREFETCH_TARGET = 2.0
+
+
+AdaptivePrefetchCoreMachine.TestCase.settings = settings(MACHINE_SETTINGS, max_examples=75)
+test_random_interleavings_with_an_adaptive_window_keep_invariants_and_one_result_per_job = AdaptivePrefetchCoreMachine.TestCase
+
+
+class JournaledAdaptivePrefetchCoreMachine(AdaptivePrefetchCoreMachine, JournaledCoreMachine):
+    """The same, over a base window of 1, with a journal and restarts (run times are not journaled: a
+    restarted core measures anew)."""
+
+    PREFETCH = 1
+
+
+JournaledAdaptivePrefetchCoreMachine.TestCase.settings = settings(MACHINE_SETTINGS, max_examples=50)
+test_random_interleavings_with_an_adaptive_window_and_restarts_lose_nothing = JournaledAdaptivePrefetchCoreMachine.TestCase

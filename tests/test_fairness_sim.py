@@ -298,3 +298,28 @@ def test_jain_index_bounds() -> None:
     assert jain_index([1.0, 1.0, 1.0]) == pytest.approx(1.0)
     assert jain_index([1.0, 0.0, 0.0, 0.0]) == pytest.approx(0.25)
     assert 0.25 < jain_index([0.6, 0.4]) < 1.0
+
+
+#: nodes that queue jobs sent ahead, and the adaptive window: jobs of 1 to 3 s against a target of 6 s of
+#: queued work per CPU, so each node holds 2 to 6 jobs per CPU beyond its CPUs (the fair policy's busy
+#: counts hold them as running ones, while they wait on the node)
+ADAPTIVE = {"prefetch": 1, "prefetch_max": 8, "prefetch_target": 6.0}
+
+
+def test_with_an_adaptive_prefetch_window_shares_three_two_one_still_hold(
+    record_property: Callable[[str, object], None],
+) -> None:
+    sim = make_sim(seed=7, shares={"ann": 3.0, "ben": 2.0, "cat": 1.0}, **ADAPTIVE)
+    sim.check_every = 20  # each newcomer's unmeasured cluster parks nodes deepened by the others: hundreds of times
+    sim.add_nodes(NODES, CPUS, queues=True)
+    saturating_user(sim, "cat")
+    sim.run_until(5.0)
+    assert max(n.window for n in sim.core.nodes.values()) > CPUS  # deeper than one per CPU
+    saturating_user(sim, "ben")
+    sim.run_until(10.0)
+    saturating_user(sim, "ann")
+    arrival = sim.now
+    sim.run_until(arrival + 10.0 + 5 * WINDOW)
+    assert_shares(sim, {"ann": 3 / 6, "ben": 2 / 6, "cat": 1 / 6}, arrival + 10.0, 5, record_property)
+    check_invariants(sim.core)
+

@@ -112,3 +112,19 @@ def test_a_turn_that_only_forgets_jobs_is_written_without_an_fsync_of_its_own_an
     assert syncs == [0, 2]  # OFF for the forgetting turn, FULL (as configured) again for the next
     journal.close()
     assert [j.job_id for j in SqliteJournal(str(tmp_path)).load().jobs] == [2, 3]
+
+
+def test_a_turns_accounting_records_are_written_in_its_journal_commit(tmp_path: Path) -> None:
+    journal = SqliteJournal(str(tmp_path))
+    core = SchedulerCore(load_policy("fair"), CoreConfig(persist=True, accounting=True))
+    run(core, journal, opened("c1", "K"), joined("n1", 2), submitted("c1", "K", 1, 2), now=0)
+    actions = step(core, arrived("n1", result("K", 1), result("K", 2)), now=1)
+    persist, ends = actions[0], actions[1]  # the order the shell relies on to write both in one commit
+    assert isinstance(persist, A.Persist) and isinstance(ends, A.RecordJobEnds)
+    journal.write(persist, ends.ends)
+    journal.close()
+    with sqlite3.connect(tmp_path / FILENAME) as db:
+        assert db.execute("SELECT job_id, node, status FROM job_ends ORDER BY job_id").fetchall() == [
+            (1, "host-n1", "Finished"), (2, "host-n1", "Finished"),
+        ]
+        assert db.execute("SELECT state FROM jobs ORDER BY job_id").fetchall() == [("done",), ("done",)]

@@ -7,6 +7,7 @@ from collections import Counter
 
 from .scheduler import SchedulerCore
 from .state import JobState, file_cost, job_cost, result_cost, usage_rank_of
+from .window import depth as window_depth
 
 
 def check_invariants(core: SchedulerCore) -> None:
@@ -86,16 +87,20 @@ def check_invariants(core: SchedulerCore) -> None:
     for node in core.nodes.values():
         assert node.drained == (node.name in core.drained), f"node {node.name}: drained flag is stale"
         assert node.cpus == min(node.offered, core.cpu_caps.get(node.name, node.offered)), f"node {node.name}: stale CPUs"
-        window = core.config.prefetch * node.cpus if node.queues and node.cpus == node.offered else 0
+        depth = window_depth(node.run_estimate, core.config.prefetch, core.config.prefetch_max, core.config.prefetch_target)
+        window = depth * node.cpus if node.queues and node.cpus == node.offered else 0
         assert node.window == window, f"node {node.name}: window {node.window}, should be {window}"
     for node in core.nodes.values():
         assert node.busy == len(node.jobs) == node_busy[node.node_id], f"node {node.name}: busy is wrong"
         assert node.waiting == node_waiting[node.node_id], f"node {node.name}: waiting is wrong"
-        free = node.free > 0 and not node.drained
+        free = node.free > 0 and not node.drained and node.node_id not in core._parked
+        if node.node_id in core._parked:  # left out while its pick waits: it holds jobs whose ends take it back
+            assert node.free > 0 and node.busy >= node.cpus > 0, f"node {node.name}: parked with nothing to end"
         assert (node.node_id in core._free_nodes) == free, f"node {node.name}: free set is wrong"
         if free:
             assert core._free_nodes.key(node.node_id) == (node.load, node.name), f"node {node.name}: stale load"
     assert all(n in core.nodes for n in core._free_nodes.ordered()), "a lost node is still free"
+    assert core._parked <= set(core.nodes), "a lost node is still parked"
     for user in core.users.values():
         assert user.busy == user_busy[user.name], f"user {user.name}: busy {user.busy} != {user_busy[user.name]}"
         assert user.queued == user_queued[user.name], f"user {user.name}: queued is wrong"

@@ -75,6 +75,20 @@ node drained, or capped below what it holds, is asked to give back what it
 has not started (`RecallJobs`); what it returns (`JobsReturned`) never ran
 and is queued again, reentrant or not.
 
+Adaptive window: with `CoreConfig.prefetch_max` above `prefetch`, the
+window per CPU is sized from how long jobs run (`window.py`): enough for
+`prefetch_target` seconds of queued work per CPU, between `prefetch` and
+`prefetch_max`. A node's window (which keeps it among the free nodes) comes
+from the run times of every job it ran lately; a job of a cluster is sent
+to it only while the node holds fewer than its CPUs times one plus the
+cluster's own depth. When the cluster the policy picks for a node does not
+fit there, the node waits for its queue to shorten (its CPUs drain it in
+milliseconds when the window is deep) rather than take the next cluster's
+job: else a deep window of short jobs would keep the policy's pick off the
+node for as long as short jobs keep coming. Meanwhile it is parked, out of
+the free nodes, until its next change (a job's end there, at the latest:
+all its CPUs are busy), not tried again at every call.
+
 Jobs lost on the wire: a node names the run of its job runner
 (`NodeJoined.node_run`), and each job records the run it was sent to. A node
 that comes back (after a scheduler restart or takeover, or a lost connection)
@@ -99,6 +113,7 @@ from dispy_wire.status import JobStatus
 
 from . import actions as A
 from . import events as E
+from . import window
 from .keyed_heap import KeyedHeap
 from .persist import CANCEL, CPUS, DRAIN, SHARE, Changes, ClusterRow, JobRow, SettingRow, UsageRow, cluster_row, job_row
 from .ready import ReadyIndex
@@ -159,6 +174,10 @@ class CoreConfig:
     accounting: bool = False
     #: jobs per CPU a node that queues them is sent beyond its CPUs (see Prefetch above); 0: none
     prefetch: int = 0
+    #: the most jobs per CPU sent ahead where jobs are short (see Adaptive window above); not above `prefetch`: off
+    prefetch_max: int = 0
+    #: seconds of queued work per CPU the adaptive window aims at
+    prefetch_target: float = 0.005
     #: queued jobs ended per call by closes and other bulk cancels (see Cancelling above): at 2,000, a loop turn of 0.1 to 0.2 s
     #: on a busy 2-core machine, shell included (benchmarks/close.py)
     close_slice: int = 2000
@@ -217,6 +236,9 @@ class SchedulerCore:
         self.log: deque[tuple[str, str, int, str, str]] = deque(maxlen=self.config.log_size)
         #: nodes with a free CPU, least loaded first
         self._free_nodes: KeyedHeap[str] = KeyedHeap()
+        #: free nodes kept out of `_free_nodes` while the cluster picked for them waits for their queue to shorten
+        #: (see Adaptive window): taken back at their next change (`_update_free`), a job's end there at the latest
+        self._parked: set[str] = set()
         #: clusters whose clients follow the nodes (options["node_updates"])
         self._watchers: set[str] = set()
         #: files on their way to nodes: (node, ref) -> client waiting for the answer
@@ -694,7 +716,12 @@ class SchedulerCore:
         operator caps: it starts what it is sent on the CPUs it offers, so a
         window would run on CPUs the cap withholds.
         """
-        node.window = self.config.prefetch * cpus if node.queues and cpus == node.offered else 0
+        node.window = self._depth(node.run_estimate) * cpus if node.queues and cpus == node.offered else 0
+
+    def _depth(self, run_estimate: float) -> int:
+        """Jobs per CPU sent ahead for jobs estimated to run `run_estimate` seconds (see Adaptive window)."""
+        cfg = self.config
+        return window.depth(run_estimate, cfg.prefetch, cfg.prefetch_max, cfg.prefetch_target)
 
     def _capped(self, name: str, offered: int) -> int:
         cap = self.cpu_caps.get(name)
@@ -736,11 +763,21 @@ class SchedulerCore:
             user = self.users[cluster.user]
             user.add_usage(max(0.0, result.end_time - result.start_time), self.now, self.usage_half_life)
             self._note_user(user)
+            if node.queues and (result.status == JobStatus.FINISHED or result.status == JobStatus.TERMINATED):
+                self._measure(cluster, node, result)
             if result.status == JobStatus.ABANDONED and cluster.reentrant and not job.cancel_requested:
                 self._displace(cluster, job, node, rerun=True, why=result.exception)  # the node gave up on it
                 continue
             self._release(job, node, cluster)
             self._finish(cluster, job, result)
+
+    def _measure(self, cluster: ClusterRecord, node: NodeRecord, result: JobResult) -> None:
+        """Notes how long a job ran, for the windows of its cluster and its node (see Adaptive window)."""
+        cluster.run_estimate = window.estimate(cluster.run_estimate, result.start_time, result.end_time)
+        estimate = window.estimate(node.run_estimate, result.start_time, result.end_time)
+        if estimate != node.run_estimate:
+            node.run_estimate = estimate
+            self._set_window(node, node.cpus)  # the job's `_release` next puts the node among the free ones, or not
 
     @_on.register
     def _on_starts_reported(self, ev: E.StartsReported) -> None:
@@ -1170,7 +1207,7 @@ class SchedulerCore:
             self._hold(cluster, job.result_size)
             if self.config.persist:
                 self._written.append(job)
-        self._log(job, job.state.value, to.value)
+        self._log(job, job.state._value_, to._value_)  # not `.value`: an Enum property, slow on a hot path
         job.state = to
         if self.config.persist:
             self._changes.job_changed(job)
@@ -1181,6 +1218,7 @@ class SchedulerCore:
     def _schedule(self) -> None:
         """Fills free CPUs: the least loaded node's CPU goes to the policy's first usable cluster."""
         skipped: list[NodeRecord] = []
+        adaptive = self.config.prefetch_max > self.config.prefetch
         while self.ready:
             node_id = self._free_nodes.peek()
             if node_id is None:
@@ -1195,6 +1233,12 @@ class SchedulerCore:
             if cluster is None:  # nothing this node may run; other nodes may still have work
                 self._free_nodes.discard(node_id)
                 skipped.append(node)
+                continue
+            if adaptive and node.busy >= node.cpus * (1 + self._depth(cluster.run_estimate)):
+                # the pick's window is full there: its CPUs are all busy, and one of its jobs ends before the pick
+                # fits, so it is left out until then rather than tried again at every call (1,000 nodes: 1,000 tries)
+                self._free_nodes.discard(node_id)
+                self._parked.add(node_id)
                 continue
             self._dispatch(cluster, cluster.pop(node.name, *node.addresses), node)
         for node in skipped:
@@ -1377,6 +1421,7 @@ class SchedulerCore:
         if node is None:
             return
         self._free_nodes.discard(node_id)
+        self._parked.discard(node_id)
         self._announce(node, "left")
         for key in [k for k in self._puts if k[0] == node_id]:
             why = f"node {node.name} was lost before it confirmed the file: {reason}"
@@ -1573,6 +1618,7 @@ class SchedulerCore:
                 self._out.nodes[(client, cluster_id)].append(info)
 
     def _update_free(self, node: NodeRecord) -> None:
+        self._parked.discard(node.node_id)
         if node.free > 0 and not node.drained and node.node_id in self.nodes:
             self._free_nodes.set(node.node_id, (node.load, node.name))
         else:
@@ -1637,11 +1683,12 @@ class SchedulerCore:
         }
 
 
+#: the accounting record's status names, by `JobStatus` number (an Enum lookup per job end costs more)
+_STATUS_NAMES = {int(s): s.name.title() for s in JobStatus}
+
+
 def _job_end(cluster: ClusterRecord, job: JobRecord, result: JobResult) -> A.JobEnd:
-    try:
-        status = JobStatus(result.status).name.title()
-    except ValueError:
-        status = str(result.status)
+    status = _STATUS_NAMES.get(result.status) or str(result.status)
     reason = ""
     if result.status != JobStatus.FINISHED:  # a traceback's last line says what was raised
         lines = [line for line in result.exception.splitlines() if line.strip()]

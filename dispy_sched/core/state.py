@@ -124,6 +124,8 @@ class ClusterRecord:
     #: why it was released (its client away longer than the result retention); '' while it is not
     released: str = ""
     last_end: float = 0.0  # when its latest job ended
+    #: seconds its jobs run, as its nodes measure them (`window.estimate`); 0.0: none measured yet
+    run_estimate: float = 0.0
 
     def code_bytes(self) -> int:
         """What its computations (the cluster's, and those loaded anew on some nodes) count in `queued_bytes`."""
@@ -337,6 +339,8 @@ class NodeRecord:
     window: int = 0
     #: the run of its job runner (`NodeJoined.node_run`); '' if it did not say
     node_run: str = ""
+    #: seconds the jobs it ran lately took, whatever their cluster (`window.estimate`); 0.0: none yet
+    run_estimate: float = 0.0
 
     @property
     def free(self) -> int:
