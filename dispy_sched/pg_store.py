@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-`PgStore` is a `StateStore` (journal.py) with the same three tables and the
+`PgStore` is a `StateStore` (journal.py) with the same tables and the
 same meaning per row, so `load` after any sequence of `write`s returns what
 `SqliteJournal.load` would. Group commit is the same too: one transaction
 per `write`, one `write` per loop turn, durable (the server's

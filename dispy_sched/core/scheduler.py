@@ -133,7 +133,7 @@ MAX_RELEASED = 10_000
 JOB_TRANSITIONS: frozenset[tuple[JobState, JobState]] = frozenset(
     {
         (JobState.QUEUED, JobState.RUNNING),  # dispatched
-        (JobState.QUEUED, JobState.DONE),  # cancelled while queued, or refused at submit by a limit
+        (JobState.QUEUED, JobState.DONE),  # cancelled while queued (a job refused at submit gets no record)
         (JobState.RUNNING, JobState.DONE),  # result arrived, or abandoned
         (JobState.RUNNING, JobState.QUEUED),  # node lost (reentrant) or set-up failed
         (JobState.RUNNING, JobState.ORPHANED),  # node lost, but it keeps its jobs for a grace: it may come back
