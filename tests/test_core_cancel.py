@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dispy_sched.core import SchedulerCore
 from dispy_sched.core import actions as A
 from dispy_sched.core import events as E
-from dispy_wire.messages import JobRef, JobResult
+from dispy_wire.messages import JobRef, JobResult, JobSpec
 from dispy_wire.status import JobStatus
 
 from test_core import arrived, dispatched, joined, of, opened, result, step, submitted
@@ -144,3 +144,18 @@ def test_a_close_during_a_cancel_ends_the_jobs_it_had_set_aside_too(make_core: M
     results = ends(calls)
     assert {100, 101} <= {r.job_id for r in results} and calls[-1][-1] == A.ConfirmClosed("c1", "K")
     assert "K" not in core.clusters
+
+
+def test_jobs_set_aside_while_the_first_pinned_job_arrives_run_once_the_cancel_is_done(make_core: MakeCore) -> None:
+    core = make_core(close_slice=2)
+    step(core, opened("c1", "K"), submitted("c1", "K", *range(6)), now=0)
+    calls = [step(core, E.CancelRequested("op", None, "K", None), now=1)]
+    # newer and ahead of the rest: the next slice sets it aside (`kept`) to reach the older jobs
+    calls.append(step(core, submitted("c1", "K", 100, priority=5), now=2))
+    assert [e[2] for e in core._sweeps["K"].kept] == [100]
+    # the cluster's first pinned job: the queue splits into pinned and unpinned heaps while 100 is set aside
+    pinned = E.JobsSubmitted("c1", "K", [JobSpec(200, 0, b"args-200", {"node": "host-n1"})])
+    calls += resume(core, step(core, pinned, now=3), now=4)
+    assert sorted(r.job_id for r in ends(calls)) == list(range(6)) and not core.clusters["K"].cancelling
+    actions = step(core, joined("n1", 4), joined("n2", 4), now=5)
+    assert sorted(j for jobs in dispatched(actions).values() for _, j in jobs) == [100, 200]

@@ -73,6 +73,9 @@ class Sweep:
     lists: deque[IdList] = field(default_factory=deque)
     #: heap entries of queued jobs accepted after `upto`, taken off the queue's head to reach older ones
     kept: list[tuple[int, int, int]] = field(default_factory=list)
+    #: how many of `kept` (its first ones) were set aside while the cluster had no pinned job, so no `unpinned`
+    #: heap: one made since (`ClusterRecord.push`) lacks them
+    unsplit: int = 0
 
     def cover(self, upto: float, status: JobStatus, why: str) -> None:
         """Ends every queued job accepted up to `upto` too: a cancel that covers more jobs gives all its status and
@@ -82,11 +85,15 @@ class Sweep:
             self.restore_kept()
 
     def restore_kept(self) -> None:
-        """Puts the jobs set aside back in the queue (stale entries are skipped there as anywhere)."""
-        queue = self.cluster.queue
-        for entry in self.kept:
+        """Puts the jobs set aside back in the queue (stale entries are skipped there as anywhere), and in `unpinned`
+        those it lacks: `pop` and `runnable_on` read that heap once the cluster has a pinned job."""
+        queue, unpinned = self.cluster.queue, self.cluster.unpinned
+        for i, entry in enumerate(self.kept):
             heapq.heappush(queue, entry)
+            if unpinned is not None and i < self.unsplit:
+                heapq.heappush(unpinned, entry)
         self.kept.clear()
+        self.unsplit = 0
 
     def add(self, ids: list[int], status: JobStatus, why: str, upto: int) -> None:
         last = self.lists[-1] if self.lists else None
@@ -120,6 +127,8 @@ class Sweep:
             budget -= 1
             if job.seq > self.upto:
                 self.kept.append(heapq.heappop(cluster.queue))  # `head` made it the top entry
+                if cluster.unpinned is None:  # never None again once set: these are the first of `kept`
+                    self.unsplit += 1
             else:
                 end(cluster, job, self.status, why or self.why)
         self.restore_kept()
