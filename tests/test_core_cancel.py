@@ -159,3 +159,22 @@ def test_jobs_set_aside_while_the_first_pinned_job_arrives_run_once_the_cancel_i
     assert sorted(r.job_id for r in ends(calls)) == list(range(6)) and not core.clusters["K"].cancelling
     actions = step(core, joined("n1", 4), joined("n2", 4), now=5)
     assert sorted(j for jobs in dispatched(actions).values() for _, j in jobs) == [100, 200]
+
+
+def test_a_job_submitted_after_a_restart_is_not_taken_by_an_operators_cancel_resumed(make_core: MakeCore) -> None:
+    core, journal = make_core(persist=True, close_slice=SLICE), MemoryJournal()
+    run(core, journal, opened("c1", "K"), submitted("c1", "K", *range(45)), now=0)
+    for i in range(20):  # clusters opened and closed: they count in the submit sequence, and are forgotten
+        run(core, journal, opened("c1", f"X{i}"), E.ClusterClosed("c1", f"X{i}", terminate=False), now=1)
+    assert set(core.clusters) == {"K"}
+    run(core, journal, E.CancelRequested("op", None, "K", None), now=2)
+    core = make_core(persist=True, close_slice=SLICE)
+    run(core, journal, journal.restored(), now=10)
+    actions = run(core, journal, opened("c2", "K"), submitted("c2", "K", 100), now=11)
+    after = ended(actions, journal)
+    while A.ResumeCancelling() in actions:
+        actions = run(core, journal, E.CancellingResumed(), now=12)
+        after += ended(actions, journal)
+    assert 100 not in {r.job_id for r in after}
+    actions = run(core, journal, joined("n1", 2), now=13)
+    assert dispatched(actions) == {"n1": [("K", 100)]}

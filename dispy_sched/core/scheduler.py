@@ -979,6 +979,10 @@ class SchedulerCore:
             if cluster is not None:
                 self._restore_job(cluster, job_row_)
         for setting in ev.settings:  # an operator's cancel of a whole cluster, under way: it goes on
+            if setting.kind == CANCEL:
+                # its `upto` came from the submit counter, which the rows kept may not reach (clusters opened
+                # since were forgotten): jobs accepted from now on must come after it, or it would take them
+                self._seq = max(self._seq, int(setting.value))
             cluster = self.clusters.get(setting.name) if setting.kind == CANCEL else None
             if cluster is not None and cluster.queued:
                 sweep = self._sweep_of(cluster)
