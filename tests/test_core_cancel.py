@@ -178,3 +178,26 @@ def test_a_job_submitted_after_a_restart_is_not_taken_by_an_operators_cancel_res
     assert 100 not in {r.job_id for r in after}
     actions = run(core, journal, joined("n1", 2), now=13)
     assert dispatched(actions) == {"n1": [("K", 100)]}
+
+
+def test_a_small_named_cancel_ends_in_its_call_while_an_older_bulk_cancel_goes_on(make_core: MakeCore) -> None:
+    core = make_core(close_slice=SLICE)
+    step(core, opened("c1", "K"), submitted("c1", "K", *range(100)), opened("c2", "L", "bob"), now=0)
+    step(core, submitted("c2", "L", 1, 2, 3), now=0)
+    step(core, E.ClusterClosed("c1", "K", terminate=False), now=1)  # another user's close of many jobs: slices
+    actions = step(core, E.JobsCancelled("c2", "L", [2]), now=2)
+    assert [(r.cluster_id, r.job_id) for r in ended(actions) if r.cluster_id == "L"] == [("L", 2)]
+    assert not core.clusters["L"].cancelling  # its other jobs are not held back behind K's close
+    actions = step(core, joined("n1", 2), now=3)
+    assert dispatched(actions) == {"n1": [("L", 1), ("L", 3)]} and A.ResumeCancelling() in actions
+
+
+def test_a_cancel_of_jobs_pinned_to_a_node_that_cannot_run_them_ends_in_its_call(make_core: MakeCore) -> None:
+    core = make_core(close_slice=SLICE)
+    step(core, opened("c1", "K"), submitted("c1", "K", *range(100)), opened("c2", "L", "bob"), now=0)
+    pinned = [JobSpec(7, 0, b"args-7", {"node": "host-n1"})]
+    step(core, joined("n1", 0), joined("n2", 0), submitted("c2", "L", 1), E.JobsSubmitted("c2", "L", pinned), now=0)
+    step(core, E.ClusterClosed("c1", "K", terminate=False), now=1)
+    actions = step(core, E.ClusterFailedOnNode("n1", "L", "ImportError: no module named numpy"), now=2)
+    assert [(r.job_id, r.status) for r in ended(actions) if r.cluster_id == "L"] == [(7, JobStatus.TERMINATED)]
+    assert not core.clusters["L"].cancelling  # job 1 may still run on n2

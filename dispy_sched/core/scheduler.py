@@ -25,11 +25,12 @@ Invariants (checked by `invariants.check_invariants` in tests):
   is never in the ready index (none of its queued jobs starts, nor counts in
   fair share); a closing one with queued jobs has a sweep covering them all.
 
-Cancelling: queued jobs are never ended where a cancel is accepted. A close
-(or release), an operator's cancel of a whole cluster, a cluster no node can
-run and a cancel of named jobs each record what is to end in the cluster's
-sweep (`sweeps.py`), and every call ends `CoreConfig.close_slice` of them
-(`_sweep`), oldest cancel first: at 15 to 40 us a job (its result, journal
+Cancelling: a call ends at most `CoreConfig.close_slice` queued jobs. A
+cancel of named jobs that fits in what is left of that ends them at once
+(`_cancel`); a bigger one, a close (or release), an operator's cancel of a
+whole cluster and a cluster no node can run each record what is to end in the
+cluster's sweep (`sweeps.py`), and every call ends the rest of its
+`close_slice` of them (`_sweep`), oldest cancel first: at 15 to 40 us a job (its result, journal
 row and accounting record), ending a million in one call would hold the
 shell's loop for tens of seconds, past the peers' 8 s liveness window. While
 some remain, every call returns `ResumeCancelling`, and the shell calls again
@@ -247,12 +248,15 @@ class SchedulerCore:
         #: cluster id -> the bulk cancel of its queued jobs under way, oldest first (an entry may outlive its
         #: cluster until `_sweep` reaches it)
         self._sweeps: dict[str, Sweep] = {}
+        #: queued jobs cancels may still end in this call (`close_slice` a call: see Cancelling)
+        self._budget = self.config.close_slice
 
     # ---------------------------------------------------------------- entry
 
     def handle(self, *events: E.Event, now: float) -> list[A.Action]:
         """Applies events in order, fills free CPUs, returns the actions."""
         self.now = max(self.now, now)
+        self._budget = self.config.close_slice
         for event in events:
             self._stimulus = type(event).__name__
             self._on(event)
@@ -470,7 +474,7 @@ class SchedulerCore:
 
     def _sweep(self) -> None:
         """Ends up to `close_slice` queued jobs of bulk cancels, oldest cancel first (see Cancelling)."""
-        budget = self.config.close_slice
+        budget = self._budget
         while self._sweeps and budget > 0:
             cluster_id, sweep = next(iter(self._sweeps.items()))
             cluster = sweep.cluster
@@ -1372,7 +1376,16 @@ class SchedulerCore:
             elif job.state is JobState.ORPHANED and not job.cancel_requested:
                 job.cancel_requested = True  # killed if a node reports it, else ends Cancelled
                 self._note_job(job)
-        if queued:
+        if len(queued) <= self._budget:  # a small cancel ends in the call that accepted it, whatever sweeps wait
+            self._budget -= len(queued)
+            why = cluster.released or why  # as in `Sweep.step`
+            for job_id in queued:
+                job = cluster.jobs.get(job_id)
+                if job is not None and job.state is JobState.QUEUED:  # an id listed twice ends once
+                    self._end_queued(cluster, job, status, why)
+            if queued and self.clusters.get(cluster.cluster_id) is cluster:
+                self.ready.update(cluster)
+        else:
             self._sweep_of(cluster).add(queued, status, why, self._seq)
         self._out.immediate += [A.KillJobs(node, refs) for node, refs in kills.items()]
 

@@ -4,10 +4,11 @@ Theory of operation
 -------------------
 Ending a queued job costs 15 to 40 us (its result, journal row and
 accounting record), so a cancel of a million would hold the shell's loop for
-tens of seconds. The core therefore never ends queued jobs where a cancel is
-accepted: it records what is to end in the cluster's `Sweep`, and at the end
-of every call ends up to `CoreConfig.close_slice` of them (`Sweep.step`),
-asking to be called again while some remain.
+tens of seconds. The core therefore ends at most `CoreConfig.close_slice`
+queued jobs a call: a cancel of named jobs that fits in that ends them at
+once; any bigger cancel records what is to end in the cluster's `Sweep`, and
+at the end of every call the rest of the call's allowance is spent on them
+(`Sweep.step`), asking to be called again while some remain.
 
 A sweep covers two kinds of jobs:
 - every queued job accepted up to a point (`upto`, a submit sequence
