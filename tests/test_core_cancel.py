@@ -212,3 +212,17 @@ def test_a_cancel_of_many_named_jobs_journals_a_slice_of_them_a_call(make_core: 
     persisted = [a for c in calls for a in of(c, A.Persist)]
     assert max(len(p.changed_jobs) for p in persisted) <= 2 * SLICE  # a slice ended, a slice marked
     assert Counter(r.job_id for r in ends(calls) if r.cluster_id == "K") == Counter(range(100))
+
+
+def test_a_restart_reads_the_jobs_a_named_cancel_left_back_as_one_list(make_core: MakeCore) -> None:
+    core, journal = make_core(persist=True, close_slice=SLICE), MemoryJournal()
+    run(core, journal, opened("c1", "K"), submitted("c1", "K", *range(60)), now=0)
+    run(core, journal, E.JobsCancelled("c1", "K", list(range(0, 60, 2))), now=1)  # a slice ends, the next is marked
+    run(core, journal, E.CancellingResumed(), now=2)  # the same: 10 are left, all marked
+    core = make_core(persist=True, close_slice=SLICE // 2)
+    actions = run(core, journal, journal.restored(), now=10)
+    # one list (not one a job: 94,000 lists for 100,000 jobs), read on where this call's slice stopped
+    assert [(len(todo.ids), todo.at) for todo in core._sweeps["K"].lists] == [(10, 5)]
+    actions = run(core, journal, opened("c2", "K"), E.CancellingResumed(), now=11)
+    assert sorted(r.job_id for r in ended(actions, journal)) == list(range(0, 60, 2))  # the client's, all at once
+    assert not core.clusters["K"].cancelling

@@ -981,10 +981,15 @@ class SchedulerCore:
             self._add_cluster(row, opts, None)  # nodes join after a restart: they are checked then
             self._seq = max(self._seq, row.seq)
         self._adopt_until = self.now + ev.adopt_within  # the orphans' deadline
+        listed: dict[str, list[int]] = defaultdict(list)  # queued jobs marked by a cancel of named jobs not yet done
         for job_row_ in ev.jobs:
             cluster = self.clusters.get(job_row_.cluster_id)
             if cluster is not None:
                 self._restore_job(cluster, job_row_)
+                if job_row_.state == JobState.QUEUED.value and job_row_.cancel_requested:
+                    listed[cluster.cluster_id].append(job_row_.job_id)
+        for cluster_id, ids in listed.items():  # one list a cluster, every job read back being older than `_seq`
+            self._sweep_of(self.clusters[cluster_id]).add(ids, JobStatus.CANCELLED, "cancelled before it started", self._seq)
         for setting in ev.settings:  # an operator's cancel of a whole cluster, under way: it goes on
             if setting.kind == CANCEL:
                 # its `upto` came from the submit counter, which the rows kept may not reach (clusters opened
@@ -1029,8 +1034,6 @@ class SchedulerCore:
             job.result = row.result if not self.config.persist else None
             job.held = size
             self._hold(cluster, size)
-        elif row.state == JobState.QUEUED.value and job.cancel_requested:  # listed by a cancel not yet done
-            self._sweep_of(cluster).add([job.job_id], JobStatus.CANCELLED, "cancelled before it started", job.seq)
         elif row.state == JobState.RUNNING.value:
             job.state = JobState.ORPHANED
             why = (
