@@ -226,3 +226,13 @@ def test_a_restart_reads_the_jobs_a_named_cancel_left_back_as_one_list(make_core
     actions = run(core, journal, opened("c2", "K"), E.CancellingResumed(), now=11)
     assert sorted(r.job_id for r in ended(actions, journal)) == list(range(0, 60, 2))  # the client's, all at once
     assert not core.clusters["K"].cancelling
+
+
+def test_jobs_of_a_cluster_no_node_could_run_stop_ending_once_a_node_that_can_joins(make_core: MakeCore) -> None:
+    core = make_core(close_slice=SLICE)
+    step(core, opened("c1", "K"), joined("n1", 2), now=0)
+    step(core, submitted("c1", "K", *range(25)), now=1)
+    actions = step(core, E.ClusterFailedOnNode("n1", "K", "ImportError: no module named numpy"), now=2)
+    assert len(ended(actions)) == SLICE
+    actions = step(core, joined("n2", 2), now=3)  # its set-up may work there: the rest wait for it
+    assert not ended(actions) and len(dispatched(actions)["n2"]) == 2 and not core.clusters["K"].cancelling

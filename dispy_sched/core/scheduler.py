@@ -479,6 +479,8 @@ class SchedulerCore:
             cluster_id, sweep = next(iter(self._sweeps.items()))
             cluster = sweep.cluster
             if self.clusters.get(cluster_id) is cluster:
+                if sweep.nowhere and not self._nowhere_why(cluster):  # a node that may run them came: they wait
+                    sweep.uncover()
                 budget, done = sweep.step(budget, self._end_queued)  # may drop the cluster
                 if not done:
                     break
@@ -832,14 +834,20 @@ class SchedulerCore:
         """Ends the queued jobs of a cluster that no connected node can run (every node it may use
         refused it), with the reasons: they would wait for ever. A node that joins later may take
         the jobs submitted after that."""
-        if not cluster.failed_on or not cluster.queued:
-            return
+        why = self._nowhere_why(cluster) if cluster.queued else ""
+        if why:
+            sweep = self._sweep_of(cluster)  # a slice per call (see Cancelling), while no node may take them
+            sweep.nowhere = sweep.cover(self._seq, JobStatus.TERMINATED, why) or sweep.nowhere
+
+    def _nowhere_why(self, cluster: ClusterRecord) -> str:
+        """Why no connected node can run `cluster` (every node it may use refused it); '' when one may, or none is here."""
+        if not cluster.failed_on:
+            return ""
         usable = [n for n in self.nodes if not cluster.restricted or cluster.node_cpus.get(n, 0) > 0]
         if not usable or any(n not in cluster.failed_on for n in usable):
-            return
+            return ""
         reasons = "; ".join(f"node {self.nodes[n].name}: {cluster.failed_on[n]}" for n in usable)
-        why = f"cluster {cluster.name} cannot run on any node ({reasons})"
-        self._sweep_of(cluster).cover(self._seq, JobStatus.TERMINATED, why)  # a slice per call (see Cancelling)
+        return f"cluster {cluster.name} cannot run on any node ({reasons})"
 
     @_on.register
     def _on_node_left(self, ev: E.NodeLeft) -> None:

@@ -71,6 +71,8 @@ class Sweep:
     why: str = ""
     #: an operator's cancel of the whole cluster: the store keeps `upto` (persist.CANCEL), so a restart resumes it
     lasting: bool = False
+    #: `upto` is that of a cluster no node could run (the core's `_end_if_nowhere`): it stops once one may
+    nowhere: bool = False
     lists: deque[IdList] = field(default_factory=deque)
     #: heap entries of queued jobs accepted after `upto`, taken off the queue's head to reach older ones
     kept: list[tuple[int, int, int]] = field(default_factory=list)
@@ -78,12 +80,20 @@ class Sweep:
     #: heap: one made since (`ClusterRecord.push`) lacks them
     unsplit: int = 0
 
-    def cover(self, upto: float, status: JobStatus, why: str) -> None:
+    def cover(self, upto: float, status: JobStatus, why: str) -> bool:
         """Ends every queued job accepted up to `upto` too: a cancel that covers more jobs gives all its status and
-        reason; one that covers none more (a cluster no node can run, found so again) leaves the first cancel's."""
-        if upto > self.upto:
-            self.upto, self.status, self.why = upto, status, why
-            self.restore_kept()
+        reason; one that covers none more (a cluster no node can run, found so again) leaves the first cancel's.
+        Returns whether this cancel's were taken."""
+        if upto <= self.upto:
+            return False
+        self.upto, self.status, self.why, self.nowhere = upto, status, why, False
+        self.restore_kept()
+        return True
+
+    def uncover(self) -> None:
+        """Ends no more queued jobs through `upto` (the jobs of `lists` still end)."""
+        self.upto, self.nowhere = -1, False
+        self.restore_kept()
 
     def restore_kept(self) -> None:
         """Puts the jobs set aside back in the queue (stale entries are skipped there as anywhere), and in `unpinned`
