@@ -236,3 +236,14 @@ def test_jobs_of_a_cluster_no_node_could_run_stop_ending_once_a_node_that_can_jo
     assert len(ended(actions)) == SLICE
     actions = step(core, joined("n2", 2), now=3)  # its set-up may work there: the rest wait for it
     assert not ended(actions) and len(dispatched(actions)["n2"]) == 2 and not core.clusters["K"].cancelling
+
+
+def test_an_operators_cancel_of_a_cluster_goes_on_when_a_node_comes_after_none_could_run_it(make_core: MakeCore) -> None:
+    core = make_core(close_slice=SLICE)
+    step(core, opened("c1", "K"), joined("n1", 0), submitted("c1", "K", *range(60)), now=0)
+    calls = [step(core, E.CancelRequested("op", None, "K", None), now=1)]
+    calls.append(step(core, submitted("c1", "K", 100), now=2))
+    calls.append(step(core, E.ClusterFailedOnNode("n1", "K", "ImportError: no module named numpy"), now=3))
+    calls += resume(core, step(core, joined("n2", 2), now=4), now=5)  # n2 may run K, not the jobs cancelled
+    assert {r.job_id for r in ends(calls)} >= set(range(60))
+    assert not any(j < 60 for c in calls for jobs in dispatched(c).values() for _, j in jobs)

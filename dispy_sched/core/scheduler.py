@@ -30,9 +30,10 @@ cancel of named jobs that fits in what is left of that ends them at once
 (`_cancel`); a bigger one, a close (or release), an operator's cancel of a
 whole cluster and a cluster no node can run each record what is to end in the
 cluster's sweep (`sweeps.py`), and every call ends the rest of its
-`close_slice` of them (`_sweep`), oldest cancel first: at 15 to 40 us a job (its result, journal
-row and accounting record), ending a million in one call would hold the
-shell's loop for tens of seconds, past the peers' 8 s liveness window. While
+`close_slice` of them (`_sweep`), oldest cancel first: at 15 to 40 us a job
+(its result, journal row and accounting record), ending a million in one call
+would hold the shell's loop for tens of seconds, past the peers' 8 s liveness
+window. While
 some remain, every call returns `ResumeCancelling`, and the shell calls again
 (`CancellingResumed`) after serving what else arrived; a small cancel ends in
 the call that accepted it. Meanwhile the cluster is out of the ready index,
@@ -837,7 +838,9 @@ class SchedulerCore:
         why = self._nowhere_why(cluster) if cluster.queued else ""
         if why:
             sweep = self._sweep_of(cluster)  # a slice per call (see Cancelling), while no node may take them
-            sweep.nowhere = sweep.cover(self._seq, JobStatus.TERMINATED, why) or sweep.nowhere
+            alone = sweep.upto < 0 or sweep.nowhere  # no other cancel of the whole queue it would stop with it
+            if sweep.cover(self._seq, JobStatus.TERMINATED, why):
+                sweep.nowhere = alone
 
     def _nowhere_why(self, cluster: ClusterRecord) -> str:
         """Why no connected node can run `cluster` (every node it may use refused it); '' when one may, or none is here."""
