@@ -600,8 +600,10 @@ def merged(updates: list[Update]) -> list[Update]:
 
     That order is each job's own (it starts, sends, then ends), so a job's
     callbacks keep their order; a start of a job that already has news in
-    the run (a rerun elsewhere) closes the run first. Node news, a job
-    created and the close keep their place between runs.
+    the run (a rerun elsewhere), or a provisional result of a job that already
+    sent a file in it (`dispy_send_file` then `dispy_provisional_result`),
+    closes the run first. Node news, a job created and the close keep their
+    place between runs.
     """
     if len(updates) < 3:
         return updates
@@ -611,6 +613,7 @@ def merged(updates: list[Update]) -> list[Update]:
     files: list[M.JobFile] = []
     results: list[M.JobResult] = []
     touched: set[int] = set()  # jobs with provisional results, files or ends in the run
+    filed: set[int] = set()  # jobs with files in the run (a run's provisional results go out before its files)
 
     def close_run() -> None:
         if starts:
@@ -621,7 +624,7 @@ def merged(updates: list[Update]) -> list[Update]:
             out.append(Files(files.copy()))
         if results:
             out.append(Results(results.copy()))
-        for records in (starts, provisional, files, results, touched):
+        for records in (starts, provisional, files, results, touched, filed):
             records.clear()
 
     for update in updates:
@@ -631,11 +634,14 @@ def merged(updates: list[Update]) -> list[Update]:
                     close_run()
                 starts.extend(records)
             case Provisional(records):
+                if filed and not filed.isdisjoint(r.job_id for r in records):
+                    close_run()
                 provisional.extend(records)
                 touched.update(r.job_id for r in records)
             case Files(records):
                 files.extend(records)
                 touched.update(f.job_id for f in records)
+                filed.update(f.job_id for f in records)
             case Results(records):
                 results.extend(records)
                 touched.update(r.job_id for r in records)

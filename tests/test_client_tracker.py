@@ -9,7 +9,7 @@ import time
 from dispy_client.job import DispyJob
 from dispy_client.node import DispyNode
 from dispy_client.tracker import FORGED_TEXT, JobTracker, merged
-from dispy_client.updates import Created, Nodes, Provisional, Results, Started
+from dispy_client.updates import Created, Files, Nodes, Provisional, Results, Started
 from dispy_wire import messages as M
 from dispy_wire import result_mac
 from dispy_wire.payload import dumps
@@ -154,3 +154,22 @@ def test_news_queued_together_fold_into_one_list_per_kind_keeping_each_jobs_orde
         Created(job), Nodes([info]),
         Started([start(4)]), Results([_failed(4)]),
     ]  # fmt: skip
+
+
+def test_a_jobs_file_then_provisional_result_reach_it_in_that_order_across_a_merged_run() -> None:
+    def provisional(job_id: int, value: bytes) -> M.JobResult:
+        return M.JobResult("c1", job_id, int(JobStatus.PROVISIONAL_RESULT), value, b"", b"", "", "", 0.5, 0.0)
+
+    sent = M.JobFile("c1", 1, "out.csv", b"a,b\n", 0o644)
+    other = M.JobFile("c1", 2, "log.txt", b"x", 0o644)
+    # job 1: dispy_send_file(f) then dispy_provisional_result("ready"); job 2's file then job 3's result fold in
+    updates = [Files([other]), Files([sent]), Provisional([provisional(1, b"ready")]), Provisional([provisional(3, b"p")])]
+    out = merged(updates)
+    order: list[tuple[str, int]] = []  # each job's news in the order they are handed to the dispatcher
+    for update in out:
+        if isinstance(update, Files):
+            order += [("Files", f.job_id) for f in update.files]
+        elif isinstance(update, Provisional):
+            order += [("Provisional", r.job_id) for r in update.results]
+    assert order.index(("Files", 1)) < order.index(("Provisional", 1))
+    assert sorted(order) == sorted([("Files", 2), ("Files", 1), ("Provisional", 1), ("Provisional", 3)])

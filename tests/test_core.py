@@ -976,7 +976,8 @@ class CoreMachine(RuleBasedStateMachine):
 
     def forget_refused(self, cid: str, actions: list[A.Action]) -> None:
         """A refused job leaves no record: a resend of it is judged anew, not a repeat."""
-        rejects = of(actions, A.Reject)
+        # a slice of another cluster's bulk cancel, ended in this call, may pause its user: that one is told too
+        rejects = [r for r in of(actions, A.Reject) if r.client == self.attached[cid]]
         assert all(r.code == ErrorCode.LIMIT and self.clusters[cid] in ("carol", "dave") for r in rejects)
         refused = {r.job_id for r in delivered(actions).get((self.attached[cid], cid), []) if "were refused" in r.exception}
         # jobs a submit ends at once (no node can run the cluster) are held: they may start a user's pause
@@ -1199,9 +1200,11 @@ class CoreMachine(RuleBasedStateMachine):
             cluster = self.core.clusters.get(cid)
             if cluster is not None:
                 for name in list(cluster.overrides):
-                    self.apply(E.NodeCpusSet(self.attached[cid], cid, name, -1))
+                    if cid in self.attached:  # a close under way may end in any call, these too
+                        self.apply(E.NodeCpusSet(self.attached[cid], cid, name, -1))
                 waiting = [j for c, j in self.pinned if c == cid and j in cluster.jobs]
-                self.apply(E.JobsCancelled(self.attached[cid], cid, waiting))
+                if cid in self.attached:
+                    self.apply(E.JobsCancelled(self.attached[cid], cid, waiting))
         for name in sorted(self.core.drained | set(self.core.cpu_caps)):  # the operator lets every node work again
             self.apply(E.NodeDrainSet("op", name, False), E.NodeCpusCapped("op", name, -1))
         self.node_joins(4)

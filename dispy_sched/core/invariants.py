@@ -43,6 +43,12 @@ def check_invariants(core: SchedulerCore) -> None:
         assert cluster.busy == len(running), f"{cluster.cluster_id}: busy {cluster.busy} != {len(running)}"
         live = {job_id for _, _, job_id in cluster.queue + (sweep.kept if sweep is not None else [])}
         assert all(j.job_id in live for j in queued), f"{cluster.cluster_id}: a queued job is missing from the heap"
+        if cluster.unpinned is not None:  # `pop` and `runnable_on` read it, not `queue`: no unpinned job may miss it
+            unpinned = {e for e in cluster.unpinned if cluster._valid(e)}
+            unpinned |= set(sweep.kept[: sweep.unsplit] if sweep is not None else [])  # back in it when the sweep ends
+            assert all((-j.priority, j.seq, j.job_id) in unpinned for j in queued if not j.pin), (
+                f"{cluster.cluster_id}: a queued job is missing from the unpinned heap"
+            )
         for job in cluster.jobs.values():
             assert job.started <= (job.state is JobState.RUNNING), f"job {job.key}: started, yet {job.state.value}"
         for job in running:

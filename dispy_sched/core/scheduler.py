@@ -25,13 +25,15 @@ Invariants (checked by `invariants.check_invariants` in tests):
   is never in the ready index (none of its queued jobs starts, nor counts in
   fair share); a closing one with queued jobs has a sweep covering them all.
 
-Cancelling: queued jobs are never ended where a cancel is accepted. A close
-(or release), an operator's cancel of a whole cluster, a cluster no node can
-run and a cancel of named jobs each record what is to end in the cluster's
-sweep (`sweeps.py`), and every call ends `CoreConfig.close_slice` of them
-(`_sweep`), oldest cancel first: at 15 to 40 us a job (its result, journal
-row and accounting record), ending a million in one call would hold the
-shell's loop for tens of seconds, past the peers' 8 s liveness window. While
+Cancelling: a call ends at most `CoreConfig.close_slice` queued jobs. A
+cancel of named jobs that fits in what is left of that ends them at once
+(`_cancel`); a bigger one, a close (or release), an operator's cancel of a
+whole cluster and a cluster no node can run each record what is to end in the
+cluster's sweep (`sweeps.py`), and every call ends the rest of its
+`close_slice` of them (`_sweep`), oldest cancel first: at 15 to 40 us a job
+(its result, journal row and accounting record), ending a million in one call
+would hold the shell's loop for tens of seconds, past the peers' 8 s liveness
+window. While
 some remain, every call returns `ResumeCancelling`, and the shell calls again
 (`CancellingResumed`) after serving what else arrived; a small cancel ends in
 the call that accepted it. Meanwhile the cluster is out of the ready index,
@@ -269,12 +271,15 @@ class SchedulerCore:
         #: cluster id -> the bulk cancel of its queued jobs under way, oldest first (an entry may outlive its
         #: cluster until `_sweep` reaches it)
         self._sweeps: dict[str, Sweep] = {}
+        #: queued jobs cancels may still end in this call (`close_slice` a call: see Cancelling)
+        self._budget = self.config.close_slice
 
     # ---------------------------------------------------------------- entry
 
     def handle(self, *events: E.Event, now: float) -> list[A.Action]:
         """Applies events in order, fills free CPUs, returns the actions."""
         self.now = max(self.now, now)
+        self._budget = self.config.close_slice
         for event in events:
             self._stimulus = type(event).__name__
             self._on(event)
@@ -492,11 +497,13 @@ class SchedulerCore:
 
     def _sweep(self) -> None:
         """Ends up to `close_slice` queued jobs of bulk cancels, oldest cancel first (see Cancelling)."""
-        budget = self.config.close_slice
+        budget = self._budget
         while self._sweeps and budget > 0:
             cluster_id, sweep = next(iter(self._sweeps.items()))
             cluster = sweep.cluster
             if self.clusters.get(cluster_id) is cluster:
+                if sweep.nowhere and not self._nowhere_why(cluster):  # a node that may run them came: they wait
+                    sweep.uncover()
                 budget, done = sweep.step(budget, self._end_queued)  # may drop the cluster
                 if not done:
                     break
@@ -506,9 +513,12 @@ class SchedulerCore:
                 self.ready.update(cluster)
             if sweep.lasting:
                 self._note_settings()
-        if self.config.persist:
-            for sweep in self._sweeps.values():  # listed jobs left for later calls: the cancel outlives a restart
-                sweep.mark(self._note_job)
+        if self.config.persist:  # listed jobs left for later calls: the cancel outlives a restart (a slice a call)
+            marks = self.config.close_slice
+            for sweep in self._sweeps.values():
+                marks = sweep.mark(self._note_job, marks)
+                if marks <= 0:
+                    break
 
     def _end_queued(self, cluster: ClusterRecord, job: JobRecord, status: JobStatus, why: str) -> None:
         self._finish(cluster, job, _synthetic(job, status, why, self.now))
@@ -862,14 +872,22 @@ class SchedulerCore:
         """Ends the queued jobs of a cluster that no connected node can run (every node it may use
         refused it), with the reasons: they would wait for ever. A node that joins later may take
         the jobs submitted after that."""
-        if not cluster.failed_on or not cluster.queued:
-            return
+        why = self._nowhere_why(cluster) if cluster.queued else ""
+        if why:
+            sweep = self._sweep_of(cluster)  # a slice per call (see Cancelling), while no node may take them
+            alone = sweep.upto < 0 or sweep.nowhere  # no other cancel of the whole queue it would stop with it
+            if sweep.cover(self._seq, JobStatus.TERMINATED, why):
+                sweep.nowhere = alone
+
+    def _nowhere_why(self, cluster: ClusterRecord) -> str:
+        """Why no connected node can run `cluster` (every node it may use refused it); '' when one may, or none is here."""
+        if not cluster.failed_on:
+            return ""
         usable = [n for n in self.nodes if not cluster.restricted or cluster.node_cpus.get(n, 0) > 0]
         if not usable or any(n not in cluster.failed_on for n in usable):
-            return
+            return ""
         reasons = "; ".join(f"node {self.nodes[n].name}: {cluster.failed_on[n]}" for n in usable)
-        why = f"cluster {cluster.name} cannot run on any node ({reasons})"
-        self._sweep_of(cluster).cover(self._seq, JobStatus.TERMINATED, why)  # a slice per call (see Cancelling)
+        return f"cluster {cluster.name} cannot run on any node ({reasons})"
 
     @_on.register
     def _on_node_left(self, ev: E.NodeLeft) -> None:
@@ -1011,11 +1029,20 @@ class SchedulerCore:
             self._add_cluster(row, opts, None)  # nodes join after a restart: they are checked then
             self._seq = max(self._seq, row.seq)
         self._adopt_until = self.now + ev.adopt_within  # the orphans' deadline
+        listed: dict[str, list[int]] = defaultdict(list)  # queued jobs marked by a cancel of named jobs not yet done
         for job_row_ in ev.jobs:
             cluster = self.clusters.get(job_row_.cluster_id)
             if cluster is not None:
                 self._restore_job(cluster, job_row_)
+                if job_row_.state == JobState.QUEUED.value and job_row_.cancel_requested:
+                    listed[cluster.cluster_id].append(job_row_.job_id)
+        for cluster_id, ids in listed.items():  # one list a cluster, every job read back being older than `_seq`
+            self._sweep_of(self.clusters[cluster_id]).add(ids, JobStatus.CANCELLED, "cancelled before it started", self._seq)
         for setting in ev.settings:  # an operator's cancel of a whole cluster, under way: it goes on
+            if setting.kind == CANCEL:
+                # its `upto` came from the submit counter, which the rows kept may not reach (clusters opened
+                # since were forgotten): jobs accepted from now on must come after it, or it would take them
+                self._seq = max(self._seq, int(setting.value))
             cluster = self.clusters.get(setting.name) if setting.kind == CANCEL else None
             if cluster is not None and cluster.queued:
                 sweep = self._sweep_of(cluster)
@@ -1055,8 +1082,6 @@ class SchedulerCore:
             job.result = row.result if not self.config.persist else None
             job.held = size
             self._hold(cluster, size)
-        elif row.state == JobState.QUEUED.value and job.cancel_requested:  # listed by a cancel not yet done
-            self._sweep_of(cluster).add([job.job_id], JobStatus.CANCELLED, "cancelled before it started", job.seq)
         elif row.state == JobState.RUNNING.value:
             job.state = JobState.ORPHANED
             why = (
@@ -1412,7 +1437,16 @@ class SchedulerCore:
             elif job.state is JobState.ORPHANED and not job.cancel_requested:
                 job.cancel_requested = True  # killed if a node reports it, else ends Cancelled
                 self._note_job(job)
-        if queued:
+        if len(queued) <= self._budget:  # a small cancel ends in the call that accepted it, whatever sweeps wait
+            self._budget -= len(queued)
+            why = cluster.released or why  # as in `Sweep.step`
+            for job_id in queued:
+                job = cluster.jobs.get(job_id)
+                if job is not None and job.state is JobState.QUEUED:  # an id listed twice ends once
+                    self._end_queued(cluster, job, status, why)
+            if queued and self.clusters.get(cluster.cluster_id) is cluster:
+                self.ready.update(cluster)
+        else:
             self._sweep_of(cluster).add(queued, status, why, self._seq)
         self._out.immediate += [A.KillJobs(node, refs) for node, refs in kills.items()]
 

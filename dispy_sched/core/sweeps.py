@@ -4,10 +4,11 @@ Theory of operation
 -------------------
 Ending a queued job costs 15 to 40 us (its result, journal row and
 accounting record), so a cancel of a million would hold the shell's loop for
-tens of seconds. The core therefore never ends queued jobs where a cancel is
-accepted: it records what is to end in the cluster's `Sweep`, and at the end
-of every call ends up to `CoreConfig.close_slice` of them (`Sweep.step`),
-asking to be called again while some remain.
+tens of seconds. The core therefore ends at most `CoreConfig.close_slice`
+queued jobs a call: a cancel of named jobs that fits in that ends them at
+once; any bigger cancel records what is to end in the cluster's `Sweep`, and
+at the end of every call the rest of the call's allowance is spent on them
+(`Sweep.step`), asking to be called again while some remain.
 
 A sweep covers two kinds of jobs:
 - every queued job accepted up to a point (`upto`, a submit sequence
@@ -70,23 +71,40 @@ class Sweep:
     why: str = ""
     #: an operator's cancel of the whole cluster: the store keeps `upto` (persist.CANCEL), so a restart resumes it
     lasting: bool = False
+    #: `upto` is that of a cluster no node could run (the core's `_end_if_nowhere`): it stops once one may
+    nowhere: bool = False
     lists: deque[IdList] = field(default_factory=deque)
     #: heap entries of queued jobs accepted after `upto`, taken off the queue's head to reach older ones
     kept: list[tuple[int, int, int]] = field(default_factory=list)
+    #: how many of `kept` (its first ones) were set aside while the cluster had no pinned job, so no `unpinned`
+    #: heap: one made since (`ClusterRecord.push`) lacks them
+    unsplit: int = 0
 
-    def cover(self, upto: float, status: JobStatus, why: str) -> None:
+    def cover(self, upto: float, status: JobStatus, why: str) -> bool:
         """Ends every queued job accepted up to `upto` too: a cancel that covers more jobs gives all its status and
-        reason; one that covers none more (a cluster no node can run, found so again) leaves the first cancel's."""
-        if upto > self.upto:
-            self.upto, self.status, self.why = upto, status, why
-            self.restore_kept()
+        reason; one that covers none more (a cluster no node can run, found so again) leaves the first cancel's.
+        Returns whether this cancel's were taken."""
+        if upto <= self.upto:
+            return False
+        self.upto, self.status, self.why, self.nowhere = upto, status, why, False
+        self.restore_kept()
+        return True
+
+    def uncover(self) -> None:
+        """Ends no more queued jobs through `upto` (the jobs of `lists` still end)."""
+        self.upto, self.nowhere = -1, False
+        self.restore_kept()
 
     def restore_kept(self) -> None:
-        """Puts the jobs set aside back in the queue (stale entries are skipped there as anywhere)."""
-        queue = self.cluster.queue
-        for entry in self.kept:
+        """Puts the jobs set aside back in the queue (stale entries are skipped there as anywhere), and in `unpinned`
+        those it lacks: `pop` and `runnable_on` read that heap once the cluster has a pinned job."""
+        queue, unpinned = self.cluster.queue, self.cluster.unpinned
+        for i, entry in enumerate(self.kept):
             heapq.heappush(queue, entry)
+            if unpinned is not None and i < self.unsplit:
+                heapq.heappush(unpinned, entry)
         self.kept.clear()
+        self.unsplit = 0
 
     def add(self, ids: list[int], status: JobStatus, why: str, upto: int) -> None:
         last = self.lists[-1] if self.lists else None
@@ -120,23 +138,33 @@ class Sweep:
             budget -= 1
             if job.seq > self.upto:
                 self.kept.append(heapq.heappop(cluster.queue))  # `head` made it the top entry
+                if cluster.unpinned is None:  # never None again once set: these are the first of `kept`
+                    self.unsplit += 1
             else:
                 end(cluster, job, self.status, why or self.why)
         self.restore_kept()
         return budget, True
 
-    def mark(self, note: Callable[[JobRecord], None]) -> None:
-        """Marks the listed jobs still to end `cancel_requested` and notes them for the journal, once each.
+    def mark(self, note: Callable[[JobRecord], None], budget: int) -> int:
+        """Marks listed jobs still to end `cancel_requested` and notes them for the journal, once each, reading at
+        most `budget` ids (the rest in later calls: marking 200,000 in one call held the loop for seconds); returns
+        the budget left.
 
         A restart reads a queued job so marked back into a sweep: the cancel
-        outlives it, as a whole-cluster one does through `upto`.
+        outlives it, as a whole-cluster one does through `upto`; one not
+        marked yet when the scheduler stopped is not cancelled.
         """
         jobs = self.cluster.jobs
         for todo in self.lists:
-            for job_id in todo.ids[max(todo.at, todo.marked):]:
+            start = max(todo.at, todo.marked)
+            stop = min(len(todo.ids), start + budget)
+            for job_id in todo.ids[start:stop]:
                 job = jobs.get(job_id)
                 if job is not None and job.state is JobState.QUEUED and job.seq <= todo.upto and not job.cancel_requested:
                     job.cancel_requested = True
                     note(job)
-            todo.marked = len(todo.ids)
-
+            todo.marked = stop
+            budget -= stop - start
+            if budget <= 0:
+                break
+        return budget
