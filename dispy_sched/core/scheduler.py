@@ -513,12 +513,9 @@ class SchedulerCore:
                 self.ready.update(cluster)
             if sweep.lasting:
                 self._note_settings()
-        if self.config.persist:  # listed jobs left for later calls: the cancel outlives a restart (a slice a call)
-            marks = self.config.close_slice
-            for sweep in self._sweeps.values():
-                marks = sweep.mark(self._note_job, marks)
-                if marks <= 0:
-                    break
+        if self.config.persist:
+            for sweep in self._sweeps.values():  # listed jobs left for later calls: the cancel outlives a restart
+                sweep.mark(self._note_job)
 
     def _end_queued(self, cluster: ClusterRecord, job: JobRecord, status: JobStatus, why: str) -> None:
         self._finish(cluster, job, _synthetic(job, status, why, self.now))

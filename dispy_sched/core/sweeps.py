@@ -145,26 +145,18 @@ class Sweep:
         self.restore_kept()
         return budget, True
 
-    def mark(self, note: Callable[[JobRecord], None], budget: int) -> int:
-        """Marks listed jobs still to end `cancel_requested` and notes them for the journal, once each, reading at
-        most `budget` ids (the rest in later calls: marking 200,000 in one call held the loop for seconds); returns
-        the budget left.
+    def mark(self, note: Callable[[JobRecord], None]) -> None:
+        """Marks the listed jobs still to end `cancel_requested` and notes them for the journal, once each.
 
         A restart reads a queued job so marked back into a sweep: the cancel
-        outlives it, as a whole-cluster one does through `upto`; one not
-        marked yet when the scheduler stopped is not cancelled.
+        outlives it, as a whole-cluster one does through `upto`.
         """
         jobs = self.cluster.jobs
         for todo in self.lists:
-            start = max(todo.at, todo.marked)
-            stop = min(len(todo.ids), start + budget)
-            for job_id in todo.ids[start:stop]:
+            for job_id in todo.ids[max(todo.at, todo.marked):]:
                 job = jobs.get(job_id)
                 if job is not None and job.state is JobState.QUEUED and job.seq <= todo.upto and not job.cancel_requested:
                     job.cancel_requested = True
                     note(job)
-            todo.marked = stop
-            budget -= stop - start
-            if budget <= 0:
-                break
-        return budget
+            todo.marked = len(todo.ids)
+
