@@ -12,7 +12,8 @@ same function and 1,000 jobs, and the bare fork+wait rate of a Python
 process (the ceiling of fork isolation). Each figure is one summary line.
 Run: `make bench`, or with the venv's python. `--no-journal` runs the
 scheduler without its journal (benchmarks/journal.py compares the two in one
-run); `--only fork|worker` measures one isolation (fork with its bare fork+wait ceiling); `--prefetch 0 1 2` measures
+run), `--journal-sync normal` with one that does not fsync each commit (a
+round trip waits for two commits: the submit's and the result's); `--only fork|worker` measures one isolation (fork with its bare fork+wait ceiling); `--prefetch 0 1 2` measures
 each of the scheduler's prefetch windows (jobs per CPU sent ahead) in turn, in
 one run, to compare them on the same (noisy) machine; `--prefetch-max 1 32`
 the same for the adaptive window's most per CPU where jobs are short (at most
@@ -117,6 +118,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cpus", type=int, default=2)
     ap.add_argument("--no-journal", action="store_true", help="run the scheduler without its journal")
+    ap.add_argument("--journal-sync", choices=("full", "normal"),
+                    help="the scheduler's --journal-sync (full: its default; normal: no fsync per commit)")
     ap.add_argument("--only", choices=("fork", "worker"), help="measure one isolation through the scheduler")
     ap.add_argument("--jobs", type=int, default=2000, help="jobs of the one client (the four clients run a quarter each)")
     ap.add_argument("--prefetch", type=int, nargs="+", metavar="N",
@@ -133,6 +136,8 @@ def main() -> None:
                 window += "" if most is None else f", prefetch-max {most}"
                 print(f"-- isolation {isolation}: scheduler + 1 node ({args.cpus} CPUs{window})", flush=True)
                 sched_args = [*(["--no-journal"] if args.no_journal else []), *extra]
+                if args.journal_sync:
+                    sched_args += ["--journal-sync", args.journal_sync]
                 for line in measure(args.cpus, sched_args, isolation=isolation, jobs=args.jobs):
                     print(line, flush=True)
     if not args.only:
