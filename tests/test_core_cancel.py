@@ -236,3 +236,13 @@ def test_an_operators_cancel_of_a_cluster_goes_on_when_a_node_comes_after_none_c
     calls += resume(core, step(core, joined("n2", 2), now=4), now=5)  # n2 may run K, not the jobs cancelled
     assert {r.job_id for r in ends(calls)} >= set(range(60))
     assert not any(j < 60 for c in calls for jobs in dispatched(c).values() for _, j in jobs)
+
+
+def test_an_operators_cancel_after_none_could_run_a_cluster_goes_on_when_a_node_comes(make_core: MakeCore) -> None:
+    core = make_core(close_slice=SLICE)  # found by the random machine: the operator's cancel came second, same jobs
+    step(core, opened("c1", "K"), joined("n1", 0), submitted("c1", "K", *range(60)), now=0)
+    calls = [step(core, E.ClusterFailedOnNode("n1", "K", "ImportError: no module named numpy"), now=1)]
+    calls.append(step(core, E.CancelRequested("op", None, "K", None), now=2))
+    calls += resume(core, step(core, joined("n2", 2), now=3), now=4)  # n2 may run K, not the jobs cancelled
+    assert {r.job_id for r in ends(calls)} == set(range(60))
+    assert not any(jobs for c in calls for jobs in dispatched(c).values())

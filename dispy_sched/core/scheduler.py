@@ -873,8 +873,8 @@ class SchedulerCore:
         if why:
             sweep = self._sweep_of(cluster)  # a slice per call (see Cancelling), while no node may take them
             alone = sweep.upto < 0 or sweep.nowhere  # no other cancel of the whole queue it would stop with it
-            if sweep.cover(self._seq, JobStatus.TERMINATED, why):
-                sweep.nowhere = alone
+            sweep.cover(self._seq, JobStatus.TERMINATED, why)
+            sweep.nowhere = alone
 
     def _nowhere_why(self, cluster: ClusterRecord) -> str:
         """Why no connected node can run `cluster` (every node it may use refused it); '' when one may, or none is here."""

@@ -84,9 +84,10 @@ class Sweep:
         """Ends every queued job accepted up to `upto` too: a cancel that covers more jobs gives all its status and
         reason; one that covers none more (a cluster no node can run, found so again) leaves the first cancel's.
         Returns whether this cancel's were taken."""
+        self.nowhere = False  # a cancel stands behind `upto` now: it goes on when a node that may run them comes
         if upto <= self.upto:
             return False
-        self.upto, self.status, self.why, self.nowhere = upto, status, why, False
+        self.upto, self.status, self.why = upto, status, why
         self.restore_kept()
         return True
 
