@@ -275,8 +275,8 @@ class BaseCluster:
     # ---------------------------------------------------------- controlling
 
     def cancel(self, job: DispyJob) -> int:
-        """Cancels a queued or running job; returns 0, or -1 if it already ended."""
-        if self._tracker.get(job._uid) is not job:
+        """Cancels a queued or running job; returns 0, or -1 if it already ended (then it is marked so)."""
+        if not self._tracker.cancellable(job):
             return -1
         self._lt.call(self._session.cancel, [job._uid])
         return 0
