@@ -109,7 +109,13 @@ class EmbeddedScheduler:
 
     def join(self, link: asyncio.Protocol) -> None:
         """Joins our client's link to the scheduler through an in-process pipe (on the loop thread): the same
-        frames and login as over a socket, without the two system calls and wake-up a socket costs per turn."""
+        frames and login as over a socket, without the two system calls and wake-up a socket costs per turn.
+
+        Raises:
+            ConnectionRefusedError: it has stopped (as its closed socket would refuse a client dialing it again).
+        """
+        if self._stopped:
+            raise ConnectionRefusedError("the embedded scheduler has stopped")
         pipe.connect(asyncio.get_running_loop(), link, PeerConnection(self._server))
 
     def start_node(self, cpus: int, heartbeat: float | None = None) -> None:
