@@ -8,7 +8,7 @@ docs/isolation.md):
 - 50 sequential single jobs: p50 / p95 round trip (submit to result).
 Then, on the same machine in the same run: a JobCluster (worker isolation,
 its default) against `concurrent.futures.ProcessPoolExecutor(2)` on the
-same function and 1,000 jobs, and the bare fork+wait rate of a Python
+same function and 1,000 jobs (and the JobCluster's p50 round trip), and the bare fork+wait rate of a Python
 process (the ceiling of fork isolation). Each figure is one summary line.
 Run: `make bench`, or with the venv's python. `--no-journal` runs the
 scheduler without its journal (benchmarks/journal.py compares the two in one
@@ -155,7 +155,8 @@ def local_comparison(cpus: int, jobs: int) -> list[str]:
     figures = dict(line.split() for line in out.splitlines() if line.count(" ") == 1)
     jc, ppe, ppe_map = float(figures["jobcluster"]), float(figures["ppe_submit"]), float(figures["ppe_map"])
     return [
-        f"JobCluster (worker):         {jc:7.0f} jobs/s",
+        f"JobCluster (worker):         {jc:7.0f} jobs/s; round trip (50 sequential) p50 "
+        f"{float(figures['jobcluster_p50']) * 1000:.1f} ms",
         f"ProcessPoolExecutor({cpus}):     {ppe:7.0f} jobs/s (submit), {ppe_map:.0f} (map); JobCluster is {ppe / jc:.1f}x slower",
         bare_fork(),
     ]
@@ -205,7 +206,13 @@ if __name__ == "__main__":
         cluster.wait()
         elapsed = time.perf_counter() - t
         assert all(j.result == 2 * i for i, j in enumerate(jobs))
+        rtts = []
+        for i in range(50):
+            t = time.perf_counter()
+            assert cluster.submit(i)() == 2 * i
+            rtts.append(time.perf_counter() - t)
     print("jobcluster", n / elapsed)
+    print("jobcluster_p50", sorted(rtts)[len(rtts) // 2])
     with concurrent.futures.ProcessPoolExecutor(cpus) as pool:
         pool.submit(f, 0).result()
         t = time.perf_counter()

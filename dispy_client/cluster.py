@@ -78,6 +78,8 @@ class BaseCluster:
         host, port: the scheduler's address.
         options: the checked constructor parameters.
         loop_thread: the loop thread to talk to the scheduler on (default: a new one).
+        schedulers: a leader and its standbys (None: the one scheduler at host:port).
+        pipe: joins the link to a scheduler on `loop_thread` instead of dialing (a JobCluster's: pipe.py).
 
     Raises:
         SchedulerUnreachable: the scheduler cannot be reached in `options.timeout`.
@@ -93,6 +95,7 @@ class BaseCluster:
         options: ClusterOptions,
         loop_thread: LoopThread | None = None,
         schedulers: Schedulers | None = None,
+        pipe: Callable[[asyncio.Protocol], None] | None = None,
     ) -> None:
         self.computation = computation
         self.name = computation_name(computation)
@@ -129,7 +132,7 @@ class BaseCluster:
         self._lt = loop_thread or LoopThread(f"dispy-{self.name}-io")
         self._session = ClusterSession(
             self._lt, host, port, self.user, options.secret, options.timeout, open_msg, self._tracker.deliver,
-            options.tls, options.insecure_plaintext, schedulers,
+            options.tls, options.insecure_plaintext, schedulers, pipe,
         )  # fmt: skip
         try:
             self._lt.run(self._session.open(), timeout=options.timeout + 5)
@@ -275,8 +278,8 @@ class BaseCluster:
     # ---------------------------------------------------------- controlling
 
     def cancel(self, job: DispyJob) -> int:
-        """Cancels a queued or running job; returns 0, or -1 if it already ended."""
-        if self._tracker.get(job._uid) is not job:
+        """Cancels a queued or running job; returns 0, or -1 if it already ended (then it is marked so)."""
+        if not self._tracker.cancellable(job):
             return -1
         self._lt.call(self._session.cancel, [job._uid])
         return 0

@@ -160,6 +160,7 @@ class SchedulerLink(asyncio.Protocol):
         insecure_plaintext: bool = False,
         dial: str | None = None,
         several: bool = False,
+        pipe: Callable[[asyncio.Protocol], None] | None = None,
     ) -> SchedulerLink:
         """Connects and authenticates within `timeout` seconds.
 
@@ -169,6 +170,8 @@ class SchedulerLink(asyncio.Protocol):
         several (dispy_wire/dialing.py); the certificate must still name `host`.
         `several`: it is one of several addresses to try, so silence is more
         likely a stopped scheduler than a TLS one (the caller says which it tried).
+        `pipe`: joins the link to a scheduler in this process instead of
+        dialing (pipe.py; `tls` is then not used: no byte leaves the process).
 
         Raises:
             SchedulerUnreachable, AuthenticationError, ProtocolError,
@@ -183,14 +186,17 @@ class SchedulerLink(asyncio.Protocol):
                 f"not connecting to scheduler {where}: {refusal}; pass tls_ca= (or tls_fingerprint=), "
                 "or insecure_plaintext=True to take that risk"
             )
-        link = cls(user, secret, info, on_message, on_lost, tls)
+        link = cls(user, secret, info, on_message, on_lost, None if pipe else tls)
         link.where = where
-        context = tls.context() if tls is not None else None
+        context = tls.context() if tls is not None and pipe is None else None
         try:
             async with asyncio.timeout(timeout):
-                await loop.create_connection(
-                    lambda: link, dial or host, port, ssl=context, server_hostname=host if context else None
-                )
+                if pipe is not None:
+                    pipe(link)
+                else:
+                    await loop.create_connection(
+                        lambda: link, dial or host, port, ssl=context, server_hostname=host if context else None
+                    )
                 await link.ready
         except TimeoutError:
             link.close()

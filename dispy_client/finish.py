@@ -43,6 +43,10 @@ class Finish:
             if self._event is not None:
                 self._event.clear()
 
+    def waited(self) -> bool:
+        """Whether a thread has blocked in `wait` (a setter may then want to let it run)."""
+        return self._event is not None
+
     def wait(self, timeout: float | None = None) -> bool:
         """As `threading.Event.wait`: True once set, False if `timeout` seconds passed first."""
         if self._flag:

@@ -142,7 +142,7 @@ class JobCluster(BaseCluster):
                 self._embedded.start_node(cpus, options.pulse_interval)
             options.secret = self._embedded.client_secret
             host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-            super().__init__(computation, host, bound_port, options, loop_thread)
+            super().__init__(computation, host, bound_port, options, loop_thread, pipe=self._embedded.join)
         except BaseException:  # nothing it started may outlive it (BaseCluster stopped its own part)
             self._embedded.stop()
             loop_thread.stop()

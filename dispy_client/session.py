@@ -86,8 +86,11 @@ class ClusterSession:
         tls: ClientTLS | None = None,
         insecure_plaintext: bool = False,
         schedulers: Schedulers | None = None,
+        pipe: Callable[[asyncio.Protocol], None] | None = None,
     ) -> None:
         self._lt = loop_thread
+        #: joins a link to a scheduler in this process (a JobCluster's: pipe.py) instead of dialing host:port
+        self._pipe = pipe
         #: where to look for the leader, best first (one address: that scheduler alone)
         self.schedulers = schedulers or Schedulers(format_address(host, port), port)
         self._tls, self._insecure_plaintext = tls, insecure_plaintext
@@ -522,7 +525,7 @@ class ClusterSession:
             try:
                 return await SchedulerLink.connect(
                     host, port, timeout, self.user, self._secret, info, self._on_message, self._on_lost,
-                    self._tls, self._insecure_plaintext, dial=address, several=several > 1,
+                    self._tls, self._insecure_plaintext, dial=address, several=several > 1, pipe=self._pipe,
                 )  # fmt: skip
             except StandingBy as exc:
                 tried[format_address(address, port)] = exc

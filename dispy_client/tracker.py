@@ -185,6 +185,7 @@ class JobTracker:
         self._handing_over = False  # a hand-over is due at the end of this loop turn (loop thread only)
         self._starts_timer: asyncio.TimerHandle | None = None  # pending starts' hand-over (loop thread only)
         self._jobs: dict[int, DispyJob] = {}  # unfinished, by uid
+        self._ending: dict[int, DispyJob] = {}  # out of `_jobs`, their results being applied (`_end`), by uid
         self._nodes: dict[str, DispyNode] = {}
         self._ended: deque[Ended] = deque(maxlen=ENDED_KEPT)
         self._submitted = self._running = self._done = self._failed = 0
@@ -207,6 +208,21 @@ class JobTracker:
     def get(self, uid: int) -> DispyJob | None:
         with self.changed:
             return self._jobs.get(uid)
+
+    def cancellable(self, job: DispyJob) -> bool:
+        """Whether `job` is one of ours that has not ended (and may be cancelled).
+
+        A job whose result is being applied (out of the table, not yet marked
+        ended: its result unpickled meanwhile) is waited for, so a caller told
+        "no, it ended" finds it ended. Not on the dispatcher thread, which is
+        the one applying it (a callback or an unpickled result's own code).
+        """
+        with self.changed:
+            if self._jobs.get(job._uid) is job:
+                return True
+            if threading.current_thread() is not self._thread:
+                self.changed.wait_for(lambda: self._ending.get(job._uid) is not job)
+            return False
 
     def unfinished(self) -> list[DispyJob]:
         with self.changed:
@@ -527,28 +543,50 @@ class JobTracker:
         terminal result, and a job ends here by leaving `_jobs` (under the lock,
         first), so any later result of it, one this tracker made (a forged
         record) included, finds no job and is not applied. Jobs are then filled
-        in (results unpickled: user code, so outside the lock), marked ended
+        in (results unpickled: user code, so outside the lock; meanwhile they
+        are in `_ending`, which `cancellable` waits on), marked ended
         under one lock with one wake-up of `changed`'s waiters, and each one's
         callbacks and watchers run. Returns the ids whose handling failed (not settled).
         """
-        jobs = self._jobs
+        jobs, ending = self._jobs, self._ending
         ended: list[tuple[DispyJob, bool]] = []
         with self.changed:
             for r in results:
                 job = jobs.pop(r.job_id, None)
                 if job is not None:
                     ended.append((job, job.status in ACTIVE))
+                    ending[job._uid] = job  # until marked ended below: `cancellable` waits for that
         if not ended:
             return set()
-        raw_output = self._raw_output
-        by_id = {r.job_id: r for r in reversed(results)}  # each job's first: the one it was popped for
-        for job, _ in ended:
-            fill_job(job, by_id[job._uid], raw_output)
-        changed: list[tuple[DispyJob, DispyNode | None]] = []
+        try:
+            raw_output = self._raw_output
+            by_id = {r.job_id: r for r in reversed(results)}  # each job's first: the one it was popped for
+            for job, _ in ended:
+                fill_job(job, by_id[job._uid], raw_output)
+        finally:  # marked ended even if filling one failed: nobody waits on them for ever
+            changed = self._mark_ended(ended)
+        if any(job.finish.waited() for job, _ in changed):
+            # a thread blocked on one of these jobs (`job()`, `job.finish.wait()`) was just woken: let it have the
+            # GIL now, not after this thread's callbacks and acknowledgements (about 0.1-0.2 ms of a round trip)
+            time.sleep(0)
+        failed: set[int] = set()
+        for job, node in changed:
+            try:
+                self._job_changed(job, node)
+            except Exception:
+                log.exception("error while handling the end of %r", job)
+                failed.add(job._uid)
+        return failed
+
+    def _mark_ended(self, ended: list[tuple[DispyJob, bool]]) -> list[tuple[DispyJob, DispyNode | None]]:
+        """Counts the filled-in `ended` jobs (each: whether it was running), sets their `finish`, wakes the waiters
+        once; returns each job with its node."""
         nodes = self._nodes
+        changed: list[tuple[DispyJob, DispyNode | None]] = []
         with self.changed:
             now = time.time()
             for job, was_running in ended:
+                del self._ending[job._uid]
                 node = nodes.get(job.node or "")
                 if node is not None and was_running:
                     node.busy -= 1
@@ -564,14 +602,7 @@ class JobTracker:
                 job.finish.set()
                 changed.append((job, node))
             self._bump()
-        failed: set[int] = set()
-        for job, node in changed:
-            try:
-                self._job_changed(job, node)
-            except Exception:
-                log.exception("error while handling the end of %r", job)
-                failed.add(job._uid)
-        return failed
+        return changed
 
     def _job_changed(self, job: DispyJob, node: DispyNode | None) -> None:
         if self._job_status is not None and job.status != DispyJob.Running:  # dispy: ends and provisional results

@@ -137,6 +137,47 @@ def test_cancel_timeout_wait_and_close_terminate() -> None:
     assert limited.status in (dispy.DispyJob.Cancelled, dispy.DispyJob.Terminated)
 
 
+def test_the_client_reaches_its_own_scheduler_without_a_socket() -> None:
+    """docs/client.md: a JobCluster's own messages never touch the network (an in-process pipe): the only
+    connection to its scheduler's port is its node's."""
+    with dispy.JobCluster(square, nodes=[("127.0.0.1", None, 1)]) as cluster:
+        assert cluster.submit(4)() == 16
+        port = cluster.scheduler_address[1]
+        ours = [c for c in psutil.Process().net_connections("tcp") if c.raddr and c.raddr[1] == port]
+        accepted = [c for c in psutil.Process().net_connections("tcp") if c.laddr[1] == port and c.raddr]
+        assert ours == [] and len(accepted) == 1  # the node's connection, accepted by our scheduler
+
+
+def test_cancel_of_a_job_whose_result_is_being_applied_says_ended_only_once_it_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    """cancel() returned -1 ("already ended") while the job, out of the tracker's table, was still being filled in
+    (its result unpickled) and not yet marked ended: the caller then saw it Running. The dispatcher is held in
+    that instant here, by holding the filling in of the job's result."""
+    import threading
+
+    from dispy_client import tracker
+
+    filling, release = threading.Event(), threading.Event()
+    fill_job = tracker.fill_job
+
+    def held_fill_job(*args: Any, **kwargs: Any) -> None:
+        filling.set()
+        release.wait(60)
+        fill_job(*args, **kwargs)
+
+    with dispy.JobCluster(square, nodes=[("127.0.0.1", None, 1)]) as cluster:
+        monkeypatch.setattr(tracker, "fill_job", held_fill_job)
+        job = cluster.submit(3)
+        wait_until(filling.is_set, what="the job's result being applied")
+        seen: list[Any] = []
+        canceller = threading.Thread(target=lambda: seen.extend([cluster.cancel(job), job.status, job.finish.is_set()]))
+        canceller.start()
+        canceller.join(0.5)  # a cancel that answers at once must answer right: the job is still held here
+        release.set()
+        canceller.join(60)
+        assert seen == [-1, dispy.DispyJob.Finished, True]
+        assert job.result == 9
+
+
 def test_constructor_returns_once_the_local_node_can_take_jobs() -> None:
     for _ in range(2):  # the second cluster's node too, just after the first's closed
         with dispy.JobCluster(square, nodes=[("127.0.0.1", None, 1)]) as cluster:
