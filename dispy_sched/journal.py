@@ -199,9 +199,6 @@ class SqliteJournal:
             self._db.execute("ALTER TABLE jobs ADD COLUMN node_run TEXT NOT NULL DEFAULT ''")
         self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         self._import_old_usage(os.path.join(state_dir, OLD_USAGE_FILE))
-        # results are read on the loop while the writer thread (commit_pipeline.py) may be in a transaction on
-        # `_db`: a connection of their own reads only what is committed, and never waits for the writer (WAL)
-        self._reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._accounting = SqliteAccounting(self.path)
 
     def _import_old_usage(self, path: str) -> None:
@@ -254,7 +251,7 @@ class SqliteJournal:
         for start in range(0, len(job_ids), 500):  # SQLite's bound parameters are limited
             some = job_ids[start : start + 500]
             marks = ",".join("?" * len(some))
-            for job_id, blob in self._reader.execute(
+            for job_id, blob in self._db.execute(
                 f"SELECT job_id, result FROM jobs WHERE cluster_id = ? AND job_id IN ({marks}) AND result IS NOT NULL",
                 (cluster_id, *some),
             ):
@@ -262,73 +259,66 @@ class SqliteJournal:
         return [found[j] for j in job_ids if j in found]
 
     def write(self, changes: Persist, ends: list[JobEnd] | None = None) -> None:
-        self.write_many([(changes, ends)])
-
-    def write_many(self, turns: list[tuple[Persist, list[JobEnd] | None]]) -> None:
-        """Several turns' changes and accounting records, applied in order in one transaction (group commit:
-        one fsync for all); from one thread at a time (`read_results` has a connection of its own)."""
-        lazy = self._sync == "FULL" and all(not ends and _only_forgets(changes) for changes, ends in turns)
+        lazy = self._sync == "FULL" and not ends and _only_forgets(changes)
         if lazy:  # see the module's docstring
             self._db.execute("PRAGMA synchronous=OFF")
         try:
-            db = self._db
-            db.execute("BEGIN")
-            try:
-                for changes, ends in turns:
-                    self._apply(changes, ends)
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
+            self._write(changes, ends)
         finally:
             if lazy:
                 self._db.execute("PRAGMA synchronous=FULL")
 
-    def _apply(self, changes: Persist, ends: list[JobEnd] | None) -> None:
+    def _write(self, changes: Persist, ends: list[JobEnd] | None) -> None:
         db = self._db
-        if ends:  # the accounting records of the turn, in its commit (the table is `SqliteAccounting`'s)
-            db.executemany(INSERT_ENDS, rows(ends))
-        if changes.clusters:
-            db.executemany(
-                "INSERT INTO clusters VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(cluster_id) DO UPDATE SET "
-                "closing = excluded.closing, overrides = excluded.overrides",
-                [
-                    (
-                        c.cluster_id, c.user, c.name, c.computation, c.reentrant, _pack_options(c.options), c.seq,
-                        c.closing, _pack_options(c.overrides), c.opened,
-                    )  # fmt: skip
-                    for c in changes.clusters
-                ],
-            )
-        if changes.new_jobs:
-            db.executemany(
-                "INSERT OR REPLACE INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [new_job_values(j) for j in changes.new_jobs],
-            )
-        if changes.changed_jobs:
-            db.executemany(
-                # a row without its result (the core let go of it) keeps the one on disk
-                "UPDATE jobs SET state = ?, node = ?, node_run = ?, attempts = ?, cancel_requested = ?, "
-                "result = COALESCE(?, result), result_size = ?, "
-                "payload = CASE WHEN ? THEN NULL ELSE payload END WHERE cluster_id = ? AND job_id = ?",
-                [changed_job_values(j) for j in changes.changed_jobs],
-            )
-        if changes.gone_jobs:
-            db.executemany("DELETE FROM jobs WHERE cluster_id = ? AND job_id = ?", changes.gone_jobs)
-        for cluster_id in changes.gone_clusters:
-            db.execute("DELETE FROM jobs WHERE cluster_id = ?", (cluster_id,))
-            db.execute("DELETE FROM clusters WHERE cluster_id = ?", (cluster_id,))
-        if changes.usage:
-            db.executemany(
-                "INSERT INTO user_usage VALUES (?, ?, ?) ON CONFLICT(user) DO UPDATE SET "
-                "cpu_seconds = excluded.cpu_seconds, as_of = excluded.as_of",
-                [(u.user, u.cpu_seconds, u.as_of) for u in changes.usage],
-            )
-        if changes.settings is not None:  # few rows: all of them anew
-            db.execute("DELETE FROM operator_settings")
-            db.executemany(
-                "INSERT INTO operator_settings VALUES (?, ?, ?)", [(r.kind, r.name, r.value) for r in changes.settings]
-            )
+        db.execute("BEGIN")
+        try:
+            if ends:  # the accounting records of the turn, in its commit (the table is `SqliteAccounting`'s)
+                db.executemany(INSERT_ENDS, rows(ends))
+            if changes.clusters:
+                db.executemany(
+                    "INSERT INTO clusters VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(cluster_id) DO UPDATE SET "
+                    "closing = excluded.closing, overrides = excluded.overrides",
+                    [
+                        (
+                            c.cluster_id, c.user, c.name, c.computation, c.reentrant, _pack_options(c.options), c.seq,
+                            c.closing, _pack_options(c.overrides), c.opened,
+                        )  # fmt: skip
+                        for c in changes.clusters
+                    ],
+                )
+            if changes.new_jobs:
+                db.executemany(
+                    "INSERT OR REPLACE INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [new_job_values(j) for j in changes.new_jobs],
+                )
+            if changes.changed_jobs:
+                db.executemany(
+                    # a row without its result (the core let go of it) keeps the one on disk
+                    "UPDATE jobs SET state = ?, node = ?, node_run = ?, attempts = ?, cancel_requested = ?, "
+                    "result = COALESCE(?, result), result_size = ?, "
+                    "payload = CASE WHEN ? THEN NULL ELSE payload END WHERE cluster_id = ? AND job_id = ?",
+                    [changed_job_values(j) for j in changes.changed_jobs],
+                )
+            if changes.gone_jobs:
+                db.executemany("DELETE FROM jobs WHERE cluster_id = ? AND job_id = ?", changes.gone_jobs)
+            for cluster_id in changes.gone_clusters:
+                db.execute("DELETE FROM jobs WHERE cluster_id = ?", (cluster_id,))
+                db.execute("DELETE FROM clusters WHERE cluster_id = ?", (cluster_id,))
+            if changes.usage:
+                db.executemany(
+                    "INSERT INTO user_usage VALUES (?, ?, ?) ON CONFLICT(user) DO UPDATE SET "
+                    "cpu_seconds = excluded.cpu_seconds, as_of = excluded.as_of",
+                    [(u.user, u.cpu_seconds, u.as_of) for u in changes.usage],
+                )
+            if changes.settings is not None:  # few rows: all of them anew
+                db.execute("DELETE FROM operator_settings")
+                db.executemany(
+                    "INSERT INTO operator_settings VALUES (?, ?, ?)", [(r.kind, r.name, r.value) for r in changes.settings]
+                )
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
 
     def record(self, ends: list[JobEnd]) -> None:
         self._accounting.record(ends)
@@ -342,7 +332,6 @@ class SqliteJournal:
 
     def close(self) -> None:
         self._accounting.close()
-        self._reader.close()
         self._db.close()
 
 

@@ -6,10 +6,8 @@ turn (`_drain`), so a burst of submits and results from many peers costs one
 scheduling pass; the actions that come back are routed to connections, which
 write once per turn. With a `StateStore` (the journal), the turn's `Persist`
 action, always first, is committed before any other action is carried out,
-so nothing is acknowledged that a crash could lose; with the SQLite journal
-the commit runs in a writer thread and the turn's actions wait for it while
-the loop goes on with the next turns (`CommitPipeline`: group commit); at
-start the store is read back into the core. A periodic tick lets the core notice silent nodes
+so nothing is acknowledged that a crash could lose; at start the store is
+read back into the core. A periodic tick lets the core notice silent nodes
 (and, after a restart, write off jobs no node reported) and logs each user's
 share and usage.
 
@@ -33,7 +31,7 @@ import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 from dispy_wire.cluster_options import BadOptions, Runtime
 from dispy_wire import messages as M
@@ -52,8 +50,7 @@ from .core import actions as A
 from .core import events as E
 from .gate import LoginThrottle, PreLoginGate
 from .accounting import AccountingStore, log_line, log_lines
-from .commit_pipeline import CommitPipeline
-from .journal import AccountingFailed, NotLeader, SqliteJournal, StateStore, StoreFailed
+from .journal import AccountingFailed, NotLeader, StateStore, StoreFailed
 from .standby import LeaderInfo
 from .logsafe import peer_text
 
@@ -86,11 +83,7 @@ EXIT_NOT_LEADER = 4
 _RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
-#: a turn that changed nothing, for the commit pipeline's order
-_NO_CHANGES = A.Persist([], [], [], [], [], [])
-
-
-def step_down(reason: str) -> NoReturn:
+def step_down(reason: str) -> None:
     """Leaves at once, writing and sending nothing more: another scheduler leads the shared state now."""
     log.critical("stepping down: %s; exiting before anything more is written or dispatched", reason)
     logging.shutdown()
@@ -193,9 +186,6 @@ class SchedulerServer:
         self.turns = 0
         self._next_turn: asyncio.Future[None] | None = None
         self._lag_task: asyncio.Task[None] | None = None
-        #: the SQLite journal's commits, off the loop; PgStore's stay on it: its fencing (NotLeader: step down)
-        #: must stop this scheduler before it does anything more
-        self._pipeline = CommitPipeline(store, self._store_failed) if isinstance(store, SqliteJournal) else None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -271,11 +261,8 @@ class SchedulerServer:
         if self._server is not None:
             self._server.close()
         if self._pending:
-            self._drain()  # its Persist is committed before the peers are closed: the journal is up to date
+            self._drain()  # its Persist is committed before this returns: the journal is up to date
         self._stopping = True
-        if self._pipeline is not None:  # the commits in flight, and the messages waiting for them
-            await self._pipeline.flush()
-            self._pipeline.close()
         self._all_gone = asyncio.Event()
         if not self.peers:
             self._all_gone.set()
@@ -334,13 +321,6 @@ class SchedulerServer:
         """Deletes the accounting records older than `accounting_retention` (0: keeps them forever)."""
         if self.accounting is None or not self.config.accounting_retention:
             return
-        if self._pipeline is not None:  # where the journal's file is written: one thread for all its writes
-            self._pipeline.in_writer(lambda: self._prune(now))
-        else:
-            self._prune(now)
-
-    def _prune(self, now: float) -> None:
-        assert self.accounting is not None
         try:
             gone = self.accounting.prune(now - self.config.accounting_retention)
         except (sqlite3.Error, StoreFailed) as exc:
@@ -580,29 +560,17 @@ class SchedulerServer:
             return
         events, self._pending = self._pending, []
         actions = self.core.handle(*events, now=time.time())
-        persist = actions[0] if actions and isinstance(actions[0], A.Persist) else None
-        ends = actions[1].ends if persist is not None and len(actions) > 1 and isinstance(actions[1], A.RecordJobEnds) else None
-        rest = actions[(persist is not None) + (ends is not None) :]
-        # the turn's accounting records go into its journal commit: one transaction (and fsync), not two
-        in_commit = ends if self.accounting is self.store else None
-        if self._pipeline is not None:
-            # a turn without changes waits too while commits are on their way: messages to a peer keep their order
-            self._pipeline.add(persist or _NO_CHANGES, in_commit, lambda: self._after_commit(rest, ends, True if in_commit is not None else None))
-        else:
-            kept = self._commit(persist, in_commit) if persist is not None else None
-            self._after_commit(rest, ends, kept)
+        if len(actions) > 1 and isinstance(actions[0], A.Persist) and isinstance(actions[1], A.RecordJobEnds):
+            # the turn's accounting records go into its journal commit: one transaction (and fsync), not two
+            ends = actions[1].ends
+            self._record(ends, kept=self._commit(actions[0], ends if self.accounting is self.store else None))
+            actions = actions[2:]
+        for action in actions:
+            self._execute(action)
         self.turns += 1
         if self._next_turn is not None:
             self._next_turn.set_result(None)
             self._next_turn = None
-
-    def _after_commit(self, actions: list[A.Action], ends: list[A.JobEnd] | None, kept: bool | None) -> None:
-        """A turn's actions, and its accounting records' log lines (kept: whether its commit took the records;
-        None: they are written here), once its changes are committed."""
-        if ends is not None:
-            self._record(ends, kept=kept)
-        for action in actions:
-            self._execute(action)
 
     def next_turn(self) -> asyncio.Future[None]:
         """A future resolved once the core has handled its next batch of events (something may have changed)."""
@@ -617,22 +585,18 @@ class SchedulerServer:
             return None
         try:
             self.store.write(changes, ends)
+        except NotLeader as exc:
+            step_down(str(exc))
         except AccountingFailed as exc:  # the changes are written: the results go out, the log lines keep the records
             log.error("cannot write %d accounting records: %s", len(ends or ()), exc)
             return False
         except (sqlite3.Error, StoreFailed) as exc:
-            self._store_failed(exc)
+            # acknowledging what is not recorded would break the promise the journal makes;
+            # a restart (systemd) resumes from the last commit, and peers resend the rest
+            log.critical("cannot write the journal: %s; exiting before anything unrecorded is acknowledged", exc)
+            logging.shutdown()
+            os._exit(EXIT_JOURNAL_FAILED)
         return None if ends is None else True
-
-    def _store_failed(self, exc: BaseException) -> NoReturn:
-        """The changes could not be written: step down (another scheduler leads), or exit before acknowledging."""
-        if isinstance(exc, NotLeader):
-            step_down(str(exc))
-        # acknowledging what is not recorded would break the promise the journal makes;
-        # a restart (systemd) resumes from the last commit, and peers resend the rest
-        log.critical("cannot write the journal: %s; exiting before anything unrecorded is acknowledged", exc)
-        logging.shutdown()
-        os._exit(EXIT_JOURNAL_FAILED)
 
     def _record(self, ends: list[A.JobEnd], kept: bool | None = None) -> None:
         """The job ends' records in the state database (unless `kept` says whether the journal's commit took
