@@ -4,7 +4,7 @@ Starts `dispyscheduler` and one `dispynode` (2 CPUs) on 127.0.0.1, then, for
 each isolation (`fork`: a process per job; `worker`: reused processes,
 docs/isolation.md):
 - 1 client submitting 2,000 trivial jobs: jobs/s from first submit to last result;
-- 4 client processes at once, 500 jobs each: aggregate jobs/s;
+- 4 client processes at once, 500 jobs each: aggregate jobs/s, and the scheduler's and node's CPU per job;
 - 50 sequential single jobs: p50 / p95 round trip (submit to result).
 Then, on the same machine in the same run: a JobCluster (worker isolation,
 its default) against `concurrent.futures.ProcessPoolExecutor(2)` on the
@@ -255,7 +255,14 @@ def measure(
         lines.append(f"1 client x {jobs} jobs:  {rate:7.0f} jobs/s")
         per_job = ", ".join(f"{who} {used / jobs * 1e6:.0f}" for who, used in cpu.items())
         lines.append(f"  CPU per job (us): {per_job}; all {sum(cpu.values()) / jobs * 1e6:.0f}")
-        lines.append(f"4 clients x {jobs // 4} jobs:  {run_batch(script, env, 4, jobs // 4, isolation):7.0f} jobs/s")
+        before = {"scheduler": cpu_seconds(sched.pid), "node": cpu_seconds(node.pid),
+                  "daemon": cpu_seconds(node.pid, descendants=False)}  # fmt: skip
+        rate = run_batch(script, env, 4, jobs // 4, isolation)
+        many = {"scheduler": cpu_seconds(sched.pid) - before["scheduler"],
+                "node daemon": cpu_seconds(node.pid, descendants=False) - before["daemon"]}  # fmt: skip
+        many["zygote and jobs"] = cpu_seconds(node.pid) - before["node"] - many["node daemon"]
+        lines.append(f"4 clients x {jobs // 4} jobs:  {rate:7.0f} jobs/s")
+        lines.append("  CPU per job (us): " + ", ".join(f"{who} {used / jobs * 1e6:.0f}" for who, used in many.items()))
         if rtt:
             out = subprocess.run([sys.executable, str(script), "rtt", "50", "latency", isolation], env=env,
                                  capture_output=True, text=True, timeout=300, check=True).stdout

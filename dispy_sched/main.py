@@ -10,6 +10,7 @@ import signal
 import sqlite3
 import sys
 import threading
+import time
 from typing import IO, TYPE_CHECKING
 
 from .config import ConfigError, SchedConfig, build_parser, config_from_namespace, describe
@@ -22,7 +23,7 @@ from dispy_wire.settings import EX_CONFIG
 from dispy_wire.version import version_line
 
 from .policies import Policy, UnknownPolicy, load_policy
-from . import tls_init
+from . import gcpolicy, tls_init
 from .server import SchedulerServer, step_down
 from .accounting import AccountingStore, SqliteAccounting
 from .journal import FILENAME as STATE_DATABASE, SqliteJournal, StateStore
@@ -159,6 +160,7 @@ async def _lead(
     if leadership is not None:  # clients see it in scheduler_status()
         server.leadership = leadership.seen
     core = server.core
+    gcpolicy.tune(time.monotonic())  # full collections by the server's tick from now on (a standby keeps Python's)
     host, port = await server.start()
     responder = await start_responder(cfg, host, port)
     loop = asyncio.get_running_loop()

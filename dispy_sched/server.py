@@ -43,6 +43,7 @@ from dispy_wire.liveness import Liveness, Verdict, announced_interval, set_keepa
 from dispy_wire.version import VERSION
 from dispy_wire.tls import CertIdentity, peer_common_name
 
+from . import gcpolicy
 from .config import ConfigError, SchedConfig, load_users
 from .conn import PeerConnection
 from .core import SchedulerCore
@@ -206,6 +207,8 @@ class SchedulerServer:
                 len(snap.usage), len(snap.settings), ", ".join(f"{r.kind} {r.name}={r.value:g}" for r in snap.settings)[:500],
                 time.monotonic() - started,
             )  # fmt: skip
+            del snap, restored  # the rows: what the core made of them stays, out of the collector's sight
+            gcpolicy.settled()
         loop = asyncio.get_running_loop()
         self._size_gate(loop)
         tls = self.config.server_tls()
@@ -309,6 +312,7 @@ class SchedulerServer:
             if stalled:
                 log.warning("the scheduler did not run for %.1f s: nodes get a fresh heartbeat window", stalled + TICK_INTERVAL)
             self.submit(E.Tick(stalled))
+            gcpolicy.sweep(mono)
             now = time.time()
             if now - self._last_status_log >= self.config.status_log_interval:
                 self._last_status_log = now
