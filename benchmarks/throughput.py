@@ -161,31 +161,44 @@ def local_comparison(cpus: int, jobs: int) -> list[str]:
     ]
 
 
-def bare_fork() -> str:
-    """fork + os._exit + waitpid of a zygote-sized interpreter, one process and two at once: fork isolation's ceiling."""
-    out = subprocess.run([sys.executable, "-c", FORK], capture_output=True, text=True, timeout=600, check=True).stdout
-    figures = dict(line.split() for line in out.splitlines() if line.count(" ") == 1)
-    return f"bare fork+wait:              {float(figures['fork1']):7.0f} /s in one process, {float(figures['fork2']):.0f} /s in two at once"
+def bare_fork(forks: int = 2000, slots: int = 2) -> str:
+    """The line of `bare_fork_rate`."""
+    rate, cpu = bare_fork_rate(forks, slots)
+    return f"bare fork+wait ({forks} forks, {slots} at a time): {rate:7.0f} /s, CPU per fork {cpu * 1e6:.0f} us"
+
+
+def bare_fork_rate(forks: int, slots: int = 2) -> tuple[float, float]:
+    """(forks/s, CPU seconds per fork) of fork isolation's ceiling: a process the size of a zygote (the zygote's
+    modules imported, its heap frozen as `serve` does) forks `forks` children that `os._exit` at once and reaps
+    each, `slots` alive at a time as a zygote keeps a node's CPUs busy. CPU: the forker's and its children's."""
+    out = subprocess.run([sys.executable, "-c", FORK, str(forks), str(slots)], capture_output=True, text=True,
+                         timeout=600, check=True).stdout  # fmt: skip
+    rate, cpu = out.split()
+    return float(rate), float(cpu)
 
 
 FORK = r"""
-import concurrent.futures, os, time
-import cloudpickle, msgpack, psutil  # a zygote-sized interpreter
+import gc, os, resource, sys, time
+import dispy_node.zygote  # what a zygote has imported (a trivial cluster adds next to nothing)
 
-def fork_rate(seconds):
-    n, end = 0, time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        pid = os.fork()
-        if pid == 0:
+def cpu():
+    return sum(resource.getrusage(who).ru_utime + resource.getrusage(who).ru_stime
+               for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+
+forks, slots = int(sys.argv[1]), int(sys.argv[2])
+gc.freeze()
+alive = started = 0
+t0, c0 = time.perf_counter(), cpu()
+while started < forks or alive:
+    if started < forks and alive < slots:
+        if os.fork() == 0:
             os._exit(0)
-        os.waitpid(pid, 0)
-        n += 1
-    return n / seconds
-
-if __name__ == "__main__":
-    print("fork1", fork_rate(1.0))
-    with concurrent.futures.ProcessPoolExecutor(2) as pool:
-        print("fork2", sum(pool.map(fork_rate, [1.0, 1.0])))
+        started += 1
+        alive += 1
+    else:
+        os.wait()
+        alive -= 1
+print(forks / (time.perf_counter() - t0), (cpu() - c0) / forks)
 """
 
 
