@@ -1,7 +1,7 @@
 """Trivial jobs per second through the node's runner (no scheduler), in fork and worker
 isolation, with the CPU each job costs the daemon (this process) and the zygote with its
 job processes; next to the ceiling of fork isolation, bare fork+wait of a zygote-sized
-process as often as there are jobs, measured in the same run (`throughput.bare_fork`);
+process as often as there are jobs, measured in the same run (`throughput.bare_fork_rate`);
 and the time from cancelling a job whose tree has 100 processes to the last of them gone.
 
     .venv/bin/python benchmarks/node.py [--jobs N] [--slots S] [--tree N] [--only fork|worker] [--rounds R]

@@ -6,14 +6,16 @@ docs/isolation.md):
 - 1 client submitting 2,000 trivial jobs: jobs/s from first submit to last result;
 - 4 client processes at once, 500 jobs each: aggregate jobs/s;
 - 50 sequential single jobs: p50 / p95 round trip (submit to result).
+In fork isolation, just before the 1-client batch, the ceiling of fork
+isolation: bare fork+wait of a zygote-sized process, as many forks as jobs, as
+many at a time as CPUs (`bare_fork_rate`), and the ratio of the two rates.
 Then, on the same machine in the same run: a JobCluster (worker isolation,
 its default) against `concurrent.futures.ProcessPoolExecutor(2)` on the
-same function and 1,000 jobs, and the bare fork+wait rate of a Python
-process (the ceiling of fork isolation). Each figure is one summary line.
+same function and 1,000 jobs. Each figure is one summary line.
 Run: `make bench`, or with the venv's python. `--no-journal` runs the
 scheduler without its journal (benchmarks/journal.py compares the two in one
 run), `--journal-sync normal` with one that does not fsync each commit (a
-round trip waits for two commits: the submit's and the result's); `--only fork|worker` measures one isolation (fork with its bare fork+wait ceiling); `--prefetch 0 1 2` measures
+round trip waits for two commits: the submit's and the result's); `--only fork|worker` measures one isolation; `--prefetch 0 1 2` measures
 each of the scheduler's prefetch windows (jobs per CPU sent ahead) in turn, in
 one run, to compare them on the same (noisy) machine; `--prefetch-max 1 32`
 the same for the adaptive window's most per CPU where jobs are short (at most
@@ -144,12 +146,10 @@ def main() -> None:
         print("-- one machine, 1000 jobs of the same function", flush=True)
         for line in local_comparison(args.cpus, 1000):
             print(line, flush=True)
-    elif args.only == "fork":  # its ceiling, measured in the same run
-        print(bare_fork(), flush=True)
 
 
 def local_comparison(cpus: int, jobs: int) -> list[str]:
-    """JobCluster (its default, worker isolation) against ProcessPoolExecutor, and bare fork+wait."""
+    """JobCluster (its default, worker isolation) against ProcessPoolExecutor."""
     out = subprocess.run([sys.executable, "-c", LOCAL, str(cpus), str(jobs)], capture_output=True, text=True,
                          timeout=600, check=True).stdout  # fmt: skip
     figures = dict(line.split() for line in out.splitlines() if line.count(" ") == 1)
@@ -157,14 +157,7 @@ def local_comparison(cpus: int, jobs: int) -> list[str]:
     return [
         f"JobCluster (worker):         {jc:7.0f} jobs/s",
         f"ProcessPoolExecutor({cpus}):     {ppe:7.0f} jobs/s (submit), {ppe_map:.0f} (map); JobCluster is {ppe / jc:.1f}x slower",
-        bare_fork(),
     ]
-
-
-def bare_fork(forks: int = 2000, slots: int = 2) -> str:
-    """The line of `bare_fork_rate`."""
-    rate, cpu = bare_fork_rate(forks, slots)
-    return f"bare fork+wait ({forks} forks, {slots} at a time): {rate:7.0f} /s, CPU per fork {cpu * 1e6:.0f} us"
 
 
 def bare_fork_rate(forks: int, slots: int = 2) -> tuple[float, float]:
@@ -254,6 +247,7 @@ def measure(
         before = {"scheduler": cpu_seconds(sched.pid), "node": cpu_seconds(node.pid),
                   "daemon": cpu_seconds(node.pid, descendants=False)}  # fmt: skip
         cpu: dict[str, float] = {}
+        bare = bare_fork_rate(jobs, cpus) if isolation == "fork" else None  # fork isolation's ceiling, now
         rate = run_batch(script, env, 1, jobs, isolation, cpu)
         cpu["scheduler"] = cpu_seconds(sched.pid) - before["scheduler"]
         cpu["node daemon"] = cpu_seconds(node.pid, descendants=False) - before["daemon"]
@@ -261,6 +255,9 @@ def measure(
         lines.append(f"1 client x {jobs} jobs:  {rate:7.0f} jobs/s")
         per_job = ", ".join(f"{who} {used / jobs * 1e6:.0f}" for who, used in cpu.items())
         lines.append(f"  CPU per job (us): {per_job}; all {sum(cpu.values()) / jobs * 1e6:.0f}")
+        if bare is not None:
+            lines.append(f"  bare fork+wait, {jobs} forks {cpus} at a time, just before: {bare[0]:7.0f} /s, CPU per fork"
+                         f" {bare[1] * 1e6:.0f} us; {bare[0] / rate:.2f}x the jobs/s (target <= 1.5x)")  # fmt: skip
         lines.append(f"4 clients x {jobs // 4} jobs:  {run_batch(script, env, 4, jobs // 4, isolation):7.0f} jobs/s")
         if rtt:
             out = subprocess.run([sys.executable, str(script), "rtt", "50", "latency", isolation], env=env,
