@@ -64,7 +64,8 @@ def tree(n: int, ready_path: str) -> None:
 class Figures(NamedTuple):
     rate: float  # jobs/s
     daemon: float  # CPU seconds per job: this process (the runner, and the benchmark's own little part)
-    zygote: float  # ... the zygote and its job processes (or workers)
+    zygote: float  # ... the zygote
+    jobs: float  # ... its job processes (or workers)
 
 
 def _cpu(proc: psutil.Process, children: bool) -> float:
@@ -128,14 +129,15 @@ async def through_runner(
             raise RuntimeError(errors[0])
         me = psutil.Process()
         zygote = me.children()[0]
-        start, daemon0, zygote0 = time.perf_counter(), _cpu(me, False), _cpu(zygote, True)
+        start, daemon0, zygote0, all0 = time.perf_counter(), _cpu(me, False), _cpu(zygote, False), _cpu(zygote, True)
         for _ in range(slots):
             submit()
         await done.wait()
-        elapsed, daemon, used = time.perf_counter() - start, _cpu(me, False) - daemon0, _cpu(zygote, True) - zygote0
+        elapsed, daemon = time.perf_counter() - start, _cpu(me, False) - daemon0
+        own, used = _cpu(zygote, False) - zygote0, _cpu(zygote, True) - all0
         if errors:
             raise RuntimeError(errors[0])
-        return Figures(jobs / elapsed, daemon / jobs, used / jobs)
+        return Figures(jobs / elapsed, daemon / jobs, own / jobs, (used - own) / jobs)
     finally:
         await runner.close()
 
@@ -173,8 +175,8 @@ async def cancel_tree(n: int, work_dir: Path) -> float:
 
 
 def _line(what: str, f: Figures) -> str:
-    return (f"{what}: {f.rate:7.0f} jobs/s ({1000 / f.rate:.2f} ms each); CPU per job: daemon {f.daemon * 1e6:.0f} us,"
-            f" zygote and jobs {f.zygote * 1e6:.0f} us")
+    return (f"{what}: {f.rate:7.0f} jobs/s ({1000 / f.rate:.2f} ms each); CPU per job (us): daemon {f.daemon * 1e6:.0f},"
+            f" zygote {f.zygote * 1e6:.0f}, job processes {f.jobs * 1e6:.0f}; all {(f.daemon + f.zygote + f.jobs) * 1e6:.0f}")
 
 
 def main() -> None:
