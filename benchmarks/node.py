@@ -66,6 +66,19 @@ class Figures(NamedTuple):
     daemon: float  # CPU seconds per job: this process (the runner, and the benchmark's own little part)
     zygote: float  # ... the zygote
     jobs: float  # ... its job processes (or workers)
+    faults: tuple[float, float]  # page faults per job (minor ones: copies on write, mostly) of the zygote, of its jobs
+
+
+def _faults(pid: int) -> tuple[int, int]:
+    """Page faults of process `pid` and of its reaped children, live children's added (/proc: Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    own, reaped = int(fields[7]), int(fields[8])
+    for child in psutil.Process(pid).children():
+        try:
+            reaped += sum(_faults(child.pid))
+        except (OSError, psutil.Error):
+            pass
+    return own, reaped
 
 
 def _cpu(proc: psutil.Process, children: bool) -> float:
@@ -130,14 +143,16 @@ async def through_runner(
         me = psutil.Process()
         zygote = me.children()[0]
         start, daemon0, zygote0, all0 = time.perf_counter(), _cpu(me, False), _cpu(zygote, False), _cpu(zygote, True)
+        faults0 = _faults(zygote.pid)
         for _ in range(slots):
             submit()
         await done.wait()
         elapsed, daemon = time.perf_counter() - start, _cpu(me, False) - daemon0
         own, used = _cpu(zygote, False) - zygote0, _cpu(zygote, True) - all0
+        faults = [(after - before) / jobs for before, after in zip(faults0, _faults(zygote.pid))]
         if errors:
             raise RuntimeError(errors[0])
-        return Figures(jobs / elapsed, daemon / jobs, own / jobs, (used - own) / jobs)
+        return Figures(jobs / elapsed, daemon / jobs, own / jobs, (used - own) / jobs, (faults[0], faults[1]))
     finally:
         await runner.close()
 
@@ -176,7 +191,8 @@ async def cancel_tree(n: int, work_dir: Path) -> float:
 
 def _line(what: str, f: Figures) -> str:
     return (f"{what}: {f.rate:7.0f} jobs/s ({1000 / f.rate:.2f} ms each); CPU per job (us): daemon {f.daemon * 1e6:.0f},"
-            f" zygote {f.zygote * 1e6:.0f}, job processes {f.jobs * 1e6:.0f}; all {(f.daemon + f.zygote + f.jobs) * 1e6:.0f}")
+            f" zygote {f.zygote * 1e6:.0f}, job processes {f.jobs * 1e6:.0f}; all {(f.daemon + f.zygote + f.jobs) * 1e6:.0f};"
+            f" page faults per job: zygote {f.faults[0]:.0f}, job processes {f.faults[1]:.0f}")
 
 
 def main() -> None:
@@ -196,9 +212,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for n in range(args.rounds):
             if args.only != "worker":
-                rate, cpu = bare_fork_rate(args.jobs, args.slots)
-                print(f"bare fork+wait, {args.jobs} forks {args.slots} at a time: {rate:7.0f} /s; CPU per fork {cpu * 1e6:.0f} us",
-                      flush=True)  # fmt: skip
+                rate, cpu, faults = bare_fork_rate(args.jobs, args.slots)
+                print(f"bare fork+wait, {args.jobs} forks {args.slots} at a time: {rate:7.0f} /s; CPU per fork {cpu * 1e6:.0f} us;"
+                      f" page faults per fork {faults:.0f}", flush=True)  # fmt: skip
                 fork = run(through_runner(args.jobs, args.slots, Path(tmp) / f"f{n}", isolation="fork"))
                 print(_line(f"runner, {args.slots} slots, fork", fork) + f"; bare fork+wait is {rate / fork.rate:.2f}x as fast",
                       flush=True)  # fmt: skip

@@ -160,14 +160,14 @@ def local_comparison(cpus: int, jobs: int) -> list[str]:
     ]
 
 
-def bare_fork_rate(forks: int, slots: int = 2) -> tuple[float, float]:
-    """(forks/s, CPU seconds per fork) of fork isolation's ceiling: a process the size of a zygote (the zygote's
+def bare_fork_rate(forks: int, slots: int = 2) -> tuple[float, float, float]:
+    """(forks/s, CPU seconds per fork, page faults per fork) of fork isolation's ceiling: a process the size of a zygote (the zygote's
     modules imported, its heap frozen as `serve` does) forks `forks` children that `os._exit` at once and reaps
-    each, `slots` alive at a time as a zygote keeps a node's CPUs busy. CPU: the forker's and its children's."""
+    each, `slots` alive at a time as a zygote keeps a node's CPUs busy. CPU and faults: the forker's and its children's."""
     out = subprocess.run([sys.executable, "-c", FORK, str(forks), str(slots)], capture_output=True, text=True,
                          timeout=600, check=True).stdout  # fmt: skip
-    rate, cpu = out.split()
-    return float(rate), float(cpu)
+    rate, cpu, faults = out.split()
+    return float(rate), float(cpu), float(faults)
 
 
 FORK = r"""
@@ -178,10 +178,13 @@ def cpu():
     return sum(resource.getrusage(who).ru_utime + resource.getrusage(who).ru_stime
                for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
 
+def faults():
+    return sum(resource.getrusage(who).ru_minflt for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+
 forks, slots = int(sys.argv[1]), int(sys.argv[2])
 gc.freeze()
 alive = started = 0
-t0, c0 = time.perf_counter(), cpu()
+t0, c0, f0 = time.perf_counter(), cpu(), faults()
 while started < forks or alive:
     if started < forks and alive < slots:
         if os.fork() == 0:
@@ -191,7 +194,7 @@ while started < forks or alive:
     else:
         os.wait()
         alive -= 1
-print(forks / (time.perf_counter() - t0), (cpu() - c0) / forks)
+print(forks / (time.perf_counter() - t0), (cpu() - c0) / forks, (faults() - f0) / forks)
 """
 
 
@@ -257,7 +260,7 @@ def measure(
         lines.append(f"  CPU per job (us): {per_job}; all {sum(cpu.values()) / jobs * 1e6:.0f}")
         if bare is not None:
             lines.append(f"  bare fork+wait, {jobs} forks {cpus} at a time, just before: {bare[0]:7.0f} /s, CPU per fork"
-                         f" {bare[1] * 1e6:.0f} us; {bare[0] / rate:.2f}x the jobs/s (target <= 1.5x)")  # fmt: skip
+                         f" {bare[1] * 1e6:.0f} us, {bare[2]:.0f} page faults; {bare[0] / rate:.2f}x the jobs/s (target <= 1.5x)")  # fmt: skip
         lines.append(f"4 clients x {jobs // 4} jobs:  {run_batch(script, env, 4, jobs // 4, isolation):7.0f} jobs/s")
         if rtt:
             out = subprocess.run([sys.executable, str(script), "rtt", "50", "latency", isolation], env=env,
