@@ -215,7 +215,10 @@ class Zygote:
                       self._started_since + _STARTED_DELAY if self._started else math.inf,
                       min(self._owed.values(), default=math.inf))  # fmt: skip
             timeout = None if due == math.inf else max(0.0, due - time.monotonic())
-            for key, _ in self._sel.select(timeout):
+            events = self._sel.select(timeout)
+            if len(events) > 1:  # the jobs' and workers' pipes first: a worker writes its job's output and marker
+                events.sort(key=_pipes_first)  # there before it tells the end, whose handling then has the
+            for key, _ in events:  # marker already (`capture.Relay.end_job`): no read of an emptied pipe
                 if key.fd == wake_r:
                     _drain(wake_r)
                     self._reap()
@@ -887,6 +890,11 @@ def _signame(sig: int) -> str:
         return signal.Signals(sig).name
     except ValueError:
         return f"signal {sig}"
+
+
+def _pipes_first(event: tuple[selectors.SelectorKey, int]) -> bool:
+    """Sort key: an output or channel pipe of a job or worker (False) before the rest (True)."""
+    return not isinstance(event[0].data, PipeReader)
 
 
 def _ignore(signum: int, frame: types.FrameType | None) -> None:
