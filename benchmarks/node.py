@@ -1,11 +1,15 @@
-"""Trivial jobs per second through the node's runner (fork per job, no scheduler),
-next to the floor set by raw fork-and-wait of this Python process; and the time
-from cancelling a job whose tree has 100 processes to the last of them gone.
+"""Trivial jobs per second through the node's runner (no scheduler), in fork and worker
+isolation, with the CPU each job costs the daemon (this process) and the zygote with its
+job processes; next to the ceiling of fork isolation, bare fork+wait of a zygote-sized
+process as often as there are jobs, measured in the same run (`throughput.bare_fork_rate`);
+and the time from cancelling a job whose tree has 100 processes to the last of them gone.
 
-    .venv/bin/python benchmarks/node.py [--jobs N] [--slots S] [--tree N]
+    .venv/bin/python benchmarks/node.py [--jobs N] [--slots S] [--tree N] [--only fork|worker] [--rounds R]
 
 The runner is kept `--slots` jobs busy, as the scheduler keeps a 2-CPU node busy:
 each result releases the next job. Jobs run as the user running the benchmark.
+`--rounds` alternates fork isolation and bare fork+wait that many times and
+prints each round's ratio (the machine is shared and noisy).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import tempfile
 import time
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, TypeVar
 
 import cloudpickle
 import psutil
@@ -32,8 +36,10 @@ from dispy_wire.messages import JobRef, JobResult, RunJob
 from dispy_wire.payload import CodeObjects, Computation, dumps, pack_computation
 from dispy_wire.result_mac import new_key
 from dispy_wire.status import JobStatus
+from throughput import bare_fork_rate  # (this directory is the script's: sys.path[0])
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
+T = TypeVar("T")
 
 
 def trivial(x: int) -> int:
@@ -55,11 +61,46 @@ def tree(n: int, ready_path: str) -> None:
     t.sleep(600)
 
 
+class Figures(NamedTuple):
+    rate: float  # jobs/s
+    daemon: float  # CPU seconds per job: this process (the runner, and the benchmark's own little part)
+    zygote: float  # ... the zygote
+    jobs: float  # ... its job processes (or workers)
+    faults: tuple[float, float]  # page faults per job (minor ones: copies on write, mostly) of the zygote, of its jobs
+
+
+def _faults(pid: int) -> tuple[int, int]:
+    """Page faults of process `pid` and of its reaped children, live children's added (/proc: Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    own, reaped = int(fields[7]), int(fields[8])
+    for child in psutil.Process(pid).children():
+        try:
+            reaped += sum(_faults(child.pid))
+        except (OSError, psutil.Error):
+            pass
+    return own, reaped
+
+
+def _cpu(proc: psutil.Process, children: bool) -> float:
+    """User + system seconds of `proc`, with those of its reaped children if `children`, and of its live ones."""
+    times = proc.cpu_times()
+    total: float = times.user + times.system
+    if children:
+        total += times.children_user + times.children_system
+        for child in proc.children(recursive=True):
+            try:
+                total += _cpu(child, False)
+            except psutil.Error:
+                pass
+    return total
+
+
 async def through_runner(
-    jobs: int, slots: int, work_dir: Path, spawn: bool = False, groups: cgroups.JobGroups | None = None
-) -> float:
-    """Returns jobs/s over `jobs` jobs, `slots` at a time (after one warm-up job); `spawn`: no fork;
-    `groups`: a control group per job, as a node with cgroups makes."""
+    jobs: int, slots: int, work_dir: Path, spawn: bool = False, groups: cgroups.JobGroups | None = None,
+    isolation: str = "fork",
+) -> Figures:  # fmt: skip
+    """Jobs/s over `jobs` jobs, `slots` at a time (after one warm-up job), and CPU per job; `spawn`: no fork;
+    `groups`: a control group per job, as a node with cgroups makes; `isolation`: the cluster's."""
     warm, done = asyncio.Event(), asyncio.Event()
     errors: list[str] = []
     finished = 0
@@ -90,19 +131,28 @@ async def through_runner(
         warm.set()
         done.set()
 
+    work_dir.mkdir()
     runner = Runner(RunnerConfig(work_dir, account=myself(), spawn=spawn, cgroups=groups), on_result, on_failed)
     comp = Computation("function", "trivial", [], [], dumps(CodeObjects(func=trivial)), new_key())
-    runner.load("bench", pack_computation(comp))
+    runner.load("bench", pack_computation(comp), {"isolation": isolation})
     try:
         submit()  # warm-up: waits for the zygote to load
         await warm.wait()
-        start = time.perf_counter()
+        if errors:
+            raise RuntimeError(errors[0])
+        me = psutil.Process()
+        zygote = me.children()[0]
+        start, daemon0, zygote0, all0 = time.perf_counter(), _cpu(me, False), _cpu(zygote, False), _cpu(zygote, True)
+        faults0 = _faults(zygote.pid)
         for _ in range(slots):
             submit()
         await done.wait()
+        elapsed, daemon = time.perf_counter() - start, _cpu(me, False) - daemon0
+        own, used = _cpu(zygote, False) - zygote0, _cpu(zygote, True) - all0
+        faults = [(after - before) / jobs for before, after in zip(faults0, _faults(zygote.pid))]
         if errors:
             raise RuntimeError(errors[0])
-        return jobs / (time.perf_counter() - start)
+        return Figures(jobs / elapsed, daemon / jobs, own / jobs, (used - own) / jobs, (faults[0], faults[1]))
     finally:
         await runner.close()
 
@@ -116,6 +166,7 @@ async def cancel_tree(n: int, work_dir: Path) -> float:
         results.append(result)
         done.set()
 
+    work_dir.mkdir()
     runner = Runner(RunnerConfig(work_dir, account=myself()), on_result, lambda c, m: done.set())
     runner.load("tree", pack_computation(Computation("function", "tree", [], [], dumps(CodeObjects(func=tree)), new_key())))
     ready = work_dir / "tree-ready"
@@ -138,15 +189,10 @@ async def cancel_tree(n: int, work_dir: Path) -> float:
         await runner.close()
 
 
-def raw_fork(jobs: int) -> float:
-    """fork + os._exit + waitpid, one at a time: what a fork alone costs."""
-    start = time.perf_counter()
-    for _ in range(jobs):
-        pid = os.fork()
-        if pid == 0:
-            os._exit(0)
-        os.waitpid(pid, 0)
-    return jobs / (time.perf_counter() - start)
+def _line(what: str, f: Figures) -> str:
+    return (f"{what}: {f.rate:7.0f} jobs/s ({1000 / f.rate:.2f} ms each); CPU per job (us): daemon {f.daemon * 1e6:.0f},"
+            f" zygote {f.zygote * 1e6:.0f}, job processes {f.jobs * 1e6:.0f}; all {(f.daemon + f.zygote + f.jobs) * 1e6:.0f};"
+            f" page faults per job: zygote {f.faults[0]:.0f}, job processes {f.faults[1]:.0f}")
 
 
 def main() -> None:
@@ -154,33 +200,39 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2000)
     parser.add_argument("--slots", type=int, default=2)
     parser.add_argument("--tree", type=int, default=100, help="processes in the cancelled job's tree")
+    parser.add_argument("--only", choices=("fork", "worker"), help="measure one isolation (and skip the rest)")
+    parser.add_argument("--rounds", type=int, default=1, help="rounds of the isolations measured, alternating")
     args = parser.parse_args()
-    fork_rate = raw_fork(args.jobs)
 
-    def run(coro: Coroutine[Any, Any, float]) -> float:
+    def run(coro: Coroutine[Any, Any, T]) -> T:
         with asyncio.Runner(loop_factory=event_loop_factory()) as runner:  # uvloop where installed
             return runner.run(coro)
 
     groups, why = cgroups.prepare()
     with tempfile.TemporaryDirectory() as tmp:
-        for sub in ("a", "b", "c", "d"):
-            (Path(tmp) / sub).mkdir()
-        runner_rate = run(through_runner(args.jobs, args.slots, Path(tmp) / "a"))
-        grouped_rate = groups and run(through_runner(args.jobs, args.slots, Path(tmp) / "d", groups=groups))
-        spawn_rate = run(through_runner(max(20, args.jobs // 20), args.slots, Path(tmp) / "c", spawn=True))
-        cancel = run(cancel_tree(args.tree, Path(tmp) / "b"))
+        for n in range(args.rounds):
+            if args.only != "worker":
+                rate, cpu, faults = bare_fork_rate(args.jobs, args.slots)
+                print(f"bare fork+wait, {args.jobs} forks {args.slots} at a time: {rate:7.0f} /s; CPU per fork {cpu * 1e6:.0f} us;"
+                      f" page faults per fork {faults:.0f}", flush=True)  # fmt: skip
+                fork = run(through_runner(args.jobs, args.slots, Path(tmp) / f"f{n}", isolation="fork"))
+                print(_line(f"runner, {args.slots} slots, fork", fork) + f"; bare fork+wait is {rate / fork.rate:.2f}x as fast",
+                      flush=True)  # fmt: skip
+            if args.only != "fork":
+                print(_line(f"runner, {args.slots} slots, worker", run(through_runner(
+                    args.jobs, args.slots, Path(tmp) / f"w{n}", isolation="worker"))), flush=True)  # fmt: skip
+        if args.only is None:
+            if groups is not None:
+                grouped = run(through_runner(args.jobs, args.slots, Path(tmp) / "g", groups=groups))
+                print(_line("  fork, a control group per job", grouped))
+            else:
+                print(f"  (no control groups here: {why})")
+            spawn = run(through_runner(max(20, args.jobs // 20), args.slots, Path(tmp) / "s", spawn=True))
+            print(_line(f"runner, {args.slots} slots, spawn mode (no fork)", spawn))
+            cancel = run(cancel_tree(args.tree, Path(tmp) / "c"))
+            print(f"cancel of a {args.tree}-process job to its last process gone: {cancel * 1000:.1f} ms")
     if groups is not None:
         cgroups.release(groups)
-    print(f"raw fork+exit+waitpid of python:      {fork_rate:8.0f} /s  ({1000 / fork_rate:.2f} ms each)")
-    print(
-        f"runner, {args.slots} slots, trivial jobs:     {runner_rate:8.0f} jobs/s  ({1000 / runner_rate:.2f} ms each)"
-    )
-    if grouped_rate:
-        print(f"  the same, a control group per job:   {grouped_rate:8.0f} jobs/s  ({1000 / grouped_rate:.2f} ms each)")
-    else:
-        print(f"  (no control groups here: {why})")
-    print(f"runner, {args.slots} slots, spawn mode (no fork): {spawn_rate:6.0f} jobs/s  ({1000 / spawn_rate:.2f} ms each)")
-    print(f"cancel of a {args.tree}-process job to its last process gone: {cancel * 1000:.1f} ms")
 
 
 if __name__ == "__main__":

@@ -6,14 +6,17 @@ docs/isolation.md):
 - 1 client submitting 2,000 trivial jobs: jobs/s from first submit to last result;
 - 4 client processes at once, 500 jobs each: aggregate jobs/s, and the scheduler's and node's CPU per job;
 - 50 sequential single jobs: p50 / p95 round trip (submit to result).
+In fork isolation, just before the 1-client batch, the ceiling of fork
+isolation: bare fork+wait of a zygote-sized process, as many forks as jobs, as
+many at a time as CPUs (`bare_fork_rate`), and the ratio of the two rates.
 Then, on the same machine in the same run: a JobCluster (worker isolation,
 its default) against `concurrent.futures.ProcessPoolExecutor(2)` on the
-same function and 1,000 jobs (and the JobCluster's p50 round trip), and the bare fork+wait rate of a Python
-process (the ceiling of fork isolation). Each figure is one summary line.
+same function and 1,000 jobs (and the JobCluster's p50 round trip). Each
+figure is one summary line.
 Run: `make bench`, or with the venv's python. `--no-journal` runs the
 scheduler without its journal (benchmarks/journal.py compares the two in one
 run), `--journal-sync normal` with one that does not fsync each commit (a
-round trip waits for two commits: the submit's and the result's); `--only fork|worker` measures one isolation (fork with its bare fork+wait ceiling); `--prefetch 0 1 2` measures
+round trip waits for two commits: the submit's and the result's); `--only fork|worker` measures one isolation; `--prefetch 0 1 2` measures
 each of the scheduler's prefetch windows (jobs per CPU sent ahead) in turn, in
 one run, to compare them on the same (noisy) machine; `--prefetch-max 1 32`
 the same for the adaptive window's most per CPU where jobs are short (at most
@@ -144,12 +147,10 @@ def main() -> None:
         print("-- one machine, 1000 jobs of the same function", flush=True)
         for line in local_comparison(args.cpus, 1000):
             print(line, flush=True)
-    elif args.only == "fork":  # its ceiling, measured in the same run
-        print(bare_fork(), flush=True)
 
 
 def local_comparison(cpus: int, jobs: int) -> list[str]:
-    """JobCluster (its default, worker isolation) against ProcessPoolExecutor, and bare fork+wait."""
+    """JobCluster (its default, worker isolation) against ProcessPoolExecutor."""
     out = subprocess.run([sys.executable, "-c", LOCAL, str(cpus), str(jobs)], capture_output=True, text=True,
                          timeout=600, check=True).stdout  # fmt: skip
     figures = dict(line.split() for line in out.splitlines() if line.count(" ") == 1)
@@ -158,35 +159,44 @@ def local_comparison(cpus: int, jobs: int) -> list[str]:
         f"JobCluster (worker):         {jc:7.0f} jobs/s; round trip (50 sequential) p50 "
         f"{float(figures['jobcluster_p50']) * 1000:.1f} ms",
         f"ProcessPoolExecutor({cpus}):     {ppe:7.0f} jobs/s (submit), {ppe_map:.0f} (map); JobCluster is {ppe / jc:.1f}x slower",
-        bare_fork(),
     ]
 
 
-def bare_fork() -> str:
-    """fork + os._exit + waitpid of a zygote-sized interpreter, one process and two at once: fork isolation's ceiling."""
-    out = subprocess.run([sys.executable, "-c", FORK], capture_output=True, text=True, timeout=600, check=True).stdout
-    figures = dict(line.split() for line in out.splitlines() if line.count(" ") == 1)
-    return f"bare fork+wait:              {float(figures['fork1']):7.0f} /s in one process, {float(figures['fork2']):.0f} /s in two at once"
+def bare_fork_rate(forks: int, slots: int = 2) -> tuple[float, float, float]:
+    """(forks/s, CPU seconds per fork, page faults per fork) of fork isolation's ceiling: a process the size of a zygote (the zygote's
+    modules imported, its heap frozen as `serve` does) forks `forks` children that `os._exit` at once and reaps
+    each, `slots` alive at a time as a zygote keeps a node's CPUs busy. CPU and faults: the forker's and its children's."""
+    out = subprocess.run([sys.executable, "-c", FORK, str(forks), str(slots)], capture_output=True, text=True,
+                         timeout=600, check=True).stdout  # fmt: skip
+    rate, cpu, faults = out.split()
+    return float(rate), float(cpu), float(faults)
 
 
 FORK = r"""
-import concurrent.futures, os, time
-import cloudpickle, msgpack, psutil  # a zygote-sized interpreter
+import gc, os, resource, sys, time
+import dispy_node.zygote  # what a zygote has imported (a trivial cluster adds next to nothing)
 
-def fork_rate(seconds):
-    n, end = 0, time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        pid = os.fork()
-        if pid == 0:
+def cpu():
+    return sum(resource.getrusage(who).ru_utime + resource.getrusage(who).ru_stime
+               for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+
+def faults():
+    return sum(resource.getrusage(who).ru_minflt for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+
+forks, slots = int(sys.argv[1]), int(sys.argv[2])
+gc.freeze()
+alive = started = 0
+t0, c0, f0 = time.perf_counter(), cpu(), faults()
+while started < forks or alive:
+    if started < forks and alive < slots:
+        if os.fork() == 0:
             os._exit(0)
-        os.waitpid(pid, 0)
-        n += 1
-    return n / seconds
-
-if __name__ == "__main__":
-    print("fork1", fork_rate(1.0))
-    with concurrent.futures.ProcessPoolExecutor(2) as pool:
-        print("fork2", sum(pool.map(fork_rate, [1.0, 1.0])))
+        started += 1
+        alive += 1
+    else:
+        os.wait()
+        alive -= 1
+print(forks / (time.perf_counter() - t0), (cpu() - c0) / forks, (faults() - f0) / forks)
 """
 
 
@@ -248,6 +258,7 @@ def measure(
         before = {"scheduler": cpu_seconds(sched.pid), "node": cpu_seconds(node.pid),
                   "daemon": cpu_seconds(node.pid, descendants=False)}  # fmt: skip
         cpu: dict[str, float] = {}
+        bare = bare_fork_rate(jobs, cpus) if isolation == "fork" else None  # fork isolation's ceiling, now
         rate = run_batch(script, env, 1, jobs, isolation, cpu)
         cpu["scheduler"] = cpu_seconds(sched.pid) - before["scheduler"]
         cpu["node daemon"] = cpu_seconds(node.pid, descendants=False) - before["daemon"]
@@ -255,6 +266,9 @@ def measure(
         lines.append(f"1 client x {jobs} jobs:  {rate:7.0f} jobs/s")
         per_job = ", ".join(f"{who} {used / jobs * 1e6:.0f}" for who, used in cpu.items())
         lines.append(f"  CPU per job (us): {per_job}; all {sum(cpu.values()) / jobs * 1e6:.0f}")
+        if bare is not None:
+            lines.append(f"  bare fork+wait, {jobs} forks {cpus} at a time, just before: {bare[0]:7.0f} /s, CPU per fork"
+                         f" {bare[1] * 1e6:.0f} us, {bare[2]:.0f} page faults; {bare[0] / rate:.2f}x the jobs/s (target <= 1.5x)")  # fmt: skip
         before = {"scheduler": cpu_seconds(sched.pid), "node": cpu_seconds(node.pid),
                   "daemon": cpu_seconds(node.pid, descendants=False)}  # fmt: skip
         rate = run_batch(script, env, 4, jobs // 4, isolation)

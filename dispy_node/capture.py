@@ -35,9 +35,14 @@ class PipeReader:
     def read(self) -> bool:
         """False at end of file (or when `_take` wants no more)."""
         for _ in range(_BURST):
-            took = self.read_once()
-            if took is not True:
-                return took is None
+            try:
+                data = os.read(self.fd, _CHUNK)
+            except BlockingIOError:
+                return True
+            if not data or not self._take(data):
+                return False
+            if len(data) < _CHUNK:  # all the pipe held (a read drains it up to the count): no read that would
+                return True  # fail to learn so, the loop wakes us again when more comes (or its end of file)
         return True
 
     def read_once(self) -> bool | None:

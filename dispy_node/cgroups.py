@@ -349,7 +349,15 @@ def _kill_members(path: str, timeout: float = 5.0) -> None:
 
 
 def _rmdir_tree(path: str) -> None:
-    # cgroup directories hold only kernel files: rmdir, children first, never unlink
+    # cgroup directories hold only kernel files: rmdir, children first, never unlink. A job's group has no
+    # children, and is gone or going: one rmdir first, instead of a listing of its few dozen kernel files
+    try:
+        os.rmdir(path)
+        return
+    except FileNotFoundError:
+        return
+    except OSError:  # EBUSY: child groups (or members still)
+        pass
     if not os.path.isdir(path):
         return
     for entry in os.scandir(path):

@@ -32,9 +32,9 @@ The loop is a plain `selectors` loop (no asyncio: a forked child must not
 inherit a running event loop). It watches the command pipe, the SIGCHLD
 wakeup pipe and the jobs' output pipes; its timers are wall-clock limits,
 SIGKILLs due after the grace, and re-checks of trees still dying. Messages
-produced during one turn go out in one write; a worker job's `Started`
-waits (5 ms at most) to go with the next other message, usually its
-`Done`: the daemon needs its pid only should the zygote die.
+produced during one turn go out in one write; a job's `Started` waits (5
+ms at most) to go with the next other message, usually a `Done`: the
+daemon needs its pid only should the zygote die.
 
 The protocol pipe is moved off fds 0 and 1 at start: anything user code
 prints in `setup` or `cleanup` goes to stderr instead of corrupting it.
@@ -80,7 +80,7 @@ _RECHECK_FIRST, _RECHECK_MAX = 0.002, 0.2
 _AT_LIMIT = 0.9
 #: seconds (at most kill_grace) a cancelled job has between its SIGINT and the SIGTERM (dispy gives about 6)
 INTERRUPT_GRACE = 3.0
-#: seconds a worker job's Started may wait to go out with other messages (its Done, usually)
+#: seconds a job's Started may wait to go out with other messages (a Done, usually)
 _STARTED_DELAY = 0.005
 #: seconds a job handed ahead to a busy worker waits for it when the daemon has a CPU free for it: then it is
 #: taken back (which costs that worker) and started in a worker of its own (a trivial job ends well before)
@@ -130,7 +130,7 @@ class Zygote:
         self._wfd = wfd
         self._decoder = FrameDecoder(max_size=zp.MAX_FRAME, expect_preamble=False)
         self._out: list[bytes] = []
-        #: Started of jobs in workers: they go with the next other message, or `_STARTED_DELAY` seconds later
+        #: Started of jobs: they go with the next other message, or `_STARTED_DELAY` seconds later
         self._started: list[bytes] = []
         self._started_since = 0.0
         self._jobs: dict[int, _Job] = {}  # by job_id, until the tree is gone
@@ -215,7 +215,10 @@ class Zygote:
                       self._started_since + _STARTED_DELAY if self._started else math.inf,
                       min(self._owed.values(), default=math.inf))  # fmt: skip
             timeout = None if due == math.inf else max(0.0, due - time.monotonic())
-            for key, _ in self._sel.select(timeout):
+            events = self._sel.select(timeout)
+            if len(events) > 1:  # the jobs' and workers' pipes first: a worker writes its job's output and marker
+                events.sort(key=_pipes_first)  # there before it tells the end, whose handling then has the
+            for key, _ in events:  # marker already (`capture.Relay.end_job`): no read of an emptied pipe
                 if key.fd == wake_r:
                     _drain(wake_r)
                     self._reap()
@@ -394,12 +397,12 @@ class Zygote:
         self._leaders[job.pid] = job
         if job.limits.wall is not None:
             self._at(time.monotonic() + job.limits.wall, _Timer.WALL, job)
-        if self._workers is None:
-            self._send(zp.Started(job.job_id, job.pid))
-        else:  # the daemon needs the pid only should we die: one write (and wake-up of it) less per job
-            if not self._started:
-                self._started_since = time.monotonic()
-            self._started.append(zp.encode(zp.Started(job.job_id, job.pid)))
+        # the daemon needs the pid only should we die (and finds the job by its mark then too): it waits to go
+        # with the next other message, usually the Done of this job or of another: one write, and one wake-up
+        # of the daemon, less per job
+        if not self._started:
+            self._started_since = time.monotonic()
+        self._started.append(zp.encode(zp.Started(job.job_id, job.pid)))
 
     def _fork_job(
         self, job_id: int, payload: bytes, limits: Limits, files: list[Any], mark: str, group: str, out: Kept,
@@ -887,6 +890,11 @@ def _signame(sig: int) -> str:
         return signal.Signals(sig).name
     except ValueError:
         return f"signal {sig}"
+
+
+def _pipes_first(event: tuple[selectors.SelectorKey, int]) -> bool:
+    """Sort key: an output or channel pipe of a job or worker (False) before the rest (True)."""
+    return not isinstance(event[0].data, PipeReader)
 
 
 def _ignore(signum: int, frame: types.FrameType | None) -> None:

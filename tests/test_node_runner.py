@@ -124,6 +124,20 @@ def kills_zygote() -> None:
     os.kill(os.getppid(), signal.SIGKILL)
 
 
+def kills_zygote_at_once(sock_path: str) -> None:
+    """Forks a child, tells both pids, kills its zygote: all within a few ms of its start, before the zygote's
+    Started of it (which waits to go with another message) has gone out, most times."""
+    child = os.fork()
+    if child == 0:
+        time.sleep(60)
+        os._exit(0)
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(sock_path)
+        s.sendall(f"{os.getpid()} {child}\n".encode())
+    os.kill(os.getppid(), signal.SIGKILL)
+    time.sleep(60)
+
+
 # -- harness ---------------------------------------------------------------------------
 
 
@@ -576,6 +590,27 @@ def test_zygote_death_terminates_its_jobs() -> None:
         assert h.failures == [("c1", r.exception)]
         h.run("c1", ())  # later jobs of the failed cluster are dropped, not reported
         assert len(h.results) == 1
+
+    run(body)
+
+
+def test_a_job_whose_zygote_dies_as_it_starts_ends_with_its_tree() -> None:
+    """The daemon may not have the job's pid (its Started waits in the zygote to go with another message):
+    it finds the job's processes by their mark, kills them, and only then reports the job."""
+
+    async def body(h: Harness) -> None:
+        sock_path, got, server = await pid_server(h)
+        pids: list[int] = []
+        try:
+            h.load(func=kills_zygote_at_once)
+            (job_id,) = h.run("c1", (sock_path,))
+            pids = await asyncio.wait_for(got, DEADLINE)
+            r = await h.result(job_id)
+            assert (r.status, r.exception) == (JobStatus.TERMINATED, "zygote process died (killed by signal SIGKILL (9))")
+            assert _gone(pids, 0.0) == []  # gone before the result was sent
+        finally:
+            server.close()
+            kill_pids(pids)
 
     run(body)
 
