@@ -16,7 +16,10 @@ what arrives until it resumes.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 #: what `get_extra_info("peername")` says: the scheduler counts connections waiting to log in by address
 PEERNAME = ("127.0.0.1", 0)
@@ -117,17 +120,24 @@ class PipeEnd(asyncio.Transport):
         if writer is not None and writer._write_paused and not writer._lost:
             writer._write_paused = False
             writer._protocol.resume_writing()
-        self._protocol.data_received(data)
+        try:
+            self._protocol.data_received(data)
+        except Exception as exc:  # as a socket transport does: the connection fails, both sides see why, and
+            # the client's session recovers as after any lost link (the unacknowledged results come again)
+            log.exception("in-process connection: its reader failed, closing it")
+            self._end_both(exc)
+            return
         if self._end_when_drained and not self._inbox:
             self._end_both()
 
-    def _end_both(self) -> None:
+    def _end_both(self, exc: Exception | None = None) -> None:
         for end in (self, self.peer):
             if end is not None and not end._lost:
                 end._lost = end._closing = True
                 end._inbox.clear()
                 end._inbox_size = 0
-                end._protocol.connection_lost(None)
+                # each side its own callback, as two sockets' would be: one failing must not skip the other
+                self._loop.call_soon(end._protocol.connection_lost, exc)
 
 
 def connect(loop: asyncio.AbstractEventLoop, client: asyncio.Protocol, server: asyncio.Protocol) -> None:

@@ -121,3 +121,42 @@ def test_abort_drops_what_is_not_delivered() -> None:
         assert server.data == b"" and server.events == ["made", "lost None"] and client.events == ["made", "lost None"]
 
     asyncio.run(main())
+
+
+def test_a_reader_that_fails_ends_the_connection_on_both_sides_as_a_socket_would() -> None:
+    # Without it a bug in a handler lost the message it was reading and left the link up: the job whose result it
+    # carried never ended (over a socket the link drops and the session gets the unacknowledged results again).
+    class Failing(Recorder):
+        def data_received(self, data: bytes) -> None:
+            raise RuntimeError("handler bug")
+
+    async def main() -> None:
+        client, server = Recorder(), Failing()
+        pipe.connect(asyncio.get_running_loop(), client, server)
+        assert client.transport is not None and server.transport is not None
+        client.transport.write(b"results")
+        await turns()
+        assert server.events[-1] == client.events[-1] == "lost handler bug"
+        client.transport.write(b"more")  # after the loss: dropped, no second failure
+        await turns()
+        assert server.events.count("lost handler bug") == 1
+
+    asyncio.run(main())
+
+
+def test_one_side_failing_in_connection_lost_does_not_keep_the_other_from_hearing_of_it() -> None:
+    class LossFails(Recorder):
+        def connection_lost(self, exc: Exception | None) -> None:
+            super().connection_lost(exc)
+            raise RuntimeError("bug in connection_lost")
+
+    async def main() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda loop, context: None)  # the bug is expected
+        client, server = LossFails(), Recorder()
+        pipe.connect(asyncio.get_running_loop(), client, server)
+        assert client.transport is not None
+        client.transport.abort()
+        await turns()
+        assert client.events[-1] == server.events[-1] == "lost None"
+
+    asyncio.run(main())
