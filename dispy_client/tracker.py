@@ -507,7 +507,8 @@ class JobTracker:
             return
         try:
             job.result = loads(r.result) if r.result is not None else None
-        except Exception as exc:  # unpickling runs the result's own code
+        except BaseException as exc:  # unpickling runs the result's own code: even its SystemExit must not end
+            # this thread (the dispatcher), or no later job of the cluster would ever end
             log.warning("cannot unpickle a provisional result of %r: %s", job, exc)
             return
         job.status = DispyJob.ProvisionalResult
@@ -701,7 +702,8 @@ def fill_job(job: DispyJob, r: M.JobResult, raw_output: bool = False) -> None:
     if r.status == DispyJob.Finished and r.result is not None:  # a plain int: no enum lookup per job
         try:
             job.result = loads(r.result)
-        except Exception as exc:  # unpickling runs the result's own code
+        except BaseException as exc:  # unpickling runs the result's own code: even its SystemExit must not end
+            # this thread (the dispatcher), or no later job of the cluster would ever end
             job.status = DispyJob.Terminated
             job.exception = f"cannot unpickle the job's result here: {type(exc).__name__}: {exc}"
             job.exception_type = type(exc).__name__

@@ -137,6 +137,30 @@ def test_cancel_timeout_wait_and_close_terminate() -> None:
     assert limited.status in (dispy.DispyJob.Cancelled, dispy.DispyJob.Terminated)
 
 
+def _exit_on_unpickling():  # type: ignore[no-untyped-def]
+    raise SystemExit("unpickling this result exits")
+
+
+class ExitsWhenUnpickled:
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (_exit_on_unpickling, ())
+
+
+def result_exits_when_unpickled(x):  # type: ignore[no-untyped-def]
+    return ExitsWhenUnpickled() if x == 0 else x * x
+
+
+def test_a_result_whose_unpickling_exits_ends_terminated_and_later_jobs_still_end() -> None:
+    # the client's thread that fills in results runs the result's own code: its SystemExit ended that thread, and no
+    # later job of the cluster ever ended
+    with dispy.JobCluster(result_exits_when_unpickled, nodes=[("127.0.0.1", None, 1)],
+                          depends=[ExitsWhenUnpickled, _exit_on_unpickling]) as cluster:  # fmt: skip
+        bad = cluster.submit(0)
+        assert bad.finish.wait(60)
+        assert bad.status == dispy.DispyJob.Terminated and "cannot unpickle" in (bad.exception or "")
+        assert cluster.submit(3)() == 9
+
+
 def test_the_client_reaches_its_own_scheduler_without_a_socket() -> None:
     """docs/client.md: a JobCluster's own messages never touch the network (an in-process pipe): the only
     connection to its scheduler's port is its node's."""
