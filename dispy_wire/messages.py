@@ -535,10 +535,19 @@ def pack_result(result: JobResult) -> bytes:
 def encode_results(cluster_id: str, packed: Sequence[bytes]) -> bytes:
     """The frame of `JobResults(cluster_id, results)` from its results already packed (`pack_result`): the
     same bytes as `encode` makes, without packing the results again."""
-    packer = msgpack.Packer(use_bin_type=True)
-    head = packer.pack_array_header(3) + packer.pack(JobResults.TAG) + packer.pack(cluster_id)
-    head += packer.pack_array_header(len(packed))
+    head = _RESULTS_TAG + msgpack.packb(cluster_id, use_bin_type=True) + _array_header(len(packed))
     return b"".join([HEADER.pack(len(head) + sum(map(len, packed))), head, *packed])
+
+
+def _array_header(n: int) -> bytes:
+    """msgpack's header of an array of `n` items (fixarray, array 16 or array 32)."""
+    if n < 16:
+        return bytes((0x90 | n,))
+    return b"\xdc" + n.to_bytes(2, "big") if n < 1 << 16 else b"\xdd" + n.to_bytes(4, "big")
+
+
+#: a JobResults message is the array [TAG, cluster id, results]
+_RESULTS_TAG = _array_header(3) + msgpack.packb(JobResults.TAG)
 
 
 def next_message(decoder: FrameDecoder) -> Message | _NeedData:
