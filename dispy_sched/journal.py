@@ -397,7 +397,7 @@ class PackedResults:
 
     Found by identity, the result kept with its bytes so its id cannot be reused meanwhile: a result
     that is not the very object written (or was written a turn before) is packed anew, never mistaken.
-    Holds one turn's results, at most, until the next write.
+    Holds one turn's results, until the shell has executed that turn (`clear`) or the next write.
     """
 
     def __init__(self) -> None:
@@ -405,8 +405,13 @@ class PackedResults:
 
     def start(self) -> Callable[[JobResult | None], bytes | None]:
         """Forgets the last write's results; returns the packer of this write's."""
-        self._last = {}
+        self.clear()
         return self._pack
+
+    def clear(self) -> None:
+        """Lets go of the results: a client that is away costs disk, not memory."""
+        if self._last:
+            self._last = {}
 
     def _pack(self, result: JobResult | None) -> bytes | None:
         if result is None:

@@ -571,6 +571,8 @@ class SchedulerServer:
             actions = actions[2:]
         for action in actions:
             self._execute(action)
+        if self.store is not None:  # its results have gone out (or wait on disk): their packed bytes are not needed
+            self.store.packed.clear()
         self.turns += 1
         if self._next_turn is not None:
             self._next_turn.set_result(None)
