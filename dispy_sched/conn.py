@@ -37,6 +37,7 @@ import math
 import time
 import ssl
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
 from dispy_wire import messages as M
@@ -132,9 +133,9 @@ class PeerConnection(asyncio.Protocol):
         self.liveness: Liveness | None = None
         #: the transport's buffer is above WRITE_HIGH: results wait in `_results`
         self.write_paused = False
-        #: terminal results not yet encoded: (cluster, job id, size, the result if kept in memory);
+        #: terminal results not yet sent: (cluster, job id, size, its packed bytes if kept in memory);
         #: job id CLOSED_MARK: the cluster's ClusterClosed, which must not overtake its results
-        self._results: deque[tuple[str, int, int, M.JobResult | None]] = deque()
+        self._results: deque[tuple[str, int, int, bytes | None]] = deque()
         self._closed: dict[str, M.ClusterClosed] = {}
         self._buffer_seen = 0  # the write buffer's size at the last liveness check
         #: reading is paused until the next turn: this turn took MESSAGES_PER_TURN messages
@@ -332,26 +333,30 @@ class PeerConnection(asyncio.Protocol):
         transport judges its own buffer: above, not at, the mark pauses us)."""
         return self._writer is not None and self._writer.queued + self._buffered() > WRITE_HIGH
 
-    def deliver_results(self, cluster_id: str, results: list[M.JobResult], stored: bool) -> None:
+    def deliver_results(
+        self, cluster_id: str, results: list[M.JobResult], stored: bool, pack: Callable[[M.JobResult], bytes] = M.pack_result
+    ) -> None:
         """Sends results (in order, after what is queued already); while paused they wait, see the module doc.
 
         Args:
             stored: the journal holds the terminal ones: a waiting one keeps its id, not its bytes.
+            pack: a result's packed bytes (the journal's `PackedResults.get`: those it has just stored).
         """
         behind = self.write_paused or bool(self._results)  # before this call's own results queue up
         for r in results:
             if r.status == JobStatus.PROVISIONAL_RESULT:
                 # a progress report, kept nowhere: a client that is behind does not get it (the job's end it does)
                 if not behind:
-                    self.send(M.JobResults(cluster_id, [r]))
-            else:
-                self._results.append((cluster_id, r.job_id, result_cost(r), r))
+                    self._send_results(cluster_id, [M.pack_result(r)])
+            else:  # paused, a stored one is read back when its turn comes: not packed now
+                packed = None if stored and self.write_paused else pack(r)
+                self._results.append((cluster_id, r.job_id, result_cost(r), packed))
         self._pump()
         if stored:  # what could not go now waits by id: its bytes are in the journal
             waiting = self._results
             for i in range(max(0, len(waiting) - len(results)), len(waiting)):
-                c, job_id, size, result = waiting[i]
-                if result is not None:
+                c, job_id, size, packed = waiting[i]
+                if packed is not None:
                     waiting[i] = (c, job_id, size, None)
 
     def deliver_stored(self, cluster_id: str, jobs: list[tuple[int, int]]) -> None:
@@ -371,7 +376,7 @@ class PeerConnection(asyncio.Protocol):
                     asyncio.get_running_loop().call_soon(self._pump_again)
                 return
             cluster_id = self._results[0][0]
-            batch: list[tuple[int, M.JobResult | None]] = []
+            batch: list[tuple[int, bytes | None]] = []
             size = 0
             if self._results[0][1] == CLOSED_MARK:
                 self._results.popleft()
@@ -380,17 +385,23 @@ class PeerConnection(asyncio.Protocol):
             while self._results and self._results[0][0] == cluster_id and (not batch or size < RESULT_SLICE):
                 if self._results[0][1] == CLOSED_MARK:
                     break
-                _, job_id, cost, result = self._results.popleft()
-                batch.append((job_id, result))
+                _, job_id, cost, packed = self._results.popleft()
+                batch.append((job_id, packed))
                 size += cost
-            missing = [job_id for job_id, result in batch if result is None]
-            read = {r.job_id: r for r in self.server.read_results(cluster_id, missing)} if missing else {}
-            results = [r if r is not None else read.get(job_id) for job_id, r in batch]
-            found = [r for r in results if r is not None]  # one acknowledged or released meanwhile is gone
+            missing = [job_id for job_id, packed in batch if packed is None]
+            read = dict(self.server.read_packed(cluster_id, missing)) if missing else {}
+            packs = [packed if packed is not None else read.get(job_id) for job_id, packed in batch]
+            found = [packed for packed in packs if packed is not None]  # one acknowledged or released meanwhile is gone
             if found:  # in this turn's one write with the rest, in order
-                if self.liveness is not None:
-                    self.liveness.sent = True
-                self._writer.send(M.encode(M.JobResults(cluster_id, found)))
+                self._send_results(cluster_id, found)
+
+    def _send_results(self, cluster_id: str, packed: list[bytes]) -> None:
+        """Queues a JobResults of results packed already (`M.pack_result`): their bytes go out as they are."""
+        if self._closing or self._writer is None:
+            return
+        if self.liveness is not None:
+            self.liveness.sent = True
+        self._writer.send(M.encode_results(cluster_id, packed))
 
     def _pump_again(self) -> None:
         self._pump_scheduled = False

@@ -30,6 +30,10 @@ each done job's result size, not its bytes, and the shell reads a result
 (`read_results`) only when it sends it to a client, a slice at a time, so a
 client that is away or slow costs disk, not memory.
 
+A result is packed once: the bytes a write stores are the ones the JobResults
+frame to its client carries (`PackedResults`, `dispy_wire.messages.encode_results`),
+whether it goes out in the same turn or is read back later (`read_packed`).
+
 Another store (`PgStore`, pg_store.py: PostgreSQL, shared by a leader and
 its standby schedulers) implements the same methods.
 
@@ -47,11 +51,12 @@ import logging
 import os
 import sqlite3
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import msgpack
 
-from dispy_wire.messages import JobResult
+from dispy_wire.messages import JobResult, pack_result
 
 from .accounting import INSERT_ENDS, AccountingStore, SqliteAccounting, rows
 from .core.actions import JobEnd, Persist
@@ -145,8 +150,11 @@ class StateStore(AccountingStore, Protocol):
         """Every cluster, job and usage row; done jobs come with `result_size` and no `result` (left on disk)."""
         ...
 
-    def read_results(self, cluster_id: str, job_ids: list[int]) -> list[JobResult]:
-        """The held results of these jobs of one cluster, in the order asked.
+    #: the results its last `write` packed, for that turn's deliveries
+    packed: PackedResults
+
+    def read_packed(self, cluster_id: str, job_ids: list[int]) -> list[tuple[int, bytes]]:
+        """The held results of these jobs of one cluster, as stored (`pack_result`), by job id, in the order asked.
 
         A job the store does not hold, or holds without a result (acknowledged,
         released, not done), is left out: the caller sends what there is.
@@ -154,6 +162,10 @@ class StateStore(AccountingStore, Protocol):
         Raises:
             sqlite3.Error (or the store's own error).
         """
+        ...
+
+    def read_results(self, cluster_id: str, job_ids: list[int]) -> list[JobResult]:
+        """As `read_packed`, unpacked."""
         ...
 
     def write(self, changes: Persist, ends: list[JobEnd] | None = None) -> None:
@@ -200,6 +212,7 @@ class SqliteJournal:
         self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         self._import_old_usage(os.path.join(state_dir, OLD_USAGE_FILE))
         self._accounting = SqliteAccounting(self.path)
+        self.packed = PackedResults()
 
     def _import_old_usage(self, path: str) -> None:
         """Takes the usage an earlier version saved in its own file, once (the file is then renamed)."""
@@ -246,8 +259,8 @@ class SqliteJournal:
         settings = [SettingRow(*row) for row in self._db.execute(SELECT_SETTINGS)]
         return Snapshot(clusters, jobs, usage, settings)
 
-    def read_results(self, cluster_id: str, job_ids: list[int]) -> list[JobResult]:
-        found: dict[int, JobResult] = {}
+    def read_packed(self, cluster_id: str, job_ids: list[int]) -> list[tuple[int, bytes]]:
+        found: dict[int, bytes] = {}
         for start in range(0, len(job_ids), 500):  # SQLite's bound parameters are limited
             some = job_ids[start : start + 500]
             marks = ",".join("?" * len(some))
@@ -255,8 +268,11 @@ class SqliteJournal:
                 f"SELECT job_id, result FROM jobs WHERE cluster_id = ? AND job_id IN ({marks}) AND result IS NOT NULL",
                 (cluster_id, *some),
             ):
-                found[job_id] = _unpack_result(blob)
-        return [found[j] for j in job_ids if j in found]
+                found[job_id] = blob
+        return [(j, found[j]) for j in job_ids if j in found]
+
+    def read_results(self, cluster_id: str, job_ids: list[int]) -> list[JobResult]:
+        return [_unpack_result(blob) for _, blob in self.read_packed(cluster_id, job_ids)]
 
     def write(self, changes: Persist, ends: list[JobEnd] | None = None) -> None:
         lazy = self._sync == "FULL" and not ends and _only_forgets(changes)
@@ -270,6 +286,7 @@ class SqliteJournal:
 
     def _write(self, changes: Persist, ends: list[JobEnd] | None) -> None:
         db = self._db
+        pack = self.packed.start()
         db.execute("BEGIN")
         try:
             if ends:  # the accounting records of the turn, in its commit (the table is `SqliteAccounting`'s)
@@ -289,7 +306,7 @@ class SqliteJournal:
             if changes.new_jobs:
                 db.executemany(
                     "INSERT OR REPLACE INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [new_job_values(j) for j in changes.new_jobs],
+                    [new_job_values(j, pack) for j in changes.new_jobs],
                 )
             if changes.changed_jobs:
                 db.executemany(
@@ -297,7 +314,7 @@ class SqliteJournal:
                     "UPDATE jobs SET state = ?, node = ?, node_run = ?, attempts = ?, cancel_requested = ?, "
                     "result = COALESCE(?, result), result_size = ?, "
                     "payload = CASE WHEN ? THEN NULL ELSE payload END WHERE cluster_id = ? AND job_id = ?",
-                    [changed_job_values(j) for j in changes.changed_jobs],
+                    [changed_job_values(j, pack) for j in changes.changed_jobs],
                 )
             if changes.gone_jobs:
                 db.executemany("DELETE FROM jobs WHERE cluster_id = ? AND job_id = ?", changes.gone_jobs)
@@ -357,25 +374,56 @@ def _unpack_options(blob: bytes | None) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def new_job_values(j: JobRow) -> tuple[Any, ...]:
-    """A new job's row, in the jobs table's column order (both stores)."""
+def new_job_values(j: JobRow, pack: Callable[[JobResult | None], bytes | None]) -> tuple[Any, ...]:
+    """A new job's row, in the jobs table's column order (both stores); `pack` packs its result."""
     return (
         j.cluster_id, j.job_id, j.priority, j.seq, j.payload, _pack_options(j.options), j.submit_time,
-        j.state, j.node, j.attempts, j.cancel_requested, _pack_result(j.result), j.result_size, j.node_run,
+        j.state, j.node, j.attempts, j.cancel_requested, pack(j.result), j.result_size, j.node_run,
     )  # fmt: skip
 
 
-def changed_job_values(j: JobRow) -> tuple[Any, ...]:
+def changed_job_values(j: JobRow, pack: Callable[[JobResult | None], bytes | None]) -> tuple[Any, ...]:
     """A changed job's parameters for the stores' UPDATE: state, node, node run, attempts, cancel, result (None
-    keeps the stored one), result size, whether its arguments are dropped, then its key."""
+    keeps the stored one; `pack` packs it), result size, whether its arguments are dropped, then its key."""
     return (
-        j.state, j.node, j.node_run, j.attempts, j.cancel_requested, _pack_result(j.result), j.result_size,
+        j.state, j.node, j.node_run, j.attempts, j.cancel_requested, pack(j.result), j.result_size,
         j.payload is None, j.cluster_id, j.job_id,
     )  # fmt: skip
 
 
-def _pack_result(result: JobResult | None) -> bytes | None:
-    return None if result is None else msgpack.packb(list(result), use_bin_type=True)
+class PackedResults:
+    """The results a store's last write packed, so the same turn's deliveries send those bytes
+    (`encode_results`) instead of packing each result again.
+
+    Found by identity, the result kept with its bytes so its id cannot be reused meanwhile: a result
+    that is not the very object written (or was written a turn before) is packed anew, never mistaken.
+    Holds one turn's results, until the shell has executed that turn (`clear`) or the next write.
+    """
+
+    def __init__(self) -> None:
+        self._last: dict[int, tuple[JobResult, bytes]] = {}
+
+    def start(self) -> Callable[[JobResult | None], bytes | None]:
+        """Forgets the last write's results; returns the packer of this write's."""
+        self.clear()
+        return self._pack
+
+    def clear(self) -> None:
+        """Lets go of the results: a client that is away costs disk, not memory."""
+        if self._last:
+            self._last = {}
+
+    def _pack(self, result: JobResult | None) -> bytes | None:
+        if result is None:
+            return None
+        packed = pack_result(result)
+        self._last[id(result)] = (result, packed)
+        return packed
+
+    def get(self, result: JobResult) -> bytes:
+        """The result's bytes as the last write stored them, or packed now."""
+        hit = self._last.get(id(result))
+        return hit[1] if hit is not None and hit[0] is result else pack_result(result)
 
 
 def _unpack_result(blob: bytes) -> JobResult:

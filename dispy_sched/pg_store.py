@@ -43,7 +43,7 @@ from .core.actions import JobEnd, Persist
 from .core.persist import ClusterRow, JobRow, SettingRow
 from .core.state import result_cost
 from .journal import (
-    SELECT_SETTINGS, AccountingFailed, NotLeader, Snapshot, StoreFailed, _pack_options, _unpack_options, _unpack_result, changed_job_values, new_job_values,
+    SELECT_SETTINGS, AccountingFailed, NotLeader, PackedResults, Snapshot, StoreFailed, _pack_options, _unpack_options, _unpack_result, changed_job_values, new_job_values,
 )
 
 log = logging.getLogger(__name__)
@@ -194,6 +194,7 @@ class PgStore:
         self.pause_limit = pause_limit
         create_schema(dsn)
         self._db: psycopg.Connection[Any] | None = connect(dsn, autocommit=True)
+        self.packed = PackedResults()
 
     def _conn(self) -> psycopg.Connection[Any]:
         if self._db is None or self._db.closed:
@@ -228,15 +229,18 @@ class PgStore:
         settings = [SettingRow(*row) for row in db.execute(SELECT_SETTINGS)]
         return Snapshot(clusters, jobs, usage, settings)
 
-    def read_results(self, cluster_id: str, job_ids: list[int]) -> list[JobResult]:
+    def read_packed(self, cluster_id: str, job_ids: list[int]) -> list[tuple[int, bytes]]:
         found = {
-            job_id: _unpack_result(bytes(blob))
+            job_id: bytes(blob)
             for job_id, blob in self._conn().execute(
                 "SELECT job_id, result FROM jobs WHERE cluster_id = %s AND job_id = ANY(%s) AND result IS NOT NULL",
                 (cluster_id, job_ids),
             )
         }
-        return [found[j] for j in job_ids if j in found]
+        return [(j, found[j]) for j in job_ids if j in found]
+
+    def read_results(self, cluster_id: str, job_ids: list[int]) -> list[JobResult]:
+        return [_unpack_result(blob) for _, blob in self.read_packed(cluster_id, job_ids)]
 
     def write(self, changes: Persist, ends: list[JobEnd] | None = None) -> None:
         """Applies one call's changes in one transaction, fenced by our epoch; then adds `ends`, the call's
@@ -298,6 +302,7 @@ class PgStore:
                 apply(cur)
 
     def _apply(self, cur: psycopg.Cursor[Any], changes: Persist) -> None:
+        pack = self.packed.start()  # again at each try
         if changes.clusters:
             cur.executemany(
                 "INSERT INTO clusters VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (cluster_id) DO UPDATE SET "
@@ -318,7 +323,7 @@ class PgStore:
                 "state = excluded.state, node = excluded.node, attempts = excluded.attempts, "
                 "cancel_requested = excluded.cancel_requested, result = excluded.result, result_size = excluded.result_size, "
                 "node_run = excluded.node_run",
-                [new_job_values(j) for j in changes.new_jobs],
+                [new_job_values(j, pack) for j in changes.new_jobs],
             )
         if changes.changed_jobs:
             cur.executemany(
@@ -326,7 +331,7 @@ class PgStore:
                 "UPDATE jobs SET state = %s, node = %s, node_run = %s, attempts = %s, cancel_requested = %s, "
                 "result = COALESCE(%s, result), result_size = %s, "
                 "payload = CASE WHEN %s THEN NULL ELSE payload END WHERE cluster_id = %s AND job_id = %s",
-                [changed_job_values(j) for j in changes.changed_jobs],
+                [changed_job_values(j, pack) for j in changes.changed_jobs],
             )
         if changes.gone_jobs:
             cur.executemany("DELETE FROM jobs WHERE cluster_id = %s AND job_id = %s", list(changes.gone_jobs))

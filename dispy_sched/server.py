@@ -571,6 +571,8 @@ class SchedulerServer:
             actions = actions[2:]
         for action in actions:
             self._execute(action)
+        if self.store is not None:  # its results have gone out (or wait on disk): their packed bytes are not needed
+            self.store.packed.clear()
         self.turns += 1
         if self._next_turn is not None:
             self._next_turn.set_result(None)
@@ -639,7 +641,10 @@ class SchedulerServer:
             case A.DeliverResults(client, cluster_id, results):
                 conn = self.peers.get(client)
                 if conn is not None:  # it writes them in slices, or keeps them waiting while the client is slow
-                    conn.deliver_results(cluster_id, results, stored=self.store is not None)
+                    if self.store is None:
+                        conn.deliver_results(cluster_id, results, stored=False)
+                    else:  # the bytes this turn's commit stored go out as they are
+                        conn.deliver_results(cluster_id, results, stored=True, pack=self.store.packed.get)
             case A.DeliverStored(client, cluster_id, jobs):
                 conn = self.peers.get(client)
                 if conn is not None:
@@ -709,12 +714,12 @@ class SchedulerServer:
             case _:
                 raise TypeError(f"unhandled action {action!r}")
 
-    def read_results(self, cluster_id: str, job_ids: list[int]) -> list[M.JobResult]:
-        """Held results read back from the store, for a connection that sends them now."""
+    def read_packed(self, cluster_id: str, job_ids: list[int]) -> list[tuple[int, bytes]]:
+        """Held results read back from the store as it packed them, by job id, for a connection that sends them now."""
         if self.store is None:
             return []  # without a store the core hands every result over in its action
         try:
-            return self.store.read_results(cluster_id, job_ids)
+            return self.store.read_packed(cluster_id, job_ids)
         except sqlite3.Error as exc:  # they stay in the store: the client gets them when it re-attaches
             log.error("cannot read %d held results of cluster %s from the journal: %s", len(job_ids), cluster_id, exc)
             return []

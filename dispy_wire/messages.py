@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, NamedTuple
 
 import msgpack
 
 from .errors import ErrorCode, LocalWireError, RemoteWireError
-from .framing import FrameDecoder, _NeedData, encode_frame
+from .framing import HEADER, FrameDecoder, _NeedData, encode_frame
 from .schema import checker_for
 
 #: 2: SCRAM or certificate logins, results MAC'd, Ping, NodeHolds, ResultsRecorded;
@@ -524,6 +524,30 @@ def encode(msg: Message) -> bytes:
         return encode_frame(body)
     except (TypeError, ValueError, KeyError) as exc:
         raise LocalWireError(f"cannot encode {msg!r}: {exc}") from exc
+
+
+def pack_result(result: JobResult) -> bytes:
+    """One result as a `JobResults` message carries it, a msgpack array (the scheduler's journal keeps these
+    very bytes: `encode_results` sends them on as they are)."""
+    return msgpack.packb(result, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def encode_results(cluster_id: str, packed: Sequence[bytes]) -> bytes:
+    """The frame of `JobResults(cluster_id, results)` from its results already packed (`pack_result`): the
+    same bytes as `encode` makes, without packing the results again."""
+    head = _RESULTS_TAG + msgpack.packb(cluster_id, use_bin_type=True) + _array_header(len(packed))
+    return b"".join([HEADER.pack(len(head) + sum(map(len, packed))), head, *packed])
+
+
+def _array_header(n: int) -> bytes:
+    """msgpack's header of an array of `n` items (fixarray, array 16 or array 32)."""
+    if n < 16:
+        return bytes((0x90 | n,))
+    return b"\xdc" + n.to_bytes(2, "big") if n < 1 << 16 else b"\xdd" + n.to_bytes(4, "big")
+
+
+#: a JobResults message is the array [TAG, cluster id, results]
+_RESULTS_TAG = _array_header(3) + msgpack.packb(JobResults.TAG)
 
 
 def next_message(decoder: FrameDecoder) -> Message | _NeedData:

@@ -13,6 +13,7 @@ from dispy_sched.core import events as E
 from dispy_sched.core.state import result_cost
 from dispy_sched.journal import FILENAME, SCHEMA_VERSION, SqliteJournal
 from dispy_sched.policies import load_policy
+from dispy_wire import messages as M
 from test_core import arrived, joined, opened, result, step, submitted
 
 
@@ -37,6 +38,24 @@ def test_held_results_are_read_back_on_demand_and_a_restart_loads_only_their_siz
         (1, "done", None, result_cost(result("K", 1))),
         (2, "done", None, result_cost(result("K", 2))),
     ]
+
+
+def test_delivered_results_are_the_bytes_the_journal_stored_packed_once(tmp_path: Path) -> None:
+    journal = SqliteJournal(str(tmp_path))
+    core = SchedulerCore(load_policy("fair"), CoreConfig(persist=True))
+    run(core, journal, opened("c1", "K"), joined("n1", 2), now=0)
+    run(core, journal, submitted("c1", "K", 1, 2), now=1)
+    actions = run(core, journal, arrived("n1", result("K", 1), result("K", 2)), now=2)
+    (deliver,) = [a for a in actions if isinstance(a, A.DeliverResults)]
+    packed = [journal.packed.get(r) for r in deliver.results]
+    assert all(journal.packed.get(r) is p for r, p in zip(deliver.results, packed))  # the write's, not packed again
+    assert packed == [blob for _, blob in journal.read_packed("K", [1, 2])]  # as stored
+    assert M.encode_results("K", packed) == M.encode(M.JobResults("K", deliver.results))
+    equal = M.JobResult(*deliver.results[0])  # not the object written: packed anew, to the same bytes
+    assert journal.packed.get(equal) is not packed[0] and journal.packed.get(equal) == packed[0]
+    run(core, journal, E.ResultsAcked("c1", "K", [1, 2]), now=3)
+    assert journal.packed.get(deliver.results[0]) is not packed[0]  # a later write forgets this turn's
+    assert journal.read_packed("K", [1, 2]) == []
 
 
 def test_a_version_1_journal_gets_its_held_results_sized_and_the_operator_settings_table(tmp_path: Path) -> None:

@@ -900,3 +900,47 @@ def test_among_several_schedulers_each_gets_a_short_deadline_that_doubles_each_r
     assert deadline(10.0, 1, 0) == 10.0  # one scheduler: all the time there is
     assert [deadline(10.0, 2, r) for r in range(5)] == [2.0, 4.0, 8.0, 10.0, 10.0]
     assert deadline(10.0, 3, 10_000) == 10.0
+
+
+# --------------------------------------------------------------------------
+# JobResults from results packed once (the scheduler sends its journal's bytes)
+
+
+def _result(job_id: int, status: JobStatus, result: bytes | None = None, **fields: Any) -> JobResult:
+    return JobResult("c-1", job_id, int(status), result, b"", b"", "", "", 1.5, 2.25)._replace(**fields)
+
+
+RESULT_SETS = {
+    "none": [],
+    "finished": [_result(1, JobStatus.FINISHED, dumps({"x": [1, 2.5, "é"]}), cpu_time=0.25, max_rss=5 << 32)],
+    "output": [_result(2, JobStatus.FINISHED, dumps(None), stdout=b"out\n" * 1000, stderr="warn é\n".encode())],
+    "exception": [
+        _result(3, JobStatus.TERMINATED, exception="Traceback (most recent call last):\n  ZeroDivisionError: é",
+                exception_type="ZeroDivisionError", mac=b"m" * 32),
+        _result(4, JobStatus.CANCELLED, exception="cancelled"),
+        _result(5, JobStatus.ABANDONED, exception="node lost"),
+    ],  # fmt: skip
+    "provisional": [_result(6, JobStatus.PROVISIONAL_RESULT, dumps("halfway"))],
+    # msgpack's bin8/16/32 and array16/32 boundaries, and a payload of several megabytes
+    "big": [_result(7 + i, JobStatus.FINISHED, b"\x01" * n) for i, n in enumerate((255, 256, 65535, 65536, 6 << 20))],
+    "many": [_result(i, JobStatus.FINISHED, dumps(i)) for i in range(70_000)],
+}
+
+
+@pytest.mark.parametrize("cluster_id", ["c-1", "k" * 40])
+@pytest.mark.parametrize("name", list(RESULT_SETS))
+def test_results_frame_of_packed_results_is_the_one_encode_makes_and_clients_decode(name: str, cluster_id: str) -> None:
+    results = RESULT_SETS[name]
+    frame = M.encode_results(cluster_id, [M.pack_result(r) for r in results])
+    assert frame == encode(M.JobResults(cluster_id, results))
+    decoder = FrameDecoder()  # as the client reads its connection
+    decoder.feed(PREAMBLE + frame)
+    assert M.next_message(decoder) == M.JobResults(cluster_id, results)
+    assert M.next_message(decoder) is NEED_DATA
+
+
+def test_a_packed_result_is_the_journals_format_of_earlier_versions() -> None:
+    """Results stored before the scheduler sent the journal's bytes as they are go out unchanged."""
+    for results in RESULT_SETS.values():
+        for r in results[:10]:
+            assert M.pack_result(r) == msgpack.packb(list(r), use_bin_type=True)
