@@ -54,6 +54,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 import os
 import re
 import shutil
@@ -98,6 +99,12 @@ UNLOAD_SLACK = 10.0
 #: jobs sent on to a worker cluster's zygote per running job (`_send_next`): its workers' jobs handed
 #: ahead (worker.AHEAD) and one more, so that a place that frees there is taken at once
 NEXT_DEPTH = AHEAD + 1
+#: seconds a worker cluster's jobs run, on average (`_Cluster.run_time`), at most for its jobs to be sent on while
+#: other clusters have jobs queued too: those wait behind its jobs sent on, so only where that wait is short
+#: (about the scheduler's prefetch target, the queued work per CPU it aims at where jobs are short)
+SHORT_RUN = 0.005
+#: weight of each job's run time in the cluster's average (`_Cluster.run_time`)
+_RUN_WEIGHT = 0.2
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,14 +291,22 @@ class Runner:
     def _send_next(self, live: list[_Cluster]) -> None:
         """Every slot busy: a worker cluster's queued jobs go to its zygote as the next job of each running
         one (`zp.RunNext`), so a worker that ends a job finds the next at hand, with no round trip through
-        this process. Only while one cluster has jobs queued (with several, the oldest must take the next
-        free slot, whichever cluster frees it), and while no more jobs run than offered (after the offer
-        shrank, each place that frees goes)."""
-        queued = [c for c in live if c.queued]
-        if len(queued) != 1 or not queued[0].takes_next:
+        this process; only while no more jobs run than offered (after the offer shrank, each place that
+        frees goes).
+
+        While several clusters have jobs queued, each place that frees should go to the oldest arrival,
+        whichever cluster's it is; a job sent on takes the place of one of its own cluster's instead, before
+        older jobs of others. So then only clusters whose jobs are short (`SHORT_RUN` on average) send
+        theirs on: the others' wait a few milliseconds more, as the scheduler's prefetch window already
+        makes them wait, and a free slot still goes to the oldest (`_start_free`). Clusters whose jobs take
+        longer keep the strict order: none of theirs is sent on, and none is overtaken for long."""
+        queued = [c for c in live if c.queued and c.takes_next]
+        if not queued or (self.slots is not None and sum(c.running for c in live) > self.slots):
             return
-        if self.slots is not None and sum(c.running for c in live) <= self.slots:
-            queued[0].send_next()
+        several = sum(1 for c in live if c.queued) > 1
+        for cluster in queued:
+            if not several or cluster.run_time <= SHORT_RUN:
+                cluster.send_next()
 
     def recall(self, refs: Iterable[JobRef]) -> list[JobRef]:
         """Drops the jobs of `refs` still queued, reporting nothing of them: those returned (they never start here).
@@ -498,6 +513,8 @@ class _Cluster:
         self._after = after  # the retirement of this cluster's previous incarnation
         self._task: asyncio.Task[None] | None = None
         self._held: list[bytes] | None = None  # frames for the zygote held to go in one write (`hold_writes`)
+        #: seconds its jobs ran, on average (weighted to the latest, `_RUN_WEIGHT`): none ended yet, infinite
+        self.run_time = math.inf
 
     def start(self, life: Incarnation[_Cluster | _Remnant]) -> None:
         self.life = life
@@ -875,12 +892,14 @@ class _Cluster:
         self._check(msg)
         if isinstance(msg, zp.Done):
             if msg.job_id in self._running:
-                del self._running[msg.job_id]
+                ran = self._running.pop(msg.job_id) is not None  # Started (its pid) comes before its Done
                 if self._next.pop(msg.job_id, None) is not None:  # killed before it started
                     self._forget_withdrawal(msg.job_id)
                 self._drop_groups(msg.job_id)
                 self.runner.report(JobResult(self.cluster_id, *msg))
                 self._freed = True
+                if ran:
+                    self._ran(max(0.0, msg.end_time - msg.start_time))
         elif isinstance(msg, zp.Started):
             if msg.job_id in self._running:
                 self._running[msg.job_id] = msg.pid
@@ -916,6 +935,10 @@ class _Cluster:
                 self.runner.cluster_failed(self.cluster_id, msg.message, self)
         elif isinstance(msg, zp.Unloaded):
             self._unloaded.set()
+
+    def _ran(self, seconds: float) -> None:
+        """One of its jobs ran `seconds`: into its average (`run_time`), the first one as it is."""
+        self.run_time = seconds if math.isinf(self.run_time) else self.run_time + _RUN_WEIGHT * (seconds - self.run_time)
 
     def _check(self, msg: Any) -> None:
         """Bounds what is passed on: user code shares the zygote's account and can write on its pipe.
