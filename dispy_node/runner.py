@@ -36,11 +36,12 @@ scheduler taking it back. `busy` counts the jobs owed a result. A result comes
 only once the job's whole process tree is gone (the zygote sees to that; if
 the zygote itself dies, `_died` hunts the orphans by their mark).
 
-Sent on (worker isolation): while every offered CPU is busy and one cluster
-alone has jobs queued, its queued jobs are sent on to the zygote,
-`NEXT_DEPTH` per running job (`zp.RunNext`), which starts each in the place
-of a job that ends after it came: a worker finds its next job at hand
-instead of waiting a round trip through this process. Such a job is owed a result but is not
+Sent on (worker isolation): while every offered CPU is busy, a cluster's
+queued jobs are sent on to its zygote, `NEXT_DEPTH` per running job
+(`zp.RunNext`), which starts each in the place of a job of that cluster that
+ends after it came: a worker finds its next job at hand instead of waiting
+a round trip through this process. While several clusters have jobs queued,
+only those whose jobs are short (`SHORT_RUN`) send theirs on (`_send_next`). Such a job is owed a result but is not
 running (`running`) until the zygote's Started, which comes before the Done
 of the job whose place it took, so this process never counts fewer jobs
 running than there are. One still waiting when a CPU frees here is started
