@@ -9,7 +9,9 @@ import random
 import sys
 
 import cloudpickle
+import psutil
 from test_node_runner import Harness, run, value
+from waiting import async_wait_until
 
 from dispy_wire.messages import JobRef
 from dispy_wire.status import JobStatus
@@ -247,5 +249,32 @@ def test_jobs_of_a_cluster_of_longer_jobs_are_not_sent_on_past_another_clusters_
         for job_id in (first, other, later):
             await h.result(job_id)
         assert ids_started(h) == [first, other, later]
+
+    run(body)
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_the_idle_workers_of_a_cluster_that_closes_end_while_another_cluster_runs_on() -> None:
+    async def body(h: Harness) -> None:
+        for cluster in ("c1", "c2"):
+            h.load(cluster, options=WORKER, func=pid_and_loud)
+        h.runner.set_slots(2)
+        firsts = [h.run(cluster, (i,))[0] for i in range(20) for cluster in ("c1", "c2")]
+        for job_id in firsts:
+            await h.result(job_id)
+        ids = {r.job_id: value(r)[0] for r in h.results}
+        gone = {ids[job_id] for job_id in firsts[::2]}  # c1's workers, idle now
+        await h.runner.unload("c1")
+
+        await async_wait_until(lambda: not any(map(alive, gone)), what="the closed cluster's idle workers gone")
+        for i in range(4):  # c2 runs on, in its own workers
+            pid, x = value(await h.call("c2", i))
+            assert x == i and pid not in gone
 
     run(body)
