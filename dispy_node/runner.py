@@ -106,6 +106,9 @@ NEXT_DEPTH = AHEAD + 1
 SHORT_RUN = 0.005
 #: weight of each job's run time in the cluster's average (`_Cluster.run_time`)
 _RUN_WEIGHT = 0.2
+#: seconds a cluster's queued jobs may wait, none of its jobs starting, while other clusters' jobs sent on take the
+#: places that free (`_send_next`); then no more are sent on until one of its starts: no cluster waits for long
+OVERTAKEN_FOR = 0.02
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,12 +302,18 @@ class Runner:
         whichever cluster's it is; a job sent on takes the place of one of its own cluster's instead, before
         older jobs of others. So then only clusters whose jobs are short (`SHORT_RUN` on average) send
         theirs on: the others' wait a few milliseconds more, as the scheduler's prefetch window already
-        makes them wait, and a free slot still goes to the oldest (`_start_free`). Clusters whose jobs take
-        longer keep the strict order: none of theirs is sent on, and none is overtaken for long."""
+        makes them wait, and a free slot still goes to the oldest (`_start_free`); and only until a cluster
+        that could start a job has waited `OVERTAKEN_FOR` with none of its jobs starting: then none is sent on
+        until one of its starts, so the scheduler's fair share, which counts jobs sent to the node, is not
+        undone here. Clusters whose jobs take longer keep the strict order: none of theirs is sent on."""
         queued = [c for c in live if c.queued and c.takes_next]
         if not queued or (self.slots is not None and sum(c.running for c in live) > self.slots):
             return
         several = sum(1 for c in live if c.queued) > 1
+        if several:
+            now = time.monotonic()
+            if any(c.startable and now - c.unstarted_since > OVERTAKEN_FOR for c in live if c.queued):
+                return  # (those sent on already run out: then a place that frees goes to the oldest)
         for cluster in queued:
             if not several or cluster.run_time <= SHORT_RUN:
                 cluster.send_next()
@@ -516,6 +525,8 @@ class _Cluster:
         self._held: list[bytes] | None = None  # frames for the zygote held to go in one write (`hold_writes`)
         #: seconds its jobs ran, on average (weighted to the latest, `_RUN_WEIGHT`): none ended yet, infinite
         self.run_time = math.inf
+        #: since when its queued jobs wait with none of its jobs starting (monotonic; its queue was empty, or one started)
+        self.unstarted_since = time.monotonic()
 
     def start(self, life: Incarnation[_Cluster | _Remnant]) -> None:
         self.life = life
@@ -571,6 +582,8 @@ class _Cluster:
         fresh = [j for j in jobs if j.job_id not in self._queued and j.job_id not in self._running]
         if len(fresh) < len(jobs):
             logger.info("cluster %s: %d repeated job(s) ignored", self.cluster_id, len(jobs) - len(fresh))
+        if fresh and not self._queued:
+            self.unstarted_since = time.monotonic()
         for job in fresh:
             self._queued[job.job_id] = job
             self._arrived[job.job_id] = next(self.runner.arrivals)
@@ -636,6 +649,8 @@ class _Cluster:
         if returned:
             self.runner.returned(returned)
         if back:
+            if not self._queued:
+                self.unstarted_since = time.monotonic()
             items = sorted([*back.items(), *((j, (q, self._arrived[j])) for j, q in self._queued.items())],
                            key=lambda item: item[1][1])  # fmt: skip
             self._queued = {job_id: job for job_id, (job, _) in items}
@@ -658,6 +673,7 @@ class _Cluster:
             if now:
                 frames.append(zp.encode(zp.StartNext(now)))
                 started = len(now)
+                self.unstarted_since = time.monotonic()
         while self._queued and started < most and (
             ahead or self.settings.cpus is None or self.running < self.settings.cpus
         ):  # fmt: skip
@@ -682,6 +698,7 @@ class _Cluster:
             else:
                 frames.append(zp.encode(zp.Run(job_id, job.payload, list(job_limits), files, group)))
                 self.runner.started(JobRef(self.cluster_id, job_id))
+                self.unstarted_since = time.monotonic()
         self._write(b"".join(frames))
 
     def _limits_of(self, job: RunJob, caps: limits.Limits) -> tuple[limits.Limits, list[Any]]:
@@ -907,6 +924,7 @@ class _Cluster:
                 if self._next.pop(msg.job_id, None) is not None:  # in the place of a job whose Done follows
                     self._forget_withdrawal(msg.job_id)
                     self.runner.started(JobRef(self.cluster_id, msg.job_id))
+                    self.unstarted_since = time.monotonic()
         elif isinstance(msg, zp.Withdrawn):
             self._withdrawn(msg.job_ids)
             self._freed = True

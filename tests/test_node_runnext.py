@@ -278,3 +278,21 @@ def test_the_idle_workers_of_a_cluster_that_closes_end_while_another_cluster_run
             assert x == i and pid not in gone
 
     run(body)
+
+
+def test_a_cluster_waiting_behind_another_clusters_short_jobs_sent_on_starts_while_they_keep_coming() -> None:
+    async def body(h: Harness) -> None:
+        for cluster in ("c1", "c2"):
+            h.load(cluster, options=WORKER, func=nap)
+            await h.call(cluster, 0)  # both short: both may send jobs on
+        h.runner.set_slots(1)
+        fed = h.run("c1", *[(0.002,)] * 100)  # short, yet long enough that its worker never runs out
+        (waiting,) = h.run("c2", (0,))
+        while all(r.job_id != waiting for r in h.results):  # c1's jobs keep coming, as a scheduler's window sends
+            assert len(fed) < 1500, "c2's job never started while c1's kept coming"
+            ended = {r.job_id for r in h.results}
+            fed += h.run("c1", *[(0.002,)] * (100 - sum(job_id not in ended for job_id in fed[-100:])))
+            count = len(h.results)
+            await h.until(lambda: len(h.results) > count)
+
+    run(body)
