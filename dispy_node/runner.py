@@ -41,7 +41,8 @@ queued jobs are sent on to its zygote, `NEXT_DEPTH` per running job
 (`zp.RunNext`), which starts each in the place of a job of that cluster that
 ends after it came: a worker finds its next job at hand instead of waiting
 a round trip through this process. While several clusters have jobs queued,
-only those whose jobs are short (`SHORT_RUN`) send theirs on (`_send_next`). Such a job is owed a result but is not
+only those whose jobs are short (`SHORT_RUN`) send theirs on, and none once
+another cluster has waited `OVERTAKEN_FOR` without a start (`_send_next`). Such a job is owed a result but is not
 running (`running`) until the zygote's Started, which comes before the Done
 of the job whose place it took, so this process never counts fewer jobs
 running than there are. One still waiting when a CPU frees here is started
