@@ -97,10 +97,12 @@ def _cpu(proc: psutil.Process, children: bool) -> float:
 
 async def through_runner(
     jobs: int, slots: int, work_dir: Path, spawn: bool = False, groups: cgroups.JobGroups | None = None,
-    isolation: str = "fork",
+    isolation: str = "fork", clusters: int = 1, window: int = 0,
 ) -> Figures:  # fmt: skip
-    """Jobs/s over `jobs` jobs, `slots` at a time (after one warm-up job), and CPU per job; `spawn`: no fork;
-    `groups`: a control group per job, as a node with cgroups makes; `isolation`: the cluster's."""
+    """Jobs/s over `jobs` jobs, `slots` at a time (after one warm-up job per cluster), and CPU per job; `spawn`:
+    no fork; `groups`: a control group per job, as a node with cgroups makes; `isolation`: the clusters';
+    `clusters`: that many clusters, their jobs interleaved one by one (as fair share sends several users' jobs);
+    `window`: jobs kept at the runner (its prefetch: `slots` if 0)."""
     warm, done = asyncio.Event(), asyncio.Event()
     errors: list[str] = []
     finished = 0
@@ -109,7 +111,7 @@ async def through_runner(
 
     def submit() -> None:
         nonlocal submitted
-        runner.run([RunJob("bench", submitted, payload, {})])
+        runner.run([RunJob(f"bench{submitted % clusters}", submitted, payload, {})])
         submitted += 1
 
     def on_result(result: JobResult) -> None:
@@ -119,11 +121,11 @@ async def through_runner(
             warm.set()
             done.set()
         finished += 1
-        if finished == 1:
+        if finished == clusters:
             warm.set()
-        elif submitted < jobs + 1:
+        elif finished > clusters and submitted < jobs + clusters:
             submit()
-        elif finished == jobs + 1:
+        elif finished == jobs + clusters:
             done.set()
 
     def on_failed(cluster_id: str, message: str) -> None:
@@ -134,22 +136,31 @@ async def through_runner(
     work_dir.mkdir()
     runner = Runner(RunnerConfig(work_dir, account=myself(), spawn=spawn, cgroups=groups), on_result, on_failed)
     comp = Computation("function", "trivial", [], [], dumps(CodeObjects(func=trivial)), new_key())
-    runner.load("bench", pack_computation(comp), {"isolation": isolation})
+    for n in range(clusters):
+        runner.load(f"bench{n}", pack_computation(comp), {"isolation": isolation})
     try:
-        submit()  # warm-up: waits for the zygote to load
+        for _ in range(clusters):  # warm-up: waits for the zygotes to load
+            submit()
         await warm.wait()
         if errors:
             raise RuntimeError(errors[0])
         me = psutil.Process()
-        zygote = me.children()[0]
-        start, daemon0, zygote0, all0 = time.perf_counter(), _cpu(me, False), _cpu(zygote, False), _cpu(zygote, True)
-        faults0 = _faults(zygote.pid)
-        for _ in range(slots):
+        zygotes = me.children()
+
+        def cpu(children: bool) -> float:
+            return sum(_cpu(zygote, children) for zygote in zygotes)
+
+        def faulted() -> list[int]:
+            return [sum(f) for f in zip(*(_faults(zygote.pid) for zygote in zygotes))]
+
+        start, daemon0, zygote0, all0 = time.perf_counter(), _cpu(me, False), cpu(False), cpu(True)
+        faults0 = faulted()
+        for _ in range(window or slots):
             submit()
         await done.wait()
         elapsed, daemon = time.perf_counter() - start, _cpu(me, False) - daemon0
-        own, used = _cpu(zygote, False) - zygote0, _cpu(zygote, True) - all0
-        faults = [(after - before) / jobs for before, after in zip(faults0, _faults(zygote.pid))]
+        own, used = cpu(False) - zygote0, cpu(True) - all0
+        faults = [(after - before) / jobs for before, after in zip(faults0, faulted())]
         if errors:
             raise RuntimeError(errors[0])
         return Figures(jobs / elapsed, daemon / jobs, own / jobs, (used - own) / jobs, (faults[0], faults[1]))
@@ -202,6 +213,9 @@ def main() -> None:
     parser.add_argument("--tree", type=int, default=100, help="processes in the cancelled job's tree")
     parser.add_argument("--only", choices=("fork", "worker"), help="measure one isolation (and skip the rest)")
     parser.add_argument("--rounds", type=int, default=1, help="rounds of the isolations measured, alternating")
+    parser.add_argument("--clusters", type=int, default=1,
+                        help="clusters whose jobs are interleaved one by one (as several users' under fair share)")
+    parser.add_argument("--window", type=int, default=0, help="jobs kept at the runner (its prefetch; 0: --slots)")
     args = parser.parse_args()
 
     def run(coro: Coroutine[Any, Any, T]) -> T:
@@ -219,8 +233,9 @@ def main() -> None:
                 print(_line(f"runner, {args.slots} slots, fork", fork) + f"; bare fork+wait is {rate / fork.rate:.2f}x as fast",
                       flush=True)  # fmt: skip
             if args.only != "fork":
-                print(_line(f"runner, {args.slots} slots, worker", run(through_runner(
-                    args.jobs, args.slots, Path(tmp) / f"w{n}", isolation="worker"))), flush=True)  # fmt: skip
+                print(_line(f"runner, {args.slots} slots, worker, {args.clusters} cluster(s)", run(through_runner(
+                    args.jobs, args.slots, Path(tmp) / f"w{n}", isolation="worker", clusters=args.clusters,
+                    window=args.window))), flush=True)  # fmt: skip
         if args.only is None:
             if groups is not None:
                 grouped = run(through_runner(args.jobs, args.slots, Path(tmp) / "g", groups=groups))

@@ -36,11 +36,13 @@ scheduler taking it back. `busy` counts the jobs owed a result. A result comes
 only once the job's whole process tree is gone (the zygote sees to that; if
 the zygote itself dies, `_died` hunts the orphans by their mark).
 
-Sent on (worker isolation): while every offered CPU is busy and one cluster
-alone has jobs queued, its queued jobs are sent on to the zygote,
-`NEXT_DEPTH` per running job (`zp.RunNext`), which starts each in the place
-of a job that ends after it came: a worker finds its next job at hand
-instead of waiting a round trip through this process. Such a job is owed a result but is not
+Sent on (worker isolation): while every offered CPU is busy, a cluster's
+queued jobs are sent on to its zygote, `NEXT_DEPTH` per running job
+(`zp.RunNext`), which starts each in the place of a job of that cluster that
+ends after it came: a worker finds its next job at hand instead of waiting
+a round trip through this process. While several clusters have jobs queued,
+only those whose jobs are short (`SHORT_RUN`) send theirs on, and none once
+another cluster has waited `OVERTAKEN_FOR` without a start (`_send_next`). Such a job is owed a result but is not
 running (`running`) until the zygote's Started, which comes before the Done
 of the job whose place it took, so this process never counts fewer jobs
 running than there are. One still waiting when a CPU frees here is started
@@ -54,6 +56,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 import os
 import re
 import shutil
@@ -98,6 +101,15 @@ UNLOAD_SLACK = 10.0
 #: jobs sent on to a worker cluster's zygote per running job (`_send_next`): its workers' jobs handed
 #: ahead (worker.AHEAD) and one more, so that a place that frees there is taken at once
 NEXT_DEPTH = AHEAD + 1
+#: seconds a worker cluster's jobs run, on average (`_Cluster.run_time`), at most for its jobs to be sent on while
+#: other clusters have jobs queued too: those wait behind its jobs sent on, so only where that wait is short
+#: (about the scheduler's prefetch target, the queued work per CPU it aims at where jobs are short)
+SHORT_RUN = 0.005
+#: weight of each job's run time in the cluster's average (`_Cluster.run_time`)
+_RUN_WEIGHT = 0.2
+#: seconds a cluster's queued jobs may wait, none of its jobs starting, while other clusters' jobs sent on take the
+#: places that free (`_send_next`); then no more are sent on until one of its starts: no cluster waits for long
+OVERTAKEN_FOR = 0.02
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,14 +296,28 @@ class Runner:
     def _send_next(self, live: list[_Cluster]) -> None:
         """Every slot busy: a worker cluster's queued jobs go to its zygote as the next job of each running
         one (`zp.RunNext`), so a worker that ends a job finds the next at hand, with no round trip through
-        this process. Only while one cluster has jobs queued (with several, the oldest must take the next
-        free slot, whichever cluster frees it), and while no more jobs run than offered (after the offer
-        shrank, each place that frees goes)."""
-        queued = [c for c in live if c.queued]
-        if len(queued) != 1 or not queued[0].takes_next:
+        this process; only while no more jobs run than offered (after the offer shrank, each place that
+        frees goes).
+
+        While several clusters have jobs queued, each place that frees should go to the oldest arrival,
+        whichever cluster's it is; a job sent on takes the place of one of its own cluster's instead, before
+        older jobs of others. So then only clusters whose jobs are short (`SHORT_RUN` on average) send
+        theirs on: the others' wait a few milliseconds more, as the scheduler's prefetch window already
+        makes them wait, and a free slot still goes to the oldest (`_start_free`); and only until a cluster
+        that could start a job has waited `OVERTAKEN_FOR` with none of its jobs starting: then none is sent on
+        until one of its starts, so the scheduler's fair share, which counts jobs sent to the node, is not
+        undone here. Clusters whose jobs take longer keep the strict order: none of theirs is sent on."""
+        queued = [c for c in live if c.queued and c.takes_next]
+        if not queued or (self.slots is not None and sum(c.running for c in live) > self.slots):
             return
-        if self.slots is not None and sum(c.running for c in live) <= self.slots:
-            queued[0].send_next()
+        several = sum(1 for c in live if c.queued) > 1
+        if several:
+            now = time.monotonic()
+            if any(c.startable and now - c.unstarted_since > OVERTAKEN_FOR for c in live if c.queued):
+                return  # (those sent on already run out: then a place that frees goes to the oldest)
+        for cluster in queued:
+            if not several or cluster.run_time <= SHORT_RUN:
+                cluster.send_next()
 
     def recall(self, refs: Iterable[JobRef]) -> list[JobRef]:
         """Drops the jobs of `refs` still queued, reporting nothing of them: those returned (they never start here).
@@ -498,6 +524,10 @@ class _Cluster:
         self._after = after  # the retirement of this cluster's previous incarnation
         self._task: asyncio.Task[None] | None = None
         self._held: list[bytes] | None = None  # frames for the zygote held to go in one write (`hold_writes`)
+        #: seconds its jobs ran, on average (weighted to the latest, `_RUN_WEIGHT`): none ended yet, infinite
+        self.run_time = math.inf
+        #: since when its queued jobs wait with none of its jobs starting (monotonic; its queue was empty, or one started)
+        self.unstarted_since = time.monotonic()
 
     def start(self, life: Incarnation[_Cluster | _Remnant]) -> None:
         self.life = life
@@ -553,6 +583,8 @@ class _Cluster:
         fresh = [j for j in jobs if j.job_id not in self._queued and j.job_id not in self._running]
         if len(fresh) < len(jobs):
             logger.info("cluster %s: %d repeated job(s) ignored", self.cluster_id, len(jobs) - len(fresh))
+        if fresh and not self._queued:
+            self.unstarted_since = time.monotonic()
         for job in fresh:
             self._queued[job.job_id] = job
             self._arrived[job.job_id] = next(self.runner.arrivals)
@@ -618,6 +650,8 @@ class _Cluster:
         if returned:
             self.runner.returned(returned)
         if back:
+            if not self._queued:
+                self.unstarted_since = time.monotonic()
             items = sorted([*back.items(), *((j, (q, self._arrived[j])) for j, q in self._queued.items())],
                            key=lambda item: item[1][1])  # fmt: skip
             self._queued = {job_id: job for job_id, (job, _) in items}
@@ -640,6 +674,7 @@ class _Cluster:
             if now:
                 frames.append(zp.encode(zp.StartNext(now)))
                 started = len(now)
+                self.unstarted_since = time.monotonic()
         while self._queued and started < most and (
             ahead or self.settings.cpus is None or self.running < self.settings.cpus
         ):  # fmt: skip
@@ -664,6 +699,7 @@ class _Cluster:
             else:
                 frames.append(zp.encode(zp.Run(job_id, job.payload, list(job_limits), files, group)))
                 self.runner.started(JobRef(self.cluster_id, job_id))
+                self.unstarted_since = time.monotonic()
         self._write(b"".join(frames))
 
     def _limits_of(self, job: RunJob, caps: limits.Limits) -> tuple[limits.Limits, list[Any]]:
@@ -875,18 +911,21 @@ class _Cluster:
         self._check(msg)
         if isinstance(msg, zp.Done):
             if msg.job_id in self._running:
-                del self._running[msg.job_id]
+                ran = self._running.pop(msg.job_id) is not None  # Started (its pid) comes before its Done
                 if self._next.pop(msg.job_id, None) is not None:  # killed before it started
                     self._forget_withdrawal(msg.job_id)
                 self._drop_groups(msg.job_id)
                 self.runner.report(JobResult(self.cluster_id, *msg))
                 self._freed = True
+                if ran:
+                    self._ran(max(0.0, msg.end_time - msg.start_time))
         elif isinstance(msg, zp.Started):
             if msg.job_id in self._running:
                 self._running[msg.job_id] = msg.pid
                 if self._next.pop(msg.job_id, None) is not None:  # in the place of a job whose Done follows
                     self._forget_withdrawal(msg.job_id)
                     self.runner.started(JobRef(self.cluster_id, msg.job_id))
+                    self.unstarted_since = time.monotonic()
         elif isinstance(msg, zp.Withdrawn):
             self._withdrawn(msg.job_ids)
             self._freed = True
@@ -916,6 +955,10 @@ class _Cluster:
                 self.runner.cluster_failed(self.cluster_id, msg.message, self)
         elif isinstance(msg, zp.Unloaded):
             self._unloaded.set()
+
+    def _ran(self, seconds: float) -> None:
+        """One of its jobs ran `seconds`: into its average (`run_time`), the first one as it is."""
+        self.run_time = seconds if math.isinf(self.run_time) else self.run_time + _RUN_WEIGHT * (seconds - self.run_time)
 
     def _check(self, msg: Any) -> None:
         """Bounds what is passed on: user code shares the zygote's account and can write on its pipe.

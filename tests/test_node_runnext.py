@@ -9,7 +9,9 @@ import random
 import sys
 
 import cloudpickle
+import psutil
 from test_node_runner import Harness, run, value
+from waiting import async_wait_until
 
 from dispy_wire.messages import JobRef
 from dispy_wire.status import JobStatus
@@ -189,5 +191,108 @@ def test_cancels_and_a_shrinking_offer_under_load_end_every_job_once_with_its_ow
             assert r.status == JobStatus.FINISHED and value(r) == 2 * r.job_id, (r.job_id, r.exception)
             assert r.stdout == b"o %d\n" % r.job_id
         assert h.runner.busy == 0
+
+    run(body)
+
+
+def pid_and_loud(x: int) -> tuple[int, int]:
+    import os
+
+    print("out", x)
+    os.write(2, b"err %d\n" % x)
+    return os.getpid(), x
+
+
+def test_clusters_of_short_jobs_interleaved_keep_their_own_workers_and_send_their_jobs_on() -> None:
+    async def body(h: Harness) -> None:
+        clusters = ["c1", "c2", "c3", "c4"]  # as four users' jobs, interleaved by fair share, on a 2-CPU node
+        for cluster in clusters:
+            h.load(cluster, options=WORKER, func=pid_and_loud)
+            await h.call(cluster, -1)  # ready, with one short job's run time known
+        h.started.clear()
+        h.runner.set_slots(2)
+        ids = {cluster: [] for cluster in clusters}
+        for i in range(400):
+            cluster = clusters[i % len(clusters)]
+            ids[cluster] += h.run(cluster, (i,))
+        await h.until(lambda: len(h.results) >= 4 + 400)
+        pids: dict[str, set[int]] = {}
+        for cluster, job_ids in ids.items():
+            for job_id in job_ids:
+                result = await h.result(job_id)
+                pid, x = value(result)
+                assert (result.stdout, result.stderr) == (b"out %d\n" % x, b"err %d\n" % x)
+                pids.setdefault(cluster, set()).add(pid)
+        assert sorted(r.job_id for r in h.results) == list(range(4 + 400))  # each exactly once
+        for cluster in clusters:  # its workers stay while the CPUs serve other clusters: no fork per job
+            assert len(pids[cluster]) <= 2, (cluster, pids[cluster])
+            assert all(not pids[cluster] & pids[other] for other in clusters if other != cluster)  # never shared
+        # jobs started in the place of one of their cluster's ending (its Done after their Started), not only
+        # each after a round trip through the daemon
+        assert max(running for _, running in h.started) > 2
+        assert h.runner.busy == 0
+
+    run(body)
+
+
+def test_jobs_of_a_cluster_of_longer_jobs_are_not_sent_on_past_another_clusters_older_job() -> None:
+    async def body(h: Harness) -> None:
+        for cluster in ("c1", "c2"):
+            h.load(cluster, options=WORKER, func=nap)
+        await h.call("c1", 0.2)  # its jobs are not short: none goes on while another cluster waits
+        await h.call("c2", 0)
+        h.started.clear()
+        h.runner.set_slots(1)
+        (first,) = h.run("c1", (0.3,))
+        (other,) = h.run("c2", (0,))
+        (later,) = h.run("c1", (0,))  # after c2's job: it must not take the first one's place before it
+        for job_id in (first, other, later):
+            await h.result(job_id)
+        assert ids_started(h) == [first, other, later]
+
+    run(body)
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_the_idle_workers_of_a_cluster_that_closes_end_while_another_cluster_runs_on() -> None:
+    async def body(h: Harness) -> None:
+        for cluster in ("c1", "c2"):
+            h.load(cluster, options=WORKER, func=pid_and_loud)
+        h.runner.set_slots(2)
+        firsts = [h.run(cluster, (i,))[0] for i in range(20) for cluster in ("c1", "c2")]
+        for job_id in firsts:
+            await h.result(job_id)
+        ids = {r.job_id: value(r)[0] for r in h.results}
+        gone = {ids[job_id] for job_id in firsts[::2]}  # c1's workers, idle now
+        await h.runner.unload("c1")
+
+        await async_wait_until(lambda: not any(map(alive, gone)), what="the closed cluster's idle workers gone")
+        for i in range(4):  # c2 runs on, in its own workers
+            pid, x = value(await h.call("c2", i))
+            assert x == i and pid not in gone
+
+    run(body)
+
+
+def test_a_cluster_waiting_behind_another_clusters_short_jobs_sent_on_starts_while_they_keep_coming() -> None:
+    async def body(h: Harness) -> None:
+        for cluster in ("c1", "c2"):
+            h.load(cluster, options=WORKER, func=nap)
+            await h.call(cluster, 0)  # both short: both may send jobs on
+        h.runner.set_slots(1)
+        fed = h.run("c1", *[(0.002,)] * 100)  # short, yet long enough that its worker never runs out
+        (waiting,) = h.run("c2", (0,))
+        while all(r.job_id != waiting for r in h.results):  # c1's jobs keep coming, as a scheduler's window sends
+            assert len(fed) < 1500, "c2's job never started while c1's kept coming"
+            ended = {r.job_id for r in h.results}
+            fed += h.run("c1", *[(0.002,)] * (100 - sum(job_id not in ended for job_id in fed[-100:])))
+            count = len(h.results)
+            await h.until(lambda: len(h.results) > count)
 
     run(body)
