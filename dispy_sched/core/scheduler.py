@@ -66,8 +66,12 @@ scheduler (and its journal commit) between two jobs, and each turn's
 results, dispatches and commit carry several jobs. A prefetched job is
 RUNNING for the core from its dispatch: it counts in `busy` of its node,
 cluster and user like a running one (and in their `waiting` until it
-starts), so fair share, `max_cpus` and the clusters' CPU allowances hold it
-as they hold a running job. The node may start it at any moment, its report
+starts), so `max_cpus` and the clusters' CPU allowances hold it as they
+hold a running job. Fair share weighs it by the part of their stay on nodes
+its user's jobs spend running (`UserRecord.load`, from the waits that start
+reports show and the run times results show): the node starts its queue in
+the order it came, so a short job behind long ones waits about as long as
+they run, and counting it fully tilted shares toward users of long jobs. The node may start it at any moment, its report
 lost with the node: so when the node is lost it is treated as a running job
 is (rerun if reentrant, else orphaned or Abandoned), never run twice.
 People see it queued until it starts (`status`: busy is running, queued
@@ -769,6 +773,7 @@ class SchedulerCore:
                 continue
             user = self.users[cluster.user]
             user.add_usage(max(0.0, result.end_time - result.start_time), self.now, self.usage_half_life)
+            user.note_run(result.end_time - result.start_time)  # re-keyed by `_release` or `_displace` below
             self._note_user(user)
             if node.queues and (result.status == JobStatus.FINISHED or result.status == JobStatus.TERMINATED):
                 self._measure(cluster, node, result)
@@ -791,8 +796,11 @@ class SchedulerCore:
         if ev.node not in self.nodes:
             return
         for cluster, job in self._unstarted_on(ev.node, ev.jobs):  # others ended already (a short job's result
-            job.start_time = self.now  # may come first), or moved on
+            user = self.users[cluster.user]  # may come first), or moved on
+            user.note_wait(self.now - job.start_time)  # since its dispatch
+            job.start_time = self.now
             self._notify_started(cluster, job)
+            self.ready.update_user(user)
 
     @_on.register
     def _on_jobs_returned(self, ev: E.JobsReturned) -> None:
@@ -1279,6 +1287,8 @@ class SchedulerCore:
         job.start_time = self.now
         job.attempts += 1
         user.last_dispatch = cluster.last_dispatch = self.now
+        if not node.queues:
+            user.note_wait(0.0)  # it starts at once (re-keyed by `_occupy`)
         self._occupy(cluster, job, node)
         assert job.payload is not None
         self._out.dispatch[node.node_id].append(RunJob(cluster.cluster_id, job.job_id, job.payload, job.options))
