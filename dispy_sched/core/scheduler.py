@@ -795,12 +795,14 @@ class SchedulerCore:
     def _on_starts_reported(self, ev: E.StartsReported) -> None:
         if ev.node not in self.nodes:
             return
+        users: set[str] = set()
         for cluster, job in self._unstarted_on(ev.node, ev.jobs):  # others ended already (a short job's result
-            user = self.users[cluster.user]  # may come first), or moved on
-            user.note_wait(self.now - job.start_time)  # since its dispatch
-            job.start_time = self.now
+            self.users[cluster.user].note_wait(self.now - job.start_time)  # may come first), or moved on
+            users.add(cluster.user)  # fair share's `load` moved: re-keyed once per user, not per job
+            job.start_time = self.now  # until now, when it was sent
             self._notify_started(cluster, job)
-            self.ready.update_user(user)
+        for name in users:
+            self.ready.update_user(self.users[name])
 
     @_on.register
     def _on_jobs_returned(self, ev: E.JobsReturned) -> None:
