@@ -56,7 +56,9 @@ in a bounded log (`story()` replays one job's history).
 
 Batching: handlers only queue outgoing work in an `_Outbox`; at the end of
 `handle` the scheduling pass fills free CPUs, and the outbox is flushed as at
-most one action of each kind per peer and cluster.
+most one action of each kind per peer and cluster A node whose jobs
+end is re-keyed among the free nodes once per call, as the pass begins, not
+once per job (`_stale_free`).
 
 Prefetch: a node that queues jobs (`NodeJoined.queues`) is sent up to
 `CoreConfig.prefetch` jobs per CPU beyond its CPUs (its `window`); it starts
@@ -245,6 +247,10 @@ class SchedulerCore:
         #: free nodes kept out of `_free_nodes` while the cluster picked for them waits for their queue to shorten
         #: (see Adaptive window): taken back at their next change (`_update_free`), a job's end there at the latest
         self._parked: set[str] = set()
+        #: nodes whose jobs ended in this call: re-keyed among the free ones once, before the scheduling pass
+        #: (a node's results come in batches: one re-key per node, not one per job); a dict, not a set, so that
+        #: they are re-keyed in a fixed order (nodes of equal keys keep it in the heap: runs are reproducible)
+        self._stale_free: dict[str, None] = {}
         #: clusters whose clients follow the nodes (options["node_updates"])
         self._watchers: set[str] = set()
         #: files on their way to nodes: (node, ref) -> client waiting for the answer
@@ -1249,6 +1255,11 @@ class SchedulerCore:
 
     def _schedule(self) -> None:
         """Fills free CPUs: the least loaded node's CPU goes to the policy's first usable cluster."""
+        for stale_id in self._stale_free:
+            stale = self.nodes.get(stale_id)
+            if stale is not None:  # else lost since: out of the free ones already
+                self._update_free(stale)
+        self._stale_free.clear()
         skipped: list[NodeRecord] = []
         adaptive = self.config.prefetch_max > self.config.prefetch
         while self.ready:
@@ -1348,7 +1359,7 @@ class SchedulerCore:
                 self._reload_when_idle(cluster, node)
         job.node = None
         job.started = False
-        self._update_free(node)
+        self._stale_free[node.node_id] = None  # `_update_free` before the scheduling pass
         self.ready.update(cluster)
 
     def _displace(self, cluster: ClusterRecord, job: JobRecord, node: NodeRecord, rerun: bool, why: str) -> None:
