@@ -56,9 +56,9 @@ in a bounded log (`story()` replays one job's history).
 
 Batching: handlers only queue outgoing work in an `_Outbox`; at the end of
 `handle` the scheduling pass fills free CPUs, and the outbox is flushed as at
-most one action of each kind per peer and cluster A node whose jobs
-end is re-keyed among the free nodes once per call, as the pass begins, not
-once per job (`_stale_free`).
+most one action of each kind per peer and cluster. A node whose jobs end is
+re-keyed among the free nodes once per call, as the pass begins, not once
+per job (`_stale_free`).
 
 Prefetch: a node that queues jobs (`NodeJoined.queues`) is sent up to
 `CoreConfig.prefetch` jobs per CPU beyond its CPUs (its `window`); it starts
@@ -73,9 +73,10 @@ hold a running job. Fair share weighs it by the part of their stay on nodes
 its user's jobs spend running (`UserRecord.load`, from the waits that start
 reports show and the run times results show): the node starts its queue in
 the order it came, so a short job behind long ones waits about as long as
-they run, and counting it fully tilted shares toward users of long jobs. The node may start it at any moment, its report
-lost with the node: so when the node is lost it is treated as a running job
-is (rerun if reentrant, else orphaned or Abandoned), never run twice.
+they run, and counting it fully tilted shares toward users of long jobs.
+The node may start it at any moment, its report lost with the node: so
+when the node is lost it is treated as a running job is (rerun if
+reentrant, else orphaned or Abandoned), never run twice.
 People see it queued until it starts (`status`: busy is running, queued
 includes waiting). A node the operator caps below what it offers
 gets no window (it would run the window on CPUs the cap withholds), and a
@@ -805,7 +806,7 @@ class SchedulerCore:
         for cluster, job in self._unstarted_on(ev.node, ev.jobs):  # others ended already (a short job's result
             self.users[cluster.user].note_wait(self.now - job.start_time)  # may come first), or moved on
             users.add(cluster.user)  # fair share's `load` moved: re-keyed once per user, not per job
-            job.start_time = self.now  # until now, when it was sent
+            job.start_time = self.now  # its start from now on, no longer its dispatch
             self._notify_started(cluster, job)
         for name in users:
             self.ready.update_user(self.users[name])
