@@ -3,7 +3,8 @@
 A node that queues jobs (`NodeJoined.queues`) is sent `CoreConfig.prefetch`
 jobs per CPU more than it has CPUs; it reports each start (`StartsReported`),
 and only then is the job Running for its client. A prefetched job counts as
-a running one for fair share and every limit, and, since the node may start
+a running one for every limit, for fair share by the part of their stay on
+nodes its user's jobs run (`UserRecord.load`), and, since the node may start
 it at any moment, is treated as a running one when the node is lost.
 """
 
@@ -325,3 +326,26 @@ class JournaledAdaptivePrefetchCoreMachine(AdaptivePrefetchCoreMachine, Journale
 
 JournaledAdaptivePrefetchCoreMachine.TestCase.settings = settings(MACHINE_SETTINGS, max_examples=50)
 test_random_interleavings_with_an_adaptive_window_and_restarts_lose_nothing = JournaledAdaptivePrefetchCoreMachine.TestCase
+
+
+def test_fair_share_counts_jobs_on_nodes_by_the_part_of_their_stay_they_run(core: SchedulerCore) -> None:
+    step(core, opened("c1", "K"), queueing("n1", 1), submitted("c1", "K", 1, 2, 3, 4), now=0)  # 1 runs, 2 waits
+    alice = core.users["alice"]
+    assert alice.busy == 2 and alice.load == 2  # nothing measured yet: every job held counts
+    step(core, E.StartsReported("n1", [JobRef("K", 1)]), now=0)  # it waited 0 s
+    # job 1 ran 1 s; job 2, sent at 0, starts at 3; job 3 is sent in its place
+    step(core, arrived("n1", result("K", 1, start=0.0, end=1.0)), E.StartsReported("n1", [JobRef("K", 2)]), now=3)
+    assert (alice.wait_mean, alice.run_mean) == (1.5, 1.0)
+    assert alice.busy == 2 and alice.load == pytest.approx(2 * 1.0 / (1.0 + 1.5))  # CPUs it runs on, on average
+    assert core.ready.ready_users.key("alice")[0] == pytest.approx(alice.load)  # what fair share ranks by
+    step(core, arrived("n1", result("K", 2, start=5.0, end=4.0)), now=4)  # a clock that went back: no figure
+    assert alice.run_mean == 1.0 and alice.runs == 1
+
+
+def test_without_jobs_sent_ahead_fair_share_counts_every_busy_cpu(make_core: Callable[..., SchedulerCore]) -> None:
+    core = make_core(prefetch=1)
+    step(core, opened("c1", "K"), joined("n1", 2), submitted("c1", "K", 1, 2, 3), now=0)  # a node that does not queue
+    step(core, arrived("n1", result("K", 1, start=0.0, end=1.0)), now=1)
+    alice = core.users["alice"]
+    assert alice.wait_mean == 0 and alice.run_mean == 1.0
+    assert alice.busy == 2 and alice.load == 2

@@ -117,6 +117,9 @@ def check_invariants(core: SchedulerCore) -> None:
         assert user.clusters == {c.cluster_id for c in core.clusters.values() if c.user == user.name}, f"{user.name}: clusters"
         cap = user.limits.max_cpus
         assert cap is None or user.busy <= cap, f"user {user.name}: {user.busy} busy CPUs beyond max_cpus = {cap}"
+        # fair share's measure of the CPUs it uses (`UserRecord.load`): a part of its busy ones, from sane means
+        assert user.wait_mean >= 0 and user.run_mean >= 0, f"user {user.name}: negative mean stay"
+        assert 0 <= user.load <= user.busy, f"user {user.name}: load {user.load} beyond busy {user.busy}"
         rank = usage_rank_of(user.usage, user.usage_time, core.usage_half_life)
         assert rank == user.usage_rank or math.isclose(rank, user.usage_rank), f"user {user.name}: stale usage rank"
     core.ready.check()

@@ -56,7 +56,9 @@ in a bounded log (`story()` replays one job's history).
 
 Batching: handlers only queue outgoing work in an `_Outbox`; at the end of
 `handle` the scheduling pass fills free CPUs, and the outbox is flushed as at
-most one action of each kind per peer and cluster.
+most one action of each kind per peer and cluster. A node whose jobs end is
+re-keyed among the free nodes once per call, as the pass begins, not once
+per job (`_stale_free`).
 
 Prefetch: a node that queues jobs (`NodeJoined.queues`) is sent up to
 `CoreConfig.prefetch` jobs per CPU beyond its CPUs (its `window`); it starts
@@ -66,10 +68,15 @@ scheduler (and its journal commit) between two jobs, and each turn's
 results, dispatches and commit carry several jobs. A prefetched job is
 RUNNING for the core from its dispatch: it counts in `busy` of its node,
 cluster and user like a running one (and in their `waiting` until it
-starts), so fair share, `max_cpus` and the clusters' CPU allowances hold it
-as they hold a running job. The node may start it at any moment, its report
-lost with the node: so when the node is lost it is treated as a running job
-is (rerun if reentrant, else orphaned or Abandoned), never run twice.
+starts), so `max_cpus` and the clusters' CPU allowances hold it as they
+hold a running job. Fair share weighs it by the part of their stay on nodes
+its user's jobs spend running (`UserRecord.load`, from the waits that start
+reports show and the run times results show): the node starts its queue in
+the order it came, so a short job behind long ones waits about as long as
+they run, and counting it fully tilted shares toward users of long jobs.
+The node may start it at any moment, its report lost with the node: so
+when the node is lost it is treated as a running job is (rerun if
+reentrant, else orphaned or Abandoned), never run twice.
 People see it queued until it starts (`status`: busy is running, queued
 includes waiting). A node the operator caps below what it offers
 gets no window (it would run the window on CPUs the cap withholds), and a
@@ -241,6 +248,10 @@ class SchedulerCore:
         #: free nodes kept out of `_free_nodes` while the cluster picked for them waits for their queue to shorten
         #: (see Adaptive window): taken back at their next change (`_update_free`), a job's end there at the latest
         self._parked: set[str] = set()
+        #: nodes whose jobs ended in this call: re-keyed among the free ones once, before the scheduling pass
+        #: (a node's results come in batches: one re-key per node, not one per job); a dict, not a set, so that
+        #: they are re-keyed in a fixed order (nodes of equal keys keep it in the heap: runs are reproducible)
+        self._stale_free: dict[str, None] = {}
         #: clusters whose clients follow the nodes (options["node_updates"])
         self._watchers: set[str] = set()
         #: files on their way to nodes: (node, ref) -> client waiting for the answer
@@ -769,6 +780,7 @@ class SchedulerCore:
                 continue
             user = self.users[cluster.user]
             user.add_usage(max(0.0, result.end_time - result.start_time), self.now, self.usage_half_life)
+            user.note_run(result.end_time - result.start_time)  # re-keyed by `_release` or `_displace` below
             self._note_user(user)
             if node.queues and (result.status == JobStatus.FINISHED or result.status == JobStatus.TERMINATED):
                 self._measure(cluster, node, result)
@@ -790,9 +802,14 @@ class SchedulerCore:
     def _on_starts_reported(self, ev: E.StartsReported) -> None:
         if ev.node not in self.nodes:
             return
+        users: set[str] = set()
         for cluster, job in self._unstarted_on(ev.node, ev.jobs):  # others ended already (a short job's result
-            job.start_time = self.now  # may come first), or moved on
+            self.users[cluster.user].note_wait(self.now - job.start_time)  # may come first), or moved on
+            users.add(cluster.user)  # fair share's `load` moved: re-keyed once per user, not per job
+            job.start_time = self.now  # its start from now on, no longer its dispatch
             self._notify_started(cluster, job)
+        for name in users:
+            self.ready.update_user(self.users[name])
 
     @_on.register
     def _on_jobs_returned(self, ev: E.JobsReturned) -> None:
@@ -1239,6 +1256,11 @@ class SchedulerCore:
 
     def _schedule(self) -> None:
         """Fills free CPUs: the least loaded node's CPU goes to the policy's first usable cluster."""
+        for stale_id in self._stale_free:
+            stale = self.nodes.get(stale_id)
+            if stale is not None:  # else lost since: out of the free ones already
+                self._update_free(stale)
+        self._stale_free.clear()
         skipped: list[NodeRecord] = []
         adaptive = self.config.prefetch_max > self.config.prefetch
         while self.ready:
@@ -1279,6 +1301,8 @@ class SchedulerCore:
         job.start_time = self.now
         job.attempts += 1
         user.last_dispatch = cluster.last_dispatch = self.now
+        if not node.queues:
+            user.note_wait(0.0)  # it starts at once (re-keyed by `_occupy`)
         self._occupy(cluster, job, node)
         assert job.payload is not None
         self._out.dispatch[node.node_id].append(RunJob(cluster.cluster_id, job.job_id, job.payload, job.options))
@@ -1336,7 +1360,7 @@ class SchedulerCore:
                 self._reload_when_idle(cluster, node)
         job.node = None
         job.started = False
-        self._update_free(node)
+        self._stale_free[node.node_id] = None  # `_update_free` before the scheduling pass
         self.ready.update(cluster)
 
     def _displace(self, cluster: ClusterRecord, job: JobRecord, node: NodeRecord, rerun: bool, why: str) -> None:

@@ -14,8 +14,8 @@ least loaded one with a free CPU.
 
 Rules a policy must keep (the core relies on them):
 - a key reads only the record(s) it is given, and only fields the core
-  changes through its own events (busy, queued, usage, head job, last
-  dispatch, ...): a key that depended on other users, or on the clock,
+  changes through its own events (busy, load, queued, usage, head job,
+  last dispatch, ...): a key that depended on other users, or on the clock,
   would go stale in the heap. Decayed usage is time-dependent, so use
   `UserRecord.usage_rank`, which orders users as their decayed usage does
   but does not change as time passes;
@@ -58,7 +58,7 @@ class Policy(Protocol):
         """Rank of a user with queued jobs (smaller first), monotone in `best`.
 
         Args:
-            user: the user (share, busy, queued, usage_rank, limits, ...).
+            user: the user (share, busy, load, queued, usage_rank, limits, ...).
             best: the `cluster_key` of the user's best cluster.
         """
         ...
