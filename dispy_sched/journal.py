@@ -268,7 +268,7 @@ class SqliteJournal:
                 f"SELECT job_id, result FROM jobs WHERE cluster_id = ? AND job_id IN ({marks}) AND result IS NOT NULL",
                 (cluster_id, *some),
             ):
-                found[job_id] = blob
+                found[job_id] = as_sent(blob)
         return [(j, found[j]) for j in job_ids if j in found]
 
     def read_results(self, cluster_id: str, job_ids: list[int]) -> list[JobResult]:
@@ -428,3 +428,14 @@ class PackedResults:
 
 def _unpack_result(blob: bytes) -> JobResult:
     return JobResult(*msgpack.unpackb(blob))
+
+
+#: the first byte of a stored result of today's fields: a msgpack fixarray of that many
+_CURRENT_RESULT = 0x90 | len(JobResult._fields)
+
+
+def as_sent(blob: bytes) -> bytes:
+    """A stored result's bytes as clients take them today: a result an earlier version stored, before fields
+    were added to `JobResult` (the journal's schema kept), is unpacked with the new fields' defaults and packed
+    again; clients refuse an array of another length."""
+    return blob if blob[:1] == bytes((_CURRENT_RESULT,)) else pack_result(_unpack_result(blob))

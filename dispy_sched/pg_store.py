@@ -43,7 +43,7 @@ from .core.actions import JobEnd, Persist
 from .core.persist import ClusterRow, JobRow, SettingRow
 from .core.state import result_cost
 from .journal import (
-    SELECT_SETTINGS, AccountingFailed, NotLeader, PackedResults, Snapshot, StoreFailed, _pack_options, _unpack_options, _unpack_result, changed_job_values, new_job_values,
+    SELECT_SETTINGS, AccountingFailed, NotLeader, PackedResults, Snapshot, StoreFailed, _pack_options, _unpack_options, _unpack_result, as_sent, changed_job_values, new_job_values,
 )
 
 log = logging.getLogger(__name__)
@@ -231,7 +231,7 @@ class PgStore:
 
     def read_packed(self, cluster_id: str, job_ids: list[int]) -> list[tuple[int, bytes]]:
         found = {
-            job_id: bytes(blob)
+            job_id: as_sent(bytes(blob))
             for job_id, blob in self._conn().execute(
                 "SELECT job_id, result FROM jobs WHERE cluster_id = %s AND job_id = ANY(%s) AND result IS NOT NULL",
                 (cluster_id, job_ids),

@@ -14,6 +14,7 @@ from dispy_sched.core.state import result_cost
 from dispy_sched.journal import FILENAME, SCHEMA_VERSION, SqliteJournal
 from dispy_sched.policies import load_policy
 from dispy_wire import messages as M
+from dispy_wire.framing import FrameDecoder
 from test_core import arrived, joined, opened, result, step, submitted
 
 
@@ -56,6 +57,28 @@ def test_delivered_results_are_the_bytes_the_journal_stored_packed_once(tmp_path
     run(core, journal, E.ResultsAcked("c1", "K", [1, 2]), now=3)
     assert journal.packed.get(deliver.results[0]) is not packed[0]  # a later write forgets this turn's
     assert journal.read_packed("K", [1, 2]) == []
+
+
+def test_a_result_an_earlier_version_held_reaches_the_client_in_todays_fields(tmp_path: Path) -> None:
+    # results journaled before JobResult gained cpu_time and max_rss (the schema kept) are arrays of 11: sent as
+    # stored, clients refused the frame (and every result with it) at each re-attach, for ever
+    journal = SqliteJournal(str(tmp_path))
+    core = SchedulerCore(load_policy("fair"), CoreConfig(persist=True))
+    run(core, journal, opened("c1", "K"), joined("n1", 2), now=0)
+    run(core, journal, submitted("c1", "K", 1, 2), now=1)
+    run(core, journal, arrived("n1", result("K", 1), result("K", 2)), now=2)
+    earlier = msgpack.packb(list(result("K", 1))[:11], use_bin_type=True)
+    db = sqlite3.connect(tmp_path / FILENAME)
+    db.execute("UPDATE jobs SET result = ? WHERE cluster_id = 'K' AND job_id = 1", (earlier,))
+    db.commit()
+    db.close()
+    packed = [blob for _, blob in journal.read_packed("K", [1, 2])]
+    decoder = FrameDecoder(expect_preamble=False)
+    decoder.feed(M.encode_results("K", packed))
+    message = M.next_message(decoder)  # the client's check: raises on an array of another length
+    assert isinstance(message, M.JobResults)
+    assert [(r.job_id, r.cpu_time, r.max_rss) for r in message.results] == [(1, 0.0, 0), (2, 0.0, 0)]
+    assert packed[1] == M.pack_result(result("K", 2))  # today's bytes go as stored
 
 
 def test_a_version_1_journal_gets_its_held_results_sized_and_the_operator_settings_table(tmp_path: Path) -> None:
