@@ -12,7 +12,10 @@ belongs to a `JobKeeper` (keeper.py), which keeps their results until the
 next session, reports what it still holds in that session's Hello (the
 scheduler adopts or kills each job), and kills everything only if no
 session comes within `scheduler_grace` seconds. Then `run_node` redials
-with exponential backoff and jitter. A refusal that retrying cannot
+with exponential backoff and jitter. A scheduler that misses a sign of life
+is not waited out: the session asks the other schedulers the node knows, and
+with `--discover` broadcasts, who leads (again after a back-off while it stays
+silent), and leaves it at once for a successor that took over. A refusal that retrying cannot
 cure (bad secret, unknown node, other protocol version) ends the daemon with
 status 2 instead. With TLS (`config.tls`) the scheduler proves itself (CA and
 name, or pinned fingerprint) before the node writes a byte; one that fails is
@@ -109,7 +112,7 @@ FATAL_CODES = frozenset({ErrorCode.LOGIN_FAILED, ErrorCode.CERTIFICATE, ErrorCod
 STANDBY_RETRY = 0.5
 #: seconds before a silent scheduler's peer asks again who leads, doubling up to the second (a partitioned node
 #: asks a handful of times before it gives the scheduler up, not once per check)
-ASK_AGAIN = (0.5, 4.0)
+ASK_AGAIN = (0.5, 8.0)
 #: seconds to connect and log in (with several schedulers, the most a round gives one: schedulers.deadline)
 HANDSHAKE_TIMEOUT = 10.0
 

@@ -9,6 +9,11 @@ valid proof (another cluster's scheduler, a wrong --node-secret, a stranger)
 are logged, rate-limited, and ignored. Then the node asks the announced
 scheduler who leads, as it asks a `--scheduler` it is given among standbys
 (docs/standby.md), and dials the leader it names (`leader_of`).
+
+A node that knows no other scheduler asks by broadcast when the one it serves
+falls silent (`run_discovered`'s probe, called by the session as it would ask
+the other schedulers): an Announce from another scheduler means that one leads
+now, and the node follows it instead of waiting out the silence.
 """
 
 from __future__ import annotations
