@@ -12,7 +12,10 @@ belongs to a `JobKeeper` (keeper.py), which keeps their results until the
 next session, reports what it still holds in that session's Hello (the
 scheduler adopts or kills each job), and kills everything only if no
 session comes within `scheduler_grace` seconds. Then `run_node` redials
-with exponential backoff and jitter. A refusal that retrying cannot
+with exponential backoff and jitter. A scheduler that misses a sign of life
+is not waited out: the session asks the other schedulers the node knows, and
+with `--discover` broadcasts, who leads (again after a back-off while it stays
+silent), and leaves it at once for a successor that took over. A refusal that retrying cannot
 cure (bad secret, unknown node, other protocol version) ends the daemon with
 status 2 instead. With TLS (`config.tls`) the scheduler proves itself (CA and
 name, or pinned fingerprint) before the node writes a byte; one that fails is
@@ -53,7 +56,7 @@ from dispy_wire.framing import NEED_DATA, PREAMBLE, FrameDecoder
 from dispy_wire.handshake import HandshakeState, PeerHandshake, Role
 from dispy_wire.liveness import Liveness, Verdict, announced_interval, set_keepalive
 from dispy_wire.dialing import addresses_of, another_leads, leader_host
-from dispy_wire.schedulers import FIRST_DEADLINE, Schedulers, deadline, format_address
+from dispy_wire.schedulers import FIRST_DEADLINE, Schedulers, deadline, format_address, parse_address
 from dispy_wire.version import VERSION
 from dispy_wire.tls import ClientTLS, UntrustedScheduler, channel_binding, describe_failure, plaintext_refusal
 from dispy_wire.messages import (
@@ -99,11 +102,17 @@ logger = logging.getLogger(__name__)
 
 #: finds the scheduler's (host, port), e.g. by UDP discovery
 Locate = Callable[[], Awaitable[tuple[str, int]]]
+#: asks once, e.g. by UDP discovery, whether a scheduler other than the one we are connected to ((host, port),
+#: at ip) leads now: its address, or None (nobody answered, or the answer names ours)
+Probe = Callable[[tuple[str, int], str], Awaitable[str | None]]
 #: refusals after which redialing cannot help: the operator must act
 #: refusals that retrying cannot cure (a throttled or unverified scheduler may be cured by time: those retry)
 FATAL_CODES = frozenset({ErrorCode.LOGIN_FAILED, ErrorCode.CERTIFICATE, ErrorCode.BAD_VERSION})
 #: seconds between dials while standbys name no leader (a takeover under way)
 STANDBY_RETRY = 0.5
+#: seconds before a silent scheduler's peer asks again who leads, doubling up to the second (a partitioned node
+#: asks a handful of times before it gives the scheduler up, not once per check)
+ASK_AGAIN = (0.5, 8.0)
 #: seconds to connect and log in (with several schedulers, the most a round gives one: schedulers.deadline)
 HANDSHAKE_TIMEOUT = 10.0
 
@@ -208,6 +217,8 @@ class NodeControl:
     said_goodbye: asyncio.Event = field(default_factory=asyncio.Event)  # that Heartbeat is written
     #: the address another scheduler was last found leading at, when the one served fell silent (dialed first)
     leads_at: str = ""
+    #: that leader's whole address when a probe (`--discover`'s broadcast) found it: dialed instead of locating
+    found_leader: str = ""
 
     def __post_init__(self) -> None:
         self.availability = Availability(self.config.rules or Rules(self.config.cpus), self.clock())
@@ -247,12 +258,16 @@ class NodeControl:
             self.done.set()
 
 
-async def run_node(config: NodeConfig, control: NodeControl | None = None, locate: Locate | None = None) -> int:
+async def run_node(
+    config: NodeConfig, control: NodeControl | None = None, locate: Locate | None = None, probe: Probe | None = None
+) -> int:
     """Serves the scheduler until cancelled or `control.done`; returns 2 if it refuses us for good.
 
     Args:
         locate: finds the scheduler's (host, port) again before each redial
             (`--discover`: it may have moved); None redials the same address.
+        probe: asks who leads when the scheduler served falls silent, besides the
+            other schedulers the node is given (`--discover`: by broadcast).
     """
     control = control or NodeControl(config)
     report.prime()
@@ -262,7 +277,7 @@ async def run_node(config: NodeConfig, control: NodeControl | None = None, locat
     failures = 0  # dials in a row that reached no leader
     try:
         while True:
-            attempt = asyncio.create_task(_connect_once(config, backoff, control, failures // len(schedulers), schedulers))
+            attempt = asyncio.create_task(_connect_once(config, backoff, control, failures // len(schedulers), schedulers, probe))
             await asyncio.wait({attempt, finished}, return_when=asyncio.FIRST_COMPLETED)
             if finished.done():
                 attempt.cancel()  # the session's cleanup kills what is left
@@ -302,11 +317,20 @@ async def run_node(config: NodeConfig, control: NodeControl | None = None, locat
             control.show(f"not connected: reconnecting to {config.scheduler}")
             await asyncio.sleep(delay)
             if locate is not None:
-                host, port = await locate()
+                host, port = _follow_found(control, config.port) or await locate()
                 config = dataclasses.replace(config, host=host, port=port)
     finally:
         finished.cancel()
         await control.keeper.close()
+
+
+def _follow_found(control: NodeControl, port: int) -> tuple[str, int] | None:
+    """The leader a probe found while the scheduler served was silent (once), else None: locate it anew."""
+    found, control.found_leader = control.found_leader, ""
+    try:
+        return parse_address(found, port) if found else None
+    except ValueError:
+        return None
 
 
 def _follow(config: NodeConfig, schedulers: Schedulers, refused: SchedulerRefused) -> NodeConfig:
@@ -323,14 +347,15 @@ class PlaintextRefused(NodeError):
 
 
 async def _connect_once(
-    config: NodeConfig, backoff: Backoff, control: NodeControl, rounds: int = 0, schedulers: Schedulers | None = None
+    config: NodeConfig, backoff: Backoff, control: NodeControl, rounds: int = 0, schedulers: Schedulers | None = None,
+    probe: Probe | None = None,
 ) -> None:
     """One session with the scheduler at `config`'s address: each address its name resolves to in turn.
 
     `rounds`: rounds of dialing that found no leader so far; among several
     schedulers each address gets a short deadline that doubles with them
     (dispy_wire/schedulers.py), as a stopped one accepts TCP and says nothing.
-    `schedulers`: all the node knows, asked who leads when the one it serves falls silent.
+    `schedulers`: all the node knows, asked who leads when the one it serves falls silent; `probe` is asked too.
     """
     refusal = plaintext_refusal(config.host, config.tls is not None, config.insecure_plaintext)
     if refusal is not None:  # a discovered scheduler: --scheduler was checked at start
@@ -355,6 +380,7 @@ async def _connect_once(
     assert session is not None
     if schedulers is not None and len(schedulers) + len(addresses) > 2:  # a silent leader may have been replaced
         session.others = schedulers.addresses
+    session.probe = probe
     try:
         theirs = session.welcome.info.get("version") if session.welcome is not None else None
         logger.info(
@@ -432,7 +458,12 @@ class _Session:
         self.liveness: Liveness | None = None
         #: the schedulers to ask who leads when this one falls silent (none: it is the only one)
         self.others: list[tuple[str, int]] = []
+        #: asks who leads besides `others` (`--discover`: a broadcast)
+        self.probe: Probe | None = None
         self._asking: asyncio.Task[None] | None = None
+        #: no new question before this monotonic time (ASK_AGAIN's back-off)
+        self._ask_after = 0.0
+        self._ask_backoff = Backoff(*ASK_AGAIN)
         self._gave_up = ""
         #: why the scheduler said it is restarting (`Restarting`): its close that follows is no failure
         self.restarting = ""
@@ -640,15 +671,26 @@ class _Session:
                 return
             if verdict is Verdict.PING:  # our Heartbeats were held up (a slow drain): any message will do
                 self._write(encode(Ping()))
-            if self.others and live.doubtful(now) and (self._asking is None or self._asking.done()):
+            idle = self._asking is None or self._asking.done()
+            if (self.others or self.probe) and live.doubtful(now) and idle and now >= self._ask_after:
                 self._asking = asyncio.create_task(self._ask_others(live.silence(now)))
 
     async def _ask_others(self, silence: float) -> None:
-        """The scheduler missed a sign of life: if another leads now (it was stopped and replaced), leave it."""
+        """The scheduler missed a sign of life: if another leads now (it was stopped and replaced), leave it.
+
+        Asked at once (not after the full silence), then again after a back-off while the silence lasts."""
+        asked = " and ".join(what for what, yes in (("the other schedulers", self.others), ("by broadcast", self.probe)) if yes)
+        logger.info("scheduler %s silent for %.1f s: asking %s who leads", self.config.scheduler, silence, asked)
         peer = self._writer.get_extra_info("peername")
-        leader = await another_leads((self.config.host, self.config.port), str(peer[0]) if peer else "", self.others,
-                                     self.config.tls, FIRST_DEADLINE)  # fmt: skip
-        if leader and not self._writer.transport.is_closing():
+        connected, ip = (self.config.host, self.config.port), str(peer[0]) if peer else ""
+        leader = await another_leads(connected, ip, self.others, self.config.tls, FIRST_DEADLINE) if self.others else None
+        if not leader and self.probe is not None:
+            leader = await self.probe(connected, ip)
+            if leader:
+                self.control.found_leader = leader
+        if not leader:
+            self._ask_after = time.monotonic() + self._ask_backoff.next()
+        elif not self._writer.transport.is_closing():
             self.control.leads_at = leader_host(leader)
             self._gave_up = f"silent for {silence:.1f} s, and {leader} leads now"
             logger.warning("scheduler %s %s: closing the connection", self.config.scheduler, self._gave_up)

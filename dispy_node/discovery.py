@@ -9,6 +9,11 @@ valid proof (another cluster's scheduler, a wrong --node-secret, a stranger)
 are logged, rate-limited, and ignored. Then the node asks the announced
 scheduler who leads, as it asks a `--scheduler` it is given among standbys
 (docs/standby.md), and dials the leader it names (`leader_of`).
+
+A node that knows no other scheduler asks by broadcast when the one it serves
+falls silent (`run_discovered`'s probe, called by the session as it would ask
+the other schedulers): an Announce from another scheduler means that one leads
+now, and the node follows it instead of waiting out the silence.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import dataclasses
 import logging
 import os
 import socket
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import psutil
@@ -80,7 +86,22 @@ async def find_scheduler(port: int, node_secret: str) -> discovery.Announce:
     Returns:
         The verified Announce: dial `host`:`port` from it.
     """
+    logger.info("looking for a scheduler by UDP broadcast to port %d", port)
+    announce = await _broadcast(port, node_secret, _backing_off())
+    assert announce is not None  # the waits never end
+    logger.info("found scheduler %r at %s:%d", announce.name, announce.host, announce.port)
+    return announce
+
+
+def _backing_off() -> Iterator[float]:
     backoff = Backoff(first=0.5, maximum=8.0)
+    while True:
+        yield backoff.next()
+
+
+async def _broadcast(port: int, node_secret: str, waits: Iterable[float]) -> discovery.Announce | None:
+    """Broadcasts a Discover, then waits each of `waits` in turn for a proven Announce, broadcasting again
+    after each; None once they are over."""
     loop = asyncio.get_running_loop()
     nonce = os.urandom(discovery.NONCE_SIZE)
     datagram = discovery.encode(discovery.Discover(nonce))
@@ -88,22 +109,19 @@ async def find_scheduler(port: int, node_secret: str) -> discovery.Announce:
     transport, _ = await loop.create_datagram_endpoint(
         lambda: _Listener(node_secret, nonce, found), local_addr=("0.0.0.0", 0), allow_broadcast=True
     )
-    logger.info("looking for a scheduler by UDP broadcast to port %d", port)
     try:
-        while not found.done():
+        for wait in waits:
             targets = broadcast_addresses()
             logger.debug("discovery: Discover to %s", ", ".join(targets))
             for target in targets:
                 transport.sendto(datagram, (target, port))
             try:
-                await asyncio.wait_for(asyncio.shield(found), backoff.next())
+                return await asyncio.wait_for(asyncio.shield(found), wait)
             except TimeoutError:
                 pass
+        return None
     finally:
         transport.close()
-    announce = found.result()
-    logger.info("found scheduler %r at %s:%d", announce.name, announce.host, announce.port)
-    return announce
 
 
 async def leader_of(host: str, port: int, tls: ClientTLS | None, insecure_plaintext: bool) -> tuple[str, int]:
@@ -134,5 +152,14 @@ async def run_discovered(config: NodeConfig, control: NodeControl, port: int) ->
         announce = await find_scheduler(port, config.node_secret)
         return await leader_of(announce.host, announce.port, config.tls, config.insecure_plaintext)
 
+    async def probe(connected: tuple[str, int], ip: str) -> str | None:
+        # the one we serve fell silent: only a leader answers a Discover, so an answer from another means
+        # it took over (ours was stopped or is gone), and we follow it without waiting out the silence
+        announce = await _broadcast(port, config.node_secret, [FIRST_DEADLINE])
+        if announce is None:
+            return None
+        leader = await leader_of(announce.host, announce.port, config.tls, config.insecure_plaintext)
+        return None if leader in (connected, (ip, connected[1])) else format_address(*leader)
+
     host, port_ = await locate()
-    return await run_node(dataclasses.replace(config, host=host, port=port_), control, locate)
+    return await run_node(dataclasses.replace(config, host=host, port=port_), control, locate, probe)

@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,6 +22,7 @@ from typing import Any, NoReturn
 import msgpack
 import pytest
 from procs import Cluster, Proc
+from waiting import wait_until
 
 from dispy_node.main import build_parser, load_config
 from dispy_sched import tls_init
@@ -166,14 +169,16 @@ def test_the_responder_answers_a_discover_and_complains_once_about_a_flood(caplo
 
 @dataclass
 class Segment:
-    """Three network namespaces: a bridge (`lan`) and two hosts on it, `sched` and `nodes`."""
+    """Four network namespaces: a bridge (`lan`) and three hosts on it, `sched`, `nodes` and `standby`."""
 
     cluster: Cluster
     lan: str
     sched: str
     nodes: str
+    standby: str
     sched_ip: str = "10.231.0.1"
     node_ip: str = "10.231.0.2"
+    standby_ip: str = "10.231.0.3"
 
     def start(self, netns: str, argv: list[str], name: str, env: dict[str, str] | None = None) -> Proc:
         """Starts `argv` inside `netns`; `ip netns exec` execs it, so the PID is the program's own."""
@@ -189,10 +194,10 @@ def segment(cluster: Cluster) -> Iterator[Segment]:
     if shutil.which("ip") is None:
         pytest.skip("needs `ip` (iproute2) for network namespaces")
     prefix = f"dispy-disc-{os.getpid()}"
-    seg = Segment(cluster, f"{prefix}-lan", f"{prefix}-sched", f"{prefix}-nodes")
+    seg = Segment(cluster, f"{prefix}-lan", f"{prefix}-sched", f"{prefix}-nodes", f"{prefix}-standby")
     created: list[str] = []
     try:
-        for ns in (seg.lan, seg.sched, seg.nodes):
+        for ns in (seg.lan, seg.sched, seg.nodes, seg.standby):
             try:
                 _ip("netns", "add", ns)
             except subprocess.CalledProcessError as exc:
@@ -202,7 +207,8 @@ def segment(cluster: Cluster) -> Iterator[Segment]:
             created.append(ns)
         _ip("-n", seg.lan, "link", "add", "br0", "type", "bridge")
         _ip("-n", seg.lan, "link", "set", "br0", "up")
-        for port, ns, addr in (("vs", seg.sched, seg.sched_ip), ("vn", seg.nodes, seg.node_ip)):
+        hosts = (("vs", seg.sched, seg.sched_ip), ("vn", seg.nodes, seg.node_ip), ("vt", seg.standby, seg.standby_ip))
+        for port, ns, addr in hosts:
             # both ends are created inside namespaces: the host's interfaces are never touched
             _ip("-n", seg.lan, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns)
             _ip("-n", seg.lan, "link", "set", port, "master", "br0", "up")
@@ -217,9 +223,9 @@ def segment(cluster: Cluster) -> Iterator[Segment]:
 
 
 def _tls_files(seg: Segment) -> list[str]:
-    """A CA and a scheduler certificate naming its segment address: the scheduler's flags; the CA is ca.pem."""
+    """A CA and a scheduler certificate naming the schedulers' segment addresses: their flags; the CA is ca.pem."""
     ca = tls_init.make_ca()
-    cert, key = tls_init.issue(ca, "sched", [seg.sched_ip, "127.0.0.1"], server=True)
+    cert, key = tls_init.issue(ca, "sched", [seg.sched_ip, seg.standby_ip, "127.0.0.1"], server=True)
     d = seg.cluster.workdir
     (d / "ca.pem").write_bytes(tls_init.cert_pem(ca.cert))
     (d / "sched.pem").write_bytes(tls_init.cert_pem(cert))
@@ -278,3 +284,43 @@ def test_a_node_discovers_the_scheduler_and_runs_a_job_while_a_wrong_secret_find
     )  # fmt: skip
     new_port = moved.wait_for_line(r"listening on \S+:(\d+)").group(1)
     node.wait_for_line(rf"connected to {seg.sched_ip}:{new_port}\b")
+
+
+def test_a_discovered_node_whose_leader_falls_silent_asks_by_broadcast_at_once_and_follows_the_standby(
+    segment: Segment, pg_dsn: str
+) -> None:
+    """Two schedulers on PostgreSQL, on two hosts; the leader stops (SIGSTOP: no TCP close, as a host gone).
+
+    The node knows no other scheduler: it broadcasts as soon as the leader misses a sign of life, and
+    follows the standby that took over, instead of waiting out the silence (8 s) before it broadcasts."""
+    seg = segment
+    tls_flags = _tls_files(seg)
+
+    def scheduler(netns: str, ip: str, name: str) -> tuple[Proc, str]:
+        proc = seg.start(
+            netns,
+            [sys.executable, "-m", "dispy_sched.main", "--host", ip, "--port", "0", "--secret", "S",
+             "--node-secret", "N", "--state-dir", str(seg.cluster.workdir / f"{name}-state"),
+             "--state", pg_dsn, "--lease", "2", *tls_flags],
+            name,
+        )  # fmt: skip
+        return proc, proc.wait_for_line(r"listening on \S+:(\d+)").group(1)
+
+    first, a_port = scheduler(seg.sched, seg.sched_ip, "first")
+    first.wait_for_line("leading on")
+    second, b_port = scheduler(seg.standby, seg.standby_ip, "second")
+    wait_until(lambda: "standing by" in second.stderr, what="the second scheduler standing by")
+    node = _node(seg, "node", "N")
+    node.wait_for_line(rf"connected to {seg.sched_ip}:{a_port}\b")
+    first.popen.send_signal(signal.SIGSTOP)
+    try:
+        second.wait_for_line("leading on", timeout=60)
+        node.wait_for_line(rf"connected to {seg.standby_ip}:{b_port}\b", timeout=60)
+    finally:
+        first.popen.send_signal(signal.SIGCONT)
+    # it asked, found the new leader by its broadcast and left the silent one for it
+    assert re.search(rf"scheduler {seg.sched_ip}:{a_port} silent for [\d.]+ s: asking by broadcast who leads", node.stderr)
+    assert f"and {seg.standby_ip}:{b_port} leads now: closing the connection" in node.stderr, node.stderr
+    # not by giving the silent one up after the full silence, nor by broadcasting anew after that
+    assert "promised a sign of life" not in node.stderr, node.stderr
+    assert node.stderr.count("looking for a scheduler by UDP broadcast") == 1, node.stderr
