@@ -92,6 +92,9 @@ def test_a_user_sees_only_their_own_on_the_page(cluster: Cluster, browser: Any) 
     page.click("#login button[type=submit]")
     wait_until(lambda: [r[1] for r in rows(page, "jobs")] == ["bob"], what="bob's job on his page")
     assert [r[0] for r in rows(page, "users")] == ["bob"]
+    headers = page.eval_on_selector_all("#users thead th", "ths => ths.map(th => th.textContent.trim())")
+    busy, fair = headers.index("busy"), headers.index("fair-share CPUs")
+    assert [(r[busy], r[fair]) for r in rows(page, "users")] == [("1", "1.0")]  # nothing sent ahead: as busy
     assert [r[1] for r in rows(page, "clusters")] == ["bob"]
     assert page.is_hidden("#nodes button")  # no management of nodes for a user
     assert page.inner_text("#who") == "user bob"

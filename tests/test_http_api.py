@@ -139,6 +139,8 @@ def test_every_view_and_dispyadmin_command_on_two_users_running_jobs(cluster: Cl
     assert status["version"] and status["uptime"] >= 0
     users = {u["name"]: u for u in http.admin_json("users")}
     assert {n: (u["busy"], u["queued"], u["target"]) for n, u in users.items()} == {"alice": (2, 0, 0.5), "bob": (2, 0, 0.5)}
+    assert {n: u["load"] for n, u in users.items()} == {"alice": 2.0, "bob": 2.0}  # none sent ahead: as busy
+    assert "2 (2.0)" in http.admin("users").stdout  # busy CPUs, and as fair share counts them
     (node,) = http.admin_json("nodes")
     assert (node["name"], node["state"], node["busy_cpus"], node["cpus"], node["offered_cpus"]) == ("node", "full", 4, 4, 4)
     assert node["memory_available"] > 0 and node["last_heartbeat"] > 0
@@ -320,6 +322,8 @@ def test_metrics_count_a_known_workload(cluster: Cluster) -> None:
     assert m[("dispy_user_queued_jobs", (("user", "bob"),))] == 1
     assert m[("dispy_user_queued_jobs", (("user", "alice"),))] == 0
     assert m[("dispy_user_busy_cpus", (("user", "bob"),))] == 2
+    # fair share counts the one sent ahead too while none of bob's jobs has ended (no run time known yet)
+    assert m[("dispy_user_fair_share_cpus", (("user", "bob"),))] == 3
     assert m[("dispy_node_busy_cpus", (("node", "node"),))] == 2
     assert m[("dispy_node_offered_cpus", (("node", "node"),))] == 2
     assert m[("dispy_nodes", (("state", "full"),))] == 1 and m[("dispy_nodes", (("state", "idle"),))] == 0

@@ -89,7 +89,7 @@ function render(snap) {
   $("summary").replaceChildren(...cards.map(([k, v]) => { const c = el("div", k, { class: "card" }); c.prepend(el("b", v)); return c; }));
 
   fill("users", snap.users.map((u) => [
-    u.name, u.share, `${(100 * u.target).toFixed(0)}%`, u.busy, u.queued, u.usage.toFixed(0),
+    u.name, u.share, `${(100 * u.target).toFixed(0)}%`, u.busy, u.load.toFixed(1), u.queued, u.usage.toFixed(0),
     Object.entries(u.limits).map(([k, v]) => `${k}=${v}`).join(", ") || "-",
     admin ? button("share…", () => { const v = prompt(`share of ${u.name}`, u.share); if (v !== null) manage(`/api/v1/users/${enc(u.name)}/share`, { share: Number(v) }); }) : "",
   ]));
