@@ -423,7 +423,10 @@ def test_the_dashboard_page_and_its_live_feed(cluster: Cluster) -> None:
     assert sorted(j["user"] for j in snap["jobs"]) == ["alice", "bob"] and snap["nodes"][0]["busy_cpus"] == 2
     snap = alice_feed.until(lambda s: s["jobs"], "alice's job on her page")
     assert [j["user"] for j in snap["jobs"]] == ["alice"] and [u["name"] for u in snap["users"]] == ["alice"]
-    assert all(set(p["busy"]) <= {"alice"} for p in snap["history"])  # bob's CPUs are not hers to see
+    assert all(set(p["busy"]) | set(p["load"]) <= {"alice"} for p in snap["history"])  # bob's CPUs are not hers to see
+    # fair share counts her job from when it is sent to the node; busy, once the node has started it
+    snap = alice_feed.until(lambda s: s["history"][-1]["busy"] == {"alice": 1}, "alice's job running on her chart")
+    assert snap["history"][-1]["load"] == {"alice": 1.0}
     release.with_name(f"{release.name}.0").touch()
     snap = admin_feed.until(lambda s: [j["user"] for j in s["jobs"] if j["state"] == "running"] == ["bob"],
                             "the page to show alice's job ended")  # fmt: skip
