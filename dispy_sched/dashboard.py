@@ -3,8 +3,9 @@
 `GET /` serves the page, which asks who you are (the admin token, or a user's
 name and secret) and reads `GET /api/v1/events`: server-sent events, one
 `snapshot` (status, users, nodes, clusters, jobs, the busy and fair-share CPUs
-per user over the last hour) when it connects and one each time what the viewer may see
-changes: checked after the core's next turn, at most every `MIN_INTERVAL`.
+per user over the last hour) when it connects and one each time what the
+viewer may see changes: checked after the core's next turn, at most every
+`MIN_INTERVAL`.
 Management buttons call the JSON API.
 """
 
