@@ -140,13 +140,19 @@ def _leader(leader: dict[str, Any]) -> str:
     return f"{leader['address']}, epoch {leader['epoch']}, since {since}"
 
 
+def _busy(user: dict[str, Any]) -> str:
+    """Its busy CPUs, and in brackets those fair share counts for it, to a tenth (not from an older scheduler).
+    One column: a terminal of 80 characters shows the table without cutting words."""
+    return f"{user['busy']} ({user['load']:.1f})" if "load" in user else str(user["busy"])
+
+
 def _print_users(users: list[dict[str, Any]]) -> None:
     rows = [
-        [u["name"], f"{u['share']:g}", f"{100 * u['target']:.0f}%", str(u["busy"]), str(u["queued"]),
+        [u["name"], f"{u['share']:g}", f"{100 * u['target']:.0f}%", _busy(u), str(u["queued"]),
          f"{u['usage']:.0f}", str(u["clusters"]), ", ".join(f"{k}={v}" for k, v in u["limits"].items()) or "-"]
         for u in users
     ]  # fmt: skip
-    _table("users", ["user", "share", "target", "busy CPUs", "queued", "usage (CPU-s)", "clusters", "limits"], rows)
+    _table("users", ["user", "share", "target", "busy CPUs (fair share)", "queued", "usage (CPU-s)", "clusters", "limits"], rows)
 
 
 def _print_nodes(nodes: list[dict[str, Any]]) -> None:
@@ -270,7 +276,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         return p
 
     command("status", _cmd_status, "the scheduler at a glance: version, uptime, nodes, CPUs, jobs")
-    command("users", _cmd_users, "users: share, target share, busy CPUs, queued jobs, decayed usage, limits")
+    command("users", _cmd_users, "users: share, target share, busy CPUs (and as fair share counts them), queued jobs, decayed usage, limits")
     command("nodes", _cmd_nodes, "nodes: state (idle, busy, full, drained), CPUs, CPU %%, memory, last heartbeat")
     command("clusters", _cmd_clusters, "clusters: id, user, name, jobs by state, nodes it is loaded on, opened when")
     jobs = command("jobs", _cmd_jobs, "jobs held by the scheduler: queued, running, or ended and not yet collected")

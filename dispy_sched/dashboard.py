@@ -2,9 +2,10 @@
 
 `GET /` serves the page, which asks who you are (the admin token, or a user's
 name and secret) and reads `GET /api/v1/events`: server-sent events, one
-`snapshot` (status, users, nodes, clusters, jobs, the busy CPUs per user over
-the last hour) when it connects and one each time what the viewer may see
-changes: checked after the core's next turn, at most every `MIN_INTERVAL`.
+`snapshot` (status, users, nodes, clusters, jobs, the busy and fair-share CPUs
+per user over the last hour) when it connects and one each time what the
+viewer may see changes: checked after the core's next turn, at most every
+`MIN_INTERVAL`.
 Management buttons call the JSON API.
 """
 
@@ -15,7 +16,7 @@ import json
 import time
 from collections import deque
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiohttp import web
 
@@ -24,13 +25,15 @@ from . import views
 if TYPE_CHECKING:
     from .httpd import HttpApi, Identity
 
+_T = TypeVar("_T")
+
 #: an open page's snapshot is recomputed (and sent if it changed) after the core's next turn, at most this
 #: often, and at least every PUSH_INTERVAL
 MIN_INTERVAL = 0.5
 PUSH_INTERVAL = 1.0
 #: a comment line this often keeps proxies from closing a quiet stream
 KEEPALIVE = 15.0
-#: busy CPUs per user sampled this often, for an hour
+#: busy and fair-share CPUs per user sampled this often, for an hour
 HISTORY_STEP = 10.0
 HISTORY_POINTS = 360
 #: jobs listed in a snapshot at most (the counts in `status` cover the rest): a snapshot of 1,000 running
@@ -52,8 +55,8 @@ def static_file(name: str) -> bytes:
 class Dashboard:
     def __init__(self, api: HttpApi) -> None:
         self.api = api
-        #: (time, {user: busy CPUs}) every HISTORY_STEP seconds
-        self.history: deque[tuple[float, dict[str, int]]] = deque(maxlen=HISTORY_POINTS)
+        #: (time, {user: busy CPUs}, {user: fair-share CPUs}) every HISTORY_STEP seconds
+        self.history: deque[tuple[float, dict[str, int], dict[str, float]]] = deque(maxlen=HISTORY_POINTS)
         #: the last snapshot's JSON per viewer, with the core turn it shows: pages of one viewer share it
         self._cache: dict[str | None, tuple[int, str]] = {}
         self._files = {name: static_file(name) for name in STATIC}
@@ -65,9 +68,15 @@ class Dashboard:
 
     async def sample(self) -> None:
         while True:
-            core = self.api.server.core
-            self.history.append((time.time(), {u.name: u.busy - u.waiting for u in core.users.values() if u.busy > u.waiting}))
+            self.history.append(self._cpus())
             await asyncio.sleep(HISTORY_STEP)
+
+    def _cpus(self) -> tuple[float, dict[str, int], dict[str, float]]:
+        """A point of the chart: now, each user's busy CPUs and those fair share counts (`views.users`' busy and
+        load), users with none left out."""
+        users = self.api.server.core.users.values()
+        busy = {u.name: u.busy - u.waiting for u in users if u.busy > u.waiting}
+        return time.time(), busy, {u.name: round(u.load, 2) for u in users if u.busy}
 
     async def page(self, request: web.Request) -> web.Response:
         return self._file("index.html")
@@ -93,10 +102,9 @@ class Dashboard:
     def snapshot(self, who: Identity) -> dict[str, Any]:
         core = self.api.server.core
         jobs = views.jobs(core, who.user)
-        now = (time.time(), {u.name: u.busy - u.waiting for u in core.users.values() if u.busy > u.waiting})  # the line reaches the present
         history = [
-            {"t": t, "busy": busy if who.admin else {k: v for k, v in busy.items() if k == who.user}}
-            for t, busy in (*self.history, now)
+            {"t": t, "busy": _seen(busy, who), "load": _seen(load, who)}
+            for t, busy, load in (*self.history, self._cpus())  # the lines reach the present
         ]
         return {
             "status": {**views.status(core, self.api.started, who.user, self.api.server.leadership), "you": who.as_json()},
@@ -133,3 +141,8 @@ class Dashboard:
         except ConnectionResetError:
             pass  # the page was closed
         return response
+
+
+def _seen(per_user: dict[str, _T], who: Identity) -> dict[str, _T]:
+    """What of a chart's point the viewer may see: every user for an administrator, else their own."""
+    return per_user if who.admin else {k: v for k, v in per_user.items() if k == who.user}

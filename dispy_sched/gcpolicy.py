@@ -17,7 +17,8 @@ The price: a reference cycle among frozen objects that becomes garbage (a
 closed connection's objects, an exception and its traceback) is not
 collected until the next thaw: every `THAW_INTERVAL` seconds everything is
 unfrozen and collected once, a pause as long as one of Python's own full
-collections, once an hour instead of at every quarter of growth.
+collections, once an hour instead of at every quarter of growth. The server
+times each sweep and does not count it as a stall of the scheduler.
 """
 
 from __future__ import annotations
@@ -43,17 +44,21 @@ def tune(now: float) -> None:
     _tuned, _last_thaw = True, now
 
 
-def sweep(now: float) -> None:
-    """Collects all that is not frozen and freezes the survivors; every `THAW_INTERVAL`, all (see the module's doc).
-    Does nothing unless `tune` was called (a scheduler core in a test, a benchmark's process)."""
+def sweep(now: float) -> bool:
+    """Collects all that is not frozen and freezes the survivors; every `THAW_INTERVAL`, all (see the module's doc):
+    True then. Does nothing unless `tune` was called (a scheduler core in a test, a benchmark's process).
+
+    The server's ticker times it: its pause is the scheduler's own, not a stall (see `SchedulerServer._collect`)."""
     global _last_thaw
     if not _tuned:
-        return
-    if now - _last_thaw >= THAW_INTERVAL:
+        return False
+    thaw = now - _last_thaw >= THAW_INTERVAL
+    if thaw:
         _last_thaw = now
         gc.unfreeze()
     gc.collect()
     gc.freeze()
+    return thaw
 
 
 def settled() -> None:

@@ -116,6 +116,10 @@ class StateCollector(Collector):
         yield _family("dispy_user_queued_jobs", "Jobs waiting to run, per user", "user", ((u.name, u.queued + u.waiting) for u in users))
         yield _family("dispy_user_busy_cpus", "CPUs running a job of the user", "user", ((u.name, u.busy - u.waiting) for u in users))
         yield _family(
+            "dispy_user_fair_share_cpus", "CPUs fair share counts for the user: its jobs on nodes, by the part of their stay they run",
+            "user", ((u.name, round(u.load, 3)) for u in users),
+        )  # fmt: skip
+        yield _family(
             "dispy_user_usage_cpu_seconds", "Decayed CPU-seconds the user used (the fair share's history)", "user",
             ((u.name, u.decayed_usage(time.time(), core.usage_half_life)) for u in users),
         )  # fmt: skip

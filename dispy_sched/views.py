@@ -73,9 +73,16 @@ def status(core: SchedulerCore, started: float, viewer: str | None, leader: Lead
 
 
 def users(core: SchedulerCore, viewer: str | None) -> list[dict[str, Any]]:
-    """Each user (a viewer sees only themself): share, target share, busy, queued, decayed usage, limits."""
+    """Each user (a viewer sees only themself): share, target share, busy, load, queued, decayed usage, limits.
+
+    `busy` is the CPUs running its jobs now; `load` the CPUs fair share
+    counts for it (`UserRecord.load`: its jobs on nodes, sent ahead or
+    running, by the part of their stay they run), to two decimals. They
+    differ while jobs are sent ahead (--prefetch): `busy` jumps as jobs start
+    and end, `load` is what the policy evens out between users.
+    """
     snapshot = core.status(viewer)["users"]
-    return [{"name": name, **snapshot[name]} for name in sorted(snapshot)]
+    return [{"name": name, **snapshot[name], "load": round(core.users[name].load, 2)} for name in sorted(snapshot)]
 
 
 def nodes(core: SchedulerCore) -> list[dict[str, Any]]:

@@ -55,6 +55,9 @@ def test_an_admin_and_a_user_watch_and_manage_from_the_page(cluster: Cluster, br
     wait_until(lambda: sorted(r[1] for r in rows(page, "jobs")) == ["alice", "bob"], what="both users' jobs on the page")
     assert {r[2] for r in rows(page, "jobs")} == {"running"}
     assert rows(page, "nodes")[0][:2] == ["node", "full"]
+    # the chart: per user a solid line of busy CPUs and a dashed one of the CPUs fair share counts
+    dashes = page.eval_on_selector_all("#chart polyline", "ls => ls.map(l => l.getAttribute('stroke-dasharray'))")
+    assert dashes == [None, "5 4", None, "5 4"] and "dashed: fair-share CPUs" in page.inner_text("#legend")
     # each cluster's held jobs by state, and when it opened (its exact time on hover)
     headers = page.eval_on_selector_all("#clusters thead th", "ths => ths.map(th => th.textContent.trim())")
     jobs_at, opened_at = headers.index("jobs held"), headers.index("opened")
@@ -92,6 +95,9 @@ def test_a_user_sees_only_their_own_on_the_page(cluster: Cluster, browser: Any) 
     page.click("#login button[type=submit]")
     wait_until(lambda: [r[1] for r in rows(page, "jobs")] == ["bob"], what="bob's job on his page")
     assert [r[0] for r in rows(page, "users")] == ["bob"]
+    headers = page.eval_on_selector_all("#users thead th", "ths => ths.map(th => th.textContent.trim())")
+    busy, fair = headers.index("busy"), headers.index("fair-share CPUs")
+    assert [(r[busy], r[fair]) for r in rows(page, "users")] == [("1", "1.0")]  # nothing sent ahead: as busy
     assert [r[1] for r in rows(page, "clusters")] == ["bob"]
     assert page.is_hidden("#nodes button")  # no management of nodes for a user
     assert page.inner_text("#who") == "user bob"

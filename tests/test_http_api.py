@@ -139,6 +139,8 @@ def test_every_view_and_dispyadmin_command_on_two_users_running_jobs(cluster: Cl
     assert status["version"] and status["uptime"] >= 0
     users = {u["name"]: u for u in http.admin_json("users")}
     assert {n: (u["busy"], u["queued"], u["target"]) for n, u in users.items()} == {"alice": (2, 0, 0.5), "bob": (2, 0, 0.5)}
+    assert {n: u["load"] for n, u in users.items()} == {"alice": 2.0, "bob": 2.0}  # none sent ahead: as busy
+    assert "2 (2.0)" in http.admin("users").stdout  # busy CPUs, and as fair share counts them
     (node,) = http.admin_json("nodes")
     assert (node["name"], node["state"], node["busy_cpus"], node["cpus"], node["offered_cpus"]) == ("node", "full", 4, 4, 4)
     assert node["memory_available"] > 0 and node["last_heartbeat"] > 0
@@ -320,6 +322,8 @@ def test_metrics_count_a_known_workload(cluster: Cluster) -> None:
     assert m[("dispy_user_queued_jobs", (("user", "bob"),))] == 1
     assert m[("dispy_user_queued_jobs", (("user", "alice"),))] == 0
     assert m[("dispy_user_busy_cpus", (("user", "bob"),))] == 2
+    # fair share counts the one sent ahead too while none of bob's jobs has ended (no run time known yet)
+    assert m[("dispy_user_fair_share_cpus", (("user", "bob"),))] == 3
     assert m[("dispy_node_busy_cpus", (("node", "node"),))] == 2
     assert m[("dispy_node_offered_cpus", (("node", "node"),))] == 2
     assert m[("dispy_nodes", (("state", "full"),))] == 1 and m[("dispy_nodes", (("state", "idle"),))] == 0
@@ -419,7 +423,10 @@ def test_the_dashboard_page_and_its_live_feed(cluster: Cluster) -> None:
     assert sorted(j["user"] for j in snap["jobs"]) == ["alice", "bob"] and snap["nodes"][0]["busy_cpus"] == 2
     snap = alice_feed.until(lambda s: s["jobs"], "alice's job on her page")
     assert [j["user"] for j in snap["jobs"]] == ["alice"] and [u["name"] for u in snap["users"]] == ["alice"]
-    assert all(set(p["busy"]) <= {"alice"} for p in snap["history"])  # bob's CPUs are not hers to see
+    assert all(set(p["busy"]) | set(p["load"]) <= {"alice"} for p in snap["history"])  # bob's CPUs are not hers to see
+    # fair share counts her job from when it is sent to the node; busy, once the node has started it
+    snap = alice_feed.until(lambda s: s["history"][-1]["busy"] == {"alice": 1}, "alice's job running on her chart")
+    assert snap["history"][-1]["load"] == {"alice": 1.0}
     release.with_name(f"{release.name}.0").touch()
     snap = admin_feed.until(lambda s: [j["user"] for j in s["jobs"] if j["state"] == "running"] == ["bob"],
                             "the page to show alice's job ended")  # fmt: skip

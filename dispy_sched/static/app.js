@@ -89,7 +89,7 @@ function render(snap) {
   $("summary").replaceChildren(...cards.map(([k, v]) => { const c = el("div", k, { class: "card" }); c.prepend(el("b", v)); return c; }));
 
   fill("users", snap.users.map((u) => [
-    u.name, u.share, `${(100 * u.target).toFixed(0)}%`, u.busy, u.queued, u.usage.toFixed(0),
+    u.name, u.share, `${(100 * u.target).toFixed(0)}%`, u.busy, u.load.toFixed(1), u.queued, u.usage.toFixed(0),
     Object.entries(u.limits).map(([k, v]) => `${k}=${v}`).join(", ") || "-",
     admin ? button("share…", () => { const v = prompt(`share of ${u.name}`, u.share); if (v !== null) manage(`/api/v1/users/${enc(u.name)}/share`, { share: Number(v) }); }) : "",
   ]));
@@ -133,22 +133,25 @@ function chart(history) {
   const svg = $("chart");
   const users = [...new Set(history.flatMap((p) => Object.keys(p.busy)))].sort();
   const now = Date.now() / 1000;
-  const top = Math.max(1, ...history.map((p) => Object.values(p.busy).reduce((a, b) => a + b, 0)));
+  const sum = (cpus) => Object.values(cpus || {}).reduce((a, b) => a + b, 0);
+  const top = Math.max(1, ...history.map((p) => Math.max(sum(p.busy), sum(p.load))));
   const x = (t) => 600 - ((now - t) / 3600) * 600;
   const y = (v) => 155 - (v / top) * 150;
   const ns = "http://www.w3.org/2000/svg";
   svg.replaceChildren();
-  users.forEach((u, i) => {
+  // per user: busy CPUs (solid), and those fair share counts (dashed; see docs/policies.md)
+  users.forEach((u, i) => [["busy", null], ["load", "5 4"]].forEach(([key, dashes]) => {
     const line = document.createElementNS(ns, "polyline");
-    line.setAttribute("points", history.map((p) => `${x(p.t).toFixed(1)},${y(p.busy[u] || 0).toFixed(1)}`).join(" "));
+    line.setAttribute("points", history.map((p) => `${x(p.t).toFixed(1)},${y((p[key] || {})[u] || 0).toFixed(1)}`).join(" "));
     line.setAttribute("fill", "none");
     line.setAttribute("stroke", COLORS[i % COLORS.length]);
     line.setAttribute("stroke-width", "2");
+    if (dashes) line.setAttribute("stroke-dasharray", dashes);
     line.setAttribute("vector-effect", "non-scaling-stroke");
     svg.append(line);
-  });
+  }));
   $("legend").replaceChildren(...users.map((u, i) => { const s = el("span", `■ ${u}`); s.style.color = COLORS[i % COLORS.length]; return s; }),
-    el("span", `(top: ${top} CPUs)`));
+    el("span", `(solid: busy CPUs, dashed: fair-share CPUs; top: ${+top.toFixed(2)} CPUs)`));
 }
 
 $("state-filter").addEventListener("change", () => snapshot && render(snapshot));
