@@ -338,6 +338,7 @@ def test_fair_share_counts_jobs_on_nodes_by_the_part_of_their_stay_they_run(core
     assert (alice.wait_mean, alice.run_mean) == (1.5, 1.0)
     assert alice.busy == 2 and alice.load == pytest.approx(2 * 1.0 / (1.0 + 1.5))  # CPUs it runs on, on average
     assert core.ready.ready_users.key("alice")[0] == pytest.approx(alice.load)  # what fair share ranks by
+    assert core.status("alice")["users"]["alice"]["load"] == round(alice.load, 2)  # what a client's status shows
     step(core, arrived("n1", result("K", 2, start=5.0, end=4.0)), now=4)  # a clock that went back: no figure
     assert alice.run_mean == 1.0 and alice.runs == 1
 

@@ -1690,7 +1690,8 @@ class SchedulerCore:
 
         Per user: `share` (weight), `target` (its fraction of the CPUs while
         every active user is backlogged: share over the active users' total),
-        `busy` CPUs, `queued` jobs, decayed `usage` (CPU-seconds), open
+        `busy` CPUs, `load` (the CPUs fair share counts for it, `UserRecord.load`),
+        `queued` jobs, decayed `usage` (CPU-seconds), open
         `clusters`, `queued_bytes` and `held_bytes` (see `Limits`), `paused`
         (its results held reach `max_held_bytes`) and `limits` (only those set).
 
@@ -1705,6 +1706,7 @@ class SchedulerCore:
                 "share": u.share,
                 "target": (u.share / total_share) if (u.busy or u.queued) else 0.0,
                 "busy": u.busy - u.waiting,  # CPUs running its jobs (not those sent ahead, waiting for one)
+                "load": round(u.load, 2),  # the CPUs fair share counts it for (`UserRecord.load`)
                 "queued": u.queued + u.waiting,  # in the queue, or waiting on a node for a CPU
                 "finished": u.finished,
                 "usage": round(u.decayed_usage(self.now, self.usage_half_life), 3),
