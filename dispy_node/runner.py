@@ -674,7 +674,7 @@ class _Cluster:
             if now:
                 frames.append(zp.encode(zp.StartNext(now)))
                 started = len(now)
-                self.unstarted_since = time.monotonic()
+        began = started > 0  # a job of ours starts in this call (one sent ahead starts at its Started)
         while self._queued and started < most and (
             ahead or self.settings.cpus is None or self.running < self.settings.cpus
         ):  # fmt: skip
@@ -699,7 +699,9 @@ class _Cluster:
             else:
                 frames.append(zp.encode(zp.Run(job_id, job.payload, list(job_limits), files, group)))
                 self.runner.started(JobRef(self.cluster_id, job_id))
-                self.unstarted_since = time.monotonic()
+                began = True
+        if began:  # once per call, not per job
+            self.unstarted_since = time.monotonic()
         self._write(b"".join(frames))
 
     def _limits_of(self, job: RunJob, caps: limits.Limits) -> tuple[limits.Limits, list[Any]]:
