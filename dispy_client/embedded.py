@@ -32,7 +32,7 @@ import warnings
 
 from dispy_sched.config import SchedConfig
 from dispy_wire.tls import ServerTLS, cert_fingerprint, is_loopback
-from dispy_sched.core import CoreConfig, SchedulerCore
+from dispy_sched.core import SchedulerCore
 from dispy_sched.policies import load_policy
 from dispy_sched.conn import PeerConnection
 from dispy_sched.server import SchedulerServer
@@ -91,7 +91,7 @@ class EmbeddedScheduler:
             state_dir=self._state_dir, name=socket.gethostname(), tls_cert=tls_cert, tls_key=tls_key,
         )  # fmt: skip
         self._pin = cert_fingerprint(tls.cert) if tls else None
-        self._server = SchedulerServer(config, SchedulerCore(load_policy("fair"), CoreConfig()))
+        self._server = SchedulerServer(config, SchedulerCore(load_policy("fair"), config.core_config(persist=False, accounting=False)))
         self._loop = loop_thread
         self._nodes: list[subprocess.Popen[bytes]] = []
         self._stopped = False

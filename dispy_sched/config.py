@@ -34,6 +34,7 @@ from dispy_wire.version import version_line
 from dispy_wire.verifier import Verifier, looks_like_verifier
 from dispy_wire.tls import ServerTLS, TLSConfigError, is_loopback, plaintext_refusal
 
+from .core.scheduler import CoreConfig
 from .core.state import Limits
 
 DEFAULT_PORT = 9702
@@ -199,6 +200,16 @@ class SchedConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         if self.tls_cert is None:
             return None
         return ServerTLS(self.tls_cert, self.tls_key, self.tls_ca, self.tls_require_client_cert)
+
+    def core_config(self, *, persist: bool, accounting: bool) -> CoreConfig:
+        """The scheduling core's settings: dispyscheduler's, and a JobCluster's embedded scheduler's alike."""
+        return CoreConfig(
+            shares=self.shares(), limits=self.limits(), default_limits=self.default_limits(),
+            private_data=self.private_data, result_retention=self.result_retention,
+            usage_half_life=self.usage_half_life, close_slice=self.close_slice,
+            persist=persist, accounting=accounting,
+            prefetch=self.prefetch, prefetch_max=self.prefetch_max, prefetch_target=self.prefetch_target,
+        )  # fmt: skip
 
     def shares(self) -> dict[str, float]:
         return {name: entry.share for name, entry in self.users.items()}

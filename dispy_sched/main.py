@@ -14,7 +14,7 @@ import time
 from typing import IO, TYPE_CHECKING
 
 from .config import ConfigError, SchedConfig, build_parser, config_from_namespace, describe
-from .core import CoreConfig, SchedulerCore
+from .core import SchedulerCore
 from .discovery import start_responder
 from dispy_wire.loop import event_loop_factory
 from dispy_wire.sdnotify import Notifier
@@ -149,13 +149,7 @@ async def _lead(
     cfg: SchedConfig, policy: Policy, store: StateStore | None, accounting: AccountingStore | None,
     stop: asyncio.Event, signals: list[str], notifier: Notifier, leadership: Leadership | None,
 ) -> None:  # fmt: skip
-    core_config = CoreConfig(
-        shares=cfg.shares(), limits=cfg.limits(), default_limits=cfg.default_limits(),
-        private_data=cfg.private_data, result_retention=cfg.result_retention, usage_half_life=cfg.usage_half_life,
-        close_slice=cfg.close_slice,
-        persist=store is not None, accounting=True, prefetch=cfg.prefetch,
-        prefetch_max=cfg.prefetch_max, prefetch_target=cfg.prefetch_target,
-    )  # fmt: skip
+    core_config = cfg.core_config(persist=store is not None, accounting=True)
     server = SchedulerServer(cfg, SchedulerCore(policy, core_config), store, accounting)
     if leadership is not None:  # clients see it in scheduler_status()
         server.leadership = leadership.seen

@@ -202,6 +202,31 @@ def test_cancel_of_a_job_whose_result_is_being_applied_says_ended_only_once_it_i
         assert job.result == 9
 
 
+def wait_for_gate(path):  # type: ignore[no-untyped-def]
+    import os
+    import time
+
+    while not os.path.exists(path):
+        time.sleep(0.01)
+    return path
+
+
+def test_the_local_node_is_sent_jobs_ahead_of_its_cpus(tmp_path: Path) -> None:
+    # it starts the next job as a CPU frees, not a round trip to the scheduler later (issue 14: short jobs)
+    gate = tmp_path / "gate"
+    with dispy.JobCluster(wait_for_gate) as cluster:
+        cpus = cluster.status().nodes[0].cpus
+        jobs = [cluster.submit(str(gate)) for _ in range(2 * cpus + 2)]
+
+        def sent_ahead() -> bool:
+            [node] = cluster.scheduler_status()["nodes"].values()
+            return node["busy"] + node["waiting"] > cpus  # running, and sent there to start as CPUs free
+
+        wait_until(sent_ahead, what="jobs sent to the local node beyond its CPUs")
+        gate.touch()
+        assert [job() for job in jobs] == [str(gate)] * len(jobs)
+
+
 def test_constructor_returns_once_the_local_node_can_take_jobs() -> None:
     for _ in range(2):  # the second cluster's node too, just after the first's closed
         with dispy.JobCluster(square, nodes=[("127.0.0.1", None, 1)]) as cluster:
