@@ -112,6 +112,13 @@ def test_a_clusters_cpu_allowance_on_a_node_holds_prefetched_jobs(core: Schedule
     assert core.clusters["A"].busy_on == {"n1": 1}  # at its allowance: nothing sent ahead of it
 
 
+def test_a_clusters_allowance_of_all_a_nodes_cpus_keeps_the_window(core: SchedulerCore) -> None:
+    step(core, opened("a", "A"), submitted("a", "A", *range(1, 11)), queueing("n1", 2), now=0)
+    step(core, E.NodeCpusSet("a", "A", "host-n1", 2), now=1)  # a JobCluster's own node: restricted, all of it
+    core.handle(arrived("n1", *(result("A", j) for j in range(1, 5))), now=2)
+    assert core.clusters["A"].busy_on == {"n1": 4}  # its 2 CPUs and a window of 2 sent ahead, as unrestricted
+
+
 def test_an_operator_cap_closes_the_window_and_lifting_it_opens_it_again(core: SchedulerCore) -> None:
     step(core, opened("c1", "K"), submitted("c1", "K", *range(1, 21)), queueing("n1", 2), now=0)
     step(core, E.NodeCpusCapped("r1", "host-n1", 1), now=1)

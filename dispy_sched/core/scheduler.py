@@ -78,7 +78,10 @@ The node may start it at any moment, its report lost with the node: so
 when the node is lost it is treated as a running job is (rerun if
 reentrant, else orphaned or Abandoned), never run twice.
 People see it queued until it starts (`status`: busy is running, queued
-includes waiting). A node the operator caps below what it offers
+includes waiting). A cluster allowed only some of a node's CPUs (its
+`nodes=` or `set_node_cpus`) is sent no more than those there, no window;
+one allowed all of them (a JobCluster's own node, say) is held by the
+node's window as any cluster is. A node the operator caps below what it offers
 gets no window (it would run the window on CPUs the cap withholds), and a
 node drained, or capped below what it holds, is asked to give back what it
 has not started (`RecallJobs`); what it returns (`JobsReturned`) never ran
@@ -1270,7 +1273,8 @@ class SchedulerCore:
             node = self.nodes[node_id]
             cluster = self.ready.choose(
                 lambda c: (not c.failed_on or node_id not in c.failed_on)
-                and (not c.restricted or c.busy_on.get(node_id, 0) < c.node_cpus.get(node_id, 0))
+                and (not c.restricted or c.busy_on.get(node_id, 0) < (allowed := c.node_cpus.get(node_id, 0))
+                     or allowed >= node.cpus)  # all of its CPUs: the node's window holds it, as it holds others
                 and (c.unpinned is None or c.runnable_on(node.name, *node.addresses))
                 and (not c.resetting or node_id not in c.resetting)
             )
