@@ -196,6 +196,7 @@ class SqliteJournal:
 
     def __init__(self, state_dir: str, synchronous: str = "FULL") -> None:
         self.path = os.path.join(state_dir, FILENAME)
+        _bind_as_is()
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._sync = "NORMAL" if synchronous.upper() == "NORMAL" else "FULL"
@@ -355,6 +356,19 @@ class SqliteJournal:
     def close(self) -> None:
         self._accounting.close()
         self._db.close()
+
+
+def _bind_as_is() -> None:
+    """Registers, for the parameter types of a job's rows that are not int, float or str (bool, bytes, None), the
+    adapter that gives the value back as it is: the same value bound, found in sqlite3's adapter table at once,
+    where without one each such parameter is looked for an `__adapt__` and a `__conform__` method, an
+    AttributeError made and dropped each time (several a job). One registered already (the process's own) stays."""
+    for kind, same in ((bool, int), (bytes, bytes), (type(None), _null)):
+        sqlite3.adapters.setdefault((kind, sqlite3.PrepareProtocol), same)
+
+
+def _null(value: None) -> None:
+    return value
 
 
 def _only_forgets(changes: Persist) -> bool:
