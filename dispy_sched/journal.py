@@ -48,6 +48,7 @@ a turn whose changes `write` commits, in that same transaction: one commit
 from __future__ import annotations
 
 import logging
+import operator
 import os
 import sqlite3
 from dataclasses import dataclass, field
@@ -195,6 +196,7 @@ class SqliteJournal:
 
     def __init__(self, state_dir: str, synchronous: str = "FULL") -> None:
         self.path = os.path.join(state_dir, FILENAME)
+        _bind_as_is()
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._sync = "NORMAL" if synchronous.upper() == "NORMAL" else "FULL"
@@ -309,13 +311,7 @@ class SqliteJournal:
                     [new_job_values(j, pack) for j in changes.new_jobs],
                 )
             if changes.changed_jobs:
-                db.executemany(
-                    # a row without its result (the core let go of it) keeps the one on disk
-                    "UPDATE jobs SET state = ?, node = ?, node_run = ?, attempts = ?, cancel_requested = ?, "
-                    "result = COALESCE(?, result), result_size = ?, "
-                    "payload = CASE WHEN ? THEN NULL ELSE payload END WHERE cluster_id = ? AND job_id = ?",
-                    [changed_job_values(j, pack) for j in changes.changed_jobs],
-                )
+                self._update(changes.changed_jobs, pack)
             if changes.gone_jobs:
                 db.executemany("DELETE FROM jobs WHERE cluster_id = ? AND job_id = ?", changes.gone_jobs)
             for cluster_id in changes.gone_clusters:
@@ -337,6 +333,16 @@ class SqliteJournal:
             raise
         db.execute("COMMIT")
 
+    def _update(self, changed: list[JobRow], pack: Callable[[JobResult | None], bytes | None]) -> None:
+        """Most changes are dispatches (a job moved, nothing else): their rows get the narrow UPDATE_MOVED."""
+        moved = [_moved_values(j) for j in changed if j.state != "done"]
+        if moved:
+            self._db.executemany(UPDATE_MOVED, moved)
+        if len(moved) < len(changed):
+            self._db.executemany(
+                UPDATE_ENDED, [_ended_values(j, pack) for j in changed if j.state == "done"]
+            )
+
     def record(self, ends: list[JobEnd]) -> None:
         self._accounting.record(ends)
 
@@ -352,6 +358,19 @@ class SqliteJournal:
         self._db.close()
 
 
+def _bind_as_is() -> None:
+    """Registers, for the parameter types of a job's rows that are not int, float or str (bool, bytes, None), the
+    adapter that gives the value back as it is: the same value bound, found in sqlite3's adapter table at once,
+    where without one each such parameter is looked for an `__adapt__` and a `__conform__` method, an
+    AttributeError made and dropped each time (several a job). One registered already (the process's own) stays."""
+    for kind, same in ((bool, int), (bytes, bytes), (type(None), _null)):
+        sqlite3.adapters.setdefault((kind, sqlite3.PrepareProtocol), same)
+
+
+def _null(value: None) -> None:
+    return value
+
+
 def _only_forgets(changes: Persist) -> bool:
     """Whether a turn's changes only delete jobs (their results acknowledged, or dropped)."""
     return bool(changes.gone_jobs) and not (
@@ -361,6 +380,28 @@ def _only_forgets(changes: Persist) -> bool:
 
 
 SELECT_SETTINGS = "SELECT kind, name, value FROM operator_settings ORDER BY kind, name"
+
+#: a job that changed and is not done (dispatched, queued again, its cancel asked) has no result yet and keeps
+#: its arguments: only these columns can have changed, and fewer columns set is less work a row
+UPDATE_MOVED = (
+    "UPDATE jobs SET state = ?, node = ?, node_run = ?, attempts = ?, cancel_requested = ? WHERE cluster_id = ? AND job_id = ?"
+)
+#: UPDATE_MOVED's parameters from a `JobRow`, picked in C: no Python call a row
+_moved_values = operator.itemgetter(
+    *(JobRow._fields.index(f) for f in ("state", "node", "node_run", "attempts", "cancel_requested", "cluster_id", "job_id"))
+)
+#: a job that ended: its result (a row without one, the core having let go of it, keeps the one on disk); its
+#: arguments are dropped
+UPDATE_ENDED = (
+    "UPDATE jobs SET state = ?, node = ?, node_run = ?, attempts = ?, cancel_requested = ?, result = COALESCE(?, result), "
+    "result_size = ?, payload = NULL WHERE cluster_id = ? AND job_id = ?"
+)
+
+
+def _ended_values(j: JobRow, pack: Callable[[JobResult | None], bytes | None]) -> tuple[Any, ...]:
+    return (
+        j.state, j.node, j.node_run, j.attempts, j.cancel_requested, pack(j.result), j.result_size, j.cluster_id, j.job_id,
+    )  # fmt: skip
 
 
 def _pack_options(options: dict[str, Any]) -> bytes | None:

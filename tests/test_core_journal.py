@@ -82,7 +82,7 @@ class MemoryJournal:
 
     def restored(self, adopt_within: float = 30.0) -> E.StateRestored:
         """What `SqliteJournal.load` gives: every row, results left on disk (their sizes only)."""
-        jobs = [dataclasses.replace(j, result=None) for j in sorted(self.jobs.values(), key=lambda j: j.seq)]
+        jobs = [j._replace(result=None) for j in sorted(self.jobs.values(), key=lambda j: j.seq)]
         return E.StateRestored(list(self.clusters.values()), jobs, dict(self.usage), adopt_within, list(self.settings))
 
     def read_results(self, cluster_id: str, job_ids: list[int]) -> list[JobResult]:
@@ -105,7 +105,7 @@ class StoreJournal(MemoryJournal):
             self.store.write(persist)
             snap = self.store.load()
             assert {c.cluster_id: c for c in snap.clusters} == self.clusters
-            assert snap.jobs == [dataclasses.replace(j, result=None) for j in sorted(self.jobs.values(), key=lambda j: j.seq)]
+            assert snap.jobs == [j._replace(result=None) for j in sorted(self.jobs.values(), key=lambda j: j.seq)]
             assert snap.usage == self.usage
             assert snap.settings == self.settings
 
