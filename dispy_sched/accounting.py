@@ -46,9 +46,10 @@ CREATE TABLE IF NOT EXISTS job_ends (
 );
 CREATE INDEX IF NOT EXISTS job_ends_by_time ON job_ends (end_time);
 """
-#: the table's columns ("user" quoted: a reserved word in PostgreSQL, a plain name to SQLite)
+#: the table's columns in `JobEnd`'s field order, so a record is its own row ("user" quoted: a reserved word in
+#: PostgreSQL, a plain name to SQLite)
 COLUMNS = (
-    'end_time, "user", cluster_id, cluster_name, job_id, node, status, submit_time, start_time, cpu_time, max_rss, '
+    '"user", cluster_id, cluster_name, job_id, node, status, submit_time, start_time, end_time, cpu_time, max_rss, '
     "reason"
 )
 
@@ -69,15 +70,9 @@ class AccountingStore(Protocol):
     def close(self) -> None: ...
 
 
-def rows(ends: list[JobEnd]) -> list[tuple[object, ...]]:
-    """The records as rows of `COLUMNS` (both stores)."""
-    return [
-        (
-            e.end_time, e.user, e.cluster_id, e.cluster_name, e.job_id, e.node, e.status, e.submit_time,
-            e.start_time, e.cpu_time, e.max_rss, e.reason,
-        )  # fmt: skip
-        for e in ends
-    ]
+def rows(ends: list[JobEnd]) -> list[JobEnd]:
+    """The records as rows of `COLUMNS` (both stores): each record is one already."""
+    return ends
 
 
 class SqliteAccounting:

@@ -218,3 +218,23 @@ def test_with_postgresql_state_the_records_are_in_postgresql_and_history_reads_t
     assert totals["alice"]["cpu_hours"] >= 0.45 / 3600 and totals["bob"]["jobs"] == 1
     only = admin("history", "--state", pg_dsn, "--user", "bob")
     assert only.returncode == 0 and "bob" in only.stdout and "alice" not in only.stdout, only.stdout
+
+
+def test_each_store_keeps_a_record_field_for_field(tmp_path: Path) -> None:
+    from dispy_sched.accounting import SqliteAccounting
+    from dispy_sched.core.actions import Persist
+    from dispy_sched.journal import SqliteJournal
+
+    # every field a value of its own, so a record written in another order than `COLUMNS` reads back wrong
+    end = JobEnd("alice", "K-1", "compute", 7, "n1", "Terminated", 11.25, 12.5, 13.75, 0.125, 3 << 20, "KeyError: 'x'")
+    (tmp_path / "journal").mkdir()
+    journal = SqliteJournal(str(tmp_path / "journal"))
+    journal.write(Persist([], [], [], [], [], []), [end])  # the journal's path: the records in the turn's commit
+    journal.close()
+    (tmp_path / "alone").mkdir()
+    alone = SqliteAccounting(str(tmp_path / "alone" / "journal.sqlite3"))  # the path without a journal
+    alone.record([end])
+    alone.close()
+    for state in (tmp_path / "journal", tmp_path / "alone"):
+        assert [JobEnd(**row) for row in records(state)] == [end], state
+
