@@ -6,9 +6,12 @@ every `StateStore`) and logs them (`log_lines`: a line per job, or one for sever
 alike in one turn: a busy node's results, a closed cluster's queue).
 `SqliteAccounting` keeps them in the `job_ends` table of the scheduler's
 state database (`journal.sqlite3`, whether or not the journal is on) through
-a connection of its own with `synchronous=NORMAL`: an accounting record
-survives a killed scheduler, and costs the hot path no fsync of its own (a
-power cut may lose the last ones; the log lines name them too). With `--state postgresql://...`
+a connection of its own with `synchronous=NORMAL`, costing the hot path no
+fsync of its own. With the journal, a turn's records are in its commit and
+survive a killed scheduler; without it, the shell writes them once a tick
+(`server.RECORD_BATCH` at most between two) and as it stops, so a SIGKILL
+loses up to a second of records (a power cut may lose the last ones either
+way; the log lines name them too). With `--state postgresql://...`
 the `PgStore` keeps the same table in PostgreSQL, so the records of a leader
 and of the standby that takes over are in one place. Records older than
 `--accounting-retention` are deleted at start and hourly. `dispyadmin

@@ -238,3 +238,14 @@ def test_each_store_keeps_a_record_field_for_field(tmp_path: Path) -> None:
     for state in (tmp_path / "journal", tmp_path / "alone"):
         assert [JobEnd(**row) for row in records(state)] == [end], state
 
+
+def test_without_a_journal_the_records_are_written_by_the_stop_at_the_latest(cluster: Cluster) -> None:
+    scheduler = cluster.scheduler("--no-journal")
+    cluster.node(name="n1")
+    state = cluster.workdir / "scheduler-state"
+    run_program(cluster, "alice", "plain", "fail")
+    scheduler.stop()  # records that wait for the next tick are written as it stops
+    assert scheduler.popen.returncode == 0, scheduler.stderr
+    assert [(r["user"], r["node"], r["status"]) for r in records(state)] == [
+        ("alice", "n1", "Finished"), ("alice", "n1", "Terminated"),
+    ]
