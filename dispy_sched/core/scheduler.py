@@ -1382,7 +1382,7 @@ class SchedulerCore:
         job.node = None
         job.started = False
         self._stale_free[node.node_id] = None  # `_update_free` before the scheduling pass
-        self.ready.update(cluster)
+        self.ready.touch(cluster)  # re-keyed once at the next look, however many of its jobs end before
 
     def _displace(self, cluster: ClusterRecord, job: JobRecord, node: NodeRecord, rerun: bool, why: str) -> None:
         """A RUNNING job lost its node: it runs again, or ends (Cancelled if a kill was asked)."""
