@@ -6,9 +6,12 @@ every `StateStore`) and logs them (`log_lines`: a line per job, or one for sever
 alike in one turn: a busy node's results, a closed cluster's queue).
 `SqliteAccounting` keeps them in the `job_ends` table of the scheduler's
 state database (`journal.sqlite3`, whether or not the journal is on) through
-a connection of its own with `synchronous=NORMAL`: an accounting record
-survives a killed scheduler, and costs the hot path no fsync of its own (a
-power cut may lose the last ones; the log lines name them too). With `--state postgresql://...`
+a connection of its own with `synchronous=NORMAL`, costing the hot path no
+fsync of its own. With the journal, a turn's records are in its commit and
+survive a killed scheduler; without it, the shell writes them once a tick
+(`server.RECORD_BATCH` at most between two) and as it stops, so a SIGKILL
+loses up to a second of records (a power cut may lose the last ones either
+way; the log lines name them too). With `--state postgresql://...`
 the `PgStore` keeps the same table in PostgreSQL, so the records of a leader
 and of the standby that takes over are in one place. Records older than
 `--accounting-retention` are deleted at start and hourly. `dispyadmin
@@ -46,9 +49,10 @@ CREATE TABLE IF NOT EXISTS job_ends (
 );
 CREATE INDEX IF NOT EXISTS job_ends_by_time ON job_ends (end_time);
 """
-#: the table's columns ("user" quoted: a reserved word in PostgreSQL, a plain name to SQLite)
+#: the table's columns in `JobEnd`'s field order, so a record is its own row ("user" quoted: a reserved word in
+#: PostgreSQL, a plain name to SQLite)
 COLUMNS = (
-    'end_time, "user", cluster_id, cluster_name, job_id, node, status, submit_time, start_time, cpu_time, max_rss, '
+    '"user", cluster_id, cluster_name, job_id, node, status, submit_time, start_time, end_time, cpu_time, max_rss, '
     "reason"
 )
 
@@ -69,15 +73,9 @@ class AccountingStore(Protocol):
     def close(self) -> None: ...
 
 
-def rows(ends: list[JobEnd]) -> list[tuple[object, ...]]:
-    """The records as rows of `COLUMNS` (both stores)."""
-    return [
-        (
-            e.end_time, e.user, e.cluster_id, e.cluster_name, e.job_id, e.node, e.status, e.submit_time,
-            e.start_time, e.cpu_time, e.max_rss, e.reason,
-        )  # fmt: skip
-        for e in ends
-    ]
+def rows(ends: list[JobEnd]) -> list[JobEnd]:
+    """The records as rows of `COLUMNS` (both stores): each record is one already."""
+    return ends
 
 
 class SqliteAccounting:

@@ -133,7 +133,8 @@ class PeerConnection(asyncio.Protocol):
         self.liveness: Liveness | None = None
         #: the transport's buffer is above WRITE_HIGH: results wait in `_results`
         self.write_paused = False
-        #: terminal results not yet sent: (cluster, job id, size, its packed bytes if kept in memory);
+        #: terminal results not yet sent: (cluster, job id, size, its packed bytes if kept in memory); the size
+        #: is those bytes' length, or else `state.result_cost` (what the store's result weighs, about as much);
         #: job id CLOSED_MARK: the cluster's ClusterClosed, which must not overtake its results
         self._results: deque[tuple[str, int, int, bytes | None]] = deque()
         self._closed: dict[str, M.ClusterClosed] = {}
@@ -348,9 +349,11 @@ class PeerConnection(asyncio.Protocol):
                 # a progress report, kept nowhere: a client that is behind does not get it (the job's end it does)
                 if not behind:
                     self._send_results(cluster_id, [M.pack_result(r)])
-            else:  # paused, a stored one is read back when its turn comes: not packed now
-                packed = None if stored and self.write_paused else pack(r)
-                self._results.append((cluster_id, r.job_id, result_cost(r), packed))
+            elif stored and self.write_paused:  # read back when its turn comes: not packed now
+                self._results.append((cluster_id, r.job_id, result_cost(r), None))
+            else:  # its size is its bytes' (what a slice's bytes are): not measured again field by field
+                data = pack(r)
+                self._results.append((cluster_id, r.job_id, len(data), data))
         self._pump()
         if stored:  # what could not go now waits by id: its bytes are in the journal
             waiting = self._results

@@ -64,6 +64,8 @@ log = logging.getLogger(__name__)
 accounting_log = logging.getLogger("dispy_sched.accounting")
 
 TICK_INTERVAL = 1.0
+#: without a journal, accounting records waiting for the next tick are written at once from this many on
+RECORD_BATCH = 5000
 #: seconds between deletions of accounting records past their retention
 PRUNE_INTERVAL = 3600.0
 #: jobs and clusters a node may report holding in its Hello
@@ -164,6 +166,8 @@ class SchedulerServer:
         self.store = store
         #: where job-end records go (the core's `accounting` on); None: only logged
         self.accounting = accounting
+        #: without a journal, the records not yet written to `accounting` (`_record`)
+        self._unrecorded: list[A.JobEnd] = []
         self._last_prune = 0.0
         self.peers: dict[str, PeerConnection] = {}
         #: authenticated client connections per user, for `max_connections`
@@ -277,6 +281,7 @@ class SchedulerServer:
             self._server.close()
         if self._pending:
             self._drain()  # its Persist is committed before this returns: the journal is up to date
+        self.flush_accounting()
         self._stopping = True
         self._all_gone = asyncio.Event()
         if not self.peers:
@@ -325,6 +330,7 @@ class SchedulerServer:
                 log.warning("the scheduler did not run for %.1f s: nodes get a fresh heartbeat window", stalled + TICK_INTERVAL)
             self.submit(E.Tick(stalled))
             await asyncio.sleep(0)  # the core takes the tick (`_drain`, called soon) before the collection's pause
+            self.flush_accounting()
             last += self._collect(mono)
             now = time.time()
             if now - self._last_status_log >= self.config.status_log_interval:
@@ -628,19 +634,42 @@ class SchedulerServer:
     def _record(self, ends: list[A.JobEnd], kept: bool | None = None) -> None:
         """The job ends' records in the state database (unless `kept` says whether the journal's commit took
         them), their log lines (`log_lines`: several alike share one; without a database to keep the records,
-        or when it fails, a line per job: the log keeps each record) and metrics."""
+        or when it fails, a line per job: the log keeps each record) and metrics.
+
+        Without a journal, the records wait in `_unrecorded` for the next tick (`flush_accounting`), or until
+        `RECORD_BATCH` of them do: one transaction a second, not one per turn (accounting.py says what a
+        killed scheduler loses)."""
         if kept is None:
             kept = self.accounting is not None
-            if self.accounting is not None:
-                try:
-                    self.accounting.record(ends)
-                except (sqlite3.Error, StoreFailed) as exc:  # the jobs' results still go out: the log lines keep them
-                    log.error("cannot write %d accounting records: %s", len(ends), exc)
-                    kept = False
-        for line in log_lines(ends) if kept else map(log_line, ends):
-            accounting_log.info("%s", line)
+            if self.accounting is not None and self.store is None:
+                self._unrecorded.extend(ends)
+                if len(self._unrecorded) >= RECORD_BATCH:
+                    self.flush_accounting()
+            elif self.accounting is not None:
+                kept = self._write_records(ends)
+        if accounting_log.isEnabledFor(logging.INFO):  # a line per turn or job: not built for nobody to read
+            for line in log_lines(ends) if kept else map(log_line, ends):
+                accounting_log.info("%s", line)
         if self.metrics is not None:
             self.metrics.ended(ends)
+
+    def _write_records(self, ends: list[A.JobEnd]) -> bool:
+        """Writes accounting records to `accounting`; returns whether it could."""
+        assert self.accounting is not None
+        try:
+            self.accounting.record(ends)
+        except (sqlite3.Error, StoreFailed) as exc:  # the jobs' results still go out: the log lines keep them
+            log.error("cannot write %d accounting records: %s", len(ends), exc)
+            return False
+        return True
+
+    def flush_accounting(self) -> None:
+        """Writes the records waiting in `_unrecorded`; if it cannot, logs each of them (their log lines so far
+        may have been summaries)."""
+        ends, self._unrecorded = self._unrecorded, []
+        if ends and not self._write_records(ends) and accounting_log.isEnabledFor(logging.INFO):
+            for end in ends:
+                accounting_log.info("%s", log_line(end))
 
     def _execute(self, action: A.Action) -> None:
         match action:

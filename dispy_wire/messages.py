@@ -41,7 +41,10 @@ class JobSpec(NamedTuple):
     job_id: int
     priority: int
     payload: bytes  # cloudpickle((args, kwargs)), opaque to the scheduler
-    options: dict[str, Any]  # control fields for the node, e.g. {"timeout": seconds}
+    #: control fields for the node, e.g. {"timeout": seconds}: any value passes the wire's check, since the
+    #: scheduler checks them itself (`JobOptions.from_wire`) and refuses a job with bad ones (BAD_REQUEST),
+    #: not its client's whole message
+    options: Any
 
 
 class RunJob(NamedTuple):

@@ -1,7 +1,7 @@
 """Field checkers built from type annotations, for validating decoded messages.
 
-Supported: int, float, str, bytes, bool, dict, `X | None`, `list[X]`, and
-NamedTuple records (which arrive as lists and leave as the record type).
+Supported: int, float, str, bytes, bool, dict, Any, `X | None`, `list[X]`,
+and NamedTuple records (which arrive as lists and leave as the record type).
 """
 
 from __future__ import annotations
@@ -97,15 +97,16 @@ def _record_checker(tp: type) -> Callable[[Any], Any]:
     exact = [_exact_types(hints[name]) for name in tp._fields]  # type: ignore[attr-defined]
     if any(types is None for types in exact):
         return check
-    # every field a scalar: the records of hot messages (results, starts, job refs) come in thousands, and one
-    # look at each field's exact type accepts what the field checkers would pass on unchanged; anything else
-    # (an int where a float goes, a subclass, garbage) takes the checkers' way, errors included
-    fields = typing.cast(list[frozenset[type]], exact)
+    # every field a scalar (or Any): the records of hot messages (results, starts, job refs, submitted jobs)
+    # come in thousands, and one look at each field's exact type accepts what the field checkers would pass on
+    # unchanged; anything else (an int where a float goes, a subclass, garbage) takes the checkers' way, errors
+    # included. An Any field is not looked at.
+    fields = [(i, typing.cast(frozenset[type], types)) for i, types in enumerate(exact) if types is not _ANY_TYPE]
 
     def check_scalars(v: Any) -> Any:
         if type(v) is list and len(v) == n:
-            for types, x in zip(fields, v):
-                if type(x) not in types:
+            for i, types in fields:
+                if type(v[i]) not in types:
                     return check(v)
             return tp(*v)
         return check(v)
@@ -113,8 +114,14 @@ def _record_checker(tp: type) -> Callable[[Any], Any]:
     return check_scalars
 
 
+#: `_exact_types` of an Any field: whatever it holds passes
+_ANY_TYPE: frozenset[type] = frozenset({object})
+
+
 def _exact_types(tp: Any) -> frozenset[type] | None:
-    """The types a scalar field's checker passes on unchanged (None: not a scalar field)."""
+    """The types a scalar field's checker passes on unchanged (None: not a scalar field; `_ANY_TYPE`: Any)."""
+    if tp is Any:
+        return _ANY_TYPE
     if tp in (int, float, str, bytes, bool):
         return frozenset({tp})
     if typing.get_origin(tp) in (typing.Union, types.UnionType):

@@ -218,3 +218,34 @@ def test_with_postgresql_state_the_records_are_in_postgresql_and_history_reads_t
     assert totals["alice"]["cpu_hours"] >= 0.45 / 3600 and totals["bob"]["jobs"] == 1
     only = admin("history", "--state", pg_dsn, "--user", "bob")
     assert only.returncode == 0 and "bob" in only.stdout and "alice" not in only.stdout, only.stdout
+
+
+def test_each_store_keeps_a_record_field_for_field(tmp_path: Path) -> None:
+    from dispy_sched.accounting import SqliteAccounting
+    from dispy_sched.core.actions import Persist
+    from dispy_sched.journal import SqliteJournal
+
+    # every field a value of its own, so a record written in another order than `COLUMNS` reads back wrong
+    end = JobEnd("alice", "K-1", "compute", 7, "n1", "Terminated", 11.25, 12.5, 13.75, 0.125, 3 << 20, "KeyError: 'x'")
+    (tmp_path / "journal").mkdir()
+    journal = SqliteJournal(str(tmp_path / "journal"))
+    journal.write(Persist([], [], [], [], [], []), [end])  # the journal's path: the records in the turn's commit
+    journal.close()
+    (tmp_path / "alone").mkdir()
+    alone = SqliteAccounting(str(tmp_path / "alone" / "journal.sqlite3"))  # the path without a journal
+    alone.record([end])
+    alone.close()
+    for state in (tmp_path / "journal", tmp_path / "alone"):
+        assert [JobEnd(**row) for row in records(state)] == [end], state
+
+
+def test_without_a_journal_the_records_are_written_by_the_stop_at_the_latest(cluster: Cluster) -> None:
+    scheduler = cluster.scheduler("--no-journal")
+    cluster.node(name="n1")
+    state = cluster.workdir / "scheduler-state"
+    run_program(cluster, "alice", "plain", "fail")
+    scheduler.stop()  # records that wait for the next tick are written as it stops
+    assert scheduler.popen.returncode == 0, scheduler.stderr
+    assert [(r["user"], r["node"], r["status"]) for r in records(state)] == [
+        ("alice", "n1", "Finished"), ("alice", "n1", "Terminated"),
+    ]

@@ -1323,6 +1323,18 @@ def test_a_job_with_malformed_options_is_refused_and_ends_saying_why(core: Sched
     assert dispatched(actions) == {"n1": [("K", 2)]}
 
 
+@pytest.mark.parametrize("options", [[1, 2], {1: 2}, {b"node": "host-n1"}, None], ids=["list", "int key", "bytes key", "nil"])
+def test_job_options_that_are_not_a_map_of_names_are_refused_with_a_typed_error(core: SchedulerCore, options: Any) -> None:
+    # the wire lets any options through (dispy_wire.messages.JobSpec): the core is what checks them
+    step(core, opened("c1", "K"), joined("n1", 1), now=0)
+    actions = step(core, E.JobsSubmitted("c1", "K", [JobSpec(1, 0, b"", options), JobSpec(2, 0, b"", {})]), now=1)
+    (reject,) = of(actions, A.Reject)
+    assert reject.code == ErrorCode.BAD_REQUEST and "option" in reject.message, reject.message
+    (r,) = delivered(actions)[("c1", "K")]
+    assert (r.job_id, r.status) == (1, JobStatus.CANCELLED)
+    assert dispatched(actions) == {"n1": [("K", 2)]}
+
+
 def test_queued_counts_move_only_with_the_transitions_that_cause_them(core: SchedulerCore) -> None:
     """STYLE.md (d): `queued` and `queued_bytes` change in `_admit`/`_transition` alone, on every path."""
     step(core, opened("c1", "K", reentrant=True), joined("n1", 1), now=0)

@@ -288,7 +288,7 @@ ILL_TYPED: list[tuple[str, bytes]] = [
     ("scalar for a list field", raw(12, "c-1", 5)),
     ("list of str for list of int", raw(12, "c-1", ["1"])),
     ("nested record too short", raw(11, "c-1", [[1, 0]])),
-    ("nested record too long", raw(11, "c-1", [[1, 0, b"p", 9]])),
+    ("nested record too long", raw(11, "c-1", [[1, 0, b"p", {}, 9]])),
     ("nested record not a list", raw(11, "c-1", [5])),
     ("nested record as a map", raw(11, "c-1", [{"job_id": 1}])),
     ("nested record field ill-typed", raw(11, "c-1", [[1, "high", b"p"]])),
@@ -318,6 +318,16 @@ def test_bad_message_error_names_the_message_class() -> None:
     with pytest.raises(RemoteWireError) as info:
         decode(raw(11, "c-1", [[1, 0]]))
     assert "SubmitJobs" in info.value.message
+
+
+@pytest.mark.parametrize("options", [{}, {"timeout": 2.5}, {1: 2}, [1, 2], None], ids=["none", "map", "int key", "list", "nil"])
+def test_job_options_pass_the_wire_as_sent_for_the_scheduler_to_check(options: Any) -> None:
+    # the scheduler refuses bad ones job by job (JobOptions.from_wire, BAD_REQUEST), not the client's whole message
+    decoded = decode(raw(11, "c-1", [[7, 0, b"args", options]]))
+    assert decoded == M.SubmitJobs("c-1", [JobSpec(7, 0, b"args", options)])
+    assert type(decoded.jobs[0]) is JobSpec  # type: ignore[attr-defined]
+    with pytest.raises(RemoteWireError):  # the typed fields are still checked
+        decode(raw(11, "c-1", [[7, "0", b"args", options]]))
 
 
 def test_optional_field_accepts_none_and_its_type() -> None:

@@ -5,7 +5,8 @@ Theory of operation
 `heapq` cannot re-key an entry in place, so every `set` pushes a fresh
 (key, tick, item) entry and records (key, tick) as the item's current one;
 older entries of that item become stale and are skipped (and dropped) when
-they reach the top. `discard` only forgets the current entry. When stale
+they reach the top. The exception is the top item's own entry (the core
+re-keys the cluster and user it just gave a CPU): `heapreplace` moves it. `discard` only forgets the current entry. When stale
 entries outnumber live ones, the heap is rebuilt from the live ones, so its
 size stays within a constant factor of the live items and every operation is
 O(log n) amortized.
@@ -63,8 +64,13 @@ class KeyedHeap(Generic[T]):
             return
         self._tick += 1
         self._current[item] = (key, self._tick)
-        heapq.heappush(self._heap, (key, self._tick, item))
-        if len(self._heap) > 2 * len(self._current) + _SLACK:
+        heap = self._heap
+        if current is not None and heap[0][1] == current[1]:
+            # the top re-keyed (the core's pick, just given a CPU): moved in place, no stale entry left behind
+            heapq.heapreplace(heap, (key, self._tick, item))
+            return
+        heapq.heappush(heap, (key, self._tick, item))
+        if len(heap) > 2 * len(self._current) + _SLACK:
             self._rebuild()
 
     def discard(self, item: T) -> None:

@@ -13,6 +13,13 @@ until a job of its ends or its results are collected: that is how every
 policy enforces the limits, and why a capped user's idle CPUs go to the
 others (work-conserving).
 
+A job's end changes its cluster's and user's keys, and a node returns
+results in batches: `touch` only notes the cluster, and the next look at
+the index (`bool`, `choose`, `check`) re-keys each noted one once, however
+many of its jobs ended meanwhile. The order in which items are re-keyed
+breaks ties between equal keys, so a policy's keys must not tie: each ends
+in a sequence number (docs/policies.md).
+
 `choose(usable)` is a peek at two heap tops when the top cluster may run on
 the CPU being filled, the common case. Otherwise (the cluster's set-up failed
 on that node) it walks users in order, taking each one's first usable
@@ -58,10 +65,27 @@ class ReadyIndex:
         self._clusters = clusters
         self.ready_users: KeyedHeap[str] = KeyedHeap()
         self.user_clusters: dict[str, KeyedHeap[str]] = {}
+        #: clusters to re-key at the next look, by id -> their user (a cluster may be gone by then)
+        self._touched: dict[str, str] = {}
 
     def __bool__(self) -> bool:
         """Whether some user may get a CPU now."""
+        if self._touched:
+            self._rekey_touched()
         return bool(self.ready_users)
+
+    def touch(self, cluster: ClusterRecord) -> None:
+        """`update` for a cluster, at the next look: a job of it ended (more may, before anyone looks)."""
+        self._touched[cluster.cluster_id] = cluster.user
+
+    def _rekey_touched(self) -> None:
+        touched, self._touched = self._touched, {}
+        for cluster_id, user in touched.items():
+            cluster = self._clusters.get(cluster_id)
+            if cluster is not None:
+                self.update(cluster)
+            if cluster is None or cluster.user != user:  # closed and gone since (its id free): its user's CPUs
+                self.update_user(self._users[user])  # still changed
 
     def update(self, cluster: ClusterRecord) -> None:
         """Re-keys a cluster (and its user) after a change to either."""
@@ -94,6 +118,8 @@ class ReadyIndex:
         Args:
             usable: whether a cluster may run on that CPU's node.
         """
+        if self._touched:
+            self._rekey_touched()
         name = self.ready_users.peek()
         if name is None:
             return None
@@ -120,6 +146,8 @@ class ReadyIndex:
 
     def check(self) -> None:
         """Raises AssertionError if the index disagrees with the records."""
+        if self._touched:
+            self._rekey_touched()
         for cluster in self._clusters.values():
             heap = self.user_clusters.get(cluster.user)
             head = None if cluster.closing or cluster.cancelling else cluster.head()  # their queued jobs never start

@@ -113,10 +113,9 @@ from __future__ import annotations
 
 from collections import defaultdict, deque
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
-from functools import singledispatchmethod
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from dispy_wire.cluster_options import BadOptions, ClusterOptions, JobOptions
 from dispy_wire.errors import ErrorCode
@@ -156,6 +155,23 @@ JOB_TRANSITIONS: frozenset[tuple[JobState, JobState]] = frozenset(
 )
 #: characters of a job's end reason kept in its accounting record
 REASON_LIMIT = 200
+
+
+#: event type -> the name of the `SchedulerCore` method that handles it (`_handles`)
+_HANDLERS: dict[type[E.Event], str] = {}
+_Handler = TypeVar("_Handler", bound=Callable[..., None])
+
+
+def _handles(kind: type[E.Event]) -> Callable[[_Handler], _Handler]:
+    """Registers a `SchedulerCore` method as the handler of one event type (exactly that type: events do not
+    subclass one another)."""
+
+    def register(method: _Handler) -> _Handler:
+        assert kind not in _HANDLERS, f"two handlers for {kind.__name__}"
+        _HANDLERS[kind] = method.__name__
+        return method
+
+    return register
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,6 +261,10 @@ class SchedulerCore:
         self.nodes: dict[str, NodeRecord] = {}
         #: users and clusters with queued jobs, in the policy's order
         self.ready = ReadyIndex(policy, self.users, self.clusters)
+        #: event type -> its handler, bound (a dict lookup: `singledispatchmethod` costs a wrapper per event)
+        self._handlers: dict[type[E.Event], Callable[[Any], None]] = {
+            kind: getattr(self, name) for kind, name in _HANDLERS.items()
+        }
         self.log: deque[tuple[str, str, int, str, str]] = deque(maxlen=self.config.log_size)
         #: nodes with a free CPU, least loaded first
         self._free_nodes: KeyedHeap[str] = KeyedHeap()
@@ -294,9 +314,14 @@ class SchedulerCore:
         """Applies events in order, fills free CPUs, returns the actions."""
         self.now = max(self.now, now)
         self._budget = self.config.close_slice
+        handlers = self._handlers
         for event in events:
-            self._stimulus = type(event).__name__
-            self._on(event)
+            kind = type(event)
+            self._stimulus = kind.__name__
+            handler = handlers.get(kind)
+            if handler is None:
+                raise TypeError(f"no handler for {kind.__name__}")
+            handler(event)
         if self._sweeps:
             self._stimulus = "cancel"
             self._sweep()
@@ -319,11 +344,7 @@ class SchedulerCore:
 
     # ------------------------------------------------------------- handlers
 
-    @singledispatchmethod
-    def _on(self, event: E.Event) -> None:
-        raise TypeError(f"no handler for {type(event).__name__}")
-
-    @_on.register
+    @_handles(E.ClusterOpened)
     def _on_cluster_opened(self, ev: E.ClusterOpened) -> None:
         cluster = self.clusters.get(ev.cluster_id)
         if cluster is not None:
@@ -400,7 +421,7 @@ class SchedulerCore:
         self._note_cluster(cluster)
         return cluster
 
-    @_on.register
+    @_handles(E.JobsSubmitted)
     def _on_jobs_submitted(self, ev: E.JobsSubmitted) -> None:
         cluster = self._owned(ev.client, ev.cluster_id)
         if cluster is None:
@@ -443,13 +464,13 @@ class SchedulerCore:
         self._end_if_nowhere(cluster)
         self.ready.update(cluster)
 
-    @_on.register
+    @_handles(E.JobsCancelled)
     def _on_jobs_cancelled(self, ev: E.JobsCancelled) -> None:
         cluster = self._owned(ev.client, ev.cluster_id)
         if cluster is not None:
             self._cancel(cluster, ev.job_ids)
 
-    @_on.register
+    @_handles(E.ResultsAcked)
     def _on_results_acked(self, ev: E.ResultsAcked) -> None:
         cluster = self._owned(ev.client, ev.cluster_id)
         if cluster is None:
@@ -460,7 +481,7 @@ class SchedulerCore:
                 self._forget(cluster, job)
         self._maybe_finish_close(cluster)
 
-    @_on.register
+    @_handles(E.ClusterClosed)
     def _on_cluster_closed(self, ev: E.ClusterClosed) -> None:
         cluster = self._owned(ev.client, ev.cluster_id)
         if cluster is None:
@@ -534,11 +555,11 @@ class SchedulerCore:
     def _end_queued(self, cluster: ClusterRecord, job: JobRecord, status: JobStatus, why: str) -> None:
         self._finish(cluster, job, _synthetic(job, status, why, self.now))
 
-    @_on.register
+    @_handles(E.CancellingResumed)
     def _on_cancelling_resumed(self, ev: E.CancellingResumed) -> None:
         """Nothing to do here: every call ends a slice (`handle`); this one is the shell's call for it."""
 
-    @_on.register
+    @_handles(E.NodeCpusSet)
     def _on_node_cpus_set(self, ev: E.NodeCpusSet) -> None:
         cluster = self._owned(ev.client, ev.cluster_id)
         if cluster is None:
@@ -554,7 +575,7 @@ class SchedulerCore:
             self._place(cluster, node)
         self._end_if_nowhere(cluster)
 
-    @_on.register
+    @_handles(E.ResetupRequested)
     def _on_resetup_requested(self, ev: E.ResetupRequested) -> None:
         cluster = self._owned(ev.client, ev.cluster_id)
         if cluster is None:
@@ -583,7 +604,7 @@ class SchedulerCore:
             node.loaded.discard(cluster.cluster_id)
             self._out.immediate.append(A.UnloadCluster(node.node_id, cluster.cluster_id))
 
-    @_on.register
+    @_handles(E.FilePutRequested)
     def _on_file_put_requested(self, ev: E.FilePutRequested) -> None:
         put = ev.put
         cluster = self._owned(ev.client, put.cluster_id)
@@ -601,18 +622,18 @@ class SchedulerCore:
         self._puts[(node_id, put.ref)] = ev.client
         self._out.immediate.append(A.ForwardFile(node_id, put))
 
-    @_on.register
+    @_handles(E.FilePutDone)
     def _on_file_put_done(self, ev: E.FilePutDone) -> None:
         client = self._puts.pop((ev.node, ev.ref), None)
         if client is not None:
             self._out.immediate.append(A.ReportFilePut(client, ev.ref, ev.ok, ev.message))
 
-    @_on.register
+    @_handles(E.StatusRequested)
     def _on_status_requested(self, ev: E.StatusRequested) -> None:
         viewer = ev.user if self.config.private_data else None
         self._out.immediate.append(A.ReportStatus(ev.client, ev.ref, self.status(viewer)))
 
-    @_on.register
+    @_handles(E.ClientLeft)
     def _on_client_left(self, ev: E.ClientLeft) -> None:
         # queued and running jobs go on; results wait for the client to return
         for cluster in self.clusters.values():
@@ -620,7 +641,7 @@ class SchedulerCore:
                 cluster.client = None
                 cluster.left_at = self.now
 
-    @_on.register
+    @_handles(E.NodeJoined)
     def _on_node_joined(self, ev: E.NodeJoined) -> None:
         offered = max(0, ev.cpus)
         node = NodeRecord(ev.node, ev.name, ev.ip_addr, self._capped(ev.name, offered), ev.heartbeat, self.now)
@@ -714,7 +735,7 @@ class SchedulerCore:
         if kills:
             self._out.immediate.append(A.KillJobs(node.node_id, kills))
 
-    @_on.register
+    @_handles(E.NodeReported)
     def _on_node_reported(self, ev: E.NodeReported) -> None:
         node = self.nodes.get(ev.node)
         if node is None:
@@ -763,7 +784,7 @@ class SchedulerCore:
         for cluster in self.clusters.values():  # "all CPUs but N" moves with them
             self._place(cluster, node)
 
-    @_on.register
+    @_handles(E.ResultsArrived)
     def _on_results_arrived(self, ev: E.ResultsArrived) -> None:
         node = self.nodes.get(ev.node)
         if node is None:
@@ -801,7 +822,7 @@ class SchedulerCore:
             node.run_estimate = estimate
             self._set_window(node, node.cpus)  # the job's `_release` next puts the node among the free ones, or not
 
-    @_on.register
+    @_handles(E.StartsReported)
     def _on_starts_reported(self, ev: E.StartsReported) -> None:
         if ev.node not in self.nodes:
             return
@@ -814,7 +835,7 @@ class SchedulerCore:
         for name in users:
             self.ready.update_user(self.users[name])
 
-    @_on.register
+    @_handles(E.JobsReturned)
     def _on_jobs_returned(self, ev: E.JobsReturned) -> None:
         node = self.nodes.get(ev.node)
         if node is None:
@@ -836,7 +857,7 @@ class SchedulerCore:
             refs = [JobRef(c, j) for c, j in sorted(node.jobs) if not self.clusters[c].jobs[j].started]
             self._out.immediate.append(A.RecallJobs(node.node_id, refs))
 
-    @_on.register
+    @_handles(E.FilesArrived)
     def _on_files_arrived(self, ev: E.FilesArrived) -> None:
         for f in ev.files:
             cluster = self.clusters.get(f.cluster_id)
@@ -850,7 +871,7 @@ class SchedulerCore:
                 job.held += file_cost(f)
                 self._hold(cluster, file_cost(f))
 
-    @_on.register
+    @_handles(E.ClusterFailedOnNode)
     def _on_cluster_failed_on_node(self, ev: E.ClusterFailedOnNode) -> None:
         node = self.nodes.get(ev.node)
         cluster = self.clusters.get(ev.cluster_id)
@@ -906,11 +927,11 @@ class SchedulerCore:
         reasons = "; ".join(f"node {self.nodes[n].name}: {cluster.failed_on[n]}" for n in usable)
         return f"cluster {cluster.name} cannot run on any node ({reasons})"
 
-    @_on.register
+    @_handles(E.NodeLeft)
     def _on_node_left(self, ev: E.NodeLeft) -> None:
         self._lose_node(ev.node, ev.reason)
 
-    @_on.register
+    @_handles(E.UsageRestored)
     def _on_usage_restored(self, ev: E.UsageRestored) -> None:
         for name, (usage, as_of) in ev.usage.items():
             if not (math.isfinite(usage) and math.isfinite(as_of) and usage >= 0):
@@ -926,7 +947,7 @@ class SchedulerCore:
     def _answer(self, ref: str, error: ErrorCode | None, message: str) -> None:
         self._out.immediate.append(A.AnswerAdmin(ref, str(error) if error else "", message))
 
-    @_on.register
+    @_handles(E.CancelRequested)
     def _on_cancel_requested(self, ev: E.CancelRequested) -> None:
         cluster = self.clusters.get(ev.cluster_id)
         if cluster is None or (ev.by is not None and cluster.user != ev.by):  # another's: as if there were none
@@ -955,7 +976,7 @@ class SchedulerCore:
     def _nodes_called(self, name: str) -> list[NodeRecord]:
         return [n for n in self.nodes.values() if n.name == name]
 
-    @_on.register
+    @_handles(E.NodeDrainSet)
     def _on_node_drain_set(self, ev: E.NodeDrainSet) -> None:
         nodes = self._nodes_called(ev.name)
         if not nodes and not ev.drained and ev.name not in self.drained:
@@ -974,7 +995,7 @@ class SchedulerCore:
         state = "drained: no new jobs start there" if ev.drained else "undrained"
         self._answer(ev.ref, None, f"node {ev.name} {state}" + ("" if nodes else " (not connected now)"))
 
-    @_on.register
+    @_handles(E.NodeCpusCapped)
     def _on_node_cpus_capped(self, ev: E.NodeCpusCapped) -> None:
         nodes = self._nodes_called(ev.name)
         if not nodes:
@@ -989,7 +1010,7 @@ class SchedulerCore:
             self._set_cpus(node)
         self._answer(ev.ref, None, f"node {ev.name} is given {nodes[0].cpus} of its {nodes[0].offered} CPUs")
 
-    @_on.register
+    @_handles(E.UserShareSet)
     def _on_user_share_set(self, ev: E.UserShareSet) -> None:
         if not (math.isfinite(ev.share) and ev.share > 0):
             self._answer(ev.ref, ErrorCode.BAD_REQUEST, f"a share must be a number above 0, not {ev.share!r}")
@@ -1004,7 +1025,7 @@ class SchedulerCore:
         self.ready.update_user(user)
         self._answer(ev.ref, None, f"user {ev.user} has share {ev.share:g} (until the users file is read again)")
 
-    @_on.register
+    @_handles(E.UsersReloaded)
     def _on_users_reloaded(self, ev: E.UsersReloaded) -> None:
         self.shares, self.limits, self.default_limits = dict(ev.shares), dict(ev.limits), ev.default_limits
         if self.share_overrides:  # the file's shares again
@@ -1034,7 +1055,7 @@ class SchedulerCore:
             self._out.immediate.append(A.KillJobs(node.node_id, [ref]))
         return job
 
-    @_on.register
+    @_handles(E.StateRestored)
     def _on_state_restored(self, ev: E.StateRestored) -> None:
         self._restore_settings(ev.settings)
         self._on_usage_restored(E.UsageRestored(ev.usage))
@@ -1139,7 +1160,7 @@ class SchedulerCore:
         for orphan in self._orphans.values():
             orphan.until += stalled
 
-    @_on.register
+    @_handles(E.Tick)
     def _on_tick(self, ev: E.Tick) -> None:
         if ev.stalled > 0:
             self._forgive_stall(ev.stalled)
@@ -1365,7 +1386,7 @@ class SchedulerCore:
         job.node = None
         job.started = False
         self._stale_free[node.node_id] = None  # `_update_free` before the scheduling pass
-        self.ready.update(cluster)
+        self.ready.touch(cluster)  # re-keyed once at the next look, however many of its jobs end before
 
     def _displace(self, cluster: ClusterRecord, job: JobRecord, node: NodeRecord, rerun: bool, why: str) -> None:
         """A RUNNING job lost its node: it runs again, or ends (Cancelled if a kill was asked)."""

@@ -26,6 +26,10 @@ class JobState(Enum):
     #: running when the scheduler last stopped; waits for its node to report it
     ORPHANED = "orphaned"
 
+    # members are singletons: hashed by identity in C, not by `Enum.__hash__` (Python, hashing the name), for the
+    # set of allowed transitions every transition looks up
+    __hash__ = object.__hash__
+
 
 @dataclass(slots=True)
 class Orphan:

@@ -22,7 +22,9 @@ Rules a policy must keep (the core relies on them):
 - `user_key(user, best)` is monotone in `best` (a better best cluster never
   makes the user rank worse): the core relies on it to skip users when a
   node cannot run some clusters;
-- keys of different users (and of different clusters) compare with `<`;
+- keys of different users (and of different clusters) compare with `<`,
+  and never tie: each ends in a sequence number (`head.seq`, `cluster.seq`,
+  or `best`), since the order in which the core re-keys is no contract;
 - a policy never mutates records and never does I/O.
 
 A flat policy (one global order of clusters, whoever owns them) returns
