@@ -217,11 +217,12 @@ def print_table(rows: list[tuple[str, float]], title: str) -> None:
 
 
 class Call(NamedTuple):
-    """One traced syscall: `end` is when it returned (for a read: when the data had come)."""
+    """One traced syscall. `at` is when it did what it is for: a write when it started (its reader may have the bytes
+    before strace lets it return), anything else when it returned (a read: the data had come; a sync: done)."""
 
     pid: int
     start: float
-    end: float
+    at: float
     name: str
     fd: str  # what the descriptor is (strace -yy): "TCP:[a->b]", "/dev/null", ...
     data: bytes  # the first bytes read or written (strace -s)
@@ -237,8 +238,7 @@ _ESCAPES = {b"n": b"\n", b"t": b"\t", b"r": b"\r", b"v": b"\v", b"f": b"\f"}
 
 
 def parse_trace(path: Path) -> list[Call]:
-    """The calls of an `strace -f -ttt -T -yy` log that returned something (no errors), in the order they
-    returned."""
+    """The calls of an `strace -f -ttt -T -yy` log that returned something (no errors), in order of `at`."""
     calls: list[Call] = []
     unfinished: dict[int, tuple[float, str, str]] = {}
     for line in path.read_text(errors="replace").splitlines():
@@ -264,8 +264,9 @@ def parse_trace(path: Path) -> list[Call]:
             end = start + float(result.group(2))
         fd = _FD.match(rest)
         text = _STRING.search(rest)
-        calls.append(Call(pid, start, end, name, fd.group(2) if fd else "", unescape(text.group(1)) if text else b""))
-    calls.sort(key=lambda c: c.end)
+        at = start if name in _WRITES else end
+        calls.append(Call(pid, start, at, name, fd.group(2) if fd else "", unescape(text.group(1)) if text else b""))
+    calls.sort(key=lambda c: c.at)
     return calls
 
 
@@ -298,8 +299,8 @@ _SYNCS = {"fsync", "fdatasync"}
 
 
 def first(calls: list[Call], after: float, until: float, test: Callable[[Call], bool]) -> Call | None:
-    """The first of `calls` that returned within (after, until] and passes `test`."""
-    return next((c for c in calls if after < c.end <= until and test(c)), None)
+    """The first of `calls` whose `at` is within (after, until] that passes `test`."""
+    return next((c for c in calls if after < c.at <= until and test(c)), None)
 
 
 def sends(tag: int, of: set[str] = _WRITES) -> Callable[[Call], bool]:
@@ -333,7 +334,7 @@ TRACED_HOPS = [
 def traced_hops(traces: Path) -> tuple[list[tuple[str, float]], str]:
     """Median µs of each hop of the traced pass, the jobs lined up by the client's marks; and how many were."""
     client, sched, node = (parse_trace(traces / name) for name in ("client", "scheduler", "node"))
-    marks = {c.data: c.end for c in client if c.fd == "/dev/null"}
+    marks = {c.data: c.at for c in client if c.fd == "/dev/null"}
     jobs = [points(client, sched, node, marks[key], marks[b"@end" + key[4:]])
             for key in marks if key.startswith(b"@job") and b"@end" + key[4:] in marks]  # fmt: skip
     rows = [(name, median_us([j[b] - j[a] for j in jobs if a in j and b in j])) for name, a, b in TRACED_HOPS]
@@ -356,40 +357,51 @@ def points(client: list[Call], sched: list[Call], node: list[Call], submit: floa
         call = first(calls, at, returned, test)
         if call is None:
             return found
-        found[name], at = call.end, call.end
+        found[name], at = call.at, call.at
     commit(sched, found, "s_read", "s_dispatch", "s_sync0", "s_commit")
     daemon = first(node, found["s_dispatch"], returned, sends(M.RunJobs.TAG, _READS))
     assert daemon is not None
-    # the zygote is the first other process to hear of the job, the job's process the next one
-    zygote = first(node, found["n_read"], returned, lambda c: c.pid != daemon.pid)
-    job = zygote and first(node, zygote.end, returned, lambda c: c.pid not in (daemon.pid, zygote.pid))
-    result = job and first(node, job.end, returned, lambda c: c.pid == daemon.pid and sends(M.NodeResults.TAG)(c))
+    job = follow(node, follow(node, daemon, returned), returned)  # the run's bytes: daemon -> zygote -> job
+    result = job and first(node, job.at, returned, lambda c: c.pid == daemon.pid and sends(M.NodeResults.TAG)(c))
     if not (job and result):
         return found
-    found["job_start"], found["n_result"] = job.end, result.end
-    found["job_end"] = max(c.end for c in node if c.pid == job.pid and job.end <= c.end <= result.end)
-    at = result.end
+    found["job_start"], found["n_result"] = job.at, result.at
+    found["job_end"] = max(c.at for c in node if c.pid == job.pid and job.at <= c.at <= result.at)
+    at = result.at
     for name, calls, test in [("s_result", sched, sends(M.NodeResults.TAG, _READS)),
                               ("s_forward", sched, sends(M.JobResults.TAG)),
                               ("c_read", client, sends(M.JobResults.TAG, _READS))]:  # fmt: skip
         call = first(calls, at, returned, test)
         if call is None:
             return found
-        found[name], at = call.end, call.end
+        found[name], at = call.at, call.at
     commit(sched, found, "s_result", "s_forward", "s_sync2", "s_commit2")
     return found
+
+
+def follow(calls: list[Call], read: Call | None, until: float) -> Call | None:
+    """Where the process of `read` passes on what it read: the read, by another process, of its next write to a
+    pipe or Unix socket (the job's start record, daemon to zygote to job process)."""
+    if read is None:
+        return None
+    write = first(calls, read.at, until,
+                  lambda c: c.pid == read.pid and c.name in _WRITES and c.fd.startswith(("UNIX", "pipe")))
+    if write is None:
+        return None
+    peer = re.sub(r"\[(\d+)->(\d+)\]", r"[\2->\1]", write.fd)  # a Unix socket's other end; a pipe's is its own name
+    return first(calls, write.at, until, lambda c: c.pid != read.pid and c.name in _READS and c.fd == peer)
 
 
 def commit(sched: list[Call], found: dict[str, float], read: str, written: str, sync: str, done: str) -> None:
     """The scheduler's journal commit between its `read` and its `written`: the end of its fsync or fdatasync, or,
     where it does not sync, its last write to a file; with no journal, at the read."""
-    between = [c for c in sched if found[read] < c.end <= found[written]]
+    between = [c for c in sched if found[read] < c.at <= found[written]]
     syncs = [c for c in between if c.name in _SYNCS]
     if syncs:
-        found[sync], found[done] = syncs[-1].start, syncs[-1].end
+        found[sync], found[done] = syncs[-1].start, syncs[-1].at
         return
     files = [c for c in between if c.name == "pwrite64"]
-    found[done] = files[-1].end if files else found[read]
+    found[done] = files[-1].at if files else found[read]
 
 
 if __name__ == "__main__":
