@@ -34,19 +34,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
 from dispy_wire import messages as M
-from throughput import Service, client_env, rtt_line, scheduler_and_node, stop
+from throughput import Service, client_env, program_pid, rtt_line, scheduler_and_node, stop
 
 CLIENT = r"""
 import json, os, sys, time
@@ -173,27 +174,39 @@ class Tracer(NamedTuple):
 
 
 def run_pass(args: argparse.Namespace, isolation: str, tracer: Tracer | None) -> list[dict[str, float]]:
-    """Runs the client's sequential jobs against a fresh scheduler and node; returns each job's marks."""
-    deadline = time.monotonic() + args.timeout
+    """Runs the client's sequential jobs against a fresh scheduler and node; returns each job's marks. The whole pass,
+    start-up included, is bounded by `--timeout` (SIGALRM): its processes are ended on the way out."""
     tmp = Path(tempfile.mkdtemp(prefix="dispy-latency-"))
     script = tmp / "client.py"
     script.write_text(CLIENT)
     wrap = tracer.wrap if tracer else None
-    with scheduler_and_node(tmp, args.cpus, args.scheduler_args, wrap) as (address, _, _):
-        argv = [sys.executable, str(script), str(args.jobs), isolation, "trace" if tracer else "time"]
-        proc = subprocess.Popen(wrap("client", argv) if wrap else argv, env=client_env(address),
-                                stdout=subprocess.PIPE, stderr=open(tmp / "client.log", "w"), text=True)  # fmt: skip
-        client = Service(proc, proc.pid)
-        try:
-            out, _ = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            sys.exit(f"the client did not finish within --timeout {args.timeout:.0f} s; see {tmp}")
-        finally:
-            stop(client)
+    signal.signal(signal.SIGALRM, _overrun)
+    signal.alarm(max(1, round(args.timeout)))
+    try:
+        with scheduler_and_node(tmp, args.cpus, args.scheduler_args, wrap) as (address, _, _):
+            argv = [sys.executable, str(script), str(args.jobs), isolation, "trace" if tracer else "time"]
+            proc = subprocess.Popen(wrap("client", argv) if wrap else argv, env=client_env(address),
+                                    stdout=subprocess.PIPE, stderr=open(tmp / "client.log", "w"), text=True)  # fmt: skip
+            try:
+                out, _ = proc.communicate()
+            finally:
+                stop(Service(proc, program_pid(proc)))  # under strace: the client itself
+    except Overrun:
+        sys.exit(f"the pass did not finish within --timeout {args.timeout:g} s; see {tmp}")
+    finally:
+        signal.alarm(0)
     if proc.returncode != 0:
         sys.exit(f"the client failed; see {tmp / 'client.log'}")
     marks: list[dict[str, float]] = json.loads(out)
     return marks
+
+
+class Overrun(Exception):
+    """A pass ran past `--timeout`."""
+
+
+def _overrun(signum: int, frame: object) -> None:
+    raise Overrun
 
 
 def median_us(spans: list[float]) -> float:
@@ -212,7 +225,7 @@ def client_hops(marks: list[dict[str, float]]) -> list[tuple[str, float]]:
 def print_table(rows: list[tuple[str, float]], title: str) -> None:
     print(f"  {title}:")
     for name, us in rows:
-        print(f"    {name:<48} {us:8.0f}")
+        print(f"    {name:<48} {'-' if math.isnan(us) else f'{us:.0f}':>8}")
 
 
 
@@ -312,7 +325,7 @@ def sends(tag: int, of: set[str] = _WRITES) -> Callable[[Call], bool]:
 TRACED_HOPS = [
     ("client: submit -> bytes written", "submit", "written"),
     ("wire: client -> scheduler", "written", "s_read"),
-    ("scheduler: read -> journal commit", "s_read", "s_commit"),
+    ("scheduler: read -> SQLite commit", "s_read", "s_commit"),
     ("scheduler: commit -> dispatch written", "s_commit", "s_dispatch"),
     ("  (scheduler: read -> dispatch written)", "s_read", "s_dispatch"),
     ("  (of which fsync)", "s_sync0", "s_commit"),
@@ -321,7 +334,7 @@ TRACED_HOPS = [
     ("node: job start -> job end", "job_start", "job_end"),
     ("node: job end -> result written", "job_end", "n_result"),
     ("wire: node -> scheduler", "n_result", "s_result"),
-    ("scheduler: result read -> journal commit", "s_result", "s_commit2"),
+    ("scheduler: result read -> SQLite commit", "s_result", "s_commit2"),
     ("scheduler: commit -> forwarded", "s_commit2", "s_forward"),
     ("  (scheduler: result read -> forwarded)", "s_result", "s_forward"),
     ("  (of which fsync)", "s_sync2", "s_commit2"),
@@ -338,7 +351,8 @@ def traced_hops(traces: Path) -> tuple[list[tuple[str, float]], str]:
     jobs = [points(client, sched, node, marks[key], marks[b"@end" + key[4:]])
             for key in marks if key.startswith(b"@job") and b"@end" + key[4:] in marks]  # fmt: skip
     rows = [(name, median_us([j[b] - j[a] for j in jobs if a in j and b in j])) for name, a, b in TRACED_HOPS]
-    complete = sum(all(p in j for _, a, b in TRACED_HOPS for p in (a, b) if "sync" not in p) for j in jobs)
+    complete = sum(all(p in j for _, a, b in TRACED_HOPS for p in (a, b) if "commit" not in p and "sync" not in p)
+                   for j in jobs)  # fmt: skip
     return rows, f"{complete} of {len(jobs)} jobs lined up through every hop"
 
 
@@ -393,15 +407,17 @@ def follow(calls: list[Call], read: Call | None, until: float) -> Call | None:
 
 
 def commit(sched: list[Call], found: dict[str, float], read: str, written: str, sync: str, done: str) -> None:
-    """The scheduler's journal commit between its `read` and its `written`: the end of its fsync or fdatasync, or,
-    where it does not sync, its last write to a file; with no journal, at the read."""
+    """The scheduler's SQLite commit between its `read` and its `written` (the journal's; without one, the accounting
+    records' in the state database, if any): the end of its fsync or fdatasync or, where it does not sync, its last
+    write to a file."""
     between = [c for c in sched if found[read] < c.at <= found[written]]
     syncs = [c for c in between if c.name in _SYNCS]
     if syncs:
         found[sync], found[done] = syncs[-1].start, syncs[-1].at
         return
     files = [c for c in between if c.name == "pwrite64"]
-    found[done] = files[-1].at if files else found[read]
+    if files:
+        found[done] = files[-1].at
 
 
 if __name__ == "__main__":

@@ -331,7 +331,10 @@ def program_pid(proc: subprocess.Popen[str]) -> int:
     """The pid of the program `proc` runs: its own, or, under strace (which runs it as its child), the child's."""
     if Path(str(proc.args[0])).name != "strace":  # type: ignore[index]
         return proc.pid
-    children = psutil.Process(proc.pid).children()
+    try:
+        children = psutil.Process(proc.pid).children()
+    except psutil.Error:  # ended (and reaped) already
+        return proc.pid
     return children[0].pid if children else proc.pid
 
 
