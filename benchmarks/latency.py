@@ -416,8 +416,8 @@ def commit(sched: list[Call], found: dict[str, float], read: str, written: str, 
         found[sync], found[done] = syncs[-1].start, syncs[-1].at
         return
     files = [c for c in between if c.name == "pwrite64"]
-    if files:
-        found[done] = files[-1].at
+    if files:  # committed without a sync: none of it was fsync's
+        found[sync] = found[done] = files[-1].at
 
 
 if __name__ == "__main__":
