@@ -52,7 +52,7 @@ from throughput import Service, client_env, program_pid, rtt_line, scheduler_and
 CLIENT = r"""
 import json, os, sys, time
 from dispy_client import SharedJobCluster, connection, tracker
-from dispy_wire import batching, messages, result_mac
+from dispy_wire import batching, messages
 
 def f(x):
     return 2 * x
@@ -169,6 +169,7 @@ class Tracer(NamedTuple):
     directory: Path
 
     def wrap(self, name: str, argv: list[str]) -> list[str]:
+        # -yy names each descriptor (TCP ports, pipes, files); -s 512 shows every frame of a small batched write
         return [self.strace, "-f", "-ttt", "-T", "-yy", "-s", "512", "-e", f"trace={STRACE_CALLS}",
                 "-o", str(self.directory / name), "--", *argv]  # fmt: skip
 
