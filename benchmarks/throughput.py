@@ -26,13 +26,17 @@ the same for the adaptive window's most per CPU where jobs are short (at most
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import psutil
 
@@ -242,19 +246,9 @@ def measure(
     tmp = Path(tempfile.mkdtemp(prefix="dispy-bench-"))
     script = tmp / "client.py"
     script.write_text(CLIENT)
-    bindir = Path(sys.executable).parent
-    procs = []
     lines = []
-    try:
-        sched, m = start([str(bindir / "dispyscheduler"), "--port", "0", "--state-dir", str(tmp / "state"),
-                          "--loglevel", "WARNING", *scheduler_args], r"listening on (\S+):(\d+)", tmp / "scheduler.log")
-        procs.append(sched)
-        address = f"{m.group(1)}:{m.group(2)}"
-        node, _ = start([str(bindir / "dispynode"), "--scheduler", address, "--cpus", str(cpus),
-                         "--work-dir", str(tmp / "node"), "--loglevel", "WARNING",
-                         *(["--jobs-as-self"] if os.geteuid() == 0 else [])], r"connected to", tmp / "node.log")
-        procs.append(node)
-        env = {"DISPY_SCHEDULER": address, "PATH": str(bindir)}
+    with scheduler_and_node(tmp, cpus, scheduler_args) as (address, sched, node):
+        env = client_env(address)
         before = {"scheduler": cpu_seconds(sched.pid), "node": cpu_seconds(node.pid),
                   "daemon": cpu_seconds(node.pid, descendants=False)}  # fmt: skip
         cpu: dict[str, float] = {}
@@ -280,14 +274,86 @@ def measure(
         if rtt:
             out = subprocess.run([sys.executable, str(script), "rtt", "50", "latency", isolation], env=env,
                                  capture_output=True, text=True, timeout=300, check=True).stdout
-            rtts = sorted(float(x) for x in out.split()[1:])
-            p95 = rtts[int(0.95 * len(rtts)) - 1]
-            lines.append(f"round trip (50 sequential): p50 {statistics.median(rtts) * 1000:.1f} ms, p95 {p95 * 1000:.1f} ms")
-    finally:
-        for proc in reversed(procs):
-            proc.terminate()
-            proc.wait(10)
+            lines.append(rtt_line([float(x) for x in out.split()[1:]]))
     return lines
+
+
+def rtt_line(rtts: list[float]) -> str:
+    """The summary line of sequential round trips (seconds); latency.py prints the same."""
+    ordered = sorted(rtts)
+    p95 = ordered[int(0.95 * len(ordered)) - 1]
+    return (f"round trip ({len(ordered)} sequential): p50 {statistics.median(ordered) * 1000:.1f} ms, "
+            f"p95 {p95 * 1000:.1f} ms")  # fmt: skip
+
+
+def client_env(address: str) -> dict[str, str]:
+    """The environment of a client process of the scheduler at `address`."""
+    return {"DISPY_SCHEDULER": address, "PATH": str(Path(sys.executable).parent)}
+
+
+class Service(NamedTuple):
+    """A process this benchmark started: `proc` what it spawned (the program, or a wrapper such as strace), `pid` the
+    program's own process."""
+
+    proc: subprocess.Popen[str]
+    pid: int
+
+
+@contextlib.contextmanager
+def scheduler_and_node(
+    tmp: Path, cpus: int, scheduler_args: list[str], wrap: Callable[[str, list[str]], list[str]] | None = None
+) -> Iterator[tuple[str, Service, Service]]:
+    """A scheduler (with `scheduler_args`) on 127.0.0.1 port 0 and a node of `cpus` CPUs connected to it, logging in
+    `tmp`: yields the scheduler's address and both, and ends both (and what they started) on leaving.
+    `wrap(name, argv)`, `name` "scheduler" or "node", gives the command line that runs `argv` (e.g. under strace)."""
+    bindir = Path(sys.executable).parent
+    services: list[Service] = []
+
+    def launch(name: str, argv: list[str], ready: str) -> re.Match[str]:
+        proc, match = start(wrap(name, argv) if wrap else argv, ready, tmp / f"{name}.log")
+        services.append(Service(proc, program_pid(proc)))
+        return match
+
+    try:
+        m = launch("scheduler", [str(bindir / "dispyscheduler"), "--port", "0", "--state-dir", str(tmp / "state"),
+                                 "--loglevel", "WARNING", *scheduler_args], r"listening on (\S+):(\d+)")  # fmt: skip
+        address = f"{m.group(1)}:{m.group(2)}"
+        launch("node", [str(bindir / "dispynode"), "--scheduler", address, "--cpus", str(cpus), "--work-dir",
+                        str(tmp / "node"), "--loglevel", "WARNING", *(["--jobs-as-self"] if os.geteuid() == 0 else [])],
+               r"connected to")  # fmt: skip
+        yield address, services[0], services[1]
+    finally:
+        for service in reversed(services):
+            stop(service)
+
+
+def program_pid(proc: subprocess.Popen[str]) -> int:
+    """The pid of the program `proc` runs: its own, or, under strace (which runs it as its child), the child's."""
+    if Path(str(proc.args[0])).name != "strace":  # type: ignore[index]
+        return proc.pid
+    try:
+        children = psutil.Process(proc.pid).children()
+    except psutil.Error:  # ended (and reaped) already
+        return proc.pid
+    return children[0].pid if children else proc.pid
+
+
+def stop(service: Service, grace: float = 10) -> None:
+    """Ends `service`: SIGTERM to its program (strace ends with it), SIGKILL after `grace` seconds; then, by PID,
+    whatever it started that outlived it."""
+    try:
+        tree = psutil.Process(service.proc.pid).children(recursive=True)
+    except psutil.Error:
+        tree = []
+    try:
+        os.kill(service.pid, signal.SIGTERM)
+        service.proc.wait(grace)
+    except (OSError, subprocess.TimeoutExpired):
+        service.proc.kill()
+        service.proc.wait(grace)
+    for proc in tree:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
 
 
 if __name__ == "__main__":
