@@ -20,10 +20,11 @@ $(STAMP): pyproject.toml
 # setpriv applies the node unit's capability bounding set, sqlite3 takes the backup
 # docs/operations.md shows; chromium shows the dashboard to tests/test_dashboard_browser.py (driven
 # by Playwright); postgresql is the shared state store of the standby scheduler tests
-# (tests/pg.py) (tests are skipped, saying why, where they are missing).
-TEST_DEBS := user-mode-linux e2fsprogs systemd util-linux sqlite3 postgresql chromium
+# (tests/pg.py); strace lines up one job's hops in benchmarks/latency.py --trace (tests/test_bench_latency.py)
+# (tests are skipped, saying why, where they are missing).
+TEST_DEBS := user-mode-linux e2fsprogs systemd util-linux sqlite3 postgresql chromium strace
 #: a program of each, to tell whether they are all there
-TEST_PROGRAMS := linux.uml mkfs.ext4 systemd-analyze setpriv sqlite3 pg_ctlcluster chromium
+TEST_PROGRAMS := linux.uml mkfs.ext4 systemd-analyze setpriv sqlite3 pg_ctlcluster chromium strace
 
 test-debs:
 	@missing=0; for p in $(TEST_PROGRAMS); do command -v $$p >/dev/null || missing=1; done; \
