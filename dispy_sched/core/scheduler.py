@@ -232,13 +232,15 @@ class _Outbox:
         out: list[A.Action] = [A.RecordJobEnds(self.ended)] if self.ended else []
         out += self.immediate
         out += [A.Dispatch(n, jobs) for n, jobs in self.dispatch.items()]
-        out += [A.ConfirmResults(n, refs) for n, refs in self.recorded.items()]
         out += [A.ConfirmAccepted(c, cid, ids) for (c, cid), ids in self.accepted.items()]
         out += [A.NotifyStarted(c, cid, s) for (c, cid), s in self.started.items()]
         out += [A.NotifyNodes(c, cid, n) for (c, cid), n in self.nodes.items()]
         out += [A.DeliverFiles(c, f) for c, f in self.files.items()]  # before the results of their jobs
         out += [A.DeliverResults(c, cid, r) for (c, cid), r in self.results.items()]
         out += [A.DeliverStored(c, cid, jobs) for (c, cid), jobs in self.stored.items()]
+        # after the results: each peer's frames go out in one write, in the order of its first frame this call,
+        # and a client waits on its result while the node's confirmation only lets it drop its copy
+        out += [A.ConfirmResults(n, refs) for n, refs in self.recorded.items()]
         out += self.closed
         return out
 
