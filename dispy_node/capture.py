@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import os
 
-_CHUNK = 1 << 20
+from .fdio import READ_SIZE as _CHUNK
+
 #: chunks read per call: a flooding job must not keep the zygote from its other work
 _BURST = 16
 

@@ -90,8 +90,7 @@ logger = logging.getLogger(__name__)
 _HAND_TIMEOUT = 10.0
 #: reads of a worker's socket per wakeup: a job flooding provisional results must not keep the zygote
 _BURST = 16
-#: bytes per read of a worker's socket: below malloc's mmap threshold, so a read maps and unmaps no memory
-_READ = 64 * 1024
+_READ = fdio.READ_SIZE  # bytes per read of a worker's socket
 _UNTIL_EOF = 1 << 30
 _ALL_FDS = 1 << 20
 #: jobs handed ahead to a worker at most (`hand_ahead`)
