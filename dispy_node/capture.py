@@ -109,10 +109,13 @@ class Capture(PipeReader):
 class Relay(PipeReader):
     """A reused worker's stdout or stderr pipe (kept open across its jobs), cut into its jobs' outputs.
 
-    At each job's end the worker writes `marker` (random bytes only it and
-    its zygote know) to the pipe, before it tells the end on its socket and
-    starts its next job. So the pipe reads as: the current job's output,
-    marker, the next job's, marker, ... What comes before the first marker
+    At the end of a job followed at once by the next (handed ahead) the
+    worker writes `marker` (random bytes only it and its zygote know) to the
+    pipe, before it tells the end on its socket and starts its next job. So
+    the pipe reads as: the current job's output, marker, the next job's,
+    marker, ... (A worker that starts nothing at once writes no marker: it
+    writes nothing more until the zygote took what the pipe holds, the
+    current job's output, `end_job`.) What comes before the first marker
     not yet passed goes to `target` (the current job's capture; None between
     jobs: the worker's own messages, to the zygote's stderr, the node's
     log); what comes after it is held (`_held`, one list per job to come)
@@ -161,12 +164,13 @@ class Relay(PipeReader):
             except OSError:
                 pass  # the node's log is gone: we are stopping
 
-    def end_job(self) -> None:
-        """The current job ended (its worker said so, after writing the marker): reads on to its marker, so
-        that `target` has all the job wrote, and goes no further."""
-        while not self._held and not self.closed and self.read_once():
+    def end_job(self, read: bool = True) -> None:
+        """The current job ended (its worker said so): reads on to its marker, or, if the worker wrote none
+        (it writes nothing more until the zygote says so), to the end of what the pipe holds, so that `target`
+        has all the job wrote, and goes no further. `read` False: the pipe is known to hold nothing."""
+        while read and not self._held and not self.closed and self.read_once():
             pass
-        if not self._held and self._tail:  # no marker after all (the worker's descriptor was closed?)
+        if not self._held and self._tail:  # no marker came: what was held back is the job's too
             tail, self._tail = self._tail, b""
             self._give(tail)
 
