@@ -30,11 +30,13 @@ at the markers (`capture.Relay`), so each job's output is its own although
 the next job starts at once, and neither side waits for the other. A worker
 that starts nothing at once (most ends, where jobs are not handed ahead)
 writes no marker: the zygote, told the end, takes what the pipes hold (all
-the job wrote: it wrote it before the end), and the worker writes nothing
-more until the zygote says it may (`_GO`, sent with the next job given to
-it, or at once if a job handed ahead came too late to start at once). What
-the pipes carry between jobs (the worker's own messages) goes to the node's
-log.
+the job wrote: it wrote it before the end). The next job the worker gets
+then comes after the zygote's `_GO` (it took that output) and starts
+without a marker; or it is a job handed ahead that came after the end was
+told, and the worker writes the markers it did not write at the end before
+it starts it (the zygote, which handed it ahead before it read that end,
+expects them). What the pipes carry between jobs (the worker's own messages)
+goes to the node's log.
 
 Kills. What ends a job is the worker's end, not its exit. A job the zygote
 kills (cancel, wall clock, unload) takes its worker with it: SIGTERM, the
@@ -106,7 +108,8 @@ AHEAD = 8
 _AHEAD_MAX = 64 * 1024
 #: the zygote's frame that tells a worker to run nothing after its current job (the job is being killed)
 _HOLD = b"hold"
-#: the zygote's frame that tells a worker it took what its last job wrote to its pipes: the next may start
+#: the zygote's frame, before the next job of a worker that ended its last without markers: it took what that
+#: job wrote to the pipes, the next starts without markers
 _GO = b"go"
 _GO_FRAME = encode_frame(_GO)
 #: bytes of the random marker a worker writes to its pipes at each job's end (`capture.Relay`)
@@ -178,9 +181,9 @@ class _Worker:
 
     def took_output(self, marked: bool) -> None:
         """Its job ended: all the job wrote goes to the job's capture, and nothing past it. Up to the markers
-        if the worker `marked` the end (its next job writes on at once); else what the pipes hold (the worker
-        writes nothing more until our `_GO`), which one poll of both pipes finds empty most often (the loop
-        read them this turn)."""
+        if the worker `marked` the end (its next job writes on at once); else what the pipes hold (up to the
+        markers of a job handed ahead that came after the end, if already there), which one poll of both pipes
+        finds empty most often (the loop read them this turn)."""
         ready = {fd for fd, _ in self._pipes.poll(0)} if not marked else {self.out.fd, self.err.fd}
         for pipe in (self.out, self.err):
             pipe.end_job(read=pipe.fd in ready)
@@ -389,31 +392,29 @@ class WorkerPool:
                 self._next_job(worker, None)
                 worker.owes_go = True
                 self._idle.append(worker)
-            else:  # started now, or (it told its end before the job came) once it reads our `_GO`
-                if after is None:
-                    self._next_job(worker, None)
-                    if not self._hand(worker, _GO_FRAME):
-                        return  # retired: the jobs handed ahead come back
+            else:  # started now, or (it told its end before the job came) as soon as it reads it, after markers
                 worker.ahead_sizes.popleft()
-                self._began(worker, worker.ahead.popleft())
+                self._began(worker, worker.ahead.popleft(), late=after is None)
         else:  # (a worker told to recycle, or being killed, starts nothing)
             self._next_job(worker, None)
             self._retire(worker)
 
     @staticmethod
-    def _next_job(worker: _Worker, captures: tuple[Kept, Kept] | None) -> None:
-        worker.out.next_job(captures[0] if captures else None)
-        worker.err.next_job(captures[1] if captures else None)
+    def _next_job(worker: _Worker, captures: tuple[Kept, Kept] | None, late: bool = False) -> None:
+        worker.out.next_job(captures[0] if captures else None, late)
+        worker.err.next_job(captures[1] if captures else None, late)
 
     def _give_back(self, worker: _Worker) -> None:
         ahead, worker.ahead, worker.ahead_sizes, worker.pending = list(worker.ahead), deque(), deque(), []
         if ahead:
             self._on_back(ahead)
 
-    def _began(self, worker: _Worker, job_id: int) -> None:
+    def _began(self, worker: _Worker, job_id: int, late: bool) -> None:
+        """`late`: it came after the worker told the end of the job before without markers (it writes them
+        before it starts this one)."""
         worker.job_id = job_id
         self._busy[worker.pid] = worker
-        self._next_job(worker, self._on_next(worker.pid, job_id))
+        self._next_job(worker, self._on_next(worker.pid, job_id), late)
 
     def lost(self, pid: int) -> None:
         """A child was reaped: if it was a worker, it is gone, after what it sent and wrote is taken."""
@@ -507,6 +508,9 @@ def _serve(
         conn = socket.socket(fileno=sock)
         inbox = _Inbox(conn)
         while inbox.wait():
+            if inbox.unmarked:  # a job handed ahead that came after the last end was told without the markers:
+                for fd in output:  # they go before it
+                    fdio.write_all(fd, marker)
             start = inbox.starts.popleft()
             record, entered = _run_one(code, start, sock, name, keep_files)
             grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024 > max_growth
@@ -516,8 +520,7 @@ def _serve(
             if after is not None:  # it writes on before the zygote reads: a marker ends this job's output
                 for fd in output:  # after all the job wrote (`seal` flushed it), before its end is told
                     fdio.write_all(fd, marker)  # (less than PIPE_BUF: in one piece whatever else writes there)
-            else:  # the zygote takes what the pipes hold: nothing more goes there until it says so
-                inbox.go = False
+            inbox.unmarked = after is None  # (the zygote takes what the pipes hold at this end)
             end = {"kind": "end", "job": start.job_id, "recycle": recycle, "record": record, "next": after}
             channel.write_frame(sock, msgpack.packb(end, use_bin_type=True))
             if recycle:  # the zygote retires it: nothing more runs here
@@ -544,11 +547,11 @@ class _Inbox:
         self._decoder = FrameDecoder(max_size=zp.MAX_FRAME, expect_preamble=False)
         self.starts: deque[job_process.Start] = deque()
         self.held = False
-        self.go = True  # the zygote took what the last job wrote (`_GO`): the next may start
+        self.unmarked = False  # the last end was told without markers, and no `_GO` came since
 
     def wait(self) -> bool:
-        """Until a job is there and may start; False when the zygote closed the socket."""
-        while not (self.starts and self.go):
+        """Until a job is there; False when the zygote closed the socket."""
+        while not self.starts:
             if not self.take(block=True):
                 return False
         return True
@@ -569,7 +572,7 @@ class _Inbox:
                 if frame == _HOLD:
                     self.held = True
                 elif frame == _GO:
-                    self.go = True
+                    self.unmarked = False
                 else:
                     self.starts.append(job_process.unpack_start(frame))
             if block or len(data) < _READ:

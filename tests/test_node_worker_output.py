@@ -1,7 +1,7 @@
 """A reused worker's jobs each keep their own output (dispy_node/worker.py, `WorkerPool` driven as its zygote's
 loop drives it, with a real worker process), in particular a job handed ahead that reaches its worker only after
-the worker told the end of the job before it, without a marker: it must not start (and write) before the zygote
-took what the pipes hold, the job before's output."""
+the worker told the end of the job before it without markers: the markers its worker writes before it starts
+separate the two jobs' outputs, whether the zygote reads them with that end or after it."""
 
 from __future__ import annotations
 
@@ -99,18 +99,24 @@ def waits_on_its_socket(pid: int) -> bool:
         return f.read() == "unix_stream_read_generic"
 
 
+@pytest.mark.parametrize("marker_first", [True, False], ids=["job-ahead-ran-first", "end-read-first"])
 def test_a_job_handed_ahead_after_its_worker_told_an_end_keeps_its_output_from_the_job_before(
-    zygote: Zygote, tmp_path: Path
+    zygote: Zygote, tmp_path: Path, marker_first: bool
 ) -> None:
     let_go = tmp_path / "let-go"
     pid = zygote.pool.run(zygote.start(1, b"first", str(let_go)), *zygote.captures[1])
     let_go.touch()  # the first job ends: nothing handed ahead in the socket, its worker tells the end unmarked
     sock = zygote.sock()
     wait_until(lambda: sock in select.select([sock], [], [], 0)[0], what="the first job's end")
+    if not marker_first:
+        os.kill(pid, signal.SIGSTOP)  # the second job waits in the socket while the zygote reads the first's end
     assert zygote.pool.hand_ahead(zygote.start(2, b"second"), lambda job_id: True)  # too late to start at once:
     zygote.pool.send_ahead()  # the zygote did not read the end yet
-    # the worker took the job and waits on its socket: for our word, or (had it started the job at once) for more
-    wait_until(lambda: unread(sock) == 0 and waits_on_its_socket(pid), what="the worker waiting on its socket")
+    if marker_first:  # the worker ran it, and waits on its socket for more
+        wait_until(lambda: unread(sock) == 0 and waits_on_its_socket(pid), what="the worker waiting on its socket")
+    else:
+        wait_until(lambda: zygote.turn() or 1 in zygote.ended, what="the first job's end read")
+        os.kill(pid, signal.SIGCONT)
     wait_until(lambda: zygote.turn() or 2 in zygote.ended, what="the second job's end")
     assert (zygote.output(1), zygote.output(2)) == (b"first", b"second")
     assert zygote.pool.run(zygote.start(3, b"third"), *zygote.captures[3]) == pid  # the same worker, idle, goes on
