@@ -112,7 +112,7 @@ _HOLD = b"hold"
 #: job wrote to the pipes, the next starts without markers
 _GO = b"go"
 _GO_FRAME = encode_frame(_GO)
-#: bytes of the random marker a worker writes to its pipes at each job's end (`capture.Relay`)
+#: bytes of the random marker a worker writes to its pipes between two jobs (`capture.Relay`)
 _MARKER_SIZE = 16
 
 

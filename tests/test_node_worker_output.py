@@ -1,7 +1,8 @@
 """A reused worker's jobs each keep their own output (dispy_node/worker.py, `WorkerPool` driven as its zygote's
 loop drives it, with a real worker process), in particular a job handed ahead that reaches its worker only after
 the worker told the end of the job before it without markers: the markers its worker writes before it starts
-separate the two jobs' outputs, whether the zygote reads them with that end or after it."""
+separate the two jobs' outputs, whether the zygote reads them with that end or after it; and the next job given
+to it idle (after the zygote's `_GO`) starts without markers."""
 
 from __future__ import annotations
 
