@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import os
 
-_CHUNK = 1 << 20
+from .fdio import READ_SIZE as _CHUNK
+
 #: chunks read per call: a flooding job must not keep the zygote from its other work
 _BURST = 16
 
@@ -108,11 +109,15 @@ class Capture(PipeReader):
 class Relay(PipeReader):
     """A reused worker's stdout or stderr pipe (kept open across its jobs), cut into its jobs' outputs.
 
-    At each job's end the worker writes `marker` (random bytes only it and
-    its zygote know) to the pipe, before it tells the end on its socket and
-    starts its next job. So the pipe reads as: the current job's output,
-    marker, the next job's, marker, ... What comes before the first marker
-    not yet passed goes to `target` (the current job's capture; None between
+    At the end of a job followed at once by the next (handed ahead) the
+    worker writes `marker` (random bytes only it and its zygote know) to the
+    pipe, before it tells the end on its socket and starts its next job. So
+    the pipe reads as: the current job's output, marker, the next job's,
+    marker, ... (A worker that starts nothing at once writes no marker: the
+    zygote takes what the pipe holds, all of the job's output, `end_job`;
+    should a job handed ahead come after that end, the worker writes the
+    marker before it starts it, `next_job`'s `late`.) What comes before the
+    first marker not yet passed goes to `target` (the current job's capture; None between
     jobs: the worker's own messages, to the zygote's stderr, the node's
     log); what comes after it is held (`_held`, one list per job to come)
     until the zygote, told the job's end, passes the marker (`end_job`) and
@@ -120,7 +125,7 @@ class Relay(PipeReader):
     the zygote between jobs, whenever the zygote reads the pipe.
     """
 
-    __slots__ = ("target", "marker", "_held", "_tail")
+    __slots__ = ("target", "marker", "_held", "_tail", "_due")
 
     def __init__(self, fd: int, marker: bytes) -> None:
         super().__init__(fd)
@@ -128,6 +133,7 @@ class Relay(PipeReader):
         self.marker = marker
         self._held: list[list[bytes]] = []  # what came after each marker not passed yet, in order
         self._tail = b""  # the end of what came, held back while it may be the start of a marker
+        self._due = False  # a marker is to come that ends no job's output (`next_job`'s `late`)
 
     def _take(self, data: bytes) -> bool:
         data, self._tail = self._tail + data, b""
@@ -139,7 +145,10 @@ class Relay(PipeReader):
                 break
         self._give(parts[0])
         for part in parts[1:]:
-            self._held.append([])
+            if self._due:  # what comes after it goes where what came before it went
+                self._due = False
+            else:
+                self._held.append([])
             self._give(part)
         return True
 
@@ -160,18 +169,26 @@ class Relay(PipeReader):
             except OSError:
                 pass  # the node's log is gone: we are stopping
 
-    def end_job(self) -> None:
-        """The current job ended (its worker said so, after writing the marker): reads on to its marker, so
-        that `target` has all the job wrote, and goes no further."""
-        while not self._held and not self.closed and self.read_once():
+    def end_job(self, read: bool = True) -> None:
+        """The current job ended (its worker said so): reads on to its marker, or, if the worker wrote none
+        (it went on with no job at once), to the end of what the pipe holds or a marker it wrote since (a job
+        handed ahead came after the end), so that `target` has all the job wrote, and goes no further. `read`
+        False: the pipe is known to hold nothing."""
+        while read and not self._held and not self.closed and self.read_once():
             pass
-        if not self._held and self._tail:  # no marker after all (the worker's descriptor was closed?)
+        if not self._held and self._tail:  # no marker came: what was held back is the job's too
             tail, self._tail = self._tail, b""
             self._give(tail)
 
-    def next_job(self, target: Kept | None) -> None:
-        """Past the current job's marker: what came after it, and what comes, is `target`'s."""
+    def next_job(self, target: Kept | None, late: bool = False) -> None:
+        """Past the current job's marker: what came after it, and what comes, is `target`'s.
+
+        `late`: the job ended without a marker (`end_job` took what the pipe held), and its worker writes one
+        before it starts `target`'s job, which came after it told that end: if that marker was not read yet,
+        it ends no job's output when it comes."""
         self.target = target
         if self._held:
             for data in self._held.pop(0):
                 self._to_target(data)
+        elif late:
+            self._due = True

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import os
 
-_CHUNK = 1 << 16
+#: bytes per read of a pipe or socket: a read allocates its whole count first, and a count above malloc's mmap
+#: threshold (128 KiB) maps and unmaps memory for each read, even one that returns 16 bytes; a pipe holds
+#: 64 KiB by default, so a larger count would rarely take more at once anyway
+READ_SIZE = 1 << 16
 
 
 def read_to_end(fd: int) -> bytes:
@@ -21,7 +24,7 @@ def read_to_end(fd: int) -> bytes:
         OSError: as `os.read`.
     """
     parts = []
-    while chunk := os.read(fd, _CHUNK):
+    while chunk := os.read(fd, READ_SIZE):
         parts.append(chunk)
     return b"".join(parts)
 

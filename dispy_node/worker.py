@@ -23,12 +23,20 @@ must not go on (recycled, or told to hold) starts nothing and says `next:
 null`; jobs handed ahead that will not start in their worker come back to
 the zygote (`on_back`).
 
-Output. At each job's end the worker writes a marker (random bytes of its
-own) to its stdout and stderr pipes, then tells the end: the zygote cuts
-what it reads from the pipes at the markers (`capture.Relay`), so each job's
-output is its own although the next job starts at once, and neither side
-waits for the other. What the pipes carry between jobs (the worker's own
-messages) goes to the node's log.
+Output. A worker that starts a job handed ahead the moment the one before
+ends writes a marker (random bytes of its own) to its stdout and stderr
+pipes before it tells that end: the zygote cuts what it reads from the pipes
+at the markers (`capture.Relay`), so each job's output is its own although
+the next job starts at once, and neither side waits for the other. A worker
+that starts nothing at once (most ends, where jobs are not handed ahead)
+writes no marker: the zygote, told the end, takes what the pipes hold (all
+the job wrote: it wrote it before the end). The next job the worker gets
+then comes after the zygote's `_GO` (it took that output) and starts
+without a marker; or it is a job handed ahead that came after the end was
+told, and the worker writes the markers it did not write at the end before
+it starts it (the zygote, which handed it ahead before it read that end,
+expects them). What the pipes carry between jobs (the worker's own messages)
+goes to the node's log.
 
 Kills. What ends a job is the worker's end, not its exit. A job the zygote
 kills (cancel, wall clock, unload) takes its worker with it: SIGTERM, the
@@ -62,6 +70,7 @@ import logging
 import math
 import os
 import resource
+import select
 import selectors
 import signal
 import socket
@@ -90,8 +99,7 @@ logger = logging.getLogger(__name__)
 _HAND_TIMEOUT = 10.0
 #: reads of a worker's socket per wakeup: a job flooding provisional results must not keep the zygote
 _BURST = 16
-#: bytes per read of a worker's socket: below malloc's mmap threshold, so a read maps and unmaps no memory
-_READ = 64 * 1024
+_READ = fdio.READ_SIZE  # bytes per read of a worker's socket
 _UNTIL_EOF = 1 << 30
 _ALL_FDS = 1 << 20
 #: jobs handed ahead to a worker at most (`hand_ahead`)
@@ -100,7 +108,11 @@ AHEAD = 8
 _AHEAD_MAX = 64 * 1024
 #: the zygote's frame that tells a worker to run nothing after its current job (the job is being killed)
 _HOLD = b"hold"
-#: bytes of the random marker a worker writes to its pipes at each job's end (`capture.Relay`)
+#: the zygote's frame, before the next job of a worker that ended its last without markers: it took what that
+#: job wrote to the pipes, the next starts without markers
+_GO = b"go"
+_GO_FRAME = encode_frame(_GO)
+#: bytes of the random marker a worker writes to its pipes between two jobs (`capture.Relay`)
 _MARKER_SIZE = 16
 
 
@@ -133,8 +145,14 @@ class _Worker:
     ahead_sizes: deque[int] = field(default_factory=deque)  # their frames' sizes
     pending: list[bytes] = field(default_factory=list)  # frames of jobs handed ahead this turn (`send_ahead`)
     held: bool = False  # told to run nothing after its current job (`hold`)
+    owes_go: bool = False  # idle after an end without markers: `_GO` goes with the next job given to it
     closed: bool = False
     _decoder: FrameDecoder = field(default_factory=lambda: FrameDecoder(max_size=zp.MAX_REPLY, expect_preamble=False))
+    _pipes: select.poll = field(default_factory=select.poll)  # its stdout and stderr pipes (`took_output`)
+
+    def __post_init__(self) -> None:
+        for pipe in (self.out, self.err):
+            self._pipes.register(pipe.fd, select.POLLIN)
 
     def read(self, until_eof: bool = False) -> bool:
         """Takes what the worker sent (a burst of reads at most, or all of it to its end of file); False at end
@@ -160,6 +178,15 @@ class _Worker:
             if len(data) < _READ and not until_eof:  # all there was (the loop wakes us again for more)
                 return True
         return True
+
+    def took_output(self, marked: bool) -> None:
+        """Its job ended: all the job wrote goes to the job's capture, and nothing past it. Up to the markers
+        if the worker `marked` the end (its next job writes on at once); else what the pipes hold (up to the
+        markers of a job handed ahead that came after the end, if already there), which one poll of both pipes
+        finds empty most often (the loop read them this turn)."""
+        ready = {fd for fd, _ in self._pipes.poll(0)} if not marked else {self.out.fd, self.err.fd}
+        for pipe in (self.out, self.err):
+            pipe.end_job(read=pipe.fd in ready)
 
     def drain(self) -> None:
         """What its job wrote before it died, into that job's capture."""
@@ -217,8 +244,9 @@ class WorkerPool:
         worker = next((w for w in self._idle if w.key == key), None)
         if worker is not None:
             self._idle.remove(worker)
-            if not self._hand(worker, frame):  # it died idle (OOM killer?), not yet reaped: a fresh one
-                worker = None
+            go, worker.owes_go = worker.owes_go, False
+            if not self._hand(worker, _GO_FRAME + frame if go else frame):  # it died idle (OOM killer?), not
+                worker = None  # yet reaped: a fresh one
         if worker is None:
             for other in [w for w in self._idle if w.key != key]:  # a slot needs limits of its own now
                 self._idle.remove(other)
@@ -354,8 +382,7 @@ class WorkerPool:
         if after is not None and (not worker.ahead or after != worker.ahead[0] or recycle or worker.held):
             self.garbage(worker, f"a start of job {after}, which it was not to run")
             return
-        worker.out.end_job()  # all the job wrote, up to its marker
-        worker.err.end_job()
+        worker.took_output(marked=after is not None)  # (a worker that starts its next job at once marks the end)
         del self._busy[worker.pid]
         worker.job_id = None
         worker.jobs += 1
@@ -363,28 +390,31 @@ class WorkerPool:
         if clean and not recycle and not worker.held and worker.jobs < self._policy.max_jobs:
             if not worker.ahead:
                 self._next_job(worker, None)
+                worker.owes_go = True
                 self._idle.append(worker)
-            else:  # started now, or as soon as it reads it (it told its end before the job came)
+            else:  # started now, or (it told its end before the job came) as soon as it reads it, after markers
                 worker.ahead_sizes.popleft()
-                self._began(worker, worker.ahead.popleft())
+                self._began(worker, worker.ahead.popleft(), late=after is None)
         else:  # (a worker told to recycle, or being killed, starts nothing)
             self._next_job(worker, None)
             self._retire(worker)
 
     @staticmethod
-    def _next_job(worker: _Worker, captures: tuple[Kept, Kept] | None) -> None:
-        worker.out.next_job(captures[0] if captures else None)
-        worker.err.next_job(captures[1] if captures else None)
+    def _next_job(worker: _Worker, captures: tuple[Kept, Kept] | None, late: bool = False) -> None:
+        worker.out.next_job(captures[0] if captures else None, late)
+        worker.err.next_job(captures[1] if captures else None, late)
 
     def _give_back(self, worker: _Worker) -> None:
         ahead, worker.ahead, worker.ahead_sizes, worker.pending = list(worker.ahead), deque(), deque(), []
         if ahead:
             self._on_back(ahead)
 
-    def _began(self, worker: _Worker, job_id: int) -> None:
+    def _began(self, worker: _Worker, job_id: int, late: bool) -> None:
+        """`late`: it came after the worker told the end of the job before without markers (it writes them
+        before it starts this one)."""
         worker.job_id = job_id
         self._busy[worker.pid] = worker
-        self._next_job(worker, self._on_next(worker.pid, job_id))
+        self._next_job(worker, self._on_next(worker.pid, job_id), late)
 
     def lost(self, pid: int) -> None:
         """A child was reaped: if it was a worker, it is gone, after what it sent and wrote is taken."""
@@ -478,14 +508,19 @@ def _serve(
         conn = socket.socket(fileno=sock)
         inbox = _Inbox(conn)
         while inbox.wait():
+            if inbox.unmarked:  # a job handed ahead that came after the last end was told without the markers:
+                for fd in output:  # they go before it
+                    fdio.write_all(fd, marker)
             start = inbox.starts.popleft()
             record, entered = _run_one(code, start, sock, name, keep_files)
-            for fd in output:  # after all the job wrote (`seal` flushed it), before its end is told
-                fdio.write_all(fd, marker)  # (less than PIPE_BUF: in one piece whatever else writes there)
             grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024 > max_growth
             inbox.take(block=False)  # the next job, if the zygote handed it ahead, or a hold
             recycle = grown or not entered or inbox.held or _has_children()
             after = inbox.starts[0].job_id if inbox.starts and not recycle else None
+            if after is not None:  # it writes on before the zygote reads: a marker ends this job's output
+                for fd in output:  # after all the job wrote (`seal` flushed it), before its end is told
+                    fdio.write_all(fd, marker)  # (less than PIPE_BUF: in one piece whatever else writes there)
+            inbox.unmarked = after is None  # (the zygote takes what the pipes hold at this end)
             end = {"kind": "end", "job": start.job_id, "recycle": recycle, "record": record, "next": after}
             channel.write_frame(sock, msgpack.packb(end, use_bin_type=True))
             if recycle:  # the zygote retires it: nothing more runs here
@@ -512,6 +547,7 @@ class _Inbox:
         self._decoder = FrameDecoder(max_size=zp.MAX_FRAME, expect_preamble=False)
         self.starts: deque[job_process.Start] = deque()
         self.held = False
+        self.unmarked = False  # the last end was told without markers, and no `_GO` came since
 
     def wait(self) -> bool:
         """Until a job is there; False when the zygote closed the socket."""
@@ -535,6 +571,8 @@ class _Inbox:
             for frame in self._decoder.frames():
                 if frame == _HOLD:
                     self.held = True
+                elif frame == _GO:
+                    self.unmarked = False
                 else:
                     self.starts.append(job_process.unpack_start(frame))
             if block or len(data) < _READ:

@@ -193,7 +193,7 @@ class Zygote:
                 if not isinstance(msg, zp.Load):
                     raise TypeError(f"expected Load, got {type(msg).__name__}")
                 return msg
-            data = os.read(self._rfd, 1 << 20)
+            data = os.read(self._rfd, fdio.READ_SIZE)
             if not data:
                 return None
             self._decoder.feed(data)
@@ -257,7 +257,7 @@ class Zygote:
     def _receive(self) -> bool:
         """Reads commands; False when the daemon closed the pipe."""
         try:
-            data = os.read(self._rfd, 1 << 20)
+            data = os.read(self._rfd, fdio.READ_SIZE)
         except BlockingIOError:
             return True
         if not data:

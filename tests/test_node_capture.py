@@ -55,3 +55,18 @@ def test_relay_cuts_jobs_outputs_at_markers(pipe: tuple[int, int], pipe_first: b
     assert relay.read()
     relay.end_job()
     assert (first.text(), second.text()) == (b"job one", b"job two, early; later")
+
+
+def test_relay_gives_a_job_ended_without_a_marker_all_it_wrote(pipe: tuple[int, int]) -> None:
+    r, w = pipe
+    marker = b"\x00MARK\x01"
+    relay = Relay(r, marker)
+    first, second = Kept(1 << 20), Kept(1 << 20)
+    relay.next_job(first)
+    os.write(w, b"job one, its end like a marker's start \x00MA")  # held back: a marker may follow
+    assert relay.read()
+    relay.end_job(read=False)  # no marker (the worker started nothing at once), and the pipe holds nothing more
+    relay.next_job(second)
+    os.write(w, b"RK job two")
+    relay.end_job()  # no marker: what the pipe holds
+    assert (first.text(), second.text()) == (b"job one, its end like a marker's start \x00MA", b"RK job two")

@@ -1,0 +1,125 @@
+"""A reused worker's jobs each keep their own output (dispy_node/worker.py, `WorkerPool` driven as its zygote's
+loop drives it, with a real worker process), in particular a job handed ahead that reaches its worker only after
+the worker told the end of the job before it without markers: the markers its worker writes before it starts
+separate the two jobs' outputs, whether the zygote reads them with that end or after it; and the next job given
+to it idle (after the zygote's `_GO`) starts without markers."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import select
+import selectors
+import signal
+import struct
+import termios
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from waiting import wait_until
+
+from dispy_node import job_process, workdir
+from dispy_node import zygote_protocol as zp
+from dispy_node.capture import Kept, PipeReader
+from dispy_node.limits import Limits
+from dispy_node.worker import WorkerPool
+from dispy_wire.payload import dumps
+from dispy_wire.result_mac import new_key
+
+KEY = new_key()
+
+
+def write(text: bytes, until: str) -> int:
+    """Writes `text` to its stdout, then waits for the file `until` (if any) to exist."""
+    os.write(1, text)
+    while until and not os.path.exists(until):
+        time.sleep(0.001)  # (in the job: polled until the test lets it end)
+    return 0
+
+
+class Zygote:
+    """What of a zygote a `WorkerPool` needs: a selector loop, the jobs' captures, their ends."""
+
+    def __init__(self, cluster_dir: Path) -> None:
+        for name in (workdir.FILES, workdir.JOBS):
+            (cluster_dir / name).mkdir()
+        code = job_process.Code("function", write, None, str(cluster_dir), "c1", KEY)
+        self.sel = selectors.DefaultSelector()
+        self.captures: dict[int, tuple[Kept, Kept]] = {}
+        self.ended: dict[int, dict[str, Any]] = {}
+        self.pool = WorkerPool(code, zp.Workers(1000, 1 << 40), self.sel, self._done, lambda job_id, record: None,
+                               lambda pid, job_id: self.captures[job_id], lambda job_ids: None)  # fmt: skip
+
+    def start(self, job_id: int, text: bytes, until: str = "") -> job_process.Start:
+        self.captures[job_id] = (Kept(1 << 20), Kept(1 << 20))
+        return job_process.Start(job_id, dumps(((text, until), {})), Limits(), [], f"test.{job_id}", -1, -1, -1, -1,
+                                 "", KEY)  # fmt: skip
+
+    def output(self, job_id: int) -> bytes:
+        return self.captures[job_id][0].text()
+
+    def turn(self) -> None:
+        """One turn of the zygote's loop: what is ready, pipes first."""
+        events = self.sel.select(0.05)
+        events.sort(key=lambda event: not isinstance(event[0].data, PipeReader))
+        for key, _ in events:
+            if not key.data.closed and not key.data.read():
+                self.sel.unregister(key.fd)
+
+    def sock(self) -> int:
+        """The worker's socket (its descriptor)."""
+        return next(key.fd for key in self.sel.get_map().values() if not isinstance(key.data, PipeReader))
+
+    def _done(self, job_id: int, record: dict[str, Any]) -> bool:
+        self.ended[job_id] = record
+        return True
+
+
+@pytest.fixture
+def zygote(tmp_path: Path) -> Iterator[Zygote]:
+    z = Zygote(tmp_path)
+    yield z
+    for key in list(z.sel.get_map().values()):
+        if not isinstance(key.data, PipeReader):
+            pid = key.data.pid
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+    z.sel.close()
+
+
+def unread(sock: int) -> int:
+    """Bytes sent on socket `sock` that its peer has not read yet."""
+    return int(struct.unpack("i", fcntl.ioctl(sock, termios.TIOCOUTQ, b"\0\0\0\0"))[0])
+
+
+def waits_on_its_socket(pid: int) -> bool:
+    with open(f"/proc/{pid}/wchan") as f:
+        return f.read() == "unix_stream_read_generic"
+
+
+@pytest.mark.parametrize("marker_first", [True, False], ids=["job-ahead-ran-first", "end-read-first"])
+def test_a_job_handed_ahead_after_its_worker_told_an_end_keeps_its_output_from_the_job_before(
+    zygote: Zygote, tmp_path: Path, marker_first: bool
+) -> None:
+    let_go = tmp_path / "let-go"
+    pid = zygote.pool.run(zygote.start(1, b"first", str(let_go)), *zygote.captures[1])
+    let_go.touch()  # the first job ends: nothing handed ahead in the socket, its worker tells the end unmarked
+    sock = zygote.sock()
+    wait_until(lambda: sock in select.select([sock], [], [], 0)[0], what="the first job's end")
+    if not marker_first:
+        os.kill(pid, signal.SIGSTOP)  # the second job waits in the socket while the zygote reads the first's end
+    assert zygote.pool.hand_ahead(zygote.start(2, b"second"), lambda job_id: True)  # too late to start at once:
+    zygote.pool.send_ahead()  # the zygote did not read the end yet
+    if marker_first:  # the worker ran it, and waits on its socket for more
+        wait_until(lambda: unread(sock) == 0 and waits_on_its_socket(pid), what="the worker waiting on its socket")
+    else:
+        wait_until(lambda: zygote.turn() or 1 in zygote.ended, what="the first job's end read")
+        os.kill(pid, signal.SIGCONT)
+    wait_until(lambda: zygote.turn() or 2 in zygote.ended, what="the second job's end")
+    assert (zygote.output(1), zygote.output(2)) == (b"first", b"second")
+    assert zygote.pool.run(zygote.start(3, b"third"), *zygote.captures[3]) == pid  # the same worker, idle, goes on
+    wait_until(lambda: zygote.turn() or 3 in zygote.ended, what="the third job's end")
+    assert zygote.output(3) == b"third"
