@@ -201,6 +201,8 @@ class SqliteJournal:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._sync = "NORMAL" if synchronous.upper() == "NORMAL" else "FULL"
         self._db.execute(f"PRAGMA synchronous={self._sync}")
+        #: every write's statements go through this one: a connection's execute makes a cursor each call
+        self._writer = self._db.cursor()
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
         if version not in (0, 1, 2, 3, SCHEMA_VERSION):  # 2 -> 3: a new table, made by _SCHEMA
             raise sqlite3.DatabaseError(f"{self.path} has schema version {version}; this scheduler reads {SCHEMA_VERSION}")
@@ -279,15 +281,15 @@ class SqliteJournal:
     def write(self, changes: Persist, ends: list[JobEnd] | None = None) -> None:
         lazy = self._sync == "FULL" and not ends and _only_forgets(changes)
         if lazy:  # see the module's docstring
-            self._db.execute("PRAGMA synchronous=OFF")
+            self._writer.execute("PRAGMA synchronous=OFF")
         try:
             self._write(changes, ends)
         finally:
             if lazy:
-                self._db.execute("PRAGMA synchronous=FULL")
+                self._writer.execute("PRAGMA synchronous=FULL")
 
     def _write(self, changes: Persist, ends: list[JobEnd] | None) -> None:
-        db = self._db
+        db = self._writer
         pack = self.packed.start()
         db.execute("BEGIN")
         try:
@@ -337,9 +339,9 @@ class SqliteJournal:
         """Most changes are dispatches (a job moved, nothing else): their rows get the narrow UPDATE_MOVED."""
         moved = [_moved_values(j) for j in changed if j.state != "done"]
         if moved:
-            self._db.executemany(UPDATE_MOVED, moved)
+            self._writer.executemany(UPDATE_MOVED, moved)
         if len(moved) < len(changed):
-            self._db.executemany(
+            self._writer.executemany(
                 UPDATE_ENDED, [_ended_values(j, pack) for j in changed if j.state == "done"]
             )
 

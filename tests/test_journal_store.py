@@ -10,7 +10,8 @@ import msgpack
 from dispy_sched.core import CoreConfig, SchedulerCore
 from dispy_sched.core import actions as A
 from dispy_sched.core import events as E
-from dispy_sched.core.state import result_cost
+from dispy_sched.core.persist import job_row
+from dispy_sched.core.state import JobState, result_cost
 from dispy_sched.journal import FILENAME, SCHEMA_VERSION, SqliteJournal
 from dispy_sched.policies import load_policy
 from dispy_wire import messages as M
@@ -39,6 +40,27 @@ def test_held_results_are_read_back_on_demand_and_a_restart_loads_only_their_siz
         (1, "done", None, result_cost(result("K", 1))),
         (2, "done", None, result_cost(result("K", 2))),
     ]
+
+
+def test_a_job_dispatched_then_asked_to_cancel_is_stored_as_the_core_holds_it(tmp_path: Path) -> None:
+    """Changes that leave a job not done (written by a narrower UPDATE than a result's) keep every column right."""
+    journal = SqliteJournal(str(tmp_path))
+    core = SchedulerCore(load_policy("fair"), CoreConfig(persist=True))
+
+    def stored_as_held() -> None:
+        held = {job.key: job_row(job) for cluster in core.clusters.values() for job in cluster.jobs.values()}
+        assert {(j.cluster_id, j.job_id): j for j in journal.load().jobs} == held
+
+    run(core, journal, opened("c1", "K"), now=0)
+    run(core, journal, submitted("c1", "K", 1, 2), now=1)  # queued: no node yet
+    stored_as_held()
+    run(core, journal, E.NodeJoined("n1", "host-n1", "10.0.0.1", 1, 5.0, node_run="run-1"), now=2)
+    assert core.clusters["K"].jobs[1].state is JobState.RUNNING  # dispatched in a turn of its own: an UPDATE
+    stored_as_held()
+    run(core, journal, E.JobsCancelled("c1", "K", [1]), now=3)
+    assert core.clusters["K"].jobs[1].cancel_requested  # running still, until its node says
+    stored_as_held()
+    journal.close()
 
 
 def test_delivered_results_are_the_bytes_the_journal_stored_packed_once(tmp_path: Path) -> None:
