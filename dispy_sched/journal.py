@@ -19,8 +19,11 @@ that changes it, so fair-share history is exact after a kill -9. With
 acknowledgements leave; `NORMAL` survives a killed scheduler but not a
 machine that loses power. A commit that only forgets jobs (their results
 collected, or dropped) acknowledges nothing to anyone: it skips its own
-fsync and is made durable by the next commit that has one (in WAL mode that
-fsync covers every earlier frame). Lost to a power failure, it would leave
+fsync (`NORMAL` for that commit) and is made durable by the next commit
+that has one (in WAL mode that fsync covers every earlier frame). Not
+`OFF`: a checkpoint such a commit sets off would then copy the WAL into the
+database file without syncing it, and the WAL, begun anew by the next
+commit, would no longer hold what a power loss took from that file. Lost to a power failure, it would leave
 results held that were collected already: after the restart they are sent
 again, as a result whose acknowledgement was lost on the wire is, and the
 client keeps the first. One fsync fewer per acknowledged batch.
@@ -280,8 +283,8 @@ class SqliteJournal:
 
     def write(self, changes: Persist, ends: list[JobEnd] | None = None) -> None:
         lazy = self._sync == "FULL" and not ends and _only_forgets(changes)
-        if lazy:  # see the module's docstring
-            self._writer.execute("PRAGMA synchronous=OFF")
+        if lazy:  # see the module's docstring; NORMAL, not OFF: a checkpoint this commit sets off still syncs
+            self._writer.execute("PRAGMA synchronous=NORMAL")
         try:
             self._write(changes, ends)
         finally:

@@ -173,7 +173,7 @@ def test_a_turn_that_only_forgets_jobs_is_written_without_an_fsync_of_its_own_an
     assert ack.gone_jobs == [("K", 1)] and not ack.changed_jobs
     run(core, journal, submitted("c1", "K", 3), now=3)  # a turn that acknowledges something: fsynced
     journal._db.set_trace_callback(None)
-    assert syncs == [0, 2]  # OFF for the forgetting turn, FULL (as configured) again for the next
+    assert syncs == [1, 2]  # NORMAL for the forgetting turn (a checkpoint it sets off syncs), FULL again for the next
     journal.close()
     assert [j.job_id for j in SqliteJournal(str(tmp_path)).load().jobs] == [2, 3]
 
