@@ -565,6 +565,7 @@ def _serve(
                 for fd in output:  # they go before it
                     fdio.write_all(fd, marker)
             start = inbox.starts.popleft()
+            _RAN.pack_into(ran, 0, -1)  # (were a job's id to come again, its run must not read as its end)
             record, entered = _run_one(code, start, sock, name, keep_files)
             _RAN.pack_into(ran, 0, start.job_id)  # from here a `_HOLD` may come too late: the zygote waits for the end
             grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024 > max_growth
