@@ -45,7 +45,14 @@ fork. Before the first signal the zygote stops the worker (SIGSTOP) and reads
 what it sent (`hold`): if the job ended meanwhile, there is nothing to kill
 (and the job handed ahead, which may have started, is not hit); if not, the
 worker is told to start nothing after it (a `_HOLD` frame, in its socket
-before it can look) and only then signalled and continued. A job handed
+before it can look) and only then signalled and continued. The zygote reads
+all the socket holds (not a burst: records may queue ahead of an end told),
+and a worker that ran its job to its end but has not told it whole (stopped
+as it writes it) may have chosen to start the job handed ahead already: it
+wrote the id of the job it ran (`ran`, memory it shares with the zygote, so
+no system call per job) before it looked for the next, and the zygote then
+waits for the end, which says what it started, instead of telling it to
+hold. A job handed
 ahead that is cancelled, withdrawn or started elsewhere is taken back the
 same way (`take_back`): its worker goes after its current job. A worker that
 dies during a job (os._exit, a segfault, the CPU limit) ends that job as a
@@ -68,12 +75,14 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import mmap
 import os
 import resource
 import select
 import selectors
 import signal
 import socket
+import struct
 import sys
 import time
 import traceback
@@ -97,6 +106,9 @@ logger = logging.getLogger(__name__)
 
 #: seconds an idle worker has to take a job's start record when it does not fit the socket's buffer
 _HAND_TIMEOUT = 10.0
+#: seconds a worker stopped between its job's run and the end it tells has to tell it (`WorkerPool.hold`): it
+#: runs only this module's code meanwhile, and the zygote waits
+_END_TIMEOUT = 2.0
 #: reads of a worker's socket per wakeup: a job flooding provisional results must not keep the zygote
 _BURST = 16
 _READ = fdio.READ_SIZE  # bytes per read of a worker's socket
@@ -114,6 +126,8 @@ _GO = b"go"
 _GO_FRAME = encode_frame(_GO)
 #: bytes of the random marker a worker writes to its pipes between two jobs (`capture.Relay`)
 _MARKER_SIZE = 16
+#: the id of the last job a worker ran to its end, in memory it shares with its zygote (`WorkerPool.hold`)
+_RAN = struct.Struct("q")
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +153,7 @@ class _Worker:
     err: Relay
     key: tuple[int | None, int | None]  # the (memory, open_files) limits it was forked with
     mark: str
+    ran: mmap.mmap  # shared with it: the id of the last job it ran to its end (`_RAN`), which it writes
     jobs: int = 0
     job_id: int | None = None
     ahead: deque[int] = field(default_factory=deque)  # jobs handed to it to run after its current one, in order
@@ -154,10 +169,10 @@ class _Worker:
         for pipe in (self.out, self.err):
             self._pipes.register(pipe.fd, select.POLLIN)
 
-    def read(self, until_eof: bool = False) -> bool:
-        """Takes what the worker sent (a burst of reads at most, or all of it to its end of file); False at end
-        of file (it exited)."""
-        for _ in range(_UNTIL_EOF if until_eof else _BURST):
+    def read(self, all_there_is: bool = False) -> bool:
+        """Takes what the worker sent (a burst of reads at most, or all there is, to its end of file if it is
+        dead); False at end of file (it exited)."""
+        for _ in range(_UNTIL_EOF if all_there_is else _BURST):
             try:
                 data = self.sock.recv(_READ)
             except BlockingIOError:
@@ -175,7 +190,7 @@ class _Worker:
             except (RemoteWireError, ValueError, msgpack.UnpackException) as exc:
                 self.pool.garbage(self, str(exc))
                 return True
-            if len(data) < _READ and not until_eof:  # all there was (the loop wakes us again for more)
+            if len(data) < _READ and not all_there_is:  # all there was (the loop wakes us again for more)
                 return True
         return True
 
@@ -308,10 +323,15 @@ class WorkerPool:
                 self._hand(worker, b"".join(frames))  # (if it cannot take them, it is retired: they come back)
 
     def hold(self, pid: int) -> bool:
-        """Before the zygote signals the job a worker runs: stops the worker (SIGSTOP) and takes what it
-        sent, so that a job end it told is known; if its job still runs, tells it to run nothing after it
-        (`_HOLD`, read before it could start another) and returns True, the worker still stopped: the caller
-        signals it, then `resume`s it. False (the worker running again): its job ended meanwhile, or it is gone.
+        """Before the zygote signals the job a worker runs: stops the worker (SIGSTOP) and takes all it sent,
+        so that a job end it told is known; if its job still runs, tells it to run nothing after it (`_HOLD`,
+        read before it could start another) and returns True, the worker still stopped: the caller signals it,
+        then `resume`s it. False (the worker running again): its job ended meanwhile, or it is gone.
+
+        A job that ran to its end (`ran`) whose end is not all in the socket yet (the worker was stopped before
+        or while it wrote it) is waited for (`_await_end`): the worker may have chosen to start the job handed
+        ahead, and only its end says so; a `_HOLD` now would come too late for it, the job given back would
+        run twice.
         """
         worker = self._busy.get(pid)
         if worker is None or worker.closed:
@@ -322,9 +342,13 @@ class WorkerPool:
         except (ChildProcessError, ProcessLookupError):
             return False
         job_id = worker.job_id
-        worker.read()  # all it wrote: it writes nothing more while stopped
-        if worker.closed or self._busy.get(pid) is not worker or worker.job_id != job_id:
+        worker.read(all_there_is=True)  # all it wrote (it writes nothing more while stopped), not a burst: an
+        if worker.closed or self._busy.get(pid) is not worker or worker.job_id != job_id:  # end told is seen
             self.resume(pid)
+            return False
+        if _RAN.unpack_from(worker.ran)[0] == job_id:  # (its memory, as it was when it stopped)
+            self.resume(pid)
+            self._await_end(worker, job_id)
             return False
         if not worker.held:
             worker.held = True
@@ -332,6 +356,30 @@ class WorkerPool:
                 return True  # retired (SIGKILL): its job ends with the caller's verdict once it is reaped
             self._give_back(worker)  # they will not start there: they take other places
         return True
+
+    def _await_end(self, worker: _Worker, job_id: int | None) -> None:
+        """Until the worker told the end of its job, which it ran to its end: it runs no job's code until then
+        but may wait for us to read its pipes and socket (a large record, output), so these are read here. One
+        that does not get there is retired (its job handed ahead did not start: it starts after the end)."""
+        fds = select.poll()
+        for fd in (worker.sock.fileno(), worker.out.fd, worker.err.fd):
+            fds.register(fd, select.POLLIN)
+        deadline = time.monotonic() + _END_TIMEOUT
+        while worker.job_id == job_id and not worker.closed:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                logger.warning("worker %d did not tell the end of job %d it ran; retired", worker.pid, job_id)
+                self._busy.pop(worker.pid, None)
+                self._retire(worker)  # (its job ends once it is reaped, as if it died)
+                return
+            for fd, _ in fds.poll(left * 1000):
+                if worker.job_id != job_id or worker.closed:  # its end was read (or it was retired): done
+                    break
+                if fd == worker.sock.fileno():
+                    if not worker.read():
+                        return  # it died: its job ends once it is reaped (`lost`)
+                elif not (worker.out if fd == worker.out.fd else worker.err).read():
+                    fds.unregister(fd)
 
     def take_back(self, job_id: int) -> None:
         """A job handed ahead is wanted back (killed, withdrawn): its worker is told to hold (it goes after its
@@ -422,7 +470,7 @@ class WorkerPool:
         if worker is None:
             return
         if not worker.closed:
-            worker.read(until_eof=True)  # it is dead: what its socket holds is all there is
+            worker.read(all_there_is=True)  # it is dead: what its socket holds is all there is
             worker.drain()
         self._busy.pop(pid, None)
         if worker in self._idle:
@@ -434,6 +482,8 @@ class WorkerPool:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         mark = killtree.mark(os.getpid(), -next(self._seq))  # no job's: a worker outlives its jobs
         marker = os.urandom(_MARKER_SIZE)  # where each job's output ends in its pipes (`capture.Relay`)
+        ran = mmap.mmap(-1, _RAN.size)  # (shared, anonymous: no descriptor)
+        _RAN.pack_into(ran, 0, -1)
         try:
             fds = [*os.pipe(), *os.pipe()]
             pid = os.fork()
@@ -442,16 +492,17 @@ class WorkerPool:
                 os.close(fd)
             ours.close()
             theirs.close()
+            ran.close()
             raise
         if pid == 0:
             limits = Limits(memory=key[0], open_files=key[1])
             _serve(self._code, theirs.fileno(), (fds[1], fds[3]), limits, mark, self._policy.max_growth,
-                   self._keep_files, marker)  # fmt: skip
+                   self._keep_files, marker, ran)  # fmt: skip
         theirs.close()
         os.close(fds[1])
         os.close(fds[3])
         ours.setblocking(False)
-        worker = _Worker(self, pid, ours, Relay(fds[0], marker), Relay(fds[2], marker), key, mark)
+        worker = _Worker(self, pid, ours, Relay(fds[0], marker), Relay(fds[2], marker), key, mark, ran)
         self._sel.register(ours.fileno(), selectors.EVENT_READ, worker)
         self._sel.register(fds[0], selectors.EVENT_READ, worker.out)
         self._sel.register(fds[2], selectors.EVENT_READ, worker.err)
@@ -472,6 +523,7 @@ class WorkerPool:
             worker.sock.close()
             worker.out.close()
             worker.err.close()
+            worker.ran.close()
             worker.closed = True
             if not self._keep_files:
                 workdir.remove_worker_dir(self._code.cluster_dir, _dir_name(worker.pid))
@@ -482,12 +534,13 @@ class WorkerPool:
 
 def _serve(
     code: job_process.Code, sock: int, output: tuple[int, int], limits: Limits, mark: str, max_growth: int,
-    keep_files: bool, marker: bytes,
+    keep_files: bool, marker: bytes, ran: mmap.mmap,
 ) -> NoReturn:  # fmt: skip
     """The worker's whole life: jobs until the zygote closes the socket or kills it.
 
     `output`: the write ends of the stdout and stderr pipes the zygote reads, for all its jobs; `marker`:
-    what ends each job's output there (`capture.Relay`).
+    what ends each job's output there (`capture.Relay`); `ran`: where it writes the id of each job it ran to
+    its end, before it looks for the next (`WorkerPool.hold`).
     """
     status = 0
     try:
@@ -512,7 +565,9 @@ def _serve(
                 for fd in output:  # they go before it
                     fdio.write_all(fd, marker)
             start = inbox.starts.popleft()
+            _RAN.pack_into(ran, 0, -1)  # (were a job's id to come again, its run must not read as its end)
             record, entered = _run_one(code, start, sock, name, keep_files)
+            _RAN.pack_into(ran, 0, start.job_id)  # from here a `_HOLD` may come too late: the zygote waits for the end
             grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024 > max_growth
             inbox.take(block=False)  # the next job, if the zygote handed it ahead, or a hold
             recycle = grown or not entered or inbox.held or _has_children()

@@ -2,7 +2,10 @@
 loop drives it, with a real worker process), in particular a job handed ahead that reaches its worker only after
 the worker told the end of the job before it without markers: the markers its worker writes before it starts
 separate the two jobs' outputs, whether the zygote reads them with that end or after it; and the next job given
-to it idle (after the zygote's `_GO`) starts without markers."""
+to it idle (after the zygote's `_GO`) starts without markers. And a job handed ahead that is taken back
+(`WorkerPool.take_back`, as a cancel or a free CPU does) either starts in its worker or comes back, never both,
+whether the zygote has not read the end before it (records queued ahead of it) or the worker is still writing
+that end (a large record) when the zygote stops it."""
 
 from __future__ import annotations
 
@@ -11,17 +14,18 @@ import os
 import select
 import selectors
 import signal
+import socket
 import struct
 import termios
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from waiting import wait_until
 
-from dispy_node import job_process, workdir
+from dispy_node import channel, job_process, workdir
 from dispy_node import zygote_protocol as zp
 from dispy_node.capture import Kept, PipeReader
 from dispy_node.limits import Limits
@@ -32,7 +36,7 @@ from dispy_wire.result_mac import new_key
 KEY = new_key()
 
 
-def write(text: bytes, until: str) -> int:
+def write(text: bytes, until: str = "") -> int:
     """Writes `text` to its stdout, then waits for the file `until` (if any) to exist."""
     os.write(1, text)
     while until and not os.path.exists(until):
@@ -40,23 +44,36 @@ def write(text: bytes, until: str) -> int:
     return 0
 
 
+def tell(ran: str, until: str, records: int, size: int) -> bytes:
+    """Makes the file `ran` (it ran), waits for `until` (if any), sends `records` provisional results of
+    64 KiB (its socket's buffer made large enough to hold them all unread), and returns `size` bytes."""
+    open(ran, "x").close()
+    write(b"", until)
+    if records:
+        with socket.socket(fileno=os.dup(channel._fd)) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+        for _ in range(records):
+            channel.provisional_result(b"p" * (64 << 10))
+    return b"r" * size
+
+
 class Zygote:
     """What of a zygote a `WorkerPool` needs: a selector loop, the jobs' captures, their ends."""
 
-    def __init__(self, cluster_dir: Path) -> None:
+    def __init__(self, cluster_dir: Path, function: Callable[..., Any]) -> None:
         for name in (workdir.FILES, workdir.JOBS):
             (cluster_dir / name).mkdir()
-        code = job_process.Code("function", write, None, str(cluster_dir), "c1", KEY)
+        code = job_process.Code("function", function, None, str(cluster_dir), "c1", KEY)
         self.sel = selectors.DefaultSelector()
         self.captures: dict[int, tuple[Kept, Kept]] = {}
         self.ended: dict[int, dict[str, Any]] = {}
+        self.back: list[int] = []  # jobs handed ahead that came back
         self.pool = WorkerPool(code, zp.Workers(1000, 1 << 40), self.sel, self._done, lambda job_id, record: None,
-                               lambda pid, job_id: self.captures[job_id], lambda job_ids: None)  # fmt: skip
+                               lambda pid, job_id: self.captures[job_id], self.back.extend)  # fmt: skip
 
-    def start(self, job_id: int, text: bytes, until: str = "") -> job_process.Start:
+    def start(self, job_id: int, *args: Any) -> job_process.Start:
         self.captures[job_id] = (Kept(1 << 20), Kept(1 << 20))
-        return job_process.Start(job_id, dumps(((text, until), {})), Limits(), [], f"test.{job_id}", -1, -1, -1, -1,
-                                 "", KEY)  # fmt: skip
+        return job_process.Start(job_id, dumps((args, {})), Limits(), [], f"test.{job_id}", -1, -1, -1, -1, "", KEY)
 
     def output(self, job_id: int) -> bytes:
         return self.captures[job_id][0].text()
@@ -80,7 +97,16 @@ class Zygote:
 
 @pytest.fixture
 def zygote(tmp_path: Path) -> Iterator[Zygote]:
-    z = Zygote(tmp_path)
+    yield from _zygote(tmp_path, write)
+
+
+@pytest.fixture
+def teller(tmp_path: Path) -> Iterator[Zygote]:
+    yield from _zygote(tmp_path, tell)
+
+
+def _zygote(tmp_path: Path, function: Callable[..., Any]) -> Iterator[Zygote]:
+    z = Zygote(tmp_path, function)
     yield z
     for key in list(z.sel.get_map().values()):
         if not isinstance(key.data, PipeReader):
@@ -123,3 +149,40 @@ def test_a_job_handed_ahead_after_its_worker_told_an_end_keeps_its_output_from_t
     assert zygote.pool.run(zygote.start(3, b"third"), *zygote.captures[3]) == pid  # the same worker, idle, goes on
     wait_until(lambda: zygote.turn() or 3 in zygote.ended, what="the third job's end")
     assert zygote.output(3) == b"third"
+
+
+def test_a_job_taken_back_after_its_worker_told_an_end_behind_a_burst_of_records_runs_there_or_comes_back(
+    teller: Zygote, tmp_path: Path
+) -> None:
+    ran = tmp_path / "ran-2"
+    pid = teller.pool.run(teller.start(1, str(tmp_path / "ran-1"), "", 24, 0), *teller.captures[1])
+    sock = teller.sock()  # 1.5 MiB of records, then the end (unmarked: nothing handed ahead), all unread
+    wait_until(lambda: unread(sock) == 0 and waits_on_its_socket(pid), what="the first job's end told")
+    assert teller.pool.hand_ahead(teller.start(2, str(ran), "", 0, 0), lambda job_id: True)  # too late to
+    teller.pool.send_ahead()  # start at once: it starts as it comes, unless it comes after a `_HOLD`
+    teller.pool.take_back(2)
+    wait_until(lambda: unread(sock) == 0 and waits_on_its_socket(pid), what="the worker done with what it got")
+    assert ran.exists() != (2 in teller.back), f"job 2 ran in its worker: {ran.exists()}, came back: {teller.back}"
+    if ran.exists():
+        wait_until(lambda: teller.turn() or 2 in teller.ended, what="the second job's end")
+        assert teller.ended[1]["status"] == teller.ended[2]["status"]
+
+
+def test_a_job_taken_back_while_its_worker_writes_the_end_that_starts_it_runs_there_and_does_not_come_back(
+    teller: Zygote, tmp_path: Path
+) -> None:
+    let_go, ran = tmp_path / "let-go", tmp_path / "ran-2"
+    pid = teller.pool.run(teller.start(1, str(tmp_path / "ran-1"), str(let_go), 0, 4 << 20), *teller.captures[1])
+    assert teller.pool.hand_ahead(teller.start(2, str(ran), "", 0, 0), lambda job_id: True)
+    teller.pool.send_ahead()
+    let_go.touch()  # its 4 MiB record does not fit the socket: the worker, which chose to start job 2 after it,
+    wait_until(lambda: waits_to_write(pid), what="the worker blocked in writing the first job's end")  # waits
+    teller.pool.take_back(2)  # too late: the worker starts it once its end is written
+    assert teller.back == []
+    wait_until(lambda: teller.turn() or 2 in teller.ended, what="the second job's end")
+    assert ran.exists() and len(teller.ended[1]["result"]) > 4 << 20
+
+
+def waits_to_write(pid: int) -> bool:
+    with open(f"/proc/{pid}/wchan") as f:
+        return f.read() == "sock_alloc_send_pskb"
