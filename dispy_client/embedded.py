@@ -89,6 +89,8 @@ class EmbeddedScheduler:
         config = SchedConfig(
             host=host, port=port, secret=self.client_secret, node_secret=node_secret,
             state_dir=self._state_dir, name=socket.gethostname(), tls_cert=tls_cert, tls_key=tls_key,
+            # one user's jobs on its own machine: none of the per-user limits a shared scheduler sets
+            user_max_connections=None, user_max_clusters=None, user_max_queued_bytes=None, user_max_held_bytes=None,
         )  # fmt: skip
         self._pin = cert_fingerprint(tls.cert) if tls else None
         self._server = SchedulerServer(config, SchedulerCore(load_policy("fair"), config.core_config(persist=False, accounting=False)))

@@ -13,6 +13,7 @@ import psutil
 import pytest
 
 import dispy_client as dispy
+from dispy_sched.core.state import NO_LIMITS
 from waiting import wait_until
 from procs import embedded_nodes, no_node_outlives_its_test  # noqa: F401  (the fixture is autouse: a failed test leaves no node)
 
@@ -225,6 +226,15 @@ def test_the_local_node_is_sent_jobs_ahead_of_its_cpus(tmp_path: Path) -> None:
         wait_until(sent_ahead, what="jobs sent to the local node beyond its CPUs")
         gate.touch()
         assert [job() for job in jobs] == [str(gate)] * len(jobs)
+
+
+def test_its_own_scheduler_sets_no_per_user_limits() -> None:
+    # a JobCluster takes dispyscheduler's scheduling settings, not the limits a shared one puts on each user
+    # (512 MiB of queued arguments would cancel jobs a program on its own machine queues)
+    with dispy.JobCluster(square, nodes=[("127.0.0.1", None, 1)]) as cluster:
+        core = cluster._embedded._server.core
+        assert core.default_limits == NO_LIMITS and not core.limits
+        assert cluster.submit(3)() == 9
 
 
 def test_constructor_returns_once_the_local_node_can_take_jobs() -> None:
