@@ -72,9 +72,15 @@ def _dict_checker(key_tp: Any, value_tp: Any) -> Callable[[Any], Any]:
     return check
 
 
+#: the ints a message may carry: SQLite's (a journal or accounting row), where msgpack's go up to 2**64 - 1
+INT_MIN, INT_MAX = -(1 << 63), (1 << 63) - 1
+
+
 def _int(v: Any) -> int:
     if not isinstance(v, int) or isinstance(v, bool):
         raise TypeError(f"expected int, got {type(v).__name__}")
+    if not INT_MIN <= v <= INT_MAX:
+        raise ValueError(f"int {v} out of the signed 64-bit range")
     return v
 
 
@@ -102,11 +108,15 @@ def _record_checker(tp: type) -> Callable[[Any], Any]:
     # unchanged; anything else (an int where a float goes, a subclass, garbage) takes the checkers' way, errors
     # included. An Any field is not looked at.
     fields = [(i, typing.cast(frozenset[type], types)) for i, types in enumerate(exact) if types is not _ANY_TYPE]
+    ints = [i for i, types in fields if int in types]
 
     def check_scalars(v: Any) -> Any:
         if type(v) is list and len(v) == n:
             for i, types in fields:
                 if type(v[i]) not in types:
+                    return check(v)
+            for i in ints:
+                if v[i] is not None and not INT_MIN <= v[i] <= INT_MAX:
                     return check(v)
             return tp(*v)
         return check(v)

@@ -302,6 +302,8 @@ ILL_TYPED: list[tuple[str, bytes]] = [
     ("invalid utf-8 in a str", b"\x92\x19\xa2\xff\xfe"),
     ("ext type for a str", raw(25, msgpack.ExtType(5, b"x"))),
     ("empty body", b""),
+    ("job id beyond SQLite's ints", raw(11, "c-1", [[1 << 63, 0, b"args", {}]])),
+    ("priority beyond SQLite's ints", raw(11, "c-1", [[1, (1 << 64) - 1, b"args", {}]])),
     ("deeply nested", b"\x91" * 5000 + b"\x00"),
 ]
 
