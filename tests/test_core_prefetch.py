@@ -119,6 +119,17 @@ def test_a_clusters_allowance_of_all_a_nodes_cpus_keeps_the_window(core: Schedul
     assert core.clusters["A"].busy_on == {"n1": 4}  # its 2 CPUs and a window of 2 sent ahead, as unrestricted
 
 
+def test_cutting_an_allowance_of_all_a_nodes_cpus_asks_back_what_was_sent_ahead(core: SchedulerCore) -> None:
+    step(core, opened("a", "A"), opened("b", "B"), submitted("a", "A", *range(1, 11)), queueing("n1", 2), now=0)
+    step(core, E.NodeCpusSet("a", "A", "host-n1", 2), started("n1", ("A", 1), ("A", 2)), now=1)
+    assert core.clusters["A"].busy_on == {"n1": 4}  # its 2 CPUs and the window
+    actions = step(core, E.NodeCpusSet("a", "A", "host-n1", 1), now=2)
+    [recall] = of(actions, A.RecallJobs)
+    assert recall.node == "n1" and recall.jobs == [JobRef("A", 3), JobRef("A", 4)]  # not the running ones
+    step(core, E.JobsReturned("n1", [JobRef("A", 3), JobRef("A", 4)]), now=3)
+    assert core.clusters["A"].busy_on == {"n1": 2}  # what runs; no more sent while it holds its allowance
+
+
 def test_an_operator_cap_closes_the_window_and_lifting_it_opens_it_again(core: SchedulerCore) -> None:
     step(core, opened("c1", "K"), submitted("c1", "K", *range(1, 21)), queueing("n1", 2), now=0)
     step(core, E.NodeCpusCapped("r1", "host-n1", 1), now=1)

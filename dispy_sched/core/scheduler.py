@@ -81,7 +81,8 @@ People see it queued until it starts (`status`: busy is running, queued
 includes waiting). A cluster allowed only some of a node's CPUs (its
 `nodes=` or `set_node_cpus`) is sent no more than those there, no window;
 one allowed all of them (a JobCluster's own node, say) is held by the
-node's window as any cluster is. A node the operator caps below what it offers
+node's window as any cluster is, and when its allowance is cut the node is
+asked back what it holds of that cluster and has not started. A node the operator caps below what it offers
 gets no window (it would run the window on CPUs the cap withholds), and a
 node drained, or capped below what it holds, is asked to give back what it
 has not started (`RecallJobs`); what it returns (`JobsReturned`) never ran
@@ -575,6 +576,9 @@ class SchedulerCore:
             cluster.node_cpus.clear()
         for node in self.nodes.values():
             self._place(cluster, node)
+            allowed = cluster.node_cpus.get(node.node_id, 0)
+            if cluster.restricted and allowed < node.cpus and cluster.busy_on.get(node.node_id, 0) > allowed:
+                self._recall(node, cluster.cluster_id)  # what the node's window held of it, allowed all its CPUs
         self._end_if_nowhere(cluster)
 
     @_handles(E.ResetupRequested)
@@ -853,11 +857,16 @@ class SchedulerCore:
             if cluster and job and job.state is JobState.RUNNING and job.node == node_id and not job.started:
                 yield cluster, job
 
-    def _recall(self, node: NodeRecord) -> None:
-        """Asks `node` to give back the jobs it was sent ahead and has not started (drained, or capped)."""
+    def _recall(self, node: NodeRecord, cluster_id: str | None = None) -> None:
+        """Asks `node` to give back the jobs it was sent ahead and has not started (drained, or capped; or those
+        of `cluster_id` alone, its allowance there cut below what it holds)."""
         if node.waiting:
-            refs = [JobRef(c, j) for c, j in sorted(node.jobs) if not self.clusters[c].jobs[j].started]
-            self._out.immediate.append(A.RecallJobs(node.node_id, refs))
+            refs = [
+                JobRef(c, j) for c, j in sorted(node.jobs)
+                if (cluster_id is None or c == cluster_id) and not self.clusters[c].jobs[j].started
+            ]  # fmt: skip
+            if refs:
+                self._out.immediate.append(A.RecallJobs(node.node_id, refs))
 
     @_handles(E.FilesArrived)
     def _on_files_arrived(self, ev: E.FilesArrived) -> None:
