@@ -107,8 +107,9 @@ logger = logging.getLogger(__name__)
 #: seconds an idle worker has to take a job's start record when it does not fit the socket's buffer
 _HAND_TIMEOUT = 10.0
 #: seconds a worker stopped between its job's run and the end it tells has to tell it (`WorkerPool.hold`): it
-#: runs only this module's code meanwhile, and the zygote waits
-_END_TIMEOUT = 2.0
+#: runs only this module's code meanwhile, microseconds unless starved of CPU, and the zygote waits; a worker
+#: retired at this bound loses the result of a job that ran to its end
+_END_TIMEOUT = 10.0
 #: reads of a worker's socket per wakeup: a job flooding provisional results must not keep the zygote
 _BURST = 16
 _READ = fdio.READ_SIZE  # bytes per read of a worker's socket
@@ -334,12 +335,7 @@ class WorkerPool:
         run twice.
         """
         worker = self._busy.get(pid)
-        if worker is None or worker.closed:
-            return False
-        try:
-            os.kill(pid, signal.SIGSTOP)
-            os.waitid(os.P_PID, pid, os.WSTOPPED | os.WEXITED | os.WNOWAIT)  # stopped (or dead), not reaped
-        except (ChildProcessError, ProcessLookupError):
+        if worker is None or worker.closed or not self._stop(pid):
             return False
         job_id = worker.job_id
         worker.read(all_there_is=True)  # all it wrote (it writes nothing more while stopped), not a burst: an
@@ -368,6 +364,13 @@ class WorkerPool:
         while worker.job_id == job_id and not worker.closed:
             left = deadline - time.monotonic()
             if left <= 0:
+                # a last look, the worker stopped: an end it wrote in full is all in the socket (and the job it
+                # chose after it may run); retired only without one, its job handed ahead not started
+                if self._stop(worker.pid):
+                    worker.read(all_there_is=True)
+                    if worker.job_id != job_id or worker.closed:
+                        self.resume(worker.pid)
+                        return
                 logger.warning("worker %d did not tell the end of job %d it ran; retired", worker.pid, job_id)
                 self._busy.pop(worker.pid, None)
                 self._retire(worker)  # (its job ends once it is reaped, as if it died)
@@ -387,6 +390,16 @@ class WorkerPool:
         worker = next((w for w in self._busy.values() if job_id in w.ahead), None)
         if worker is not None and self.hold(worker.pid):
             self.resume(worker.pid)
+
+    @staticmethod
+    def _stop(pid: int) -> bool:
+        """SIGSTOPs a worker and waits until it is stopped (or dead, not reaped); False: it is gone."""
+        try:
+            os.kill(pid, signal.SIGSTOP)
+            os.waitid(os.P_PID, pid, os.WSTOPPED | os.WEXITED | os.WNOWAIT)
+        except (ChildProcessError, ProcessLookupError):
+            return False
+        return True
 
     @staticmethod
     def resume(pid: int) -> None:
