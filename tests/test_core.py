@@ -958,7 +958,11 @@ class CoreMachine(RuleBasedStateMachine):
         options = {"runtime": {"python": "3.11", "cloudpickle": "3.1.3"}} if states_runtime else None
         actions = self.apply(opened(client, cid, user, reentrant=reentrant, options=options))
         if A.ConfirmOpened(client, cid, False) not in actions:  # beyond dave's max_clusters or bytes
-            assert user == "dave" and [r.code for r in of(actions, A.Reject)] == [ErrorCode.LIMIT]
+            rejects = of(actions, A.Reject)
+            assert user == "dave" and [r.code for r in rejects if r.ref == cid] == [ErrorCode.LIMIT]
+            # and in the same call maybe dave's other clusters told of the pause at max_held_bytes (the results
+            # of a cancel under way, a slice per call, crossing it)
+            assert all(r.code == ErrorCode.LIMIT and self.clusters.get(r.ref) == "dave" for r in rejects)
             del self.attached[cid], self.clusters[cid], self.reentrant[cid]
 
     @precondition(lambda self: self.attached_clusters())
