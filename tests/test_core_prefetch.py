@@ -130,6 +130,15 @@ def test_cutting_an_allowance_of_all_a_nodes_cpus_asks_back_what_was_sent_ahead(
     assert core.clusters["A"].busy_on == {"n1": 2}  # what runs; no more sent while it holds its allowance
 
 
+def test_a_node_offering_fewer_cpus_asks_back_what_is_beyond_an_all_but_n_allowance(core: SchedulerCore) -> None:
+    nodes = [{"host": "host-n1", "ip_addr": "host-n1", "port": 0, "cpus": -2}]  # all of its CPUs but 2
+    step(core, opened("a", "A", options={"nodes": nodes}), submitted("a", "A", *range(1, 21)), queueing("n1", 8), now=0)
+    step(core, started("n1", ("A", 1), ("A", 2)), now=1)
+    assert core.clusters["A"].busy_on == {"n1": 6}
+    [recall] = of(step(core, E.NodeReported("n1", {"cpus": 4}), now=2), A.RecallJobs)  # 2 allowed now
+    assert recall.node == "n1" and recall.jobs == [JobRef("A", j) for j in (3, 4, 5, 6)]
+
+
 def test_an_operator_cap_closes_the_window_and_lifting_it_opens_it_again(core: SchedulerCore) -> None:
     step(core, opened("c1", "K"), submitted("c1", "K", *range(1, 21)), queueing("n1", 2), now=0)
     step(core, E.NodeCpusCapped("r1", "host-n1", 1), now=1)

@@ -576,9 +576,7 @@ class SchedulerCore:
             cluster.node_cpus.clear()
         for node in self.nodes.values():
             self._place(cluster, node)
-            allowed = cluster.node_cpus.get(node.node_id, 0)
-            if cluster.restricted and allowed < node.cpus and cluster.busy_on.get(node.node_id, 0) > allowed:
-                self._recall(node, cluster.cluster_id)  # what the node's window held of it, allowed all its CPUs
+            self._fit_allowance(cluster, node)
         self._end_if_nowhere(cluster)
 
     @_handles(E.ResetupRequested)
@@ -785,10 +783,20 @@ class SchedulerCore:
             return
         node.cpus = cpus  # fewer than it runs: none is stopped, no new one starts until they are fewer
         self._update_free(node)
-        if node.busy > node.cpus + node.window:  # what it holds beyond may not start there
+        recalled = node.busy > node.cpus + node.window
+        if recalled:  # what it holds beyond may not start there
             self._recall(node)
         for cluster in self.clusters.values():  # "all CPUs but N" moves with them
             self._place(cluster, node)
+            if not recalled:
+                self._fit_allowance(cluster, node)
+
+    def _fit_allowance(self, cluster: ClusterRecord, node: NodeRecord) -> None:
+        """Asks `node` back what it holds of `cluster` and has not started, if that is beyond an allowance just cut
+        (by its client, or by the node's offer where it is all CPUs but N)."""
+        allowed = cluster.node_cpus.get(node.node_id, 0)
+        if cluster.restricted and allowed < node.cpus and cluster.busy_on.get(node.node_id, 0) > allowed:
+            self._recall(node, cluster.cluster_id)
 
     @_handles(E.ResultsArrived)
     def _on_results_arrived(self, ev: E.ResultsArrived) -> None:
