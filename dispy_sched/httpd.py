@@ -26,6 +26,7 @@ import binascii
 import hashlib
 import hmac
 import logging
+import math
 import os
 import secrets
 import ssl
@@ -39,6 +40,7 @@ from aiohttp import web
 from dispy_wire.discovery import Throttle
 from dispy_wire.errors import ErrorCode
 from dispy_wire.handshake import Role
+from dispy_wire.schema import INT_MIN, INT_MAX
 from dispy_wire.tls import is_loopback
 from dispy_wire.verifier import Verifier
 
@@ -371,6 +373,8 @@ async def _number(request: web.Request, key: str, kind: type[int] | type[float])
     value = body.get(key) if isinstance(body, dict) else None
     if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
         raise ApiError(400, "bad-request", f'the body must be a JSON object such as {{"{key}": 2}}; got {body!r:.200}')
+    if not (INT_MIN <= value <= INT_MAX and math.isfinite(value)):  # what the journal's columns hold
+        raise ApiError(400, "bad-request", f"{key} out of range: {value!r:.50}")
     return value
 
 

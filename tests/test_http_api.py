@@ -249,6 +249,9 @@ def test_bad_requests_get_typed_json_errors(cluster: Cluster) -> None:
     assert http.call("POST", "/api/v1/jobs/K/1/cancel") == (404, {"error": "unknown-cluster", "message": "no cluster K"})
     assert http.call("POST", "/api/v1/nodes/node/cpus", body={"cpus": "two"})[1]["error"] == "bad-request"
     assert http.call("POST", "/api/v1/nodes/node/cpus", body=[1])[1]["error"] == "bad-request"
+    for key, path, value in (("cpus", "nodes/node/cpus", 10**400), ("share", "users/alice/share", float("inf"))):
+        status, error = http.call("POST", f"/api/v1/{path}", body={key: value})  # beyond what the journal holds
+        assert (status, error["error"]) == (400, "bad-request") and error["message"].startswith(f"{key} out of range")
     assert http.call("POST", "/api/v1/users/alice/share", body={"share": -1})[1]["error"] == "bad-request"
     assert http.call("POST", "/api/v1/nodes/elsewhere/cpus", body={"cpus": 1}) == (
         400, {"error": "bad-request", "message": "no node elsewhere is connected"},
