@@ -73,11 +73,6 @@ class AccountingStore(Protocol):
     def close(self) -> None: ...
 
 
-def rows(ends: list[JobEnd]) -> list[JobEnd]:
-    """The records as rows of `COLUMNS` (both stores): each record is one already."""
-    return ends
-
-
 class SqliteAccounting:
     """The `job_ends` table of the SQLite state database at `path`.
 
@@ -95,7 +90,7 @@ class SqliteAccounting:
     def record(self, ends: list[JobEnd]) -> None:
         with self._db:
             self._db.execute("BEGIN")
-            self._db.executemany(INSERT_ENDS, rows(ends))
+            self._db.executemany(INSERT_ENDS, ends)  # a record is its row
 
     def prune(self, before: float) -> int:
         with self._db:

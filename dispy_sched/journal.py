@@ -23,10 +23,11 @@ fsync (`NORMAL` for that commit) and is made durable by the next commit
 that has one (in WAL mode that fsync covers every earlier frame). Not
 `OFF`: a checkpoint such a commit sets off would then copy the WAL into the
 database file without syncing it, and the WAL, begun anew by the next
-commit, would no longer hold what a power loss took from that file. Lost to a power failure, it would leave
-results held that were collected already: after the restart they are sent
-again, as a result whose acknowledgement was lost on the wire is, and the
-client keeps the first. One fsync fewer per acknowledged batch.
+commit, would no longer hold what a power loss took from that file. Lost to
+a power failure, it would leave results held that were collected already:
+after the restart they are sent again, as a result whose acknowledgement
+was lost on the wire is, and the client keeps the first. One fsync fewer
+per acknowledged batch.
 
 Held results live here, not in the scheduler's memory: `load` gives back
 each done job's result size, not its bytes, and the shell reads a result
@@ -62,7 +63,7 @@ import msgpack
 
 from dispy_wire.messages import JobResult, pack_result
 
-from .accounting import INSERT_ENDS, AccountingStore, SqliteAccounting, rows
+from .accounting import INSERT_ENDS, AccountingStore, SqliteAccounting
 from .core.actions import JobEnd, Persist
 from .core.persist import ClusterRow, JobRow, SettingRow
 from .core.state import result_cost
@@ -297,7 +298,7 @@ class SqliteJournal:
         db.execute("BEGIN")
         try:
             if ends:  # the accounting records of the turn, in its commit (the table is `SqliteAccounting`'s)
-                db.executemany(INSERT_ENDS, rows(ends))
+                db.executemany(INSERT_ENDS, ends)
             if changes.clusters:
                 db.executemany(
                     "INSERT INTO clusters VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(cluster_id) DO UPDATE SET "

@@ -38,7 +38,7 @@ import psycopg
 
 from dispy_wire.messages import JobResult
 
-from .accounting import COLUMNS, rows
+from .accounting import COLUMNS
 from .core.actions import JobEnd, Persist
 from .core.persist import ClusterRow, JobRow, SettingRow
 from .core.state import result_cost
@@ -262,7 +262,7 @@ class PgStore:
 
     def record(self, ends: list[JobEnd]) -> None:
         """Adds accounting records, fenced and retried as `write` is (same errors)."""
-        self._fenced(lambda cur: cur.executemany(f"INSERT INTO job_ends ({COLUMNS}) VALUES ({_MARKS})", rows(ends)))
+        self._fenced(lambda cur: cur.executemany(f"INSERT INTO job_ends ({COLUMNS}) VALUES ({_MARKS})", ends))
 
     def prune(self, before: float) -> int:
         gone: list[int] = []

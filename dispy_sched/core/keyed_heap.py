@@ -2,14 +2,14 @@
 
 Theory of operation
 -------------------
-`heapq` cannot re-key an entry in place, so every `set` pushes a fresh
-(key, tick, item) entry and records (key, tick) as the item's current one;
-older entries of that item become stale and are skipped (and dropped) when
-they reach the top. The exception is the top item's own entry (the core
-re-keys the cluster and user it just gave a CPU): `heapreplace` moves it. `discard` only forgets the current entry. When stale
-entries outnumber live ones, the heap is rebuilt from the live ones, so its
-size stays within a constant factor of the live items and every operation is
-O(log n) amortized.
+`heapq` cannot re-key an entry in place, so every `set` pushes a fresh (key,
+tick, item) entry and records (key, tick) as the item's current one; older
+entries of that item become stale and are skipped (and dropped) when they reach
+the top. The exception is the top item's own entry (the core re-keys the
+cluster and user it just gave a CPU): `heapreplace` moves it. `discard` only
+forgets the current entry. When stale entries outnumber live ones, the heap is
+rebuilt from the live ones, so its size stays within a constant factor of the
+live items and every operation is O(log n) amortized.
 
 `ordered()` walks the live items in key order without popping anything (a
 second small heap over the positions of the first), for the rare searches
