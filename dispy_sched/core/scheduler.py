@@ -82,11 +82,12 @@ includes waiting). A cluster allowed only some of a node's CPUs (its
 `nodes=` or `set_node_cpus`) is sent no more than those there, no window;
 one allowed all of them (a JobCluster's own node, say) is held by the
 node's window as any cluster is, and when its allowance is cut the node is
-asked back what it holds of that cluster and has not started. A node the operator caps below what it offers
-gets no window (it would run the window on CPUs the cap withholds), and a
-node drained, or capped below what it holds, is asked to give back what it
-has not started (`RecallJobs`); what it returns (`JobsReturned`) never ran
-and is queued again, reentrant or not.
+asked back what it holds of that cluster and has not started. A node the
+operator caps below what it offers gets no window (it would run the window
+on CPUs the cap withholds), and a node drained, or capped below what it
+holds, is asked to give back what it has not started (`RecallJobs`); what
+it returns (`JobsReturned`) never ran and is queued again, reentrant or
+not.
 
 Adaptive window: with `CoreConfig.prefetch_max` above `prefetch`, the
 window per CPU is sized from how long jobs run (`window.py`): enough for
@@ -794,8 +795,8 @@ class SchedulerCore:
     def _fit_allowance(self, cluster: ClusterRecord, node: NodeRecord) -> None:
         """Asks `node` back what it holds of `cluster` and has not started, if that is beyond an allowance just cut
         (by its client, or by the node's offer where it is all CPUs but N)."""
-        allowed = cluster.node_cpus.get(node.node_id, 0)
-        if cluster.restricted and allowed < node.cpus and cluster.busy_on.get(node.node_id, 0) > allowed:
+        cap = cluster.cap_on(node.node_id, node.cpus)
+        if cap is not None and cluster.busy_on.get(node.node_id, 0) > cap:
             self._recall(node, cluster.cluster_id)
 
     @_handles(E.ResultsArrived)
@@ -1313,8 +1314,7 @@ class SchedulerCore:
             node = self.nodes[node_id]
             cluster = self.ready.choose(
                 lambda c: (not c.failed_on or node_id not in c.failed_on)
-                and (not c.restricted or c.busy_on.get(node_id, 0) < (allowed := c.node_cpus.get(node_id, 0))
-                     or allowed >= node.cpus)  # all of its CPUs: the node's window holds it, as it holds others
+                and ((cap := c.cap_on(node_id, node.cpus)) is None or c.busy_on.get(node_id, 0) < cap)
                 and (c.unpinned is None or c.runnable_on(node.name, *node.addresses))
                 and (not c.resetting or node_id not in c.resetting)
             )

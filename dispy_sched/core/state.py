@@ -140,6 +140,14 @@ class ClusterRecord:
         """Whether the cluster may use only some nodes, or only some CPUs of them."""
         return self.placement is not None or self.ask_client or bool(self.overrides)
 
+    def cap_on(self, node_id: str, cpus: int) -> int | None:
+        """The most jobs of it a node of `cpus` CPUs may hold, sent ahead included; None: as many as the node's
+        window takes (unrestricted, or allowed all of its CPUs, as a JobCluster's own node is)."""
+        if not self.restricted:
+            return None
+        allowed = self.node_cpus.get(node_id, 0)
+        return None if allowed >= cpus else allowed
+
     def push(self, job: JobRecord) -> None:
         entry = (-job.priority, job.seq, job.job_id)
         heapq.heappush(self.queue, entry)
