@@ -109,20 +109,20 @@ class Capture(PipeReader):
 class Relay(PipeReader):
     """A reused worker's stdout or stderr pipe (kept open across its jobs), cut into its jobs' outputs.
 
-    At the end of a job followed at once by the next (handed ahead) the
-    worker writes `marker` (random bytes only it and its zygote know) to the
-    pipe, before it tells the end on its socket and starts its next job. So
-    the pipe reads as: the current job's output, marker, the next job's,
-    marker, ... (A worker that starts nothing at once writes no marker: the
-    zygote takes what the pipe holds, all of the job's output, `end_job`;
-    should a job handed ahead come after that end, the worker writes the
-    marker before it starts it, `next_job`'s `late`.) What comes before the
-    first marker not yet passed goes to `target` (the current job's capture; None between
-    jobs: the worker's own messages, to the zygote's stderr, the node's
-    log); what comes after it is held (`_held`, one list per job to come)
-    until the zygote, told the job's end, passes the marker (`end_job`) and
-    names the next job's capture (`next_job`). The worker need not wait for
-    the zygote between jobs, whenever the zygote reads the pipe.
+    At the end of a job followed at once by the next (handed ahead) the worker
+    writes `marker` (random bytes only it and its zygote know) to the pipe,
+    before it tells the end on its socket and starts its next job. So the pipe
+    reads as: the current job's output, marker, the next job's, marker, ... (A
+    worker that starts nothing at once writes no marker: the zygote takes what
+    the pipe holds, all of the job's output, `end_job`; should a job handed
+    ahead come after that end, the worker writes the marker before it starts
+    it, `next_job`'s `late`.) What comes before the first marker not yet passed
+    goes to `target` (the current job's capture; None between jobs: the
+    worker's own messages, to the zygote's stderr, the node's log); what comes
+    after it is held (`_held`, one list per job to come) until the zygote, told
+    the job's end, passes the marker (`end_job`) and names the next job's
+    capture (`next_job`). The worker need not wait for the zygote between jobs,
+    whenever the zygote reads the pipe.
     """
 
     __slots__ = ("target", "marker", "_held", "_tail", "_due")

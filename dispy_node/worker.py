@@ -338,8 +338,9 @@ class WorkerPool:
         if worker is None or worker.closed or not self._stop(pid):
             return False
         job_id = worker.job_id
-        worker.read(all_there_is=True)  # all it wrote (it writes nothing more while stopped), not a burst: an
-        if worker.closed or self._busy.get(pid) is not worker or worker.job_id != job_id:  # end told is seen
+        # all it wrote (it writes nothing more while stopped), not a burst: an end it told is seen
+        worker.read(all_there_is=True)
+        if worker.closed or self._busy.get(pid) is not worker or worker.job_id != job_id:
             self.resume(pid)
             return False
         if _RAN.unpack_from(worker.ran)[0] == job_id:  # (its memory, as it was when it stopped)
@@ -575,8 +576,7 @@ def _serve(
         inbox = _Inbox(conn)
         while inbox.wait():
             if inbox.unmarked:  # a job handed ahead that came after the last end was told without the markers:
-                for fd in output:  # they go before it
-                    fdio.write_all(fd, marker)
+                _mark(output, marker)  # they go before it
             start = inbox.starts.popleft()
             _RAN.pack_into(ran, 0, -1)  # (were a job's id to come again, its run must not read as its end)
             record, entered = _run_one(code, start, sock, name, keep_files)
@@ -585,9 +585,8 @@ def _serve(
             inbox.take(block=False)  # the next job, if the zygote handed it ahead, or a hold
             recycle = grown or not entered or inbox.held or _has_children()
             after = inbox.starts[0].job_id if inbox.starts and not recycle else None
-            if after is not None:  # it writes on before the zygote reads: a marker ends this job's output
-                for fd in output:  # after all the job wrote (`seal` flushed it), before its end is told
-                    fdio.write_all(fd, marker)  # (less than PIPE_BUF: in one piece whatever else writes there)
+            if after is not None:  # it writes on before the zygote reads: a marker ends this job's output,
+                _mark(output, marker)  # after all the job wrote (`seal` flushed it), before its end is told
             inbox.unmarked = after is None  # (the zygote takes what the pipes hold at this end)
             end = {"kind": "end", "job": start.job_id, "recycle": recycle, "record": record, "next": after}
             channel.write_frame(sock, msgpack.packb(end, use_bin_type=True))
@@ -605,6 +604,13 @@ def _serve(
             pass
     finally:
         os._exit(status)
+
+
+def _mark(output: tuple[int, int], marker: bytes) -> None:
+    """Writes the marker between two jobs' output to both pipes (less than PIPE_BUF: in one piece whatever else
+    writes there)."""
+    for fd in output:
+        fdio.write_all(fd, marker)
 
 
 class _Inbox:
