@@ -51,8 +51,11 @@ and a worker that ran its job to its end but has not told it whole (stopped
 as it writes it) may have chosen to start the job handed ahead already: it
 wrote the id of the job it ran (`ran`, memory it shares with the zygote, so
 no system call per job) before it looked for the next, and the zygote then
-waits for the end, which says what it started, instead of telling it to
-hold. A job handed
+lets the end come, which says what it started, instead of telling it to
+hold: the job was not killed, it ended. The zygote does not wait for that
+end (a worker starved of CPU may take long to write it) but asks again
+`END_TIMEOUT` seconds later; a worker that has not told it by then is
+retired, and its job ends killed. A job handed
 ahead that is cancelled, withdrawn or started elsewhere is taken back the
 same way (`take_back`): its worker goes after its current job. A worker that
 dies during a job (os._exit, a segfault, the CPU limit) ends that job as a
@@ -89,6 +92,7 @@ import traceback
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, NoReturn
 
 import msgpack
@@ -106,10 +110,10 @@ logger = logging.getLogger(__name__)
 
 #: seconds an idle worker has to take a job's start record when it does not fit the socket's buffer
 _HAND_TIMEOUT = 10.0
-#: seconds a worker stopped between its job's run and the end it tells has to tell it (`WorkerPool.hold`): it
-#: runs only this module's code meanwhile, microseconds unless starved of CPU, and the zygote waits; a worker
-#: retired at this bound loses the result of a job that ran to its end
-_END_TIMEOUT = 10.0
+#: seconds a worker caught between its job's run and the end it tells has to tell it (`WorkerPool.hold`): it
+#: runs only this module's code meanwhile, microseconds unless starved of CPU or stopped; one retired at this
+#: bound loses the result of a job that ran to its end (the zygote goes on meanwhile)
+END_TIMEOUT = 60.0
 #: reads of a worker's socket per wakeup: a job flooding provisional results must not keep the zygote
 _BURST = 16
 _READ = fdio.READ_SIZE  # bytes per read of a worker's socket
@@ -129,6 +133,14 @@ _GO_FRAME = encode_frame(_GO)
 _MARKER_SIZE = 16
 #: the id of the last job a worker ran to its end, in memory it shares with its zygote (`WorkerPool.hold`)
 _RAN = struct.Struct("q")
+
+
+class Hold(Enum):
+    """What `WorkerPool.hold` found in a worker about to be signalled for its job."""
+
+    HELD = "held"  # its job runs on: the worker is stopped and told to run nothing after it; signal, then resume
+    ENDING = "ending"  # its job ran to its end, which it is telling: no signal; ask again at `END_TIMEOUT`
+    NONE = "none"  # nothing to hold: its job's end was read, or the worker is gone (retired: its job ends killed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +173,7 @@ class _Worker:
     ahead_sizes: deque[int] = field(default_factory=deque)  # their frames' sizes
     pending: list[bytes] = field(default_factory=list)  # frames of jobs handed ahead this turn (`send_ahead`)
     held: bool = False  # told to run nothing after its current job (`hold`)
+    end_due: tuple[int, float] | None = None  # (job, monotonic deadline): the end of a job it ran is awaited
     owes_go: bool = False  # idle after an end without markers: `_GO` goes with the next job given to it
     closed: bool = False
     _decoder: FrameDecoder = field(default_factory=lambda: FrameDecoder(max_size=zp.MAX_REPLY, expect_preamble=False))
@@ -323,73 +336,51 @@ class WorkerPool:
                 frames, worker.pending = worker.pending, []
                 self._hand(worker, b"".join(frames))  # (if it cannot take them, it is retired: they come back)
 
-    def hold(self, pid: int) -> bool:
+    def hold(self, pid: int) -> Hold:
         """Before the zygote signals the job a worker runs: stops the worker (SIGSTOP) and takes all it sent,
         so that a job end it told is known; if its job still runs, tells it to run nothing after it (`_HOLD`,
-        read before it could start another) and returns True, the worker still stopped: the caller signals it,
-        then `resume`s it. False (the worker running again): its job ended meanwhile, or it is gone.
+        read before it could start another) and returns `Hold.HELD`, the worker still stopped: the caller
+        signals it, then `resume`s it. Otherwise the worker runs again: `Hold.NONE` if its job ended meanwhile
+        or it is gone.
 
         A job that ran to its end (`ran`) whose end is not all in the socket yet (the worker was stopped before
-        or while it wrote it) is waited for (`_await_end`): the worker may have chosen to start the job handed
-        ahead, and only its end says so; a `_HOLD` now would come too late for it, the job given back would
-        run twice.
+        or while it wrote it) is not killed: the worker may have chosen to start the job handed ahead, and only
+        its end says so; a `_HOLD` now would come too late for it, the job given back would run twice. The
+        loop reads that end as any other (`Hold.ENDING`); asked again `END_TIMEOUT` seconds later, with no
+        end yet, the worker is retired (`Hold.NONE`).
         """
         worker = self._busy.get(pid)
         if worker is None or worker.closed or not self._stop(pid):
-            return False
+            return Hold.NONE
         job_id = worker.job_id
         # all it wrote (it writes nothing more while stopped), not a burst: an end it told is seen
         worker.read(all_there_is=True)
         if worker.closed or self._busy.get(pid) is not worker or worker.job_id != job_id:
             self.resume(pid)
-            return False
-        if _RAN.unpack_from(worker.ran)[0] == job_id:  # (its memory, as it was when it stopped)
+            return Hold.NONE
+        if job_id is not None and _RAN.unpack_from(worker.ran)[0] == job_id:  # (its memory, as it stopped)
+            now = time.monotonic()
+            if worker.end_due is None or worker.end_due[0] != job_id:
+                worker.end_due = (job_id, now + END_TIMEOUT)
+            elif now >= worker.end_due[1]:  # stopped, all it sent read: no end
+                logger.warning("worker %d did not tell the end of job %d it ran; retired", pid, job_id)
+                del self._busy[pid]
+                self._retire(worker)  # (its job ends once it is reaped; its job handed ahead did not start)
+                return Hold.NONE
             self.resume(pid)
-            self._await_end(worker, job_id)
-            return False
+            return Hold.ENDING
         if not worker.held:
             worker.held = True
             if not self._hand(worker, encode_frame(_HOLD)):
-                return True  # retired (SIGKILL): its job ends with the caller's verdict once it is reaped
+                return Hold.HELD  # retired (SIGKILL): its job ends with the caller's verdict once it is reaped
             self._give_back(worker)  # they will not start there: they take other places
-        return True
-
-    def _await_end(self, worker: _Worker, job_id: int | None) -> None:
-        """Until the worker told the end of its job, which it ran to its end: it runs no job's code until then
-        but may wait for us to read its pipes and socket (a large record, output), so these are read here. One
-        that does not get there is retired (its job handed ahead did not start: it starts after the end)."""
-        fds = select.poll()
-        for fd in (worker.sock.fileno(), worker.out.fd, worker.err.fd):
-            fds.register(fd, select.POLLIN)
-        deadline = time.monotonic() + _END_TIMEOUT
-        while worker.job_id == job_id and not worker.closed:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                # a last look, the worker stopped: an end it wrote in full is all in the socket (and the job it
-                # chose after it may run); retired only without one, its job handed ahead not started
-                if self._stop(worker.pid):
-                    worker.read(all_there_is=True)
-                    if worker.job_id != job_id or worker.closed:
-                        self.resume(worker.pid)
-                        return
-                logger.warning("worker %d did not tell the end of job %d it ran; retired", worker.pid, job_id)
-                self._busy.pop(worker.pid, None)
-                self._retire(worker)  # (its job ends once it is reaped, as if it died)
-                return
-            for fd, _ in fds.poll(left * 1000):
-                if worker.job_id != job_id or worker.closed:  # its end was read (or it was retired): done
-                    break
-                if fd == worker.sock.fileno():
-                    if not worker.read():
-                        return  # it died: its job ends once it is reaped (`lost`)
-                elif not (worker.out if fd == worker.out.fd else worker.err).read():
-                    fds.unregister(fd)
+        return Hold.HELD
 
     def take_back(self, job_id: int) -> None:
         """A job handed ahead is wanted back (killed, withdrawn): its worker is told to hold (it goes after its
         current job) and the job comes back through `on_back`, unless it started meanwhile (`on_next`)."""
         worker = next((w for w in self._busy.values() if job_id in w.ahead), None)
-        if worker is not None and self.hold(worker.pid):
+        if worker is not None and self.hold(worker.pid) is Hold.HELD:
             self.resume(worker.pid)
 
     @staticmethod
@@ -446,7 +437,7 @@ class WorkerPool:
             return
         worker.took_output(marked=after is not None)  # (a worker that starts its next job at once marks the end)
         del self._busy[worker.pid]
-        worker.job_id = None
+        worker.job_id, worker.end_due = None, None
         worker.jobs += 1
         clean = self._on_done(job_id, record)
         if clean and not recycle and not worker.held and worker.jobs < self._policy.max_jobs:

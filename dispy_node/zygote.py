@@ -92,6 +92,7 @@ class _Timer(Enum):
     SIGTERM = "sigterm"  # a cancelled job's time to answer its SIGINT is up
     SIGKILL = "sigkill"  # the grace after SIGTERM is up
     RECHECK = "recheck"  # is the dying tree gone yet?
+    ENDING = "ending"  # a worker's job asked to be killed as it ended: has the end come (`WorkerPool.hold`)?
 
 
 @dataclass(slots=True)
@@ -115,6 +116,8 @@ class _Job:
     interrupted: bool = False  # cancelled, SIGINT sent, no SIGTERM yet
     recheck: float = _RECHECK_FIRST
     record: dict[str, Any] | None = None  # what its worker sent as its record (a forked job's is in `res`)
+    #: a kill (status, text, type, interrupt) asked as it ended in its worker: asked again if the end does not come
+    asked: tuple[JobStatus, str, str, bool] | None = None
 
 
 class Zygote:
@@ -587,11 +590,17 @@ class Zygote:
         """
         if job.verdict is not None or job.wait_status is not None:
             return  # killed already, or it ended by itself: its outcome stands, what it left is being SIGKILLed
-        held = job.res < 0 and self._workers is not None and self._workers.hold(job.pid)  # (see WorkerPool.hold)
+        held = worker.Hold.NONE
+        if job.res < 0 and self._workers is not None:
+            held = self._workers.hold(job.pid)  # (see WorkerPool.hold)
         if self._jobs.get(job.job_id) is not job or job.wait_status is not None or job.verdict is not None:
-            if held:
+            if held is worker.Hold.HELD:
                 worker.WorkerPool.resume(job.pid)
             return  # in a worker, it ended meanwhile: its end was read just now
+        if held is worker.Hold.ENDING:  # it ran to its end, which is on its way: not killed, unless it does not come
+            job.asked = (status, text, kind, interrupt)
+            self._at(time.monotonic() + worker.END_TIMEOUT, _Timer.ENDING, job)
+            return
         try:
             job.verdict = (status, text, kind)
             if interrupt:
@@ -601,7 +610,7 @@ class Zygote:
                 return
             self._terminate(job)
         finally:
-            if held:
+            if held is worker.Hold.HELD:
                 worker.WorkerPool.resume(job.pid)
 
     def _terminate(self, job: _Job) -> None:
@@ -661,6 +670,10 @@ class Zygote:
             elif what is _Timer.SIGKILL:
                 job.hard = True
                 self._signal_tree(job, signal.SIGKILL)
+            elif what is _Timer.ENDING:
+                if job.asked is not None and job.verdict is None and job.wait_status is None:
+                    status, text, kind, interrupt = job.asked
+                    self._kill(job, status, text, kind, interrupt)
             else:
                 self._reap()
                 self._try_finish(job)

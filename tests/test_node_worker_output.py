@@ -25,11 +25,11 @@ from typing import Any
 import pytest
 from waiting import wait_until
 
-from dispy_node import channel, job_process, workdir
+from dispy_node import channel, job_process, workdir, worker
 from dispy_node import zygote_protocol as zp
 from dispy_node.capture import Kept, PipeReader
 from dispy_node.limits import Limits
-from dispy_node.worker import WorkerPool
+from dispy_node.worker import Hold, WorkerPool
 from dispy_wire.payload import dumps
 from dispy_wire.result_mac import new_key
 
@@ -178,9 +178,26 @@ def test_a_job_taken_back_while_its_worker_writes_the_end_that_starts_it_runs_th
     let_go.touch()  # its 4 MiB record does not fit the socket: the worker, which chose to start job 2 after it,
     wait_until(lambda: waits_to_write(pid), what="the worker blocked in writing the first job's end")  # waits
     teller.pool.take_back(2)  # too late: the worker starts it once its end is written
-    assert teller.back == []
+    assert teller.back == [] and 1 not in teller.ended  # not waited for: the loop reads the end as it comes
     wait_until(lambda: teller.turn() or 2 in teller.ended, what="the second job's end")
     assert ran.exists() and len(teller.ended[1]["result"]) > 4 << 20
+
+
+def test_a_worker_that_does_not_tell_the_end_of_a_job_it_ran_is_retired_when_asked_again_after_its_deadline(
+    teller: Zygote, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(worker, "END_TIMEOUT", 0.0)  # (the deadline is up when it is asked again)
+    let_go, ran = tmp_path / "let-go", tmp_path / "ran-2"
+    pid = teller.pool.run(teller.start(1, str(tmp_path / "ran-1"), str(let_go), 0, 4 << 20), *teller.captures[1])
+    assert teller.pool.hand_ahead(teller.start(2, str(ran), "", 0, 0), lambda job_id: True)
+    teller.pool.send_ahead()
+    let_go.touch()  # its 4 MiB end waits for a zygote that does not read it (a worker starved or stopped)
+    wait_until(lambda: waits_to_write(pid), what="the worker blocked in writing the first job's end")
+    assert teller.pool.hold(pid) is Hold.ENDING  # the job ran to its end: it is not killed, its end is awaited
+    assert teller.pool.hold(pid) is Hold.NONE  # asked again at the deadline with no end: the worker is retired
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+    assert teller.back == [2] and not ran.exists() and 1 not in teller.ended  # job 2 goes elsewhere
 
 
 def waits_to_write(pid: int) -> bool:
