@@ -571,7 +571,7 @@ def _serve(
             start = inbox.starts.popleft()
             _RAN.pack_into(ran, 0, -1)  # (were a job's id to come again, its run must not read as its end)
             record, entered = _run_one(code, start, sock, name, keep_files)
-            _RAN.pack_into(ran, 0, start.job_id)  # from here a `_HOLD` may come too late: the zygote waits for the end
+            _RAN.pack_into(ran, 0, start.job_id)  # from here a `_HOLD` may come too late: the zygote lets the end come
             grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024 > max_growth
             inbox.take(block=False)  # the next job, if the zygote handed it ahead, or a hold
             recycle = grown or not entered or inbox.held or _has_children()
