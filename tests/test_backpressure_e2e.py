@@ -163,7 +163,8 @@ def test_a_program_away_longer_than_the_retention_gets_its_jobs_abandoned_with_t
     scheduler = cluster.scheduler("--heartbeat", "0.5", "--result-retention", "2")
     cluster.node(cpus=2)
     client = cluster.client(CLIENT, args=["4", "10", "120", "/"])  # still running (or queued) when released
-    client.wait_for_line("submitted", timeout=60)
+    client.wait_for_line("submitted", timeout=60)  # (submitted by the program: its loop thread may still send them)
+    wait_until(lambda: in_journal(cluster) == 4, timeout=60, what="all 4 jobs accepted")
     with stopped(client):  # written off after 4 of its 2 s heartbeats, released 2 s later
         line = scheduler.wait_for_line(
             r"released cluster \S+ \((\S+)\) of user (\S+): its program was away for 2 s or more "
