@@ -245,6 +245,7 @@ def test_recover_jobs_leaves_unfinished_jobs_for_a_later_call(cluster: Cluster) 
 
         cluster = dispy.SharedJobCluster(compute, recover_file={str(recover_file)!r})
         quick, slow = cluster.submit(""), cluster.submit({str(release)!r})
+        cluster.scheduler_status()  # a round trip behind the submits: the scheduler has them
         print("submitted", flush=True)
         time.sleep(60)
         """
