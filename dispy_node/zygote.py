@@ -336,7 +336,8 @@ class Zygote:
         `_ahead_back`); a kill may end a job and start the one handed ahead after it: that is killed too."""
         for job_id in self._ahead:
             self._ahead_verdicts.setdefault(job_id, (status, text, ""))
-        while alive := [job for job in self._jobs.values() if job.verdict is None and job.wait_status is None]:
+        # (not those run to their end in their workers, whose ends come: `Hold.ENDING`)
+        while alive := [j for j in self._jobs.values() if j.verdict is None and j.wait_status is None and j.asked is None]:
             for job in alive:
                 self._kill(job, status, text, "")
             self._kill_deferred()
@@ -598,8 +599,9 @@ class Zygote:
                 worker.WorkerPool.resume(job.pid)
             return  # in a worker, it ended meanwhile: its end was read just now
         if held is worker.Hold.ENDING:  # it ran to its end, which is on its way: not killed, unless it does not come
-            job.asked = (status, text, kind, interrupt)
-            self._at(time.monotonic() + worker.END_TIMEOUT, _Timer.ENDING, job)
+            if job.asked is None:  # (the first kill asked stands, as a verdict does)
+                job.asked = (status, text, kind, interrupt)
+                self._at(time.monotonic() + worker.END_TIMEOUT, _Timer.ENDING, job)
             return
         try:
             job.verdict = (status, text, kind)
@@ -700,6 +702,8 @@ class Zygote:
         for job in ended:  # trees still dying are looked at again by their RECHECK timers
             if job.verdict is None or job.interrupted:  # what the job left running ends with it, now
                 job.hard = True  # (_try_finish sends the SIGKILL, once, if anything of it is left)
+            if job.verdict is None and job.asked is not None:  # its worker died before it told the end of the
+                job.verdict = job.asked[:3]  # job it ran (`Hold.ENDING`): the job ends as the kill said
             self._try_finish(job)
 
     def _try_finish(self, job: _Job) -> None:
