@@ -5,7 +5,9 @@ separate the two jobs' outputs, whether the zygote reads them with that end or a
 to it idle (after the zygote's `_GO`) starts without markers. And a job handed ahead that is taken back
 (`WorkerPool.take_back`, as a cancel or a free CPU does) either starts in its worker or comes back, never both,
 whether the zygote has not read the end before it (records queued ahead of it) or the worker is still writing
-that end (a large record) when the zygote stops it."""
+that end (a large record) when the zygote stops it. A kill that finds the worker writing that end does not wait
+for it (`Hold.ENDING`: the loop reads it as any other), unless asked again after `END_TIMEOUT`: then the worker
+is retired."""
 
 from __future__ import annotations
 
@@ -181,6 +183,20 @@ def test_a_job_taken_back_while_its_worker_writes_the_end_that_starts_it_runs_th
     assert teller.back == [] and 1 not in teller.ended  # not waited for: the loop reads the end as it comes
     wait_until(lambda: teller.turn() or 2 in teller.ended, what="the second job's end")
     assert ran.exists() and len(teller.ended[1]["result"]) > 4 << 20
+
+
+def test_a_worker_asked_again_before_its_deadline_still_tells_the_end_of_the_job_it_ran_and_starts_the_next(
+    teller: Zygote, tmp_path: Path
+) -> None:
+    let_go, ran = tmp_path / "let-go", tmp_path / "ran-2"
+    pid = teller.pool.run(teller.start(1, str(tmp_path / "ran-1"), str(let_go), 0, 4 << 20), *teller.captures[1])
+    assert teller.pool.hand_ahead(teller.start(2, str(ran), "", 0, 0), lambda job_id: True)
+    teller.pool.send_ahead()
+    let_go.touch()
+    wait_until(lambda: waits_to_write(pid), what="the worker blocked in writing the first job's end")
+    assert teller.pool.hold(pid) is Hold.ENDING and teller.pool.hold(pid) is Hold.ENDING  # (a second kill)
+    wait_until(lambda: teller.turn() or 2 in teller.ended, what="the second job's end")
+    assert ran.exists() and teller.back == [] and len(teller.ended[1]["result"]) > 4 << 20
 
 
 def test_a_worker_that_does_not_tell_the_end_of_a_job_it_ran_is_retired_when_asked_again_after_its_deadline(
