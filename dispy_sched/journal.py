@@ -12,7 +12,8 @@ into its records again (`StateRestored`).
 `SqliteJournal` is the store of a single scheduler: one SQLite file in the
 state directory, WAL mode, this process its only writer (the state
 directory's lock sees to that). A cluster's computation and depends are
-stored once, in its row; each job keeps its arguments until it ends and its
+stored once, in its row; each job keeps its arguments until it ends (in a
+table of their own: a dispatch rewrites the job's row, not them) and its
 result until the client acknowledges it; usage is written with each result
 that changes it, so fair-share history is exact after a kill -9. With
 `synchronous=FULL` (the default) a commit is on disk before the
@@ -74,8 +75,9 @@ FILENAME = "journal.sqlite3"
 #: the usage-only store of earlier versions, imported once
 OLD_USAGE_FILE = "usage.sqlite3"
 #: 2: jobs.result_size, so results stay on disk until a client takes them; 3: operator_settings, clusters.opened;
-#: 4: jobs.node_run, the run of the node's runner a job was sent to (a node of that run that does not report it never got it)
-SCHEMA_VERSION = 4
+#: 4: jobs.node_run, the run of the node's runner a job was sent to (a node of that run that does not report it never got it);
+#: 5: a job's arguments in a table of their own (`payloads`; jobs.payload stays NULL)
+SCHEMA_VERSION = 5
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS clusters (
@@ -95,7 +97,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     job_id INTEGER NOT NULL,
     priority INTEGER NOT NULL,
     seq INTEGER NOT NULL,
-    payload BLOB,                -- the pickled arguments; NULL once the job is done
+    payload BLOB,                -- NULL (schema 4 and earlier: the pickled arguments, now in payloads)
     options BLOB,                -- msgpack; NULL: none
     submit_time REAL NOT NULL,
     state TEXT NOT NULL,         -- queued | running | done
@@ -105,6 +107,12 @@ CREATE TABLE IF NOT EXISTS jobs (
     result BLOB,                 -- msgpack JobResult, until the client acknowledges it
     result_size INTEGER NOT NULL DEFAULT 0,  -- what the result counts in held_bytes (result_cost)
     node_run TEXT NOT NULL DEFAULT '',  -- the run of the node's job runner it was sent to; '': unknown
+    PRIMARY KEY (cluster_id, job_id)
+);
+CREATE TABLE IF NOT EXISTS payloads (  -- a job's pickled arguments until it is done, apart from its row:
+    cluster_id TEXT NOT NULL,          -- SQLite writes a row whole at each UPDATE, and a job's row changes at
+    job_id INTEGER NOT NULL,           -- every dispatch, its arguments (megabytes, maybe) never
+    payload BLOB NOT NULL,
     PRIMARY KEY (cluster_id, job_id)
 );
 CREATE TABLE IF NOT EXISTS user_usage (
@@ -208,7 +216,7 @@ class SqliteJournal:
         #: every write's statements go through this one: a connection's execute makes a cursor each call
         self._writer = self._db.cursor()
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        if version not in (0, 1, 2, 3, SCHEMA_VERSION):  # 2 -> 3: a new table, made by _SCHEMA
+        if version not in (0, 1, 2, 3, 4, SCHEMA_VERSION):  # 2 -> 3, 4 -> 5: new tables, made by _SCHEMA
             raise sqlite3.DatabaseError(f"{self.path} has schema version {version}; this scheduler reads {SCHEMA_VERSION}")
         self._db.executescript(_SCHEMA)
         if version == 1:  # results held by version 1 get their size when first loaded (`load`)
@@ -217,6 +225,13 @@ class SqliteJournal:
             self._db.execute("ALTER TABLE clusters ADD COLUMN opened REAL NOT NULL DEFAULT 0")
         if version in (1, 2, 3):  # jobs sent before: their node's run unknown, so nothing is inferred of them
             self._db.execute("ALTER TABLE jobs ADD COLUMN node_run TEXT NOT NULL DEFAULT ''")
+        if version in (1, 2, 3, 4):  # the arguments of jobs not done move to their table, in one transaction
+            with self._db:
+                self._db.execute("BEGIN")
+                self._db.execute(
+                    "INSERT OR REPLACE INTO payloads SELECT cluster_id, job_id, payload FROM jobs WHERE payload IS NOT NULL"
+                )
+                self._db.execute("UPDATE jobs SET payload = NULL WHERE payload IS NOT NULL")
         self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         self._import_old_usage(os.path.join(state_dir, OLD_USAGE_FILE))
         self._accounting = SqliteAccounting(self.path)
@@ -259,8 +274,9 @@ class SqliteJournal:
                 size or (result_cost(_unpack_result(old)) if old is not None else 0), run,
             )  # fmt: skip
             for cid, jid, prio, seq, payload, opts, submit, state, node, attempts, cancel, size, old, run in self._db.execute(
-                "SELECT cluster_id, job_id, priority, seq, payload, options, submit_time, state, node, attempts, "
-                "cancel_requested, result_size, CASE WHEN result_size = 0 THEN result END, node_run FROM jobs ORDER BY seq"
+                "SELECT cluster_id, job_id, priority, seq, p.payload, options, submit_time, state, node, attempts, "
+                "cancel_requested, result_size, CASE WHEN result_size = 0 THEN result END, node_run "
+                "FROM jobs LEFT JOIN payloads p USING (cluster_id, job_id) ORDER BY seq"
             )
         ]
         usage = {u: (float(c), float(t)) for u, c, t in self._db.execute("SELECT user, cpu_seconds, as_of FROM user_usage")}
@@ -314,14 +330,20 @@ class SqliteJournal:
             if changes.new_jobs:
                 db.executemany(
                     "INSERT OR REPLACE INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [new_job_values(j, pack) for j in changes.new_jobs],
+                    [new_job_values(j, pack, with_payload=False) for j in changes.new_jobs],
+                )
+                db.executemany(
+                    "INSERT OR REPLACE INTO payloads VALUES (?, ?, ?)",
+                    [(j.cluster_id, j.job_id, j.payload) for j in changes.new_jobs if j.payload is not None],
                 )
             if changes.changed_jobs:
                 self._update(changes.changed_jobs, pack)
-            if changes.gone_jobs:
+            if changes.gone_jobs:  # (its end's changes may not have been written: it ended in this turn)
                 db.executemany("DELETE FROM jobs WHERE cluster_id = ? AND job_id = ?", changes.gone_jobs)
+                db.executemany("DELETE FROM payloads WHERE cluster_id = ? AND job_id = ?", changes.gone_jobs)
             for cluster_id in changes.gone_clusters:
                 db.execute("DELETE FROM jobs WHERE cluster_id = ?", (cluster_id,))
+                db.execute("DELETE FROM payloads WHERE cluster_id = ?", (cluster_id,))
                 db.execute("DELETE FROM clusters WHERE cluster_id = ?", (cluster_id,))
             if changes.usage:
                 db.executemany(
@@ -345,9 +367,9 @@ class SqliteJournal:
         if moved:
             self._writer.executemany(UPDATE_MOVED, moved)
         if len(moved) < len(changed):
-            self._writer.executemany(
-                UPDATE_ENDED, [_ended_values(j, pack) for j in changed if j.state == "done"]
-            )
+            ended = [j for j in changed if j.state == "done"]
+            self._writer.executemany(UPDATE_ENDED, [_ended_values(j, pack) for j in ended])
+            self._writer.executemany("DELETE FROM payloads WHERE cluster_id = ? AND job_id = ?", [(j.cluster_id, j.job_id) for j in ended])
 
     def record(self, ends: list[JobEnd]) -> None:
         self._accounting.record(ends)
@@ -397,10 +419,10 @@ _moved_values = operator.itemgetter(
     *(JobRow._fields.index(f) for f in ("state", "node", "node_run", "attempts", "cancel_requested", "cluster_id", "job_id"))
 )
 #: a job that ended: its result (a row without one, the core having let go of it, keeps the one on disk); its
-#: arguments are dropped
+#: arguments go (from `payloads`)
 UPDATE_ENDED = (
     "UPDATE jobs SET state = ?, node = ?, node_run = ?, attempts = ?, cancel_requested = ?, result = COALESCE(?, result), "
-    "result_size = ?, payload = NULL WHERE cluster_id = ? AND job_id = ?"
+    "result_size = ? WHERE cluster_id = ? AND job_id = ?"
 )
 
 
@@ -421,10 +443,13 @@ def _unpack_options(blob: bytes | None) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def new_job_values(j: JobRow, pack: Callable[[JobResult | None], bytes | None]) -> tuple[Any, ...]:
-    """A new job's row, in the jobs table's column order (both stores); `pack` packs its result."""
+def new_job_values(
+    j: JobRow, pack: Callable[[JobResult | None], bytes | None], with_payload: bool = True
+) -> tuple[Any, ...]:
+    """A new job's row, in the jobs table's column order (both stores); `pack` packs its result. Its arguments
+    too `with_payload` (PostgreSQL; SQLite keeps them in a table of their own)."""
     return (
-        j.cluster_id, j.job_id, j.priority, j.seq, j.payload, _pack_options(j.options), j.submit_time,
+        j.cluster_id, j.job_id, j.priority, j.seq, j.payload if with_payload else None, _pack_options(j.options), j.submit_time,
         j.state, j.node, j.attempts, j.cancel_requested, pack(j.result), j.result_size, j.node_run,
     )  # fmt: skip
 

@@ -15,6 +15,7 @@ from dispy_sched.core.state import JobState, result_cost
 from dispy_sched.journal import FILENAME, SCHEMA_VERSION, SqliteJournal
 from dispy_sched.policies import load_policy
 from dispy_wire import messages as M
+from dispy_wire.messages import JobSpec
 from dispy_wire.framing import FrameDecoder
 from test_core import arrived, joined, opened, result, step, submitted
 
@@ -134,6 +135,7 @@ def test_a_version_1_journal_gets_its_held_results_sized_and_the_operator_settin
 def test_a_version_2_postgresql_state_is_migrated_and_keeps_its_rows(pg_dsn: str) -> None:
     import psycopg
 
+    from dispy_sched import pg_store
     from dispy_sched.core.actions import JobEnd
     from dispy_sched.pg_store import PgStore, create_schema
     from test_core_journal import take_epoch
@@ -157,7 +159,7 @@ def test_a_version_2_postgresql_state_is_migrated_and_keeps_its_rows(pg_dsn: str
     finally:
         store.close()
     with psycopg.connect(pg_dsn, autocommit=True) as db:
-        assert db.execute("SELECT version FROM schema_version").fetchone() == (SCHEMA_VERSION,)
+        assert db.execute("SELECT version FROM schema_version").fetchone() == (pg_store.SCHEMA_VERSION,)
 
 
 def test_a_turn_that_only_forgets_jobs_is_written_without_an_fsync_of_its_own_and_kept(tmp_path: Path) -> None:
@@ -192,3 +194,34 @@ def test_a_turns_accounting_records_are_written_in_its_journal_commit(tmp_path: 
             (1, "host-n1", "Finished"), (2, "host-n1", "Finished"),
         ]
         assert db.execute("SELECT state FROM jobs ORDER BY job_id").fetchall() == [("done",), ("done",)]
+
+
+def test_a_version_4_journal_keeps_the_arguments_of_its_jobs_not_done(tmp_path: Path) -> None:
+    journal = SqliteJournal(str(tmp_path))
+    core = SchedulerCore(load_policy("fair"), CoreConfig(persist=True))
+    run(core, journal, opened("c1", "K"), submitted("c1", "K", 1, 2), now=0)
+    journal.close()
+    with sqlite3.connect(tmp_path / FILENAME) as db:  # back to what version 4 wrote: the arguments in the row
+        db.execute("UPDATE jobs SET payload = (SELECT payload FROM payloads p WHERE p.job_id = jobs.job_id)")
+        db.execute("DROP TABLE payloads")
+        db.execute("PRAGMA user_version = 4")
+    assert [(j.job_id, j.payload) for j in SqliteJournal(str(tmp_path)).load().jobs] == [(1, b"args-1"), (2, b"args-2")]
+    with sqlite3.connect(tmp_path / FILENAME) as db:
+        assert db.execute("SELECT count(*) FROM jobs WHERE payload IS NOT NULL").fetchone() == (0,)
+        assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+
+
+def test_a_dispatch_rewrites_its_jobs_row_but_not_its_arguments_and_an_end_lets_them_go(tmp_path: Path) -> None:
+    journal = SqliteJournal(str(tmp_path))
+    core = SchedulerCore(load_policy("fair"), CoreConfig(persist=True))
+    big = bytes(range(256)) * 4096  # 1 MiB of arguments
+    run(core, journal, opened("c1", "K"), E.JobsSubmitted("c1", "K", [JobSpec(1, 0, big, {})]), now=0)
+    wal = Path(f"{tmp_path / FILENAME}-wal")
+    before = wal.stat().st_size
+    run(core, journal, joined("n1", 2), now=1)  # the job goes to n1: its row changes
+    assert wal.stat().st_size - before < 64 << 10  # a few pages, not the megabyte again
+    snap = SqliteJournal(str(tmp_path)).load()
+    assert [(j.state, j.node, j.payload == big) for j in snap.jobs] == [("running", "host-n1", True)]
+    run(core, journal, arrived("n1", result("K", 1)), now=2)
+    with sqlite3.connect(tmp_path / FILENAME) as db:
+        assert db.execute("SELECT count(*) FROM payloads").fetchone() == (0,)
