@@ -7,6 +7,10 @@
   journal adds in this process;
 - throughput of trivial jobs through real processes (throughput.py's
   batches) with the journal (sync full, the default, and normal) and without;
+- large arguments: jobs of 1 MiB of arguments through the core and the
+  journal, one CPU, so that each turn ends one job and dispatches the next:
+  the journal's write time and bytes written per turn (a dispatch changes
+  the job's row, not its arguments, which have a table of their own);
 - restart: a client queues N jobs (no node, so they stay queued) and is
   killed, the scheduler is killed (-9), and a new one reads the journal:
   seconds from its start until it listens, and the journal's bytes per queued
@@ -103,6 +107,38 @@ def core_figures(
     return jobs / elapsed, 1e6 * cpu / jobs
 
 
+def big_arguments_figure(jobs: int = 40, size: int = 1 << 20) -> str:
+    """Journal write time and bytes written per turn that ends one job of `size` bytes of arguments and
+    dispatches the next (sync full)."""
+    store = SqliteJournal(tempfile.mkdtemp(prefix="dispy-bench-args-"))
+    core = SchedulerCore(load_policy("fair"), CoreConfig(persist=True))
+
+    def turn(*events: E.Event, now: float) -> float:
+        actions = core.handle(*events, now=now)
+        t0 = time.perf_counter()
+        for action in actions:
+            if isinstance(action, A.Persist):
+                store.write(action)
+        return time.perf_counter() - t0
+
+    specs = [JobSpec(j, 0, os.urandom(size), {}) for j in range(jobs)]
+    turn(E.ClusterOpened("c", "bench", "K", "bench", b"x", False, {}), E.JobsSubmitted("c", "K", specs), now=0.0)
+    turn(E.NodeJoined("n", "node", "10.0.0.1", 1, 5.0), now=1.0)
+    written, took = _written(), 0.0
+    for j in range(jobs - 1):
+        ended = JobResult("K", j, 11, b"r", b"", b"", "", "", 0.0, 0.001)
+        took += turn(E.ResultsArrived("n", [ended]), now=2.0 + j)
+    store.close()
+    return (f"jobs of {size >> 10} KiB of arguments: {1e3 * took / (jobs - 1):.1f} ms of journal write and "
+            f"{(_written() - written) / (jobs - 1) / 1024:.0f} KiB written per turn that ends one and dispatches the next")
+
+
+def _written() -> int:
+    """Bytes this process has written (/proc/self/io's wchar)."""
+    with open("/proc/self/io") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("wchar:"))
+
+
 def restart_figures(queued: int) -> list[str]:
     tmp = Path(tempfile.mkdtemp(prefix="dispy-bench-journal-"))
     state = tmp / "state"
@@ -149,6 +185,7 @@ def main() -> None:
         rate, cpu = core_figures(20_000, sync)
         print(f"scheduler alone, journal sync {sync:>6}: {rate:7.0f} jobs/s ({100 * (1 - rate / base):.0f} % below "
               f"{base:.0f} jobs/s without); CPU per job {cpu:.1f} µs, the journal's {cpu - base_cpu:.1f}", flush=True)
+    print(big_arguments_figure(), flush=True)
     for label, extra in (("no journal", ["--no-journal"]), ("journal, sync full", []),
                          ("journal, sync normal", ["--journal-sync", "normal"])):  # fmt: skip
         if args.skip_processes:

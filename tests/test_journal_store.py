@@ -222,6 +222,8 @@ def test_a_dispatch_rewrites_its_jobs_row_but_not_its_arguments_and_an_end_lets_
     assert wal.stat().st_size - before < 64 << 10  # a few pages, not the megabyte again
     snap = SqliteJournal(str(tmp_path)).load()
     assert [(j.state, j.node, j.payload == big) for j in snap.jobs] == [("running", "host-n1", True)]
+    before = wal.stat().st_size
     run(core, journal, arrived("n1", result("K", 1)), now=2)
+    assert wal.stat().st_size - before < 64 << 10  # nor when they go (their freed pages are not zeroed)
     with sqlite3.connect(tmp_path / FILENAME) as db:
         assert db.execute("SELECT count(*) FROM payloads").fetchone() == (0,)
