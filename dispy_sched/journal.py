@@ -223,23 +223,38 @@ class SqliteJournal:
         if version not in (0, 1, 2, 3, 4, SCHEMA_VERSION):  # 2 -> 3, 4 -> 5: new tables, made by _SCHEMA
             raise sqlite3.DatabaseError(f"{self.path} has schema version {version}; this scheduler reads {SCHEMA_VERSION}")
         self._db.executescript(_SCHEMA)
-        if version == 1:  # results held by version 1 get their size when first loaded (`load`)
-            self._db.execute("ALTER TABLE jobs ADD COLUMN result_size INTEGER NOT NULL DEFAULT 0")
-        if version in (1, 2):
-            self._db.execute("ALTER TABLE clusters ADD COLUMN opened REAL NOT NULL DEFAULT 0")
-        if version in (1, 2, 3):  # jobs sent before: their node's run unknown, so nothing is inferred of them
-            self._db.execute("ALTER TABLE jobs ADD COLUMN node_run TEXT NOT NULL DEFAULT ''")
-        if version in (1, 2, 3, 4):  # the arguments of jobs not done move to their table, in one transaction
-            with self._db:
-                self._db.execute("BEGIN")
-                self._db.execute(
-                    "INSERT OR REPLACE INTO payloads SELECT cluster_id, job_id, payload FROM jobs WHERE payload IS NOT NULL"
-                )
-                self._db.execute("UPDATE jobs SET payload = NULL WHERE payload IS NOT NULL")
-        self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        if version != SCHEMA_VERSION:
+            self._upgrade(version)
         self._import_old_usage(os.path.join(state_dir, OLD_USAGE_FILE))
         self._accounting = SqliteAccounting(self.path)
         self.packed = PackedResults()
+
+    def _upgrade(self, version: int) -> None:
+        """Brings a file of an earlier schema (0: a new one) to this one, in one transaction: a scheduler killed
+        meanwhile finds it as it was (an ALTER TABLE done twice fails)."""
+        db = self._db
+        db.execute("BEGIN")
+        try:
+            if version == 1:  # results held by version 1 get their size when first loaded (`load`)
+                db.execute("ALTER TABLE jobs ADD COLUMN result_size INTEGER NOT NULL DEFAULT 0")
+            if version in (1, 2):
+                db.execute("ALTER TABLE clusters ADD COLUMN opened REAL NOT NULL DEFAULT 0")
+            if version in (1, 2, 3):  # jobs sent before: their node's run unknown, so nothing is inferred of them
+                db.execute("ALTER TABLE jobs ADD COLUMN node_run TEXT NOT NULL DEFAULT ''")
+            moved = 0
+            if version in (1, 2, 3, 4):  # the arguments of the jobs not done go to their own table
+                moved = db.execute(
+                    "INSERT OR REPLACE INTO payloads SELECT cluster_id, job_id, payload FROM jobs WHERE payload IS NOT NULL"
+                ).rowcount
+                db.execute("UPDATE jobs SET payload = NULL WHERE payload IS NOT NULL")
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+        if moved:  # the log holds them all again: into the file now, the log emptied
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            log.info("journal: schema %d -> %d, the arguments of %d jobs moved to their own table", version, SCHEMA_VERSION, moved)
 
     def _import_old_usage(self, path: str) -> None:
         """Takes the usage an earlier version saved in its own file, once (the file is then renamed)."""

@@ -6,6 +6,7 @@ import sqlite3
 from pathlib import Path
 
 import msgpack
+import pytest
 
 from dispy_sched.core import CoreConfig, SchedulerCore
 from dispy_sched.core import actions as A
@@ -227,3 +228,42 @@ def test_a_dispatch_rewrites_its_jobs_row_but_not_its_arguments_and_an_end_lets_
     assert wal.stat().st_size - before < 64 << 10  # nor when they go (their freed pages are not zeroed)
     with sqlite3.connect(tmp_path / FILENAME) as db:
         assert db.execute("SELECT count(*) FROM payloads").fetchone() == (0,)
+
+
+def test_an_upgrade_cut_short_leaves_the_journal_as_it_was_and_the_next_start_upgrades_it(tmp_path: Path) -> None:
+    db = sqlite3.connect(tmp_path / FILENAME)
+    db.executescript(
+        """
+        CREATE TABLE clusters (cluster_id TEXT PRIMARY KEY, user TEXT NOT NULL, name TEXT NOT NULL,
+            computation BLOB NOT NULL, reentrant INTEGER NOT NULL, options BLOB, seq INTEGER NOT NULL,
+            closing INTEGER NOT NULL, overrides BLOB);
+        CREATE TABLE jobs (cluster_id TEXT NOT NULL, job_id INTEGER NOT NULL, priority INTEGER NOT NULL,
+            seq INTEGER NOT NULL, payload BLOB, options BLOB, submit_time REAL NOT NULL, state TEXT NOT NULL,
+            node TEXT NOT NULL, attempts INTEGER NOT NULL, cancel_requested INTEGER NOT NULL, result BLOB,
+            PRIMARY KEY (cluster_id, job_id));
+        CREATE TABLE payloads (cluster_id TEXT NOT NULL, job_id INTEGER NOT NULL, payload BLOB NOT NULL,
+            PRIMARY KEY (cluster_id, job_id));
+        CREATE TRIGGER cut BEFORE INSERT ON payloads BEGIN SELECT RAISE(ABORT, 'cut short'); END;
+        INSERT INTO clusters VALUES ('K', 'alice', 'name-K', x'00', 0, NULL, 1, 0, NULL);
+        INSERT INTO jobs VALUES ('K', 7, 0, 2, x'0102', NULL, 0.0, 'queued', '', 0, 0, NULL);
+        PRAGMA user_version = 1;
+        """
+    )
+    db.close()
+    with pytest.raises(sqlite3.IntegrityError, match="cut short"):  # (as a kill -9 in the move would leave it)
+        SqliteJournal(str(tmp_path))
+    with sqlite3.connect(tmp_path / FILENAME) as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (1,)
+        assert "result_size" not in [row[1] for row in db.execute("PRAGMA table_info(jobs)")]  # no ALTER kept
+        db.execute("DROP TRIGGER cut")
+    assert [(j.job_id, j.payload) for j in SqliteJournal(str(tmp_path)).load().jobs] == [(7, b"\x01\x02")]
+
+
+def test_a_job_id_acknowledged_and_submitted_again_in_one_turn_is_kept(tmp_path: Path) -> None:
+    journal = SqliteJournal(str(tmp_path))
+    core = SchedulerCore(load_policy("fair"), CoreConfig(persist=True))
+    run(core, journal, opened("c1", "K"), joined("n1", 1), submitted("c1", "K", 1), now=0)
+    run(core, journal, arrived("n1", result("K", 1)), now=1)
+    run(core, journal, E.ResultsAcked("c1", "K", [1]), submitted("c1", "K", 1), now=2)  # its id comes again
+    journal.close()
+    assert [(j.job_id, j.state, j.payload) for j in SqliteJournal(str(tmp_path)).load().jobs] == [(1, "running", b"args-1")]

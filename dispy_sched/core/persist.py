@@ -138,6 +138,7 @@ class Changes:
         self.gone_jobs = {k for k in self.gone_jobs if k[0] != cluster_id}
 
     def job_new(self, job: JobRecord) -> None:
+        self.gone_jobs.discard(job.key)  # a job of that id gone this turn: the new row replaces its row
         self.new_jobs[job.key] = job
 
     def job_changed(self, job: JobRecord) -> None:
