@@ -105,20 +105,21 @@ def test_a_result_an_earlier_version_held_reaches_the_client_in_todays_fields(tm
     assert packed[1] == M.pack_result(result("K", 2))  # today's bytes go as stored
 
 
+#: the tables of a version-1 journal
+VERSION_1 = """
+CREATE TABLE clusters (cluster_id TEXT PRIMARY KEY, user TEXT NOT NULL, name TEXT NOT NULL,
+    computation BLOB NOT NULL, reentrant INTEGER NOT NULL, options BLOB, seq INTEGER NOT NULL,
+    closing INTEGER NOT NULL, overrides BLOB);
+CREATE TABLE jobs (cluster_id TEXT NOT NULL, job_id INTEGER NOT NULL, priority INTEGER NOT NULL,
+    seq INTEGER NOT NULL, payload BLOB, options BLOB, submit_time REAL NOT NULL, state TEXT NOT NULL,
+    node TEXT NOT NULL, attempts INTEGER NOT NULL, cancel_requested INTEGER NOT NULL, result BLOB,
+    PRIMARY KEY (cluster_id, job_id));
+"""
+
+
 def test_a_version_1_journal_gets_its_held_results_sized_and_the_operator_settings_table(tmp_path: Path) -> None:
     db = sqlite3.connect(tmp_path / FILENAME)
-    db.executescript(
-        """
-        CREATE TABLE clusters (cluster_id TEXT PRIMARY KEY, user TEXT NOT NULL, name TEXT NOT NULL,
-            computation BLOB NOT NULL, reentrant INTEGER NOT NULL, options BLOB, seq INTEGER NOT NULL,
-            closing INTEGER NOT NULL, overrides BLOB);
-        CREATE TABLE jobs (cluster_id TEXT NOT NULL, job_id INTEGER NOT NULL, priority INTEGER NOT NULL,
-            seq INTEGER NOT NULL, payload BLOB, options BLOB, submit_time REAL NOT NULL, state TEXT NOT NULL,
-            node TEXT NOT NULL, attempts INTEGER NOT NULL, cancel_requested INTEGER NOT NULL, result BLOB,
-            PRIMARY KEY (cluster_id, job_id));
-        PRAGMA user_version = 1;
-        """
-    )
+    db.executescript(VERSION_1 + "PRAGMA user_version = 1;")
     held = result("K", 7)
     db.execute("INSERT INTO clusters VALUES ('K', 'alice', 'name-K', x'00', 0, NULL, 1, 0, NULL)")
     blob = msgpack.packb(list(held), use_bin_type=True)
@@ -233,14 +234,8 @@ def test_a_dispatch_rewrites_its_jobs_row_but_not_its_arguments_and_an_end_lets_
 def test_an_upgrade_cut_short_leaves_the_journal_as_it_was_and_the_next_start_upgrades_it(tmp_path: Path) -> None:
     db = sqlite3.connect(tmp_path / FILENAME)
     db.executescript(
-        """
-        CREATE TABLE clusters (cluster_id TEXT PRIMARY KEY, user TEXT NOT NULL, name TEXT NOT NULL,
-            computation BLOB NOT NULL, reentrant INTEGER NOT NULL, options BLOB, seq INTEGER NOT NULL,
-            closing INTEGER NOT NULL, overrides BLOB);
-        CREATE TABLE jobs (cluster_id TEXT NOT NULL, job_id INTEGER NOT NULL, priority INTEGER NOT NULL,
-            seq INTEGER NOT NULL, payload BLOB, options BLOB, submit_time REAL NOT NULL, state TEXT NOT NULL,
-            node TEXT NOT NULL, attempts INTEGER NOT NULL, cancel_requested INTEGER NOT NULL, result BLOB,
-            PRIMARY KEY (cluster_id, job_id));
+        VERSION_1
+        + """
         CREATE TABLE payloads (cluster_id TEXT NOT NULL, job_id INTEGER NOT NULL, payload BLOB NOT NULL,
             PRIMARY KEY (cluster_id, job_id));
         CREATE TRIGGER cut BEFORE INSERT ON payloads BEGIN SELECT RAISE(ABORT, 'cut short'); END;

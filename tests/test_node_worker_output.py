@@ -170,15 +170,23 @@ def test_a_job_taken_back_after_its_worker_told_an_end_behind_a_burst_of_records
         assert teller.ended[1]["status"] == teller.ended[2]["status"]
 
 
-def test_a_job_taken_back_while_its_worker_writes_the_end_that_starts_it_runs_there_and_does_not_come_back(
-    teller: Zygote, tmp_path: Path
-) -> None:
+def telling_a_large_end(teller: Zygote, tmp_path: Path) -> tuple[int, Path]:
+    """Job 1 ran to its end in a worker, job 2 handed ahead after it: the worker, which chose to start job 2,
+    is blocked writing job 1's end (a 4 MiB record does not fit the socket, which this zygote has not read).
+    Returns the worker's pid and the file job 2 makes if it runs."""
     let_go, ran = tmp_path / "let-go", tmp_path / "ran-2"
     pid = teller.pool.run(teller.start(1, str(tmp_path / "ran-1"), str(let_go), 0, 4 << 20), *teller.captures[1])
     assert teller.pool.hand_ahead(teller.start(2, str(ran), "", 0, 0), lambda job_id: True)
     teller.pool.send_ahead()
-    let_go.touch()  # its 4 MiB record does not fit the socket: the worker, which chose to start job 2 after it,
-    wait_until(lambda: waits_to_write(pid), what="the worker blocked in writing the first job's end")  # waits
+    let_go.touch()
+    wait_until(lambda: waits_to_write(pid), what="the worker blocked in writing the first job's end")
+    return pid, ran
+
+
+def test_a_job_taken_back_while_its_worker_writes_the_end_that_starts_it_runs_there_and_does_not_come_back(
+    teller: Zygote, tmp_path: Path
+) -> None:
+    pid, ran = telling_a_large_end(teller, tmp_path)
     teller.pool.take_back(2)  # too late: the worker starts it once its end is written
     assert teller.back == [] and 1 not in teller.ended  # not waited for: the loop reads the end as it comes
     wait_until(lambda: teller.turn() or 2 in teller.ended, what="the second job's end")
@@ -188,12 +196,7 @@ def test_a_job_taken_back_while_its_worker_writes_the_end_that_starts_it_runs_th
 def test_a_worker_asked_again_before_its_deadline_still_tells_the_end_of_the_job_it_ran_and_starts_the_next(
     teller: Zygote, tmp_path: Path
 ) -> None:
-    let_go, ran = tmp_path / "let-go", tmp_path / "ran-2"
-    pid = teller.pool.run(teller.start(1, str(tmp_path / "ran-1"), str(let_go), 0, 4 << 20), *teller.captures[1])
-    assert teller.pool.hand_ahead(teller.start(2, str(ran), "", 0, 0), lambda job_id: True)
-    teller.pool.send_ahead()
-    let_go.touch()
-    wait_until(lambda: waits_to_write(pid), what="the worker blocked in writing the first job's end")
+    pid, ran = telling_a_large_end(teller, tmp_path)
     assert teller.pool.hold(pid) is Hold.ENDING and teller.pool.hold(pid) is Hold.ENDING  # (a second kill)
     wait_until(lambda: teller.turn() or 2 in teller.ended, what="the second job's end")
     assert ran.exists() and teller.back == [] and len(teller.ended[1]["result"]) > 4 << 20
@@ -203,12 +206,7 @@ def test_a_worker_that_does_not_tell_the_end_of_a_job_it_ran_is_retired_when_ask
     teller: Zygote, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(worker, "END_TIMEOUT", 0.0)  # (the deadline is up when it is asked again)
-    let_go, ran = tmp_path / "let-go", tmp_path / "ran-2"
-    pid = teller.pool.run(teller.start(1, str(tmp_path / "ran-1"), str(let_go), 0, 4 << 20), *teller.captures[1])
-    assert teller.pool.hand_ahead(teller.start(2, str(ran), "", 0, 0), lambda job_id: True)
-    teller.pool.send_ahead()
-    let_go.touch()  # its 4 MiB end waits for a zygote that does not read it (a worker starved or stopped)
-    wait_until(lambda: waits_to_write(pid), what="the worker blocked in writing the first job's end")
+    pid, ran = telling_a_large_end(teller, tmp_path)
     assert teller.pool.hold(pid) is Hold.ENDING  # the job ran to its end: it is not killed, its end is awaited
     assert teller.pool.hold(pid) is Hold.NONE  # asked again at the deadline with no end: the worker is retired
     _, status = os.waitpid(pid, 0)
