@@ -359,7 +359,7 @@ class SqliteJournal:
                 self._update(changes.changed_jobs, pack)
             if changes.gone_jobs:  # (its end's changes may not have been written: it ended in this turn)
                 db.executemany("DELETE FROM jobs WHERE cluster_id = ? AND job_id = ?", changes.gone_jobs)
-                db.executemany("DELETE FROM payloads WHERE cluster_id = ? AND job_id = ?", changes.gone_jobs)
+                db.executemany(DELETE_PAYLOADS, changes.gone_jobs)
             for cluster_id in changes.gone_clusters:
                 db.execute("DELETE FROM jobs WHERE cluster_id = ?", (cluster_id,))
                 db.execute("DELETE FROM payloads WHERE cluster_id = ?", (cluster_id,))
@@ -388,7 +388,7 @@ class SqliteJournal:
         if len(moved) < len(changed):
             ended = [j for j in changed if j.state == "done"]
             self._writer.executemany(UPDATE_ENDED, [_ended_values(j, pack) for j in ended])
-            self._writer.executemany("DELETE FROM payloads WHERE cluster_id = ? AND job_id = ?", [(j.cluster_id, j.job_id) for j in ended])
+            self._writer.executemany(DELETE_PAYLOADS, [(j.cluster_id, j.job_id) for j in ended])
 
     def record(self, ends: list[JobEnd]) -> None:
         self._accounting.record(ends)
@@ -437,6 +437,8 @@ UPDATE_MOVED = (
 _moved_values = operator.itemgetter(
     *(JobRow._fields.index(f) for f in ("state", "node", "node_run", "attempts", "cancel_requested", "cluster_id", "job_id"))
 )
+#: the arguments of jobs that ended or went (key parameters)
+DELETE_PAYLOADS = "DELETE FROM payloads WHERE cluster_id = ? AND job_id = ?"
 #: a job that ended: its result (a row without one, the core having let go of it, keeps the one on disk); its
 #: arguments go (from `payloads`)
 UPDATE_ENDED = (
