@@ -10,6 +10,9 @@ Every job that completes at the same tick on the same node is reported in
 one `ResultsArrived`, and all events of a tick go to the core in one
 `handle` call, as the real shell batches them.
 
+Simulated clients acknowledge each result they are given in the next
+`handle`, as a dispy client does: the core forgets those jobs.
+
 Nodes added with `queues=True` behave as a real node that queues jobs sent
 ahead (the core's prefetch window): they run at most their CPUs' worth at
 once, start the rest in the order they came as CPUs free, and report each
@@ -79,7 +82,6 @@ class Simulation:
         self.cluster_ticks: dict[str, tuple[int, int]] = {}  # clusters with their own job lengths
         self.running: dict[tuple[str, int], Run] = {}
         self.runs: list[Run] = []  # finished
-        self.results: dict[str, list[JobResult]] = defaultdict(list)  # by cluster
         self.rejects: list[A.Reject] = []
         self.backlog: dict[str, int] = {}  # cluster -> queued jobs to keep
         self._ends: list[tuple[int, int, str, str, int]] = []  # (tick, seq, node, cluster, job)
@@ -207,8 +209,8 @@ class Simulation:
                     self._busy[action.node] -= len(killed) - len(waiting)
                     self._start_queued(action.node)
                 self._inbox.append(E.ResultsArrived(action.node, [self._result(r, JobStatus.TERMINATED) for r in killed]))
-            elif isinstance(action, A.DeliverResults):
-                self.results[action.cluster_id] += action.results
+            elif isinstance(action, A.DeliverResults):  # collected, as a client does, in the next `handle`
+                self._inbox.append(E.ResultsAcked(action.client, action.cluster_id, [r.job_id for r in action.results]))
             elif isinstance(action, A.Reject):
                 self.rejects.append(action)
 

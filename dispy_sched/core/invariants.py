@@ -6,7 +6,7 @@ import math
 from collections import Counter
 
 from .scheduler import SchedulerCore
-from .state import JobState, file_cost, job_cost, result_cost, usage_rank_of
+from .state import JobRecord, JobState, file_cost, job_cost, result_cost, usage_rank_of
 from .window import depth as window_depth
 
 
@@ -20,11 +20,9 @@ def check_invariants(core: SchedulerCore) -> None:
     user_orphans: Counter[str] = Counter()
     user_queued_bytes: Counter[str] = Counter()
     user_held_bytes: Counter[str] = Counter()
+    persist = core.config.persist
     for cluster in core.clusters.values():
         assert not cluster.released or cluster.closing, f"{cluster.cluster_id}: released but not closing"
-        assert not cluster.released or not any(j.state is JobState.DONE for j in cluster.jobs.values()), (
-            f"{cluster.cluster_id}: released, yet holds results"
-        )
         # a closing (or released) cluster may still queue jobs: they are cancelled a slice per call, so a sweep
         # must cover them all until none is left (it is kept out of the ready index: `ReadyIndex.check`)
         sweep = core._sweeps.get(cluster.cluster_id)
@@ -33,12 +31,39 @@ def check_invariants(core: SchedulerCore) -> None:
         assert not (cluster.closing and cluster.queued) or (sweep is not None and sweep.upto == math.inf), (
             f"{cluster.cluster_id}: closing with {cluster.queued} queued jobs no sweep ends"
         )
-        queued = [j for j in cluster.jobs.values() if j.state is JobState.QUEUED]
+        queued: list[JobRecord] = []
+        running: list[JobRecord] = []
+        unfinished = orphans = held_bytes = queued_bytes = 0
+        for job in cluster.jobs.values():  # one pass: the simulations check thousands of jobs hundreds of times
+            state = job.state
+            if state is JobState.QUEUED:
+                queued.append(job)
+            elif state is JobState.RUNNING:
+                running.append(job)
+            assert job.started <= (state is JobState.RUNNING), f"job {job.key}: started, yet {state.value}"
+            done = state is JobState.DONE
+            assert not (done and cluster.released), f"{cluster.cluster_id}: released, yet holds job {job.key}'s result"
+            unfinished += not done
+            assert done == (job.result_size > 0), f"job {job.key}: result size and state disagree"
+            assert done == (job.payload is None), f"job {job.key}: payload and state disagree"
+            if persist:  # the store holds results: none stays in memory past the call that wrote it
+                assert job.result is None, f"job {job.key}: its result is held in memory as well as in the store"
+            else:
+                assert done == (job.result is not None), f"job {job.key}: result and state disagree"
+            if job.result is not None:
+                assert job.result_size == result_cost(job.result), f"job {job.key}: result size is wrong"
+            held = job.result_size + sum(map(file_cost, job.files))
+            assert job.held == held, f"job {job.key}: holds {job.held} bytes, counts {held}"
+            held_bytes += held
+            if job.payload is not None:
+                queued_bytes += job_cost(job.payload)
+            orphan = state is JobState.ORPHANED
+            orphans += orphan
+            assert orphan == (job.key in core._orphans and core._orphans[job.key].job is job), f"job {job.key}: orphan and state disagree"
+            assert not orphan or job.node is None, f"job {job.key}: an orphan on node {job.node}"
         # a queued job marked for a cancel (a restart reads it back so) is one a sweep still has to end
         assert sweep is not None or not any(j.cancel_requested for j in queued), f"{cluster.cluster_id}: a cancel was lost"
-        running = [j for j in cluster.jobs.values() if j.state is JobState.RUNNING]
         assert cluster.queued == len(queued), f"{cluster.cluster_id}: queued {cluster.queued} != {len(queued)}"
-        unfinished = sum(1 for j in cluster.jobs.values() if j.state is not JobState.DONE)
         assert cluster.unfinished == unfinished, f"{cluster.cluster_id}: unfinished {cluster.unfinished} != {unfinished}"
         assert cluster.busy == len(running), f"{cluster.cluster_id}: busy {cluster.busy} != {len(running)}"
         live = {job_id for _, _, job_id in cluster.queue + (sweep.kept if sweep is not None else [])}
@@ -49,33 +74,14 @@ def check_invariants(core: SchedulerCore) -> None:
             assert all((-j.priority, j.seq, j.job_id) in unpinned for j in queued if not j.pin), (
                 f"{cluster.cluster_id}: a queued job is missing from the unpinned heap"
             )
-        for job in cluster.jobs.values():
-            assert job.started <= (job.state is JobState.RUNNING), f"job {job.key}: started, yet {job.state.value}"
         for job in running:
             assert job.node in core.nodes, f"job {job.key} runs on unknown node {job.node}"
             assert job.started or core.nodes[job.node].queues, f"job {job.key}: its client was not told it runs"
             node_waiting[job.node] += not job.started
             assert job.key in core.nodes[job.node].jobs, f"job {job.key} missing from its node"
             node_busy[job.node] += 1
-        user_queued_bytes[cluster.user] += cluster.code_bytes()
-        for job in cluster.jobs.values():
-            done = job.state is JobState.DONE
-            assert done == (job.result_size > 0), f"job {job.key}: result size and state disagree"
-            assert done == (job.payload is None), f"job {job.key}: payload and state disagree"
-            if core.config.persist:  # the store holds results: none stays in memory past the call that wrote it
-                assert job.result is None, f"job {job.key}: its result is held in memory as well as in the store"
-            else:
-                assert done == (job.result is not None), f"job {job.key}: result and state disagree"
-            if job.result is not None:
-                assert job.result_size == result_cost(job.result), f"job {job.key}: result size is wrong"
-            held = job.result_size + sum(file_cost(f) for f in job.files)
-            assert job.held == held, f"job {job.key}: holds {job.held} bytes, counts {held}"
-            user_held_bytes[cluster.user] += held
-            if job.payload is not None:
-                user_queued_bytes[cluster.user] += job_cost(job.payload)
-            orphan = job.state is JobState.ORPHANED
-            assert orphan == (job.key in core._orphans and core._orphans[job.key].job is job), f"job {job.key}: orphan and state disagree"
-            assert not orphan or job.node is None, f"job {job.key}: an orphan on node {job.node}"
+        user_queued_bytes[cluster.user] += cluster.code_bytes() + queued_bytes
+        user_held_bytes[cluster.user] += held_bytes
         waiting = sum(1 for j in running if not j.started)
         assert cluster.waiting == waiting, f"{cluster.cluster_id}: waiting {cluster.waiting} != {waiting}"
         user_waiting[cluster.user] += waiting
@@ -87,7 +93,7 @@ def check_invariants(core: SchedulerCore) -> None:
             assert not cluster.node_cpus, f"{cluster.cluster_id}: a placement cache without a restriction"
         user_busy[cluster.user] += len(running)
         user_queued[cluster.user] += len(queued)
-        user_orphans[cluster.user] += sum(1 for j in cluster.jobs.values() if j.state is JobState.ORPHANED)
+        user_orphans[cluster.user] += orphans
     assert all(core.clusters.get(k[0]) is not None and k[1] in core.clusters[k[0]].jobs for k in core._orphans), "a stray orphan"
     core._free_nodes.check()
     for node in core.nodes.values():
