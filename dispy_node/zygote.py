@@ -600,6 +600,7 @@ class Zygote:
             return  # in a worker, it ended meanwhile: its end was read just now
         if held is worker.Hold.ENDING:  # it ran to its end, which is on its way: not killed, unless it does not come
             if job.asked is None:  # (the first kill asked stands, as a verdict does)
+                logger.info("job %d ran to its end as it was killed (%s): its end is awaited", job.job_id, text)
                 job.asked = (status, text, kind, interrupt)
                 self._at(time.monotonic() + worker.END_TIMEOUT, _Timer.ENDING, job)
             return

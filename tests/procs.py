@@ -209,6 +209,12 @@ def in_timed_sleep(pid: int) -> bool:
         return False
 
 
+def waits_to_write(pid: int) -> bool:
+    """Whether the process is blocked writing to a socket whose buffer is full (its peer does not read)."""
+    with open(f"/proc/{pid}/wchan") as f:
+        return f.read() == "sock_alloc_send_pskb"
+
+
 def embedded_nodes() -> list[psutil.Process]:
     return [p for p in psutil.Process().children(recursive=True) if "dispy_client.lifeline" in " ".join(p.cmdline())]
 

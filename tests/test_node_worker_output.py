@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from procs import waits_to_write
 from waiting import wait_until
 
 from dispy_node import channel, job_process, workdir, worker
@@ -212,8 +213,3 @@ def test_a_worker_that_does_not_tell_the_end_of_a_job_it_ran_is_retired_when_ask
     _, status = os.waitpid(pid, 0)
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
     assert teller.back == [2] and not ran.exists() and 1 not in teller.ended  # job 2 goes elsewhere
-
-
-def waits_to_write(pid: int) -> bool:
-    with open(f"/proc/{pid}/wchan") as f:
-        return f.read() == "sock_alloc_send_pskb"

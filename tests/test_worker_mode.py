@@ -6,7 +6,15 @@ jobs return show which process ran them.
 
 from __future__ import annotations
 
-from procs import Cluster
+import os
+import signal
+import time
+from pathlib import Path
+
+import psutil
+
+from procs import Cluster, waits_to_write
+from waiting import wait_until
 
 
 def test_jobs_reuse_one_process_per_slot_with_their_own_output_exceptions_and_provisional_results(
@@ -334,3 +342,50 @@ def test_jobs_sent_on_to_the_zygote_never_run_more_at_once_than_the_node_offers(
         timeout=120,
     )
     assert client.stdout.strip() == "ok"
+
+
+def test_a_job_that_ran_to_its_end_as_its_wall_clock_ran_out_keeps_its_result_and_its_worker(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """The zygote's wall-clock kill comes while the worker is still telling the end of the job it ran (a large
+    result, more than the zygote reads in a turn): the job is not killed, its end is read as it comes, and the
+    worker runs the next job (`Hold.ENDING`). The zygote is stopped meanwhile, so that the deadline passes
+    with the end half written."""
+    cluster.scheduler()
+    node = cluster.node(cpus=1)
+    began, let_go = tmp_path / "began", tmp_path / "let-go"
+    client = cluster.client(
+        f"""
+        from dispy_client import SharedJobCluster, DispyJob
+
+        def compute(began, let_go):
+            import os, time
+            with open(began, "w") as f:
+                f.write(str(os.getpid()))
+            while not os.path.exists(let_go):
+                time.sleep(0.001)
+            return os.getpid(), b"r" * (8 << 20)
+
+        with SharedJobCluster(compute, isolation="worker") as c:
+            job = c.submit({str(began)!r}, {str(let_go)!r}, dispy_job_timeout=5)
+            job()
+            assert job.status == DispyJob.Finished, (job.status, job.exception)
+            pid, result = job.result
+            assert len(result) == 8 << 20
+            assert c.submit("/dev/null", "/")()[0] == pid   # the worker goes on
+        print("ok")
+        """
+    )
+    pid = int(wait_until(lambda: began.exists() and began.read_text(), what="the job's start"))
+    seen = time.monotonic()  # its wall clock runs out 5 s after it started, before this
+    zygote = psutil.Process(pid).ppid()
+    os.kill(zygote, signal.SIGSTOP)
+    try:
+        let_go.touch()
+        wait_until(lambda: waits_to_write(pid), what="the worker blocked writing its job's end")
+        wait_until(lambda: time.monotonic() > seen + 5.5, what="the job's wall clock to run out")
+    finally:
+        os.kill(zygote, signal.SIGCONT)
+    assert client.wait(60) == 0, cluster.describe()
+    assert client.stdout.strip() == "ok"
+    assert "ran to its end as it was killed" in node.stderr, node.stderr
