@@ -12,6 +12,11 @@ a `JobCluster` returns only then, so its first jobs do not wait on a node
 that is still starting (a Python start, imports and handshake: about half a
 second, more on a busy machine).
 
+Its listening socket is bound when it is made, and the scheduler's code
+(dispy_sched, about 0.3 s of CPU to import) is imported only in `start`: the
+node starts in between, and its start-up runs beside that import on another
+CPU instead of after it (benchmarks/startup.py).
+
 Clients other than ours cannot use it: the client secret is a random token
 only this process knows. Nodes prove `secret`, the cluster's. Our own client
 reaches it through an in-process pipe (`join`, pipe.py), not a socket.
@@ -30,16 +35,16 @@ import tempfile
 import time
 import warnings
 
-from dispy_sched.config import SchedConfig
+from typing import TYPE_CHECKING
+
 from dispy_wire.tls import ServerTLS, cert_fingerprint, is_loopback
-from dispy_sched.core import SchedulerCore
-from dispy_sched.policies import load_policy
-from dispy_sched.conn import PeerConnection
-from dispy_sched.server import SchedulerServer
 
 from . import localnode, pipe
 from .connection import LoopThread
 from .errors import DispyError
+
+if TYPE_CHECKING:
+    from dispy_sched.server import SchedulerServer
 
 log = logging.getLogger("dispy_client")
 
@@ -83,30 +88,34 @@ class EmbeddedScheduler:
             )
         self.client_secret = secrets.token_hex(16)
         self.node_secret = node_secret
+        self._pin = cert_fingerprint(tls.cert) if tls else None
+        self._tls = tls
+        self._listener = _listen(host, port)
+        self.address: tuple[str, int] = self._listener.getsockname()[:2]
         self._state_dir = tempfile.mkdtemp(prefix="dispy-embedded-")
         os.chmod(self._state_dir, 0o711)  # a node started as root runs jobs as another account: let it through
-        tls_cert, tls_key = (tls.cert, tls.key) if tls else (None, None)
-        config = SchedConfig(
-            host=host, port=port, secret=self.client_secret, node_secret=node_secret,
-            state_dir=self._state_dir, name=socket.gethostname(), tls_cert=tls_cert, tls_key=tls_key,
-            # one user's jobs on its own machine: none of the per-user limits a shared scheduler sets
-            user_max_connections=None, user_max_clusters=None, user_max_queued_bytes=None, user_max_held_bytes=None,
-        )  # fmt: skip
-        self._pin = cert_fingerprint(tls.cert) if tls else None
-        self._server = SchedulerServer(config, SchedulerCore(load_policy("fair"), config.core_config(persist=False, accounting=False)))
+        self._server: SchedulerServer | None = None
         self._loop = loop_thread
         self._nodes: list[subprocess.Popen[bytes]] = []
         self._stopped = False
         self.node_name = socket.gethostname()  # the name this machine's node joins by
-        self.address = (host, port)
 
     def start(self, timeout: float = 10.0) -> tuple[str, int]:
-        """Starts listening; returns (host, port).
+        """Imports the scheduler's code and serves on the socket bound when it was made; returns (host, port)."""
+        from dispy_sched.config import SchedConfig
+        from dispy_sched.core import SchedulerCore
+        from dispy_sched.policies import load_policy
+        from dispy_sched.server import SchedulerServer
 
-        Raises:
-            OSError: the address cannot be listened on (e.g. in use).
-        """
-        self.address = self._loop.run(self._server.start(), timeout=timeout)
+        tls_cert, tls_key = (self._tls.cert, self._tls.key) if self._tls else (None, None)
+        config = SchedConfig(
+            host=self.address[0], port=self.address[1], secret=self.client_secret, node_secret=self.node_secret,
+            state_dir=self._state_dir, name=self.node_name, tls_cert=tls_cert, tls_key=tls_key,
+            # one user's jobs on its own machine: none of the per-user limits a shared scheduler sets
+            user_max_connections=None, user_max_clusters=None, user_max_queued_bytes=None, user_max_held_bytes=None,
+        )  # fmt: skip
+        self._server = SchedulerServer(config, SchedulerCore(load_policy("fair"), config.core_config(persist=False, accounting=False)))
+        self.address = self._loop.run(self._server.start(self._listener), timeout=timeout)
         return self.address
 
     def join(self, link: asyncio.Protocol) -> None:
@@ -116,8 +125,10 @@ class EmbeddedScheduler:
         Raises:
             ConnectionRefusedError: it has stopped (as its closed socket would refuse a client dialing it again).
         """
-        if self._stopped:
+        if self._stopped or self._server is None:
             raise ConnectionRefusedError("the embedded scheduler has stopped")
+        from dispy_sched.conn import PeerConnection
+
         pipe.connect(asyncio.get_running_loop(), link, PeerConnection(self._server))
 
     def start_node(self, cpus: int, heartbeat: float | None = None) -> None:
@@ -144,6 +155,7 @@ class EmbeddedScheduler:
             DispyError: the node exited, or had not joined after `timeout` seconds.
         """
         proc = self._nodes[-1]
+        assert self._server is not None, "wait_node before start"
         core = self._server.core
 
         async def joined() -> bool:
@@ -171,8 +183,23 @@ class EmbeddedScheduler:
         for proc in self._nodes:
             localnode.stop(proc)
         self._nodes.clear()
-        try:
-            self._loop.run(self._server.stop(), timeout=10)
-        except (TimeoutError, OSError) as exc:
-            log.warning("stopping the embedded scheduler: %s", exc)
+        if self._server is not None:
+            try:
+                self._loop.run(self._server.stop(), timeout=10)
+            except (TimeoutError, OSError) as exc:
+                log.warning("stopping the embedded scheduler: %s", exc)
+        self._listener.close()  # (its server closed it already, if it started)
         shutil.rmtree(self._state_dir, ignore_errors=True)
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening socket on the first address `host` resolves to (asyncio's `create_server` would bind them
+    all: a JobCluster given a name listens on one of its addresses, the one its local node dials).
+
+    Raises:
+        OSError: the address cannot be resolved or listened on (e.g. in use).
+    """
+    family, _, _, _, address = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    sock = socket.create_server(address, family=family, backlog=100)
+    sock.setblocking(False)
+    return sock

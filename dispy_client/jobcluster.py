@@ -130,16 +130,20 @@ class JobCluster(BaseCluster):
             options.isolation = isolation.WORKER
         # one loop thread for the client and its scheduler: no GIL hand-off between them per message
         loop_thread = LoopThread(f"dispy-{computation_name(computation)}-io")
-        from .embedded import EmbeddedScheduler  # the scheduler's code: imported by a JobCluster, not by every client
+        from .embedded import EmbeddedScheduler  # the scheduler: made by a JobCluster, not by every client
 
-        self._embedded = EmbeddedScheduler(
-            loop_thread, ip_addr or "127.0.0.1", int(port or 0), options.secret, server_tls
-        )
+        try:
+            self._embedded = EmbeddedScheduler(
+                loop_thread, ip_addr or "127.0.0.1", int(port or 0), options.secret, server_tls
+            )
+        except BaseException:
+            loop_thread.stop()
+            raise
         cpus = local_cpus(options.nodes)
         try:
-            host, bound_port = self._embedded.start()
-            if cpus > 0:
+            if cpus > 0:  # first: the node starts while the scheduler's code is imported (`start`)
                 self._embedded.start_node(cpus, options.pulse_interval)
+            host, bound_port = self._embedded.start()
             options.secret = self._embedded.client_secret
             host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
             super().__init__(computation, host, bound_port, options, loop_thread, pipe=self._embedded.join)

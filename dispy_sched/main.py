@@ -23,7 +23,7 @@ from dispy_wire.settings import EX_CONFIG
 from dispy_wire.version import version_line
 
 from .policies import Policy, UnknownPolicy, load_policy
-from . import gcpolicy, tls_init
+from . import gcpolicy
 from .server import SchedulerServer, step_down
 from .accounting import AccountingStore, SqliteAccounting
 from .journal import FILENAME as STATE_DATABASE, SqliteJournal, StateStore
@@ -226,8 +226,10 @@ def status_line(server: SchedulerServer, address: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if args[:1] == ["tls"]:
-        return tls_init.main(args[1:])  # `dispyscheduler tls init DIR ...`
+    if args[:1] == ["tls"]:  # `dispyscheduler tls init DIR ...`: cryptography's x509 and key generation, 60 ms
+        from . import tls_init  # of CPU to import, paid only by this command
+
+        return tls_init.main(args[1:])
     try:
         options = build_parser().parse_args(argv)
         cfg = config_from_namespace(options)

@@ -27,6 +27,7 @@ import itertools
 import logging
 import os
 import resource
+import socket
 import sqlite3
 import time
 from collections import Counter
@@ -206,7 +207,9 @@ class SchedulerServer:
 
     # ------------------------------------------------------------ lifecycle
 
-    async def start(self) -> tuple[str, int]:
+    async def start(self, sock: socket.socket | None = None) -> tuple[str, int]:
+        """Serves on `config.host`:`config.port`, or on `sock`, a listening socket its owner bound (a JobCluster
+        binds its own before this module is imported, so that its node can start meanwhile)."""
         self.config.prepare_verifiers()  # the PBKDF2 of plaintext secrets now, not in the first login
         if self.store is not None:
             started = time.monotonic()
@@ -229,9 +232,10 @@ class SchedulerServer:
         self._size_gate(loop)
         tls = self.config.server_tls()
         # a peer's connection_made comes after the TLS handshake: the Challenge goes out encrypted
+        where: dict[str, Any] = {"sock": sock} if sock else {"host": self.config.host, "port": self.config.port,
+                                                             "reuse_address": True}  # fmt: skip
         self._server = await loop.create_server(
-            lambda: PeerConnection(self), self.config.host, self.config.port, reuse_address=True,
-            ssl=tls.context(on_failure=_log_tls_failure) if tls else None,
+            lambda: PeerConnection(self), **where, ssl=tls.context(on_failure=_log_tls_failure) if tls else None,
             ssl_handshake_timeout=self.config.handshake_timeout if tls else None,
         )  # fmt: skip
         sockname = self._server.sockets[0].getsockname()

@@ -33,20 +33,17 @@ import re
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
-
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.serialization import Encoding
-from cryptography.x509.oid import NameOID
+from typing import TYPE_CHECKING, Any
 
 from .errors import WireError
+
+if TYPE_CHECKING:  # cryptography's x509 costs every process 50 ms of CPU to import: it is imported where
+    from cryptography import x509  # a certificate is read, which a plaintext deployment never does
 
 MIN_VERSION = ssl.TLSVersion.TLSv1_2
 #: `ClientTLS.ca` value that trusts the system's CA store instead of a file
 SYSTEM_CA = "system"
 CHANNEL_BINDING = "tls-server-end-point"
-_DER = Encoding.DER
 
 
 class TLSConfigError(WireError, ValueError):
@@ -117,12 +114,7 @@ def cert_fingerprint(path: str) -> str:
     Raises:
         TLSConfigError: the file cannot be read or holds no certificate.
     """
-    try:
-        with open(path, "rb") as f:
-            cert = x509.load_pem_x509_certificate(f.read())
-    except (OSError, ValueError) as exc:
-        raise TLSConfigError(f"cannot read certificate {path}: {exc}") from None
-    return fingerprint(cert.public_bytes(_DER))
+    return fingerprint(_first_cert_der(path))
 
 
 # ------------------------------------------------------------------ contexts
@@ -290,11 +282,9 @@ def file_identity(path: str) -> CertIdentity:
     Raises:
         TLSConfigError: the file cannot be read or holds no certificate.
     """
-    try:
-        with open(path, "rb") as f:
-            subject = x509.load_pem_x509_certificate(f.read()).subject
-    except (OSError, ValueError) as exc:
-        raise TLSConfigError(f"cannot read certificate {path}: {exc}") from None
+    from cryptography.x509.oid import NameOID
+
+    subject = _first_cert(path).subject
     names = [str(a.value) for a in subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
     units = tuple(str(a.value) for a in subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME))
     return CertIdentity(names[0] if names else "", units)
@@ -324,12 +314,20 @@ def _load_ca(ctx: ssl.SSLContext, ca: str) -> None:
         raise TLSConfigError(f"cannot load TLS CA file {ca}: {describe_failure(exc)}") from None
 
 
-def _first_cert_der(path: str) -> bytes:
+def _first_cert(path: str) -> x509.Certificate:
+    from cryptography import x509
+
     try:
         with open(path, "rb") as f:
-            return x509.load_pem_x509_certificate(f.read()).public_bytes(_DER)
+            return x509.load_pem_x509_certificate(f.read())
     except (OSError, ValueError) as exc:
         raise TLSConfigError(f"cannot read certificate {path}: {exc}") from None
+
+
+def _first_cert_der(path: str) -> bytes:
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    return _first_cert(path).public_bytes(Encoding.DER)
 
 
 # ---------------------------------------------------------- channel binding
@@ -354,6 +352,9 @@ def channel_binding(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> tuple[s
         der = ssl_object.getpeercert(binary_form=True) or b""
     if not der:
         return None
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
     algorithm = x509.load_der_x509_certificate(der).signature_hash_algorithm
     if algorithm is None or isinstance(algorithm, (hashes.MD5, hashes.SHA1)):
         algorithm = hashes.SHA256()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import sys
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -249,6 +251,15 @@ def test_a_local_node_that_cannot_start_is_an_error_and_leaves_nothing(capfd: py
     with pytest.raises(dispy.DispyError, match=r"this machine's node \(dispynode, pid \d+\) exited with status 78"):
         dispy.JobCluster(square, pulse_interval=-1)  # the node refuses a negative heartbeat (a config error)
     assert "heartbeat: expected seconds" in capfd.readouterr().err
+    assert not embedded_nodes()
+
+
+def test_a_port_in_use_is_an_error_and_leaves_nothing() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        threads = set(threading.enumerate())
+        with pytest.raises(OSError, match="in use"):
+            dispy.JobCluster(square, port=taken.getsockname()[1])
+    assert set(threading.enumerate()) == threads, "its loop thread outlived it"
     assert not embedded_nodes()
 
 
