@@ -12,10 +12,12 @@ a `JobCluster` returns only then, so its first jobs do not wait on a node
 that is still starting (a Python start, imports and handshake: about half a
 second, more on a busy machine).
 
-Its listening socket is bound when it is made, and the scheduler's code
-(dispy_sched, about 0.3 s of CPU to import) is imported only in `start`: the
-node starts in between, and its start-up runs beside that import on another
-CPU instead of after it (benchmarks/startup.py).
+Given an IP address (127.0.0.1 by default), its listening socket is bound
+when it is made, and the scheduler's code (dispy_sched, about 0.3 s of CPU
+to import) is imported only in `start`: the node starts in between, and its
+start-up runs beside that import on another CPU instead of after it
+(benchmarks/startup.py). Given a name, it listens on every address the name
+resolves to, from `start` on, and the node starts after it.
 
 Clients other than ours cannot use it: the client secret is a random token
 only this process knows. Nodes prove `secret`, the cluster's. Our own client
@@ -25,6 +27,7 @@ reaches it through an in-process pipe (`join`, pipe.py), not a socket.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import secrets
@@ -61,7 +64,12 @@ class EmbeddedScheduler:
 
     Attributes:
         client_secret: what our own client proves (a random token).
-        address: (host, port) it listens on, once started.
+        address: (host, port) it listens on: from the start if `listening`, else once started.
+        listening: its socket is bound already (an IP address was given): a node may be started before `start`.
+
+    Raises:
+        OSError: an IP address given cannot be listened on (e.g. in use).
+        TLSConfigError: `tls` names files that cannot be read.
     """
 
     def __init__(
@@ -90,10 +98,20 @@ class EmbeddedScheduler:
         self.node_secret = node_secret
         self._pin = cert_fingerprint(tls.cert) if tls else None
         self._tls = tls
-        self._listener = _listen(host, port)
-        self.address: tuple[str, int] = self._listener.getsockname()[:2]
-        self._state_dir = tempfile.mkdtemp(prefix="dispy-embedded-")
-        os.chmod(self._state_dir, 0o711)  # a node started as root runs jobs as another account: let it through
+        self._listener = _listen(host, port) if _is_address(host) else None
+        self.listening = self._listener is not None
+        self.address: tuple[str, int] = self._listener.getsockname()[:2] if self._listener else (host, port)
+        state_dir = ""
+        try:
+            state_dir = tempfile.mkdtemp(prefix="dispy-embedded-")
+            os.chmod(state_dir, 0o711)  # a node started as root runs jobs as another account: let it through
+        except BaseException:
+            if self._listener is not None:
+                self._listener.close()
+            if state_dir:
+                shutil.rmtree(state_dir, ignore_errors=True)
+            raise
+        self._state_dir = state_dir
         self._server: SchedulerServer | None = None
         self._loop = loop_thread
         self._nodes: list[subprocess.Popen[bytes]] = []
@@ -101,7 +119,12 @@ class EmbeddedScheduler:
         self.node_name = socket.gethostname()  # the name this machine's node joins by
 
     def start(self, timeout: float = 10.0) -> tuple[str, int]:
-        """Imports the scheduler's code and serves on the socket bound when it was made; returns (host, port)."""
+        """Imports the scheduler's code and serves (on the socket bound when it was made, if any); returns
+        (host, port).
+
+        Raises:
+            OSError: the name given cannot be listened on (e.g. in use).
+        """
         from dispy_sched.config import SchedConfig
         from dispy_sched.core import SchedulerCore
         from dispy_sched.policies import load_policy
@@ -133,9 +156,7 @@ class EmbeddedScheduler:
 
     def start_node(self, cpus: int, heartbeat: float | None = None) -> None:
         """Starts a node process for this machine offering `cpus` CPUs."""
-        host, port = self.address
-        if host in ("0.0.0.0", "::", ""):
-            host = "127.0.0.1"
+        host, port = dialable(self.address)
         work_dir = tempfile.mkdtemp(prefix="work-", dir=self._state_dir)
         argv = ["--scheduler", f"[{host}]:{port}" if ":" in host else f"{host}:{port}", "--cpus", str(cpus)]
         argv += ["--name", self.node_name]
@@ -188,18 +209,34 @@ class EmbeddedScheduler:
                 self._loop.run(self._server.stop(), timeout=10)
             except (TimeoutError, OSError) as exc:
                 log.warning("stopping the embedded scheduler: %s", exc)
-        self._listener.close()  # (its server closed it already, if it started)
+        if self._listener is not None:
+            self._listener.close()  # (its server closed it already, if it started)
         shutil.rmtree(self._state_dir, ignore_errors=True)
 
 
+def dialable(address: tuple[str, int]) -> tuple[str, int]:
+    """Where this machine dials a scheduler listening on `address`: loopback for a wildcard address."""
+    host, port = address
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1", port
+    return ("::1", port) if host == "::" else (host, port)  # (an IPv6 wildcard socket takes no IPv4 here)
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 def _listen(host: str, port: int) -> socket.socket:
-    """A listening socket on the first address `host` resolves to (asyncio's `create_server` would bind them
-    all: a JobCluster given a name listens on one of its addresses, the one its local node dials).
+    """A listening socket on IP address `host`, as asyncio's `create_server` would bind it.
 
     Raises:
-        OSError: the address cannot be resolved or listened on (e.g. in use).
+        OSError: it cannot be listened on (e.g. in use).
     """
-    family, _, _, _, address = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
-    sock = socket.create_server(address, family=family, backlog=100)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.create_server((host, port), family=family, backlog=100)
     sock.setblocking(False)
     return sock

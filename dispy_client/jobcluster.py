@@ -129,8 +129,9 @@ class JobCluster(BaseCluster):
         if options.isolation is None:  # one user's jobs on their own machine: reuse processes (docs/isolation.md)
             options.isolation = isolation.WORKER
         # one loop thread for the client and its scheduler: no GIL hand-off between them per message
+        cpus = local_cpus(options.nodes)
         loop_thread = LoopThread(f"dispy-{computation_name(computation)}-io")
-        from .embedded import EmbeddedScheduler  # the scheduler: made by a JobCluster, not by every client
+        from .embedded import EmbeddedScheduler, dialable  # the scheduler: made by a JobCluster, not every client
 
         try:
             self._embedded = EmbeddedScheduler(
@@ -139,13 +140,14 @@ class JobCluster(BaseCluster):
         except BaseException:
             loop_thread.stop()
             raise
-        cpus = local_cpus(options.nodes)
         try:
-            if cpus > 0:  # first: the node starts while the scheduler's code is imported (`start`)
+            early = cpus > 0 and self._embedded.listening
+            if early:  # the node starts while the scheduler's code is imported (`start`)
                 self._embedded.start_node(cpus, options.pulse_interval)
-            host, bound_port = self._embedded.start()
+            host, bound_port = dialable(self._embedded.start())
+            if cpus > 0 and not early:
+                self._embedded.start_node(cpus, options.pulse_interval)
             options.secret = self._embedded.client_secret
-            host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
             super().__init__(computation, host, bound_port, options, loop_thread, pipe=self._embedded.join)
         except BaseException:  # nothing it started may outlive it (BaseCluster stopped its own part)
             self._embedded.stop()

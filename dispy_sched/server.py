@@ -232,7 +232,7 @@ class SchedulerServer:
         self._size_gate(loop)
         tls = self.config.server_tls()
         # a peer's connection_made comes after the TLS handshake: the Challenge goes out encrypted
-        where: dict[str, Any] = {"sock": sock} if sock else {"host": self.config.host, "port": self.config.port,
+        where: dict[str, Any] = {"sock": sock} if sock is not None else {"host": self.config.host, "port": self.config.port,
                                                              "reuse_address": True}  # fmt: skip
         self._server = await loop.create_server(
             lambda: PeerConnection(self), **where, ssl=tls.context(on_failure=_log_tls_failure) if tls else None,

@@ -263,6 +263,27 @@ def test_a_port_in_use_is_an_error_and_leaves_nothing() -> None:
     assert not embedded_nodes()
 
 
+@pytest.mark.filterwarnings("ignore:JobCluster. listening on")  # (the wildcards reach beyond this machine)
+@pytest.mark.parametrize("host", ["localhost", "::", "0.0.0.0"])
+def test_a_name_or_a_wildcard_address_to_listen_on_serves_the_local_node(host: str) -> None:
+    with dispy.JobCluster(square, nodes=[("127.0.0.1", None, 1)], host=host) as cluster:
+        assert cluster.submit(3)() == 9
+        [node] = cluster.status().nodes
+        assert node.cpus == 1
+
+
+def test_a_scheduler_that_cannot_start_leaves_no_node_behind(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dispy_sched.server import SchedulerServer
+
+    async def refused(self: SchedulerServer, sock: socket.socket | None = None) -> tuple[str, int]:
+        raise PermissionError("refused by the test")
+
+    monkeypatch.setattr(SchedulerServer, "start", refused)  # after the local node started, before it joined
+    with pytest.raises(PermissionError, match="refused by the test"):
+        dispy.JobCluster(square)
+    assert not embedded_nodes()
+
+
 def test_a_local_node_that_does_not_join_in_time_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
     import dispy_client.jobcluster
 
