@@ -28,6 +28,7 @@ from typing import Any, NoReturn, TypeVar
 from dispy_wire import isolation
 from dispy_wire.discovery import DISCOVERY_PORT
 from dispy_wire.limits import format_size, parse_size
+from dispy_wire.leaving import leaving
 from dispy_wire.loop import event_loop_factory
 from dispy_wire.schedulers import Schedulers
 from dispy_wire import settings
@@ -537,6 +538,7 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         if config.cgroups is not None:
             cgroups.release(config.cgroups)
+        leaving()
     sys.exit(code)
 
 

@@ -16,6 +16,7 @@ from typing import IO, TYPE_CHECKING
 from .config import ConfigError, SchedConfig, build_parser, config_from_namespace, describe
 from .core import SchedulerCore
 from .discovery import start_responder
+from dispy_wire.leaving import leaving
 from dispy_wire.loop import event_loop_factory
 from dispy_wire.sdnotify import Notifier
 from dispy_wire.tls import is_loopback
@@ -289,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         if journal is not None:
             journal.close()
         lock.close()
+        leaving()
     return 0
 
 
