@@ -11,7 +11,7 @@ import sqlite3
 import sys
 import threading
 import time
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, NoReturn
 
 from .config import ConfigError, SchedConfig, build_parser, config_from_namespace, describe
 from .core import SchedulerCore
@@ -290,9 +290,15 @@ def main(argv: list[str] | None = None) -> int:
         if journal is not None:
             journal.close()
         lock.close()
-        leaving()
     return 0
 
 
+def run() -> NoReturn:
+    """`dispyscheduler`: `main`, then the process exits (`leaving`: it is the process's last step)."""
+    code = main()
+    leaving()
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
