@@ -98,20 +98,15 @@ class EmbeddedScheduler:
         self.node_secret = node_secret
         self._pin = cert_fingerprint(tls.cert) if tls else None
         self._tls = tls
-        self._listener = _listen(host, port) if _is_address(host) else None
+        self._state_dir = tempfile.mkdtemp(prefix="dispy-embedded-")
+        try:
+            os.chmod(self._state_dir, 0o711)  # a node started as root runs jobs as another account: let it through
+            self._listener = _listen(host, port) if _is_address(host) else None
+        except BaseException:
+            shutil.rmtree(self._state_dir, ignore_errors=True)
+            raise
         self.listening = self._listener is not None
         self.address: tuple[str, int] = self._listener.getsockname()[:2] if self._listener else (host, port)
-        state_dir = ""
-        try:
-            state_dir = tempfile.mkdtemp(prefix="dispy-embedded-")
-            os.chmod(state_dir, 0o711)  # a node started as root runs jobs as another account: let it through
-        except BaseException:
-            if self._listener is not None:
-                self._listener.close()
-            if state_dir:
-                shutil.rmtree(state_dir, ignore_errors=True)
-            raise
-        self._state_dir = state_dir
         self._server: SchedulerServer | None = None
         self._loop = loop_thread
         self._nodes: list[subprocess.Popen[bytes]] = []
