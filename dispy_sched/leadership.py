@@ -78,11 +78,17 @@ class Leadership:
     # ------------------------------------------------------------ standing by
 
     def campaign(self, stop: threading.Event) -> bool:
-        """Stands by until this scheduler leads (True) or `stop` is set (False). Blocking: run in a thread."""
+        """Stands by until this scheduler leads (True) or `stop` is set (False). Blocking: run in a thread.
+
+        Stopped first, it closes its connection to the database: a standby that stops leaves nothing open there."""
         watch = _Watch()
+        leads = False
         try:
-            return self._campaign(stop, watch)
+            leads = self._campaign(stop, watch)
+            return leads
         finally:
+            if not leads:
+                self._drop()
             self.polled.set()
 
     def _campaign(self, stop: threading.Event, watch: _Watch) -> bool:

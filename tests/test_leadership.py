@@ -65,6 +65,33 @@ def test_a_standby_takes_over_a_leader_whose_beat_stops_and_the_old_one_is_told(
     standby.resign()
 
 
+def test_a_standby_stopped_before_it_leads_closes_its_connection(pg_dsn: str) -> None:
+    leader = Leadership(pg_dsn, "a:1", lease=1.0)
+    assert leader.campaign(threading.Event())
+    alone = _connections(pg_dsn)  # the leader's
+    standby = Leadership(pg_dsn, "b:2", lease=1.0)
+    thread, stop, won = campaign_in_thread(standby)
+    wait_until(lambda: standby.seen.address == "a:1", what="the standby to read who leads")
+    assert _connections(pg_dsn) == alone + 1
+    stop.set()
+    thread.join(30)
+    assert won == [False]
+    assert _connections(pg_dsn) == alone
+    leader.resign()
+
+
+def _connections(dsn: str) -> int:
+    """Connections to the test's database, other than the one asking."""
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as db:
+        row = db.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchone()
+        assert row is not None
+        return int(row[0])
+
+
 def _beats(dsn: str) -> int:
     import psycopg
 
