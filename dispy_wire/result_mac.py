@@ -41,16 +41,6 @@ KEY_SIZE = 32
 MAC_SIZE = hashlib.sha256().digest_size
 DOMAIN = "dispy-shared job record v1"
 
-# CPython's own SHA-256 (module _sha256 until 3.11, _sha2 from 3.12): no OpenSSL method lookup and context
-# set-up in a freshly forked job process
-try:
-    from _sha2 import sha256 as _sha256
-except ImportError:
-    try:
-        from _sha256 import sha256 as _sha256
-    except ImportError:  # a build without it
-        _sha256 = hashlib.sha256
-
 
 class Kind(str, Enum):
     """What a MAC'd record is; part of what is MAC'd."""
@@ -85,8 +75,12 @@ def prepare(key: bytes) -> None:
 
 @functools.lru_cache(maxsize=64)
 def _keyed(key: bytes) -> hmac.HMAC:
-    """The HMAC keyed once per key: a MAC is then a copy of it and the hashing of its data."""
-    return hmac.new(key, digestmod=_sha256)
+    """The HMAC keyed once per key: a MAC is then a copy of it and the hashing of its data.
+
+    Over hashlib's SHA-256 (OpenSSL's): it hashes a large result about 6 times as fast as CPython's own
+    SHA-256 (0.75 against 4.5 ms a MiB here), and a job process freshly forked from a zygote that keyed it
+    signs a small result at the same cost with either (about 80 page faults)."""
+    return hmac.new(key, digestmod=hashlib.sha256)
 
 
 def needs_mac(result: JobResult) -> bool:
