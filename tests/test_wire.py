@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import pickle
+import tracemalloc
 from collections.abc import Callable
 from typing import Any
 
@@ -19,7 +20,7 @@ from hypothesis import strategies as st
 
 from dispy_wire import messages as M
 from dispy_wire.errors import ErrorCode, LocalWireError, NotLeaderError, RemoteWireError
-from dispy_wire.framing import HEADER, NEED_DATA, PREAMBLE, FrameDecoder, encode_frame
+from dispy_wire.framing import HEADER, LARGE, NEED_DATA, PREAMBLE, FrameDecoder, encode_frame
 from dispy_wire.handshake import ChannelBinding, HandshakeState, Peer, PeerHandshake, Role, ServerHandshake
 from dispy_wire.messages import (
     PROTOCOL_VERSION,
@@ -186,6 +187,70 @@ def test_stream_split_into_arbitrary_chunks_gives_the_same_messages(cuts: list[i
         decoder.feed(stream[a:b])
         got += drain(decoder)
     assert got == SAMPLES
+
+
+#: bodies around and at `LARGE`, the size from which a frame not yet whole is gathered piece by piece
+BODIES = [b"a" * 10, bytes(range(256)) * (LARGE // 256), b"b" * 3, b"c" * (LARGE - 1), b"d" * (3 * LARGE + 7), b"", b"e"]
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow])
+@given(cuts=st.lists(st.tuples(st.integers(min_value=0, max_value=10 * LARGE), st.booleans()), max_size=40))
+def test_large_frames_split_anywhere_come_back_whole_and_in_order(cuts: list[tuple[int, bool]]) -> None:
+    stream = PREAMBLE + b"".join(encode_frame(b) for b in BODIES)
+    drain_at = {c % (len(stream) + 1) for c, drain in cuts if drain}  # elsewhere, more is fed before any is taken
+    points = sorted({c % (len(stream) + 1) for c, _ in cuts} | {0, len(stream)})
+    decoder = FrameDecoder()
+    got: list[bytes] = []
+    for a, b in zip(points, points[1:]):
+        decoder.feed(stream[a:b])
+        if b in drain_at:
+            got += decoder.frames()
+    got += decoder.frames()
+    assert got == BODIES
+    assert decoder.buffered == 0
+
+
+def test_a_large_frame_sent_a_byte_at_a_time_is_held_in_about_its_own_size() -> None:
+    body = bytes(range(256)) * 1024  # 256 KiB
+    frame = encode_frame(body)
+    decoder = FrameDecoder(expect_preamble=False)
+    tracemalloc.start()
+    try:
+        for i in range(len(frame) - 1):
+            decoder.feed(frame[i : i + 1])
+            if i == HEADER.size:
+                assert decoder.next_frame() is NEED_DATA  # its header read: it is gathered from here
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert held < 2 * len(body), f"{held} bytes held for a frame of {len(body)}"
+    decoder.feed(frame[-1:])
+    assert decoder.next_frame() == body
+
+
+def test_a_buffer_fed_and_then_changed_by_its_owner_does_not_change_the_frame() -> None:
+    decoder = FrameDecoder(expect_preamble=False)
+    body = b"z" * (2 * LARGE)
+    frame = encode_frame(body)
+    decoder.feed(frame[: LARGE // 2])
+    assert decoder.next_frame() is NEED_DATA
+    reused = bytearray(frame[LARGE // 2 : LARGE])
+    decoder.feed(reused)  # type: ignore[arg-type]  (a caller's own buffer, as recv_into fills one)
+    reused[:] = b"!" * len(reused)
+    decoder.feed(frame[LARGE:])
+    assert decoder.next_frame() == body
+
+
+def test_a_large_frame_announced_beyond_max_size_is_refused_before_it_is_gathered() -> None:
+    decoder = FrameDecoder(max_size=2 * LARGE, expect_preamble=False)
+    decoder.feed(encode_frame(b"x" * (2 * LARGE))[: LARGE])
+    assert decoder.next_frame() is NEED_DATA  # at the limit: gathered
+    decoder.feed(b"x" * (LARGE + HEADER.size))
+    assert decoder.next_frame() == b"x" * (2 * LARGE)
+    decoder.feed(HEADER.pack(2 * LARGE + 1) + b"x" * 10)
+    with pytest.raises(RemoteWireError) as exc:
+        decoder.next_frame()
+    assert exc.value.code == ErrorCode.TOO_LARGE
 
 
 def test_long_lived_decoder_does_not_keep_consumed_bytes() -> None:
