@@ -287,8 +287,12 @@ def rtt_line(rtts: list[float]) -> str:
 
 
 def client_env(address: str) -> dict[str, str]:
-    """The environment of a client process of the scheduler at `address`."""
-    return {"DISPY_SCHEDULER": address, "PATH": str(Path(sys.executable).parent)}
+    """The environment of a client process of the scheduler at `address` (with this one's PYTHONPATH, if any: a
+    checkout to compare, as the scheduler and node it starts get it)."""
+    env = {"DISPY_SCHEDULER": address, "PATH": str(Path(sys.executable).parent)}
+    if "PYTHONPATH" in os.environ:
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    return env
 
 
 class Service(NamedTuple):
