@@ -20,7 +20,10 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: pathlib is 10-30 ms of a zygote's start, and it runs jobs without it
+    from pathlib import Path
 
 FILES = "files"
 JOBS = "jobs"

@@ -57,9 +57,7 @@ import traceback
 import types
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, NoReturn
-
-import psutil
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from dispy_wire import result_mac
 from dispy_wire.framing import FrameDecoder
@@ -68,6 +66,9 @@ from dispy_wire.status import JobStatus
 
 from . import cgroups, fdio, job_process, killtree, loading, spare, worker, workdir
 from . import zygote_protocol as zp
+
+if TYPE_CHECKING:  # (killtree imports it where a process is found: a zygote whose jobs leave none never does)
+    import psutil
 from .capture import Capture, Kept, PipeReader
 from .channel import Channel
 from .limits import Limits
@@ -242,14 +243,9 @@ class Zygote:
 
     def _exit(self) -> int:
         """No job is left: kill what escaped unmarked, then unload or just go."""
-        leftovers = []
-        for pid in killtree.own_children():
-            try:
-                leftovers.append(psutil.Process(pid))
-            except psutil.Error:
-                pass
+        leftovers = [proc for pid in killtree.own_children() if (proc := killtree.process(pid)) is not None]
         killtree.signal_procs(leftovers, signal.SIGKILL)
-        psutil.wait_procs(leftovers, timeout=self._grace)
+        killtree.wait_gone(leftovers, self._grace)
         self._remove_spent()
         if self._unloading and not self._stopping:
             self._run_cleanup()
@@ -642,19 +638,12 @@ class Zygote:
             mark = killtree.mark_of(pid)
             # one in its exit has lost its mark with its memory but may not have handed us its children yet:
             # it counts until it is a zombie, so a job's double-forked grandchild is never missed
-            if mark == job.mark or (not mark and killtree.exiting(pid)):
-                try:
-                    proc = psutil.Process(pid)
-                except psutil.Error:
-                    continue
+            if (mark == job.mark or (not mark and killtree.exiting(pid))) and (proc := killtree.process(pid)):
                 found += [proc, *killtree.descendants(pid)]
         if job.group and self._code is not None and self._code.groups is not None:
             for pid in cgroups.members(self._code.groups, job.group):
-                if pid != job.pid and _pgid_of(pid) not in (job.pid, None):
-                    try:
-                        found.append(psutil.Process(pid))
-                    except psutil.Error:
-                        continue
+                if pid != job.pid and _pgid_of(pid) not in (job.pid, None) and (proc := killtree.process(pid)):
+                    found.append(proc)
         return found
 
     def _at(self, deadline: float, what: _Timer, job: _Job) -> None:
