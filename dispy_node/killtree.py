@@ -32,12 +32,10 @@ import ctypes.util
 import os
 import signal
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+
+import psutil
 
 from . import fdio
-
-if TYPE_CHECKING:  # psutil is imported where a tree is searched or killed: 30 ms of every zygote's start, which
-    import psutil  # a job that leaves no process behind never needs
 
 MARK_VAR = "DISPY_JOB_MARK"
 _PR_SET_CHILD_SUBREAPER = 36
@@ -143,8 +141,6 @@ def own_children() -> set[int]:
                 os.close(fd)
             pids.update(int(p) for p in data.split())
     except OSError:
-        import psutil
-
         pids = {p.pid for p in psutil.Process().children()}
     return pids
 
@@ -155,8 +151,6 @@ def mark_of(pid: int) -> str:
         with open(f"/proc/{pid}/environ", "rb") as f:
             env = f.read()
     except OSError:
-        import psutil
-
         try:
             return str(psutil.Process(pid).environ().get(MARK_VAR, "")).strip()
         except (psutil.Error, OSError):
@@ -183,28 +177,8 @@ def exiting(pid: int) -> bool:
     return fields[0] != b"Z" and bool(int(fields[6]) & _PF_EXITING)
 
 
-def process(pid: int) -> psutil.Process | None:
-    """The process `pid`, or None if it is gone."""
-    import psutil
-
-    try:
-        return psutil.Process(pid)
-    except psutil.Error:
-        return None
-
-
-def wait_gone(procs: list[psutil.Process], timeout: float) -> None:
-    """Until every one of `procs` has ended, at most `timeout` seconds."""
-    if procs:
-        import psutil
-
-        psutil.wait_procs(procs, timeout=timeout)
-
-
 def descendants(pid: int) -> list[psutil.Process]:
     """The live descendants of `pid` (empty if it is gone)."""
-    import psutil
-
     try:
         return list(psutil.Process(pid).children(recursive=True))
     except psutil.Error:
@@ -212,8 +186,6 @@ def descendants(pid: int) -> list[psutil.Process]:
 
 
 def signal_procs(procs: Iterable[psutil.Process], sig: int) -> None:
-    import psutil
-
     for proc in procs:
         try:
             proc.send_signal(sig)
@@ -222,8 +194,6 @@ def signal_procs(procs: Iterable[psutil.Process], sig: int) -> None:
 
 
 def alive(proc: psutil.Process) -> bool:
-    import psutil
-
     try:
         return bool(proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE)
     except psutil.Error:
@@ -234,8 +204,6 @@ def kill_marked(prefix: str, timeout: float) -> list[int]:
     """SIGKILLs every process on the machine whose mark starts with `prefix`; waits up to
     `timeout` for them to go. The daemon's last resort when a zygote died (its orphans
     went to init). Returns the pids still alive."""
-    import psutil
-
     found = []
     for proc in psutil.process_iter():
         if mark_of(proc.pid).startswith(prefix):

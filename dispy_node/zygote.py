@@ -57,7 +57,9 @@ import traceback
 import types
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
+
+import psutil
 
 from dispy_wire import result_mac
 from dispy_wire.framing import FrameDecoder
@@ -66,9 +68,6 @@ from dispy_wire.status import JobStatus
 
 from . import cgroups, fdio, job_process, killtree, loading, spare, worker, workdir
 from . import zygote_protocol as zp
-
-if TYPE_CHECKING:  # (killtree imports it where a process is found: a zygote whose jobs leave none never does)
-    import psutil
 from .capture import Capture, Kept, PipeReader
 from .channel import Channel
 from .limits import Limits
@@ -243,9 +242,14 @@ class Zygote:
 
     def _exit(self) -> int:
         """No job is left: kill what escaped unmarked, then unload or just go."""
-        leftovers = [proc for pid in killtree.own_children() if (proc := killtree.process(pid)) is not None]
+        leftovers = []
+        for pid in killtree.own_children():
+            try:
+                leftovers.append(psutil.Process(pid))
+            except psutil.Error:
+                pass
         killtree.signal_procs(leftovers, signal.SIGKILL)
-        killtree.wait_gone(leftovers, self._grace)
+        psutil.wait_procs(leftovers, timeout=self._grace)
         self._remove_spent()
         if self._unloading and not self._stopping:
             self._run_cleanup()
@@ -638,12 +642,19 @@ class Zygote:
             mark = killtree.mark_of(pid)
             # one in its exit has lost its mark with its memory but may not have handed us its children yet:
             # it counts until it is a zombie, so a job's double-forked grandchild is never missed
-            if (mark == job.mark or (not mark and killtree.exiting(pid))) and (proc := killtree.process(pid)):
+            if mark == job.mark or (not mark and killtree.exiting(pid)):
+                try:
+                    proc = psutil.Process(pid)
+                except psutil.Error:
+                    continue
                 found += [proc, *killtree.descendants(pid)]
         if job.group and self._code is not None and self._code.groups is not None:
             for pid in cgroups.members(self._code.groups, job.group):
-                if pid != job.pid and _pgid_of(pid) not in (job.pid, None) and (proc := killtree.process(pid)):
-                    found.append(proc)
+                if pid != job.pid and _pgid_of(pid) not in (job.pid, None):
+                    try:
+                        found.append(psutil.Process(pid))
+                    except psutil.Error:
+                        continue
         return found
 
     def _at(self, deadline: float, what: _Timer, job: _Job) -> None:

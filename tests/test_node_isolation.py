@@ -203,20 +203,6 @@ def test_job_dir_session_umask_and_depends() -> None:
     run(body)
 
 
-def loaded(modules: list[str]) -> list[str]:
-    return [m for m in modules if m in sys.modules]
-
-
-def test_a_zygote_whose_jobs_leave_no_process_behind_never_imports_psutil() -> None:
-    # psutil is about 30 ms of a zygote's start, which the first job of a cluster on a node waits for: it is
-    # imported only where a process left behind is searched for or killed (a forked job has the zygote's modules)
-    async def body(h: Harness) -> None:
-        h.load(func=loaded)
-        assert value(await h.call("c1", ["psutil", "dispy_node.zygote"])) == ["dispy_node.zygote"]
-
-    run(body)
-
-
 def test_keep_files_keeps_job_dirs() -> None:
     async def body(h: Harness) -> None:
         h.load(func=where_am_i, files=[("data.txt", b"payload", 0o644)], options={"keep_files": True})
