@@ -60,9 +60,11 @@ def load_code(load: zp.Load, first: bool) -> tuple[job_process.Code, Any] | str:
                 workdir.write_file(files, name, source, 0o600)
         else:
             files = os.path.join(load.cluster_dir, workdir.FILES)
+        import cloudpickle  # noqa: F401  (once here, not in every job; and before the cluster's files, first on the
+        # path from here, could hold a module of that name: the node's is the one the computation is unpickled with)
+
         sys.path.insert(0, files)
         os.chdir(files)
-        import cloudpickle  # noqa: F401  (imported once here, not in every job)
 
         objs = loads(comp.objects)
         if not isinstance(objs, CodeObjects):

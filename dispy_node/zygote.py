@@ -52,6 +52,7 @@ import os
 import selectors
 import signal
 import sys
+import tempfile
 import time
 import traceback
 import types
@@ -873,8 +874,6 @@ def _anon_file() -> int:
         return os.memfd_create("dispy-job", os.MFD_CLOEXEC)
     except (AttributeError, OSError):
         pass
-    import tempfile
-
     tmp = tempfile.gettempdir()
     try:
         return os.open(tmp, os.O_TMPFILE | os.O_RDWR, 0o600)

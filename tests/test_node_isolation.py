@@ -203,6 +203,17 @@ def test_job_dir_session_umask_and_depends() -> None:
     run(body)
 
 
+def test_a_depends_file_named_like_a_module_of_the_node_does_not_replace_it() -> None:
+    # a cluster's files come first on its zygote's sys.path (its jobs import them): the node's own modules are
+    # imported before, so that a file of the same name is the job's, not the node's
+    async def body(h: Harness) -> None:
+        shadow = ("cloudpickle.py", b"raise ImportError('not the node s')", 0o644)
+        h.load(func=where_am_i, files=[("data.txt", b"payload", 0o644), shadow])
+        assert value(await h.call("c1"))["depends"] == "payload"
+
+    run(body)
+
+
 def test_keep_files_keeps_job_dirs() -> None:
     async def body(h: Harness) -> None:
         h.load(func=where_am_i, files=[("data.txt", b"payload", 0o644)], options={"keep_files": True})
