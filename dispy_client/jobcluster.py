@@ -20,8 +20,6 @@ import socket
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import psutil
-
 from dispy_wire import isolation
 from dispy_wire.tls import ClientTLS, ServerTLS, cert_fingerprint
 
@@ -47,7 +45,7 @@ def local_cpus(nodes: list[NodeAllocate]) -> int:
     subclass's `allocate` is the user's code, run once when the node joins
     (as dispy does), when the cluster exists; it narrows this node then.
     """
-    total = psutil.cpu_count() or 1
+    total = os.cpu_count() or 1  # what a node reports (psutil.cpu_count: the same sysconf), without psutil's import
     plain = [_as_plain(n) for n in nodes]
     return max(allocate_cpus(plain, None, ip, socket.gethostname(), total) for ip in ("127.0.0.1", _own_ip()))
 
