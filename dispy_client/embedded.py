@@ -27,7 +27,6 @@ reaches it through an in-process pipe (`join`, pipe.py), not a socket.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import os
 import secrets
@@ -40,6 +39,7 @@ import warnings
 
 from typing import TYPE_CHECKING
 
+from dispy_wire.dialing import is_address
 from dispy_wire.tls import ServerTLS, cert_fingerprint, is_loopback
 
 from . import localnode, pipe
@@ -101,7 +101,7 @@ class EmbeddedScheduler:
         self._state_dir = tempfile.mkdtemp(prefix="dispy-embedded-")
         try:
             os.chmod(self._state_dir, 0o711)  # a node started as root runs jobs as another account: let it through
-            self._listener = _listen(host, port) if _is_address(host) else None
+            self._listener = _listen(host, port) if is_address(host) else None
         except BaseException:
             shutil.rmtree(self._state_dir, ignore_errors=True)
             raise
@@ -215,14 +215,6 @@ def dialable(address: tuple[str, int]) -> tuple[str, int]:
     if host in ("0.0.0.0", ""):
         return "127.0.0.1", port
     return ("::1", port) if host == "::" else (host, port)  # (an IPv6 wildcard socket takes no IPv4 here)
-
-
-def _is_address(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def _listen(host: str, port: int) -> socket.socket:

@@ -31,7 +31,6 @@ the stream end; TLS (`certfile`) is not served (warned).
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import re
@@ -42,6 +41,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from dispy_sched.dashboard import KEEPALIVE, MAX_JOBS, MIN_INTERVAL, PUSH_INTERVAL, STATIC, static_file
+from dispy_wire.dialing import is_address
 from dispy_wire.errors import ErrorCode
 from dispy_wire.status import JobStatus
 
@@ -148,13 +148,7 @@ class DispyHTTPServer:
             return False
         name = header.rsplit(":", 1)[0] if not header.endswith("]") else header
         name = name.strip("[]").lower()
-        if name in self._host_names:
-            return True
-        try:
-            ipaddress.ip_address(name)
-        except ValueError:
-            return False
-        return True
+        return name in self._host_names or is_address(name)
 
 
 def cluster_status(cluster: Any) -> dict[str, Any]:

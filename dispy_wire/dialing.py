@@ -28,17 +28,23 @@ from .tls import ClientTLS, UntrustedScheduler
 logger = logging.getLogger(__name__)
 
 
+def is_address(host: str) -> bool:
+    """Whether `host` is an IP address literal (no brackets), not a name."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 async def addresses_of(host: str, port: int) -> list[str]:
     """The addresses `host` resolves to, each once, in the resolver's order.
 
     An address literal is itself; a name that does not resolve is returned
     as it is, so that dialing it reports why.
     """
-    try:
-        ipaddress.ip_address(host.strip("[]"))
+    if is_address(host.strip("[]")):
         return [host]
-    except ValueError:
-        pass
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError):

@@ -57,8 +57,9 @@ class FrameDecoder:
         self._buf = bytearray()
         self._pos = 0
         self._need_preamble = expect_preamble
-        self._gathering = False  # a large frame's body: being gathered, or `_whole` (before what `_buf` holds)
-        self._pieces: list[bytes | bytearray | memoryview] = []  # of that body, while `_missing` bytes of it are to come
+        #: a large frame's body being gathered: its pieces so far, while `_missing` bytes of it are to come; then
+        #: `_whole`, the body joined, which comes before what `_buf` holds
+        self._pieces: list[bytes | bytearray | memoryview] = []
         self._missing = 0
         self._whole: bytes | None = None
 
@@ -104,11 +105,11 @@ class FrameDecoder:
             RemoteWireError: NOT_DISPY for a wrong preamble, TOO_LARGE for a
                 header announcing more than `max_size`.
         """
-        if self._gathering:
-            if self._whole is None:
-                return NEED_DATA
-            body, self._whole, self._gathering = self._whole, None, False
+        if self._whole is not None:
+            body, self._whole = self._whole, None
             return body
+        if self._pieces:
+            return NEED_DATA
         buf, pos = self._buf, self._pos
         if self._need_preamble:
             have = bytes(buf[pos : pos + len(PREAMBLE)])
@@ -133,7 +134,7 @@ class FrameDecoder:
         end = start + size
         if len(buf) < end:
             if size >= LARGE:  # the rest is gathered as fed; this buffer is left to its part of the body
-                self._gathering, self._pieces, self._missing = True, [memoryview(buf)[start:]], end - len(buf)
+                self._pieces, self._missing = [memoryview(buf)[start:]], end - len(buf)
                 self._buf, self._pos = bytearray(), 0
             return NEED_DATA
         body = bytes(memoryview(buf)[start:end]) if size >= LARGE else bytes(buf[start:end])
