@@ -326,6 +326,16 @@ class PeerConnection(asyncio.Protocol):
         self._buffer_seen = size
         return progressed
 
+    def sends_now(self) -> bool:
+        """Whether results handed to `deliver_results` go out at once, none waiting behind others or for the
+        peer to read (`SchedulerServer._send_ahead`)."""
+        return self._writer is not None and not (self._closing or self.write_paused or self._results)
+
+    def flush(self) -> None:
+        """Writes what this turn queued now, not at the turn's end."""
+        if self._writer is not None and not self._closing:
+            self._writer.flush()
+
     def _buffered(self) -> int:
         return self.transport.get_write_buffer_size() if self.transport is not None else 0
 

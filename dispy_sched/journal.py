@@ -4,9 +4,10 @@ Theory of operation
 -------------------
 The core says what changed in each `handle` call as one `Persist` action
 (`core/persist.py`); the shell hands it to a `StateStore` and sends that
-call's acknowledgements (JobsAccepted, results, ...) only once `write` has
-returned: group commit, one transaction per loop turn, however many events
-the turn had. At start `load` gives back every row, which the core turns
+call's acknowledgements (JobsAccepted, dispatches, ResultsRecorded, ...)
+only once `write` has returned: group commit, one transaction per loop turn,
+however many events the turn had. What acknowledges nothing (results to
+clients: ahead.py) leaves while the commit writes and syncs. At start `load` gives back every row, which the core turns
 into its records again (`StateRestored`).
 
 `SqliteJournal` is the store of a single scheduler: one SQLite file in the
@@ -18,7 +19,8 @@ are not zeroed, so they cost no write when they go either) and its
 result until the client acknowledges it; usage is written with each result
 that changes it, so fair-share history is exact after a kill -9. With
 `synchronous=FULL` (the default) a commit is on disk before the
-acknowledgements leave; `NORMAL` survives a killed scheduler but not a
+acknowledgements leave (results, which acknowledge nothing, leave while it
+syncs: ahead.py); `NORMAL` survives a killed scheduler but not a
 machine that loses power. A commit that only forgets jobs (their results
 collected, or dropped) acknowledges nothing to anyone: it skips its own
 fsync (`NORMAL` for that commit) and is made durable by the next commit
@@ -182,10 +184,15 @@ class StateStore(AccountingStore, Protocol):
         """As `read_packed`, unpacked."""
         ...
 
-    def write(self, changes: Persist, ends: list[JobEnd] | None = None) -> None:
+    def write(
+        self, changes: Persist, ends: list[JobEnd] | None = None, before_commit: Callable[[], None] | None = None
+    ) -> None:
         """Applies one call's changes atomically; durable when it returns (one that only forgets jobs
         may wait for the next write to be: see journal.py). `ends`, that call's accounting records, are
         kept with them (in the same transaction where the store can: one commit a turn, not two).
+        `before_commit` is called once the changes are staged, before the commit that makes them durable
+        (once at most, and not if staging failed): the caller sends what need not wait (`ahead.py`); its
+        `packed` holds the changes' results by then.
 
         Raises:
             sqlite3.Error or StoreFailed: nothing was written.
@@ -317,17 +324,19 @@ class SqliteJournal:
     def read_results(self, cluster_id: str, job_ids: list[int]) -> list[JobResult]:
         return [_unpack_result(blob) for _, blob in self.read_packed(cluster_id, job_ids)]
 
-    def write(self, changes: Persist, ends: list[JobEnd] | None = None) -> None:
+    def write(
+        self, changes: Persist, ends: list[JobEnd] | None = None, before_commit: Callable[[], None] | None = None
+    ) -> None:
         lazy = self._sync == "FULL" and not ends and _only_forgets(changes)
         if lazy:  # see the module's docstring; NORMAL, not OFF: a checkpoint this commit sets off still syncs
             self._writer.execute("PRAGMA synchronous=NORMAL")
         try:
-            self._write(changes, ends)
+            self._write(changes, ends, before_commit)
         finally:
             if lazy:
                 self._writer.execute("PRAGMA synchronous=FULL")
 
-    def _write(self, changes: Persist, ends: list[JobEnd] | None) -> None:
+    def _write(self, changes: Persist, ends: list[JobEnd] | None, before_commit: Callable[[], None] | None) -> None:
         db = self._writer
         pack = self.packed.start()
         db.execute("BEGIN")
@@ -375,6 +384,8 @@ class SqliteJournal:
                 db.executemany(
                     "INSERT INTO operator_settings VALUES (?, ?, ?)", [(r.kind, r.name, r.value) for r in changes.settings]
                 )
+            if before_commit is not None:  # staged: the commit writes (the rest of) the log and syncs it
+                before_commit()
         except BaseException:
             db.execute("ROLLBACK")
             raise

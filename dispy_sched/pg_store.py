@@ -242,16 +242,26 @@ class PgStore:
     def read_results(self, cluster_id: str, job_ids: list[int]) -> list[JobResult]:
         return [_unpack_result(blob) for _, blob in self.read_packed(cluster_id, job_ids)]
 
-    def write(self, changes: Persist, ends: list[JobEnd] | None = None) -> None:
+    def write(
+        self, changes: Persist, ends: list[JobEnd] | None = None, before_commit: Callable[[], None] | None = None
+    ) -> None:
         """Applies one call's changes in one transaction, fenced by our epoch; then adds `ends`, the call's
         accounting records, in a transaction of their own: a record PostgreSQL refuses (text it cannot
-        hold) costs that record (logged), never the state.
+        hold) costs that record (logged), never the state. `before_commit` is called once, in the first
+        try that got past the fence, before its commit (a retry stages the same rows again).
 
         Raises:
             NotLeader: another scheduler took over; nothing was written.
             StoreFailed: the database stayed unreachable for `pause_limit` seconds, or refused the rows.
         """
-        self._fenced(lambda cur: self._apply(cur, changes))
+        hook = [before_commit] if before_commit is not None else []
+
+        def apply(cur: psycopg.Cursor[Any]) -> None:
+            self._apply(cur, changes)
+            if hook:
+                hook.pop()()
+
+        self._fenced(apply)
         if ends:
             try:
                 self.record(ends)

@@ -5,11 +5,12 @@ Events from all connections are queued and handed to the core once per loop
 turn (`_drain`), so a burst of submits and results from many peers costs one
 scheduling pass; the actions that come back are routed to connections, which
 write once per turn. With a `StateStore` (the journal), the turn's `Persist`
-action, always first, is committed before any other action is carried out,
-so nothing is acknowledged that a crash could lose; at start the store is
-read back into the core. A periodic tick lets the core notice silent nodes
-(and, after a restart, write off jobs no node reported) and logs each user's
-share and usage.
+action, always first, is committed before the other actions are carried
+out, so nothing is acknowledged that a crash could lose; the results nodes
+sent, which acknowledge nothing, go to their clients while the commit is
+made durable (`ahead.py`). At start the store is read back into the core. A
+periodic tick lets the core notice silent nodes (and, after a restart, write
+off jobs no node reported) and logs each user's share and usage.
 
 Before login, a connection is held to little: its frames are capped
 (PRELOGIN_MAX_SIZE), the connections waiting to log in are capped in all and
@@ -44,7 +45,7 @@ from dispy_wire.liveness import Liveness, Verdict, announced_interval, set_keepa
 from dispy_wire.version import VERSION
 from dispy_wire.tls import CertIdentity, peer_common_name
 
-from . import gcpolicy, views
+from . import ahead, gcpolicy, views
 from .config import ConfigError, SchedConfig, load_users
 from .conn import PeerConnection
 from .core import SchedulerCore
@@ -215,8 +216,7 @@ class SchedulerServer:
             started = time.monotonic()
             snap = self.store.load()
             restored = E.StateRestored(snap.clusters, snap.jobs, snap.usage, self.config.adopt_within, snap.settings)
-            for action in self.core.handle(restored, now=time.time()):
-                self._execute(action)
+            self._carry_out(self.core.handle(restored, now=time.time()))
             states: dict[str, int] = {}
             for job in snap.jobs:
                 states[job.state] = states.get(job.state, 0) + 1
@@ -594,14 +594,7 @@ class SchedulerServer:
         if self._stopping:
             return
         events, self._pending = self._pending, []
-        actions = self.core.handle(*events, now=time.time())
-        if len(actions) > 1 and isinstance(actions[0], A.Persist) and isinstance(actions[1], A.RecordJobEnds):
-            # the turn's accounting records go into its journal commit: one transaction (and fsync), not two
-            ends = actions[1].ends
-            self._record(ends, kept=self._commit(actions[0], ends if self.accounting is self.store else None))
-            actions = actions[2:]
-        for action in actions:
-            self._execute(action)
+        self._carry_out(self.core.handle(*events, now=time.time()), events)
         if self.store is not None:  # its results have gone out (or wait on disk): their packed bytes are not needed
             self.store.packed.clear()
         self.turns += 1
@@ -615,13 +608,56 @@ class SchedulerServer:
             self._next_turn = asyncio.get_running_loop().create_future()
         return self._next_turn
 
-    def _commit(self, changes: A.Persist, ends: list[A.JobEnd] | None = None) -> bool | None:
+    def _carry_out(self, actions: list[A.Action], events: list[E.Event] | tuple[()] = ()) -> None:
+        """The actions of the core's call on `events`: its changes committed first (`_commit_turn`)."""
+        if actions and isinstance(actions[0], A.Persist):
+            actions = self._commit_turn(actions[0], actions[1:], events)
+        for action in actions:
+            self._execute(action)
+
+    def _commit_turn(self, changes: A.Persist, actions: list[A.Action], events: list[E.Event] | tuple[()]) -> list[A.Action]:
+        """Commits a turn's changes, with its accounting records (in the same transaction: one fsync, not
+        two), sending what need not wait for the commit while it is made durable (`ahead.py`: results its
+        nodes sent in `events`, ...); returns the turn's actions left to carry out."""
+        ends = None
+        if actions and isinstance(actions[0], A.RecordJobEnds):
+            ends, actions = actions[0].ends, actions[1:]
+        from_nodes = {id(r) for event in events if isinstance(event, E.ResultsArrived) for r in event.results}
+        early, actions = ahead.split(actions, self._sends_now, from_nodes)
+        kept = self._commit(
+            changes, ends if self.accounting is self.store else None, (lambda: self._send_ahead(early)) if early else None
+        )
+        if ends is not None:
+            self._record(ends, kept=kept)
+        return actions
+
+    def _sends_now(self, client: str) -> bool:
+        conn = self.peers.get(client)
+        return conn is not None and conn.sends_now()
+
+    def _send_ahead(self, actions: list[A.Action]) -> None:
+        """Carries out actions (`ahead.AHEAD`) and writes their clients' frames now. Called by the store inside
+        its transaction: an error of ours must not undo the turn's changes there (the core has made them), so
+        none leaves here."""
+        try:
+            for action in actions:
+                self._execute(action)
+            for client in {getattr(action, "client") for action in actions}:
+                conn = self.peers.get(client)
+                if conn is not None:
+                    conn.flush()
+        except Exception:
+            log.exception("cannot send results ahead of the journal commit")
+
+    def _commit(
+        self, changes: A.Persist, ends: list[A.JobEnd] | None = None, before_commit: Callable[[], None] | None = None
+    ) -> bool | None:
         """Writes one turn's changes, and its accounting records `ends` with them; if the changes cannot be
         written, stops before acknowledging anything more. Returns whether `ends` were kept (None: not given)."""
         if self.store is None:
             return None
         try:
-            self.store.write(changes, ends)
+            self.store.write(changes, ends, before_commit)
         except NotLeader as exc:
             step_down(str(exc))
         except AccountingFailed as exc:  # the changes are written: the results go out, the log lines keep the records
@@ -677,8 +713,6 @@ class SchedulerServer:
 
     def _execute(self, action: A.Action) -> None:
         match action:
-            case A.Persist():
-                self._commit(action)
             case A.RecordJobEnds(ends):
                 self._record(ends)
             case A.Dispatch(node, jobs):

@@ -9,15 +9,28 @@ one process; across a client killed mid-callback, at least once, with
 
 from __future__ import annotations
 
+import errno
+import os
 import re
 import signal
+import sqlite3
+import subprocess
+import time
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 
 import psutil
 import pytest
 
+from dispy_sched.core import CoreConfig, SchedulerCore
+from dispy_sched.core import actions as A
+from dispy_sched.core import events as E
+from dispy_sched.journal import FILENAME, SqliteJournal
+from dispy_sched.policies import load_policy
+from dispy_sched.server import EXIT_JOURNAL_FAILED
 from procs import Cluster, Proc
+from test_core import opened, submitted
 from waiting import wait_until
 
 #: the job and its run log, shared by the client programs below
@@ -219,3 +232,92 @@ for job in jobs:
     for uid in (1000, 1001):
         status, why = found[uid]
         assert status == 8 and "never accepted it" in why and "did not run" in why, proc.stdout
+
+
+def fill(directory: Path) -> None:
+    """Writes a file into `directory` until its file system is full."""
+    with open(directory / "filler", "wb", buffering=0) as f:
+        for size in (1 << 20, 4096, 1):
+            try:
+                while True:
+                    f.write(b"\0" * size)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC, exc
+
+
+def test_a_result_sent_while_its_commit_failed_reaches_the_user_once_and_its_job_is_not_run_again(
+    cluster: Cluster,
+) -> None:
+    """A result leaves while its turn's commit is made durable (dispy_sched/ahead.py): here the commit fails (the
+    journal's file system is full), so the scheduler exits with the client holding a result the journal lost. The
+    node still holds it and gives it to the next run, which records it; the job does not run again, the client
+    drops the copy and its program ends as it would have."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a small file system for the journal")
+    state = cluster.workdir / "scheduler-state"
+    state.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(state)], check=True)
+    try:
+        scheduler = cluster.scheduler("--state-dir", str(state))
+        node = cluster.node(cpus=1)
+        go, closing = cluster.workdir / "go", cluster.workdir / "close"
+        client = cluster.client(
+            JOB + f"""
+import os
+
+def held(i, path, go):
+    import os, time
+    with open(path, "a") as f:
+        f.write(f"{{i}}\\n")
+    while not os.path.exists(go):
+        time.sleep(0.01)
+    return i
+
+c = SharedJobCluster(held)
+job = c.submit_job_id(1, 1, {str(cluster.workdir / "runs.txt")!r}, {str(go)!r})
+job()
+print("job", job.id, job.status, job.result, flush=True)
+while not os.path.exists({str(closing)!r}):
+    time.sleep(0.01)
+c.close()
+print("closed", flush=True)
+"""
+        )
+        wait_until(lambda: runs(cluster) == Counter({1: 1}), what="the job running")
+        fill(state)  # the next commit, the result's, cannot write the journal's log
+        go.touch()
+        assert scheduler.wait(60) == EXIT_JOURNAL_FAILED, scheduler.stderr
+        assert "cannot write the journal" in scheduler.stderr
+        assert client.wait_for_line(r"(?m)^job 1 (\d+) (\S+)$").groups() == ("11", "1")  # Finished, before any restart
+        (state / "filler").unlink()
+        port = cluster.address.rsplit(":", 1)[1]
+        scheduler = cluster.scheduler("--port", port, "--state-dir", str(state), name="scheduler-2")
+        scheduler.wait_for_line(r"node \S+ still holds 1 jobs", stream="stderr")  # the job and its result
+        closing.touch()
+        assert client.wait(90) == 0, cluster.describe()
+        assert client.count(r"^job ") == 1 and "closed" in client.stdout
+        assert runs(cluster) == Counter({1: 1})  # not run again: its node's result was recorded
+        assert "Traceback" not in node.stderr
+    finally:
+        cluster.stop_all()
+        subprocess.run(["umount", str(state)], check=True)
+
+
+def test_a_scheduler_restarted_in_the_middle_of_a_sliced_close_starts_and_finishes_it(cluster: Cluster) -> None:
+    """The journal of a scheduler that stopped while a close was ending a cluster's queued jobs a slice at a time:
+    the next start goes on with the close as it restores it (its first call ends a slice: a commit of its own)."""
+    state = cluster.workdir / "scheduler-state"
+    state.mkdir()
+    journal = SqliteJournal(str(state))
+    core = SchedulerCore(load_policy("fair"), CoreConfig(persist=True, close_slice=2))
+    for events in ((opened("c1", "K"),), (submitted("c1", "K", *range(1, 11)),), (E.ClusterClosed("c1", "K", False),)):
+        for action in core.handle(*events, now=time.time()):
+            if isinstance(action, A.Persist):
+                journal.write(action)
+    journal.close()
+    assert core.clusters["K"].cancelling  # stopped with the close under way
+    scheduler = cluster.scheduler("--state-dir", str(state), "--close-slice", "2")
+    assert re.search(r"journal: restored 1 clusters, 8 jobs", scheduler.stderr), scheduler.stderr
+    with sqlite3.connect(state / FILENAME) as db:
+        left = "SELECT count(*) FROM jobs WHERE state != 'done'"
+        wait_until(lambda: db.execute(left).fetchone() == (0,), what="the close's queued jobs ended")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 import msgpack
@@ -13,7 +14,7 @@ from dispy_sched.core import actions as A
 from dispy_sched.core import events as E
 from dispy_sched.core.persist import job_row
 from dispy_sched.core.state import JobState, result_cost
-from dispy_sched.journal import FILENAME, SCHEMA_VERSION, SqliteJournal
+from dispy_sched.journal import FILENAME, SCHEMA_VERSION, SqliteJournal, StateStore
 from dispy_sched.policies import load_policy
 from dispy_wire import messages as M
 from dispy_wire.messages import JobSpec
@@ -262,3 +263,56 @@ def test_a_job_id_acknowledged_and_submitted_again_in_one_turn_is_kept(tmp_path:
     run(core, journal, E.ResultsAcked("c1", "K", [1]), submitted("c1", "K", 1), now=2)  # its id comes again
     journal.close()
     assert [(j.job_id, j.state, j.payload) for j in SqliteJournal(str(tmp_path)).load().jobs] == [(1, "running", b"args-1")]
+
+
+def _before_commit_is_called_staged_not_yet_durable(store: StateStore, committed_states: Callable[[], list[str]]) -> None:
+    """A turn's results, written by `store`: its `before_commit` sees them staged (their bytes packed) and not
+    yet committed (`committed_states`: the jobs' states, as another connection reads them); they are once
+    `write` returns."""
+    core = SchedulerCore(load_policy("fair"), CoreConfig(persist=True))
+    for events in ((opened("c1", "K"), joined("n1", 2)), (submitted("c1", "K", 1, 2),)):
+        for action in step(core, *events, now=0):
+            if isinstance(action, A.Persist):
+                store.write(action)
+    actions = step(core, arrived("n1", result("K", 1), result("K", 2)), now=1)
+    (deliver,) = [a for a in actions if isinstance(a, A.DeliverResults)]
+    seen: list[tuple[list[str], bool]] = []
+
+    def before_commit() -> None:
+        packed = [store.packed.get(r) for r in deliver.results]
+        seen.append((committed_states(), all(store.packed.get(r) is p for r, p in zip(deliver.results, packed))))
+
+    assert isinstance(actions[0], A.Persist)
+    store.write(actions[0], None, before_commit)
+    assert seen == [(["running", "running"], True)]  # once; the results' bytes ready, the rows not durable yet
+    assert committed_states() == ["done", "done"]
+
+
+def test_a_journal_write_calls_before_commit_with_the_turn_staged_and_not_yet_durable(tmp_path: Path) -> None:
+    journal = SqliteJournal(str(tmp_path))
+    other = sqlite3.connect(tmp_path / FILENAME)
+    try:
+        _before_commit_is_called_staged_not_yet_durable(
+            journal, lambda: [s for (s,) in other.execute("SELECT state FROM jobs ORDER BY job_id")]
+        )
+    finally:
+        other.close()
+        journal.close()
+
+
+def test_a_postgresql_write_calls_before_commit_with_the_turn_staged_and_not_yet_durable(pg_dsn: str) -> None:
+    import psycopg
+
+    from dispy_sched.pg_store import PgStore, create_schema
+    from test_core_journal import take_epoch
+
+    create_schema(pg_dsn)
+    store = PgStore(pg_dsn, take_epoch(pg_dsn))
+    other = psycopg.connect(pg_dsn, autocommit=True)
+    try:
+        _before_commit_is_called_staged_not_yet_durable(
+            store, lambda: [s for (s,) in other.execute("SELECT state FROM jobs ORDER BY job_id")]
+        )
+    finally:
+        other.close()
+        store.close()

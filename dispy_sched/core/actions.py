@@ -28,7 +28,8 @@ class Persist(Action):
     """Everything one `handle` call changed, to be written in one transaction.
 
     Always the first action of its call: the shell commits it before it sends
-    any of the others, so no acknowledgement gets ahead of its record.
+    the others, so no acknowledgement gets ahead of its record (what
+    acknowledges nothing leaves while the commit syncs: dispy_sched/ahead.py).
     Applied in field order: clusters, new jobs, changed jobs, forgotten jobs,
     forgotten clusters (with all their jobs), usage, then the operator's settings (None: unchanged; a list
     replaces all that are stored).

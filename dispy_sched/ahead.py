@@ -1,0 +1,60 @@
+"""What of a loop turn's actions leaves while the turn's journal commit is made durable.
+
+The journal promises that nothing is acknowledged that a crash could lose: a
+turn's `Persist` is committed before its JobsAccepted, ResultsRecorded and
+the rest leave (journal.py). Results, start notices and node updates to a
+client acknowledge nothing, so they need not wait for the commit's write
+and fsync: the store calls the shell back (`StateStore.write`'s
+`before_commit`) once the turn's changes are staged, and they leave then.
+A round trip then waits for one fsync (its submit's), not two
+(benchmarks/latency.py).
+
+What a crash in that instant costs: a client can hold a result the journal
+lost. Its job stays running in the journal, its node keeps the result until
+the scheduler's ResultsRecorded (which does wait for the commit) and sends it
+again to the next run, and the client keeps the first terminal result it
+saw, so the user still gets one; the job does not run again. So only results
+a node sent in this very turn go ahead: one the core made (a cancel, a job
+written off) exists nowhere else, and the next run, without it, would decide
+that job's end anew. Submits and dispatches keep waiting for their commit: a
+job that is not reentrant runs at most once.
+
+A client's frames keep their order: an action goes ahead only if every
+earlier action of the turn for the same client does too, and results only if
+its connection sends them at once (`PeerConnection.sends_now`; what it must
+keep waiting is read back from the store later, after the commit). A client
+that submits while results come back gets them after its turn's commit, with
+the JobsAccepted before them: sequential round trips gain most.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .core import actions as A
+
+#: the actions that may leave before their turn's commit is durable
+AHEAD = (A.NotifyStarted, A.NotifyNodes, A.DeliverResults)
+
+
+def split(
+    actions: list[A.Action], sends_now: Callable[[str], bool], from_nodes: set[int]
+) -> tuple[list[A.Action], list[A.Action]]:
+    """A turn's actions after its `Persist` (and `RecordJobEnds`), as (ahead of the commit, after it), each
+    in their order. `sends_now(client)`: whether that client's connection sends results at once;
+    `from_nodes`: the `id` of each result the turn's `ResultsArrived` events brought (alive meanwhile)."""
+    ahead: list[A.Action] = []
+    after: list[A.Action] = []
+    held: set[str] = set()  # clients with an action this turn that waits for the commit
+    for action in actions:
+        if isinstance(action, AHEAD) and action.client not in held and (
+            not isinstance(action, A.DeliverResults)
+            or (sends_now(action.client) and all(id(r) in from_nodes for r in action.results))
+        ):
+            ahead.append(action)
+        else:
+            after.append(action)
+            client = getattr(action, "client", None)
+            if client is not None:
+                held.add(client)
+    return ahead, after
