@@ -13,11 +13,16 @@ What a crash in that instant costs: a client can hold a result the journal
 lost. Its job stays running in the journal, its node keeps the result until
 the scheduler's ResultsRecorded (which does wait for the commit) and sends it
 again to the next run, and the client keeps the first terminal result it
-saw, so the user still gets one; the job does not run again. So only results
-a node sent in this very turn go ahead: one the core made (a cancel, a job
-written off) exists nowhere else, and the next run, without it, would decide
-that job's end anew. Submits and dispatches keep waiting for their commit: a
-job that is not reentrant runs at most once.
+saw, so the user still gets one; the job does not run again. (The node keeps
+it for `dispynode --scheduler-grace`, 60 s by default: a scheduler away
+longer finds the job gone from its node, as any other it sent there, and
+writes it off or runs it again if reentrant; the user still sees the first.)
+So only results a node sent in this very turn go ahead: one the core made (a
+cancel, a job written off) exists nowhere else, and the next run, without
+it, would decide that job's end anew. Likewise a start notice goes ahead only
+if it is not of a job dispatched in the turn (to a node that starts what it
+is sent). Submits and dispatches keep waiting for their commit: a job that
+is not reentrant runs at most once.
 
 A client's frames keep their order: an action goes ahead only if every
 earlier action of the turn for the same client does too, and results only if
@@ -46,10 +51,15 @@ def split(
     ahead: list[A.Action] = []
     after: list[A.Action] = []
     held: set[str] = set()  # clients with an action this turn that waits for the commit
+    sent = {(r.cluster_id, r.job_id) for a in actions if isinstance(a, A.Dispatch) for r in a.jobs}
     for action in actions:
         if isinstance(action, AHEAD) and action.client not in held and (
-            not isinstance(action, A.DeliverResults)
-            or (sends_now(action.client) and all(id(r) in from_nodes for r in action.results))
+            isinstance(action, A.NotifyNodes)
+            or (isinstance(action, A.NotifyStarted) and not any((action.cluster_id, s.job_id) in sent for s in action.starts))
+            or (
+                isinstance(action, A.DeliverResults)
+                and sends_now(action.client) and all(id(r) in from_nodes for r in action.results)
+            )  # fmt: skip
         ):
             ahead.append(action)
         else:

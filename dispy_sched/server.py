@@ -622,8 +622,10 @@ class SchedulerServer:
         ends = None
         if actions and isinstance(actions[0], A.RecordJobEnds):
             ends, actions = actions[0].ends, actions[1:]
-        from_nodes = {id(r) for event in events if isinstance(event, E.ResultsArrived) for r in event.results}
-        early, actions = ahead.split(actions, self._sends_now, from_nodes)
+        early: list[A.Action] = []
+        if self.store is not None:  # (it calls `_send_ahead` back)
+            from_nodes = {id(r) for event in events if isinstance(event, E.ResultsArrived) for r in event.results}
+            early, actions = ahead.split(actions, self._sends_now, from_nodes)
         kept = self._commit(
             changes, ends if self.accounting is self.store else None, (lambda: self._send_ahead(early)) if early else None
         )
@@ -639,15 +641,19 @@ class SchedulerServer:
         """Carries out actions (`ahead.AHEAD`) and writes their clients' frames now. Called by the store inside
         its transaction: an error of ours must not undo the turn's changes there (the core has made them), so
         none leaves here."""
-        try:
-            for action in actions:
+        for action in actions:
+            try:
                 self._execute(action)
-            for client in {getattr(action, "client") for action in actions}:
-                conn = self.peers.get(client)
-                if conn is not None:
-                    conn.flush()
-        except Exception:
-            log.exception("cannot send results ahead of the journal commit")
+            except Exception:
+                log.exception("cannot carry out %s ahead of the journal commit", type(action).__name__)
+        for client in {getattr(action, "client") for action in actions}:
+            conn = self.peers.get(client)
+            if conn is None:
+                continue
+            try:
+                conn.flush()
+            except Exception:
+                log.exception("cannot write to %s ahead of the journal commit", conn.address)
 
     def _commit(
         self, changes: A.Persist, ends: list[A.JobEnd] | None = None, before_commit: Callable[[], None] | None = None

@@ -22,7 +22,7 @@ def test_results_and_notices_go_ahead_and_acknowledgements_wait_for_the_commit()
     started = A.NotifyStarted("c1", "K", [JobStart(3, "n", "10.0.0.1", 1.0)])
     results = A.DeliverResults("c1", "K", [result("K", 1)])
     actions: list[A.Action] = [
-        A.Dispatch("n1", [RunJob("K", 3, b"", {})]),  # a node's: not before its jobs are journaled
+        A.Dispatch("n1", [RunJob("K", 4, b"", {})]),  # a node's: not before its jobs are journaled
         started,
         results,
         A.ConfirmResults("n1", [JobRef("K", 1)]),  # lets the node drop its copy of the result: waits
@@ -55,3 +55,14 @@ def test_a_result_the_core_made_waits_for_the_commit_with_what_follows_for_its_c
     arrived = {id(node_result.results[0]), id(mixed.results[0])}
     early, late = ahead.split([mixed, started, node_result], everyone_sends_now, arrived)
     assert (early, late) == ([node_result], [mixed, started])
+
+
+def test_a_start_notice_of_a_job_dispatched_in_the_turn_waits_for_its_commit() -> None:
+    """A node that does not queue starts what it is sent: its jobs are told started as they are dispatched, which
+    a lost commit would undo. A start the node reported goes ahead."""
+    dispatched = A.NotifyStarted("c1", "K", [JobStart(3, "n", "10.0.0.1", 1.0)])
+    reported = A.NotifyStarted("c2", "K2", [JobStart(3, "n", "10.0.0.1", 1.0)])  # same id, another cluster
+    results = A.DeliverResults("c1", "K", [result("K", 1)])
+    actions: list[A.Action] = [A.Dispatch("n1", [RunJob("K", 3, b"", {})]), dispatched, reported, results]
+    early, late = ahead.split(actions, everyone_sends_now, from_nodes(results))
+    assert (early, late) == ([reported], [actions[0], dispatched, results])

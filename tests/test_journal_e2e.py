@@ -256,7 +256,8 @@ def test_a_result_sent_while_its_commit_failed_reaches_the_user_once_and_its_job
         pytest.skip("needs root to mount a small file system for the journal")
     state = cluster.workdir / "scheduler-state"
     state.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(state)], check=True)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(state)]).returncode != 0:
+        pytest.skip("cannot mount a file system here")
     try:
         scheduler = cluster.scheduler("--state-dir", str(state))
         node = cluster.node(cpus=1)
@@ -300,7 +301,7 @@ print("closed", flush=True)
         assert "Traceback" not in node.stderr
     finally:
         cluster.stop_all()
-        subprocess.run(["umount", str(state)], check=True)
+        subprocess.run(["umount", str(state)])  # (an error shows, and does not hide the test's own)
 
 
 def test_a_scheduler_restarted_in_the_middle_of_a_sliced_close_starts_and_finishes_it(cluster: Cluster) -> None:
