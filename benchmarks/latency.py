@@ -20,8 +20,9 @@ marking each job's start and end with a write to /dev/null, and lines up one
 job's syscalls across the three traces by their timestamps: client submit →
 bytes written; scheduler read → journal commit (fsync/fdatasync, or the last
 write of the journal file if it does not sync) → dispatch written; node read →
-job start → result written; scheduler result read → commit → forwarded;
-client read → job() returns. strace makes every traced syscall slower (tens
+job start → result written; scheduler result read → forwarded (then its
+commit, which the result does not wait for: dispy_sched/ahead.py); client
+read → job() returns. strace makes every traced syscall slower (tens
 of µs each), so read these hops as proportions of a slowed run: the untraced
 figures are the real ones.
 
@@ -335,9 +336,8 @@ TRACED_HOPS = [
     ("node: job start -> job end", "job_start", "job_end"),
     ("node: job end -> result written", "job_end", "n_result"),
     ("wire: node -> scheduler", "n_result", "s_result"),
-    ("scheduler: result read -> SQLite commit", "s_result", "s_commit2"),
-    ("scheduler: commit -> forwarded", "s_commit2", "s_forward"),
-    ("  (scheduler: result read -> forwarded)", "s_result", "s_forward"),
+    ("scheduler: result read -> forwarded", "s_result", "s_forward"),
+    ("  (then its SQLite commit: forwarded -> committed)", "s_forward", "s_commit2"),
     ("  (of which fsync)", "s_sync2", "s_commit2"),
     ("wire: scheduler -> client", "s_forward", "c_read"),
     ("client: read -> job() returns", "c_read", "returned"),
@@ -373,7 +373,7 @@ def points(client: list[Call], sched: list[Call], node: list[Call], submit: floa
         if call is None:
             return found
         found[name], at = call.at, call.at
-    commit(sched, found, "s_read", "s_dispatch", "s_sync0", "s_commit")
+    commit(sched, found, found["s_read"], found["s_dispatch"], "s_sync0", "s_commit")
     daemon = first(node, found["s_dispatch"], returned, sends(M.RunJobs.TAG, _READS))
     assert daemon is not None
     job = follow(node, follow(node, daemon, returned), returned)  # the run's bytes: daemon -> zygote -> job
@@ -390,7 +390,9 @@ def points(client: list[Call], sched: list[Call], node: list[Call], submit: floa
         if call is None:
             return found
         found[name], at = call.at, call.at
-    commit(sched, found, "s_result", "s_forward", "s_sync2", "s_commit2")
+    # the result left ahead of its commit, which ends before the scheduler reads anything again
+    after = first(sched, found["s_forward"], math.inf, lambda c: c.name in _READS and c.fd.startswith("TCP"))
+    commit(sched, found, found["s_forward"], after.at if after else math.inf, "s_sync2", "s_commit2")
     return found
 
 
@@ -407,11 +409,11 @@ def follow(calls: list[Call], read: Call | None, until: float) -> Call | None:
     return first(calls, write.at, until, lambda c: c.pid != read.pid and c.name in _READS and c.fd == peer)
 
 
-def commit(sched: list[Call], found: dict[str, float], read: str, written: str, sync: str, done: str) -> None:
-    """The scheduler's SQLite commit between its `read` and its `written` (the journal's; without one, the accounting
-    records' in the state database, if any): the end of its fsync or fdatasync or, where it does not sync, its last
-    write to a file."""
-    between = [c for c in sched if found[read] < c.at <= found[written]]
+def commit(sched: list[Call], found: dict[str, float], start: float, end: float, sync: str, done: str) -> None:
+    """The scheduler's SQLite commit between `start` and `end` (the journal's; without one, the accounting records'
+    in the state database, if any): the end of its fsync or fdatasync or, where it does not sync, its last write to
+    a file; as `found[done]`, its sync's start as `found[sync]`."""
+    between = [c for c in sched if start < c.at <= end]
     syncs = [c for c in between if c.name in _SYNCS]
     if syncs:
         found[sync], found[done] = syncs[-1].start, syncs[-1].at
