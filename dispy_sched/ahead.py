@@ -38,33 +38,35 @@ from collections.abc import Callable
 
 from .core import actions as A
 
-#: the actions that may leave before their turn's commit is durable
-AHEAD = (A.NotifyStarted, A.NotifyNodes, A.DeliverResults)
-
-
 def split(
     actions: list[A.Action], sends_now: Callable[[str], bool], from_nodes: set[int]
 ) -> tuple[list[A.Action], list[A.Action]]:
     """A turn's actions after its `Persist` (and `RecordJobEnds`), as (ahead of the commit, after it), each
     in their order. `sends_now(client)`: whether that client's connection sends results at once;
     `from_nodes`: the `id` of each result the turn's `ResultsArrived` events brought (alive meanwhile)."""
+    dispatched = {(r.cluster_id, r.job_id) for a in actions if isinstance(a, A.Dispatch) for r in a.jobs}
     ahead: list[A.Action] = []
     after: list[A.Action] = []
     held: set[str] = set()  # clients with an action this turn that waits for the commit
-    sent = {(r.cluster_id, r.job_id) for a in actions if isinstance(a, A.Dispatch) for r in a.jobs}
     for action in actions:
-        if isinstance(action, AHEAD) and action.client not in held and (
-            isinstance(action, A.NotifyNodes)
-            or (isinstance(action, A.NotifyStarted) and not any((action.cluster_id, s.job_id) in sent for s in action.starts))
-            or (
-                isinstance(action, A.DeliverResults)
-                and sends_now(action.client) and all(id(r) in from_nodes for r in action.results)
-            )  # fmt: skip
-        ):
+        client = getattr(action, "client", None)
+        if client not in held and _acknowledges_nothing(action, sends_now, from_nodes, dispatched):
             ahead.append(action)
         else:
             after.append(action)
-            client = getattr(action, "client", None)
             if client is not None:
                 held.add(client)
     return ahead, after
+
+
+def _acknowledges_nothing(
+    action: A.Action, sends_now: Callable[[str], bool], from_nodes: set[int], dispatched: set[tuple[str, int]]
+) -> bool:
+    match action:
+        case A.NotifyNodes():
+            return True
+        case A.NotifyStarted(_, cluster_id, starts):
+            return not any((cluster_id, s.job_id) in dispatched for s in starts)
+        case A.DeliverResults(client, _, results):
+            return sends_now(client) and all(id(r) in from_nodes for r in results)
+    return False

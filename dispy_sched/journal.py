@@ -7,8 +7,9 @@ The core says what changed in each `handle` call as one `Persist` action
 call's acknowledgements (JobsAccepted, dispatches, ResultsRecorded, ...)
 only once `write` has returned: group commit, one transaction per loop turn,
 however many events the turn had. What acknowledges nothing (results to
-clients: ahead.py) leaves while the commit writes and syncs. At start `load` gives back every row, which the core turns
-into its records again (`StateRestored`).
+clients: ahead.py) leaves while the commit writes and syncs. At start `load`
+gives back every row, which the core turns into its records again
+(`StateRestored`).
 
 `SqliteJournal` is the store of a single scheduler: one SQLite file in the
 state directory, WAL mode, this process its only writer (the state

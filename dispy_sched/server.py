@@ -32,7 +32,7 @@ import socket
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from dispy_wire.cluster_options import BadOptions, Runtime
@@ -608,14 +608,14 @@ class SchedulerServer:
             self._next_turn = asyncio.get_running_loop().create_future()
         return self._next_turn
 
-    def _carry_out(self, actions: list[A.Action], events: list[E.Event] | tuple[()] = ()) -> None:
+    def _carry_out(self, actions: list[A.Action], events: Sequence[E.Event] = ()) -> None:
         """The actions of the core's call on `events`: its changes committed first (`_commit_turn`)."""
         if actions and isinstance(actions[0], A.Persist):
             actions = self._commit_turn(actions[0], actions[1:], events)
         for action in actions:
             self._execute(action)
 
-    def _commit_turn(self, changes: A.Persist, actions: list[A.Action], events: list[E.Event] | tuple[()]) -> list[A.Action]:
+    def _commit_turn(self, changes: A.Persist, actions: list[A.Action], events: Sequence[E.Event]) -> list[A.Action]:
         """Commits a turn's changes, with its accounting records (in the same transaction: one fsync, not
         two), sending what need not wait for the commit while it is made durable (`ahead.py`: results its
         nodes sent in `events`, ...); returns the turn's actions left to carry out."""
@@ -638,7 +638,7 @@ class SchedulerServer:
         return conn is not None and conn.sends_now()
 
     def _send_ahead(self, actions: list[A.Action]) -> None:
-        """Carries out actions (`ahead.AHEAD`) and writes their clients' frames now. Called by the store inside
+        """Carries out actions (`ahead.split`'s first list) and writes their clients' frames now. Called by the store inside
         its transaction: an error of ours must not undo the turn's changes there (the core has made them), so
         none leaves here."""
         for action in actions:
